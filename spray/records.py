@@ -1,0 +1,222 @@
+"""Named records passed between stages.
+
+Stages take and return these dataclasses, never bare tuples. Sample ids (``str``) travel with every
+array so that each heatmap leads back to its image.
+
+Array shape conventions used in docstrings: ``N`` samples, ``C`` channels, ``H×W`` input size,
+``h×w`` analysis grid, ``n`` samples of one class, ``d`` reduced dimension, ``m`` eigenpairs,
+``K`` classes of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample that could not be read or explained; the run goes on without it."""
+
+    sample_id: str
+    reason: str
+
+
+@dataclass
+class AttributionBatch:
+    """Output of the batch stage for a set of samples (one shard, or the merged dataset).
+
+    Attributes
+    ----------
+    sample_ids : list[str]
+        Stable ids, length ``N``.
+    labels : np.ndarray
+        ``(N,)`` int64 true labels.
+    predictions : np.ndarray
+        ``(N,)`` int64 argmax of the logits.
+    probabilities : np.ndarray
+        ``(N, K)`` float32 softmax outputs.
+    relevance : np.ndarray
+        ``(N, h, w)`` float16 relevance, channel-summed and sum-pooled to the analysis grid.
+    targets : np.ndarray
+        ``(N,)`` int64 class whose logit was explained.
+    content_hashes : list[str]
+        Hash of each sample's input tensor, length ``N`` (used by the incremental cache).
+    """
+
+    sample_ids: list[str]
+    labels: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    relevance: np.ndarray
+    targets: np.ndarray
+    content_hashes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+@dataclass
+class SpectralResult:
+    """Spectral embedding of one class.
+
+    Attributes
+    ----------
+    eigenvalues : np.ndarray
+        ``(m,)`` float64 leading eigenvalues of ``D^-1/2 A D^-1/2``, descending (1.0 first).
+    eigenvectors : np.ndarray
+        ``(n, m)`` float32 corresponding eigenvectors (columns).
+    knn_indices : np.ndarray
+        ``(n, k_nn)`` int64 neighbour indices (row-local, into this class).
+    knn_distances : np.ndarray
+        ``(n, k_nn)`` float32 neighbour distances.
+    n_components : int
+        Number of connected components of the symmetric kNN graph.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    knn_indices: np.ndarray
+    knn_distances: np.ndarray
+    n_components: int
+
+
+@dataclass
+class ClusteringResult:
+    """All k-means labellings of one class and the chosen k.
+
+    Attributes
+    ----------
+    labellings : dict[int, np.ndarray]
+        ``k -> (n,)`` int32 cluster labels, for every k in ``2..k_max``.
+    chosen_k : int
+        k picked by combining the eigengap with seed stability / silhouette.
+    eigengap_k : int
+        k suggested by the eigengap alone (kept for the evidence; not trusted on its own).
+    scores : dict[int, dict[str, float]]
+        ``k -> {"silhouette": ..., "stability": ..., ...}`` diagnostic scores.
+    """
+
+    labellings: dict[int, np.ndarray]
+    chosen_k: int
+    eigengap_k: int
+    scores: dict[int, dict[str, float]]
+
+
+@dataclass
+class ClusterFinding:
+    """One cluster of one class with its suspicion score and human-checkable evidence.
+
+    Attributes
+    ----------
+    class_index : int
+        Class the cluster belongs to.
+    class_name : str
+        Human-readable class name.
+    cluster_id : int
+        Label of the cluster in ``labellings[k]``.
+    k : int
+        The labelling this cluster comes from.
+    size : int
+        Number of members.
+    fraction : float
+        ``size / n`` within the class.
+    score : float
+        Suspicion score; higher is more suspicious. Comparable across classes of one run.
+    suspicious : bool
+        Calibrated alarm flag.
+    evidence : list[str]
+        Sentences a person can check (e.g. "71 % of its relevance lies in a 4×4 region at the top left").
+    signals : dict[str, float]
+        Raw signal values behind the score.
+    member_ids : list[str]
+        Sample ids of the members.
+    mean_heatmap : np.ndarray
+        ``(h, w)`` float32 mean normalised relevance of the members.
+    """
+
+    class_index: int
+    class_name: str
+    cluster_id: int
+    k: int
+    size: int
+    fraction: float
+    score: float
+    suspicious: bool
+    evidence: list[str]
+    signals: dict[str, float]
+    member_ids: list[str]
+    mean_heatmap: np.ndarray
+
+    @property
+    def key(self) -> str:
+        """Stable key ``"<class>/k<k>/c<cluster>"`` used in URLs and summaries."""
+        return f"{self.class_index}/k{self.k}/c{self.cluster_id}"
+
+
+@dataclass
+class ClassAnalysis:
+    """Everything the analysis computed for one class.
+
+    Attributes
+    ----------
+    class_index, class_name
+        The class.
+    sample_ids : list[str]
+        Members in row order, length ``n``.
+    spectral : SpectralResult
+        Eigenpairs and kNN graph.
+    clustering : ClusteringResult
+        All labellings and the chosen k.
+    embedding : np.ndarray
+        ``(n, 2)`` float32 seeded 2-D map for display.
+    embedding_method : str
+        ``"umap"``, ``"tsne"`` or ``"spectral"`` (first two non-trivial eigenvectors).
+    clusters : list[ClusterFinding]
+        Scored clusters of the chosen labelling, most suspicious first.
+    """
+
+    class_index: int
+    class_name: str
+    sample_ids: list[str]
+    spectral: SpectralResult
+    clustering: ClusteringResult
+    embedding: np.ndarray
+    embedding_method: str
+    clusters: list[ClusterFinding]
+
+
+@dataclass
+class AuditReport:
+    """The result of one audit run (what ``summary.json`` serialises).
+
+    Attributes
+    ----------
+    run_id : str
+        Content hash of model, data, config and code version.
+    run_dir : str
+        Published run directory ("" when not written to disk).
+    hashes : dict[str, str]
+        ``{"model": ..., "data": ..., "config": ..., "code": ...}``.
+    timings : dict[str, float]
+        Seconds per stage.
+    skipped : list[SkippedSample]
+        Samples that could not be read.
+    classes : list[ClassAnalysis]
+        Per-class analysis.
+    findings : list[ClusterFinding]
+        All clusters of all classes ranked by suspicion, most suspicious first.
+    extra : dict[str, Any]
+        Free-form additions (e.g. the demo's ground truth, changes since the last run).
+    """
+
+    run_id: str
+    run_dir: str
+    hashes: dict[str, str]
+    timings: dict[str, float]
+    skipped: list[SkippedSample]
+    classes: list[ClassAnalysis]
+    findings: list[ClusterFinding]
+    extra: dict[str, Any] = field(default_factory=dict)
