@@ -200,8 +200,8 @@ class AuditReport:
         Published run directory ("" when not written to disk).
     hashes : dict[str, str]
         ``{"model": ..., "data": ..., "config": ..., "code": ...}``.
-    timings : dict[str, float]
-        Seconds per stage.
+    timings : dict[str, Any]
+        Seconds per stage, plus what varies between identical runs (device, cache hits).
     skipped : list[SkippedSample]
         Samples that could not be read.
     classes : list[ClassAnalysis]
@@ -215,7 +215,7 @@ class AuditReport:
     run_id: str
     run_dir: str
     hashes: dict[str, str]
-    timings: dict[str, float]
+    timings: dict[str, Any]
     skipped: list[SkippedSample]
     classes: list[ClassAnalysis]
     findings: list[ClusterFinding]

@@ -1,0 +1,283 @@
+"""The batch stage: an LRP heatmap for every sample of a dataset, cached, resumable and shardable.
+
+The dataset is cut into fixed, contiguous shards of ``batch.shard_size`` samples (the unit of resume
+and of scale-out). For each shard, every sample is read and content-hashed; samples whose hash is in
+the :class:`~spray.storage.ShardCache` of this (model, LRP settings) pair are not recomputed, the rest
+are explained in batches and written as one new shard file, atomically, by a background writer so the
+device never waits for the disk. Relevance is channel-summed and sum-pooled to the analysis grid *on
+the device*, so only ``h×w`` float16 values per sample travel back to the host.
+
+Because shard boundaries depend only on the dataset order, a run killed at any moment and then re-run
+recomputes exactly the unfinished shards with the same batch composition: the result is identical.
+Under ``torchrun`` rank ``r`` of ``W`` takes shards ``r, r+W, r+2W, ...``: no padding, no duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from spray.config import AuditConfig
+from spray.data import AuditDataset, collate_samples
+from spray.errors import ModelError
+from spray.records import AttributionBatch, SkippedSample
+from spray.storage import ShardCache, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("batch.device is 'cuda' but no CUDA device is available. Use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def pool_relevance(relevance: torch.Tensor, grid: int) -> torch.Tensor:
+    """Channel-sum and sum-pool relevance to the analysis grid.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        ``(B, C, H, W)`` input relevance.
+    grid : int
+        Target side; inputs no larger than ``grid`` keep their native size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, h, w)`` with ``h = min(H, grid)``; the total relevance per sample is preserved exactly
+        when ``H`` and ``W`` are multiples of ``grid`` (and approximately otherwise).
+    """
+    r = relevance.sum(1)
+    b, h, w = r.shape
+    if h <= grid and w <= grid:
+        return r
+    gh, gw = min(h, grid), min(w, grid)
+    if h % gh == 0 and w % gw == 0:
+        return r.reshape(b, gh, h // gh, gw, w // gw).sum((2, 4))
+    return F.adaptive_avg_pool2d(r[:, None], (gh, gw))[:, 0] * (h * w / (gh * gw))
+
+
+@dataclass
+class ShardPlan:
+    """Contiguous index ranges of the dataset, and which of them this rank handles."""
+
+    starts: list[int]
+    size: int
+    n: int
+
+    @classmethod
+    def make(cls, n: int, shard_size: int) -> ShardPlan:
+        return cls(list(range(0, n, shard_size)), shard_size, n)
+
+    def for_rank(self, rank: int, world_size: int) -> list[int]:
+        return self.starts[rank::world_size]
+
+    def indices(self, start: int) -> list[int]:
+        return list(range(start, min(start + self.size, self.n)))
+
+
+@dataclass
+class BatchStageResult:
+    """What the batch stage produced for the whole dataset (in dataset order).
+
+    Attributes
+    ----------
+    batch : AttributionBatch
+        All readable samples.
+    thumbs : np.ndarray | None
+        ``(N, t, t, 3)`` uint8 thumbnails aligned with ``batch``.
+    skipped : list[SkippedSample]
+        Unreadable samples with reasons.
+    n_computed, n_cached : int
+        Samples explained in this run vs taken from the cache.
+    """
+
+    batch: AttributionBatch
+    thumbs: np.ndarray | None
+    skipped: list[SkippedSample]
+    n_computed: int
+    n_cached: int
+    full_relevance: np.ndarray | None = None
+    dataset_indices: list[int] = field(default_factory=list)
+
+
+class BatchStage:
+    """Runs LRP over a dataset with caching.
+
+    Parameters
+    ----------
+    explainer : callable
+        A :class:`spray.lrp.Explainer` (``explainer(x, target=..., labels=...) -> LRPResult``).
+    cfg : AuditConfig
+        The audit config (``batch`` and ``lrp`` sections are used).
+    cache : ShardCache
+        Where finished shards go.
+    work_dir : Path
+        Per-run folder for shard manifests (ids, hashes, labels, skipped).
+    device : torch.device
+        Compute device.
+    """
+
+    def __init__(
+        self, explainer: Any, cfg: AuditConfig, cache: ShardCache, work_dir: Path, device: torch.device
+    ) -> None:
+        self.explainer = explainer
+        self.cfg = cfg
+        self.cache = cache
+        self.work_dir = work_dir
+        self.device = device
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    def _explain(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, ...]:
+        x = x.to(self.device, non_blocking=True)
+        res = self.explainer(x, target=self.cfg.lrp.target, labels=labels.to(self.device))
+        if not torch.isfinite(res.logits).all():
+            raise ModelError("The model produced NaN/inf logits during the batch stage; check inputs and weights.")
+        rel = res.relevance
+        if not torch.isfinite(rel).all():
+            raise ModelError(
+                "LRP produced NaN/inf relevance. Try a larger epsilon (lrp.composite_kwargs.epsilon) or fp32 precision."
+            )
+        pooled = pool_relevance(rel, self.cfg.batch.grid)
+        probs = torch.softmax(res.logits.float(), dim=1)
+        full = rel.to(torch.float16).cpu().numpy() if self.cfg.batch.store_full_relevance else None
+        return (
+            pooled.to(torch.float16).cpu().numpy(),
+            probs.cpu().numpy().astype(np.float32),
+            res.logits.argmax(1).cpu().numpy(),
+            res.targets.cpu().numpy(),
+            full,  # type: ignore[return-value]
+        )
+
+    def _loader(self, dataset: AuditDataset, indices: list[int]) -> DataLoader[Any]:
+        b = self.cfg.batch
+        return DataLoader(
+            Subset(dataset, indices),
+            batch_size=b.batch_size,
+            shuffle=False,
+            num_workers=b.num_workers,
+            collate_fn=collate_samples,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def run_shards(self, dataset: AuditDataset, starts: list[int], plan: ShardPlan, *, progress: bool = True) -> int:
+        """Process the given shards; returns the number of samples computed (not cached)."""
+        n_computed = 0
+        pending: list[Future[Any]] = []
+        total = sum(len(plan.indices(s)) for s in starts)
+        bar = tqdm(total=total, desc="LRP", unit="img", disable=not progress)
+        # One background writer: the device keeps computing while the previous shard is saved.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer:
+            for start in starts:
+                idx = plan.indices(start)
+                ids: list[str] = []
+                hashes: list[str] = []
+                labels: list[int] = []
+                skipped: list[SkippedSample] = []
+                new: dict[str, list[Any]] = {k: [] for k in ("id", "hash", "label", "rel", "prob", "pred", "tgt", "thumb", "full")}
+                for b in self._loader(dataset, idx):
+                    skipped.extend(b["skipped"])
+                    if b["x"] is None:
+                        bar.update(len(b["skipped"]))
+                        continue
+                    ids.extend(b["id"])
+                    hashes.extend(b["hash"])
+                    labels.extend(b["label"].tolist())
+                    miss = [i for i, h in enumerate(b["hash"]) if h not in self.cache]
+                    if miss:
+                        sel = torch.tensor(miss)
+                        rel, prob, pred, tgt, full = self._explain(b["x"][sel], b["label"][sel])
+                        new["id"].extend(b["id"][i] for i in miss)
+                        new["hash"].extend(b["hash"][i] for i in miss)
+                        new["label"].extend(b["label"][sel].tolist())
+                        new["rel"].append(rel)
+                        new["prob"].append(prob)
+                        new["pred"].append(pred)
+                        new["tgt"].append(tgt)
+                        new["thumb"].append(b["thumb"][miss])
+                        if full is not None:
+                            new["full"].append(full)
+                    bar.update(len(b["id"]) + len(b["skipped"]))
+                if new["id"]:
+                    n_computed += len(new["id"])
+                    fresh = AttributionBatch(
+                        sample_ids=new["id"],
+                        labels=np.asarray(new["label"], dtype=np.int64),
+                        predictions=np.concatenate(new["pred"]),
+                        probabilities=np.concatenate(new["prob"]),
+                        relevance=np.concatenate(new["rel"]),
+                        targets=np.concatenate(new["tgt"]),
+                        content_hashes=new["hash"],
+                    )
+                    thumbs = np.concatenate(new["thumb"]) if self.cfg.batch.thumbnails else None
+                    full_arr = np.concatenate(new["full"]) if new["full"] else None
+                    pending.append(writer.submit(self.cache.write, start, fresh, thumbs, full_arr))
+                manifest = {
+                    "start": start,
+                    "ids": ids,
+                    "hashes": hashes,
+                    "labels": labels,
+                    "skipped": [[s.sample_id, s.reason] for s in skipped],
+                }
+                # The manifest is written after its shard so a manifest never points at a missing shard.
+                pending.append(writer.submit(self._write_manifest, start, manifest, list(pending)))
+            for f in pending:
+                f.result()  # surface writer errors
+        bar.close()
+        return n_computed
+
+    def _write_manifest(self, start: int, manifest: dict[str, Any], wait_for: list[Future[Any]]) -> None:
+        for f in wait_for:
+            f.result()
+        atomic_write_json(self.work_dir / f"manifest-{start:09d}.json", manifest)
+
+    def merge(self, plan: ShardPlan, n_computed: int) -> BatchStageResult:
+        """Read every shard manifest (all ranks) and gather results in dataset order."""
+        ids: list[str] = []
+        hashes: list[str] = []
+        labels: list[int] = []
+        skipped: list[SkippedSample] = []
+        for start in plan.starts:
+            p = self.work_dir / f"manifest-{start:09d}.json"
+            if not p.exists():
+                raise RuntimeError(f"shard manifest {p} is missing: a rank did not finish its shards")
+            m = json.loads(p.read_text())
+            ids += m["ids"]
+            hashes += m["hashes"]
+            labels += m["labels"]
+            skipped += [SkippedSample(a, b) for a, b in m["skipped"]]
+        if len(set(ids)) != len(ids):
+            raise RuntimeError("duplicate sample ids after merging shards")
+        if not ids:
+            raise ModelError("No sample of the dataset could be read; see the skipped list for the reasons.")
+        batch, thumbs = self.cache.gather(ids, hashes, np.asarray(labels, dtype=np.int64))
+        full = None
+        if self.cfg.batch.store_full_relevance:
+            full = self._gather_full(hashes)
+        self.cache.release()
+        return BatchStageResult(batch, thumbs if self.cfg.batch.thumbnails else None, skipped, n_computed, len(ids) - n_computed, full)
+
+    def _gather_full(self, hashes: list[str]) -> np.ndarray | None:
+        parts = []
+        for h in hashes:
+            loc = self.cache._index[h]
+            s = self.cache._shard(loc.shard)
+            if "full" not in s:
+                return None
+            parts.append(s["full"][loc.row])
+        return np.stack(parts)

@@ -1,0 +1,47 @@
+"""An exclusive, non-blocking lock on a runs directory (``fcntl.flock``).
+
+The lock is tied to an open file descriptor, so the kernel releases it when the process dies, even by
+``kill -9``: a crashed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from spray.errors import LockedError
+
+
+class RunLock:
+    """Context manager holding ``<runs_dir>/.lock``; raises :class:`LockedError` (exit 75) if taken."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.path = Path(runs_dir) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(
+                f"Another spray run (pid {holder}) is already running on {str(self.path.parent)!r}. "
+                "Nothing was touched; try again when it has finished."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,44 @@
+"""Human-readable renderings of a report: the ranked findings table printed by the CLI."""
+
+from __future__ import annotations
+
+from spray.records import AuditReport, ClusterFinding
+
+
+def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int = 100) -> str:
+    """A fixed-width ranked table of findings with their one-line evidence.
+
+    Parameters
+    ----------
+    findings : list[ClusterFinding]
+        Ranked, most suspicious first.
+    top : int
+        Rows to show.
+    """
+    header = f"{'#':>2}  {'class':<14} {'cluster':<9} {'size':>6} {'share':>6} {'score':>6}  {'alarm':<5}  evidence"
+    lines = [header, "-" * min(width + 40, len(header) + 60)]
+    for i, f in enumerate(findings[:top], start=1):
+        ev = f.evidence[0] if f.evidence else ""
+        lines.append(
+            f"{i:>2}  {f.class_name[:14]:<14} {f'k{f.k}/c{f.cluster_id}':<9} {f.size:>6} {f.fraction:>6.1%} "
+            f"{f.score:>6.3f}  {'YES' if f.suspicious else 'no':<5}  {ev}"
+        )
+        for extra in f.evidence[1:]:
+            lines.append(" " * 61 + extra)
+    if not findings:
+        lines.append("(no clusters)")
+    return "\n".join(lines)
+
+
+def report_header(report: AuditReport) -> str:
+    """Two lines: run id, sample counts, skipped samples and timing."""
+    n = report.extra.get("n_samples", sum(len(c.sample_ids) for c in report.classes))
+    state = " (up to date: reused the published run)" if report.extra.get("up_to_date") else ""
+    n_susp = sum(f.suspicious for f in report.findings)
+    total = report.timings.get("total_s")
+    took = f" in {total:.1f} s" if isinstance(total, float) else ""
+    return (
+        f"run {report.run_id[:12]}{state}: {n} samples, {len(report.classes)} classes analysed{took}, "
+        f"{len(report.skipped)} skipped, {n_susp} suspicious clusters\n"
+        f"run directory: {report.run_dir}"
+    )

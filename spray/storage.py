@@ -1,0 +1,373 @@
+"""On-disk layout: the per-sample relevance cache, run directories, atomic publishing, readers.
+
+Layout of a runs directory (format version :data:`LAYOUT_VERSION`)::
+
+    runs/
+      .lock                          fcntl lock held by a running audit
+      .cache/<model16>-<lrp16>/      per-sample results, keyed by sample content hash
+        shard-<start>-<key16>.npz    one finished shard: ids, hashes, labels, predictions, probabilities,
+                                     relevance (n,h,w) f16, targets, thumbs (n,t,t,3) u8 [, full (n,C,H,W) f16]
+      .staging/                      runs being written (never read by the dashboard)
+      <YYYYmmddTHHMMSSZ>-<run12>/    a published run
+        summary.json                 the report (see docs/run_layout.md)
+        samples.parquet              one row per sample: sample_id, row, label, prediction, confidence, target,
+                                     cluster (chosen k), x, y, score
+        heatmaps.npy                 (N, h, w) float16 pooled relevance, row order of samples.parquet
+        thumbs.npy                   (N, t, t, 3) uint8 thumbnails (optional)
+        classes/<c>.npz              rows, eigenvalues, eigenvectors, embedding, labels_k<k> for every k
+        report.html                  static report (optional)
+      latest -> <run dir name>       symlink, replaced atomically after publishing
+
+Every file is written to a temporary name and ``os.replace``d, and a run directory appears only via
+an atomic ``rename`` from ``.staging``: a crash never leaves a half-written run visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spray.records import AttributionBatch
+
+log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = 1
+CACHE_DIR = ".cache"
+STAGING_DIR = ".staging"
+LATEST = "latest"
+SUMMARY = "summary.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (sorted keys, so identical content gives identical bytes)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to a temporary file, then ``os.replace`` (a crash leaves no partial shard)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-sample cache
+
+
+@dataclass
+class CachedSample:
+    """Location of one cached sample: shard file and row."""
+
+    shard: Path
+    row: int
+
+
+class ShardCache:
+    """Per-sample relevance cache for one (model, LRP settings) pair.
+
+    Samples are keyed by their content hash, so a renamed or re-ordered dataset still hits the cache,
+    and a changed image misses it. Shards are written whole and atomically: the unit of resume.
+
+    Parameters
+    ----------
+    root : Path
+        ``runs/.cache``.
+    model_hash, lrp_hash : str
+        Hashes of the model weights and of the LRP + batch settings that change the maps.
+    """
+
+    FIELDS = ("ids", "hashes", "labels", "predictions", "probabilities", "relevance", "targets")
+
+    def __init__(self, root: Path, model_hash: str, lrp_hash: str) -> None:
+        self.dir = Path(root) / f"{model_hash[:16]}-{lrp_hash[:16]}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._index: dict[str, CachedSample] = {}
+        self._loaded: dict[Path, dict[str, np.ndarray]] = {}
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    hashes = z["hashes"]
+            except Exception as err:  # a damaged shard is recomputed, not fatal
+                log.warning("ignoring unreadable cache shard %s (%s); it will be recomputed", shard, err)
+                continue
+            for r, h in enumerate(hashes.tolist()):
+                self._index.setdefault(str(h), CachedSample(shard, r))
+
+    def __contains__(self, content_hash: str) -> bool:
+        return content_hash in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @staticmethod
+    def shard_name(start: int, hashes: list[str]) -> str:
+        """File name of a shard starting at dataset position ``start`` holding samples ``hashes``."""
+        key = hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+        return f"shard-{start:09d}-{key}.npz"
+
+    def shard_exists(self, start: int, hashes: list[str]) -> bool:
+        """Whether the shard for exactly these samples is already on disk."""
+        return (self.dir / self.shard_name(start, hashes)).exists()
+
+    def write(self, start: int, batch: AttributionBatch, thumbs: np.ndarray | None, full: np.ndarray | None) -> Path:
+        """Atomically write one shard of freshly computed samples and index it."""
+        path = self.dir / self.shard_name(start, batch.content_hashes)
+        arrays: dict[str, np.ndarray] = {
+            "ids": np.asarray(batch.sample_ids, dtype=str),
+            "hashes": np.asarray(batch.content_hashes, dtype=str),
+            "labels": batch.labels.astype(np.int64),
+            "predictions": batch.predictions.astype(np.int64),
+            "probabilities": batch.probabilities.astype(np.float32),
+            "relevance": batch.relevance.astype(np.float16),
+            "targets": batch.targets.astype(np.int64),
+        }
+        if thumbs is not None:
+            arrays["thumbs"] = thumbs
+        if full is not None:
+            arrays["full"] = full.astype(np.float16)
+        atomic_save_npz(path, **arrays)
+        for r, h in enumerate(batch.content_hashes):
+            self._index.setdefault(h, CachedSample(path, r))
+        return path
+
+    def _shard(self, path: Path) -> dict[str, np.ndarray]:
+        if path not in self._loaded:
+            with np.load(path, allow_pickle=False) as z:
+                self._loaded[path] = {k: z[k] for k in z.files}
+        return self._loaded[path]
+
+    def gather(
+        self, sample_ids: list[str], hashes: list[str], labels: np.ndarray
+    ) -> tuple[AttributionBatch, np.ndarray | None]:
+        """Assemble cached results in the given order (ids/labels from the current dataset).
+
+        Returns
+        -------
+        AttributionBatch, thumbs
+            ``thumbs`` is ``(N, t, t, 3)`` uint8 or None when any shard lacks thumbnails.
+        """
+        rows = [self._index[h] for h in hashes]
+        first = self._shard(rows[0].shard) if rows else None
+        n = len(rows)
+        rel_shape = first["relevance"].shape[1:] if first is not None else (0, 0)
+        k = first["probabilities"].shape[1] if first is not None else 0
+        rel = np.empty((n, *rel_shape), dtype=np.float16)
+        probs = np.empty((n, k), dtype=np.float32)
+        preds = np.empty(n, dtype=np.int64)
+        targets = np.empty(n, dtype=np.int64)
+        thumbs: np.ndarray | None = None
+        if first is not None and "thumbs" in first:
+            thumbs = np.empty((n, *first["thumbs"].shape[1:]), dtype=np.uint8)
+        for i, loc in enumerate(rows):
+            s = self._shard(loc.shard)
+            rel[i] = s["relevance"][loc.row]
+            probs[i] = s["probabilities"][loc.row]
+            preds[i] = s["predictions"][loc.row]
+            targets[i] = s["targets"][loc.row]
+            if thumbs is not None:
+                if "thumbs" not in s:
+                    thumbs = None
+                else:
+                    thumbs[i] = s["thumbs"][loc.row]
+        batch = AttributionBatch(
+            sample_ids=list(sample_ids),
+            labels=np.asarray(labels, dtype=np.int64),
+            predictions=preds,
+            probabilities=probs,
+            relevance=rel,
+            targets=targets,
+            content_hashes=list(hashes),
+        )
+        return batch, thumbs
+
+    def release(self) -> None:
+        """Drop loaded shard arrays (free memory after gathering)."""
+        self._loaded.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_dir_name(run_id: str, when: datetime | None = None) -> str:
+    """``<UTC timestamp>-<first 12 of run id>``: sorts by time, identifies the content."""
+    t = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{t}-{run_id[:12]}"
+
+
+def staging_dir(runs_dir: Path, run_id: str) -> Path:
+    """A fresh private folder under ``runs/.staging`` to write a run into."""
+    base = runs_dir / STAGING_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{run_id[:12]}-", dir=base))
+
+
+def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
+    """Atomically move a fully written run into place and point ``latest`` at it."""
+    final = runs_dir / run_dir_name(run_id)
+    os.rename(staged, final)
+    link_tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
+    link_tmp.unlink(missing_ok=True)
+    os.symlink(final.name, link_tmp)
+    os.replace(link_tmp, runs_dir / LATEST)
+    log.info("published run %s", final)
+    return final
+
+
+def list_runs(runs_dir: str | Path) -> list[Path]:
+    """Published runs, newest first (only folders that hold a summary.json)."""
+    d = Path(runs_dir)
+    if not d.is_dir():
+        return []
+    runs = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / SUMMARY).is_file()]
+    return sorted(runs, key=lambda p: p.name, reverse=True)
+
+
+def find_run(runs_dir: str | Path, run_id: str) -> Path | None:
+    """The published run with this run id, if any."""
+    for p in list_runs(runs_dir):
+        if p.name.endswith(run_id[:12]):
+            try:
+                if json.loads((p / SUMMARY).read_text()).get("run_id") == run_id:
+                    return p
+            except (OSError, json.JSONDecodeError):
+                continue
+    return None
+
+
+def latest_run(runs_dir: str | Path) -> Path | None:
+    """The newest published run."""
+    runs = list_runs(runs_dir)
+    return runs[0] if runs else None
+
+
+def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
+    """Retention: delete all but the newest ``keep`` runs (never the one ``latest`` points to)."""
+    runs = list_runs(runs_dir)
+    latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
+    removed = []
+    for p in runs[keep:]:
+        if latest is not None and p.resolve() == latest:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    if removed:
+        log.info("retention: removed %d old runs", len(removed))
+    return removed
+
+
+def clean_staging(runs_dir: Path) -> None:
+    """Remove leftovers of crashed runs from ``.staging`` (call only while holding the lock)."""
+    base = runs_dir / STAGING_DIR
+    if base.is_dir():
+        for p in base.iterdir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Readers (used by the dashboard and the report; never write)
+
+
+@dataclass
+class RunData:
+    """A published run, opened read-only.
+
+    Attributes
+    ----------
+    path : Path
+        Run directory.
+    summary : dict
+        Parsed summary.json.
+    """
+
+    path: Path
+    summary: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunData:
+        """Open a published run (raises FileNotFoundError when it has no summary.json)."""
+        p = Path(path)
+        return cls(p, json.loads((p / SUMMARY).read_text()))
+
+    def samples(self) -> Any:
+        """The per-sample table as a pandas DataFrame (row order = heatmaps.npy order)."""
+        import pandas as pd
+
+        return pd.read_parquet(self.path / "samples.parquet")
+
+    def heatmaps(self) -> np.ndarray:
+        """``(N, h, w)`` float16, memory-mapped."""
+        return np.load(self.path / "heatmaps.npy", mmap_mode="r")
+
+    def thumbs(self) -> np.ndarray | None:
+        """``(N, t, t, 3)`` uint8, memory-mapped, or None when the run stored none."""
+        p = self.path / "thumbs.npy"
+        return np.load(p, mmap_mode="r") if p.exists() else None
+
+    def class_arrays(self, class_index: int) -> dict[str, np.ndarray]:
+        """Arrays of one class: rows, eigenvalues, eigenvectors, embedding, labels_k<k>."""
+        with np.load(self.path / "classes" / f"{class_index}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def iter_classes(self) -> Iterator[dict[str, Any]]:
+        """Per-class entries of the summary."""
+        yield from self.summary.get("classes", [])
