@@ -1,0 +1,270 @@
+"""Canonization: turn a user model into an equivalent copy on which LRP rules can be attached.
+
+Everything here works on a deep copy; the user's model is never touched (parameters, buffers, hooks
+and the training flag stay as they were).
+
+* **BatchNorm folding**: a BatchNorm that directly follows a ``Linear``/``Conv`` layer (in module
+  registration order, as in zennit's ``SequentialMergeBatchNorm``) is folded into that layer and
+  replaced by ``nn.Identity``. Folding is done in float64 and is exact (zennit 0.5.1 keeps the BN
+  module with ``eps`` still in place, which leaves a ``1/sqrt(1+eps)`` factor per BN).
+* **ResNet**: torchvision ``BasicBlock``/``Bottleneck`` compute ``out += identity`` functionally, which
+  no module rule can see. Their ``forward`` is replaced by one that routes the sum through a
+  :class:`ResidualAdd` module, so the composite can attach the ``Norm`` rule to it (the equivalent of
+  zennit's ``ResNetCanonizer`` with its ``Sum`` module).
+* In-place ReLUs are made out-of-place (the LRP backward needs the pre-activation values).
+
+Limitations: functional operations inside a custom ``forward`` (``x + y``, ``torch.cat``,
+``F.relu``, ``x * mask``) are invisible to module inspection. In the gradient×input frame a functional
+*addition* behaves like the ``Norm`` rule with a zero stabiliser and ``F.relu``/``F.max_pool2d`` like
+their module forms; anything else (multiplications, attention, normalisations) is silently explained
+by its gradient. Wrap such operations in modules and give them a rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from spray.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "KNOWN_CANONIZERS",
+    "ResidualAdd",
+    "canonize",
+    "fold_batchnorm",
+    "leaves",
+    "resolve_canonizers",
+]
+
+_LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+KNOWN_CANONIZERS: tuple[str, ...] = ("merge_batchnorm", "resnet")
+
+
+class ResidualAdd(nn.Module):
+    """``a + b`` as a module, so that an LRP rule (``Norm``) can be attached to residual sums.
+
+    Attributes
+    ----------
+    stabilizer : float or None
+        When set (by the composite), the backward rescales the gradient by ``s / stab(s)`` (the Norm
+        rule); ``None`` leaves the plain gradient (Norm with a zero stabiliser).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stabilizer: float | None = None
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Return ``a + b`` (same shape)."""
+        s = a + b
+        if self.stabilizer is None or not s.requires_grad:
+            return s
+        from spray.rules import _StabScale  # local: rules imports nothing from here, avoid a cycle
+
+        return _StabScale.apply(s, self.stabilizer)
+
+
+def _basic_block_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """torchvision ``BasicBlock.forward`` with the residual sum routed through ``self.lrp_add``."""
+    identity = x
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    if self.downsample is not None:
+        identity = self.downsample(x)
+    return self.relu(self.lrp_add(out, identity))
+
+
+def _bottleneck_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """torchvision ``Bottleneck.forward`` with the residual sum routed through ``self.lrp_add``."""
+    identity = x
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    if self.downsample is not None:
+        identity = self.downsample(x)
+    return self.relu(self.lrp_add(out, identity))
+
+
+def _resnet_blocks() -> tuple[type[nn.Module], type[nn.Module]] | None:
+    try:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+    except ImportError:  # torchvision is a dependency, but keep the engine usable without it
+        return None
+    return BasicBlock, Bottleneck
+
+
+def leaves(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(path, module)`` for every module without children, in registration order."""
+    children = list(model.named_children())
+    if not children:
+        yield prefix, model
+        return
+    for name, child in children:
+        yield from leaves(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+@torch.no_grad()
+def _fold(linear: nn.Module, bn: nn.Module) -> None:
+    """Fold ``bn`` (applied after ``linear``) into ``linear``'s weight and bias, in float64."""
+    weight: torch.Tensor = linear.weight  # type: ignore[assignment]
+    dtype = weight.dtype
+    mean = bn.running_mean.double()  # type: ignore[union-attr]
+    var = bn.running_var.double()  # type: ignore[union-attr]
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)  # type: ignore[union-attr]
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)  # type: ignore[union-attr]
+    scale = gamma / torch.sqrt(var + bn.eps)  # type: ignore[operator]
+    bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(mean)  # type: ignore[union-attr]
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    new_weight = (weight.double() * scale.reshape(shape)).to(dtype)
+    new_bias = ((bias - mean) * scale + beta).to(dtype)
+    linear.weight = nn.Parameter(new_weight, requires_grad=False)
+    linear.bias = nn.Parameter(new_bias, requires_grad=False)
+
+
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every BatchNorm that directly follows a dense/conv layer (registration order), in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Must be a copy (it is modified). BN layers must track running statistics.
+
+    Returns
+    -------
+    list[tuple[str, str]]
+        ``(linear path, batchnorm path)`` pairs that were folded; the BN modules become ``nn.Identity``.
+    """
+    folded: list[tuple[str, str]] = []
+    previous: tuple[str, nn.Module] | None = None
+    for path, leaf in list(leaves(model)):
+        if (
+            previous is not None
+            and isinstance(previous[1], _LINEAR_TYPES)
+            and isinstance(leaf, _BN_TYPES)
+            and leaf.running_mean is not None
+            and previous[1].weight.shape[0] == leaf.num_features  # type: ignore[union-attr]
+        ):
+            _fold(previous[1], leaf)
+            _set_module(model, path, nn.Identity())
+            folded.append((previous[0], path))
+        previous = (path, leaf)
+    return folded
+
+
+def _patch_resnet(model: nn.Module) -> int:
+    blocks = _resnet_blocks()
+    if blocks is None:
+        return 0
+    basic, bottleneck = blocks
+    count = 0
+    for module in model.modules():
+        # exact types only: a subclass may have changed forward(), and patching it would be wrong
+        if type(module) is basic:
+            module.forward = types.MethodType(_basic_block_forward, module)  # type: ignore[method-assign]
+        elif type(module) is bottleneck:
+            module.forward = types.MethodType(_bottleneck_forward, module)  # type: ignore[method-assign]
+        else:
+            continue
+        module.lrp_add = ResidualAdd()
+        count += 1
+    return count
+
+
+def resolve_canonizers(model: nn.Module, canonizers: str | Sequence[str] | None) -> list[str]:
+    """Turn ``"auto"``, ``None`` or a list of names into the list of canonizers to apply.
+
+    ``"auto"`` always merges BatchNorm and adds ``"resnet"`` when torchvision ResNet blocks are present.
+    """
+    if canonizers is None:
+        return []
+    if isinstance(canonizers, str):
+        if canonizers != "auto":
+            canonizers = [canonizers]
+        else:
+            names = ["merge_batchnorm"]
+            blocks = _resnet_blocks()
+            if blocks is not None and any(type(m) in blocks for m in model.modules()):
+                names.append("resnet")
+            return names
+    unknown = [c for c in canonizers if c not in KNOWN_CANONIZERS]
+    if unknown:
+        raise ConfigError(f"unknown canonizer(s) {unknown}; known: {list(KNOWN_CANONIZERS)} or 'auto'")
+    return list(canonizers)
+
+
+def _clear_hooks(model: nn.Module) -> None:
+    # The copy must not run the user's hooks (they may record, modify outputs, or hold references to
+    # the original model); the original keeps its own hooks untouched.
+    for module in model.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+            "_forward_pre_hooks",
+            "_forward_pre_hooks_with_kwargs",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_state_dict_pre_hooks",
+            "_load_state_dict_pre_hooks",
+            "_load_state_dict_post_hooks",
+        ):
+            hooks = getattr(module, attr, None)
+            if hooks is not None:
+                hooks.clear()
+
+
+def canonize(
+    model: nn.Module,
+    canonizers: str | Sequence[str] | None = "auto",
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """Return a canonized deep copy of ``model`` in eval mode with frozen parameters.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The user's model; not modified.
+    canonizers : {"auto"} or list of {"merge_batchnorm", "resnet"} or None
+        What to apply; ``None`` only copies (eval mode, no grads, out-of-place ReLUs).
+    device : torch.device or str, optional
+        Where to put the copy (default: where the model is).
+
+    Returns
+    -------
+    nn.Module
+        The copy.
+    """
+    names = resolve_canonizers(model, canonizers)
+    copied = copy.deepcopy(model)
+    _clear_hooks(copied)
+    copied.eval()
+    if device is not None:
+        copied.to(device)
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    for m in copied.modules():
+        if isinstance(m, nn.ReLU) and m.inplace:
+            m.inplace = False
+    if "merge_batchnorm" in names:
+        folded = fold_batchnorm(copied)
+        logger.debug("folded %d BatchNorm layers", len(folded))
+    if "resnet" in names:
+        n = _patch_resnet(copied)
+        logger.debug("routed %d residual sums through ResidualAdd", n)
+    return copied

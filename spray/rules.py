@@ -1,0 +1,714 @@
+"""LRP rules in the gradient×input frame.
+
+Every rule is written so that the tensor travelling backwards through the network is a *modified
+gradient* ``g`` with ``relevance = activation × g`` at every activation. This lets the plain autograd
+backward of ReLU, max-pool, flatten, dropout and reshapes do the right thing without hooks or clones:
+
+* ReLU: the plain gradient ``g·1[z>0]`` gives ``z·g_in = relu(z)·g``, i.e. relevance passes unchanged
+  (zennit's ``Pass`` rule for activations).
+* max-pool: the plain gradient routes ``g`` to the winner, so ``x_win·g = y·g`` (winner-take-all).
+* ε (linear/conv) and Norm (avg-pool, residual add): the plain layer gradient applied to
+  ``g·z/stab(z)``, so only an element-wise rescale of the output gradient is needed
+  (:class:`_StabScale`), the layer itself keeps its fast native backward.
+* z+, αβ, γ: one fused :class:`torch.autograd.Function` per layer that computes the modified forward
+  once, saves only the ratio ``z / stab(z_mod)`` and does one (or two) input-VJPs in backward.
+* Flat, w², ZBox produce *relevance*, not a gradient: they are only allowed on the first layer (the one
+  whose input is the model input); the engine reads the input relevance off ``inputs.grad``.
+
+The first rule layer of a model is run in "relevance-out" mode: a :class:`_TimesInput` in front of it
+turns ``g`` into ``x·g``, so whatever sits between the model input and that layer (flatten, dropout,
+max-pool) receives relevance, exactly as in zennit where un-hooked modules apply their gradient to
+the relevance.
+
+Stabilisation follows zennit (``stab(z) = z + ε·sign(z)`` with ``sign(0) = +1``) and is always done
+in float32, also when the forward runs in bfloat16.
+
+None of this module is derived from zennit's code; the rule definitions follow the LRP papers and are
+checked numerically against zennit 0.5.1 in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spray.errors import ConfigError
+
+__all__ = [
+    "AlphaBeta",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "Gradient",
+    "Norm",
+    "Pass",
+    "Rule",
+    "RuleContext",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "stabilize",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# numerics
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Return ``z + eps·sign(z)`` in float32, with ``sign(0) = +1`` (zennit's convention).
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Any shape, any float dtype.
+    eps : float
+        Stabiliser, added away from zero.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape as ``z``, float32 (the division that follows must not happen in bf16).
+    """
+    z = z.float()
+    # (z >= 0) * 2 - 1 is +1 for z >= 0 and -1 otherwise; one temporary instead of sign() + eq().
+    step = (z >= 0).to(torch.float32).mul_(2.0 * eps).sub_(eps)
+    return step.add_(z)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """``num / stab(den)`` computed in float32, stored in ``out_dtype`` (shapes equal)."""
+    d = stabilize(den, eps)
+    return torch.div(num.float(), d, out=d).to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# the linear operation of a layer (forward and input-VJP), so one Function serves conv and dense
+
+
+class _LinearOp:
+    """Forward and input-VJP of a dense or convolutional layer with the layer's hyper-parameters."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.kind: str
+        self.conv_args: tuple[Any, ...] = ()
+        if isinstance(module, nn.Linear):
+            self.kind = "linear"
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                raise ConfigError(
+                    f"{type(module).__name__} with padding={module.padding!r}, padding_mode="
+                    f"{module.padding_mode!r} is not supported by the fused LRP rules; use integer "
+                    "zero padding or map this layer to Epsilon() via extra_rules."
+                )
+            self.kind = f"conv{len(module.kernel_size)}d"
+            self.conv_args = (module.stride, module.padding, module.dilation, module.groups)
+        else:
+            raise ConfigError(f"rule needs a Linear or Conv1d/2d/3d layer, got {type(module).__name__}")
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """Apply the layer with weight ``w`` and bias ``b`` to ``x``."""
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        fn = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[self.kind]
+        return fn(x, w, b, *self.conv_args)
+
+    def input_vjp(self, g: torch.Tensor, w: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+        """Vector-Jacobian product w.r.t. the input: ``Wᵀ g``, shape ``input_shape``."""
+        w = w.to(g.dtype)
+        if self.kind == "linear":
+            return g.matmul(w)
+        fn = {
+            "conv1d": torch.nn.grad.conv1d_input,
+            "conv2d": torch.nn.grad.conv2d_input,
+            "conv3d": torch.nn.grad.conv3d_input,
+        }[self.kind]
+        stride, padding, dilation, groups = self.conv_args
+        return fn(list(input_shape), w, g.contiguous(), stride, padding, dilation, groups)
+
+
+def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+def _add(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return a if b is None else a + b
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd Functions
+
+
+class _StabScale(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``z / stab(z)`` (ε and Norm rules)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.eps = eps
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (z,) = ctx.saved_tensors
+        return g * _ratio(z, z, ctx.eps, g.dtype), None
+
+
+class _TimesInput(torch.autograd.Function):
+    """Identity forward; backward returns ``x · g``: turns the modified gradient into relevance."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return g * x
+
+
+class _PassFn(torch.autograd.Function):
+    """Element-wise module with relevance passed unchanged (zennit ``Pass``).
+
+    In the gradient frame ``R_in = R_out`` means ``g_in = g_out · y / x`` (0 where ``x == 0``). Before
+    the first rule layer the backward carries relevance already, so it passes ``g`` unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        ctx.carries_relevance = carries_relevance
+        if not carries_relevance:
+            ctx.save_for_backward(x, y)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None]:
+        if ctx.carries_relevance:
+            return g, None, None
+        x, y = ctx.saved_tensors
+        xf = x.float()
+        safe = torch.where(xf == 0, torch.ones_like(xf), xf)
+        ratio = torch.where(xf == 0, torch.zeros_like(xf), y.float() / safe)
+        # gradient w.r.t. y is not propagated further (y is a function of x computed without grad)
+        return (g * ratio.to(g.dtype)), None, None
+
+
+class _ZPlusFn(torch.autograd.Function):
+    """z+ rule (α1β0, zennit ``ZPlus``) fused with the layer's normal forward.
+
+    ``R_in = x⁺ ⊙ W⁺ᵀ s + x⁻ ⊙ W⁻ᵀ s`` with ``s = R_out / stab(W⁺x⁺ + W⁻x⁻ + b⁺)`` and ``R_out = z ⊙ g``.
+    For non-negative inputs (the usual post-ReLU case) this is one extra forward and one input-VJP.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        op: _LinearOp,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        w_pos: torch.Tensor,
+        b_pos: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        z = op.forward(x, w, b)
+        mixed = bool((x < 0).any())
+        if mixed:
+            zp = op.forward(x.clamp(min=0), w_pos, b_pos) + op.forward(x.clamp(max=0), w - w_pos, None)
+            ctx.save_for_backward(_ratio(z, zp, eps, z.dtype), x, w_pos, w)
+        else:
+            zp = op.forward(x, w_pos, b_pos)
+            ctx.save_for_backward(_ratio(z, zp, eps, z.dtype), w_pos)
+        ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        op: _LinearOp = ctx.op
+        s = g * ctx.saved_tensors[0]
+        if not ctx.mixed:
+            return op.input_vjp(s, ctx.saved_tensors[1], ctx.shape), None, None, None, None, None, None
+        _, x, w_pos, w = ctx.saved_tensors
+        a = op.input_vjp(s, w_pos, ctx.shape)
+        bn = op.input_vjp(s, w - w_pos, ctx.shape)
+        return torch.where(x > 0, a, bn), None, None, None, None, None, None
+
+
+class _AlphaBetaFn(torch.autograd.Function):
+    """αβ rule (zennit ``AlphaBeta``) fused with the layer's forward.
+
+    ``R_in = α(x⁺⊙W⁺ᵀs_a + x⁻⊙W⁻ᵀs_a) − β(x⁺⊙W⁻ᵀs_b + x⁻⊙W⁺ᵀs_b)`` with
+    ``s_a = R/stab(W⁺x⁺ + W⁻x⁻ + b⁺)`` and ``s_b = R/stab(W⁻x⁺ + W⁺x⁻ + b⁻)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        op: _LinearOp,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        w_pos: torch.Tensor,
+        b_pos: torch.Tensor | None,
+        alpha: float,
+        beta: float,
+        eps: float,
+    ) -> torch.Tensor:
+        z = op.forward(x, w, b)
+        w_neg = w - w_pos
+        b_neg = None if b is None or b_pos is None else b - b_pos
+        mixed = bool((x < 0).any())
+        if mixed:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            za = op.forward(xp, w_pos, b_pos) + op.forward(xn, w_neg, None)
+            zb = op.forward(xp, w_neg, b_neg) + op.forward(xn, w_pos, None)
+        else:
+            za = op.forward(x, w_pos, b_pos)
+            zb = op.forward(x, w_neg, b_neg)
+        ra = _ratio(z, za, eps, z.dtype).mul_(alpha)
+        rb = _ratio(z, zb, eps, z.dtype).mul_(-beta)
+        if mixed:
+            ctx.save_for_backward(ra, rb, w_pos, w_neg, x)
+        else:
+            ctx.save_for_backward(ra, rb, w_pos, w_neg)
+        ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        op: _LinearOp = ctx.op
+        ra, rb, w_pos, w_neg = ctx.saved_tensors[:4]
+        sa, sb = g * ra, g * rb
+        gp = op.input_vjp(sa, w_pos, ctx.shape) + op.input_vjp(sb, w_neg, ctx.shape)
+        nones = (None,) * 8
+        if not ctx.mixed:
+            return (gp, *nones)
+        x = ctx.saved_tensors[4]
+        gn = op.input_vjp(sa, w_neg, ctx.shape) + op.input_vjp(sb, w_pos, ctx.shape)
+        return (torch.where(x > 0, gp, gn), *nones)
+
+
+class _GammaFn(torch.autograd.Function):
+    """Generalised γ rule (zennit ``Gamma``) fused with the layer's forward.
+
+    With ``W_a = W + γW⁺``, ``W_b = W + γW⁻`` (biases likewise):
+    ``R_in = x⁺⊙(W_aᵀs_p + W_bᵀs_n) + x⁻⊙(W_bᵀs_p + W_aᵀs_n)``,
+    ``s_p = R·1[z>0]/stab(W_a x⁺ + W_b x⁻ + b_a)``, ``s_n = R·1[z<0]/stab(W_b x⁺ + W_a x⁻ + b_b)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        op: _LinearOp,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        w_a: torch.Tensor,
+        w_b: torch.Tensor,
+        b_a: torch.Tensor | None,
+        b_b: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        z = op.forward(x, w, b)
+        mixed = bool((x < 0).any())
+        if mixed:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            zp = op.forward(xp, w_a, b_a) + op.forward(xn, w_b, None)
+            zn = op.forward(xp, w_b, b_b) + op.forward(xn, w_a, None)
+        else:
+            zp = op.forward(x, w_a, b_a)
+            zn = op.forward(x, w_b, b_b)
+        rp = _ratio(z, zp, eps, z.dtype).mul_(z > 0)
+        rn = _ratio(z, zn, eps, z.dtype).mul_(z < 0)
+        if mixed:
+            ctx.save_for_backward(rp, rn, w_a, w_b, x)
+        else:
+            ctx.save_for_backward(rp, rn, w_a, w_b)
+        ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        op: _LinearOp = ctx.op
+        rp, rn, w_a, w_b = ctx.saved_tensors[:4]
+        sp, sn = g * rp, g * rn
+        gp = op.input_vjp(sp, w_a, ctx.shape) + op.input_vjp(sn, w_b, ctx.shape)
+        nones = (None,) * 8
+        if not ctx.mixed:
+            return (gp, *nones)
+        x = ctx.saved_tensors[4]
+        gn = op.input_vjp(sp, w_b, ctx.shape) + op.input_vjp(sn, w_a, ctx.shape)
+        return (torch.where(x > 0, gp, gn), *nones)
+
+
+class _FlatLikeFn(torch.autograd.Function):
+    """Flat and w² rules: ``R_in = Vᵀ (R_out / stab(V·1 + c))`` — returns relevance, not a gradient.
+
+    ``V`` is all-ones (flat, ``c = 0``) or ``W²`` (w², ``c = b²``). The denominator does not depend on
+    the sample, so it is computed for one sample and broadcast over the batch.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        op: _LinearOp,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        v: torch.Tensor,
+        c: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        z = op.forward(x, w, b)
+        ones = torch.ones((1, *x.shape[1:]), dtype=v.dtype, device=x.device)
+        den = op.forward(ones, v, c)
+        ctx.save_for_backward(_ratio(z, den.expand_as(z), eps, z.dtype), v)
+        ctx.op, ctx.shape = op, x.shape
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        r, v = ctx.saved_tensors
+        return ctx.op.input_vjp(g * r, v, ctx.shape), None, None, None, None, None, None
+
+
+class _ZBoxFn(torch.autograd.Function):
+    """ZBox rule: ``R_in = x⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs``, ``s = R/stab(Wx − W⁺l − W⁻h)`` (relevance out)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        op: _LinearOp,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        w_pos: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        eps: float,
+    ) -> torch.Tensor:
+        z = op.forward(x, w, b)
+        w_neg = w - w_pos
+        # biases cancel in zennit's ZBox denominator: (Wx+b) - (W⁺l+b⁺) - (W⁻h+b⁻)
+        den = op.forward(x, w, None) - op.forward(low, w_pos, None) - op.forward(high, w_neg, None)
+        ctx.save_for_backward(_ratio(z, den, eps, z.dtype), x, w, w_pos, w_neg, low, high)
+        ctx.op, ctx.shape = op, x.shape
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        r, x, w, w_pos, w_neg, low, high = ctx.saved_tensors
+        op: _LinearOp = ctx.op
+        s = g * r
+        rel = (
+            x * op.input_vjp(s, w, ctx.shape)
+            - low * op.input_vjp(s, w_pos, ctx.shape)
+            - high * op.input_vjp(s, w_neg, ctx.shape)
+        )
+        return (rel, *(None,) * 7)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-call state shared by all wrapped modules of one Explainer
+
+
+class RuleContext:
+    """Book-keeping of one forward pass: which rule layers ran, in which order.
+
+    The engine needs the first rule layer (the one in relevance-out mode) to be the first rule layer
+    that runs, and to run once; otherwise the gradient and relevance frames would be mixed.
+    """
+
+    def __init__(self) -> None:
+        self.first_done: bool = False
+        self.order: list[tuple[str, bool]] = []  # (module path, rule needs the gradient frame)
+
+    def reset(self) -> None:
+        """Forget the previous forward pass."""
+        self.first_done = False
+        self.order.clear()
+
+    def visit(self, name: str, is_first: bool, gradient_frame: bool) -> None:
+        """Record that module ``name`` ran."""
+        self.order.append((name, gradient_frame))
+        if is_first:
+            self.first_done = True
+
+
+# --------------------------------------------------------------------------------------------------
+# wrapper modules put in place of the original layers in the canonized copy
+
+
+class RuleModule(nn.Module):
+    """A layer of the canonized copy with an LRP rule attached (replaces the original module).
+
+    Attributes
+    ----------
+    inner : nn.Module
+        The original (canonized) module; its parameters are reused, not copied.
+    rule : Rule
+        The rule.
+    path : str
+        Dotted path of the module in the model, for error messages.
+    is_first : bool
+        Whether this is the relevance-out layer.
+    """
+
+    def __init__(self, inner: nn.Module, rule: Rule, path: str, is_first: bool, context: RuleContext) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rule = rule
+        self.path = path
+        self.is_first = is_first
+        # a plain attribute, not a submodule: the context is shared by all wrappers of one model
+        self.__dict__["context"] = context
+        self.rule.prepare(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx: RuleContext = self.__dict__["context"]
+        carries_relevance = not ctx.first_done
+        ctx.visit(self.path, self.is_first, self.rule.gradient_frame_only)
+        if self.is_first and not self.rule.direct and x.requires_grad:
+            x = _TimesInput.apply(x)
+        return self.rule.apply(self, x, carries_relevance)
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule!r}, first={self.is_first}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the rules (configuration objects; the work is done by RuleModule + the Functions above)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Base class of all rules.
+
+    Class attributes
+    ----------------
+    direct : bool
+        The rule produces relevance rather than a modified gradient; allowed on the first layer only.
+    needs_weight : bool
+        The rule needs a ``Linear``/``Conv{1,2,3}d`` layer (it modifies weights).
+    gradient_frame_only : bool
+        The rule cannot run before the first rule layer (where the backward carries relevance).
+    """
+
+    direct: ClassVar[bool] = False
+    needs_weight: ClassVar[bool] = False
+    gradient_frame_only: ClassVar[bool] = True
+
+    def prepare(self, module: RuleModule) -> None:
+        """Precompute what the rule needs (modified weights) once, at setup."""
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        """Run the forward of ``module.inner`` on ``x`` with this rule's backward attached."""
+        raise NotImplementedError
+
+
+def _weights(module: RuleModule) -> tuple[_LinearOp, torch.Tensor, torch.Tensor | None]:
+    inner = module.inner
+    weight = getattr(inner, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ConfigError(f"rule {module.rule!r} needs a layer with a weight, {module.path} has none")
+    return _LinearOp(inner), weight, getattr(inner, "bias", None)
+
+
+@dataclass(frozen=True)
+class Gradient(Rule):
+    """Plain gradient (no modification): relevance follows the module's Jacobian.
+
+    Right for max-pooling (winner-take-all), reshapes, dropout and other modules whose gradient is a
+    0/1 routing of ``g``.
+    """
+
+    gradient_frame_only: ClassVar[bool] = False
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        return module.inner(x)
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-ε: ``R_in = x ⊙ Jᵀ (R_out / stab(z))`` (``epsilon=0`` gives LRP-0).
+
+    Works on any module (uses its own autograd backward) with one element-wise rescale of the output
+    gradient.
+    """
+
+    epsilon: float = 1e-6
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        return _StabScale.apply(module.inner(x), self.epsilon)
+
+
+@dataclass(frozen=True)
+class Norm(Rule):
+    """Normalise by the output and weight by input contribution (zennit ``Norm``).
+
+    The ε rule with a pure stabiliser; used for average pooling and residual sums.
+    """
+
+    stabilizer: float = 1e-6
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        return _StabScale.apply(module.inner(x), self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Pass(Rule):
+    """Pass relevance through unchanged; only for element-wise modules (output shape == input shape)."""
+
+    gradient_frame_only: ClassVar[bool] = False
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        with torch.no_grad():
+            y = module.inner(x)
+        if y.shape != x.shape:
+            raise ConfigError(
+                f"Pass() on {module.path} ({type(module.inner).__name__}) needs an element-wise module, "
+                f"but it maps {tuple(x.shape)} to {tuple(y.shape)}"
+            )
+        if not x.requires_grad:
+            return y
+        return _PassFn.apply(x, y, carries_relevance)
+
+
+@dataclass(frozen=True)
+class _WeightRule(Rule):
+    needs_weight: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class ZPlus(_WeightRule):
+    """LRP z+ (α1β0; negative inputs allowed as in zennit)."""
+
+    stabilizer: float = 1e-6
+
+    def prepare(self, module: RuleModule) -> None:
+        op, w, b = _weights(module)
+        module.__dict__["lrp_cache"] = (op, w.detach().clamp(min=0), _pos(None if b is None else b.detach()))
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        op, w_pos, b_pos = module.__dict__["lrp_cache"]
+        w, b = module.inner.weight, module.inner.bias
+        return _ZPlusFn.apply(x, op, w, b, w_pos, b_pos, self.stabilizer)
+
+
+@dataclass(frozen=True)
+class AlphaBeta(_WeightRule):
+    """LRP αβ with ``α − β = 1`` (default α=2, β=1)."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ConfigError(f"AlphaBeta needs alpha, beta >= 0 and alpha - beta == 1, got {self}")
+
+    def prepare(self, module: RuleModule) -> None:
+        op, w, b = _weights(module)
+        module.__dict__["lrp_cache"] = (op, w.detach().clamp(min=0), _pos(None if b is None else b.detach()))
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        op, w_pos, b_pos = module.__dict__["lrp_cache"]
+        w, b = module.inner.weight, module.inner.bias
+        return _AlphaBetaFn.apply(x, op, w, b, w_pos, b_pos, self.alpha, self.beta, self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Gamma(_WeightRule):
+    """Generalised LRP-γ (positive *and* negative parts boosted as in zennit)."""
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+    def prepare(self, module: RuleModule) -> None:
+        op, w, b = _weights(module)
+        w = w.detach()
+        w_a = w + self.gamma * w.clamp(min=0)
+        w_b = w + self.gamma * w.clamp(max=0)
+        b_a = b_b = None
+        if b is not None:
+            b = b.detach()
+            b_a, b_b = b + self.gamma * b.clamp(min=0), b + self.gamma * b.clamp(max=0)
+        module.__dict__["lrp_cache"] = (op, w_a, w_b, b_a, b_b)
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        op, w_a, w_b, b_a, b_b = module.__dict__["lrp_cache"]
+        w, b = module.inner.weight, module.inner.bias
+        return _GammaFn.apply(x, op, w, b, w_a, w_b, b_a, b_b, self.stabilizer)
+
+
+@dataclass(frozen=True)
+class Flat(_WeightRule):
+    """LRP flat: all weights 1, no bias; spreads relevance uniformly over the receptive field."""
+
+    stabilizer: float = 1e-6
+    direct: ClassVar[bool] = True
+
+    def prepare(self, module: RuleModule) -> None:
+        op, w, _ = _weights(module)
+        module.__dict__["lrp_cache"] = (op, torch.ones_like(w.detach()), None)
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        op, v, c = module.__dict__["lrp_cache"]
+        return _FlatLikeFn.apply(x, op, module.inner.weight, module.inner.bias, v, c, self.stabilizer)
+
+
+@dataclass(frozen=True)
+class WSquare(Flat):
+    """LRP w²: weights squared (bias squared in the denominator, as in zennit)."""
+
+    def prepare(self, module: RuleModule) -> None:
+        op, w, b = _weights(module)
+        module.__dict__["lrp_cache"] = (op, w.detach() ** 2, None if b is None else b.detach() ** 2)
+
+
+def _as_bound(value: float | torch.Tensor) -> torch.Tensor:
+    return value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+
+
+@dataclass(frozen=True)
+class ZBox(_WeightRule):
+    """LRP z^B (bounded input): ``low``/``high`` are floats or tensors broadcastable to ``(1, C, H, W)``."""
+
+    low: float | torch.Tensor = 0.0
+    high: float | torch.Tensor = 1.0
+    stabilizer: float = 1e-6
+    direct: ClassVar[bool] = True
+
+    def prepare(self, module: RuleModule) -> None:
+        op, w, _ = _weights(module)
+        module.__dict__["lrp_cache"] = (op, w.detach().clamp(min=0))
+
+    def _bound(self, value: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = _as_bound(value).to(device=x.device, dtype=x.dtype)
+        if t.ndim == 0:
+            return t.expand(1, *x.shape[1:])
+        try:
+            return torch.broadcast_to(t, (1, *x.shape[1:])) if t.shape[0] == 1 else torch.broadcast_to(t, x.shape)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"ZBox bound of shape {tuple(t.shape)} does not broadcast to the input {tuple(x.shape)}"
+            ) from exc
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        op, w_pos = module.__dict__["lrp_cache"]
+        low, high = self._bound(self.low, x), self._bound(self.high, x)
+        return _ZBoxFn.apply(x, op, module.inner.weight, module.inner.bias, w_pos, low, high, self.stabilizer)
+
+    def __repr__(self) -> str:
+        return f"ZBox(low={self.low!r}, high={self.high!r}, stabilizer={self.stabilizer})"
+
