@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spray.config import DataConfig, TransformConfig
+from spray.data import Transform, build_dataset, collate_samples, read_idx, write_idx
+from spray.errors import DataError
+from tests.helpers import make_image_folder
+
+
+def test_idx_roundtrip_and_ids(tmp_path: Path) -> None:
+    imgs = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
+    write_idx(tmp_path / "i.gz", imgs)
+    write_idx(tmp_path / "l.gz", np.array([0, 1, 2, 1, 0], dtype=np.uint8))
+    assert np.array_equal(read_idx(tmp_path / "i.gz"), imgs)
+    ds = build_dataset(DataConfig(kind="idx", images=tmp_path / "i.gz", labels=tmp_path / "l.gz"))
+    assert ds.ids == ["0", "1", "2", "3", "4"]
+    it = ds[3]
+    assert it["ok"] and it["label"] == 1 and it["x"].shape == (1, 4, 4)
+    assert torch.allclose(it["x"][0], torch.from_numpy(imgs[3]).float() / 255)
+
+
+def test_idx_rejects_garbage_and_truncation(tmp_path: Path) -> None:
+    (tmp_path / "bad").write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+    write_idx(tmp_path / "i", np.zeros((3, 4, 4), np.uint8))
+    raw = (tmp_path / "i").read_bytes()
+    (tmp_path / "t").write_bytes(raw[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "t")
+
+
+def test_image_folder_skips_non_images_and_corrupt(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=3)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert ds.class_names == ["cat", "dog"]
+    assert "cat/000.png" in ds.ids and "cat/notes.txt" not in ds.ids
+    assert [s.sample_id for s in ds.pre_skipped] == ["cat/notes.txt"]
+    items = [ds[i] for i in range(len(ds))]
+    batch = collate_samples(items)
+    assert [s.sample_id for s in batch["skipped"]] == ["dog/broken.png"]
+    assert "corrupt" in batch["skipped"][0].reason
+    assert batch["x"].shape == (6, 3, 16, 16)
+
+
+def test_content_hash_stable_and_sensitive(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    h1 = ds[0]["hash"]
+    assert build_dataset(DataConfig(kind="image_folder", path=root))[0]["hash"] == h1
+    make_image_folder(tmp_path / "other", n_per_class=2, size=17)
+    (root / "cat" / "000.png").write_bytes((tmp_path / "other" / "cat" / "000.png").read_bytes())
+    assert ds[0]["hash"] != h1
+
+
+def test_transform_resize_crop_rgb_normalise() -> None:
+    t = Transform(TransformConfig(resize=20, center_crop=16, grayscale_to_rgb=True, mean=[0.5] * 3, std=[0.5] * 3), 8)
+    x, thumb = t(torch.full((1, 10, 12), 1.0))
+    assert x.shape == (3, 16, 16) and thumb.shape == (8, 8, 3) and thumb.dtype == np.uint8
+    assert torch.allclose(x, torch.ones_like(x))  # (1 - 0.5) / 0.5
+    assert t.input_bounds() == (-1.0, 1.0)
+
+
+def test_mixed_sizes_in_batch_explains_fix(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "a", n_per_class=1, classes=("x",), size=16)
+    make_image_folder(tmp_path / "b", n_per_class=1, classes=("x",), size=20)
+    (root / "x" / "big.png").write_bytes((tmp_path / "b" / "x" / "000.png").read_bytes())
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    with pytest.raises(DataError, match="resize and center_crop"):
+        collate_samples([ds[0], ds[1]])
