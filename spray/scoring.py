@@ -1,0 +1,630 @@
+"""Suspicion scoring of SpRAy clusters: which clusters look like a Clever-Hans strategy, and why.
+
+SpRAy papers stop at a scatter plot and leave the last step to a person ("small clusters that stand
+apart are candidates"). This module ranks every cluster of a class automatically and writes the
+reasons in sentences a person can check against the heatmaps and the images.
+
+Signals (all per cluster, computed on the positive part of the normalised maps, each map rescaled to
+unit positive mass so that a sample's *share* of relevance in a region is well defined):
+
+``localisation`` (the main map signal)
+    The hot region ``W`` is the square window (several sizes) or border frame whose share of the
+    members' relevance most exceeds the share that the *rest of the class* puts there, minus a small
+    area penalty. ``contrast = share_in(W) - share_out(W)``. A shortcut puts relevance where ordinary
+    members of the class put none; a natural sub-group mostly moves relevance around on the object,
+    so the rest of the class still has some relevance there (the ``lift`` ``share_in / share_out``
+    is reported too).
+``moving`` (translation-tolerant)
+    For artifacts that move around, each sample's *own* best window of size ``s`` is used instead of
+    a shared one: ``peak_in - peak_out``. ``localisation`` is the larger of the fixed and the moving
+    contrast, so a fixed artifact never loses, and a moving one is still seen.
+``consistency``
+    AUROC of the per-sample share (members vs the rest of the class): does every member do it, or
+    does the mean hide a few extreme maps?
+``separation``
+    ``1 - conductance`` of the cluster in the symmetrised kNN graph of the spectral stage: how few of
+    its members' neighbours lie outside it.
+``rarity``, ``border``
+    Fraction of the class, and share of relevance on the outer frame (reported; rarity enters the
+    score mildly, border through the frame regions).
+``intervention`` (the horse-tag test of Lapuschkin et al. 2019; needs an :class:`InterventionProbe`)
+    Paste the hot region of member images (the shared window, or each member's own window for a
+    moving artifact; grid cells upsampled to input pixels) into images of other classes and count how
+    many flip to this class. The **null** is the same paste taken from *non-member* images of the same
+    class (same region, same target images): a natural object part of the class flips both about
+    equally, a shortcut only the members'. The paired design gives an exact sign test (McNemar).
+
+Score and flag. ``map_score = localisation * (0.5 + 0.5 * (2*AUROC-1)) * (0.5 + 0.5*separation) *
+(1 - 0.25 * fraction)``. With a probe, ``score = 0.5 * map_score + 0.5 * min(1, excess / 0.5)``, where
+``excess`` is the flip rate above the null (0 when untested or not significant); without a probe
+``score = map_score``. Scores are comparable across the classes of one run. ``suspicious`` is:
+
+* with a probe: the cluster was tested, its flip excess is at least ``flip_margin`` and the sign test
+  gives ``p < flip_alpha`` (calibrated per class by the same-class null, so natural sub-groups do not
+  raise alarms however separated they are);
+* without a probe: ``map_score >= map_threshold`` (a fixed threshold calibrated on clean models; weaker).
+
+Which labelling: the k-means sweep stores a labelling per ``k``. Every cluster of every ``k`` gets a
+map score, and per class the labelling whose most suspicious cluster has the highest map score is
+returned (ties go to ``clustering.chosen_k``): an artifact cluster that the chosen ``k`` merges into a
+big cluster is recovered at the ``k`` that separates it, and splitting it further lowers its
+separation, so the criterion does not drift to large ``k``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from spray.config import ScoringConfig
+from spray.records import ClusterFinding, ClusteringResult, SpectralResult
+
+logger = logging.getLogger(__name__)
+
+#: Window sides as fractions of the grid side (4, 5, 6 cells on a 28-cell grid). Only small windows:
+#: a large window would hold a whole object part of a natural sub-group and out-score an artifact.
+_WINDOW_FRACTIONS = (1 / 8, 1 / 6, 1 / 5)
+#: Widths (cells) of the border frames tried as regions.
+_FRAME_WIDTHS = (1, 2)
+#: Area penalty: a region covering all the image would trivially hold all the relevance.
+_AREA_PENALTY = 0.5
+#: Clusters smaller than this are scored but never tested or flagged (too few samples to tell).
+_MIN_SIZE = 5
+#: Regulariser of the lift ratio (a share of 0.5 % counts as "no relevance").
+_LIFT_EPS = 0.005
+#: Flip excess that gives the full intervention score.
+_FULL_EXCESS = 0.5
+#: Members / non-members whose pixels are pasted (cycled over the target images).
+_MAX_DONORS = 64
+
+# Defaults for scoring settings not (yet) in ScoringConfig; read with getattr so that a config
+# without them keeps working.
+_DEFAULTS = {
+    "flip_margin": 0.1,
+    "flip_alpha": 0.01,
+    "map_threshold": 0.35,
+    "translation_tolerant": True,
+    "select_k": "best",
+}
+
+
+def _cfg(config: ScoringConfig, name: str) -> object:
+    return getattr(config, name, _DEFAULTS[name])
+
+
+@dataclass
+class InterventionProbe:
+    """What the intervention (paste) test needs; built by the audit from the dataset.
+
+    Attributes
+    ----------
+    predict : Callable[[torch.Tensor], torch.Tensor]
+        ``(B, C, H, W)`` model inputs -> ``(B,)`` predicted class.
+    load_inputs : Callable[[list[str]], torch.Tensor]
+        Sample ids -> ``(B, C, H, W)`` model inputs (normalised as the model expects).
+    other_ids : list[str]
+        Ids of images of OTHER classes to paste into (already sampled, seeded).
+    other_labels : np.ndarray
+        ``(m,)`` their labels.
+    """
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    load_inputs: Callable[[list[str]], torch.Tensor]
+    other_ids: list[str]
+    other_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A candidate hot region on the ``h×w`` grid: a square window or a border frame."""
+
+    kind: str  # "window" | "frame"
+    size: int  # window side or frame width, in cells
+    row: int = 0
+    col: int = 0
+
+    def mask(self, h: int, w: int) -> np.ndarray:
+        """``(h, w)`` bool mask of the region."""
+        m = np.zeros((h, w), dtype=bool)
+        if self.kind == "window":
+            m[self.row : self.row + self.size, self.col : self.col + self.size] = True
+        else:
+            b = self.size
+            m[:b, :] = m[-b:, :] = m[:, :b] = m[:, -b:] = True
+        return m
+
+
+class _ClassStats:
+    """Per-class precomputation shared by all clusters of all labellings.
+
+    Holds, for every sample, its share of positive relevance in every candidate region (windows of
+    every size at every position, and the border frames), and its best window share per size.
+    """
+
+    def __init__(self, maps: np.ndarray, spectral: SpectralResult) -> None:
+        n, h, w = maps.shape
+        self.n, self.h, self.w = n, h, w
+        pos = np.clip(maps.astype(np.float64), 0.0, None)
+        mass = pos.reshape(n, -1).sum(axis=1)
+        # A map with no positive relevance has no hot region: all its shares are 0.
+        inv = np.where(mass > 0, 1.0 / np.maximum(mass, 1e-300), 0.0)
+        p = pos * inv[:, None, None]
+        self.p = p.astype(np.float32)
+        ii = np.zeros((n, h + 1, w + 1))
+        ii[:, 1:, 1:] = p.cumsum(axis=1).cumsum(axis=2)
+        sizes = sorted({max(2, min(h, w, round(min(h, w) * f))) for f in _WINDOW_FRACTIONS})
+        self.sizes = sizes
+        # box[s]: (n, h-s+1, w-s+1) share of each sample's relevance in each s×s window.
+        self.box: dict[int, np.ndarray] = {}
+        self.peak: dict[int, np.ndarray] = {}
+        for s in sizes:
+            b = ii[:, s:, s:] - ii[:, :-s, s:] - ii[:, s:, :-s] + ii[:, :-s, :-s]
+            b = b.astype(np.float32)
+            self.box[s] = b
+            self.peak[s] = b.reshape(n, -1).max(axis=1)
+        self.frame: dict[int, np.ndarray] = {}
+        for fw in _FRAME_WIDTHS:
+            if 2 * fw < min(h, w):
+                m = _Region("frame", fw).mask(h, w)
+                self.frame[fw] = p[:, m].sum(axis=1).astype(np.float32)
+        # Symmetrised kNN graph (A + Aᵀ)/2, as in the spectral stage, for the conductance.
+        knn = np.asarray(spectral.knn_indices)
+        k = knn.shape[1] if knn.ndim == 2 else 0
+        if k:
+            rows = np.repeat(np.arange(n), k)
+            a = sp.csr_matrix((np.ones(n * k), (rows, knn.ravel())), shape=(n, n))
+            self.adj: sp.csr_matrix | None = ((a + a.T) * 0.5).tocsr()
+            self.deg = np.asarray(self.adj.sum(axis=1)).ravel()
+        else:
+            self.adj, self.deg = None, np.zeros(n)
+
+    def conductance(self, member: np.ndarray) -> float:
+        """``cut(S, S̄) / min(vol S, vol S̄)`` in the kNN graph; 1.0 when undefined."""
+        if self.adj is None:
+            return 1.0
+        x = member.astype(np.float64)
+        vol_in = float(self.deg @ x)
+        vol_out = float(self.deg.sum() - vol_in)
+        denom = min(vol_in, vol_out)
+        if denom <= 0:
+            return 1.0
+        inside = float(x @ (self.adj @ x))
+        return float(np.clip((vol_in - inside) / denom, 0.0, 1.0))
+
+
+def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Mann-Whitney AUROC of ``pos`` above ``neg`` (0.5 when either is empty)."""
+    if pos.size == 0 or neg.size == 0:
+        return 0.5
+    allv = np.concatenate([pos, neg])
+    ranks = _rankdata(allv)
+    r_pos = ranks[: pos.size].sum()
+    return float((r_pos - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def _rankdata(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based), ties averaged."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(x.size, dtype=np.float64)
+    # Ties: give every member of a run of equal values the mean of their positions.
+    bounds = np.flatnonzero(np.diff(xs)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [x.size]])
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return ranks
+
+
+def _location_words(region: _Region, h: int, w: int) -> str:
+    """Where a window lies, in words ("top left", "centre", ...)."""
+    if region.kind == "frame":
+        return "border"
+    cy = (region.row + region.size / 2) / h
+    cx = (region.col + region.size / 2) / w
+    vert = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "middle")
+    horiz = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "centre")
+    if vert == "middle" and horiz == "centre":
+        return "centre"
+    if vert == "middle":
+        return f"middle {horiz}"
+    return f"{vert} {horiz}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+@dataclass
+class _Candidate:
+    """Map-based analysis of one cluster (before the intervention)."""
+
+    k: int
+    cluster_id: int
+    member: np.ndarray  # (n,) bool
+    region: _Region
+    moving: bool
+    moving_size: int
+    signals: dict[str, float]
+    map_score: float
+
+
+def _analyse_cluster(
+    stats: _ClassStats, k: int, cid: int, member: np.ndarray, translation_tolerant: bool
+) -> _Candidate:
+    """Map signals and map score of one cluster."""
+    n, h, w = stats.n, stats.h, stats.w
+    size = int(member.sum())
+    rest = ~member
+    n_rest = int(rest.sum())
+    fin = member.astype(np.float32) / max(size, 1)
+    fout = rest.astype(np.float32) / max(n_rest, 1)
+    best: tuple[float, _Region, float, float] | None = None
+    for s in stats.sizes:
+        b = stats.box[s].reshape(n, -1)
+        sin, sout = fin @ b, fout @ b
+        obj = sin - sout - _AREA_PENALTY * s * s / (h * w)
+        j = int(np.argmax(obj))
+        if best is None or obj[j] > best[0]:
+            nw = w - s + 1
+            best = (float(obj[j]), _Region("window", s, j // nw, j % nw), float(sin[j]), float(sout[j]))
+    for fw, share in stats.frame.items():
+        sin_f, sout_f = float(fin @ share), float(fout @ share)
+        area = (h * w - (h - 2 * fw) * (w - 2 * fw)) / (h * w)
+        obj_f = sin_f - sout_f - _AREA_PENALTY * area
+        if best is None or obj_f > best[0]:
+            best = (obj_f, _Region("frame", fw), sin_f, sout_f)
+    assert best is not None
+    _, region, share_in, share_out = best
+    per_sample = _region_shares(stats, region)
+    contrast = share_in - share_out
+    # Lift against the rest's *median* share: robust to a few artifact samples left outside the cluster.
+    lift_fixed = (share_in + _LIFT_EPS) / (float(np.median(per_sample[rest])) + _LIFT_EPS) if n_rest else 1.0
+    auc_fixed = _auroc(per_sample[member], per_sample[rest])
+
+    # Translation-tolerant: each sample's own best window of each size.
+    moving_best: tuple[float, int, float, float, float] = (-np.inf, stats.sizes[0], 0.0, 0.0, 0.5)
+    if translation_tolerant:
+        for s in stats.sizes:
+            pk = stats.peak[s]
+            pin, pout = float(pk[member].mean()) if size else 0.0, float(pk[rest].mean()) if n_rest else 0.0
+            obj = pin - pout - _AREA_PENALTY * s * s / (h * w)
+            if obj > moving_best[0]:
+                moving_best = (obj, s, pin, pout, _auroc(pk[member], pk[rest]))
+    _, msize, peak_in, peak_out, auc_moving = moving_best
+    moving_contrast = peak_in - peak_out if translation_tolerant else -1.0
+    # Moving only wins clearly: a fixed artifact is also a (trivially) moving one.
+    moving = translation_tolerant and moving_contrast > contrast + 0.05
+    loc = moving_contrast if moving else contrast
+    lift = (peak_in + _LIFT_EPS) / (peak_out + _LIFT_EPS) if moving else lift_fixed
+    # A shortcut sits where the rest of the class has (almost) no relevance: lift >= 100 counts fully,
+    # a natural sub-group (lift ~10 on synthetic maps) half.
+    lift_factor = float(np.clip(np.log10(max(lift, 1.0)) / 2.0, 0.0, 1.0))
+    auc = auc_moving if moving else auc_fixed
+    conductance = stats.conductance(member)
+    fraction = size / max(n, 1)
+    border = float(stats.frame.get(1, np.zeros(n))[member].mean()) if size else 0.0
+    consistency = max(0.0, 2.0 * auc - 1.0)
+    map_score = (
+        max(loc, 0.0)
+        * lift_factor
+        * (0.5 + 0.5 * consistency)
+        * (0.5 + 0.5 * (1.0 - conductance))
+        * (1.0 - 0.25 * fraction)
+    )
+    if size < _MIN_SIZE or n_rest == 0:
+        map_score = 0.0
+    signals = {
+        "fraction": fraction,
+        "size": float(size),
+        "share_in": share_in,
+        "share_out": share_out,
+        "contrast": contrast,
+        "lift": lift,
+        "lift_factor": lift_factor,
+        "region_cells": float(region.mask(h, w).sum()),
+        "moving_contrast": moving_contrast,
+        "peak_in": peak_in,
+        "peak_out": peak_out,
+        "auroc_fixed": auc_fixed,
+        "auroc_moving": auc_moving,
+        "consistency": consistency,
+        "conductance": conductance,
+        "separation": 1.0 - conductance,
+        "border_share": border,
+        "localisation": loc,
+        "map_score": map_score,
+    }
+    return _Candidate(k, cid, member, region, moving, int(msize), signals, float(map_score))
+
+
+def _region_shares(stats: _ClassStats, region: _Region) -> np.ndarray:
+    """``(n,)`` share of each sample's positive relevance in ``region``."""
+    if region.kind == "frame":
+        return stats.frame[region.size]
+    return stats.box[region.size][:, region.row, region.col]
+
+
+def _peak_masks(stats: _ClassStats, idx: np.ndarray, s: int) -> np.ndarray:
+    """``(len(idx), h, w)`` bool masks of each sample's own best ``s×s`` window."""
+    b = stats.box[s][idx]
+    nw = b.shape[2]
+    j = b.reshape(len(idx), -1).argmax(axis=1)
+    out = np.zeros((len(idx), stats.h, stats.w), dtype=bool)
+    for i, (r, c) in enumerate(zip(j // nw, j % nw, strict=True)):
+        out[i, r : r + s, c : c + s] = True
+    return out
+
+
+def _paste_flips(
+    probe: InterventionProbe,
+    class_index: int,
+    donor_ids: list[str],
+    donor_masks: np.ndarray,
+    targets: torch.Tensor,
+) -> np.ndarray:
+    """Paste donor pixels (inside their grid masks, upsampled) into targets; ``(m,)`` bool "now class"."""
+    donors = probe.load_inputs(donor_ids)
+    m = targets.shape[0]
+    pick = np.arange(m) % len(donor_ids)  # cycle donors over targets: every donor is used evenly
+    mask = torch.from_numpy(donor_masks[pick].astype(np.float32))[:, None]
+    mask = F.interpolate(mask, size=tuple(targets.shape[-2:]), mode="nearest").bool()
+    pasted = torch.where(mask, donors[torch.from_numpy(pick)].to(targets.dtype), targets)
+    with torch.no_grad():
+        pred = probe.predict(pasted)
+    return np.asarray(pred.cpu().numpy() == class_index)
+
+
+def _sign_test_p(b: int, c: int) -> float:
+    """One-sided exact sign test: P(X >= b) for X ~ Binomial(b + c, 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(b, n + 1))
+    return float(tail / 2.0**n)
+
+
+def _intervention(
+    stats: _ClassStats,
+    cand: _Candidate,
+    class_index: int,
+    sample_ids: list[str],
+    probe: InterventionProbe,
+    n_targets: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """The paste test of one cluster against its same-class null; returns raw numbers."""
+    keep = np.asarray(probe.other_labels) != class_index
+    other = [i for i, ok in zip(probe.other_ids, keep, strict=True) if ok][:n_targets]
+    if not other:
+        return {}
+    targets = probe.load_inputs(other)
+    with torch.no_grad():
+        before = np.asarray(probe.predict(targets).cpu().numpy() == class_index)
+    members = np.flatnonzero(cand.member)
+    rest = np.flatnonzero(~cand.member)
+    d_in = np.sort(rng.choice(members, size=min(_MAX_DONORS, members.size), replace=False))
+    d_out = np.sort(rng.choice(rest, size=min(_MAX_DONORS, rest.size), replace=False))
+    if cand.moving:
+        m_in = _peak_masks(stats, d_in, cand.moving_size)
+        m_out = _peak_masks(stats, d_out, cand.moving_size)
+    else:
+        shared = cand.region.mask(stats.h, stats.w)
+        m_in = np.broadcast_to(shared, (d_in.size, *shared.shape))
+        m_out = np.broadcast_to(shared, (d_out.size, *shared.shape))
+    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets)
+    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets)
+    valid = ~before  # a target already predicted as this class cannot flip to it
+    nv = int(valid.sum())
+    if nv == 0:
+        return {}
+    fi, fo = flip_in[valid], flip_out[valid]
+    b = int((fi & ~fo).sum())
+    c = int((~fi & fo).sum())
+    return {
+        "flip_rate": float(fi.mean()),
+        "flip_null": float(fo.mean()),
+        "flip_excess": float(fi.mean() - fo.mean()),
+        "flip_p": _sign_test_p(b, c),
+        "flip_targets": float(nv),
+    }
+
+
+def _evidence(
+    cand: _Candidate, class_name: str, n: int, h: int, w: int, tested: dict[str, float] | None
+) -> list[str]:
+    """Sentences a person can check; the first clause of each is what :func:`evidence_line` shows."""
+    s = cand.signals
+    size = int(s["size"])
+    out = [
+        f"{_pct(s['fraction'])} of class {class_name} ({size} of {n} samples); "
+        f"{_pct(s['separation'])} of its kNN-graph edges stay inside the cluster"
+    ]
+    if cand.moving:
+        ms = cand.moving_size
+        out.append(
+            f"each member puts {_pct(s['peak_in'])} of its relevance into a {ms}×{ms} spot at varying positions "
+            f"(rest of {class_name}: {_pct(s['peak_out'])})"
+        )
+    else:
+        r = cand.region
+        where = (
+            f"a {r.size}-cell frame along the image border"
+            if r.kind == "frame"
+            else f"a {r.size}×{r.size} region at the {_location_words(r, h, w)}"
+        )
+        out.append(
+            f"{_pct(s['share_in'])} of its relevance lies in {where} "
+            f"(rest of {class_name}: {_pct(s['share_out'])}; the region is {_pct(s['region_cells'] / (h * w))} "
+            "of the image)"
+        )
+    out.append(
+        f"a member's share there exceeds a random other {class_name} sample's with probability "
+        f"{_pct((1 + s['consistency']) / 2)}"
+    )
+    if tested:
+        out.append(
+            f"pasting that region flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
+            f"(the same region from other {class_name} images: {_pct(tested['flip_null'])}; "
+            f"p = {tested['flip_p']:.2g}, {int(tested['flip_targets'])} images)"
+        )
+    return out
+
+
+def score_class(
+    class_index: int,
+    class_name: str,
+    sample_ids: list[str],
+    maps: np.ndarray,
+    spectral: SpectralResult,
+    clustering: ClusteringResult,
+    *,
+    config: ScoringConfig,
+    probe: InterventionProbe | None = None,
+    seed: int = 0,
+) -> list[ClusterFinding]:
+    """Score every cluster of one class and explain each score.
+
+    Parameters
+    ----------
+    class_index, class_name
+        The class.
+    sample_ids : list[str]
+        Ids of the ``n`` rows, in the row order of ``maps`` and of the labellings.
+    maps : np.ndarray
+        ``(n, h, w)`` float per-sample normalised relevance (signed, divided by total ``|R|``).
+    spectral : SpectralResult
+        The class's spectral result (its kNN graph gives the conductance).
+    clustering : ClusteringResult
+        All labellings; the one returned is chosen as described in the module docstring.
+    config : ScoringConfig
+        Intervention settings and thresholds.
+    probe : InterventionProbe, optional
+        Enables the paste test on the ``config.intervention_candidates`` leading clusters.
+    seed : int
+        Seeds the choice of donor images; same inputs and seed give the same findings.
+
+    Returns
+    -------
+    list[ClusterFinding]
+        The clusters of one labelling, most suspicious first.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (n, h, w), got {maps.shape}")
+    n, h, w = maps.shape
+    if len(sample_ids) != n:
+        raise ValueError(f"{len(sample_ids)} sample ids for {n} maps")
+    if not clustering.labellings:
+        return []
+    stats = _ClassStats(maps, spectral)
+    tol = bool(_cfg(config, "translation_tolerant"))
+
+    per_k: dict[int, list[_Candidate]] = {}
+    ks = sorted(clustering.labellings)
+    if _cfg(config, "select_k") != "best" and clustering.chosen_k in clustering.labellings:
+        ks = [clustering.chosen_k]
+    for k in ks:
+        lab = np.asarray(clustering.labellings[k])
+        per_k[k] = [_analyse_cluster(stats, k, int(c), lab == c, tol) for c in np.unique(lab)]
+    chosen = clustering.chosen_k if clustering.chosen_k in per_k else ks[0]
+
+    def top(k: int) -> float:
+        return max(c.map_score for c in per_k[k])
+
+    best_k = max(per_k, key=lambda k: (top(k), k == chosen, -k))
+    cands = sorted(per_k[best_k], key=lambda c: (-c.map_score, c.cluster_id))
+
+    tests: dict[int, dict[str, float]] = {}
+    use_probe = probe is not None and config.intervention and config.intervention_candidates > 0
+    if use_probe:
+        assert probe is not None
+        rng = np.random.default_rng([seed, class_index])
+        for cand in cands[: config.intervention_candidates]:
+            if cand.signals["size"] < _MIN_SIZE or cand.map_score <= 0:
+                continue
+            res = _intervention(stats, cand, class_index, sample_ids, probe, config.intervention_samples, rng)
+            if res:
+                tests[cand.cluster_id] = res
+
+    margin = float(_cfg(config, "flip_margin"))  # type: ignore[arg-type]
+    alpha = float(_cfg(config, "flip_alpha"))  # type: ignore[arg-type]
+    map_thr = float(_cfg(config, "map_threshold"))  # type: ignore[arg-type]
+    findings = []
+    for cand in cands:
+        sig = dict(cand.signals)
+        sig["eigengap_k"] = float(clustering.eigengap_k)
+        sig["chosen_k"] = float(clustering.chosen_k)
+        res = tests.get(cand.cluster_id)
+        if use_probe:
+            excess = 0.0
+            if res:
+                sig.update(res)
+                if res["flip_p"] < alpha:
+                    excess = max(0.0, res["flip_excess"])
+            score = 0.5 * cand.map_score + 0.5 * min(1.0, excess / _FULL_EXCESS)
+            suspicious = bool(res) and res["flip_excess"] >= margin and res["flip_p"] < alpha
+        else:
+            score = cand.map_score
+            suspicious = cand.map_score >= map_thr and cand.signals["size"] >= _MIN_SIZE
+        sig["tested"] = float(bool(res))
+        idx = np.flatnonzero(cand.member)
+        findings.append(
+            ClusterFinding(
+                class_index=class_index,
+                class_name=class_name,
+                cluster_id=cand.cluster_id,
+                k=best_k,
+                size=int(idx.size),
+                fraction=float(idx.size / n),
+                score=float(score),
+                suspicious=suspicious,
+                evidence=_evidence(cand, class_name, n, h, w, res),
+                signals=sig,
+                member_ids=[sample_ids[i] for i in idx],
+                mean_heatmap=maps[idx].mean(axis=0).astype(np.float32),
+            )
+        )
+    findings.sort(key=lambda f: (-f.score, f.cluster_id))
+    logger.info(
+        "class %s: k=%d (chosen_k=%d), top cluster score %.3f%s",
+        class_name,
+        best_k,
+        clustering.chosen_k,
+        findings[0].score if findings else 0.0,
+        " (suspicious)" if findings and findings[0].suspicious else "",
+    )
+    return findings
+
+
+def rank_findings(per_class: list[list[ClusterFinding]]) -> list[ClusterFinding]:
+    """All clusters of all classes, most suspicious first: flagged before unflagged, then by score.
+
+    Scores of one run are comparable across classes (same signals, same scale); ties are broken by
+    class and cluster id so the order is deterministic.
+    """
+    flat = [f for fs in per_class for f in fs]
+    return sorted(flat, key=lambda f: (not f.suspicious, -f.score, f.class_index, f.cluster_id))
+
+
+def evidence_line(f: ClusterFinding) -> str:
+    """One line for tables, e.g. "12 % of class Sandal; 71 % of its relevance lies in a 4×4 region at
+    the top left; pasting that region flips 63 % of other-class images to Sandal"."""
+    parts = []
+    for i, sentence in enumerate(f.evidence):
+        if i == 2 and "probability" in sentence:
+            continue  # the consistency sentence is detail for the report, not the table
+        # First clause of each sentence: the claim; the parenthesis and the rest are detail.
+        clause = sentence.split(" (")[0].split("; ")[0]
+        parts.append(clause)
+    return "; ".join(parts)
+
+
+__all__ = ["InterventionProbe", "evidence_line", "rank_findings", "score_class"]
