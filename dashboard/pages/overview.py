@@ -1,0 +1,118 @@
+"""Overview: the ranked suspicious clusters of a run across all classes, and what changed since the last run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlencode
+
+import common
+import pandas as pd
+import streamlit as st
+
+st.title("Suspicious clusters")
+cur = common.current_run()
+if cur is None:
+    st.info(common.HOW_TO_MAKE_A_RUN.format(runs=common.runs_dir()))
+    st.stop()
+runs, run = cur
+path = str(Path(runs) / run)
+summary = common.run_data(path).summary
+dataset = common.dataset_key(summary)
+common.push_url(run=run)
+
+found = common.findings(path)
+m = st.columns(5)
+m[0].metric("Samples", f"{summary.get('n_samples', 0):,}")
+m[1].metric("Classes analysed", len(summary.get("classes", [])))
+m[2].metric("Clusters scored", len(found))
+m[3].metric("Suspicious", sum(bool(f["suspicious"]) for f in found))
+counts = common.store().counts(dataset)
+m[4].metric("Flagged (unlearn)", f"{counts.get('unlearn', 0):,}")
+st.caption(f"Run `{summary.get('run_id', '')[:12]}` of dataset `{dataset}` · {common.run_label(run)}")
+
+c1, c2, c3 = st.columns([1, 1, 2])
+only_susp = c1.toggle("Suspicious only", value=False, key="ov_only_suspicious")
+top = c2.number_input(
+    "Show top",
+    min_value=5,
+    max_value=max(5, len(found)),
+    value=min(25, max(5, len(found))),
+    step=5,
+    key="ov_top",
+)
+cmap = c3.selectbox("Heatmap colours", list(common.imaging.COLORMAPS), key="ov_cmap")
+
+flagged = common.store().status_of(dataset)
+shown = [f for f in found if f["suspicious"] or not only_susp][: int(top)]
+table = pd.DataFrame(
+    {
+        "rank": [f.get("rank", i + 1) for i, f in enumerate(shown)],
+        "heatmap": [common.mean_heatmap_uri(path, f["key"], cmap) for f in shown],
+        "score": [f["score"] for f in shown],
+        "class": [f"{f['class_index']} · {f['class_name']}" for f in shown],
+        "size": [f["size"] for f in shown],
+        "share": [f["fraction"] for f in shown],
+        "suspicious": [bool(f["suspicious"]) for f in shown],
+        "flagged": [sum(1 for s in f["member_ids"] if s in flagged) for f in shown],
+        "evidence": [(f["evidence"] or [""])[0] for f in shown],
+        "open": ["cluster?" + urlencode({"run": run, "cluster": f["key"]}) for f in shown],
+        "key": [f["key"] for f in shown],
+    }
+)
+st.caption("Click a row to open the cluster; the `open` link is shareable.")
+ev = st.dataframe(
+    table,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    key="ov_findings",
+    row_height=60,
+    column_config={
+        "heatmap": st.column_config.ImageColumn("mean heatmap", width="small"),
+        "score": st.column_config.NumberColumn("score", format="%.2f"),
+        "share": st.column_config.ProgressColumn(
+            "share of class", min_value=0.0, max_value=1.0, format="percent"
+        ),
+        "evidence": st.column_config.TextColumn("evidence", width="large"),
+        "open": st.column_config.LinkColumn("link", display_text="open ↗"),
+        "key": st.column_config.TextColumn("cluster key"),
+    },
+)
+picked = list(ev["selection"]["rows"]) if ev and ev["selection"] else []
+if picked:
+    key = table["key"].iloc[picked[0]]
+    st.switch_page(common.PAGES["cluster"], query_params={"run": run, "cluster": key})
+
+st.subheader("Since the previous run")
+if isinstance(summary.get("changes"), dict) and summary["changes"]:
+    # Written by the nightly job: show what it recorded.
+    for name, items in summary["changes"].items():
+        if isinstance(items, list) and items:
+            st.markdown(f"**{name}** ({len(items)})")
+            st.dataframe(pd.DataFrame(items), hide_index=True, key=f"ov_changes_{name}")
+        elif not isinstance(items, list):
+            st.caption(f"{name}: {items}")
+else:
+    prev = common.previous_run(runs, run, dataset)
+    if prev is None:
+        st.caption("No earlier run of this dataset to compare with.")
+    else:
+        diff = common.compare_runs(path, str(Path(runs) / prev))
+        st.caption(
+            f"Compared with {common.run_label(prev)}: clusters matched within each class by member overlap "
+            "(Jaccard ≥ 0.3); grown = more than 20 % larger."
+        )
+        interesting = (
+            diff[(diff["change"] != "same") & (diff["suspicious"] | diff["change"].isin(["new", "grown"]))]
+            if not diff.empty
+            else diff
+        )
+        if interesting.empty:
+            st.success("No new or grown clusters.")
+        else:
+            st.dataframe(
+                interesting.sort_values("score", ascending=False),
+                hide_index=True,
+                key="ov_changes",
+                column_config={"score": st.column_config.NumberColumn(format="%.2f")},
+            )
