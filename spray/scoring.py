@@ -382,6 +382,25 @@ def _paste_flips(
     return np.asarray(pred.cpu().numpy() == class_index)
 
 
+@dataclass
+class _Targets:
+    """Other-class images that the paste test writes into, loaded once per class."""
+
+    x: torch.Tensor  # (m, C, H, W)
+    already: np.ndarray  # (m,) bool: already predicted as the class (cannot flip; excluded)
+
+    @classmethod
+    def load(cls, probe: InterventionProbe, class_index: int, limit: int) -> _Targets | None:
+        keep = np.asarray(probe.other_labels) != class_index
+        ids = [i for i, ok in zip(probe.other_ids, keep, strict=True) if ok][:limit]
+        if not ids:
+            return None
+        x = probe.load_inputs(ids)
+        with torch.no_grad():
+            already = np.asarray(probe.predict(x).cpu().numpy() == class_index)
+        return cls(x, already)
+
+
 def _sign_test_p(b: int, c: int) -> float:
     """One-sided exact sign test: P(X >= b) for X ~ Binomial(b + c, 1/2)."""
     n = b + c
@@ -397,17 +416,12 @@ def _intervention(
     class_index: int,
     sample_ids: list[str],
     probe: InterventionProbe,
-    n_targets: int,
+    targets: _Targets | None,
     rng: np.random.Generator,
 ) -> dict[str, float]:
-    """The paste test of one cluster against its same-class null; returns raw numbers."""
-    keep = np.asarray(probe.other_labels) != class_index
-    other = [i for i, ok in zip(probe.other_ids, keep, strict=True) if ok][:n_targets]
-    if not other:
+    """The paste test of one cluster against its same-class null; returns raw numbers ({} if untestable)."""
+    if targets is None:
         return {}
-    targets = probe.load_inputs(other)
-    with torch.no_grad():
-        before = np.asarray(probe.predict(targets).cpu().numpy() == class_index)
     members = np.flatnonzero(cand.member)
     rest = np.flatnonzero(~cand.member)
     d_in = np.sort(rng.choice(members, size=min(_MAX_DONORS, members.size), replace=False))
@@ -419,9 +433,9 @@ def _intervention(
         shared = cand.region.mask(stats.h, stats.w)
         m_in = np.broadcast_to(shared, (d_in.size, *shared.shape))
         m_out = np.broadcast_to(shared, (d_out.size, *shared.shape))
-    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets)
-    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets)
-    valid = ~before  # a target already predicted as this class cannot flip to it
+    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets.x)
+    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets.x)
+    valid = ~targets.already  # a target already predicted as this class cannot flip to it
     nv = int(valid.sum())
     if nv == 0:
         return {}
@@ -543,16 +557,18 @@ def score_class(
     cands = sorted(per_k[best_k], key=lambda c: (-c.map_score, c.cluster_id))
 
     tests: dict[int, dict[str, float]] = {}
+    out: dict[str, float]
     use_probe = probe is not None and config.intervention and config.intervention_candidates > 0
     if use_probe:
         assert probe is not None
         rng = np.random.default_rng([seed, class_index])
+        targets = _Targets.load(probe, class_index, config.intervention_samples)
         for cand in cands[: config.intervention_candidates]:
             if cand.signals["size"] < _MIN_SIZE or cand.map_score <= 0:
                 continue
-            res = _intervention(stats, cand, class_index, sample_ids, probe, config.intervention_samples, rng)
-            if res:
-                tests[cand.cluster_id] = res
+            out = _intervention(stats, cand, class_index, sample_ids, probe, targets, rng)
+            if out:
+                tests[cand.cluster_id] = out
 
     margin = float(_cfg(config, "flip_margin"))  # type: ignore[arg-type]
     alpha = float(_cfg(config, "flip_alpha"))  # type: ignore[arg-type]
@@ -570,7 +586,7 @@ def score_class(
                 if res["flip_p"] < alpha:
                     excess = max(0.0, res["flip_excess"])
             score = 0.5 * cand.map_score + 0.5 * min(1.0, excess / _FULL_EXCESS)
-            suspicious = bool(res) and res["flip_excess"] >= margin and res["flip_p"] < alpha
+            suspicious = res is not None and res["flip_excess"] >= margin and res["flip_p"] < alpha
         else:
             score = cand.map_score
             suspicious = cand.map_score >= map_thr and cand.signals["size"] >= _MIN_SIZE

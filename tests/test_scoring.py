@@ -1,0 +1,177 @@
+"""Suspicion scoring on synthetic heatmaps (fast: no model, no training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from spray.clustering import cluster_sweep
+from spray.config import ScoringConfig
+from spray.preprocess import normalize_heatmaps, reduce_dimension
+from spray.records import ClusteringResult, SpectralResult
+from spray.scoring import InterventionProbe, evidence_line, rank_findings, score_class
+from spray.spectral import spectral_embedding
+from spray.synthetic import make_heatmaps
+
+N = 600
+SIZE = 32
+CLASS = 3
+NAME = "Sandal"
+
+
+@dataclass
+class Case:
+    ids: list[str]
+    maps: np.ndarray
+    labels: np.ndarray
+    small: int
+    spectral: SpectralResult
+    clustering: ClusteringResult
+
+
+def _case(small_fraction: float, n_clusters: int = 5, seed: int = 2) -> Case:
+    heat, labels, small = make_heatmaps(
+        N, n_clusters=n_clusters, small_fraction=small_fraction, size=SIZE, seed=seed
+    )
+    feats = normalize_heatmaps(heat)
+    spectral = spectral_embedding(
+        reduce_dimension(feats, n_components=64, seed=0), n_neighbors=10, n_eigenvectors=16
+    )
+    clustering = cluster_sweep(spectral, k_max=6, seed=0, n_init=4)
+    ids = [f"s{i:04d}" for i in range(N)]
+    return Case(ids, feats.reshape(N, SIZE, SIZE), labels, small, spectral, clustering)
+
+
+@pytest.fixture(scope="module")
+def planted() -> Case:
+    return _case(0.05)
+
+
+@pytest.fixture(scope="module")
+def natural() -> Case:
+    return _case(0.0, n_clusters=6)
+
+
+def _members(case: Case, finding_ids: list[str]) -> np.ndarray:
+    return np.array([int(s[1:]) for s in finding_ids])
+
+
+def _score(case: Case, probe: InterventionProbe | None = None, seed: int = 0) -> list:
+    return score_class(
+        CLASS,
+        NAME,
+        case.ids,
+        case.maps,
+        case.spectral,
+        case.clustering,
+        config=ScoringConfig(),
+        probe=probe,
+        seed=seed,
+    )
+
+
+def _images(case: Case, bright_members: bool) -> dict[str, torch.Tensor]:
+    """Toy inputs (1, SIZE, SIZE): planted samples carry a bright top-left patch, the rest do not."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 0.5, size=(N, 1, SIZE, SIZE)).astype(np.float32)
+    if bright_members:
+        x[case.labels == case.small, :, 1:5, 1:5] = 1.0
+    return {sid: torch.from_numpy(x[i]) for i, sid in enumerate(case.ids)}
+
+
+def _probe(case: Case, predict) -> InterventionProbe:
+    images = _images(case, bright_members=True)
+    others = {
+        f"o{j}": torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(j)) * 0.5
+        for j in range(100)
+    }
+    images.update(others)
+    return InterventionProbe(
+        predict=predict,
+        load_inputs=lambda ids: torch.stack([images[i] for i in ids]),
+        other_ids=list(others),
+        other_labels=np.arange(100) % 3 + 4,  # classes 4..6, never CLASS
+    )
+
+
+def _patch_predictor(x: torch.Tensor) -> torch.Tensor:
+    """Class CLASS iff the top-left patch is bright, else class 0: a pure shortcut model."""
+    bright = x[:, 0, 1:5, 1:5].mean(dim=(1, 2)) > 0.8
+    return torch.where(bright, torch.tensor(CLASS), torch.tensor(0))
+
+
+def _blind_predictor(x: torch.Tensor) -> torch.Tensor:
+    """Ignores the patch entirely."""
+    return torch.zeros(len(x), dtype=torch.long)
+
+
+def test_planted_cluster_ranks_first_with_its_region(planted: Case) -> None:
+    findings = _score(planted)
+    top = findings[0]
+    truth = planted.labels == planted.small
+    members = _members(planted, top.member_ids)
+    precision = truth[members].mean()
+    recall = truth[members].sum() / truth.sum()
+    assert precision > 0.9 and recall > 0.9
+    assert top.suspicious
+    assert "top left" in top.evidence[1]
+    assert top.score > findings[1].score
+    assert top.mean_heatmap.shape == (SIZE, SIZE)
+    assert top.signals["lift"] > 30  # the rest of the class has ~no relevance there
+    # Exactly one cluster stands out: the natural strategies are not flagged.
+    assert sum(f.suspicious for f in findings) == 1
+
+
+def test_evidence_names_class_and_percentages(planted: Case) -> None:
+    top = _score(planted)[0]
+    line = evidence_line(top)
+    assert NAME in line and "%" in line
+    assert line.startswith(f"{round(100 * top.fraction)} % of class {NAME}")
+    assert "region at the top left" in line
+    assert all(NAME in s or "%" in s for s in top.evidence)
+
+
+def test_natural_subgroups_are_not_flagged(natural: Case) -> None:
+    findings = _score(natural)
+    assert not any(f.suspicious for f in findings)
+
+
+def test_intervention_flips_with_shortcut_model(planted: Case) -> None:
+    findings = _score(planted, probe=_probe(planted, _patch_predictor))
+    top = findings[0]
+    assert top.signals["tested"] == 1.0
+    assert top.signals["flip_rate"] > 0.9
+    assert top.signals["flip_null"] < 0.05  # the same region from non-member Sandals does not flip
+    assert top.suspicious
+    assert "flips" in evidence_line(top) and NAME in evidence_line(top)
+    # Only the planted cluster flips; the other tested clusters' pastes are dark.
+    assert [f.suspicious for f in findings].count(True) == 1
+
+
+def test_intervention_ignored_patch_raises_no_alarm(planted: Case) -> None:
+    findings = _score(planted, probe=_probe(planted, _blind_predictor))
+    assert findings[0].signals["flip_rate"] == 0.0
+    assert not any(f.suspicious for f in findings)
+
+
+def test_rank_findings_across_classes(planted: Case, natural: Case) -> None:
+    a = _score(planted)
+    b = score_class(
+        7, "Bag", natural.ids, natural.maps, natural.spectral, natural.clustering, config=ScoringConfig()
+    )
+    ranked = rank_findings([b, a])
+    assert len(ranked) == len(a) + len(b)
+    assert ranked[0].class_name == NAME and ranked[0].suspicious
+    assert [f.score for f in ranked[1:]] == sorted((f.score for f in ranked[1:]), reverse=True)
+
+
+def test_deterministic_with_seed(planted: Case) -> None:
+    probe = _probe(planted, _patch_predictor)
+    a = _score(planted, probe=probe, seed=5)
+    b = _score(planted, probe=probe, seed=5)
+    assert [(f.key, f.score, f.member_ids, f.evidence) for f in a] == [
+        (f.key, f.score, f.member_ids, f.evidence) for f in b
+    ]
