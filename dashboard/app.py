@@ -21,13 +21,21 @@ if _HERE not in sys.path:
 import common  # noqa: E402
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="spray", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="spray", page_icon=":material/search:", layout="wide")
 
 pages = [
-    st.Page(common.PAGES["overview"], title="Overview", icon="🏁", url_path="overview", default=True),
-    st.Page(common.PAGES["class"], title="Class", icon="🗺️", url_path="class"),
-    st.Page(common.PAGES["cluster"], title="Cluster / selection", icon="🔬", url_path="cluster"),
-    st.Page(common.PAGES["flags"], title="Flags", icon="🚩", url_path="flags"),
+    st.Page(
+        common.PAGES["overview"],
+        title="Overview",
+        icon=":material/leaderboard:",
+        url_path="overview",
+        default=True,
+    ),
+    st.Page(common.PAGES["class"], title="Class", icon=":material/scatter_plot:", url_path="class"),
+    st.Page(
+        common.PAGES["cluster"], title="Cluster / selection", icon=":material/grid_view:", url_path="cluster"
+    ),
+    st.Page(common.PAGES["flags"], title="Flags", icon=":material/flag:", url_path="flags"),
 ]
 page = st.navigation(pages)
 

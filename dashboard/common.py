@@ -33,10 +33,10 @@ log = logging.getLogger("spray.dashboard")
 PAGE_SIZE = 100
 DASHBOARD_DIR = Path(__file__).resolve().parent
 PAGES = {
-    "overview": "pages/overview.py",
-    "class": "pages/class_view.py",
-    "cluster": "pages/cluster.py",
-    "flags": "pages/flags.py",
+    "overview": "views/overview.py",
+    "class": "views/class_view.py",
+    "cluster": "views/cluster.py",
+    "flags": "views/flags.py",
 }
 HOW_TO_MAKE_A_RUN = (
     "No published run yet in `{runs}`. Make one with the demo (`scripts/demo`, or "

@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "COLORMAPS",
     "DEFAULT_COLORMAP",
+    "LUT_SIZE",
     "Colormap",
     "colorize",
     "normalize",
@@ -43,7 +44,7 @@ class Colormap:
     name : str
         Key in :data:`COLORMAPS`.
     lut : np.ndarray
-        ``(256, 3)`` uint8 colours for values 0..1.
+        ``(LUT_SIZE, 3)`` uint8 colours for values 0..1.
     diverging : bool
         True when the middle of the table means "no relevance" (signed data).
     """
@@ -53,11 +54,15 @@ class Colormap:
     diverging: bool
 
 
+# Odd, so that a diverging map has an exact middle entry: zero relevance is exactly the neutral colour.
+LUT_SIZE = 255
+
+
 def _lut(points: list[tuple[float, float, float]]) -> np.ndarray:
-    """Linear interpolation between equally spaced control colours (0..1 floats) into 256 entries."""
+    """Linear interpolation between equally spaced control colours (0..1 floats) into LUT_SIZE entries."""
     pts = np.asarray(points, dtype=np.float64)
     xs = np.linspace(0.0, 1.0, len(pts))
-    t = np.linspace(0.0, 1.0, 256)
+    t = np.linspace(0.0, 1.0, LUT_SIZE)
     lut = np.stack([np.interp(t, xs, pts[:, c]) for c in range(3)], axis=1)
     return np.clip(np.round(lut * 255), 0, 255).astype(np.uint8)
 
@@ -138,19 +143,22 @@ def colorize(heat: np.ndarray, cmap: str | Colormap = DEFAULT_COLORMAP) -> np.nd
     """
     cm = _get(cmap)
     v = normalize(heat, diverging=cm.diverging)
-    return cm.lut[np.round(v * 255).astype(np.intp)]
+    return cm.lut[np.round(v * (LUT_SIZE - 1)).astype(np.intp)]
 
 
-def resize_nearest(arr: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def resize_nearest(
+    arr: np.ndarray, size: int | tuple[int, int], *, batched: bool | None = None
+) -> np.ndarray:
     """Nearest-neighbour resize of the two spatial axes that follow an optional batch axis.
 
-    ``arr`` is ``(h, w[, c])`` or ``(n, h, w[, c])``; a 2-D or 3-D input with a trailing channel axis of
-    size 3 or 4 counts as one image. Nearest (not bilinear) keeps each heatmap cell a visible block,
-    which is what a pooled relevance grid is.
+    ``arr`` is ``(h, w[, c])`` or ``(n, h, w[, c])``. When ``batched`` is None, a 3-D input whose last
+    axis has size 3 counts as one RGB image; pass ``batched`` to decide explicitly. Nearest (not
+    bilinear) keeps each heatmap cell a visible block, which is what a pooled relevance grid is.
     """
     th, tw = (size, size) if isinstance(size, int) else size
     a = np.asarray(arr)
-    batched = a.ndim == 4 or (a.ndim == 3 and a.shape[-1] not in (3, 4))
+    if batched is None:
+        batched = a.ndim == 4 or (a.ndim == 3 and a.shape[-1] != 3)
     hy, wx = (1, 2) if batched else (0, 1)
     h, w = a.shape[hy], a.shape[wx]
     if (h, w) == (th, tw):
@@ -200,8 +208,8 @@ def overlay(
     img = to_rgb(images)
     size = img.shape[-3:-1]
     v = normalize(heat, diverging=cm.diverging)
-    v = resize_nearest(v, size)
-    colour = cm.lut[np.round(v * 255).astype(np.intp)].astype(np.float32)
+    v = resize_nearest(v, size, batched=v.ndim == 3)
+    colour = cm.lut[np.round(v * (LUT_SIZE - 1)).astype(np.intp)].astype(np.float32)
     weight = (np.abs(2.0 * v - 1.0) if cm.diverging else v)[..., None] * float(alpha)
     out = img.astype(np.float32) * (1.0 - weight) + colour * weight
     return np.clip(np.round(out), 0, 255).astype(np.uint8)

@@ -181,7 +181,7 @@ st.page_link(
     common.PAGES["cluster"],
     label="Open the selection on its own page",
     query_params={"run": run, "view": "selection"},
-    icon="🔬",
+    icon=":material/grid_view:",
 )
 sel_ids = table["sample_id"].to_numpy()[sel_rows].tolist()
 common.flag_controls(

@@ -66,7 +66,8 @@ flags = common.store().status_of(dataset, ids)
 
 left, right = st.columns([1, 3])
 with left:
-    cmap = st.selectbox("Colour map", list(imaging.COLORMAPS), key="cl_cmap")
+    # One colour map per page: the grid's picker (below) also colours the mean heatmap.
+    cmap = str(st.session_state.get("cl_grid_cmap", imaging.DEFAULT_COLORMAP))
     mh = common.mean_heatmap(path, key, rows)
     st.image(
         imaging.resize_nearest(imaging.colorize(mh, cmap), 224), caption="mean heatmap (normalised members)"

@@ -67,6 +67,7 @@ ev = st.dataframe(
     selection_mode="single-row",
     key="ov_findings",
     row_height=60,
+    height=min(60 * len(table) + 40, 700),
     column_config={
         "heatmap": st.column_config.ImageColumn("mean heatmap", width="small"),
         "score": st.column_config.NumberColumn("score", format="%.2f"),

@@ -1,0 +1,132 @@
+"""``spray dashboard``: start the Streamlit dashboard on the runs directory.
+
+The dashboard is a separate Streamlit app (``dashboard/app.py``); this module only builds its command line
+and runs it as a child process, so ``import spray`` never imports streamlit.
+
+    spray dashboard --runs-dir spray-demo/runs            # http://127.0.0.1:8501
+    spray dashboard --runs-dir runs --port 8600 --flags-db /srv/spray/flags.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from spray.errors import ConfigError
+from spray.flags import default_db_path
+from spray.storage import list_runs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8501
+DEFAULT_HOST = "127.0.0.1"
+
+
+def app_path() -> Path:
+    """``dashboard/app.py`` of this checkout (or ``$SPRAY_DASHBOARD_APP``)."""
+    env = os.environ.get("SPRAY_DASHBOARD_APP")
+    p = Path(env) if env else Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not p.is_file():
+        raise ConfigError(
+            f"The dashboard app is not at {p}. Run spray from a source checkout (pip install -e '.[dashboard]') "
+            "or set SPRAY_DASHBOARD_APP to the path of dashboard/app.py."
+        )
+    return p
+
+
+def no_runs_message(runs_dir: Path) -> str:
+    """What to do when the runs directory holds no published run yet."""
+    return (
+        f"No published run in {runs_dir} yet. Make one with the demo:\n"
+        f"    scripts/demo            (or: spray demo --runs-dir {runs_dir})\n"
+        f"or audit your own model:\n"
+        f"    spray audit --config my_audit.yaml --runs-dir {runs_dir}\n"
+        "The dashboard shows new runs as soon as they are published."
+    )
+
+
+def build_command(
+    runs_dir: Path, *, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, flags_db: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The ``streamlit run`` command line and environment for the dashboard.
+
+    Returns
+    -------
+    argv, env
+        Run ``subprocess.Popen(argv, env=env)``; runs dir and flag DB travel both as script arguments and
+        as ``SPRAY_RUNS_DIR`` / ``SPRAY_FLAGS_DB``.
+    """
+    db = flags_db or default_db_path(runs_dir)
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_path()),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--runs-dir",
+        str(runs_dir),
+        "--flags-db",
+        str(db),
+    ]
+    env = {**os.environ, "SPRAY_RUNS_DIR": str(runs_dir), "SPRAY_FLAGS_DB": str(db)}
+    return argv, env
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``spray dashboard``: serve the dashboard for a runs directory (127.0.0.1 by default)."""
+    if importlib.util.find_spec("streamlit") is None or importlib.util.find_spec("plotly") is None:
+        raise ConfigError("The dashboard needs streamlit and plotly: pip install -e '.[dashboard]'.")
+    runs_dir = Path(args.runs_dir).resolve()
+    if not list_runs(runs_dir):
+        sys.stdout.write(no_runs_message(runs_dir) + "\n\n")
+    argv, env = build_command(
+        runs_dir,
+        port=args.port,
+        host=args.host,
+        flags_db=Path(args.flags_db).resolve() if args.flags_db else None,
+    )
+    shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+    sys.stdout.write(f"spray dashboard: http://{shown}:{args.port}/  (runs: {runs_dir}; Ctrl-C stops it)\n")
+    sys.stdout.flush()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "serving on %s: the dashboard has no authentication; put it behind a proxy that has", args.host
+        )
+    proc = subprocess.Popen(argv, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``spray dashboard`` to the ``spray`` command."""
+    p = subparsers.add_parser(
+        "dashboard", help="open the dashboard on a runs directory", description=cmd_dashboard.__doc__
+    )
+    p.add_argument("--runs-dir", default="runs", help="runs directory (default ./runs)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--flags-db", help="flag database (default RUNS_DIR/flags.sqlite)")
+    p.set_defaults(func=cmd_dashboard)

@@ -1,0 +1,133 @@
+"""The SQLite flag store and ``spray flags export``."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spray import cli
+from spray.flags import EXPORT_COLUMNS, FlagStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FlagStore:
+    return FlagStore(tmp_path / "flags.sqlite")
+
+
+def test_flags_are_keyed_by_dataset_and_sample_and_keep_history(store: FlagStore) -> None:
+    store.flag("fmnist", ["1", "2", "2", "3"], "unlearn", "corner stamp", run_id="r1", cluster_key="6/k5/c4")
+    store.flag("other", ["1"], "ok")
+    store.flag("fmnist", ["3"], "investigate", "not sure", run_id="r2")
+    store.unflag("fmnist", ["2"], "false alarm")
+    cur = {r["sample_id"]: r for r in store.current("fmnist")}
+    assert set(cur) == {"1", "3"}
+    assert cur["1"]["status"] == "unlearn" and cur["1"]["cluster_key"] == "6/k5/c4"
+    assert cur["3"]["status"] == "investigate" and cur["3"]["run_id"] == "r2"
+    assert store.status_of("fmnist", ["1", "2", "3", "9"]) == {"1": "unlearn", "3": "investigate"}
+    assert store.status_of("other") == {"1": "ok"}
+    hist = store.history("fmnist", "2")
+    assert [h["status"] for h in hist] == ["unflag", "unlearn"]  # newest first, nothing rewritten
+    acts = store.actions("fmnist")
+    assert [a["n_samples"] for a in acts] == [1, 1, 3]  # duplicate id counted once
+    assert store.counts("fmnist") == {"unlearn": 1, "investigate": 1}
+    assert store.datasets() == ["fmnist", "other"]
+    with pytest.raises(ValueError):
+        store.flag("fmnist", ["1"], "delete")
+
+
+def test_flags_survive_reopening_and_use_wal(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "flags.sqlite"
+    FlagStore(db).flag("d", ["a"], "unlearn")
+    assert FlagStore(db).status_of("d") == {"a": "unlearn"}
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def test_two_sessions_flagging_at_once_lose_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db)
+    errors: list[BaseException] = []
+
+    def session(name: str) -> None:
+        s = FlagStore(db)  # its own store object and connections, like a second browser session
+        try:
+            for i in range(40):
+                s.flag("d", [f"{name}-{i}-{j}" for j in range(25)], "unlearn", f"{name} {i}")
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=session, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    s = FlagStore(db)
+    assert len(s.current("d")) == 2 * 40 * 25
+    assert len(s.actions("d")) == 80
+
+
+def test_two_processes_flagging_at_once_lose_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db)
+    code = (
+        "import sys; from spray.flags import FlagStore; s = FlagStore(sys.argv[1]); n = sys.argv[2]\n"
+        "for i in range(30): s.flag('d', [f'{n}-{i}-{j}' for j in range(10)], 'investigate')"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db), n]) for n in ("p", "q")]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert FlagStore(db).counts("d") == {"investigate": 600}
+
+
+def test_export_formats_round_trip(store: FlagStore) -> None:
+    store.flag("d", ["1", "2"], "unlearn", "stamp, top-left")
+    store.flag("d", ["3"], "ok")
+    csv = pd.read_csv(io.BytesIO(store.export_bytes("csv", "d")), dtype=str)
+    assert list(csv.columns) == EXPORT_COLUMNS and sorted(csv["sample_id"]) == ["1", "2"]
+    assert set(csv["note"]) == {"stamp, top-left"}
+    js = json.loads(store.export_bytes("json", "d", status=None))
+    assert sorted(r["sample_id"] for r in js) == ["1", "2", "3"]
+    pq = pd.read_parquet(io.BytesIO(store.export_bytes("parquet", "d")))
+    assert sorted(pq["sample_id"]) == ["1", "2"]
+    empty = pd.read_csv(io.BytesIO(store.export_bytes("csv", "nothing")))
+    assert list(empty.columns) == EXPORT_COLUMNS and empty.empty
+    with pytest.raises(ValueError):
+        store.export_bytes("xlsx")
+
+
+def main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    # spray.cli.main appends the optional commands to a module-level list on every call: start empty.
+    monkeypatch.setattr(cli, "_EXTRA_COMMANDS", [])
+    return cli.main(argv)
+
+
+def test_cli_export(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "flags.sqlite"
+    s = FlagStore(db)
+    s.flag("d", ["1", "2"], "unlearn")
+    s.flag("d", ["3"], "investigate")
+    out = tmp_path / "u.parquet"
+    assert main(["flags", "export", "--db", str(db), "--format", "parquet", "-o", str(out)], monkeypatch) == 0
+    assert sorted(pd.read_parquet(out)["sample_id"]) == ["1", "2"]
+    assert (
+        main(
+            ["flags", "export", "--runs-dir", str(tmp_path), "--format", "json", "--status", "all"],
+            monkeypatch,
+        )
+        == 0
+    )
+    assert len(json.loads(capsysbinary.readouterr().out)) == 3
+    assert main(["flags", "export", "--db", str(tmp_path / "missing.sqlite")], monkeypatch) == 2
+    assert main(["flags", "list", "--db", str(db)], monkeypatch) == 0
+    assert b"d: unlearn 2, investigate 1, ok 0" in capsysbinary.readouterr().out
