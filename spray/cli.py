@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from spray.errors import SprayError
 
@@ -23,7 +23,7 @@ log = logging.getLogger("spray")
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, plus run id and stage when set."""
 
-    context: dict[str, Any] = {}
+    context: ClassVar[dict[str, Any]] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         d = {

@@ -264,6 +264,7 @@ def staging_dir(runs_dir: Path, run_id: str) -> Path:
 def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
     """Atomically move a fully written run into place and point ``latest`` at it."""
     final = runs_dir / run_dir_name(run_id)
+    os.chmod(staged, 0o755)  # mkdtemp creates 0700; a published run is readable by the dashboard's user
     os.rename(staged, final)
     link_tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
     link_tmp.unlink(missing_ok=True)
