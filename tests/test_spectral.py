@@ -1,0 +1,113 @@
+"""Tests of spray.spectral against a dense oracle, plus edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from spray.errors import ConfigError, DataError
+from spray.spectral import eigengap_k, knn_graph, spectral_embedding
+
+
+def _blobs(n: int, seed: int = 0, d: int = 6, centres: int = 4, spread: float = 4.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(scale=spread, size=(centres, d))
+    return (c[rng.integers(0, centres, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def _dense_oracle(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Everything dense: full distance matrix, argsort, (A+Aᵀ)/2, D^-1/2 A D^-1/2, eigh."""
+    x64 = x.astype(np.float64)
+    d = np.sqrt(((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    nb = np.argsort(d, axis=1, kind="stable")[:, :k]
+    a = np.zeros_like(d)
+    a[np.repeat(np.arange(len(x)), k), nb.ravel()] = 1.0
+    a = (a + a.T) / 2
+    dinv = 1 / np.sqrt(a.sum(1))
+    vals, vecs = np.linalg.eigh(dinv[:, None] * a * dinv[None, :])
+    return vals[::-1], vecs[:, ::-1]
+
+
+def _kmeans_first(vecs: np.ndarray, k: int) -> np.ndarray:
+    v = vecs[:, :k] / np.linalg.norm(vecs[:, :k], axis=1, keepdims=True)
+    return KMeans(k, n_init=10, random_state=0).fit_predict(v)
+
+
+@pytest.mark.parametrize(("spread", "n_comp", "ks"), [(1.5, 1, (3, 4)), (4.0, 4, (4, 5))])
+def test_matches_dense_oracle(spread: float, n_comp: int, ks: tuple[int, ...]) -> None:
+    # spread 4 gives 4 disconnected components: eigenvalue 1 has multiplicity 4, which plain Lanczos
+    # returns only once.
+    x = _blobs(200, spread=spread)
+    res = spectral_embedding(x, n_neighbors=10, n_eigenvectors=16, seed=0)  # n=200 > 4*16: Lanczos path
+    vals, vecs = _dense_oracle(x, 10)
+    np.testing.assert_allclose(res.eigenvalues, vals[:16], atol=1e-6)
+    assert res.eigenvectors.shape == (200, 16) and res.eigenvectors.dtype == np.float32
+    assert np.all(np.diff(res.eigenvalues) <= 1e-12)
+    assert res.knn_indices.shape == (200, 10) and res.n_components == n_comp
+    # Orthonormal eigenvectors.
+    np.testing.assert_allclose(
+        res.eigenvectors.T.astype(np.float64) @ res.eigenvectors, np.eye(16), atol=1e-5
+    )
+    for k in ks:
+        assert adjusted_rand_score(_kmeans_first(vecs, k), _kmeans_first(res.eigenvectors, k)) == 1.0
+
+
+def test_exact_knn_matches_brute_force_and_approx_agrees() -> None:
+    x = _blobs(300, seed=2)
+    g = knn_graph(x, n_neighbors=7)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.array_equal(g.indices, np.argsort(d, axis=1, kind="stable")[:, :7])
+    np.testing.assert_allclose(g.distances, np.sort(d, axis=1)[:, :7], rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic() -> None:
+    x = _blobs(400, seed=3)
+    a = spectral_embedding(x, seed=5)
+    b = spectral_embedding(x, seed=5)
+    assert np.array_equal(a.eigenvalues, b.eigenvalues)
+    assert np.array_equal(a.eigenvectors, b.eigenvectors)
+    assert np.array_equal(a.knn_indices, b.knn_indices)
+
+
+def test_disconnected_graph() -> None:
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(150, 3)), rng.normal(size=(150, 3)) + 100.0]).astype(np.float32)
+    res = spectral_embedding(x, n_neighbors=5, n_eigenvectors=8)
+    assert res.n_components == 2
+    np.testing.assert_allclose(res.eigenvalues[:2], 1.0, atol=1e-8)
+    assert res.eigenvalues[2] < 0.999
+    truth = np.repeat([0, 1], 150)
+    assert adjusted_rand_score(truth, _kmeans_first(res.eigenvectors, 2)) == 1.0
+
+
+def test_tiny_and_duplicates() -> None:
+    x = _blobs(5)
+    res = spectral_embedding(x, n_neighbors=10, n_eigenvectors=32)
+    assert res.eigenvalues.shape == (5,) and res.eigenvectors.shape == (5, 5)
+    assert res.knn_indices.shape == (5, 4)
+    assert np.isfinite(res.eigenvectors).all()
+    one = spectral_embedding(x[:1])
+    assert one.eigenvectors.shape == (1, 1) and one.n_components == 1
+    dup = np.repeat(_blobs(30, seed=4), 10, axis=0)  # 300 rows, every row 10 times
+    res = spectral_embedding(dup, n_neighbors=10, n_eigenvectors=8)
+    assert np.isfinite(res.eigenvalues).all() and np.isfinite(res.eigenvectors).all()
+    assert not np.any(res.knn_indices == np.arange(300)[:, None])  # self never its own neighbour
+    np.testing.assert_allclose(res.knn_distances[:, :9], 0.0, atol=1e-3)
+    with pytest.raises(DataError):
+        spectral_embedding(np.zeros((0, 3)))
+    with pytest.raises(ConfigError):
+        spectral_embedding(x, affinity="cosine")
+
+
+def test_heat_affinity_runs() -> None:
+    res = spectral_embedding(_blobs(200, seed=6), affinity="heat", n_eigenvectors=8)
+    assert res.eigenvalues[0] == pytest.approx(1.0, abs=1e-8)
+
+
+def test_eigengap_k() -> None:
+    assert eigengap_k(np.array([1.0, 0.99, 0.98, 0.5, 0.49, 0.48]), k_max=5) == 3
+    assert eigengap_k(np.array([1.0, 0.9]), k_max=8) == 1
