@@ -427,8 +427,13 @@ def flag_controls(
     cluster_key: str | None,
     source: str,
     key: str,
+    reset_keys: Sequence[str] = (),
 ) -> None:
-    """Flag / unflag the given samples with a status and a note (one action = one transaction)."""
+    """Flag / unflag the given samples with a status and a note (one action = one transaction).
+
+    After saving, the page reruns so every table on it shows the new state; ``reset_keys`` (e.g. a table
+    selection whose row positions the change would invalidate) are cleared first.
+    """
     n = len(sample_ids)
     with st.form(key=f"flagform_{key}", border=True):
         st.markdown(f"**Flag {n:,} samples** ({source})")
@@ -445,6 +450,9 @@ def flag_controls(
         else:
             s.flag(dataset, sample_ids, status, note, run_id=run_id, cluster_key=cluster_key, source=source)
         st.session_state["_last_flag"] = f"{status}: {n:,} samples ({source})"
+        for k in reset_keys:
+            st.session_state.pop(k, None)
+        st.rerun()
     if st.session_state.get("_last_flag"):
         st.success(f"Saved — {st.session_state['_last_flag']}")
 

@@ -52,6 +52,7 @@ if picked:
         cluster_key=None,
         source="flags page",
         key="flags_page",
+        reset_keys=["fl_current"],
     )
 
 st.subheader("Export for unlearning")

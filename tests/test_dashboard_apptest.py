@@ -1,0 +1,237 @@
+"""Every dashboard page under Streamlit's AppTest, on runs written by spray's own run writer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+from streamlit.testing.v1 import AppTest
+
+from spray.flags import FlagStore
+from tests.dashboard_fixtures import make_synthetic_run
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+DATASET = "synthetic-fashion"
+# Class 6 holds 800 samples, 120 of them planted: the planted cluster needs two grid pages.
+SIZES = [40, 40, 40, 40, 40, 40, 800, 40, 40, 40]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("runs")
+    old = make_synthetic_run(d, class_sizes=SIZES, planted_fraction=0.08, seed=1, dataset=DATASET)
+    new = make_synthetic_run(d, class_sizes=SIZES, planted_fraction=0.15, seed=2, dataset=DATASET)
+    return d, old, new
+
+
+@pytest.fixture
+def env(runs: tuple[Path, Path, Path], tmp_path: Path) -> Iterator[Path]:
+    """Point the app at the runs and at a fresh flag database."""
+    saved = {k: os.environ.get(k) for k in ("SPRAY_RUNS_DIR", "SPRAY_FLAGS_DB")}
+    os.environ["SPRAY_RUNS_DIR"] = str(runs[0])
+    os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "flags.sqlite")
+    yield tmp_path / "flags.sqlite"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def app(**query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    return "\n".join(map(str, parts))
+
+
+def test_without_runs_the_app_says_how_to_make_one(tmp_path: Path) -> None:
+    os.environ["SPRAY_RUNS_DIR"] = str(tmp_path / "empty")
+    os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "f.sqlite")
+    try:
+        at = ok(app())
+        at.run()
+        assert "scripts/demo" in at.info[0].value and "spray audit" in at.info[0].value
+        at.switch_page("views/class_view.py").run()
+        assert "scripts/demo" in ok(at).info[0].value
+    finally:
+        os.environ.pop("SPRAY_RUNS_DIR")
+        os.environ.pop("SPRAY_FLAGS_DB")
+
+
+def test_overview_ranks_clusters_and_reports_changes(env: Path, runs: tuple[Path, Path, Path]) -> None:
+    at = app()
+    ok(at.run())
+    assert at.query_params["run"] == runs[2].name  # newest first, and in the URL
+    assert at.sidebar.selectbox[0].value == runs[2].name
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Samples"] == f"{sum(SIZES):,}" and metrics["Suspicious"] == "1"
+    table = at.dataframe[0].value
+    assert table["class"].iloc[0] == "6 · Shirt" and table["heatmap"].iloc[0].startswith("data:image/png")
+    assert list(table["score"]) == sorted(table["score"], reverse=True)
+    assert table["open"].iloc[0].startswith("cluster?run=")
+    changes = at.dataframe[1].value
+    assert {"new", "grown", "gone", "shrunk"} & set(changes["change"])
+    # The run picker: the older run, through the URL.
+    at2 = ok(app(run=runs[1].name).run())
+    assert at2.sidebar.selectbox[0].value == runs[1].name
+    assert "No earlier run" in texts(at2)
+
+
+def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_path: Path) -> None:
+    d = tmp_path / "r"
+    p = make_synthetic_run(d, seed=3, dataset=DATASET)
+    import json
+
+    s = json.loads((p / "summary.json").read_text())
+    s["changes"] = {"new": [{"key": "6/k5/c4", "size": 9}], "grown": [], "previous_run": "abc"}
+    (p / "summary.json").write_text(json.dumps(s))
+    os.environ["SPRAY_RUNS_DIR"] = str(d)
+    at = ok(app().run())
+    assert "previous_run: abc" in texts(at)
+    assert any(df.value["key"].tolist() == ["6/k5/c4"] for df in at.dataframe)
+
+
+def test_overview_row_click_opens_the_cluster(env: Path) -> None:
+    at = ok(app().run())
+    at.session_state["ov_findings"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    ok(at.run())
+    assert at.query_params["cluster"] == "6/k5/c4"
+    assert at.title[0].value == "Cluster / selection"
+
+
+def test_class_page_colours_switch_k_and_selection_feeds_grid_and_flags(
+    env: Path, runs: tuple[Path, Path, Path]
+) -> None:
+    at = ok(app(cls="6").run().switch_page("views/class_view.py").run())
+    assert at.query_params["cls"] == "6" and at.query_params["k"] == "5"
+    assert at.selectbox(key="w_k").value == 5
+    for colour in ("label", "prediction", "confidence", "suspicion", "cluster"):
+        ok(at.selectbox(key="w_color").select(colour).run())
+    ok(at.selectbox(key="w_k").select(3).run())
+    assert at.query_params["k"] == "3"
+    # A lasso selection arrives as the chart's event (read dict-style by the app).
+    picked = list(range(0, 250, 2))
+    at.session_state["embedding_6"] = {
+        "selection": {
+            "points": [{"curve_number": 0, "point_index": i, "customdata": {"0": str(i)}} for i in picked],
+            "point_indices": picked,
+            "box": [],
+            "lasso": [{"x": [0, 1, 1], "y": [0, 0, 1]}],
+        }
+    }
+    ok(at.run())
+    assert any(f"Selection: {len(picked):,} samples" in s.value for s in at.subheader)
+    imgs = at.get("image")
+    assert len(imgs) == 1 and len(imgs[0].proto.imgs) == 100  # one st.image call, ≤ 100 per page
+    # Flag the selection.
+    at.radio(key="flag_status_class_sel").set_value("investigate")
+    at.text_area(key="flag_note_class_sel").input("odd blob")
+    at.form_submit_button[0].click()  # the form's submit button
+    ok(at.run())
+    cur = FlagStore(env).current(DATASET)
+    assert len(cur) == len(picked) and {r["status"] for r in cur} == {"investigate"}
+    assert {r["note"] for r in cur} == {"odd blob"}
+    # The selection is remembered for the Cluster / selection page.
+    at.switch_page("views/cluster.py").run()
+    ok(at)
+    assert (
+        at.selectbox(key="w_target").value == "selection"
+        or "selection" in at.selectbox(key="w_target").options[0]
+    )
+
+
+def test_cluster_page_pages_members_and_flags_the_cluster(env: Path) -> None:
+    at = ok(app(cluster="6/k5/c4").run().switch_page("views/cluster.py").run())
+    assert at.title[0].value == "Cluster / selection"
+    members = int(at.subheader[0].value.split("(")[1].rstrip(")"))
+    assert members > 100
+    imgs = at.get("image")
+    assert len(imgs[-1].proto.imgs) == 100  # page 1 of 2 (the mean heatmap is the first st.image)
+    assert "4×4 region at the top left" in texts(at)
+    # Page 2 via the pager.
+    at.session_state["cl_grid_page"] = 2
+    at.session_state["_nav"]["page"] = "2"
+    ok(at.run())
+    assert len(at.get("image")[-1].proto.imgs) == members - 100
+    assert at.query_params["page"] == "2"
+    for mode in ("heatmap", "input"):
+        ok(at.segmented_control(key="cl_grid_mode").set_value(mode).run())
+    ok(at.selectbox(key="cl_grid_cmap").select("coldnhot").run())
+    # Flag the whole cluster as unlearn.
+    at.text_area(key="flag_note_cluster").input("corner stamp")
+    at.form_submit_button[0].click()
+    ok(at.run())
+    cur = FlagStore(env).current(DATASET, "unlearn")
+    assert len(cur) == members and {r["cluster_key"] for r in cur} == {"6/k5/c4"}
+    # Clicking a row of the page table shows that sample.
+    at.session_state["cl_members"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    ok(at.run())
+    assert "**sample id**" in texts(at) and "**prediction**" in texts(at)
+
+
+def test_unscored_cluster_of_another_k_is_addressable(env: Path) -> None:
+    at = ok(app(cluster="6/k2/c0").run().switch_page("views/cluster.py").run())
+    assert "unscored" in at.selectbox(key="w_target").format_func(at.selectbox(key="w_target").value)
+
+
+def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
+    store = FlagStore(env)
+    store.flag(DATASET, ["1", "2", "3"], "unlearn", "stamp", cluster_key="6/k5/c4")
+    store.flag(DATASET, ["4"], "ok")
+    at = ok(app().run().switch_page("views/flags.py").run())
+    assert {m.label: m.value for m in at.metric} == {"unlearn": "3", "investigate": "0", "ok": "1"}
+    assert len(at.dataframe[0].value) == 4
+    assert len(at.get("download_button")) == 3
+    at.session_state["fl_current"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
+    ok(at.run())
+    at.radio(key="flag_status_flags_page").set_value("unflag")
+    at.form_submit_button[0].click()
+    ok(at.run())
+    assert len(store.current(DATASET)) == 2
+    assert len(store.history(DATASET)) == 6  # unflagging appends, never deletes
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_spray_never_imports_streamlit() -> None:
+    code = (
+        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.storage\n"
+        "spray.cli._register_optional_commands(); spray.cli.build_parser()\n"
+        "assert 'streamlit' not in sys.modules and 'plotly' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dashboard_command_binds_localhost_and_passes_the_runs_dir(tmp_path: Path) -> None:
+    import argparse
+
+    from spray import serve
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    serve.register_cli(sub)
+    args = sub.choices["dashboard"].parse_args(["--runs-dir", str(tmp_path)])
+    assert (args.host, args.port, args.func) == ("127.0.0.1", 8501, serve.cmd_dashboard)
+    argv, env = serve.build_command(tmp_path, port=8600)
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert argv[argv.index("--server.port") + 1] == "8600"
+    assert Path(argv[argv.index("run") + 1]) == Path(APP)
+    assert env["SPRAY_RUNS_DIR"] == str(tmp_path) and env["SPRAY_FLAGS_DB"] == str(tmp_path / "flags.sqlite")
+    msg = serve.no_runs_message(tmp_path)
+    assert "scripts/demo" in msg and "spray audit --config" in msg
