@@ -279,7 +279,10 @@ def list_runs(runs_dir: str | Path) -> list[Path]:
     d = Path(runs_dir)
     if not d.is_dir():
         return []
-    runs = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / SUMMARY).is_file()]
+    runs = [
+        p for p in d.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / SUMMARY).is_file()
+    ]
     return sorted(runs, key=lambda p: p.name, reverse=True)
 
 

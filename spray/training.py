@@ -62,7 +62,7 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             correct += int((out.argmax(1) == y[idx]).sum())
             bar.update(1)
         log.info("epoch %d: loss %.4f, train accuracy %.3f", epoch + 1, total / len(x), correct / len(x))
