@@ -1,0 +1,299 @@
+"""Clustering at scale: spray vs scikit-learn SpectralClustering vs CoRelAy 1.0 (issue "Performance at scale").
+
+Every measurement runs in a fresh single-threaded subprocess so that its peak RSS (VmHWM) is its own.
+Input: synthetic 32×32 heatmaps (:func:`spray.synthetic.make_heatmaps`, 5 clusters, one 3 % watermark
+cluster). Time excludes data generation and includes everything after it (normalisation onwards).
+
+    .venv/bin/python benchmarks/clustering_scale.py --sizes 1000,5000,20000,50000,100000 --write-docs
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"  # must happen before numpy / numba are imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHUNK = 100_000
+N_CLUSTERS = 5
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident set size of this process (VmHWM) in GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def _rss_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Normalised features ``(n, 1024)`` float32 generated chunk-wise (no second n×1024 copy), labels."""
+    from spray.preprocess import normalize_heatmaps
+    from spray.synthetic import make_heatmaps
+
+    feats = np.empty((n, 1024), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
+    small = N_CLUSTERS - 1
+    for i, start in enumerate(range(0, n, CHUNK)):
+        stop = min(start + CHUNK, n)
+        heat, lab, small = make_heatmaps(stop - start, n_clusters=N_CLUSTERS, seed=seed * 1000 + i)
+        feats[start:stop] = normalize_heatmaps(heat)
+        labels[start:stop] = lab
+    return feats, labels, small
+
+
+def _f1_small(pred: np.ndarray, labels: np.ndarray, small: int) -> float:
+    truth = labels == small
+    best = 0.0
+    for c in np.unique(pred):
+        p = pred == c
+        tp = float(np.sum(p & truth))
+        best = max(best, 2 * tp / (p.sum() + truth.sum()) if tp else 0.0)
+    return best
+
+
+def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in this (fresh) process."""
+    from sklearn.metrics import adjusted_rand_score
+
+    feats, labels, small = _data(n, seed)
+    res: dict[str, Any] = {"method": method, "n": n, "rss_after_data_gb": _rss_gb()}
+    t0 = time.perf_counter()
+    if method == "spray":
+        from spray.clustering import cluster_sweep
+        from spray.preprocess import reduce_dimension
+        from spray.spectral import knn_graph, spectral_embedding
+
+        if n >= 5000:
+            knn_graph(np.random.default_rng(0).normal(size=(6000, 8)).astype(np.float32))  # numba JIT
+            t0 = time.perf_counter()
+        t = time.perf_counter()
+        red = reduce_dimension(feats, n_components=128, seed=seed)
+        del feats
+        res["t_pca"] = time.perf_counter() - t
+        t = time.perf_counter()
+        spec = spectral_embedding(red, n_neighbors=10, n_eigenvectors=32, seed=seed)
+        res["t_spectral"] = time.perf_counter() - t
+        t = time.perf_counter()
+        clus = cluster_sweep(spec, k_max=8, seed=seed)
+        res["t_sweep"] = time.perf_counter() - t
+        pred = clus.labellings[clus.chosen_k]
+        res["chosen_k"] = clus.chosen_k
+        res["ari_k5"] = float(adjusted_rand_score(labels, clus.labellings[5]))
+        res["f1_small_best_k"] = max(_f1_small(p, labels, small) for p in clus.labellings.values())
+    elif method == "spray-map":
+        from sklearn.manifold import trustworthiness
+
+        from spray.embedding import embed_2d, warm_up
+        from spray.preprocess import reduce_dimension
+        from spray.spectral import spectral_embedding
+
+        t = time.perf_counter()
+        warm_up()
+        res["t_jit"] = time.perf_counter() - t
+        red = reduce_dimension(feats, n_components=128, seed=seed)
+        del feats
+        spec = spectral_embedding(red, seed=seed)
+        t0 = time.perf_counter()
+        emb = embed_2d(red, spec, method="umap", seed=seed, max_fit=opts["max_fit"])
+        res["seconds"] = time.perf_counter() - t0
+        sub = np.sort(np.random.default_rng(1).choice(n, size=min(n, 3000), replace=False))
+        res["trustworthiness"] = float(trustworthiness(red[sub], emb[sub], n_neighbors=10))
+        res["max_fit"] = opts["max_fit"]
+        res["peak_rss_gb"] = _peak_rss_gb()
+        return res
+    elif method == "sklearn":
+        from sklearn.cluster import SpectralClustering
+
+        pred = SpectralClustering(
+            n_clusters=N_CLUSTERS, affinity="nearest_neighbors", n_neighbors=10, random_state=seed
+        ).fit_predict(feats)
+    elif method == "corelay":
+        pred = _corelay(feats, seed)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    res["seconds"] = time.perf_counter() - t0
+    res["peak_rss_gb"] = _peak_rss_gb()
+    res["ari"] = float(adjusted_rand_score(labels, pred))
+    res["f1_small"] = _f1_small(pred, labels, small)
+    return res
+
+
+def _corelay(feats: np.ndarray, seed: int) -> np.ndarray:
+    """CoRelAy 1.0 default SpRAy chain, called (never copied): pdist -> kNN -> normalised -> eigsh -> k-means."""
+    from corelay.processor.affinity import SparseKNN
+    from corelay.processor.clustering import KMeans
+    from corelay.processor.distance import SciPyPDist
+    from corelay.processor.embedding import EigenDecomposition
+    from corelay.processor.flow import Sequential
+    from corelay.processor.laplacian import SymmetricNormalLaplacian
+
+    pipe = Sequential(
+        [
+            SciPyPDist(metric="sqeuclidean"),
+            SparseKNN(n_neighbors=10, symmetric=True),
+            SymmetricNormalLaplacian(),
+            EigenDecomposition(n_eigval=32, is_output=True),
+        ]
+    )
+    _, vecs = pipe(feats)
+    return np.asarray(KMeans(n_clusters=N_CLUSTERS, kwargs={"random_state": seed})(vecs))
+
+
+def run_one(method: str, n: int, seed: int, timeout: float, **opts: Any) -> dict[str, Any]:
+    """Run :func:`worker` in a fresh subprocess; returns its JSON (or an error record)."""
+    env = dict(os.environ)
+    cmd = [sys.executable, __file__, "--worker", method, str(n), str(seed), json.dumps(opts)]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "n": n, "error": f"timeout after {timeout:.0f} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"method": method, "n": n, "error": (out.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    return json.loads(lines[-1])
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else "—"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per N."""
+    by = {(r["method"], r["n"]): r for r in results}
+    sizes = sorted({r["n"] for r in results if r["method"] == "spray"})
+    rows = [
+        "| N | spray s | spray peak GB | spray ARI (chosen k) | spray F1 small | chosen k | "
+        "sklearn s | sklearn GB | sklearn ARI | CoRelAy s | CoRelAy GB | CoRelAy ARI | CoRelAy F1 small | "
+        "sklearn/spray | CoRelAy/spray |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        s, k, c = by.get(("spray", n), {}), by.get(("sklearn", n), {}), by.get(("corelay", n), {})
+        ratio_k = k["seconds"] / s["seconds"] if "seconds" in k and "seconds" in s else None
+        ratio_c = c["seconds"] / s["seconds"] if "seconds" in c and "seconds" in s else None
+        rows.append(
+            f"| {n:,} | {_fmt(s.get('seconds'))} | {_fmt(s.get('peak_rss_gb'))} | {_fmt(s.get('ari'), '.3f')} | "
+            f"{_fmt(s.get('f1_small'), '.3f')} | {s.get('chosen_k', '—')} | "
+            f"{_fmt(k.get('seconds')) if 'error' not in k else k['error']} | {_fmt(k.get('peak_rss_gb'))} | "
+            f"{_fmt(k.get('ari'), '.3f')} | "
+            f"{_fmt(c.get('seconds')) if 'error' not in c else c['error']} | {_fmt(c.get('peak_rss_gb'))} | "
+            f"{_fmt(c.get('ari'), '.3f')} | {_fmt(c.get('f1_small'), '.3f')} | "
+            f"{_fmt(ratio_k, '.0f')}× | {_fmt(ratio_c, '.0f')}× |"
+        )
+    stages = ["| N | PCA s | kNN+eigsh s | k-means sweep s |", "|---|---|---|---|"]
+    for n in sizes:
+        s = by.get(("spray", n), {})
+        stages.append(
+            f"| {n:,} | {_fmt(s.get('t_pca'))} | {_fmt(s.get('t_spectral'))} | {_fmt(s.get('t_sweep'))} |"
+        )
+    maps = ["| N | max_fit | 2-D map s | trustworthiness@10 | peak GB |", "|---|---|---|---|---|"]
+    for r in results:
+        if r["method"] == "spray-map" and "seconds" in r:
+            maps.append(
+                f"| {r['n']:,} | {r['max_fit']:,} | {_fmt(r['seconds'])} | {_fmt(r['trustworthiness'], '.3f')} | "
+                f"{_fmt(r['peak_rss_gb'])} |"
+            )
+    return "\n".join(rows) + "\n\n" + "\n".join(stages) + "\n\n" + "\n".join(maps) + "\n"
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in ("spray", "sklearn", "corelay"):
+        pts = sorted((r["n"], r["seconds"]) for r in results if r["method"] == method and "seconds" in r)
+        if pts:
+            ax.loglog(*zip(*pts, strict=True), marker="o", label=method)
+    ax.set_xlabel("samples N")
+    ax.set_ylabel("seconds (1 thread, excl. 2-D map)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", default="1000,5000,20000,50000,100000")
+    ap.add_argument("--sklearn-max", type=int, default=20000, help="largest N for sklearn SpectralClustering")
+    ap.add_argument(
+        "--corelay-max", type=int, default=5000, help="largest N for CoRelAy (dense pdist: 20k needs ~7 GB)"
+    )
+    ap.add_argument("--map-sizes", default="20000,100000", help="N for the timed 2-D map")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "clustering_scale.json"))
+    ap.add_argument("--write-docs", action="store_true", help="write the table into docs/clustering.md")
+    args = ap.parse_args()
+    if args.worker:
+        method, n, seed, opts = args.worker
+        print(json.dumps(worker(method, int(n), int(seed), json.loads(opts))))
+        return
+    try:
+        import corelay  # noqa: F401
+
+        have_corelay = True
+    except ImportError:
+        have_corelay = False
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    results: list[dict[str, Any]] = []
+    jobs: list[tuple[str, int, dict[str, Any]]] = []
+    for n in sizes:
+        jobs.append(("spray", n, {}))
+        if n <= args.sklearn_max:
+            jobs.append(("sklearn", n, {}))
+        if have_corelay and n <= args.corelay_max:
+            jobs.append(("corelay", n, {}))
+    for n in (int(s) for s in args.map_sizes.split(",") if s):
+        jobs.append(("spray-map", n, {"max_fit": 20000}))
+        if n == 20000:
+            jobs.append(("spray-map", n, {"max_fit": 5000}))  # quality cost of subsample + propagate
+    for method, n, opts in jobs:
+        r = run_one(method, n, args.seed, args.timeout, **opts)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    plot(results, out.with_suffix(".png"))
+    md = table(results)
+    print(md)
+    if args.write_docs:
+        doc = ROOT / "docs" / "clustering.md"
+        text = doc.read_text() if doc.exists() else ""
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        block = f"{start}\nCommand: `.venv/bin/python benchmarks/clustering_scale.py --sizes {args.sizes} --write-docs`\n\n{md}{end}"
+        if start in text and end in text:
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+        else:
+            text += "\n" + block + "\n"
+        doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
