@@ -130,18 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _optional_commands():
         register(sub)
     return p
 
 
-# Commands contributed by other modules (nightly run, dashboard, flags): each registers its sub-parser.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
-
-
-def _register_optional_commands() -> None:
+def _optional_commands() -> list[Callable[[Any], None]]:
+    """Commands contributed by other modules (nightly run, dashboard, flags): each adds its sub-parser."""
     import importlib
 
+    found = []
     for mod in ("spray.nightly", "spray.flags", "spray.serve"):
         try:
             m = importlib.import_module(mod)
@@ -149,12 +147,12 @@ def _register_optional_commands() -> None:
             if err.name != mod:
                 raise
             continue
-        _EXTRA_COMMANDS.append(m.register_cli)
+        found.append(m.register_cli)
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spray`` command; returns the exit code."""
-    _register_optional_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_json)

@@ -1,0 +1,135 @@
+"""End to end: a tiny planted Fashion-MNIST (or digits) dataset, a real trained CNN, the real audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spray.audit import audit, load_report
+from spray.cli import main
+from spray.config import AuditConfig, load_config
+from spray.demo import prepare_demo, score_against_truth
+from spray.storage import list_runs
+from tests.helpers import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("planted")
+    return prepare_demo(work, work / "runs", per_class=120, epochs=3, seed=0)
+
+
+def _fast(cfg: AuditConfig, runs_dir: Path) -> AuditConfig:
+    cfg.output.runs_dir = runs_dir
+    cfg.analysis.embedding = "spectral"
+    cfg.analysis.classes = [0, 6, 8]  # the planted class (Shirt) and two clean ones keep the test quick
+    cfg.scoring.intervention_samples = 60
+    return cfg
+
+
+def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> None:
+    cfg = _fast(load_config(planted), tmp_path / "runs")
+    report = audit(cfg, progress=False)
+    truth = json.loads((planted.parent / "ground_truth.json").read_text())
+    score = score_against_truth(report, truth)
+    assert score["top_is_planted_class"], report.findings[0].evidence
+    assert score["f1"] >= 0.8, score
+    top = report.findings[0]
+    assert top.suspicious
+    assert any("top left" in e for e in top.evidence)
+
+    # The published run has the documented layout and the typed report round-trips from disk.
+    run = Path(report.run_dir)
+    assert run.parent == cfg.output.runs_dir and (run.parent / "latest").resolve() == run
+    for name in ("summary.json", "samples.parquet", "heatmaps.npy", "thumbs.npy", "classes/6.npz"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["findings"][0]["member_ids"] == top.member_ids
+    assert set(summary["hashes"]) == {"model", "data", "config", "code"}
+    c6 = next(c for c in summary["classes"] if c["class_index"] == 6)
+    assert c6["eigenvalues"][0] == pytest.approx(1.0, abs=1e-6) and c6["chosen_k"] >= 2
+    again = load_report(run)
+    assert [f.key for f in again.findings] == [f.key for f in report.findings]
+    np.testing.assert_array_equal(again.classes[1].clustering.labellings[2], report.classes[1].clustering.labellings[2])
+
+    # Same inputs: the second call is a no-op that returns the published report.
+    second = audit(cfg, progress=False)
+    assert second.extra.get("up_to_date") and second.run_id == report.run_id
+    assert len(list_runs(cfg.output.runs_dir)) == 1
+
+
+def test_same_seed_gives_identical_summary(planted: Path, tmp_path: Path) -> None:
+    docs = []
+    for name in ("a", "b"):
+        cfg = _fast(load_config(planted), tmp_path / name)
+        cfg.analysis.classes = [6]
+        r = audit(cfg, progress=False)
+        d = json.loads((Path(r.run_dir) / "summary.json").read_text())
+        d.pop("timings")
+        docs.append(d)
+    assert docs[0] == docs[1]
+
+
+def _write_cfg(tmp_path: Path, raw: dict) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def _folder_cfg(tmp_path: Path, **model: object) -> dict:
+    make_image_folder(tmp_path / "imgs", n_per_class=12, size=28)
+    return {
+        "model": {"factory": "spray.models:small_cnn", "factory_kwargs": {"in_channels": 3, "num_classes": 2}, **model},
+        "data": {"kind": "image_folder", "path": "imgs"},
+        "analysis": {"embedding": "spectral", "min_class_size": 5, "n_neighbors": 4, "k_max": 3},
+        "scoring": {"intervention_samples": 5},
+        "output": {"runs_dir": "runs"},
+    }
+
+
+def test_corrupt_and_non_image_files_are_skipped_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _folder_cfg(tmp_path)
+    (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (tmp_path / "imgs" / "dog" / "README.txt").write_text("hi")
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
+    out = capsys.readouterr()
+    assert "2 skipped" in out.out
+    summary = json.loads(next((tmp_path / "runs").glob("2*/summary.json")).read_text())
+    reasons = {s["sample_id"]: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"cat/broken.png", "dog/README.txt"}
+    assert "corrupt" in reasons["cat/broken.png"] and "not an image" in reasons["dog/README.txt"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "message"),
+    [
+        (lambda r: r["model"].update(checkpoint="missing.pt"), 2, "model.checkpoint: file or folder"),
+        (lambda r: r["model"]["factory_kwargs"].update(num_classes=1), 1, "has 1 outputs but the dataset has 2 classes"),
+        (lambda r: r.update(anlysis={}), 2, "Did you mean 'analysis'"),
+        (lambda r: r["data"].update(path="nowhere"), 2, "data.path"),
+        (lambda r: r["model"]["factory_kwargs"].update(in_channels=1), 1, "Check data.transform"),
+    ],
+)
+def test_bad_inputs_exit_with_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, code, message) -> None:  # type: ignore[no-untyped-def]
+    raw = _folder_cfg(tmp_path)
+    mutate(raw)
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_wrong_num_classes_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from spray.models import small_cnn
+
+    torch.save(small_cnn(in_channels=3, num_classes=5).state_dict(), tmp_path / "w.pt")
+    raw = _folder_cfg(tmp_path, checkpoint="w.pt")
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint (5, 128) vs model (2, 128)" in err and "Traceback" not in err
