@@ -50,8 +50,12 @@ class ModelConfig(_Section):
 
     architecture: str | None = Field(None, description="torchvision model name, e.g. 'resnet18'.")
     factory: str | None = Field(None, description="'package.module:function' returning an nn.Module.")
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
-    num_classes: int | None = Field(None, ge=2, description="Number of output classes (required for 'architecture').")
+    factory_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the factory."
+    )
+    num_classes: int | None = Field(
+        None, ge=2, description="Number of output classes (required for 'architecture')."
+    )
     checkpoint: Path | None = Field(None, description="State dict file, loaded with weights_only=True.")
     allow_pickle: bool = Field(
         False,
@@ -62,7 +66,9 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if (self.architecture is None) == (self.factory is None):
-            raise ValueError("set exactly one of 'architecture' (torchvision name) or 'factory' ('pkg.mod:fn')")
+            raise ValueError(
+                "set exactly one of 'architecture' (torchvision name) or 'factory' ('pkg.mod:fn')"
+            )
         if self.architecture is not None and self.num_classes is None:
             raise ValueError("'num_classes' is required with 'architecture'")
         if self.factory is not None and ":" not in self.factory:
@@ -77,9 +83,13 @@ class DataConfig(_Section):
     path: Path | None = Field(None, description="Root folder (image_folder).")
     images: Path | None = Field(None, description="IDX images file, optionally .gz (idx).")
     labels: Path | None = Field(None, description="IDX labels file, optionally .gz (idx).")
-    factory: str | None = Field(None, description="'package.module:function' returning a torch Dataset (factory).")
+    factory: str | None = Field(
+        None, description="'package.module:function' returning a torch Dataset (factory)."
+    )
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = Field(None, description="Dataset name, used as the key of flags (defaults to the path).")
+    name: str | None = Field(
+        None, description="Dataset name, used as the key of flags (defaults to the path)."
+    )
     class_names: list[str] | None = Field(None, description="Names of the classes, in label order.")
     transform: TransformConfig = Field(default_factory=TransformConfig)
     limit: int | None = Field(None, ge=1, description="Use only the first N samples (for trials).")
@@ -111,7 +121,11 @@ class BatchConfig(_Section):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
-    grid: int = Field(32, ge=2, description="Analysis grid side; relevance is sum-pooled to grid×grid (or native if smaller).")
+    grid: int = Field(
+        32,
+        ge=2,
+        description="Analysis grid side; relevance is sum-pooled to grid×grid (or native if smaller).",
+    )
     shard_size: int = Field(1024, ge=1, description="Samples per cache shard (the unit of resume).")
     store_full_relevance: bool = Field(False, description="Also keep full-resolution relevance (float16).")
     thumbnails: bool = Field(True, description="Store image thumbnails for the dashboard and report.")
@@ -122,9 +136,13 @@ class AnalysisConfig(_Section):
     """Spectral relevance analysis settings (per class)."""
 
     classes: Literal["all"] | list[int] = Field("all", description="Classes to analyse.")
-    group_by: Literal["label", "prediction"] = Field("label", description="Group samples by true label or prediction.")
+    group_by: Literal["label", "prediction"] = Field(
+        "label", description="Group samples by true label or prediction."
+    )
     absolute: bool = Field(False, description="Use |relevance| before normalising.")
-    blur_sigma: float = Field(0.0, ge=0.0, description="Gaussian blur (grid cells): a translation-tolerant distance.")
+    blur_sigma: float = Field(
+        0.0, ge=0.0, description="Gaussian blur (grid cells): a translation-tolerant distance."
+    )
     pca_components: int = Field(128, ge=2)
     n_neighbors: int = Field(10, ge=2)
     n_eigenvectors: int = Field(32, ge=2)
@@ -136,7 +154,9 @@ class AnalysisConfig(_Section):
 class ScoringConfig(_Section):
     """Suspicion scoring of clusters."""
 
-    intervention: bool = Field(True, description="Run the paste-the-hot-region test on the leading candidates.")
+    intervention: bool = Field(
+        True, description="Run the paste-the-hot-region test on the leading candidates."
+    )
     intervention_candidates: int = Field(3, ge=0, description="Leading candidates per class to test.")
     intervention_samples: int = Field(200, ge=1, description="Other-class images to paste into.")
     threshold: float = Field(0.5, description="Score above which a cluster is flagged suspicious.")
@@ -237,7 +257,9 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
     return "Invalid config:\n" + "\n".join(lines)
 
 
-def config_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, check_files: bool = True) -> AuditConfig:
+def config_from_dict(
+    raw: dict[str, Any], *, base_dir: Path | None = None, check_files: bool = True
+) -> AuditConfig:
     """Validate a config given as a dict.
 
     Parameters
@@ -255,7 +277,9 @@ def config_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, check
         With every problem, its dotted key and a hint.
     """
     if not isinstance(raw, dict):
-        raise ConfigError(f"The config must be a mapping of sections (model, data, ...), got {type(raw).__name__}.")
+        raise ConfigError(
+            f"The config must be a mapping of sections (model, data, ...), got {type(raw).__name__}."
+        )
     try:
         cfg = AuditConfig.model_validate(raw)
     except ValidationError as err:
@@ -281,3 +305,38 @@ def load_config(path: str | Path, *, check_files: bool = True) -> AuditConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {err}") from None
     return config_from_dict(raw or {}, base_dir=p.parent, check_files=check_files)
+
+
+def config_reference_markdown() -> str:
+    """The config reference (docs/config.md), generated from the models so it cannot drift."""
+    sections: list[tuple[str, type[BaseModel]]] = [("(top level)", AuditConfig)]
+    for name, field in AuditConfig.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            sections.append((name, ann))
+    sections.append(("data.transform", TransformConfig))
+    out = [
+        "# Config reference",
+        "",
+        "Generated from `spray/config.py` by `python -m spray.config > docs/config.md`. Unknown keys are errors.",
+        "Relative paths are resolved against the config file's folder.",
+        "",
+    ]
+    for title, model in sections:
+        out += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                continue
+            tname = str(ann).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+            tname = tname.replace("|", "\\|")  # a bare | would split the markdown table cell
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            out.append(f"| `{key}` | `{tname}` | `{default}` | {f.description or ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(config_reference_markdown() + "\n")

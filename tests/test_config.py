@@ -77,3 +77,18 @@ def test_section_hash_ignores_output(tmp_path: Path) -> None:
     c = config_from_dict({**_base(tmp_path), "lrp": {"composite": "EpsilonPlus"}}, base_dir=tmp_path)
     assert a.section_hash("model", "lrp") == b.section_hash("model", "lrp")
     assert a.section_hash("model", "lrp") != c.section_hash("model", "lrp")
+
+
+def test_config_reference_doc_is_current() -> None:
+    from spray.config import config_reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text().strip() == config_reference_markdown().strip(), "regenerate: python -m spray.config > docs/config.md"
+
+
+def test_example_configs_validate() -> None:
+    from spray.config import load_config
+
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"):
+        cfg = load_config(p, check_files=False)
+        assert cfg.name
