@@ -118,20 +118,30 @@ def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 @torch.no_grad()
 def _fold(linear: nn.Module, bn: nn.Module) -> None:
-    """Fold ``bn`` (applied after ``linear``) into ``linear``'s weight and bias, in float64."""
-    weight: torch.Tensor = linear.weight  # type: ignore[assignment]
-    dtype = weight.dtype
-    mean = bn.running_mean.double()  # type: ignore[union-attr]
-    var = bn.running_var.double()  # type: ignore[union-attr]
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)  # type: ignore[union-attr]
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)  # type: ignore[union-attr]
-    scale = gamma / torch.sqrt(var + bn.eps)  # type: ignore[operator]
-    bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(mean)  # type: ignore[union-attr]
+    """Fold ``bn`` (applied after ``linear``) into ``linear``'s weight and bias.
+
+    The per-channel scale and the bias are computed in float64; the weight is multiplied once in its
+    own dtype (one rounding, and no float64 copy of a large weight).
+    """
+    weight = _tensor(linear, "weight")
+    mean, var = _tensor(bn, "running_mean"), _tensor(bn, "running_var")
+    assert weight is not None and mean is not None and var is not None  # checked by the caller
+    mean, var = mean.double(), var.double()
+    bn_weight, bn_bias, bias_t = _tensor(bn, "weight"), _tensor(bn, "bias"), _tensor(linear, "bias")
+    gamma = bn_weight.double() if bn_weight is not None else torch.ones_like(mean)
+    beta = bn_bias.double() if bn_bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + float(bn.eps))  # type: ignore[arg-type]
+    bias = bias_t.double() if bias_t is not None else torch.zeros_like(mean)
     shape = (-1,) + (1,) * (weight.ndim - 1)
-    new_weight = (weight.double() * scale.reshape(shape)).to(dtype)
-    new_bias = ((bias - mean) * scale + beta).to(dtype)
+    new_weight = weight * scale.to(weight.dtype).reshape(shape)
+    new_bias = ((bias - mean) * scale + beta).to(weight.dtype)
     linear.weight = nn.Parameter(new_weight, requires_grad=False)
     linear.bias = nn.Parameter(new_bias, requires_grad=False)
 
@@ -156,8 +166,9 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
             previous is not None
             and isinstance(previous[1], _LINEAR_TYPES)
             and isinstance(leaf, _BN_TYPES)
-            and leaf.running_mean is not None
-            and previous[1].weight.shape[0] == leaf.num_features  # type: ignore[union-attr]
+            and _tensor(leaf, "running_mean") is not None
+            and _tensor(previous[1], "weight") is not None
+            and _tensor(previous[1], "weight").shape[0] == leaf.num_features  # type: ignore[union-attr]
         ):
             _fold(previous[1], leaf)
             _set_module(model, path, nn.Identity())
@@ -175,9 +186,9 @@ def _patch_resnet(model: nn.Module) -> int:
     for module in model.modules():
         # exact types only: a subclass may have changed forward(), and patching it would be wrong
         if type(module) is basic:
-            module.forward = types.MethodType(_basic_block_forward, module)  # type: ignore[method-assign]
+            module.forward = types.MethodType(_basic_block_forward, module)
         elif type(module) is bottleneck:
-            module.forward = types.MethodType(_bottleneck_forward, module)  # type: ignore[method-assign]
+            module.forward = types.MethodType(_bottleneck_forward, module)
         else:
             continue
         module.lrp_add = ResidualAdd()

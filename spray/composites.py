@@ -135,7 +135,9 @@ class Composite:
         unsupported : list of (path, module)
             Modules for which no rule is known.
         """
-        user: list[tuple[type[nn.Module], Rule]] = list((extra_rules or {}).items()) + list(_USER_RULES.items())
+        user: list[tuple[type[nn.Module], Rule]] = list((extra_rules or {}).items()) + list(
+            _USER_RULES.items()
+        )
         first_visited = False
         rules: dict[str, Rule] = {}
         unsupported: list[tuple[str, nn.Module]] = []
@@ -157,7 +159,7 @@ class Composite:
                 if not isinstance(rule, Gradient):
                     rules[path] = rule
                 continue
-            if isinstance(module, GRADIENT_TYPES) or isinstance(module, ResidualAdd):
+            if isinstance(module, (GRADIENT_TYPES, ResidualAdd)):
                 continue
             own_params = any(True for _ in module.parameters(recurse=False))
             if not has_children or own_params:
@@ -177,7 +179,7 @@ def epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Compos
     """Flat on the first dense/conv layer, z+ on the other convs, ε on dense layers (the default)."""
     return Composite(
         "EpsilonPlusFlat",
-        _base_map(stabilizer) + [(CONV_TYPES, ZPlus(stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
+        [*_base_map(stabilizer), (CONV_TYPES, ZPlus(stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
         first_map=[(LINEAR_TYPES, Flat(stabilizer))],
         stabilizer=stabilizer,
     )
@@ -187,7 +189,7 @@ def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """z+ on all convs (including the first), ε on dense layers."""
     return Composite(
         "EpsilonPlus",
-        _base_map(stabilizer) + [(CONV_TYPES, ZPlus(stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
+        [*_base_map(stabilizer), (CONV_TYPES, ZPlus(stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
         stabilizer=stabilizer,
     )
 
@@ -196,8 +198,11 @@ def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -
     """Flat on the first dense/conv layer, α2β1 on the other convs, ε on dense layers."""
     return Composite(
         "EpsilonAlpha2Beta1Flat",
-        _base_map(stabilizer)
-        + [(CONV_TYPES, AlphaBeta(2.0, 1.0, stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
+        [
+            *_base_map(stabilizer),
+            (CONV_TYPES, AlphaBeta(2.0, 1.0, stabilizer)),
+            (DENSE_TYPES, Epsilon(epsilon)),
+        ],
         first_map=[(LINEAR_TYPES, Flat(stabilizer))],
         stabilizer=stabilizer,
     )
@@ -207,8 +212,11 @@ def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Com
     """α2β1 on all convs, ε on dense layers."""
     return Composite(
         "EpsilonAlpha2Beta1",
-        _base_map(stabilizer)
-        + [(CONV_TYPES, AlphaBeta(2.0, 1.0, stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
+        [
+            *_base_map(stabilizer),
+            (CONV_TYPES, AlphaBeta(2.0, 1.0, stabilizer)),
+            (DENSE_TYPES, Epsilon(epsilon)),
+        ],
         stabilizer=stabilizer,
     )
 
@@ -228,7 +236,7 @@ def epsilon_gamma_box(
     """
     return Composite(
         "EpsilonGammaBox",
-        _base_map(stabilizer) + [(CONV_TYPES, Gamma(gamma, stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
+        [*_base_map(stabilizer), (CONV_TYPES, Gamma(gamma, stabilizer)), (DENSE_TYPES, Epsilon(epsilon))],
         first_map=[(CONV_TYPES, ZBox(low, high, stabilizer))],
         stabilizer=stabilizer,
     )

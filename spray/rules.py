@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad as nn_grad
 from torch import nn
 
 from spray.errors import ConfigError
@@ -124,9 +125,9 @@ class _LinearOp:
         if self.kind == "linear":
             return g.matmul(w)
         fn = {
-            "conv1d": torch.nn.grad.conv1d_input,
-            "conv2d": torch.nn.grad.conv2d_input,
-            "conv3d": torch.nn.grad.conv3d_input,
+            "conv1d": nn_grad.conv1d_input,
+            "conv2d": nn_grad.conv2d_input,
+            "conv3d": nn_grad.conv3d_input,
         }[self.kind]
         stride, padding, dilation, groups = self.conv_args
         return fn(list(input_shape), w, g.contiguous(), stride, padding, dilation, groups)
@@ -192,7 +193,7 @@ class _PassFn(torch.autograd.Function):
         return y.view_as(y)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None]:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         if ctx.carries_relevance:
             return g, None, None
         x, y = ctx.saved_tensors
@@ -211,7 +212,7 @@ class _ZPlusFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         op: _LinearOp,
@@ -252,7 +253,7 @@ class _AlphaBetaFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         op: _LinearOp,
@@ -307,7 +308,7 @@ class _GammaFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         op: _LinearOp,
@@ -359,7 +360,7 @@ class _FlatLikeFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         op: _LinearOp,
@@ -386,7 +387,7 @@ class _ZBoxFn(torch.autograd.Function):
     """ZBox rule: ``R_in = x⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs``, ``s = R/stab(Wx − W⁺l − W⁻h)`` (relevance out)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         op: _LinearOp,
@@ -698,7 +699,11 @@ class ZBox(_WeightRule):
         if t.ndim == 0:
             return t.expand(1, *x.shape[1:])
         try:
-            return torch.broadcast_to(t, (1, *x.shape[1:])) if t.shape[0] == 1 else torch.broadcast_to(t, x.shape)
+            return (
+                torch.broadcast_to(t, (1, *x.shape[1:]))
+                if t.shape[0] == 1
+                else torch.broadcast_to(t, x.shape)
+            )
         except RuntimeError as exc:
             raise ConfigError(
                 f"ZBox bound of shape {tuple(t.shape)} does not broadcast to the input {tuple(x.shape)}"
@@ -711,4 +716,3 @@ class ZBox(_WeightRule):
 
     def __repr__(self) -> str:
         return f"ZBox(low={self.low!r}, high={self.high!r}, stabilizer={self.stabilizer})"
-
