@@ -20,7 +20,6 @@ _LAZY = {
     "load_config": "spray.config",
     "AuditConfig": "spray.config",
     "run_audit": "spray.audit",
-    "audit": "spray.audit",
     "load_report": "spray.audit",
 }
 
