@@ -77,6 +77,8 @@ _FRAME_WIDTHS = (1, 2)
 _AREA_PENALTY = 0.5
 #: Clusters smaller than this are scored but never tested or flagged (too few samples to tell).
 _MIN_SIZE = 5
+#: Clusters within this fraction of the best map score count as versions of the same finding.
+_SELECT_SLACK = 0.7
 #: Regulariser of the lift ratio (a share of 0.5 % counts as "no relevance").
 _LIFT_EPS = 0.005
 #: Flip excess that gives the full intervention score.
@@ -341,6 +343,13 @@ def _analyse_cluster(
         "border_share": border,
         "localisation": loc,
         "map_score": map_score,
+        # Where the hot region is (so that per-sample suspicion can be recomputed from the maps).
+        "region_frame": float(region.kind == "frame"),
+        "region_size": float(region.size),
+        "region_row": float(region.row),
+        "region_col": float(region.col),
+        "moving": float(moving),
+        "moving_size": float(msize),
     }
     return _Candidate(k, cid, member, region, moving, int(msize), signals, float(map_score))
 
@@ -492,6 +501,32 @@ def _evidence(
     return out
 
 
+def _select_k(per_k: dict[int, list[_Candidate]], chosen: int, h: int, w: int) -> int:
+    """The labelling that isolates the most suspicious pattern best.
+
+    The best cluster over all ``k`` (by map score) defines the pattern (its hot region). Every cluster
+    of every ``k`` with at least ``_SELECT_SLACK`` of that map score and an overlapping hot region is a
+    version of the same finding; the one whose members are best told apart from the rest of the class
+    by their share in the region (AUROC, the ``consistency`` signal) wins. A cluster that holds only part
+    of the artifact samples leaves the rest among the non-members, and one that also holds clean
+    samples puts them among the members: both lower the AUROC, so it peaks at the complete cluster.
+    """
+    allc = [c for cs in per_k.values() for c in cs]
+    best = max(allc, key=lambda c: (c.map_score, c.k == chosen, -c.k))
+    if best.map_score <= 0:
+        return chosen if chosen in per_k else min(per_k)
+    ref = best.region.mask(h, w)
+    same = [
+        c
+        for c in allc
+        if c.map_score >= _SELECT_SLACK * best.map_score
+        and c.moving == best.moving
+        and (c.moving or bool((c.region.mask(h, w) & ref).any()))
+    ]
+    pick = max(same, key=lambda c: (round(c.signals["consistency"], 2), c.map_score, c.k == chosen, -c.k))
+    return pick.k
+
+
 def score_class(
     class_index: int,
     class_name: str,
@@ -550,10 +585,7 @@ def score_class(
         per_k[k] = [_analyse_cluster(stats, k, int(c), lab == c, tol) for c in np.unique(lab)]
     chosen = clustering.chosen_k if clustering.chosen_k in per_k else ks[0]
 
-    def top(k: int) -> float:
-        return max(c.map_score for c in per_k[k])
-
-    best_k = max(per_k, key=lambda k: (top(k), k == chosen, -k))
+    best_k = _select_k(per_k, chosen, stats.h, stats.w)
     cands = sorted(per_k[best_k], key=lambda c: (-c.map_score, c.cluster_id))
 
     tests: dict[int, dict[str, float]] = {}
@@ -620,6 +652,55 @@ def score_class(
     return findings
 
 
+def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_ids: list[str]) -> np.ndarray:
+    """Per-sample suspicion of one class: its cluster's score plus a within-cluster tie-break.
+
+    The tie-break (at most 0.01) is the sample's own share of positive relevance in its cluster's hot
+    region (or, for a moving artifact, its own best window of that size), so that inside a cluster
+    the samples that carry the pattern most strongly come first.
+
+    Parameters
+    ----------
+    maps : np.ndarray
+        ``(n, h, w)`` the maps given to :func:`score_class`.
+    findings : list[ClusterFinding]
+        Its output for this class.
+    sample_ids : list[str]
+        Row ids of ``maps``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64; samples in no finding get 0.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    n, h, w = maps.shape
+    pos = np.clip(maps, 0.0, None)
+    mass = pos.reshape(n, -1).sum(axis=1)
+    p = pos / np.where(mass > 0, mass, 1.0)[:, None, None]
+    row = {sid: i for i, sid in enumerate(sample_ids)}
+    out = np.zeros(n)
+    for f in findings:
+        idx = np.array([row[s] for s in f.member_ids], dtype=np.int64)
+        if idx.size == 0:
+            continue
+        sig = f.signals
+        if sig.get("moving", 0.0) > 0:
+            s = int(sig["moving_size"])
+            ii = np.zeros((idx.size, h + 1, w + 1))
+            ii[:, 1:, 1:] = p[idx].cumsum(axis=1).cumsum(axis=2)
+            box = ii[:, s:, s:] - ii[:, :-s, s:] - ii[:, s:, :-s] + ii[:, :-s, :-s]
+            share = box.reshape(idx.size, -1).max(axis=1)
+        elif "region_size" in sig:
+            kind = "frame" if sig["region_frame"] > 0 else "window"
+            region = _Region(kind, int(sig["region_size"]), int(sig["region_row"]), int(sig["region_col"]))
+            share = p[idx][:, region.mask(h, w)].sum(axis=1)
+        else:
+            share = np.zeros(idx.size)
+        out[idx] = f.score + 0.01 * share
+    return out
+
+
 def rank_findings(per_class: list[list[ClusterFinding]]) -> list[ClusterFinding]:
     """All clusters of all classes, most suspicious first: flagged before unflagged, then by score.
 
@@ -643,4 +724,4 @@ def evidence_line(f: ClusterFinding) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["InterventionProbe", "evidence_line", "rank_findings", "score_class"]
+__all__ = ["InterventionProbe", "evidence_line", "rank_findings", "sample_suspicion", "score_class"]

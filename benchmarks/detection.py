@@ -1,0 +1,364 @@
+"""Planted Clever Hans: does spray's suspicion ranking find a shortcut that we put there ourselves?
+
+For every cell (artifact, poisoned fraction p, target class, seed): plant the artifact into a
+fraction ``p`` of the target class's training images (Fashion-MNIST subset), train a SmallCNN on the
+poisoned set, explain every training image with LRP (EpsilonPlusFlat, target = label), run the
+per-class analysis of the audit (normalise → PCA → spectral → k-means sweep → score) with the paste
+probe, and compare the ranking with the planted ground truth. Clean models (no artifact) measure
+false alarms.
+
+Usage::
+
+    python benchmarks/detection.py --quick                  # one cell, a few minutes on CPU
+    python benchmarks/detection.py --artifacts corner_square frame glyph --fractions 0.05 0.1 0.2 0.5 \\
+        --classes 5 7 9 --seeds 0 1 2 --clean-seeds 0 1 2     # the full grid (hours on 2 cores)
+
+Results are appended as JSON lines to ``--out`` (one line per run), and a table is printed.
+
+Metrics per run (see docs/detection.md):
+
+* gate: target-logit drop when the artifact is removed from the planted samples (their clean
+  originals are known), and the relevance share inside the artifact pixels vs their pixel share.
+  Runs where the model ignores the artifact are reported but not counted.
+* flip: planting the artifact into other-class *test* images flips this fraction to the target class.
+* hit@1: the top finding across all classes is in the poisoned class.
+* top-finding precision / recall / F1 vs the planted samples (overall top finding; 0 if another
+  class), and the ceiling (best F1 of any cluster at any stored k of the poisoned class).
+* sample AUROC / AP: per-sample suspicion (:func:`spray.scoring.sample_suspicion`) over all audited
+  samples (``auroc_all``) and within the poisoned class (``auroc_cls``).
+* baselines (within the poisoned class, their "top finding" is the smallest cluster, the plain SpRAy
+  heuristic): k-means (k=8) on raw pixels, on penultimate activations, CoRelAy's default (k-means k=8
+  on all 32 eigenvectors), and a random cluster of the size of spray's top finding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from spray.artifacts import plant
+from spray.clustering import cluster_sweep
+from spray.config import config_from_dict
+from spray.data import read_idx
+from spray.lrp import Explainer
+from spray.models import SmallCNN
+from spray.preprocess import normalize_heatmaps, reduce_dimension
+from spray.records import ClassAnalysis
+from spray.scoring import InterventionProbe, rank_findings, sample_suspicion, score_class
+from spray.spectral import spectral_embedding
+from spray.training import predict, train_classifier
+
+log = logging.getLogger("benchmarks.detection")
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+CLASS_NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+MEAN, STD = 0.2860, 0.3530
+#: Gate: the model "uses" the artifact if removing it drops the target logit by this much on average...
+GATE_LOGIT_DROP = 1.0
+#: ... and the artifact pixels hold at least this many times their pixel share of the relevance.
+GATE_RELEVANCE_RATIO = 2.0
+
+
+@dataclass
+class Cell:
+    artifact: str  # "none" for a clean model
+    fraction: float
+    target: int
+    seed: int
+
+
+def load_fmnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 28, 28)`` uint8 images and ``(n,)`` labels of the train or t10k split."""
+    pre = "train" if split == "train" else "t10k"
+    x = read_idx(FMNIST / f"{pre}-images-idx3-ubyte.gz")
+    y = read_idx(FMNIST / f"{pre}-labels-idx1-ubyte.gz").astype(np.int64)
+    return np.asarray(x), np.asarray(y)
+
+
+def subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Seeded, sorted indices of ``per_class`` samples of every class."""
+    rng = np.random.default_rng(seed)
+    idx = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)]
+    return np.sort(np.concatenate(idx))
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(n, 28, 28)`` -> normalised float ``(n, 1, 28, 28)``."""
+    return (torch.from_numpy(images).float().div(255.0)[:, None] - MEAN) / STD
+
+
+def f1(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """Precision, recall, F1 of boolean ``pred`` vs ``truth``."""
+    tp = float((pred & truth).sum())
+    p = tp / max(pred.sum(), 1)
+    r = tp / max(truth.sum(), 1)
+    return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    if truth.all() or not truth.any():
+        return float("nan"), float("nan")
+    return float(roc_auc_score(truth, score)), float(average_precision_score(truth, score))
+
+
+def smallest_cluster_baseline(features: np.ndarray, truth: np.ndarray, k: int, seed: int) -> dict[str, float]:
+    """k-means; the smallest cluster is the 'finding'; per-sample score = 1 - its cluster's fraction."""
+    k = min(k, len(features) - 1)
+    lab = KMeans(k, n_init=4, random_state=seed).fit_predict(features)
+    sizes = np.bincount(lab, minlength=k)
+    small = int(np.argmin(np.where(sizes > 0, sizes, len(lab) + 1)))
+    _, _, f = f1(lab == small, truth)
+    auc, ap = _auc(truth, 1.0 - sizes[lab] / len(lab))
+    return {"f1": f, "auroc": auc, "ap": ap}
+
+
+def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """Train, audit and score one cell; returns the result row."""
+    t0 = time.time()
+    xtr, ytr, xte, yte = data["xtr"], data["ytr"], data["xte"], data["yte"]
+    idx = subset(ytr, args.per_class, cell.seed)
+    images, labels = xtr[idx].copy(), ytr[idx]
+    rng = np.random.default_rng([cell.seed, cell.target, int(cell.fraction * 1000)])
+    planted = np.zeros(len(idx), dtype=bool)
+    masks = np.zeros(images.shape, dtype=bool)
+    clean_images = images.copy()
+    if cell.artifact != "none":
+        cls = np.flatnonzero(labels == cell.target)
+        pick = np.sort(rng.choice(cls, max(1, round(cell.fraction * cls.size)), replace=False))
+        pl = plant(images[pick], cell.artifact, seed=cell.seed)
+        images[pick], masks[pick], planted[pick] = pl.images, pl.masks, True
+    torch.manual_seed(cell.seed)
+    model = SmallCNN(1, 10, width=args.width)
+    train_classifier(
+        model, images, labels, epochs=args.epochs, seed=cell.seed, mean=MEAN, std=STD, progress=False
+    )
+    x = to_input(images)
+    acc = float((predict(model, to_input(xte)).numpy() == yte).mean())
+    t_train = time.time() - t0
+
+    # LRP of every training image, target = its label.
+    explainer = Explainer(model, "EpsilonPlusFlat")
+    rel = []
+    for s in range(0, len(x), 512):
+        r = explainer(x[s : s + 512], target="label", labels=torch.from_numpy(labels[s : s + 512]))
+        rel.append(r.relevance.sum(1).numpy())
+    relevance = np.concatenate(rel)  # (N, 28, 28)
+
+    row: dict[str, Any] = {
+        "artifact": cell.artifact,
+        "p": cell.fraction,
+        "target": cell.target,
+        "seed": cell.seed,
+        "test_acc": acc,
+    }
+    # Sanity gate (poisoned runs): does the model use the artifact?
+    if cell.artifact != "none":
+        with torch.no_grad():
+            lp = model(x[planted])[:, cell.target]
+            lc = model(to_input(clean_images[planted]))[:, cell.target]
+        row["logit_drop"] = float((lp - lc).mean())
+        r_pl = np.clip(relevance[planted], 0, None)
+        share = (r_pl * masks[planted]).sum(axis=(1, 2)) / np.maximum(r_pl.sum(axis=(1, 2)), 1e-12)
+        row["rel_ratio"] = float(share.mean() / masks[planted].mean())
+        others = np.flatnonzero(yte != cell.target)[:1000]
+        pasted = plant(xte[others], cell.artifact, seed=cell.seed + 1).images
+        row["flip_artifact"] = float((predict(model, to_input(pasted)).numpy() == cell.target).mean())
+        uses_relevance = cell.artifact == "brightness" or row["rel_ratio"] >= GATE_RELEVANCE_RATIO
+        row["gated"] = bool(row["logit_drop"] >= GATE_LOGIT_DROP and uses_relevance)
+
+    # The audit's per-class analysis, with the paste probe built like the audit builds it.
+    cfg = config_from_dict(
+        {
+            "seed": 0,
+            "model": {"factory": "spray.models:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "analysis": {"embedding": "spectral", "blur_sigma": args.blur},
+            "scoring": {"intervention": not args.no_probe},
+        },
+        check_files=False,
+    )
+    ids = [f"tr{i}" for i in range(len(x))]
+    test_ids = [f"te{i}" for i in range(len(xte))]
+    x_te = to_input(xte)
+
+    def load_inputs(sids: list[str]) -> torch.Tensor:
+        return torch.stack([x[int(s[2:])] if s.startswith("tr") else x_te[int(s[2:])] for s in sids])
+
+    def pred_fn(batch: torch.Tensor) -> torch.Tensor:
+        return predict(model, batch)
+
+    analyses: list[ClassAnalysis] = []
+    for c in range(10):
+        rows = np.flatnonzero(labels == c)
+        other = np.flatnonzero(yte != c)
+        pr = np.random.default_rng([0, c])
+        pick = np.sort(
+            pr.choice(other, size=min(cfg.scoring.intervention_samples, other.size), replace=False)
+        )
+        probe = InterventionProbe(pred_fn, load_inputs, [test_ids[i] for i in pick], yte[pick])
+        analyses.append(analyze(c, [ids[i] for i in rows], relevance[rows], cfg, probe, args))
+    ranked = rank_findings([a.clusters for a in analyses])
+    row["alarms"] = [f.class_name for f in ranked if f.suspicious]
+    row["top"] = f"{ranked[0].class_name}: " + "; ".join(ranked[0].evidence[:2])
+    if cell.artifact == "none":
+        row["false_alarm"] = bool(row["alarms"])
+        row["seconds"] = time.time() - t0
+        return row
+
+    # Detection metrics.
+    id_row = {s: i for i, s in enumerate(ids)}
+    top = ranked[0]
+    row["hit1"] = bool(top.class_index == cell.target)
+    pred = np.zeros(len(x), dtype=bool)
+    pred[[id_row[s] for s in top.member_ids]] = True
+    row["prec"], row["rec"], row["f1"] = f1(pred, planted)
+    ta = analyses[cell.target]
+    cls_rows = np.flatnonzero(labels == cell.target)
+    truth_cls = planted[cls_rows]
+    top_cls = ta.clusters[0]
+    pred_cls = np.isin(np.array([ids[i] for i in cls_rows]), top_cls.member_ids)
+    row["f1_cls"] = f1(pred_cls, truth_cls)[2]
+    row["ceiling"] = max(
+        f1(lab == c, truth_cls)[2] for lab in ta.clustering.labellings.values() for c in np.unique(lab)
+    )
+    scores = np.zeros(len(x))
+    for a in analyses:
+        rws = np.flatnonzero(labels == a.class_index)
+        scores[rws] = sample_suspicion(normalize(relevance[rws]), a.clusters, [ids[i] for i in rws])
+    row["auroc_all"], row["ap_all"] = _auc(planted, scores)
+    row["auroc_cls"], row["ap_cls"] = _auc(truth_cls, scores[cls_rows])
+    row["top_flip"] = float(top_cls.signals.get("flip_rate", float("nan")))
+    row["top_flip_null"] = float(top_cls.signals.get("flip_null", float("nan")))
+
+    # Baselines, within the poisoned class.
+    xc = x[cls_rows]
+    with torch.no_grad():
+        pen = model.classifier[:-1](model.features(xc)).numpy()
+    row["b_pixels"] = smallest_cluster_baseline(xc.reshape(len(xc), -1).numpy(), truth_cls, 8, cell.seed)
+    row["b_penult"] = smallest_cluster_baseline(pen, truth_cls, 8, cell.seed)
+    row["b_corelay"] = smallest_cluster_baseline(ta.spectral.eigenvectors, truth_cls, 8, cell.seed)
+    rnd = np.zeros(len(cls_rows), dtype=bool)
+    rnd[rng.choice(len(cls_rows), size=max(1, int(pred_cls.sum())), replace=False)] = True
+    row["b_random"] = {"f1": f1(rnd, truth_cls)[2], "auroc": 0.5, "ap": float(truth_cls.mean())}
+    row["seconds"] = time.time() - t0
+    row["train_seconds"] = t_train
+    return row
+
+
+def analyze(
+    c: int,
+    sample_ids: list[str],
+    rel: np.ndarray,
+    cfg: Any,
+    probe: InterventionProbe | None,
+    args: argparse.Namespace,
+) -> ClassAnalysis:
+    """The audit's per-class analysis (as ``spray.audit.analyze_class``) without the 2-D map, and with
+    fewer k-means restarts (``--n-init``) so that a cell fits the CPU budget."""
+    a = cfg.analysis
+    features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
+    maps = normalize_heatmaps(rel).reshape(rel.shape)
+    reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
+    spectral = spectral_embedding(
+        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
+    )
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, n_init=args.n_init)
+    clusters = score_class(
+        c, CLASS_NAMES[c], sample_ids, maps, spectral, clustering, config=cfg.scoring,
+        probe=probe if cfg.scoring.intervention else None, seed=cfg.seed,
+    )  # fmt: skip
+    return ClassAnalysis(
+        c, CLASS_NAMES[c], sample_ids, spectral, clustering, np.zeros((len(rel), 2)), "none", clusters
+    )
+
+
+def normalize(rel: np.ndarray) -> np.ndarray:
+    """Maps as the audit hands them to scoring: signed, divided by total |R|."""
+    return normalize_heatmaps(rel).reshape(rel.shape)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.2f}"
+    return str(v)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Markdown tables: per run, then aggregated per setting."""
+    cols = ["artifact", "p", "target", "seed", "test_acc", "logit_drop", "rel_ratio", "flip_artifact", "gated",
+            "hit1", "f1", "f1_cls", "ceiling", "auroc_all", "auroc_cls", "ap_cls"]  # fmt: skip
+    print("| " + " | ".join(cols) + " | pixels F1/AUROC | penult F1/AUROC | CoRelAy F1/AUROC | random F1 |")
+    print("|" + "---|" * (len(cols) + 4))
+    for r in rows:
+        if r["artifact"] == "none":
+            continue
+        base = [f"{r[b]['f1']:.2f}/{r[b]['auroc']:.2f}" for b in ("b_pixels", "b_penult", "b_corelay")] + [
+            f"{r['b_random']['f1']:.2f}"
+        ]
+        print("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " | " + " | ".join(base) + " |")
+    clean = [r for r in rows if r["artifact"] == "none"]
+    if clean:
+        print("\nClean models:")
+        for r in clean:
+            print(f"- seed {r['seed']}: acc {r['test_acc']:.3f}, alarms: {r['alarms'] or 'none'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one cell: corner_square, p=0.2, Sandal, seed 0")
+    ap.add_argument("--artifacts", nargs="+", default=["corner_square", "frame", "glyph"])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.5])
+    ap.add_argument("--classes", nargs="+", type=int, default=[5, 7, 9])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--clean-seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--per-class", type=int, default=500)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--n-init", type=int, default=3, help="k-means restarts per k (the audit uses 10)")
+    ap.add_argument("--blur", type=float, default=0.0, help="analysis.blur_sigma (translation tolerance)")
+    ap.add_argument("--no-probe", action="store_true", help="map signals only (no paste test)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.jsonl"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.quick:
+        cells = [Cell("corner_square", 0.2, 5, 0)]
+        args.per_class = min(args.per_class, 400)
+    else:
+        cells = [
+            Cell(a, p, c, s)
+            for a in args.artifacts
+            for p in args.fractions
+            for c in args.classes
+            for s in args.seeds
+        ] + [Cell("none", 0.0, -1, s) for s in args.clean_seeds]
+    if not FMNIST.exists():
+        raise SystemExit(f"{FMNIST} missing: apt-get install -y dataset-fashion-mnist")
+    xtr, ytr = load_fmnist("train")
+    xte, yte = load_fmnist("test")
+    data = {"xtr": xtr, "ytr": ytr, "xte": xte[:2000], "yte": yte[:2000]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cell in cells:
+        row = run_cell(cell, args, data)
+        rows.append(row)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        log.warning("%s", {k: v for k, v in row.items() if not isinstance(v, dict)})
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
