@@ -64,7 +64,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{str(p)!r} is not an IDX file (bad magic number). Point data.images/labels at IDX files.")
     dtype_code, ndim = raw[2], raw[3]
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtypes: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if dtype_code not in dtypes:
         raise DataError(f"{str(p)!r}: unknown IDX data type 0x{dtype_code:02x}.")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
@@ -244,7 +244,7 @@ def _import_callable(spec: str, what: str) -> Callable[..., Any]:
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"{what}: module {mod_name!r} has no callable {fn_name!r}.")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _idx_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
