@@ -1,0 +1,307 @@
+"""Throughput and peak memory of spray's LRP against plain forward/backward passes and zennit.
+
+Example (the figures in docs/lrp.md)::
+
+    python benchmarks/lrp_throughput.py --models resnet50 vgg16 --device cpu --batch 8 --size 224 \
+        --repeats 3 --write-docs
+
+Per model and device, interleaved in one process (so background load hits all methods alike), it
+times:
+
+* ``forward``          : ``model(x)`` under ``no_grad``;
+* ``fwd+input-grad``   : forward + gradient of the target logit w.r.t. the input (parameters frozen),
+  the cost floor of any gradient-based attribution and the reference of the ratios;
+* ``fwd+bwd(weights)`` : forward + cross-entropy backward into the weights (one training step
+  without the optimizer);
+* ``spray LRP``        : :class:`spray.lrp.Explainer` with ``EpsilonPlusFlat``;
+* ``zennit LRP``       : zennit 0.5.1 ``EpsilonPlusFlat`` with its canonizers (skipped if zennit is
+  not installed).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the memory allocated before the call.
+On CPU each (model, method) runs in a fresh subprocess with glibc's mmap threshold pinned to 64 KiB
+(so freed tensors go back to the OS and RSS tracks live tensors); after one warm-up call the peak RSS
+counter is reset (``/proc/self/clear_refs``) and the figure is ``VmHWM − VmRSS`` around one call:
+the extra resident memory the call needs on top of the loaded model (and, for the LRP methods, on
+top of their canonized copy). Models use random weights (no pretrained weights are available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spray.lrp import Explainer  # noqa: E402
+
+logger = logging.getLogger("lrp_throughput")
+METHODS = ["forward", "fwd+input-grad", "fwd+bwd(weights)", "spray LRP", "zennit LRP"]
+BASE = "fwd+input-grad"
+DOC = ROOT / "docs" / "lrp.md"
+BEGIN, END = "<!-- BENCHMARK:BEGIN -->", "<!-- BENCHMARK:END -->"
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """A small Conv/BN/ReLU/pool CNN (any input size)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.BatchNorm2d(128),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(128 * 16, 256),
+        nn.ReLU(inplace=True),
+        nn.Dropout(),
+        nn.Linear(256, num_classes),
+    )
+
+
+def build_model(name: str) -> nn.Module:
+    """Random-weight model by name (seeded)."""
+    torch.manual_seed(0)
+    factories: dict[str, Callable[[], nn.Module]] = {
+        "small_cnn": small_cnn,
+        "vgg16": lambda: torchvision.models.vgg16(num_classes=1000),
+        "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=1000),
+        "resnet18": lambda: torchvision.models.resnet18(num_classes=1000),
+        "resnet50": lambda: torchvision.models.resnet50(num_classes=1000),
+    }
+    if name not in factories:
+        raise SystemExit(f"unknown model {name!r}; known: {sorted(factories)}")
+    model = factories[name]()
+    with torch.no_grad():  # non-trivial BN statistics, as in a trained model
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def make_method(name: str, model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """Return a callable running one measured step of ``name`` on a batch."""
+    if name == "forward":
+
+        def run(x: torch.Tensor) -> Any:
+            with torch.no_grad():
+                return model(x)
+
+        return run
+    if name == "fwd+input-grad":
+
+        def run(x: torch.Tensor) -> Any:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            xx = x.detach().requires_grad_(True)
+            out = model(xx)
+            seed = torch.zeros_like(out).scatter_(1, out.argmax(1, keepdim=True), 1.0)
+            return torch.autograd.grad(out, xx, seed)[0]
+
+        return run
+    if name == "fwd+bwd(weights)":
+
+        def run(x: torch.Tensor) -> Any:
+            for p in model.parameters():
+                p.requires_grad_(True)
+                p.grad = None
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, out.argmax(1))
+            loss.backward()
+            return loss
+
+        return run
+    if name == "spray LRP":
+        explainer = Explainer(model, "EpsilonPlusFlat", device=device)
+        return lambda x: explainer(x).relevance
+    if name == "zennit LRP":
+        try:
+            from zennit.attribution import Gradient
+            from zennit.canonizers import SequentialMergeBatchNorm
+            from zennit.composites import EpsilonPlusFlat
+            from zennit.torchvision import ResNetCanonizer
+        except ImportError:
+            return lambda x: None
+        for p in model.parameters():
+            p.requires_grad_(False)
+        resnet = any(type(m).__name__ in ("BasicBlock", "Bottleneck") for m in model.modules())
+        canonizers = [ResNetCanonizer()] if resnet else [SequentialMergeBatchNorm()]
+        # zennit canonizes the model in place while the attributor is open; the figures measure the
+        # attribution calls only (opening the context once, like a long-running batch job would).
+        attributor = Gradient(model, EpsilonPlusFlat(canonizers=canonizers))
+        attributor.__enter__()
+
+        def run(x: torch.Tensor) -> Any:
+            def seed(out: torch.Tensor) -> torch.Tensor:
+                return torch.zeros_like(out).scatter_(1, out.argmax(1, keepdim=True), 1.0) * out
+
+            return attributor(x, seed)[1]
+
+        return run
+    raise ValueError(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def probe_memory(model_name: str, method: str, batch: int, size: int, device: torch.device) -> float:
+    """Peak extra memory (MiB) of one call of ``method`` (run in the current, fresh process)."""
+    model = build_model(model_name).to(device)
+    run = make_method(method, model, device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    run(x)  # warm-up: one-time setup (reference check, allocator pools, kernels)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run(x)
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    before_kib = _proc_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    run(x)
+    return (_proc_kib("VmHWM") - before_kib) / 1024
+
+
+def memory_in_subprocess(model_name: str, method: str, args: argparse.Namespace) -> float:
+    """Run :func:`probe_memory` in a fresh interpreter (CPU) so peaks do not leak between methods."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--probe", model_name, method, "--batch", str(args.batch)]
+    cmd += ["--size", str(args.size), "--device", args.device]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["mib"])
+
+
+def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Interleaved timings (and memory) of all methods for one model."""
+    device = torch.device(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    runners = {}
+    for method in METHODS:
+        # each method gets its own model copy (zennit canonizes in place, training flags differ)
+        runners[method] = make_method(method, build_model(model_name).to(device), device)
+        runners[method](x)  # warm-up
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for rep in range(args.repeats):
+        for method in METHODS:
+            _sync(device)
+            t0 = time.perf_counter()
+            runners[method](x)
+            _sync(device)
+            times[method].append(time.perf_counter() - t0)
+        logger.info("%s repeat %d: %s", model_name, rep, {m: round(t[-1], 3) for m, t in times.items()})
+    result: dict[str, dict[str, float]] = {}
+    for method in METHODS:
+        med = statistics.median(times[method])
+        result[method] = {"seconds": med, "images_per_s": args.batch / med}
+    del runners
+    if not args.no_memory:
+        for method in METHODS:
+            if device.type == "cuda":
+                result[method]["peak_mib"] = probe_memory(model_name, method, args.batch, args.size, device)
+            else:
+                result[method]["peak_mib"] = memory_in_subprocess(model_name, method, args)
+    base = result[BASE]
+    for method in METHODS:
+        result[method]["time_ratio"] = result[method]["seconds"] / base["seconds"]
+        if "peak_mib" in base and base["peak_mib"] > 0:
+            result[method]["mem_ratio"] = result[method]["peak_mib"] / base["peak_mib"]
+    return result
+
+
+def table(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
+    """Markdown table of all results."""
+    lines = [
+        f"| model | method | images/s | time / {BASE} | peak extra memory (MiB) | memory / {BASE} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model_name, res in results.items():
+        for method in METHODS:
+            r = res[method]
+            mem = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "—"
+            mem_ratio = f"{r['mem_ratio']:.2f}×" if "mem_ratio" in r else "—"
+            lines.append(
+                f"| {model_name} | {method} | {r['images_per_s']:.2f} | {r['time_ratio']:.2f}× | {mem} | {mem_ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def write_docs(text: str, command: str, args: argparse.Namespace) -> None:
+    """Replace the block between the markers in docs/lrp.md."""
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
+    )
+    block = f"{BEGIN}\nCommand: `{command}`\n\nMachine: {machine}.\n\n{text}\n{END}"
+    doc = DOC.read_text() if DOC.exists() else f"# LRP\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in doc:
+        doc += f"\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(head + block + tail)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet50", "vgg16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--write-docs", action="store_true", help=f"write the table into {DOC}")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    parser.add_argument("--probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        mib = probe_memory(args.probe[0], args.probe[1], args.batch, args.size, torch.device(args.device))
+        print(json.dumps({"mib": mib}))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = {m: bench_model(m, args) for m in args.models}
+    text = table(results, args)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.write_docs:
+        command = "python benchmarks/lrp_throughput.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
+        write_docs(text, command, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Canonization: exact BN folding on a copy, ResNet residual sums as modules, composite layer maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from spray.canonizers import ResidualAdd, canonize, fold_batchnorm, resolve_canonizers
+from spray.composites import COMPOSITES, get_composite, register_layer_rule
+from spray.errors import ConfigError
+from spray.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, ZBox, ZPlus
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_fold_batchnorm_is_exact_and_leaves_original_alone() -> None:
+    model = _bn_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = canonize(model)
+    assert model.training and not copy.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(copy[1], nn.Identity) and isinstance(copy[5], nn.Identity)
+    assert not any(p.requires_grad for p in copy.parameters())
+    assert not copy[2].inplace and model[2].inplace
+    x = torch.randn(4, 3, 5, 5)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        assert torch.allclose(copy(x), expected, atol=1e-5)
+
+
+def test_fold_only_adjacent_pairs() -> None:
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1), nn.ReLU(), nn.BatchNorm2d(3))
+    assert fold_batchnorm(model) == []
+
+
+def test_resnet_blocks_route_sum_through_module() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    assert resolve_canonizers(model, "auto") == ["merge_batchnorm", "resnet"]
+    copy = canonize(model)
+    adds = [m for m in copy.modules() if isinstance(m, ResidualAdd)]
+    assert len(adds) == 8
+    calls: list[int] = []
+    for add in adds:
+        add.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(copy(x), model(x), atol=1e-4)
+    assert len(calls) == 8
+    assert "forward" not in vars(model.layer1[0])  # the original blocks keep their forward
+
+
+def test_bottleneck_and_canonizer_names() -> None:
+    model = torchvision.models.resnet50(num_classes=3).eval()
+    copy = canonize(model, ["merge_batchnorm", "resnet"])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(copy(x), model(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="known"):
+        canonize(model, ["fold_everything"])
+
+
+def test_user_hooks_are_not_copied() -> None:
+    model = _bn_model()
+    seen: list[int] = []
+    model[0].register_forward_hook(lambda *args: seen.append(1))
+    with torch.no_grad():
+        canonize(model)(torch.randn(1, 3, 5, 5))
+    assert seen == []
+    assert len(model[0]._forward_hooks) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# composite layer maps (same mapping as zennit 0.5.1's composites)
+
+
+def _rules(name: str, model: nn.Module, **kwargs: object) -> dict[str, type]:
+    rules, unsupported = get_composite(name, **kwargs).assign(canonize(model))
+    assert unsupported == []
+    return {k: type(v) for k, v in rules.items()}
+
+
+def test_layer_maps_match_zennit_semantics() -> None:
+    model = torchvision.models.resnet18(num_classes=5)
+    epf = _rules("EpsilonPlusFlat", model)
+    assert epf["conv1"] is Flat and epf["layer1.0.conv1"] is ZPlus and epf["fc"] is Epsilon
+    assert epf["avgpool"] is Norm and epf["layer1.0.lrp_add"] is Norm
+    assert "maxpool" not in epf and "relu" not in epf  # plain gradient
+    egb = _rules("EpsilonGammaBox", model)
+    assert egb["conv1"] is ZBox and egb["layer4.1.conv2"] is Gamma and egb["fc"] is Epsilon
+    ab = _rules("EpsilonAlpha2Beta1Flat", model)
+    assert ab["conv1"] is Flat and ab["layer2.0.downsample.0"] is AlphaBeta
+    ep = _rules("EpsilonPlus", model)
+    assert ep["conv1"] is ZPlus
+    assert _rules("EpsilonAlpha2Beta1", model)["conv1"] is AlphaBeta
+    # zennit's flat first layer is the first *linear* layer (dense or conv); its box layer the first conv
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert _rules("EpsilonPlusFlat", mlp)["1"] is Flat
+    assert _rules("EpsilonGammaBox", mlp)["1"] is Epsilon
+
+
+def test_unfolded_batchnorm_gets_pass() -> None:
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2, 2))
+    assert _rules("EpsilonPlusFlat", model)["0"] is Pass
+
+
+def test_get_composite_names_and_errors() -> None:
+    assert set(COMPOSITES) >= {"EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1Flat", "EpsilonPlus"}
+    assert get_composite("epsilon_plus_flat").name == "EpsilonPlusFlat"  # zennit's registry key works too
+    comp = get_composite("EpsilonGammaBox", low=-2.0, high=2.0, gamma=0.5, epsilon=0.01)
+    rules = {type(r): r for _, r in comp.layer_map + comp.first_map}
+    assert rules[Gamma].gamma == 0.5 and rules[Epsilon].epsilon == 0.01 and rules[ZBox].low == -2.0
+    with pytest.raises(ConfigError, match=r"EpsilonPlusFlat, EpsilonGammaBox"):
+        get_composite("Zennit")
+    with pytest.raises(ConfigError, match="bad parameters"):
+        get_composite("EpsilonPlus", gamma=1.0)
+
+
+def test_register_layer_rule() -> None:
+    class Scale(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), Scale(), nn.Flatten(), nn.Linear(2, 2))
+    _, unsupported = get_composite("EpsilonPlusFlat").assign(canonize(model))
+    assert [p for p, _ in unsupported] == ["1"]
+    register_layer_rule(Scale, Pass())
+    try:
+        assert _rules("EpsilonPlusFlat", model)["1"] is Pass
+    finally:
+        from spray import composites
+
+        composites._USER_RULES.pop(Scale)
+    with pytest.raises(ConfigError):
+        register_layer_rule(Scale, "pass")  # type: ignore[arg-type]
