@@ -522,13 +522,17 @@ def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE) -> int:
     except ValueError:
         cur = 1
     wkey = f"{key}_page"
-    st.session_state[wkey] = cur
 
     def changed() -> None:
         state["page"] = str(st.session_state[wkey])
 
     if n_pages > 1:
-        st.pagination(n_pages, key=wkey, on_change=changed, max_visible_pages=9)
+        # First render: the URL's page is the default; later: the view state drives the widget.
+        if wkey in st.session_state:
+            st.session_state[wkey] = cur
+            st.pagination(n_pages, key=wkey, on_change=changed, max_visible_pages=9)
+        else:
+            st.pagination(n_pages, default=cur, key=wkey, on_change=changed, max_visible_pages=9)
     state["page"] = str(cur)
     return cur
 

@@ -105,8 +105,7 @@ def test_export_formats_round_trip(store: FlagStore) -> None:
 
 
 def main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    # spray.cli.main appends the optional commands to a module-level list on every call: start empty.
-    monkeypatch.setattr(cli, "_EXTRA_COMMANDS", [])
+    monkeypatch.setenv("COLUMNS", "120")
     return cli.main(argv)
 
 

@@ -1,0 +1,210 @@
+"""Dashboard timings on a synthetic 100k-sample run written by spray's own run writer.
+
+    .venv/bin/python benchmarks/dashboard_perf.py                 # AppTest (server side) + browser
+    .venv/bin/python benchmarks/dashboard_perf.py --no-browser
+    .venv/bin/python benchmarks/dashboard_perf.py --screenshot docs/screenshot.png --runs-dir spray-demo/runs
+
+The run has 110,000 samples: class 0 with 100,000 (the class page's worst case) and class 1 with 10,000.
+Timed, each first (cold caches) and second (warm) time:
+
+- overview: the first paint of the ranked clusters;
+- class page: spectrum + 100k-point WebGL scatter;
+- one page of 100 thumbnails (overlays rendered with numpy, one st.image call).
+
+AppTest times the Python script run (what the server does per rerun). The browser times run from
+navigation until the page's last element is visible (scatter canvas drawn / 100 images loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+APP = ROOT / "dashboard" / "app.py"
+CHROMIUM = "/usr/bin/chromium"
+log = logging.getLogger("dashboard_perf")
+
+
+def build_run(runs: Path) -> Path:
+    from tests.dashboard_fixtures import make_synthetic_run
+
+    t = time.perf_counter()
+    p = make_synthetic_run(
+        runs, class_sizes=[100_000, 10_000], planted_class=0, planted_fraction=0.03, seed=7
+    )
+    log.info("wrote a %s-sample run in %.1f s", "110,000", time.perf_counter() - t)
+    return p
+
+
+def time_apptest(runs: Path, db: Path) -> dict[str, float]:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["SPRAY_RUNS_DIR"] = str(runs)
+    os.environ["SPRAY_FLAGS_DB"] = str(db)
+    out: dict[str, float] = {}
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    for label in ("cold", "warm"):
+        t = time.perf_counter()
+        at.run()
+        out[f"overview_{label}_s"] = time.perf_counter() - t
+        assert not at.exception, at.exception
+    at.query_params["cls"] = "0"
+    for label in ("cold", "warm"):
+        t = time.perf_counter()
+        at.switch_page("views/class_view.py").run()
+        out[f"class_100k_{label}_s"] = time.perf_counter() - t
+        assert not at.exception, at.exception
+    summary = json.loads(
+        next(p for p in runs.iterdir() if (p / "summary.json").exists() and not p.is_symlink())
+        .joinpath("summary.json")
+        .read_text()
+    )
+    big = next(f for f in summary["findings"] if f["size"] > 100)
+    at.query_params["cluster"] = big["key"]
+    for label in ("cold", "warm"):
+        t = time.perf_counter()
+        at.switch_page("views/cluster.py").run()
+        out[f"grid_100_{label}_s"] = time.perf_counter() - t
+        assert not at.exception, at.exception
+    return out
+
+
+def _serve(runs: Path, db: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1", "--server.port",
+         str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none", "--", "--runs-dir", str(runs), "--flags-db", str(db)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError("streamlit did not start")
+
+
+def _launch(p):
+    return p.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--disable-dev-shm-usage", "--disable-gpu", "--no-sandbox", "--disable-background-networking"],
+    )  # fmt: skip
+
+
+def time_browser(runs: Path, db: Path, run: Path) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    summary = json.loads((run / "summary.json").read_text())
+    big = next(f for f in summary["findings"] if f["size"] > 100)
+    proc, url = _serve(runs, db)
+    out: dict[str, float] = {}
+    try:
+        with sync_playwright() as p:
+            b = _launch(p)
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            for label in ("cold", "warm"):
+                t = time.perf_counter()
+                page.goto(url + "/")
+                page.locator("[data-testid=stDataFrame]").first.wait_for(state="visible")
+                page.get_by_text("Since the previous run").wait_for()
+                out[f"browser_overview_{label}_s"] = time.perf_counter() - t
+            for label in ("cold", "warm"):
+                t = time.perf_counter()
+                page.goto(f"{url}/class?run={run.name}&cls=0")
+                page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
+                page.wait_for_function(
+                    "() => { const g = document.querySelectorAll('.stPlotlyChart .js-plotly-plot')[1];"
+                    " return g && g._fullData && g._fullData[0] && g._fullData[0].x.length >= 100000; }"
+                )
+                out[f"browser_class_100k_{label}_s"] = time.perf_counter() - t
+            for label in ("cold", "warm"):
+                t = time.perf_counter()
+                page.goto(f"{url}/cluster?run={run.name}&cluster={big['key']}")
+                page.locator("[data-testid=stMain] img").nth(100).wait_for(state="attached")
+                page.wait_for_function(
+                    "() => Array.from(document.querySelectorAll('[data-testid=stMain] img')).filter(i => i.complete && i.naturalWidth > 0).length >= 101"
+                )
+                out[f"browser_grid_100_{label}_s"] = time.perf_counter() - t
+            b.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+def screenshot(runs: Path, out: Path, db: Path) -> None:
+    """Save the overview and class page of the newest run in ``runs`` (for the README)."""
+    from playwright.sync_api import sync_playwright
+
+    proc, url = _serve(runs, db)
+    try:
+        with sync_playwright() as p:
+            b = _launch(p)
+            page = b.new_page(viewport={"width": 1500, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url + "/")
+            page.locator("[data-testid=stDataFrame]").first.wait_for(state="visible")
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(out))
+            page.goto(url + "/class")
+            page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(out.with_name(out.stem + "-class" + out.suffix)))
+            b.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-browser", action="store_true", help="AppTest only")
+    ap.add_argument("--screenshot", type=Path, help="only save screenshots of --runs-dir's newest run here")
+    ap.add_argument("--runs-dir", type=Path, help="runs to screenshot (default: the synthetic 100k run)")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "flags.sqlite"
+        if args.screenshot:
+            screenshot((args.runs_dir or Path(tmp)).resolve(), args.screenshot.resolve(), db)
+            return 0
+        runs = Path(tmp) / "runs"
+        run = build_run(runs)
+        res = time_apptest(runs, db)
+        if not args.no_browser and Path(CHROMIUM).exists():
+            res.update(time_browser(runs, db, run))
+    for k, v in res.items():
+        log.info("%-28s %6.2f s", k, v)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
