@@ -140,13 +140,19 @@ class BatchStage:
         self.cache = cache
         self.work_dir = work_dir
         self.device = device
+        # Per-run counters for the log and the benchmark: shards whose every sample came from the cache
+        # (finished by an earlier, possibly killed, run) vs shards that needed the device.
+        self.shards_reused = 0
+        self.shards_computed = 0
         work_dir.mkdir(parents=True, exist_ok=True)
 
     def _explain(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, ...]:
         x = x.to(self.device, non_blocking=True)
         res = self.explainer(x, target=self.cfg.lrp.target, labels=labels.to(self.device))
         if not torch.isfinite(res.logits).all():
-            raise ModelError("The model produced NaN/inf logits during the batch stage; check inputs and weights.")
+            raise ModelError(
+                "The model produced NaN/inf logits during the batch stage; check inputs and weights."
+            )
         rel = res.relevance
         if not torch.isfinite(rel).all():
             raise ModelError(
@@ -175,7 +181,9 @@ class BatchStage:
             persistent_workers=False,
         )
 
-    def run_shards(self, dataset: AuditDataset, starts: list[int], plan: ShardPlan, *, progress: bool = True) -> int:
+    def run_shards(
+        self, dataset: AuditDataset, starts: list[int], plan: ShardPlan, *, progress: bool = True
+    ) -> int:
         """Process the given shards; returns the number of samples computed (not cached)."""
         n_computed = 0
         pending: list[Future[Any]] = []
@@ -189,7 +197,9 @@ class BatchStage:
                 hashes: list[str] = []
                 labels: list[int] = []
                 skipped: list[SkippedSample] = []
-                new: dict[str, list[Any]] = {k: [] for k in ("id", "hash", "label", "rel", "prob", "pred", "tgt", "thumb", "full")}
+                new: dict[str, list[Any]] = {
+                    k: [] for k in ("id", "hash", "label", "rel", "prob", "pred", "tgt", "thumb", "full")
+                }
                 for b in self._loader(dataset, idx):
                     skipped.extend(b["skipped"])
                     if b["x"] is None:
@@ -213,6 +223,17 @@ class BatchStage:
                         if full is not None:
                             new["full"].append(full)
                     bar.update(len(b["id"]) + len(b["skipped"]))
+                n_new = len(new["id"])
+                if n_new:
+                    self.shards_computed += 1
+                else:
+                    self.shards_reused += 1
+                    log.info(
+                        "shard %d: all %d samples cached, not recomputed",
+                        start,
+                        len(ids),
+                        extra={"shard": start, "n_computed": 0, "n_cached": len(ids)},
+                    )
                 if new["id"]:
                     n_computed += len(new["id"])
                     fresh = AttributionBatch(
@@ -226,7 +247,9 @@ class BatchStage:
                     )
                     thumbs = np.concatenate(new["thumb"]) if self.cfg.batch.thumbnails else None
                     full_arr = np.concatenate(new["full"]) if new["full"] else None
-                    pending.append(writer.submit(self.cache.write, start, fresh, thumbs, full_arr))
+                    pending.append(
+                        writer.submit(self._write_shard, start, fresh, thumbs, full_arr, len(ids) - n_new)
+                    )
                 manifest = {
                     "start": start,
                     "ids": ids,
@@ -240,6 +263,25 @@ class BatchStage:
                 f.result()  # surface writer errors
         bar.close()
         return n_computed
+
+    def _write_shard(
+        self,
+        start: int,
+        fresh: AttributionBatch,
+        thumbs: np.ndarray | None,
+        full: np.ndarray | None,
+        n_cached: int,
+    ) -> None:
+        self.cache.write(start, fresh, thumbs, full)
+        # Logged only once the shard file is in place: a line "shard N written" in the log of a killed run
+        # is a promise that the next run will not recompute shard N.
+        log.info(
+            "shard %d written: %d samples computed, %d cached",
+            start,
+            len(fresh),
+            n_cached,
+            extra={"shard": start, "n_computed": len(fresh), "n_cached": n_cached},
+        )
 
     def _write_manifest(self, start: int, manifest: dict[str, Any], wait_for: list[Future[Any]]) -> None:
         for f in wait_for:
@@ -265,12 +307,21 @@ class BatchStage:
             raise RuntimeError("duplicate sample ids after merging shards")
         if not ids:
             raise ModelError("No sample of the dataset could be read; see the skipped list for the reasons.")
+        # Other ranks wrote shards this process has not indexed yet.
+        self.cache.refresh()
         batch, thumbs = self.cache.gather(ids, hashes, np.asarray(labels, dtype=np.int64))
         full = None
         if self.cfg.batch.store_full_relevance:
             full = self._gather_full(hashes)
         self.cache.release()
-        return BatchStageResult(batch, thumbs if self.cfg.batch.thumbnails else None, skipped, n_computed, len(ids) - n_computed, full)
+        return BatchStageResult(
+            batch,
+            thumbs if self.cfg.batch.thumbnails else None,
+            skipped,
+            n_computed,
+            len(ids) - n_computed,
+            full,
+        )
 
     def _gather_full(self, hashes: list[str]) -> np.ndarray | None:
         parts = []

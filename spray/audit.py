@@ -19,8 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,11 @@ from torch import nn
 
 import spray
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
-from spray.clustering import cluster_sweep
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset, collate_samples
-from spray.embedding import embed_2d, warm_up
-from spray.errors import ConfigError, DataError
+from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.locking import RunLock
 from spray.models import build_model, check_model_output, model_hash
-from spray.preprocess import normalize_heatmaps, reduce_dimension
 from spray.records import (
     AuditReport,
     ClassAnalysis,
@@ -50,7 +48,6 @@ from spray.records import (
     SpectralResult,
 )
 from spray.scoring import InterventionProbe, rank_findings, score_class
-from spray.spectral import spectral_embedding
 from spray.storage import (
     CACHE_DIR,
     LAYOUT_VERSION,
@@ -64,6 +61,7 @@ from spray.storage import (
     prune_runs,
     publish,
     staging_dir,
+    work_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +70,37 @@ CODE_VERSION = f"spray-{spray.__version__}-layout{LAYOUT_VERSION}"
 
 # Config sections that change the result (output/nightly only change where and how it is published).
 RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring")
+
+# What the current run is doing, for log records: ``run_id`` (first 16 hex digits) and ``stage``.
+# A module-level dict rather than a contextvar because the background shard writer logs from its own
+# thread; one process runs one audit at a time (the runs-directory lock guarantees it).
+RUN_CONTEXT: dict[str, Any] = {}
+
+
+def set_stage(stage: str, **fields: Any) -> None:
+    """Record the stage the audit is in (``setup``, ``check``, ``batch``, ``merge``, ``analysis``,
+    ``compare``, ``write``, ``publish``, ``done``) so that every later log record carries it."""
+    RUN_CONTEXT["stage"] = stage
+    RUN_CONTEXT.update(fields)
+
+
+class RunContextFilter(logging.Filter):
+    """Logging filter that stamps every record with :data:`RUN_CONTEXT` (``run_id``, ``stage``).
+
+    Install it on a handler (``handler.addFilter(RunContextFilter())``); JSON formatters then emit the
+    fields. Attributes a record already has (``extra=...``) win.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in RUN_CONTEXT.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+# Called with the finished report (changes since the last run go into ``report.extra``) before any
+# file of the run is written, so summary.json and report.html include what it adds.
+BeforeWrite = Callable[[AuditReport], None]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,6 +136,13 @@ def analyze_class(
     ClassAnalysis
         Spectrum, every labelling, 2-D map and scored clusters (most suspicious first).
     """
+    # Imported here, not at module level: scikit-learn and friends cost seconds to import, and the
+    # up-to-date path of a scheduled run should answer at once without them.
+    from spray.clustering import cluster_sweep
+    from spray.embedding import embed_2d
+    from spray.preprocess import normalize_heatmaps, reduce_dimension
+    from spray.spectral import spectral_embedding
+
     a = cfg.analysis
     rel = np.asarray(relevance, dtype=np.float32)
     features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
@@ -213,11 +249,33 @@ class DistContext:
             dist.barrier()
 
     def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
         if self.world_size == 1:
             return obj
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather_errors(self, err: BaseException | None) -> None:
+        """Collective check after a step that may fail on some ranks only.
+
+        Every rank passes its own error (or None); if any rank failed, every rank raises, so no rank
+        is left waiting in a later collective for a peer that has given up.
+        """
+        if self.world_size == 1:
+            if err is not None:
+                raise err
+            return
+        msgs: list[Any] = [None] * self.world_size
+        mine = None if err is None else (type(err).__name__, str(err), getattr(err, "exit_code", 1))
+        dist.all_gather_object(msgs, mine)
+        if err is not None:
+            raise err
+        for rank, m in enumerate(msgs):
+            if m is not None:
+                e = SprayError(f"rank {rank} failed: {m[0]}: {m[1]}")
+                e.exit_code = int(m[2])
+                raise e
 
 
 def dist_context(device: torch.device) -> DistContext:
@@ -335,7 +393,9 @@ def write_run(
             "label": batch.labels,
             "label_name": [class_names[i] if i < len(class_names) else str(i) for i in batch.labels],
             "prediction": batch.predictions,
-            "prediction_name": [class_names[i] if i < len(class_names) else str(i) for i in batch.predictions],
+            "prediction_name": [
+                class_names[i] if i < len(class_names) else str(i) for i in batch.predictions
+            ],
             "confidence": confidence.astype(np.float32),
             "target": batch.targets,
             "cluster": cluster,
@@ -408,7 +468,16 @@ def load_report(run_dir: str | Path) -> AuditReport:
                 clusters=[finding_from_dict(f, heat[f["key"]]) for f in c["clusters"]],
             )
         )
-    known = {"layout_version", "spray_version", "run_id", "hashes", "timings", "skipped", "classes", "findings"}
+    known = {
+        "layout_version",
+        "spray_version",
+        "run_id",
+        "hashes",
+        "timings",
+        "skipped",
+        "classes",
+        "findings",
+    }
     return AuditReport(
         run_id=s["run_id"],
         run_dir=str(p),
@@ -501,7 +570,9 @@ def _select_classes(cfg: AuditConfig, n_classes: int) -> list[int]:
         return list(range(n_classes))
     bad = [c for c in cfg.analysis.classes if not 0 <= c < n_classes]
     if bad:
-        raise ConfigError(f"analysis.classes: {bad} are not class indices of this dataset (0..{n_classes - 1}).")
+        raise ConfigError(
+            f"analysis.classes: {bad} are not class indices of this dataset (0..{n_classes - 1})."
+        )
     return list(cfg.analysis.classes)
 
 
@@ -511,6 +582,8 @@ def run_audit(
     device: str | None = None,
     progress: bool = True,
     force: bool = False,
+    before_write: BeforeWrite | None = None,
+    ctx: DistContext | None = None,
 ) -> AuditReport:
     """Run (or reuse) the audit described by ``cfg`` and publish it under ``cfg.output.runs_dir``.
 
@@ -524,40 +597,70 @@ def run_audit(
         Show progress bars.
     force : bool
         Recompute the analysis even if a run with the same id is published (the cache is still used).
+    before_write : callable, optional
+        ``before_write(report)`` runs on rank 0 after the analysis and before any file of the run is
+        written; what it adds to ``report.extra`` ends up in summary.json (the nightly job puts the
+        changes since the last run there).
+    ctx : DistContext, optional
+        Rank and world size; joined from the torchrun environment when None.
 
     Returns
     -------
     AuditReport
         ``extra["up_to_date"]`` is True when an identical published run was reused. Under torchrun,
-        ranks other than 0 return a report without classes (rank 0 publishes).
+        ranks other than 0 return a report without classes after the batch stage (rank 0 merges,
+        analyses and publishes).
     """
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     runs_dir = Path(cfg.output.runs_dir)
     dev = resolve_device(device or cfg.batch.device)
     torch.manual_seed(cfg.seed)
+    if ctx is None:
+        ctx = dist_context(dev)
 
-    with _timed(timings, "setup_s"):
-        dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
-        model = build_model(cfg.model).to(dev)
-        x0, _ = _first_batch(dataset)
-        k_out = check_model_output(model, x0.to(dev), len(dataset.class_names))
-        if max(dataset.labels) >= k_out:
-            raise DataError(
-                f"The dataset has label {max(dataset.labels)} but the model has only {k_out} outputs. "
-                "Check model.num_classes and the dataset's classes."
+    set_stage("setup")
+    failure: SprayError | None = None
+    try:
+        with _timed(timings, "setup_s"):
+            dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+            model = build_model(cfg.model).to(dev)
+            x0, _ = _first_batch(dataset)
+            k_out = check_model_output(model, x0.to(dev), len(dataset.class_names))
+            if max(dataset.labels) >= k_out:
+                raise DataError(
+                    f"The dataset has label {max(dataset.labels)} but the model has only {k_out} outputs. "
+                    "Check model.num_classes and the dataset's classes."
+                )
+            hashes = {
+                "model": model_hash(model),
+                "data": data_fingerprint(cfg, dataset),
+                "config": cfg.section_hash(*RESULT_SECTIONS) + f"-seed{cfg.seed}",
+                "code": CODE_VERSION,
+            }
+            run_id = compute_run_id(hashes)
+    except SprayError as err:
+        failure = err
+    # Setup errors are the same on every rank in practice, but a rank must never wait in a collective
+    # for a peer that has already given up.
+    ctx.gather_errors(failure)
+
+    set_stage("check", run_id=run_id[:16])
+    log.info("run id %s (model %s, data %s)", run_id[:16], hashes["model"][:12], hashes["data"][:12])
+    # Only rank 0 looks at the runs directory and tells the others: if each rank decided for itself, a run
+    # published between two ranks' checks would leave one rank waiting forever for the other.
+    existing: str | None = None
+    if ctx.is_main and not force:
+        found = find_run(runs_dir, run_id)
+        existing = None if found is None else str(found)
+    existing = ctx.broadcast_object(existing)
+    if existing is not None:
+        log.info("run %s is already published at %s: up to date, nothing to do", run_id[:12], existing)
+        set_stage("done")
+        if not ctx.is_main:
+            return AuditReport(
+                run_id, existing, hashes, timings, [], [], [], {"rank": ctx.rank, "up_to_date": True}
             )
-        hashes = {
-            "model": model_hash(model),
-            "data": data_fingerprint(cfg, dataset),
-            "config": cfg.section_hash(*RESULT_SECTIONS) + f"-seed{cfg.seed}",
-            "code": CODE_VERSION,
-        }
-        run_id = compute_run_id(hashes)
-    ctx = dist_context(dev)
-    existing = find_run(runs_dir, run_id)
-    if existing is not None and not force:
-        log.info("run %s is already published at %s: up to date", run_id[:12], existing)
         report = load_report(existing)
         report.extra["up_to_date"] = True
         return report
@@ -573,34 +676,70 @@ def run_audit(
         precision=cfg.lrp.precision,
     )
     cache = ShardCache(runs_dir / CACHE_DIR, hashes["model"], lrp_hash(cfg))
-    work_dir = runs_dir / CACHE_DIR / "work" / run_id[:16]
-    stage_runner = BatchStage(explainer, cfg, cache, work_dir, dev)
+    wdir = work_dir(runs_dir, run_id)
+    stage_runner = BatchStage(explainer, cfg, cache, wdir, dev)
     plan = ShardPlan.make(len(dataset), cfg.batch.shard_size)
+    set_stage("batch")
     with _timed(timings, "batch_s"):
         mine = plan.for_rank(ctx.rank, ctx.world_size)
-        n_computed = stage_runner.run_shards(dataset, mine, plan, progress=progress and ctx.is_main)
         log.info(
-            "batch stage: %d samples computed, %d taken from the cache (rank %d/%d)",
-            n_computed,
-            sum(len(plan.indices(s)) for s in mine) - n_computed,
+            "batch stage: %d samples in %d shards; rank %d/%d takes %d shards (%d cached samples known)",
+            len(dataset),
+            len(plan.starts),
             ctx.rank,
             ctx.world_size,
+            len(mine),
+            len(cache),
+        )
+        n_computed = stage_runner.run_shards(dataset, mine, plan, progress=progress and ctx.is_main)
+        counts = [n_computed, stage_runner.shards_computed, stage_runner.shards_reused]
+        log.info(
+            "batch stage on rank %d: %d samples computed, %d taken from the cache; %d shards computed, "
+            "%d shards reused",
+            ctx.rank,
+            n_computed,
+            sum(len(plan.indices(s)) for s in mine) - n_computed,
+            counts[1],
+            counts[2],
+            extra={"n_computed": n_computed, "shards_computed": counts[1], "shards_reused": counts[2]},
         )
         if ctx.world_size > 1:
-            counts = [0] * ctx.world_size
-            dist.all_gather_object(counts, n_computed)
-            n_computed = int(sum(counts))
+            every: list[Any] = [None] * ctx.world_size
+            dist.all_gather_object(every, counts)
+            counts = [int(sum(c[i] for c in every)) for i in range(3)]
+            n_computed = counts[0]
+        # Every rank's shards and manifests are on disk before rank 0 merges them.
         ctx.barrier()
     if not ctx.is_main:
-        ctx.barrier()
+        # Nothing more to do here: leave now instead of idling in a barrier while rank 0 analyses (a
+        # long analysis would hit the process group's timeout).
+        set_stage("done")
         return AuditReport(run_id, "", hashes, timings, [], [], [], {"rank": ctx.rank})
+
+    set_stage("merge")
     stage = stage_runner.merge(plan, n_computed)
+    log.info(
+        "merged %d shards: %d samples computed in this run, %d taken from the cache",
+        len(plan.starts),
+        stage.n_computed,
+        stage.n_cached,
+        extra={
+            "n_samples": len(stage.batch),
+            "n_computed": stage.n_computed,
+            "n_cached": stage.n_cached,
+            "shards_computed": counts[1],
+            "shards_reused": counts[2],
+        },
+    )
     skipped = list(dataset.pre_skipped) + stage.skipped
     for s in skipped:
         log.warning("skipped sample %s: %s", s.sample_id, s.reason)
 
+    set_stage("analysis")
     with _timed(timings, "analysis_s"):
         if cfg.analysis.embedding == "umap":
+            from spray.embedding import warm_up
+
             warm_up()  # pay numba's JIT once per process, not once per class
         group = stage.batch.labels if cfg.analysis.group_by == "label" else stage.batch.predictions
         classes: list[ClassAnalysis] = []
@@ -649,24 +788,76 @@ def run_audit(
         {
             "n_computed": stage.n_computed,
             "n_cached": stage.n_cached,
+            "shards_computed": counts[1],
+            "shards_reused": counts[2],
             "device": str(dev),
             "world_size": ctx.world_size,
         }
     )
+    if before_write is not None:
+        set_stage("compare")
+        before_write(report)
+
+    set_stage("write")
     staged = staging_dir(runs_dir, run_id)
     write_run(staged, report, stage, dataset.class_names)
+    if cfg.output.html_report:
+        from spray.html_report import write_html_report
+
+        write_html_report(staged)
+
+    set_stage("publish")
     final = publish(runs_dir, staged, run_id)
     report.run_dir = str(final)
     prune_runs(runs_dir, cfg.output.keep_runs)
-    ctx.barrier()
+    # The manifests only serve a resume of this run id, which is now published.
+    shutil.rmtree(wdir, ignore_errors=True)
+    set_stage("done")
     return report
 
 
-def audit(cfg: AuditConfig, *, device: str | None = None, progress: bool = True, force: bool = False) -> AuditReport:
-    """Take the runs-directory lock, then :func:`run_audit` (the CLI's entry point)."""
+def audit(
+    cfg: AuditConfig,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+    before_write: BeforeWrite | None = None,
+) -> AuditReport:
+    """Take the runs-directory lock, then :func:`run_audit` (the CLI's entry point).
+
+    Under torchrun only rank 0 takes the lock and broadcasts the outcome, so that when another run holds
+    it every rank raises :class:`~spray.errors.LockedError` (exit 75) instead of the other ranks waiting
+    forever for rank 0.
+
+    Raises
+    ------
+    LockedError
+        Another run holds the lock; nothing was touched.
+    """
     runs_dir = Path(cfg.output.runs_dir)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return run_audit(cfg, device=device, progress=progress, force=force)
-    with RunLock(runs_dir):
-        clean_staging(runs_dir)
-        return run_audit(cfg, device=device, progress=progress, force=force)
+    dev = resolve_device(device or cfg.batch.device)
+    ctx = dist_context(dev)
+    if ctx.world_size > 1:
+        RUN_CONTEXT["rank"] = ctx.rank
+    lock = RunLock(runs_dir)
+    held = False
+    outcome: tuple[str, str] = ("ok", "")
+    if ctx.is_main:
+        try:
+            lock.__enter__()
+            held = True
+        except LockedError as err:
+            outcome = ("locked", str(err))
+    outcome = ctx.broadcast_object(outcome)
+    if outcome[0] == "locked":
+        raise LockedError(outcome[1])
+    try:
+        if ctx.is_main:
+            clean_staging(runs_dir)
+        return run_audit(
+            cfg, device=device, progress=progress, force=force, before_write=before_write, ctx=ctx
+        )
+    finally:
+        if held:
+            lock.__exit__(None, None, None)

@@ -142,15 +142,32 @@ class ShardCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, CachedSample] = {}
         self._loaded: dict[Path, dict[str, np.ndarray]] = {}
+        self._indexed: set[Path] = set()
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Index shard files that appeared since the last scan (written by other ranks or processes).
+
+        Returns
+        -------
+        int
+            Number of newly indexed shard files.
+        """
+        added = 0
         for shard in sorted(self.dir.glob("shard-*.npz")):
+            if shard in self._indexed:
+                continue
             try:
                 with np.load(shard, allow_pickle=False) as z:
                     hashes = z["hashes"]
             except Exception as err:  # a damaged shard is recomputed, not fatal
                 log.warning("ignoring unreadable cache shard %s (%s); it will be recomputed", shard, err)
                 continue
+            self._indexed.add(shard)
+            added += 1
             for r, h in enumerate(hashes.tolist()):
                 self._index.setdefault(str(h), CachedSample(shard, r))
+        return added
 
     def __contains__(self, content_hash: str) -> bool:
         return content_hash in self._index
@@ -168,7 +185,9 @@ class ShardCache:
         """Whether the shard for exactly these samples is already on disk."""
         return (self.dir / self.shard_name(start, hashes)).exists()
 
-    def write(self, start: int, batch: AttributionBatch, thumbs: np.ndarray | None, full: np.ndarray | None) -> Path:
+    def write(
+        self, start: int, batch: AttributionBatch, thumbs: np.ndarray | None, full: np.ndarray | None
+    ) -> Path:
         """Atomically write one shard of freshly computed samples and index it."""
         path = self.dir / self.shard_name(start, batch.content_hashes)
         arrays: dict[str, np.ndarray] = {
@@ -185,6 +204,7 @@ class ShardCache:
         if full is not None:
             arrays["full"] = full.astype(np.float16)
         atomic_save_npz(path, **arrays)
+        self._indexed.add(path)
         for r, h in enumerate(batch.content_hashes):
             self._index.setdefault(h, CachedSample(path, r))
         return path
@@ -264,7 +284,10 @@ def staging_dir(runs_dir: Path, run_id: str) -> Path:
 def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
     """Atomically move a fully written run into place and point ``latest`` at it."""
     final = runs_dir / run_dir_name(run_id)
-    os.chmod(staged, 0o755)  # mkdtemp creates 0700; a published run is readable by the dashboard's user
+    # mkstemp/mkdtemp create 0600/0700; a published run is readable by the dashboard's user.
+    os.chmod(staged, 0o755)
+    for sub in staged.rglob("*"):
+        os.chmod(sub, 0o755 if sub.is_dir() else 0o644)
     os.rename(staged, final)
     link_tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
     link_tmp.unlink(missing_ok=True)
@@ -280,7 +303,8 @@ def list_runs(runs_dir: str | Path) -> list[Path]:
     if not d.is_dir():
         return []
     runs = [
-        p for p in d.iterdir()
+        p
+        for p in d.iterdir()
         if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / SUMMARY).is_file()
     ]
     return sorted(runs, key=lambda p: p.name, reverse=True)
@@ -320,11 +344,27 @@ def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
 
 
 def clean_staging(runs_dir: Path) -> None:
-    """Remove leftovers of crashed runs from ``.staging`` (call only while holding the lock)."""
+    """Remove leftovers of crashed runs (call only while holding the lock).
+
+    Removes every folder under ``.staging`` and the ``*.tmp`` files that an atomic write interrupted by
+    ``kill -9`` leaves in the cache. Finished cache shards and shard manifests are kept: they are what
+    the next run resumes from.
+    """
     base = runs_dir / STAGING_DIR
     if base.is_dir():
         for p in base.iterdir():
             shutil.rmtree(p, ignore_errors=True)
+    cache = runs_dir / CACHE_DIR
+    if cache.is_dir():
+        for tmp in cache.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for tmp in runs_dir.glob(f".{LATEST}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def work_dir(runs_dir: Path, run_id: str) -> Path:
+    """Per-run folder of shard manifests: ``runs/.cache/work/<run16>`` (kept until the run is published)."""
+    return runs_dir / CACHE_DIR / "work" / run_id[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------

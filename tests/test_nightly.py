@@ -1,0 +1,457 @@
+"""The nightly job end to end: real subprocesses of ``spray run`` on a tiny planted Fashion-MNIST set.
+
+Every run is a separate ``spray run`` process (as cron would start it) with JSON-lines logs on stderr,
+which the tests parse. The dataset is a factory over IDX files (600 images, 28×28) so that one test can
+slow the reading down (``SPRAY_TEST_SAMPLE_DELAY``) without changing any content hash: the killed and
+resumed run must equal the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from spray.artifacts import plant
+from spray.data import read_idx, write_idx
+from spray.locking import RunLock
+from spray.nightly import EXIT_FINDINGS, EXIT_LOCKED, EXIT_OK, compare_findings, exit_code_for
+
+REPO = Path(__file__).resolve().parents[1]
+SPRAY = [sys.executable, "-m", "spray.cli"]
+PLANTED_CLASS = 6  # Shirt, see spray.demo
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset factory used by the configs (imported by the spray subprocesses)
+
+
+class IdxFactoryDataset:
+    """An IDX image/label pair as a map-style dataset, optionally slow to read.
+
+    ``SPRAY_TEST_SAMPLE_DELAY`` (seconds per sample) slows reading down so a test can kill the batch
+    stage in the middle; it changes no content, so the run id and every hash stay the same.
+    """
+
+    def __init__(self, images: str, labels: str) -> None:
+        self.images = read_idx(images)
+        self.targets = read_idx(labels).astype(np.int64).tolist()
+        self.sample_ids = [f"img{i:05d}" for i in range(len(self.targets))]
+        h = hashlib.sha256(Path(images).read_bytes())
+        h.update(Path(labels).read_bytes())
+        self.fingerprint = h.hexdigest()
+        self.delay = float(os.environ.get("SPRAY_TEST_SAMPLE_DELAY", "0"))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        if self.delay:
+            time.sleep(self.delay)
+        return self.images[i], self.targets[i]
+
+
+def idx_factory(images: str, labels: str) -> IdxFactoryDataset:
+    """``data.factory`` entry point."""
+    return IdxFactoryDataset(images, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixture data (shared with tests/test_torchrun.py through a module-level cache)
+
+
+@dataclass
+class Prepared:
+    """A trained tiny demo model, its data as IDX, and a nightly config writer."""
+
+    work: Path
+    images: Path
+    labels: Path
+
+    def config(
+        self, name: str, *, images: Path | None = None, labels: Path | None = None, **nightly: Any
+    ) -> Path:
+        """Write a config for the (optionally replaced) IDX files; returns its path."""
+        from spray.demo import FASHION_CLASSES, MEAN, STD
+
+        raw: dict[str, Any] = {
+            "name": "nightly-test",
+            "seed": 0,
+            "model": {
+                "factory": "spray.models:small_cnn",
+                "factory_kwargs": {"in_channels": 1, "num_classes": 10},
+                "checkpoint": str(self.work / "model.pt"),
+            },
+            "data": {
+                "kind": "factory",
+                "name": "planted-fashion",
+                "factory": "tests.test_nightly:idx_factory",
+                "factory_kwargs": {
+                    "images": str(images or self.images),
+                    "labels": str(labels or self.labels),
+                },
+                "class_names": FASHION_CLASSES,
+                "transform": {"mean": [MEAN], "std": [STD]},
+            },
+            "batch": {"batch_size": 32, "shard_size": 64, "grid": 28, "thumbnail_size": 28, "device": "cpu"},
+            "analysis": {"embedding": "spectral", "min_class_size": 5, "n_neighbors": 5, "k_max": 4},
+            "scoring": {"intervention_samples": 20},
+            "output": {"runs_dir": str(self.work / "runs")},
+            "nightly": nightly,
+        }
+        p = self.work / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return p
+
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def prepare(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """Build the planted data and train the tiny model once per pytest session.
+
+    600 Fashion-MNIST images (60 per class); half of the Shirts carry a 4×4 corner stamp, so that 4
+    epochs are enough for the model to use it as a shortcut (the paste test then flags the cluster).
+    """
+    if "demo" not in _PREPARED:
+        import torch
+
+        from spray.demo import MEAN, STD, make_demo_data
+        from spray.models import small_cnn
+        from spray.training import train_classifier
+
+        work = tmp_path_factory.mktemp("nightly-demo")
+        d = make_demo_data(per_class=60, poison_fraction=0.5, seed=0)
+        torch.manual_seed(0)
+        model = small_cnn(in_channels=1, num_classes=10)
+        train_classifier(model, d.images, d.labels, epochs=4, seed=0, mean=MEAN, std=STD)
+        torch.save(model.state_dict(), work / "model.pt")
+        write_idx(work / "images.gz", d.images)
+        write_idx(work / "labels.gz", d.labels.astype(np.uint8))
+        (work / "planted.json").write_text(json.dumps(np.flatnonzero(d.planted).tolist()))
+        _PREPARED["demo"] = Prepared(work, work / "images.gz", work / "labels.gz")
+    return _PREPARED["demo"]
+
+
+def spray_env(**extra: str) -> dict[str, str]:
+    """Environment of a spray subprocess: the repo importable, one thread (as torchrun sets it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+@dataclass
+class Result:
+    """A finished ``spray run`` process."""
+
+    code: int
+    logs: list[dict[str, Any]]
+    status: dict[str, Any] | None
+    stderr: str
+
+    def messages(self) -> list[str]:
+        return [r["msg"] for r in self.logs]
+
+    def merged(self) -> dict[str, Any]:
+        """The merge stage's log record (counts of computed and cached samples)."""
+        return next(r for r in self.logs if r.get("stage") == "merge" and "n_computed" in r)
+
+
+def parse_logs(stderr: str) -> list[dict[str, Any]]:
+    """Every JSON line of stderr (other lines, e.g. torchrun's own, are ignored)."""
+    out = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def run_spray(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 240) -> Result:
+    """Run ``spray <args>`` as a subprocess and parse its JSON logs and stdout status line."""
+    p = subprocess.run(
+        [*SPRAY, *args], cwd=REPO, env=env or spray_env(), capture_output=True, text=True, timeout=timeout
+    )
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    return Result(p.returncode, parse_logs(p.stderr), json.loads(lines[-1]) if lines else None, p.stderr)
+
+
+def comparable(run_dir: Path) -> tuple[dict[str, Any], bytes, bytes]:
+    """summary.json without ``timings``, and the bytes of heatmaps.npy and thumbs.npy."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    s.pop("timings")
+    return s, (run_dir / "heatmaps.npy").read_bytes(), (run_dir / "thumbs.npy").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tests
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    return prepare(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def first(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The first, uninterrupted run in a fresh runs directory (the reference for the other tests)."""
+    runs = tmp_path_factory.mktemp("runs-a")
+    cfg = prepared.config("base")
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
+    assert res.code in (EXIT_OK, EXIT_FINDINGS), res.stderr[-3000:]
+    assert res.status is not None
+    run_dir = Path(res.status["run_dir"])
+    summary, heat, thumbs = comparable(run_dir)
+    return {
+        "runs": runs,
+        "cfg": cfg,
+        "res": res,
+        "run_dir": run_dir,
+        "summary": summary,
+        "heat": heat,
+        "thumbs": thumbs,
+    }
+
+
+def test_first_run_publishes_logs_and_reports(first: dict[str, Any]) -> None:
+    res: Result = first["res"]
+    run_dir: Path = first["run_dir"]
+    # Every log line is JSON with the run id and the stage.
+    assert res.logs and all("stage" in r for r in res.logs)
+    rid = first["summary"]["run_id"][:16]
+    assert {r["run_id"] for r in res.logs if "run_id" in r} == {rid}
+    stages = [r["stage"] for r in res.logs]
+    for st in ("setup", "check", "batch", "merge", "analysis", "compare", "write", "publish", "done"):
+        assert st in stages, st
+    assert res.merged()["n_computed"] == 600 and res.merged()["n_cached"] == 0
+    # The planted cluster is flagged; with no previous run every suspicious cluster is new → exit 10.
+    ch = first["summary"]["changes"]
+    assert ch["previous_run_id"] is None
+    assert any(c["class_index"] == PLANTED_CLASS for c in ch["new"]), ch
+    assert res.code == EXIT_FINDINGS and res.status["exit_code"] == EXIT_FINDINGS
+    # Published atomically with the self-contained HTML report; nothing left in staging.
+    assert (first["runs"] / "latest").resolve() == run_dir
+    html = (run_dir / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+    assert 'src="http' not in html and "<script" not in html
+    assert not any((first["runs"] / ".staging").iterdir())
+    assert not (first["runs"] / ".cache" / "work").exists() or not any(
+        (first["runs"] / ".cache" / "work").iterdir()
+    )
+
+
+def test_second_run_is_a_noop(first: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    res = run_spray(["run", "--config", str(first["cfg"]), "--runs-dir", str(first["runs"])])
+    took = time.perf_counter() - t0
+    assert res.code == EXIT_OK, res.stderr[-2000:]
+    assert res.status["status"] == "up_to_date" and res.status["run_dir"] == str(first["run_dir"])
+    assert any("up to date" in m for m in res.messages())
+    # Nothing was recomputed: no batch stage at all, and still exactly one published run.
+    assert not any(r.get("stage") in ("batch", "merge", "analysis") for r in res.logs)
+    assert [p.name for p in first["runs"].iterdir() if not p.name.startswith(".") and p.name != "latest"] == [
+        first["run_dir"].name
+    ]
+    print(f"no-op run took {took:.1f} s")
+
+
+def test_five_percent_new_images_are_the_only_ones_computed(
+    first: dict[str, Any], prepared: Prepared, tmp_path: Path
+) -> None:
+    # 30 new images (5 % of 600): unstamped Shirts of the data set with the stamp drawn in, i.e. more
+    # Clever-Hans samples arriving in the data. The planted cluster must be reported as grown.
+    images = read_idx(prepared.images)
+    labels = read_idx(prepared.labels)
+    shirts = np.flatnonzero(labels == PLANTED_CLASS)
+    planted = set(json.loads((prepared.work / "planted.json").read_text()))
+    clean = np.asarray([i for i in shirts if int(i) not in planted])[:30]
+    extra = plant(images[clean], "corner_square", size=4, margin=1, seed=1).images
+    write_idx(tmp_path / "img.gz", np.concatenate([images, extra]))
+    write_idx(tmp_path / "lab.gz", np.concatenate([labels, labels[clean]]))
+    notified = tmp_path / "notified.txt"
+    notify = f"{sys.executable} -c \"import sys; open({str(notified)!r}, 'w').write(sys.argv[1])\""
+    cfg = prepared.config(
+        "more", images=tmp_path / "img.gz", labels=tmp_path / "lab.gz", notify_command=notify
+    )
+
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(first["runs"]), "--keep-runs", "1"])
+    assert res.code == EXIT_FINDINGS, res.stderr[-3000:]
+    m = res.merged()
+    assert (m["n_computed"], m["n_cached"]) == (30, 600)
+    # Only the shards holding new samples did any work: 600 old samples fill shards 0..576 (the last
+    # one partly), the 30 new ones are at positions 600..629.
+    written = [r for r in res.logs if r["msg"].startswith("shard ") and "written" in r["msg"]]
+    assert sum(r["n_computed"] for r in written) == 30 and {r["shard"] for r in written} == {576}
+    s = json.loads(Path(res.status["summary"]).read_text())
+    ch = s["changes"]
+    assert ch["previous_run_id"] == first["summary"]["run_id"]
+    grown = [c for c in ch["grown"] if c["class_index"] == PLANTED_CLASS]
+    assert grown and grown[0]["size"] > grown[0]["previous_size"], ch
+    assert notified.read_text() == res.status["summary"]
+    # Retention (--keep-runs 1): the previous run is gone, latest points at the new one.
+    runs = [p for p in first["runs"].iterdir() if not p.name.startswith(".") and p.name != "latest"]
+    assert [p.name for p in runs] == [Path(res.status["run_dir"]).name]
+
+
+def test_kill_9_during_batch_stage_then_resume_is_identical(
+    first: dict[str, Any], prepared: Prepared, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    args = [*SPRAY, "run", "--config", str(first["cfg"]), "--runs-dir", str(runs)]
+    err_path = tmp_path / "killed.log"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=spray_env(SPRAY_TEST_SAMPLE_DELAY="0.01"),
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 180
+        shards: list[Path] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            shards = list(runs.glob(".cache/*/shard-*.npz"))
+            if shards:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = sorted(runs.glob(".cache/*/shard-*.npz"))
+    assert 1 <= len(finished) < 10, "the kill should land inside the batch stage"
+    assert not list(runs.glob("2*")), "nothing may be published by a killed run"
+    killed_logs = parse_logs(err_path.read_text())
+    done_before = {r["shard"] for r in killed_logs if r["msg"].startswith("shard ") and "written" in r["msg"]}
+    assert done_before and len(done_before) <= len(finished)
+
+    res = run_spray(["run", "--config", str(first["cfg"]), "--runs-dir", str(runs)])
+    assert res.code == first["res"].code, res.stderr[-3000:]
+    reused = {r["shard"] for r in res.logs if "not recomputed" in r["msg"]}
+    recomputed = {r["shard"] for r in res.logs if r["msg"].startswith("shard ") and "written" in r["msg"]}
+    assert done_before <= reused and not (reused & recomputed)
+    assert len(reused) + len(recomputed) == 10
+    m = res.merged()
+    n_done = sum(min(64, 600 - start) for start in reused)
+    assert (m["n_computed"], m["n_cached"]) == (600 - n_done, n_done)
+    # Identical to the uninterrupted run in a fresh runs directory: no sample lost or counted twice.
+    summary, heat, thumbs = comparable(Path(res.status["run_dir"]))
+    assert summary == first["summary"]
+    assert heat == first["heat"] and thumbs == first["thumbs"]
+    assert not list(runs.glob(".cache/**/*.tmp"))
+
+
+def test_lock_conflict_exits_75_without_touching_anything(first: dict[str, Any], tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    with RunLock(runs):
+        before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+        res = run_spray(["run", "--config", str(first["cfg"]), "--runs-dir", str(runs)])
+        after = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    assert res.code == EXIT_LOCKED, res.stderr[-2000:]
+    assert res.status["status"] == "locked"
+    assert any("already running" in r["msg"] for r in res.logs)
+    assert before == after == [Path(".lock")]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(anlysis={}), "Did you mean 'analysis'"),
+        (lambda r: r["batch"].update(shard_size=0), "batch.shard_size"),
+        (lambda r: r["model"].update(checkpoint="/nowhere/model.pt"), "model.checkpoint: file or folder"),
+        (None, "does not exist"),
+    ],
+)
+def test_bad_configs_exit_2_with_a_clear_message(
+    first: dict[str, Any], tmp_path: Path, mutate, message
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "bad.yaml"
+    if mutate is not None:
+        raw = yaml.safe_load(first["cfg"].read_text())
+        mutate(raw)
+        cfg.write_text(yaml.safe_dump(raw))
+    t0 = time.perf_counter()
+    res = run_spray(["run", "--config", str(cfg)])
+    assert res.code == 2, res.stderr[-2000:]
+    assert any(message in r["msg"] for r in res.logs if r["level"] == "error"), res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.status["exit_code"] == 2
+    assert time.perf_counter() - t0 < 30  # fails before the model or data are touched
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Change detection and exit codes (pure functions)
+
+
+def _finding(key: str, cls: int, members: range, *, suspicious: bool = True) -> dict[str, Any]:
+    ids = [f"s{i}" for i in members]
+    return {
+        "key": key,
+        "class_index": cls,
+        "class_name": f"c{cls}",
+        "size": len(ids),
+        "score": 1.0,
+        "suspicious": suspicious,
+        "member_ids": ids,
+    }
+
+
+def test_compare_findings_classifies_new_grown_persisting_resolved() -> None:
+    rng = np.random.default_rng(0)
+    corner = np.zeros((8, 8), np.float32)
+    corner[:2, :2] = 1
+    prev = [
+        _finding("1/k3/c0", 1, range(0, 20)),  # grows to 30 members (ids kept) → grown
+        _finding("2/k2/c1", 2, range(100, 120)),  # same members → persisting
+        _finding("3/k2/c0", 3, range(200, 210)),  # disappears → resolved
+        _finding("4/k2/c0", 4, range(300, 310), suspicious=False),  # becomes suspicious → new (with note)
+    ]
+    cur = [
+        _finding("1/k4/c2", 1, range(0, 30)),
+        _finding("2/k2/c0", 2, range(100, 121)),
+        _finding("4/k3/c1", 4, range(300, 312)),
+        _finding("5/k2/c0", 5, range(400, 405)),  # brand new
+        # Same class and place as the resolved one but no shared members: matched by its mean heatmap.
+        _finding("3/k2/c1", 3, range(500, 540)),
+    ]
+    means_prev = {f["key"]: rng.random((8, 8)).astype(np.float32) for f in prev}
+    means_cur = {f["key"]: rng.random((8, 8)).astype(np.float32) for f in cur}
+    means_prev["3/k2/c0"] = corner
+    means_cur["3/k2/c1"] = corner + 0.01 * rng.random((8, 8)).astype(np.float32)
+    ch = compare_findings(cur, means_cur, prev, means_prev)
+    assert [c["key"] for c in ch["grown"]] == ["1/k4/c2", "3/k2/c1"]
+    assert ch["grown"][1]["jaccard"] == 0 and ch["grown"][1]["correlation"] > 0.99
+    assert [c["key"] for c in ch["persisting"]] == ["2/k2/c0"]
+    assert [c["key"] for c in ch["new"]] == ["4/k3/c1", "5/k2/c0"]
+    assert "not suspicious then" in ch["new"][0]["note"]
+    assert ch["resolved"] == []
+    # Without the heatmap match the old cluster of class 3 is resolved and the new one is new.
+    means_cur["3/k2/c1"] = -corner
+    ch = compare_findings(cur, means_cur, prev, means_prev)
+    assert [c["previous_key"] for c in ch["resolved"]] == ["3/k2/c0"]
+    assert "3/k2/c1" in [c["key"] for c in ch["new"]]
+
+
+def test_exit_codes() -> None:
+    susp = {"findings": [{"suspicious": True}], "changes": {"n_new": 0, "n_grown": 0}}
+    assert exit_code_for(susp, fail_on_findings=False, up_to_date=False) == EXIT_OK
+    assert exit_code_for(susp, fail_on_findings=True, up_to_date=False) == EXIT_FINDINGS
+    assert exit_code_for(susp, fail_on_findings=True, up_to_date=True) == EXIT_FINDINGS
+    new = {"findings": [{"suspicious": True}], "changes": {"n_new": 1, "n_grown": 0}}
+    assert exit_code_for(new, fail_on_findings=False, up_to_date=False) == EXIT_FINDINGS
+    assert exit_code_for(new, fail_on_findings=False, up_to_date=True) == EXIT_OK
+    clean = {"findings": [{"suspicious": False}], "changes": {"n_new": 0, "n_grown": 0}}
+    assert exit_code_for(clean, fail_on_findings=True, up_to_date=False) == EXIT_OK
