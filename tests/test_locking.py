@@ -1,0 +1,64 @@
+"""The runs-directory lock: exclusive, non-blocking, released by the kernel when its holder dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spray.errors import LockedError
+from spray.locking import RunLock
+
+
+def test_second_holder_gets_locked_error_with_exit_75(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "runs"):
+        with pytest.raises(LockedError) as info, RunLock(tmp_path / "runs"):
+            pass
+        assert info.value.exit_code == 75
+        assert f"pid {os.getpid()}" in str(info.value) and "already running" in str(info.value)
+    # Released on exit: it can be taken again.
+    with RunLock(tmp_path / "runs"):
+        pass
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    code = (
+        "import sys, time; from pathlib import Path; from spray.locking import RunLock\n"
+        f"lock = RunLock(Path({str(runs)!r})).__enter__(); print('held', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError), RunLock(runs):
+            pass
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while True:  # the kernel drops the flock with the process's last file descriptor
+            try:
+                with RunLock(runs):
+                    break
+            except LockedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_failed_attempt_does_not_touch_the_lock_file(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    with RunLock(runs):
+        before = (runs / ".lock").read_bytes(), (runs / ".lock").stat().st_mtime_ns
+        with pytest.raises(LockedError), RunLock(runs):
+            pass
+        after = (runs / ".lock").read_bytes(), (runs / ".lock").stat().st_mtime_ns
+    assert before == after
