@@ -123,18 +123,35 @@ else:
         colorbar=dict(title=color_by, thickness=12),
     )
 
-ids = sub["sample_id"].to_numpy()
-fig = go.Figure(
-    go.Scattergl(
+# Large maps are sent compactly: the figure JSON is what the browser waits for. Coordinates are
+# quantised to uint16 (1/65535 of the range: invisible), categorical colours go as uint8, and sample ids
+# (strings) only travel for small maps; the selection is decoded from point indices either way.
+big = len(rows) > 20000
+if big:
+    lo, hi = emb.min(axis=0), emb.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    xy = np.round((emb - lo) / span * 65535).astype(np.uint16)
+    if color_by in ("cluster", "label", "prediction") and int(np.max(marker["color"])) < 256:
+        marker["color"] = np.asarray(marker["color"], dtype=np.uint8)
+    trace = go.Scattergl(
+        x=xy[:, 0],
+        y=xy[:, 1],
+        mode="markers",
+        marker=marker,
+        hovertemplate="point %{pointNumber}<extra></extra>",
+        showlegend=False,
+    )
+else:
+    trace = go.Scattergl(
         x=emb[:, 0],
         y=emb[:, 1],
         mode="markers",
         marker=marker,
-        customdata=ids,
+        customdata=sub["sample_id"].to_numpy(),
         hovertemplate="id %{customdata}<extra></extra>",
         showlegend=False,
     )
-)
+fig = go.Figure(trace)
 fig.update_layout(
     height=560,
     dragmode="select",
