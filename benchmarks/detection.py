@@ -34,6 +34,7 @@ Metrics per run (see docs/detection.md):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -46,6 +47,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+import spray.scoring
 from spray.artifacts import plant
 from spray.clustering import cluster_sweep
 from spray.config import config_from_dict
@@ -54,7 +56,7 @@ from spray.lrp import Explainer
 from spray.models import SmallCNN
 from spray.preprocess import normalize_heatmaps, reduce_dimension
 from spray.records import ClassAnalysis
-from spray.scoring import InterventionProbe, rank_findings, sample_suspicion, score_class
+from spray.scoring import InterventionProbe, evidence_line, rank_findings, sample_suspicion, score_class
 from spray.spectral import spectral_embedding
 from spray.training import predict, train_classifier
 
@@ -65,8 +67,10 @@ CLASS_NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 MEAN, STD = 0.2860, 0.3530
 #: Gate: the model "uses" the artifact if removing it drops the target logit by this much on average...
 GATE_LOGIT_DROP = 1.0
-#: ... and the artifact pixels hold at least this many times their pixel share of the relevance.
-GATE_RELEVANCE_RATIO = 2.0
+#: ... and the artifact pixels hold at least this many times their pixel share of the relevance (1.5:
+#: LRP's Flat first-layer rule spreads relevance over each receptive field, so a 1-pixel frame that
+#: moves the logit by 7 holds "only" 1.7x its pixel share).
+GATE_RELEVANCE_RATIO = 1.5
 
 
 @dataclass
@@ -154,6 +158,12 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
         rel.append(r.relevance.sum(1).numpy())
     relevance = np.concatenate(rel)  # (N, 28, 28)
 
+    if args.save_dir is not None:
+        # Everything needed to re-score this cell without retraining (see docs/detection.md).
+        args.save_dir.mkdir(parents=True, exist_ok=True)
+        stem = args.save_dir / f"{cell.artifact}_{cell.fraction}_{cell.target}_{cell.seed}"
+        torch.save(model.state_dict(), f"{stem}.pt")
+        np.savez_compressed(f"{stem}.npz", images=images, labels=labels, planted=planted, relevance=relevance)
     row: dict[str, Any] = {
         "artifact": cell.artifact,
         "p": cell.fraction,
@@ -209,6 +219,14 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
         analyses.append(analyze(c, [ids[i] for i in rows], relevance[rows], cfg, probe, args))
     ranked = rank_findings([a.clusters for a in analyses])
     row["alarms"] = [f.class_name for f in ranked if f.suspicious]
+    keep = ("size", "share_in", "share_out", "lift", "consistency", "separation", "map_score", "flip_rate",
+            "flip_null", "flip_excess", "flip_p", "moving")  # fmt: skip
+    row["findings"] = [
+        {"key": f.key, "class": f.class_name, "score": f.score, "suspicious": f.suspicious,
+         **{k: f.signals[k] for k in keep if k in f.signals}, "evidence": evidence_line(f)}
+        for f in ranked[:5] + [f for f in ranked[5:] if f.suspicious]
+    ]  # fmt: skip
+    row["scoring_sha"] = hashlib.sha256(Path(spray.scoring.__file__).read_bytes()).hexdigest()[:8]
     row["top"] = f"{ranked[0].class_name}: " + "; ".join(ranked[0].evidence[:2])
     if cell.artifact == "none":
         row["false_alarm"] = bool(row["alarms"])
@@ -317,7 +335,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one cell: corner_square, p=0.2, Sandal, seed 0")
+    ap.add_argument(
+        "--quick", action="store_true", help="one cell: corner_square, p=0.2, Sandal, seed 0, 500 per class"
+    )
     ap.add_argument("--artifacts", nargs="+", default=["corner_square", "frame", "glyph"])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.5])
     ap.add_argument("--classes", nargs="+", type=int, default=[5, 7, 9])
@@ -328,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--n-init", type=int, default=3, help="k-means restarts per k (the audit uses 10)")
     ap.add_argument("--blur", type=float, default=0.0, help="analysis.blur_sigma (translation tolerance)")
+    ap.add_argument("--save-dir", type=Path, default=None, help="keep each cell's model and relevance here")
     ap.add_argument("--no-probe", action="store_true", help="map signals only (no paste test)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.jsonl"))
     args = ap.parse_args(argv)
@@ -335,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.quick:
         cells = [Cell("corner_square", 0.2, 5, 0)]
-        args.per_class = min(args.per_class, 400)
+        args.per_class = 500
     else:
         cells = [
             Cell(a, p, c, s)

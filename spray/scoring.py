@@ -34,14 +34,18 @@ unit positive mass so that a sample's *share* of relevance in a region is well d
     class (same region, same target images): a natural object part of the class flips both about
     equally, a shortcut only the members'. The paired design gives an exact sign test (McNemar).
 
-Score and flag. ``map_score = localisation * (0.5 + 0.5 * (2*AUROC-1)) * (0.5 + 0.5*separation) *
-(1 - 0.25 * fraction)``. With a probe, ``score = 0.5 * map_score + 0.5 * min(1, excess / 0.5)``, where
-``excess`` is the flip rate above the null (0 when untested or not significant); without a probe
-``score = map_score``. Scores are comparable across the classes of one run. ``suspicious`` is:
+Score and flag. ``map_score = localisation * clip(log10(lift)/2, 0, 1) * (0.5 + 0.5 * (2*AUROC-1)) *
+(0.5 + 0.5*separation) * (1 - 0.25 * fraction)``. With a probe, ``score = 0.5 * map_score + 0.5 *
+strength`` with ``strength = min(1, excess / 0.5) * min(1, ratio / flip_ratio)``, where ``excess`` is
+the flip rate above the null, ``ratio = (flip + 0.02) / (null + 0.02)`` (strength 0 when untested or
+not significant); without a probe ``score = map_score``. Scores are comparable across the classes of
+one run. ``suspicious`` is:
 
-* with a probe: the cluster was tested, its flip excess is at least ``flip_margin`` and the sign test
-  gives ``p < flip_alpha`` (calibrated per class by the same-class null, so natural sub-groups do not
-  raise alarms however separated they are);
+* with a probe: the cluster was tested, its flip excess is at least ``flip_margin``, the sign test
+  gives ``p < flip_alpha`` and the rate ratio is at least ``flip_ratio`` (calibrated per class by the
+  same-class null: on a clean Fashion-MNIST model, the two halves of class Bag flipped 21 % / 19 %
+  against a null of 9 % / 7 %, significant but a ratio of ~2, while a planted corner square flipped
+  19 % against 0 %);
 * without a probe: ``map_score >= map_threshold`` (a fixed threshold calibrated on clean models; weaker).
 
 Which labelling: the k-means sweep stores a labelling per ``k``. Every cluster of every ``k`` gets a
@@ -83,6 +87,8 @@ _SELECT_SLACK = 0.7
 _LIFT_EPS = 0.005
 #: Flip excess that gives the full intervention score.
 _FULL_EXCESS = 0.5
+#: Smoothing of the flip rate ratio (2 % flips count as "no flips").
+_RATIO_EPS = 0.02
 #: Members / non-members whose pixels are pasted (cycled over the target images).
 _MAX_DONORS = 64
 
@@ -91,6 +97,7 @@ _MAX_DONORS = 64
 _DEFAULTS = {
     "flip_margin": 0.1,
     "flip_alpha": 0.01,
+    "flip_ratio": 3.0,
     "map_threshold": 0.35,
     "translation_tolerant": True,
     "select_k": "best",
@@ -604,6 +611,7 @@ def score_class(
 
     margin = float(_cfg(config, "flip_margin"))  # type: ignore[arg-type]
     alpha = float(_cfg(config, "flip_alpha"))  # type: ignore[arg-type]
+    ratio_min = float(_cfg(config, "flip_ratio"))  # type: ignore[arg-type]
     map_thr = float(_cfg(config, "map_threshold"))  # type: ignore[arg-type]
     findings = []
     for cand in cands:
@@ -612,13 +620,22 @@ def score_class(
         sig["chosen_k"] = float(clustering.chosen_k)
         res = tests.get(cand.cluster_id)
         if use_probe:
-            excess = 0.0
+            strength = 0.0
+            ratio_ok = False
             if res:
+                # Smoothed rate ratio: the members' region must flip several times as often as the same
+                # region of ordinary class members (a natural part flips both; see the module docstring).
+                res["flip_ratio"] = (res["flip_rate"] + _RATIO_EPS) / (res["flip_null"] + _RATIO_EPS)
                 sig.update(res)
+                ratio_ok = res["flip_ratio"] >= ratio_min
                 if res["flip_p"] < alpha:
-                    excess = max(0.0, res["flip_excess"])
-            score = 0.5 * cand.map_score + 0.5 * min(1.0, excess / _FULL_EXCESS)
-            suspicious = res is not None and res["flip_excess"] >= margin and res["flip_p"] < alpha
+                    strength = min(1.0, max(0.0, res["flip_excess"]) / _FULL_EXCESS) * min(
+                        1.0, res["flip_ratio"] / ratio_min
+                    )
+            score = 0.5 * cand.map_score + 0.5 * strength
+            suspicious = (
+                res is not None and res["flip_excess"] >= margin and res["flip_p"] < alpha and ratio_ok
+            )
         else:
             score = cand.map_score
             suspicious = cand.map_score >= map_thr and cand.signals["size"] >= _MIN_SIZE
