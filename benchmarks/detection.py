@@ -132,7 +132,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
     xtr, ytr, xte, yte = data["xtr"], data["ytr"], data["xte"], data["yte"]
     idx = subset(ytr, args.per_class, cell.seed)
     images, labels = xtr[idx].copy(), ytr[idx]
-    rng = np.random.default_rng([cell.seed, cell.target, int(cell.fraction * 1000)])
+    rng = np.random.default_rng([cell.seed, cell.target + 1, int(cell.fraction * 1000)])  # target -1: clean
     planted = np.zeros(len(idx), dtype=bool)
     masks = np.zeros(images.shape, dtype=bool)
     clean_images = images.copy()
@@ -193,7 +193,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
             "model": {"factory": "spray.models:small_cnn"},
             "data": {"kind": "idx", "images": "x", "labels": "y"},
             "analysis": {"embedding": "spectral", "blur_sigma": args.blur},
-            "scoring": {"intervention": not args.no_probe},
+            "scoring": {"intervention": not args.no_probe, "intervention_samples": 500},
         },
         check_files=False,
     )

@@ -35,24 +35,25 @@ unit positive mass so that a sample's *share* of relevance in a region is well d
     equally, a shortcut only the members'. The paired design gives an exact sign test (McNemar).
 
 Score and flag. ``map_score = localisation * clip(log10(lift)/2, 0, 1) * (0.5 + 0.5 * (2*AUROC-1)) *
-(0.5 + 0.5*separation) * (1 - 0.25 * fraction)``. With a probe, ``score = 0.5 * map_score + 0.5 *
-strength`` with ``strength = min(1, excess / 0.5) * min(1, ratio / flip_ratio)``, where ``excess`` is
+(0.5 + 0.5*separation) * (1 - 0.25 * fraction)``. With a probe, ``score = map_score * (0.5 +
+strength)`` with ``strength = min(1, excess / 0.5) * min(1, ratio / flip_ratio)``, where ``excess`` is
 the flip rate above the null, ``ratio = (flip + 0.02) / (null + 0.02)`` (strength 0 when untested or
 not significant); without a probe ``score = map_score``. Scores are comparable across the classes of
 one run. ``suspicious`` is:
 
 * with a probe: the cluster was tested, its flip excess is at least ``flip_margin``, the sign test
   gives ``p < flip_alpha`` and the rate ratio is at least ``flip_ratio`` (calibrated per class by the
-  same-class null: on a clean Fashion-MNIST model, the two halves of class Bag flipped 21 % / 19 %
-  against a null of 9 % / 7 %, significant but a ratio of ~2, while a planted corner square flipped
-  19 % against 0 %);
+  same-class null: in a Fashion-MNIST benchmark model, the two natural halves of the clean class Bag
+  flipped 21 % / 19 % against a null of 9 % / 7 %, significant but a ratio of ~2.5, while the planted
+  corner square of class Sandal flipped 19 % against 0 %);
 * without a probe: ``map_score >= map_threshold`` (a fixed threshold calibrated on clean models; weaker).
 
 Which labelling: the k-means sweep stores a labelling per ``k``. Every cluster of every ``k`` gets a
-map score, and per class the labelling whose most suspicious cluster has the highest map score is
-returned (ties go to ``clustering.chosen_k``): an artifact cluster that the chosen ``k`` merges into a
-big cluster is recovered at the ``k`` that separates it, and splitting it further lowers its
-separation, so the criterion does not drift to large ``k``.
+map score; the best one defines the pattern (its hot region), and among the clusters of any ``k``
+with at least 70 % of its map score and an overlapping region, the one whose members are best told
+apart from the rest of the class by their share in the region (AUROC) picks the labelling that is
+returned (:func:`_select_k`). An artifact cluster that the chosen ``k`` merges into a big cluster is
+recovered at the ``k`` that separates it, and a split or contaminated version of it loses.
 """
 
 from __future__ import annotations
@@ -95,9 +96,9 @@ _MAX_DONORS = 64
 # Defaults for scoring settings not (yet) in ScoringConfig; read with getattr so that a config
 # without them keeps working.
 _DEFAULTS = {
-    "flip_margin": 0.1,
+    "flip_margin": 0.05,
     "flip_alpha": 0.01,
-    "flip_ratio": 3.0,
+    "flip_ratio": 4.0,
     "map_threshold": 0.35,
     "translation_tolerant": True,
     "select_k": "best",
@@ -632,7 +633,10 @@ def score_class(
                     strength = min(1.0, max(0.0, res["flip_excess"]) / _FULL_EXCESS) * min(
                         1.0, res["flip_ratio"] / ratio_min
                     )
-            score = 0.5 * cand.map_score + 0.5 * strength
+            # The map evidence ranks, the paste test confirms: on real models the paste flip rates of a
+            # planted artifact (7-19 %) and of a "catch-all" class's natural halves (19-21 %) overlap,
+            # while the map score ranked the artifact first in every benchmark cell looked at.
+            score = cand.map_score * (0.5 + strength)
             suspicious = (
                 res is not None and res["flip_excess"] >= margin and res["flip_p"] < alpha and ratio_ok
             )
