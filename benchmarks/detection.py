@@ -333,6 +333,47 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             print(f"- seed {r['seed']}: acc {r['test_acc']:.3f}, alarms: {r['alarms'] or 'none'}")
 
 
+def summarize(rows: list[dict[str, Any]]) -> None:
+    """Aggregate table per setting (gated poisoned runs only) and the clean false-alarm rate."""
+
+    def setting(r: dict[str, Any]) -> str:
+        if r["artifact"] in ("corner_square", "frame", "glyph"):
+            return "fixed, p = 0.05" if r["p"] < 0.1 else "fixed, p ≥ 0.1"
+        return r["artifact"]
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["artifact"] != "none":
+            groups.setdefault(setting(r), []).append(r)
+    print("\n| setting | runs (gated/all) | hit@1 | top F1 | class-top F1 | ceiling | AUROC all | AUROC class |"
+          " alarm on target | pixels F1/AUROC | penult F1/AUROC | CoRelAy F1/AUROC | random F1 |")  # fmt: skip
+    print("|" + "---|" * 13)
+    for name, rs in groups.items():
+        g = [r for r in rs if r.get("gated")]
+        if not g:
+            print(f"| {name} | 0/{len(rs)} |" + " |" * 11)
+            continue
+
+        def m(key: str, sub: str | None = None, rs: list[dict[str, Any]] = g) -> float:
+            vals = [float(r[key][sub] if sub else r[key]) for r in rs]
+            return float(np.nanmean(vals))
+
+        alarm = float(np.mean([r["target"] in [CLASS_NAMES.index(a) for a in r["alarms"]] for r in g]))
+        base = " | ".join(
+            f"{m(b, 'f1'):.2f}/{m(b, 'auroc'):.2f}" for b in ("b_pixels", "b_penult", "b_corelay")
+        )
+        print(
+            f"| {name} | {len(g)}/{len(rs)} | {m('hit1'):.2f} | {m('f1'):.2f} | {m('f1_cls'):.2f} | "
+            f"{m('ceiling'):.2f} | {m('auroc_all'):.2f} | {m('auroc_cls'):.2f} | {alarm:.2f} | {base} | "
+            f"{m('b_random', 'f1'):.2f} |"
+        )
+    clean = [r for r in rows if r["artifact"] == "none"]
+    if clean:
+        fa = sum(bool(r["alarms"]) for r in clean)
+        print(f"\nClean models: a false alarm in {fa} of {len(clean)} runs", end="")
+        print(" (" + "; ".join(f"seed {r['seed']}: {r['alarms'] or 'none'}" for r in clean) + ")")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -351,7 +392,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-dir", type=Path, default=None, help="keep each cell's model and relevance here")
     ap.add_argument("--no-probe", action="store_true", help="map signals only (no paste test)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/detection.jsonl"))
+    ap.add_argument(
+        "--report", type=Path, default=None, help="only print the tables of an existing results file"
+    )
     args = ap.parse_args(argv)
+    if args.report is not None:
+        rows = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
+        print_table(rows)
+        summarize(rows)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.quick:
@@ -379,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
             fh.write(json.dumps(row) + "\n")
         log.warning("%s", {k: v for k, v in row.items() if not isinstance(v, dict)})
     print_table(rows)
+    summarize(rows)
 
 
 if __name__ == "__main__":
