@@ -73,6 +73,10 @@ GATE_LOGIT_DROP = 1.0
 GATE_RELEVANCE_RATIO = 1.5
 
 
+#: Version of the scoring code this process imported (rows of a results file may mix versions).
+SCORING_SHA = hashlib.sha256(Path(spray.scoring.__file__).read_bytes()).hexdigest()[:8]
+
+
 @dataclass
 class Cell:
     artifact: str  # "none" for a clean model
@@ -226,7 +230,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
          **{k: f.signals[k] for k in keep if k in f.signals}, "evidence": evidence_line(f)}
         for f in ranked[:5] + [f for f in ranked[5:] if f.suspicious]
     ]  # fmt: skip
-    row["scoring_sha"] = hashlib.sha256(Path(spray.scoring.__file__).read_bytes()).hexdigest()[:8]
+    row["scoring_sha"] = SCORING_SHA
     row["top"] = f"{ranked[0].class_name}: " + "; ".join(ranked[0].evidence[:2])
     if cell.artifact == "none":
         row["false_alarm"] = bool(row["alarms"])
@@ -379,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--quick", action="store_true", help="one cell: corner_square, p=0.2, Sandal, seed 0, 500 per class"
     )
-    ap.add_argument("--artifacts", nargs="+", default=["corner_square", "frame", "glyph"])
+    ap.add_argument("--artifacts", nargs="*", default=["corner_square", "frame", "glyph"])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.5])
     ap.add_argument("--classes", nargs="+", type=int, default=[5, 7, 9])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
