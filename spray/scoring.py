@@ -45,7 +45,9 @@ one run. ``suspicious`` is:
   gives ``p < flip_alpha`` and the rate ratio is at least ``flip_ratio`` (calibrated per class by the
   same-class null: in a Fashion-MNIST benchmark model, the two natural halves of the clean class Bag
   flipped 21 % / 19 % against a null of 9 % / 7 %, significant but a ratio of ~2.5, while the planted
-  corner square of class Sandal flipped 19 % against 0 %);
+  corner square of class Sandal flipped 19 % against 0 %), and the map score is at least
+  ``flag_min_map_score`` (0.03: a Bag sub-group of a benchmark model flipped 17 % against 2 % with a
+  map score of 0.022, while the planted clusters seen scored 0.05-0.14);
 * without a probe: ``map_score >= map_threshold`` (a fixed threshold calibrated on clean models; weaker).
 
 Which labelling: the k-means sweep stores a labelling per ``k``. Every cluster of every ``k`` gets a
@@ -99,6 +101,7 @@ _DEFAULTS = {
     "flip_margin": 0.05,
     "flip_alpha": 0.01,
     "flip_ratio": 4.0,
+    "flag_min_map_score": 0.03,
     "map_threshold": 0.35,
     "translation_tolerant": True,
     "select_k": "best",
@@ -613,6 +616,7 @@ def score_class(
     margin = float(_cfg(config, "flip_margin"))  # type: ignore[arg-type]
     alpha = float(_cfg(config, "flip_alpha"))  # type: ignore[arg-type]
     ratio_min = float(_cfg(config, "flip_ratio"))  # type: ignore[arg-type]
+    map_floor = float(_cfg(config, "flag_min_map_score"))  # type: ignore[arg-type]
     map_thr = float(_cfg(config, "map_threshold"))  # type: ignore[arg-type]
     findings = []
     for cand in cands:
@@ -638,7 +642,11 @@ def score_class(
             # while the map score ranked the artifact first in every benchmark cell looked at.
             score = cand.map_score * (0.5 + strength)
             suspicious = (
-                res is not None and res["flip_excess"] >= margin and res["flip_p"] < alpha and ratio_ok
+                res is not None
+                and res["flip_excess"] >= margin
+                and res["flip_p"] < alpha
+                and ratio_ok
+                and cand.map_score >= map_floor
             )
         else:
             score = cand.map_score
