@@ -4,7 +4,10 @@ Every measurement runs in a fresh single-threaded subprocess so that its peak RS
 Input: synthetic 32×32 heatmaps (:func:`spray.synthetic.make_heatmaps`, 5 clusters, one 3 % watermark
 cluster). Time excludes data generation and includes everything after it (normalisation onwards).
 
-    .venv/bin/python benchmarks/clustering_scale.py --sizes 1000,5000,20000,50000,100000 --write-docs
+    .venv/bin/python benchmarks/clustering_scale.py --write-docs
+
+Runs (in this order) spray, sklearn and CoRelAy at N <= 20k, spray at 50k and 100k, the 2-D maps, then
+spray at 1M. ``--merge`` re-runs only the given jobs and keeps the other results of ``--out``.
 """
 
 from __future__ import annotations
@@ -77,23 +80,33 @@ def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, An
     from sklearn.metrics import adjusted_rand_score
 
     feats, labels, small = _data(n, seed)
-    res: dict[str, Any] = {"method": method, "n": n, "rss_after_data_gb": _rss_gb()}
+    res: dict[str, Any] = {
+        "method": method,
+        "n": n,
+        "rss_after_data_gb": _rss_gb(),
+        "load_1min": os.getloadavg()[0],
+    }
     t0 = time.perf_counter()
     if method == "spray":
         from spray.clustering import cluster_sweep
         from spray.preprocess import reduce_dimension
         from spray.spectral import knn_graph, spectral_embedding
 
-        if n >= 5000:
-            knn_graph(np.random.default_rng(0).normal(size=(6000, 8)).astype(np.float32))  # numba JIT
-            t0 = time.perf_counter()
         t = time.perf_counter()
+        # numba JIT of pynndescent, paid once per process in spray (excluded, reported as t_jit).
+        knn_graph(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), exact_below=0)
+        res["t_jit"] = time.perf_counter() - t
+        t0 = time.perf_counter()
         red = reduce_dimension(feats, n_components=128, seed=seed)
         del feats
-        res["t_pca"] = time.perf_counter() - t
+        res["t_pca"] = time.perf_counter() - t0
         t = time.perf_counter()
-        spec = spectral_embedding(red, n_neighbors=10, n_eigenvectors=32, seed=seed)
-        res["t_spectral"] = time.perf_counter() - t
+        knn = knn_graph(red, n_neighbors=10, seed=seed)
+        res["t_knn"] = time.perf_counter() - t
+        t = time.perf_counter()
+        spec = spectral_embedding(red, n_eigenvectors=32, seed=seed, knn=knn)
+        res["t_eigsh"] = time.perf_counter() - t
+        res["t_spectral"] = res["t_knn"] + res["t_eigsh"]
         t = time.perf_counter()
         clus = cluster_sweep(spec, k_max=8, seed=seed)
         res["t_sweep"] = time.perf_counter() - t
@@ -103,6 +116,7 @@ def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, An
         res["f1_small_best_k"] = max(_f1_small(p, labels, small) for p in clus.labellings.values())
     elif method == "spray-map":
         from sklearn.manifold import trustworthiness
+        from sklearn.neighbors import NearestNeighbors
 
         from spray.embedding import embed_2d, warm_up
         from spray.preprocess import reduce_dimension
@@ -115,11 +129,24 @@ def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, An
         del feats
         spec = spectral_embedding(red, seed=seed)
         t0 = time.perf_counter()
-        emb = embed_2d(red, spec, method="umap", seed=seed, max_fit=opts["max_fit"])
+        emb = embed_2d(
+            red, spec, method="umap", seed=seed, max_fit=opts["max_fit"], n_epochs=opts.get("n_epochs")
+        )
         res["seconds"] = time.perf_counter() - t0
+        # Two more classes (3k rows each) in the same process: equal times mean nothing is compiled again.
+        for key, rows in (("t_class2_3k", slice(0, 3000)), ("t_class3_3k", slice(3000, 6000))):
+            t = time.perf_counter()
+            embed_2d(red[rows], spectral_embedding(red[rows], seed=seed), method="umap", seed=seed)
+            res[key] = time.perf_counter() - t
         sub = np.sort(np.random.default_rng(1).choice(n, size=min(n, 3000), replace=False))
         res["trustworthiness"] = float(trustworthiness(red[sub], emb[sub], n_neighbors=10))
+        # kNN preservation: share of each sampled row's 10 graph neighbours among its 10 nearest in 2-D.
+        nb2 = NearestNeighbors(n_neighbors=11).fit(emb).kneighbors(emb[sub], return_distance=False)[:, 1:]
+        res["knn_preserved"] = float(
+            np.mean([np.intersect1d(nb2[i], spec.knn_indices[r]).size / 10 for i, r in enumerate(sub)])
+        )
         res["max_fit"] = opts["max_fit"]
+        res["n_epochs"] = opts.get("n_epochs")
         res["peak_rss_gb"] = _peak_rss_gb()
         return res
     elif method == "sklearn":
@@ -178,12 +205,16 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec) if isinstance(x, (int, float)) else "—"
 
 
+def _secs(r: dict[str, Any]) -> str:
+    return r["error"] if "error" in r else _fmt(r.get("seconds"))
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: one row per N."""
+    """Markdown tables: clustering per N, spray's stages per N, 2-D maps."""
     by = {(r["method"], r["n"]): r for r in results}
     sizes = sorted({r["n"] for r in results if r["method"] == "spray"})
     rows = [
-        "| N | spray s | spray peak GB | spray ARI (chosen k) | spray F1 small | chosen k | "
+        "| N | spray s | spray peak GB | chosen k | spray ARI (chosen k) | spray F1 small (chosen / best k) | "
         "sklearn s | sklearn GB | sklearn ARI | CoRelAy s | CoRelAy GB | CoRelAy ARI | CoRelAy F1 small | "
         "sklearn/spray | CoRelAy/spray |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -193,66 +224,116 @@ def table(results: list[dict[str, Any]]) -> str:
         ratio_k = k["seconds"] / s["seconds"] if "seconds" in k and "seconds" in s else None
         ratio_c = c["seconds"] / s["seconds"] if "seconds" in c and "seconds" in s else None
         rows.append(
-            f"| {n:,} | {_fmt(s.get('seconds'))} | {_fmt(s.get('peak_rss_gb'))} | {_fmt(s.get('ari'), '.3f')} | "
-            f"{_fmt(s.get('f1_small'), '.3f')} | {s.get('chosen_k', '—')} | "
-            f"{_fmt(k.get('seconds')) if 'error' not in k else k['error']} | {_fmt(k.get('peak_rss_gb'))} | "
-            f"{_fmt(k.get('ari'), '.3f')} | "
-            f"{_fmt(c.get('seconds')) if 'error' not in c else c['error']} | {_fmt(c.get('peak_rss_gb'))} | "
-            f"{_fmt(c.get('ari'), '.3f')} | {_fmt(c.get('f1_small'), '.3f')} | "
-            f"{_fmt(ratio_k, '.0f')}× | {_fmt(ratio_c, '.0f')}× |"
+            f"| {n:,} | {_secs(s)} | {_fmt(s.get('peak_rss_gb'))} | {s.get('chosen_k', '—')} | "
+            f"{_fmt(s.get('ari'), '.3f')} | {_fmt(s.get('f1_small'), '.3f')} / {_fmt(s.get('f1_small_best_k'), '.3f')} | "
+            f"{_secs(k) if k else '—'} | {_fmt(k.get('peak_rss_gb'))} | {_fmt(k.get('ari'), '.3f')} | "
+            f"{_secs(c) if c else '—'} | {_fmt(c.get('peak_rss_gb'))} | {_fmt(c.get('ari'), '.3f')} | "
+            f"{_fmt(c.get('f1_small'), '.3f')} | {_fmt(ratio_k, '.0f')}× | {_fmt(ratio_c, '.0f')}× |"
         )
-    stages = ["| N | PCA s | kNN+eigsh s | k-means sweep s |", "|---|---|---|---|"]
+    stages = [
+        "| N | PCA s | kNN s | eigsh s | k-means sweep s | total s | JIT s (once per process, excluded) | "
+        "load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for n in sizes:
         s = by.get(("spray", n), {})
         stages.append(
-            f"| {n:,} | {_fmt(s.get('t_pca'))} | {_fmt(s.get('t_spectral'))} | {_fmt(s.get('t_sweep'))} |"
+            f"| {n:,} | {_fmt(s.get('t_pca'))} | {_fmt(s.get('t_knn'))} | {_fmt(s.get('t_eigsh'))} | "
+            f"{_fmt(s.get('t_sweep'))} | {_fmt(s.get('seconds'))} | {_fmt(s.get('t_jit'))} | "
+            f"{_fmt(s.get('load_1min'), '.1f')} |"
         )
-    maps = ["| N | max_fit | 2-D map s | trustworthiness@10 | peak GB |", "|---|---|---|---|---|"]
+    maps = [
+        "| N | fitted rows (max_fit) | epochs | 2-D map s | trustworthiness@10 | kNN preserved@10 | "
+        "2nd / 3rd class (3k rows each) s | JIT s (once) | peak GB | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        if r["method"] == "spray-map" and "seconds" in r:
+        if r["method"] == "spray-map":
+            fitted = min(r["n"], r.get("max_fit", r["n"]))
+            epochs = r.get("n_epochs") or ("500 (UMAP default)" if fitted <= 10000 else "200 (UMAP default)")
             maps.append(
-                f"| {r['n']:,} | {r['max_fit']:,} | {_fmt(r['seconds'])} | {_fmt(r['trustworthiness'], '.3f')} | "
-                f"{_fmt(r['peak_rss_gb'])} |"
+                f"| {r['n']:,} | {fitted:,} | {epochs} | {_secs(r)} | {_fmt(r.get('trustworthiness'), '.3f')} | "
+                f"{_fmt(r.get('knn_preserved'), '.3f')} | {_fmt(r.get('t_class2_3k'))} / {_fmt(r.get('t_class3_3k'))} | "
+                f"{_fmt(r.get('t_jit'), '.1f')} | {_fmt(r.get('peak_rss_gb'))} | {_fmt(r.get('load_1min'), '.1f')} |"
             )
-    return "\n".join(rows) + "\n\n" + "\n".join(stages) + "\n\n" + "\n".join(maps) + "\n"
+    loads = [r["load_1min"] for r in results if "load_1min" in r]
+    load = (
+        f"1-minute load average at the start of the measurements: {min(loads):.1f}–{max(loads):.1f} "
+        f"(2-core machine; each measurement uses 1 thread).\n\n"
+        if loads
+        else ""
+    )
+    return load + "\n".join(rows) + "\n\n" + "\n".join(stages) + "\n\n" + "\n".join(maps) + "\n"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Log-log seconds vs N per method, with an N¹ reference through spray's largest N."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in ("spray", "sklearn", "corelay"):
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    series = [
+        ("spray", "spray (PCA → kNN → eigsh → k-means sweep k=2..8)", "o"),
+        ("sklearn", "scikit-learn SpectralClustering (k=5 given)", "s"),
+        ("corelay", "CoRelAy 1.0 SpRAy (k=5 given)", "^"),
+    ]
+    for method, label, marker in series:
         pts = sorted((r["n"], r["seconds"]) for r in results if r["method"] == method and "seconds" in r)
         if pts:
-            ax.loglog(*zip(*pts, strict=True), marker="o", label=method)
-    ax.set_xlabel("samples N")
-    ax.set_ylabel("seconds (1 thread, excl. 2-D map)")
+            ax.loglog(*zip(*pts, strict=True), marker=marker, label=label)
+    maps = sorted(
+        (r["n"], r["seconds"])
+        for r in results
+        if r["method"] == "spray-map"
+        and "seconds" in r
+        and r.get("max_fit") == 20000
+        and not r.get("n_epochs")
+    )
+    if maps:
+        ax.loglog(
+            *zip(*maps, strict=True), marker="D", linestyle="--", label="spray 2-D map (UMAP, ≤ 20k fitted)"
+        )
+    spray = sorted((r["n"], r["seconds"]) for r in results if r["method"] == "spray" and "seconds" in r)
+    if spray:
+        n_max, t_max = spray[-1]
+        xs = np.array([spray[0][0], n_max], dtype=float)
+        ax.loglog(xs, t_max * xs / n_max, color="grey", linestyle=":", label="∝ N (reference)")
+    ax.set_xlabel("samples N (one class)")
+    ax.set_ylabel("seconds, 1 thread")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["method"], r["n"], r.get("max_fit"), r.get("n_epochs"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
-    ap.add_argument("--sizes", default="1000,5000,20000,50000,100000")
+    ap.add_argument("--sizes", default="1000,5000,20000,50000,100000,1000000")
     ap.add_argument("--sklearn-max", type=int, default=20000, help="largest N for sklearn SpectralClustering")
     ap.add_argument(
-        "--corelay-max", type=int, default=5000, help="largest N for CoRelAy (dense pdist: 20k needs ~7 GB)"
+        "--corelay-max", type=int, default=20000, help="largest N for CoRelAy (dense pdist: 20k needs ~7 GB)"
     )
-    ap.add_argument("--map-sizes", default="20000,100000", help="N for the timed 2-D map")
+    ap.add_argument(
+        "--maps",
+        default="20000:20000,20000:5000,100000:20000,100000:10000:200",
+        help="2-D map runs N:max_fit[:n_epochs], comma-separated",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "clustering_scale.json"))
-    ap.add_argument("--write-docs", action="store_true", help="write the table into docs/clustering.md")
+    ap.add_argument("--merge", action="store_true", help="keep other results already in --out")
+    ap.add_argument("--write-docs", action="store_true", help="write the tables into docs/clustering.md")
     args = ap.parse_args()
     if args.worker:
-        method, n, seed, opts = args.worker
-        print(json.dumps(worker(method, int(n), int(seed), json.loads(opts))))
+        method, n, seed, opts_json = args.worker
+        print(json.dumps(worker(method, int(n), int(seed), json.loads(opts_json))))
         return
     try:
         import corelay  # noqa: F401
@@ -261,33 +342,42 @@ def main() -> None:
     except ImportError:
         have_corelay = False
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    results: list[dict[str, Any]] = []
     jobs: list[tuple[str, int, dict[str, Any]]] = []
-    for n in sizes:
+    for n in (s for s in sizes if s <= 100_000):
         jobs.append(("spray", n, {}))
         if n <= args.sklearn_max:
             jobs.append(("sklearn", n, {}))
         if have_corelay and n <= args.corelay_max:
             jobs.append(("corelay", n, {}))
-    for n in (int(s) for s in args.map_sizes.split(",") if s):
-        jobs.append(("spray-map", n, {"max_fit": 20000}))
-        if n == 20000:
-            jobs.append(("spray-map", n, {"max_fit": 5000}))  # quality cost of subsample + propagate
-    for method, n, opts in jobs:
-        r = run_one(method, n, args.seed, args.timeout, **opts)
-        results.append(r)
-        print(json.dumps(r), flush=True)
+    for spec in (m for m in args.maps.split(",") if m):
+        parts = [int(v) for v in spec.split(":")]
+        opts: dict[str, Any] = {"max_fit": parts[1]}
+        if len(parts) > 2:
+            opts["n_epochs"] = parts[2]
+        jobs.append(("spray-map", parts[0], opts))
+    jobs += [("spray", n, {}) for n in sizes if n > 100_000]  # the largest last
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    results: list[dict[str, Any]] = json.loads(out.read_text()) if args.merge and out.exists() else []
+    for method, n, opts in jobs:
+        r = run_one(method, n, args.seed, args.timeout, **opts)
+        r.update({k: v for k, v in opts.items() if k not in r})
+        results = [x for x in results if _key(x) != _key(r)] + [r]
+        print(json.dumps(r), flush=True)
+        out.write_text(json.dumps(results, indent=1))
     plot(results, out.with_suffix(".png"))
     md = table(results)
     print(md)
     if args.write_docs:
+        plot(results, ROOT / "docs" / "clustering_scale.png")
         doc = ROOT / "docs" / "clustering.md"
         text = doc.read_text() if doc.exists() else ""
         start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-        block = f"{start}\nCommand: `.venv/bin/python benchmarks/clustering_scale.py --sizes {args.sizes} --write-docs`\n\n{md}{end}"
+        argv = " ".join(a for a in sys.argv[1:])
+        block = (
+            f"{start}\nCommand: `.venv/bin/python benchmarks/clustering_scale.py {argv}`\n\n"
+            f"![seconds vs N, log-log](clustering_scale.png)\n\n{md}{end}"
+        )
         if start in text and end in text:
             text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
         else:

@@ -4,7 +4,8 @@ The map is for people, not for the clustering (which runs on the spectral embedd
 
 * ``"umap"`` — UMAP on the kNN graph already computed by the spectral stage (``precomputed_knn``) and
   initialised from eigenvectors 2-3, so it neither searches neighbours nor solves an eigenproblem
-  again. Above ``max_fit`` rows, UMAP is fitted on a seeded subsample and every other row is placed
+  again. Above ``max_fit`` rows, UMAP is fitted on a seeded subsample (its kNN graph searched by
+  :func:`spray.spectral.knn_graph`) and every other row is placed
   at the mean position of its already-placed kNN neighbours (propagated along the graph). That is
   linear and instant, where ``UMAP.transform`` would cost as much as a second fit.
 * ``"tsne"`` — scikit-learn's Barnes-Hut t-SNE; fine for a few thousand rows.
@@ -46,6 +47,7 @@ def _umap_fit(
     knn_dist: np.ndarray | None,
     init: np.ndarray,
     seed: int,
+    n_epochs: int | None = None,
 ) -> np.ndarray:
     """Fit seeded UMAP; with kNN given, reuse it (self prepended, as UMAP expects)."""
     import umap  # lazy: importing umap compiles numba code
@@ -66,7 +68,13 @@ def _umap_fit(
     # Tiny deterministic jitter: duplicate rows would otherwise share an init point forever.
     init = init + np.random.default_rng(seed).normal(0.0, 1e-4, size=init.shape)
     reducer = umap.UMAP(
-        n_neighbors=min(n_neighbors, n - 1), n_components=2, random_state=seed, n_jobs=1, init=init, **kwargs
+        n_neighbors=min(n_neighbors, n - 1),
+        n_components=2,
+        random_state=seed,
+        n_jobs=1,
+        init=init,
+        n_epochs=n_epochs,
+        **kwargs,
     )
     with warnings.catch_warnings():
         # Expected and harmless here: seeded UMAP is single-threaded; we never call transform.
@@ -120,6 +128,7 @@ def embed_2d(
     method: str = "umap",
     seed: int = 0,
     max_fit: int = 20000,
+    n_epochs: int | None = None,
 ) -> np.ndarray:
     """Seeded 2-D map of one class.
 
@@ -136,6 +145,8 @@ def embed_2d(
     max_fit : int
         UMAP: above this many rows, fit on a seeded subsample of ``max_fit`` rows and place the rest
         along the kNN graph (see module docstring). t-SNE ignores it.
+    n_epochs : int, optional
+        UMAP optimisation epochs; None keeps UMAP's default (500 up to 10,000 fitted rows, 200 above).
 
     Returns
     -------
@@ -166,11 +177,15 @@ def embed_2d(
         return np.asarray(tsne.fit_transform(x), dtype=np.float32)
     # UMAP
     if n <= max_fit:
-        return _umap_fit(x, spectral.knn_indices, spectral.knn_distances, base, seed)
+        return _umap_fit(x, spectral.knn_indices, spectral.knn_distances, base, seed, n_epochs)
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.choice(n, size=max_fit, replace=False))
-    # The subsample's own kNN is not a subset of the full graph: let UMAP search it (seeded).
-    fitted = _umap_fit(x[sub], None, None, base[sub], seed)
+    # The subsample's own kNN is not a subset of the full graph: search it with the same seeded
+    # knn_graph (so the code numba compiled in warm_up() is reused, nothing new is compiled per class).
+    from spray.spectral import knn_graph
+
+    sub_knn = knn_graph(x[sub], n_neighbors=max(spectral.knn_indices.shape[1], 1), seed=seed)
+    fitted = _umap_fit(x[sub], sub_knn.indices, sub_knn.distances, base[sub], seed, n_epochs)
     pos = np.zeros((n, 2), dtype=np.float32)
     pos[sub] = fitted
     placed = np.zeros(n, dtype=bool)
@@ -179,7 +194,11 @@ def embed_2d(
 
 
 def warm_up() -> None:
-    """Compile numba code of pynndescent and UMAP once per process (30-70 s on a cold cache)."""
+    """Compile numba code of pynndescent and UMAP once per process (30-70 s on a cold cache).
+
+    Covers every numba path the analysis takes: pynndescent (``knn_graph`` above ``exact_below``, also
+    used for the subsample of a large map) and UMAP fitted on a precomputed kNN graph.
+    """
     from spray.spectral import knn_graph, spectral_embedding
 
     rng = np.random.default_rng(0)

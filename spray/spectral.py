@@ -28,6 +28,15 @@ _DENSE_MIN = 128
 _DENSE_FACTOR = 4
 #: Row block of the exact kNN (memory ``_BLOCK * n * 8`` bytes).
 _BLOCK = 1024
+#: From this many rows on, Lanczos runs in float32: its cost is streaming the ``n × ncv`` basis through
+#: memory (reorthogonalisation, restarts), so single precision halves it (measured 2.9× faster at 50k
+#: rows; eigenvalue error ~3e-6, eigenvectors agree with float64 to cos > 0.999999).
+_FLOAT32_FROM = 10_000
+#: Default eigsh tolerance per precision (float32 cannot resolve 1e-8).
+_TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-5}
+#: Random-projection trees that seed NN-descent. pynndescent's default grows as n^¼ (20 at 50k, 37 at
+#: 1M); 8 gave recall@10 0.9988 vs 0.9992 at 50k rows for less build time, NN-descent fixes the rest.
+_NN_TREES = 8
 
 AFFINITIES = ("binary", "heat")
 
@@ -79,7 +88,15 @@ def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
     n = x.shape[0]
     # n_jobs=1 together with random_state makes pynndescent deterministic.
-    index = NNDescent(x, n_neighbors=k + 1, metric="euclidean", random_state=seed, n_jobs=1, low_memory=True)
+    index = NNDescent(
+        x,
+        n_neighbors=k + 1,
+        metric="euclidean",
+        random_state=seed,
+        n_jobs=1,
+        low_memory=True,
+        n_trees=min(_NN_TREES, 5 + round(n**0.25)),
+    )
     nb_idx, nb_dist = index.neighbor_graph
     nb_idx = np.asarray(nb_idx, dtype=np.int64)
     nb_dist = np.asarray(nb_dist, dtype=np.float32)
@@ -211,7 +228,14 @@ def _component_vectors(a: sp.csr_matrix, labels: np.ndarray, n_comp: int, m: int
 
 
 def _leading_eigenpairs(
-    s: sp.csr_matrix, a: sp.csr_matrix, labels: np.ndarray, n_comp: int, m: int, seed: int, tol: float
+    s: sp.csr_matrix,
+    a: sp.csr_matrix,
+    labels: np.ndarray,
+    n_comp: int,
+    m: int,
+    seed: int,
+    tol: float,
+    dtype: np.dtype,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``m`` largest eigenpairs of the sparse ``S`` by Lanczos, with connected components deflated.
 
@@ -219,6 +243,7 @@ def _leading_eigenpairs(
     with c components (multiplicity c) would be returned once and real eigenpairs would shift into
     its place. Its eigenvectors are known exactly (``D^1/2`` restricted to each component), so they
     are put in directly and Lanczos runs on ``S`` projected onto their orthogonal complement.
+    ``dtype`` is the precision of the Lanczos run (float32 for large ``n``, see ``_FLOAT32_FROM``).
     """
     n = s.shape[0]
     known = _component_vectors(a, labels, n_comp, m) if n_comp > 1 else np.zeros((n, 0))
@@ -226,15 +251,17 @@ def _leading_eigenpairs(
         logger.warning("kNN graph has %d components >= %d eigenvectors; increase n_neighbors", n_comp, m)
         return np.ones(m), known
     rest = m - known.shape[1]
+    s_run = s.astype(dtype)
+    known_run = known.astype(dtype)
 
     def project(x: np.ndarray) -> np.ndarray:
-        return x - known @ (known.T @ x) if known.shape[1] else x
+        return x - known_run @ (known_run.T @ x) if known_run.shape[1] else x
 
-    op = LinearOperator((n, n), matvec=lambda x: project(s @ project(x)), dtype=np.float64)
+    op = LinearOperator((n, n), matvec=lambda x: project(s_run @ project(x)), dtype=dtype)
     rng = np.random.default_rng(seed)
-    v0 = project(rng.uniform(0.5, 1.5, size=n))  # positive start overlaps the Perron vector strongly
+    v0 = project(rng.uniform(0.5, 1.5, size=n).astype(dtype))  # positive start overlaps the Perron vector
     vals, vecs = eigsh(
-        op if known.shape[1] else s,
+        op if known.shape[1] else s_run,
         k=rest,
         which="LA",
         tol=tol,
@@ -242,8 +269,8 @@ def _leading_eigenpairs(
         ncv=min(n, max(2 * rest + 1, rest + 32)),
     )
     order = np.argsort(-vals, kind="stable")
-    vals = np.concatenate([np.ones(known.shape[1]), vals[order]])
-    vecs = np.hstack([known, vecs[:, order]])
+    vals = np.concatenate([np.ones(known.shape[1]), vals[order].astype(np.float64)])
+    vecs = np.hstack([known, vecs[:, order].astype(np.float64)])
     return vals, vecs
 
 
@@ -255,7 +282,8 @@ def spectral_embedding(
     seed: int = 0,
     affinity: str = "binary",
     exact_below: int = 5000,
-    tol: float = 1e-8,
+    tol: float | None = None,
+    knn: KnnGraph | None = None,
 ) -> SpectralResult:
     """Leading eigenpairs of the normalised kNN affinity of one class.
 
@@ -273,8 +301,12 @@ def spectral_embedding(
         ``"binary"`` or ``"heat"``, see :func:`affinity_matrix`.
     exact_below : int
         Exact kNN below this ``n``, pynndescent above.
-    tol : float
-        Relative eigsh tolerance. Eigenvalue errors are ~tol² · ‖S‖, eigenvector errors ~tol.
+    tol : float, optional
+        Relative eigsh tolerance. Eigenvalue errors are ~tol² · ‖S‖, eigenvector errors ~tol. Default:
+        1e-8 in float64 (``n < 10,000``), 1e-5 in float32 (larger ``n``).
+    knn : KnnGraph, optional
+        A kNN graph of ``features`` already computed by :func:`knn_graph` (then ``n_neighbors``,
+        ``exact_below`` and the seed are not used for the search).
 
     Returns
     -------
@@ -286,7 +318,10 @@ def spectral_embedding(
     if x.ndim != 2 or x.shape[0] == 0:
         raise DataError(f"features must be a non-empty 2-D array (n, d), got shape {x.shape}")
     n = x.shape[0]
-    knn = knn_graph(x, n_neighbors=n_neighbors, seed=seed, exact_below=exact_below)
+    if knn is None:
+        knn = knn_graph(x, n_neighbors=n_neighbors, seed=seed, exact_below=exact_below)
+    elif knn.indices.shape[0] != n:
+        raise DataError(f"knn has {knn.indices.shape[0]} rows, features have {n}")
     m = max(1, min(n_eigenvectors, n))
     if n == 1:
         return SpectralResult(
@@ -302,7 +337,9 @@ def spectral_embedding(
         vals, vecs = np.linalg.eigh(s.toarray())
         vals, vecs = vals[::-1][:m], vecs[:, ::-1][:, :m]
     else:
-        vals, vecs = _leading_eigenpairs(s, a, labels, n_comp, m, seed, tol)
+        dtype = np.dtype(np.float32 if n >= _FLOAT32_FROM else np.float64)
+        tol_run = _TOL[dtype] if tol is None else tol
+        vals, vecs = _leading_eigenpairs(s, a, labels, n_comp, m, seed, tol_run, dtype)
     vecs = _fix_signs(vecs)
     return SpectralResult(
         eigenvalues=np.asarray(vals, dtype=np.float64),

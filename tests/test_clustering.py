@@ -79,3 +79,15 @@ def test_tiny_inputs() -> None:
     assert res.chosen_k in res.labellings
     one = cluster_sweep(spectral_embedding(np.ones((2, 3), np.float32)), k_max=8)
     assert one.labellings[one.chosen_k].shape == (2,)
+
+
+def test_silhouette_matches_sklearn() -> None:
+    from sklearn.metrics import silhouette_score
+
+    from spray.clustering import _silhouette
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 4))
+    labels = rng.integers(0, 5, 1200)
+    labels[7] = 5  # a singleton cluster scores 0
+    assert _silhouette(x, labels, 7) == pytest.approx(silhouette_score(x, labels), abs=1e-6)  # label 6 empty

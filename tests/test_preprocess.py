@@ -81,3 +81,19 @@ def test_reduce_dimension_passthrough() -> None:
     x = np.arange(12, dtype=np.float64).reshape(3, 4)
     out = reduce_dimension(x, n_components=128)
     assert out.dtype == np.float32 and np.array_equal(out, x.astype(np.float32))
+
+
+def test_reduce_dimension_subsample_fit_projects_all_rows() -> None:
+    # Above max_fit rows the components come from a seeded subsample; every row is still projected.
+    rng = np.random.default_rng(2)
+    latent = rng.normal(size=(3000, 4)) * np.array([8, 4, 2, 1])
+    x = (latent @ rng.normal(size=(4, 200)) + 0.01 * rng.normal(size=(3000, 200))).astype(np.float32)
+    full = reduce_dimension(x, n_components=4, seed=0)
+    sub = reduce_dimension(x, n_components=4, seed=0, max_fit=500)
+    assert sub.shape == (3000, 4) and sub.dtype == np.float32
+    assert np.array_equal(sub, reduce_dimension(x, n_components=4, seed=0, max_fit=500))
+    # Same subspace (components estimated from 500 rows rotate a little within it).
+    q_sub, q_full = np.linalg.qr(sub.astype(np.float64))[0], np.linalg.qr(full.astype(np.float64))[0]
+    assert np.linalg.svd(q_sub.T @ q_full, compute_uv=False).min() > 0.998
+    with pytest.raises(DataError):
+        reduce_dimension(x, n_components=4, max_fit=4)

@@ -111,3 +111,23 @@ def test_heat_affinity_runs() -> None:
 def test_eigengap_k() -> None:
     assert eigengap_k(np.array([1.0, 0.99, 0.98, 0.5, 0.49, 0.48]), k_max=5) == 3
     assert eigengap_k(np.array([1.0, 0.9]), k_max=8) == 1
+
+
+def test_float32_lanczos_for_large_n_and_precomputed_knn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import spray.spectral as spectral
+
+    x = _blobs(3000, seed=7, d=5, centres=6, spread=2.0)
+    g = knn_graph(x, n_neighbors=10, exact_below=10_000)
+    ref = spectral_embedding(x, n_eigenvectors=12, knn=g)  # float64, tol 1e-8
+    again = spectral_embedding(x, n_eigenvectors=12, exact_below=10_000)
+    assert np.array_equal(ref.eigenvectors, again.eigenvectors)  # knn= is the same graph
+    monkeypatch.setattr(spectral, "_FLOAT32_FROM", 1000)
+    low = spectral_embedding(x, n_eigenvectors=12, knn=g)  # float32, tol 1e-5
+    assert low.eigenvectors.dtype == np.float32
+    np.testing.assert_allclose(low.eigenvalues, ref.eigenvalues, atol=2e-5)
+    # Same leading subspace (principal angles ~0), hence the same clustering.
+    q64 = ref.eigenvectors[:, :6].astype(np.float64)
+    q32 = np.linalg.qr(low.eigenvectors[:, :6].astype(np.float64))[0]
+    assert np.linalg.svd(q64.T @ q32, compute_uv=False).min() > 0.9999
+    with pytest.raises(DataError):
+        spectral_embedding(x[:10], knn=g)
