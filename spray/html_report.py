@@ -101,7 +101,9 @@ def _changes_html(changes: dict[str, Any]) -> str:
             )
             sim = ""
             if c.get("jaccard") is not None:
-                sim = f"Jaccard {c['jaccard']:.2f}, heatmap r {c.get('correlation', float('nan')):.2f}"
+                sim = f"Jaccard {c['jaccard']:.2f}"
+            if c.get("correlation") is not None:  # None: no comparable mean heatmap
+                sim += f", heatmap r {c['correlation']:.2f}"
             rows.append(
                 f"<tr><td><span class='badge {kind}'>{kind}</span></td><td>{html.escape(str(c.get('class_name')))}</td>"
                 f"<td>{html.escape(str(key))}</td><td>{html.escape(sizes)}</td><td class='small'>{html.escape(sim)}</td></tr>"

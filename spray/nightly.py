@@ -158,23 +158,30 @@ def compare_findings(
     prev_all = previous or []
     prev = [p for p in prev_all if p.get("suspicious")]
 
-    def sim(f: dict[str, Any], p: dict[str, Any]) -> tuple[float, float]:
+    def sim(
+        f: dict[str, Any], p: dict[str, Any], means_f: dict[str, Any], means_p: dict[str, Any]
+    ) -> tuple[float, float]:
         a, b = set(f["member_ids"]), set(p["member_ids"])
         jac = len(a & b) / max(1, len(a | b))
-        return jac, _corr(current_means.get(f["key"]), previous_means.get(p["key"]))
+        return jac, _corr(means_f.get(f["key"]), means_p.get(p["key"]))
 
     def matches(jac: float, corr: float) -> bool:
         return jac >= jaccard_min or (corr == corr and corr >= correlation_min)
 
     def assign(
-        left: list[dict[str, Any]], right: list[dict[str, Any]]
+        left: list[dict[str, Any]],
+        right: list[dict[str, Any]],
+        means_left: dict[str, Any],
+        means_right: dict[str, Any],
     ) -> dict[int, tuple[int, float, float]]:
+        # The mean heatmaps of each side are passed explicitly: "resolved" matches previous clusters
+        # (left) against current ones (right), the other way round from "new" and "grown".
         pairs = []
         for i, f in enumerate(left):
             for j, p in enumerate(right):
                 if f["class_index"] != p["class_index"]:
                     continue
-                jac, corr = sim(f, p)
+                jac, corr = sim(f, p, means_left, means_right)
                 if matches(jac, corr):
                     pairs.append((-jac, -(corr if corr == corr else -1.0), i, j, jac, corr))
         pairs.sort()
@@ -206,10 +213,12 @@ def compare_findings(
     grown: list[dict[str, Any]] = []
     persisting: list[dict[str, Any]] = []
     resolved: list[dict[str, Any]] = []
-    matched = assign(cur, prev)
+    matched = assign(cur, prev, current_means, previous_means)
     # Unmatched current clusters are new; say so when they were present but not yet suspicious before.
     unmatched_cur = [f for i, f in enumerate(cur) if i not in matched]
-    was = assign(unmatched_cur, [p for p in prev_all if not p.get("suspicious")])
+    was = assign(
+        unmatched_cur, [p for p in prev_all if not p.get("suspicious")], current_means, previous_means
+    )
     for i, f in enumerate(cur):
         if i in matched:
             j, jac, corr = matched[i]
@@ -238,7 +247,7 @@ def compare_findings(
     # A resolved cluster may still exist below the alarm threshold; name it so the change can be checked.
     now_all = [f for f in current if not f.get("suspicious")]
     left_prev = [p for j, p in enumerate(prev) if j not in matched_prev]
-    still = assign(left_prev, now_all)
+    still = assign(left_prev, now_all, previous_means, current_means)
     for j, p in enumerate(left_prev):
         e = {
             "previous_key": p["key"],

@@ -438,6 +438,24 @@ def test_compare_findings_classifies_new_grown_persisting_resolved() -> None:
     assert [c["key"] for c in ch["new"]] == ["4/k3/c1", "5/k2/c0"]
     assert "not suspicious then" in ch["new"][0]["note"]
     assert ch["resolved"] == []
+    # A previous suspicious cluster that is still there below the alarm threshold (other members, same
+    # mean heatmap) is resolved, and named.
+    prev.append(_finding("6/k2/c0", 6, range(600, 610)))
+    cur.append(_finding("6/k3/c1", 6, range(700, 720), suspicious=False))
+    means_prev["6/k2/c0"] = corner.T.copy()
+    means_cur["6/k3/c1"] = corner.T + 0.01 * rng.random((8, 8)).astype(np.float32)
+    ch = compare_findings(cur, means_cur, prev, means_prev)
+    (res,) = ch["resolved"]
+    assert res["previous_key"] == "6/k2/c0" and res["key"] == "6/k3/c1" and res["correlation"] > 0.99
+    # The HTML report renders matches without a comparable heatmap (correlation None).
+    from spray.html_report import _changes_html
+
+    html = _changes_html(
+        {"previous_run_id": "abc", **ch, "persisting": [{**ch["persisting"][0], "correlation": None}]}
+    )
+    assert "persisting" in html and "resolved" in html
+    prev.pop()
+    cur.pop()
     # Without the heatmap match the old cluster of class 3 is resolved and the new one is new.
     means_cur["3/k2/c1"] = -corner
     ch = compare_findings(cur, means_cur, prev, means_prev)
