@@ -47,7 +47,9 @@ one run. ``suspicious`` is:
   flipped 21 % / 19 % against a null of 9 % / 7 %, significant but a ratio of ~2.5, while the planted
   corner square of class Sandal flipped 19 % against 0 %), and the map score is at least
   ``flag_min_map_score`` (default 0: a floor of 0.03 removed one Bag false alarm, map score 0.022,
-  but also the true frame artifact, 0.029, whose large area gives a low lift);
+  but also the true frame artifact, 0.029, whose large area gives a low lift), and the cluster
+  holds at most ``flag_max_fraction`` (0.6) of the class (T-shirt clusters of 79-82 % of the class
+  flipped 9-19 % against 0 % for the odd remaining fifth);
 * without a probe: ``map_score >= map_threshold`` (a fixed threshold calibrated on clean models; weaker).
 
 Which labelling: the k-means sweep stores a labelling per ``k``. Every cluster of every ``k`` gets a
@@ -102,6 +104,7 @@ _DEFAULTS = {
     "flip_alpha": 0.01,
     "flip_ratio": 4.0,
     "flag_min_map_score": 0.0,
+    "flag_max_fraction": 0.6,
     "map_threshold": 0.35,
     "translation_tolerant": True,
     "select_k": "best",
@@ -617,6 +620,7 @@ def score_class(
     alpha = float(_cfg(config, "flip_alpha"))  # type: ignore[arg-type]
     ratio_min = float(_cfg(config, "flip_ratio"))  # type: ignore[arg-type]
     map_floor = float(_cfg(config, "flag_min_map_score"))  # type: ignore[arg-type]
+    max_fraction = float(_cfg(config, "flag_max_fraction"))  # type: ignore[arg-type]
     map_thr = float(_cfg(config, "map_threshold"))  # type: ignore[arg-type]
     findings = []
     for cand in cands:
@@ -647,6 +651,9 @@ def score_class(
                 and res["flip_p"] < alpha
                 and ratio_ok
                 and cand.map_score >= map_floor
+                # The null arm is "ordinary members of the class"; when the cluster IS most of the class,
+                # its complement is the odd group and the comparison no longer calibrates anything.
+                and cand.signals["fraction"] <= max_fraction
             )
         else:
             score = cand.map_score
@@ -731,13 +738,15 @@ def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_id
 
 
 def rank_findings(per_class: list[list[ClusterFinding]]) -> list[ClusterFinding]:
-    """All clusters of all classes, most suspicious first: flagged before unflagged, then by score.
+    """All clusters of all classes, most suspicious first (by score).
 
     Scores of one run are comparable across classes (same signals, same scale); ties are broken by
     class and cluster id so the order is deterministic.
     """
     flat = [f for fs in per_class for f in fs]
-    return sorted(flat, key=lambda f: (not f.suspicious, -f.score, f.class_index, f.cluster_id))
+    # By score only: putting flagged clusters first let a borderline natural flag outrank a planted
+    # artifact whose ratio fell just short of the flag (benchmark, glyph on Boot).
+    return sorted(flat, key=lambda f: (-f.score, f.class_index, f.cluster_id))
 
 
 def evidence_line(f: ClusterFinding) -> str:
