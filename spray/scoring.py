@@ -97,24 +97,6 @@ _RATIO_EPS = 0.02
 #: Members / non-members whose pixels are pasted (cycled over the target images).
 _MAX_DONORS = 64
 
-# Defaults for scoring settings not (yet) in ScoringConfig; read with getattr so that a config
-# without them keeps working.
-_DEFAULTS = {
-    "flip_margin": 0.05,
-    "flip_alpha": 0.01,
-    "flip_ratio": 4.0,
-    "flag_min_map_score": 0.0,
-    "flag_max_fraction": 0.6,
-    "map_threshold": 0.35,
-    "translation_tolerant": True,
-    "select_k": "best",
-}
-
-
-def _cfg(config: ScoringConfig, name: str) -> object:
-    return getattr(config, name, _DEFAULTS[name])
-
-
 @dataclass
 class InterventionProbe:
     """What the intervention (paste) test needs; built by the audit from the dataset.
@@ -588,11 +570,11 @@ def score_class(
     if not clustering.labellings:
         return []
     stats = _ClassStats(maps, spectral)
-    tol = bool(_cfg(config, "translation_tolerant"))
+    tol = config.translation_tolerant
 
     per_k: dict[int, list[_Candidate]] = {}
     ks = sorted(clustering.labellings)
-    if _cfg(config, "select_k") != "best" and clustering.chosen_k in clustering.labellings:
+    if config.select_k != "best" and clustering.chosen_k in clustering.labellings:
         ks = [clustering.chosen_k]
     for k in ks:
         lab = np.asarray(clustering.labellings[k])
@@ -616,12 +598,12 @@ def score_class(
             if out:
                 tests[cand.cluster_id] = out
 
-    margin = float(_cfg(config, "flip_margin"))  # type: ignore[arg-type]
-    alpha = float(_cfg(config, "flip_alpha"))  # type: ignore[arg-type]
-    ratio_min = float(_cfg(config, "flip_ratio"))  # type: ignore[arg-type]
-    map_floor = float(_cfg(config, "flag_min_map_score"))  # type: ignore[arg-type]
-    max_fraction = float(_cfg(config, "flag_max_fraction"))  # type: ignore[arg-type]
-    map_thr = float(_cfg(config, "map_threshold"))  # type: ignore[arg-type]
+    margin = config.flip_margin
+    alpha = config.flip_alpha
+    ratio_min = config.flip_ratio
+    map_floor = config.flag_min_map_score
+    max_fraction = config.flag_max_fraction
+    map_thr = config.map_threshold
     findings = []
     for cand in cands:
         sig = dict(cand.signals)
