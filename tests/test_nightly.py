@@ -121,8 +121,9 @@ _PREPARED: dict[str, Prepared] = {}
 def prepare(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     """Build the planted data and train the tiny model once per pytest session.
 
-    600 Fashion-MNIST images (60 per class); half of the Shirts carry a 4×4 corner stamp, so that 4
-    epochs are enough for the model to use it as a shortcut (the paste test then flags the cluster).
+    600 Fashion-MNIST images (60 per class); 40 % of the Shirts carry a 4×4 corner stamp, so that 4
+    epochs are enough for the model to use it as a shortcut (the paste test then flags the cluster),
+    while the cluster stays a minority of its class (scoring flags only clusters of ≤ 60 % of a class).
     """
     if "demo" not in _PREPARED:
         import torch
@@ -132,7 +133,7 @@ def prepare(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
         from spray.training import train_classifier
 
         work = tmp_path_factory.mktemp("nightly-demo")
-        d = make_demo_data(per_class=60, poison_fraction=0.5, seed=0)
+        d = make_demo_data(per_class=60, poison_fraction=0.4, seed=0)
         torch.manual_seed(0)
         model = small_cnn(in_channels=1, num_classes=10)
         train_classifier(model, d.images, d.labels, epochs=4, seed=0, mean=MEAN, std=STD)
@@ -272,16 +273,19 @@ def test_second_run_is_a_noop(first: dict[str, Any]) -> None:
 def test_five_percent_new_images_are_the_only_ones_computed(
     first: dict[str, Any], prepared: Prepared, tmp_path: Path
 ) -> None:
-    # 30 new images (5 % of 600): unstamped Shirts of the data set with the stamp drawn in, i.e. more
-    # Clever-Hans samples arriving in the data. The planted cluster must be reported as grown.
+    # 30 new images (5 % of 600): 10 unstamped Shirts of the data set with the stamp drawn in (more
+    # Clever-Hans samples arriving) and 20 mirrored images of other classes. The planted cluster must be
+    # reported as grown.
     images = read_idx(prepared.images)
     labels = read_idx(prepared.labels)
     shirts = np.flatnonzero(labels == PLANTED_CLASS)
     planted = set(json.loads((prepared.work / "planted.json").read_text()))
-    clean = np.asarray([i for i in shirts if int(i) not in planted])[:30]
-    extra = plant(images[clean], "corner_square", size=4, margin=1, seed=1).images
-    write_idx(tmp_path / "img.gz", np.concatenate([images, extra]))
-    write_idx(tmp_path / "lab.gz", np.concatenate([labels, labels[clean]]))
+    clean = np.asarray([i for i in shirts if int(i) not in planted])[:10]
+    others = np.flatnonzero(labels != PLANTED_CLASS)[::25][:20]
+    stamped = plant(images[clean], "corner_square", size=4, margin=1, seed=1).images
+    mirrored = images[others][:, :, ::-1]
+    write_idx(tmp_path / "img.gz", np.concatenate([images, stamped, mirrored]))
+    write_idx(tmp_path / "lab.gz", np.concatenate([labels, labels[clean], labels[others]]))
     notified = tmp_path / "notified.txt"
     notify = f"{sys.executable} -c \"import sys; open({str(notified)!r}, 'w').write(sys.argv[1])\""
     cfg = prepared.config(
