@@ -110,8 +110,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     ConfigError
         On an unknown architecture or factory.
     """
-    import torchvision
-
     loaded: Any = None
     if cfg.checkpoint is not None:
         loaded = _load_checkpoint(Path(cfg.checkpoint), cfg.allow_pickle)
@@ -120,6 +118,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             return loaded.eval()
 
     if cfg.architecture is not None:
+        import torchvision  # only here: importing it costs seconds that factory models need not pay
+
         try:
             model = torchvision.models.get_model(cfg.architecture, weights=None, num_classes=cfg.num_classes)
         except ValueError:
