@@ -34,11 +34,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spray.attribution import BatchStage, ShardPlan  # noqa: E402
-from spray.config import config_from_dict  # noqa: E402
-from spray.data import build_dataset  # noqa: E402
-from spray.lrp import Explainer  # noqa: E402
-from spray.storage import ShardCache  # noqa: E402
+from spray.attribution import BatchStage, ShardPlan
+from spray.config import config_from_dict
+from spray.data import build_dataset
+from spray.lrp import Explainer
+from spray.storage import ShardCache
 
 log = logging.getLogger("batch_stage")
 
@@ -85,10 +85,19 @@ def main() -> None:
                 "data": {
                     "kind": "image_folder",
                     "path": str(root),
-                    "transform": {"resize": 256, "center_crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                    "transform": {
+                        "resize": 256,
+                        "center_crop": 224,
+                        "mean": [0.485, 0.456, 0.406],
+                        "std": [0.229, 0.224, 0.225],
+                    },
                 },
                 "lrp": {"precision": args.precision, "target": "pred"},
-                "batch": {"batch_size": args.batch, "num_workers": args.workers, "shard_size": args.batch * 4},
+                "batch": {
+                    "batch_size": args.batch,
+                    "num_workers": args.workers,
+                    "shard_size": args.batch * 4,
+                },
                 "output": {"runs_dir": str(Path(tmp) / "runs")},
             },
         )
@@ -132,13 +141,29 @@ def main() -> None:
 
     results["end_to_end_over_lrp"] = results["end_to_end_img_s"] / results["lrp_img_s"]
     results["lrp_over_train"] = results["lrp_img_s"] / results["train_img_s"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    results_out = {"device": name, "precision": args.precision, "batch": args.batch, "n": args.n, "workers": args.workers, **results}
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    results_out = {
+        "device": name,
+        "precision": args.precision,
+        "batch": args.batch,
+        "n": args.n,
+        "workers": args.workers,
+        **results,
+    }
     log.info("%s", json.dumps(results_out, indent=2))
     log.info(
         "| %s | %s | %.1f | %.1f | %.1f | %.0f %% | %.2f× |",
-        name, args.precision, results["train_img_s"], results["lrp_img_s"], results["end_to_end_img_s"],
-        100 * results["end_to_end_over_lrp"], results["lrp_over_train"],
+        name,
+        args.precision,
+        results["train_img_s"],
+        results["lrp_img_s"],
+        results["end_to_end_img_s"],
+        100 * results["end_to_end_over_lrp"],
+        results["lrp_over_train"],
     )
     if args.json:
         args.json.write_text(json.dumps(results_out, indent=2))

@@ -27,7 +27,8 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         d = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -45,7 +46,9 @@ def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
     if json_logs:
         handler.setFormatter(JsonLogFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -110,17 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-json", action="store_true", help="JSON-lines logs on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    a = sub.add_parser("audit", help="audit a model on a dataset and publish a run", description=cmd_audit.__doc__)
+    a = sub.add_parser(
+        "audit", help="audit a model on a dataset and publish a run", description=cmd_audit.__doc__
+    )
     a.add_argument("--config", required=True, help="audit config (YAML), see docs/config.md")
     a.add_argument("--runs-dir", help="override output.runs_dir")
     a.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
-    a.add_argument("--force", action="store_true", help="recompute the analysis even if this run is published")
+    a.add_argument(
+        "--force", action="store_true", help="recompute the analysis even if this run is published"
+    )
     a.add_argument("--top", type=int, default=10, help="rows of the findings table (default 10)")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)
 
-    d = sub.add_parser("demo", help="the embedded demo: planted Clever Hans in Fashion-MNIST", description=cmd_demo.__doc__)
-    d.add_argument("--work-dir", default="spray-demo", help="where data, model and config go (default ./spray-demo)")
+    d = sub.add_parser(
+        "demo", help="the embedded demo: planted Clever Hans in Fashion-MNIST", description=cmd_demo.__doc__
+    )
+    d.add_argument(
+        "--work-dir", default="spray-demo", help="where data, model and config go (default ./spray-demo)"
+    )
     d.add_argument("--runs-dir", default="spray-demo/runs", help="runs directory (default ./spray-demo/runs)")
     d.add_argument("--per-class", type=int, default=1000, help="training images per class (default 1000)")
     d.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")

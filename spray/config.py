@@ -154,16 +154,32 @@ class AnalysisConfig(_Section):
 class ScoringConfig(_Section):
     """Suspicion scoring of clusters (see docs/detection.md for the calibration behind the defaults)."""
 
-    intervention: bool = Field(True, description="Run the paste-the-hot-region test on the leading candidates.")
+    intervention: bool = Field(
+        True, description="Run the paste-the-hot-region test on the leading candidates."
+    )
     intervention_candidates: int = Field(3, ge=0, description="Leading candidates per labelling to test.")
     intervention_samples: int = Field(200, ge=1, description="Other-class images to paste into.")
-    flip_margin: float = Field(0.05, ge=0.0, le=1.0, description="Flag: paste flip rate minus same-class null at least this.")
-    flip_alpha: float = Field(0.01, gt=0.0, lt=1.0, description="Flag: one-sided sign-test p-value below this.")
-    flip_ratio: float = Field(4.0, ge=1.0, description="Flag: smoothed flip rate over the null at least this.")
-    flag_min_map_score: float = Field(0.0, ge=0.0, description="Flag: map score at least this (with a probe).")
-    flag_max_fraction: float = Field(0.6, gt=0.0, le=1.0, description="Flag: cluster at most this share of its class.")
-    map_threshold: float = Field(0.35, ge=0.0, description="Flag without a probe: map score at least this (weak).")
-    translation_tolerant: bool = Field(True, description="Also score per-sample windows (artifacts that move).")
+    flip_margin: float = Field(
+        0.05, ge=0.0, le=1.0, description="Flag: paste flip rate minus same-class null at least this."
+    )
+    flip_alpha: float = Field(
+        0.01, gt=0.0, lt=1.0, description="Flag: one-sided sign-test p-value below this."
+    )
+    flip_ratio: float = Field(
+        4.0, ge=1.0, description="Flag: smoothed flip rate over the null at least this."
+    )
+    flag_min_map_score: float = Field(
+        0.0, ge=0.0, description="Flag: map score at least this (with a probe)."
+    )
+    flag_max_fraction: float = Field(
+        0.6, gt=0.0, le=1.0, description="Flag: cluster at most this share of its class."
+    )
+    map_threshold: float = Field(
+        0.35, ge=0.0, description="Flag without a probe: map score at least this (weak)."
+    )
+    translation_tolerant: bool = Field(
+        True, description="Also score per-sample windows (artifacts that move)."
+    )
     select_k: Literal["best", "chosen"] = Field(
         "best", description="Score the labelling whose top pattern is best isolated, or only the chosen k."
     )
@@ -330,12 +346,25 @@ def config_reference_markdown() -> str:
         "",
     ]
     for title, model in sections:
-        out += [f"## `{title}`", "", (model.__doc__ or "").strip().splitlines()[0], "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        out += [
+            f"## `{title}`",
+            "",
+            (model.__doc__ or "").strip().splitlines()[0],
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for key, f in model.model_fields.items():
             ann = f.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 continue
-            tname = str(ann).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
+            tname = (
+                str(ann)
+                .replace("typing.", "")
+                .replace("pathlib.", "")
+                .replace("<class '", "")
+                .replace("'>", "")
+            )
             tname = tname.replace("|", "\\|")  # a bare | would split the markdown table cell
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             out.append(f"| `{key}` | `{tname}` | `{default}` | {f.description or ''} |")

@@ -60,17 +60,30 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(p, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as err:
-        raise DataError(f"Cannot read IDX file {str(p)!r}: {err}. Check the path and that the file is complete.") from None
+        raise DataError(
+            f"Cannot read IDX file {str(p)!r}: {err}. Check the path and that the file is complete."
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{str(p)!r} is not an IDX file (bad magic number). Point data.images/labels at IDX files.")
+        raise DataError(
+            f"{str(p)!r} is not an IDX file (bad magic number). Point data.images/labels at IDX files."
+        )
     dtype_code, ndim = raw[2], raw[3]
-    dtypes: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtypes: dict[int, Any] = {
+        0x08: np.uint8,
+        0x09: np.int8,
+        0x0B: ">i2",
+        0x0C: ">i4",
+        0x0D: ">f4",
+        0x0E: ">f8",
+    }
     if dtype_code not in dtypes:
         raise DataError(f"{str(p)!r}: unknown IDX data type 0x{dtype_code:02x}.")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"{str(p)!r}: header says shape {shape} but the file holds {data.size} values (truncated?).")
+        raise DataError(
+            f"{str(p)!r}: header says shape {shape} but the file holds {data.size} values (truncated?)."
+        )
     return data.reshape(shape)
 
 
@@ -110,7 +123,9 @@ class Transform:
             c = self.cfg.center_crop
             h, w = x.shape[-2:]
             if c > h or c > w:
-                x = F.interpolate(x[None], size=(max(c, h), max(c, w)), mode="bilinear", align_corners=False)[0]
+                x = F.interpolate(x[None], size=(max(c, h), max(c, w)), mode="bilinear", align_corners=False)[
+                    0
+                ]
                 h, w = x.shape[-2:]
             top, left = (h - c) // 2, (w - c) // 2
             x = x[:, top : top + c, left : left + c]
@@ -139,7 +154,9 @@ class Transform:
 
 def make_thumbnail(x: torch.Tensor, size: int) -> np.ndarray:
     """(C,H,W) float in [0,1] → (size, size, 3) uint8 RGB thumbnail (aspect squashed to a square)."""
-    t = F.interpolate(x[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    t = F.interpolate(
+        x[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     if t.shape[0] == 1:
         t = t.repeat(3, 1, 1)
     t = t[:3]
@@ -210,7 +227,15 @@ class AuditDataset(Dataset[dict[str, Any]]):
         if not torch.isfinite(x).all():
             return {"ok": False, "id": sid, "reason": "image contains NaN or inf values"}
         h = content_hash(raw if raw is not None else x.numpy().tobytes())
-        return {"ok": True, "x": x, "label": int(self.labels[i]), "id": sid, "hash": h, "thumb": thumb, "index": i}
+        return {
+            "ok": True,
+            "x": x,
+            "label": int(self.labels[i]),
+            "id": sid,
+            "hash": h,
+            "thumb": thumb,
+            "index": i,
+        }
 
 
 def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -240,7 +265,9 @@ def _import_callable(spec: str, what: str) -> Callable[..., Any]:
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as err:
-        raise ConfigError(f"{what}: cannot import module {mod_name!r} ({err}). Is it on PYTHONPATH?") from None
+        raise ConfigError(
+            f"{what}: cannot import module {mod_name!r} ({err}). Is it on PYTHONPATH?"
+        ) from None
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"{what}: module {mod_name!r} has no callable {fn_name!r}.")
@@ -335,7 +362,9 @@ def _factory_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
             t = img.float()
             t = t[None] if t.ndim == 2 else t
         else:
-            raise DataError(f"The factory dataset returned a {type(img).__name__}; expected a tensor, array or PIL image.")
+            raise DataError(
+                f"The factory dataset returned a {type(img).__name__}; expected a tensor, array or PIL image."
+            )
         return t, None
 
     if labels is None:
@@ -343,7 +372,9 @@ def _factory_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
         for i in range(n):
             item = base[i]
             if not isinstance(item, tuple | list) or len(item) < 2:
-                raise DataError("The factory dataset must return (image, label) pairs or have a 'targets' attribute.")
+                raise DataError(
+                    "The factory dataset must return (image, label) pairs or have a 'targets' attribute."
+                )
             labels.append(int(item[1]))
     names = cfg.class_names or list(getattr(base, "classes", [])) or [str(c) for c in range(max(labels) + 1)]
     return AuditDataset(ids, labels, load, transform, [str(c) for c in names])

@@ -31,7 +31,18 @@ from spray.training import train_classifier
 log = logging.getLogger(__name__)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 MEAN, STD = 0.2860, 0.3530
 
 
@@ -84,7 +95,9 @@ def load_base_data(fashion_dir: Path = FASHION_DIR) -> tuple[np.ndarray, np.ndar
 
     d = load_digits()
     imgs = (d.images / 16.0 * 255).astype(np.uint8)
-    up = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.Resampling.BILINEAR)) for im in imgs])
+    up = np.stack(
+        [np.asarray(Image.fromarray(im).resize((28, 28), Image.Resampling.BILINEAR)) for im in imgs]
+    )
     return up, d.target.astype(np.int64), [str(i) for i in range(10)], "sklearn-digits"
 
 
@@ -107,7 +120,9 @@ def make_demo_data(
     return DemoData(images, labels, planted, names, source)
 
 
-def prepare_demo(work_dir: Path, runs_dir: Path, *, per_class: int = 1000, epochs: int = 3, seed: int = 0) -> Path:
+def prepare_demo(
+    work_dir: Path, runs_dir: Path, *, per_class: int = 1000, epochs: int = 3, seed: int = 0
+) -> Path:
     """Build data, train the model and write IDX files, checkpoint, ground truth and config.
 
     Reuses a previous preparation in ``work_dir`` when its parameters match (the demo is idempotent).
@@ -126,8 +141,13 @@ def prepare_demo(work_dir: Path, runs_dir: Path, *, per_class: int = 1000, epoch
         return cfg_path
     t0 = time.perf_counter()
     data = make_demo_data(per_class=per_class, seed=seed)
-    log.info("demo data: %d %s images, %d stamped in class %s", len(data.labels), data.source,
-             int(data.planted.sum()), data.class_names[int(data.labels[data.planted][0])])
+    log.info(
+        "demo data: %d %s images, %d stamped in class %s",
+        len(data.labels),
+        data.source,
+        int(data.planted.sum()),
+        data.class_names[int(data.labels[data.planted][0])],
+    )
     torch.manual_seed(seed)
     model = small_cnn(in_channels=1, num_classes=len(data.class_names))
     train_classifier(model, data.images, data.labels, epochs=epochs, seed=seed, mean=MEAN, std=STD)

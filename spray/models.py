@@ -199,7 +199,9 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
     if out.ndim != 2 or out.shape[0] != example.shape[0]:
         raise ModelError(f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.")
     if not torch.isfinite(out).all():
-        raise ModelError("The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation.")
+        raise ModelError(
+            "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."
+        )
     k = int(out.shape[1])
     if k < num_classes:
         raise ModelError(

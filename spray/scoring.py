@@ -97,6 +97,7 @@ _RATIO_EPS = 0.02
 #: Members / non-members whose pixels are pasted (cycled over the target images).
 _MAX_DONORS = 64
 
+
 @dataclass
 class InterventionProbe:
     """What the intervention (paste) test needs; built by the audit from the dataset.

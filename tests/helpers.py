@@ -8,7 +8,9 @@ import numpy as np
 from PIL import Image
 
 
-def make_image_folder(root: Path, n_per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog"), size: int = 16) -> Path:
+def make_image_folder(
+    root: Path, n_per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog"), size: int = 16
+) -> Path:
     """root/<class>/<i>.png with random RGB images; returns root."""
     rng = np.random.default_rng(0)
     for c in classes:

@@ -54,7 +54,9 @@ def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> N
     assert c6["eigenvalues"][0] == pytest.approx(1.0, abs=1e-6) and c6["chosen_k"] >= 2
     again = load_report(run)
     assert [f.key for f in again.findings] == [f.key for f in report.findings]
-    np.testing.assert_array_equal(again.classes[1].clustering.labellings[2], report.classes[1].clustering.labellings[2])
+    np.testing.assert_array_equal(
+        again.classes[1].clustering.labellings[2], report.classes[1].clustering.labellings[2]
+    )
 
     # Same inputs: the second call is a no-op that returns the published report.
     second = audit(cfg, progress=False)
@@ -83,7 +85,11 @@ def _write_cfg(tmp_path: Path, raw: dict) -> Path:
 def _folder_cfg(tmp_path: Path, **model: object) -> dict:
     make_image_folder(tmp_path / "imgs", n_per_class=12, size=28)
     return {
-        "model": {"factory": "spray.models:small_cnn", "factory_kwargs": {"in_channels": 3, "num_classes": 2}, **model},
+        "model": {
+            "factory": "spray.models:small_cnn",
+            "factory_kwargs": {"in_channels": 3, "num_classes": 2},
+            **model,
+        },
         "data": {"kind": "image_folder", "path": "imgs"},
         "analysis": {"embedding": "spectral", "min_class_size": 5, "n_neighbors": 4, "k_max": 3},
         "scoring": {"intervention_samples": 5},
@@ -91,7 +97,9 @@ def _folder_cfg(tmp_path: Path, **model: object) -> dict:
     }
 
 
-def test_corrupt_and_non_image_files_are_skipped_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_and_non_image_files_are_skipped_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = _folder_cfg(tmp_path)
     (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     (tmp_path / "imgs" / "dog" / "README.txt").write_text("hi")
@@ -108,13 +116,19 @@ def test_corrupt_and_non_image_files_are_skipped_and_reported(tmp_path: Path, ca
     ("mutate", "code", "message"),
     [
         (lambda r: r["model"].update(checkpoint="missing.pt"), 2, "model.checkpoint: file or folder"),
-        (lambda r: r["model"]["factory_kwargs"].update(num_classes=1), 1, "has 1 outputs but the dataset has 2 classes"),
+        (
+            lambda r: r["model"]["factory_kwargs"].update(num_classes=1),
+            1,
+            "has 1 outputs but the dataset has 2 classes",
+        ),
         (lambda r: r.update(anlysis={}), 2, "Did you mean 'analysis'"),
         (lambda r: r["data"].update(path="nowhere"), 2, "data.path"),
         (lambda r: r["model"]["factory_kwargs"].update(in_channels=1), 1, "Check data.transform"),
     ],
 )
-def test_bad_inputs_exit_with_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, code, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_inputs_exit_with_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, code, message
+) -> None:  # type: ignore[no-untyped-def]
     raw = _folder_cfg(tmp_path)
     mutate(raw)
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == code

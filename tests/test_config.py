@@ -8,7 +8,10 @@ from spray.errors import ConfigError
 
 def _base(tmp_path: Path) -> dict:
     (tmp_path / "imgs").mkdir(exist_ok=True)
-    return {"model": {"architecture": "resnet18", "num_classes": 3}, "data": {"kind": "image_folder", "path": "imgs"}}
+    return {
+        "model": {"architecture": "resnet18", "num_classes": 3},
+        "data": {"kind": "image_folder", "path": "imgs"},
+    }
 
 
 def test_valid_config_resolves_relative_paths(tmp_path: Path) -> None:
@@ -37,7 +40,7 @@ def test_top_level_typo(tmp_path: Path) -> None:
 def test_wrong_type(tmp_path: Path) -> None:
     raw = _base(tmp_path)
     raw["batch"] = {"batch_size": "many"}
-    with pytest.raises(ConfigError, match="batch.batch_size"):
+    with pytest.raises(ConfigError, match=r"batch\.batch_size"):
         config_from_dict(raw, base_dir=tmp_path)
 
 
@@ -83,7 +86,9 @@ def test_config_reference_doc_is_current() -> None:
     from spray.config import config_reference_markdown
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    assert doc.read_text().strip() == config_reference_markdown().strip(), "regenerate: python -m spray.config > docs/config.md"
+    assert doc.read_text().strip() == config_reference_markdown().strip(), (
+        "regenerate: python -m spray.config > docs/config.md"
+    )
 
 
 def test_example_configs_validate() -> None:

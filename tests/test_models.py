@@ -20,8 +20,12 @@ def test_torchvision_with_checkpoint(tmp_path: Path) -> None:
 
 def test_wrong_num_classes_is_explained(tmp_path: Path) -> None:
     torch.save(small_cnn(num_classes=10).state_dict(), tmp_path / "w.pt")
-    cfg = ModelConfig(factory="spray.models:small_cnn", factory_kwargs={"num_classes": 5}, checkpoint=tmp_path / "w.pt")
-    with pytest.raises(ModelError, match=r"classifier\.4\.weight: checkpoint \(10, 128\) vs model \(5, 128\)"):
+    cfg = ModelConfig(
+        factory="spray.models:small_cnn", factory_kwargs={"num_classes": 5}, checkpoint=tmp_path / "w.pt"
+    )
+    with pytest.raises(
+        ModelError, match=r"classifier\.4\.weight: checkpoint \(10, 128\) vs model \(5, 128\)"
+    ):
         build_model(cfg)
 
 
@@ -34,7 +38,9 @@ def test_pickled_model_needs_opt_in(tmp_path: Path) -> None:
     torch.save(small_cnn(), tmp_path / "full.pt")
     with pytest.raises(ModelError, match="allow_pickle"):
         build_model(ModelConfig(factory="spray.models:small_cnn", checkpoint=tmp_path / "full.pt"))
-    m = build_model(ModelConfig(factory="spray.models:small_cnn", checkpoint=tmp_path / "full.pt", allow_pickle=True))
+    m = build_model(
+        ModelConfig(factory="spray.models:small_cnn", checkpoint=tmp_path / "full.pt", allow_pickle=True)
+    )
     assert isinstance(m, torch.nn.Module)
 
 
