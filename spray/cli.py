@@ -98,7 +98,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{verdict} as finding #1 — precision {score['precision']:.2f}, recall {score['recall']:.2f}, "
         f"F1 {score['f1']:.2f}\n"
     )
-    sys.stdout.write(f"\nExplore it: spray dashboard --runs-dir {runs}\n")
+    spray_cmd = Path(sys.executable).parent / "spray"  # the venv's command, even when not on PATH
+    sys.stdout.write(
+        f"\nExplore it: {spray_cmd if spray_cmd.exists() else 'spray'} dashboard --runs-dir {runs}\n"
+    )
     return 0 if verdict == "FOUND" or not args.strict else 1
 
 
