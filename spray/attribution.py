@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spray.config import AuditConfig
@@ -115,6 +115,22 @@ class BatchStageResult:
     dataset_indices: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _ShardState:
+    """What one shard has accumulated so far: every readable sample, and the newly explained ones."""
+
+    start: int
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    skipped: list[SkippedSample] = field(default_factory=list)
+    new: dict[str, list[Any]] = field(
+        default_factory=lambda: {
+            k: [] for k in ("id", "hash", "label", "rel", "prob", "pred", "tgt", "thumb", "full")
+        }
+    )
+
+
 class BatchStage:
     """Runs LRP over a dataset with caching.
 
@@ -144,6 +160,7 @@ class BatchStage:
         # (finished by an earlier, possibly killed, run) vs shards that needed the device.
         self.shards_reused = 0
         self.shards_computed = 0
+        self.n_computed = 0
         work_dir.mkdir(parents=True, exist_ok=True)
 
     def _explain(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, ...]:
@@ -169,12 +186,12 @@ class BatchStage:
             full,  # type: ignore[return-value]
         )
 
-    def _loader(self, dataset: AuditDataset, indices: list[int]) -> DataLoader[Any]:
+    def _loader(self, dataset: AuditDataset, batches: list[list[int]]) -> DataLoader[Any]:
+        """One loader for all of this rank's shards, so workers keep prefetching across shard borders."""
         b = self.cfg.batch
         return DataLoader(
-            Subset(dataset, indices),
-            batch_size=b.batch_size,
-            shuffle=False,
+            dataset,
+            batch_sampler=batches,
             num_workers=b.num_workers,
             collate_fn=collate_samples,
             pin_memory=self.device.type == "cuda",
@@ -185,84 +202,97 @@ class BatchStage:
         self, dataset: AuditDataset, starts: list[int], plan: ShardPlan, *, progress: bool = True
     ) -> int:
         """Process the given shards; returns the number of samples computed (not cached)."""
-        n_computed = 0
+        # Batches never cross a shard border, so a shard's batch composition (and hence its floating-point
+        # result) depends only on the dataset order: a resumed shard is recomputed bit for bit.
+        bs = self.cfg.batch.batch_size
+        batches: list[list[int]] = []
+        owner: list[int] = []
+        for start in starts:
+            idx = plan.indices(start)
+            for s in range(0, len(idx), bs):
+                batches.append(idx[s : s + bs])
+                owner.append(start)
+        computed_before = self.n_computed
         pending: list[Future[Any]] = []
-        total = sum(len(plan.indices(s)) for s in starts)
-        bar = tqdm(total=total, desc="LRP", unit="img", disable=not progress)
+        bar = tqdm(total=sum(len(b) for b in batches), desc="LRP", unit="img", disable=not progress)
+        shard: _ShardState | None = None
         # One background writer: the device keeps computing while the previous shard is saved.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer:
-            for start in starts:
-                idx = plan.indices(start)
-                ids: list[str] = []
-                hashes: list[str] = []
-                labels: list[int] = []
-                skipped: list[SkippedSample] = []
-                new: dict[str, list[Any]] = {
-                    k: [] for k in ("id", "hash", "label", "rel", "prob", "pred", "tgt", "thumb", "full")
-                }
-                for b in self._loader(dataset, idx):
-                    skipped.extend(b["skipped"])
-                    if b["x"] is None:
-                        bar.update(len(b["skipped"]))
-                        continue
-                    ids.extend(b["id"])
-                    hashes.extend(b["hash"])
-                    labels.extend(b["label"].tolist())
-                    miss = [i for i, h in enumerate(b["hash"]) if h not in self.cache]
-                    if miss:
-                        sel = torch.tensor(miss)
-                        rel, prob, pred, tgt, full = self._explain(b["x"][sel], b["label"][sel])
-                        new["id"].extend(b["id"][i] for i in miss)
-                        new["hash"].extend(b["hash"][i] for i in miss)
-                        new["label"].extend(b["label"][sel].tolist())
-                        new["rel"].append(rel)
-                        new["prob"].append(prob)
-                        new["pred"].append(pred)
-                        new["tgt"].append(tgt)
-                        new["thumb"].append(b["thumb"][miss])
-                        if full is not None:
-                            new["full"].append(full)
-                    bar.update(len(b["id"]) + len(b["skipped"]))
-                n_new = len(new["id"])
-                if n_new:
-                    self.shards_computed += 1
-                else:
-                    self.shards_reused += 1
-                    log.info(
-                        "shard %d: all %d samples cached, not recomputed",
-                        start,
-                        len(ids),
-                        extra={"shard": start, "n_computed": 0, "n_cached": len(ids)},
-                    )
-                if new["id"]:
-                    n_computed += len(new["id"])
-                    fresh = AttributionBatch(
-                        sample_ids=new["id"],
-                        labels=np.asarray(new["label"], dtype=np.int64),
-                        predictions=np.concatenate(new["pred"]),
-                        probabilities=np.concatenate(new["prob"]),
-                        relevance=np.concatenate(new["rel"]),
-                        targets=np.concatenate(new["tgt"]),
-                        content_hashes=new["hash"],
-                    )
-                    thumbs = np.concatenate(new["thumb"]) if self.cfg.batch.thumbnails else None
-                    full_arr = np.concatenate(new["full"]) if new["full"] else None
-                    pending.append(
-                        writer.submit(self._write_shard, start, fresh, thumbs, full_arr, len(ids) - n_new)
-                    )
-                manifest = {
-                    "start": start,
-                    "ids": ids,
-                    "hashes": hashes,
-                    "labels": labels,
-                    "skipped": [[s.sample_id, s.reason] for s in skipped],
-                }
-                # The manifest is written after its shard so a manifest never points at a missing shard.
-                pending.append(writer.submit(self._write_manifest, start, manifest, list(pending)))
+            for bi, b in enumerate(self._loader(dataset, batches)):
+                if shard is None or shard.start != owner[bi]:
+                    if shard is not None:
+                        self._finish_shard(shard, writer, pending)
+                    shard = _ShardState(owner[bi])
+                shard.skipped.extend(b["skipped"])
+                if b["x"] is None:
+                    bar.update(len(b["skipped"]))
+                    continue
+                shard.ids.extend(b["id"])
+                shard.hashes.extend(b["hash"])
+                shard.labels.extend(b["label"].tolist())
+                miss = [i for i, h in enumerate(b["hash"]) if h not in self.cache]
+                if miss:
+                    sel = torch.tensor(miss)
+                    rel, prob, pred, tgt, full = self._explain(b["x"][sel], b["label"][sel])
+                    new = shard.new
+                    new["id"].extend(b["id"][i] for i in miss)
+                    new["hash"].extend(b["hash"][i] for i in miss)
+                    new["label"].extend(b["label"][sel].tolist())
+                    new["rel"].append(rel)
+                    new["prob"].append(prob)
+                    new["pred"].append(pred)
+                    new["tgt"].append(tgt)
+                    new["thumb"].append(b["thumb"][miss])
+                    if full is not None:
+                        new["full"].append(full)
+                bar.update(len(b["id"]) + len(b["skipped"]))
+            if shard is not None:
+                self._finish_shard(shard, writer, pending)
             for f in pending:
                 f.result()  # surface writer errors
         bar.close()
-        return n_computed
+        return self.n_computed - computed_before
+
+    def _finish_shard(
+        self, shard: _ShardState, writer: ThreadPoolExecutor, pending: list[Future[Any]]
+    ) -> None:
+        """Hand a finished shard (its new samples, then its manifest) to the background writer."""
+        new = shard.new
+        n_new = len(new["id"])
+        if n_new:
+            self.shards_computed += 1
+            self.n_computed += n_new
+            fresh = AttributionBatch(
+                sample_ids=new["id"],
+                labels=np.asarray(new["label"], dtype=np.int64),
+                predictions=np.concatenate(new["pred"]),
+                probabilities=np.concatenate(new["prob"]),
+                relevance=np.concatenate(new["rel"]),
+                targets=np.concatenate(new["tgt"]),
+                content_hashes=new["hash"],
+            )
+            thumbs = np.concatenate(new["thumb"]) if self.cfg.batch.thumbnails else None
+            full_arr = np.concatenate(new["full"]) if new["full"] else None
+            pending.append(
+                writer.submit(self._write_shard, shard.start, fresh, thumbs, full_arr, len(shard.ids) - n_new)
+            )
+        else:
+            self.shards_reused += 1
+            log.info(
+                "shard %d: all %d samples cached, not recomputed",
+                shard.start,
+                len(shard.ids),
+                extra={"shard": shard.start, "n_computed": 0, "n_cached": len(shard.ids)},
+            )
+        manifest = {
+            "start": shard.start,
+            "ids": shard.ids,
+            "hashes": shard.hashes,
+            "labels": shard.labels,
+            "skipped": [[s.sample_id, s.reason] for s in shard.skipped],
+        }
+        # The manifest is written after its shard so a manifest never points at a missing shard.
+        pending.append(writer.submit(self._write_manifest, shard.start, manifest, list(pending)))
 
     def _write_shard(
         self,
