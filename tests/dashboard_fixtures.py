@@ -20,6 +20,7 @@ import numpy as np
 
 from spray.attribution import BatchStageResult
 from spray.audit import write_run
+from spray.demo import FASHION_CLASSES
 from spray.records import (
     AttributionBatch,
     AuditReport,
@@ -30,18 +31,7 @@ from spray.records import (
 )
 from spray.storage import publish, staging_dir
 
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASS_NAMES = FASHION_CLASSES
 
 
 def _images(rng: np.random.Generator, cls: int, n: int, size: int, planted: np.ndarray) -> np.ndarray:
