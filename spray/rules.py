@@ -245,66 +245,16 @@ class _ZPlusFn(torch.autograd.Function):
         return torch.where(x > 0, a, bn), None, None, None, None, None, None
 
 
-class _AlphaBetaFn(torch.autograd.Function):
-    """αβ rule (zennit ``AlphaBeta``) fused with the layer's forward.
+class _TwoTermFn(torch.autograd.Function):
+    """Two-weight rules fused with the layer's forward: αβ (zennit ``AlphaBeta``) and γ (``Gamma``).
 
-    ``R_in = α(x⁺⊙W⁺ᵀs_a + x⁻⊙W⁻ᵀs_a) − β(x⁺⊙W⁻ᵀs_b + x⁻⊙W⁺ᵀs_b)`` with
-    ``s_a = R/stab(W⁺x⁺ + W⁻x⁻ + b⁺)`` and ``s_b = R/stab(W⁻x⁺ + W⁺x⁻ + b⁻)``.
-    """
+    With two weight sets ``W_a, W_b`` (and biases ``b_a, b_b``):
+    ``z_a = W_a x⁺ + W_b x⁻ + b_a``, ``z_b = W_b x⁺ + W_a x⁻ + b_b``,
+    ``s_a = c_a·R/stab(z_a)``, ``s_b = c_b·R/stab(z_b)`` and
+    ``R_in = x⁺⊙(W_aᵀs_a + W_bᵀs_b) + x⁻⊙(W_bᵀs_a + W_aᵀs_b)``.
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        op: _LinearOp,
-        w: torch.Tensor,
-        b: torch.Tensor | None,
-        w_pos: torch.Tensor,
-        b_pos: torch.Tensor | None,
-        alpha: float,
-        beta: float,
-        eps: float,
-    ) -> torch.Tensor:
-        z = op.forward(x, w, b)
-        w_neg = w - w_pos
-        b_neg = None if b is None or b_pos is None else b - b_pos
-        mixed = bool((x < 0).any())
-        if mixed:
-            xp, xn = x.clamp(min=0), x.clamp(max=0)
-            za = op.forward(xp, w_pos, b_pos) + op.forward(xn, w_neg, None)
-            zb = op.forward(xp, w_neg, b_neg) + op.forward(xn, w_pos, None)
-        else:
-            za = op.forward(x, w_pos, b_pos)
-            zb = op.forward(x, w_neg, b_neg)
-        ra = _ratio(z, za, eps, z.dtype).mul_(alpha)
-        rb = _ratio(z, zb, eps, z.dtype).mul_(-beta)
-        if mixed:
-            ctx.save_for_backward(ra, rb, w_pos, w_neg, x)
-        else:
-            ctx.save_for_backward(ra, rb, w_pos, w_neg)
-        ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
-        return z
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        op: _LinearOp = ctx.op
-        ra, rb, w_pos, w_neg = ctx.saved_tensors[:4]
-        sa, sb = g * ra, g * rb
-        gp = op.input_vjp(sa, w_pos, ctx.shape) + op.input_vjp(sb, w_neg, ctx.shape)
-        nones = (None,) * 8
-        if not ctx.mixed:
-            return (gp, *nones)
-        x = ctx.saved_tensors[4]
-        gn = op.input_vjp(sa, w_neg, ctx.shape) + op.input_vjp(sb, w_pos, ctx.shape)
-        return (torch.where(x > 0, gp, gn), *nones)
-
-
-class _GammaFn(torch.autograd.Function):
-    """Generalised γ rule (zennit ``Gamma``) fused with the layer's forward.
-
-    With ``W_a = W + γW⁺``, ``W_b = W + γW⁻`` (biases likewise):
-    ``R_in = x⁺⊙(W_aᵀs_p + W_bᵀs_n) + x⁻⊙(W_bᵀs_p + W_aᵀs_n)``,
-    ``s_p = R·1[z>0]/stab(W_a x⁺ + W_b x⁻ + b_a)``, ``s_n = R·1[z<0]/stab(W_b x⁺ + W_a x⁻ + b_b)``.
+    - αβ: ``W_a = W⁺``, ``W_b = W⁻``, ``c_a = α``, ``c_b = −β``.
+    - γ: ``W_a = W + γW⁺``, ``W_b = W + γW⁻``, ``c_a = 1[z>0]``, ``c_b = 1[z<0]`` (``coef_a = coef_b = None``).
     """
 
     @staticmethod
@@ -319,36 +269,38 @@ class _GammaFn(torch.autograd.Function):
         b_a: torch.Tensor | None,
         b_b: torch.Tensor | None,
         eps: float,
+        coef_a: float | None,
+        coef_b: float | None,
     ) -> torch.Tensor:
         z = op.forward(x, w, b)
         mixed = bool((x < 0).any())
         if mixed:
             xp, xn = x.clamp(min=0), x.clamp(max=0)
-            zp = op.forward(xp, w_a, b_a) + op.forward(xn, w_b, None)
-            zn = op.forward(xp, w_b, b_b) + op.forward(xn, w_a, None)
+            za = op.forward(xp, w_a, b_a) + op.forward(xn, w_b, None)
+            zb = op.forward(xp, w_b, b_b) + op.forward(xn, w_a, None)
         else:
-            zp = op.forward(x, w_a, b_a)
-            zn = op.forward(x, w_b, b_b)
-        rp = _ratio(z, zp, eps, z.dtype).mul_(z > 0)
-        rn = _ratio(z, zn, eps, z.dtype).mul_(z < 0)
+            za = op.forward(x, w_a, b_a)
+            zb = op.forward(x, w_b, b_b)
+        ra = _ratio(z, za, eps, z.dtype).mul_(z > 0 if coef_a is None else coef_a)
+        rb = _ratio(z, zb, eps, z.dtype).mul_(z < 0 if coef_b is None else coef_b)
         if mixed:
-            ctx.save_for_backward(rp, rn, w_a, w_b, x)
+            ctx.save_for_backward(ra, rb, w_a, w_b, x)
         else:
-            ctx.save_for_backward(rp, rn, w_a, w_b)
+            ctx.save_for_backward(ra, rb, w_a, w_b)
         ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
         return z
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         op: _LinearOp = ctx.op
-        rp, rn, w_a, w_b = ctx.saved_tensors[:4]
-        sp, sn = g * rp, g * rn
-        gp = op.input_vjp(sp, w_a, ctx.shape) + op.input_vjp(sn, w_b, ctx.shape)
-        nones = (None,) * 8
+        ra, rb, w_a, w_b = ctx.saved_tensors[:4]
+        sa, sb = g * ra, g * rb
+        gp = op.input_vjp(sa, w_a, ctx.shape) + op.input_vjp(sb, w_b, ctx.shape)
+        nones = (None,) * 10
         if not ctx.mixed:
             return (gp, *nones)
         x = ctx.saved_tensors[4]
-        gn = op.input_vjp(sp, w_b, ctx.shape) + op.input_vjp(sn, w_a, ctx.shape)
+        gn = op.input_vjp(sa, w_b, ctx.shape) + op.input_vjp(sb, w_a, ctx.shape)
         return (torch.where(x > 0, gp, gn), *nones)
 
 
@@ -620,12 +572,18 @@ class AlphaBeta(_WeightRule):
 
     def prepare(self, module: RuleModule) -> None:
         op, w, b = _weights(module)
-        module.__dict__["lrp_cache"] = (op, w.detach().clamp(min=0), _pos(None if b is None else b.detach()))
+        w = w.detach()
+        w_pos = w.clamp(min=0)
+        b_pos = _pos(None if b is None else b.detach())
+        b_neg = None if b is None or b_pos is None else b.detach() - b_pos
+        module.__dict__["lrp_cache"] = (op, w_pos, w - w_pos, b_pos, b_neg)
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
-        op, w_pos, b_pos = module.__dict__["lrp_cache"]
+        op, w_pos, w_neg, b_pos, b_neg = module.__dict__["lrp_cache"]
         w, b = module.inner.weight, module.inner.bias
-        return _AlphaBetaFn.apply(x, op, w, b, w_pos, b_pos, self.alpha, self.beta, self.stabilizer)
+        return _TwoTermFn.apply(
+            x, op, w, b, w_pos, w_neg, b_pos, b_neg, self.stabilizer, self.alpha, -self.beta
+        )
 
 
 @dataclass(frozen=True)
@@ -649,7 +607,7 @@ class Gamma(_WeightRule):
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
         op, w_a, w_b, b_a, b_b = module.__dict__["lrp_cache"]
         w, b = module.inner.weight, module.inner.bias
-        return _GammaFn.apply(x, op, w, b, w_a, w_b, b_a, b_b, self.stabilizer)
+        return _TwoTermFn.apply(x, op, w, b, w_a, w_b, b_a, b_b, self.stabilizer, None, None)
 
 
 @dataclass(frozen=True)
