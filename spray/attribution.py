@@ -112,7 +112,6 @@ class BatchStageResult:
     n_computed: int
     n_cached: int
     full_relevance: np.ndarray | None = None
-    dataset_indices: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -340,9 +339,7 @@ class BatchStage:
         # Other ranks wrote shards this process has not indexed yet.
         self.cache.refresh()
         batch, thumbs = self.cache.gather(ids, hashes, np.asarray(labels, dtype=np.int64))
-        full = None
-        if self.cfg.batch.store_full_relevance:
-            full = self._gather_full(hashes)
+        full = self.cache.gather_full(hashes) if self.cfg.batch.store_full_relevance else None
         self.cache.release()
         return BatchStageResult(
             batch,
@@ -352,13 +349,3 @@ class BatchStage:
             len(ids) - n_computed,
             full,
         )
-
-    def _gather_full(self, hashes: list[str]) -> np.ndarray | None:
-        parts = []
-        for h in hashes:
-            loc = self.cache._index[h]
-            s = self.cache._shard(loc.shard)
-            if "full" not in s:
-                return None
-            parts.append(s["full"][loc.row])
-        return np.stack(parts)

@@ -145,8 +145,13 @@ def analyze_class(
 
     a = cfg.analysis
     rel = np.asarray(relevance, dtype=np.float32)
-    features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
-    maps = normalize_heatmaps(rel, absolute=False).reshape(rel.shape)
+    maps_flat = normalize_heatmaps(rel, absolute=False)
+    # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.
+    if a.absolute or a.blur_sigma > 0:
+        features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
+    else:
+        features = maps_flat
+    maps = maps_flat.reshape(rel.shape)
     reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
     spectral = spectral_embedding(
         reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed

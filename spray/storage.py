@@ -176,10 +176,6 @@ class ShardCache:
         key = hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
         return f"shard-{start:09d}-{key}.npz"
 
-    def shard_exists(self, start: int, hashes: list[str]) -> bool:
-        """Whether the shard for exactly these samples is already on disk."""
-        return (self.dir / self.shard_name(start, hashes)).exists()
-
     def write(
         self, start: int, batch: AttributionBatch, thumbs: np.ndarray | None, full: np.ndarray | None
     ) -> Path:
@@ -253,6 +249,17 @@ class ShardCache:
             content_hashes=list(hashes),
         )
         return batch, thumbs
+
+    def gather_full(self, hashes: list[str]) -> np.ndarray | None:
+        """Full-resolution relevance ``(N, C, H, W)`` float16 in the given order, or None if a shard lacks it."""
+        parts = []
+        for h in hashes:
+            loc = self._index[h]
+            s = self._shard(loc.shard)
+            if "full" not in s:
+                return None
+            parts.append(s["full"][loc.row])
+        return np.stack(parts) if parts else None
 
     def release(self) -> None:
         """Drop loaded shard arrays (free memory after gathering)."""
