@@ -105,6 +105,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if verdict == "FOUND" or not args.strict else 1
 
 
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``spray audit`` and ``spray run``: config, runs dir, device, force."""
+    p.add_argument("--config", required=True, help="audit config (YAML), see docs/config.md")
+    p.add_argument("--runs-dir", help="override output.runs_dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
+    p.add_argument(
+        "--force", action="store_true", help="recompute the analysis even if this run is published"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``spray --help`` documents every command)."""
     p = argparse.ArgumentParser(
@@ -119,12 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "audit", help="audit a model on a dataset and publish a run", description=cmd_audit.__doc__
     )
-    a.add_argument("--config", required=True, help="audit config (YAML), see docs/config.md")
-    a.add_argument("--runs-dir", help="override output.runs_dir")
-    a.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
-    a.add_argument(
-        "--force", action="store_true", help="recompute the analysis even if this run is published"
-    )
+    add_audit_arguments(a)
     a.add_argument("--top", type=int, default=10, help="rows of the findings table (default 10)")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)

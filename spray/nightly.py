@@ -541,6 +541,8 @@ def _positive_int(text: str) -> int:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``spray run`` to the ``spray`` command."""
+    from spray.cli import add_audit_arguments
+
     p = subparsers.add_parser(
         "run",
         help="the scheduled audit: idempotent, incremental, resumable, locked (exit 0/10/1/2/75)",
@@ -549,17 +551,12 @@ def register_cli(subparsers: Any) -> None:
         "run (any suspicious cluster with --fail-on-findings); 1 failure; 2 config error; 75 another run "
         "holds the lock.",
     )
-    p.add_argument("--config", required=True, help="audit config (YAML), see docs/config.md")
-    p.add_argument("--runs-dir", help="override output.runs_dir")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
+    add_audit_arguments(p)
     p.add_argument("--keep-runs", type=_positive_int, help="override output.keep_runs (retention)")
     p.add_argument(
         "--fail-on-findings",
         action="store_true",
         help="exit 10 when any cluster is suspicious, not only new or grown ones (also nightly.fail_on_findings)",
-    )
-    p.add_argument(
-        "--force", action="store_true", help="recompute the analysis even if this run is published"
     )
     p.add_argument(
         "--log-format",
