@@ -57,41 +57,53 @@ class ResidualAdd(nn.Module):
     stabilizer : float or None
         When set (by the composite), the backward rescales the gradient by ``s / stab(s)`` (the Norm
         rule); ``None`` leaves the plain gradient (Norm with a zero stabiliser).
+    fuse_relu : bool
+        Return ``relu(a + b)`` (set by the LRP engine when the block's ReLU is fused into the sum, so
+        that one saved tensor serves both the ReLU mask and the Norm rescale).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.stabilizer: float | None = None
+        self.fuse_relu = False
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Return ``a + b`` (same shape)."""
-        s = a + b
-        if self.stabilizer is None or not s.requires_grad:
-            return s
-        from spray.rules import _StabScale  # local: rules imports nothing from here, avoid a cycle
+        """Return ``a + b`` (same shape), or ``relu(a + b)`` with ``fuse_relu``."""
+        # local import: rules imports nothing from here, avoid a cycle
+        from spray.rules import _AddNormReLU, _StabScale
 
-        return _StabScale.apply(s, self.stabilizer)
+        if self.stabilizer is None or not (a.requires_grad or b.requires_grad):
+            s = a + b
+            return torch.relu(s) if self.fuse_relu else s
+        if self.fuse_relu:
+            return _AddNormReLU.apply(a, b, self.stabilizer)
+        return _StabScale.apply(a + b, self.stabilizer)
+
+
+def _act(block: Any, index: int, t: torch.Tensor) -> torch.Tensor:
+    # The block's ReLU number ``index``, unless the LRP engine fused it into the preceding layer.
+    return t if block.lrp_fused[index] else block.relu(t)
 
 
 def _basic_block_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """torchvision ``BasicBlock.forward`` with the residual sum routed through ``self.lrp_add``."""
     identity = x
-    out = self.relu(self.bn1(self.conv1(x)))
+    out = _act(self, 0, self.bn1(self.conv1(x)))
     out = self.bn2(self.conv2(out))
     if self.downsample is not None:
         identity = self.downsample(x)
-    return self.relu(self.lrp_add(out, identity))
+    return _act(self, 1, self.lrp_add(out, identity))
 
 
 def _bottleneck_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """torchvision ``Bottleneck.forward`` with the residual sum routed through ``self.lrp_add``."""
     identity = x
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
+    out = _act(self, 0, self.bn1(self.conv1(x)))
+    out = _act(self, 1, self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
     if self.downsample is not None:
         identity = self.downsample(x)
-    return self.relu(self.lrp_add(out, identity))
+    return _act(self, 2, self.lrp_add(out, identity))
 
 
 def _resnet_blocks() -> tuple[type[nn.Module], type[nn.Module]] | None:
@@ -187,8 +199,10 @@ def _patch_resnet(model: nn.Module) -> int:
         # exact types only: a subclass may have changed forward(), and patching it would be wrong
         if type(module) is basic:
             module.forward = types.MethodType(_basic_block_forward, module)
+            module.lrp_fused = [False, False]  # ReLU after conv1, after the sum
         elif type(module) is bottleneck:
             module.forward = types.MethodType(_bottleneck_forward, module)
+            module.lrp_fused = [False, False, False]  # ReLU after conv1, conv2, the sum
         else:
             continue
         module.lrp_add = ResidualAdd()

@@ -65,6 +65,61 @@ def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
+def _fusable(module: nn.Module) -> bool:
+    if isinstance(module, RuleModule):
+        return module.rule.fuses_relu
+    return isinstance(module, ResidualAdd)
+
+
+def _fuse_relus(model: nn.Module) -> int:
+    """Fold each plain ReLU into the rule layer whose output only it consumes; return how many.
+
+    Only where the structure guarantees that the ReLU is the sole consumer: consecutive children of
+    an exact ``nn.Sequential`` (``nn.Identity`` in between, e.g. a folded BatchNorm, is skipped) and
+    the ReLUs of the torchvision ResNet blocks patched by :mod:`spray.canonizers`. Modules registered
+    more than once are left alone. The fused layer then saves one tensor (ratio with the ReLU's mask
+    folded in) instead of two, and the ReLU's forward and backward passes disappear.
+    """
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+
+    def single(m: nn.Module) -> bool:
+        return uses.get(id(m)) == 1
+
+    fused = 0
+    for module in list(model.modules()):
+        if type(module) is nn.Sequential:
+            children = list(module.named_children())
+            for i, (_, child) in enumerate(children):
+                j = i + 1
+                while j < len(children) and type(children[j][1]) is nn.Identity:
+                    j += 1
+                if j == len(children) or not (_fusable(child) and single(child)):
+                    continue
+                relu_name, relu = children[j]
+                if type(relu) is nn.ReLU:
+                    child.fuse_relu = True  # type: ignore[assignment]
+                    identity = nn.Identity()
+                    setattr(module, relu_name, identity)
+                    children[j] = (relu_name, identity)
+                    fused += 1
+        flags = getattr(module, "lrp_fused", None)
+        if isinstance(flags, list) and type(getattr(module, "relu", None)) is nn.ReLU:
+            # torchvision blocks, in the order of their ReLUs (see canonizers._bottleneck_forward)
+            pairs = [("conv1", "bn1"), ("conv2", "bn2")][: len(flags) - 1]
+            for k, (conv_name, bn_name) in enumerate(pairs):
+                conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+                if _fusable(conv) and single(conv) and type(bn) is nn.Identity:
+                    conv.fuse_relu, flags[k] = True, True
+                    fused += 1
+            add = getattr(module, "lrp_add", None)
+            if isinstance(add, ResidualAdd) and single(add):
+                add.fuse_relu, flags[-1] = True, True
+                fused += 1
+    return fused
+
+
 def _unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
     lines = [f"  - {path}: {type(m).__module__}.{type(m).__qualname__}" for path, m in unsupported]
     first_type = type(unsupported[0][1]).__name__
@@ -159,6 +214,7 @@ class Explainer:
                     f"({self._first_path}); it was assigned to {path}"
                 )
             _set_module(copied, path, RuleModule(module, rule, path, path == self._first_path, self._context))
+        fused = _fuse_relus(copied)
         self._model = copied
         self._rules = rules
         # One eval-mode copy of the original model, used once on the first batch to check that
@@ -170,7 +226,11 @@ class Explainer:
             for p in self._reference.parameters():
                 p.requires_grad_(False)
         logger.debug(
-            "LRP %s: %d rule layers, first layer %s", self.composite.name, len(rules), self._first_path
+            "LRP %s: %d rule layers (%d ReLUs fused), first layer %s",
+            self.composite.name,
+            len(rules),
+            fused,
+            self._first_path,
         )
 
     @staticmethod

@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import torch.nn.grad as nn_grad
 from torch import nn
 
 from spray.errors import ConfigError
@@ -88,6 +87,48 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float, out_dtype: torch.dt
     return torch.div(num.float(), d, out=d).to(out_dtype)
 
 
+def _ratio_nonneg_den(
+    num: torch.Tensor, den: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """``num / stab(den)`` for a denominator known to be ``>= 0`` (z+, flat, w²), **consuming** ``den``.
+
+    With ``den >= 0`` zennit's stabiliser is ``den + eps`` (``sign(0) = +1``), so the ratio takes two
+    in-place passes and no temporaries (the general :func:`stabilize` needs five passes and two). In
+    float32 ``den`` is overwritten with the ratio; callers must not use it afterwards.
+    """
+    d = den.float()  # the same tensor in float32; a float32 copy under bf16
+    d.add_(eps)
+    return (
+        torch.div(num, d, out=d) if num.dtype == d.dtype else torch.div(num.float(), d, out=d).to(out_dtype)
+    )
+
+
+def _self_ratio(z: torch.Tensor, eps: float, nonneg: bool = False) -> torch.Tensor:
+    """``z / stab(z)`` in float32 (the ε and Norm rescale).
+
+    ``z / (z + eps·sign(z))`` equals ``|z| / (|z| + eps)`` bit for bit (negation is exact), and is 0 at
+    ``z = ±0`` under either sign convention, so no sign tensor is needed. ``nonneg`` skips the ``abs``.
+    """
+    a = z.float() if nonneg else z.float().abs()
+    return torch.div(a, a + eps)
+
+
+def _scale_grad(g: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """``g · ratio``, written into ``ratio`` when the dtypes allow (it is a saved tensor used once).
+
+    Backward runs once per forward (the engine never retains the graph); a second backward would make
+    autograd raise on the version counter of ``ratio`` rather than give wrong numbers.
+    """
+    if ratio.dtype == g.dtype and ratio.shape == g.shape:
+        return ratio.mul_(g)
+    return g * ratio.to(g.dtype)
+
+
+def _nonneg(x: torch.Tensor) -> bool:
+    """Whether all entries of ``x`` are ``>= 0`` (one reduction pass, no temporary)."""
+    return x.numel() == 0 or bool(x.min() >= 0)
+
+
 # --------------------------------------------------------------------------------------------------
 # the linear operation of a layer (forward and input-VJP), so one Function serves conv and dense
 
@@ -124,13 +165,24 @@ class _LinearOp:
         w = w.to(g.dtype)
         if self.kind == "linear":
             return g.matmul(w)
-        fn = {
-            "conv1d": nn_grad.conv1d_input,
-            "conv2d": nn_grad.conv2d_input,
-            "conv3d": nn_grad.conv3d_input,
-        }[self.kind]
         stride, padding, dilation, groups = self.conv_args
-        return fn(list(input_shape), w, g.contiguous(), stride, padding, dilation, groups)
+        # The input only lends its shape here. torch.nn.grad.conv*_input passes an expanded 1-element
+        # tensor, which convolution_backward then materialises with a full-size copy (measured: about
+        # 3 % of a ResNet-50 LRP call); an uninitialised tensor is never touched.
+        shape_only = g.new_empty(input_shape)
+        return torch.ops.aten.convolution_backward(
+            g.contiguous(),
+            shape_only,
+            w,
+            None,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0] * len(stride),
+            groups,
+            [True, False, False],
+        )[0]
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -161,7 +213,44 @@ class _StabScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
-        return g * _ratio(z, z, ctx.eps, g.dtype), None
+        return _scale_grad(g, _self_ratio(z, ctx.eps)), None
+
+
+class _StabScaleReLU(torch.autograd.Function):
+    """``relu(z)`` fused with the ε/Norm rescale of the layer that produced ``z``.
+
+    Backward: ``g · 1[z>0] · z/stab(z) = g · y/(y + eps)`` with ``y = relu(z)``, so only the output is
+    saved (which the plain ReLU would have saved too) and the ReLU's own backward pass disappears.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, eps: float) -> torch.Tensor:
+        y = torch.relu(z)
+        ctx.save_for_backward(y)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return _scale_grad(g, _self_ratio(y, ctx.eps, nonneg=True)), None
+
+
+class _AddNormReLU(torch.autograd.Function):
+    """``relu(a + b)`` with the Norm rule on the sum (residual blocks); see :class:`_StabScaleReLU`."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+        y = torch.add(a, b).relu_()
+        ctx.save_for_backward(y)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        gs = _scale_grad(g, _self_ratio(y, ctx.eps, nonneg=True))
+        return gs, gs, None
 
 
 class _TimesInput(torch.autograd.Function):
@@ -205,10 +294,15 @@ class _PassFn(torch.autograd.Function):
 
 
 class _ZPlusFn(torch.autograd.Function):
-    """z+ rule (α1β0, zennit ``ZPlus``) fused with the layer's normal forward.
+    """z+ rule (α1β0, zennit ``ZPlus``) fused with the layer's normal forward (and a following ReLU).
 
     ``R_in = x⁺ ⊙ W⁺ᵀ s + x⁻ ⊙ W⁻ᵀ s`` with ``s = R_out / stab(W⁺x⁺ + W⁻x⁻ + b⁺)`` and ``R_out = z ⊙ g``.
     For non-negative inputs (the usual post-ReLU case) this is one extra forward and one input-VJP.
+
+    The denominator is a sum of non-negative terms, so ``stab`` is ``+ eps`` (two in-place passes).
+    With ``relu=True`` the layer's output goes through a ReLU in place; since ``relu(z)/stab = 1[z>0] ·
+    z/stab``, the saved ratio already carries the ReLU's mask, and the ReLU needs no backward and saves
+    nothing. The backward scales the saved ratio by ``g`` in place and runs one transposed convolution.
     """
 
     @staticmethod
@@ -219,30 +313,40 @@ class _ZPlusFn(torch.autograd.Function):
         w: torch.Tensor,
         b: torch.Tensor | None,
         w_pos: torch.Tensor,
+        w_neg: torch.Tensor,
         b_pos: torch.Tensor | None,
         eps: float,
+        relu: bool,
     ) -> torch.Tensor:
         z = op.forward(x, w, b)
-        mixed = bool((x < 0).any())
+        mixed = not _nonneg(x)
         if mixed:
-            zp = op.forward(x.clamp(min=0), w_pos, b_pos) + op.forward(x.clamp(max=0), w - w_pos, None)
-            ctx.save_for_backward(_ratio(z, zp, eps, z.dtype), x, w_pos, w)
+            zp = op.forward(x.clamp(min=0), w_pos, b_pos)
+            zp += op.forward(x.clamp(max=0), w_neg, None)
         else:
             zp = op.forward(x, w_pos, b_pos)
-            ctx.save_for_backward(_ratio(z, zp, eps, z.dtype), w_pos)
+        if relu:
+            z = z.relu_()
+        ratio = _ratio_nonneg_den(z, zp, eps, z.dtype)
+        if mixed:
+            ctx.save_for_backward(ratio, x, w_pos, w_neg)
+        else:
+            ctx.save_for_backward(ratio, w_pos)
         ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
         return z
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         op: _LinearOp = ctx.op
-        s = g * ctx.saved_tensors[0]
+        nones = (None,) * 8
+        saved = ctx.saved_tensors  # unpack once: the ratio is overwritten in place below
+        s = _scale_grad(g, saved[0])
         if not ctx.mixed:
-            return op.input_vjp(s, ctx.saved_tensors[1], ctx.shape), None, None, None, None, None, None
-        _, x, w_pos, w = ctx.saved_tensors
+            return (op.input_vjp(s, saved[1], ctx.shape), *nones)
+        _, x, w_pos, w_neg = saved
         a = op.input_vjp(s, w_pos, ctx.shape)
-        bn = op.input_vjp(s, w - w_pos, ctx.shape)
-        return torch.where(x > 0, a, bn), None, None, None, None, None, None
+        bn = op.input_vjp(s, w_neg, ctx.shape)
+        return (torch.where(x > 0, a, bn), *nones)
 
 
 class _TwoTermFn(torch.autograd.Function):
@@ -308,7 +412,10 @@ class _FlatLikeFn(torch.autograd.Function):
     """Flat and w² rules: ``R_in = Vᵀ (R_out / stab(V·1 + c))`` — returns relevance, not a gradient.
 
     ``V`` is all-ones (flat, ``c = 0``) or ``W²`` (w², ``c = b²``). The denominator does not depend on
-    the sample, so it is computed for one sample and broadcast over the batch.
+    the sample, so it is computed (and stabilised: it is ``>= 0``) for one sample and broadcast over
+    the batch. For flat (``ones=True``) with ``groups == 1``, ``Vᵀs`` only depends on the channel sum
+    of ``s``, so the backward transposes a one-output-channel convolution. ``relu`` fuses a following
+    ReLU as in :class:`_ZPlusFn`.
     """
 
     @staticmethod
@@ -321,18 +428,28 @@ class _FlatLikeFn(torch.autograd.Function):
         v: torch.Tensor,
         c: torch.Tensor | None,
         eps: float,
+        ones: bool,
+        relu: bool,
     ) -> torch.Tensor:
         z = op.forward(x, w, b)
-        ones = torch.ones((1, *x.shape[1:]), dtype=v.dtype, device=x.device)
-        den = op.forward(ones, v, c)
-        ctx.save_for_backward(_ratio(z, den.expand_as(z), eps, z.dtype), v)
+        if relu:
+            z = z.relu_()
+        unit = torch.ones((1, *x.shape[1:]), dtype=v.dtype, device=x.device)
+        den = op.forward(unit, v, c).float().add_(eps)
+        ratio = torch.div(z.float(), den).to(z.dtype)
+        ctx.save_for_backward(ratio, v)
         ctx.op, ctx.shape = op, x.shape
+        ctx.channel_sum = ones and (op.kind == "linear" or op.conv_args[3] == 1)
         return z
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         r, v = ctx.saved_tensors
-        return ctx.op.input_vjp(g * r, v, ctx.shape), None, None, None, None, None, None
+        s = _scale_grad(g, r)
+        nones = (None,) * 8
+        if ctx.channel_sum:
+            return (ctx.op.input_vjp(s.sum(1, keepdim=True), v[:1], ctx.shape), *nones)
+        return (ctx.op.input_vjp(s, v, ctx.shape), *nones)
 
 
 class _ZBoxFn(torch.autograd.Function):
@@ -415,6 +532,9 @@ class RuleModule(nn.Module):
         Dotted path of the module in the model, for error messages.
     is_first : bool
         Whether this is the relevance-out layer.
+    fuse_relu : bool
+        Apply a ReLU to the output inside the rule (set by the engine when a plain ReLU is the only
+        consumer of this layer's output and the rule supports it, see ``Rule.fuses_relu``).
     """
 
     def __init__(self, inner: nn.Module, rule: Rule, path: str, is_first: bool, context: RuleContext) -> None:
@@ -423,6 +543,7 @@ class RuleModule(nn.Module):
         self.rule = rule
         self.path = path
         self.is_first = is_first
+        self.fuse_relu = False
         # a plain attribute, not a submodule: the context is shared by all wrappers of one model
         self.__dict__["context"] = context
         self.rule.prepare(self)
@@ -436,7 +557,8 @@ class RuleModule(nn.Module):
         return self.rule.apply(self, x, carries_relevance)
 
     def extra_repr(self) -> str:
-        return f"rule={self.rule!r}, first={self.is_first}"
+        fused = ", relu fused" if self.fuse_relu else ""
+        return f"rule={self.rule!r}, first={self.is_first}{fused}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,11 +577,15 @@ class Rule:
         The rule needs a ``Linear``/``Conv{1,2,3}d`` layer (it modifies weights).
     gradient_frame_only : bool
         The rule cannot run before the first rule layer (where the backward carries relevance).
+    fuses_relu : bool
+        ``apply`` honours ``module.fuse_relu`` (applies the ReLU itself, so that the ReLU's mask is
+        folded into the rule's saved ratio).
     """
 
     direct: ClassVar[bool] = False
     needs_weight: ClassVar[bool] = False
     gradient_frame_only: ClassVar[bool] = True
+    fuses_relu: ClassVar[bool] = False
 
     def prepare(self, module: RuleModule) -> None:
         """Precompute what the rule needs (modified weights) once, at setup."""
@@ -500,9 +626,11 @@ class Epsilon(Rule):
     """
 
     epsilon: float = 1e-6
+    fuses_relu: ClassVar[bool] = True
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
-        return _StabScale.apply(module.inner(x), self.epsilon)
+        fn = _StabScaleReLU if module.fuse_relu else _StabScale
+        return fn.apply(module.inner(x), self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -513,9 +641,11 @@ class Norm(Rule):
     """
 
     stabilizer: float = 1e-6
+    fuses_relu: ClassVar[bool] = True
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
-        return _StabScale.apply(module.inner(x), self.stabilizer)
+        fn = _StabScaleReLU if module.fuse_relu else _StabScale
+        return fn.apply(module.inner(x), self.stabilizer)
 
 
 @dataclass(frozen=True)
@@ -547,15 +677,21 @@ class ZPlus(_WeightRule):
     """LRP z+ (α1β0; negative inputs allowed as in zennit)."""
 
     stabilizer: float = 1e-6
+    fuses_relu: ClassVar[bool] = True
 
     def prepare(self, module: RuleModule) -> None:
         op, w, b = _weights(module)
-        module.__dict__["lrp_cache"] = (op, w.detach().clamp(min=0), _pos(None if b is None else b.detach()))
+        w_pos = w.detach().clamp(min=0)
+        # W⁻ is only used for inputs with negative entries; keep it lazily (it costs a weight copy)
+        module.__dict__["lrp_cache"] = [op, w_pos, None, _pos(None if b is None else b.detach())]
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
-        op, w_pos, b_pos = module.__dict__["lrp_cache"]
+        cache = module.__dict__["lrp_cache"]
+        op, w_pos, w_neg, b_pos = cache
         w, b = module.inner.weight, module.inner.bias
-        return _ZPlusFn.apply(x, op, w, b, w_pos, b_pos, self.stabilizer)
+        if w_neg is None:
+            w_neg = cache[2] = w.detach() - w_pos
+        return _ZPlusFn.apply(x, op, w, b, w_pos, w_neg, b_pos, self.stabilizer, module.fuse_relu)
 
 
 @dataclass(frozen=True)
@@ -616,6 +752,8 @@ class Flat(_WeightRule):
 
     stabilizer: float = 1e-6
     direct: ClassVar[bool] = True
+    fuses_relu: ClassVar[bool] = True
+    _ones: ClassVar[bool] = True  # V is all ones (flat), which allows the channel-sum backward
 
     def prepare(self, module: RuleModule) -> None:
         op, w, _ = _weights(module)
@@ -623,12 +761,15 @@ class Flat(_WeightRule):
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
         op, v, c = module.__dict__["lrp_cache"]
-        return _FlatLikeFn.apply(x, op, module.inner.weight, module.inner.bias, v, c, self.stabilizer)
+        w, b = module.inner.weight, module.inner.bias
+        return _FlatLikeFn.apply(x, op, w, b, v, c, self.stabilizer, self._ones, module.fuse_relu)
 
 
 @dataclass(frozen=True)
 class WSquare(Flat):
     """LRP w²: weights squared (bias squared in the denominator, as in zennit)."""
+
+    _ones: ClassVar[bool] = False
 
     def prepare(self, module: RuleModule) -> None:
         op, w, b = _weights(module)
