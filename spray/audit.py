@@ -554,13 +554,7 @@ def _make_probe(
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
     def load_inputs(ids: list[str]) -> torch.Tensor:
-        xs = []
-        for sid in ids:
-            it = dataset[index_of[sid]]
-            if not it["ok"]:
-                raise DataError(f"sample {sid!r} became unreadable during the audit: {it['reason']}")
-            xs.append(it["x"])
-        return torch.stack(xs)
+        return torch.stack([dataset.load_input(index_of[sid]) for sid in ids])
 
     return InterventionProbe(
         predict=predict,
@@ -742,11 +736,14 @@ def run_audit(
 
     set_stage("analysis")
     with _timed(timings, "analysis_s"):
+        group = stage.batch.labels if cfg.analysis.group_by == "label" else stage.batch.predictions
         if cfg.analysis.embedding == "umap":
             from spray.embedding import warm_up
+            from spray.spectral import EXACT_KNN_BELOW
 
-            warm_up()  # pay numba's JIT once per process, not once per class
-        group = stage.batch.labels if cfg.analysis.group_by == "label" else stage.batch.predictions
+            # Compile UMAP (and pynndescent, only if some class is large enough to use it) up front.
+            largest = int(np.bincount(group).max()) if len(group) else 0
+            warm_up(approximate_knn=largest >= EXACT_KNN_BELOW)
         classes: list[ClassAnalysis] = []
         too_small: list[dict[str, Any]] = []
         for c in _select_classes(cfg, len(dataset.class_names)):

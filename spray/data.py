@@ -111,8 +111,10 @@ class Transform:
     cfg: TransformConfig
     thumbnail_size: int = 64
 
-    def __call__(self, img: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """``img`` (C,H,W) float32 in [0,1] → (model input (C',H',W'), thumbnail (t,t,3) uint8)."""
+    def __call__(
+        self, img: torch.Tensor, *, thumbnail: bool = True
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``img`` (C,H,W) float32 in [0,1] → (model input (C',H',W'), thumbnail (t,t,3) uint8 or None)."""
         x = img
         if self.cfg.resize is not None:
             h, w = x.shape[-2:]
@@ -131,7 +133,7 @@ class Transform:
             x = x[:, top : top + c, left : left + c]
         if self.cfg.grayscale_to_rgb and x.shape[0] == 1:
             x = x.repeat(3, 1, 1)
-        thumb = make_thumbnail(x, self.thumbnail_size)
+        thumb = make_thumbnail(x, self.thumbnail_size) if thumbnail else None
         if self.cfg.mean is not None and self.cfg.std is not None:
             if len(self.cfg.mean) != x.shape[0]:
                 raise DataError(
@@ -214,6 +216,26 @@ class AuditDataset(Dataset[dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def load_input(self, i: int) -> torch.Tensor:
+        """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).
+
+        Raises
+        ------
+        DataError
+            If the sample cannot be read or holds NaN/inf (it was readable when the batch stage ran).
+        """
+        sid = self.ids[i]
+        try:
+            img, _ = self._loader(i)
+            x, _ = self.transform(img, thumbnail=False)
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"sample {sid!r} became unreadable during the audit: {err}") from err
+        if not torch.isfinite(x).all():
+            raise DataError(f"sample {sid!r} became unreadable during the audit: NaN or inf values")
+        return x
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sid = self.ids[i]

@@ -23,6 +23,7 @@ import numpy as np
 
 from spray.errors import ConfigError
 from spray.records import SpectralResult
+from spray.threads import keep_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _umap_fit(
         n_epochs=n_epochs,
         **kwargs,
     )
-    with warnings.catch_warnings():
+    with keep_torch_threads(), warnings.catch_warnings():  # see spray.threads
         # Expected and harmless here: seeded UMAP is single-threaded; we never call transform.
         warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
@@ -193,16 +194,25 @@ def embed_2d(
     return _propagate(pos, placed, spectral.knn_indices).astype(np.float32)
 
 
-def warm_up() -> None:
-    """Compile numba code of pynndescent and UMAP once per process (30-70 s on a cold cache).
+def warm_up(*, approximate_knn: bool = True) -> None:
+    """Compile the numba code the analysis will use once per process, before the first class.
 
-    Covers every numba path the analysis takes: pynndescent (``knn_graph`` above ``exact_below``, also
-    used for the subsample of a large map) and UMAP fitted on a precomputed kNN graph.
+    numba compiles on first call anyway; doing it here keeps the cost out of the first class's timings
+    and logs it once. On a cold process pynndescent takes about 24 s to compile and UMAP about 5 s
+    (2-core CPU), so a run pays only for what it uses.
+
+    Parameters
+    ----------
+    approximate_knn : bool
+        Also compile pynndescent. Needed only when some class has at least
+        :data:`spray.spectral.EXACT_KNN_BELOW` rows (``knn_graph`` searches exactly below that, and a
+        UMAP subsample has ``max_fit`` ≥ that many rows).
     """
     from spray.spectral import knn_graph, spectral_embedding
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype(np.float32)
-    knn_graph(x, n_neighbors=5, exact_below=0)  # pynndescent path
+    if approximate_knn:
+        knn_graph(x, n_neighbors=5, exact_below=0)  # pynndescent path
     spec = spectral_embedding(x, n_neighbors=5, n_eigenvectors=4)
     embed_2d(x, spec, method="umap", seed=0)

@@ -19,6 +19,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from spray.errors import ConfigError, DataError
 from spray.records import SpectralResult
+from spray.threads import keep_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ _DENSE_MIN = 128
 _DENSE_FACTOR = 4
 #: Row block of the exact kNN (memory ``_BLOCK * n * 8`` bytes).
 _BLOCK = 1024
+#: Below this many rows knn_graph searches exactly (blocked brute force: no numba compile, which costs
+#: ~24 s per process for pynndescent); pynndescent above.
+EXACT_KNN_BELOW = 5000
 #: From this many rows on, Lanczos runs in float32: its cost is streaming the ``n × ncv`` basis through
 #: memory (reorthogonalisation, restarts), so single precision halves it (measured 2.9× faster at 50k
 #: rows; eigenvalue error ~3e-6, eigenvectors agree with float64 to cos > 0.999999).
@@ -88,16 +92,17 @@ def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
     n = x.shape[0]
     # n_jobs=1 together with random_state makes pynndescent deterministic.
-    index = NNDescent(
-        x,
-        n_neighbors=k + 1,
-        metric="euclidean",
-        random_state=seed,
-        n_jobs=1,
-        low_memory=True,
-        n_trees=min(_NN_TREES, 5 + round(n**0.25)),
-    )
-    nb_idx, nb_dist = index.neighbor_graph
+    with keep_torch_threads():  # pynndescent resets OpenMP's thread count: see spray.threads
+        index = NNDescent(
+            x,
+            n_neighbors=k + 1,
+            metric="euclidean",
+            random_state=seed,
+            n_jobs=1,
+            low_memory=True,
+            n_trees=min(_NN_TREES, 5 + round(n**0.25)),
+        )
+        nb_idx, nb_dist = index.neighbor_graph
     nb_idx = np.asarray(nb_idx, dtype=np.int64)
     nb_dist = np.asarray(nb_dist, dtype=np.float32)
     # Drop self; with duplicates self need not come first, and rarely it is missing (drop the last).
@@ -121,7 +126,7 @@ def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
 
 def knn_graph(
-    features: np.ndarray, *, n_neighbors: int = 10, seed: int = 0, exact_below: int = 5000
+    features: np.ndarray, *, n_neighbors: int = 10, seed: int = 0, exact_below: int = EXACT_KNN_BELOW
 ) -> KnnGraph:
     """k nearest neighbours (Euclidean), self excluded.
 
@@ -281,7 +286,7 @@ def spectral_embedding(
     n_eigenvectors: int = 32,
     seed: int = 0,
     affinity: str = "binary",
-    exact_below: int = 5000,
+    exact_below: int = EXACT_KNN_BELOW,
     tol: float | None = None,
     knn: KnnGraph | None = None,
 ) -> SpectralResult:

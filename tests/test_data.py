@@ -48,6 +48,16 @@ def test_image_folder_skips_non_images_and_corrupt(tmp_path: Path) -> None:
     assert batch["x"].shape == (6, 3, 16, 16)
 
 
+def test_load_input_matches_item_and_names_a_broken_sample(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    good = ds.ids.index("cat/000.png")
+    assert torch.equal(ds.load_input(good), ds[good]["x"])
+    with pytest.raises(DataError, match="dog/broken.png"):
+        ds.load_input(ds.ids.index("dog/broken.png"))
+
+
 def test_content_hash_stable_and_sensitive(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=2)
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
