@@ -31,7 +31,7 @@ from torch import nn
 from spray.canonizers import ResidualAdd, canonize
 from spray.composites import LINEAR_TYPES, get_composite
 from spray.errors import ConfigError, ModelError, UnsupportedLayerError
-from spray.rules import Epsilon, Norm, Rule, RuleContext, RuleModule
+from spray.rules import Epsilon, LeanMaxPool, Norm, Rule, RuleContext, RuleModule
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,19 @@ def _fuse_relus(model: nn.Module) -> int:
                 add.fuse_relu, flags[-1] = True, True
                 fused += 1
     return fused
+
+
+def _lean_maxpools(model: nn.Module) -> int:
+    """Replace every exact ``nn.MaxPool{1,2,3}d`` by a :class:`spray.rules.LeanMaxPool`; return how many.
+
+    Same forward and gradient; the backward keeps only the argmax indices instead of the input too.
+    """
+    count = 0
+    for path, module in list(model.named_modules()):
+        if path and type(module) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):
+            _set_module(model, path, LeanMaxPool(module))
+            count += 1
+    return count
 
 
 def _unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
@@ -215,6 +228,7 @@ class Explainer:
                 )
             _set_module(copied, path, RuleModule(module, rule, path, path == self._first_path, self._context))
         fused = _fuse_relus(copied)
+        _lean_maxpools(copied)
         self._model = copied
         self._rules = rules
         # One eval-mode copy of the original model, used once on the first batch to check that
