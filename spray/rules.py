@@ -124,9 +124,21 @@ def _scale_grad(g: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     return g * ratio.to(g.dtype)
 
 
+def _dense_flat(x: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of all entries of a dense tensor in memory order (any layout), else ``x`` itself.
+
+    Reductions over a ``channels_last`` tensor otherwise make a contiguous copy first.
+    """
+    if x.is_contiguous():
+        return x.view(-1)
+    order = sorted(range(x.dim()), key=lambda d: x.stride(d), reverse=True)
+    permuted = x.permute(order)
+    return permuted.view(-1) if permuted.is_contiguous() else x
+
+
 def _nonneg(x: torch.Tensor) -> bool:
     """Whether all entries of ``x`` are ``>= 0`` (one reduction pass, no temporary)."""
-    return x.numel() == 0 or bool(x.min() >= 0)
+    return x.numel() == 0 or bool(_dense_flat(x).min() >= 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,9 +181,9 @@ class _LinearOp:
         # The input only lends its shape here. torch.nn.grad.conv*_input passes an expanded 1-element
         # tensor, which convolution_backward then materialises with a full-size copy (measured: about
         # 3 % of a ResNet-50 LRP call); an uninitialised tensor is never touched.
-        shape_only = g.new_empty(input_shape)
+        shape_only = torch.empty(input_shape, dtype=g.dtype, device=g.device, memory_format=_memory_format(g))
         return torch.ops.aten.convolution_backward(
-            g.contiguous(),
+            g,
             shape_only,
             w,
             None,
@@ -183,6 +195,15 @@ class _LinearOp:
             groups,
             [True, False, False],
         )[0]
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` (or ``channels_last_3d``) if ``t`` is laid out that way, else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -313,6 +334,13 @@ class _MaxPoolFn(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (idx,) = ctx.saved_tensors
         shape, spatial = ctx.shape, ctx.spatial
+        if spatial == 2 and len(shape) == 4 and _memory_format(g) == torch.channels_last:
+            # channels_last: scatter along the plane of (B, H·W, C) views, no layout copies
+            b, c, h, w = (int(n) for n in shape)
+            out = g.new_zeros((b, h * w, c))
+            g_v = g.permute(0, 2, 3, 1).reshape(b, -1, c)
+            out.scatter_add_(1, idx.permute(0, 2, 3, 1).reshape(b, -1, c), g_v)
+            return out.view(b, h, w, c).permute(0, 3, 1, 2), None, None
         lead, plane = 1, 1
         for i, n in enumerate(shape):
             if i < len(shape) - spatial:
