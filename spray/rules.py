@@ -181,7 +181,9 @@ class _LinearOp:
         # The input only lends its shape here. torch.nn.grad.conv*_input passes an expanded 1-element
         # tensor, which convolution_backward then materialises with a full-size copy (measured: about
         # 3 % of a ResNet-50 LRP call); an uninitialised tensor is never touched.
-        shape_only = torch.empty(input_shape, dtype=g.dtype, device=g.device, memory_format=_memory_format(g))
+        shape_only = torch.empty(
+            input_shape, dtype=g.dtype, device=g.device, memory_format=_memory_format(g)
+        )
         return torch.ops.aten.convolution_backward(
             g,
             shape_only,
