@@ -169,6 +169,12 @@ class Explainer:
         divided in float32. ``"tf32"`` allows TF32 matmuls/convolutions on CUDA; ``"fp32"`` disables them.
     extra_rules : dict[type[nn.Module], Rule], optional
         Rules for additional module types; they take precedence over the composite.
+    channels_last : bool, optional
+        Run the copy in ``channels_last`` memory format (oneDNN's preferred layout; on CPU about 10–20 %
+        faster for torchvision ResNets and VGGs). Default: on for models with ``Conv2d`` layers on CPU.
+        If the first forward pass fails in that layout (e.g. a ``.view()`` on activations), the copy
+        falls back to the contiguous layout once, with a warning. The relevance is always returned
+        contiguous.
 
     Raises
     ------
@@ -188,6 +194,7 @@ class Explainer:
         device: str | torch.device | None = None,
         precision: str = "fp32",
         extra_rules: dict[type[nn.Module], Rule] | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         if precision not in _PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; choose one of {list(_PRECISIONS)}")
@@ -206,6 +213,15 @@ class Explainer:
         self.device = torch.device(device)
 
         copied = canonize_model(model, self.device, canonize)
+        if channels_last is None:
+            channels_last = self.device.type == "cpu" and any(
+                isinstance(m, nn.Conv2d) for m in copied.modules()
+            )
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
+            copied.to(memory_format=torch.channels_last)
+        self._layout_checked = False
         rules, unsupported = self.composite.assign(copied, extra_rules)
         if unsupported:
             raise UnsupportedLayerError(_unsupported_message(unsupported))
@@ -330,13 +346,26 @@ class Explainer:
                 "modules in execution order."
             )
 
+    def _set_layout(self, channels_last: bool) -> None:
+        """Convert the copy's weights and recompute the rules' cached weights in that layout."""
+        self.channels_last = channels_last
+        self._model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for module in self._model.modules():
+            if isinstance(module, RuleModule):
+                module.rule.prepare(module)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._context.reset()
+        with torch.enable_grad(), self._precision():
+            return self._model(x)
+
     def _check_reference(self, x: torch.Tensor, logits: torch.Tensor) -> None:
         reference, self._reference = self._reference, None
         if reference is None:
             return
         n = min(len(x), 2)
         with torch.no_grad(), self._precision():
-            expected = reference(x[:n].detach()).float()
+            expected = reference(x[:n].detach().contiguous()).float()
         scale = float(expected.abs().max().clamp(min=1e-12))
         tol = 1e-2 if self.precision == "bf16" else 1e-3
         err = float((expected - logits[:n]).abs().max())
@@ -377,10 +406,27 @@ class Explainer:
         """
         if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
             raise ConfigError("inputs must be a batched tensor (B, C, H, W)")
-        x = inputs.detach().to(self.device, torch.float32).requires_grad_(True)
-        self._context.reset()
-        with torch.enable_grad(), self._precision():
-            out = self._model(x)
+        x = inputs.detach().to(self.device, torch.float32)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        if self._layout_checked or not self.channels_last:
+            out = self._forward(x)
+        else:
+            try:
+                out = self._forward(x)
+            except RuntimeError as exc:
+                logger.warning(
+                    "forward pass failed in channels_last layout (%s); using the contiguous layout", exc
+                )
+                self._set_layout(False)
+                x = x.detach().contiguous().requires_grad_(True)
+                try:
+                    out = self._forward(x)
+                except Exception:
+                    self._set_layout(True)  # not a layout problem: keep the faster layout
+                    raise
+            self._layout_checked = True
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(f"the model must return (B, K) logits, got {shape}")
@@ -397,7 +443,8 @@ class Explainer:
         seed = torch.zeros_like(out).scatter_(1, targets[:, None], 1.0)
         (grad,) = torch.autograd.grad(out, x, grad_outputs=seed)
         relevance = grad if self._first_path is not None else grad * x
-        return LRPResult(relevance=relevance.detach().float(), logits=logits, targets=targets)
+        relevance = relevance.detach().float().contiguous()
+        return LRPResult(relevance=relevance, logits=logits, targets=targets)
 
 
 def canonize_model(model: nn.Module, device: torch.device, enabled: bool) -> nn.Module:
