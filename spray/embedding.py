@@ -22,8 +22,8 @@ import warnings
 import numpy as np
 
 from spray.errors import ConfigError
+from spray.jit import enable_disk_cache, keep_torch_threads
 from spray.records import SpectralResult
-from spray.threads import keep_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def _umap_fit(
     """Fit seeded UMAP; with kNN given, reuse it (self prepended, as UMAP expects)."""
     import umap  # lazy: importing umap compiles numba code
 
+    enable_disk_cache()  # compile once per machine, not once per process (spray.jit)
+
     n = features.shape[0]
     kwargs = {}
     if knn_idx is not None and knn_dist is not None:
@@ -77,7 +79,7 @@ def _umap_fit(
         n_epochs=n_epochs,
         **kwargs,
     )
-    with keep_torch_threads(), warnings.catch_warnings():  # see spray.threads
+    with keep_torch_threads(), warnings.catch_warnings():  # see spray.jit
         # Expected and harmless here: seeded UMAP is single-threaded; we never call transform.
         warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")

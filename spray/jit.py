@@ -73,11 +73,11 @@ def enable_disk_cache() -> int:
             continue
         for obj in vars(mod).values():
             # NullCache: declared without cache=True. Functions already compiled keep working either way.
-            if isinstance(obj, CPUDispatcher) and type(obj._cache).__name__ == "NullCache":
+            if isinstance(obj, CPUDispatcher) and type(getattr(obj, "_cache", None)).__name__ == "NullCache":
                 try:
                     obj.enable_caching()
                 except Exception as err:  # no writable cache location: compile per process, as before
-                    logger.debug("numba cache unavailable for %s: %s", obj.__name__, err)
+                    logger.debug("numba cache unavailable for %s: %s", getattr(obj, "py_func", obj), err)
                     continue
                 n += 1
     logger.debug("numba disk cache enabled for %d functions", n)

@@ -10,6 +10,7 @@ are the trailing ones of the normalised Laplacian ``I - S``; no shift-invert (wh
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from spray.errors import ConfigError, DataError
+from spray.jit import enable_disk_cache, keep_torch_threads
 from spray.records import SpectralResult
-from spray.threads import keep_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,14 @@ def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
     """Seeded pynndescent kNN, self excluded: ``(n, d)`` -> ``(n, k)`` indices, distances."""
     from pynndescent import NNDescent  # imported lazily: numba compilation costs seconds
 
+    enable_disk_cache()  # compile once per machine, not once per process (spray.jit)
+
     n = x.shape[0]
     # n_jobs=1 together with random_state makes pynndescent deterministic.
-    with keep_torch_threads():  # pynndescent resets OpenMP's thread count: see spray.threads
+    # pynndescent resets OpenMP's thread count (see spray.jit). Its run-time closures cannot go to the
+    # disk cache, which numba says once per function: expected, they compile per process as before.
+    with keep_torch_threads(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
         index = NNDescent(
             x,
             n_neighbors=k + 1,

@@ -54,7 +54,7 @@ def test_load_input_matches_item_and_names_a_broken_sample(tmp_path: Path) -> No
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
     good = ds.ids.index("cat/000.png")
     assert torch.equal(ds.load_input(good), ds[good]["x"])
-    with pytest.raises(DataError, match="dog/broken.png"):
+    with pytest.raises(DataError, match=r"dog/broken\.png"):
         ds.load_input(ds.ids.index("dog/broken.png"))
 
 

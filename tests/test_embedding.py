@@ -54,21 +54,3 @@ def test_propagate_places_everything() -> None:
     out = _propagate(pos, placed, knn)
     np.testing.assert_allclose(out[3], [1.0, 2.0])  # 3 -> 0
     assert np.isfinite(out).all()
-
-
-def test_numba_fits_keep_torch_thread_count(data) -> None:
-    """UMAP and pynndescent reset OpenMP's thread count; torch's setting must survive them."""
-    import torch
-
-    from spray.spectral import knn_graph
-
-    x, spec = data
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        embed_2d(x, spec, method="umap", seed=2, n_epochs=10)
-        assert torch.get_num_threads() == 1
-        knn_graph(x, n_neighbors=5, exact_below=0)  # pynndescent
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
