@@ -388,3 +388,104 @@ def test_mlp_on_flattened_images() -> None:
         ours = Explainer(model, composite)(x)
         ref = _zennit(model, x, composite, ours.targets, [])
         _assert_close(ours.relevance, ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# engine internals that must not change the maps: ReLU fusion, lean max-pool, channels_last layout
+
+
+def _rule_modules(explainer: Explainer) -> dict[str, Any]:
+    from spray.rules import RuleModule
+
+    return {p: m for p, m in explainer.model.named_modules() if isinstance(m, RuleModule)}
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "vgg11_bn", "resnet18"])
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat"])
+def test_fusion_pooling_and_layout_do_not_change_maps(
+    model_name: str, composite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spray.lrp as lrp
+
+    model, x = _model(model_name), _inputs(model_name)
+    default = Explainer(model, composite)
+    assert default.channels_last  # CPU + Conv2d
+    fast = default(x)
+    assert fast.relevance.is_contiguous()
+    plain_layout = Explainer(model, composite, channels_last=False)(x)
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: 0)
+    monkeypatch.setattr(lrp, "_lean_maxpools", lambda m: 0)
+    unfused = Explainer(model, composite, channels_last=False)
+    assert not any(m.fuse_relu for m in _rule_modules(unfused).values())
+    plain = unfused(x)
+    for other in (plain_layout, plain):
+        assert torch.equal(other.targets, fast.targets)
+        scale = float(other.relevance.abs().max())
+        assert float((fast.relevance - other.relevance).abs().max()) <= 1e-5 * scale
+
+
+def test_relu_fusion_only_where_the_relu_is_the_sole_consumer() -> None:
+    explainer = Explainer(_model("resnet18"))
+    blocks = [m for m in explainer.model.modules() if hasattr(m, "lrp_fused")]
+    assert blocks and all(all(b.lrp_fused) and b.lrp_add.fuse_relu for b in blocks)
+    ruled = _rule_modules(explainer)
+    assert ruled["layer1.0.conv1"].fuse_relu
+    assert not ruled["conv1"].fuse_relu  # the stem ReLU runs in ResNet.forward, which spray cannot see
+    assert not ruled["layer1.0.conv2"].fuse_relu  # BasicBlock: conv2 feeds the residual sum
+    assert not ruled["fc"].fuse_relu
+
+    class MyReLU(nn.ReLU):  # a subclass may do anything in forward(): never fused
+        pass
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),  # folded into the conv, becomes Identity: skipped over
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        MyReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    )
+    ex = Explainer(seq.eval())
+    ruled = _rule_modules(ex)
+    assert ruled["0"].fuse_relu and isinstance(ex.model[2], nn.Identity)
+    assert not ruled["3"].fuse_relu and isinstance(ex.model[4], MyReLU)
+    assert torch.isfinite(ex(torch.rand(2, 3, 8, 8)).relevance).all()
+    # ReLUs outside an exact nn.Sequential (custom forward) are never fused
+    small = Explainer(_model("small_cnn"))
+    assert any(m.fuse_relu for m in _rule_modules(small).values())
+
+
+class _ViewNet(nn.Module):
+    """``.view()`` on activations: fails on channels_last tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(x))
+        return self.fc(y.view(y.shape[0], -1))
+
+
+def test_channels_last_falls_back_once_when_the_forward_needs_contiguous(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch.manual_seed(0)
+    model, x = _ViewNet().eval(), torch.randn(2, 3, 6, 6)
+    explainer = Explainer(model)
+    assert explainer.channels_last
+    with caplog.at_level("WARNING", logger="spray.lrp"):
+        first = explainer(x)
+    assert not explainer.channels_last and "channels_last" in caplog.text
+    ref = Explainer(model, channels_last=False)(x)
+    assert torch.allclose(first.relevance, ref.relevance, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(explainer(x).relevance, ref.relevance, rtol=1e-5, atol=1e-7)
+    # an error that is not about the layout is raised, and the layout is kept
+    ex2 = Explainer(SmallCNN().eval())
+    with pytest.raises(RuntimeError):
+        ex2(torch.randn(2, 5, 32, 32))
+    assert ex2.channels_last

@@ -16,6 +16,7 @@ from spray.rules import (
     Epsilon,
     Flat,
     Gamma,
+    LeanMaxPool,
     Norm,
     Pass,
     Rule,
@@ -75,9 +76,11 @@ def _layers() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
     dense = nn.Linear(12, 7)
+    grouped = nn.Conv2d(4, 6, 3, padding=1, groups=2)  # flat cannot use the channel-sum backward
     return {
         "conv": (conv, torch.randn(2, 3, 9, 9)),
         "conv_nonneg": (conv, torch.rand(2, 3, 9, 9)),
+        "conv_grouped": (grouped, torch.rand(2, 4, 7, 7)),
         "dense": (dense, torch.randn(3, 12)),
     }
 
@@ -94,12 +97,16 @@ RULES = [
 DIRECT = [Flat(), WSquare(), ZBox(low=-2.0, high=2.0), ZBox(low=torch.full((1, 3, 1, 1), -3.0), high=3.0)]
 
 
-@pytest.mark.parametrize("layer_name", ["conv", "conv_nonneg", "dense"])
+@pytest.mark.parametrize("layer_name", ["conv", "conv_nonneg", "conv_grouped", "dense"])
 @pytest.mark.parametrize("rule", RULES + DIRECT, ids=repr)
 def test_rule_matches_zennit(layer_name: str, rule: Rule) -> None:
     layer, x = _layers()[layer_name]
-    if isinstance(rule, ZBox) and layer_name == "dense" and isinstance(rule.low, torch.Tensor):
-        pytest.skip("per-channel bounds only make sense for images")
+    if (
+        isinstance(rule, ZBox)
+        and layer_name in ("dense", "conv_grouped")
+        and isinstance(rule.low, torch.Tensor)
+    ):
+        pytest.skip("the per-channel bounds are for 3-channel images")
     torch.manual_seed(1)
     g = torch.randn_like(layer(x))
     ours, ref = _spray(layer, rule, x, g), _zennit(layer, rule, x, g)
@@ -159,3 +166,34 @@ def test_bf16_autocast_keeps_fp32_denominators() -> None:
     (rel,) = torch.autograd.grad(out, xx, grad_outputs=g.to(out.dtype))
     assert torch.isfinite(rel).all()
     assert torch.nn.functional.cosine_similarity(rel.float().flatten(), ref.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("pool", "shape"),
+    [
+        (nn.MaxPool2d(3, 2, 1), (2, 3, 9, 9)),  # overlapping windows (ResNet stem)
+        (nn.MaxPool2d(2), (2, 3, 8, 8)),
+        (nn.MaxPool2d(3, 2, ceil_mode=True), (2, 3, 8, 8)),
+        (nn.MaxPool2d(2, 1, dilation=2), (2, 3, 7, 7)),
+        (nn.MaxPool1d(3, 2, 1), (2, 3, 11)),
+        (nn.MaxPool3d(2), (1, 2, 4, 4, 4)),
+        (nn.MaxPool2d(3, 1), (3, 7, 7)),  # unbatched
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_maxpool_matches_autograd(pool: nn.Module, shape: tuple[int, ...], channels_last: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape).round(decimals=1)  # ties: both must pick the same winner
+    if channels_last:
+        if x.dim() != 4:
+            pytest.skip("channels_last is a 4-D layout")
+        x = x.contiguous(memory_format=torch.channels_last)
+    lean = LeanMaxPool(pool)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = pool(xa), lean(xb)
+    assert torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    (ga,) = torch.autograd.grad(ya, xa, g)
+    (gb,) = torch.autograd.grad(yb, xb, g)
+    assert torch.allclose(ga, gb, atol=1e-6)
