@@ -199,13 +199,14 @@ def _patch_resnet(model: nn.Module) -> int:
         # exact types only: a subclass may have changed forward(), and patching it would be wrong
         if type(module) is basic:
             module.forward = types.MethodType(_basic_block_forward, module)
-            module.lrp_fused = [False, False]  # ReLU after conv1, after the sum
+            flags = [False, False]  # ReLU after conv1, after the sum
         elif type(module) is bottleneck:
             module.forward = types.MethodType(_bottleneck_forward, module)
-            module.lrp_fused = [False, False, False]  # ReLU after conv1, conv2, the sum
+            flags = [False, False, False]  # ReLU after conv1, conv2, the sum
         else:
             continue
         module.lrp_add = ResidualAdd()
+        module.__dict__["lrp_fused"] = flags  # a plain list attribute, set by the LRP engine
         count += 1
     return count
 

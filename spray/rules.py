@@ -181,9 +181,7 @@ class _LinearOp:
         # The input only lends its shape here. torch.nn.grad.conv*_input passes an expanded 1-element
         # tensor, which convolution_backward then materialises with a full-size copy (measured: about
         # 3 % of a ResNet-50 LRP call); an uninitialised tensor is never touched.
-        shape_only = torch.empty(
-            input_shape, dtype=g.dtype, device=g.device, memory_format=_memory_format(g)
-        )
+        shape_only = torch.empty(input_shape, dtype=g.dtype, device=g.device, memory_format=_memory_format(g))
         return torch.ops.aten.convolution_backward(
             g,
             shape_only,
@@ -325,8 +323,8 @@ class _MaxPoolFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, pool: nn.Module, spatial: int) -> torch.Tensor:
-        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
+    def forward(ctx: Any, x: torch.Tensor, pool: Any, spatial: int) -> torch.Tensor:
+        fn: Any = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
         y, idx = fn(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
         ctx.save_for_backward(idx)
         ctx.shape, ctx.spatial = x.shape, spatial
@@ -364,7 +362,8 @@ class LeanMaxPool(nn.Module):
     def __init__(self, pool: nn.Module) -> None:
         super().__init__()
         self.pool = pool
-        self.spatial = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(pool)]
+        spatial: dict[type[nn.Module], int] = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
+        self.spatial = spatial[type(pool)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.requires_grad or getattr(self.pool, "return_indices", False):
@@ -769,7 +768,7 @@ class ZPlus(_WeightRule):
         op, w_pos, w_neg, b_pos = cache
         w, b = module.inner.weight, module.inner.bias
         if w_neg is None:
-            w_neg = cache[2] = w.detach() - w_pos
+            w_neg = cache[2] = _weights(module)[1].detach() - w_pos
         return _ZPlusFn.apply(x, op, w, b, w_pos, w_neg, b_pos, self.stabilizer, module.fuse_relu)
 
 
