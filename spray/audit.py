@@ -157,7 +157,7 @@ def analyze_class(
         reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
     )
     clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed)
-    embedding = embed_2d(reduced, spectral, method=a.embedding, seed=cfg.seed)
+    embedding = embed_2d(reduced, spectral, method=a.embedding, seed=cfg.seed, n_epochs=a.map_epochs)
     clusters = score_class(
         class_index,
         class_name,

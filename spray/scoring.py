@@ -217,8 +217,7 @@ def _rankdata(x: np.ndarray) -> np.ndarray:
     bounds = np.flatnonzero(np.diff(xs)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [x.size]])
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     return ranks
 
 

@@ -175,3 +175,14 @@ def test_deterministic_with_seed(planted: Case) -> None:
     assert [(f.key, f.score, f.member_ids, f.evidence) for f in a] == [
         (f.key, f.score, f.member_ids, f.evidence) for f in b
     ]
+
+
+def test_rankdata_matches_scipy_with_ties() -> None:
+    from scipy.stats import rankdata
+
+    from spray.scoring import _rankdata
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 17, 300):
+        x = rng.integers(0, 5, size=n).astype(float)
+        np.testing.assert_allclose(_rankdata(x), rankdata(x))
