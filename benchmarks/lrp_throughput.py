@@ -11,6 +11,9 @@ times:
 * ``forward``          : ``model(x)`` under ``no_grad``;
 * ``fwd+input-grad``   : forward + gradient of the target logit w.r.t. the input (parameters frozen),
   the cost floor of any gradient-based attribution and the reference of the ratios;
+* ``fwd+input-grad (channels_last)`` : the same with model and input in ``channels_last`` layout (CPU
+  only), because spray's Explainer runs Conv2d models in that layout on CPU; shows how much of spray's
+  ratio comes from the layout rather than from the LRP engine;
 * ``fwd+bwd(weights)`` : forward + cross-entropy backward into the weights (one training step
   without the optimizer);
 * ``spray LRP``        : :class:`spray.lrp.Explainer` with ``EpsilonPlusFlat``;
@@ -50,7 +53,14 @@ sys.path.insert(0, str(ROOT))
 from spray.lrp import Explainer  # noqa: E402
 
 logger = logging.getLogger("lrp_throughput")
-METHODS = ["forward", "fwd+input-grad", "fwd+bwd(weights)", "spray LRP", "zennit LRP"]
+METHODS = [
+    "forward",
+    "fwd+input-grad",
+    "fwd+input-grad (channels_last)",
+    "fwd+bwd(weights)",
+    "spray LRP",
+    "zennit LRP",
+]
 BASE = "fwd+input-grad"
 DOC = ROOT / "docs" / "lrp.md"
 BEGIN, END = "<!-- BENCHMARK:BEGIN -->", "<!-- BENCHMARK:END -->"
@@ -109,9 +119,14 @@ def make_method(name: str, model: nn.Module, device: torch.device) -> Callable[[
                 return model(x)
 
         return run
-    if name == "fwd+input-grad":
+    if name in ("fwd+input-grad", "fwd+input-grad (channels_last)"):
+        channels_last = name.endswith("(channels_last)")
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
 
         def run(x: torch.Tensor) -> Any:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             for p in model.parameters():
                 p.requires_grad_(False)
             xx = x.detach().requires_grad_(True)
