@@ -126,8 +126,10 @@ def _lean_maxpools(model: nn.Module) -> int:
     Same forward and gradient; the backward keeps only the argmax indices instead of the input too.
     """
     count = 0
+    # a pool that carries a user rule (extra_rules) keeps its own module inside the RuleModule
+    ruled = {id(m.inner) for m in model.modules() if isinstance(m, RuleModule)}
     for path, module in list(model.named_modules()):
-        if path and type(module) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):
+        if path and type(module) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d) and id(module) not in ruled:
             _set_module(model, path, LeanMaxPool(module))
             count += 1
     return count
