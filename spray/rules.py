@@ -146,11 +146,21 @@ def _nonneg(x: torch.Tensor) -> bool:
 
 
 class _LinearOp:
-    """Forward and input-VJP of a dense or convolutional layer with the layer's hyper-parameters."""
+    """Forward and input-VJP of a dense or convolutional layer with the layer's hyper-parameters.
+
+    Pointwise (1×1, stride 1, no padding, ungrouped) 2-D convolutions on float32 ``channels_last``
+    CPU tensors call oneDNN directly, for the forward and for the input-VJP (a 1×1 convolution with
+    the transposed weight). PyTorch's own dispatch sends them to its im2col + BLAS path for batches
+    below 16 on one thread, which measured 2–2.5× slower per layer on this project's CPU (AMD EPYC,
+    AVX-512) and is about half of ResNet-50's convolution work.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         self.kind: str
         self.conv_args: tuple[Any, ...] = ()
+        self.pointwise = False
+        # transposed weights for the oneDNN input-VJP, by id of the weight (checked by identity)
+        self._transposed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if isinstance(module, nn.Linear):
             self.kind = "linear"
         elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -162,13 +172,36 @@ class _LinearOp:
                 )
             self.kind = f"conv{len(module.kernel_size)}d"
             self.conv_args = (module.stride, module.padding, module.dilation, module.groups)
+            self.pointwise = (
+                self.kind == "conv2d"
+                and tuple(module.kernel_size) == (1, 1)
+                and tuple(module.stride) == (1, 1)
+                and tuple(module.padding) == (0, 0)
+                and tuple(module.dilation) == (1, 1)
+                and module.groups == 1
+            )
         else:
             raise ConfigError(f"rule needs a Linear or Conv1d/2d/3d layer, got {type(module).__name__}")
+
+    def _onednn(self, t: torch.Tensor, w: torch.Tensor) -> bool:
+        return (
+            self.pointwise
+            and t.device.type == "cpu"
+            and t.dtype == torch.float32
+            and w.dtype == torch.float32
+            and t.dim() == 4
+            and _memory_format(t) == torch.channels_last
+            and torch.backends.mkldnn.is_available()
+            and bool(torch.backends.mkldnn.enabled)
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """Apply the layer with weight ``w`` and bias ``b`` to ``x``."""
         if self.kind == "linear":
             return F.linear(x, w, b)
+        if self._onednn(x, w) and (b is None or b.dtype == torch.float32):
+            return torch.ops.aten.mkldnn_convolution(x, w, b, [0, 0], [1, 1], [1, 1], 1)
         fn = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[self.kind]
         return fn(x, w, b, *self.conv_args)
 
@@ -177,6 +210,12 @@ class _LinearOp:
         w = w.to(g.dtype)
         if self.kind == "linear":
             return g.matmul(w)
+        if self._onednn(g, w):
+            cached = self._transposed.get(id(w))
+            if cached is None or cached[0] is not w:
+                wt = w.transpose(0, 1).contiguous(memory_format=torch.channels_last)
+                cached = self._transposed[id(w)] = (w, wt)
+            return torch.ops.aten.mkldnn_convolution(g, cached[1], None, [0, 0], [1, 1], [1, 1], 1)
         stride, padding, dilation, groups = self.conv_args
         # The input only lends its shape here. torch.nn.grad.conv*_input passes an expanded 1-element
         # tensor, which convolution_backward then materialises with a full-size copy (measured: about
