@@ -141,6 +141,9 @@ def _nonneg(x: torch.Tensor) -> bool:
     return x.numel() == 0 or bool(_dense_flat(x).min() >= 0)
 
 
+# Route pointwise convolutions to oneDNN (see _LinearOp); a switch for benchmarks and debugging.
+ONEDNN_POINTWISE: bool = True
+
 # --------------------------------------------------------------------------------------------------
 # the linear operation of a layer (forward and input-VJP), so one Function serves conv and dense
 
@@ -186,6 +189,7 @@ class _LinearOp:
     def _onednn(self, t: torch.Tensor, w: torch.Tensor) -> bool:
         return (
             self.pointwise
+            and ONEDNN_POINTWISE
             and t.device.type == "cpu"
             and t.dtype == torch.float32
             and w.dtype == torch.float32
@@ -214,6 +218,8 @@ class _LinearOp:
             cached = self._transposed.get(id(w))
             if cached is None or cached[0] is not w:
                 wt = w.transpose(0, 1).contiguous(memory_format=torch.channels_last)
+                if len(self._transposed) >= 4:  # a layer has at most a few weight sets; never grow
+                    self._transposed.clear()
                 cached = self._transposed[id(w)] = (w, wt)
             return torch.ops.aten.mkldnn_convolution(g, cached[1], None, [0, 0], [1, 1], [1, 1], 1)
         stride, padding, dilation, groups = self.conv_args

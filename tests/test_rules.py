@@ -197,3 +197,21 @@ def test_lean_maxpool_matches_autograd(pool: nn.Module, shape: tuple[int, ...], 
     (ga,) = torch.autograd.grad(ya, xa, g)
     (gb,) = torch.autograd.grad(yb, xb, g)
     assert torch.allclose(ga, gb, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", [ZPlus(), Flat(), AlphaBeta(), Gamma()], ids=repr)
+def test_pointwise_conv_on_channels_last_uses_onednn_and_matches(rule: Rule) -> None:
+    import spray.rules as rules
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 1)
+    x = torch.rand(2, 6, 5, 5)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert rules._LinearOp(conv)._onednn(x_cl, conv.weight)
+    assert not rules._LinearOp(conv)._onednn(x, conv.weight)  # contiguous: PyTorch's dispatch
+    g = torch.randn_like(conv(x))
+    ours = _spray(conv, rule, x_cl, g.contiguous(memory_format=torch.channels_last))
+    plain = _spray(conv, rule, x, g)
+    ref = _zennit(conv, rule, x, g).detach()
+    assert torch.allclose(ours, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
+    assert float((ours - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
