@@ -100,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--new-fraction", type=float, default=0.05)
     ap.add_argument("--embedding", choices=["umap", "tsne", "spectral"], help="override analysis.embedding")
+    ap.add_argument(
+        "--model",
+        choices=["demo", "resnet18", "resnet50"],
+        default="demo",
+        help="demo: the demo's trained small CNN on 28x28. resnet18/resnet50: a torchvision model (seeded "
+        "random weights: the cost of LRP does not depend on them) on the same images resized to --size "
+        "and repeated to RGB, i.e. a batch stage with the cost of a real model.",
+    )
+    ap.add_argument("--size", type=int, default=112, help="input size for --model resnet18/resnet50")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the spray runs (default 1)")
     ap.add_argument("--work-dir", default="/tmp/spray-bench-incremental")
     ap.add_argument("--out", help="write the result as JSON here")
@@ -122,6 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.embedding:
         raw["analysis"]["embedding"] = args.embedding
     raw["output"]["keep_runs"] = 10
+    if args.model != "demo":
+        import torch
+        import torchvision
+
+        torch.manual_seed(0)
+        net = getattr(torchvision.models, args.model)(num_classes=10)
+        torch.save(net.state_dict(), work / f"{args.model}.pt")
+        raw["model"] = {"architecture": args.model, "num_classes": 10, "checkpoint": f"{args.model}.pt"}
+        t = raw["data"]["transform"]
+        raw["data"]["transform"] = {
+            "resize": args.size,
+            "grayscale_to_rgb": True,
+            "mean": list(t.get("mean", [0.0])) * 3,
+            "std": list(t.get("std", [1.0])) * 3,
+        }
+        raw["batch"]["batch_size"] = 32
     base_cfg = work / "bench-full.yaml"
     base_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -165,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_samples": len(images),
         "n_new": n_new,
         "embedding": raw["analysis"]["embedding"],
+        "model": args.model if args.model == "demo" else f"{args.model} at {args.size}x{args.size}",
         "cpu_count": os.cpu_count(),
         "torch_threads": args.threads,
         "full": {k: v for k, v in full.items() if k != "logs"} | {"stages_s": _stage_seconds(full["logs"])},
@@ -179,6 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("stage", "full s", "incremental s")]
     for key in ("setup_s", "batch_s", "analysis_s", "total_s"):
         rows.append((key, f"{ft.get(key, 0):.1f}", f"{it.get(key, 0):.1f}"))
+    for name, res in (("full", full), ("incremental", inc)):
+        paste = next((r for r in res["logs"] if "n_paste_computed" in r), {})
+        result[name]["paste"] = {k: paste.get(k) for k in ("n_paste_computed", "n_paste_cached")}
+    rows.append(
+        (
+            "pasted computed / cached",
+            "{n_paste_computed} / {n_paste_cached}".format(**result["full"]["paste"]),
+            "{n_paste_computed} / {n_paste_cached}".format(**result["incremental"]["paste"]),
+        )
+    )
     rows.append(("process wall", f"{full['wall_s']:.1f}", f"{inc['wall_s']:.1f}"))
     rows.append(("process CPU", f"{full['cpu_s']:.1f}", f"{inc['cpu_s']:.1f}"))
     rows.append(
@@ -188,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{it['n_computed']} / {it['n_cached']}",
         )
     )
-    text = "\n".join(f"{a:<20} {b:>14} {c:>16}" for a, b, c in rows)
+    text = "\n".join(f"{a:<26} {b:>14} {c:>16}" for a, b, c in rows)
     text += (
         f"\nincremental / full: {result['incremental_fraction_cpu']:.1%} of the CPU time, "
         f"{result['incremental_fraction_wall']:.1%} of the wall time, "

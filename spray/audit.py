@@ -47,11 +47,12 @@ from spray.records import (
     SkippedSample,
     SpectralResult,
 )
-from spray.scoring import InterventionProbe, rank_findings, score_class
+from spray.scoring import InterventionProbe, rank_findings, score_class, stable_order
 from spray.storage import (
     CACHE_DIR,
     LAYOUT_VERSION,
     SUMMARY,
+    PasteCache,
     ShardCache,
     atomic_save_npy,
     atomic_save_npz,
@@ -539,13 +540,21 @@ def _make_probe(
     stage: BatchStageResult,
     class_index: int,
     cfg: AuditConfig,
+    *,
+    target_order: np.ndarray,
+    cache: PasteCache | None,
 ) -> InterventionProbe | None:
+    """The paste test's probe for one class.
+
+    ``target_order`` is :func:`spray.scoring.stable_order` of every sample's content hash: the targets
+    of class ``c`` are the first ``intervention_samples`` samples of other classes in that order, so new
+    samples change only a few of them and the rest of the paste test comes from ``cache``.
+    """
     labels = stage.batch.labels
-    other = np.flatnonzero(labels != class_index)
+    other = target_order[labels[target_order] != class_index]
     if len(other) == 0:
         return None
-    rng = np.random.default_rng([cfg.seed, class_index])
-    pick = np.sort(rng.choice(other, size=min(cfg.scoring.intervention_samples, len(other)), replace=False))
+    pick = other[: cfg.scoring.intervention_samples]
     index_of = {sid: i for i, sid in enumerate(dataset.ids)}
 
     @torch.no_grad()
@@ -561,6 +570,8 @@ def _make_probe(
         load_inputs=load_inputs,
         other_ids=[stage.batch.sample_ids[i] for i in pick],
         other_labels=labels[pick],
+        content_keys=dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True)),
+        cache=cache,
     )
 
 
@@ -746,6 +757,11 @@ def run_audit(
             warm_up(approximate_knn=largest >= EXACT_KNN_BELOW)
         classes: list[ClassAnalysis] = []
         too_small: list[dict[str, Any]] = []
+        paste_cache: PasteCache | None = None
+        target_order = np.zeros(0, dtype=np.int64)
+        if cfg.scoring.intervention:
+            paste_cache = PasteCache(cache.dir)
+            target_order = stable_order(stage.batch.content_hashes, f"target|{cfg.seed}")
         for c in _select_classes(cfg, len(dataset.class_names)):
             rows = np.flatnonzero(group == c)
             name = dataset.class_names[c]
@@ -754,7 +770,11 @@ def run_audit(
                 log.warning("class %s has %d samples (< analysis.min_class_size): skipped", name, len(rows))
                 continue
             log.info("analysing class %d (%s): %d samples", c, name, len(rows))
-            probe = _make_probe(model, dev, dataset, stage, c, cfg) if cfg.scoring.intervention else None
+            probe = (
+                _make_probe(model, dev, dataset, stage, c, cfg, target_order=target_order, cache=paste_cache)
+                if cfg.scoring.intervention
+                else None
+            )
             classes.append(
                 analyze_class(
                     c,
@@ -766,6 +786,14 @@ def run_audit(
                 )
             )
         findings = rank_findings([ca.clusters for ca in classes])
+        if paste_cache is not None:
+            log.info(
+                "paste test: %d pasted images predicted, %d taken from the cache",
+                paste_cache.misses,
+                paste_cache.hits,
+                extra={"n_paste_computed": paste_cache.misses, "n_paste_cached": paste_cache.hits},
+            )
+            paste_cache.close()
 
     timings["total_s"] = time.perf_counter() - t_start
     report = AuditReport(

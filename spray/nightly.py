@@ -65,6 +65,8 @@ _LOG_FIELDS = (
     "n_cached",
     "shards_computed",
     "shards_reused",
+    "n_paste_computed",
+    "n_paste_cached",
     "exit_code",
     "n_new",
     "n_grown",

@@ -62,10 +62,12 @@ recovered at the ``k`` that separates it, and a split or contaminated version of
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -98,6 +100,75 @@ _RATIO_EPS = 0.02
 _MAX_DONORS = 64
 
 
+class PredictionCache(Protocol):
+    """Predicted classes of pasted images, by a key that determines the image (see :class:`InterventionProbe`)."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, int]:
+        """The cached predictions among ``keys`` (missing keys are left out)."""
+        ...
+
+    def put_many(self, items: Mapping[str, int]) -> None:
+        """Store predictions."""
+        ...
+
+
+def stable_order(keys: Sequence[str], salt: str) -> np.ndarray:
+    """Indices that sort ``keys`` by a salted hash: a seeded random order that is stable under additions.
+
+    Taking the first ``m`` of this order picks a seeded random subset, and adding or removing items
+    changes the pick only where an added item sorts in front (about the added fraction), unlike
+    ``rng.choice`` over positions, where any change of the population redraws everything. That keeps
+    most paste tests of a nightly run with a few new samples identical to the previous night's, so
+    their predictions come from the cache.
+
+    Returns
+    -------
+    np.ndarray
+        ``(len(keys),)`` int64 permutation.
+    """
+    h = np.array(
+        [
+            int.from_bytes(hashlib.blake2b(f"{salt}|{k}".encode(), digest_size=8).digest(), "little")
+            for k in keys
+        ],
+        dtype=np.uint64,
+    )
+    return np.argsort(h, kind="stable").astype(np.int64)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, vectorised: a well-mixed uint64 per input (for rendezvous pairing)."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _u64(keys: Sequence[str]) -> np.ndarray:
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys],
+        dtype=np.uint64,
+    )
+
+
+def rendezvous_pairs(target_keys: Sequence[str], donor_keys: Sequence[str]) -> np.ndarray:
+    """For each target, the donor with the smallest pair hash (highest-random-weight hashing).
+
+    A target keeps its donor when donors are added or removed, unless the added donor wins or its own
+    donor left, so a slightly changed donor set changes only a few pairs.
+
+    Returns
+    -------
+    np.ndarray
+        ``(len(target_keys),)`` int64 donor index per target.
+    """
+    t = _u64(target_keys)[:, None]
+    d = _u64(donor_keys)[None, :]
+    with np.errstate(over="ignore"):
+        return np.argmin(_mix64(t * np.uint64(0x9E3779B97F4A7C15) ^ d), axis=1).astype(np.int64)
+
+
 @dataclass
 class InterventionProbe:
     """What the intervention (paste) test needs; built by the audit from the dataset.
@@ -112,12 +183,84 @@ class InterventionProbe:
         Ids of images of OTHER classes to paste into (already sampled, seeded).
     other_labels : np.ndarray
         ``(m,)`` their labels.
+    content_keys : Mapping[str, str], optional
+        Sample id -> content hash. Donors are then picked and paired by content (stable when samples
+        are added), and ``cache`` is used.
+    cache : PredictionCache, optional
+        Predictions of pasted images keyed by (target content, donor content, grid mask). The key
+        determines the pasted image; the model and the input transform must be fixed per cache (the
+        audit keeps one cache per model and LRP/transform settings). Only used with ``content_keys``.
     """
 
     predict: Callable[[torch.Tensor], torch.Tensor]
     load_inputs: Callable[[list[str]], torch.Tensor]
     other_ids: list[str]
     other_labels: np.ndarray
+    content_keys: Mapping[str, str] | None = None
+    cache: PredictionCache | None = None
+
+    def key(self, sample_id: str) -> str:
+        """The content hash of a sample when known, else its id (prefixed so the two never collide)."""
+        if self.content_keys is not None and sample_id in self.content_keys:
+            return self.content_keys[sample_id]
+        return f"id:{sample_id}"
+
+    def predict_pasted(
+        self, target_ids: Sequence[str], donor_ids: Sequence[str] | None, masks: np.ndarray | None
+    ) -> np.ndarray:
+        """Predicted class of each target with its donor's pixels pasted inside its grid mask.
+
+        Parameters
+        ----------
+        target_ids : Sequence[str]
+            ``m`` target images.
+        donor_ids : Sequence[str], optional
+            ``m`` donors, one per target; None predicts the targets as they are.
+        masks : np.ndarray, optional
+            ``(m, h, w)`` bool masks on the analysis grid, upsampled (nearest) to the input size.
+
+        Returns
+        -------
+        np.ndarray
+            ``(m,)`` int64 predicted classes. Cached predictions are reused; only the others are
+            loaded and run through the model.
+        """
+        m = len(target_ids)
+        use_cache = self.cache is not None and self.content_keys is not None
+        keys: list[str] = []
+        if use_cache:
+            for j in range(m):
+                tk = self.key(target_ids[j])
+                if donor_ids is None or masks is None:
+                    keys.append(f"plain|{tk}")
+                else:
+                    mk = hashlib.blake2b(np.packbits(masks[j]).tobytes(), digest_size=8).hexdigest()
+                    keys.append(f"paste|{tk}|{self.key(donor_ids[j])}|{masks[j].shape}|{mk}")
+        found = self.cache.get_many(keys) if use_cache and self.cache is not None else {}
+        out = np.zeros(m, dtype=np.int64)
+        todo = []
+        for j in range(m):
+            if use_cache and keys[j] in found:
+                out[j] = found[keys[j]]
+            else:
+                todo.append(j)
+        if not todo:
+            return out
+        targets = self.load_inputs([target_ids[j] for j in todo])
+        x = targets
+        if donor_ids is not None and masks is not None:
+            uniq = sorted({donor_ids[j] for j in todo})
+            pos = {sid: i for i, sid in enumerate(uniq)}
+            donors = self.load_inputs(uniq)[torch.tensor([pos[donor_ids[j]] for j in todo])]
+            mk_t = torch.from_numpy(np.ascontiguousarray(masks[todo]).astype(np.float32))[:, None]
+            mk_t = F.interpolate(mk_t, size=tuple(targets.shape[-2:]), mode="nearest").bool()
+            x = torch.where(mk_t, donors.to(targets.dtype), targets)
+        with torch.no_grad():
+            pred = np.asarray(self.predict(x).cpu().numpy(), dtype=np.int64)
+        out[todo] = pred
+        if use_cache and self.cache is not None:
+            self.cache.put_many({keys[j]: int(p) for j, p in zip(todo, pred, strict=True)})
+        return out
 
 
 @dataclass(frozen=True)
@@ -373,25 +516,23 @@ def _paste_flips(
     class_index: int,
     donor_ids: list[str],
     donor_masks: np.ndarray,
-    targets: torch.Tensor,
+    target_ids: list[str],
 ) -> np.ndarray:
-    """Paste donor pixels (inside their grid masks, upsampled) into targets; ``(m,)`` bool "now class"."""
-    donors = probe.load_inputs(donor_ids)
-    m = targets.shape[0]
-    pick = np.arange(m) % len(donor_ids)  # cycle donors over targets: every donor is used evenly
-    mask = torch.from_numpy(donor_masks[pick].astype(np.float32))[:, None]
-    mask = F.interpolate(mask, size=tuple(targets.shape[-2:]), mode="nearest").bool()
-    pasted = torch.where(mask, donors[torch.from_numpy(pick)].to(targets.dtype), targets)
-    with torch.no_grad():
-        pred = probe.predict(pasted)
-    return np.asarray(pred.cpu().numpy() == class_index)
+    """Paste donor pixels (inside their grid masks, upsampled) into targets; ``(m,)`` bool "now class".
+
+    Each target gets one donor by rendezvous hashing of their contents, so a donor set that changed by
+    a few samples since the last run changes only a few pairs (and the rest come from the cache).
+    """
+    pick = rendezvous_pairs([probe.key(t) for t in target_ids], [probe.key(d) for d in donor_ids])
+    pred = probe.predict_pasted(target_ids, [donor_ids[i] for i in pick], np.asarray(donor_masks)[pick])
+    return np.asarray(pred == class_index)
 
 
 @dataclass
 class _Targets:
-    """Other-class images that the paste test writes into, loaded once per class."""
+    """Other-class images that the paste test writes into (ids; images are loaded only when needed)."""
 
-    x: torch.Tensor  # (m, C, H, W)
+    ids: list[str]
     already: np.ndarray  # (m,) bool: already predicted as the class (cannot flip; excluded)
 
     @classmethod
@@ -400,10 +541,8 @@ class _Targets:
         ids = [i for i, ok in zip(probe.other_ids, keep, strict=True) if ok][:limit]
         if not ids:
             return None
-        x = probe.load_inputs(ids)
-        with torch.no_grad():
-            already = np.asarray(probe.predict(x).cpu().numpy() == class_index)
-        return cls(x, already)
+        already = np.asarray(probe.predict_pasted(ids, None, None) == class_index)
+        return cls(ids, already)
 
 
 def _sign_test_p(b: int, c: int) -> float:
@@ -422,15 +561,18 @@ def _intervention(
     sample_ids: list[str],
     probe: InterventionProbe,
     targets: _Targets | None,
-    rng: np.random.Generator,
+    salt: str,
 ) -> dict[str, float]:
     """The paste test of one cluster against its same-class null; returns raw numbers ({} if untestable)."""
     if targets is None:
         return {}
     members = np.flatnonzero(cand.member)
     rest = np.flatnonzero(~cand.member)
-    d_in = np.sort(rng.choice(members, size=min(_MAX_DONORS, members.size), replace=False))
-    d_out = np.sort(rng.choice(rest, size=min(_MAX_DONORS, rest.size), replace=False))
+    # Donors: the first _MAX_DONORS of a seeded order of the samples' contents (stable_order), not
+    # rng.choice over positions, so one new member does not redraw every donor.
+    keys = [probe.key(sid) for sid in sample_ids]
+    d_in = np.sort(members[stable_order([keys[i] for i in members], f"donor|{salt}")[:_MAX_DONORS]])
+    d_out = np.sort(rest[stable_order([keys[i] for i in rest], f"donor|{salt}")[:_MAX_DONORS]])
     if cand.moving:
         m_in = _peak_masks(stats, d_in, cand.moving_size)
         m_out = _peak_masks(stats, d_out, cand.moving_size)
@@ -438,8 +580,8 @@ def _intervention(
         shared = cand.region.mask(stats.h, stats.w)
         m_in = np.broadcast_to(shared, (d_in.size, *shared.shape))
         m_out = np.broadcast_to(shared, (d_out.size, *shared.shape))
-    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets.x)
-    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets.x)
+    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets.ids)
+    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets.ids)
     valid = ~targets.already  # a target already predicted as this class cannot flip to it
     nv = int(valid.sum())
     if nv == 0:
@@ -589,12 +731,11 @@ def score_class(
     use_probe = probe is not None and config.intervention and config.intervention_candidates > 0
     if use_probe:
         assert probe is not None
-        rng = np.random.default_rng([seed, class_index])
         targets = _Targets.load(probe, class_index, config.intervention_samples)
         for cand in cands[: config.intervention_candidates]:
             if cand.signals["size"] < _MIN_SIZE or cand.map_score <= 0:
                 continue
-            out = _intervention(stats, cand, class_index, sample_ids, probe, targets, rng)
+            out = _intervention(stats, cand, class_index, sample_ids, probe, targets, f"{seed}|{class_index}")
             if out:
                 tests[cand.cluster_id] = out
 

@@ -168,6 +168,10 @@ class Result:
         """The merge stage's log record (counts of computed and cached samples)."""
         return next(r for r in self.logs if r.get("stage") == "merge" and "n_computed" in r)
 
+    def paste(self) -> dict[str, Any]:
+        """The analysis log line with the paste test's computed / cached counts."""
+        return next(r for r in self.logs if "n_paste_computed" in r)
+
 
 def parse_logs(stderr: str) -> list[dict[str, Any]]:
     """Every JSON line of stderr (other lines, e.g. torchrun's own, are ignored)."""
@@ -239,6 +243,8 @@ def test_first_run_publishes_logs_and_reports(first: dict[str, Any]) -> None:
     for st in ("setup", "check", "batch", "merge", "analysis", "compare", "write", "publish", "done"):
         assert st in stages, st
     assert res.merged()["n_computed"] == 600 and res.merged()["n_cached"] == 0
+    # Empty cache: only repeats within this run (the same paste in two tests) can be cache hits.
+    assert res.paste()["n_paste_computed"] > res.paste()["n_paste_cached"]
     # The planted cluster is flagged; with no previous run every suspicious cluster is new → exit 10.
     ch = first["summary"]["changes"]
     assert ch["previous_run_id"] is None
@@ -300,6 +306,10 @@ def test_five_percent_new_images_are_the_only_ones_computed(
     # one partly), the 30 new ones are at positions 600..629.
     written = [r for r in res.logs if r["msg"].startswith("shard ") and "written" in r["msg"]]
     assert sum(r["n_computed"] for r in written) == 30 and {r["shard"] for r in written} == {576}
+    # The paste test picks targets and donors by content and pairs them by rendezvous hashing, so most
+    # pasted images are the same as last night's and their predictions come from the cache.
+    p = res.paste()
+    assert p["n_paste_cached"] > p["n_paste_computed"], p
     s = json.loads(Path(res.status["summary"]).read_text())
     ch = s["changes"]
     assert ch["previous_run_id"] == first["summary"]["run_id"]

@@ -113,3 +113,29 @@ def test_clean_staging_removes_crash_leftovers_but_keeps_finished_shards(tmp_pat
     assert not any((runs / ".staging").iterdir())
     assert [p.name.startswith("shard-") for p in cache.dir.iterdir()] == [True]
     assert list_runs(runs) == []
+
+
+def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> None:
+    from spray.storage import PasteCache
+
+    c = PasteCache(tmp_path)
+    assert c.get_many(["a", "b"]) == {}
+    c.put_many({"a": 3, "b": 7})
+    c.put_many({"a": 9})  # an existing key keeps its value (same key, same prediction)
+    c.close()
+    again = PasteCache(tmp_path)
+    assert again.get_many(["a", "b", "c"]) == {"a": 3, "b": 7}
+    assert (again.hits, again.misses) == (2, 1)
+    # More keys than SQLite's bound-parameter limit in one call.
+    again.put_many({f"k{i}": i % 10 for i in range(1200)})
+    assert len(again.get_many([f"k{i}" for i in range(1200)])) == 1200
+    again.close()
+    # A damaged file is moved aside and replaced by an empty cache: the run goes on.
+    (tmp_path / PasteCache.FILE).write_bytes(b"this is not a database" * 100)
+    for extra in ("-wal", "-shm"):
+        (tmp_path / (PasteCache.FILE + extra)).unlink(missing_ok=True)
+    fresh = PasteCache(tmp_path)
+    assert fresh.get_many(["a"]) == {}
+    fresh.put_many({"a": 1})
+    assert fresh.get_many(["a"]) == {"a": 1}
+    assert list(tmp_path.glob("paste.damaged-*"))
