@@ -201,8 +201,8 @@ def test_stable_order_and_rendezvous_pairs_change_little_when_samples_are_added(
     targets = [f"t{i}" for i in range(200)]
     donors = [f"d{i}" for i in range(40)]
     p1 = rendezvous_pairs(targets, donors)
-    p2 = rendezvous_pairs(targets, donors + ["d_new1", "d_new2"])
-    same = np.mean([donors[a] == (donors + ["d_new1", "d_new2"])[b] for a, b in zip(p1, p2, strict=True)])
+    p2 = rendezvous_pairs(targets, [*donors, "d_new1", "d_new2"])
+    same = np.mean([donors[a] == ([*donors, "d_new1", "d_new2"])[b] for a, b in zip(p1, p2, strict=True)])
     assert same >= 0.85
     assert len(set(p1.tolist())) >= 30  # donors are spread over the targets
 
@@ -243,7 +243,7 @@ def test_predict_pasted_reuses_cached_predictions() -> None:
     # s0 with s9's top-left quarter: 16 pixels of 9 -> 144 > 40; s2 with s3's: 16*3 + 48*2 = 144 > 40.
     np.testing.assert_array_equal(a, [1, 1, 1])
     assert calls == [3]
-    b = probe.predict_pasted(targets + ["s4"], donors + ["s0"], np.concatenate([masks, masks[:1]]))
+    b = probe.predict_pasted([*targets, "s4"], [*donors, "s0"], np.concatenate([masks, masks[:1]]))
     assert calls == [3, 1] and b[:3].tolist() == a.tolist()  # only the new pair ran through the model
     # A different mask is a different image: not served from the cache.
     probe.predict_pasted(["s0"], ["s9"], ~masks[:1])
