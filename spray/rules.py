@@ -29,7 +29,8 @@ checked numerically against zennit 0.5.1 in the tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -338,25 +339,33 @@ class _PassFn(torch.autograd.Function):
 
     In the gradient frame ``R_in = R_out`` means ``g_in = g_out · y / x`` (0 where ``x == 0``). Before
     the first rule layer the backward carries relevance already, so it passes ``g`` unchanged.
+
+    The module runs inside the Function and only the ratio ``y / x`` is saved, so the output is a fresh
+    tensor that later code may modify in place (torchvision's ``out += identity`` after an unfolded
+    BatchNorm with ``canonize=False``; returning a no-grad ``y`` as-is made that an autograd error).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], carries_relevance: bool
+    ) -> torch.Tensor:
+        y = run(x)
+        if y is x:
+            y = y.clone()
         ctx.carries_relevance = carries_relevance
         if not carries_relevance:
-            ctx.save_for_backward(x, y)
-        return y.view_as(y)
+            xf = x.float()
+            zero = xf == 0
+            ratio = y.float() / torch.where(zero, torch.ones_like(xf), xf)
+            ctx.save_for_backward(ratio.masked_fill_(zero, 0.0))
+        return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         if ctx.carries_relevance:
             return g, None, None
-        x, y = ctx.saved_tensors
-        xf = x.float()
-        safe = torch.where(xf == 0, torch.ones_like(xf), xf)
-        ratio = torch.where(xf == 0, torch.zeros_like(xf), y.float() / safe)
-        # gradient w.r.t. y is not propagated further (y is a function of x computed without grad)
-        return (g * ratio.to(g.dtype)), None, None
+        (ratio,) = ctx.saved_tensors
+        return _scale_grad(g, ratio), None, None
 
 
 class _MaxPoolFn(torch.autograd.Function):
@@ -777,7 +786,8 @@ class Pass(Rule):
 
     gradient_frame_only: ClassVar[bool] = False
 
-    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+    def run_elementwise(self, module: RuleModule, x: torch.Tensor) -> torch.Tensor:
+        """``module.inner(x)`` without autograd, checked to be element-wise."""
         with torch.no_grad():
             y = module.inner(x)
         if y.shape != x.shape:
@@ -785,9 +795,12 @@ class Pass(Rule):
                 f"Pass() on {module.path} ({type(module.inner).__name__}) needs an element-wise module, "
                 f"but it maps {tuple(x.shape)} to {tuple(y.shape)}"
             )
+        return y
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
         if not x.requires_grad:
-            return y
-        return _PassFn.apply(x, y, carries_relevance)
+            return self.run_elementwise(module, x)
+        return _PassFn.apply(x, functools.partial(self.run_elementwise, module), carries_relevance)
 
 
 @dataclass(frozen=True)

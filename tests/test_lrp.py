@@ -489,3 +489,14 @@ def test_channels_last_falls_back_once_when_the_forward_needs_contiguous(
     with pytest.raises(RuntimeError):
         ex2(torch.randn(2, 5, 32, 32))
     assert ex2.channels_last
+
+
+def test_resnet_without_canonization_runs() -> None:
+    # Unfolded BNs get Pass; torchvision then adds the identity in place (`out += identity`) to the
+    # Pass output, which must be a fresh tensor (it used to be an autograd view error).
+    model, x = _model("resnet18"), _inputs("resnet18")
+    result = Explainer(model, canonize=False)(x)
+    assert torch.isfinite(result.relevance).all()
+    ref = Explainer(model)(x)
+    cos = nn.functional.cosine_similarity(result.relevance.flatten(1), ref.relevance.flatten(1), dim=1)
+    assert bool((cos > 0.5).all()), cos.tolist()  # same model; the residual sums lose the Norm rule
