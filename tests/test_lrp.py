@@ -499,4 +499,4 @@ def test_resnet_without_canonization_runs() -> None:
     assert torch.isfinite(result.relevance).all()
     ref = Explainer(model)(x)
     cos = nn.functional.cosine_similarity(result.relevance.flatten(1), ref.relevance.flatten(1), dim=1)
-    assert bool((cos > 0.5).all()), cos.tolist()  # same model; the residual sums lose the Norm rule
+    assert bool((cos > 0.99).all()), cos.tolist()  # measured 0.9996: the sums lose the Norm rule
