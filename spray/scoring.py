@@ -37,8 +37,10 @@ unit positive mass so that a sample's *share* of relevance in a region is well d
 Score and flag. ``map_score = localisation * clip(log10(lift)/2, 0, 1) * (0.5 + 0.5 * (2*AUROC-1)) *
 (0.5 + 0.5*separation) * (1 - 0.25 * fraction)``. With a probe, ``score = map_score * (0.5 +
 strength)`` with ``strength = min(1, excess / 0.5) * min(1, ratio / flip_ratio)``, where ``excess`` is
-the flip rate above the null, ``ratio = (flip + 0.02) / (null + 0.02)`` (strength 0 when untested or
-not significant); without a probe ``score = map_score``. Scores are comparable across the classes of
+the flip rate above the null, ``ratio = (flip + 0.02) / (null + 0.02)`` (strength 0 when untested,
+not significant, or when the members' flip rate is below ``flip_margin``: then no flag is possible and
+the null arm is not run, which halves the cost for most natural clusters); without a probe
+``score = map_score``. Scores are comparable across the classes of
 one run. ``suspicious`` is:
 
 * with a probe: the cluster was tested, its flip excess is at least ``flip_margin``, the sign test
@@ -562,8 +564,12 @@ def _intervention(
     probe: InterventionProbe,
     targets: _Targets | None,
     salt: str,
+    min_flip: float = 0.0,
 ) -> dict[str, float]:
-    """The paste test of one cluster against its same-class null; returns raw numbers ({} if untestable)."""
+    """The paste test of one cluster against its same-class null; returns raw numbers ({} if untestable).
+
+    When the members' flip rate is below ``min_flip`` the null arm is not run (``flip_null_skipped``).
+    """
     if targets is None:
         return {}
     members = np.flatnonzero(cand.member)
@@ -580,13 +586,23 @@ def _intervention(
         shared = cand.region.mask(stats.h, stats.w)
         m_in = np.broadcast_to(shared, (d_in.size, *shared.shape))
         m_out = np.broadcast_to(shared, (d_out.size, *shared.shape))
-    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets.ids)
-    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets.ids)
     valid = ~targets.already  # a target already predicted as this class cannot flip to it
     nv = int(valid.sum())
     if nv == 0:
         return {}
-    fi, fo = flip_in[valid], flip_out[valid]
+    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets.ids)
+    fi = flip_in[valid]
+    if fi.mean() < min_flip:
+        # The flag needs flip - null >= flip_margin, so below the margin it is impossible whatever the
+        # null: skip the null arm (half the test's forward passes; most natural clusters end here).
+        return {
+            "flip_rate": float(fi.mean()),
+            "flip_p": 1.0,
+            "flip_targets": float(nv),
+            "flip_null_skipped": 1.0,
+        }
+    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets.ids)
+    fo = flip_out[valid]
     b = int((fi & ~fo).sum())
     c = int((~fi & fo).sum())
     return {
@@ -630,7 +646,13 @@ def _evidence(
         f"a member's share there exceeds a random other {class_name} sample's with probability "
         f"{_pct((1 + s['consistency']) / 2)}"
     )
-    if tested:
+    if tested and "flip_null" not in tested:
+        out.append(
+            f"pasting that region flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
+            f"({int(tested['flip_targets'])} images; below the margin a flag needs, so the same-class null "
+            "was not run)"
+        )
+    elif tested:
         out.append(
             f"pasting that region flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
             f"(the same region from other {class_name} images: {_pct(tested['flip_null'])}; "
@@ -735,7 +757,16 @@ def score_class(
         for cand in cands[: config.intervention_candidates]:
             if cand.signals["size"] < _MIN_SIZE or cand.map_score <= 0:
                 continue
-            out = _intervention(stats, cand, class_index, sample_ids, probe, targets, f"{seed}|{class_index}")
+            out = _intervention(
+                stats,
+                cand,
+                class_index,
+                sample_ids,
+                probe,
+                targets,
+                f"{seed}|{class_index}",
+                min_flip=config.flip_margin,
+            )
             if out:
                 tests[cand.cluster_id] = out
 
@@ -754,7 +785,7 @@ def score_class(
         if use_probe:
             strength = 0.0
             ratio_ok = False
-            if res:
+            if res and "flip_null" in res:
                 # Smoothed rate ratio: the members' region must flip several times as often as the same
                 # region of ordinary class members (a natural part flips both; see the module docstring).
                 res["flip_ratio"] = (res["flip_rate"] + _RATIO_EPS) / (res["flip_null"] + _RATIO_EPS)
@@ -767,9 +798,12 @@ def score_class(
             # The map evidence ranks, the paste test confirms: on real models the paste flip rates of a
             # planted artifact (7-19 %) and of a "catch-all" class's natural halves (19-21 %) overlap,
             # while the map score ranked the artifact first in every benchmark cell looked at.
+            elif res:
+                sig.update(res)  # null skipped: the members' flip rate was below the margin
             score = cand.map_score * (0.5 + strength)
             suspicious = (
                 res is not None
+                and "flip_excess" in res
                 and res["flip_excess"] >= margin
                 and res["flip_p"] < alpha
                 and ratio_ok

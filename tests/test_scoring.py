@@ -248,3 +248,20 @@ def test_predict_pasted_reuses_cached_predictions() -> None:
     # A different mask is a different image: not served from the cache.
     probe.predict_pasted(["s0"], ["s9"], ~masks[:1])
     assert calls == [3, 1, 1]
+
+
+def test_null_arm_is_skipped_when_the_members_flip_rate_is_below_the_margin(planted: Case) -> None:
+    """A cluster whose pasted region flips (almost) nothing cannot be flagged: its null arm never runs."""
+    calls: list[int] = []
+
+    def never(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.zeros(len(x), dtype=torch.long)  # class 0: never the tested class (CLASS = 3)
+
+    found = _score(planted, _probe(planted, never))
+    tested = [f for f in found if f.signals.get("tested")]
+    assert tested and all(f.signals.get("flip_null_skipped") == 1.0 for f in tested)
+    assert all("flip_null" not in f.signals and not f.suspicious for f in tested)
+    assert any("null was not run" in " ".join(f.evidence) for f in tested)
+    # One batch for the targets as they are, then one member arm per tested cluster, and no null arms.
+    assert len(calls) == 1 + len(tested)
