@@ -59,6 +59,7 @@ from spray.storage import (
     atomic_write_json,
     clean_staging,
     find_run,
+    prune_cache,
     prune_runs,
     publish,
     staging_dir,
@@ -810,6 +811,9 @@ def run_audit(
             "n_samples": len(stage.batch),
             "classes_skipped": too_small,
             "class_names": dataset.class_names,
+            # The cache directory (model and LRP settings) this run's heatmaps came from: cache
+            # retention keeps the directories of kept runs only.
+            "cache": cache.dir.name,
         },
     )
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings", so
@@ -840,6 +844,7 @@ def run_audit(
     final = publish(runs_dir, staged, run_id)
     report.run_dir = str(final)
     prune_runs(runs_dir, cfg.output.keep_runs)
+    prune_cache(runs_dir, cache.dir.name)
     # The manifests only serve a resume of this run id, which is now published.
     shutil.rmtree(wdir, ignore_errors=True)
     set_stage("done")

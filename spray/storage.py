@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
 CACHE_DIR = ".cache"
+#: ``.cache/work``: per-run shard manifests (not a cache directory of a model).
+WORK_DIR = "work"
 STAGING_DIR = ".staging"
 LATEST = "latest"
 SUMMARY = "summary.json"
@@ -439,6 +441,41 @@ def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
+def prune_cache(runs_dir: Path, in_use: str) -> list[Path]:
+    """Retention for the cache: delete ``.cache/<model16>-<lrp16>`` directories no published run uses.
+
+    Every nightly run with a retrained model opens a new cache directory (relevance of every sample,
+    paste predictions), so without this the cache grows by a dataset's worth of heatmaps per model.
+    A directory is kept when it is ``in_use`` (the run just published) or named by the ``cache`` key of
+    any run still in ``runs_dir``. If some run predates that key, nothing is deleted (its directory
+    cannot be told apart).
+
+    Returns
+    -------
+    list[Path]
+        The deleted directories.
+    """
+    keep = {in_use}
+    for run in list_runs(runs_dir):
+        try:
+            key = json.loads((run / SUMMARY).read_text()).get("cache")
+        except (OSError, ValueError):
+            key = None
+        if not key:
+            log.info("cache retention skipped: run %s does not record its cache directory", run.name)
+            return []
+        keep.add(str(key))
+    removed = []
+    root = runs_dir / CACHE_DIR
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.is_dir() and d.name != WORK_DIR and d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("cache retention: removed %d cache directories no kept run uses", len(removed))
+    return removed
+
+
 def clean_staging(runs_dir: Path) -> None:
     """Remove leftovers of crashed runs (call only while holding the lock).
 
@@ -460,7 +497,7 @@ def clean_staging(runs_dir: Path) -> None:
 
 def work_dir(runs_dir: Path, run_id: str) -> Path:
     """Per-run folder of shard manifests: ``runs/.cache/work/<run16>`` (kept until the run is published)."""
-    return runs_dir / CACHE_DIR / "work" / run_id[:16]
+    return runs_dir / CACHE_DIR / WORK_DIR / run_id[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -139,3 +139,25 @@ def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> N
     fresh.put_many({"a": 1})
     assert fresh.get_many(["a"]) == {"a": 1}
     assert list(tmp_path.glob("paste.damaged-*"))
+
+
+def test_cache_retention_keeps_only_the_directories_of_kept_runs(tmp_path: Path) -> None:
+    from spray.storage import WORK_DIR, prune_cache
+
+    runs = tmp_path / "runs"
+    cache = runs / CACHE_DIR
+    for name in ("m1-l", "m2-l", "m3-l", WORK_DIR):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "shard-0.npz").write_bytes(b"x")
+    made = []
+    for rid, key in (("a" * 64, "m1-l"), ("b" * 64, "m2-l")):
+        staged = staging_dir(runs, rid)
+        atomic_write_json(staged / "summary.json", {"run_id": rid, "cache": key})
+        made.append(publish(runs, staged, rid))
+    prune_runs(runs, 1)  # run a (model m1) is gone
+    removed = prune_cache(runs, in_use="m3-l")
+    assert sorted(p.name for p in removed) == ["m1-l"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["m2-l", "m3-l", WORK_DIR])
+    # A run that does not record its cache directory (older layout): nothing is deleted.
+    _publish(runs, "c" * 64)
+    assert prune_cache(runs, in_use="m3-l") == [] and (cache / "m2-l").exists()
