@@ -68,7 +68,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -200,6 +200,9 @@ class InterventionProbe:
     other_labels: np.ndarray
     content_keys: Mapping[str, str] | None = None
     cache: PredictionCache | None = None
+    # Target images loaded so far: every tested cluster pastes into the same targets (a probe serves
+    # one class, so this holds at most ``intervention_samples`` inputs, as a preloaded batch would).
+    _targets_loaded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def key(self, sample_id: str) -> str:
         """The content hash of a sample when known, else its id (prefixed so the two never collide)."""
@@ -248,7 +251,10 @@ class InterventionProbe:
                 todo.append(j)
         if not todo:
             return out
-        targets = self.load_inputs([target_ids[j] for j in todo])
+        need = [target_ids[j] for j in todo if target_ids[j] not in self._targets_loaded]
+        if need:
+            self._targets_loaded.update(zip(need, self.load_inputs(need), strict=True))
+        targets = torch.stack([self._targets_loaded[target_ids[j]] for j in todo])
         x = targets
         if donor_ids is not None and masks is not None:
             uniq = sorted({donor_ids[j] for j in todo})

@@ -265,3 +265,26 @@ def test_null_arm_is_skipped_when_the_members_flip_rate_is_below_the_margin(plan
     assert any("null was not run" in " ".join(f.evidence) for f in tested)
     # One batch for the targets as they are, then one member arm per tested cluster, and no null arms.
     assert len(calls) == 1 + len(tested)
+
+
+def test_predict_pasted_loads_each_target_once() -> None:
+    from spray.scoring import InterventionProbe
+
+    images = {f"s{i}": torch.full((1, 4, 4), float(i)) for i in range(6)}
+    loaded: list[str] = []
+
+    def load(ids: list[str]) -> torch.Tensor:
+        loaded.extend(ids)
+        return torch.stack([images[i] for i in ids])
+
+    probe = InterventionProbe(
+        predict=lambda x: torch.zeros(len(x), dtype=torch.long),
+        load_inputs=load,
+        other_ids=[],
+        other_labels=np.zeros(0),
+    )
+    masks = np.ones((2, 2, 2), dtype=bool)
+    probe.predict_pasted(["s0", "s1"], None, None)
+    probe.predict_pasted(["s0", "s1"], ["s4", "s5"], masks)
+    probe.predict_pasted(["s0", "s1"], ["s5", "s4"], masks)
+    assert sorted(x for x in loaded if x in ("s0", "s1")) == ["s0", "s1"]  # targets: once each
