@@ -224,7 +224,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
     ranked = rank_findings([a.clusters for a in analyses])
     row["alarms"] = [f.class_name for f in ranked if f.suspicious]
     keep = ("size", "share_in", "share_out", "lift", "consistency", "separation", "map_score", "flip_rate",
-            "flip_null", "flip_excess", "flip_p", "moving")  # fmt: skip
+            "flip_null", "flip_excess", "flip_p", "appearance", "moving")  # fmt: skip
     row["findings"] = [
         {"key": f.key, "class": f.class_name, "score": f.score, "suspicious": f.suspicious,
          **{k: f.signals[k] for k in keep if k in f.signals}, "evidence": evidence_line(f)}

@@ -617,7 +617,46 @@ def _intervention(
         "flip_excess": float(fi.mean() - fo.mean()),
         "flip_p": _sign_test_p(b, c),
         "flip_targets": float(nv),
+        "appearance": _appearance(
+            probe.load_inputs([sample_ids[i] for i in d_in]),
+            np.asarray(m_in),
+            probe.load_inputs([sample_ids[i] for i in d_out]),
+            np.asarray(m_out),
+        ),
     }
+
+
+def _appearance(x_in: torch.Tensor, m_in: np.ndarray, x_out: torch.Tensor, m_out: np.ndarray) -> float:
+    """How alike the members' *pixels* are inside their region, relative to the class as a whole.
+
+    ``1 - spread(members) / spread(members and non-members)``, where ``spread`` is the per-position
+    standard deviation across samples, averaged over the region's positions and channels. Inputs are
+    average-pooled to the analysis grid, so every sample's region has the same cells (in row-major
+    order: a moving window is aligned by its top-left corner). A planted or real shortcut (stamp,
+    watermark, tag, frame) is nearly the same pixels in every member: close to 1. A natural object part
+    (a handle, a sole) varies from image to image: well below 1. 0 when the region looks the same in
+    every sample (nothing there to tell apart).
+
+    Parameters
+    ----------
+    x_in, x_out : torch.Tensor
+        ``(n, C, H, W)`` model inputs of members and non-members.
+    m_in, m_out : np.ndarray
+        ``(n, h, w)`` bool region masks on the grid; every mask has the same number of cells.
+    """
+    h, w = m_in.shape[-2:]
+
+    def cells(x: torch.Tensor, m: np.ndarray) -> np.ndarray:
+        g = F.adaptive_avg_pool2d(x.float(), (h, w)).permute(0, 2, 3, 1).numpy()  # (n, h, w, C)
+        return g[m].reshape(len(x), -1)  # (n, cells·C)
+
+    a, b = cells(x_in, m_in), cells(x_out, m_out)
+    if len(a) < 2 or len(b) < 1:
+        return 0.0
+    spread_all = float(np.concatenate([a, b]).std(axis=0).mean())
+    if spread_all < 1e-6:
+        return 0.0
+    return float(np.clip(1.0 - a.std(axis=0).mean() / spread_all, 0.0, 1.0))
 
 
 def _evidence(
@@ -664,6 +703,12 @@ def _evidence(
             f"(the same region from other {class_name} images: {_pct(tested['flip_null'])}; "
             f"p = {tested['flip_p']:.2g}, {int(tested['flip_targets'])} images)"
         )
+        if "appearance" in tested:
+            out.append(
+                f"its members' pixels there vary {_pct(1.0 - tested['appearance'])} as much as those of "
+                f"{class_name} images in general (a stamp, tag or frame repeats the same pixels; an object "
+                "part varies)"
+            )
     return out
 
 
@@ -917,8 +962,8 @@ def evidence_line(f: ClusterFinding) -> str:
     the top left; pasting that region flips 63 % of other-class images to Sandal"."""
     parts = []
     for i, sentence in enumerate(f.evidence):
-        if i == 2 and "probability" in sentence:
-            continue  # the consistency sentence is detail for the report, not the table
+        if (i == 2 and "probability" in sentence) or sentence.startswith("its members' pixels"):
+            continue  # consistency and appearance are detail for the report, not the table
         # First clause of each sentence: the claim; the parenthesis and the rest are detail.
         clause = sentence.split(" (")[0].split("; ")[0]
         parts.append(clause)
