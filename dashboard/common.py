@@ -395,6 +395,35 @@ def selection_rows(event: Any, n: int) -> list[int]:
     return sorted({i for i in out if 0 <= i < n})
 
 
+def selection_positions(event: Any, traces: Sequence[np.ndarray]) -> list[int]:
+    """Positions selected in a map drawn as several traces, from a plotly selection event (dict-style).
+
+    ``traces[c]`` holds the positions (into the class arrays) of trace ``c``'s points, in plot order, so
+    a selected point ``(curve_number c, point_index i)`` is ``traces[c][i]``. Curves beyond ``traces``
+    (a colour-bar trace) and out-of-range indices (a stale selection) are ignored. With one trace, the
+    event's ``point_indices`` serve when the per-point list is absent.
+    """
+    if not event:
+        return []
+    try:
+        sel = event["selection"]
+    except (KeyError, TypeError):
+        return []
+    points = sel.get("points") if hasattr(sel, "get") else None
+    out: set[int] = set()
+    if points:
+        for p in points:
+            c = int(p.get("curve_number", 0) or 0)
+            idx = p.get("point_index", p.get("point_number"))
+            if idx is None or not 0 <= c < len(traces) or not 0 <= int(idx) < len(traces[c]):
+                continue
+            out.add(int(traces[c][int(idx)]))
+    elif len(traces) == 1:
+        n = len(traces[0])
+        out = {int(traces[0][i]) for i in (int(i) for i in (sel.get("point_indices") or [])) if 0 <= i < n}
+    return sorted(out)
+
+
 def decode_customdata(value: Any) -> str | None:
     """customdata may come back as ``[id]``, ``{'0': id}`` or ``id``."""
     if isinstance(value, dict):
