@@ -399,9 +399,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--report", type=Path, default=None, help="only print the tables of an existing results file"
     )
+    ap.add_argument(
+        "--min-appearance",
+        type=float,
+        default=None,
+        help="with --report: re-evaluate the flags as if scoring.flag_min_appearance were this value "
+        "(from the signals stored with each flagged finding)",
+    )
     args = ap.parse_args(argv)
     if args.report is not None:
         rows = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
+        if args.min_appearance is not None:
+            for r in rows:
+                r["alarms"] = [
+                    f["class"]
+                    for f in r["findings"]
+                    if f["suspicious"] and f.get("appearance", 1.0) >= args.min_appearance
+                ]
         print_table(rows)
         summarize(rows)
         return

@@ -180,6 +180,13 @@ class ScoringConfig(_Section):
     flag_max_fraction: float = Field(
         0.6, gt=0.0, le=1.0, description="Flag: cluster at most this share of its class."
     )
+    flag_min_appearance: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Flag: the members' pixels in the region must be at least this alike (the "
+        "'appearance' signal: 1 = identical in every member, as a stamp; 0 = as varied as the class).",
+    )
     map_threshold: float = Field(
         0.35, ge=0.0, description="Flag without a probe: map score at least this (weak)."
     )

@@ -622,20 +622,29 @@ def _intervention(
             np.asarray(m_in),
             probe.load_inputs([sample_ids[i] for i in d_out]),
             np.asarray(m_out),
+            # The members' mean relevance per region cell (aligned like the pixels).
+            weights=stats.p[d_in][np.asarray(m_in)].reshape(len(d_in), -1).mean(axis=0),
         ),
     }
 
 
-def _appearance(x_in: torch.Tensor, m_in: np.ndarray, x_out: torch.Tensor, m_out: np.ndarray) -> float:
-    """How alike the members' *pixels* are inside their region, relative to the class as a whole.
+def _appearance(
+    x_in: torch.Tensor,
+    m_in: np.ndarray,
+    x_out: torch.Tensor,
+    m_out: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> float:
+    """How alike the members' *pixels* are where their relevance is, relative to the class as a whole.
 
-    ``1 - spread(members) / spread(members and non-members)``, where ``spread`` is the per-position
-    standard deviation across samples, averaged over the region's positions and channels. Inputs are
-    average-pooled to the analysis grid, so every sample's region has the same cells (in row-major
-    order: a moving window is aligned by its top-left corner). A planted or real shortcut (stamp,
-    watermark, tag, frame) is nearly the same pixels in every member: close to 1. A natural object part
-    (a handle, a sole) varies from image to image: well below 1. 0 when the region looks the same in
-    every sample (nothing there to tell apart).
+    ``1 - Σ w·spread(members) / Σ w·spread(members and non-members)``, where ``spread`` is the
+    standard deviation across samples at one grid cell of the region (averaged over channels) and ``w``
+    the members' mean relevance in that cell, so the cells the model uses count and the rest of the
+    window does not. Inputs are average-pooled to the analysis grid, so every sample's region has the
+    same cells (in row-major order: a moving window is aligned by its top-left corner). A planted or
+    real shortcut (stamp, watermark, tag, frame) is nearly the same pixels in every member: close to 1.
+    A natural object part (a handle, a sole) varies from image to image: well below 1. 0 when the
+    region looks the same in every sample (nothing there to tell apart).
 
     Parameters
     ----------
@@ -643,20 +652,24 @@ def _appearance(x_in: torch.Tensor, m_in: np.ndarray, x_out: torch.Tensor, m_out
         ``(n, C, H, W)`` model inputs of members and non-members.
     m_in, m_out : np.ndarray
         ``(n, h, w)`` bool region masks on the grid; every mask has the same number of cells.
+    weights : np.ndarray, optional
+        ``(cells,)`` weight per region cell (row-major); uniform when None.
     """
     h, w = m_in.shape[-2:]
 
     def cells(x: torch.Tensor, m: np.ndarray) -> np.ndarray:
         g = F.adaptive_avg_pool2d(x.float(), (h, w)).permute(0, 2, 3, 1).numpy()  # (n, h, w, C)
-        return g[m].reshape(len(x), -1)  # (n, cells·C)
+        return g[m].reshape(len(x), -1, g.shape[-1])  # (n, cells, C)
 
     a, b = cells(x_in, m_in), cells(x_out, m_out)
     if len(a) < 2 or len(b) < 1:
         return 0.0
-    spread_all = float(np.concatenate([a, b]).std(axis=0).mean())
-    if spread_all < 1e-6:
+    wt = np.ones(a.shape[1]) if weights is None else np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
+    spread_all = float(wt @ np.concatenate([a, b]).std(axis=0).mean(axis=1))
+    if spread_all < 1e-6 * max(float(wt.sum()), 1e-12):
         return 0.0
-    return float(np.clip(1.0 - a.std(axis=0).mean() / spread_all, 0.0, 1.0))
+    spread_in = float(wt @ a.std(axis=0).mean(axis=1))
+    return float(np.clip(1.0 - spread_in / spread_all, 0.0, 1.0))
 
 
 def _evidence(
@@ -862,6 +875,9 @@ def score_class(
                 # The null arm is "ordinary members of the class"; when the cluster IS most of the class,
                 # its complement is the odd group and the comparison no longer calibrates anything.
                 and cand.signals["fraction"] <= max_fraction
+                # A shortcut repeats the same pixels in every member; a natural object part varies
+                # (a catch-all class such as Bag has parts that flip other images as well).
+                and res.get("appearance", 1.0) >= config.flag_min_appearance
             )
         else:
             score = cand.map_score

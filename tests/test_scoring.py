@@ -288,3 +288,47 @@ def test_predict_pasted_loads_each_target_once() -> None:
     probe.predict_pasted(["s0", "s1"], ["s4", "s5"], masks)
     probe.predict_pasted(["s0", "s1"], ["s5", "s4"], masks)
     assert sorted(x for x in loaded if x in ("s0", "s1")) == ["s0", "s1"]  # targets: once each
+
+
+def test_appearance_tells_a_repeated_stamp_from_a_varying_part() -> None:
+    from spray.scoring import _appearance
+
+    rng = np.random.default_rng(0)
+    n = 40
+    rest = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    mask = np.zeros((n, 8, 8), dtype=bool)
+    mask[:, :2, :2] = True  # top-left 2×2 cells = 4×4 pixels
+    stamped = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    stamped[:, :, :4, :4] = 1.0  # the same pixels in every member
+    assert _appearance(stamped, mask, rest, mask) > 0.95
+    varied = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    assert _appearance(varied, mask, rest, mask) < 0.2
+    # A moving stamp: each member's own window (aligned by its corner) holds the same pixels.
+    moving = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    own = np.zeros((n, 8, 8), dtype=bool)
+    for i in range(n):
+        r, c = rng.integers(0, 7, size=2)
+        moving[i, :, 2 * r : 2 * r + 4, 2 * c : 2 * c + 4] = 1.0
+        own[i, r : r + 2, c : c + 2] = True
+    assert _appearance(moving, own, rest, mask) > 0.95
+    # Nothing to tell apart: a region that is the same in every image.
+    flat = torch.zeros(n, 1, 16, 16)
+    assert _appearance(flat, mask, flat, mask) == 0.0
+
+
+def test_flag_needs_the_members_to_look_alike(planted: Case) -> None:
+    """The toy shortcut's members carry identical bright patches: flagged at a strict appearance floor."""
+    found = score_class(
+        CLASS,
+        NAME,
+        planted.ids,
+        planted.maps,
+        planted.spectral,
+        planted.clustering,
+        config=ScoringConfig(flag_min_appearance=0.9),
+        probe=_probe(planted, _patch_predictor),
+        seed=0,
+    )
+    top = found[0]
+    assert top.suspicious and top.signals["appearance"] > 0.9
+    assert any("pixels there vary" in e for e in top.evidence)
