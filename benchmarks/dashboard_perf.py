@@ -87,15 +87,15 @@ def time_apptest(runs: Path, db: Path, app: Path = APP) -> dict[str, float]:
 
 
 def _serve(runs: Path, db: Path, app: Path = APP) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the dashboard the way ``spray dashboard`` does (same command line, preloading launcher)."""
+    from spray import serve
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1", "--server.port",
-         str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", "--", "--runs-dir", str(runs), "--flags-db", str(db)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    argv, env = serve.build_command(runs, port=port, flags_db=db)
+    argv[argv.index("run") + 1] = str(app)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

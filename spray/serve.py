@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8501
 DEFAULT_HOST = "127.0.0.1"
+# Imported by the server process at start instead of during the first visitor's first script run (0.5-0.9 s
+# on a 2-core machine: Streamlit itself imports none of them): what the dashboard's pages import.
+PRELOAD = (
+    "numpy",
+    "pandas",
+    "pyarrow.parquet",
+    "plotly.graph_objects",
+    "spray.imaging",
+    "spray.flags",
+    "spray.storage",
+)
+LAUNCHER = (
+    "import importlib, sys\n"
+    "for m in {modules!r}: importlib.import_module(m)\n"
+    "from streamlit.web.cli import main\n"
+    "sys.exit(main(prog_name='streamlit'))"
+)
 
 
 def app_path() -> Path:
@@ -61,13 +78,14 @@ def build_command(
     -------
     argv, env
         Run ``subprocess.Popen(argv, env=env)``; runs dir and flag DB travel both as script arguments and
-        as ``SPRAY_RUNS_DIR`` / ``SPRAY_FLAGS_DB``.
+        as ``SPRAY_RUNS_DIR`` / ``SPRAY_FLAGS_DB``. ``argv`` is ``streamlit run`` behind a launcher that
+        imports :data:`PRELOAD` first (``python -c``), so the first page view does not pay for it.
     """
     db = flags_db or default_db_path(runs_dir)
     argv = [
         sys.executable,
-        "-m",
-        "streamlit",
+        "-c",
+        LAUNCHER.format(modules=PRELOAD),
         "run",
         str(app_path()),
         "--server.address",
@@ -78,6 +96,9 @@ def build_command(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Runs are immutable and the app is not edited in production: no file watcher polling the disk.
+        "--server.fileWatcherType",
+        "none",
         "--",
         "--runs-dir",
         str(runs_dir),
