@@ -235,3 +235,28 @@ def test_dashboard_command_binds_localhost_and_passes_the_runs_dir(tmp_path: Pat
     assert env["SPRAY_RUNS_DIR"] == str(tmp_path) and env["SPRAY_FLAGS_DB"] == str(tmp_path / "flags.sqlite")
     msg = serve.no_runs_message(tmp_path)
     assert "scripts/demo" in msg and "spray audit --config" in msg
+
+
+def test_selection_positions_decodes_points_of_several_traces() -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(Path(APP).parent))
+    import common
+
+    traces = [np.array([5, 1, 9]), np.array([0, 7])]
+    event = {
+        "selection": {
+            "points": [
+                {"curve_number": 0, "point_index": 2},
+                {"curve_number": 1, "point_index": 0},
+                {"curve_number": 1, "point_index": 5},  # stale: out of range
+                {"curve_number": 2, "point_index": 0},  # the colour-bar trace
+            ],
+            "point_indices": [2, 0],
+        }
+    }
+    assert common.selection_positions(event, traces) == [0, 9]
+    # One trace: point_indices serve when the per-point list is absent.
+    assert common.selection_positions({"selection": {"point_indices": [0, 2, 3]}}, [np.arange(3)]) == [0, 2]
+    assert common.selection_positions({"selection": {"point_indices": [0]}}, traces) == []
+    assert common.selection_positions(None, traces) == []
