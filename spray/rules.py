@@ -91,14 +91,18 @@ def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float, out_dtype: torch.dt
 def _ratio_nonneg_den(
     num: torch.Tensor, den: torch.Tensor, eps: float, out_dtype: torch.dtype
 ) -> torch.Tensor:
-    """``num / stab(den)`` for a denominator known to be ``>= 0`` (z+, flat, w²), **consuming** ``den``.
+    """``num / stab(den)`` for a denominator that is ``>= 0`` in exact arithmetic (z+, flat, w²),
+    **consuming** ``den``.
 
-    With ``den >= 0`` zennit's stabiliser is ``den + eps`` (``sign(0) = +1``), so the ratio takes two
-    in-place passes and no temporaries (the general :func:`stabilize` needs five passes and two). In
-    float32 ``den`` is overwritten with the ratio; callers must not use it afterwards.
+    With ``den >= 0`` zennit's stabiliser is ``den + eps`` (``sign(0) = +1``), so the ratio takes three
+    in-place passes (clamp, add, divide) and no temporaries (the general :func:`stabilize` needs five
+    passes and two). The clamp to 0 is there because convolution algorithms such as Winograd or FFT
+    (cuDNN) can return tiny negative values for a sum of non-negative terms; with it the denominator is
+    never below ``eps``. In float32 ``den`` is overwritten with the ratio; callers must not use it
+    afterwards.
     """
     d = den.float()  # the same tensor in float32; a float32 copy under bf16
-    d.add_(eps)
+    d.clamp_(min=0).add_(eps)
     return (
         torch.div(num, d, out=d) if num.dtype == d.dtype else torch.div(num.float(), d, out=d).to(out_dtype)
     )

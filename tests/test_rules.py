@@ -215,3 +215,18 @@ def test_pointwise_conv_on_channels_last_uses_onednn_and_matches(rule: Rule) -> 
     ref = _zennit(conv, rule, x, g).detach()
     assert torch.allclose(ours, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
     assert float((ours - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+def test_nonneg_denominator_clamps_round_off_negatives() -> None:
+    # z+ denominators are >= 0 in exact arithmetic, but Winograd/FFT convolutions (cuDNN) can return
+    # tiny negative values; without the clamp, den + eps could be 0 (inf) or negative (sign flip).
+    import spray.rules as rules
+
+    eps = 1e-6
+    num = torch.tensor([1.0, 1.0, 2.0, 0.0])
+    den = torch.tensor([-1e-6, -3e-7, 1.0, 0.0])
+    ratio = rules._ratio_nonneg_den(num, den.clone(), eps, torch.float32)
+    assert torch.isfinite(ratio).all()
+    expected = num / (den.clamp(min=0) + eps)
+    assert torch.equal(ratio, expected)
+    assert bool((ratio >= 0).all())
