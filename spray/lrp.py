@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,14 +71,32 @@ def _fusable(module: nn.Module) -> bool:
     return isinstance(module, ResidualAdd)
 
 
-def _fuse_relus(model: nn.Module) -> int:
-    """Fold each plain ReLU into the rule layer whose output only it consumes; return how many.
+@dataclass
+class _Fusion:
+    """One ReLU folded into the layer before it; ``undo`` restores the unfused copy exactly.
 
-    Only where the structure guarantees that the ReLU is the sole consumer: consecutive children of
-    an exact ``nn.Sequential`` (``nn.Identity`` in between, e.g. a folded BatchNorm, is skipped) and
-    the ReLUs of the torchvision ResNet blocks patched by :mod:`spray.canonizers`. Modules registered
-    more than once are left alone. The fused layer then saves one tensor (ratio with the ReLU's mask
-    folded in) instead of two, and the ReLU's forward and backward passes disappear.
+    Fusion is only correct if ``owner`` (an exact ``nn.Sequential`` or a patched torchvision block)
+    calls ``layer`` exactly once per call of its own ``forward``: then the ReLU is the only reader of
+    the layer's output. A parent that iterates the Sequential, indexes into it or slices it sees the
+    layer's output directly; the engine checks this on the first call (:class:`_FusionWatch`).
+    """
+
+    path: str
+    owner: nn.Module
+    layer: nn.Module
+    undo: Callable[[], None]
+
+
+def _fuse_relus(model: nn.Module) -> list[_Fusion]:
+    """Fold each plain ReLU into the rule layer whose output only it consumes; return the fusions.
+
+    Candidates: consecutive children of an exact ``nn.Sequential`` (``nn.Identity`` in between, e.g. a
+    folded BatchNorm, is skipped) and the ReLUs of the torchvision ResNet blocks patched by
+    :mod:`spray.canonizers`. Modules registered more than once are left alone, and so is a window of a
+    Sequential in which one module object occurs twice. Whether the owner really runs the pair as a
+    whole is verified on the first forward pass (the parent may iterate the Sequential). The fused layer
+    saves one tensor (ratio with the ReLU's mask folded in) instead of two, and the ReLU's forward and
+    backward passes disappear.
     """
     uses: dict[int, int] = {}
     for _, m in model.named_modules(remove_duplicate=False):
@@ -87,23 +105,50 @@ def _fuse_relus(model: nn.Module) -> int:
     def single(m: nn.Module) -> bool:
         return uses.get(id(m)) == 1
 
-    fused = 0
-    for module in list(model.modules()):
-        if type(module) is nn.Sequential:
-            children = list(module.named_children())
-            for i, (_, child) in enumerate(children):
-                j = i + 1
-                while j < len(children) and type(children[j][1]) is nn.Identity:
-                    j += 1
-                if j == len(children) or not (_fusable(child) and single(child)):
+    def unfuse_seq(seq: nn.Module, child: nn.Module, name: str, relu: nn.Module) -> Callable[[], None]:
+        def undo() -> None:
+            child.fuse_relu = False  # type: ignore[assignment]
+            setattr(seq, name, relu)
+
+        return undo
+
+    def unfuse_flag(layer: nn.Module, flags: list[bool], k: int) -> Callable[[], None]:
+        def undo() -> None:
+            layer.fuse_relu = False  # type: ignore[assignment]
+            flags[k] = False
+
+        return undo
+
+    fusions: list[_Fusion] = []
+    for path, module in list(model.named_modules()):
+        if type(module) is nn.Sequential and "forward" not in module.__dict__:
+            # _modules keeps a module registered under two names twice (named_children() does not)
+            items = list(module._modules.items())
+            for i, (name, child) in enumerate(items):
+                if child is None or not (_fusable(child) and single(child)):
                     continue
-                relu_name, relu = children[j]
-                if type(relu) is nn.ReLU:
-                    child.fuse_relu = True  # type: ignore[assignment]
-                    identity = nn.Identity()
-                    setattr(module, relu_name, identity)
-                    children[j] = (relu_name, identity)
-                    fused += 1
+                j = i + 1
+                while j < len(items) and type(items[j][1]) is nn.Identity:
+                    j += 1
+                if j == len(items) or type(items[j][1]) is not nn.ReLU:
+                    continue
+                window = [m for _, m in items[i : j + 1]]
+                if len({id(m) for m in window}) != len(window):
+                    continue
+                relu_name, relu = items[j]
+                assert relu is not None
+                child.fuse_relu = True  # type: ignore[assignment]
+                identity = nn.Identity()
+                setattr(module, relu_name, identity)
+                items[j] = (relu_name, identity)
+                fusions.append(
+                    _Fusion(
+                        f"{path}.{name}" if path else name,
+                        module,
+                        child,
+                        unfuse_seq(module, child, relu_name, relu),
+                    )
+                )
         flags = getattr(module, "lrp_fused", None)
         if isinstance(flags, list) and type(getattr(module, "relu", None)) is nn.ReLU:
             # torchvision blocks, in the order of their ReLUs (see canonizers._bottleneck_forward)
@@ -112,12 +157,79 @@ def _fuse_relus(model: nn.Module) -> int:
                 conv, bn = getattr(module, conv_name), getattr(module, bn_name)
                 if _fusable(conv) and single(conv) and type(bn) is nn.Identity:
                     conv.fuse_relu, flags[k] = True, True
-                    fused += 1
+                    fusions.append(_Fusion(f"{path}.{conv_name}", module, conv, unfuse_flag(conv, flags, k)))
             add = getattr(module, "lrp_add", None)
             if isinstance(add, ResidualAdd) and single(add):
                 add.fuse_relu, flags[-1] = True, True
-                fused += 1
-    return fused
+                fusions.append(
+                    _Fusion(f"{path}.lrp_add", module, add, unfuse_flag(add, flags, len(flags) - 1))
+                )
+    return fusions
+
+
+class _FusionWatch:
+    """Forward hooks that check, during one forward pass, that every fusion's owner ran it as a whole.
+
+    A fused layer must be called only while its owner's ``forward`` runs, and exactly once per call of
+    the owner. Hooks are removed with :meth:`remove`; nothing is left on the model afterwards.
+    """
+
+    def __init__(self, fusions: list[_Fusion]) -> None:
+        self.fusions = list(fusions)  # indices refer to the fusions at the time of the check
+        self._handles: list[Any] = []
+        self._active: dict[int, int] = {}  # id(owner) -> depth of running owner forwards
+        self._owner_calls: dict[int, int] = {}
+        self._layer_calls: list[int] = []
+        self._outside: set[int] = set()
+        owners = {id(f.owner): f.owner for f in fusions}
+        for key, owner in owners.items():
+            self._handles.append(owner.register_forward_pre_hook(self._enter(key)))
+            self._handles.append(owner.register_forward_hook(self._leave(key), always_call=True))
+        for k, f in enumerate(fusions):
+            self._handles.append(f.layer.register_forward_pre_hook(self._visit(k, id(f.owner))))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget a previous (failed) forward pass."""
+        self._active = {id(f.owner): 0 for f in self.fusions}
+        self._owner_calls = dict(self._active)
+        self._layer_calls = [0] * len(self.fusions)
+        self._outside = set()
+
+    def _enter(self, key: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            self._active[key] += 1
+            self._owner_calls[key] += 1
+
+        return hook
+
+    def _leave(self, key: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._active[key] -= 1
+
+        return hook
+
+    def _visit(self, k: int, key: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            self._layer_calls[k] += 1
+            if self._active[key] <= 0:
+                self._outside.add(k)
+
+        return hook
+
+    def violations(self) -> list[int]:
+        """Indices of the fusions whose layer ran outside its owner or not once per owner call."""
+        return [
+            k
+            for k, f in enumerate(self.fusions)
+            if k in self._outside or self._layer_calls[k] != self._owner_calls[id(f.owner)]
+        ]
+
+    def remove(self) -> None:
+        """Remove all hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 def _lean_maxpools(model: nn.Module) -> int:
@@ -173,10 +285,11 @@ class Explainer:
         Rules for additional module types; they take precedence over the composite.
     channels_last : bool, optional
         Run the copy in ``channels_last`` memory format (oneDNN's preferred layout; on CPU about 10–20 %
-        faster for torchvision ResNets and VGGs). Default: on for models with ``Conv2d`` layers on CPU.
-        If the first forward pass fails in that layout (e.g. a ``.view()`` on activations), the copy
-        falls back to the contiguous layout once, with a warning. The relevance is always returned
-        contiguous.
+        faster for torchvision ResNets and VGGs). Default: on for models with ``Conv2d`` layers on CPU
+        and no 5-D parameter or buffer (``Conv3d``); only 4-D tensors are converted. If the first
+        forward pass fails in that layout with a layout error (e.g. a ``.view()`` on activations) and
+        succeeds in the contiguous one, the copy stays contiguous, with a warning; other errors (and
+        out-of-memory) are raised unchanged. The relevance is always returned contiguous.
 
     Raises
     ------
@@ -216,13 +329,14 @@ class Explainer:
 
         copied = canonize_model(model, self.device, canonize)
         if channels_last is None:
-            channels_last = self.device.type == "cpu" and any(
-                isinstance(m, nn.Conv2d) for m in copied.modules()
+            # 3-D (video/volume) models keep the contiguous layout: channels_last is a 4-D format
+            channels_last = (
+                self.device.type == "cpu"
+                and any(isinstance(m, nn.Conv2d) for m in copied.modules())
+                and not any(t.dim() == 5 for t in (*copied.parameters(), *copied.buffers()))
             )
-        self.channels_last = bool(channels_last)
-        if self.channels_last:
-            # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
-            copied.to(memory_format=torch.channels_last)
+        # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
+        self.channels_last = _convert_layout(copied, bool(channels_last))
         self._layout_checked = False
         rules, unsupported = self.composite.assign(copied, extra_rules)
         if unsupported:
@@ -245,7 +359,9 @@ class Explainer:
                     f"({self._first_path}); it was assigned to {path}"
                 )
             _set_module(copied, path, RuleModule(module, rule, path, path == self._first_path, self._context))
-        fused = _fuse_relus(copied)
+        self._fusions = _fuse_relus(copied)
+        # the fusions are checked on the first forward pass (see _FusionWatch), then this is None
+        self._watch: _FusionWatch | None = _FusionWatch(self._fusions) if self._fusions else None
         _lean_maxpools(copied)
         self._model = copied
         self._rules = rules
@@ -261,7 +377,7 @@ class Explainer:
             "LRP %s: %d rule layers (%d ReLUs fused), first layer %s",
             self.composite.name,
             len(rules),
-            fused,
+            len(self._fusions),
             self._first_path,
         )
 
@@ -350,33 +466,118 @@ class Explainer:
 
     def _set_layout(self, channels_last: bool) -> None:
         """Convert the copy's weights and recompute the rules' cached weights in that layout."""
-        self.channels_last = channels_last
-        self._model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.channels_last = _convert_layout(self._model, channels_last)
         for module in self._model.modules():
             if isinstance(module, RuleModule):
                 module.rule.prepare(module)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         self._context.reset()
+        if self._watch is not None:
+            self._watch.reset()
         with torch.enable_grad(), self._precision():
             return self._model(x)
 
-    def _check_reference(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+    def _unfuse(self, indices: list[int], reason: str) -> None:
+        """Undo the fusions at ``indices`` (positions in ``self._fusions``) and log why."""
+        chosen = set(indices)
+        paths = [f.path for k, f in enumerate(self._fusions) if k in chosen]
+        for k in sorted(chosen, reverse=True):
+            self._fusions.pop(k).undo()
+        logger.info("ReLU fusion undone for %s: %s", ", ".join(paths), reason)
+
+    def _run_in_layout(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass; on the first call in ``channels_last``, fall back to contiguous if needed."""
+        if self._layout_checked or not self.channels_last:
+            return self._forward(x), x
+        try:
+            out = self._forward(x)
+        except RuntimeError as exc:
+            if not _is_layout_error(exc):
+                raise
+            self._set_layout(False)
+            xc = x.detach().contiguous().requires_grad_(True)
+            try:
+                out = self._forward(xc)
+            except Exception as retry:
+                # the layout was not the problem: keep the faster one and report the first error
+                self._set_layout(True)
+                exc.add_note(f"(spray: retrying in the contiguous layout failed too: {retry!r})")
+                raise exc from None
+            logger.warning(
+                "forward pass failed in channels_last layout (%s) and succeeded in the contiguous layout; "
+                "this Explainer uses the contiguous layout from now on",
+                exc,
+            )
+            x = xc
+        self._layout_checked = True
+        return out, x
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass; on the first call, also check that every ReLU fusion was valid (else undo)."""
+        watch = self._watch
+        if watch is None:
+            return self._run_in_layout(x)
+        out, x = self._run_in_layout(x)  # if this raises, the watch stays for the next call
+        bad = watch.violations()
+        watch.remove()
+        self._watch = None
+        if bad:
+            self._unfuse(
+                bad,
+                "the model reads the output of these layers outside their nn.Sequential/block "
+                "(e.g. it iterates or indexes the Sequential); re-running the forward pass unfused",
+            )
+            out = self._forward(x)
+        return out, x
+
+    @staticmethod
+    def _logits(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"the model must return (B, K) logits, got {shape}")
+        logits = out.detach().float()
+        if not bool(torch.isfinite(logits).all()):
+            bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
+            raise ModelError(
+                f"the model produced NaN/inf logits for batch rows {bad}; check inputs and weights"
+            )
+        return logits
+
+    def _check_reference(
+        self, x: torch.Tensor, out: torch.Tensor, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compare the first two samples' logits with the original model (once); return (out, logits).
+
+        If they differ while ReLUs are fused, the fusions are undone and the forward pass re-run, so that
+        the error (if any) is about canonization alone.
+        """
         reference, self._reference = self._reference, None
         if reference is None:
-            return
+            return out, logits
         n = min(len(x), 2)
         with torch.no_grad(), self._precision():
             expected = reference(x[:n].detach().contiguous()).float()
         scale = float(expected.abs().max().clamp(min=1e-12))
-        tol = 1e-2 if self.precision == "bf16" else 1e-3
+        tol = (1e-2 if self.precision == "bf16" else 1e-3) * scale
         err = float((expected - logits[:n]).abs().max())
-        if not err <= tol * scale:
-            raise ModelError(
-                f"canonization changed the model's output (max |Δlogit| = {err:.3g} of {scale:.3g}); "
-                "probably a BatchNorm is registered right after a layer it does not follow in forward(). "
-                "Use Explainer(..., canonize=False) or register modules in execution order."
+        if not err <= tol and self._fusions:
+            self._unfuse(
+                list(range(len(self._fusions))),
+                f"the canonized copy's logits differ from the model's (max |Δlogit| = {err:.3g}); "
+                "re-running the forward pass unfused",
             )
+            out = self._forward(x)
+            logits = self._logits(out, x)
+            err = float((expected - logits[:n]).abs().max())
+        if not err <= tol:
+            raise ModelError(
+                f"canonization changed the model's output (max |Δlogit| = {err:.3g} of {scale:.3g}, "
+                "with ReLU fusion off); probably a BatchNorm is registered right after a layer it does "
+                "not follow in forward() and was folded into it. Use Explainer(..., canonize=False) or "
+                "register modules in execution order."
+            )
+        return out, logits
 
     def __call__(
         self,
@@ -412,34 +613,10 @@ class Explainer:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
-        if self._layout_checked or not self.channels_last:
-            out = self._forward(x)
-        else:
-            try:
-                out = self._forward(x)
-            except RuntimeError as exc:
-                logger.warning(
-                    "forward pass failed in channels_last layout (%s); using the contiguous layout", exc
-                )
-                self._set_layout(False)
-                x = x.detach().contiguous().requires_grad_(True)
-                try:
-                    out = self._forward(x)
-                except Exception:
-                    self._set_layout(True)  # not a layout problem: keep the faster layout
-                    raise
-            self._layout_checked = True
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"the model must return (B, K) logits, got {shape}")
-        logits = out.detach().float()
-        if not bool(torch.isfinite(logits).all()):
-            bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
-            raise ModelError(
-                f"the model produced NaN/inf logits for batch rows {bad}; check inputs and weights"
-            )
+        out, x = self._run(x)
+        logits = self._logits(out, x)
         self._check_order()
-        self._check_reference(x, logits)
+        out, logits = self._check_reference(x, out, logits)
         targets = self._targets(target, labels, logits)
         # Gradient frame: relevance at the logits is logit × one_hot, i.e. a one-hot "gradient".
         seed = torch.zeros_like(out).scatter_(1, targets[:, None], 1.0)
@@ -447,6 +624,35 @@ class Explainer:
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         return LRPResult(relevance=relevance, logits=logits, targets=targets)
+
+
+_LAYOUT_WORDS = ("view", "stride", "contiguous", "memory format", "memory_format", "channels_last", "layout")
+
+
+def _is_layout_error(exc: BaseException) -> bool:
+    """Whether ``exc`` may come from running in ``channels_last`` (never an out-of-memory error)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    message = str(exc).lower()
+    return "out of memory" not in message and any(word in message for word in _LAYOUT_WORDS)
+
+
+def _convert_layout(model: nn.Module, channels_last: bool) -> bool:
+    """Put the 4-D parameters and buffers of ``model`` in ``channels_last`` (or contiguous); return the layout.
+
+    Unlike ``Module.to(memory_format=...)`` this leaves tensors of other ranks alone (a ``Conv3d``
+    weight cannot be ``channels_last``). If the conversion fails, the model is made contiguous.
+    """
+    if channels_last:
+        try:
+            model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+            return True
+        except RuntimeError as exc:
+            logger.warning(
+                "could not convert the model to channels_last (%s); using the contiguous layout", exc
+            )
+    model._apply(lambda t: t.contiguous() if t.dim() in (4, 5) else t)
+    return False
 
 
 def canonize_model(model: nn.Module, device: torch.device, enabled: bool) -> nn.Module:

@@ -413,7 +413,7 @@ def test_fusion_pooling_and_layout_do_not_change_maps(
     fast = default(x)
     assert fast.relevance.is_contiguous()
     plain_layout = Explainer(model, composite, channels_last=False)(x)
-    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: 0)
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
     monkeypatch.setattr(lrp, "_lean_maxpools", lambda m: 0)
     unfused = Explainer(model, composite, channels_last=False)
     assert not any(m.fuse_relu for m in _rule_modules(unfused).values())
@@ -500,3 +500,282 @@ def test_resnet_without_canonization_runs() -> None:
     ref = Explainer(model)(x)
     cos = nn.functional.cosine_similarity(result.relevance.flatten(1), ref.relevance.flatten(1), dim=1)
     assert bool((cos > 0.99).all()), cos.tolist()  # measured 0.9996: the sums lose the Norm rule
+
+
+# --------------------------------------------------------------------------------------------------
+# ReLU fusion must not change what a parent module sees
+
+
+class _Taps(nn.Module):
+    """Iterates its Sequential and keeps the pre-ReLU conv outputs (hypercolumn style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
+        self.tail = nn.Sequential(nn.Conv2d(16, 4, 1), nn.ReLU())  # called as a whole: may fuse
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = []
+        for i, m in enumerate(self.features):
+            x = m(x)
+            if i % 2 == 0:
+                taps.append(x)
+        return self.fc(self.flat(self.pool(self.tail(torch.cat(taps, 1)))))
+
+
+class _Indexed(nn.Module):
+    """Calls the layers of its Sequential by index and reads the (pre-ReLU) output of the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.features = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(2 * 4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.features[0](self.stem(x))
+        post = self.features[1](pre)
+        return self.fc(self.flat(torch.cat([pre, post], 1)))
+
+
+@pytest.mark.parametrize("canonize", [True, False])
+@pytest.mark.parametrize("model_cls", [_Taps, _Indexed])
+def test_fusion_is_undone_where_the_parent_reads_the_layer_output(
+    model_cls: type[nn.Module], canonize: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spray.lrp as lrp
+
+    torch.manual_seed(0)
+    model, x = model_cls().eval(), torch.randn(2, 3, 6, 6)
+    explainer = Explainer(model, canonize=canonize)
+    ruled = _rule_modules(explainer)
+    assert ruled["features.0"].fuse_relu  # structurally a candidate before the first call
+    result = explainer(x, target=0)
+    with torch.no_grad():
+        assert torch.allclose(result.logits, model(x), rtol=1e-5, atol=1e-6)
+    assert not ruled["features.0"].fuse_relu
+    assert isinstance(explainer.model.features[1], nn.ReLU)  # the ReLU is back in place
+    if model_cls is _Taps:
+        assert ruled["tail.0"].fuse_relu  # a Sequential that runs as a whole keeps its fusion
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
+    expected = Explainer(model, canonize=canonize)(x, target=0)
+    assert torch.allclose(result.relevance, expected.relevance, rtol=1e-5, atol=1e-7)
+    # later calls keep the same (unfused) copy and results
+    assert torch.equal(explainer(x, target=0).relevance, result.relevance)
+
+
+def test_fusion_never_crosses_a_module_registered_twice_in_one_sequential() -> None:
+    class Shift(nn.Module):  # does not commute with ReLU
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - 0.5
+
+    from spray.rules import Gradient
+
+    torch.manual_seed(0)
+    shift = Shift()
+    seq = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        shift,
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        shift,  # the same module again: named_children() skips it
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    ).eval()
+    x = torch.rand(2, 3, 6, 6)
+    for canonize in (False, True):
+        ex = Explainer(seq, extra_rules={Shift: Gradient()}, canonize=canonize)
+        assert not any(m.fuse_relu for m in _rule_modules(ex).values())
+        with torch.no_grad():
+            assert torch.allclose(ex(x, target=0).logits, seq(x), rtol=1e-5, atol=1e-6)
+
+
+def test_reference_check_undoes_fusion_before_blaming_canonization(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import spray.lrp as lrp
+
+    torch.manual_seed(0)
+    model, x = _Taps().eval(), torch.randn(2, 3, 6, 6)
+    # if the structural check missed a reader, the numeric reference check (canonize=True) catches it
+    monkeypatch.setattr(lrp._FusionWatch, "violations", lambda self: [])
+    explainer = Explainer(model)
+    with caplog.at_level("INFO", logger="spray.lrp"):
+        result = explainer(x, target=0)
+    assert "fusion undone" in caplog.text
+    assert not any(m.fuse_relu for m in _rule_modules(explainer).values())
+    with torch.no_grad():
+        assert torch.allclose(result.logits, model(x), rtol=1e-5, atol=1e-6)
+
+    class Misordered(nn.Module):  # bn is registered after conv_a but applied after conv_b
+        def __init__(self) -> None:
+            super().__init__()
+            self.seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.conv_a = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.conv_b = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(8 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.seq(x)
+            a, b = self.conv_a(h), self.bn(self.conv_b(h))
+            return self.fc(torch.cat([a, b], 1).flatten(1))
+
+    bad = _randomise_bn(Misordered())
+    with pytest.raises(ModelError, match=r"canonization changed .*with ReLU fusion off.*BatchNorm"):
+        Explainer(bad)(x)
+    assert torch.isfinite(Explainer(bad, canonize=False)(x).relevance).all()
+
+
+def test_lean_maxpool_is_inserted_in_the_copy() -> None:
+    from spray.rules import LeanMaxPool
+
+    explainer = Explainer(_model("vgg11_bn"))
+    lean = [m for m in explainer.model.modules() if type(m) is LeanMaxPool]
+    wrapped = {id(m.pool) for m in lean}
+    pools = [m for m in explainer.model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert all(id(m) in wrapped for m in pools)  # every max-pool of the copy sits inside a LeanMaxPool
+    originals = [m for m in _model("vgg11_bn").modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(lean) == len(originals) > 0  # and the user's model keeps its own
+    # a pool with a user rule keeps its own module inside the RuleModule
+    ruled = Explainer(_model("small_cnn"), extra_rules={nn.MaxPool2d: Pass()})
+    inner = [m.inner for m in _rule_modules(ruled).values() if isinstance(m.inner, nn.MaxPool2d)]
+    assert inner and not any(isinstance(m, LeanMaxPool) for m in ruled.model.modules())
+
+
+def _tiny_bottleneck_net() -> nn.Module:
+    from torchvision.models.resnet import Bottleneck
+
+    torch.manual_seed(0)
+    down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        Bottleneck(16, 4),
+        Bottleneck(16, 8, stride=2, downsample=down),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
+    return _randomise_bn(model)
+
+
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat"])
+def test_bottleneck_fusion_and_onednn_pointwise_match_the_plain_engine(
+    composite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spray.lrp as lrp
+    import spray.rules as rules
+
+    model = _tiny_bottleneck_net()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 12, 12)
+    hits = {"onednn": 0}
+    original = rules._LinearOp._onednn
+
+    def counting(self: Any, t: torch.Tensor, w: torch.Tensor) -> bool:
+        used = original(self, t, w)
+        hits["onednn"] += int(used)
+        return used
+
+    monkeypatch.setattr(rules._LinearOp, "_onednn", counting)
+    fast_explainer = Explainer(model, composite)
+    assert fast_explainer.channels_last
+    fast = fast_explainer(x)
+    assert hits["onednn"] > 0  # the 1×1 convs of the blocks went through oneDNN
+    blocks = [m for m in fast_explainer.model.modules() if hasattr(m, "lrp_fused")]
+    assert len(blocks) == 2 and all(b.lrp_fused[-1] for b in blocks)  # fusions survived the check
+    if composite == "EpsilonPlusFlat":  # z+ fuses its ReLU (αβ does not)
+        assert all(all(b.lrp_fused) for b in blocks)
+        assert _rule_modules(fast_explainer)["3.conv1"].fuse_relu
+
+    monkeypatch.setattr(rules, "ONEDNN_POINTWISE", False)
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
+    hits["onednn"] = 0
+    plain = Explainer(model, composite, channels_last=False)(x)
+    assert hits["onednn"] == 0
+    assert torch.equal(plain.targets, fast.targets)
+    assert torch.allclose(plain.logits, fast.logits, rtol=1e-5, atol=1e-6)
+    scale = float(plain.relevance.abs().max())
+    assert float((fast.relevance - plain.relevance).abs().max()) <= 1e-5 * scale
+
+
+# --------------------------------------------------------------------------------------------------
+# layout: 5-D models and the channels_last fallback
+
+
+class _Mixed(nn.Module):
+    """A Conv3d stem (video/volume) followed by a Conv2d on the time-pooled map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c3 = nn.Conv3d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.c3(x)).mean(2)
+        return self.fc(self.flat(self.relu(self.c2(y))))
+
+
+def test_models_with_5d_weights_run_by_default_and_with_channels_last() -> None:
+    torch.manual_seed(0)
+    model, x = _Mixed().eval(), torch.randn(2, 3, 4, 6, 6)
+    default = Explainer(model)
+    assert not default.channels_last  # channels_last is a 4-D layout: off for 3-D models
+    ref = default(x)
+    assert ref.relevance.shape == x.shape
+    forced = Explainer(model, channels_last=True)  # only the 4-D tensors are converted
+    assert forced.channels_last
+    assert forced.model.c2.inner.weight.is_contiguous(memory_format=torch.channels_last)
+    assert forced.model.c3.inner.weight.is_contiguous()
+    assert torch.allclose(forced(x).relevance, ref.relevance, rtol=1e-5, atol=1e-7)
+
+
+class _Failing(nn.Module):
+    """Raises ``error`` on the first ``times`` forward passes, then behaves like ``SmallCNN``."""
+
+    def __init__(self, error: BaseException, times: int = 1) -> None:
+        super().__init__()
+        self.net = SmallCNN()
+        self.error, self.times = error, times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.times > 0:
+            self.times -= 1
+            raise self.error
+        return self.net(x)
+
+
+def test_channels_last_fallback_only_for_layout_errors(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    # out of memory: raised as is, no retry, layout kept
+    ex = Explainer(_Failing(torch.OutOfMemoryError("CPU out of memory (stride 4)")).eval(), canonize=False)
+    with pytest.raises(torch.OutOfMemoryError):
+        ex(x)
+    assert ex.channels_last
+    assert torch.isfinite(ex(x).relevance).all() and ex.channels_last
+    # a layout-looking error that the contiguous run raises too: the original error, layout kept
+    view_error = RuntimeError("view size is not compatible with input tensor's size and stride")
+    ex = Explainer(_Failing(view_error, times=2).eval(), canonize=False)
+    with caplog.at_level("WARNING", logger="spray.lrp"), pytest.raises(RuntimeError) as info:
+        ex(x)
+    assert str(info.value) == str(view_error) and ex.channels_last
+    assert "contiguous layout from now on" not in caplog.text
+    assert any("contiguous layout failed too" in note for note in getattr(info.value, "__notes__", []))
+    # one that only the channels_last run raises: switched, and the log says so
+    ex = Explainer(_Failing(RuntimeError("input is not contiguous (stride)"), times=1).eval(), canonize=False)
+    with caplog.at_level("WARNING", logger="spray.lrp"):
+        assert torch.isfinite(ex(x).relevance).all()
+    assert not ex.channels_last and "contiguous layout from now on" in caplog.text
