@@ -172,7 +172,7 @@ class ScoringConfig(_Section):
         0.01, gt=0.0, lt=1.0, description="Flag: one-sided sign-test p-value below this."
     )
     flip_ratio: float = Field(
-        4.0, ge=1.0, description="Flag: smoothed flip rate over the null at least this."
+        2.0, ge=1.0, description="Flag: smoothed flip rate over the null at least this."
     )
     flag_min_map_score: float = Field(
         0.0, ge=0.0, description="Flag: map score at least this (with a probe)."
@@ -181,7 +181,7 @@ class ScoringConfig(_Section):
         0.6, gt=0.0, le=1.0, description="Flag: cluster at most this share of its class."
     )
     flag_min_appearance: float = Field(
-        0.0,
+        0.4,
         ge=0.0,
         le=1.0,
         description="Flag: the members' pixels in the region must be at least this alike (the "
