@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import common
 import numpy as np
@@ -71,15 +72,7 @@ st.caption(
 st.plotly_chart(spec, key="spectrum", config={"displayModeBar": False})
 
 # --- embedding ------------------------------------------------------------------------------------------
-table = common.samples(path)
-rows = arr["rows"].astype(np.int64)
-emb = arr["embedding"]
-sub = table.iloc[rows]
-labels_k = arr[f"labels_k{k}"]
-scores = {int(f["cluster_id"]): float(f["score"]) for f in entry.get("clusters", []) if int(f["k"]) == k}
 palette = pc.qualitative.Dark24
-
-
 BIG_MAP = 20_000  # points; above this the map is drawn as one trace per colour group
 N_BINS = 32  # colour groups of a continuous colouring on a big map
 
@@ -96,132 +89,160 @@ def categorical(codes: np.ndarray, names: dict[int, str]) -> tuple[np.ndarray, l
     return vals, scale
 
 
-legend: dict[str, str] = {}
-n_points = len(rows)
-# Large maps draw one WebGL trace per colour group (see docs/dashboard.md, Performance): plotly's per-point
-# colour conversion (colour scale → CSS string → RGBA, ~10 µs a point) was the largest single cost of the
-# first draw, and it runs again on every redraw. Small maps keep one trace with per-point colours and ids.
-big = n_points > BIG_MAP
-colour_codes: np.ndarray  # per point: group code (categorical) or value (continuous)
-group_names: dict[int, str] = {}
-continuous: tuple[np.ndarray, str] | None = None
-if color_by == "cluster":
-    sizes = np.bincount(labels_k)
-    group_names = {
-        int(c): f"c{c} (n={sizes[c]:,}{f', score {scores[c]:.2f}' if c in scores else ''})"
-        for c in np.unique(labels_k)
-    }
-    colour_codes = labels_k
-elif color_by in ("label", "prediction"):
-    colour_codes = sub[color_by].to_numpy()
-    col_names = sub[f"{color_by}_name"].to_numpy()
-    group_names = {int(c): str(col_names[np.argmax(colour_codes == c)]) for c in np.unique(colour_codes)}
-else:
-    col = "confidence" if color_by == "confidence" else "score"
-    if color_by == "suspicion" and k != chosen_k:
-        # Scores exist only for the chosen k's clusters: colour each point by its cluster's score at k.
-        vals = np.array([scores.get(int(c), 0.0) for c in labels_k], dtype=np.float32)
+@st.cache_resource(show_spinner=False, max_entries=16)
+def embedding_map(
+    path: str, cls: int, k: int, color_by: str
+) -> tuple[go.Figure, list[np.ndarray], dict[str, str]]:
+    """The map figure, the class-array positions of each trace's points, and the legend (cached per view:
+    building a 100k-point figure takes ~0.2 s; shared between sessions, so never modified)."""
+    entry = common.class_entry(path, cls)
+    chosen_k = int(entry["chosen_k"])
+    arr = common.class_arrays(path, cls)
+    table = common.samples(path)
+    rows = arr["rows"].astype(np.int64)
+    emb = arr["embedding"]
+    sub = table.iloc[rows]
+    labels_k = arr[f"labels_k{k}"]
+    scores = {int(f["cluster_id"]): float(f["score"]) for f in entry.get("clusters", []) if int(f["k"]) == k}
+    legend: dict[str, str] = {}
+    n_points = len(rows)
+    # Large maps draw one WebGL trace per colour group (see docs/dashboard.md, Performance): plotly's per-point
+    # colour conversion (colour scale → CSS string → RGBA, ~10 µs a point) was the largest single cost of the
+    # first draw, and it runs again on every redraw. Small maps keep one trace with per-point colours and ids.
+    big = n_points > BIG_MAP
+    colour_codes: np.ndarray  # per point: group code (categorical) or value (continuous)
+    group_names: dict[int, str] = {}
+    continuous: tuple[np.ndarray, str] | None = None
+    if color_by == "cluster":
+        sizes = np.bincount(labels_k)
+        group_names = {
+            int(c): f"c{c} (n={sizes[c]:,}{f', score {scores[c]:.2f}' if c in scores else ''})"
+            for c in np.unique(labels_k)
+        }
+        colour_codes = labels_k
+    elif color_by in ("label", "prediction"):
+        colour_codes = sub[color_by].to_numpy()
+        col_names = sub[f"{color_by}_name"].to_numpy()
+        group_names = {int(c): str(col_names[np.argmax(colour_codes == c)]) for c in np.unique(colour_codes)}
     else:
-        vals = sub[col].to_numpy(dtype=np.float32)
-    continuous = (vals, "Viridis" if col == "confidence" else "Reds")
-    colour_codes = vals
+        col = "confidence" if color_by == "confidence" else "score"
+        if color_by == "suspicion" and k != chosen_k:
+            # Scores exist only for the chosen k's clusters: colour each point by its cluster's score at k.
+            vals = np.array([scores.get(int(c), 0.0) for c in labels_k], dtype=np.float32)
+        else:
+            vals = sub[col].to_numpy(dtype=np.float32)
+        continuous = (vals, "Viridis" if col == "confidence" else "Reds")
+        colour_codes = vals
 
-if group_names:
-    uniq = sorted(group_names)
-    legend = {group_names[u]: palette[i % len(palette)] for i, u in enumerate(uniq)}
+    if group_names:
+        uniq = sorted(group_names)
+        legend = {group_names[u]: palette[i % len(palette)] for i, u in enumerate(uniq)}
 
-marker: dict = {"size": 3 if n_points > 50_000 else 4 if big else 6, "opacity": 0.8}
-if big:
-    # Coordinates quantised to 0..65535 (invisible at any sensible zoom) and sent as plain JSON lists:
-    # Streamlit round-trips the figure through JSON.stringify once after the first draw, which turns a
-    # typed array that plotly has decoded into a 100k-key object and forces a full second calc.
-    lo, hi = emb.min(axis=0), emb.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    xy = np.round((emb - lo) / span * 65535).astype(np.int64)
-    groups: list[tuple[str, str, np.ndarray]] = []
-    if continuous is None:
-        for u in uniq:
-            groups.append((group_names[u], legend[group_names[u]], np.flatnonzero(colour_codes == u)))
-    else:
-        vals, scale = continuous
-        vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
-        width = (vmax - vmin) or 1.0
-        b = np.clip(((np.nan_to_num(vals, nan=vmin) - vmin) / width * N_BINS).astype(np.int64), 0, N_BINS - 1)
-        cols = pc.sample_colorscale(scale, [(i + 0.5) / N_BINS for i in range(N_BINS)])
-        for i in range(N_BINS):
-            members = np.flatnonzero(b == i)
-            if len(members):
-                a, z = vmin + width * i / N_BINS, vmin + width * (i + 1) / N_BINS
-                groups.append((f"{color_by} {a:.2f}–{z:.2f}", cols[i], members))
-    trace_positions = [g[2] for g in groups]
-    traces = [
-        go.Scattergl(
-            x=xy[members, 0].tolist(),
-            y=xy[members, 1].tolist(),
-            mode="markers",
-            name=name,
-            marker=dict(marker, color=colour),
-            hovertemplate=f"{name} · point %{{pointNumber}}<extra></extra>",
-            showlegend=False,
-        )
-        for name, colour, members in groups
-    ]
-    if continuous is not None:
-        # The colour bar: an empty trace after the data traces (curve numbers of the data stay 0..n-1).
-        traces.append(
-            go.Scattergl(
-                x=[None],
-                y=[None],
+    marker: dict = {"size": 3 if n_points > 50_000 else 4 if big else 6, "opacity": 0.8}
+    if big:
+        # Coordinates quantised to 0..65535 (invisible at any sensible zoom) and sent as plain JSON lists:
+        # Streamlit round-trips the figure through JSON.stringify once after the first draw, which turns a
+        # typed array that plotly has decoded into a 100k-key object and forces a full second calc.
+        lo, hi = emb.min(axis=0), emb.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        xy = np.round((emb - lo) / span * 65535).astype(np.int64)
+        groups: list[tuple[str, str, np.ndarray]] = []
+        if continuous is None:
+            for u in uniq:
+                groups.append((group_names[u], legend[group_names[u]], np.flatnonzero(colour_codes == u)))
+        else:
+            vals, scale = continuous
+            vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
+            width = (vmax - vmin) or 1.0
+            b = np.clip(
+                ((np.nan_to_num(vals, nan=vmin) - vmin) / width * N_BINS).astype(np.int64), 0, N_BINS - 1
+            )
+            cols = pc.sample_colorscale(scale, [(i + 0.5) / N_BINS for i in range(N_BINS)])
+            for i in range(N_BINS):
+                members = np.flatnonzero(b == i)
+                if len(members):
+                    a, z = vmin + width * i / N_BINS, vmin + width * (i + 1) / N_BINS
+                    groups.append((f"{color_by} {a:.2f}–{z:.2f}", cols[i], members))
+        trace_positions = [g[2] for g in groups]
+        # Plain dicts, not validated: plotly's validation of 200k list items alone took ~0.7 s.
+        traces: list[Any] = [
+            dict(
+                type="scattergl",
+                x=xy[members, 0].tolist(),
+                y=xy[members, 1].tolist(),
                 mode="markers",
-                marker=dict(
-                    color=[vmin, vmax],
-                    colorscale=continuous[1],
-                    cmin=vmin,
-                    cmax=vmax,
-                    showscale=True,
-                    colorbar=dict(title=color_by, thickness=12),
-                ),
-                hoverinfo="skip",
+                name=name,
+                marker=dict(marker, color=colour),
+                hovertemplate=f"{name} · point %{{pointNumber}}<extra></extra>",
                 showlegend=False,
             )
-        )
-else:
-    if continuous is None:
-        vals_c, scale_c = categorical(colour_codes, group_names)
-        marker.update(color=vals_c, colorscale=scale_c, cmin=-0.5, cmax=len(group_names) - 0.5)
+            for name, colour, members in groups
+        ]
+        if continuous is not None:
+            # The colour bar: an empty trace after the data traces (curve numbers of the data stay 0..n-1).
+            traces.append(
+                go.Scattergl(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    marker=dict(
+                        color=[vmin, vmax],
+                        colorscale=continuous[1],
+                        cmin=vmin,
+                        cmax=vmax,
+                        showscale=True,
+                        colorbar=dict(title=color_by, thickness=12),
+                    ),
+                    hoverinfo="skip",
+                    showlegend=False,
+                )
+            )
     else:
-        marker.update(
-            color=continuous[0],
-            colorscale=continuous[1],
-            showscale=True,
-            colorbar=dict(title=color_by, thickness=12),
-        )
-    trace_positions = [np.arange(n_points)]
-    traces = [
-        go.Scattergl(
-            x=emb[:, 0],
-            y=emb[:, 1],
-            mode="markers",
-            marker=marker,
-            customdata=sub["sample_id"].to_numpy(),
-            hovertemplate="id %{customdata}<extra></extra>",
-            showlegend=False,
-        )
-    ]
-fig = go.Figure(traces)
-fig.update_layout(
-    height=560,
-    dragmode="select",
-    # What Streamlit sets for a selectable chart anyway: set here, its first render changes nothing.
-    clickmode="event",
-    hovermode="closest",
-    # Constant for this view: Streamlit re-renders the figure once after mounting with new (equal) data
-    # arrays; a datarevision tells plotly they are unchanged, so no second calc.
-    datarevision=f"{run}/{cls}/{k}/{color_by}",
-    margin=dict(l=10, r=10, t=10, b=10),
-    xaxis=dict(showticklabels=False, title=None),
-    yaxis=dict(showticklabels=False, title=None, scaleanchor="x"),
-)
+        if continuous is None:
+            vals_c, scale_c = categorical(colour_codes, group_names)
+            marker.update(color=vals_c, colorscale=scale_c, cmin=-0.5, cmax=len(group_names) - 0.5)
+        else:
+            marker.update(
+                color=continuous[0],
+                colorscale=continuous[1],
+                showscale=True,
+                colorbar=dict(title=color_by, thickness=12),
+            )
+        trace_positions = [np.arange(n_points)]
+        traces = [
+            go.Scattergl(
+                x=emb[:, 0],
+                y=emb[:, 1],
+                mode="markers",
+                marker=marker,
+                customdata=sub["sample_id"].to_numpy(),
+                hovertemplate="id %{customdata}<extra></extra>",
+                showlegend=False,
+            )
+        ]
+    fig = go.Figure(traces, _validate=not big)
+    fig.update_layout(
+        height=560,
+        dragmode="select",
+        # What Streamlit sets for a selectable chart anyway: set here, its first render changes nothing.
+        clickmode="event",
+        hovermode="closest",
+        # Constant for this view: Streamlit re-renders the figure once after mounting with new (equal) data
+        # arrays; a datarevision tells plotly they are unchanged, so no second calc.
+        datarevision=f"{Path(path).name}/{cls}/{k}/{color_by}",
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis=dict(showticklabels=False, title=None),
+        yaxis=dict(showticklabels=False, title=None, scaleanchor="x"),
+    )
+    return fig, trace_positions, legend
+
+
+table = common.samples(path)
+rows = arr["rows"].astype(np.int64)
+labels_k = arr[f"labels_k{k}"]
+
+
+fig, trace_positions, legend = embedding_map(path, cls, k, color_by)
 left, right = st.columns([3, 1])
 with left:
     event = st.plotly_chart(
