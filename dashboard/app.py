@@ -3,7 +3,8 @@
 Pages (``st.navigation`` with file pages, so ``AppTest.switch_page`` can reach each one):
 
 - Overview: run picker, ranked suspicious clusters across all classes, changes since the previous run;
-- Class: eigenvalue spectrum, 2-D map (one WebGL trace) with lasso / box selection, any stored k;
+- Class: eigenvalue spectrum, 2-D WebGL map (one trace, or one per colour group above 20k points) with
+  lasso / box selection, any stored k;
 - Cluster / selection: mean heatmap, paged grid of every member (input, heatmap, overlay);
 - Flags: current flags with history, unflag, export for unlearning (CSV, JSON, Parquet).
 """

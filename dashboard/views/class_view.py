@@ -1,4 +1,4 @@
-"""Class: eigenvalue spectrum, the 2-D map of one class (one WebGL trace), selections → sample grid."""
+"""Class: eigenvalue spectrum, the 2-D WebGL map of one class (per-group traces when big), selections → grid."""
 
 from __future__ import annotations
 
