@@ -556,10 +556,13 @@ class Explainer:
         if reference is None:
             return out, logits
         n = min(len(x), 2)
-        with torch.no_grad(), self._precision():
-            expected = reference(x[:n].detach().contiguous()).float()
+        with torch.no_grad():
+            # The reference runs in float32: the copy's bf16 round-off (~0.4 % a layer, a few % over a
+            # deep net) is then part of the tolerance, while a wrongly folded BatchNorm moves logits by
+            # a good fraction of their scale. 1 % was too tight for bf16 on a Bottleneck ResNet.
+            expected = reference(x[:n].detach().contiguous().float()).float()
         scale = float(expected.abs().max().clamp(min=1e-12))
-        tol = (1e-2 if self.precision == "bf16" else 1e-3) * scale
+        tol = (5e-2 if self.precision == "bf16" else 1e-3) * scale
         err = float((expected - logits[:n]).abs().max())
         if not err <= tol and self._fusions:
             self._unfuse(
