@@ -97,6 +97,9 @@ def _browser(p):
 def test_overview_to_cluster_box_select_and_flag(server: tuple[str, Path, Path]) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    # expect() waits 5 s by default; a loaded 2-core CI machine can need longer for the first chart.
+    expect.set_options(timeout=30_000)
+
     url, run, db = server
     top = json.loads((run / "summary.json").read_text())["findings"][0]
     ARTIFACTS.mkdir(exist_ok=True)
