@@ -544,19 +544,22 @@ def _make_probe(
     *,
     target_order: np.ndarray,
     cache: PasteCache | None,
+    index_of: dict[str, int],
+    content_keys: dict[str, str],
 ) -> InterventionProbe | None:
     """The paste test's probe for one class.
 
     ``target_order`` is :func:`spray.scoring.stable_order` of every sample's content hash: the targets
     of class ``c`` are the first ``intervention_samples`` samples of other classes in that order, so new
     samples change only a few of them and the rest of the paste test comes from ``cache``.
+    ``index_of`` (sample id → dataset position) and ``content_keys`` (sample id → content hash) are
+    built once per run, not per class (a dict over a million samples per class adds up).
     """
     labels = stage.batch.labels
     other = target_order[labels[target_order] != class_index]
     if len(other) == 0:
         return None
     pick = other[: cfg.scoring.intervention_samples]
-    index_of = {sid: i for i, sid in enumerate(dataset.ids)}
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -571,7 +574,7 @@ def _make_probe(
         load_inputs=load_inputs,
         other_ids=[stage.batch.sample_ids[i] for i in pick],
         other_labels=labels[pick],
-        content_keys=dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True)),
+        content_keys=content_keys,
         cache=cache,
     )
 
@@ -760,9 +763,13 @@ def run_audit(
         too_small: list[dict[str, Any]] = []
         paste_cache: PasteCache | None = None
         target_order = np.zeros(0, dtype=np.int64)
+        index_of: dict[str, int] = {}
+        content_keys: dict[str, str] = {}
         if cfg.scoring.intervention:
             paste_cache = PasteCache(cache.dir)
             target_order = stable_order(stage.batch.content_hashes, f"target|{cfg.seed}")
+            index_of = {sid: i for i, sid in enumerate(dataset.ids)}
+            content_keys = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))
         for c in _select_classes(cfg, len(dataset.class_names)):
             rows = np.flatnonzero(group == c)
             name = dataset.class_names[c]
@@ -772,7 +779,18 @@ def run_audit(
                 continue
             log.info("analysing class %d (%s): %d samples", c, name, len(rows))
             probe = (
-                _make_probe(model, dev, dataset, stage, c, cfg, target_order=target_order, cache=paste_cache)
+                _make_probe(
+                    model,
+                    dev,
+                    dataset,
+                    stage,
+                    c,
+                    cfg,
+                    target_order=target_order,
+                    cache=paste_cache,
+                    index_of=index_of,
+                    content_keys=content_keys,
+                )
                 if cfg.scoring.intervention
                 else None
             )
