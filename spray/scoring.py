@@ -594,6 +594,8 @@ def _intervention(
     keys = [probe.key(sid) for sid in sample_ids]
     d_in = np.sort(members[stable_order([keys[i] for i in members], f"donor|{salt}")[:_MAX_DONORS]])
     d_out = np.sort(rest[stable_order([keys[i] for i in rest], f"donor|{salt}")[:_MAX_DONORS]])
+    if d_in.size == 0 or d_out.size == 0:
+        return {}  # no members or no rest of the class to compare with: untestable
     if cand.moving:
         m_in = _peak_masks(stats, d_in, cand.moving_size)
         m_out = _peak_masks(stats, d_out, cand.moving_size)
