@@ -369,17 +369,24 @@ def require_run() -> tuple[str, dict[str, Any]]:
 # Selections
 
 
+def _selection(event: Any) -> Any:
+    """The ``selection`` part of a plotly selection event (read dict-style), or None."""
+    if not event:
+        return None
+    try:
+        return event["selection"]
+    except (KeyError, TypeError):
+        return None
+
+
 def selection_rows(event: Any, n: int) -> list[int]:
     """Point indices (of trace 0) from a plotly selection event, read dict-style.
 
     Falls back to ``point_indices`` when the per-point list is absent; ignores indices out of range
     (a stale selection after the figure changed).
     """
-    if not event:
-        return []
-    try:
-        sel = event["selection"]
-    except (KeyError, TypeError):
+    sel = _selection(event)
+    if sel is None:
         return []
     out: list[int] = []
     points = sel.get("points") if hasattr(sel, "get") else None
@@ -403,11 +410,8 @@ def selection_positions(event: Any, traces: Sequence[np.ndarray]) -> list[int]:
     (a colour-bar trace) and out-of-range indices (a stale selection) are ignored. With one trace, the
     event's ``point_indices`` serve when the per-point list is absent.
     """
-    if not event:
-        return []
-    try:
-        sel = event["selection"]
-    except (KeyError, TypeError):
+    sel = _selection(event)
+    if sel is None:
         return []
     points = sel.get("points") if hasattr(sel, "get") else None
     out: set[int] = set()
