@@ -217,6 +217,22 @@ class AuditDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _read(self, i: int, *, thumbnail: bool) -> tuple[torch.Tensor, bytes | None, np.ndarray | None] | str:
+        """Load and transform sample ``i``: ``(x, raw bytes, thumbnail)``, or why it is unreadable.
+
+        A :class:`DataError` (a problem of the config, not of one sample) propagates.
+        """
+        try:
+            img, raw = self._loader(i)
+            x, thumb = self.transform(img, thumbnail=thumbnail)
+        except DataError:
+            raise
+        except Exception as err:  # a corrupt sample must not kill the run: report it instead
+            return f"{type(err).__name__}: {err}"
+        if not torch.isfinite(x).all():
+            return "image contains NaN or inf values"
+        return x, raw, thumb
+
     def load_input(self, i: int) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).
 
@@ -225,29 +241,17 @@ class AuditDataset(Dataset[dict[str, Any]]):
         DataError
             If the sample cannot be read or holds NaN/inf (it was readable when the batch stage ran).
         """
-        sid = self.ids[i]
-        try:
-            img, _ = self._loader(i)
-            x, _ = self.transform(img, thumbnail=False)
-        except DataError:
-            raise
-        except Exception as err:
-            raise DataError(f"sample {sid!r} became unreadable during the audit: {err}") from err
-        if not torch.isfinite(x).all():
-            raise DataError(f"sample {sid!r} became unreadable during the audit: NaN or inf values")
-        return x
+        got = self._read(i, thumbnail=False)
+        if isinstance(got, str):
+            raise DataError(f"sample {self.ids[i]!r} became unreadable during the audit: {got}")
+        return got[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sid = self.ids[i]
-        try:
-            img, raw = self._loader(i)
-            x, thumb = self.transform(img)
-        except DataError:
-            raise
-        except Exception as err:  # a corrupt sample must not kill the run: report it instead
-            return {"ok": False, "id": sid, "reason": f"{type(err).__name__}: {err}"}
-        if not torch.isfinite(x).all():
-            return {"ok": False, "id": sid, "reason": "image contains NaN or inf values"}
+        got = self._read(i, thumbnail=True)
+        if isinstance(got, str):
+            return {"ok": False, "id": sid, "reason": got}
+        x, raw, thumb = got
         h = content_hash(raw if raw is not None else x.numpy().tobytes())
         return {
             "ok": True,
