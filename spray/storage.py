@@ -455,6 +455,11 @@ def prune_cache(runs_dir: Path, in_use: str) -> list[Path]:
     list[Path]
         The deleted directories.
     """
+    root = runs_dir / CACHE_DIR
+    found = sorted(root.iterdir()) if root.is_dir() else []
+    others = [d for d in found if d.is_dir() and d.name not in (in_use, WORK_DIR)]
+    if not others:
+        return []  # the usual night (same model): no summary needs reading
     keep = {in_use}
     for run in list_runs(runs_dir):
         try:
@@ -465,12 +470,9 @@ def prune_cache(runs_dir: Path, in_use: str) -> list[Path]:
             log.info("cache retention skipped: run %s does not record its cache directory", run.name)
             return []
         keep.add(str(key))
-    removed = []
-    root = runs_dir / CACHE_DIR
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if d.is_dir() and d.name != WORK_DIR and d.name not in keep:
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
+    removed = [d for d in others if d.name not in keep]
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
     if removed:
         log.info("cache retention: removed %d cache directories no kept run uses", len(removed))
     return removed
