@@ -122,6 +122,14 @@ class PredictionCache(Protocol):
         ...
 
 
+def _u64(keys: Sequence[str]) -> np.ndarray:
+    """``(len(keys),)`` uint64: the first 8 bytes of each key's blake2b hash (little-endian)."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys],
+        dtype=np.uint64,
+    )
+
+
 def stable_order(keys: Sequence[str], salt: str) -> np.ndarray:
     """Indices that sort ``keys`` by a salted hash: a seeded random order that is stable under additions.
 
@@ -136,14 +144,7 @@ def stable_order(keys: Sequence[str], salt: str) -> np.ndarray:
     np.ndarray
         ``(len(keys),)`` int64 permutation.
     """
-    h = np.array(
-        [
-            int.from_bytes(hashlib.blake2b(f"{salt}|{k}".encode(), digest_size=8).digest(), "little")
-            for k in keys
-        ],
-        dtype=np.uint64,
-    )
-    return np.argsort(h, kind="stable").astype(np.int64)
+    return np.argsort(_u64([f"{salt}|{k}" for k in keys]), kind="stable").astype(np.int64)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -153,13 +154,6 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
-
-
-def _u64(keys: Sequence[str]) -> np.ndarray:
-    return np.array(
-        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys],
-        dtype=np.uint64,
-    )
 
 
 def rendezvous_pairs(target_keys: Sequence[str], donor_keys: Sequence[str]) -> np.ndarray:
@@ -219,7 +213,11 @@ class InterventionProbe:
         return f"id:{sample_id}"
 
     def predict_pasted(
-        self, target_ids: Sequence[str], donor_ids: Sequence[str] | None, masks: np.ndarray | None
+        self,
+        target_ids: Sequence[str],
+        donor_ids: Sequence[str] | None,
+        masks: np.ndarray | None,
+        donor_inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> np.ndarray:
         """Predicted class of each target with its donor's pixels pasted inside its grid mask.
 
@@ -231,6 +229,8 @@ class InterventionProbe:
             ``m`` donors, one per target; None predicts the targets as they are.
         masks : np.ndarray, optional
             ``(m, h, w)`` bool masks on the analysis grid, upsampled (nearest) to the input size.
+        donor_inputs : Mapping[str, torch.Tensor], optional
+            Donor inputs the caller has already loaded (by id); the others are loaded here.
 
         Returns
         -------
@@ -265,9 +265,11 @@ class InterventionProbe:
         targets = torch.stack([self._targets_loaded[target_ids[j]] for j in todo])
         x = targets
         if donor_ids is not None and masks is not None:
-            uniq = sorted({donor_ids[j] for j in todo})
-            pos = {sid: i for i, sid in enumerate(uniq)}
-            donors = self.load_inputs(uniq)[torch.tensor([pos[donor_ids[j]] for j in todo])]
+            loaded = dict(donor_inputs or {})
+            missing = sorted({donor_ids[j] for j in todo} - loaded.keys())
+            if missing:
+                loaded.update(zip(missing, self.load_inputs(missing), strict=True))
+            donors = torch.stack([loaded[donor_ids[j]] for j in todo])
             mk_t = torch.from_numpy(np.ascontiguousarray(masks[todo]).astype(np.float32))[:, None]
             mk_t = F.interpolate(mk_t, size=tuple(targets.shape[-2:]), mode="nearest").bool()
             x = torch.where(mk_t, donors.to(targets.dtype), targets)
@@ -533,6 +535,7 @@ def _paste_flips(
     donor_ids: list[str],
     donor_masks: np.ndarray,
     target_ids: list[str],
+    donor_inputs: torch.Tensor,
 ) -> np.ndarray:
     """Paste donor pixels (inside their grid masks, upsampled) into targets; ``(m,)`` bool "now class".
 
@@ -540,7 +543,12 @@ def _paste_flips(
     a few samples since the last run changes only a few pairs (and the rest come from the cache).
     """
     pick = rendezvous_pairs([probe.key(t) for t in target_ids], [probe.key(d) for d in donor_ids])
-    pred = probe.predict_pasted(target_ids, [donor_ids[i] for i in pick], np.asarray(donor_masks)[pick])
+    pred = probe.predict_pasted(
+        target_ids,
+        [donor_ids[i] for i in pick],
+        np.asarray(donor_masks)[pick],
+        donor_inputs=dict(zip(donor_ids, donor_inputs, strict=True)),
+    )
     return np.asarray(pred == class_index)
 
 
@@ -606,12 +614,15 @@ def _intervention(
     nv = int(valid.sum())
     if nv == 0:
         return {}
-    flip_in = _paste_flips(probe, class_index, [sample_ids[i] for i in d_in], m_in, targets.ids)
+    # Both donor sets are loaded once: the appearance signal needs them, and the pastes reuse them.
+    ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
+    x_in, x_out = probe.load_inputs(ids_in), probe.load_inputs(ids_out)
+    flip_in = _paste_flips(probe, class_index, ids_in, m_in, targets.ids, x_in)
     fi = flip_in[valid]
     appearance = _appearance(
-        probe.load_inputs([sample_ids[i] for i in d_in]),
+        x_in,
         np.asarray(m_in),
-        probe.load_inputs([sample_ids[i] for i in d_out]),
+        x_out,
         np.asarray(m_out),
         # The members' mean relevance per region cell (aligned like the pixels).
         weights=stats.p[d_in][np.asarray(m_in)].reshape(len(d_in), -1).mean(axis=0),
@@ -626,7 +637,7 @@ def _intervention(
             "flip_null_skipped": 1.0,
             "appearance": appearance,
         }
-    flip_out = _paste_flips(probe, class_index, [sample_ids[i] for i in d_out], m_out, targets.ids)
+    flip_out = _paste_flips(probe, class_index, ids_out, m_out, targets.ids, x_out)
     fo = flip_out[valid]
     b = int((fi & ~fo).sum())
     c = int((~fi & fo).sum())
@@ -865,20 +876,19 @@ def score_class(
                 # Smoothed rate ratio: the members' region must flip several times as often as the same
                 # region of ordinary class members (a natural part flips both; see the module docstring).
                 res["flip_ratio"] = (res["flip_rate"] + _RATIO_EPS) / (res["flip_null"] + _RATIO_EPS)
-                sig.update(res)
                 ratio_ok = res["flip_ratio"] >= ratio_min
                 if res["flip_p"] < alpha:
                     strength = min(1.0, max(0.0, res["flip_excess"]) / _FULL_EXCESS) * min(
                         1.0, res["flip_ratio"] / ratio_min
                     )
-            # The map evidence ranks, the paste test confirms: on real models the paste flip rates of a
-            # planted artifact (7-19 %) and of a "catch-all" class's natural halves (19-21 %) overlap,
-            # while the map score ranked the artifact first in every benchmark cell looked at.
-            elif res:
-                sig.update(res)  # null skipped: the members' flip rate was below the margin
+            if res:
+                sig.update(res)  # without "flip_null" when the members' flip rate was below the margin
             # Appearance (tested clusters only; 0 otherwise): a region whose pixels repeat in every
             # member is what a shortcut looks like, an object part that varies is not.
             appearance = float(res.get("appearance", 0.0)) if res else 0.0
+            # The map evidence ranks, the paste test confirms: on real models the paste flip rates of a
+            # planted artifact (7-19 %) and of a "catch-all" class's natural halves (19-21 %) overlap,
+            # while the map score ranked the artifact first in every benchmark cell looked at.
             score = cand.map_score * (0.5 + 0.5 * appearance) * (0.5 + strength)
             suspicious = (
                 res is not None
@@ -892,7 +902,7 @@ def score_class(
                 and cand.signals["fraction"] <= max_fraction
                 # A shortcut repeats the same pixels in every member; a natural object part varies
                 # (a catch-all class such as Bag has parts that flip other images as well).
-                and res.get("appearance", 1.0) >= config.flag_min_appearance
+                and appearance >= config.flag_min_appearance
             )
         else:
             score = cand.map_score
