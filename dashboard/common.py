@@ -369,39 +369,6 @@ def require_run() -> tuple[str, dict[str, Any]]:
 # Selections
 
 
-def _selection(event: Any) -> Any:
-    """The ``selection`` part of a plotly selection event (read dict-style), or None."""
-    if not event:
-        return None
-    try:
-        return event["selection"]
-    except (KeyError, TypeError):
-        return None
-
-
-def selection_rows(event: Any, n: int) -> list[int]:
-    """Point indices (of trace 0) from a plotly selection event, read dict-style.
-
-    Falls back to ``point_indices`` when the per-point list is absent; ignores indices out of range
-    (a stale selection after the figure changed).
-    """
-    sel = _selection(event)
-    if sel is None:
-        return []
-    out: list[int] = []
-    points = sel.get("points") if hasattr(sel, "get") else None
-    if points:
-        for p in points:
-            if int(p.get("curve_number", 0) or 0) != 0:
-                continue
-            idx = p.get("point_index", p.get("point_number"))
-            if idx is not None:
-                out.append(int(idx))
-    else:
-        out = [int(i) for i in (sel.get("point_indices") or [])]
-    return sorted({i for i in out if 0 <= i < n})
-
-
 def selection_positions(event: Any, traces: Sequence[np.ndarray]) -> list[int]:
     """Positions selected in a map drawn as several traces, from a plotly selection event (dict-style).
 
@@ -410,8 +377,11 @@ def selection_positions(event: Any, traces: Sequence[np.ndarray]) -> list[int]:
     (a colour-bar trace) and out-of-range indices (a stale selection) are ignored. With one trace, the
     event's ``point_indices`` serve when the per-point list is absent.
     """
-    sel = _selection(event)
-    if sel is None:
+    if not event:
+        return []
+    try:
+        sel = event["selection"]
+    except (KeyError, TypeError):
         return []
     points = sel.get("points") if hasattr(sel, "get") else None
     out: set[int] = set()
