@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import types
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -107,11 +108,13 @@ def _bottleneck_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _resnet_blocks() -> tuple[type[nn.Module], type[nn.Module]] | None:
-    try:
-        from torchvision.models.resnet import BasicBlock, Bottleneck
-    except ImportError:  # torchvision is a dependency, but keep the engine usable without it
+    # A model built from torchvision's blocks has imported their module already. If it is not loaded,
+    # no block of it can be in the model, and importing torchvision (≈ 2 s, it pulls in torch._dynamo)
+    # for nothing would be most of a small audit's start-up.
+    resnet = sys.modules.get("torchvision.models.resnet")
+    if resnet is None:
         return None
-    return BasicBlock, Bottleneck
+    return resnet.BasicBlock, resnet.Bottleneck
 
 
 def leaves(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
