@@ -267,6 +267,33 @@ def test_null_arm_is_skipped_when_the_members_flip_rate_is_below_the_margin(plan
     assert len(calls) == 1 + len(tested)
 
 
+def test_paste_test_is_skipped_when_the_members_pixels_vary(natural: Case) -> None:
+    """Natural sub-groups whose pixels in the region vary like the class cannot be flagged: no forward
+    pass runs for them (not even the targets' own predictions), and the evidence says why."""
+    calls: list[int] = []
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.zeros(len(x), dtype=torch.long)
+
+    # The toy inputs are noise everywhere (no bright patch): every cluster's pixels vary like the class.
+    images = _images(natural, bright_members=False)
+    probe = InterventionProbe(
+        predict=counting,
+        load_inputs=lambda ids: torch.stack([images[i] for i in ids]),
+        other_ids=natural.ids[:50],
+        other_labels=np.full(50, CLASS + 1),
+    )
+    found = _score(natural, probe=probe)
+    looked = [f for f in found if "appearance" in f.signals]
+    assert looked, "the leading candidates get the appearance signal"
+    assert all(f.signals["paste_skipped"] == 1.0 and f.signals["appearance"] < 0.4 for f in looked)
+    assert all(f.signals["tested"] == 0.0 and "flip_rate" not in f.signals for f in found)
+    assert calls == []
+    assert any("not paste-tested" in " ".join(f.evidence) for f in looked)
+    assert not any(f.suspicious for f in found)
+
+
 def test_predict_pasted_loads_each_target_once() -> None:
     from spray.scoring import InterventionProbe
 
