@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,14 @@ class _ShardState:
     )
 
 
+@contextmanager
+def _restore_known_hashes(dataset: AuditDataset) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        dataset.known_hashes = frozenset()
+
+
 class BatchStage:
     """Runs LRP over a dataset with caching.
 
@@ -215,15 +225,21 @@ class BatchStage:
         pending: list[Future[Any]] = []
         bar = tqdm(total=sum(len(b) for b in batches), desc="LRP", unit="img", disable=not progress)
         shard: _ShardState | None = None
+        # Samples whose bytes hash to a cached result are not decoded (set before the loader forks its
+        # workers, so they see it; restored afterwards so other readers get inputs again).
+        dataset.known_hashes = self.cache.hashes()
         # One background writer: the device keeps computing while the previous shard is saved.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer,
+            _restore_known_hashes(dataset),
+        ):
             for bi, b in enumerate(self._loader(dataset, batches)):
                 if shard is None or shard.start != owner[bi]:
                     if shard is not None:
                         self._finish_shard(shard, writer, pending)
                     shard = _ShardState(owner[bi])
                 shard.skipped.extend(b["skipped"])
-                if b["x"] is None:
+                if not b["id"]:
                     bar.update(len(b["skipped"]))
                     continue
                 shard.ids.extend(b["id"])
@@ -231,8 +247,11 @@ class BatchStage:
                 shard.labels.extend(b["label"].tolist())
                 miss = [i for i, h in enumerate(b["hash"]) if h not in self.cache]
                 if miss:
+                    # Rows of the decoded inputs; every miss was decoded (only cached hashes skip it).
+                    row = {pos: r for r, pos in enumerate(b["decoded"])}
                     sel = torch.tensor(miss)
-                    rel, prob, pred, tgt, full = self._explain(b["x"][sel], b["label"][sel])
+                    xs = torch.tensor([row[i] for i in miss])
+                    rel, prob, pred, tgt, full = self._explain(b["x"][xs], b["label"][sel])
                     new = shard.new
                     new["id"].extend(b["id"][i] for i in miss)
                     new["hash"].extend(b["hash"][i] for i in miss)
@@ -241,7 +260,7 @@ class BatchStage:
                     new["prob"].append(prob)
                     new["pred"].append(pred)
                     new["tgt"].append(tgt)
-                    new["thumb"].append(b["thumb"][miss])
+                    new["thumb"].append(b["thumb"][xs.numpy()])
                     if full is not None:
                         new["full"].append(full)
                 bar.update(len(b["id"]) + len(b["skipped"]))

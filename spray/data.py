@@ -3,7 +3,10 @@
 Every item of an :class:`AuditDataset` is a dict. A readable sample gives
 ``{"ok": True, "x": (C,H,W) float32, "label": int, "id": str, "hash": str, "thumb": (t,t,3) uint8}``;
 an unreadable one gives ``{"ok": False, "id": str, "reason": str}`` so that :func:`collate_samples` can
-drop it and the run can report it instead of dying.
+drop it and the run can report it instead of dying. A sample whose content hash is in
+:attr:`AuditDataset.known_hashes` (the batch stage's cache) is hashed from its raw bytes and not
+decoded: ``"x"`` and ``"thumb"`` are None. On a nightly rerun that skips the image decoding, resizing and
+thumbnail of every unchanged sample, which on a GPU costs more than the LRP of the new ones.
 
 Sample ids are stable across runs: the path relative to the root for image folders, the index for IDX
 files and factories (or the factory dataset's own ``sample_ids`` attribute when it has one).
@@ -196,6 +199,9 @@ class AuditDataset(Dataset[dict[str, Any]]):
         Applied after loading.
     class_names : list[str]
         Names in label order.
+    raw_reader : callable, optional
+        ``raw_reader(i) -> bytes``: the same bytes ``loader`` returns for hashing, without decoding.
+        Lets a sample in :attr:`known_hashes` skip the decode (sources without raw bytes always decode).
     """
 
     def __init__(
@@ -206,8 +212,12 @@ class AuditDataset(Dataset[dict[str, Any]]):
         transform: Transform,
         class_names: list[str],
         pre_skipped: Sequence[SkippedSample] = (),
+        raw_reader: Callable[[int], bytes] | None = None,
     ) -> None:
         self.ids = ids
+        self.raw_reader = raw_reader
+        #: Content hashes whose samples need no input (set by the batch stage to its cache's hashes).
+        self.known_hashes: frozenset[str] = frozenset()
         self.labels = labels
         self._loader = loader
         self.transform = transform
@@ -248,6 +258,15 @@ class AuditDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sid = self.ids[i]
+        if self.raw_reader is not None and self.known_hashes:
+            try:
+                h = content_hash(self.raw_reader(i))
+            except OSError:
+                h = None  # unreadable now: the full read below reports why
+            if h is not None and h in self.known_hashes:
+                # Same bytes as a sample already explained (it decoded and was finite then): no decode.
+                return {"ok": True, "x": None, "label": int(self.labels[i]), "id": sid, "hash": h,
+                        "thumb": None, "index": i}  # fmt: skip
         got = self._read(i, thumbnail=True)
         if isinstance(got, str):
             return {"ok": False, "id": sid, "reason": got}
@@ -265,23 +284,29 @@ class AuditDataset(Dataset[dict[str, Any]]):
 
 
 def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the readable samples of a batch; list the unreadable ones under ``"skipped"``."""
+    """Stack the readable samples of a batch; list the unreadable ones under ``"skipped"``.
+
+    ``"x"`` and ``"thumb"`` stack only the decoded samples (``"x"`` is None when there are none);
+    ``"decoded"`` gives their positions in ``"id"``.
+    """
     good = [it for it in items if it["ok"]]
     skipped = [SkippedSample(it["id"], it["reason"]) for it in items if not it["ok"]]
-    if good:
-        shapes = {tuple(it["x"].shape) for it in good}
+    dec = [it for it in good if it["x"] is not None]
+    if dec:
+        shapes = {tuple(it["x"].shape) for it in dec}
         if len(shapes) > 1:
             raise DataError(
                 f"Samples in one batch have different shapes {sorted(shapes)}. "
                 "Set data.transform.resize and center_crop so every image has the same size."
             )
     return {
-        "x": torch.stack([it["x"] for it in good]) if good else None,
+        "x": torch.stack([it["x"] for it in dec]) if dec else None,
+        "decoded": [j for j, it in enumerate(good) if it["x"] is not None],
         "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
         "id": [it["id"] for it in good],
         "hash": [it["hash"] for it in good],
         "index": [it["index"] for it in good],
-        "thumb": np.stack([it["thumb"] for it in good]) if good else None,
+        "thumb": np.stack([it["thumb"] for it in dec]) if dec and dec[0]["thumb"] is not None else None,
         "skipped": skipped,
     }
 
@@ -319,7 +344,10 @@ def _idx_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
 
     n = len(images)
     names = cfg.class_names or [str(c) for c in range(int(labels.max()) + 1)]
-    return AuditDataset([str(i) for i in range(n)], labels.tolist(), load, transform, names)
+    return AuditDataset(
+        [str(i) for i in range(n)], labels.tolist(), load, transform, names,
+        raw_reader=lambda i: images[i].tobytes(),
+    )  # fmt: skip
 
 
 def _folder_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
@@ -360,7 +388,10 @@ def _folder_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
             raise ValueError(f"corrupt or unreadable image ({err})") from None
         return t, raw
 
-    return AuditDataset(ids, labels, load, transform, cfg.class_names or classes, skipped)
+    return AuditDataset(
+        ids, labels, load, transform, cfg.class_names or classes, skipped,
+        raw_reader=lambda i: (root / ids[i]).read_bytes(),
+    )  # fmt: skip
 
 
 def _factory_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:

@@ -171,6 +171,10 @@ class ShardCache:
     def __contains__(self, content_hash: str) -> bool:
         return content_hash in self._index
 
+    def hashes(self) -> frozenset[str]:
+        """The content hashes the cache holds (as of the last :meth:`refresh`)."""
+        return frozenset(self._index)
+
     def __len__(self) -> int:
         return len(self._index)
 

@@ -85,3 +85,26 @@ def test_mixed_sizes_in_batch_explains_fix(tmp_path: Path) -> None:
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
     with pytest.raises(DataError, match="resize and center_crop"):
         collate_samples([ds[0], ds[1]])
+
+
+def test_known_hashes_skip_the_decode_but_not_the_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample whose bytes the cache already explained is hashed, not decoded; a changed or corrupt
+    one is still read in full (and a corrupt one still reported)."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    full = [ds[i] for i in range(len(ds))]
+    known = {it["hash"] for it in full if it["ok"] and it["id"] != "dog/001.png"}
+    ds.known_hashes = frozenset(known)
+    decoded: list[int] = []
+    read = ds._read
+    monkeypatch.setattr(ds, "_read", lambda i, **kw: decoded.append(i) or read(i, **kw))
+    items = [ds[i] for i in range(len(ds))]
+    assert sorted(ds.ids[i] for i in decoded) == ["dog/001.png", "dog/broken.png"]
+    assert [it.get("hash") for it in items] == [it.get("hash") for it in full]  # same hashes either way
+    batch = collate_samples(items)
+    assert [batch["id"][j] for j in batch["decoded"]] == ["dog/001.png"]
+    assert batch["x"].shape == (1, 3, 16, 16) and batch["thumb"].shape[0] == 1
+    assert [s.sample_id for s in batch["skipped"]] == ["dog/broken.png"]
