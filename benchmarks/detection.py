@@ -143,7 +143,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
     if cell.artifact != "none":
         cls = np.flatnonzero(labels == cell.target)
         pick = np.sort(rng.choice(cls, max(1, round(cell.fraction * cls.size)), replace=False))
-        pl = plant(images[pick], cell.artifact, seed=cell.seed)
+        pl = plant(images[pick], cell.artifact, size=args.artifact_size, seed=cell.seed)
         images[pick], masks[pick], planted[pick] = pl.images, pl.masks, True
     torch.manual_seed(cell.seed)
     model = SmallCNN(1, 10, width=args.width)
@@ -173,6 +173,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
         "p": cell.fraction,
         "target": cell.target,
         "seed": cell.seed,
+        "epochs": args.epochs,
+        "artifact_size": args.artifact_size,
         "test_acc": acc,
     }
     # Sanity gate (poisoned runs): does the model use the artifact?
@@ -390,6 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clean-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--artifact-size", type=int, default=4, help="side in pixels of corner_square / random_square"
+    )
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--n-init", type=int, default=3, help="k-means restarts per k (the audit uses 10)")
     ap.add_argument("--blur", type=float, default=0.0, help="analysis.blur_sigma (translation tolerance)")
