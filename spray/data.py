@@ -5,8 +5,8 @@ Every item of an :class:`AuditDataset` is a dict. A readable sample gives
 an unreadable one gives ``{"ok": False, "id": str, "reason": str}`` so that :func:`collate_samples` can
 drop it and the run can report it instead of dying. A sample whose content hash is in
 :attr:`AuditDataset.known_hashes` (the batch stage's cache) is hashed from its raw bytes and not
-decoded: ``"x"`` and ``"thumb"`` are None. On a nightly rerun that skips the image decoding, resizing and
-thumbnail of every unchanged sample, which on a GPU costs more than the LRP of the new ones.
+decoded: ``"x"`` and ``"thumb"`` are None. A nightly rerun thus skips the decoding, resizing and
+thumbnail of every unchanged sample (with a GPU doing the LRP, decoding is the CPU's largest share).
 
 Sample ids are stable across runs: the path relative to the root for image folders, the index for IDX
 files and factories (or the factory dataset's own ``sample_ids`` attribute when it has one).
