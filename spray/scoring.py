@@ -758,8 +758,8 @@ def _evidence(
     if tested and "flip_rate" not in tested and "appearance" in tested:
         out.append(
             f"its members' pixels there vary {_pct(1.0 - tested['appearance'])} as much as those of "
-            f"{class_name} images in general: an object part, not a repeated stamp, so it was not "
-            "paste-tested (a flag needs alike pixels)"
+            f"{class_name} images in general (a stamp, tag or frame repeats the same pixels), so it was "
+            "not paste-tested: a flag needs alike pixels"
         )
     elif tested and "flip_null" not in tested:
         out.append(
