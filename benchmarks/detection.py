@@ -198,11 +198,13 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
             "seed": 0,
             "model": {"factory": "spray.models:small_cnn"},
             "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "analysis": {"embedding": "spectral", "blur_sigma": args.blur},
+            "analysis": {"embedding": "spectral", "blur_sigma": args.blur}
+            | ({"k_max": args.k_max} if args.k_max is not None else {}),
             "scoring": {"intervention": not args.no_probe, "intervention_samples": 500},
         },
         check_files=False,
     )
+    row["k_max"] = cfg.analysis.k_max
     ids = [f"tr{i}" for i in range(len(x))]
     test_ids = [f"te{i}" for i in range(len(xte))]
     x_te = to_input(xte)
@@ -397,6 +399,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--n-init", type=int, default=3, help="k-means restarts per k (the audit uses 10)")
+    ap.add_argument(
+        "--k-max",
+        type=int,
+        default=None,
+        help="analysis.k_max: largest k of the sweep (default: the config's)",
+    )
     ap.add_argument("--blur", type=float, default=0.0, help="analysis.blur_sigma (translation tolerance)")
     ap.add_argument("--save-dir", type=Path, default=None, help="keep each cell's model and relevance here")
     ap.add_argument("--no-probe", action="store_true", help="map signals only (no paste test)")

@@ -146,7 +146,14 @@ class AnalysisConfig(_Section):
     pca_components: int = Field(128, ge=2)
     n_neighbors: int = Field(10, ge=2)
     n_eigenvectors: int = Field(32, ge=2)
-    k_max: int = Field(8, ge=2, le=64)
+    k_max: int = Field(
+        12,
+        ge=2,
+        le=64,
+        description="Largest k of the k-means sweep. 12 (was 8) isolates 5 %-of-class artifacts more often "
+        "(detection benchmark, p = 0.05: ceiling F1 0.81 -> 0.87, top F1 0.66 -> 0.71; p >= 0.1 within "
+        "0.01).",
+    )
     embedding: Literal["umap", "tsne", "spectral"] = Field("umap", description="2-D map for display.")
     map_epochs: int = Field(
         200,

@@ -133,7 +133,7 @@ def prepare_demo(
         The config file to audit.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
-    params = {"per_class": per_class, "epochs": epochs, "seed": seed, "version": 1}
+    params = {"per_class": per_class, "epochs": epochs, "seed": seed, "version": 2}
     cfg_path = work_dir / "demo.yaml"
     params_path = work_dir / "params.json"
     if cfg_path.exists() and params_path.exists() and json.loads(params_path.read_text()) == params:
@@ -180,7 +180,7 @@ def prepare_demo(
         },
         "lrp": {"composite": "EpsilonPlusFlat", "target": "label"},
         "batch": {"batch_size": 128, "grid": 28, "thumbnail_size": 56},
-        "analysis": {"embedding": "umap", "k_max": 8},
+        "analysis": {"embedding": "umap"},
         "output": {"runs_dir": str(runs_dir.resolve())},
     }
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
