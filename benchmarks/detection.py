@@ -130,6 +130,28 @@ def smallest_cluster_baseline(features: np.ndarray, truth: np.ndarray, k: int, s
     return {"f1": f, "auroc": auc, "ap": ap}
 
 
+class GapCNN(torch.nn.Module):
+    """SmallCNN's convolutions, one more conv block, then global average pooling and a linear head.
+
+    Global pooling makes its detectors position-free, so a shortcut at a random position can be learned
+    (SmallCNN's dense head over a 7×7 map has to learn it at every position); ``--arch gap``.
+    """
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        base = SmallCNN(1, 10, width=width)
+        self.features = torch.nn.Sequential(
+            *base.features,
+            torch.nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * width, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     """Train, audit and score one cell; returns the result row."""
     t0 = time.time()
@@ -146,7 +168,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
         pl = plant(images[pick], cell.artifact, size=args.artifact_size, seed=cell.seed)
         images[pick], masks[pick], planted[pick] = pl.images, pl.masks, True
     torch.manual_seed(cell.seed)
-    model = SmallCNN(1, 10, width=args.width)
+    model = GapCNN(args.width) if args.arch == "gap" else SmallCNN(1, 10, width=args.width)
     train_classifier(
         model, images, labels, epochs=args.epochs, seed=cell.seed, mean=MEAN, std=STD, progress=False
     )
@@ -174,6 +196,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
         "target": cell.target,
         "seed": cell.seed,
         "epochs": args.epochs,
+        "arch": args.arch,
         "artifact_size": args.artifact_size,
         "test_acc": acc,
     }
@@ -394,6 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clean-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--arch",
+        choices=["small", "gap"],
+        default="small",
+        help="small: SmallCNN (dense head); gap: global average pooling (learns position-free detectors)",
+    )
     ap.add_argument(
         "--artifact-size", type=int, default=4, help="side in pixels of corner_square / random_square"
     )
