@@ -49,7 +49,7 @@ Score and flag. ``map_score = localisation * clip(log10(lift)/2, 0, 1) * (0.5 + 
 with ``strength = min(1, excess / 0.5) * min(1, ratio / flip_ratio)``, where ``excess`` is
 the flip rate above the null, ``ratio = (flip + 0.02) / (null + 0.02)`` (strength 0 when untested,
 not significant, or when the members' flip rate is below ``flip_margin``: then no flag is possible and
-the null arm is not run, which halves the cost for most natural clusters); without a probe
+the null arm is not run); without a probe
 ``score = map_score``. Scores are comparable across the classes of
 one run. ``suspicious`` is:
 
@@ -605,11 +605,14 @@ def _intervention(
     sample_ids: list[str],
     probe: InterventionProbe,
     targets: _Targets | None,
-    salt: str,
+    donor_order: np.ndarray,
     min_flip: float = 0.0,
     min_appearance: float = 0.0,
 ) -> dict[str, float]:
     """The paste test of one cluster against its same-class null; returns raw numbers ({} if untestable).
+
+    ``donor_order`` is the class's :func:`stable_order` of its samples' contents: the donors are the
+    first ``_MAX_DONORS`` members (and non-members) in it, so one new member does not redraw every donor.
 
     The appearance signal comes first: below ``min_appearance`` no flag is possible, so no paste is
     predicted (``paste_skipped``). When the members' flip rate is below ``min_flip`` the null arm is not
@@ -617,13 +620,9 @@ def _intervention(
     """
     if targets is None:
         return {}
-    members = np.flatnonzero(cand.member)
-    rest = np.flatnonzero(~cand.member)
-    # Donors: the first _MAX_DONORS of a seeded order of the samples' contents (stable_order), not
-    # rng.choice over positions, so one new member does not redraw every donor.
-    keys = [probe.key(sid) for sid in sample_ids]
-    d_in = np.sort(members[stable_order([keys[i] for i in members], f"donor|{salt}")[:_MAX_DONORS]])
-    d_out = np.sort(rest[stable_order([keys[i] for i in rest], f"donor|{salt}")[:_MAX_DONORS]])
+    in_order = cand.member[donor_order]
+    d_in = np.sort(donor_order[in_order][:_MAX_DONORS])
+    d_out = np.sort(donor_order[~in_order][:_MAX_DONORS])
     if d_in.size == 0 or d_out.size == 0:
         return {}  # no members or no rest of the class to compare with: untestable
     if cand.moving:
@@ -755,12 +754,16 @@ def _evidence(
         f"a member's share there exceeds a random other {class_name} sample's with probability "
         f"{_pct((1 + s['consistency']) / 2)}"
     )
+
+    # The appearance sentence, shared by the skipped and the pasted case (each adds its own ending).
+    alike = (
+        f"its members' pixels there vary {_pct(1.0 - tested['appearance'])} as much as those of "
+        f"{class_name} images in general (a stamp, tag or frame repeats the same pixels"
+        if tested and "appearance" in tested
+        else ""
+    )
     if tested and "flip_rate" not in tested and "appearance" in tested:
-        out.append(
-            f"its members' pixels there vary {_pct(1.0 - tested['appearance'])} as much as those of "
-            f"{class_name} images in general (a stamp, tag or frame repeats the same pixels), so it was "
-            "not paste-tested: a flag needs alike pixels"
-        )
+        out.append(alike + "), so it was not paste-tested: a flag needs alike pixels")
     elif tested and "flip_null" not in tested:
         out.append(
             f"pasting that region flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
@@ -773,12 +776,8 @@ def _evidence(
             f"(the same region from other {class_name} images: {_pct(tested['flip_null'])}; "
             f"p = {tested['flip_p']:.2g}, {int(tested['flip_targets'])} images)"
         )
-        if "appearance" in tested:
-            out.append(
-                f"its members' pixels there vary {_pct(1.0 - tested['appearance'])} as much as those of "
-                f"{class_name} images in general (a stamp, tag or frame repeats the same pixels; an object "
-                "part varies)"
-            )
+        if alike:
+            out.append(alike + "; an object part varies)")
     return out
 
 
@@ -875,6 +874,9 @@ def score_class(
     if use_probe:
         assert probe is not None
         targets = _Targets.load(probe, class_index, config.intervention_samples)
+        # One seeded order of the class's contents serves every candidate's donor pick (restricted to a
+        # cluster, it is the order stable_order gives the cluster alone).
+        donor_order = stable_order([probe.key(sid) for sid in sample_ids], f"donor|{seed}|{class_index}")
         for cand in cands[: config.intervention_candidates]:
             if cand.signals["size"] < _MIN_SIZE or cand.map_score <= 0:
                 continue
@@ -885,7 +887,7 @@ def score_class(
                 sample_ids,
                 probe,
                 targets,
-                f"{seed}|{class_index}",
+                donor_order,
                 min_flip=config.flip_margin,
                 min_appearance=config.flag_min_appearance,
             )
