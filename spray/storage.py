@@ -332,7 +332,10 @@ class PasteCache:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, int]:
         """Cached predictions among ``keys`` (missing ones are left out)."""
-        if self._conn is None or not keys:
+        if not keys:
+            return {}
+        if self._conn is None:
+            self.misses += len(set(keys))  # disabled: every paste is predicted, and the log says so
             return {}
         by_blob = {self._blob(k): k for k in keys}
         blobs = list(by_blob)
@@ -345,6 +348,7 @@ class PasteCache:
                     out[by_blob[bytes(b)]] = int(pred)
         except sqlite3.Error as err:
             log.warning("paste cache read failed (%s): computing without it", err)
+            self.misses += len(by_blob)
             return {}
         self.hits += len(out)
         self.misses += len(set(keys)) - len(out)
