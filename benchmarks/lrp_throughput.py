@@ -66,6 +66,10 @@ METHODS = [
     "zennit LRP",
 ]
 BASE = "fwd+input-grad"
+#: --precision: "fp32" (strict float32 everywhere) or "tf32" (TF32 matmuls/convolutions on CUDA for every
+#: method). PyTorch's default allows TF32 convolutions on CUDA, which spray's "fp32" turns off; setting
+#: the switches for all methods alike keeps the comparison fair.
+PRECISION = {"value": "fp32"}
 DOC = ROOT / "docs" / "lrp.md"
 BEGIN, END = "<!-- BENCHMARK:BEGIN -->", "<!-- BENCHMARK:END -->"
 
@@ -152,7 +156,7 @@ def make_method(name: str, model: nn.Module, device: torch.device) -> Callable[[
 
         return run
     if name in ("spray LRP", "spray LRP (torch conv dispatch)"):
-        explainer = Explainer(model, "EpsilonPlusFlat", device=device)
+        explainer = Explainer(model, "EpsilonPlusFlat", device=device, precision=PRECISION["value"])
         onednn = name == "spray LRP"
 
         def run(x: torch.Tensor) -> Any:
@@ -225,7 +229,7 @@ def memory_in_subprocess(model_name: str, method: str, args: argparse.Namespace)
     """Run :func:`probe_memory` in a fresh interpreter (CPU) so peaks do not leak between methods."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--probe", model_name, method, "--batch", str(args.batch)]
-    cmd += ["--size", str(args.size), "--device", args.device]
+    cmd += ["--size", str(args.size), "--device", args.device, "--precision", args.precision]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["mib"])
 
@@ -288,7 +292,8 @@ def write_docs(text: str, command: str, args: argparse.Namespace) -> None:
     """Replace the block between the markers in docs/lrp.md."""
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
+        f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, precision "
+        f"{args.precision}"
     )
     block = f"{BEGIN}\nCommand: `{command}`\n\nMachine: {machine}.\n\n{text}\n{END}"
     doc = DOC.read_text() if DOC.exists() else f"# LRP\n\n{BEGIN}\n{END}\n"
@@ -312,8 +317,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument("--write-docs", action="store_true", help=f"write the table into {DOC}")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "tf32"],
+        default="fp32",
+        help="CUDA only: strict float32 for every method, or TF32 convolutions/matmuls for every method",
+    )
     parser.add_argument("--probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    PRECISION["value"] = args.precision
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     if args.probe:
         mib = probe_memory(args.probe[0], args.probe[1], args.batch, args.size, torch.device(args.device))
         print(json.dumps({"mib": mib}))

@@ -401,7 +401,9 @@ class Explainer:
         return dict(self._rules)
 
     @contextlib.contextmanager
-    def _precision(self) -> Iterator[None]:
+    def _precision(self, autocast: bool = True) -> Iterator[None]:
+        """TF32 switches (CUDA) as ``precision`` asks, and bf16 autocast when ``autocast`` (forward only:
+        PyTorch advises against running the backward under autocast; it follows the forward's dtypes)."""
         cuda = self.device.type == "cuda"
         saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         try:
@@ -409,7 +411,7 @@ class Explainer:
                 allow = self.precision == "tf32"
                 torch.backends.cuda.matmul.allow_tf32 = allow
                 torch.backends.cudnn.allow_tf32 = allow
-            if self.precision == "bf16":
+            if self.precision == "bf16" and autocast:
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                     yield
             else:
@@ -556,13 +558,15 @@ class Explainer:
         if reference is None:
             return out, logits
         n = min(len(x), 2)
-        with torch.no_grad():
-            # The reference runs in float32: the copy's bf16 round-off (~0.4 % a layer, a few % over a
-            # deep net) is then part of the tolerance, while a wrongly folded BatchNorm moves logits by
-            # a good fraction of their scale. 1 % was too tight for bf16 on a Bottleneck ResNet.
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False), _strict_fp32(self.device):
+            # The reference runs in strict float32 (no autocast, no TF32): the copy's round-off is then
+            # part of the tolerance, while a wrongly folded BatchNorm moves logits by a good fraction of
+            # their scale. bf16 rounds ~0.4 % a layer (a few % over a deep net; 1 % was too tight on a
+            # Bottleneck ResNet); TF32's 10-bit mantissa ~0.05 % a layer (measured on an H100: 0.13 % of
+            # the logit scale on ResNet-50, where the float32 tolerance of 0.1 % failed).
             expected = reference(x[:n].detach().contiguous().float()).float()
         scale = float(expected.abs().max().clamp(min=1e-12))
-        tol = (5e-2 if self.precision == "bf16" else 1e-3) * scale
+        tol = {"bf16": 5e-2, "tf32": 1e-2}.get(self.precision, 1e-3) * scale
         err = float((expected - logits[:n]).abs().max())
         if not err <= tol and self._fusions:
             self._unfuse(
@@ -623,10 +627,28 @@ class Explainer:
         targets = self._targets(target, labels, logits)
         # Gradient frame: relevance at the logits is logit × one_hot, i.e. a one-hot "gradient".
         seed = torch.zeros_like(out).scatter_(1, targets[:, None], 1.0)
-        (grad,) = torch.autograd.grad(out, x, grad_outputs=seed)
+        # The backward pass (the rules' input-VJPs) runs under the same precision switches as the
+        # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
+        # differ from zennit's by up to 1.2 % of their scale.
+        with self._precision(autocast=False):
+            (grad,) = torch.autograd.grad(out, x, grad_outputs=seed)
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         return LRPResult(relevance=relevance, logits=logits, targets=targets)
+
+
+@contextlib.contextmanager
+def _strict_fp32(device: torch.device) -> Iterator[None]:
+    """TF32 off for CUDA matmuls and convolutions inside the block (restored after)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 _LAYOUT_WORDS = ("view", "stride", "contiguous", "memory format", "memory_format", "channels_last", "layout")
