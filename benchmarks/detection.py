@@ -210,7 +210,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
         share = (r_pl * masks[planted]).sum(axis=(1, 2)) / np.maximum(r_pl.sum(axis=(1, 2)), 1e-12)
         row["rel_ratio"] = float(share.mean() / masks[planted].mean())
         others = np.flatnonzero(yte != cell.target)[:1000]
-        pasted = plant(xte[others], cell.artifact, seed=cell.seed + 1).images
+        pasted = plant(xte[others], cell.artifact, size=args.artifact_size, seed=cell.seed + 1).images
         row["flip_artifact"] = float((predict(model, to_input(pasted)).numpy() == cell.target).mean())
         uses_relevance = cell.artifact == "brightness" or row["rel_ratio"] >= GATE_RELEVANCE_RATIO
         row["gated"] = bool(row["logit_drop"] >= GATE_LOGIT_DROP and uses_relevance)
@@ -271,6 +271,11 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
     pred = np.zeros(len(x), dtype=bool)
     pred[[id_row[s] for s in top.member_ids]] = True
     row["prec"], row["rec"], row["f1"] = f1(pred, planted)
+    # The top finding with its carriers (other samples repeating its stamp; flagged findings only).
+    pred_c = pred.copy()
+    pred_c[[id_row[s] for s in top.carrier_ids]] = True
+    row["carriers"] = len(top.carrier_ids)
+    row["prec_c"], row["rec_c"], row["f1_c"] = f1(pred_c, planted)
     ta = analyses[cell.target]
     cls_rows = np.flatnonzero(labels == cell.target)
     truth_cls = planted[cls_rows]
@@ -347,7 +352,7 @@ def _fmt(v: Any) -> str:
 def print_table(rows: list[dict[str, Any]]) -> None:
     """Markdown tables: per run, then aggregated per setting."""
     cols = ["artifact", "p", "target", "seed", "test_acc", "logit_drop", "rel_ratio", "flip_artifact", "gated",
-            "hit1", "f1", "f1_cls", "ceiling", "auroc_all", "auroc_cls", "ap_cls"]  # fmt: skip
+            "hit1", "f1", "f1_c", "f1_cls", "ceiling", "auroc_all", "auroc_cls", "ap_cls"]  # fmt: skip
     print("| " + " | ".join(cols) + " | pixels F1/AUROC | penult F1/AUROC | CoRelAy F1/AUROC | random F1 |")
     print("|" + "---|" * (len(cols) + 4))
     for r in rows:
@@ -376,17 +381,17 @@ def summarize(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if r["artifact"] != "none":
             groups.setdefault(setting(r), []).append(r)
-    print("\n| setting | runs (gated/all) | hit@1 | top F1 | class-top F1 | ceiling | AUROC all | AUROC class |"
+    print("\n| setting | runs (gated/all) | hit@1 | top F1 | top F1 with carriers | class-top F1 | ceiling | AUROC all | AUROC class |"
           " alarm on target | pixels F1/AUROC | penult F1/AUROC | CoRelAy F1/AUROC | random F1 |")  # fmt: skip
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 14)
     for name, rs in groups.items():
         g = [r for r in rs if r.get("gated")]
         if not g:
-            print(f"| {name} | 0/{len(rs)} |" + " |" * 11)
+            print(f"| {name} | 0/{len(rs)} |" + " |" * 12)
             continue
 
         def m(key: str, sub: str | None = None, rs: list[dict[str, Any]] = g) -> float:
-            vals = [float(r[key][sub] if sub else r[key]) for r in rs]
+            vals = [float(r[key][sub] if sub else r.get(key, np.nan)) for r in rs]
             return float(np.nanmean(vals))
 
         alarm = float(np.mean([r["target"] in [CLASS_NAMES.index(a) for a in r["alarms"]] for r in g]))
@@ -394,7 +399,7 @@ def summarize(rows: list[dict[str, Any]]) -> None:
             f"{m(b, 'f1'):.2f}/{m(b, 'auroc'):.2f}" for b in ("b_pixels", "b_penult", "b_corelay")
         )
         print(
-            f"| {name} | {len(g)}/{len(rs)} | {m('hit1'):.2f} | {m('f1'):.2f} | {m('f1_cls'):.2f} | "
+            f"| {name} | {len(g)}/{len(rs)} | {m('hit1'):.2f} | {m('f1'):.2f} | {m('f1_c'):.2f} | {m('f1_cls'):.2f} | "
             f"{m('ceiling'):.2f} | {m('auroc_all'):.2f} | {m('auroc_cls'):.2f} | {alarm:.2f} | {base} | "
             f"{m('b_random', 'f1'):.2f} |"
         )

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ARTIFACTS = ("corner_square", "random_square", "frame", "glyph", "brightness")
+ARTIFACTS = ("corner_square", "random_square", "background_square", "frame", "glyph", "brightness")
+
+#: A background spot for ``background_square``: every pixel of the square and of a ``_BG_MARGIN``-wide
+#: ring around it at most this bright (uint8), so the square stands on empty background.
+_BG_MAX = 40
+_BG_MARGIN = 1
 
 # A 5×5 glyph (an "X" with a bar): a small text-like stamp.
 _GLYPH = np.array(
@@ -53,6 +58,8 @@ def plant(
         ``(n, H, W)`` or ``(n, H, W, C)`` uint8.
     kind : str
         One of :data:`ARTIFACTS`: ``corner_square`` (top-left), ``random_square`` (uniform position),
+        ``background_square`` (uniform among the positions where the square and a 1-pixel ring around it
+        fall on dark background, as a watermark or tag would; uniform anywhere when an image has none),
         ``frame`` (1-pixel border), ``glyph`` (5×5 stamp at the bottom right), ``brightness`` (global
         +60 shift; a confounder, its mask covers the whole image).
     size : int
@@ -76,6 +83,21 @@ def plant(
         ys = rng.integers(0, h - size + 1, n)
         xs = rng.integers(0, w - size + 1, n)
         for i, (y, x) in enumerate(zip(ys, xs, strict=True)):
+            masks[i, y : y + size, x : x + size] = True
+    elif kind == "background_square":
+        grey = images if images.ndim == 3 else images.max(axis=3)
+        k = size + 2 * _BG_MARGIN
+        for i in range(n):
+            # Count of bright pixels in every k×k window (integral image): 0 means an empty spot.
+            ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+            ii[1:, 1:] = (grey[i] > _BG_MAX).cumsum(0).cumsum(1)
+            count = ii[k:, k:] - ii[:-k, k:] - ii[k:, :-k] + ii[:-k, :-k]
+            ys, xs = np.nonzero(count == 0)
+            if len(ys):
+                j = int(rng.integers(len(ys)))
+                y, x = int(ys[j]) + _BG_MARGIN, int(xs[j]) + _BG_MARGIN
+            else:
+                y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
             masks[i, y : y + size, x : x + size] = True
     elif kind == "frame":
         masks[:, 0, :] = masks[:, -1, :] = masks[:, :, 0] = masks[:, :, -1] = True

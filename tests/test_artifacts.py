@@ -1,0 +1,56 @@
+"""spray.artifacts: the planted shortcuts of the demo and the detection benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spray.artifacts import ARTIFACTS, plant
+
+
+def _garments(n: int = 40, seed: int = 0) -> np.ndarray:
+    """Bright blobs of random size and place on a black background, like Fashion-MNIST items."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        # at least 6 empty rows or columns on every side: room for a 4×4 square with its margin
+        top, left = rng.integers(6, 9, 2)
+        bottom, right = rng.integers(18, 23, 2)
+        out[i, top:bottom, left:right] = rng.integers(80, 200)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["corner_square", "random_square", "background_square"])
+def test_squares_cover_size_squared_pixels_drawn_white(kind: str) -> None:
+    images = _garments()
+    pl = plant(images, kind, size=4, seed=3)
+    assert pl.masks.sum(axis=(1, 2)).tolist() == [16] * len(images)
+    assert (pl.images[pl.masks] == 255).all()
+    assert (pl.images[~pl.masks] == images[~pl.masks]).all()  # nothing else changes
+    again = plant(images, kind, size=4, seed=3)
+    assert (again.masks == pl.masks).all()  # seeded
+
+
+def test_background_square_lands_on_empty_background_at_varying_places() -> None:
+    images = _garments()
+    pl = plant(images, "background_square", size=4, seed=0)
+    corners = set()
+    for img, mask in zip(images, pl.masks, strict=True):
+        ys, xs = np.nonzero(mask)
+        y0, x0 = ys.min(), xs.min()
+        corners.add((int(y0), int(x0)))
+        ring = img[max(0, y0 - 1) : y0 + 5, max(0, x0 - 1) : x0 + 5]
+        assert ring.max() <= 40, "the square or its 1-pixel margin covers the object"
+    assert len(corners) > 10  # a random position, not a fixed one
+
+
+def test_background_square_without_background_falls_back_to_any_position() -> None:
+    full = np.full((3, 12, 12), 150, dtype=np.uint8)
+    pl = plant(full, "background_square", size=4, seed=0)
+    assert pl.masks.sum(axis=(1, 2)).tolist() == [16, 16, 16]
+
+
+def test_unknown_kind_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="background_square"):
+        plant(_garments(2), "sticker")
+    assert "background_square" in ARTIFACTS
