@@ -315,6 +315,8 @@ def finding_to_dict(f: ClusterFinding, *, rank: int | None = None) -> dict[str, 
         "signals": {k: round(float(v), 6) for k, v in f.signals.items()},
         "member_ids": list(f.member_ids),
     }
+    if f.carrier_ids:
+        d["carrier_ids"] = list(f.carrier_ids)
     if rank is not None:
         d["rank"] = rank
     return d
@@ -335,6 +337,7 @@ def finding_from_dict(d: dict[str, Any], mean_heatmap: np.ndarray) -> ClusterFin
         signals=d["signals"],
         member_ids=d["member_ids"],
         mean_heatmap=mean_heatmap,
+        carrier_ids=d.get("carrier_ids", []),
     )
 
 

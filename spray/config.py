@@ -200,6 +200,11 @@ class ScoringConfig(_Section):
     translation_tolerant: bool = Field(
         True, description="Also score per-sample windows (artifacts that move)."
     )
+    carriers: bool = Field(
+        True,
+        description="For flagged clusters, list the other samples of the class that repeat the members' "
+        "pixels where their relevance is (one scan of the class's inputs per flagged cluster).",
+    )
     select_k: Literal["best", "chosen"] = Field(
         "best", description="Score the labelling whose top pattern is best isolated, or only the chosen k."
     )

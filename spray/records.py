@@ -135,6 +135,9 @@ class ClusterFinding:
         Sample ids of the members.
     mean_heatmap : np.ndarray
         ``(h, w)`` float32 mean normalised relevance of the members.
+    carrier_ids : list[str]
+        Flagged findings only: ids of other samples of the class that repeat the members' pixels where
+        the members' relevance is (the same stamp, found outside the cluster). Empty otherwise.
     """
 
     class_index: int
@@ -149,6 +152,7 @@ class ClusterFinding:
     signals: dict[str, float]
     member_ids: list[str]
     mean_heatmap: np.ndarray
+    carrier_ids: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:

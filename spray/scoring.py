@@ -41,7 +41,21 @@ unit positive mass so that a sample's *share* of relevance in a region is well d
     grid); a natural object part varies (364 natural clusters: median 0.07, 99 % below 0.34).
     It is measured before any paste: a candidate below ``flag_min_appearance`` cannot be flagged, so
     its paste test is skipped (``paste_skipped``; no forward pass), which spares most natural clusters
-    and makes the paste test cheap enough for a nightly rerun.
+    and makes the paste test cheap enough for a nightly rerun. For a fixed window it is also measured
+    at each sample's own window within one window side of the region, aligned to the members' median
+    pixels (``aligned``; kept when the pixels look more alike there *and* reach
+    ``flag_min_appearance + 0.1``, since picking each sample's best-matching window makes any region
+    look somewhat more alike; the paste test then pastes those windows). A tag placed on the background
+    lands at a slightly different spot in each member, so the fixed window sees varied pixels
+    (appearance 0.00-0.12 in the benchmark's ``background_square`` cells) where the aligned windows
+    see the same square.
+
+``carriers`` (flagged clusters only; ``scoring.carriers``)
+    A stamp is rarely all in one cluster: where a sample's own object draws much relevance it lands
+    elsewhere. For a flagged cluster, every other sample of the class is scanned for the members'
+    stamp (their median pixels in the region, weighted by relevance) at any position (a frame: in
+    place); the samples that repeat it are listed as ``carrier_ids``, named in the evidence, scored
+    like the members by :func:`sample_suspicion`, and offered for flagging by the dashboard.
 
 Score and flag. ``map_score = localisation * clip(log10(lift)/2, 0, 1) * (0.5 + 0.5 * (2*AUROC-1)) *
 (0.5 + 0.5*separation) * (1 - 0.25 * fraction)``. With a probe, ``score = map_score * (0.2 +
@@ -117,6 +131,17 @@ _FULL_EXCESS = 0.5
 _RATIO_EPS = 0.02
 #: Members / non-members whose pixels are pasted (cycled over the target images).
 _MAX_DONORS = 64
+#: Appearance is also measured at each sample's own best window within this many region sides of a
+#: fixed window (see :func:`_local_peak_masks`): a square planted on the background lands at a different
+#: spot near each Shirt's corner, so a fixed window sees varied pixels (appearance 0.0-0.12 in the
+#: benchmark's background_square cells) where the aligned windows see the same square.
+_JITTER_REACH = 1.0
+#: Aligned appearance must exceed ``flag_min_appearance`` by this much to count (see _intervention).
+_ALIGNED_MARGIN = 0.1
+#: Rounds of aligning each sample's window to the members' median pixels (see :func:`_intervention`).
+_ALIGN_ROUNDS = 2
+#: Samples loaded at once by the carrier scan.
+_CARRIER_CHUNK = 512
 
 
 class PredictionCache(Protocol):
@@ -538,6 +563,136 @@ def _peak_masks(stats: _ClassStats, idx: np.ndarray, s: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Stamp:
+    """What a tested cluster's members show where the model looks: the pixels a carrier repeats.
+
+    ``cells`` are the members' median inputs on the analysis grid inside their (fixed, locally aligned
+    or moving) window, row-major, and ``weights`` the members' mean relevance per cell. A sample's
+    distance is its relevance-weighted mean absolute difference to ``cells`` at the best of the allowed
+    windows: the region itself (``reach`` 0), windows within ``reach`` cells of it, or anywhere
+    (``anywhere``). Only windows inside the grid count, so a stamp that touches the image border where
+    the members' window has a margin around it matches less well. See :func:`_find_carriers` for the
+    threshold.
+    """
+
+    cells: np.ndarray  # (cells, C)
+    weights: np.ndarray  # (cells,)
+    region: _Region
+    reach: int
+    anywhere: bool
+    own: np.ndarray  # (donors,) the members' own distances to ``cells``
+
+
+def _grid_cells(x: torch.Tensor, h: int, w: int) -> np.ndarray:
+    """``(n, C, H, W)`` inputs average-pooled to the ``h×w`` analysis grid: ``(n, h, w, C)`` float64."""
+    return F.adaptive_avg_pool2d(x.float(), (h, w)).permute(0, 2, 3, 1).double().numpy()
+
+
+def _window_distances(
+    cells: np.ndarray, weights: np.ndarray, region: _Region, reach: int | None, g: np.ndarray
+) -> tuple[np.ndarray, int, int]:
+    """Weighted mean |pixel - cells| of grid inputs ``g`` ``(n, h, w, C)`` at every allowed window of
+    ``region``'s size: ``(n, rows, cols)`` and the grid position of entry ``[:, 0, 0]``. ``reach`` None
+    allows every position, else positions within ``reach`` cells of the region."""
+    n, h, w, _ = g.shape
+    s = region.size
+    if reach is None:
+        r0, r1, c0, c1 = 0, h - s + 1, 0, w - s + 1
+    else:
+        r0, r1 = max(0, region.row - reach), min(h - s + 1, region.row + reach + 1)
+        c0, c1 = max(0, region.col - reach), min(w - s + 1, region.col + reach + 1)
+    wt = (weights / max(float(weights.sum()), 1e-12)).reshape(s, s)
+    proto = cells.reshape(s, s, -1)
+    dist = np.zeros((n, r1 - r0, c1 - c0))
+    for i in range(s):
+        for j in range(s):
+            if wt[i, j] > 0:
+                dist += wt[i, j] * np.abs(g[:, r0 + i : r1 + i, c0 + j : c1 + j] - proto[i, j]).mean(axis=3)
+    return dist, r0, c0
+
+
+def _match_masks(
+    cells: np.ndarray, weights: np.ndarray, region: _Region, reach: int, g: np.ndarray
+) -> np.ndarray:
+    """``(n, h, w)`` masks of each sample's window (within ``reach`` of ``region``) that looks most
+    like ``cells``."""
+    n, h, w, _ = g.shape
+    dist, r0, c0 = _window_distances(cells, weights, region, reach, g)
+    nw = dist.shape[2]
+    j = dist.reshape(n, -1).argmin(axis=1)
+    out = np.zeros((n, h, w), dtype=bool)
+    s = region.size
+    for i, (r, c) in enumerate(zip(r0 + j // nw, c0 + j % nw, strict=True)):
+        out[i, r : r + s, c : c + s] = True
+    return out
+
+
+def _stamp_distance(stamp: _Stamp, g: np.ndarray) -> np.ndarray:
+    """``(n,)`` smallest weighted mean |pixel - stamp| of grid inputs ``g`` ``(n, h, w, C)`` over the
+    stamp's allowed windows."""
+    n, h, w, _ = g.shape
+    r = stamp.region
+    if r.kind == "frame":
+        wt = stamp.weights / max(float(stamp.weights.sum()), 1e-12)
+        diff = np.abs(g[:, r.mask(h, w)] - stamp.cells[None]).mean(axis=2)  # (n, cells)
+        return np.asarray(diff @ wt)
+    dist, _, _ = _window_distances(stamp.cells, stamp.weights, r, None if stamp.anywhere else stamp.reach, g)
+    return np.asarray(dist.reshape(n, -1).min(axis=1))
+
+
+def _find_carriers(
+    stamp: _Stamp, probe: InterventionProbe, sample_ids: list[str], rows: np.ndarray, h: int, w: int
+) -> list[int]:
+    """Rows (of ``sample_ids``) among ``rows`` whose inputs repeat ``stamp`` at an allowed window.
+
+    The threshold is the geometric mean of the members' median distance and the scanned samples'
+    median distance: a sample counts when it is nearer (in ratio) to how the members match the stamp
+    than to how ordinary samples do. Percentiles of the members alone fail both ways: the 90th misses
+    10 % of samples exactly like the members by construction, and in an impure cluster it sits among
+    the ordinary samples (benchmark, T-shirt with a background square: members' median 0.003, 90th
+    percentile 0.80; planted non-members' median 0.003; ordinary samples 0.50 and more).
+    """
+    dist = np.empty(len(rows))
+    for start in range(0, len(rows), _CARRIER_CHUNK):
+        chunk = rows[start : start + _CARRIER_CHUNK]
+        g = _grid_cells(probe.load_inputs([sample_ids[i] for i in chunk]), h, w)
+        dist[start : start + len(chunk)] = _stamp_distance(stamp, g)
+    if dist.size == 0:
+        return []
+    threshold = math.sqrt(max(float(np.median(stamp.own)), 1e-12) * float(np.median(dist)))
+    return [int(i) for i in rows[dist <= threshold]]
+
+
+def _local_peak_masks(stats: _ClassStats, idx: np.ndarray, region: _Region, reach: int) -> np.ndarray:
+    """``(len(idx), h, w)`` masks of each sample's own window of ``region``'s size, at most ``reach``
+    cells from the region in each direction (an artifact that jitters around one place).
+
+    The window is centred on the sample's hottest *core* (the window less a quarter of its side on each
+    side): a stamp smaller than the window fits in several windows with the same share, and their argmax
+    would put it anywhere inside; its core fixes where.
+    """
+    s = region.size
+    m = s // 4
+    core = s - 2 * m
+    p = stats.p[idx].astype(np.float64)
+    ii = np.zeros((len(idx), stats.h + 1, stats.w + 1))
+    ii[:, 1:, 1:] = p.cumsum(axis=1).cumsum(axis=2)
+    b = ii[:, core:, core:] - ii[:, :-core, core:] - ii[:, core:, :-core] + ii[:, :-core, :-core]
+    # core positions whose surrounding window (core - m) stays on the grid and within reach
+    r0 = max(m, region.row - reach + m)
+    r1 = min(stats.h - s + m + 1, region.row + reach + m + 1)
+    c0 = max(m, region.col - reach + m)
+    c1 = min(stats.w - s + m + 1, region.col + reach + m + 1)
+    local = b[:, r0:r1, c0:c1]
+    nw = local.shape[2]
+    j = local.reshape(len(idx), -1).argmax(axis=1)
+    out = np.zeros((len(idx), stats.h, stats.w), dtype=bool)
+    for i, (r, c) in enumerate(zip(r0 - m + j // nw, c0 - m + j % nw, strict=True)):
+        out[i, r : r + s, c : c + s] = True
+    return out
+
+
 def _paste_flips(
     probe: InterventionProbe,
     class_index: int,
@@ -608,6 +763,7 @@ def _intervention(
     donor_order: np.ndarray,
     min_flip: float = 0.0,
     min_appearance: float = 0.0,
+    stamps: dict[int, _Stamp] | None = None,
 ) -> dict[str, float]:
     """The paste test of one cluster against its same-class null; returns raw numbers ({} if untestable).
 
@@ -635,19 +791,54 @@ def _intervention(
     # Both donor sets are loaded once: the appearance signal needs them, and the pastes reuse them.
     ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
     x_in, x_out = probe.load_inputs(ids_in), probe.load_inputs(ids_out)
-    appearance = _appearance(
-        x_in,
-        np.asarray(m_in),
-        x_out,
-        np.asarray(m_out),
-        # The members' mean relevance per region cell (aligned like the pixels).
-        weights=stats.p[d_in][np.asarray(m_in)].reshape(len(d_in), -1).mean(axis=0),
-    )
+
+    def look(a_in: np.ndarray, a_out: np.ndarray) -> float:
+        # The members' mean relevance per region cell (aligned like the pixels) weighs the cells.
+        wt = stats.p[d_in][a_in].reshape(len(d_in), -1).mean(axis=0)
+        return _appearance(x_in, a_in, x_out, a_out, weights=wt)
+
+    m_in, m_out = np.asarray(m_in), np.asarray(m_out)
+    appearance = look(m_in, m_out)
+    aligned = False
+    if not cand.moving and cand.region.kind == "window" and _JITTER_REACH > 0:
+        # A stamp that lands at a slightly different place in each member (a tag on the background,
+        # a watermark) covers different cells of a fixed window, so its pixels there look varied. Each
+        # sample's own best window near the region aligns it; kept only when it looks more alike.
+        reach = max(1, round(_JITTER_REACH * cand.region.size))
+        # Start at each member's hottest core, then let every sample take the window that looks most
+        # like the members' median there (twice): the relevance blob of a small stamp is blurred and
+        # offset, its pixels are not. Non-members are aligned to the same median, so a natural part,
+        # which aligns about as well in any image of the class, gains nothing from it.
+        g_in, g_out = _grid_cells(x_in, stats.h, stats.w), _grid_cells(x_out, stats.h, stats.w)
+        l_in = _local_peak_masks(stats, d_in, cand.region, reach)
+        for _ in range(_ALIGN_ROUNDS):
+            proto = np.median(g_in[l_in].reshape(len(d_in), -1, g_in.shape[3]), axis=0)
+            wt_l = np.clip(stats.p[d_in][l_in].reshape(len(d_in), -1).mean(axis=0), 0.0, None)
+            l_in = _match_masks(proto, wt_l, cand.region, reach, g_in)
+        l_out = _match_masks(proto, wt_l, cand.region, reach, g_out)
+        local = look(l_in, l_out)
+        # Counted only when the aligned pixels clearly look like a stamp: each sample picking its
+        # best-matching window makes any region look somewhat more alike. Below the flag's floor it
+        # would only move scores (a Bag cluster went from 0.21 to 0.33 and outranked a planted glyph),
+        # and natural parts reached 0.41-0.45 aligned (four false alarms in 18 background_square runs)
+        # against 0.54-0.94 for the planted squares: hence the extra margin.
+        if local > appearance and local >= min_appearance + _ALIGNED_MARGIN:
+            appearance, aligned, m_in, m_out = local, True, l_in, l_out
+    if stamps is not None:
+        # Carriers are looked for at every position of a window stamp: the same tag or watermark
+        # elsewhere in the image is the same shortcut (a frame stays a frame).
+        region = _Region("window", cand.moving_size) if cand.moving else cand.region
+        anywhere, reach = region.kind == "window", 0
+        a = _grid_cells(x_in, stats.h, stats.w)[m_in].reshape(len(d_in), -1, x_in.shape[1])
+        proto = np.median(a, axis=0)
+        wt = np.clip(stats.p[d_in][m_in].reshape(len(d_in), -1).mean(axis=0), 0.0, None)
+        own = (np.abs(a - proto[None]).mean(axis=2) @ (wt / max(float(wt.sum()), 1e-12))).astype(np.float64)
+        stamps[cand.cluster_id] = _Stamp(proto, wt, region, reach, anywhere, own)
     if appearance < min_appearance:
         # The flag needs appearance >= flag_min_appearance, so below it no paste can change the verdict:
         # skip both arms. Most natural clusters end here (median appearance 0.07 in the benchmark grid),
         # which takes the paste test's forward passes, the costliest part of a rerun, off them.
-        return {"appearance": appearance, "paste_skipped": 1.0}
+        return {"appearance": appearance, "aligned": float(aligned), "paste_skipped": 1.0}
     valid = ~targets.already  # a target already predicted as this class cannot flip to it
     nv = int(valid.sum())
     if nv == 0:
@@ -663,6 +854,7 @@ def _intervention(
             "flip_targets": float(nv),
             "flip_null_skipped": 1.0,
             "appearance": appearance,
+            "aligned": float(aligned),
         }
     flip_out = _paste_flips(probe, class_index, ids_out, m_out, targets.ids, x_out)
     fo = flip_out[valid]
@@ -675,6 +867,7 @@ def _intervention(
         "flip_p": _sign_test_p(b, c),
         "flip_targets": float(nv),
         "appearance": appearance,
+        "aligned": float(aligned),
     }
 
 
@@ -756,8 +949,13 @@ def _evidence(
     )
 
     # The appearance sentence, shared by the skipped and the pasted case (each adds its own ending).
+    where_alike = (
+        f"at each member's own hottest {cand.region.size}×{cand.region.size} spot near the region"
+        if tested and tested.get("aligned", 0.0) > 0
+        else "there"
+    )
     alike = (
-        f"its members' pixels there vary {_pct(1.0 - tested['appearance'])} as much as those of "
+        f"its members' pixels {where_alike} vary {_pct(1.0 - tested['appearance'])} as much as those of "
         f"{class_name} images in general (a stamp, tag or frame repeats the same pixels"
         if tested and "appearance" in tested
         else ""
@@ -766,14 +964,15 @@ def _evidence(
         out.append(alike + "), so it was not paste-tested: a flag needs alike pixels")
     elif tested and "flip_null" not in tested:
         out.append(
-            f"pasting that region flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
+            f"pasting {'those spots' if tested.get('aligned', 0.0) > 0 else 'that region'} flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
             f"({int(tested['flip_targets'])} images; below the margin a flag needs, so the same-class null "
             "was not run)"
         )
     elif tested:
         out.append(
-            f"pasting that region flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
-            f"(the same region from other {class_name} images: {_pct(tested['flip_null'])}; "
+            f"pasting {'those spots' if tested.get('aligned', 0.0) > 0 else 'that region'} flips "
+            f"{_pct(tested['flip_rate'])} of other-class images to {class_name} (the same region from "
+            f"other {class_name} images: {_pct(tested['flip_null'])}; "
             f"p = {tested['flip_p']:.2g}, {int(tested['flip_targets'])} images)"
         )
         if alike:
@@ -869,6 +1068,7 @@ def score_class(
     cands = sorted(per_k[best_k], key=lambda c: (-c.map_score, c.cluster_id))
 
     tests: dict[int, dict[str, float]] = {}
+    stamps: dict[int, _Stamp] = {}
     out: dict[str, float]
     use_probe = probe is not None and config.intervention and config.intervention_candidates > 0
     if use_probe:
@@ -890,6 +1090,7 @@ def score_class(
                 donor_order,
                 min_flip=config.flip_margin,
                 min_appearance=config.flag_min_appearance,
+                stamps=stamps,
             )
             if out:
                 tests[cand.cluster_id] = out
@@ -948,6 +1149,26 @@ def score_class(
             suspicious = cand.map_score >= map_thr and cand.signals["size"] >= _MIN_SIZE
         sig["tested"] = float(res is not None and "flip_rate" in res)  # pasted (not only looked at)
         idx = np.flatnonzero(cand.member)
+        carriers: list[int] = []
+        evidence = _evidence(cand, class_name, n, h, w, res)
+        stamp = stamps.get(cand.cluster_id)
+        if suspicious and config.carriers and stamp is not None and probe is not None:
+            # A flagged stamp is rarely all in one cluster (where the object's own relevance is strong
+            # the sample lands elsewhere): list every other sample of the class that repeats its pixels.
+            carriers = _find_carriers(stamp, probe, sample_ids, np.flatnonzero(~cand.member), h, w)
+            sig["carriers"] = float(len(carriers))
+            where = (
+                "at some position"
+                if stamp.anywhere
+                else ("near the same place" if stamp.reach > 0 else "in the same place")
+            )
+            evidence.append(
+                f"{len(carriers)} more {class_name} images ({_pct(len(carriers) / n)} of the class) repeat "
+                f"the members' pixels {where}: listed as carriers of the same pattern"
+                if carriers
+                else f"no other {class_name} image repeats the members' pixels {where}: the cluster holds "
+                "every carrier of the pattern"
+            )
         findings.append(
             ClusterFinding(
                 class_index=class_index,
@@ -958,10 +1179,11 @@ def score_class(
                 fraction=float(idx.size / n),
                 score=float(score),
                 suspicious=suspicious,
-                evidence=_evidence(cand, class_name, n, h, w, res),
+                evidence=evidence,
                 signals=sig,
                 member_ids=[sample_ids[i] for i in idx],
                 mean_heatmap=maps[idx].mean(axis=0).astype(np.float32),
+                carrier_ids=[sample_ids[i] for i in carriers],
             )
         )
     findings.sort(key=lambda f: (-f.score, f.cluster_id))
@@ -1021,7 +1243,11 @@ def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_id
             share = p[idx][:, region.mask(h, w)].sum(axis=1)
         else:
             share = np.zeros(idx.size)
-        out[idx] = f.score + 0.01 * share
+        out[idx] = np.maximum(out[idx], f.score + 0.01 * share)
+        if f.carrier_ids:
+            # Carriers repeat the flagged pattern outside the cluster: as suspicious as its members.
+            cidx = np.array([row[c] for c in f.carrier_ids if c in row], dtype=np.int64)
+            out[cidx] = np.maximum(out[cidx], f.score)
     return out
 
 

@@ -185,6 +185,8 @@ def make_synthetic_run(
                     signals={"concentration": 0.71 if is_planted else 0.2, "rarity": 1 - len(members) / nc},
                     member_ids=[ids[r] for r in rows[members]],
                     mean_heatmap=relc[members].mean(0),
+                    # A flagged finding lists samples outside the cluster that repeat its stamp.
+                    carrier_ids=[ids[r] for r in rows[lab != cid][:7]] if is_planted else [],
                 )
             )
         findings.sort(key=lambda f: -f.score)

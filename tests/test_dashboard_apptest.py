@@ -185,6 +185,14 @@ def test_cluster_page_pages_members_and_flags_the_cluster(env: Path) -> None:
     at.session_state["cl_members"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     ok(at.run())
     assert "**sample id**" in texts(at) and "**prediction**" in texts(at)
+    # The finding's carriers (samples outside the cluster with its stamp) open as a selection.
+    at.session_state["cl_grid_page"] = 1
+    at.button(key="cl_carriers").click()
+    ok(at.run())
+    assert at.subheader[0].value == "Members (7)"
+    assert "carriers of 6/k5/c4" in at.selectbox(key="w_target").format_func(
+        at.selectbox(key="w_target").value
+    )
 
 
 def test_unscored_cluster_of_another_k_is_addressable(env: Path) -> None:
