@@ -82,8 +82,14 @@ def _images(case: Case, bright_members: bool) -> dict[str, torch.Tensor]:
     return {sid: torch.from_numpy(x[i]) for i, sid in enumerate(case.ids)}
 
 
-def _probe(case: Case, predict) -> InterventionProbe:
+def _probe(case: Case, predict, carriers: np.ndarray | None = None) -> InterventionProbe:
+    """Paste probe over the toy inputs; ``carriers`` (samples outside the planted cluster, whose maps
+    do not show it) get the members' bright patch at the bottom right instead."""
     images = _images(case, bright_members=True)
+    for i in carriers if carriers is not None else []:
+        x = images[case.ids[i]].clone()
+        x[:, 26:30, 26:30] = 1.0
+        images[case.ids[i]] = x
     others = {
         f"o{j}": torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(j)) * 0.5
         for j in range(100)
@@ -361,33 +367,12 @@ def test_flag_needs_the_members_to_look_alike(planted: Case) -> None:
     assert any("pixels there vary" in e for e in top.evidence)
 
 
-def _carrier_probe(case: Case, carriers: np.ndarray) -> InterventionProbe:
-    """The planted members' bright top-left patch, and the same patch at the bottom right in
-    ``carriers`` (samples outside the cluster: their maps do not show it)."""
-    images = _images(case, bright_members=True)
-    for i in carriers:
-        x = images[case.ids[i]].clone()
-        x[:, 26:30, 26:30] = 1.0
-        images[case.ids[i]] = x
-    others = {
-        f"o{j}": torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(j)) * 0.5
-        for j in range(100)
-    }
-    images.update(others)
-    return InterventionProbe(
-        predict=_patch_predictor,
-        load_inputs=lambda ids: torch.stack([images[i] for i in ids]),
-        other_ids=list(others),
-        other_labels=np.arange(100) % 3 + 4,
-    )
-
-
 def test_flagged_finding_lists_the_other_samples_that_carry_its_stamp(planted: Case) -> None:
     from spray.scoring import sample_suspicion
 
     outside = np.flatnonzero(planted.labels != planted.small)
     carriers = np.random.default_rng(1).choice(outside, 20, replace=False)
-    probe = _carrier_probe(planted, carriers)
+    probe = _probe(planted, _patch_predictor, carriers)
     found = _score(planted, probe=probe)
     top = found[0]
     assert top.suspicious
