@@ -131,8 +131,8 @@ _FULL_EXCESS = 0.5
 _RATIO_EPS = 0.02
 #: Members / non-members whose pixels are pasted (cycled over the target images).
 _MAX_DONORS = 64
-#: Appearance is also measured at each sample's own best window within this many region sides of a
-#: fixed window (see :func:`_local_peak_masks`): a square planted on the background lands at a different
+#: Appearance is also measured at each sample's own window within this many region sides of a fixed
+#: window, aligned to the members' median pixels (see :func:`_intervention`): a square planted on the background lands at a different
 #: spot near each Shirt's corner, so a fixed window sees varied pixels (appearance 0.0-0.12 in the
 #: benchmark's background_square cells) where the aligned windows see the same square.
 _JITTER_REACH = 1.0
@@ -567,20 +567,17 @@ def _peak_masks(stats: _ClassStats, idx: np.ndarray, s: int) -> np.ndarray:
 class _Stamp:
     """What a tested cluster's members show where the model looks: the pixels a carrier repeats.
 
-    ``cells`` are the members' median inputs on the analysis grid inside their (fixed, locally aligned
-    or moving) window, row-major, and ``weights`` the members' mean relevance per cell. A sample's
-    distance is its relevance-weighted mean absolute difference to ``cells`` at the best of the allowed
-    windows: the region itself (``reach`` 0), windows within ``reach`` cells of it, or anywhere
-    (``anywhere``). Only windows inside the grid count, so a stamp that touches the image border where
-    the members' window has a margin around it matches less well. See :func:`_find_carriers` for the
-    threshold.
+    ``cells`` are the members' median inputs on the analysis grid inside their (fixed, aligned or
+    moving) window, row-major, and ``weights`` the members' mean relevance per cell. A sample's
+    distance is its relevance-weighted mean absolute difference to ``cells`` at its best-matching
+    window of the region's size anywhere in the image (a frame: in place). Only windows inside the grid
+    count, so a stamp that touches the image border where the members' window has a margin around it
+    matches less well. See :func:`_find_carriers` for the threshold.
     """
 
     cells: np.ndarray  # (cells, C)
     weights: np.ndarray  # (cells,)
     region: _Region
-    reach: int
-    anywhere: bool
     own: np.ndarray  # (donors,) the members' own distances to ``cells``
 
 
@@ -637,7 +634,7 @@ def _stamp_distance(stamp: _Stamp, g: np.ndarray) -> np.ndarray:
         wt = stamp.weights / max(float(stamp.weights.sum()), 1e-12)
         diff = np.abs(g[:, r.mask(h, w)] - stamp.cells[None]).mean(axis=2)  # (n, cells)
         return np.asarray(diff @ wt)
-    dist, _, _ = _window_distances(stamp.cells, stamp.weights, r, None if stamp.anywhere else stamp.reach, g)
+    dist, _, _ = _window_distances(stamp.cells, stamp.weights, r, None, g)
     return np.asarray(dist.reshape(n, -1).min(axis=1))
 
 
@@ -802,8 +799,7 @@ def _intervention(
     aligned = False
     if not cand.moving and cand.region.kind == "window" and _JITTER_REACH > 0:
         # A stamp that lands at a slightly different place in each member (a tag on the background,
-        # a watermark) covers different cells of a fixed window, so its pixels there look varied. Each
-        # sample's own best window near the region aligns it; kept only when it looks more alike.
+        # a watermark) covers different cells of a fixed window, so its pixels there look varied.
         reach = max(1, round(_JITTER_REACH * cand.region.size))
         # Start at each member's hottest core, then let every sample take the window that looks most
         # like the members' median there (twice): the relevance blob of a small stamp is blurred and
@@ -828,12 +824,11 @@ def _intervention(
         # Carriers are looked for at every position of a window stamp: the same tag or watermark
         # elsewhere in the image is the same shortcut (a frame stays a frame).
         region = _Region("window", cand.moving_size) if cand.moving else cand.region
-        anywhere, reach = region.kind == "window", 0
         a = _grid_cells(x_in, stats.h, stats.w)[m_in].reshape(len(d_in), -1, x_in.shape[1])
         proto = np.median(a, axis=0)
         wt = np.clip(stats.p[d_in][m_in].reshape(len(d_in), -1).mean(axis=0), 0.0, None)
         own = (np.abs(a - proto[None]).mean(axis=2) @ (wt / max(float(wt.sum()), 1e-12))).astype(np.float64)
-        stamps[cand.cluster_id] = _Stamp(proto, wt, region, reach, anywhere, own)
+        stamps[cand.cluster_id] = _Stamp(proto, wt, region, own)
     if appearance < min_appearance:
         # The flag needs appearance >= flag_min_appearance, so below it no paste can change the verdict:
         # skip both arms. Most natural clusters end here (median appearance 0.07 in the benchmark grid),
@@ -949,11 +944,14 @@ def _evidence(
     )
 
     # The appearance sentence, shared by the skipped and the pasted case (each adds its own ending).
+    aligned = bool(tested and tested.get("aligned", 0.0) > 0)
     where_alike = (
-        f"at each member's own hottest {cand.region.size}×{cand.region.size} spot near the region"
-        if tested and tested.get("aligned", 0.0) > 0
+        f"in each member's own {cand.region.size}×{cand.region.size} window near the region (aligned to "
+        "the members' median pixels)"
+        if aligned
         else "there"
     )
+    pasted = "those windows" if aligned else "that region"
     alike = (
         f"its members' pixels {where_alike} vary {_pct(1.0 - tested['appearance'])} as much as those of "
         f"{class_name} images in general (a stamp, tag or frame repeats the same pixels"
@@ -964,14 +962,14 @@ def _evidence(
         out.append(alike + "), so it was not paste-tested: a flag needs alike pixels")
     elif tested and "flip_null" not in tested:
         out.append(
-            f"pasting {'those spots' if tested.get('aligned', 0.0) > 0 else 'that region'} flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
+            f"pasting {pasted} flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
             f"({int(tested['flip_targets'])} images; below the margin a flag needs, so the same-class null "
             "was not run)"
         )
     elif tested:
         out.append(
-            f"pasting {'those spots' if tested.get('aligned', 0.0) > 0 else 'that region'} flips "
-            f"{_pct(tested['flip_rate'])} of other-class images to {class_name} (the same region from "
+            f"pasting {pasted} flips {_pct(tested['flip_rate'])} of other-class images to {class_name} "
+            f"(the same region from "
             f"other {class_name} images: {_pct(tested['flip_null'])}; "
             f"p = {tested['flip_p']:.2g}, {int(tested['flip_targets'])} images)"
         )
@@ -1157,11 +1155,7 @@ def score_class(
             # the sample lands elsewhere): list every other sample of the class that repeats its pixels.
             carriers = _find_carriers(stamp, probe, sample_ids, np.flatnonzero(~cand.member), h, w)
             sig["carriers"] = float(len(carriers))
-            where = (
-                "at some position"
-                if stamp.anywhere
-                else ("near the same place" if stamp.reach > 0 else "in the same place")
-            )
+            where = "at some position" if stamp.region.kind == "window" else "in the same place"
             evidence.append(
                 f"{len(carriers)} more {class_name} images ({_pct(len(carriers) / n)} of the class) repeat "
                 f"the members' pixels {where}: listed as carriers of the same pattern"

@@ -446,7 +446,8 @@ def test_a_stamp_that_jitters_near_one_place_is_seen_alike_in_its_own_windows() 
     assert len(got & set(members)) >= 0.9 * len(got) and len(got & set(members)) >= 0.8 * len(members)
     assert top.signals["aligned"] == 1.0 and top.signals["appearance"] >= 0.4
     assert top.suspicious
-    assert any("own hottest" in e for e in top.evidence)
+    assert any("window near the region (aligned to the members' median pixels)" in e for e in top.evidence)
+    assert any(e.startswith("pasting those windows flips") for e in top.evidence)
     # The members the clustering put elsewhere still carry the stamp: listed as carriers.
     with_carriers = got | {int(s[1:]) for s in top.carrier_ids}
     assert set(members) <= with_carriers and len(with_carriers - set(members)) <= 2
