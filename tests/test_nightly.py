@@ -336,10 +336,11 @@ def test_kill_9_during_batch_stage_then_resume_is_identical(
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 180
-        shards: list[Path] = []
         while time.monotonic() < deadline and proc.poll() is None:
-            shards = list(runs.glob(".cache/*/shard-*.npz"))
-            if shards:
+            # Kill once a shard is on disk *and* its log line is out: the file is renamed into place
+            # just before the line is logged, so killing on the file alone sometimes landed in between
+            # (no "written" line to compare with).
+            if list(runs.glob(".cache/*/shard-*.npz")) and "written" in err_path.read_text():
                 break
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
