@@ -404,20 +404,12 @@ class Explainer:
     def _precision(self, autocast: bool = True) -> Iterator[None]:
         """TF32 switches (CUDA) as ``precision`` asks, and bf16 autocast when ``autocast`` (forward only:
         PyTorch advises against running the backward under autocast; it follows the forward's dtypes)."""
-        cuda = self.device.type == "cuda"
-        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        try:
-            if cuda:
-                allow = self.precision == "tf32"
-                torch.backends.cuda.matmul.allow_tf32 = allow
-                torch.backends.cudnn.allow_tf32 = allow
+        with _tf32(self.device, self.precision == "tf32"):
             if self.precision == "bf16" and autocast:
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                     yield
             else:
                 yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     def _targets(
         self, target: str | int | torch.Tensor, labels: torch.Tensor | None, logits: torch.Tensor
@@ -558,7 +550,7 @@ class Explainer:
         if reference is None:
             return out, logits
         n = min(len(x), 2)
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False), _strict_fp32(self.device):
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False), _tf32(self.device, False):
             # The reference runs in strict float32 (no autocast, no TF32): the copy's round-off is then
             # part of the tolerance, while a wrongly folded BatchNorm moves logits by a good fraction of
             # their scale. bf16 rounds ~0.4 % a layer (a few % over a deep net; 1 % was too tight on a
@@ -638,13 +630,14 @@ class Explainer:
 
 
 @contextlib.contextmanager
-def _strict_fp32(device: torch.device) -> Iterator[None]:
-    """TF32 off for CUDA matmuls and convolutions inside the block (restored after)."""
+def _tf32(device: torch.device, allow: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls and convolutions allowed or not inside the block (restored after); a no-op
+    elsewhere."""
     if device.type != "cuda":
         yield
         return
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
     try:
         yield
     finally:

@@ -335,6 +335,27 @@ class _Region:
         return m
 
 
+def _integral(p: np.ndarray) -> np.ndarray:
+    """``(n, h, w)`` maps -> ``(n, h+1, w+1)`` integral images (zero first row and column)."""
+    n, h, w = p.shape
+    ii = np.zeros((n, h + 1, w + 1))
+    ii[:, 1:, 1:] = p.cumsum(axis=1).cumsum(axis=2)
+    return ii
+
+
+def _box_sums(ii: np.ndarray, s: int) -> np.ndarray:
+    """Sums of every ``s×s`` window from integral images: ``(n, h-s+1, w-s+1)``."""
+    return ii[:, s:, s:] - ii[:, :-s, s:] - ii[:, s:, :-s] + ii[:, :-s, :-s]
+
+
+def _window_masks(rows: np.ndarray, cols: np.ndarray, s: int, h: int, w: int) -> np.ndarray:
+    """``(n, h, w)`` bool masks of one ``s×s`` window per sample, top-left at ``(rows[i], cols[i])``."""
+    out = np.zeros((len(rows), h, w), dtype=bool)
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        out[i, r : r + s, c : c + s] = True
+    return out
+
+
 class _ClassStats:
     """Per-class precomputation shared by all clusters of all labellings.
 
@@ -351,16 +372,14 @@ class _ClassStats:
         inv = np.where(mass > 0, 1.0 / np.maximum(mass, 1e-300), 0.0)
         p = pos * inv[:, None, None]
         self.p = p.astype(np.float32)
-        ii = np.zeros((n, h + 1, w + 1))
-        ii[:, 1:, 1:] = p.cumsum(axis=1).cumsum(axis=2)
+        ii = _integral(p)
         sizes = sorted({max(2, min(h, w, round(min(h, w) * f))) for f in _WINDOW_FRACTIONS})
         self.sizes = sizes
         # box[s]: (n, h-s+1, w-s+1) share of each sample's relevance in each s×s window.
         self.box: dict[int, np.ndarray] = {}
         self.peak: dict[int, np.ndarray] = {}
         for s in sizes:
-            b = ii[:, s:, s:] - ii[:, :-s, s:] - ii[:, s:, :-s] + ii[:, :-s, :-s]
-            b = b.astype(np.float32)
+            b = _box_sums(ii, s).astype(np.float32)
             self.box[s] = b
             self.peak[s] = b.reshape(n, -1).max(axis=1)
         self.frame: dict[int, np.ndarray] = {}
@@ -557,10 +576,7 @@ def _peak_masks(stats: _ClassStats, idx: np.ndarray, s: int) -> np.ndarray:
     b = stats.box[s][idx]
     nw = b.shape[2]
     j = b.reshape(len(idx), -1).argmax(axis=1)
-    out = np.zeros((len(idx), stats.h, stats.w), dtype=bool)
-    for i, (r, c) in enumerate(zip(j // nw, j % nw, strict=True)):
-        out[i, r : r + s, c : c + s] = True
-    return out
+    return _window_masks(j // nw, j % nw, s, stats.h, stats.w)
 
 
 @dataclass
@@ -582,7 +598,8 @@ class _Stamp:
 
 
 def _grid_cells(x: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """``(n, C, H, W)`` inputs average-pooled to the ``h×w`` analysis grid: ``(n, h, w, C)`` float64."""
+    """``(n, C, H, W)`` inputs average-pooled (in float32) to the ``h×w`` analysis grid: ``(n, h, w, C)``
+    float64."""
     return F.adaptive_avg_pool2d(x.float(), (h, w)).permute(0, 2, 3, 1).double().numpy()
 
 
@@ -618,11 +635,7 @@ def _match_masks(
     dist, r0, c0 = _window_distances(cells, weights, region, reach, g)
     nw = dist.shape[2]
     j = dist.reshape(n, -1).argmin(axis=1)
-    out = np.zeros((n, h, w), dtype=bool)
-    s = region.size
-    for i, (r, c) in enumerate(zip(r0 + j // nw, c0 + j % nw, strict=True)):
-        out[i, r : r + s, c : c + s] = True
-    return out
+    return _window_masks(r0 + j // nw, c0 + j % nw, region.size, h, w)
 
 
 def _stamp_distance(stamp: _Stamp, g: np.ndarray) -> np.ndarray:
@@ -672,10 +685,7 @@ def _local_peak_masks(stats: _ClassStats, idx: np.ndarray, region: _Region, reac
     s = region.size
     m = s // 4
     core = s - 2 * m
-    p = stats.p[idx].astype(np.float64)
-    ii = np.zeros((len(idx), stats.h + 1, stats.w + 1))
-    ii[:, 1:, 1:] = p.cumsum(axis=1).cumsum(axis=2)
-    b = ii[:, core:, core:] - ii[:, :-core, core:] - ii[:, core:, :-core] + ii[:, :-core, :-core]
+    b = _box_sums(_integral(stats.p[idx].astype(np.float64)), core)
     # core positions whose surrounding window (core - m) stays on the grid and within reach
     r0 = max(m, region.row - reach + m)
     r1 = min(stats.h - s + m + 1, region.row + reach + m + 1)
@@ -684,10 +694,7 @@ def _local_peak_masks(stats: _ClassStats, idx: np.ndarray, region: _Region, reac
     local = b[:, r0:r1, c0:c1]
     nw = local.shape[2]
     j = local.reshape(len(idx), -1).argmax(axis=1)
-    out = np.zeros((len(idx), stats.h, stats.w), dtype=bool)
-    for i, (r, c) in enumerate(zip(r0 - m + j // nw, c0 - m + j % nw, strict=True)):
-        out[i, r : r + s, c : c + s] = True
-    return out
+    return _window_masks(r0 - m + j // nw, c0 - m + j % nw, s, stats.h, stats.w)
 
 
 def _paste_flips(
@@ -788,11 +795,12 @@ def _intervention(
     # Both donor sets are loaded once: the appearance signal needs them, and the pastes reuse them.
     ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
     x_in, x_out = probe.load_inputs(ids_in), probe.load_inputs(ids_out)
+    g_in, g_out = _grid_cells(x_in, stats.h, stats.w), _grid_cells(x_out, stats.h, stats.w)
 
     def look(a_in: np.ndarray, a_out: np.ndarray) -> float:
         # The members' mean relevance per region cell (aligned like the pixels) weighs the cells.
         wt = stats.p[d_in][a_in].reshape(len(d_in), -1).mean(axis=0)
-        return _appearance(x_in, a_in, x_out, a_out, weights=wt)
+        return _grid_appearance(g_in, a_in, g_out, a_out, weights=wt)
 
     m_in, m_out = np.asarray(m_in), np.asarray(m_out)
     appearance = look(m_in, m_out)
@@ -805,7 +813,6 @@ def _intervention(
         # like the members' median there (twice): the relevance blob of a small stamp is blurred and
         # offset, its pixels are not. Non-members are aligned to the same median, so a natural part,
         # which aligns about as well in any image of the class, gains nothing from it.
-        g_in, g_out = _grid_cells(x_in, stats.h, stats.w), _grid_cells(x_out, stats.h, stats.w)
         l_in = _local_peak_masks(stats, d_in, cand.region, reach)
         for _ in range(_ALIGN_ROUNDS):
             proto = np.median(g_in[l_in].reshape(len(d_in), -1, g_in.shape[3]), axis=0)
@@ -824,7 +831,7 @@ def _intervention(
         # Carriers are looked for at every position of a window stamp: the same tag or watermark
         # elsewhere in the image is the same shortcut (a frame stays a frame).
         region = _Region("window", cand.moving_size) if cand.moving else cand.region
-        a = _grid_cells(x_in, stats.h, stats.w)[m_in].reshape(len(d_in), -1, x_in.shape[1])
+        a = g_in[m_in].reshape(len(d_in), -1, g_in.shape[3])
         proto = np.median(a, axis=0)
         wt = np.clip(stats.p[d_in][m_in].reshape(len(d_in), -1).mean(axis=0), 0.0, None)
         own = (np.abs(a - proto[None]).mean(axis=2) @ (wt / max(float(wt.sum()), 1e-12))).astype(np.float64)
@@ -894,12 +901,20 @@ def _appearance(
         ``(cells,)`` weight per region cell (row-major); uniform when None.
     """
     h, w = m_in.shape[-2:]
+    return _grid_appearance(_grid_cells(x_in, h, w), m_in, _grid_cells(x_out, h, w), m_out, weights)
 
-    def cells(x: torch.Tensor, m: np.ndarray) -> np.ndarray:
-        g = F.adaptive_avg_pool2d(x.float(), (h, w)).permute(0, 2, 3, 1).numpy()  # (n, h, w, C)
-        return g[m].reshape(len(x), -1, g.shape[-1])  # (n, cells, C)
 
-    a, b = cells(x_in, m_in), cells(x_out, m_out)
+def _grid_appearance(
+    g_in: np.ndarray,
+    m_in: np.ndarray,
+    g_out: np.ndarray,
+    m_out: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> float:
+    """:func:`_appearance` on inputs already pooled to the grid (:func:`_grid_cells`)."""
+    # The spreads are taken in float32, as the pooled pixels are (the float64 grid is an exact copy).
+    a = g_in[m_in].reshape(len(g_in), -1, g_in.shape[-1]).astype(np.float32)  # (n, cells, C)
+    b = g_out[m_out].reshape(len(g_out), -1, g_out.shape[-1]).astype(np.float32)
     if len(a) < 2 or len(b) < 1:
         return 0.0
     wt = np.ones(a.shape[1]) if weights is None else np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
@@ -1227,10 +1242,7 @@ def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_id
         sig = f.signals
         if sig.get("moving", 0.0) > 0:
             s = int(sig["moving_size"])
-            ii = np.zeros((idx.size, h + 1, w + 1))
-            ii[:, 1:, 1:] = p[idx].cumsum(axis=1).cumsum(axis=2)
-            box = ii[:, s:, s:] - ii[:, :-s, s:] - ii[:, s:, :-s] + ii[:, :-s, :-s]
-            share = box.reshape(idx.size, -1).max(axis=1)
+            share = _box_sums(_integral(p[idx]), s).reshape(idx.size, -1).max(axis=1)
         elif "region_size" in sig:
             kind = "frame" if sig["region_frame"] > 0 else "window"
             region = _Region(kind, int(sig["region_size"]), int(sig["region_row"]), int(sig["region_col"]))

@@ -84,7 +84,7 @@ with right:
         carriers = finding.get("carrier_ids", [])
         # Samples outside the cluster that repeat its stamp: open them as a selection to see and flag.
         if carriers and st.button(f"Show the {len(carriers):,} carriers as a selection", key="cl_carriers"):
-            row_of = {sid: i for i, sid in enumerate(common.samples(path)["sample_id"].to_numpy())}
+            row_of = {sid: i for i, sid in enumerate(tab["sample_id"].to_numpy())}
             common.set_selection(run, [row_of[c] for c in carriers if c in row_of], f"carriers of {target}")
             state["view"] = state["target"] = SEL
             st.rerun()
