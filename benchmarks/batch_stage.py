@@ -38,7 +38,7 @@ from spray.attribution import BatchStage, ShardPlan
 from spray.config import config_from_dict
 from spray.data import build_dataset
 from spray.lrp import Explainer
-from spray.storage import ShardCache
+from spray.runs.storage import ShardCache
 
 log = logging.getLogger("batch_stage")
 

@@ -1,7 +1,7 @@
 """Clustering at scale: spray vs scikit-learn SpectralClustering vs CoRelAy 1.0 (issue "Performance at scale").
 
 Every measurement runs in a fresh single-threaded subprocess so that its peak RSS (VmHWM) is its own.
-Input: synthetic 32×32 heatmaps (:func:`spray.synthetic.make_heatmaps`, 5 clusters, one 3 % watermark
+Input: synthetic 32×32 heatmaps (:func:`spray.lab.synthetic.make_heatmaps`, 5 clusters, one 3 % watermark
 cluster). Time excludes data generation and includes everything after it (normalisation onwards).
 
     .venv/bin/python benchmarks/clustering_scale.py --write-docs
@@ -51,8 +51,8 @@ def _rss_gb() -> float:
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Normalised features ``(n, 1024)`` float32 generated chunk-wise (no second n×1024 copy), labels."""
-    from spray.preprocess import normalize_heatmaps
-    from spray.synthetic import make_heatmaps
+    from spray.analysis.preprocess import normalize_heatmaps
+    from spray.lab.synthetic import make_heatmaps
 
     feats = np.empty((n, 1024), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
@@ -88,9 +88,9 @@ def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, An
     }
     t0 = time.perf_counter()
     if method == "spray":
-        from spray.clustering import cluster_sweep
-        from spray.preprocess import reduce_dimension
-        from spray.spectral import knn_graph, spectral_embedding
+        from spray.analysis.clustering import cluster_sweep
+        from spray.analysis.preprocess import reduce_dimension
+        from spray.analysis.spectral import knn_graph, spectral_embedding
 
         if n >= 5000:  # pynndescent from 5,000 rows on (exact kNN below)
             t = time.perf_counter()
@@ -119,9 +119,9 @@ def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, An
         from sklearn.manifold import trustworthiness
         from sklearn.neighbors import NearestNeighbors
 
-        from spray.embedding import embed_2d, warm_up
-        from spray.preprocess import reduce_dimension
-        from spray.spectral import spectral_embedding
+        from spray.analysis.embedding import embed_2d, warm_up
+        from spray.analysis.preprocess import reduce_dimension
+        from spray.analysis.spectral import spectral_embedding
 
         t = time.perf_counter()
         warm_up()

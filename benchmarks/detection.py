@@ -24,7 +24,7 @@ Metrics per run (see docs/detection.md):
 * hit@1: the top finding across all classes is in the poisoned class.
 * top-finding precision / recall / F1 vs the planted samples (overall top finding; 0 if another
   class), and the ceiling (best F1 of any cluster at any stored k of the poisoned class).
-* sample AUROC / AP: per-sample suspicion (:func:`spray.scoring.sample_suspicion`) over all audited
+* sample AUROC / AP: per-sample suspicion (:func:`spray.analysis.scoring.sample_suspicion`) over all audited
   samples (``auroc_all``) and within the poisoned class (``auroc_cls``).
 * baselines (within the poisoned class, their "top finding" is the smallest cluster, the plain SpRAy
   heuristic): k-means (k=8) on raw pixels, on penultimate activations, CoRelAy's default (k-means k=8
@@ -47,18 +47,24 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import spray.scoring
-from spray.artifacts import plant
-from spray.clustering import cluster_sweep
+import spray.analysis.scoring
+from spray.analysis.clustering import cluster_sweep
+from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+from spray.analysis.scoring import (
+    InterventionProbe,
+    evidence_line,
+    rank_findings,
+    sample_suspicion,
+    score_class,
+)
+from spray.analysis.spectral import spectral_embedding
 from spray.config import config_from_dict
 from spray.data import read_idx
+from spray.lab.artifacts import plant
+from spray.lab.cnn import SmallCNN
+from spray.lab.training import predict, train_classifier
 from spray.lrp import Explainer
-from spray.models import SmallCNN
-from spray.preprocess import normalize_heatmaps, reduce_dimension
 from spray.records import ClassAnalysis
-from spray.scoring import InterventionProbe, evidence_line, rank_findings, sample_suspicion, score_class
-from spray.spectral import spectral_embedding
-from spray.training import predict, train_classifier
 
 log = logging.getLogger("benchmarks.detection")
 
@@ -74,7 +80,7 @@ GATE_RELEVANCE_RATIO = 1.5
 
 
 #: Version of the scoring code this process imported (rows of a results file may mix versions).
-SCORING_SHA = hashlib.sha256(Path(spray.scoring.__file__).read_bytes()).hexdigest()[:8]
+SCORING_SHA = hashlib.sha256(Path(spray.analysis.scoring.__file__).read_bytes()).hexdigest()[:8]
 
 
 @dataclass
@@ -219,7 +225,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
     cfg = config_from_dict(
         {
             "seed": 0,
-            "model": {"factory": "spray.models:small_cnn"},
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
             "data": {"kind": "idx", "images": "x", "labels": "y"},
             "analysis": {"embedding": "spectral", "blur_sigma": args.blur}
             | ({"k_max": args.k_max} if args.k_max is not None else {}),

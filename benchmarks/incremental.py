@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from spray.data import read_idx, write_idx
-    from spray.demo import FASHION_DIR, _find_fashion, prepare_demo
+    from spray.lab.demo import FASHION_DIR, _find_fashion, prepare_demo
 
     work = Path(args.work_dir).resolve()
     runs = work / "runs"

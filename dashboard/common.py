@@ -2,7 +2,7 @@
 
 Rules this module enforces for every page:
 
-- only published runs are opened (:func:`spray.storage.list_runs`), read-only, through readers cached by
+- only published runs are opened (:func:`spray.runs.storage.list_runs`), read-only, through readers cached by
   run path (runs never change after publishing, so the path is a complete cache key);
 - nothing is recomputed: clusters, labellings for every k, embeddings and scores come from the run files;
 - the only thing written is the flag database, which lives outside every run folder.
@@ -26,7 +26,7 @@ import streamlit as st
 
 from spray import imaging
 from spray.flags import STATUSES, FlagStore, default_db_path
-from spray.storage import RunData, list_runs
+from spray.runs.storage import RunData, list_runs
 
 log = logging.getLogger("spray.dashboard")
 

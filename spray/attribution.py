@@ -2,7 +2,7 @@
 
 The dataset is cut into fixed, contiguous shards of ``batch.shard_size`` samples (the unit of resume
 and of scale-out). For each shard, every sample is read and content-hashed; samples whose hash is in
-the :class:`~spray.storage.ShardCache` of this (model, LRP settings) pair are not recomputed, the rest
+the :class:`~spray.runs.storage.ShardCache` of this (model, LRP settings) pair are not recomputed, the rest
 are explained in batches and written as one new shard file, atomically, by a background writer so the
 device never waits for the disk. Relevance is channel-summed and sum-pooled to the analysis grid *on
 the device*, so only ``h×w`` float16 values per sample travel back to the host.
@@ -33,7 +33,7 @@ from spray.config import AuditConfig
 from spray.data import AuditDataset, collate_samples
 from spray.errors import ModelError
 from spray.records import AttributionBatch, SkippedSample
-from spray.storage import ShardCache, atomic_write_json
+from spray.runs.storage import ShardCache, atomic_write_json
 
 log = logging.getLogger(__name__)
 

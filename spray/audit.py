@@ -33,11 +33,11 @@ import torch.distributed as dist
 from torch import nn
 
 import spray
+from spray.analysis.scoring import InterventionProbe, rank_findings, score_class, stable_order
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset, collate_samples
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.locking import RunLock
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import (
     AuditReport,
@@ -47,8 +47,8 @@ from spray.records import (
     SkippedSample,
     SpectralResult,
 )
-from spray.scoring import InterventionProbe, rank_findings, score_class, stable_order
-from spray.storage import (
+from spray.runs.locking import RunLock
+from spray.runs.storage import (
     CACHE_DIR,
     LAYOUT_VERSION,
     SUMMARY,
@@ -140,10 +140,10 @@ def analyze_class(
     """
     # Imported here, not at module level: scikit-learn and friends cost seconds to import, and the
     # up-to-date path of a scheduled run should answer at once without them.
-    from spray.clustering import cluster_sweep
-    from spray.embedding import embed_2d
-    from spray.preprocess import normalize_heatmaps, reduce_dimension
-    from spray.spectral import spectral_embedding
+    from spray.analysis.clustering import cluster_sweep
+    from spray.analysis.embedding import embed_2d
+    from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+    from spray.analysis.spectral import spectral_embedding
 
     a = cfg.analysis
     rel = np.asarray(relevance, dtype=np.float32)
@@ -552,7 +552,7 @@ def _make_probe(
 ) -> InterventionProbe | None:
     """The paste test's probe for one class.
 
-    ``target_order`` is :func:`spray.scoring.stable_order` of every sample's content hash: the targets
+    ``target_order`` is :func:`spray.analysis.scoring.stable_order` of every sample's content hash: the targets
     of class ``c`` are the first ``intervention_samples`` samples of other classes in that order, so new
     samples change only a few of them and the rest of the paste test comes from ``cache``.
     ``index_of`` (sample id → dataset position) and ``content_keys`` (sample id → content hash) are
@@ -756,8 +756,8 @@ def run_audit(
     with _timed(timings, "analysis_s"):
         group = stage.batch.labels if cfg.analysis.group_by == "label" else stage.batch.predictions
         if cfg.analysis.embedding == "umap":
-            from spray.embedding import warm_up
-            from spray.spectral import EXACT_KNN_BELOW
+            from spray.analysis.embedding import warm_up
+            from spray.analysis.spectral import EXACT_KNN_BELOW
 
             # Compile UMAP (and pynndescent, only if some class is large enough to use it) up front.
             largest = int(np.bincount(group).max()) if len(group) else 0

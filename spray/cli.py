@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``spray demo``: plant a Clever Hans in Fashion-MNIST, train, audit, and score the top finding."""
     from spray.audit import audit
     from spray.config import load_config
-    from spray.demo import prepare_demo, score_against_truth
+    from spray.lab.demo import prepare_demo, score_against_truth
     from spray.report import findings_table, report_header
 
     work = Path(args.work_dir).resolve()

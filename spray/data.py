@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import io
 import logging
 import struct
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 
 from spray.config import DataConfig, TransformConfig
 from spray.errors import ConfigError, DataError
+from spray.factories import import_callable
 from spray.records import SkippedSample
 
 log = logging.getLogger(__name__)
@@ -311,20 +311,6 @@ def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _import_callable(spec: str, what: str) -> Callable[..., Any]:
-    mod_name, _, fn_name = spec.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"{what}: cannot import module {mod_name!r} ({err}). Is it on PYTHONPATH?"
-        ) from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise ConfigError(f"{what}: module {mod_name!r} has no callable {fn_name!r}.")
-    return fn
-
-
 def _idx_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
     assert cfg.images is not None and cfg.labels is not None
     images = read_idx(cfg.images)
@@ -396,7 +382,7 @@ def _folder_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
 
 def _factory_dataset(cfg: DataConfig, transform: Transform) -> AuditDataset:
     assert cfg.factory is not None
-    base = _import_callable(cfg.factory, "data.factory")(**cfg.factory_kwargs)
+    base = import_callable(cfg.factory, "data.factory")(**cfg.factory_kwargs)
     if not hasattr(base, "__getitem__") or not hasattr(base, "__len__"):
         raise DataError(f"data.factory returned {type(base).__name__}, not a map-style torch Dataset.")
     n = len(base)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.storage import SUMMARY, atomic_write_bytes
+from spray.runs.storage import SUMMARY, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

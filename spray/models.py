@@ -17,55 +17,10 @@ import torch
 from torch import nn
 
 from spray.config import ModelConfig
-from spray.data import _import_callable
 from spray.errors import ConfigError, ModelError
+from spray.factories import import_callable
 
 log = logging.getLogger(__name__)
-
-
-class SmallCNN(nn.Module):
-    """A small CNN for 28×28 / 32×32 inputs (the demo's and benchmarks' model).
-
-    Parameters
-    ----------
-    in_channels : int
-        Input channels.
-    num_classes : int
-        Output classes.
-    width : int
-        Channels of the first conv block (the second has twice as many).
-    """
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Dropout(0.2),
-            nn.Linear(2 * width * 7 * 7, 128),
-            nn.ReLU(inplace=True),
-            nn.Linear(128, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, C, 28, 28) → logits (B, num_classes)."""
-        return self.classifier(self.features(x))
-
-
-def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> SmallCNN:
-    """Factory for :class:`SmallCNN` (usable as ``model.factory: spray.models:small_cnn``)."""
-    return SmallCNN(in_channels=in_channels, num_classes=num_classes, width=width)
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
@@ -129,7 +84,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             ) from None
     else:
         assert cfg.factory is not None
-        model = _import_callable(cfg.factory, "model.factory")(**cfg.factory_kwargs)
+        model = import_callable(cfg.factory, "model.factory")(**cfg.factory_kwargs)
         if not isinstance(model, nn.Module):
             raise ModelError(f"model.factory returned a {type(model).__name__}, not a torch.nn.Module.")
 
@@ -211,4 +166,4 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
     return k
 
 
-__all__ = ["SmallCNN", "build_model", "check_model_output", "model_hash", "small_cnn"]
+__all__ = ["build_model", "check_model_output", "model_hash"]

@@ -110,7 +110,7 @@ def _previous_findings(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
 
 def find_previous_run(runs_dir: Path, *, name: str, dataset: str, exclude_run_id: str) -> Path | None:
     """The newest published run of the same audit (same ``name`` and dataset key), if any."""
-    from spray.storage import list_runs
+    from spray.runs.storage import list_runs
 
     for p in list_runs(runs_dir):
         try:
@@ -395,7 +395,7 @@ def _write_status(path: str | None, status: dict[str, Any]) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
     if path:
-        from spray.storage import atomic_write_bytes
+        from spray.runs.storage import atomic_write_bytes
 
         atomic_write_bytes(Path(path), (line + "\n").encode())
 
@@ -452,7 +452,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     fail_on_findings = bool(args.fail_on_findings or cfg.nightly.fail_on_findings)
     runs_dir = Path(cfg.output.runs_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        from spray.locking import RunLock
+        from spray.runs.locking import RunLock
 
         # Answer "already running" (75) at once, before seconds of imports; audit() takes the lock for
         # real below (a run that starts in between is still caught there).

@@ -21,7 +21,7 @@ from typing import Any
 
 from spray.errors import ConfigError
 from spray.flags import default_db_path
-from spray.storage import list_runs
+from spray.runs.storage import list_runs
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ PRELOAD = (
     "plotly.graph_objects",
     "spray.imaging",
     "spray.flags",
-    "spray.storage",
+    "spray.runs.storage",
 )
 LAUNCHER = (
     "import importlib, sys\n"

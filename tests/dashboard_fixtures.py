@@ -1,6 +1,6 @@
 """Synthetic but structurally real runs for the dashboard's tests and benchmark.
 
-The run is written by spray's own writer (:func:`spray.audit.write_run` + :func:`spray.storage.publish`), so
+The run is written by spray's own writer (:func:`spray.audit.write_run` + :func:`spray.runs.storage.publish`), so
 it has exactly the files and fields of a real audit; only the numbers are made up:
 
 - every class has a few "strategy" groups; one class (``planted_class``) has a planted group whose inputs
@@ -20,7 +20,7 @@ import numpy as np
 
 from spray.attribution import BatchStageResult
 from spray.audit import write_run
-from spray.demo import FASHION_CLASSES
+from spray.lab.demo import FASHION_CLASSES
 from spray.records import (
     AttributionBatch,
     AuditReport,
@@ -29,7 +29,7 @@ from spray.records import (
     ClusteringResult,
     SpectralResult,
 )
-from spray.storage import publish, staging_dir
+from spray.runs.storage import publish, staging_dir
 
 CLASS_NAMES = FASHION_CLASSES
 

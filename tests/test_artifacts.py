@@ -1,11 +1,11 @@
-"""spray.artifacts: the planted shortcuts of the demo and the detection benchmark."""
+"""spray.lab.artifacts: the planted shortcuts of the demo and the detection benchmark."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from spray.artifacts import ARTIFACTS, plant
+from spray.lab.artifacts import ARTIFACTS, plant
 
 
 def _garments(n: int = 40, seed: int = 0) -> np.ndarray:

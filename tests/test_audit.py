@@ -12,8 +12,8 @@ import yaml
 from spray.audit import audit, load_report
 from spray.cli import main
 from spray.config import AuditConfig, load_config
-from spray.demo import prepare_demo, score_against_truth
-from spray.storage import list_runs
+from spray.lab.demo import prepare_demo, score_against_truth
+from spray.runs.storage import list_runs
 from tests.helpers import make_image_folder
 
 
@@ -86,7 +86,7 @@ def _folder_cfg(tmp_path: Path, **model: object) -> dict:
     make_image_folder(tmp_path / "imgs", n_per_class=12, size=28)
     return {
         "model": {
-            "factory": "spray.models:small_cnn",
+            "factory": "spray.lab.cnn:small_cnn",
             "factory_kwargs": {"in_channels": 3, "num_classes": 2},
             **model,
         },
@@ -140,7 +140,7 @@ def test_bad_inputs_exit_with_clear_message(
 def test_wrong_num_classes_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from spray.models import small_cnn
+    from spray.lab.cnn import small_cnn
 
     torch.save(small_cnn(in_channels=3, num_classes=5).state_dict(), tmp_path / "w.pt")
     raw = _folder_cfg(tmp_path, checkpoint="w.pt")

@@ -7,10 +7,10 @@ import torch
 import torchvision
 from torch import nn
 
-from spray.canonizers import ResidualAdd, canonize, fold_batchnorm, resolve_canonizers
-from spray.composites import COMPOSITES, get_composite, register_layer_rule
 from spray.errors import ConfigError
-from spray.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, ZBox, ZPlus
+from spray.lrp.canonizers import ResidualAdd, canonize, fold_batchnorm, resolve_canonizers
+from spray.lrp.composites import COMPOSITES, get_composite, register_layer_rule
+from spray.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, ZBox, ZPlus
 
 
 def _bn_model() -> nn.Module:
@@ -150,7 +150,7 @@ def test_register_layer_rule() -> None:
     try:
         assert _rules("EpsilonPlusFlat", model)["1"] is Pass
     finally:
-        from spray import composites
+        from spray.lrp import composites
 
         composites._USER_RULES.pop(Scale)
     with pytest.raises(ConfigError):

@@ -1,4 +1,4 @@
-"""Tests of spray.clustering on synthetic heatmaps (small planted watermark cluster)."""
+"""Tests of spray.analysis.clustering on synthetic heatmaps (small planted watermark cluster)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from spray.clustering import cluster_sweep, row_normalized
-from spray.preprocess import normalize_heatmaps, reduce_dimension
-from spray.spectral import spectral_embedding
-from spray.synthetic import make_heatmaps
+from spray.analysis.clustering import cluster_sweep, row_normalized
+from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+from spray.analysis.spectral import spectral_embedding
+from spray.lab.synthetic import make_heatmaps
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -84,7 +84,7 @@ def test_tiny_inputs() -> None:
 def test_silhouette_matches_sklearn() -> None:
     from sklearn.metrics import silhouette_score
 
-    from spray.clustering import _silhouette
+    from spray.analysis.clustering import _silhouette
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1200, 4))

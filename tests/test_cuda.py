@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 from spray.audit import audit  # noqa: E402
 from spray.config import load_config  # noqa: E402
 from spray.data import build_dataset  # noqa: E402
-from spray.demo import prepare_demo, score_against_truth  # noqa: E402
+from spray.lab.demo import prepare_demo, score_against_truth  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
 from spray.models import build_model  # noqa: E402
 from tests.test_lrp import (  # noqa: E402

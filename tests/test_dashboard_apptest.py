@@ -220,7 +220,7 @@ def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
 
 def test_spray_never_imports_streamlit() -> None:
     code = (
-        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.storage\n"
+        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.runs.storage\n"
         "spray.cli.build_parser()\n"
         "assert 'streamlit' not in sys.modules and 'plotly' not in sys.modules"
     )

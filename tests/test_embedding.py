@@ -1,13 +1,13 @@
-"""Tests of spray.embedding (one UMAP test; numba compilation dominates its time)."""
+"""Tests of spray.analysis.embedding (one UMAP test; numba compilation dominates its time)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from spray.embedding import _propagate, embed_2d
+from spray.analysis.embedding import _propagate, embed_2d
+from spray.analysis.spectral import spectral_embedding
 from spray.errors import ConfigError
-from spray.spectral import spectral_embedding
 
 
 @pytest.fixture(scope="module")

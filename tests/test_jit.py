@@ -1,4 +1,4 @@
-"""Tests of spray.jit: numba's disk cache for UMAP/pynndescent, and torch's thread count."""
+"""Tests of spray.analysis.jit: numba's disk cache for UMAP/pynndescent, and torch's thread count."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import torch
 
-from spray.embedding import embed_2d
-from spray.jit import enable_disk_cache
-from spray.spectral import knn_graph, spectral_embedding
+from spray.analysis.embedding import embed_2d
+from spray.analysis.jit import enable_disk_cache
+from spray.analysis.spectral import knn_graph, spectral_embedding
 
 
 def test_disk_cache_enabled_for_uncached_functions() -> None:
@@ -42,8 +42,8 @@ def test_cached_code_gives_the_same_map_in_a_fresh_process() -> None:
     """A map computed with code loaded from the disk cache equals one compiled in this process."""
     code = (
         "import numpy as np, hashlib\n"
-        "from spray.spectral import spectral_embedding\n"
-        "from spray.embedding import embed_2d\n"
+        "from spray.analysis.spectral import spectral_embedding\n"
+        "from spray.analysis.embedding import embed_2d\n"
         "x = np.random.default_rng(1).normal(size=(150, 6)).astype(np.float32)\n"
         "s = spectral_embedding(x, n_eigenvectors=4)\n"
         "print(hashlib.sha1(embed_2d(x, s, method='umap', seed=3, n_epochs=20).tobytes()).hexdigest())\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spray.errors import LockedError
-from spray.locking import RunLock
+from spray.runs.locking import RunLock
 
 
 def test_second_holder_gets_locked_error_with_exit_75(tmp_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_second_holder_gets_locked_error_with_exit_75(tmp_path: Path) -> None:
 def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     code = (
-        "import sys, time; from pathlib import Path; from spray.locking import RunLock\n"
+        "import sys, time; from pathlib import Path; from spray.runs.locking import RunLock\n"
         f"lock = RunLock(Path({str(runs)!r})).__enter__(); print('held', flush=True); time.sleep(60)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -19,10 +19,10 @@ import torch
 import torchvision
 from torch import nn
 
-from spray.composites import COMPOSITES
 from spray.errors import ConfigError, ModelError, UnsupportedLayerError
 from spray.lrp import Explainer, LRPResult, explain
-from spray.rules import Pass
+from spray.lrp.composites import COMPOSITES
+from spray.lrp.rules import Pass
 
 zc = pytest.importorskip("zennit.composites")
 zcan = pytest.importorskip("zennit.canonizers")
@@ -395,7 +395,7 @@ def test_mlp_on_flattened_images() -> None:
 
 
 def _rule_modules(explainer: Explainer) -> dict[str, Any]:
-    from spray.rules import RuleModule
+    from spray.lrp.rules import RuleModule
 
     return {p: m for p, m in explainer.model.named_modules() if isinstance(m, RuleModule)}
 
@@ -405,7 +405,7 @@ def _rule_modules(explainer: Explainer) -> dict[str, Any]:
 def test_fusion_pooling_and_layout_do_not_change_maps(
     model_name: str, composite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spray.lrp as lrp
+    import spray.lrp.explainer as lrp
 
     model, x = _model(model_name), _inputs(model_name)
     default = Explainer(model, composite)
@@ -549,7 +549,7 @@ class _Indexed(nn.Module):
 def test_fusion_is_undone_where_the_parent_reads_the_layer_output(
     model_cls: type[nn.Module], canonize: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spray.lrp as lrp
+    import spray.lrp.explainer as lrp
 
     torch.manual_seed(0)
     model, x = model_cls().eval(), torch.randn(2, 3, 6, 6)
@@ -575,7 +575,7 @@ def test_fusion_never_crosses_a_module_registered_twice_in_one_sequential() -> N
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x - 0.5
 
-    from spray.rules import Gradient
+    from spray.lrp.rules import Gradient
 
     torch.manual_seed(0)
     shift = Shift()
@@ -600,7 +600,7 @@ def test_fusion_never_crosses_a_module_registered_twice_in_one_sequential() -> N
 def test_reference_check_undoes_fusion_before_blaming_canonization(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import spray.lrp as lrp
+    import spray.lrp.explainer as lrp
 
     torch.manual_seed(0)
     model, x = _Taps().eval(), torch.randn(2, 3, 6, 6)
@@ -635,7 +635,7 @@ def test_reference_check_undoes_fusion_before_blaming_canonization(
 
 
 def test_lean_maxpool_is_inserted_in_the_copy() -> None:
-    from spray.rules import LeanMaxPool
+    from spray.lrp.rules import LeanMaxPool
 
     explainer = Explainer(_model("vgg11_bn"))
     lean = [m for m in explainer.model.modules() if type(m) is LeanMaxPool]
@@ -672,8 +672,8 @@ def _tiny_bottleneck_net() -> nn.Module:
 def test_bottleneck_fusion_and_onednn_pointwise_match_the_plain_engine(
     composite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spray.lrp as lrp
-    import spray.rules as rules
+    import spray.lrp.explainer as lrp
+    import spray.lrp.rules as rules
 
     model = _tiny_bottleneck_net()
     torch.manual_seed(1)

@@ -5,7 +5,8 @@ import torch
 
 from spray.config import ModelConfig
 from spray.errors import ConfigError, ModelError
-from spray.models import build_model, check_model_output, model_hash, small_cnn
+from spray.lab.cnn import small_cnn
+from spray.models import build_model, check_model_output, model_hash
 
 
 def test_torchvision_with_checkpoint(tmp_path: Path) -> None:
@@ -21,7 +22,7 @@ def test_torchvision_with_checkpoint(tmp_path: Path) -> None:
 def test_wrong_num_classes_is_explained(tmp_path: Path) -> None:
     torch.save(small_cnn(num_classes=10).state_dict(), tmp_path / "w.pt")
     cfg = ModelConfig(
-        factory="spray.models:small_cnn", factory_kwargs={"num_classes": 5}, checkpoint=tmp_path / "w.pt"
+        factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 5}, checkpoint=tmp_path / "w.pt"
     )
     with pytest.raises(
         ModelError, match=r"classifier\.4\.weight: checkpoint \(10, 128\) vs model \(5, 128\)"
@@ -37,9 +38,9 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 def test_pickled_model_needs_opt_in(tmp_path: Path) -> None:
     torch.save(small_cnn(), tmp_path / "full.pt")
     with pytest.raises(ModelError, match="allow_pickle"):
-        build_model(ModelConfig(factory="spray.models:small_cnn", checkpoint=tmp_path / "full.pt"))
+        build_model(ModelConfig(factory="spray.lab.cnn:small_cnn", checkpoint=tmp_path / "full.pt"))
     m = build_model(
-        ModelConfig(factory="spray.models:small_cnn", checkpoint=tmp_path / "full.pt", allow_pickle=True)
+        ModelConfig(factory="spray.lab.cnn:small_cnn", checkpoint=tmp_path / "full.pt", allow_pickle=True)
     )
     assert isinstance(m, torch.nn.Module)
 

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 import yaml
 
-from spray.artifacts import plant
 from spray.data import read_idx, write_idx
-from spray.locking import RunLock
+from spray.lab.artifacts import plant
 from spray.nightly import EXIT_FINDINGS, EXIT_LOCKED, EXIT_OK, compare_findings, exit_code_for
+from spray.runs.locking import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 SPRAY = [sys.executable, "-m", "spray.cli"]
-PLANTED_CLASS = 6  # Shirt, see spray.demo
+PLANTED_CLASS = 6  # Shirt, see spray.lab.demo
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,13 +83,13 @@ class Prepared:
         self, name: str, *, images: Path | None = None, labels: Path | None = None, **nightly: Any
     ) -> Path:
         """Write a config for the (optionally replaced) IDX files; returns its path."""
-        from spray.demo import FASHION_CLASSES, MEAN, STD
+        from spray.lab.demo import FASHION_CLASSES, MEAN, STD
 
         raw: dict[str, Any] = {
             "name": "nightly-test",
             "seed": 0,
             "model": {
-                "factory": "spray.models:small_cnn",
+                "factory": "spray.lab.cnn:small_cnn",
                 "factory_kwargs": {"in_channels": 1, "num_classes": 10},
                 "checkpoint": str(self.work / "model.pt"),
             },
@@ -128,9 +128,9 @@ def prepare(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     if "demo" not in _PREPARED:
         import torch
 
-        from spray.demo import MEAN, STD, make_demo_data
-        from spray.models import small_cnn
-        from spray.training import train_classifier
+        from spray.lab.demo import MEAN, STD, make_demo_data
+        from spray.lab.training import train_classifier
+        from spray.lab.cnn import small_cnn
 
         work = tmp_path_factory.mktemp("nightly-demo")
         d = make_demo_data(per_class=60, poison_fraction=0.4, seed=0)

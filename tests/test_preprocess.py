@@ -1,12 +1,12 @@
-"""Tests of spray.preprocess."""
+"""Tests of spray.analysis.preprocess."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
 from spray.errors import DataError
-from spray.preprocess import normalize_heatmaps, reduce_dimension
 
 
 def test_abs_total_normalisation_and_shape() -> None:

@@ -1,4 +1,4 @@
-"""Single-layer checks of spray.rules against zennit 0.5.1 (the test-only reference).
+"""Single-layer checks of spray.lrp.rules against zennit 0.5.1 (the test-only reference).
 
 Inputs are mixed-sign here (randn), so the general x⁺/x⁻ paths of z+, αβ and γ are exercised; the
 model-level tests in test_lrp.py cover the post-ReLU fast paths.
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from spray.errors import ConfigError
-from spray.rules import (
+from spray.lrp.rules import (
     AlphaBeta,
     Epsilon,
     Flat,
@@ -201,7 +201,7 @@ def test_lean_maxpool_matches_autograd(pool: nn.Module, shape: tuple[int, ...], 
 
 @pytest.mark.parametrize("rule", [ZPlus(), Flat(), AlphaBeta(), Gamma()], ids=repr)
 def test_pointwise_conv_on_channels_last_uses_onednn_and_matches(rule: Rule) -> None:
-    import spray.rules as rules
+    import spray.lrp.rules as rules
 
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, 1)
@@ -220,7 +220,7 @@ def test_pointwise_conv_on_channels_last_uses_onednn_and_matches(rule: Rule) -> 
 def test_nonneg_denominator_clamps_round_off_negatives() -> None:
     # z+ denominators are >= 0 in exact arithmetic, but Winograd/FFT convolutions (cuDNN) can return
     # tiny negative values; without the clamp, den + eps could be 0 (inf) or negative (sign flip).
-    import spray.rules as rules
+    import spray.lrp.rules as rules
 
     eps = 1e-6
     num = torch.tensor([1.0, 1.0, 2.0, 0.0])

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from spray.clustering import cluster_sweep
+from spray.analysis.clustering import cluster_sweep
+from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+from spray.analysis.scoring import InterventionProbe, evidence_line, rank_findings, score_class
+from spray.analysis.spectral import spectral_embedding
 from spray.config import ScoringConfig
-from spray.preprocess import normalize_heatmaps, reduce_dimension
+from spray.lab.synthetic import make_heatmaps
 from spray.records import ClusteringResult, SpectralResult
-from spray.scoring import InterventionProbe, evidence_line, rank_findings, score_class
-from spray.spectral import spectral_embedding
-from spray.synthetic import make_heatmaps
 
 N = 600
 SIZE = 32
@@ -186,7 +186,7 @@ def test_deterministic_with_seed(planted: Case) -> None:
 def test_rankdata_matches_scipy_with_ties() -> None:
     from scipy.stats import rankdata
 
-    from spray.scoring import _rankdata
+    from spray.analysis.scoring import _rankdata
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 17, 300):
@@ -195,7 +195,7 @@ def test_rankdata_matches_scipy_with_ties() -> None:
 
 
 def test_stable_order_and_rendezvous_pairs_change_little_when_samples_are_added() -> None:
-    from spray.scoring import rendezvous_pairs, stable_order
+    from spray.analysis.scoring import rendezvous_pairs, stable_order
 
     keys = [f"h{i}" for i in range(1000)]
     more = keys + [f"new{i}" for i in range(50)]  # 5 % new
@@ -214,7 +214,7 @@ def test_stable_order_and_rendezvous_pairs_change_little_when_samples_are_added(
 
 
 def test_predict_pasted_reuses_cached_predictions() -> None:
-    from spray.scoring import InterventionProbe
+    from spray.analysis.scoring import InterventionProbe
 
     class DictCache:
         def __init__(self) -> None:
@@ -301,7 +301,7 @@ def test_paste_test_is_skipped_when_the_members_pixels_vary(natural: Case) -> No
 
 
 def test_predict_pasted_loads_each_target_once() -> None:
-    from spray.scoring import InterventionProbe
+    from spray.analysis.scoring import InterventionProbe
 
     images = {f"s{i}": torch.full((1, 4, 4), float(i)) for i in range(6)}
     loaded: list[str] = []
@@ -324,7 +324,7 @@ def test_predict_pasted_loads_each_target_once() -> None:
 
 
 def test_appearance_tells_a_repeated_stamp_from_a_varying_part() -> None:
-    from spray.scoring import _appearance
+    from spray.analysis.scoring import _appearance
 
     rng = np.random.default_rng(0)
     n = 40
@@ -368,7 +368,7 @@ def test_flag_needs_the_members_to_look_alike(planted: Case) -> None:
 
 
 def test_flagged_finding_lists_the_other_samples_that_carry_its_stamp(planted: Case) -> None:
-    from spray.scoring import sample_suspicion
+    from spray.analysis.scoring import sample_suspicion
 
     outside = np.flatnonzero(planted.labels != planted.small)
     carriers = np.random.default_rng(1).choice(outside, 20, replace=False)
@@ -410,7 +410,7 @@ def test_a_stamp_that_jitters_near_one_place_is_seen_alike_in_its_own_windows() 
     x = rng.uniform(0.0, 0.5, (n, 1, size, size)).astype(np.float32)
     for i in members:
         # The stamp's top-left corner 1-5 pixels from the image corner (a stamp touching the border can
-        # only be matched where the whole window still fits: see spray.scoring._Stamp).
+        # only be matched where the whole window still fits: see spray.analysis.scoring._Stamp).
         r, c = rng.integers(1, 6, 2)
         x[i, :, r : r + 4, c : c + 4] = 1.0
         maps[i, r : r + 4, c : c + 4] += 3.0

@@ -1,4 +1,4 @@
-"""Tests of spray.spectral against a dense oracle, plus edge cases."""
+"""Tests of spray.analysis.spectral against a dense oracle, plus edge cases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
+from spray.analysis.spectral import eigengap_k, knn_graph, spectral_embedding
 from spray.errors import ConfigError, DataError
-from spray.spectral import eigengap_k, knn_graph, spectral_embedding
 
 
 def _blobs(n: int, seed: int = 0, d: int = 6, centres: int = 4, spread: float = 4.0) -> np.ndarray:
@@ -114,7 +114,7 @@ def test_eigengap_k() -> None:
 
 
 def test_float32_lanczos_for_large_n_and_precomputed_knn(monkeypatch: pytest.MonkeyPatch) -> None:
-    import spray.spectral as spectral
+    import spray.analysis.spectral as spectral
 
     x = _blobs(3000, seed=7, d=5, centres=6, spread=2.0)
     g = knn_graph(x, n_neighbors=10, exact_below=10_000)

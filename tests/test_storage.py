@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from spray.records import AttributionBatch
-from spray.storage import (
+from spray.runs.storage import (
     CACHE_DIR,
     LATEST,
     RunData,
@@ -116,7 +116,7 @@ def test_clean_staging_removes_crash_leftovers_but_keeps_finished_shards(tmp_pat
 
 
 def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> None:
-    from spray.storage import PasteCache
+    from spray.runs.storage import PasteCache
 
     c = PasteCache(tmp_path)
     assert c.get_many(["a", "b"]) == {}
@@ -145,7 +145,7 @@ def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> N
 
 
 def test_cache_retention_keeps_only_the_directories_of_kept_runs(tmp_path: Path) -> None:
-    from spray.storage import WORK_DIR, prune_cache
+    from spray.runs.storage import WORK_DIR, prune_cache
 
     runs = tmp_path / "runs"
     cache = runs / CACHE_DIR

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from spray.locking import RunLock
 from spray.nightly import EXIT_LOCKED, EXIT_OK
+from spray.runs.locking import RunLock
 from tests.test_nightly import REPO, Prepared, comparable, parse_logs, prepare, run_spray, spray_env
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]

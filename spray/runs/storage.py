@@ -282,7 +282,7 @@ class PasteCache:
     """Predicted classes of the paste test's pasted images, in SQLite next to the relevance shards.
 
     A pasted image is determined by its key (target content hash, donor content hash, grid mask; see
-    :meth:`spray.scoring.InterventionProbe.predict_pasted`) together with the model and the input
+    :meth:`spray.analysis.scoring.InterventionProbe.predict_pasted`) together with the model and the input
     transform, which fix the :class:`ShardCache` directory this file lives in. So a cached prediction
     is exactly what the model would predict again, and a nightly run with a few new samples repeats only
     the pastes that involve them. With a real model the paste test is most of the analysis (a

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import yaml
 
-from spray.artifacts import plant
 from spray.data import read_idx, write_idx
-from spray.models import small_cnn
+from spray.lab.artifacts import plant
+from spray.lab.cnn import small_cnn
+from spray.lab.training import train_classifier
 from spray.records import AuditReport
-from spray.training import train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def prepare_demo(
         "name": "demo",
         "seed": seed,
         "model": {
-            "factory": "spray.models:small_cnn",
+            "factory": "spray.lab.cnn:small_cnn",
             "factory_kwargs": {"in_channels": 1, "num_classes": len(data.class_names)},
             "checkpoint": "model.pt",
         },

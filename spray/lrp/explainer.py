@@ -7,8 +7,8 @@ Usage::
     result = explainer(images, target="label", labels=labels)   # one batched forward + backward
     result.relevance  # (B, C, H, W) float32
 
-How it works: the model is deep-copied and canonized (:mod:`spray.canonizers`), every layer that needs
-a rule is replaced by a :class:`spray.rules.RuleModule` (:mod:`spray.composites` decides which), and
+How it works: the model is deep-copied and canonized (:mod:`spray.lrp.canonizers`), every layer that needs
+a rule is replaced by a :class:`spray.lrp.rules.RuleModule` (:mod:`spray.lrp.composites` decides which), and
 relevance is computed in the gradient×input frame with a single ``torch.autograd.grad`` call. There
 are no hooks and no per-layer re-runs of the forward pass; z+ costs one extra forward of the layer.
 
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spray.canonizers import ResidualAdd, canonize
-from spray.composites import LINEAR_TYPES, get_composite
 from spray.errors import ConfigError, ModelError, UnsupportedLayerError
-from spray.rules import Epsilon, LeanMaxPool, Norm, Rule, RuleContext, RuleModule
+from spray.lrp.canonizers import ResidualAdd, canonize
+from spray.lrp.composites import LINEAR_TYPES, get_composite
+from spray.lrp.rules import Epsilon, LeanMaxPool, Norm, Rule, RuleContext, RuleModule
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _fuse_relus(model: nn.Module) -> list[_Fusion]:
 
     Candidates: consecutive children of an exact ``nn.Sequential`` (``nn.Identity`` in between, e.g. a
     folded BatchNorm, is skipped) and the ReLUs of the torchvision ResNet blocks patched by
-    :mod:`spray.canonizers`. Modules registered more than once are left alone, and so is a window of a
+    :mod:`spray.lrp.canonizers`. Modules registered more than once are left alone, and so is a window of a
     Sequential in which one module object occurs twice. Whether the owner really runs the pair as a
     whole is verified on the first forward pass (the parent may iterate the Sequential). The fused layer
     saves one tensor (ratio with the ReLU's mask folded in) instead of two, and the ReLU's forward and
@@ -233,7 +233,7 @@ class _FusionWatch:
 
 
 def _lean_maxpools(model: nn.Module) -> int:
-    """Replace every exact ``nn.MaxPool{1,2,3}d`` by a :class:`spray.rules.LeanMaxPool`; return how many.
+    """Replace every exact ``nn.MaxPool{1,2,3}d`` by a :class:`spray.lrp.rules.LeanMaxPool`; return how many.
 
     Same forward and gradient; the backward keeps only the argmax indices instead of the input too.
     """
@@ -255,8 +255,8 @@ def _unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
         + "\n".join(lines)
         + "\nRegister a rule for each type, e.g. "
         f"Explainer(model, extra_rules={{{first_type}: Pass()}}) for an element-wise activation, "
-        "Epsilon() for a linear map, Gradient() for a reshape/routing module (rules in spray.rules), "
-        "or globally with spray.composites.register_layer_rule("
+        "Epsilon() for a linear map, Gradient() for a reshape/routing module (rules in spray.lrp.rules), "
+        "or globally with spray.lrp.composites.register_layer_rule("
         f"{first_type}, Pass()). Supported out of the box: Conv1d/2d/3d, Linear, BatchNorm, ReLU, "
         "Max/AvgPool (incl. adaptive), Flatten, Dropout, Identity, Sequential, torchvision ResNet/VGG."
     )
@@ -271,7 +271,7 @@ class Explainer:
         A classifier mapping ``(B, C, H, W)`` to ``(B, K)`` logits. It is deep-copied; the original is
         never modified (parameters, buffers, hooks and training flag stay as they are).
     composite : str
-        Name in :data:`spray.composites.COMPOSITES` (default ``"EpsilonPlusFlat"``).
+        Name in :data:`spray.lrp.composites.COMPOSITES` (default ``"EpsilonPlusFlat"``).
     composite_kwargs : dict, optional
         Parameters of the composite (``epsilon``, ``stabilizer``, ``gamma``, ``low``, ``high``).
     canonize : bool

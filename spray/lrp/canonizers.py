@@ -71,7 +71,7 @@ class ResidualAdd(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Return ``a + b`` (same shape), or ``relu(a + b)`` with ``fuse_relu``."""
         # local import: rules imports nothing from here, avoid a cycle
-        from spray.rules import _AddNormReLU, _StabScale
+        from spray.lrp.rules import _AddNormReLU, _StabScale
 
         if self.stabilizer is None or not (a.requires_grad or b.requires_grad):
             s = a + b

@@ -5,7 +5,7 @@ The map is for people, not for the clustering (which runs on the spectral embedd
 * ``"umap"`` — UMAP on the kNN graph already computed by the spectral stage (``precomputed_knn``) and
   initialised from eigenvectors 2-3, so it neither searches neighbours nor solves an eigenproblem
   again. Above ``max_fit`` rows, UMAP is fitted on a seeded subsample (its kNN graph searched by
-  :func:`spray.spectral.knn_graph`) and every other row is placed
+  :func:`spray.analysis.spectral.knn_graph`) and every other row is placed
   at the mean position of its already-placed kNN neighbours (propagated along the graph). That is
   linear and instant, where ``UMAP.transform`` would cost as much as a second fit.
 * ``"tsne"`` — scikit-learn's Barnes-Hut t-SNE; fine for a few thousand rows.
@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
+from spray.analysis.jit import enable_disk_cache, keep_torch_threads
 from spray.errors import ConfigError
-from spray.jit import enable_disk_cache, keep_torch_threads
 from spray.records import SpectralResult
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _umap_fit(
     """Fit seeded UMAP; with kNN given, reuse it (self prepended, as UMAP expects)."""
     import umap  # lazy: importing umap compiles numba code
 
-    enable_disk_cache()  # compile once per machine, not once per process (spray.jit)
+    enable_disk_cache()  # compile once per machine, not once per process (spray.analysis.jit)
 
     n = features.shape[0]
     kwargs = {}
@@ -79,7 +79,7 @@ def _umap_fit(
         n_epochs=n_epochs,
         **kwargs,
     )
-    with keep_torch_threads(), warnings.catch_warnings():  # see spray.jit
+    with keep_torch_threads(), warnings.catch_warnings():  # see spray.analysis.jit
         # Expected and harmless here: seeded UMAP is single-threaded; we never call transform.
         warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
@@ -185,7 +185,7 @@ def embed_2d(
     sub = np.sort(rng.choice(n, size=max_fit, replace=False))
     # The subsample's own kNN is not a subset of the full graph: search it with the same seeded
     # knn_graph (so the code numba compiled in warm_up() is reused, nothing new is compiled per class).
-    from spray.spectral import knn_graph
+    from spray.analysis.spectral import knn_graph
 
     sub_knn = knn_graph(x[sub], n_neighbors=max(spectral.knn_indices.shape[1], 1), seed=seed)
     fitted = _umap_fit(x[sub], sub_knn.indices, sub_knn.distances, base[sub], seed, n_epochs)
@@ -207,10 +207,10 @@ def warm_up(*, approximate_knn: bool = True) -> None:
     ----------
     approximate_knn : bool
         Also compile pynndescent. Needed only when some class has at least
-        :data:`spray.spectral.EXACT_KNN_BELOW` rows (``knn_graph`` searches exactly below that, and a
+        :data:`spray.analysis.spectral.EXACT_KNN_BELOW` rows (``knn_graph`` searches exactly below that, and a
         UMAP subsample has ``max_fit`` ≥ that many rows).
     """
-    from spray.spectral import knn_graph, spectral_embedding
+    from spray.analysis.spectral import knn_graph, spectral_embedding
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype(np.float32)

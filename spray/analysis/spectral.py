@@ -18,8 +18,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from spray.analysis.jit import enable_disk_cache, keep_torch_threads
 from spray.errors import ConfigError, DataError
-from spray.jit import enable_disk_cache, keep_torch_threads
 from spray.records import SpectralResult
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,11 @@ def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
     """Seeded pynndescent kNN, self excluded: ``(n, d)`` -> ``(n, k)`` indices, distances."""
     from pynndescent import NNDescent  # imported lazily: numba compilation costs seconds
 
-    enable_disk_cache()  # compile once per machine, not once per process (spray.jit)
+    enable_disk_cache()  # compile once per machine, not once per process (spray.analysis.jit)
 
     n = x.shape[0]
     # n_jobs=1 together with random_state makes pynndescent deterministic.
-    # pynndescent resets OpenMP's thread count (see spray.jit). Its run-time closures cannot go to the
+    # pynndescent resets OpenMP's thread count (see spray.analysis.jit). Its run-time closures cannot go to the
     # disk cache, which numba says once per function: expected, they compile per process as before.
     with keep_torch_threads(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot cache compiled function")

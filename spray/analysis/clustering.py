@@ -32,9 +32,9 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import ThreadpoolController
 
+from spray.analysis.spectral import eigengap_k
 from spray.errors import ConfigError
 from spray.records import ClusteringResult, SpectralResult
-from spray.spectral import eigengap_k
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def cluster_sweep(
     Parameters
     ----------
     spectral : SpectralResult
-        Output of :func:`spray.spectral.spectral_embedding` (``n`` rows, ``m`` eigenvectors).
+        Output of :func:`spray.analysis.spectral.spectral_embedding` (``n`` rows, ``m`` eigenvectors).
     k_max : int
         Largest k tried; clipped to ``min(m, n - 1)``.
     seed : int

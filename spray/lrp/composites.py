@@ -14,7 +14,7 @@ composite                         first layer             other conv   dense   s
 
 "First layer" is, as in zennit, the first matching module in ``named_modules()`` order. zennit's
 ``Pass`` on ReLU is implemented by the plain ReLU gradient, which is the same thing in the
-gradient×input frame (see :mod:`spray.rules`).
+gradient×input frame (see :mod:`spray.lrp.rules`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spray.canonizers import ResidualAdd
 from spray.errors import ConfigError
-from spray.rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus
+from spray.lrp.canonizers import ResidualAdd
+from spray.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus
 
 __all__ = [
     "COMPOSITES",
@@ -88,7 +88,7 @@ def register_layer_rule(layer_type: type[nn.Module], rule: Rule) -> None:
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise ConfigError(f"register_layer_rule needs an nn.Module subclass, got {layer_type!r}")
     if not isinstance(rule, Rule):
-        raise ConfigError(f"register_layer_rule needs a spray.rules.Rule instance, got {rule!r}")
+        raise ConfigError(f"register_layer_rule needs a spray.lrp.rules.Rule instance, got {rule!r}")
     _USER_RULES[layer_type] = rule
 
 

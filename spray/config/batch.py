@@ -1,0 +1,26 @@
+"""The ``batch`` section: how the batch stage runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from spray.config.section import Section
+
+
+class BatchConfig(Section):
+    """How the batch stage runs."""
+
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    grid: int = Field(
+        32,
+        ge=2,
+        description="Analysis grid side; relevance is sum-pooled to grid×grid (or native if smaller).",
+    )
+    shard_size: int = Field(1024, ge=1, description="Samples per cache shard (the unit of resume).")
+    store_full_relevance: bool = Field(False, description="Also keep full-resolution relevance (float16).")
+    thumbnails: bool = Field(True, description="Store image thumbnails for the dashboard and report.")
+    thumbnail_size: int = Field(64, ge=8, le=512)

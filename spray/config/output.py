@@ -1,0 +1,26 @@
+"""The ``output`` and ``nightly`` sections: where runs are published and how a scheduled run behaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from spray.config.section import Section
+
+
+class OutputConfig(Section):
+    """Where runs go and how many are kept."""
+
+    runs_dir: Path = Field(Path("runs"), description="Directory holding published runs.")
+    keep_runs: int = Field(10, ge=1, description="Retention: keep the newest N runs.")
+    html_report: bool = Field(True, description="Write a static report.html into each run.")
+
+
+class NightlyConfig(Section):
+    """Scheduling behaviour."""
+
+    notify_command: str | None = Field(
+        None, description="Command run with the summary path appended when there are new findings."
+    )
+    fail_on_findings: bool = Field(False, description="Exit 10 on any suspicious finding, not only new ones.")
