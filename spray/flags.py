@@ -23,20 +23,16 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
 import sqlite3
-import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from spray.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -310,72 +306,3 @@ def frame_to_bytes(frame: Any, fmt: str) -> bytes:
 
 
 MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def _db_from_args(args: argparse.Namespace) -> Path:
-    if args.db:
-        return Path(args.db)
-    if args.runs_dir:
-        return default_db_path(args.runs_dir)
-    raise ConfigError("Give the flag database with --db PATH (or --runs-dir DIR for DIR/flags.sqlite).")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``spray flags export``: write the current flags (default: status unlearn) as CSV, JSON or Parquet."""
-    db = _db_from_args(args)
-    if not db.exists():
-        raise ConfigError(
-            f"No flag database at {db}. Flags are created from the dashboard (spray dashboard)."
-        )
-    status = None if args.status == "all" else args.status
-    data = FlagStore(db).export_bytes(args.format, dataset=args.dataset, status=status)
-    if args.output and args.output != "-":
-        Path(args.output).write_bytes(data)
-        log.info("wrote %s flags to %s", args.status, args.output)
-    else:
-        if args.format == "parquet" and sys.stdout.isatty():
-            raise ConfigError("Parquet is binary: give -o FILE.")
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """``spray flags list``: counts of current flags per dataset and status."""
-    db = _db_from_args(args)
-    if not db.exists():
-        raise ConfigError(f"No flag database at {db}.")
-    store = FlagStore(db)
-    for ds in store.datasets():
-        counts = store.counts(ds)
-        line = ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES)
-        sys.stdout.write(f"{ds}: {line}\n")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``spray flags export|list`` to the ``spray`` command."""
-    p = subparsers.add_parser("flags", help="export or list the flags set in the dashboard")
-    sub = p.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
-
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--db", help="flag database (SQLite)")
-        q.add_argument("--runs-dir", help="use RUNS_DIR/flags.sqlite")
-
-    e = sub.add_parser("export", help="export current flags (for unlearning)", description=cmd_export.__doc__)
-    common(e)
-    e.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
-    e.add_argument(
-        "--status", choices=[*STATUSES, "all"], default="unlearn", help="which flags (default unlearn)"
-    )
-    e.add_argument("--dataset", help="only this dataset key (default: all)")
-    e.add_argument("-o", "--output", help="output file (default: stdout)")
-    e.set_defaults(func=cmd_export)
-
-    ls = sub.add_parser("list", help="counts of current flags", description=cmd_list.__doc__)
-    common(ls)
-    ls.set_defaults(func=cmd_list)

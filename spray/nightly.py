@@ -3,7 +3,7 @@
 One command that cron, a systemd timer, a Kubernetes CronJob, an Airflow ``BashOperator`` or
 ``prefect shell serve`` call unchanged (examples in ``pipelines/``)::
 
-    spray run --config audit.yaml
+    spray run --config audit.yaml   (the command itself: spray/cli/run.py)
     torchrun --standalone --nproc_per_node=4 -m spray.cli run --config audit.yaml
 
 What it adds to :func:`spray.audit.audit`:
@@ -26,26 +26,17 @@ What it adds to :func:`spray.audit.audit`:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shlex
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from spray.errors import SprayError
+from spray.exit_codes import EXIT_FINDINGS, EXIT_OK
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FINDINGS = 10
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_LOCKED = 75
 
 # Cluster matching across runs. Cluster ids are arbitrary per run, so a cluster is recognised by its
 # members (Jaccard of sample ids: robust while the data mostly stays) or, when many members changed, by
@@ -55,26 +46,6 @@ CORRELATION_MIN = 0.8
 # A matched cluster has "grown" when it gained at least this fraction of its previous members: adding 5 %
 # new data grows every cluster by about 5 %, which is not news.
 GROW_MIN = 0.1
-
-# Structured fields that log records may carry (``extra=``) and the JSON lines then include.
-_LOG_FIELDS = (
-    "rank",
-    "shard",
-    "n_samples",
-    "n_computed",
-    "n_cached",
-    "shards_computed",
-    "shards_reused",
-    "n_paste_computed",
-    "n_paste_cached",
-    "exit_code",
-    "n_new",
-    "n_grown",
-    "n_resolved",
-    "n_suspicious",
-    "run_dir",
-    "up_to_date",
-)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,230 +318,3 @@ def notify(command: str, summary_path: Path, *, env: dict[str, str], timeout: fl
     else:
         log.info("notified: %s", command)
     return res.returncode
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Logging
-
-
-class _RunContextFilter(logging.Filter):
-    """Stamps records with ``spray.audit.RUN_CONTEXT`` (run id, stage, rank) once that module is loaded.
-
-    Looked up through ``sys.modules`` rather than imported, so that a bad config is reported before
-    torch (which spray.audit pulls in) is imported.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        ctx = getattr(sys.modules.get("spray.audit"), "RUN_CONTEXT", None) or {}
-        for key, value in ctx.items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
-        return True
-
-
-def _configure_logging(verbose: bool, fmt: str) -> None:
-    from spray.cli import JsonLogFormatter, setup_logging
-
-    class NightlyJsonFormatter(JsonLogFormatter):
-        """The CLI's JSON lines plus the structured fields of the nightly job (counts, shard, rank)."""
-
-        def format(self, record: logging.LogRecord) -> str:
-            d = json.loads(super().format(record))
-            for key in _LOG_FIELDS:
-                if hasattr(record, key) and key not in d:
-                    d[key] = getattr(record, key)
-            if record.exc_info:
-                d["exc"] = self.formatException(record.exc_info)
-            return json.dumps(d, default=str)
-
-    setup_logging(verbose, json_logs=fmt == "json")
-    for h in logging.getLogger().handlers:
-        if fmt == "json":
-            h.setFormatter(NightlyJsonFormatter())
-        h.addFilter(_RunContextFilter())
-
-
-def _write_status(path: str | None, status: dict[str, Any]) -> None:
-    line = json.dumps(status, sort_keys=True)
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-    if path:
-        from spray.runs.storage import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), (line + "\n").encode())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The command
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """``spray run``: the scheduled audit (see the module docstring for the exit codes)."""
-    _configure_logging(args.verbose, args.log_format)
-    rank = int(os.environ.get("RANK", "0"))
-    t0 = time.perf_counter()
-    status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
-    try:
-        code = _run(args, status)
-    except SprayError as err:
-        code = err.exit_code
-        status.update(exit_code=code, status="locked" if code == EXIT_LOCKED else "failed", error=str(err))
-        log.error("%s", err, extra={"exit_code": code})
-        code_final = code
-    except Exception as err:  # a bug: log it as one JSON record (with traceback) rather than a raw dump
-        log.exception("run failed: %s: %s", type(err).__name__, err, extra={"exit_code": EXIT_FAILURE})
-        status.update(exit_code=EXIT_FAILURE, status="failed", error=f"{type(err).__name__}: {err}")
-        code_final = EXIT_FAILURE
-    else:
-        code_final = code
-    finally:
-        _shutdown_dist()
-    status["seconds"] = round(time.perf_counter() - t0, 3)
-    if rank == 0:
-        _write_status(getattr(args, "status_file", None), status)
-    return code_final
-
-
-def _shutdown_dist() -> None:
-    if "torch" not in sys.modules:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
-    from spray.config import load_config
-
-    # The config is checked before torch is imported: a bad config fails (exit 2) in well under a second.
-    cfg = load_config(args.config)
-    if args.runs_dir:
-        cfg.output.runs_dir = Path(args.runs_dir).resolve()
-    if args.keep_runs is not None:
-        cfg.output.keep_runs = args.keep_runs
-    fail_on_findings = bool(args.fail_on_findings or cfg.nightly.fail_on_findings)
-    runs_dir = Path(cfg.output.runs_dir)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        from spray.runs.locking import RunLock
-
-        # Answer "already running" (75) at once, before seconds of imports; audit() takes the lock for
-        # real below (a run that starts in between is still caught there).
-        with RunLock(runs_dir):
-            pass
-    from spray.audit import audit
-
-    def before_write(report: Any) -> None:
-        report.extra["changes"] = changes_since_previous(report, runs_dir)
-        ch = report.extra["changes"]
-        log.info(
-            "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
-            (ch["previous_run_id"] or "no previous run")[:16],
-            ch["n_new"],
-            ch["n_grown"],
-            len(ch["persisting"]),
-            ch["n_resolved"],
-            extra={"n_new": ch["n_new"], "n_grown": ch["n_grown"], "n_resolved": ch["n_resolved"]},
-        )
-
-    report = audit(
-        cfg, device=args.device, progress=args.progress, force=args.force, before_write=before_write
-    )
-    if int(os.environ.get("RANK", "0")) != 0:
-        # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
-        return EXIT_OK
-    up_to_date = bool(report.extra.get("up_to_date"))
-    summary_path = Path(report.run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    code = exit_code_for(summary, fail_on_findings=fail_on_findings, up_to_date=up_to_date)
-    ch = summary.get("changes") or {}
-    n_susp = sum(1 for f in summary.get("findings", []) if f.get("suspicious"))
-    status.update(
-        exit_code=code,
-        status="up_to_date" if up_to_date else "published",
-        run_id=report.run_id,
-        run_dir=report.run_dir,
-        summary=str(summary_path),
-        n_suspicious=n_susp,
-        n_new=ch.get("n_new"),
-        n_grown=ch.get("n_grown"),
-        n_resolved=ch.get("n_resolved"),
-    )
-    report_html = Path(report.run_dir) / "report.html"
-    if report_html.exists():
-        status["report"] = str(report_html)
-    if up_to_date:
-        log.info(
-            "up to date: run %s is already published at %s; nothing recomputed",
-            report.run_id[:16],
-            report.run_dir,
-            extra={"exit_code": code, "run_dir": report.run_dir, "up_to_date": True},
-        )
-        return code
-    log.info(
-        "published %s: %d suspicious clusters (%s new, %s grown, %s resolved); exit %d",
-        report.run_dir,
-        n_susp,
-        ch.get("n_new"),
-        ch.get("n_grown"),
-        ch.get("n_resolved"),
-        code,
-        extra={"exit_code": code, "run_dir": report.run_dir, "n_suspicious": n_susp},
-    )
-    if code == EXIT_FINDINGS and cfg.nightly.notify_command:
-        notify(
-            cfg.nightly.notify_command,
-            summary_path,
-            env={
-                "SPRAY_RUN_ID": report.run_id,
-                "SPRAY_RUN_DIR": report.run_dir,
-                "SPRAY_EXIT_CODE": str(code),
-                "SPRAY_REPORT_HTML": str(report_html) if report_html.exists() else "",
-            },
-        )
-    return code
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``spray run`` to the ``spray`` command."""
-    from spray.cli import add_audit_arguments
-
-    p = subparsers.add_parser(
-        "run",
-        help="the scheduled audit: idempotent, incremental, resumable, locked (exit 0/10/1/2/75)",
-        description=(cmd_run.__doc__ or "")
-        + " Exit codes: 0 ok (or up to date); 10 ok with new or grown suspicious clusters since the previous "
-        "run (any suspicious cluster with --fail-on-findings); 1 failure; 2 config error; 75 another run "
-        "holds the lock.",
-    )
-    add_audit_arguments(p)
-    p.add_argument("--keep-runs", type=_positive_int, help="override output.keep_runs (retention)")
-    p.add_argument(
-        "--fail-on-findings",
-        action="store_true",
-        help="exit 10 when any cluster is suspicious, not only new or grown ones (also nightly.fail_on_findings)",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=["json", "text"],
-        default="json",
-        help="stderr log format (default json: one JSON object per line with run_id and stage)",
-    )
-    p.add_argument(
-        "--progress", action="store_true", help="show progress bars (off by default for schedulers)"
-    )
-    p.add_argument(
-        "--status-file",
-        help="also write the final one-line JSON status here (torchrun turns exit codes into 1; read this instead)",
-    )
-    p.set_defaults(func=cmd_run)

@@ -231,11 +231,12 @@ def test_dashboard_command_binds_localhost_and_passes_the_runs_dir(tmp_path: Pat
     import argparse
 
     from spray import serve
+    from spray.cli import dashboard
 
     sub = argparse.ArgumentParser().add_subparsers()
-    serve.register_cli(sub)
+    dashboard.register(sub)
     args = sub.choices["dashboard"].parse_args(["--runs-dir", str(tmp_path)])
-    assert (args.host, args.port, args.func) == ("127.0.0.1", 8501, serve.cmd_dashboard)
+    assert (args.host, args.port, args.func) == ("127.0.0.1", 8501, dashboard.run_command)
     argv, env = serve.build_command(tmp_path, port=8600)
     assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
     assert argv[argv.index("--server.port") + 1] == "8600"

@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from spray.data import read_idx, write_idx
+from spray.exit_codes import EXIT_FINDINGS, EXIT_LOCKED, EXIT_OK
 from spray.lab.artifacts import plant
-from spray.nightly import EXIT_FINDINGS, EXIT_LOCKED, EXIT_OK, compare_findings, exit_code_for
+from spray.nightly import compare_findings, exit_code_for
 from spray.runs.locking import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,9 +129,9 @@ def prepare(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     if "demo" not in _PREPARED:
         import torch
 
+        from spray.lab.cnn import small_cnn
         from spray.lab.demo import MEAN, STD, make_demo_data
         from spray.lab.training import train_classifier
-        from spray.lab.cnn import small_cnn
 
         work = tmp_path_factory.mktemp("nightly-demo")
         d = make_demo_data(per_class=60, poison_fraction=0.4, seed=0)

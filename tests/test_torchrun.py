@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from spray.nightly import EXIT_LOCKED, EXIT_OK
+from spray.exit_codes import EXIT_LOCKED, EXIT_OK
 from spray.runs.locking import RunLock
 from tests.test_nightly import REPO, Prepared, comparable, parse_logs, prepare, run_spray, spray_env
 

@@ -1,0 +1,54 @@
+"""The ``spray`` command: a thin shell over the library, one module per command.
+
+Every command turns a :class:`~spray.errors.SprayError` into a short message and an exit code
+(2 for config errors, 75 when locked, 1 otherwise), never a traceback dump. Command modules import
+nothing heavy at module level, so ``spray --help`` and config errors answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from spray.cli import audit, dashboard, demo, flags, run
+from spray.cli.logs import setup_logging
+from spray.errors import SprayError
+
+log = logging.getLogger("spray")
+
+# Each module adds its sub-parser with ``register(subparsers)``; the order is the order of ``--help``.
+COMMANDS = (audit, run, demo, dashboard, flags)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``spray --help`` documents every command)."""
+    p = argparse.ArgumentParser(
+        prog="spray",
+        description="spray: find Clever-Hans shortcuts in PyTorch image classifiers with LRP + spectral "
+        "relevance analysis (SpRAy).",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-json", action="store_true", help="JSON-lines logs on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spray`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.log_json)
+    try:
+        return int(args.func(args))
+    except SprayError as err:
+        log.error("%s", err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted; finished shards are kept and the next run resumes from them")
+        return 130
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]

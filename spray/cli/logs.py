@@ -1,0 +1,96 @@
+"""Logging of the ``spray`` command: readable lines, or JSON lines for schedulers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+# Structured fields that log records may carry (``extra=``) and the JSON lines then include.
+_LOG_FIELDS = (
+    "rank",
+    "shard",
+    "n_samples",
+    "n_computed",
+    "n_cached",
+    "shards_computed",
+    "shards_reused",
+    "n_paste_computed",
+    "n_paste_cached",
+    "exit_code",
+    "n_new",
+    "n_grown",
+    "n_resolved",
+    "n_suspicious",
+    "run_dir",
+    "up_to_date",
+)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus run id and stage when set."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        d = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("stage", "run_id"):
+            if hasattr(record, key):
+                d[key] = getattr(record, key)
+        return json.dumps(d)
+
+
+def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
+    """Log to stderr: human-readable by default, JSON lines with ``--log-json``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "streamlit"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _RunContextFilter(logging.Filter):
+    """Stamps records with ``spray.audit.RUN_CONTEXT`` (run id, stage, rank) once that module is loaded.
+
+    Looked up through ``sys.modules`` rather than imported, so that a bad config is reported before
+    torch (which spray.audit pulls in) is imported.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = getattr(sys.modules.get("spray.audit"), "RUN_CONTEXT", None) or {}
+        for key, value in ctx.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure_run_logging(verbose: bool, fmt: str) -> None:
+    class NightlyJsonFormatter(JsonLogFormatter):
+        """The CLI's JSON lines plus the structured fields of the nightly job (counts, shard, rank)."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            d = json.loads(super().format(record))
+            for key in _LOG_FIELDS:
+                if hasattr(record, key) and key not in d:
+                    d[key] = getattr(record, key)
+            if record.exc_info:
+                d["exc"] = self.formatException(record.exc_info)
+            return json.dumps(d, default=str)
+
+    setup_logging(verbose, json_logs=fmt == "json")
+    for h in logging.getLogger().handlers:
+        if fmt == "json":
+            h.setFormatter(NightlyJsonFormatter())
+        h.addFilter(_RunContextFilter())

@@ -1,0 +1,38 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``spray audit`` and ``spray run``: config, runs dir, device, force."""
+    p.add_argument("--config", required=True, help="audit config (YAML), see docs/config.md")
+    p.add_argument("--runs-dir", help="override output.runs_dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
+    p.add_argument(
+        "--force", action="store_true", help="recompute the analysis even if this run is published"
+    )
+
+
+def load_audit_config(args: argparse.Namespace) -> Any:
+    """The validated config of ``--config``, with ``--runs-dir`` applied."""
+    from spray.config import load_config
+
+    cfg = load_config(args.config)
+    if getattr(args, "runs_dir", None):
+        cfg.output.runs_dir = Path(args.runs_dir).resolve()
+    return cfg
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
