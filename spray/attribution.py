@@ -33,7 +33,7 @@ from spray.config import AuditConfig
 from spray.data import AuditDataset, collate_samples
 from spray.errors import DataError, ModelError
 from spray.records import AttributionBatch, SkippedSample
-from spray.runs.atomic import atomic_write_json
+from spray.runs.atomic import atomic_write_json, translate_write_errors
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError
 from spray.runs.layout import manifest_file
@@ -266,7 +266,8 @@ class BatchStage:
         self.shards_reused = 0
         self.shards_computed = 0
         self.n_computed = 0
-        work_dir.mkdir(parents=True, exist_ok=True)
+        with translate_write_errors(work_dir):
+            work_dir.mkdir(parents=True, exist_ok=True)
 
     def _explain(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, ...]:
         x = x.to(self.device, non_blocking=True)

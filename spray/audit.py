@@ -38,7 +38,7 @@ from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
-from spray.runs.errors import RunWriteError
+from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.identity import cache_dir_name, compute_run_id, data_fingerprint, run_hashes
 from spray.runs.layout import RunsFolder
 from spray.runs.locking import RunLock
@@ -227,7 +227,13 @@ def _up_to_date(existing: str, setup: _Setup, ctx: DistContext, clock: _Clock) -
         report = _empty_report(setup, clock, rank=ctx.rank)
         report.run_dir = existing
     else:
-        report = read_report(existing)
+        try:
+            report = read_report(existing)
+        except RunReadError as err:
+            raise RunReadError(
+                err.path,
+                f"{err}; the published run {existing} cannot be reused: delete that folder, or rerun with --force",
+            ) from None
     report.up_to_date = True
     return report
 

@@ -48,8 +48,8 @@ def _write_status(path: str | None, status: dict[str, Any]) -> None:
 
         try:
             atomic_write_bytes(Path(path), (line + "\n").encode())
-        except SprayError as err:
-            log.error("cannot write the status file: %s", err)
+        except (SprayError, OSError) as err:
+            log.error("cannot write the status file --status-file %s: %s", path, err)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -48,7 +48,12 @@ def check_runs_dir(runs_dir: Path) -> bool:
             raise ConfigError(
                 f"{key} {str(runs_dir)!r} cannot be created ({why}). Point it at a folder this user can create."
             ) from None
-    return os.access(runs_dir, os.W_OK | os.X_OK)
+    return _writable(runs_dir)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (False on a read-only file system)."""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def run_dir_name(run_id: str, when: datetime | None = None) -> str:
