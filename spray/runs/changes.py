@@ -117,58 +117,92 @@ def compare_findings(
     """
     rank = {f.key: i + 1 for i, f in enumerate(current)}
     cur = [f for f in current if f.suspicious]
-    prev_all = list(previous or [])
-    prev = [p for p in prev_all if p.suspicious]
-    prev_quiet = [p for p in prev_all if not p.suspicious]
+    prev = [p for p in previous or [] if p.suspicious]
+    matched = _assign(cur, prev, rule)
+    grown, persisting = _matched(cur, prev, matched, rule, rank)
+    unmatched = [f for i, f in enumerate(cur) if i not in matched]
+    new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank)
+    left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
+    resolved = _resolved(left, [f for f in current if not f.suspicious], rule, rank)
 
-    def entry(f: ClusterFinding, **more: Any) -> ClusterChange:
-        return ClusterChange(f.key, f.class_index, f.class_name, f.size, f.score, rank.get(f.key), **more)
+    def order(xs: list[ClusterChange]) -> list[ClusterChange]:
+        return sorted(xs, key=lambda e: (e.class_index, str(e.key or e.previous_key)))
 
-    new: list[ClusterChange] = []
+    return ChangeSet(
+        previous_run_id=previous_run_id,
+        previous_run=previous_run,
+        new=order(new),
+        grown=order(grown),
+        persisting=order(persisting),
+        resolved=order(resolved),
+        n_suspicious=len(cur),
+        rule=rule,
+        unreadable=list(unreadable),
+    )
+
+
+def _entry(
+    f: ClusterFinding,
+    rank: dict[str, int],
+    p: ClusterFinding | None = None,
+    jac: float = 0.0,
+    corr: float = 0.0,
+) -> ClusterChange:
+    """A change entry of current cluster ``f``, matched with previous cluster ``p`` when given."""
+    e = ClusterChange(f.key, f.class_index, f.class_name, f.size, f.score, rank.get(f.key))
+    if p is None:
+        return e
+    return replace(
+        e,
+        previous_key=p.key,
+        previous_size=p.size,
+        previous_score=p.score,
+        jaccard=round(jac, 4),
+        correlation=_r(corr),
+    )
+
+
+def _matched(
+    cur: list[ClusterFinding],
+    prev: list[ClusterFinding],
+    matched: dict[int, tuple[int, float, float]],
+    rule: ChangeRule,
+    rank: dict[str, int],
+) -> tuple[list[ClusterChange], list[ClusterChange]]:
+    """Grown and persisting: current suspicious clusters matched with a previous suspicious one."""
     grown: list[ClusterChange] = []
     persisting: list[ClusterChange] = []
-    matched = _assign(cur, prev, rule)
-    for i, f in enumerate(cur):
-        if i in matched:
-            j, jac, corr = matched[i]
-            p = prev[j]
-            e = entry(
-                f,
-                previous_key=p.key,
-                previous_size=p.size,
-                previous_score=p.score,
-                jaccard=round(jac, 4),
-                correlation=_r(corr),
-            )
-            has_grown = f.size - p.size >= 1 and f.size >= p.size * (1 + rule.grow_min)
-            (grown if has_grown else persisting).append(e)
-    # Unmatched current clusters are new; say so when they were present but not yet suspicious before.
-    unmatched = [f for i, f in enumerate(cur) if i not in matched]
+    for i, (j, jac, corr) in matched.items():
+        f, p = cur[i], prev[j]
+        has_grown = f.size - p.size >= 1 and f.size >= p.size * (1 + rule.grow_min)
+        (grown if has_grown else persisting).append(_entry(f, rank, p, jac, corr))
+    return grown, persisting
+
+
+def _new(
+    unmatched: list[ClusterFinding], prev_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
+) -> list[ClusterChange]:
+    """New: unmatched current suspicious clusters, noting those present but not suspicious before."""
     was = _assign(unmatched, prev_quiet, rule)
+    new = []
     for i, f in enumerate(unmatched):
         if i in was:
             j, jac, corr = was[i]
-            p = prev_quiet[j]
-            new.append(
-                entry(
-                    f,
-                    previous_key=p.key,
-                    previous_size=p.size,
-                    previous_score=p.score,
-                    jaccard=round(jac, 4),
-                    correlation=_r(corr),
-                    note="present in the previous run but not suspicious then",
-                )
-            )
+            e = _entry(f, rank, prev_quiet[j], jac, corr)
+            new.append(replace(e, note="present in the previous run but not suspicious then"))
         else:
-            new.append(entry(f))
-    # A resolved cluster may still exist below the alarm threshold: name it so the change can be checked.
-    matched_prev = {j for j, _, _ in matched.values()}
-    left_prev = [p for j, p in enumerate(prev) if j not in matched_prev]
-    now_quiet = [f for f in current if not f.suspicious]
-    still = _assign(left_prev, now_quiet, rule)
-    resolved: list[ClusterChange] = []
-    for j, p in enumerate(left_prev):
+            new.append(_entry(f, rank))
+    return new
+
+
+def _resolved(
+    left: list[ClusterFinding], now_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
+) -> list[ClusterChange]:
+    """Resolved: previous suspicious clusters with no suspicious match now. One that is still there below
+    the alarm threshold is named, so the change can be checked."""
+    still = _assign(left, now_quiet, rule)
+    out = []
+    for j, p in enumerate(left):
         gone = ClusterChange(
             None,
             p.class_index,
@@ -190,22 +224,8 @@ def compare_findings(
                 correlation=_r(corr),
                 note="still a cluster, now below the alarm threshold",
             )
-        resolved.append(gone)
-
-    def order(xs: list[ClusterChange]) -> list[ClusterChange]:
-        return sorted(xs, key=lambda e: (e.class_index, str(e.key or e.previous_key)))
-
-    return ChangeSet(
-        previous_run_id=previous_run_id,
-        previous_run=previous_run,
-        new=order(new),
-        grown=order(grown),
-        persisting=order(persisting),
-        resolved=order(resolved),
-        n_suspicious=len(cur),
-        rule=rule,
-        unreadable=list(unreadable),
-    )
+        out.append(gone)
+    return out
 
 
 def compare_runs(current: RunReader, previous: RunReader, rule: ChangeRule | None = None) -> ChangeSet:
