@@ -194,7 +194,9 @@ def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, t
         heat = np.asarray(run.heatmaps(pick), dtype=np.float32)
         thumbs = run.thumbs(pick)
         imgs = render("overlay" if thumbs is not None else "heatmap", heat, thumbs, size=thumb_px)
-        tiles = [_img(png_data_uri(im), thumb_px, sid) for sid, im in zip(pick, imgs, strict=True)]
+        tiles = [
+            _img(png_data_uri(im), thumb_px, sample_id) for sample_id, im in zip(pick, imgs, strict=True)
+        ]
     return (
         f"<div class='finding'><h3>#{s.rank} · {html.escape(f.class_name)} · cluster "
         f"{html.escape(key)} {badge}</h3>"

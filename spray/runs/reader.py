@@ -183,16 +183,16 @@ class RunReader:
 
             f = self.files.samples
             try:
-                ids = pd.read_parquet(f, columns=["sample_id"])["sample_id"].astype(str).tolist()
+                sample_ids = pd.read_parquet(f, columns=["sample_id"])["sample_id"].astype(str).tolist()
             except FileNotFoundError:
                 raise RunReadError(f, "missing") from None
             except Exception as err:  # pyarrow raises its own types for a damaged file
                 raise RunReadError(f, f"damaged or truncated ({type(err).__name__}: {err})") from None
-            if len(ids) != self.summary.n_samples:
+            if len(sample_ids) != self.summary.n_samples:
                 raise RunReadError(
-                    f, f"holds {len(ids)} samples but summary.json says {self.summary.n_samples}"
+                    f, f"holds {len(sample_ids)} samples but summary.json says {self.summary.n_samples}"
                 )
-            self._ids = ids
+            self._ids = sample_ids
         return self._ids
 
     def _positions(self, sample_ids: Sequence[str] | None) -> np.ndarray | None:
@@ -297,14 +297,14 @@ class RunReader:
         a = self._class_file(c)
         f = self.files.class_file(c)
         rows = a["rows"].astype(np.int64)
-        ids = self.sample_ids()
-        if len(rows) != entry.n or (len(rows) and (rows.min() < 0 or rows.max() >= len(ids))):
+        all_ids = self.sample_ids()
+        if len(rows) != entry.n or (len(rows) and (rows.min() < 0 or rows.max() >= len(all_ids))):
             raise RunReadError(f, f"its rows do not fit the run ({len(rows)} rows, class of {entry.n})")
         keys = [str(k) for k in a["cluster_keys"].tolist()]
         data = ClassData(
             class_index=c,
             class_name=entry.class_name,
-            sample_ids=[ids[i] for i in rows],
+            sample_ids=[all_ids[i] for i in rows],
             eigenvalues=a["eigenvalues"],
             eigenvectors=a["eigenvectors"],
             embedding=a["embedding"],

@@ -134,10 +134,10 @@ def summary_document(report: AuditReport) -> dict[str, Any]:
 
 def _check_members(ca: ClassAnalysis) -> None:
     """Members are stored once, as a labelling: every finding must be one cluster of one stored labelling."""
-    ids = np.asarray(ca.sample_ids, dtype=object)
+    members = np.asarray(ca.sample_ids, dtype=object)
     for f in ca.clusters:
         lab = ca.clustering.labellings.get(f.k)
-        if lab is None or list(ids[lab == f.cluster_id]) != list(f.member_ids):
+        if lab is None or list(members[lab == f.cluster_id]) != list(f.member_ids):
             raise ValueError(
                 f"finding {f.key}: its members are not cluster {f.cluster_id} of the stored labelling "
                 f"k={f.k} of class {ca.class_index}; a run stores a cluster's members only as its labelling "
@@ -183,7 +183,7 @@ def samples_table(report: AuditReport, stage: BatchStageResult) -> Any:
     batch = stage.batch
     n = len(batch)
     names = report.class_names
-    row_of = {sid: i for i, sid in enumerate(batch.sample_ids)}
+    row_of = {sample_id: i for i, sample_id in enumerate(batch.sample_ids)}
     score = np.zeros(n, dtype=np.float32)
     for ca in report.classes:
         labels_k = ca.clustering.labellings[ca.clustering.chosen_k]
@@ -220,7 +220,7 @@ def write_run(out: Path, report: AuditReport, stage: BatchStageResult) -> None:
     """
     files = RunFiles(Path(out))
     batch = stage.batch
-    row_of = {sid: i for i, sid in enumerate(batch.sample_ids)}
+    row_of = {sample_id: i for i, sample_id in enumerate(batch.sample_ids)}
     grid = tuple(batch.relevance.shape[1:])
     for ca in report.classes:
         rows = np.asarray([row_of[s] for s in ca.sample_ids], dtype=np.int64)
