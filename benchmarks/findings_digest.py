@@ -26,5 +26,10 @@ def findings_digest(run_dir: str) -> tuple[int, str]:
 
 
 if __name__ == "__main__":
-    n, digest = findings_digest(sys.argv[1])
+    from spray.runs.errors import RunReadError
+
+    try:
+        n, digest = findings_digest(sys.argv[1])
+    except RunReadError as err:
+        sys.exit(f"error: {err}")
     sys.stdout.write(f"{n} {digest}\n")

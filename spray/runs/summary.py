@@ -153,7 +153,7 @@ class _Doc:
             raise RunReadError(self.file, f"key {self._name(key)!r} has the wrong type ({type(v).__name__})")
         return v
 
-    def sub(self, key: str, index: int | None = None) -> _Doc:
+    def sub(self, key: str) -> _Doc:
         v = self.get(key, dict)
         return _Doc(v, self.file, self._name(key))
 
