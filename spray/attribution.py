@@ -238,36 +238,37 @@ class BatchStage:
                     if shard is not None:
                         self._finish_shard(shard, writer, pending)
                     shard = _ShardState(owner[bi])
-                shard.skipped.extend(b["skipped"])
-                if not b["id"]:
-                    bar.update(len(b["skipped"]))
+                shard.skipped.extend(b.skipped)
+                if not b.sample_ids:
+                    bar.update(len(b.skipped))
                     continue
-                shard.ids.extend(b["id"])
-                shard.hashes.extend(b["hash"])
-                shard.labels.extend(b["label"].tolist())
-                miss = [i for i, h in enumerate(b["hash"]) if h not in self.cache]
+                shard.ids.extend(b.sample_ids)
+                shard.hashes.extend(b.content_hashes)
+                shard.labels.extend(b.labels.tolist())
+                miss = [i for i, h in enumerate(b.content_hashes) if h not in self.cache]
                 if miss:
                     # Rows of the decoded inputs; every miss was decoded (only cached hashes skip it).
-                    row = {pos: r for r, pos in enumerate(b["decoded"])}
+                    row = {pos: r for r, pos in enumerate(b.decoded)}
                     sel = torch.tensor(miss)
                     rows = [row[i] for i in miss]
                     # Usually every decoded row is a miss, in order: then the (pinned) batch goes to the
                     # device as it is. Indexing would copy it into unpinned memory first (at 128×224²
                     # a 77 MB copy, and a synchronous host-to-device transfer).
-                    x = b["x"] if rows == list(range(len(b["x"]))) else b["x"][torch.tensor(rows)]
-                    rel, prob, pred, tgt, full = self._explain(x, b["label"][sel])
+                    assert b.x is not None
+                    x = b.x if rows == list(range(len(b.x))) else b.x[torch.tensor(rows)]
+                    rel, prob, pred, tgt, full = self._explain(x, b.labels[sel])
                     new = shard.new
-                    new["id"].extend(b["id"][i] for i in miss)
-                    new["hash"].extend(b["hash"][i] for i in miss)
-                    new["label"].extend(b["label"][sel].tolist())
+                    new["id"].extend(b.sample_ids[i] for i in miss)
+                    new["hash"].extend(b.content_hashes[i] for i in miss)
+                    new["label"].extend(b.labels[sel].tolist())
                     new["rel"].append(rel)
                     new["prob"].append(prob)
                     new["pred"].append(pred)
                     new["tgt"].append(tgt)
-                    new["thumb"].append(b["thumb"][rows])
+                    new["thumb"].append(b.thumbnails[rows] if b.thumbnails is not None else None)
                     if full is not None:
                         new["full"].append(full)
-                bar.update(len(b["id"]) + len(b["skipped"]))
+                bar.update(len(b.sample_ids) + len(b.skipped))
             if shard is not None:
                 self._finish_shard(shard, writer, pending)
             for f in pending:

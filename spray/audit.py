@@ -36,7 +36,7 @@ import spray
 from spray.analysis.scoring import InterventionProbe, rank_findings, score_class, stable_order
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
-from spray.data import AuditDataset, build_dataset, collate_samples
+from spray.data import AuditDataset, Sample, build_dataset, collate_samples
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import (
@@ -203,7 +203,7 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
     elif d.kind == "image_folder":
         assert d.path is not None
         root = Path(d.path)
-        for sid in dataset.ids:
+        for sid in dataset.sample_ids:
             st = (root / sid).stat()
             h.update(f"{sid}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     else:
@@ -213,7 +213,8 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
         else:
             for i in range(len(dataset)):
                 item = dataset[i]
-                h.update(f"{item['id']}\0{item.get('hash', item.get('reason'))}\n".encode())
+                key = item.content_hash if isinstance(item, Sample) else item.reason
+                h.update(f"{item.sample_id}\0{key}\n".encode())
     h.update("\n".join(dataset.class_names).encode())
     return h.hexdigest()
 
@@ -517,14 +518,15 @@ def _first_batch(dataset: AuditDataset, n: int = 2) -> tuple[torch.Tensor, torch
     items = []
     for i in range(len(dataset)):
         it = dataset[i]
-        if it["ok"]:
+        if isinstance(it, Sample):
             items.append(it)
             if len(items) == n:
                 break
     if not items:
         raise DataError("No sample of the dataset could be read. Check the data section of the config.")
     b = collate_samples(items)
-    return b["x"], b["label"]
+    assert b.x is not None
+    return b.x, b.labels
 
 
 def _composite_kwargs(cfg: AuditConfig, dataset: AuditDataset) -> dict[str, float]:
@@ -642,8 +644,10 @@ def run_audit(
         with _timed(timings, "setup_s"):
             dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
             model = build_model(cfg.model).to(dev)
+            dataset.match_model(model)
             x0, _ = _first_batch(dataset)
             k_out = check_model_output(model, x0.to(dev), len(dataset.class_names))
+            cfg.check_class_count(len(dataset.class_names), k_out)
             if max(dataset.labels) >= k_out:
                 raise DataError(
                     f"The dataset has label {max(dataset.labels)} but the model has only {k_out} outputs. "
@@ -771,7 +775,7 @@ def run_audit(
         if cfg.scoring.intervention:
             paste_cache = PasteCache(cache.dir)
             target_order = stable_order(stage.batch.content_hashes, f"target|{cfg.seed}")
-            index_of = {sid: i for i, sid in enumerate(dataset.ids)}
+            index_of = {sid: i for i, sid in enumerate(dataset.sample_ids)}
             content_keys = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))
         for c in _select_classes(cfg, len(dataset.class_names)):
             rows = np.flatnonzero(group == c)

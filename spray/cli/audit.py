@@ -27,5 +27,10 @@ def register(subparsers: Any) -> None:
     )
     add_audit_arguments(a)
     a.add_argument("--top", type=int, default=10, help="rows of the findings table (default 10)")
-    a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    a.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="warnings and results only: no progress bars, no INFO lines",
+    )
     a.set_defaults(func=run_command)

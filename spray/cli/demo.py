@@ -18,7 +18,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     work = Path(args.work_dir).resolve()
     runs = Path(args.runs_dir).resolve()
-    cfg_path = prepare_demo(work, runs, per_class=args.per_class, epochs=args.epochs)
+    cfg_path = prepare_demo(work, runs, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
     cfg = load_config(cfg_path)
     report = audit(cfg, device=args.device, progress=not args.quiet)
     truth = json.loads((work / "ground_truth.json").read_text())
@@ -54,5 +54,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--device", choices=["auto", "cpu", "cuda"])
     d.add_argument("--top", type=int, default=10)
     d.add_argument("--strict", action="store_true", help="exit 1 if the planted cluster is not finding #1")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and results only: no progress, no INFO lines"
+    )
     d.set_defaults(func=run_command)
