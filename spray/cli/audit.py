@@ -11,10 +11,11 @@ from spray.cli.options import add_audit_arguments, load_audit_config
 
 def run_command(args: argparse.Namespace) -> int:
     """``spray audit``: run the audit and print the ranked findings."""
+    # The config first: a bad one is reported before torch (which spray.audit imports) is loaded.
+    cfg = load_audit_config(args)
     from spray.audit import audit
     from spray.report import findings_table, report_header
 
-    cfg = load_audit_config(args)
     report = audit(cfg, device=args.device, progress=not args.quiet, force=args.force)
     sys.stdout.write(report_header(report) + "\n\n" + findings_table(report.findings, top=args.top) + "\n")
     return 0

@@ -235,4 +235,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> AuditConfig:
         raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {err}") from None
     except RecursionError:
         raise ConfigError(f"Config file {str(p)!r} is nested too deeply to be a spray config.") from None
-    return config_from_dict(raw if raw is not None else {}, base_dir=p.parent, check_files=check_files)
+    try:
+        return config_from_dict(raw if raw is not None else {}, base_dir=p.parent, check_files=check_files)
+    except ConfigError as err:
+        raise ConfigError(f"Config file {str(p)!r}: {err}") from None

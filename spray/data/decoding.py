@@ -138,7 +138,7 @@ def _uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def _float_grey(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)[None])
+    return torch.from_numpy(np.array(arr, dtype=np.float32)[None])  # a copy: Pillow arrays are read-only
 
 
 def _int_scale(img: Image.Image) -> float | None:

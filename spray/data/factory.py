@@ -33,7 +33,7 @@ from spray.data.decoding import DecodeOptions, image_to_tensor, source_channels
 from spray.data.sample import UnreadableSample
 from spray.data.source import Source
 from spray.errors import DataError
-from spray.factories import call_factory
+from spray.factories import call_factory, call_user
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,12 @@ def _labels(base: Any, n: int) -> list[int]:
         raise DataError(f"data.factory: the dataset has {n} samples but {len(targets)} 'targets'.")
     labels = []
     for i in range(n):
-        item = base[i]
+        item = call_user(
+            f"data.factory: reading item {i} (to learn its label; a 'targets' attribute avoids this)",
+            DataError,
+            base.__getitem__,
+            i,
+        )
         if not isinstance(item, tuple | list) or len(item) < 2:
             raise DataError(
                 f"data.factory: item {i} of the dataset is a {type(item).__name__}, not an (image, label) pair, "
@@ -107,6 +112,37 @@ def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
     return [str(c) for c in names]
 
 
+def _probe(
+    base: Any, n: int, has_targets: bool, decode: DecodeOptions
+) -> tuple[int | None, list[tuple[int, int]]]:
+    """Most common channel count and the sizes of the first readable items; warns once about values
+    outside [0, 1] (normalised images: the contract asks for un-normalised ones)."""
+    channels: list[int] = []
+    sizes: list[tuple[int, int]] = []
+    lo, hi = 0.0, 1.0
+    for i in range(min(n, PROBE_ITEMS)):
+        try:
+            img = _image_of(base[i], has_targets)
+            t = _to_tensor(img, decode)
+        except DataError:
+            raise
+        except Exception:  # a bad item is reported when it is loaded, not here
+            continue
+        channels.append(source_channels(img.mode) if isinstance(img, Image.Image) else int(t.shape[0]))
+        sizes.append((int(t.shape[-2]), int(t.shape[-1])))
+        if t.numel() and not isinstance(img, Image.Image):
+            lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
+    if lo < -0.01 or hi > 1.01:
+        log.warning(
+            "data.factory: the dataset returns values in [%.3g, %.3g], outside [0, 1]; spray takes them as "
+            "they are. Return un-normalised images and put mean/std in data.transform (thumbnails and the "
+            "ZBox rule assume [0, 1]).",
+            lo,
+            hi,
+        )
+    return (max((1, 3), key=channels.count) if channels else None), sizes
+
+
 def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
     """The ``factory`` data source (the contract is in the module docstring)."""
     assert cfg.factory is not None
@@ -115,7 +151,7 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         raise DataError(
             f"data.factory returned a {type(base).__name__}, not a map-style dataset (with __len__ and __getitem__)."
         )
-    n = len(base)
+    n = call_user("data.factory: len(dataset)", DataError, len, base)
     has_targets = getattr(base, "targets", None) is not None
     ids = [str(s) for s in getattr(base, "sample_ids", range(n))]
     if len(ids) != n:
@@ -129,32 +165,14 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
     def load(i: int) -> tuple[torch.Tensor, bytes | None]:
         return _to_tensor(_image_of(base[i], has_targets), decode), None
 
-    channels: list[int] = []
-    sizes: list[tuple[int, int]] = []
-    for i in range(min(n, PROBE_ITEMS)):
-        try:
-            img = _image_of(base[i], has_targets)
-            t = _to_tensor(img, decode)
-        except UnreadableSample:
-            continue
-        channels.append(source_channels(img.mode) if isinstance(img, Image.Image) else int(t.shape[0]))
-        sizes.append((int(t.shape[-2]), int(t.shape[-1])))
-        if not isinstance(img, Image.Image) and (float(t.min()) < -0.01 or float(t.max()) > 1.01):
-            log.warning(
-                "data.factory: item %d has values in [%.3g, %.3g], outside [0, 1]; spray takes them as they "
-                "are. Return un-normalised images and put mean/std in data.transform (thumbnails and the ZBox "
-                "rule assume [0, 1]).",
-                i,
-                float(t.min()),
-                float(t.max()),
-            )
+    channels, sizes = _probe(base, n, has_targets, decode)
     fp = getattr(base, "fingerprint", None)
     return Source(
         sample_ids=ids,
         labels=labels,
         class_names=_class_names(cfg, base, labels),
         loader=load,
-        channels=max((1, 3), key=channels.count) if channels else None,
+        channels=channels,
         input_sizes=sizes,
         fingerprint=None if fp is None else str(fp),
     )
