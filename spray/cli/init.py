@@ -25,13 +25,12 @@ def run_command(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(f"wrote {out}\n" + "".join(f"  {n}\n" for n in notes))
     if not args.no_check:
+        for line in check_config(out, with_model=args.model is not None):
+            sys.stdout.write(f"  ok: {line}\n")
         if args.model is None:
             sys.stdout.write(
-                "not checked: the model is a placeholder; set model in the file, or use --model\n"
+                "  model: not checked; replace the placeholder in the file (or rerun with --model)\n"
             )
-            return 0
-        for line in check_config(out):
-            sys.stdout.write(f"  ok: {line}\n")
     sys.stdout.write(
         f"\nNext: spray audit --config {shlex.quote(str(out))}\n"
         "      (the ranked findings are printed at the end; open them with "

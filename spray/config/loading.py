@@ -111,12 +111,26 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _key_path(loc: tuple[Any, ...]) -> list[str]:
-    """The location's keys, without the union-member tags pydantic inserts (``int``, ``literal[...]``)."""
-    return [str(x) for x in loc if not (isinstance(x, str) and ("[" in x or x in _TYPE_TAGS))]
+def _key_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """The location's keys, walking the input: parts that are not keys there are the union-member tags
+    pydantic inserts (``int``, ``literal['label','pred']``) and are left out."""
+    keys: list[str] = []
+    node = raw
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+        elif isinstance(part, str) and ("[" in part or part in _TYPE_TAGS):
+            continue
+        else:
+            node = None
+        keys.append(str(part))
+    return keys
 
 
 def _unknown_key(loc: list[str]) -> str:
+    if not loc:
+        return "unknown key."
     parent_model: type[BaseModel] = AuditConfig
     for part in loc[:-1]:
         field = parent_model.model_fields.get(part)
@@ -128,10 +142,10 @@ def _unknown_key(loc: list[str]) -> str:
     return f"unknown key.{hint} Valid keys here: {', '.join(parent_model.model_fields)}."
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _format_validation_error(err: ValidationError, raw: Any) -> str:
     by_key: dict[str, list[str]] = {}
     for e in err.errors():
-        loc = _key_path(tuple(e["loc"]))
+        loc = _key_path(tuple(e["loc"]), raw)
         dotted = ".".join(loc)
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -196,7 +210,7 @@ def config_from_dict(
     try:
         cfg = AuditConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        raise ConfigError(_format_validation_error(err, raw)) from None
     except RecursionError:
         raise ConfigError("The config is nested too deeply to be a spray config.") from None
     if check_files:
