@@ -31,5 +31,5 @@ class BatchConfig(Section):
         ge=8,
         le=512,
         description="Largest thumbnail edge; thumbnails are never larger than the model input (28×28 "
-        "inputs get 28×28 thumbnails) and grey when most images are grey.",
+        "inputs get 28×28 thumbnails), grey for a 1-channel model.",
     )

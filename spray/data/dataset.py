@@ -98,6 +98,7 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         if c == 3 and not fixed and self.transform.channels == 1:
             log.info("the model's first convolution takes %d channels: images are converted to that", c)
             self.transform.channels = c
+            self.transform.thumbnail_channels = c
 
     def _read(self, i: int, *, thumbnail: bool) -> tuple[torch.Tensor, bytes | None, np.ndarray | None] | str:
         """Load and transform sample ``i``: ``(x, raw bytes, thumbnail)``, or why it is unreadable.
@@ -210,7 +211,9 @@ def build_dataset(cfg: DataConfig, *, thumbnail_size: int = 64) -> AuditDataset:
         raise DataError(f"The dataset is empty: {where} has no samples.")
     transform = Transform(cfg.transform, thumbnail_size)
     transform.channels = _model_channels(cfg, source)
-    transform.thumbnail_channels = 1 if source.channels == 1 else 3
+    # Thumbnails have the model input's channels: grey for a grey model, and the same shape in every run
+    # of one config and model (shards of one cache directory are stacked together).
+    transform.thumbnail_channels = 1 if transform.channels == 1 else 3
     size = _input_size(transform, source.input_sizes)
     if size is not None:
         transform.thumbnail_size = thumbnail_side(thumbnail_size, *size)

@@ -1,9 +1,9 @@
 """Thumbnails of the model inputs, for the dashboard and the report.
 
 A thumbnail is square, ``t × t`` with ``t = min(batch.thumbnail_size, H, W)`` of the ``H × W`` model
-input (never larger than the image: a 28×28 input keeps its 28×28 pixels), and has the channels of the
-dataset's images: ``(t, t, 1)`` when most of them are grey, ``(t, t, 3)`` otherwise. Readers turn both
-into RGB with :func:`spray.imaging.to_rgb`.
+input (never larger than the image: a 28×28 input keeps its 28×28 pixels), and has the model input's
+channels: ``(t, t, 1)`` for a grey model, ``(t, t, 3)`` otherwise. Readers turn both into RGB with
+:func:`spray.imaging.to_rgb`.
 """
 
 from __future__ import annotations
