@@ -36,7 +36,7 @@ import spray
 from spray.analysis.scoring import InterventionProbe, rank_findings, score_class, stable_order
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
-from spray.data import AuditDataset, Sample, build_dataset, collate_samples
+from spray.data import AuditDataset, Sample, build_dataset
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import (
@@ -515,16 +515,7 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _first_batch(dataset: AuditDataset, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    items = []
-    for i in range(len(dataset)):
-        it = dataset[i]
-        if isinstance(it, Sample):
-            items.append(it)
-            if len(items) == n:
-                break
-    if not items:
-        raise DataError("No sample of the dataset could be read. Check the data section of the config.")
-    b = collate_samples(items)
+    b = dataset.first_batch(n)
     assert b.x is not None
     return b.x, b.labels
 

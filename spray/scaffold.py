@@ -339,7 +339,7 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
         The first problem, with the key to fix.
     """
     from spray.config import config_from_dict, load_config
-    from spray.data import Sample, SkippedSample, build_dataset, collate_samples
+    from spray.data import build_dataset
 
     if with_model:
         cfg = load_config(path)
@@ -356,22 +356,7 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
 
         model = build_model(cfg.model)
         ds.match_model(model)
-    items: list[Sample] = []
-    skipped: list[SkippedSample] = []
-    for i in range(min(len(ds), 64)):
-        it = ds[i]
-        if isinstance(it, Sample):
-            items.append(it)
-        else:
-            skipped.append(it)
-        if len(items) == 2:
-            break
-    if not items:
-        reasons = "; ".join(f"{s.sample_id}: {s.reason}" for s in skipped[:3])
-        raise DataError(
-            f"No sample of the first {len(skipped)} could be read ({reasons}). Fix the data section."
-        )
-    batch = collate_samples(items)
+    batch = ds.first_batch(2)
     assert batch.x is not None
     report.append(f"one batch read: inputs {tuple(batch.x.shape[1:])}")
     if model is not None:

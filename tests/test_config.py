@@ -225,3 +225,11 @@ def test_arbitrary_yaml_text_gives_a_config_error(tmp_path: Path, text: str) -> 
     p.write_text(text)
     with pytest.raises(ConfigError):
         load_config(p)
+
+
+def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    raw = {**_base(tmp_path), "output": {"runs_dir": "~/my_runs"}}
+    raw["data"]["path"] = "~/imgs"
+    cfg = config_from_dict(raw, base_dir=tmp_path / "elsewhere")
+    assert cfg.data.path == tmp_path / "imgs" and cfg.output.runs_dir == tmp_path / "my_runs"

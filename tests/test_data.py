@@ -82,7 +82,9 @@ def test_transform_resize_crop_rgb_normalise() -> None:
         TransformConfig(resize=20, center_crop=16, grayscale_to_rgb=True, mean=[0.5] * 3, std=[0.5] * 3), 8
     )
     x, thumb = t(torch.full((1, 10, 12), 1.0))
-    assert x.shape == (3, 16, 16) and thumb is not None and thumb.shape == (8, 8, 3) and thumb.dtype == np.uint8
+    assert (
+        x.shape == (3, 16, 16) and thumb is not None and thumb.shape == (8, 8, 3) and thumb.dtype == np.uint8
+    )
     assert torch.allclose(x, torch.ones_like(x))  # (1 - 0.5) / 0.5
     assert t.input_bounds() == (-1.0, 1.0)
 

@@ -89,11 +89,12 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> None:
         value = getattr(owner, attr)
         if value is None:
             continue
+        value = value.expanduser()
         p = value if value.is_absolute() else (base / value)
         _check_input(dotted, p, kind, base)
         setattr(owner, attr, p)
-    if not cfg.output.runs_dir.is_absolute():
-        cfg.output.runs_dir = base / cfg.output.runs_dir
+    runs_dir = cfg.output.runs_dir.expanduser()
+    cfg.output.runs_dir = runs_dir if runs_dir.is_absolute() else base / runs_dir
     check_runs_dir(cfg.output.runs_dir)
 
 

@@ -17,7 +17,14 @@ from spray.data.decoding import DecodeOptions
 from spray.data.factory import factory_source
 from spray.data.folder import folder_source
 from spray.data.idx import idx_source
-from spray.data.sample import Sample, UnreadableSample, clean_reason, content_hash
+from spray.data.sample import (
+    Sample,
+    SampleBatch,
+    UnreadableSample,
+    clean_reason,
+    collate_samples,
+    content_hash,
+)
 from spray.data.source import Source
 from spray.data.thumbnails import thumbnail_side
 from spray.data.transform import Transform
@@ -126,6 +133,33 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         if not torch.isfinite(x).all():
             return "image contains NaN or inf values"
         return x, raw, thumb
+
+    def first_batch(self, n: int = 2) -> SampleBatch:
+        """The first ``n`` readable samples, decoded (for checking the model before any work).
+
+        Raises
+        ------
+        DataError
+            When no sample can be read, with the first reasons.
+        """
+        items: list[Sample] = []
+        skipped: list[SkippedSample] = []
+        for i in range(len(self)):
+            it = self[i]
+            if isinstance(it, Sample):
+                items.append(it)
+                if len(items) == n:
+                    break
+            else:
+                skipped.append(it)
+        if not items:
+            reasons = "\n".join(f"  {s.sample_id}: {s.reason}" for s in skipped[:3])
+            more = f"\n  ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            raise DataError(
+                f"No sample of the dataset could be read ({len(skipped)} tried). Check the data section of the "
+                f"config; the first reasons:\n{reasons}{more}"
+            )
+        return collate_samples(items)
 
     def load_input(self, i: int) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).

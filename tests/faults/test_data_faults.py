@@ -173,6 +173,21 @@ def _many_sizes(root: Path) -> None:
             p.rename(p.with_name(f"{size}.png"))
 
 
+def _all_garbage(root: Path) -> None:
+    for c in ("a", "b"):
+        (root / c).mkdir()
+        for i in range(2):
+            (root / c / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+
+
+def _set_transform(transform: dict[str, Any]) -> Setup:
+    def apply(raw: dict[str, Any], tmp: Path) -> None:
+        raw["data"]["transform"] = transform
+        raw["model"]["factory_kwargs"]["in_channels"] = 1
+
+    return apply
+
+
 _GOOD = np.zeros((6, 28, 28), np.uint8)
 _ITEM = "np.zeros((28, 28, 3), np.uint8)"
 
