@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from spray.cli.options import add_audit_arguments, load_audit_config
+from spray.cli.options import add_audit_arguments, load_audit_config, positive_int
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
         "audit", help="audit a model on a dataset and publish a run", description=run_command.__doc__
     )
     add_audit_arguments(a)
-    a.add_argument("--top", type=int, default=10, help="rows of the findings table (default 10)")
+    a.add_argument("--top", type=positive_int, default=10, help="rows of the findings table (default 10)")
     a.add_argument(
         "-q",
         "--quiet",

@@ -361,3 +361,18 @@ def test_config_load_is_fast_and_torch_free(tmp_path: Path) -> None:
     )
     assert res.returncode == 2, res.stderr
     assert "cannot find module 'missing_mod_q'" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "--config", "x.yaml", "--top", "-1"],
+        ["demo", "--per-class", "0"],
+        ["demo", "--epochs", "-2"],
+    ],
+    ids=["audit-top", "demo-per-class", "demo-epochs"],
+)
+def test_counts_on_the_command_line_must_be_positive(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert_clean_failure(run_main(argv, capsys), 2, argv[-2], "expected a positive integer")
