@@ -123,7 +123,6 @@ def test_without_a_model_checks_the_data_and_leaves_a_placeholder(
     assert "CHECK model" in out.read_text() and "my_project.models:build" in out.read_text()
 
 
-@pytest.mark.slow
 def test_init_then_audit_gives_a_ranked_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's five-minute path on a tiny folder: init, audit with the written config as it is."""
     make_image_folder(tmp_path / "train", n_per_class=24, size=28)
