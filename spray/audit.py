@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spray.analysis_shards import AnalysisInputs, read_inputs, write_inputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
@@ -37,6 +38,7 @@ from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
+from spray.runs.atomic import translate_write_errors
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.identity import cache_dir_name, compute_run_id, data_fingerprint, run_hashes
@@ -137,7 +139,8 @@ def run_audit(
     -------
     AuditReport
         ``up_to_date`` is True when an identical published run was reused. Under torchrun, ranks other
-        than 0 return a report without classes after the batch stage (rank 0 merges, analyses, publishes).
+        than 0 return a report without classes after their share of the analysis (rank 0 merges the
+        batch stage, gathers the analysis and publishes).
 
     Raises
     ------
@@ -147,7 +150,7 @@ def run_audit(
     clock = _Clock()
     dev = resolve_device(device or cfg.batch.device)
     torch.manual_seed(cfg.seed)
-    ctx = ctx or dist_context(dev)
+    ctx = ctx or dist_context(dev, cfg.batch.dist_timeout_s)
     setup = _setup(cfg, dev, ctx, clock)
     published = _published_run(cfg, setup.run_id, ctx, force)
     if published is not None:
@@ -159,16 +162,24 @@ def run_audit(
             "is not writable: point output.runs_dir (--runs-dir) at a folder this user can write to.",
         )
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
-    if not ctx.is_main:
-        # Leave now instead of idling in a barrier while rank 0 analyses (a long analysis would hit the
-        # process group's timeout).
-        set_stage("done")
-        return _empty_report(setup, clock, rank=ctx.rank)
     set_stage("merge")
-    stage = _merge(batched)
+    stage, inputs = _merge(batched, ctx)
     set_stage("analysis")
     with clock.phase("analysis_s"):
-        analysis = analyze_run(cfg, setup.model, dev, setup.dataset, stage, batched.cache.dir)
+        analysis = analyze_run(
+            cfg,
+            setup.model,
+            dev,
+            setup.dataset,
+            inputs,
+            batched.cache.dir,
+            ctx=ctx,
+            work_dir=_handoff(batched),
+        )
+    if analysis is None or stage is None:
+        # Ranks other than 0 have handed their classes to rank 0, which publishes the run.
+        set_stage("done")
+        return _empty_report(setup, clock, rank=ctx.rank)
     report = _report(cfg, setup, stage, analysis, batched, clock, dev, ctx)
     if before_write is not None:
         set_stage("compare")
@@ -295,8 +306,36 @@ def _batch_stage(
     return _Batched(runner, plan, cache, *counts)
 
 
-def _merge(b: _Batched) -> BatchStageResult:
-    stage = b.runner.merge(b.plan, b.n_computed)
+def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, AnalysisInputs]:
+    """Rank 0 merges every rank's shards; under torchrun it hands the analysis inputs to the other ranks.
+
+    Returns the merged result (None on ranks other than 0) and the analysis inputs (every rank).
+    """
+    stage: BatchStageResult | None = None
+    failure: BaseException | None = None
+    if ctx.is_main:
+        try:
+            stage = b.runner.merge(b.plan, b.n_computed)
+            _log_merged(b, stage)
+            if ctx.world_size > 1:
+                # A killed earlier attempt of this run may have left class files: start clean.
+                shutil.rmtree(_handoff(b), ignore_errors=True)
+                with translate_write_errors(_handoff(b)):
+                    write_inputs(_handoff(b), AnalysisInputs.of_batch(stage.batch))
+        except Exception as err:  # the other ranks wait for these inputs: they must hear of a failure
+            failure = err
+    ctx.gather_errors(failure)
+    if stage is not None:
+        return stage, AnalysisInputs.of_batch(stage.batch)
+    return None, read_inputs(_handoff(b))
+
+
+def _handoff(b: _Batched) -> Path:
+    """The folder through which the ranks share the analysis (removed with the run's work folder)."""
+    return b.runner.work_dir / "analysis"
+
+
+def _log_merged(b: _Batched, stage: BatchStageResult) -> None:
     log.info(
         "merged %d shards: %d samples computed in this run, %d taken from the cache",
         len(b.plan.starts),
@@ -310,7 +349,6 @@ def _merge(b: _Batched) -> BatchStageResult:
             "shards_reused": b.shards_reused,
         },
     )
-    return stage
 
 
 def _report(
@@ -422,7 +460,7 @@ def audit(
     """
     runs_dir = Path(cfg.output.runs_dir)
     dev = resolve_device(device or cfg.batch.device)
-    ctx = dist_context(dev)
+    ctx = dist_context(dev, cfg.batch.dist_timeout_s)
     if ctx.world_size > 1:
         RUN_CONTEXT["rank"] = ctx.rank
     lock = RunLock(runs_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -69,11 +70,22 @@ class DistContext:
                 raise e
 
 
-def dist_context(device: torch.device) -> DistContext:
-    """Join the torchrun process group if launched under torchrun (gloo on CPU, nccl on CUDA)."""
+def dist_context(device: torch.device, timeout_s: float = 1800.0) -> DistContext:
+    """Join the torchrun process group if launched under torchrun (gloo on CPU, nccl on CUDA).
+
+    Parameters
+    ----------
+    device : torch.device
+        The compute device (picks the backend).
+    timeout_s : float
+        How long a collective waits for the slowest rank before it fails (``batch.dist_timeout_s``):
+        ranks meet at the end of the batch stage and at the end of the analysis.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
+        )
     return DistContext(dist.get_rank(), dist.get_world_size())

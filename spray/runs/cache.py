@@ -243,6 +243,9 @@ class PasteCache:
 
     The cache is an optimisation only: if the file cannot be opened or written, the paste test runs
     without it (a warning is logged) and a damaged file is moved aside and started afresh.
+
+    Under torchrun every rank opens the same file (rank 0 first, so that it is created once) and writes
+    to it concurrently; ranks must share one host, as SQLite's WAL mode needs shared memory.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -267,7 +270,10 @@ class PasteCache:
             log.warning("paste cache disabled: %s", err)
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30.0)
+        # Several ranks of a torchrun job write to one file: WAL lets them read while one writes, every
+        # write transaction takes the write lock up front (IMMEDIATE) and waits up to 30 s for it, and a
+        # key's prediction never changes, so concurrent INSERT OR IGNOREs of one key agree.
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level="IMMEDIATE")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(
