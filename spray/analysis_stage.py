@@ -12,6 +12,7 @@ and rank 0 gathers them in the order one process would produce, so the published
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,12 +143,24 @@ def _classes_to_analyze(
 
 def _open_paste_cache(cfg: AuditConfig, cache_dir: Path, ctx: DistContext) -> PasteCache | None:
     """Every rank's connection to the one paste cache; rank 0 opens (creates) it before the others, so
-    that the file and its WAL mode exist before several processes write to it."""
+    that the file and its WAL mode exist before several processes write to it.
+
+    A rank on another node than rank 0 (torchrun's ``GROUP_RANK``) gets a private cache in memory: SQLite
+    cannot share a WAL-mode file between hosts, and the cache only saves work, never changes a result.
+    """
     if not cfg.scoring.intervention:
         return None
     cache = PasteCache(cache_dir) if ctx.is_main else None
     ctx.barrier()
-    return cache if ctx.is_main else PasteCache(cache_dir)
+    if cache is not None:
+        return cache
+    if os.environ.get("GROUP_RANK", "0") != "0":
+        log.info(
+            "paste cache: rank %d is on another node than rank 0; its paste predictions are not kept",
+            ctx.rank,
+        )
+        return PasteCache.private()
+    return PasteCache(cache_dir)
 
 
 def analyze_run(
@@ -196,13 +209,9 @@ def analyze_run(
     todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups)
     mine = assign_classes(todo, ctx.world_size)[ctx.rank]
     if ctx.world_size > 1:
+        n_mine = sum(todo[c] for c in mine)
         log.info(
-            "analysis: rank %d of %d takes %d of %d classes (%d samples)",
-            ctx.rank,
-            ctx.world_size,
-            len(mine),
-            len(todo),
-            sum(todo[c] for c in mine),
+            "analysis: rank %d takes %d of %d classes (%d samples)", ctx.rank, len(mine), len(todo), n_mine
         )
     cache = _open_paste_cache(cfg, cache_dir, ctx)
     done: dict[int, ClassAnalysis] = {}
@@ -226,9 +235,14 @@ def analyze_run(
         return None
     if work_dir is not None and ctx.world_size > 1:
         done.update({c: load_class(class_file(work_dir, c)) for c in todo if c not in done})
-    classes = [done[c] for c in todo]
+    return _result([done[c] for c in todo], too_small, None if cache is None else paste_counts)
+
+
+def _result(
+    classes: list[ClassAnalysis], too_small: list[ClassSkipped], paste_counts: list[int] | None
+) -> AnalysisResult:
     result = AnalysisResult(classes, rank_findings([ca.clusters for ca in classes]), too_small)
-    if cache is not None:
+    if paste_counts is not None:
         result.n_paste_computed, result.n_paste_cached = paste_counts
         log.info(
             "paste test: %d pasted images predicted, %d taken from the cache",

@@ -33,6 +33,7 @@ from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset
+from spray.data.jpeg import resolve_decode_device
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
@@ -87,6 +88,7 @@ class _Batched:
     n_computed: int
     shards_computed: int
     shards_reused: int
+    n_device_decoded: int
 
 
 class _Clock:
@@ -149,6 +151,7 @@ def run_audit(
     """
     clock = _Clock()
     dev = resolve_device(device or cfg.batch.device)
+    cfg = _with_decoder(cfg, dev)
     torch.manual_seed(cfg.seed)
     ctx = ctx or dist_context(dev, cfg.batch.dist_timeout_s)
     setup = _setup(cfg, dev, ctx, clock)
@@ -166,15 +169,9 @@ def run_audit(
     stage, inputs = _merge(batched, ctx)
     set_stage("analysis")
     with clock.phase("analysis_s"):
+        model, dataset, cache_dir = setup.model, setup.dataset, batched.cache.dir
         analysis = analyze_run(
-            cfg,
-            setup.model,
-            dev,
-            setup.dataset,
-            inputs,
-            batched.cache.dir,
-            ctx=ctx,
-            work_dir=_handoff(batched),
+            cfg, model, dev, dataset, inputs, cache_dir, ctx=ctx, work_dir=_handoff(batched)
         )
     if analysis is None or stage is None:
         # Ranks other than 0 have handed their classes to rank 0, which publishes the run.
@@ -194,7 +191,10 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     setup: _Setup | None = None
     try:
         with clock.phase("setup_s"):
-            dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+            jpeg_device = (dev if dev.type == "cuda" else torch.device("cuda")) if _on_gpu(cfg) else None
+            dataset = build_dataset(
+                cfg.data, thumbnail_size=cfg.batch.thumbnail_size, jpeg_device=jpeg_device
+            )
             model = build_model(cfg.model).to(dev)
             dataset.match_model(model)
             x0 = _first_inputs(dataset)
@@ -221,6 +221,22 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
         setup.hashes["data"][:12],
     )
     return setup
+
+
+def _with_decoder(cfg: AuditConfig, dev: torch.device) -> AuditConfig:
+    """``cfg`` with ``data.transform.decode_device`` resolved (``auto`` → ``cpu`` or ``cuda``), so that
+    the run id, the heatmap cache key and the recorded config name the decoder actually used."""
+    t = cfg.data.transform
+    resolved = resolve_decode_device(t.decode_device, cfg.data.kind, dev)
+    if resolved == t.decode_device:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.data.transform.decode_device = resolved
+    return out
+
+
+def _on_gpu(cfg: AuditConfig) -> bool:
+    return cfg.data.transform.decode_device == "cuda"
 
 
 def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool) -> str | None:
@@ -279,6 +295,7 @@ def _batch_stage(
     set_stage("batch")
     with clock.phase("batch_s"):
         mine = plan.for_rank(ctx.rank, ctx.world_size)
+        decoded_before = dataset.n_device_decoded
         log.info(
             "batch stage: %d samples in %d shards; rank %d/%d takes %d shards (%d cached samples known)",
             len(dataset),
@@ -289,7 +306,8 @@ def _batch_stage(
             len(cache),
         )
         n_computed = runner.run_shards(dataset, mine, plan, progress=progress and ctx.is_main)
-        counts = [n_computed, runner.shards_computed, runner.shards_reused]
+        decoded = dataset.n_device_decoded - decoded_before
+        counts = [n_computed, runner.shards_computed, runner.shards_reused, decoded]
         log.info(
             "batch stage on rank %d: %d samples computed, %d taken from the cache; %d shards computed, "
             "%d shards reused",
@@ -376,6 +394,8 @@ def _report(
         shards_reused=batched.shards_reused,
         device=str(dev),
         world_size=ctx.world_size,
+        decode_device=cfg.data.transform.decode_device,
+        n_device_decoded=batched.n_device_decoded,
     )
     return AuditReport(
         run_id=setup.run_id,

@@ -27,7 +27,9 @@ from spray.analysis_shards import (
     save_class,
     write_inputs,
 )
+from spray.analysis_stage import _open_paste_cache
 from spray.config import AuditConfig
+from spray.distributed import DistContext
 from spray.lab.synthetic import make_heatmaps
 from spray.records import ClassAnalysis
 from spray.runs.cache import PasteCache
@@ -189,3 +191,34 @@ def test_paste_cache_with_concurrent_writers(tmp_path: Path) -> None:
     plain = first.get_many([f"plain|{j}" for j in range(n_rounds + 19)])
     assert len(plain) == n_rounds + 19
     first.close()
+
+
+class _OneProcess(DistContext):
+    """A rank of a two-rank job whose collectives are no-ops (the other rank is imagined)."""
+
+    def barrier(self) -> None:
+        pass
+
+
+def test_paste_cache_of_a_rank_on_another_node_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = AuditConfig.model_validate(
+        {
+            "model": {"architecture": "resnet18", "num_classes": 2},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+        }
+    )
+    monkeypatch.setenv("GROUP_RANK", "0")
+    same_host = _open_paste_cache(cfg, tmp_path, _OneProcess(rank=1, world_size=2))
+    assert same_host is not None and same_host.path.parent == tmp_path
+    same_host.put_many({"k": 3})
+    same_host.close()
+    monkeypatch.setenv("GROUP_RANK", "1")
+    other = _open_paste_cache(cfg, tmp_path, _OneProcess(rank=1, world_size=2))
+    assert other is not None and str(other.path) == ":memory:"
+    assert other.get_many(["k"]) == {}  # not the shared file
+    other.put_many({"j": 1})
+    assert other.get_many(["j"]) == {"j": 1} and (other.hits, other.misses) == (1, 1)
+    other.close()
+    assert PasteCache(tmp_path).get_many(["k", "j"]) == {"k": 3}

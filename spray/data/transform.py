@@ -15,7 +15,7 @@ from spray.errors import DataError
 
 @dataclass
 class Transform:
-    """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1].
+    """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1] (on any device).
 
     Returns both the model input and a uint8 thumbnail of the un-normalised image.
 
@@ -76,8 +76,8 @@ class Transform:
                     f"data.transform.mean has {len(self.cfg.mean)} values but the images have {x.shape[0]} "
                     "channels. Fix data.transform.mean/std, or set data.transform.channels."
                 )
-            mean = torch.tensor(self.cfg.mean, dtype=x.dtype)[:, None, None]
-            std = torch.tensor(self.cfg.std, dtype=x.dtype)[:, None, None]
+            mean = torch.tensor(self.cfg.mean, dtype=x.dtype, device=x.device)[:, None, None]
+            std = torch.tensor(self.cfg.std, dtype=x.dtype, device=x.device)[:, None, None]
             x = (x - mean) / std
         return x.contiguous(), thumb
 
