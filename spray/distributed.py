@@ -84,6 +84,10 @@ def dist_context(device: torch.device, timeout_s: float = 1800.0) -> DistContext
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    if device.type == "cuda" and device.index is None:
+        # One GPU per rank: without this every rank of a node computes on GPU 0 (and nccl refuses ranks that
+        # share a GPU). torch.device("cuda") then means this rank's GPU everywhere.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)

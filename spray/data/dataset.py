@@ -27,7 +27,7 @@ from spray.data.sample import (
     content_hash,
 )
 from spray.data.source import Source
-from spray.data.thumbnails import thumbnail_side
+from spray.data.thumbnails import thumbnail_pixels, thumbnail_side
 from spray.data.transform import Transform
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
@@ -127,7 +127,9 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         except Exception as err:  # a corrupt sample must not kill the run: report it instead
             return clean_reason(f"{type(err).__name__}: {err}", sid)
         got = self._transformed(i, img, thumbnail=thumbnail)
-        return got if isinstance(got, str) else (got[0], raw, got[1])
+        # A sample read one at a time is a host tensor, whichever device decoded and resized it (only
+        # finish_batch leaves a batch on the device, for the batch stage).
+        return got if isinstance(got, str) else (got[0].cpu(), raw, got[1])
 
     def _load_image(self, i: int) -> tuple[torch.Tensor, bytes | None]:
         """The decoded image of sample ``i`` and its bytes: a JPEG on the device when :attr:`jpeg` is set
@@ -156,16 +158,45 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             raise
         except Exception as err:  # a corrupt sample must not kill the run: report it instead
             return clean_reason(f"{type(err).__name__}: {err}", sid)
-        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
-            h, w = self.input_size
-            return (
-                f"image is {img.shape[-2]}×{img.shape[-1]} pixels (model input {x.shape[-2]}×{x.shape[-1]}) but "
-                f"the dataset's inputs are {h}×{w}; set data.transform.resize and center_crop to bring every "
-                "image to one size"
-            )
+        wrong = self._wrong_size(img, x)
+        if wrong is not None:
+            return wrong
         if not torch.isfinite(x).all():
             return "image contains NaN or inf values"
         return x, thumb
+
+    def _wrong_size(self, img: torch.Tensor, x: torch.Tensor) -> str | None:
+        """Why the model input ``x`` made from ``img`` does not fit the dataset's input size, or None."""
+        if self.input_size is None or tuple(x.shape[-2:]) == self.input_size:
+            return None
+        h, w = self.input_size
+        return (
+            f"image is {img.shape[-2]}×{img.shape[-1]} pixels (model input {x.shape[-2]}×{x.shape[-1]}) but "
+            f"the dataset's inputs are {h}×{w}; set data.transform.resize and center_crop to bring every "
+            "image to one size"
+        )
+
+    def _on_device(self, i: int, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | str:
+        """A JPEG decoded on the device → ``(model input, thumbnail pixels)``, both left on the device.
+
+        Nothing here waits for the device: no NaN check (decoded 8-bit pixels are finite, and so is what
+        the resize and a validated mean/std make of them) and no per-image copy of the thumbnail.
+        """
+        sid = self.sample_ids[i]
+        t = self.transform
+        try:
+            img = to_model_channels(img, t.channels)
+            x = t.geometry(img)
+            thumb = thumbnail_pixels(x, t.thumbnail_size, t.thumbnail_channels)
+            x = t.normalise(x)
+        except UnreadableSample as err:
+            return clean_reason(err.reason, sid)
+        except DataError:
+            raise
+        except Exception as err:  # a corrupt sample must not kill the run: report it instead
+            return clean_reason(f"{type(err).__name__}: {err}", sid)
+        wrong = self._wrong_size(img, x)
+        return (x, thumb) if wrong is None else wrong
 
     def first_batch(self, n: int = 2) -> SampleBatch:
         """The first ``n`` readable samples, decoded (for checking the model before any work).
@@ -210,16 +241,21 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         if not b.pending:
             return b
         assert self.jpeg is not None, "a batch with pending JPEG files from a dataset without a decoder"
-        made: dict[int, tuple[torch.Tensor, np.ndarray | None]] = {}
+        made: dict[int, torch.Tensor] = {}
+        thumbs: list[torch.Tensor] = []
         skipped = list(b.skipped)
         for pos, img in zip(b.pending, self.jpeg.decode(b.encoded), strict=True):
-            got = img if isinstance(img, str) else self._transformed(b.indices[pos], img, thumbnail=True)
+            got = img if isinstance(img, str) else self._on_device(b.indices[pos], img)
             if isinstance(got, str):
                 skipped.append(SkippedSample(b.sample_ids[pos], clean_reason(got, b.sample_ids[pos])))
             else:
-                made[pos] = got
+                made[pos] = got[0]
+                thumbs.append(got[1])
         self.n_device_decoded += len(made)
-        return _merge_decoded(b, made, skipped, self.jpeg.device)
+        # One copy of the batch's thumbnails to the host (one wait for the device, not one per image).
+        host = torch.stack(thumbs).cpu().numpy() if thumbs else None
+        pairs = {pos: (x, None if host is None else host[k]) for k, (pos, x) in enumerate(made.items())}
+        return _merge_decoded(b, pairs, skipped, self.jpeg.device)
 
     def load_input(self, i: int) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).

@@ -24,10 +24,18 @@ def thumbnail_side(cap: int, height: int, width: int) -> int:
 def make_thumbnail(x: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
     """``(C, H, W)`` float in [0, 1] → ``(size, size, channels)`` uint8 (aspect squashed to a square).
 
+    The host copy of :func:`thumbnail_pixels`.
+    """
+    return thumbnail_pixels(x, size, channels).cpu().numpy()
+
+
+def thumbnail_pixels(x: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
+    """``(C, H, W)`` float in [0, 1] → ``(size, size, channels)`` uint8 on ``x``'s device.
+
     Parameters
     ----------
     x : torch.Tensor
-        ``(C, H, W)`` un-normalised image, C in {1, 3}, on any device (the thumbnail comes back to the host).
+        ``(C, H, W)`` un-normalised image, C in {1, 3}, on any device.
     size : int
         Thumbnail edge.
     channels : int
@@ -42,4 +50,4 @@ def make_thumbnail(x: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
     if t.shape[0] == 1 and channels == 3:
         t = t.repeat(3, 1, 1)
     t = t[:channels]
-    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
