@@ -1,10 +1,10 @@
 """The analysis at ImageNet scale: synthetic classes of 1,300 heatmaps through the real analysis stage,
 sharded over torchrun ranks, and a projection to 1,000 classes on 8 ranks (issue #20 item 4).
 
-Runs :func:`spray.analysis_stage.analyze_run` as the audit does after the batch stage: rank 0 writes the
-analysis inputs (ids, hashes, labels, 32×32 float16 heatmaps) to the hand-off folder, every rank
-memory-maps them, analyses the classes :func:`~spray.analysis_shards.assign_classes` gives it and writes
-them as class files, and rank 0 reads them back and ranks the findings. The heatmaps are synthetic
+Runs :func:`spray.analysis_stage.analyze_run` as the audit does after the batch stage: rank 0 holds the
+analysis inputs (ids, hashes, labels, 32×32 float16 heatmaps), broadcasts the ids and hashes, sends every
+rank the heatmaps of the classes :func:`~spray.analysis_shards.assign_classes` gives it, every rank
+analyses its classes, and rank 0 gathers them and ranks the findings. The heatmaps are synthetic
 (:func:`spray.lab.synthetic.make_heatmaps`: 5 strategies per class, one a 3 % corner cluster, seeded per
 class), so there is no model: the paste test (``scoring.intervention``) is off; everything else is the
 default config (UMAP map, k = 2..12, 32 eigenvectors, PCA to 128).
@@ -15,7 +15,7 @@ default config (UMAP map, k = 2..12, 32 eigenvectors, PCA to 128).
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/analysis_scale.py --classes 40
 
 Each run writes ``benchmarks/results/analysis_scale_<W>r_<C>x<n>_<date>.json`` with every class's
-seconds, the hand-off and gather costs, the machine's load, and the projection (see :func:`project`).
+seconds, the transfers' costs, the machine's load, and the projection (see :func:`project`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
+import pickle  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
@@ -102,8 +101,9 @@ class _Timed:
 #: ``analyze_class`` from their modules, so patching the module attribute reaches them).
 _TIMED = {
     "analyze_class": "spray.analysis_stage",
-    "save_class": "spray.analysis_stage",
-    "load_class": "spray.analysis_stage",
+    "share_inputs": "spray.analysis_stage",
+    "send_heatmaps": "spray.analysis_stage",
+    "gather_classes": "spray.analysis_stage",
     "_warm_up": "spray.analysis_stage",
     "normalize_heatmaps": "spray.analysis.preprocess",
     "reduce_dimension": "spray.analysis.preprocess",
@@ -126,27 +126,15 @@ def measure(n_classes: int, per_class: int, grid: int) -> dict[str, Any]:
     """Run the analysis stage on this rank (every rank of the torchrun job calls this)."""
     import torch
 
-    from spray.analysis_shards import read_inputs, write_inputs
     from spray.analysis_stage import analyze_run
     from spray.config import AuditConfig
     from spray.distributed import dist_context
 
     ctx = dist_context(torch.device("cpu"), timeout_s=3600)
-    work = Path(ctx.broadcast_object(tempfile.mkdtemp(prefix="analysis-scale-") if ctx.is_main else None))
     load0 = os.getloadavg()
     t = time.perf_counter()
-    if ctx.is_main:
-        inputs = _inputs(n_classes, per_class, grid)
-        t_generate = time.perf_counter() - t
-        t = time.perf_counter()
-        if ctx.world_size > 1:
-            write_inputs(work / "analysis", inputs)
-        t_handoff = time.perf_counter() - t
-    ctx.barrier()
-    if not ctx.is_main:
-        t = time.perf_counter()
-        inputs = read_inputs(work / "analysis")
-        t_generate, t_handoff = 0.0, time.perf_counter() - t
+    inputs = _inputs(n_classes, per_class, grid) if ctx.is_main else None
+    t_generate = time.perf_counter() - t
     cfg = AuditConfig.model_validate(
         {
             "model": {"architecture": "resnet18", "num_classes": n_classes},
@@ -154,35 +142,24 @@ def measure(n_classes: int, per_class: int, grid: int) -> dict[str, Any]:
             "scoring": {"intervention": False},
         }
     )
-    dataset = SimpleNamespace(
-        class_names=[f"class{c}" for c in range(n_classes)], sample_ids=inputs.sample_ids
-    )
+    dataset = SimpleNamespace(class_names=[f"class{c}" for c in range(n_classes)])
     timers = {name: _Timed(module, name) for name, module in _TIMED.items()}
     ctx.barrier()
     t = time.perf_counter()
-    result = analyze_run(
-        cfg,
-        None,
-        torch.device("cpu"),
-        dataset,
-        inputs,
-        work / "cache",
-        ctx=ctx,
-        work_dir=work / "analysis",  # type: ignore[arg-type]
-    )
+    result = analyze_run(cfg, None, torch.device("cpu"), dataset, inputs, Path("unused"), ctx=ctx)  # type: ignore[arg-type]
     wall = time.perf_counter() - t
     mine: dict[str, Any] = {
         "rank": ctx.rank,
         "wall_s": wall,
         "generate_s": t_generate,
-        "handoff_s": t_handoff,
+        "share_inputs_s": timers["share_inputs"].wall(),
+        "send_heatmaps_s": timers["send_heatmaps"].wall(),
+        "gather_classes_s": timers["gather_classes"].wall(),
         "warm_up_s": timers["_warm_up"].wall(),
         "class_s": {str(c): w for c, w, _ in timers["analyze_class"].calls},
         "class_cpu_s": {str(c): cpu for c, _, cpu in timers["analyze_class"].calls},
         "steps_s": {k: timers[k].wall() for k in _STEPS},
         "steps_cpu_s": {k: timers[k].cpu() for k in _STEPS},
-        "save_s": timers["save_class"].wall(),
-        "load_s": timers["load_class"].wall(),
         "load_1min_before": load0[0],
         "load_1min_after": os.getloadavg()[0],
         "peak_rss_gb": _peak_rss_gb(),
@@ -194,16 +171,16 @@ def measure(n_classes: int, per_class: int, grid: int) -> dict[str, Any]:
     if not ctx.is_main:
         return {}
     assert result is not None
-    files = sorted((work / "analysis").glob("class-*.npz"))
-    file_kb = float(np.mean([f.stat().st_size for f in files]) / 1024) if files else None
-    shutil.rmtree(work, ignore_errors=True)
+    class_kb = (
+        float(np.mean([len(pickle.dumps(ca)) for ca in result.classes]) / 1024) if result.classes else None
+    )
     return {
         "world_size": ctx.world_size,
         "n_classes": n_classes,
         "per_class": per_class,
         "grid": grid,
         "n_findings": len(result.findings),
-        "class_file_kb_mean": file_kb,
+        "class_pickle_kb_mean": class_kb,
         "ranks": every,
     }
 
@@ -212,31 +189,34 @@ def project(res: dict[str, Any]) -> dict[str, Any]:
     """1,000 classes × 1,300 samples on 8 ranks, from the measured per-class cost.
 
     Equal classes are dealt out evenly (125 per rank), so a rank's analysis is 125 × the mean class
-    time; to that come the numba warm-up (once per rank, in parallel), rank 0's hand-off of the inputs
-    (scaled by the number of samples) and its reading of the other ranks' class files (scaled by the
-    number of classes). Two figures: with the class times measured on the clock of this shared machine
-    (``wall``: each rank got a fraction of a core), and with their CPU time (``cpu``: what a rank with a
-    core of its own needs, the usual case for 8 ranks on a GPU node's 16+ cores).
+    time. To that come the numba warm-up (once per rank, in parallel) and rank 0's transfers, each scaled
+    from what it moved here: the broadcast of every sample's ids and hashes (× the number of samples), the
+    heatmaps it sends (here to 1 of 2 ranks, there to 7 of 8: × samples × (7/8)/(1/2)) and the classes it
+    gathers (× the number of classes received). Two figures: with the class times measured on the clock
+    of this shared machine (``wall``: each rank got a fraction of a core), and with their CPU time
+    (``cpu``: what a rank with a core of its own needs, the usual case for 8 ranks on a GPU node).
     """
     ranks = res["ranks"]
+    w = res["world_size"]
     scale_n = IMAGENET_CLASSES * IMAGENET_PER_CLASS / (res["n_classes"] * res["per_class"])
     main = ranks[0]
-    n_loaded = res["n_classes"] - len(main["class_s"])
-    per_load = main["load_s"] / n_loaded if n_loaded else 0.0
+    n_received = res["n_classes"] - len(main["class_s"])
     per_rank = math.ceil(IMAGENET_CLASSES / TARGET_RANKS)
     warm = max(r["warm_up_s"] for r in ranks)
-    handoff = main["handoff_s"] * scale_n
-    gather = per_load * IMAGENET_CLASSES * (TARGET_RANKS - 1) / TARGET_RANKS
+    share = main["share_inputs_s"] * scale_n
+    send = main["send_heatmaps_s"] * scale_n * ((TARGET_RANKS - 1) / TARGET_RANKS) / ((w - 1) / w)
+    gather = main["gather_classes_s"] / n_received * IMAGENET_CLASSES * (TARGET_RANKS - 1) / TARGET_RANKS
     out: dict[str, Any] = {
         "classes_per_rank": per_rank,
         "warm_up_s": warm,
-        "handoff_s": handoff,
-        "gather_s": gather,
+        "share_inputs_s": share,
+        "send_heatmaps_s": send,
+        "gather_classes_s": gather,
     }
     for clock in ("wall", "cpu"):
         secs = [s for r in ranks for s in r["class_s" if clock == "wall" else "class_cpu_s"].values()]
         mean = float(np.mean(secs))
-        total = warm + handoff + per_rank * mean + gather
+        total = warm + share + send + per_rank * mean + gather
         out[clock] = {
             "class_s_mean": mean,
             "class_s_p90": float(np.percentile(secs, 90)),

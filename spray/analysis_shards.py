@@ -1,38 +1,29 @@
-"""The analysis split over torchrun ranks: which rank analyses which class, and the files between ranks.
+"""The analysis split over torchrun ranks: which rank analyses which class, and what the ranks exchange.
 
 Under ``torchrun`` every rank analyses a share of the classes (:func:`assign_classes`: greedy, largest
-class first, to the rank with the least work so far). Two kinds of file carry the data between ranks,
-inside the run's work folder (``runs/.cache/work/<run16>/analysis``, removed when the run is published):
+class first, to the rank with the least work so far). Everything the ranks exchange goes through the
+process group, as Python objects (no file besides the published run):
 
-- **inputs** (rank 0 → every rank): after merging the shards, rank 0 writes the analysis' inputs of
-  every sample (ids, content hashes, labels, predictions and the pooled heatmaps). The heatmaps are a
-  ``.npy`` file the other ranks memory-map, so each reads only the rows of its own classes; the
-  thumbnails and probabilities the analysis does not need are not copied at all.
-- **class files** (every rank → rank 0): each analysed class as ``class-<c>.npz``, its arrays with their
-  dtypes and everything else as exact JSON, so rank 0 reads back the very :class:`ClassAnalysis` the
-  other rank computed. Files, not pickles sent through the process group: a class of 1,300 samples
-  is about 470 KB (measured, benchmarks/analysis_scale.py), an ImageNet run about 0.47 GB in all, which
-  would otherwise sit in rank 0's memory twice (pickled and unpickled) at the end of the analysis.
+- **inputs** (rank 0 → every rank): after merging the shards, rank 0 broadcasts what every rank needs of
+  every sample (ids, content hashes, labels, predictions: the paste test draws its targets from all
+  classes), then sends each rank the heatmaps of that rank's classes only, one rank after the other
+  (:func:`share_inputs`, :func:`send_heatmaps`).
+- **classes** (every rank → rank 0): the analysed classes, one class per rank per round
+  (:func:`gather_classes`); a class of 1,300 samples is about 470 KB pickled (measured,
+  ``benchmarks/analysis_scale.py``), so rank 0 holds one round in transit besides the classes it keeps
+  for the report anyway.
 
-Both file kinds are written atomically and read with ``allow_pickle=False``.
+Pickles come only from the other ranks of the same job.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from spray.records import AttributionBatch, ClassAnalysis, ClusterFinding, ClusteringResult, SpectralResult
-from spray.runs.atomic import atomic_save_npy, atomic_save_npz, atomic_write_bytes
-
-#: File names inside the analysis work folder.
-INPUTS_FILE = "inputs.npz"
-RELEVANCE_FILE = "relevance.npy"
-META_FILE = "inputs.json"
+from spray.distributed import DistContext
+from spray.records import AttributionBatch, ClassAnalysis
 
 
 @dataclass
@@ -45,15 +36,16 @@ class AnalysisInputs:
         Length ``N``.
     labels, predictions : np.ndarray
         ``(N,)`` int64.
-    relevance : np.ndarray
-        ``(N, h, w)`` float16 pooled relevance (memory-mapped on ranks other than 0).
+    relevance : np.ndarray or None
+        ``(N, h, w)`` float16 pooled relevance; None on ranks other than 0, which receive the heatmaps
+        of their own classes only (:func:`send_heatmaps`).
     """
 
     sample_ids: list[str]
     content_hashes: list[str]
     labels: np.ndarray
     predictions: np.ndarray
-    relevance: np.ndarray
+    relevance: np.ndarray | None
 
     @classmethod
     def of_batch(cls, batch: AttributionBatch) -> AnalysisInputs:
@@ -93,111 +85,39 @@ def assign_classes(sizes: dict[int, int], world_size: int) -> list[list[int]]:
     return [sorted(cs) for cs in out]
 
 
-def write_inputs(folder: Path, inputs: AnalysisInputs) -> None:
-    """Rank 0: write the analysis inputs for the other ranks (who read them after a collective)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(folder / RELEVANCE_FILE, np.ascontiguousarray(inputs.relevance, dtype=np.float16))
-    atomic_write_bytes(
-        folder / META_FILE,
-        json.dumps({"sample_ids": inputs.sample_ids, "content_hashes": inputs.content_hashes}).encode(),
-    )
-    atomic_save_npz(
-        folder / INPUTS_FILE,
-        labels=inputs.labels.astype(np.int64),
-        predictions=inputs.predictions.astype(np.int64),
-    )
+def share_inputs(ctx: DistContext, inputs: AnalysisInputs | None) -> AnalysisInputs:
+    """Rank 0's inputs on every rank, without the heatmaps (``inputs`` is None on the other ranks)."""
+    if ctx.world_size == 1:
+        assert inputs is not None
+        return inputs
+    meta = None if inputs is None else replace(inputs, relevance=None)
+    shared: AnalysisInputs = ctx.broadcast_object(meta)
+    return inputs if ctx.is_main and inputs is not None else shared
 
 
-def read_inputs(folder: Path) -> AnalysisInputs:
-    """The inputs rank 0 wrote; the heatmaps memory-mapped (read-only)."""
-    meta = json.loads((folder / META_FILE).read_text())
-    with np.load(folder / INPUTS_FILE, allow_pickle=False) as z:
-        labels, predictions = z["labels"], z["predictions"]
-    relevance = np.load(folder / RELEVANCE_FILE, mmap_mode="r", allow_pickle=False)
-    return AnalysisInputs(meta["sample_ids"], meta["content_hashes"], labels, predictions, relevance)
+def send_heatmaps(
+    ctx: DistContext, inputs: AnalysisInputs, groups: np.ndarray, plan: list[list[int]]
+) -> dict[int, np.ndarray]:
+    """The heatmaps of this rank's classes (``plan[rank]``), ``class -> (n_c, h, w)``, sent by rank 0.
+
+    Rank 0 keeps its own (``{}``: it reads them from ``inputs.relevance``).
+    """
+    if ctx.world_size == 1:
+        return {}
+
+    def share(rank: int) -> dict[int, np.ndarray]:
+        if rank == 0:
+            return {}
+        assert inputs.relevance is not None
+        return {c: inputs.relevance[groups == c] for c in plan[rank]}
+
+    got: dict[int, np.ndarray] = ctx.scatter_objects(share)
+    return got
 
 
-def class_file(folder: Path, class_index: int) -> Path:
-    """``class-<c>.npz`` in the analysis work folder."""
-    return folder / f"class-{class_index}.npz"
-
-
-def _finding_meta(f: ClusterFinding) -> dict[str, Any]:
-    return {
-        "class_index": f.class_index,
-        "class_name": f.class_name,
-        "cluster_id": f.cluster_id,
-        "k": f.k,
-        "size": f.size,
-        "fraction": f.fraction,
-        "score": f.score,
-        "suspicious": f.suspicious,
-        "evidence": f.evidence,
-        "signals": f.signals,
-        "member_ids": f.member_ids,
-        "carrier_ids": f.carrier_ids,
-    }
-
-
-def _plain(o: Any) -> Any:
-    """JSON for numpy scalars (their exact value: a float's shortest repr reads back to the same bits)."""
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def save_class(path: Path, ca: ClassAnalysis) -> None:
-    """Write one analysed class so that :func:`load_class` gives it back exactly (values and dtypes)."""
-    sp, cl = ca.spectral, ca.clustering
-    meta = {
-        "class_index": ca.class_index,
-        "class_name": ca.class_name,
-        "sample_ids": ca.sample_ids,
-        "embedding_method": ca.embedding_method,
-        "n_components": sp.n_components,
-        "chosen_k": cl.chosen_k,
-        "eigengap_k": cl.eigengap_k,
-        "scores": [[k, s] for k, s in cl.scores.items()],
-        "labelling_ks": list(cl.labellings),
-        "clusters": [_finding_meta(f) for f in ca.clusters],
-    }
-    arrays = {
-        "meta": np.frombuffer(json.dumps(meta, default=_plain).encode(), dtype=np.uint8),
-        "eigenvalues": sp.eigenvalues,
-        "eigenvectors": sp.eigenvectors,
-        "knn_indices": sp.knn_indices,
-        "knn_distances": sp.knn_distances,
-        "embedding": ca.embedding,
-    }
-    for k, lab in cl.labellings.items():
-        arrays[f"labels_k{k}"] = lab
-    for i, f in enumerate(ca.clusters):
-        arrays[f"mean_heatmap_{i}"] = f.mean_heatmap
-    atomic_save_npz(path, **{k: np.asarray(v) for k, v in arrays.items()})
-
-
-def load_class(path: Path) -> ClassAnalysis:
-    """Read a class written by :func:`save_class`."""
-    with np.load(path, allow_pickle=False) as z:
-        a = {k: z[k] for k in z.files}
-    meta = json.loads(a["meta"].tobytes().decode())
-    clusters = [
-        ClusterFinding(**f, mean_heatmap=a[f"mean_heatmap_{i}"]) for i, f in enumerate(meta["clusters"])
-    ]
-    return ClassAnalysis(
-        class_index=meta["class_index"],
-        class_name=meta["class_name"],
-        sample_ids=meta["sample_ids"],
-        spectral=SpectralResult(
-            a["eigenvalues"], a["eigenvectors"], a["knn_indices"], a["knn_distances"], meta["n_components"]
-        ),
-        clustering=ClusteringResult(
-            {k: a[f"labels_k{k}"] for k in meta["labelling_ks"]},
-            meta["chosen_k"],
-            meta["eigengap_k"],
-            {int(k): s for k, s in meta["scores"]},
-        ),
-        embedding=a["embedding"],
-        embedding_method=meta["embedding_method"],
-        clusters=clusters,
-    )
+def gather_classes(ctx: DistContext, done: dict[int, ClassAnalysis]) -> dict[int, ClassAnalysis]:
+    """Every rank's analysed classes on rank 0 (``{}`` on the other ranks)."""
+    if ctx.world_size == 1:
+        return dict(done)
+    every = ctx.gather_to_main([done[c] for c in sorted(done)])
+    return {ca.class_index: ca for ca in every}

@@ -22,7 +22,7 @@ from torch import nn
 
 from spray.analysis.classes import analyze_class
 from spray.analysis.scoring import InterventionProbe, rank_findings, stable_order
-from spray.analysis_shards import AnalysisInputs, assign_classes, class_file, load_class, save_class
+from spray.analysis_shards import AnalysisInputs, assign_classes, gather_classes, send_heatmaps, share_inputs
 from spray.config import AuditConfig
 from spray.data import AuditDataset
 from spray.distributed import DistContext
@@ -168,11 +168,10 @@ def analyze_run(
     model: nn.Module,
     device: torch.device,
     dataset: AuditDataset,
-    inputs: AnalysisInputs,
+    inputs: AnalysisInputs | None,
     cache_dir: Path,
     *,
     ctx: DistContext | None = None,
-    work_dir: Path | None = None,
 ) -> AnalysisResult | None:
     """Analyse every selected class; under torchrun each rank its share (:func:`assign_classes`).
 
@@ -184,14 +183,13 @@ def analyze_run(
         The audited model (for the paste test).
     dataset : AuditDataset
         Inputs of the paste test's images.
-    inputs : AnalysisInputs
-        Heatmaps, labels and predictions of every readable sample.
+    inputs : AnalysisInputs or None
+        Heatmaps, labels and predictions of every readable sample (rank 0; None on the other ranks,
+        which receive what they need from rank 0).
     cache_dir : Path
         The run's cache directory (holds the paste test's prediction cache).
     ctx : DistContext, optional
         Rank and world size (a single process when None).
-    work_dir : Path, optional
-        Folder through which the ranks hand their classes to rank 0 (needed when ``world_size > 1``).
 
     Returns
     -------
@@ -205,25 +203,26 @@ def analyze_run(
         On every rank when any rank failed (that rank raises its own error).
     """
     ctx = ctx or DistContext()
-    groups = inputs.groups(cfg.analysis.group_by)
+    shared = share_inputs(ctx, inputs)
+    groups = shared.groups(cfg.analysis.group_by)
     todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups)
-    mine = assign_classes(todo, ctx.world_size)[ctx.rank]
+    plan = assign_classes(todo, ctx.world_size)
+    mine = plan[ctx.rank]
     if ctx.world_size > 1:
         n_mine = sum(todo[c] for c in mine)
         log.info(
             "analysis: rank %d takes %d of %d classes (%d samples)", ctx.rank, len(mine), len(todo), n_mine
         )
+    heatmaps = send_heatmaps(ctx, shared, groups, plan)
     cache = _open_paste_cache(cfg, cache_dir, ctx)
     done: dict[int, ClassAnalysis] = {}
     failure: BaseException | None = None
     try:
         _warm_up(cfg, [todo[c] for c in mine])
-        paste = None if cache is None else _paste_context(cfg, cache, inputs, dataset)
+        paste = None if cache is None else _paste_context(cfg, cache, shared, dataset)
         for c in mine:
-            done[c] = _analyze_one(cfg, c, dataset, inputs, groups, model, device, paste)
-            if ctx.world_size > 1:
-                assert work_dir is not None
-                save_class(class_file(work_dir, c), done[c])
+            rel = heatmaps.pop(c, None)
+            done[c] = _analyze_one(cfg, c, dataset, shared, groups, rel, model, device, paste)
     except Exception as err:  # every rank must hear of it, or the others wait in the next collective
         failure = err
     finally:
@@ -231,11 +230,10 @@ def analyze_run(
             cache.close()
     ctx.gather_errors(failure)
     paste_counts = ctx.sum_counts([0, 0] if cache is None else [cache.misses, cache.hits])
+    every = gather_classes(ctx, done)
     if not ctx.is_main:
         return None
-    if work_dir is not None and ctx.world_size > 1:
-        done.update({c: load_class(class_file(work_dir, c)) for c in todo if c not in done})
-    return _result([done[c] for c in todo], too_small, None if cache is None else paste_counts)
+    return _result([every[c] for c in todo], too_small, None if cache is None else paste_counts)
 
 
 def _result(
@@ -269,13 +267,18 @@ def _analyze_one(
     dataset: AuditDataset,
     inputs: AnalysisInputs,
     groups: np.ndarray,
+    relevance: np.ndarray | None,
     model: nn.Module,
     device: torch.device,
     paste: _PasteContext | None,
 ) -> ClassAnalysis:
+    """One class; ``relevance`` is its ``(n, h, w)`` heatmaps, or None to take them from ``inputs``."""
     rows = np.flatnonzero(groups == c)
     name = dataset.class_names[c]
     log.info("analysing class %d (%s): %d samples", c, name, len(rows))
     probe = None if paste is None else make_probe(model, device, dataset, inputs, c, cfg, paste)
     ids = [inputs.sample_ids[i] for i in rows]
-    return analyze_class(c, name, ids, np.asarray(inputs.relevance[rows]), cfg, probe=probe)
+    if relevance is None:
+        assert inputs.relevance is not None
+        relevance = inputs.relevance[rows]
+    return analyze_class(c, name, ids, relevance, cfg, probe=probe)

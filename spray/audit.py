@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spray.analysis_shards import AnalysisInputs, read_inputs, write_inputs
+from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
@@ -39,7 +39,6 @@ from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
-from spray.runs.atomic import translate_write_errors
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.identity import cache_dir_name, compute_run_id, data_fingerprint, run_hashes
@@ -169,10 +168,7 @@ def run_audit(
     stage, inputs = _merge(batched, ctx)
     set_stage("analysis")
     with clock.phase("analysis_s"):
-        model, dataset, cache_dir = setup.model, setup.dataset, batched.cache.dir
-        analysis = analyze_run(
-            cfg, model, dev, dataset, inputs, cache_dir, ctx=ctx, work_dir=_handoff(batched)
-        )
+        analysis = analyze_run(cfg, setup.model, dev, setup.dataset, inputs, batched.cache.dir, ctx=ctx)
     if analysis is None or stage is None:
         # Ranks other than 0 have handed their classes to rank 0, which publishes the run.
         set_stage("done")
@@ -324,10 +320,10 @@ def _batch_stage(
     return _Batched(runner, plan, cache, *counts)
 
 
-def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, AnalysisInputs]:
-    """Rank 0 merges every rank's shards; under torchrun it hands the analysis inputs to the other ranks.
+def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, AnalysisInputs | None]:
+    """Rank 0 merges every rank's shards (the other ranks get what they need in the analysis).
 
-    Returns the merged result (None on ranks other than 0) and the analysis inputs (every rank).
+    Returns the merged result and the analysis inputs on rank 0, ``(None, None)`` on the other ranks.
     """
     stage: BatchStageResult | None = None
     failure: BaseException | None = None
@@ -335,22 +331,10 @@ def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, Anal
         try:
             stage = b.runner.merge(b.plan, b.n_computed)
             _log_merged(b, stage)
-            if ctx.world_size > 1:
-                # A killed earlier attempt of this run may have left class files: start clean.
-                shutil.rmtree(_handoff(b), ignore_errors=True)
-                with translate_write_errors(_handoff(b)):
-                    write_inputs(_handoff(b), AnalysisInputs.of_batch(stage.batch))
-        except Exception as err:  # the other ranks wait for these inputs: they must hear of a failure
+        except Exception as err:  # the other ranks wait for rank 0's inputs: they must hear of a failure
             failure = err
     ctx.gather_errors(failure)
-    if stage is not None:
-        return stage, AnalysisInputs.of_batch(stage.batch)
-    return None, read_inputs(_handoff(b))
-
-
-def _handoff(b: _Batched) -> Path:
-    """The folder through which the ranks share the analysis (removed with the run's work folder)."""
-    return b.runner.work_dir / "analysis"
+    return (None, None) if stage is None else (stage, AnalysisInputs.of_batch(stage.batch))
 
 
 def _log_merged(b: _Batched, stage: BatchStageResult) -> None:

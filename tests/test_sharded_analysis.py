@@ -1,13 +1,14 @@
 """The analysis split over torchrun ranks (spray/analysis_shards.py, spray/analysis_stage.py, PasteCache).
 
 The end-to-end check (a real ``torchrun --nproc_per_node=2`` run equal to the single-process run, and a
-failing rank) is in tests/test_torchrun.py; these are the parts: the balanced class assignment, the class
-files that carry a rank's result to rank 0 exactly, the analysis inputs rank 0 hands to the others, and
-the paste cache under concurrent writers.
+failing rank) is in tests/test_torchrun.py; these are the parts: the balanced class assignment, what the
+ranks exchange through the process group (rank 0's inputs and heatmaps out, the analysed classes back,
+exactly), and the paste cache under concurrent writers and on another node.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 from pathlib import Path
@@ -17,23 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spray.analysis.classes import analyze_class
-from spray.analysis_shards import (
-    AnalysisInputs,
-    assign_classes,
-    class_file,
-    load_class,
-    read_inputs,
-    save_class,
-    write_inputs,
-)
+from spray.analysis_shards import AnalysisInputs, assign_classes, gather_classes, send_heatmaps, share_inputs
 from spray.analysis_stage import _open_paste_cache
 from spray.config import AuditConfig
 from spray.distributed import DistContext
-from spray.lab.synthetic import make_heatmaps
-from spray.records import ClassAnalysis
+from spray.records import ClassAnalysis, ClusteringResult, SpectralResult
 from spray.runs.cache import PasteCache
-from spray.runs.writer import class_arrays, class_entry, finding_entry
 
 # ---------------------------------------------------------------------------------------------------------
 # Class assignment
@@ -66,26 +56,11 @@ def test_assignment_of_equal_classes_alternates_and_large_ones_stand_alone() -> 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Class files
-
-
-@pytest.fixture(scope="module")
-def analysed() -> ClassAnalysis:
-    """A real analysis of 300 synthetic heatmaps with a 5 % corner cluster (a flagged finding)."""
-    heat, _, _ = make_heatmaps(300, n_clusters=4, small_fraction=0.05, size=16, seed=3)
-    cfg = AuditConfig.model_validate(
-        {
-            "model": {"architecture": "resnet18", "num_classes": 10},
-            "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "analysis": {"embedding": "spectral", "k_max": 6, "n_eigenvectors": 8},
-        }
-    )
-    ids = [f"s{i:04d}/é" for i in range(len(heat))]
-    return analyze_class(3, "Shirt", ids, heat.astype(np.float16), cfg)
+# What the ranks exchange (three real gloo processes)
 
 
 def _same(a: object, b: object) -> bool:
-    """Equal values of equal types (arrays: dtype, shape and bytes)."""
+    """Equal values of equal types (arrays: dtype, shape and bytes; NaN equals NaN)."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
         return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
@@ -97,54 +72,74 @@ def _same(a: object, b: object) -> bool:
         return type(a) is type(b) and all(_same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
     if isinstance(a, float) and isinstance(b, float) and np.isnan(a):
         return bool(np.isnan(b))
-    return bool(a == b)
+    return type(a) is type(b) and bool(a == b)
 
 
-def test_class_file_gives_back_the_same_analysis(analysed: ClassAnalysis, tmp_path: Path) -> None:
-    assert analysed.clusters and len(analysed.clustering.labellings) == 5
-    path = class_file(tmp_path, analysed.class_index)
-    save_class(path, analysed)
-    back = load_class(path)
-    assert _same(analysed, back)
-    # What the run writer makes of it is identical too (summary entries and class arrays).
-    assert class_entry(back) == class_entry(analysed)
-    assert [finding_entry(f, 1) for f in back.clusters] == [finding_entry(f, 1) for f in analysed.clusters]
-    rows = np.arange(len(analysed.sample_ids))
-    a, b = class_arrays(analysed, rows, (16, 16)), class_arrays(back, rows, (16, 16))
-    assert _same(a, b)
-
-
-def test_class_file_keeps_odd_values(analysed: ClassAnalysis, tmp_path: Path) -> None:
-    """NaN and infinite signals, numpy scalars and a class without clusters survive the round trip."""
-    f = analysed.clusters[0]
-    f.signals = {"nan": float("nan"), "inf": float("inf"), "np": np.float64(0.1) + np.float64(0.2)}
-    f.score = np.float64(1 / 3)  # type: ignore[assignment]
-    save_class(tmp_path / "a.npz", analysed)
-    back = load_class(tmp_path / "a.npz")
-    assert np.isnan(back.clusters[0].signals["nan"]) and back.clusters[0].signals["inf"] == float("inf")
-    assert back.clusters[0].signals["np"] == 0.1 + 0.2 and back.clusters[0].score == 1 / 3
-    analysed.clusters = []
-    save_class(tmp_path / "b.npz", analysed)
-    assert load_class(tmp_path / "b.npz").clusters == []
-
-
-def test_analysis_inputs_are_handed_over_exactly(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    n = 50
-    inputs = AnalysisInputs(
-        [f"img/{i}.png" for i in range(n)],
-        [f"{i:032x}" for i in range(n)],
-        rng.integers(0, 4, n),
-        rng.integers(0, 4, n),
-        rng.normal(size=(n, 8, 8)).astype(np.float16),
+def _class(c: int, n: int) -> ClassAnalysis:
+    """A small class record with every field set (the transport must not care what is in it)."""
+    rng = np.random.default_rng(c)
+    return ClassAnalysis(
+        c,
+        f"class {c} é",
+        [f"{c}/{i}" for i in range(n)],
+        SpectralResult(
+            rng.random(4),
+            rng.random((n, 4)).astype(np.float32),
+            np.zeros((n, 2), np.int64),
+            rng.random((n, 2)).astype(np.float32),
+            1,
+        ),
+        ClusteringResult({2: (np.arange(n) % 2).astype(np.int32)}, 2, 2, {2: {"silhouette": float("nan")}}),
+        rng.random((n, 2)).astype(np.float32),
+        "spectral",
+        [],
     )
-    write_inputs(tmp_path, inputs)
-    back = read_inputs(tmp_path)
-    assert back.sample_ids == inputs.sample_ids and back.content_hashes == inputs.content_hashes
-    assert _same(back.labels, inputs.labels.astype(np.int64))
-    assert isinstance(back.relevance, np.memmap)  # each rank reads only the rows of its classes
-    assert _same(np.asarray(back.relevance[[3, 7]]), inputs.relevance[[3, 7]])
-    assert _same(back.groups("prediction"), inputs.predictions.astype(np.int64))
+
+
+def _exchange_worker(rank: int, world: int, init: str, out: str) -> None:
+    """One rank: share inputs, send heatmaps, analyse (here: build) its classes, gather them."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    ctx = DistContext(rank, world)
+    report: dict[str, object] = {}
+    for name, sizes in (("uneven", {0: 12, 1: 8, 2: 6, 3: 4}), ("empty", {0: 10, 1: 4})):
+        labels = np.concatenate([np.full(n, c, np.int64) for c, n in sizes.items()])
+        rel = np.arange(len(labels) * 4, dtype=np.float16).reshape(-1, 2, 2)
+        full = AnalysisInputs(
+            [f"s{i}" for i in range(len(labels))],
+            [f"h{i}" for i in range(len(labels))],
+            labels,
+            labels[::-1].copy(),
+            rel,
+        )
+        shared = share_inputs(ctx, full if rank == 0 else None)
+        assert shared.sample_ids == full.sample_ids and np.array_equal(shared.predictions, full.predictions)
+        assert (shared.relevance is None) == (rank != 0)
+        plan = assign_classes(sizes, world)
+        heat = send_heatmaps(ctx, shared, labels, plan)
+        assert sorted(heat) == ([] if rank == 0 else plan[rank])
+        assert all(np.array_equal(heat[c], rel[labels == c]) and heat[c].dtype == np.float16 for c in heat)
+        every = gather_classes(ctx, {c: _class(c, sizes[c]) for c in plan[rank]})
+        if rank == 0:
+            assert sorted(every) == sorted(sizes)
+            assert all(_same(every[c], _class(c, sizes[c])) for c in sizes)
+        else:
+            assert every == {}
+        report[name] = plan[rank]
+    Path(out, f"{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+def test_ranks_exchange_inputs_heatmaps_and_classes_exactly(tmp_path: Path) -> None:
+    """Three gloo ranks: rank 1 and 2 get exactly their classes' heatmaps, rank 0 gets every class back
+    exactly (uneven numbers of classes per rank, and a rank without any)."""
+    import torch.multiprocessing as tmp_mp
+
+    tmp_mp.spawn(_exchange_worker, args=(3, str(tmp_path / "pg"), str(tmp_path)), nprocs=3, join=True)
+    plans = {r: json.loads((tmp_path / f"{r}.json").read_text()) for r in range(3)}
+    assert [plans[r]["uneven"] for r in range(3)] == [[0], [1], [2, 3]]
+    assert [plans[r]["empty"] for r in range(3)] == [[0], [1], []]
 
 
 # ---------------------------------------------------------------------------------------------------------
