@@ -9,7 +9,7 @@ process group, as Python objects (no file besides the published run):
   classes), then sends each rank the heatmaps of that rank's classes only, one rank after the other
   (:func:`share_inputs`, :func:`send_heatmaps`).
 - **classes** (every rank → rank 0): the analysed classes, one class per rank per round
-  (:func:`gather_classes`); a class of 1,300 samples is about 470 KB pickled (measured,
+  (:func:`gather_classes`); a class of 1,300 samples is about 440 KB pickled (measured,
   ``benchmarks/analysis_scale.py``), so rank 0 holds one round in transit besides the classes it keeps
   for the report anyway.
 
