@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 CHUNK = 100_000
 N_CLUSTERS = 5
@@ -249,7 +250,7 @@ def _knn_libraries(red: np.ndarray, seed: int) -> list[tuple[str, Any]]:
         ("hnswlib HNSW M=16 efC=32 ef=16", hnswlib),
         ("faiss HNSW M=16 efC=24 ef=16", faiss_hnsw),
         ("faiss IVF-Flat √n cells, 4 probes, 128 dims", faiss_ivf),
-        ("spray: faiss IVF on 24 principal dims, 6 probes, exact re-rank of 22", spray),
+        ("spray: faiss IVF, 64 principal dims, 2√n cells, 8 probes, exact re-rank of 44", spray),
     ]
 
 
@@ -280,11 +281,35 @@ def _knn_compare(res: dict[str, Any], feats: np.ndarray, seed: int) -> None:
         res["libraries"].append(row)
 
 
+def _real_data(source: str, n: int) -> np.ndarray:
+    """``(n, D)`` float32 features of real data for the kNN comparison.
+
+    ``fashion``: Fashion-MNIST training pixels in [0, 1] (784 dims; a spectrum that decays slowly).
+    ``heatmaps:PATH``: relevance maps saved by a run (e.g. ``runs/latest/heatmaps.npy`` of the demo),
+    normalised as spray does.
+    """
+    import gzip
+
+    from spray.analysis.preprocess import normalize_heatmaps
+
+    if source == "fashion":
+        with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
+            pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+        return pixels[:n].astype(np.float32) / 255.0
+    if source.startswith("heatmaps:"):
+        return normalize_heatmaps(np.load(source.split(":", 1)[1])[:n].astype(np.float32))
+    raise SystemExit(f"unknown kNN data {source!r}: use fashion or heatmaps:PATH")
+
+
 def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     from sklearn.metrics import adjusted_rand_score
 
-    feats, labels, small = _data(n, seed)
+    if opts.get("data", "synthetic") != "synthetic":
+        feats = _real_data(opts["data"], n)
+        n = feats.shape[0]
+    else:
+        feats, labels, small = _data(n, seed)
     res: dict[str, Any] = {
         "method": method,
         "n": n,
@@ -508,7 +533,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["method"], r["n"], r.get("max_fit"), r.get("n_epochs"), bool(r.get("umap_learn")))
+    return (
+        r["method"],
+        r["n"],
+        r.get("max_fit"),
+        r.get("n_epochs"),
+        bool(r.get("umap_learn")),
+        r.get("data"),
+    )
 
 
 def main() -> None:
@@ -529,7 +561,12 @@ def main() -> None:
         default="20000:20000",
         help="the same 2-D map runs with umap-learn (bench-only comparison), N:N[:n_epochs]; '' for none",
     )
-    ap.add_argument("--knn", default="10000,50000", help="N of the kNN library comparison ('' for none)")
+    ap.add_argument(
+        "--knn",
+        default="10000,50000,fashion@50000",
+        help="kNN library comparison runs [DATA@]N: synthetic by default, DATA = fashion (Fashion-MNIST "
+        "pixels) or heatmaps:PATH (a run's heatmaps.npy); '' for none",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "clustering_scale.json"))
@@ -554,7 +591,9 @@ def main() -> None:
             jobs.append(("sklearn", n, {}))
         if have_corelay and n <= args.corelay_max:
             jobs.append(("corelay", n, {}))
-    jobs += [("knn", int(n), {}) for n in args.knn.split(",") if n]
+    for spec in (s for s in args.knn.split(",") if s):
+        source, _, size = spec.rpartition("@")
+        jobs.append(("knn", int(size), {"data": source or "synthetic"}))
     for learn, specs in ((False, args.maps), (True, args.umap_learn)):
         for spec in (m for m in specs.split(",") if m):
             parts = [int(v) for v in spec.split(":")]

@@ -67,12 +67,12 @@ def test_exact_knn_matches_brute_force_and_approx_agrees() -> None:
 
 @pytest.fixture(scope="module")
 def heat_features() -> np.ndarray:
-    """6,000 synthetic heatmaps after spray's PCA to 64 dims: the approximate kNN's real input."""
+    """6,000 synthetic heatmaps after spray's PCA to 128 dims: the approximate kNN's real input."""
     from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
     from spray.lab.synthetic import make_heatmaps
 
     heat, _, _ = make_heatmaps(6000, seed=3)
-    return reduce_dimension(normalize_heatmaps(heat), n_components=64, seed=0)
+    return reduce_dimension(normalize_heatmaps(heat), n_components=128, seed=0)
 
 
 def test_approximate_knn_recall_against_exact(heat_features: np.ndarray) -> None:
@@ -90,10 +90,23 @@ def test_approximate_knn_recall_against_exact(heat_features: np.ndarray) -> None
     np.testing.assert_allclose(approx.distances, direct, rtol=1e-3, atol=1e-6)
     # A feature order that is not by variance (a random rotation) finds the same neighbours: the index
     # rotates to principal axes itself.
-    q = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 64)))[0].astype(np.float32)
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 128)))[0].astype(np.float32)
     rotated = knn_graph(x @ q, n_neighbors=10, seed=1, exact_below=0)
     hits = [np.intersect1d(a, e).size for a, e in zip(rotated.indices, exact.indices, strict=True)]
     assert np.mean(hits) / 10 >= 0.98
+
+
+def test_approximate_knn_recall_on_real_images() -> None:
+    """Pixels decay slowly in PCA (unlike the synthetic maps): a few leading dims would not be enough."""
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(0)
+    digits = load_digits().data.astype(np.float32)
+    x = np.vstack([digits + rng.normal(size=digits.shape) for _ in range(3)])  # 5,391 noisy copies
+    x = np.hstack([x, rng.normal(scale=0.5, size=(x.shape[0], 64))]).astype(np.float32)  # 128 dims
+    exact = knn_graph(x, n_neighbors=10, exact_below=10**9)
+    approx = knn_graph(x, n_neighbors=10, exact_below=0)
+    assert (approx.indices[:, :, None] == exact.indices[:, None, :]).any(axis=2).mean() >= 0.98
 
 
 def test_approximate_knn_deterministic_for_any_thread_count(heat_features: np.ndarray) -> None:
