@@ -439,18 +439,22 @@ def _map_table(results: list[dict[str, Any]]) -> list[str]:
 
 def _knn_table(results: list[dict[str, Any]]) -> list[str]:
     rows = [
-        "| N | kNN search (k=10, 1 thread) | s | CPU s | recall@10 vs exact | load (1 min) |",
-        "|---|---|---|---|---|---|",
+        "| data | N | kNN search (k=10, 1 thread) | s | CPU s | recall@10 vs exact | load (1 min) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in sorted((r for r in results if r["method"] == "knn"), key=lambda r: r["n"]):
-        rows.append(
-            f"| {r['n']:,} | exact (faiss brute force) | {_fmt(r.get('t_exact'))} | — | 1 | {_fmt(r.get('load_1min'), '.1f')} |"
-        )
+    knn = [r for r in results if r["method"] == "knn"]
+    for r in sorted(
+        knn, key=lambda r: (r.get("data", "synthetic") != "synthetic", str(r.get("data")), r["n"])
+    ):
+        data = str(r.get("data", "synthetic"))
+        data = "demo heatmaps (Fashion-MNIST, LRP)" if data.startswith("heatmaps:") else data
+        data = "Fashion-MNIST pixels" if data == "fashion" else data
+        head = f"| {data} | {r['n']:,} |"
+        load = _fmt(r.get("load_1min"), ".1f")
+        rows.append(f"{head} exact (faiss brute force) | {_fmt(r.get('t_exact'))} | — | 1 | {load} |")
         for lib in r.get("libraries", []):
-            rows.append(
-                f"| {r['n']:,} | {lib['name']} | {_secs(lib)} | {_fmt(lib.get('cpu'))} | "
-                f"{_fmt(lib.get('recall'), '.4f')} | |"
-            )
+            cpu, rec = _fmt(lib.get("cpu")), _fmt(lib.get("recall"), ".4f")
+            rows.append(f"{head} {lib['name']} | {_secs(lib)} | {cpu} | {rec} | |")
     return rows
 
 
