@@ -17,7 +17,8 @@ Steps (each a new process, wall time each; every cache a new user would lack sta
 
     python benchmarks/first_run.py --write-docs          # ~10 min; ~6 GB in the scratch folder, deleted
 
-The scratch folder (default ``/tmp/spray-first-run``) is deleted at the end unless ``--keep``.
+The scratch folder (default ``/tmp/spray-first-run``) is deleted at the end unless ``--keep``; the log of
+every command goes beside it (``/tmp/spray-first-run.log``).
 """
 
 from __future__ import annotations
@@ -139,7 +140,12 @@ def _install(
     if rc or rc_pip:
         raise SystemExit(f"install failed (exit {rc or rc_pip}); see {log}")
     code = "import time; t = time.perf_counter(); import spray.audit; print(time.perf_counter() - t)"
-    res["import_spray_audit_s"] = [float(_run([str(py), "-c", code], env, scratch, log)[2]) for _ in range(2)]
+    res["import_spray_audit_s"] = []
+    for _ in range(2):
+        t, rc, out = _run([str(py), "-c", code], env, scratch, log)
+        if rc:
+            raise SystemExit(f"import spray.audit failed (exit {rc}); see {log}")
+        res["import_spray_audit_s"].append(float(out))
     freeze = _run([str(py), "-m", "pip", "freeze"], env, scratch, log)[2].splitlines()
     res["packages"] = [p for p in freeze if p.split("==")[0].lower() in _WATCH]
     return py
@@ -192,7 +198,8 @@ def measure(checkout: Path, scratch: Path, n: int) -> dict[str, Any]:
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
-    env, log = _env(scratch), scratch / "first_run.log"
+    env, log = _env(scratch), scratch.with_suffix(".log")  # beside the scratch folder: kept
+    log.unlink(missing_ok=True)
     res: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "checkout": str(checkout),
