@@ -21,6 +21,7 @@ import logging
 import numpy as np
 
 from spray.analysis.layout import umap_layout
+from spray.analysis.spectral import knn_graph
 from spray.errors import ConfigError
 from spray.records import SpectralResult
 
@@ -141,8 +142,6 @@ def embed_2d(
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.choice(n, size=max_fit, replace=False))
     # The subsample's own kNN is not a subset of the full graph: search it with the same seeded knn_graph.
-    from spray.analysis.spectral import knn_graph
-
     sub_knn = knn_graph(x[sub], n_neighbors=max(spectral.knn_indices.shape[1], 1), seed=seed)
     fitted = umap_layout(sub_knn.indices, sub_knn.distances, base[sub], n_epochs=n_epochs, seed=seed)
     pos = np.zeros((n, 2), dtype=np.float32)
