@@ -22,7 +22,7 @@ from __future__ import annotations
 import spray
 
 LRP_VERSION = 1
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 def code_version() -> str:
