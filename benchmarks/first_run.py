@@ -132,9 +132,12 @@ def _install(
     py = venv / "bin" / "python"
     # pip builds in the source tree; build from a copy so that the checkout stays clean.
     src = scratch / "src"
-    shutil.copytree(
-        checkout, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "*.egg-info", "build")
-    )
+    top = {".git", ".venv", "runs", "build"}  # only at the top: spray/runs is a package
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        return {n for n in names if n.endswith(".egg-info") or (Path(folder) == checkout and n in top)}
+
+    shutil.copytree(checkout, src, ignore=skip)
     t_pip, rc_pip, _ = _run([str(py), "-m", "pip", "install", "-q", str(src)], env, scratch, log)
     res["install_s"], res["install_cpu_s"] = t + t_pip, _CPU["last"]
     if rc or rc_pip:
