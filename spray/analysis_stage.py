@@ -121,7 +121,7 @@ def _warm_up(cfg: AuditConfig, sizes: list[int]) -> None:
         from spray.analysis.embedding import warm_up
         from spray.analysis.spectral import EXACT_KNN_BELOW
 
-        # Compile UMAP (and pynndescent, only if some class is large enough to use it) up front.
+        # Import faiss up front (only if some class is large enough to use it), outside the first class's time.
         warm_up(approximate_knn=max(sizes) >= EXACT_KNN_BELOW)
 
 

@@ -24,7 +24,8 @@ import spray
 # 2: images are decoded at their full bit depth and converted by mode (spray.data.decoding); a 16-bit
 # image cached by version 1 was clipped.
 LRP_VERSION = 2
-ANALYSIS_VERSION = 1
+# 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
+ANALYSIS_VERSION = 2
 
 
 def code_version() -> str:
