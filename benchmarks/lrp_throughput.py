@@ -17,7 +17,7 @@ times:
 * ``fwd+bwd(weights)`` : forward + cross-entropy backward into the weights (one training step
   without the optimizer);
 * ``spray LRP``        : :class:`spray.lrp.Explainer` with ``EpsilonPlusFlat``;
-* ``spray LRP (torch conv dispatch)`` : the same with ``spray.lrp.rules.ONEDNN_POINTWISE = False``, i.e.
+* ``spray LRP (torch conv dispatch)`` : the same with ``spray.lrp.kernels.ONEDNN_POINTWISE = False``, i.e.
   1×1 convolutions through PyTorch's own dispatch like the references (ablation of that choice);
 * ``zennit LRP``       : zennit 0.5.1 ``EpsilonPlusFlat`` with its canonizers (skipped if zennit is
   not installed).
@@ -52,7 +52,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import spray.lrp.rules  # noqa: E402
+import spray.lrp.kernels  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
 
 logger = logging.getLogger("lrp_throughput")
@@ -160,11 +160,11 @@ def make_method(name: str, model: nn.Module, device: torch.device) -> Callable[[
         onednn = name == "spray LRP"
 
         def run(x: torch.Tensor) -> Any:
-            spray.lrp.rules.ONEDNN_POINTWISE = onednn
+            spray.lrp.kernels.ONEDNN_POINTWISE = onednn
             try:
                 return explainer(x).relevance
             finally:
-                spray.lrp.rules.ONEDNN_POINTWISE = True
+                spray.lrp.kernels.ONEDNN_POINTWISE = True
 
         return run
     if name == "zennit LRP":
