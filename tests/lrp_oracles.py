@@ -271,7 +271,12 @@ def _patched_sdpa(wrapper: Callable[..., torch.Tensor]) -> Iterator[None]:
 def lxt_reference(
     model: nn.Module, x: torch.Tensor, targets: torch.Tensor, attention: str = "attnlrp"
 ) -> torch.Tensor:
-    """Input relevance (``x ⊙ gradient``) of a torchvision or timm ViT with LXT's rules."""
+    """Input relevance (``x ⊙ gradient``) of a torchvision or timm ViT with LXT's rules.
+
+    The attention rule is applied where both libraries' attentions meet, at
+    ``F.scaled_dot_product_attention`` (``nn.MultiheadAttention`` calls it by its module-global name, so
+    patching it there covers torchvision's ViT and timm's fused attention alike).
+    """
     rules, patches = lxt_modules()
     layer_norm_forward, identity_rule_implicit = patches.layer_norm_forward, rules.identity_rule_implicit
     model = copy.deepcopy(model).eval()
@@ -280,8 +285,6 @@ def lxt_reference(
             m.forward = types.MethodType(layer_norm_forward, m)
         elif isinstance(m, nn.GELU):
             m.forward = (lambda f: lambda t: identity_rule_implicit(f, t))(m.forward)
-        elif isinstance(m, nn.MultiheadAttention):
-            m.forward = (lambda f: lambda q, k, v, **kw: f(*_qkv(q, k, v, attention), **kw))(m.forward)
     original = F.scaled_dot_product_attention
 
     def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:

@@ -15,6 +15,8 @@ and the training flag stay as they were).
   activations and layer scales, ...) is made out-of-place: the rules need a layer's input after the
   layer ran. (In-place *functional* operations are handled where they run, see
   :mod:`spray.lrp.functional` and :class:`spray.lrp.activations.Pass`.)
+* ``nn.MultiheadAttention`` is rebuilt from separate projection layers and
+  ``F.scaled_dot_product_attention`` (:mod:`spray.lrp.attention`), so that rules reach its insides.
 * timm's ``BatchNormAct2d`` (a BatchNorm with its activation inside) is split into a plain BatchNorm
   followed by the activation, so that the BatchNorm can be folded.
 
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from spray.errors import ConfigError
+from spray.lrp.attention import split_attention
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +327,7 @@ def canonize(
     for p in copied.parameters():
         p.requires_grad_(False)
     _out_of_place(copied)
+    split_attention(copied)
     if "merge_batchnorm" in names:
         _split_norm_act(copied)
         folded = fold_batchnorm(copied)
