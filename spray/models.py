@@ -196,13 +196,14 @@ def _factory_model(cfg: ModelConfig) -> nn.Module:
     try:
         model = factory(**cfg.factory_kwargs)
     except Exception as err:
-        # the user's own traceback, without spray's frames above the factory call
-        frames = traceback.format_exception(
-            type(err), err, err.__traceback__.tb_next if err.__traceback__ else None
-        )
+        # the user's own frames (not spray's above the factory call), under a heading of our own: the
+        # message is an error report, not a crash
+        tb = err.__traceback__.tb_next if err.__traceback__ else None
+        frames = [*traceback.format_tb(tb), *traceback.format_exception_only(type(err), err)]
         raise ModelError(
             f"model.factory failed: {cfg.factory}(**{cfg.factory_kwargs!r}) raised {type(err).__name__}: {err}\n"
-            "Fix the factory or model.factory_kwargs. The factory's traceback:\n" + "".join(frames).rstrip()
+            "Fix the factory or model.factory_kwargs. Where it failed (most recent call last):\n"
+            + "".join(frames).rstrip()
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.factory returned a {type(model).__name__}, not a torch.nn.Module.")
@@ -225,26 +226,27 @@ def _head_hint(cfg: ModelConfig, mismatched: list[tuple[str, tuple[int, ...], tu
 def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
     state = _unwrap_state_dict(loaded)
     own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
     mismatched = [
         (k, tuple(v.shape), tuple(own[k].shape))
         for k, v in state.items()
         if k in own and own[k].shape != v.shape
     ]
+    if missing or unexpected:
+        shapes = f" Shapes that differ too: {[k for k, _, _ in mismatched][:8]}." if mismatched else ""
+        raise ModelError(
+            f"The checkpoint {str(cfg.checkpoint)!r} is for another model: its keys do not match. "
+            f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
+            f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}.{shapes} "
+            "Check model.architecture / model.factory."
+        )
     if mismatched:
         lines = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:10]]
         raise ModelError(
             f"The checkpoint {str(cfg.checkpoint)!r} does not fit the model; shape mismatches:\n  "
             + "\n  ".join(lines)
             + _head_hint(cfg, mismatched)
-        )
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ModelError(
-            f"The checkpoint's keys do not match the model ({str(cfg.checkpoint)!r}). "
-            f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
-            f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. "
-            "Check model.architecture / model.factory."
         )
     model.load_state_dict(state)
 

@@ -87,7 +87,8 @@ def gated(t: Any) -> bool:
 class _PassFn(torch.autograd.Function):
     """Element-wise module with relevance passed unchanged (zennit ``Pass``).
 
-    In the gradient frame ``R_in = R_out`` means ``g_in = g_out · y / x`` (0 where ``x == 0``). Before
+    In the gradient frame ``R_in = R_out`` means ``g_in = g_out · y / x`` (0 where ``x == 0``, and where
+    ``y / x`` overflows, i.e. ``|x|`` below float32's normal range). Before
     the first rule layer the backward carries relevance already, so it passes ``g`` unchanged.
 
     The module runs inside the Function and only the ratio ``y / x`` is saved, so the output is a fresh
@@ -104,10 +105,9 @@ class _PassFn(torch.autograd.Function):
             y = y.clone()
         ctx.carries_relevance = carries_relevance
         if not carries_relevance:
-            xf = x.float()
-            zero = xf == 0
-            ratio = y.float() / torch.where(zero, torch.ones_like(xf), xf)
-            ctx.save_for_backward(ratio.masked_fill_(zero, 0.0))
+            # y / x, and 0 where x == 0 (0/0 or c/0) or where the quotient overflows (|x| denormal)
+            ratio = torch.div(y.float(), x.float()).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            ctx.save_for_backward(ratio)
         return y
 
     @staticmethod

@@ -53,6 +53,35 @@ class _StabScaleReLU(torch.autograd.Function):
         return _scale_grad(g, _self_ratio(y, ctx.eps, nonneg=True)), None
 
 
+class _StabScaleAct(torch.autograd.Function):
+    """``act(z)`` fused with the ε/Norm rescale of the layer that produced ``z`` (``act`` gets ``Pass``).
+
+    The relevance of ``act``'s output passes to ``z`` unchanged, and ε then divides it by ``stab(z)``,
+    so the backward is ``g · act(z) / stab(z)``: one saved tensor and no separate activation pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, eps: float, act: Any) -> torch.Tensor:
+        y = act(z)
+        d = z.float().abs().add_(eps).copysign_(z)  # stab(z) = z + eps·sign(z)
+        ctx.save_for_backward(torch.div(y.float(), d, out=d).to(y.dtype))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (ratio,) = ctx.saved_tensors
+        return _scale_grad(g, ratio), None, None
+
+
+def _stab_scale(z: torch.Tensor, eps: float, act: Any) -> torch.Tensor:
+    """The ε/Norm rescale of ``z``, with the layer's fused activation (None, "relu" or a module)."""
+    if act is None:
+        return _StabScale.apply(z, eps)
+    if act == "relu":
+        return _StabScaleReLU.apply(z, eps)
+    return _StabScaleAct.apply(z, eps, act)
+
+
 class _AddNormReLU(torch.autograd.Function):
     """``relu(a + b)`` with the Norm rule on the sum (residual blocks); see :class:`_StabScaleReLU`."""
 
@@ -146,8 +175,10 @@ class RuleModule(nn.Module):
         self.path = path
         self.is_first = is_first
         self.fuse_relu = False
-        # a plain attribute, not a submodule: the context is shared by all wrappers of one model
+        # plain attributes, not submodules: the context is shared by all wrappers of one model, and a
+        # fused activation (set by spray.lrp.fusion) stays registered where the model had it
         self.__dict__["context"] = context
+        self.__dict__["fuse_act"] = None
         self.rule.prepare(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +188,11 @@ class RuleModule(nn.Module):
         if self.is_first and not self.rule.direct and x.requires_grad:
             x = _TimesInput.apply(x)
         return self.rule.apply(self, x, carries_relevance)
+
+    @property
+    def activation(self) -> Any:
+        """The activation this layer applies to its output itself: None, ``"relu"`` or a module."""
+        return "relu" if self.fuse_relu else self.__dict__.get("fuse_act")
 
     def __getattr__(self, name: str) -> Any:
         # Code that reads a wrapped layer's attributes (``block.qkv.weight`` passed to a functional
@@ -170,7 +206,8 @@ class RuleModule(nn.Module):
             return getattr(inner, name)
 
     def extra_repr(self) -> str:
-        fused = ", relu fused" if self.fuse_relu else ""
+        act = self.activation
+        fused = "" if act is None else f", {act if isinstance(act, str) else type(act).__name__} fused"
         return f"rule={self.rule!r}, first={self.is_first}{fused}"
 
 
@@ -191,8 +228,8 @@ class Rule:
     gradient_frame_only : bool
         The rule cannot run before the first rule layer (where the backward carries relevance).
     fuses_relu : bool
-        ``apply`` honours ``module.fuse_relu`` (applies the ReLU itself, so that the ReLU's mask is
-        folded into the rule's saved ratio).
+        ``apply`` honours ``module.activation`` (applies a following ReLU or ``Pass`` activation itself,
+        so that the activation is folded into the rule's saved ratio).
     conservative : bool
         With zero biases and a vanishing stabiliser the rule hands on exactly the relevance it receives
         at every layer, so the engine's self-check on the first batch holds the layer to conservation.
@@ -240,8 +277,7 @@ class Epsilon(Rule):
     fuses_relu: ClassVar[bool] = True
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
-        fn = _StabScaleReLU if module.fuse_relu else _StabScale
-        return fn.apply(module.inner(x), self.epsilon)
+        return _stab_scale(module.inner(x), self.epsilon, module.activation)
 
 
 @dataclass(frozen=True)
@@ -255,5 +291,4 @@ class Norm(Rule):
     fuses_relu: ClassVar[bool] = True
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
-        fn = _StabScaleReLU if module.fuse_relu else _StabScale
-        return fn.apply(module.inner(x), self.stabilizer)
+        return _stab_scale(module.inner(x), self.stabilizer, module.activation)

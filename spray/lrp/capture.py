@@ -11,6 +11,8 @@ the place where a layer's relevance can be captured during the ordinary backward
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,8 @@ class CallRecord:
         Total absolute relevance (element-wise), the scale of the call.
     ops : list[str]
         Operations with a non-conservative rule (softmax) that ran in this call's own code.
+    opaque : bool
+        An input or output of the call is an object the taps cannot look into.
     """
 
     path: str
@@ -66,6 +70,7 @@ class CallRecord:
     abs_in: float = 0.0
     abs_out: float = 0.0
     ops: list[str] = field(default_factory=list)
+    opaque: bool = False
 
     @property
     def loss(self) -> float:
@@ -135,14 +140,30 @@ class RelevanceTaps:
         return alias
 
     def _map(self, obj: Any, index: int, side: str) -> Any:
+        """``obj`` with every tensor in it aliased; containers keep their type (named tuples, dict
+        subclasses such as Hugging Face outputs, dataclasses). Anything else that is not a plain value
+        makes the call *opaque*: its relevance cannot be accounted for."""
         if isinstance(obj, torch.Tensor):
             return self._watch(obj, index, side)
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(self._map(o, index, side) for o in obj)
+        if isinstance(obj, tuple):
+            items = [self._map(o, index, side) for o in obj]
+            return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
         if isinstance(obj, list):
-            return [self._map(o, index, side) for o in obj]
+            return type(obj)(self._map(o, index, side) for o in obj)
         if isinstance(obj, dict):
-            return {k: self._map(v, index, side) for k, v in obj.items()}
+            mapped = copy.copy(obj)
+            for k, v in obj.items():
+                mapped[k] = self._map(v, index, side)
+            return mapped
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            changes = {
+                f.name: self._map(getattr(obj, f.name), index, side)
+                for f in dataclasses.fields(obj)
+                if f.init
+            }
+            return dataclasses.replace(obj, **changes)
+        if obj is not None and not isinstance(obj, (bool, int, float, str, slice, torch.dtype, torch.device)):
+            self.calls[index].opaque = True
         return obj
 
     def _enter(self, path: str) -> Callable[..., Any]:

@@ -140,7 +140,7 @@ def _probe_copy(model: nn.Module, context: RuleContext, dtype: torch.dtype) -> t
 def _violation(calls: list[CallRecord], index: int, floor: float) -> float | None:
     """The relative conservation error of one call's own code, or None where none is expected."""
     call = calls[index]
-    if call.ops:
+    if call.ops or call.opaque or any(calls[c].opaque for c in call.children):
         return None
     if isinstance(call.module, RuleModule) and not call.module.rule.conservative:
         return None

@@ -1,4 +1,4 @@
-"""ReLU fusion: a plain ReLU that is the only consumer of a rule layer's output is applied by that layer.
+"""Activation fusion: an activation that is the only consumer of a rule layer's output is applied by that layer.
 
 The fused layer saves one tensor (its ratio with the ReLU's mask folded in) instead of two, and the
 ReLU's forward and backward passes disappear. Whether a fusion is valid depends on how the parent
@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from spray.lrp.activations import Pass, is_activation, is_gate
 from spray.lrp.base import RuleModule
 from spray.lrp.canonizers import ResidualAdd
 
@@ -42,16 +43,108 @@ class _Fusion:
     undo: Callable[[], None]
 
 
-def _fuse_relus(model: nn.Module) -> list[_Fusion]:
-    """Fold each plain ReLU into the rule layer whose output only it consumes; return the fusions.
+def _fusable_activation(m: nn.Module | None) -> nn.Module | None:
+    """The activation module to fold in, if ``m`` is one: a plain ReLU, or an activation with ``Pass``
+    (no parameters, not a gate: a gate's output must stay tagged for the product after it)."""
+    if type(m) is nn.ReLU:
+        return m
+    fits = isinstance(m, RuleModule) and type(m.rule) is Pass and is_activation(m.inner)
+    if fits and not is_gate(m.inner) and next(m.inner.parameters(), None) is None:
+        return m.inner
+    return None
 
-    Candidates: consecutive children of an exact ``nn.Sequential`` (``nn.Identity`` in between, e.g. a
-    folded BatchNorm, is skipped) and the ReLUs of the torchvision ResNet blocks patched by
-    :mod:`spray.lrp.canonizers`. Modules registered more than once are left alone, and so is a window of a
-    Sequential in which one module object occurs twice. Whether the owner really runs the pair as a
-    whole is verified on the first forward pass (the parent may iterate the Sequential). The fused layer
-    saves one tensor (ratio with the ReLU's mask folded in) instead of two, and the ReLU's forward and
-    backward passes disappear.
+
+def _sequential_windows(
+    module: nn.Module, single: Callable[[nn.Module], bool]
+) -> list[tuple[str, str, nn.Module]]:
+    """(layer name, activation name, activation) for each fusable pair among ``module``'s children."""
+    if not (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is nn.Sequential.forward
+        and "forward" not in module.__dict__
+    ):
+        return []
+    # _modules keeps a module registered under two names twice (named_children() does not)
+    items = list(module._modules.items())
+    found = []
+    for i, (name, child) in enumerate(items):
+        if child is None or not (_fusable(child) and single(child)):
+            continue
+        j = i + 1
+        while j < len(items) and type(items[j][1]) is nn.Identity:
+            j += 1
+        if j == len(items) or items[j][1] is None or not single(items[j][1]):  # type: ignore[arg-type]
+            continue
+        act = _fusable_activation(items[j][1])
+        if act is None or (type(act) is not nn.ReLU and not isinstance(child, RuleModule)):
+            continue
+        window = [m for _, m in items[i : j + 1]]
+        if len({id(m) for m in window}) == len(window):
+            found.append((name, items[j][0], act))
+            items[j] = (items[j][0], nn.Identity())
+    return found
+
+
+def _fuse_in_sequential(path: str, module: nn.Module, single: Callable[[nn.Module], bool]) -> list[_Fusion]:
+    fusions = []
+    for name, act_name, act in _sequential_windows(module, single):
+        layer, original = getattr(module, name), getattr(module, act_name)
+        if type(act) is nn.ReLU:
+            layer.fuse_relu = True
+        else:
+            layer.__dict__["fuse_act"] = act
+        setattr(module, act_name, nn.Identity())
+
+        def undo(
+            seq: nn.Module = module, layer: nn.Module = layer, n: str = act_name, m: nn.Module = original
+        ) -> None:
+            layer.fuse_relu = False  # type: ignore[assignment]
+            layer.__dict__["fuse_act"] = None
+            setattr(seq, n, m)
+
+        fusions.append(_Fusion(f"{path}.{name}" if path else name, module, layer, undo))
+    return fusions
+
+
+def _fuse_in_block(path: str, module: nn.Module, single: Callable[[nn.Module], bool]) -> list[_Fusion]:
+    """The ReLUs of the torchvision ResNet blocks patched by :mod:`spray.lrp.canonizers`."""
+    flags = getattr(module, "lrp_fused", None)
+    if not (isinstance(flags, list) and type(getattr(module, "relu", None)) is nn.ReLU):
+        return []
+
+    def unfuse_flag(layer: nn.Module, k: int) -> Callable[[], None]:
+        def undo() -> None:
+            layer.fuse_relu = False  # type: ignore[assignment]
+            flags[k] = False
+
+        return undo
+
+    fusions = []
+    # in the order of the block's ReLUs (see canonizers._bottleneck_forward)
+    pairs = [("conv1", "bn1"), ("conv2", "bn2")][: len(flags) - 1]
+    for k, (conv_name, bn_name) in enumerate(pairs):
+        conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+        if _fusable(conv) and single(conv) and type(bn) is nn.Identity:
+            conv.fuse_relu, flags[k] = True, True
+            fusions.append(_Fusion(f"{path}.{conv_name}", module, conv, unfuse_flag(conv, k)))
+    add = getattr(module, "lrp_add", None)
+    if isinstance(add, ResidualAdd) and single(add):
+        add.fuse_relu, flags[-1] = True, True
+        fusions.append(_Fusion(f"{path}.lrp_add", module, add, unfuse_flag(add, len(flags) - 1)))
+    return fusions
+
+
+def _fuse_relus(model: nn.Module) -> list[_Fusion]:
+    """Fold each activation into the rule layer whose output only it consumes; return the fusions.
+
+    Candidates: consecutive children of an ``nn.Sequential`` that keeps Sequential's ``forward``
+    (``nn.Identity`` in between, e.g. a folded BatchNorm, is skipped), where the activation is a plain
+    ``nn.ReLU`` or an activation with ``Pass`` (SiLU, GELU, Hardswish, ReLU6, ...), and the ReLUs of the
+    torchvision ResNet blocks patched by :mod:`spray.lrp.canonizers`. Modules registered more than once
+    are left alone, and so is a window of a Sequential in which one module object occurs twice. Whether
+    the owner really runs the pair as a whole is verified on the first forward pass (the parent may
+    iterate the Sequential). The fused layer saves one tensor (its ratio with the activation folded in:
+    ``act(z) / stab(z')``) instead of two, and the activation's own passes disappear.
     """
     uses: dict[int, int] = {}
     for _, m in model.named_modules(remove_duplicate=False):
@@ -60,65 +153,10 @@ def _fuse_relus(model: nn.Module) -> list[_Fusion]:
     def single(m: nn.Module) -> bool:
         return uses.get(id(m)) == 1
 
-    def unfuse_seq(seq: nn.Module, child: nn.Module, name: str, relu: nn.Module) -> Callable[[], None]:
-        def undo() -> None:
-            child.fuse_relu = False  # type: ignore[assignment]
-            setattr(seq, name, relu)
-
-        return undo
-
-    def unfuse_flag(layer: nn.Module, flags: list[bool], k: int) -> Callable[[], None]:
-        def undo() -> None:
-            layer.fuse_relu = False  # type: ignore[assignment]
-            flags[k] = False
-
-        return undo
-
     fusions: list[_Fusion] = []
     for path, module in list(model.named_modules()):
-        if type(module) is nn.Sequential and "forward" not in module.__dict__:
-            # _modules keeps a module registered under two names twice (named_children() does not)
-            items = list(module._modules.items())
-            for i, (name, child) in enumerate(items):
-                if child is None or not (_fusable(child) and single(child)):
-                    continue
-                j = i + 1
-                while j < len(items) and type(items[j][1]) is nn.Identity:
-                    j += 1
-                if j == len(items) or type(items[j][1]) is not nn.ReLU:
-                    continue
-                window = [m for _, m in items[i : j + 1]]
-                if len({id(m) for m in window}) != len(window):
-                    continue
-                relu_name, relu = items[j]
-                assert relu is not None
-                child.fuse_relu = True  # type: ignore[assignment]
-                identity = nn.Identity()
-                setattr(module, relu_name, identity)
-                items[j] = (relu_name, identity)
-                fusions.append(
-                    _Fusion(
-                        f"{path}.{name}" if path else name,
-                        module,
-                        child,
-                        unfuse_seq(module, child, relu_name, relu),
-                    )
-                )
-        flags = getattr(module, "lrp_fused", None)
-        if isinstance(flags, list) and type(getattr(module, "relu", None)) is nn.ReLU:
-            # torchvision blocks, in the order of their ReLUs (see canonizers._bottleneck_forward)
-            pairs = [("conv1", "bn1"), ("conv2", "bn2")][: len(flags) - 1]
-            for k, (conv_name, bn_name) in enumerate(pairs):
-                conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-                if _fusable(conv) and single(conv) and type(bn) is nn.Identity:
-                    conv.fuse_relu, flags[k] = True, True
-                    fusions.append(_Fusion(f"{path}.{conv_name}", module, conv, unfuse_flag(conv, flags, k)))
-            add = getattr(module, "lrp_add", None)
-            if isinstance(add, ResidualAdd) and single(add):
-                add.fuse_relu, flags[-1] = True, True
-                fusions.append(
-                    _Fusion(f"{path}.lrp_add", module, add, unfuse_flag(add, flags, len(flags) - 1))
-                )
+        fusions += _fuse_in_sequential(path, module, single)
+        fusions += _fuse_in_block(path, module, single)
     return fusions
 
 

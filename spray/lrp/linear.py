@@ -7,6 +7,7 @@ input-VJPs through :class:`spray.lrp.kernels._LinearOp`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,16 +21,35 @@ from spray.lrp.numerics import _nonneg, _pos, _ratio, _ratio_nonneg_den, _scale_
 __all__ = ["AlphaBeta", "Flat", "Gamma", "WSquare", "ZBox", "ZPlus"]
 
 
+def _activate(z: torch.Tensor, act: Any) -> torch.Tensor:
+    """Apply a fused activation (None, ``"relu"`` in place, or a module) to a layer's output."""
+    if act is None:
+        return z
+    return z.relu_() if act == "relu" else act(z)
+
+
+def _add_bias(t: torch.Tensor, b: torch.Tensor | None, op: _LinearOp, alpha: float = 1.0) -> torch.Tensor:
+    """``t += alpha · b`` in place, ``b`` over the channel dimension (dim 1 for convs, last for dense)."""
+    if b is None:
+        return t
+    view = b if op.kind == "linear" else b.reshape(-1, *([1] * (t.dim() - 2)))
+    return t.add_(view.to(t.dtype), alpha=alpha)
+
+
 class _ZPlusFn(torch.autograd.Function):
-    """z+ rule (α1β0, zennit ``ZPlus``) fused with the layer's normal forward (and a following ReLU).
+    """z+ rule (α1β0, zennit ``ZPlus``) fused with the layer's normal forward (and a following activation).
 
     ``R_in = x⁺ ⊙ W⁺ᵀ s + x⁻ ⊙ W⁻ᵀ s`` with ``s = R_out / stab(W⁺x⁺ + W⁻x⁻ + b⁺)`` and ``R_out = z ⊙ g``.
     For non-negative inputs (the usual post-ReLU case) this is one extra forward and one input-VJP.
+    Inputs with negative values (after SiLU, GELU, Hardswish, a BatchNorm, ...) use
+    ``W⁺x⁺ + W⁻x⁻ = (Wx + |W||x|) / 2``: one extra forward (``|W|`` on ``|x|``) instead of two, and the
+    input-VJP ``(Wᵀs + sign(x) ⊙ |W|ᵀs) / 2``, which is ``W⁺ᵀs`` where ``x > 0`` and ``W⁻ᵀs`` where ``x < 0``.
 
     The denominator is a sum of non-negative terms, so ``stab`` is ``+ eps`` (two in-place passes).
-    With ``relu=True`` the layer's output goes through a ReLU in place; since ``relu(z)/stab = 1[z>0] ·
-    z/stab``, the saved ratio already carries the ReLU's mask, and the ReLU needs no backward and saves
-    nothing. The backward scales the saved ratio by ``g`` in place and runs one transposed convolution.
+    With a fused activation ``act`` (a ReLU, applied in place, or an activation with ``Pass``), the
+    saved ratio is ``act(z) / stab(z⁺)``: the activation's relevance passes to ``z`` unchanged, so the
+    activation needs no backward and saves nothing. The backward scales the saved ratio by ``g`` in
+    place and runs one transposed convolution (two for mixed-sign inputs).
     """
 
     @staticmethod
@@ -40,23 +60,24 @@ class _ZPlusFn(torch.autograd.Function):
         w: torch.Tensor,
         b: torch.Tensor | None,
         w_pos: torch.Tensor,
-        w_neg: torch.Tensor,
+        w_abs: Any,
         b_pos: torch.Tensor | None,
         eps: float,
-        relu: bool,
+        act: Any,
     ) -> torch.Tensor:
         z = op.forward(x, w, b)
         mixed = not _nonneg(x)
         if mixed:
-            zp = op.forward(x.clamp(min=0), w_pos, b_pos)
-            zp += op.forward(x.clamp(max=0), w_neg, None)
+            w_abs = w_abs()
+            zp = op.forward(x.abs(), w_abs, None).add_(z)
+            _add_bias(zp, b, op, -1.0).mul_(0.5)
+            _add_bias(zp, b_pos, op)
         else:
             zp = op.forward(x, w_pos, b_pos)
-        if relu:
-            z = z.relu_()
+        z = _activate(z, act)
         ratio = _ratio_nonneg_den(z, zp, eps, z.dtype)
         if mixed:
-            ctx.save_for_backward(ratio, x, w_pos, w_neg)
+            ctx.save_for_backward(ratio, x, w, w_abs)
         else:
             ctx.save_for_backward(ratio, w_pos)
         ctx.mixed, ctx.op, ctx.shape = mixed, op, x.shape
@@ -70,10 +91,10 @@ class _ZPlusFn(torch.autograd.Function):
         s = _scale_grad(g, saved[0])
         if not ctx.mixed:
             return (op.input_vjp(s, saved[1], ctx.shape), *nones)
-        _, x, w_pos, w_neg = saved
-        a = op.input_vjp(s, w_pos, ctx.shape)
-        bn = op.input_vjp(s, w_neg, ctx.shape)
-        return (torch.where(x > 0, a, bn), *nones)
+        _, x, w, w_abs = saved
+        a = op.input_vjp(s, w, ctx.shape)
+        a.addcmul_(torch.sign(x).to(a.dtype), op.input_vjp(s, w_abs, ctx.shape)).mul_(0.5)
+        return (a, *nones)
 
 
 class _TwoTermFn(torch.autograd.Function):
@@ -141,8 +162,8 @@ class _FlatLikeFn(torch.autograd.Function):
     ``V`` is all-ones (flat, ``c = 0``) or ``W²`` (w², ``c = b²``). The denominator does not depend on
     the sample, so it is computed (and stabilised: it is ``>= 0``) for one sample and broadcast over
     the batch. For flat (``ones=True``) with ``groups == 1``, ``Vᵀs`` only depends on the channel sum
-    of ``s``, so the backward transposes a one-output-channel convolution. ``relu`` fuses a following
-    ReLU as in :class:`_ZPlusFn`.
+    of ``s``, so the backward transposes a one-output-channel convolution. ``act`` fuses a following
+    activation as in :class:`_ZPlusFn`.
     """
 
     @staticmethod
@@ -156,11 +177,9 @@ class _FlatLikeFn(torch.autograd.Function):
         c: torch.Tensor | None,
         eps: float,
         ones: bool,
-        relu: bool,
+        act: Any,
     ) -> torch.Tensor:
-        z = op.forward(x, w, b)
-        if relu:
-            z = z.relu_()
+        z = _activate(op.forward(x, w, b), act)
         unit = torch.ones((1, *x.shape[1:]), dtype=v.dtype, device=x.device)
         den = op.forward(unit, v, c).float().add_(eps)
         ratio = torch.div(z.float(), den).to(z.dtype)
@@ -242,16 +261,20 @@ class ZPlus(_WeightRule):
     def prepare(self, module: RuleModule) -> None:
         op, w, b = _weights(module)
         w_pos = w.detach().clamp(min=0)
-        # W⁻ is only used for inputs with negative entries; keep it lazily (it costs a weight copy)
+        # |W| is only used for inputs with negative entries; made on first use (it costs a weight copy)
         module.__dict__["lrp_cache"] = [op, w_pos, None, _pos(None if b is None else b.detach())]
 
-    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+    def _w_abs(self, module: RuleModule) -> torch.Tensor:
         cache = module.__dict__["lrp_cache"]
-        op, w_pos, w_neg, b_pos = cache
+        if cache[2] is None:
+            cache[2] = module.inner.weight.detach().abs()
+        return cache[2]
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        op, w_pos, _, b_pos = module.__dict__["lrp_cache"]
         w, b = module.inner.weight, module.inner.bias
-        if w_neg is None:
-            w_neg = cache[2] = _weights(module)[1].detach() - w_pos
-        return _ZPlusFn.apply(x, op, w, b, w_pos, w_neg, b_pos, self.stabilizer, module.fuse_relu)
+        w_abs = functools.partial(self._w_abs, module)
+        return _ZPlusFn.apply(x, op, w, b, w_pos, w_abs, b_pos, self.stabilizer, module.activation)
 
 
 @dataclass(frozen=True)
@@ -322,7 +345,7 @@ class Flat(_WeightRule):
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
         op, v, c = module.__dict__["lrp_cache"]
         w, b = module.inner.weight, module.inner.bias
-        return _FlatLikeFn.apply(x, op, w, b, v, c, self.stabilizer, self._ones, module.fuse_relu)
+        return _FlatLikeFn.apply(x, op, w, b, v, c, self.stabilizer, self._ones, module.activation)
 
 
 @dataclass(frozen=True)
