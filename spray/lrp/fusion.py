@@ -48,10 +48,11 @@ def _fusable_activation(m: nn.Module | None) -> nn.Module | None:
     (no parameters, not a gate: a gate's output must stay tagged for the product after it)."""
     if type(m) is nn.ReLU:
         return m
-    fits = isinstance(m, RuleModule) and type(m.rule) is Pass and is_activation(m.inner)
-    if fits and not is_gate(m.inner) and next(m.inner.parameters(), None) is None:
-        return m.inner
-    return None
+    if not isinstance(m, RuleModule) or type(m.rule) is not Pass:
+        return None
+    inner = m.get_submodule("inner")
+    fits = is_activation(inner) and not is_gate(inner)
+    return inner if fits and next(inner.parameters(), None) is None else None
 
 
 def _sequential_windows(
@@ -73,9 +74,10 @@ def _sequential_windows(
         j = i + 1
         while j < len(items) and type(items[j][1]) is nn.Identity:
             j += 1
-        if j == len(items) or items[j][1] is None or not single(items[j][1]):  # type: ignore[arg-type]
+        following = items[j][1] if j < len(items) else None
+        if following is None or not single(following):
             continue
-        act = _fusable_activation(items[j][1])
+        act = _fusable_activation(following)
         if act is None or (type(act) is not nn.ReLU and not isinstance(child, RuleModule)):
             continue
         window = [m for _, m in items[i : j + 1]]

@@ -267,8 +267,9 @@ class ZPlus(_WeightRule):
     def _w_abs(self, module: RuleModule) -> torch.Tensor:
         cache = module.__dict__["lrp_cache"]
         if cache[2] is None:
-            cache[2] = module.inner.weight.detach().abs()
-        return cache[2]
+            cache[2] = _weights(module)[1].detach().abs()
+        w_abs: torch.Tensor = cache[2]
+        return w_abs
 
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
         op, w_pos, _, b_pos = module.__dict__["lrp_cache"]
