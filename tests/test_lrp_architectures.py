@@ -105,7 +105,7 @@ def test_full_size_cnn_matches_zennit(name: str) -> None:
 # gives the same maps), so those are held to conservation under EpsilonGammaBox only.
 CONSERVATION = [
     *[(name, "EpsilonGammaBox") for name in CNNS],
-    *[(name, "EpsilonPlusFlat") for name in ("mobilenet_v2", "regnet_y_400mf", "densenet", "convnext")],
+    *[(name, "EpsilonPlusFlat") for name in ("regnet_y_400mf", "densenet", "convnext")],
 ]
 
 
@@ -161,7 +161,9 @@ def _vit(name: str, zero_bias: bool = False) -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("name", list(VITS))
 def test_vit_matches_lxt(name: str, composite: str, attention: str) -> None:
     model, x = _vit(name)
-    ours = Explainer(model, composite)(x)
+    # LXT explains linear layers by their gradient (LRP-0): the same rule is ε → 0 (the default ε = 1e-6
+    # moves timm's maps by up to 2e-3 of their maximum, where q/k/v entries are that small)
+    ours = Explainer(model, composite, composite_kwargs={"epsilon": 1e-9})(x)
     ref = lxt_reference(model, x, ours.targets, attention)
     _assert_close(ours.relevance, ref)
 
