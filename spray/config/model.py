@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from spray.config.section import Section
 
@@ -43,6 +43,16 @@ class ModelConfig(Section):
         description="Allow a fully pickled model / non-weights checkpoint. Unpickling runs arbitrary code: "
         "only enable for files you trust.",
     )
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        # YAML's true/false would otherwise become the index 1/0
+        if isinstance(value, bool):
+            raise ValueError(
+                "must be the index (an integer) or the key (a string) of the logits, not a boolean"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

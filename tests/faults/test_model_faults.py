@@ -98,6 +98,12 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], int, tuple[str, ...]]] = [
         ("architecture_kwargs",),
     ),
     ("output selector of the wrong type", {**_factory("tuple_output"), "output": [0]}, 2, ("model.output",)),
+    (
+        "output selector a boolean",
+        {**_factory("tuple_output"), "output": True},
+        2,
+        ("model.output", "boolean"),
+    ),
 ]
 
 
