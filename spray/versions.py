@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import spray
 
-LRP_VERSION = 1
+LRP_VERSION = 2
 ANALYSIS_VERSION = 1
 
 
