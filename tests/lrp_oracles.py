@@ -298,6 +298,39 @@ def lxt_reference(
     return (xx * grad).detach()
 
 
+def lxt_swin_reference(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, attention: str = "attnlrp"
+) -> torch.Tensor:
+    """LXT's rules on torchvision's Swin, whose attention is functional: its two matmuls go through
+    ``Tensor.matmul`` (uniform rule: ``divide_gradient`` by 2 on both factors) and, for CP-LRP, its
+    softmax output is held constant (``stop_gradient``)."""
+    rules, patches = lxt_modules()
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.forward = types.MethodType(patches.layer_norm_forward, m)
+        elif isinstance(m, nn.GELU):
+            m.forward = (lambda f: lambda t: rules.identity_rule_implicit(f, t))(m.forward)
+    matmul, softmax = torch.Tensor.matmul, F.softmax
+
+    def uniform(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.requires_grad and b.requires_grad:
+            return matmul(rules.divide_gradient(a, 2), rules.divide_gradient(b, 2))
+        return matmul(a, b)
+
+    torch.Tensor.matmul = uniform  # type: ignore[method-assign]
+    if attention == "cp":
+        F.softmax = lambda *a, **kw: rules.stop_gradient(softmax(*a, **kw))  # type: ignore[assignment]
+    try:
+        xx = x.clone().requires_grad_(True)
+        out = model(xx)
+    finally:
+        torch.Tensor.matmul = matmul  # type: ignore[method-assign]
+        F.softmax = softmax  # type: ignore[assignment]
+    (grad,) = torch.autograd.grad(out, xx, torch.zeros_like(out).scatter_(1, targets[:, None], 1.0))
+    return (xx * grad).detach()
+
+
 def _qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: str) -> tuple[torch.Tensor, ...]:
     rules = lxt_modules()[0]
     if attention == "cp":
