@@ -206,6 +206,15 @@ def prepare_demo(
         batch_size=spec.batch_size,
     )
     log.info("trained the demo model in %.1f s", time.perf_counter() - t0)
+    _write_demo(work_dir, data, model)
+    config = _demo_config(arch, data, seed, runs_dir)
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    params_path.write_text(json.dumps(params))
+    return cfg_path
+
+
+def _write_demo(work_dir: Path, data: DemoData, model: torch.nn.Module) -> None:
+    """The checkpoint, the IDX files and the ground truth of a prepared demo."""
     torch.save(model.state_dict(), work_dir / "model.pt")
     write_idx(work_dir / "train-images-idx3-ubyte.gz", data.images)
     write_idx(work_dir / "train-labels-idx1-ubyte.gz", data.labels.astype(np.uint8))
@@ -216,7 +225,12 @@ def prepare_demo(
         "artifact": "4x4 white square, top-left corner",
     }
     (work_dir / "ground_truth.json").write_text(json.dumps(truth))
-    config: dict[str, Any] = {
+
+
+def _demo_config(arch: str, data: DemoData, seed: int, runs_dir: Path) -> dict[str, Any]:
+    """The audit config of a prepared demo (paths relative to its folder)."""
+    spec = ARCHS[arch]
+    return {
         "name": "demo" if arch == "cnn" else f"demo-{arch}",
         "seed": seed,
         "model": {
@@ -237,9 +251,6 @@ def prepare_demo(
         "analysis": {"embedding": "umap"},
         "output": {"runs_dir": str(runs_dir.resolve())},
     }
-    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    params_path.write_text(json.dumps(params))
-    return cfg_path
 
 
 def score_against_truth(report: AuditReport, truth: dict[str, Any]) -> dict[str, Any]:
