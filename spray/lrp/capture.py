@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,18 +25,34 @@ __all__ = ["CallRecord", "RelevanceTaps"]
 
 
 class _Alias(torch.autograd.Function):
-    """Identity forward and backward: a private graph node for one consumer of a tensor.
+    """``scale · x`` forward, ``scale · g`` backward: a private graph node for one consumer of a tensor.
 
     The forward returns a copy, not a view: consumers may modify it in place (``out += identity``).
+    A scale other than 1 multiplies the tensor by a constant, which conserves relevance
+    (``(s·x)·g = x·(s·g)``).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.clone() if scale == 1.0 else x * scale
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return (g if ctx.scale == 1.0 else g * ctx.scale), None
+
+
+def _unit_scale(t: torch.Tensor) -> float:
+    """A power of two that brings ``max |t|`` near 1 when it is far from it (else 1).
+
+    Used by the self-check, whose copy has every bias at 0: there activations can shrink (or grow) by
+    orders of magnitude through a deep net, towards float32's limits, while every rule on them stays
+    conservative at any scale.
+    """
+    peak = float(t.detach().abs().max()) if t.numel() else 0.0
+    if peak == 0.0 or not math.isfinite(peak) or 1e-3 <= peak <= 1e3:
+        return 1.0
+    return float(2.0 ** -round(math.log2(peak)))
 
 
 @dataclass
@@ -88,10 +105,19 @@ class RelevanceTaps:
     relevance_frame : callable
         Whether, at the current point of the forward pass, the backward will carry relevance (True)
         or a gradient (False) at a tensor produced now.
+    rescale : bool
+        Bring every call's outputs to a magnitude near 1 (by a power of two) where they are far from it
+        (for the self-check's bias-free copy, see :func:`_unit_scale`).
     """
 
-    def __init__(self, units: Iterable[tuple[str, nn.Module]], relevance_frame: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        units: Iterable[tuple[str, nn.Module]],
+        relevance_frame: Callable[[], bool],
+        rescale: bool = False,
+    ) -> None:
         self.calls: list[CallRecord] = []
+        self._rescale = rescale
         self._stack: list[int] = []
         self._frame = relevance_frame
         self._handles: list[Any] = []
@@ -117,13 +143,16 @@ class RelevanceTaps:
     def _watch(self, t: Any, index: int, side: str) -> Any:
         if not (isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()):
             return t
-        alias = _Alias.apply(t)
+        scale = _unit_scale(t) if self._rescale and side == "out" else 1.0
+        alias = _Alias.apply(t, scale)
         # keep spray's tags (a gate, CP-LRP's attention weights): the functional rules read them
         for name, tag in vars(t).items():
             if name.startswith("_spray_"):
                 setattr(alias, name, tag)
         relevance_frame = self._frame()
-        value = t.detach()
+        value = (
+            t.detach() if scale == 1.0 else t.detach() * scale
+        )  # not the alias: consumers may write into it
 
         def hook(g: torch.Tensor) -> None:
             r = g if relevance_frame else g * value

@@ -7,7 +7,7 @@
   custom ``forward()`` that spray cannot see, a module given ``Gradient()`` that is not a routing) shows
   up as relevance that is created or lost. The check runs a *probe*: a float32 copy of the LRP model
   with every bias (and additive constant such as a class token or position embedding) set to 0 and every
-  stabiliser made negligible, so that each rule must hand on exactly what it receives. On the first
+  stabiliser made negligible (the smallest normal float32), so that each rule must hand on exactly what it receives. On the first
   two samples it measures, with :class:`~spray.lrp.capture.RelevanceTaps`, the relevance into and out of
   every module call. The code of a module outside its submodules (its *glue*) must then conserve
   relevance; a leaf must conserve it unless its rule says otherwise (αβ), and a call whose own code
@@ -52,7 +52,10 @@ ADDITIVE_NAMES = frozenset(
 )
 #: Relative tolerance of the conservation check, against the relevance magnitude at the module.
 CONSERVATION_TOL = 1e-3
-_PROBE_EPS = 1e-12
+# The probe's stabiliser: the smallest normal float32. With every bias at 0, activations can shrink by
+# orders of magnitude through a deep net (SiLU and sigmoid gates halve small values: about 1e-12 after
+# EfficientNet-B0's 16 blocks), so any fixed "small" stabiliser would absorb relevance there.
+_PROBE_EPS = float(torch.finfo(torch.float32).tiny)
 
 
 def check_order(context: RuleContext, first_path: str | None) -> None:
@@ -188,7 +191,7 @@ def _probe(
     dtype: torch.dtype,
 ) -> list[CallRecord]:
     probe, ctx = _probe_copy(model, context, dtype)
-    taps = RelevanceTaps(_units(probe), lambda: ctx.relevance_frame)
+    taps = RelevanceTaps(_units(probe), lambda: ctx.relevance_frame, rescale=True)
     xp = x[:2].detach().to(dtype).requires_grad_(True)
     try:
         ctx.reset()
