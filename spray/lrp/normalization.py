@@ -51,6 +51,8 @@ class _LayerNormFn(torch.autograd.Function):
         bias: torch.Tensor | None,
         eps: float,
     ) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()  # as autocast runs layer_norm: in float32, with a float32 result
         w = None if weight is None else weight.to(x.dtype)
         b = None if bias is None else bias.to(x.dtype)
         y, _, rstd = torch.native_layer_norm(x, list(shape), w, b, eps)
