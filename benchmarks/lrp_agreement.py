@@ -112,10 +112,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="also the full-size models (slow)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these architectures (row names)")
     args = parser.parse_args(argv)
     print("| architecture | composite | oracle | max 1 − cos | max abs err / max | max conservation error |")
     print("|---|---|---|---|---|---|")
     for name, composite, measure in rows(args.full):
+        if args.only and name not in args.only:
+            continue
         r = measure()
         print(
             f"| {name} | {composite} | {r['oracle']} | {max(r['1-cos'], 0.0):.1e} | {r['max_err']:.1e} | "

@@ -34,10 +34,27 @@ def _densenet_small() -> nn.Module:
     )
 
 
+def _efficientnet_v2_small() -> nn.Module:
+    """EfficientNet-V2's blocks at a small width: FusedMBConv without and with expansion, MBConv with
+    squeeze-and-excitation, residual sums where the shapes allow them, V2's BatchNorm eps."""
+    from functools import partial
+
+    from torchvision.models.efficientnet import EfficientNet, FusedMBConvConfig, MBConvConfig
+
+    setting = [
+        FusedMBConvConfig(1, 3, 1, 16, 16, 2),
+        FusedMBConvConfig(4, 3, 2, 16, 24, 2),
+        MBConvConfig(4, 3, 2, 24, 32, 2),
+    ]
+    norm = partial(nn.BatchNorm2d, eps=1e-3)
+    return EfficientNet(setting, dropout=0.2, last_channel=64, num_classes=10, norm_layer=norm)
+
+
 CNNS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5), 32),
     "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), 32),
     "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), 32),
+    "efficientnet_v2": (_efficientnet_v2_small, 32),
     "regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(num_classes=10), 32),
     "densenet": (_densenet_small, 32),
     "convnext": (_convnext_small, 32),

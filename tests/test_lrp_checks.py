@@ -358,3 +358,53 @@ def test_user_hooks_never_fire_in_spray_copies(caplog: pytest.LogCaptureFixture)
         logits = model[:6](x)
         logits = model[6](logits) / 10
     assert torch.allclose(first.logits, logits, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# in-place activations: the two ways the defect showed
+
+
+def _zero_biases(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.zero_()
+    return model
+
+
+@pytest.mark.parametrize("act", INPLACE, ids=lambda m: type(m).__name__)
+def test_inplace_activations_conserve_relevance_with_zero_biases(act: nn.Module) -> None:
+    """With zero biases, Σ relevance / target logit was −4 instead of 1 on in-place activations."""
+    model = _zero_biases(_act_net(act))
+    # stabilisers of 1e-9: the default 1e-6 absorbs up to 0.2 % where a γ denominator is that small
+    kwargs = {"low": -3.0, "high": 3.0, "epsilon": 1e-9, "stabilizer": 1e-9}
+    result = Explainer(model, "EpsilonGammaBox", composite_kwargs=kwargs)(torch.randn(2, 3, 8, 8))
+    ratio = result.relevance.flatten(1).sum(1) / result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
+def test_following_the_old_refusal_advice_on_mobilenet_v2_gives_the_out_of_place_map() -> None:
+    """spray's refusal of MobileNetV2 used to advise ``extra_rules={ReLU6: Pass()}``; torchvision's ReLU6
+    layers are in-place, so following it gave a wrong map. Today ReLU6 needs no rule, and the advice, if
+    followed, gives the map of the same model with ``inplace=False``."""
+    import torchvision
+
+    from tests.lrp_oracles import realistic_bn
+
+    torch.manual_seed(0)
+    model = realistic_bn(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5), (3, 32, 32))
+    assert any(isinstance(m, nn.ReLU6) and m.inplace for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    advised = Explainer(model, extra_rules={nn.ReLU6: Pass()})(x)
+    default = Explainer(model)(x)
+    for m in model.modules():
+        if isinstance(m, nn.ReLU6):
+            m.inplace = False
+    out_of_place = Explainer(model)(x)
+    assert torch.isfinite(advised.relevance).all()
+    for other in (default, out_of_place):
+        scale = float(other.relevance.abs().max())
+        assert torch.allclose(advised.relevance, other.relevance, rtol=1e-4, atol=1e-6 * scale)
