@@ -408,3 +408,25 @@ def test_following_the_old_refusal_advice_on_mobilenet_v2_gives_the_out_of_place
     for other in (default, out_of_place):
         scale = float(other.relevance.abs().max())
         assert torch.allclose(advised.relevance, other.relevance, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_all_zero_maps_are_reported_with_their_cause(caplog: pytest.LogCaptureFixture) -> None:
+    """A random EfficientNet-B0 at 32×32 has target logits near 1e-14: the ε rules absorb everything and
+    every map is exactly 0. The example config's audit of random weights used to publish such maps
+    without a word."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.efficientnet_b0(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        explainer = Explainer(model)
+        result = explainer(x)
+    assert float(result.relevance.abs().max()) == 0.0
+    assert "2 of 2 relevance maps of the first batch are exactly 0" in caplog.text
+    assert "random (untrained) weights" in caplog.text and "model.checkpoint" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        explainer(x)  # reported once
+        Explainer(_act_net(nn.ReLU()))(torch.randn(2, 3, 8, 8))  # non-zero maps: no warning
+    assert "exactly 0" not in caplog.text

@@ -2,6 +2,8 @@
 
 * **Order**: the relevance-out layer must run once, before any other rule layer.
 * **Reference**: the canonized copy must compute the user's model (folded BatchNorms, patched blocks).
+* **Empty maps** (:func:`warn_empty_maps`): a map that is exactly 0 everywhere carries no evidence; a
+  warning says how many and why (the target logit below the rules' stabiliser, typically random weights).
 * **Conservation** (:func:`check_conservation`): spray's rules conserve relevance wherever the LRP
   papers say they do. A rule that is not applied where it should be (a product of two activations in a
   custom ``forward()`` that spray cannot see, a module given ``Gradient()`` that is not a routing) shows
@@ -34,7 +36,7 @@ from spray.lrp.pooling import LeanMaxPool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADDITIVE_NAMES", "check_conservation", "check_order", "reference_error"]
+__all__ = ["ADDITIVE_NAMES", "check_conservation", "check_order", "reference_error", "warn_empty_maps"]
 
 #: Parameter and buffer names that the probe treats as additive constants (set to 0), besides every
 #: name ending in "bias": BatchNorm means, and the tokens and position embeddings of vision transformers.
@@ -231,3 +233,41 @@ def check_conservation(
         if error is not None:
             raise ModelError(_message(call, error))
     logger.debug("self-check: relevance conserved in %d module calls", len(calls))
+
+
+def warn_empty_maps(relevance: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> int:
+    """Log a warning if maps of a batch are exactly 0 everywhere, and say why; return how many.
+
+    An ε (or Norm) rule hands on ``z / (z + ε)`` of the relevance it receives, so where the model's
+    activations and target logit are far below the stabiliser (about 1e-14 on a random-weight
+    EfficientNet-B0 at 32×32) all relevance is absorbed and the map is 0: correct by the rules, but no
+    evidence to audit.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        ``(B, ...)`` input relevance.
+    logits : torch.Tensor
+        ``(B, K)``.
+    targets : torch.Tensor
+        ``(B,)`` explained classes.
+
+    Returns
+    -------
+    int
+        The number of all-zero maps.
+    """
+    empty = relevance.flatten(1).abs().amax(1) == 0
+    n_empty = int(empty.sum())
+    if n_empty:
+        target_logits = logits.gather(1, targets[:, None]).squeeze(1)[empty].abs()
+        logger.warning(
+            "%d of %d relevance maps of the first batch are exactly 0 (|target logit| of those up to %.3g): "
+            "the rules' stabiliser absorbed all relevance, which happens when activations and logits are far "
+            "below it, e.g. with random (untrained) weights. Load trained weights (model.checkpoint) or lower "
+            "lrp.composite_kwargs epsilon and stabilizer; such maps carry no evidence for the analysis.",
+            n_empty,
+            len(empty),
+            float(target_logits.max()),
+        )
+    return n_empty

@@ -31,7 +31,7 @@ from torch import nn
 
 from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
-from spray.lrp.checks import check_conservation, check_order, reference_error
+from spray.lrp.checks import check_conservation, check_order, reference_error, warn_empty_maps
 from spray.lrp.composites import get_composite
 from spray.lrp.functional import functional_rules
 from spray.lrp.fusion import _FusionWatch
@@ -198,6 +198,7 @@ class Explainer:
         # registration order differs from the execution order). Dropped after the check.
         self._reference: nn.Module | None = reference_copy(model, self.device) if canonize else None
         self._self_check = self_check
+        self._empty_checked = False  # all-zero maps are reported once, on the first batch
         hooked = hooked_modules(model)
         if hooked:
             logger.warning(
@@ -385,6 +386,9 @@ class Explainer:
             (grad,) = torch.autograd.grad(out, x, grad_outputs=seed)
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
+        if not self._empty_checked:
+            self._empty_checked = True
+            warn_empty_maps(relevance, logits, targets)
         return LRPResult(relevance=relevance, logits=logits, targets=targets)
 
 
