@@ -8,6 +8,7 @@ are marked slow.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -111,10 +112,29 @@ def test_cnn_matches_zennit(name: str, composite: str) -> None:
     _check_cnn(name, composite)
 
 
+def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: ``1 − cos`` and ``max |a − b| / max |b|``."""
+    scale = b.flatten(1).abs().max(1).values.clamp(min=1e-30)[:, None]
+    a, b = a.flatten(1) / scale, b.flatten(1) / scale
+    return 1 - nn.functional.cosine_similarity(a, b, dim=1), (a - b).abs().max(1).values
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLOW_CNNS))
 def test_full_size_cnn_matches_zennit(name: str) -> None:
-    _check_cnn(name, "EpsilonPlusFlat")
+    """Against zennit in float64. On deep random nets a z+ denominator near 0 can amplify float32
+    round-off: on DenseNet-121 one input puts zennit's own float32 map at 1 − cos = 4e-4 (5 % max error)
+    from its float64 map. So spray (float32) must be within 1 − cos ≤ 1e-4 of the float64 reference, or,
+    where float32 itself cannot get that close, within 3× zennit's own float32 distance."""
+    model, x = _cnn(name)
+    ours = Explainer(model, "EpsilonPlusFlat")(x)
+    assert torch.isfinite(ours.relevance).all()
+    ref32 = zennit_reference(model, x, "EpsilonPlusFlat", ours.targets)
+    ref64 = zennit_reference(copy.deepcopy(model).double(), x.double(), "EpsilonPlusFlat", ours.targets)
+    cos_ours, err_ours = _cosine_distance(ours.relevance.double(), ref64)
+    cos_ref, err_ref = _cosine_distance(ref32.double(), ref64)
+    assert bool((cos_ours <= (3 * cos_ref).clamp(min=1e-4)).all()), (cos_ours.tolist(), cos_ref.tolist())
+    assert bool((err_ours <= (3 * err_ref).clamp(min=1e-3)).all()), (err_ours.tolist(), err_ref.tolist())
 
 
 # γ conserves relevance wherever z ≠ 0; z+ loses it where no input meets a positive weight but z ≠ 0,
@@ -253,7 +273,8 @@ def test_vit_b_16_matches_lxt() -> None:
         model.heads.head.weight.normal_(std=0.02)
         model.class_token.normal_(std=0.5)
     x = torch.randn(1, 3, 224, 224)
-    ours = Explainer(model, "AttnLRP")(x)
+    # LRP-0 on linear layers as in LXT (with the default ε = 1e-6 the max error is 4.9e-3 of the maximum)
+    ours = Explainer(model, "AttnLRP", composite_kwargs={"epsilon": 1e-9})(x)
     _assert_close(ours.relevance, lxt_reference(model, x, ours.targets, "attnlrp"))
 
 
