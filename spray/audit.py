@@ -282,6 +282,7 @@ def _batch_stage(
         canonize=cfg.lrp.canonize,
         device=dev,
         precision=cfg.lrp.precision,
+        elementwise=cfg.lrp.elementwise,
     )
     cache = ShardCache(
         runs.cache_dir(cache_dir_name(cfg, setup.hashes["model"])), by_label=cfg.lrp.target == "label"

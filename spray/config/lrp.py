@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from spray.config.section import Section
 
@@ -19,3 +19,20 @@ class LRPConfig(Section):
     target: Literal["label", "pred"] | int = Field("label", description="Which logit to explain.")
     precision: Literal["fp32", "tf32", "bf16"] = Field("fp32", description="Compute precision.")
     canonize: bool = Field(True, description="Fold BatchNorm and canonize residual adds.")
+    elementwise: Literal["eager", "compile"] = Field(
+        "eager",
+        description="How the rules' element-wise work (stabilised ratios, gradient rescales) runs: 'eager' "
+        "(PyTorch's in-place operations) or 'compile' (each fused into one kernel by torch.compile: Triton "
+        "on CUDA, C++ on CPU; meant for GPUs, where that work is memory-bound). 'compile' costs tens of "
+        "seconds on the first batch and gives the eager maps to float32 round-off (tested on CPU; GPU "
+        "speed not measured yet, see docs/lrp.md). It is part of the heatmap cache key and the run id.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _eager_by_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        # eager is how spray has always computed: leaving it out of the dump keeps the run ids and heatmap
+        # cache keys of existing runs
+        if self.elementwise == "eager":
+            out.pop("elementwise", None)
+        return out

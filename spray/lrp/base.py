@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from spray.lrp.numerics import _scale_grad, _self_ratio
+from spray.lrp.fused import compiled, fused_active
+from spray.lrp.numerics import _scale_grad, _scaled_self_ratio
 
 __all__ = ["Epsilon", "Gradient", "Norm", "Rule", "RuleContext", "RuleModule"]
 
@@ -30,7 +31,7 @@ class _StabScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors
-        return _scale_grad(g, _self_ratio(z, ctx.eps)), None
+        return _scaled_self_ratio(g, z, ctx.eps), None
 
 
 class _StabScaleReLU(torch.autograd.Function):
@@ -50,7 +51,7 @@ class _StabScaleReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (y,) = ctx.saved_tensors
-        return _scale_grad(g, _self_ratio(y, ctx.eps, nonneg=True)), None
+        return _scaled_self_ratio(g, y, ctx.eps, nonneg=True), None
 
 
 class _StabScaleAct(torch.autograd.Function):
@@ -63,6 +64,9 @@ class _StabScaleAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, eps: float, act: Any) -> torch.Tensor:
         y = act(z)
+        if fused_active():
+            ctx.save_for_backward(compiled("ratio")(y, z, eps).to(y.dtype))
+            return y
         d = z.float().abs().add_(eps).copysign_(z)  # stab(z) = z + eps·sign(z)
         ctx.save_for_backward(torch.div(y.float(), d, out=d).to(y.dtype))
         return y
@@ -95,7 +99,7 @@ class _AddNormReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         (y,) = ctx.saved_tensors
-        gs = _scale_grad(g, _self_ratio(y, ctx.eps, nonneg=True))
+        gs = _scaled_self_ratio(g, y, ctx.eps, nonneg=True)
         return gs, gs, None
 
 

@@ -34,6 +34,7 @@ from spray.lrp.base import Rule, RuleModule
 from spray.lrp.checks import check_conservation, check_order, reference_error, warn_empty_maps
 from spray.lrp.composites import get_composite
 from spray.lrp.functional import functional_rules
+from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
 from spray.lrp.preparation import hooked_modules, prepare, reference_copy
@@ -142,6 +143,10 @@ class Explainer:
     self_check : bool
         On the first batch, check that relevance is conserved wherever the rules conserve it
         (:func:`spray.lrp.checks.check_conservation`) and refuse the model, naming the module, if not.
+    elementwise : {"eager", "compile"}
+        How the rules' element-wise work (stabilised ratios, rescales) runs: PyTorch's in-place ops, or
+        kernels fused by ``torch.compile`` (:mod:`spray.lrp.fused`; meant for CUDA, where that work is
+        memory-bound; the first call compiles). The maps agree to float32 round-off.
 
     Raises
     ------
@@ -163,9 +168,15 @@ class Explainer:
         extra_rules: dict[type[nn.Module], Rule] | None = None,
         channels_last: bool | None = None,
         self_check: bool = True,
+        elementwise: str = "eager",
     ) -> None:
         if precision not in _PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; choose one of {list(_PRECISIONS)}")
+        if elementwise not in ELEMENTWISE_MODES:
+            raise ConfigError(
+                f"unknown elementwise mode {elementwise!r}; choose one of {list(ELEMENTWISE_MODES)}"
+            )
+        self.elementwise = elementwise
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
         for t, r in (extra_rules or {}).items():
@@ -336,6 +347,16 @@ class Explainer:
         return out, logits
 
     def __call__(
+        self,
+        inputs: torch.Tensor,
+        target: str | int | torch.Tensor = "pred",
+        labels: torch.Tensor | None = None,
+    ) -> LRPResult:
+        """Explain a batch (see :meth:`_explain`), with the element-wise kernels chosen at construction."""
+        with elementwise_mode(self.elementwise):
+            return self._explain(inputs, target, labels)
+
+    def _explain(
         self,
         inputs: torch.Tensor,
         target: str | int | torch.Tensor = "pred",

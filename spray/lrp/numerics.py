@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from spray.lrp.fused import compiled, fused_active
+
 __all__ = ["stabilize"]
 
 
@@ -33,6 +35,8 @@ def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _ratio(num: torch.Tensor, den: torch.Tensor, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
     """``num / stab(den)`` computed in float32, stored in ``out_dtype`` (shapes equal)."""
+    if fused_active():
+        return compiled("ratio")(num, den, eps).to(out_dtype)
     d = stabilize(den, eps)
     return torch.div(num.float(), d, out=d).to(out_dtype)
 
@@ -50,6 +54,8 @@ def _ratio_nonneg_den(
     never below ``eps``. In float32 ``den`` is overwritten with the ratio; callers must not use it
     afterwards.
     """
+    if fused_active():
+        return compiled("ratio_nonneg")(num, den, eps).to(out_dtype)
     d = den.float()  # the same tensor in float32; a float32 copy under bf16
     d.clamp_(min=0).add_(eps)
     return (
@@ -65,6 +71,13 @@ def _self_ratio(z: torch.Tensor, eps: float, nonneg: bool = False) -> torch.Tens
     """
     a = z.float() if nonneg else z.float().abs()
     return torch.div(a, a + eps)
+
+
+def _scaled_self_ratio(g: torch.Tensor, z: torch.Tensor, eps: float, nonneg: bool = False) -> torch.Tensor:
+    """``g · z / stab(z)``: the backward of the ε and Norm rules (one fused kernel when compiled)."""
+    if fused_active():
+        return compiled("scaled_self_ratio")(g, z, eps)
+    return _scale_grad(g, _self_ratio(z, eps, nonneg))
 
 
 def _scale_grad(g: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
