@@ -29,6 +29,11 @@ times:
 
 A method that does not apply to a model gets "—" in the table.
 
+Time: the median over ``--repeats`` interleaved calls. On a CPU the ratios use the process's CPU time
+(``time.process_time``; with ``OMP_NUM_THREADS=1`` that is the one thread's busy time), because on a shared
+machine the wall time of a call mostly measures the other jobs; the wall seconds are in the table too.
+On CUDA the ratios use wall time (synchronised).
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the memory allocated before the call.
 On CPU each (model, method) runs in a fresh subprocess with glibc's mmap threshold pinned to 64 KiB
 (so freed tensors go back to the OS and RSS tracks live tensors); after one warm-up call the peak RSS
@@ -81,6 +86,8 @@ BASE = "fwd+input-grad"
 #: method). PyTorch's default allows TF32 convolutions on CUDA, which spray's "fp32" turns off; setting
 #: the switches for all methods alike keeps the comparison fair.
 PRECISION = {"value": "fp32"}
+#: --elementwise: spray's element-wise kernels ("eager" or "compile", see docs/lrp.md)
+ELEMENTWISE = {"value": "eager"}
 DOC = ROOT / "docs" / "lrp.md"
 BEGIN, END = "<!-- BENCHMARK:BEGIN -->", "<!-- BENCHMARK:END -->"
 
@@ -242,7 +249,9 @@ def make_method(
         return run
     if name in ("spray LRP", "spray LRP (torch conv dispatch)"):
         composite = spray_composite(model_name)
-        explainer = Explainer(model, composite, device=device, precision=PRECISION["value"])
+        explainer = Explainer(
+            model, composite, device=device, precision=PRECISION["value"], elementwise=ELEMENTWISE["value"]
+        )
         onednn = name == "spray LRP"
 
         def run(x: torch.Tensor) -> Any:
@@ -296,7 +305,7 @@ def memory_in_subprocess(model_name: str, method: str, args: argparse.Namespace)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--probe", model_name, method, "--batch", str(args.batch)]
     cmd += ["--size", str(args.size), "--device", args.device, "--precision", args.precision]
-    cmd += ["--composite", args.composite]
+    cmd += ["--composite", args.composite, "--elementwise", args.elementwise]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["mib"])
 
@@ -312,18 +321,22 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, dict[str
         runners[method] = make_method(method, build_model(model_name).to(device), device, model_name)
         runners[method](x)  # warm-up
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu_times: dict[str, list[float]] = {m: [] for m in methods}
     for rep in range(args.repeats):
         for method in methods:
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             runners[method](x)
             _sync(device)
             times[method].append(time.perf_counter() - t0)
+            cpu_times[method].append(time.process_time() - c0)
         logger.info("%s repeat %d: %s", model_name, rep, {m: round(t[-1], 3) for m, t in times.items()})
     result: dict[str, dict[str, float]] = {}
     for method in methods:
         med = statistics.median(times[method])
         result[method] = {"seconds": med, "images_per_s": args.batch / med, "all_seconds": times[method]}
+        result[method]["cpu_seconds"] = statistics.median(cpu_times[method])
+        result[method]["all_cpu_seconds"] = cpu_times[method]
     del runners
     if not args.no_memory:
         for method in methods:
@@ -332,8 +345,10 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, dict[str
             else:
                 result[method]["peak_mib"] = memory_in_subprocess(model_name, method, args)
     base = result[BASE]
+    # on a CPU the ratios use CPU time: on a shared machine wall time mostly measures the other jobs
+    key = "cpu_seconds" if device.type == "cpu" else "seconds"
     for method in methods:
-        result[method]["time_ratio"] = result[method]["seconds"] / base["seconds"]
+        result[method]["time_ratio"] = result[method][key] / base[key]
         if "peak_mib" in base and base["peak_mib"] > 0:
             result[method]["mem_ratio"] = result[method]["peak_mib"] / base["peak_mib"]
     return result
@@ -341,9 +356,11 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, dict[str
 
 def table(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
     """Markdown table of all results."""
+    cpu = args.device == "cpu"
+    speed = "images per CPU second | wall s / batch" if cpu else "images/s"
     lines = [
-        f"| model | method | images/s | time / {BASE} | peak extra memory (MiB) | memory / {BASE} |",
-        "|---|---|---|---|---|---|",
+        f"| model | method | {speed} | time / {BASE} | peak extra memory (MiB) | memory / {BASE} |",
+        "|---|---|---|---|---|---|" + ("---|" if cpu else ""),
     ]
     for model_name, res in results.items():
         for method in METHODS:
@@ -352,8 +369,13 @@ def table(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namesp
             r = res[method]
             mem = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "—"
             mem_ratio = f"{r['mem_ratio']:.2f}×" if "mem_ratio" in r else "—"
+            rate = (
+                f"{args.batch / r['cpu_seconds']:.2f} | {r['seconds']:.2f}"
+                if cpu
+                else f"{r['images_per_s']:.2f}"
+            )
             lines.append(
-                f"| {model_name} | {method} | {r['images_per_s']:.2f} | {r['time_ratio']:.2f}× | {mem} | {mem_ratio} |"
+                f"| {model_name} | {method} | {rate} | {r['time_ratio']:.2f}× | {mem} | {mem_ratio} |"
             )
     return "\n".join(lines)
 
@@ -398,10 +420,17 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="spray's composite (auto: EpsilonPlusFlat on CNNs, AttnLRP on ViTs)",
     )
+    parser.add_argument(
+        "--elementwise",
+        choices=["eager", "compile"],
+        default="eager",
+        help="spray's element-wise kernels: eager, or fused by torch.compile (the warm-up call compiles)",
+    )
     parser.add_argument("--probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     PRECISION["value"] = args.precision
     COMPOSITE["value"] = args.composite
+    ELEMENTWISE["value"] = args.elementwise
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     if args.probe:
         mib = probe_memory(args.probe[0], args.probe[1], args.batch, args.size, torch.device(args.device))
