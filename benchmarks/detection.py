@@ -339,16 +339,9 @@ def analyze(
 
 
 def evidence_line(f: ClusterFinding) -> str:
-    """One line for tables, e.g. "12 % of class Sandal; 71 % of its relevance lies in a 4×4 region at
-    the top left; pasting that region flips 63 % of other-class images to Sandal"."""
-    parts = []
-    for i, sentence in enumerate(f.evidence):
-        if (i == 2 and "probability" in sentence) or sentence.startswith("its members' pixels"):
-            continue  # consistency and appearance are detail for the report, not the table
-        # First clause of each sentence: the claim; the parenthesis and the rest are detail.
-        clause = sentence.split(" (")[0].split("; ")[0]
-        parts.append(clause)
-    return "; ".join(parts)
+    """One line for tables: the size, where the relevance lies, and the interventions' main results."""
+    keep = ("members put", "each member puts", "pasting it", "removing it lowers the members'")
+    return "; ".join([f.evidence[0], *(e for e in f.evidence[1:] if e.startswith(keep))])
 
 
 def normalize(rel: np.ndarray) -> np.ndarray:

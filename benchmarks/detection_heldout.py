@@ -299,6 +299,7 @@ def evaluate(cell: Cell, info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
          "precision": precision(f) if planted else 0.0, "evidence": f["evidence"]}
         for f in findings[:3]
     ]  # fmt: skip
+    row["tested"] = tested_candidates(summary, planted)
     if not planted:
         return row
     top = findings[0] if findings else None
@@ -318,6 +319,28 @@ def evaluate(cell: Cell, info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return row
 
 
+#: Signals kept per looked-at candidate (to draw the flag's operating curve offline).
+TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "aligned", "flip_rate", "flip_null",
+                  "flip_p", "removal_drop", "removal_null", "removal_p", "removal_auroc", "removal_spread",
+                  "hotspot_separation", "lift", "consistency", "separation")  # fmt: skip
+
+
+def tested_candidates(summary: dict[str, Any], planted: set[str]) -> list[dict[str, Any]]:
+    """Every candidate of the run whose appearance was looked at: class, planted precision, signals."""
+    out = []
+    for c in summary["classes"]:
+        for f in c["clusters"]:
+            if "appearance" not in f["signals"]:
+                continue
+            got = set(f["member_ids"])
+            out.append(
+                {"class": f["class_index"], "key": f["key"], "score": f["score"], "suspicious": f["suspicious"],
+                 "precision": len(got & planted) / max(1, len(got)), "recall": len(got & planted) / max(1, len(planted)),
+                 **{k: f["signals"][k] for k in TESTED_SIGNALS if k in f["signals"]}}
+            )  # fmt: skip
+    return out
+
+
 def run_cell(cell: Cell, spec: DatasetSpec, work: Path) -> dict[str, Any]:
     """Prepare (or reuse) the cell, audit it through the public entry point, and evaluate the run."""
     from spray.audit import audit
@@ -334,7 +357,8 @@ def run_cell(cell: Cell, spec: DatasetSpec, work: Path) -> dict[str, Any]:
            "prepare_s": t1 - t0}  # fmt: skip
     row.update(evaluate(cell, info, Path(report.run_dir)))
     # The published run is rebuilt from the cache on a rerun: only the data, model and caches are kept.
-    shutil.rmtree(report.run_dir, ignore_errors=True)
+    if not os.environ.get("SPRAY_HELDOUT_KEEP_RUNS"):
+        shutil.rmtree(report.run_dir, ignore_errors=True)
     return row
 
 

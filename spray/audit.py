@@ -33,7 +33,13 @@ import torch.distributed as dist
 from torch import nn
 
 import spray
-from spray.analysis.scoring import InterventionProbe, rank_findings, score_class, stable_order
+from spray.analysis.scoring import (
+    InterventionProbe,
+    rank_findings,
+    sample_suspicion,
+    score_class,
+    stable_order,
+)
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset, collate_samples
@@ -180,6 +186,7 @@ def analyze_class(
         embedding=np.asarray(embedding, dtype=np.float32),
         embedding_method=a.embedding,
         clusters=clusters,
+        sample_suspicion=sample_suspicion(maps, clusters, list(sample_ids)),
     )
 
 
@@ -378,9 +385,12 @@ def write_run(
         labels_k = ca.clustering.labellings[ca.clustering.chosen_k]
         cluster[rows] = labels_k
         xy[rows] = ca.embedding
-        for f in ca.clusters:
-            if f.k == ca.clustering.chosen_k:
-                score[rows[labels_k == f.cluster_id]] = f.score
+        if len(ca.sample_suspicion) == len(rows):
+            score[rows] = ca.sample_suspicion
+        else:
+            for f in ca.clusters:
+                if f.k == ca.clustering.chosen_k:
+                    score[rows[labels_k == f.cluster_id]] = f.score
         arrays: dict[str, np.ndarray] = {
             "rows": rows,
             "eigenvalues": ca.spectral.eigenvalues,
@@ -569,6 +579,10 @@ def _make_probe(
         out = [model(x[s : s + 256].to(device)).argmax(1).cpu() for s in range(0, len(x), 256)]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
+    @torch.no_grad()
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model(x[s : s + 256].to(device)).float().cpu() for s in range(0, len(x), 256)])
+
     def load_inputs(ids: list[str]) -> torch.Tensor:
         return torch.stack([dataset.load_input(index_of[sid]) for sid in ids])
 
@@ -579,6 +593,7 @@ def _make_probe(
         other_labels=labels[pick],
         content_keys=content_keys,
         cache=cache,
+        logits=logits,
     )
 
 
@@ -807,7 +822,7 @@ def run_audit(
                     probe=probe,
                 )
             )
-        findings = rank_findings([ca.clusters for ca in classes])
+        findings = rank_findings([ca.clusters for ca in classes], cfg.scoring)
         if paste_cache is not None:
             log.info(
                 "paste test: %d pasted images predicted, %d taken from the cache",

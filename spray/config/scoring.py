@@ -22,6 +22,31 @@ class ScoringConfig(Section):
     )
     intervention_candidates: int = Field(3, ge=0, description="Leading candidates per labelling to test.")
     intervention_samples: int = Field(200, ge=1, description="Other-class images to paste into.")
+    intervention_region: Literal["relevance", "window"] = Field(
+        "relevance",
+        description="Region the interventions paste and remove: the members' own hot pixels (cells where "
+        "their mean relevance share most exceeds the rest of the class's: a line, text, a frame, a blob) "
+        "or the square window / frame of the map signals.",
+    )
+    mask_level: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="Hot pixels: cells whose contrast (members' minus rest's mean share) reaches this "
+        "fraction of its maximum.",
+    )
+    mask_max_area: float = Field(
+        0.15,
+        gt=0.0,
+        le=1.0,
+        description="Hot pixels: at most this fraction of the grid (highest contrast first).",
+    )
+    removal: bool = Field(
+        True,
+        description="Also remove the hot pixels from the members (fill them with the non-member donors' "
+        "per-pixel median) and measure the drop of their class logit against the same removal on "
+        "non-members. Needs a probe with logits.",
+    )
     max_donors: int = Field(
         64,
         ge=1,
@@ -37,6 +62,34 @@ class ScoringConfig(Section):
     )
     flip_ratio: float = Field(
         2.0, ge=1.0, description="Flag: smoothed flip rate over the null at least this."
+    )
+    paste_gain_margin: float = Field(
+        0.5,
+        ge=0.0,
+        description="Flag by paste (with logits): pasting the members' region raises the targets' class logit "
+        "by at least this much more than pasting the same region of non-members (logits).",
+    )
+    full_gain: float = Field(
+        2.0, gt=0.0, description="Paste gain excess (logits) that gives the full paste strength in the score."
+    )
+    removal_margin: float = Field(
+        1.0,
+        ge=0.0,
+        description="Flag by removal: the members' class-logit drop exceeds the non-members' by at least this "
+        "(logits).",
+    )
+    removal_alpha: float = Field(
+        0.01, gt=0.0, lt=1.0, description="Flag by removal: one-sided rank-sum p-value below this."
+    )
+    removal_min_auroc: float = Field(
+        0.8,
+        ge=0.5,
+        le=1.0,
+        description="Flag by removal: the members' drops exceed a random non-member's with at least this "
+        "probability (most members rely on the pattern, not a few).",
+    )
+    full_removal: float = Field(
+        2.0, gt=0.0, description="Removal excess (logits) that gives the full removal strength in the score."
     )
     ratio_eps: float = Field(
         0.02,
@@ -56,6 +109,19 @@ class ScoringConfig(Section):
         le=1.0,
         description="Flag: the members' pixels in the region must be at least this alike (the "
         "'appearance' signal: 1 = identical in every member, as a stamp; 0 = as varied as the class).",
+    )
+    appearance_margin: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Flag: the appearance exceeds the class's own typical appearance (the median over its "
+        "other leading candidates) by at least this much.",
+    )
+    appearance_null_candidates: int = Field(
+        8,
+        ge=0,
+        description="Leading candidates per class whose appearance is measured (pixels only, no forward "
+        "pass) as the class's own null for the appearance.",
     )
     map_threshold: float = Field(
         0.35, ge=0.0, description="Flag without a probe: map score at least this (weak)."
@@ -156,12 +222,51 @@ class ScoringConfig(Section):
         512, ge=1, description="Samples loaded at once by the carrier scan (bounds its memory)."
     )
     select_k: Literal["best", "chosen"] = Field(
-        "best", description="Score the labelling whose top pattern is best isolated, or only the chosen k."
+        "best", description="Candidates from the clusters of every k ('best') or only of the chosen k."
+    )
+    nest_overlap: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Two candidates with overlapping hot regions are versions of one pattern when this share "
+        "of the smaller one's members is in the other (nested or overlapping clusters of different k).",
     )
     select_slack: float = Field(
         0.7,
         gt=0.0,
         le=1.0,
-        description="Clusters of any k within this fraction of the best map score (and overlapping its "
-        "region) count as versions of the same pattern; the best isolated one picks the labelling.",
+        description="Versions of a pattern within this fraction of its best map score compete to represent "
+        "it; the one that isolates it best (consistency) wins.",
+    )
+    # --- the rare-shortcut route ---------------------------------------------------------------------
+    hotspots: bool = Field(
+        True,
+        description="Also take hot-spot groups as candidates: per window, a distinct group of samples whose "
+        "share of relevance there stands far above the rest's (finds a group of a few dozen samples that "
+        "k-means does not isolate).",
+    )
+    hotspot_candidates: int = Field(3, ge=0, description="Hot-spot groups per class (strongest first).")
+    hotspot_min_size: int = Field(10, ge=2, description="Hot-spot groups hold at least this many samples.")
+    hotspot_separation: float = Field(
+        50.0,
+        gt=0.0,
+        description="Hot spot: the Fisher ratio (mean difference squared over the summed variances) of the "
+        "top group's shares of relevance in a window against the rest's reaches this (a distinct group, "
+        "not the tail of a continuous spread).",
+    )
+    hotspot_min_excess: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Hot spot: the group's mean share in the window exceeds the class's median by this much.",
+    )
+    hotspot_max_fraction: float = Field(
+        0.3, gt=0.0, le=1.0, description="Hot-spot groups hold at most this share of the class."
+    )
+    # --- what is reported ------------------------------------------------------------------------------
+    findings_top: int = Field(
+        5,
+        ge=1,
+        description="The run's findings: every flagged candidate and the top this many by score (every "
+        "candidate stays in its class's list).",
     )

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spray.analysis.scoring.geometry import Region, local_peak_masks, peak_masks, window_masks
+from spray.analysis.scoring.geometry import (
+    Region,
+    local_peak_masks,
+    peak_masks,
+    relevance_mask,
+    window_masks,
+)
 from spray.analysis.scoring.signals import Candidate, ClassStats
 from spray.config import ScoringConfig
 
@@ -27,23 +33,29 @@ def grid_cells(x: torch.Tensor, h: int, w: int) -> np.ndarray:
 
 
 def window_distances(
-    cells: np.ndarray, weights: np.ndarray, region: Region, reach: int | None, g: np.ndarray
+    cells: np.ndarray,
+    weights: np.ndarray,
+    shape: tuple[int, int],
+    origin: tuple[int, int],
+    reach: int | None,
+    g: np.ndarray,
 ) -> tuple[np.ndarray, int, int]:
-    """Weighted mean |pixel - cells| of grid inputs ``g`` ``(n, h, w, C)`` at every allowed window of
-    ``region``'s size: ``(n, rows, cols)`` and the grid position of entry ``[:, 0, 0]``. ``reach`` None
-    allows every position, else positions within ``reach`` cells of the region."""
+    """Weighted mean |pixel - cells| of grid inputs ``g`` ``(n, h, w, C)`` at every allowed position of
+    a ``shape`` template (``cells`` ``(bh·bw, C)`` row-major, ``weights`` ``(bh·bw,)``): ``(n, rows,
+    cols)`` and the grid position of entry ``[:, 0, 0]``. ``reach`` None allows every position inside
+    the grid, else positions within ``reach`` cells of ``origin`` (the template's top-left cell)."""
     n, h, w, _ = g.shape
-    s = region.size
+    bh, bw = shape
     if reach is None:
-        r0, r1, c0, c1 = 0, h - s + 1, 0, w - s + 1
+        r0, r1, c0, c1 = 0, h - bh + 1, 0, w - bw + 1
     else:
-        r0, r1 = max(0, region.row - reach), min(h - s + 1, region.row + reach + 1)
-        c0, c1 = max(0, region.col - reach), min(w - s + 1, region.col + reach + 1)
-    wt = (weights / max(float(weights.sum()), 1e-12)).reshape(s, s)
-    proto = cells.reshape(s, s, -1)
+        r0, r1 = max(0, origin[0] - reach), min(h - bh + 1, origin[0] + reach + 1)
+        c0, c1 = max(0, origin[1] - reach), min(w - bw + 1, origin[1] + reach + 1)
+    wt = (weights / max(float(weights.sum()), 1e-12)).reshape(bh, bw)
+    proto = cells.reshape(bh, bw, -1)
     dist = np.zeros((n, r1 - r0, c1 - c0))
-    for i in range(s):
-        for j in range(s):
+    for i in range(bh):
+        for j in range(bw):
             if wt[i, j] > 0:
                 dist += wt[i, j] * np.abs(g[:, r0 + i : r1 + i, c0 + j : c1 + j] - proto[i, j]).mean(axis=3)
     return dist, r0, c0
@@ -55,7 +67,8 @@ def match_masks(
     """``(n, h, w)`` masks of each sample's window (within ``reach`` of ``region``) that looks most
     like ``cells``."""
     n, h, w, _ = g.shape
-    dist, r0, c0 = window_distances(cells, weights, region, reach, g)
+    s = region.size
+    dist, r0, c0 = window_distances(cells, weights, (s, s), (region.row, region.col), reach, g)
     nw = dist.shape[2]
     j = dist.reshape(n, -1).argmin(axis=1)
     return window_masks(r0 + j // nw, c0 + j % nw, region.size, h, w)
@@ -125,12 +138,16 @@ class Look:
         The regions are each sample's own window near a fixed one, aligned to the members' pixels.
     m_in, m_out : np.ndarray
         ``(donors, h, w)`` bool region masks of the member and non-member donors.
+    kind : str
+        ``"pixels"`` (the members' hot pixels, :func:`~.geometry.relevance_mask`), ``"window"``,
+        ``"frame"``, ``"aligned"`` (own windows near a fixed one) or ``"moving"`` (own best windows).
     """
 
     appearance: float
     aligned: bool
     m_in: np.ndarray
     m_out: np.ndarray
+    kind: str = "window"
 
 
 @dataclass
@@ -154,20 +171,34 @@ def _weighted(stats: ClassStats, donors: Donors, a_in: np.ndarray, a_out: np.nda
     return grid_appearance(donors.g_in, a_in, donors.g_out, a_out, weights=wt)
 
 
+def shared_mask(stats: ClassStats, cand: Candidate, config: ScoringConfig) -> tuple[np.ndarray, str]:
+    """The fixed region every donor is tested in, and its kind: the members' hot pixels (any shape)
+    with ``intervention_region: relevance``, else the candidate's window or frame."""
+    h, w = stats.h, stats.w
+    if config.intervention_region == "relevance":
+        p_in = stats.p[cand.member].mean(axis=0)
+        p_out = stats.p[~cand.member].mean(axis=0) if (~cand.member).any() else np.zeros((h, w))
+        mask = relevance_mask(p_in, p_out, config.mask_level, config.mask_max_area)
+        if mask.any():
+            return mask, "pixels"
+    return cand.region.mask(h, w), cand.region.kind
+
+
 def look(stats: ClassStats, cand: Candidate, donors: Donors, config: ScoringConfig) -> Look:
-    """The candidate's donor regions (shared, own moving windows, or aligned windows) and appearance."""
+    """The candidate's donor regions (hot pixels, window or frame, own moving windows, or aligned
+    windows) and the appearance there."""
     d_in, d_out = donors.rows_in, donors.rows_out
     if cand.moving:
         s = cand.moving_size
         m_in = peak_masks(stats.box[s][d_in], s, stats.h, stats.w)
         m_out = peak_masks(stats.box[s][d_out], s, stats.h, stats.w)
-    else:
-        shared = cand.region.mask(stats.h, stats.w)
-        m_in = np.asarray(np.broadcast_to(shared, (d_in.size, *shared.shape)))
-        m_out = np.asarray(np.broadcast_to(shared, (d_out.size, *shared.shape)))
+        return Look(_weighted(stats, donors, m_in, m_out), False, m_in, m_out, "moving")
+    shared, kind = shared_mask(stats, cand, config)
+    m_in = np.asarray(np.broadcast_to(shared, (d_in.size, *shared.shape)))
+    m_out = np.asarray(np.broadcast_to(shared, (d_out.size, *shared.shape)))
     value = _weighted(stats, donors, m_in, m_out)
-    if cand.moving or cand.region.kind != "window" or config.jitter_reach <= 0:
-        return Look(value, False, m_in, m_out)
+    if cand.region.kind != "window" or config.jitter_reach <= 0:
+        return Look(value, False, m_in, m_out, kind)
     l_in, l_out = _aligned_masks(stats, cand, donors, config)
     local = _weighted(stats, donors, l_in, l_out)
     # Counted only when the aligned pixels clearly look like a stamp: each sample picking its
@@ -175,8 +206,8 @@ def look(stats: ClassStats, cand: Candidate, donors: Donors, config: ScoringConf
     # would only move scores, and natural parts reached 0.41-0.45 aligned against 0.54-0.94 for the
     # planted squares of the benchmark: hence the extra margin (docs/detection.md).
     if local > value and local >= config.flag_min_appearance + config.aligned_margin:
-        return Look(local, True, l_in, l_out)
-    return Look(value, False, m_in, m_out)
+        return Look(local, True, l_in, l_out, "aligned")
+    return Look(value, False, m_in, m_out, kind)
 
 
 def _aligned_masks(

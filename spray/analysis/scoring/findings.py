@@ -1,4 +1,4 @@
-"""Findings of one class: every cluster scored, tested, judged and explained (:func:`score_class`)."""
+"""Candidates of one class: every pattern scored, tested, judged and explained (:func:`score_class`)."""
 
 from __future__ import annotations
 
@@ -6,37 +6,35 @@ import logging
 
 import numpy as np
 
+from spray.analysis.scoring.appearance import Donors, Look
+from spray.analysis.scoring.candidates import all_candidates, merge_patterns, overlap
 from spray.analysis.scoring.carriers import Stamp, find_carriers
 from spray.analysis.scoring.evidence import carriers_sentence, evidence
-from spray.analysis.scoring.intervention import PasteTest, paste_test
+from spray.analysis.scoring.intervention import InterventionTest, appraise, intervention_test
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
-from spray.analysis.scoring.ranking import select_k
-from spray.analysis.scoring.signals import Candidate, ClassStats, analyse_cluster
+from spray.analysis.scoring.signals import Candidate, ClassStats
 from spray.analysis.scoring.verdict import judge
 from spray.config import ScoringConfig
 from spray.records import ClusterFinding, ClusteringResult, SpectralResult
 
 logger = logging.getLogger(__name__)
 
-
-def _candidates(
-    stats: ClassStats, clustering: ClusteringResult, config: ScoringConfig
-) -> tuple[list[Candidate], int]:
-    """Every cluster of the labelling that isolates the class's top pattern best, by map score; and its k."""
-    per_k: dict[int, list[Candidate]] = {}
-    ks = sorted(clustering.labellings)
-    if config.select_k != "best" and clustering.chosen_k in clustering.labellings:
-        ks = [clustering.chosen_k]
-    for k in ks:
-        lab = np.asarray(clustering.labellings[k])
-        per_k[k] = [analyse_cluster(stats, k, int(c), lab == c, config) for c in np.unique(lab)]
-    chosen = clustering.chosen_k if clustering.chosen_k in per_k else ks[0]
-    best_k = select_k(per_k, chosen, stats.h, stats.w, config.select_slack)
-    return sorted(per_k[best_k], key=lambda c: (-c.map_score, c.cluster_id)), best_k
+Key = tuple[int, int]
 
 
-def _paste_tests(
+def _appearance_null(
+    key: Key, cand: Candidate, looks: dict[Key, tuple[Candidate, float]], config: ScoringConfig
+) -> float:
+    """The class's typical appearance for ``cand``: the median over the other appraised candidates that
+    do not share ``nest_overlap`` of their members with it (0 when there are none)."""
+    vals = [
+        a for k, (c, a) in looks.items() if k != key and overlap(c.member, cand.member) < config.nest_overlap
+    ]
+    return float(np.median(vals)) if vals else 0.0
+
+
+def _tests(
     stats: ClassStats,
     cands: list[Candidate],
     class_index: int,
@@ -44,26 +42,44 @@ def _paste_tests(
     probe: InterventionProbe,
     config: ScoringConfig,
     seed: int,
-    stamps: dict[int, Stamp],
-) -> dict[int, PasteTest]:
-    """The paste tests of the ``intervention_candidates`` leading candidates, by cluster id."""
+    stamps: dict[Key, Stamp],
+) -> dict[Key, InterventionTest]:
+    """The interventions on the ``intervention_candidates`` leading candidates, by (k, cluster id).
+
+    The ``appearance_null_candidates`` leading candidates are appraised first (their pixels only): their
+    appearances are the class's own null for the appearance of each tested candidate.
+    """
     targets = Targets.load(probe, class_index, config.intervention_samples)
     # One seeded order of the class's contents serves every candidate's donor pick (restricted to a
     # cluster, it is the order stable_order gives the cluster alone).
     donor_order = stable_order([probe.key(sid) for sid in sample_ids], f"donor|{seed}|{class_index}")
-    tests: dict[int, PasteTest] = {}
-    for cand in cands[: config.intervention_candidates]:
-        if cand.signals["size"] < config.min_cluster_size or cand.map_score <= 0:
+    eligible = [c for c in cands if c.signals["size"] >= config.min_cluster_size and c.map_score > 0]
+    tested = eligible[: config.intervention_candidates]
+    keep: dict[Key, tuple[Donors, Look]] = {}
+    looks: dict[Key, tuple[Candidate, float]] = {}
+    for i, cand in enumerate(
+        eligible[: max(config.intervention_candidates, config.appearance_null_candidates)]
+    ):
+        got = appraise(stats, cand, sample_ids, probe, donor_order, config)
+        if got is None:
             continue
-        test = paste_test(stats, cand, class_index, sample_ids, probe, targets, donor_order, config, stamps)
-        if test is not None:
-            tests[cand.cluster_id] = test
+        looks[(cand.k, cand.cluster_id)] = (cand, got[1].appearance)
+        if i < len(tested):
+            keep[(cand.k, cand.cluster_id)] = got  # the donors' pixels are kept only for the tested ones
+    tests: dict[Key, InterventionTest] = {}
+    for cand in tested:
+        key = (cand.k, cand.cluster_id)
+        if key in keep:
+            null = _appearance_null(key, cand, looks, config)
+            tests[key] = intervention_test(
+                stats, cand, class_index, probe, targets, keep[key], null, config, stamps
+            )
     return tests
 
 
 def _finding(
     cand: Candidate,
-    test: PasteTest | None,
+    test: InterventionTest | None,
     stamp: Stamp | None,
     cls: tuple[int, str],
     sample_ids: list[str],
@@ -72,9 +88,9 @@ def _finding(
     probe: InterventionProbe | None,
     config: ScoringConfig,
 ) -> ClusterFinding:
-    """The finding of one candidate: verdict, signals, evidence and (flagged) carriers.
+    """The record of one candidate: verdict, signals, evidence and (flagged) carriers.
 
-    ``probe`` is None when the class was scored without the paste test; ``base`` holds the class-wide
+    ``probe`` is None when the class was scored without interventions; ``base`` holds the class-wide
     signals (eigengap and chosen k).
     """
     class_index, class_name = cls
@@ -85,8 +101,8 @@ def _finding(
         sig.update(test.signals())
         if verdict.ratio is not None:
             sig["flip_ratio"] = verdict.ratio
-    sig["tested"] = float(test is not None and test.pasted)  # pasted (not only looked at)
-    lines = evidence(cand, class_name, n, h, w, test)
+    sig["tested"] = float(test is not None and (test.pasted or test.removal is not None))
+    lines = evidence(cand, class_name, n, h, w, test, verdict)
     carriers: list[int] = []
     if verdict.suspicious and config.carriers and stamp is not None and probe is not None:
         # A flagged stamp is rarely all in one cluster (where the object's own relevance is strong the
@@ -94,7 +110,7 @@ def _finding(
         rows = np.flatnonzero(~cand.member)
         carriers = find_carriers(stamp, probe, sample_ids, rows, h, w, config.carrier_chunk)
         sig["carriers"] = float(len(carriers))
-        lines.append(carriers_sentence(len(carriers), class_name, n, stamp.region.kind != "window"))
+        lines.append(carriers_sentence(len(carriers), class_name, n, stamp.in_place))
     idx = np.flatnonzero(cand.member)
     return ClusterFinding(
         class_index=class_index,
@@ -125,7 +141,7 @@ def score_class(
     probe: InterventionProbe | None = None,
     seed: int = 0,
 ) -> list[ClusterFinding]:
-    """Score every cluster of one class and explain each score.
+    """Score every candidate of one class (clusters of every k, hot-spot groups) and explain each score.
 
     Parameters
     ----------
@@ -138,18 +154,20 @@ def score_class(
     spectral : SpectralResult
         The class's spectral result (its kNN graph gives the conductance).
     clustering : ClusteringResult
-        All labellings; the one returned is chosen by :func:`~spray.analysis.scoring.ranking.select_k`.
+        All labellings: their clusters are merged into one candidate per pattern
+        (:mod:`~spray.analysis.scoring.candidates`).
     config : ScoringConfig
         Intervention settings and thresholds.
     probe : InterventionProbe, optional
-        Enables the paste test on the ``config.intervention_candidates`` leading clusters.
+        Enables the interventions on the ``config.intervention_candidates`` leading candidates.
     seed : int
         Seeds the choice of donor images; same inputs and seed give the same findings.
 
     Returns
     -------
     list[ClusterFinding]
-        The clusters of one labelling, most suspicious first.
+        One record per candidate (its ``k`` and ``cluster_id`` say where it comes from; ``k`` 0: a
+        hot-spot group), most suspicious first. They may overlap: a sample can be in several.
     """
     maps = np.asarray(maps)
     if maps.ndim != 3:
@@ -160,28 +178,29 @@ def score_class(
     if not clustering.labellings:
         return []
     stats = ClassStats(maps, spectral, config)
-    cands, best_k = _candidates(stats, clustering, config)
+    cands = merge_patterns(all_candidates(stats, clustering, config), stats.h, stats.w, config)
     use_probe = probe is not None and config.intervention and config.intervention_candidates > 0
-    stamps: dict[int, Stamp] = {}
-    tests: dict[int, PasteTest] = {}
+    stamps: dict[Key, Stamp] = {}
+    tests: dict[Key, InterventionTest] = {}
     if use_probe:
         assert probe is not None
-        tests = _paste_tests(stats, cands, class_index, sample_ids, probe, config, seed, stamps)
+        tests = _tests(stats, cands, class_index, sample_ids, probe, config, seed, stamps)
     base = {"eigengap_k": float(clustering.eigengap_k), "chosen_k": float(clustering.chosen_k)}
     findings = [
         _finding(
-            cand, tests.get(cand.cluster_id), stamps.get(cand.cluster_id), (class_index, class_name),
-            sample_ids, maps, base, probe if use_probe else None, config,
+            cand, tests.get((cand.k, cand.cluster_id)), stamps.get((cand.k, cand.cluster_id)),
+            (class_index, class_name), sample_ids, maps, base, probe if use_probe else None, config,
         )
         for cand in cands
     ]  # fmt: skip
-    findings.sort(key=lambda f: (-f.score, f.cluster_id))
+    findings.sort(key=lambda f: (-f.score, f.k, f.cluster_id))
     top = findings[0] if findings else None
     logger.info(
-        "class %s: k=%d (chosen_k=%d), top cluster score %.3f%s",
+        "class %s: %d candidates; top: k=%d cluster %d, score %.3f%s",
         class_name,
-        best_k,
-        clustering.chosen_k,
+        len(findings),
+        top.k if top else -1,
+        top.cluster_id if top else -1,
         top.score if top else 0.0,
         " (suspicious)" if top and top.suspicious else "",
     )

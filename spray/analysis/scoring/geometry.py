@@ -123,3 +123,24 @@ def location_words(region: Region, h: int, w: int) -> str:
     if vert == "middle":
         return f"middle {horiz}"
     return f"{vert} {horiz}"
+
+
+def relevance_mask(p_in: np.ndarray, p_out: np.ndarray, level: float, max_area: float) -> np.ndarray:
+    """``(h, w)`` bool mask of the cells where the members' relevance most exceeds the rest's.
+
+    The members' own hot pixels, of any shape (a line, text, a frame, a blob): the cells whose contrast
+    ``p_in - p_out`` (mean shares per cell) reaches ``level`` of its maximum, at most ``max_area`` of
+    the grid (the highest-contrast cells first). Empty when no cell has a positive contrast.
+    """
+    c = np.asarray(p_in, dtype=np.float64) - np.asarray(p_out, dtype=np.float64)
+    top = float(c.max()) if c.size else 0.0
+    if top <= 0:
+        return np.zeros(c.shape, dtype=bool)
+    mask = c >= level * top
+    limit = max(1, int(max_area * c.size))
+    if mask.sum() > limit:
+        order = np.argsort(-c, axis=None, kind="stable")[:limit]
+        mask = np.zeros(c.size, dtype=bool)
+        mask[order] = True
+        mask = mask.reshape(c.shape)
+    return mask

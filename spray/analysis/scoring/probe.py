@@ -47,6 +47,9 @@ class InterventionProbe:
         Predictions of pasted images keyed by (target content, donor content, grid mask). The key
         determines the pasted image; the model and the input transform must be fixed per cache (the
         audit keeps one cache per model and LRP/transform settings). Only used with ``content_keys``.
+    logits : Callable[[torch.Tensor], torch.Tensor], optional
+        ``(B, C, H, W)`` model inputs -> ``(B, K)`` logits. Enables the removal test (the members' logit
+        drop when their hot pixels are replaced); without it only the paste test runs.
     """
 
     predict: Callable[[torch.Tensor], torch.Tensor]
@@ -55,6 +58,7 @@ class InterventionProbe:
     other_labels: np.ndarray
     content_keys: Mapping[str, str] | None = None
     cache: PredictionCache | None = None
+    logits: Callable[[torch.Tensor], torch.Tensor] | None = None
     # Target images loaded so far: every tested cluster pastes into the same targets (a probe serves
     # one class, so this holds at most ``intervention_samples`` inputs, as a preloaded batch would).
     _targets_loaded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -118,26 +122,52 @@ class InterventionProbe:
                 todo.append(j)
         if not todo:
             return out
-        need = [target_ids[j] for j in todo if target_ids[j] not in self._targets_loaded]
-        if need:
-            self._targets_loaded.update(zip(need, self.load_inputs(need), strict=True))
-        targets = torch.stack([self._targets_loaded[target_ids[j]] for j in todo])
-        x = targets
-        if donor_ids is not None and masks is not None:
-            loaded = dict(donor_inputs or {})
-            missing = sorted({donor_ids[j] for j in todo} - loaded.keys())
-            if missing:
-                loaded.update(zip(missing, self.load_inputs(missing), strict=True))
-            donors = torch.stack([loaded[donor_ids[j]] for j in todo])
-            mk_t = torch.from_numpy(np.ascontiguousarray(masks[todo]).astype(np.float32))[:, None]
-            mk_t = F.interpolate(mk_t, size=tuple(targets.shape[-2:]), mode="nearest").bool()
-            x = torch.where(mk_t, donors.to(targets.dtype), targets)
+        x = self._pasted(target_ids, donor_ids, masks, donor_inputs, todo)
         with torch.no_grad():
             pred = np.asarray(self.predict(x).cpu().numpy(), dtype=np.int64)
         out[todo] = pred
         if use_cache and self.cache is not None:
             self.cache.put_many({keys[j]: int(p) for j, p in zip(todo, pred, strict=True)})
         return out
+
+    def _pasted(
+        self,
+        target_ids: Sequence[str],
+        donor_ids: Sequence[str] | None,
+        masks: np.ndarray | None,
+        donor_inputs: Mapping[str, torch.Tensor] | None,
+        todo: list[int],
+    ) -> torch.Tensor:
+        """``(len(todo), C, H, W)`` the targets ``todo`` with their donors' pixels pasted in their masks."""
+        need = [target_ids[j] for j in todo if target_ids[j] not in self._targets_loaded]
+        if need:
+            self._targets_loaded.update(zip(need, self.load_inputs(need), strict=True))
+        targets = torch.stack([self._targets_loaded[target_ids[j]] for j in todo])
+        if donor_ids is None or masks is None:
+            return targets
+        loaded = dict(donor_inputs or {})
+        missing = sorted({donor_ids[j] for j in todo} - loaded.keys())
+        if missing:
+            loaded.update(zip(missing, self.load_inputs(missing), strict=True))
+        donors = torch.stack([loaded[donor_ids[j]] for j in todo])
+        return fill_masked(targets, np.asarray(masks)[todo], donors)
+
+    def class_logits(
+        self,
+        class_index: int,
+        target_ids: Sequence[str],
+        donor_ids: Sequence[str] | None = None,
+        masks: np.ndarray | None = None,
+        donor_inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted class ``(m,)`` and class-``class_index`` logit ``(m,)`` of each target, with its
+        donor's pixels pasted inside its grid mask (as :meth:`predict_pasted`; needs :attr:`logits`; not
+        cached)."""
+        assert self.logits is not None
+        x = self._pasted(target_ids, donor_ids, masks, donor_inputs, list(range(len(target_ids))))
+        with torch.no_grad():
+            z = self.logits(x).float().cpu()
+        return z.argmax(1).numpy().astype(np.int64), z[:, class_index].numpy().astype(np.float64)
 
     def paste_flips(
         self,
@@ -152,7 +182,7 @@ class InterventionProbe:
         Each target gets one donor by rendezvous hashing of their contents, so a donor set that changed
         by a few samples since the last run changes only a few pairs (and the rest come from the cache).
         """
-        pick = rendezvous_pairs([self.key(t) for t in target_ids], [self.key(d) for d in donor_ids])
+        pick = self.pairs(target_ids, donor_ids)
         pred = self.predict_pasted(
             target_ids,
             [donor_ids[i] for i in pick],
@@ -160,6 +190,18 @@ class InterventionProbe:
             donor_inputs=dict(zip(donor_ids, donor_inputs, strict=True)),
         )
         return np.asarray(pred == class_index)
+
+    def pairs(self, target_ids: Sequence[str], donor_ids: Sequence[str]) -> np.ndarray:
+        """``(m,)`` the donor of each target, by rendezvous hashing of their contents."""
+        return rendezvous_pairs([self.key(t) for t in target_ids], [self.key(d) for d in donor_ids])
+
+
+def fill_masked(x: torch.Tensor, masks: np.ndarray, fill: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(n, C, H, W)`` with the pixels inside each grid mask ``(n, h, w)`` (upsampled, nearest)
+    replaced by ``fill`` ``(C, H, W)`` or ``(n, C, H, W)``."""
+    mk = torch.from_numpy(np.ascontiguousarray(masks).astype(np.float32))[:, None]
+    mk = F.interpolate(mk, size=tuple(x.shape[-2:]), mode="nearest").bool()
+    return torch.where(mk, fill.to(x.dtype), x)
 
 
 class Targets:
@@ -174,6 +216,13 @@ class Targets:
         self._probe = probe
         self._class_index = class_index
         self._already: np.ndarray | None = None
+        self._base: np.ndarray | None = None
+
+    def base_logit(self) -> np.ndarray:
+        """``(m,)`` the class logit of each target as it is (needs the probe's logits)."""
+        if self._base is None:
+            self._base = self._probe.class_logits(self._class_index, self.ids)[1]
+        return self._base
 
     @property
     def already(self) -> np.ndarray:

@@ -212,9 +212,13 @@ def _moving_region(stats: ClassStats, member: np.ndarray, config: ScoringConfig)
 
 
 def analyse_cluster(
-    stats: ClassStats, k: int, cid: int, member: np.ndarray, config: ScoringConfig
+    stats: ClassStats, k: int, cid: int, member: np.ndarray, config: ScoringConfig, by_share: bool = False
 ) -> Candidate:
-    """Map signals and map score of one cluster (see the module docstring)."""
+    """Map signals and map score of one cluster (see the module docstring).
+
+    ``by_share``: the members were picked by their share in a window (a hot-spot group), so their
+    consistency there is 1 by construction and earns no credit in the map score.
+    """
     n, h, w = stats.n, stats.h, stats.w
     size = int(member.sum())
     rest = ~member
@@ -246,7 +250,7 @@ def analyse_cluster(
     map_score = (
         max(loc, 0.0)
         * lift_factor
-        * ((1.0 - cw) + cw * consistency)
+        * ((1.0 - cw) + cw * (0.0 if by_share else consistency))
         * ((1.0 - sw) + sw * (1.0 - conductance))
         * (1.0 - config.rarity_weight * fraction)
     )

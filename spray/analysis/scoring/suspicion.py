@@ -1,4 +1,4 @@
-"""Per-sample suspicion of one class, consistent with its findings."""
+"""Per-sample suspicion of one class, consistent with its ranked candidates across every k."""
 
 from __future__ import annotations
 
@@ -7,34 +7,51 @@ import numpy as np
 from spray.analysis.scoring.geometry import Region, box_sums, integral
 from spray.records import ClusterFinding
 
-#: Weight of a sample's own share in its finding's region: a tie-break within a finding, below any
-#: difference of finding scores that matters.
+#: Weight of a sample's own share of relevance in its candidate's hot region: a tie-break within a
+#: candidate (at most this much), below any difference of candidate scores that matters.
 TIE_BREAK = 0.01
 
 
-def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_ids: list[str]) -> np.ndarray:
-    """Per-sample suspicion of one class: its cluster's score plus a within-cluster tie-break.
+def _shares(p: np.ndarray, f: ClusterFinding) -> np.ndarray:
+    """``(len(p),)`` each map's share of positive relevance in the candidate's hot region (or, for a
+    moving pattern, in its own best window of that size)."""
+    sig = f.signals
+    n, h, w = p.shape
+    if sig.get("moving", 0.0) > 0:
+        s = int(sig["moving_size"])
+        return box_sums(integral(p), s).reshape(n, -1).max(axis=1)
+    if "region_size" in sig:
+        kind = "frame" if sig["region_frame"] > 0 else "window"
+        region = Region(kind, int(sig["region_size"]), int(sig["region_row"]), int(sig["region_col"]))
+        return p[:, region.mask(h, w)].sum(axis=1)
+    return np.zeros(n)
 
-    The tie-break (at most 0.01) is the sample's own share of positive relevance in its cluster's hot
-    region (or, for a moving artifact, its own best window of that size), so that inside a cluster
-    the samples that carry the pattern most strongly come first.
+
+def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_ids: list[str]) -> np.ndarray:
+    """Per-sample suspicion of one class: the highest score of the candidates that hold the sample.
+
+    A sample scores as the most suspicious candidate it belongs to, as a member or as a carrier, at any
+    ``k`` (candidates may be nested or overlap), so ranking samples and ranking candidates agree: the
+    members of the top finding come first. Members get a tie-break of at most :data:`TIE_BREAK`, their
+    own share of relevance in the candidate's hot region, so that inside a candidate the samples that
+    carry the pattern most strongly come first.
 
     Parameters
     ----------
     maps : np.ndarray
         ``(n, h, w)`` the maps given to :func:`~spray.analysis.scoring.score_class`.
     findings : list[ClusterFinding]
-        Its output for this class.
+        Its candidates for this class.
     sample_ids : list[str]
         Row ids of ``maps``.
 
     Returns
     -------
     np.ndarray
-        ``(n,)`` float64; samples in no finding get 0.
+        ``(n,)`` float64; samples in no candidate get 0.
     """
     maps = np.asarray(maps, dtype=np.float64)
-    n, h, w = maps.shape
+    n = maps.shape[0]
     pos = np.clip(maps, 0.0, None)
     mass = pos.reshape(n, -1).sum(axis=1)
     p = pos / np.where(mass > 0, mass, 1.0)[:, None, None]
@@ -42,21 +59,10 @@ def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_id
     out = np.zeros(n)
     for f in findings:
         idx = np.array([row[s] for s in f.member_ids], dtype=np.int64)
-        if idx.size == 0:
-            continue
-        sig = f.signals
-        if sig.get("moving", 0.0) > 0:
-            s = int(sig["moving_size"])
-            share = box_sums(integral(p[idx]), s).reshape(idx.size, -1).max(axis=1)
-        elif "region_size" in sig:
-            kind = "frame" if sig["region_frame"] > 0 else "window"
-            region = Region(kind, int(sig["region_size"]), int(sig["region_row"]), int(sig["region_col"]))
-            share = p[idx][:, region.mask(h, w)].sum(axis=1)
-        else:
-            share = np.zeros(idx.size)
-        out[idx] = np.maximum(out[idx], f.score + TIE_BREAK * share)
+        if idx.size:
+            out[idx] = np.maximum(out[idx], f.score + TIE_BREAK * _shares(p[idx], f))
         if f.carrier_ids:
-            # Carriers repeat the flagged pattern outside the cluster: as suspicious as its members.
+            # Carriers repeat the flagged pattern outside the candidate: as suspicious as its members.
             cidx = np.array([row[c] for c in f.carrier_ids if c in row], dtype=np.int64)
             out[cidx] = np.maximum(out[cidx], f.score)
     return out

@@ -2,65 +2,103 @@
 
 With a probe::
 
-    ratio    = (flip + ratio_eps) / (null + ratio_eps)
-    strength = min(1, excess / full_excess) · min(1, ratio / flip_ratio)   (0 unless p < flip_alpha)
-    score    = map_score · (appearance_floor + (1 − appearance_floor)·appearance) · (0.5 + strength)
+    paste    = min(1, excess / full_excess) · min(1, ratio / flip_ratio)     (0 unless p < flip_alpha)
+    removal  = min(1, removal_excess / full_removal)                        (0 unless p < removal_alpha)
+    score    = map_score · (appearance_floor + (1 − appearance_floor)·appearance) · (0.5 + max(paste, removal))
 
-and the flag needs every condition of :func:`judge`. Without a probe the score is the map score and the
-flag a fixed map-score threshold (weak; calibrated on synthetic maps only). See ``docs/detection.md``.
+where ``excess`` is the paste flip rate above its same-class null, ``ratio = (flip + ratio_eps) / (null +
+ratio_eps)``, and ``removal_excess`` the members' class-logit drop above the non-members' when the hot
+pixels are removed. The flag needs alike pixels, a cluster that is not most of its class, and one
+intervention that clears its margins against the same-class null (:func:`judge`). Without a probe the
+score is the map score and the flag a fixed map-score threshold (weak; calibrated on synthetic maps
+only). The calibration of the margins is in ``docs/detection.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spray.analysis.scoring.intervention import PasteTest
+from spray.analysis.scoring.intervention import InterventionTest
 from spray.analysis.scoring.signals import Candidate
 from spray.config import ScoringConfig
 
 
 @dataclass
 class Verdict:
-    """Score and flag of one candidate; ``ratio`` is the smoothed flip ratio (None without a null)."""
+    """Score and flag of one candidate.
+
+    Attributes
+    ----------
+    score : float
+        Suspicion score (comparable across the classes of one run).
+    suspicious : bool
+        The flag.
+    ratio : float, optional
+        Smoothed paste flip ratio (None without a null arm).
+    routes : tuple[str, ...]
+        The interventions that cleared their margins (``"paste"``, ``"removal"``).
+    """
 
     score: float
     suspicious: bool
     ratio: float | None = None
+    routes: tuple[str, ...] = ()
 
 
-def judge(cand: Candidate, test: PasteTest | None, config: ScoringConfig, use_probe: bool) -> Verdict:
-    """Score and flag one candidate from its map score and (with a probe) its paste test."""
+def _paste(test: InterventionTest, config: ScoringConfig) -> tuple[float, float | None, bool]:
+    """Paste strength, flip ratio and whether the paste clears the flag's margins (by flips, or with
+    logits by the class logit's gain over the null)."""
+    gain = test.gain_excess
+    g_strength, g_ok = 0.0, False
+    if gain is not None and test.paste_gain_p < config.flip_alpha:
+        g_strength = min(1.0, max(0.0, gain) / config.full_gain)
+        g_ok = gain >= config.paste_gain_margin
+    excess = test.excess
+    if excess is None or test.flip_rate is None or test.flip_null is None:
+        return g_strength, None, g_ok
+    # Smoothed rate ratio: the members' region must flip several times as often as the same region of
+    # ordinary class members (a natural part flips both).
+    ratio = (test.flip_rate + config.ratio_eps) / (test.flip_null + config.ratio_eps)
+    significant = test.flip_p < config.flip_alpha
+    strength = min(1.0, max(0.0, excess) / config.full_excess) * min(1.0, ratio / config.flip_ratio)
+    ok = significant and excess >= config.flip_margin and ratio >= config.flip_ratio
+    return max(g_strength, strength if significant else 0.0), ratio, ok or g_ok
+
+
+def _removal(test: InterventionTest, config: ScoringConfig) -> tuple[float, bool]:
+    """Removal strength and whether the removal clears the flag's margins."""
+    r = test.removal
+    if r is None:
+        return 0.0, False
+    significant = r.p < config.removal_alpha
+    strength = min(1.0, max(0.0, r.excess) / config.full_removal) if significant else 0.0
+    ok = significant and r.excess >= config.removal_margin and r.auroc >= config.removal_min_auroc
+    return strength, ok
+
+
+def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig, use_probe: bool) -> Verdict:
+    """Score and flag one candidate from its map score and (with a probe) its interventions."""
     if not use_probe:
         ok = cand.map_score >= config.map_threshold and cand.signals["size"] >= config.min_cluster_size
         return Verdict(cand.map_score, ok)
-    strength = 0.0
-    ratio: float | None = None
-    excess = test.excess if test is not None else None
-    if test is not None and excess is not None and test.flip_rate is not None and test.flip_null is not None:
-        # Smoothed rate ratio: the members' region must flip several times as often as the same region
-        # of ordinary class members (a natural part flips both).
-        ratio = (test.flip_rate + config.ratio_eps) / (test.flip_null + config.ratio_eps)
-        if test.flip_p < config.flip_alpha:
-            strength = min(1.0, max(0.0, excess) / config.full_excess) * min(1.0, ratio / config.flip_ratio)
-    # Appearance (looked-at candidates only; 0 otherwise): a region whose pixels repeat in every member
-    # is what a shortcut looks like, an object part that varies is not.
-    appearance = test.appearance if test is not None else 0.0
+    if test is None:
+        return Verdict(float(cand.map_score * config.appearance_floor * 0.5), False)
+    paste, ratio, paste_ok = _paste(test, config)
+    removal, removal_ok = _removal(test, config)
     floor = config.appearance_floor
-    # The map evidence ranks, the paste test confirms: the paste flip rates of a planted artifact and of
-    # a "catch-all" class's natural halves overlap, while the map score ranked the artifact first.
-    score = cand.map_score * (floor + (1 - floor) * appearance) * (0.5 + strength)
+    # The map evidence ranks, the interventions confirm: the paste flip rates of a planted artifact and
+    # of a "catch-all" class's natural halves overlap, while the map score ranked the artifact first.
+    score = cand.map_score * (floor + (1 - floor) * test.appearance) * (0.5 + max(paste, removal))
+    routes = tuple(name for name, ok in (("paste", paste_ok), ("removal", removal_ok)) if ok)
     suspicious = (
-        test is not None
-        and excess is not None
-        and excess >= config.flip_margin
-        and test.flip_p < config.flip_alpha
-        and ratio is not None
-        and ratio >= config.flip_ratio
+        bool(routes)
         and cand.map_score >= config.flag_min_map_score
         # The null arm is "ordinary members of the class"; when the cluster IS most of the class, its
         # complement is the odd group and the comparison no longer calibrates anything.
         and cand.signals["fraction"] <= config.flag_max_fraction
-        # A shortcut repeats the same pixels in every member; a natural object part varies.
-        and appearance >= config.flag_min_appearance
+        # A shortcut repeats the same pixels in every member; a natural object part varies. Some classes
+        # look alike everywhere (digits): the appearance must also stand out from the class's own.
+        and test.appearance >= config.flag_min_appearance
+        and test.appearance - test.appearance_null >= config.appearance_margin
     )
-    return Verdict(float(score), bool(suspicious), ratio)
+    return Verdict(float(score), bool(suspicious), ratio, routes)

@@ -11,6 +11,7 @@ from spray.analysis.scoring.geometry import (
     local_peak_masks,
     location_words,
     peak_masks,
+    relevance_mask,
     window_sizes,
 )
 
@@ -70,3 +71,16 @@ def test_location_words() -> None:
     assert location_words(Region("window", 4, 12, 12), 28, 28) == "centre"
     assert location_words(Region("window", 4, 12, 24), 28, 28) == "middle right"
     assert location_words(Region("frame", 1), 28, 28) == "border"
+
+
+def test_relevance_mask_takes_the_shape_of_the_members_hot_pixels() -> None:
+    p_out = np.full((28, 28), 1 / 784)
+    p_in = p_out.copy()
+    p_in[1, 4:24] += 0.02  # a 1-pixel line of 20 cells
+    m = relevance_mask(p_in, p_out, level=0.25, max_area=0.15)
+    assert m.sum() == 20 and m[1, 4:24].all()
+    # At most max_area of the grid, the highest-contrast cells first.
+    p_in[10:20, 10:20] += 0.01
+    m = relevance_mask(p_in, p_out, level=0.25, max_area=0.05)
+    assert m.sum() == int(0.05 * 784) and m[1, 4:24].all()
+    assert not relevance_mask(p_out, p_out, 0.25, 0.15).any()

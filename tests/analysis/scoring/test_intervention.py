@@ -7,7 +7,7 @@ import torch
 from scipy.stats import binomtest
 
 from spray.analysis.scoring import InterventionProbe
-from spray.analysis.scoring.intervention import sign_test_p
+from spray.analysis.scoring.intervention import rank_sum_p, sign_test_p
 from tests.analysis.scoring.cases import (
     CLASS,
     Case,
@@ -82,5 +82,64 @@ def test_paste_test_is_skipped_when_the_members_pixels_vary(natural: Case) -> No
     assert all(f.signals["paste_skipped"] == 1.0 and f.signals["appearance"] < 0.4 for f in looked)
     assert all(f.signals["tested"] == 0.0 and "flip_rate" not in f.signals for f in found)
     assert calls == []
-    assert any("not paste-tested" in " ".join(f.evidence) for f in looked)
+    assert any("no intervention was run" in " ".join(f.evidence) for f in looked)
     assert not any(f.suspicious for f in found)
+
+
+def test_rank_sum_p_matches_scipy() -> None:
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.3, 1.0):
+        a, b = rng.normal(shift, 1, 40).round(1), rng.normal(0, 1, 60).round(1)  # with ties
+        want = mannwhitneyu(a, b, alternative="greater", method="asymptotic").pvalue
+        assert abs(rank_sum_p(a, b) - want) < 1e-9
+
+
+def _logit_probe(case: Case, uses_patch: bool) -> InterventionProbe:
+    """The toy probe with logits: class CLASS's logit is 5 × the top-left patch's brightness (a model
+    that leans on the patch) or 0 (a model that ignores it)."""
+    probe = make_probe(case, patch_predictor if uses_patch else blind_predictor)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), 8)
+        if uses_patch:
+            out[:, CLASS] = 5.0 * x[:, 0, 1:5, 1:5].mean(dim=(1, 2))
+        return out
+
+    probe.logits = logits
+    return probe
+
+
+def test_removal_lowers_the_members_logit_only_when_the_model_uses_the_patch(planted: Case) -> None:
+    top = score(planted, probe=_logit_probe(planted, uses_patch=True))[0]
+    assert top.signals["removal_drop"] > 2.0 and abs(top.signals["removal_null"]) < 0.1
+    assert top.signals["removal_p"] < 1e-6 and top.signals["removal_auroc"] > 0.95
+    assert top.suspicious and any(e.startswith("removing it lowers the members'") for e in top.evidence)
+    blind = score(planted, probe=_logit_probe(planted, uses_patch=False))[0]
+    assert blind.signals["removal_drop"] == 0.0 and not blind.suspicious
+
+
+def test_removal_alone_can_flag_what_pasting_cannot(planted: Case) -> None:
+    """A model whose patch detector needs the rest of a class image (a marker every image of the
+    class has, a bright bottom row): pasting into other-class images changes nothing, removing the patch from the members
+    still lowers their logit."""
+    probe = _logit_probe(planted, uses_patch=True)
+    load = probe.load_inputs
+
+    def marked(ids: list[str]) -> torch.Tensor:
+        x = load(ids).clone()
+        x[[i for i, sid in enumerate(ids) if sid.startswith("s")], 0, -1, :] = 1.0
+        return x
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), 8)
+        context = (x[:, 0, -1, :].mean(dim=1) > 0.9).float()  # the whole bottom row: a class marker
+        out[:, CLASS] = 5.0 * x[:, 0, 1:5, 1:5].mean(dim=(1, 2)) * context
+        return out
+
+    probe.load_inputs, probe.logits = marked, logits
+    top = score(planted, probe=probe)[0]
+    assert top.signals["flip_rate"] == 0.0 and abs(top.signals["paste_gain"]) < 1e-6
+    assert top.suspicious and top.signals["removal_drop"] > 2.0
+    assert top.evidence[-2] == "flagged by the removal test"

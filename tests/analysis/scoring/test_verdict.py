@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spray.analysis.scoring.geometry import Region
-from spray.analysis.scoring.intervention import PasteTest
+from spray.analysis.scoring.intervention import InterventionTest
 from spray.analysis.scoring.signals import Candidate
 from spray.analysis.scoring.verdict import judge
 from spray.config import ScoringConfig
@@ -19,7 +19,7 @@ def _cand(map_score: float = 0.2, fraction: float = 0.1) -> Candidate:
 
 def test_a_strong_paste_with_alike_pixels_is_flagged_and_scored_up() -> None:
     config = ScoringConfig()
-    strong = PasteTest(0.9, False, flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
+    strong = InterventionTest(0.9, False, flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
     v = judge(_cand(), strong, config, use_probe=True)
     assert v.suspicious and v.ratio is not None and v.ratio > 10
     # map score · (0.2 + 0.8·0.9) · (0.5 + min(1, 0.6/0.5)·1)
@@ -29,17 +29,21 @@ def test_a_strong_paste_with_alike_pixels_is_flagged_and_scored_up() -> None:
 def test_each_flag_condition_can_veto() -> None:
     config = ScoringConfig()
     base = dict(flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
-    assert not judge(_cand(), PasteTest(0.3, False, **base), config, True).suspicious  # pixels vary
+    assert not judge(_cand(), InterventionTest(0.3, False, **base), config, True).suspicious  # pixels vary
     assert not judge(
-        _cand(fraction=0.7), PasteTest(0.9, False, **base), config, True
+        _cand(fraction=0.7), InterventionTest(0.9, False, **base), config, True
     ).suspicious  # most of class
     weak = dict(base, flip_rate=0.04)
-    assert not judge(_cand(), PasteTest(0.9, False, **weak), config, True).suspicious  # below the margin
+    assert not judge(
+        _cand(), InterventionTest(0.9, False, **weak), config, True
+    ).suspicious  # below the margin
     natural = dict(base, flip_rate=0.2, flip_null=0.1)
-    assert not judge(_cand(), PasteTest(0.9, False, **natural), config, True).suspicious  # ratio < 2
+    assert not judge(_cand(), InterventionTest(0.9, False, **natural), config, True).suspicious  # ratio < 2
     noisy = dict(base, flip_p=0.2)
-    assert not judge(_cand(), PasteTest(0.9, False, **noisy), config, True).suspicious  # not significant
-    assert not judge(_cand(), PasteTest(0.9, False), config, True).suspicious  # not pasted
+    assert not judge(
+        _cand(), InterventionTest(0.9, False, **noisy), config, True
+    ).suspicious  # not significant
+    assert not judge(_cand(), InterventionTest(0.9, False), config, True).suspicious  # not pasted
     assert not judge(_cand(), None, config, True).suspicious  # not looked at
 
 

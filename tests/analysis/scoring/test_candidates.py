@@ -1,0 +1,80 @@
+"""Candidates across every k: hot-spot groups (the rare-shortcut route) and one candidate per pattern."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spray.analysis.scoring.candidates import all_candidates, hotspot_groups, merge_patterns
+from spray.analysis.scoring.signals import ClassStats, analyse_cluster
+from spray.config import ScoringConfig
+from spray.records import ClusteringResult, SpectralResult
+from tests.analysis.scoring.cases import Case
+
+
+def _rare_class(n: int = 600, k_rare: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of a class whose relevance is on a central object, and ``k_rare`` samples (about 3 %) that
+    also put some of it on a small spot at the top right."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    maps = rng.random((n, 28, 28)) * 0.05
+    for i in range(n):
+        cy, cx = rng.normal(14, 2, 2)
+        maps[i] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 20.0)
+    rare = np.zeros(n, dtype=bool)
+    rare[rng.choice(n, k_rare, replace=False)] = True
+    maps[rare, 2:5, 22:25] += 1.0
+    return maps, rare
+
+
+def _no_graph(n: int) -> SpectralResult:
+    return SpectralResult(
+        np.ones(1), np.zeros((n, 1), np.float32), np.zeros((n, 0), np.int64), np.zeros((n, 0)), 1
+    )
+
+
+def test_hotspot_groups_find_a_rare_spot_that_no_cluster_isolates() -> None:
+    maps, rare = _rare_class()
+    config = ScoringConfig()
+    stats = ClassStats(maps, _no_graph(len(maps)), config)
+    groups = hotspot_groups(stats, config)
+    assert groups, "the rare spot is found"
+    best = groups[0][0]
+    assert (best & rare).sum() >= 0.9 * rare.sum() and (best & ~rare).sum() <= 2
+    # A clustering that splits the class in halves, blind to the spot: the hot-spot candidate still comes
+    # out on top of the merged candidates.
+    halves = ClusteringResult({2: (np.arange(len(maps)) % 2).astype(np.int32)}, 2, 2, {})
+    cands = merge_patterns(all_candidates(stats, halves, config), 28, 28, config)
+    assert cands[0].k == 0 and (cands[0].member == best).all()
+    assert not hotspot_groups(stats, ScoringConfig(hotspot_min_excess=0.5))
+
+
+def test_a_class_without_a_spot_has_no_hotspot_group() -> None:
+    maps, _ = _rare_class(k_rare=0)
+    config = ScoringConfig()
+    assert hotspot_groups(ClassStats(maps, _no_graph(len(maps)), config), config) == []
+
+
+def test_nested_versions_of_one_pattern_merge_into_the_best_isolated(planted: Case) -> None:
+    """k=2: the planted set with a few others; k=3: the planted set exactly; k=4: half of it. One
+    candidate comes out for the pattern, the exact one, and the rest of the class stays a candidate."""
+    config = ScoringConfig(hotspots=False)
+    truth = planted.truth
+    n = len(truth)
+    loose = truth.copy()
+    loose[np.flatnonzero(~truth)[:10]] = True
+    half = truth.copy()
+    half[np.flatnonzero(truth)[::2]] = False
+    lab2, lab3, lab4 = (
+        loose.astype(np.int32),
+        truth.astype(np.int32),
+        np.where(truth, 1 + half, 0).astype(np.int32),
+    )
+    clustering = ClusteringResult({2: lab2, 3: lab3, 4: lab4}, 2, 2, {})
+    stats = ClassStats(planted.maps, planted.spectral, config)
+    cands = all_candidates(stats, clustering, config)
+    assert len(cands) == 6  # 7 clusters, but k=3 and k=4 share the rest of the class: analysed once
+    merged = merge_patterns(cands, 32, 32, config)
+    pattern = [c for c in merged if (c.member & truth).sum() > 0.4 * truth.sum() and c.member.sum() < n / 2]
+    assert len(pattern) == 1 and (pattern[0].member == truth).all() and pattern[0].k == 3
+    exact = analyse_cluster(stats, 3, 1, truth, config)
+    assert pattern[0].map_score == exact.map_score
