@@ -320,9 +320,10 @@ def evaluate(cell: Cell, info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 #: Signals kept per looked-at candidate (to draw the flag's operating curve offline).
-TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "aligned", "flip_rate", "flip_null",
-                  "flip_p", "removal_drop", "removal_null", "removal_p", "removal_auroc", "removal_spread",
-                  "hotspot_separation", "lift", "consistency", "separation")  # fmt: skip
+TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "appearance_null", "aligned", "flip_rate",
+                  "flip_null", "flip_p", "paste_gain", "paste_gain_null", "paste_gain_p", "removal_drop",
+                  "removal_null", "removal_p", "removal_auroc", "removal_spread", "hotspot_separation", "lift",
+                  "consistency", "separation", "test_region_cells")  # fmt: skip
 
 
 def tested_candidates(summary: dict[str, Any], planted: set[str]) -> list[dict[str, Any]]:

@@ -20,7 +20,12 @@ class ScoringConfig(Section):
     intervention: bool = Field(
         True, description="Run the paste-the-hot-region test on the leading candidates."
     )
-    intervention_candidates: int = Field(3, ge=0, description="Leading candidates per labelling to test.")
+    intervention_candidates: int = Field(
+        3,
+        ge=0,
+        description="At most this many candidates per class get the interventions: the leading appraised "
+        "ones whose appearance could be flagged.",
+    )
     intervention_samples: int = Field(200, ge=1, description="Other-class images to paste into.")
     intervention_region: Literal["relevance", "window"] = Field(
         "relevance",
@@ -69,6 +74,13 @@ class ScoringConfig(Section):
         description="Flag by paste (with logits): pasting the members' region raises the targets' class logit "
         "by at least this much more than pasting the same region of non-members (logits).",
     )
+    gain_ratio: float = Field(
+        4.5,
+        ge=1.0,
+        description="Flag by paste gain: the smoothed ratio (gain + gain_eps) / (null gain + gain_eps) reaches "
+        "this (a natural part raises the logit from either donor).",
+    )
+    gain_eps: float = Field(0.25, gt=0.0, description="Smoothing of the paste gain ratio (logits).")
     full_gain: float = Field(
         2.0, gt=0.0, description="Paste gain excess (logits) that gives the full paste strength in the score."
     )
@@ -110,18 +122,18 @@ class ScoringConfig(Section):
         description="Flag: the members' pixels in the region must be at least this alike (the "
         "'appearance' signal: 1 = identical in every member, as a stamp; 0 = as varied as the class).",
     )
-    appearance_margin: float = Field(
-        0.25,
+    flag_min_relative_appearance: float = Field(
+        0.65,
         ge=0.0,
         le=1.0,
-        description="Flag: the appearance exceeds the class's own typical appearance (the median over its "
-        "other leading candidates) by at least this much.",
+        description="Flag: the appearance relative to the class's own typical appearance a0 (the median over "
+        "its other leading candidates), (a - a0) / (1 - a0), reaches this.",
     )
-    appearance_null_candidates: int = Field(
+    appraised_candidates: int = Field(
         8,
-        ge=0,
+        ge=1,
         description="Leading candidates per class whose appearance is measured (pixels only, no forward "
-        "pass) as the class's own null for the appearance.",
+        "pass); each one's is judged against the others' (the class's own null for the appearance).",
     )
     map_threshold: float = Field(
         0.35, ge=0.0, description="Flag without a probe: map score at least this (weak)."

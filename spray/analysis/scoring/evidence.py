@@ -7,6 +7,7 @@ from spray.analysis.scoring.geometry import location_words
 from spray.analysis.scoring.intervention import InterventionTest
 from spray.analysis.scoring.signals import Candidate
 from spray.analysis.scoring.verdict import Verdict
+from spray.config import ScoringConfig
 
 
 def pct(x: float) -> str:
@@ -75,6 +76,7 @@ def evidence(
     h: int,
     w: int,
     test: InterventionTest | None,
+    config: ScoringConfig,
     verdict: Verdict | None = None,
 ) -> list[str]:
     """Sentences a person can check, one claim each, for a candidate of a class of ``n`` samples on an
@@ -95,8 +97,19 @@ def evidence(
         return out
     out.append(_region(test, h * w))
     out.append(f"their pixels there vary {pct(1.0 - test.appearance)} as much as other {class_name} images'")
-    if not test.pasted and test.removal is None:
-        out.append("no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has")
+    out.append(
+        f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: "
+        f"the members' pixels are {pct(test.relative_appearance)} of the way to identical beyond that"
+    )
+    if not test.intervened:
+        if test.appearance < config.flag_min_appearance:
+            out.append("no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has")
+        elif test.relative_appearance < config.flag_min_relative_appearance:
+            out.append(
+                f"no intervention was run: a flag needs pixels more alike than other groups of {class_name}"
+            )
+        else:
+            out.append("no intervention was run: more suspicious candidates of the class came first")
         return out
     out += _interventions(class_name, test)
     if verdict is not None and verdict.suspicious:

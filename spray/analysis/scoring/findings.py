@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from spray.analysis.scoring.appearance import Donors, Look
+from spray.analysis.scoring.appearance import Look
 from spray.analysis.scoring.candidates import all_candidates, merge_patterns, overlap
 from spray.analysis.scoring.carriers import Stamp, find_carriers
 from spray.analysis.scoring.evidence import carriers_sentence, evidence
@@ -24,12 +24,14 @@ Key = tuple[int, int]
 
 
 def _appearance_null(
-    key: Key, cand: Candidate, looks: dict[Key, tuple[Candidate, float]], config: ScoringConfig
+    key: Key, cand: Candidate, looks: dict[Key, tuple[Candidate, Look]], config: ScoringConfig
 ) -> float:
     """The class's typical appearance for ``cand``: the median over the other appraised candidates that
     do not share ``nest_overlap`` of their members with it (0 when there are none)."""
     vals = [
-        a for k, (c, a) in looks.items() if k != key and overlap(c.member, cand.member) < config.nest_overlap
+        seen.appearance
+        for k, (c, seen) in looks.items()
+        if k != key and overlap(c.member, cand.member) < config.nest_overlap
     ]
     return float(np.median(vals)) if vals else 0.0
 
@@ -44,36 +46,38 @@ def _tests(
     seed: int,
     stamps: dict[Key, Stamp],
 ) -> dict[Key, InterventionTest]:
-    """The interventions on the ``intervention_candidates`` leading candidates, by (k, cluster id).
+    """Appearance of the ``appraised_candidates`` leading candidates, and the interventions on at most
+    ``intervention_candidates`` of them, by (k, cluster id).
 
-    The ``appearance_null_candidates`` leading candidates are appraised first (their pixels only): their
-    appearances are the class's own null for the appearance of each tested candidate.
+    The appraised candidates' appearances are the class's own null for each other's (pixels only, no
+    forward pass). Only a candidate that could be flagged (its appearance reaches
+    ``flag_min_appearance`` and, relative to the class's, ``flag_min_relative_appearance``) is run through
+    the model, the leading ones first.
     """
-    targets = Targets.load(probe, class_index, config.intervention_samples)
     # One seeded order of the class's contents serves every candidate's donor pick (restricted to a
     # cluster, it is the order stable_order gives the cluster alone).
     donor_order = stable_order([probe.key(sid) for sid in sample_ids], f"donor|{seed}|{class_index}")
     eligible = [c for c in cands if c.signals["size"] >= config.min_cluster_size and c.map_score > 0]
-    tested = eligible[: config.intervention_candidates]
-    keep: dict[Key, tuple[Donors, Look]] = {}
-    looks: dict[Key, tuple[Candidate, float]] = {}
-    for i, cand in enumerate(
-        eligible[: max(config.intervention_candidates, config.appearance_null_candidates)]
-    ):
+    looks: dict[Key, tuple[Candidate, Look]] = {}
+    for cand in eligible[: max(config.appraised_candidates, 1)]:
         got = appraise(stats, cand, sample_ids, probe, donor_order, config)
-        if got is None:
-            continue
-        looks[(cand.k, cand.cluster_id)] = (cand, got[1].appearance)
-        if i < len(tested):
-            keep[(cand.k, cand.cluster_id)] = got  # the donors' pixels are kept only for the tested ones
+        if got is not None:  # the donors' pixels are dropped: a tested candidate loads them again
+            looks[(cand.k, cand.cluster_id)] = (cand, got[1])
+    targets = Targets.load(probe, class_index, config.intervention_samples)
     tests: dict[Key, InterventionTest] = {}
-    for cand in tested:
-        key = (cand.k, cand.cluster_id)
-        if key in keep:
-            null = _appearance_null(key, cand, looks, config)
-            tests[key] = intervention_test(
-                stats, cand, class_index, probe, targets, keep[key], null, config, stamps
-            )
+    for key, (cand, seen) in looks.items():
+        null = _appearance_null(key, cand, looks, config)
+        test = InterventionTest(seen.appearance, seen.aligned, seen.kind, int(seen.m_in[0].sum()), null)
+        run = len([t for t in tests.values() if t.intervened]) < config.intervention_candidates
+        if (
+            run
+            and seen.appearance >= config.flag_min_appearance
+            and (test.relative_appearance >= config.flag_min_relative_appearance)
+        ):
+            again = appraise(stats, cand, sample_ids, probe, donor_order, config)
+            assert again is not None
+            test = intervention_test(stats, cand, class_index, probe, targets, again, null, config, stamps)
+        tests[key] = test
     return tests
 
 
@@ -102,7 +106,7 @@ def _finding(
         if verdict.ratio is not None:
             sig["flip_ratio"] = verdict.ratio
     sig["tested"] = float(test is not None and (test.pasted or test.removal is not None))
-    lines = evidence(cand, class_name, n, h, w, test, verdict)
+    lines = evidence(cand, class_name, n, h, w, test, config, verdict)
     carriers: list[int] = []
     if verdict.suspicious and config.carriers and stamp is not None and probe is not None:
         # A flagged stamp is rarely all in one cluster (where the object's own relevance is strong the

@@ -9,8 +9,9 @@
   is the same removal on non-members. This works where pasting cannot: a shortcut the model uses only
   together with the object, or one that needs the rest of a member image to count.
 
-Both run only when the members' pixels are alike there (``appearance`` at least
-``flag_min_appearance``): below it no flag is possible, and the forward passes are spared.
+Both run only when the members' pixels are alike there, also relative to the class's typical appearance
+(see :func:`~spray.analysis.scoring.findings.score_class`): otherwise no flag is possible, and the
+forward passes are spared.
 """
 
 from __future__ import annotations
@@ -132,6 +133,16 @@ class InterventionTest:
     paste_gain: float | None = None
     paste_gain_null: float | None = None
     paste_gain_p: float = 1.0
+
+    @property
+    def intervened(self) -> bool:
+        """Whether any intervention ran (paste or removal)."""
+        return self.flip_rate is not None or self.removal is not None
+
+    @property
+    def relative_appearance(self) -> float:
+        """The appearance above the class's typical one, as a share of what is left above it."""
+        return max(0.0, (self.appearance - self.appearance_null) / max(1e-9, 1.0 - self.appearance_null))
 
     @property
     def gain_excess(self) -> float | None:
@@ -338,10 +349,9 @@ def intervention_test(
 ) -> InterventionTest:
     """Paste and removal tests of one appraised candidate.
 
-    They run only when the appearance reaches ``flag_min_appearance`` (below it no flag is possible, so
-    nothing is run through the model). ``appearance_null`` is the class's typical appearance (of its
-    other candidates). The candidate's :class:`Stamp` is put into ``stamps`` under ``(k, cluster_id)``
-    (for the carrier scan of a flagged candidate).
+    ``appearance_null`` is the class's typical appearance (of its other candidates). The candidate's
+    :class:`Stamp` is put into ``stamps`` under ``(k, cluster_id)`` (for the carrier scan of a flagged
+    candidate).
     """
     donors, seen = appraised
     if stamps is not None:
@@ -349,9 +359,6 @@ def intervention_test(
     test = InterventionTest(
         seen.appearance, seen.aligned, seen.kind, int(seen.m_in[0].sum()), appearance_null
     )
-    if seen.appearance < config.flag_min_appearance:
-        # Most natural clusters end here, which spares the forward passes, the costliest part of a rerun.
-        return test
     if config.removal:
         test.removal = removal_test(probe, class_index, donors, seen)
     paste = _paste(probe, class_index, donors, seen, targets, config) if targets is not None else None

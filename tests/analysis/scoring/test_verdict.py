@@ -22,8 +22,12 @@ def test_a_strong_paste_with_alike_pixels_is_flagged_and_scored_up() -> None:
     strong = InterventionTest(0.9, False, flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
     v = judge(_cand(), strong, config, use_probe=True)
     assert v.suspicious and v.ratio is not None and v.ratio > 10
-    # map score · (0.2 + 0.8·0.9) · (0.5 + min(1, 0.6/0.5)·1)
-    assert abs(v.score - 0.2 * (0.2 + 0.8 * 0.9) * 1.5) < 1e-12
+    # flagged: 0.5 + 0.5 · raw / 1.5, raw = map score · (0.2 + 0.8·0.9) · (0.5 + min(1, 0.6/0.5)·1)
+    assert abs(v.score - (0.5 + 0.5 * 0.2 * (0.2 + 0.8 * 0.9) * 1.5 / 1.5)) < 1e-12
+    # Relative to a class whose groups look alike anyway, the same pixels are not a stamp.
+    alike = InterventionTest(0.9, False, appearance_null=0.8, flip_rate=0.6, flip_null=0.0, flip_p=1e-9)
+    v2 = judge(_cand(), alike, config, use_probe=True)
+    assert not v2.suspicious and v2.score < 0.5
 
 
 def test_each_flag_condition_can_veto() -> None:
