@@ -21,7 +21,7 @@ import numpy as np
 
 from spray.analysis.scoring.signals import Candidate, ClassStats, analyse_cluster
 from spray.config import ScoringConfig
-from spray.records import ClusteringResult
+from spray.records import ClusterFinding, ClusteringResult
 
 #: ``k`` of the hot-spot candidates (they come from no labelling); their ``cluster_id`` is their rank.
 HOTSPOT_K = 0
@@ -58,7 +58,8 @@ def hotspot_groups(stats: ClassStats, config: ScoringConfig) -> list[tuple[np.nd
     their shares; ``min_cluster_size <= m <= hotspot_max_fraction · n``). A window is a hot spot when
     the ratio reaches ``hotspot_separation`` (a distinct group, not the tail of a continuous spread) and
     the group's shares exceed the class's median share by ``hotspot_min_excess`` on average. Groups
-    sharing ``nest_overlap`` of their members with a more distinct one are dropped.
+    sharing ``nest_overlap`` of their members with a more distinct one are dropped, and the others lose
+    the samples a more distinct one holds (they stay disjoint).
     """
     n = stats.n
     lo = max(config.min_cluster_size, config.hotspot_min_size)
@@ -76,12 +77,31 @@ def hotspot_groups(stats: ClassStats, config: ScoringConfig) -> list[tuple[np.nd
                 found.append((float(ratio[j]), member))
     found.sort(key=lambda t: -t[0])
     out: list[tuple[np.ndarray, float]] = []
+    taken = np.zeros(n, dtype=bool)
     for ratio_j, member in found:
         if len(out) >= config.hotspot_candidates:
             break
-        if all(overlap(member, m) < config.nest_overlap for m, _ in out):
-            out.append((member, ratio_j))
+        if any(overlap(member, m) >= config.nest_overlap for m, _ in out):
+            continue
+        # Groups are kept disjoint, so that they form one labelling (k = 0) a run can store.
+        rest = member & ~taken
+        if rest.sum() >= lo:
+            out.append((rest, ratio_j))
+            taken |= rest
     return out
+
+
+def hotspot_labelling(findings: list[ClusterFinding], sample_ids: list[str]) -> np.ndarray | None:
+    """The hot-spot candidates of a class as a labelling (``k`` = :data:`HOTSPOT_K`): ``(n,)`` int32 with
+    each sample's group, -1 for none; None when the class has none. Groups are disjoint."""
+    spots = [f for f in findings if f.k == HOTSPOT_K]
+    if not spots:
+        return None
+    row = {sid: i for i, sid in enumerate(sample_ids)}
+    labels = np.full(len(sample_ids), -1, dtype=np.int32)
+    for f in spots:
+        labels[[row[s] for s in f.member_ids]] = f.cluster_id
+    return labels
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:

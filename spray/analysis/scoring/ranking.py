@@ -9,16 +9,22 @@ from spray.records import ClusterFinding
 def rank_findings(
     per_class: list[list[ClusterFinding]], config: ScoringConfig | None = None
 ) -> list[ClusterFinding]:
-    """The run's findings, most suspicious first: every flagged candidate and the top
-    ``config.findings_top`` candidates by score (the defaults of :class:`ScoringConfig` when None).
+    """Every candidate of every class, most suspicious first.
 
-    Scores of one run are comparable across classes (same signals, same scale); ties are broken by
-    class, ``k`` and cluster id so the order is deterministic. Every candidate stays in its class's list.
+    Scores of one run are comparable across classes (same signals, same scale; flagged candidates score
+    0.5 and above, the others below); ties are broken by class, ``k`` and cluster id so the order is
+    deterministic. ``config`` is accepted for symmetry with :func:`select_findings` and not used.
     """
-    top = (config or ScoringConfig()).findings_top
-    flat = sorted(
+    del config
+    return sorted(
         (f for fs in per_class for f in fs), key=lambda f: (-f.score, f.class_index, f.k, f.cluster_id)
     )
-    # By score only: putting flagged candidates first let a borderline natural flag outrank a planted
-    # artifact whose ratio fell just short of the flag (docs/detection.md).
-    return [f for i, f in enumerate(flat) if i < top or f.suspicious]
+
+
+def select_findings(
+    ranked: list[ClusterFinding], config: ScoringConfig | None = None
+) -> list[ClusterFinding]:
+    """The findings a person is shown: every flagged candidate and the top ``config.findings_top`` of the
+    ranked candidates (the defaults of :class:`ScoringConfig` when None), in ranked order."""
+    top = (config or ScoringConfig()).findings_top
+    return [f for i, f in enumerate(ranked) if i < top or f.suspicious]

@@ -90,7 +90,7 @@ def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig,
     """Score and flag one candidate from its map score and (with a probe) its interventions."""
     if not use_probe:
         ok = cand.map_score >= config.map_threshold and cand.signals["size"] >= config.min_cluster_size
-        return Verdict(cand.map_score, ok)
+        return Verdict(suspicion(cand.map_score, ok), ok)
     if test is None:
         return Verdict(suspicion(cand.map_score * config.appearance_floor * 0.5, False), False)
     paste, ratio, paste_ok = _paste(test, config)

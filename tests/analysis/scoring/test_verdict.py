@@ -55,7 +55,7 @@ def test_without_a_probe_the_map_score_decides() -> None:
     config = ScoringConfig()
     assert judge(_cand(0.5), None, config, use_probe=False).suspicious
     assert not judge(_cand(0.1), None, config, use_probe=False).suspicious
-    assert judge(_cand(0.1), None, config, use_probe=False).score == 0.1
+    assert judge(_cand(0.1), None, config, use_probe=False).score == 0.5 * 0.1 / 1.5
 
 
 def test_flag_needs_the_members_to_look_alike(planted: Case) -> None:
