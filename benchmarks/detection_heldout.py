@@ -59,6 +59,8 @@ import torch
 import yaml
 from threadpoolctl import threadpool_limits
 
+from spray.records import ClusterFinding
+
 log = logging.getLogger("benchmarks.detection_heldout")
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -276,44 +278,43 @@ def prepare(cell: Cell, spec: DatasetSpec, root: Path) -> dict[str, Any]:
 
 
 def evaluate(cell: Cell, info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Metrics of one published run against the planted samples."""
-    import pandas as pd
+    """Metrics of one published run against the planted samples (read with spray's run reader)."""
     from sklearn.metrics import roc_auc_score
 
-    summary = json.loads((run_dir / "summary.json").read_text())
-    findings = summary["findings"]
+    from spray.runs.reader import RunReader
+
+    run = RunReader.open(run_dir)
+    findings = run.findings()  # every scored candidate, most suspicious first
     planted = set(info["planted_ids"])
     row: dict[str, Any] = {"n_findings": len(findings)}
-    flagged = [f for f in findings if f["suspicious"]]
+    flagged = [f for f in findings if f.suspicious]
 
-    def precision(f: dict[str, Any]) -> float:
-        got = set(f["member_ids"]) | set(f.get("carrier_ids", []))
-        return len(got & planted) / max(1, len(got))
+    def samples(f: ClusterFinding, with_carriers: bool = True) -> set[str]:
+        return set(f.member_ids) | (set(f.carrier_ids) if with_carriers else set())
 
-    hits = [f for f in flagged if f["class_index"] == cell.target and precision(f) >= FLAG_PRECISION]
+    def precision(f: ClusterFinding) -> float:
+        return len(samples(f) & planted) / max(1, len(samples(f)))
+
+    hits = [f for f in flagged if f.class_index == cell.target and precision(f) >= FLAG_PRECISION]
     row["flagged"] = bool(hits)
-    row["other_alarms"] = [f"{f['class_name']}:{f['size']}" for f in flagged if f not in hits]
+    row["other_alarms"] = [f"{f.class_name}:{f.size}" for f in flagged if f not in hits]
     row["false_alarm"] = bool(row["other_alarms"])
     row["top"] = [
-        {"key": f["key"], "score": f["score"], "suspicious": f["suspicious"], "size": f["size"],
-         "precision": precision(f) if planted else 0.0, "evidence": f["evidence"]}
+        {"key": f.key, "score": f.score, "suspicious": f.suspicious, "size": f.size,
+         "precision": precision(f) if planted else 0.0, "evidence": f.evidence}
         for f in findings[:3]
     ]  # fmt: skip
-    row["tested"] = tested_candidates(summary, planted)
+    row["tested"] = tested_candidates(findings, planted)
     if not planted:
         return row
     top = findings[0] if findings else None
-    row["hit1"] = bool(top is not None and top["class_index"] == cell.target)
+    row["hit1"] = bool(top is not None and top.class_index == cell.target)
     for name, with_carriers in (("top_f1", True), ("top_f1_members", False)):
-        got = (
-            set(top["member_ids"]) | (set(top.get("carrier_ids", [])) if with_carriers else set())
-            if top
-            else set()
-        )
+        got = samples(top, with_carriers) if top is not None else set()
         tp = len(got & planted) if row["hit1"] else 0
         p, r = tp / max(1, len(got)), tp / len(planted)
         row[name] = 2 * p * r / (p + r) if p + r > 0 else 0.0
-    table = pd.read_parquet(run_dir / "samples.parquet", columns=["sample_id", "score"])
+    table = run.samples()
     truth = table["sample_id"].astype(str).isin(planted).to_numpy()
     row["auroc"] = float(roc_auc_score(truth, table["score"].to_numpy()))
     return row
@@ -326,19 +327,18 @@ TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "appearanc
                   "consistency", "separation", "test_region_cells")  # fmt: skip
 
 
-def tested_candidates(summary: dict[str, Any], planted: set[str]) -> list[dict[str, Any]]:
+def tested_candidates(findings: list[ClusterFinding], planted: set[str]) -> list[dict[str, Any]]:
     """Every candidate of the run whose appearance was looked at: class, planted precision, signals."""
     out = []
-    for c in summary["classes"]:
-        for f in c["clusters"]:
-            if "appearance" not in f["signals"]:
-                continue
-            got = set(f["member_ids"])
-            out.append(
-                {"class": f["class_index"], "key": f["key"], "score": f["score"], "suspicious": f["suspicious"],
-                 "precision": len(got & planted) / max(1, len(got)), "recall": len(got & planted) / max(1, len(planted)),
-                 **{k: f["signals"][k] for k in TESTED_SIGNALS if k in f["signals"]}}
-            )  # fmt: skip
+    for f in findings:
+        if "appearance" not in f.signals:
+            continue
+        got = set(f.member_ids)
+        out.append(
+            {"class": f.class_index, "key": f.key, "score": f.score, "suspicious": f.suspicious,
+             "precision": len(got & planted) / max(1, len(got)), "recall": len(got & planted) / max(1, len(planted)),
+             **{k: f.signals[k] for k in TESTED_SIGNALS if k in f.signals}}
+        )  # fmt: skip
     return out
 
 

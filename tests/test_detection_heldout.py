@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_heldout.py"
@@ -38,17 +36,22 @@ def test_the_splits_share_no_family_and_no_dataset_target(bench) -> None:
 
 
 def test_evaluate_reads_findings_flags_and_scores(bench, tmp_path: Path) -> None:
-    cell = bench.Cell("tuning", "digits", "blob", 0.1, 7, 0)
-    planted = ["1", "2", "3", "4"]
-    finding = {"key": "7/k3/c1", "class_index": 7, "class_name": "7", "size": 5, "score": 0.5, "suspicious": True,
-               "member_ids": ["1", "2", "3", "4", "9"], "carrier_ids": [], "evidence": ["e"], "signals": {}}  # fmt: skip
-    other = dict(finding, key="2/k2/c0", class_index=2, class_name="2", score=0.1, member_ids=["20", "21"])
-    summary = {"findings": [finding, other], "classes": [{"clusters": [finding, other]}]}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    ids = [str(i) for i in range(30)]
-    score = [1.0 if i in planted else 0.0 for i in ids]
-    pd.DataFrame({"sample_id": ids, "score": score}).to_parquet(tmp_path / "samples.parquet")
-    row = bench.evaluate(cell, {"planted_ids": planted}, tmp_path)
-    assert row["hit1"] and row["flagged"] and row["auroc"] == 1.0
-    assert abs(row["top_f1"] - 2 * 0.8 * 1.0 / 1.8) < 1e-9
-    assert row["other_alarms"] == ["2:5"] and row["false_alarm"]
+    """A real (synthetic) published run: its top finding and flags against made-up planted samples."""
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report()
+    run_dir = write_published(tmp_path, report, stage)
+    top = report.findings[0]
+    planted = top.member_ids[:-1]  # all but one member of the top finding
+    cell = bench.Cell("tuning", "digits", "blob", 0.1, top.class_index, 0)
+    row = bench.evaluate(cell, {"planted_ids": planted}, run_dir)
+    assert row["hit1"] and row["n_findings"] == len(report.findings)
+    p, r = (len(top.member_ids) - 1) / (len(top.member_ids) + len(top.carrier_ids)), 1.0
+    assert abs(row["top_f1"] - 2 * p * r / (p + r)) < 1e-9
+    flagged = [f for f in report.findings if f.suspicious]
+    assert (
+        row["flagged"] == any(f.key == top.key for f in flagged)
+        and len(row["other_alarms"]) == len(flagged) - row["flagged"]
+    )
+    scores = bench.evaluate(cell, {"planted_ids": planted}, run_dir)["auroc"]
+    assert 0.0 <= scores <= 1.0

@@ -78,3 +78,27 @@ def test_nested_versions_of_one_pattern_merge_into_the_best_isolated(planted: Ca
     assert len(pattern) == 1 and (pattern[0].member == truth).all() and pattern[0].k == 3
     exact = analyse_cluster(stats, 3, 1, truth, config)
     assert pattern[0].map_score == exact.map_score
+
+
+def test_hotspot_groups_are_disjoint_and_stored_as_the_k0_labelling() -> None:
+    from spray.analysis.scoring import HOTSPOT_K, hotspot_labelling
+    from spray.analysis.scoring.findings import score_class
+
+    maps, rare = _rare_class()
+    maps[rare.nonzero()[0][:10], 20:23, 2:5] += 1.0  # half of the spot's samples also have a second spot
+    config = ScoringConfig()
+    stats = ClassStats(maps, _no_graph(len(maps)), config)
+    groups = hotspot_groups(stats, config)
+    taken = np.zeros(len(maps), dtype=int)
+    for m, _ in groups:
+        taken += m
+    assert taken.max() == 1
+    ids = [f"s{i}" for i in range(len(maps))]
+    halves = ClusteringResult({2: (np.arange(len(maps)) % 2).astype(np.int32)}, 2, 2, {})
+    found = score_class(0, "x", ids, maps, _no_graph(len(maps)), halves, config=config)
+    labels = hotspot_labelling(found, ids)
+    assert labels is not None
+    for f in found:
+        if f.k == HOTSPOT_K:
+            assert [ids[i] for i in np.flatnonzero(labels == f.cluster_id)] == f.member_ids
+    assert hotspot_labelling([f for f in found if f.k != HOTSPOT_K], ids) is None

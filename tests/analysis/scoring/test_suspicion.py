@@ -30,3 +30,27 @@ def test_the_tie_break_orders_members_by_their_own_share(planted: Case) -> None:
     s = sample_suspicion(planted.maps, found, planted.ids)
     rows = rows_of(top.member_ids)
     assert (s[rows] - top.score).max() <= 0.01 and np.ptp(s[rows]) > 0
+
+
+def test_analyze_class_keeps_a_suspicion_consistent_with_its_candidates(planted: Case) -> None:
+    from spray.analysis.classes import analyze_class
+    from spray.config import config_from_dict
+
+    cfg = config_from_dict(
+        {"model": {"factory": "m:f"}, "data": {"kind": "idx", "images": "x", "labels": "y"},
+         "analysis": {"embedding": "spectral", "k_max": 6}},
+        check_files=False,
+    )  # fmt: skip
+    ca = analyze_class(3, "Sandal", planted.ids, planted.maps, cfg)
+    s = ca.sample_suspicion
+    assert s.dtype == np.float32 and s.shape == (N,)
+    top = ca.clusters[0]
+    rows = rows_of(top.member_ids)
+    assert s[rows].min() >= np.float32(top.score) and s.argmax() in rows
+    # Every sample scores the best candidate that holds it (up to the tie-break).
+    best = np.zeros(N)
+    for f in ca.clusters:
+        idx = rows_of(f.member_ids)
+        best[idx] = np.maximum(best[idx], f.score)
+    np.testing.assert_array_less(best - 1e-6, s)
+    np.testing.assert_array_less(s, best + 0.0100001)
