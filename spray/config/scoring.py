@@ -258,16 +258,16 @@ class ScoringConfig(Section):
         "k-means does not isolate).",
     )
     hotspot_candidates: int = Field(3, ge=0, description="Hot-spot groups per class (strongest first).")
-    hotspot_min_size: int = Field(10, ge=2, description="Hot-spot groups hold at least this many samples.")
+    hotspot_min_size: int = Field(8, ge=2, description="Hot-spot groups hold at least this many samples.")
     hotspot_separation: float = Field(
-        50.0,
+        20.0,
         gt=0.0,
         description="Hot spot: the Fisher ratio (mean difference squared over the summed variances) of the "
         "top group's shares of relevance in a window against the rest's reaches this (a distinct group, "
         "not the tail of a continuous spread).",
     )
     hotspot_min_excess: float = Field(
-        0.05,
+        0.01,
         ge=0.0,
         le=1.0,
         description="Hot spot: the group's mean share in the window exceeds the class's median by this much.",

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from spray.analysis.scoring.appearance import Look
-from spray.analysis.scoring.candidates import all_candidates, merge_patterns, overlap
+from spray.analysis.scoring.candidates import HOTSPOT_K, all_candidates, merge_patterns, overlap
 from spray.analysis.scoring.carriers import Stamp, find_carriers
 from spray.analysis.scoring.evidence import carriers_sentence, evidence
 from spray.analysis.scoring.intervention import InterventionTest, appraise, intervention_test
@@ -46,8 +46,8 @@ def _tests(
     seed: int,
     stamps: dict[Key, Stamp],
 ) -> dict[Key, InterventionTest]:
-    """Appearance of the ``appraised_candidates`` leading candidates, and the interventions on at most
-    ``intervention_candidates`` of them, by (k, cluster id).
+    """Appearance of the ``appraised_candidates`` leading candidates and of every hot-spot group, and the
+    interventions on at most ``intervention_candidates`` of them, by (k, cluster id).
 
     The appraised candidates' appearances are the class's own null for each other's (pixels only, no
     forward pass). Only a candidate that could be flagged (its appearance reaches
@@ -58,8 +58,12 @@ def _tests(
     # cluster, it is the order stable_order gives the cluster alone).
     donor_order = stable_order([probe.key(sid) for sid in sample_ids], f"donor|{seed}|{class_index}")
     eligible = [c for c in cands if c.signals["size"] >= config.min_cluster_size and c.map_score > 0]
+    # The leading candidates by map score, and every hot-spot group: the rare-shortcut route must not
+    # depend on a small group's map score.
+    chosen = eligible[: max(config.appraised_candidates, 1)]
+    chosen += [c for c in eligible[len(chosen) :] if c.k == HOTSPOT_K]
     looks: dict[Key, tuple[Candidate, Look]] = {}
-    for cand in eligible[: max(config.appraised_candidates, 1)]:
+    for cand in chosen:
         got = appraise(stats, cand, sample_ids, probe, donor_order, config)
         if got is not None:  # the donors' pixels are dropped: a tested candidate loads them again
             looks[(cand.k, cand.cluster_id)] = (cand, got[1])

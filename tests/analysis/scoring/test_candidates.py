@@ -40,18 +40,23 @@ def test_hotspot_groups_find_a_rare_spot_that_no_cluster_isolates() -> None:
     assert groups, "the rare spot is found"
     best = groups[0][0]
     assert (best & rare).sum() >= 0.9 * rare.sum() and (best & ~rare).sum() <= 2
-    # A clustering that splits the class in halves, blind to the spot: the hot-spot candidate still comes
-    # out on top of the merged candidates.
+    # A clustering that splits the class in halves, blind to the spot: the hot-spot group is still a
+    # candidate of its own, above both halves.
     halves = ClusteringResult({2: (np.arange(len(maps)) % 2).astype(np.int32)}, 2, 2, {})
     cands = merge_patterns(all_candidates(stats, halves, config), 28, 28, config)
-    assert cands[0].k == 0 and (cands[0].member == best).all()
+    spot = next(i for i, c in enumerate(cands) if c.k == 0 and (c.member == best).all())
+    assert all(i > spot for i, c in enumerate(cands) if c.k == 2)
     assert not hotspot_groups(stats, ScoringConfig(hotspot_min_excess=0.5))
 
 
-def test_a_class_without_a_spot_has_no_hotspot_group() -> None:
-    maps, _ = _rare_class(k_rare=0)
-    config = ScoringConfig()
-    assert hotspot_groups(ClassStats(maps, _no_graph(len(maps)), config), config) == []
+def test_a_distinct_spot_separates_far_better_than_the_tail_of_a_spread() -> None:
+    """Without a spot, the best split of any window is the tail of the object's spread; its Fisher ratio
+    is far below a real spot's (hot-spot groups of that kind are left to the appearance test)."""
+    config = ScoringConfig(hotspot_separation=200.0)
+    without, _ = _rare_class(k_rare=0)
+    assert hotspot_groups(ClassStats(without, _no_graph(len(without)), config), config) == []
+    with_spot, _ = _rare_class()
+    assert hotspot_groups(ClassStats(with_spot, _no_graph(len(with_spot)), config), config)
 
 
 def test_nested_versions_of_one_pattern_merge_into_the_best_isolated(planted: Case) -> None:
