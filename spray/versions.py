@@ -21,8 +21,15 @@ from __future__ import annotations
 
 import spray
 
-LRP_VERSION = 1
-ANALYSIS_VERSION = 2
+# 2: images are decoded at their full bit depth and converted by mode (spray.data.decoding); a 16-bit
+# image cached by version 1 was clipped.
+# 3: in-place non-ReLU activations, functional products/attention/activations/norms in forward() are
+# explained; z+ changes at round-off level for mixed-sign inputs.
+LRP_VERSION = 3
+# 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
+# 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
+# appearance, a per-sample suspicion over every candidate (samples.parquet's score).
+ANALYSIS_VERSION = 3
 
 
 def code_version() -> str:
