@@ -50,13 +50,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 import spray.analysis.scoring
 from spray.analysis.clustering import cluster_sweep
 from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
-from spray.analysis.scoring import (
-    InterventionProbe,
-    evidence_line,
-    rank_findings,
-    sample_suspicion,
-    score_class,
-)
+from spray.analysis.scoring import InterventionProbe, rank_findings, sample_suspicion, score_class
 from spray.analysis.spectral import spectral_embedding
 from spray.config import config_from_dict
 from spray.data import read_idx
@@ -64,7 +58,7 @@ from spray.lab.artifacts import plant
 from spray.lab.cnn import SmallCNN
 from spray.lab.training import predict, train_classifier
 from spray.lrp import Explainer
-from spray.records import ClassAnalysis
+from spray.records import ClassAnalysis, ClusterFinding
 
 log = logging.getLogger("benchmarks.detection")
 
@@ -80,7 +74,9 @@ GATE_RELEVANCE_RATIO = 1.5
 
 
 #: Version of the scoring code this process imported (rows of a results file may mix versions).
-SCORING_SHA = hashlib.sha256(Path(spray.analysis.scoring.__file__).read_bytes()).hexdigest()[:8]
+SCORING_SHA = hashlib.sha256(
+    b"".join(p.read_bytes() for p in sorted(Path(spray.analysis.scoring.__file__).parent.glob("*.py")))
+).hexdigest()[:8]
 
 
 @dataclass
@@ -340,6 +336,12 @@ def analyze(
     return ClassAnalysis(
         c, CLASS_NAMES[c], sample_ids, spectral, clustering, np.zeros((len(rel), 2)), "none", clusters
     )
+
+
+def evidence_line(f: ClusterFinding) -> str:
+    """One line for tables: the size, where the relevance lies, and the interventions' main results."""
+    keep = ("members put", "each member puts", "pasting it", "removing it lowers the members'")
+    return "; ".join([f.evidence[0], *(e for e in f.evidence[1:] if e.startswith(keep))])
 
 
 def normalize(rel: np.ndarray) -> np.ndarray:

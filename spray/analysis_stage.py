@@ -103,6 +103,10 @@ def make_probe(
         out = [model(x[s : s + 256].to(device)).argmax(1).cpu() for s in range(0, len(x), 256)]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
+    @torch.no_grad()
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model(x[s : s + 256].to(device)).float().cpu() for s in range(0, len(x), 256)])
+
     def load_inputs(sample_ids: list[str]) -> torch.Tensor:
         return torch.stack([dataset.load_input(paste.position_of[s]) for s in sample_ids])
 
@@ -113,6 +117,7 @@ def make_probe(
         other_labels=labels[pick],
         content_keys=paste.content_keys,
         cache=paste.cache,
+        logits=logits,
     )
 
 

@@ -179,7 +179,11 @@ class ClassAnalysis:
     embedding_method : str
         ``"umap"``, ``"tsne"`` or ``"spectral"`` (first two non-trivial eigenvectors).
     clusters : list[ClusterFinding]
-        Scored clusters of the chosen labelling, most suspicious first.
+        Scored candidates (clusters of every k and hot-spot groups, one per pattern), most suspicious
+        first; they may overlap.
+    sample_suspicion : np.ndarray
+        ``(n,)`` float32 per-sample suspicion in row order, consistent with ``clusters``
+        (:func:`spray.analysis.scoring.sample_suspicion`); what ``samples.parquet``'s ``score`` holds.
     """
 
     class_index: int
@@ -190,6 +194,7 @@ class ClassAnalysis:
     embedding: np.ndarray
     embedding_method: str
     clusters: list[ClusterFinding]
+    sample_suspicion: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 @dataclass(frozen=True)

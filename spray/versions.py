@@ -27,7 +27,9 @@ import spray
 # explained; z+ changes at round-off level for mixed-sign inputs.
 LRP_VERSION = 3
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
-ANALYSIS_VERSION = 2
+# 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
+# appearance, a per-sample suspicion over every candidate (samples.parquet's score).
+ANALYSIS_VERSION = 3
 
 
 def code_version() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.lab.artifacts import ARTIFACTS, plant
+from spray.lab.artifacts import ARTIFACTS, SHAPED, plant, shape_alpha
 
 
 def _garments(n: int = 40, seed: int = 0) -> np.ndarray:
@@ -54,3 +54,30 @@ def test_unknown_kind_names_the_choices() -> None:
     with pytest.raises(ValueError, match="background_square"):
         plant(_garments(2), "sticker")
     assert "background_square" in ARTIFACTS
+
+
+@pytest.mark.parametrize("kind", SHAPED)
+def test_shaped_artifacts_are_fixed_drawn_and_masked(kind: str) -> None:
+    images = _garments(6)
+    pl = plant(images, kind)
+    alpha = shape_alpha(kind, 28, 28)
+    assert 10 <= pl.masks[0].sum() <= 80, "a small artifact"
+    assert (pl.masks == pl.masks[0]).all(), "a fixed position"
+    assert (pl.images[:, alpha == 0] == images[:, alpha == 0]).all()  # nothing outside it changes
+    assert (pl.images[:, alpha == 1] == 255).all()
+    assert pl.images[pl.masks].mean() > images[pl.masks].mean() + 50
+
+
+def test_lines_are_one_pixel_wide_and_twenty_long() -> None:
+    h = shape_alpha("hline", 28, 28)
+    assert h.sum() == 20 and np.flatnonzero(h.sum(axis=1)).tolist() == [1]
+    v = shape_alpha("vline", 28, 28)
+    assert v.sum() == 20 and np.flatnonzero(v.sum(axis=0)).tolist() == [26]
+
+
+def test_text_artifacts_draw_their_font_in_their_corner() -> None:
+    a, tm = shape_alpha("text_a", 28, 28), shape_alpha("text_tm", 28, 28)
+    ys, xs = np.nonzero(a >= 0.25)
+    assert ys.min() >= 14 and xs.max() < 14  # bottom left
+    ys, xs = np.nonzero(tm >= 0.25)
+    assert ys.max() < 14 and xs.min() >= 10  # top right

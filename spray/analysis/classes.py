@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from spray.analysis.scoring import InterventionProbe, score_class
+from spray.analysis.scoring import (
+    HOTSPOT_K,
+    InterventionProbe,
+    hotspot_labelling,
+    sample_suspicion,
+    score_class,
+)
 from spray.config import AuditConfig
 from spray.records import ClassAnalysis
 
@@ -71,6 +77,10 @@ def analyze_class(
         probe=probe if cfg.scoring.intervention else None,
         seed=cfg.seed,
     )
+    # Hot-spot candidates come from no k-means labelling: they are stored as one of their own (k = 0).
+    spots = hotspot_labelling(clusters, list(sample_ids))
+    if spots is not None:
+        clustering.labellings[HOTSPOT_K] = spots
     return ClassAnalysis(
         class_index=class_index,
         class_name=class_name,
@@ -80,4 +90,5 @@ def analyze_class(
         embedding=np.asarray(embedding, dtype=np.float32),
         embedding_method=a.embedding,
         clusters=clusters,
+        sample_suspicion=sample_suspicion(maps, clusters, list(sample_ids)).astype(np.float32),
     )

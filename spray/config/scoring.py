@@ -1,4 +1,8 @@
-"""The ``scoring`` section: suspicion scoring, the intervention test and the flag rule."""
+"""The ``scoring`` section: suspicion scoring, the intervention test and the flag rule.
+
+Every number that tunes the ranking or the alarm is a field here (and so recorded with the run); the
+calibration behind each default is told in ``docs/detection.md``.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,49 @@ from spray.config.section import Section
 class ScoringConfig(Section):
     """Suspicion scoring of clusters (see docs/detection.md for the calibration behind the defaults)."""
 
+    # --- the intervention (paste) test -------------------------------------------------------------
     intervention: bool = Field(
         True, description="Run the paste-the-hot-region test on the leading candidates."
     )
-    intervention_candidates: int = Field(3, ge=0, description="Leading candidates per labelling to test.")
+    intervention_candidates: int = Field(
+        3,
+        ge=0,
+        description="At most this many candidates per class get the interventions: the leading appraised "
+        "ones whose appearance could be flagged.",
+    )
     intervention_samples: int = Field(200, ge=1, description="Other-class images to paste into.")
+    intervention_region: Literal["relevance", "window"] = Field(
+        "relevance",
+        description="Region the interventions paste and remove: the members' own hot pixels (cells where "
+        "their mean relevance share most exceeds the rest of the class's: a line, text, a frame, a blob) "
+        "or the square window / frame of the map signals.",
+    )
+    mask_level: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="Hot pixels: cells whose contrast (members' minus rest's mean share) reaches this "
+        "fraction of its maximum.",
+    )
+    mask_max_area: float = Field(
+        0.15,
+        gt=0.0,
+        le=1.0,
+        description="Hot pixels: at most this fraction of the grid (highest contrast first).",
+    )
+    removal: bool = Field(
+        True,
+        description="Also remove the hot pixels from the members (fill them with the non-member donors' "
+        "per-pixel median) and measure the drop of their class logit against the same removal on "
+        "non-members. Needs a probe with logits.",
+    )
+    max_donors: int = Field(
+        64,
+        ge=1,
+        description="Members (and, for the null, non-members) whose pixels are pasted, cycled over the "
+        "target images.",
+    )
+    # --- the flag rule -------------------------------------------------------------------------------
     flip_margin: float = Field(
         0.05, ge=0.0, le=1.0, description="Flag: paste flip rate minus same-class null at least this."
     )
@@ -25,6 +67,47 @@ class ScoringConfig(Section):
     )
     flip_ratio: float = Field(
         2.0, ge=1.0, description="Flag: smoothed flip rate over the null at least this."
+    )
+    paste_gain_margin: float = Field(
+        0.5,
+        ge=0.0,
+        description="Flag by paste (with logits): pasting the members' region raises the targets' class logit "
+        "by at least this much more than pasting the same region of non-members (logits).",
+    )
+    gain_ratio: float = Field(
+        4.5,
+        ge=1.0,
+        description="Flag by paste gain: the smoothed ratio (gain + gain_eps) / (null gain + gain_eps) reaches "
+        "this (a natural part raises the logit from either donor).",
+    )
+    gain_eps: float = Field(0.25, gt=0.0, description="Smoothing of the paste gain ratio (logits).")
+    full_gain: float = Field(
+        2.0, gt=0.0, description="Paste gain excess (logits) that gives the full paste strength in the score."
+    )
+    removal_margin: float = Field(
+        1.0,
+        ge=0.0,
+        description="Flag by removal: the members' class-logit drop exceeds the non-members' by at least this "
+        "(logits).",
+    )
+    removal_alpha: float = Field(
+        0.01, gt=0.0, lt=1.0, description="Flag by removal: one-sided rank-sum p-value below this."
+    )
+    removal_min_auroc: float = Field(
+        0.8,
+        ge=0.5,
+        le=1.0,
+        description="Flag by removal: the members' drops exceed a random non-member's with at least this "
+        "probability (most members rely on the pattern, not a few).",
+    )
+    full_removal: float = Field(
+        2.0, gt=0.0, description="Removal excess (logits) that gives the full removal strength in the score."
+    )
+    ratio_eps: float = Field(
+        0.02,
+        gt=0.0,
+        description="Smoothing of the flip rate ratio (flip + eps) / (null + eps): a flip rate of this "
+        "size counts as 'no flips'.",
     )
     flag_min_map_score: float = Field(
         0.0, ge=0.0, description="Flag: map score at least this (with a probe)."
@@ -39,17 +122,163 @@ class ScoringConfig(Section):
         description="Flag: the members' pixels in the region must be at least this alike (the "
         "'appearance' signal: 1 = identical in every member, as a stamp; 0 = as varied as the class).",
     )
+    flag_min_relative_appearance: float = Field(
+        0.65,
+        ge=0.0,
+        le=1.0,
+        description="Flag: the appearance relative to the class's own typical appearance a0 (the median over "
+        "its other leading candidates), (a - a0) / (1 - a0), reaches this.",
+    )
+    appraised_candidates: int = Field(
+        8,
+        ge=1,
+        description="Leading candidates per class whose appearance is measured (pixels only, no forward "
+        "pass); each one's is judged against the others' (the class's own null for the appearance).",
+    )
     map_threshold: float = Field(
         0.35, ge=0.0, description="Flag without a probe: map score at least this (weak)."
+    )
+    min_cluster_size: int = Field(
+        5, ge=1, description="Clusters smaller than this are scored 0 and never tested or flagged."
+    )
+    # --- the score -----------------------------------------------------------------------------------
+    appearance_floor: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Score factor of a cluster whose pixels vary like the class (appearance 0); the "
+        "factor is floor + (1 - floor) * appearance.",
+    )
+    full_excess: float = Field(
+        0.5, gt=0.0, le=1.0, description="Paste flip excess over the null that gives the full paste strength."
+    )
+    lift_full: float = Field(
+        100.0,
+        gt=1.0,
+        description="Lift (members' share in the region over the rest's median share) that counts fully in "
+        "the map score; the factor is log(lift) / log(lift_full), clipped to [0, 1].",
+    )
+    lift_eps: float = Field(
+        0.005, gt=0.0, description="Regulariser of the lift ratio (a share this small counts as none)."
+    )
+    consistency_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Map score factor (1 - weight) + weight * consistency (2 AUROC - 1 of the members' share "
+        "in the region against the rest's).",
+    )
+    separation_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Map score factor (1 - weight) + weight * separation (1 - conductance of the cluster "
+        "in the kNN graph).",
+    )
+    rarity_weight: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Map score factor 1 - weight * fraction: rarer clusters rank slightly higher.",
+    )
+    # --- regions -------------------------------------------------------------------------------------
+    window_fractions: tuple[float, ...] = Field(
+        (1 / 8, 1 / 6, 1 / 5),
+        min_length=1,
+        description="Sides of the square windows tried as hot regions, as fractions of the grid side. Only "
+        "small windows: a large one holds a whole object part of a natural sub-group.",
+    )
+    frame_widths: tuple[int, ...] = Field(
+        (1, 2), description="Widths (cells) of the border frames tried as hot regions."
+    )
+    area_penalty: float = Field(
+        0.5,
+        ge=0.0,
+        description="Penalty per unit of region area (fraction of the grid) when the hot region is chosen: "
+        "a region covering all the image would trivially hold all the relevance.",
     )
     translation_tolerant: bool = Field(
         True, description="Also score per-sample windows (artifacts that move)."
     )
+    moving_margin: float = Field(
+        0.05,
+        ge=0.0,
+        description="Per-sample windows win over the shared region only when their contrast is higher by "
+        "this much (a fixed artifact is trivially a moving one too).",
+    )
+    # --- aligned appearance --------------------------------------------------------------------------
+    jitter_reach: float = Field(
+        1.0,
+        ge=0.0,
+        description="Appearance is also measured at each sample's own window within this many window "
+        "sides of a fixed window, aligned to the members' median pixels (a tag on the background lands "
+        "at a slightly different spot in each image). 0 turns it off.",
+    )
+    aligned_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="The aligned appearance counts only when it reaches flag_min_appearance plus this (each "
+        "sample picking its best-matching window makes any region look somewhat more alike).",
+    )
+    align_rounds: int = Field(
+        2, ge=1, description="Rounds of aligning each sample's window to the members' median pixels."
+    )
+    # --- carriers and labellings ---------------------------------------------------------------------
     carriers: bool = Field(
         True,
         description="For flagged clusters, list the other samples of the class that repeat the members' "
         "pixels where their relevance is (one scan of the class's inputs per flagged cluster).",
     )
+    carrier_chunk: int = Field(
+        512, ge=1, description="Samples loaded at once by the carrier scan (bounds its memory)."
+    )
     select_k: Literal["best", "chosen"] = Field(
-        "best", description="Score the labelling whose top pattern is best isolated, or only the chosen k."
+        "best", description="Candidates from the clusters of every k ('best') or only of the chosen k."
+    )
+    nest_overlap: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Two candidates with overlapping hot regions are versions of one pattern when this share "
+        "of the smaller one's members is in the other (nested or overlapping clusters of different k).",
+    )
+    select_slack: float = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="Versions of a pattern within this fraction of its best map score compete to represent "
+        "it; the one that isolates it best (consistency) wins.",
+    )
+    # --- the rare-shortcut route ---------------------------------------------------------------------
+    hotspots: bool = Field(
+        True,
+        description="Also take hot-spot groups as candidates: per window, a distinct group of samples whose "
+        "share of relevance there stands far above the rest's (finds a group of a few dozen samples that "
+        "k-means does not isolate).",
+    )
+    hotspot_candidates: int = Field(3, ge=0, description="Hot-spot groups per class (strongest first).")
+    hotspot_min_size: int = Field(8, ge=2, description="Hot-spot groups hold at least this many samples.")
+    hotspot_separation: float = Field(
+        20.0,
+        gt=0.0,
+        description="Hot spot: the Fisher ratio (mean difference squared over the summed variances) of the "
+        "top group's shares of relevance in a window against the rest's reaches this (a distinct group, "
+        "not the tail of a continuous spread).",
+    )
+    hotspot_min_excess: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Hot spot: the group's mean share in the window exceeds the class's median by this much.",
+    )
+    hotspot_max_fraction: float = Field(
+        0.3, gt=0.0, le=1.0, description="Hot-spot groups hold at most this share of the class."
+    )
+    # --- what is reported ------------------------------------------------------------------------------
+    findings_top: int = Field(
+        5,
+        ge=1,
+        description="The run's findings: every flagged candidate and the top this many by score (every "
+        "candidate stays in its class's list).",
     )

@@ -8,10 +8,20 @@ copy plus the boolean masks ``(n, H, W)`` of the pixels the artifact covers, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-ARTIFACTS = ("corner_square", "random_square", "background_square", "frame", "glyph", "brightness")
+#: Artifacts drawn at a fixed position with a per-pixel coverage (alpha): lines, text, blob, texture,
+#: tag, ring. Each is sized for a 28×28 image and placed relative to the image border.
+SHAPED = ("hline", "vline", "text_a", "text_tm", "blob", "checker", "tag", "ring")
+ARTIFACTS = ("corner_square", "random_square", "background_square", "frame", "glyph", "brightness", *SHAPED)
+
+#: Debian fonts (packages fonts-dejavu-core and fonts-liberation) used by the text artifacts.
+FONTS = {
+    "text_a": ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "A", 10),
+    "text_tm": ("/usr/share/fonts/truetype/liberation/LiberationSerif-Bold.ttf", "TM", 9),
+}
 
 #: A background spot for ``background_square``: every pixel of the square and of a ``_BG_MARGIN``-wide
 #: ring around it at most this bright (uint8), so the square stands on empty background.
@@ -61,7 +71,8 @@ def plant(
         ``background_square`` (uniform among the positions where the square and a 1-pixel ring around it
         fall on dark background, as a watermark or tag would; uniform anywhere when an image has none),
         ``frame`` (1-pixel border), ``glyph`` (5×5 stamp at the bottom right), ``brightness`` (global
-        +60 shift; a confounder, its mask covers the whole image).
+        +60 shift; a confounder, its mask covers the whole image), and the fixed shapes of
+        :data:`SHAPED` (see :func:`shape_alpha`).
     size : int
         Side of the square artifacts.
     value : int
@@ -73,6 +84,8 @@ def plant(
     """
     if kind not in ARTIFACTS:
         raise ValueError(f"unknown artifact {kind!r}; choose one of {', '.join(ARTIFACTS)}")
+    if kind in SHAPED:
+        return _plant_shaped(images, kind, value)
     out = images.copy()
     n, h, w = images.shape[:3]
     masks = np.zeros((n, h, w), dtype=bool)
@@ -110,4 +123,66 @@ def plant(
     else:
         sel = masks if out.ndim == 3 else np.repeat(masks[..., None], out.shape[3], axis=3)
         out[sel] = value
+    return Planted(images=out, masks=masks)
+
+
+def _text_alpha(kind: str, h: int, w: int) -> np.ndarray:
+    """Coverage of a short text drawn with a Debian font (``text_a``: bottom left; ``text_tm``: top right)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    path, text, size = FONTS[kind]
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"{path} missing (artifact {kind!r}): apt-get install -y fonts-dejavu-core fonts-liberation"
+        )
+    font = ImageFont.truetype(path, size)
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    if kind == "text_a":
+        x, y = 1 - left, h - 1 - bottom
+    else:
+        x, y = w - 1 - right, 1 - top
+    draw.text((x, y), text, font=font, fill=255)
+    return np.asarray(canvas, dtype=np.float64) / 255.0
+
+
+def shape_alpha(kind: str, h: int, w: int) -> np.ndarray:
+    """``(h, w)`` coverage in [0, 1] of a fixed-position artifact of :data:`SHAPED`.
+
+    ``hline``: a 1-pixel line along the top, 20 pixels long (on 28 columns); ``vline``: the same down
+    the right edge; ``text_a`` / ``text_tm``: text in a Debian font (:data:`FONTS`); ``blob``: a soft
+    Gaussian spot (σ 1.5 pixels) near the top right; ``checker``: a 6×6 checkerboard texture at the
+    bottom left; ``tag``: a right triangle filling the top-left corner (legs of 7 pixels); ``ring``: a
+    circle of radius 3 pixels, 1 pixel wide, near the bottom right.
+    """
+    a = np.zeros((h, w))
+    yy, xx = np.mgrid[:h, :w]
+    long_w, long_h = round(20 * w / 28), round(20 * h / 28)
+    if kind == "hline":
+        a[1, (w - long_w) // 2 : (w - long_w) // 2 + long_w] = 1.0
+    elif kind == "vline":
+        a[(h - long_h) // 2 : (h - long_h) // 2 + long_h, w - 2] = 1.0
+    elif kind in FONTS:
+        a = _text_alpha(kind, h, w)
+    elif kind == "blob":
+        a = np.exp(-((yy - 5.0) ** 2 + (xx - (w - 6.0)) ** 2) / (2 * 1.5**2))
+    elif kind == "checker":
+        block = (yy >= h - 7) & (yy < h - 1) & (xx >= 1) & (xx < 7)
+        a[block] = np.where((yy + xx)[block] % 2 == 0, 1.0, 0.35)
+    elif kind == "tag":
+        a[(yy + xx) < 7] = 1.0
+    elif kind == "ring":
+        r = np.hypot(yy - (h - 7.0), xx - (w - 7.0))
+        a[np.abs(r - 3.0) < 0.5] = 1.0
+    return a
+
+
+def _plant_shaped(images: np.ndarray, kind: str, value: int) -> Planted:
+    """Blend a :data:`SHAPED` artifact into every image: ``out = (1 - a)·image + a·value``."""
+    n, h, w = images.shape[:3]
+    a = shape_alpha(kind, h, w)
+    aa = a if images.ndim == 3 else a[..., None]
+    out = np.clip(np.rint(images.astype(np.float64) * (1.0 - aa) + value * aa), 0, 255).astype(np.uint8)
+    masks = np.broadcast_to(a >= 0.25, (n, h, w)).copy()
     return Planted(images=out, masks=masks)

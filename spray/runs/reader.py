@@ -208,7 +208,8 @@ class RunReader:
     def samples(self) -> Any:
         """The per-sample table: a pandas DataFrame indexed by ``sample_id`` with ``label``,
         ``label_name``, ``prediction``, ``prediction_name``, ``confidence``, ``target`` and ``score``
-        (the suspicion score of the sample's cluster at the chosen k, 0 when unscored)."""
+        (the sample's suspicion: the highest score of the candidates that hold it, at any k; layout 2
+        runs of analysis version 1: its cluster's score at the chosen k)."""
         import pandas as pd
 
         f = self.files.samples
@@ -441,6 +442,7 @@ class RunReader:
             embedding=data.embedding,
             embedding_method=entry.embedding_method,
             clusters=[by_key[k] for k in entry.cluster_keys],
+            sample_suspicion=self.samples()["score"].to_numpy(np.float32)[self._rows[c]],
         )
 
 

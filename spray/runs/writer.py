@@ -186,11 +186,9 @@ def samples_table(report: AuditReport, stage: BatchStageResult) -> Any:
     row_of = {sample_id: i for i, sample_id in enumerate(batch.sample_ids)}
     score = np.zeros(n, dtype=np.float32)
     for ca in report.classes:
-        labels_k = ca.clustering.labellings[ca.clustering.chosen_k]
         rows = np.asarray([row_of[s] for s in ca.sample_ids], dtype=np.int64)
-        for f in ca.clusters:
-            if f.k == ca.clustering.chosen_k:
-                score[rows[labels_k == f.cluster_id]] = f.score
+        if len(ca.sample_suspicion) == len(rows):  # else 0: a report built without scores (tests)
+            score[rows] = ca.sample_suspicion
     confidence = batch.probabilities[np.arange(n), batch.predictions] if n else np.zeros(0)
     return pd.DataFrame(
         {

@@ -76,6 +76,7 @@ def _class(c: int, ids: list[str], rng: np.random.Generator) -> ClassAnalysis:
         embedding=rng.standard_normal((n, 2)).astype(np.float32),
         embedding_method="spectral",
         clusters=clusters,
+        sample_suspicion=rng.random(n).astype(np.float32),
     )
 
 

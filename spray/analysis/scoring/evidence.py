@@ -1,0 +1,128 @@
+"""Evidence: short sentences a person can check against the heatmaps and the images, one claim each."""
+
+from __future__ import annotations
+
+from spray.analysis.scoring.candidates import HOTSPOT_K
+from spray.analysis.scoring.geometry import location_words
+from spray.analysis.scoring.intervention import InterventionTest
+from spray.analysis.scoring.signals import Candidate
+from spray.analysis.scoring.verdict import Verdict
+from spray.config import ScoringConfig
+
+
+def pct(x: float) -> str:
+    """A share as a rounded percentage ("12 %")."""
+    return f"{100 * x:.0f} %"
+
+
+def _where(cand: Candidate, class_name: str, h: int, w: int) -> list[str]:
+    """Where the members' relevance lies, against the rest of the class."""
+    s = cand.signals
+    if cand.moving:
+        ms = cand.moving_size
+        return [
+            f"each member puts {pct(s['peak_in'])} of its relevance into a {ms}×{ms} spot at varying positions",
+            f"other {class_name} images put {pct(s['peak_out'])} into their hottest spot of that size",
+        ]
+    r = cand.region
+    where = (
+        f"a {r.size}-cell frame along the image border"
+        if r.kind == "frame"
+        else f"a {r.size}×{r.size} region at the {location_words(r, h, w)}"
+    )
+    return [
+        f"members put {pct(s['share_in'])} of their relevance in {where}",
+        f"other {class_name} images put {pct(s['share_out'])} of theirs there",
+        f"a member's share there exceeds another {class_name} image's with probability "
+        f"{pct((1 + s['consistency']) / 2)}",
+    ]
+
+
+def _region(test: InterventionTest, n_cells: int) -> str:
+    """Which region the interventions used."""
+    if test.region_kind == "pixels":
+        return f"tested region: the members' hot pixels, {test.region_cells} cells of {n_cells}"
+    if test.region_kind == "aligned":
+        return "tested region: each member's own window near the region, aligned to the members' pixels"
+    if test.region_kind == "moving":
+        return "tested region: each member's own hottest spot"
+    return f"tested region: the {test.region_kind} above"
+
+
+def _interventions(class_name: str, test: InterventionTest) -> list[str]:
+    """What the paste and removal tests showed."""
+    out = []
+    if test.flip_rate is not None:
+        out.append(
+            f"pasting it into {test.flip_targets} other-class images turns {pct(test.flip_rate)} into {class_name}"
+        )
+        if test.flip_null is None:
+            out.append("that is below the paste margin, so the same-class null was not run")
+        else:
+            out.append(f"pasting the same region from other {class_name} images turns {pct(test.flip_null)}")
+            out.append(f"sign test of the paste: p = {test.flip_p:.2g}")
+    r = test.removal
+    if r is not None:
+        out.append(f"removing it lowers the members' {class_name} logit by {r.drop:.2f} on average")
+        out.append(f"removing it from other {class_name} images lowers theirs by {r.null:.2f}")
+        out.append(f"rank-sum test of the removal: p = {r.p:.2g}")
+    return out
+
+
+def evidence(
+    cand: Candidate,
+    class_name: str,
+    n: int,
+    h: int,
+    w: int,
+    test: InterventionTest | None,
+    config: ScoringConfig,
+    verdict: Verdict | None = None,
+) -> list[str]:
+    """Sentences a person can check, one claim each, for a candidate of a class of ``n`` samples on an
+    ``h×w`` grid."""
+    s = cand.signals
+    found = (
+        "found as a hot spot: these samples' relevance there stands far above the class's"
+        if cand.k == HOTSPOT_K
+        else f"found as cluster {cand.cluster_id} of the k = {cand.k} clustering"
+    )
+    out = [
+        f"{int(s['size'])} of {n} {class_name} images: {pct(s['fraction'])} of the class",
+        found,
+        f"{pct(s['separation'])} of their kNN-graph edges stay inside the group",
+        *_where(cand, class_name, h, w),
+    ]
+    if test is None:
+        return out
+    out.append(_region(test, h * w))
+    out.append(f"their pixels there vary {pct(1.0 - test.appearance)} as much as other {class_name} images'")
+    out.append(
+        f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: "
+        f"the members' pixels are {pct(test.relative_appearance)} of the way to identical beyond that"
+    )
+    if not test.intervened:
+        if test.appearance < config.flag_min_appearance:
+            out.append("no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has")
+        elif test.relative_appearance < config.flag_min_relative_appearance:
+            out.append(
+                f"no intervention was run: a flag needs pixels more alike than other groups of {class_name}"
+            )
+        else:
+            out.append("no intervention was run: more suspicious candidates of the class came first")
+        return out
+    out += _interventions(class_name, test)
+    if verdict is not None and verdict.suspicious:
+        out.append("flagged by the " + " and the ".join(f"{route} test" for route in verdict.routes))
+    return out
+
+
+def carriers_sentence(n_carriers: int, class_name: str, n: int, in_place: bool) -> str:
+    """What the carrier scan of a flagged candidate found."""
+    where = "in the same place" if in_place else "at some position"
+    if n_carriers:
+        return (
+            f"{n_carriers} more {class_name} images, {pct(n_carriers / n)} of the class, repeat the members' "
+            f"pixels {where}: listed as carriers"
+        )
+    return f"no other {class_name} image repeats the members' pixels {where}"

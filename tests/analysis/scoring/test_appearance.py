@@ -1,0 +1,52 @@
+"""Appearance: a repeated stamp against a varying object part."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from spray.analysis.scoring.appearance import appearance, grid_cells
+
+
+def test_grid_cells_average_pool_to_the_grid() -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    g = grid_cells(x, 2, 2)
+    assert g.shape == (1, 2, 2, 1)
+    np.testing.assert_allclose(g[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_appearance_tells_a_repeated_stamp_from_a_varying_part() -> None:
+    rng = np.random.default_rng(0)
+    n = 40
+    rest = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    mask = np.zeros((n, 8, 8), dtype=bool)
+    mask[:, :2, :2] = True  # top-left 2×2 cells = 4×4 pixels
+    stamped = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    stamped[:, :, :4, :4] = 1.0  # the same pixels in every member
+    assert appearance(stamped, mask, rest, mask) > 0.95
+    varied = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    assert appearance(varied, mask, rest, mask) < 0.2
+    # A moving stamp: each member's own window (aligned by its corner) holds the same pixels.
+    moving = torch.from_numpy(rng.random((n, 1, 16, 16)).astype(np.float32))
+    own = np.zeros((n, 8, 8), dtype=bool)
+    for i in range(n):
+        r, c = rng.integers(0, 7, size=2)
+        moving[i, :, 2 * r : 2 * r + 4, 2 * c : 2 * c + 4] = 1.0
+        own[i, r : r + 2, c : c + 2] = True
+    assert appearance(moving, own, rest, mask) > 0.95
+    # Nothing to tell apart: a region that is the same in every image.
+    flat = torch.zeros(n, 1, 16, 16)
+    assert appearance(flat, mask, flat, mask) == 0.0
+
+
+def test_appearance_weights_the_cells_the_model_uses() -> None:
+    """Half the window repeats, half varies: the weights decide which half counts."""
+    rng = np.random.default_rng(1)
+    n = 40
+    x_in = torch.from_numpy(rng.random((n, 1, 8, 8)).astype(np.float32))
+    x_in[:, :, :, :4] = 1.0  # left half identical in every member
+    x_out = torch.from_numpy(rng.random((n, 1, 8, 8)).astype(np.float32))
+    mask = np.ones((n, 2, 2), dtype=bool)  # the whole 2×2 grid: cells (0,0) (0,1) (1,0) (1,1)
+    left = np.array([1.0, 0.0, 1.0, 0.0])
+    assert appearance(x_in, mask, x_out, mask, weights=left) > 0.95
+    assert appearance(x_in, mask, x_out, mask, weights=1.0 - left) < 0.3

@@ -1,0 +1,34 @@
+"""Evidence sentences: one claim each; they name the class, the shares, where, and what was tested."""
+
+from __future__ import annotations
+
+from spray.analysis.scoring.evidence import carriers_sentence, pct
+from tests.analysis.scoring.cases import NAME, Case, make_probe, patch_predictor, score
+
+
+def test_evidence_names_class_and_percentages(planted: Case) -> None:
+    top = score(planted)[0]
+    assert top.evidence[0] == f"{top.size} of 600 {NAME} images: {pct(top.fraction)} of the class"
+    assert any(e.startswith("members put") and e.endswith("region at the top left") for e in top.evidence)
+    assert all(NAME in s or "%" in s or "clustering" in s for s in top.evidence)
+
+
+def test_one_claim_per_line(planted: Case) -> None:
+    for f in score(planted, probe=make_probe(planted, patch_predictor))[:3]:
+        for line in f.evidence:
+            assert "(" not in line and ";" not in line, line
+
+
+def test_evidence_reports_the_paste_test(planted: Case) -> None:
+    top = score(planted, probe=make_probe(planted, patch_predictor))[0]
+    assert any(e.startswith("pasting it into") and e.endswith(f"into {NAME}") for e in top.evidence)
+    assert any(e.startswith("sign test of the paste: p = ") for e in top.evidence)
+    assert top.evidence[-2] == "flagged by the paste test"
+
+
+def test_carriers_sentence_and_percentages() -> None:
+    assert pct(0.123) == "12 %"
+    assert carriers_sentence(3, NAME, 100, in_place=False).startswith(
+        "3 more Sandal images, 3 % of the class"
+    )
+    assert "in the same place" in carriers_sentence(0, NAME, 100, in_place=True)

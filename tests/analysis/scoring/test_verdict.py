@@ -1,0 +1,72 @@
+"""The verdict: score and flag from the map score, the paste test and the appearance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spray.analysis.scoring.geometry import Region
+from spray.analysis.scoring.intervention import InterventionTest
+from spray.analysis.scoring.signals import Candidate
+from spray.analysis.scoring.verdict import judge
+from spray.config import ScoringConfig
+from tests.analysis.scoring.cases import Case, make_probe, patch_predictor, score
+
+
+def _cand(map_score: float = 0.2, fraction: float = 0.1) -> Candidate:
+    signals = {"size": 50.0, "fraction": fraction}
+    return Candidate(2, 0, np.ones(5, bool), Region("window", 4), False, 4, signals, map_score)
+
+
+def test_a_strong_paste_with_alike_pixels_is_flagged_and_scored_up() -> None:
+    config = ScoringConfig()
+    strong = InterventionTest(0.9, False, flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
+    v = judge(_cand(), strong, config, use_probe=True)
+    assert v.suspicious and v.ratio is not None and v.ratio > 10
+    # flagged: 0.5 + 0.5 · raw / 1.5, raw = map score · (0.2 + 0.8·0.9) · (0.5 + min(1, 0.6/0.5)·1)
+    assert abs(v.score - (0.5 + 0.5 * 0.2 * (0.2 + 0.8 * 0.9) * 1.5 / 1.5)) < 1e-12
+    # Relative to a class whose groups look alike anyway, the same pixels are not a stamp.
+    alike = InterventionTest(0.9, False, appearance_null=0.8, flip_rate=0.6, flip_null=0.0, flip_p=1e-9)
+    v2 = judge(_cand(), alike, config, use_probe=True)
+    assert not v2.suspicious and v2.score < 0.5
+
+
+def test_each_flag_condition_can_veto() -> None:
+    config = ScoringConfig()
+    base = dict(flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
+    assert not judge(_cand(), InterventionTest(0.3, False, **base), config, True).suspicious  # pixels vary
+    assert not judge(
+        _cand(fraction=0.7), InterventionTest(0.9, False, **base), config, True
+    ).suspicious  # most of class
+    weak = dict(base, flip_rate=0.04)
+    assert not judge(
+        _cand(), InterventionTest(0.9, False, **weak), config, True
+    ).suspicious  # below the margin
+    natural = dict(base, flip_rate=0.2, flip_null=0.1)
+    assert not judge(_cand(), InterventionTest(0.9, False, **natural), config, True).suspicious  # ratio < 2
+    noisy = dict(base, flip_p=0.2)
+    assert not judge(
+        _cand(), InterventionTest(0.9, False, **noisy), config, True
+    ).suspicious  # not significant
+    assert not judge(_cand(), InterventionTest(0.9, False), config, True).suspicious  # not pasted
+    assert not judge(_cand(), None, config, True).suspicious  # not looked at
+
+
+def test_without_a_probe_the_map_score_decides() -> None:
+    config = ScoringConfig()
+    assert judge(_cand(0.5), None, config, use_probe=False).suspicious
+    assert not judge(_cand(0.1), None, config, use_probe=False).suspicious
+    assert judge(_cand(0.1), None, config, use_probe=False).score == 0.5 * 0.1 / 1.5
+
+
+def test_flag_needs_the_members_to_look_alike(planted: Case) -> None:
+    """The toy shortcut's members carry identical bright patches: flagged at a strict appearance floor."""
+    found = score(
+        planted, probe=make_probe(planted, patch_predictor), config=ScoringConfig(flag_min_appearance=0.9)
+    )
+    top = found[0]
+    assert top.suspicious and top.signals["appearance"] > 0.9
+    assert any("pixels there vary" in e for e in top.evidence)
+
+
+def test_natural_subgroups_are_not_flagged(natural: Case) -> None:
+    assert not any(f.suspicious for f in score(natural))
