@@ -169,10 +169,23 @@ def tap(
         handle.remove()
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside the block; each module's own mode restored after (a fine-tuning
+    setup sets modes module by module, which ``model.train(was)`` would not restore)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def layer_activations(
     model: nn.Module, layer: str, batches: Iterator[torch.Tensor], device: torch.device
 ) -> torch.Tensor:
-    """The layer's output for every input batch, on the CPU.
+    """The layer's output for every input batch, on the CPU (in eval mode; the modes are restored).
 
     Returns
     -------
@@ -180,8 +193,7 @@ def layer_activations(
         ``(N, C, H, W)`` (or ``(N, D)`` for a flat layer) float32.
     """
     out: list[torch.Tensor] = []
-    model.eval()
-    with torch.no_grad(), tap(model, layer) as got:
+    with eval_mode(model), torch.no_grad(), tap(model, layer) as got:
         for x in batches:
             got.clear()
             model(x.to(device))

@@ -96,7 +96,11 @@ def _evaluation_rows(cfg: AuditConfig, samples: SampleSet) -> tuple[SampleSet, n
     """``(clean samples, their evaluation rows, rows of the audited data held out of training)``."""
     c = cfg.correction
     if c.test_data is not None:
-        test = SampleSet.build(c.test_data)
+        data = c.test_data
+        if "transform" not in data.model_fields_set:
+            # held-out data goes through the audited data's transform unless it has its own
+            data = data.model_copy(update={"transform": cfg.data.transform})
+        test = SampleSet.build(data)
         return test, np.arange(len(test)), np.zeros(0, dtype=np.int64)
     n = max(1, round(c.eval_fraction * len(samples)))
     held = seeded_subset(np.arange(len(samples)), n, cfg.seed, "eval-split")

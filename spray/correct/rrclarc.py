@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,13 +164,10 @@ class RightReasonLoss:
 
 def layer_feed(model: nn.Module, task: CorrectionTask, rows: np.ndarray) -> LayerFeed | None:
     """Precompute the layer's activations of ``rows`` when the model can be cut there and they fit in
-    ``activation_cache_mb`` (call before the training modes are set: it leaves the model in eval mode)."""
+    ``activation_cache_mb`` (the frozen part runs in eval mode, as during fine-tuning)."""
     cfg = task.cfg.correction
     layer = task.direction.layer
-    with torch.no_grad(), tap(model, layer) as got:
-        model.eval()
-        model(task.example[:1])
-    mb = got[0][0].numel() * 4 * len(rows) / 2**20
+    mb = math.prod(task.direction.reference_mean.shape) * 4 * len(rows) / 2**20
     if cfg.train_scope != "after_layer" or mb > cfg.activation_cache_mb:
         return None
     head = head_after(model, layer)

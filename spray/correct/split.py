@@ -58,11 +58,10 @@ def head_after(model: nn.Module, layer: str) -> fx.GraphModule | None:
 
 
 def check_head(model: nn.Module, head: nn.Module, layer: str, example: torch.Tensor) -> bool:
-    """Whether ``head`` reproduces ``model`` on ``example`` (the cut is trusted only then). Leaves the
-    model in eval mode."""
-    from spray.correct.activations import tap
+    """Whether ``head`` reproduces ``model`` on ``example`` (the cut is trusted only then); compared in eval
+    mode, every module's mode restored after."""
+    from spray.correct.activations import eval_mode, tap
 
-    model.eval()
-    with torch.no_grad(), tap(model, layer) as got:
+    with eval_mode(model), torch.no_grad(), tap(model, layer) as got:
         full = model(example)
         return bool(torch.allclose(head(got[0]), full, rtol=1e-4, atol=1e-5))
