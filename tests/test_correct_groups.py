@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_flags_become_a_split_group_and_reference(world: World, samples: SampleS
     assert not np.array_equal(g.held_reference, other.held_reference)
 
 
-def test_flag_digest_follows_the_flags(world: World, tmp_path) -> None:  # noqa: ANN001
+def test_flag_digest_follows_the_flags(world: World, tmp_path: Path) -> None:
     cfg = CorrectionConfig()
     a = read_flags(world.flags_db, DATASET, cfg)
     db = tmp_path / "f.sqlite"
