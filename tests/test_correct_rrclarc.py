@@ -19,7 +19,7 @@ from tests.test_correct_world import TinyCNN, to_input
 
 
 def test_penalty_of_a_linear_head_is_its_weight_along_v() -> None:
-    # y = W·flatten(a): ∂y_k/∂a = W_k, so the penalty of logit k is (W_k · v)² whatever the input.
+    # y = W·flatten(a): ∂y_k/∂a = W_k whatever the input, so the penalties have closed forms in W_k.
     torch.manual_seed(0)
     head = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 4))
     a = torch.randn(6, 2, 3, 3, requires_grad=True)
@@ -27,12 +27,20 @@ def test_penalty_of_a_linear_head_is_its_weight_along_v() -> None:
     v = v / v.norm()
     out = rr_output(head(a), torch.zeros(6, dtype=torch.long), "artifact_class", 2)
     (g,) = torch.autograd.grad(out.sum(), a, create_graph=True)
-    assert torch.allclose(rr_penalty(g, v, "position"), (head[1].weight[2] @ v) ** 2, atol=1e-6)
-    # a channel direction at every position: Σ_p (Σ_c W[c, p] v_c)²; the "mean" form squares the average
+    w = head[1].weight[2].view(2, 9)  # (channel, position)
+    # a direction over the whole activation: (W·v)², or Σ_p (W_p·v_p)² per position
+    assert torch.allclose(rr_penalty(g, v, "whole"), (head[1].weight[2] @ v) ** 2, atol=1e-6)
+    assert torch.allclose(rr_penalty(g, v, "position"), ((w * v.view(2, 9)).sum(0) ** 2).sum(), atol=1e-6)
+    # a channel direction: Σ_p (Σ_c W[c, p] v_c)², or the average over positions squared
     vc = torch.tensor([0.6, 0.8])
-    w = head[1].weight[2].view(2, 9)
     assert torch.allclose(rr_penalty(g, vc, "position"), ((vc @ w) ** 2).sum(), atol=1e-6)
-    assert torch.allclose(rr_penalty(g, vc, "mean"), (vc @ w.mean(1)) ** 2, atol=1e-6)
+    assert torch.allclose(rr_penalty(g, vc, "whole"), (vc @ w.mean(1)) ** 2, atol=1e-6)
+    # a flat layer
+    flat = torch.randn(3, 5, requires_grad=True)
+    lin = nn.Linear(5, 2)
+    (gf,) = torch.autograd.grad(lin(flat)[:, 1].sum(), flat, create_graph=True)
+    vf = torch.ones(5) / 5**0.5
+    assert torch.allclose(rr_penalty(gf, vf, "position"), (lin.weight[1] @ vf) ** 2, atol=1e-6)
 
 
 def test_penalty_is_differentiable_in_the_weights() -> None:

@@ -103,7 +103,7 @@ class CorrectionConfig(Section):
         "replaces the region estimated from relevance.",
     )
     rr_lambda: float = Field(
-        100.0,
+        1000.0,
         gt=0.0,
         le=MAX_RR_LAMBDA,
         description="Weight of the right-reason penalty (RR-ClArC) against the cross-entropy.",
@@ -113,10 +113,10 @@ class CorrectionConfig(Section):
         description="Output whose gradient is penalised: a random-sign sum of all logits (every class, "
         "in expectation), the artifact class's logit, or the true class's logit.",
     )
-    rr_aggregation: Literal["position", "mean"] = Field(
+    rr_aggregation: Literal["position", "whole"] = Field(
         "position",
-        description="Penalise the gradient's component along the direction at every position ('position') "
-        "or of the spatially averaged gradient ('mean').",
+        description="Penalise the gradient's component along the direction at every position, squared and "
+        "summed ('position': no position can cancel another), or of the whole gradient ('whole').",
     )
     train_scope: Literal["after_layer", "all"] = Field(
         "after_layer",

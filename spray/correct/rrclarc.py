@@ -7,8 +7,10 @@ nothing is inserted into the model: the corrected model has the user's architect
 
 The output ``y`` (``rr_target``) is a random-sign sum of all logits by default: in expectation its squared
 gradient along ``v`` is the sum over classes of each logit's, so every class unlearns the artifact, not
-only the one it pushed towards. With a pooled (per-channel) direction the component is taken at every
-position and summed (``rr_aggregation="position"``) or of the spatially averaged gradient (``"mean"``).
+only the one it pushed towards. The component is taken at every position of the feature map, squared and
+summed (``rr_aggregation="position"``, the default: a position where the output still responds to the
+artifact cannot be cancelled by another where it responds the other way), or of the whole gradient
+(``"whole"``).
 """
 
 from __future__ import annotations
@@ -66,19 +68,22 @@ def rr_penalty(grad: torch.Tensor, vector: torch.Tensor, aggregation: str) -> to
     grad : torch.Tensor
         ``(B, C, H, W)`` or ``(B, D)`` gradient of the output w.r.t. the layer's activation.
     vector : torch.Tensor
-        ``(D,)`` unit direction: over a whole activation, or over channels (pooled direction).
-    aggregation : {"position", "mean"}
-        For a channel direction on a feature map: component at every position, squared and summed, or
-        component of the spatially averaged gradient, squared.
+        ``(D,)`` unit direction: over a whole activation (``C·H·W``), or over channels (pooled direction).
+    aggregation : {"position", "whole"}
+        ``"position"``: the component at every position (the direction's channel vector there), squared
+        and summed over positions, so that no position can make up for another; ``"whole"``: the
+        component of the whole gradient (a channel direction: of the spatially averaged gradient), squared.
     """
     v = vector.to(grad.dtype)
-    if v.numel() == grad[0].numel():
+    if grad.dim() <= 2:
         return ((grad.flatten(1) @ v) ** 2).mean()
-    per_channel = grad.flatten(2)  # (B, C, P)
-    if aggregation == "mean":
-        return ((per_channel.mean(2) @ v) ** 2).mean()
-    comp = torch.einsum("bcp,c->bp", per_channel, v)
-    return (comp**2).sum(1).mean()
+    g = grad.flatten(2)  # (B, C, P)
+    full = v.numel() == grad[0].numel()
+    if aggregation == "whole":
+        comp = (g.flatten(1) @ v) if full else (g.mean(2) @ v)
+        return (comp**2).mean()
+    vv = v.view(g.shape[1], -1) if full else v[:, None]  # (C, P) or (C, 1)
+    return ((g * vv).sum(1) ** 2).sum(1).mean()
 
 
 @dataclass
