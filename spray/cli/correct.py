@@ -93,11 +93,11 @@ def _table(outcome: Any) -> str:
         f"{rec.direction.layer}: {state}",
         f"  {outcome.folder}",
         f"  direction: {rec.direction.pooling} pooling, held-out AUROC {rec.direction.separation.auroc:.3f}; region "
-        f"{rec.evaluation.region_source} {rec.evaluation.region_box}",
+        f"{rec.evaluation.region_source} {rec.evaluation.region_box}; evaluated on {rec.evaluation.split}",
         f"  {'':44s}{'before':>10s}{'after':>10s}",
     ]
     for name, x, y in (
-        (f"clean accuracy ({rec.evaluation.split})", b.clean_accuracy, a.clean_accuracy),
+        (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),
         ("accuracy, artifact pasted", b.pasted_accuracy, a.pasted_accuracy),
         ("paste flip rate to the class", b.flip_rate, a.flip_rate),
         ("  null (clean pixels pasted)", b.flip_null, a.flip_null),
@@ -105,6 +105,9 @@ def _table(outcome: Any) -> str:
         ("TCAV score along the direction", b.tcav, a.tcav),
     ):
         lines.append(f"  {name[:44]:44s}{pct(x):>10s}{pct(y):>10s}")
+    lines.append(
+        f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{a.sensitivity_abs:10.3g}"
+    )
     lines.append(f"  flip rate down {pct(v.flip_drop).strip()}, relevance share down {pct(v.relevance_drop).strip()}, "
                  f"clean accuracy {100 * v.accuracy_change:+.2f} points")  # fmt: skip
     r = rec.reaudit

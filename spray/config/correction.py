@@ -67,6 +67,13 @@ class CorrectionConfig(Section):
         "at a fixed place), spatially max- or mean-pooled per channel (an artifact that moves; applied at "
         "every position), or 'auto': 'none' unless 'max' separates the held-out groups better.",
     )
+    pooling_margin: float = Field(
+        0.01,
+        ge=0.0,
+        le=0.5,
+        description="With pooling 'auto', 'max' replaces 'none' only when its held-out AUROC is higher by more "
+        "than this (a fixed-position artifact is best removed where it sits).",
+    )
     min_separation: float = Field(
         0.6,
         ge=0.5,
@@ -96,6 +103,18 @@ class CorrectionConfig(Section):
         gt=0.0,
         description="... and the flagged samples vary there at most this share of the reference's standard "
         "deviation (a stamp repeats its pixels). No such pixel: the zone itself is the region.",
+    )
+    stamp_std_floor: float = Field(
+        0.1,
+        ge=0.0,
+        description="Floor of the reference's per-pixel standard deviation in step 2, as a share of its "
+        "overall pixel standard deviation (on a constant background any difference would count).",
+    )
+    region_samples: int = Field(
+        256,
+        ge=4,
+        description="Samples of each group whose relevance and pixels locate the region (and whose mean "
+        "input fills it in the masked baseline).",
     )
     artifact_box: list[int] | None = Field(
         None,

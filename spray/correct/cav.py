@@ -26,10 +26,6 @@ from spray.runs.storage import atomic_save_npz
 
 log = logging.getLogger(__name__)
 
-#: With pooling "auto", "none" (position-aware) is preferred unless a pooled direction separates better
-#: by more than this AUROC margin: a fixed-position artifact is best removed where it sits.
-AUTO_POOLING_MARGIN = 0.01
-
 
 @dataclass
 class Separation:
@@ -144,7 +140,9 @@ class GroupActivations:
     held_reference: torch.Tensor
 
 
-def fit_direction(layer: str, acts: GroupActivations, pooling: str) -> ArtifactDirection:
+def fit_direction(
+    layer: str, acts: GroupActivations, pooling: str, margin: float = 0.01
+) -> ArtifactDirection:
     """Fit the pattern CAV for each candidate pooling and keep the one that separates best on held-out data.
 
     Parameters
@@ -154,7 +152,9 @@ def fit_direction(layer: str, acts: GroupActivations, pooling: str) -> ArtifactD
     acts : GroupActivations
         Activations of both groups.
     pooling : {"auto", "none", "max", "mean"}
-        ``"auto"`` tries ``"none"`` and ``"max"`` (``"none"`` kept within :data:`AUTO_POOLING_MARGIN`).
+        ``"auto"`` tries ``"none"`` and ``"max"``.
+    margin : float
+        With ``"auto"``, ``"max"`` is kept only when its AUROC beats ``"none"``'s by more than this.
     """
     spatial = acts.fit_artifact.dim() == 4
     options = ["none", "max"] if pooling == "auto" else [pooling]
@@ -169,7 +169,7 @@ def fit_direction(layer: str, acts: GroupActivations, pooling: str) -> ArtifactD
         sep = separation(v, pool(acts.held_artifact, p).numpy(), pool(acts.held_reference, p).numpy())
         fitted[p] = (v, sep)
         log.info("artifact direction at %s (pooling %s): held-out AUROC %.3f", layer, p, sep.auroc)
-    best = max(fitted, key=lambda p: fitted[p][1].auroc - (0.0 if p == "none" else AUTO_POOLING_MARGIN))
+    best = max(fitted, key=lambda p: fitted[p][1].auroc - (0.0 if p == "none" else margin))
     v, sep = fitted[best]
     return ArtifactDirection(
         layer=layer,

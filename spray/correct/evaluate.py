@@ -11,8 +11,10 @@ For each model:
 - **relevance share** on the artifact region, ``Σ|R·mask| / Σ|R|`` of the flagged samples' LRP maps
   (true class, the audit's composite), averaged;
 - **sensitivity** along the direction: the derivative of the artifact class's logit with respect to the
-  layer's activation, along the direction (applied at every position for a pooled one), averaged over
-  the class's held-out samples, and the share of them where it is positive (the TCAV score).
+  layer's activation, along the direction (applied at every position for a pooled one), over the class's
+  held-out samples: its mean, its mean absolute value, and the share where it is positive (the TCAV
+  score). For P-ClArC it is taken at the user's layer, before the projection, where it is zero by
+  construction (the projection removes what arrives along the direction).
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ from spray.correct.samples import SampleSet, seeded_subset
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256
-
 
 @dataclass
 class ModelScores:
@@ -55,8 +55,10 @@ class ModelScores:
         Mean share of |relevance| on the artifact region, flagged samples.
     sensitivity : float
         Mean derivative of the artifact class's logit along the direction at the layer.
+    sensitivity_abs : float
+        Mean absolute derivative (how strongly the logit responds along the direction at all).
     tcav : float
-        Share of the class's samples with a positive derivative.
+        Share of the class's samples with a positive derivative (noise when every derivative is ~0).
     """
 
     clean_accuracy: float
@@ -65,6 +67,7 @@ class ModelScores:
     flip_null: float
     relevance_share: float
     sensitivity: float
+    sensitivity_abs: float
     tcav: float
 
 
@@ -137,20 +140,20 @@ def relative_drop(before: float, after: float) -> float | None:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, bs: int) -> np.ndarray:
     model.eval()
     return np.concatenate(
-        [model(x[s : s + _BATCH].to(device)).argmax(1).cpu().numpy() for s in range(0, len(x), _BATCH)]
+        [model(x[s : s + bs].to(device)).argmax(1).cpu().numpy() for s in range(0, len(x), bs)]
     )
 
 
 def _paste_scores(
     model: nn.Module, targets: torch.Tensor, labels: np.ndarray, donors: torch.Tensor, null: torch.Tensor,
-    mask: np.ndarray, artifact_class: int, device: torch.device,
+    mask: np.ndarray, artifact_class: int, device: torch.device, bs: int,
 ) -> tuple[float, float, float]:  # fmt: skip
-    clean = _predict(model, targets, device)
-    stamped = _predict(model, paste(targets, donors, mask), device)
-    nulled = _predict(model, paste(targets, null, mask), device)
+    clean = _predict(model, targets, device, bs)
+    stamped = _predict(model, paste(targets, donors, mask), device, bs)
+    nulled = _predict(model, paste(targets, null, mask), device, bs)
     base = clean != artifact_class
     n = max(1, int(base.sum()))
     flip = float(((stamped == artifact_class) & base).sum() / n)
@@ -159,20 +162,21 @@ def _paste_scores(
 
 
 def _sensitivity(
-    model: nn.Module, x: torch.Tensor, direction: ArtifactDirection, artifact_class: int, device: torch.device
-) -> tuple[float, float]:
+    model: nn.Module, x: torch.Tensor, direction: ArtifactDirection, artifact_class: int, device: torch.device,
+    bs: int,
+) -> tuple[float, float, float]:  # fmt: skip
     model.eval()
     layer = original_layer(model, direction.layer)
     v = torch.from_numpy(direction.vector).to(device)
     out: list[torch.Tensor] = []
-    for s in range(0, len(x), _BATCH):
+    for s in range(0, len(x), bs):
         with tap(model, layer, replace=lambda a: a.detach().requires_grad_(True)) as got:
-            logit = model(x[s : s + _BATCH].to(device))[:, artifact_class]
+            logit = model(x[s : s + bs].to(device))[:, artifact_class]
         (g,) = torch.autograd.grad(logit.sum(), got[0])
         g = g.flatten(1) if v.numel() == g[0].numel() else g.flatten(2).sum(2)
         out.append((g @ v).detach().cpu())
     d = torch.cat(out)
-    return float(d.mean()), float((d > 0).float().mean())
+    return float(d.mean()), float(d.abs().mean()), float((d > 0).float().mean())
 
 
 def score_model(
@@ -187,24 +191,27 @@ def score_model(
     device: torch.device,
 ) -> ModelScores:
     """Every measurement of the module docstring for one model."""
+    bs = cfg.batch.batch_size
     xc = clean_samples.inputs(sets.clean)
-    clean_acc = float((_predict(model, xc, device) == clean_samples.labels[sets.clean]).mean())
+    clean_acc = float((_predict(model, xc, device, bs) == clean_samples.labels[sets.clean]).mean())
     targets = clean_samples.inputs(sets.paste_targets)
     pasted_acc, flip, flip_null = _paste_scores(
         model, targets, clean_samples.labels[sets.paste_targets], samples.inputs(sets.donors),
-        samples.inputs(sets.null_donors), region.mask, artifact_class, device,
+        samples.inputs(sets.null_donors), region.mask, artifact_class, device, bs,
     )  # fmt: skip
     maps = relevance_maps(
         model,
-        samples.batches(sets.relevance, 64),
+        samples.batches(sets.relevance, bs),
         samples.labels[sets.relevance],
         cfg.lrp,
         device,
         composite_kwargs(cfg.lrp, samples.input_bounds()),
     )
     share = float(region_share(maps, region.mask).mean())
-    sens, tcav = _sensitivity(model, samples.inputs(sets.sensitivity), direction, artifact_class, device)
-    return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, tcav)
+    sens, sens_abs, tcav = _sensitivity(
+        model, samples.inputs(sets.sensitivity), direction, artifact_class, device, bs
+    )
+    return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav)
 
 
 def evaluation_sets(

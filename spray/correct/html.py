@@ -54,7 +54,8 @@ def _scores_table(rec: CorrectionRecord) -> str:
         ("paste flip rate to the artifact class", _pct(b.flip_rate), _pct(a.flip_rate)),
         ("… same region from clean samples (null)", _pct(b.flip_null), _pct(a.flip_null)),
         (f"relevance share on the artifact region (n={e.n_relevance})", _pct(b.relevance_share), _pct(a.relevance_share)),
-        (f"sensitivity along the direction (n={e.n_sensitivity})", f"{b.sensitivity:.4g}", f"{a.sensitivity:.4g}"),
+        (f"mean |sensitivity| along the direction (n={e.n_sensitivity})", f"{b.sensitivity_abs:.4g}",
+         f"{a.sensitivity_abs:.4g}"),
         ("TCAV score (share with positive sensitivity)", _pct(b.tcav), _pct(a.tcav)),
     ]  # fmt: skip
     body = "".join(f"<tr><td>{m}</td><td>{x}</td><td>{y}</td></tr>" for m, x, y in rows)

@@ -70,11 +70,6 @@ def box_region(box: list[int], shape: tuple[int, int]) -> ArtifactRegion:
     return ArtifactRegion(mask, "box", 1.0)
 
 
-#: Floor of the reference's per-pixel standard deviation, as a share of its overall pixel standard deviation:
-#: on a constant background (std 0) any difference would otherwise count as a stamp.
-_STD_FLOOR = 0.1
-
-
 def _relevance_zone(
     artifact: np.ndarray, reference: np.ndarray, cfg: CorrectionConfig
 ) -> tuple[np.ndarray, float]:
@@ -117,12 +112,13 @@ def estimate_region(
     artifact_inputs, reference_inputs : np.ndarray
         ``(n, C, H, W)`` / ``(m, C, H, W)`` their model inputs.
     cfg : CorrectionConfig
-        ``region_mass``, ``region_max_fraction``, ``stamp_contrast``, ``stamp_consistency``.
+        ``region_mass``, ``region_max_fraction``, ``stamp_contrast``, ``stamp_consistency``,
+        ``stamp_std_floor``.
     """
     zone, held = _relevance_zone(artifact, reference, cfg)
     mean_a, std_a = artifact_inputs.mean(0), artifact_inputs.std(0)
     mean_r, std_r = reference_inputs.mean(0), reference_inputs.std(0)
-    floor = _STD_FLOOR * float(reference_inputs.std())
+    floor = cfg.stamp_std_floor * float(reference_inputs.std())
     scale = std_r + floor
     stamp = (np.abs(mean_a - mean_r) >= cfg.stamp_contrast * scale) & (std_a <= cfg.stamp_consistency * scale)
     stamp = stamp.any(axis=0) & zone  # any channel

@@ -92,7 +92,7 @@ def retrain(task: CorrectionTask) -> MethodResult:
         model = copy.deepcopy(task.model)
         scope = set_scope(model, task.direction.layer, cfg.train_scope, task.example)
         epochs, lr = cfg.epochs, cfg.lr
-    ref = task.samples.inputs(task.group.fit_reference[:256]).mean(0)
+    ref = task.samples.inputs(task.group.fit_reference[: cfg.region_samples]).mean(0)
     step = CrossEntropyLoss(model, task.samples, task.device, masked, task.region.mask, ref)
     plan = TrainingPlan(rows, epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "retraining")
     opt = make_optimizer(scope.parameters, cfg.optimizer, lr, cfg.momentum, cfg.weight_decay)

@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 CORRECTIONS_DIR = "corrections"
 WORK = ".work"
 STAGING = ".staging"
-_REGION_SAMPLES = 256
 
 
 @dataclass
@@ -164,6 +163,7 @@ def fit(plan: CorrectionPlan) -> ArtifactDirection:
             acts(g.fit_artifact), acts(g.fit_reference), acts(g.held_artifact), acts(g.held_reference)
         ),
         c.pooling,
+        c.pooling_margin,
     )
     if direction.separation.auroc < c.min_separation:
         raise SprayError(
@@ -181,12 +181,19 @@ def locate(plan: CorrectionPlan) -> ArtifactRegion:
     shape = tuple(plan.example.shape[-2:])
     if c.artifact_box is not None:
         return box_region(c.artifact_box, (int(shape[0]), int(shape[1])))
-    a_rows, r_rows = g.fit_artifact[:_REGION_SAMPLES], g.fit_reference[:_REGION_SAMPLES]
+    a_rows, r_rows = g.fit_artifact[: c.region_samples], g.fit_reference[: c.region_samples]
     kw = composite_kwargs(plan.cfg.lrp, s.input_bounds())
 
     def maps(rows: np.ndarray) -> np.ndarray:
         return normalise(
-            relevance_maps(plan.model, s.batches(rows, 64), s.labels[rows], plan.cfg.lrp, plan.device, kw)
+            relevance_maps(
+                plan.model,
+                s.batches(rows, plan.cfg.batch.batch_size),
+                s.labels[rows],
+                plan.cfg.lrp,
+                plan.device,
+                kw,
+            )
         )
 
     region = estimate_region(
