@@ -37,7 +37,9 @@ def _config(args: argparse.Namespace) -> Any:
     base = Path(args.config).resolve().parent
     if args.runs_dir:
         cfg.output.runs_dir = Path(args.runs_dir).resolve()
-    raw = cfg.correction.model_dump()
+    raw = cfg.correction.model_dump(
+        exclude_unset=True
+    )  # unset stays unset (test_data inherits the transform)
     for opt, key in _OVERRIDES.items():
         value = getattr(args, opt, None)
         if value is not None:
