@@ -65,7 +65,7 @@ def _edit(world: World, **correction: object) -> None:
     world.config.write_text(yaml.safe_dump(raw))
 
 
-def _correct(world: World, capsys: pytest.CaptureFixture[str], *extra: str):  # noqa: ANN202
+def _correct(world: World, capsys: pytest.CaptureFixture[str], *extra: str):
     return run_main(["correct", "--config", str(world.config), "-q", "--no-reaudit", *extra], capsys)
 
 
