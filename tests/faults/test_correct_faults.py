@@ -14,7 +14,7 @@ import yaml
 
 from spray.flags import FlagStore
 from spray.runs.locking import RunLock
-from tests.faults.cli import assert_clean_failure, run_main
+from tests.faults.cli import CliResult, assert_clean_failure, run_main
 from tests.test_correct_world import DATASET, TARGET, World, build_world
 
 
@@ -65,7 +65,7 @@ def _edit(world: World, **correction: object) -> None:
     world.config.write_text(yaml.safe_dump(raw))
 
 
-def _correct(world: World, capsys: pytest.CaptureFixture[str], *extra: str):
+def _correct(world: World, capsys: pytest.CaptureFixture[str], *extra: str) -> CliResult:
     return run_main(["correct", "--config", str(world.config), "-q", "--no-reaudit", *extra], capsys)
 
 
