@@ -11,7 +11,7 @@ import yaml
 
 from spray.config import LRPConfig, config_from_dict
 from spray.correct.activations import layer_activations
-from spray.correct.cav import GroupActivations, fit_direction
+from spray.correct.cav import ArtifactDirection, GroupActivations, fit_direction
 from spray.correct.checkpoint import corrected_model, projection_spec, save_corrected
 from spray.correct.pclarc import ArtifactProjection, ProjectedLayer, original_layer, pclarc
 from spray.correct.relevance import region_share, relevance_maps
@@ -50,7 +50,7 @@ def test_channel_projection_applies_at_every_position() -> None:
     assert x.shape == y.shape
 
 
-def _direction(world: World, pooling: str = "auto"):
+def _direction(world: World, pooling: str = "auto") -> ArtifactDirection:
     cls = np.flatnonzero(world.labels == TARGET)
     planted, clean = cls[world.planted[cls]], cls[~world.planted[cls]]
     x = to_input(world.images)
