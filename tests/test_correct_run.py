@@ -13,7 +13,7 @@ from spray.config import load_config
 from spray.correct.html import render_correction_html
 from spray.correct.record import CorrectionRecord
 from spray.correct.rrclarc import RightReasonLoss
-from spray.correct.run import correct, list_corrections
+from spray.correct.run import correct, corrections_for, list_corrections
 from spray.models import build_model
 from tests.test_correct_world import TARGET, World, build_world, flip_rate, to_input
 
@@ -62,6 +62,8 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     again = correct(cfg, progress=False)
     assert again.up_to_date and again.folder == first.folder
     assert len(list_corrections(world.runs_dir)) == 1
+    assert corrections_for(world.runs_dir, rec.source_run_id) == [rec]
+    assert corrections_for(world.runs_dir, "another run") == []
 
 
 def _killing_step(at: int) -> object:
@@ -121,3 +123,15 @@ def test_retrain_baseline_drops_the_flagged_samples(audited: World, tmp_path: Pa
     assert rec.training is not None and rec.training.samples == 10 * len(kept)
     assert not np.isin(kept, np.flatnonzero(world.planted)).any()
     assert rec.evaluation.after.flip_rate < 0.25 * rec.evaluation.before.flip_rate
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_rrclarc_on_the_gpu_matches_the_cpu(audited: World, tmp_path: Path) -> None:
+    outs = {}
+    for device in ("cpu", "cuda"):
+        world = _copy(audited, tmp_path / device)
+        cfg = load_config(world.config)
+        cfg.correction.reaudit = False
+        outs[device] = correct(cfg, device=device, progress=False).record.evaluation.after
+    assert abs(outs["cpu"].flip_rate - outs["cuda"].flip_rate) < 0.05
+    assert abs(outs["cpu"].relevance_share - outs["cuda"].relevance_share) < 0.02

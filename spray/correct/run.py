@@ -97,6 +97,20 @@ def list_corrections(runs_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+def corrections_for(runs_dir: Path, source_run_id: str) -> list[CorrectionRecord]:
+    """Records of the published corrections made from one source run, newest first (for reports)."""
+    out = []
+    for p in list_corrections(runs_dir):
+        try:
+            rec = CorrectionRecord.read(p)
+        except (OSError, ValueError, TypeError, KeyError):
+            log.warning("correction %s has an unreadable correction.json; skipped", p)
+            continue
+        if rec.source_run_id == source_run_id:
+            out.append(rec)
+    return out
+
+
 def find_correction(runs_dir: Path, correction_id: str) -> Path | None:
     """The published correction with this id, if any."""
     for p in list_corrections(runs_dir):
