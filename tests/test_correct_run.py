@@ -62,7 +62,8 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     again = correct(cfg, progress=False)
     assert again.up_to_date and again.folder == first.folder
     assert len(list_corrections(world.runs_dir)) == 1
-    assert corrections_for(world.runs_dir, rec.source_run_id) == [rec]
+    found = corrections_for(world.runs_dir, rec.source_run_id)
+    assert [(c.folder, c.record) for c in found] == [(first.folder, rec)]
     assert corrections_for(world.runs_dir, "another run") == []
 
 

@@ -97,8 +97,16 @@ def list_corrections(runs_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def corrections_for(runs_dir: Path, source_run_id: str) -> list[CorrectionRecord]:
-    """Records of the published corrections made from one source run, newest first (for reports)."""
+@dataclass
+class PublishedCorrection:
+    """A published correction: its folder and its record."""
+
+    folder: Path
+    record: CorrectionRecord
+
+
+def corrections_for(runs_dir: Path, source_run_id: str) -> list[PublishedCorrection]:
+    """The published corrections made from one source run, newest first (for reports and the dashboard)."""
     out = []
     for p in list_corrections(runs_dir):
         try:
@@ -107,7 +115,7 @@ def corrections_for(runs_dir: Path, source_run_id: str) -> list[CorrectionRecord
             log.warning("correction %s has an unreadable correction.json; skipped", p)
             continue
         if rec.source_run_id == source_run_id:
-            out.append(rec)
+            out.append(PublishedCorrection(p, rec))
     return out
 
 
