@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 CORRECTIONS_DIR = "corrections"
 WORK = ".work"
-STAGING = ".staging"
 
 
 @dataclass
@@ -156,15 +155,15 @@ def correct(
     """
     root = corrections_dir(Path(cfg.output.runs_dir))
     with RunLock(root):
-        shutil.rmtree(root / STAGING, ignore_errors=True)
         plan = plan_correction(cfg, device=device)
         found = find_correction(Path(cfg.output.runs_dir), plan.correction_id)
+        work = root / WORK / plan.correction_id[:16]
         if found is not None and not force:
             log.info(
                 "correction %s is already published at %s: nothing to do", plan.correction_id[:12], found
             )
+            shutil.rmtree(work, ignore_errors=True)  # left by a run killed between publishing and cleaning up
             return CorrectionOutcome(CorrectionRecord.read(found), found, True)
-        work = root / WORK / plan.correction_id[:16]
         folder, record = _execute(plan, work, device=device, progress=progress)
         final = _publish(root, folder, plan.correction_id)
         shutil.rmtree(work, ignore_errors=True)
