@@ -244,20 +244,26 @@ def _method(task: CorrectionTask) -> MethodResult:
     return retrain(task)
 
 
-def _corrected(task: CorrectionTask, out: Path, name: str) -> tuple[torch.nn.Module, MethodResult]:
-    """The corrected model: rebuilt from ``out`` when a previous start finished it, else computed and saved."""
+def _corrected(task: CorrectionTask, out: Path, name: str) -> tuple[MethodResult, float]:
+    """The corrected model and the seconds its method took: rebuilt from ``out`` when a previous start
+    finished it (with that start's training log and seconds), else computed and saved."""
     log_path = task.work_dir / "training.json"
     if (out / MODEL_FILE).is_file() and (out / CONFIG_FILE).is_file() and log_path.is_file():
         log.info("reusing the corrected model in %s", out)
         model = build_model(load_config(out / CONFIG_FILE).model).to(task.device).eval()
         saved = json.loads(log_path.read_text())
         training = None if saved["training"] is None else from_dict(TrainingLog, saved["training"])
-        return model, MethodResult(model, training, saved["trained_modules"])
+        return MethodResult(model, training, saved["trained_modules"]), float(saved["method_s"])
+    t0 = time.perf_counter()
     result = _method(task)
+    seconds = time.perf_counter() - t0
     save_corrected(result.model, task.cfg, out, "reaudit", name)
     saved_log = None if result.training is None else dataclasses.asdict(result.training)
-    atomic_write_json(log_path, {"training": saved_log, "trained_modules": result.trained_modules})
-    return result.model.eval(), result
+    atomic_write_json(
+        log_path, {"training": saved_log, "trained_modules": result.trained_modules, "method_s": seconds}
+    )
+    result.model.eval()
+    return result, seconds
 
 
 def _execute(
@@ -267,21 +273,24 @@ def _execute(
     t0 = time.perf_counter()
     direction = fit(plan)
     region = locate(plan)
+    t_prepare = time.perf_counter() - t0
     atomic_save_npz(
         out / "cav.npz", vector=direction.vector, reference_mean=direction.reference_mean, region=region.mask
     )
     task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, plan.train_rows,
                           plan.example, plan.device, work, progress)  # fmt: skip
     name = f"{cfg.name}-{cfg.correction.method}-{plan.correction_id[:8]}"
-    corrected, result = _corrected(task, out, name)
-    t_correct = time.perf_counter() - t0
-    evaluation = _evaluation(plan, corrected, direction, region, work)
-    t_eval = time.perf_counter() - t0 - t_correct
+    result, method_s = _corrected(task, out, name)
+    t1 = time.perf_counter()
+    evaluation = _evaluation(plan, result.model, direction, region, work)
+    t2 = time.perf_counter()
     reaudit = _reaudit(plan, out, device=device, progress=progress)
     timings = {
-        "correction_s": t_correct,
-        "evaluation_s": t_eval,
-        "reaudit_s": time.perf_counter() - t0 - t_correct - t_eval,
+        "correction_s": t_prepare + method_s,
+        "direction_region_s": t_prepare,
+        "method_s": method_s,
+        "evaluation_s": t2 - t1,
+        "reaudit_s": time.perf_counter() - t2,
     }
     record = _record(plan, direction, evaluation, reaudit, result, timings)
     record.write(out)
