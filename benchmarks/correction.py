@@ -23,6 +23,7 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/correction.py --artifacts demo frame glyph --seeds 0 1 2
     python benchmarks/correction.py --report benchmarks/results/correction_<date>.jsonl   # tables only
+    python benchmarks/correction.py --report benchmarks/results/correction_<date>.jsonl --markdown  # docs table
 
 Rows are appended as JSON lines to ``--out``.
 """
@@ -263,6 +264,42 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{m}: " + "; ".join(f"{k}: {v}/{len(sub)}" for k, v in goals.items()))
 
 
+def _mean_range(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    a = np.asarray(xs, dtype=float) * scale
+    return f"{a.mean():.{digits}f} ({a.min():.{digits}f}–{a.max():.{digits}f})"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The docs table: per artifact and method, mean (min–max) over seeds."""
+    out = [
+        "| artifact | method | seeds | flip rate before → after, % | flip ↓ | relevance share before → after, % "
+        "| share ↓ | clean acc. change, points | avg. group acc. before → after, % | re-audit cleared | cost, epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for art in dict.fromkeys(r["artifact"] for r in rows):
+        for m in METHODS:
+            sub = [r for r in rows if r["artifact"] == art and r["method"] == m]
+            if not sub:
+                continue
+            fb = [r["before"]["flip_rate"] for r in sub]
+            fa = [r["after"]["flip_rate"] for r in sub]
+            sb = [r["before"]["relevance_share"] for r in sub]
+            sa = [r["after"]["relevance_share"] for r in sub]
+            gb = [(r["before"]["clean_accuracy"] + r["before"]["pasted_accuracy"]) / 2 for r in sub]
+            ga = [(r["after"]["clean_accuracy"] + r["after"]["pasted_accuracy"]) / 2 for r in sub]
+            cleared = [r["finding_cleared"] for r in sub if r["finding_cleared"] is not None]
+            out.append(
+                f"| {art} | {m} | {len(sub)} | {_mean_range(fb)} → {_mean_range(fa)} "
+                f"| {_mean_range([r['flip_drop'] for r in sub], digits=0)} "
+                f"| {_mean_range(sb)} → {_mean_range(sa)} | {_mean_range([r['relevance_drop'] for r in sub], digits=0)} "
+                f"| {_mean_range([r['accuracy_change'] for r in sub], digits=2)} "
+                f"| {_mean_range(gb)} → {_mean_range(ga)} "
+                f"| {f'{sum(cleared)}/{len(cleared)}' if cleared else '–'} "
+                f"| {_mean_range([r['cost_epochs'] for r in sub], scale=1.0, digits=2)} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", nargs="+", default=["demo", "frame", "glyph"])
@@ -274,9 +311,14 @@ def main(argv: list[str] | None = None) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     ap.add_argument("--out", type=Path, default=Path(f"benchmarks/results/correction_{stamp}.jsonl"))
     ap.add_argument("--report", type=Path, default=None, help="only print the tables of a results file")
+    ap.add_argument("--markdown", action="store_true", help="with --report: the docs table (markdown)")
     args = ap.parse_args(argv)
     if args.report is not None:
-        print_table([json.loads(x) for x in args.report.read_text().splitlines() if x.strip()])
+        rows = [json.loads(x) for x in args.report.read_text().splitlines() if x.strip()]
+        if args.markdown:
+            print(markdown_table(rows))
+        else:
+            print_table(rows)
         return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
