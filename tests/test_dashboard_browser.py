@@ -6,7 +6,6 @@ skips with the reason when either is missing. Screenshots go to test-artifacts/ 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from spray.runs.storage import RunData
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def test_overview_to_cluster_box_select_and_flag(server: tuple[str, Path, Path])
     expect.set_options(timeout=30_000)
 
     url, run, db = server
-    top = json.loads((run / "summary.json").read_text())["findings"][0]
+    top = RunData.open(run).summary["findings"][0]  # summary.json no longer lists members (layout 2)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)

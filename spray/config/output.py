@@ -24,3 +24,23 @@ class NightlyConfig(Section):
         None, description="Command run with the summary path appended when there are new findings."
     )
     fail_on_findings: bool = Field(False, description="Exit 10 on any suspicious finding, not only new ones.")
+    match_jaccard: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Change detection: a suspicious cluster is the same as one of the previous run (same "
+        "class) when the Jaccard index of their member ids reaches this...",
+    )
+    match_correlation: float = Field(
+        0.8,
+        ge=-1.0,
+        le=1.0,
+        description="...or when the Pearson correlation of their mean heatmaps reaches this (recognises a "
+        "cluster whose members were replaced).",
+    )
+    grown_min: float = Field(
+        0.1,
+        ge=0.0,
+        description="Change detection: a matched cluster has grown when it gained at least one member and at "
+        "least this fraction of its previous size (5 % new data grows every cluster by about 5 %: not news).",
+    )
