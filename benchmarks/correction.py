@@ -53,6 +53,7 @@ from spray.lab.cnn import small_cnn
 from spray.lab.demo import FASHION_CLASSES, MEAN, STD, load_base_data, make_demo_data
 from spray.lab.training import predict, train_classifier
 from spray.models import build_model
+from spray.runs.reader import RunReader
 
 log = logging.getLogger("benchmarks.correction")
 
@@ -158,17 +159,17 @@ def spray(argv: list[str], work: Path) -> tuple[float, str]:
 
 def flag_top_finding(work: Path, planted: np.ndarray) -> dict[str, Any]:
     """Flag the planted class's highest-ranked finding (members and carriers), as a user would."""
-    run = work / "runs" / "latest"
-    summary = json.loads((run / "summary.json").read_text())
-    found = [f for f in summary["findings"] if f["class_index"] == TARGET]
-    top = next((f for f in found if f["suspicious"]), found[0])
-    ids = list(top["member_ids"]) + list(top.get("carrier_ids", []))
-    FlagStore(work / "runs" / "flags.sqlite").flag(summary["dataset"], ids, "unlearn", run_id=summary["run_id"],
-                                                    cluster_key=top["key"])  # fmt: skip
+    reader = RunReader.open(work / "runs" / "latest")
+    ranked = reader.findings()
+    found = [f for f in ranked if f.class_index == TARGET]
+    top = next((f for f in found if f.suspicious), found[0])
+    ids = list(top.member_ids) + list(top.carrier_ids)
+    FlagStore(work / "runs" / "flags.sqlite").flag(reader.summary.dataset, ids, "unlearn",
+                                                    run_id=reader.summary.run_id, cluster_key=top.key)  # fmt: skip
     sel = np.zeros(len(planted), dtype=bool)
     sel[[int(i) for i in ids]] = True
     tp = int((sel & planted).sum())
-    return {"finding": top["key"], "finding_rank": top["rank"], "finding_suspicious": top["suspicious"],
+    return {"finding": top.key, "finding_rank": ranked.index(top) + 1, "finding_suspicious": top.suspicious,
             "flag_precision": tp / max(1, int(sel.sum())), "flag_recall": tp / max(1, int(planted.sum()))}  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from spray.correct.activations import pool
 from spray.errors import SprayError
-from spray.runs.storage import atomic_save_npz
+from spray.runs.atomic import atomic_save_npz
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 from spray.correct.record import CorrectionRecord
 from spray.correct.source import FindingMatch
 from spray.imaging import png_data_uri, resize_nearest
-from spray.runs.storage import atomic_write_bytes
+from spray.runs.atomic import atomic_write_bytes
 
 REPORT_NAME = "report.html"
 

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import spray
 from spray.attribution import resolve_device
-from spray.audit import RESULT_SECTIONS
 from spray.config import AuditConfig
 from spray.correct.activations import resolve_layer
 from spray.correct.groups import ArtifactGroup, FlagSelection, artifact_group, read_flags
@@ -29,6 +27,8 @@ from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
 from spray.flags import default_db_path
 from spray.models import build_model, check_model_output, model_hash
+from spray.runs.identity import RESULT_SECTIONS
+from spray.versions import code_version
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection) ->
         "parameters": cfg.correction.model_dump(mode="json", exclude={"flags_db", "source_run"}),
         "config": cfg.section_hash(*RESULT_SECTIONS),
         "seed": cfg.seed,
-        "code": f"spray-{spray.__version__}-correction{CORRECTION_VERSION}",
+        "code": f"{code_version()}-correction{CORRECTION_VERSION}",
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
-from spray.runs.storage import CACHE_DIR, STAGING_DIR
+from spray.runs.layout import CACHE_DIR, LOCK, STAGING_DIR
 
 log = logging.getLogger(__name__)
 
@@ -106,4 +106,4 @@ def slim_runs_dir(runs_dir: Path) -> None:
     """Drop a re-audit runs folder's cache, staging area and lock file (the published run stays)."""
     for sub in (CACHE_DIR, STAGING_DIR):
         shutil.rmtree(runs_dir / sub, ignore_errors=True)
-    (runs_dir / ".lock").unlink(missing_ok=True)
+    (runs_dir / LOCK).unlink(missing_ok=True)

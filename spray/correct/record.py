@@ -26,7 +26,7 @@ from spray.correct.evaluate import Evaluation, relative_drop
 from spray.correct.groups import FlagSelection
 from spray.correct.reaudit import Reaudit
 from spray.correct.training import TrainingLog
-from spray.runs.storage import atomic_write_bytes
+from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
 CORRECTION_VERSION = 1

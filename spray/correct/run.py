@@ -52,8 +52,8 @@ from spray.correct.task import CorrectionTask, MethodResult
 from spray.correct.training import TrainingLog
 from spray.errors import SprayError
 from spray.models import build_model
+from spray.runs.atomic import atomic_save_npz, atomic_write_json
 from spray.runs.locking import RunLock
-from spray.runs.storage import atomic_save_npz, atomic_write_json
 
 log = logging.getLogger(__name__)
 

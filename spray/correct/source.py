@@ -6,16 +6,13 @@ runs folder's typed reader changes).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from spray.audit import load_report
 from spray.errors import SprayError
 from spray.records import ClusterFinding
-from spray.runs.storage import SUMMARY, list_runs
+from spray.runs.reader import scan_runs
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +32,7 @@ class SourceRun:
     skipped_ids : list[str]
         Samples it could not read.
     findings : list[ClusterFinding]
-        Its findings, ranked (most suspicious first).
+        Its findings with their members, ranked (most suspicious first).
     """
 
     run_id: str
@@ -43,15 +40,6 @@ class SourceRun:
     model_hash: str
     skipped_ids: list[str]
     findings: list[ClusterFinding]
-
-
-def _summary(path: Path) -> dict[str, Any] | None:
-    try:
-        out: dict[str, Any] = json.loads((path / SUMMARY).read_text())
-        return out
-    except (OSError, ValueError):
-        log.warning("run %s has an unreadable summary.json; ignored", path)
-        return None
 
 
 def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
@@ -63,39 +51,38 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
     SprayError
         No such run (the message lists the runs there are, or says to run the audit first).
     """
-    runs = list_runs(runs_dir)
-    summaries = {p: s for p in runs if (s := _summary(p)) is not None}
+    entries = scan_runs(runs_dir)
+    for e in entries:
+        if e.error is not None:
+            log.warning("run %s cannot be read (%s); ignored", e.name, e.error)
+    readable = [(e.path, e.reader) for e in entries if e.reader is not None]
     if wanted is not None:
-        hits = [
-            p for p, s in summaries.items() if p.name == wanted or str(s.get("run_id", "")).startswith(wanted)
-        ]
+        hits = [(p, r) for p, r in readable if p.name == wanted or r.summary.run_id.startswith(wanted)]
         if not hits:
-            names = ", ".join(p.name for p in runs[:10]) or "none"
+            names = ", ".join(e.name for e in entries[:10]) or "none"
             raise SprayError(
                 f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {names}."
             )
-        chosen = hits[0]
     else:
-        same = [
-            p
-            for p, s in summaries.items()
-            if s.get("dataset") == dataset and s.get("hashes", {}).get("model") == model_hash
+        hits = [
+            (p, r)
+            for p, r in readable
+            if r.summary.dataset == dataset and r.summary.hashes.get("model") == model_hash
         ]
-        if not same:
+        if not hits:
             raise SprayError(
                 f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "
                 "against the audit the flags were set on. Run `spray audit --config ...` first (or set "
                 "correction.source_run)."
             )
-        chosen = same[0]
-    s = summaries[chosen]
-    report = load_report(chosen)
+    path, reader = hits[0]
+    s = reader.summary
     return SourceRun(
-        run_id=str(s["run_id"]),
-        path=chosen,
-        model_hash=str(s.get("hashes", {}).get("model", "")),
-        skipped_ids=[str(x["sample_id"]) for x in s.get("skipped", [])],
-        findings=report.findings,
+        run_id=s.run_id,
+        path=path,
+        model_hash=str(s.hashes.get("model", "")),
+        skipped_ids=[x.sample_id for x in s.skipped],
+        findings=reader.findings(),
     )
 
 
