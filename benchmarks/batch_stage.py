@@ -144,7 +144,7 @@ def main() -> None:
         t0 = time.perf_counter()
         seen = 0
         for b in stage._loader(ds, [idx[s : s + args.batch] for s in range(0, len(idx), args.batch)]):
-            seen += len(b["x"])
+            seen += len(b.x) if b.x is not None else 0
         results["loader_img_s"] = seen / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         computed = stage.run_shards(ds, plan.starts, plan, progress=False)

@@ -152,7 +152,7 @@ def analyze_run(
         paste = _PasteContext(
             cache=PasteCache(cache_dir),
             target_order=stable_order(batch.content_hashes, f"target|{cfg.seed}"),
-            position_of={s: i for i, s in enumerate(dataset.ids)},
+            position_of={s: i for i, s in enumerate(dataset.sample_ids)},
             content_keys=dict(zip(batch.sample_ids, batch.content_hashes, strict=True)),
         )
     classes: list[ClassAnalysis] = []

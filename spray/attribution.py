@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spray.config import AuditConfig
-from spray.data import AuditDataset, collate_samples
+from spray.data import AuditDataset, Sample, SampleBatch, collate_samples
 from spray.errors import DataError, ModelError
 from spray.records import AttributionBatch, SkippedSample
 from spray.runs.atomic import atomic_write_json, translate_write_errors
@@ -120,52 +120,6 @@ class BatchStageResult:
 
 
 @dataclass
-class LoadedBatch:
-    """One batch from the loader (:func:`spray.data.collate_samples`), as a record.
-
-    Attributes
-    ----------
-    x : torch.Tensor or None
-        ``(B', C, H, W)`` inputs of the decoded samples only (None when none was decoded).
-    decoded : list[int]
-        Positions (into ``sample_ids``) of the decoded samples, in the order of ``x``.
-    labels : torch.Tensor
-        ``(B,)`` int64 labels of the readable samples.
-    sample_ids, content_hashes : list[str]
-        The readable samples.
-    positions : list[int]
-        Their dataset positions.
-    thumbs : np.ndarray or None
-        ``(B', t, t, 3)`` uint8 thumbnails of the decoded samples.
-    skipped : list[SkippedSample]
-        Unreadable samples of the batch.
-    """
-
-    x: torch.Tensor | None
-    decoded: list[int]
-    labels: torch.Tensor
-    sample_ids: list[str]
-    content_hashes: list[str]
-    positions: list[int]
-    thumbs: np.ndarray | None
-    skipped: list[SkippedSample]
-
-    @classmethod
-    def from_collated(cls, b: dict[str, Any]) -> LoadedBatch:
-        """The record of :func:`spray.data.collate_samples`'s dict."""
-        return cls(
-            x=b["x"],
-            decoded=list(b["decoded"]),
-            labels=b["label"],
-            sample_ids=list(b["id"]),
-            content_hashes=list(b["hash"]),
-            positions=list(b["index"]),
-            thumbs=b["thumb"],
-            skipped=list(b["skipped"]),
-        )
-
-
-@dataclass
 class _Explained:
     """Samples of one shard explained in this run, accumulated batch by batch."""
 
@@ -221,7 +175,7 @@ def _restore_known_hashes(dataset: AuditDataset) -> Iterator[None]:
         dataset.known_hashes = frozenset()
 
 
-def _decode(dataset: AuditDataset, position: int) -> tuple[torch.Tensor, np.ndarray]:
+def _decode(dataset: AuditDataset, position: int) -> tuple[torch.Tensor, np.ndarray | None]:
     """Input and thumbnail of one sample the loader did not decode (its bytes are cached, but under
     another label: the same image in another class folder, or moved to another class)."""
     known, dataset.known_hashes = dataset.known_hashes, frozenset()
@@ -229,11 +183,12 @@ def _decode(dataset: AuditDataset, position: int) -> tuple[torch.Tensor, np.ndar
         item = dataset[position]
     finally:
         dataset.known_hashes = known
-    if not item["ok"]:
+    if not isinstance(item, Sample) or item.x is None:
+        reason = getattr(item, "reason", "not decoded")
         raise DataError(
-            f"sample {dataset.ids[position]!r} became unreadable during the audit: {item['reason']}"
+            f"sample {dataset.sample_ids[position]!r} became unreadable during the audit: {reason}"
         )
-    return item["x"], item["thumb"]
+    return item.x, item.thumbnail
 
 
 class BatchStage:
@@ -335,7 +290,7 @@ class BatchStage:
                     if shard is not None:
                         self._finish_shard(shard, writer, pending)
                     shard = _ShardState(owner[bi])
-                b = LoadedBatch.from_collated(collated)
+                b = collated
                 self._take_batch(dataset, shard, b)
                 bar.update(len(b.sample_ids) + len(b.skipped))
             if shard is not None:
@@ -345,7 +300,7 @@ class BatchStage:
         bar.close()
         return self.n_computed - computed_before
 
-    def _take_batch(self, dataset: AuditDataset, shard: _ShardState, b: LoadedBatch) -> None:
+    def _take_batch(self, dataset: AuditDataset, shard: _ShardState, b: SampleBatch) -> None:
         """Add one loaded batch to its shard, explaining the samples the cache does not hold."""
         shard.skipped.extend(b.skipped)
         if not b.sample_ids:
@@ -378,7 +333,7 @@ class BatchStage:
 
     @staticmethod
     def _inputs(
-        dataset: AuditDataset, b: LoadedBatch, miss: list[int]
+        dataset: AuditDataset, b: SampleBatch, miss: list[int]
     ) -> tuple[torch.Tensor, np.ndarray | None]:
         """Inputs and thumbnails of the samples to explain (positions ``miss`` of the batch)."""
         row = {pos: r for r, pos in enumerate(b.decoded)}
@@ -388,15 +343,15 @@ class BatchStage:
             # it is. Indexing would copy it into unpinned memory first (at 128×224² a 77 MB copy, and a
             # synchronous host-to-device transfer).
             x = b.x if rows == list(range(len(b.x))) else b.x[torch.tensor(rows)]
-            return x, None if b.thumbs is None else b.thumbs[rows]
+            return x, None if b.thumbnails is None else b.thumbnails[rows]
         # Some miss was not decoded: its bytes are cached under another label only (rare; decode it here).
         xs, ths = [], []
         for i in miss:
             if b.x is not None and i in row:
                 xs.append(b.x[row[i]])
-                ths.append(None if b.thumbs is None else b.thumbs[row[i]])
+                ths.append(None if b.thumbnails is None else b.thumbnails[row[i]])
             else:
-                xi, ti = _decode(dataset, b.positions[i])
+                xi, ti = _decode(dataset, b.indices[i])
                 xs.append(xi)
                 ths.append(ti)
         thumbs = None if any(t is None for t in ths) else np.stack(ths)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ from torch import nn
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
-from spray.data import AuditDataset, build_dataset, collate_samples
+from spray.data import AuditDataset, build_dataset
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
@@ -185,8 +185,10 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
         with clock.phase("setup_s"):
             dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
             model = build_model(cfg.model).to(dev)
+            dataset.match_model(model)
             x0 = _first_inputs(dataset)
             k_out = check_model_output(model, x0.to(dev), len(dataset.class_names))
+            cfg.check_class_count(len(dataset.class_names), k_out)
             if max(dataset.labels) >= k_out:
                 raise DataError(
                     f"The dataset has label {max(dataset.labels)} but the model has only {k_out} outputs. "
@@ -383,16 +385,9 @@ def _publish(
 
 def _first_inputs(dataset: AuditDataset, n: int = 2) -> torch.Tensor:
     """Inputs of the first ``n`` readable samples (for the model's output check)."""
-    items = []
-    for i in range(len(dataset)):
-        it = dataset[i]
-        if it["ok"]:
-            items.append(it)
-            if len(items) == n:
-                break
-    if not items:
-        raise DataError("No sample of the dataset could be read. Check the data section of the config.")
-    return collate_samples(items)["x"]
+    b = dataset.first_batch(n)
+    assert b.x is not None
+    return b.x
 
 
 def _composite_kwargs(cfg: AuditConfig, dataset: AuditDataset) -> dict[str, float]:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import spray
 
-LRP_VERSION = 1
+# 2: images are decoded at their full bit depth and converted by mode (spray.data.decoding); a 16-bit
+# image cached by version 1 was clipped.
+LRP_VERSION = 2
 ANALYSIS_VERSION = 1
 
 

@@ -64,7 +64,9 @@ def register(subparsers: Any) -> None:
         q.add_argument("--db", help="flag database (SQLite)")
         q.add_argument("--runs-dir", help="use RUNS_DIR/flags.sqlite")
 
-    e = sub.add_parser("export", help="export current flags (for unlearning)", description=export_command.__doc__)
+    e = sub.add_parser(
+        "export", help="export current flags (for unlearning)", description=export_command.__doc__
+    )
     common(e)
     e.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
     e.add_argument(

@@ -42,7 +42,7 @@ class SampleSet:
     def build(cls, cfg: DataConfig) -> SampleSet:
         """Build the dataset of ``cfg`` (a :class:`~spray.errors.DataError` names what is wrong)."""
         ds = build_dataset(cfg, thumbnail_size=8)
-        return cls(ds, list(ds.ids), np.asarray(ds.labels, dtype=np.int64))
+        return cls(ds, list(ds.sample_ids), np.asarray(ds.labels, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -51,6 +51,10 @@ class SampleSet:
     def class_names(self) -> list[str]:
         """Names in label order."""
         return list(self.dataset.class_names)
+
+    def match_model(self, model: torch.nn.Module) -> None:
+        """Bring the inputs to the model's channels as the audit does (grey images for an RGB model)."""
+        self.dataset.match_model(model)
 
     def input_bounds(self) -> tuple[float, float]:
         """Lowest and highest value a model input can take (for LRP's box rule)."""

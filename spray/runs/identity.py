@@ -52,7 +52,7 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
     elif d.kind == "image_folder":
         assert d.path is not None
         root = Path(d.path)
-        for sample_id in dataset.ids:
+        for sample_id in dataset.sample_ids:
             st = (root / sample_id).stat()
             h.update(f"{sample_id}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     else:

@@ -24,8 +24,8 @@ def _fresh(cfg, sample_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
     ds = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
-    i = ds.ids.index(sample_id)
-    x = ds[i]["x"][None]
+    i = ds.sample_ids.index(sample_id)
+    x = ds.load_input(i)[None]
     res = Explainer(model, cfg.lrp.composite, canonize=cfg.lrp.canonize)(
         x, target=cfg.lrp.target, labels=torch.tensor([ds.labels[i]])
     )
