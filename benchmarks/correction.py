@@ -206,12 +206,15 @@ def run_cell(
     flags = flag_top_finding(work, cell["planted"])
     true_mask = cell["masks"][cell["planted"]][0]
     rows = []
+    ref_epoch_s: float | None = None
     for method in args.methods:
         extra = ["--no-reaudit"] if method == "retrain" else []
         wall, stdout = spray(["correct", "--config", "cell.yaml", "--method", method, "-q", *extra], work)
         folder = Path(stdout.splitlines()[1].strip())
         rec = json.loads((folder / "correction.json").read_text())
-        ref_epoch_s = reference_epoch(cell["images"], cell["labels"], seed)
+        # the baseline trains whole epochs anyway: its cost is read against the previous reference epoch
+        if method != "retrain" or ref_epoch_s is None:
+            ref_epoch_s = reference_epoch(cell["images"], cell["labels"], seed)
         ev, v, r = rec["evaluation"], rec["verdict"], rec["reaudit"]
         row = {
             "artifact": artifact, "seed": seed, "method": method, "epoch_s": cell["epoch_s"], "audit_s": audit_s,

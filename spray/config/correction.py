@@ -142,7 +142,7 @@ class CorrectionConfig(Section):
         description="Parameters fine-tuned: only those after the layer (the direction stays valid and the "
         "layer's activations are computed once), or all (BatchNorm statistics frozen).",
     )
-    epochs: int = Field(5, ge=1, le=1000, description="Passes over the fine-tuning set.")
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the fine-tuning set.")
     finetune_samples: int = Field(
         10000,
         ge=10,
