@@ -199,7 +199,8 @@ def artifact_group(
     SprayError
         A group is smaller than ``min_group_size``, or the flags span several classes.
     """
-    rows, missing = samples.rows_of(flags.sample_ids)
+    found = samples.rows_of(flags.sample_ids)
+    rows, missing = found.rows, found.missing
     if missing:
         log.warning("%d flagged samples are not in the dataset (any more): %s", len(missing), missing[:5])
     if len(rows) == 0:

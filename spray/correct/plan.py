@@ -131,7 +131,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     clean_samples.match_model(model)
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
     source = find_source_run(runs_dir, cfg.dataset_key(), model_hash(model), c.source_run)
-    unreadable, _ = samples.rows_of(source.skipped_ids)
+    unreadable = samples.rows_of(source.skipped_ids).rows
     if len(unreadable):
         group = artifact_group(samples, flags, cfg.correction, cfg.seed, np.union1d(held, unreadable))
     train_rows = np.setdiff1d(np.arange(len(samples)), np.union1d(held, unreadable))

@@ -21,6 +21,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class RowLookup:
+    """Rows of some sample ids.
+
+    Attributes
+    ----------
+    rows : np.ndarray
+        ``(n,)`` int64 rows of the ids found, in the order given.
+    missing : list[str]
+        Ids that are not in the dataset.
+    """
+
+    rows: np.ndarray
+    missing: list[str]
+
+
+@dataclass
 class SampleSet:
     """A dataset seen as model inputs, addressed by row (position in the dataset).
 
@@ -60,12 +76,12 @@ class SampleSet:
         """Lowest and highest value a model input can take (for LRP's box rule)."""
         return self.dataset.transform.input_bounds()
 
-    def rows_of(self, sample_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    def rows_of(self, sample_ids: Sequence[str]) -> RowLookup:
         """Rows of the given ids, and the ids that are not in this dataset."""
         row = {s: i for i, s in enumerate(self.sample_ids)}
         found = [row[s] for s in sample_ids if s in row]
         missing = [s for s in sample_ids if s not in row]
-        return np.asarray(found, dtype=np.int64), missing
+        return RowLookup(np.asarray(found, dtype=np.int64), missing)
 
     def inputs(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """``(n, C, H, W)`` model inputs of ``rows``.
