@@ -168,3 +168,10 @@ def test_rrclarc_step_removes_the_shortcut_of_the_tiny_model(tmp_path: Path) -> 
     fixed.eval()
     before, after = flip_rate(model, images, labels), flip_rate(fixed, images, labels)
     assert before > 0.5 and after < 0.2 * before
+
+
+def test_cosine_learning_rate_goes_from_the_base_rate_to_zero() -> None:
+    plan = TrainingPlan(np.arange(100), epochs=2, batch_size=10, seed=0, checkpoint_every=5)
+    assert plan.lr_factor(0) == 1.0 and plan.lr_factor(plan.total_steps // 2) == pytest.approx(0.5)
+    assert plan.lr_factor(plan.total_steps - 1) < 0.01
+    assert TrainingPlan(np.arange(100), 2, 10, 0, 5, schedule="constant").lr_factor(15) == 1.0

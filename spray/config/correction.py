@@ -144,7 +144,7 @@ class CorrectionConfig(Section):
     )
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the fine-tuning set.")
     finetune_samples: int = Field(
-        10000,
+        5000,
         ge=10,
         description="Most training samples used for fine-tuning (a seeded subset that always holds the "
         "artifact group).",
@@ -164,6 +164,11 @@ class CorrectionConfig(Section):
         le=1.0,
         description="Learning rate (of the part after the layer, by default; docs/correction.md has the "
         "measurements behind 1e-2 with Adam).",
+    )
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine",
+        description="Learning rate over the training steps: down to 0 along a half cosine (the last steps "
+        "settle instead of ending on a large step), or constant.",
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")

@@ -94,7 +94,8 @@ def retrain(task: CorrectionTask) -> MethodResult:
         epochs, lr = cfg.epochs, cfg.lr
     ref = task.samples.inputs(task.group.fit_reference[: cfg.region_samples]).mean(0)
     step = CrossEntropyLoss(model, task.samples, task.device, masked, task.region.mask, ref)
-    plan = TrainingPlan(rows, epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "retraining")
+    plan = TrainingPlan(rows, epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "retraining",
+                        cfg.lr_schedule)  # fmt: skip
     opt = make_optimizer(scope.parameters, cfg.optimizer, lr, cfg.momentum, cfg.weight_decay)
     log.info("baseline: %s training on %d samples (%s the %d flagged)", cfg.retrain_init, len(rows),
              (cfg.retrain_mode == "drop" and "without") or "masking", len(flagged))  # fmt: skip

@@ -212,7 +212,8 @@ def rrclarc(task: CorrectionTask) -> MethodResult:
             f"correction.layer {task.direction.layer!r}: no parameters run after it, so RR-ClArC has nothing "
             "to fine-tune with train_scope 'after_layer'; choose an earlier layer or train_scope: all."
         )
-    plan = TrainingPlan(rows, cfg.epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "RR-ClArC")
+    plan = TrainingPlan(rows, cfg.epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "RR-ClArC",
+                        cfg.lr_schedule)  # fmt: skip
     step = RightReasonLoss(model, task.samples, task.direction, cfg, task.group.class_index, task.device,
                            scope.frozen_input, feed)  # fmt: skip
     opt = make_optimizer(scope.parameters, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)

@@ -48,6 +48,8 @@ class TrainingPlan:
         Steps between resume checkpoints.
     desc : str
         Progress bar label.
+    schedule : {"cosine", "constant"}
+        Learning rate over the steps: from the optimiser's rate down to 0 along a half cosine, or fixed.
     """
 
     rows: np.ndarray
@@ -56,6 +58,7 @@ class TrainingPlan:
     seed: int
     checkpoint_every: int
     desc: str = "correcting"
+    schedule: str = "cosine"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -66,6 +69,12 @@ class TrainingPlan:
     def total_steps(self) -> int:
         """Optimiser steps in all."""
         return self.epochs * self.steps_per_epoch
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base learning rate at ``step``."""
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / self.total_steps))
 
     def batch(self, step: int) -> np.ndarray:
         """Rows of global step ``step``."""
@@ -172,11 +181,15 @@ def train(
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / STATE_NAME
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # kept in the optimiser's state, so a resume finds it
     start, epochs, running = _resume(path, model, optimizer, device, plan.seed)
     t0 = time.perf_counter()
     bar = tqdm(total=plan.total_steps, initial=start, desc=plan.desc, disable=not progress, leave=False)
     for step in range(start, plan.total_steps):
         terms = step_fn(plan.batch(step), step)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * plan.lr_factor(step)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
