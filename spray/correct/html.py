@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,11 @@ from spray.correct.record import CorrectionRecord
 from spray.correct.source import FindingMatch
 from spray.imaging import png_data_uri, resize_nearest
 from spray.runs.atomic import atomic_write_bytes
+from spray.runs.errors import RunReadError
+from spray.runs.layout import CORRECTION_DIRECTION
+from spray.runs.reader import read_correction_arrays
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 
@@ -95,12 +101,16 @@ def _reaudit(rec: CorrectionRecord) -> str:
 
 
 def _region_image(folder: Path | None) -> str:
-    if folder is None or not (folder / "cav.npz").is_file():
+    if folder is None or not (folder / CORRECTION_DIRECTION).is_file():
         return ""
-    with np.load(folder / "cav.npz") as z:
-        if "region" not in z.files:
-            return ""
-        mask = z["region"].astype(np.uint8) * 255
+    try:
+        arrays = read_correction_arrays(folder)
+    except RunReadError as err:
+        log.warning("no region image in the report: %s", err)
+        return ""
+    if "region" not in arrays:
+        return ""
+    mask = arrays["region"].astype(np.uint8) * 255
     rgb = np.repeat(resize_nearest(mask, 112)[..., None], 3, axis=2)
     return f"<img src='{png_data_uri(rgb)}' width=112 height=112 title='artifact region' style='border:1px solid #999'>"
 

@@ -53,6 +53,7 @@ from spray.correct.training import TrainingLog
 from spray.errors import SprayError
 from spray.models import build_model
 from spray.runs.atomic import atomic_save_npz, atomic_write_json
+from spray.runs.layout import CORRECTION_DIRECTION
 from spray.runs.locking import RunLock
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def _execute(
     region = locate(plan)
     t_prepare = time.perf_counter() - t0
     atomic_save_npz(
-        out / "cav.npz", vector=direction.vector, reference_mean=direction.reference_mean, region=region.mask
+        out / CORRECTION_DIRECTION, vector=direction.vector, reference_mean=direction.reference_mean, region=region.mask
     )
     task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, plan.train_rows,
                           plan.example, plan.device, work, progress)  # fmt: skip
@@ -364,7 +365,7 @@ def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Eval
         files={
             "model": MODEL_FILE,
             "config": CONFIG_FILE,
-            "direction": "cav.npz",
+            "direction": CORRECTION_DIRECTION,
             "report": "report.html",
             "reaudit": "reaudit",
         },
