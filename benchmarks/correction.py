@@ -53,7 +53,7 @@ from spray.lab.cnn import small_cnn
 from spray.lab.demo import FASHION_CLASSES, MEAN, STD, load_base_data, make_demo_data
 from spray.lab.training import predict, train_classifier
 from spray.models import build_model
-from spray.runs.reader import RunReader
+from spray.runs.reader import RunReader, read_correction_arrays
 
 log = logging.getLogger("benchmarks.correction")
 
@@ -190,8 +190,7 @@ def truth_checks(folder: Path, work: Path, artifact: str, seed: int, test_x: np.
         stamped = predict(model, inputs(pasted)).numpy()
         base = clean != TARGET
         out[f"true_flip_{name}"] = float(((stamped == TARGET) & base).sum() / max(1, int(base.sum())))
-    with np.load(folder / "cav.npz") as z:
-        region = z["region"]
+    region = read_correction_arrays(folder)["region"]
     out["region_iou"] = float((region & true_mask).sum() / max(1, int((region | true_mask).sum())))
     return out
 

@@ -19,6 +19,8 @@ projection itself, so relevance along ``v`` is removed with the activation (the 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from torch import nn
 from spray.correct.cav import ArtifactDirection
 from spray.errors import ConfigError
 from spray.lrp.composites import register_layer_rule
-from spray.lrp.rules import Gradient
+from spray.lrp.rules import Rule, RuleModule
 
 
 class ArtifactProjection(nn.Module):
@@ -64,9 +66,26 @@ class ProjectedLayer(nn.Sequential):
     """The user's layer followed by an :class:`ArtifactProjection` (``[0]`` layer, ``[1]`` projection)."""
 
 
-# The projection is linear in x, so its own Jacobian is the right LRP backward (in the gradient×input
-# frame it removes the relevance along v); registered once, for every Explainer, when this module loads.
-register_layer_rule(ArtifactProjection, Gradient())
+@dataclass(frozen=True)
+class ProjectionRule(Rule):
+    """LRP through an :class:`ArtifactProjection`: its own Jacobian ``I − v vᵀ``.
+
+    The projection is linear in ``x``, so its plain gradient is the right backward (in the gradient×input
+    frame it removes the relevance along ``v``). It is not conservative, by design: the relevance the
+    model gave the artifact direction is what P-ClArC takes away, so LRP's first-batch conservation check
+    must not hold the projection to conservation (it would refuse every corrected model).
+    """
+
+    conservative: ClassVar[bool] = False
+    gradient_frame_only: ClassVar[bool] = False
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        """The projection's forward; autograd gives its Jacobian."""
+        return module.inner(x)
+
+
+# Registered once, for every Explainer, when this module loads.
+register_layer_rule(ArtifactProjection, ProjectionRule())
 
 
 def original_layer(model: nn.Module, layer: str) -> str:
