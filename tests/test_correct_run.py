@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -65,6 +66,31 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     found = corrections_for(world.runs_dir, rec.source_run_id)
     assert [(c.folder, c.record) for c in found] == [(first.folder, rec)]
     assert corrections_for(world.runs_dir, "another run") == []
+    _dashboard_shows(world.runs_dir, first.folder)
+
+
+def _dashboard_shows(runs_dir: Path, folder: Path) -> None:
+    """The dashboard's Corrections page lists the published correction and shows its comparison."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+    saved = os.environ.get("SPRAY_RUNS_DIR")
+    os.environ["SPRAY_RUNS_DIR"] = str(runs_dir)
+    try:
+        at = AppTest.from_file(app, default_timeout=60).run()
+        at.switch_page("views/corrections.py").run()
+    finally:
+        if saved is None:
+            os.environ.pop("SPRAY_RUNS_DIR", None)
+        else:
+            os.environ["SPRAY_RUNS_DIR"] = saved
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="corr_pick").value == folder.name
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["pclarc"] and list(table["re-audit"]) == ["cleared"]
+    page = "\n".join(str(h.value) for h in at.get("html"))
+    assert "paste flip rate" in page and "P-ClArC" in page
 
 
 def _killing_step(at: int) -> object:
