@@ -276,7 +276,10 @@ def _execute(
     region = locate(plan)
     t_prepare = time.perf_counter() - t0
     atomic_save_npz(
-        out / CORRECTION_DIRECTION, vector=direction.vector, reference_mean=direction.reference_mean, region=region.mask
+        out / CORRECTION_DIRECTION,
+        vector=direction.vector,
+        reference_mean=direction.reference_mean,
+        region=region.mask,
     )
     task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, plan.train_rows,
                           plan.example, plan.device, work, progress)  # fmt: skip
