@@ -136,13 +136,14 @@ def prepare_cell(
     return {"planted": planted, "masks": masks, "labels": labels, "images": images, "epoch_s": epoch_s}
 
 
-def reference_epoch(images: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """Seconds of one epoch of the original training, measured now (the machine's load drifts)."""
+def reference_epoch(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of one epoch of the original training, measured now (the machine's
+    load drifts; the CPU seconds of a one-thread process hardly do)."""
     torch.manual_seed(seed)
     model = small_cnn(in_channels=1, num_classes=10)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_classifier(model, images, labels, epochs=1, seed=seed, mean=MEAN, std=STD, progress=False)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def spray(argv: list[str], work: Path) -> tuple[float, str]:
@@ -195,6 +196,13 @@ def truth_checks(folder: Path, work: Path, artifact: str, seed: int, test_x: np.
     return out
 
 
+def cpu_cost(timings: dict[str, float], ref_epoch_cpu_s: float) -> dict[str, float | None]:
+    """The correction's CPU seconds over those of one reference epoch (None where not recorded)."""
+    cpu = timings.get("correction_cpu_s")
+    return {"correction_cpu_s": cpu, "ref_epoch_cpu_s": ref_epoch_cpu_s,
+            "cost_epochs_cpu": None if cpu is None or ref_epoch_cpu_s <= 0 else cpu / ref_epoch_cpu_s}  # fmt: skip
+
+
 def run_cell(
     artifact: str, seed: int, args: argparse.Namespace, test: tuple[Path, Path, np.ndarray, np.ndarray]
 ) -> list[dict[str, Any]]:
@@ -206,6 +214,7 @@ def run_cell(
     true_mask = cell["masks"][cell["planted"]][0]
     rows = []
     ref_epoch_s: float | None = None
+    ref_epoch_cpu_s = 0.0
     for method in args.methods:
         extra = ["--no-reaudit"] if method == "retrain" else []
         wall, stdout = spray(["correct", "--config", "cell.yaml", "--method", method, "-q", *extra], work)
@@ -213,12 +222,13 @@ def run_cell(
         rec = json.loads((folder / "correction.json").read_text())
         # the baseline trains whole epochs anyway: its cost is read against the previous reference epoch
         if method != "retrain" or ref_epoch_s is None:
-            ref_epoch_s = reference_epoch(cell["images"], cell["labels"], seed)
+            ref_epoch_s, ref_epoch_cpu_s = reference_epoch(cell["images"], cell["labels"], seed)
         ev, v, r = rec["evaluation"], rec["verdict"], rec["reaudit"]
         row = {
             "artifact": artifact, "seed": seed, "method": method, "epoch_s": cell["epoch_s"], "audit_s": audit_s,
             **flags, "correction_s": rec["timings"]["correction_s"], "wall_s": wall,
             "ref_epoch_s": ref_epoch_s, "cost_epochs": rec["timings"]["correction_s"] / ref_epoch_s,
+            **cpu_cost(rec["timings"], ref_epoch_cpu_s),
             "layer": rec["direction"]["layer"], "pooling": rec["direction"]["pooling"],
             "cav_auroc": rec["direction"]["separation"]["auroc"], "region": ev["region_source"],
             "before": ev["before"], "after": ev["after"], **v,
@@ -276,8 +286,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The docs table: per artifact and method, mean (min–max) over seeds."""
     out = [
         "| artifact | method | seeds | flip rate before → after, % | flip ↓ | relevance share before → after, % "
-        "| share ↓ | clean acc. change, points | avg. group acc. before → after, % | re-audit cleared | cost, epochs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| share ↓ | clean acc. change, points | avg. group acc. before → after, % | re-audit cleared "
+        "| cost, epochs (wall) | cost, epochs (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for art in dict.fromkeys(r["artifact"] for r in rows):
         for m in METHODS:
@@ -291,6 +302,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             gb = [(r["before"]["clean_accuracy"] + r["before"]["pasted_accuracy"]) / 2 for r in sub]
             ga = [(r["after"]["clean_accuracy"] + r["after"]["pasted_accuracy"]) / 2 for r in sub]
             cleared = [r["finding_cleared"] for r in sub if r["finding_cleared"] is not None]
+            cpu = [r["cost_epochs_cpu"] for r in sub if r.get("cost_epochs_cpu") is not None]
             out.append(
                 f"| {art} | {m} | {len(sub)} | {_mean_range(fb)} → {_mean_range(fa)} "
                 f"| {_mean_range([r['flip_drop'] for r in sub], digits=0)} "
@@ -298,7 +310,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 f"| {_mean_range([r['accuracy_change'] for r in sub], digits=2)} "
                 f"| {_mean_range(gb)} → {_mean_range(ga)} "
                 f"| {f'{sum(cleared)}/{len(cleared)}' if cleared else '–'} "
-                f"| {_mean_range([r['cost_epochs'] for r in sub], scale=1.0, digits=2)} |"
+                f"| {_mean_range([r['cost_epochs'] for r in sub], scale=1.0, digits=2)} "
+                f"| {_mean_range(cpu, scale=1.0, digits=2) if cpu else '–'} |"
             )
     return "\n".join(out)
 
