@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         folder = Path(stdout.splitlines()[1].strip())
         timings = json.loads((folder / "correction.json").read_text())["timings"]
-        images = np.asarray(read_idx(cell / "images.idx"))
+        images = np.array(read_idx(cell / "images.idx"))
         labels = np.asarray(read_idx(cell / "labels.idx")).astype(np.int64)
         seed = int(cell.name.rsplit("-", 1)[1])
         ref_wall, ref_cpu = reference_epoch(images, labels, seed)
