@@ -6,7 +6,8 @@ Pages (``st.navigation`` with file pages, so ``AppTest.switch_page`` can reach e
 - Class: eigenvalue spectrum, 2-D WebGL map (one trace, or one per colour group above 20k points) with
   lasso / box selection, any stored k;
 - Cluster / selection: mean heatmap, paged grid of every member (input, heatmap, overlay);
-- Flags: current flags with history, unflag, export for unlearning (CSV, JSON, Parquet).
+- Flags: current flags with history, unflag, export for unlearning (CSV, JSON, Parquet);
+- Corrections: the picked run's published corrections (``spray correct``), before and after.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ pages = [
         common.PAGES["cluster"], title="Cluster / selection", icon=":material/grid_view:", url_path="cluster"
     ),
     st.Page(common.PAGES["flags"], title="Flags", icon=":material/flag:", url_path="flags"),
+    st.Page(
+        common.PAGES["corrections"], title="Corrections", icon=":material/healing:", url_path="corrections"
+    ),
 ]
 page = st.navigation(pages)
 

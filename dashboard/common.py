@@ -37,6 +37,7 @@ PAGES = {
     "class": "views/class_view.py",
     "cluster": "views/cluster.py",
     "flags": "views/flags.py",
+    "corrections": "views/corrections.py",
 }
 HOW_TO_MAKE_A_RUN = (
     "No published run yet in `{runs}`. Make one with the demo (`scripts/demo`, or "

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from spray.config.analysis import AnalysisConfig
 from spray.config.batch import BatchConfig
+from spray.config.correction import CorrectionConfig
 from spray.config.data import DataConfig
 from spray.config.lrp import LRPConfig
 from spray.config.model import ModelConfig
@@ -40,6 +41,7 @@ class AuditConfig(Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+    correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
 
     @field_validator("name")
     @classmethod

@@ -45,6 +45,10 @@ FULL_RELEVANCE = "relevance_full.npy"
 CLASSES_DIR = "classes"
 REPORT_HTML = "report.html"
 
+# A correction (``runs/corrections/<time>-<id12>/``, written by :mod:`spray.correct`)
+#: The artifact direction, its reference mean and the artifact region (``vector``, ``reference_mean``, ``region``).
+CORRECTION_DIRECTION = "cav.npz"
+
 # A cache directory
 SHARD_PREFIX = "shard-"
 SHARD_GLOB = "shard-*.npz"

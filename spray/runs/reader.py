@@ -34,7 +34,7 @@ from spray.records import (
     SpectralResult,
 )
 from spray.runs.errors import RunReadError
-from spray.runs.layout import RunFiles
+from spray.runs.layout import CORRECTION_DIRECTION, RunFiles
 from spray.runs.summary import FindingSummary, RunSummary, parse_changes, parse_summary
 
 #: Arrays every class file holds (``knn_distances`` from layout 2 on; ``labels_k<k>`` for each k).
@@ -472,6 +472,25 @@ class RunEntry:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+def read_correction_arrays(folder: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a correction folder's direction file (``vector`` ``(D,)``, ``reference_mean``, ``region``
+    ``(H, W)`` bool), loaded into memory.
+
+    Raises
+    ------
+    RunReadError
+        The file is missing, damaged or truncated.
+    """
+    f = Path(folder) / CORRECTION_DIRECTION
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except FileNotFoundError:
+        raise RunReadError(f, "missing") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise RunReadError(f, f"damaged or truncated ({type(err).__name__}: {err})") from None
 
 
 def scan_runs(runs_dir: str | Path) -> list[RunEntry]:

@@ -1,0 +1,57 @@
+"""Corrections: what ``spray correct`` did about the picked run's flagged finding, before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import common
+import pandas as pd
+import streamlit as st
+
+from spray.correct.html import render_correction_html
+from spray.correct.run import corrections_for
+
+st.title("Corrections")
+path, summary = common.require_run()
+run_id = str(summary.get("run_id", ""))
+found = corrections_for(common.runs_dir(), run_id)
+if not found:
+    st.info(
+        f"No correction of run `{run_id[:12]}` yet. Flag the finding's samples for unlearning (Cluster or "
+        "Class page), then run `spray correct --config <the audit config>` (`--method pclarc`, `rrclarc` or "
+        "`retrain`); published corrections of this run appear here on the next page load."
+    )
+    st.stop()
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+rows = []
+for c in found:
+    r, b, a, v = c.record, c.record.evaluation.before, c.record.evaluation.after, c.record.verdict
+    rows.append(
+        {
+            "correction": c.folder.name,
+            "method": r.method,
+            "class": r.group.class_name,
+            "flagged": r.group.n_flagged,
+            "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",
+            "relevance share": f"{_pct(b.relevance_share)} → {_pct(a.relevance_share)}",
+            "clean accuracy": f"{_pct(b.clean_accuracy)} → {_pct(a.clean_accuracy)}",
+            "re-audit": "–"
+            if v.finding_cleared is None
+            else ("cleared" if v.finding_cleared else "still flagged"),
+        }
+    )
+st.caption(f"{len(found)} correction(s) of run `{run_id[:12]}`, newest first.")
+st.dataframe(pd.DataFrame(rows), hide_index=True)
+names = [c.folder.name for c in found]
+picked = st.selectbox("Before and after", names, key="corr_pick")
+chosen = found[names.index(picked)]
+st.html(render_correction_html(chosen.record, chosen.folder))
+reaudit = Path(chosen.folder) / "reaudit"
+st.caption(
+    f"Folder: `{chosen.folder}`. Its re-audit is a run of its own: `spray dashboard --runs-dir {reaudit}`."
+)

@@ -1,0 +1,172 @@
+"""``spray correct``: unlearn the flagged shortcut, re-evaluate, re-audit, publish (docs/correction.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from spray.cli.options import positive_int
+
+log = logging.getLogger("spray.correct")
+
+#: command-line option → ``correction`` field it overrides
+_OVERRIDES = {
+    "method": "method",
+    "layer": "layer",
+    "rr_lambda": "rr_lambda",
+    "flags_db": "flags_db",
+    "artifact_class": "artifact_class",
+    "cluster_key": "cluster_key",
+    "source_run": "source_run",
+    "epochs": "epochs",
+}
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The audit config with the command line's overrides, paths of the correction section resolved."""
+    from pydantic import ValidationError
+
+    from spray.config import load_config
+    from spray.config.correction import CorrectionConfig
+    from spray.errors import ConfigError
+
+    cfg = load_config(args.config)
+    base = Path(args.config).resolve().parent
+    if args.runs_dir:
+        cfg.output.runs_dir = Path(args.runs_dir).resolve()
+    raw = cfg.correction.model_dump(
+        exclude_unset=True
+    )  # unset stays unset (test_data inherits the transform)
+    for opt, key in _OVERRIDES.items():
+        value = getattr(args, opt, None)
+        if value is not None:
+            raw[key] = value
+    if args.no_reaudit:
+        raw["reaudit"] = False
+    try:
+        correction = CorrectionConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [
+            f"- correction.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        ]
+        raise ConfigError("Invalid correction settings:\n" + "\n".join(lines)) from None
+    if args.flags_db:
+        correction.flags_db = Path(args.flags_db).resolve()
+    elif correction.flags_db is not None and not correction.flags_db.is_absolute():
+        correction.flags_db = base / correction.flags_db
+    if correction.test_data is not None:
+        _resolve_test_paths(correction.test_data, base)
+    cfg.correction = correction
+    return cfg
+
+
+def _resolve_test_paths(data: Any, base: Path) -> None:
+    """Relative ``correction.test_data`` paths resolve against the config's folder, and must exist."""
+    from spray.errors import ConfigError
+
+    for attr in ("path", "images", "labels"):
+        value = getattr(data, attr)
+        if value is None:
+            continue
+        p = value if value.is_absolute() else base / value
+        if not p.exists():
+            raise ConfigError(
+                f"correction.test_data.{attr}: file or folder {str(p)!r} does not exist. Fix the path (relative "
+                f"paths resolve against the config's folder {str(base)!r})."
+            )
+        setattr(data, attr, p)
+
+
+def _table(outcome: Any) -> str:
+    rec = outcome.record
+    b, a = rec.evaluation.before, rec.evaluation.after
+    v = rec.verdict
+
+    def pct(x: float | None) -> str:
+        return "    –" if x is None else f"{100 * x:6.2f} %"
+
+    state = "already published, nothing to do" if outcome.up_to_date else "published"
+    lines = [
+        f"Correction {rec.correction_id[:12]} ({rec.method}) of class {rec.group.class_name} at layer "
+        f"{rec.direction.layer}: {state}",
+        f"  {outcome.folder}",
+        f"  direction: {rec.direction.pooling} pooling, held-out AUROC {rec.direction.separation.auroc:.3f}; region "
+        f"{rec.evaluation.region_source} {rec.evaluation.region_box}; evaluated on {rec.evaluation.split}",
+        f"  {'':44s}{'before':>10s}{'after':>10s}",
+    ]
+    for name, x, y in (
+        (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),
+        ("accuracy, artifact pasted", b.pasted_accuracy, a.pasted_accuracy),
+        ("paste flip rate to the class", b.flip_rate, a.flip_rate),
+        ("  null (clean pixels pasted)", b.flip_null, a.flip_null),
+        ("relevance share on the artifact region", b.relevance_share, a.relevance_share),
+        ("TCAV score along the direction", b.tcav, a.tcav),
+    ):
+        lines.append(f"  {name[:44]:44s}{pct(x):>10s}{pct(y):>10s}")
+    lines.append(
+        f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{a.sensitivity_abs:10.3g}"
+    )
+    lines.append(f"  flip rate down {pct(v.flip_drop).strip()}, relevance share down {pct(v.relevance_drop).strip()}, "
+                 f"clean accuracy {100 * v.accuracy_change:+.2f} points")  # fmt: skip
+    r = rec.reaudit
+    if r is not None:
+        after = (
+            "none"
+            if r.after.key is None
+            else f"{r.after.key} (score {r.after.score:.3f}, overlap {r.after.jaccard:.2f})"
+        )
+        lines.append(
+            f"  re-audit: {'STILL FLAGGED' if r.still_flagged else 'no longer flagged'}; best match {after}"
+        )
+    lines.append(f"  report: {outcome.folder / 'report.html'}")
+    return "\n".join(lines)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``spray correct``: unlearn the flagged shortcut, re-evaluate and re-audit (idempotent, resumable)."""
+    from spray.correct.groups import NoFlagsError
+    from spray.correct.run import correct
+
+    cfg = _config(args)
+    try:
+        outcome = correct(cfg, device=args.device, progress=not args.quiet, force=args.force)
+    except NoFlagsError as err:
+        if not args.if_flagged:
+            raise
+        log.info("nothing to correct: %s", err)
+        return 0
+    sys.stdout.write(_table(outcome) + "\n")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``spray correct``."""
+    p = subparsers.add_parser(
+        "correct",
+        help="unlearn a flagged shortcut (P-ClArC, RR-ClArC or retraining) and prove it is gone",
+        description=run_command.__doc__,
+    )
+    p.add_argument(
+        "--config", required=True, help="the audit config (its correction section), see docs/correction.md"
+    )
+    p.add_argument("--runs-dir", help="override output.runs_dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
+    p.add_argument("--method", choices=["pclarc", "rrclarc", "retrain"], help="override correction.method")
+    p.add_argument("--layer", help="override correction.layer (a module path, or 'auto')")
+    p.add_argument("--lambda", dest="rr_lambda", type=float, help="override correction.rr_lambda")
+    p.add_argument("--epochs", type=positive_int, help="override correction.epochs")
+    p.add_argument("--flags-db", help="flag database (default RUNS_DIR/flags.sqlite)")
+    p.add_argument("--class", dest="artifact_class", type=int, help="override correction.artifact_class")
+    p.add_argument("--cluster-key", help="only the flags set from this finding (e.g. 6/k3/c2)")
+    p.add_argument("--source-run", help="the run the flags refer to (run id prefix or folder name)")
+    p.add_argument("--no-reaudit", action="store_true", help="skip the re-audit of the corrected model")
+    p.add_argument(
+        "--if-flagged", action="store_true", help="exit 0 quietly when there are no flags (nightly)"
+    )
+    p.add_argument("--force", action="store_true", help="recompute even if this correction is published")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_command)

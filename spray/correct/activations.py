@@ -1,0 +1,224 @@
+"""Activations at a named layer: finding the layer, capturing its output with a forward hook, pooling.
+
+A layer is a module path as ``model.named_modules()`` spells it (``"features"``, ``"layer4"``,
+``"features.9"``). ``"auto"`` picks the last module, in execution order, whose output is a feature map
+``(B, C, H, W)``; of modules returning the very same tensor (a container and its last child) it takes
+the outermost, so that the artifact direction is defined on the whole block's output.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spray.errors import ConfigError, ModelError
+
+POOLINGS = ("none", "max", "mean")
+
+
+@dataclass
+class LayerCall:
+    """One module call seen by :func:`trace_calls`.
+
+    Attributes
+    ----------
+    path : str
+        Module path.
+    order : int
+        Position of the call's end in execution order.
+    shape : tuple[int, ...]
+        Output shape (batch first); empty when the output is not a tensor.
+    output_id : int
+        ``id()`` of the output tensor (modules returning the same tensor share it).
+    """
+
+    path: str
+    order: int
+    shape: tuple[int, ...]
+    output_id: int
+
+
+def trace_calls(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
+    """Every module call of one forward pass on ``example``, in the order the calls end."""
+    calls: list[LayerCall] = []
+    keep: list[object] = []  # hold outputs so that their ids stay unique during the pass
+
+    def hook(path: str) -> Callable[..., None]:
+        def record(_m: nn.Module, _i: object, out: object) -> None:
+            keep.append(out)
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+            calls.append(LayerCall(path, len(calls), shape, id(out)))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules() if p]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _layer_list(model: nn.Module) -> str:
+    paths = [p for p, _ in model.named_modules() if p]
+    shown = ", ".join(paths[:40])
+    return shown + (f", ... ({len(paths)} in all)" if len(paths) > 40 else "")
+
+
+def resolve_layer(model: nn.Module, layer: str, example: torch.Tensor) -> str:
+    """The module path to correct at: ``layer`` checked, or the ``"auto"`` choice.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (eval mode).
+    layer : str
+        A module path or ``"auto"``.
+    example : torch.Tensor
+        ``(B, C, H, W)`` a real input batch (finds output shapes and calls).
+
+    Raises
+    ------
+    ConfigError
+        The path does not exist (the message lists the layers and the closest name), the module is
+        called more than once per forward pass (its output is not one activation), or it is not called.
+    """
+    paths = {p for p, _ in model.named_modules() if p}
+    calls = trace_calls(model, example)
+    if layer == "auto":
+        maps = [c for c in calls if len(c.shape) == 4]
+        if not maps:
+            raise ConfigError(
+                "correction.layer: the model has no module with a (B, C, H, W) output to correct at; name one "
+                f"explicitly. Layers: {_layer_list(model)}."
+            )
+        last = maps[-1]
+        same = [c for c in calls if c.output_id == last.output_id]
+        counts = _call_counts(calls)
+        chosen = [c.path for c in same if counts[c.path] == 1]
+        if not chosen:
+            raise ConfigError(
+                f"correction.layer: 'auto' found {last.path}, which runs more than once per forward pass; "
+                f"name a layer. Layers: {_layer_list(model)}."
+            )
+        return min(chosen, key=lambda p: p.count("."))
+    if layer not in paths:
+        close = difflib.get_close_matches(layer, sorted(paths), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"correction.layer: the model has no layer {layer!r}.{hint} Layers: {_layer_list(model)}."
+        )
+    n = _call_counts(calls).get(layer, 0)
+    if n != 1:
+        what = "is not called in the forward pass" if n == 0 else f"is called {n} times per forward pass"
+        raise ConfigError(
+            f"correction.layer: {layer!r} {what}, so its output is not one activation; name a block that "
+            "runs once (e.g. its parent)."
+        )
+    return layer
+
+
+def _call_counts(calls: list[LayerCall]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c.path] = counts.get(c.path, 0) + 1
+    return counts
+
+
+@contextmanager
+def tap(
+    model: nn.Module, layer: str, replace: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> Iterator[list[torch.Tensor]]:
+    """Capture the output of ``layer`` on every forward pass inside the block.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model.
+    layer : str
+        Module path.
+    replace : callable, optional
+        ``replace(output) -> tensor`` that the rest of the model receives instead (and that is captured),
+        e.g. a detached copy that requires grad.
+
+    Yields
+    ------
+    list[torch.Tensor]
+        Filled with one captured output per forward pass.
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor | None:
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(f"layer {layer!r} returns a {type(out).__name__}, not a tensor")
+        new = replace(out) if replace is not None else out
+        captured.append(new)
+        return new if replace is not None else None
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside the block; each module's own mode restored after (a fine-tuning
+    setup sets modes module by module, which ``model.train(was)`` would not restore)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def layer_activations(
+    model: nn.Module, layer: str, batches: Iterator[torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """The layer's output for every input batch, on the CPU (in eval mode; the modes are restored).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C, H, W)`` (or ``(N, D)`` for a flat layer) float32.
+    """
+    out: list[torch.Tensor] = []
+    with eval_mode(model), torch.no_grad(), tap(model, layer) as got:
+        for x in batches:
+            got.clear()
+            model(x.to(device))
+            out.append(got[0].detach().float().cpu())
+    return torch.cat(out)
+
+
+def pool(acts: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool activations over space.
+
+    Parameters
+    ----------
+    acts : torch.Tensor
+        ``(N, C, H, W)`` or ``(N, D)``.
+    pooling : {"none", "max", "mean"}
+        ``"none"`` flattens (one value per channel and position).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)`` for max/mean over a feature map, ``(N, C·H·W)`` for none, ``(N, D)`` for flat input.
+    """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+    if acts.dim() <= 2 or pooling == "none":
+        return acts.flatten(1)
+    flat = acts.flatten(2)
+    return flat.amax(2) if pooling == "max" else flat.mean(2)

@@ -1,0 +1,104 @@
+"""The corrected model on disk: a state dict, a factory that rebuilds the module, and a spray config.
+
+The user's files are never touched. A correction folder holds ``model.pt`` (the corrected model's state
+dict) and ``config.yaml``, the audit config with its ``model`` section replaced by::
+
+    model:
+      factory: spray.correct.checkpoint:corrected_model
+      factory_kwargs: {base: {<the original model section, without checkpoint>}, projection: ...}
+      checkpoint: model.pt
+
+so ``spray audit --config <correction>/config.yaml`` (the re-audit) and ``spray.models.build_model`` load
+it like any model. :func:`corrected_model` builds the original architecture (torchvision name or the
+user's factory) and, for P-ClArC, inserts an empty :class:`~spray.correct.pclarc.ArtifactProjection` of
+the right shape that the checkpoint then fills.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from spray.config import AuditConfig, ModelConfig
+from spray.correct.pclarc import ArtifactProjection, ProjectedLayer, insert_projection
+
+FACTORY = "spray.correct.checkpoint:corrected_model"
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def corrected_model(base: dict[str, Any], projection: dict[str, Any] | None = None) -> nn.Module:
+    """Rebuild a corrected model's module (weights come from its checkpoint).
+
+    Parameters
+    ----------
+    base : dict
+        The original ``model`` section (architecture or factory, their arguments); its checkpoint is ignored.
+    projection : dict, optional
+        ``{"layer": path, "vector": [D], "reference": [C, H, W]}`` (shapes) for a P-ClArC model.
+
+    Returns
+    -------
+    nn.Module
+        The module, randomly initialised, with the projection's buffers zero until the checkpoint loads.
+    """
+    from spray.models import build_model
+
+    cfg = ModelConfig.model_validate({**base, "checkpoint": None})
+    model = build_model(cfg)
+    if projection is not None:
+        empty = ArtifactProjection(torch.zeros(projection["vector"]), torch.zeros(projection["reference"]))
+        insert_projection(model, str(projection["layer"]), empty)
+    return model.eval()
+
+
+def projection_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The ``projection`` argument of :func:`corrected_model` for ``model`` (None without a projection)."""
+    for path, module in model.named_modules():
+        if isinstance(module, ProjectedLayer):
+            proj = module[1]
+            assert isinstance(proj, ArtifactProjection)
+            return {"layer": path, "vector": list(proj.vector.shape), "reference": list(proj.reference.shape)}
+    return None
+
+
+def save_corrected(model: nn.Module, cfg: AuditConfig, folder: Path, runs_dir: str, name: str) -> Path:
+    """Write ``model.pt`` and ``config.yaml`` into ``folder``; returns the config's path.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The corrected model.
+    cfg : AuditConfig
+        The audit config it was corrected under (data, LRP, analysis and scoring settings are kept).
+    folder : Path
+        Destination (created).
+    runs_dir : str
+        ``output.runs_dir`` of the written config (relative paths resolve against ``folder``).
+    name : str
+        ``name`` of the written config.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = folder / f".{MODEL_FILE}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / MODEL_FILE)
+    raw = cfg.model_dump(mode="json", exclude={"correction"})
+    base = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k != "checkpoint"}
+    raw["model"] = {
+        "factory": FACTORY,
+        "factory_kwargs": {"base": base, "projection": projection_spec(model)},
+        "checkpoint": MODEL_FILE,
+    }
+    raw["name"] = name
+    raw["output"]["runs_dir"] = runs_dir
+    path = folder / CONFIG_FILE
+    tmp = folder / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,257 @@
+"""Re-evaluation: the same measurements on the audited and on the corrected model (Reveal to Revise).
+
+For each model:
+
+- **clean accuracy** on held-out samples without the artifact (``correction.test_data``, or the part of
+  the audited data kept out of fine-tuning, minus flagged samples);
+- **paste test** on held-out images of other classes: the flagged samples' pixels in the artifact region
+  are stamped in; *flip rate* = share of the images not predicted as the artifact class before that are
+  after; the *null* stamps the same region from reference samples of the class (what pasting any of its
+  pixels there does); *pasted accuracy* = accuracy on the stamped images;
+- **relevance share** on the artifact region, ``Σ|R·mask| / Σ|R|`` of the flagged samples' LRP maps
+  (true class, the audit's composite), averaged;
+- **sensitivity** along the direction: the derivative of the artifact class's logit with respect to the
+  layer's activation, along the direction (applied at every position for a pooled one), over the class's
+  held-out samples: its mean, its mean absolute value, and the share where it is positive (the TCAV
+  score). For P-ClArC it is taken at the user's layer, before the projection, where it is zero by
+  construction (the projection removes what arrives along the direction).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from spray.config import AuditConfig
+from spray.correct.activations import tap
+from spray.correct.cav import ArtifactDirection
+from spray.correct.pclarc import original_layer
+from spray.correct.region import ArtifactRegion, paste
+from spray.correct.relevance import composite_kwargs, region_share, relevance_maps
+from spray.correct.samples import SampleSet, seeded_subset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelScores:
+    """One model's measurements (see the module docstring).
+
+    Attributes
+    ----------
+    clean_accuracy : float
+        Accuracy on held-out samples without the artifact.
+    pasted_accuracy : float
+        Accuracy on held-out other-class images with the artifact stamped in.
+    flip_rate : float
+        Share of those images flipped to the artifact class by the stamp.
+    flip_null : float
+        The same with the region's pixels taken from reference samples.
+    relevance_share : float
+        Mean share of |relevance| on the artifact region, flagged samples.
+    sensitivity : float
+        Mean derivative of the artifact class's logit along the direction at the layer.
+    sensitivity_abs : float
+        Mean absolute derivative (how strongly the logit responds along the direction at all).
+    tcav : float
+        Share of the class's samples with a positive derivative (noise when every derivative is ~0).
+    """
+
+    clean_accuracy: float
+    pasted_accuracy: float
+    flip_rate: float
+    flip_null: float
+    relevance_share: float
+    sensitivity: float
+    sensitivity_abs: float
+    tcav: float
+
+
+@dataclass
+class EvaluationSets:
+    """The rows each measurement uses.
+
+    Attributes
+    ----------
+    clean : np.ndarray
+        Rows (of ``clean_samples``) for the clean accuracy.
+    paste_targets : np.ndarray
+        Rows (of ``clean_samples``) of other-class images to stamp.
+    donors : np.ndarray
+        Flagged rows (of the audited data) whose pixels are stamped.
+    null_donors : np.ndarray
+        Reference rows (of the audited data) for the null.
+    relevance : np.ndarray
+        Flagged rows whose relevance share is measured.
+    sensitivity : np.ndarray
+        Held-out rows of the artifact class (both groups) for the sensitivity.
+    split : str
+        ``"test_data"`` or ``"held-out part of the audited data"``.
+    """
+
+    clean: np.ndarray
+    paste_targets: np.ndarray
+    donors: np.ndarray
+    null_donors: np.ndarray
+    relevance: np.ndarray
+    sensitivity: np.ndarray
+    split: str
+
+
+@dataclass
+class Evaluation:
+    """Before and after, with the sets and the region they were measured on.
+
+    Attributes
+    ----------
+    before, after : ModelScores
+        The audited and the corrected model.
+    split : str
+        Where the clean accuracy and paste targets come from.
+    n_clean, n_paste, n_relevance, n_sensitivity : int
+        Samples per measurement.
+    region_source : str
+        ``"box"``, ``"stamp"`` or ``"relevance"``.
+    region_box : list[int]
+        ``[top, left, height, width]`` around the region.
+    region_pixels : int
+        Pixels in the region.
+    """
+
+    before: ModelScores
+    after: ModelScores
+    split: str
+    n_clean: int
+    n_paste: int
+    n_relevance: int
+    n_sensitivity: int
+    region_source: str
+    region_box: list[int]
+    region_pixels: int
+
+
+def relative_drop(before: float, after: float) -> float | None:
+    """``(before − after) / before`` (None when ``before`` is 0)."""
+    return None if before <= 0 else (before - after) / before
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, bs: int) -> np.ndarray:
+    model.eval()
+    return np.concatenate(
+        [model(x[s : s + bs].to(device)).argmax(1).cpu().numpy() for s in range(0, len(x), bs)]
+    )
+
+
+def _paste_scores(
+    model: nn.Module, targets: torch.Tensor, labels: np.ndarray, donors: torch.Tensor, null: torch.Tensor,
+    mask: np.ndarray, artifact_class: int, device: torch.device, bs: int,
+) -> tuple[float, float, float]:  # fmt: skip
+    clean = _predict(model, targets, device, bs)
+    stamped = _predict(model, paste(targets, donors, mask), device, bs)
+    nulled = _predict(model, paste(targets, null, mask), device, bs)
+    base = clean != artifact_class
+    n = max(1, int(base.sum()))
+    flip = float(((stamped == artifact_class) & base).sum() / n)
+    flip_null = float(((nulled == artifact_class) & base).sum() / n)
+    return float((stamped == labels).mean()), flip, flip_null
+
+
+def _sensitivity(
+    model: nn.Module, x: torch.Tensor, direction: ArtifactDirection, artifact_class: int, device: torch.device,
+    bs: int,
+) -> tuple[float, float, float]:  # fmt: skip
+    model.eval()
+    layer = original_layer(model, direction.layer)
+    v = torch.from_numpy(direction.vector).to(device)
+    out: list[torch.Tensor] = []
+    for s in range(0, len(x), bs):
+        with tap(model, layer, replace=lambda a: a.detach().requires_grad_(True)) as got:
+            logit = model(x[s : s + bs].to(device))[:, artifact_class]
+        (g,) = torch.autograd.grad(logit.sum(), got[0])
+        g = g.flatten(1) if v.numel() == g[0].numel() else g.flatten(2).sum(2)
+        out.append((g @ v).detach().cpu())
+    d = torch.cat(out)
+    return float(d.mean()), float(d.abs().mean()), float((d > 0).float().mean())
+
+
+def score_model(
+    model: nn.Module,
+    cfg: AuditConfig,
+    samples: SampleSet,
+    clean_samples: SampleSet,
+    sets: EvaluationSets,
+    direction: ArtifactDirection,
+    region: ArtifactRegion,
+    artifact_class: int,
+    device: torch.device,
+) -> ModelScores:
+    """Every measurement of the module docstring for one model."""
+    bs = cfg.batch.batch_size
+    xc = clean_samples.inputs(sets.clean)
+    clean_acc = float((_predict(model, xc, device, bs) == clean_samples.labels[sets.clean]).mean())
+    targets = clean_samples.inputs(sets.paste_targets)
+    pasted_acc, flip, flip_null = _paste_scores(
+        model, targets, clean_samples.labels[sets.paste_targets], samples.inputs(sets.donors),
+        samples.inputs(sets.null_donors), region.mask, artifact_class, device, bs,
+    )  # fmt: skip
+    maps = relevance_maps(
+        model,
+        samples.batches(sets.relevance, bs),
+        samples.labels[sets.relevance],
+        cfg.lrp,
+        device,
+        composite_kwargs(cfg.lrp, samples.input_bounds()),
+    )
+    share = float(region_share(maps, region.mask).mean())
+    sens, sens_abs, tcav = _sensitivity(
+        model, samples.inputs(sets.sensitivity), direction, artifact_class, device, bs
+    )
+    return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav)
+
+
+def evaluation_sets(
+    samples: SampleSet, clean_samples: SampleSet, clean_rows: np.ndarray, flagged: np.ndarray,
+    reference: np.ndarray, held: np.ndarray, artifact_class: int, cfg: AuditConfig, split: str,
+) -> EvaluationSets:  # fmt: skip
+    """Choose (seeded, at most ``eval_max_samples`` each) the rows of every measurement."""
+    n, seed = cfg.correction.eval_max_samples, cfg.seed
+    others = clean_rows[clean_samples.labels[clean_rows] != artifact_class]
+    return EvaluationSets(
+        clean=seeded_subset(clean_rows, n, seed, "eval-clean"),
+        paste_targets=seeded_subset(others, n, seed, "eval-paste"),
+        donors=seeded_subset(flagged, n, seed, "eval-donors"),
+        null_donors=seeded_subset(reference, n, seed, "eval-null"),
+        relevance=seeded_subset(flagged, n, seed, "eval-relevance"),
+        sensitivity=seeded_subset(held, n, seed, "eval-sensitivity"),
+        split=split,
+    )
+
+
+def evaluate(
+    before: nn.Module, after: nn.Module, cfg: AuditConfig, samples: SampleSet, clean_samples: SampleSet,
+    sets: EvaluationSets, direction: ArtifactDirection, region: ArtifactRegion, artifact_class: int,
+    device: torch.device,
+) -> Evaluation:  # fmt: skip
+    """Measure both models on the same sets."""
+    args = (cfg, samples, clean_samples, sets, direction, region, artifact_class, device)
+    b = score_model(before, *args)
+    a = score_model(after, *args)
+    log.info("evaluation: flip rate %.3f -> %.3f, relevance share %.3f -> %.3f, clean accuracy %.4f -> %.4f",
+             b.flip_rate, a.flip_rate, b.relevance_share, a.relevance_share, b.clean_accuracy, a.clean_accuracy)  # fmt: skip
+    return Evaluation(
+        before=b,
+        after=a,
+        split=sets.split,
+        n_clean=len(sets.clean),
+        n_paste=len(sets.paste_targets),
+        n_relevance=len(sets.relevance),
+        n_sensitivity=len(sets.sensitivity),
+        region_source=region.source,
+        region_box=region.bounding_box(),
+        region_pixels=int(region.mask.sum()),
+    )

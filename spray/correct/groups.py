@@ -1,0 +1,228 @@
+"""The artifact group and its reference, from the flags database.
+
+The flagged samples of one class are the artifact group; the class's other samples are the reference.
+Both are split (seeded) into a part that fits the artifact direction and a held-out part that scores it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spray.config.correction import CorrectionConfig
+from spray.correct.samples import SampleSet, seeded_subset
+from spray.errors import ConfigError, DataError, SprayError
+from spray.flags import FlagStore
+
+log = logging.getLogger(__name__)
+
+
+class NoFlagsError(SprayError):
+    """The flag database holds no flags for this correction (``spray correct --if-flagged`` exits 0)."""
+
+
+@dataclass
+class FlagSelection:
+    """The flags a correction uses.
+
+    Attributes
+    ----------
+    db : str
+        Flag database path.
+    dataset : str
+        Dataset key.
+    status : str
+        Flag status used.
+    cluster_keys : list[str]
+        Finding keys the flags were set from (sorted, without None).
+    sample_ids : list[str]
+        Flagged sample ids (sorted).
+    digest : str
+        Hash of dataset, status and sorted ids: part of the correction id.
+    """
+
+    db: str
+    dataset: str
+    status: str
+    cluster_keys: list[str]
+    sample_ids: list[str]
+    digest: str
+
+
+def _no_db_message(db: Path) -> str:
+    return (
+        f"No flag database at {db}. Flag the shortcut's samples first (spray dashboard, 'Flag for "
+        "unlearning'), or point correction.flags_db / --flags-db at the database."
+    )
+
+
+def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
+    """The current flags of ``dataset`` with ``cfg.flag_status`` (and ``cfg.cluster_key``).
+
+    Raises
+    ------
+    ConfigError
+        The database does not exist or is not a flag database.
+    SprayError
+        No such flags (the message says which datasets and finding keys do have flags).
+    """
+    if not db.is_file():
+        raise ConfigError(_no_db_message(db))
+    try:
+        store = FlagStore(db)
+        rows = store.current(dataset, cfg.flag_status)
+        datasets = store.datasets()
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(
+            f"{db} is not a readable flag database ({err}). Check correction.flags_db."
+        ) from None
+    if not rows:
+        others = [d for d in datasets if d != dataset]
+        hint = (
+            f" The database has flags of other datasets: {', '.join(repr(d) for d in others)}; data.name (the "
+            "dataset key) must match the one the flags were set on."
+            if others
+            else " Flag the shortcut's samples in the dashboard first."
+        )
+        raise NoFlagsError(f"No {cfg.flag_status!r} flags for dataset {dataset!r} in {db}.{hint}")
+    if cfg.cluster_key is not None:
+        keys = sorted({str(r["cluster_key"]) for r in rows if r["cluster_key"]})
+        rows = [r for r in rows if r["cluster_key"] == cfg.cluster_key]
+        if not rows:
+            raise NoFlagsError(
+                f"No {cfg.flag_status!r} flags of finding {cfg.cluster_key!r} for dataset {dataset!r}; flags "
+                f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key."
+            )
+    ids = sorted({str(r["sample_id"]) for r in rows})
+    payload = json.dumps({"dataset": dataset, "status": cfg.flag_status, "ids": ids}).encode()
+    return FlagSelection(
+        db=str(db),
+        dataset=dataset,
+        status=cfg.flag_status,
+        cluster_keys=sorted({str(r["cluster_key"]) for r in rows if r["cluster_key"]}),
+        sample_ids=ids,
+        digest=hashlib.sha256(payload).hexdigest(),
+    )
+
+
+@dataclass
+class ArtifactGroup:
+    """The artifact group (flagged samples of one class) and its reference (the class's other samples).
+
+    Rows index the audited :class:`~spray.correct.samples.SampleSet`.
+
+    Attributes
+    ----------
+    class_index, class_name
+        The class.
+    fit_artifact, held_artifact : np.ndarray
+        ``(n,)`` int64 rows of flagged samples used to fit / to score the direction.
+    fit_reference, held_reference : np.ndarray
+        ``(n,)`` int64 rows of unflagged samples of the class (at most ``max_reference`` in all).
+    flagged_rows : np.ndarray
+        ``(n,)`` int64 every flagged row of the class.
+    other_class_flags : dict[str, int]
+        Flagged samples in other classes (class name → count), which this correction leaves alone.
+    missing_ids : list[str]
+        Flagged ids that are not in the dataset (any more).
+    """
+
+    class_index: int
+    class_name: str
+    fit_artifact: np.ndarray
+    held_artifact: np.ndarray
+    fit_reference: np.ndarray
+    held_reference: np.ndarray
+    flagged_rows: np.ndarray
+    other_class_flags: dict[str, int]
+    missing_ids: list[str]
+
+
+def _choose_class(samples: SampleSet, rows: np.ndarray, cfg: CorrectionConfig) -> int:
+    counts = Counter(int(c) for c in samples.labels[rows])
+    names = samples.class_names
+    listing = ", ".join(
+        f"{names[c] if c < len(names) else c} (class {c}): {n}" for c, n in counts.most_common()
+    )
+    if cfg.artifact_class is not None:
+        if cfg.artifact_class not in counts:
+            raise SprayError(
+                f"correction.artifact_class {cfg.artifact_class} holds none of the flagged samples; flagged "
+                f"samples per class: {listing}."
+            )
+        return cfg.artifact_class
+    if len(counts) > 1:
+        raise SprayError(
+            f"The flagged samples span several classes ({listing}). One correction removes one class's "
+            "shortcut: set correction.artifact_class (or --class), or narrow the flags with "
+            "correction.cluster_key."
+        )
+    return next(iter(counts))
+
+
+def _split(rows: np.ndarray, fraction: float, seed: int, salt: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, *salt.encode()])
+    perm = rng.permutation(rows)
+    n_held = max(2, round(fraction * len(perm)))
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def artifact_group(
+    samples: SampleSet, flags: FlagSelection, cfg: CorrectionConfig, seed: int, exclude: np.ndarray
+) -> ArtifactGroup:
+    """Build and split the artifact group and its reference.
+
+    Parameters
+    ----------
+    samples : SampleSet
+        The audited data.
+    flags : FlagSelection
+        The flags.
+    cfg : CorrectionConfig
+        min_group_size, holdout_fraction, max_reference, artifact_class.
+    seed : int
+        The audit seed.
+    exclude : np.ndarray
+        Rows never used (unreadable samples, the evaluation hold-out).
+
+    Raises
+    ------
+    DataError
+        None of the flagged samples is in the dataset.
+    SprayError
+        A group is smaller than ``min_group_size``, or the flags span several classes.
+    """
+    found = samples.rows_of(flags.sample_ids)
+    rows, missing = found.rows, found.missing
+    if missing:
+        log.warning("%d flagged samples are not in the dataset (any more): %s", len(missing), missing[:5])
+    if len(rows) == 0:
+        raise DataError(
+            f"None of the {len(flags.sample_ids)} flagged samples (e.g. {flags.sample_ids[:3]}) is in the "
+            f"dataset {flags.dataset!r}; were they flagged on another version of it?"
+        )
+    c = _choose_class(samples, rows, cfg)
+    name = samples.class_names[c] if c < len(samples.class_names) else str(c)
+    in_class = rows[samples.labels[rows] == c]
+    others = Counter(samples.class_names[int(k)] for k in samples.labels[rows] if int(k) != c)
+    usable = np.setdiff1d(in_class, exclude)
+    reference = np.setdiff1d(np.setdiff1d(np.flatnonzero(samples.labels == c), in_class), exclude)
+    reference = seeded_subset(reference, cfg.max_reference, seed, "reference")
+    for what, n in (("flagged", len(usable)), ("unflagged (reference)", len(reference))):
+        if n < cfg.min_group_size:
+            raise SprayError(
+                f"Class {name} has {n} usable {what} samples; the artifact direction needs at least "
+                f"correction.min_group_size = {cfg.min_group_size} in each group (flagged {len(in_class)}, "
+                f"class size {int((samples.labels == c).sum())}). Flag fewer or more samples, or lower "
+                "correction.min_group_size."
+            )
+    fit_a, held_a = _split(usable, cfg.holdout_fraction, seed, "artifact")
+    fit_r, held_r = _split(reference, cfg.holdout_fraction, seed, "reference-split")
+    return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)

@@ -1,0 +1,156 @@
+"""Planning a correction: everything that is checked, built and hashed before any work is done.
+
+The order puts the cheap checks first, so bad input fails in seconds: the flags (database, dataset key,
+finding key), the data, the model and the layer, the artifact group, then the source run. The correction
+id is a hash of the source run, the flags, the method and every parameter, and the code version: the same
+request twice is the same correction (published once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from spray.attribution import resolve_device
+from spray.config import AuditConfig
+from spray.correct.activations import resolve_layer
+from spray.correct.groups import ArtifactGroup, FlagSelection, artifact_group, read_flags
+from spray.correct.record import CORRECTION_VERSION
+from spray.correct.samples import SampleSet, seeded_subset
+from spray.correct.source import SourceRun, find_source_run
+from spray.flags import default_db_path
+from spray.models import build_model, check_model_output, model_hash
+from spray.runs.identity import RESULT_SECTIONS
+from spray.versions import code_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CorrectionPlan:
+    """A checked correction request.
+
+    Attributes
+    ----------
+    cfg : AuditConfig
+        The config (``correction.layer`` resolved).
+    correction_id : str
+        Hash of what the correction depends on.
+    flags : FlagSelection
+        The flags used.
+    samples : SampleSet
+        The audited data.
+    clean_samples : SampleSet
+        Where clean accuracy and paste targets come from (``test_data`` or ``samples``).
+    clean_rows : np.ndarray
+        Rows of ``clean_samples`` for evaluation (without flagged samples).
+    train_rows : np.ndarray
+        Rows of ``samples`` a method may train on.
+    group : ArtifactGroup
+        The artifact group and its reference.
+    model : nn.Module
+        The audited model, eval mode, on ``device``.
+    example : torch.Tensor
+        ``(B, C, H, W)`` two real inputs on ``device``.
+    source : SourceRun
+        The published run the correction starts from.
+    device : torch.device
+        Where to compute.
+    """
+
+    cfg: AuditConfig
+    correction_id: str
+    flags: FlagSelection
+    samples: SampleSet
+    clean_samples: SampleSet
+    clean_rows: np.ndarray
+    train_rows: np.ndarray
+    group: ArtifactGroup
+    model: nn.Module
+    example: torch.Tensor
+    source: SourceRun
+    device: torch.device
+
+
+def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection) -> str:
+    """Hash of the source run, the flags, the correction parameters, the config and the code version."""
+    payload = {
+        "source_run": source_run_id,
+        "flags": flags.digest,
+        "parameters": cfg.correction.model_dump(mode="json", exclude={"flags_db", "source_run"}),
+        "config": cfg.section_hash(*RESULT_SECTIONS),
+        "seed": cfg.seed,
+        "code": f"{code_version()}-correction{CORRECTION_VERSION}",
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _evaluation_rows(cfg: AuditConfig, samples: SampleSet) -> tuple[SampleSet, np.ndarray, np.ndarray]:
+    """``(clean samples, their evaluation rows, rows of the audited data held out of training)``."""
+    c = cfg.correction
+    if c.test_data is not None:
+        data = c.test_data
+        if "transform" not in data.model_fields_set:
+            # held-out data goes through the audited data's transform unless it has its own
+            data = data.model_copy(update={"transform": cfg.data.transform})
+        test = SampleSet.build(data)
+        return test, np.arange(len(test)), np.zeros(0, dtype=np.int64)
+    n = max(1, round(c.eval_fraction * len(samples)))
+    held = seeded_subset(np.arange(len(samples)), n, cfg.seed, "eval-split")
+    return samples, held, held
+
+
+def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> CorrectionPlan:
+    """Check the request and build what the correction needs (see the module docstring for the order).
+
+    Raises
+    ------
+    SprayError
+        With the problem and the fix (no flags, wrong dataset, unknown layer, too small a group, no run).
+    """
+    c = cfg.correction
+    runs_dir = Path(cfg.output.runs_dir)
+    db = Path(c.flags_db) if c.flags_db is not None else default_db_path(runs_dir)
+    flags = read_flags(db, cfg.dataset_key(), c)
+    samples = SampleSet.build(cfg.data)
+    dev = resolve_device(device or cfg.batch.device)
+    model = build_model(cfg.model).to(dev).eval()
+    samples.match_model(model)
+    example = samples.inputs(np.arange(min(2, len(samples)))).to(dev)
+    check_model_output(model, example, len(samples.class_names))
+    cfg = cfg.model_copy(deep=True)
+    cfg.correction.layer = resolve_layer(model, c.layer, example)
+    clean_samples, clean_rows, held = _evaluation_rows(cfg, samples)
+    clean_samples.match_model(model)
+    group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
+    source = find_source_run(runs_dir, cfg.dataset_key(), model_hash(model), c.source_run)
+    unreadable = samples.rows_of(source.skipped_ids).rows
+    if len(unreadable):
+        group = artifact_group(samples, flags, cfg.correction, cfg.seed, np.union1d(held, unreadable))
+    train_rows = np.setdiff1d(np.arange(len(samples)), np.union1d(held, unreadable))
+    if clean_samples is samples:
+        clean_rows = np.setdiff1d(clean_rows, np.union1d(group.flagged_rows, unreadable))
+    log.info("correcting class %s at layer %s: %d flagged, %d reference samples (source run %s)",
+             group.class_name, cfg.correction.layer, len(group.flagged_rows),
+             len(group.fit_reference) + len(group.held_reference), source.run_id[:12])  # fmt: skip
+    return CorrectionPlan(
+        cfg=cfg,
+        correction_id=correction_id(cfg, source.run_id, flags),
+        flags=flags,
+        samples=samples,
+        clean_samples=clean_samples,
+        clean_rows=clean_rows,
+        train_rows=train_rows,
+        group=group,
+        model=model,
+        example=example,
+        source=source,
+        device=dev,
+    )

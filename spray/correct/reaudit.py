@@ -1,0 +1,109 @@
+"""The re-audit: the corrected model audited with the same config. Is the flagged finding still there?
+
+The corrected model's ``config.yaml`` (see :mod:`spray.correct.checkpoint`) is audited like any config,
+into its own runs folder (``reaudit/`` inside the correction), so a re-audit never enters the user's
+runs folder, its retention or the nightly job's "what is new" comparison. The finding of the artifact class
+that best overlaps the flagged samples is compared with the one of the source run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from spray.config import load_config
+from spray.correct.source import FindingMatch, match_finding
+from spray.runs.layout import CACHE_DIR, LOCK, STAGING_DIR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reaudit:
+    """The re-audit's verdict on the flagged finding.
+
+    Attributes
+    ----------
+    run_id : str
+        The re-audit run's id.
+    run_dir : str
+        Its folder, relative to the correction folder.
+    before : FindingMatch
+        The source run's finding that matches the flagged samples.
+    after : FindingMatch
+        The re-audit's finding that matches them best.
+    still_flagged : bool
+        Some suspicious finding of the class overlaps the flagged samples by at least
+        ``reaudit_min_jaccard``.
+    suspicious_in_class : list[str]
+        Keys of every suspicious finding of the class in the re-audit.
+    """
+
+    run_id: str
+    run_dir: str
+    before: FindingMatch
+    after: FindingMatch
+    still_flagged: bool
+    suspicious_in_class: list[str]
+
+
+def run_reaudit(
+    config_path: Path,
+    before: FindingMatch,
+    class_index: int,
+    flagged_ids: list[str],
+    min_jaccard: float,
+    *,
+    device: str | None,
+    progress: bool,
+) -> Reaudit:
+    """Audit the corrected model's config and match its findings to the flagged samples.
+
+    Parameters
+    ----------
+    config_path : Path
+        The corrected model's ``config.yaml`` (its ``output.runs_dir`` is where the run is published).
+    before : FindingMatch
+        The source run's matching finding.
+    class_index : int
+        The artifact class.
+    flagged_ids : list[str]
+        The flagged samples.
+    min_jaccard : float
+        Overlap that makes a re-audit finding "the same finding".
+    device : str, optional
+        Overrides ``batch.device``.
+    progress : bool
+        Progress bars.
+    """
+    from spray.audit import audit
+
+    cfg = load_config(config_path)
+    report = audit(cfg, device=device, progress=progress)
+    after = match_finding(report.findings, class_index, flagged_ids)
+    flagged = set(flagged_ids)
+    suspicious = [f for f in report.findings if f.class_index == class_index and f.suspicious]
+    still = any(
+        len((set(f.member_ids) | set(f.carrier_ids)) & flagged)
+        / max(1, len(set(f.member_ids) | set(f.carrier_ids) | flagged))
+        >= min_jaccard
+        for f in suspicious
+    )
+    log.info(
+        "re-audit %s: best match %s (Jaccard %.2f, suspicious %s)",
+        report.run_id[:12],
+        after.key,
+        after.jaccard,
+        after.suspicious,
+    )
+    rel = Path(report.run_dir).relative_to(config_path.parent)
+    return Reaudit(report.run_id, str(rel), before, after, still, [f.key for f in suspicious])
+
+
+def slim_runs_dir(runs_dir: Path) -> None:
+    """Drop a re-audit runs folder's cache, staging area and lock file (the published run stays)."""
+    for sub in (CACHE_DIR, STAGING_DIR):
+        shutil.rmtree(runs_dir / sub, ignore_errors=True)
+    (runs_dir / LOCK).unlink(missing_ok=True)

@@ -1,0 +1,160 @@
+"""The correction record (``correction.json``): typed, written and read back as the same dataclasses.
+
+A correction run's folder (``<runs_dir>/corrections/<UTC time>-<correction id 12>/``)::
+
+    correction.json   this record: id, source run, flags, group, direction, parameters, training,
+                      before/after evaluation, re-audit verdict, timings
+    model.pt          the corrected model's state dict
+    config.yaml       the audit config of the corrected model (model.factory rebuilds it)
+    cav.npz           the artifact direction (vector, reference_mean) and the region mask
+    report.html       the before/after comparison as a page
+    reaudit/          runs folder of the re-audit (one published run)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spray.correct.cav import Separation
+from spray.correct.evaluate import Evaluation, relative_drop
+from spray.correct.groups import FlagSelection
+from spray.correct.reaudit import Reaudit
+from spray.correct.training import TrainingLog
+from spray.runs.atomic import atomic_write_bytes
+
+#: Bump when a change alters what a correction computes (it is part of the correction id).
+CORRECTION_VERSION = 1
+RECORD_NAME = "correction.json"
+
+T = TypeVar("T")
+
+
+@dataclass
+class GroupSummary:
+    """Sizes of the artifact group and the reference (see :class:`~spray.correct.groups.ArtifactGroup`)."""
+
+    class_index: int
+    class_name: str
+    n_flagged: int
+    n_fit_artifact: int
+    n_held_artifact: int
+    n_fit_reference: int
+    n_held_reference: int
+    other_class_flags: dict[str, int]
+    missing_ids: list[str]
+
+
+@dataclass
+class DirectionSummary:
+    """The artifact direction without its arrays (those are in ``cav.npz``)."""
+
+    layer: str
+    pooling: str
+    dimension: int
+    separation: Separation
+    candidates: dict[str, float]
+
+
+@dataclass
+class Verdict:
+    """The headline numbers (relative drops are ``(before − after) / before``; None when before is 0).
+
+    Attributes
+    ----------
+    flip_drop : float or None
+        Relative drop of the paste flip rate.
+    relevance_drop : float or None
+        Relative drop of the relevance share on the artifact region.
+    accuracy_change : float
+        Clean accuracy after minus before (accuracy units; 0.01 is one point).
+    finding_cleared : bool or None
+        The re-audit no longer flags the finding (None without a re-audit).
+    """
+
+    flip_drop: float | None
+    relevance_drop: float | None
+    accuracy_change: float
+    finding_cleared: bool | None
+
+
+@dataclass
+class CorrectionRecord:
+    """Everything about one correction run (``correction.json``)."""
+
+    correction_id: str
+    method: str
+    dataset: str
+    created_at: str
+    spray_version: str
+    correction_version: int
+    source_run_id: str
+    source_run_dir: str
+    flags: FlagSelection
+    group: GroupSummary
+    direction: DirectionSummary
+    parameters: dict[str, Any]
+    evaluation: Evaluation
+    reaudit: Reaudit | None
+    training: TrainingLog | None = None
+    trained_modules: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Verdict:
+        """The headline numbers."""
+        b, a = self.evaluation.before, self.evaluation.after
+        return Verdict(
+            flip_drop=relative_drop(b.flip_rate, a.flip_rate),
+            relevance_drop=relative_drop(b.relevance_share, a.relevance_share),
+            accuracy_change=a.clean_accuracy - b.clean_accuracy,
+            finding_cleared=None if self.reaudit is None else not self.reaudit.still_flagged,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the verdict included, for readers that do not rebuild the record)."""
+        return {**dataclasses.asdict(self), "verdict": dataclasses.asdict(self.verdict)}
+
+    def write(self, folder: Path) -> Path:
+        """Write ``correction.json`` into ``folder`` (atomically)."""
+        path = folder / RECORD_NAME
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n").encode())
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> CorrectionRecord:
+        """Read ``folder/correction.json`` back into the record."""
+        raw = json.loads((Path(folder) / RECORD_NAME).read_text())
+        raw.pop("verdict", None)
+        return from_dict(cls, raw)
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Rebuild dataclass ``cls`` (nested dataclasses, lists, dicts, optionals) from its ``asdict`` form."""
+    return typing.cast(T, _build(cls, data))
+
+
+def _build(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(inner[0], value) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        return tp(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_build(arg, v) for v in value]
+    if origin is dict:
+        _, arg = typing.get_args(tp) or (Any, Any)
+        return {k: _build(arg, v) for k, v in value.items()}
+    return value

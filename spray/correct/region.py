@@ -1,0 +1,150 @@
+"""Where the artifact sits in the input: the region used to paste it, mask it, and measure relevance on it.
+
+Without a user-given box, the region is found in two steps. *Where*: the pixels where the artifact
+group's normalised relevance exceeds the reference's most, fewest first until they hold ``region_mass``
+of the total excess (at most ``region_max_fraction`` of the image), grown by one pixel because LRP
+spreads a stamp's relevance onto its edges. *What*: inside that zone, the pixels the flagged samples
+repeat (their mean differs from the reference's by ``stamp_contrast`` reference standard deviations while
+they themselves vary less than ``stamp_consistency`` of it): a stamp, tag or frame. When nothing there
+repeats (an artifact that is not a fixed stamp), the zone itself is the region. The flagged samples' own
+pixels in the region are what the paste test stamps into other images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spray.config.correction import CorrectionConfig
+from spray.errors import ConfigError
+
+
+@dataclass
+class ArtifactRegion:
+    """The artifact's pixels.
+
+    Attributes
+    ----------
+    mask : np.ndarray
+        ``(H, W)`` bool, True on the artifact.
+    source : str
+        ``"box"`` (given in the config), ``"stamp"`` (pixels the flagged samples repeat, where their excess
+        relevance is) or ``"relevance"`` (where their excess relevance is).
+    excess_share : float
+        Share of the group's excess relevance over the reference in the zone searched (estimated regions).
+    """
+
+    mask: np.ndarray
+    source: str
+    excess_share: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of the image the region covers."""
+        return float(self.mask.mean())
+
+    def bounding_box(self) -> list[int]:
+        """``[top, left, height, width]`` of the region."""
+        ys, xs = np.nonzero(self.mask)
+        return [int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)]
+
+
+def box_region(box: list[int], shape: tuple[int, int]) -> ArtifactRegion:
+    """The region of a ``[top, left, height, width]`` box on an ``(H, W)`` input.
+
+    Raises
+    ------
+    ConfigError
+        The box does not fit the input.
+    """
+    top, left, h, w = box
+    if top + h > shape[0] or left + w > shape[1]:
+        raise ConfigError(
+            f"correction.artifact_box {box} does not fit the model input of {shape[0]}x{shape[1]} pixels; "
+            "give [top, left, height, width] in model-input pixels (after resize and crop)."
+        )
+    mask = np.zeros(shape, dtype=bool)
+    mask[top : top + h, left : left + w] = True
+    return ArtifactRegion(mask, "box", 1.0)
+
+
+def _relevance_zone(
+    artifact: np.ndarray, reference: np.ndarray, cfg: CorrectionConfig
+) -> tuple[np.ndarray, float]:
+    """Pixels holding ``region_mass`` of the excess relevance, grown by one pixel; and the excess share held."""
+    excess = np.clip(artifact.mean(0) - reference.mean(0), 0.0, None)
+    total = float(excess.sum())
+    if total <= 0:
+        raise ConfigError(
+            "The flagged samples hold no more relevance anywhere than the rest of their class, so the "
+            "artifact's region cannot be located; give it as correction.artifact_box [top, left, height, width]."
+        )
+    order = np.argsort(-excess.ravel(), kind="stable")
+    cum = np.cumsum(excess.ravel()[order]) / total
+    n = int(np.searchsorted(cum, cfg.region_mass) + 1)
+    n = max(1, min(n, int(cfg.region_max_fraction * excess.size)))
+    zone = np.zeros(excess.size, dtype=bool)
+    zone[order[:n]] = True
+    zone = zone.reshape(excess.shape)
+    grown = zone.copy()
+    grown[1:] |= zone[:-1]
+    grown[:-1] |= zone[1:]
+    grown[:, 1:] |= zone[:, :-1]
+    grown[:, :-1] |= zone[:, 1:]
+    return grown, float(excess[grown].sum() / total)
+
+
+def estimate_region(
+    artifact: np.ndarray,
+    reference: np.ndarray,
+    artifact_inputs: np.ndarray,
+    reference_inputs: np.ndarray,
+    cfg: CorrectionConfig,
+) -> ArtifactRegion:
+    """The artifact region from relevance (where) and pixels (what repeats).
+
+    Parameters
+    ----------
+    artifact, reference : np.ndarray
+        ``(n, H, W)`` / ``(m, H, W)`` normalised relevance of flagged / reference samples.
+    artifact_inputs, reference_inputs : np.ndarray
+        ``(n, C, H, W)`` / ``(m, C, H, W)`` their model inputs.
+    cfg : CorrectionConfig
+        ``region_mass``, ``region_max_fraction``, ``stamp_contrast``, ``stamp_consistency``,
+        ``stamp_std_floor``.
+    """
+    zone, held = _relevance_zone(artifact, reference, cfg)
+    mean_a, std_a = artifact_inputs.mean(0), artifact_inputs.std(0)
+    mean_r, std_r = reference_inputs.mean(0), reference_inputs.std(0)
+    floor = cfg.stamp_std_floor * float(reference_inputs.std())
+    scale = std_r + floor
+    stamp = (np.abs(mean_a - mean_r) >= cfg.stamp_contrast * scale) & (std_a <= cfg.stamp_consistency * scale)
+    stamp = stamp.any(axis=0) & zone  # any channel
+    if stamp.any():
+        return ArtifactRegion(stamp, "stamp", held)
+    return ArtifactRegion(zone, "relevance", held)
+
+
+def paste(targets: torch.Tensor, donors: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """Stamp the donors' pixels inside ``mask`` into the targets (donor ``i % len(donors)`` into target i).
+
+    Parameters
+    ----------
+    targets : torch.Tensor
+        ``(n, C, H, W)`` model inputs.
+    donors : torch.Tensor
+        ``(m, C, H, W)`` model inputs carrying the artifact.
+    mask : np.ndarray
+        ``(H, W)`` bool.
+    """
+    m = torch.from_numpy(mask).to(targets.dtype)[None, None]
+    idx = torch.arange(len(targets)) % len(donors)
+    return targets * (1 - m) + donors[idx] * m
+
+
+def fill(inputs: torch.Tensor, mask: np.ndarray, value: torch.Tensor) -> torch.Tensor:
+    """Replace the pixels inside ``mask`` by ``value`` ``(C, H, W)`` (the reference's mean input)."""
+    m = torch.from_numpy(mask).to(inputs.dtype)[None, None]
+    return inputs * (1 - m) + value[None].to(inputs.dtype) * m

@@ -1,0 +1,221 @@
+"""RR-ClArC: fine-tune so that the output no longer responds to the artifact direction.
+
+The loss of a batch is ``CE + λ · L_RR`` (Dreyer, Pahde et al., AAAI 2024): ``L_RR`` is the squared
+component, along the artifact direction ``v``, of the gradient of an output ``y`` with respect to the
+layer's activation ``a`` — how much the output would change if the artifact were added. Unlike P-ClArC
+nothing is inserted into the model: the corrected model has the user's architecture and new weights.
+
+The output ``y`` (``rr_target``) is a random-sign sum of all logits by default: in expectation its squared
+gradient along ``v`` is the sum over classes of each logit's, so every class unlearns the artifact, not
+only the one it pushed towards. The component is taken at every position of the feature map, squared and
+summed (``rr_aggregation="position"``, the default: a position where the output still responds to the
+artifact cannot be cancelled by another where it responds the other way), or of the whole gradient
+(``"whole"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spray.config.correction import CorrectionConfig
+from spray.correct.activations import layer_activations, tap
+from spray.correct.cav import ArtifactDirection
+from spray.correct.samples import SampleSet
+from spray.correct.scope import set_scope
+from spray.correct.split import check_head, head_after
+from spray.correct.task import CorrectionTask, MethodResult, finetune_rows
+from spray.correct.training import TrainingPlan, make_optimizer, train
+from spray.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def rr_output(logits: torch.Tensor, labels: torch.Tensor, target: str, artifact_class: int) -> torch.Tensor:
+    """The output whose gradient is penalised, ``(B,)``.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, K)``.
+    labels : torch.Tensor
+        ``(B,)`` true classes.
+    target : {"random_sign", "artifact_class", "label"}
+        Which output (see the module docstring); random signs come from the global (seeded) generator.
+    artifact_class : int
+        The class the artifact pushes towards.
+    """
+    if target == "artifact_class":
+        return logits[:, artifact_class]
+    if target == "label":
+        return logits.gather(1, labels[:, None])[:, 0]
+    signs = torch.randint(0, 2, logits.shape, device=logits.device).to(logits.dtype) * 2 - 1
+    return (logits * signs).sum(1)
+
+
+def rr_penalty(grad: torch.Tensor, vector: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Mean over the batch of the squared gradient component along the direction.
+
+    Parameters
+    ----------
+    grad : torch.Tensor
+        ``(B, C, H, W)`` or ``(B, D)`` gradient of the output w.r.t. the layer's activation.
+    vector : torch.Tensor
+        ``(D,)`` unit direction: over a whole activation (``C·H·W``), or over channels (pooled direction).
+    aggregation : {"position", "whole"}
+        ``"position"``: the component at every position (the direction's channel vector there), squared
+        and summed over positions, so that no position can make up for another; ``"whole"``: the
+        component of the whole gradient (a channel direction: of the spatially averaged gradient), squared.
+    """
+    v = vector.to(grad.dtype)
+    if grad.dim() <= 2:
+        return ((grad.flatten(1) @ v) ** 2).mean()
+    g = grad.flatten(2)  # (B, C, P)
+    full = v.numel() == grad[0].numel()
+    if aggregation == "whole":
+        comp = (g.flatten(1) @ v) if full else (g.mean(2) @ v)
+        return (comp**2).mean()
+    vv = v.view(g.shape[1], -1) if full else v[:, None]  # (C, P) or (C, 1)
+    return ((g * vv).sum(1) ** 2).sum(1).mean()
+
+
+@dataclass
+class LayerFeed:
+    """The layer's activations of a fixed set of rows, computed once, and the model part after the layer.
+
+    Attributes
+    ----------
+    rows : np.ndarray
+        ``(n,)`` sorted rows.
+    activations : torch.Tensor
+        ``(n, ...)`` their activations at the layer (on the CPU).
+    head : nn.Module
+        ``head(activation) == model(x)``.
+    """
+
+    rows: np.ndarray
+    activations: torch.Tensor
+    head: nn.Module
+
+    def __call__(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Activations of ``rows`` (a leaf that requires grad)."""
+        pos = np.searchsorted(self.rows, rows)
+        return self.activations[torch.from_numpy(pos)].to(device).requires_grad_(True)
+
+
+@dataclass
+class RightReasonLoss:
+    """The batch loss of RR-ClArC, as a ``step_fn`` of :func:`spray.correct.training.train`.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The model being fine-tuned.
+    samples : SampleSet
+        Source of the batches' inputs and labels.
+    direction : ArtifactDirection
+        Layer and direction.
+    cfg : CorrectionConfig
+        ``rr_lambda``, ``rr_target``, ``rr_aggregation``.
+    artifact_class : int
+        The artifact group's class.
+    device : torch.device
+        Where the model runs.
+    detach_layer : bool
+        True when nothing before the layer trains: its output is cut from the graph (cheaper backward).
+    feed : LayerFeed or None
+        Precomputed activations and the model's head (the frozen part is then not run at all).
+    """
+
+    model: nn.Module
+    samples: SampleSet
+    direction: ArtifactDirection
+    cfg: CorrectionConfig
+    artifact_class: int
+    device: torch.device
+    detach_layer: bool
+    feed: LayerFeed | None = None
+
+    def __post_init__(self) -> None:
+        self._vector = torch.from_numpy(self.direction.vector).to(self.device)
+
+    def _forward(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.feed is not None:
+            a = self.feed(rows, self.device)
+            return self.feed.head(a), a
+        x = self.samples.inputs(rows).to(self.device)
+        replace = (lambda a: a.detach().requires_grad_(True)) if self.detach_layer else None
+        with tap(self.model, self.direction.layer, replace=replace) as got:
+            logits = self.model(x)
+        return logits, got[0]
+
+    def __call__(self, rows: np.ndarray, step: int) -> dict[str, torch.Tensor]:
+        """``{"loss", "ce", "rr"}`` of the batch ``rows``."""
+        y = torch.from_numpy(self.samples.labels[rows]).to(self.device)
+        logits, a = self._forward(rows)
+        ce = F.cross_entropy(logits, y)
+        out = rr_output(logits, y, self.cfg.rr_target, self.artifact_class)
+        (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
+        rr = rr_penalty(grad, self._vector, self.cfg.rr_aggregation)
+        return {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
+
+
+def layer_feed(model: nn.Module, task: CorrectionTask, rows: np.ndarray) -> LayerFeed | None:
+    """Precompute the layer's activations of ``rows`` when the model can be cut there and they fit in
+    ``activation_cache_mb`` (the frozen part runs in eval mode, as during fine-tuning)."""
+    cfg = task.cfg.correction
+    layer = task.direction.layer
+    mb = math.prod(task.direction.reference_mean.shape) * 4 * len(rows) / 2**20
+    if cfg.train_scope != "after_layer" or mb > cfg.activation_cache_mb:
+        return None
+    head = head_after(model, layer)
+    if head is None or not check_head(model, head, layer, task.example):
+        return None
+    acts = layer_activations(model, layer, task.samples.batches(rows, task.cfg.batch.batch_size), task.device)
+    log.info("RR-ClArC: the layer's activations of %d samples are kept (%.0f MB); the frozen part runs once",
+             len(rows), mb)  # fmt: skip
+    return LayerFeed(np.asarray(rows), acts, head)
+
+
+def rrclarc(task: CorrectionTask) -> MethodResult:
+    """Fine-tune a copy of the audited model with the right-reason loss (resumable, seeded).
+
+    Parameters
+    ----------
+    task : CorrectionTask
+        The model, data, group, direction, config, device and work folder.
+
+    Returns
+    -------
+    MethodResult
+        The fine-tuned copy (eval mode) and its training log.
+    """
+    cfg = task.cfg.correction
+    model = copy.deepcopy(task.model)
+    rows = finetune_rows(task)
+    feed = layer_feed(model, task, rows)
+    scope = set_scope(model, task.direction.layer, cfg.train_scope, task.example)
+    log.info(
+        "RR-ClArC: training %d parameter tensors in %s",
+        len(scope.parameters),
+        ", ".join(scope.trained_modules),
+    )
+    if not scope.parameters:
+        raise ConfigError(
+            f"correction.layer {task.direction.layer!r}: no parameters run after it, so RR-ClArC has nothing "
+            "to fine-tune with train_scope 'after_layer'; choose an earlier layer or train_scope: all."
+        )
+    plan = TrainingPlan(rows, cfg.epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "RR-ClArC",
+                        cfg.lr_schedule)  # fmt: skip
+    step = RightReasonLoss(model, task.samples, task.direction, cfg, task.group.class_index, task.device,
+                           scope.frozen_input, feed)  # fmt: skip
+    opt = make_optimizer(scope.parameters, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    trained = train(model, opt, plan, step, task.work_dir, task.device, progress=task.progress)
+    return MethodResult(model.eval(), trained, scope.trained_modules)

@@ -1,0 +1,136 @@
+"""The published audit run a correction starts from, and matching its findings to the flagged samples.
+
+Every read of the runs folder by the correction package goes through here (one place to switch when the
+runs folder's typed reader changes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from spray.errors import SprayError
+from spray.records import ClusterFinding
+from spray.runs.reader import scan_runs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceRun:
+    """A published audit run.
+
+    Attributes
+    ----------
+    run_id : str
+        Its id.
+    path : Path
+        Its folder.
+    model_hash : str
+        Hash of the model it audited.
+    skipped_ids : list[str]
+        Samples it could not read.
+    findings : list[ClusterFinding]
+        Its findings with their members, ranked (most suspicious first).
+    """
+
+    run_id: str
+    path: Path
+    model_hash: str
+    skipped_ids: list[str]
+    findings: list[ClusterFinding]
+
+
+def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
+    """The run to correct from: ``wanted`` (run id prefix or folder name), or the newest run of this
+    dataset made with this model.
+
+    Raises
+    ------
+    SprayError
+        No such run (the message lists the runs there are, or says to run the audit first).
+    """
+    entries = scan_runs(runs_dir)
+    for e in entries:
+        if e.error is not None:
+            log.warning("run %s cannot be read (%s); ignored", e.name, e.error)
+    readable = [(e.path, e.reader) for e in entries if e.reader is not None]
+    if wanted is not None:
+        hits = [(p, r) for p, r in readable if p.name == wanted or r.summary.run_id.startswith(wanted)]
+        if not hits:
+            names = ", ".join(e.name for e in entries[:10]) or "none"
+            raise SprayError(
+                f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {names}."
+            )
+    else:
+        hits = [
+            (p, r)
+            for p, r in readable
+            if r.summary.dataset == dataset and r.summary.hashes.get("model") == model_hash
+        ]
+        if not hits:
+            raise SprayError(
+                f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "
+                "against the audit the flags were set on. Run `spray audit --config ...` first (or set "
+                "correction.source_run)."
+            )
+    path, reader = hits[0]
+    s = reader.summary
+    return SourceRun(
+        run_id=s.run_id,
+        path=path,
+        model_hash=str(s.hashes.get("model", "")),
+        skipped_ids=[x.sample_id for x in s.skipped],
+        findings=reader.findings(),
+    )
+
+
+@dataclass
+class FindingMatch:
+    """The finding of a run that best matches the flagged samples (None fields: no finding in the class).
+
+    Attributes
+    ----------
+    key : str or None
+        Finding key (``"<class>/k<k>/c<cluster>"``).
+    rank : int or None
+        1-based rank among all findings of its run.
+    score : float or None
+        Suspicion score.
+    suspicious : bool
+        Whether its run flagged it.
+    jaccard : float
+        Jaccard index of its members (and carriers) with the flagged samples.
+    flip_rate : float or None
+        Its paste test's flip rate, when it was tested.
+    size : int
+        Members.
+    """
+
+    key: str | None
+    rank: int | None
+    score: float | None
+    suspicious: bool
+    jaccard: float
+    flip_rate: float | None
+    size: int
+
+
+def match_finding(findings: list[ClusterFinding], class_index: int, flagged_ids: list[str]) -> FindingMatch:
+    """The finding of ``class_index`` whose members (with carriers) overlap the flagged ids most."""
+    flagged = set(flagged_ids)
+    best: tuple[float, int, ClusterFinding] | None = None
+    for rank, f in enumerate(findings, start=1):
+        if f.class_index != class_index:
+            continue
+        members = set(f.member_ids) | set(f.carrier_ids)
+        jac = len(members & flagged) / max(1, len(members | flagged))
+        if best is None or jac > best[0]:
+            best = (jac, rank, f)
+    if best is None:
+        return FindingMatch(None, None, None, False, 0.0, None, 0)
+    jac, rank, f = best
+    flip = f.signals.get("flip_rate") if f.signals.get("tested") else None
+    return FindingMatch(f.key, rank, float(f.score), bool(f.suspicious), round(jac, 6),
+                        None if flip is None else float(flip), int(f.size))  # fmt: skip

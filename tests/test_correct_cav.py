@@ -1,0 +1,103 @@
+"""The artifact direction: pattern CAV, pooling, layer lookup, held-out separation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spray.correct.activations import layer_activations, pool, resolve_layer, trace_calls
+from spray.correct.cav import GroupActivations, fit_direction, separation, signal_cav
+from spray.errors import ConfigError, SprayError
+from tests.test_correct_world import TARGET, World, build_world, to_input
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+def test_signal_cav_is_the_normalised_mean_difference() -> None:
+    # For a 0/1 indicator cov(A, t)/var(t) is the difference of the group means (the oracle here).
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 7))
+    t = (rng.random(50) < 0.3).astype(float)
+    want = a[t == 1].mean(0) - a[t == 0].mean(0)
+    assert np.allclose(signal_cav(a, t), want / np.linalg.norm(want))
+
+
+def test_signal_cav_points_along_the_signal_not_the_filter() -> None:
+    # a1 = signal + distractor, a2 = distractor: a linear classifier's weights are the filter (1, -1) that
+    # cancels the distractor; the pattern CAV is the signal's own direction in the activations, (1, 0).
+    rng = np.random.default_rng(1)
+    n = 4000
+    t = np.repeat([1.0, 0.0], n // 2)
+    d = rng.normal(0, 1.0, n)
+    a = np.stack([t + d, d], axis=1)
+    v = signal_cav(a, t)
+    assert abs(v[0]) > 0.99
+    w, *_ = np.linalg.lstsq(np.c_[a, np.ones(n)], t, rcond=None)
+    assert w[1] / w[0] < -0.9  # the filter, for contrast
+
+
+def test_signal_cav_refuses_identical_groups() -> None:
+    a = np.ones((10, 3))
+    with pytest.raises(SprayError, match="no artifact direction"):
+        signal_cav(a, np.r_[np.ones(5), np.zeros(5)])
+
+
+def test_pool_shapes() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert pool(x, "none").shape == (2, 48)
+    assert torch.equal(pool(x, "max"), x.flatten(2).amax(2))
+    assert torch.allclose(pool(x, "mean"), x.mean((2, 3)))
+    assert pool(torch.ones(2, 5), "max").shape == (2, 5)
+
+
+def test_auto_layer_is_the_last_feature_map(world: World) -> None:
+    x = to_input(world.images[:2])
+    assert resolve_layer(world.model, "auto", x) == "features"
+    assert resolve_layer(world.model, "features.3", x) == "features.3"
+    assert [c.path for c in trace_calls(world.model, x)][-1] == "classifier"
+
+
+def test_unknown_layer_lists_the_layers(world: World) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_layer(world.model, "featurs", to_input(world.images[:2]))
+    msg = str(err.value)
+    assert "no layer 'featurs'" in msg and "Did you mean 'features'" in msg and "classifier.3" in msg
+
+
+def test_direction_separates_planted_from_clean_on_held_out_samples(world: World) -> None:
+    cls = np.flatnonzero(world.labels == TARGET)
+    planted, clean = cls[world.planted[cls]], cls[~world.planted[cls]]
+    x = to_input(world.images)
+
+    def acts(rows: np.ndarray) -> torch.Tensor:
+        return layer_activations(world.model, "features", iter([x[rows]]), torch.device("cpu"))
+
+    groups = GroupActivations(acts(planted[::2]), acts(clean[::2]), acts(planted[1::2]), acts(clean[1::2]))
+    d = fit_direction("features", groups, "auto")
+    assert d.separation.auroc > 0.95
+    assert d.separation.n_artifact == len(planted[1::2])
+    assert set(d.candidates) == {"none", "max"}
+    assert np.isclose(np.linalg.norm(d.vector), 1.0, atol=1e-5)
+    assert d.reference_mean.shape == (8, 3, 3)
+    # A direction from random labels separates nothing on held-out samples.
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(cls)
+    half = len(shuffled) // 2
+    rand = GroupActivations(
+        acts(shuffled[:half:2]),
+        acts(shuffled[half::2]),
+        acts(shuffled[1:half:2]),
+        acts(shuffled[half + 1 :: 2]),
+    )
+    assert fit_direction("features", rand, "none").separation.auroc < 0.8
+
+
+def test_separation_scores() -> None:
+    v = np.array([1.0, 0.0])
+    s = separation(v, np.array([[2.0, 5.0], [3.0, -1.0]]), np.array([[0.0, 9.0], [1.0, 0.0], [-1.0, 2.0]]))
+    assert s.auroc == 1.0 and s.accuracy == 1.0
+    assert s.mean_artifact == 2.5 and s.mean_reference == 0.0

@@ -1,0 +1,105 @@
+"""The artifact group from the flags database, and the artifact region from relevance and pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spray.config import config_from_dict
+from spray.config.correction import CorrectionConfig
+from spray.correct.groups import NoFlagsError, artifact_group, read_flags
+from spray.correct.region import box_region, estimate_region, fill, paste
+from spray.correct.samples import SampleSet
+from spray.errors import ConfigError, SprayError
+from spray.flags import FlagStore
+from tests.test_correct_world import DATASET, TARGET, World, build_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("groups"))
+
+
+@pytest.fixture(scope="module")
+def samples(world: World) -> SampleSet:
+    import yaml
+
+    cfg = config_from_dict(yaml.safe_load(world.config.read_text()), base_dir=world.root)
+    return SampleSet.build(cfg.data)
+
+
+def test_flags_become_a_split_group_and_reference(world: World, samples: SampleSet) -> None:
+    cfg = CorrectionConfig(min_group_size=5)
+    flags = read_flags(world.flags_db, DATASET, cfg)
+    assert flags.cluster_keys == ["1/k2/c0"] and len(flags.sample_ids) == int(world.planted.sum())
+    held_out = np.arange(0, 240, 10)
+    g = artifact_group(samples, flags, cfg, seed=0, exclude=held_out)
+    assert g.class_index == TARGET and g.missing_ids == []
+    planted = set(np.flatnonzero(world.planted))
+    assert set(g.fit_artifact) | set(g.held_artifact) <= planted
+    assert not set(g.fit_artifact) & set(g.held_artifact)
+    assert not (set(g.fit_reference) | set(g.held_reference)) & planted
+    assert all(samples.labels[r] == TARGET for r in np.concatenate([g.fit_reference, g.held_reference]))
+    assert not set(np.concatenate([g.fit_artifact, g.fit_reference])) & set(held_out)
+    again = artifact_group(samples, flags, cfg, seed=0, exclude=held_out)
+    assert np.array_equal(g.held_reference, again.held_reference)  # seeded
+    other = artifact_group(samples, flags, cfg, seed=1, exclude=held_out)
+    assert not np.array_equal(g.held_reference, other.held_reference)
+
+
+def test_flag_digest_follows_the_flags(world: World, tmp_path: Path) -> None:
+    cfg = CorrectionConfig()
+    a = read_flags(world.flags_db, DATASET, cfg)
+    db = tmp_path / "f.sqlite"
+    FlagStore(db).flag(DATASET, a.sample_ids[:-1], "unlearn")
+    assert read_flags(db, DATASET, cfg).digest != a.digest
+    with pytest.raises(NoFlagsError, match="investigate"):
+        read_flags(db, DATASET, CorrectionConfig(flag_status="investigate"))
+
+
+def test_group_limits(world: World, samples: SampleSet) -> None:
+    flags = read_flags(world.flags_db, DATASET, CorrectionConfig())
+    with pytest.raises(SprayError, match="min_group_size = 40"):
+        artifact_group(samples, flags, CorrectionConfig(min_group_size=40), 0, np.zeros(0, dtype=np.int64))
+    g = artifact_group(
+        samples, flags, CorrectionConfig(min_group_size=5, max_reference=20), 0, np.zeros(0, np.int64)
+    )
+    assert len(g.fit_reference) + len(g.held_reference) == 20
+
+
+def test_region_is_the_planted_square(world: World, samples: SampleSet) -> None:
+    from spray.config import LRPConfig
+    from spray.correct.relevance import normalise, relevance_maps
+
+    cls = np.flatnonzero(world.labels == TARGET)
+    art, ref = cls[world.planted[cls]], cls[~world.planted[cls]]
+    dev = torch.device("cpu")
+
+    def maps(rows: np.ndarray) -> np.ndarray:
+        return normalise(
+            relevance_maps(world.model, iter([samples.inputs(rows)]), world.labels[rows], LRPConfig(), dev)
+        )
+
+    region = estimate_region(
+        maps(art), maps(ref), samples.inputs(art).numpy(), samples.inputs(ref).numpy(), CorrectionConfig()
+    )
+    truth = np.zeros((12, 12), dtype=bool)
+    truth[0:3, 0:3] = True
+    assert region.source == "stamp" and np.array_equal(region.mask, truth)
+    assert region.bounding_box() == [0, 0, 3, 3]
+
+
+def test_box_region_paste_and_fill() -> None:
+    r = box_region([1, 2, 3, 4], (10, 10))
+    assert r.mask.sum() == 12 and r.bounding_box() == [1, 2, 3, 4] and r.source == "box"
+    with pytest.raises(ConfigError, match="does not fit"):
+        box_region([8, 0, 3, 3], (10, 10))
+    targets, donors = torch.zeros(3, 1, 10, 10), torch.stack([torch.full((1, 10, 10), v) for v in (1.0, 2.0)])
+    out = paste(targets, donors, r.mask)
+    assert out[0, 0][r.mask].eq(1).all() and out[1, 0][r.mask].eq(2).all() and out[2, 0][r.mask].eq(1).all()
+    assert out[:, 0][:, ~r.mask].eq(0).all()
+    filled = fill(torch.ones(2, 1, 10, 10), r.mask, torch.full((1, 10, 10), 5.0))
+    assert filled[0, 0][r.mask].eq(5).all() and filled[0, 0][~r.mask].eq(1).all()

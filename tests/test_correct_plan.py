@@ -1,0 +1,69 @@
+"""Planning a correction: the command line's config, held-out data, and what the correction id depends on."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spray.cli import build_parser
+from spray.cli.correct import _config
+from spray.correct.plan import plan_correction
+from spray.data import write_idx
+from spray.flags import FlagStore
+from tests.test_correct_world import DATASET, World, build_world
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> World:
+    world = build_world(tmp_path_factory.mktemp("plan"))
+    from spray.audit import audit
+    from spray.config import load_config
+
+    audit(load_config(world.config), progress=False)
+    return world
+
+
+def _args(world: World, *extra: str) -> argparse.Namespace:
+    return build_parser().parse_args(["correct", "--config", str(world.config), *extra])
+
+
+def test_test_data_gets_the_data_transform_through_the_command_line(audited: World, tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    shutil.copytree(audited.root, root, symlinks=True)
+    write_idx(root / "test-images.idx", audited.images[:30])
+    write_idx(root / "test-labels.idx", audited.labels[:30].astype(np.uint8))
+    raw = yaml.safe_load((root / "audit.yaml").read_text())
+    raw["data"]["transform"] = {"mean": [0.2], "std": [0.4]}
+    raw["correction"]["test_data"] = {"kind": "idx", "images": "test-images.idx", "labels": "test-labels.idx"}
+    (root / "audit.yaml").write_text(yaml.safe_dump(raw))
+    world = World(root, root / "audit.yaml", root / "runs" / "flags.sqlite", root / "runs", audited.images,
+                  audited.labels, audited.planted, audited.model)  # fmt: skip
+    cfg = _config(_args(world, "--method", "pclarc", "--lambda", "5"))
+    assert cfg.correction.method == "pclarc" and cfg.correction.rr_lambda == 5.0
+    assert cfg.correction.test_data.images == root / "test-images.idx"  # resolved against the config's folder
+    assert cfg.correction.epochs == 4  # set in the file, kept
+    # the model sees the audited data's normalisation on the held-out data too
+    plan = plan_correction(cfg)
+    assert plan.clean_samples.dataset.transform.cfg == cfg.data.transform
+    assert len(plan.clean_rows) == 30 and len(plan.train_rows) == len(audited.labels)
+
+
+def test_correction_id_follows_flags_method_and_parameters(audited: World) -> None:
+    cfg = _config(_args(audited))
+    first = plan_correction(cfg)
+    assert plan_correction(cfg).correction_id == first.correction_id
+    assert plan_correction(_config(_args(audited, "--method", "pclarc"))).correction_id != first.correction_id
+    assert plan_correction(_config(_args(audited, "--lambda", "10"))).correction_id != first.correction_id
+    one = str(np.flatnonzero(audited.planted)[0])
+    FlagStore(audited.flags_db).unflag(DATASET, [one])
+    try:
+        assert plan_correction(cfg).correction_id != first.correction_id
+    finally:
+        FlagStore(audited.flags_db).flag(DATASET, [one], "unlearn", cluster_key="1/k2/c0")
+    assert plan_correction(cfg).correction_id == first.correction_id
+    assert first.source.run_id and first.cfg.correction.layer == "features"

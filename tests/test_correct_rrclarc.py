@@ -1,0 +1,177 @@
+"""RR-ClArC: the penalty against its closed form, the cut-out head, training that resumes exactly, and the
+corrected model's behaviour."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spray.correct.rrclarc import rr_output, rr_penalty
+from spray.correct.scope import set_scope
+from spray.correct.split import check_head, head_after
+from spray.correct.training import STATE_NAME, TrainingPlan, make_optimizer, train
+from tests.test_correct_world import TinyCNN, to_input
+
+
+def test_penalty_of_a_linear_head_is_its_weight_along_v() -> None:
+    # y = W·flatten(a): ∂y_k/∂a = W_k whatever the input, so the penalties have closed forms in W_k.
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 4))
+    a = torch.randn(6, 2, 3, 3, requires_grad=True)
+    v = torch.randn(18)
+    v = v / v.norm()
+    out = rr_output(head(a), torch.zeros(6, dtype=torch.long), "artifact_class", 2)
+    (g,) = torch.autograd.grad(out.sum(), a, create_graph=True)
+    w = head[1].weight[2].view(2, 9)  # (channel, position)
+    # a direction over the whole activation: (W·v)², or Σ_p (W_p·v_p)² per position
+    assert torch.allclose(rr_penalty(g, v, "whole"), (head[1].weight[2] @ v) ** 2, atol=1e-6)
+    assert torch.allclose(rr_penalty(g, v, "position"), ((w * v.view(2, 9)).sum(0) ** 2).sum(), atol=1e-6)
+    # a channel direction: Σ_p (Σ_c W[c, p] v_c)², or the average over positions squared
+    vc = torch.tensor([0.6, 0.8])
+    assert torch.allclose(rr_penalty(g, vc, "position"), ((vc @ w) ** 2).sum(), atol=1e-6)
+    assert torch.allclose(rr_penalty(g, vc, "whole"), (vc @ w.mean(1)) ** 2, atol=1e-6)
+    # a flat layer
+    flat = torch.randn(3, 5, requires_grad=True)
+    lin = nn.Linear(5, 2)
+    (gf,) = torch.autograd.grad(lin(flat)[:, 1].sum(), flat, create_graph=True)
+    vf = torch.ones(5) / 5**0.5
+    assert torch.allclose(rr_penalty(gf, vf, "position"), (lin.weight[1] @ vf) ** 2, atol=1e-6)
+
+
+def test_penalty_is_differentiable_in_the_weights() -> None:
+    head = nn.Linear(5, 3)
+    a = torch.randn(4, 5, requires_grad=True)
+    v = torch.tensor([1.0, 0, 0, 0, 0])
+    (g,) = torch.autograd.grad(head(a)[:, 0].sum(), a, create_graph=True)
+    rr_penalty(g, v, "position").backward()
+    assert head.weight.grad is not None and head.weight.grad[0, 0] != 0
+
+
+def test_rr_output_targets() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert torch.equal(rr_output(logits, torch.tensor([0, 2]), "label", 1), torch.tensor([1.0, 6.0]))
+    assert torch.equal(rr_output(logits, torch.tensor([0, 2]), "artifact_class", 1), torch.tensor([2.0, 5.0]))
+    torch.manual_seed(0)
+    r = rr_output(logits, torch.tensor([0, 2]), "random_sign", 1)
+    # a signed sum of the logits: every sign pattern gives a value with the parity of the logits' sum
+    assert r.shape == (2,) and all(float(x) in {s1 * a + s2 * b + s3 * c for s1 in (-1, 1) for s2 in (-1, 1)
+                                                 for s3 in (-1, 1) for a, b, c in [row.tolist()]}
+                                   for x, row in zip(r, logits, strict=True))  # fmt: skip
+
+
+def test_head_after_a_layer_shares_the_model_parameters() -> None:
+    model = TinyCNN()
+    head = head_after(model, "features")
+    assert head is not None
+    x = torch.randn(3, 1, 12, 12)
+    assert check_head(model, head, "features", x)
+    shared = {id(p) for p in model.parameters()}
+    assert {id(p) for p in head.parameters()} <= shared
+    assert {n for n, _ in head.named_parameters()} == {
+        n for n, _ in model.named_parameters() if n.startswith("classifier")
+    }
+    # a cut inside a block whose output is used twice later is refused
+    assert head_after(_Skip(), "body") is None
+
+
+class _Skip(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 2, 3, padding=1)
+        self.body = nn.Conv2d(2, 2, 3, padding=1)
+        self.out = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.out((self.body(s) + s).mean((2, 3)))
+
+
+def test_scope_after_layer_trains_only_the_head() -> None:
+    model = TinyCNN()
+    model.features.append(nn.Dropout(0.5))  # a dropout before the layer's end must stay in eval mode
+    scope = set_scope(model, "features", "after_layer", torch.randn(2, 1, 12, 12))
+    assert scope.trained_modules == ["classifier.1", "classifier.3"]
+    assert all(not p.requires_grad for p in model.features.parameters())
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    assert not model.features[-1].training and model.classifier[1].training
+    assert scope.frozen_input
+
+
+def _toy_training(work: Path, stop_at: int | None) -> nn.Module:
+    torch.manual_seed(123)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.ReLU(), nn.Linear(8, 2))
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 2, (40,), generator=g)
+
+    def step(rows: np.ndarray, i: int) -> dict[str, torch.Tensor]:
+        if stop_at is not None and i == stop_at:
+            raise KeyboardInterrupt
+        ce = nn.functional.cross_entropy(model(x[rows]), y[rows])
+        return {"loss": ce, "ce": ce.detach()}
+
+    plan = TrainingPlan(np.arange(40), epochs=3, batch_size=8, seed=7, checkpoint_every=4)
+    opt = make_optimizer(list(model.parameters()), "adam", 1e-2, 0.9, 0.0)
+    model.train()
+    train(model, opt, plan, step, work, torch.device("cpu"), progress=False)
+    return model
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    straight = _toy_training(tmp_path / "a", None)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_training(tmp_path / "b", 10)  # killed after the checkpoint of step 8
+    assert (tmp_path / "b" / STATE_NAME).is_file()
+    resumed = _toy_training(tmp_path / "b", None)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_training_plan_batches_are_a_function_of_seed_and_step() -> None:
+    plan = TrainingPlan(np.arange(10, 30), epochs=2, batch_size=6, seed=3, checkpoint_every=1)
+    assert plan.steps_per_epoch == 4 and plan.total_steps == 8
+    first = np.concatenate([plan.batch(s) for s in range(4)])
+    assert sorted(first.tolist()) == list(range(10, 30))
+    assert np.array_equal(plan.batch(5), TrainingPlan(np.arange(10, 30), 2, 6, 3, 1).batch(5))
+    assert not np.array_equal(plan.batch(0), plan.batch(4))  # a new order every epoch
+
+
+def test_rrclarc_step_removes_the_shortcut_of_the_tiny_model(tmp_path: Path) -> None:
+    from tests.test_correct_world import flip_rate, make_images, train_tiny
+
+    images, labels, planted = make_images(0)
+    model = train_tiny(images, labels, 0)
+    cls = np.flatnonzero(labels == 1)
+    with torch.no_grad():
+        a = model.features(to_input(images))
+    diff = a[cls[planted[cls]]].mean(0) - a[cls[~planted[cls]]].mean(0)
+    v = (diff / diff.norm()).flatten()
+    fixed = copy.deepcopy(model)
+    scope = set_scope(fixed, "features", "after_layer", to_input(images[:2]))
+    opt = make_optimizer(scope.parameters, "adam", 5e-3, 0.9, 0.0)
+    x, y = to_input(images), torch.from_numpy(labels)
+
+    def step(rows: np.ndarray, i: int) -> dict[str, torch.Tensor]:
+        act = fixed.features(x[rows]).detach().requires_grad_(True)
+        logits = fixed.classifier(act)
+        (g,) = torch.autograd.grad(rr_output(logits, y[rows], "random_sign", 1).sum(), act, create_graph=True)
+        rr = rr_penalty(g, v, "position")
+        ce = nn.functional.cross_entropy(logits, y[rows])
+        return {"loss": ce + 100.0 * rr, "rr": rr.detach()}
+
+    plan = TrainingPlan(np.arange(len(x)), epochs=6, batch_size=32, seed=0, checkpoint_every=100)
+    train(fixed, opt, plan, step, tmp_path, torch.device("cpu"), progress=False)
+    fixed.eval()
+    before, after = flip_rate(model, images, labels), flip_rate(fixed, images, labels)
+    assert before > 0.5 and after < 0.2 * before
+
+
+def test_cosine_learning_rate_goes_from_the_base_rate_to_zero() -> None:
+    plan = TrainingPlan(np.arange(100), epochs=2, batch_size=10, seed=0, checkpoint_every=5)
+    assert plan.lr_factor(0) == 1.0 and plan.lr_factor(plan.total_steps // 2) == pytest.approx(0.5)
+    assert plan.lr_factor(plan.total_steps - 1) < 0.01
+    assert TrainingPlan(np.arange(100), 2, 10, 0, 5, schedule="constant").lr_factor(15) == 1.0

@@ -1,0 +1,164 @@
+"""A correction run end to end on the tiny world: published once, idempotent, resumable, readable back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spray.config import load_config
+from spray.correct.html import render_correction_html
+from spray.correct.record import CorrectionRecord
+from spray.correct.rrclarc import RightReasonLoss
+from spray.correct.run import correct, corrections_for, list_corrections
+from spray.models import build_model
+from tests.test_correct_world import TARGET, World, build_world, flip_rate, to_input
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> World:
+    world = build_world(tmp_path_factory.mktemp("run"))
+    from spray.audit import audit
+
+    audit(load_config(world.config), progress=False)
+    return world
+
+
+def _copy(world: World, dest: Path) -> World:
+    shutil.copytree(world.root, dest, symlinks=True)
+    return World(dest, dest / "audit.yaml", dest / "runs" / "flags.sqlite", dest / "runs", world.images,
+                 world.labels, world.planted, world.model)  # fmt: skip
+
+
+def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: Path) -> None:
+    world = _copy(audited, tmp_path / "w")
+    cfg = load_config(world.config)
+    cfg.correction.method = "pclarc"
+    first = correct(cfg, progress=False)
+    assert not first.up_to_date and first.folder.parent == world.runs_dir / "corrections"
+    rec = first.record
+    assert rec.group.class_index == TARGET and rec.group.n_flagged == int(world.planted.sum())
+    assert rec.direction.separation.auroc > 0.95
+    assert rec.evaluation.before.flip_rate > 0.5 and rec.evaluation.after.flip_rate < 0.1
+    assert rec.evaluation.region_source == "stamp" and rec.evaluation.region_box == [0, 0, 3, 3]
+    assert rec.reaudit is not None and rec.reaudit.before.suspicious and rec.reaudit.before.jaccard > 0.9
+    assert rec.verdict.finding_cleared is True
+    # the record round-trips through its JSON, typed
+    assert CorrectionRecord.read(first.folder) == rec
+    # the written config rebuilds the corrected model (user's checkpoint untouched)
+    corrected = build_model(load_config(first.folder / "config.yaml").model)
+    assert flip_rate(corrected, world.images, world.labels) < 0.1
+    assert flip_rate(world.model, world.images, world.labels) > 0.5
+    assert (first.folder / "reaudit" / "latest" / "summary.json").is_file()
+    assert not (first.folder / "reaudit" / ".cache").exists()
+    assert "P-ClArC" in (first.folder / "report.html").read_text()
+    assert "paste flip rate" in render_correction_html(rec, first.folder)
+    # the same request again is a no-op; other flags make another correction
+    again = correct(cfg, progress=False)
+    assert again.up_to_date and again.folder == first.folder
+    assert len(list_corrections(world.runs_dir)) == 1
+    found = corrections_for(world.runs_dir, rec.source_run_id)
+    assert [(c.folder, c.record) for c in found] == [(first.folder, rec)]
+    assert corrections_for(world.runs_dir, "another run") == []
+    _dashboard_shows(world.runs_dir, first.folder)
+
+
+def _dashboard_shows(runs_dir: Path, folder: Path) -> None:
+    """The dashboard's Corrections page lists the published correction and shows its comparison."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+    saved = os.environ.get("SPRAY_RUNS_DIR")
+    os.environ["SPRAY_RUNS_DIR"] = str(runs_dir)
+    try:
+        at = AppTest.from_file(app, default_timeout=60).run()
+        at.switch_page("views/corrections.py").run()
+    finally:
+        if saved is None:
+            os.environ.pop("SPRAY_RUNS_DIR", None)
+        else:
+            os.environ["SPRAY_RUNS_DIR"] = saved
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="corr_pick").value == folder.name
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["pclarc"] and list(table["re-audit"]) == ["cleared"]
+    page = "\n".join(str(h.value) for h in at.get("html"))
+    assert "paste flip rate" in page and "P-ClArC" in page
+
+
+def _killing_step(at: int) -> object:
+    original = RightReasonLoss.__call__
+
+    def step(self: RightReasonLoss, rows: np.ndarray, i: int) -> dict[str, torch.Tensor]:
+        if i == at:
+            raise KeyboardInterrupt
+        return original(self, rows, i)
+
+    return step
+
+
+def test_a_killed_rrclarc_run_resumes_to_the_same_model(
+    audited: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = _copy(audited, tmp_path / "a"), _copy(audited, tmp_path / "b")
+    cfg_a, cfg_b = load_config(a.config), load_config(b.config)
+    for c in (cfg_a, cfg_b):
+        c.correction.method = "rrclarc"
+        c.correction.reaudit = False
+    straight = correct(cfg_a, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(RightReasonLoss, "__call__", _killing_step(12))
+        with pytest.raises(KeyboardInterrupt):
+            correct(cfg_b, progress=False)
+    assert list_corrections(b.runs_dir) == []  # nothing half-done is published
+    resumed = correct(cfg_b, progress=False)
+    assert resumed.record.training is not None and resumed.record.training.resumed_from == 10
+    sa = torch.load(straight.folder / "model.pt")
+    sb = torch.load(resumed.folder / "model.pt")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    rec = straight.record
+    assert (
+        rec.training is not None and rec.training.steps == 4 * 6
+    )  # the world: 4 epochs, 192 samples, batch 32
+    assert rec.trained_modules == ["classifier.1", "classifier.3"]
+    assert rec.evaluation.after.flip_rate < 0.25 * rec.evaluation.before.flip_rate
+    with torch.no_grad():
+        corrected = build_model(load_config(straight.folder / "config.yaml").model)
+        assert corrected(to_input(a.images[:4])).shape == (4, 3)
+
+
+def test_retrain_baseline_drops_the_flagged_samples(audited: World, tmp_path: Path) -> None:
+    world = _copy(audited, tmp_path / "r")
+    cfg = load_config(world.config)
+    cfg.correction.method = "retrain"
+    cfg.correction.reaudit = False
+    cfg.correction.retrain_epochs = 10
+    cfg.correction.retrain_lr = 5e-3
+    out = correct(cfg, progress=False)
+    rec = out.record
+    from spray.correct.plan import plan_correction
+
+    plan = plan_correction(cfg)
+    kept = np.setdiff1d(plan.train_rows, plan.group.flagged_rows)
+    assert rec.training is not None and rec.training.samples == 10 * len(kept)
+    assert not np.isin(kept, np.flatnonzero(world.planted)).any()
+    assert rec.evaluation.after.flip_rate < 0.25 * rec.evaluation.before.flip_rate
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_rrclarc_on_the_gpu_matches_the_cpu(audited: World, tmp_path: Path) -> None:
+    outs = {}
+    for device in ("cpu", "cuda"):
+        world = _copy(audited, tmp_path / device)
+        cfg = load_config(world.config)
+        cfg.correction.reaudit = False
+        outs[device] = correct(cfg, device=device, progress=False).record.evaluation.after
+    assert abs(outs["cpu"].flip_rate - outs["cuda"].flip_rate) < 0.05
+    assert abs(outs["cpu"].relevance_share - outs["cuda"].relevance_share) < 0.02
