@@ -5,37 +5,45 @@ Rules this module enforces for every page:
 - only published runs are opened (:func:`spray.runs.storage.list_runs`), read-only, through readers cached by
   run path (runs never change after publishing, so the path is a complete cache key);
 - nothing is recomputed: clusters, labellings for every k, embeddings and scores come from the run files;
-- the only thing written is the flag database, which lives outside every run folder.
+- the only thing written is the flag database, which lives outside every run folder;
+- a run file that cannot be read raises :class:`RunFileError` (the app shows its message on that page
+  only, never a traceback); a run whose summary.json cannot be read is listed as unreadable with its
+  reason (:func:`runs_overview`) while the other runs work.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
+import safetext
 import streamlit as st
+import urlstate
 
 from spray import imaging
-from spray.flags import STATUSES, FlagStore, default_db_path
+from spray.errors import SprayError
+from spray.flags import default_db_path
 from spray.runs.storage import RunData, list_runs
 
 log = logging.getLogger("spray.dashboard")
 
-PAGE_SIZE = 100
 DASHBOARD_DIR = Path(__file__).resolve().parent
 PAGES = {
     "overview": "views/overview.py",
     "class": "views/class_view.py",
     "cluster": "views/cluster.py",
+    "sample": "views/sample.py",
     "flags": "views/flags.py",
 }
 HOW_TO_MAKE_A_RUN = (
@@ -54,6 +62,7 @@ def _cli_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--runs-dir")
     p.add_argument("--flags-db")
+    p.add_argument("--data-root")
     args, _ = p.parse_known_args(sys.argv[1:])
     return args
 
@@ -69,15 +78,58 @@ def flags_db_path() -> Path:
     return Path(p).resolve() if p else default_db_path(runs_dir())
 
 
-@st.cache_resource(show_spinner=False)
-def flag_store(path: str) -> FlagStore:
-    """One store object per database (it opens a connection per call, so sessions can share it)."""
-    return FlagStore(path)
+def data_root() -> Path | None:
+    """Folder the sample ids are relative to (``--data-root`` / ``$SPRAY_DATA_ROOT``), if given."""
+    p = _cli_args().data_root or os.environ.get("SPRAY_DATA_ROOT")
+    return Path(p).resolve() if p else None
 
 
-def store() -> FlagStore:
-    """The flag store of this dashboard."""
-    return flag_store(str(flags_db_path()))
+# ---------------------------------------------------------------------------------------------------------
+# Run files that cannot be read
+
+
+class RunFileError(SprayError):
+    """A file of a published run cannot be read (missing, truncated, not what spray writes)."""
+
+    def __init__(self, run: str, file: str, reason: str) -> None:
+        self.run, self.file, self.reason = run, file, reason
+        super().__init__(
+            f"Run {run}: {file} cannot be read ({reason}). This view needs it; the run's other views may "
+            "still work. Re-run the audit to rewrite the run (published runs are never repaired in place)."
+        )
+
+
+# Errors numpy, pyarrow and json raise on missing, truncated or foreign files (ArrowInvalid is a ValueError).
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reason(err: BaseException, run_path: str) -> str:
+    """The error without server paths (a browser shows it)."""
+    if isinstance(err, FileNotFoundError):
+        return "the file is missing"
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    text = text.replace(str(Path(run_path).resolve()), "<run>").replace(run_path, "<run>")
+    return f"{type(err).__name__}: {text}"[:300]
+
+
+def reading(file: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Turn a reader's failure into :class:`RunFileError` naming ``file`` (its first argument is the run path)."""
+
+    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return fn(*args, **kwargs)
+            except _READ_ERRORS as err:
+                path = str(args[0])
+                name = file.format(*args[1:]) if "{" in file else file
+                raise RunFileError(Path(path).name, name, _reason(err, path)) from None
+
+        return inner
+
+    return wrap
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,34 +143,107 @@ def published_runs(runs: str) -> list[str]:
     return [p.name for p in list_runs(runs) if not p.is_symlink()]
 
 
+def runs_overview(runs: str) -> tuple[list[str], dict[str, str]]:
+    """``(readable run names newest first, {unreadable run name: reason})``: one bad run hides no other."""
+    good, bad = [], {}
+    for name in published_runs(runs):
+        try:
+            run_data(str(Path(runs) / name))
+        except RunFileError as err:
+            bad[name] = f"{err.file}: {err.reason}"
+            continue
+        good.append(name)
+    return good, bad
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
+def _run_data(path: str) -> RunData:
+    data = RunData.open(path)
+    s = data.summary
+    if not isinstance(s, dict) or not isinstance(s.get("findings", []), list):
+        raise ValueError("not a spray summary (no list of findings)")
+    if not isinstance(s.get("classes", []), list):
+        raise ValueError("not a spray summary (no list of classes)")
+    return data
+
+
+@reading("summary.json")
 def run_data(path: str) -> RunData:
     """The parsed summary of a run."""
-    return RunData.open(path)
+    return _run_data(path)
 
 
+@reading("samples.parquet")
 @st.cache_resource(show_spinner=False, max_entries=8)
 def samples(path: str) -> pd.DataFrame:
     """samples.parquet (shared between sessions: treat as read-only)."""
     return run_data(path).samples()
 
 
+@reading("samples.parquet")
+@st.cache_resource(show_spinner=False, max_entries=8)
+def sample_index(path: str) -> pd.Index:
+    """``sample_id`` → row position, as an index (vectorised look-ups of many ids)."""
+    return pd.Index(samples(path)["sample_id"].astype(str))
+
+
+def rows_of(path: str, sample_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Rows of these samples in this run, and the ids the run does not have."""
+    pos = sample_index(path).get_indexer(pd.Index([str(s) for s in sample_ids]))
+    missing = [s for s, p in zip(sample_ids, pos, strict=True) if p < 0]
+    return pos[pos >= 0].astype(np.int64), missing
+
+
+@reading("heatmaps.npy")
 @st.cache_resource(show_spinner=False, max_entries=8)
 def heatmaps(path: str) -> np.ndarray:
     """heatmaps.npy, memory-mapped."""
-    return run_data(path).heatmaps()
+    h = run_data(path).heatmaps()
+    if h.ndim != 3 or len(h) != len(samples(path)):
+        raise ValueError(
+            f"shape {h.shape} does not match the {len(samples(path))} samples of samples.parquet"
+        )
+    return h
 
 
+@reading("thumbs.npy")
 @st.cache_resource(show_spinner=False, max_entries=8)
 def thumbs(path: str) -> np.ndarray | None:
     """thumbs.npy, memory-mapped, or None."""
     return run_data(path).thumbs()
 
 
+@reading("relevance_full.npy")
+@st.cache_resource(show_spinner=False, max_entries=8)
+def full_relevance(path: str) -> np.ndarray | None:
+    """relevance_full.npy ``(N, C, H, W)`` float16, memory-mapped, when the run kept full-resolution maps."""
+    p = Path(path) / "relevance_full.npy"
+    return np.load(p, mmap_mode="r") if p.exists() else None
+
+
+def original_file(sample_id: str) -> Path | None:
+    """The sample's original image under ``--data-root`` (image folders: the id is the relative path).
+
+    None without a data root, or when the id leads outside the root (``..``, absolute ids) or to no file.
+    """
+    root = data_root()
+    if root is None:
+        return None
+    p = (root / sample_id).resolve()
+    if not p.is_relative_to(root) or not p.is_file():
+        return None
+    return p
+
+
+@reading("classes/{0}.npz")
 @st.cache_resource(show_spinner=False, max_entries=64)
 def class_arrays(path: str, class_index: int) -> dict[str, np.ndarray]:
     """classes/<c>.npz of a run."""
-    return run_data(path).class_arrays(class_index)
+    arr = run_data(path).class_arrays(class_index)
+    for name in ("rows", "embedding", "eigenvalues"):
+        if name not in arr:
+            raise KeyError(f"it has no {name!r} array")
+    return arr
 
 
 def available_ks(arrays: dict[str, np.ndarray]) -> list[int]:
@@ -145,9 +270,23 @@ def finding_by_key(path: str, key: str) -> dict[str, Any] | None:
 
 
 def parse_cluster_key(key: str) -> tuple[int, int, int]:
-    """``"6/k5/c4"`` → ``(6, 5, 4)``."""
-    c, k, cid = key.split("/")
-    return int(c), int(k[1:]), int(cid[1:])
+    """``"6/k5/c4"`` → ``(6, 5, 4)``; ValueError when ``key`` is not of that form."""
+    parts = str(key).split("/")
+    if len(parts) != 3 or not parts[1].startswith("k") or not parts[2].startswith("c"):
+        raise ValueError(f"{key!r} is not a cluster key (class/k<k>/c<cluster>, e.g. 6/k5/c4)")
+    return int(parts[0]), int(parts[1][1:]), int(parts[2][1:])
+
+
+def cluster_exists(path: str, key: str) -> bool:
+    """Whether the run has this cluster: its class was analysed, its k is stored and the id occurs at that k."""
+    try:
+        c, k, cid = parse_cluster_key(key)
+    except ValueError:
+        return False
+    if c not in {int(e["class_index"]) for e in run_data(path).summary.get("classes", [])}:
+        return False
+    lab = class_arrays(path, c).get(f"labels_k{k}")
+    return lab is not None and bool(np.any(lab == cid))
 
 
 def cluster_rows(path: str, key: str) -> np.ndarray:
@@ -214,7 +353,7 @@ def previous_run(runs: str, run_name: str, dataset: str) -> str | None:
         try:
             if dataset_key(run_data(str(Path(runs) / older)).summary) == dataset:
                 return older
-        except (OSError, json.JSONDecodeError):
+        except (RunFileError, json.JSONDecodeError):
             continue
     return None
 
@@ -280,79 +419,32 @@ def compare_runs(path: str, prev_path: str, min_jaccard: float = 0.3, grow: floa
 
 
 # ---------------------------------------------------------------------------------------------------------
-# URL state
-#
-# The canonical view state lives in session state (it survives page switches, which drop query
-# parameters). Each page mirrors its part into st.query_params so the URL addresses the view, and a URL
-# value the session has not seen yet (a pasted link, a page_link's query_params) wins over the state.
-
-
-def nav() -> dict[str, str]:
-    """The session's view state (``run``, ``cls``, ``k``, ``cluster``, ``page``, ...)."""
-    return st.session_state.setdefault("_nav", {})
-
-
-def pull_url(names: Sequence[str]) -> dict[str, str]:
-    """Take values from the URL that this session has not applied yet."""
-    state = nav()
-    seen = st.session_state.setdefault("_nav_seen", {})
-    for name in names:
-        v = st.query_params.get(name)
-        if v is not None and seen.get(name) != v:
-            state[name] = v
-            seen[name] = v
-    return state
-
-
-def push_url(**values: Any) -> None:
-    """Make the URL show exactly these view values (None drops a key)."""
-    state = nav()
-    seen = st.session_state.setdefault("_nav_seen", {})
-    want = {k: str(v) for k, v in values.items() if v is not None}
-    for k, v in want.items():
-        state[k] = v
-        seen[k] = v
-    if dict(st.query_params) != want:
-        st.query_params.from_dict(want)
-
-
-def nav_select(
-    label: str,
-    options: Sequence[Any],
-    name: str,
-    *,
-    default: Any = None,
-    format_func: Callable[[Any], str] = str,
-    container: Any = None,
-    **kwargs: Any,
-) -> Any:
-    """A selectbox whose value is the view state ``name`` (and so the URL parameter ``name``)."""
-    if not options:
-        return None
-    state = nav()
-    as_str = [str(o) for o in options]
-    cur = state.get(name)
-    if cur not in as_str:
-        cur = str(default) if default is not None and str(default) in as_str else as_str[0]
-        state[name] = cur
-    wkey = f"w_{name}"
-    st.session_state[wkey] = options[as_str.index(cur)]
-
-    def changed() -> None:
-        state[name] = str(st.session_state[wkey])
-
-    box = container if container is not None else st
-    return box.selectbox(label, options, key=wkey, format_func=format_func, on_change=changed, **kwargs)
+# Which run
 
 
 def current_run() -> tuple[str, str] | None:
-    """``(runs_dir, run folder name)`` of the picked run (the sidebar picker sets it), or None."""
-    r = nav().get("run")
+    """``(runs_dir, run folder name)`` of the picked run (the sidebar picker sets it), or None.
+
+    A run named in the URL that is not there, or cannot be read, stops the page with "not found" /
+    the reason (never silently another run).
+    """
     runs = str(runs_dir())
-    if r and r in published_runs(runs):
+    good, bad = runs_overview(runs)
+    r = urlstate.nav().get("run")
+    if r and r in good:
         return runs, r
-    names = published_runs(runs)
-    return (runs, names[0]) if names else None
+    if r and r in bad:
+        urlstate.nav().pop("run", None)
+        st.error(
+            f"Run {safetext.code(r)} cannot be read: {safetext.md(bad[r])}. Pick another run in the sidebar."
+        )
+        st.stop()
+    if r:
+        urlstate.nav().pop("run", None)
+        not_found(
+            f"run {safetext.code(r)}", f"there is no published run of that name in {safetext.code(runs)}"
+        )
+    return (runs, good[0]) if good else None
 
 
 def require_run() -> tuple[str, dict[str, Any]]:
@@ -365,199 +457,8 @@ def require_run() -> tuple[str, dict[str, Any]]:
     return path, run_data(path).summary
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Selections
-
-
-def selection_positions(event: Any, traces: Sequence[np.ndarray]) -> list[int]:
-    """Positions selected in a map drawn as several traces, from a plotly selection event (dict-style).
-
-    ``traces[c]`` holds the positions (into the class arrays) of trace ``c``'s points, in plot order, so
-    a selected point ``(curve_number c, point_index i)`` is ``traces[c][i]``. Curves beyond ``traces``
-    (a colour-bar trace) and out-of-range indices (a stale selection) are ignored. With one trace, the
-    event's ``point_indices`` serve when the per-point list is absent.
-    """
-    if not event:
-        return []
-    try:
-        sel = event["selection"]
-    except (KeyError, TypeError):
-        return []
-    points = sel.get("points") if hasattr(sel, "get") else None
-    out: set[int] = set()
-    if points:
-        for p in points:
-            c = int(p.get("curve_number", 0) or 0)
-            idx = p.get("point_index", p.get("point_number"))
-            if idx is None or not 0 <= c < len(traces) or not 0 <= int(idx) < len(traces[c]):
-                continue
-            out.add(int(traces[c][int(idx)]))
-    elif len(traces) == 1:
-        n = len(traces[0])
-        out = {int(traces[0][i]) for i in (int(i) for i in (sel.get("point_indices") or [])) if 0 <= i < n}
-    return sorted(out)
-
-
-def decode_customdata(value: Any) -> str | None:
-    """customdata may come back as ``[id]``, ``{'0': id}`` or ``id``."""
-    if isinstance(value, dict):
-        value = value.get("0", next(iter(value.values()), None))
-    if isinstance(value, list | tuple):
-        value = value[0] if value else None
-    return None if value is None else str(value)
-
-
-def set_selection(run: str, rows: Sequence[int], source: str) -> None:
-    """Remember a selection (global rows of one run) for the Cluster / selection page."""
-    st.session_state["selection"] = {"run": run, "rows": [int(r) for r in rows], "source": source}
-
-
-def get_selection(run: str) -> dict[str, Any] | None:
-    """The remembered selection if it belongs to this run."""
-    sel = st.session_state.get("selection")
-    return sel if sel and sel.get("run") == run and sel.get("rows") else None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Widgets
-
-
-def flag_controls(
-    *,
-    dataset: str,
-    sample_ids: Sequence[str],
-    run_id: str,
-    cluster_key: str | None,
-    source: str,
-    key: str,
-    reset_keys: Sequence[str] = (),
-) -> None:
-    """Flag / unflag the given samples with a status and a note (one action = one transaction).
-
-    After saving, the page reruns so every table on it shows the new state; ``reset_keys`` (e.g. a table
-    selection whose row positions the change would invalidate) are cleared first.
-    """
-    n = len(sample_ids)
-    with st.form(key=f"flagform_{key}", border=True):
-        st.markdown(f"**Flag {n:,} samples** ({source})")
-        c1, c2 = st.columns([1, 2])
-        status = c1.radio("Status", [*STATUSES, "unflag"], horizontal=False, key=f"flag_status_{key}")
-        note = c2.text_area(
-            "Note", key=f"flag_note_{key}", height=90, placeholder="why (kept in the history)"
-        )
-        submitted = st.form_submit_button("Apply", type="primary", disabled=n == 0)
-    if submitted and n:
-        s = store()
-        if status == "unflag":
-            s.unflag(dataset, sample_ids, note, run_id=run_id, source=source)
-        else:
-            s.flag(dataset, sample_ids, status, note, run_id=run_id, cluster_key=cluster_key, source=source)
-        st.session_state["_last_flag"] = f"{status}: {n:,} samples ({source})"
-        for k in reset_keys:
-            st.session_state.pop(k, None)
-        st.rerun()
-    if st.session_state.get("_last_flag"):
-        st.success(f"Saved — {st.session_state['_last_flag']}")
-
-
-def render_grid(
-    path: str,
-    rows: np.ndarray,
-    *,
-    mode: str,
-    cmap: str,
-    page: int,
-    page_size: int = PAGE_SIZE,
-    width: int = 96,
-) -> pd.DataFrame:
-    """Show one page of samples as a single ``st.image(list)`` call; return that page's table."""
-    rows = np.asarray(rows, dtype=np.int64)
-    lo = (page - 1) * page_size
-    page_rows = rows[lo : lo + page_size]
-    if len(page_rows) == 0:
-        st.caption("No samples.")
-        return pd.DataFrame()
-    order = np.argsort(page_rows)  # memory-mapped reads in ascending order, then back to display order
-    sorted_rows = page_rows[order]
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    heat = np.asarray(heatmaps(path)[sorted_rows])[inv]
-    th = thumbs(path)
-    imgs = None if th is None else np.asarray(th[sorted_rows])[inv]
-    size = max(width, imgs.shape[1] if imgs is not None else 0)
-    pics = imaging.render(mode, heat, imgs, cmap, size=size)
-    table = samples(path).iloc[page_rows]
-    captions = [
-        f"{sid} · {ln}→{pn} {conf:.2f}"
-        for sid, ln, pn, conf in zip(
-            table["sample_id"],
-            table["label_name"],
-            table["prediction_name"],
-            table["confidence"],
-            strict=True,
-        )
-    ]
-    st.image(list(pics), caption=captions, width=width)
-    return table
-
-
-def grid_controls(key: str) -> tuple[str, str]:
-    """View mode and colour-map pickers for a sample grid."""
-    c1, c2 = st.columns([2, 1])
-    mode = c1.segmented_control(
-        "Show", ["overlay", "heatmap", "input"], default="overlay", key=f"{key}_mode", required=True
-    )
-    cmap = c2.selectbox(
-        "Colour map",
-        list(imaging.COLORMAPS),
-        index=list(imaging.COLORMAPS).index(imaging.DEFAULT_COLORMAP),
-        key=f"{key}_cmap",
-    )
-    return str(mode or "overlay"), str(cmap)
-
-
-def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE) -> int:
-    """Pagination over ``n_rows`` (page number mirrored in the view state ``page``)."""
-    n_pages = max(1, -(-n_rows // page_size))
-    state = nav()
-    try:
-        cur = min(max(1, int(state.get("page", 1))), n_pages)
-    except ValueError:
-        cur = 1
-    wkey = f"{key}_page"
-
-    def changed() -> None:
-        state["page"] = str(st.session_state[wkey])
-
-    if n_pages > 1:
-        # First render: the URL's page is the default; later: the view state drives the widget.
-        if wkey in st.session_state:
-            st.session_state[wkey] = cur
-            st.pagination(n_pages, key=wkey, on_change=changed, max_visible_pages=9)
-        else:
-            st.pagination(n_pages, default=cur, key=wkey, on_change=changed, max_visible_pages=9)
-    state["page"] = str(cur)
-    return cur
-
-
-def member_table(table: pd.DataFrame, flags: dict[str, str], key: str) -> list[int]:
-    """The page's samples as a table (click rows for details); returns the selected table positions."""
-    if table.empty:
-        return []
-    view = table[["sample_id", "label_name", "prediction_name", "confidence", "score"]].copy()
-    view.insert(1, "flag", [flags.get(s, "") for s in view["sample_id"]])
-    ev = st.dataframe(
-        view,
-        hide_index=True,
-        on_select="rerun",
-        selection_mode="multi-row",
-        key=key,
-        height=260,
-        column_config={
-            "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0)
-        },
-    )
-    try:
-        return list(ev["selection"]["rows"])  # type: ignore[index]
-    except (KeyError, TypeError):
-        return []
+def not_found(what: str, why: str) -> None:
+    """Stop the page: a link that does not resolve says so instead of showing something else."""
+    st.error(f"**Not found**: {what} — {why}.")
+    st.page_link(PAGES["overview"], label="Back to the overview", icon=":material/leaderboard:")
+    st.stop()

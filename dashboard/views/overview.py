@@ -6,8 +6,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import common
+import flagform
 import pandas as pd
+import safetext
 import streamlit as st
+import urlstate
+
+from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
 
 st.title("Suspicious clusters")
 cur = common.current_run()
@@ -18,53 +23,65 @@ runs, run = cur
 path = str(Path(runs) / run)
 summary = common.run_data(path).summary
 dataset = common.dataset_key(summary)
-common.push_url(run=run)
-
 found = common.findings(path)
-m = st.columns(5)
-m[0].metric("Samples", f"{summary.get('n_samples', 0):,}")
-m[1].metric("Classes analysed", len(summary.get("classes", [])))
-m[2].metric("Clusters scored", len(found))
-m[3].metric("Suspicious", sum(bool(f["suspicious"]) for f in found))
-counts = common.store().counts(dataset)
-m[4].metric("Flagged (unlearn)", f"{counts.get('unlearn', 0):,}")
-st.caption(f"Run `{summary.get('run_id', '')[:12]}` of dataset `{dataset}` · {common.run_label(run)}")
+
+
+@st.fragment(run_every=flagform.REFRESH_S)
+def metrics() -> None:
+    """The run's figures; the flag count is re-read every few seconds."""
+    m = st.columns(5)
+    m[0].metric("Samples", f"{summary.get('n_samples', 0):,}")
+    m[1].metric("Classes analysed", len(summary.get("classes", [])))
+    m[2].metric("Clusters scored", len(found))
+    m[3].metric("Suspicious", sum(bool(f["suspicious"]) for f in found))
+    m[4].metric("Flagged (unlearn)", f"{flagform.counts(dataset).get('unlearn', 0):,}")
+
+
+metrics()
+st.caption(
+    f"Run {safetext.code(summary.get('run_id', '')[:12])} of dataset {safetext.code(dataset)} · "
+    f"{safetext.md(common.run_label(run))}"
+)
 
 c1, c2, c3 = st.columns([1, 1, 2])
-only_susp = c1.toggle("Suspicious only", value=False, key="ov_only_suspicious")
-top = c2.number_input(
-    "Show top",
-    min_value=5,
-    max_value=max(5, len(found)),
-    value=min(25, max(5, len(found))),
-    step=5,
-    key="ov_top",
+only_susp = urlstate.nav_widget(
+    c1.toggle, "Suspicious only", "susp", default=False, parse=urlstate.parse_bool
 )
-cmap = c3.selectbox("Heatmap colours", list(common.imaging.COLORMAPS), key="ov_cmap")
+top = urlstate.nav_widget(
+    c2.number_input, "Show top", "top", default=min(25, max(5, len(found))), parse=int,
+    valid=lambda v: 5 <= v <= max(5, len(found)), min_value=5, max_value=max(5, len(found)), step=5,
+)  # fmt: skip
+cmap = urlstate.nav_widget(
+    c3.selectbox, "Heatmap colours", "cmap", default=DEFAULT_COLORMAP, valid=lambda v: v in COLORMAPS,
+    options=list(COLORMAPS),
+)  # fmt: skip
+urlstate.push_url(
+    run=run, susp=int(only_susp) or None, top=top, cmap=cmap if cmap != DEFAULT_COLORMAP else None
+)
 
-flagged = common.store().status_of(dataset)
+flagged = flagform.status_of(dataset)
 shown = [f for f in found if f["suspicious"] or not only_susp][: int(top)]
 table = pd.DataFrame(
     {
         "rank": [f.get("rank", i + 1) for i, f in enumerate(shown)],
         "heatmap": [common.mean_heatmap_uri(path, f["key"], cmap) for f in shown],
         "score": [f["score"] for f in shown],
-        "class": [f"{f['class_index']} · {f['class_name']}" for f in shown],
+        "class": [safetext.plain(f"{f['class_index']} · {f['class_name']}") for f in shown],
         "size": [f["size"] for f in shown],
         "share": [f["fraction"] for f in shown],
         "suspicious": [bool(f["suspicious"]) for f in shown],
         "flagged": [sum(1 for s in f["member_ids"] if s in flagged) for f in shown],
-        "evidence": [(f["evidence"] or [""])[0] for f in shown],
+        "evidence": [safetext.plain(" ▸ ".join(f["evidence"]), limit=2000) for f in shown],
         "open": ["cluster?" + urlencode({"run": run, "cluster": f["key"]}) for f in shown],
         "key": [f["key"] for f in shown],
     }
 )
-st.caption("Click a row to open the cluster; the `open` link is shareable.")
+st.caption("Click any cell of a row to open that cluster (the `open ↗` link opens it in a new tab).")
 ev = st.dataframe(
     table,
     hide_index=True,
     on_select="rerun",
-    selection_mode="single-row",
+    selection_mode=["single-cell", "single-row"],
     key="ov_findings",
     row_height=60,
     height=min(60 * len(table) + 40, 700),
@@ -74,25 +91,45 @@ ev = st.dataframe(
         "share": st.column_config.ProgressColumn(
             "share of class", min_value=0.0, max_value=1.0, format="percent"
         ),
-        "evidence": st.column_config.TextColumn("evidence", width="large"),
+        "evidence": st.column_config.TextColumn("evidence (all lines)", width="large"),
         "open": st.column_config.LinkColumn("link", display_text="open ↗"),
         "key": st.column_config.TextColumn("cluster key"),
     },
 )
-picked = list(ev["selection"]["rows"]) if ev and ev["selection"] else []
-if picked:
+picked: list[int] = []
+if ev and ev["selection"]:
+    picked = list(ev["selection"].get("rows", [])) + [int(c[0]) for c in ev["selection"].get("cells", [])]
+if picked and 0 <= picked[0] < len(table):
     key = table["key"].iloc[picked[0]]
     st.switch_page(common.PAGES["cluster"], query_params={"run": run, "cluster": key})
+
+if shown:
+    st.subheader("Evidence in full")
+    for i, f in enumerate(shown[: min(len(shown), 10)]):
+        title = (
+            f"#{f.get('rank', i + 1)} · {safetext.md(f['class_name'])} · {safetext.code(f['key'])} · "
+            f"score {float(f['score']):.2f}{' · suspicious' if f['suspicious'] else ''}"
+        )
+        with st.expander(title, expanded=i == 0):
+            st.markdown(
+                "\n".join(f"- {safetext.md(line)}" for line in f["evidence"]) or "No evidence recorded."
+            )
+            st.page_link(
+                common.PAGES["cluster"],
+                label=f"Open cluster {safetext.md(f['key'])} ({int(f['size']):,} samples)",
+                query_params={"run": run, "cluster": f["key"]},
+                icon=":material/grid_view:",
+            )
 
 st.subheader("Since the previous run")
 if isinstance(summary.get("changes"), dict) and summary["changes"]:
     # Written by the nightly job: show what it recorded.
     for name, items in summary["changes"].items():
         if isinstance(items, list) and items:
-            st.markdown(f"**{name}** ({len(items)})")
+            st.markdown(f"**{safetext.md(name)}** ({len(items)})")
             st.dataframe(pd.DataFrame(items), hide_index=True, key=f"ov_changes_{name}")
         elif not isinstance(items, list):
-            st.caption(f"{name}: {items}")
+            st.caption(f"{safetext.md(name)}: {safetext.md(items)}")
 else:
     prev = common.previous_run(runs, run, dataset)
     if prev is None:
@@ -100,8 +137,8 @@ else:
     else:
         diff = common.compare_runs(path, str(Path(runs) / prev))
         st.caption(
-            f"Compared with {common.run_label(prev)}: clusters matched within each class by member overlap "
-            "(Jaccard ≥ 0.3); grown = more than 20 % larger."
+            f"Compared with {safetext.md(common.run_label(prev))}: clusters matched within each class by member "
+            "overlap (Jaccard ≥ 0.3); grown = more than 20 % larger."
         )
         interesting = (
             diff[(diff["change"] != "same") & (diff["suspicious"] | diff["change"].isin(["new", "grown"]))]
