@@ -176,7 +176,7 @@ def flag_controls(
     seen_key = f"_seen_{key}"
     since = st.session_state.get(seen_key)
     with st.form(key=f"flagform_{key}", border=True):
-        st.markdown(f"**Flag {n:,} samples** ({safetext.md(source)})")
+        st.markdown(f"**Flag {n:,} sample{'' if n == 1 else 's'}** ({safetext.md(source)})")
         c1, c2 = st.columns([1, 2])
         status = c1.radio("Decision", [*STATUSES, "unflag"], index=None, key=f"flag_status_{key}")
         note = c2.text_area(

@@ -12,6 +12,7 @@ import safetext
 import streamlit as st
 import urlstate
 
+from spray.errors import SprayError
 from spray.flags import EXPORT_FORMATS, MIME_TYPES, STATUSES, frame_to_bytes
 
 st.title("Flags")
@@ -47,7 +48,11 @@ st.caption(
 @st.fragment(run_every=flagform.REFRESH_S)
 def metrics() -> None:
     """Counts per status, re-read every few seconds."""
-    counts = flagform.counts(dataset)
+    try:
+        counts = flagform.counts(dataset)
+    except SprayError as err:  # inside a fragment: say it here
+        st.error(safetext.md(str(err)))
+        return
     m = st.columns(len(STATUSES))
     for i, s in enumerate(STATUSES):
         m[i].metric(s, f"{counts.get(s, 0):,}")

@@ -12,6 +12,7 @@ import safetext
 import streamlit as st
 import urlstate
 
+from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
 
 st.title("Suspicious clusters")
@@ -34,7 +35,12 @@ def metrics() -> None:
     m[1].metric("Classes analysed", len(summary.get("classes", [])))
     m[2].metric("Clusters scored", len(found))
     m[3].metric("Suspicious", sum(bool(f["suspicious"]) for f in found))
-    m[4].metric("Flagged (unlearn)", f"{flagform.counts(dataset).get('unlearn', 0):,}")
+    try:
+        flagged_now = f"{flagform.counts(dataset).get('unlearn', 0):,}"
+    except SprayError as err:  # inside a fragment: say it here (the page says it too)
+        flagged_now = "?"
+        st.error(safetext.md(str(err)))
+    m[4].metric("Flagged (unlearn)", flagged_now)
 
 
 metrics()
@@ -61,10 +67,22 @@ urlstate.push_url(
 
 flagged = flagform.status_of(dataset)
 shown = [f for f in found if f["suspicious"] or not only_susp][: int(top)]
+unreadable: dict[str, str] = {}
+
+
+def thumbnail(key: str) -> str | None:
+    """The mean heatmap of a finding; a class whose files cannot be read loses its picture, not the page."""
+    try:
+        return common.mean_heatmap_uri(path, key, cmap)
+    except common.RunFileError as err:
+        unreadable.setdefault(err.file, err.reason)
+        return None
+
+
 table = pd.DataFrame(
     {
         "rank": [f.get("rank", i + 1) for i, f in enumerate(shown)],
-        "heatmap": [common.mean_heatmap_uri(path, f["key"], cmap) for f in shown],
+        "heatmap": [thumbnail(f["key"]) for f in shown],
         "score": [f["score"] for f in shown],
         "class": [safetext.plain(f"{f['class_index']} · {f['class_name']}") for f in shown],
         "size": [f["size"] for f in shown],
@@ -76,6 +94,10 @@ table = pd.DataFrame(
         "key": [f["key"] for f in shown],
     }
 )
+for file, reason in unreadable.items():
+    st.warning(
+        f"Run {safetext.code(run)}: {safetext.code(file)} cannot be read ({safetext.md(reason)}); its findings are listed without their mean heatmap."
+    )
 st.caption("Click any cell of a row to open that cluster (the `open ↗` link opens it in a new tab).")
 ev = st.dataframe(
     table,
