@@ -8,6 +8,7 @@ writer; signal handling runs a real ``spray dashboard`` process on a real port.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +38,14 @@ PAGES = ("views/overview.py", "views/class_view.py", "views/cluster.py", "views/
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers() -> Iterator[None]:
+    """``spray.cli.main`` points the root logger at this test's captured stderr: drop it afterwards, so a
+    later test's log lines do not go to a closed stream (a "Logging error" traceback in its output)."""
+    yield
+    logging.getLogger().handlers[:] = []
 
 
 @pytest.fixture

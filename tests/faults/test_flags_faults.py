@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +23,14 @@ import pytest
 from spray.errors import DataError, LockedError
 from spray.flags import FlagConflict, FlagStore, frame_to_bytes, neutralise_formula
 from tests.faults.cli import assert_clean_failure, run_main
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers() -> Iterator[None]:
+    """``spray.cli.main`` points the root logger at this test's captured stderr: drop it afterwards, so a
+    later test's log lines do not go to a closed stream (a "Logging error" traceback in its output)."""
+    yield
+    logging.getLogger().handlers[:] = []
 
 
 @pytest.fixture
