@@ -30,7 +30,7 @@ _ANY_IDS = "s"
 def encode_ids(sample_ids: Sequence[str]) -> str:
     """A compact, URL-safe form of a set of sample ids (order is not kept)."""
     ids = sorted(set(map(str, sample_ids)))
-    if all(s.isdecimal() and (s == "0" or not s.startswith("0")) for s in ids):
+    if ids and all(s.isdecimal() and (s == "0" or not s.startswith("0")) for s in ids):
         nums = sorted(int(s) for s in ids)
         deltas = [b - a for a, b in zip([0, *nums[:-1]], nums, strict=True)]
         kind, payload = _INT_IDS, ",".join(map(str, deltas)).encode()
