@@ -19,6 +19,10 @@ from typing import Any
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~$:&=\"'^%@;,/?])")
 # Line breaks would start new Markdown blocks (a "# heading", a "> quote", a table row).
 _BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
+# GitHub-flavoured autolinks ("http://…", "www.…", "a@b.c") are found in the text after escapes are
+# resolved: an invisible word joiner (U+2060) after "://", "www" and before "@" keeps them plain text.
+_WJ = "\u2060"
+_AUTOLINK = re.compile(r"(?i)(://|\bwww(?=\.)|(?=@))")
 MAX_LABEL_CHARS = 300
 
 
@@ -27,6 +31,7 @@ def md(value: Any, *, limit: int | None = None) -> str:
     text = _BREAKS.sub(" ", str(value))
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
+    text = _AUTOLINK.sub(lambda m: m.group(1) + _WJ if m.group(1) else _WJ, text)
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 

@@ -245,18 +245,29 @@ def supervise(argv: list[str], env: dict[str, str]) -> int:
     with SIGKILL. Returns the child's exit code, ``128 + signal`` after SIGTERM / SIGHUP, 0 after Ctrl-C.
     """
 
+    watched = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def quiet() -> None:
+        # Supervisors (timeout, systemd, a terminal's Ctrl-C) signal the whole process group, often more
+        # than once: while stopping, further signals must not interrupt the stop itself.
+        for s in watched:
+            signal.signal(s, signal.SIG_IGN)
+
     def raise_stop(signum: int, _frame: FrameType | None) -> None:
+        quiet()
         raise _Stop(signum)
 
-    watched = (signal.SIGTERM, signal.SIGHUP)
     previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {
-        s: signal.signal(s, raise_stop) for s in watched
+        s: signal.getsignal(s) for s in watched
     }
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, raise_stop)
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     proc = subprocess.Popen(argv, env=env, preexec_fn=preexec)  # no threads here, so preexec_fn is safe
     try:
         return proc.wait()
     except KeyboardInterrupt:
+        quiet()
         log.info("stopping the dashboard (Ctrl-C)")
         stop_child(proc, signal.SIGINT)
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -162,7 +164,7 @@ def _serving(port: int) -> bool:
         return False
 
 
-def _start(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, port: int, **popen: Any) -> subprocess.Popen[bytes]:
     (tmp_path / "runs").mkdir(exist_ok=True)
     proc = subprocess.Popen(
         [
@@ -178,6 +180,7 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
         env=spray_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        **popen,
     )
     deadline = time.monotonic() + 90
     while not _serving(port):
@@ -211,6 +214,20 @@ def test_terminating_spray_dashboard_stops_the_server(tmp_path: Path, sig: signa
     while not _port_free(port) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _serving(port) and _port_free(port), "the Streamlit server still serves the port"
+
+
+@pytest.mark.slow
+def test_a_supervisor_signalling_the_whole_group_twice_gets_a_clean_stop(tmp_path: Path) -> None:
+    """timeout(1), systemd and a terminal's Ctrl-C signal every process of the group, often repeatedly."""
+    port = _free_port()
+    proc = _start(tmp_path, port, start_new_session=True)
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert code == 128 + signal.SIGTERM and "Traceback" not in out, out
+    assert not _serving(port)
 
 
 @pytest.mark.slow
