@@ -57,6 +57,7 @@ HOW_TO_MAKE_A_RUN = (
 # Locations
 
 
+@functools.cache
 def _cli_args() -> argparse.Namespace:
     # `streamlit run app.py -- --runs-dir X --flags-db Y` passes these to the script's sys.argv.
     p = argparse.ArgumentParser(add_help=False)
@@ -318,7 +319,10 @@ def mean_heatmap(path: str, key: str | None, rows: np.ndarray) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=2048)
 def mean_heatmap_uri(path: str, key: str, cmap: str, size: int = 56) -> str:
     """PNG data URI of a cluster's mean heatmap (for table image columns)."""
-    mh = mean_heatmap(path, key, cluster_rows(path, key))
+    c, _, _ = parse_cluster_key(key)
+    stored = class_arrays(path, c)["cluster_keys"].tolist()
+    # A scored cluster's mean is stored: no need to find its members first.
+    mh = mean_heatmap(path, key, np.zeros(0, np.int64) if key in stored else cluster_rows(path, key))
     return imaging.png_data_uri(imaging.resize_nearest(imaging.colorize(mh, cmap), size))
 
 

@@ -26,6 +26,7 @@ import common
 import numpy as np
 import plotly.colors as pc
 import plotly.graph_objects as go
+import safetext
 import streamlit as st
 from PIL import Image
 
@@ -206,17 +207,8 @@ def _hex(colour: str) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") -> ClassMap:
-    """The map of one class at ``k`` coloured by ``color_by`` (cached per view and drawn selection)."""
-    arr = common.class_arrays(path, cls)
-    emb = np.asarray(arr["embedding"], dtype=np.float64)
-    ids = common.samples(path)["sample_id"].to_numpy()[arr["rows"].astype(np.int64)]
-    codes, names, continuous = _groups(path, cls, k, color_by)
-    n = len(emb)
-    big = n > BIG_MAP
-    legend = {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}
-    layout: dict[str, Any] = dict(
+def _layout(path: str, cls: int, k: int, color_by: str) -> dict[str, Any]:
+    return dict(
         height=560,
         dragmode="lasso",
         # What Streamlit sets for a selectable chart anyway: set here, its first render changes nothing.
@@ -229,88 +221,111 @@ def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") ->
         xaxis=dict(showticklabels=False, title=None),
         yaxis=dict(showticklabels=False, title=None, scaleanchor="x"),
     )
+
+
+def _small_map(
+    emb: np.ndarray, ids: np.ndarray, codes: np.ndarray, names: dict[int, str], continuous: Any, color_by: str
+) -> list[Any]:
+    """One WebGL trace with per-point colours and the sample id on hover."""
+    marker: dict[str, Any] = {"size": 6, "opacity": 0.8}
+    if continuous is None:
+        # A stepped colour scale on 0..n-1: value i lands in the middle of step i.
+        uniq = sorted(names)
+        steps = len(uniq)
+        scale = [[v, PALETTE[i % len(PALETTE)]] for i in range(steps) for v in (i / steps, (i + 1) / steps)]
+        marker.update(
+            color=np.searchsorted(np.asarray(uniq), codes).astype(np.int32),
+            colorscale=scale,
+            cmin=-0.5,
+            cmax=steps - 0.5,
+        )
+    else:
+        marker.update(
+            color=continuous[0],
+            colorscale=continuous[1],
+            showscale=True,
+            colorbar=dict(title=color_by, thickness=12),
+        )
+    # Plotly reads tags in hover text: ids from data are HTML-escaped.
+    shown = np.array([safetext.html_text(i) for i in ids], dtype=object)
+    return [
+        go.Scattergl(
+            x=emb[:, 0], y=emb[:, 1], mode="markers", marker=marker, customdata=shown,
+            hovertemplate="sample %{customdata}<extra></extra>", showlegend=False,
+        )
+    ]  # fmt: skip
+
+
+def _big_groups(
+    codes: np.ndarray, names: dict[int, str], legend: dict[str, str], continuous: Any, color_by: str
+) -> list[tuple[str, str, np.ndarray]]:
+    """Colour groups (name, colour, positions): the categories, or 32 bins of a continuous colouring."""
+    if continuous is None:
+        return [(names[u], legend[names[u]], np.flatnonzero(codes == u)) for u in sorted(names)]
+    vals, scale_name = continuous
+    vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
+    width = (vmax - vmin) or 1.0
+    b = np.clip(((np.nan_to_num(vals, nan=vmin) - vmin) / width * N_BINS).astype(np.int64), 0, N_BINS - 1)
+    cols = pc.sample_colorscale(scale_name, [(i + 0.5) / N_BINS for i in range(N_BINS)])
+    groups = []
+    for i in range(N_BINS):
+        members = np.flatnonzero(b == i)
+        if len(members):
+            a, z = vmin + width * i / N_BINS, vmin + width * (i + 1) / N_BINS
+            groups.append((f"{color_by} {a:.2f}–{z:.2f}", cols[i], members))
+    return groups
+
+
+def _big_map(
+    xy: np.ndarray, ids: np.ndarray, groups: list[tuple[str, str, np.ndarray]], seed: int
+) -> tuple[list[Any], list[np.ndarray], str]:
+    """Traces of a stratified sample of each group, their positions, and the picture of all points."""
+    colours = np.zeros((len(xy), 3), np.uint8)
+    for _, colour, members in groups:
+        colours[members] = _hex(colour)
+    drawn = _sample([g[2] for g in groups], SAMPLE_POINTS, seed=seed)
+    marker = {"size": 4, "opacity": 0.9}
+    # Plain dicts, not validated: plotly's validation of long lists costs more than building them.
+    traces: list[Any] = [
+        dict(
+            type="scattergl", x=xy[d, 0].astype(int).tolist(), y=xy[d, 1].astype(int).tolist(), mode="markers",
+            name=safetext.html_text(name), marker=dict(marker, color=colour),
+            customdata=[safetext.html_text(i) for i in ids[d]],
+            hovertemplate=f"sample %{{customdata}} · {safetext.html_text(name)}<extra></extra>", showlegend=False,
+        )
+        for (name, colour, _), d in zip(groups, drawn, strict=True)
+    ]  # fmt: skip
+    return traces, drawn, _picture(xy, colours)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") -> ClassMap:
+    """The map of one class at ``k`` coloured by ``color_by`` (cached per view and drawn selection)."""
+    arr = common.class_arrays(path, cls)
+    emb = np.asarray(arr["embedding"], dtype=np.float64)
+    ids = common.samples(path)["sample_id"].to_numpy()[arr["rows"].astype(np.int64)]
+    codes, names, continuous = _groups(path, cls, k, color_by)
+    big = len(emb) > BIG_MAP
+    legend = {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}
+    layout = _layout(path, cls, k, color_by)
     if not big:
         xy = emb
-        marker: dict[str, Any] = {"size": 6, "opacity": 0.8}
-        if continuous is None:
-            # A stepped colour scale on 0..n-1: value i lands in the middle of step i.
-            uniq = sorted(names)
-            steps = len(uniq)
-            scale = [
-                [v, PALETTE[i % len(PALETTE)]] for i in range(steps) for v in (i / steps, (i + 1) / steps)
-            ]
-            marker.update(
-                color=np.searchsorted(np.asarray(uniq), codes).astype(np.int32),
-                colorscale=scale,
-                cmin=-0.5,
-                cmax=steps - 0.5,
-            )
-        else:
-            marker.update(
-                color=continuous[0],
-                colorscale=continuous[1],
-                showscale=True,
-                colorbar=dict(title=color_by, thickness=12),
-            )
-        traces: list[Any] = [
-            go.Scattergl(
-                x=xy[:, 0],
-                y=xy[:, 1],
-                mode="markers",
-                marker=marker,
-                customdata=ids,
-                hovertemplate="sample %{customdata}<extra></extra>",
-                showlegend=False,
-            )
-        ]
-        positions = [np.arange(n)]
+        traces = _small_map(emb, ids, codes, names, continuous, color_by)
+        positions = [np.arange(len(emb))]
     else:
         lo, hi = emb.min(axis=0), emb.max(axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        xy = np.round((emb - lo) / span * QMAX)
-        groups: list[tuple[str, str, np.ndarray]] = []
-        if continuous is None:
-            groups = [(names[u], legend[names[u]], np.flatnonzero(codes == u)) for u in sorted(names)]
-        else:
-            vals, scale_name = continuous
-            vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
-            width = (vmax - vmin) or 1.0
-            b = np.clip(
-                ((np.nan_to_num(vals, nan=vmin) - vmin) / width * N_BINS).astype(np.int64), 0, N_BINS - 1
-            )
-            cols = pc.sample_colorscale(scale_name, [(i + 0.5) / N_BINS for i in range(N_BINS)])
-            for i in range(N_BINS):
-                members = np.flatnonzero(b == i)
-                if len(members):
-                    a, z = vmin + width * i / N_BINS, vmin + width * (i + 1) / N_BINS
-                    groups.append((f"{color_by} {a:.2f}–{z:.2f}", cols[i], members))
-        colours = np.zeros((n, 3), np.uint8)
-        for _, colour, members in groups:
-            colours[members] = _hex(colour)
-        drawn = _sample([g[2] for g in groups], SAMPLE_POINTS, seed=cls * 1000 + k)
-        positions = drawn
-        marker = {"size": 4, "opacity": 0.9}
-        # Plain dicts, not validated: plotly's validation of long lists costs more than building them.
-        traces = [
-            dict(
-                type="scattergl",
-                x=xy[d, 0].astype(int).tolist(),
-                y=xy[d, 1].astype(int).tolist(),
-                mode="markers",
-                name=name,
-                marker=dict(marker, color=colour),
-                customdata=ids[d].tolist(),
-                hovertemplate=f"sample %{{customdata}} · {name}<extra></extra>",
-                showlegend=False,
-            )
-            for (name, colour, _), d in zip(groups, drawn, strict=True)
-        ]
+        xy = np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
+        groups = _big_groups(codes, names, legend, continuous, color_by)
+        traces, positions, picture = _big_map(xy, ids, groups, seed=cls * 1000 + k)
         if continuous is not None:
-            traces.append(_colour_bar_trace(vmin, vmax, continuous[1], color_by))
+            vals = continuous[0]
+            traces.append(
+                _colour_bar_trace(float(np.nanmin(vals)), float(np.nanmax(vals)), continuous[1], color_by)
+            )
         pad = 0.02 * QMAX
         layout["images"] = [
             dict(
-                source=_picture(xy, colours),
+                source=picture,
                 xref="x",
                 yref="y",
                 x=0,

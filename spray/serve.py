@@ -46,6 +46,9 @@ PRELOAD = (
     "pandas",
     "pyarrow.parquet",
     "plotly.graph_objects",
+    "plotly.colors",
+    "PIL.Image",
+    "PIL.PngImagePlugin",
     "spray.imaging",
     "spray.flags",
     "spray.runs.storage",
@@ -278,5 +281,5 @@ def supervise(argv: list[str], env: dict[str, str]) -> int:
     finally:
         if proc.poll() is None:  # any other way out of here: never leave the server serving the port
             stop_child(proc, signal.SIGTERM)
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
