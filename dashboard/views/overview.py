@@ -127,7 +127,8 @@ if picked and 0 <= picked[0] < len(table):
 
 if shown:
     st.subheader("Evidence in full")
-    for i, f in enumerate(shown[: min(len(shown), 10)]):
+    # The first few in full (the table's evidence column holds every line of every finding).
+    for i, f in enumerate(shown[:5]):
         title = (
             f"#{f.get('rank', i + 1)} · {safetext.md(f['class_name'])} · {safetext.code(f['key'])} · "
             f"score {float(f['score']):.2f}{' · suspicious' if f['suspicious'] else ''}"
