@@ -193,6 +193,9 @@ def build_command(
         # An unexpected error shows its type only: no traceback with server paths in the browser.
         "--client.showErrorDetails",
         "type",
+        # A viewer's tool bar: no "Deploy" or developer menu.
+        "--client.toolbarMode",
+        "minimal",
         "--",
         "--runs-dir",
         str(o.runs_dir),

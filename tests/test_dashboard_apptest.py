@@ -115,7 +115,7 @@ def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_p
 
 def test_overview_row_click_opens_the_cluster(env: Path) -> None:
     at = ok(app().run())
-    at.session_state["ov_findings"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.session_state["ov_findings"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "score"]]}}
     ok(at.run())
     assert at.query_params["cluster"] == "6/k5/c4"
     assert at.title[0].value == "Cluster / selection"

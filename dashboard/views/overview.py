@@ -103,7 +103,7 @@ ev = st.dataframe(
     table,
     hide_index=True,
     on_select="rerun",
-    selection_mode=["single-cell", "single-row"],
+    selection_mode="single-cell",
     key="ov_findings",
     row_height=60,
     height=min(60 * len(table) + 40, 700),
