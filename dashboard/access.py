@@ -6,14 +6,17 @@
   never carry it.
 - ``SPRAY_READ_ONLY=1`` (``--read-only``): no flag form anywhere; the flag database is opened read-only.
 - The author recorded with a flag: the visitor's login (``st.user``, when Streamlit authentication is
-  configured), else the name typed in the sidebar, else ``SPRAY_AUTHOR`` (``--author``, default the OS user
-  that runs the server).
+  configured), else the name typed in the sidebar (kept in a ``spray_author`` cookie of this browser, so a
+  reload or a new tab does not silently fall back to the server's name), else ``SPRAY_AUTHOR``
+  (``--author``, default the OS user that runs the server).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import os
+from urllib.parse import unquote
 
 import safetext
 import streamlit as st
@@ -24,6 +27,8 @@ TOKEN_ENV = "SPRAY_DASHBOARD_TOKEN"
 READ_ONLY_ENV = "SPRAY_READ_ONLY"
 _OK = "_access_ok"
 _AUTHOR = "_author"
+_AUTHOR_CHANGED = "_author_changed"
+AUTHOR_COOKIE = "spray_author"
 
 
 def read_only() -> bool:
@@ -54,6 +59,7 @@ def require_access() -> None:
             st.session_state[_OK] = True
             if name.strip():
                 st.session_state[_AUTHOR] = name.strip()
+                st.session_state[_AUTHOR_CHANGED] = True
             st.rerun()
         st.error("That is not the access token.")
     st.stop()
@@ -77,6 +83,27 @@ def author() -> str:
     return typed or os.environ.get("SPRAY_AUTHOR", "").strip() or default_author()
 
 
+def _cookie_author() -> str:
+    try:
+        return unquote(str(st.context.cookies.get(AUTHOR_COOKIE) or "")).strip()
+    except (AttributeError, KeyError, RuntimeError):  # no browser behind this session (tests)
+        return ""
+
+
+def _remember_author() -> None:
+    st.session_state[_AUTHOR_CHANGED] = True
+
+
+def _write_cookie(name: str) -> None:
+    """Store the author in this browser (a script element; the name is a JSON string literal, `<` escaped)."""
+    literal = json.dumps(name).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    st.html(
+        f"<script>document.cookie = '{AUTHOR_COOKIE}=' + encodeURIComponent({literal}) + "
+        "'; path=/; max-age=31536000; SameSite=Strict';</script>",
+        unsafe_allow_javascript=True,
+    )
+
+
 def author_box() -> None:
     """The sidebar field that sets this session's author (read-only text when logged in)."""
     login = _login_name()
@@ -86,5 +113,13 @@ def author_box() -> None:
     if read_only():
         st.caption("Read-only dashboard: browsing only, no flagging.")
         return
-    st.session_state.setdefault(_AUTHOR, os.environ.get("SPRAY_AUTHOR", "").strip() or default_author())
-    st.text_input("Flag as", key=_AUTHOR, help="Recorded with every flag you set in this browser tab.")
+    fallback = os.environ.get("SPRAY_AUTHOR", "").strip() or default_author()
+    st.session_state.setdefault(_AUTHOR, _cookie_author() or fallback)
+    st.text_input(
+        "Flag as",
+        key=_AUTHOR,
+        on_change=_remember_author,
+        help="Recorded with every flag you set; kept in this browser.",
+    )
+    if st.session_state.pop(_AUTHOR_CHANGED, False) and str(st.session_state[_AUTHOR]).strip():
+        _write_cookie(str(st.session_state[_AUTHOR]).strip())

@@ -217,10 +217,11 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
             expect(page.get_by_text("Its clusters")).to_be_visible()
             expect(page.get_by_text("unlearn").first).to_be_visible()
 
-            # 7. Reload: the same view, here and on the class page with its selection.
+            # 7. Reload: the same view (and the same author), here and on the class page with its selection.
             page.reload()
             expect(page.get_by_text("Its clusters")).to_be_visible()
             assert f"sample={sid}" in page.url
+            expect(page.get_by_role("textbox", name="Flag as")).to_have_value("auditor-ana")
             page.goto(selection_url)
             expect(page.get_by_role("heading", name=f"Selection: {top['size']:,} samples")).to_be_visible()
             page.reload()
@@ -269,7 +270,7 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
 
 
 def test_hostile_strings_never_become_markup(hostile_server: tuple[str, Path]) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, d = hostile_server
     run = sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))[
@@ -300,6 +301,14 @@ def test_hostile_strings_never_become_markup(hostile_server: tuple[str, Path]) -
                     # Names are visible as their literal characters.
                     assert page.get_by_text("http://127.0.0.1:9/", exact=False).count() > 0, path
                 page.screenshot(path=str(ARTIFACTS / f"hostile-{len(fetched)}.png"), full_page=True)
+            # A hostile author name is stored in the browser and comes back exactly, as text.
+            evil = '</script><img src="http://127.0.0.1:9/author.png" onerror="alert(3)">\'"'
+            author = page.get_by_role("textbox", name="Flag as")
+            author.fill(evil)
+            author.press("Enter")
+            page.wait_for_timeout(2000)
+            page.reload()
+            expect(page.get_by_role("textbox", name="Flag as")).to_have_value(evil)
         finally:
             browser.close()
     assert not [u for u in fetched if "127.0.0.1:9/" in u], fetched
