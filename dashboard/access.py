@@ -85,9 +85,10 @@ def author() -> str:
 
 def _cookie_author() -> str:
     try:
-        return unquote(str(st.context.cookies.get(AUTHOR_COOKIE) or "")).strip()
-    except (AttributeError, KeyError, RuntimeError):  # no browser behind this session (tests)
+        raw = st.context.cookies.get(AUTHOR_COOKIE)
+    except (AttributeError, KeyError, RuntimeError):  # no browser behind this session
         return ""
+    return unquote(raw).strip() if isinstance(raw, str) else ""
 
 
 def _remember_author() -> None:
