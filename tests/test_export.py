@@ -249,3 +249,26 @@ def _broken(tmp_path: Path) -> Path:
     run = make_synthetic_run(tmp_path / "broken", class_sizes=[30] * 3, planted_class=1, seed=7)
     (run / "samples.parquet").write_bytes(b"not parquet")
     return run
+
+
+def test_fiftyones_own_importer_reads_the_export(run: Path, tmp_path: Path) -> None:
+    """FiftyOne's importer for this format (what ``fo.Dataset.from_dir(..., FiftyOneDataset)`` defers to).
+
+    Skips in the shared environment (FiftyOne is not installed there, see the module docstring); run in an
+    environment with ``pip install fiftyone`` it reads the samples without a database.
+    """
+    importers = pytest.importorskip("fiftyone.utils.data.importers", reason="pip install fiftyone (oracle)")
+    summary, samples, _, _ = _run_files(run)
+    out = write_fiftyone_dataset(run, tmp_path / "fo")
+    importer = importers.FiftyOneDatasetImporter(str(out))
+    assert importer._is_legacy_format_data()
+    legacy = importer._to_legacy_importer()
+    with legacy:
+        got = list(legacy)
+        assert legacy.get_dataset_info()["spray_run_id"] == summary["run_id"]
+    assert len(got) == len(samples)
+    top = summary["findings"][0]
+    member = next(s for s in got if s.spray_sample_id == top["member_ids"][0])
+    assert type(member.ground_truth).__name__ == "Classification" and "suspicious" in member.tags
+    assert member.spray_cluster == top["key"] and Path(member.filepath).is_file()
+    assert member.relevance.get_map().shape == tuple(np.load(run / "heatmaps.npy", mmap_mode="r").shape[1:])
