@@ -2,8 +2,9 @@
 
 ViRelAy is the oracle for its format (test-only dependency ``virelay``, its loader ``virelay.model.Project``
 and its Flask server's REST API). FiftyOne does not install into the shared environment without changing
-other packages (it pins an older python-dateutil and plotly and needs MongoDB), so its export is checked
-against the structure FiftyOne's legacy importer reads (see spray/export/fiftyone.py).
+other packages (it pins an older python-dateutil and plotly, and its database package downloads MongoDB
+while installing), so its export is checked against the structure FiftyOne's legacy importer reads, and by
+that importer itself when fiftyone is importable (see docs/dashboard.md, Interop).
 """
 
 from __future__ import annotations
