@@ -230,11 +230,13 @@ def screenshot(runs: Path, out: Path, db: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-browser", action="store_true", help="AppTest only")
+    ap.add_argument("--no-apptest", action="store_true", help="browser only")
     ap.add_argument("--screenshot", type=Path, help="only save screenshots of --runs-dir's newest run here")
     ap.add_argument("--runs-dir", type=Path, help="runs to screenshot (default: the synthetic 100k run)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     ap.add_argument("--app", type=Path, default=APP, help="dashboard app to time (default: this checkout's)")
     ap.add_argument("--repeat", type=int, default=1, help="browser repetitions (fresh server + browser each)")
+    ap.add_argument("--keep-run", type=Path, help="build the 110k run here once and reuse it (A/B series)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,9 +244,15 @@ def main() -> int:
         if args.screenshot:
             screenshot((args.runs_dir or Path(tmp)).resolve(), args.screenshot.resolve(), db)
             return 0
-        runs = Path(tmp) / "runs"
-        run = build_run(runs)
-        res: dict[str, Any] = time_apptest(runs, db, args.app.resolve())
+        runs = args.keep_run.resolve() if args.keep_run else Path(tmp) / "runs"
+        found = (
+            [p for p in runs.iterdir() if (p / "summary.json").is_file() and not p.is_symlink()]
+            if runs.is_dir()
+            else []
+        )
+        run = found[0] if found else build_run(runs)
+        db = Path(tmp) / "flags.sqlite"
+        res: dict[str, Any] = {} if args.no_apptest else time_apptest(runs, db, args.app.resolve())
         browser: dict[str, list[float]] = {}
         if not args.no_browser and Path(CHROMIUM).exists():
             for i in range(args.repeat):

@@ -23,8 +23,9 @@ from spray.flags import STATUSES, FlagConflict, FlagStore
 
 # Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
 CONFIRM_ABOVE = 20
-# Seconds between the live checks of the flag counts.
-REFRESH_S = 5
+# Seconds between the live checks of the flag counts (one small SQLite query per open tab; every check
+# re-sends the sidebar's counts, so not more often).
+REFRESH_S = 10
 
 
 @st.cache_resource(show_spinner=False)

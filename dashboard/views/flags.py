@@ -45,12 +45,11 @@ st.caption(
 )
 
 
-@st.fragment(run_every=flagform.REFRESH_S)
 def metrics() -> None:
-    """Counts per status, re-read every few seconds."""
+    """Counts per status (the sidebar's counts are re-read every few seconds)."""
     try:
         counts = flagform.counts(dataset)
-    except SprayError as err:  # inside a fragment: say it here
+    except SprayError as err:  # say it here, above the tables
         st.error(safetext.md(str(err)))
         return
     m = st.columns(len(STATUSES))
