@@ -38,7 +38,7 @@ from spray.attribution import BatchStage, ShardPlan
 from spray.config import config_from_dict
 from spray.data import build_dataset
 from spray.lrp import Explainer
-from spray.runs.storage import ShardCache
+from spray.runs.cache import ShardCache
 
 log = logging.getLogger("batch_stage")
 
@@ -134,7 +134,7 @@ def main() -> None:
         sync(device)
         results["lrp_img_s"] = n_batches * args.batch / (time.perf_counter() - t0)
 
-        cache = ShardCache(Path(tmp) / "runs" / ".cache", "bench", "bench")
+        cache = ShardCache(Path(tmp) / "runs" / ".cache" / "bench", by_label=cfg.lrp.target == "label")
         stage = BatchStage(explainer, cfg, cache, Path(tmp) / "work", device)
         plan = ShardPlan.make(len(ds), cfg.batch.shard_size)
 
@@ -144,7 +144,7 @@ def main() -> None:
         t0 = time.perf_counter()
         seen = 0
         for b in stage._loader(ds, [idx[s : s + args.batch] for s in range(0, len(idx), args.batch)]):
-            seen += len(b["x"])
+            seen += len(b.x) if b.x is not None else 0
         results["loader_img_s"] = seen / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         computed = stage.run_shards(ds, plan.starts, plan, progress=False)

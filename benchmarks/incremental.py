@@ -9,7 +9,7 @@ times three real ``spray run`` processes on the same runs directory:
 3. **no-op**: the incremental run again (already published: exits at once).
 
 Reports wall-clock seconds (process start to exit, imports included, as a scheduler sees it) and the
-stage timings from summary.json, as a table and as JSON::
+stage timings from the run's summary, as a table and as JSON::
 
     .venv/bin/python benchmarks/incremental.py --per-class 1000 --out benchmarks/results/incremental.json
 
@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from spray.runs.reader import RunReader
 
 log = logging.getLogger("benchmarks.incremental")
 
@@ -62,7 +64,7 @@ def _run(cfg: Path, runs: Path, threads: int) -> dict[str, Any]:
         raise RuntimeError(f"spray run failed ({p.returncode}):\n{p.stderr[-4000:]}")
     status = json.loads(p.stdout.strip().splitlines()[-1])
     logs = [json.loads(x) for x in p.stderr.splitlines() if x.startswith("{")]
-    timings = json.loads(Path(status["summary"]).read_text())["timings"]
+    timings = RunReader.open(status["run_dir"]).summary.timings
     return {
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),

@@ -2,7 +2,7 @@
 
 The dataset is cut into fixed, contiguous shards of ``batch.shard_size`` samples (the unit of resume
 and of scale-out). For each shard, every sample is read and content-hashed; samples whose hash is in
-the :class:`~spray.runs.storage.ShardCache` of this (model, LRP settings) pair are not recomputed, the rest
+the :class:`~spray.runs.cache.ShardCache` of this (model, LRP settings) pair are not recomputed, the rest
 are explained in batches and written as one new shard file, atomically, by a background writer so the
 device never waits for the disk. Relevance is channel-summed and sum-pooled to the analysis grid *on
 the device*, so only ``h×w`` float16 values per sample travel back to the host.
@@ -30,10 +30,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spray.config import AuditConfig
-from spray.data import AuditDataset, collate_samples
-from spray.errors import ModelError
+from spray.data import AuditDataset, Sample, SampleBatch, collate_samples
+from spray.errors import DataError, ModelError
 from spray.records import AttributionBatch, SkippedSample
-from spray.runs.storage import ShardCache, atomic_write_json
+from spray.runs.atomic import atomic_write_json, translate_write_errors
+from spray.runs.cache import ShardCache
+from spray.runs.errors import RunReadError
+from spray.runs.layout import manifest_file
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +120,51 @@ class BatchStageResult:
 
 
 @dataclass
+class _Explained:
+    """Samples of one shard explained in this run, accumulated batch by batch."""
+
+    sample_ids: list[str] = field(default_factory=list)
+    content_hashes: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    relevance: list[np.ndarray] = field(default_factory=list)
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    predictions: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)
+    full: list[np.ndarray] = field(default_factory=list)
+
+    def batch(self) -> AttributionBatch:
+        return AttributionBatch(
+            sample_ids=self.sample_ids,
+            labels=np.asarray(self.labels, dtype=np.int64),
+            predictions=np.concatenate(self.predictions),
+            probabilities=np.concatenate(self.probabilities),
+            relevance=np.concatenate(self.relevance),
+            targets=np.concatenate(self.targets),
+            content_hashes=self.content_hashes,
+        )
+
+
+@dataclass
 class _ShardState:
     """What one shard has accumulated so far: every readable sample, and the newly explained ones."""
 
     start: int
-    ids: list[str] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
+    sample_ids: list[str] = field(default_factory=list)
+    content_hashes: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     skipped: list[SkippedSample] = field(default_factory=list)
-    new: dict[str, list[Any]] = field(
-        default_factory=lambda: {
-            k: [] for k in ("id", "hash", "label", "rel", "prob", "pred", "tgt", "thumb", "full")
+    new: _Explained = field(default_factory=_Explained)
+
+    def manifest(self) -> dict[str, Any]:
+        """The shard manifest (``manifest-<start>.json``)."""
+        return {
+            "start": self.start,
+            "sample_ids": self.sample_ids,
+            "content_hashes": self.content_hashes,
+            "labels": self.labels,
+            "skipped": [[s.sample_id, s.reason] for s in self.skipped],
         }
-    )
 
 
 @contextmanager
@@ -138,6 +173,22 @@ def _restore_known_hashes(dataset: AuditDataset) -> Iterator[None]:
         yield
     finally:
         dataset.known_hashes = frozenset()
+
+
+def _decode(dataset: AuditDataset, position: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Input and thumbnail of one sample the loader did not decode (its bytes are cached, but under
+    another label: the same image in another class folder, or moved to another class)."""
+    known, dataset.known_hashes = dataset.known_hashes, frozenset()
+    try:
+        item = dataset[position]
+    finally:
+        dataset.known_hashes = known
+    if not isinstance(item, Sample) or item.x is None:
+        reason = getattr(item, "reason", "not decoded")
+        raise DataError(
+            f"sample {dataset.sample_ids[position]!r} became unreadable during the audit: {reason}"
+        )
+    return item.x, item.thumbnail
 
 
 class BatchStage:
@@ -170,7 +221,8 @@ class BatchStage:
         self.shards_reused = 0
         self.shards_computed = 0
         self.n_computed = 0
-        work_dir.mkdir(parents=True, exist_ok=True)
+        with translate_write_errors(work_dir):
+            work_dir.mkdir(parents=True, exist_ok=True)
 
     def _explain(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, ...]:
         x = x.to(self.device, non_blocking=True)
@@ -227,47 +279,20 @@ class BatchStage:
         shard: _ShardState | None = None
         # Samples whose bytes hash to a cached result are not decoded (set before the loader forks its
         # workers, so they see it; restored afterwards so other readers get inputs again).
-        dataset.known_hashes = self.cache.hashes()
+        dataset.known_hashes = self.cache.content_hashes()
         # One background writer: the device keeps computing while the previous shard is saved.
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer,
             _restore_known_hashes(dataset),
         ):
-            for bi, b in enumerate(self._loader(dataset, batches)):
+            for bi, collated in enumerate(self._loader(dataset, batches)):
                 if shard is None or shard.start != owner[bi]:
                     if shard is not None:
                         self._finish_shard(shard, writer, pending)
                     shard = _ShardState(owner[bi])
-                shard.skipped.extend(b["skipped"])
-                if not b["id"]:
-                    bar.update(len(b["skipped"]))
-                    continue
-                shard.ids.extend(b["id"])
-                shard.hashes.extend(b["hash"])
-                shard.labels.extend(b["label"].tolist())
-                miss = [i for i, h in enumerate(b["hash"]) if h not in self.cache]
-                if miss:
-                    # Rows of the decoded inputs; every miss was decoded (only cached hashes skip it).
-                    row = {pos: r for r, pos in enumerate(b["decoded"])}
-                    sel = torch.tensor(miss)
-                    rows = [row[i] for i in miss]
-                    # Usually every decoded row is a miss, in order: then the (pinned) batch goes to the
-                    # device as it is. Indexing would copy it into unpinned memory first (at 128×224²
-                    # a 77 MB copy, and a synchronous host-to-device transfer).
-                    x = b["x"] if rows == list(range(len(b["x"]))) else b["x"][torch.tensor(rows)]
-                    rel, prob, pred, tgt, full = self._explain(x, b["label"][sel])
-                    new = shard.new
-                    new["id"].extend(b["id"][i] for i in miss)
-                    new["hash"].extend(b["hash"][i] for i in miss)
-                    new["label"].extend(b["label"][sel].tolist())
-                    new["rel"].append(rel)
-                    new["prob"].append(prob)
-                    new["pred"].append(pred)
-                    new["tgt"].append(tgt)
-                    new["thumb"].append(b["thumb"][rows])
-                    if full is not None:
-                        new["full"].append(full)
-                bar.update(len(b["id"]) + len(b["skipped"]))
+                b = collated
+                self._take_batch(dataset, shard, b)
+                bar.update(len(b.sample_ids) + len(b.skipped))
             if shard is not None:
                 self._finish_shard(shard, writer, pending)
             for f in pending:
@@ -275,46 +300,94 @@ class BatchStage:
         bar.close()
         return self.n_computed - computed_before
 
+    def _take_batch(self, dataset: AuditDataset, shard: _ShardState, b: SampleBatch) -> None:
+        """Add one loaded batch to its shard, explaining the samples the cache does not hold."""
+        shard.skipped.extend(b.skipped)
+        if not b.sample_ids:
+            return
+        labels = b.labels.tolist()
+        shard.sample_ids.extend(b.sample_ids)
+        shard.content_hashes.extend(b.content_hashes)
+        shard.labels.extend(labels)
+        miss = [
+            i
+            for i, (h, lab) in enumerate(zip(b.content_hashes, labels, strict=True))
+            if self.cache.key_of(h, lab) not in self.cache
+        ]
+        if not miss:
+            return
+        x, thumbs = self._inputs(dataset, b, miss)
+        rel, prob, pred, tgt, full = self._explain(x, b.labels[torch.tensor(miss)])
+        new = shard.new
+        new.sample_ids.extend(b.sample_ids[i] for i in miss)
+        new.content_hashes.extend(b.content_hashes[i] for i in miss)
+        new.labels.extend(labels[i] for i in miss)
+        new.relevance.append(rel)
+        new.probabilities.append(prob)
+        new.predictions.append(pred)
+        new.targets.append(tgt)
+        if thumbs is not None:
+            new.thumbs.append(thumbs)
+        if full is not None:
+            new.full.append(full)
+
+    @staticmethod
+    def _inputs(
+        dataset: AuditDataset, b: SampleBatch, miss: list[int]
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Inputs and thumbnails of the samples to explain (positions ``miss`` of the batch)."""
+        row = {pos: r for r, pos in enumerate(b.decoded)}
+        if b.x is not None and all(i in row for i in miss):
+            rows = [row[i] for i in miss]
+            # Usually every decoded row is a miss, in order: then the (pinned) batch goes to the device as
+            # it is. Indexing would copy it into unpinned memory first (at 128×224² a 77 MB copy, and a
+            # synchronous host-to-device transfer).
+            x = b.x if rows == list(range(len(b.x))) else b.x[torch.tensor(rows)]
+            return x, None if b.thumbnails is None else b.thumbnails[rows]
+        # Some miss was not decoded: its bytes are cached under another label only (rare; decode it here).
+        xs, ths = [], []
+        for i in miss:
+            if b.x is not None and i in row:
+                xs.append(b.x[row[i]])
+                ths.append(None if b.thumbnails is None else b.thumbnails[row[i]])
+            else:
+                xi, ti = _decode(dataset, b.indices[i])
+                xs.append(xi)
+                ths.append(ti)
+        thumbs = None if any(t is None for t in ths) else np.stack(ths)  # type: ignore[arg-type]
+        return torch.stack(xs), thumbs
+
     def _finish_shard(
         self, shard: _ShardState, writer: ThreadPoolExecutor, pending: list[Future[Any]]
     ) -> None:
         """Hand a finished shard (its new samples, then its manifest) to the background writer."""
         new = shard.new
-        n_new = len(new["id"])
+        n_new = len(new.sample_ids)
         if n_new:
             self.shards_computed += 1
             self.n_computed += n_new
-            fresh = AttributionBatch(
-                sample_ids=new["id"],
-                labels=np.asarray(new["label"], dtype=np.int64),
-                predictions=np.concatenate(new["pred"]),
-                probabilities=np.concatenate(new["prob"]),
-                relevance=np.concatenate(new["rel"]),
-                targets=np.concatenate(new["tgt"]),
-                content_hashes=new["hash"],
-            )
-            thumbs = np.concatenate(new["thumb"]) if self.cfg.batch.thumbnails else None
-            full_arr = np.concatenate(new["full"]) if new["full"] else None
+            thumbs = np.concatenate(new.thumbs) if self.cfg.batch.thumbnails and new.thumbs else None
+            full_arr = np.concatenate(new.full) if new.full else None
             pending.append(
-                writer.submit(self._write_shard, shard.start, fresh, thumbs, full_arr, len(shard.ids) - n_new)
+                writer.submit(
+                    self._write_shard,
+                    shard.start,
+                    new.batch(),
+                    thumbs,
+                    full_arr,
+                    len(shard.sample_ids) - n_new,
+                )
             )
         else:
             self.shards_reused += 1
             log.info(
                 "shard %d: all %d samples cached, not recomputed",
                 shard.start,
-                len(shard.ids),
-                extra={"shard": shard.start, "n_computed": 0, "n_cached": len(shard.ids)},
+                len(shard.sample_ids),
+                extra={"shard": shard.start, "n_computed": 0, "n_cached": len(shard.sample_ids)},
             )
-        manifest = {
-            "start": shard.start,
-            "ids": shard.ids,
-            "hashes": shard.hashes,
-            "labels": shard.labels,
-            "skipped": [[s.sample_id, s.reason] for s in shard.skipped],
-        }
         # The manifest is written after its shard so a manifest never points at a missing shard.
-        pending.append(writer.submit(self._write_manifest, shard.start, manifest, list(pending)))
+        pending.append(writer.submit(self._write_manifest, shard.start, shard.manifest(), list(pending)))
 
     def _write_shard(
         self,
@@ -338,37 +411,44 @@ class BatchStage:
     def _write_manifest(self, start: int, manifest: dict[str, Any], wait_for: list[Future[Any]]) -> None:
         for f in wait_for:
             f.result()
-        atomic_write_json(self.work_dir / f"manifest-{start:09d}.json", manifest)
+        atomic_write_json(self.work_dir / manifest_file(start), manifest)
+
+    def _read_manifest(self, start: int) -> dict[str, Any]:
+        p = self.work_dir / manifest_file(start)
+        if not p.exists():
+            raise RuntimeError(f"shard manifest {p} is missing: a rank did not finish its shards")
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as err:
+            raise RunReadError(p, f"damaged shard manifest ({err}); delete it and rerun") from None
 
     def merge(self, plan: ShardPlan, n_computed: int) -> BatchStageResult:
         """Read every shard manifest (all ranks) and gather results in dataset order."""
-        ids: list[str] = []
+        sample_ids: list[str] = []
         hashes: list[str] = []
         labels: list[int] = []
         skipped: list[SkippedSample] = []
         for start in plan.starts:
-            p = self.work_dir / f"manifest-{start:09d}.json"
-            if not p.exists():
-                raise RuntimeError(f"shard manifest {p} is missing: a rank did not finish its shards")
-            m = json.loads(p.read_text())
-            ids += m["ids"]
-            hashes += m["hashes"]
+            m = self._read_manifest(start)
+            sample_ids += m["sample_ids"]
+            hashes += m["content_hashes"]
             labels += m["labels"]
             skipped += [SkippedSample(a, b) for a, b in m["skipped"]]
-        if len(set(ids)) != len(ids):
+        if len(set(sample_ids)) != len(sample_ids):
             raise RuntimeError("duplicate sample ids after merging shards")
-        if not ids:
+        if not sample_ids:
             raise ModelError("No sample of the dataset could be read; see the skipped list for the reasons.")
         # Other ranks wrote shards this process has not indexed yet.
         self.cache.refresh()
-        batch, thumbs = self.cache.gather(ids, hashes, np.asarray(labels, dtype=np.int64))
-        full = self.cache.gather_full(hashes) if self.cfg.batch.store_full_relevance else None
+        label_arr = np.asarray(labels, dtype=np.int64)
+        batch, thumbs = self.cache.gather(sample_ids, hashes, label_arr)
+        full = self.cache.gather_full(hashes, label_arr) if self.cfg.batch.store_full_relevance else None
         self.cache.release()
         return BatchStageResult(
             batch,
             thumbs if self.cfg.batch.thumbnails else None,
             skipped,
             n_computed,
-            len(ids) - n_computed,
+            len(sample_ids) - n_computed,
             full,
         )

@@ -9,3 +9,5 @@ EXIT_FINDINGS = 10
 EXIT_LOCKED = 75
 #: stopped by SIGINT (Ctrl-C)
 EXIT_INTERRUPTED = 130
+#: stopped by SIGTERM (a scheduler's stop): finished shards are kept, nothing is published
+EXIT_TERMINATED = 143

@@ -10,8 +10,8 @@ or network access. It shows
 - the top findings: score, evidence, the cluster's mean heatmap and thumbnails of its most typical
   members with their relevance overlaid.
 
-It is rendered from the files of a run folder only (summary.json, samples.parquet, heatmaps.npy,
-thumbs.npy, classes/<c>.npz), so it can be (re)built for any published run::
+It is rendered from the files of a run folder only, through :class:`spray.runs.reader.RunReader`, so it
+can be (re)built for any published run::
 
     from spray.html_report import write_html_report
     write_html_report("runs/latest")
@@ -20,7 +20,6 @@ thumbs.npy, classes/<c>.npz), so it can be (re)built for any published run::
 from __future__ import annotations
 
 import html
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.runs.storage import SUMMARY, atomic_write_bytes
+from spray.records import ChangeSet, ClusterChange
+from spray.runs.atomic import atomic_write_bytes
+from spray.runs.layout import RunFiles
+from spray.runs.reader import RunReader
 
 log = logging.getLogger(__name__)
-
-REPORT_NAME = "report.html"
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -54,60 +54,57 @@ def _img(uri: str, size: int, title: str = "") -> str:
     return f'<img src="{uri}" width="{size}" height="{size}" alt="{html.escape(title)}"{t}>'
 
 
-def _mean_heatmaps(run: Path, class_indices: set[int]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for c in sorted(class_indices):
-        p = run / "classes" / f"{c}.npz"
-        if not p.exists():
-            continue
-        with np.load(p, allow_pickle=False) as z:
-            for key, mh in zip(z["cluster_keys"].tolist(), z["mean_heatmaps"], strict=True):
-                out[str(key)] = np.asarray(mh, dtype=np.float32)
-    return out
+def _typical(member_ids: list[str], heat: np.ndarray, mean: np.ndarray | None, n: int) -> list[str]:
+    """The ``n`` members whose heatmap correlates best with the cluster mean (the most typical ones).
 
-
-def _typical_rows(rows: np.ndarray, heat: np.ndarray, mean: np.ndarray | None, n: int) -> np.ndarray:
-    """The ``n`` members whose heatmap correlates best with the cluster mean (the most typical ones)."""
-    if mean is None or len(rows) <= n:
-        return rows[:n]
-    h = np.asarray(heat[np.sort(rows)], dtype=np.float32).reshape(len(rows), -1)
-    order_rows = np.sort(rows)
+    ``heat`` is ``(len(member_ids), h, w)``, aligned with ``member_ids``.
+    """
+    if mean is None or len(member_ids) <= n:
+        return member_ids[:n]
+    h = np.asarray(heat, dtype=np.float32).reshape(len(member_ids), -1)
     h = h - h.mean(1, keepdims=True)
     m = mean.reshape(-1) - mean.mean()
     denom = np.linalg.norm(h, axis=1) * max(float(np.linalg.norm(m)), 1e-12)
     corr = (h @ m) / np.where(denom > 0, denom, 1.0)
-    # Stable sort on the negated correlation: ties keep row order, so the report is deterministic.
-    return order_rows[np.argsort(-corr, kind="stable")[:n]]
+    # Stable sort on the negated correlation: ties keep the members' order, so the report is deterministic.
+    return [member_ids[i] for i in np.argsort(-corr, kind="stable")[:n]]
 
 
-def _changes_html(changes: dict[str, Any]) -> str:
-    prev = changes.get("previous_run_id")
+def _change_row(kind: str, c: ClusterChange) -> str:
+    key = c.key or c.previous_key
+    size, prev_size = c.size, c.previous_size
+    sizes = f"{prev_size} → {size}" if prev_size is not None and size is not None else str(size or prev_size)
+    sim = ""
+    if c.jaccard is not None:
+        sim = f"Jaccard {c.jaccard:.2f}"
+    if c.correlation is not None:  # None: no comparable mean heatmap
+        sim += f", heatmap r {c.correlation:.2f}"
+    return (
+        f"<tr><td><span class='badge {kind}'>{kind}</span></td><td>{html.escape(c.class_name)}</td>"
+        f"<td>{html.escape(str(key))}</td><td>{html.escape(sizes)}</td><td class='small'>{html.escape(sim)}</td></tr>"
+    )
+
+
+def _changes_html(changes: ChangeSet) -> str:
+    prev = changes.previous_run_id
     head = (
         f"<p class='meta'>Compared with run <code>{html.escape(str(prev)[:12])}</code> "
-        f"({html.escape(str(changes.get('previous_run') or ''))}).</p>"
+        f"({html.escape(str(changes.previous_run or ''))}).</p>"
         if prev
         else "<p class='meta'>No previous run of this audit: every suspicious cluster counts as new.</p>"
     )
-    rows = []
-    for kind in ("new", "grown", "persisting", "resolved"):
-        for c in changes.get(kind, []):
-            key = c.get("key") or c.get("previous_key")
-            size = c.get("size")
-            prev_size = c.get("previous_size")
-            sizes = (
-                f"{prev_size} → {size}"
-                if prev_size is not None and size is not None
-                else str(size or prev_size)
-            )
-            sim = ""
-            if c.get("jaccard") is not None:
-                sim = f"Jaccard {c['jaccard']:.2f}"
-            if c.get("correlation") is not None:  # None: no comparable mean heatmap
-                sim += f", heatmap r {c['correlation']:.2f}"
-            rows.append(
-                f"<tr><td><span class='badge {kind}'>{kind}</span></td><td>{html.escape(str(c.get('class_name')))}</td>"
-                f"<td>{html.escape(str(key))}</td><td>{html.escape(sizes)}</td><td class='small'>{html.escape(sim)}</td></tr>"
-            )
+    for u in changes.unreadable:
+        head += (
+            f"<p class='meta'>Run <code>{html.escape(u.run)}</code> could not be read and was passed over: "
+            f"{html.escape(u.reason)}</p>"
+        )
+    kinds = {
+        "new": changes.new,
+        "grown": changes.grown,
+        "persisting": changes.persisting,
+        "resolved": changes.resolved,
+    }
+    rows = [_change_row(kind, c) for kind, entries in kinds.items() for c in entries]
     if not rows:
         return head + "<p>No suspicious clusters in this run or the previous one.</p>"
     return (
@@ -138,89 +135,89 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     str
         A complete HTML document with every image inlined.
     """
-    import pandas as pd
-
-    run = Path(run_dir)
-    s = json.loads((run / SUMMARY).read_text())
-    findings: list[dict[str, Any]] = s.get("findings", [])[:top]
-    ids = pd.read_parquet(run / "samples.parquet", columns=["sample_id"])["sample_id"].tolist()
-    row_of = {sid: i for i, sid in enumerate(ids)}
-    heat = np.load(run / "heatmaps.npy", mmap_mode="r")
-    thumbs = np.load(run / "thumbs.npy", mmap_mode="r") if (run / "thumbs.npy").exists() else None
-    means = _mean_heatmaps(run, {int(f["class_index"]) for f in findings})
-    changes: dict[str, Any] = s.get("changes") or {}
+    run = RunReader.open(run_dir)
+    s = run.summary
+    changes = run.changes()
     status_of: dict[str, str] = {}
-    for kind in ("new", "grown", "persisting"):
-        for c in changes.get(kind, []):
-            status_of[str(c.get("key"))] = kind
-
-    n_susp = sum(1 for f in s.get("findings", []) if f.get("suspicious"))
+    if changes is not None:
+        for kind, entries in (
+            ("new", changes.new),
+            ("grown", changes.grown),
+            ("persisting", changes.persisting),
+        ):
+            for c in entries:
+                status_of[str(c.key)] = kind
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>spray report {html.escape(s['run_id'][:12])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>spray audit: {html.escape(str(s.get('name', 'audit')))}</h1>",
+        f"<title>spray report {html.escape(s.run_id[:12])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>spray audit: {html.escape(s.name or 'audit')}</h1>",
         "<p class='meta'>",
-        f"run <code>{html.escape(s['run_id'][:16])}</code> · dataset <code>{html.escape(str(s.get('dataset', '')))}</code>",
-        f" · {s.get('n_samples', len(ids))} samples · {len(s.get('classes', []))} classes analysed",
-        f" · {len(s.get('skipped', []))} skipped · <b>{n_susp}</b> suspicious clusters",
-        f" · spray {html.escape(str(s.get('spray_version', '')))}</p>",
+        f"run <code>{html.escape(s.run_id[:16])}</code> · dataset <code>{html.escape(s.dataset)}</code>",
+        f" · {s.n_samples} samples · {len(s.classes)} classes analysed",
+        f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious clusters",
+        f" · spray {html.escape(str(s.versions.get('spray', '')))}</p>",
     ]
-    if changes:
+    if changes is not None:
         parts.append("<h2>Changes since the previous run</h2>")
         parts.append(_changes_html(changes))
+    findings = s.findings[:top]
     parts.append(f"<h2>Top {len(findings)} findings</h2>")
     if not findings:
         parts.append("<p>No clusters were found.</p>")
     for f in findings:
-        key = str(f["key"])
-        mean = means.get(key)
-        rows = np.asarray([row_of[m] for m in f.get("member_ids", []) if m in row_of], dtype=np.int64)
-        pick = _typical_rows(rows, heat, mean, n_thumbs)
-        badge = (
-            "<span class='badge alarm'>suspicious</span>"
-            if f.get("suspicious")
-            else "<span class='badge ok'>ok</span>"
-        )
-        if key in status_of:
-            badge += f" <span class='badge {status_of[key]}'>{status_of[key]}</span>"
-        ev = "".join(f"<li>{html.escape(e)}</li>" for e in f.get("evidence", []))
-        mean_img = ""
-        if mean is not None:
-            mean_img = _img(png_data_uri(resize_nearest(colorize(mean), 128)), 128, f"mean heatmap of {key}")
-        tiles = []
-        if len(pick):
-            h_sel = np.asarray(heat[np.sort(pick)], dtype=np.float32)
-            order = {r: i for i, r in enumerate(np.sort(pick).tolist())}
-            h_sel = h_sel[[order[r] for r in pick.tolist()]]
-            t_sel = None
-            if thumbs is not None:
-                t_sel = np.asarray(thumbs[np.sort(pick)])[[order[r] for r in pick.tolist()]]
-            imgs = render("overlay" if t_sel is not None else "heatmap", h_sel, t_sel, size=thumb_px)
-            for r, im in zip(pick.tolist(), imgs, strict=True):
-                tiles.append(_img(png_data_uri(im), thumb_px, ids[r]))
-        parts.append(
-            f"<div class='finding'><h3>#{f.get('rank', '')} · {html.escape(str(f['class_name']))} · cluster "
-            f"{html.escape(key)} {badge}</h3>"
-            f"<div class='small'>{f['size']} members ({100 * float(f['fraction']):.1f} % of the class) · "
-            f"score {float(f['score']):.3f}</div><ul class='ev'>{ev}</ul>"
-            f"<div class='row'><div class='mean'>{mean_img}<div class='small'>mean relevance</div></div>"
-            f"<div class='thumbs'>{''.join(tiles)}<div class='small'>most typical members "
-            f"(relevance overlaid; hover for the sample id)</div></div></div></div>"
-        )
-    if s.get("skipped"):
-        parts.append("<h2>Skipped samples</h2><table><tr><th>sample</th><th>reason</th></tr>")
-        for sk in s["skipped"][:50]:
-            parts.append(
-                f"<tr><td>{html.escape(sk['sample_id'])}</td><td>{html.escape(sk['reason'])}</td></tr>"
-            )
-        parts.append("</table>")
-        if len(s["skipped"]) > 50:
-            parts.append(f"<p class='small'>… and {len(s['skipped']) - 50} more (see summary.json).</p>")
+        parts.append(_finding_html(run, f.key, status_of.get(f.key), n_thumbs, thumb_px))
+    parts.extend(_skipped_html(s.skipped))
     parts.append(
         "<p class='small'>Generated by spray. Explore the run interactively with "
         "<code>spray dashboard --runs-dir RUNS_DIR</code>.</p></body></html>"
     )
     return "".join(parts)
+
+
+def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, thumb_px: int) -> str:
+    f = run.finding(key)
+    assert f is not None
+    s = run.summary.finding(key)
+    assert s is not None
+    pick = _typical(f.member_ids, run.heatmaps(f.member_ids), f.mean_heatmap, n_thumbs)
+    badge = (
+        "<span class='badge alarm'>suspicious</span>" if f.suspicious else "<span class='badge ok'>ok</span>"
+    )
+    if status is not None:
+        badge += f" <span class='badge {status}'>{status}</span>"
+    ev = "".join(f"<li>{html.escape(e)}</li>" for e in f.evidence)
+    mean_img = _img(
+        png_data_uri(resize_nearest(colorize(f.mean_heatmap), 128)), 128, f"mean heatmap of {key}"
+    )
+    tiles = []
+    if pick:
+        heat = np.asarray(run.heatmaps(pick), dtype=np.float32)
+        thumbs = run.thumbs(pick)
+        imgs = render("overlay" if thumbs is not None else "heatmap", heat, thumbs, size=thumb_px)
+        tiles = [
+            _img(png_data_uri(im), thumb_px, sample_id) for sample_id, im in zip(pick, imgs, strict=True)
+        ]
+    return (
+        f"<div class='finding'><h3>#{s.rank} · {html.escape(f.class_name)} · cluster "
+        f"{html.escape(key)} {badge}</h3>"
+        f"<div class='small'>{f.size} members ({100 * float(f.fraction):.1f} % of the class) · "
+        f"score {float(f.score):.3f}</div><ul class='ev'>{ev}</ul>"
+        f"<div class='row'><div class='mean'>{mean_img}<div class='small'>mean relevance</div></div>"
+        f"<div class='thumbs'>{''.join(tiles)}<div class='small'>most typical members "
+        f"(relevance overlaid; hover for the sample id)</div></div></div></div>"
+    )
+
+
+def _skipped_html(skipped: list[Any]) -> list[str]:
+    if not skipped:
+        return []
+    parts = ["<h2>Skipped samples</h2><table><tr><th>sample</th><th>reason</th></tr>"]
+    for sk in skipped[:50]:
+        parts.append(f"<tr><td>{html.escape(sk.sample_id)}</td><td>{html.escape(sk.reason)}</td></tr>")
+    parts.append("</table>")
+    if len(skipped) > 50:
+        parts.append(f"<p class='small'>… and {len(skipped) - 50} more (see summary.json).</p>")
+    return parts
 
 
 def write_html_report(run_dir: str | Path, **kwargs: Any) -> Path:
@@ -231,7 +228,7 @@ def write_html_report(run_dir: str | Path, **kwargs: Any) -> Path:
     Path
         The written file.
     """
-    out = Path(run_dir) / REPORT_NAME
+    out = RunFiles(Path(run_dir)).report_html
     atomic_write_bytes(out, render_html_report(run_dir, **kwargs).encode("utf-8"))
     log.info("wrote %s (%d KB)", out.name, out.stat().st_size // 1024)
     return out

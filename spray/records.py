@@ -71,7 +71,7 @@ class SpectralResult:
     knn_indices : np.ndarray
         ``(n, k_nn)`` int64 neighbour indices (row-local, into this class).
     knn_distances : np.ndarray
-        ``(n, k_nn)`` float32 neighbour distances.
+        ``(n, k_nn)`` float32 neighbour distances (the distance of ``knn_indices[i, j]`` to ``i``).
     n_components : int
         Number of connected components of the symmetric kNN graph.
     """
@@ -192,14 +192,125 @@ class ClassAnalysis:
     clusters: list[ClusterFinding]
 
 
+@dataclass(frozen=True)
+class ClassSkipped:
+    """A class left out of the analysis because it has fewer than ``analysis.min_class_size`` samples."""
+
+    class_index: int
+    class_name: str
+    n: int
+
+
+@dataclass(frozen=True)
+class ChangeRule:
+    """When a cluster of this run is the same as one of the previous run, and when it has grown.
+
+    Two clusters of the same class match when the Jaccard index of their member ids reaches
+    ``jaccard_min`` or the Pearson correlation of their mean heatmaps reaches ``correlation_min`` (a
+    cluster whose members were replaced is still recognised by what the model looks at). A matched
+    cluster has *grown* when it gained at least one member and at least ``grow_min`` of its previous size.
+    The values come from the ``nightly`` config section (``match_jaccard``, ``match_correlation``,
+    ``grown_min``), the one place that defines them.
+    """
+
+    jaccard_min: float
+    correlation_min: float
+    grow_min: float
+
+
+@dataclass(frozen=True)
+class ClusterChange:
+    """One entry of a :class:`ChangeSet`: a suspicious cluster that is new, grown, persisting or resolved.
+
+    Attributes
+    ----------
+    key : str or None
+        The cluster in this run (None for a resolved cluster that matches nothing now).
+    class_index, class_name
+        Its class.
+    size, score, rank : optional
+        In this run (rank: position in the run's ranked findings, from 1).
+    previous_key, previous_size, previous_score : optional
+        The matched cluster of the previous run.
+    jaccard, correlation : float or None
+        The match: member-id Jaccard and mean-heatmap correlation (None: no comparable heatmap).
+    note : str
+        Why a new cluster was known before, or what became of a resolved one ("" when nothing to add).
+    """
+
+    key: str | None
+    class_index: int
+    class_name: str
+    size: int | None = None
+    score: float | None = None
+    rank: int | None = None
+    previous_key: str | None = None
+    previous_size: int | None = None
+    previous_score: float | None = None
+    jaccard: float | None = None
+    correlation: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class UnreadableRun:
+    """A published run that could not be read (skipped when looking for the previous run)."""
+
+    run: str
+    reason: str
+
+
+@dataclass
+class ChangeSet:
+    """What changed since the previous run of the same audit (``summary.json`` → ``changes``).
+
+    Attributes
+    ----------
+    previous_run_id, previous_run : str or None
+        The run compared with (its id and folder name); None when there is none.
+    new, grown, persisting : list[ClusterChange]
+        This run's suspicious clusters, by how they relate to the previous run's.
+    resolved : list[ClusterChange]
+        The previous run's suspicious clusters with no suspicious match now.
+    n_suspicious : int
+        Suspicious clusters in this run.
+    rule : ChangeRule
+        The matching thresholds used.
+    unreadable : list[UnreadableRun]
+        Newer published runs of the same audit that could not be read and were passed over.
+    """
+
+    previous_run_id: str | None
+    previous_run: str | None
+    new: list[ClusterChange]
+    grown: list[ClusterChange]
+    persisting: list[ClusterChange]
+    resolved: list[ClusterChange]
+    n_suspicious: int
+    rule: ChangeRule
+    unreadable: list[UnreadableRun] = field(default_factory=list)
+
+    @property
+    def n_new(self) -> int:
+        return len(self.new)
+
+    @property
+    def n_grown(self) -> int:
+        return len(self.grown)
+
+    @property
+    def n_resolved(self) -> int:
+        return len(self.resolved)
+
+
 @dataclass
 class AuditReport:
-    """The result of one audit run (what ``summary.json`` serialises).
+    """The result of one audit run (what a run folder stores; see ``docs/run_layout.md``).
 
     Attributes
     ----------
     run_id : str
-        Content hash of model, data, config and code version.
+        Content hash of model, data, config and code versions.
     run_dir : str
         Published run directory ("" when not written to disk).
     hashes : dict[str, str]
@@ -213,7 +324,29 @@ class AuditReport:
     findings : list[ClusterFinding]
         All clusters of all classes ranked by suspicion, most suspicious first.
     extra : dict[str, Any]
-        Free-form additions (e.g. the demo's ground truth, changes since the last run).
+        Free-form additions a caller wants stored in ``summary.json`` under ``extra``.
+    name : str
+        The audit's ``name``.
+    dataset : str
+        The dataset key (flags are stored under it; previous runs are matched by it).
+    class_names : list[str]
+        Names in label order.
+    n_samples : int
+        Samples analysed (readable ones).
+    classes_skipped : list[ClassSkipped]
+        Classes too small to analyse.
+    config : dict[str, Any]
+        The full resolved config (every section), as JSON values.
+    cache : str
+        Name of the cache directory the heatmaps came from ("" when unknown).
+    versions : dict[str, Any]
+        ``{"spray", "lrp", "analysis", "layout"}`` (:func:`spray.versions.version_stamp`).
+    changes : ChangeSet or None
+        Changes since the previous run (the nightly job).
+    up_to_date : bool
+        True when an identical published run was reused instead of computed.
+    rank : int
+        Process rank under torchrun (ranks other than 0 return an empty report after the batch stage).
     """
 
     run_id: str
@@ -224,3 +357,14 @@ class AuditReport:
     classes: list[ClassAnalysis]
     findings: list[ClusterFinding]
     extra: dict[str, Any] = field(default_factory=dict)
+    name: str = "audit"
+    dataset: str = ""
+    class_names: list[str] = field(default_factory=list)
+    n_samples: int = 0
+    classes_skipped: list[ClassSkipped] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    cache: str = ""
+    versions: dict[str, Any] = field(default_factory=dict)
+    changes: ChangeSet | None = None
+    up_to_date: bool = False
+    rank: int = 0

@@ -32,8 +32,8 @@ def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int 
 
 def report_header(report: AuditReport) -> str:
     """Two lines: run id, sample counts, skipped samples and timing."""
-    n = report.extra.get("n_samples", sum(len(c.sample_ids) for c in report.classes))
-    state = " (up to date: reused the published run)" if report.extra.get("up_to_date") else ""
+    n = report.n_samples
+    state = " (up to date: reused the published run)" if report.up_to_date else ""
     n_susp = sum(f.suspicious for f in report.findings)
     total = report.timings.get("total_s")
     took = f" in {total:.1f} s" if isinstance(total, float) else ""

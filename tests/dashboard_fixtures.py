@@ -1,6 +1,6 @@
 """Synthetic but structurally real runs for the dashboard's tests and benchmark.
 
-The run is written by spray's own writer (:func:`spray.audit.write_run` + :func:`spray.runs.storage.publish`), so
+The run is written by spray's own writer (:func:`spray.runs.writer.write_run` + :func:`spray.runs.publish.publish`), so
 it has exactly the files and fields of a real audit; only the numbers are made up:
 
 - every class has a few "strategy" groups; one class (``planted_class``) has a planted group whose inputs
@@ -14,12 +14,10 @@ Building 100k samples takes a few seconds (everything is vectorised).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from spray.attribution import BatchStageResult
-from spray.audit import write_run
 from spray.lab.demo import FASHION_CLASSES
 from spray.records import (
     AttributionBatch,
@@ -29,7 +27,8 @@ from spray.records import (
     ClusteringResult,
     SpectralResult,
 )
-from spray.runs.storage import publish, staging_dir
+from spray.runs.publish import publish, staging_dir
+from spray.runs.writer import write_run
 
 CLASS_NAMES = FASHION_CLASSES
 
@@ -215,13 +214,6 @@ def make_synthetic_run(
         )
     all_findings = sorted((f for ca in classes for f in ca.clusters), key=lambda f: -f.score)
     rid = run_id or f"{seed:04d}{n:012d}".ljust(64, "0")
-    extra: dict[str, Any] = {
-        "name": "synthetic",
-        "dataset": dataset,
-        "n_samples": n,
-        "classes_skipped": [],
-        "class_names": names,
-    }
     report = AuditReport(
         rid,
         "",
@@ -230,12 +222,15 @@ def make_synthetic_run(
         [],
         classes,
         all_findings,
-        extra,
+        name="synthetic",
+        dataset=dataset,
+        class_names=names,
+        n_samples=n,
     )
     batch = AttributionBatch(
         ids, labels.astype(np.int64), preds.astype(np.int64), probs, rel, labels.astype(np.int64)
     )
     stage = BatchStageResult(batch=batch, thumbs=images, skipped=[], n_computed=n, n_cached=0)
     staged = staging_dir(runs_dir, rid)
-    write_run(staged, report, stage, names)
+    write_run(staged, report, stage)
     return publish(runs_dir, staged, rid)

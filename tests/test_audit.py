@@ -13,7 +13,8 @@ from spray.audit import audit, load_report
 from spray.cli import main
 from spray.config import AuditConfig, load_config
 from spray.lab.demo import prepare_demo, score_against_truth
-from spray.runs.storage import list_runs
+from spray.runs.publish import list_runs
+from spray.runs.reader import RunReader
 from tests.helpers import make_image_folder
 
 
@@ -47,20 +48,27 @@ def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> N
     assert run.parent == cfg.output.runs_dir and (run.parent / "latest").resolve() == run
     for name in ("summary.json", "samples.parquet", "heatmaps.npy", "thumbs.npy", "classes/6.npz"):
         assert (run / name).exists(), name
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["findings"][0]["member_ids"] == top.member_ids
-    assert set(summary["hashes"]) == {"model", "data", "config", "code"}
-    c6 = next(c for c in summary["classes"] if c["class_index"] == 6)
-    assert c6["eigenvalues"][0] == pytest.approx(1.0, abs=1e-6) and c6["chosen_k"] >= 2
+    reader = RunReader.open(run)
+    assert reader.finding(top.key).member_ids == top.member_ids
+    assert set(reader.summary.hashes) == {"model", "data", "config", "code"}
+    # The full resolved config is recorded, every scoring constant included.
+    assert reader.summary.config["scoring"] == cfg.scoring.model_dump(mode="json")
+    c6 = reader.summary.class_summary(6)
+    assert c6 is not None and c6.chosen_k >= 2
+    assert reader.class_data(6).eigenvalues[0] == pytest.approx(1.0, abs=1e-6)
     again = load_report(run)
     assert [f.key for f in again.findings] == [f.key for f in report.findings]
+    assert again.findings[0].member_ids == top.member_ids and again.findings[0].score == top.score
     np.testing.assert_array_equal(
         again.classes[1].clustering.labellings[2], report.classes[1].clustering.labellings[2]
+    )
+    np.testing.assert_array_equal(
+        again.classes[1].spectral.knn_distances, report.classes[1].spectral.knn_distances
     )
 
     # Same inputs: the second call is a no-op that returns the published report.
     second = audit(cfg, progress=False)
-    assert second.extra.get("up_to_date") and second.run_id == report.run_id
+    assert second.up_to_date and second.run_id == report.run_id
     assert len(list_runs(cfg.output.runs_dir)) == 1
 
 
@@ -72,6 +80,7 @@ def test_same_seed_gives_identical_summary(planted: Path, tmp_path: Path) -> Non
         r = audit(cfg, progress=False)
         d = json.loads((Path(r.run_dir) / "summary.json").read_text())
         d.pop("timings")
+        d["config"].pop("output")  # where the run was published
         docs.append(d)
     assert docs[0] == docs[1]
 
@@ -106,8 +115,8 @@ def test_corrupt_and_non_image_files_are_skipped_and_reported(
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
     out = capsys.readouterr()
     assert "2 skipped" in out.out
-    summary = json.loads(next((tmp_path / "runs").glob("2*/summary.json")).read_text())
-    reasons = {s["sample_id"]: s["reason"] for s in summary["skipped"]}
+    (run,) = list_runs(tmp_path / "runs")
+    reasons = {s.sample_id: s.reason for s in RunReader.open(run).summary.skipped}
     assert set(reasons) == {"cat/broken.png", "dog/README.txt"}
     assert "corrupt" in reasons["cat/broken.png"] and "not an image" in reasons["dog/README.txt"]
 

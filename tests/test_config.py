@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from spray.config import config_from_dict, load_config
 from spray.errors import ConfigError
@@ -97,3 +99,137 @@ def test_example_configs_validate() -> None:
     for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"):
         cfg = load_config(p, check_files=False)
         assert cfg.name
+
+
+# --- more validation, and property-based: no input gives anything but a config or a ConfigError -----------
+
+
+def test_duplicate_yaml_key_is_an_error_with_lines(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  architecture: resnet18\n  num_classes: 3\n  num_classes: 4\ndata: {kind: idx}\n")
+    with pytest.raises(
+        ConfigError, match=r"key 'num_classes' is given twice in one section \(lines 3 and 4\)"
+    ):
+        load_config(p)
+
+
+def test_factory_module_next_to_the_config_goes_first_on_sys_path(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "__init__.py").write_text("")
+    (tmp_path / "proj" / "data.py").write_text("def build():\n    return []\n")
+    raw = {**_base(tmp_path), "data": {"kind": "factory", "factory": "proj.data:build"}}
+    config_from_dict(raw, base_dir=tmp_path)
+    assert sys.path[0] == str(tmp_path.resolve())
+    sys.path.remove(str(tmp_path.resolve()))
+
+
+def test_class_indices_checked_against_the_known_class_count(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"lrp\.target: class index 3 is outside 0\.\.2"):
+        config_from_dict({**_base(tmp_path), "lrp": {"target": 3}}, base_dir=tmp_path)
+    cfg = config_from_dict({**_base(tmp_path), "lrp": {"target": 2}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"analysis\.classes: \[7\] outside 0\.\.4"):
+        cfg.analysis.classes = [0, 7]
+        cfg.check_class_count(5, 5)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+_KEYS = {
+    "": ["name", "seed", "model", "data", "lrp", "batch", "analysis", "scoring", "output", "nightly"],
+    "model": ["architecture", "factory", "factory_kwargs", "num_classes", "checkpoint", "allow_pickle"],
+    "data": [
+        "kind",
+        "path",
+        "images",
+        "labels",
+        "factory",
+        "factory_kwargs",
+        "name",
+        "class_names",
+        "transform",
+        "limit",
+        "max_image_pixels",
+    ],
+    "data.transform": [
+        "resize",
+        "center_crop",
+        "grayscale_to_rgb",
+        "channels",
+        "alpha_background",
+        "mean",
+        "std",
+    ],
+    "lrp": ["composite", "composite_kwargs", "target", "precision", "canonize"],
+    "batch": ["batch_size", "num_workers", "device", "grid", "shard_size", "thumbnails", "thumbnail_size"],
+    "analysis": [
+        "classes",
+        "group_by",
+        "absolute",
+        "blur_sigma",
+        "pca_components",
+        "n_neighbors",
+        "n_eigenvectors",
+        "k_max",
+        "embedding",
+        "map_epochs",
+        "min_class_size",
+    ],
+    "output": ["runs_dir", "keep_runs", "html_report"],
+    "nightly": ["notify_command", "fail_on_findings"],
+}
+_edits = st.lists(
+    st.sampled_from([f"{s}.{k}" if s else k for s, ks in _KEYS.items() for k in ks]).flatmap(
+        lambda key: st.tuples(st.just(key), _json)
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=_edits)
+def test_arbitrary_values_give_a_config_or_a_config_error(
+    tmp_path: Path, edits: list[tuple[str, object]]
+) -> None:
+    raw = _base(tmp_path)
+    for key, value in edits:
+        *parents, last = key.split(".")
+        d = raw
+        for k in parents:
+            d = d.setdefault(k, {}) if isinstance(d.get(k, {}), dict) else {}
+        d[last] = value
+    try:
+        config_from_dict(raw, base_dir=tmp_path)
+    except ConfigError as err:
+        assert str(err).startswith(
+            ("Invalid config", "The config", "model.", "data.", "output.")
+        ) or "factory" in str(err)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.dictionaries(st.text(max_size=8) | st.integers() | st.none(), _json, max_size=6) | _json)
+def test_arbitrary_documents_give_a_config_error(tmp_path: Path, raw: object) -> None:
+    with pytest.raises(ConfigError):
+        config_from_dict(raw, base_dir=tmp_path)  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_arbitrary_yaml_text_gives_a_config_error(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "fuzz.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(p)
+
+
+def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    raw = {**_base(tmp_path), "output": {"runs_dir": "~/my_runs"}}
+    raw["data"]["path"] = "~/imgs"
+    cfg = config_from_dict(raw, base_dir=tmp_path / "elsewhere")
+    assert cfg.data.path == tmp_path / "imgs" and cfg.output.runs_dir == tmp_path / "my_runs"

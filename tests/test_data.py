@@ -3,11 +3,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from spray.config import DataConfig, TransformConfig
-from spray.data import Transform, build_dataset, collate_samples, read_idx, write_idx
-from spray.errors import DataError
+from spray.data import Sample, Transform, build_dataset, collate_samples, read_idx, write_idx
+from spray.errors import ConfigError, DataError
 from tests.helpers import make_image_folder
+
+
+def _hash(ds, i: int) -> str:
+    item = ds[i]
+    assert isinstance(item, Sample)
+    return item.content_hash
 
 
 def test_idx_roundtrip_and_ids(tmp_path: Path) -> None:
@@ -16,10 +23,10 @@ def test_idx_roundtrip_and_ids(tmp_path: Path) -> None:
     write_idx(tmp_path / "l.gz", np.array([0, 1, 2, 1, 0], dtype=np.uint8))
     assert np.array_equal(read_idx(tmp_path / "i.gz"), imgs)
     ds = build_dataset(DataConfig(kind="idx", images=tmp_path / "i.gz", labels=tmp_path / "l.gz"))
-    assert ds.ids == ["0", "1", "2", "3", "4"]
+    assert ds.sample_ids == ["0", "1", "2", "3", "4"]
     it = ds[3]
-    assert it["ok"] and it["label"] == 1 and it["x"].shape == (1, 4, 4)
-    assert torch.allclose(it["x"][0], torch.from_numpy(imgs[3]).float() / 255)
+    assert isinstance(it, Sample) and it.label == 1 and it.x is not None and it.x.shape == (1, 4, 4)
+    assert torch.allclose(it.x[0], torch.from_numpy(imgs[3]).float() / 255)
 
 
 def test_idx_rejects_garbage_and_truncation(tmp_path: Path) -> None:
@@ -39,33 +46,35 @@ def test_image_folder_skips_non_images_and_corrupt(tmp_path: Path) -> None:
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
     assert ds.class_names == ["cat", "dog"]
-    assert "cat/000.png" in ds.ids and "cat/notes.txt" not in ds.ids
+    assert "cat/000.png" in ds.sample_ids and "cat/notes.txt" not in ds.sample_ids
     assert [s.sample_id for s in ds.pre_skipped] == ["cat/notes.txt"]
     items = [ds[i] for i in range(len(ds))]
     batch = collate_samples(items)
-    assert [s.sample_id for s in batch["skipped"]] == ["dog/broken.png"]
-    assert "corrupt" in batch["skipped"][0].reason
-    assert batch["x"].shape == (6, 3, 16, 16)
+    assert [s.sample_id for s in batch.skipped] == ["dog/broken.png"]
+    assert "corrupt or not an image" in batch.skipped[0].reason and "BytesIO" not in batch.skipped[0].reason
+    assert batch.x is not None and batch.x.shape == (6, 3, 16, 16)
 
 
 def test_load_input_matches_item_and_names_a_broken_sample(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=2)
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
-    good = ds.ids.index("cat/000.png")
-    assert torch.equal(ds.load_input(good), ds[good]["x"])
+    good = ds.sample_ids.index("cat/000.png")
+    item = ds[good]
+    assert isinstance(item, Sample) and item.x is not None
+    assert torch.equal(ds.load_input(good), item.x)
     with pytest.raises(DataError, match=r"dog/broken\.png"):
-        ds.load_input(ds.ids.index("dog/broken.png"))
+        ds.load_input(ds.sample_ids.index("dog/broken.png"))
 
 
 def test_content_hash_stable_and_sensitive(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=2)
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
-    h1 = ds[0]["hash"]
-    assert build_dataset(DataConfig(kind="image_folder", path=root))[0]["hash"] == h1
-    make_image_folder(tmp_path / "other", n_per_class=2, size=17)
-    (root / "cat" / "000.png").write_bytes((tmp_path / "other" / "cat" / "000.png").read_bytes())
-    assert ds[0]["hash"] != h1
+    h1 = _hash(ds, 0)
+    assert _hash(build_dataset(DataConfig(kind="image_folder", path=root)), 0) == h1
+    other = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(other).save(root / "cat" / "000.png")
+    assert _hash(ds, 0) != h1
 
 
 def test_transform_resize_crop_rgb_normalise() -> None:
@@ -73,18 +82,29 @@ def test_transform_resize_crop_rgb_normalise() -> None:
         TransformConfig(resize=20, center_crop=16, grayscale_to_rgb=True, mean=[0.5] * 3, std=[0.5] * 3), 8
     )
     x, thumb = t(torch.full((1, 10, 12), 1.0))
-    assert x.shape == (3, 16, 16) and thumb.shape == (8, 8, 3) and thumb.dtype == np.uint8
+    assert (
+        x.shape == (3, 16, 16) and thumb is not None and thumb.shape == (8, 8, 3) and thumb.dtype == np.uint8
+    )
     assert torch.allclose(x, torch.ones_like(x))  # (1 - 0.5) / 0.5
     assert t.input_bounds() == (-1.0, 1.0)
 
 
-def test_mixed_sizes_in_batch_explains_fix(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "a", n_per_class=1, classes=("x",), size=16)
-    make_image_folder(tmp_path / "b", n_per_class=1, classes=("x",), size=20)
+def test_an_odd_size_is_skipped_and_many_sizes_fail_early(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "a", n_per_class=3, classes=("x",), size=16)
+    make_image_folder(tmp_path / "b", n_per_class=3, classes=("x",), size=20)
     (root / "x" / "big.png").write_bytes((tmp_path / "b" / "x" / "000.png").read_bytes())
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
-    with pytest.raises(DataError, match="resize and center_crop"):
-        collate_samples([ds[0], ds[1]])
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    assert batch.x is not None and batch.x.shape == (3, 3, 16, 16)
+    assert [s.sample_id for s in batch.skipped] == ["x/big.png"]
+    assert "20×20" in batch.skipped[0].reason and "resize and center_crop" in batch.skipped[0].reason
+    for size in (17, 18, 19):
+        make_image_folder(tmp_path / f"s{size}", n_per_class=1, classes=("x",), size=size)
+        (root / "x" / f"odd{size}.png").write_bytes((tmp_path / f"s{size}" / "x" / "000.png").read_bytes())
+    with pytest.raises(ConfigError, match=r"different sizes .*resize and center_crop"):
+        build_dataset(DataConfig(kind="image_folder", path=root))
+    fixed = DataConfig(kind="image_folder", path=root, transform=TransformConfig(resize=16, center_crop=16))
+    assert collate_samples([build_dataset(fixed)[i] for i in range(7)]).x.shape == (7, 3, 16, 16)
 
 
 def test_known_hashes_skip_the_decode_but_not_the_hash(
@@ -96,15 +116,17 @@ def test_known_hashes_skip_the_decode_but_not_the_hash(
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
     full = [ds[i] for i in range(len(ds))]
-    known = {it["hash"] for it in full if it["ok"] and it["id"] != "dog/001.png"}
+    known = {it.content_hash for it in full if isinstance(it, Sample) and it.sample_id != "dog/001.png"}
     ds.known_hashes = frozenset(known)
     decoded: list[int] = []
     read = ds._read
     monkeypatch.setattr(ds, "_read", lambda i, **kw: decoded.append(i) or read(i, **kw))
     items = [ds[i] for i in range(len(ds))]
-    assert sorted(ds.ids[i] for i in decoded) == ["dog/001.png", "dog/broken.png"]
-    assert [it.get("hash") for it in items] == [it.get("hash") for it in full]  # same hashes either way
+    assert sorted(ds.sample_ids[i] for i in decoded) == ["dog/001.png", "dog/broken.png"]
+    hashes = [getattr(it, "content_hash", None) for it in items]
+    assert hashes == [getattr(it, "content_hash", None) for it in full]  # same hashes either way
     batch = collate_samples(items)
-    assert [batch["id"][j] for j in batch["decoded"]] == ["dog/001.png"]
-    assert batch["x"].shape == (1, 3, 16, 16) and batch["thumb"].shape[0] == 1
-    assert [s.sample_id for s in batch["skipped"]] == ["dog/broken.png"]
+    assert [batch.sample_ids[j] for j in batch.decoded] == ["dog/001.png"]
+    assert batch.x is not None and batch.x.shape == (1, 3, 16, 16)
+    assert batch.thumbnails is not None and batch.thumbnails.shape[0] == 1
+    assert [s.sample_id for s in batch.skipped] == ["dog/broken.png"]

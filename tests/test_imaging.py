@@ -72,3 +72,13 @@ def test_render_modes_and_fallback_without_thumbnails() -> None:
 def test_png_data_uri() -> None:
     uri = imaging.png_data_uri(np.zeros((4, 4, 3), np.uint8))
     assert uri.startswith("data:image/png;base64,")
+
+
+def test_grey_thumbnails_render_with_the_readers() -> None:
+    """Thumbnails of grey datasets are (n, t, t, 1): every reader goes through render/to_rgb."""
+    thumbs = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    heat = np.random.default_rng(1).normal(size=(2, 7, 7))
+    for mode in ("input", "heatmap", "overlay"):
+        out = imaging.render(mode, heat, thumbs, size=56)
+        assert out.shape == (2, 56, 56, 3) and out.dtype == np.uint8
+    assert np.array_equal(imaging.render("input", heat, thumbs, size=28)[..., 1], thumbs[..., 0])

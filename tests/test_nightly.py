@@ -26,7 +26,8 @@ import yaml
 from spray.data import read_idx, write_idx
 from spray.exit_codes import EXIT_FINDINGS, EXIT_LOCKED, EXIT_OK
 from spray.lab.artifacts import plant
-from spray.nightly import compare_findings, exit_code_for
+from spray.nightly import exit_code_for
+from spray.records import AuditReport, ChangeRule, ChangeSet, ClusterChange, ClusterFinding
 from spray.runs.locking import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,9 +198,11 @@ def run_spray(args: list[str], *, env: dict[str, str] | None = None, timeout: fl
 
 
 def comparable(run_dir: Path) -> tuple[dict[str, Any], bytes, bytes]:
-    """summary.json without ``timings``, and the bytes of heatmaps.npy and thumbs.npy."""
+    """summary.json without ``timings`` and ``config.output`` (where it was published), and the bytes of
+    heatmaps.npy and thumbs.npy."""
     s = json.loads((run_dir / "summary.json").read_text())
     s.pop("timings")
+    s["config"].pop("output")
     return s, (run_dir / "heatmaps.npy").read_bytes(), (run_dir / "thumbs.npy").read_bytes()
 
 
@@ -409,83 +412,21 @@ def test_bad_configs_exit_2_with_a_clear_message(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Change detection and exit codes (pure functions)
+# Exit codes (change detection itself: tests/runs/test_changes.py)
 
 
-def _finding(key: str, cls: int, members: range, *, suspicious: bool = True) -> dict[str, Any]:
-    ids = [f"s{i}" for i in members]
-    return {
-        "key": key,
-        "class_index": cls,
-        "class_name": f"c{cls}",
-        "size": len(ids),
-        "score": 1.0,
-        "suspicious": suspicious,
-        "member_ids": ids,
-    }
-
-
-def test_compare_findings_classifies_new_grown_persisting_resolved() -> None:
-    rng = np.random.default_rng(0)
-    corner = np.zeros((8, 8), np.float32)
-    corner[:2, :2] = 1
-    prev = [
-        _finding("1/k3/c0", 1, range(0, 20)),  # grows to 30 members (ids kept) → grown
-        _finding("2/k2/c1", 2, range(100, 120)),  # same members → persisting
-        _finding("3/k2/c0", 3, range(200, 210)),  # disappears → resolved
-        _finding("4/k2/c0", 4, range(300, 310), suspicious=False),  # becomes suspicious → new (with note)
-    ]
-    cur = [
-        _finding("1/k4/c2", 1, range(0, 30)),
-        _finding("2/k2/c0", 2, range(100, 121)),
-        _finding("4/k3/c1", 4, range(300, 312)),
-        _finding("5/k2/c0", 5, range(400, 405)),  # brand new
-        # Same class and place as the resolved one but no shared members: matched by its mean heatmap.
-        _finding("3/k2/c1", 3, range(500, 540)),
-    ]
-    means_prev = {f["key"]: rng.random((8, 8)).astype(np.float32) for f in prev}
-    means_cur = {f["key"]: rng.random((8, 8)).astype(np.float32) for f in cur}
-    means_prev["3/k2/c0"] = corner
-    means_cur["3/k2/c1"] = corner + 0.01 * rng.random((8, 8)).astype(np.float32)
-    ch = compare_findings(cur, means_cur, prev, means_prev)
-    assert [c["key"] for c in ch["grown"]] == ["1/k4/c2", "3/k2/c1"]
-    assert ch["grown"][1]["jaccard"] == 0 and ch["grown"][1]["correlation"] > 0.99
-    assert [c["key"] for c in ch["persisting"]] == ["2/k2/c0"]
-    assert [c["key"] for c in ch["new"]] == ["4/k3/c1", "5/k2/c0"]
-    assert "not suspicious then" in ch["new"][0]["note"]
-    assert ch["resolved"] == []
-    # A previous suspicious cluster that is still there below the alarm threshold (other members, same
-    # mean heatmap) is resolved, and named.
-    prev.append(_finding("6/k2/c0", 6, range(600, 610)))
-    cur.append(_finding("6/k3/c1", 6, range(700, 720), suspicious=False))
-    means_prev["6/k2/c0"] = corner.T.copy()
-    means_cur["6/k3/c1"] = corner.T + 0.01 * rng.random((8, 8)).astype(np.float32)
-    ch = compare_findings(cur, means_cur, prev, means_prev)
-    (res,) = ch["resolved"]
-    assert res["previous_key"] == "6/k2/c0" and res["key"] == "6/k3/c1" and res["correlation"] > 0.99
-    # The HTML report renders matches without a comparable heatmap (correlation None).
-    from spray.html_report import _changes_html
-
-    html = _changes_html(
-        {"previous_run_id": "abc", **ch, "persisting": [{**ch["persisting"][0], "correlation": None}]}
-    )
-    assert "persisting" in html and "resolved" in html
-    prev.pop()
-    cur.pop()
-    # Without the heatmap match the old cluster of class 3 is resolved and the new one is new.
-    means_cur["3/k2/c1"] = -corner
-    ch = compare_findings(cur, means_cur, prev, means_prev)
-    assert [c["previous_key"] for c in ch["resolved"]] == ["3/k2/c0"]
-    assert "3/k2/c1" in [c["key"] for c in ch["new"]]
+def _report(suspicious: bool, n_new: int, *, up_to_date: bool = False) -> AuditReport:
+    f = ClusterFinding(0, "c0", 0, 2, 5, 0.5, 1.0, suspicious, [], {}, ["a"], np.zeros((2, 2), np.float32))
+    new = [ClusterChange("0/k2/c0", 0, "c0")] * n_new
+    changes = ChangeSet(None, None, new, [], [], [], int(suspicious), ChangeRule(0.3, 0.8, 0.1))
+    return AuditReport("r", "", {}, {}, [], [], [f], changes=changes, up_to_date=up_to_date)
 
 
 def test_exit_codes() -> None:
-    susp = {"findings": [{"suspicious": True}], "changes": {"n_new": 0, "n_grown": 0}}
-    assert exit_code_for(susp, fail_on_findings=False, up_to_date=False) == EXIT_OK
-    assert exit_code_for(susp, fail_on_findings=True, up_to_date=False) == EXIT_FINDINGS
-    assert exit_code_for(susp, fail_on_findings=True, up_to_date=True) == EXIT_FINDINGS
-    new = {"findings": [{"suspicious": True}], "changes": {"n_new": 1, "n_grown": 0}}
-    assert exit_code_for(new, fail_on_findings=False, up_to_date=False) == EXIT_FINDINGS
-    assert exit_code_for(new, fail_on_findings=False, up_to_date=True) == EXIT_OK
-    clean = {"findings": [{"suspicious": False}], "changes": {"n_new": 0, "n_grown": 0}}
-    assert exit_code_for(clean, fail_on_findings=True, up_to_date=False) == EXIT_OK
+    susp = _report(True, 0)
+    assert exit_code_for(susp, fail_on_findings=False) == EXIT_OK
+    assert exit_code_for(susp, fail_on_findings=True) == EXIT_FINDINGS
+    assert exit_code_for(_report(True, 0, up_to_date=True), fail_on_findings=True) == EXIT_FINDINGS
+    assert exit_code_for(_report(True, 1), fail_on_findings=False) == EXIT_FINDINGS
+    assert exit_code_for(_report(True, 1, up_to_date=True), fail_on_findings=False) == EXIT_OK
+    assert exit_code_for(_report(False, 0), fail_on_findings=True) == EXIT_OK

@@ -11,14 +11,14 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from spray.cli import audit, dashboard, demo, export, flags, run
+from spray.cli import audit, dashboard, demo, export, flags, init, run
 from spray.cli.logs import setup_logging
 from spray.errors import SprayError
 
 log = logging.getLogger("spray")
 
 # Each module adds its sub-parser with ``register(subparsers)``; the order is the order of ``--help``.
-COMMANDS = (audit, run, demo, dashboard, flags, export)
+COMMANDS = (init, audit, run, demo, dashboard, flags, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_json)
+    if getattr(args, "quiet", False) and not args.verbose:
+        # -q: warnings, errors and the command's results only (progress bars are off as well).
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except SprayError as err:

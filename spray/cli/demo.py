@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spray.cli.options import positive_int
+
 
 def run_command(args: argparse.Namespace) -> int:
     """``spray demo``: plant a Clever Hans in Fashion-MNIST, train, audit, and score the top finding."""
@@ -18,7 +20,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     work = Path(args.work_dir).resolve()
     runs = Path(args.runs_dir).resolve()
-    cfg_path = prepare_demo(work, runs, per_class=args.per_class, epochs=args.epochs)
+    cfg_path = prepare_demo(work, runs, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
     cfg = load_config(cfg_path)
     report = audit(cfg, device=args.device, progress=not args.quiet)
     truth = json.loads((work / "ground_truth.json").read_text())
@@ -49,10 +51,14 @@ def register(subparsers: Any) -> None:
         "--work-dir", default="spray-demo", help="where data, model and config go (default ./spray-demo)"
     )
     d.add_argument("--runs-dir", default="spray-demo/runs", help="runs directory (default ./spray-demo/runs)")
-    d.add_argument("--per-class", type=int, default=1000, help="training images per class (default 1000)")
-    d.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    d.add_argument(
+        "--per-class", type=positive_int, default=1000, help="training images per class (default 1000)"
+    )
+    d.add_argument("--epochs", type=positive_int, default=3, help="training epochs (default 3)")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    d.add_argument("--top", type=int, default=10)
+    d.add_argument("--top", type=positive_int, default=10)
     d.add_argument("--strict", action="store_true", help="exit 1 if the planted cluster is not finding #1")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and results only: no progress, no INFO lines"
+    )
     d.set_defaults(func=run_command)

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from spray.runlog import RunContextFilter
+
 # Structured fields that log records may carry (``extra=``) and the JSON lines then include.
 _LOG_FIELDS = (
     "rank",
@@ -61,22 +63,9 @@ def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-class _RunContextFilter(logging.Filter):
-    """Stamps records with ``spray.audit.RUN_CONTEXT`` (run id, stage, rank) once that module is loaded.
-
-    Looked up through ``sys.modules`` rather than imported, so that a bad config is reported before
-    torch (which spray.audit pulls in) is imported.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        ctx = getattr(sys.modules.get("spray.audit"), "RUN_CONTEXT", None) or {}
-        for key, value in ctx.items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
-        return True
-
-
 def configure_run_logging(verbose: bool, fmt: str) -> None:
+    """Logging of ``spray run``: JSON lines (or text) stamped with the run id, stage and rank."""
+
     class NightlyJsonFormatter(JsonLogFormatter):
         """The CLI's JSON lines plus the structured fields of the nightly job (counts, shard, rank)."""
 
@@ -93,4 +82,4 @@ def configure_run_logging(verbose: bool, fmt: str) -> None:
     for h in logging.getLogger().handlers:
         if fmt == "json":
             h.setFormatter(NightlyJsonFormatter())
-        h.addFilter(_RunContextFilter())
+        h.addFilter(RunContextFilter())

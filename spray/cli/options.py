@@ -20,10 +20,13 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
 def load_audit_config(args: argparse.Namespace) -> Any:
     """The validated config of ``--config``, with ``--runs-dir`` applied."""
     from spray.config import load_config
+    from spray.config.loading import check_runs_dir
 
     cfg = load_config(args.config)
     if getattr(args, "runs_dir", None):
-        cfg.output.runs_dir = Path(args.runs_dir).resolve()
+        runs_dir = Path(args.runs_dir).resolve()
+        check_runs_dir(runs_dir, "--runs-dir")
+        cfg.output.runs_dir = runs_dir
     return cfg
 
 

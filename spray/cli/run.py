@@ -6,17 +6,37 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from spray.cli.logs import configure_run_logging
 from spray.cli.options import add_audit_arguments, positive_int
 from spray.errors import SprayError
-from spray.exit_codes import EXIT_FAILURE, EXIT_FINDINGS, EXIT_LOCKED, EXIT_OK
+from spray.exit_codes import (
+    EXIT_FAILURE,
+    EXIT_FINDINGS,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+)
 
 log = logging.getLogger("spray.nightly")
+
+#: What the last log line says when a run is stopped: nothing finished is lost.
+_KEPT = "finished shards are kept and the next run resumes from them; nothing was published"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler stopping the job): unwound like Ctrl-C, then exit 143."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
 
 
 def _write_status(path: str | None, status: dict[str, Any]) -> None:
@@ -24,9 +44,12 @@ def _write_status(path: str | None, status: dict[str, Any]) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
     if path:
-        from spray.runs.storage import atomic_write_bytes
+        from spray.runs.atomic import atomic_write_bytes
 
-        atomic_write_bytes(Path(path), (line + "\n").encode())
+        try:
+            atomic_write_bytes(Path(path), (line + "\n").encode())
+        except (SprayError, OSError) as err:
+            log.error("cannot write the status file --status-file %s: %s", path, err)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -35,25 +58,38 @@ def run_command(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     t0 = time.perf_counter()
     status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = _run(args, status)
     except SprayError as err:
         code = err.exit_code
         status.update(exit_code=code, status="locked" if code == EXIT_LOCKED else "failed", error=str(err))
         log.error("%s", err, extra={"exit_code": code})
-        code_final = code
+    except (KeyboardInterrupt, Terminated) as err:
+        code, what = (
+            (EXIT_TERMINATED, "terminated")
+            if isinstance(err, Terminated)
+            else (EXIT_INTERRUPTED, "interrupted")
+        )
+        status.update(exit_code=code, status=what)
+        log.error(
+            "%s (%s): %s",
+            what,
+            "SIGTERM" if code == EXIT_TERMINATED else "SIGINT",
+            _KEPT,
+            extra={"exit_code": code},
+        )
     except Exception as err:  # a bug: log it as one JSON record (with traceback) rather than a raw dump
         log.exception("run failed: %s: %s", type(err).__name__, err, extra={"exit_code": EXIT_FAILURE})
         status.update(exit_code=EXIT_FAILURE, status="failed", error=f"{type(err).__name__}: {err}")
-        code_final = EXIT_FAILURE
-    else:
-        code_final = code
+        code = EXIT_FAILURE
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         _shutdown_dist()
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
         _write_status(getattr(args, "status_file", None), status)
-    return code_final
+    return code
 
 
 def _shutdown_dist() -> None:
@@ -67,7 +103,7 @@ def _shutdown_dist() -> None:
 
 def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     from spray.config import load_config
-    from spray.nightly import changes_since_previous, exit_code_for, notify
+    from spray.runs.publish import check_runs_dir
 
     # The config is checked before torch is imported: a bad config fails (exit 2) in well under a second.
     cfg = load_config(args.config)
@@ -77,7 +113,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         cfg.output.keep_runs = args.keep_runs
     fail_on_findings = bool(args.fail_on_findings or cfg.nightly.fail_on_findings)
     runs_dir = Path(cfg.output.runs_dir)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and check_runs_dir(runs_dir):
         from spray.runs.locking import RunLock
 
         # Answer "already running" (75) at once, before seconds of imports; audit() takes the lock for
@@ -85,18 +121,20 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         with RunLock(runs_dir):
             pass
     from spray.audit import audit
+    from spray.nightly import exit_code_for
+    from spray.records import AuditReport
+    from spray.runs.changes import change_rule, changes_since_previous
 
-    def before_write(report: Any) -> None:
-        report.extra["changes"] = changes_since_previous(report, runs_dir)
-        ch = report.extra["changes"]
+    def before_write(report: AuditReport) -> None:
+        ch = report.changes = changes_since_previous(report, runs_dir, change_rule(cfg.nightly))
         log.info(
             "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
-            (ch["previous_run_id"] or "no previous run")[:16],
-            ch["n_new"],
-            ch["n_grown"],
-            len(ch["persisting"]),
-            ch["n_resolved"],
-            extra={"n_new": ch["n_new"], "n_grown": ch["n_grown"], "n_resolved": ch["n_resolved"]},
+            (ch.previous_run_id or "no previous run")[:16],
+            ch.n_new,
+            ch.n_grown,
+            len(ch.persisting),
+            ch.n_resolved,
+            extra={"n_new": ch.n_new, "n_grown": ch.n_grown, "n_resolved": ch.n_resolved},
         )
 
     report = audit(
@@ -105,56 +143,67 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK
-    up_to_date = bool(report.extra.get("up_to_date"))
-    summary_path = Path(report.run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    code = exit_code_for(summary, fail_on_findings=fail_on_findings, up_to_date=up_to_date)
-    ch = summary.get("changes") or {}
-    n_susp = sum(1 for f in summary.get("findings", []) if f.get("suspicious"))
+    code = exit_code_for(report, fail_on_findings=fail_on_findings)
+    _report_status(report, code, status)
+    if not report.up_to_date and code == EXIT_FINDINGS and cfg.nightly.notify_command:
+        _notify(cfg.nightly.notify_command, report, code, status)
+    return code
+
+
+def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
+    from spray.runs.layout import RunFiles
+
+    files = RunFiles(Path(report.run_dir))
+    ch = report.changes
+    n_susp = sum(1 for f in report.findings if f.suspicious)
     status.update(
         exit_code=code,
-        status="up_to_date" if up_to_date else "published",
+        status="up_to_date" if report.up_to_date else "published",
         run_id=report.run_id,
         run_dir=report.run_dir,
-        summary=str(summary_path),
+        summary=str(files.summary),
         n_suspicious=n_susp,
-        n_new=ch.get("n_new"),
-        n_grown=ch.get("n_grown"),
-        n_resolved=ch.get("n_resolved"),
+        n_new=None if ch is None else ch.n_new,
+        n_grown=None if ch is None else ch.n_grown,
+        n_resolved=None if ch is None else ch.n_resolved,
     )
-    report_html = Path(report.run_dir) / "report.html"
-    if report_html.exists():
-        status["report"] = str(report_html)
-    if up_to_date:
+    if ch is not None and ch.unreadable:
+        status["unreadable_runs"] = [u.run for u in ch.unreadable]
+    if files.report_html.exists():
+        status["report"] = str(files.report_html)
+    if report.up_to_date:
         log.info(
             "up to date: run %s is already published at %s; nothing recomputed",
             report.run_id[:16],
             report.run_dir,
             extra={"exit_code": code, "run_dir": report.run_dir, "up_to_date": True},
         )
-        return code
+        return
     log.info(
         "published %s: %d suspicious clusters (%s new, %s grown, %s resolved); exit %d",
         report.run_dir,
         n_susp,
-        ch.get("n_new"),
-        ch.get("n_grown"),
-        ch.get("n_resolved"),
+        status["n_new"],
+        status["n_grown"],
+        status["n_resolved"],
         code,
         extra={"exit_code": code, "run_dir": report.run_dir, "n_suspicious": n_susp},
     )
-    if code == EXIT_FINDINGS and cfg.nightly.notify_command:
-        notify(
-            cfg.nightly.notify_command,
-            summary_path,
-            env={
-                "SPRAY_RUN_ID": report.run_id,
-                "SPRAY_RUN_DIR": report.run_dir,
-                "SPRAY_EXIT_CODE": str(code),
-                "SPRAY_REPORT_HTML": str(report_html) if report_html.exists() else "",
-            },
-        )
-    return code
+
+
+def _notify(command: str, report: Any, code: int, status: dict[str, Any]) -> None:
+    from spray.nightly import notify
+
+    notify(
+        command,
+        Path(status["summary"]),
+        env={
+            "SPRAY_RUN_ID": report.run_id,
+            "SPRAY_RUN_DIR": report.run_dir,
+            "SPRAY_EXIT_CODE": str(code),
+            "SPRAY_REPORT_HTML": status.get("report", ""),
+        },
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -165,7 +214,7 @@ def register(subparsers: Any) -> None:
         description=(run_command.__doc__ or "")
         + " Exit codes: 0 ok (or up to date); 10 ok with new or grown suspicious clusters since the previous "
         "run (any suspicious cluster with --fail-on-findings); 1 failure; 2 config error; 75 another run "
-        "holds the lock.",
+        "holds the lock; 130 / 143 stopped by SIGINT / SIGTERM (finished shards are kept).",
     )
     add_audit_arguments(p)
     p.add_argument("--keep-runs", type=positive_int, help="override output.keep_runs (retention)")

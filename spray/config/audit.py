@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from spray.config.analysis import AnalysisConfig
 from spray.config.batch import BatchConfig
@@ -15,13 +15,23 @@ from spray.config.model import ModelConfig
 from spray.config.output import NightlyConfig, OutputConfig
 from spray.config.scoring import ScoringConfig
 from spray.config.section import Section
+from spray.errors import ConfigError
+
+#: Seeds are used by numpy, torch, scikit-learn and UMAP; the smallest common range is 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 class AuditConfig(Section):
     """The whole audit configuration."""
 
     name: str = Field("audit", description="A label for this audit.")
-    seed: int = Field(0, description="Seed for every random choice (PCA, kNN, k-means, 2-D map).")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        strict=True,
+        description="Seed for every random choice (PCA, kNN, k-means, 2-D map), 0 to 2**32 - 1.",
+    )
     model: ModelConfig
     data: DataConfig
     lrp: LRPConfig = Field(default_factory=LRPConfig)
@@ -37,6 +47,46 @@ class AuditConfig(Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _class_indices_fit(self) -> AuditConfig:
+        # Checked here when the config already tells the number of classes; check_class_count does it
+        # again at setup, once the dataset and the model are known.
+        n = self.model.num_classes or (len(self.data.class_names) if self.data.class_names else None)
+        if n is not None:
+            for problem in self._class_problems(n, n):
+                raise ValueError(problem)
+        elif isinstance(self.lrp.target, int) and self.lrp.target < 0:
+            raise ValueError(f"lrp.target: class index {self.lrp.target} is negative")
+        return self
+
+    def _class_problems(self, n_classes: int, n_outputs: int) -> list[str]:
+        problems = []
+        target = self.lrp.target
+        if isinstance(target, int) and not 0 <= target < n_outputs:
+            problems.append(
+                f"lrp.target: class index {target} is outside 0..{n_outputs - 1} (the model has {n_outputs} "
+                "outputs); use 'label', 'pred' or a valid index"
+            )
+        if isinstance(self.analysis.classes, list):
+            bad = sorted(c for c in self.analysis.classes if not 0 <= c < n_classes)
+            if bad:
+                problems.append(
+                    f"analysis.classes: {bad} outside 0..{n_classes - 1} (the dataset has {n_classes} classes)"
+                )
+        return problems
+
+    def check_class_count(self, n_classes: int, n_outputs: int) -> None:
+        """Check the class indices of the config against the dataset's classes and the model's outputs.
+
+        Raises
+        ------
+        ConfigError
+            Naming ``lrp.target`` or ``analysis.classes`` when they are out of range.
+        """
+        problems = self._class_problems(n_classes, n_outputs)
+        if problems:
+            raise ConfigError("Invalid config:\n" + "\n".join(f"- {p}." for p in problems))
 
     def dataset_key(self) -> str:
         """Key under which flags are stored: the dataset name, or its path."""

@@ -12,15 +12,24 @@ from spray.config.section import Section
 class BatchConfig(Section):
     """How the batch stage runs."""
 
-    batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    batch_size: int = Field(64, ge=1, le=65536, description="Samples per LRP batch.")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when available.")
     grid: int = Field(
         32,
         ge=2,
+        le=1024,
         description="Analysis grid side; relevance is sum-pooled to grid×grid (or native if smaller).",
     )
-    shard_size: int = Field(1024, ge=1, description="Samples per cache shard (the unit of resume).")
+    shard_size: int = Field(
+        1024, ge=1, le=10_000_000, description="Samples per cache shard (the unit of resume)."
+    )
     store_full_relevance: bool = Field(False, description="Also keep full-resolution relevance (float16).")
     thumbnails: bool = Field(True, description="Store image thumbnails for the dashboard and report.")
-    thumbnail_size: int = Field(64, ge=8, le=512)
+    thumbnail_size: int = Field(
+        64,
+        ge=8,
+        le=512,
+        description="Largest thumbnail edge; thumbnails are never larger than the model input (28×28 "
+        "inputs get 28×28 thumbnails), grey for a 1-channel model.",
+    )

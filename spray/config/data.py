@@ -2,31 +2,74 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from spray.config.section import Section
+
+# Kept in step with spray.factories.SPEC_PATTERN (the config must not import the factories module's deps).
+_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+#: Largest edge accepted for resize / center_crop: far above any classifier input, low enough that a
+#: typo (an extra zero or three) fails at load time instead of allocating gigabytes per image.
+MAX_SIDE = 8192
 
 
 class TransformConfig(Section):
     """Input transform applied to every sample before the model (and before hashing the tensor)."""
 
-    resize: int | None = Field(None, description="Resize the shorter side to this many pixels.")
-    center_crop: int | None = Field(None, description="Centre-crop to this square size after resizing.")
-    grayscale_to_rgb: bool = Field(False, description="Repeat a single grey channel three times.")
-    mean: list[float] | None = Field(None, description="Per-channel mean for normalisation.")
-    std: list[float] | None = Field(None, description="Per-channel std for normalisation.")
+    resize: int | None = Field(
+        None, ge=1, le=MAX_SIDE, description="Resize the shorter side to this many pixels."
+    )
+    center_crop: int | None = Field(
+        None, ge=1, le=MAX_SIDE, description="Centre-crop to this square size after resizing."
+    )
+    grayscale_to_rgb: bool = Field(
+        False, description="Repeat a single grey channel three times (the same as channels: 3)."
+    )
+    channels: Literal[1, 3] | None = Field(
+        None,
+        description="Channels the model takes. Default: 3 with grayscale_to_rgb, else the number of "
+        "mean values, else what most images have (grey images become RGB when the model's first "
+        "convolution takes 3 channels). Grey images are repeated for a 3-channel model; colour images are "
+        "skipped for a 1-channel model unless their three channels are equal.",
+    )
+    alpha_background: Literal["ignore", "black", "white"] = Field(
+        "ignore",
+        description="Transparent pixels (RGBA, LA, palette transparency): 'ignore' keeps the colour stored "
+        "under them, as torchvision's ImageFolder loader does; 'black' or 'white' composites the image "
+        "over that colour.",
+    )
+    mean: list[float] | None = Field(
+        None, description="Per-channel mean for normalisation (1 or 3 values).", min_length=1, max_length=3
+    )
+    std: list[float] | None = Field(
+        None, description="Per-channel std for normalisation (1 or 3 values).", min_length=1, max_length=3
+    )
 
     @model_validator(mode="after")
     def _mean_std_together(self) -> TransformConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both 'mean' and 'std', or neither")
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise ValueError(f"'mean' has {len(self.mean)} values but 'std' has {len(self.std)}")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ValueError("every 'std' value must be > 0")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std):
+                raise ValueError(f"'mean' has {len(self.mean)} values but 'std' has {len(self.std)}")
+            if len(self.mean) == 2:
+                raise ValueError("'mean' and 'std' need 1 value (grey) or 3 (RGB), not 2")
+            if not all(math.isfinite(v) for v in [*self.mean, *self.std]):
+                raise ValueError("'mean' and 'std' must be finite numbers")
+            if any(s <= 0 for s in self.std):
+                raise ValueError("every 'std' value must be > 0")
+        want = 3 if self.grayscale_to_rgb else self.channels
+        if want is not None and self.mean is not None and len(self.mean) != want:
+            why = "grayscale_to_rgb makes 3 channels" if self.grayscale_to_rgb else f"channels is {want}"
+            raise ValueError(f"'mean'/'std' have {len(self.mean)} values but {why}")
+        if self.grayscale_to_rgb and self.channels == 1:
+            raise ValueError("'grayscale_to_rgb: true' contradicts 'channels: 1'")
         return self
 
 
@@ -34,19 +77,50 @@ class DataConfig(Section):
     """Which dataset to audit."""
 
     kind: Literal["image_folder", "idx", "factory"] = Field(description="Dataset format.")
-    path: Path | None = Field(None, description="Root folder (image_folder).")
+    path: Path | None = Field(
+        None, description="Root folder (image_folder): path/<class>/<image>, classes in sorted order."
+    )
     images: Path | None = Field(None, description="IDX images file, optionally .gz (idx).")
     labels: Path | None = Field(None, description="IDX labels file, optionally .gz (idx).")
     factory: str | None = Field(
-        None, description="'package.module:function' returning a torch Dataset (factory)."
+        None,
+        description="'package.module:function' returning a map-style dataset (factory); the module is "
+        "looked up next to the config file first, then on sys.path. Contract: see 'Factory datasets' below.",
     )
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    factory_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for data.factory; checked against its signature when it is called.",
+    )
     name: str | None = Field(
         None, description="Dataset name, used as the key of flags (defaults to the path)."
     )
-    class_names: list[str] | None = Field(None, description="Names of the classes, in label order.")
+    class_names: list[str] | None = Field(
+        None, description="Names of the classes, in label order.", min_length=1
+    )
     transform: TransformConfig = Field(default_factory=TransformConfig)
     limit: int | None = Field(None, ge=1, description="Use only the first N samples (for trials).")
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Largest image decoded, in pixels (a 12000×12000 PNG is 144 million). A larger JPEG is "
+        "decoded at reduced scale when transform.resize allows; anything else larger is skipped and listed.",
+    )
+
+    @field_validator("factory")
+    @classmethod
+    def _spec_form(cls, v: str | None) -> str | None:
+        if v is not None and not _SPEC.match(v):
+            raise ValueError(f"must look like 'package.module:function', got {v!r}")
+        return v
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            dupes = sorted({n for n in v if v.count(n) > 1})
+            if dupes:
+                raise ValueError(f"class names must be unique; repeated: {dupes}")
+        return v
 
     @model_validator(mode="after")
     def _kind_fields(self) -> DataConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,50 +13,170 @@ from pydantic import BaseModel, ValidationError
 from spray.config.audit import AuditConfig
 from spray.errors import ConfigError
 
+# Input files: (dotted key, section, attribute, what it must be).
+_INPUTS = (
+    ("model.checkpoint", "model", "checkpoint", "file"),
+    ("data.path", "data", "path", "folder"),
+    ("data.images", "data", "images", "file"),
+    ("data.labels", "data", "labels", "file"),
+)
+_FIX = {
+    "data.path": "point it at the root folder of the images (root/<class>/<image>)",
+    "model.checkpoint": "point it at the state-dict file",
+    "data.images": "point it at the IDX images file",
+    "data.labels": "point it at the IDX labels file",
+}
+# Parts of a pydantic error location that name a member of a union type, not a key.
+_TYPE_TAGS = {"int", "float", "str", "bool", "none", "list", "dict", "literal"}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key (a list or mapping): the constructor reports it
+            continue
+        if first is not None:
+            raise ConfigError(
+                f"key {key!r} is given twice in one section (lines {first} and {key_node.start_mark.line + 1}); "
+                "YAML would silently keep the last one. Remove one of them."
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _check_input(dotted: str, p: Path, kind: str, base: Path) -> None:
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long
+        raise ConfigError(f"{dotted}: {str(p)!r} is not a usable path ({err}).") from None
+    if not exists:
+        raise ConfigError(
+            f"{dotted}: file or folder {str(p)!r} does not exist. Fix the path in the config "
+            f"(relative paths are resolved against the config file's folder {str(base)!r})."
+        )
+    if kind == "folder" and not is_dir:
+        raise ConfigError(f"{dotted}: {str(p)!r} is a file, not a folder; {_FIX[dotted]}.")
+    if kind == "file" and is_dir:
+        raise ConfigError(f"{dotted}: {str(p)!r} is a folder, not a file; {_FIX[dotted]}.")
+
+
+def check_runs_dir(p: Path, what: str = "output.runs_dir") -> None:
+    """Raise a ConfigError when the runs directory exists as something other than a folder."""
+    try:
+        bad = p.exists() and not p.is_dir()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{what}: {str(p)!r} is not a usable path ({err}).") from None
+    if bad:
+        raise ConfigError(
+            f"{what}: {str(p)!r} is a file; runs are published into a folder. Choose another path."
+        )
+
 
 def _resolve_paths(cfg: AuditConfig, base: Path) -> None:
     """Make relative paths relative to the config file's folder and check that input files exist."""
-    checks: list[tuple[str, Path | None, object, str]] = [
-        ("model.checkpoint", cfg.model.checkpoint, cfg.model, "checkpoint"),
-        ("data.path", cfg.data.path, cfg.data, "path"),
-        ("data.images", cfg.data.images, cfg.data, "images"),
-        ("data.labels", cfg.data.labels, cfg.data, "labels"),
-    ]
-    for dotted, value, owner, attr in checks:
+    for dotted, section, attr, kind in _INPUTS:
+        owner = getattr(cfg, section)
+        value = getattr(owner, attr)
         if value is None:
             continue
+        value = value.expanduser()
         p = value if value.is_absolute() else (base / value)
-        if not p.exists():
-            raise ConfigError(
-                f"{dotted}: file or folder {str(p)!r} does not exist. Fix the path in the config "
-                f"(relative paths are resolved against the config file's folder {str(base)!r})."
-            )
+        _check_input(dotted, p, kind, base)
         setattr(owner, attr, p)
-    if not cfg.output.runs_dir.is_absolute():
-        cfg.output.runs_dir = base / cfg.output.runs_dir
+    runs_dir = cfg.output.runs_dir.expanduser()
+    cfg.output.runs_dir = runs_dir if runs_dir.is_absolute() else base / runs_dir
+    check_runs_dir(cfg.output.runs_dir)
 
 
-def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(x) for x in e["loc"]]
-        dotted = ".".join(loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parent_model: type[BaseModel] = AuditConfig
-            for part in loc[:-1]:
-                field = parent_model.model_fields.get(part)
-                ann = getattr(field, "annotation", None) if field else None
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    parent_model = ann
-            close = difflib.get_close_matches(loc[-1], list(parent_model.model_fields), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            valid = ", ".join(parent_model.model_fields)
-            lines.append(f"- {dotted}: unknown key.{hint} Valid keys here: {valid}.")
-        elif e["type"] == "missing":
-            lines.append(f"- {dotted}: required key is missing.")
+def _locate_factories(cfg: AuditConfig, base: Path) -> None:
+    """Find each factory's module (next to the config, then on sys.path) without importing it."""
+    from spray.factories import locate_module
+
+    for what, spec in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory)):
+        if spec is not None:
+            locate_module(spec, what, base)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """The location's keys, walking the input: parts that are not keys there are the union-member tags
+    pydantic inserts (``int``, ``literal['label','pred']``) and are left out."""
+    keys: list[str] = []
+    node = raw
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+        elif isinstance(part, str) and ("[" in part or part in _TYPE_TAGS):
+            continue
         else:
-            lines.append(f"- {dotted}: {e['msg']} (got {e.get('input')!r}).")
-    return "Invalid config:\n" + "\n".join(lines)
+            node = None
+        keys.append(str(part))
+    return keys
+
+
+def _unknown_key(loc: list[str]) -> str:
+    if not loc:
+        return "unknown key."
+    parent_model: type[BaseModel] = AuditConfig
+    for part in loc[:-1]:
+        field = parent_model.model_fields.get(part)
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            parent_model = ann
+    close = difflib.get_close_matches(loc[-1], list(parent_model.model_fields), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown key.{hint} Valid keys here: {', '.join(parent_model.model_fields)}."
+
+
+def _format_validation_error(err: ValidationError, raw: Any) -> str:
+    by_key: dict[str, list[str]] = {}
+    for e in err.errors():
+        loc = _key_path(tuple(e["loc"]), raw)
+        dotted = ".".join(loc)
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            text = _unknown_key(loc)
+        elif e["type"] == "missing":
+            text = "required key is missing."
+        elif e["type"] == "value_error" or isinstance(e.get("input"), dict):
+            text = msg
+        else:
+            text = f"{msg} (got {_short(e.get('input'))})"
+        lines = by_key.setdefault(dotted, [])
+        if text not in lines:
+            lines.append(text)
+    out = []
+    for dotted, texts in by_key.items():
+        joined = "; or ".join(texts) if len(texts) > 1 else texts[0]
+        out.append(f"- {dotted}: {joined}" if dotted else f"- {joined}")
+    return "Invalid config:\n" + "\n".join(line if line.endswith(".") else line + "." for line in out)
+
+
+def _non_finite(raw: Any, path: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in ``raw`` (YAML's .nan / .inf), if any."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return path or "(top level)"
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if found:
+            return found
+    return None
 
 
 def config_from_dict(
@@ -68,9 +189,10 @@ def config_from_dict(
     raw : dict
         Parsed YAML/JSON.
     base_dir : Path, optional
-        Folder that relative paths are resolved against (default: current directory).
+        Folder that relative paths and factory modules are resolved against (default: current directory).
     check_files : bool
-        Check that input files exist (set False to validate a config on another machine).
+        Check that input files and factory modules exist (set False to validate a config for another
+        machine).
 
     Raises
     ------
@@ -81,12 +203,21 @@ def config_from_dict(
         raise ConfigError(
             f"The config must be a mapping of sections (model, data, ...), got {type(raw).__name__}."
         )
+    bad = _non_finite(raw)
+    if bad:
+        raise ConfigError(
+            f"Invalid config:\n- {bad}: NaN and infinity are not allowed; give a finite number."
+        )
     try:
         cfg = AuditConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, raw)) from None
+    except RecursionError:
+        raise ConfigError("The config is nested too deeply to be a spray config.") from None
     if check_files:
-        _resolve_paths(cfg, (base_dir or Path.cwd()).resolve())
+        base = (base_dir or Path.cwd()).resolve()
+        _resolve_paths(cfg, base)
+        _locate_factories(cfg, base)
     return cfg
 
 
@@ -96,13 +227,30 @@ def load_config(path: str | Path, *, check_files: bool = True) -> AuditConfig:
     Raises
     ------
     ConfigError
-        If the file is missing, not YAML, or invalid.
+        If the file is missing, a folder, unreadable, not YAML, has a key twice, or is invalid.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {str(p)!r} is a folder, not a config file. Pass the YAML file itself.")
     if not p.is_file():
         raise ConfigError(f"Config file {str(p)!r} does not exist. Pass an existing file with --config.")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"Config file {str(p)!r} cannot be read: {err.strerror or err}.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"Config file {str(p)!r} is not UTF-8 text (byte {err.start}): is it the right file?"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"Config file {str(p)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {err}") from None
-    return config_from_dict(raw or {}, base_dir=p.parent, check_files=check_files)
+    except RecursionError:
+        raise ConfigError(f"Config file {str(p)!r} is nested too deeply to be a spray config.") from None
+    try:
+        return config_from_dict(raw if raw is not None else {}, base_dir=p.parent, check_files=check_files)
+    except ConfigError as err:
+        raise ConfigError(f"Config file {str(p)!r}: {err}") from None

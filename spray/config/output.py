@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from spray.config.section import Section
 
@@ -13,7 +13,7 @@ class OutputConfig(Section):
     """Where runs go and how many are kept."""
 
     runs_dir: Path = Field(Path("runs"), description="Directory holding published runs.")
-    keep_runs: int = Field(10, ge=1, description="Retention: keep the newest N runs.")
+    keep_runs: int = Field(10, ge=1, le=100_000, description="Retention: keep the newest N runs.")
     html_report: bool = Field(True, description="Write a static report.html into each run.")
 
 
@@ -24,3 +24,30 @@ class NightlyConfig(Section):
         None, description="Command run with the summary path appended when there are new findings."
     )
     fail_on_findings: bool = Field(False, description="Exit 10 on any suspicious finding, not only new ones.")
+    match_jaccard: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Change detection: a suspicious cluster is the same as one of the previous run (same "
+        "class) when the Jaccard index of their member ids reaches this...",
+    )
+    match_correlation: float = Field(
+        0.8,
+        ge=-1.0,
+        le=1.0,
+        description="...or when the Pearson correlation of their mean heatmaps reaches this (recognises a "
+        "cluster whose members were replaced).",
+    )
+    grown_min: float = Field(
+        0.1,
+        ge=0.0,
+        description="Change detection: a matched cluster has grown when it gained at least one member and at "
+        "least this fraction of its previous size (5 % new data grows every cluster by about 5 %: not news).",
+    )
+
+    @field_validator("notify_command")
+    @classmethod
+    def _command_given(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("is empty; give a command, or remove the key")
+        return v

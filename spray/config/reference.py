@@ -7,6 +7,50 @@ from pydantic import BaseModel
 from spray.config.audit import AuditConfig
 from spray.config.data import TransformConfig
 
+_FACTORY_CONTRACT = """## Factory datasets (`data.kind: factory`)
+
+`data.factory: "package.module:function"` is called as `function(**data.factory_kwargs)`. The module is
+looked up in the config file's folder first (a `my_data.py` or a `my_project/` package next to the config;
+spray then puts that folder first on `sys.path`), then on `sys.path`. A missing module is reported when the
+config is loaded; `factory_kwargs` the function does not take, and an exception raised by it ("data.factory
+failed", with your traceback), before any work. An example: `configs/example_factory_dataset.yaml` with
+`configs/digits_data.py`.
+
+The function returns a map-style dataset:
+
+| what | required | meaning |
+|---|---|---|
+| `__len__()`, `__getitem__(i)` | yes | `i` in `0..len-1` |
+| item `i` | yes | `(image, label, ...)`; or just `image` when `targets` is given |
+| `image` | yes | a PIL image (decoded like a file: every mode and bit depth), a numpy array or a tensor: `(H, W)`, `(C, H, W)` or numpy `(H, W, C)`, C 1 or 3 (2 or 4 with alpha). **Un-normalised**: uint8 is divided by 255, uint16 by 65535, floats are taken as [0, 1]. Resizing and mean/std belong in `data.transform` (thumbnails, the paste test and the ZBox rule need the real pixels). |
+| `targets` | no | one integer label per sample; saves loading every item to learn the labels |
+| `classes` or `class_names` | no | class names in label order (`data.class_names` wins) |
+| `sample_ids` | no | stable, unique ids (default: the position). Flags and the incremental cache follow samples by id: use ids that survive a reordering (file names, database keys). |
+| `fingerprint` | no | a string that changes whenever the data changes; without it every sample is read to fingerprint the dataset |
+
+A sample that raises in `__getitem__`, or cannot be converted, is skipped and listed with the reason in the
+run's `summary.json`; the run goes on.
+
+## How images are read
+
+- Every Pillow mode and bit depth is scaled to [0, 1]: 8-bit by 255; 16-bit grey PNG/TIFF (`I;16*`) and
+  16-bit PGM by 65535; 16-bit RGB(A) PNGs come from Pillow as 8-bit (correctly scaled, 8-bit precision);
+  32-bit float images are used when their values lie in [0, 1]; 32-bit integer images and floats outside
+  [0, 1] are skipped with the reason (their scale cannot be known).
+- Channels are brought to what the model takes (`data.transform.channels`): grey → RGB by repetition;
+  palette, CMYK, YCbCr, LAB and HSV → RGB by Pillow's conversion; alpha per `alpha_background`. A colour
+  image for a grey model is skipped unless its three channels are equal.
+- Every model input must have one size: spray reads the headers of a spread of files, takes the size most
+  of them have after the transform, and skips (and lists) an image of another size. If no size is shared
+  by most of them, the run stops before any work and asks for `resize` and `center_crop`.
+- An image above `data.max_image_pixels` is skipped with the reason before it is decoded (a JPEG is first
+  decoded at reduced scale when `resize` allows). Pillow's own decompression-bomb check is replaced by this
+  limit.
+- Image folders: class `c` is the `c`-th class folder in sorted order (as torchvision's ImageFolder), so an
+  empty class folder still counts as a class (a warning names it); non-image files, broken symlinks and
+  symlink loops are listed as skipped.
+"""
+
 
 def config_reference_markdown() -> str:
     """The config reference (docs/config.md), generated from the models so it cannot drift."""
@@ -47,4 +91,5 @@ def config_reference_markdown() -> str:
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             out.append(f"| `{key}` | `{tname}` | `{default}` | {f.description or ''} |")
         out.append("")
+    out.append(_FACTORY_CONTRACT)
     return "\n".join(out)

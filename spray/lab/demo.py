@@ -121,7 +121,13 @@ def make_demo_data(
 
 
 def prepare_demo(
-    work_dir: Path, runs_dir: Path, *, per_class: int = 1000, epochs: int = 3, seed: int = 0
+    work_dir: Path,
+    runs_dir: Path,
+    *,
+    per_class: int = 1000,
+    epochs: int = 3,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Path:
     """Build data, train the model and write IDX files, checkpoint, ground truth and config.
 
@@ -150,7 +156,9 @@ def prepare_demo(
     )
     torch.manual_seed(seed)
     model = small_cnn(in_channels=1, num_classes=len(data.class_names))
-    train_classifier(model, data.images, data.labels, epochs=epochs, seed=seed, mean=MEAN, std=STD)
+    train_classifier(
+        model, data.images, data.labels, epochs=epochs, seed=seed, mean=MEAN, std=STD, progress=progress
+    )
     log.info("trained the demo model in %.1f s", time.perf_counter() - t0)
     torch.save(model.state_dict(), work_dir / "model.pt")
     write_idx(work_dir / "train-images-idx3-ubyte.gz", data.images)

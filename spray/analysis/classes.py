@@ -1,0 +1,83 @@
+"""Spectral relevance analysis of one class: normalise, reduce, embed, cluster for every k, map, score."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spray.analysis.scoring import InterventionProbe, score_class
+from spray.config import AuditConfig
+from spray.records import ClassAnalysis
+
+
+def analyze_class(
+    class_index: int,
+    class_name: str,
+    sample_ids: list[str],
+    relevance: np.ndarray,
+    cfg: AuditConfig,
+    *,
+    probe: InterventionProbe | None = None,
+) -> ClassAnalysis:
+    """Spectral relevance analysis of one class.
+
+    Parameters
+    ----------
+    class_index, class_name
+        The class.
+    sample_ids : list[str]
+        Ids of the ``n`` members, in row order.
+    relevance : np.ndarray
+        ``(n, h, w)`` pooled relevance (any float dtype).
+    cfg : AuditConfig
+        ``analysis``, ``scoring`` and ``seed`` are used.
+    probe : InterventionProbe, optional
+        Enables the paste test on the leading candidates.
+
+    Returns
+    -------
+    ClassAnalysis
+        Spectrum, every labelling, 2-D map and scored clusters (most suspicious first).
+    """
+    # Imported here, not at module level: scikit-learn and friends cost seconds to import, and the
+    # up-to-date path of a scheduled run should answer at once without them.
+    from spray.analysis.clustering import cluster_sweep
+    from spray.analysis.embedding import embed_2d
+    from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+    from spray.analysis.spectral import spectral_embedding
+
+    a = cfg.analysis
+    rel = np.asarray(relevance, dtype=np.float32)
+    maps_flat = normalize_heatmaps(rel, absolute=False)
+    # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.
+    if a.absolute or a.blur_sigma > 0:
+        features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
+    else:
+        features = maps_flat
+    maps = maps_flat.reshape(rel.shape)
+    reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
+    spectral = spectral_embedding(
+        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
+    )
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed)
+    embedding = embed_2d(reduced, spectral, method=a.embedding, seed=cfg.seed, n_epochs=a.map_epochs)
+    clusters = score_class(
+        class_index,
+        class_name,
+        sample_ids,
+        maps,
+        spectral,
+        clustering,
+        config=cfg.scoring,
+        probe=probe if cfg.scoring.intervention else None,
+        seed=cfg.seed,
+    )
+    return ClassAnalysis(
+        class_index=class_index,
+        class_name=class_name,
+        sample_ids=list(sample_ids),
+        spectral=spectral,
+        clustering=clustering,
+        embedding=np.asarray(embedding, dtype=np.float32),
+        embedding_method=a.embedding,
+        clusters=clusters,
+    )

@@ -1,0 +1,71 @@
+"""``spray init``: write a commented config for a dataset and a model, check it, print the next command."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``spray init``: write a commented audit config from a dataset and a model, and check it on one batch."""
+    from spray.scaffold import check_config, scaffold_config
+
+    out = Path(args.output)
+    notes = scaffold_config(
+        args.data,
+        args.model,
+        out,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        labels=Path(args.labels) if args.labels else None,
+        num_classes=args.num_classes,
+        force=args.force,
+    )
+    sys.stdout.write(f"wrote {out}\n" + "".join(f"  {n}\n" for n in notes))
+    if not args.no_check:
+        for line in check_config(out, with_model=args.model is not None):
+            sys.stdout.write(f"  ok: {line}\n")
+        if args.model is None:
+            sys.stdout.write(
+                "  model: not checked; replace the placeholder in the file (or rerun with --model)\n"
+            )
+    sys.stdout.write(
+        f"\nNext: spray audit --config {shlex.quote(str(out))}\n"
+        "      (the ranked findings are printed at the end; open them with "
+        f"spray dashboard --runs-dir {shlex.quote(str(out.parent / 'runs'))})\n"
+    )
+    return 0
+
+
+def _positive(text: str) -> int:
+    from spray.cli.options import positive_int
+
+    return positive_int(text)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``spray init``."""
+    p = subparsers.add_parser(
+        "init",
+        help="write a first config for your data and model, and check it on one batch",
+        description=run_command.__doc__,
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="an image folder (root/<class>/<image>), an IDX images file, or a dataset factory pkg.module:function",
+    )
+    p.add_argument(
+        "--model",
+        help="a torchvision or timm architecture name (e.g. resnet18), or a factory pkg.module:function",
+    )
+    p.add_argument("--checkpoint", help="the model's state-dict file (torch.save(model.state_dict(), path))")
+    p.add_argument("--labels", help="the IDX labels file (default: found next to the images file)")
+    p.add_argument("--num-classes", type=_positive, help="number of classes (default: from the data)")
+    p.add_argument("-o", "--output", default="spray.yaml", help="config file to write (default ./spray.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("--no-check", action="store_true", help="write the config without loading a batch")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
+    p.set_defaults(func=run_command)

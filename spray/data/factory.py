@@ -1,0 +1,178 @@
+"""The ``factory`` data source: a map-style dataset returned by the user's function.
+
+The contract (also in docs/config.md and the README):
+
+- ``data.factory: "package.module:function"`` is called as ``function(**data.factory_kwargs)``; the
+  module is looked up in the config file's folder first, then on ``sys.path``.
+- It returns an object with ``__len__`` and ``__getitem__(i)`` for ``i`` in ``0..len-1``.
+- Item ``i`` is ``(image, label, ...)`` (the first two entries are used) or, when the dataset has a
+  ``targets`` attribute with one label per sample, just the image.
+- ``image``: a PIL image (decoded like a file), a numpy array or a tensor — ``(H, W)``, ``(C, H, W)`` or
+  a numpy ``(H, W, C)``, C 1 or 3 (4 or 2 with alpha) — **un-normalised**: uint8 is divided by 255,
+  uint16 by 65535, floats are taken as ``[0, 1]``. Resizing and normalisation belong in
+  ``data.transform``, so that thumbnails, the paste test and the ZBox rule see the real pixels.
+- Optional attributes: ``targets`` (labels, avoids loading every item to learn them), ``classes`` or
+  ``class_names`` (names in label order; ``data.class_names`` wins), ``sample_ids`` (stable, unique ids:
+  flags and the incremental cache follow samples by id, so use ids that survive a reordering — file
+  names, database keys; the default is the position), ``fingerprint`` (a string that changes whenever
+  the data changes; without it every sample is read to fingerprint the dataset).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from spray.config import DataConfig
+from spray.data.channels import array_to_tensor
+from spray.data.decoding import DecodeOptions, image_to_tensor, source_channels
+from spray.data.sample import UnreadableSample
+from spray.data.source import Source
+from spray.errors import DataError
+from spray.factories import call_factory, call_user
+
+log = logging.getLogger(__name__)
+
+#: Items read at build time to learn the usual size and channels.
+PROBE_ITEMS = 8
+
+
+def _image_of(item: Any, has_targets: bool) -> Any:
+    if isinstance(item, tuple | list):
+        if not item:
+            raise UnreadableSample("the factory dataset returned an empty tuple")
+        return item[0]
+    if not has_targets:
+        raise DataError(
+            f"data.factory: the dataset returned a {type(item).__name__}, not an (image, label) pair, and has "
+            "no 'targets' attribute. Return (image, label) or give the dataset a 'targets' list."
+        )
+    return item
+
+
+def _to_tensor(img: Any, decode: DecodeOptions) -> torch.Tensor:
+    if isinstance(img, Image.Image):
+        return image_to_tensor(img, decode.alpha_background)
+    if isinstance(img, np.ndarray | torch.Tensor):
+        return array_to_tensor(img, decode.alpha_background)
+    raise UnreadableSample(
+        f"the factory dataset returned a {type(img).__name__}; expected a PIL image, a numpy array or a tensor"
+    )
+
+
+def _labels(base: Any, n: int) -> list[int]:
+    targets = getattr(base, "targets", None)
+    if targets is not None:
+        try:
+            if len(targets) == n:
+                return [int(t) for t in targets]
+        except (TypeError, ValueError) as err:
+            raise DataError(
+                f"data.factory: the dataset's 'targets' are not integer labels ({err})."
+            ) from None
+        raise DataError(f"data.factory: the dataset has {n} samples but {len(targets)} 'targets'.")
+    labels = []
+    for i in range(n):
+        item = call_user(
+            f"data.factory: reading item {i} (to learn its label; a 'targets' attribute avoids this)",
+            DataError,
+            base.__getitem__,
+            i,
+        )
+        if not isinstance(item, tuple | list) or len(item) < 2:
+            raise DataError(
+                f"data.factory: item {i} of the dataset is a {type(item).__name__}, not an (image, label) pair, "
+                "and the dataset has no 'targets' attribute."
+            )
+        try:
+            labels.append(int(item[1]))
+        except (TypeError, ValueError):
+            raise DataError(
+                f"data.factory: item {i} has label {item[1]!r}, not an integer class index."
+            ) from None
+    return labels
+
+
+def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
+    if bad := [(i, v) for i, v in enumerate(labels) if v < 0][:1]:
+        raise DataError(f"data.factory: sample {bad[0][0]} has the negative label {bad[0][1]}.")
+    names = cfg.class_names or list(
+        getattr(base, "class_names", None) or getattr(base, "classes", None) or []
+    )
+    if not names:
+        return [str(c) for c in range(max(labels, default=0) + 1)]
+    if bad := [(i, v) for i, v in enumerate(labels) if v >= len(names)][:1]:
+        raise DataError(
+            f"data.factory: sample {bad[0][0]} has label {bad[0][1]} but there are {len(names)} class names."
+        )
+    return [str(c) for c in names]
+
+
+def _probe(
+    base: Any, n: int, has_targets: bool, decode: DecodeOptions
+) -> tuple[int | None, list[tuple[int, int]]]:
+    """Most common channel count and the sizes of the first readable items; warns once about values
+    outside [0, 1] (normalised images: the contract asks for un-normalised ones)."""
+    channels: list[int] = []
+    sizes: list[tuple[int, int]] = []
+    lo, hi = 0.0, 1.0
+    for i in range(min(n, PROBE_ITEMS)):
+        try:
+            img = _image_of(base[i], has_targets)
+            t = _to_tensor(img, decode)
+        except DataError:
+            raise
+        except Exception:  # a bad item is reported when it is loaded, not here
+            continue
+        channels.append(source_channels(img.mode) if isinstance(img, Image.Image) else int(t.shape[0]))
+        sizes.append((int(t.shape[-2]), int(t.shape[-1])))
+        if t.numel() and not isinstance(img, Image.Image):
+            lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
+    if lo < -0.01 or hi > 1.01:
+        log.warning(
+            "data.factory: the dataset returns values in [%.3g, %.3g], outside [0, 1]; spray takes them as "
+            "they are. Return un-normalised images and put mean/std in data.transform (thumbnails and the "
+            "ZBox rule assume [0, 1]).",
+            lo,
+            hi,
+        )
+    return (max((1, 3), key=channels.count) if channels else None), sizes
+
+
+def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
+    """The ``factory`` data source (the contract is in the module docstring)."""
+    assert cfg.factory is not None
+    base = call_factory(cfg.factory, cfg.factory_kwargs, "data.factory", DataError)
+    if not hasattr(base, "__getitem__") or not hasattr(base, "__len__"):
+        raise DataError(
+            f"data.factory returned a {type(base).__name__}, not a map-style dataset (with __len__ and __getitem__)."
+        )
+    n = call_user("data.factory: len(dataset)", DataError, len, base)
+    has_targets = getattr(base, "targets", None) is not None
+    ids = [str(s) for s in getattr(base, "sample_ids", range(n))]
+    if len(ids) != n:
+        raise DataError(f"data.factory: the dataset has {n} samples but {len(ids)} sample_ids.")
+    if len(set(ids)) != n:
+        raise DataError(
+            "data.factory: the dataset's sample_ids are not unique; every sample needs its own id."
+        )
+    labels = _labels(base, n)
+
+    def load(i: int) -> tuple[torch.Tensor, bytes | None]:
+        return _to_tensor(_image_of(base[i], has_targets), decode), None
+
+    channels, sizes = _probe(base, n, has_targets, decode)
+    fp = getattr(base, "fingerprint", None)
+    return Source(
+        sample_ids=ids,
+        labels=labels,
+        class_names=_class_names(cfg, base, labels),
+        loader=load,
+        channels=channels,
+        input_sizes=sizes,
+        fingerprint=None if fp is None else str(fp),
+    )

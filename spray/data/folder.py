@@ -1,0 +1,194 @@
+"""The ``image_folder`` data source: ``root/<class>/<image>`` (torchvision's ImageFolder layout).
+
+Class ``c`` is the ``c``-th class folder in sorted order, as in ImageFolder, so the labels line up with
+the outputs of a model trained on that layout. An empty class folder therefore still counts as a class
+(dropping it would shift every later label); spray logs a warning naming it.
+
+Files are found recursively; symlinked folders are followed, and a symlink that leads back into one of
+its own parent folders (a loop) or points at nothing is listed in the run's skipped samples instead of
+being followed or silently ignored. Hidden files (``.name``) are ignored; a file whose extension is not
+an image extension is listed as skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from spray.config import DataConfig
+from spray.data.decoding import DecodeOptions, _pillow_size_check_off, decode_image, source_channels
+from spray.data.source import Source
+from spray.errors import ConfigError, DataError
+from spray.records import SkippedSample
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+#: Files whose headers are read to learn the dataset's usual size and channels (spread over the list).
+PROBE_FILES = 32
+
+
+@dataclass
+class FolderListing:
+    """What :func:`list_image_folder` found."""
+
+    classes: list[str]
+    sample_ids: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    skipped: list[SkippedSample] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def _walk(
+    folder: Path,
+    rel: str,
+    ancestors: frozenset[tuple[int, int]],
+    out: list[str],
+    skipped: list[SkippedSample],
+) -> None:
+    """Depth-first, name-sorted walk below ``folder`` (ids relative to the root, like a sorted rglob)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        skipped.append(SkippedSample(rel, f"folder cannot be listed ({err.strerror or err})"))
+        return
+    for e in entries:
+        child = f"{rel}/{e.name}"
+        try:
+            is_dir = e.is_dir(follow_symlinks=True)
+            is_file = not is_dir and e.is_file(follow_symlinks=True)
+        except OSError as err:  # e.g. ELOOP on a symlink to itself
+            skipped.append(SkippedSample(child, f"cannot be read ({err.strerror or err})"))
+            continue
+        if is_dir:
+            st = os.stat(e.path)
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                target = os.readlink(e.path) if e.is_symlink() else e.path
+                skipped.append(
+                    SkippedSample(
+                        child, f"symlink loop: points back to its parent folder {target!r}; not followed"
+                    )
+                )
+                continue
+            _walk(Path(e.path), child, ancestors | {key}, out, skipped)
+        elif is_file:
+            if not e.name.startswith("."):
+                out.append(child)
+        elif e.is_symlink():
+            skipped.append(
+                SkippedSample(child, f"broken symlink (its target {os.readlink(e.path)!r} does not exist)")
+            )
+        else:
+            skipped.append(SkippedSample(child, "not a regular file"))
+
+
+def list_image_folder(root: Path) -> FolderListing:
+    """Classes (sorted folder names) and the files below each, with the entries that are not samples.
+
+    Raises
+    ------
+    DataError
+        When ``root`` has no class folders.
+    """
+    try:
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as err:
+        raise DataError(f"data.path {str(root)!r} cannot be listed: {err.strerror or err}.") from None
+    if not classes:
+        raise DataError(
+            f"data.path {str(root)!r} has no class subfolders. Expected root/<class>/<image> (ImageFolder layout)."
+        )
+    listing = FolderListing(classes)
+    root_stat = os.stat(root)
+    for c, cls in enumerate(classes):
+        st = os.stat(root / cls)
+        files: list[str] = []
+        _walk(
+            root / cls,
+            cls,
+            frozenset({(root_stat.st_dev, root_stat.st_ino), (st.st_dev, st.st_ino)}),
+            files,
+            listing.skipped,
+        )
+        n_images = 0
+        for rel in files:
+            suffix = Path(rel).suffix
+            if suffix.lower() not in IMAGE_EXTENSIONS:
+                listing.skipped.append(
+                    SkippedSample(rel, f"not an image file (extension {suffix or 'none'!r})")
+                )
+                continue
+            listing.sample_ids.append(rel)
+            listing.labels.append(c)
+            n_images += 1
+        if n_images == 0:
+            listing.empty_classes.append(cls)
+    return listing
+
+
+def _probe(root: Path, sample_ids: list[str]) -> tuple[int | None, list[tuple[int, int]]]:
+    """Most common channel count and the ``(H, W)`` sizes of up to PROBE_FILES files (headers only)."""
+    picks = np.unique(np.linspace(0, len(sample_ids) - 1, min(len(sample_ids), PROBE_FILES)).astype(int))
+    channels: list[int] = []
+    sizes: list[tuple[int, int]] = []
+    with _pillow_size_check_off():
+        for i in picks.tolist():
+            try:
+                with Image.open(root / sample_ids[i]) as im:
+                    channels.append(source_channels(im.mode))
+                    sizes.append((im.size[1], im.size[0]))
+            except Exception:  # an unreadable file is reported when it is loaded, not here
+                continue
+    if not channels:
+        return None, sizes
+    return max((1, 3), key=channels.count), sizes
+
+
+def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
+    """The ``image_folder`` data source (see the module docstring)."""
+    assert cfg.path is not None
+    root = Path(cfg.path)
+    listing = list_image_folder(root)
+    classes = listing.classes
+    if cfg.class_names is not None and len(cfg.class_names) != len(classes):
+        raise ConfigError(
+            f"data.class_names has {len(cfg.class_names)} names but data.path {str(root)!r} has "
+            f"{len(classes)} class folders ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})."
+        )
+    for cls in listing.empty_classes:
+        log.warning(
+            "class folder %r (label %d) has no image files; it still counts as a class so that the labels of "
+            "the other folders match the model's outputs",
+            str(root / cls),
+            classes.index(cls),
+        )
+    if listing.skipped:
+        log.warning("%d entries of %s are not images (listed in the run report)", len(listing.skipped), root)
+    ids = listing.sample_ids
+
+    def read(i: int) -> bytes:
+        return (root / ids[i]).read_bytes()
+
+    def load(i: int) -> tuple[torch.Tensor, bytes | None]:
+        raw = read(i)
+        return decode_image(raw, decode), raw
+
+    channels, sizes = _probe(root, ids) if ids else (None, [])
+    return Source(
+        sample_ids=ids,
+        labels=listing.labels,
+        class_names=cfg.class_names or classes,
+        loader=load,
+        raw_reader=read,
+        pre_skipped=listing.skipped,
+        channels=channels,
+        input_sizes=sizes,
+    )

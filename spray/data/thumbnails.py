@@ -1,0 +1,45 @@
+"""Thumbnails of the model inputs, for the dashboard and the report.
+
+A thumbnail is square, ``t × t`` with ``t = min(batch.thumbnail_size, H, W)`` of the ``H × W`` model
+input (never larger than the image: a 28×28 input keeps its 28×28 pixels), and has the model input's
+channels: ``(t, t, 1)`` for a grey model, ``(t, t, 3)`` otherwise. Readers turn both into RGB with
+:func:`spray.imaging.to_rgb`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ITU-R BT.601 luma: the weights Pillow's convert("L") uses, for the rare colour image in a grey dataset.
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def thumbnail_side(cap: int, height: int, width: int) -> int:
+    """Edge of the thumbnails of ``height × width`` inputs: at most ``cap``, never more than the image."""
+    return max(1, min(cap, height, width))
+
+
+def make_thumbnail(x: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
+    """``(C, H, W)`` float in [0, 1] → ``(size, size, channels)`` uint8 (aspect squashed to a square).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(C, H, W)`` un-normalised image, C in {1, 3}.
+    size : int
+        Thumbnail edge.
+    channels : int
+        1 (grey) or 3 (RGB): grey inputs are repeated for RGB thumbnails, colour ones reduced by luma
+        for grey thumbnails.
+    """
+    t = x.float()
+    if t.shape[0] == 3 and channels == 1:
+        t = (t * _LUMA[:, None, None]).sum(0, keepdim=True)
+    if tuple(t.shape[-2:]) != (size, size):
+        t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    if t.shape[0] == 1 and channels == 3:
+        t = t.repeat(3, 1, 1)
+    t = t[:channels]
+    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -1,0 +1,90 @@
+"""The input transform: resize, centre crop, grey→RGB, normalise (``data.transform``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spray.config import TransformConfig
+from spray.data.thumbnails import make_thumbnail
+from spray.errors import DataError
+
+
+@dataclass
+class Transform:
+    """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1].
+
+    Returns both the model input and a uint8 thumbnail of the un-normalised image.
+
+    Attributes
+    ----------
+    cfg : TransformConfig
+        The ``data.transform`` section.
+    thumbnail_size : int
+        Thumbnail edge ``t`` (the dataset sets it from the input size).
+    channels : int or None
+        Channels the model takes; a grey image is repeated to 3 when this is 3 (or with
+        ``grayscale_to_rgb``).
+    thumbnail_channels : int
+        1 or 3: channels of the thumbnails.
+    """
+
+    cfg: TransformConfig
+    thumbnail_size: int = 64
+    channels: int | None = None
+    thumbnail_channels: int = 3
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(H', W')`` of the model input made from a ``height × width`` image."""
+        h, w = height, width
+        if self.cfg.resize is not None:
+            s = self.cfg.resize / min(h, w)
+            h, w = max(1, round(h * s)), max(1, round(w * s))
+        if self.cfg.center_crop is not None:
+            h = w = self.cfg.center_crop
+        return h, w
+
+    def __call__(
+        self, img: torch.Tensor, *, thumbnail: bool = True
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``img`` (C,H,W) float32 in [0,1] → (model input (C',H',W'), thumbnail (t,t,c) uint8 or None)."""
+        x = img
+        if self.cfg.resize is not None:
+            h, w = x.shape[-2:]
+            s = self.cfg.resize / min(h, w)
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        if self.cfg.center_crop is not None:
+            c = self.cfg.center_crop
+            h, w = x.shape[-2:]
+            if c > h or c > w:
+                x = F.interpolate(x[None], size=(max(c, h), max(c, w)), mode="bilinear", align_corners=False)[
+                    0
+                ]
+                h, w = x.shape[-2:]
+            top, left = (h - c) // 2, (w - c) // 2
+            x = x[:, top : top + c, left : left + c]
+        thumb = make_thumbnail(x, self.thumbnail_size, self.thumbnail_channels) if thumbnail else None
+        if x.shape[0] == 1 and (self.cfg.grayscale_to_rgb or self.channels == 3):
+            x = x.repeat(3, 1, 1)
+        if self.cfg.mean is not None and self.cfg.std is not None:
+            if len(self.cfg.mean) != x.shape[0]:
+                raise DataError(
+                    f"data.transform.mean has {len(self.cfg.mean)} values but the images have {x.shape[0]} "
+                    "channels. Fix data.transform.mean/std, or set data.transform.channels."
+                )
+            mean = torch.tensor(self.cfg.mean, dtype=x.dtype)[:, None, None]
+            std = torch.tensor(self.cfg.std, dtype=x.dtype)[:, None, None]
+            x = (x - mean) / std
+        return x.contiguous(), thumb
+
+    def input_bounds(self) -> tuple[float, float]:
+        """The lowest and highest value a normalised input can take (for the ZBox rule)."""
+        if self.cfg.mean is None or self.cfg.std is None:
+            return 0.0, 1.0
+        lows = [(0.0 - m) / s for m, s in zip(self.cfg.mean, self.cfg.std, strict=True)]
+        highs = [(1.0 - m) / s for m, s in zip(self.cfg.mean, self.cfg.std, strict=True)]
+        return min(lows), max(highs)

@@ -1,0 +1,131 @@
+"""Atomic writes: a file is either the old one or the new one, never a partial one.
+
+Every file of the runs folder is written to a temporary name beside its destination, fsynced and
+``os.replace``d. A write that fails because the disk is full, the folder is read-only or not ours raises
+:class:`~spray.runs.errors.RunWriteError` naming the place ("no space left on <folder>"), after removing
+its temporary file: what was there before is intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from spray.runs.errors import RunWriteError
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(path: Path, err: OSError) -> RunWriteError | None:
+    """The clear error for an ``OSError`` raised while writing ``path``, or None when it is another kind.
+
+    Parameters
+    ----------
+    path : Path
+        The file (or folder) being written.
+    err : OSError
+        What the operating system said.
+    """
+    folder = path if path.is_dir() else path.parent
+    if err.errno in _NO_SPACE:
+        return RunWriteError(
+            path,
+            f"no space left on {folder} (while writing {path.name}). Free some space there or point "
+            "output.runs_dir (--runs-dir) at a larger disk; previous runs and the cache are intact, "
+            "and the next run resumes from the finished shards.",
+        )
+    if err.errno in _NOT_WRITABLE:
+        kind = "a read-only file system" if err.errno == errno.EROFS else "not writable for this user"
+        return RunWriteError(
+            path,
+            f"cannot write {path}: {folder} is {kind}. Point output.runs_dir (--runs-dir) at a folder "
+            "this user can write to.",
+        )
+    return None
+
+
+@contextmanager
+def translate_write_errors(path: Path) -> Iterator[None]:
+    """Turn "disk full" and "read-only" ``OSError``s raised inside the block into :class:`RunWriteError`."""
+    try:
+        yield
+    except OSError as err:
+        clear = write_error(path, err)
+        if clear is None:
+            raise
+        raise clear from err
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place.
+
+    A crash (or an exception) at any moment leaves either the old file or the new one, never a partial
+    one, and no temporary file when the failure is an exception.
+
+    Raises
+    ------
+    RunWriteError
+        No space left, read-only file system, or no permission.
+    """
+    with translate_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys and fixed indentation, so identical content gives identical bytes."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as canonical JSON (:func:`json_bytes`), atomically."""
+    atomic_write_bytes(path, json_bytes(obj))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` atomically (a crash leaves no partial shard)."""
+    with atomic_file(path) as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` atomically."""
+    with atomic_file(path) as fh:
+        np.save(fh, array)

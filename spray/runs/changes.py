@@ -1,0 +1,306 @@
+"""The one change detector: which suspicious clusters are new, grown, persisting or resolved since a
+previous run.
+
+``spray run`` records its result in ``summary.json`` → ``changes`` (and exits 10 on new or grown
+clusters), the HTML report shows that section, and the dashboard compares any two runs with
+:func:`compare_runs`. All of them use :func:`compare_findings` and one rule, :class:`~spray.records.ChangeRule`,
+whose thresholds are fields of the ``nightly`` config section (``match_jaccard``, ``match_correlation``,
+``grown_min``), recorded with the run's config.
+
+Cluster ids are arbitrary per run, so a cluster is recognised by its members (Jaccard of sample ids:
+robust while the data mostly stays) or, when many members changed, by what the model looks at (Pearson
+correlation of the mean heatmaps). Pairs are assigned one to one, best Jaccard (then correlation) first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spray.records import AuditReport, ChangeRule, ChangeSet, ClusterChange, ClusterFinding, UnreadableRun
+from spray.runs.errors import RunReadError
+from spray.runs.reader import RunReader
+from spray.runs.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+
+def change_rule(nightly: Any = None) -> ChangeRule:
+    """The rule of a ``nightly`` config section (a :class:`~spray.config.NightlyConfig`, its JSON form as
+    recorded in a run's ``config``, or None for the defaults)."""
+    from spray.config.output import NightlyConfig
+
+    if nightly is None:
+        nightly = NightlyConfig()
+    elif isinstance(nightly, Mapping):
+        fields = NightlyConfig.model_fields
+        nightly = NightlyConfig(**{k: v for k, v in nightly.items() if k in fields})
+    return ChangeRule(
+        jaccard_min=float(nightly.match_jaccard),
+        correlation_min=float(nightly.match_correlation),
+        grow_min=float(nightly.grown_min),
+    )
+
+
+def _corr(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return float("nan")
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    d = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / d) if d > 0 else float("nan")
+
+
+def _assign(
+    left: Sequence[ClusterFinding], right: Sequence[ClusterFinding], rule: ChangeRule
+) -> dict[int, tuple[int, float, float]]:
+    """One-to-one matches ``i -> (j, jaccard, correlation)`` of clusters of the same class, best first."""
+    pairs = []
+    for i, f in enumerate(left):
+        a = set(f.member_ids)
+        for j, p in enumerate(right):
+            if f.class_index != p.class_index:
+                continue
+            b = set(p.member_ids)
+            jac = len(a & b) / max(1, len(a | b))
+            corr = _corr(f.mean_heatmap, p.mean_heatmap)
+            if jac >= rule.jaccard_min or (corr == corr and corr >= rule.correlation_min):
+                pairs.append((-jac, -(corr if corr == corr else -1.0), i, j, jac, corr))
+    pairs.sort()
+    used_l: set[int] = set()
+    used_r: set[int] = set()
+    out: dict[int, tuple[int, float, float]] = {}
+    for _, _, i, j, jac, corr in pairs:
+        if i in used_l or j in used_r:
+            continue
+        used_l.add(i)
+        used_r.add(j)
+        out[i] = (j, jac, corr)
+    return out
+
+
+def _r(x: float) -> float | None:
+    return round(x, 4) if x == x else None
+
+
+def compare_findings(
+    current: Sequence[ClusterFinding],
+    previous: Sequence[ClusterFinding] | None,
+    rule: ChangeRule,
+    *,
+    previous_run_id: str | None = None,
+    previous_run: str | None = None,
+    unreadable: Sequence[UnreadableRun] = (),
+) -> ChangeSet:
+    """Match the suspicious clusters of two runs and classify them.
+
+    Parameters
+    ----------
+    current, previous : sequence of ClusterFinding
+        Every scored cluster of each run, most suspicious first (with members and mean heatmaps);
+        ``previous`` is None when there is no previous run (every suspicious cluster is then new).
+    rule : ChangeRule
+        When two clusters match and when a match has grown.
+    previous_run_id, previous_run, unreadable
+        Recorded in the result.
+
+    Returns
+    -------
+    ChangeSet
+        Entries sorted by class and key, so the section is deterministic.
+    """
+    rank = {f.key: i + 1 for i, f in enumerate(current)}
+    cur = [f for f in current if f.suspicious]
+    prev = [p for p in previous or [] if p.suspicious]
+    matched = _assign(cur, prev, rule)
+    grown, persisting = _matched(cur, prev, matched, rule, rank)
+    unmatched = [f for i, f in enumerate(cur) if i not in matched]
+    new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank)
+    left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
+    resolved = _resolved(left, [f for f in current if not f.suspicious], rule, rank)
+
+    def order(xs: list[ClusterChange]) -> list[ClusterChange]:
+        return sorted(xs, key=lambda e: (e.class_index, str(e.key or e.previous_key)))
+
+    return ChangeSet(
+        previous_run_id=previous_run_id,
+        previous_run=previous_run,
+        new=order(new),
+        grown=order(grown),
+        persisting=order(persisting),
+        resolved=order(resolved),
+        n_suspicious=len(cur),
+        rule=rule,
+        unreadable=list(unreadable),
+    )
+
+
+def _entry(
+    f: ClusterFinding,
+    rank: dict[str, int],
+    p: ClusterFinding | None = None,
+    jac: float = 0.0,
+    corr: float = 0.0,
+) -> ClusterChange:
+    """A change entry of current cluster ``f``, matched with previous cluster ``p`` when given."""
+    e = ClusterChange(f.key, f.class_index, f.class_name, f.size, f.score, rank.get(f.key))
+    if p is None:
+        return e
+    return replace(
+        e,
+        previous_key=p.key,
+        previous_size=p.size,
+        previous_score=p.score,
+        jaccard=round(jac, 4),
+        correlation=_r(corr),
+    )
+
+
+def _matched(
+    cur: list[ClusterFinding],
+    prev: list[ClusterFinding],
+    matched: dict[int, tuple[int, float, float]],
+    rule: ChangeRule,
+    rank: dict[str, int],
+) -> tuple[list[ClusterChange], list[ClusterChange]]:
+    """Grown and persisting: current suspicious clusters matched with a previous suspicious one."""
+    grown: list[ClusterChange] = []
+    persisting: list[ClusterChange] = []
+    for i, (j, jac, corr) in matched.items():
+        f, p = cur[i], prev[j]
+        has_grown = f.size - p.size >= 1 and f.size >= p.size * (1 + rule.grow_min)
+        (grown if has_grown else persisting).append(_entry(f, rank, p, jac, corr))
+    return grown, persisting
+
+
+def _new(
+    unmatched: list[ClusterFinding], prev_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
+) -> list[ClusterChange]:
+    """New: unmatched current suspicious clusters, noting those present but not suspicious before."""
+    was = _assign(unmatched, prev_quiet, rule)
+    new = []
+    for i, f in enumerate(unmatched):
+        if i in was:
+            j, jac, corr = was[i]
+            e = _entry(f, rank, prev_quiet[j], jac, corr)
+            new.append(replace(e, note="present in the previous run but not suspicious then"))
+        else:
+            new.append(_entry(f, rank))
+    return new
+
+
+def _resolved(
+    left: list[ClusterFinding], now_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
+) -> list[ClusterChange]:
+    """Resolved: previous suspicious clusters with no suspicious match now. One that is still there below
+    the alarm threshold is named, so the change can be checked."""
+    still = _assign(left, now_quiet, rule)
+    out = []
+    for j, p in enumerate(left):
+        gone = ClusterChange(
+            None,
+            p.class_index,
+            p.class_name,
+            previous_key=p.key,
+            previous_size=p.size,
+            previous_score=p.score,
+        )
+        if j in still:
+            k, jac, corr = still[j]
+            q = now_quiet[k]
+            gone = replace(
+                gone,
+                key=q.key,
+                size=q.size,
+                score=q.score,
+                rank=rank.get(q.key),
+                jaccard=round(jac, 4),
+                correlation=_r(corr),
+                note="still a cluster, now below the alarm threshold",
+            )
+        out.append(gone)
+    return out
+
+
+def compare_runs(current: RunReader, previous: RunReader, rule: ChangeRule | None = None) -> ChangeSet:
+    """The changes from run ``previous`` to run ``current`` (the dashboard's comparison of two runs).
+
+    ``rule`` defaults to the one recorded in ``current``'s config (its ``nightly`` section), else the
+    config defaults.
+    """
+    if rule is None:
+        rule = change_rule(current.summary.config.get("nightly"))
+    return compare_findings(
+        current.findings(),
+        previous.findings(),
+        rule,
+        previous_run_id=previous.summary.run_id,
+        previous_run=previous.path.name,
+    )
+
+
+def _same_audit(s: RunSummary, name: str, dataset: str, exclude_run_id: str) -> bool:
+    return s.run_id != exclude_run_id and s.name == name and s.dataset == dataset
+
+
+def previous_run(
+    runs_dir: Path, *, name: str, dataset: str, exclude_run_id: str
+) -> tuple[RunReader | None, list[ClusterFinding] | None, list[UnreadableRun]]:
+    """The newest readable published run of the same audit (same ``name`` and dataset key).
+
+    A published run that cannot be read is never taken silently as "no previous run": it is logged
+    (naming the file at fault), listed in the result, and the next older readable run is used.
+
+    Returns
+    -------
+    reader, findings, unreadable
+        The previous run and its findings (both None when there is none), and the runs passed over.
+    """
+    from spray.runs.publish import list_runs
+
+    unreadable: list[UnreadableRun] = []
+    for p in list_runs(runs_dir):
+        try:
+            reader = RunReader.open(p)
+            if not _same_audit(reader.summary, name, dataset, exclude_run_id):
+                continue
+            return reader, reader.findings(), unreadable
+        except RunReadError as err:
+            log.warning(
+                "previous run %s is unreadable and is passed over (compared with an older one, if any): %s",
+                p.name,
+                err,
+            )
+            unreadable.append(UnreadableRun(p.name, str(err)))
+    return None, None, unreadable
+
+
+def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule) -> ChangeSet:
+    """The ``changes`` section for a finished (not yet published) report.
+
+    Parameters
+    ----------
+    report : AuditReport
+        The new run's report.
+    runs_dir : Path
+        Where the previous runs are.
+    rule : ChangeRule
+        From the run's ``nightly`` config section (:func:`change_rule`).
+    """
+    reader, prev, unreadable = previous_run(
+        runs_dir, name=report.name, dataset=report.dataset, exclude_run_id=report.run_id
+    )
+    return compare_findings(
+        report.findings,
+        prev,
+        rule,
+        previous_run_id=None if reader is None else reader.summary.run_id,
+        previous_run=None if reader is None else reader.path.name,
+        unreadable=unreadable,
+    )

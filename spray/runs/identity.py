@@ -1,0 +1,109 @@
+"""What a run and a cache directory are: hashes of everything their content depends on.
+
+- The **run id** hashes the model weights, the data fingerprint, every config section that changes the
+  result (:data:`RESULT_SECTIONS` and the seed) and the code versions (:func:`spray.versions.code_version`:
+  LRP, analysis and layout versions, not the package version). A published run with the same id is
+  up to date.
+- A **cache directory** (``runs/.cache/<model16>-<lrp16>``) holds the per-sample results of one model
+  and one setting of everything else a heatmap depends on (:func:`heatmap_settings`), including
+  :data:`~spray.versions.LRP_VERSION` but not the analysis version: a scoring change re-analyses
+  cached heatmaps, an LRP change recomputes them. Inside it a sample's key adds the explained target
+  where that is the label (:func:`spray.runs.cache.sample_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spray import versions
+
+if TYPE_CHECKING:
+    from spray.config import AuditConfig
+    from spray.data import AuditDataset
+
+#: Config sections that change the result (``output`` and ``nightly`` only change where and how a run is
+#: published, and ``name`` what it is called).
+RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring")
+
+
+def _item_fields(item: Any) -> tuple[str, str]:
+    """``(sample id, content hash or reason)`` of a dataset item (a dict or a record)."""
+    get = item.get if isinstance(item, dict) else lambda k, d=None: getattr(item, k, d)
+    sample_id = get("sample_id", get("id"))
+    return str(sample_id), str(get("hash", get("content_hash", get("reason"))))
+
+
+def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
+    """A cheap fingerprint of the dataset content that changes whenever a sample changes.
+
+    IDX: the files' bytes. Image folder: every file's relative path, size and mtime. Factory: the
+    dataset's own ``fingerprint`` attribute if it has one, else a content hash of every sample.
+    """
+    h = hashlib.sha256()
+    d = cfg.data
+    h.update(json.dumps({"kind": d.kind, "limit": d.limit, "n": len(dataset)}).encode())
+    if d.kind == "idx":
+        for p in (d.images, d.labels):
+            assert p is not None
+            h.update(Path(p).read_bytes())
+    elif d.kind == "image_folder":
+        assert d.path is not None
+        root = Path(d.path)
+        for sample_id in dataset.sample_ids:
+            st = (root / sample_id).stat()
+            h.update(f"{sample_id}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        fp = getattr(dataset, "fingerprint", None)
+        if fp is not None:
+            h.update(str(fp).encode())
+        else:
+            for i in range(len(dataset)):
+                sample_id, content = _item_fields(dataset[i])
+                h.update(f"{sample_id}\0{content}\n".encode())
+    h.update("\n".join(dataset.class_names).encode())
+    return h.hexdigest()
+
+
+def heatmap_settings(cfg: AuditConfig) -> dict[str, Any]:
+    """Every setting besides the model weights that changes a sample's cached result.
+
+    The LRP section (composite and its parameters, target rule, precision, canonization), the analysis
+    grid, the input transform, the thumbnails, full-resolution storage and :data:`LRP_VERSION`. The
+    Box composites' input bounds derive from the transform, which is in here.
+    """
+    return {
+        "lrp": cfg.lrp.model_dump(mode="json"),
+        "grid": cfg.batch.grid,
+        "transform": cfg.data.transform.model_dump(mode="json"),
+        "thumbnails": [cfg.batch.thumbnails, cfg.batch.thumbnail_size],
+        "full": cfg.batch.store_full_relevance,
+        "lrp_version": versions.LRP_VERSION,
+    }
+
+
+def lrp_hash(cfg: AuditConfig) -> str:
+    """SHA-256 of :func:`heatmap_settings`."""
+    return hashlib.sha256(json.dumps(heatmap_settings(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def cache_dir_name(cfg: AuditConfig, model_hash: str) -> str:
+    """``<model16>-<lrp16>``: the cache directory of this model and these heatmap settings."""
+    return f"{model_hash[:16]}-{lrp_hash(cfg)[:16]}"
+
+
+def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, str]:
+    """What the run id hashes: ``model``, ``data``, ``config`` (result sections and seed) and ``code``."""
+    return {
+        "model": model_hash,
+        "data": data_hash,
+        "config": cfg.section_hash(*RESULT_SECTIONS) + f"-seed{cfg.seed}",
+        "code": versions.code_version(),
+    }
+
+
+def compute_run_id(hashes: dict[str, str]) -> str:
+    """The run id: a hash of :func:`run_hashes`."""
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()

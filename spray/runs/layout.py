@@ -1,0 +1,143 @@
+"""The one place that names every file and folder of a runs directory and of a run.
+
+Nothing else in spray spells a file name of the runs folder: the writer, the reader, the cache and the
+publisher all ask this module. ``docs/run_layout.md`` documents each file (keys, dtypes, shapes, ids);
+``tests/runs/test_layout_doc.py`` keeps the two in step.
+
+A runs directory::
+
+    runs/
+      .lock                          fcntl lock held by a running audit
+      .cache/<model16>-<lrp16>/      per-sample results of one model and LRP setting (ShardCache)
+        shard-<start>-<key16>.npz    one finished shard of the batch stage
+        paste-a<analysis>.sqlite     the paste test's predictions (PasteCache)
+      .cache/work/<run16>/           shard manifests of a run being computed (removed once published)
+      .staging/                      runs being written (never read by a reader)
+      <YYYYmmddTHHMMSSffffffZ>-<run12>/   a published run (RunFiles)
+      latest -> <run folder>         symlink, replaced atomically after publishing
+      flags.sqlite                   the dashboard's flags (spray.flags)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Version of the files of a run. Readers accept this version and every older one they know
+#: (see :mod:`spray.runs.reader`); a newer one is refused with a message to upgrade spray.
+LAYOUT_VERSION = 2
+
+# The runs directory
+LOCK = ".lock"
+CACHE_DIR = ".cache"
+#: ``.cache/work``: per-run shard manifests (not a cache directory of a model).
+WORK_DIR = "work"
+STAGING_DIR = ".staging"
+LATEST = "latest"
+FLAGS_DB = "flags.sqlite"
+
+# A run
+SUMMARY = "summary.json"
+SAMPLES = "samples.parquet"
+HEATMAPS = "heatmaps.npy"
+THUMBS = "thumbs.npy"
+FULL_RELEVANCE = "relevance_full.npy"
+CLASSES_DIR = "classes"
+REPORT_HTML = "report.html"
+
+# A cache directory
+SHARD_PREFIX = "shard-"
+SHARD_GLOB = "shard-*.npz"
+MANIFEST_PREFIX = "manifest-"
+
+
+def shard_file(start: int, key16: str) -> str:
+    """``shard-<start, 9 digits>-<key16>.npz``: a shard of the batch stage starting at dataset position
+    ``start``; ``key16`` hashes the sample keys it holds, so a shard with other content has another name."""
+    return f"{SHARD_PREFIX}{start:09d}-{key16}.npz"
+
+
+def manifest_file(start: int) -> str:
+    """``manifest-<start>.json``: which samples the shard at ``start`` holds in this run (ids, keys,
+    labels, skipped samples), written after its shard file."""
+    return f"{MANIFEST_PREFIX}{start:09d}.json"
+
+
+def paste_db_file(analysis_version: int) -> str:
+    """``paste-a<version>.sqlite``: the paste test's predictions, per analysis version (how a paste is
+    made is part of the analysis: a new version starts an empty file)."""
+    return f"paste-a{analysis_version}.sqlite"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run folder (published or in staging)."""
+
+    path: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
+
+    @property
+    def heatmaps(self) -> Path:
+        return self.path / HEATMAPS
+
+    @property
+    def thumbs(self) -> Path:
+        return self.path / THUMBS
+
+    @property
+    def full_relevance(self) -> Path:
+        return self.path / FULL_RELEVANCE
+
+    @property
+    def classes(self) -> Path:
+        return self.path / CLASSES_DIR
+
+    def class_file(self, class_index: int) -> Path:
+        """``classes/<c>.npz``: the analysis arrays of class ``c``."""
+        return self.path / CLASSES_DIR / f"{int(class_index)}.npz"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / REPORT_HTML
+
+
+@dataclass(frozen=True)
+class RunsFolder:
+    """The fixed places of a runs directory."""
+
+    root: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE_DIR
+
+    @property
+    def staging(self) -> Path:
+        return self.root / STAGING_DIR
+
+    @property
+    def latest(self) -> Path:
+        return self.root / LATEST
+
+    @property
+    def flags_db(self) -> Path:
+        return self.root / FLAGS_DB
+
+    def work(self, run_id: str) -> Path:
+        """``.cache/work/<run16>``: shard manifests of run ``run_id`` (kept until it is published)."""
+        return self.root / CACHE_DIR / WORK_DIR / run_id[:16]
+
+    def cache_dir(self, name: str) -> Path:
+        """``.cache/<name>``: the per-sample cache of one model and LRP setting."""
+        return self.root / CACHE_DIR / name

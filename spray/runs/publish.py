@@ -1,0 +1,198 @@
+"""Publishing runs: staging, the atomic rename, ``latest``, finding published runs, retention, clean-up.
+
+A run is written into a private folder under ``runs/.staging`` and appears in the runs directory only by
+one atomic ``rename`` (then ``latest`` is replaced atomically): a reader never sees a half-written run,
+and a crash leaves nothing but staging leftovers, which the next run removes while holding the lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from spray.errors import ConfigError
+from spray.runs.atomic import translate_write_errors
+from spray.runs.errors import RunReadError
+from spray.runs.layout import CACHE_DIR, LATEST, STAGING_DIR, SUMMARY, WORK_DIR, RunsFolder
+
+log = logging.getLogger(__name__)
+
+
+def check_runs_dir(runs_dir: Path) -> bool:
+    """Make sure ``runs_dir`` is a folder, creating it if needed; say whether it is writable.
+
+    Returns
+    -------
+    bool
+        True when this process can write there; False for an existing folder that is read-only (a
+        reader can still answer "up to date" from it).
+
+    Raises
+    ------
+    ConfigError
+        ``runs_dir`` is a file, or cannot be created (a parent is a file, no permission, read-only).
+    """
+    key = "output.runs_dir (or --runs-dir)"
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ConfigError(f"{key} {str(runs_dir)!r} is a file, not a folder. Point it at a folder.")
+    if not runs_dir.exists():
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            why = "a parent is a file" if err.errno in (errno.ENOTDIR, errno.EEXIST) else err.strerror
+            raise ConfigError(
+                f"{key} {str(runs_dir)!r} cannot be created ({why}). Point it at a folder this user can create."
+            ) from None
+    return _writable(runs_dir)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (False on a read-only file system)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def run_dir_name(run_id: str, when: datetime | None = None) -> str:
+    """``<UTC timestamp>-<first 12 of run id>``: sorts by time, identifies the content."""
+    t = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{t}-{run_id[:12]}"
+
+
+def staging_dir(runs_dir: Path, run_id: str) -> Path:
+    """A fresh private folder under ``runs/.staging`` to write a run into."""
+    base = RunsFolder(runs_dir).staging
+    with translate_write_errors(base):
+        base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{run_id[:12]}-", dir=base))
+
+
+def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
+    """Atomically move a fully written run into place and point ``latest`` at it."""
+    final = runs_dir / run_dir_name(run_id)
+    with translate_write_errors(runs_dir):
+        # mkstemp/mkdtemp create 0600/0700; a published run is readable by the dashboard's user.
+        os.chmod(staged, 0o755)
+        for sub in staged.rglob("*"):
+            os.chmod(sub, 0o755 if sub.is_dir() else 0o644)
+        os.rename(staged, final)
+        link_tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
+        link_tmp.unlink(missing_ok=True)
+        os.symlink(final.name, link_tmp)
+        os.replace(link_tmp, runs_dir / LATEST)
+    log.info("published run %s", final)
+    return final
+
+
+def list_runs(runs_dir: str | Path) -> list[Path]:
+    """Published run folders, newest first (folders holding a summary.json; not the ``latest`` link)."""
+    d = Path(runs_dir)
+    if not d.is_dir():
+        return []
+    runs = [
+        p
+        for p in d.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / SUMMARY).is_file()
+    ]
+    return sorted(runs, key=lambda p: p.name, reverse=True)
+
+
+def find_run(runs_dir: str | Path, run_id: str) -> Path | None:
+    """The published, readable run with this run id, if any (a damaged one is logged and passed over)."""
+    from spray.runs.reader import read_summary
+
+    for p in list_runs(runs_dir):
+        if p.name.endswith(run_id[:12]):
+            try:
+                if read_summary(p).run_id == run_id:
+                    return p
+            except RunReadError as err:
+                log.warning("run %s is unreadable, not taken as published: %s", p.name, err)
+    return None
+
+
+def latest_run(runs_dir: str | Path) -> Path | None:
+    """The newest published run."""
+    runs = list_runs(runs_dir)
+    return runs[0] if runs else None
+
+
+def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
+    """Retention: delete all but the newest ``keep`` runs (never the one ``latest`` points to)."""
+    runs = list_runs(runs_dir)
+    latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
+    removed = []
+    for p in runs[keep:]:
+        if latest is not None and p.resolve() == latest:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    if removed:
+        log.info("retention: removed %d old runs", len(removed))
+    return removed
+
+
+def prune_cache(runs_dir: Path, in_use: str) -> list[Path]:
+    """Retention for the cache: delete ``.cache/<model16>-<lrp16>`` directories no published run uses.
+
+    Every nightly run with a retrained model opens a new cache directory (relevance of every sample,
+    paste predictions), so without this the cache grows by a dataset's worth of heatmaps per model.
+    A directory is kept when it is ``in_use`` (the run just published) or named by the ``cache`` key of
+    any run still in ``runs_dir``. If some run does not say (an unreadable run, or one that predates
+    the key), nothing is deleted.
+
+    Returns
+    -------
+    list[Path]
+        The deleted directories.
+    """
+    from spray.runs.reader import read_summary
+
+    root = runs_dir / CACHE_DIR
+    found = sorted(root.iterdir()) if root.is_dir() else []
+    others = [d for d in found if d.is_dir() and d.name not in (in_use, WORK_DIR)]
+    if not others:
+        return []  # the usual night (same model): no summary needs reading
+    keep = {in_use}
+    for run in list_runs(runs_dir):
+        try:
+            key = read_summary(run).cache
+        except RunReadError:
+            key = ""
+        if not key:
+            log.info("cache retention skipped: run %s does not say which cache directory it uses", run.name)
+            return []
+        keep.add(key)
+    removed = [d for d in others if d.name not in keep]
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
+    if removed:
+        log.info("cache retention: removed %d cache directories no kept run uses", len(removed))
+    return removed
+
+
+def clean_staging(runs_dir: Path) -> None:
+    """Remove leftovers of crashed runs (call only while holding the lock).
+
+    Removes every folder under ``.staging`` and the ``*.tmp`` files that an atomic write interrupted by
+    ``kill -9`` leaves in the cache. Finished cache shards and shard manifests are kept: they are what
+    the next run resumes from.
+    """
+    base = runs_dir / STAGING_DIR
+    if base.is_dir():
+        for p in base.iterdir():
+            shutil.rmtree(p, ignore_errors=True)
+    cache = runs_dir / CACHE_DIR
+    if cache.is_dir():
+        for tmp in cache.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for tmp in runs_dir.glob(f".{LATEST}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def work_dir(runs_dir: Path, run_id: str) -> Path:
+    """Per-run folder of shard manifests: ``runs/.cache/work/<run16>`` (kept until the run is published)."""
+    return RunsFolder(runs_dir).work(run_id)

@@ -1,0 +1,368 @@
+"""``spray init``: write a first, commented audit config from what is on disk, and check it.
+
+Given a dataset (an image folder ``root/<class>/<image>``, an IDX images file, or a
+``package.module:function`` factory) and a model (a torchvision or timm architecture name, or a
+factory), :func:`scaffold_config` looks at the data (classes, image sizes, grey or colour) and writes a
+YAML config whose every key carries a comment; :func:`check_config` then loads one batch through it
+(and builds the model and runs it once when one is given), so the first ``spray audit`` does not fail
+on the config. Lines marked ``CHECK`` are the guesses a person should confirm (the input size and
+normalisation the model was trained with).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spray.config import DataConfig, TransformConfig
+from spray.errors import ConfigError, DataError
+from spray.factories import SPEC_PATTERN
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+#: Images whose sides are all at most this are taken at their native size (MNIST-like data).
+SMALL_IMAGE = 64
+
+
+@dataclass
+class DataFacts:
+    """What :func:`inspect_data` found."""
+
+    section: dict[str, Any]
+    n_samples: int | None = None
+    classes: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    grey: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelFacts:
+    """What :func:`inspect_model` found."""
+
+    section: dict[str, Any]
+    kind: str  # "torchvision", "timm" or "factory"
+    input_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    crop_pct: float = 0.875
+    notes: list[str] = field(default_factory=list)
+
+
+def _rel(p: Path, config_dir: Path) -> str:
+    """``p`` relative to the config's folder when it lies below it, else absolute (the config stays portable)."""
+    p = p.resolve()
+    try:
+        return p.relative_to(config_dir.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _idx_labels_for(images: Path) -> Path | None:
+    name = images.name.replace("images", "labels").replace("idx3", "idx1")
+    guess = images.with_name(name)
+    return guess if guess != images and guess.is_file() else None
+
+
+def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> DataFacts:
+    """Describe the dataset named by ``spec`` (folder, IDX images file or factory) as a ``data`` section.
+
+    Raises
+    ------
+    ConfigError
+        When ``spec`` is none of these, or the IDX labels file cannot be found.
+    """
+    from spray.data.folder import _probe, list_image_folder
+    from spray.data.idx import read_idx
+
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        listing = list_image_folder(p)
+        if not listing.sample_ids:
+            raise DataError(f"--data {spec!r}: no image files below its class folders {listing.classes[:8]}.")
+        channels, sizes = _probe(p, listing.sample_ids)
+        facts = DataFacts(
+            {"kind": "image_folder", "path": _rel(p, config_dir), "name": p.resolve().name},
+            len(listing.sample_ids), listing.classes, sizes, channels == 1,
+        )  # fmt: skip
+        facts.notes += [f"empty class folder {c!r} (still a class)" for c in listing.empty_classes]
+        return facts
+    if p.is_file():
+        lab = labels or _idx_labels_for(p)
+        if lab is None:
+            raise ConfigError(
+                f"--data {spec!r} looks like an IDX images file: give its labels file with --labels."
+            )
+        images, y = read_idx(p), read_idx(lab)
+        n_classes = int(y.max()) + 1 if len(y) else 0
+        section: dict[str, Any] = {
+            "kind": "idx",
+            "images": _rel(p, config_dir),
+            "labels": _rel(lab, config_dir),
+        }
+        grey = images.ndim == 3 or images.shape[-1] == 1
+        return DataFacts(section, len(images), [str(c) for c in range(n_classes)], [images.shape[1:3]], grey)
+    if SPEC_PATTERN.match(spec):
+        from spray.data.decoding import DecodeOptions
+        from spray.data.factory import factory_source
+        from spray.factories import locate_module
+
+        locate_module(spec, "--data", config_dir)
+        src = factory_source(DataConfig(kind="factory", factory=spec), DecodeOptions())
+        section = {"kind": "factory", "factory": spec}
+        return DataFacts(section, len(src.sample_ids), src.class_names, src.input_sizes, src.channels == 1)
+    raise ConfigError(
+        f"--data {spec!r} is not a folder, a file or a 'package.module:function' factory. Give the root of "
+        "an image folder (root/<class>/<image>), an IDX images file, or a dataset factory."
+    )
+
+
+def inspect_model(
+    spec: str, num_classes: int | None, config_dir: Path, channels: int | None = None
+) -> ModelFacts:
+    """Describe the model named by ``spec`` (torchvision name, timm name or factory) as a ``model`` section.
+
+    Raises
+    ------
+    ConfigError
+        When ``spec`` is none of these (with the closest torchvision names).
+    """
+    kwargs: dict[str, Any]
+    if SPEC_PATTERN.match(spec):
+        import inspect
+
+        from spray.factories import import_callable, locate_module
+
+        locate_module(spec, "--model", config_dir)
+        params = inspect.signature(import_callable(spec, "--model")).parameters
+        kwargs = {"num_classes": num_classes} if num_classes and "num_classes" in params else {}
+        if "in_channels" in params and channels is not None:
+            kwargs["in_channels"] = channels
+        return ModelFacts({"factory": spec, "factory_kwargs": kwargs}, "factory")
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if spec in names:
+        return ModelFacts(
+            {"architecture": spec, "num_classes": num_classes},
+            "torchvision",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        )
+    timm: Any
+    try:
+        import timm
+    except ImportError:
+        timm = None
+    if timm is not None and timm.is_model(spec):
+        made = timm.create_model(spec, pretrained=False, num_classes=num_classes or 2)
+        cfg: dict[str, Any] = dict(getattr(made, "pretrained_cfg", {}) or {})
+        kwargs = {"model_name": spec, "num_classes": num_classes, "pretrained": False}
+        return ModelFacts(
+            {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
+            [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
+        )  # fmt: skip
+    close = difflib.get_close_matches(spec, names, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"--model {spec!r} is not a torchvision model name{'' if timm is None else ' nor a timm one'}, nor "
+        f"'package.module:function'.{hint}"
+    )
+
+
+def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any], list[str]]:
+    """The ``data.transform`` section and the CHECK notes on its guesses."""
+    t: dict[str, Any] = {}
+    notes: list[str] = []
+    sizes = Counter(data.sizes)
+    side = model.input_size if model is not None else None
+    crop_pct = model.crop_pct if model is not None else 0.875
+    if len(sizes) > 1 or (side and len(sizes) == 1 and max(next(iter(sizes))) > SMALL_IMAGE):
+        (h, w), _ = sizes.most_common(1)[0]
+        side = side or 224
+        if len(sizes) > 1 or (h, w) != (side, side):
+            t.update(resize=round(side / crop_pct), center_crop=side)
+            notes.append(
+                f"CHECK resize/center_crop: the input size the model was trained at (guessed {side})"
+            )
+    elif side and sizes:
+        (h, w), _ = sizes.most_common(1)[0]
+        if (h, w) != (side, side):
+            notes.append(
+                f"CHECK: the {h}×{w} images are used at their size; the architecture's default is {side}"
+            )
+    if model is not None and model.kind != "factory" and data.grey:
+        t["grayscale_to_rgb"] = True
+    if model is not None and model.mean is not None:
+        t.update(mean=model.mean, std=model.std)
+        notes.append("CHECK mean/std: the normalisation used in training (the architecture's default here)")
+    elif model is None or model.kind == "factory":
+        notes.append("CHECK mean/std: add the normalisation used in training, if any")
+    TransformConfig.model_validate(t)  # a guess that does not validate is a bug here, not the user's
+    return t, notes
+
+
+def _comment(section: type[Any], key: str) -> str:
+    """The first sentence of the field's description (a period followed by a capital ends it)."""
+    f = section.model_fields.get(key)
+    text = (f.description or "") if f is not None else ""
+    return re.split(r"\.\s+(?=[A-Z])", text)[0].rstrip(".")
+
+
+def _yaml_value(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def _section_lines(name: str, values: dict[str, Any], model: type[Any], indent: str = "  ") -> list[str]:
+    lines = [f"{name}:"]
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and key == "transform":
+            lines += [indent + line for line in _section_lines("transform", value, TransformConfig)]
+            continue
+        comment = _comment(model, key)
+        lines.append(f"{indent}{key}: {_yaml_value(value)}" + (f"    # {comment}" if comment else ""))
+    return lines
+
+
+def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | None, notes: list[str]) -> str:
+    """The commented YAML text of the config."""
+    from spray.config import AuditConfig, ModelConfig
+
+    head = [
+        "# spray audit config, written by `spray init` (reference: docs/config.md).",
+        "# Relative paths are resolved against this file's folder.",
+        *[f"# {n}" for n in notes],
+        "",
+        f"name: {_yaml_value(str(data.section.get('name') or 'audit'))}    # {_comment(AuditConfig, 'name')}",
+        "seed: 0    # every random choice derives from it: same inputs and seed, same findings",
+    ]
+    m = dict(model.section) if model is not None else {"factory": "my_project.models:build"}
+    if checkpoint:
+        m["checkpoint"] = checkpoint
+    body = _section_lines("model", m, ModelConfig)
+    body += _section_lines("data", data.section, DataConfig)
+    body += [
+        "lrp:",
+        "  composite: EpsilonPlusFlat    # zennit's names: EpsilonPlusFlat, EpsilonGammaBox, EpsilonAlpha2Beta1Flat",
+        "  target: label    # explain the true label's logit ('pred': the predicted one)",
+        "batch:",
+        "  batch_size: 32",
+        "  device: auto    # CUDA when available",
+        "output:",
+        "  runs_dir: runs    # published runs; open them with `spray dashboard --runs-dir runs`",
+    ]
+    return "\n".join([*head, *body]) + "\n"
+
+
+def scaffold_config(
+    data_spec: str,
+    model_spec: str | None,
+    output: Path,
+    *,
+    checkpoint: Path | None = None,
+    labels: Path | None = None,
+    num_classes: int | None = None,
+    force: bool = False,
+) -> list[str]:
+    """Write a commented config for ``data_spec`` and ``model_spec`` to ``output``; returns the notes.
+
+    Raises
+    ------
+    ConfigError
+        When ``output`` exists (without ``force``) or an argument names nothing usable.
+    """
+    if output.exists() and not force:
+        raise ConfigError(
+            f"{str(output)!r} already exists; pass --force to overwrite it, or -o another file."
+        )
+    config_dir = output.resolve().parent
+    data = inspect_data(data_spec, config_dir, labels=labels)
+    k = num_classes or (len(data.classes) or None)
+    channels = None if not data.sizes else 1 if data.grey else 3
+    model = inspect_model(model_spec, k, config_dir, channels) if model_spec else None
+    if model is not None and model.kind != "factory" and not k:
+        raise ConfigError(
+            "--num-classes is needed: the number of classes cannot be told from a factory dataset."
+        )
+    transform, notes = _transform(data, model)
+    if transform:
+        data.section["transform"] = transform
+    if model is None:
+        notes.insert(0, "CHECK model: replace the placeholder factory with your model (or use --model)")
+    found = [f"{data.n_samples} samples" if data.n_samples else "a factory dataset"]
+    if data.classes:
+        found.append(f"{len(data.classes)} classes")
+    if data.sizes:
+        found.append("sizes " + ", ".join(f"{h}×{w}" for (h, w), _ in Counter(data.sizes).most_common(3)))
+    notes = [f"Found: {', '.join(found)}{' (grey)' if data.grey else ''}.", *data.notes, *notes]
+    ckpt = _rel(checkpoint, config_dir) if checkpoint is not None else None
+    text = render_config(data, model, ckpt, notes)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, output)
+    return notes
+
+
+def check_config(path: Path, *, with_model: bool = True) -> list[str]:
+    """Load ``path``, read one batch through it, and run the model on it once.
+
+    Parameters
+    ----------
+    path : Path
+        The config file.
+    with_model : bool
+        False when the model section is still a placeholder: only the other sections and the data are
+        checked.
+
+    Returns
+    -------
+    list[str]
+        What was checked, for the user.
+
+    Raises
+    ------
+    SprayError
+        The first problem, with the key to fix.
+    """
+    from spray.config import config_from_dict, load_config
+    from spray.data import build_dataset
+
+    if with_model:
+        cfg = load_config(path)
+    else:
+        raw = yaml.safe_load(path.read_text()) or {}
+        # A stand-in model only so that the other sections validate; it is never built.
+        raw["model"] = {"architecture": "alexnet", "num_classes": 2}
+        cfg = config_from_dict(raw, base_dir=path.resolve().parent)
+    ds = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+    report = [f"data: {len(ds)} samples, {len(ds.class_names)} classes"]
+    model: Any = None
+    if with_model:
+        from spray.models import build_model
+
+        model = build_model(cfg.model)
+        ds.match_model(model)
+    batch = ds.first_batch(2)
+    assert batch.x is not None
+    report.append(f"one batch read: inputs {tuple(batch.x.shape[1:])}")
+    if model is not None:
+        from spray.models import check_model_output
+
+        k_out = check_model_output(model, batch.x, len(ds.class_names))
+        cfg.check_class_count(len(ds.class_names), k_out)
+        report.append(f"model: {k_out} outputs on that batch")
+    return report

@@ -1,0 +1,50 @@
+"""Versions of what spray stores, each changed exactly when the thing it names changes.
+
+Two results are cached or published and reused across runs, so each has its own version:
+
+- :data:`LRP_VERSION`: the per-sample results of the batch stage (pooled relevance, probabilities,
+  predictions, thumbnails). Bump it whenever a heatmap for the same model, input and settings would come
+  out different (a rule, a canonizer, the pooling, the thumbnail, the input transform's code). It is part
+  of the cache directory key and of the run id: after an upgrade every heatmap is recomputed.
+- :data:`ANALYSIS_VERSION`: everything computed from the heatmaps (normalisation, PCA, kNN graph,
+  spectral embedding, k-means sweep, the 2-D map, scoring, the paste test, evidence, ranking). Bump it
+  whenever a finding, a score, a flag, an evidence sentence or a cluster could change for the same
+  heatmaps. It is part of the run id and of the paste test's prediction cache, not of the heatmap
+  cache: after an upgrade the analysis reruns on the cached heatmaps and no LRP is recomputed.
+
+The layout of a run folder has its own version, :data:`spray.runs.layout.LAYOUT_VERSION`.
+``tests/test_golden.py`` records a fingerprint of a small fixed audit's heatmaps and findings next to
+these versions and fails when an output changes while its version does not.
+"""
+
+from __future__ import annotations
+
+import spray
+
+# 2: images are decoded at their full bit depth and converted by mode (spray.data.decoding); a 16-bit
+# image cached by version 1 was clipped.
+LRP_VERSION = 2
+ANALYSIS_VERSION = 1
+
+
+def code_version() -> str:
+    """The code part of the run id: ``lrp<L>-analysis<A>-layout<Y>`` (the package version is not in it).
+
+    A release that changes neither heatmaps nor findings nor the run folder (the dashboard, the CLI, the
+    docs) keeps every run id, so the nightly job rightly answers "up to date" after such an upgrade.
+    """
+    from spray.runs.layout import LAYOUT_VERSION
+
+    return f"lrp{LRP_VERSION}-analysis{ANALYSIS_VERSION}-layout{LAYOUT_VERSION}"
+
+
+def version_stamp() -> dict[str, str | int]:
+    """What a run records in ``summary.json`` under ``versions``."""
+    from spray.runs.layout import LAYOUT_VERSION
+
+    return {
+        "spray": spray.__version__,
+        "lrp": LRP_VERSION,
+        "analysis": ANALYSIS_VERSION,
+        "layout": LAYOUT_VERSION,
+    }

@@ -1,0 +1,96 @@
+"""The per-sample caches: shards keyed by content (and label when the label is explained), shards of
+other processes, damaged shards; the paste cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spray.records import AttributionBatch
+from spray.runs.cache import PasteCache, ShardCache, sample_key
+from spray.runs.layout import paste_db_file
+from spray.versions import ANALYSIS_VERSION
+
+
+def _batch(
+    ids: list[str], seed: int = 0, labels: list[int] | None = None, hashes: list[str] | None = None
+) -> AttributionBatch:
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    lab = np.asarray(labels if labels is not None else np.arange(n) % 2, dtype=np.int64)
+    return AttributionBatch(
+        sample_ids=ids,
+        labels=lab,
+        predictions=lab.copy(),
+        probabilities=rng.random((n, 2)).astype(np.float32),
+        relevance=rng.standard_normal((n, 4, 4)).astype(np.float16),
+        targets=lab.copy(),
+        content_hashes=hashes or [f"h-{i}" for i in ids],
+    )
+
+
+def test_shard_cache_hits_by_content_and_sees_shards_of_other_processes(tmp_path: Path) -> None:
+    a = ShardCache(tmp_path / "m-l", by_label=False)
+    b = ShardCache(tmp_path / "m-l", by_label=False)  # another rank, opened before a's shard exists
+    batch = _batch(["x", "y", "z"])
+    thumbs = np.zeros((3, 8, 8, 3), np.uint8)
+    a.write(0, batch, thumbs, None)
+    assert "h-y" in a and "h-y" not in b
+    assert b.refresh() == 1 and "h-y" in b and b.refresh() == 0
+    got, th = b.gather(["z", "x"], ["h-z", "h-x"], np.asarray([0, 0]))
+    np.testing.assert_array_equal(got.relevance, batch.relevance[[2, 0]])
+    assert th is not None and th.shape == (2, 8, 8, 3)
+    # Another directory (model or LRP setting) is another cache: nothing is shared.
+    assert "h-x" not in ShardCache(tmp_path / "n-l", by_label=False)
+
+
+def test_explained_label_is_part_of_the_key(tmp_path: Path) -> None:
+    c = ShardCache(tmp_path / "m-l", by_label=True)
+    # The same bytes in two class folders: two entries, two heatmaps.
+    batch = _batch(["cat/a.png", "dog/a.png"], labels=[0, 1], hashes=["same", "same"])
+    c.write(0, batch, None, None)
+    assert c.key_of("same", 0) in c and c.key_of("same", 1) in c and c.key_of("same", 2) not in c
+    assert c.content_hashes() == frozenset({"same"})
+    got, _ = c.gather(["dog/a.png"], ["same"], np.asarray([1]))
+    np.testing.assert_array_equal(got.relevance[0], batch.relevance[1])
+    assert sample_key("h", 3, by_label=True) == "h/3" and sample_key("h", 3, by_label=False) == "h"
+    # Reopened from disk: the same keys.
+    again = ShardCache(tmp_path / "m-l", by_label=True)
+    assert len(again) == 2 and again.key_of("same", 1) in again
+
+
+def test_damaged_shard_is_ignored_and_recomputed(tmp_path: Path) -> None:
+    c = ShardCache(tmp_path / "m-l", by_label=False)
+    c.write(0, _batch(["x"]), None, None)
+    (c.dir / "shard-000000064-deadbeefdeadbeef.npz").write_bytes(b"not a zip")
+    again = ShardCache(tmp_path / "m-l", by_label=False)
+    assert "h-x" in again and len(again) == 1
+
+
+def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> None:
+    c = PasteCache(tmp_path)
+    assert c.path.name == paste_db_file(ANALYSIS_VERSION)
+    assert c.get_many(["a", "b"]) == {}
+    c.put_many({"a": 3, "b": 7})
+    c.put_many({"a": 9})  # an existing key keeps its value (same key, same prediction)
+    c.close()
+    again = PasteCache(tmp_path)
+    assert again.get_many(["a", "b", "c"]) == {"a": 3, "b": 7}
+    assert (again.hits, again.misses) == (2, 1)
+    # More keys than SQLite's bound-parameter limit in one call.
+    again.put_many({f"k{i}": i % 10 for i in range(1200)})
+    assert len(again.get_many([f"k{i}" for i in range(1200)])) == 1200
+    again.close()
+    # Without a database every key is a miss (the run's log counts those pastes as predicted).
+    assert again.get_many(["a", "a", "z"]) == {}
+    assert (again.hits, again.misses) == (1202, 3)
+    # A damaged file is moved aside and replaced by an empty cache: the run goes on.
+    again.path.write_bytes(b"this is not a database" * 100)
+    for extra in ("-wal", "-shm"):
+        again.path.with_name(again.path.name + extra).unlink(missing_ok=True)
+    fresh = PasteCache(tmp_path)
+    assert fresh.get_many(["a"]) == {}
+    fresh.put_many({"a": 1})
+    assert fresh.get_many(["a"]) == {"a": 1}
+    assert list(tmp_path.glob("paste-*.damaged-*"))

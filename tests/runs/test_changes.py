@@ -1,0 +1,108 @@
+"""The one change detector: new, grown, persisting and resolved suspicious clusters, and the previous run
+it compares with (a damaged one is passed over, never taken as "no previous run")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spray.config.output import NightlyConfig
+from spray.html_report import _changes_html
+from spray.records import ChangeRule, ClusterChange, ClusterFinding
+from spray.runs.changes import change_rule, changes_since_previous, compare_findings, compare_runs
+from spray.runs.reader import RunReader
+from tests.runs.builders import make_report, write_published
+
+RULE = change_rule()
+
+
+def _finding(key: str, members: range, mean: np.ndarray, *, suspicious: bool = True) -> ClusterFinding:
+    c, k, cid = key.split("/")
+    ids = [f"s{i}" for i in members]
+    return ClusterFinding(
+        class_index=int(c), class_name=f"c{c}", cluster_id=int(cid[1:]), k=int(k[1:]), size=len(ids),
+        fraction=0.1, score=1.0, suspicious=suspicious, evidence=[], signals={}, member_ids=ids,
+        mean_heatmap=mean,
+    )  # fmt: skip
+
+
+def test_the_rule_is_the_nightly_config_sections() -> None:
+    n = NightlyConfig()
+    assert RULE == ChangeRule(n.match_jaccard, n.match_correlation, n.grown_min) == ChangeRule(0.3, 0.8, 0.1)
+    assert change_rule({"grown_min": 0.5, "notify_command": None}).grow_min == 0.5
+
+
+def test_compare_findings_classifies_new_grown_persisting_resolved() -> None:
+    rng = np.random.default_rng(0)
+    corner = np.zeros((8, 8), np.float32)
+    corner[:2, :2] = 1
+
+    def noise() -> np.ndarray:
+        return rng.random((8, 8)).astype(np.float32)
+
+    prev = [
+        _finding("1/k3/c0", range(0, 20), noise()),  # grows to 30 members (ids kept) → grown
+        _finding("2/k2/c1", range(100, 120), noise()),  # same members → persisting
+        _finding("3/k2/c0", range(200, 210), corner),  # members replaced, same heatmap → grown
+        _finding("4/k2/c0", range(300, 310), noise(), suspicious=False),  # becomes suspicious → new (note)
+    ]
+    cur = [
+        _finding("1/k4/c2", range(0, 30), noise()),
+        _finding("2/k2/c0", range(100, 121), noise()),
+        _finding("4/k3/c1", range(300, 312), noise()),
+        _finding("5/k2/c0", range(400, 405), noise()),  # brand new
+        _finding("3/k2/c1", range(500, 540), corner + 0.01 * noise()),
+    ]
+    ch = compare_findings(cur, prev, RULE)
+    assert [c.key for c in ch.grown] == ["1/k4/c2", "3/k2/c1"]
+    assert ch.grown[1].jaccard == 0 and ch.grown[1].correlation > 0.99 and ch.grown[0].rank == 1
+    assert [c.key for c in ch.persisting] == ["2/k2/c0"]  # +1 member of 20 is under grown_min
+    assert [c.key for c in ch.new] == ["4/k3/c1", "5/k2/c0"]
+    assert "not suspicious then" in ch.new[0].note and ch.new[0].previous_key == "4/k2/c0"
+    assert ch.resolved == [] and (ch.n_new, ch.n_grown, ch.n_resolved, ch.n_suspicious) == (2, 2, 0, 5)
+    # A stricter grown rule makes the +50 % cluster persisting.
+    assert [c.key for c in compare_findings(cur, prev, ChangeRule(0.3, 0.8, 0.6)).grown] == ["3/k2/c1"]
+    # A previous suspicious cluster still there below the alarm threshold is resolved, and named.
+    prev.append(_finding("6/k2/c0", range(600, 610), corner.T.copy()))
+    cur.append(_finding("6/k3/c1", range(700, 720), corner.T + 0.01 * noise(), suspicious=False))
+    (res,) = compare_findings(cur, prev, RULE).resolved
+    assert res.previous_key == "6/k2/c0" and res.key == "6/k3/c1" and res.correlation > 0.99
+    html = _changes_html(compare_findings(cur, prev, RULE))
+    assert "persisting" in html and "resolved" in html and "6/k3/c1" in html
+    prev.pop()
+    cur.pop()
+    # Without the heatmap match the old cluster of class 3 is resolved and the new one is new.
+    cur[-1] = _finding("3/k2/c1", range(500, 540), -corner)
+    ch = compare_findings(cur, prev, RULE)
+    assert [c.previous_key for c in ch.resolved] == ["3/k2/c0"] and ch.resolved[0].key is None
+    assert "3/k2/c1" in [c.key for c in ch.new]
+    # No previous run: every suspicious cluster is new.
+    assert compare_findings(cur, None, RULE).n_new == 5
+
+
+def test_compare_runs_and_the_previous_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    report, stage = make_report()
+    report.changes = None
+    older = write_published(runs, report, stage)
+    report.run_id = "s" * 64
+    newer = write_published(runs, report, stage)
+    same = compare_runs(RunReader.open(newer), RunReader.open(older))
+    assert same.n_new == 0 and [c.key for c in same.persisting] == [
+        f.key for f in report.findings if f.suspicious
+    ]
+    assert same.previous_run == older.name
+    # The nightly comparison of a new run: the newest run of the same audit.
+    report.run_id = "t" * 64
+    ch = changes_since_previous(report, runs, RULE)
+    assert ch.previous_run == newer.name and ch.n_new == 0 and ch.unreadable == []
+    # The newest one damaged: logged, listed, and the older readable one is used instead.
+    (newer / "summary.json").write_text('{"layout_version": 2, "run_id"')
+    ch = changes_since_previous(report, runs, RULE)
+    assert ch.previous_run == older.name and ch.n_new == 0
+    assert [u.run for u in ch.unreadable] == [newer.name] and "summary.json" in ch.unreadable[0].reason
+    # Another audit's runs are not compared with.
+    report.name = "other"
+    assert changes_since_previous(report, runs, RULE).previous_run is None
+    assert isinstance(ch.persisting[0], ClusterChange)

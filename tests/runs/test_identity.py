@@ -1,0 +1,86 @@
+"""The cache key holds everything a heatmap depends on: with ``lrp.target: label`` the same bytes in two
+class folders are two heatmaps, and an image moved to another class is recomputed (real audits)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spray.attribution import pool_relevance
+from spray.audit import audit
+from spray.data import build_dataset
+from spray.lrp import Explainer
+from spray.models import build_model
+from spray.runs.identity import cache_dir_name, heatmap_settings, lrp_hash
+from spray.runs.reader import RunReader
+from tests.runs.builders import tiny_config
+
+
+def _fresh(cfg, sample_id: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The heatmap of one sample computed from scratch (same seeded model, same settings)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    ds = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+    i = ds.sample_ids.index(sample_id)
+    x = ds.load_input(i)[None]
+    res = Explainer(model, cfg.lrp.composite, canonize=cfg.lrp.canonize)(
+        x, target=cfg.lrp.target, labels=torch.tensor([ds.labels[i]])
+    )
+    return pool_relevance(res.relevance, cfg.batch.grid).to(torch.float16).numpy()[0]
+
+
+def test_same_bytes_in_two_class_folders_are_two_heatmaps(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    shutil.copy(tmp_path / "imgs" / "cat" / "003.png", tmp_path / "imgs" / "dog" / "twin.png")
+    run = RunReader.open(audit(cfg, progress=False).run_dir)
+    a, b = run.heatmaps(["cat/003.png", "dog/twin.png"])
+    assert not np.array_equal(a, b)  # each explains its own label
+    for sample_id, got in (("cat/003.png", a), ("dog/twin.png", b)):
+        np.testing.assert_allclose(got, _fresh(cfg, sample_id), rtol=1e-2, atol=1e-3)
+    assert run.summary.timings["n_computed"] == 21
+
+
+def test_an_image_moved_to_another_class_is_recomputed(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    first = audit(cfg, progress=False)
+    assert first.timings["n_computed"] == 20
+    shutil.move(tmp_path / "imgs" / "cat" / "004.png", tmp_path / "imgs" / "dog" / "moved.png")
+    second = audit(cfg, progress=False)
+    assert second.run_id != first.run_id
+    assert (second.timings["n_computed"], second.timings["n_cached"]) == (1, 19)
+    got = RunReader.open(second.run_dir).heatmaps(["dog/moved.png"])[0]
+    np.testing.assert_allclose(got, _fresh(cfg, "dog/moved.png"), rtol=1e-2, atol=1e-3)
+    before = RunReader.open(first.run_dir).heatmaps(["cat/004.png"])[0]
+    assert not np.array_equal(got, before)
+
+
+def test_the_cache_directory_changes_with_every_heatmap_setting(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    base = cache_dir_name(cfg, "m" * 64)
+    assert base.startswith("m" * 16) and cache_dir_name(cfg, "n" * 64) != base
+    assert set(heatmap_settings(cfg)) == {"lrp", "grid", "transform", "thumbnails", "full", "lrp_version"}
+    for section, field, value in (
+        ("lrp", "composite", "EpsilonGammaBox"),
+        ("lrp", "composite_kwargs", {"epsilon": 0.5}),
+        ("lrp", "target", "pred"),
+        ("lrp", "precision", "bf16"),
+        ("lrp", "canonize", False),
+        ("batch", "grid", 4),
+        ("batch", "thumbnail_size", 16),
+        ("batch", "store_full_relevance", True),
+    ):
+        other = cfg.model_copy(deep=True)
+        setattr(getattr(other, section), field, value)
+        assert lrp_hash(other) != lrp_hash(cfg), (section, field)
+    other = cfg.model_copy(deep=True)
+    other.data.transform.resize = 32
+    assert lrp_hash(other) != lrp_hash(cfg)
+    # What only changes the analysis does not open a new cache.
+    other = cfg.model_copy(deep=True)
+    other.scoring.flip_margin = 0.2
+    other.analysis.k_max = 5
+    other.batch.batch_size = 3
+    assert lrp_hash(other) == lrp_hash(cfg)

@@ -1,0 +1,108 @@
+"""Publishing: atomic rename, the ``latest`` pointer, finding runs, retention of runs and cache
+directories, the clean-up after a crash, and the runs folder itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from spray.errors import ConfigError
+from spray.runs.atomic import atomic_write_json
+from spray.runs.cache import ShardCache
+from spray.runs.layout import CACHE_DIR, LATEST, WORK_DIR
+from spray.runs.publish import (
+    check_runs_dir,
+    clean_staging,
+    find_run,
+    latest_run,
+    list_runs,
+    prune_cache,
+    prune_runs,
+    publish,
+    staging_dir,
+)
+from spray.runs.reader import RunReader
+from tests.runs.builders import make_report, write_published
+from tests.runs.test_cache import _batch
+
+
+def _publish(runs: Path, run_id: str, cache: str = "") -> Path:
+    report, stage = make_report(n_per_class=4)
+    report.run_id = run_id
+    report.cache = cache
+    return write_published(runs, report, stage)
+
+
+def test_publish_is_atomic_and_moves_latest(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = _publish(runs, "a" * 64)
+    assert (runs / LATEST).resolve() == first and latest_run(runs) == first
+    second = _publish(runs, "b" * 64)
+    assert os.readlink(runs / LATEST) == second.name
+    assert list_runs(runs) == [second, first]  # newest first; the latest symlink is not a run
+    assert find_run(runs, "a" * 64) == first and find_run(runs, "c" * 64) is None
+    # Readable by the dashboard's user (mkstemp would leave 0600).
+    assert stat.S_IMODE((second / "summary.json").stat().st_mode) == 0o644
+    assert RunReader.open(runs / LATEST).summary.run_id == "b" * 64
+    assert not any((runs / ".staging").iterdir())
+
+
+def test_a_damaged_run_is_never_taken_as_published(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = _publish(runs, "a" * 64)
+    (run / "summary.json").write_text("{")
+    assert find_run(runs, "a" * 64) is None
+
+
+def test_prune_keeps_the_newest_n(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    made = [_publish(runs, c * 64) for c in "abcd"]
+    removed = prune_runs(runs, 2)
+    assert sorted(removed) == sorted(made[:2])
+    assert list_runs(runs) == [made[3], made[2]]
+
+
+def test_clean_staging_removes_crash_leftovers_but_keeps_finished_shards(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    half = staging_dir(runs, "e" * 64)
+    (half / "summary.json").write_text("{")
+    cache = ShardCache(runs / CACHE_DIR / "m-l", by_label=False)
+    cache.write(0, _batch(["x"]), None, None)
+    (cache.dir / ".shard-000000064-abc.npz.12345.tmp").write_bytes(b"partial")
+    clean_staging(runs)
+    assert not any((runs / ".staging").iterdir())
+    assert [p.name.startswith("shard-") for p in cache.dir.iterdir()] == [True]
+    assert list_runs(runs) == []
+
+
+def test_cache_retention_keeps_only_the_directories_of_kept_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    cache = runs / CACHE_DIR
+    for name in ("m1-l", "m2-l", "m3-l", WORK_DIR):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "shard-0.npz").write_bytes(b"x")
+    _publish(runs, "a" * 64, cache="m1-l")
+    _publish(runs, "b" * 64, cache="m2-l")
+    prune_runs(runs, 1)  # run a (model m1) is gone
+    removed = prune_cache(runs, in_use="m3-l")
+    assert sorted(p.name for p in removed) == ["m1-l"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["m2-l", "m3-l", WORK_DIR])
+    # A run that does not say which directory it uses (unrecorded or unreadable): nothing is deleted.
+    staged = staging_dir(runs, "c" * 64)
+    atomic_write_json(staged / "summary.json", {"run_id": "c" * 64})
+    publish(runs, staged, "c" * 64)
+    assert prune_cache(runs, in_use="m3-l") == [] and (cache / "m2-l").exists()
+
+
+def test_check_runs_dir(tmp_path: Path) -> None:
+    assert check_runs_dir(tmp_path / "new" / "runs") and (tmp_path / "new" / "runs").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_runs_dir(tmp_path / "file")
+    with pytest.raises(ConfigError, match="cannot be created"):
+        check_runs_dir(tmp_path / "file" / "runs")
+    assert json.dumps(str(tmp_path))  # paths are named in the messages as given

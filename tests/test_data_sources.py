@@ -1,0 +1,272 @@
+"""The three data sources (image folder, IDX, factory), channels, sizes and thumbnails, on real files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from spray.config import DataConfig, TransformConfig, config_from_dict
+from spray.data import Sample, SkippedSample, build_dataset, collate_samples, write_idx
+from spray.errors import ConfigError, DataError
+from tests.helpers import make_image_folder
+
+
+def _items(ds) -> tuple[list[Sample], dict[str, str]]:  # type: ignore[no-untyped-def]
+    items = [ds[i] for i in range(len(ds))]
+    good = [it for it in items if isinstance(it, Sample)]
+    skipped = {it.sample_id: it.reason for it in items if isinstance(it, SkippedSample)}
+    return good, skipped
+
+
+def _folder(tmp_path: Path, **transform: object) -> DataConfig:
+    return DataConfig(kind="image_folder", path=tmp_path / "imgs", transform=TransformConfig(**transform))
+
+
+# --- image folders -----------------------------------------------------------------------------------------
+
+
+def test_symlink_loops_and_broken_links_are_listed_and_linked_folders_followed(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    os.symlink("..", root / "cat" / "loop")
+    os.symlink(root / "cat", root / "dog" / "cats")  # another class's folder: followed (as ImageFolder does)
+    os.symlink(root / "nowhere.png", root / "dog" / "gone.png")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    pre = {s.sample_id: s.reason for s in ds.pre_skipped}
+    assert "symlink loop" in pre["cat/loop"] and "not followed" in pre["cat/loop"]
+    assert "broken symlink" in pre["dog/gone.png"]
+    assert "dog/cats/000.png" in ds.sample_ids and ds.labels[ds.sample_ids.index("dog/cats/000.png")] == 1
+    assert "dog/cats/loop" in pre  # the loop is reported through the link too, never followed forever
+
+
+def test_empty_class_folder_still_counts_and_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2, classes=("a", "c"))
+    (root / "b").mkdir()
+    (root / "b" / "notes.txt").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert ds.class_names == ["a", "b", "c"] and sorted(set(ds.labels)) == [0, 2]
+    assert any(
+        "'" + str(root / "b") + "'" in r.getMessage() and "no image files" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=1)
+    (root / "cat" / ".DS_Store").write_bytes(b"x")
+    (root / "cat" / "data.csv").write_text("1,2")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert [s.sample_id for s in ds.pre_skipped] == ["cat/data.csv"]
+    assert "extension '.csv'" in ds.pre_skipped[0].reason
+
+
+def test_odd_modes_in_an_rgb_folder_are_converted(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n_per_class=4, size=8)
+    Image.new("L", (8, 8), 77).save(root / "cat" / "grey.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(root / "cat" / "cmyk.tif")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(root / "dog" / "rgba.png")
+    Image.new("RGB", (8, 8), (1, 2, 3)).convert("P").save(root / "dog" / "pal.gif")
+    Image.new("1", (8, 8), 1).save(root / "dog" / "bits.png")
+    Image.new("LA", (8, 8), (99, 255)).save(root / "dog" / "la.png")
+    good, skipped = _items(build_dataset(DataConfig(kind="image_folder", path=root)))
+    assert not skipped and len(good) == 14
+    by_id = {it.sample_id: it for it in good}
+    assert all(it.x is not None and it.x.shape == (3, 8, 8) for it in good)
+    assert torch.allclose(by_id["cat/grey.png"].x, torch.full((3, 8, 8), 77 / 255))  # type: ignore[arg-type]
+    assert torch.allclose(by_id["cat/cmyk.tif"].x[:, 0, 0], torch.tensor([1.0, 0, 0]))  # type: ignore[index]
+    assert torch.equal(by_id["dog/bits.png"].x, torch.ones(3, 8, 8))
+
+
+def test_colour_images_in_a_grey_folder_are_skipped_unless_grey(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (10, 10), 40 * i).save(root / c / f"{i}.png")
+    Image.new("RGB", (10, 10), (5, 5, 5)).save(root / "a" / "greyish_rgb.png")
+    Image.new("RGB", (10, 10), (255, 0, 0)).save(root / "b" / "red.png")
+    good, skipped = _items(build_dataset(DataConfig(kind="image_folder", path=root)))
+    assert set(skipped) == {"b/red.png"} and "model takes 1 channel" in skipped["b/red.png"]
+    assert all(it.x is not None and it.x.shape == (1, 10, 10) for it in good) and len(good) == 9
+    ds3 = build_dataset(_folder(tmp_path, channels=3))
+    good3, skipped3 = _items(ds3)
+    assert not skipped3 and all(it.x is not None and it.x.shape == (3, 10, 10) for it in good3)
+
+
+def test_grey_folder_follows_a_three_channel_model(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.new("L", (12, 12), 9).save(root / c / "0.png")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    ds.match_model(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    x = ds[0].x  # type: ignore[union-attr]
+    assert x is not None and x.shape == (3, 12, 12)
+    colour = make_image_folder(tmp_path / "rgb", n_per_class=1)
+    ds = build_dataset(DataConfig(kind="image_folder", path=colour))
+    ds.match_model(nn.Sequential(nn.Conv2d(1, 4, 3)))  # colour is not made grey: the model's check says so
+    assert ds.channels == 3
+
+
+def test_thumbnails_are_sized_from_the_input_and_grey_stays_grey(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)).save(root / c / "0.png")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root), thumbnail_size=64)
+    it = ds[0]
+    assert isinstance(it, Sample) and it.thumbnail is not None and it.thumbnail.shape == (28, 28, 1)
+    assert np.array_equal(it.thumbnail[..., 0], np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
+    big = make_image_folder(tmp_path / "big", n_per_class=1, size=100)
+    ds = build_dataset(
+        DataConfig(kind="image_folder", path=big, transform=TransformConfig(center_crop=80)),
+        thumbnail_size=64,
+    )
+    b = collate_samples([ds[0], ds[1]])
+    assert b.thumbnails is not None and b.thumbnails.shape == (2, 64, 64, 3)
+    ds = build_dataset(DataConfig(kind="image_folder", path=big), thumbnail_size=16)
+    assert ds[0].thumbnail.shape == (16, 16, 3)  # type: ignore[union-attr]
+
+
+# --- IDX ---------------------------------------------------------------------------------------------------
+
+
+def test_idx_label_out_of_range_is_named(tmp_path: Path) -> None:
+    write_idx(tmp_path / "i", np.zeros((5, 4, 4), np.uint8))
+    write_idx(tmp_path / "l", np.array([0, 1, 2, 9, 1], np.uint8))
+    cfg = DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l", class_names=["a", "b", "c"])
+    with pytest.raises(DataError, match=r"data\.labels .*/l'.*label 9 of sample 3 is outside 0\.\.2"):
+        build_dataset(cfg)
+
+
+def test_idx_rgb_images_and_wrong_shapes(tmp_path: Path) -> None:
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
+    write_idx(tmp_path / "i", imgs)
+    write_idx(tmp_path / "l", np.array([0, 1, 0], np.uint8))
+    ds = build_dataset(DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l"))
+    x = ds[1].x  # type: ignore[union-attr]
+    assert x is not None and torch.allclose(x, torch.from_numpy(imgs[1]).permute(2, 0, 1) / 255.0)
+    write_idx(tmp_path / "bad", np.zeros((3, 5, 6, 7), np.uint8))
+    with pytest.raises(DataError, match=r"data\.images .*N×H×W×C \(C 1 or 3\)"):
+        build_dataset(DataConfig(kind="idx", images=tmp_path / "bad", labels=tmp_path / "l"))
+
+
+# --- factories ---------------------------------------------------------------------------------------------
+
+_FACTORY = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+
+    class DS:
+        def __init__(self, n, layout):
+            self.n, self.layout = n, layout
+            self.targets = [i % 2 for i in range(n)]
+            self.classes = ["even", "odd"]
+            self.sample_ids = [f"s{i}" for i in range(n)]
+            self.fingerprint = f"v1-{n}"
+        def __len__(self):
+            return self.n
+        def __getitem__(self, i):
+            if i == 3:
+                raise IOError("record 3 is damaged")
+            a = np.full((12, 12, 3), 20 * i, np.uint8)
+            if self.layout == "chw_tensor":
+                return torch.from_numpy(a).permute(2, 0, 1), self.targets[i]
+            return a, self.targets[i]
+
+    def build(n=6, layout="hwc"):
+        return DS(n, layout)
+
+    def broken(n=6):
+        return helper(n)
+
+    def helper(n):
+        raise RuntimeError(f"cannot open the database for {n} samples")
+    """
+)
+
+
+def _factory_cfg(tmp_path: Path, fn: str = "build", **kwargs: object) -> DataConfig:
+    (tmp_path / "cfgdir").mkdir(exist_ok=True)
+    mod = tmp_path / "cfgdir" / "my_factory_data.py"
+    mod.write_text(_FACTORY)
+    raw = {
+        "model": {"architecture": "resnet18", "num_classes": 2},
+        "data": {"kind": "factory", "factory": f"my_factory_data:{fn}", "factory_kwargs": kwargs},
+    }
+    return config_from_dict(raw, base_dir=tmp_path / "cfgdir").data
+
+
+@pytest.mark.parametrize("layout", ["hwc", "chw_tensor"])
+def test_factory_next_to_the_config_its_contract_and_a_bad_item(tmp_path: Path, layout: str) -> None:
+    ds = build_dataset(_factory_cfg(tmp_path, layout=layout))
+    assert (
+        ds.class_names == ["even", "odd"] and ds.sample_ids[:2] == ["s0", "s1"] and ds.fingerprint == "v1-6"
+    )
+    good, skipped = _items(ds)
+    assert set(skipped) == {"s3"} and "record 3 is damaged" in skipped["s3"]
+    x = next(it.x for it in good if it.sample_id == "s2")
+    assert x is not None and x.shape == (3, 12, 12) and torch.allclose(x, torch.full_like(x, 40 / 255))
+
+
+def test_factory_kwargs_it_does_not_take_are_named(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.factory_kwargs does not fit 'build': unknown keys \['size'\]\. It takes: n, layout",
+    ):
+        build_dataset(_factory_cfg(tmp_path, size=3))
+
+
+def test_factory_that_raises_shows_the_users_traceback(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as e:
+        build_dataset(_factory_cfg(tmp_path, "broken"))
+    msg = str(e.value)
+    assert msg.startswith("data.factory 'my_factory_data:broken' failed:")
+    assert (
+        "my_factory_data.py" in msg and "in helper" in msg and "RuntimeError: cannot open the database" in msg
+    )
+    assert "Traceback (most recent call last)" not in msg and "spray/factories.py" not in msg
+
+
+def test_two_configs_with_their_own_module_of_one_name(tmp_path: Path) -> None:
+    for k, n in ((1, 6), (2, 8)):
+        d = tmp_path / f"p{k}"
+        (d / "cfgdir").mkdir(parents=True)
+        (d / "cfgdir" / "same_name_data.py").write_text(_FACTORY.replace("def build(n=6", f"def build(n={n}"))
+        raw = {
+            "model": {"architecture": "resnet18", "num_classes": 2},
+            "data": {"kind": "factory", "factory": "same_name_data:build"},
+        }
+        assert len(build_dataset(config_from_dict(raw, base_dir=d / "cfgdir").data)) == n
+    sys.modules.pop("same_name_data", None)
+
+
+def test_factory_returning_normalised_values_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mod = tmp_path / "norm_data.py"
+    mod.write_text(
+        "import torch\n"
+        "class D:\n"
+        "    targets = [0, 1] * 4\n"
+        "    def __len__(self): return 8\n"
+        "    def __getitem__(self, i): return torch.full((1, 6, 6), -1.5), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    raw = {
+        "model": {"architecture": "resnet18", "num_classes": 2},
+        "data": {"kind": "factory", "factory": "norm_data:build"},
+    }
+    with caplog.at_level(logging.WARNING):
+        build_dataset(config_from_dict(raw, base_dir=tmp_path).data)
+    assert sum("outside [0, 1]" in r.getMessage() for r in caplog.records) == 1

@@ -1,0 +1,154 @@
+"""``spray init`` (spray.scaffold): a commented config from what is on disk, checked on one batch."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from spray.config import load_config
+from spray.data import write_idx
+from tests.faults.cli import assert_clean_failure, run_main
+from tests.helpers import make_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_image_folder_and_torchvision_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_image_folder(tmp_path / "train", n_per_class=3, size=40)
+    make_image_folder(tmp_path / "train", n_per_class=1, classes=("cat",), size=50)  # sizes vary: resize/crop
+    out = tmp_path / "audit.yaml"
+    res = run_main(["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out)], capsys)
+    assert res.code == 0, res.output
+    assert "ok: one batch read: inputs (3, 224, 224)" in res.stdout and "ok: model: 2 outputs" in res.stdout
+    assert f"spray audit --config {out}" in res.stdout
+    text = out.read_text()
+    assert (
+        "# CHECK resize/center_crop" in text
+        and "architecture: resnet18    # torchvision model name, e.g. 'resnet18'" in text
+    )
+    cfg = load_config(out)
+    assert cfg.model.architecture == "resnet18" and cfg.model.num_classes == 2
+    assert cfg.data.path == (tmp_path / "train").resolve() and "path: train" in text  # relative to the config
+    assert (cfg.data.transform.resize, cfg.data.transform.center_crop) == (256, 224)
+    assert cfg.data.transform.mean == [0.485, 0.456, 0.406]
+
+
+def test_never_overwrites_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_image_folder(tmp_path / "train", n_per_class=2)
+    out = tmp_path / "spray.yaml"
+    out.write_text("# mine\n")
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out), "--no-check"]
+    assert_clean_failure(run_main(argv, capsys), 2, "spray.yaml", "already exists", "--force")
+    assert out.read_text() == "# mine\n"
+    assert run_main([*argv, "--force"], capsys).code == 0 and "resnet18" in out.read_text()
+
+
+def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(40, dtype=np.uint8) % 4)
+    out = tmp_path / "cfg" / "mnist.yaml"
+    argv = [
+        "init",
+        "--data",
+        str(tmp_path / "train-images-idx3-ubyte.gz"),
+        "--model",
+        "spray.lab.cnn:small_cnn",
+        "-o",
+        str(out),
+    ]
+    res = run_main(argv, capsys)
+    assert res.code == 0, res.output
+    cfg = load_config(out)
+    assert cfg.data.kind == "idx" and cfg.data.labels == (tmp_path / "train-labels-idx1-ubyte.gz").resolve()
+    assert cfg.model.factory_kwargs == {"num_classes": 4, "in_channels": 1}
+    assert cfg.data.transform.resize is None  # 28×28 images are taken at their size
+    assert "ok: one batch read: inputs (1, 28, 28)" in res.stdout and "(grey)" in res.stdout
+
+
+def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(REPO / "configs" / "digits_data.py", tmp_path / "digits_data.py")
+    out = tmp_path / "digits.yaml"
+    res = run_main(
+        ["init", "--data", "digits_data:digits", "--model", "spray.lab.cnn:small_cnn", "-o", str(out)], capsys
+    )
+    # 8×8 digits for a CNN built for 28×28 inputs: the check runs the model and says so, the config is kept
+    assert_clean_failure(res, 1, "The model fails on an input of shape (2, 1, 8, 8)", "data.transform")
+    raw = yaml.safe_load(out.read_text())
+    assert raw["data"] == {"kind": "factory", "factory": "digits_data:digits"}
+    res = run_main(["init", "--data", "digits_data:digits", "-o", str(tmp_path / "x.yaml")], capsys)
+    assert res.code == 0 and "ok: data: 1797 samples, 10 classes" in res.stdout
+
+
+def test_unknown_model_name_suggests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_image_folder(tmp_path / "train", n_per_class=1)
+    res = run_main(
+        ["init", "--data", str(tmp_path / "train"), "--model", "resnet181", "-o", str(tmp_path / "a.yaml")],
+        capsys,
+    )
+    assert_clean_failure(res, 2, "--model 'resnet181'", "Did you mean", "'resnet18'")
+    assert not (tmp_path / "a.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "names"),
+    [("nowhere/at/all", ("--data 'nowhere/at/all'", "not a folder")), ("idx_only.gz", ("--labels",))],
+)
+def test_bad_data_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: str, names: tuple[str, ...]
+) -> None:
+    write_idx(tmp_path / "idx_only.gz", np.zeros((2, 4, 4), np.uint8))
+    arg = str(tmp_path / data) if data.endswith(".gz") else data
+    res = run_main(["init", "--data", arg, "--model", "resnet18", "-o", str(tmp_path / "a.yaml")], capsys)
+    assert_clean_failure(res, 2, *names)
+
+
+def test_without_a_model_checks_the_data_and_leaves_a_placeholder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "train"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (16, 16), 30 * i).save(root / c / f"{i}.png")
+    out = tmp_path / "a.yaml"
+    res = run_main(["init", "--data", str(root), "-o", str(out)], capsys)
+    assert res.code == 0, res.output
+    assert "ok: one batch read: inputs (1, 16, 16)" in res.stdout and "model: not checked" in res.stdout
+    assert "CHECK model" in out.read_text() and "my_project.models:build" in out.read_text()
+
+
+def test_init_then_audit_gives_a_ranked_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's five-minute path on a tiny folder: init, audit with the written config as it is."""
+    make_image_folder(tmp_path / "train", n_per_class=24, size=28)
+    out = tmp_path / "spray.yaml"
+    assert (
+        run_main(
+            ["init", "--data", str(tmp_path / "train"), "--model", "spray.lab.cnn:small_cnn", "-o", str(out)],
+            capsys,
+        ).code
+        == 0
+    )
+    res = run_main(["audit", "--config", str(out), "-q"], capsys)
+    assert res.code == 0, res.output
+    assert "rank" in res.stdout.lower() or "score" in res.stdout.lower()
+    assert list((tmp_path / "runs").glob("2*/summary.json"))
+
+
+@pytest.mark.slow
+def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
+    make_image_folder(tmp_path / "train", n_per_class=2, size=64)
+    out = tmp_path / "t.yaml"
+    res = run_main(
+        ["init", "--data", str(tmp_path / "train"), "--model", "resnet10t", "-o", str(out)], capsys
+    )
+    assert res.code == 0, res.output
+    cfg = load_config(out)
+    assert cfg.model.factory == "timm:create_model" and cfg.model.factory_kwargs["model_name"] == "resnet10t"
+    assert cfg.model.factory_kwargs["pretrained"] is False and "ok: model: 2 outputs" in res.stdout
