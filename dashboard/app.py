@@ -62,7 +62,7 @@ good, bad = common.runs_overview(runs)
 
 
 def _label(name: str) -> str:
-    return safetext.plain(common.run_label(name, common.run_data(str(Path(runs) / name)).summary))
+    return safetext.plain(common.run_label(name, common.summary(str(Path(runs) / name))))
 
 
 def _sidebar() -> None:
@@ -91,7 +91,7 @@ def _sidebar() -> None:
     access.author_box()
     cur = state.get("run") if state.get("run") in good else (good[0] if good else None)
     if cur:
-        dataset = common.dataset_key(common.run_data(str(Path(runs) / cur)).summary)
+        dataset = common.dataset_key(common.summary(str(Path(runs) / cur)))
         try:
             flagform.mark_shown(dataset)
         except SprayError as err:  # the page says it too, in full

@@ -1,10 +1,12 @@
-"""Shared pieces of the dashboard: where runs and flags live, cached readers, URL state, widgets.
+"""Shared pieces of the dashboard: where runs and flags live, the run reader, "not found".
 
 Rules this module enforces for every page:
 
-- only published runs are opened (:func:`spray.runs.storage.list_runs`), read-only, through readers cached by
-  run path (runs never change after publishing, so the path is a complete cache key);
+- only published runs are opened (:func:`spray.runs.publish.list_runs`), read-only, through spray's one run
+  reader (:class:`spray.runs.reader.RunReader`), cached by run path (runs never change after publishing,
+  so the path is a complete cache key); samples are addressed by sample id, never by row position;
 - nothing is recomputed: clusters, labellings for every k, embeddings and scores come from the run files;
+  changes between two runs come from spray's one change detector (:func:`spray.runs.changes.compare_runs`);
 - the only thing written is the flag database, which lives outside every run folder;
 - a run file that cannot be read raises :class:`RunFileError` (the app shows its message on that page
   only, never a traceback); a run whose summary.json cannot be read is listed as unreadable with its
@@ -15,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import sys
-import zipfile
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,13 @@ import urlstate
 from spray import imaging
 from spray.errors import SprayError
 from spray.flags import default_db_path
-from spray.runs.storage import RunData, list_runs
+from spray.records import ChangeSet
+from spray.runs.changes import compare_runs
+from spray.runs.errors import RunReadError
+from spray.runs.publish import list_runs
+from spray.runs.reader import ClassData, RunReader
+from spray.runs.reader import parse_cluster_key as parse_cluster_key
+from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
 
 log = logging.getLogger("spray.dashboard")
 
@@ -100,48 +106,45 @@ class RunFileError(SprayError):
         )
 
 
-# Errors numpy, pyarrow and json raise on missing, truncated or foreign files (ArrowInvalid is a ValueError).
-_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _reason(err: BaseException, run_path: str) -> str:
-    """The error without server paths (a browser shows it)."""
-    if isinstance(err, FileNotFoundError):
-        return "the file is missing"
-    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-    text = text.replace(str(Path(run_path).resolve()), "<run>").replace(run_path, "<run>")
-    return f"{type(err).__name__}: {text}"[:300]
-
-
-def reading(file: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Turn a reader's failure into :class:`RunFileError` naming ``file`` (its first argument is the run path)."""
-
-    def wrap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-        @functools.wraps(fn)
-        def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            try:
-                return fn(*args, **kwargs)
-            except _READ_ERRORS as err:
-                path = str(args[0])
-                name = file.format(*args[1:]) if "{" in file else file
-                raise RunFileError(Path(path).name, name, _reason(err, path)) from None
-
-        return inner
-
-    return wrap
+@contextmanager
+def reading(path: str) -> Iterator[None]:
+    """Turn the reader's :class:`RunReadError` into :class:`RunFileError`: the file relative to the run,
+    the reason without server paths (a browser shows it)."""
+    try:
+        yield
+    except RunReadError as err:
+        run = Path(path).resolve()
+        file = err.path.resolve()
+        name = str(file.relative_to(run)) if file.is_relative_to(run) else file.name
+        reason = str(err)[len(str(err.path)) + 2 :] if str(err).startswith(str(err.path)) else str(err)
+        reason = reason.replace(str(run), "<run>").replace(str(runs_dir()), "<runs>")
+        raise RunFileError(run.name, name, reason[:300]) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cached readers (keyed by run path; published runs are immutable)
+# The run reader (cached by run path; published runs are immutable)
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def published_runs(runs: str) -> list[str]:
     """Run folder names, newest first (re-listed every few seconds so new nightly runs appear)."""
-    # list_runs also yields the `latest` symlink (a directory with a summary): show each run once.
-    return [p.name for p in list_runs(runs) if not p.is_symlink()]
+    return [p.name for p in list_runs(runs)]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _reader(path: str) -> RunReader:
+    return RunReader.open(path)
+
+
+def reader(path: str) -> RunReader:
+    """The run's reader (it loads each file once and keeps it)."""
+    with reading(path):
+        return _reader(path)
+
+
+def summary(path: str) -> RunSummary:
+    """The typed summary.json of a run."""
+    return reader(path).summary
 
 
 def runs_overview(runs: str) -> tuple[list[str], dict[str, str]]:
@@ -149,7 +152,7 @@ def runs_overview(runs: str) -> tuple[list[str], dict[str, str]]:
     good, bad = [], {}
     for name in published_runs(runs):
         try:
-            run_data(str(Path(runs) / name))
+            reader(str(Path(runs) / name))
         except RunFileError as err:
             bad[name] = f"{err.file}: {err.reason}"
             continue
@@ -158,68 +161,53 @@ def runs_overview(runs: str) -> tuple[list[str], dict[str, str]]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _run_data(path: str) -> RunData:
-    data = RunData.open(path)
-    s = data.summary
-    if not isinstance(s, dict) or not isinstance(s.get("findings", []), list):
-        raise ValueError("not a spray summary (no list of findings)")
-    if not isinstance(s.get("classes", []), list):
-        raise ValueError("not a spray summary (no list of classes)")
-    return data
+def _samples(path: str) -> pd.DataFrame:
+    return _reader(path).samples()
 
 
-@reading("summary.json")
-def run_data(path: str) -> RunData:
-    """The parsed summary of a run."""
-    return _run_data(path)
-
-
-@reading("samples.parquet")
-@st.cache_resource(show_spinner=False, max_entries=8)
 def samples(path: str) -> pd.DataFrame:
-    """samples.parquet (shared between sessions: treat as read-only)."""
-    return run_data(path).samples()
+    """The per-sample table indexed by ``sample_id`` (shared between sessions: treat as read-only)."""
+    with reading(path):
+        return _samples(path)
 
 
-@reading("samples.parquet")
-@st.cache_resource(show_spinner=False, max_entries=8)
-def sample_index(path: str) -> pd.Index:
-    """``sample_id`` → row position, as an index (vectorised look-ups of many ids)."""
-    return pd.Index(samples(path)["sample_id"].astype(str))
+def has_sample(path: str, sample_id: str) -> bool:
+    """Whether the run has this sample."""
+    return str(sample_id) in samples(path).index
 
 
-def rows_of(path: str, sample_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Rows of these samples in this run, and the ids the run does not have."""
-    pos = sample_index(path).get_indexer(pd.Index([str(s) for s in sample_ids]))
-    missing = [s for s, p in zip(sample_ids, pos, strict=True) if p < 0]
-    return pos[pos >= 0].astype(np.int64), missing
+def known(path: str, sample_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The ids the run has (in the order given) and those it does not."""
+    index = samples(path).index
+    mask = index.get_indexer(pd.Index([str(s) for s in sample_ids])) >= 0
+    ids = [str(s) for s in sample_ids]
+    return [s for s, m in zip(ids, mask, strict=True) if m], [
+        s for s, m in zip(ids, mask, strict=True) if not m
+    ]
 
 
-@reading("heatmaps.npy")
-@st.cache_resource(show_spinner=False, max_entries=8)
-def heatmaps(path: str) -> np.ndarray:
-    """heatmaps.npy, memory-mapped."""
-    h = run_data(path).heatmaps()
-    if h.ndim != 3 or len(h) != len(samples(path)):
-        raise ValueError(
-            f"shape {h.shape} does not match the {len(samples(path))} samples of samples.parquet"
-        )
-    return h
+def heatmaps(path: str, sample_ids: Sequence[str]) -> np.ndarray:
+    """``(n, h, w)`` relevance of these samples, in this order."""
+    with reading(path):
+        return reader(path).heatmaps(list(sample_ids))
 
 
-@reading("thumbs.npy")
-@st.cache_resource(show_spinner=False, max_entries=8)
-def thumbs(path: str) -> np.ndarray | None:
-    """thumbs.npy, memory-mapped, or None."""
-    return run_data(path).thumbs()
+def thumbs(path: str, sample_ids: Sequence[str]) -> np.ndarray | None:
+    """``(n, t, t, 3)`` thumbnails of these samples, or None when the run stored none."""
+    with reading(path):
+        return reader(path).thumbs(list(sample_ids))
 
 
-@reading("relevance_full.npy")
-@st.cache_resource(show_spinner=False, max_entries=8)
-def full_relevance(path: str) -> np.ndarray | None:
-    """relevance_full.npy ``(N, C, H, W)`` float16, memory-mapped, when the run kept full-resolution maps."""
-    p = Path(path) / "relevance_full.npy"
-    return np.load(p, mmap_mode="r") if p.exists() else None
+def has_thumbs(path: str) -> bool:
+    """Whether the run stored input thumbnails (thumbs.npy)."""
+    with reading(path):
+        return reader(path).thumbs() is not None
+
+
+def full_relevance(path: str, sample_ids: Sequence[str]) -> np.ndarray | None:
+    """``(n, C, H, W)`` full-resolution relevance of these samples, when the run kept it."""
+    with reading(path):
+        return reader(path).full_relevance(list(sample_ids))
 
 
 def original_file(sample_id: str) -> Path | None:
@@ -236,82 +224,63 @@ def original_file(sample_id: str) -> Path | None:
     return p
 
 
-@reading("classes/{0}.npz")
+def class_data(path: str, class_index: int) -> ClassData:
+    """The arrays of an analysed class, by sample id (KeyError when the class was not analysed)."""
+    with reading(path):
+        return reader(path).class_data(int(class_index))
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
-def class_arrays(path: str, class_index: int) -> dict[str, np.ndarray]:
-    """classes/<c>.npz of a run."""
-    arr = run_data(path).class_arrays(class_index)
-    for name in ("rows", "embedding", "eigenvalues"):
-        if name not in arr:
-            raise KeyError(f"it has no {name!r} array")
-    return arr
+def class_positions(path: str, class_index: int) -> dict[str, int]:
+    """``sample_id`` → position in the class's arrays (its map, its labellings)."""
+    return {s: i for i, s in enumerate(class_data(path, class_index).sample_ids)}
 
 
-def available_ks(arrays: dict[str, np.ndarray]) -> list[int]:
-    """The k of every stored labelling (``labels_k<k>``), ascending."""
-    return sorted(int(k[len("labels_k") :]) for k in arrays if k.startswith("labels_k"))
+def available_ks(data: ClassData) -> list[int]:
+    """The k of every stored labelling, ascending."""
+    return sorted(data.labellings)
 
 
-def class_entry(path: str, class_index: int) -> dict[str, Any]:
-    """The summary entry of one class."""
-    for c in run_data(path).summary.get("classes", []):
-        if int(c["class_index"]) == int(class_index):
-            return c
-    raise KeyError(class_index)
+def class_entry(path: str, class_index: int) -> ClassSummary:
+    """The summary entry of one analysed class (KeyError when it was not analysed)."""
+    entry = summary(path).class_summary(int(class_index))
+    if entry is None:
+        raise KeyError(class_index)
+    return entry
 
 
-def findings(path: str) -> list[dict[str, Any]]:
+def findings(path: str) -> list[FindingSummary]:
     """Ranked findings of a run (all classes, most suspicious first)."""
-    return run_data(path).summary.get("findings", [])
+    return summary(path).findings
 
 
-def finding_by_key(path: str, key: str) -> dict[str, Any] | None:
-    """The finding with cluster key ``"<class>/k<k>/c<id>"``, if the run scored it."""
-    return next((f for f in findings(path) if f["key"] == key), None)
+def class_findings(path: str, class_index: int) -> list[FindingSummary]:
+    """The scored clusters of one class, most suspicious first."""
+    return [f for f in findings(path) if f.class_index == int(class_index)]
 
 
-def parse_cluster_key(key: str) -> tuple[int, int, int]:
-    """``"6/k5/c4"`` → ``(6, 5, 4)``; ValueError when ``key`` is not of that form."""
-    parts = str(key).split("/")
-    if len(parts) != 3 or not parts[1].startswith("k") or not parts[2].startswith("c"):
-        raise ValueError(f"{key!r} is not a cluster key (class/k<k>/c<cluster>, e.g. 6/k5/c4)")
-    return int(parts[0]), int(parts[1][1:]), int(parts[2][1:])
+def members(path: str, key: str) -> list[str]:
+    """Sample ids of a cluster (scored or not, any stored k); empty when the run has no such cluster."""
+    with reading(path):
+        return reader(path).members(key) or []
 
 
 def cluster_exists(path: str, key: str) -> bool:
     """Whether the run has this cluster: its class was analysed, its k is stored and the id occurs at that k."""
-    try:
-        c, k, cid = parse_cluster_key(key)
-    except ValueError:
-        return False
-    if c not in {int(e["class_index"]) for e in run_data(path).summary.get("classes", [])}:
-        return False
-    lab = class_arrays(path, c).get(f"labels_k{k}")
-    return lab is not None and bool(np.any(lab == cid))
+    return bool(members(path, key))
 
 
-def cluster_rows(path: str, key: str) -> np.ndarray:
-    """Global row indices (into samples.parquet) of a cluster, for any stored k."""
-    c, k, cid = parse_cluster_key(key)
-    arr = class_arrays(path, c)
-    lab = arr.get(f"labels_k{k}")
-    if lab is None:
-        return np.zeros(0, np.int64)
-    return arr["rows"][lab == cid].astype(np.int64)
-
-
-def mean_heatmap(path: str, key: str | None, rows: np.ndarray) -> np.ndarray:
+def mean_heatmap(path: str, key: str | None, sample_ids: Sequence[str]) -> np.ndarray:
     """The stored mean heatmap of a scored cluster, else the mean of normalised member maps (display only)."""
     if key is not None:
-        c, _, _ = parse_cluster_key(key)
-        arr = class_arrays(path, c)
-        keys = arr["cluster_keys"].tolist()
-        if key in keys:
-            return arr["mean_heatmaps"][keys.index(key)]
-    if len(rows) == 0:
-        h = heatmaps(path)
-        return np.zeros(h.shape[1:], np.float32)
-    h = np.asarray(heatmaps(path)[np.sort(rows)], dtype=np.float32)
+        with reading(path):
+            stored = reader(path).mean_heatmap(key)
+        if stored is not None:
+            return stored
+    if not len(sample_ids):
+        with reading(path):
+            return np.zeros(reader(path).heatmaps().shape[1:], np.float32)
+    h = np.asarray(heatmaps(path, sample_ids), dtype=np.float32)
     h /= np.maximum(np.abs(h).sum(axis=(1, 2), keepdims=True), 1e-12)
     return h.mean(0)
 
@@ -319,29 +288,26 @@ def mean_heatmap(path: str, key: str | None, rows: np.ndarray) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=2048)
 def mean_heatmap_uri(path: str, key: str, cmap: str, size: int = 56) -> str:
     """PNG data URI of a cluster's mean heatmap (for table image columns)."""
-    c, _, _ = parse_cluster_key(key)
-    stored = class_arrays(path, c)["cluster_keys"].tolist()
-    # A scored cluster's mean is stored: no need to find its members first.
-    mh = mean_heatmap(path, key, np.zeros(0, np.int64) if key in stored else cluster_rows(path, key))
+    with reading(path):
+        stored = reader(path).mean_heatmap(key)
+    mh = stored if stored is not None else mean_heatmap(path, key, members(path, key))
     return imaging.png_data_uri(imaging.resize_nearest(imaging.colorize(mh, cmap), size))
 
 
-def run_label(name: str, summary: dict[str, Any] | None = None) -> str:
+def run_label(name: str, s: RunSummary | None = None) -> str:
     """``2026-11-22 10:12 UTC · 0a1b2c3d4e5f · demo (6,000 samples)``."""
     stamp, _, rid = name.partition("-")
     try:
         t = datetime.strptime(stamp[:15], "%Y%m%dT%H%M%S").strftime("%Y-%m-%d %H:%M UTC")
     except ValueError:
         t = stamp
-    extra = ""
-    if summary is not None:
-        extra = f" · {summary.get('name', '')} ({summary.get('n_samples', '?'):,} samples)"
+    extra = "" if s is None else f" · {s.name} ({s.n_samples:,} samples)"
     return f"{t} · {rid}{extra}"
 
 
-def dataset_key(summary: dict[str, Any]) -> str:
-    """The key flags are stored under (summary["dataset"]; older runs fall back to the run name)."""
-    return str(summary.get("dataset") or summary.get("name") or "unknown")
+def dataset_key(s: RunSummary) -> str:
+    """The key flags are stored under (the dataset key; the run name when a run has none)."""
+    return str(s.dataset or s.name or "unknown")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,77 +315,32 @@ def dataset_key(summary: dict[str, Any]) -> str:
 
 
 def previous_run(runs: str, run_name: str, dataset: str) -> str | None:
-    """The newest run older than ``run_name`` of the same dataset."""
+    """The newest readable run older than ``run_name`` of the same dataset."""
+    good, _ = runs_overview(runs)
     names = published_runs(runs)
     if run_name not in names:
         return None
     for older in names[names.index(run_name) + 1 :]:
-        try:
-            if dataset_key(run_data(str(Path(runs) / older)).summary) == dataset:
-                return older
-        except (RunFileError, json.JSONDecodeError):
-            continue
+        if older in good and dataset_key(summary(str(Path(runs) / older))) == dataset:
+            return older
     return None
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def compare_runs(path: str, prev_path: str, min_jaccard: float = 0.3, grow: float = 0.2) -> pd.DataFrame:
-    """Match each finding to the previous run's clusters of the same class by member-id overlap.
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _changes(path: str, prev_path: str) -> ChangeSet:
+    return compare_runs(_reader(path), _reader(prev_path))
 
-    Returns one row per finding with ``change`` in ``new`` (no cluster of the previous run shares
-    ``min_jaccard`` of its members), ``grown`` (size up by more than ``grow``), ``shrunk`` or ``same``,
-    plus ``gone`` rows for previous suspicious clusters that match nothing now.
-    """
-    cur, prev = findings(path), findings(prev_path)
-    by_class: dict[int, list[tuple[dict[str, Any], set[str]]]] = {}
-    for f in prev:
-        by_class.setdefault(int(f["class_index"]), []).append((f, set(f["member_ids"])))
-    matched_prev: set[str] = set()
-    rows = []
-    for f in cur:
-        members = set(f["member_ids"])
-        best, best_j = None, 0.0
-        for g, gm in by_class.get(int(f["class_index"]), []):
-            inter = len(members & gm)
-            j = inter / max(1, len(members | gm))
-            if j > best_j:
-                best, best_j = g, j
-        if best is None or best_j < min_jaccard:
-            change, prev_size, prev_key = "new", None, None
-        else:
-            matched_prev.add(best["key"])
-            prev_size, prev_key = int(best["size"]), best["key"]
-            ratio = f["size"] / max(1, prev_size)
-            change = "grown" if ratio > 1 + grow else "shrunk" if ratio < 1 - grow else "same"
-        rows.append(
-            {
-                "key": f["key"],
-                "class_name": f["class_name"],
-                "change": change,
-                "size": int(f["size"]),
-                "previous_size": prev_size,
-                "jaccard": round(best_j, 3),
-                "previous_key": prev_key,
-                "score": float(f["score"]),
-                "suspicious": bool(f["suspicious"]),
-            }
-        )
-    for g in prev:
-        if g["suspicious"] and g["key"] not in matched_prev:
-            rows.append(
-                {
-                    "key": g["key"],
-                    "class_name": g["class_name"],
-                    "change": "gone",
-                    "size": 0,
-                    "previous_size": int(g["size"]),
-                    "jaccard": 0.0,
-                    "previous_key": g["key"],
-                    "score": float(g["score"]),
-                    "suspicious": True,
-                }
-            )
-    return pd.DataFrame(rows)
+
+def recorded_changes(path: str) -> ChangeSet | None:
+    """The changes the nightly job recorded when it published this run (None for ``spray audit`` runs)."""
+    with reading(path):
+        return reader(path).changes()
+
+
+def changes_between(path: str, prev_path: str) -> ChangeSet:
+    """What changed from run ``prev_path`` to run ``path`` (spray's one change detector and rule)."""
+    with reading(path):
+        return _changes(path, prev_path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -451,14 +372,14 @@ def current_run() -> tuple[str, str] | None:
     return (runs, good[0]) if good else None
 
 
-def require_run() -> tuple[str, dict[str, Any]]:
+def require_run() -> tuple[str, RunSummary]:
     """Path and summary of the current run; stops the page with instructions when there is none."""
     cur = current_run()
     if cur is None:
         st.info(HOW_TO_MAKE_A_RUN.format(runs=runs_dir()))
         st.stop()
     path = str(Path(cur[0]) / cur[1])
-    return path, run_data(path).summary
+    return path, summary(path)
 
 
 def not_found(what: str, why: str) -> None:

@@ -126,11 +126,10 @@ def _groups(
     path: str, cls: int, k: int, color_by: str
 ) -> tuple[np.ndarray, dict[int, str], tuple[np.ndarray, str] | None]:
     """Per point a group code (categorical) or value (continuous), group names, and the continuous scale."""
-    entry = common.class_entry(path, cls)
-    arr = common.class_arrays(path, cls)
-    sub = common.samples(path).iloc[arr["rows"].astype(np.int64)]
-    labels_k = arr[f"labels_k{k}"]
-    scores = {int(f["cluster_id"]): float(f["score"]) for f in entry.get("clusters", []) if int(f["k"]) == k}
+    data = common.class_data(path, cls)
+    sub = common.samples(path).loc[data.sample_ids]
+    labels_k = data.labellings[k]
+    scores = {f.cluster_id: f.score for f in common.class_findings(path, cls) if f.k == k}
     if color_by == "cluster":
         sizes = np.bincount(labels_k)
         names = {
@@ -142,10 +141,8 @@ def _groups(
         codes = sub[color_by].to_numpy()
         col_names = sub[f"{color_by}_name"].to_numpy()
         return codes, {int(c): str(col_names[np.argmax(codes == c)]) for c in np.unique(codes)}, None
-    if color_by == "suspicion" and not {int(f["k"]) for f in entry.get("clusters", [])} & {k}:
-        # No cluster of this k was scored: colour each point by its cluster's score is impossible; use 0.
-        vals = np.zeros(len(labels_k), np.float32)
-    elif color_by == "suspicion":
+    if color_by == "suspicion":
+        # Each point gets its cluster's score at this k (0 where the cluster was not scored).
         vals = np.array([scores.get(int(c), 0.0) for c in labels_k], dtype=np.float32)
     else:
         vals = sub["confidence"].to_numpy(dtype=np.float32)
@@ -301,9 +298,9 @@ def _big_map(
 @st.cache_resource(show_spinner=False, max_entries=16)
 def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") -> ClassMap:
     """The map of one class at ``k`` coloured by ``color_by`` (cached per view and drawn selection)."""
-    arr = common.class_arrays(path, cls)
-    emb = np.asarray(arr["embedding"], dtype=np.float64)
-    ids = common.samples(path)["sample_id"].to_numpy()[arr["rows"].astype(np.int64)]
+    data = common.class_data(path, cls)
+    emb = np.asarray(data.embedding, dtype=np.float64)
+    ids = np.asarray(data.sample_ids, dtype=object)
     codes, names, continuous = _groups(path, cls, k, color_by)
     big = len(emb) > BIG_MAP
     legend = {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}

@@ -104,44 +104,49 @@ def filter_controls(key: str, *, carriers: bool) -> tuple[list[str], float]:
 
 def apply_filters(
     path: str,
-    rows: np.ndarray,
+    sample_ids: Sequence[str],
     filters: Sequence[str],
     *,
     conf: float,
     flagged: dict[str, str],
     carrier_ids: Sequence[str] = (),
-) -> np.ndarray:
-    """The rows that pass every filter (all of them: filters combine with AND)."""
-    tab = common.samples(path)
-    keep = np.ones(len(rows), bool)
-    ids = tab["sample_id"].to_numpy()[rows].astype(str)
+) -> list[str]:
+    """The samples that pass every filter (filters combine with AND), in the order given."""
+    ids = [str(s) for s in sample_ids]
+    if not filters or not ids:
+        return ids
+    tab = common.samples(path).loc[ids]
+    keep = np.ones(len(ids), bool)
     if "misclassified" in filters:
-        keep &= tab["label"].to_numpy()[rows] != tab["prediction"].to_numpy()[rows]
+        keep &= tab["label"].to_numpy() != tab["prediction"].to_numpy()
     if "low confidence" in filters:
-        keep &= tab["confidence"].to_numpy()[rows] < conf
+        keep &= tab["confidence"].to_numpy() < conf
     if "flagged" in filters:
         keep &= np.isin(ids, list(flagged))
     if "not flagged" in filters:
         keep &= ~np.isin(ids, list(flagged))
     if "carriers" in filters:
         keep &= np.isin(ids, list(carrier_ids))
-    return rows[keep]
+    return [s for s, k in zip(ids, keep, strict=True) if k]
 
 
-def sort_rows(path: str, rows: np.ndarray, order: str) -> np.ndarray:
-    """Rows in the chosen order (stable; ``row`` keeps the run's order)."""
-    tab = common.samples(path)
-    if order in ("confidence ↑", "confidence ↓"):
-        conf = tab["confidence"].to_numpy()[rows]
-        return rows[np.argsort(conf if order == "confidence ↑" else -conf, kind="stable")]
+def sort_ids(path: str, sample_ids: Sequence[str], order: str) -> list[str]:
+    """The samples in the chosen order (stable; ``row`` keeps the order given)."""
+    ids = [str(s) for s in sample_ids]
+    if order not in ("confidence ↑", "confidence ↓", "suspicion ↓") or not ids:
+        return ids
+    tab = common.samples(path).loc[ids]
     if order == "suspicion ↓":
-        return rows[np.argsort(-tab["score"].to_numpy()[rows], kind="stable")]
-    return rows
+        key = -tab["score"].to_numpy()
+    else:
+        conf = tab["confidence"].to_numpy()
+        key = conf if order == "confidence ↑" else -conf
+    return [ids[i] for i in np.argsort(key, kind="stable")]
 
 
 def render_grid(
     path: str,
-    rows: np.ndarray,
+    sample_ids: Sequence[str],
     *,
     mode: str,
     cmap: str,
@@ -150,22 +155,16 @@ def render_grid(
     width: int = 96,
 ) -> pd.DataFrame:
     """Show one page of samples as a single ``st.image(list)`` call; return that page's table."""
-    rows = np.asarray(rows, dtype=np.int64)
     lo = (page - 1) * page_size
-    page_rows = rows[lo : lo + page_size]
-    if len(page_rows) == 0:
+    page_ids = [str(s) for s in sample_ids[lo : lo + page_size]]
+    if not page_ids:
         st.caption("No samples.")
         return pd.DataFrame()
-    order = np.argsort(page_rows)  # memory-mapped reads in ascending order, then back to display order
-    sorted_rows = page_rows[order]
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    heat = np.asarray(common.heatmaps(path)[sorted_rows])[inv]
-    th = common.thumbs(path) if mode != "heatmap" else None
-    imgs = None if th is None else np.asarray(th[sorted_rows])[inv]
+    heat = np.asarray(common.heatmaps(path, page_ids))
+    imgs = common.thumbs(path, page_ids) if mode != "heatmap" else None
     size = max(width, imgs.shape[1] if imgs is not None else 0)
     pics = imaging.render(mode, heat, imgs, cmap, size=size)
-    table = common.samples(path).iloc[page_rows]
+    table = common.samples(path).loc[page_ids]
     captions = [
         safetext.plain(f"{sid} · {ln}→{pn} {conf:.2f}", limit=60)
         for sid, ln, pn, conf in zip(

@@ -51,7 +51,8 @@ PRELOAD = (
     "PIL.PngImagePlugin",
     "spray.imaging",
     "spray.flags",
-    "spray.runs.storage",
+    "spray.runs.reader",
+    "spray.runs.changes",
 )
 LAUNCHER = (
     "import importlib, sys\n"

@@ -62,7 +62,8 @@ def texts(at: AppTest) -> str:
     """Every text element, with Markdown escapes removed (what the browser shows)."""
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
     parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
-    return re.sub(r"\\(.)", r"\1", "\n".join(map(str, parts)))
+    text = re.sub(r"(`+) (.*?) \1", r"\2", "\n".join(map(str, parts)))
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def test_without_runs_the_app_says_how_to_make_one(tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_overview_ranks_clusters_and_reports_changes(env: Path, runs: tuple[Path
     assert list(table["score"]) == sorted(table["score"], reverse=True)
     assert table["open"].iloc[0].startswith("cluster?run=")
     changes = at.dataframe[1].value
-    assert {"new", "grown", "gone", "shrunk"} & set(changes["change"])
+    assert {"new", "grown", "resolved"} & set(changes["change"])
     # The run picker: the older run, through the URL.
     at2 = ok(app(run=runs[1].name).run())
     assert at2.sidebar.selectbox[0].value == runs[1].name
@@ -104,13 +105,26 @@ def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_p
     p = make_synthetic_run(d, seed=3, dataset=DATASET)
     import json
 
+    from spray.records import ChangeRule, ChangeSet, ClusterChange
+    from spray.runs.writer import changes_entry
+
     s = json.loads((p / "summary.json").read_text())
-    s["changes"] = {"new": [{"key": "6/k5/c4", "size": 9}], "grown": [], "previous_run": "abc"}
+    recorded = ChangeSet(
+        "ab" * 32,
+        "abc",
+        [ClusterChange("6/k5/c4", 6, "Shirt", size=9)],
+        [],
+        [],
+        [],
+        1,
+        ChangeRule(0.3, 0.8, 0.2),
+    )
+    s["changes"] = changes_entry(recorded)
     (p / "summary.json").write_text(json.dumps(s))
     os.environ["SPRAY_RUNS_DIR"] = str(d)
     at = ok(app().run())
-    assert "previous_run: abc" in texts(at)
-    assert any(df.value["key"].tolist() == ["6/k5/c4"] for df in at.dataframe)
+    assert "Recorded by the nightly job (compared with abc)" in texts(at)
+    assert any(df.value["key"].tolist() == ["6/k5/c4"] for df in at.dataframe if "change" in df.value)
 
 
 def test_overview_row_click_opens_the_cluster(env: Path) -> None:
@@ -235,7 +249,7 @@ def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
 
 def test_spray_never_imports_streamlit() -> None:
     code = (
-        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.runs.storage\n"
+        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.runs.reader, spray.export\n"
         "spray.cli.build_parser()\n"
         "assert 'streamlit' not in sys.modules and 'plotly' not in sys.modules"
     )

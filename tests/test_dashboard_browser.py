@@ -14,7 +14,6 @@ skips with the reason when either is missing. Screenshots go to test-artifacts/ 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 from spray.flags import FlagStore
+from tests.dashboard_runinfo import first_key, top_finding
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +148,7 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
 
     expect.set_options(timeout=60_000)  # a loaded 2-core machine can need long for the first chart
     url, run, db = server
-    top = json.loads((run / "summary.json").read_text())["findings"][0]
+    top = top_finding(run)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)
@@ -166,19 +166,17 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
             assert gbox is not None
             page.mouse.click(gbox["x"] + 420, gbox["y"] + 36 + 30)  # row 1, the "class" column
             page.wait_for_url("**/cluster?**")
-            assert (
-                f"cluster={top['key'].replace('/', '%2F')}" in page.url or f"cluster={top['key']}" in page.url
-            )
+            assert f"cluster={top.key.replace('/', '%2F')}" in page.url or f"cluster={top.key}" in page.url
 
             # 2. Its members and its full evidence.
-            expect(page.get_by_role("heading", name=f"Members ({top['size']})")).to_be_visible()
-            for line in top["evidence"]:
+            expect(page.get_by_role("heading", name=f"Members ({top.size})")).to_be_visible()
+            for line in top.evidence:
                 expect(page.get_by_text(line, exact=False).first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "walk-1-cluster.png"), full_page=True)
 
             # 3. Its class; select the members with the lasso (the tool is the default drag mode).
             page.get_by_role("link", name="Class").first.click()
-            page.wait_for_url(f"**cls={top['class_index']}**")
+            page.wait_for_url(f"**cls={top.class_index}**")
             expect(page.get_by_text("Eigenvalues of the normalised kNN affinity")).to_be_visible()
             expect(page.locator(".stPlotlyChart")).to_have_count(2)
             expect(
@@ -188,7 +186,7 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
             heading = page.get_by_role("heading", name="Selection:")
             expect(heading).to_be_visible()
             n_sel = int(heading.inner_text().split(":")[1].split()[0].replace(",", ""))
-            assert n_sel == top["size"], (n_sel, top["size"])
+            assert n_sel == top.size, (n_sel, top.size)
             page.wait_for_url("**sel=**")
             selection_url = page.url
 
@@ -201,7 +199,7 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
             form.get_by_text("unlearn", exact=True).click()
             form.locator("textarea").fill("corner stamp (browser walk)")
             form.get_by_role("button", name="Apply").click()
-            page.get_by_role("button", name=f"Yes, unlearn {top['size']:,} samples").click()
+            page.get_by_role("button", name=f"Yes, unlearn {top.size:,} samples").click()
             expect(page.get_by_text("Saved — unlearn")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "walk-2-flagged.png"), full_page=True)
 
@@ -210,7 +208,7 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
             expect(page.get_by_text("investigate 3").first).to_be_visible(timeout=30_000)
 
             # 6. Search a sample id from the sidebar.
-            sid = top["member_ids"][0]
+            sid = top.member_ids[0]
             page.get_by_role("textbox", name="Find a sample id").fill(sid)
             page.get_by_role("button", name="Find").click()
             page.wait_for_url(f"**sample={sid}**")
@@ -223,9 +221,9 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
             assert f"sample={sid}" in page.url
             expect(page.get_by_role("textbox", name="Flag as")).to_have_value("auditor-ana")
             page.goto(selection_url)
-            expect(page.get_by_role("heading", name=f"Selection: {top['size']:,} samples")).to_be_visible()
+            expect(page.get_by_role("heading", name=f"Selection: {top.size:,} samples")).to_be_visible()
             page.reload()
-            expect(page.get_by_role("heading", name=f"Selection: {top['size']:,} samples")).to_be_visible()
+            expect(page.get_by_role("heading", name=f"Selection: {top.size:,} samples")).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "walk-3-reloaded.png"), full_page=True)
 
             # 8. Export the flags for unlearning.
@@ -245,10 +243,10 @@ def test_an_auditors_task_from_overview_to_export(server: tuple[str, Path, Path]
         ).fetchall()
     finally:
         con.close()
-    assert {r[0] for r in rows} == set(top["member_ids"])
+    assert {r[0] for r in rows} == set(top.member_ids)
     assert {(r[1], r[2], r[3]) for r in rows} == {("unlearn", "corner stamp (browser walk)", "auditor-ana")}
     lines = exported.strip().splitlines()
-    assert lines[0].startswith("dataset,sample_id,status") and len(lines) == 1 + top["size"]
+    assert lines[0].startswith("dataset,sample_id,status") and len(lines) == 1 + top.size
     assert all("auditor-ana" in line for line in lines[1:])
 
 
@@ -276,7 +274,7 @@ def test_hostile_strings_never_become_markup(hostile_server: tuple[str, Path]) -
     run = sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))[
         -1
     ]
-    key = json.loads((run / "summary.json").read_text())["findings"][0]["key"]
+    key = first_key(run)
     pages = ["/", "/class?cls=0", "/class?cls=1", f"/cluster?cluster={key}", "/sample?sample=1", "/flags"]
     fetched: list[str] = []
     with sync_playwright() as p:

@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
+from tests.dashboard_runinfo import findings, top_finding
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 DATASET = "synthetic-fashion"
@@ -83,14 +84,6 @@ def charts(at: AppTest) -> list[dict[str, Any]]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
-def summary(run: Path) -> dict[str, Any]:
-    return json.loads((run / "summary.json").read_text())
-
-
-def top_finding(run: Path) -> dict[str, Any]:
-    return summary(run)["findings"][0]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Class page: the right k, consistent legends, readable spectrum
 
@@ -99,7 +92,7 @@ def test_class_page_opens_at_the_k_of_the_top_finding_with_matching_legend_and_l
     env: Path, run_dir: Path
 ) -> None:
     top = top_finding(run_dir)
-    assert top["class_index"] == 6 and top["k"] == 5
+    assert top.class_index == 6 and top.k == 5
     at = open_page("views/class_view.py", cls="6")
     assert at.query_params["k"] == "5" and at.selectbox(key="w_k").value == 5
     assert at.selectbox(key="w_k").format_func(5) == "5 (top finding)"
@@ -108,7 +101,7 @@ def test_class_page_opens_at_the_k_of_the_top_finding_with_matching_legend_and_l
     legend = "\n".join(str(h.proto.body) for h in at.get("html"))
     assert len(re.findall(r"> c\d+ \(n=", legend)) == 5
     links = [p.proto.label for p in at.get("page_link")]
-    assert any(label.startswith(f"c{top['cluster_id']} · score") for label in links)
+    assert any(label.startswith(f"c{top.cluster_id} · score") for label in links)
     assert all(
         "/k5/" in p.proto.query_string or "k5" in str(p.proto)
         for p in at.get("page_link")
@@ -156,18 +149,18 @@ def test_a_lasso_selection_is_in_the_url_and_a_reload_shows_it_again(env: Path, 
     at = open_page("views/class_view.py", cls="6")
     at.session_state["embedding_6"] = _lasso_event(at, run_dir)
     ok(at.run())
-    assert any(f"Selection: {top['size']:,} samples" in s.value for s in at.subheader)
+    assert any(f"Selection: {top.size:,} samples" in s.value for s in at.subheader)
     query = dict(at.query_params)
     assert query["sel"] and query["geo"] and query["cls"] == "6" and query["k"] == "5"
     # A new browser with that URL: same selection, the lasso drawn on the map, same grid.
     again = open_page("views/class_view.py", **query)
-    assert any(f"Selection: {top['size']:,} samples" in s.value for s in again.subheader)
+    assert any(f"Selection: {top.size:,} samples" in s.value for s in again.subheader)
     shapes = charts(again)[1]["layout"]["selections"]
     assert len(shapes) == 1 and shapes[0]["type"] == "path"
     assert dict(again.query_params) == query
     # The selection's own page, by URL.
     sel_page = open_page("views/cluster.py", view="selection", sel=query["sel"])
-    assert sel_page.subheader[0].value == f"Members ({top['size']})"
+    assert sel_page.subheader[0].value == f"Members ({top.size})"
 
 
 def test_select_by_filter_on_the_class_page(env: Path, run_dir: Path) -> None:
@@ -177,11 +170,11 @@ def test_select_by_filter_on_the_class_page(env: Path, run_dir: Path) -> None:
     t = pd.read_parquet(run_dir / "samples.parquet")
     expected = int(((t["label"] == 6) & (t["label"] != t["prediction"])).sum())
     assert any(f"Selection: {expected:,} samples" in s.value for s in at.subheader)
-    carriers = [f for f in summary(run_dir)["classes"][6]["clusters"] if f.get("carrier_ids")]
+    carriers = [f for f in findings(run_dir) if f.class_index == 6 and f.k == 5 and f.carrier_ids]
     assert carriers
     at.button(key="selby_carriers").click()
     ok(at.run())
-    assert any(f"Selection: {len(carriers[0]['carrier_ids']):,} samples" in s.value for s in at.subheader)
+    assert any(f"Selection: {len(carriers[0].carrier_ids):,} samples" in s.value for s in at.subheader)
 
 
 def test_a_link_from_another_run_says_which_ids_are_missing(env: Path) -> None:
@@ -198,7 +191,7 @@ def test_a_link_from_another_run_says_which_ids_are_missing(env: Path) -> None:
 def test_cluster_page_view_state_is_in_the_url_and_restored(env: Path, run_dir: Path) -> None:
     top = top_finding(run_dir)
     query = {
-        "cluster": top["key"],
+        "cluster": top.key,
         "sort": "confidence ↓",
         "mode": "heatmap",
         "cmap": "coldnhot",
@@ -211,9 +204,9 @@ def test_cluster_page_view_state_is_in_the_url_and_restored(env: Path, run_dir: 
     assert at.multiselect(key="w_filter").value == ["misclassified"]
     for k, v in query.items():
         assert at.query_params[k] == v
-    t = pd.read_parquet(run_dir / "samples.parquet").set_index("sample_id").loc[top["member_ids"]]
+    t = pd.read_parquet(run_dir / "samples.parquet").set_index("sample_id").loc[top.member_ids]
     n_mis = int((t["label"] != t["prediction"]).sum())
-    assert f"{n_mis:,} of {top['size']:,} members pass the filter" in shown(at)
+    assert f"{n_mis:,} of {top.size:,} members pass the filter" in shown(at)
     # The grid shows them most confident first.
     grid = at.get("image")[-1]
     captions = [img.caption for img in grid.proto.imgs]
@@ -230,14 +223,14 @@ def test_cluster_page_view_state_is_in_the_url_and_restored(env: Path, run_dir: 
 
 def test_search_from_the_sidebar_opens_the_sample_at_full_size(env: Path, run_dir: Path) -> None:
     top = top_finding(run_dir)
-    sid = top["member_ids"][0]
+    sid = top.member_ids[0]
     at = open_page("views/flags.py")
     at.sidebar.text_input(key="search_id").input(sid)
     at.sidebar.button[0].click()  # the search form's button
     ok(at.run())
     assert at.query_params["sample"] == sid and at.title[0].value == "Sample"
     links = [p.proto.label for p in at.get("page_link")]
-    assert any(label.startswith(top["key"]) and "score" in label for label in links)
+    assert any(label.startswith(top.key) and "score" in label for label in links)
     big = [img for el in at.get("image") for img in el.proto.imgs]
     assert len(big) >= 3  # input, heatmap, overlay (plus the colour bar)
     assert "relative to the dataset root" in shown(at) and "--data-root" in shown(at)
@@ -309,7 +302,7 @@ def test_a_decision_that_came_in_meanwhile_is_shown_and_not_overwritten(env: Pat
 
 
 def test_many_samples_need_a_confirmation_and_cancel_writes_nothing(env: Path, run_dir: Path) -> None:
-    at = open_page("views/cluster.py", cluster=top_finding(run_dir)["key"])
+    at = open_page("views/cluster.py", cluster=top_finding(run_dir).key)
     at.radio(key="flag_status_cluster").set_value("unlearn")
     at.form_submit_button(key="FormSubmitter:flagform_cluster-Apply").click()
     ok(at.run())
@@ -367,12 +360,12 @@ def test_overview_cell_click_opens_the_cluster_and_the_full_evidence_is_there(
     top = top_finding(run_dir)
     at = open_page()
     text = shown(at)
-    for line in top["evidence"]:
+    for line in top.evidence:
         assert line in text
-    assert " ▸ ".join(top["evidence"]) in at.dataframe[0].value["evidence"].iloc[0]
+    assert " ▸ ".join(top.evidence) in at.dataframe[0].value["evidence"].iloc[0]
     at.session_state["ov_findings"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "class"]]}}
     ok(at.run())
-    assert at.title[0].value == "Cluster / selection" and at.query_params["cluster"] == top["key"]
+    assert at.title[0].value == "Cluster / selection" and at.query_params["cluster"] == top.key
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,7 +391,7 @@ def test_a_big_map_draws_a_picture_and_a_sample_and_a_box_selects_every_point(
     top = top_finding(run)
     arrays = np.load(run / "classes" / "0.npz")
     ids = pd.read_parquet(run / "samples.parquet")["sample_id"].to_numpy()[arrays["rows"]]
-    members = np.isin(ids, top["member_ids"])
+    members = np.isin(ids, top.member_ids)
     emb = arrays["embedding"].astype(np.float64)
     lo, hi = emb.min(0), emb.max(0)
     q = (emb - lo) / (hi - lo) * embedmap.QMAX

@@ -23,6 +23,7 @@ from spray.errors import ConfigError, DataError
 from spray.export.fiftyone import write_fiftyone_dataset
 from spray.export.virelay import clustering_name, write_virelay_project
 from spray.flags import FlagStore
+from spray.runs.reader import RunReader
 from tests.dashboard_fixtures import make_synthetic_run
 from tests.faults.cli import assert_clean_failure, run_main
 
@@ -43,10 +44,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_run(d, class_sizes=SIZES, seed=4, dataset="synthetic-fashion", k_max=5)
 
 
-def _run_files(run: Path) -> tuple[dict, pd.DataFrame, np.ndarray, np.ndarray]:
-    s = json.loads((run / "summary.json").read_text())
+def _run_files(run: Path) -> tuple[RunReader, pd.DataFrame, np.ndarray, np.ndarray]:
+    """The run through spray's reader, and its sample table and arrays straight from the files (the oracle)."""
     return (
-        s,
+        RunReader.open(run),
         pd.read_parquet(run / "samples.parquet"),
         np.load(run / "heatmaps.npy"),
         np.load(run / "thumbs.npy"),
@@ -55,11 +56,12 @@ def _run_files(run: Path) -> tuple[dict, pd.DataFrame, np.ndarray, np.ndarray]:
 
 def test_virelay_project_round_trips_through_virelays_own_loader(run: Path, tmp_path: Path) -> None:
     model = pytest.importorskip("virelay.model", reason="pip install virelay (test-only oracle)")
-    summary, samples, heat, thumbs = _run_files(run)
+    reader, samples, heat, thumbs = _run_files(run)
+    summary = reader.summary
     project_file = write_virelay_project(run, tmp_path / "vr")
     project = model.Project(str(project_file))
     try:
-        assert project.name.endswith(f"({summary['run_id'][:12]})")
+        assert project.name.endswith(f"({summary.run_id[:12]})")
         assert len(project.dataset) == len(samples)
         for i in (0, 7, len(samples) - 1):
             sample = project.get_sample(i)
@@ -72,25 +74,27 @@ def test_virelay_project_round_trips_through_virelays_own_loader(run: Path, tmp_
             assert att.prediction.max() == pytest.approx(samples["confidence"][i])
         assert project.get_analysis_methods() == ["spectral"]
         categories = {c.name: c.human_readable_name for c in project.get_analysis_categories("spectral")}
-        assert categories == {str(c["class_index"]): c["class_name"] for c in summary["classes"]}
+        assert categories == {str(c.class_index): c.class_name for c in summary.classes}
         assert project.get_analysis_clustering_names("spectral") == [clustering_name(k) for k in range(2, 6)]
         assert set(project.get_analysis_embedding_names("spectral")) == {"spectral", "umap"}
-        for entry in summary["classes"]:
-            c = int(entry["class_index"])
+        for entry in summary.classes:
+            c = entry.class_index
             arrays = np.load(run / "classes" / f"{c}.npz")
             for k in range(2, 6):
                 an = project.get_analysis("spectral", str(c), clustering_name(k), "umap")
                 assert np.array_equal(an.clustering, arrays[f"labels_k{k}"])
                 assert np.array_equal(an.attribution_indices, arrays["rows"])
                 assert np.allclose(an.embedding, arrays["embedding"])
-            spec = project.get_analysis("spectral", str(c), clustering_name(entry["chosen_k"]), "spectral")
+            spec = project.get_analysis("spectral", str(c), clustering_name(entry.chosen_k), "spectral")
             assert np.allclose(spec.eigenvalues, arrays["eigenvalues"])
             assert np.allclose(spec.embedding, arrays["eigenvectors"])
             # The finding's members are exactly the samples of its cluster in ViRelAy.
-            for f in entry["clusters"]:
-                an = project.get_analysis("spectral", str(c), clustering_name(int(f["k"])), "umap")
-                rows = an.attribution_indices[an.clustering == int(f["cluster_id"])]
-                assert set(samples["sample_id"].to_numpy()[rows]) == set(f["member_ids"])
+            for f in reader.findings():
+                if f.class_index != c:
+                    continue
+                an = project.get_analysis("spectral", str(c), clustering_name(f.k), "umap")
+                rows = an.attribution_indices[an.clustering == f.cluster_id]
+                assert set(samples["sample_id"].to_numpy()[rows]) == set(f.member_ids)
     finally:
         project.close()
 
@@ -98,7 +102,7 @@ def test_virelay_project_round_trips_through_virelays_own_loader(run: Path, tmp_
 def test_virelay_server_opens_the_project(run: Path, tmp_path: Path) -> None:
     model = pytest.importorskip("virelay.model", reason="pip install virelay (test-only oracle)")
     server = pytest.importorskip("virelay.server", reason="virelay's server needs flask")
-    summary, samples, _, _ = _run_files(run)
+    reader, samples, _, _ = _run_files(run)
     project_file = write_virelay_project(run, tmp_path / "vr")
     workspace = model.Workspace()
     workspace.add_project(str(project_file))
@@ -106,15 +110,15 @@ def test_virelay_server_opens_the_project(run: Path, tmp_path: Path) -> None:
         client = server.Server(workspace).app.test_client()
         projects = client.get("/api/projects").get_json()
         assert [p["dataset"] for p in projects] == ["synthetic-fashion"]
-        top = summary["findings"][0]
-        cat, k = str(top["class_index"]), int(top["k"])
+        top = reader.findings()[0]
+        cat, k = str(top.class_index), top.k
         res = client.get(
             f"/api/projects/0/analyses/spectral?category={cat}&clustering={clustering_name(k)}&embedding=umap"
         )
         assert res.status_code == 200
         points = res.get_json()["embedding"]
-        members = {p["attributionIndex"] for p in points if p["cluster"] == int(top["cluster_id"])}
-        assert set(samples["sample_id"].to_numpy()[sorted(members)]) == set(top["member_ids"])
+        members = {p["attributionIndex"] for p in points if p["cluster"] == top.cluster_id}
+        assert set(samples["sample_id"].to_numpy()[sorted(members)]) == set(top.member_ids)
         i = int(sorted(members)[0])
         for url in (
             f"/api/projects/0/dataset/{i}/image?imageMode=overlay&colorMap=blue-white-red",
@@ -169,19 +173,20 @@ def test_export_takes_the_newest_run_of_a_runs_folder(
     res = run_main(["export", "fiftyone", str(run.parent), "-o", str(tmp_path / "fo")], capsys)
     assert res.code == 0, res.output
     meta = json.loads((tmp_path / "fo" / "metadata.json").read_text())
-    assert meta["info"]["spray_run_id"] == json.loads((run / "summary.json").read_text())["run_id"]
+    assert meta["info"]["spray_run_id"] == RunReader.open(run).summary.run_id
 
 
 def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, tmp_path: Path) -> None:
-    summary, samples, heat, thumbs = _run_files(run)
+    reader, samples, heat, thumbs = _run_files(run)
+    summary = reader.summary
     db = tmp_path / "flags.sqlite"
-    top = summary["findings"][0]
-    FlagStore(db).flag("synthetic-fashion", top["member_ids"][:5], "unlearn", "corner stamp", author="ana")
-    FlagStore(db).flag("other-dataset", top["member_ids"][5:6], "ok")
+    top = reader.findings()[0]
+    FlagStore(db).flag("synthetic-fashion", top.member_ids[:5], "unlearn", "corner stamp", author="ana")
+    FlagStore(db).flag("other-dataset", top.member_ids[5:6], "ok")
     out = write_fiftyone_dataset(run, tmp_path / "fo", flags_db=db)
     meta = json.loads((out / "metadata.json").read_text())
     assert "version" not in meta and meta["media_type"] == "image"  # FiftyOneDataset → its legacy importer
-    assert meta["info"]["classes"] == summary["class_names"]
+    assert meta["info"]["classes"] == summary.class_names
     docs = json.loads((out / "samples.json").read_text())["samples"]
     assert len(docs) == len(samples)
     by_id = {d["spray_sample_id"]: d for d in docs}
@@ -202,16 +207,16 @@ def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, t
     assert d["prediction"]["confidence"] == pytest.approx(float(samples["confidence"][r]))
     assert d["spray_suspicion"] == pytest.approx(float(samples["score"][r]))
     # The top finding's members carry its cluster key, its score, the suspicious tag; flags where set.
-    for i, sid in enumerate(top["member_ids"]):
+    for i, sid in enumerate(top.member_ids):
         m = by_id[sid]
-        assert m["spray_cluster"] == top["key"] and m["spray_cluster_score"] == pytest.approx(top["score"])
+        assert m["spray_cluster"] == top.key and m["spray_cluster_score"] == pytest.approx(top.score)
         assert m["spray_suspicious"] is True and "suspicious" in m["tags"]
         assert m["spray_flag"] == ("unlearn" if i < 5 else None)  # the other dataset's flag does not apply
         if i < 5:
             assert m["spray_flag_note"] == "corner stamp" and m["spray_flag_author"] == "ana"
             assert "flag:unlearn" in m["tags"]
-    others = [d for d in docs if d["spray_sample_id"] not in set(top["member_ids"])]
-    assert not any(d["spray_suspicious"] for d in others if d["spray_cluster"] != top["key"])
+    others = [d for d in docs if d["spray_sample_id"] not in set(top.member_ids)]
+    assert not any(d["spray_suspicious"] for d in others if d["spray_cluster"] != top.key)
     json.dumps(docs, allow_nan=False)  # strict JSON: no NaN for FiftyOne's parser
 
 
@@ -259,17 +264,18 @@ def test_fiftyones_own_importer_reads_the_export(run: Path, tmp_path: Path) -> N
     environment with ``pip install fiftyone`` it reads the samples without a database.
     """
     importers = pytest.importorskip("fiftyone.utils.data.importers", reason="pip install fiftyone (oracle)")
-    summary, samples, _, _ = _run_files(run)
+    reader, samples, _, _ = _run_files(run)
+    summary = reader.summary
     out = write_fiftyone_dataset(run, tmp_path / "fo")
     importer = importers.FiftyOneDatasetImporter(str(out))
     assert importer._is_legacy_format_data()
     legacy = importer._to_legacy_importer()
     with legacy:
         got = list(legacy)
-        assert legacy.get_dataset_info()["spray_run_id"] == summary["run_id"]
+        assert legacy.get_dataset_info()["spray_run_id"] == summary.run_id
     assert len(got) == len(samples)
-    top = summary["findings"][0]
-    member = next(s for s in got if s.spray_sample_id == top["member_ids"][0])
+    top = reader.findings()[0]
+    member = next(s for s in got if s.spray_sample_id == top.member_ids[0])
     assert type(member.ground_truth).__name__ == "Classification" and "suspicious" in member.tags
-    assert member.spray_cluster == top["key"] and Path(member.filepath).is_file()
+    assert member.spray_cluster == top.key and Path(member.filepath).is_file()
     assert member.relevance.get_map().shape == tuple(np.load(run / "heatmaps.npy", mmap_mode="r").shape[1:])

@@ -25,12 +25,12 @@ import urlstate
 path, summary = common.require_run()
 run = Path(path).name
 dataset = common.dataset_key(summary)
-classes = summary.get("classes", [])
+classes = summary.classes
 if not classes:
     st.info("This run analysed no class (all were below analysis.min_class_size).")
     st.stop()
 state = urlstate.nav()
-by_index = {int(c["class_index"]): c for c in classes}
+by_index = {c.class_index: c for c in classes}
 found = common.findings(path)
 
 if "cls" in state and (not state["cls"].lstrip("-").isdigit() or int(state["cls"]) not in by_index):
@@ -43,8 +43,8 @@ if "cls" in state and (not state["cls"].lstrip("-").isdigit() or int(state["cls"
 
 def top_k(cls: int) -> int | None:
     """The k of the class's top-ranked finding (where the run scored its clusters), if any."""
-    own = [f for f in found if int(f["class_index"]) == cls]
-    return int(min(own, key=lambda f: f.get("rank", 1e9))["k"]) if own else None
+    own = common.class_findings(path, cls)
+    return min(own, key=lambda f: f.rank).k if own else None
 
 
 def reset_view() -> None:
@@ -55,7 +55,7 @@ def reset_view() -> None:
 
 
 st.title("Class")
-top_cls = int(found[0]["class_index"]) if found else next(iter(by_index))
+top_cls = found[0].class_index if found else next(iter(by_index))
 c1, c2, c3 = st.columns([2, 1, 3])
 cls = int(
     urlstate.nav_select(
@@ -63,15 +63,15 @@ cls = int(
         list(by_index),
         "cls",
         default=top_cls,
-        format_func=lambda c: safetext.plain(f"{c} · {by_index[c]['class_name']} (n={by_index[c]['n']:,})"),
+        format_func=lambda c: safetext.plain(f"{c} · {by_index[c].class_name} (n={by_index[c].n:,})"),
         container=c1,
         then=reset_view,
     )
 )
 entry = by_index[cls]
-arr = common.class_arrays(path, cls)
-ks = common.available_ks(arr)
-chosen_k = int(entry["chosen_k"])
+data = common.class_data(path, cls)
+ks = common.available_ks(data)
+chosen_k = entry.chosen_k
 best_k = top_k(cls)
 if "k" in state and (not state["k"].isdigit() or int(state["k"]) not in ks):
     bad = state.pop("k")
@@ -95,7 +95,7 @@ k = int(
 color_by = str(urlstate.nav_select("Colour by", list(embedmap.COLOURINGS), "color", container=c3))
 
 # --- spectrum -------------------------------------------------------------------------------------------
-ev = np.asarray(arr["eigenvalues"], dtype=float)
+ev = np.asarray(data.eigenvalues, dtype=float)
 marks: dict[int, list[str]] = {}
 for v, tag in ((chosen_k, "chosen"), (best_k, "top finding"), (k, "shown")):
     if v is not None:
@@ -112,15 +112,15 @@ spec.update_layout(
 )
 st.caption(
     "Eigenvalues of the normalised kNN affinity (descending). A gap after the k-th value suggests k groups. "
-    f"Eigengap alone suggests k={entry.get('eigengap_k')}; chosen k={chosen_k}"
+    f"Eigengap alone suggests k={entry.eigengap_k}; chosen k={chosen_k}"
     + (f"; the class's top finding was scored at k={best_k}" if best_k is not None else "")
-    + f". Embedding: {safetext.md(entry.get('embedding_method'))}."
+    + f". Embedding: {safetext.md(entry.embedding_method)}."
 )
 st.plotly_chart(spec, key="spectrum", config={"displayModeBar": False})
 
 # --- selection from the URL (ids + drawn shape) ----------------------------------------------------------
-rows = arr["rows"].astype(np.int64)
-table = common.samples(path)
+class_ids = data.sample_ids
+position = common.class_positions(path, cls)
 view_key = f"{run}/{cls}/{k}/{color_by}"
 map_geo = st.session_state.setdefault("_map_geo", {})
 # The shape drawn into the figure stays what it was when this view was first shown in this session, so the
@@ -149,18 +149,16 @@ with right:
             )
             + "</div>"
         )
-    scored = sorted(
-        (f for f in entry.get("clusters", []) if int(f["k"]) == k), key=lambda f: -float(f["score"])
-    )
+    scored = sorted((f for f in common.class_findings(path, cls) if f.k == k), key=lambda f: -f.score)
     st.markdown(f"**Clusters at k={k}**" + ("" if scored else " (none scored at this k)"))
-    sizes = np.bincount(arr[f"labels_k{k}"])
-    listed = {int(f["cluster_id"]) for f in scored}
+    sizes = np.bincount(data.labellings[k])
+    listed = {f.cluster_id for f in scored}
     for f in scored:
         st.page_link(
             common.PAGES["cluster"],
-            label=f"c{f['cluster_id']} · score {float(f['score']):.2f} · n={int(f['size']):,}" + (" ⚠" if f["suspicious"] else ""),
-            query_params={"run": run, "cluster": f["key"]},
-        )  # fmt: skip
+            label=f"c{f.cluster_id} · score {f.score:.2f} · n={f.size:,}" + (" ⚠" if f.suspicious else ""),
+            query_params={"run": run, "cluster": f.key},
+        )
     for cid in np.flatnonzero(sizes):
         if int(cid) not in listed:
             st.page_link(
@@ -187,10 +185,7 @@ chart_picked = selection.event_positions(event, cmap_view.trace_positions, cmap_
 if sig != last_sig:
     st.session_state[f"_sig_{view_key}"] = sig
     if chart_picked:
-        ids = (
-            table["sample_id"].to_numpy()[rows[np.asarray(chart_picked, dtype=np.int64)]].astype(str).tolist()
-        )
-        state["sel"] = urlstate.encode_ids(ids)
+        state["sel"] = urlstate.encode_ids([class_ids[i] for i in chart_picked])
         state["geo"] = embedmap.encode_geometry(event) or ""
         state.pop("spage", None)
         st.session_state["_sel_source"] = f"class {cls} selection"
@@ -199,7 +194,7 @@ if sig != last_sig:
             state.pop(name, None)
 
 st.markdown("**Select by**")
-carriers = [c for f in scored for c in f.get("carrier_ids", [])]
+carriers = [c for f in scored for c in f.carrier_ids]
 b = st.columns(4)
 choices = {
     "misclassified": ("misclassified", []),
@@ -209,15 +204,14 @@ choices = {
 }
 for i, (name, (filt, extra)) in enumerate(choices.items()):
     if b[i].button(name, key=f"selby_{name}", disabled=name == "carriers" and not extra, width="stretch"):
-        picked_rows = samplegrid.apply_filters(
+        ids = samplegrid.apply_filters(
             path,
-            rows,
+            class_ids,
             [filt],
             conf=samplegrid.LOW_CONFIDENCE,
             flagged=flagform.status_of(dataset),
             carrier_ids=extra,
         )
-        ids = table["sample_id"].to_numpy()[picked_rows].astype(str).tolist()
         state["sel"], state["geo"] = urlstate.encode_ids(ids), ""
         state.pop("spage", None)
         st.session_state["_sel_source"] = f"class {cls}: {name}"
@@ -231,19 +225,18 @@ if state.get("sel"):
             f"The selection in this link cannot be read ({safetext.md(err)}); select again on the map."
         )
         state.pop("sel", None)
-sel_rows, missing = common.rows_of(path, sel_ids)
-in_class = np.isin(sel_rows, rows)
-if missing or not in_class.all():
+outside = [s for s in sel_ids if s not in position]
+if outside:
     st.warning(
-        f"{len(missing) + int((~in_class).sum()):,} sample ids of this selection are not in class {cls} of this run "
+        f"{len(outside):,} sample ids of this selection are not in class {cls} of this run "
         "(a link from another run?); they are left out."
     )
-sel_rows = sel_rows[in_class]
+sel_ids = [s for s in sel_ids if s in position]
 
 
 def push() -> None:
     """The URL of this view: class, k, colouring and the selection with its grid's settings."""
-    has = bool(len(sel_rows))
+    has = bool(sel_ids)
     urlstate.push_url(
         run=run, cls=cls, k=k, color=color_by, sel=state.get("sel") if has else None,
         geo=(state.get("geo") or None) if has else None, spage=state.get("spage") if has else None,
@@ -252,7 +245,7 @@ def push() -> None:
 
 
 push()
-if not len(sel_rows):
+if not sel_ids:
     st.caption(
         "Drag a box or lasso on the map (tools at its top right), click points, or select by a filter above."
     )
@@ -260,13 +253,10 @@ if not len(sel_rows):
 
 # --- selection → grid and flags -------------------------------------------------------------------------
 source = str(st.session_state.get("_sel_source", f"class {cls} selection"))
-sel_ids = table["sample_id"].to_numpy()[sel_rows].astype(str).tolist()
 selection.set_selection(run, sel_ids, source)
-st.subheader(f"Selection: {len(sel_rows):,} samples")
-pos = (
-    np.searchsorted(rows, sel_rows) if np.all(np.diff(rows) > 0) else np.flatnonzero(np.isin(rows, sel_rows))
-)
-by_cluster = np.bincount(arr[f"labels_k{k}"][pos], minlength=k)
+st.subheader(f"Selection: {len(sel_ids):,} samples")
+pos = np.fromiter((position[s] for s in sel_ids), dtype=np.int64, count=len(sel_ids))
+by_cluster = np.bincount(data.labellings[k][pos], minlength=k)
 st.caption(f"By cluster (k={k}): " + ", ".join(f"c{c}: {n}" for c, n in enumerate(by_cluster) if n))
 st.page_link(
     common.PAGES["cluster"],
@@ -275,11 +265,11 @@ st.page_link(
     icon=":material/grid_view:",
 )
 flagform.flag_controls(
-    dataset=dataset, sample_ids=sel_ids, run_id=summary.get("run_id", ""), cluster_key=None, source=source,
+    dataset=dataset, sample_ids=sel_ids, run_id=summary.run_id, cluster_key=None, source=source,
     key="class_sel",
 )  # fmt: skip
-mode, cmap = samplegrid.grid_controls("class_grid", has_thumbs=common.thumbs(path) is not None)
+mode, cmap = samplegrid.grid_controls("class_grid", has_thumbs=common.has_thumbs(path))
 samplegrid.colour_bar(cmap)
-page = samplegrid.page_picker(len(sel_rows), "class_grid", name="spage")
+page = samplegrid.page_picker(len(sel_ids), "class_grid", name="spage")
 push()
-samplegrid.render_grid(path, sel_rows, mode=mode, cmap=cmap, page=page)
+samplegrid.render_grid(path, sel_ids, mode=mode, cmap=cmap, page=page)

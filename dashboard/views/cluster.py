@@ -8,7 +8,6 @@ mode, colour map and page are in the URL, so one link always shows the same samp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import common
 import flagform
@@ -21,12 +20,13 @@ import streamlit as st
 import urlstate
 
 from spray import imaging
+from spray.runs.summary import FindingSummary
 
 path, summary = common.require_run()
 run = Path(path).name
 dataset = common.dataset_key(summary)
 found = common.findings(path)
-by_key = {f["key"]: f for f in found}
+by_key = {f.key: f for f in found}
 state = urlstate.nav()
 tab = common.samples(path)
 SEL = "selection"
@@ -38,13 +38,14 @@ def why_not(key: str) -> str:
         c, k, cid = common.parse_cluster_key(key)
     except ValueError as err:
         return str(err)
-    analysed = {int(e["class_index"]) for e in summary.get("classes", [])}
+    analysed = {e.class_index for e in summary.classes}
     if c not in analysed:
         return f"class {c} was not analysed in this run (analysed: {', '.join(map(str, sorted(analysed)))})"
-    ks = common.available_ks(common.class_arrays(path, c))
+    data = common.class_data(path, c)
+    ks = common.available_ks(data)
     if k not in ks:
         return f"class {c} has labellings for k = {', '.join(map(str, ks))}, not k={k}"
-    n = int(common.class_arrays(path, c)[f"labels_k{k}"].max()) + 1
+    n = int(data.labellings[k].max()) + 1
     return f"at k={k} class {c} has the clusters c0–c{n - 1}, not c{cid}"
 
 
@@ -67,7 +68,7 @@ elif state.get("cluster") and not common.cluster_exists(path, state["cluster"]):
     common.not_found(f"cluster {safetext.code(bad)}", safetext.md(why_not(bad)))
 
 remembered = selection.get_selection(run)
-options = [f["key"] for f in found]
+options = [f.key for f in found]
 if state.get("cluster") and state["cluster"] not in options:
     options.append(state["cluster"])  # an unscored cluster of another k, addressed by its key
 if sel_ids or remembered is not None:
@@ -90,7 +91,7 @@ def label(o: str) -> str:
     if f is None:
         return f"{o} (unscored)"
     return safetext.plain(
-        f"#{f.get('rank', '?')} · {f['class_name']} · c{f['cluster_id']} (k={f['k']}) · score {f['score']:.2f} · n={f['size']:,}"
+        f"#{f.rank} · {f.class_name} · c{f.cluster_id} (k={f.k}) · score {f.score:.2f} · n={f.size:,}"
     )
 
 
@@ -102,12 +103,12 @@ def switched() -> None:
 st.title("Cluster / selection")
 target = urlstate.nav_select("Cluster", options, "target", default=default, format_func=label, then=switched)
 key: str | None
-finding: dict[str, Any] | None
+finding: FindingSummary | None
 if target == SEL:
     if not sel_ids and remembered is not None:
         sel_ids = remembered["sample_ids"]
         state["sel"] = urlstate.encode_ids(sel_ids)
-    rows, missing = common.rows_of(path, sel_ids)
+    ids, missing = common.known(path, sel_ids)
     if missing:
         st.warning(f"{len(missing):,} sample ids of this selection are not in this run; they are left out.")
     key, finding, source = None, None, source_of_sel
@@ -115,10 +116,9 @@ if target == SEL:
     state["view"] = SEL
 else:
     key, finding, source = target, by_key.get(target), f"cluster {target}"
-    rows = common.cluster_rows(path, key)
+    ids = common.members(path, key)
     state["cluster"] = key
     state.pop("view", None)
-ids = tab["sample_id"].to_numpy()[rows].astype(str).tolist()
 flags = flagform.status_of(dataset, ids)
 
 # --- summary, evidence, flag form -----------------------------------------------------------------------
@@ -126,19 +126,19 @@ left, right = st.columns([1, 3])
 with left:
     # One colour map per page: the grid's picker (below) also colours the mean heatmap.
     cmap = str(state.get("cmap") if state.get("cmap") in imaging.COLORMAPS else imaging.DEFAULT_COLORMAP)
-    mh = common.mean_heatmap(path, key, rows)
+    mh = common.mean_heatmap(path, key, ids)
     st.image(
         imaging.resize_nearest(imaging.colorize(mh, cmap), 224), caption="mean heatmap (normalised members)"
     )
 with right:
     if finding is not None:
         st.markdown(
-            f"**{safetext.md(finding['class_name'])}**, cluster {finding['cluster_id']} of k={finding['k']} — "
-            f"score **{float(finding['score']):.2f}**{' (suspicious)' if finding['suspicious'] else ''}, "
-            f"{int(finding['size']):,} samples ({100 * float(finding['fraction']):.1f} % of the class)"
+            f"**{safetext.md(finding.class_name)}**, cluster {finding.cluster_id} of k={finding.k} — "
+            f"score **{finding.score:.2f}**{' (suspicious)' if finding.suspicious else ''}, "
+            f"{finding.size:,} samples ({100 * finding.fraction:.1f} % of the class)"
         )
-        st.markdown("\n".join(f"- {safetext.md(line)}" for line in finding["evidence"]))
-        carriers = [str(c) for c in finding.get("carrier_ids", [])]
+        st.markdown("\n".join(f"- {safetext.md(line)}" for line in finding.evidence))
+        carriers = [str(c) for c in finding.carrier_ids]
         # Samples outside the cluster that repeat its stamp: open them as a selection to see and flag.
         if carriers and st.button(f"Show the {len(carriers):,} carriers as a selection", key="cl_carriers"):
             selection.set_selection(run, carriers, f"carriers of {target}")
@@ -147,10 +147,10 @@ with right:
             switched()
             st.rerun()
         with st.expander("Signals"):
-            st.dataframe(pd.DataFrame([finding["signals"]]), hide_index=True)
+            st.dataframe(pd.DataFrame([finding.signals]), hide_index=True)
     else:
-        st.markdown(f"**{len(rows):,} samples** ({safetext.md(source)})")
-    sub = tab.iloc[rows]
+        st.markdown(f"**{len(ids):,} samples** ({safetext.md(source)})")
+    sub = tab.loc[ids]
     st.caption(
         "Labels: "
         + ", ".join(f"{safetext.md(n)} {c}" for n, c in sub["label_name"].value_counts().head(5).items())
@@ -161,19 +161,19 @@ with right:
     flagform.flag_controls(
         dataset=dataset,
         sample_ids=ids,
-        run_id=summary.get("run_id", ""),
+        run_id=summary.run_id,
         cluster_key=key,
         source=source,
         key="cluster",
     )
 
 # --- members: filter, order, grid, table ----------------------------------------------------------------
-st.subheader(f"Members ({len(rows):,})")
-carrier_ids = [str(c) for c in (finding or {}).get("carrier_ids", [])]
+st.subheader(f"Members ({len(ids):,})")
+carrier_ids = [str(c) for c in finding.carrier_ids] if finding is not None else []
 filters, conf = samplegrid.filter_controls("cl", carriers=bool(carrier_ids))
 c1, c2 = st.columns([3, 1])
 with c1:
-    mode, grid_cmap = samplegrid.grid_controls("cl_grid", has_thumbs=common.thumbs(path) is not None)
+    mode, grid_cmap = samplegrid.grid_controls("cl_grid", has_thumbs=common.has_thumbs(path))
 order = urlstate.nav_widget(
     c2.selectbox,
     "Order",
@@ -182,12 +182,10 @@ order = urlstate.nav_widget(
     valid=lambda v: v in samplegrid.SORTS,
     options=list(samplegrid.SORTS),
 )
-shown = samplegrid.apply_filters(path, rows, filters, conf=conf, flagged=flags, carrier_ids=carrier_ids)
+shown = samplegrid.apply_filters(path, ids, filters, conf=conf, flagged=flags, carrier_ids=carrier_ids)
 if filters:
-    st.caption(
-        f"{len(shown):,} of {len(rows):,} members pass the filter ({safetext.md(', '.join(filters))})."
-    )
-shown = samplegrid.sort_rows(path, shown, str(order))
+    st.caption(f"{len(shown):,} of {len(ids):,} members pass the filter ({safetext.md(', '.join(filters))}).")
+shown = samplegrid.sort_ids(path, shown, str(order))
 samplegrid.colour_bar(grid_cmap)
 page = samplegrid.page_picker(len(shown), "cl_grid")
 urlstate.push_url(
@@ -206,10 +204,8 @@ picked = samplegrid.member_table(page_table, flags, key="cl_members")
 if picked:
     chosen = page_table.iloc[[p for p in picked if 0 <= p < len(page_table)]]
     one = chosen.iloc[0]
-    r = int(one["row"])
-    th = common.thumbs(path)
-    heat = np.asarray(common.heatmaps(path)[r : r + 1])
-    imgs = None if th is None else np.asarray(th[r : r + 1])
+    heat = np.asarray(common.heatmaps(path, [str(one["sample_id"])]))
+    imgs = common.thumbs(path, [str(one["sample_id"])])
     big = imaging.render(mode, heat, imgs, grid_cmap, size=224)[0]
     d1, d2 = st.columns([1, 2])
     d1.image(big, caption=safetext.plain(f"sample {one['sample_id']}"))
@@ -236,7 +232,7 @@ if picked:
         flagform.flag_controls(
             dataset=dataset,
             sample_ids=chosen["sample_id"].astype(str).tolist(),
-            run_id=summary.get("run_id", ""),
+            run_id=summary.run_id,
             cluster_key=key,
             source=f"{source}, picked rows",
             key="cluster_rows",

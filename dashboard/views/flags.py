@@ -20,7 +20,7 @@ cur = common.current_run()
 store = flagform.reader()
 run_dataset = None
 if cur is not None:
-    run_dataset = common.dataset_key(common.run_data(str(Path(cur[0]) / cur[1])).summary)
+    run_dataset = common.dataset_key(common.summary(str(Path(cur[0]) / cur[1])))
 datasets = sorted(set(store.datasets() if store else []) | ({run_dataset} if run_dataset else set()))
 if not datasets:
     st.info("No flags yet. Flag a cluster or a selection on the Cluster or Class page.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ import urlstate
 
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
+from spray.records import ChangeSet
 
 st.title("Suspicious clusters")
 cur = common.current_run()
@@ -22,7 +24,7 @@ if cur is None:
     st.stop()
 runs, run = cur
 path = str(Path(runs) / run)
-summary = common.run_data(path).summary
+summary = common.summary(path)
 dataset = common.dataset_key(summary)
 found = common.findings(path)
 
@@ -30,10 +32,10 @@ found = common.findings(path)
 def metrics() -> None:
     """The run's figures (the sidebar's flag counts are the live ones)."""
     m = st.columns(5)
-    m[0].metric("Samples", f"{summary.get('n_samples', 0):,}")
-    m[1].metric("Classes analysed", len(summary.get("classes", [])))
+    m[0].metric("Samples", f"{summary.n_samples:,}")
+    m[1].metric("Classes analysed", len(summary.classes))
     m[2].metric("Clusters scored", len(found))
-    m[3].metric("Suspicious", sum(bool(f["suspicious"]) for f in found))
+    m[3].metric("Suspicious", summary.n_suspicious)
     try:
         flagged_now = f"{flagform.counts(dataset).get('unlearn', 0):,}"
     except SprayError as err:  # the flag database cannot be read: say so here, the figures still show
@@ -44,7 +46,7 @@ def metrics() -> None:
 
 metrics()
 st.caption(
-    f"Run {safetext.code(summary.get('run_id', '')[:12])} of dataset {safetext.code(dataset)} · "
+    f"Run {safetext.code(summary.run_id[:12])} of dataset {safetext.code(dataset)} · "
     f"{safetext.md(common.run_label(run))}"
 )
 
@@ -65,7 +67,7 @@ urlstate.push_url(
 )
 
 flagged = flagform.status_of(dataset)
-shown = [f for f in found if f["suspicious"] or not only_susp][: int(top)]
+shown = [f for f in found if f.suspicious or not only_susp][: int(top)]
 unreadable: dict[str, str] = {}
 
 
@@ -78,24 +80,30 @@ def thumbnail(key: str) -> str | None:
         return None
 
 
+def n_flagged(key: str) -> int:
+    """Flagged members of a cluster (its members are read only when anything is flagged at all)."""
+    return sum(1 for s in common.members(path, key) if s in flagged) if flagged else 0
+
+
 table = pd.DataFrame(
     {
-        "rank": [f.get("rank", i + 1) for i, f in enumerate(shown)],
-        "heatmap": [thumbnail(f["key"]) for f in shown],
-        "score": [f["score"] for f in shown],
-        "class": [safetext.plain(f"{f['class_index']} · {f['class_name']}") for f in shown],
-        "size": [f["size"] for f in shown],
-        "share": [f["fraction"] for f in shown],
-        "suspicious": [bool(f["suspicious"]) for f in shown],
-        "flagged": [sum(1 for s in f["member_ids"] if s in flagged) for f in shown],
-        "evidence": [safetext.plain(" ▸ ".join(f["evidence"]), limit=2000) for f in shown],
-        "open": ["cluster?" + urlencode({"run": run, "cluster": f["key"]}) for f in shown],
-        "key": [f["key"] for f in shown],
+        "rank": [f.rank for f in shown],
+        "heatmap": [thumbnail(f.key) for f in shown],
+        "score": [f.score for f in shown],
+        "class": [safetext.plain(f"{f.class_index} · {f.class_name}") for f in shown],
+        "size": [f.size for f in shown],
+        "share": [f.fraction for f in shown],
+        "suspicious": [f.suspicious for f in shown],
+        "flagged": [n_flagged(f.key) for f in shown],
+        "evidence": [safetext.plain(" ▸ ".join(f.evidence), limit=2000) for f in shown],
+        "open": ["cluster?" + urlencode({"run": run, "cluster": f.key}) for f in shown],
+        "key": [f.key for f in shown],
     }
 )
 for file, reason in unreadable.items():
     st.warning(
-        f"Run {safetext.code(run)}: {safetext.code(file)} cannot be read ({safetext.md(reason)}); its findings are listed without their mean heatmap."
+        f"Run {safetext.code(run)}: {safetext.code(file)} cannot be read ({safetext.md(reason)}); its findings "
+        "are listed without their mean heatmap."
     )
 st.caption("Click any cell of a row to open that cluster (the `open ↗` link opens it in a new tab).")
 ev = st.dataframe(
@@ -129,45 +137,66 @@ if shown:
     # The first three findings in full, as one element (the table's evidence column holds every line of
     # every finding; one Markdown block keeps the first paint light).
     blocks = []
-    for i, f in enumerate(shown[:3]):
+    for f in shown[:3]:
         head = (
-            f"**#{f.get('rank', i + 1)} · {safetext.md(f['class_name'])} · {safetext.code(f['key'])}** · "
-            f"score {float(f['score']):.2f}{' · suspicious' if f['suspicious'] else ''} · {int(f['size']):,} samples"
+            f"**#{f.rank} · {safetext.md(f.class_name)} · {safetext.code(f.key)}** · "
+            f"score {f.score:.2f}{' · suspicious' if f.suspicious else ''} · {f.size:,} samples"
         )
-        lines = "\n".join(f"  - {safetext.md(line)}" for line in f["evidence"]) or "  - no evidence recorded"
+        lines = "\n".join(f"  - {safetext.md(line)}" for line in f.evidence) or "  - no evidence recorded"
         blocks.append(f"- {head}\n{lines}")
     st.markdown("\n".join(blocks))
 
 st.subheader("Since the previous run")
-if isinstance(summary.get("changes"), dict) and summary["changes"]:
-    # Written by the nightly job: show what it recorded.
-    for name, items in summary["changes"].items():
-        if isinstance(items, list) and items:
-            st.markdown(f"**{safetext.md(name)}** ({len(items)})")
-            st.dataframe(pd.DataFrame(items), hide_index=True, key=f"ov_changes_{name}")
-        elif not isinstance(items, list):
-            st.caption(f"{safetext.md(name)}: {safetext.md(items)}")
+
+
+def show_changes(ch: ChangeSet, how: str) -> None:
+    """A change set (spray's one change detector) as a table of the clusters that are new, grown or resolved."""
+    rule = ch.rule
+    st.caption(
+        f"{how} Clusters are matched within each class by member overlap (Jaccard ≥ {rule.jaccard_min:g}) or, "
+        f"when many members changed, by their mean heatmaps (r ≥ {rule.correlation_min:g}); grown = more than "
+        f"{100 * rule.grow_min:.0f} % larger."
+    )
+    rows = [
+        {"change": kind, **asdict(c)}
+        for kind in ("new", "grown", "resolved", "persisting")
+        for c in getattr(ch, kind)
+    ]
+    if not any(r["change"] in ("new", "grown") for r in rows):
+        st.success("No new or grown suspicious clusters.")
+    if rows:
+        st.dataframe(
+            pd.DataFrame(rows)[
+                [
+                    "change",
+                    "key",
+                    "class_name",
+                    "size",
+                    "previous_size",
+                    "score",
+                    "jaccard",
+                    "correlation",
+                    "previous_key",
+                    "note",
+                ]
+            ],
+            hide_index=True,
+            key="ov_changes",
+            column_config={"score": st.column_config.NumberColumn(format="%.2f")},
+        )
+    for u in ch.unreadable:
+        st.caption(f"Passed over (unreadable): {safetext.code(u.run)}")
+
+
+recorded = common.recorded_changes(path)
+if recorded is not None:
+    # Written by the nightly job when it published this run.
+    prev_name = recorded.previous_run or recorded.previous_run_id or "none"
+    show_changes(recorded, f"Recorded by the nightly job (compared with {safetext.code(prev_name)}).")
 else:
     prev = common.previous_run(runs, run, dataset)
     if prev is None:
         st.caption("No earlier run of this dataset to compare with.")
     else:
-        diff = common.compare_runs(path, str(Path(runs) / prev))
-        st.caption(
-            f"Compared with {safetext.md(common.run_label(prev))}: clusters matched within each class by member "
-            "overlap (Jaccard ≥ 0.3); grown = more than 20 % larger."
-        )
-        interesting = (
-            diff[(diff["change"] != "same") & (diff["suspicious"] | diff["change"].isin(["new", "grown"]))]
-            if not diff.empty
-            else diff
-        )
-        if interesting.empty:
-            st.success("No new or grown clusters.")
-        else:
-            st.dataframe(
-                interesting.sort_values("score", ascending=False),
-                hide_index=True,
-                key="ov_changes",
-                column_config={"score": st.column_config.NumberColumn(format="%.2f")},
-            )
+        ch = common.changes_between(path, str(Path(runs) / prev))
+        show_changes(ch, f"Compared with {safetext.md(common.run_label(prev))}.")

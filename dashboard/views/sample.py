@@ -31,15 +31,13 @@ if not sid:
     st.title("Sample")
     st.info("Type a sample id into **Find a sample id** in the sidebar, or open one from a cluster's table.")
     st.stop()
-found_rows, missing = common.rows_of(path, [sid])
-if missing:
+if not common.has_sample(path, sid):
     examples = ", ".join(safetext.code(s) for s in tab["sample_id"].astype(str).head(3))
     common.not_found(
         f"sample {safetext.code(sid)}",
         f"run {safetext.code(run)} has no sample with that id (ids look like {examples})",
     )
-r = int(found_rows[0])
-row = tab.iloc[r]
+row = tab.loc[sid]
 st.title("Sample")
 st.markdown(
     f"**sample id** {safetext.code(sid)} · **label** {safetext.md(row['label_name'])} · **prediction** "
@@ -50,24 +48,22 @@ st.markdown(
 
 # --- where it lies: its cluster at every stored k of its class -------------------------------------------
 cls = int(row["label"])
-entry = next((c for c in summary.get("classes", []) if int(c["class_index"]) == cls), None)
+entry = summary.class_summary(cls)
 if entry is None:
     st.caption(f"Its class ({cls}) was not analysed in this run.")
 else:
-    arr = common.class_arrays(path, cls)
-    where = np.flatnonzero(arr["rows"] == r)
-    if len(where):
-        pos = int(where[0])
-        scored = {f["key"]: f for f in entry.get("clusters", [])}
+    data = common.class_data(path, cls)
+    pos = common.class_positions(path, cls).get(sid)
+    if pos is not None:
+        scored = {f.key: f for f in common.class_findings(path, cls)}
         links = []
-        for k in common.available_ks(arr):
-            key = f"{cls}/k{k}/c{int(arr[f'labels_k{k}'][pos])}"
-            f = scored.get(key)
-            links.append((key, f))
-        st.markdown("**Its clusters** (class " + safetext.md(entry["class_name"]) + ")")
+        for k in common.available_ks(data):
+            key = f"{cls}/k{k}/c{int(data.labellings[k][pos])}"
+            links.append((key, scored.get(key)))
+        st.markdown("**Its clusters** (class " + safetext.md(entry.class_name) + ")")
         cols = st.columns(min(6, len(links)) or 1)
         for i, (key, f) in enumerate(links):
-            tag = f" · score {float(f['score']):.2f}{' ⚠' if f['suspicious'] else ''}" if f else ""
+            tag = f" · score {f.score:.2f}{' ⚠' if f.suspicious else ''}" if f else ""
             cols[i % len(cols)].page_link(
                 common.PAGES["cluster"], label=f"{key}{tag}", query_params={"run": run, "cluster": key}
             )
@@ -78,11 +74,11 @@ cmap = urlstate.nav_widget(
     options=list(imaging.COLORMAPS),
 )  # fmt: skip
 urlstate.push_url(run=run, sample=sid, cmap=cmap if cmap != imaging.DEFAULT_COLORMAP else None)
-heat = np.asarray(common.heatmaps(path)[r], dtype=np.float32)
-th = common.thumbs(path)
-thumb = None if th is None else np.asarray(th[r])
+heat = np.asarray(common.heatmaps(path, [sid])[0], dtype=np.float32)
+th = common.thumbs(path, [sid])
+thumb = None if th is None else np.asarray(th[0])
 original = common.original_file(sid)
-full = common.full_relevance(path)
+full = common.full_relevance(path, [sid])
 c1, c2, c3 = st.columns(3)
 c1.markdown("**Input**")
 if thumb is not None:
@@ -104,7 +100,7 @@ else:
     c3.info("No overlay without the input thumbnail.")
 samplegrid.colour_bar(cmap)
 if full is not None:
-    rel = np.asarray(full[r], dtype=np.float32)
+    rel = np.asarray(full[0], dtype=np.float32)
     rel = rel.sum(axis=0) if rel.ndim == 3 else rel
     st.markdown("**Full-resolution relevance** (relevance_full.npy, summed over channels)")
     st.image(imaging.colorize(rel, cmap), caption=f"{rel.shape[1]}×{rel.shape[0]} px")
@@ -145,6 +141,6 @@ if hist:
         hide_index=True,
     )  # fmt: skip
 flagform.flag_controls(
-    dataset=dataset, sample_ids=[sid], run_id=summary.get("run_id", ""), cluster_key=None, source="sample page",
+    dataset=dataset, sample_ids=[sid], run_id=summary.run_id, cluster_key=None, source="sample page",
     key="sample",
 )  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 
 from spray.errors import ConfigError
 from spray.flags import default_author
-from spray.runs.storage import list_runs
+from spray.runs.publish import list_runs
 from spray.serve import (
     DEFAULT_HOST,
     DEFAULT_PORT,

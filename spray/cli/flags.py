@@ -10,7 +10,7 @@ from typing import Any
 
 from spray.errors import ConfigError
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_db_path
-from spray.runs.storage import atomic_write_bytes
+from spray.runs.atomic import atomic_write_bytes
 
 log = logging.getLogger("spray.flags")
 

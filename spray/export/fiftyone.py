@@ -49,27 +49,34 @@ RELEVANCE_DIR = "relevance"
 SUSPICIOUS_TAG = "suspicious"
 
 
-def _cluster_of(src: ExportSource) -> tuple[list[str | None], list[float | None], np.ndarray]:
-    """Per row: cluster key at the class's top-finding k, that cluster's score, member of a suspicious finding."""
-    n = len(src.samples)
+def _cluster_of(
+    src: ExportSource,
+) -> tuple[list[str | None], list[float | None], np.ndarray, np.ndarray]:
+    """Per sample (storage order): cluster key at the k of its class's top finding, that cluster's score,
+    member of a suspicious finding, and its 2-D map coordinates (NaN when its class was not analysed)."""
+    n = len(src.sample_ids)
     keys: list[str | None] = [None] * n
     scores: list[float | None] = [None] * n
-    findings = src.summary.get("findings", [])
+    xy = np.full((n, 2), np.nan)
+    suspicious = np.zeros(n, bool)
+    findings = src.findings()
     for entry in src.classes():
-        c = int(entry["class_index"])
-        own = [f for f in findings if int(f["class_index"]) == c]
-        k = int(min(own, key=lambda f: f.get("rank", 1e9))["k"]) if own else int(entry["chosen_k"])
-        arr = src.class_arrays(c)
-        lab = arr.get(f"labels_k{k}")
+        own = [f for f in findings if f.class_index == entry.class_index]
+        k = min(own, key=lambda f: f.rank).k if own else entry.chosen_k
+        data = src.class_data(entry.class_index)
+        rows = src.positions(data.sample_ids)
+        xy[rows] = data.embedding
+        for f in own:
+            if f.suspicious:
+                suspicious[rows[data.labellings[f.k] == f.cluster_id]] = True
+        lab = data.labellings.get(k)
         if lab is None:
             continue
-        score_of = {f["key"]: float(f["score"]) for f in entry.get("clusters", [])}
-        for r, cid in zip(arr["rows"].tolist(), lab.tolist(), strict=True):
-            keys[r] = f"{c}/k{k}/c{cid}"
+        score_of = {f.key: f.score for f in own}
+        for r, cid in zip(rows.tolist(), lab.tolist(), strict=True):
+            keys[r] = f"{entry.class_index}/k{k}/c{cid}"
             scores[r] = score_of.get(keys[r])
-    ids = src.samples["sample_id"].astype(str)
-    suspicious_ids = {str(m) for f in findings if f.get("suspicious") for m in f.get("member_ids", [])}
-    return keys, scores, ids.isin(suspicious_ids).to_numpy()
+    return keys, scores, suspicious, xy
 
 
 def _flags(src: ExportSource, flags_db: Path | None) -> dict[str, Flag]:
@@ -93,7 +100,7 @@ def _number(v: float | None) -> float | None:
 
 
 def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict[str, Any]) -> dict[str, Any]:
-    row = src.samples.iloc[r]
+    row = src.samples.loc[src.sample_ids[r]]
     flag: Flag | None = fields["flag"]
     tags = ([SUSPICIOUS_TAG] if fields["suspicious"] else []) + ([f"flag:{flag.status}"] if flag else [])
     return {
@@ -112,7 +119,7 @@ def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict
         "spray_cluster_score": _number(fields["score"]),
         "spray_suspicious": bool(fields["suspicious"]),
         "spray_suspicion": _number(float(row["score"])),
-        "spray_map": [_number(float(row["x"])), _number(float(row["y"]))],
+        "spray_map": [_number(float(fields["xy"][0])), _number(float(fields["xy"][1]))],
         "spray_flag": flag.status if flag else None,
         "spray_flag_note": flag.note if flag else None,
         "spray_flag_author": flag.author if flag else None,
@@ -141,7 +148,7 @@ def write_fiftyone_dataset(
         point at it instead of the stored thumbnail.
     """
     src = open_source(run)
-    keys, scores, suspicious = _cluster_of(src)
+    keys, scores, suspicious, xy = _cluster_of(src)
     flags = _flags(src, Path(flags_db) if flags_db else None)
     root = Path(data_root).resolve() if data_root else None
     out = Path(out)
@@ -150,7 +157,7 @@ def write_fiftyone_dataset(
         (tmp / DATA_DIR).mkdir()
         (tmp / RELEVANCE_DIR).mkdir()
         samples = []
-        ids = src.samples["sample_id"].astype(str).tolist()
+        ids = src.sample_ids
         for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
             name = f"{r:08d}.png"
             original = (root / sid).resolve() if root is not None else None
@@ -172,11 +179,12 @@ def write_fiftyone_dataset(
                 "score": scores[r],
                 "suspicious": suspicious[r],
                 "flag": flags.get(sid),
+                "xy": xy[r],
             }
             # FiftyOne makes only `filepath` absolute on import: the heatmap's path is written absolute.
             samples.append(_sample(src, r, media, final / RELEVANCE_DIR / name, fields))
         meta = {
-            "name": f"spray-{src.summary.get('name') or 'run'}-{src.run_id[:12]}",
+            "name": f"spray-{src.summary.name or 'run'}-{src.run_id[:12]}",
             "media_type": "image",
             "info": {
                 "classes": src.class_names,

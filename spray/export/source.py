@@ -1,4 +1,4 @@
-"""The run an export reads (read-only) and the folder it writes (staged, renamed into place at the end)."""
+"""The run an export reads (through spray's run reader) and the folder it writes (staged, renamed at the end)."""
 
 from __future__ import annotations
 
@@ -6,81 +6,95 @@ import logging
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spray.errors import ConfigError, DataError
-from spray.runs.storage import SUMMARY, RunData, list_runs
+from spray.runs.errors import RunReadError
+from spray.runs.layout import RunFiles
+from spray.runs.publish import list_runs
+from spray.runs.reader import ClassData, RunReader
+from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
 
 log = logging.getLogger(__name__)
-
-_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 @dataclass
 class ExportSource:
     """A published run, opened read-only for an export.
 
+    The export's own sample order is the run's storage order (:attr:`sample_ids`); the files an export
+    writes index samples by their position in it.
+
     Attributes
     ----------
-    path : Path
-        Run folder.
-    summary : dict
-        summary.json.
+    reader : RunReader
+        The run.
+    sample_ids : list[str]
+        Every sample, in storage order.
     samples : pandas.DataFrame
-        samples.parquet (row order = heatmaps.npy order).
+        The per-sample table, indexed by ``sample_id``.
     heatmaps : np.ndarray
-        ``(N, h, w)`` float16, memory-mapped.
+        ``(N, h, w)`` float16 in storage order, memory-mapped.
     thumbs : np.ndarray or None
-        ``(N, t, t, 3)`` uint8, memory-mapped, when the run stored thumbnails.
+        ``(N, t, t, 3)`` uint8 in storage order, memory-mapped, when the run stored thumbnails.
     """
 
-    path: Path
-    summary: dict[str, Any]
+    reader: RunReader
+    sample_ids: list[str]
     samples: Any
     heatmaps: np.ndarray
     thumbs: np.ndarray | None
-    _data: RunData = field(repr=False)
+
+    @property
+    def path(self) -> Path:
+        """The run folder."""
+        return self.reader.path
+
+    @property
+    def summary(self) -> RunSummary:
+        """The typed summary.json."""
+        return self.reader.summary
 
     @property
     def run_id(self) -> str:
         """The run's id."""
-        return str(self.summary.get("run_id", ""))
+        return self.summary.run_id
 
     @property
     def dataset(self) -> str:
         """The dataset key flags are stored under."""
-        return str(self.summary.get("dataset") or self.summary.get("name") or "unknown")
+        return self.summary.dataset or self.summary.name or "unknown"
 
     @property
     def class_names(self) -> list[str]:
-        """Class names by index (from the summary, else from samples.parquet)."""
-        names = self.summary.get("class_names")
-        if names:
-            return [str(n) for n in names]
-        t = self.samples
-        n = int(max(t["label"].max(), t["prediction"].max())) + 1 if len(t) else 0
-        by_index = dict(zip(t["label"], t["label_name"], strict=True))
-        return [str(by_index.get(i, i)) for i in range(n)]
+        """Class names by index."""
+        return list(self.summary.class_names)
 
-    def classes(self) -> list[dict[str, Any]]:
-        """The analysed classes' summary entries."""
-        return list(self.summary.get("classes", []))
+    def classes(self) -> list[ClassSummary]:
+        """The analysed classes."""
+        return list(self.summary.classes)
 
-    def class_arrays(self, class_index: int) -> dict[str, np.ndarray]:
-        """classes/<c>.npz (rows, eigenvalues, eigenvectors, embedding, labels_k<k>)."""
+    def findings(self) -> list[FindingSummary]:
+        """Every scored cluster, most suspicious first."""
+        return list(self.summary.findings)
+
+    def class_data(self, class_index: int) -> ClassData:
+        """The arrays of an analysed class (by sample id)."""
         try:
-            return self._data.class_arrays(class_index)
-        except _READ_ERRORS as err:
-            raise DataError(
-                f"{self.path / 'classes' / f'{class_index}.npz'} cannot be read ({err})."
-            ) from None
+            return self.reader.class_data(class_index)
+        except RunReadError as err:
+            raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
+
+    def positions(self, sample_ids: list[str]) -> np.ndarray:
+        """Positions of these samples in the export's order (:attr:`sample_ids`)."""
+        row_of = {s: i for i, s in enumerate(self.sample_ids)}
+        return np.fromiter((row_of[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
 
 
 def _resolve(run: Path) -> Path:
@@ -89,11 +103,11 @@ def _resolve(run: Path) -> Path:
         raise ConfigError(
             f"{run} does not exist: give a run folder (runs/<run>) or a runs folder (its newest run)."
         )
-    if (run / SUMMARY).is_file():
+    if RunFiles(run).summary.exists():
         return run
     found = list_runs(run)
     if not found:
-        raise ConfigError(f"{run} is neither a published run (no {SUMMARY}) nor a runs folder with one.")
+        raise ConfigError(f"{run} is neither a published run (no summary.json) nor a runs folder with one.")
     log.info("exporting the newest run of %s: %s", run, found[0].name)
     return found[0]
 
@@ -109,24 +123,12 @@ def open_source(run: str | Path) -> ExportSource:
         A file of the run cannot be read (named).
     """
     path = _resolve(Path(run))
-    current = SUMMARY
     try:
-        data = RunData.open(path)
-        if not isinstance(data.summary, dict):
-            raise ValueError("not a spray summary")
-        current = "samples.parquet"
-        samples = data.samples()
-        current = "heatmaps.npy"
-        heat = data.heatmaps()
-        if heat.ndim != 3 or len(heat) != len(samples):
-            raise ValueError(f"shape {heat.shape} does not match the {len(samples)} samples")
-        current = "thumbs.npy"
-        thumbs = data.thumbs()
-    except _READ_ERRORS as err:
-        raise DataError(
-            f"{path / current} cannot be read ({err}); re-run the audit to rewrite the run."
-        ) from None
-    return ExportSource(path, data.summary, samples, heat, thumbs, data)
+        reader = RunReader.open(path)
+        ids = reader.sample_ids()
+        return ExportSource(reader, ids, reader.samples(), reader.heatmaps(), reader.thumbs())
+    except RunReadError as err:
+        raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
 
 
 @contextmanager

@@ -60,10 +60,10 @@ def _strategy(src: ExportSource) -> str:
 
 
 def _project(src: ExportSource, size: int) -> dict[str, Any]:
-    hashes = src.summary.get("hashes") or {}
+    hashes = src.summary.hashes
     return {
         "project": {
-            "name": f"{src.summary.get('name') or 'spray'} ({src.run_id[:12]})",
+            "name": f"{src.summary.name or 'spray'} ({src.run_id[:12]})",
             "model": f"model {str(hashes.get('model', ''))[:16] or 'unknown'}",
             "label_map": LABEL_MAP,
             "dataset": {
@@ -76,7 +76,7 @@ def _project(src: ExportSource, size: int) -> dict[str, Any]:
                 "down_sampling_method": "none",
             },
             "attributions": {
-                "attribution_method": f"LRP (spray {src.summary.get('spray_version', '')})".strip(),
+                "attribution_method": f"LRP (spray {src.summary.versions.get('spray', '')})".strip(),
                 "attribution_strategy": _strategy(src),
                 "sources": [ATTRIBUTION],
             },
@@ -119,7 +119,7 @@ def _write_inputs(h5: Any, src: ExportSource, dst: Path) -> None:
 
 def map_name(src: ExportSource) -> str:
     """The name of the 2-D map in every category (ViRelAy lists the first category's names only)."""
-    methods = {str(c.get("embedding_method") or "map") for c in src.classes()}
+    methods = {c.embedding_method or "map" for c in src.classes()}
     one = methods.pop() if len(methods) == 1 else "map"
     return one if one != "spectral" else "map"
 
@@ -128,19 +128,16 @@ def _write_analyses(h5: Any, src: ExportSource, dst: Path) -> None:
     name = map_name(src)
     with h5.File(dst / ANALYSIS, "w") as f:
         for entry in src.classes():
-            c = int(entry["class_index"])
-            arr = src.class_arrays(c)
-            g = f.create_group(str(c))
-            g.create_dataset("index", data=arr["rows"].astype(np.uint32))
+            data = src.class_data(entry.class_index)
+            g = f.create_group(str(entry.class_index))
+            g.create_dataset("index", data=src.positions(data.sample_ids).astype(np.uint32))
             emb = g.create_group("embedding")
-            spec = emb.create_dataset("spectral", data=np.asarray(arr["eigenvectors"], dtype=np.float32))
-            spec.attrs["eigenvalue"] = np.asarray(arr["eigenvalues"], dtype=np.float32)
-            emb.create_dataset(name, data=np.asarray(arr["embedding"], dtype=np.float32))
+            spec = emb.create_dataset("spectral", data=np.asarray(data.eigenvectors, dtype=np.float32))
+            spec.attrs["eigenvalue"] = np.asarray(data.eigenvalues, dtype=np.float32)
+            emb.create_dataset(name, data=np.asarray(data.embedding, dtype=np.float32))
             clu = g.create_group("cluster")
-            for key in sorted(a for a in arr if a.startswith("labels_k")):
-                clu.create_dataset(
-                    clustering_name(int(key[len("labels_k") :])), data=arr[key].astype(np.int64)
-                )
+            for k in sorted(data.labellings):
+                clu.create_dataset(clustering_name(k), data=data.labellings[k].astype(np.int64))
 
 
 def write_virelay_project(run: str | Path, out: str | Path) -> Path:

@@ -30,6 +30,7 @@ from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
+from tests.dashboard_runinfo import first_key
 from tests.faults.cli import assert_clean_failure, run_main, spray_env
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -254,7 +255,7 @@ def test_truncated_summary_lists_that_run_as_unreadable_and_the_others_work(runs
     assert at.title[0].value == "Suspicious clusters"
     assert at.query_params["run"] == older.name  # the readable run is shown
     sidebar = as_shown("\n".join(str(c.value) for c in at.sidebar.caption))
-    assert newest.name in sidebar and "summary.json" in sidebar and "JSONDecodeError" in sidebar
+    assert newest.name in sidebar and "summary.json" in sidebar and "damaged or truncated JSON" in sidebar
     assert str(runs) not in errors(at)
     # Addressed directly, the damaged run says what is wrong with it, without server paths.
     at = no_traceback(page(run=newest.name))
@@ -268,7 +269,7 @@ def test_summary_that_is_not_a_spray_summary(runs: Path) -> None:
     at = no_traceback(page())
     assert at.query_params["run"] == older.name
     at = no_traceback(page(run=newest.name))
-    assert "not a spray summary" in errors(at)
+    assert "summary.json" in errors(at) and "not a JSON object" in errors(at)
 
 
 def test_missing_class_arrays_break_only_the_views_that_need_them(runs: Path) -> None:
@@ -294,7 +295,7 @@ def test_truncated_heatmaps_are_named_on_the_pages_that_draw_them(runs: Path) ->
     run = run_dirs(runs)[0]
     f = run / "heatmaps.npy"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-    key = json.loads((run / "summary.json").read_text())["findings"][0]["key"]
+    key = first_key(run)
     at = no_traceback(page("views/cluster.py", run=run.name, cluster=key))
     assert "heatmaps.npy" in errors(at) and str(runs) not in errors(at)
     at = no_traceback(page(run=run.name))  # stored mean heatmaps: the overview needs no heatmaps.npy
@@ -312,7 +313,7 @@ def test_missing_samples_table(runs: Path) -> None:
 def test_missing_thumbnails_say_so_instead_of_showing_heatmaps_silently(runs: Path) -> None:
     run = run_dirs(runs)[0]
     (run / "thumbs.npy").unlink()
-    key = json.loads((run / "summary.json").read_text())["findings"][0]["key"]
+    key = first_key(run)
     at = no_traceback(page("views/cluster.py", run=run.name, cluster=key, mode="input"))
     assert "no thumbs.npy" in "\n".join(str(i.value) for i in at.info)
     at = no_traceback(page("views/sample.py", run=run.name, sample="0"))
@@ -351,7 +352,7 @@ def test_read_only_dashboard_has_no_flag_form_and_writes_nothing(
     FlagStore(tmp_path / "flags.sqlite").flag(DATASET, ["1"], "unlearn")
     before = (tmp_path / "flags.sqlite").read_bytes()
     monkeypatch.setenv("SPRAY_READ_ONLY", "1")
-    key = json.loads((run_dirs(runs)[0] / "summary.json").read_text())["findings"][0]["key"]
+    key = first_key(run_dirs(runs)[0])
     at = no_traceback(page("views/cluster.py", cluster=key))
     assert not [
         r for r in at.radio if str(r.key).startswith("flag_status")
@@ -453,12 +454,6 @@ def _hostile_run(tmp_path: Path) -> Path:
     names = {i: HOSTILE[i] for i in range(4)}
     for c in s["classes"]:
         c["class_name"] = names[int(c["class_index"])]
-        for f in c["clusters"]:
-            f["class_name"] = names[int(c["class_index"])]
-            f["evidence"] = [
-                *f["evidence"],
-                "![e](http://127.0.0.1:9/evidence.png) <script>alert(2)</script>",
-            ]
     for f in s["findings"]:
         f["class_name"] = names[int(f["class_index"])]
         f["evidence"] = [*f["evidence"], "![e](http://127.0.0.1:9/evidence.png) <script>alert(2)</script>"]
@@ -504,7 +499,7 @@ def test_hostile_class_dataset_and_sample_names_are_shown_as_text(
         "<b>data</b> ![d](http://127.0.0.1:9/d.png)", ["1"], "unlearn", "![n](http://127.0.0.1:9/note.png)"
     )
     run = run_dirs(d)[0]
-    key = json.loads((run / "summary.json").read_text())["findings"][0]["key"]
+    key = first_key(run)
     at = no_traceback(page(name, cluster=key, cls="2", sample="![s](http://127.0.0.1:9/sample.png)"))
     for src in _markdown_sources(at):
         # Code spans show their content verbatim (data strings are fenced by safetext.code).
