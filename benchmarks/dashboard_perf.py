@@ -76,13 +76,11 @@ def time_apptest(runs: Path, db: Path, app: Path = APP) -> dict[str, float]:
         at.switch_page("views/class_view.py").run()
         out[f"class_100k_{label}_s"] = time.perf_counter() - t
         assert not at.exception, at.exception
-    summary = json.loads(
-        next(p for p in runs.iterdir() if (p / "summary.json").exists() and not p.is_symlink())
-        .joinpath("summary.json")
-        .read_text()
-    )
-    big = next(f for f in summary["findings"] if f["size"] > 100)
-    at.query_params["cluster"] = big["key"]
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import read_summary
+
+    big = next(f for f in read_summary(list_runs(runs)[0]).findings if f.size > 100)
+    at.query_params["cluster"] = big.key
     for label in ("cold", "warm"):
         t = time.perf_counter()
         at.switch_page("views/cluster.py").run()
@@ -157,8 +155,9 @@ def _settled(page: Any, t0: float) -> float:
 def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
-    summary = json.loads((run / "summary.json").read_text())
-    big = next(f for f in summary["findings"] if f["size"] > 100)
+    from spray.runs.reader import read_summary
+
+    big = next(f for f in read_summary(run).findings if f.size > 100)
     proc, url = _serve(runs, db, app)
     out: dict[str, float] = {}
     try:
@@ -180,7 +179,7 @@ def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, 
                 out[f"browser_class_100k_{label}_s"] = _settled(page, t)
             for label in ("cold", "warm"):
                 t = time.perf_counter()
-                page.goto(f"{url}/cluster?run={run.name}&cluster={big['key']}")
+                page.goto(f"{url}/cluster?run={run.name}&cluster={big.key}")
                 page.locator("[data-testid=stMain] img").nth(100).wait_for(state="attached")
                 page.wait_for_function(
                     "() => Array.from(document.querySelectorAll('[data-testid=stMain] img')).filter(i => i.complete && i.naturalWidth > 0).length >= 101"
@@ -245,11 +244,9 @@ def main() -> int:
             screenshot((args.runs_dir or Path(tmp)).resolve(), args.screenshot.resolve(), db)
             return 0
         runs = args.keep_run.resolve() if args.keep_run else Path(tmp) / "runs"
-        found = (
-            [p for p in runs.iterdir() if (p / "summary.json").is_file() and not p.is_symlink()]
-            if runs.is_dir()
-            else []
-        )
+        from spray.runs.publish import list_runs
+
+        found = list_runs(runs)
         run = found[0] if found else build_run(runs)
         db = Path(tmp) / "flags.sqlite"
         res: dict[str, Any] = {} if args.no_apptest else time_apptest(runs, db, args.app.resolve())
