@@ -15,6 +15,9 @@ Usage::
 
     .venv/bin/python benchmarks/batch_stage.py --device cpu --n 96 --batch 16 --workers 1
     .venv/bin/python benchmarks/batch_stage.py --device cuda --n 4096 --batch 128 --workers 8 --precision bf16
+    .venv/bin/python benchmarks/batch_stage.py --device cuda --n 8192 --batch 128 --workers 12 --decode-device cuda
+
+``--decode-device cuda`` decodes the JPEG files on the GPU in batches (the workers only read and hash them).
 """
 
 from __future__ import annotations
@@ -67,6 +70,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--decode-device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the JPEG files are decoded (data.transform.decode_device): Pillow in the workers, or "
+        "batched on the GPU with torchvision/nvJPEG",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -93,6 +103,7 @@ def main() -> None:
                         "center_crop": 224,
                         "mean": [0.485, 0.456, 0.406],
                         "std": [0.229, 0.224, 0.225],
+                        "decode_device": args.decode_device,
                     },
                 },
                 "lrp": {"precision": args.precision, "target": "pred"},
@@ -104,7 +115,7 @@ def main() -> None:
                 "output": {"runs_dir": str(Path(tmp) / "runs")},
             },
         )
-        ds = build_dataset(cfg.data)
+        ds = build_dataset(cfg.data, jpeg_device=device if args.decode_device == "cuda" else None)
         explainer = Explainer(model, "EpsilonPlusFlat", device=device, precision=args.precision)
         x = torch.randn(args.batch, 3, 224, 224, device=device)
         n_batches = max(1, args.n // args.batch)
@@ -144,8 +155,11 @@ def main() -> None:
         t0 = time.perf_counter()
         seen = 0
         for b in stage._loader(ds, [idx[s : s + args.batch] for s in range(0, len(idx), args.batch)]):
+            b = ds.finish_batch(b)  # the GPU decode, with --decode-device cuda
             seen += len(b.x) if b.x is not None else 0
+        sync(device)
         results["loader_img_s"] = seen / (time.perf_counter() - t0)
+        ds.n_device_decoded = 0
         t0 = time.perf_counter()
         computed = stage.run_shards(ds, plan.starts, plan, progress=False)
         sync(device)
@@ -160,6 +174,8 @@ def main() -> None:
     )
     results_out = {
         "device": name,
+        "decode_device": args.decode_device,
+        "n_device_decoded": ds.n_device_decoded,
         "precision": args.precision,
         "batch": args.batch,
         "n": args.n,

@@ -6,8 +6,11 @@ cluster). Time excludes data generation and includes everything after it (normal
 
     .venv/bin/python benchmarks/clustering_scale.py --write-docs
 
-Runs (in this order) spray, sklearn and CoRelAy at N <= 20k, spray at 50k and 100k, the 2-D maps, then
-spray at 1M. ``--merge`` re-runs only the given jobs and keeps the other results of ``--out``.
+Runs (in this order) spray, sklearn and CoRelAy at N <= 20k, spray at 50k and 100k, the kNN libraries
+(``--knn``: pynndescent, hnswlib, faiss against exact kNN, recall@10 and time, after the same PCA), the
+2-D maps (spray's numpy UMAP layout, and umap-learn for comparison with ``--umap-learn``), then spray at
+1M. ``--merge`` re-runs only the given jobs and keeps the other results of ``--out``. pynndescent,
+hnswlib and umap-learn are bench-only comparisons (``pip install pynndescent hnswlib umap-learn``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 CHUNK = 100_000
 N_CLUSTERS = 5
@@ -75,81 +79,260 @@ def _f1_small(pred: np.ndarray, labels: np.ndarray, small: int) -> float:
     return best
 
 
+def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact k nearest neighbours found: ``(n, k)`` x2 -> recall@k."""
+    return float((approx[:, :, None] == exact[:, None, :]).any(axis=2).mean())
+
+
+def _exact_knn(x: np.ndarray, k: int) -> np.ndarray:
+    """Exact kNN (faiss brute force), self excluded: ``(n, d)`` -> ``(n, k)`` indices."""
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    _, nb = index.search(x, k + 1)
+    is_self = nb == np.arange(x.shape[0])[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # duplicates: self may be missing, drop the farthest then
+    keep = np.ones_like(is_self)
+    keep[np.arange(x.shape[0]), is_self.argmax(axis=1)] = False
+    return nb[keep].reshape(-1, k)
+
+
+def _spray(res: dict[str, Any], box: list[np.ndarray], seed: int, opts: dict[str, Any]) -> Any:
+    """spray's clustering of one class (features in ``box``, freed after PCA); returns the ClusteringResult."""
+    from spray.analysis.clustering import cluster_sweep
+    from spray.analysis.preprocess import reduce_dimension
+    from spray.analysis.spectral import knn_graph, spectral_embedding
+
+    n = box[0].shape[0]
+    if n >= 5000:  # faiss from 5,000 rows on (exact kNN below)
+        t = time.perf_counter()
+        # Start-up of the approximate kNN (import + a tiny search; was ~25 s of numba JIT), excluded.
+        knn_graph(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), exact_below=0)
+        res["t_jit"] = time.perf_counter() - t
+    t0, c0 = time.perf_counter(), time.process_time()
+    red = reduce_dimension(box.pop(), n_components=128, seed=seed)  # the input is freed here (1M: 4 GB)
+    res["t_pca"] = time.perf_counter() - t0
+    t, c = time.perf_counter(), time.process_time()
+    knn = knn_graph(red, n_neighbors=10, seed=seed)
+    res["t_knn"], res["cpu_knn"] = time.perf_counter() - t, time.process_time() - c
+    t = time.perf_counter()
+    spec = spectral_embedding(red, n_eigenvectors=32, seed=seed, knn=knn)
+    res["t_eigsh"] = time.perf_counter() - t
+    res["t_spectral"] = res["t_knn"] + res["t_eigsh"]
+    t = time.perf_counter()
+    clus = cluster_sweep(spec, k_max=8, seed=seed)
+    res["t_sweep"] = time.perf_counter() - t
+    res["seconds"], res["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
+    if not knn.exact and n <= opts.get("recall_max", 50_000):
+        res["knn_recall"] = _recall(knn.indices, _exact_knn(red, 10))  # not timed
+    return clus
+
+
+def _map_quality(res: dict[str, Any], red: np.ndarray, emb: np.ndarray, knn_indices: np.ndarray) -> None:
+    """Trustworthiness@10 and kNN preservation@10 of a 2-D map on a seeded 3,000-row sample."""
+    from sklearn.manifold import trustworthiness
+    from sklearn.neighbors import NearestNeighbors
+
+    n = red.shape[0]
+    sub = np.sort(np.random.default_rng(1).choice(n, size=min(n, 3000), replace=False))
+    res["trustworthiness"] = float(trustworthiness(red[sub], emb[sub], n_neighbors=10))
+    # kNN preservation: share of each sampled row's 10 graph neighbours among its 10 nearest in 2-D.
+    nb2 = NearestNeighbors(n_neighbors=11).fit(emb).kneighbors(emb[sub], return_distance=False)[:, 1:]
+    res["knn_preserved"] = _recall(nb2, knn_indices[sub])
+
+
+def _spray_map(res: dict[str, Any], feats: np.ndarray, seed: int, opts: dict[str, Any]) -> None:
+    """spray's 2-D map (numpy UMAP layout) or umap-learn's on the same graph and init (``opts["umap_learn"]``)."""
+    from spray.analysis.embedding import embed_2d
+    from spray.analysis.preprocess import reduce_dimension
+    from spray.analysis.spectral import spectral_embedding
+
+    red = reduce_dimension(feats, n_components=128, seed=seed)
+    spec = spectral_embedding(red, seed=seed)
+    epochs = opts.get("n_epochs") or 200
+    if opts.get("umap_learn"):
+        t = time.perf_counter()
+        _umap_learn(red[:64], spectral_embedding(red[:64], n_eigenvectors=4), seed, epochs)
+        res["t_jit"] = time.perf_counter() - t  # import + numba compilation (its disk cache as installed)
+        t0, c0 = time.perf_counter(), time.process_time()
+        emb = _umap_learn(red, spec, seed, epochs)
+    else:
+        t = time.perf_counter()
+        embed_2d(red[:64], spectral_embedding(red[:64], n_eigenvectors=4), method="umap", seed=seed)
+        res["t_jit"] = time.perf_counter() - t  # nothing to compile: the first tiny map
+        t0, c0 = time.perf_counter(), time.process_time()
+        emb = embed_2d(red, spec, method="umap", seed=seed, max_fit=opts["max_fit"], n_epochs=epochs)
+    res["seconds"], res["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
+    # Two more classes (3k rows each) in the same process: equal times mean nothing is compiled again.
+    for key, rows in (("t_class2_3k", slice(0, 3000)), ("t_class3_3k", slice(3000, 6000))):
+        t = time.perf_counter()
+        part = spectral_embedding(red[rows], seed=seed)
+        if opts.get("umap_learn"):
+            _umap_learn(red[rows], part, seed, epochs)
+        else:
+            embed_2d(red[rows], part, method="umap", seed=seed, n_epochs=epochs)
+        res[key] = time.perf_counter() - t
+    _map_quality(res, red, emb, spec.knn_indices)
+
+
+def _umap_learn(x: np.ndarray, spec: Any, seed: int, n_epochs: int) -> np.ndarray:
+    """umap-learn on spray's kNN graph and spectral init (what spray ran before its own layout)."""
+    import warnings
+
+    import umap
+
+    from spray.analysis.embedding import _spectral_map
+
+    n = x.shape[0]
+    idx = np.hstack([np.arange(n)[:, None], spec.knn_indices]).astype(np.int32)
+    dist = np.hstack([np.zeros((n, 1), np.float32), spec.knn_distances]).astype(np.float32)
+    init = _spectral_map(spec).astype(np.float64)
+    init = init / (np.abs(init).max() or 1.0) * 10.0 + np.random.default_rng(seed).normal(0, 1e-4, init.shape)
+    reducer = umap.UMAP(
+        n_neighbors=idx.shape[1], random_state=seed, n_jobs=1, init=init, n_epochs=n_epochs,
+        precomputed_knn=(idx, dist, None),
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(reducer.fit_transform(x), dtype=np.float32)
+
+
+def _knn_libraries(red: np.ndarray, seed: int) -> list[tuple[str, Any]]:
+    """The approximate kNN searches compared: name -> callable returning ``(n, k+1)`` neighbour indices."""
+    k1 = 11
+    n, d = red.shape
+
+    def pynndescent() -> np.ndarray:
+        from pynndescent import NNDescent
+
+        index = NNDescent(red, n_neighbors=k1, random_state=seed, n_jobs=1, low_memory=True, n_trees=8)
+        return index.neighbor_graph[0]
+
+    def hnswlib() -> np.ndarray:
+        import hnswlib
+
+        index = hnswlib.Index(space="l2", dim=d)
+        index.init_index(max_elements=n, ef_construction=32, M=16, random_seed=seed)
+        index.add_items(red, np.arange(n), num_threads=1)  # one thread: deterministic insertion order
+        index.set_ef(16)
+        return index.knn_query(red, k=k1, num_threads=1)[0]
+
+    def faiss_hnsw() -> np.ndarray:
+        import faiss
+
+        index = faiss.IndexHNSWFlat(d, 16)
+        index.hnsw.efConstruction = 24
+        index.add(red)
+        index.hnsw.efSearch = 16
+        return index.search(red, k1)[1]
+
+    def faiss_ivf() -> np.ndarray:
+        import faiss
+
+        cells = round(np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, cells)
+        index.cp.seed, index.cp.niter, index.cp.max_points_per_centroid = seed, 10, 64
+        index.train(red)
+        index.add(red)
+        index.nprobe = 4
+        return index.search(red, k1)[1]
+
+    def spray() -> np.ndarray:
+        from spray.analysis.spectral import knn_graph
+
+        g = knn_graph(red, n_neighbors=10, seed=seed, exact_below=0)
+        return np.hstack([np.arange(n)[:, None], g.indices])
+
+    return [
+        ("pynndescent (n_trees=8; first call, then warm)", pynndescent),
+        ("pynndescent warm", pynndescent),
+        ("hnswlib HNSW M=16 efC=32 ef=16", hnswlib),
+        ("faiss HNSW M=16 efC=24 ef=16", faiss_hnsw),
+        ("faiss IVF-Flat √n cells, 4 probes, 128 dims", faiss_ivf),
+        ("spray: faiss IVF, 64 principal dims, 2√n cells, 8 probes, exact re-rank of 44", spray),
+    ]
+
+
+def _knn_compare(res: dict[str, Any], feats: np.ndarray, seed: int) -> None:
+    """recall@10 against exact kNN and time of each library, in this one process (1 thread)."""
+    import faiss
+
+    from spray.analysis.preprocess import reduce_dimension
+
+    faiss.omp_set_num_threads(1)
+    red = reduce_dimension(feats, n_components=128, seed=seed)
+    t = time.perf_counter()
+    exact = _exact_knn(red, 10)
+    res["t_exact"] = time.perf_counter() - t
+    res["libraries"] = []
+    for name, search in _knn_libraries(red, seed):
+        try:
+            t, c = time.perf_counter(), time.process_time()
+            nb = np.asarray(search(), dtype=np.int64)
+            row = {"name": name, "seconds": time.perf_counter() - t, "cpu": time.process_time() - c}
+            is_self = nb == np.arange(nb.shape[0])[:, None]
+            is_self[~is_self.any(axis=1), -1] = True
+            keep = np.ones_like(is_self)
+            keep[np.arange(nb.shape[0]), is_self.argmax(axis=1)] = False
+            row["recall"] = _recall(nb[keep].reshape(-1, 10), exact)
+        except ImportError as err:
+            row = {"name": name, "error": f"not installed: {err.name}"}
+        res["libraries"].append(row)
+
+
+def _real_data(source: str, n: int) -> np.ndarray:
+    """``(n, D)`` float32 features of real data for the kNN comparison.
+
+    ``fashion``: Fashion-MNIST training pixels in [0, 1] (784 dims; a spectrum that decays slowly).
+    ``heatmaps:PATH``: relevance maps saved by a run (e.g. ``runs/latest/heatmaps.npy`` of the demo),
+    normalised as spray does.
+    """
+    import gzip
+
+    from spray.analysis.preprocess import normalize_heatmaps
+
+    if source == "fashion":
+        with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
+            pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+        return pixels[:n].astype(np.float32) / 255.0
+    if source.startswith("heatmaps:"):
+        return normalize_heatmaps(np.load(source.split(":", 1)[1])[:n].astype(np.float32))
+    raise SystemExit(f"unknown kNN data {source!r}: use fashion or heatmaps:PATH")
+
+
 def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this (fresh) process."""
     from sklearn.metrics import adjusted_rand_score
 
-    feats, labels, small = _data(n, seed)
+    if opts.get("data", "synthetic") != "synthetic":
+        feats = _real_data(opts["data"], n)
+        n = feats.shape[0]
+    else:
+        feats, labels, small = _data(n, seed)
     res: dict[str, Any] = {
         "method": method,
         "n": n,
         "rss_after_data_gb": _rss_gb(),
         "load_1min": os.getloadavg()[0],
     }
+    if method in ("spray-map", "knn"):
+        if method == "spray-map":
+            _spray_map(res, feats, seed, opts)
+        else:
+            _knn_compare(res, feats, seed)
+        res.update({k: v for k, v in opts.items() if k not in res})
+        res["peak_rss_gb"] = _peak_rss_gb()
+        return res
     t0 = time.perf_counter()
     if method == "spray":
-        from spray.analysis.clustering import cluster_sweep
-        from spray.analysis.preprocess import reduce_dimension
-        from spray.analysis.spectral import knn_graph, spectral_embedding
-
-        if n >= 5000:  # pynndescent from 5,000 rows on (exact kNN below)
-            t = time.perf_counter()
-            # numba JIT of pynndescent, paid once per process in spray (excluded, reported as t_jit).
-            knn_graph(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), exact_below=0)
-            res["t_jit"] = time.perf_counter() - t
-        t0 = time.perf_counter()
-        red = reduce_dimension(feats, n_components=128, seed=seed)
+        box = [feats]
         del feats
-        res["t_pca"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        knn = knn_graph(red, n_neighbors=10, seed=seed)
-        res["t_knn"] = time.perf_counter() - t
-        t = time.perf_counter()
-        spec = spectral_embedding(red, n_eigenvectors=32, seed=seed, knn=knn)
-        res["t_eigsh"] = time.perf_counter() - t
-        res["t_spectral"] = res["t_knn"] + res["t_eigsh"]
-        t = time.perf_counter()
-        clus = cluster_sweep(spec, k_max=8, seed=seed)
-        res["t_sweep"] = time.perf_counter() - t
+        clus = _spray(res, box, seed, opts)
         pred = clus.labellings[clus.chosen_k]
         res["chosen_k"] = clus.chosen_k
         res["ari_k5"] = float(adjusted_rand_score(labels, clus.labellings[5]))
         res["f1_small_best_k"] = max(_f1_small(p, labels, small) for p in clus.labellings.values())
-    elif method == "spray-map":
-        from sklearn.manifold import trustworthiness
-        from sklearn.neighbors import NearestNeighbors
-
-        from spray.analysis.embedding import embed_2d, warm_up
-        from spray.analysis.preprocess import reduce_dimension
-        from spray.analysis.spectral import spectral_embedding
-
-        t = time.perf_counter()
-        warm_up()
-        res["t_jit"] = time.perf_counter() - t
-        red = reduce_dimension(feats, n_components=128, seed=seed)
-        del feats
-        spec = spectral_embedding(red, seed=seed)
-        t0 = time.perf_counter()
-        emb = embed_2d(
-            red, spec, method="umap", seed=seed, max_fit=opts["max_fit"], n_epochs=opts.get("n_epochs")
-        )
-        res["seconds"] = time.perf_counter() - t0
-        # Two more classes (3k rows each) in the same process: equal times mean nothing is compiled again.
-        for key, rows in (("t_class2_3k", slice(0, 3000)), ("t_class3_3k", slice(3000, 6000))):
-            t = time.perf_counter()
-            embed_2d(red[rows], spectral_embedding(red[rows], seed=seed), method="umap", seed=seed)
-            res[key] = time.perf_counter() - t
-        sub = np.sort(np.random.default_rng(1).choice(n, size=min(n, 3000), replace=False))
-        res["trustworthiness"] = float(trustworthiness(red[sub], emb[sub], n_neighbors=10))
-        # kNN preservation: share of each sampled row's 10 graph neighbours among its 10 nearest in 2-D.
-        nb2 = NearestNeighbors(n_neighbors=11).fit(emb).kneighbors(emb[sub], return_distance=False)[:, 1:]
-        res["knn_preserved"] = float(
-            np.mean([np.intersect1d(nb2[i], spec.knn_indices[r]).size / 10 for i, r in enumerate(sub)])
-        )
-        res["max_fit"] = opts["max_fit"]
-        res["n_epochs"] = opts.get("n_epochs")
-        res["peak_rss_gb"] = _peak_rss_gb()
-        return res
     elif method == "sklearn":
         from sklearn.cluster import SpectralClustering
 
@@ -160,7 +343,8 @@ def worker(method: str, n: int, seed: int, opts: dict[str, Any]) -> dict[str, An
         pred = _corelay(feats, seed)
     else:
         raise SystemExit(f"unknown method {method}")
-    res["seconds"] = time.perf_counter() - t0
+    if method != "spray":
+        res["seconds"] = time.perf_counter() - t0
     res["peak_rss_gb"] = _peak_rss_gb()
     res["ari"] = float(adjusted_rand_score(labels, pred))
     res["f1_small"] = _f1_small(pred, labels, small)
@@ -216,9 +400,67 @@ def _secs(r: dict[str, Any]) -> str:
     return r["error"] if "error" in r else _fmt(r.get("seconds"))
 
 
+def _stage_table(by: dict[tuple[str, int], dict[str, Any]], sizes: list[int]) -> list[str]:
+    rows = [
+        "| N | PCA s | kNN s | kNN CPU s | kNN recall@10 | eigsh s | k-means sweep s | total s | total CPU s | "
+        "start-up s (once per process, excluded) | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        s = by.get(("spray", n), {})
+        rows.append(
+            f"| {n:,} | {_fmt(s.get('t_pca'))} | {_fmt(s.get('t_knn'))} | {_fmt(s.get('cpu_knn'))} | "
+            f"{_fmt(s.get('knn_recall'), '.4f') if 'knn_recall' in s else ('exact' if n < 5000 else '—')} | "
+            f"{_fmt(s.get('t_eigsh'))} | {_fmt(s.get('t_sweep'))} | {_fmt(s.get('seconds'))} | "
+            f"{_fmt(s.get('cpu_seconds'))} | {_fmt(s.get('t_jit'))} | {_fmt(s.get('load_1min'), '.1f')} |"
+        )
+    return rows
+
+
+def _map_table(results: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        "| N | map | fitted rows (max_fit) | epochs | 2-D map s | CPU s | trustworthiness@10 | kNN preserved@10 | "
+        "2nd / 3rd class (3k rows each) s | start-up s (first tiny map) | peak GB | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["method"] != "spray-map":
+            continue
+        fitted = r["n"] if r.get("umap_learn") else min(r["n"], r.get("max_fit", r["n"]))
+        rows.append(
+            f"| {r['n']:,} | {'umap-learn 0.5' if r.get('umap_learn') else 'spray (numpy UMAP layout)'} | "
+            f"{fitted:,} | {r.get('n_epochs') or 200} | {_secs(r)} | {_fmt(r.get('cpu_seconds'))} | "
+            f"{_fmt(r.get('trustworthiness'), '.3f')} | {_fmt(r.get('knn_preserved'), '.3f')} | "
+            f"{_fmt(r.get('t_class2_3k'))} / {_fmt(r.get('t_class3_3k'))} | {_fmt(r.get('t_jit'))} | "
+            f"{_fmt(r.get('peak_rss_gb'))} | {_fmt(r.get('load_1min'), '.1f')} |"
+        )
+    return rows
+
+
+def _knn_table(results: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        "| data | N | kNN search (k=10, 1 thread) | s | CPU s | recall@10 vs exact | load (1 min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    knn = [r for r in results if r["method"] == "knn"]
+    for r in sorted(
+        knn, key=lambda r: (r.get("data", "synthetic") != "synthetic", str(r.get("data")), r["n"])
+    ):
+        data = str(r.get("data", "synthetic"))
+        data = "demo heatmaps (Fashion-MNIST, LRP)" if data.startswith("heatmaps:") else data
+        data = "Fashion-MNIST pixels" if data == "fashion" else data
+        head = f"| {data} | {r['n']:,} |"
+        load = _fmt(r.get("load_1min"), ".1f")
+        rows.append(f"{head} exact (faiss brute force) | {_fmt(r.get('t_exact'))} | — | 1 | {load} |")
+        for lib in r.get("libraries", []):
+            cpu, rec = _fmt(lib.get("cpu")), _fmt(lib.get("recall"), ".4f")
+            rows.append(f"{head} {lib['name']} | {_secs(lib)} | {cpu} | {rec} | |")
+    return rows
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown tables: clustering per N, spray's stages per N, 2-D maps."""
-    by = {(r["method"], r["n"]): r for r in results}
+    """Markdown tables: clustering per N, spray's stages per N, kNN libraries, 2-D maps."""
+    by = {(r["method"], r["n"]): r for r in results if r["method"] in ("spray", "sklearn", "corelay")}
     sizes = sorted({r["n"] for r in results if r["method"] == "spray"})
     rows = [
         "| N | spray s | spray peak GB | chosen k | spray ARI (chosen k) | spray F1 small (chosen / best k) | "
@@ -237,32 +479,6 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{_secs(c) if c else '—'} | {_fmt(c.get('peak_rss_gb'))} | {_fmt(c.get('ari'), '.3f')} | "
             f"{_fmt(c.get('f1_small'), '.3f')} | {_ratio(ratio_k)} | {_ratio(ratio_c)} |"
         )
-    stages = [
-        "| N | PCA s | kNN s | eigsh s | k-means sweep s | total s | JIT s (once per process, excluded) | "
-        "load (1 min) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for n in sizes:
-        s = by.get(("spray", n), {})
-        stages.append(
-            f"| {n:,} | {_fmt(s.get('t_pca'))} | {_fmt(s.get('t_knn'))} | {_fmt(s.get('t_eigsh'))} | "
-            f"{_fmt(s.get('t_sweep'))} | {_fmt(s.get('seconds'))} | {_fmt(s.get('t_jit'))} | "
-            f"{_fmt(s.get('load_1min'), '.1f')} |"
-        )
-    maps = [
-        "| N | fitted rows (max_fit) | epochs | 2-D map s | trustworthiness@10 | kNN preserved@10 | "
-        "2nd / 3rd class (3k rows each) s | JIT s (once) | peak GB | load (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        if r["method"] == "spray-map":
-            fitted = min(r["n"], r.get("max_fit", r["n"]))
-            epochs = r.get("n_epochs") or ("500 (UMAP default)" if fitted <= 10000 else "200 (UMAP default)")
-            maps.append(
-                f"| {r['n']:,} | {fitted:,} | {epochs} | {_secs(r)} | {_fmt(r.get('trustworthiness'), '.3f')} | "
-                f"{_fmt(r.get('knn_preserved'), '.3f')} | {_fmt(r.get('t_class2_3k'))} / {_fmt(r.get('t_class3_3k'))} | "
-                f"{_fmt(r.get('t_jit'), '.1f')} | {_fmt(r.get('peak_rss_gb'))} | {_fmt(r.get('load_1min'), '.1f')} |"
-            )
     loads = [r["load_1min"] for r in results if "load_1min" in r]
     load = (
         f"1-minute load average at the start of the measurements: {min(loads):.1f}–{max(loads):.1f} "
@@ -270,7 +486,8 @@ def table(results: list[dict[str, Any]]) -> str:
         if loads
         else ""
     )
-    return load + "\n".join(rows) + "\n\n" + "\n".join(stages) + "\n\n" + "\n".join(maps) + "\n"
+    blocks = [rows, _stage_table(by, sizes), _knn_table(results), _map_table(results)]
+    return load + "\n\n".join("\n".join(b) for b in blocks if len(b) > 2) + "\n"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -296,11 +513,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         if r["method"] == "spray-map"
         and "seconds" in r
         and r.get("max_fit") == 20000
+        and not r.get("umap_learn")
         and not r.get("n_epochs")
     )
     if maps:
         ax.loglog(
-            *zip(*maps, strict=True), marker="D", linestyle="--", label="spray 2-D map (UMAP, ≤ 20k fitted)"
+            *zip(*maps, strict=True),
+            marker="D",
+            linestyle="--",
+            label="spray 2-D map (UMAP layout, ≤ 20k fitted)",
         )
     spray = sorted((r["n"], r["seconds"]) for r in results if r["method"] == "spray" and "seconds" in r)
     if spray:
@@ -316,7 +537,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["method"], r["n"], r.get("max_fit"), r.get("n_epochs"))
+    return (
+        r["method"],
+        r["n"],
+        r.get("max_fit"),
+        r.get("n_epochs"),
+        bool(r.get("umap_learn")),
+        r.get("data"),
+    )
 
 
 def main() -> None:
@@ -331,6 +559,17 @@ def main() -> None:
         "--maps",
         default="20000:20000,20000:5000,100000:20000",
         help="2-D map runs N:max_fit[:n_epochs], comma-separated",
+    )
+    ap.add_argument(
+        "--umap-learn",
+        default="20000:20000",
+        help="the same 2-D map runs with umap-learn (bench-only comparison), N:N[:n_epochs]; '' for none",
+    )
+    ap.add_argument(
+        "--knn",
+        default="10000,50000,fashion@50000",
+        help="kNN library comparison runs [DATA@]N: synthetic by default, DATA = fashion (Fashion-MNIST "
+        "pixels) or heatmaps:PATH (a run's heatmaps.npy); '' for none",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0)
@@ -356,12 +595,18 @@ def main() -> None:
             jobs.append(("sklearn", n, {}))
         if have_corelay and n <= args.corelay_max:
             jobs.append(("corelay", n, {}))
-    for spec in (m for m in args.maps.split(",") if m):
-        parts = [int(v) for v in spec.split(":")]
-        opts: dict[str, Any] = {"max_fit": parts[1]}
-        if len(parts) > 2:
-            opts["n_epochs"] = parts[2]
-        jobs.append(("spray-map", parts[0], opts))
+    for spec in (s for s in args.knn.split(",") if s):
+        source, _, size = spec.rpartition("@")
+        jobs.append(("knn", int(size), {"data": source or "synthetic"}))
+    for learn, specs in ((False, args.maps), (True, args.umap_learn)):
+        for spec in (m for m in specs.split(",") if m):
+            parts = [int(v) for v in spec.split(":")]
+            opts: dict[str, Any] = {"max_fit": parts[1]}
+            if len(parts) > 2:
+                opts["n_epochs"] = parts[2]
+            if learn:
+                opts["umap_learn"] = True
+            jobs.append(("spray-map", parts[0], opts))
     jobs += [("spray", n, {}) for n in sizes if n > 100_000]  # the largest last
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

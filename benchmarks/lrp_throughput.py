@@ -2,8 +2,8 @@
 
 Example (the figures in docs/lrp.md)::
 
-    python benchmarks/lrp_throughput.py --models resnet50 vgg16 --device cpu --batch 8 --size 224 \
-        --repeats 3 --write-docs
+    OMP_NUM_THREADS=1 python benchmarks/lrp_throughput.py --models resnet50 vit_b_16 efficientnet_b0 \
+        convnext_tiny mobilenet_v3_large --device cpu --batch 8 --size 224 --repeats 3 --write-docs
 
 Per model and device, interleaved in one process (so background load hits all methods alike), it
 times:
@@ -16,11 +16,18 @@ times:
   ratio comes from the layout rather than from the LRP engine;
 * ``fwd+bwd(weights)`` : forward + cross-entropy backward into the weights (one training step
   without the optimizer);
-* ``spray LRP``        : :class:`spray.lrp.Explainer` with ``EpsilonPlusFlat``;
-* ``spray LRP (torch conv dispatch)`` : the same with ``spray.lrp.rules.ONEDNN_POINTWISE = False``, i.e.
+* ``spray LRP``        : :class:`spray.lrp.Explainer` with ``EpsilonPlusFlat`` on CNNs and ``AttnLRP`` on
+  vision transformers (``--composite`` overrides);
+* ``spray LRP (torch conv dispatch)`` : the same with ``spray.lrp.kernels.ONEDNN_POINTWISE = False``, i.e.
   1×1 convolutions through PyTorch's own dispatch like the references (ablation of that choice);
-* ``zennit LRP``       : zennit 0.5.1 ``EpsilonPlusFlat`` with its canonizers (skipped if zennit is
-  not installed).
+* ``zennit LRP``       : zennit 0.5.1 ``EpsilonPlusFlat`` with its canonizers, plus the test suite's
+  canonizers for the blocks zennit has none for (tests/lrp_oracles.py); CNNs only, skipped if zennit is
+  not installed;
+* ``LXT LRP``          : LXT 2.1's AttnLRP rules (LayerNorm ``layer_norm_forward``, GELU
+  ``identity_rule_implicit``, ``divide_gradient`` at the attention's query/key/value) on the same model;
+  vision transformers only.
+
+A method that does not apply to a model gets "—" in the table.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the memory allocated before the call.
 On CPU each (model, method) runs in a fresh subprocess with glibc's mmap threshold pinned to 64 KiB
@@ -52,7 +59,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import spray.lrp.rules  # noqa: E402
+import spray.lrp.kernels  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
 
 logger = logging.getLogger("lrp_throughput")
@@ -64,7 +71,11 @@ METHODS = [
     "spray LRP",
     "spray LRP (torch conv dispatch)",
     "zennit LRP",
+    "LXT LRP",
 ]
+TRANSFORMERS = ("vit_b_16", "vit_b_32", "swin_t")
+#: --composite: spray's composite per model ("auto": EpsilonPlusFlat on CNNs, AttnLRP on transformers)
+COMPOSITE = {"value": "auto"}
 BASE = "fwd+input-grad"
 #: --precision: "fp32" (strict float32 everywhere) or "tf32" (TF32 matmuls/convolutions on CUDA for every
 #: method). PyTorch's default allows TF32 convolutions on CUDA, which spray's "fp32" turns off; setting
@@ -100,16 +111,13 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
 def build_model(name: str) -> nn.Module:
     """Random-weight model by name (seeded)."""
     torch.manual_seed(0)
-    factories: dict[str, Callable[[], nn.Module]] = {
-        "small_cnn": small_cnn,
-        "vgg16": lambda: torchvision.models.vgg16(num_classes=1000),
-        "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=1000),
-        "resnet18": lambda: torchvision.models.resnet18(num_classes=1000),
-        "resnet50": lambda: torchvision.models.resnet50(num_classes=1000),
-    }
-    if name not in factories:
-        raise SystemExit(f"unknown model {name!r}; known: {sorted(factories)}")
-    model = factories[name]()
+    if name == "small_cnn":
+        model = small_cnn()
+    else:
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=1000)
+        except ValueError:
+            raise SystemExit(f"unknown model {name!r}: small_cnn or a torchvision model name") from None
     with torch.no_grad():  # non-trivial BN statistics, as in a trained model
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -118,7 +126,84 @@ def build_model(name: str) -> nn.Module:
     return model.eval()
 
 
-def make_method(name: str, model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], Any]:
+def applies(method: str, model_name: str) -> bool:
+    """Whether ``method`` is measured on ``model_name`` (zennit: CNNs only; LXT: transformers only)."""
+    if method == "zennit LRP":
+        return model_name not in TRANSFORMERS
+    if method == "LXT LRP":
+        return model_name in TRANSFORMERS
+    if method == "spray LRP (torch conv dispatch)":
+        return model_name not in TRANSFORMERS
+    return True
+
+
+def spray_composite(model_name: str) -> str:
+    """spray's composite for ``model_name`` (see ``--composite``)."""
+    if COMPOSITE["value"] != "auto":
+        return COMPOSITE["value"]
+    return "AttnLRP" if model_name in TRANSFORMERS else "EpsilonPlusFlat"
+
+
+def _argmax_seed(out: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(out).scatter_(1, out.argmax(1, keepdim=True), 1.0)
+
+
+def _lxt_method(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """LXT's AttnLRP on ``model``: the same rules as spray's AttnLRP composite, with LXT's functions."""
+    import torch.nn.functional as F
+
+    from tests.lrp_oracles import lxt_modules
+
+    rules, patches = lxt_modules()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.forward = patches.layer_norm_forward.__get__(m)  # type: ignore[method-assign]
+        elif isinstance(m, nn.GELU):
+            m.forward = (lambda f: lambda t: rules.identity_rule_implicit(f, t))(m.forward)  # type: ignore[method-assign]
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        q, k, v = rules.divide_gradient(q, 4), rules.divide_gradient(k, 4), rules.divide_gradient(v, 2)
+        return original(q, k, v, *args, **kwargs)
+
+    def run(x: torch.Tensor) -> Any:
+        F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
+        try:
+            xx = x.detach().requires_grad_(True)
+            out = model(xx)
+            (grad,) = torch.autograd.grad(out, xx, _argmax_seed(out))
+            return xx * grad
+        finally:
+            F.scaled_dot_product_attention = original  # type: ignore[assignment]
+
+    return run
+
+
+def _zennit_method(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+    try:
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlusFlat
+        from zennit.torchvision import ResNetCanonizer
+
+        from tests.lrp_oracles import BlockCanonizer, _PairMerge, folded_pairs
+    except ImportError:
+        return lambda x: None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    resnet = any(type(m).__name__ in ("BasicBlock", "Bottleneck") for m in model.modules())
+    canonizers = [ResNetCanonizer()] if resnet else [_PairMerge(folded_pairs(model)), BlockCanonizer()]
+    # zennit canonizes the model in place while the attributor is open; the figures measure the
+    # attribution calls only (opening the context once, like a long-running batch job would).
+    attributor = Gradient(model, EpsilonPlusFlat(canonizers=canonizers))
+    attributor.__enter__()
+    return lambda x: attributor(x, lambda out: _argmax_seed(out) * out)[1]
+
+
+def make_method(
+    name: str, model: nn.Module, device: torch.device, model_name: str = ""
+) -> Callable[[torch.Tensor], Any]:
     """Return a callable running one measured step of ``name`` on a batch."""
     if name == "forward":
 
@@ -156,41 +241,22 @@ def make_method(name: str, model: nn.Module, device: torch.device) -> Callable[[
 
         return run
     if name in ("spray LRP", "spray LRP (torch conv dispatch)"):
-        explainer = Explainer(model, "EpsilonPlusFlat", device=device, precision=PRECISION["value"])
+        composite = spray_composite(model_name)
+        explainer = Explainer(model, composite, device=device, precision=PRECISION["value"])
         onednn = name == "spray LRP"
 
         def run(x: torch.Tensor) -> Any:
-            spray.lrp.rules.ONEDNN_POINTWISE = onednn
+            spray.lrp.kernels.ONEDNN_POINTWISE = onednn
             try:
                 return explainer(x).relevance
             finally:
-                spray.lrp.rules.ONEDNN_POINTWISE = True
+                spray.lrp.kernels.ONEDNN_POINTWISE = True
 
         return run
     if name == "zennit LRP":
-        try:
-            from zennit.attribution import Gradient
-            from zennit.canonizers import SequentialMergeBatchNorm
-            from zennit.composites import EpsilonPlusFlat
-            from zennit.torchvision import ResNetCanonizer
-        except ImportError:
-            return lambda x: None
-        for p in model.parameters():
-            p.requires_grad_(False)
-        resnet = any(type(m).__name__ in ("BasicBlock", "Bottleneck") for m in model.modules())
-        canonizers = [ResNetCanonizer()] if resnet else [SequentialMergeBatchNorm()]
-        # zennit canonizes the model in place while the attributor is open; the figures measure the
-        # attribution calls only (opening the context once, like a long-running batch job would).
-        attributor = Gradient(model, EpsilonPlusFlat(canonizers=canonizers))
-        attributor.__enter__()
-
-        def run(x: torch.Tensor) -> Any:
-            def seed(out: torch.Tensor) -> torch.Tensor:
-                return torch.zeros_like(out).scatter_(1, out.argmax(1, keepdim=True), 1.0) * out
-
-            return attributor(x, seed)[1]
-
-        return run
+        return _zennit_method(model)
+    if name == "LXT LRP":
+        return _lxt_method(model)
     raise ValueError(name)
 
 
@@ -209,7 +275,7 @@ def _proc_kib(field: str) -> int:
 def probe_memory(model_name: str, method: str, batch: int, size: int, device: torch.device) -> float:
     """Peak extra memory (MiB) of one call of ``method`` (run in the current, fresh process)."""
     model = build_model(model_name).to(device)
-    run = make_method(method, model, device)
+    run = make_method(method, model, device, model_name)
     x = torch.randn(batch, 3, size, size, device=device)
     run(x)  # warm-up: one-time setup (reference check, allocator pools, kernels)
     _sync(device)
@@ -230,6 +296,7 @@ def memory_in_subprocess(model_name: str, method: str, args: argparse.Namespace)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--probe", model_name, method, "--batch", str(args.batch)]
     cmd += ["--size", str(args.size), "--device", args.device, "--precision", args.precision]
+    cmd += ["--composite", args.composite]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["mib"])
 
@@ -238,14 +305,15 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, dict[str
     """Interleaved timings (and memory) of all methods for one model."""
     device = torch.device(args.device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    methods = [m for m in METHODS if applies(m, model_name)]
     runners = {}
-    for method in METHODS:
+    for method in methods:
         # each method gets its own model copy (zennit canonizes in place, training flags differ)
-        runners[method] = make_method(method, build_model(model_name).to(device), device)
+        runners[method] = make_method(method, build_model(model_name).to(device), device, model_name)
         runners[method](x)  # warm-up
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in methods}
     for rep in range(args.repeats):
-        for method in METHODS:
+        for method in methods:
             _sync(device)
             t0 = time.perf_counter()
             runners[method](x)
@@ -253,18 +321,18 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, dict[str
             times[method].append(time.perf_counter() - t0)
         logger.info("%s repeat %d: %s", model_name, rep, {m: round(t[-1], 3) for m, t in times.items()})
     result: dict[str, dict[str, float]] = {}
-    for method in METHODS:
+    for method in methods:
         med = statistics.median(times[method])
-        result[method] = {"seconds": med, "images_per_s": args.batch / med}
+        result[method] = {"seconds": med, "images_per_s": args.batch / med, "all_seconds": times[method]}
     del runners
     if not args.no_memory:
-        for method in METHODS:
+        for method in methods:
             if device.type == "cuda":
                 result[method]["peak_mib"] = probe_memory(model_name, method, args.batch, args.size, device)
             else:
                 result[method]["peak_mib"] = memory_in_subprocess(model_name, method, args)
     base = result[BASE]
-    for method in METHODS:
+    for method in methods:
         result[method]["time_ratio"] = result[method]["seconds"] / base["seconds"]
         if "peak_mib" in base and base["peak_mib"] > 0:
             result[method]["mem_ratio"] = result[method]["peak_mib"] / base["peak_mib"]
@@ -279,6 +347,8 @@ def table(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namesp
     ]
     for model_name, res in results.items():
         for method in METHODS:
+            if method not in res:
+                continue
             r = res[method]
             mem = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "—"
             mem_ratio = f"{r['mem_ratio']:.2f}×" if "mem_ratio" in r else "—"
@@ -323,9 +393,15 @@ def main(argv: list[str] | None = None) -> None:
         default="fp32",
         help="CUDA only: strict float32 for every method, or TF32 convolutions/matmuls for every method",
     )
+    parser.add_argument(
+        "--composite",
+        default="auto",
+        help="spray's composite (auto: EpsilonPlusFlat on CNNs, AttnLRP on ViTs)",
+    )
     parser.add_argument("--probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     PRECISION["value"] = args.precision
+    COMPOSITE["value"] = args.composite
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     if args.probe:
         mib = probe_memory(args.probe[0], args.probe[1], args.batch, args.size, torch.device(args.device))

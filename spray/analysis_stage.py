@@ -1,14 +1,18 @@
 """The analysis stage of an audit: every class of the merged batch-stage result, with its paste test.
 
-Runs on rank 0 after the batch stage. Per class (grouped by label or prediction): the spectral
-relevance analysis of :func:`spray.analysis.classes.analyze_class`, with an
-:class:`~spray.analysis.scoring.InterventionProbe` that pastes candidate regions into images of the
-other classes and asks the model (predictions cached in the run's :class:`~spray.runs.cache.PasteCache`).
+Runs after the batch stage. Per class (grouped by label or prediction): the spectral relevance analysis
+of :func:`spray.analysis.classes.analyze_class`, with an :class:`~spray.analysis.scoring.InterventionProbe`
+that pastes candidate regions into images of the other classes and asks the model (predictions cached in
+the run's :class:`~spray.runs.cache.PasteCache`, which every rank shares).
+
+Under torchrun every rank analyses its share of the classes (:func:`spray.analysis_shards.assign_classes`)
+and rank 0 gathers them in the order one process would produce, so the published run is the same.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +22,10 @@ from torch import nn
 
 from spray.analysis.classes import analyze_class
 from spray.analysis.scoring import InterventionProbe, rank_findings, stable_order
-from spray.attribution import BatchStageResult
+from spray.analysis_shards import AnalysisInputs, assign_classes, gather_classes, send_heatmaps, share_inputs
 from spray.config import AuditConfig
 from spray.data import AuditDataset
+from spray.distributed import DistContext
 from spray.errors import ConfigError
 from spray.records import ClassAnalysis, ClassSkipped, ClusterFinding
 from spray.runs.cache import PasteCache
@@ -81,13 +86,13 @@ def make_probe(
     model: nn.Module,
     device: torch.device,
     dataset: AuditDataset,
-    stage: BatchStageResult,
+    inputs: AnalysisInputs,
     class_index: int,
     cfg: AuditConfig,
     paste: _PasteContext,
 ) -> InterventionProbe | None:
     """The paste test's probe for one class (None when no other class has samples)."""
-    labels = stage.batch.labels
+    labels = inputs.labels
     other = paste.target_order[labels[paste.target_order] != class_index]
     if len(other) == 0:
         return None
@@ -104,21 +109,58 @@ def make_probe(
     return InterventionProbe(
         predict=predict,
         load_inputs=load_inputs,
-        other_ids=[stage.batch.sample_ids[i] for i in pick],
+        other_ids=[inputs.sample_ids[i] for i in pick],
         other_labels=labels[pick],
         content_keys=paste.content_keys,
         cache=paste.cache,
     )
 
 
-def _warm_up(cfg: AuditConfig, group: np.ndarray) -> None:
-    if cfg.analysis.embedding == "umap":
+def _warm_up(cfg: AuditConfig, sizes: list[int]) -> None:
+    if cfg.analysis.embedding == "umap" and sizes:
         from spray.analysis.embedding import warm_up
         from spray.analysis.spectral import EXACT_KNN_BELOW
 
-        # Compile UMAP (and pynndescent, only if some class is large enough to use it) up front.
-        largest = int(np.bincount(group).max()) if len(group) else 0
-        warm_up(approximate_knn=largest >= EXACT_KNN_BELOW)
+        # Import faiss up front (only if some class is large enough to use it), outside the first class's time.
+        warm_up(approximate_knn=max(sizes) >= EXACT_KNN_BELOW)
+
+
+def _classes_to_analyze(
+    cfg: AuditConfig, class_names: list[str], groups: np.ndarray
+) -> tuple[dict[int, int], list[ClassSkipped]]:
+    """The selected classes with enough samples (class -> size, in selection order), and the others."""
+    todo: dict[int, int] = {}
+    too_small: list[ClassSkipped] = []
+    for c in select_classes(cfg, len(class_names)):
+        n = int(np.count_nonzero(groups == c))
+        if n < cfg.analysis.min_class_size:
+            too_small.append(ClassSkipped(c, class_names[c], n))
+            log.warning("class %s has %d samples (< analysis.min_class_size): skipped", class_names[c], n)
+        else:
+            todo[c] = n
+    return todo, too_small
+
+
+def _open_paste_cache(cfg: AuditConfig, cache_dir: Path, ctx: DistContext) -> PasteCache | None:
+    """Every rank's connection to the one paste cache; rank 0 opens (creates) it before the others, so
+    that the file and its WAL mode exist before several processes write to it.
+
+    A rank on another node than rank 0 (torchrun's ``GROUP_RANK``) gets a private cache in memory: SQLite
+    cannot share a WAL-mode file between hosts, and the cache only saves work, never changes a result.
+    """
+    if not cfg.scoring.intervention:
+        return None
+    cache = PasteCache(cache_dir) if ctx.is_main else None
+    ctx.barrier()
+    if cache is not None:
+        return cache
+    if os.environ.get("GROUP_RANK", "0") != "0":
+        log.info(
+            "paste cache: rank %d is on another node than rank 0; its paste predictions are not kept",
+            ctx.rank,
+        )
+        return PasteCache.private()
+    return PasteCache(cache_dir)
 
 
 def analyze_run(
@@ -126,10 +168,12 @@ def analyze_run(
     model: nn.Module,
     device: torch.device,
     dataset: AuditDataset,
-    stage: BatchStageResult,
+    inputs: AnalysisInputs | None,
     cache_dir: Path,
-) -> AnalysisResult:
-    """Analyse every selected class of the merged batch-stage result.
+    *,
+    ctx: DistContext | None = None,
+) -> AnalysisResult | None:
+    """Analyse every selected class; under torchrun each rank its share (:func:`assign_classes`).
 
     Parameters
     ----------
@@ -139,43 +183,102 @@ def analyze_run(
         The audited model (for the paste test).
     dataset : AuditDataset
         Inputs of the paste test's images.
-    stage : BatchStageResult
-        Heatmaps and predictions of every readable sample.
+    inputs : AnalysisInputs or None
+        Heatmaps, labels and predictions of every readable sample (rank 0; None on the other ranks,
+        which receive what they need from rank 0).
     cache_dir : Path
         The run's cache directory (holds the paste test's prediction cache).
+    ctx : DistContext, optional
+        Rank and world size (a single process when None).
+
+    Returns
+    -------
+    AnalysisResult or None
+        On rank 0 every class, in selection order (the same result as one process computes); None on
+        the other ranks.
+
+    Raises
+    ------
+    SprayError
+        On every rank when any rank failed (that rank raises its own error).
     """
-    batch = stage.batch
-    group = batch.labels if cfg.analysis.group_by == "label" else batch.predictions
-    _warm_up(cfg, group)
-    paste: _PasteContext | None = None
-    if cfg.scoring.intervention:
-        paste = _PasteContext(
-            cache=PasteCache(cache_dir),
-            target_order=stable_order(batch.content_hashes, f"target|{cfg.seed}"),
-            position_of={s: i for i, s in enumerate(dataset.sample_ids)},
-            content_keys=dict(zip(batch.sample_ids, batch.content_hashes, strict=True)),
+    ctx = ctx or DistContext()
+    shared = share_inputs(ctx, inputs)
+    groups = shared.groups(cfg.analysis.group_by)
+    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups)
+    plan = assign_classes(todo, ctx.world_size)
+    mine = plan[ctx.rank]
+    if ctx.world_size > 1:
+        n_mine = sum(todo[c] for c in mine)
+        log.info(
+            "analysis: rank %d takes %d of %d classes (%d samples)", ctx.rank, len(mine), len(todo), n_mine
         )
-    classes: list[ClassAnalysis] = []
-    too_small: list[ClassSkipped] = []
-    for c in select_classes(cfg, len(dataset.class_names)):
-        rows = np.flatnonzero(group == c)
-        name = dataset.class_names[c]
-        if len(rows) < cfg.analysis.min_class_size:
-            too_small.append(ClassSkipped(c, name, len(rows)))
-            log.warning("class %s has %d samples (< analysis.min_class_size): skipped", name, len(rows))
-            continue
-        log.info("analysing class %d (%s): %d samples", c, name, len(rows))
-        probe = None if paste is None else make_probe(model, device, dataset, stage, c, cfg, paste)
-        ids = [batch.sample_ids[i] for i in rows]
-        classes.append(analyze_class(c, name, ids, batch.relevance[rows], cfg, probe=probe))
+    heatmaps = send_heatmaps(ctx, shared, groups, plan)
+    cache = _open_paste_cache(cfg, cache_dir, ctx)
+    done: dict[int, ClassAnalysis] = {}
+    failure: BaseException | None = None
+    try:
+        _warm_up(cfg, [todo[c] for c in mine])
+        paste = None if cache is None else _paste_context(cfg, cache, shared, dataset)
+        for c in mine:
+            rel = heatmaps.pop(c, None)
+            done[c] = _analyze_one(cfg, c, dataset, shared, groups, rel, model, device, paste)
+    except Exception as err:  # every rank must hear of it, or the others wait in the next collective
+        failure = err
+    finally:
+        if cache is not None:
+            cache.close()
+    ctx.gather_errors(failure)
+    paste_counts = ctx.sum_counts([0, 0] if cache is None else [cache.misses, cache.hits])
+    every = gather_classes(ctx, done)
+    if not ctx.is_main:
+        return None
+    return _result([every[c] for c in todo], too_small, None if cache is None else paste_counts)
+
+
+def _result(
+    classes: list[ClassAnalysis], too_small: list[ClassSkipped], paste_counts: list[int] | None
+) -> AnalysisResult:
     result = AnalysisResult(classes, rank_findings([ca.clusters for ca in classes]), too_small)
-    if paste is not None:
-        result.n_paste_computed, result.n_paste_cached = paste.cache.misses, paste.cache.hits
+    if paste_counts is not None:
+        result.n_paste_computed, result.n_paste_cached = paste_counts
         log.info(
             "paste test: %d pasted images predicted, %d taken from the cache",
-            paste.cache.misses,
-            paste.cache.hits,
-            extra={"n_paste_computed": paste.cache.misses, "n_paste_cached": paste.cache.hits},
+            *paste_counts,
+            extra={"n_paste_computed": paste_counts[0], "n_paste_cached": paste_counts[1]},
         )
-        paste.cache.close()
     return result
+
+
+def _paste_context(
+    cfg: AuditConfig, cache: PasteCache, inputs: AnalysisInputs, dataset: AuditDataset
+) -> _PasteContext:
+    return _PasteContext(
+        cache=cache,
+        target_order=stable_order(inputs.content_hashes, f"target|{cfg.seed}"),
+        position_of={s: i for i, s in enumerate(dataset.sample_ids)},
+        content_keys=dict(zip(inputs.sample_ids, inputs.content_hashes, strict=True)),
+    )
+
+
+def _analyze_one(
+    cfg: AuditConfig,
+    c: int,
+    dataset: AuditDataset,
+    inputs: AnalysisInputs,
+    groups: np.ndarray,
+    relevance: np.ndarray | None,
+    model: nn.Module,
+    device: torch.device,
+    paste: _PasteContext | None,
+) -> ClassAnalysis:
+    """One class; ``relevance`` is its ``(n, h, w)`` heatmaps, or None to take them from ``inputs``."""
+    rows = np.flatnonzero(groups == c)
+    name = dataset.class_names[c]
+    log.info("analysing class %d (%s): %d samples", c, name, len(rows))
+    probe = None if paste is None else make_probe(model, device, dataset, inputs, c, cfg, paste)
+    ids = [inputs.sample_ids[i] for i in rows]
+    if relevance is None:
+        assert inputs.relevance is not None
+        relevance = inputs.relevance[rows]
+    return analyze_class(c, name, ids, relevance, cfg, probe=probe)

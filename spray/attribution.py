@@ -290,7 +290,7 @@ class BatchStage:
                     if shard is not None:
                         self._finish_shard(shard, writer, pending)
                     shard = _ShardState(owner[bi])
-                b = collated
+                b = dataset.finish_batch(collated)  # decodes the JPEG files left for the device, if any
                 self._take_batch(dataset, shard, b)
                 bar.update(len(b.sample_ids) + len(b.skipped))
             if shard is not None:

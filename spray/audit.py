@@ -28,10 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset
+from spray.data.jpeg import resolve_decode_device
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
@@ -85,6 +87,7 @@ class _Batched:
     n_computed: int
     shards_computed: int
     shards_reused: int
+    n_device_decoded: int
 
 
 class _Clock:
@@ -137,7 +140,8 @@ def run_audit(
     -------
     AuditReport
         ``up_to_date`` is True when an identical published run was reused. Under torchrun, ranks other
-        than 0 return a report without classes after the batch stage (rank 0 merges, analyses, publishes).
+        than 0 return a report without classes after their share of the analysis (rank 0 merges the
+        batch stage, gathers the analysis and publishes).
 
     Raises
     ------
@@ -146,8 +150,9 @@ def run_audit(
     """
     clock = _Clock()
     dev = resolve_device(device or cfg.batch.device)
+    cfg = _with_decoder(cfg, dev)
     torch.manual_seed(cfg.seed)
-    ctx = ctx or dist_context(dev)
+    ctx = ctx or dist_context(dev, cfg.batch.dist_timeout_s)
     setup = _setup(cfg, dev, ctx, clock)
     published = _published_run(cfg, setup.run_id, ctx, force)
     if published is not None:
@@ -159,16 +164,15 @@ def run_audit(
             "is not writable: point output.runs_dir (--runs-dir) at a folder this user can write to.",
         )
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
-    if not ctx.is_main:
-        # Leave now instead of idling in a barrier while rank 0 analyses (a long analysis would hit the
-        # process group's timeout).
-        set_stage("done")
-        return _empty_report(setup, clock, rank=ctx.rank)
     set_stage("merge")
-    stage = _merge(batched)
+    stage, inputs = _merge(batched, ctx)
     set_stage("analysis")
     with clock.phase("analysis_s"):
-        analysis = analyze_run(cfg, setup.model, dev, setup.dataset, stage, batched.cache.dir)
+        analysis = analyze_run(cfg, setup.model, dev, setup.dataset, inputs, batched.cache.dir, ctx=ctx)
+    if analysis is None or stage is None:
+        # Ranks other than 0 have handed their classes to rank 0, which publishes the run.
+        set_stage("done")
+        return _empty_report(setup, clock, rank=ctx.rank)
     report = _report(cfg, setup, stage, analysis, batched, clock, dev, ctx)
     if before_write is not None:
         set_stage("compare")
@@ -183,7 +187,10 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     setup: _Setup | None = None
     try:
         with clock.phase("setup_s"):
-            dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+            jpeg_device = (dev if dev.type == "cuda" else torch.device("cuda")) if _on_gpu(cfg) else None
+            dataset = build_dataset(
+                cfg.data, thumbnail_size=cfg.batch.thumbnail_size, jpeg_device=jpeg_device
+            )
             model = build_model(cfg.model).to(dev)
             dataset.match_model(model)
             x0 = _first_inputs(dataset)
@@ -210,6 +217,22 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
         setup.hashes["data"][:12],
     )
     return setup
+
+
+def _with_decoder(cfg: AuditConfig, dev: torch.device) -> AuditConfig:
+    """``cfg`` with ``data.transform.decode_device`` resolved (``auto`` → ``cpu`` or ``cuda``), so that
+    the run id, the heatmap cache key and the recorded config name the decoder actually used."""
+    t = cfg.data.transform
+    resolved = resolve_decode_device(t.decode_device, cfg.data.kind, dev)
+    if resolved == t.decode_device:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.data.transform.decode_device = resolved
+    return out
+
+
+def _on_gpu(cfg: AuditConfig) -> bool:
+    return cfg.data.transform.decode_device == "cuda"
 
 
 def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool) -> str | None:
@@ -268,6 +291,7 @@ def _batch_stage(
     set_stage("batch")
     with clock.phase("batch_s"):
         mine = plan.for_rank(ctx.rank, ctx.world_size)
+        decoded_before = dataset.n_device_decoded
         log.info(
             "batch stage: %d samples in %d shards; rank %d/%d takes %d shards (%d cached samples known)",
             len(dataset),
@@ -278,7 +302,8 @@ def _batch_stage(
             len(cache),
         )
         n_computed = runner.run_shards(dataset, mine, plan, progress=progress and ctx.is_main)
-        counts = [n_computed, runner.shards_computed, runner.shards_reused]
+        decoded = dataset.n_device_decoded - decoded_before
+        counts = [n_computed, runner.shards_computed, runner.shards_reused, decoded]
         log.info(
             "batch stage on rank %d: %d samples computed, %d taken from the cache; %d shards computed, "
             "%d shards reused",
@@ -295,8 +320,24 @@ def _batch_stage(
     return _Batched(runner, plan, cache, *counts)
 
 
-def _merge(b: _Batched) -> BatchStageResult:
-    stage = b.runner.merge(b.plan, b.n_computed)
+def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, AnalysisInputs | None]:
+    """Rank 0 merges every rank's shards (the other ranks get what they need in the analysis).
+
+    Returns the merged result and the analysis inputs on rank 0, ``(None, None)`` on the other ranks.
+    """
+    stage: BatchStageResult | None = None
+    failure: BaseException | None = None
+    if ctx.is_main:
+        try:
+            stage = b.runner.merge(b.plan, b.n_computed)
+            _log_merged(b, stage)
+        except Exception as err:  # the other ranks wait for rank 0's inputs: they must hear of a failure
+            failure = err
+    ctx.gather_errors(failure)
+    return (None, None) if stage is None else (stage, AnalysisInputs.of_batch(stage.batch))
+
+
+def _log_merged(b: _Batched, stage: BatchStageResult) -> None:
     log.info(
         "merged %d shards: %d samples computed in this run, %d taken from the cache",
         len(b.plan.starts),
@@ -310,7 +351,6 @@ def _merge(b: _Batched) -> BatchStageResult:
             "shards_reused": b.shards_reused,
         },
     )
-    return stage
 
 
 def _report(
@@ -338,6 +378,8 @@ def _report(
         shards_reused=batched.shards_reused,
         device=str(dev),
         world_size=ctx.world_size,
+        decode_device=cfg.data.transform.decode_device,
+        n_device_decoded=batched.n_device_decoded,
     )
     return AuditReport(
         run_id=setup.run_id,
@@ -422,7 +464,7 @@ def audit(
     """
     runs_dir = Path(cfg.output.runs_dir)
     dev = resolve_device(device or cfg.batch.device)
-    ctx = dist_context(dev)
+    ctx = dist_context(dev, cfg.batch.dist_timeout_s)
     if ctx.world_size > 1:
         RUN_CONTEXT["rank"] = ctx.rank
     lock = RunLock(runs_dir)

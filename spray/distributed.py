@@ -7,7 +7,9 @@ both cases. Under torchrun every rank joins the process group (gloo on CPU, nccl
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -47,6 +49,45 @@ class DistContext:
         dist.all_gather_object(every, list(counts))
         return [int(sum(c[i] for c in every)) for i in range(len(counts))]
 
+    def scatter_objects(self, make: Callable[[int], Any]) -> Any:
+        """Rank 0 sends ``make(r)`` to each rank ``r > 0``, one rank after the other, so that it holds one
+        share at a time; every rank returns its own share (rank 0 ``make(0)``).
+
+        Parameters
+        ----------
+        make : callable
+            ``make(rank) -> object``; called on rank 0 only.
+        """
+        if self.is_main:
+            for r in range(1, self.world_size):
+                dist.send_object_list([make(r)], dst=r)
+            return make(0)
+        box: list[Any] = [None]
+        dist.recv_object_list(box, src=0)
+        return box[0]
+
+    def gather_to_main(self, items: list[Any]) -> list[Any]:
+        """Every rank's ``items`` on rank 0 (rank 0's first, then rank 1's, ...); ``[]`` on the other ranks.
+
+        Sent in rounds of one item per rank, so that rank 0 never holds more than one round in transit:
+        the ranks may hold different numbers of items.
+        """
+        if self.world_size == 1:
+            return list(items)
+        counts = [0] * self.world_size
+        counts[self.rank] = len(items)
+        rounds = max(self.sum_counts(counts))
+        got: list[list[Any]] = [[] for _ in range(self.world_size)]
+        for i in range(rounds):
+            mine = items[i] if i < len(items) else None
+            box: list[Any] | None = [None] * self.world_size if self.is_main else None
+            dist.gather_object((i < len(items), mine), box, dst=0)
+            if box is not None:
+                for r, (present, item) in enumerate(box):
+                    if present:
+                        got[r].append(item)
+        return [it for per_rank in got for it in per_rank]
+
     def gather_errors(self, err: BaseException | None) -> None:
         """Collective check after a step that may fail on some ranks only.
 
@@ -69,11 +110,26 @@ class DistContext:
                 raise e
 
 
-def dist_context(device: torch.device) -> DistContext:
-    """Join the torchrun process group if launched under torchrun (gloo on CPU, nccl on CUDA)."""
+def dist_context(device: torch.device, timeout_s: float = 1800.0) -> DistContext:
+    """Join the torchrun process group if launched under torchrun (gloo on CPU, nccl on CUDA).
+
+    Parameters
+    ----------
+    device : torch.device
+        The compute device (picks the backend).
+    timeout_s : float
+        How long a collective waits for the slowest rank before it fails (``batch.dist_timeout_s``):
+        ranks meet at the end of the batch stage and at the end of the analysis.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    if device.type == "cuda" and device.index is None:
+        # One GPU per rank: without this every rank of a node computes on GPU 0 (and nccl refuses ranks that
+        # share a GPU). torch.device("cuda") then means this rank's GPU everywhere.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
+        )
     return DistContext(dist.get_rank(), dist.get_world_size())

@@ -1,15 +1,22 @@
 """Building and loading the model to audit.
 
-Two sources: a torchvision architecture name (+ ``num_classes`` + a state-dict checkpoint) or a Python
-factory ``package.module:function`` (+ an optional checkpoint). Checkpoints are loaded with
+Two sources: an architecture name (torchvision, or timm as ``timm:NAME``; + ``num_classes`` + a
+state-dict checkpoint) or a Python factory ``package.module:function`` (+ an optional checkpoint).
+Architectures are built with random weights (``weights=None`` / ``pretrained=False``): nothing is ever
+downloaded, the weights come from the checkpoint. Checkpoints are loaded with
 ``torch.load(weights_only=True)``: a fully pickled model can execute arbitrary code when loaded, so it
-is only accepted with the explicit ``model.allow_pickle: true`` opt-in.
+is only accepted with the explicit ``model.allow_pickle: true`` opt-in. A model whose forward returns a
+tuple, list or dict is wrapped in :class:`OutputSelector` (``model.output``).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import logging
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,67 +62,219 @@ def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
         raise ModelError(f"Cannot load checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
 
 
+class OutputSelector(nn.Module):
+    """Wraps a model whose forward returns a tuple, list, dict or an object with attributes, and returns
+    the logits from it (``model.output``: an index or a key).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The user's model (kept as the submodule ``model``).
+    key : int or str
+        Index (tuple, list) or key/attribute name (dict, Hugging Face-style output object).
+    """
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)[key]`` (or ``getattr(model(x), key)``)."""
+        return select_output(self.model(x), self.key)
+
+
+def _describe_output(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        parts = ", ".join(
+            _describe_output(o) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out
+        )
+        return f"a {type(out).__name__} of {len(out)} ({parts})"
+    if isinstance(out, dict):
+        return f"a dict with keys {list(out)}"
+    return f"a {type(out).__name__}"
+
+
+def _pick(out: Any, key: int | str) -> Any:
+    """``out[key]`` for sequences and dicts, ``getattr(out, key)`` for objects; LookupError if absent."""
+    if isinstance(out, torch.Tensor):
+        raise LookupError(key)
+    if isinstance(out, (tuple, list)):
+        if not isinstance(key, int):
+            raise LookupError(key)
+        return out[key]
+    if isinstance(out, dict):
+        return out[key]
+    if isinstance(key, str) and hasattr(out, key):
+        return getattr(out, key)
+    raise LookupError(key)
+
+
+def select_output(out: Any, key: int | str) -> torch.Tensor:
+    """The logits at ``key`` in a model's output; :class:`ModelError` naming ``model.output`` if absent."""
+    try:
+        chosen = _pick(out, key)
+    except LookupError:
+        fix = (
+            ", or remove it (the model returns the logits tensor itself)."
+            if isinstance(out, torch.Tensor)
+            else "."
+        )
+        raise ModelError(
+            f"model.output: {key!r} does not select anything in the model's output, which is "
+            f"{_describe_output(out)}. Set model.output to the index or key of the logits{fix}"
+        ) from None
+    if not isinstance(chosen, torch.Tensor):
+        raise ModelError(f"model.output: {key!r} selects a {type(chosen).__name__}, not the logits tensor.")
+    return chosen
+
+
+def _timm_model(name: str, cfg: ModelConfig) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(
+            f"model.architecture: {cfg.architecture!r} needs the 'timm' package (pip install timm)."
+        ) from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Close names: {', '.join(close)}." if close else " List them with timm.list_models()."
+        raise ConfigError(f"model.architecture: {name!r} is not a timm model.{hint}")
+    kwargs = {"num_classes": cfg.num_classes, **cfg.architecture_kwargs}
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:
+        raise ConfigError(
+            f"model.architecture_kwargs: timm's {name!r} does not accept {sorted(kwargs)}: {err}"
+        ) from None
+
+
+def _architecture(cfg: ModelConfig) -> nn.Module:
+    assert cfg.architecture is not None
+    if cfg.architecture.startswith("timm:"):
+        return _timm_model(cfg.architecture[len("timm:") :], cfg)
+    import torchvision  # only here: importing it costs seconds that factory models need not pay
+
+    kwargs = {"num_classes": cfg.num_classes, **cfg.architecture_kwargs}
+    try:
+        return torchvision.models.get_model(cfg.architecture, weights=None, **kwargs)
+    except ValueError:
+        known = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models))[:12])
+        raise ConfigError(
+            f"model.architecture: {cfg.architecture!r} is not a torchvision model (timm models: "
+            f"'timm:NAME'). Examples: {known}, ..."
+        ) from None
+    except TypeError as err:
+        raise ConfigError(
+            f"model.architecture_kwargs: torchvision's {cfg.architecture!r} does not accept {sorted(kwargs)}: {err}"
+        ) from None
+
+
+def _check_factory_kwargs(factory: Callable[..., Any], cfg: ModelConfig) -> None:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in cfg.factory_kwargs if k not in accepted]
+    if unknown:
+        keys = ", ".join(f"model.factory_kwargs.{k}" for k in unknown)
+        raise ConfigError(
+            f"{keys}: {cfg.factory} takes no such argument. Its parameters are: "
+            f"{', '.join(accepted) or '(none)'}."
+        )
+
+
+def _factory_model(cfg: ModelConfig) -> nn.Module:
+    assert cfg.factory is not None
+    factory = import_callable(cfg.factory, "model.factory")
+    _check_factory_kwargs(factory, cfg)
+    try:
+        model = factory(**cfg.factory_kwargs)
+    except Exception as err:
+        # the user's own frames (not spray's above the factory call), under a heading of our own: the
+        # message is an error report, not a crash
+        tb = err.__traceback__.tb_next if err.__traceback__ else None
+        frames = [*traceback.format_tb(tb), *traceback.format_exception_only(type(err), err)]
+        raise ModelError(
+            f"model.factory failed: {cfg.factory}(**{cfg.factory_kwargs!r}) raised {type(err).__name__}: {err}\n"
+            "Fix the factory or model.factory_kwargs. Where it failed (most recent call last):\n"
+            + "".join(frames).rstrip()
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.factory returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _head_hint(cfg: ModelConfig, mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
+    """Name the key that sets the class count when the last mismatched tensor looks like a classifier."""
+    _, theirs, ours = mismatched[-1]
+    if not theirs or not ours or theirs[1:] != ours[1:]:
+        return ""
+    key = (
+        "model.num_classes"
+        if cfg.architecture is not None
+        else "the factory's class count (model.factory_kwargs)"
+    )
+    return f"\nThe checkpoint's last layer has {theirs[0]} outputs, the model's {ours[0]}: set {key} to {theirs[0]}."
+
+
+def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
+    state = _unwrap_state_dict(loaded)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if missing or unexpected:
+        shapes = f" Shapes that differ too: {[k for k, _, _ in mismatched][:8]}." if mismatched else ""
+        raise ModelError(
+            f"The checkpoint {str(cfg.checkpoint)!r} is for another model: its keys do not match. "
+            f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
+            f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}.{shapes} "
+            "Check model.architecture / model.factory."
+        )
+    if mismatched:
+        lines = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:10]]
+        raise ModelError(
+            f"The checkpoint {str(cfg.checkpoint)!r} does not fit the model; shape mismatches:\n  "
+            + "\n  ".join(lines)
+            + _head_hint(cfg, mismatched)
+        )
+    model.load_state_dict(state)
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the model and load its checkpoint, in eval mode on the CPU.
 
     Raises
     ------
     ModelError
-        On a missing/unsafe/mismatched checkpoint, with the key names and the fix.
+        On a missing/unsafe/mismatched checkpoint, or a factory that fails, with the key names and the fix.
     ConfigError
-        On an unknown architecture or factory.
+        On an unknown architecture or factory, or arguments they do not take.
     """
     loaded: Any = None
     if cfg.checkpoint is not None:
         loaded = _load_checkpoint(Path(cfg.checkpoint), cfg.allow_pickle)
         if isinstance(loaded, nn.Module):
             log.warning("loaded a fully pickled model from %s (allow_pickle is set)", cfg.checkpoint)
-            return loaded.eval()
-
-    if cfg.architecture is not None:
-        import torchvision  # only here: importing it costs seconds that factory models need not pay
-
-        try:
-            model = torchvision.models.get_model(cfg.architecture, weights=None, num_classes=cfg.num_classes)
-        except ValueError:
-            known = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models))[:12])
-            raise ConfigError(
-                f"model.architecture: {cfg.architecture!r} is not a torchvision model. Examples: {known}, ..."
-            ) from None
-    else:
-        assert cfg.factory is not None
-        model = import_callable(cfg.factory, "model.factory")(**cfg.factory_kwargs)
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"model.factory returned a {type(model).__name__}, not a torch.nn.Module.")
-
+            return _select(loaded, cfg).eval()
+    model = _architecture(cfg) if cfg.architecture is not None else _factory_model(cfg)
     if loaded is not None:
-        state = _unwrap_state_dict(loaded)
-        own = model.state_dict()
-        mismatched = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and own[k].shape != v.shape
-        ]
-        if mismatched:
-            hint = ""
-            if cfg.num_classes is not None:
-                hint = " If the last layer differs, set model.num_classes to the checkpoint's class count."
-            raise ModelError(
-                "The checkpoint does not fit the model; shape mismatches:\n  "
-                + "\n  ".join(mismatched[:10])
-                + f"\n{hint}".rstrip()
-            )
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ModelError(
-                "The checkpoint's keys do not match the model. "
-                f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
-                f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. "
-                "Check model.architecture / model.factory."
-            )
-        model.load_state_dict(state)
-    return model.eval()
+        _load_state(model, loaded, cfg)
+    return _select(model, cfg).eval()
+
+
+def _select(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    return model if cfg.output is None else OutputSelector(model, cfg.output)
 
 
 def model_hash(model: nn.Module) -> str:
@@ -151,6 +310,11 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
                 f"The model fails on an input of shape {tuple(example.shape)}: {err}. Check data.transform "
                 "(resize, center_crop, grayscale_to_rgb) against what the model expects."
             ) from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(
+            f"The model returns {_describe_output(out)}, not a (batch, classes) logits tensor. Set "
+            "model.output to the index or key of the logits (e.g. model.output: 0 or model.output: logits)."
+        )
     if out.ndim != 2 or out.shape[0] != example.shape[0]:
         raise ModelError(f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.")
     if not torch.isfinite(out).all():
@@ -166,4 +330,4 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
     return k
 
 
-__all__ = ["build_model", "check_model_output", "model_hash"]
+__all__ = ["OutputSelector", "build_model", "check_model_output", "model_hash", "select_output"]

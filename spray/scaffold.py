@@ -12,6 +12,7 @@ normalisation the model was trained with).
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import os
 import re
@@ -162,7 +163,7 @@ def inspect_model(
         )
     timm: Any
     try:
-        import timm
+        timm = importlib.import_module("timm")
     except ImportError:
         timm = None
     if timm is not None and timm.is_model(spec):

@@ -23,8 +23,11 @@ import spray
 
 # 2: images are decoded at their full bit depth and converted by mode (spray.data.decoding); a 16-bit
 # image cached by version 1 was clipped.
-LRP_VERSION = 2
-ANALYSIS_VERSION = 1
+# 3: in-place non-ReLU activations, functional products/attention/activations/norms in forward() are
+# explained; z+ changes at round-off level for mixed-sign inputs.
+LRP_VERSION = 3
+# 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
+ANALYSIS_VERSION = 2
 
 
 def code_version() -> str:

@@ -1,4 +1,4 @@
-"""Tests of spray.analysis.embedding (one UMAP test; numba compilation dominates its time)."""
+"""Tests of spray.analysis.embedding (the layout itself is tested in test_layout.py)."""
 
 from __future__ import annotations
 

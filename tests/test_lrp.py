@@ -21,7 +21,6 @@ from torch import nn
 
 from spray.errors import ConfigError, ModelError, UnsupportedLayerError
 from spray.lrp import Explainer, LRPResult, explain
-from spray.lrp.composites import COMPOSITES
 from spray.lrp.rules import Pass
 
 zc = pytest.importorskip("zennit.composites")
@@ -194,7 +193,7 @@ def _assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
 # layer differ from their Flat variants only in the first layer, so they run on the small CNN and
 # VGG11-BN; ResNet-50 (the benchmark model) runs the default composite.
 CASES = [
-    *[(m, c) for m in ("small_cnn", "vgg11_bn") for c in COMPOSITES],
+    *[(m, c) for m in ("small_cnn", "vgg11_bn") for c in ZENNIT_NAMES],
     *[
         ("resnet18", c)
         for c in ("EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1Flat", "EpsilonPlus")
@@ -225,7 +224,7 @@ def test_zennit_bn_merge_bug_is_the_only_difference() -> None:
 # αβ is conservative only where both the positive and negative parts of a pre-activation are
 # non-zero; with random weights that holds almost everywhere, so all composites pass at 1e-3.
 CONSERVATION = [
-    *[("small_cnn", c) for c in COMPOSITES],
+    *[("small_cnn", c) for c in ZENNIT_NAMES],
     *[
         (m, c)
         for m in ("vgg11_bn", "resnet18")
@@ -326,25 +325,47 @@ class _Custom(nn.Module):
         return x * self.scale
 
 
+class _ScaledAct(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x) * x.abs().sqrt()
+
+
+class _MyNorm(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.std(1, keepdim=True) * self.weight
+
+
 def test_unsupported_layers_are_named_before_any_forward() -> None:
     calls: list[int] = []
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3),
-        nn.GELU(),
+        _ScaledAct(),
         _Custom(),
+        _MyNorm(4),
+        nn.GELU(),  # supported now (Pass), as is LayerNorm (Normalize)
         nn.Flatten(),
+        nn.LayerNorm(4 * 6 * 6),
         nn.Linear(4 * 6 * 6, 3),
     )
     model.register_forward_pre_hook(lambda *args: calls.append(1))
     with pytest.raises(UnsupportedLayerError) as info:
         Explainer(model)
     message = str(info.value)
-    assert "1: torch.nn.modules.activation.GELU" in message
-    assert "2: " in message and "_Custom" in message
+    assert "3 module(s)" in message
+    assert "1: tests.test_lrp._ScaledAct (an element-wise activation)" in message
+    assert "2: tests.test_lrp._Custom (a layer with weights)" in message
+    assert "3: tests.test_lrp._MyNorm (a normalisation layer)" in message
+    assert "_ScaledAct: Pass()" in message and "_MyNorm: Normalize()" in message
+    assert "GELU" not in message and "LayerNorm" not in message.split("Supported")[0]
     assert "extra_rules" in message and "register_layer_rule" in message
     assert not calls
     # registering rules makes it work; Pass on an element-wise module
-    explainer = Explainer(model, extra_rules={nn.GELU: Pass(), _Custom: Pass()})
+    rules = {_ScaledAct: Pass(), _Custom: Pass(), _MyNorm: Pass()}
+    explainer = Explainer(model, extra_rules=rules)
     assert explainer(torch.randn(2, 3, 8, 8)).relevance.shape == (2, 3, 8, 8)
 
 
@@ -405,7 +426,7 @@ def _rule_modules(explainer: Explainer) -> dict[str, Any]:
 def test_fusion_pooling_and_layout_do_not_change_maps(
     model_name: str, composite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spray.lrp.explainer as lrp
+    import spray.lrp.preparation as lrp
 
     model, x = _model(model_name), _inputs(model_name)
     default = Explainer(model, composite)
@@ -414,7 +435,7 @@ def test_fusion_pooling_and_layout_do_not_change_maps(
     assert fast.relevance.is_contiguous()
     plain_layout = Explainer(model, composite, channels_last=False)(x)
     monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
-    monkeypatch.setattr(lrp, "_lean_maxpools", lambda m: 0)
+    monkeypatch.setattr(lrp, "lean_maxpools", lambda m: 0)
     unfused = Explainer(model, composite, channels_last=False)
     assert not any(m.fuse_relu for m in _rule_modules(unfused).values())
     plain = unfused(x)
@@ -549,7 +570,7 @@ class _Indexed(nn.Module):
 def test_fusion_is_undone_where_the_parent_reads_the_layer_output(
     model_cls: type[nn.Module], canonize: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spray.lrp.explainer as lrp
+    import spray.lrp.preparation as lrp
 
     torch.manual_seed(0)
     model, x = model_cls().eval(), torch.randn(2, 3, 6, 6)
@@ -600,12 +621,12 @@ def test_fusion_never_crosses_a_module_registered_twice_in_one_sequential() -> N
 def test_reference_check_undoes_fusion_before_blaming_canonization(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import spray.lrp.explainer as lrp
+    import spray.lrp.fusion as lrp_fusion
 
     torch.manual_seed(0)
     model, x = _Taps().eval(), torch.randn(2, 3, 6, 6)
     # if the structural check missed a reader, the numeric reference check (canonize=True) catches it
-    monkeypatch.setattr(lrp._FusionWatch, "violations", lambda self: [])
+    monkeypatch.setattr(lrp_fusion._FusionWatch, "violations", lambda self: [])
     explainer = Explainer(model)
     with caplog.at_level("INFO", logger="spray.lrp"):
         result = explainer(x, target=0)
@@ -672,21 +693,21 @@ def _tiny_bottleneck_net() -> nn.Module:
 def test_bottleneck_fusion_and_onednn_pointwise_match_the_plain_engine(
     composite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import spray.lrp.explainer as lrp
-    import spray.lrp.rules as rules
+    import spray.lrp.kernels as kernels
+    import spray.lrp.preparation as lrp
 
     model = _tiny_bottleneck_net()
     torch.manual_seed(1)
     x = torch.randn(2, 3, 12, 12)
     hits = {"onednn": 0}
-    original = rules._LinearOp._onednn
+    original = kernels._LinearOp._onednn
 
     def counting(self: Any, t: torch.Tensor, w: torch.Tensor) -> bool:
         used = original(self, t, w)
         hits["onednn"] += int(used)
         return used
 
-    monkeypatch.setattr(rules._LinearOp, "_onednn", counting)
+    monkeypatch.setattr(kernels._LinearOp, "_onednn", counting)
     fast_explainer = Explainer(model, composite)
     assert fast_explainer.channels_last
     fast = fast_explainer(x)
@@ -697,7 +718,7 @@ def test_bottleneck_fusion_and_onednn_pointwise_match_the_plain_engine(
         assert all(all(b.lrp_fused) for b in blocks)
         assert _rule_modules(fast_explainer)["3.conv1"].fuse_relu
 
-    monkeypatch.setattr(rules, "ONEDNN_POINTWISE", False)
+    monkeypatch.setattr(kernels, "ONEDNN_POINTWISE", False)
     monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
     hits["onednn"] = 0
     plain = Explainer(model, composite, channels_last=False)(x)

@@ -63,3 +63,67 @@ def test_output_checks() -> None:
         m.classifier[-1].bias.fill_(float("nan"))
     with pytest.raises(ModelError, match="NaN"):
         check_model_output(m, torch.randn(2, 1, 28, 28), 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# timm by name, architecture arguments, output selectors, factory errors
+
+
+def test_timm_architecture_by_name_with_a_checkpoint(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    torch.save(reference.state_dict(), tmp_path / "w.pt")
+    cfg = ModelConfig(architecture="timm:resnet10t", num_classes=3, checkpoint=tmp_path / "w.pt")
+    got = build_model(cfg)
+    assert model_hash(got) == model_hash(reference.eval())
+    vit = build_model(
+        ModelConfig(
+            architecture="timm:vit_tiny_patch16_224",
+            num_classes=4,
+            architecture_kwargs={"img_size": 32, "patch_size": 8, "depth": 1},
+        )
+    )
+    assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    with pytest.raises(ConfigError, match="convnext_tiny"):
+        build_model(ModelConfig(architecture="timm:convnxt_tiny", num_classes=3))
+    with pytest.raises(ConfigError, match=r"model\.architecture_kwargs"):
+        build_model(ModelConfig(architecture="resnet18", num_classes=3, architecture_kwargs={"depth": 3}))
+
+
+def test_output_selector_tuple_dict_object() -> None:
+    from spray.models import OutputSelector
+
+    x = torch.randn(2, 3, 16, 16)
+    for name, key in (("tuple_output", 0), ("dict_output", "logits"), ("object_output", "logits")):
+        model = build_model(ModelConfig(factory=f"tests.model_factories:{name}", output=key))
+        assert isinstance(model, OutputSelector)
+        assert check_model_output(model, x, 2) == 2
+        with pytest.raises(ModelError, match=r"model\.output"):
+            check_model_output(build_model(ModelConfig(factory=f"tests.model_factories:{name}")), x, 2)
+    with pytest.raises(ModelError, match=r"model.output: 5 .* tuple of 2"):
+        build_model(ModelConfig(factory="tests.model_factories:tuple_output", output=5))(x)
+    with pytest.raises(ModelError, match=r"remove it"):
+        build_model(ModelConfig(factory="tests.model_factories:tiny", output=0))(x)
+
+
+def test_factory_arguments_and_failures_are_explained() -> None:
+    with pytest.raises(
+        ConfigError, match=r"model.factory_kwargs.depth: .* parameters are: num_classes, in_channels"
+    ):
+        build_model(ModelConfig(factory="tests.model_factories:tiny", factory_kwargs={"depth": 2}))
+    with pytest.raises(ModelError) as info:
+        build_model(ModelConfig(factory="tests.model_factories:raising", factory_kwargs={"depth": 4}))
+    message = str(info.value)
+    assert message.startswith("model.factory failed")
+    assert "_build_layers" in message and "bad depth 4" in message  # the user's frames and error
+    assert "Traceback (most recent call last)" not in message  # a report, not a crash dump
+    assert "spray/models.py" not in message  # spray's own frames are left out
+
+
+def test_class_count_mismatch_names_the_key_and_the_count(tmp_path: Path) -> None:
+    from tests.model_factories import tiny
+
+    torch.save(tiny(num_classes=5).state_dict(), tmp_path / "w.pt")
+    cfg = ModelConfig(factory="tests.model_factories:tiny", checkpoint=tmp_path / "w.pt")
+    with pytest.raises(ModelError, match=r"last layer has 5 outputs.*model.factory_kwargs"):
+        build_model(cfg)

@@ -201,14 +201,14 @@ def test_lean_maxpool_matches_autograd(pool: nn.Module, shape: tuple[int, ...], 
 
 @pytest.mark.parametrize("rule", [ZPlus(), Flat(), AlphaBeta(), Gamma()], ids=repr)
 def test_pointwise_conv_on_channels_last_uses_onednn_and_matches(rule: Rule) -> None:
-    import spray.lrp.rules as rules
+    import spray.lrp.kernels as kernels
 
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, 1)
     x = torch.rand(2, 6, 5, 5)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    assert rules._LinearOp(conv)._onednn(x_cl, conv.weight)
-    assert not rules._LinearOp(conv)._onednn(x, conv.weight)  # contiguous: PyTorch's dispatch
+    assert kernels._LinearOp(conv)._onednn(x_cl, conv.weight)
+    assert not kernels._LinearOp(conv)._onednn(x, conv.weight)  # contiguous: PyTorch's dispatch
     g = torch.randn_like(conv(x))
     ours = _spray(conv, rule, x_cl, g.contiguous(memory_format=torch.channels_last))
     plain = _spray(conv, rule, x, g)
@@ -220,12 +220,12 @@ def test_pointwise_conv_on_channels_last_uses_onednn_and_matches(rule: Rule) -> 
 def test_nonneg_denominator_clamps_round_off_negatives() -> None:
     # z+ denominators are >= 0 in exact arithmetic, but Winograd/FFT convolutions (cuDNN) can return
     # tiny negative values; without the clamp, den + eps could be 0 (inf) or negative (sign flip).
-    import spray.lrp.rules as rules
+    import spray.lrp.numerics as numerics
 
     eps = 1e-6
     num = torch.tensor([1.0, 1.0, 2.0, 0.0])
     den = torch.tensor([-1e-6, -3e-7, 1.0, 0.0])
-    ratio = rules._ratio_nonneg_den(num, den.clone(), eps, torch.float32)
+    ratio = numerics._ratio_nonneg_den(num, den.clone(), eps, torch.float32)
     assert torch.isfinite(ratio).all()
     expected = num / (den.clamp(min=0) + eps)
     assert torch.equal(ratio, expected)

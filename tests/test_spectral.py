@@ -60,8 +60,77 @@ def test_exact_knn_matches_brute_force_and_approx_agrees() -> None:
     g = knn_graph(x, n_neighbors=7)
     d = np.linalg.norm(x[:, None] - x[None], axis=-1)
     np.fill_diagonal(d, np.inf)
+    assert g.exact
     assert np.array_equal(g.indices, np.argsort(d, axis=1, kind="stable")[:, :7])
     np.testing.assert_allclose(g.distances, np.sort(d, axis=1)[:, :7], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def heat_features() -> np.ndarray:
+    """6,000 synthetic heatmaps after spray's PCA to 128 dims: the approximate kNN's real input."""
+    from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+    from spray.lab.synthetic import make_heatmaps
+
+    heat, _, _ = make_heatmaps(6000, seed=3)
+    return reduce_dimension(normalize_heatmaps(heat), n_components=128, seed=0)
+
+
+def test_approximate_knn_recall_against_exact(heat_features: np.ndarray) -> None:
+    x = heat_features
+    exact = knn_graph(x, n_neighbors=10, exact_below=10**9)
+    approx = knn_graph(x, n_neighbors=10, seed=1, exact_below=0)
+    assert exact.exact and not approx.exact
+    assert approx.indices.shape == (6000, 10) and approx.indices.dtype == np.int64
+    assert not np.any(approx.indices == np.arange(6000)[:, None])
+    hits = [np.intersect1d(a, e).size for a, e in zip(approx.indices, exact.indices, strict=True)]
+    assert np.mean(hits) / 10 >= 0.98
+    # Candidates are re-ranked by their exact distance: ascending and equal to a direct computation.
+    assert np.all(np.diff(approx.distances, axis=1) >= 0)
+    direct = np.linalg.norm(x[:, None, :] - x[approx.indices], axis=-1)
+    np.testing.assert_allclose(approx.distances, direct, rtol=1e-3, atol=1e-6)
+    # A feature order that is not by variance (a random rotation) finds the same neighbours: the index
+    # rotates to principal axes itself.
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 128)))[0].astype(np.float32)
+    rotated = knn_graph(x @ q, n_neighbors=10, seed=1, exact_below=0)
+    hits = [np.intersect1d(a, e).size for a, e in zip(rotated.indices, exact.indices, strict=True)]
+    assert np.mean(hits) / 10 >= 0.98
+
+
+def test_approximate_knn_recall_on_real_images() -> None:
+    """Pixels decay slowly in PCA (unlike the synthetic maps): a few leading dims would not be enough."""
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(0)
+    digits = load_digits().data.astype(np.float32)
+    x = np.vstack([digits + rng.normal(size=digits.shape) for _ in range(3)])  # 5,391 noisy copies
+    x = np.hstack([x, rng.normal(scale=0.5, size=(x.shape[0], 64))]).astype(np.float32)  # 128 dims
+    exact = knn_graph(x, n_neighbors=10, exact_below=10**9)
+    approx = knn_graph(x, n_neighbors=10, exact_below=0)
+    assert (approx.indices[:, :, None] == exact.indices[:, None, :]).any(axis=2).mean() >= 0.98
+
+
+def test_approximate_knn_deterministic_for_any_thread_count(heat_features: np.ndarray) -> None:
+    import faiss
+
+    x = heat_features[:5000]
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        one = knn_graph(x, n_neighbors=10, seed=4, exact_below=0)
+        faiss.omp_set_num_threads(2)
+        two = knn_graph(x, n_neighbors=10, seed=4, exact_below=0)
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert np.array_equal(one.indices, two.indices)
+    assert np.array_equal(one.distances, two.distances)
+
+
+def test_approximate_knn_with_duplicates() -> None:
+    dup = np.repeat(_blobs(400, seed=8, d=8), 15, axis=0)  # 6,000 rows, every row 15 times
+    g = knn_graph(dup, n_neighbors=10, exact_below=0)
+    assert not g.exact and (g.indices >= 0).all()
+    assert not np.any(g.indices == np.arange(6000)[:, None])  # self never its own neighbour
+    np.testing.assert_allclose(g.distances, 0.0, atol=1e-3)  # 14 copies of each row exist
 
 
 def test_deterministic() -> None:

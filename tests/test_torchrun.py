@@ -1,7 +1,9 @@
 """Scale-out: ``torchrun --standalone --nproc_per_node=2`` (gloo on CPU) equals the single-process run.
 
-Also checks the two ways a distributed run can deadlock: rank 0 finding the run already published, and
-rank 0 finding the runs directory locked. In both cases every rank must leave at once.
+Both stages are split over the ranks: the batch stage's shards and the analysis' classes. Also checks the
+ways a distributed run can deadlock: rank 0 finding the run already published, rank 0 finding the runs
+directory locked, and one rank failing in its share of the analysis. In each case every rank must leave
+at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from spray.exit_codes import EXIT_LOCKED, EXIT_OK
@@ -39,6 +42,16 @@ def torchrun(
     ]
     p = subprocess.run(args, cwd=REPO, env=spray_env(), capture_output=True, text=True, timeout=timeout)
     return p.returncode, parse_logs(p.stderr), p.stderr
+
+
+def class_arrays(run_dir: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Every array of every ``classes/<c>.npz``: dtype, shape and bytes (the zip's timestamps left out)."""
+    out = {}
+    for f in sorted((run_dir / "classes").glob("*.npz")):
+        with np.load(f) as z:
+            out.update({f"{f.name}:{k}": (z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files})
+    assert out
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +81,19 @@ def test_torchrun_two_gloo_processes_equal_single_process(prepared: Prepared, tm
     assert all("stage" in r and "rank" in r for r in ours)
     assert all("run_id" in r for r in ours if r["stage"] != "setup")
 
+    # The analysis is sharded: each rank analysed its classes (balanced by size), none twice.
+    analysed = {
+        rk: {r["msg"].split()[2] for r in logs if r["msg"].startswith("analysing class") and r["rank"] == rk}
+        for rk in (0, 1)
+    }
+    assert analysed[0] and analysed[1] and not analysed[0] & analysed[1], analysed
+    assert len(analysed[0] | analysed[1]) == 10
+
     a = comparable(Path(single.status["run_dir"]))
     b = comparable(Path(st["run_dir"]))
     assert a[0] == b[0]  # summary.json apart from timings
     assert a[1] == b[1] and a[2] == b[2]  # heatmaps.npy, thumbs.npy bytes
+    assert class_arrays(Path(single.status["run_dir"])) == class_arrays(Path(st["run_dir"]))
     assert json.loads((Path(st["run_dir"]) / "summary.json").read_text())["timings"]["world_size"] == 2
 
     # Run again: rank 0 finds the run published and tells rank 1; both leave at once with 0.
@@ -96,3 +118,23 @@ def test_torchrun_locked_exits_without_deadlock(prepared: Prepared, tmp_path: Pa
     locked = [r for r in logs if "already running" in r["msg"]]
     assert {r.get("rank") for r in locked} == {0, 1}
     assert touched == [Path(".lock")]
+
+
+def test_torchrun_rank_failure_in_the_analysis_stops_every_rank(prepared: Prepared, tmp_path: Path) -> None:
+    """Rank 1's analysis fails: rank 0 must not wait for it, and the status file names rank 1's error."""
+    cfg = prepared.config("torchrun-failure")
+    status = tmp_path / "status.json"
+    args = [*TORCHRUN, "-m", "tests.rank_failure", "run", "--config", str(cfg)]
+    args += ["--runs-dir", str(tmp_path / "runs"), "--status-file", str(status)]
+    t0 = time.perf_counter()
+    p = subprocess.run(args, cwd=REPO, env=spray_env(), capture_output=True, text=True, timeout=300)
+    took = time.perf_counter() - t0
+    assert p.returncode == 1, p.stderr[-3000:]
+    st = json.loads(status.read_text())
+    assert st["exit_code"] == 1 and st["status"] == "failed", st
+    assert "rank 1 failed: DataError: injected" in json.dumps(st), st
+    logs = parse_logs(p.stderr)
+    # Both ranks reached the analysis, and rank 0 left after its own share instead of hanging.
+    assert {r.get("rank") for r in logs if r.get("stage") == "analysis"} == {0, 1}
+    assert not any(r.get("stage") == "publish" for r in logs)
+    print(f"failing torchrun: {took:.1f} s")

@@ -1,4 +1,4 @@
-"""``spray demo``: plant a Clever Hans in Fashion-MNIST, train, audit, and score the top finding."""
+"""``spray demo``: plant a Clever Hans in Fashion-MNIST, train (a CNN or a ViT), audit, and score the top finding."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     work = Path(args.work_dir).resolve()
     runs = Path(args.runs_dir).resolve()
-    cfg_path = prepare_demo(work, runs, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
+    cfg_path = prepare_demo(
+        work, runs, per_class=args.per_class, epochs=args.epochs, arch=args.arch, progress=not args.quiet
+    )
     cfg = load_config(cfg_path)
     report = audit(cfg, device=args.device, progress=not args.quiet)
     truth = json.loads((work / "ground_truth.json").read_text())
@@ -54,7 +56,18 @@ def register(subparsers: Any) -> None:
     d.add_argument(
         "--per-class", type=positive_int, default=1000, help="training images per class (default 1000)"
     )
-    d.add_argument("--epochs", type=positive_int, default=3, help="training epochs (default 3)")
+    d.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="training epochs (default 3 for the CNN, 6 for the ViT)",
+    )
+    d.add_argument(
+        "--arch",
+        choices=["cnn", "vit"],
+        default="cnn",
+        help="the model to train: the small CNN (default) or a tiny vision transformer (4x4 patches)",
+    )
     d.add_argument("--device", choices=["auto", "cpu", "cuda"])
     d.add_argument("--top", type=positive_int, default=10)
     d.add_argument("--strict", action="store_true", help="exit 1 if the planted cluster is not finding #1")

@@ -33,3 +33,11 @@ class BatchConfig(Section):
         description="Largest thumbnail edge; thumbnails are never larger than the model input (28×28 "
         "inputs get 28×28 thumbnails), grey for a 1-channel model.",
     )
+    dist_timeout_s: int = Field(
+        1800,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="Under torchrun: seconds a rank waits for the slowest one where they meet (the end of "
+        "the batch stage, rank 0's merge, the end of the analysis) before the run fails. Raise it when one "
+        "class is far larger than the others: its rank analyses it alone while the others wait.",
+    )

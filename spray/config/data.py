@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from spray.config.section import Section
 
@@ -50,6 +50,25 @@ class TransformConfig(Section):
     std: list[float] | None = Field(
         None, description="Per-channel std for normalisation (1 or 3 values).", min_length=1, max_length=3
     )
+    decode_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where an image folder's JPEG files are decoded. 'cuda': each batch on the GPU "
+        "(torchvision/nvJPEG), resized, cropped and normalised there; 'cpu': Pillow, in the loader's "
+        "workers; 'auto': 'cuda' when the batch stage runs on CUDA and data.kind is image_folder, else "
+        "'cpu'. Other formats, CMYK JPEGs and JPEGs above max_image_pixels always go through Pillow. The "
+        "two decoders' pixels differ slightly, so the decoder used is part of the heatmap cache key and "
+        "is recorded in the run (config and timings.decode_device). Batched GPU decoding needs "
+        "batch.num_workers >= 1 (the workers read the files); with 0, files are decoded one by one.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _pillow_by_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        # Pillow is how spray has always decoded: leaving 'cpu' out of the dump keeps the run ids and heatmap
+        # cache keys of existing runs; 'cuda' (and an unresolved 'auto') are part of them.
+        if self.decode_device == "cpu":
+            out.pop("decode_device", None)
+        return out
 
     @model_validator(mode="after")
     def _mean_std_together(self) -> TransformConfig:

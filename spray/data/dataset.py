@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from spray.config import DataConfig
 from spray.data.channels import model_input_channels, to_model_channels
@@ -17,6 +17,7 @@ from spray.data.decoding import DecodeOptions
 from spray.data.factory import factory_source
 from spray.data.folder import folder_source
 from spray.data.idx import idx_source
+from spray.data.jpeg import JpegDecoder
 from spray.data.sample import (
     Sample,
     SampleBatch,
@@ -26,7 +27,7 @@ from spray.data.sample import (
     content_hash,
 )
 from spray.data.source import Source
-from spray.data.thumbnails import thumbnail_side
+from spray.data.thumbnails import thumbnail_pixels, thumbnail_side
 from spray.data.transform import Transform
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
@@ -84,6 +85,10 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.input_size = input_size
         #: A factory dataset's own fingerprint (None for files: the audit fingerprints those itself).
         self.fingerprint: str | None = None
+        #: Decodes JPEG files on a device (``data.transform.decode_device: cuda``), else None: Pillow.
+        self.jpeg: JpegDecoder | None = None
+        #: Samples decoded by :attr:`jpeg` in this process (for the run's timings).
+        self.n_device_decoded = 0
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -114,7 +119,37 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         """
         sid = self.sample_ids[i]
         try:
-            img, raw = self._loader(i)
+            img, raw = self._load_image(i)
+        except UnreadableSample as err:
+            return clean_reason(err.reason, sid)
+        except DataError:
+            raise
+        except Exception as err:  # a corrupt sample must not kill the run: report it instead
+            return clean_reason(f"{type(err).__name__}: {err}", sid)
+        got = self._transformed(i, img, thumbnail=thumbnail)
+        # A sample read one at a time is a host tensor, whichever device decoded and resized it (only
+        # finish_batch leaves a batch on the device, for the batch stage).
+        return got if isinstance(got, str) else (got[0].cpu(), raw, got[1])
+
+    def _load_image(self, i: int) -> tuple[torch.Tensor, bytes | None]:
+        """The decoded image of sample ``i`` and its bytes: a JPEG on the device when :attr:`jpeg` is set
+        (not inside a DataLoader worker, where CUDA cannot be used), anything else by the source."""
+        if self.jpeg is not None and self.raw_reader is not None and get_worker_info() is None:
+            raw = self.raw_reader(i)
+            if self.jpeg.accepts(raw):
+                img = self.jpeg.decode([_as_tensor(raw)])[0]
+                if isinstance(img, str):
+                    raise UnreadableSample(img)
+                self.n_device_decoded += 1
+                return img, raw
+        return self._loader(i)
+
+    def _transformed(
+        self, i: int, img: torch.Tensor, *, thumbnail: bool
+    ) -> tuple[torch.Tensor, np.ndarray | None] | str:
+        """A decoded image of sample ``i`` → ``(model input, thumbnail)``, or why it is unusable."""
+        sid = self.sample_ids[i]
+        try:
             img = to_model_channels(img, self.transform.channels)
             x, thumb = self.transform(img, thumbnail=thumbnail)
         except UnreadableSample as err:
@@ -123,16 +158,45 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             raise
         except Exception as err:  # a corrupt sample must not kill the run: report it instead
             return clean_reason(f"{type(err).__name__}: {err}", sid)
-        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
-            h, w = self.input_size
-            return (
-                f"image is {img.shape[-2]}×{img.shape[-1]} pixels (model input {x.shape[-2]}×{x.shape[-1]}) but "
-                f"the dataset's inputs are {h}×{w}; set data.transform.resize and center_crop to bring every "
-                "image to one size"
-            )
+        wrong = self._wrong_size(img, x)
+        if wrong is not None:
+            return wrong
         if not torch.isfinite(x).all():
             return "image contains NaN or inf values"
-        return x, raw, thumb
+        return x, thumb
+
+    def _wrong_size(self, img: torch.Tensor, x: torch.Tensor) -> str | None:
+        """Why the model input ``x`` made from ``img`` does not fit the dataset's input size, or None."""
+        if self.input_size is None or tuple(x.shape[-2:]) == self.input_size:
+            return None
+        h, w = self.input_size
+        return (
+            f"image is {img.shape[-2]}×{img.shape[-1]} pixels (model input {x.shape[-2]}×{x.shape[-1]}) but "
+            f"the dataset's inputs are {h}×{w}; set data.transform.resize and center_crop to bring every "
+            "image to one size"
+        )
+
+    def _on_device(self, i: int, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | str:
+        """A JPEG decoded on the device → ``(model input, thumbnail pixels)``, both left on the device.
+
+        Nothing here waits for the device: no NaN check (decoded 8-bit pixels are finite, and so is what
+        the resize and a validated mean/std make of them) and no per-image copy of the thumbnail.
+        """
+        sid = self.sample_ids[i]
+        t = self.transform
+        try:
+            img = to_model_channels(img, t.channels)
+            x = t.geometry(img)
+            thumb = thumbnail_pixels(x, t.thumbnail_size, t.thumbnail_channels)
+            x = t.normalise(x)
+        except UnreadableSample as err:
+            return clean_reason(err.reason, sid)
+        except DataError:
+            raise
+        except Exception as err:  # a corrupt sample must not kill the run: report it instead
+            return clean_reason(f"{type(err).__name__}: {err}", sid)
+        wrong = self._wrong_size(img, x)
+        return (x, thumb) if wrong is None else wrong
 
     def first_batch(self, n: int = 2) -> SampleBatch:
         """The first ``n`` readable samples, decoded (for checking the model before any work).
@@ -159,7 +223,39 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
                 f"No sample of the dataset could be read ({len(skipped)} tried). Check the data section of the "
                 f"config; the first reasons:\n{reasons}{more}"
             )
-        return collate_samples(items)
+        return self.finish_batch(collate_samples(items))
+
+    def finish_batch(self, b: SampleBatch) -> SampleBatch:
+        """Decode the batch's JPEG files left for the device (:mod:`spray.data.jpeg`), in one call.
+
+        The loader's workers only read and hash those files; this runs in the main process, after the
+        batch is collated. Every other sample is as the workers made it; a file the device cannot decode
+        moves to ``skipped`` with the reason. A batch without pending files is returned as it is.
+
+        Returns
+        -------
+        SampleBatch
+            ``x`` holds every decoded input in position order, on the decoder's device when any was
+            decoded there; ``pending`` is empty.
+        """
+        if not b.pending:
+            return b
+        assert self.jpeg is not None, "a batch with pending JPEG files from a dataset without a decoder"
+        made: dict[int, torch.Tensor] = {}
+        thumbs: list[torch.Tensor] = []
+        skipped = list(b.skipped)
+        for pos, img in zip(b.pending, self.jpeg.decode(b.encoded), strict=True):
+            got = img if isinstance(img, str) else self._on_device(b.indices[pos], img)
+            if isinstance(got, str):
+                skipped.append(SkippedSample(b.sample_ids[pos], clean_reason(got, b.sample_ids[pos])))
+            else:
+                made[pos] = got[0]
+                thumbs.append(got[1])
+        self.n_device_decoded += len(made)
+        # One copy of the batch's thumbnails to the host (one wait for the device, not one per image).
+        host = torch.stack(thumbs).cpu().numpy() if thumbs else None
+        pairs = {pos: (x, None if host is None else host[k]) for k, (pos, x) in enumerate(made.items())}
+        return _merge_decoded(b, pairs, skipped, self.jpeg.device)
 
     def load_input(self, i: int) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).
@@ -177,20 +273,69 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
     def __getitem__(self, i: int) -> Sample | SkippedSample:
         sid = self.sample_ids[i]
         label = int(self.labels[i])
-        if self.raw_reader is not None and self.known_hashes:
+        in_worker = get_worker_info() is not None
+        if self.raw_reader is not None and (self.known_hashes or (self.jpeg is not None and in_worker)):
             try:
-                h: str | None = content_hash(self.raw_reader(i))
+                raw: bytes | None = self.raw_reader(i)
             except OSError:
-                h = None  # unreadable now: the full read below reports why
+                raw = None  # unreadable now: the full read below reports why
+            h = None if raw is None else content_hash(raw)
             if h is not None and h in self.known_hashes:
                 # Same bytes as a sample already explained (it decoded and was finite then): no decode.
                 return Sample(sid, i, label, h)
+            if (
+                raw is not None
+                and h is not None
+                and self.jpeg is not None
+                and in_worker
+                and self.jpeg.accepts(raw)
+            ):
+                # CUDA cannot be used in a worker: the main process decodes the batch (finish_batch).
+                return Sample(sid, i, label, h, encoded=_as_tensor(raw))
         got = self._read(i, thumbnail=True)
         if isinstance(got, str):
             return SkippedSample(sid, got)
         x, raw, thumb = got
         h = content_hash(raw if raw is not None else x.numpy().tobytes())
         return Sample(sid, i, label, h, x, thumb)
+
+
+def _as_tensor(raw: bytes) -> torch.Tensor:
+    """A file's bytes as the ``(nbytes,)`` uint8 tensor torchvision decodes (one copy)."""
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _merge_decoded(
+    b: SampleBatch,
+    made: dict[int, tuple[torch.Tensor, np.ndarray | None]],
+    skipped: list[SkippedSample],
+    device: torch.device,
+) -> SampleBatch:
+    """``b`` with the device-decoded inputs ``made`` (by position) merged in and the failed ones dropped."""
+    failed = set(b.pending) - set(made)
+    keep = [j for j in range(len(b.sample_ids)) if j not in failed]
+    new_pos = {j: n for n, j in enumerate(keep)}
+    row = {pos: r for r, pos in enumerate(b.decoded)}
+    decoded = sorted(set(b.decoded) | set(made))
+    xs, thumbs = [], []
+    for pos in decoded:
+        if pos in made:
+            xs.append(made[pos][0])
+            thumbs.append(made[pos][1])
+        else:
+            assert b.x is not None
+            xs.append(b.x[row[pos]].to(device))
+            thumbs.append(None if b.thumbnails is None else b.thumbnails[row[pos]])
+    return SampleBatch(
+        sample_ids=[b.sample_ids[j] for j in keep],
+        content_hashes=[b.content_hashes[j] for j in keep],
+        indices=[b.indices[j] for j in keep],
+        labels=b.labels[torch.tensor(keep, dtype=torch.long)],
+        x=torch.stack(xs) if xs else None,
+        decoded=[new_pos[j] for j in decoded],
+        thumbnails=np.stack(thumbs) if thumbs and all(t is not None for t in thumbs) else None,  # type: ignore[arg-type]
+        skipped=skipped,
+    )
 
 
 def _model_channels(cfg: DataConfig, source: Source) -> int | None:
@@ -219,10 +364,14 @@ def _input_size(transform: Transform, sizes: list[tuple[int, int]]) -> tuple[int
     return size
 
 
-def build_dataset(cfg: DataConfig, *, thumbnail_size: int = 64) -> AuditDataset:
+def build_dataset(
+    cfg: DataConfig, *, thumbnail_size: int = 64, jpeg_device: torch.device | None = None
+) -> AuditDataset:
     """Build the dataset described by ``cfg`` (``limit`` applied).
 
     ``thumbnail_size`` is the largest thumbnail edge; thumbnails are never larger than the model input.
+    ``jpeg_device``: decode an image folder's JPEG files there in batches (:mod:`spray.data.jpeg`; the
+    audit passes CUDA when ``data.transform.decode_device`` resolves to ``cuda``); None: Pillow.
 
     Raises
     ------
@@ -256,6 +405,8 @@ def build_dataset(cfg: DataConfig, *, thumbnail_size: int = 64) -> AuditDataset:
         source.pre_skipped, source.raw_reader, size,
     )  # fmt: skip
     ds.fingerprint = source.fingerprint
+    if jpeg_device is not None and cfg.kind == "image_folder":
+        ds.jpeg = JpegDecoder(jpeg_device, decode)
     if cfg.limit is not None and cfg.limit < len(ds):
         ds.sample_ids, ds.labels = ds.sample_ids[: cfg.limit], ds.labels[: cfg.limit]
     log.info("dataset: %d samples, %d classes", len(ds), len(ds.class_names))

@@ -60,6 +60,10 @@ class Sample:
         (the sample was not decoded).
     thumbnail : np.ndarray or None
         ``(t, t, c)`` uint8 thumbnail, ``c`` 1 (grey) or 3 (RGB); None when not decoded or not asked for.
+    encoded : torch.Tensor or None
+        ``(nbytes,)`` uint8: a JPEG file left for the device to decode (``data.transform.decode_device:
+        cuda``; see :mod:`spray.data.jpeg`). ``x`` is then None until
+        :meth:`~spray.data.dataset.AuditDataset.finish_batch`.
     """
 
     sample_id: str
@@ -68,6 +72,7 @@ class Sample:
     content_hash: str
     x: torch.Tensor | None = None
     thumbnail: np.ndarray | None = None
+    encoded: torch.Tensor | None = None
 
 
 @dataclass
@@ -88,6 +93,11 @@ class SampleBatch:
         ``(d, t, t, c)`` uint8 thumbnails of the decoded samples.
     skipped : list[SkippedSample]
         Unreadable samples of the batch, with reasons.
+    pending : list[int]
+        Positions (into ``sample_ids``) of JPEG files the device decodes
+        (:meth:`~spray.data.dataset.AuditDataset.finish_batch` decodes them and empties this list).
+    encoded : list[torch.Tensor]
+        Their bytes, one ``(nbytes,)`` uint8 tensor per entry of ``pending``.
     """
 
     sample_ids: list[str]
@@ -98,6 +108,8 @@ class SampleBatch:
     decoded: list[int]
     thumbnails: np.ndarray | None
     skipped: list[SkippedSample] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    encoded: list[torch.Tensor] = field(default_factory=list)
 
     def pin_memory(self) -> SampleBatch:
         """Pin the inputs (the DataLoader calls this with ``pin_memory=True``) for asynchronous copies."""
@@ -137,4 +149,6 @@ def collate_samples(items: Sequence[Sample | SkippedSample]) -> SampleBatch:
         if thumbs and all(t is not None for t in thumbs)
         else None,
         skipped=skipped,
+        pending=[j for j, it in enumerate(good) if it.encoded is not None],
+        encoded=[it.encoded for it in good if it.encoded is not None],
     )

@@ -24,10 +24,18 @@ def thumbnail_side(cap: int, height: int, width: int) -> int:
 def make_thumbnail(x: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
     """``(C, H, W)`` float in [0, 1] → ``(size, size, channels)`` uint8 (aspect squashed to a square).
 
+    The host copy of :func:`thumbnail_pixels`.
+    """
+    return thumbnail_pixels(x, size, channels).cpu().numpy()
+
+
+def thumbnail_pixels(x: torch.Tensor, size: int, channels: int = 3) -> torch.Tensor:
+    """``(C, H, W)`` float in [0, 1] → ``(size, size, channels)`` uint8 on ``x``'s device.
+
     Parameters
     ----------
     x : torch.Tensor
-        ``(C, H, W)`` un-normalised image, C in {1, 3}.
+        ``(C, H, W)`` un-normalised image, C in {1, 3}, on any device.
     size : int
         Thumbnail edge.
     channels : int
@@ -36,10 +44,10 @@ def make_thumbnail(x: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
     """
     t = x.float()
     if t.shape[0] == 3 and channels == 1:
-        t = (t * _LUMA[:, None, None]).sum(0, keepdim=True)
+        t = (t * _LUMA.to(t.device)[:, None, None]).sum(0, keepdim=True)
     if tuple(t.shape[-2:]) != (size, size):
         t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     if t.shape[0] == 1 and channels == 3:
         t = t.repeat(3, 1, 1)
     t = t[:channels]
-    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)

@@ -15,7 +15,7 @@ from spray.errors import DataError
 
 @dataclass
 class Transform:
-    """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1].
+    """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1] (on any device).
 
     Returns both the model input and a uint8 thumbnail of the un-normalised image.
 
@@ -51,6 +51,12 @@ class Transform:
         self, img: torch.Tensor, *, thumbnail: bool = True
     ) -> tuple[torch.Tensor, np.ndarray | None]:
         """``img`` (C,H,W) float32 in [0,1] → (model input (C',H',W'), thumbnail (t,t,c) uint8 or None)."""
+        x = self.geometry(img)
+        thumb = make_thumbnail(x, self.thumbnail_size, self.thumbnail_channels) if thumbnail else None
+        return self.normalise(x), thumb
+
+    def geometry(self, img: torch.Tensor) -> torch.Tensor:
+        """Resize and centre-crop ``img`` (C,H,W) in [0, 1]: the image the thumbnail shows."""
         x = img
         if self.cfg.resize is not None:
             h, w = x.shape[-2:]
@@ -67,7 +73,16 @@ class Transform:
                 h, w = x.shape[-2:]
             top, left = (h - c) // 2, (w - c) // 2
             x = x[:, top : top + c, left : left + c]
-        thumb = make_thumbnail(x, self.thumbnail_size, self.thumbnail_channels) if thumbnail else None
+        return x
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Grey → RGB for a 3-channel model, then mean/std: the model input.
+
+        Raises
+        ------
+        DataError
+            When ``data.transform.mean`` does not match the image's channels.
+        """
         if x.shape[0] == 1 and (self.cfg.grayscale_to_rgb or self.channels == 3):
             x = x.repeat(3, 1, 1)
         if self.cfg.mean is not None and self.cfg.std is not None:
@@ -76,10 +91,10 @@ class Transform:
                     f"data.transform.mean has {len(self.cfg.mean)} values but the images have {x.shape[0]} "
                     "channels. Fix data.transform.mean/std, or set data.transform.channels."
                 )
-            mean = torch.tensor(self.cfg.mean, dtype=x.dtype)[:, None, None]
-            std = torch.tensor(self.cfg.std, dtype=x.dtype)[:, None, None]
+            mean = torch.tensor(self.cfg.mean, dtype=x.dtype, device=x.device)[:, None, None]
+            std = torch.tensor(self.cfg.std, dtype=x.dtype, device=x.device)[:, None, None]
             x = (x - mean) / std
-        return x.contiguous(), thumb
+        return x.contiguous()
 
     def input_bounds(self) -> tuple[float, float]:
         """The lowest and highest value a normalised input can take (for the ZBox rule)."""

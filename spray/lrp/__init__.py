@@ -1,5 +1,5 @@
-"""spray's LRP library: zennit's rules, composites and canonizers (same names), computed as activation ×
-modified gradient in one ordinary backward pass.
+"""spray's LRP library: zennit's rules, composites and canonizers (same names) and AttnLRP's rules for
+transformers, computed as activation × modified gradient in one ordinary backward pass.
 
     from spray.lrp import explain, Explainer
     relevance = explain(model, images, target="pred")

@@ -11,13 +11,18 @@ and the training flag stay as they were).
   no module rule can see. Their ``forward`` is replaced by one that routes the sum through a
   :class:`ResidualAdd` module, so the composite can attach the ``Norm`` rule to it (the equivalent of
   zennit's ``ResNetCanonizer`` with its ``Sum`` module).
-* In-place ReLUs are made out-of-place (the LRP backward needs the pre-activation values).
+* Every module with an ``inplace`` switch (ReLU, ReLU6, SiLU, Hardswish, LeakyReLU, ELU, timm's
+  activations and layer scales, ...) is made out-of-place: the rules need a layer's input after the
+  layer ran. (In-place *functional* operations are handled where they run, see
+  :mod:`spray.lrp.functional` and :class:`spray.lrp.activations.Pass`.)
+* ``nn.MultiheadAttention`` is rebuilt from separate projection layers and
+  ``F.scaled_dot_product_attention`` (:mod:`spray.lrp.attention`), so that rules reach its insides.
+* timm's ``BatchNormAct2d`` (a BatchNorm with its activation inside) is split into a plain BatchNorm
+  followed by the activation, so that the BatchNorm can be folded.
 
-Limitations: functional operations inside a custom ``forward`` (``x + y``, ``torch.cat``,
-``F.relu``, ``x * mask``) are invisible to module inspection. In the gradient×input frame a functional
-*addition* behaves like the ``Norm`` rule with a zero stabiliser and ``F.relu``/``F.max_pool2d`` like
-their module forms; anything else (multiplications, attention, normalisations) is silently explained
-by its gradient. Wrap such operations in modules and give them a rule.
+Functional operations inside a custom ``forward`` (``x + y``, ``torch.cat``, ``x * gate``, attention)
+are invisible to module inspection; :mod:`spray.lrp.functional` gives them their rules while the copy
+runs, and the self-check on the first batch refuses what no rule covers.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import copy
 import logging
 import sys
 import types
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +39,7 @@ import torch
 from torch import nn
 
 from spray.errors import ConfigError
+from spray.lrp.attention import split_attention
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ class ResidualAdd(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Return ``a + b`` (same shape), or ``relu(a + b)`` with ``fuse_relu``."""
         # local import: rules imports nothing from here, avoid a cycle
-        from spray.lrp.rules import _AddNormReLU, _StabScale
+        from spray.lrp.base import _AddNormReLU, _StabScale
 
         if self.stabilizer is None or not (a.requires_grad or b.requires_grad):
             s = a + b
@@ -236,6 +243,38 @@ def resolve_canonizers(model: nn.Module, canonizers: str | Sequence[str] | None)
     return list(canonizers)
 
 
+def _out_of_place(model: nn.Module) -> int:
+    """Switch off ``inplace`` on every module that has the switch; return how many were on."""
+    count = 0
+    for m in model.modules():
+        if getattr(m, "inplace", None) is True:
+            setattr(m, "inplace", False)  # noqa: B010 - a plain attribute on any module class
+            count += 1
+    return count
+
+
+def _split_norm_act(model: nn.Module) -> int:
+    """Replace timm's ``BatchNormAct2d`` by ``Sequential(BatchNorm2d, drop, act)`` (same function)."""
+    count = 0
+    for path, m in list(model.named_modules()):
+        if not (
+            isinstance(m, nn.BatchNorm2d)
+            and type(m).__name__ == "BatchNormAct2d"
+            and isinstance(getattr(m, "act", None), nn.Module)
+            and isinstance(getattr(m, "drop", None), nn.Module)
+        ):
+            continue
+        bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        bn.load_state_dict({k: v for k, v in m.state_dict().items() if "." not in k})
+        bn.to(next(iter(m.buffers())).device).eval()
+        parts: OrderedDict[str, nn.Module] = OrderedDict(
+            bn=bn, drop=m.get_submodule("drop"), act=m.get_submodule("act")
+        )
+        _set_module(model, path, nn.Sequential(parts))
+        count += 1
+    return count
+
+
 def _clear_hooks(model: nn.Module) -> None:
     # The copy must not run the user's hooks (they may record, modify outputs, or hold references to
     # the original model); the original keeps its own hooks untouched.
@@ -270,7 +309,7 @@ def canonize(
     model : nn.Module
         The user's model; not modified.
     canonizers : {"auto"} or list of {"merge_batchnorm", "resnet"} or None
-        What to apply; ``None`` only copies (eval mode, no grads, out-of-place ReLUs).
+        What to apply; ``None`` only copies (eval mode, no grads, no hooks, out-of-place activations).
     device : torch.device or str, optional
         Where to put the copy (default: where the model is).
 
@@ -287,10 +326,10 @@ def canonize(
         copied.to(device)
     for p in copied.parameters():
         p.requires_grad_(False)
-    for m in copied.modules():
-        if isinstance(m, nn.ReLU) and m.inplace:
-            m.inplace = False
+    _out_of_place(copied)
+    split_attention(copied)
     if "merge_batchnorm" in names:
+        _split_norm_act(copied)
         folded = fold_batchnorm(copied)
         logger.debug("folded %d BatchNorm layers", len(folded))
     if "resnet" in names:

@@ -15,6 +15,13 @@ composite                         first layer             other conv   dense   s
 "First layer" is, as in zennit, the first matching module in ``named_modules()`` order. zennit's
 ``Pass`` on ReLU is implemented by the plain ReLU gradient, which is the same thing in the
 gradient×input frame (see :mod:`spray.lrp.rules`).
+
+All composites share the rules for what zennit has no rule for: LayerNorm/GroupNorm/RMSNorm get
+:class:`~spray.lrp.normalization.Normalize` (AttnLRP), every element-wise activation gets ``Pass``
+(zennit's ``Activation`` list and timm's activations), and functional operations inside ``forward()``
+(attention, gating products, functional activations and norms) get the rules of
+:mod:`spray.lrp.functional`. ``AttnLRP`` and ``CPLRP`` are the transformer composites: ε on every dense
+and convolutional layer, with AttnLRP's or CP-LRP's rule for attention.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ import torch
 from torch import nn
 
 from spray.errors import ConfigError
+from spray.lrp.activations import class_names, is_activation
 from spray.lrp.canonizers import ResidualAdd
+from spray.lrp.functional import ATTENTION_RULES
+from spray.lrp.normalization import Normalize, is_normalization
 from spray.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus
 
 __all__ = [
@@ -67,7 +77,42 @@ GRADIENT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Dropout3d,
     nn.AlphaDropout,
     nn.Identity,
+    nn.Softmax,  # AttnLRP's softmax rule is its gradient (spray.lrp.functional)
+    nn.LogSoftmax,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.ChannelShuffle,
+    nn.Upsample,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
 )
+# Routing/identity modules of other libraries (by qualified class name, so nothing is imported), and
+# multiplications by a learned constant (layer scale), whose gradient is the LRP-0/Pass rule.
+GRADIENT_CLASS_NAMES: frozenset[str] = frozenset(
+    {
+        "torchvision.ops.misc.Permute",
+        "torchvision.ops.stochastic_depth.StochasticDepth",
+        "timm.layers.drop.DropPath",
+        "timm.layers.patch_dropout.PatchDropout",
+        "timm.layers.layer_scale.LayerScale",
+        "timm.layers.layer_scale.LayerScale2d",
+    }
+)
+
+
+def is_gradient_module(module: nn.Module) -> bool:
+    """Whether ``module``'s plain gradient is its LRP backward (routing, reshapes, dropout, ...)."""
+    return isinstance(module, (*GRADIENT_TYPES, ResidualAdd)) or bool(
+        class_names(module) & GRADIENT_CLASS_NAMES
+    )
+
 
 # Global registry for user layer types (``register_layer_rule``); ``extra_rules`` of an Explainer
 # take precedence over it.
@@ -92,7 +137,16 @@ def register_layer_rule(layer_type: type[nn.Module], rule: Rule) -> None:
     _USER_RULES[layer_type] = rule
 
 
-LayerMap = list[tuple[tuple[type[nn.Module], ...], Rule]]
+Matcher = tuple[type[nn.Module], ...] | Callable[[nn.Module], bool]
+LayerMap = list[tuple[Matcher, Rule]]
+
+
+def _matches(matcher: Matcher, module: nn.Module) -> bool:
+    return (
+        matcher(module)
+        if callable(matcher) and not isinstance(matcher, tuple)
+        else isinstance(module, matcher)
+    )
 
 
 @dataclass
@@ -115,11 +169,35 @@ class Composite:
     layer_map: LayerMap
     first_map: LayerMap = field(default_factory=list)
     stabilizer: float = 1e-6
+    attention: str = "attnlrp"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_RULES:
+            raise ConfigError(f"attention must be one of {list(ATTENTION_RULES)}, got {self.attention!r}")
+
+    def _rule(
+        self, module: nn.Module, user: list[tuple[type[nn.Module], Rule]], first_visited: bool
+    ) -> tuple[Rule | None, bool, bool]:
+        """(rule, matched by the user, matched the first-layer map) for one module."""
+        rule = next((r for t, r in user if isinstance(module, t)), None)
+        if rule is not None:
+            return rule, True, False
+        if not first_visited:
+            rule = next((r for m, r in self.first_map if _matches(m, module)), None)
+            if rule is not None:
+                return rule, False, True
+        return next((r for m, r in self.layer_map if _matches(m, module)), None), False, False
 
     def assign(
         self, model: nn.Module, extra_rules: Mapping[type[nn.Module], Rule] | None = None
     ) -> tuple[dict[str, Rule], list[tuple[str, nn.Module]]]:
         """Decide the rule of every module of a canonized model.
+
+        Composite rules go on leaf modules. A user rule (``extra_rules`` or :func:`register_layer_rule`)
+        may also name a container: the container then runs as one unit under that rule, and its
+        submodules get no rules of their own. A container that owns parameters itself (a class token, a
+        layer scale) is accepted: whether its ``forward()`` conserves relevance is checked on the first
+        batch.
 
         Parameters
         ----------
@@ -131,38 +209,31 @@ class Composite:
         Returns
         -------
         rules : dict[str, Rule]
-            Module path → rule, for modules that need one (plain-gradient modules are left out).
+            Module path → rule, for modules that need one (plain-gradient leaves are left out).
         unsupported : list of (path, module)
-            Modules for which no rule is known.
+            Leaf modules for which no rule is known.
         """
-        user: list[tuple[type[nn.Module], Rule]] = list((extra_rules or {}).items()) + list(
-            _USER_RULES.items()
-        )
+        user = list((extra_rules or {}).items()) + list(_USER_RULES.items())
         first_visited = False
         rules: dict[str, Rule] = {}
         unsupported: list[tuple[str, nn.Module]] = []
+        ruled: list[str] = []  # containers with a user rule: their submodules are skipped
         for path, module in model.named_modules():
-            rule = next((r for t, r in user if isinstance(module, t)), None)
-            if rule is None and not first_visited:
-                rule = next((r for t, r in self.first_map if isinstance(module, t)), None)
-                first_visited = rule is not None
-            if rule is None:
-                rule = next((r for t, r in self.layer_map if isinstance(module, t)), None)
+            if any(path.startswith(p + ".") for p in ruled):
+                continue
             has_children = next(module.children(), None) is not None
+            rule, by_user, first = self._rule(module, user, first_visited)
+            if rule is not None and has_children and not by_user:
+                rule = None  # composite rules are for leaves; a matching container is walked into
             if rule is not None:
+                first_visited = first_visited or first
                 if has_children:
-                    # a rule on a container would hide its children's rules; only leaves get rules
-                    raise ConfigError(
-                        f"rule {rule!r} matched {path} ({type(module).__name__}), which has submodules; "
-                        "rules can only be attached to leaf modules"
-                    )
-                if not isinstance(rule, Gradient):
+                    ruled.append(path)
+                    rules[path] = rule
+                elif not isinstance(rule, Gradient):
                     rules[path] = rule
                 continue
-            if isinstance(module, (GRADIENT_TYPES, ResidualAdd)):
-                continue
-            own_params = any(True for _ in module.parameters(recurse=False))
-            if not has_children or own_params:
+            if not has_children and not is_gradient_module(module):
                 unsupported.append((path or "<root>", module))
         return rules, unsupported
 
@@ -172,6 +243,8 @@ def _base_map(stabilizer: float) -> LayerMap:
         ((ResidualAdd,), Norm(stabilizer=stabilizer)),
         (AVGPOOL_TYPES, Norm(stabilizer=stabilizer)),
         (BATCHNORM_TYPES, Pass()),
+        (is_normalization, Normalize()),
+        (is_activation, Pass()),
     ]
 
 
@@ -242,18 +315,40 @@ def epsilon_gamma_box(
     )
 
 
+def attn_lrp(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """AttnLRP (Achtibat et al., ICML 2024): ε on every dense and convolutional layer (the patch
+    embedding included, so the map has the input's resolution), the uniform rule on the attention
+    matmuls, the softmax by its gradient, LayerNorm with σ held constant, GELU by the identity rule."""
+    return Composite(
+        "AttnLRP", [*_base_map(stabilizer), (LINEAR_TYPES, Epsilon(epsilon))], stabilizer=stabilizer
+    )
+
+
+def cp_lrp(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """CP-LRP (Ali et al., ICML 2022): as :func:`attn_lrp`, but the attention weights are held constant,
+    so relevance flows through the values only; conservative with zero biases."""
+    return Composite(
+        "CPLRP",
+        [*_base_map(stabilizer), (LINEAR_TYPES, Epsilon(epsilon))],
+        stabilizer=stabilizer,
+        attention="cp",
+    )
+
+
 COMPOSITES: dict[str, Callable[..., Composite]] = {
     "EpsilonPlusFlat": epsilon_plus_flat,
     "EpsilonGammaBox": epsilon_gamma_box,
     "EpsilonAlpha2Beta1Flat": epsilon_alpha2_beta1_flat,
     "EpsilonPlus": epsilon_plus,
     "EpsilonAlpha2Beta1": epsilon_alpha2_beta1,
+    "AttnLRP": attn_lrp,
+    "CPLRP": cp_lrp,
 }
 
 
 def _snake(name: str) -> str:
     # "EpsilonAlpha2Beta1Flat" -> "epsilon_alpha2_beta1_flat" (zennit's registry keys)
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return {"CPLRP": "cp_lrp"}.get(name) or re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
 def get_composite(name: str, **kwargs: Any) -> Composite:

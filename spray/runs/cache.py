@@ -231,6 +231,9 @@ class ShardCache:
         self._loaded.clear()
 
 
+_CREATE = "CREATE TABLE IF NOT EXISTS paste (key BLOB PRIMARY KEY, pred INTEGER NOT NULL) WITHOUT ROWID"
+
+
 class PasteCache:
     """Predicted classes of the paste test's pasted images, in SQLite next to the relevance shards.
 
@@ -243,6 +246,10 @@ class PasteCache:
 
     The cache is an optimisation only: if the file cannot be opened or written, the paste test runs
     without it (a warning is logged) and a damaged file is moved aside and started afresh.
+
+    Under torchrun the ranks on rank 0's host open the same file (rank 0 first, so that it is created
+    once) and write to it concurrently; ranks on other hosts use a :meth:`private` cache, as SQLite's
+    WAL mode needs memory shared between the processes.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -266,13 +273,25 @@ class PasteCache:
         except (OSError, sqlite3.Error) as err:
             log.warning("paste cache disabled: %s", err)
 
+    @classmethod
+    def private(cls) -> PasteCache:
+        """A cache in this process's memory, shared with nobody and gone when closed: for a rank on another
+        host than rank 0 (SQLite's WAL mode shares a file only between processes of one host)."""
+        cache = cls.__new__(cls)
+        cache.path = Path(":memory:")
+        cache.hits = cache.misses = 0
+        cache._conn = sqlite3.connect(":memory:", isolation_level="IMMEDIATE")
+        cache._conn.execute(_CREATE)
+        return cache
+
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30.0)
+        # Several ranks of a torchrun job write to one file: WAL lets them read while one writes, every
+        # write transaction takes the write lock up front (IMMEDIATE) and waits up to 30 s for it, and a
+        # key's prediction never changes, so concurrent INSERT OR IGNOREs of one key agree.
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level="IMMEDIATE")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS paste (key BLOB PRIMARY KEY, pred INTEGER NOT NULL) WITHOUT ROWID"
-        )
+        conn.execute(_CREATE)
         conn.execute("SELECT count(*) FROM paste LIMIT 1").fetchone()  # fails now if the file is damaged
         return conn
 

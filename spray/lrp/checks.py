@@ -1,0 +1,233 @@
+"""The first-batch checks of an Explainer: layer order, the copy's outputs, and conservation.
+
+* **Order**: the relevance-out layer must run once, before any other rule layer.
+* **Reference**: the canonized copy must compute the user's model (folded BatchNorms, patched blocks).
+* **Conservation** (:func:`check_conservation`): spray's rules conserve relevance wherever the LRP
+  papers say they do. A rule that is not applied where it should be (a product of two activations in a
+  custom ``forward()`` that spray cannot see, a module given ``Gradient()`` that is not a routing) shows
+  up as relevance that is created or lost. The check runs a *probe*: a float32 copy of the LRP model
+  with every bias (and additive constant such as a class token or position embedding) set to 0 and every
+  stabiliser made negligible (the smallest normal float32), so that each rule must hand on exactly what it receives. On the first
+  two samples it measures, with :class:`~spray.lrp.capture.RelevanceTaps`, the relevance into and out of
+  every module call. The code of a module outside its submodules (its *glue*) must then conserve
+  relevance; a leaf must conserve it unless its rule says otherwise (αβ), and a call whose own code
+  ran a softmax under AttnLRP is exempt (the softmax rule is not conservative). A violation raises
+  :class:`~spray.errors.ModelError` naming the module.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+
+import torch
+from torch import nn
+
+from spray.errors import ModelError
+from spray.lrp.base import RuleContext, RuleModule
+from spray.lrp.canonizers import ResidualAdd
+from spray.lrp.capture import CallRecord, RelevanceTaps
+from spray.lrp.functional import functional_rules
+from spray.lrp.layout import _tf32
+from spray.lrp.pooling import LeanMaxPool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ADDITIVE_NAMES", "check_conservation", "check_order", "reference_error"]
+
+#: Parameter and buffer names that the probe treats as additive constants (set to 0), besides every
+#: name ending in "bias": BatchNorm means, and the tokens and position embeddings of vision transformers.
+ADDITIVE_NAMES = frozenset(
+    {
+        "running_mean",
+        "class_token",
+        "cls_token",
+        "dist_token",
+        "reg_token",
+        "pos_embedding",
+        "pos_embed",
+        "absolute_pos_embed",
+    }
+)
+#: Relative tolerance of the conservation check, against the relevance magnitude at the module.
+CONSERVATION_TOL = 1e-3
+# The probe's stabiliser: the smallest normal float32. With every bias at 0, activations can shrink by
+# orders of magnitude through a deep net (SiLU and sigmoid gates halve small values: about 1e-12 after
+# EfficientNet-B0's 16 blocks), so any fixed "small" stabiliser would absorb relevance there.
+_PROBE_EPS = float(torch.finfo(torch.float32).tiny)
+
+
+def check_order(context: RuleContext, first_path: str | None) -> None:
+    """Raise :class:`ModelError` unless the relevance-out layer ran once and before any rule layer."""
+    if first_path is None:
+        return
+    order = context.order
+    hits = [i for i, (p, _) in enumerate(order) if p == first_path]
+    if len(hits) != 1:
+        raise ModelError(
+            f"the first layer {first_path} ran {len(hits)} times in one forward pass; spray's LRP "
+            "needs it to run exactly once (shared first layers are not supported)"
+        )
+    early = [p for p, grad_frame in order[: hits[0]] if grad_frame]
+    if early:
+        raise ModelError(
+            f"layers {early} ran before the first layer {first_path} (by module order); spray "
+            "takes the first dense/conv layer in named_modules() order as the input layer. Register "
+            "modules in execution order."
+        )
+
+
+def reference_error(
+    reference: nn.Module, x: torch.Tensor, logits: torch.Tensor, precision: str, device: torch.device
+) -> tuple[float, float, float]:
+    """``(max |Δlogit|, tolerance, logit scale)`` of the copy against the user's model on ``x[:2]``."""
+    n = min(len(x), 2)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), _tf32(device, False):
+        # The reference runs in strict float32 (no autocast, no TF32): the copy's round-off is then
+        # part of the tolerance, while a wrongly folded BatchNorm moves logits by a good fraction of
+        # their scale. bf16 rounds ~0.4 % a layer (a few % over a deep net; 1 % was too tight on a
+        # Bottleneck ResNet); TF32's 10-bit mantissa ~0.05 % a layer (measured on an H100: 0.13 % of
+        # the logit scale on ResNet-50, where the float32 tolerance of 0.1 % failed).
+        expected = reference(x[:n].detach().contiguous().float())
+    if not isinstance(expected, torch.Tensor):
+        raise ModelError(f"the model must return a (B, K) logits tensor, got a {type(expected).__name__}")
+    expected = expected.float()
+    scale = float(expected.abs().max().clamp(min=1e-12))
+    tol = {"bf16": 5e-2, "tf32": 1e-2}.get(precision, 1e-3) * scale
+    return float((expected - logits[:n]).abs().max()), tol, scale
+
+
+# --------------------------------------------------------------------------------------------------
+# conservation
+
+
+def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every module of the copy, rule modules and lean pools taken as wholes (not their insides)."""
+    units: list[tuple[str, nn.Module]] = []
+    opaque: list[str] = []
+    for path, module in model.named_modules():
+        if any(path.startswith(p + ".") for p in opaque):
+            continue
+        units.append((path, module))
+        if isinstance(module, (RuleModule, LeanMaxPool)):
+            opaque.append(path)
+    return units
+
+
+def _probe_copy(model: nn.Module, context: RuleContext, dtype: torch.dtype) -> tuple[nn.Module, RuleContext]:
+    """The copy the check runs on: additive constants 0, stabilisers negligible, in ``dtype``."""
+    probe, ctx = copy.deepcopy((model, context))
+    with torch.no_grad():
+        for module in probe.modules():
+            named = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, t in named:
+                if (
+                    t is not None
+                    and t.is_floating_point()
+                    and (name.endswith("bias") or name in ADDITIVE_NAMES)
+                ):
+                    t.zero_()
+    probe.to(dtype)
+    for module in probe.modules():
+        if isinstance(module, ResidualAdd) and module.stabilizer is not None:
+            module.stabilizer = _PROBE_EPS
+        if isinstance(module, RuleModule):
+            fields = {f.name for f in dataclasses.fields(module.rule)}
+            small = {k: _PROBE_EPS for k in ("epsilon", "stabilizer") if k in fields}
+            module.rule = dataclasses.replace(module.rule, **small)
+            module.rule.prepare(module)
+    return probe, ctx
+
+
+def _violation(calls: list[CallRecord], index: int, floor: float) -> float | None:
+    """The relative conservation error of one call's own code, or None where none is expected."""
+    call = calls[index]
+    if call.ops or call.opaque or any(calls[c].opaque for c in call.children):
+        return None
+    if isinstance(call.module, RuleModule) and not call.module.rule.conservative:
+        return None
+    own = call.loss - sum(calls[c].loss for c in call.children)
+    scale = max(call.abs_in, call.abs_out, floor)
+    error = own / scale
+    return error if abs(error) > CONSERVATION_TOL else None
+
+
+def _message(call: CallRecord, error: float) -> str:
+    kind = type(call.module.inner if isinstance(call.module, RuleModule) else call.module).__qualname__
+    what = "lost" if error > 0 else "created"
+    where = call.path or "the model itself"
+    head = (
+        f"relevance is not conserved in {where} ({kind}): {abs(error):.1%} of the relevance through it "
+        f"is {what} "
+    )
+    skip = "To explain the model anyway, turn the check off: Explainer(..., self_check=False) or lrp.self_check: false."
+    if isinstance(call.module, RuleModule):
+        return (
+            head + f"by its rule {call.module.rule!r}, which should conserve it (biases set to 0). Give "
+            f"{kind} a rule that fits it: Pass() for an element-wise activation, Epsilon() for a linear "
+            f"map, Gradient() only for modules that move values without changing them. {skip}"
+        )
+    if not call.children:
+        return (
+            head + f"by its plain gradient. Give {kind} a rule: Pass() if it is element-wise, Epsilon() "
+            f"if it is a linear map (Explainer(..., extra_rules={{{kind}: Pass()}})). {skip}"
+        )
+    return (
+        head + "in its own forward() (outside its submodules): a functional operation that spray has no "
+        "rule for is explained by its plain gradient there (a division or product spray does not "
+        "recognise, exp/log/pow, a normalisation written by hand, a constant added that is not a "
+        f"parameter named '*bias'). Move the operation into a module and give that a rule, or give the "
+        f"whole {kind} one rule (Explainer(..., extra_rules={{{kind}: Epsilon()}})). {skip}"
+    )
+
+
+def _probe(
+    model: nn.Module,
+    context: RuleContext,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    attention: str,
+    dtype: torch.dtype,
+) -> list[CallRecord]:
+    probe, ctx = _probe_copy(model, context, dtype)
+    taps = RelevanceTaps(_units(probe), lambda: ctx.relevance_frame, rescale=True)
+    xp = x[:2].detach().to(dtype).requires_grad_(True)
+    try:
+        ctx.reset()
+        with torch.enable_grad(), functional_rules(ctx, attention, recorder=taps.record_op):
+            out = probe(xp)
+        seed = torch.zeros_like(out).scatter_(1, targets[:2, None].to(out.device), 1.0)
+        torch.autograd.grad(out, xp, grad_outputs=seed)
+    finally:
+        taps.remove()
+    return taps.calls
+
+
+def check_conservation(
+    model: nn.Module, context: RuleContext, x: torch.Tensor, targets: torch.Tensor, attention: str
+) -> None:
+    """Raise :class:`ModelError` naming the first module whose own code does not conserve relevance.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The LRP copy (rules attached); not modified (the check runs on a deep copy of it).
+    context : RuleContext
+        Its context.
+    x : torch.Tensor
+        ``(B, ...)`` the first batch (the first two samples are used).
+    targets : torch.Tensor
+        ``(B,)`` the explained classes.
+    attention : {"attnlrp", "cp"}
+        The composite's attention rule.
+    """
+    calls = _probe(model, context, x, targets, attention, torch.float32)
+    if not calls:
+        return
+    floor = 1e-6 * max(calls[0].abs_out, 1e-30)
+    for index, call in enumerate(calls):
+        error = _violation(calls, index, floor)
+        if error is not None:
+            raise ModelError(_message(call, error))
+    logger.debug("self-check: relevance conserved in %d module calls", len(calls))

@@ -1,0 +1,190 @@
+"""Preparing the LRP copy of a model: canonize, choose the layout, attach the rules, fuse ReLUs.
+
+Everything here happens once per :class:`~spray.lrp.explainer.Explainer`, before any forward pass, and
+only ever on a deep copy of the user's model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spray.errors import ConfigError, UnsupportedLayerError
+from spray.lrp.activations import is_activation
+from spray.lrp.base import Epsilon, Norm, Rule, RuleContext, RuleModule
+from spray.lrp.canonizers import ResidualAdd, canonize
+from spray.lrp.composites import LINEAR_TYPES, Composite
+from spray.lrp.fusion import _fuse_relus, _Fusion
+from spray.lrp.layout import _convert_layout
+from spray.lrp.normalization import is_normalization
+from spray.lrp.pooling import lean_maxpools
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PreparedModel", "prepare", "reference_copy"]
+
+
+@dataclass
+class PreparedModel:
+    """The canonized copy with rules attached, and what the engine needs to know about it.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The copy (eval mode, frozen parameters, rules attached).
+    rules : dict[str, Rule]
+        Module path → rule (plain-gradient leaves are not listed).
+    first_path : str or None
+        The relevance-out layer (the first dense/conv layer in module order), if any.
+    context : RuleContext
+        Shared by all rule modules of the copy.
+    fusions : list[_Fusion]
+        ReLUs folded into the layer before them (checked on the first call).
+    channels_last : bool
+        The copy's memory layout.
+    """
+
+    model: nn.Module
+    rules: dict[str, Rule]
+    first_path: str | None
+    context: RuleContext
+    fusions: list[_Fusion]
+    channels_last: bool
+
+
+def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+def _kind(module: nn.Module) -> tuple[str, str]:
+    """What ``module`` looks like (in words) and the rule to suggest for it."""
+    name = type(module).__name__.lower()
+    if next(module.children(), None) is not None:
+        return "a container", "one rule for the whole container, e.g. Epsilon()"
+    if is_normalization(module) or "norm" in name:
+        return (
+            "a normalisation layer",
+            "Normalize() if its forward() calls F.layer_norm/F.group_norm/F.rms_norm, else Epsilon()",
+        )
+    if is_activation(module) or any(w in name for w in ("act", "elu", "swish", "sigmoid", "tanh", "mish")):
+        return "an element-wise activation", "Pass()"
+    if "pool" in name:
+        return "a pooling layer", "Norm() for average pooling, Gradient() for max pooling"
+    if any(True for _ in module.parameters(recurse=False)):
+        return "a layer with weights", "Epsilon() if it is a linear map"
+    return (
+        "a module without weights",
+        "Gradient() if it only moves or copies values, Pass() if it is element-wise",
+    )
+
+
+def unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
+    """The refusal for modules without a rule: each path with its type and kind, and the fix."""
+    lines: list[str] = []
+    hints: dict[str, str] = {}
+    for path, m in unsupported:
+        kind, rule = _kind(m)
+        lines.append(f"  - {path}: {type(m).__module__}.{type(m).__qualname__} ({kind})")
+        hints.setdefault(type(m).__name__, rule)
+    first_type, first_rule = next(iter(hints.items()))
+    first_rule = first_rule.split(" ")[0]
+    return (
+        f"spray has no LRP rule for {len(unsupported)} module(s) of this model:\n"
+        + "\n".join(lines)
+        + "\nGive each type a rule (rules in spray.lrp.rules): "
+        + "; ".join(f"{t}: {r}" for t, r in hints.items())
+        + f". For example Explainer(model, extra_rules={{{first_type}: {first_rule}}}), or for every "
+        f"Explainer spray.lrp.composites.register_layer_rule({first_type}, {first_rule}). A container "
+        "(a module with submodules) can be given one rule as a whole. Supported out of the box: "
+        "Conv1d/2d/3d, Linear, BatchNorm, LayerNorm/GroupNorm/RMSNorm, element-wise activations (torch.nn "
+        "and timm), Max/AvgPool (incl. adaptive), Softmax, Flatten, Dropout, Identity, containers, and "
+        "attention, gating and activations written in forward()."
+    )
+
+
+def _relevance_out_layer(model: nn.Module, rules: Mapping[str, Rule]) -> str | None:
+    # The first dense/conv layer in module order; it returns relevance instead of a gradient.
+    for path, module in model.named_modules():
+        if path in rules and isinstance(module, LINEAR_TYPES):
+            return path
+    direct = [p for p, r in rules.items() if r.direct]
+    return direct[0] if direct else None
+
+
+def _attach(model: nn.Module, rules: dict[str, Rule], first: str | None, context: RuleContext) -> None:
+    """Replace every ruled module by a :class:`RuleModule` (residual sums get their stabiliser)."""
+    for path, rule in rules.items():
+        module = model.get_submodule(path)
+        if isinstance(module, ResidualAdd):
+            if not isinstance(rule, (Norm, Epsilon)):
+                raise ConfigError(f"only Norm/Epsilon rules can go on residual sums ({path}), got {rule!r}")
+            module.stabilizer = rule.stabilizer if isinstance(rule, Norm) else rule.epsilon
+            continue
+        if rule.direct and path != first:
+            raise ConfigError(
+                f"rule {rule!r} produces relevance, not a gradient, and can only go on the first layer "
+                f"({first}); it was assigned to {path}"
+            )
+        _set_module(model, path, RuleModule(module, rule, path, path == first, context))
+
+
+def _default_layout(model: nn.Module, device: torch.device) -> bool:
+    # 3-D (video/volume) models keep the contiguous layout: channels_last is a 4-D format
+    return (
+        device.type == "cpu"
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        and not any(t.dim() == 5 for t in (*model.parameters(), *model.buffers()))
+    )
+
+
+def prepare(
+    model: nn.Module,
+    composite: Composite,
+    *,
+    device: torch.device,
+    canonize_model: bool,
+    extra_rules: Mapping[type[nn.Module], Rule] | None,
+    channels_last: bool | None,
+) -> PreparedModel:
+    """Deep-copy, canonize and lay out ``model``, attach ``composite``'s rules, fuse ReLUs.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        Some leaf module has no rule (before any forward pass).
+    ConfigError
+        A rule that cannot go where the composite puts it.
+    """
+    copied = canonize(model, "auto" if canonize_model else None, device=device)
+    layout = _default_layout(copied, device) if channels_last is None else channels_last
+    # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
+    layout = _convert_layout(copied, bool(layout))
+    rules, unsupported = composite.assign(copied, extra_rules)
+    if unsupported:
+        raise UnsupportedLayerError(unsupported_message(unsupported))
+    first = _relevance_out_layer(copied, rules)
+    context = RuleContext(has_first=first is not None)
+    _attach(copied, rules, first, context)
+    fusions = _fuse_relus(copied)
+    lean_maxpools(copied)
+    return PreparedModel(copied, rules, first, context, fusions, layout)
+
+
+def reference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy of the user's model without its hooks (for the first call's output check)."""
+    return canonize(model, None, device=device)
+
+
+def hooked_modules(model: nn.Module) -> list[str]:
+    """Paths of the user's modules that carry forward hooks (which spray's copies do not run)."""
+    found = []
+    for path, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None):
+            found.append(path or "<root>")
+    return found

@@ -1,0 +1,293 @@
+"""spray.lrp on modern architectures, against zennit (CNNs) and LXT (vision transformers).
+
+The references apply the same rules as spray with the libraries' own machinery (see tests/lrp_oracles.py).
+Models use random weights with BatchNorm statistics measured on random inputs (so activations keep
+their scale), small inputs and, where the constructors allow it, reduced widths; the full-size models
+are marked slow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from spray.lrp import Explainer
+from tests.lrp_oracles import lxt_modules, lxt_reference, lxt_swin_reference, realistic_bn, zennit_reference
+
+BOX = {"low": -3.0, "high": 3.0}
+
+
+def _convnext_small() -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)], num_classes=10)
+
+
+def _densenet_small() -> nn.Module:
+    return torchvision.models.DenseNet(
+        growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10
+    )
+
+
+CNNS: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5), 32),
+    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), 32),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), 32),
+    "regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(num_classes=10), 32),
+    "densenet": (_densenet_small, 32),
+    "convnext": (_convnext_small, 32),
+}
+SLOW_CNNS: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "mobilenet_v3_large": (lambda: torchvision.models.mobilenet_v3_large(num_classes=10), 64),
+    "efficientnet_v2_s": (lambda: torchvision.models.efficientnet_v2_s(num_classes=10), 64),
+    "densenet121": (lambda: torchvision.models.densenet121(num_classes=10), 64),
+    "convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=10), 64),
+}
+_CACHE: dict[tuple[str, bool], nn.Module] = {}
+
+
+def _cnn(name: str, zero_bias: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    factory, size = {**CNNS, **SLOW_CNNS}[name]
+    if (name, zero_bias) not in _CACHE:
+        torch.manual_seed(0)
+        _CACHE[(name, zero_bias)] = realistic_bn(factory(), (3, size, size), zero_bias=zero_bias)
+    torch.manual_seed(2)
+    return _CACHE[(name, zero_bias)], torch.randn(2, 3, size, size).clamp(-2.5, 2.5)
+
+
+def _assert_close(ours: torch.Tensor, ref: torch.Tensor, max_err: float = 1e-3) -> None:
+    # scaled per sample first: cosine_similarity's eps would hide maps of small magnitude
+    scale = ref.flatten(1).abs().max(1).values.clamp(min=1e-30)[:, None]
+    a, b = ours.flatten(1) / scale, ref.flatten(1) / scale
+    cos = nn.functional.cosine_similarity(a, b, dim=1)
+    assert bool((cos >= 0.9999).all()), cos.tolist()
+    err = float((a - b).abs().max())
+    assert err <= max_err, err
+
+
+def _ratio(result: Any) -> torch.Tensor:
+    target_logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    return result.relevance.flatten(1).sum(1) / target_logit
+
+
+# --------------------------------------------------------------------------------------------------
+# CNNs against zennit
+
+
+def _check_cnn(name: str, composite: str) -> None:
+    model, x = _cnn(name)
+    kwargs = BOX if composite == "EpsilonGammaBox" else {}
+    ours = Explainer(model, composite, composite_kwargs=kwargs)(x)
+    assert torch.isfinite(ours.relevance).all()
+    ref = zennit_reference(model, x, composite, ours.targets, **kwargs)
+    _assert_close(ours.relevance, ref)
+
+
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "EpsilonGammaBox"])
+@pytest.mark.parametrize("name", list(CNNS))
+def test_cnn_matches_zennit(name: str, composite: str) -> None:
+    _check_cnn(name, composite)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SLOW_CNNS))
+def test_full_size_cnn_matches_zennit(name: str) -> None:
+    _check_cnn(name, "EpsilonPlusFlat")
+
+
+# γ conserves relevance wherever z ≠ 0; z+ loses it where no input meets a positive weight but z ≠ 0,
+# which happens on these random MobileNet/EfficientNet layers (sums of 0.98-0.99 of the logit; zennit
+# gives the same maps), so those are held to conservation under EpsilonGammaBox only.
+CONSERVATION = [
+    *[(name, "EpsilonGammaBox") for name in CNNS],
+    *[(name, "EpsilonPlusFlat") for name in ("regnet_y_400mf", "densenet", "convnext")],
+]
+
+
+@pytest.mark.parametrize(("name", "composite"), CONSERVATION)
+def test_cnn_conserves_relevance_with_zero_biases(name: str, composite: str) -> None:
+    model, x = _cnn(name, zero_bias=True)
+    kwargs = BOX if composite == "EpsilonGammaBox" else {}
+    ratio = _ratio(Explainer(model, composite, composite_kwargs=kwargs)(x))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# vision transformers against LXT
+
+
+def _tv_vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+
+
+def _timm(name: str) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        timm = pytest.importorskip("timm")
+        return timm.create_model(name, pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10)
+
+    return make
+
+
+VITS: dict[str, Callable[[], nn.Module]] = {
+    "torchvision_vit": _tv_vit,
+    "timm_vit_tiny": _timm("vit_tiny_patch16_224"),
+    "timm_deit_tiny_distilled": _timm("deit_tiny_distilled_patch16_224"),
+}
+
+
+def _vit(name: str, zero_bias: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = VITS[name]().eval()
+    with torch.no_grad():  # non-trivial tokens and position embeddings, a head with a useful scale
+        for pname, p in model.named_parameters():
+            if "token" in pname or "pos_emb" in pname:
+                p.normal_(std=0.5)
+            if pname.startswith("head"):
+                p.normal_(std=0.1)
+            if zero_bias and (pname.endswith("bias") or "token" in pname or "pos_emb" in pname):
+                p.zero_()
+    torch.manual_seed(2)
+    return model, torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize(("composite", "attention"), [("AttnLRP", "attnlrp"), ("CPLRP", "cp")])
+@pytest.mark.parametrize("name", list(VITS))
+def test_vit_matches_lxt(name: str, composite: str, attention: str) -> None:
+    model, x = _vit(name)
+    # LXT explains linear layers by their gradient (LRP-0): the same rule is ε → 0 (the default ε = 1e-6
+    # moves timm's maps by up to 2e-3 of their maximum, where q/k/v entries are that small)
+    ours = Explainer(model, composite, composite_kwargs={"epsilon": 1e-9})(x)
+    ref = lxt_reference(model, x, ours.targets, attention)
+    _assert_close(ours.relevance, ref)
+
+
+@pytest.mark.parametrize("name", list(VITS))
+def test_vit_conserves_relevance_under_cp_lrp(name: str) -> None:
+    # AttnLRP's softmax rule is not conservative; CP-LRP is, once biases, tokens and positions are 0
+    model, x = _vit(name, zero_bias=True)
+    ratio = _ratio(Explainer(model, "CPLRP")(x))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
+def test_vit_maps_at_patch_resolution_are_brought_to_the_input_size() -> None:
+    """EpsilonPlusFlat puts Flat on the patch embedding: each token's relevance is spread evenly over its
+    8×8×3 pixels, and equals the token relevance that LXT's rules give at the patch embedding's output."""
+    model, x = _vit("torchvision_vit")
+    ours = Explainer(model, "EpsilonPlusFlat")(x)
+    patches = ours.relevance.reshape(2, 3, 4, 8, 4, 8)
+    assert torch.allclose(patches, patches[:, :1, :, :1, :, :1].expand_as(patches), rtol=1e-4, atol=1e-9)
+    # LXT's rules, with the relevance at the patch embedding's output read off (activation × gradient)
+    _, patches_out = _lxt_token_relevance(model, x, ours.targets)
+    spread = patches_out.sum(1)[:, None, :, None, :, None].expand(2, 3, 4, 8, 4, 8) / (3 * 8 * 8)
+    _assert_close(ours.relevance, spread.reshape(2, 3, 32, 32))
+
+
+def _lxt_token_relevance(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor
+) -> tuple[Any, torch.Tensor]:
+    """LXT's AttnLRP relevance at the patch embedding's output, ``(B, hidden, 4, 4)``."""
+    import copy
+
+    import torch.nn.functional as F
+
+    rules, patches = lxt_modules()
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.forward = patches.layer_norm_forward.__get__(m)
+        elif isinstance(m, nn.GELU):
+            m.forward = (lambda f: lambda t: rules.identity_rule_implicit(f, t))(m.forward)
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        out.retain_grad()
+        kept["out"] = out
+
+    model.conv_proj.register_forward_hook(keep)
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        return original(
+            rules.divide_gradient(q, 4), rules.divide_gradient(k, 4), rules.divide_gradient(v, 2), *a, **kw
+        )
+
+    F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
+    try:
+        out = model(x.clone().requires_grad_(True))
+    finally:
+        F.scaled_dot_product_attention = original  # type: ignore[assignment]
+    out.backward(torch.zeros_like(out).scatter_(1, targets[:, None], 1.0))
+    emb = kept["out"]
+    return out, (emb * emb.grad).detach()
+
+
+@pytest.mark.slow
+def test_vit_b_16_matches_lxt() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(num_classes=10).eval()
+    with torch.no_grad():
+        model.heads.head.weight.normal_(std=0.02)
+        model.class_token.normal_(std=0.5)
+    x = torch.randn(1, 3, 224, 224)
+    ours = Explainer(model, "AttnLRP")(x)
+    _assert_close(ours.relevance, lxt_reference(model, x, ours.targets, "attnlrp"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Swin: the same rules (its attention is functional: matmul, softmax, relative position bias)
+
+
+def _swin(zero_bias: bool = False) -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=10).eval()
+    if zero_bias:
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("bias") or "relative_position_bias" in pname:
+                    p.zero_()
+    return model
+
+
+@pytest.mark.parametrize(("composite", "attention"), [("AttnLRP", "attnlrp"), ("CPLRP", "cp")])
+def test_swin_matches_lxt_rules(composite: str, attention: str) -> None:
+    model = _swin()
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 32, 32)
+    # Swin's projections are used functionally (F.linear with the layers' weights): LRP-0 in both
+    ours = Explainer(model, composite, composite_kwargs={"epsilon": 1e-9})(x)
+    _assert_close(ours.relevance, lxt_swin_reference(model, x, ours.targets, attention))
+
+
+def test_swin_conserves_relevance_under_cp_lrp() -> None:
+    torch.manual_seed(2)
+    ratio = _ratio(Explainer(_swin(zero_bias=True), "CPLRP")(torch.randn(2, 3, 32, 32)))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# timm CNNs by name (their blocks differ from torchvision's; no zennit canonizers for them here)
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "efficientnet_b0", "mobilenetv3_small_050", "regnety_002"])
+def test_timm_cnn_runs_and_conserves_relevance(name: str) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = realistic_bn(
+        timm.create_model(name, pretrained=False, num_classes=10), (3, 32, 32), zero_bias=True
+    )
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 32, 32)
+    explainer = Explainer(model, "EpsilonGammaBox", composite_kwargs=BOX)
+    ratio = _ratio(explainer(x))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+    if name == "efficientnet_b0":  # BatchNormAct2d was split and its BatchNorm folded
+        assert not any(type(m).__name__ == "BatchNormAct2d" for m in explainer.model.modules())

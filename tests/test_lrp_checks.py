@@ -1,0 +1,360 @@
+"""Regression tests for the defects of issue #15: never a silently wrong map.
+
+In-place activations, in-place functional operations, BatchNorms that cannot be folded, the
+conservation self-check, refusals that name the layer kind, rules on containers, the user's hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spray.errors import ModelError, UnsupportedLayerError
+from spray.lrp import Explainer
+from spray.lrp.rules import Epsilon, Gradient, Pass
+from tests.lrp_oracles import PassNonzero, zattr, zc, zrules
+
+# --------------------------------------------------------------------------------------------------
+# in-place activations
+
+
+def _act_net(act: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.Conv2d(6, 6, 3, padding=1),
+        act,
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(6 * 8 * 8, 4),
+    ).eval()
+
+
+INPLACE = [
+    nn.ReLU6(inplace=True),
+    nn.SiLU(inplace=True),
+    nn.LeakyReLU(0.1, inplace=True),
+    nn.Hardtanh(-0.5, 0.5, inplace=True),
+    nn.ELU(inplace=True),
+    nn.Hardswish(inplace=True),
+]
+
+
+def _zennit(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    comp = zc.EpsilonPlusFlat(layer_map=[((nn.BatchNorm2d,), zrules.Pass())])
+    with zattr.Gradient(model, comp) as attributor:
+        _, rel = attributor(x, lambda out: torch.zeros_like(out).scatter_(1, targets[:, None], 1.0) * out)
+    return rel.detach()
+
+
+@pytest.mark.parametrize("act", INPLACE, ids=lambda m: type(m).__name__)
+def test_inplace_activations_give_the_out_of_place_map(act: nn.Module) -> None:
+    """``Pass`` on an in-place activation used to read the input after the activation overwrote it
+    (cosine to zennit down to -0.32, NaN on EfficientNet)."""
+    model = _act_net(act)
+    x = torch.randn(2, 3, 8, 8)
+    ours = Explainer(model)(x)
+    act.inplace = False
+    ref = _zennit(model, x, ours.targets)
+    act.inplace = True  # the user's model keeps its switch
+    cos = F.cosine_similarity(ours.relevance.flatten(1), ref.flatten(1), dim=1)
+    assert bool((cos > 0.99999).all()), cos.tolist()
+    assert model[3].inplace
+
+
+class _ClampInPlace(nn.Module):
+    """An element-wise module that writes into its input (a user's ``x.clamp_()``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp_(-0.5, 0.5)
+
+
+def test_pass_on_a_module_that_writes_its_input_runs_it_on_a_copy() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    writer = Explainer(_act_net(_ClampInPlace()), extra_rules={_ClampInPlace: Pass()})
+    clean = Explainer(_act_net(nn.Hardtanh(-0.5, 0.5)))
+    for _ in range(2):  # the first call finds out, later calls copy
+        a, b = writer(x, target=1).relevance, clean(x, target=1).relevance
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+class _FunctionalActs(nn.Module):
+    """Activations called functionally, in place and out of place, in a custom forward()."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        h = F.silu(h, inplace=self.inplace)
+        h = self.conv2(h)
+        if self.inplace:
+            h.sigmoid_()
+        else:
+            h = torch.sigmoid(h)
+        return self.fc(h.flatten(1))
+
+
+def test_inplace_functional_activations_are_explained_like_their_out_of_place_forms() -> None:
+    torch.manual_seed(0)
+    out_of_place = _FunctionalActs(False).eval()
+    in_place = _FunctionalActs(True).eval()
+    in_place.load_state_dict(out_of_place.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    a, b = Explainer(in_place)(x, target=2), Explainer(out_of_place)(x, target=2)
+    assert torch.allclose(a.logits, b.logits)
+    assert torch.allclose(a.relevance, b.relevance, rtol=1e-5, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchNorm that cannot be folded (DenseNet's, after a concatenation)
+
+
+class _UnfoldableBN(nn.Module):
+    """Conv → ReLU → MaxPool → BatchNorm with a shift: the BN sees exact zeros and outputs non-zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2(self.bn(self.pool(self.relu(self.conv(x))))).flatten(1))
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = _UnfoldableBN().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.bias.uniform_(0.2, 0.5)  # a shift: BN(0) != 0
+    return model
+
+
+def test_unfoldable_batchnorm_drops_the_relevance_of_exact_zeros_and_says_so() -> None:
+    """Documented deviation from zennit: at a BN input that is exactly 0, zennit's ``Pass`` hands the
+    relevance of the BN's (non-zero) output on to the inactive neuron below; in spray's
+    activation × gradient frame the relevance of a zero is 0. spray equals zennit with exactly that
+    changed, and differs from plain zennit by exactly that relevance."""
+    model = _bn_model()
+    x = torch.randn(2, 3, 8, 8)
+    ours = Explainer(model)(x)
+    assert "bn" not in [p for p, _ in model.named_modules() if p == "conv"]  # the BN follows a pool
+    assert type(Explainer(model).rules["bn"]) is Pass
+
+    def zennit(bn_rule: object) -> torch.Tensor:
+        comp = zc.EpsilonPlusFlat(layer_map=[((nn.BatchNorm2d,), bn_rule)])
+        with zattr.Gradient(model, comp) as attributor:
+            _, rel = attributor(x, lambda o: torch.zeros_like(o).scatter_(1, ours.targets[:, None], 1.0) * o)
+        return rel.detach()
+
+    same_rules, plain = zennit(PassNonzero()), zennit(zrules.Pass())
+    scale = float(same_rules.abs().max())
+    assert float((ours.relevance - same_rules).abs().max()) <= 1e-5 * scale
+    with torch.no_grad():
+        zeros = (model.pool(model.relu(model.conv(x))) == 0).float().mean()
+    assert zeros > 0.05  # the case is really exercised
+    assert float((plain - same_rules).abs().max()) > 1e-3 * scale
+
+
+# --------------------------------------------------------------------------------------------------
+# the conservation self-check
+
+
+class _Normalises(nn.Module):
+    """A block that divides by a norm in its own forward(): no rule covers that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return h / (h.pow(2).mean(1, keepdim=True).sqrt() + 1e-3)
+
+
+class _Net(nn.Module):
+    def __init__(self, block: nn.Module, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU() if act is None else act
+        self.block = block
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.act(self.stem(x))).flatten(1))
+
+
+def test_self_check_refuses_a_functional_operation_no_rule_covers_and_names_the_module() -> None:
+    torch.manual_seed(0)
+    model = _Net(_Normalises()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ModelError) as info:
+        Explainer(model)(x)
+    message = str(info.value)
+    assert "relevance is not conserved in block (_Normalises)" in message
+    assert "forward()" in message and "extra_rules" in message and "self_check=False" in message
+    assert torch.isfinite(Explainer(model, self_check=False)(x).relevance).all()
+
+
+class _Cube(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x**3
+
+
+def test_self_check_refuses_a_plain_gradient_on_a_non_linear_module() -> None:
+    torch.manual_seed(0)
+    model = _Net(_Cube()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ModelError, match=r"in block \(_Cube\).*by its plain gradient.*Pass\(\)"):
+        Explainer(model, extra_rules={_Cube: Gradient()})(x)
+    Explainer(model, extra_rules={_Cube: Pass()})(x)  # the right rule: conserved, accepted
+
+
+class _Gated(nn.Module):
+    """A gate in a custom forward(): ``x * sigmoid(s(x))`` (squeeze-and-excitation style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.squeeze(x.mean((2, 3), keepdim=True)))
+
+
+def test_gate_rule_sends_all_relevance_to_the_gated_features() -> None:
+    torch.manual_seed(0)
+    model = _Net(_Gated()).eval()
+    with torch.no_grad():
+        model.stem.bias.zero_()
+        model.fc.bias.zero_()
+        model.block.squeeze.bias.zero_()
+    x = torch.randn(2, 3, 8, 8)
+    result = Explainer(model)(x)  # the self-check passes: the gate rule conserves relevance
+    ratio = result.relevance.flatten(1).sum(1) / result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio.tolist()
+    # the same model with the gate taken as a constant by hand
+    model.block.forward = lambda t: (
+        t * torch.sigmoid(model.block.squeeze(t.mean((2, 3), keepdim=True))).detach()
+    )
+    by_hand = Explainer(model, canonize=False, self_check=False)(x, target=result.targets)
+    assert torch.allclose(result.relevance, by_hand.relevance, rtol=1e-5, atol=1e-8)
+
+
+def test_products_of_two_activations_get_the_uniform_rule() -> None:
+    """``a * b`` of two activations: half of the relevance to each factor (AttnLRP), conserved; the
+    plain gradient would hand each factor all of it."""
+
+    class Bilinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 4, 1, bias=False), nn.Conv2d(4, 4, 1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) * self.b(x)
+
+    torch.manual_seed(0)
+    model = _Net(Bilinear()).eval()
+    with torch.no_grad():
+        model.stem.bias.zero_()
+        model.fc.bias.zero_()
+    result = Explainer(model, "EpsilonGammaBox", composite_kwargs={"low": -3.0, "high": 3.0})(
+        torch.randn(2, 3, 8, 8)
+    )
+    ratio = result.relevance.flatten(1).sum(1) / result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# refusals and rules on containers
+
+
+class _LayerScaleBlock(nn.Module):
+    """A container that owns a parameter itself (ConvNeXt's layer scale)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.gamma = nn.Parameter(torch.full((1, 4, 1, 1), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.conv(x)
+
+
+def test_containers_that_own_parameters_are_accepted_and_checked() -> None:
+    torch.manual_seed(0)
+    model = _Net(_LayerScaleBlock()).eval()
+    assert torch.isfinite(Explainer(model)(torch.randn(2, 3, 8, 8)).relevance).all()
+
+
+def test_a_container_can_be_given_one_rule() -> None:
+    torch.manual_seed(0)
+    # after a ReLU, Pass would drop the relevance of the zeros (a BN-like shift makes f(0) != 0 here)
+    model = _Net(_Normalises(), act=nn.Identity()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    explainer = Explainer(model, extra_rules={_Normalises: Pass()})
+    assert "block" in explainer.rules and "block.conv" not in explainer.rules
+    assert torch.isfinite(explainer(x).relevance).all()  # Pass conserves: the check accepts it
+    assert isinstance(Explainer(model, extra_rules={_Normalises: Epsilon()}).rules["block"], Epsilon)
+
+
+class RMSish(nn.Module):
+    """A hand-written normalisation with a weight (its class name does not say 'norm')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True) * self.weight
+
+
+def test_layernorm_and_gelu_are_supported_and_unknown_kinds_are_named() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3))
+    assert torch.isfinite(Explainer(model)(torch.randn(2, 3, 2, 2)).relevance).all()
+    bad = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), RMSish(), nn.Linear(8, 3))
+    with pytest.raises(UnsupportedLayerError) as info:
+        Explainer(bad)
+    message = str(info.value)
+    assert "2: tests.test_lrp_checks.RMSish (a layer with weights)" in message
+    assert "element-wise activation" not in message.split("Supported out of the box")[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the user's hooks
+
+
+def test_user_hooks_never_fire_in_spray_copies(caplog: pytest.LogCaptureFixture) -> None:
+    """The first-call check used to run a deep copy that kept the hooks (once per Explainer), and a hook
+    that changes the output made the check blame BatchNorm registration order."""
+    model = _act_net(nn.ReLU())
+    calls: list[str] = []
+    model[0].register_forward_hook(lambda m, i, o: calls.append("seen"))
+    model[6].register_forward_hook(lambda m, i, o: o * 10)  # changes the output
+    x = torch.randn(2, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        explainer = Explainer(model)
+        first = explainer(x)
+        explainer(x)
+    assert calls == []
+    assert "forward hooks" in caplog.text and "without them" in caplog.text
+    with torch.no_grad():  # spray explains the model without its hooks
+        handles = list(model[6]._forward_hooks)
+        assert handles
+        logits = model[:6](x)
+        logits = model[6](logits) / 10
+    assert torch.allclose(first.logits, logits, rtol=1e-4, atol=1e-5)
