@@ -195,7 +195,10 @@ def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE, name: str = "
     if n_pages > 1:
         # First render: the URL's page is the default; later: the view state drives the widget.
         if wkey in st.session_state:
-            st.session_state[wkey] = cur
+            # Only when the view state moved it: st.pagination always has a default, and a value written
+            # through the Session State API on the same run makes Streamlit log a duplication warning.
+            if st.session_state[wkey] != cur:
+                st.session_state[wkey] = cur
             st.pagination(n_pages, key=wkey, on_change=changed, max_visible_pages=9)
         else:
             st.pagination(n_pages, default=cur, key=wkey, on_change=changed, max_visible_pages=9)
