@@ -29,10 +29,8 @@ from tests.faults.cli import assert_clean_failure, run_main
 
 SIZES = [40, 40, 40, 40, 40, 40, 120, 40, 40, 40]
 # virelay 0.6.1 pins pillow<11 (spray's environment has a newer pillow its loader works with), so it is not in
-# the `test` extra; these are the packages its loader and server import.
-VIRELAY_MISSING = (
-    "pip install --no-deps virelay==0.6.1 && pip install flask flask-cors matplotlib (test-only oracle)"
-)
+# the `test` extra. Its loader also needs h5py and matplotlib (test extra, via mlxtend), its server flask.
+VIRELAY_MISSING = "pip install --no-deps virelay==0.6.1 && pip install flask flask-cors (test-only oracle)"
 
 
 @pytest.fixture(autouse=True)
