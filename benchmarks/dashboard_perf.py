@@ -1,6 +1,7 @@
 """Dashboard timings on a synthetic 100k-sample run written by spray's own run writer.
 
     .venv/bin/python benchmarks/dashboard_perf.py                 # AppTest (server side) + browser
+    .venv/bin/python benchmarks/dashboard_perf.py --repeat 5      # 5 fresh servers + browsers: medians
     .venv/bin/python benchmarks/dashboard_perf.py --no-browser
     .venv/bin/python benchmarks/dashboard_perf.py --screenshot docs/screenshot.png --runs-dir spray-demo/runs
 
@@ -8,8 +9,11 @@ The run has 110,000 samples: class 0 with 100,000 (the class page's worst case) 
 Timed, each first (cold caches) and second (warm) time:
 
 - overview: the first paint of the ranked clusters;
-- class page: spectrum + 100k-point WebGL scatter;
-- one page of 100 thumbnails (overlays rendered with numpy, one st.image call).
+- class page: spectrum + the 100k-point map (a picture of every point plus the drawn sample of points);
+- cluster page: one page of 100 thumbnails (overlays rendered with numpy, one st.image call).
+
+Every browser repetition starts a fresh server (cold Streamlit caches) and a fresh browser (cold HTTP cache);
+the load average is printed before and after each repetition.
 
 AppTest times the Python script run (what the server does per rerun). The browser times run from
 navigation until the page's last element is there (scatter: every one of the 100k points through plotly's
@@ -27,6 +31,7 @@ import json
 import logging
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,13 +76,11 @@ def time_apptest(runs: Path, db: Path, app: Path = APP) -> dict[str, float]:
         at.switch_page("views/class_view.py").run()
         out[f"class_100k_{label}_s"] = time.perf_counter() - t
         assert not at.exception, at.exception
-    summary = json.loads(
-        next(p for p in runs.iterdir() if (p / "summary.json").exists() and not p.is_symlink())
-        .joinpath("summary.json")
-        .read_text()
-    )
-    big = next(f for f in summary["findings"] if f["size"] > 100)
-    at.query_params["cluster"] = big["key"]
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import read_summary
+
+    big = next(f for f in read_summary(list_runs(runs)[0]).findings if f.size > 100)
+    at.query_params["cluster"] = big.key
     for label in ("cold", "warm"):
         t = time.perf_counter()
         at.switch_page("views/cluster.py").run()
@@ -131,11 +134,16 @@ QUIET_JS = """async () => {
   obs.disconnect();
   return [Math.max(ready, ...ends), performance.now()];
 }"""
-# The class page's map is drawn: every point of the (one or more) scatter traces went through plotly's calc.
+# The class page's map is drawn: every drawn point went through plotly's calc and, for a big map, the picture of
+# all points is decoded in the page.
 MAP_DRAWN_JS = """(n) => { const g = document.querySelectorAll('.stPlotlyChart .js-plotly-plot')[1];
   if (!g || !g.calcdata || !g._fullData) return false;
   let total = 0; for (const t of g._fullData) total += t._length || 0;
-  return total >= n; }"""
+  if (total < Math.min(n, 1000)) return false;
+  const pics = (g._fullLayout.images || []).length;
+  if (!pics) return total >= n;
+  const imgs = g.querySelectorAll('.imagelayer image');
+  return imgs.length >= pics; }"""
 
 
 def _settled(page: Any, t0: float) -> float:
@@ -147,8 +155,9 @@ def _settled(page: Any, t0: float) -> float:
 def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
-    summary = json.loads((run / "summary.json").read_text())
-    big = next(f for f in summary["findings"] if f["size"] > 100)
+    from spray.runs.reader import read_summary
+
+    big = next(f for f in read_summary(run).findings if f.size > 100)
     proc, url = _serve(runs, db, app)
     out: dict[str, float] = {}
     try:
@@ -170,7 +179,7 @@ def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, 
                 out[f"browser_class_100k_{label}_s"] = _settled(page, t)
             for label in ("cold", "warm"):
                 t = time.perf_counter()
-                page.goto(f"{url}/cluster?run={run.name}&cluster={big['key']}")
+                page.goto(f"{url}/cluster?run={run.name}&cluster={big.key}")
                 page.locator("[data-testid=stMain] img").nth(100).wait_for(state="attached")
                 page.wait_for_function(
                     "() => Array.from(document.querySelectorAll('[data-testid=stMain] img')).filter(i => i.complete && i.naturalWidth > 0).length >= 101"
@@ -198,11 +207,15 @@ def screenshot(runs: Path, out: Path, db: Path) -> None:
             page.set_default_timeout(60_000)
             page.goto(url + "/")
             page.locator("[data-testid=stDataFrame]").first.wait_for(state="visible")
-            page.wait_for_timeout(2500)
+            page.get_by_text("Since the previous run").wait_for()
+            _settled(page, time.perf_counter())
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(out))
             page.goto(url + "/class")
             page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
-            page.wait_for_timeout(2500)
+            page.wait_for_function(MAP_DRAWN_JS, arg=1)
+            _settled(page, time.perf_counter())
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(out.with_name(out.stem + "-class" + out.suffix)))
             b.close()
     finally:
@@ -216,10 +229,13 @@ def screenshot(runs: Path, out: Path, db: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-browser", action="store_true", help="AppTest only")
+    ap.add_argument("--no-apptest", action="store_true", help="browser only")
     ap.add_argument("--screenshot", type=Path, help="only save screenshots of --runs-dir's newest run here")
     ap.add_argument("--runs-dir", type=Path, help="runs to screenshot (default: the synthetic 100k run)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     ap.add_argument("--app", type=Path, default=APP, help="dashboard app to time (default: this checkout's)")
+    ap.add_argument("--repeat", type=int, default=1, help="browser repetitions (fresh server + browser each)")
+    ap.add_argument("--keep-run", type=Path, help="build the 110k run here once and reuse it (A/B series)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,13 +243,30 @@ def main() -> int:
         if args.screenshot:
             screenshot((args.runs_dir or Path(tmp)).resolve(), args.screenshot.resolve(), db)
             return 0
-        runs = Path(tmp) / "runs"
-        run = build_run(runs)
-        res = time_apptest(runs, db, args.app.resolve())
+        runs = args.keep_run.resolve() if args.keep_run else Path(tmp) / "runs"
+        from spray.runs.publish import list_runs
+
+        found = list_runs(runs)
+        run = found[0] if found else build_run(runs)
+        db = Path(tmp) / "flags.sqlite"
+        res: dict[str, Any] = {} if args.no_apptest else time_apptest(runs, db, args.app.resolve())
+        browser: dict[str, list[float]] = {}
         if not args.no_browser and Path(CHROMIUM).exists():
-            res.update(time_browser(runs, db, run, args.app.resolve()))
+            for i in range(args.repeat):
+                before = os.getloadavg()[0]
+                one = time_browser(runs, db, run, args.app.resolve())
+                after = os.getloadavg()[0]
+                log.info("repetition %d: load %.2f → %.2f  %s", i + 1, before, after,
+                         "  ".join(f"{k[8:-2]} {v:.2f}" for k, v in one.items()))  # fmt: skip
+                for k, v in one.items():
+                    browser.setdefault(k, []).append(v)
+                browser.setdefault("load_before", []).append(before)
+                browser.setdefault("load_after", []).append(after)
     for k, v in res.items():
         log.info("%-28s %6.2f s", k, v)
+    for k, vs in browser.items():
+        log.info("%-28s median %6.2f  (%s)", k, statistics.median(vs), ", ".join(f"{v:.2f}" for v in vs))
+        res[k] = vs
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

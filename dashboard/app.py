@@ -3,11 +3,15 @@
 Pages (``st.navigation`` with file pages, so ``AppTest.switch_page`` can reach each one):
 
 - Overview: run picker, ranked suspicious clusters across all classes, changes since the previous run;
-- Class: eigenvalue spectrum, 2-D WebGL map (one trace, or one per colour group above 20k points) with
-  lasso / box selection, any stored k;
-- Cluster / selection: mean heatmap, paged grid of every member (input, heatmap, overlay);
+- Class: eigenvalue spectrum, 2-D WebGL map with lasso / box selection, any stored k;
+- Cluster / selection: mean heatmap, evidence, paged grid of every member (input, heatmap, overlay);
+- Sample: one sample at full size (input, heatmap, overlay, original file), its clusters and history;
 - Flags: current flags with history, unflag, export for unlearning (CSV, JSON, Parquet);
 - Corrections: the picked run's published corrections (``spray correct``), before and after.
+
+Every page: the access token first (when the server has one), the sidebar (run picker, unreadable runs with
+their reason, sample search, author, live flag counts), and errors of run files or of the flag database as
+a message on that page, never a traceback.
 """
 
 from __future__ import annotations
@@ -20,45 +24,89 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+import access  # noqa: E402
 import common  # noqa: E402
+import flagform  # noqa: E402
+import safetext  # noqa: E402
 import streamlit as st  # noqa: E402
+import urlstate  # noqa: E402
+
+from spray.errors import SprayError  # noqa: E402
+
+URL_KEYS = (
+    "run", "cls", "k", "cluster", "page", "color", "view", "sel", "geo", "mode", "cmap", "sort", "filter",
+    "conf", "sample", "dataset", "susp", "top", "status",
+)  # fmt: skip
 
 st.set_page_config(page_title="spray", page_icon=":material/search:", layout="wide")
+access.require_access()
 
 pages = [
-    st.Page(
-        common.PAGES["overview"],
-        title="Overview",
-        icon=":material/leaderboard:",
-        url_path="overview",
-        default=True,
-    ),
+    st.Page(common.PAGES["overview"], title="Overview", icon=":material/leaderboard:", url_path="overview", default=True),
     st.Page(common.PAGES["class"], title="Class", icon=":material/scatter_plot:", url_path="class"),
-    st.Page(
-        common.PAGES["cluster"], title="Cluster / selection", icon=":material/grid_view:", url_path="cluster"
-    ),
+    st.Page(common.PAGES["cluster"], title="Cluster / selection", icon=":material/grid_view:", url_path="cluster"),
+    st.Page(common.PAGES["sample"], title="Sample", icon=":material/image:", url_path="sample"),
     st.Page(common.PAGES["flags"], title="Flags", icon=":material/flag:", url_path="flags"),
-    st.Page(
-        common.PAGES["corrections"], title="Corrections", icon=":material/healing:", url_path="corrections"
-    ),
-]
+    st.Page(common.PAGES["corrections"], title="Corrections", icon=":material/healing:", url_path="corrections"),
+]  # fmt: skip
 page = st.navigation(pages)
+state = urlstate.pull_url(URL_KEYS)
+runs_path = common.runs_dir()
+runs = str(runs_path)
+if not runs_path.is_dir():
+    # Never create it (a typo would leave a folder and a flag database behind).
+    st.error(
+        f"The runs folder {safetext.code(runs)} does not exist. Start the dashboard with the folder your "
+        "audits publish to: `spray dashboard --runs-dir DIR`."
+    )
+    st.stop()
+good, bad = common.runs_overview(runs)
 
-# The run picker is shared by every page (newest first); its value is the URL parameter `run`.
-state = common.pull_url(["run", "cls", "k", "cluster", "page", "color", "view"])
-runs = str(common.runs_dir())
-names = common.published_runs(runs)
-with st.sidebar:
+
+def _label(name: str) -> str:
+    return safetext.plain(common.run_label(name, common.summary(str(Path(runs) / name))))
+
+
+def _sidebar() -> None:
     st.markdown("### spray")
-    if names:
-        common.nav_select(
-            "Run (newest first)",
-            names,
-            "run",
-            format_func=lambda n: common.run_label(n, common.run_data(str(Path(runs) / n)).summary),
-        )
+    requested = state.get("run")
+    if good and requested and requested not in good:
+        # A link to a run that is not there: the page says "not found"; never silently pick another one.
+        picked = st.selectbox("Run (newest first)", good, index=None, format_func=_label, key="w_run_other")
+        if picked:
+            state["run"] = picked
+            st.rerun()
+    elif good:
+        urlstate.nav_select("Run (newest first)", good, "run", format_func=_label)
     else:
-        st.caption(f"No runs in `{runs}` yet.")
-    st.caption(f"Runs: `{runs}`  \nFlags: `{common.flags_db_path()}`")
+        st.caption(f"No runs in {safetext.code(runs)} yet.")
+    if bad:
+        with st.expander(f"{len(bad)} unreadable run{'s' if len(bad) > 1 else ''}", expanded=False):
+            for name, why in bad.items():
+                st.caption(f"{safetext.code(name)}: {safetext.md(why)}")
+    with st.form("search", border=False):
+        sid = st.text_input("Find a sample id", key="search_id", placeholder="e.g. 1234 or train/cat/001.png")
+        if st.form_submit_button("Find", icon=":material/search:") and sid.strip():
+            st.switch_page(
+                common.PAGES["sample"], query_params={"run": state.get("run", ""), "sample": sid.strip()}
+            )
+    access.author_box()
+    cur = state.get("run") if state.get("run") in good else (good[0] if good else None)
+    if cur:
+        dataset = common.dataset_key(common.summary(str(Path(runs) / cur)))
+        try:
+            flagform.mark_shown(dataset)
+        except SprayError as err:  # the page says it too, in full
+            st.error(safetext.md(str(err)))
+        else:
+            flagform.live_counts(dataset)
+    st.caption(f"Runs: {safetext.code(runs)}  \nFlags: {safetext.code(flagform.db_label())}")
 
-page.run()
+
+try:
+    with st.sidebar:
+        _sidebar()
+    page.run()
+except SprayError as err:
+    # A run file or the flag database cannot be read: say which and how to fix it, on this page only.
+    st.error(safetext.md(str(err)))

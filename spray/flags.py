@@ -14,6 +14,14 @@ Schema (format :data:`SCHEMA_VERSION`)::
 History is never rewritten: unflagging appends an ``unflag`` event. The current state is derived from the
 history, so two sessions flagging at the same time cannot leave the two tables disagreeing; SQLite's WAL
 mode plus a busy timeout serialises the writers, and each action is one transaction, so nothing is lost.
+A writer may pass the newest event id it has shown its user (``since``): when another decision on the same
+samples came in after that, the action is refused with :class:`FlagConflict` instead of silently
+overriding it. Readers (``read_only=True``) never take the write lock, so ``spray flags list`` answers
+while a writer holds it.
+
+A damaged, truncated or foreign database is never repaired or replaced here (the flags are the auditor's
+work): every SQLite failure becomes a :class:`~spray.errors.DataError` that names the file and the fix,
+and a lock held past the timeout a :class:`~spray.errors.LockedError`.
 
 Command line::
 
@@ -23,16 +31,22 @@ Command line::
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import logging
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from spray.errors import ConfigError, DataError, LockedError, SprayError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,10 @@ EXPORT_COLUMNS = [
     "author",
     "flagged_at",
 ]
+MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
+# A spreadsheet evaluates a cell that starts with one of these as a formula (=HYPERLINK(...) sends data
+# anywhere); OWASP's list plus the line feed.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,13 +97,97 @@ CREATE VIEW IF NOT EXISTS current AS
 """
 
 
+@dataclass(frozen=True)
+class FlagEvent:
+    """One row of the history: one sample in one flag / unflag action."""
+
+    id: int
+    action_id: str
+    dataset: str
+    sample_id: str
+    status: str
+    note: str
+    run_id: str | None
+    cluster_key: str | None
+    source: str | None
+    author: str | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The current flag of one sample (its latest event, unless that was an unflag)."""
+
+    dataset: str
+    sample_id: str
+    status: str
+    note: str
+    run_id: str | None
+    cluster_key: str | None
+    source: str | None
+    author: str | None
+    flagged_at: str
+    action_id: str
+    event_id: int
+
+
+@dataclass(frozen=True)
+class FlagAction:
+    """One flag / unflag click: the history grouped by action."""
+
+    action_id: str
+    dataset: str
+    status: str
+    note: str
+    run_id: str | None
+    cluster_key: str | None
+    source: str | None
+    author: str | None
+    created_at: str
+    n_samples: int
+
+
+class FlagConflict(SprayError):
+    """Another decision on some of the samples came in after the writer's ``since`` (nothing was written).
+
+    Attributes
+    ----------
+    events : list[FlagEvent]
+        The newer events on those samples, newest first.
+    """
+
+    def __init__(self, events: list[FlagEvent]) -> None:
+        self.events = events
+        who = sorted({e.author or "unknown" for e in events})
+        super().__init__(
+            f"{len({e.sample_id for e in events})} of these samples got another decision meanwhile "
+            f"(by {', '.join(who)}); nothing was written. Look at their history and apply again to override."
+        )
+
+
 def default_db_path(runs_dir: str | Path) -> Path:
     """``<runs_dir>/flags.sqlite``: next to the run folders, never inside one."""
     return Path(runs_dir) / DEFAULT_DB_NAME
 
 
+def default_author() -> str:
+    """Who flags when nobody said: ``$SPRAY_AUTHOR``, else the operating-system user."""
+    env = os.environ.get("SPRAY_AUTHOR", "").strip()
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers): better empty than invented
+        return ""
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _record(cls: type, row: sqlite3.Row) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: row[k] for k in row.keys() if k in names})  # noqa: SIM118 (sqlite3.Row)
 
 
 class FlagStore:
@@ -97,33 +199,126 @@ class FlagStore:
     Parameters
     ----------
     path : str or Path
-        Database file; created with its folder on first use.
+        Database file; created with its folder on first use (not with ``read_only``).
     timeout : float
         Seconds a writer waits for another writer's transaction before giving up.
+    read_only : bool
+        Open for reading only: never creates, migrates or locks the file for writing (``spray flags list``
+        and ``export``, ``spray dashboard --read-only``).
+
+    Raises
+    ------
+    DataError
+        The path is a folder, or the file is damaged, truncated or not a spray flag database.
+    ConfigError
+        ``read_only`` and the file does not exist.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, read_only: bool = False) -> None:
         self.path = Path(path)
         self.timeout = timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
-            con.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        self.read_only = read_only
+        if self.path.is_dir():
+            raise DataError(
+                f"The flag database {self.path} is a folder, not a SQLite file: give the file instead "
+                f"(for example --db {self.path / DEFAULT_DB_NAME})."
             )
+        if read_only:
+            if not self.path.is_file():
+                raise ConfigError(
+                    f"No flag database at {self.path}. Flags are created from the dashboard (spray dashboard)."
+                )
+            self._check_schema(create=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_schema(create=True)
+
+    # -- connections ------------------------------------------------------------------------------------
+
+    def _fail(self, err: sqlite3.Error) -> SprayError:
+        msg = str(err)
+        if "locked" in msg or "busy" in msg:
+            return LockedError(
+                f"The flag database {self.path} stayed locked by another writer for {self.timeout:.0f} s; "
+                "nothing was written. Try again when the other writer has finished."
+            )
+        if "readonly" in msg or "read-only" in msg:
+            return DataError(
+                f"The flag database {self.path} is read-only here ({msg}): make the file and its folder "
+                "writable, or browse without flagging (spray dashboard --read-only)."
+            )
+        if "unable to open" in msg:
+            return DataError(
+                f"Cannot open the flag database {self.path} ({msg}): check that its folder exists and is "
+                "readable and writable."
+            )
+        return DataError(
+            f"The flag database {self.path} is damaged or not a SQLite file ({msg}). spray does not touch "
+            f"it: restore it from a backup, or move it aside (mv {self.path} {self.path}.damaged) to start "
+            "an empty one."
+        )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the write lock up
         # front and waits (busy timeout) instead of failing half-way on a lock upgrade.
-        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            if self.read_only:
+                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+                con = sqlite3.connect(
+                    uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                )
+            else:
+                con = sqlite3.connect(
+                    self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                )
+        except sqlite3.Error as err:
+            raise self._fail(err) from None
         try:
             con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            con.execute("PRAGMA synchronous = NORMAL")
+            if not self.read_only:
+                con.execute("PRAGMA synchronous = NORMAL")
+            con.row_factory = sqlite3.Row
             yield con
+        except sqlite3.Error as err:
+            raise self._fail(err) from None
         finally:
             con.close()
+
+    def _check_schema(self, *, create: bool) -> None:
+        """Refuse a foreign SQLite file; create the tables in an empty one (only then take the write lock)."""
+        with self._connect() as con:
+            names = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
+            }
+            if {"events", "current"} <= names:
+                return
+            if names - {"meta", "sqlite_sequence"} or not create:
+                raise DataError(
+                    f"{self.path} is a SQLite file but not a spray flag database (it has no events table"
+                    f"{'; tables: ' + ', '.join(sorted(names)) if names else ''}). Give the right file with "
+                    "--db / --flags-db, or a new path to start an empty flag database."
+                )
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(
+                "BEGIN IMMEDIATE;"
+                + _SCHEMA
+                + f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
+                + "COMMIT;"
+            )
+
+    def check(self) -> None:
+        """Read every page once (``PRAGMA quick_check``): a truncated or damaged file fails here, loudly.
+
+        Raises
+        ------
+        DataError
+            When SQLite reports any problem.
+        """
+        with self._connect() as con:
+            result = [r[0] for r in con.execute("PRAGMA quick_check")]
+        if result != ["ok"]:
+            raise self._fail(sqlite3.DatabaseError("; ".join(map(str, result[:3]))))
 
     # -- writing ----------------------------------------------------------------------------------------
 
@@ -133,11 +328,15 @@ class FlagStore:
         sample_ids: Iterable[str],
         status: str,
         note: str,
+        *,
         run_id: str | None,
         cluster_key: str | None,
         source: str | None,
         author: str | None,
+        since: int | None,
     ) -> str:
+        if self.read_only:
+            raise DataError(f"The flag database {self.path} is open read-only: nothing can be flagged.")
         ids = list(dict.fromkeys(str(s) for s in sample_ids))  # de-duplicate, keep order
         if not dataset:
             raise ValueError("dataset must be a non-empty key")
@@ -149,6 +348,18 @@ class FlagStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
+                if since is not None:
+                    wanted = set(ids)
+                    newer = [
+                        _record(FlagEvent, r)
+                        for r in con.execute(
+                            "SELECT * FROM events WHERE dataset = ? AND id > ? ORDER BY id DESC",
+                            (dataset, int(since)),
+                        )
+                        if r["sample_id"] in wanted
+                    ]
+                    if newer:
+                        raise FlagConflict(newer)
                 con.executemany(
                     "INSERT INTO events (action_id, dataset, sample_id, status, note, run_id, cluster_key, "
                     "source, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -158,7 +369,9 @@ class FlagStore:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        log.info("flags: %s %d samples of %s (action %s)", status, len(ids), dataset, action[:8])
+        log.info(
+            "flags: %s %d samples of %s by %s (action %s)", status, len(ids), dataset, author, action[:8]
+        )
         return action
 
     def flag(
@@ -172,6 +385,7 @@ class FlagStore:
         cluster_key: str | None = None,
         source: str | None = None,
         author: str | None = None,
+        since: int | None = None,
     ) -> str:
         """Set the status of samples (one transaction, one history event per sample).
 
@@ -186,7 +400,10 @@ class FlagStore:
         note : str
             Free text shown in the history and exported.
         run_id, cluster_key, source, author : str, optional
-            Where the decision was made (kept for the history; not part of the key).
+            Where and by whom the decision was made (kept for the history; not part of the key).
+        since : int, optional
+            The newest event id the author had seen (:meth:`last_event_id`); when any of these samples got
+            an event after it, nothing is written and :class:`FlagConflict` is raised.
 
         Returns
         -------
@@ -195,7 +412,17 @@ class FlagStore:
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
-        return self._append(dataset, sample_ids, status, note, run_id, cluster_key, source, author)
+        return self._append(
+            dataset,
+            sample_ids,
+            status,
+            note,
+            run_id=run_id,
+            cluster_key=cluster_key,
+            source=source,
+            author=author,
+            since=since,
+        )
 
     def unflag(
         self,
@@ -206,18 +433,28 @@ class FlagStore:
         run_id: str | None = None,
         source: str | None = None,
         author: str | None = None,
+        since: int | None = None,
     ) -> str:
         """Remove the current flag of samples (appends an ``unflag`` event; history is kept)."""
-        return self._append(dataset, sample_ids, UNFLAG, note, run_id, None, source, author)
+        return self._append(
+            dataset,
+            sample_ids,
+            UNFLAG,
+            note,
+            run_id=run_id,
+            cluster_key=None,
+            source=source,
+            author=author,
+            since=since,
+        )
 
     # -- reading ----------------------------------------------------------------------------------------
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._connect() as con:
-            con.row_factory = sqlite3.Row
-            return [dict(r) for r in con.execute(sql, params)]
+            return list(con.execute(sql, params))
 
-    def current(self, dataset: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def current(self, dataset: str | None = None, status: str | None = None) -> list[Flag]:
         """Current flags (latest non-unflag event per sample), newest first."""
         where, params = [], []
         if dataset is not None:
@@ -227,11 +464,11 @@ class FlagStore:
             where.append("status = ?")
             params.append(status)
         sql = "SELECT * FROM current" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._query(sql + " ORDER BY event_id DESC", tuple(params))
+        return [_record(Flag, r) for r in self._rows(sql + " ORDER BY event_id DESC", tuple(params))]
 
     def status_of(self, dataset: str, sample_ids: Iterable[str] | None = None) -> dict[str, str]:
         """``sample_id -> status`` of the flagged samples among ``sample_ids`` (all when None)."""
-        rows = self._query("SELECT sample_id, status FROM current WHERE dataset = ?", (dataset,))
+        rows = self._rows("SELECT sample_id, status FROM current WHERE dataset = ?", (dataset,))
         out = {r["sample_id"]: r["status"] for r in rows}
         if sample_ids is None:
             return out
@@ -239,7 +476,7 @@ class FlagStore:
 
     def history(
         self, dataset: str | None = None, sample_id: str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[FlagEvent]:
         """Every event, newest first (optionally of one dataset / one sample)."""
         where, params = [], []
         if dataset is not None:
@@ -253,9 +490,9 @@ class FlagStore:
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._query(sql, tuple(params))
+        return [_record(FlagEvent, r) for r in self._rows(sql, tuple(params))]
 
-    def actions(self, dataset: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def actions(self, dataset: str | None = None, limit: int | None = None) -> list[FlagAction]:
         """The history grouped by action (one row per flag / unflag click), newest first."""
         sql = (
             "SELECT action_id, dataset, status, note, run_id, cluster_key, source, author, "
@@ -265,17 +502,22 @@ class FlagStore:
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._query(sql, (dataset,) if dataset is not None else ())
+        return [_record(FlagAction, r) for r in self._rows(sql, (dataset,) if dataset is not None else ())]
 
     def datasets(self) -> list[str]:
         """Dataset keys that have any event."""
-        return [r["dataset"] for r in self._query("SELECT DISTINCT dataset FROM events ORDER BY dataset")]
+        return [r["dataset"] for r in self._rows("SELECT DISTINCT dataset FROM events ORDER BY dataset")]
 
     def counts(self, dataset: str | None = None) -> dict[str, int]:
         """Number of currently flagged samples per status."""
         sql = "SELECT status, COUNT(*) AS n FROM current" + (" WHERE dataset = ?" if dataset else "")
-        rows = self._query(sql + " GROUP BY status", (dataset,) if dataset else ())
+        rows = self._rows(sql + " GROUP BY status", (dataset,) if dataset else ())
         return {r["status"]: r["n"] for r in rows}
+
+    def last_event_id(self, dataset: str | None = None) -> int:
+        """The newest event id (0 when there is none): a cheap "did anything change" token."""
+        sql = "SELECT COALESCE(MAX(id), 0) FROM events" + (" WHERE dataset = ?" if dataset else "")
+        return int(self._rows(sql, (dataset,) if dataset else ())[0][0])
 
     # -- export -----------------------------------------------------------------------------------------
 
@@ -283,18 +525,42 @@ class FlagStore:
         """Current flags as a pandas DataFrame with :data:`EXPORT_COLUMNS` (``status=None``: all)."""
         import pandas as pd
 
-        rows = self.current(dataset, status)
-        return pd.DataFrame(rows, columns=EXPORT_COLUMNS) if rows else pd.DataFrame(columns=EXPORT_COLUMNS)
+        rows = [{c: asdict(f)[c] for c in EXPORT_COLUMNS} for f in self.current(dataset, status)]
+        return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
 
     def export_bytes(self, fmt: str, dataset: str | None = None, status: str | None = "unlearn") -> bytes:
         """Current flags serialised as ``csv``, ``json`` (a list of objects) or ``parquet``."""
         return frame_to_bytes(self.export_frame(dataset, status), fmt)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def neutralise_formula(value: Any) -> Any:
+    """Prefix ``'`` to a text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``@SUM``).
+
+    Plain numbers such as ``-3`` stay as they are; anything else starting with one of
+    :data:`FORMULA_PREFIXES` becomes ``'=...`` (shown as text by Excel, LibreOffice and Google Sheets).
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) and not _is_number(value):
+        return "'" + value
+    return value
+
+
 def frame_to_bytes(frame: Any, fmt: str) -> bytes:
-    """Serialise an export table (see :meth:`FlagStore.export_frame`)."""
+    """Serialise an export table (see :meth:`FlagStore.export_frame`).
+
+    CSV is for spreadsheets: text cells that would run as formulas are neutralised
+    (:func:`neutralise_formula`). JSON and Parquet keep every value exactly.
+    """
     if fmt == "csv":
-        return frame.to_csv(index=False).encode()
+        safe = frame.astype(object).map(neutralise_formula) if len(frame) else frame
+        return safe.to_csv(index=False).encode()
     if fmt == "json":
         records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
         return (json.dumps(records, indent=1) + "\n").encode()
@@ -303,6 +569,3 @@ def frame_to_bytes(frame: Any, fmt: str) -> bytes:
         frame.astype({c: "string" for c in frame.columns}).to_parquet(buf, index=False)
         return buf.getvalue()
     raise ValueError(f"format must be one of {EXPORT_FORMATS}, not {fmt!r}")
-
-
-MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}

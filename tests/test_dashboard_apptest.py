@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -58,11 +59,15 @@ def ok(at: AppTest) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
+    """Every text element, with Markdown escapes removed (what the browser shows)."""
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
-    return "\n".join(map(str, parts))
+    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
+    text = re.sub(r"(`+) (.*?) \1", r"\2", "\n".join(map(str, parts)))
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def test_without_runs_the_app_says_how_to_make_one(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     os.environ["SPRAY_RUNS_DIR"] = str(tmp_path / "empty")
     os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "f.sqlite")
     try:
@@ -88,7 +93,7 @@ def test_overview_ranks_clusters_and_reports_changes(env: Path, runs: tuple[Path
     assert list(table["score"]) == sorted(table["score"], reverse=True)
     assert table["open"].iloc[0].startswith("cluster?run=")
     changes = at.dataframe[1].value
-    assert {"new", "grown", "gone", "shrunk"} & set(changes["change"])
+    assert {"new", "grown", "resolved"} & set(changes["change"])
     # The run picker: the older run, through the URL.
     at2 = ok(app(run=runs[1].name).run())
     assert at2.sidebar.selectbox[0].value == runs[1].name
@@ -100,18 +105,31 @@ def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_p
     p = make_synthetic_run(d, seed=3, dataset=DATASET)
     import json
 
+    from spray.records import ChangeRule, ChangeSet, ClusterChange
+    from spray.runs.writer import changes_entry
+
     s = json.loads((p / "summary.json").read_text())
-    s["changes"] = {"new": [{"key": "6/k5/c4", "size": 9}], "grown": [], "previous_run": "abc"}
+    recorded = ChangeSet(
+        "ab" * 32,
+        "abc",
+        [ClusterChange("6/k5/c4", 6, "Shirt", size=9)],
+        [],
+        [],
+        [],
+        1,
+        ChangeRule(0.3, 0.8, 0.2),
+    )
+    s["changes"] = changes_entry(recorded)
     (p / "summary.json").write_text(json.dumps(s))
     os.environ["SPRAY_RUNS_DIR"] = str(d)
     at = ok(app().run())
-    assert "previous_run: abc" in texts(at)
-    assert any(df.value["key"].tolist() == ["6/k5/c4"] for df in at.dataframe)
+    assert "Recorded by the nightly job (compared with abc)" in texts(at)
+    assert any(df.value["key"].tolist() == ["6/k5/c4"] for df in at.dataframe if "change" in df.value)
 
 
 def test_overview_row_click_opens_the_cluster(env: Path) -> None:
     at = ok(app().run())
-    at.session_state["ov_findings"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.session_state["ov_findings"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "score"]]}}
     ok(at.run())
     assert at.query_params["cluster"] == "6/k5/c4"
     assert at.title[0].value == "Cluster / selection"
@@ -134,21 +152,26 @@ def test_class_page_colours_switch_k_and_selection_feeds_grid_and_flags(
             "points": [{"curve_number": 0, "point_index": i, "customdata": {"0": str(i)}} for i in picked],
             "point_indices": picked,
             "box": [],
-            "lasso": [{"x": [0, 1, 1], "y": [0, 0, 1]}],
+            "lasso": [],
         }
     }
     ok(at.run())
     assert any(f"Selection: {len(picked):,} samples" in s.value for s in at.subheader)
     imgs = at.get("image")
-    assert len(imgs) == 1 and len(imgs[0].proto.imgs) == 100  # one st.image call, ≤ 100 per page
+    # The colour bar, then the grid: one st.image call, ≤ 100 per page.
+    assert len(imgs) == 2 and len(imgs[-1].proto.imgs) == 100
     # Flag the selection.
     at.radio(key="flag_status_class_sel").set_value("investigate")
     at.text_area(key="flag_note_class_sel").input("odd blob")
     at.form_submit_button[0].click()  # the form's submit button
     ok(at.run())
+    # 125 samples: more than CONFIRM_ABOVE, so nothing is written before the confirmation.
+    assert FlagStore(env).current(DATASET) == []
+    at.button(key="confirm_class_sel").click()
+    ok(at.run())
     cur = FlagStore(env).current(DATASET)
-    assert len(cur) == len(picked) and {r["status"] for r in cur} == {"investigate"}
-    assert {r["note"] for r in cur} == {"odd blob"}
+    assert len(cur) == len(picked) and {r.status for r in cur} == {"investigate"}
+    assert {r.note for r in cur} == {"odd blob"}
     # The selection is remembered for the Cluster / selection page.
     at.switch_page("views/cluster.py").run()
     ok(at)
@@ -173,18 +196,24 @@ def test_cluster_page_pages_members_and_flags_the_cluster(env: Path) -> None:
     assert len(at.get("image")[-1].proto.imgs) == members - 100
     assert at.query_params["page"] == "2"
     for mode in ("heatmap", "input"):
-        ok(at.segmented_control(key="cl_grid_mode").set_value(mode).run())
-    ok(at.selectbox(key="cl_grid_cmap").select("coldnhot").run())
-    # Flag the whole cluster as unlearn.
+        ok(at.segmented_control(key="w_mode").set_value(mode).run())
+    ok(at.selectbox(key="w_cmap").select("coldnhot").run())
+    # Flag the whole cluster as unlearn: no decision is preselected, and 120 samples need a confirmation.
+    assert at.radio(key="flag_status_cluster").value is None
+    at.radio(key="flag_status_cluster").set_value("unlearn")
     at.text_area(key="flag_note_cluster").input("corner stamp")
     at.form_submit_button[0].click()
     ok(at.run())
+    assert FlagStore(env).current(DATASET) == []
+    at.button(key="confirm_cluster").click()
+    ok(at.run())
     cur = FlagStore(env).current(DATASET, "unlearn")
-    assert len(cur) == members and {r["cluster_key"] for r in cur} == {"6/k5/c4"}
+    assert len(cur) == members and {r.cluster_key for r in cur} == {"6/k5/c4"}
     # Clicking a row of the page table shows that sample.
     at.session_state["cl_members"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     ok(at.run())
     assert "**sample id**" in texts(at) and "**prediction**" in texts(at)
+    assert any(link.label == "Open this sample at full size" for link in at.get("page_link"))
     # The finding's carriers (samples outside the cluster with its stamp) open as a selection.
     at.session_state["cl_grid_page"] = 1
     at.button(key="cl_carriers").click()
@@ -220,7 +249,7 @@ def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
 
 def test_spray_never_imports_streamlit() -> None:
     code = (
-        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.runs.storage\n"
+        "import sys, spray, spray.cli, spray.flags, spray.serve, spray.imaging, spray.runs.reader, spray.export\n"
         "spray.cli.build_parser()\n"
         "assert 'streamlit' not in sys.modules and 'plotly' not in sys.modules"
     )
@@ -250,7 +279,7 @@ def test_selection_positions_decodes_points_of_several_traces() -> None:
     import numpy as np
 
     sys.path.insert(0, str(Path(APP).parent))
-    import common
+    import selection
 
     traces = [np.array([5, 1, 9]), np.array([0, 7])]
     event = {
@@ -264,8 +293,11 @@ def test_selection_positions_decodes_points_of_several_traces() -> None:
             "point_indices": [2, 0],
         }
     }
-    assert common.selection_positions(event, traces) == [0, 9]
+    assert selection.selection_positions(event, traces) == [0, 9]
     # One trace: point_indices serve when the per-point list is absent.
-    assert common.selection_positions({"selection": {"point_indices": [0, 2, 3]}}, [np.arange(3)]) == [0, 2]
-    assert common.selection_positions({"selection": {"point_indices": [0]}}, traces) == []
-    assert common.selection_positions(None, traces) == []
+    assert selection.selection_positions({"selection": {"point_indices": [0, 2, 3]}}, [np.arange(3)]) == [
+        0,
+        2,
+    ]
+    assert selection.selection_positions({"selection": {"point_indices": [0]}}, traces) == []
+    assert selection.selection_positions(None, traces) == []

@@ -27,16 +27,16 @@ def test_flags_are_keyed_by_dataset_and_sample_and_keep_history(store: FlagStore
     store.flag("other", ["1"], "ok")
     store.flag("fmnist", ["3"], "investigate", "not sure", run_id="r2")
     store.unflag("fmnist", ["2"], "false alarm")
-    cur = {r["sample_id"]: r for r in store.current("fmnist")}
+    cur = {r.sample_id: r for r in store.current("fmnist")}
     assert set(cur) == {"1", "3"}
-    assert cur["1"]["status"] == "unlearn" and cur["1"]["cluster_key"] == "6/k5/c4"
-    assert cur["3"]["status"] == "investigate" and cur["3"]["run_id"] == "r2"
+    assert cur["1"].status == "unlearn" and cur["1"].cluster_key == "6/k5/c4"
+    assert cur["3"].status == "investigate" and cur["3"].run_id == "r2"
     assert store.status_of("fmnist", ["1", "2", "3", "9"]) == {"1": "unlearn", "3": "investigate"}
     assert store.status_of("other") == {"1": "ok"}
     hist = store.history("fmnist", "2")
-    assert [h["status"] for h in hist] == ["unflag", "unlearn"]  # newest first, nothing rewritten
+    assert [h.status for h in hist] == ["unflag", "unlearn"]  # newest first, nothing rewritten
     acts = store.actions("fmnist")
-    assert [a["n_samples"] for a in acts] == [1, 1, 3]  # duplicate id counted once
+    assert [a.n_samples for a in acts] == [1, 1, 3]  # duplicate id counted once
     assert store.counts("fmnist") == {"unlearn": 1, "investigate": 1}
     assert store.datasets() == ["fmnist", "other"]
     with pytest.raises(ValueError):

@@ -1,152 +1,240 @@
-"""Cluster / selection: the mean heatmap and a paged grid of every member, with flagging."""
+"""Cluster / selection: the mean heatmap, the full evidence and a paged, filterable grid of every member.
+
+A cluster is addressed by its key (``6/k5/c4``, any stored k) and a selection by its sample ids
+(``view=selection&sel=...``); a key the run does not have says "not found" and why. Order, filters, grid
+mode, colour map and page are in the URL, so one link always shows the same samples.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import common
+import flagform
 import numpy as np
 import pandas as pd
+import safetext
+import samplegrid
+import selection
 import streamlit as st
+import urlstate
 
 from spray import imaging
+from spray.runs.summary import FindingSummary
 
 path, summary = common.require_run()
 run = Path(path).name
 dataset = common.dataset_key(summary)
 found = common.findings(path)
-state = common.nav()
-selection = common.get_selection(run)
-
-# What to show: a cluster key ("6/k5/c4", any stored k) or the current selection.
+by_key = {f.key: f for f in found}
+state = urlstate.nav()
+tab = common.samples(path)
 SEL = "selection"
-options = [f["key"] for f in found]
-if state.get("cluster") and state["cluster"] not in options:
+
+
+def why_not(key: str) -> str:
+    """Why the run has no cluster ``key``."""
     try:
-        c, k, cid = common.parse_cluster_key(state["cluster"])
-        if len(common.cluster_rows(path, state["cluster"])):
-            options.append(state["cluster"])
-    except (ValueError, KeyError, FileNotFoundError):
-        pass
-if selection is not None:
+        c, k, cid = common.parse_cluster_key(key)
+    except ValueError as err:
+        return str(err)
+    analysed = {e.class_index for e in summary.classes}
+    if c not in analysed:
+        return f"class {c} was not analysed in this run (analysed: {', '.join(map(str, sorted(analysed)))})"
+    data = common.class_data(path, c)
+    ks = common.available_ks(data)
+    if k not in ks:
+        return f"class {c} has labellings for k = {', '.join(map(str, ks))}, not k={k}"
+    n = int(data.labellings[k].max()) + 1
+    return f"at k={k} class {c} has the clusters c0–c{n - 1}, not c{cid}"
+
+
+# --- what to show: a cluster key or a selection ---------------------------------------------------------
+sel_ids: list[str] = []
+if state.get("view") == SEL:
+    if state.get("sel"):
+        try:
+            sel_ids = urlstate.decode_ids(state["sel"])
+        except ValueError as err:
+            common.not_found("the selection of this link", safetext.md(err))
+    elif (remembered := selection.get_selection(run)) is not None:
+        sel_ids = remembered["sample_ids"]
+        state["sel"] = urlstate.encode_ids(sel_ids)
+    if not sel_ids:
+        state.pop("view", None)
+        common.not_found("a selection", "this link carries none: select samples on the Class page first")
+elif state.get("cluster") and not common.cluster_exists(path, state["cluster"]):
+    bad = state.pop("cluster")
+    common.not_found(f"cluster {safetext.code(bad)}", safetext.md(why_not(bad)))
+
+remembered = selection.get_selection(run)
+options = [f.key for f in found]
+if state.get("cluster") and state["cluster"] not in options:
+    options.append(state["cluster"])  # an unscored cluster of another k, addressed by its key
+if sel_ids or remembered is not None:
     options = [SEL, *options]
 if not options:
     st.info("This run has no clusters and there is no selection: select samples on the Class page.")
     st.stop()
-by_key = {f["key"]: f for f in found}
-default = SEL if state.get("view") == SEL and selection is not None else state.get("cluster", options[0])
+default = SEL if state.get("view") == SEL else state.get("cluster", options[0])
+source_of_sel = str(
+    st.session_state.get("_sel_source") or (remembered or {}).get("source") or "linked selection"
+)
 
 
 def label(o: str) -> str:
     if o == SEL:
-        return f"Current selection ({len(selection['rows']):,} samples, {selection['source']})"  # type: ignore[index]
+        return safetext.plain(
+            f"Selection ({len(sel_ids or (remembered or {}).get('sample_ids', [])):,} samples, {source_of_sel})"
+        )
     f = by_key.get(o)
     if f is None:
         return f"{o} (unscored)"
-    return f"#{f.get('rank', '?')} · {f['class_name']} · c{f['cluster_id']} (k={f['k']}) · score {f['score']:.2f} · n={f['size']:,}"
+    return safetext.plain(
+        f"#{f.rank} · {f.class_name} · c{f.cluster_id} (k={f.k}) · score {f.score:.2f} · n={f.size:,}"
+    )
+
+
+def switched() -> None:
+    for name in ("page", "filter"):
+        state.pop(name, None)
 
 
 st.title("Cluster / selection")
-target = common.nav_select("Cluster", options, "target", default=default, format_func=label)
+target = urlstate.nav_select("Cluster", options, "target", default=default, format_func=label, then=switched)
+key: str | None
+finding: FindingSummary | None
 if target == SEL:
-    assert selection is not None
-    rows = np.asarray(selection["rows"], dtype=np.int64)
-    key, finding, source = None, None, selection["source"]
+    if not sel_ids and remembered is not None:
+        sel_ids = remembered["sample_ids"]
+        state["sel"] = urlstate.encode_ids(sel_ids)
+    ids, missing = common.known(path, sel_ids)
+    if missing:
+        st.warning(f"{len(missing):,} sample ids of this selection are not in this run; they are left out.")
+    key, finding, source = None, None, source_of_sel
     state.pop("cluster", None)
     state["view"] = SEL
 else:
     key, finding, source = target, by_key.get(target), f"cluster {target}"
-    rows = common.cluster_rows(path, key)
+    ids = common.members(path, key)
     state["cluster"] = key
     state.pop("view", None)
+flags = flagform.status_of(dataset, ids)
 
-tab = common.samples(path)
-ids = tab["sample_id"].to_numpy()[rows].tolist()
-flags = common.store().status_of(dataset, ids)
-
+# --- summary, evidence, flag form -----------------------------------------------------------------------
 left, right = st.columns([1, 3])
 with left:
     # One colour map per page: the grid's picker (below) also colours the mean heatmap.
-    cmap = str(st.session_state.get("cl_grid_cmap", imaging.DEFAULT_COLORMAP))
-    mh = common.mean_heatmap(path, key, rows)
+    cmap = str(state.get("cmap") if state.get("cmap") in imaging.COLORMAPS else imaging.DEFAULT_COLORMAP)
+    mh = common.mean_heatmap(path, key, ids)
     st.image(
         imaging.resize_nearest(imaging.colorize(mh, cmap), 224), caption="mean heatmap (normalised members)"
     )
 with right:
     if finding is not None:
         st.markdown(
-            f"**{finding['class_name']}**, cluster {finding['cluster_id']} of k={finding['k']} — "
-            f"score **{finding['score']:.2f}**{' (suspicious)' if finding['suspicious'] else ''}, "
-            f"{finding['size']:,} samples ({100 * finding['fraction']:.1f} % of the class)"
+            f"**{safetext.md(finding.class_name)}**, cluster {finding.cluster_id} of k={finding.k} — "
+            f"score **{finding.score:.2f}**{' (suspicious)' if finding.suspicious else ''}, "
+            f"{finding.size:,} samples ({100 * finding.fraction:.1f} % of the class)"
         )
-        for line in finding["evidence"]:
-            st.markdown(f"- {line}")
-        carriers = finding.get("carrier_ids", [])
+        st.markdown("\n".join(f"- {safetext.md(line)}" for line in finding.evidence))
+        carriers = [str(c) for c in finding.carrier_ids]
         # Samples outside the cluster that repeat its stamp: open them as a selection to see and flag.
         if carriers and st.button(f"Show the {len(carriers):,} carriers as a selection", key="cl_carriers"):
-            row_of = {sid: i for i, sid in enumerate(tab["sample_id"].to_numpy())}
-            common.set_selection(run, [row_of[c] for c in carriers if c in row_of], f"carriers of {target}")
-            state["view"] = state["target"] = SEL
+            selection.set_selection(run, carriers, f"carriers of {target}")
+            st.session_state["_sel_source"] = f"carriers of {target}"
+            state.update(view=SEL, target=SEL, sel=urlstate.encode_ids(carriers))
+            switched()
             st.rerun()
         with st.expander("Signals"):
-            st.dataframe(pd.DataFrame([finding["signals"]]), hide_index=True)
+            st.dataframe(pd.DataFrame([finding.signals]), hide_index=True)
     else:
-        st.markdown(f"**{len(rows):,} samples** ({source})")
-    sub = tab.iloc[rows]
+        st.markdown(f"**{len(ids):,} samples** ({safetext.md(source)})")
+    sub = tab.loc[ids]
     st.caption(
         "Labels: "
-        + ", ".join(f"{n} {c}" for n, c in sub["label_name"].value_counts().head(5).items())
+        + ", ".join(f"{safetext.md(n)} {c}" for n, c in sub["label_name"].value_counts().head(5).items())
         + " · predictions: "
-        + ", ".join(f"{n} {c}" for n, c in sub["prediction_name"].value_counts().head(5).items())
+        + ", ".join(f"{safetext.md(n)} {c}" for n, c in sub["prediction_name"].value_counts().head(5).items())
         + f" · flagged: {len(flags):,}"
     )
-    common.flag_controls(
+    flagform.flag_controls(
         dataset=dataset,
         sample_ids=ids,
-        run_id=summary.get("run_id", ""),
+        run_id=summary.run_id,
         cluster_key=key,
         source=source,
         key="cluster",
     )
 
-st.subheader(f"Members ({len(rows):,})")
+# --- members: filter, order, grid, table ----------------------------------------------------------------
+st.subheader(f"Members ({len(ids):,})")
+carrier_ids = [str(c) for c in finding.carrier_ids] if finding is not None else []
+filters, conf = samplegrid.filter_controls("cl", carriers=bool(carrier_ids))
 c1, c2 = st.columns([3, 1])
 with c1:
-    mode, grid_cmap = common.grid_controls("cl_grid")
-sort = c2.selectbox("Order", ["row", "confidence ↑", "confidence ↓"], key="cl_sort")
-if sort != "row":
-    conf = tab["confidence"].to_numpy()[rows]
-    rows = rows[np.argsort(conf if sort == "confidence ↑" else -conf, kind="stable")]
-page = common.page_picker(len(rows), "cl_grid")
-common.push_url(
-    run=run, **({"view": SEL} if key is None else {"cluster": key}), page=page if page > 1 else None
+    mode, grid_cmap = samplegrid.grid_controls("cl_grid", has_thumbs=common.has_thumbs(path))
+order = urlstate.nav_widget(
+    c2.selectbox,
+    "Order",
+    "sort",
+    default="row",
+    valid=lambda v: v in samplegrid.SORTS,
+    options=list(samplegrid.SORTS),
 )
-page_table = common.render_grid(path, rows, mode=mode, cmap=grid_cmap, page=page)
-st.caption("Rows of this page (select rows to flag only those, or to see one sample large):")
-picked = common.member_table(page_table, flags, key="cl_members")
+shown = samplegrid.apply_filters(path, ids, filters, conf=conf, flagged=flags, carrier_ids=carrier_ids)
+if filters:
+    st.caption(f"{len(shown):,} of {len(ids):,} members pass the filter ({safetext.md(', '.join(filters))}).")
+shown = samplegrid.sort_ids(path, shown, str(order))
+samplegrid.colour_bar(grid_cmap)
+page = samplegrid.page_picker(len(shown), "cl_grid")
+urlstate.push_url(
+    run=run,
+    **({"view": SEL, "sel": state.get("sel")} if key is None else {"cluster": key}),
+    page=page if page > 1 else None,
+    mode=state.get("mode") if state.get("mode") != "overlay" else None,
+    cmap=state.get("cmap") if state.get("cmap") != imaging.DEFAULT_COLORMAP else None,
+    sort=state.get("sort") if state.get("sort") != "row" else None,
+    filter=state.get("filter") or None,
+    conf=state.get("conf") if filters and "low confidence" in filters else None,
+)
+page_table = samplegrid.render_grid(path, shown, mode=mode, cmap=grid_cmap, page=page)
+st.caption("Samples of this page: click a row to see it large (select several rows to flag only those).")
+picked = samplegrid.member_table(page_table, flags, key="cl_members")
 if picked:
-    chosen = page_table.iloc[picked]
+    chosen = page_table.iloc[[p for p in picked if 0 <= p < len(page_table)]]
     one = chosen.iloc[0]
-    r = int(one["row"])
-    th = common.thumbs(path)
-    heat = np.asarray(common.heatmaps(path)[r : r + 1])
-    imgs = None if th is None else np.asarray(th[r : r + 1])
+    heat = np.asarray(common.heatmaps(path, [str(one["sample_id"])]))
+    imgs = common.thumbs(path, [str(one["sample_id"])])
     big = imaging.render(mode, heat, imgs, grid_cmap, size=224)[0]
     d1, d2 = st.columns([1, 2])
-    d1.image(big, caption=f"sample {one['sample_id']}")
+    d1.image(big, caption=safetext.plain(f"sample {one['sample_id']}"))
     d2.markdown(
-        f"**sample id** `{one['sample_id']}`  \n**label** {one['label_name']}  \n"
-        f"**prediction** {one['prediction_name']} ({one['confidence']:.3f})  \n**flag** {flags.get(one['sample_id'], '—')}"
+        f"**sample id** {safetext.code(one['sample_id'])}  \n**label** {safetext.md(one['label_name'])}  \n"
+        f"**prediction** {safetext.md(one['prediction_name'])} ({float(one['confidence']):.3f})  \n"
+        f"**flag** {safetext.md(flags.get(str(one['sample_id']), '—'))}"
     )
-    hist = common.store().history(dataset, str(one["sample_id"]), limit=20)
+    d2.page_link(
+        common.PAGES["sample"],
+        label="Open this sample at full size",
+        query_params={"run": run, "sample": str(one["sample_id"])},
+        icon=":material/open_in_full:",
+    )
+    reader = flagform.reader()
+    hist = [] if reader is None else reader.history(dataset, str(one["sample_id"]), limit=20)
     if hist:
-        d2.dataframe(pd.DataFrame(hist)[["created_at", "status", "note", "source"]], hide_index=True)
+        d2.dataframe(
+            pd.DataFrame([(h.created_at, h.status, h.author, h.note, h.source) for h in hist],
+                         columns=["when", "status", "author", "note", "source"]),
+            hide_index=True,
+        )  # fmt: skip
     with d2:
-        common.flag_controls(
+        flagform.flag_controls(
             dataset=dataset,
-            sample_ids=chosen["sample_id"].tolist(),
-            run_id=summary.get("run_id", ""),
+            sample_ids=chosen["sample_id"].astype(str).tolist(),
+            run_id=summary.run_id,
             cluster_key=key,
             source=f"{source}, picked rows",
             key="cluster_rows",
+            reset_keys=["cl_members"],
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import common
 import pandas as pd
+import safetext
 import streamlit as st
 
 from spray.correct.html import render_correction_html
@@ -13,11 +14,11 @@ from spray.correct.run import corrections_for
 
 st.title("Corrections")
 path, summary = common.require_run()
-run_id = str(summary.get("run_id", ""))
+run_id = summary.run_id
 found = corrections_for(common.runs_dir(), run_id)
 if not found:
     st.info(
-        f"No correction of run `{run_id[:12]}` yet. Flag the finding's samples for unlearning (Cluster or "
+        f"No correction of run {safetext.code(run_id[:12])} yet. Flag the finding's samples for unlearning (Cluster or "
         "Class page), then run `spray correct --config <the audit config>` (`--method pclarc`, `rrclarc` or "
         "`retrain`); published corrections of this run appear here on the next page load."
     )
@@ -45,7 +46,7 @@ for c in found:
             else ("cleared" if v.finding_cleared else "still flagged"),
         }
     )
-st.caption(f"{len(found)} correction(s) of run `{run_id[:12]}`, newest first.")
+st.caption(f"{len(found)} correction(s) of run {safetext.code(run_id[:12])}, newest first.")
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 names = [c.folder.name for c in found]
 picked = st.selectbox("Before and after", names, key="corr_pick")
@@ -53,5 +54,6 @@ chosen = found[names.index(picked)]
 st.html(render_correction_html(chosen.record, chosen.folder))
 reaudit = Path(chosen.folder) / "reaudit"
 st.caption(
-    f"Folder: `{chosen.folder}`. Its re-audit is a run of its own: `spray dashboard --runs-dir {reaudit}`."
+    f"Folder: {safetext.code(chosen.folder)}. Its re-audit is a run of its own: "
+    f"{safetext.code(f'spray dashboard --runs-dir {reaudit}', limit=None)}."
 )

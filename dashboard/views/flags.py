@@ -1,43 +1,66 @@
-"""Flags: every current flag with its history, unflagging, and export for unlearning."""
+"""Flags: every current flag with its author and history, unflagging, and export for unlearning."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import common
+import flagform
 import pandas as pd
+import safetext
 import streamlit as st
+import urlstate
 
+from spray.errors import SprayError
 from spray.flags import EXPORT_FORMATS, MIME_TYPES, STATUSES, frame_to_bytes
 
 st.title("Flags")
-store = common.store()
 cur = common.current_run()
+store = flagform.reader()
 run_dataset = None
 if cur is not None:
-    run_dataset = common.dataset_key(common.run_data(str(Path(cur[0]) / cur[1])).summary)
-datasets = sorted(set(store.datasets()) | ({run_dataset} if run_dataset else set()))
+    run_dataset = common.dataset_key(common.summary(str(Path(cur[0]) / cur[1])))
+datasets = sorted(set(store.datasets() if store else []) | ({run_dataset} if run_dataset else set()))
 if not datasets:
     st.info("No flags yet. Flag a cluster or a selection on the Cluster or Class page.")
     st.stop()
-dataset = common.nav_select("Dataset", datasets, "dataset", default=run_dataset)
-common.push_url(**({"run": cur[1]} if cur else {}), dataset=dataset)
+state = urlstate.nav()
+if state.get("dataset") and state["dataset"] not in datasets:
+    bad = state.pop("dataset")
+    common.not_found(f"dataset {safetext.code(bad)}", "no flags and no run of that dataset here")
+dataset = urlstate.nav_select("Dataset", datasets, "dataset", default=run_dataset, format_func=safetext.plain)
+status_filter = urlstate.nav_widget(
+    st.segmented_control, "Show", "status", default="all", valid=lambda v: v in ("all", *STATUSES),
+    options=["all", *STATUSES], required=True,
+)  # fmt: skip
+urlstate.push_url(
+    **({"run": cur[1]} if cur else {}),
+    dataset=dataset,
+    status=status_filter if status_filter != "all" else None,
+)
 st.caption(
-    f"Flags are keyed by (dataset, sample id), so they carry over to every run of `{dataset}`. Database: `{store.path}`"
+    f"Flags are keyed by (dataset, sample id), so they carry over to every run of {safetext.code(dataset)}. "
+    f"Database: {safetext.code(flagform.db_label())}"
 )
 
-counts = store.counts(dataset)
-m = st.columns(len(STATUSES))
-for i, s in enumerate(STATUSES):
-    m[i].metric(s, f"{counts.get(s, 0):,}")
 
-status_filter = st.segmented_control(
-    "Show", ["all", *STATUSES], default="all", key="fl_status", required=True
-)
-rows = store.current(dataset, None if status_filter == "all" else status_filter)
-current = pd.DataFrame(
-    rows, columns=["sample_id", "status", "note", "cluster_key", "run_id", "source", "flagged_at"]
-)
+def metrics() -> None:
+    """Counts per status (the sidebar's counts are re-read every few seconds)."""
+    try:
+        counts = flagform.counts(dataset)
+    except SprayError as err:  # say it here, above the tables
+        st.error(safetext.md(str(err)))
+        return
+    m = st.columns(len(STATUSES))
+    for i, s in enumerate(STATUSES):
+        m[i].metric(s, f"{counts.get(s, 0):,}")
+
+
+metrics()
+rows = [] if store is None else store.current(dataset, None if status_filter == "all" else status_filter)
+cols = ["sample_id", "status", "author", "note", "cluster_key", "run_id", "source", "flagged_at"]
+current = pd.DataFrame([{c: asdict(r)[c] for c in cols} for r in rows], columns=cols)
 st.subheader(f"Current flags ({len(current):,})")
 ev = st.dataframe(
     current, hide_index=True, on_select="rerun", selection_mode="multi-row", key="fl_current", height=320
@@ -45,7 +68,7 @@ ev = st.dataframe(
 picked = list(ev["selection"]["rows"]) if ev and ev["selection"] else []
 if picked:
     chosen = current.iloc[picked]["sample_id"].tolist()
-    common.flag_controls(
+    flagform.flag_controls(
         dataset=dataset,
         sample_ids=chosen,
         run_id=cur[1] if cur else "",
@@ -57,14 +80,18 @@ if picked:
 
 st.subheader("Export for unlearning")
 ex_status = st.selectbox("Which flags", [*STATUSES, "all"], key="fl_export_status")
+if store is None:
+    st.caption("Nothing to export yet.")
+    st.stop()
 frame = store.export_frame(dataset, None if ex_status == "all" else ex_status)
 st.caption(
-    f"{len(frame):,} samples. Same output as `spray flags export --db {store.path} --format csv --status {ex_status}`."
+    f"{len(frame):,} samples. Same output as `spray flags export --db DB --format csv --status {ex_status}` "
+    "(CSV cells that a spreadsheet would run as formulas start with `'`; JSON and Parquet keep every value)."
 )
-cols = st.columns(len(EXPORT_FORMATS))
+cols_dl = st.columns(len(EXPORT_FORMATS))
 safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)
 for i, fmt in enumerate(EXPORT_FORMATS):
-    cols[i].download_button(
+    cols_dl[i].download_button(
         f"Download {fmt.upper()}",
         data=frame_to_bytes(frame, fmt),
         file_name=f"spray-flags-{safe}-{ex_status}.{fmt}",
@@ -74,12 +101,18 @@ for i, fmt in enumerate(EXPORT_FORMATS):
     )
 
 st.subheader("History")
-actions = pd.DataFrame(store.actions(dataset, limit=500))
-if not actions.empty:
+actions = store.actions(dataset, limit=500)
+if actions:
     st.dataframe(
-        actions[["created_at", "status", "n_samples", "note", "cluster_key", "source", "run_id"]],
+        pd.DataFrame([asdict(a) for a in actions])[
+            ["created_at", "status", "n_samples", "author", "note", "cluster_key", "source", "run_id"]
+        ],
         hide_index=True,
         key="fl_actions",
     )
 with st.expander("Every event (newest 2,000)"):
-    st.dataframe(pd.DataFrame(store.history(dataset, limit=2000)), hide_index=True, key="fl_events")
+    st.dataframe(
+        pd.DataFrame([asdict(e) for e in store.history(dataset, limit=2000)]),
+        hide_index=True,
+        key="fl_events",
+    )

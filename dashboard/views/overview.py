@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlencode
 
 import common
+import flagform
 import pandas as pd
+import safetext
 import streamlit as st
+import urlstate
+
+from spray.errors import SprayError
+from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
+from spray.records import ChangeSet
 
 st.title("Suspicious clusters")
 cur = common.current_run()
@@ -16,55 +24,93 @@ if cur is None:
     st.stop()
 runs, run = cur
 path = str(Path(runs) / run)
-summary = common.run_data(path).summary
+summary = common.summary(path)
 dataset = common.dataset_key(summary)
-common.push_url(run=run)
-
 found = common.findings(path)
-m = st.columns(5)
-m[0].metric("Samples", f"{summary.get('n_samples', 0):,}")
-m[1].metric("Classes analysed", len(summary.get("classes", [])))
-m[2].metric("Clusters scored", len(found))
-m[3].metric("Suspicious", sum(bool(f["suspicious"]) for f in found))
-counts = common.store().counts(dataset)
-m[4].metric("Flagged (unlearn)", f"{counts.get('unlearn', 0):,}")
-st.caption(f"Run `{summary.get('run_id', '')[:12]}` of dataset `{dataset}` · {common.run_label(run)}")
+
+
+def metrics() -> None:
+    """The run's figures (the sidebar's flag counts are the live ones)."""
+    m = st.columns(5)
+    m[0].metric("Samples", f"{summary.n_samples:,}")
+    m[1].metric("Classes analysed", len(summary.classes))
+    m[2].metric("Clusters scored", len(found))
+    m[3].metric("Suspicious", summary.n_suspicious)
+    try:
+        flagged_now = f"{flagform.counts(dataset).get('unlearn', 0):,}"
+    except SprayError as err:  # the flag database cannot be read: say so here, the figures still show
+        flagged_now = "?"
+        st.error(safetext.md(str(err)))
+    m[4].metric("Flagged (unlearn)", flagged_now)
+
+
+metrics()
+st.caption(
+    f"Run {safetext.code(summary.run_id[:12])} of dataset {safetext.code(dataset)} · "
+    f"{safetext.md(common.run_label(run))}"
+)
 
 c1, c2, c3 = st.columns([1, 1, 2])
-only_susp = c1.toggle("Suspicious only", value=False, key="ov_only_suspicious")
-top = c2.number_input(
-    "Show top",
-    min_value=5,
-    max_value=max(5, len(found)),
-    value=min(25, max(5, len(found))),
-    step=5,
-    key="ov_top",
+only_susp = urlstate.nav_widget(
+    c1.toggle, "Suspicious only", "susp", default=False, parse=urlstate.parse_bool
 )
-cmap = c3.selectbox("Heatmap colours", list(common.imaging.COLORMAPS), key="ov_cmap")
+top = urlstate.nav_widget(
+    c2.number_input, "Show top", "top", default=min(25, max(5, len(found))), parse=int,
+    valid=lambda v: 5 <= v <= max(5, len(found)), min_value=5, max_value=max(5, len(found)), step=5,
+)  # fmt: skip
+cmap = urlstate.nav_widget(
+    c3.selectbox, "Heatmap colours", "cmap", default=DEFAULT_COLORMAP, valid=lambda v: v in COLORMAPS,
+    options=list(COLORMAPS),
+)  # fmt: skip
+urlstate.push_url(
+    run=run, susp=int(only_susp) or None, top=top, cmap=cmap if cmap != DEFAULT_COLORMAP else None
+)
 
-flagged = common.store().status_of(dataset)
-shown = [f for f in found if f["suspicious"] or not only_susp][: int(top)]
+flagged = flagform.status_of(dataset)
+shown = [f for f in found if f.suspicious or not only_susp][: int(top)]
+unreadable: dict[str, str] = {}
+
+
+def thumbnail(key: str) -> str | None:
+    """The mean heatmap of a finding; a class whose files cannot be read loses its picture, not the page."""
+    try:
+        return common.mean_heatmap_uri(path, key, cmap)
+    except common.RunFileError as err:
+        unreadable.setdefault(err.file, err.reason)
+        return None
+
+
+def n_flagged(key: str) -> int:
+    """Flagged members of a cluster (its members are read only when anything is flagged at all)."""
+    return sum(1 for s in common.members(path, key) if s in flagged) if flagged else 0
+
+
 table = pd.DataFrame(
     {
-        "rank": [f.get("rank", i + 1) for i, f in enumerate(shown)],
-        "heatmap": [common.mean_heatmap_uri(path, f["key"], cmap) for f in shown],
-        "score": [f["score"] for f in shown],
-        "class": [f"{f['class_index']} · {f['class_name']}" for f in shown],
-        "size": [f["size"] for f in shown],
-        "share": [f["fraction"] for f in shown],
-        "suspicious": [bool(f["suspicious"]) for f in shown],
-        "flagged": [sum(1 for s in f["member_ids"] if s in flagged) for f in shown],
-        "evidence": [(f["evidence"] or [""])[0] for f in shown],
-        "open": ["cluster?" + urlencode({"run": run, "cluster": f["key"]}) for f in shown],
-        "key": [f["key"] for f in shown],
+        "rank": [f.rank for f in shown],
+        "heatmap": [thumbnail(f.key) for f in shown],
+        "score": [f.score for f in shown],
+        "class": [safetext.plain(f"{f.class_index} · {f.class_name}") for f in shown],
+        "size": [f.size for f in shown],
+        "share": [f.fraction for f in shown],
+        "suspicious": [f.suspicious for f in shown],
+        "flagged": [n_flagged(f.key) for f in shown],
+        "evidence": [safetext.plain(" ▸ ".join(f.evidence), limit=2000) for f in shown],
+        "open": ["cluster?" + urlencode({"run": run, "cluster": f.key}) for f in shown],
+        "key": [f.key for f in shown],
     }
 )
-st.caption("Click a row to open the cluster; the `open` link is shareable.")
+for file, reason in unreadable.items():
+    st.warning(
+        f"Run {safetext.code(run)}: {safetext.code(file)} cannot be read ({safetext.md(reason)}); its findings "
+        "are listed without their mean heatmap."
+    )
+st.caption("Click any cell of a row to open that cluster (the `open ↗` link opens it in a new tab).")
 ev = st.dataframe(
     table,
     hide_index=True,
     on_select="rerun",
-    selection_mode="single-row",
+    selection_mode="single-cell",
     key="ov_findings",
     row_height=60,
     height=min(60 * len(table) + 40, 700),
@@ -74,46 +120,83 @@ ev = st.dataframe(
         "share": st.column_config.ProgressColumn(
             "share of class", min_value=0.0, max_value=1.0, format="percent"
         ),
-        "evidence": st.column_config.TextColumn("evidence", width="large"),
+        "evidence": st.column_config.TextColumn("evidence (all lines)", width="large"),
         "open": st.column_config.LinkColumn("link", display_text="open ↗"),
         "key": st.column_config.TextColumn("cluster key"),
     },
 )
-picked = list(ev["selection"]["rows"]) if ev and ev["selection"] else []
-if picked:
+picked: list[int] = []
+if ev and ev["selection"]:
+    picked = list(ev["selection"].get("rows", [])) + [int(c[0]) for c in ev["selection"].get("cells", [])]
+if picked and 0 <= picked[0] < len(table):
     key = table["key"].iloc[picked[0]]
     st.switch_page(common.PAGES["cluster"], query_params={"run": run, "cluster": key})
 
+if shown:
+    st.subheader("Evidence in full")
+    # The first three findings in full, as one element (the table's evidence column holds every line of
+    # every finding; one Markdown block keeps the first paint light).
+    blocks = []
+    for f in shown[:3]:
+        head = (
+            f"**#{f.rank} · {safetext.md(f.class_name)} · {safetext.code(f.key)}** · "
+            f"score {f.score:.2f}{' · suspicious' if f.suspicious else ''} · {f.size:,} samples"
+        )
+        lines = "\n".join(f"  - {safetext.md(line)}" for line in f.evidence) or "  - no evidence recorded"
+        blocks.append(f"- {head}\n{lines}")
+    st.markdown("\n".join(blocks))
+
 st.subheader("Since the previous run")
-if isinstance(summary.get("changes"), dict) and summary["changes"]:
-    # Written by the nightly job: show what it recorded.
-    for name, items in summary["changes"].items():
-        if isinstance(items, list) and items:
-            st.markdown(f"**{name}** ({len(items)})")
-            st.dataframe(pd.DataFrame(items), hide_index=True, key=f"ov_changes_{name}")
-        elif not isinstance(items, list):
-            st.caption(f"{name}: {items}")
+
+
+def show_changes(ch: ChangeSet, how: str) -> None:
+    """A change set (spray's one change detector) as a table of the clusters that are new, grown or resolved."""
+    rule = ch.rule
+    st.caption(
+        f"{how} Clusters are matched within each class by member overlap (Jaccard ≥ {rule.jaccard_min:g}) or, "
+        f"when many members changed, by their mean heatmaps (r ≥ {rule.correlation_min:g}); grown = more than "
+        f"{100 * rule.grow_min:.0f} % larger."
+    )
+    rows = [
+        {"change": kind, **asdict(c)}
+        for kind in ("new", "grown", "resolved", "persisting")
+        for c in getattr(ch, kind)
+    ]
+    if not any(r["change"] in ("new", "grown") for r in rows):
+        st.success("No new or grown suspicious clusters.")
+    if rows:
+        st.dataframe(
+            pd.DataFrame(rows)[
+                [
+                    "change",
+                    "key",
+                    "class_name",
+                    "size",
+                    "previous_size",
+                    "score",
+                    "jaccard",
+                    "correlation",
+                    "previous_key",
+                    "note",
+                ]
+            ],
+            hide_index=True,
+            key="ov_changes",
+            column_config={"score": st.column_config.NumberColumn(format="%.2f")},
+        )
+    for u in ch.unreadable:
+        st.caption(f"Passed over (unreadable): {safetext.code(u.run)}")
+
+
+recorded = common.recorded_changes(path)
+if recorded is not None:
+    # Written by the nightly job when it published this run.
+    prev_name = recorded.previous_run or recorded.previous_run_id or "none"
+    show_changes(recorded, f"Recorded by the nightly job (compared with {safetext.code(prev_name)}).")
 else:
     prev = common.previous_run(runs, run, dataset)
     if prev is None:
         st.caption("No earlier run of this dataset to compare with.")
     else:
-        diff = common.compare_runs(path, str(Path(runs) / prev))
-        st.caption(
-            f"Compared with {common.run_label(prev)}: clusters matched within each class by member overlap "
-            "(Jaccard ≥ 0.3); grown = more than 20 % larger."
-        )
-        interesting = (
-            diff[(diff["change"] != "same") & (diff["suspicious"] | diff["change"].isin(["new", "grown"]))]
-            if not diff.empty
-            else diff
-        )
-        if interesting.empty:
-            st.success("No new or grown clusters.")
-        else:
-            st.dataframe(
-                interesting.sort_values("score", ascending=False),
-                hide_index=True,
-                key="ov_changes",
-                column_config={"score": st.column_config.NumberColumn(format="%.2f")},
-            )
+        ch = common.changes_between(path, str(Path(runs) / prev))
+        show_changes(ch, f"Compared with {safetext.md(common.run_label(prev))}.")

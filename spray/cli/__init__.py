@@ -11,14 +11,14 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from spray.cli import audit, correct, dashboard, demo, flags, init, run
+from spray.cli import audit, correct, dashboard, demo, export, flags, init, run
 from spray.cli.logs import setup_logging
 from spray.errors import SprayError
 
 log = logging.getLogger("spray")
 
 # Each module adds its sub-parser with ``register(subparsers)``; the order is the order of ``--help``.
-COMMANDS = (init, audit, run, demo, dashboard, flags, correct)
+COMMANDS = (init, audit, run, demo, dashboard, flags, export, correct)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,49 +5,82 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import signal
-import subprocess
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from spray.errors import ConfigError
-from spray.runs.storage import list_runs
-from spray.serve import DEFAULT_HOST, DEFAULT_PORT, build_command, no_runs_message
+from spray.flags import default_author
+from spray.runs.publish import list_runs
+from spray.serve import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ServeOptions,
+    build_command,
+    check_runs_dir,
+    needs_token,
+    new_token,
+    no_runs_message,
+    supervise,
+)
 
 log = logging.getLogger("spray.serve")
+
+
+def _options(args: argparse.Namespace) -> ServeOptions:
+    runs_dir = check_runs_dir(Path(args.runs_dir))
+    db = Path(args.flags_db).expanduser().resolve() if args.flags_db else None
+    if db is not None and db.is_dir():
+        raise ConfigError(
+            f"--flags-db {args.flags_db} is a folder: give the database file, e.g. {db / 'flags.sqlite'}."
+        )
+    if db is not None and not db.parent.is_dir():
+        raise ConfigError(
+            f"The folder of --flags-db {args.flags_db} does not exist ({db.parent}): create it or fix the path."
+        )
+    data_root = Path(args.data_root).expanduser().resolve() if args.data_root else None
+    if data_root is not None and not data_root.is_dir():
+        raise ConfigError(
+            f"--data-root {args.data_root} is not a folder: give the root your sample ids are relative to."
+        )
+    token = args.token or os.environ.get("SPRAY_DASHBOARD_TOKEN") or None
+    if args.no_token:
+        token = None
+    elif token is None and needs_token(args.host):
+        token = new_token()  # exposed beyond this machine: never without a token unless asked for
+    return ServeOptions(
+        runs_dir=runs_dir,
+        port=args.port,
+        host=args.host,
+        flags_db=db,
+        read_only=args.read_only,
+        author=args.author or default_author(),
+        token=token,
+        data_root=data_root,
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``spray dashboard``: serve the dashboard for a runs directory (127.0.0.1 by default)."""
     if importlib.util.find_spec("streamlit") is None or importlib.util.find_spec("plotly") is None:
         raise ConfigError("The dashboard needs streamlit and plotly: pip install -e '.[dashboard]'.")
-    runs_dir = Path(args.runs_dir).resolve()
-    if not list_runs(runs_dir):
-        sys.stdout.write(no_runs_message(runs_dir) + "\n\n")
-    argv, env = build_command(
-        runs_dir,
-        port=args.port,
-        host=args.host,
-        flags_db=Path(args.flags_db).resolve() if args.flags_db else None,
-    )
+    opts = _options(args)
+    if not list_runs(opts.runs_dir):
+        sys.stdout.write(no_runs_message(opts.runs_dir) + "\n\n")
+    argv, env = build_command(opts.runs_dir, options=opts)
     shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
-    sys.stdout.write(f"spray dashboard: http://{shown}:{args.port}/  (runs: {runs_dir}; Ctrl-C stops it)\n")
+    url = f"http://{shown}:{args.port}/" + (f"?token={opts.token}" if opts.token else "")
+    mode = "read-only" if opts.read_only else f"flags by {opts.author or 'anonymous'}"
+    sys.stdout.write(f"spray dashboard: {url}  (runs: {opts.runs_dir}; {mode}; Ctrl-C stops it)\n")
     sys.stdout.flush()
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if needs_token(args.host) and not opts.token:
         log.warning(
-            "serving on %s: the dashboard has no authentication; put it behind a proxy that has", args.host
+            "serving on %s without an access token: anyone who reaches the port can read runs and flag "
+            "samples; put it behind a proxy that authenticates",
+            args.host,
         )
-    proc = subprocess.Popen(argv, env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 0
+    return supervise(argv, env)
 
 
 def register(subparsers: Any) -> None:
@@ -55,8 +88,27 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "dashboard", help="open the dashboard on a runs directory", description=run_command.__doc__
     )
-    p.add_argument("--runs-dir", default="runs", help="runs directory (default ./runs)")
+    p.add_argument("--runs-dir", default="runs", help="runs directory (default ./runs); must exist")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument("--flags-db", help="flag database (default RUNS_DIR/flags.sqlite)")
+    p.add_argument(
+        "--read-only", action="store_true", help="browse only: no flagging, database opened read-only"
+    )
+    p.add_argument(
+        "--author", help="default author recorded with flags (default: $SPRAY_AUTHOR or the OS user)"
+    )
+    p.add_argument(
+        "--token",
+        help="access token every visitor must give (default: a random one when --host is not loopback; "
+        "or $SPRAY_DASHBOARD_TOKEN)",
+    )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="no access token even beyond 127.0.0.1 (behind an authenticating proxy)",
+    )
+    p.add_argument(
+        "--data-root", help="folder the sample ids are relative to: the sample view shows the original file"
+    )
     p.set_defaults(func=run_command)

@@ -10,6 +10,7 @@ from typing import Any
 
 from spray.errors import ConfigError
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_db_path
+from spray.runs.atomic import atomic_write_bytes
 
 log = logging.getLogger("spray.flags")
 
@@ -25,15 +26,27 @@ def _db_from_args(args: argparse.Namespace) -> Path:
 def export_command(args: argparse.Namespace) -> int:
     """``spray flags export``: write the current flags (default: status unlearn) as CSV, JSON or Parquet."""
     db = _db_from_args(args)
-    if not db.exists():
-        raise ConfigError(
-            f"No flag database at {db}. Flags are created from the dashboard (spray dashboard)."
-        )
+    out = Path(args.output) if args.output and args.output != "-" else None
+    if out is not None:
+        if out.is_dir():
+            raise ConfigError(
+                f"-o {out} is a folder: give a file name, e.g. -o {out / ('flags.' + args.format)}."
+            )
+        if not out.parent.is_dir():
+            raise ConfigError(
+                f"The folder of -o {out} does not exist ({out.parent}): create it first or choose another path."
+            )
+    # Read-only: never takes the write lock, never creates or changes the database.
+    store = FlagStore(db, read_only=True)
+    store.check()
     status = None if args.status == "all" else args.status
-    data = FlagStore(db).export_bytes(args.format, dataset=args.dataset, status=status)
-    if args.output and args.output != "-":
-        Path(args.output).write_bytes(data)
-        log.info("wrote %s flags to %s", args.status, args.output)
+    data = store.export_bytes(args.format, dataset=args.dataset, status=status)
+    if out is not None:
+        try:
+            atomic_write_bytes(out, data)
+        except OSError as err:
+            raise ConfigError(f"Cannot write -o {out}: {err.strerror or err}.") from None
+        log.info("wrote %s flags to %s", args.status, out)
     else:
         if args.format == "parquet" and sys.stdout.isatty():
             raise ConfigError("Parquet is binary: give -o FILE.")
@@ -44,10 +57,9 @@ def export_command(args: argparse.Namespace) -> int:
 
 def list_command(args: argparse.Namespace) -> int:
     """``spray flags list``: counts of current flags per dataset and status."""
-    db = _db_from_args(args)
-    if not db.exists():
-        raise ConfigError(f"No flag database at {db}.")
-    store = FlagStore(db)
+    # Read-only: a reader never waits for a writer (WAL), so this answers while the dashboard writes.
+    store = FlagStore(_db_from_args(args), read_only=True)
+    store.check()
     for ds in store.datasets():
         counts = store.counts(ds)
         line = ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES)

@@ -93,20 +93,20 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         )
         raise NoFlagsError(f"No {cfg.flag_status!r} flags for dataset {dataset!r} in {db}.{hint}")
     if cfg.cluster_key is not None:
-        keys = sorted({str(r["cluster_key"]) for r in rows if r["cluster_key"]})
-        rows = [r for r in rows if r["cluster_key"] == cfg.cluster_key]
+        keys = sorted({str(r.cluster_key) for r in rows if r.cluster_key})
+        rows = [r for r in rows if r.cluster_key == cfg.cluster_key]
         if not rows:
             raise NoFlagsError(
                 f"No {cfg.flag_status!r} flags of finding {cfg.cluster_key!r} for dataset {dataset!r}; flags "
                 f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key."
             )
-    ids = sorted({str(r["sample_id"]) for r in rows})
+    ids = sorted({str(r.sample_id) for r in rows})
     payload = json.dumps({"dataset": dataset, "status": cfg.flag_status, "ids": ids}).encode()
     return FlagSelection(
         db=str(db),
         dataset=dataset,
         status=cfg.flag_status,
-        cluster_keys=sorted({str(r["cluster_key"]) for r in rows if r["cluster_key"]}),
+        cluster_keys=sorted({str(r.cluster_key) for r in rows if r.cluster_key}),
         sample_ids=ids,
         digest=hashlib.sha256(payload).hexdigest(),
     )

@@ -1,0 +1,234 @@
+"""The flag database as the dashboard sees it, and the one form that writes to it.
+
+Reading never creates anything: until the first flag is saved there is no database file, and a read-only
+dashboard opens the file read-only. Every write is one action by this session's author, refused with a
+warning when another decision on the same samples came in after this page was shown (the user then sees
+those decisions and may apply anyway), and confirmed first when it touches many samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import access
+import common
+import pandas as pd
+import safetext
+import streamlit as st
+
+from spray.errors import SprayError
+from spray.flags import STATUSES, FlagConflict, FlagStore
+
+# Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
+CONFIRM_ABOVE = 20
+# Seconds between the live checks of the flag counts (one small SQLite query per open tab; every check
+# re-sends the sidebar's counts, so not more often).
+REFRESH_S = 10
+
+
+@st.cache_resource(show_spinner=False)
+def _writer(path: str) -> FlagStore:
+    return FlagStore(path)
+
+
+@st.cache_resource(show_spinner=False)
+def _reader(path: str) -> FlagStore:
+    return FlagStore(path, read_only=True)
+
+
+def reader() -> FlagStore | None:
+    """The flag database for reading, or None while it does not exist yet (nothing flagged so far)."""
+    path = common.flags_db_path()
+    if not path.is_file() and not path.is_dir():
+        return None
+    return _reader(str(path)) if access.read_only() else _writer(str(path))
+
+
+def writer() -> FlagStore:
+    """The flag database for writing (created on the first flag)."""
+    return _writer(str(common.flags_db_path()))
+
+
+def status_of(dataset: str, sample_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """``sample_id -> status`` of the currently flagged samples (all of the dataset when None)."""
+    store = reader()
+    return {} if store is None else store.status_of(dataset, sample_ids)
+
+
+def counts(dataset: str) -> dict[str, int]:
+    """Currently flagged samples per status."""
+    store = reader()
+    return {} if store is None else store.counts(dataset)
+
+
+def last_event_id(dataset: str | None = None) -> int:
+    """Newest event id (0 without a database)."""
+    store = reader()
+    return 0 if store is None else store.last_event_id(dataset)
+
+
+@dataclass
+class _Pending:
+    """An action waiting for a confirmation (many samples) or an override (a conflict)."""
+
+    dataset: str
+    sample_ids: list[str]
+    status: str
+    note: str
+    run_id: str
+    cluster_key: str | None
+    source: str
+    since: int | None
+    conflict: FlagConflict | None = None
+
+
+def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
+    store = writer()
+    try:
+        if p.status == "unflag":
+            store.unflag(
+                p.dataset,
+                p.sample_ids,
+                p.note,
+                run_id=p.run_id,
+                source=p.source,
+                author=access.author(),
+                since=p.since,
+            )
+        else:
+            store.flag(
+                p.dataset,
+                p.sample_ids,
+                p.status,
+                p.note,
+                run_id=p.run_id,
+                cluster_key=p.cluster_key,
+                source=p.source,
+                author=access.author(),
+                since=p.since,
+            )
+    except FlagConflict as conflict:
+        p.conflict = conflict
+        st.session_state[f"_pending_{key}"] = p
+        return
+    st.session_state.pop(f"_pending_{key}", None)
+    st.session_state[f"_saved_{key}"] = f"{p.status}: {len(p.sample_ids):,} samples ({p.source})"
+    for k in reset_keys:
+        st.session_state.pop(k, None)
+    st.rerun()
+
+
+def _ask(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
+    """The confirmation / conflict box of a pending action."""
+    if p.conflict is not None:
+        events = p.conflict.events
+        st.warning(
+            f"**Another decision came in meanwhile** on {len({e.sample_id for e in events}):,} of these "
+            "samples (below, newest first); nothing was saved. Apply anyway to override them, or cancel."
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [(e.sample_id, e.status, e.author, e.note, e.created_at) for e in events[:200]],
+                columns=["sample_id", "status", "author", "note", "when"],
+            ),
+            hide_index=True,
+            key=f"conflicts_{key}",
+        )
+    else:
+        st.warning(
+            f"Set **{p.status}** on **{len(p.sample_ids):,} samples** ({safetext.md(p.source)}) as "
+            f"{safetext.code(access.author() or 'anonymous')}?"
+        )
+    c1, c2 = st.columns(2)
+    label = "Apply anyway" if p.conflict is not None else f"Yes, {p.status} {len(p.sample_ids):,} samples"
+    if c1.button(label, key=f"confirm_{key}", type="primary"):
+        p.since = None if p.conflict is not None else p.since
+        p.conflict = None
+        _apply(p, key, reset_keys)
+    if c2.button("Cancel", key=f"cancel_{key}"):
+        st.session_state.pop(f"_pending_{key}", None)
+        st.rerun()
+
+
+def flag_controls(
+    *,
+    dataset: str,
+    sample_ids: Sequence[str],
+    run_id: str,
+    cluster_key: str | None,
+    source: str,
+    key: str,
+    reset_keys: Sequence[str] = (),
+) -> None:
+    """Flag / unflag the given samples with a decision and a note (one action = one transaction).
+
+    No decision is preselected; more than :data:`CONFIRM_ABOVE` samples need a confirmation; a decision
+    that another session made on these samples after this page was shown blocks the save until the user
+    has seen it. After saving, the page reruns so every table on it shows the new state; ``reset_keys``
+    (e.g. a table selection whose row positions the change would invalidate) are cleared first.
+    """
+    if access.read_only():
+        st.caption("Read-only dashboard: flagging is off.")
+        return
+    n = len(sample_ids)
+    # The newest event this user has seen: the value stored when the page was last shown.
+    seen_key = f"_seen_{key}"
+    since = st.session_state.get(seen_key)
+    with st.form(key=f"flagform_{key}", border=True):
+        st.markdown(f"**Flag {n:,} sample{'' if n == 1 else 's'}** ({safetext.md(source)})")
+        c1, c2 = st.columns([1, 2])
+        status = c1.radio("Decision", [*STATUSES, "unflag"], index=None, key=f"flag_status_{key}")
+        note = c2.text_area(
+            "Note", key=f"flag_note_{key}", height=90, placeholder="why (kept in the history)"
+        )
+        submitted = st.form_submit_button("Apply", type="primary", disabled=n == 0)
+    if submitted and n:
+        if status is None:
+            st.warning("Choose a decision (unlearn, investigate, ok or unflag) first.")
+        else:
+            pending = _Pending(
+                dataset, [str(s) for s in sample_ids], str(status), note, run_id, cluster_key, source, since
+            )
+            if n > CONFIRM_ABOVE:
+                st.session_state[f"_pending_{key}"] = pending
+            else:
+                _apply(pending, key, reset_keys)
+    pending_now = st.session_state.get(f"_pending_{key}")
+    if isinstance(pending_now, _Pending):
+        _ask(pending_now, key, reset_keys)
+    elif st.session_state.get(f"_saved_{key}"):
+        st.success(f"Saved — {safetext.md(st.session_state[f'_saved_{key}'])}")
+    st.session_state[seen_key] = last_event_id(dataset)
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_counts(dataset: str) -> None:
+    """Flag counts of the dataset, re-read every few seconds; offers a refresh when others flagged."""
+    try:
+        c, now = counts(dataset), last_event_id(dataset)
+    except SprayError as err:  # the flag database went bad meanwhile: say so here, the page says it too
+        st.caption(safetext.md(str(err)))
+        return
+    st.caption(
+        "Flags of this dataset: " + " · ".join(f"{s} {c.get(s, 0):,}" for s in STATUSES),
+        help=f"Re-read every {REFRESH_S} s from the flag database.",
+    )
+    shown = st.session_state.setdefault("_shown_event", now)
+    if now > shown:
+        st.info(f"{now - shown:,} new flag events since this page was shown.")
+        if st.button("Refresh the page", key="live_refresh"):
+            st.session_state["_shown_event"] = now
+            st.rerun(scope="app")
+
+
+def mark_shown(dataset: str) -> None:
+    """Remember the newest event at the time the page was drawn (for :func:`live_counts`)."""
+    st.session_state["_shown_event"] = last_event_id(dataset)
+
+
+def db_label() -> str:
+    """Where the flags live, for captions."""
+    p: Path = common.flags_db_path()
+    return f"{p}{'' if p.is_file() else ' (created on the first flag)'}"

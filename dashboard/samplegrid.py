@@ -1,0 +1,232 @@
+"""Pages of sample images (input, heatmap, overlay), their colour bar, filters and the table beside them.
+
+Grid mode, colour map, sort order, filters and page number are view state (in the URL). A run without
+thumbnails (no thumbs.npy) cannot show inputs or overlays: the grid says so and shows heatmaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import common
+import numpy as np
+import pandas as pd
+import safetext
+import streamlit as st
+import urlstate
+
+from spray import imaging
+
+PAGE_SIZE = 100
+MODES = ("overlay", "heatmap", "input")
+SORTS = ("row", "confidence ↑", "confidence ↓", "suspicion ↓")
+FILTERS = ("misclassified", "low confidence", "flagged", "not flagged", "carriers")
+# Below this confidence a sample counts as "low confidence" unless the URL says otherwise (?conf=0.7).
+LOW_CONFIDENCE = 0.5
+
+
+def grid_controls(key: str, *, has_thumbs: bool) -> tuple[str, str]:
+    """View mode and colour-map pickers (URL ``mode`` and ``cmap``)."""
+    c1, c2 = st.columns([2, 1])
+    mode = urlstate.nav_widget(
+        c1.segmented_control,
+        "Show",
+        "mode",
+        default="overlay",
+        valid=lambda v: v in MODES,
+        options=list(MODES),
+        required=True,
+    )
+    cmap = urlstate.nav_widget(
+        c2.selectbox,
+        "Colour map",
+        "cmap",
+        default=imaging.DEFAULT_COLORMAP,
+        valid=lambda v: v in imaging.COLORMAPS,
+        options=list(imaging.COLORMAPS),
+    )
+    mode = str(mode or "overlay")
+    if mode != "heatmap" and not has_thumbs:
+        st.info(
+            f"This run stored no input thumbnails (no thumbs.npy), so **{mode}** cannot be shown: these are "
+            "the heatmaps. Re-run the audit with thumbnails to see the inputs."
+        )
+        mode = "heatmap"
+    return mode, str(cmap)
+
+
+def colour_bar(cmap: str, *, width: int = 360) -> None:
+    """The colour map as a strip, with what its ends mean."""
+    cm = imaging.COLORMAPS[cmap]
+    strip = np.repeat(cm.lut[None, :, :], 14, axis=0)
+    st.image(imaging.resize_nearest(strip, (14, width)), width=width)
+    if cm.diverging:
+        st.caption(
+            "Relevance for the explained class (its label): **blue** = negative (speaks against it), "
+            "middle = none, **red** = positive (speaks for it). Each map is scaled to its own largest "
+            "|relevance|, so colours compare within a map, not between maps."
+        )
+    else:
+        st.caption(
+            "Positive relevance only (negative shown as none): dark/low = none, bright/high = the map's "
+            "largest positive relevance. Each map is scaled to its own maximum."
+        )
+
+
+def filter_controls(key: str, *, carriers: bool) -> tuple[list[str], float]:
+    """Filters of a member grid (URL ``filter``, comma-separated, and ``conf``)."""
+    options = [f for f in FILTERS if carriers or f != "carriers"]
+    c1, c2 = st.columns([3, 1])
+    chosen = urlstate.nav_widget(
+        c1.multiselect,
+        "Filter",
+        "filter",
+        default=[],
+        options=options,
+        parse=lambda t: [f for f in t.split(",") if f],
+        fmt=",".join,
+        valid=lambda v: all(f in options for f in v),
+        placeholder="all members",
+    )
+    conf = urlstate.nav_widget(
+        c2.number_input,
+        "Low confidence below",
+        "conf",
+        default=LOW_CONFIDENCE,
+        parse=float,
+        valid=lambda v: 0.0 <= v <= 1.0,
+        min_value=0.0,
+        max_value=1.0,
+        step=0.05,
+    )
+    return list(chosen), float(conf)
+
+
+def apply_filters(
+    path: str,
+    sample_ids: Sequence[str],
+    filters: Sequence[str],
+    *,
+    conf: float,
+    flagged: dict[str, str],
+    carrier_ids: Sequence[str] = (),
+) -> list[str]:
+    """The samples that pass every filter (filters combine with AND), in the order given."""
+    ids = [str(s) for s in sample_ids]
+    if not filters or not ids:
+        return ids
+    tab = common.samples(path).loc[ids]
+    keep = np.ones(len(ids), bool)
+    if "misclassified" in filters:
+        keep &= tab["label"].to_numpy() != tab["prediction"].to_numpy()
+    if "low confidence" in filters:
+        keep &= tab["confidence"].to_numpy() < conf
+    if "flagged" in filters:
+        keep &= np.isin(ids, list(flagged))
+    if "not flagged" in filters:
+        keep &= ~np.isin(ids, list(flagged))
+    if "carriers" in filters:
+        keep &= np.isin(ids, list(carrier_ids))
+    return [s for s, k in zip(ids, keep, strict=True) if k]
+
+
+def sort_ids(path: str, sample_ids: Sequence[str], order: str) -> list[str]:
+    """The samples in the chosen order (stable; ``row`` keeps the order given)."""
+    ids = [str(s) for s in sample_ids]
+    if order not in ("confidence ↑", "confidence ↓", "suspicion ↓") or not ids:
+        return ids
+    tab = common.samples(path).loc[ids]
+    if order == "suspicion ↓":
+        key = -tab["score"].to_numpy()
+    else:
+        conf = tab["confidence"].to_numpy()
+        key = conf if order == "confidence ↑" else -conf
+    return [ids[i] for i in np.argsort(key, kind="stable")]
+
+
+def render_grid(
+    path: str,
+    sample_ids: Sequence[str],
+    *,
+    mode: str,
+    cmap: str,
+    page: int,
+    page_size: int = PAGE_SIZE,
+    width: int = 96,
+) -> pd.DataFrame:
+    """Show one page of samples as a single ``st.image(list)`` call; return that page's table."""
+    lo = (page - 1) * page_size
+    page_ids = [str(s) for s in sample_ids[lo : lo + page_size]]
+    if not page_ids:
+        st.caption("No samples.")
+        return pd.DataFrame()
+    heat = np.asarray(common.heatmaps(path, page_ids))
+    imgs = common.thumbs(path, page_ids) if mode != "heatmap" else None
+    size = max(width, imgs.shape[1] if imgs is not None else 0)
+    pics = imaging.render(mode, heat, imgs, cmap, size=size)
+    table = common.samples(path).loc[page_ids]
+    captions = [
+        safetext.plain(f"{sid} · {ln}→{pn} {conf:.2f}", limit=60)
+        for sid, ln, pn, conf in zip(
+            table["sample_id"],
+            table["label_name"],
+            table["prediction_name"],
+            table["confidence"],
+            strict=True,
+        )
+    ]
+    st.image(list(pics), caption=captions, width=width)
+    return table
+
+
+def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE, name: str = "page") -> int:
+    """Pagination over ``n_rows`` (page number mirrored in the view state ``name``)."""
+    n_pages = max(1, -(-n_rows // page_size))
+    state = urlstate.nav()
+    try:
+        cur = min(max(1, int(state.get(name, 1))), n_pages)
+    except ValueError:
+        cur = 1
+    wkey = f"{key}_page"
+
+    def changed() -> None:
+        state[name] = str(st.session_state[wkey])
+
+    if n_pages > 1:
+        # First render: the URL's page is the default; later: the view state drives the widget.
+        if wkey in st.session_state:
+            # Only when the view state moved it: st.pagination always has a default, and a value written
+            # through the Session State API on the same run makes Streamlit log a duplication warning.
+            if st.session_state[wkey] != cur:
+                st.session_state[wkey] = cur
+            st.pagination(n_pages, key=wkey, on_change=changed, max_visible_pages=9)
+        else:
+            st.pagination(n_pages, default=cur, key=wkey, on_change=changed, max_visible_pages=9)
+    state[name] = str(cur)
+    return cur
+
+
+def member_table(table: pd.DataFrame, flags: dict[str, str], key: str) -> list[int]:
+    """The page's samples as a table (click a row for its details); returns the selected table positions."""
+    if table.empty:
+        return []
+    view = table[["sample_id", "label_name", "prediction_name", "confidence", "score"]].copy()
+    view.insert(1, "flag", [flags.get(s, "") for s in view["sample_id"]])
+    ev = st.dataframe(
+        view,
+        hide_index=True,
+        on_select="rerun",
+        selection_mode=["multi-row", "single-cell"],
+        key=key,
+        height=260,
+        column_config={
+            "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0)
+        },
+    )
+    try:
+        sel = ev["selection"]
+        rows = list(sel["rows"])
+        rows += [int(c[0]) for c in sel.get("cells", []) if int(c[0]) not in rows]
+        return rows
+    except (KeyError, TypeError):
+        return []

@@ -1,0 +1,146 @@
+"""Sample: one sample at full size — input, heatmap, overlay, the original file — its clusters at every k,
+its flag history and a flag form. Reached by the sidebar search or from a cluster's table (``?sample=<id>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import common
+import flagform
+import numpy as np
+import pandas as pd
+import safetext
+import samplegrid
+import streamlit as st
+import urlstate
+from PIL import Image, UnidentifiedImageError
+
+from spray import imaging
+
+# Display edge of the enlarged views (nearest-neighbour, so every stored pixel stays a sharp block).
+VIEW_PX = 448
+
+path, summary = common.require_run()
+run = Path(path).name
+dataset = common.dataset_key(summary)
+state = urlstate.nav()
+tab = common.samples(path)
+sid = str(state.get("sample", "")).strip()
+if not sid:
+    st.title("Sample")
+    st.info("Type a sample id into **Find a sample id** in the sidebar, or open one from a cluster's table.")
+    st.stop()
+if not common.has_sample(path, sid):
+    examples = ", ".join(safetext.code(s) for s in tab["sample_id"].astype(str).head(3))
+    common.not_found(
+        f"sample {safetext.code(sid)}",
+        f"run {safetext.code(run)} has no sample with that id (ids look like {examples})",
+    )
+row = tab.loc[sid]
+st.title("Sample")
+st.markdown(
+    f"**sample id** {safetext.code(sid)} · **label** {safetext.md(row['label_name'])} · **prediction** "
+    f"{safetext.md(row['prediction_name'])} ({float(row['confidence']):.3f})"
+    + (" · **misclassified**" if int(row["label"]) != int(row["prediction"]) else "")
+    + f" · suspicion {float(row['score']):.3f}"
+)
+
+# --- where it lies: its cluster at every stored k of its class -------------------------------------------
+cls = int(row["label"])
+entry = summary.class_summary(cls)
+if entry is None:
+    st.caption(f"Its class ({cls}) was not analysed in this run.")
+else:
+    data = common.class_data(path, cls)
+    pos = common.class_positions(path, cls).get(sid)
+    if pos is not None:
+        scored = {f.key: f for f in common.class_findings(path, cls)}
+        links = []
+        for k in common.available_ks(data):
+            key = f"{cls}/k{k}/c{int(data.labellings[k][pos])}"
+            links.append((key, scored.get(key)))
+        st.markdown("**Its clusters** (class " + safetext.md(entry.class_name) + ")")
+        cols = st.columns(min(6, len(links)) or 1)
+        for i, (key, f) in enumerate(links):
+            tag = f" · score {f.score:.2f}{' ⚠' if f.suspicious else ''}" if f else ""
+            cols[i % len(cols)].page_link(
+                common.PAGES["cluster"], label=f"{key}{tag}", query_params={"run": run, "cluster": key}
+            )
+
+# --- the viewer ------------------------------------------------------------------------------------------
+cmap = urlstate.nav_widget(
+    st.selectbox, "Colour map", "cmap", default=imaging.DEFAULT_COLORMAP, valid=lambda v: v in imaging.COLORMAPS,
+    options=list(imaging.COLORMAPS),
+)  # fmt: skip
+urlstate.push_url(run=run, sample=sid, cmap=cmap if cmap != imaging.DEFAULT_COLORMAP else None)
+heat = np.asarray(common.heatmaps(path, [sid])[0], dtype=np.float32)
+th = common.thumbs(path, [sid])
+thumb = None if th is None else np.asarray(th[0])
+original = common.original_file(sid)
+full = common.full_relevance(path, [sid])
+c1, c2, c3 = st.columns(3)
+c1.markdown("**Input**")
+if thumb is not None:
+    c1.image(
+        imaging.resize_nearest(imaging.to_rgb(thumb), VIEW_PX),
+        caption=f"stored thumbnail {thumb.shape[1]}×{thumb.shape[0]} px",
+    )
+else:
+    c1.info("This run stored no input thumbnail (no thumbs.npy).")
+c2.markdown("**Heatmap**")
+c2.image(
+    imaging.resize_nearest(imaging.colorize(heat, cmap), VIEW_PX),
+    caption=f"relevance grid {heat.shape[1]}×{heat.shape[0]}",
+)
+c3.markdown("**Overlay**")
+if thumb is not None:
+    c3.image(imaging.render("overlay", heat[None], thumb[None], cmap, size=VIEW_PX)[0])
+else:
+    c3.info("No overlay without the input thumbnail.")
+samplegrid.colour_bar(cmap)
+if full is not None:
+    rel = np.asarray(full[0], dtype=np.float32)
+    rel = rel.sum(axis=0) if rel.ndim == 3 else rel
+    st.markdown("**Full-resolution relevance** (relevance_full.npy, summed over channels)")
+    st.image(imaging.colorize(rel, cmap), caption=f"{rel.shape[1]}×{rel.shape[0]} px")
+
+st.markdown("**Original file**")
+if original is not None:
+    st.caption(f"{safetext.code(original)}")
+    try:
+        with Image.open(original) as im:
+            img = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        st.warning(f"The original file cannot be opened: {safetext.md(err)}")
+    else:
+        o1, o2 = st.columns(2)
+        o1.image(img, caption=f"original, {img.shape[1]}×{img.shape[0]} px (not resized)")
+        o2.image(imaging.overlay(img, heat, cmap), caption="relevance over the original")
+        st.download_button(
+            "Download the original", original.read_bytes(), file_name=original.name, key="dl_original"
+        )
+elif common.data_root() is not None:
+    st.caption(f"No file {safetext.code(sid)} under the data root {safetext.code(common.data_root())}.")
+else:
+    st.caption(
+        f"For image folders the sample id is the file's path relative to the dataset root ({safetext.code(sid)}). "
+        "Start the dashboard with `--data-root DIR` to see and download the original file here."
+    )
+
+# --- flags ----------------------------------------------------------------------------------------------
+st.subheader("Flag")
+status = flagform.status_of(dataset, [sid]).get(sid)
+st.markdown(f"Current flag: **{safetext.md(status or 'none')}**")
+reader = flagform.reader()
+hist = [] if reader is None else reader.history(dataset, sid, limit=50)
+if hist:
+    st.dataframe(
+        pd.DataFrame([(h.created_at, h.status, h.author, h.note, h.source, h.run_id) for h in hist],
+                     columns=["when", "status", "author", "note", "source", "run"]),
+        hide_index=True,
+    )  # fmt: skip
+flagform.flag_controls(
+    dataset=dataset, sample_ids=[sid], run_id=summary.run_id, cluster_key=None, source="sample page",
+    key="sample",
+)  # fmt: skip

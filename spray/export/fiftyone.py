@@ -1,0 +1,200 @@
+"""Export a run as a FiftyOne dataset folder, with spray's findings and flags as per-sample fields.
+
+FiftyOne's own importer reads it::
+
+    import fiftyone as fo
+    ds = fo.Dataset.from_dir("OUT", dataset_type=fo.types.FiftyOneDataset, name="spray-demo")
+    ds.match_tags("suspicious")                      # members of suspicious clusters
+    ds.sort_by("spray_suspicion", reverse=True)      # most suspicious samples first
+
+Layout (FiftyOne's serialized dataset format in its version-free form, which ``FiftyOneDataset`` imports
+through its legacy importer: ``metadata.json`` without a ``version`` key)::
+
+    metadata.json     {name, media_type: "image", info: {classes, spray_run_id, spray_dataset, ...}}
+    samples.json      {"samples": [{filepath, tags, metadata, ground_truth, prediction, relevance,
+                                    spray_sample_id, spray_cluster, spray_cluster_score, spray_suspicious,
+                                    spray_suspicion, spray_map, spray_flag, spray_flag_note, spray_flag_author}]}
+    data/<row>.png    the stored thumbnail of each sample (or, with ``data_root``, the original file's
+                      absolute path when it exists)
+    relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 255 / 0 = the map's largest
+                      positive / negative relevance (``Heatmap`` label with ``range`` [0, 255])
+
+``spray_cluster`` is the sample's cluster at the k of its class's top-ranked finding (the k the run scored;
+the class page opens at it), ``spray_suspicion`` the per-sample suspicion of samples.parquet, ``spray_flag``
+the current flag in the flag database (None when unflagged). Labels are ``Classification`` documents
+(``_cls``), as in FiftyOne's own serialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from spray.export.source import ExportSource, open_source, staged_output
+from spray.flags import Flag, FlagStore, default_db_path
+
+log = logging.getLogger(__name__)
+
+SAMPLES = "samples.json"
+METADATA = "metadata.json"
+DATA_DIR = "data"
+RELEVANCE_DIR = "relevance"
+SUSPICIOUS_TAG = "suspicious"
+
+
+def _cluster_of(
+    src: ExportSource,
+) -> tuple[list[str | None], list[float | None], np.ndarray, np.ndarray]:
+    """Per sample (storage order): cluster key at the k of its class's top finding, that cluster's score,
+    member of a suspicious finding, and its 2-D map coordinates (NaN when its class was not analysed)."""
+    n = len(src.sample_ids)
+    keys: list[str | None] = [None] * n
+    scores: list[float | None] = [None] * n
+    xy = np.full((n, 2), np.nan)
+    suspicious = np.zeros(n, bool)
+    findings = src.findings()
+    for entry in src.classes():
+        own = [f for f in findings if f.class_index == entry.class_index]
+        k = min(own, key=lambda f: f.rank).k if own else entry.chosen_k
+        data = src.class_data(entry.class_index)
+        rows = src.positions(data.sample_ids)
+        xy[rows] = data.embedding
+        for f in own:
+            if f.suspicious:
+                suspicious[rows[data.labellings[f.k] == f.cluster_id]] = True
+        lab = data.labellings.get(k)
+        if lab is None:
+            continue
+        score_of = {f.key: f.score for f in own}
+        for r, cid in zip(rows.tolist(), lab.tolist(), strict=True):
+            keys[r] = f"{entry.class_index}/k{k}/c{cid}"
+            scores[r] = score_of.get(keys[r])
+    return keys, scores, suspicious, xy
+
+
+def _flags(src: ExportSource, flags_db: Path | None) -> dict[str, Flag]:
+    db = flags_db if flags_db is not None else default_db_path(src.path.parent)
+    if not Path(db).is_file():
+        if flags_db is not None:
+            log.warning("no flag database at %s: the export has no flags", db)
+        return {}
+    return {f.sample_id: f for f in FlagStore(db, read_only=True).current(src.dataset)}
+
+
+def _grey(heat: np.ndarray) -> np.ndarray:
+    """Signed relevance → uint8 around 128, scaled by the map's largest |R|."""
+    h = np.asarray(heat, dtype=np.float32)
+    m = float(np.abs(h).max()) or 1.0
+    return np.clip(np.round(128 + 127 * h / m), 0, 255).astype(np.uint8)
+
+
+def _number(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    row = src.samples.loc[src.sample_ids[r]]
+    flag: Flag | None = fields["flag"]
+    tags = ([SUSPICIOUS_TAG] if fields["suspicious"] else []) + ([f"flag:{flag.status}"] if flag else [])
+    return {
+        "filepath": media,
+        "tags": tags,
+        "metadata": None,
+        "ground_truth": {"_cls": "Classification", "label": str(row["label_name"])},
+        "prediction": {
+            "_cls": "Classification",
+            "label": str(row["prediction_name"]),
+            "confidence": _number(float(row["confidence"])),
+        },
+        "relevance": {"_cls": "Heatmap", "map_path": str(relevance), "range": [0, 255]},
+        "spray_sample_id": str(row["sample_id"]),
+        "spray_cluster": fields["cluster"],
+        "spray_cluster_score": _number(fields["score"]),
+        "spray_suspicious": bool(fields["suspicious"]),
+        "spray_suspicion": _number(float(row["score"])),
+        "spray_map": [_number(float(fields["xy"][0])), _number(float(fields["xy"][1]))],
+        "spray_flag": flag.status if flag else None,
+        "spray_flag_note": flag.note if flag else None,
+        "spray_flag_author": flag.author if flag else None,
+    }
+
+
+def write_fiftyone_dataset(
+    run: str | Path,
+    out: str | Path,
+    *,
+    flags_db: str | Path | None = None,
+    data_root: str | Path | None = None,
+) -> Path:
+    """Write a FiftyOne dataset folder of a run into the new folder ``out``; returns ``out``.
+
+    Parameters
+    ----------
+    run : str or Path
+        A run folder, or a runs folder (its newest run).
+    out : str or Path
+        Folder to create (must not exist).
+    flags_db : str or Path, optional
+        Flag database (default ``<runs folder>/flags.sqlite`` when it exists).
+    data_root : str or Path, optional
+        Folder the sample ids are relative to (image folders): samples whose original file exists there
+        point at it instead of the stored thumbnail.
+    """
+    src = open_source(run)
+    keys, scores, suspicious, xy = _cluster_of(src)
+    flags = _flags(src, Path(flags_db) if flags_db else None)
+    root = Path(data_root).resolve() if data_root else None
+    out = Path(out)
+    final = out.resolve()
+    with staged_output(out) as tmp:
+        (tmp / DATA_DIR).mkdir()
+        (tmp / RELEVANCE_DIR).mkdir()
+        samples = []
+        ids = src.sample_ids
+        for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
+            name = f"{r:08d}.png"
+            original = (root / sid).resolve() if root is not None else None
+            if (
+                root is not None
+                and original is not None
+                and original.is_relative_to(root)
+                and original.is_file()
+            ):
+                media = str(original)
+            elif src.thumbs is not None:
+                Image.fromarray(np.ascontiguousarray(src.thumbs[r])).save(tmp / DATA_DIR / name)
+                media = f"{DATA_DIR}/{name}"
+            else:  # no input stored: the relevance map stands in for the image
+                media = f"{RELEVANCE_DIR}/{name}"
+            Image.fromarray(_grey(src.heatmaps[r]), "L").save(tmp / RELEVANCE_DIR / name)
+            fields = {
+                "cluster": keys[r],
+                "score": scores[r],
+                "suspicious": suspicious[r],
+                "flag": flags.get(sid),
+                "xy": xy[r],
+            }
+            # FiftyOne makes only `filepath` absolute on import: the heatmap's path is written absolute.
+            samples.append(_sample(src, r, media, final / RELEVANCE_DIR / name, fields))
+        meta = {
+            "name": f"spray-{src.summary.name or 'run'}-{src.run_id[:12]}",
+            "media_type": "image",
+            "info": {
+                "classes": src.class_names,
+                "spray_run_id": src.run_id,
+                "spray_dataset": src.dataset,
+                "spray_fields": "spray_cluster: cluster at the k of the class's top finding; spray_suspicion: "
+                "per-sample suspicion; spray_flag: current flag (unlearn, investigate, ok or null)",
+            },
+        }
+        (tmp / METADATA).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        (tmp / SAMPLES).write_text(json.dumps({"samples": samples}, ensure_ascii=False, allow_nan=False))
+    log.info("wrote %d samples of run %s as a FiftyOne dataset to %s", len(samples), src.run_id[:12], out)
+    return out

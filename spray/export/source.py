@@ -1,0 +1,155 @@
+"""The run an export reads (through spray's run reader) and the folder it writes (staged, renamed at the end)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spray.errors import ConfigError, DataError
+from spray.runs.errors import RunReadError
+from spray.runs.layout import RunFiles
+from spray.runs.publish import list_runs
+from spray.runs.reader import ClassData, RunReader
+from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportSource:
+    """A published run, opened read-only for an export.
+
+    The export's own sample order is the run's storage order (:attr:`sample_ids`); the files an export
+    writes index samples by their position in it.
+
+    Attributes
+    ----------
+    reader : RunReader
+        The run.
+    sample_ids : list[str]
+        Every sample, in storage order.
+    samples : pandas.DataFrame
+        The per-sample table, indexed by ``sample_id``.
+    heatmaps : np.ndarray
+        ``(N, h, w)`` float16 in storage order, memory-mapped.
+    thumbs : np.ndarray or None
+        ``(N, t, t, 3)`` uint8 in storage order, memory-mapped, when the run stored thumbnails.
+    """
+
+    reader: RunReader
+    sample_ids: list[str]
+    samples: Any
+    heatmaps: np.ndarray
+    thumbs: np.ndarray | None
+
+    @property
+    def path(self) -> Path:
+        """The run folder."""
+        return self.reader.path
+
+    @property
+    def summary(self) -> RunSummary:
+        """The typed summary.json."""
+        return self.reader.summary
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self.summary.run_id
+
+    @property
+    def dataset(self) -> str:
+        """The dataset key flags are stored under."""
+        return self.summary.dataset or self.summary.name or "unknown"
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names by index."""
+        return list(self.summary.class_names)
+
+    def classes(self) -> list[ClassSummary]:
+        """The analysed classes."""
+        return list(self.summary.classes)
+
+    def findings(self) -> list[FindingSummary]:
+        """Every scored cluster, most suspicious first."""
+        return list(self.summary.findings)
+
+    def class_data(self, class_index: int) -> ClassData:
+        """The arrays of an analysed class (by sample id)."""
+        try:
+            return self.reader.class_data(class_index)
+        except RunReadError as err:
+            raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
+
+    def positions(self, sample_ids: list[str]) -> np.ndarray:
+        """Positions of these samples in the export's order (:attr:`sample_ids`)."""
+        row_of = {s: i for i, s in enumerate(self.sample_ids)}
+        return np.fromiter((row_of[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
+
+
+def _resolve(run: Path) -> Path:
+    run = Path(run).expanduser()
+    if not run.exists():
+        raise ConfigError(
+            f"{run} does not exist: give a run folder (runs/<run>) or a runs folder (its newest run)."
+        )
+    if RunFiles(run).summary.exists():
+        return run
+    found = list_runs(run)
+    if not found:
+        raise ConfigError(f"{run} is neither a published run (no summary.json) nor a runs folder with one.")
+    log.info("exporting the newest run of %s: %s", run, found[0].name)
+    return found[0]
+
+
+def open_source(run: str | Path) -> ExportSource:
+    """Open a run folder, or the newest run of a runs folder, for export.
+
+    Raises
+    ------
+    ConfigError
+        ``run`` is not a run nor a runs folder.
+    DataError
+        A file of the run cannot be read (named).
+    """
+    path = _resolve(Path(run))
+    try:
+        reader = RunReader.open(path)
+        ids = reader.sample_ids()
+        return ExportSource(reader, ids, reader.samples(), reader.heatmaps(), reader.thumbs())
+    except RunReadError as err:
+        raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
+
+
+@contextmanager
+def staged_output(out: str | Path) -> Iterator[Path]:
+    """A private folder beside ``out``; renamed to ``out`` when the block finishes without error.
+
+    Raises
+    ------
+    ConfigError
+        ``out`` exists already, or its parent folder does not.
+    """
+    out = Path(out).expanduser()
+    if out.exists():
+        raise ConfigError(f"-o {out} exists already: choose a new folder (an export never overwrites one).")
+    if not out.parent.is_dir():
+        raise ConfigError(f"The folder of -o {out} does not exist ({out.parent}): create it first.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

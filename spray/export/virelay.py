@@ -1,0 +1,181 @@
+"""Export a run as a ViRelAy project (Fraunhofer's relevance-analysis viewer, ``pip install virelay``).
+
+Written (all paths relative to the project file, as ViRelAy resolves them)::
+
+    project.yaml      project: name, model, label_map, dataset, attributions, analyses
+    label-map.json    [{index, word_net_id, name}] — word_net_id is the class index as text, so ViRelAy
+                      names each analysis category (the class index) by its class name
+    dataset.h5        data (N, 3, t, t) uint8 thumbnails; label (N,)
+    attribution.h5    attribution (N, 2, h, w) float32, two halves of heatmaps.npy; prediction (N, classes);
+                      label (N,)
+    analysis.h5       one group per analysed class "<class index>": index (n,) uint32 rows into the two
+                      files above; embedding/spectral (n, d) with attribute eigenvalue (d,); embedding/<2-D
+                      method> (n, 2), the map spray shows; cluster/spray-k<kk> (n,) for every stored k
+
+Facts about the format are from virelay 0.6.1's own loader (``virelay.model.Project``); the tests load the
+export with it and check that samples, attributions and clusterings come back unchanged. spray stores only
+the predicted class's probability, so ``prediction`` holds it at the predicted index and 0 elsewhere (an
+attribute of the dataset says so). The run must have thumbnails: ViRelAy needs an input image per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from spray.errors import ConfigError, DataError
+from spray.export.source import ExportSource, open_source, staged_output
+
+log = logging.getLogger(__name__)
+
+PROJECT_FILE = "project.yaml"
+LABEL_MAP = "label-map.json"
+DATASET = "dataset.h5"
+ATTRIBUTION = "attribution.h5"
+ANALYSIS = "analysis.h5"
+ANALYSIS_METHOD = "spectral"
+# Rows per HDF5 chunk: ~1 MB of 56×56 thumbnails, small enough for ViRelAy's per-sample reads.
+CHUNK = 128
+
+
+def clustering_name(k: int) -> str:
+    """The name of the labelling at ``k`` (zero-padded so ViRelAy's list sorts by k)."""
+    return f"spray-k{k:02d}"
+
+
+def _strategy(src: ExportSource) -> str:
+    """ViRelAy's attribution strategy: which output the heatmaps explain."""
+    t = src.samples
+    if len(t) and (t["target"] == t["label"]).all():
+        return "true_label"
+    if len(t) and (t["target"] == t["prediction"]).all():
+        return "predicted_label"
+    return "true_label"
+
+
+def _project(src: ExportSource, size: int) -> dict[str, Any]:
+    hashes = src.summary.hashes
+    return {
+        "project": {
+            "name": f"{src.summary.name or 'spray'} ({src.run_id[:12]})",
+            "model": f"model {str(hashes.get('model', ''))[:16] or 'unknown'}",
+            "label_map": LABEL_MAP,
+            "dataset": {
+                "name": src.dataset,
+                "type": "hdf5",
+                "path": DATASET,
+                "input_width": size,
+                "input_height": size,
+                "up_sampling_method": "none",
+                "down_sampling_method": "none",
+            },
+            "attributions": {
+                "attribution_method": f"LRP (spray {src.summary.versions.get('spray', '')})".strip(),
+                "attribution_strategy": _strategy(src),
+                "sources": [ATTRIBUTION],
+            },
+            "analyses": [{"analysis_method": ANALYSIS_METHOD, "sources": [ANALYSIS]}],
+        }
+    }
+
+
+def _write_inputs(h5: Any, src: ExportSource, dst: Path) -> None:
+    """dataset.h5 and attribution.h5, streamed in chunks (memory stays at one chunk)."""
+    assert src.thumbs is not None
+    n, t = len(src.samples), src.thumbs.shape[1]
+    h, w = src.heatmaps.shape[1:]
+    labels = src.samples["label"].to_numpy(dtype=np.int64)
+    preds = src.samples["prediction"].to_numpy(dtype=np.int64)
+    n_classes = max(len(src.class_names), int(preds.max(initial=0)) + 1, int(labels.max(initial=0)) + 1)
+    prob = np.zeros((n, n_classes), np.float32)
+    prob[np.arange(n), preds] = src.samples["confidence"].to_numpy(dtype=np.float32)
+    opts = {"compression": "gzip", "compression_opts": 4}
+    with h5.File(dst / DATASET, "w") as f:
+        data = f.create_dataset(
+            "data", (n, 3, t, t), np.uint8, chunks=(min(CHUNK, max(n, 1)), 3, t, t), **opts
+        )
+        for lo in tqdm(range(0, n, CHUNK), desc="virelay inputs", unit="chunk", disable=None):
+            data[lo : lo + CHUNK] = np.moveaxis(np.asarray(src.thumbs[lo : lo + CHUNK]), -1, 1)
+        f.create_dataset("label", data=labels)
+    with h5.File(dst / ATTRIBUTION, "w") as f:
+        att = f.create_dataset(
+            "attribution", (n, 2, h, w), np.float32, chunks=(min(CHUNK, max(n, 1)), 2, h, w), **opts
+        )
+        for lo in tqdm(range(0, n, CHUNK), desc="virelay attributions", unit="chunk", disable=None):
+            half = np.asarray(src.heatmaps[lo : lo + CHUNK], dtype=np.float32) / 2
+            att[lo : lo + CHUNK] = np.stack([half, half], axis=1)
+        pred = f.create_dataset("prediction", data=prob)
+        pred.attrs["spray_note"] = (
+            "only the predicted class's probability is stored by spray; other entries are 0"
+        )
+        f.create_dataset("label", data=labels)
+
+
+def map_name(src: ExportSource) -> str:
+    """The name of the 2-D map in every category (ViRelAy lists the first category's names only)."""
+    methods = {c.embedding_method or "map" for c in src.classes()}
+    one = methods.pop() if len(methods) == 1 else "map"
+    return one if one != "spectral" else "map"
+
+
+def _write_analyses(h5: Any, src: ExportSource, dst: Path) -> None:
+    name = map_name(src)
+    with h5.File(dst / ANALYSIS, "w") as f:
+        for entry in src.classes():
+            data = src.class_data(entry.class_index)
+            g = f.create_group(str(entry.class_index))
+            g.create_dataset("index", data=src.positions(data.sample_ids).astype(np.uint32))
+            emb = g.create_group("embedding")
+            spec = emb.create_dataset("spectral", data=np.asarray(data.eigenvectors, dtype=np.float32))
+            spec.attrs["eigenvalue"] = np.asarray(data.eigenvalues, dtype=np.float32)
+            emb.create_dataset(name, data=np.asarray(data.embedding, dtype=np.float32))
+            clu = g.create_group("cluster")
+            for k in sorted(data.labellings):
+                clu.create_dataset(clustering_name(k), data=data.labellings[k].astype(np.int64))
+
+
+def write_virelay_project(run: str | Path, out: str | Path) -> Path:
+    """Write the ViRelAy project of a run into the new folder ``out``; returns its ``project.yaml``.
+
+    Parameters
+    ----------
+    run : str or Path
+        A run folder, or a runs folder (its newest run).
+    out : str or Path
+        Folder to create (must not exist).
+
+    Raises
+    ------
+    DataError
+        The run has no thumbnails, or a run file cannot be read.
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise ConfigError(
+            "spray export virelay writes HDF5 files: pip install h5py (or spray-audit[export])."
+        ) from None
+
+    src = open_source(run)
+    if src.thumbs is None:
+        raise DataError(
+            f"{src.path} has no thumbs.npy: ViRelAy needs an input image for every sample. Re-run the audit "
+            "with thumbnails (the default) to export it."
+        )
+    if not src.classes():
+        raise DataError(f"{src.path} analysed no class: there is nothing for ViRelAy to show.")
+    with staged_output(out) as tmp:
+        labels = [{"index": i, "word_net_id": str(i), "name": name} for i, name in enumerate(src.class_names)]
+        (tmp / LABEL_MAP).write_text(json.dumps(labels, indent=1, ensure_ascii=False))
+        _write_inputs(h5py, src, tmp)
+        _write_analyses(h5py, src, tmp)
+        project = _project(src, int(src.thumbs.shape[1]))
+        (tmp / PROJECT_FILE).write_text(yaml.safe_dump(project, sort_keys=False, allow_unicode=True))
+    log.info("wrote the ViRelAy project of run %s to %s", src.run_id[:12], out)
+    return Path(out) / PROJECT_FILE

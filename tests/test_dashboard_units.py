@@ -1,0 +1,127 @@
+"""The dashboard's pure helpers: selections in URLs, lasso geometry, text that must stay text."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("streamlit")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dashboard"))
+import embedmap
+import safetext
+import selection
+import urlstate
+
+
+@given(st.sets(st.integers(0, 10**7), max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_integer_ids_round_trip_through_a_url(ids: set[int]) -> None:
+    text = urlstate.encode_ids([str(i) for i in ids])
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", text)
+    assert sorted(urlstate.decode_ids(text), key=int) == sorted(map(str, ids), key=int)
+
+
+@given(st.sets(st.text(min_size=1, max_size=30), max_size=50))
+@settings(max_examples=60, deadline=None)
+def test_any_ids_round_trip_through_a_url(ids: set[str]) -> None:
+    text = urlstate.encode_ids(sorted(ids))
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", text)
+    assert sorted(urlstate.decode_ids(text)) == sorted(ids)
+
+
+def test_ids_with_leading_zeros_are_not_turned_into_numbers() -> None:
+    assert sorted(urlstate.decode_ids(urlstate.encode_ids(["007", "7", "0"]))) == ["0", "007", "7"]
+
+
+def test_a_scattered_selection_of_150_ids_makes_a_short_url() -> None:
+    ids = [str(i) for i in np.random.default_rng(0).choice(10_000, 150, replace=False)]
+    assert len(urlstate.encode_ids(ids)) < 500
+
+
+@pytest.mark.parametrize("bad", ["", "x123", "i!!!", "iAAAA", "s" + "A" * 10])
+def test_a_damaged_selection_in_a_link_is_an_error_not_a_wrong_selection(bad: str) -> None:
+    with pytest.raises(ValueError):
+        urlstate.decode_ids(bad)
+
+
+def test_points_in_a_lasso_match_a_brute_force_oracle() -> None:
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(-1, 1, (4000, 2))
+    angle = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    radius = 0.5 + 0.3 * np.sin(5 * angle)  # a star: concave
+    px, py = radius * np.cos(angle), radius * np.sin(angle)
+    got = selection.in_polygon(xy, px, py)
+    # Oracle: the angle of each point against the star's radius at that angle (a star-shaped polygon).
+    a = np.mod(np.arctan2(xy[:, 1], xy[:, 0]), 2 * np.pi)
+    i = np.floor(a / (2 * np.pi / 40)).astype(int) % 40
+    j = (i + 1) % 40
+    p1, p2 = np.stack([px[i], py[i]], 1), np.stack([px[j], py[j]], 1)
+    cross = (p2[:, 0] - p1[:, 0]) * (xy[:, 1] - p1[:, 1]) - (p2[:, 1] - p1[:, 1]) * (xy[:, 0] - p1[:, 0])
+    assert np.array_equal(got, cross > 0)
+    assert 0.2 < got.mean() < 0.6
+
+
+def test_boxes_and_lassos_of_an_event_select_every_point_inside() -> None:
+    xy = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [5.0, 5.0], [10.0, 0.0]])
+    event = {
+        "selection": {
+            "points": [{"curve_number": 0, "point_index": 4}],
+            "box": [{"x": [1.5, -0.5], "y": [-0.5, 1.5]}],
+            "lasso": [{"x": [4, 6, 6, 4], "y": [4, 4, 6, 6]}],
+        }
+    }
+    assert list(selection.geometry_positions(event, xy)) == [0, 1, 3]
+    assert selection.event_positions(event, [np.arange(5)], xy) == [0, 1, 3, 4]
+    assert selection.event_positions(None, [np.arange(5)], xy) == []
+
+
+def test_selection_geometry_round_trips_through_a_url() -> None:
+    event = {"selection": {"box": [{"x": [1, 2], "y": [3, 4]}], "lasso": [{"x": [0, 5, 5], "y": [0, 0, 5]}]}}
+    text = embedmap.encode_geometry(event)
+    assert text and re.fullmatch(r"[A-Za-z0-9_-]+", text)
+    shapes = embedmap.decode_geometry(text)
+    assert np.array_equal(
+        selection.geometry_positions(embedmap.as_event(shapes), np.array([[1.5, 3.5], [4, 1], [0.5, 4]])),
+        [0, 1],
+    )
+    assert embedmap.decode_geometry("garbage") == []
+    assert embedmap.encode_geometry({"selection": {"box": [], "lasso": []}}) is None
+
+
+HOSTILE = [
+    "![x](http://evil.example/t.png)",
+    '<img src="http://evil.example/x.png" onerror="alert(1)">',
+    "[a](javascript:alert(1))",
+    ":red[x] :material/home: $x$ **b** `c` # h\n> q\n| t |",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_markdown_escaping_leaves_no_markup(text: str) -> None:
+    out = safetext.md(text)
+    assert "\n" not in out
+    # Every ASCII punctuation character is escaped: no construct can start.
+    assert not re.search(r"(?<!\\)[!\[\]()<>`*_:$#|]", out.replace("\\\\", ""))
+    shown = re.sub(r"\\(.)", r"\1", out)
+    assert shown.replace("\u2060", "") == text.replace("\n", " ")
+    # GitHub-flavoured autolinks cannot start: "://" and "www." are broken by an invisible word joiner.
+    assert not re.search(r"://[A-Za-z0-9]|www\.", shown)
+
+
+@pytest.mark.parametrize("text", [*HOSTILE, "a`b``c", "```"])
+def test_code_spans_hold_any_text_verbatim(text: str) -> None:
+    out = safetext.code(text)
+    fence = re.match(r"`+", out)
+    assert fence is not None
+    inner = out[len(fence.group()) + 1 : -len(fence.group()) - 1]
+    assert inner == text.replace("\n", " ") and fence.group() not in inner
+
+
+def test_html_escaping() -> None:
+    assert safetext.html_text('<img src="x">') == "&lt;img src=&quot;x&quot;&gt;"

@@ -1,0 +1,406 @@
+"""The dashboard as an auditor's workbench (issue 19), under Streamlit's AppTest on runs from spray's writer:
+the class page opens at the k of the top finding, every view's state (selection included) is in the URL,
+search, filters, the sample view, flag authors and conflicts, the access token, big maps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+from streamlit.testing.v1 import AppTest
+
+from spray.flags import FlagStore
+from tests.dashboard_fixtures import make_synthetic_run
+from tests.dashboard_runinfo import findings, top_finding
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+DATASET = "synthetic-fashion"
+SIZES = [40, 40, 40, 40, 40, 40, 300, 40, 40, 40]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose class 6 was *chosen* at k=2 while its findings were scored at k=5 (as real runs do)."""
+    d = tmp_path_factory.mktemp("runs")
+    run = make_synthetic_run(d, class_sizes=SIZES, seed=11, dataset=DATASET, planted_fraction=0.2)
+    s = json.loads((run / "summary.json").read_text())
+    for c in s["classes"]:
+        if c["class_index"] == 6:
+            c["chosen_k"] = 2
+    (run / "summary.json").write_text(json.dumps(s))
+    return run
+
+
+@pytest.fixture
+def env(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SPRAY_RUNS_DIR", str(run_dir.parent))
+    monkeypatch.setenv("SPRAY_FLAGS_DB", str(tmp_path / "flags.sqlite"))
+    monkeypatch.setenv("SPRAY_AUTHOR", "server-user")
+    for name in ("SPRAY_READ_ONLY", "SPRAY_DASHBOARD_TOKEN", "SPRAY_DATA_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "flags.sqlite"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers() -> Iterator[None]:
+    yield
+    logging.getLogger().handlers[:] = []
+
+
+def open_page(name: str = "views/overview.py", **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    ok(at.run())
+    if name != "views/overview.py":
+        ok(at.switch_page(name).run())
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def shown(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [e.value for e in at.error] + [w.value for w in at.warning] + [s.value for s in at.success]
+    text = "\n".join(map(str, parts))
+    return re.sub(r"\\(.)", r"\1", re.sub(r"(`+) (.*?) \1", r"\2", text))
+
+
+def charts(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Class page: the right k, consistent legends, readable spectrum
+
+
+def test_class_page_opens_at_the_k_of_the_top_finding_with_matching_legend_and_list(
+    env: Path, run_dir: Path
+) -> None:
+    top = top_finding(run_dir)
+    assert top.class_index == 6 and top.k == 5
+    at = open_page("views/class_view.py", cls="6")
+    assert at.query_params["k"] == "5" and at.selectbox(key="w_k").value == 5
+    assert at.selectbox(key="w_k").format_func(5) == "5 (top finding)"
+    assert at.selectbox(key="w_k").format_func(2) == "2 (chosen)"
+    # Legend and cluster list describe the k shown: five clusters, with the scored ones' scores.
+    legend = "\n".join(str(h.proto.body) for h in at.get("html"))
+    assert len(re.findall(r"> c\d+ \(n=", legend)) == 5
+    links = [p.proto.label for p in at.get("page_link")]
+    assert any(label.startswith(f"c{top.cluster_id} · score") for label in links)
+    assert all(
+        "/k5/" in p.proto.query_string or "k5" in str(p.proto)
+        for p in at.get("page_link")
+        if "score" in p.proto.label
+    )
+    # Spectrum: one labelled line per distinct k, labels at different heights.
+    spec = charts(at)[0]
+    notes = spec["layout"]["annotations"]
+    assert {n["text"] for n in notes} == {"k=2: chosen", "k=5: top finding, shown"}
+    assert len({n["y"] for n in notes}) == len(notes)
+    # Another k: legend and list follow it, the marks too.
+    ok(at.selectbox(key="w_k").select(3).run())
+    legend = "\n".join(str(h.proto.body) for h in at.get("html"))
+    assert len(re.findall(r"> c\d+ \(n=", legend)) == 3
+    assert "Clusters at k=3" in shown(at)
+    notes = {n["text"] for n in charts(at)[0]["layout"]["annotations"]}
+    assert notes == {"k=2: chosen", "k=3: shown", "k=5: top finding"}
+
+
+def test_the_lasso_tool_is_always_visible(env: Path) -> None:
+    at = open_page("views/class_view.py", cls="6")
+    config = json.loads(at.get("plotly_chart")[1].proto.config)
+    assert config["displayModeBar"] is True
+    assert charts(at)[1]["layout"]["dragmode"] == "lasso"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selections in the URL
+
+
+def _lasso_event(at: AppTest, run: Path) -> dict[str, Any]:
+    """A lasso around the planted blob (the fixture puts it at (8, 8), far from the other groups)."""
+    return {
+        "selection": {
+            "points": [],
+            "point_indices": [],
+            "box": [],
+            "lasso": [{"x": [5.5, 11.0, 11.0, 5.5], "y": [5.5, 5.5, 11.0, 11.0]}],
+        }
+    }
+
+
+def test_a_lasso_selection_is_in_the_url_and_a_reload_shows_it_again(env: Path, run_dir: Path) -> None:
+    top = top_finding(run_dir)
+    at = open_page("views/class_view.py", cls="6")
+    at.session_state["embedding_6"] = _lasso_event(at, run_dir)
+    ok(at.run())
+    assert any(f"Selection: {top.size:,} samples" in s.value for s in at.subheader)
+    query = dict(at.query_params)
+    assert query["sel"] and query["geo"] and query["cls"] == "6" and query["k"] == "5"
+    # A new browser with that URL: same selection, the lasso drawn on the map, same grid.
+    again = open_page("views/class_view.py", **query)
+    assert any(f"Selection: {top.size:,} samples" in s.value for s in again.subheader)
+    shapes = charts(again)[1]["layout"]["selections"]
+    assert len(shapes) == 1 and shapes[0]["type"] == "path"
+    assert dict(again.query_params) == query
+    # The selection's own page, by URL.
+    sel_page = open_page("views/cluster.py", view="selection", sel=query["sel"])
+    assert sel_page.subheader[0].value == f"Members ({top.size})"
+
+
+def test_select_by_filter_on_the_class_page(env: Path, run_dir: Path) -> None:
+    at = open_page("views/class_view.py", cls="6")
+    at.button(key="selby_misclassified").click()
+    ok(at.run())
+    t = pd.read_parquet(run_dir / "samples.parquet")
+    expected = int(((t["label"] == 6) & (t["label"] != t["prediction"])).sum())
+    assert any(f"Selection: {expected:,} samples" in s.value for s in at.subheader)
+    carriers = [f for f in findings(run_dir) if f.class_index == 6 and f.k == 5 and f.carrier_ids]
+    assert carriers
+    at.button(key="selby_carriers").click()
+    ok(at.run())
+    assert any(f"Selection: {len(carriers[0].carrier_ids):,} samples" in s.value for s in at.subheader)
+
+
+def test_a_link_from_another_run_says_which_ids_are_missing(env: Path) -> None:
+    import urlstate
+
+    at = open_page("views/class_view.py", cls="6", sel=urlstate.encode_ids(["999999", "0"]))
+    assert "not in class 6" in shown(at)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cluster page: order, mode, colour map, filters, page in the URL
+
+
+def test_cluster_page_view_state_is_in_the_url_and_restored(env: Path, run_dir: Path) -> None:
+    top = top_finding(run_dir)
+    query = {
+        "cluster": top.key,
+        "sort": "confidence ↓",
+        "mode": "heatmap",
+        "cmap": "coldnhot",
+        "filter": "misclassified",
+    }
+    at = open_page("views/cluster.py", **query)
+    assert at.selectbox(key="w_sort").value == "confidence ↓"
+    assert at.segmented_control(key="w_mode").value == "heatmap"
+    assert at.selectbox(key="w_cmap").value == "coldnhot"
+    assert at.multiselect(key="w_filter").value == ["misclassified"]
+    for k, v in query.items():
+        assert at.query_params[k] == v
+    t = pd.read_parquet(run_dir / "samples.parquet").set_index("sample_id").loc[top.member_ids]
+    n_mis = int((t["label"] != t["prediction"]).sum())
+    assert f"{n_mis:,} of {top.size:,} members pass the filter" in shown(at)
+    # The grid shows them most confident first.
+    grid = at.get("image")[-1]
+    captions = [img.caption for img in grid.proto.imgs]
+    conf = [float(c.rsplit(" ", 1)[1]) for c in captions]
+    assert conf == sorted(conf, reverse=True) and len(conf) == n_mis
+    # Filters combine; the low-confidence threshold is in the URL too.
+    ok(at.multiselect(key="w_filter").select("low confidence").run())
+    assert at.query_params["filter"] == "misclassified,low confidence" and at.query_params["conf"] == "0.5"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Search and the sample view
+
+
+def test_search_from_the_sidebar_opens_the_sample_at_full_size(env: Path, run_dir: Path) -> None:
+    top = top_finding(run_dir)
+    sid = top.member_ids[0]
+    at = open_page("views/flags.py")
+    at.sidebar.text_input(key="search_id").input(sid)
+    at.sidebar.button[0].click()  # the search form's button
+    ok(at.run())
+    assert at.query_params["sample"] == sid and at.title[0].value == "Sample"
+    links = [p.proto.label for p in at.get("page_link")]
+    assert any(label.startswith(top.key) and "score" in label for label in links)
+    big = [img for el in at.get("image") for img in el.proto.imgs]
+    assert len(big) >= 3  # input, heatmap, overlay (plus the colour bar)
+    assert "relative to the dataset root" in shown(at) and "--data-root" in shown(at)
+
+
+def test_the_sample_view_shows_the_original_file_under_the_data_root(
+    env: Path, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    Image.fromarray(np.full((64, 48, 3), 200, np.uint8)).save(root / "5", format="PNG")
+    monkeypatch.setenv("SPRAY_DATA_ROOT", str(root))
+    at = open_page("views/sample.py", sample="5")
+    assert str(root / "5") in shown(at) and "original, 48×64 px" in "\n".join(
+        i.caption for el in at.get("image") for i in el.proto.imgs
+    )
+    # An id that climbs out of the data root is not followed.
+    at = open_page("views/sample.py", sample="../../etc/passwd")
+    assert "Not found" in shown(at)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flags: author, conflicts, confirmation
+
+
+def test_flags_record_the_author_typed_in_the_sidebar(env: Path) -> None:
+    at = open_page("views/sample.py", sample="3")
+    assert at.sidebar.text_input(key="_author").value == "server-user"
+    at.sidebar.text_input(key="_author").input("ana")
+    ok(at.run())
+    at.radio(key="flag_status_sample").set_value("investigate")
+    at.text_area(key="flag_note_sample").input("odd")
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    [flag] = FlagStore(env).current(DATASET)
+    assert (flag.sample_id, flag.status, flag.author, flag.source) == (
+        "3",
+        "investigate",
+        "ana",
+        "sample page",
+    )
+    assert "investigate" in shown(at)
+
+
+def test_a_decision_that_came_in_meanwhile_is_shown_and_not_overwritten(env: Path) -> None:
+    at = open_page("views/sample.py", sample="3")
+    FlagStore(env).flag(DATASET, ["3"], "ok", "checked by hand", author="bo")  # another session, meanwhile
+    at.radio(key="flag_status_sample").set_value("unlearn")
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    assert "Another decision came in meanwhile" in shown(at)
+    conflicts = next(
+        d.value
+        for d in at.dataframe
+        if "when" in d.value.columns
+        and "status" in d.value.columns
+        and len(d.value) == 1
+        and d.value["note"].iloc[0] == "checked by hand"
+        and "sample_id" in d.value.columns
+    )
+    assert list(conflicts["author"]) == ["bo"] and list(conflicts["status"]) == ["ok"]
+    assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "ok"}
+    at.button(key="confirm_sample").click()
+    ok(at.run())
+    [flag] = FlagStore(env).current(DATASET)
+    assert (flag.status, flag.author) == ("unlearn", "server-user")
+
+
+def test_many_samples_need_a_confirmation_and_cancel_writes_nothing(env: Path, run_dir: Path) -> None:
+    at = open_page("views/cluster.py", cluster=top_finding(run_dir).key)
+    at.radio(key="flag_status_cluster").set_value("unlearn")
+    at.form_submit_button(key="FormSubmitter:flagform_cluster-Apply").click()
+    ok(at.run())
+    assert "Set **unlearn** on" in shown(at)
+    at.button(key="cancel_cluster").click()
+    ok(at.run())
+    assert not env.exists()
+    assert "Set **unlearn** on" not in shown(at)
+
+
+def test_no_decision_is_preselected(env: Path) -> None:
+    at = open_page("views/sample.py", sample="3")
+    assert at.radio(key="flag_status_sample").value is None
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    assert "Choose a decision" in shown(at) and not env.exists()
+
+
+def test_live_counts_in_the_sidebar(env: Path) -> None:
+    FlagStore(env).flag(DATASET, ["1", "2"], "unlearn")
+    at = open_page()
+    assert "unlearn 2" in "\n".join(str(c.value) for c in at.sidebar.caption)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Access
+
+
+def test_an_access_token_guards_every_page(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPRAY_DASHBOARD_TOKEN", "s3cret-token")
+    at = open_page()
+    assert [t.value for t in at.title] == ["spray"] and not at.dataframe  # nothing of the runs
+    at.text_input(key="login_token").input("wrong")
+    at.button[0].click()
+    ok(at.run())
+    assert "not the access token" in shown(at) and not at.dataframe
+    at.text_input(key="login_token").input("s3cret-token")
+    at.text_input(key="login_name").input("carla")
+    at.button[0].click()
+    ok(at.run())
+    assert at.title[0].value == "Suspicious clusters"
+    assert at.sidebar.text_input(key="_author").value == "carla"
+    # In the URL it works too, and the first page drops it from the URL.
+    at = open_page(token="s3cret-token")
+    assert at.title[0].value == "Suspicious clusters" and "token" not in at.query_params
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overview
+
+
+def test_overview_cell_click_opens_the_cluster_and_the_full_evidence_is_there(
+    env: Path, run_dir: Path
+) -> None:
+    top = top_finding(run_dir)
+    at = open_page()
+    text = shown(at)
+    for line in top.evidence:
+        assert line in text
+    assert " ▸ ".join(top.evidence) in at.dataframe[0].value["evidence"].iloc[0]
+    at.session_state["ov_findings"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "class"]]}}
+    ok(at.run())
+    assert at.title[0].value == "Cluster / selection" and at.query_params["cluster"] == top.key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Big maps: a picture of all points, a drawn sample, selections take every point inside
+
+
+def test_a_big_map_draws_a_picture_and_a_sample_and_a_box_selects_every_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedmap
+
+    d = tmp_path / "runs"
+    run = make_synthetic_run(
+        d, class_sizes=[24_000, 50], planted_class=0, planted_fraction=0.05, seed=3, k_max=4
+    )
+    monkeypatch.setenv("SPRAY_RUNS_DIR", str(d))
+    monkeypatch.setenv("SPRAY_FLAGS_DB", str(tmp_path / "flags.sqlite"))
+    at = open_page("views/class_view.py", cls="0")
+    fig = charts(at)[1]
+    assert fig["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
+    drawn = sum(len(t["x"]) for t in fig["data"] if t.get("x") and t["x"][0] is not None)
+    assert drawn <= embedmap.SAMPLE_POINTS + 1000
+    top = top_finding(run)
+    arrays = np.load(run / "classes" / "0.npz")
+    ids = pd.read_parquet(run / "samples.parquet")["sample_id"].to_numpy()[arrays["rows"]]
+    members = np.isin(ids, top.member_ids)
+    emb = arrays["embedding"].astype(np.float64)
+    lo, hi = emb.min(0), emb.max(0)
+    q = (emb - lo) / (hi - lo) * embedmap.QMAX
+    box = {
+        "x": [q[members, 0].min() - 1, q[members, 0].max() + 1],
+        "y": [q[members, 1].min() - 1, q[members, 1].max() + 1],
+    }
+    at.session_state["embedding_0"] = {
+        "selection": {"points": [], "point_indices": [], "box": [box], "lasso": []}
+    }
+    ok(at.run())
+    assert any(f"Selection: {int(members.sum()):,} samples" in s.value for s in at.subheader)

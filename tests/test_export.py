@@ -1,0 +1,284 @@
+"""``spray export virelay|fiftyone``: runs written by spray's own writer, read back by the other tool's code.
+
+ViRelAy is the oracle for its format (test-only dependency ``virelay``, its loader ``virelay.model.Project``
+and its Flask server's REST API). FiftyOne does not install into the shared environment without changing
+other packages (it pins an older python-dateutil and plotly, and its database package downloads MongoDB
+while installing), so its export is checked against the structure FiftyOne's legacy importer reads, and by
+that importer itself when fiftyone is importable (see docs/dashboard.md, Interop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from spray.errors import ConfigError, DataError
+from spray.export.fiftyone import write_fiftyone_dataset
+from spray.export.virelay import clustering_name, write_virelay_project
+from spray.flags import FlagStore
+from spray.runs.reader import RunReader
+from tests.dashboard_fixtures import make_synthetic_run
+from tests.faults.cli import assert_clean_failure, run_main
+
+SIZES = [40, 40, 40, 40, 40, 40, 120, 40, 40, 40]
+# virelay 0.6.1 pins pillow<11 (spray's environment has a newer pillow its loader works with), so it is not in
+# the `test` extra. Its loader also needs h5py and matplotlib (test extra, via mlxtend), its server flask.
+VIRELAY_MISSING = "pip install --no-deps virelay==0.6.1 && pip install flask flask-cors (test-only oracle)"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers() -> Iterator[None]:
+    """``spray.cli.main`` points the root logger at this test's captured stderr: drop it afterwards, so a
+    later test's log lines do not go to a closed stream (a "Logging error" traceback in its output)."""
+    yield
+    logging.getLogger().handlers[:] = []
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("runs")
+    return make_synthetic_run(d, class_sizes=SIZES, seed=4, dataset="synthetic-fashion", k_max=5)
+
+
+def _run_files(run: Path) -> tuple[RunReader, pd.DataFrame, np.ndarray, np.ndarray]:
+    """The run through spray's reader, and its sample table and arrays straight from the files (the oracle)."""
+    return (
+        RunReader.open(run),
+        pd.read_parquet(run / "samples.parquet"),
+        np.load(run / "heatmaps.npy"),
+        np.load(run / "thumbs.npy"),
+    )
+
+
+def test_virelay_project_round_trips_through_virelays_own_loader(run: Path, tmp_path: Path) -> None:
+    model = pytest.importorskip("virelay.model", reason=VIRELAY_MISSING)
+    reader, samples, heat, thumbs = _run_files(run)
+    summary = reader.summary
+    project_file = write_virelay_project(run, tmp_path / "vr")
+    project = model.Project(str(project_file))
+    try:
+        assert project.name.endswith(f"({summary.run_id[:12]})")
+        assert len(project.dataset) == len(samples)
+        for i in (0, 7, len(samples) - 1):
+            sample = project.get_sample(i)
+            assert np.array_equal(sample.data, thumbs[i])  # uint8 HWC, unchanged
+            assert [label.name for label in sample.labels] == [samples["label_name"][i]]
+            att = project.get_attribution(i)
+            # ViRelAy sums an attribution over its channels: exactly spray's heatmap.
+            assert np.array_equal(att.data.sum(axis=-1), heat[i].astype(np.float32))
+            assert int(np.argmax(att.prediction)) == samples["prediction"][i]
+            assert att.prediction.max() == pytest.approx(samples["confidence"][i])
+        assert project.get_analysis_methods() == ["spectral"]
+        categories = {c.name: c.human_readable_name for c in project.get_analysis_categories("spectral")}
+        assert categories == {str(c.class_index): c.class_name for c in summary.classes}
+        assert project.get_analysis_clustering_names("spectral") == [clustering_name(k) for k in range(2, 6)]
+        assert set(project.get_analysis_embedding_names("spectral")) == {"spectral", "umap"}
+        for entry in summary.classes:
+            c = entry.class_index
+            arrays = np.load(run / "classes" / f"{c}.npz")
+            for k in range(2, 6):
+                an = project.get_analysis("spectral", str(c), clustering_name(k), "umap")
+                assert np.array_equal(an.clustering, arrays[f"labels_k{k}"])
+                assert np.array_equal(an.attribution_indices, arrays["rows"])
+                assert np.allclose(an.embedding, arrays["embedding"])
+            spec = project.get_analysis("spectral", str(c), clustering_name(entry.chosen_k), "spectral")
+            assert np.allclose(spec.eigenvalues, arrays["eigenvalues"])
+            assert np.allclose(spec.embedding, arrays["eigenvectors"])
+            # The finding's members are exactly the samples of its cluster in ViRelAy.
+            for f in reader.findings():
+                if f.class_index != c:
+                    continue
+                an = project.get_analysis("spectral", str(c), clustering_name(f.k), "umap")
+                rows = an.attribution_indices[an.clustering == f.cluster_id]
+                assert set(samples["sample_id"].to_numpy()[rows]) == set(f.member_ids)
+    finally:
+        project.close()
+
+
+def test_virelay_server_opens_the_project(run: Path, tmp_path: Path) -> None:
+    model = pytest.importorskip("virelay.model", reason=VIRELAY_MISSING)
+    server = pytest.importorskip("virelay.server", reason=VIRELAY_MISSING)
+    reader, samples, _, _ = _run_files(run)
+    project_file = write_virelay_project(run, tmp_path / "vr")
+    workspace = model.Workspace()
+    workspace.add_project(str(project_file))
+    try:
+        client = server.Server(workspace).app.test_client()
+        projects = client.get("/api/projects").get_json()
+        assert [p["dataset"] for p in projects] == ["synthetic-fashion"]
+        top = reader.findings()[0]
+        cat, k = str(top.class_index), top.k
+        res = client.get(
+            f"/api/projects/0/analyses/spectral?category={cat}&clustering={clustering_name(k)}&embedding=umap"
+        )
+        assert res.status_code == 200
+        points = res.get_json()["embedding"]
+        members = {p["attributionIndex"] for p in points if p["cluster"] == top.cluster_id}
+        assert set(samples["sample_id"].to_numpy()[sorted(members)]) == set(top.member_ids)
+        i = int(sorted(members)[0])
+        for url in (
+            f"/api/projects/0/dataset/{i}/image?imageMode=overlay&colorMap=blue-white-red",
+            f"/api/projects/0/attributions/{i}/heatmap?colorMap=blue-white-red",
+        ):
+            res = client.get(url)
+            assert res.status_code == 200 and res.content_type.startswith("image/"), url
+    finally:
+        workspace.close()
+
+
+def test_virelay_export_of_a_run_without_thumbnails_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_synthetic_run(tmp_path / "runs", class_sizes=[30] * 3, planted_class=1, thumbs=False, seed=5)
+    res = run_main(["export", "virelay", str(run), "-o", str(tmp_path / "vr")], capsys)
+    assert_clean_failure(res, 1, "thumbs.npy", str(run))
+    assert not (tmp_path / "vr").exists()
+
+
+def test_export_refuses_an_existing_folder_and_a_missing_parent(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "there").mkdir()
+    for target in ("virelay", "fiftyone"):
+        res = run_main(["export", target, str(run), "-o", str(tmp_path / "there")], capsys)
+        assert_clean_failure(res, 2, str(tmp_path / "there"), "exists already")
+        res = run_main(["export", target, str(run), "-o", str(tmp_path / "no" / "out")], capsys)
+        assert_clean_failure(res, 2, str(tmp_path / "no"), "does not exist")
+
+
+def test_export_of_something_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = run_main(["export", "virelay", str(tmp_path), "-o", str(tmp_path / "vr")], capsys)
+    assert_clean_failure(res, 2, str(tmp_path), "summary.json")
+    res = run_main(["export", "fiftyone", str(tmp_path / "nope"), "-o", str(tmp_path / "fo")], capsys)
+    assert_clean_failure(res, 2, str(tmp_path / "nope"), "does not exist")
+
+
+def test_export_of_a_damaged_run_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_synthetic_run(tmp_path / "runs", class_sizes=[30] * 3, planted_class=1, seed=6)
+    f = run / "heatmaps.npy"
+    f.write_bytes(f.read_bytes()[:500])
+    for target in ("virelay", "fiftyone"):
+        res = run_main(["export", target, str(run), "-o", str(tmp_path / target)], capsys)
+        assert_clean_failure(res, 1, "heatmaps.npy")
+        assert not (tmp_path / target).exists()
+
+
+def test_export_takes_the_newest_run_of_a_runs_folder(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    res = run_main(["export", "fiftyone", str(run.parent), "-o", str(tmp_path / "fo")], capsys)
+    assert res.code == 0, res.output
+    meta = json.loads((tmp_path / "fo" / "metadata.json").read_text())
+    assert meta["info"]["spray_run_id"] == RunReader.open(run).summary.run_id
+
+
+def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, tmp_path: Path) -> None:
+    reader, samples, heat, thumbs = _run_files(run)
+    summary = reader.summary
+    db = tmp_path / "flags.sqlite"
+    top = reader.findings()[0]
+    FlagStore(db).flag("synthetic-fashion", top.member_ids[:5], "unlearn", "corner stamp", author="ana")
+    FlagStore(db).flag("other-dataset", top.member_ids[5:6], "ok")
+    out = write_fiftyone_dataset(run, tmp_path / "fo", flags_db=db)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert "version" not in meta and meta["media_type"] == "image"  # FiftyOneDataset → its legacy importer
+    assert meta["info"]["classes"] == summary.class_names
+    docs = json.loads((out / "samples.json").read_text())["samples"]
+    assert len(docs) == len(samples)
+    by_id = {d["spray_sample_id"]: d for d in docs}
+    assert set(by_id) == set(samples["sample_id"])
+    for d in docs:
+        path = out / d["filepath"]
+        assert path.is_file() and Path(d["relevance"]["map_path"]).is_file()
+        assert d["ground_truth"]["_cls"] == d["prediction"]["_cls"] == "Classification"
+        assert d["relevance"]["_cls"] == "Heatmap" and d["relevance"]["range"] == [0, 255]
+        assert isinstance(d["tags"], list) and d["metadata"] is None
+    # Media and labels come from the run.
+    r = 17
+    d = by_id[samples["sample_id"][r]]
+    assert np.array_equal(np.asarray(Image.open(out / d["filepath"])), thumbs[r])
+    grey = np.asarray(Image.open(d["relevance"]["map_path"])).astype(np.float32)
+    assert np.corrcoef(grey.ravel(), heat[r].astype(np.float32).ravel())[0, 1] > 0.999
+    assert d["ground_truth"]["label"] == samples["label_name"][r]
+    assert d["prediction"]["confidence"] == pytest.approx(float(samples["confidence"][r]))
+    assert d["spray_suspicion"] == pytest.approx(float(samples["score"][r]))
+    # The top finding's members carry its cluster key, its score, the suspicious tag; flags where set.
+    for i, sid in enumerate(top.member_ids):
+        m = by_id[sid]
+        assert m["spray_cluster"] == top.key and m["spray_cluster_score"] == pytest.approx(top.score)
+        assert m["spray_suspicious"] is True and "suspicious" in m["tags"]
+        assert m["spray_flag"] == ("unlearn" if i < 5 else None)  # the other dataset's flag does not apply
+        if i < 5:
+            assert m["spray_flag_note"] == "corner stamp" and m["spray_flag_author"] == "ana"
+            assert "flag:unlearn" in m["tags"]
+    others = [d for d in docs if d["spray_sample_id"] not in set(top.member_ids)]
+    assert not any(d["spray_suspicious"] for d in others if d["spray_cluster"] != top.key)
+    json.dumps(docs, allow_nan=False)  # strict JSON: no NaN for FiftyOne's parser
+
+
+def test_fiftyone_dataset_points_at_original_files_under_the_data_root(run: Path, tmp_path: Path) -> None:
+    _, samples, _, thumbs = _run_files(run)
+    root = tmp_path / "data"
+    root.mkdir()
+    sid = samples["sample_id"][3]
+    Image.fromarray(thumbs[3]).save(root / sid, format="PNG")
+    out = write_fiftyone_dataset(run, tmp_path / "fo", data_root=root)
+    docs = {d["spray_sample_id"]: d for d in json.loads((out / "samples.json").read_text())["samples"]}
+    assert docs[sid]["filepath"] == str((root / sid).resolve())
+    assert docs[samples["sample_id"][4]]["filepath"].startswith("data/")
+
+
+def test_export_modules_never_write_into_the_run(run: Path, tmp_path: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    write_virelay_project(run, tmp_path / "vr") if _has_h5py() else None
+    write_fiftyone_dataset(run, tmp_path / "fo")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    with pytest.raises(ConfigError):
+        write_fiftyone_dataset(run, tmp_path / "fo")  # never overwrites
+    with pytest.raises(DataError):
+        write_fiftyone_dataset(_broken(tmp_path), tmp_path / "fo2")
+
+
+def _has_h5py() -> bool:
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _broken(tmp_path: Path) -> Path:
+    run = make_synthetic_run(tmp_path / "broken", class_sizes=[30] * 3, planted_class=1, seed=7)
+    (run / "samples.parquet").write_bytes(b"not parquet")
+    return run
+
+
+def test_fiftyones_own_importer_reads_the_export(run: Path, tmp_path: Path) -> None:
+    """FiftyOne's importer for this format (what ``fo.Dataset.from_dir(..., FiftyOneDataset)`` defers to).
+
+    Skips in the shared environment (FiftyOne is not installed there, see the module docstring); run in an
+    environment with ``pip install fiftyone`` it reads the samples without a database.
+    """
+    importers = pytest.importorskip("fiftyone.utils.data.importers", reason="pip install fiftyone (oracle)")
+    reader, samples, _, _ = _run_files(run)
+    summary = reader.summary
+    out = write_fiftyone_dataset(run, tmp_path / "fo")
+    importer = importers.FiftyOneDatasetImporter(str(out))
+    assert importer._is_legacy_format_data()
+    legacy = importer._to_legacy_importer()
+    with legacy:
+        got = list(legacy)
+        assert legacy.get_dataset_info()["spray_run_id"] == summary.run_id
+    assert len(got) == len(samples)
+    top = reader.findings()[0]
+    member = next(s for s in got if s.spray_sample_id == top.member_ids[0])
+    assert type(member.ground_truth).__name__ == "Classification" and "suspicious" in member.tags
+    assert member.spray_cluster == top.key and Path(member.filepath).is_file()
+    assert member.relevance.get_map().shape == tuple(np.load(run / "heatmaps.npy", mmap_mode="r").shape[1:])
