@@ -33,6 +33,7 @@ from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
 from spray.lrp.checks import check_conservation, check_order, reference_error
 from spray.lrp.composites import get_composite
+from spray.lrp.concepts import ConceptTap, resolve_concept_layer
 from spray.lrp.functional import functional_rules
 from spray.lrp.fusion import _FusionWatch
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
@@ -57,11 +58,15 @@ class LRPResult:
         ``(B, K)`` float32 model outputs (detached).
     targets : torch.Tensor
         ``(B,)`` int64 class explained for each sample.
+    concepts : torch.Tensor or None
+        ``(B, C)`` float32 channel relevance at the concept layer (see :mod:`spray.lrp.concepts`), from
+        the same backward pass; None without a concept layer.
     """
 
     relevance: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
+    concepts: torch.Tensor | None = None
 
 
 def resolve_targets(
@@ -142,6 +147,10 @@ class Explainer:
     self_check : bool
         On the first batch, check that relevance is conserved wherever the rules conserve it
         (:func:`spray.lrp.checks.check_conservation`) and refuse the model, naming the module, if not.
+    concept_layer : str, optional
+        Module path whose per-channel relevance each call also returns (``LRPResult.concepts``), taken
+        from the same backward pass; ``"auto"`` picks the last convolutional stage (or transformer
+        block, :func:`spray.lrp.concepts.default_concept_layer`); None or ``"none"``: no concepts.
 
     Raises
     ------
@@ -163,6 +172,7 @@ class Explainer:
         extra_rules: dict[type[nn.Module], Rule] | None = None,
         channels_last: bool | None = None,
         self_check: bool = True,
+        concept_layer: str | None = None,
     ) -> None:
         if precision not in _PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; choose one of {list(_PRECISIONS)}")
@@ -174,6 +184,8 @@ class Explainer:
                     f"extra_rules must map nn.Module subclasses to Rule instances, got {t!r}: {r!r}"
                 )
         self.composite = get_composite(composite, **(composite_kwargs or {}))
+        self.concept_layer = resolve_concept_layer(model, concept_layer)
+        self._tap: ConceptTap | None = None  # set for the duration of one call
         self.precision = precision
         if device is None:
             first = next(iter(model.parameters()), None)
@@ -245,10 +257,12 @@ class Explainer:
         self._context.reset()
         if self._watch is not None:
             self._watch.reset()
+        tap = self._tap.installed() if self._tap is not None else contextlib.nullcontext()
         with (
             torch.enable_grad(),
             self._precision(),
             functional_rules(self._context, self.composite.attention),
+            tap,
         ):
             return self._model(x)
 
@@ -339,6 +353,7 @@ class Explainer:
         inputs: torch.Tensor,
         target: str | int | torch.Tensor = "pred",
         labels: torch.Tensor | None = None,
+        concept_mask: torch.Tensor | None = None,
     ) -> LRPResult:
         """Explain a batch.
 
@@ -351,11 +366,15 @@ class Explainer:
             samples, or a ``(B,)`` tensor of classes.
         labels : torch.Tensor, optional
             ``(B,)`` int64 true labels, for ``target="label"``.
+        concept_mask : torch.Tensor, optional
+            ``(B, C)`` weights of the concept layer's channels (needs ``concept_layer``): only their
+            relevance is propagated to the input, which gives concept-conditional heatmaps (CRP).
+            ``LRPResult.concepts`` stays the unmasked channel relevance.
 
         Returns
         -------
         LRPResult
-            Relevance ``(B, C, H, W)``, logits ``(B, K)`` and targets ``(B,)``.
+            Relevance ``(B, C, H, W)``, logits ``(B, K)``, targets ``(B,)`` and concepts ``(B, C)``.
 
         Raises
         ------
@@ -369,9 +388,16 @@ class Explainer:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
-        out, x = self._run(x)
-        check_order(self._context, self._first_path)
-        out, logits = self._check_reference(x, out)
+        if concept_mask is not None and self.concept_layer is None:
+            raise ConfigError("concept_mask needs an Explainer with a concept_layer")
+        if self.concept_layer is not None:
+            self._tap = ConceptTap(self._model, self.concept_layer, self._context, concept_mask)
+        try:  # the tap stays set while a first-batch check may re-run the forward pass
+            out, x = self._run(x)
+            check_order(self._context, self._first_path)
+            out, logits = self._check_reference(x, out)
+        finally:
+            tap, self._tap = self._tap, None
         targets = resolve_targets(target, labels, logits)
         if self._self_check:
             self._self_check = False
@@ -385,7 +411,8 @@ class Explainer:
             (grad,) = torch.autograd.grad(out, x, grad_outputs=seed)
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
-        return LRPResult(relevance=relevance, logits=logits, targets=targets)
+        concepts = tap.result() if tap is not None else None
+        return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
 
 
 def explain(
