@@ -282,6 +282,7 @@ def _batch_stage(
         canonize=cfg.lrp.canonize,
         device=dev,
         precision=cfg.lrp.precision,
+        concept_layer=cfg.lrp.concept_layer,
     )
     cache = ShardCache(
         runs.cache_dir(cache_dir_name(cfg, setup.hashes["model"])), by_label=cfg.lrp.target == "label"
@@ -399,6 +400,8 @@ def _report(
         # keeps the directories of kept runs only.
         cache=batched.cache.dir.name,
         versions=version_stamp(),
+        # the module path lrp.concept_layer resolved to (concepts.npy holds its channels), or None
+        extra={"concept_layer": getattr(batched.runner.explainer, "concept_layer", None)},
     )
 
 
