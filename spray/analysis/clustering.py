@@ -211,37 +211,53 @@ def cluster_sweep(
     for k in range(2, hi + 1):
         x = row_normalized(vecs, k)
         labels = _kmeans(x, k, seed, n_init, fit_rows)
-        stab = [
-            adjusted_rand_score(labels, _kmeans(x, k, seed + 1 + r, min(n_init, RESAMPLE_N_INIT), rows))
-            for r, rows in enumerate(resamples)
-        ]
-        n_used = np.unique(labels).size
-        if n_used < 2:
-            sil = -1.0
-        elif sil_rows is None:
-            sil = _silhouette(x, labels, k)
-        else:
-            sub = labels[sil_rows]
-            sil = _silhouette(x[sil_rows], sub, k) if np.unique(sub).size > 1 else -1.0
-        gap = float(ev[k - 1] - ev[k]) if ev.size > k else 0.0
+        scores[k] = _score_k(
+            x, labels, k, ev, seed=seed, n_init=n_init, resamples=resamples, sil_rows=sil_rows
+        )
         labellings[k] = _relabel_by_size(labels, k)
-        scores[k] = {
-            "silhouette": sil,
-            "stability": float(np.mean(stab)),
-            "eigengap": gap,
-        }
         logger.debug("k=%d %s", k, scores[k])
-
-    stable = [k for k in scores if scores[k]["stability"] >= STABILITY_MIN]
-    if not stable:
-        stable = [max(scores, key=lambda k: (scores[k]["stability"], -k))]
-    best_sil = max(scores[k]["silhouette"] for k in stable)
-    good = [k for k in stable if scores[k]["silhouette"] >= best_sil - SILHOUETTE_SLACK]
-    best_gap = max(scores[k]["eigengap"] for k in good)
-    chosen = min(k for k in good if scores[k]["eigengap"] >= EIGENGAP_REAL * best_gap)
+    chosen = _choose_k(scores)
     return ClusteringResult(
         labellings=labellings,
         chosen_k=int(chosen),
         eigengap_k=eigengap_k(ev, k_max=hi),
         scores=scores,
     )
+
+
+def _score_k(
+    x: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    ev: np.ndarray,
+    *,
+    seed: int,
+    n_init: int,
+    resamples: list[np.ndarray],
+    sil_rows: np.ndarray | None,
+) -> dict[str, float]:
+    """Silhouette, resample stability (mean ARI) and eigengap of one k-means labelling ``(n,)`` of ``x``."""
+    stab = [
+        adjusted_rand_score(labels, _kmeans(x, k, seed + 1 + r, min(n_init, RESAMPLE_N_INIT), rows))
+        for r, rows in enumerate(resamples)
+    ]
+    if np.unique(labels).size < 2:
+        sil = -1.0
+    elif sil_rows is None:
+        sil = _silhouette(x, labels, k)
+    else:
+        sub = labels[sil_rows]
+        sil = _silhouette(x[sil_rows], sub, k) if np.unique(sub).size > 1 else -1.0
+    gap = float(ev[k - 1] - ev[k]) if ev.size > k else 0.0
+    return {"silhouette": sil, "stability": float(np.mean(stab)), "eigengap": gap}
+
+
+def _choose_k(scores: dict[int, dict[str, float]]) -> int:
+    """The smallest stable k whose silhouette is near the best and whose eigengap is a real one."""
+    stable = [k for k in scores if scores[k]["stability"] >= STABILITY_MIN]
+    if not stable:
+        stable = [max(scores, key=lambda k: (scores[k]["stability"], -k))]
+    best_sil = max(scores[k]["silhouette"] for k in stable)
+    good = [k for k in stable if scores[k]["silhouette"] >= best_sil - SILHOUETTE_SLACK]
+    best_gap = max(scores[k]["eigengap"] for k in good)
+    return min(k for k in good if scores[k]["eigengap"] >= EIGENGAP_REAL * best_gap)

@@ -116,17 +116,25 @@ def make_heatmaps(
         size,
     )
     heat += neg
-    small = np.flatnonzero(labels == small_label)
-    if small.size:
-        # Watermark: object relevance weakened, a sharp spot near the top-left corner dominates.
-        heat[small] *= 0.15
-        spot = _blobs(
-            (2.5 + rng.normal(0, 0.3, small.size)).astype(np.float32) * scale,
-            (2.5 + rng.normal(0, 0.3, small.size)).astype(np.float32) * scale,
-            (1.2 * scale * rng.uniform(0.85, 1.15, small.size)).astype(np.float32),
-            (rng.uniform(1.5, 2.5, small.size) * strength[small]).astype(np.float32),
-            size,
-        )
-        heat[small] += spot
+    _add_watermark(heat, np.flatnonzero(labels == small_label), strength, rng)
     heat += rng.normal(0.0, 0.03, size=heat.shape).astype(np.float32)
     return heat, labels, small_label
+
+
+def _add_watermark(
+    heat: np.ndarray, small: np.ndarray, strength: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Weaken the object relevance of the rows ``small`` of ``heat`` ``(n, s, s)`` and add a corner spot."""
+    if not small.size:
+        return
+    size = heat.shape[-1]
+    scale = size / 32.0
+    heat[small] *= 0.15
+    spot = _blobs(
+        (2.5 + rng.normal(0, 0.3, small.size)).astype(np.float32) * scale,
+        (2.5 + rng.normal(0, 0.3, small.size)).astype(np.float32) * scale,
+        (1.2 * scale * rng.uniform(0.85, 1.15, small.size)).astype(np.float32),
+        (rng.uniform(1.5, 2.5, small.size) * strength[small]).astype(np.float32),
+        size,
+    )
+    heat[small] += spot
