@@ -184,3 +184,14 @@ def test_layer_that_does_not_run_is_refused() -> None:
 
     with pytest.raises(ModelError, match="did not run"):
         Explainer(Unused(), concept_layer="spare")(torch.randn(2, 1, 28, 28))
+
+
+def test_bf16_and_contiguous_layout_give_the_same_concepts() -> None:
+    model, x, _, _ = _setup("small_cnn")
+    ref = Explainer(model, concept_layer="features")(x, target="pred").concepts
+    contiguous = Explainer(model, concept_layer="features", channels_last=False)(x, target="pred").concepts
+    half = Explainer(model, concept_layer="features", precision="bf16")(x, target="pred").concepts
+    assert ref is not None and contiguous is not None and half is not None
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(contiguous, ref, rtol=1e-4, atol=1e-6)
+    assert bool((_cosine(half, ref) >= 0.99).all())
