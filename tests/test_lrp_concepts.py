@@ -195,3 +195,16 @@ def test_bf16_and_contiguous_layout_give_the_same_concepts() -> None:
     assert half.dtype == torch.float32
     torch.testing.assert_close(contiguous, ref, rtol=1e-4, atol=1e-6)
     assert bool((_cosine(half, ref) >= 0.99).all())
+
+
+def test_auto_layer_the_forward_bypasses_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.model_factories import normalising
+
+    model = normalising()
+    explainer = Explainer(model, concept_layer="auto", self_check=False)
+    assert explainer.concept_layer == "tiny"
+    result = explainer(torch.randn(2, 3, 16, 16))
+    assert result.concepts is None and explainer.concept_layer is None
+    assert "not called by the model's forward()" in caplog.text
+    with pytest.raises(ModelError, match="did not run"):
+        Explainer(model, concept_layer="tiny", self_check=False)(torch.randn(2, 3, 16, 16))

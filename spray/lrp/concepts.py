@@ -87,6 +87,9 @@ class ConceptTap:
     mask : torch.Tensor, optional
         ``(B, C)`` weights of the channels whose relevance is propagated further down (1: keep, 0: drop);
         None keeps all (the ordinary heatmap).
+    required : bool
+        A layer that does not run in the forward pass is an error (a path the user chose); else
+        :attr:`missing` is set (a layer chosen by ``"auto"``, which the model's ``forward`` may bypass).
 
     Attributes
     ----------
@@ -96,10 +99,17 @@ class ConceptTap:
     """
 
     def __init__(
-        self, model: nn.Module, path: str, context: RuleContext, mask: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        path: str,
+        context: RuleContext,
+        mask: torch.Tensor | None = None,
+        required: bool = True,
     ) -> None:
         self.model, self.path, self.context = model, path, context
         self.mask = mask
+        self.required = required
+        self.missing = False
         self.relevance: torch.Tensor | None = None
         self.calls = 0
 
@@ -108,6 +118,8 @@ class ConceptTap:
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         if not (isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() >= 2):
+            if not self.required:
+                return output  # counted as missing: the Explainer drops the layer with a warning
             kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ModelError(
                 f"concept layer {self.path!r} returns {kind}; it must return a (B, C, ...) or (B, T, D) "
@@ -139,7 +151,8 @@ class ConceptTap:
             yield
         finally:
             handle.remove()
-        if self.calls == 0:
+        self.missing = self.calls == 0
+        if self.missing and self.required:
             raise ModelError(f"concept layer {self.path!r} did not run in the model's forward pass")
 
     def result(self) -> torch.Tensor:

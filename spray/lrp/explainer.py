@@ -185,6 +185,7 @@ class Explainer:
                 )
         self.composite = get_composite(composite, **(composite_kwargs or {}))
         self.concept_layer = resolve_concept_layer(model, concept_layer)
+        self._concept_auto = concept_layer == "auto"
         self._tap: ConceptTap | None = None  # set for the duration of one call
         self.precision = precision
         if device is None:
@@ -391,13 +392,22 @@ class Explainer:
         if concept_mask is not None and self.concept_layer is None:
             raise ConfigError("concept_mask needs an Explainer with a concept_layer")
         if self.concept_layer is not None:
-            self._tap = ConceptTap(self._model, self.concept_layer, self._context, concept_mask)
+            required = concept_mask is not None or not self._concept_auto
+            self._tap = ConceptTap(self._model, self.concept_layer, self._context, concept_mask, required)
         try:  # the tap stays set while a first-batch check may re-run the forward pass
             out, x = self._run(x)
             check_order(self._context, self._first_path)
             out, logits = self._check_reference(x, out)
         finally:
             tap, self._tap = self._tap, None
+        if tap is not None and tap.missing:
+            logger.warning(
+                "concept layer %r (chosen by concept_layer='auto') is not called by the model's forward() or "
+                "returns no (B, C, ...) tensor; no concept relevance is computed: set lrp.concept_layer to "
+                "such a module",
+                tap.path,
+            )
+            self.concept_layer, tap = None, None
         targets = resolve_targets(target, labels, logits)
         if self._self_check:
             self._self_check = False
