@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def compact_concepts(concepts: np.ndarray) -> np.ndarray:
     """Concept relevance ``(N, C)`` as stored: float16 like the heatmaps (half the bytes of float32),
     float32 when a value lies beyond float16's range (it would become inf)."""
-    half = concepts.astype(np.float16)
+    with np.errstate(over="ignore"):  # an overflow is detected below and answered with float32
+        half = concepts.astype(np.float16)
     return (
         half
         if bool(np.isfinite(half).all()) or not bool(np.isfinite(concepts).all())
