@@ -132,6 +132,7 @@ class _Explained:
     targets: list[np.ndarray] = field(default_factory=list)
     thumbs: list[np.ndarray] = field(default_factory=list)
     full: list[np.ndarray] = field(default_factory=list)
+    concepts: list[np.ndarray] = field(default_factory=list)
 
     def batch(self) -> AttributionBatch:
         return AttributionBatch(
@@ -142,6 +143,7 @@ class _Explained:
             relevance=np.concatenate(self.relevance),
             targets=np.concatenate(self.targets),
             content_hashes=self.content_hashes,
+            concepts=np.concatenate(self.concepts) if self.concepts else None,
         )
 
 
@@ -239,12 +241,14 @@ class BatchStage:
         pooled = pool_relevance(rel, self.cfg.batch.grid)
         probs = torch.softmax(res.logits.float(), dim=1)
         full = rel.to(torch.float16).cpu().numpy() if self.cfg.batch.store_full_relevance else None
+        concepts = getattr(res, "concepts", None)
         return (
             pooled.to(torch.float16).cpu().numpy(),
             probs.cpu().numpy().astype(np.float32),
             res.logits.argmax(1).cpu().numpy(),
             res.targets.cpu().numpy(),
             full,  # type: ignore[return-value]
+            None if concepts is None else concepts.float().cpu().numpy(),
         )
 
     def _loader(self, dataset: AuditDataset, batches: list[list[int]]) -> DataLoader[Any]:
@@ -317,7 +321,7 @@ class BatchStage:
         if not miss:
             return
         x, thumbs = self._inputs(dataset, b, miss)
-        rel, prob, pred, tgt, full = self._explain(x, b.labels[torch.tensor(miss)])
+        rel, prob, pred, tgt, full, concepts = self._explain(x, b.labels[torch.tensor(miss)])
         new = shard.new
         new.sample_ids.extend(b.sample_ids[i] for i in miss)
         new.content_hashes.extend(b.content_hashes[i] for i in miss)
@@ -330,6 +334,8 @@ class BatchStage:
             new.thumbs.append(thumbs)
         if full is not None:
             new.full.append(full)
+        if concepts is not None:
+            new.concepts.append(concepts)
 
     @staticmethod
     def _inputs(

@@ -283,6 +283,7 @@ def _batch_stage(
         device=dev,
         precision=cfg.lrp.precision,
         elementwise=cfg.lrp.elementwise,
+        concept_layer=cfg.lrp.concept_layer,
     )
     cache = ShardCache(
         runs.cache_dir(cache_dir_name(cfg, setup.hashes["model"])), by_label=cfg.lrp.target == "label"
@@ -400,6 +401,8 @@ def _report(
         # keeps the directories of kept runs only.
         cache=batched.cache.dir.name,
         versions=version_stamp(),
+        # the module path lrp.concept_layer resolved to (concepts.npy holds its channels), or None
+        extra={"concept_layer": getattr(batched.runner.explainer, "concept_layer", None)},
     )
 
 

@@ -44,6 +44,9 @@ class AttributionBatch:
         ``(N,)`` int64 class whose logit was explained.
     content_hashes : list[str]
         Hash of each sample's input tensor, length ``N`` (used by the incremental cache).
+    concepts : np.ndarray or None
+        ``(N, C)`` float32 concept relevance (per channel of ``lrp.concept_layer``, summed over
+        positions); None when ``lrp.concept_layer`` is ``none``.
     """
 
     sample_ids: list[str]
@@ -53,6 +56,7 @@ class AttributionBatch:
     relevance: np.ndarray
     targets: np.ndarray
     content_hashes: list[str] = field(default_factory=list)
+    concepts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)

@@ -27,6 +27,16 @@ class LRPConfig(Section):
         "seconds on the first batch and gives the eager maps to float32 round-off (tested on CPU; GPU "
         "speed not measured yet, see docs/lrp.md). It is part of the heatmap cache key and the run id.",
     )
+    concept_layer: str = Field(
+        "auto",
+        description=(
+            "Layer whose per-channel relevance (concept relevance, summed over positions) is stored for "
+            "every sample, from the heatmap's own backward pass: a module path of the model "
+            "(model.named_modules()), 'auto' (the last convolutional stage: the top-level child holding "
+            "the last convolution, e.g. 'features' or 'layer4'; for a transformer its last block) or "
+            "'none' (no concept relevance). See docs/concepts.md."
+        ),
+    )
 
     @model_serializer(mode="wrap")
     def _eager_by_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

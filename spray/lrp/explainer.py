@@ -33,6 +33,7 @@ from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
 from spray.lrp.checks import check_conservation, check_order, reference_error, warn_empty_maps
 from spray.lrp.composites import get_composite
+from spray.lrp.concepts import ConceptTap, resolve_concept_layer
 from spray.lrp.functional import functional_rules
 from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
@@ -58,11 +59,15 @@ class LRPResult:
         ``(B, K)`` float32 model outputs (detached).
     targets : torch.Tensor
         ``(B,)`` int64 class explained for each sample.
+    concepts : torch.Tensor or None
+        ``(B, C)`` float32 channel relevance at the concept layer (see :mod:`spray.lrp.concepts`), from
+        the same backward pass; None without a concept layer.
     """
 
     relevance: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
+    concepts: torch.Tensor | None = None
 
 
 def resolve_targets(
@@ -147,6 +152,10 @@ class Explainer:
         How the rules' element-wise work (stabilised ratios, rescales) runs: PyTorch's in-place ops, or
         kernels fused by ``torch.compile`` (:mod:`spray.lrp.fused`; meant for CUDA, where that work is
         memory-bound; the first call compiles). The maps agree to float32 round-off.
+    concept_layer : str, optional
+        Module path whose per-channel relevance each call also returns (``LRPResult.concepts``), taken
+        from the same backward pass; ``"auto"`` picks the last convolutional stage (or transformer
+        block, :func:`spray.lrp.concepts.default_concept_layer`); None or ``"none"``: no concepts.
 
     Raises
     ------
@@ -169,6 +178,7 @@ class Explainer:
         channels_last: bool | None = None,
         self_check: bool = True,
         elementwise: str = "eager",
+        concept_layer: str | None = None,
     ) -> None:
         if precision not in _PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; choose one of {list(_PRECISIONS)}")
@@ -185,6 +195,9 @@ class Explainer:
                     f"extra_rules must map nn.Module subclasses to Rule instances, got {t!r}: {r!r}"
                 )
         self.composite = get_composite(composite, **(composite_kwargs or {}))
+        self.concept_layer = resolve_concept_layer(model, concept_layer)
+        self._concept_auto = concept_layer == "auto"
+        self._tap: ConceptTap | None = None  # set for the duration of one call
         self.precision = precision
         if device is None:
             first = next(iter(model.parameters()), None)
@@ -257,10 +270,12 @@ class Explainer:
         self._context.reset()
         if self._watch is not None:
             self._watch.reset()
+        tap = self._tap.installed() if self._tap is not None else contextlib.nullcontext()
         with (
             torch.enable_grad(),
             self._precision(),
             functional_rules(self._context, self.composite.attention),
+            tap,
         ):
             return self._model(x)
 
@@ -351,16 +366,18 @@ class Explainer:
         inputs: torch.Tensor,
         target: str | int | torch.Tensor = "pred",
         labels: torch.Tensor | None = None,
+        concept_mask: torch.Tensor | None = None,
     ) -> LRPResult:
         """Explain a batch (see :meth:`_explain`), with the element-wise kernels chosen at construction."""
         with elementwise_mode(self.elementwise):
-            return self._explain(inputs, target, labels)
+            return self._explain(inputs, target, labels, concept_mask)
 
     def _explain(
         self,
         inputs: torch.Tensor,
         target: str | int | torch.Tensor = "pred",
         labels: torch.Tensor | None = None,
+        concept_mask: torch.Tensor | None = None,
     ) -> LRPResult:
         """Explain a batch.
 
@@ -373,11 +390,15 @@ class Explainer:
             samples, or a ``(B,)`` tensor of classes.
         labels : torch.Tensor, optional
             ``(B,)`` int64 true labels, for ``target="label"``.
+        concept_mask : torch.Tensor, optional
+            ``(B, C)`` weights of the concept layer's channels (needs ``concept_layer``): only their
+            relevance is propagated to the input, which gives concept-conditional heatmaps (CRP).
+            ``LRPResult.concepts`` stays the unmasked channel relevance.
 
         Returns
         -------
         LRPResult
-            Relevance ``(B, C, H, W)``, logits ``(B, K)`` and targets ``(B,)``.
+            Relevance ``(B, C, H, W)``, logits ``(B, K)``, targets ``(B,)`` and concepts ``(B, C)``.
 
         Raises
         ------
@@ -391,9 +412,25 @@ class Explainer:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
-        out, x = self._run(x)
-        check_order(self._context, self._first_path)
-        out, logits = self._check_reference(x, out)
+        if concept_mask is not None and self.concept_layer is None:
+            raise ConfigError("concept_mask needs an Explainer with a concept_layer")
+        if self.concept_layer is not None:
+            required = concept_mask is not None or not self._concept_auto
+            self._tap = ConceptTap(self._model, self.concept_layer, self._context, concept_mask, required)
+        try:  # the tap stays set while a first-batch check may re-run the forward pass
+            out, x = self._run(x)
+            check_order(self._context, self._first_path)
+            out, logits = self._check_reference(x, out)
+        finally:
+            tap, self._tap = self._tap, None
+        if tap is not None and tap.missing:
+            logger.warning(
+                "concept layer %r (chosen by concept_layer='auto') is not called by the model's forward() or "
+                "returns no (B, C, ...) tensor; no concept relevance is computed: set lrp.concept_layer to "
+                "such a module",
+                tap.path,
+            )
+            self.concept_layer, tap = None, None
         targets = resolve_targets(target, labels, logits)
         if self._self_check:
             self._self_check = False
@@ -410,7 +447,8 @@ class Explainer:
         if not self._empty_checked:
             self._empty_checked = True
             warn_empty_maps(relevance, logits, targets)
-        return LRPResult(relevance=relevance, logits=logits, targets=targets)
+        concepts = tap.result() if tap is not None else None
+        return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
 
 
 def explain(

@@ -23,9 +23,22 @@ import numpy as np
 from spray import versions
 from spray.records import AttributionBatch
 from spray.runs.atomic import atomic_save_npz, translate_write_errors
+from spray.runs.errors import RunReadError
 from spray.runs.layout import SHARD_GLOB, paste_db_file, shard_file
 
 log = logging.getLogger(__name__)
+
+
+def compact_concepts(concepts: np.ndarray) -> np.ndarray:
+    """Concept relevance ``(N, C)`` as stored: float16 like the heatmaps (half the bytes of float32),
+    float32 when a value lies beyond float16's range (it would become inf)."""
+    with np.errstate(over="ignore"):  # an overflow is detected below and answered with float32
+        half = concepts.astype(np.float16)
+    return (
+        half
+        if bool(np.isfinite(half).all()) or not bool(np.isfinite(concepts).all())
+        else concepts.astype(np.float32)
+    )
 
 
 def sample_key(content_hash: str, label: int, *, by_label: bool) -> str:
@@ -159,6 +172,8 @@ class ShardCache:
             arrays["thumbs"] = thumbs
         if full is not None:
             arrays["full"] = full.astype(np.float16)
+        if batch.concepts is not None:
+            arrays["concepts"] = compact_concepts(batch.concepts)
         atomic_save_npz(path, **arrays)
         self._indexed.add(path)
         self._add(path, batch.content_hashes, batch.labels.tolist())
@@ -193,6 +208,9 @@ class ShardCache:
         thumbs: np.ndarray | None = None
         if first is not None and "thumbs" in first:
             thumbs = np.empty((n, *first["thumbs"].shape[1:]), dtype=np.uint8)
+        concepts: np.ndarray | None = None
+        if first is not None and "concepts" in first:
+            concepts = np.empty((n, first["concepts"].shape[1]), dtype=np.float32)
         for i, loc in enumerate(locs):
             s = self._shard(loc.shard)
             rel[i] = s["relevance"][loc.position]
@@ -204,6 +222,14 @@ class ShardCache:
                     thumbs = None
                 else:
                     thumbs[i] = s["thumbs"][loc.position]
+            if concepts is not None:
+                # a shard without concepts, or of another width, cannot have come from these settings
+                if "concepts" not in s or s["concepts"].shape[1] != concepts.shape[1]:
+                    raise RunReadError(
+                        loc.shard,
+                        "lacks the concept relevance its cache directory holds; delete it and rerun",
+                    )
+                concepts[i] = s["concepts"][loc.position]
         batch = AttributionBatch(
             sample_ids=list(sample_ids),
             labels=labels,
@@ -212,6 +238,7 @@ class ShardCache:
             relevance=rel,
             targets=targets,
             content_hashes=list(content_hashes),
+            concepts=concepts,
         )
         return batch, thumbs
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 #: Version of the files of a run. Readers accept this version and every older one they know
 #: (see :mod:`spray.runs.reader`); a newer one is refused with a message to upgrade spray.
-LAYOUT_VERSION = 2
+# 3: concepts.npy (concept relevance per sample) and summary extra.concept_layer.
+LAYOUT_VERSION = 3
 
 # The runs directory
 LOCK = ".lock"
@@ -42,6 +43,7 @@ SAMPLES = "samples.parquet"
 HEATMAPS = "heatmaps.npy"
 THUMBS = "thumbs.npy"
 FULL_RELEVANCE = "relevance_full.npy"
+CONCEPTS = "concepts.npy"
 CLASSES_DIR = "classes"
 REPORT_HTML = "report.html"
 
@@ -98,6 +100,10 @@ class RunFiles:
     @property
     def full_relevance(self) -> Path:
         return self.path / FULL_RELEVANCE
+
+    @property
+    def concepts(self) -> Path:
+        return self.path / CONCEPTS
 
     @property
     def classes(self) -> Path:

@@ -260,6 +260,13 @@ class RunReader:
         full = self._array(self.files.full_relevance, "relevance maps", optional=True)
         return None if full is None else _take(full, self._positions(sample_ids))
 
+    def concepts(self, sample_ids: Sequence[str] | None = None) -> np.ndarray | None:
+        """Concept relevance ``(n, C)`` float16 (float32 when a value exceeds float16's range) of the given samples (all when None): per channel of the
+        layer ``summary.extra["concept_layer"]``, summed over positions; None when the run stored none
+        (``lrp.concept_layer: none``, or a run written before concepts existed)."""
+        concepts = self._array(self.files.concepts, "concept vectors", optional=True)
+        return None if concepts is None else _take(concepts, self._positions(sample_ids))
+
     # ------------------------------------------------------------------------------------------------
     # Classes and clusters
 

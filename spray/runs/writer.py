@@ -23,6 +23,7 @@ import numpy as np
 
 from spray.records import AuditReport, ChangeSet, ClassAnalysis, ClusterChange, ClusterFinding
 from spray.runs.atomic import atomic_file, atomic_save_npy, atomic_save_npz, atomic_write_json
+from spray.runs.cache import compact_concepts
 from spray.runs.layout import LAYOUT_VERSION, RunFiles
 
 if TYPE_CHECKING:
@@ -230,5 +231,7 @@ def write_run(out: Path, report: AuditReport, stage: BatchStageResult) -> None:
         atomic_save_npy(files.thumbs, stage.thumbs)
     if stage.full_relevance is not None:
         atomic_save_npy(files.full_relevance, stage.full_relevance)
+    if batch.concepts is not None:
+        atomic_save_npy(files.concepts, compact_concepts(batch.concepts))
     # Last: a folder with a summary.json is a complete run.
     atomic_write_json(files.summary, summary_document(report))

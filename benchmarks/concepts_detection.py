@@ -1,0 +1,213 @@
+"""A shortcut that moves: pixel-space vs concept-space SpRAy on the same model and the same backward pass.
+
+For each seed: plant ``background_square`` (a square at a random background position, like a tag;
+:mod:`spray.lab.artifacts`) into a fraction ``p`` of one Fashion-MNIST class, train a SmallCNN
+(``benchmarks/detection.py``'s recipe), explain every training image once with
+``Explainer(..., concept_layer="auto")`` (heatmap and concept relevance from one backward pass), then
+
+* pixels: the audit's per-class analysis and map score (``detection.analyze``), without the paste test;
+* concepts: :func:`spray.analysis.concepts.analyze_concepts` on the concept vectors.
+
+Metrics (as in ``benchmarks/detection.py``): the sanity gate, hit@1 (the top cluster across classes is in
+the poisoned class), sample AUROC over all samples and within the class (per-sample suspicion:
+``sample_suspicion`` / ``concept_suspicion``), the ceiling (best F1 of any stored cluster of the class
+against the planted set), and for the top concept cluster of the class the share of its members'
+concept-conditional relevance (its characteristic channels) that falls on the square, against the share
+of the ordinary heatmap.
+
+Usage::
+
+    python benchmarks/concepts_detection.py --seeds 0 1 2 --per-class 2000 --epochs 4 --target 0 --p 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import detection  # noqa: E402  (benchmarks/detection.py)
+
+from spray.analysis.concepts import analyze_concepts, concept_suspicion  # noqa: E402
+from spray.analysis.scoring import rank_findings, sample_suspicion  # noqa: E402
+from spray.config import config_from_dict  # noqa: E402
+from spray.lab.artifacts import plant  # noqa: E402
+from spray.lab.cnn import SmallCNN  # noqa: E402
+from spray.lab.training import train_classifier  # noqa: E402
+from spray.lrp import Explainer  # noqa: E402
+from spray.lrp.concepts import concept_channels  # noqa: E402
+
+log = logging.getLogger("benchmarks.concepts_detection")
+
+
+def _explain(
+    explainer: Explainer, x: torch.Tensor, labels: np.ndarray, masks: list[list[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    rel, conc = [], []
+    for s in range(0, len(x), 512):
+        lab = torch.from_numpy(labels[s : s + 512])
+        mask = None
+        if masks is not None:
+            mask = concept_channels(masks[s : s + 512], explainer_channels(explainer, x), x.device)
+        r = explainer(x[s : s + 512], target="label", labels=lab, concept_mask=mask)
+        assert r.concepts is not None
+        rel.append(r.relevance.sum(1).numpy())
+        conc.append(r.concepts.numpy())
+    return np.concatenate(rel), np.concatenate(conc)
+
+
+_WIDTH: dict[int, int] = {}
+
+
+def explainer_channels(explainer: Explainer, x: torch.Tensor) -> int:
+    if id(explainer) not in _WIDTH:
+        r = explainer(x[:1], target="pred")
+        assert r.concepts is not None
+        _WIDTH[id(explainer)] = int(r.concepts.shape[1])
+    return _WIDTH[id(explainer)]
+
+
+def _square_share(rel: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    pos = np.clip(rel, 0, None)
+    return (pos * masks).sum(axis=(1, 2)) / np.maximum(pos.sum(axis=(1, 2)), 1e-12)
+
+
+def _ceiling(labellings: dict[int, np.ndarray], truth: np.ndarray) -> float:
+    return max(detection.f1(lab == c, truth)[2] for lab in labellings.values() for c in np.unique(lab))
+
+
+def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.time()
+    xtr, ytr = data["xtr"], data["ytr"]
+    idx = detection.subset(ytr, args.per_class, seed)
+    images, labels = xtr[idx].copy(), ytr[idx]
+    rng = np.random.default_rng([seed, args.target + 1, int(args.p * 1000)])
+    cls = np.flatnonzero(labels == args.target)
+    pick = np.sort(rng.choice(cls, max(1, round(args.p * cls.size)), replace=False))
+    clean = images.copy()
+    pl = plant(images[pick], "background_square", size=args.size, seed=seed)
+    images[pick] = pl.images
+    planted = np.zeros(len(idx), dtype=bool)
+    planted[pick] = True
+    masks = np.zeros(images.shape, dtype=bool)
+    masks[pick] = pl.masks
+    torch.manual_seed(seed)
+    model = SmallCNN(1, 10, width=args.width)
+    train_classifier(
+        model,
+        images,
+        labels,
+        epochs=args.epochs,
+        seed=seed,
+        mean=detection.MEAN,
+        std=detection.STD,
+        progress=False,
+    )
+    x = detection.to_input(images)
+    explainer = Explainer(model, "EpsilonPlusFlat", concept_layer="auto")
+    t1 = time.time()
+    relevance, concepts = _explain(explainer, x, labels)
+    row: dict[str, Any] = {"seed": seed, "p": args.p, "target": args.target, "layer": explainer.concept_layer}
+    row["lrp_s"] = time.time() - t1
+    with torch.no_grad():
+        drop = model(x[planted])[:, args.target] - model(detection.to_input(clean[planted]))[:, args.target]
+    row["logit_drop"] = float(drop.mean())
+    row["rel_ratio"] = float(_square_share(relevance[planted], masks[planted]).mean() / masks[planted].mean())
+    row["gated"] = bool(
+        row["logit_drop"] >= detection.GATE_LOGIT_DROP and row["rel_ratio"] >= detection.GATE_RELEVANCE_RATIO
+    )
+    cfg = config_from_dict(
+        {
+            "seed": 0,
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "analysis": {"embedding": "spectral"},
+            "scoring": {"intervention": False},
+        },
+        check_files=False,
+    )
+    ids = np.asarray([f"tr{i}" for i in range(len(x))], dtype=object)
+    cls_rows = np.flatnonzero(labels == args.target)
+    truth_cls = planted[cls_rows]
+
+    # pixel space
+    pix, pix_scores = [], np.zeros(len(x))
+    for c in range(10):
+        rows = np.flatnonzero(labels == c)
+        a = detection.analyze(c, list(ids[rows]), relevance[rows], cfg, None, args)
+        pix.append(a)
+        pix_scores[rows] = sample_suspicion(detection.normalize(relevance[rows]), a.clusters, list(ids[rows]))
+    ranked = rank_findings([a.clusters for a in pix])
+    row["pixels"] = {
+        "hit1": bool(ranked[0].class_index == args.target),
+        "auroc_all": detection._auc(planted, pix_scores)[0],
+        "auroc_cls": detection._auc(truth_cls, pix_scores[cls_rows])[0],
+        "ceiling": _ceiling(pix[args.target].clustering.labellings, truth_cls),
+    }
+
+    # concept space
+    con, con_scores = [], np.zeros(len(x))
+    for c in range(10):
+        rows = np.flatnonzero(labels == c)
+        a = analyze_concepts(c, detection.CLASS_NAMES[c], list(ids[rows]), concepts[rows], cfg)
+        con.append(a)
+        con_scores[rows] = concept_suspicion(a)
+    best = max((a.clusters[0] for a in con if a.clusters), key=lambda f: f.score)
+    top = con[args.target].clusters[0]
+    member_rows = np.flatnonzero(np.isin(ids, top.member_ids))
+    row["concepts"] = {
+        "hit1": bool(int(best.key.split("/")[0]) == args.target),
+        "auroc_all": detection._auc(planted, con_scores)[0],
+        "auroc_cls": detection._auc(truth_cls, con_scores[cls_rows])[0],
+        "ceiling": _ceiling(con[args.target].clustering.labellings, truth_cls),
+        "top_f1": detection.f1(np.isin(ids[cls_rows], top.member_ids), truth_cls)[2],
+        "top_channels": top.channels,
+    }
+    # where it sits: conditional heatmaps of the top cluster's planted members
+    shown = member_rows[planted[member_rows]][:200]
+    if len(shown):
+        cond, _ = _explain(explainer, x[shown], labels[shown], [top.channels] * len(shown))
+        row["concepts"]["square_share_conditional"] = float(_square_share(cond, masks[shown]).mean())
+        row["concepts"]["square_share_heatmap"] = float(_square_share(relevance[shown], masks[shown]).mean())
+        row["concepts"]["pixel_share_square"] = float(masks[shown].mean())
+    row["seconds"] = time.time() - t0
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--target", type=int, default=0, help="poisoned class (0: T-shirt)")
+    ap.add_argument("--p", type=float, default=0.2)
+    ap.add_argument("--size", type=int, default=4, help="side of the square")
+    ap.add_argument("--per-class", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--n-init", type=int, default=3, help="k-means restarts per k (pixel analysis)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/concepts_detection.jsonl"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    xtr, ytr = detection.load_fmnist("train")
+    data = {"xtr": xtr, "ytr": ytr}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        row = run_seed(seed, args, data)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Concept relevance: the relevance of each channel of one layer, read off the heatmap's own backward pass.
+
+A *concept* is a channel of a chosen layer (the concept layer). Its relevance for a sample is the
+relevance arriving at the layer's output in that channel, summed over positions (CRP's channel
+relevance, Achtibat et al. 2023), so it does not depend on *where* in the image the channel fired.
+:class:`ConceptTap` puts one graph node on the layer's output during the Explainer's forward pass; the
+ordinary backward pass then passes through it, where it sums ``activation × gradient`` per channel (one
+element-wise product and one reduction of one layer's output) and, for a *conditional* heatmap, keeps
+only the relevance of chosen channels, so that the input relevance is that of those concepts alone.
+
+Layout of the layer's output: ``(B, C, ...)`` (convolutions: channel at dimension 1, summed over the
+rest) or ``(B, T, D)`` (token sequences: channel = feature at the last dimension, summed over tokens),
+or ``(B, D)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from spray.errors import ConfigError, ModelError
+from spray.lrp.base import RuleContext
+
+__all__ = ["ConceptTap", "concept_channels", "default_concept_layer", "resolve_concept_layer"]
+
+#: Values of ``lrp.concept_layer`` that are not module paths.
+AUTO, NONE = "auto", "none"
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _channel_sum(r: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` float32 per-channel sum of a ``(B, C, ...)``, ``(B, T, D)`` or ``(B, D)`` tensor."""
+    r = r.float()
+    if r.dim() == 3:
+        return r.sum(dim=1)
+    if r.dim() > 3:
+        return r.flatten(2).sum(dim=2)
+    return r
+
+
+def _expand_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The ``(B, C)`` channel mask shaped to broadcast against ``like`` (see :func:`_channel_sum`)."""
+    mask = mask.to(like.device, like.dtype)
+    if like.dim() == 3:
+        return mask[:, None, :]
+    return mask.reshape(*mask.shape, *([1] * (like.dim() - 2)))
+
+
+class _Tap(torch.autograd.Function):
+    """Copy forward; backward records the channel relevance and applies the channel mask, if any.
+
+    The forward returns a copy, not a view, so that consumers may modify it in place (an in-place ReLU).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, tap: ConceptTap, relevance_frame: bool) -> torch.Tensor:
+        ctx.tap, ctx.relevance_frame = tap, relevance_frame
+        ctx.value = x.detach()  # the activation, for relevance = activation × gradient
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        tap: ConceptTap = ctx.tap
+        r = g if ctx.relevance_frame else g * ctx.value
+        tap._add(_channel_sum(r))
+        if tap.mask is not None:
+            g = g * _expand_mask(tap.mask, g)
+        return g, None, None
+
+
+class ConceptTap:
+    """Captures the channel relevance of one layer of an Explainer's copy during one forward + backward.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The Explainer's copy (rules attached).
+    path : str
+        The concept layer's module path (as in ``named_modules()`` of the user's model).
+    context : RuleContext
+        The copy's context (whether the backward carries relevance or a gradient at the layer).
+    mask : torch.Tensor, optional
+        ``(B, C)`` weights of the channels whose relevance is propagated further down (1: keep, 0: drop);
+        None keeps all (the ordinary heatmap).
+    required : bool
+        A layer that does not run in the forward pass is an error (a path the user chose); else
+        :attr:`missing` is set (a layer chosen by ``"auto"``, which the model's ``forward`` may bypass).
+
+    Attributes
+    ----------
+    relevance : torch.Tensor or None
+        ``(B, C)`` float32 channel relevance after the backward pass (summed over the calls of the layer
+        if it runs more than once).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str,
+        context: RuleContext,
+        mask: torch.Tensor | None = None,
+        required: bool = True,
+    ) -> None:
+        self.model, self.path, self.context = model, path, context
+        self.mask = mask
+        self.required = required
+        self.missing = False
+        self.relevance: torch.Tensor | None = None
+        self.calls = 0
+
+    def _add(self, r: torch.Tensor) -> None:
+        self.relevance = r if self.relevance is None else self.relevance + r
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not (isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() >= 2):
+            if not self.required:
+                return output  # counted as missing: the Explainer drops the layer with a warning
+            kind = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ModelError(
+                f"concept layer {self.path!r} returns {kind}; it must return a (B, C, ...) or (B, T, D) "
+                "float tensor: choose another layer (lrp.concept_layer)"
+            )
+        if not output.requires_grad:
+            raise ModelError(
+                f"concept layer {self.path!r} runs before the input enters the graph; choose a later layer"
+            )
+        if self.mask is not None:
+            channels = output.shape[-1] if output.dim() == 3 else output.shape[1]
+            if tuple(self.mask.shape) != (output.shape[0], channels):
+                raise ConfigError(
+                    f"concept mask must have shape (B, C) = ({output.shape[0]}, {channels}) for layer "
+                    f"{self.path!r}, got {tuple(self.mask.shape)}"
+                )
+        self.calls += 1
+        return _Tap.apply(output, self, self.context.relevance_frame)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Hook the layer for the duration of one forward pass (the module is looked up now: fusions
+        may have swapped it since the last pass)."""
+        self.calls = 0
+        self.relevance = None
+        module = _submodule(self.model, self.path)
+        handle = module.register_forward_hook(self._hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+        self.missing = self.calls == 0
+        if self.missing and self.required:
+            raise ModelError(f"concept layer {self.path!r} did not run in the model's forward pass")
+
+    def result(self) -> torch.Tensor:
+        """The ``(B, C)`` float32 channel relevance after the backward pass."""
+        if self.relevance is not None:
+            return self.relevance.detach()
+        raise ModelError(f"no relevance reached concept layer {self.path!r}; choose a layer the logits use")
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path) if path else model
+    except AttributeError:
+        raise ConfigError(f"concept layer {path!r} is not a module of the model") from None
+
+
+def concept_channels(mask_channels: list[list[int]], channels: int, device: torch.device) -> torch.Tensor:
+    """``(B, C)`` float32 0/1 mask keeping, for sample ``i``, the channels ``mask_channels[i]``."""
+    mask = torch.zeros(len(mask_channels), channels, device=device)
+    for i, chosen in enumerate(mask_channels):
+        bad = [c for c in chosen if not 0 <= int(c) < channels]
+        if bad:
+            raise ConfigError(f"concept channels {bad} out of range [0, {channels}) for sample {i}")
+        mask[i, [int(c) for c in chosen]] = 1.0
+    return mask
+
+
+def _last_repeated_block(model: nn.Module) -> str | None:
+    """The last child of the longest ``ModuleList``/``Sequential`` of ≥ 2 children of one type."""
+    best: tuple[int, str] | None = None
+    for path, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = list(module.named_children())
+        if len(children) >= 2 and len({type(m) for _, m in children}) == 1:
+            last = f"{path}.{children[-1][0]}" if path else children[-1][0]
+            if best is None or len(children) >= best[0]:
+                best = (len(children), last)
+    return None if best is None else best[1]
+
+
+def _has_attention(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower()
+        for m in model.modules()
+    )
+
+
+def default_concept_layer(model: nn.Module) -> str | None:
+    """The default concept layer: the last convolutional stage, or for a transformer its last block.
+
+    * Transformers (a ``MultiheadAttention`` or a module whose class name contains "Attention"): the
+      last child of the longest ``ModuleList``/``Sequential`` of same-type blocks
+      (``encoder.layers.encoder_layer_11`` of torchvision's ViT, ``blocks.11`` of timm's).
+    * Other models with a convolution: the top-level child of the model that holds the last
+      convolution in module order (``features`` of a VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or
+      spray's ``SmallCNN``, ``layer4`` of a ResNet): the last feature map before pooling and classifier.
+    * None otherwise (an MLP).
+    """
+    if _has_attention(model):
+        block = _last_repeated_block(model)
+        if block is not None:
+            return block
+    last_conv = None
+    for path, module in model.named_modules():
+        if isinstance(module, _CONV_TYPES):
+            last_conv = path
+    return None if last_conv is None else last_conv.split(".")[0]
+
+
+def resolve_concept_layer(model: nn.Module, layer: str | None) -> str | None:
+    """The module path of the concept layer for ``lrp.concept_layer`` (``"auto"``, ``"none"`` or a path).
+
+    Raises
+    ------
+    ConfigError
+        The path is not a module of the model, or ``"auto"`` finds no layer.
+    """
+    if layer is None or layer == NONE:
+        return None
+    if layer == AUTO:
+        found = default_concept_layer(model)
+        if found is None:
+            raise ConfigError(
+                "lrp.concept_layer: auto found no convolutional stage or repeated block in this model; "
+                "set lrp.concept_layer to a module path (see model.named_modules()) or to 'none'"
+            )
+        return found
+    names = dict(model.named_modules())
+    if layer not in names:
+        near = [n for n in names if n and (layer in n or n in layer)][:8]
+        raise ConfigError(
+            f"lrp.concept_layer {layer!r} is not a module of the model"
+            + (f"; close names: {near}" if near else "")
+            + "; use a path from model.named_modules(), 'auto' or 'none'"
+        )
+    return layer

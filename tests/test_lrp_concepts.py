@@ -1,0 +1,210 @@
+"""spray.lrp.concepts against zennit-crp 0.6 (CondAttribution + ChannelConcept, on zennit 0.5.1).
+
+Oracle side: zennit's composite with the same canonizers as tests/test_lrp.py, CRP's recorded relevance
+at the concept layer summed per channel, and CRP's conditional heatmaps (relevance of one channel of the
+layer propagated to the input). zennit-crp is a test oracle only (install: ``pip install --no-deps
+zennit-crp==0.6.0``; its own pin asks for zennit<=0.4.6, but the parts used here work on 0.5.1).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from spray.errors import ConfigError, ModelError
+from spray.lab.cnn import small_cnn
+from spray.lrp import Explainer
+from spray.lrp.concepts import concept_channels, default_concept_layer, resolve_concept_layer
+from tests.test_lrp import FixedMergeBatchNorm, SmallCNN, _randomise_bn, _resnet_canonizers
+
+zc = pytest.importorskip("zennit.composites")
+
+
+def _crp() -> tuple[Any, Any]:
+    attribution = pytest.importorskip("crp.attribution")
+    concepts = pytest.importorskip("crp.concepts")
+    return attribution, concepts
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+
+
+def _crp_reference(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    layer: str,
+    canonizers: list[Any],
+    channels: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CRP's (B, C) channel relevance at ``layer`` and (B, H, W) heatmap (conditional on ``channels``)."""
+    attribution, concepts = _crp()
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False  # zennit's hooks need the gradient path intact
+    composite = zc.EpsilonPlusFlat(canonizers=canonizers)
+    conditions = [
+        {"y": [int(t)]} if channels is None else {"y": [int(t)], layer: [channels[i]]}
+        for i, t in enumerate(targets)
+    ]
+    result = attribution.CondAttribution(model, no_param_grad=True)(
+        x.clone().requires_grad_(True), conditions, composite, record_layer=[layer]
+    )
+    rel = concepts.ChannelConcept().attribute(result.relevances[layer], abs_norm=False)
+    return rel.detach(), result.heatmap.detach()
+
+
+CASES = {
+    "small_cnn": (SmallCNN, 32, lambda: [FixedMergeBatchNorm()], ["features", "features.8"]),
+    "resnet18": (
+        lambda: torchvision.models.resnet18(num_classes=10),
+        64,
+        _resnet_canonizers,
+        ["layer4", "layer3"],
+    ),
+}
+
+
+def _setup(name: str) -> tuple[nn.Module, torch.Tensor, Any, list[str]]:
+    factory, size, canonizers, layers = CASES[name]
+    torch.manual_seed(0)
+    model = _randomise_bn(factory())
+    torch.manual_seed(2)
+    return model, torch.randn(3, 3, size, size), canonizers, layers
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_channel_relevance_matches_crp(name: str) -> None:
+    model, x, canonizers, layers = _setup(name)
+    for layer in layers:
+        ours = Explainer(model, concept_layer=layer)(x, target="pred")
+        assert ours.concepts is not None and ours.concepts.dtype == torch.float32
+        ref, ref_map = _crp_reference(model, x, ours.targets, layer, canonizers())
+        assert ours.concepts.shape == ref.shape
+        cos = _cosine(ours.concepts, ref)
+        assert bool((cos >= 0.9999).all()), (layer, cos.tolist())
+        # the heatmap of the same pass is the ordinary one
+        assert bool((_cosine(ours.relevance.sum(1), ref_map) >= 0.9999).all())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_conditional_heatmaps_match_crp(name: str) -> None:
+    model, x, canonizers, layers = _setup(name)
+    layer = layers[0]
+    explainer = Explainer(model, concept_layer=layer)
+    full = explainer(x, target="pred")
+    assert full.concepts is not None
+    # each sample conditioned on its own most relevant channel
+    top = full.concepts.argmax(dim=1).tolist()
+    mask = concept_channels([[c] for c in top], full.concepts.shape[1], x.device)
+    ours = explainer(x, target="pred", concept_mask=mask)
+    _, ref_map = _crp_reference(model, x, full.targets, layer, canonizers(), channels=top)
+    cos = _cosine(ours.relevance.sum(1), ref_map)
+    assert bool((cos >= 0.9999).all()), cos.tolist()
+    # the conditional map carries the channel's relevance (conservation through the lower layers is
+    # approximate under z+ / flat with biases, so only the sign and scale are checked)
+    picked = full.concepts[torch.arange(len(top)), top]
+    assert torch.allclose(ours.concepts, full.concepts)  # the vector is the unmasked one
+    assert bool((ours.relevance.sum((1, 2, 3)).sign() == picked.sign()).all())
+
+
+def test_concepts_do_not_change_the_heatmap() -> None:
+    model, x, _, _ = _setup("small_cnn")
+    plain = Explainer(model)(x, target="pred")
+    tapped = Explainer(model, concept_layer="auto")(x, target="pred")
+    assert plain.concepts is None
+    torch.testing.assert_close(plain.relevance, tapped.relevance, rtol=0, atol=0)
+
+
+def test_all_channels_mask_gives_the_heatmap() -> None:
+    model, x, _, _ = _setup("small_cnn")
+    explainer = Explainer(model, concept_layer="features")
+    full = explainer(x, target="pred")
+    assert full.concepts is not None
+    ones = torch.ones_like(full.concepts)
+    torch.testing.assert_close(explainer(x, target="pred", concept_mask=ones).relevance, full.relevance)
+    # masks that split the channels add up to the full map (the backward is linear in the relevance)
+    half = torch.zeros_like(ones)
+    half[:, ::2] = 1.0
+    a = explainer(x, target="pred", concept_mask=half).relevance
+    b = explainer(x, target="pred", concept_mask=1.0 - half).relevance
+    torch.testing.assert_close(a + b, full.relevance, rtol=1e-4, atol=1e-6)
+
+
+def test_default_layers() -> None:
+    assert default_concept_layer(small_cnn()) == "features"
+    assert default_concept_layer(torchvision.models.resnet18()) == "layer4"
+    assert default_concept_layer(torchvision.models.mobilenet_v2()) == "features"
+    vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32)
+    assert default_concept_layer(vit) == "encoder.layers.encoder_layer_1"
+    assert default_concept_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) is None
+
+
+def test_token_layer_concepts_sum_over_tokens() -> None:
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=3).eval()
+    result = Explainer(vit, "AttnLRP", concept_layer="auto")(torch.randn(2, 3, 32, 32))
+    assert result.concepts is not None and result.concepts.shape == (2, 16)
+    assert bool(torch.isfinite(result.concepts).all())
+
+
+def test_bad_layers_are_named() -> None:
+    model = small_cnn()
+    assert resolve_concept_layer(model, "none") is None
+    with pytest.raises(ConfigError, match="featurez"):
+        resolve_concept_layer(model, "featurez")
+    with pytest.raises(ConfigError, match="auto found no"):
+        resolve_concept_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "auto")
+    explainer = Explainer(model, concept_layer="features")
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(ConfigError, match=r"\(B, C\)"):
+        explainer(x, concept_mask=torch.ones(2, 3))
+    with pytest.raises(ConfigError, match="concept_layer"):
+        Explainer(model)(x, concept_mask=torch.ones(2, 64))
+    with pytest.raises(ConfigError, match="out of range"):
+        concept_channels([[64]], 64, x.device)
+
+
+def test_layer_that_does_not_run_is_refused() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = small_cnn()
+            self.spare = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    with pytest.raises(ModelError, match="did not run"):
+        Explainer(Unused(), concept_layer="spare")(torch.randn(2, 1, 28, 28))
+
+
+def test_bf16_and_contiguous_layout_give_the_same_concepts() -> None:
+    model, x, _, _ = _setup("small_cnn")
+    ref = Explainer(model, concept_layer="features")(x, target="pred").concepts
+    contiguous = Explainer(model, concept_layer="features", channels_last=False)(x, target="pred").concepts
+    half = Explainer(model, concept_layer="features", precision="bf16")(x, target="pred").concepts
+    assert ref is not None and contiguous is not None and half is not None
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(contiguous, ref, rtol=1e-4, atol=1e-6)
+    assert bool((_cosine(half, ref) >= 0.99).all())
+
+
+def test_auto_layer_the_forward_bypasses_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.model_factories import normalising
+
+    model = normalising()
+    explainer = Explainer(model, concept_layer="auto", self_check=False)
+    assert explainer.concept_layer == "tiny"
+    result = explainer(torch.randn(2, 3, 16, 16))
+    assert result.concepts is None and explainer.concept_layer is None
+    assert "not called by the model's forward()" in caplog.text
+    with pytest.raises(ModelError, match="did not run"):
+        Explainer(model, concept_layer="tiny", self_check=False)(torch.randn(2, 3, 16, 16))
