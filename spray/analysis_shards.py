@@ -39,6 +39,9 @@ class AnalysisInputs:
     relevance : np.ndarray or None
         ``(N, h, w)`` float16 pooled relevance; None on ranks other than 0, which receive the heatmaps
         of their own classes only (:func:`send_heatmaps`).
+    concepts : np.ndarray or None
+        ``(N, C)`` concept relevance (None without a concept layer, and on ranks other than 0, which
+        receive those of their own classes: :func:`send_heatmaps`).
     """
 
     sample_ids: list[str]
@@ -46,11 +49,19 @@ class AnalysisInputs:
     labels: np.ndarray
     predictions: np.ndarray
     relevance: np.ndarray | None
+    concepts: np.ndarray | None = None
 
     @classmethod
     def of_batch(cls, batch: AttributionBatch) -> AnalysisInputs:
         """The inputs held by the merged batch-stage result (no copy)."""
-        return cls(batch.sample_ids, batch.content_hashes, batch.labels, batch.predictions, batch.relevance)
+        return cls(
+            batch.sample_ids,
+            batch.content_hashes,
+            batch.labels,
+            batch.predictions,
+            batch.relevance,
+            batch.concepts,
+        )
 
     def groups(self, group_by: str) -> np.ndarray:
         """``(N,)`` the class each sample is analysed in: its label or its prediction."""
@@ -90,28 +101,32 @@ def share_inputs(ctx: DistContext, inputs: AnalysisInputs | None) -> AnalysisInp
     if ctx.world_size == 1:
         assert inputs is not None
         return inputs
-    meta = None if inputs is None else replace(inputs, relevance=None)
+    meta = None if inputs is None else replace(inputs, relevance=None, concepts=None)
     shared: AnalysisInputs = ctx.broadcast_object(meta)
     return inputs if ctx.is_main and inputs is not None else shared
 
 
 def send_heatmaps(
     ctx: DistContext, inputs: AnalysisInputs, groups: np.ndarray, plan: list[list[int]]
-) -> dict[int, np.ndarray]:
-    """The heatmaps of this rank's classes (``plan[rank]``), ``class -> (n_c, h, w)``, sent by rank 0.
+) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """The heatmaps and concept vectors of this rank's classes (``plan[rank]``), ``class -> ((n_c, h,
+    w), (n_c, C) or None)``, sent by rank 0.
 
-    Rank 0 keeps its own (``{}``: it reads them from ``inputs.relevance``).
+    Rank 0 keeps its own (``{}``: it reads them from ``inputs.relevance`` and ``inputs.concepts``).
     """
     if ctx.world_size == 1:
         return {}
 
-    def share(rank: int) -> dict[int, np.ndarray]:
+    def share(rank: int) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
         if rank == 0:
             return {}
         assert inputs.relevance is not None
-        return {c: inputs.relevance[groups == c] for c in plan[rank]}
+        con = inputs.concepts
+        return {
+            c: (inputs.relevance[groups == c], None if con is None else con[groups == c]) for c in plan[rank]
+        }
 
-    got: dict[int, np.ndarray] = ctx.scatter_objects(share)
+    got: dict[int, tuple[np.ndarray, np.ndarray | None]] = ctx.scatter_objects(share)
     return got
 
 

@@ -226,8 +226,8 @@ def analyze_run(
         _warm_up(cfg, [todo[c] for c in mine])
         paste = None if cache is None else _paste_context(cfg, cache, shared, dataset)
         for c in mine:
-            rel = heatmaps.pop(c, None)
-            done[c] = _analyze_one(cfg, c, dataset, shared, groups, rel, model, device, paste)
+            sent = heatmaps.pop(c, None)
+            done[c] = _analyze_one(cfg, c, dataset, shared, groups, sent, model, device, paste)
     except Exception as err:  # every rank must hear of it, or the others wait in the next collective
         failure = err
     finally:
@@ -272,18 +272,22 @@ def _analyze_one(
     dataset: AuditDataset,
     inputs: AnalysisInputs,
     groups: np.ndarray,
-    relevance: np.ndarray | None,
+    sent: tuple[np.ndarray, np.ndarray | None] | None,
     model: nn.Module,
     device: torch.device,
     paste: _PasteContext | None,
 ) -> ClassAnalysis:
-    """One class; ``relevance`` is its ``(n, h, w)`` heatmaps, or None to take them from ``inputs``."""
+    """One class; ``sent`` is its ``(n, h, w)`` heatmaps and ``(n, C)`` concept vectors (or None) sent
+    by rank 0, or None to take both from ``inputs``."""
     rows = np.flatnonzero(groups == c)
     name = dataset.class_names[c]
     log.info("analysing class %d (%s): %d samples", c, name, len(rows))
     probe = None if paste is None else make_probe(model, device, dataset, inputs, c, cfg, paste)
     ids = [inputs.sample_ids[i] for i in rows]
-    if relevance is None:
+    if sent is None:
         assert inputs.relevance is not None
         relevance = inputs.relevance[rows]
-    return analyze_class(c, name, ids, relevance, cfg, probe=probe)
+        concepts = None if inputs.concepts is None else inputs.concepts[rows]
+    else:
+        relevance, concepts = sent
+    return analyze_class(c, name, ids, relevance, cfg, probe=probe, concepts=concepts)

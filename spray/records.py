@@ -142,6 +142,13 @@ class ClusterFinding:
     carrier_ids : list[str]
         Flagged findings only: ids of other samples of the class that repeat the members' pixels where
         the members' relevance is (the same stamp, found outside the cluster). Empty otherwise.
+    space : str
+        Where the group was found: ``"pixel"`` (the heatmaps), ``"concept"`` (the concept-relevance
+        vectors only; ``k`` and ``cluster_id`` then refer to the class's concept labellings) or
+        ``"both"`` (a pixel candidate that a concept cluster matches; it carries both evidences).
+    channels : list[int]
+        Characteristic channels of the concept layer (``"concept"`` and ``"both"``; empty for
+        ``"pixel"``), most characteristic first.
     """
 
     class_index: int
@@ -157,11 +164,24 @@ class ClusterFinding:
     member_ids: list[str]
     mean_heatmap: np.ndarray
     carrier_ids: list[str] = field(default_factory=list)
+    space: str = "pixel"
+    channels: list[int] = field(default_factory=list)
 
     @property
     def key(self) -> str:
-        """Stable key ``"<class>/k<k>/c<cluster>"`` used in URLs and summaries."""
-        return f"{self.class_index}/k{self.k}/c{self.cluster_id}"
+        """Stable key used in URLs and summaries: ``"<class>/k<k>/c<cluster>"``, and for a concept-only
+        finding ``"<class>/concept/k<k>/c<cluster>"`` (a cluster of the concept labellings)."""
+        return cluster_key(self.class_index, self.k, self.cluster_id, self.space)
+
+
+#: The spaces a finding can come from (:attr:`ClusterFinding.space`).
+SPACES = ("pixel", "concept", "both")
+
+
+def cluster_key(class_index: int, k: int, cluster_id: int, space: str = "pixel") -> str:
+    """``"<class>/k<k>/c<cluster>"`` (pixel labellings) or ``"<class>/concept/k<k>/c<cluster>"``."""
+    middle = "concept/" if space == "concept" else ""
+    return f"{class_index}/{middle}k{k}/c{cluster_id}"
 
 
 @dataclass
@@ -188,6 +208,9 @@ class ClassAnalysis:
     sample_suspicion : np.ndarray
         ``(n,)`` float32 per-sample suspicion in row order, consistent with ``clusters``
         (:func:`spray.analysis.scoring.sample_suspicion`); what ``samples.parquet``'s ``score`` holds.
+    concept_labellings : dict[int, np.ndarray]
+        ``k -> (n,)`` int32 labels of the concept-space k-means sweep (empty when the class was not
+        analysed in concept space); the members of concept-only findings.
     """
 
     class_index: int
@@ -199,6 +222,7 @@ class ClassAnalysis:
     embedding_method: str
     clusters: list[ClusterFinding]
     sample_suspicion: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    concept_labellings: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

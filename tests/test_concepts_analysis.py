@@ -41,7 +41,7 @@ def test_the_planted_detector_is_the_top_cluster() -> None:
     ids = [f"s{i}" for i in range(len(v))]
     a = analyze_concepts(3, "c", ids, v, _cfg())  # type: ignore[arg-type]
     top = a.clusters[0]
-    assert top.key.startswith("3/k")
+    assert top.key.startswith("3/concept/k")
     assert top.channels[0] == 27
     members = np.isin(ids, top.member_ids)
     assert (members & truth).sum() / members.sum() >= 0.9 and (members & truth).sum() / truth.sum() >= 0.9

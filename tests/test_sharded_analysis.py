@@ -106,20 +106,25 @@ def _exchange_worker(rank: int, world: int, init: str, out: str) -> None:
     for name, sizes in (("uneven", {0: 12, 1: 8, 2: 6, 3: 4}), ("empty", {0: 10, 1: 4})):
         labels = np.concatenate([np.full(n, c, np.int64) for c, n in sizes.items()])
         rel = np.arange(len(labels) * 4, dtype=np.float16).reshape(-1, 2, 2)
+        con = np.arange(len(labels) * 3, dtype=np.float32).reshape(-1, 3)
         full = AnalysisInputs(
             [f"s{i}" for i in range(len(labels))],
             [f"h{i}" for i in range(len(labels))],
             labels,
             labels[::-1].copy(),
             rel,
+            con,
         )
         shared = share_inputs(ctx, full if rank == 0 else None)
         assert shared.sample_ids == full.sample_ids and np.array_equal(shared.predictions, full.predictions)
-        assert (shared.relevance is None) == (rank != 0)
+        assert (shared.relevance is None) == (rank != 0) and (shared.concepts is None) == (rank != 0)
         plan = assign_classes(sizes, world)
         heat = send_heatmaps(ctx, shared, labels, plan)
         assert sorted(heat) == ([] if rank == 0 else plan[rank])
-        assert all(np.array_equal(heat[c], rel[labels == c]) and heat[c].dtype == np.float16 for c in heat)
+        assert all(
+            np.array_equal(heat[c][0], rel[labels == c]) and heat[c][0].dtype == np.float16 for c in heat
+        )
+        assert all(np.array_equal(heat[c][1], con[labels == c]) for c in heat)
         every = gather_classes(ctx, {c: _class(c, sizes[c]) for c in plan[rank]})
         if rank == 0:
             assert sorted(every) == sorted(sizes)

@@ -23,6 +23,7 @@ def analyze_class(
     cfg: AuditConfig,
     *,
     probe: InterventionProbe | None = None,
+    concepts: np.ndarray | None = None,
 ) -> ClassAnalysis:
     """Spectral relevance analysis of one class.
 
@@ -38,6 +39,9 @@ def analyze_class(
         ``analysis``, ``scoring`` and ``seed`` are used.
     probe : InterventionProbe, optional
         Enables the paste test on the leading candidates.
+    concepts : np.ndarray, optional
+        ``(n, C)`` concept relevance of the members; with ``concepts.enabled`` the class is also analysed
+        in concept space (:mod:`spray.analysis.concept_findings`).
 
     Returns
     -------
@@ -81,6 +85,14 @@ def analyze_class(
     spots = hotspot_labelling(clusters, list(sample_ids))
     if spots is not None:
         clustering.labellings[HOTSPOT_K] = spots
+    concept_labellings: dict[int, np.ndarray] = {}
+    if concepts is not None and cfg.concepts.enabled:
+        from spray.analysis.concept_findings import merge_concept_findings
+        from spray.analysis.concepts import analyze_concepts
+
+        found = analyze_concepts(class_index, class_name, list(sample_ids), concepts, cfg)
+        clusters = merge_concept_findings(clusters, found, maps, cfg.concepts)
+        concept_labellings = dict(found.clustering.labellings)
     return ClassAnalysis(
         class_index=class_index,
         class_name=class_name,
@@ -91,4 +103,5 @@ def analyze_class(
         embedding_method=a.embedding,
         clusters=clusters,
         sample_suspicion=sample_suspicion(maps, clusters, list(sample_ids)).astype(np.float32),
+        concept_labellings=concept_labellings,
     )

@@ -17,7 +17,7 @@ the class) and scored like the pixel map score with channels in place of a regio
 
 The characteristic channels are also what a concept-conditional heatmap of a member propagates to the
 input (``Explainer(..., concept_layer=...)(x, concept_mask=...)``), to show where in *that* image the
-shortcut sits. This module is not wired into the audit yet (see docs/concepts.md).
+shortcut sits. :mod:`spray.analysis.concept_findings` turns the clusters into findings of the run.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from spray.records import ClusteringResult, SpectralResult
 
 __all__ = ["ConceptAnalysis", "ConceptCluster", "analyze_concepts", "concept_suspicion", "normalize_concepts"]
 
-#: Characteristic channels of a cluster: at most this many, with the largest share difference.
-MAX_CHANNELS = 3
-
 
 @dataclass
 class ConceptCluster:
@@ -42,14 +39,16 @@ class ConceptCluster:
     Attributes
     ----------
     key : str
-        ``"<class>/k<k>/c<cluster>"`` (the labelling of :class:`ConceptAnalysis`, not the pixel one).
+        ``"<class>/concept/k<k>/c<cluster>"`` (the labelling of :class:`ConceptAnalysis`, not the
+        pixel one).
     k, cluster_id : int
     member_ids : list[str]
     channels : list[int]
         Characteristic channels, most characteristic first.
     score : float
     signals : dict[str, float]
-        ``contrast``, ``consistency``, ``separation``, ``fraction``, ``size``.
+        ``contrast``, ``consistency``, ``separation``, ``fraction``, ``size``, ``share_members`` and
+        ``share_rest`` (mean share of positive concept relevance in the channels).
     """
 
     key: str
@@ -120,11 +119,12 @@ def _separation(knn: np.ndarray, members: np.ndarray) -> float:
 
 
 def _score_cluster(
-    shares: np.ndarray, knn: np.ndarray, members: np.ndarray
+    shares: np.ndarray, knn: np.ndarray, members: np.ndarray, max_channels: int
 ) -> tuple[list[int], float, dict[str, float]]:
-    """Characteristic channels, score and signals of one cluster (see the module docstring)."""
+    """Characteristic channels (at most ``max_channels``), score and signals of one cluster (see the
+    module docstring)."""
     diff = shares[members].mean(axis=0) - shares[~members].mean(axis=0)
-    order = np.argsort(-diff, kind="stable")[:MAX_CHANNELS]
+    order = np.argsort(-diff, kind="stable")[:max_channels]
     channels = [int(c) for c in order if diff[c] > 0]
     share = shares[:, channels].sum(axis=1) if channels else np.zeros(len(shares))
     contrast = float(share[members].mean() - share[~members].mean())
@@ -138,6 +138,8 @@ def _score_cluster(
         "separation": separation,
         "fraction": fraction,
         "size": float(members.sum()),
+        "share_members": float(share[members].mean()),
+        "share_rest": float(share[~members].mean()),
     }
     return channels, float(score), signals
 
@@ -148,7 +150,7 @@ def analyze_concepts(
     """Spectral relevance analysis of one class's ``(n, C)`` concept-relevance vectors.
 
     Uses ``analysis.pca_components`` (capped at ``C``), ``n_neighbors``, ``n_eigenvectors``, ``k_max``
-    and ``seed``, as the pixel stage does.
+    and ``seed``, as the pixel stage does, and ``concepts.channels``.
     """
     from spray.analysis.clustering import cluster_sweep
     from spray.analysis.preprocess import reduce_dimension
@@ -170,8 +172,8 @@ def analyze_concepts(
             members = labels == cid
             if members.all():
                 continue
-            channels, score, signals = _score_cluster(shares, knn, members)
-            key = f"{class_index}/k{k}/c{int(cid)}"
+            channels, score, signals = _score_cluster(shares, knn, members, cfg.concepts.channels)
+            key = f"{class_index}/concept/k{k}/c{int(cid)}"
             clusters.append(
                 ConceptCluster(key, int(k), int(cid), list(ids[members]), channels, score, signals)
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from spray.config.analysis import AnalysisConfig
 from spray.config.audit import AuditConfig
 from spray.config.batch import BatchConfig
+from spray.config.concepts import ConceptsConfig
 from spray.config.data import DataConfig, TransformConfig
 from spray.config.loading import config_from_dict, load_config
 from spray.config.lrp import LRPConfig
@@ -24,6 +25,7 @@ __all__ = [
     "AnalysisConfig",
     "AuditConfig",
     "BatchConfig",
+    "ConceptsConfig",
     "DataConfig",
     "LRPConfig",
     "ModelConfig",

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from spray.config.analysis import AnalysisConfig
 from spray.config.batch import BatchConfig
+from spray.config.concepts import ConceptsConfig
 from spray.config.correction import CorrectionConfig
 from spray.config.data import DataConfig
 from spray.config.lrp import LRPConfig
@@ -39,6 +40,7 @@ class AuditConfig(Section):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    concepts: ConceptsConfig = Field(default_factory=ConceptsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     nightly: NightlyConfig = Field(default_factory=NightlyConfig)
     correction: CorrectionConfig = Field(default_factory=CorrectionConfig)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Config sections that change the result (``output`` and ``nightly`` only change where and how a run is
 #: published, and ``name`` what it is called).
-RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring")
+RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring", "concepts")
 
 
 def _item_fields(item: Any) -> tuple[str, str]:

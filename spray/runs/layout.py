@@ -26,7 +26,9 @@ from pathlib import Path
 #: Version of the files of a run. Readers accept this version and every older one they know
 #: (see :mod:`spray.runs.reader`); a newer one is refused with a message to upgrade spray.
 # 3: concepts.npy (concept relevance per sample) and summary extra.concept_layer.
-LAYOUT_VERSION = 3
+# 4: concept-space findings: findings[].space and .channels, "<c>/concept/k<k>/c<id>" keys, the class
+# files' concept_labels_k<k>, concept_maps.npz (concept-conditional heatmaps of their members).
+LAYOUT_VERSION = 4
 
 # The runs directory
 LOCK = ".lock"
@@ -44,6 +46,7 @@ HEATMAPS = "heatmaps.npy"
 THUMBS = "thumbs.npy"
 FULL_RELEVANCE = "relevance_full.npy"
 CONCEPTS = "concepts.npy"
+CONCEPT_MAPS = "concept_maps.npz"
 CLASSES_DIR = "classes"
 REPORT_HTML = "report.html"
 
@@ -104,6 +107,10 @@ class RunFiles:
     @property
     def concepts(self) -> Path:
         return self.path / CONCEPTS
+
+    @property
+    def concept_maps(self) -> Path:
+        return self.path / CONCEPT_MAPS
 
     @property
     def classes(self) -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ CLASS_ARRAYS = (
 
 
 def parse_cluster_key(key: str) -> tuple[int, int, int]:
-    """``"6/k5/c4"`` → ``(6, 5, 4)``: class index, k, cluster id.
+    """``"6/k5/c4"`` → ``(6, 5, 4)``: class index, k, cluster id (also of a concept-space key
+    ``"6/concept/k5/c4"``: :func:`key_space` tells the two apart).
 
     Raises
     ------
@@ -58,12 +59,22 @@ def parse_cluster_key(key: str) -> tuple[int, int, int]:
         ``key`` is not of that form.
     """
     try:
-        c, k, cid = key.split("/")
+        parts = key.split("/")
+        if len(parts) == 4 and parts[1] == "concept":
+            parts = [parts[0], parts[2], parts[3]]
+        c, k, cid = parts
         if not (k.startswith("k") and cid.startswith("c")):
             raise ValueError
         return int(c), int(k[1:]), int(cid[1:])
     except ValueError:
-        raise ValueError(f"not a cluster key: {key!r} (expected '<class>/k<k>/c<cluster>')") from None
+        raise ValueError(
+            f"not a cluster key: {key!r} (expected '<class>/k<k>/c<cluster>' or '<class>/concept/k<k>/c<cluster>')"
+        ) from None
+
+
+def key_space(key: str) -> str:
+    """``"concept"`` for a key of the concept labellings (``"6/concept/k5/c4"``), else ``"pixel"``."""
+    return "concept" if key.count("/") == 3 and key.split("/")[1] == "concept" else "pixel"
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class ClassData:
         ``k -> (n,)`` int32 cluster labels for every stored k.
     mean_heatmaps : dict[str, np.ndarray]
         Cluster key → ``(h, w)`` float32 mean normalised relevance, for every scored cluster.
+    concept_labellings : dict[int, np.ndarray]
+        ``k -> (n,)`` int32 labels of the concept-space sweep (layout 4; empty when the class was not
+        analysed in concept space).
     """
 
     class_index: int
@@ -102,10 +116,12 @@ class ClassData:
     knn_distances: np.ndarray | None
     labellings: dict[int, np.ndarray]
     mean_heatmaps: dict[str, np.ndarray]
+    concept_labellings: dict[int, np.ndarray] = field(default_factory=dict)
 
-    def members(self, k: int, cluster_id: int) -> list[str]:
-        """Sample ids of cluster ``cluster_id`` of labelling ``k`` (empty when there is none)."""
-        lab = self.labellings.get(int(k))
+    def members(self, k: int, cluster_id: int, space: str = "pixel") -> list[str]:
+        """Sample ids of cluster ``cluster_id`` of labelling ``k`` (of the concept labellings when
+        ``space`` is ``"concept"``); empty when there is none."""
+        lab = (self.concept_labellings if space == "concept" else self.labellings).get(int(k))
         if lab is None:
             return []
         return [self.sample_ids[i] for i in np.flatnonzero(lab == int(cluster_id))]
@@ -319,6 +335,9 @@ class RunReader:
             knn_indices=a["knn_indices"].astype(np.int64),
             knn_distances=a.get("knn_distances"),
             labellings={int(k[len("labels_k") :]): v for k, v in a.items() if k.startswith("labels_k")},
+            concept_labellings={
+                int(k[len("concept_labels_k") :]): v for k, v in a.items() if k.startswith("concept_labels_k")
+            },
             mean_heatmaps={
                 k: np.asarray(m, dtype=np.float32) for k, m in zip(keys, a["mean_heatmaps"], strict=True)
             },
@@ -336,7 +355,7 @@ class RunReader:
             return None
         if self.summary.class_summary(c) is None:
             return None
-        found = self.class_data(c).members(k, cid)
+        found = self.class_data(c).members(k, cid, key_space(key))
         return found or None
 
     def mean_heatmap(self, key: str) -> np.ndarray | None:
@@ -361,9 +380,11 @@ class RunReader:
             suspicious=f.suspicious,
             evidence=list(f.evidence),
             signals=dict(f.signals),
-            member_ids=data.members(f.k, f.cluster_id),
+            member_ids=data.members(f.k, f.cluster_id, "concept" if f.space == "concept" else "pixel"),
             mean_heatmap=data.mean_heatmaps[f.key],
             carrier_ids=list(f.carrier_ids),
+            space=f.space,
+            channels=list(f.channels),
         )
 
     def finding(self, key: str) -> ClusterFinding | None:
@@ -450,6 +471,7 @@ class RunReader:
             embedding_method=entry.embedding_method,
             clusters=[by_key[k] for k in entry.cluster_keys],
             sample_suspicion=self.samples()["score"].to_numpy(np.float32)[self._rows[c]],
+            concept_labellings=dict(data.concept_labellings),
         )
 
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spray.records import ChangeRule, ChangeSet, ClassSkipped, ClusterChange, SkippedSample, UnreadableRun
+from spray.records import (
+    SPACES,
+    ChangeRule,
+    ChangeSet,
+    ClassSkipped,
+    ClusterChange,
+    SkippedSample,
+    UnreadableRun,
+)
 from spray.runs.errors import RunReadError
 from spray.runs.layout import LAYOUT_VERSION
 
@@ -26,7 +34,9 @@ from spray.runs.layout import LAYOUT_VERSION
 @dataclass(frozen=True)
 class FindingSummary:
     """A scored cluster as ``summary.json`` describes it (members and mean heatmap are in the class file:
-    :meth:`spray.runs.reader.RunReader.finding` gives the whole :class:`~spray.records.ClusterFinding`)."""
+    :meth:`spray.runs.reader.RunReader.finding` gives the whole :class:`~spray.records.ClusterFinding`).
+
+    ``space`` and ``channels`` (layout 4) read as ``"pixel"`` and ``[]`` from older runs."""
 
     key: str
     rank: int
@@ -41,6 +51,8 @@ class FindingSummary:
     evidence: list[str]
     signals: dict[str, float]
     carrier_ids: list[str]
+    space: str = "pixel"
+    channels: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -177,7 +189,16 @@ def _finding(d: _Doc, rank: int) -> FindingSummary:
         evidence=[str(e) for e in d.get("evidence", list)],
         signals={str(k): float(v) for k, v in d.get("signals", dict).items()},
         carrier_ids=[str(c) for c in d.get("carrier_ids", list, [])],
+        space=_space(d),
+        channels=[int(c) for c in d.get("channels", list, [])],
     )
+
+
+def _space(d: _Doc) -> str:
+    space = d.get("space", str, "pixel")
+    if space not in SPACES:
+        raise RunReadError(d.file, f"key {d._name('space')!r} is {space!r}, not one of {', '.join(SPACES)}")
+    return str(space)
 
 
 def _class(d: _Doc, v1: bool) -> ClassSummary:

@@ -47,6 +47,8 @@ def finding_entry(f: ClusterFinding, rank: int) -> dict[str, Any]:
         "evidence": list(f.evidence),
         "signals": {k: float(v) for k, v in f.signals.items()},
         "carrier_ids": list(f.carrier_ids),
+        "space": f.space,
+        "channels": [int(c) for c in f.channels],
     }
 
 
@@ -134,15 +136,17 @@ def summary_document(report: AuditReport) -> dict[str, Any]:
 
 
 def _check_members(ca: ClassAnalysis) -> None:
-    """Members are stored once, as a labelling: every finding must be one cluster of one stored labelling."""
+    """Members are stored once, as a labelling: every finding must be one cluster of one stored labelling
+    (a concept-only finding: of a concept labelling)."""
     members = np.asarray(ca.sample_ids, dtype=object)
     for f in ca.clusters:
-        lab = ca.clustering.labellings.get(f.k)
+        labellings = ca.concept_labellings if f.space == "concept" else ca.clustering.labellings
+        lab = labellings.get(f.k)
         if lab is None or list(members[lab == f.cluster_id]) != list(f.member_ids):
             raise ValueError(
-                f"finding {f.key}: its members are not cluster {f.cluster_id} of the stored labelling "
-                f"k={f.k} of class {ca.class_index}; a run stores a cluster's members only as its labelling "
-                "(spray/runs/writer.py), so a finding must be one of them"
+                f"finding {f.key}: its members are not cluster {f.cluster_id} of the stored {f.space} "
+                f"labelling k={f.k} of class {ca.class_index}; a run stores a cluster's members only as its "
+                "labelling (spray/runs/writer.py), so a finding must be one of them"
             )
 
 
@@ -174,6 +178,8 @@ def class_arrays(ca: ClassAnalysis, rows: np.ndarray, grid: tuple[int, ...]) -> 
     }
     for k, lab in ca.clustering.labellings.items():
         arrays[f"labels_k{k}"] = np.asarray(lab, dtype=np.int32)
+    for k, lab in ca.concept_labellings.items():
+        arrays[f"concept_labels_k{k}"] = np.asarray(lab, dtype=np.int32)
     return arrays
 
 

@@ -55,6 +55,29 @@ def _class(c: int, ids: list[str], rng: np.random.Generator) -> ClassAnalysis:
                 carrier_ids=[ids[0]] if (c, cid) == (1, 2) else [],
             )
         )
+    concept_labellings: dict[int, np.ndarray] = {}
+    if c == 1:  # a concept-only finding, and a pixel finding a concept cluster matched
+        concept_labellings = {2: (np.arange(n) >= n // 2).astype(np.int32)}
+        members = np.flatnonzero(concept_labellings[2] == 1)
+        clusters.append(
+            ClusterFinding(
+                class_index=c,
+                class_name=NAMES[c],
+                cluster_id=1,
+                k=2,
+                size=len(members),
+                fraction=len(members) / n,
+                score=0.25,
+                suspicious=False,
+                evidence=["In concept space its members put 61 % of their relevance on channels 3 and 7."],
+                signals={"size": float(len(members)), "concept_score": 0.4},
+                member_ids=[ids[i] for i in members],
+                mean_heatmap=rng.standard_normal(GRID).astype(np.float32),
+                space="concept",
+                channels=[3, 7],
+            )
+        )
+        clusters[0].space, clusters[0].channels = "both", [5]
     clusters.sort(key=lambda f: -f.score)
     return ClassAnalysis(
         class_index=c,
@@ -77,6 +100,7 @@ def _class(c: int, ids: list[str], rng: np.random.Generator) -> ClassAnalysis:
         embedding_method="spectral",
         clusters=clusters,
         sample_suspicion=rng.random(n).astype(np.float32),
+        concept_labellings=concept_labellings,
     )
 
 

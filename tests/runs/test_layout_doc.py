@@ -56,7 +56,7 @@ def test_every_emitted_name_is_documented(tmp_path: Path) -> None:
     names |= set(summary["timings"])
     names |= set(summary["config"])
     with np.load(files.class_file(1)) as z:
-        names |= {re.sub(r"^labels_k\d+$", "labels_k<k>", k) for k in z.files}
+        names |= {re.sub(r"^(concept_)?labels_k\d+$", r"\1labels_k<k>", k) for k in z.files}
     names |= set(pd.read_parquet(files.samples).columns)
     cache = ShardCache(tmp_path / "cache", by_label=False)
     shard = cache.write(0, _batch(["x"]), np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 1, 4, 4)))

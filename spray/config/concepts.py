@@ -1,0 +1,73 @@
+"""The ``concepts`` section: spectral relevance analysis in concept space, beside the pixel space."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from spray.config.section import Section
+
+
+class ConceptsConfig(Section):
+    """Concept-space analysis: each class's concept-relevance vectors (``lrp.concept_layer``) clustered
+    with the pixel stage's spectral settings (``analysis``); see ``docs/concepts.md``."""
+
+    enabled: bool = Field(
+        True,
+        description="Analyse every class in concept space too (needs lrp.concept_layer; a run without "
+        "concept vectors is analysed in pixel space only). Concept-only findings rank but are never "
+        "flagged (no intervention test in concept space yet); see docs/concepts.md for the clean-model "
+        "check behind the default.",
+    )
+    channels: int = Field(
+        3,
+        ge=1,
+        le=64,
+        description="Characteristic channels of a concept cluster: at most this many, those whose share "
+        "of positive concept relevance its members hold most above the rest of the class.",
+    )
+    candidates: int = Field(
+        3,
+        ge=0,
+        le=64,
+        description="Concept-only findings kept per class: the highest-scoring concept clusters that "
+        "match no pixel finding and do not repeat a kept one (nest_overlap).",
+    )
+    min_cluster_size: int = Field(
+        5, ge=1, description="Concept clusters smaller than this are not reported or merged."
+    )
+    nest_overlap: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A concept cluster whose member Jaccard with a higher-scoring kept one reaches this is "
+        "the same group at another k, and is not reported again.",
+    )
+    merge_jaccard: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A concept cluster and a pixel candidate of the same class whose member Jaccard reaches "
+        "this are one group found in both spaces: one finding (the pixel one) carrying both evidences.",
+    )
+    score_weight: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="A concept-only finding's score is suspicion(score_weight x concept score, not "
+        "flagged): below every flagged finding, comparable with unflagged pixel candidates.",
+    )
+    conditional_members: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Members per concept finding whose concept-conditional heatmap (the relevance of its "
+        "characteristic channels only, propagated to the input) is computed and stored in the run; the "
+        "members with the highest share in those channels first.",
+    )
+    references: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Reference samples per characteristic channel shown on the dashboard's cluster page "
+        "(the samples of the run with the highest relevance of that channel).",
+    )
