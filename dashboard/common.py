@@ -34,7 +34,7 @@ import urlstate
 from spray import imaging
 from spray.errors import SprayError
 from spray.flags import default_db_path
-from spray.records import ChangeSet
+from spray.records import ChangeSet, ConditionalMaps
 from spray.runs.changes import compare_runs
 from spray.runs.errors import RunReadError
 from spray.runs.publish import list_runs
@@ -197,6 +197,18 @@ def thumbs(path: str, sample_ids: Sequence[str]) -> np.ndarray | None:
     """``(n, t, t, 3)`` thumbnails of these samples, or None when the run stored none."""
     with reading(path):
         return reader(path).thumbs(list(sample_ids))
+
+
+def conditional_maps(path: str, key: str) -> ConditionalMaps | None:
+    """The stored concept-conditional heatmaps of a concept finding's members (None when there are none)."""
+    with reading(path):
+        return reader(path).conditional_maps(key)
+
+
+def concept_references(path: str, channel: int, n: int) -> list[str]:
+    """The ``n`` samples of the run with the highest relevance of concept channel ``channel``."""
+    with reading(path):
+        return reader(path).concept_references(channel, n)
 
 
 def has_thumbs(path: str) -> bool:

@@ -153,14 +153,21 @@ def render_grid(
     page: int,
     page_size: int = PAGE_SIZE,
     width: int = 96,
+    maps_of: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Show one page of samples as a single ``st.image(list)`` call; return that page's table."""
+    """Show one page of samples as a single ``st.image(list)`` call; return that page's table.
+
+    ``maps_of`` (sample id → ``(h, w)`` map) replaces the stored heatmaps, e.g. by a concept finding's
+    concept-conditional heatmaps; every sample of the page must have one."""
     lo = (page - 1) * page_size
     page_ids = [str(s) for s in sample_ids[lo : lo + page_size]]
     if not page_ids:
         st.caption("No samples.")
         return pd.DataFrame()
-    heat = np.asarray(common.heatmaps(path, page_ids))
+    if maps_of is not None:
+        heat = np.stack([np.asarray(maps_of[s]) for s in page_ids])
+    else:
+        heat = np.asarray(common.heatmaps(path, page_ids))
     imgs = common.thumbs(path, page_ids) if mode != "heatmap" else None
     size = max(width, imgs.shape[1] if imgs is not None else 0)
     pics = imaging.render(mode, heat, imgs, cmap, size=size)

@@ -31,6 +31,7 @@ from torch import nn
 from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
+from spray.concept_maps import conditional_maps
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
@@ -173,7 +174,12 @@ def run_audit(
         # Ranks other than 0 have handed their classes to rank 0, which publishes the run.
         set_stage("done")
         return _empty_report(setup, clock, rank=ctx.rank)
+    with clock.phase("concept_maps_s"):
+        maps = conditional_maps(
+            analysis.findings, batched.runner.explainer, setup.dataset, stage.batch, cfg, progress=progress
+        )
     report = _report(cfg, setup, stage, analysis, batched, clock, dev, ctx)
+    report.conditional_maps = maps
     if before_write is not None:
         set_stage("compare")
         before_write(report)

@@ -225,6 +225,26 @@ class ClassAnalysis:
     concept_labellings: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class ConditionalMaps:
+    """Concept-conditional heatmaps of some members of one concept finding (``concept_maps.npz``).
+
+    Attributes
+    ----------
+    key : str
+        The finding (``space`` ``concept`` or ``both``).
+    sample_ids : list[str]
+        The ``m`` members explained, highest share of concept relevance in the finding's channels first.
+    maps : np.ndarray
+        ``(m, h, w)`` float16 relevance of the finding's channels only, propagated to the input and
+        pooled like the heatmaps.
+    """
+
+    key: str
+    sample_ids: list[str]
+    maps: np.ndarray
+
+
 @dataclass(frozen=True)
 class ClassSkipped:
     """A class left out of the analysis because it has fewer than ``analysis.min_class_size`` samples."""
@@ -380,6 +400,8 @@ class AuditReport:
         True when an identical published run was reused instead of computed.
     rank : int
         Process rank under torchrun (ranks other than 0 return an empty report after the batch stage).
+    conditional_maps : list[ConditionalMaps]
+        Concept-conditional heatmaps of the concept findings' members (``concept_maps.npz``).
     """
 
     run_id: str
@@ -401,3 +423,4 @@ class AuditReport:
     changes: ChangeSet | None = None
     up_to_date: bool = False
     rank: int = 0
+    conditional_maps: list[ConditionalMaps] = field(default_factory=list)

@@ -126,3 +126,83 @@ def test_a_layout3_summary_reads_every_finding_as_pixel(tmp_path: Path) -> None:
 
     with pytest.raises(RunReadError, match="space"):
         RunReader.open(run)
+
+
+def test_conditional_maps_and_references_round_trip(tmp_path: Path) -> None:
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report()
+    rng = np.random.default_rng(1)
+    stage.batch.concepts = rng.random((len(stage.batch), 9)).astype(np.float32)
+    run = RunReader.open(write_published(tmp_path / "runs", report, stage))
+    for m in report.conditional_maps:
+        got = run.conditional_maps(m.key)
+        assert got is not None and got.sample_ids == m.sample_ids
+        np.testing.assert_array_equal(got.maps, m.maps)
+    assert (
+        run.conditional_maps(report.findings[-1].key if report.findings[-1].space == "pixel" else "0/k9/c9")
+        is None
+    )
+    col = stage.batch.concepts[:, 4]
+    want = [
+        stage.batch.sample_ids[i]
+        for i in np.argsort(-col.astype(np.float16).astype(np.float32), kind="stable")[:5]
+    ]
+    assert run.concept_references(4, 5) == want
+    with pytest.raises(ValueError, match="not one of the 9"):
+        run.concept_references(9, 5)
+    (run.path / "concept_maps.npz").write_bytes(b"garbage")
+    from spray.runs.errors import RunReadError
+
+    with pytest.raises(RunReadError, match=r"concept_maps\.npz"):
+        RunReader.open(run.path).conditional_maps(report.conditional_maps[0].key)
+
+
+def test_the_audit_stores_each_members_conditional_heatmap(tmp_path: Path) -> None:
+    """Oracle: the stored map of a member is the explainer's own conditional heatmap of that member,
+    pooled; the members with the highest share in the channels come first."""
+    import torch
+
+    from spray.attribution import pool_relevance
+    from spray.audit import audit
+    from spray.concept_maps import channel_share
+    from spray.data import build_dataset
+    from spray.lrp import Explainer
+    from spray.lrp.concepts import concept_channels
+    from spray.models import build_model
+    from tests.runs.builders import tiny_config
+
+    cfg = tiny_config(
+        tmp_path, n_per_class=14, concepts={"candidates": 2, "min_cluster_size": 2, "conditional_members": 4}
+    )
+    report = audit(cfg, progress=False)
+    run = RunReader.open(report.run_dir)
+    concept = [f for f in run.findings() if f.space != "pixel"]
+    assert concept
+    f = concept[0]
+    got = run.conditional_maps(f.key)
+    assert (
+        got is not None and len(got.sample_ids) == min(4, f.size) and set(got.sample_ids) <= set(f.member_ids)
+    )
+    share = channel_share(np.asarray(run.concepts(got.sample_ids), np.float32), f.channels)
+    assert np.all(np.diff(share) <= 1e-3)
+    from spray.audit import _composite_kwargs
+
+    dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+    torch.manual_seed(cfg.seed)  # the audit's seeded random weights
+    model = build_model(cfg.model)
+    explainer = Explainer(
+        model,
+        cfg.lrp.composite,
+        composite_kwargs=_composite_kwargs(cfg, dataset),
+        canonize=cfg.lrp.canonize,
+        concept_layer=cfg.lrp.concept_layer,
+    )
+    pos = dataset.sample_ids.index(got.sample_ids[0])
+    x = dataset.load_input(pos)[None]
+    target = torch.as_tensor(run.samples().loc[got.sample_ids[0], "target"]).reshape(1)
+    mask = concept_channels([f.channels], run.concepts().shape[1], torch.device("cpu"))
+    want = pool_relevance(explainer(x, target=target, concept_mask=mask).relevance, cfg.batch.grid)[0].numpy()
+    np.testing.assert_allclose(
+        got.maps[0].astype(np.float32), want, rtol=2e-2, atol=2e-3 * np.abs(want).max()
+    )

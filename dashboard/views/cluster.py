@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import common
+import conceptview
 import flagform
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import streamlit as st
 import urlstate
 
 from spray import imaging
+from spray.runs.reader import key_space
 from spray.runs.summary import FindingSummary
 
 path, summary = common.require_run()
@@ -42,6 +44,11 @@ def why_not(key: str) -> str:
     if c not in analysed:
         return f"class {c} was not analysed in this run (analysed: {', '.join(map(str, sorted(analysed)))})"
     data = common.class_data(path, c)
+    if key_space(key) == "concept":
+        cks = sorted(data.concept_labellings)
+        if k not in cks:
+            return f"class {c} has concept-space labellings for k = {', '.join(map(str, cks)) or 'none'}, not k={k}"
+        return f"at k={k} class {c} has the concept clusters c0–c{int(data.concept_labellings[k].max())}, not c{cid}"
     ks = common.available_ks(data)
     if k not in ks:
         return f"class {c} has labellings for k = {', '.join(map(str, ks))}, not k={k}"
@@ -137,6 +144,8 @@ with right:
             f"score **{finding.score:.2f}**{' (suspicious)' if finding.suspicious else ''}, "
             f"{finding.size:,} samples ({100 * finding.fraction:.1f} % of the class)"
         )
+        if conceptview.is_concept(finding):
+            st.markdown(conceptview.describe(finding))
         st.markdown("\n".join(f"- {safetext.md(line)}" for line in finding.evidence))
         carriers = [str(c) for c in finding.carrier_ids]
         # Samples outside the cluster that repeat its stamp: open them as a selection to see and flag.
@@ -169,6 +178,9 @@ with right:
 
 # --- members: filter, order, grid, table ----------------------------------------------------------------
 st.subheader(f"Members ({len(ids):,})")
+grid_ids, maps_of = list(ids), None
+if finding is not None and conceptview.is_concept(finding):
+    grid_ids, maps_of = conceptview.member_maps(path, finding, ids)
 carrier_ids = [str(c) for c in finding.carrier_ids] if finding is not None else []
 filters, conf = samplegrid.filter_controls("cl", carriers=bool(carrier_ids))
 c1, c2 = st.columns([3, 1])
@@ -182,9 +194,11 @@ order = urlstate.nav_widget(
     valid=lambda v: v in samplegrid.SORTS,
     options=list(samplegrid.SORTS),
 )
-shown = samplegrid.apply_filters(path, ids, filters, conf=conf, flagged=flags, carrier_ids=carrier_ids)
+shown = samplegrid.apply_filters(path, grid_ids, filters, conf=conf, flagged=flags, carrier_ids=carrier_ids)
 if filters:
-    st.caption(f"{len(shown):,} of {len(ids):,} members pass the filter ({safetext.md(', '.join(filters))}).")
+    st.caption(
+        f"{len(shown):,} of {len(grid_ids):,} members pass the filter ({safetext.md(', '.join(filters))})."
+    )
 shown = samplegrid.sort_ids(path, shown, str(order))
 samplegrid.colour_bar(grid_cmap)
 page = samplegrid.page_picker(len(shown), "cl_grid")
@@ -197,14 +211,16 @@ urlstate.push_url(
     sort=state.get("sort") if state.get("sort") != "row" else None,
     filter=state.get("filter") or None,
     conf=state.get("conf") if filters and "low confidence" in filters else None,
+    heat=state.get("heat") if state.get("heat") not in (None, conceptview.SOURCES[0]) else None,
 )
-page_table = samplegrid.render_grid(path, shown, mode=mode, cmap=grid_cmap, page=page)
+page_table = samplegrid.render_grid(path, shown, mode=mode, cmap=grid_cmap, page=page, maps_of=maps_of)
 st.caption("Samples of this page: click a row to see it large (select several rows to flag only those).")
 picked = samplegrid.member_table(page_table, flags, key="cl_members")
 if picked:
     chosen = page_table.iloc[[p for p in picked if 0 <= p < len(page_table)]]
     one = chosen.iloc[0]
-    heat = np.asarray(common.heatmaps(path, [str(one["sample_id"])]))
+    one_id = str(one["sample_id"])
+    heat = np.asarray(common.heatmaps(path, [one_id]) if maps_of is None else maps_of[one_id][None])
     imgs = common.thumbs(path, [str(one["sample_id"])])
     big = imaging.render(mode, heat, imgs, grid_cmap, size=224)[0]
     d1, d2 = st.columns([1, 2])
@@ -238,3 +254,6 @@ if picked:
             key="cluster_rows",
             reset_keys=["cl_members"],
         )
+
+if finding is not None and conceptview.is_concept(finding):
+    conceptview.references(path, summary, finding, grid_cmap)

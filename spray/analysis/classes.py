@@ -12,7 +12,7 @@ from spray.analysis.scoring import (
     score_class,
 )
 from spray.config import AuditConfig
-from spray.records import ClassAnalysis
+from spray.records import ClassAnalysis, ClusterFinding
 
 
 def analyze_class(
@@ -87,12 +87,9 @@ def analyze_class(
         clustering.labellings[HOTSPOT_K] = spots
     concept_labellings: dict[int, np.ndarray] = {}
     if concepts is not None and cfg.concepts.enabled:
-        from spray.analysis.concept_findings import merge_concept_findings
-        from spray.analysis.concepts import analyze_concepts
-
-        found = analyze_concepts(class_index, class_name, list(sample_ids), concepts, cfg)
-        clusters = merge_concept_findings(clusters, found, maps, cfg.concepts)
-        concept_labellings = dict(found.clustering.labellings)
+        clusters, concept_labellings = _with_concepts(
+            clusters, (class_index, class_name), sample_ids, concepts, maps, cfg
+        )
     return ClassAnalysis(
         class_index=class_index,
         class_name=class_name,
@@ -105,3 +102,19 @@ def analyze_class(
         sample_suspicion=sample_suspicion(maps, clusters, list(sample_ids)).astype(np.float32),
         concept_labellings=concept_labellings,
     )
+
+
+def _with_concepts(
+    clusters: list[ClusterFinding],
+    cls: tuple[int, str],
+    sample_ids: list[str],
+    concepts: np.ndarray,
+    maps: np.ndarray,
+    cfg: AuditConfig,
+) -> tuple[list[ClusterFinding], dict[int, np.ndarray]]:
+    """The class's candidates of both spaces and its concept labellings (:mod:`.concept_findings`)."""
+    from spray.analysis.concept_findings import merge_concept_findings
+    from spray.analysis.concepts import analyze_concepts
+
+    found = analyze_concepts(cls[0], cls[1], list(sample_ids), concepts, cfg)
+    return merge_concept_findings(clusters, found, maps, cfg.concepts), dict(found.clustering.labellings)

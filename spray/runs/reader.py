@@ -31,6 +31,7 @@ from spray.records import (
     ClassAnalysis,
     ClusterFinding,
     ClusteringResult,
+    ConditionalMaps,
     SpectralResult,
 )
 from spray.runs.errors import RunReadError
@@ -172,6 +173,7 @@ class RunReader:
         self._rows: dict[int, np.ndarray] = {}
         self._heat: np.ndarray | None = None
         self._thumbs: np.ndarray | None = None
+        self._cmaps: dict[str, np.ndarray] | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> RunReader:
@@ -282,6 +284,39 @@ class RunReader:
         (``lrp.concept_layer: none``, or a run written before concepts existed)."""
         concepts = self._array(self.files.concepts, "concept vectors", optional=True)
         return None if concepts is None else _take(concepts, self._positions(sample_ids))
+
+    def _concept_map_file(self) -> dict[str, np.ndarray] | None:
+        if self._cmaps is None:
+            self._cmaps = load_concept_maps(self.files.concept_maps, self.summary.n_samples)
+        return self._cmaps
+
+    def conditional_maps(self, key: str) -> ConditionalMaps | None:
+        """The concept-conditional heatmaps of concept finding ``key``'s members (``(m, h, w)`` float16,
+        the members with the highest share in its channels first), or None when the run stored none for
+        it (a pixel finding, a run before layout 4, ``concepts.conditional_members: 0``)."""
+        a = self._concept_map_file()
+        keys = [] if a is None else [str(k) for k in a["keys"].tolist()]
+        if a is None or key not in keys:
+            return None
+        i = keys.index(key)
+        lo, hi = int(a["offsets"][i]), int(a["offsets"][i + 1])
+        ids = self.sample_ids()
+        return ConditionalMaps(key, [ids[r] for r in a["rows"][lo:hi]], np.asarray(a["maps"][lo:hi]))
+
+    def concept_references(self, channel: int, n: int) -> list[str]:
+        """The ``n`` samples of the run with the highest relevance of concept channel ``channel`` (most
+        first): reference images of what that channel detects. Empty when the run stored no concepts.
+
+        Raises
+        ------
+        ValueError
+            ``channel`` is not a channel of ``concepts.npy``.
+        """
+        concepts = self.concepts()
+        if concepts is not None and not 0 <= int(channel) < concepts.shape[1]:
+            raise ValueError(f"channel {channel} is not one of the {concepts.shape[1]} concept channels")
+        col = np.zeros(0) if concepts is None else np.asarray(concepts[:, int(channel)], dtype=np.float32)
+        return [self.sample_ids()[i] for i in np.argsort(-col, kind="stable")[: max(int(n), 0)]]
 
     # ------------------------------------------------------------------------------------------------
     # Classes and clusters
@@ -438,7 +473,12 @@ class RunReader:
             cache=s.cache,
             versions=dict(s.versions),
             changes=self.changes(),
+            conditional_maps=self._all_conditional_maps(),
         )
+
+    def _all_conditional_maps(self) -> list[ConditionalMaps]:
+        keys = [] if (a := self._concept_map_file()) is None else a["keys"].tolist()
+        return [m for k in keys if (m := self.conditional_maps(str(k))) is not None]
 
     def _class_analysis(self, c: int, by_key: dict[str, ClusterFinding]) -> ClassAnalysis:
         entry = self.summary.class_summary(c)
@@ -483,6 +523,25 @@ def _take(arr: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
     out = np.empty((len(positions), *arr.shape[1:]), dtype=arr.dtype)
     out[order] = arr[positions[order]]
     return out
+
+
+def load_concept_maps(f: Path, n_samples: int) -> dict[str, np.ndarray] | None:
+    """The arrays of ``concept_maps.npz`` (``keys``, ``offsets``, ``rows``, ``maps``), or None without it."""
+    if not f.exists():
+        return None
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise RunReadError(f, f"damaged or truncated ({type(err).__name__}: {err})") from None
+    if lacking := [k for k in ("keys", "offsets", "rows", "maps") if k not in a]:
+        raise RunReadError(f, f"lacks the arrays {lacking}")
+    off, rows = a["offsets"], a["rows"]
+    if len(off) != len(a["keys"]) + 1 or off[-1] != len(rows) or len(rows) != len(a["maps"]):
+        raise RunReadError(f, "its keys, offsets, rows and maps do not fit together")
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_samples):
+        raise RunReadError(f, f"its rows do not fit the run's {n_samples} samples")
+    return a
 
 
 def read_report(run_dir: str | Path) -> AuditReport:

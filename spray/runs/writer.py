@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spray.records import AuditReport, ChangeSet, ClassAnalysis, ClusterChange, ClusterFinding
+from spray.records import (
+    AuditReport,
+    ChangeSet,
+    ClassAnalysis,
+    ClusterChange,
+    ClusterFinding,
+    ConditionalMaps,
+)
 from spray.runs.atomic import atomic_file, atomic_save_npy, atomic_save_npz, atomic_write_json
 from spray.runs.cache import compact_concepts
 from spray.runs.layout import LAYOUT_VERSION, RunFiles
@@ -183,6 +190,22 @@ def class_arrays(ca: ClassAnalysis, rows: np.ndarray, grid: tuple[int, ...]) -> 
     return arrays
 
 
+def concept_map_arrays(
+    found: list[ConditionalMaps], row_of: dict[str, int], grid: tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """The arrays of ``concept_maps.npz``: ``keys``, ``offsets``, ``rows`` (positions in
+    ``samples.parquet``) and ``maps`` (float16), every finding's maps one after the other."""
+    sizes = [len(m.sample_ids) for m in found]
+    return {
+        "keys": np.asarray([m.key for m in found], dtype=str),
+        "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "rows": np.asarray([row_of[s] for m in found for s in m.sample_ids], dtype=np.int64),
+        "maps": np.concatenate([np.asarray(m.maps, np.float16) for m in found])
+        if sum(sizes)
+        else np.zeros((0, *grid), np.float16),
+    }
+
+
 def samples_table(report: AuditReport, stage: BatchStageResult) -> Any:
     """``samples.parquet`` as a pandas DataFrame: one row per sample, in the order of ``heatmaps.npy``."""
     import pandas as pd
@@ -239,5 +262,7 @@ def write_run(out: Path, report: AuditReport, stage: BatchStageResult) -> None:
         atomic_save_npy(files.full_relevance, stage.full_relevance)
     if batch.concepts is not None:
         atomic_save_npy(files.concepts, compact_concepts(batch.concepts))
+    if report.conditional_maps:
+        atomic_save_npz(files.concept_maps, **concept_map_arrays(report.conditional_maps, row_of, grid))
     # Last: a folder with a summary.json is a complete run.
     atomic_write_json(files.summary, summary_document(report))

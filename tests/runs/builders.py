@@ -19,6 +19,7 @@ from spray.records import (
     ClusterChange,
     ClusterFinding,
     ClusteringResult,
+    ConditionalMaps,
     SkippedSample,
     SpectralResult,
     UnreadableRun,
@@ -133,6 +134,11 @@ def make_report(n_per_class: int = 12, seed: int = 0) -> tuple[AuditReport, Batc
     classes = [_class(c, [s for s, lab in zip(ids, labels, strict=True) if lab == c], rng) for c in (0, 1)]
     findings = sorted((f for ca in classes for f in ca.clusters), key=lambda f: (-f.score, f.class_index))
     top = findings[0]
+    concept = [f for f in findings if f.space != "pixel"]
+    maps = [
+        ConditionalMaps(f.key, f.member_ids[:3], rng.standard_normal((3, *GRID)).astype(np.float16))
+        for f in concept
+    ]
     changes = ChangeSet(
         previous_run_id="p" * 64,
         previous_run="20260101T000000000000Z-pppppppppppp",
@@ -162,6 +168,7 @@ def make_report(n_per_class: int = 12, seed: int = 0) -> tuple[AuditReport, Batc
         cache="mmmmmmmmmmmmmmmm-llllllllllllllll",
         versions=version_stamp(),
         changes=changes,
+        conditional_maps=maps,
     )
     return report, stage
 

@@ -1,0 +1,80 @@
+"""The cluster page of a concept finding (AppTest, on a run written by spray's run writer): its members'
+concept-conditional heatmaps instead of the plain ones, and reference samples per characteristic channel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+from tests.runs.builders import make_report, write_published
+from tests.test_dashboard_apptest import APP, ok, texts
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    d = tmp_path_factory.mktemp("cruns")
+    report, stage = make_report(n_per_class=20)
+    stage.batch.concepts = np.random.default_rng(3).random((len(stage.batch), 9)).astype(np.float32)
+    write_published(d / "runs", report, stage)
+    return d, report
+
+
+@pytest.fixture
+def env(run: tuple[Path, object], tmp_path: Path) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("SPRAY_RUNS_DIR", "SPRAY_FLAGS_DB")}
+    os.environ["SPRAY_RUNS_DIR"] = str(run[0] / "runs")
+    os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "flags.sqlite")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _page(cluster: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["cluster"] = cluster
+    return ok(at.run().switch_page("views/cluster.py").run())
+
+
+def test_a_concept_finding_shows_conditional_heatmaps_and_references(
+    env: None, run: tuple[Path, object]
+) -> None:
+    report = run[1]
+    f = next(f for f in report.findings if f.space == "concept")  # type: ignore[attr-defined]
+    stored = next(m for m in report.conditional_maps if m.key == f.key)  # type: ignore[attr-defined]
+    at = _page(f.key)
+    shown = texts(at)
+    assert "concept space only" in shown and "channels 3, 7" in shown
+    assert "Concept-conditional heatmaps" in shown
+    imgs = at.get("image")
+    # mean heatmap, colour bar, the members' grid, then one strip of references per channel
+    assert len(imgs) == 5
+    assert len(imgs[2].proto.imgs) == len(stored.sample_ids) < f.size
+    assert [len(i.proto.imgs) for i in imgs[3:]] == [8, 8]
+    assert "Channel 3" in shown and "Channel 7" in shown
+    # the plain heatmaps of every member instead
+    ok(at.segmented_control(key="w_heat").set_value("plain").run())
+    assert len(at.get("image")[2].proto.imgs) == f.size
+    assert at.query_params["heat"] == "plain"
+
+
+def test_a_pixel_finding_keeps_its_plain_page(env: None, run: tuple[Path, object]) -> None:
+    report = run[1]
+    f = next(f for f in report.findings if f.space == "pixel")  # type: ignore[attr-defined]
+    at = _page(f.key)
+    assert "Concept-conditional" not in texts(at) and "Reference samples" not in texts(at)
+    assert len(at.get("image")) == 3
+
+
+def test_an_unknown_concept_key_says_which_exist(env: None) -> None:
+    at = _page("1/concept/k5/c0")
+    assert "concept-space labellings for k = 2" in texts(at)
