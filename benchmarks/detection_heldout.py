@@ -349,15 +349,30 @@ def run_cell(cell: Cell, spec: DatasetSpec, work: Path) -> dict[str, Any]:
     t0 = time.time()
     info = prepare(cell, spec, root)
     t1 = time.time()
-    run_dir = audit_with_cli(root / "config.yaml")
+    run_dir = audit_with_cli(_with_concepts(root / "config.yaml"))
     row = {**asdict(cell), "learned": info["learned"], "logit_drop": info.get("logit_drop"),
            "train_acc": info["train_acc"], "n": info["n"], "code": CODE, "audit_s": time.time() - t1,
-           "prepare_s": t1 - t0}  # fmt: skip
+           "prepare_s": t1 - t0, "concepts": CONCEPTS}  # fmt: skip
     row.update(evaluate(cell, info, run_dir))
     # The published run is rebuilt from the cache on a rerun: only the data, model and caches are kept.
     if not os.environ.get("SPRAY_HELDOUT_KEEP_RUNS"):
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
+
+
+#: ``--concepts on|off``: the ``concepts.enabled`` of every audit (None: the config's default).
+CONCEPTS: str | None = None
+
+
+def _with_concepts(config: Path) -> Path:
+    """``config``, or a copy beside it with ``concepts.enabled`` set by ``--concepts``."""
+    if CONCEPTS is None:
+        return config
+    raw = yaml.safe_load(config.read_text())
+    raw["concepts"] = {"enabled": CONCEPTS == "on"}
+    out = config.with_name(f"config-concepts-{CONCEPTS}.yaml")
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
 
 
 def audit_with_cli(config: Path) -> Path:
@@ -456,7 +471,10 @@ def main(argv: list[str] | None = None) -> None:
         "--shard", default="0/1", help="i/n: run every n-th cell from the i-th (parallel processes)"
     )
     ap.add_argument("--code", default=None, help="with --report: only rows of this code version")
+    ap.add_argument("--concepts", choices=("on", "off"), default=None, help="set concepts.enabled")
     args = ap.parse_args(argv)
+    global CONCEPTS
+    CONCEPTS = args.concepts
     if args.report is not None:
         rows = [json.loads(line) for p in args.report for line in p.read_text().splitlines() if line.strip()]
         print(summarize([r for r in rows if args.code is None or r["code"] == args.code]))
