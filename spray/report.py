@@ -20,14 +20,24 @@ def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int 
     for i, f in enumerate(findings[:top], start=1):
         ev = f.evidence[0] if f.evidence else ""
         lines.append(
-            f"{i:>2}  {f.class_name[:14]:<14} {f'k{f.k}/c{f.cluster_id}':<9} {f.size:>6} {f.fraction:>6.1%} "
+            f"{i:>2}  {f.class_name[:14]:<14} {_cluster(f):<9} {f.size:>6} {f.fraction:>6.1%} "
             f"{f.score:>6.3f}  {'YES' if f.suspicious else 'no':<5}  {ev}"
         )
         for extra in f.evidence[1:]:
             lines.append(" " * 61 + extra)
     if not findings:
         lines.append("(no clusters)")
+    if any(f.space != "pixel" for f in findings[:top]):
+        lines.append(
+            "(C:k<k>/c<id>: found in concept space only; k<k>/c<id>+C: found in pixel and concept space)"
+        )
     return "\n".join(lines)
+
+
+def _cluster(f: ClusterFinding) -> str:
+    """The cluster column: ``k3/c2``, ``C:k6/c2`` (concept space only) or ``k3/c2+C`` (both spaces)."""
+    label = f"k{f.k}/c{f.cluster_id}"
+    return {"concept": f"C:{label}", "both": f"{label}+C"}.get(f.space, label)
 
 
 def report_header(report: AuditReport) -> str:
