@@ -6,7 +6,9 @@ For each seed: plant ``background_square`` (a square at a random background posi
 ``Explainer(..., concept_layer="auto")`` (heatmap and concept relevance from one backward pass), then
 
 * pixels: the audit's per-class analysis and map score (``detection.analyze``), without the paste test;
-* concepts: :func:`spray.analysis.concepts.analyze_concepts` on the concept vectors.
+* concepts: :func:`spray.analysis.concepts.analyze_concepts` on the concept vectors;
+* both: the pixel candidates and the concept clusters merged as the audit does
+  (:func:`spray.analysis.concept_findings.merge_concept_findings`).
 
 Metrics (as in ``benchmarks/detection.py``): the sanity gate, hit@1 (the top cluster across classes is in
 the poisoned class), sample AUROC over all samples and within the class (per-sample suspicion:
@@ -23,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import detection  # noqa: E402  (benchmarks/detection.py)
 
+from spray.analysis.concept_findings import merge_concept_findings  # noqa: E402
 from spray.analysis.concepts import analyze_concepts, concept_suspicion  # noqa: E402
 from spray.analysis.scoring import rank_findings, sample_suspicion  # noqa: E402
 from spray.config import config_from_dict  # noqa: E402
@@ -156,13 +160,26 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
         "ceiling": _ceiling(pix[args.target].clustering.labellings, truth_cls),
     }
 
-    # concept space
-    con, con_scores = [], np.zeros(len(x))
+    # concept space, and both spaces as the audit merges them (spray.analysis.concept_findings)
+    con, con_scores, both, both_scores = [], np.zeros(len(x)), [], np.zeros(len(x))
     for c in range(10):
         rows = np.flatnonzero(labels == c)
         a = analyze_concepts(c, detection.CLASS_NAMES[c], list(ids[rows]), concepts[rows], cfg)
         con.append(a)
         con_scores[rows] = concept_suspicion(a)
+        maps = detection.normalize(relevance[rows])
+        merged = merge_concept_findings([copy.deepcopy(f) for f in pix[c].clusters], a, maps, cfg.concepts)
+        both.append(merged)
+        both_scores[rows] = sample_suspicion(maps, merged, list(ids[rows]))
+    top_both = rank_findings(both)[0]
+    got = set(top_both.member_ids) if top_both.class_index == args.target else set()
+    row["both"] = {
+        "hit1": bool(top_both.class_index == args.target),
+        "top_space": top_both.space,
+        "auroc_all": detection._auc(planted, both_scores)[0],
+        "auroc_cls": detection._auc(truth_cls, both_scores[cls_rows])[0],
+        "top_f1": detection.f1(np.isin(ids[cls_rows], list(got)), truth_cls)[2],
+    }
     best = max((a.clusters[0] for a in con if a.clusters), key=lambda f: f.score)
     top = con[args.target].clusters[0]
     member_rows = np.flatnonzero(np.isin(ids, top.member_ids))
