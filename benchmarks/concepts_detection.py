@@ -151,7 +151,9 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
         rows = np.flatnonzero(labels == c)
         a = detection.analyze(c, list(ids[rows]), relevance[rows], cfg, None, args)
         pix.append(a)
-        pix_scores[rows] = sample_suspicion(detection.normalize(relevance[rows]), a.clusters, list(ids[rows]))
+        pix_scores[rows] = sample_suspicion(
+            detection.normalize(relevance[rows]), a.clusters, list(ids[rows]), cfg.scoring.suspicion_tie_break
+        )
     ranked = rank_findings([a.clusters for a in pix])
     row["pixels"] = {
         "hit1": bool(ranked[0].class_index == args.target),
@@ -170,7 +172,7 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
         maps = detection.normalize(relevance[rows])
         merged = merge_concept_findings([copy.deepcopy(f) for f in pix[c].clusters], a, maps, cfg.concepts)
         both.append(merged)
-        both_scores[rows] = sample_suspicion(maps, merged, list(ids[rows]))
+        both_scores[rows] = sample_suspicion(maps, merged, list(ids[rows]), cfg.scoring.suspicion_tie_break)
     top_both = rank_findings(both)[0]
     got = set(top_both.member_ids) if top_both.class_index == args.target else set()
     row["both"] = {
