@@ -52,18 +52,11 @@ def analyze_class(
     # up-to-date path of a scheduled run should answer at once without them.
     from spray.analysis.clustering import cluster_sweep
     from spray.analysis.embedding import embed_2d
-    from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+    from spray.analysis.preprocess import reduce_dimension
     from spray.analysis.spectral import spectral_embedding
 
     a = cfg.analysis
-    rel = np.asarray(relevance, dtype=np.float32)
-    maps_flat = normalize_heatmaps(rel, absolute=False)
-    # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.
-    if a.absolute or a.blur_sigma > 0:
-        features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
-    else:
-        features = maps_flat
-    maps = maps_flat.reshape(rel.shape)
+    maps, features = _maps_and_features(relevance, cfg)
     reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
     spectral = spectral_embedding(
         reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
@@ -85,11 +78,9 @@ def analyze_class(
     spots = hotspot_labelling(clusters, list(sample_ids))
     if spots is not None:
         clustering.labellings[HOTSPOT_K] = spots
-    concept_labellings: dict[int, np.ndarray] = {}
-    if concepts is not None and cfg.concepts.enabled:
-        clusters, concept_labellings = _with_concepts(
-            clusters, (class_index, class_name), sample_ids, concepts, maps, cfg
-        )
+    clusters, concept_labellings = _with_concepts(
+        clusters, (class_index, class_name), sample_ids, concepts, maps, cfg
+    )
     return ClassAnalysis(
         class_index=class_index,
         class_name=class_name,
@@ -106,15 +97,33 @@ def analyze_class(
     )
 
 
+def _maps_and_features(relevance: np.ndarray, cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, h, w)`` signed normalised maps and the ``(n, h·w)`` clustering features."""
+    from spray.analysis.preprocess import normalize_heatmaps
+
+    a = cfg.analysis
+    rel = np.asarray(relevance, dtype=np.float32)
+    maps_flat = normalize_heatmaps(rel, absolute=False)
+    # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.
+    if a.absolute or a.blur_sigma > 0:
+        features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
+    else:
+        features = maps_flat
+    return maps_flat.reshape(rel.shape), features
+
+
 def _with_concepts(
     clusters: list[ClusterFinding],
     cls: tuple[int, str],
     sample_ids: list[str],
-    concepts: np.ndarray,
+    concepts: np.ndarray | None,
     maps: np.ndarray,
     cfg: AuditConfig,
 ) -> tuple[list[ClusterFinding], dict[int, np.ndarray]]:
-    """The class's candidates of both spaces and its concept labellings (:mod:`.concept_findings`)."""
+    """The class's candidates of both spaces and its concept labellings (:mod:`.concept_findings`);
+    ``clusters`` and no labellings without concept vectors or with ``concepts.enabled`` off."""
+    if concepts is None or not cfg.concepts.enabled:
+        return clusters, {}
     from spray.analysis.concept_findings import merge_concept_findings
     from spray.analysis.concepts import analyze_concepts
 
