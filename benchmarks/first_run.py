@@ -229,6 +229,7 @@ def measure(checkout: Path, scratch: Path, n: int) -> dict[str, Any]:
         "n_images": n,
         "cpus": os.cpu_count(),
         "load_1min_start": os.getloadavg()[0],
+        "env_prefix": "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ),
     }
     py = _install(res, scratch / "venv", checkout, env, scratch, log)
     # The user's path first (install, spray init, audit), so that the first audit is the user's first audit:
@@ -249,7 +250,8 @@ def measure(checkout: Path, scratch: Path, n: int) -> dict[str, Any]:
 def _doc_block(res: dict[str, Any], argv: str) -> str:
     """Markdown for docs/first_run.md."""
     rows = [
-        f"Command: `nice -n 5 python benchmarks/first_run.py {argv}` ({res['date']}, commit {res['commit']}, "
+        f"Command: `{res.get('env_prefix', '')}nice -n 5 python benchmarks/first_run.py {argv}` ({res['date']}, "
+        f"commit {res['commit']}, "
         f"{res['cpus']} CPUs, 1-minute load {res['load_1min_start']:.1f} at the start and "
         f"{res['load_1min_end']:.1f} at the end; other jobs shared the machine).",
         "",
