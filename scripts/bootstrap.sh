@@ -33,14 +33,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.spray-install-stamp
 # Test oracles whose declared pins conflict with what spray uses (zennit-crp pins zennit<=0.4.6, LXT pulls
-# transformers/bitsandbytes): installed without their dependencies; the modules the tests import need none.
-ORACLES=("lxt==2.1" "zennit-crp==0.6.0")
+# transformers/bitsandbytes, virelay pins pillow<11): installed without their dependencies; what their tested
+# modules do need comes from the test extra (h5py, matplotlib) or ORACLE_DEPS.
+ORACLES=("lxt==2.1" "zennit-crp==0.6.0" "virelay==0.6.1")
+ORACLE_DEPS=("flask==3.1.3" "flask-cors==5.0.1")
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing spray with its dashboard and test extras into .venv (torch comes from local disk)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e "$ROOT[dashboard,test]"
   .venv/bin/python -m pip install -q --no-deps "${ORACLES[@]}"
+  .venv/bin/python -m pip install -q "${ORACLE_DEPS[@]}"
   echo "$want" > "$stamp"
 fi
 log "ready: $ROOT/.venv"

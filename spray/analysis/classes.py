@@ -90,5 +90,7 @@ def analyze_class(
         embedding=np.asarray(embedding, dtype=np.float32),
         embedding_method=a.embedding,
         clusters=clusters,
-        sample_suspicion=sample_suspicion(maps, clusters, list(sample_ids)).astype(np.float32),
+        sample_suspicion=sample_suspicion(
+            maps, clusters, list(sample_ids), cfg.scoring.suspicion_tie_break
+        ).astype(np.float32),
     )

@@ -276,6 +276,14 @@ class ScoringConfig(Section):
         0.3, gt=0.0, le=1.0, description="Hot-spot groups hold at most this share of the class."
     )
     # --- what is reported ------------------------------------------------------------------------------
+    suspicion_tie_break: float = Field(
+        0.01,
+        ge=0.0,
+        lt=0.1,
+        description="Per-sample suspicion (samples.parquet's score): a member scores as its candidate plus this "
+        "times its own share of relevance in the candidate's hot region, so the samples that carry the "
+        "pattern most strongly come first within a candidate; kept below any score difference that matters.",
+    )
     findings_top: int = Field(
         5,
         ge=1,

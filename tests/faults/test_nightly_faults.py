@@ -406,10 +406,14 @@ def test_a_bad_change_rule_is_a_config_error(tmp_path: Path, capsys: pytest.Capt
 
 
 def _slow_config(tmp: Path) -> Path:
-    """64 random 28×28 images as IDX read through a factory that ``SPRAY_TEST_SAMPLE_DELAY`` slows down."""
+    """160 random 28×28 images as IDX read through a factory that ``SPRAY_TEST_SAMPLE_DELAY`` slows down.
+
+    At 0.05 s a sample the run has seven seconds left after its first shard: enough for the signal to land
+    mid-run on a loaded machine (with 64 samples the run sometimes finished first).
+    """
     rng = np.random.default_rng(0)
-    write_idx(tmp / "img.gz", rng.integers(0, 255, (64, 28, 28), dtype=np.uint8))
-    write_idx(tmp / "lab.gz", np.repeat(np.arange(2), 32).astype(np.uint8))
+    write_idx(tmp / "img.gz", rng.integers(0, 255, (160, 28, 28), dtype=np.uint8))
+    write_idx(tmp / "lab.gz", np.repeat(np.arange(2), 80).astype(np.uint8))
     raw = {
         "model": {
             "factory": "spray.lab.cnn:small_cnn",

@@ -7,10 +7,6 @@ import numpy as np
 from spray.analysis.scoring.geometry import Region, box_sums, integral
 from spray.records import ClusterFinding
 
-#: Weight of a sample's own share of relevance in its candidate's hot region: a tie-break within a
-#: candidate (at most this much), below any difference of candidate scores that matters.
-TIE_BREAK = 0.01
-
 
 def _shares(p: np.ndarray, f: ClusterFinding) -> np.ndarray:
     """``(len(p),)`` each map's share of positive relevance in the candidate's hot region (or, for a
@@ -27,12 +23,14 @@ def _shares(p: np.ndarray, f: ClusterFinding) -> np.ndarray:
     return np.zeros(n)
 
 
-def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_ids: list[str]) -> np.ndarray:
+def sample_suspicion(
+    maps: np.ndarray, findings: list[ClusterFinding], sample_ids: list[str], tie_break: float
+) -> np.ndarray:
     """Per-sample suspicion of one class: the highest score of the candidates that hold the sample.
 
     A sample scores as the most suspicious candidate it belongs to, as a member or as a carrier, at any
     ``k`` (candidates may be nested or overlap), so ranking samples and ranking candidates agree: the
-    members of the top finding come first. Members get a tie-break of at most :data:`TIE_BREAK`, their
+    members of the top finding come first. Members get a tie-break of at most ``tie_break``, their
     own share of relevance in the candidate's hot region, so that inside a candidate the samples that
     carry the pattern most strongly come first.
 
@@ -44,6 +42,9 @@ def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_id
         Its candidates for this class.
     sample_ids : list[str]
         Row ids of ``maps``.
+    tie_break : float
+        Weight of a member's own share of relevance in the candidate's hot region
+        (``ScoringConfig.suspicion_tie_break``).
 
     Returns
     -------
@@ -60,7 +61,7 @@ def sample_suspicion(maps: np.ndarray, findings: list[ClusterFinding], sample_id
     for f in findings:
         idx = np.array([row[s] for s in f.member_ids], dtype=np.int64)
         if idx.size:
-            out[idx] = np.maximum(out[idx], f.score + TIE_BREAK * _shares(p[idx], f))
+            out[idx] = np.maximum(out[idx], f.score + tie_break * _shares(p[idx], f))
         if f.carrier_ids:
             # Carriers repeat the flagged pattern outside the candidate: as suspicious as its members.
             cidx = np.array([row[c] for c in f.carrier_ids if c in row], dtype=np.int64)

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from spray.analysis.scoring import sample_suspicion
+from spray.config import ScoringConfig
 from tests.analysis.scoring.cases import Case, N, make_probe, patch_predictor, rows_of, score
 
 
@@ -14,7 +15,7 @@ def test_members_and_carriers_score_as_their_finding(planted: Case) -> None:
     carriers = np.random.default_rng(1).choice(outside, 20, replace=False)
     found = score(planted, probe=make_probe(planted, patch_predictor, carriers))
     top = found[0]
-    s = sample_suspicion(planted.maps, found, planted.ids)
+    s = sample_suspicion(planted.maps, found, planted.ids, ScoringConfig().suspicion_tie_break)
     member_rows = rows_of(top.member_ids)
     # Carriers are as suspicious as the members; everyone else in the class stays below them.
     assert s[carriers].min() >= top.score - 1e-12
@@ -27,7 +28,7 @@ def test_members_and_carriers_score_as_their_finding(planted: Case) -> None:
 def test_the_tie_break_orders_members_by_their_own_share(planted: Case) -> None:
     found = score(planted)
     top = found[0]
-    s = sample_suspicion(planted.maps, found, planted.ids)
+    s = sample_suspicion(planted.maps, found, planted.ids, ScoringConfig().suspicion_tie_break)
     rows = rows_of(top.member_ids)
     assert (s[rows] - top.score).max() <= 0.01 and np.ptp(s[rows]) > 0
 
