@@ -163,7 +163,7 @@ def _probe(res: dict[str, Any], py: Path, env: dict[str, str], scratch: Path, lo
     res["probe"] = []
     for _ in range(2):
         t, rc, out = _run([str(py), "-c", _PROBE], env, scratch, log)
-        row = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {"error": f"exit {rc}"}
+        row: dict[str, Any] = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {"error": f"exit {rc}"}
         row["process_s"], row["process_cpu_s"] = t, _CPU["last"]
         if rc == 0:
             row["first_call_extra_s"] = row["first_call_s"] - row["second_call_s"]
