@@ -11,7 +11,7 @@ from spray.analysis.scoring import (
     sample_suspicion,
     score_class,
 )
-from spray.config import AuditConfig
+from spray.config import AnalysisConfig, AuditConfig
 from spray.records import ClassAnalysis
 
 
@@ -48,24 +48,19 @@ def analyze_class(
     # up-to-date path of a scheduled run should answer at once without them.
     from spray.analysis.clustering import cluster_sweep
     from spray.analysis.embedding import embed_2d
-    from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
+    from spray.analysis.preprocess import reduce_dimension
     from spray.analysis.spectral import spectral_embedding
 
     a = cfg.analysis
-    rel = np.asarray(relevance, dtype=np.float32)
-    maps_flat = normalize_heatmaps(rel, absolute=False)
-    # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.
-    if a.absolute or a.blur_sigma > 0:
-        features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
-    else:
-        features = maps_flat
-    maps = maps_flat.reshape(rel.shape)
+    maps, features = _maps_and_features(relevance, a)
     reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
     spectral = spectral_embedding(
-        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
+        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed, search=a.knn
     )
-    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed)
-    embedding = embed_2d(reduced, spectral, method=a.embedding, seed=cfg.seed, n_epochs=a.map_epochs)
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, choice=a.k_choice)
+    embedding = embed_2d(
+        reduced, spectral, method=a.embedding, seed=cfg.seed, n_epochs=a.map_epochs, search=a.knn
+    )
     clusters = score_class(
         class_index,
         class_name,
@@ -94,3 +89,17 @@ def analyze_class(
             maps, clusters, list(sample_ids), cfg.scoring.suspicion_tie_break
         ).astype(np.float32),
     )
+
+
+def _maps_and_features(relevance: np.ndarray, a: AnalysisConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, h, w)`` signed normalised maps (for scoring) and ``(n, h·w)`` clustering features."""
+    from spray.analysis.preprocess import normalize_heatmaps
+
+    rel = np.asarray(relevance, dtype=np.float32)
+    maps_flat = normalize_heatmaps(rel, absolute=False)
+    # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.
+    if a.absolute or a.blur_sigma > 0:
+        features = normalize_heatmaps(rel, absolute=a.absolute, blur_sigma=a.blur_sigma)
+    else:
+        features = maps_flat
+    return maps_flat.reshape(rel.shape), features
