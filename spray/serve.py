@@ -60,7 +60,7 @@ LAUNCHER = (
     "import importlib, os, sys\n"
     "for m in {modules!r}: importlib.import_module(m)\n"
     "app_dir = os.path.dirname(os.path.abspath(sys.argv[sys.argv.index('run') + 1]))\n"
-    "if os.path.isfile(os.path.join(app_dir, 'warmup.py')):\n"
+    "if os.environ.get('SPRAY_RUNS_DIR') and os.path.isfile(os.path.join(app_dir, 'warmup.py')):\n"
     "    sys.path.insert(0, app_dir)\n"
     "    importlib.import_module('warmup').start(os.environ['SPRAY_RUNS_DIR'])\n"
     "from streamlit.web.cli import main\n"
