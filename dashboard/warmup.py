@@ -45,8 +45,17 @@ WATCH_S = 60.0
 
 def start(runs: str | Path) -> threading.Event:
     """What the server does before it listens: :func:`warm` now, then :func:`watch` in the background."""
-    warm(runs)
+    _warm_safely(runs)
     return watch(runs)
+
+
+def _warm_safely(runs: str | Path) -> None:
+    # A warm-up must never keep the server from starting or stop the watcher: whatever went wrong here,
+    # the page that reads the same file says it to the user.
+    try:
+        warm(runs)
+    except Exception:
+        log.warning("warm-up of %s failed; pages will read the run themselves", runs, exc_info=True)
 
 
 def watch(runs: str | Path, every: float = WATCH_S) -> threading.Event:
@@ -58,7 +67,7 @@ def watch(runs: str | Path, every: float = WATCH_S) -> threading.Event:
         while not stop.wait(every):
             now = _newest(runs)
             if now is not None and now != last:
-                warm(runs)
+                _warm_safely(runs)
                 last = now
 
     threading.Thread(target=loop, name="spray-warm-up", daemon=True).start()

@@ -66,6 +66,15 @@ def test_warm_passes_over_what_it_cannot_read(tmp_path: Path) -> None:
     assert common.findings(str(good))
 
 
+def test_start_survives_any_warm_up_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_runs: Any) -> float:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(warmup, "warm", broken)
+    stop = warmup.start(tmp_path)  # the server would start anyway
+    stop.set()
+
+
 def test_watch_warms_a_run_published_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path / "runs"
     make_synthetic_run(runs, class_sizes=[40, 40], planted_class=0, run_id="first", seed=5)
