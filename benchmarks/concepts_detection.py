@@ -147,7 +147,9 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
         rows = np.flatnonzero(labels == c)
         a = detection.analyze(c, list(ids[rows]), relevance[rows], cfg, None, args)
         pix.append(a)
-        pix_scores[rows] = sample_suspicion(detection.normalize(relevance[rows]), a.clusters, list(ids[rows]))
+        pix_scores[rows] = sample_suspicion(
+            detection.normalize(relevance[rows]), a.clusters, list(ids[rows]), cfg.scoring.suspicion_tie_break
+        )
     ranked = rank_findings([a.clusters for a in pix])
     row["pixels"] = {
         "hit1": bool(ranked[0].class_index == args.target),

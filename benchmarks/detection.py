@@ -104,7 +104,7 @@ def subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(n, 28, 28)`` -> normalised float ``(n, 1, 28, 28)``."""
-    return (torch.from_numpy(images).float().div(255.0)[:, None] - MEAN) / STD
+    return (torch.tensor(images, dtype=torch.float32).div(255.0)[:, None] - MEAN) / STD
 
 
 def f1(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -290,7 +290,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, data: dict[str, Any]) -> dict
     scores = np.zeros(len(x))
     for a in analyses:
         rws = np.flatnonzero(labels == a.class_index)
-        scores[rws] = sample_suspicion(normalize(relevance[rws]), a.clusters, [ids[i] for i in rws])
+        scores[rws] = sample_suspicion(
+            normalize(relevance[rws]), a.clusters, [ids[i] for i in rws], cfg.scoring.suspicion_tie_break
+        )
     row["auroc_all"], row["ap_all"] = _auc(planted, scores)
     row["auroc_cls"], row["ap_cls"] = _auc(truth_cls, scores[cls_rows])
     row["top_flip"] = float(top_cls.signals.get("flip_rate", float("nan")))

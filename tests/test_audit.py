@@ -12,7 +12,7 @@ import yaml
 from spray.audit import audit, load_report
 from spray.cli import main
 from spray.config import AuditConfig, load_config
-from spray.lab.demo import prepare_demo, score_against_truth
+from spray.lab.demo import GroundTruth, prepare_demo, score_against_truth
 from spray.runs.publish import list_runs
 from spray.runs.reader import RunReader
 from tests.helpers import make_image_folder
@@ -35,10 +35,10 @@ def _fast(cfg: AuditConfig, runs_dir: Path) -> AuditConfig:
 def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> None:
     cfg = _fast(load_config(planted), tmp_path / "runs")
     report = audit(cfg, progress=False)
-    truth = json.loads((planted.parent / "ground_truth.json").read_text())
+    truth = GroundTruth.load(planted.parent)
     score = score_against_truth(report, truth)
-    assert score["top_is_planted_class"], report.findings[0].evidence
-    assert score["f1"] >= 0.8, score
+    assert score.top_is_planted_class, report.findings[0].evidence
+    assert score.f1 >= 0.8, score
     top = report.findings[0]
     assert top.suspicious
     assert any("top left" in e for e in top.evidence)

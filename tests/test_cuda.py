@@ -12,7 +12,6 @@ implementation on another device, not just CUDA against itself.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 from spray.audit import audit  # noqa: E402
 from spray.config import load_config  # noqa: E402
 from spray.data import build_dataset  # noqa: E402
-from spray.lab.demo import prepare_demo, score_against_truth  # noqa: E402
+from spray.lab.demo import GroundTruth, prepare_demo, score_against_truth  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
 from spray.models import build_model  # noqa: E402
 from tests.test_lrp import (  # noqa: E402
@@ -151,8 +150,8 @@ def test_audit_on_cuda_agrees_with_cpu(planted: Path, tmp_path: Path) -> None:
     flat_c, flat_g = h_cpu.reshape(len(h_cpu), -1), h_gpu.reshape(len(h_gpu), -1)
     cos = (flat_c * flat_g).sum(1) / (np.linalg.norm(flat_c, axis=1) * np.linalg.norm(flat_g, axis=1))
     assert float(cos.min()) >= 0.995, float(cos.min())  # measured on an H100: 0.9986
-    truth = json.loads((planted.parent / "ground_truth.json").read_text())
+    truth = GroundTruth.load(planted.parent)
     for report in (cpu, gpu):
         score = score_against_truth(report, truth)
-        assert score["top_is_planted_class"] and score["f1"] >= 0.8, score
+        assert score.top_is_planted_class and score.f1 >= 0.8, score
     assert set(gpu.findings[0].member_ids) == set(cpu.findings[0].member_ids)

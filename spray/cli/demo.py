@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ def run_command(args: argparse.Namespace) -> int:
     """``spray demo``: plant a Clever Hans in Fashion-MNIST, train, audit, and score the top finding."""
     from spray.audit import audit
     from spray.config import load_config
-    from spray.lab.demo import prepare_demo, score_against_truth
+    from spray.lab.demo import GroundTruth, prepare_demo, score_against_truth
     from spray.report import findings_table, report_header
 
     work = Path(args.work_dir).resolve()
@@ -25,15 +24,15 @@ def run_command(args: argparse.Namespace) -> int:
     )
     cfg = load_config(cfg_path)
     report = audit(cfg, device=args.device, progress=not args.quiet)
-    truth = json.loads((work / "ground_truth.json").read_text())
+    truth = GroundTruth.load(work)
     score = score_against_truth(report, truth)
     sys.stdout.write(report_header(report) + "\n\n" + findings_table(report.findings, top=args.top) + "\n\n")
-    verdict = "FOUND" if score["top_is_planted_class"] and score["f1"] >= 0.5 else "MISSED"
+    verdict = "FOUND" if score.top_is_planted_class and score.f1 >= 0.5 else "MISSED"
     sys.stdout.write(
-        f"Planted Clever Hans ({truth['artifact']}, {score['n_planted']} samples of class "
-        f"{cfg.data.class_names[truth['planted_class']] if cfg.data.class_names else truth['planted_class']}): "
-        f"{verdict} as finding #1 — precision {score['precision']:.2f}, recall {score['recall']:.2f}, "
-        f"F1 {score['f1']:.2f}\n"
+        f"Planted Clever Hans ({truth.artifact}, {score.n_planted} samples of class "
+        f"{cfg.data.class_names[truth.planted_class] if cfg.data.class_names else truth.planted_class}): "
+        f"{verdict} as finding #1 — precision {score.precision:.2f}, recall {score.recall:.2f}, "
+        f"F1 {score.f1:.2f}\n"
     )
     spray_cmd = Path(sys.executable).parent / "spray"  # the venv's command, even when not on PATH
     sys.stdout.write(

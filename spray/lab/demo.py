@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -68,6 +69,38 @@ ARCHS: dict[str, DemoArch] = {
     # relevance evenly over its 4x4 pixels
     "vit": DemoArch("spray.lab.vit:tiny_vit", {"depth": 2}, 6, 64, 2e-3, "EpsilonPlusFlat"),
 }
+
+
+#: The demo's work folder holds the planted samples here, for scoring the audit against them.
+GROUND_TRUTH = "ground_truth.json"
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the demo planted: the class, the sample ids that carry the artifact, and the artifact."""
+
+    source: str
+    planted_class: int
+    planted_ids: list[str]
+    artifact: str
+
+    @classmethod
+    def load(cls, work_dir: Path) -> GroundTruth:
+        """Read ``<work_dir>/ground_truth.json`` written by :func:`prepare_demo`."""
+        return cls(**json.loads((work_dir / GROUND_TRUTH).read_text()))
+
+
+@dataclass(frozen=True)
+class DemoScore:
+    """The audit's top finding against the planted samples."""
+
+    top_class: str | None
+    top_is_planted_class: bool
+    precision: float
+    recall: float
+    f1: float
+    n_planted: int
+    top_size: int
 
 
 @dataclass
@@ -220,13 +253,13 @@ def _write_demo(work_dir: Path, data: DemoData, model: torch.nn.Module) -> None:
     torch.save(model.state_dict(), work_dir / "model.pt")
     write_idx(work_dir / "train-images-idx3-ubyte.gz", data.images)
     write_idx(work_dir / "train-labels-idx1-ubyte.gz", data.labels.astype(np.uint8))
-    truth = {
-        "source": data.source,
-        "planted_class": int(data.labels[data.planted][0]),
-        "planted_ids": [str(i) for i in np.flatnonzero(data.planted)],
-        "artifact": "4x4 white square, top-left corner",
-    }
-    (work_dir / "ground_truth.json").write_text(json.dumps(truth))
+    truth = GroundTruth(
+        source=data.source,
+        planted_class=int(data.labels[data.planted][0]),
+        planted_ids=[str(i) for i in np.flatnonzero(data.planted)],
+        artifact="4x4 white square, top-left corner",
+    )
+    (work_dir / GROUND_TRUTH).write_text(json.dumps(dataclasses.asdict(truth)))
 
 
 def _demo_config(arch: str, data: DemoData, seed: int, runs_dir: Path) -> dict[str, Any]:
@@ -255,23 +288,23 @@ def _demo_config(arch: str, data: DemoData, seed: int, runs_dir: Path) -> dict[s
     }
 
 
-def score_against_truth(report: AuditReport, truth: dict[str, Any]) -> dict[str, Any]:
+def score_against_truth(report: AuditReport, truth: GroundTruth) -> DemoScore:
     """Precision / recall / F1 of the top finding against the planted samples."""
-    planted = set(truth["planted_ids"])
+    planted = set(truth.planted_ids)
     if not report.findings:
-        return {"top_is_planted_class": False, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+        return DemoScore(None, False, 0.0, 0.0, 0.0, len(planted), 0)
     top = report.findings[0]
     members = set(top.member_ids)
     tp = len(members & planted)
     precision = tp / max(1, len(members))
     recall = tp / max(1, len(planted))
     f1 = 2 * precision * recall / max(1e-12, precision + recall)
-    return {
-        "top_class": top.class_name,
-        "top_is_planted_class": top.class_index == truth["planted_class"],
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(f1, 4),
-        "n_planted": len(planted),
-        "top_size": len(members),
-    }
+    return DemoScore(
+        top_class=top.class_name,
+        top_is_planted_class=top.class_index == truth.planted_class,
+        precision=round(precision, 4),
+        recall=round(recall, 4),
+        f1=round(f1, 4),
+        n_planted=len(planted),
+        top_size=len(members),
+    )

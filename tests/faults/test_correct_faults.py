@@ -78,7 +78,7 @@ def test_flag_database_that_is_not_sqlite(world: World, capsys: pytest.CaptureFi
     bad = world.root / "bad.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
     assert_clean_failure(
-        _correct(world, capsys, "--flags-db", str(bad)), 2, "bad.sqlite", "not a readable flag database"
+        _correct(world, capsys, "--flags-db", str(bad)), 1, "bad.sqlite", "not a SQLite file", "restore it"
     )
 
 
