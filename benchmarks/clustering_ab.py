@@ -33,10 +33,14 @@ def main() -> None:
     from spray.analysis.clustering import cluster_sweep
     from spray.analysis.preprocess import reduce_dimension
     from spray.analysis.spectral import knn_graph, spectral_embedding
+    from spray.config.analysis import KnnSearchConfig
 
     feats, _, _ = _data(n, 0)
     t, c = time.perf_counter(), time.process_time()
-    knn_graph(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), exact_below=0)
+    knn_graph(
+        np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32),
+        search=KnnSearchConfig(exact_below=0),
+    )
     res = {
         "src": src,
         "n": n,

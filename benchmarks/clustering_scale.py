@@ -103,12 +103,16 @@ def _spray(res: dict[str, Any], box: list[np.ndarray], seed: int, opts: dict[str
     from spray.analysis.clustering import cluster_sweep
     from spray.analysis.preprocess import reduce_dimension
     from spray.analysis.spectral import knn_graph, spectral_embedding
+    from spray.config.analysis import KnnSearchConfig
 
     n = box[0].shape[0]
     if n >= 5000:  # faiss from 5,000 rows on (exact kNN below)
         t = time.perf_counter()
         # Start-up of the approximate kNN (import + a tiny search; was ~25 s of numba JIT), excluded.
-        knn_graph(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), exact_below=0)
+        knn_graph(
+            np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32),
+            search=KnnSearchConfig(exact_below=0),
+        )
         res["t_jit"] = time.perf_counter() - t
     t0, c0 = time.perf_counter(), time.process_time()
     red = reduce_dimension(box.pop(), n_components=128, seed=seed)  # the input is freed here (1M: 4 GB)
@@ -240,8 +244,9 @@ def _knn_libraries(red: np.ndarray, seed: int) -> list[tuple[str, Any]]:
 
     def spray() -> np.ndarray:
         from spray.analysis.spectral import knn_graph
+        from spray.config.analysis import KnnSearchConfig
 
-        g = knn_graph(red, n_neighbors=10, seed=seed, exact_below=0)
+        g = knn_graph(red, n_neighbors=10, seed=seed, search=KnnSearchConfig(exact_below=0))
         return np.hstack([np.arange(n)[:, None], g.indices])
 
     return [

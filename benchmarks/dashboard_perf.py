@@ -22,6 +22,12 @@ tasks for 250 ms, so work the page does after its last element appeared (Streaml
 once after mounting it) counts; the quiet period itself does not.
 
     .venv/bin/python benchmarks/dashboard_perf.py --app /tmp/old/dashboard/app.py   # another checkout's app
+    .venv/bin/python benchmarks/dashboard_perf.py --no-apptest --repeat 5 --ab /tmp/old/dashboard/app.py
+        # interleaved A/B: this app ("app") and the other ("base") alternate, fresh server + browser each
+
+Each browser figure comes with ``cpu_*``: CPU seconds the server and browser processes used for that load
+(less sensitive to other jobs than the wall time, not a substitute for it), and ``server_start_s``: from
+starting the server until it answers (includes the app's warm-up, dashboard/warmup.py).
 """
 
 from __future__ import annotations
@@ -64,6 +70,12 @@ def time_apptest(runs: Path, db: Path, app: Path = APP) -> dict[str, float]:
     os.environ["SPRAY_RUNS_DIR"] = str(runs)
     os.environ["SPRAY_FLAGS_DB"] = str(db)
     out: dict[str, float] = {}
+    if (app.parent / "warmup.py").is_file():
+        # What `spray dashboard` does before the server listens (see spray.serve.LAUNCHER).
+        sys.path.insert(0, str(app.parent))
+        t = time.perf_counter()
+        __import__("warmup").warm(str(runs))
+        out["warmup_s"] = time.perf_counter() - t
     at = AppTest.from_file(str(app), default_timeout=120)
     for label in ("cold", "warm"):
         t = time.perf_counter()
@@ -146,6 +158,31 @@ MAP_DRAWN_JS = """(n) => { const g = document.querySelectorAll('.stPlotlyChart .
   return imgs.length >= pics; }"""
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process's live descendants: server and browser.
+
+    Linux only (``/proc``); 0 elsewhere. A process that exited in between takes its seconds with it.
+    """
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += stats[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
 def _settled(page: Any, t0: float) -> float:
     """Seconds from ``t0`` until the page was ready and then quiet (the quiet wait not counted)."""
     ready, now = page.evaluate(QUIET_JS)
@@ -158,33 +195,37 @@ def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, 
     from spray.runs.reader import read_summary
 
     big = next(f for f in read_summary(run).findings if f.size > 100)
+    t = time.perf_counter()
     proc, url = _serve(runs, db, app)
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"server_start_s": time.perf_counter() - t}
     try:
         with sync_playwright() as p:
             b = _launch(p)
             page = b.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
             for label in ("cold", "warm"):
-                t = time.perf_counter()
+                c, t = tree_cpu(), time.perf_counter()
                 page.goto(url + "/")
                 page.locator("[data-testid=stDataFrame]").first.wait_for(state="visible")
                 page.get_by_text("Since the previous run").wait_for()
                 out[f"browser_overview_{label}_s"] = _settled(page, t)
+                out[f"cpu_overview_{label}_s"] = tree_cpu() - c
             for label in ("cold", "warm"):
-                t = time.perf_counter()
+                c, t = tree_cpu(), time.perf_counter()
                 page.goto(f"{url}/class?run={run.name}&cls=0")
                 page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
                 page.wait_for_function(MAP_DRAWN_JS, arg=100_000)
                 out[f"browser_class_100k_{label}_s"] = _settled(page, t)
+                out[f"cpu_class_100k_{label}_s"] = tree_cpu() - c
             for label in ("cold", "warm"):
-                t = time.perf_counter()
+                c, t = tree_cpu(), time.perf_counter()
                 page.goto(f"{url}/cluster?run={run.name}&cluster={big.key}")
                 page.locator("[data-testid=stMain] img").nth(100).wait_for(state="attached")
                 page.wait_for_function(
                     "() => Array.from(document.querySelectorAll('[data-testid=stMain] img')).filter(i => i.complete && i.naturalWidth > 0).length >= 101"
                 )
                 out[f"browser_grid_100_{label}_s"] = _settled(page, t)
+                out[f"cpu_grid_100_{label}_s"] = tree_cpu() - c
             b.close()
     finally:
         proc.terminate()
@@ -226,6 +267,25 @@ def screenshot(runs: Path, out: Path, db: Path) -> None:
             proc.kill()
 
 
+def _browser_series(
+    runs: Path, db: Path, run: Path, apps: dict[str, Path], repeat: int
+) -> dict[str, dict[str, list[float]]]:
+    """``repeat`` fresh server + browser pairs per app; with two apps, interleaved (order alternating)."""
+    out: dict[str, dict[str, list[float]]] = {label: {} for label in apps}
+    for i in range(repeat):
+        for label in list(apps) if i % 2 == 0 else list(apps)[::-1]:
+            before = os.getloadavg()[0]
+            one = time_browser(runs, db, run, apps[label])
+            after = os.getloadavg()[0]
+            log.info("repetition %d %s: load %.2f → %.2f  %s", i + 1, label, before, after,
+                     "  ".join(f"{k.removeprefix('browser_')[:-2]} {v:.2f}" for k, v in one.items()))  # fmt: skip
+            for k, v in one.items():
+                out[label].setdefault(k, []).append(v)
+            out[label].setdefault("load_before", []).append(before)
+            out[label].setdefault("load_after", []).append(after)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-browser", action="store_true", help="AppTest only")
@@ -236,6 +296,7 @@ def main() -> int:
     ap.add_argument("--app", type=Path, default=APP, help="dashboard app to time (default: this checkout's)")
     ap.add_argument("--repeat", type=int, default=1, help="browser repetitions (fresh server + browser each)")
     ap.add_argument("--keep-run", type=Path, help="build the 110k run here once and reuse it (A/B series)")
+    ap.add_argument("--ab", type=Path, help="also time this app (e.g. main's), interleaved with --app")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,23 +311,17 @@ def main() -> int:
         run = found[0] if found else build_run(runs)
         db = Path(tmp) / "flags.sqlite"
         res: dict[str, Any] = {} if args.no_apptest else time_apptest(runs, db, args.app.resolve())
-        browser: dict[str, list[float]] = {}
         if not args.no_browser and Path(CHROMIUM).exists():
-            for i in range(args.repeat):
-                before = os.getloadavg()[0]
-                one = time_browser(runs, db, run, args.app.resolve())
-                after = os.getloadavg()[0]
-                log.info("repetition %d: load %.2f → %.2f  %s", i + 1, before, after,
-                         "  ".join(f"{k[8:-2]} {v:.2f}" for k, v in one.items()))  # fmt: skip
-                for k, v in one.items():
-                    browser.setdefault(k, []).append(v)
-                browser.setdefault("load_before", []).append(before)
-                browser.setdefault("load_after", []).append(after)
+            apps = {"app": args.app.resolve(), **({"base": args.ab.resolve()} if args.ab else {})}
+            series = _browser_series(runs, db, run, apps, args.repeat)
+            for label, browser in series.items():
+                for k, vs in browser.items():
+                    log.info("%-5s %-28s median %6.2f  (%s)", label, k, statistics.median(vs),
+                             ", ".join(f"{v:.2f}" for v in vs))  # fmt: skip
+            res.update(series["app"] if not args.ab else series)
     for k, v in res.items():
-        log.info("%-28s %6.2f s", k, v)
-    for k, vs in browser.items():
-        log.info("%-28s median %6.2f  (%s)", k, statistics.median(vs), ", ".join(f"{v:.2f}" for v in vs))
-        res[k] = vs
+        if isinstance(v, float):
+            log.info("%-28s %6.2f s", k, v)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

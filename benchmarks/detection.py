@@ -328,9 +328,10 @@ def analyze(
     maps = normalize_heatmaps(rel).reshape(rel.shape)
     reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
     spectral = spectral_embedding(
-        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
+        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed, search=a.knn
     )
-    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, n_init=args.n_init)
+    choice = a.k_choice.model_copy(update={"n_init": args.n_init})
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, choice=choice)
     clusters = score_class(
         c, CLASS_NAMES[c], sample_ids, maps, spectral, clustering, config=cfg.scoring,
         probe=probe if cfg.scoring.intervention else None, seed=cfg.seed,

@@ -75,6 +75,11 @@ def _cli_args() -> argparse.Namespace:
     return args
 
 
+def cli_args_reset() -> None:
+    """Forget the parsed command line (the server's launcher ran code under its own ``sys.argv``)."""
+    _cli_args.cache_clear()
+
+
 def runs_dir() -> Path:
     """Runs directory: ``--runs-dir`` after ``--``, else ``$SPRAY_RUNS_DIR``, else ``./runs``."""
     return Path(_cli_args().runs_dir or os.environ.get("SPRAY_RUNS_DIR") or "runs").resolve()
@@ -298,7 +303,7 @@ def mean_heatmap(path: str, key: str | None, sample_ids: Sequence[str]) -> np.nd
     return h.mean(0)
 
 
-@st.cache_data(show_spinner=False, max_entries=2048)
+@st.cache_resource(show_spinner=False, max_entries=2048)
 def mean_heatmap_uri(path: str, key: str, cmap: str, size: int = 56) -> str:
     """PNG data URI of a cluster's mean heatmap (for table image columns)."""
     with reading(path):

@@ -42,8 +42,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing spray with its dashboard and test extras into .venv (torch comes from local disk)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e "$ROOT[dashboard,test]"
-  .venv/bin/python -m pip install -q --no-deps "${ORACLES[@]}"
   .venv/bin/python -m pip install -q "${ORACLE_DEPS[@]}"
+  .venv/bin/python -m pip install -q --no-deps "${ORACLES[@]}"
   echo "$want" > "$stamp"
 fi
 log "ready: $ROOT/.venv"

@@ -124,10 +124,9 @@ def make_probe(
 def _warm_up(cfg: AuditConfig, sizes: list[int]) -> None:
     if cfg.analysis.embedding == "umap" and sizes:
         from spray.analysis.embedding import warm_up
-        from spray.analysis.spectral import EXACT_KNN_BELOW
 
         # Import faiss up front (only if some class is large enough to use it), outside the first class's time.
-        warm_up(approximate_knn=max(sizes) >= EXACT_KNN_BELOW)
+        warm_up(approximate_knn=max(sizes) >= cfg.analysis.knn.exact_below)
 
 
 def _classes_to_analyze(

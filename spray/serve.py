@@ -54,9 +54,15 @@ PRELOAD = (
     "spray.runs.reader",
     "spray.runs.changes",
 )
+# Then, before the server listens, the app's warm-up (``dashboard/warmup.py``, when the app has one) reads
+# the newest run into the caches every session shares, so the first page view does not read it either.
 LAUNCHER = (
-    "import importlib, sys\n"
+    "import importlib, os, sys\n"
     "for m in {modules!r}: importlib.import_module(m)\n"
+    "app_dir = os.path.dirname(os.path.abspath(sys.argv[sys.argv.index('run') + 1]))\n"
+    "if os.environ.get('SPRAY_RUNS_DIR') and os.path.isfile(os.path.join(app_dir, 'warmup.py')):\n"
+    "    sys.path.insert(0, app_dir)\n"
+    "    importlib.import_module('warmup').start(os.environ['SPRAY_RUNS_DIR'])\n"
     "from streamlit.web.cli import main\n"
     "sys.exit(main(prog_name='streamlit'))"
 )
@@ -170,7 +176,8 @@ def build_command(
     -------
     argv, env
         Run ``subprocess.Popen(argv, env=env)``. ``argv`` is ``streamlit run`` behind a launcher that
-        imports :data:`PRELOAD` first (``python -c``), so the first page view does not pay for it.
+        imports :data:`PRELOAD` first (``python -c``) and runs the app's warm-up (the newest run read
+        into the shared caches), so the first page view pays for neither.
     """
     o = options or ServeOptions(runs_dir=runs_dir, port=port, host=host, flags_db=flags_db)
     db = o.flags_db or default_db_path(o.runs_dir)

@@ -10,6 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 from spray.analysis.clustering import cluster_sweep, row_normalized
 from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
 from spray.analysis.spectral import spectral_embedding
+from spray.config.analysis import KChoiceConfig
 from spray.lab.synthetic import make_heatmaps
 
 
@@ -55,8 +56,8 @@ def test_finds_small_cluster_and_beats_corelay_default(synthetic) -> None:
 
 def test_sweep_deterministic_and_canonical(synthetic) -> None:
     _, _, _, spec = synthetic
-    a = cluster_sweep(spec, k_max=4, seed=3, n_init=3)
-    b = cluster_sweep(spec, k_max=4, seed=3, n_init=3)
+    a = cluster_sweep(spec, k_max=4, seed=3, choice=KChoiceConfig(n_init=3))
+    b = cluster_sweep(spec, k_max=4, seed=3, choice=KChoiceConfig(n_init=3))
     assert a.chosen_k == b.chosen_k and a.scores == b.scores
     for k in a.labellings:
         assert np.array_equal(a.labellings[k], b.labellings[k])
@@ -66,7 +67,7 @@ def test_sweep_deterministic_and_canonical(synthetic) -> None:
 
 def test_subsampled_fit_path(synthetic) -> None:
     _, labels, small, spec = synthetic
-    res = cluster_sweep(spec, k_max=6, seed=0, max_fit=600)
+    res = cluster_sweep(spec, k_max=6, seed=0, choice=KChoiceConfig(max_fit=600))
     assert res.labellings[5].shape == (1000,)
     assert _best_f1(res.labellings[5], labels == small) >= 0.9
 

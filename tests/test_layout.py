@@ -11,6 +11,7 @@ from sklearn.manifold import trustworthiness
 
 from spray.analysis.layout import CURVE_A, CURVE_B, fuzzy_graph, umap_layout
 from spray.analysis.spectral import knn_graph, spectral_embedding
+from spray.config.analysis import KnnSearchConfig
 from spray.errors import DataError
 
 
@@ -23,7 +24,7 @@ def _blobs(n: int, seed: int = 0, centres: int = 4) -> tuple[np.ndarray, np.ndar
 
 def _umap_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """spray's kNN (self excluded) and the same graph as umap-learn wants it (self first)."""
-    g = knn_graph(x, n_neighbors=k, exact_below=10**9)
+    g = knn_graph(x, n_neighbors=k, search=KnnSearchConfig(exact_below=10**9))
     n = x.shape[0]
     idx = np.hstack([np.arange(n)[:, None], g.indices])
     dist = np.hstack([np.zeros((n, 1), np.float32), g.distances])

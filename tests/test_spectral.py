@@ -8,6 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from spray.analysis.spectral import eigengap_k, knn_graph, spectral_embedding
+from spray.config.analysis import KnnSearchConfig
 from spray.errors import ConfigError, DataError
 
 
@@ -77,8 +78,8 @@ def heat_features() -> np.ndarray:
 
 def test_approximate_knn_recall_against_exact(heat_features: np.ndarray) -> None:
     x = heat_features
-    exact = knn_graph(x, n_neighbors=10, exact_below=10**9)
-    approx = knn_graph(x, n_neighbors=10, seed=1, exact_below=0)
+    exact = knn_graph(x, n_neighbors=10, search=KnnSearchConfig(exact_below=10**9))
+    approx = knn_graph(x, n_neighbors=10, seed=1, search=KnnSearchConfig(exact_below=0))
     assert exact.exact and not approx.exact
     assert approx.indices.shape == (6000, 10) and approx.indices.dtype == np.int64
     assert not np.any(approx.indices == np.arange(6000)[:, None])
@@ -91,7 +92,7 @@ def test_approximate_knn_recall_against_exact(heat_features: np.ndarray) -> None
     # A feature order that is not by variance (a random rotation) finds the same neighbours: the index
     # rotates to principal axes itself.
     q = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 128)))[0].astype(np.float32)
-    rotated = knn_graph(x @ q, n_neighbors=10, seed=1, exact_below=0)
+    rotated = knn_graph(x @ q, n_neighbors=10, seed=1, search=KnnSearchConfig(exact_below=0))
     hits = [np.intersect1d(a, e).size for a, e in zip(rotated.indices, exact.indices, strict=True)]
     assert np.mean(hits) / 10 >= 0.98
 
@@ -104,8 +105,8 @@ def test_approximate_knn_recall_on_real_images() -> None:
     digits = load_digits().data.astype(np.float32)
     x = np.vstack([digits + rng.normal(size=digits.shape) for _ in range(3)])  # 5,391 noisy copies
     x = np.hstack([x, rng.normal(scale=0.5, size=(x.shape[0], 64))]).astype(np.float32)  # 128 dims
-    exact = knn_graph(x, n_neighbors=10, exact_below=10**9)
-    approx = knn_graph(x, n_neighbors=10, exact_below=0)
+    exact = knn_graph(x, n_neighbors=10, search=KnnSearchConfig(exact_below=10**9))
+    approx = knn_graph(x, n_neighbors=10, search=KnnSearchConfig(exact_below=0))
     assert (approx.indices[:, :, None] == exact.indices[:, None, :]).any(axis=2).mean() >= 0.98
 
 
@@ -116,9 +117,9 @@ def test_approximate_knn_deterministic_for_any_thread_count(heat_features: np.nd
     before = faiss.omp_get_max_threads()
     try:
         faiss.omp_set_num_threads(1)
-        one = knn_graph(x, n_neighbors=10, seed=4, exact_below=0)
+        one = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
         faiss.omp_set_num_threads(2)
-        two = knn_graph(x, n_neighbors=10, seed=4, exact_below=0)
+        two = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
     finally:
         faiss.omp_set_num_threads(before)
     assert np.array_equal(one.indices, two.indices)
@@ -127,7 +128,7 @@ def test_approximate_knn_deterministic_for_any_thread_count(heat_features: np.nd
 
 def test_approximate_knn_with_duplicates() -> None:
     dup = np.repeat(_blobs(400, seed=8, d=8), 15, axis=0)  # 6,000 rows, every row 15 times
-    g = knn_graph(dup, n_neighbors=10, exact_below=0)
+    g = knn_graph(dup, n_neighbors=10, search=KnnSearchConfig(exact_below=0))
     assert not g.exact and (g.indices >= 0).all()
     assert not np.any(g.indices == np.arange(6000)[:, None])  # self never its own neighbour
     np.testing.assert_allclose(g.distances, 0.0, atol=1e-3)  # 14 copies of each row exist
@@ -186,9 +187,9 @@ def test_float32_lanczos_for_large_n_and_precomputed_knn(monkeypatch: pytest.Mon
     import spray.analysis.spectral as spectral
 
     x = _blobs(3000, seed=7, d=5, centres=6, spread=2.0)
-    g = knn_graph(x, n_neighbors=10, exact_below=10_000)
+    g = knn_graph(x, n_neighbors=10, search=KnnSearchConfig(exact_below=10_000))
     ref = spectral_embedding(x, n_eigenvectors=12, knn=g)  # float64, tol 1e-8
-    again = spectral_embedding(x, n_eigenvectors=12, exact_below=10_000)
+    again = spectral_embedding(x, n_eigenvectors=12, search=KnnSearchConfig(exact_below=10_000))
     assert np.array_equal(ref.eigenvectors, again.eigenvectors)  # knn= is the same graph
     monkeypatch.setattr(spectral, "_FLOAT32_FROM", 1000)
     low = spectral_embedding(x, n_eigenvectors=12, knn=g)  # float32, tol 1e-5

@@ -11,7 +11,7 @@ from spray.analysis.scoring import (
     sample_suspicion,
     score_class,
 )
-from spray.config import AuditConfig
+from spray.config import AnalysisConfig, AuditConfig
 from spray.records import ClassAnalysis, ClusterFinding
 
 
@@ -56,24 +56,19 @@ def analyze_class(
     from spray.analysis.spectral import spectral_embedding
 
     a = cfg.analysis
-    maps, features = _maps_and_features(relevance, cfg)
+    maps, features = _maps_and_features(relevance, a)
     reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
     spectral = spectral_embedding(
-        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
+        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed, search=a.knn
     )
-    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed)
-    embedding = embed_2d(reduced, spectral, method=a.embedding, seed=cfg.seed, n_epochs=a.map_epochs)
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, choice=a.k_choice)
+    embedding = embed_2d(
+        reduced, spectral, method=a.embedding, seed=cfg.seed, n_epochs=a.map_epochs, search=a.knn
+    )
     clusters = score_class(
-        class_index,
-        class_name,
-        sample_ids,
-        maps,
-        spectral,
-        clustering,
-        config=cfg.scoring,
-        probe=probe if cfg.scoring.intervention else None,
-        seed=cfg.seed,
-    )
+        class_index, class_name, sample_ids, maps, spectral, clustering,
+        config=cfg.scoring, probe=probe if cfg.scoring.intervention else None, seed=cfg.seed,
+    )  # fmt: skip
     # Hot-spot candidates come from no k-means labelling: they are stored as one of their own (k = 0).
     spots = hotspot_labelling(clusters, list(sample_ids))
     if spots is not None:
@@ -97,11 +92,10 @@ def analyze_class(
     )
 
 
-def _maps_and_features(relevance: np.ndarray, cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, h, w)`` signed normalised maps and the ``(n, h·w)`` clustering features."""
+def _maps_and_features(relevance: np.ndarray, a: AnalysisConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, h, w)`` signed normalised maps (for scoring) and ``(n, h·w)`` clustering features."""
     from spray.analysis.preprocess import normalize_heatmaps
 
-    a = cfg.analysis
     rel = np.asarray(relevance, dtype=np.float32)
     maps_flat = normalize_heatmaps(rel, absolute=False)
     # The clustering features differ from the signed maps only with abs or blur: don't normalise twice.

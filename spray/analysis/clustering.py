@@ -8,15 +8,14 @@ instead of isolating the small one (measured ARI 0.14–0.29 vs 0.84–0.99, see
 Choice of k (documented in docs/clustering.md, "Choosing k"):
 
 1. For each k compute the eigengap ``λ_k - λ_{k+1}``, the seed stability (mean ARI between the
-   labelling and k-means refits on seeded 80 % subsamples of at most 10,000 rows, assigned back to
-   all points) and the silhouette of the labelling on its own embedding (on a seeded sample of at
-   most 5,000 points).
-2. ``stable = {k : stability_k >= STABILITY_MIN}``; if empty, ``stable = {argmax stability}``.
-3. ``good = {k in stable : silhouette_k >= max_stable silhouette - SILHOUETTE_SLACK}``.
-4. Among ``good``, pick the smallest k whose eigengap is at least ``EIGENGAP_REAL`` (a quarter) of the
-   largest eigengap in ``good``. (Until the scale benchmark, the largest eigengap itself was chosen;
-   at 50k-100k rows that split the small cluster, see ``EIGENGAP_REAL``.)
+   labelling and k-means refits on seeded subsamples, assigned back to all points) and the silhouette of
+   the labelling on its own embedding (on a seeded sample of points).
+2. ``stable = {k : stability_k >= stability_min}``; if empty, ``stable = {argmax stability}``.
+3. ``good = {k in stable : silhouette_k >= max_stable silhouette - silhouette_slack}``.
+4. Among ``good``, pick the smallest k whose eigengap is at least ``eigengap_real`` of the largest
+   eigengap in ``good``.
 
+Every number of this rule is a field of ``analysis.k_choice`` (:class:`spray.config.analysis.KChoiceConfig`).
 The eigengap alone over-splits (it picked k=10 for 6 true clusters); stability rejects the k whose
 k-means solution is arbitrary (a too-large k splits a blob differently for every seed) and the
 silhouette filter rejects k whose clusters are not compact in their own embedding.
@@ -33,29 +32,12 @@ from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import ThreadpoolController
 
 from spray.analysis.spectral import eigengap_k
+from spray.config.analysis import KChoiceConfig
 from spray.errors import ConfigError
 from spray.records import ClusteringResult, SpectralResult
 
 logger = logging.getLogger(__name__)
 
-#: k whose subsample refits agree with the full labelling at least this well (mean ARI) are "stable".
-STABILITY_MIN = 0.9
-#: Number of subsample refits for the stability score, the fraction of points each one sees (capped
-#: at RESAMPLE_MAX rows: agreement is already well estimated there) and their k-means restarts.
-N_RESAMPLES = 3
-RESAMPLE_FRACTION = 0.8
-RESAMPLE_MAX = 10_000
-RESAMPLE_N_INIT = 3
-#: Silhouette is O(n²): evaluate it on at most this many points.
-SILHOUETTE_SAMPLE = 5000
-#: k whose silhouette is this far below the best stable silhouette are not candidates.
-SILHOUETTE_SLACK = 0.1
-#: An eigengap at least this fraction of the largest candidate eigengap is a real gap; among the k
-#: ending at a real gap the smallest is chosen (parsimony). With the kNN size fixed, spectral
-#: clustering resolves finer sub-structure as N grows: on the synthetic benchmark k=6 splits the 3 %
-#: watermark cluster by its borrowed strategy, and λ6-λ7 grows from 0.8× λ5-λ6 at 20k rows to
-#: 1.5-2.8× at 50k-100k, while the gaps of too-small k stay at most 0.16× the largest at every N.
-EIGENGAP_REAL = 0.25
 #: Rows per block of the silhouette distance computation.
 _SIL_BLOCK = 512
 
@@ -162,8 +144,7 @@ def cluster_sweep(
     *,
     k_max: int = 8,
     seed: int = 0,
-    n_init: int = 10,
-    max_fit: int = 50_000,
+    choice: KChoiceConfig | None = None,
 ) -> ClusteringResult:
     """Seeded k-means for every k in ``2..k_max`` and a choice of k.
 
@@ -175,11 +156,9 @@ def cluster_sweep(
         Largest k tried; clipped to ``min(m, n - 1)``.
     seed : int
         Seed of k-means, the resamples and the silhouette sample.
-    n_init : int
-        k-means restarts per fit.
-    max_fit : int
-        Above this many rows, k-means is fitted on a seeded subsample of ``max_fit`` rows and every
-        row is assigned to its nearest centre (keeps the sweep linear and fast at 1M rows).
+    choice : KChoiceConfig, optional
+        The sweep's settings (``analysis.k_choice``: restarts, subsampled fits, the stability refits, the
+        silhouette sample and the rule that picks k); its defaults when None.
 
     Returns
     -------
@@ -198,25 +177,26 @@ def cluster_sweep(
         # Too few samples for two clusters: everything is one cluster.
         labels = np.zeros(n, dtype=np.int32)
         return ClusteringResult(labellings={2: labels}, chosen_k=2, eigengap_k=1, scores={})
+    c = choice if choice is not None else KChoiceConfig()
     rng = np.random.default_rng(seed)
-    fit_rows = np.sort(rng.choice(n, size=max_fit, replace=False)) if n > max_fit else None
-    n_sub = min(max(hi + 1, int(RESAMPLE_FRACTION * n)), RESAMPLE_MAX, n)
-    resamples = [np.sort(rng.choice(n, size=n_sub, replace=False)) for _ in range(N_RESAMPLES)]
-    sil_rows = (
-        np.sort(rng.choice(n, size=SILHOUETTE_SAMPLE, replace=False)) if n > SILHOUETTE_SAMPLE else None
-    )
+    fit_rows = np.sort(rng.choice(n, size=c.max_fit, replace=False)) if n > c.max_fit else None
+    n_sub = min(max(hi + 1, int(c.resample_fraction * n)), c.resample_max, n)
+    resamples = [np.sort(rng.choice(n, size=n_sub, replace=False)) for _ in range(c.resamples)]
+    sample = c.silhouette_sample
+    sil_rows = np.sort(rng.choice(n, size=sample, replace=False)) if n > sample else None
 
     labellings: dict[int, np.ndarray] = {}
     scores: dict[int, dict[str, float]] = {}
     for k in range(2, hi + 1):
         x = row_normalized(vecs, k)
-        labels = _kmeans(x, k, seed, n_init, fit_rows)
+        labels = _kmeans(x, k, seed, c.n_init, fit_rows)
         scores[k] = _score_k(
-            x, labels, k, ev, seed=seed, n_init=n_init, resamples=resamples, sil_rows=sil_rows
-        )
+            x, labels, k, ev, seed=seed, n_init=min(c.n_init, c.resample_n_init), resamples=resamples,
+            sil_rows=sil_rows,
+        )  # fmt: skip
         labellings[k] = _relabel_by_size(labels, k)
         logger.debug("k=%d %s", k, scores[k])
-    chosen = _choose_k(scores)
+    chosen = _choose_k(scores, c)
     return ClusteringResult(
         labellings=labellings,
         chosen_k=int(chosen),
@@ -236,9 +216,10 @@ def _score_k(
     resamples: list[np.ndarray],
     sil_rows: np.ndarray | None,
 ) -> dict[str, float]:
-    """Silhouette, resample stability (mean ARI) and eigengap of one k-means labelling ``(n,)`` of ``x``."""
+    """Silhouette, resample stability (mean ARI over refits with ``n_init`` restarts) and eigengap of one
+    k-means labelling ``(n,)`` of ``x``."""
     stab = [
-        adjusted_rand_score(labels, _kmeans(x, k, seed + 1 + r, min(n_init, RESAMPLE_N_INIT), rows))
+        adjusted_rand_score(labels, _kmeans(x, k, seed + 1 + r, n_init, rows))
         for r, rows in enumerate(resamples)
     ]
     if np.unique(labels).size < 2:
@@ -252,12 +233,12 @@ def _score_k(
     return {"silhouette": sil, "stability": float(np.mean(stab)), "eigengap": gap}
 
 
-def _choose_k(scores: dict[int, dict[str, float]]) -> int:
+def _choose_k(scores: dict[int, dict[str, float]], c: KChoiceConfig) -> int:
     """The smallest stable k whose silhouette is near the best and whose eigengap is a real one."""
-    stable = [k for k in scores if scores[k]["stability"] >= STABILITY_MIN]
+    stable = [k for k in scores if scores[k]["stability"] >= c.stability_min]
     if not stable:
         stable = [max(scores, key=lambda k: (scores[k]["stability"], -k))]
     best_sil = max(scores[k]["silhouette"] for k in stable)
-    good = [k for k in stable if scores[k]["silhouette"] >= best_sil - SILHOUETTE_SLACK]
+    good = [k for k in stable if scores[k]["silhouette"] >= best_sil - c.silhouette_slack]
     best_gap = max(scores[k]["eigengap"] for k in good)
-    return min(k for k in good if scores[k]["eigengap"] >= EIGENGAP_REAL * best_gap)
+    return min(k for k in good if scores[k]["eigengap"] >= c.eigengap_real * best_gap)

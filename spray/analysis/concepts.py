@@ -149,8 +149,8 @@ def analyze_concepts(
 ) -> ConceptAnalysis:
     """Spectral relevance analysis of one class's ``(n, C)`` concept-relevance vectors.
 
-    Uses ``analysis.pca_components`` (capped at ``C``), ``n_neighbors``, ``n_eigenvectors``, ``k_max``
-    and ``seed``, as the pixel stage does, and ``concepts.channels``.
+    Uses ``analysis.pca_components`` (capped at ``C``), ``n_neighbors``, ``n_eigenvectors``, ``k_max``,
+    ``knn``, ``k_choice`` and ``seed``, as the pixel stage does, and ``concepts.channels``.
     """
     from spray.analysis.clustering import cluster_sweep
     from spray.analysis.preprocess import reduce_dimension
@@ -160,9 +160,9 @@ def analyze_concepts(
     features = normalize_concepts(concepts)
     reduced = reduce_dimension(features, n_components=min(a.pca_components, features.shape[1]), seed=cfg.seed)
     spectral = spectral_embedding(
-        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed
+        reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed, search=a.knn
     )
-    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed)
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, choice=a.k_choice)
     shares = _positive_shares(features)
     knn = np.asarray(spectral.knn_indices)
     ids = np.asarray(sample_ids, dtype=object)

@@ -22,6 +22,7 @@ import numpy as np
 
 from spray.analysis.layout import umap_layout
 from spray.analysis.spectral import knn_graph
+from spray.config.analysis import KnnSearchConfig
 from spray.errors import ConfigError
 from spray.records import SpectralResult
 
@@ -90,6 +91,7 @@ def embed_2d(
     seed: int = 0,
     max_fit: int = MAX_FIT,
     n_epochs: int = 200,
+    search: KnnSearchConfig | None = None,
 ) -> np.ndarray:
     """Seeded 2-D map of one class.
 
@@ -108,6 +110,8 @@ def embed_2d(
         along the kNN graph (see module docstring). t-SNE ignores it.
     n_epochs : int
         UMAP optimisation epochs.
+    search : KnnSearchConfig, optional
+        How the subsample's kNN graph is searched (``analysis.knn``).
 
     Returns
     -------
@@ -142,7 +146,7 @@ def embed_2d(
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.choice(n, size=max_fit, replace=False))
     # The subsample's own kNN is not a subset of the full graph: search it with the same seeded knn_graph.
-    sub_knn = knn_graph(x[sub], n_neighbors=max(spectral.knn_indices.shape[1], 1), seed=seed)
+    sub_knn = knn_graph(x[sub], n_neighbors=max(spectral.knn_indices.shape[1], 1), seed=seed, search=search)
     fitted = umap_layout(sub_knn.indices, sub_knn.distances, base[sub], n_epochs=n_epochs, seed=seed)
     pos = np.zeros((n, 2), dtype=np.float32)
     pos[sub] = fitted

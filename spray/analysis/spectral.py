@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from spray.config.analysis import KnnSearchConfig
 from spray.errors import ConfigError, DataError
 from spray.records import SpectralResult
 
@@ -29,28 +30,12 @@ _DENSE_MIN = 128
 _DENSE_FACTOR = 4
 #: Row block of the exact kNN (memory ``_BLOCK * n * 8`` bytes).
 _BLOCK = 1024
-#: Below this many rows knn_graph searches exactly (blocked brute force), with faiss above.
-EXACT_KNN_BELOW = 5000
 #: From this many rows on, Lanczos runs in float32: its cost is streaming the ``n × ncv`` basis through
 #: memory (reorthogonalisation, restarts), so single precision halves it (measured 2.9× faster at 50k
 #: rows; eigenvalue error ~3e-6, eigenvectors agree with float64 to cos > 0.999999).
 _FLOAT32_FROM = 10_000
 #: Default eigsh tolerance per precision (float32 cannot resolve 1e-8).
 _TOL = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-5}
-#: Approximate kNN (faiss IVF, see _approx_knn; measured in docs/clustering.md, "The kNN graph"): the cells
-#: are k-means cells (_CELLS·√n of them) of the leading _IVF_DIMS principal directions; each row scans its
-#: _PROBES nearest cells there and re-ranks its _REFINE·(k+1) nearest candidates by exact distance.
-#: recall@10 at 50k rows: 0.999 on the synthetic heatmaps, 0.98 on Fashion-MNIST pixels (pynndescent:
-#: 0.98); 32 dims and a re-rank of 2·(k+1) gave 0.999 on the former but 0.84 on the latter.
-_IVF_DIMS = 64
-_CELLS = 2
-_PROBES = 8
-_REFINE = 4
-#: k-means of the cells: iterations, and training rows per cell (a seeded subsample; faiss's own default
-#: of 256 per cell trains on every row and costs 5x more for the same recall).
-_KMEANS_ITERS = 10
-_KMEANS_POINTS_PER_CELL = 64
-
 AFFINITIES = ("binary", "heat")
 
 
@@ -95,28 +80,28 @@ def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, dist
 
 
-def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _approx_knn(x: np.ndarray, k: int, seed: int, s: KnnSearchConfig) -> tuple[np.ndarray, np.ndarray]:
     """Seeded faiss kNN, self excluded: ``(n, d)`` -> ``(n, k)`` indices, distances.
 
-    An inverted-file index (k-means cells) over the leading ``_IVF_DIMS`` principal directions of ``x``
-    proposes ``_REFINE · (k + 1)`` candidates per row from its ``_PROBES`` nearest cells; they are
+    An inverted-file index (k-means cells) over the leading ``s.ivf_dims`` principal directions of ``x``
+    proposes ``s.refine · (k + 1)`` candidates per row from its ``s.probes`` nearest cells; they are
     re-ranked by their exact distances in all ``d`` dimensions (``IndexRefineFlat``).
     """
     import faiss  # lazily: 0.1 s to import, nothing compiled at run time
 
     n, d = x.shape
-    dims = min(d, _IVF_DIMS)
-    cells = max(1, round(_CELLS * np.sqrt(n)))
+    dims = min(d, s.ivf_dims)
+    cells = max(1, round(s.cells_per_sqrt_n * np.sqrt(n)))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dims), dims, cells)
     ivf.cp.seed = seed
-    ivf.cp.niter = _KMEANS_ITERS
-    ivf.cp.max_points_per_centroid = _KMEANS_POINTS_PER_CELL  # k-means trained on a seeded subsample
+    ivf.cp.niter = s.kmeans_iters
+    ivf.cp.max_points_per_centroid = s.kmeans_points_per_cell  # k-means trained on a seeded subsample
     ivf.cp.min_points_per_centroid = 1  # few rows per cell are fine here; faiss would print a warning
-    ivf.nprobe = min(_PROBES, cells)
+    ivf.nprobe = min(s.probes, cells)
     # A principal-axis rotation (faiss's PCAMatrix) makes the first dims the informative ones for any input.
     pca = faiss.PCAMatrix(d, dims) if dims < d else None
     index = faiss.IndexRefineFlat(ivf if pca is None else faiss.IndexPreTransform(pca, ivf))
-    index.k_factor = float(_REFINE)
+    index.k_factor = float(s.refine)
     index.train(x)
     index.add(x)
     # Rows searched cell by cell: consecutive queries scan the same lists while they are in the CPU's
@@ -148,7 +133,7 @@ def _approx_knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
 
 def knn_graph(
-    features: np.ndarray, *, n_neighbors: int = 10, seed: int = 0, exact_below: int = EXACT_KNN_BELOW
+    features: np.ndarray, *, n_neighbors: int = 10, seed: int = 0, search: KnnSearchConfig | None = None
 ) -> KnnGraph:
     """k nearest neighbours (Euclidean), self excluded.
 
@@ -161,8 +146,9 @@ def knn_graph(
     seed : int
         Seed of the approximate index's k-means (unused for exact search). The result does not depend on
         the number of threads faiss uses.
-    exact_below : int
-        Brute force when ``n < exact_below`` (blocked, memory ``O(block·n)``), faiss otherwise.
+    search : KnnSearchConfig, optional
+        ``analysis.knn`` (its defaults when None): brute force when ``n < search.exact_below`` (blocked,
+        memory ``O(block·n)``), faiss's inverted-file index with these settings otherwise.
 
     Returns
     -------
@@ -178,10 +164,11 @@ def knn_graph(
     k = min(n_neighbors, n - 1)
     if k <= 0:
         return KnnGraph(np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32), True)
-    if n < exact_below:
+    s = search if search is not None else KnnSearchConfig()
+    if n < s.exact_below:
         idx, dist = _exact_knn(x, k)
         return KnnGraph(idx, dist, True)
-    idx, dist = _approx_knn(x, k, seed)
+    idx, dist = _approx_knn(x, k, seed, s)
     return KnnGraph(idx, dist, False)
 
 
@@ -309,7 +296,7 @@ def spectral_embedding(
     n_eigenvectors: int = 32,
     seed: int = 0,
     affinity: str = "binary",
-    exact_below: int = EXACT_KNN_BELOW,
+    search: KnnSearchConfig | None = None,
     tol: float | None = None,
     knn: KnnGraph | None = None,
 ) -> SpectralResult:
@@ -327,14 +314,14 @@ def spectral_embedding(
         Seeds the approximate kNN and the Lanczos start vector; equal inputs and seed give identical output.
     affinity : str
         ``"binary"`` or ``"heat"``, see :func:`affinity_matrix`.
-    exact_below : int
-        Exact kNN below this ``n``, faiss above.
+    search : KnnSearchConfig, optional
+        How the kNN graph is searched (``analysis.knn``), see :func:`knn_graph`.
     tol : float, optional
         Relative eigsh tolerance. Eigenvalue errors are ~tol² · ‖S‖, eigenvector errors ~tol. Default:
         1e-8 in float64 (``n < 10,000``), 1e-5 in float32 (larger ``n``).
     knn : KnnGraph, optional
         A kNN graph of ``features`` already computed by :func:`knn_graph` (then ``n_neighbors``,
-        ``exact_below`` and the seed are not used for the search).
+        ``search`` and the seed are not used for the search).
 
     Returns
     -------
@@ -347,7 +334,7 @@ def spectral_embedding(
         raise DataError(f"features must be a non-empty 2-D array (n, d), got shape {x.shape}")
     n = x.shape[0]
     if knn is None:
-        knn = knn_graph(x, n_neighbors=n_neighbors, seed=seed, exact_below=exact_below)
+        knn = knn_graph(x, n_neighbors=n_neighbors, seed=seed, search=search)
     elif knn.indices.shape[0] != n:
         raise DataError(f"knn has {knn.indices.shape[0]} rows, features have {n}")
     m = max(1, min(n_eigenvectors, n))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from spray.config.audit import AuditConfig
-from spray.config.data import TransformConfig
 
 _FACTORY_CONTRACT = """## Factory datasets (`data.kind: factory`)
 
@@ -59,7 +58,11 @@ def config_reference_markdown() -> str:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             sections.append((name, ann))
-    sections.append(("data.transform", TransformConfig))
+    for name, model in list(sections[1:]):
+        for sub, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                sections.append((f"{name}.{sub}", ann))
     out = [
         "# Config reference",
         "",

@@ -13,6 +13,7 @@ from spray.analysis.preprocess import normalize_heatmaps, reduce_dimension
 from spray.analysis.scoring import InterventionProbe, score_class
 from spray.analysis.spectral import spectral_embedding
 from spray.config import ScoringConfig
+from spray.config.analysis import KChoiceConfig
 from spray.lab.synthetic import make_heatmaps
 from spray.records import ClusterFinding, ClusteringResult, SpectralResult
 
@@ -47,7 +48,7 @@ def make_case(small_fraction: float, n_clusters: int = 5, seed: int = 2) -> Case
     spectral = spectral_embedding(
         reduce_dimension(feats, n_components=64, seed=0), n_neighbors=10, n_eigenvectors=16
     )
-    clustering = cluster_sweep(spectral, k_max=6, seed=0, n_init=4)
+    clustering = cluster_sweep(spectral, k_max=6, seed=0, choice=KChoiceConfig(n_init=4))
     ids = [f"s{i:04d}" for i in range(N)]
     return Case(ids, feats.reshape(N, SIZE, SIZE), labels, small, spectral, clustering)
 

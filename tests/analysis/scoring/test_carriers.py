@@ -12,6 +12,7 @@ from spray.analysis.scoring.carriers import Stamp, stamp_distance
 from spray.analysis.scoring.geometry import Region
 from spray.analysis.spectral import spectral_embedding
 from spray.config import ScoringConfig
+from spray.config.analysis import KChoiceConfig
 from tests.analysis.scoring.cases import CLASS, NAME, Case, make_probe, patch_predictor, score
 
 
@@ -68,7 +69,7 @@ def test_a_stamp_that_jitters_near_one_place_is_seen_alike_in_its_own_windows() 
     spectral = spectral_embedding(
         reduce_dimension(feats, n_components=32, seed=0), n_neighbors=10, n_eigenvectors=12
     )
-    clustering = cluster_sweep(spectral, k_max=6, seed=0, n_init=4)
+    clustering = cluster_sweep(spectral, k_max=6, seed=0, choice=KChoiceConfig(n_init=4))
     images = {sid: torch.from_numpy(x[i]) for i, sid in enumerate(ids)}
     others = {
         f"o{j}": torch.rand(1, size, size, generator=torch.Generator().manual_seed(j)) * 0.5
