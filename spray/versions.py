@@ -29,7 +29,7 @@ LRP_VERSION = 3
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).
-# 4: concept-space analysis beside the pixel space (concepts section): concept-only findings, pixel
+# 4: concept-space analysis beside the pixel space (concepts section, off by default): concept-only findings, pixel
 # findings a concept cluster matches carry its evidence (space "both"), per-sample suspicion over both.
 ANALYSIS_VERSION = 4
 

@@ -82,7 +82,9 @@ def test_the_audit_stores_concept_findings_that_the_reader_reads_back(tmp_path: 
     from spray.audit import audit
     from tests.runs.builders import tiny_config
 
-    cfg = tiny_config(tmp_path, n_per_class=14, concepts={"candidates": 2, "min_cluster_size": 2})
+    cfg = tiny_config(
+        tmp_path, n_per_class=14, concepts={"enabled": True, "candidates": 2, "min_cluster_size": 2}
+    )
     report = audit(cfg, progress=False)
     run = RunReader.open(report.run_dir)
     raw = json.loads(run.files.summary.read_text())
@@ -102,7 +104,7 @@ def test_without_concepts_the_pixel_findings_do_not_change(tmp_path: Path) -> No
     from spray.audit import audit
     from tests.runs.builders import tiny_config
 
-    on = audit(tiny_config(tmp_path / "on"), progress=False)
+    on = audit(tiny_config(tmp_path / "on", concepts={"enabled": True}), progress=False)
     off = audit(tiny_config(tmp_path / "off", concepts={"enabled": False}), progress=False)
     pixel_on = [(f.key, f.score, f.member_ids) for f in on.findings if f.space != "concept"]
     assert pixel_on == [(f.key, f.score, f.member_ids) for f in off.findings]
@@ -173,7 +175,9 @@ def test_the_audit_stores_each_members_conditional_heatmap(tmp_path: Path) -> No
     from tests.runs.builders import tiny_config
 
     cfg = tiny_config(
-        tmp_path, n_per_class=14, concepts={"candidates": 2, "min_cluster_size": 2, "conditional_members": 4}
+        tmp_path,
+        n_per_class=14,
+        concepts={"enabled": True, "candidates": 2, "min_cluster_size": 2, "conditional_members": 4},
     )
     report = audit(cfg, progress=False)
     run = RunReader.open(report.run_dir)
