@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,20 +68,18 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     Raises
     ------
     ConfigError
-        The database does not exist or is not a flag database.
+        The database does not exist.
+    SprayError
+        The database is damaged or not a flag database (raised by :class:`~spray.flags.FlagStore`).
     SprayError
         No such flags (the message says which datasets and finding keys do have flags).
     """
     if not db.is_file():
         raise ConfigError(_no_db_message(db))
-    try:
-        store = FlagStore(db)
-        rows = store.current(dataset, cfg.flag_status)
-        datasets = store.datasets()
-    except sqlite3.DatabaseError as err:
-        raise ConfigError(
-            f"{db} is not a readable flag database ({err}). Check correction.flags_db."
-        ) from None
+    # FlagStore reports a damaged or foreign database itself (the file, the reason, what to do).
+    store = FlagStore(db)
+    rows = store.current(dataset, cfg.flag_status)
+    datasets = store.datasets()
     if not rows:
         others = [d for d in datasets if d != dataset]
         hint = (
