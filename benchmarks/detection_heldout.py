@@ -349,10 +349,10 @@ def run_cell(cell: Cell, spec: DatasetSpec, work: Path) -> dict[str, Any]:
     t0 = time.time()
     info = prepare(cell, spec, root)
     t1 = time.time()
-    run_dir = audit_with_cli(_with_concepts(root / "config.yaml"))
+    run_dir = audit_with_cli(_with_overrides(root / "config.yaml"))
     row = {**asdict(cell), "learned": info["learned"], "logit_drop": info.get("logit_drop"),
            "train_acc": info["train_acc"], "n": info["n"], "code": CODE, "audit_s": time.time() - t1,
-           "prepare_s": t1 - t0, "concepts": CONCEPTS}  # fmt: skip
+           "prepare_s": t1 - t0, "concepts": CONCEPTS, "overrides": OVERRIDES}  # fmt: skip
     row.update(evaluate(cell, info, run_dir))
     # The published run is rebuilt from the cache on a rerun: only the data, model and caches are kept.
     if not os.environ.get("SPRAY_HELDOUT_KEEP_RUNS"):
@@ -362,15 +362,34 @@ def run_cell(cell: Cell, spec: DatasetSpec, work: Path) -> dict[str, Any]:
 
 #: ``--concepts on|off``: the ``concepts.enabled`` of every audit (None: the config's default).
 CONCEPTS: str | None = None
+#: ``--set SECTION.FIELD=VALUE``: config overrides of every audit (recorded in each row; e.g. the lowered
+#: intervention gates of the flag's operating-curve run, ``benchmarks/flag_curve.py``).
+OVERRIDES: dict[str, Any] = {}
 
 
-def _with_concepts(config: Path) -> Path:
-    """``config``, or a copy beside it with ``concepts.enabled`` set by ``--concepts``."""
-    if CONCEPTS is None:
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"scoring.flag_min_appearance=0"`` -> ``("scoring.flag_min_appearance", 0)`` (the value read as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected SECTION.FIELD=VALUE")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _with_overrides(config: Path) -> Path:
+    """``config``, or a copy beside it with ``--concepts`` and the ``--set`` overrides applied."""
+    if CONCEPTS is None and not OVERRIDES:
         return config
     raw = yaml.safe_load(config.read_text())
-    raw["concepts"] = {"enabled": CONCEPTS == "on"}
-    out = config.with_name(f"config-concepts-{CONCEPTS}.yaml")
+    if CONCEPTS is not None:
+        raw["concepts"] = {"enabled": CONCEPTS == "on"}
+    for key, value in OVERRIDES.items():
+        *path, leaf = key.split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    tag = hashlib.sha256(json.dumps([CONCEPTS, OVERRIDES], sort_keys=True).encode()).hexdigest()[:8]
+    out = config.with_name(f"config-{tag}.yaml")
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
 
@@ -472,9 +491,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--code", default=None, help="with --report: only rows of this code version")
     ap.add_argument("--concepts", choices=("on", "off"), default=None, help="set concepts.enabled")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field of every audit (repeatable; recorded in each row)",
+    )
     args = ap.parse_args(argv)
-    global CONCEPTS
+    global CONCEPTS, OVERRIDES
     CONCEPTS = args.concepts
+    OVERRIDES = dict(args.overrides)
     if args.report is not None:
         rows = [json.loads(line) for p in args.report for line in p.read_text().splitlines() if line.strip()]
         print(summarize([r for r in rows if args.code is None or r["code"] == args.code]))
@@ -486,7 +515,8 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     if out.exists():
-        done = {(r["dataset"], r["family"], r["fraction"], r["target"], r["seed"], r["code"])
+        done = {(r["dataset"], r["family"], r["fraction"], r["target"], r["seed"], r["code"],
+                 json.dumps(r.get("overrides") or {}, sort_keys=True))
                 for r in map(json.loads, out.read_text().splitlines()) if r}  # fmt: skip
     specs = {d.name: d for d in split.datasets}
     todo = [
@@ -495,7 +525,8 @@ def main(argv: list[str] | None = None) -> None:
         and (args.families is None or c.family in args.families or c.family == "none")
         and (args.fractions is None or c.family == "none" or c.fraction in args.fractions)
         and (args.seeds is None or c.seed in args.seeds)
-        and (c.dataset, c.family, c.fraction, c.target, c.seed, CODE) not in done
+        and (c.dataset, c.family, c.fraction, c.target, c.seed, CODE, json.dumps(OVERRIDES, sort_keys=True))
+        not in done
     ]  # fmt: skip
     i_shard, n_shard = (int(v) for v in args.shard.split("/"))
     todo = todo[i_shard::n_shard]

@@ -1,0 +1,219 @@
+"""The flag's operating curve on the held-out protocol's tuning split, and the rule that picks its default.
+
+The ``suspicious`` flag needs alike pixels (``scoring.flag_min_appearance``, and relative to the class's
+own typical appearance ``scoring.flag_min_relative_appearance``) and one intervention that clears its
+margins against the same-class null. The appearance thresholds also gate which candidates are run through
+the model at all, so a run with the default thresholds says nothing about lower ones. The curve therefore
+comes from a tuning run with the gates open, in which every appraised candidate gets the interventions::
+
+    export PYTHONPATH=$PWD OMP_NUM_THREADS=1
+    G="--set scoring.flag_min_appearance=0 --set scoring.flag_min_relative_appearance=0 \\
+       --set scoring.intervention_candidates=8"
+    for ds in fashion digits; do
+      python benchmarks/detection_heldout.py --split tuning --datasets $ds --seeds 0 1 2 3 4 5 6 7 8 9 $G \\
+          --out curve_$ds.jsonl &
+    done; wait
+    python benchmarks/flag_curve.py curve_fashion.jsonl curve_digits.jsonl
+
+For every pair of thresholds (appearance, relative appearance) this replays the verdict offline: per
+class, the candidates whose appearance reaches both thresholds are the eligible ones, the first
+``intervention_candidates`` of them (leading map score first, hot-spot groups last, as the audit orders
+them) are judged with spray's own :func:`~spray.analysis.scoring.verdict.judge` and their recorded
+intervention outcomes. A candidate without recorded interventions (beyond the open run's cap) cannot be
+flagged. A flag *hits* when it is in the poisoned class and at least half its members are planted.
+
+**The rule, fixed before the curve run's results were read** (3 Dec 2026): among the threshold pairs
+at which the tuning split raises no false alarm on a clean model and at most 2 % of the poisoned models
+raise another alarm, *and* so does the pair one relative-appearance step (0.05) lower (a margin for
+data it was not tuned on), take the one with the highest flag recall on learned shortcuts at p ≥ 0.1;
+ties go to the higher recall at p = 0.05, then to the higher relative-appearance threshold, then to the
+higher appearance threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from spray.analysis.scoring import HOTSPOT_K
+from spray.analysis.scoring.intervention import InterventionTest, Removal
+from spray.analysis.scoring.verdict import judge
+from spray.config import ScoringConfig
+
+#: A flagged candidate counts for the planted artifact when at least this share of its members is planted.
+FLAG_PRECISION = 0.5
+APPEARANCES = (0.2, 0.3, 0.4, 0.5)
+RELATIVES = tuple(round(0.05 * i, 2) for i in range(17))  # 0.0 .. 0.8
+#: The rule's false-alarm budget on the tuning split.
+MAX_CLEAN_ALARMS = 0
+MAX_OTHER_ALARM_RATE = 0.02
+STEP = 0.05
+
+
+@dataclass(frozen=True)
+class Point:
+    """The tuning split's outcome at one pair of thresholds."""
+
+    appearance: float
+    relative: float
+    recall: float  # learned, p >= 0.1
+    recall_rare: float  # learned, p = 0.05
+    clean_alarms: int
+    clean_models: int
+    other_alarm_rate: float  # poisoned models with a flag that is not a hit
+    agreement: float  # cells (all but the seed) whose seeds agree on the flag, p >= 0.1
+
+
+def _test(sig: dict[str, Any]) -> InterventionTest | None:
+    """The recorded interventions of a candidate as spray's record (None when none ran)."""
+    if sig.get("flip_rate") is None and sig.get("removal_drop") is None:
+        return None
+    removal = None
+    if sig.get("removal_drop") is not None:
+        removal = Removal(sig["removal_drop"], sig["removal_null"], sig["removal_p"], sig["removal_auroc"],
+                          sig.get("removal_spread", 0.0))  # fmt: skip
+    return InterventionTest(
+        appearance=sig["appearance"], aligned=bool(sig.get("aligned", 0.0)),
+        appearance_null=sig.get("appearance_null", 0.0), flip_rate=sig.get("flip_rate"),
+        flip_null=sig.get("flip_null"), flip_p=sig.get("flip_p", 1.0), removal=removal,
+        paste_gain=sig.get("paste_gain"), paste_gain_null=sig.get("paste_gain_null"),
+        paste_gain_p=sig.get("paste_gain_p", 1.0),
+    )  # fmt: skip
+
+
+def _k(cand: dict[str, Any]) -> int:
+    """The candidate's k, from its key ``"<class>/k<k>/c<id>"``."""
+    return int(cand["key"].split("/")[1][1:])
+
+
+def flags(row: dict[str, Any], config: ScoringConfig) -> list[dict[str, Any]]:
+    """The candidates of one open-gate row that the audit would flag under ``config``'s thresholds."""
+    by_class: dict[int, list[dict[str, Any]]] = {}
+    for cand in row["tested"]:
+        by_class.setdefault(cand["class"], []).append(cand)
+    out = []
+    for cands in by_class.values():
+        cands.sort(key=lambda c: (_k(c) == HOTSPOT_K, -c.get("map_score", 0.0)))
+        run = 0
+        for cand in cands:
+            test = _test(cand)
+            if test is None or run >= config.intervention_candidates:
+                continue
+            if cand["appearance"] < config.flag_min_appearance:
+                continue
+            if test.relative_appearance < config.flag_min_relative_appearance:
+                continue
+            run += 1
+            shell = SimpleNamespace(map_score=cand.get("map_score", 0.0), signals=cand)
+            if judge(shell, test, config, use_probe=True).suspicious:  # type: ignore[arg-type]
+                out.append(cand)
+    return out
+
+
+def evaluate(rows: list[dict[str, Any]], appearance: float, relative: float) -> Point:
+    """Flag recall, false alarms and seed agreement of the rows at one pair of thresholds."""
+    config = ScoringConfig(flag_min_appearance=appearance, flag_min_relative_appearance=relative)
+    hits: dict[int, bool] = {}
+    other: dict[int, bool] = {}
+    for i, row in enumerate(rows):
+        flagged = flags(row, config)
+        good = [f for f in flagged if f["class"] == row["target"] and f["precision"] >= FLAG_PRECISION]
+        hits[i] = bool(good) and row["family"] != "none"
+        other[i] = len(flagged) > len(good) or (row["family"] == "none" and bool(flagged))
+    poisoned = [i for i, r in enumerate(rows) if r["family"] != "none"]
+    learned = [i for i in poisoned if rows[i]["learned"]]
+    big = [i for i in learned if rows[i]["fraction"] >= 0.1]
+    rare = [i for i in learned if rows[i]["fraction"] < 0.1]
+    clean = [i for i, r in enumerate(rows) if r["family"] == "none"]
+    groups: dict[tuple[Any, ...], list[bool]] = {}
+    for i in poisoned:
+        r = rows[i]
+        if r["fraction"] >= 0.1:
+            groups.setdefault((r["dataset"], r["family"], r["fraction"]), []).append(hits[i])
+    full = [v for v in groups.values() if len(v) >= 2]
+    return Point(
+        appearance, relative,
+        recall=float(np.mean([hits[i] for i in big])) if big else float("nan"),
+        recall_rare=float(np.mean([hits[i] for i in rare])) if rare else float("nan"),
+        clean_alarms=sum(other[i] for i in clean), clean_models=len(clean),
+        other_alarm_rate=float(np.mean([other[i] for i in poisoned])) if poisoned else 0.0,
+        agreement=float(np.mean([len(set(v)) == 1 for v in full])) if full else float("nan"),
+    )  # fmt: skip
+
+
+def _safe(point: Point) -> bool:
+    return point.clean_alarms <= MAX_CLEAN_ALARMS and point.other_alarm_rate <= MAX_OTHER_ALARM_RATE
+
+
+def choose(points: list[Point]) -> Point | None:
+    """The rule of the module docstring (None when no pair is safe)."""
+    at = {(p.appearance, p.relative): p for p in points}
+    ok = []
+    for p in points:
+        below = at.get((p.appearance, round(p.relative - STEP, 2)))
+        if _safe(p) and (below is None or _safe(below)):
+            ok.append(p)
+    if not ok:
+        return None
+
+    def rank(p: Point) -> tuple[float, ...]:
+        recall, rare = (-1.0 if np.isnan(v) else v for v in (p.recall, p.recall_rare))
+        return (recall, rare, p.relative, p.appearance)
+
+    return max(ok, key=rank)
+
+
+def table(points: list[Point], chosen: Point | None, default: tuple[float, float]) -> str:
+    """Markdown: one row per threshold pair, the chosen and the current default marked."""
+    out = ["| appearance | relative | flag recall p ≥ 0.1 | flag recall p = 0.05 | clean alarms | other alarms "
+           "| seed agreement | |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in points:
+        mark = []
+        if chosen is not None and (p.appearance, p.relative) == (chosen.appearance, chosen.relative):
+            mark.append("**chosen**")
+        if (p.appearance, p.relative) == default:
+            mark.append("default before")
+        out.append(
+            f"| {p.appearance:.2f} | {p.relative:.2f} | {p.recall:.2f} | {p.recall_rare:.2f} | "
+            f"{p.clean_alarms} of {p.clean_models} | {p.other_alarm_rate:.1%} | {p.agreement:.2f} | {', '.join(mark)} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rows", type=Path, nargs="+", help="results files of an open-gate tuning run")
+    ap.add_argument("--all", action="store_true", help="every threshold pair, not only appearance 0.4")
+    args = ap.parse_args(argv)
+    rows = [json.loads(li) for p in args.rows for li in p.read_text().splitlines() if li.strip()]
+    if any(r.get("split", "tuning") != "tuning" for r in rows):
+        raise SystemExit(
+            "flag_curve: these rows are not all of the tuning split; the default is chosen on it only"
+        )
+    points = [evaluate(rows, a, r) for a in APPEARANCES for r in RELATIVES]
+    chosen = choose(points)
+    default = ScoringConfig()
+    shown = (
+        points
+        if args.all
+        else [p for p in points if p.appearance == default.flag_min_appearance or p == chosen]
+    )
+    n_big = sum(r["family"] != "none" and r["learned"] and r["fraction"] >= 0.1 for r in rows)
+    print(f"{len(rows)} rows; learned p ≥ 0.1: {n_big}\n")
+    print(table(shown, chosen, (default.flag_min_appearance, default.flag_min_relative_appearance)))
+    if chosen is None:
+        print("\nNo threshold pair meets the false-alarm budget.")
+    else:
+        print(
+            f"\nChosen: flag_min_appearance {chosen.appearance}, flag_min_relative_appearance {chosen.relative}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The flag's operating curve: the offline replay matches the audit's own flags, and the rule picks as
+documented."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ROOT / "benchmarks" / "results" / "detection_heldout_reporting_p02_p005_2026-12-03.jsonl"
+
+
+@pytest.fixture(scope="module")
+def curve():
+    spec = importlib.util.spec_from_file_location("bench_flag_curve", ROOT / "benchmarks" / "flag_curve.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_flag_curve"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_replay_reproduces_the_flags_a_real_run_raised(curve) -> None:
+    """Rows of the reporting run (committed default thresholds): the replay flags exactly what the audit did."""
+    from spray.config import ScoringConfig
+
+    rows = [json.loads(li) for li in ROWS.read_text().splitlines() if li.strip()]
+    config = ScoringConfig(flag_min_appearance=0.4, flag_min_relative_appearance=0.65)
+    flagged = 0
+    for row in rows:
+        got = sorted(c["key"] for c in curve.flags(row, config))
+        assert got == sorted(c["key"] for c in row["tested"] if c["suspicious"]), row["family"]
+        flagged += len(got)
+    assert flagged > 20  # the rows do hold flags to reproduce
+
+
+def _point(curve, rel: float, recall: float, clean: int = 0, other: float = 0.0):
+    return curve.Point(0.4, rel, recall, 0.5, clean, 20, other, 1.0)
+
+
+def test_rule_needs_a_safe_lower_neighbour_and_prefers_recall_then_caution(curve) -> None:
+    points = [
+        _point(curve, 0.40, 0.95, clean=1),  # unsafe itself
+        _point(curve, 0.45, 0.95),  # safe, but its lower neighbour is not
+        _point(curve, 0.50, 0.90),
+        _point(curve, 0.55, 0.90),  # same recall, higher threshold: wins the tie
+        _point(curve, 0.60, 0.80, other=0.03),  # unsafe (other alarms)
+    ]
+    chosen = curve.choose(points)
+    assert (chosen.relative, chosen.recall) == (0.55, 0.90)
+    assert curve.choose([_point(curve, 0.5, 1.0, clean=2)]) is None
+
+
+def test_rows_of_another_split_are_refused(curve, tmp_path: Path) -> None:
+    rows = [json.loads(li) for li in ROWS.read_text().splitlines()[:1]]
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(SystemExit, match="tuning split"):
+        curve.main([str(f)])
