@@ -146,6 +146,10 @@ QUIET_JS = """async () => {
   obs.disconnect();
   return [Math.max(ready, ...ends), performance.now()];
 }"""
+# The overview's ranked findings: the data grid (older apps) or the static table, with its pictures decoded.
+FINDINGS = "[data-testid=stDataFrame], table[data-table=findings]"
+PICTURES_JS = """() => Array.from(document.querySelectorAll('table[data-table=findings] img'))
+  .every(i => i.complete && i.naturalWidth > 0)"""
 # The class page's map is drawn: every drawn point went through plotly's calc and, for a big map, the picture of
 # all points is decoded in the page.
 MAP_DRAWN_JS = """(n) => { const g = document.querySelectorAll('.stPlotlyChart .js-plotly-plot')[1];
@@ -206,8 +210,9 @@ def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, 
             for label in ("cold", "warm"):
                 c, t = tree_cpu(), time.perf_counter()
                 page.goto(url + "/")
-                page.locator("[data-testid=stDataFrame]").first.wait_for(state="visible")
+                page.locator(FINDINGS).first.wait_for(state="visible")
                 page.get_by_text("Since the previous run").wait_for()
+                page.wait_for_function(PICTURES_JS)
                 out[f"browser_overview_{label}_s"] = _settled(page, t)
                 out[f"cpu_overview_{label}_s"] = tree_cpu() - c
             for label in ("cold", "warm"):
@@ -247,7 +252,7 @@ def screenshot(runs: Path, out: Path, db: Path) -> None:
             page = b.new_page(viewport={"width": 1500, "height": 1000})
             page.set_default_timeout(60_000)
             page.goto(url + "/")
-            page.locator("[data-testid=stDataFrame]").first.wait_for(state="visible")
+            page.locator(FINDINGS).first.wait_for(state="visible")
             page.get_by_text("Since the previous run").wait_for()
             _settled(page, time.perf_counter())
             page.wait_for_timeout(1500)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -17,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
+from tests.dashboard_tables import follow_row_link, html_table
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 DATASET = "synthetic-fashion"
@@ -88,12 +90,13 @@ def test_overview_ranks_clusters_and_reports_changes(env: Path, runs: tuple[Path
     assert at.sidebar.selectbox[0].value == runs[2].name
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Samples"] == f"{sum(SIZES):,}" and metrics["Suspicious"] == "1"
-    table = at.dataframe[0].value
-    assert table["class"].iloc[0] == "6 · Shirt" and table["heatmap"].iloc[0].startswith("data:image/png")
-    assert list(table["score"]) == sorted(table["score"], reverse=True)
-    assert table["open"].iloc[0].startswith("cluster?run=")
-    changes = at.dataframe[1].value
-    assert {"new", "grown", "resolved"} & set(changes["change"])
+    table = html_table(at, "findings")
+    assert table[0]["class"] == "6 · Shirt" and table[0]["mean heatmap"].startswith("data:image/png")
+    scores = [float(r["score"]) for r in table]
+    assert scores == sorted(scores, reverse=True)
+    assert table[0]["_href"].startswith("cluster?run=") and table[0]["link"] == "open ↗"
+    changes = html_table(at, "changes")
+    assert {"new", "grown", "resolved"} & {r["change"] for r in changes}
     # The run picker: the older run, through the URL.
     at2 = ok(app(run=runs[1].name).run())
     assert at2.sidebar.selectbox[0].value == runs[1].name
@@ -124,13 +127,16 @@ def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_p
     os.environ["SPRAY_RUNS_DIR"] = str(d)
     at = ok(app().run())
     assert "Recorded by the nightly job (compared with abc)" in texts(at)
-    assert any(df.value["key"].tolist() == ["6/k5/c4"] for df in at.dataframe if "change" in df.value)
+    assert [r["key"] for r in html_table(at, "changes")] == ["6/k5/c4"]
 
 
 def test_overview_row_click_opens_the_cluster(env: Path) -> None:
+    """Every row links its cluster (a click on any cell follows it in the app: the browser test clicks)."""
     at = ok(app().run())
-    at.session_state["ov_findings"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "score"]]}}
-    ok(at.run())
+    table = html_table(at, "findings")
+    run = at.query_params["run"]
+    assert all(r["_href"] == "cluster?" + urlencode({"run": run, "cluster": r["cluster key"]}) for r in table)
+    follow_row_link(at, table[0]["_href"])
     assert at.query_params["cluster"] == "6/k5/c4"
     assert at.title[0].value == "Cluster / selection"
 

@@ -230,14 +230,15 @@ def test_an_auditors_task_from_overview_to_export(served: str, request: pytest.F
             # 1. The overview; the top finding opens with a click on its row (any cell, not a checkbox).
             page.goto(url + "/")
             expect(page.get_by_text("Suspicious clusters")).to_be_visible()
-            grid = page.locator("[data-testid=stDataFrame]").first
-            expect(grid).to_be_visible()
-            page.wait_for_timeout(500)
-            gbox = grid.bounding_box()
-            assert gbox is not None
-            page.mouse.click(gbox["x"] + 420, gbox["y"] + 36 + 30)  # row 1, the "class" column
+            table = page.locator("table[data-table=findings]")
+            expect(table).to_be_visible()
+            session_url = page.url
+            page.evaluate("() => { window.__same_document = true; }")
+            table.locator("tbody tr").first.locator("td").nth(3).click()  # row 1, the "class" column
             page.wait_for_url("**/cluster?**")
             assert f"cluster={top.key.replace('/', '%2F')}" in page.url or f"cluster={top.key}" in page.url
+            # In the app (the session and its access kept), not a new document.
+            assert page.evaluate("() => window.__same_document === true"), session_url
 
             # 2. Its members and its full evidence.
             expect(page.get_by_role("heading", name=f"Members ({top.size})")).to_be_visible()

@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
 from tests.dashboard_runinfo import findings, top_finding
+from tests.dashboard_tables import follow_row_link, html_table
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 DATASET = "synthetic-fashion"
@@ -362,9 +363,9 @@ def test_overview_cell_click_opens_the_cluster_and_the_full_evidence_is_there(
     text = shown(at)
     for line in top.evidence:
         assert line in text
-    assert " ▸ ".join(top.evidence) in at.dataframe[0].value["evidence"].iloc[0]
-    at.session_state["ov_findings"] = {"selection": {"rows": [], "columns": [], "cells": [[0, "class"]]}}
-    ok(at.run())
+    row = html_table(at, "findings")[0]
+    assert row["evidence (all lines)"] == " ▸ ".join(top.evidence)
+    follow_row_link(at, row["_href"])
     assert at.title[0].value == "Cluster / selection" and at.query_params["cluster"] == top.key
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import common
 import flagform
-import pandas as pd
+import htmltable
 import safetext
 import streamlit as st
 import urlstate
@@ -85,52 +85,43 @@ def n_flagged(key: str) -> int:
     return sum(1 for s in common.members(path, key) if s in flagged) if flagged else 0
 
 
-table = pd.DataFrame(
-    {
-        "rank": [f.rank for f in shown],
-        "heatmap": [thumbnail(f.key) for f in shown],
-        "score": [f.score for f in shown],
-        "class": [safetext.plain(f"{f.class_index} · {f.class_name}") for f in shown],
-        "size": [f.size for f in shown],
-        "share": [f.fraction for f in shown],
-        "suspicious": [f.suspicious for f in shown],
-        "flagged": [n_flagged(f.key) for f in shown],
-        "evidence": [safetext.plain(" ▸ ".join(f.evidence), limit=2000) for f in shown],
-        "open": ["cluster?" + urlencode({"run": run, "cluster": f.key}) for f in shown],
-        "key": [f.key for f in shown],
-    }
-)
+rows = [
+    htmltable.Row(
+        [
+            htmltable.number(f.rank),
+            htmltable.image(thumbnail(f.key)),
+            htmltable.number(f.score, "{:.2f}"),
+            htmltable.text(f"{f.class_index} · {f.class_name}"),
+            htmltable.number(f.size),
+            htmltable.bar(f.fraction),
+            htmltable.text("yes" if f.suspicious else ""),
+            htmltable.number(n_flagged(f.key)),
+            htmltable.lines(list(f.evidence)),
+            htmltable.text(f.key),
+            htmltable.link("open ↗", href, new_tab=True),
+        ],
+        href=href,
+        key=f.key,
+    )
+    for f in shown
+    for href in ["cluster?" + urlencode({"run": run, "cluster": f.key})]
+]
 for file, reason in unreadable.items():
     st.warning(
         f"Run {safetext.code(run)}: {safetext.code(file)} cannot be read ({safetext.md(reason)}); its findings "
         "are listed without their mean heatmap."
     )
 st.caption("Click any cell of a row to open that cluster (the `open ↗` link opens it in a new tab).")
-ev = st.dataframe(
-    table,
-    hide_index=True,
-    on_select="rerun",
-    selection_mode="single-cell",
-    key="ov_findings",
-    row_height=60,
-    height=min(60 * len(table) + 40, 700),
-    column_config={
-        "heatmap": st.column_config.ImageColumn("mean heatmap", width="small"),
-        "score": st.column_config.NumberColumn("score", format="%.2f"),
-        "share": st.column_config.ProgressColumn(
-            "share of class", min_value=0.0, max_value=1.0, format="percent"
-        ),
-        "evidence": st.column_config.TextColumn("evidence (all lines)", width="large"),
-        "open": st.column_config.LinkColumn("link", display_text="open ↗"),
-        "key": st.column_config.TextColumn("cluster key"),
-    },
-)
-picked: list[int] = []
-if ev and ev["selection"]:
-    picked = list(ev["selection"].get("rows", [])) + [int(c[0]) for c in ev["selection"].get("cells", [])]
-if picked and 0 <= picked[0] < len(table):
-    key = table["key"].iloc[picked[0]]
-    st.switch_page(common.PAGES["cluster"], query_params={"run": run, "cluster": key})
+# A static table: no data-grid code before the first paint (see htmltable).
+st.html(
+    htmltable.render(
+        ["rank", "mean heatmap", "score", "class", "size", "share of class", "suspicious", "flagged",
+         "evidence (all lines)", "cluster key", "link"],
+        rows,
+        "findings",
+    ),
+    unsafe_allow_javascript=True,
+)  # fmt: skip
 
 if shown:
     st.subheader("Evidence in full")
@@ -149,6 +140,17 @@ if shown:
 st.subheader("Since the previous run")
 
 
+def changes_cell(value: object) -> htmltable.Cell:
+    """One cell of the changes table (numbers right-aligned, scores with two decimals, none left empty)."""
+    if value is None:
+        return htmltable.text("")
+    if isinstance(value, float):
+        return htmltable.number(value, "{:.2f}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return htmltable.number(value)
+    return htmltable.text(value)
+
+
 def show_changes(ch: ChangeSet, how: str) -> None:
     """A change set (spray's one change detector) as a table of the clusters that are new, grown or resolved."""
     rule = ch.rule
@@ -165,24 +167,12 @@ def show_changes(ch: ChangeSet, how: str) -> None:
     if not any(r["change"] in ("new", "grown") for r in rows):
         st.success("No new or grown suspicious clusters.")
     if rows:
-        st.dataframe(
-            pd.DataFrame(rows)[
-                [
-                    "change",
-                    "key",
-                    "class_name",
-                    "size",
-                    "previous_size",
-                    "score",
-                    "jaccard",
-                    "correlation",
-                    "previous_key",
-                    "note",
-                ]
-            ],
-            hide_index=True,
-            key="ov_changes",
-            column_config={"score": st.column_config.NumberColumn(format="%.2f")},
+        cols = ["change", "key", "class_name", "size", "previous_size", "score", "jaccard", "correlation",
+                "previous_key", "note"]  # fmt: skip
+        st.html(
+            htmltable.render(
+                cols, [htmltable.Row([changes_cell(r[c]) for c in cols]) for r in rows], "changes"
+            )
         )
     for u in ch.unreadable:
         st.caption(f"Passed over (unreadable): {safetext.code(u.run)}")

@@ -1,0 +1,111 @@
+"""Static HTML tables (``st.html``): no data-grid code to fetch before a page's first paint.
+
+``st.dataframe`` needs Streamlit's data-grid chunk (~50 lazily loaded modules) before it can draw anything;
+a plain HTML table needs none. Rows with a ``href`` open it in the app (one small script turns a click on
+any cell into Streamlit's own in-app navigation: the session, its access and its author are kept); a
+modified click or a browser without scripts follows the row's link. Every cell is HTML-escaped here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import safetext
+
+STYLE = """<style>
+table.spray-table{border-collapse:collapse;width:100%;font-size:0.85rem}
+table.spray-table th{text-align:left;font-weight:600;border-bottom:1px solid rgba(49,51,63,0.3);padding:4px 6px}
+table.spray-table td{border-bottom:1px solid rgba(49,51,63,0.1);padding:4px 6px;vertical-align:top}
+table.spray-table td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.spray-table tr[data-href]{cursor:pointer}
+table.spray-table tr[data-href]:hover{background:rgba(151,166,195,0.15)}
+table.spray-table img{image-rendering:pixelated;display:block}
+table.spray-table .bar{background:rgba(151,166,195,0.25);width:80px;height:8px;border-radius:4px}
+table.spray-table .bar>div{background:#ff4b4b;height:8px;border-radius:4px}
+table.spray-table ul{margin:0;padding-left:1.1em}
+</style>"""
+
+# A plain left click on a row: Streamlit's own navigation (it follows history changes) instead of a reload.
+NAVIGATE = """<script>
+(() => {
+  const table = document.currentScript.parentElement.querySelector('table.spray-table');
+  if (!table) return;
+  table.addEventListener('click', (e) => {
+    if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    const link = e.target.closest('a');
+    if (link && link.target === '_blank') return;
+    const row = e.target.closest('tr[data-href]');
+    if (!row) return;
+    e.preventDefault();
+    window.history.pushState(null, '', new URL(row.dataset.href, window.location.href));
+    window.dispatchEvent(new PopStateEvent('popstate'));
+  });
+})();
+</script>"""
+
+
+NUM = ' class="num"'
+
+
+@dataclass
+class Cell:
+    """One cell: ``html`` is already safe markup (build it with the helpers below)."""
+
+    html: str
+    numeric: bool = False
+
+
+@dataclass
+class Row:
+    """A row; ``href`` (relative to the app, e.g. ``cluster?run=…``) makes it open that view."""
+
+    cells: list[Cell]
+    href: str | None = None
+    key: str = field(default="")
+
+
+def text(value: object) -> Cell:
+    return Cell(safetext.html_text(value))
+
+
+def number(value: float, fmt: str = "{:,}") -> Cell:
+    return Cell(safetext.html_text(fmt.format(value)), numeric=True)
+
+
+def image(uri: str | None, size: int = 56) -> Cell:
+    """A ``data:image/png`` picture (anything else is left out, never fetched)."""
+    if not uri or not uri.startswith("data:image/png;base64,"):
+        return Cell("")
+    return Cell(f'<img src="{safetext.html_text(uri)}" width="{size}" height="{size}" alt="">')
+
+
+def bar(fraction: float) -> Cell:
+    """A share as a small bar and its percentage."""
+    pct = max(0.0, min(1.0, float(fraction))) * 100
+    return Cell(f'<div class="bar"><div style="width:{pct:.1f}%"></div></div>{pct:.1f} %')
+
+
+def lines(values: list[str]) -> Cell:
+    """Every line, as a list (never truncated)."""
+    return Cell("<ul>" + "".join(f"<li>{safetext.html_text(v)}</li>" for v in values) + "</ul>")
+
+
+def link(label: str, href: str, new_tab: bool = False) -> Cell:
+    target = "_blank" if new_tab else "_self"
+    return Cell(f'<a href="{safetext.html_text(href)}" target="{target}">{safetext.html_text(label)}</a>')
+
+
+def render(headers: list[str], rows: list[Row], name: str) -> str:
+    """The table as HTML (``name`` becomes its ``data-table`` attribute, for tests and the benchmark)."""
+    head = "".join(f"<th>{safetext.html_text(h)}</th>" for h in headers)
+    body = []
+    for r in rows:
+        attrs = f' data-href="{safetext.html_text(r.href)}"' if r.href else ""
+        attrs += f' data-key="{safetext.html_text(r.key)}"' if r.key else ""
+        cells = "".join(f"<td{NUM if c.numeric else ''}>{c.html}</td>" for c in r.cells)
+        body.append(f"<tr{attrs}>{cells}</tr>")
+    return (
+        f'{STYLE}<table class="spray-table" data-table="{safetext.html_text(name)}">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        + (NAVIGATE if any(r.href for r in rows) else "")
+    )

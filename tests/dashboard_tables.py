@@ -1,0 +1,85 @@
+"""The dashboard's static HTML tables (``dashboard/htmltable.py``) read back in AppTest, as a browser would."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from typing import Any
+
+
+class _Table(HTMLParser):
+    def __init__(self, name: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.name, self.inside, self.headers = name, False, []  # type: ignore[var-annotated]
+        self.rows: list[dict[str, Any]] = []
+        self.cell: list[str] | None = None
+        self.imgs: list[str] = []
+        self.row: list[str] = []
+        self.meta: dict[str, Any] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            self.inside = a.get("data-table") == self.name
+        elif not self.inside:
+            return
+        elif tag == "tr":
+            self.row, self.meta, self.imgs = [], {"_href": a.get("data-href"), "_key": a.get("data-key")}, []
+        elif tag in ("td", "th"):
+            self.cell = []
+        elif tag == "img" and self.cell is not None:
+            self.cell.append(a.get("src") or "")
+        elif tag == "li" and self.cell is not None and self.cell:
+            self.cell.append(" ▸ ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.inside:
+            return
+        if tag in ("td", "th") and self.cell is not None:
+            self.row.append("".join(self.cell).strip())
+            self.cell = None
+        elif tag == "tr":
+            if not self.headers:
+                self.headers = self.row
+            else:
+                self.rows.append({**dict(zip(self.headers, self.row, strict=True)), **self.meta})
+        elif tag == "table":
+            self.inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self.inside and self.cell is not None:
+            self.cell.append(data)
+
+
+def html_tables(at: Any) -> list[str]:
+    """The bodies of every ``st.html`` element of the page."""
+    return [h.proto.body for h in at.get("html")]
+
+
+def html_table(at: Any, name: str) -> list[dict[str, Any]]:
+    """Rows of the page's table ``name`` as {header: cell text, "_href": row link, "_key": row key}.
+
+    An image cell reads as its ``src``; list items are joined with `` ▸ ``. Raises when there is none.
+    """
+    for body in html_tables(at):
+        if f'data-table="{name}"' in body:
+            p = _Table(name)
+            p.feed(body)
+            return p.rows
+    raise AssertionError(f"no table {name!r} on the page")
+
+
+def follow_row_link(at: Any, href: str) -> Any:
+    """What a click on a row does in the browser: Streamlit's in-app navigation to ``href``'s page and query."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    url = urlsplit(href)
+    page = {"cluster": "views/cluster.py", "class": "views/class_view.py", "sample": "views/sample.py"}[
+        url.path
+    ]
+    for k in list(at.query_params):
+        del at.query_params[k]
+    for k, v in parse_qsl(url.query):
+        at.query_params[k] = v
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
