@@ -9,7 +9,9 @@ The run has 110,000 samples: class 0 with 100,000 (the class page's worst case) 
 Timed, each first (cold caches) and second (warm) time:
 
 - overview: the first paint of the ranked clusters;
-- class page: spectrum + the 100k-point map (a picture of every point plus the drawn sample of points);
+- class page: spectrum + the 100k-point map (apps before 2026-12-03 session 4: plotly, a picture of every
+  point plus the drawn sample of points; since: the static spectrum and picture, and then, as
+  ``class_draw``, the interactive map from the click on "Select on the map" until it is drawn);
 - cluster page: one page of 100 thumbnails (overlays rendered with numpy, one st.image call).
 
 Every browser repetition starts a fresh server (cold Streamlit caches) and a fresh browser (cold HTTP cache);
@@ -161,6 +163,16 @@ MAP_DRAWN_JS = """(n) => { const g = document.querySelectorAll('.stPlotlyChart .
   const imgs = g.querySelectorAll('.imagelayer image');
   return imgs.length >= pics; }"""
 
+# The class page's first paint: the static spectrum and the picture of every point decoded (apps whose map
+# is a picture first), else the interactive map drawn.
+CLASS_READY_JS = (
+    """(n) => { const pic = document.querySelector('img[data-map=picture]');
+  if (pic) return pic.complete && pic.naturalWidth > 0 && (document.querySelector('img[data-chart=spectrum]') || {}).complete === true;
+  return ("""
+    + MAP_DRAWN_JS
+    + """)(n); }"""
+)
+
 
 def tree_cpu() -> float:
     """CPU seconds (user + system) used so far by this process's live descendants: server and browser.
@@ -218,10 +230,18 @@ def time_browser(runs: Path, db: Path, run: Path, app: Path = APP) -> dict[str, 
             for label in ("cold", "warm"):
                 c, t = tree_cpu(), time.perf_counter()
                 page.goto(f"{url}/class?run={run.name}&cls=0")
-                page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
-                page.wait_for_function(MAP_DRAWN_JS, arg=100_000)
+                page.wait_for_function(CLASS_READY_JS, arg=100_000)
+                static = page.locator("img[data-map=picture]").count() > 0
+                if not static:
+                    page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
                 out[f"browser_class_100k_{label}_s"] = _settled(page, t)
                 out[f"cpu_class_100k_{label}_s"] = tree_cpu() - c
+                if static:  # the interactive map behind its switch: from the click until it is drawn
+                    c, t = tree_cpu(), time.perf_counter()
+                    page.get_by_text("Select on the map (lasso").click()
+                    page.wait_for_function(MAP_DRAWN_JS.replace("[1]", "[0]"), arg=100_000)
+                    out[f"browser_class_draw_{label}_s"] = _settled(page, t)
+                    out[f"cpu_class_draw_{label}_s"] = tree_cpu() - c
             for label in ("cold", "warm"):
                 c, t = tree_cpu(), time.perf_counter()
                 page.goto(f"{url}/cluster?run={run.name}&cluster={big.key}")
@@ -258,8 +278,7 @@ def screenshot(runs: Path, out: Path, db: Path) -> None:
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out))
             page.goto(url + "/class")
-            page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(state="visible")
-            page.wait_for_function(MAP_DRAWN_JS, arg=1)
+            page.wait_for_function(CLASS_READY_JS, arg=1)
             _settled(page, time.perf_counter())
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out.with_name(out.stem + "-class" + out.suffix)))

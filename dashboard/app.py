@@ -35,7 +35,7 @@ from spray.errors import SprayError  # noqa: E402
 
 URL_KEYS = (
     "run", "cls", "k", "cluster", "page", "color", "view", "sel", "geo", "mode", "cmap", "sort", "filter",
-    "conf", "sample", "dataset", "susp", "top", "status",
+    "conf", "sample", "dataset", "susp", "top", "status", "draw",
 )  # fmt: skip
 
 st.set_page_config(page_title="spray", page_icon=":material/search:", layout="wide")

@@ -173,14 +173,14 @@ def _colour_bar_trace(vmin: float, vmax: float, scale: str, title: str) -> dict[
 # Big maps: picture + sample
 
 
-def _picture(xy: np.ndarray, colours: np.ndarray) -> str:
-    """PNG data URI of all points (``xy`` in 0..QMAX, ``colours`` ``(n, 3)`` uint8), 2×2 px each."""
+def _picture(xy: np.ndarray, colours: np.ndarray, dot: int = 2) -> str:
+    """PNG data URI of all points (``xy`` in 0..QMAX, ``colours`` ``(n, 3)`` uint8), ``dot``×``dot`` px each."""
     px = PICTURE_PX
     img = np.zeros((px, px, 4), np.uint8)
-    col = np.clip((xy[:, 0] * (px - 2) // QMAX).astype(np.int64), 0, px - 2)
-    row = np.clip(((QMAX - xy[:, 1]) * (px - 2) // QMAX).astype(np.int64), 0, px - 2)
-    for dy in (0, 1):
-        for dx in (0, 1):
+    col = np.clip((xy[:, 0] * (px - dot) // QMAX).astype(np.int64), 0, px - dot)
+    row = np.clip(((QMAX - xy[:, 1]) * (px - dot) // QMAX).astype(np.int64), 0, px - dot)
+    for dy in range(dot):
+        for dx in range(dot):
             img[row + dy, col + dx, :3] = colours
             img[row + dy, col + dx, 3] = 200
     buf = io.BytesIO()
@@ -340,3 +340,60 @@ def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") ->
     fig = go.Figure(traces, _validate=not big)
     fig.update_layout(**layout)
     return ClassMap(fig, positions, xy, legend, big)
+
+
+@dataclass
+class MapPicture:
+    """The static map of one class (no plotly): a PNG of every point, its legend or its colour scale.
+
+    Attributes
+    ----------
+    uri : str
+        PNG data URI, :data:`PICTURE_PX` square, every point of the class.
+    legend : dict[str, str]
+        Colour group name → colour (categorical colourings).
+    scale : tuple[float, float, list[str]] | None
+        Minimum, maximum and colours (low → high) of a continuous colouring.
+    """
+
+    uri: str
+    legend: dict[str, str]
+    scale: tuple[float, float, list[str]] | None
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def class_picture(path: str, cls: int, k: int, color_by: str) -> MapPicture:
+    """Every point of the class at ``k`` coloured by ``color_by`` as one picture (the page's first paint)."""
+    data = common.class_data(path, cls)
+    emb = np.asarray(data.embedding, dtype=np.float64)
+    codes, names, continuous = _groups(path, cls, k, color_by)
+    legend = {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}
+    lo, hi = emb.min(axis=0), emb.max(axis=0)
+    xy = np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
+    colours = np.zeros((len(xy), 3), np.uint8)
+    for _, colour, members in _big_groups(codes, names, legend, continuous, color_by):
+        colours[members] = _hex(colour)
+    # Fewer points, bigger dots: a small class stays readable at the page's width.
+    dot = 2 if len(xy) > BIG_MAP else 4 if len(xy) > 2_000 else 6
+    scale = None
+    if continuous is not None:
+        vals = continuous[0]
+        steps = pc.sample_colorscale(continuous[1], [i / 8 for i in range(9)])
+        scale = (float(np.nanmin(vals)), float(np.nanmax(vals)), steps)
+    return MapPicture(_picture(xy, colours, dot), legend if continuous is None else {}, scale)
+
+
+def picture_html(p: MapPicture) -> str:
+    """The static map as HTML: the picture (square, the page's width up to 560 px) and a continuous scale."""
+    parts = [
+        f'<img data-map="picture" src="{p.uri}" alt="every point of the class" '
+        'style="width:100%;max-width:560px;aspect-ratio:1;border:1px solid rgba(49,51,63,0.2)">'
+    ]
+    if p.scale is not None:
+        lo, hi, steps = p.scale
+        gradient = ", ".join(steps)
+        parts.append(
+            f'<div style="max-width:560px;font-size:0.8rem"><div style="height:10px;background:linear-gradient('
+            f'to right, {gradient})"></div><span>{lo:.2f}</span><span style="float:right">{hi:.2f}</span></div>'
+        )
+    return "".join(parts)

@@ -122,4 +122,5 @@ def _warm_run(path: str) -> None:
     if found:
         top = found[0]
         common.class_positions(path, top.class_index)
+        embedmap.class_picture(path, top.class_index, top.k, embedmap.COLOURINGS[0])
         embedmap.class_map(path, top.class_index, top.k, embedmap.COLOURINGS[0], "")

@@ -144,8 +144,8 @@ def test_overview_row_click_opens_the_cluster(env: Path) -> None:
 def test_class_page_colours_switch_k_and_selection_feeds_grid_and_flags(
     env: Path, runs: tuple[Path, Path, Path]
 ) -> None:
-    at = ok(app(cls="6").run().switch_page("views/class_view.py").run())
-    assert at.query_params["cls"] == "6" and at.query_params["k"] == "5"
+    at = ok(app(cls="6", draw="1").run().switch_page("views/class_view.py").run())
+    assert at.query_params["cls"] == "6" and at.query_params["k"] == "5" and at.query_params["draw"] == "1"
     assert at.selectbox(key="w_k").value == 5
     for colour in ("label", "prediction", "confidence", "suspicion", "cluster"):
         ok(at.selectbox(key="w_color").select(colour).run())

@@ -250,11 +250,17 @@ def test_an_auditors_task_from_overview_to_export(served: str, request: pytest.F
             page.get_by_role("link", name="Class").first.click()
             page.wait_for_url(f"**cls={top.class_index}**")
             expect(page.get_by_text("Eigenvalues of the normalised kNN affinity")).to_be_visible()
-            expect(page.locator(".stPlotlyChart")).to_have_count(2)
+            # First paint: the spectrum and a picture of every point, no plotly; the lasso is one switch away.
+            expect(page.locator("img[data-chart=spectrum]")).to_be_visible()
+            expect(page.locator("img[data-map=picture]")).to_be_visible()
+            expect(page.locator(".stPlotlyChart")).to_have_count(0)
+            page.get_by_text("Select on the map (lasso").click()
+            page.wait_for_url("**draw=1**")
+            expect(page.locator(".stPlotlyChart")).to_have_count(1)
             expect(
                 page.locator(".stPlotlyChart .modebar-btn[data-title='Lasso Select']").first
             ).to_be_visible()
-            _lasso(page, 1, walk.lasso)
+            _lasso(page, 0, walk.lasso)
             heading = page.get_by_role("heading", name="Selection:")
             expect(heading).to_be_visible()
             n_sel = int(heading.inner_text().split(":")[1].split()[0].replace(",", ""))

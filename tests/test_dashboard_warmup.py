@@ -37,6 +37,8 @@ def _first_reads(path: str) -> None:
     common.samples(path)
     for f in found[: warmup.OVERVIEW_ROWS]:
         assert common.mean_heatmap_uri(path, f.key, DEFAULT_COLORMAP).startswith("data:image/png")
+    pic = embedmap.class_picture(path, found[0].class_index, found[0].k, embedmap.COLOURINGS[0])
+    assert pic.uri.startswith("data:image/png")
     m = embedmap.class_map(path, found[0].class_index, found[0].k, embedmap.COLOURINGS[0], "")
     assert len(m.xy) == common.class_entry(path, found[0].class_index).n
 

@@ -5,6 +5,8 @@ search, filters, the sample view, flag authors and conflicts, the access token, 
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
 import re
@@ -109,24 +111,48 @@ def test_class_page_opens_at_the_k_of_the_top_finding_with_matching_legend_and_l
         if "score" in p.proto.label
     )
     # Spectrum: one labelled line per distinct k, labels at different heights.
-    spec = charts(at)[0]
-    notes = spec["layout"]["annotations"]
-    assert {n["text"] for n in notes} == {"k=2: chosen", "k=5: top finding, shown"}
-    assert len({n["y"] for n in notes}) == len(notes)
+    notes = spectrum_labels(at)
+    assert set(notes) == {"k=2: chosen", "k=5: top finding, shown"}
+    assert len(set(notes.values())) == len(notes)
     # Another k: legend and list follow it, the marks too.
     ok(at.selectbox(key="w_k").select(3).run())
     legend = "\n".join(str(h.proto.body) for h in at.get("html"))
     assert len(re.findall(r"> c\d+ \(n=", legend)) == 3
     assert "Clusters at k=3" in shown(at)
-    notes = {n["text"] for n in charts(at)[0]["layout"]["annotations"]}
-    assert notes == {"k=2: chosen", "k=3: shown", "k=5: top finding"}
+    assert set(spectrum_labels(at)) == {"k=2: chosen", "k=3: shown", "k=5: top finding"}
+
+
+def spectrum_labels(at: AppTest) -> dict[str, str]:
+    """The static spectrum's k labels → their heights."""
+    tag = next(h.proto.body for h in at.get("html") if 'data-chart="spectrum"' in h.proto.body)
+    body = base64.b64decode(re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', tag)[1]).decode()  # type: ignore[index]
+    return {
+        html.unescape(t): y
+        for y, t in re.findall(r'<text data-k="\d+" x="[^"]+" y="([^"]+)"[^>]*>([^<]+)<', body)
+    }
+
+
+def test_the_first_paint_is_a_picture_and_the_interactive_map_is_one_switch_away(env: Path) -> None:
+    at = open_page("views/class_view.py", cls="6")
+    assert not at.get("plotly_chart")  # no plotly code before the first paint
+    pic = next(h.proto.body for h in at.get("html") if 'data-map="picture"' in h.proto.body)
+    assert 'src="data:image/png;base64,' in pic
+    assert len(re.findall(r"> c\d+ \(n=", "\n".join(str(h.proto.body) for h in at.get("html")))) == 5
+    ok(at.toggle(key="w_draw").set_value(True).run())
+    assert at.query_params["draw"] == "1" and len(at.get("plotly_chart")) == 1
+    ok(at.toggle(key="w_draw").set_value(False).run())
+    assert "draw" not in at.query_params and not at.get("plotly_chart")
+    # A continuous colouring: its scale under the picture.
+    ok(at.selectbox(key="w_color").select("confidence").run())
+    pic = next(h.proto.body for h in at.get("html") if 'data-map="picture"' in h.proto.body)
+    assert "linear-gradient" in pic
 
 
 def test_the_lasso_tool_is_always_visible(env: Path) -> None:
-    at = open_page("views/class_view.py", cls="6")
-    config = json.loads(at.get("plotly_chart")[1].proto.config)
+    at = open_page("views/class_view.py", cls="6", draw="1")
+    config = json.loads(at.get("plotly_chart")[0].proto.config)
     assert config["displayModeBar"] is True
-    assert charts(at)[1]["layout"]["dragmode"] == "lasso"
+    assert charts(at)[0]["layout"]["dragmode"] == "lasso"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,7 +173,7 @@ def _lasso_event(at: AppTest, run: Path) -> dict[str, Any]:
 
 def test_a_lasso_selection_is_in_the_url_and_a_reload_shows_it_again(env: Path, run_dir: Path) -> None:
     top = top_finding(run_dir)
-    at = open_page("views/class_view.py", cls="6")
+    at = open_page("views/class_view.py", cls="6", draw="1")
     at.session_state["embedding_6"] = _lasso_event(at, run_dir)
     ok(at.run())
     assert any(f"Selection: {top.size:,} samples" in s.value for s in at.subheader)
@@ -156,7 +182,7 @@ def test_a_lasso_selection_is_in_the_url_and_a_reload_shows_it_again(env: Path, 
     # A new browser with that URL: same selection, the lasso drawn on the map, same grid.
     again = open_page("views/class_view.py", **query)
     assert any(f"Selection: {top.size:,} samples" in s.value for s in again.subheader)
-    shapes = charts(again)[1]["layout"]["selections"]
+    shapes = charts(again)[0]["layout"]["selections"]  # a drawn shape opens the interactive map
     assert len(shapes) == 1 and shapes[0]["type"] == "path"
     assert dict(again.query_params) == query
     # The selection's own page, by URL.
@@ -384,8 +410,8 @@ def test_a_big_map_draws_a_picture_and_a_sample_and_a_box_selects_every_point(
     )
     monkeypatch.setenv("SPRAY_RUNS_DIR", str(d))
     monkeypatch.setenv("SPRAY_FLAGS_DB", str(tmp_path / "flags.sqlite"))
-    at = open_page("views/class_view.py", cls="0")
-    fig = charts(at)[1]
+    at = open_page("views/class_view.py", cls="0", draw="1")
+    fig = charts(at)[0]
     assert fig["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
     drawn = sum(len(t["x"]) for t in fig["data"] if t.get("x") and t["x"][0] is not None)
     assert drawn <= embedmap.SAMPLE_POINTS + 1000

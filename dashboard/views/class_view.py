@@ -15,10 +15,10 @@ import common
 import embedmap
 import flagform
 import numpy as np
-import plotly.graph_objects as go
 import safetext
 import samplegrid
 import selection
+import spectrum
 import streamlit as st
 import urlstate
 
@@ -100,23 +100,13 @@ marks: dict[int, list[str]] = {}
 for v, tag in ((chosen_k, "chosen"), (best_k, "top finding"), (k, "shown")):
     if v is not None:
         marks.setdefault(v, []).append(tag)
-spec = go.Figure(go.Scatter(x=np.arange(1, len(ev) + 1), y=ev, mode="lines+markers", name="eigenvalue"))
-for i, (v, tags) in enumerate(sorted(marks.items())):
-    # One line per k; labels stacked at different heights so neighbouring ks never print on each other.
-    spec.add_shape(type="line", x0=v + 0.5, x1=v + 0.5, y0=0, y1=1, yref="paper",
-                   line=dict(dash="dash" if "chosen" in tags else "dot", color="#d62728" if "shown" in tags else "#7f7f7f"))  # fmt: skip
-    spec.add_annotation(x=v + 0.5, y=1 - 0.16 * i, yref="paper", text=f"k={v}: {', '.join(tags)}", showarrow=False,
-                        xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.8)", font=dict(size=11))  # fmt: skip
-spec.update_layout(
-    height=240, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="index", yaxis_title="eigenvalue"
-)
 st.caption(
     "Eigenvalues of the normalised kNN affinity (descending). A gap after the k-th value suggests k groups. "
     f"Eigengap alone suggests k={entry.eigengap_k}; chosen k={chosen_k}"
     + (f"; the class's top finding was scored at k={best_k}" if best_k is not None else "")
     + f". Embedding: {safetext.md(entry.embedding_method)}."
 )
-st.plotly_chart(spec, key="spectrum", config={"displayModeBar": False})
+st.html(spectrum.html(ev, marks))  # static: the first paint needs no plotly
 
 # --- selection from the URL (ids + drawn shape) ----------------------------------------------------------
 class_ids = data.sample_ids
@@ -126,26 +116,40 @@ map_geo = st.session_state.setdefault("_map_geo", {})
 # The shape drawn into the figure stays what it was when this view was first shown in this session, so the
 # chart keeps its identity (and the user's new lasso) while the selection changes.
 geometry = map_geo.setdefault(view_key, state.get("geo", ""))
-cmap_view = embedmap.class_map(path, cls, k, color_by, geometry)
+# The first paint shows the picture of every point (no plotly code to fetch); the interactive map (lasso,
+# box, click, hover) is one click away, and opens by itself for a link with a drawn shape.
+interactive = bool(
+    urlstate.nav_widget(
+        st.toggle, "Select on the map (lasso, box, click)", "draw", default=bool(state.get("geo")),
+        parse=urlstate.parse_bool, help="Loads the interactive map; the picture shows every point as well.",
+    )
+)  # fmt: skip
+cmap_view = embedmap.class_map(path, cls, k, color_by, geometry) if interactive else None
+picture = None if interactive else embedmap.class_picture(path, cls, k, color_by)
+legend = cmap_view.legend if cmap_view is not None else picture.legend if picture is not None else {}
 
 left, right = st.columns([3, 1])
+event = None
 with left:
-    event = st.plotly_chart(
-        cmap_view.figure,
-        key=f"embedding_{cls}",
-        on_select="rerun",
-        selection_mode=("points", "box", "lasso"),
-        # The mode bar always shown: box and lasso are visible, not only on hover.
-        config={"scrollZoom": True, "displaylogo": False, "displayModeBar": True},
-    )
+    if cmap_view is not None:
+        event = st.plotly_chart(
+            cmap_view.figure,
+            key=f"embedding_{cls}",
+            on_select="rerun",
+            selection_mode=("points", "box", "lasso"),
+            # The mode bar always shown: box and lasso are visible, not only on hover.
+            config={"scrollZoom": True, "displaylogo": False, "displayModeBar": True},
+        )
+    elif picture is not None:
+        st.html(embedmap.picture_html(picture))
 with right:
-    if cmap_view.legend:
+    if legend:
         st.markdown("**Colours**")
         st.html(
             "<div style='font-size:0.85rem;line-height:1.5'>"
             + "".join(
                 f"<div><span style='color:{c}'>■</span> {safetext.html_text(n)}</div>"
-                for n, c in list(cmap_view.legend.items())[:40]
+                for n, c in list(legend.items())[:40]
             )
             + "</div>"
         )
@@ -181,7 +185,12 @@ def _signature(ev: Any) -> str:
 # --- what is selected -----------------------------------------------------------------------------------
 sig = _signature(event)
 last_sig = st.session_state.get(f"_sig_{view_key}", "")
-chart_picked = selection.event_positions(event, cmap_view.trace_positions, cmap_view.xy) if sig else []
+if cmap_view is None:
+    # No chart, no event: the selection stays as it is (and a chart shown again starts empty).
+    last_sig = sig = st.session_state[f"_sig_{view_key}"] = ""
+chart_picked = (
+    selection.event_positions(event, cmap_view.trace_positions, cmap_view.xy) if sig and cmap_view else []
+)
 if sig != last_sig:
     st.session_state[f"_sig_{view_key}"] = sig
     if chart_picked:
@@ -234,11 +243,16 @@ if outside:
 sel_ids = [s for s in sel_ids if s in position]
 
 
+def draw_param() -> int | None:
+    """``draw`` in the URL only where it differs from what the link would open with."""
+    return None if interactive == bool(state.get("geo")) else int(interactive)
+
+
 def push() -> None:
     """The URL of this view: class, k, colouring and the selection with its grid's settings."""
     has = bool(sel_ids)
     urlstate.push_url(
-        run=run, cls=cls, k=k, color=color_by, sel=state.get("sel") if has else None,
+        run=run, cls=cls, k=k, color=color_by, draw=draw_param(), sel=state.get("sel") if has else None,
         geo=(state.get("geo") or None) if has else None, spage=state.get("spage") if has else None,
         mode=state.get("mode") if has else None, cmap=state.get("cmap") if has else None,
     )  # fmt: skip
@@ -248,6 +262,8 @@ push()
 if not sel_ids:
     st.caption(
         "Drag a box or lasso on the map (tools at its top right), click points, or select by a filter above."
+        if interactive
+        else "Turn on “Select on the map” to draw a box or lasso or click points, or select by a filter above."
     )
     st.stop()
 
