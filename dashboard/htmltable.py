@@ -95,6 +95,17 @@ def link(label: str, href: str, new_tab: bool = False) -> Cell:
     return Cell(f'<a href="{safetext.html_text(href)}" target="{target}">{safetext.html_text(label)}</a>')
 
 
+def figures(pairs: list[tuple[str, str]]) -> str:
+    """A strip of labelled figures (what ``st.metric`` shows, without its code to fetch)."""
+    cells = "".join(
+        f'<div data-figure="{safetext.html_text(label)}"><div style="font-size:0.875rem">'
+        f'{safetext.html_text(label)}</div><div style="font-size:2.25rem;line-height:1.2">'
+        f"{safetext.html_text(value)}</div></div>"
+        for label, value in pairs
+    )
+    return f'<div style="display:flex;gap:1rem;flex-wrap:wrap;justify-content:space-between">{cells}</div>'
+
+
 def render(headers: list[str], rows: list[Row], name: str) -> str:
     """The table as HTML (``name`` becomes its ``data-table`` attribute, for tests and the benchmark)."""
     head = "".join(f"<th>{safetext.html_text(h)}</th>" for h in headers)

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
-from tests.dashboard_tables import follow_row_link, html_table
+from tests.dashboard_tables import follow_row_link, html_table, html_tables
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 DATASET = "synthetic-fashion"
@@ -88,7 +88,8 @@ def test_overview_ranks_clusters_and_reports_changes(env: Path, runs: tuple[Path
     ok(at.run())
     assert at.query_params["run"] == runs[2].name  # newest first, and in the URL
     assert at.sidebar.selectbox[0].value == runs[2].name
-    metrics = {m.label: m.value for m in at.metric}
+    strip = next(b for b in html_tables(at) if "data-figure" in b)
+    metrics = dict(re.findall(r'data-figure="([^"]+)">.*?2.25rem[^>]*>([^<]*)<', strip))
     assert metrics["Samples"] == f"{sum(SIZES):,}" and metrics["Suspicious"] == "1"
     table = html_table(at, "findings")
     assert table[0]["class"] == "6 · Shirt" and table[0]["mean heatmap"].startswith("data:image/png")
@@ -101,6 +102,11 @@ def test_overview_ranks_clusters_and_reports_changes(env: Path, runs: tuple[Path
     at2 = ok(app(run=runs[1].name).run())
     assert at2.sidebar.selectbox[0].value == runs[1].name
     assert "No earlier run" in texts(at2)
+    # "Suspicious only" and "Show top" from the URL (selectboxes: no extra widget code on the first paint).
+    at3 = ok(app(susp="1", top="5").run())
+    assert at3.selectbox(key="w_susp").value is True and at3.selectbox(key="w_top").value == 5
+    assert all(r["suspicious"] == "yes" for r in html_table(at3, "findings"))
+    assert at3.query_params["susp"] == "1" and at3.query_params["top"] == "5"
 
 
 def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_path: Path) -> None:

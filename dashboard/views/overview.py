@@ -30,18 +30,20 @@ found = common.findings(path)
 
 
 def metrics() -> None:
-    """The run's figures (the sidebar's flag counts are the live ones)."""
-    m = st.columns(5)
-    m[0].metric("Samples", f"{summary.n_samples:,}")
-    m[1].metric("Classes analysed", len(summary.classes))
-    m[2].metric("Clusters scored", len(found))
-    m[3].metric("Suspicious", summary.n_suspicious)
+    """The run's figures (the sidebar's flag counts are the live ones), as one static strip."""
     try:
         flagged_now = f"{flagform.counts(dataset).get('unlearn', 0):,}"
     except SprayError as err:  # the flag database cannot be read: say so here, the figures still show
         flagged_now = "?"
         st.error(safetext.md(str(err)))
-    m[4].metric("Flagged (unlearn)", flagged_now)
+    figures = [
+        ("Samples", f"{summary.n_samples:,}"),
+        ("Classes analysed", f"{len(summary.classes):,}"),
+        ("Clusters scored", f"{len(found):,}"),
+        ("Suspicious", f"{summary.n_suspicious:,}"),
+        ("Flagged (unlearn)", flagged_now),
+    ]
+    st.html(htmltable.figures(figures))
 
 
 metrics()
@@ -51,12 +53,16 @@ st.caption(
 )
 
 c1, c2, c3 = st.columns([1, 1, 2])
+# Selectboxes (the sidebar has one already), not a toggle and a number field: two fewer kinds of widget
+# code for the browser to fetch before the first paint.
 only_susp = urlstate.nav_widget(
-    c1.toggle, "Suspicious only", "susp", default=False, parse=urlstate.parse_bool
-)
+    c1.selectbox, "Clusters", "susp", default=False, parse=urlstate.parse_bool,
+    options=[False, True], format_func=lambda v: "suspicious only" if v else "every scored cluster",
+)  # fmt: skip
+tops = sorted({*range(5, len(found) + 1, 5), max(5, len(found))})
 top = urlstate.nav_widget(
-    c2.number_input, "Show top", "top", default=min(25, max(5, len(found))), parse=int,
-    valid=lambda v: 5 <= v <= max(5, len(found)), min_value=5, max_value=max(5, len(found)), step=5,
+    c2.selectbox, "Show top", "top", default=min(25, max(5, len(found))), parse=int,
+    valid=lambda v: v in tops, options=tops,
 )  # fmt: skip
 cmap = urlstate.nav_widget(
     c3.selectbox, "Heatmap colours", "cmap", default=DEFAULT_COLORMAP, valid=lambda v: v in COLORMAPS,
