@@ -3,7 +3,8 @@
 Pages (``st.navigation`` with file pages, so ``AppTest.switch_page`` can reach each one):
 
 - Overview: run picker, ranked suspicious clusters across all classes, changes since the previous run;
-- Class: eigenvalue spectrum, 2-D WebGL map with lasso / box selection, any stored k;
+- Class: eigenvalue spectrum, 2-D map (a picture of every point first; the WebGL map with lasso / box
+  selection behind "Select on the map"), any stored k;
 - Cluster / selection: mean heatmap, evidence, paged grid of every member (input, heatmap, overlay);
 - Sample: one sample at full size (input, heatmap, overlay, original file), its clusters and history;
 - Flags: current flags with history, unflag, export for unlearning (CSV, JSON, Parquet);

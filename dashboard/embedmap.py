@@ -8,6 +8,9 @@ Two regimes (see docs/dashboard.md, Performance):
   click). A box or lasso still selects every point inside it: :mod:`selection` decides from the event's
   geometry and :attr:`ClassMap.xy`. Coordinates are quantised to 0..65535 and sent as plain lists.
 
+The class page's first paint is :func:`class_picture` (every point as one PNG, no plotly in the browser);
+the figure is built only when the user switches to the interactive map.
+
 A selection that did not come from the chart itself (a link, a filter) is drawn as the figure's
 ``layout.selections`` from its stored geometry, so a reloaded page shows the same lasso.
 """
