@@ -2,13 +2,13 @@
 
 Every row is a query, so the search runs cell by cell instead of query by query. Seeded k-means (faiss)
 on the leading principal directions cuts the rows into cells; each row probes its ``probes`` nearest
-cells. A row's own cell gives a first k nearest and so an upper bound ``τ`` on its k-th distance; then,
-for every cell, one matrix product gives the squared distances (in all dimensions) of the cell's members
-to all rows that probe it, and only entries below the querying row's ``τ`` are kept (a comparison and
-``nonzero`` per entry, several times cheaper than selecting per row). The kept entries are merged into
-each row's k best, which tightens ``τ``. The result is exact within the probed cells (near-duplicates' distances are
-recomputed directly, against the cancellation in ``‖x‖² + ‖y‖² - 2xy``). Memory: ``O(n·(k + probes))``
-plus one ``block_rows × cell`` block.
+cells. A row's own cell gives its first k nearest and so a bound ``τ`` on its k-th squared distance.
+Then, for every cell, one matrix product gives the squared distances (in all dimensions) of the cell's
+rows to all rows that probe it, and only entries below the probing row's ``τ`` are kept: a comparison
+per entry instead of a per-row selection, which is what costs most in numpy. The kept entries are merged
+into each row's k best, which tightens ``τ`` (the nearest other cell is merged first for that reason).
+The result is exact within the probed cells; rows whose probed cells hold fewer than k others are
+searched exactly. Memory: ``O(n·(k + probes))`` plus one distance block of at most ``block_mb``.
 """
 
 from __future__ import annotations
@@ -99,15 +99,21 @@ def _merge(best: _Best, rows: np.ndarray, cols: np.ndarray, d2: np.ndarray) -> _
     return _Best(d2=v[take], idx=c[take])
 
 
-def _own_cells(xs: np.ndarray, sq: np.ndarray, starts: np.ndarray, k: int, block: int) -> _Best:
+def _rows_per_block(width: int, block_mb: int) -> int:
+    """Rows of a float32 distance block ``rows × width`` that fits in ``block_mb`` MB (at least one)."""
+    return max(1, (block_mb << 20) // (4 * max(width, 1)))
+
+
+def _own_cells(xs: np.ndarray, sq: np.ndarray, starts: np.ndarray, k: int, block_mb: int) -> _Best:
     """Exact k nearest of every sorted row within its own cell (inf / -1 where the cell is too small)."""
     n = xs.shape[0]
     best = _Best(d2=np.full((n, k), np.inf, np.float32), idx=np.full((n, k), -1, np.int64))
     for c in range(starts.size - 1):
         lo, hi = int(starts[c]), int(starts[c + 1])
         m = min(k, hi - lo - 1)
-        for q0 in range(lo, hi, block):
-            q1 = min(q0 + block, hi)
+        step = _rows_per_block(hi - lo, block_mb)
+        for q0 in range(lo, hi, step):
+            q1 = min(q0 + step, hi)
             d2 = xs[q0:q1] @ xs[lo:hi].T
             d2 *= -2.0
             d2 += sq[None, lo:hi]
@@ -134,7 +140,7 @@ def _probe_lists(cix: CellIndex, slots: slice) -> tuple[np.ndarray, np.ndarray]:
     return np.searchsorted(flat[by_cell], np.arange(cells + 1)), rows[by_cell]
 
 
-def _scan(xs: np.ndarray, sq: np.ndarray, cix: CellIndex, best: _Best, slots: slice, block: int) -> _Best:
+def _scan(xs: np.ndarray, sq: np.ndarray, cix: CellIndex, best: _Best, slots: slice, block_mb: int) -> _Best:
     """Every row against the members of the cells in ``slots`` of its list; keeps what beats its k-th."""
     n, k = best.d2.shape
     qstarts, qrows = _probe_lists(cix, slots)
@@ -143,8 +149,9 @@ def _scan(xs: np.ndarray, sq: np.ndarray, cix: CellIndex, best: _Best, slots: sl
     for c in range(cix.starts.size - 1):
         lo, hi = int(cix.starts[c]), int(cix.starts[c + 1])
         queries = qrows[qstarts[c] : qstarts[c + 1]]
-        for q0 in range(0, queries.size if hi > lo else 0, block):
-            q = queries[q0 : q0 + block]
+        step = _rows_per_block(hi - lo, block_mb)
+        for q0 in range(0, queries.size if hi > lo else 0, step):
+            q = queries[q0 : q0 + step]
             g = xs[q] @ xs[lo:hi].T
             g *= -2.0
             g += sq[None, lo:hi]
@@ -162,21 +169,33 @@ def _scan(xs: np.ndarray, sq: np.ndarray, cix: CellIndex, best: _Best, slots: sl
     return best
 
 
+def _fill_short(xs: np.ndarray, sq: np.ndarray, best: _Best, block_mb: int) -> None:
+    """Rows whose probed cells held fewer than k other rows (tiny cells) get their exact kNN, in place."""
+    n, k = best.idx.shape
+    short = np.flatnonzero(best.idx[:, -1] < 0)
+    if short.size:
+        logger.info("approximate kNN: %d rows had fewer than %d candidates; searched exactly", short.size, k)
+    step = _rows_per_block(n, block_mb)
+    for a in range(0, short.size, step):
+        q = short[a : a + step]
+        d2 = xs[q] @ xs.T
+        d2 *= -2.0
+        d2 += sq[None, :]
+        d2 += sq[q, None]
+        d2[np.arange(q.size), q] = np.inf  # self is never a neighbour
+        j = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        v = np.take_along_axis(d2, j, axis=1)
+        o = np.argsort(v, axis=1, kind="stable")
+        best.d2[q], best.idx[q] = np.take_along_axis(v, o, axis=1), np.take_along_axis(j, o, axis=1)
+
+
 def _final(xs: np.ndarray, sq: np.ndarray, best: _Best) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distances of the k found, sorted by (distance, index).
 
     The search's ``‖x‖² + ‖y‖² - 2xy`` has a relative error of about ``1e-7·(‖x‖² + ‖y‖²) / d²``; where
     that could exceed 1e-4 (near-duplicates) the distance is recomputed directly from the rows.
     """
-    n, k = best.idx.shape
-    idx = best.idx.copy()
-    missing = idx < 0
-    if missing.any():
-        # Fewer than k candidates in the probed cells (tiny cells): repeat the nearest found.
-        logger.warning("approximate kNN left %d empty neighbour slots; filled with the nearest", int(missing.sum()))
-        idx[missing] = np.broadcast_to(idx[:, :1], idx.shape)[missing]
-    d2 = best.d2.copy()
-    d2[missing] = np.broadcast_to(d2[:, :1], d2.shape)[missing]
+    idx, d2 = best.idx, best.d2.copy()
     r, j = np.nonzero(d2 < 1e-3 * (sq[:, None] + sq[idx]))
     diff = xs[idx[r, j]] - xs[r]
     d2[r, j] = np.einsum("ij,ij->i", diff, diff)
@@ -197,7 +216,7 @@ def ivf_knn(x: np.ndarray, k: int, seed: int, s: KnnSearchConfig) -> tuple[np.nd
     seed : int
         Seed of the k-means that places the cells; equal input and seed give an identical graph.
     s : KnnSearchConfig
-        ``analysis.knn``: cells, probes, k-means settings, ``block_rows``.
+        ``analysis.knn``: cells, probes, k-means settings, ``block_mb``.
 
     Returns
     -------
@@ -210,10 +229,11 @@ def ivf_knn(x: np.ndarray, k: int, seed: int, s: KnnSearchConfig) -> tuple[np.nd
     xs = x[cix.order]
     xs -= xs.mean(axis=0, dtype=np.float64).astype(np.float32)
     sq = np.einsum("ij,ij->i", xs, xs)
-    best = _own_cells(xs, sq, cix.starts, k, s.block_rows)
+    best = _own_cells(xs, sq, cix.starts, k, s.block_mb)
     # The nearest other cell first: the k best after it are a much tighter τ for the remaining cells.
-    best = _scan(xs, sq, cix, best, slice(1, 2), s.block_rows)
-    best = _scan(xs, sq, cix, best, slice(2, None), s.block_rows)
+    best = _scan(xs, sq, cix, best, slice(1, 2), s.block_mb)
+    best = _scan(xs, sq, cix, best, slice(2, None), s.block_mb)
+    _fill_short(xs, sq, best, s.block_mb)
     idx_sorted, dist = _final(xs, sq, best)
     idx = np.empty_like(idx_sorted)
     out = np.empty_like(dist)

@@ -43,11 +43,12 @@ class KnnSearchConfig(Section):
         description="Training rows per cell for that k-means (a seeded subsample: the cells only choose "
         "candidates, whose distances are exact, so a rough k-means costs little recall).",
     )
-    block_rows: int = Field(
-        4096,
-        ge=16,
-        le=1_000_000,
-        description="Rows per distance block of the search (memory: this times the largest cell, float32).",
+    block_mb: int = Field(
+        32,
+        ge=1,
+        le=65_536,
+        description="Memory of one block of distances of the approximate search, in MB (a block is a cell's "
+        "rows against the rows that probe it, split to fit).",
     )
 
 
