@@ -28,6 +28,10 @@ raise another alarm, *and* so does the pair one relative-appearance step (0.05) 
 data it was not tuned on), take the one with the highest flag recall on learned shortcuts at p ≥ 0.1;
 ties go to the higher recall at p = 0.05, then to the higher relative-appearance threshold, then to the
 higher appearance threshold.
+
+The curve run of 3 Dec 2026 covers the tuning split's p = 0.1 and 0.2 cells (3 seeds) and its 20 clean
+models in full; of its p = 0.05 cells only those run before the session's time made the lead narrow the
+run (decided before any result was read) are in it.
 """
 
 from __future__ import annotations
