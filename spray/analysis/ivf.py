@@ -56,7 +56,22 @@ class _Best:
 
 
 def cell_index(x: np.ndarray, seed: int, s: KnnSearchConfig) -> CellIndex:
-    """Seeded k-means cells of ``x`` (``(n, d)`` float32) in its leading ``s.ivf_dims`` principal dims."""
+    """Seeded k-means cells of the rows in their leading principal directions, and each row's probes.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        ``(n, d)`` float32 features.
+    seed : int
+        Seed of the k-means (faiss's training subsample and initial centres).
+    s : KnnSearchConfig
+        ``ivf_dims``, ``cells_per_sqrt_n``, ``probes``, ``kmeans_iters``, ``kmeans_points_per_cell``.
+
+    Returns
+    -------
+    CellIndex
+        Rows sorted by cell, the cells' bounds and ``(n, min(probes, cells))`` probed cells per row.
+    """
     import faiss  # lazily: 0.1 s to import, nothing compiled at run time
 
     n, d = x.shape
