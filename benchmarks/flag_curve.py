@@ -14,6 +14,8 @@ comes from a tuning run with the gates open, in which every appraised candidate 
           --out curve_$ds.jsonl &
     done; wait
     python benchmarks/flag_curve.py curve_fashion.jsonl curve_digits.jsonl
+    python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
+        --removal-aurocs 0.8 0.9 0.95 0.98        # the rows of 3 Dec 2026, the extended grid
 
 For every pair of thresholds (appearance, relative appearance) this replays the verdict offline: per
 class, the candidates whose appearance reaches both thresholds are the eligible ones, the first
@@ -37,6 +39,7 @@ run (decided before any result was read) are in it.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,7 @@ from spray.config import ScoringConfig
 FLAG_PRECISION = 0.5
 APPEARANCES = (0.2, 0.3, 0.4, 0.5)
 RELATIVES = tuple(round(0.05 * i, 2) for i in range(17))  # 0.0 .. 0.8
+REMOVAL_AUROCS = (0.8, 0.9, 0.95, 0.98)
 #: The rule's false-alarm budget on the tuning split.
 MAX_CLEAN_ALARMS = 0
 MAX_OTHER_ALARM_RATE = 0.02
@@ -66,6 +70,7 @@ class Point:
 
     appearance: float
     relative: float
+    removal_auroc: float
     recall: float  # learned, p >= 0.1
     recall_rare: float  # learned, p = 0.05
     clean_alarms: int
@@ -120,9 +125,13 @@ def flags(row: dict[str, Any], config: ScoringConfig) -> list[dict[str, Any]]:
     return out
 
 
-def evaluate(rows: list[dict[str, Any]], appearance: float, relative: float) -> Point:
-    """Flag recall, false alarms and seed agreement of the rows at one pair of thresholds."""
-    config = ScoringConfig(flag_min_appearance=appearance, flag_min_relative_appearance=relative)
+def evaluate(
+    rows: list[dict[str, Any]], appearance: float, relative: float, removal_auroc: float = 0.8
+) -> Point:
+    """Flag recall, false alarms and seed agreement of the rows at one set of thresholds."""
+    config = ScoringConfig(
+        flag_min_appearance=appearance, flag_min_relative_appearance=relative, removal_min_auroc=removal_auroc
+    )
     hits: dict[int, bool] = {}
     other: dict[int, bool] = {}
     for i, row in enumerate(rows):
@@ -142,7 +151,7 @@ def evaluate(rows: list[dict[str, Any]], appearance: float, relative: float) -> 
             groups.setdefault((r["dataset"], r["family"], r["fraction"]), []).append(hits[i])
     full = [v for v in groups.values() if len(v) >= 2]
     return Point(
-        appearance, relative,
+        appearance, relative, removal_auroc,
         recall=float(np.mean([hits[i] for i in big])) if big else float("nan"),
         recall_rare=float(np.mean([hits[i] for i in rare])) if rare else float("nan"),
         clean_alarms=sum(other[i] for i in clean), clean_models=len(clean),
@@ -157,10 +166,10 @@ def _safe(point: Point) -> bool:
 
 def choose(points: list[Point]) -> Point | None:
     """The rule of the module docstring (None when no pair is safe)."""
-    at = {(p.appearance, p.relative): p for p in points}
+    at = {(p.appearance, p.relative, p.removal_auroc): p for p in points}
     ok = []
     for p in points:
-        below = at.get((p.appearance, round(p.relative - STEP, 2)))
+        below = at.get((p.appearance, round(p.relative - STEP, 2), p.removal_auroc))
         if _safe(p) and (below is None or _safe(below)):
             ok.append(p)
     if not ok:
@@ -168,54 +177,63 @@ def choose(points: list[Point]) -> Point | None:
 
     def rank(p: Point) -> tuple[float, ...]:
         recall, rare = (-1.0 if np.isnan(v) else v for v in (p.recall, p.recall_rare))
-        return (recall, rare, p.relative, p.appearance)
+        return (recall, rare, p.relative, p.appearance, p.removal_auroc)
 
     return max(ok, key=rank)
 
 
-def table(points: list[Point], chosen: Point | None, default: tuple[float, float]) -> str:
+def table(points: list[Point], chosen: Point | None, default: tuple[float, float, float]) -> str:
     """Markdown: one row per threshold pair, the chosen and the current default marked."""
-    out = ["| appearance | relative | flag recall p ≥ 0.1 | flag recall p = 0.05 | clean alarms | other alarms "
-           "| seed agreement | |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = ["| appearance | relative | removal AUROC | flag recall p ≥ 0.1 | flag recall p = 0.05 | clean alarms | other alarms "
+           "| seed agreement | |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in points:
         mark = []
-        if chosen is not None and (p.appearance, p.relative) == (chosen.appearance, chosen.relative):
+        if p == chosen:
             mark.append("**chosen**")
-        if (p.appearance, p.relative) == default:
-            mark.append("default before")
+        if (p.appearance, p.relative, p.removal_auroc) == default:
+            mark.append("current default")
         out.append(
-            f"| {p.appearance:.2f} | {p.relative:.2f} | {p.recall:.2f} | {p.recall_rare:.2f} | "
+            f"| {p.appearance:.2f} | {p.relative:.2f} | {p.removal_auroc:.2f} | {p.recall:.2f} | {p.recall_rare:.2f} | "
             f"{p.clean_alarms} of {p.clean_models} | {p.other_alarm_rate:.1%} | {p.agreement:.2f} | {', '.join(mark)} |"
         )
     return "\n".join(out)
 
 
+def _read(path: Path) -> str:
+    """A results file, gzipped or not."""
+    return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", type=Path, nargs="+", help="results files of an open-gate tuning run")
-    ap.add_argument("--all", action="store_true", help="every threshold pair, not only appearance 0.4")
+    ap.add_argument("--all", action="store_true", help="every threshold set, not only the two curves")
+    ap.add_argument(
+        "--removal-aurocs", type=float, nargs="+", default=[0.8],
+        help=f"removal_min_auroc values of the grid (the first curve: 0.8 alone; extended: {REMOVAL_AUROCS})",
+    )  # fmt: skip
     args = ap.parse_args(argv)
-    rows = [json.loads(li) for p in args.rows for li in p.read_text().splitlines() if li.strip()]
+    rows = [json.loads(li) for p in args.rows for li in _read(p).splitlines() if li.strip()]
     if any(r.get("split", "tuning") != "tuning" for r in rows):
         raise SystemExit(
             "flag_curve: these rows are not all of the tuning split; the default is chosen on it only"
         )
-    points = [evaluate(rows, a, r) for a in APPEARANCES for r in RELATIVES]
+    grid = [(a, r, ra) for a in APPEARANCES for r in RELATIVES for ra in args.removal_aurocs]
+    points = [evaluate(rows, *g) for g in grid]
     chosen = choose(points)
-    default = ScoringConfig()
-    shown = (
-        points
-        if args.all
-        else [p for p in points if p.appearance == default.flag_min_appearance or p == chosen]
-    )
+    now = ScoringConfig()
+    default = (now.flag_min_appearance, now.flag_min_relative_appearance, now.removal_min_auroc)
+    curves = {(default[0], default[2])} | ({(chosen.appearance, chosen.removal_auroc)} if chosen else set())
+    shown = points if args.all else [p for p in points if (p.appearance, p.removal_auroc) in curves]
     n_big = sum(r["family"] != "none" and r["learned"] and r["fraction"] >= 0.1 for r in rows)
     print(f"{len(rows)} rows; learned p ≥ 0.1: {n_big}\n")
-    print(table(shown, chosen, (default.flag_min_appearance, default.flag_min_relative_appearance)))
+    print(table(shown, chosen, default))
     if chosen is None:
-        print("\nNo threshold pair meets the false-alarm budget.")
+        print("\nNo threshold set meets the false-alarm budget.")
     else:
         print(
-            f"\nChosen: flag_min_appearance {chosen.appearance}, flag_min_relative_appearance {chosen.relative}"
+            f"\nChosen: flag_min_appearance {chosen.appearance}, flag_min_relative_appearance {chosen.relative}, "
+            f"removal_min_auroc {chosen.removal_auroc}"
         )
 
 

@@ -31,7 +31,7 @@ LRP_VERSION = 3
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).
 # 4: concept-space analysis beside the pixel space (concepts section, off by default): concept-only findings, pixel
 # findings a concept cluster matches carry its evidence (space "both"), per-sample suspicion over both.
-ANALYSIS_VERSION = 4
+ANALYSIS_VERSION = 5
 
 
 def code_version() -> str:

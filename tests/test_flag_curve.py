@@ -25,11 +25,11 @@ def curve():
 
 
 def test_replay_reproduces_the_flags_a_real_run_raised(curve) -> None:
-    """Rows of the reporting run (committed default thresholds): the replay flags exactly what the audit did."""
+    """Rows of the reporting run (the thresholds it ran with): the replay flags exactly what the audit did."""
     from spray.config import ScoringConfig
 
     rows = [json.loads(li) for li in ROWS.read_text().splitlines() if li.strip()]
-    config = ScoringConfig(flag_min_appearance=0.4, flag_min_relative_appearance=0.65)
+    config = ScoringConfig(flag_min_appearance=0.4, flag_min_relative_appearance=0.65, removal_min_auroc=0.8)
     flagged = 0
     for row in rows:
         got = sorted(c["key"] for c in curve.flags(row, config))
@@ -39,7 +39,7 @@ def test_replay_reproduces_the_flags_a_real_run_raised(curve) -> None:
 
 
 def _point(curve, rel: float, recall: float, clean: int = 0, other: float = 0.0):
-    return curve.Point(0.4, rel, recall, 0.5, clean, 20, other, 1.0)
+    return curve.Point(0.4, rel, 0.98, recall, 0.5, clean, 20, other, 1.0)
 
 
 def test_rule_needs_a_safe_lower_neighbour_and_prefers_recall_then_caution(curve) -> None:

@@ -112,18 +112,94 @@ def test_approximate_knn_recall_on_real_images() -> None:
 
 def test_approximate_knn_deterministic_for_any_thread_count(heat_features: np.ndarray) -> None:
     import faiss
+    from threadpoolctl import threadpool_limits
 
     x = heat_features[:5000]
     before = faiss.omp_get_max_threads()
     try:
         faiss.omp_set_num_threads(1)
-        one = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
+        with threadpool_limits(limits=1):  # numpy's BLAS too: the search is matrix products
+            one = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
         faiss.omp_set_num_threads(2)
-        two = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
+        with threadpool_limits(limits=2):
+            two = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
     finally:
         faiss.omp_set_num_threads(before)
     assert np.array_equal(one.indices, two.indices)
     assert np.array_equal(one.distances, two.distances)
+    again = knn_graph(x, n_neighbors=10, seed=4, search=KnnSearchConfig(exact_below=0))
+    assert np.array_equal(one.indices, again.indices)
+
+
+def test_cell_search_is_exact_within_the_probed_cells() -> None:
+    """Oracle: a dense distance matrix restricted to each row's probed cells, sorted per row."""
+    from spray.analysis.ivf import cell_index, ivf_knn
+
+    x = _blobs(2500, seed=11, d=16, centres=8, spread=1.5)
+    s = KnnSearchConfig(exact_below=0, ivf_dims=8, probes=4)
+    idx, dist = ivf_knn(x, 10, 3, s)
+    cix = cell_index(x, 3, s)
+    cell_of = np.empty(len(x), np.int64)
+    cell_of[cix.order] = np.repeat(np.arange(cix.starts.size - 1), np.diff(cix.starts))
+    probes = np.empty_like(cix.probes)
+    probes[cix.order] = cix.probes
+    x64 = x.astype(np.float64)
+    d = np.sqrt(((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1))
+    allowed = (cell_of[None, :, None] == probes[:, None, :]).any(axis=2)
+    np.fill_diagonal(allowed, False)
+    d[~allowed] = np.inf
+    assert (np.isfinite(d).sum(axis=1) >= 10).all()  # no row fell back to the exact search
+    oracle = np.sort(d, axis=1)[:, :10]
+    np.testing.assert_allclose(dist, oracle, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.take_along_axis(d, idx, axis=1), oracle, rtol=1e-4, atol=1e-4)
+    # Recall against exact kNN is tested on realistic inputs above; probing every cell is brute force.
+    exact = knn_graph(x, n_neighbors=10, search=KnnSearchConfig(exact_below=10**9))
+    every = knn_graph(x, n_neighbors=10, search=s.model_copy(update={"probes": 1024}))
+    assert np.array_equal(every.indices, exact.indices)
+    np.testing.assert_allclose(every.distances, exact.distances, rtol=1e-4, atol=1e-4)
+
+
+def test_cell_search_blocks_stay_within_block_mb(monkeypatch: pytest.MonkeyPatch) -> None:
+    import spray.analysis.ivf as ivf
+
+    x = _blobs(6000, seed=12, d=32, centres=3, spread=1.0)
+    # 19 cells of ~300 rows, each probed by ~2,800 rows: a 1 MB block holds ~800 of them.
+    s = KnnSearchConfig(exact_below=0, cells_per_sqrt_n=0.25)
+    ref = knn_graph(x, n_neighbors=10, search=s)
+    blocks: list[tuple[int, int]] = []
+    rows_per_block = ivf._rows_per_block
+
+    def spy(width: int, block_mb: int) -> int:
+        blocks.append((rows_per_block(width, block_mb), width))
+        return blocks[-1][0]
+
+    monkeypatch.setattr(ivf, "_rows_per_block", spy)
+    small = knn_graph(x, n_neighbors=10, search=s.model_copy(update={"block_mb": 1}))
+    assert all(rows * width * 4 <= 1 << 20 for rows, width in blocks)
+    assert min(rows for rows, _ in blocks) < 1000  # cells' probing rows were split into blocks
+    assert np.array_equal(small.indices, ref.indices)  # the split does not change the graph
+    assert np.array_equal(small.distances, ref.distances)
+
+
+def test_cell_search_rows_without_enough_candidates_are_searched_exactly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from spray.analysis.ivf import cell_index
+
+    # 35 cells for 300 rows and no other cell probed: many own cells hold fewer than k others.
+    x = _blobs(300, seed=13)
+    s = KnnSearchConfig(exact_below=0, probes=1, cells_per_sqrt_n=2.0)
+    with caplog.at_level("INFO", logger="spray.analysis.ivf"):
+        g = knn_graph(x, n_neighbors=10, seed=2, search=s)
+    assert "searched exactly" in caplog.text
+    cix = cell_index(x, 2, s)
+    size = np.empty(300, np.int64)
+    size[cix.order] = np.repeat(np.diff(cix.starts), np.diff(cix.starts))
+    short = size - 1 < 10
+    assert 0 < short.sum() < 300 and (g.indices >= 0).all()
+    exact = knn_graph(x, n_neighbors=10)
+    assert np.array_equal(g.indices[short], exact.indices[short])
+    np.testing.assert_allclose(g.distances[short], exact.distances[short], rtol=1e-4, atol=1e-5)
 
 
 def test_approximate_knn_with_duplicates() -> None:

@@ -1,8 +1,8 @@
 """kNN graph and spectral embedding (the "SpRAy" part), built to scale.
 
 Nothing here is ``n × n`` dense except for tiny ``n``: exact kNN is brute force in row blocks (memory
-``block × n``), large ``n`` uses a seeded faiss inverted-file index (compiled ahead of time, so no
-process pays a compilation), and the eigenpairs come from Lanczos (``eigsh``,
+``block × n``), large ``n`` searches seeded k-means cells cell by cell with dense matrix products
+(:mod:`spray.analysis.ivf`; nothing compiled at run time), and the eigenpairs come from Lanczos (``eigsh``,
 ``which='LA'``) on the sparse normalised affinity ``S = D^-1/2 A D^-1/2``. Its leading eigenvectors
 are the trailing ones of the normalised Laplacian ``I - S``; no shift-invert (what makes scikit-learn's
 ``SpectralClustering`` slow) is needed because the wanted end of the spectrum is the largest one.
@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from spray.analysis.ivf import ivf_knn
 from spray.config.analysis import KnnSearchConfig
 from spray.errors import ConfigError, DataError
 from spray.records import SpectralResult
@@ -50,7 +51,7 @@ class KnnGraph:
     distances : np.ndarray
         ``(n, k)`` float32 Euclidean distances, ascending.
     exact : bool
-        True for brute force, False for faiss's approximation.
+        True for brute force, False for the cell-by-cell approximation (:func:`spray.analysis.ivf.ivf_knn`).
     """
 
     indices: np.ndarray
@@ -80,58 +81,6 @@ def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, dist
 
 
-def _approx_knn(x: np.ndarray, k: int, seed: int, s: KnnSearchConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded faiss kNN, self excluded: ``(n, d)`` -> ``(n, k)`` indices, distances.
-
-    An inverted-file index (k-means cells) over the leading ``s.ivf_dims`` principal directions of ``x``
-    proposes ``s.refine · (k + 1)`` candidates per row from its ``s.probes`` nearest cells; they are
-    re-ranked by their exact distances in all ``d`` dimensions (``IndexRefineFlat``).
-    """
-    import faiss  # lazily: 0.1 s to import, nothing compiled at run time
-
-    n, d = x.shape
-    dims = min(d, s.ivf_dims)
-    cells = max(1, round(s.cells_per_sqrt_n * np.sqrt(n)))
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dims), dims, cells)
-    ivf.cp.seed = seed
-    ivf.cp.niter = s.kmeans_iters
-    ivf.cp.max_points_per_centroid = s.kmeans_points_per_cell  # k-means trained on a seeded subsample
-    ivf.cp.min_points_per_centroid = 1  # few rows per cell are fine here; faiss would print a warning
-    ivf.nprobe = min(s.probes, cells)
-    # A principal-axis rotation (faiss's PCAMatrix) makes the first dims the informative ones for any input.
-    pca = faiss.PCAMatrix(d, dims) if dims < d else None
-    index = faiss.IndexRefineFlat(ivf if pca is None else faiss.IndexPreTransform(pca, ivf))
-    index.k_factor = float(s.refine)
-    index.train(x)
-    index.add(x)
-    # Rows searched cell by cell: consecutive queries scan the same lists while they are in the CPU's
-    # cache (35 % less time at 200k rows). Each row's result does not depend on the order.
-    _, cell = ivf.quantizer.search(x if pca is None else pca.apply(x), 1)
-    order = np.argsort(cell[:, 0], kind="stable")
-    sq_dist, nb_idx = np.empty((n, k + 1), np.float32), np.empty((n, k + 1), np.int64)
-    sq_dist[order], nb_idx[order] = index.search(x[order], k + 1)
-    nb_idx = nb_idx.astype(np.int64, copy=False)
-    nb_dist = np.sqrt(np.maximum(sq_dist, 0.0)).astype(np.float32)
-    # Drop self; with duplicates self need not come first, and rarely it is missing (drop the last).
-    is_self = nb_idx == np.arange(n)[:, None]
-    no_self = ~is_self.any(axis=1)
-    is_self[no_self, -1] = True
-    first_self = is_self.argmax(axis=1)
-    keep = np.ones_like(is_self)
-    keep[np.arange(n), first_self] = False
-    idx = nb_idx[keep].reshape(n, k)
-    dist = nb_dist[keep].reshape(n, k)
-    missing = idx < 0
-    if missing.any():
-        # faiss marks slots it could not fill (fewer candidates than k in the probed cells) with -1.
-        logger.warning(
-            "approximate kNN left %d empty neighbour slots; filled with the nearest", int(missing.sum())
-        )
-        idx[missing] = np.broadcast_to(idx[:, :1], idx.shape)[missing]
-        dist[missing] = np.broadcast_to(dist[:, :1], dist.shape)[missing]
-    return idx, dist
-
-
 def knn_graph(
     features: np.ndarray, *, n_neighbors: int = 10, seed: int = 0, search: KnnSearchConfig | None = None
 ) -> KnnGraph:
@@ -145,10 +94,10 @@ def knn_graph(
         Neighbours per point; clipped to ``n - 1``.
     seed : int
         Seed of the approximate index's k-means (unused for exact search). The result does not depend on
-        the number of threads faiss uses.
+        the number of threads.
     search : KnnSearchConfig, optional
         ``analysis.knn`` (its defaults when None): brute force when ``n < search.exact_below`` (blocked,
-        memory ``O(block·n)``), faiss's inverted-file index with these settings otherwise.
+        memory ``O(block·n)``), the cell-by-cell search of :mod:`spray.analysis.ivf` otherwise.
 
     Returns
     -------
@@ -168,7 +117,7 @@ def knn_graph(
     if n < s.exact_below:
         idx, dist = _exact_knn(x, k)
         return KnnGraph(idx, dist, True)
-    idx, dist = _approx_knn(x, k, seed, s)
+    idx, dist = ivf_knn(x, k, seed, s)
     return KnnGraph(idx, dist, False)
 
 

@@ -94,7 +94,7 @@ class ScoringConfig(Section):
         0.01, gt=0.0, lt=1.0, description="Flag by removal: one-sided rank-sum p-value below this."
     )
     removal_min_auroc: float = Field(
-        0.8,
+        0.98,
         ge=0.5,
         le=1.0,
         description="Flag by removal: the members' drops exceed a random non-member's with at least this "
@@ -116,7 +116,7 @@ class ScoringConfig(Section):
         0.6, gt=0.0, le=1.0, description="Flag: cluster at most this share of its class."
     )
     flag_min_appearance: float = Field(
-        0.4,
+        0.5,
         ge=0.0,
         le=1.0,
         description="Flag: the members' pixels in the region must be at least this alike (the "
