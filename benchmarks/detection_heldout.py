@@ -505,7 +505,11 @@ def main(argv: list[str] | None = None) -> None:
     CONCEPTS = args.concepts
     OVERRIDES = dict(args.overrides)
     if args.report is not None:
-        rows = [json.loads(line) for p in args.report for line in p.read_text().splitlines() if line.strip()]
+        texts = [
+            gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+            for p in args.report
+        ]
+        rows = [json.loads(line) for text in texts for line in text.splitlines() if line.strip()]
         print(summarize([r for r in rows if args.code is None or r["code"] == args.code]))
         return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
