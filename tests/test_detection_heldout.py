@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_heldout.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_detection_heldout", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_detection_heldout"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("detection_heldout")
 
 
 def test_the_splits_share_no_family_and_no_dataset_target(bench) -> None:

@@ -3,12 +3,12 @@ documented."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ROOT / "benchmarks" / "results" / "detection_heldout_reporting_p02_p005_2026-12-03.jsonl"
@@ -16,12 +16,7 @@ ROWS = ROOT / "benchmarks" / "results" / "detection_heldout_reporting_p02_p005_2
 
 @pytest.fixture(scope="module")
 def curve():
-    spec = importlib.util.spec_from_file_location("bench_flag_curve", ROOT / "benchmarks" / "flag_curve.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_flag_curve"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("flag_curve")
 
 
 def test_replay_reproduces_the_flags_a_real_run_raised(curve) -> None:
