@@ -31,6 +31,8 @@ LRP_VERSION = 3
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).
 # 4: concept-space analysis beside the pixel space (concepts section, off by default): concept-only findings, pixel
 # findings a concept cluster matches carry its evidence (space "both"), per-sample suspicion over both.
+# 5: the flag's defaults chosen on the tuning split's operating curve (flag_min_appearance 0.5, removal_min_auroc
+# 0.98; docs/detection.md).
 ANALYSIS_VERSION = 5
 
 
