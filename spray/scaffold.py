@@ -33,6 +33,10 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 #: Images whose sides are all at most this are taken at their native size (MNIST-like data).
 SMALL_IMAGE = 64
+#: The batch size ``spray init`` writes holds about this many input pixels (32 images at 224²), so small
+#: images get larger batches: per-batch overhead dominated the batch stage of 28×28 images at 32 a batch.
+BATCH_PIXELS = 32 * 224 * 224
+MAX_INIT_BATCH = 256
 
 
 @dataclass
@@ -238,9 +242,23 @@ def _section_lines(name: str, values: dict[str, Any], model: type[Any], indent: 
     return lines
 
 
+def init_batch_size(data: DataFacts) -> int:
+    """The batch size for the model's input: a power of two holding about ``BATCH_PIXELS`` pixels, 8 to 256."""
+    crop = (data.section.get("transform") or {}).get("center_crop")
+    if crop:
+        pixels = int(crop) ** 2
+    elif data.sizes:
+        (h, w), _ = Counter(data.sizes).most_common(1)[0]
+        pixels = h * w
+    else:
+        return 32
+    fit = max(1, BATCH_PIXELS // max(1, pixels))
+    return int(min(MAX_INIT_BATCH, max(8, 2 ** (fit.bit_length() - 1))))
+
+
 def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | None, notes: list[str]) -> str:
     """The commented YAML text of the config."""
-    from spray.config import AuditConfig, ModelConfig
+    from spray.config import AuditConfig, BatchConfig, ModelConfig
 
     head = [
         "# spray audit config, written by `spray init` (reference: docs/config.md).",
@@ -260,7 +278,7 @@ def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | N
         "  composite: EpsilonPlusFlat    # zennit's names: EpsilonPlusFlat, EpsilonGammaBox, EpsilonAlpha2Beta1Flat",
         "  target: label    # explain the true label's logit ('pred': the predicted one)",
         "batch:",
-        "  batch_size: 32",
+        f"  batch_size: {init_batch_size(data)}    # {_comment(BatchConfig, 'batch_size')}, sized for the input",
         "  device: auto    # CUDA when available",
         "output:",
         "  runs_dir: runs    # published runs; open them with `spray dashboard --runs-dir runs`",

@@ -36,6 +36,7 @@ def test_image_folder_and_torchvision_name(tmp_path: Path, capsys: pytest.Captur
     assert cfg.data.path == (tmp_path / "train").resolve() and "path: train" in text  # relative to the config
     assert (cfg.data.transform.resize, cfg.data.transform.center_crop) == (256, 224)
     assert cfg.data.transform.mean == [0.485, 0.456, 0.406]
+    assert cfg.batch.batch_size == 32  # inputs of 224²: the pixels of 32 such images a batch
 
 
 def test_never_overwrites_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,6 +69,7 @@ def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert cfg.data.kind == "idx" and cfg.data.labels == (tmp_path / "train-labels-idx1-ubyte.gz").resolve()
     assert cfg.model.factory_kwargs == {"num_classes": 4, "in_channels": 1}
     assert cfg.data.transform.resize is None  # 28×28 images are taken at their size
+    assert cfg.batch.batch_size == 256  # small inputs get large batches (capped at 256)
     assert "ok: one batch read: inputs (1, 28, 28)" in res.stdout and "(grey)" in res.stdout
 
 
