@@ -451,6 +451,9 @@ def test_a_signal_stops_the_run_keeps_finished_shards_and_the_next_run_resumes(
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            # A test runner started in the background inherits SIGINT ignored (as nohup and `&` set it), and
+            # Python then never raises KeyboardInterrupt: give the child the disposition a terminal gives.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and "written" not in err_path.read_text():
