@@ -256,6 +256,25 @@ def _small_map(
     ]  # fmt: skip
 
 
+def _legend(names: dict[int, str]) -> dict[str, str]:
+    """Colour of each categorical group, in the order of its code."""
+    return {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}
+
+
+def _quantised(emb: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` embedding scaled to 0..QMAX and rounded (the picture's and the big map's coordinates)."""
+    lo, hi = emb.min(axis=0), emb.max(axis=0)
+    return np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
+
+
+def _point_colours(n: int, groups: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
+    """``(n, 3)`` uint8 colour of every point from its group."""
+    colours = np.zeros((n, 3), np.uint8)
+    for _, colour, members in groups:
+        colours[members] = _hex(colour)
+    return colours
+
+
 def _big_groups(
     codes: np.ndarray, names: dict[int, str], legend: dict[str, str], continuous: Any, color_by: str
 ) -> list[tuple[str, str, np.ndarray]]:
@@ -280,9 +299,7 @@ def _big_map(
     xy: np.ndarray, ids: np.ndarray, groups: list[tuple[str, str, np.ndarray]], seed: int
 ) -> tuple[list[Any], list[np.ndarray], str]:
     """Traces of a stratified sample of each group, their positions, and the picture of all points."""
-    colours = np.zeros((len(xy), 3), np.uint8)
-    for _, colour, members in groups:
-        colours[members] = _hex(colour)
+    colours = _point_colours(len(xy), groups)
     drawn = _sample([g[2] for g in groups], SAMPLE_POINTS, seed=seed)
     marker = {"size": 4, "opacity": 0.9}
     # Plain dicts, not validated: plotly's validation of long lists costs more than building them.
@@ -306,15 +323,14 @@ def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") ->
     ids = np.asarray(data.sample_ids, dtype=object)
     codes, names, continuous = _groups(path, cls, k, color_by)
     big = len(emb) > BIG_MAP
-    legend = {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}
+    legend = _legend(names)
     layout = _layout(path, cls, k, color_by)
     if not big:
         xy = emb
         traces = _small_map(emb, ids, codes, names, continuous, color_by)
         positions = [np.arange(len(emb))]
     else:
-        lo, hi = emb.min(axis=0), emb.max(axis=0)
-        xy = np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
+        xy = _quantised(emb)
         groups = _big_groups(codes, names, legend, continuous, color_by)
         traces, positions, picture = _big_map(xy, ids, groups, seed=cls * 1000 + k)
         if continuous is not None:
@@ -370,12 +386,9 @@ def class_picture(path: str, cls: int, k: int, color_by: str) -> MapPicture:
     data = common.class_data(path, cls)
     emb = np.asarray(data.embedding, dtype=np.float64)
     codes, names, continuous = _groups(path, cls, k, color_by)
-    legend = {names[u]: PALETTE[i % len(PALETTE)] for i, u in enumerate(sorted(names))}
-    lo, hi = emb.min(axis=0), emb.max(axis=0)
-    xy = np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
-    colours = np.zeros((len(xy), 3), np.uint8)
-    for _, colour, members in _big_groups(codes, names, legend, continuous, color_by):
-        colours[members] = _hex(colour)
+    legend = _legend(names)
+    xy = _quantised(emb)
+    colours = _point_colours(len(xy), _big_groups(codes, names, legend, continuous, color_by))
     # Fewer points, bigger dots: a small class stays readable at the page's width.
     dot = 2 if len(xy) > BIG_MAP else 4 if len(xy) > 2_000 else 6
     scale = None
