@@ -119,6 +119,23 @@ def _rows_per_block(width: int, block_mb: int) -> int:
     return max(1, (block_mb << 20) // (4 * max(width, 1)))
 
 
+def _sq_dists(xs: np.ndarray, sq: np.ndarray, q: slice | np.ndarray, cols: slice) -> np.ndarray:
+    """``(len(q), len(cols))`` squared distances ``‖x‖² + ‖y‖² - 2xy`` of the rows ``q`` to the rows ``cols``."""
+    d2 = xs[q] @ xs[cols].T
+    d2 *= -2.0
+    d2 += sq[None, cols]
+    d2 += sq[q, None]
+    return d2
+
+
+def _smallest(d2: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` smallest entries of each row of ``d2`` and their columns, ascending."""
+    j = np.argpartition(d2, m - 1, axis=1)[:, :m]
+    v = np.take_along_axis(d2, j, axis=1)
+    o = np.argsort(v, axis=1, kind="stable")
+    return np.take_along_axis(v, o, axis=1), np.take_along_axis(j, o, axis=1)
+
+
 def _own_cells(xs: np.ndarray, sq: np.ndarray, starts: np.ndarray, k: int, block_mb: int) -> _Best:
     """Exact k nearest of every sorted row within its own cell (inf / -1 where the cell is too small)."""
     n = xs.shape[0]
@@ -129,18 +146,12 @@ def _own_cells(xs: np.ndarray, sq: np.ndarray, starts: np.ndarray, k: int, block
         step = _rows_per_block(hi - lo, block_mb)
         for q0 in range(lo, hi, step):
             q1 = min(q0 + step, hi)
-            d2 = xs[q0:q1] @ xs[lo:hi].T
-            d2 *= -2.0
-            d2 += sq[None, lo:hi]
-            d2 += sq[q0:q1, None]
+            d2 = _sq_dists(xs, sq, slice(q0, q1), slice(lo, hi))
             d2[np.arange(q1 - q0), np.arange(q0 - lo, q1 - lo)] = np.inf  # self is never a neighbour
             if m <= 0:
                 continue
-            j = np.argpartition(d2, m - 1, axis=1)[:, :m]
-            v = np.take_along_axis(d2, j, axis=1)
-            o = np.argsort(v, axis=1, kind="stable")
-            best.d2[q0:q1, :m] = np.take_along_axis(v, o, axis=1)
-            best.idx[q0:q1, :m] = np.take_along_axis(j, o, axis=1) + lo
+            v, j = _smallest(d2, m)
+            best.d2[q0:q1, :m], best.idx[q0:q1, :m] = v, j + lo
     return best
 
 
@@ -193,15 +204,9 @@ def _fill_short(xs: np.ndarray, sq: np.ndarray, best: _Best, block_mb: int) -> N
     step = _rows_per_block(n, block_mb)
     for a in range(0, short.size, step):
         q = short[a : a + step]
-        d2 = xs[q] @ xs.T
-        d2 *= -2.0
-        d2 += sq[None, :]
-        d2 += sq[q, None]
+        d2 = _sq_dists(xs, sq, q, slice(None))
         d2[np.arange(q.size), q] = np.inf  # self is never a neighbour
-        j = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        v = np.take_along_axis(d2, j, axis=1)
-        o = np.argsort(v, axis=1, kind="stable")
-        best.d2[q], best.idx[q] = np.take_along_axis(v, o, axis=1), np.take_along_axis(j, o, axis=1)
+        best.d2[q], best.idx[q] = _smallest(d2, k)
 
 
 def _final(xs: np.ndarray, sq: np.ndarray, best: _Best) -> tuple[np.ndarray, np.ndarray]:
