@@ -70,9 +70,8 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     ConfigError
         The database does not exist.
     SprayError
-        The database is damaged or not a flag database (raised by :class:`~spray.flags.FlagStore`).
-    SprayError
-        No such flags (the message says which datasets and finding keys do have flags).
+        The database is damaged or not a flag database (raised by :class:`~spray.flags.FlagStore`), or it
+        holds no such flags (the message says which datasets and finding keys do have flags).
     """
     if not db.is_file():
         raise ConfigError(_no_db_message(db))
