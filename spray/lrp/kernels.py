@@ -75,6 +75,25 @@ class _LinearOp:
             and not torch.is_autocast_enabled("cpu")
         )
 
+    def shared_input(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout a CPU convolution with the ``channels_last`` weight ``w`` runs in.
+
+        A convolution converts a contiguous input to its weight's ``channels_last`` layout itself, once per
+        call; a rule that convolves the same input two or three times (z+, αβ, z^B) converts it here once
+        instead. The values (and hence every result) are the same: only the copy is saved. This happens
+        after a first layer with a 1-channel input, whose output is contiguous (measured: a third of the
+        z+ layer's time after it on 28×28 grey images).
+        """
+        if (
+            self.kind == "conv2d"
+            and x.dim() == 4
+            and x.device.type == "cpu"
+            and _memory_format(w) == torch.channels_last
+            and _memory_format(x) != torch.channels_last
+        ):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """Apply the layer with weight ``w`` and bias ``b`` to ``x``."""
         if self.kind == "linear":

@@ -65,6 +65,7 @@ class _ZPlusFn(torch.autograd.Function):
         eps: float,
         act: Any,
     ) -> torch.Tensor:
+        x = op.shared_input(x, w)
         z = op.forward(x, w, b)
         mixed = not _nonneg(x)
         if mixed:
