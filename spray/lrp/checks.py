@@ -32,6 +32,7 @@ from spray.lrp.canonizers import ResidualAdd
 from spray.lrp.capture import CallRecord, RelevanceTaps
 from spray.lrp.functional import functional_rules
 from spray.lrp.layout import _tf32
+from spray.lrp.numerics import seeded_grad
 from spray.lrp.pooling import LeanMaxPool
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def _probe(
         with torch.enable_grad(), functional_rules(ctx, attention, recorder=taps.record_op):
             out = probe(xp)
         seed = torch.zeros_like(out).scatter_(1, targets[:2, None].to(out.device), 1.0)
-        torch.autograd.grad(out, xp, grad_outputs=seed)
+        seeded_grad(out, xp, seed)
     finally:
         taps.remove()
     return taps.calls

@@ -38,6 +38,7 @@ from spray.lrp.functional import functional_rules
 from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
+from spray.lrp.numerics import seeded_grad
 from spray.lrp.preparation import hooked_modules, prepare, reference_copy
 
 logger = logging.getLogger(__name__)
@@ -441,7 +442,7 @@ class Explainer:
         # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
         # differ from zennit's by up to 1.2 % of their scale.
         with self._precision(autocast=False):
-            (grad,) = torch.autograd.grad(out, x, grad_outputs=seed)
+            grad = seeded_grad(out, x, seed)
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         if not self._empty_checked:
