@@ -125,6 +125,7 @@ class _TwoTermFn(torch.autograd.Function):
         coef_a: float | None,
         coef_b: float | None,
     ) -> torch.Tensor:
+        x = op.shared_input(x, w)
         z = op.forward(x, w, b)
         mixed = bool((x < 0).any())
         if mixed:
