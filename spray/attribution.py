@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spray.config import AuditConfig
-from spray.data import AuditDataset, Sample, SampleBatch, collate_samples
-from spray.errors import DataError, ModelError
+from spray.data import AuditDataset, SampleBatch, collate_samples
+from spray.errors import ModelError
 from spray.records import AttributionBatch, SkippedSample
 from spray.runs.atomic import atomic_write_json, translate_write_errors
 from spray.runs.cache import ShardCache
@@ -175,22 +175,6 @@ def _restore_known_hashes(dataset: AuditDataset) -> Iterator[None]:
         yield
     finally:
         dataset.known_hashes = frozenset()
-
-
-def _decode(dataset: AuditDataset, position: int) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Input and thumbnail of one sample the loader did not decode (its bytes are cached, but under
-    another label: the same image in another class folder, or moved to another class)."""
-    known, dataset.known_hashes = dataset.known_hashes, frozenset()
-    try:
-        item = dataset[position]
-    finally:
-        dataset.known_hashes = known
-    if not isinstance(item, Sample) or item.x is None:
-        reason = getattr(item, "reason", "not decoded")
-        raise DataError(
-            f"sample {dataset.sample_ids[position]!r} became unreadable during the audit: {reason}"
-        )
-    return item.x, item.thumbnail
 
 
 class BatchStage:
@@ -357,7 +341,8 @@ class BatchStage:
                 xs.append(b.x[row[i]])
                 ths.append(None if b.thumbnails is None else b.thumbnails[row[i]])
             else:
-                xi, ti = _decode(dataset, b.indices[i])
+                # its bytes are cached, but under another label (the same image in another class folder)
+                xi, ti = dataset.decode(b.indices[i])
                 xs.append(xi)
                 ths.append(ti)
         thumbs = None if any(t is None for t in ths) else np.stack(ths)  # type: ignore[arg-type]

@@ -257,6 +257,19 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         pairs = {pos: (x, None if host is None else host[k]) for k, (pos, x) in enumerate(made.items())}
         return _merge_decoded(b, pairs, skipped, self.jpeg.device)
 
+    def decode(self, i: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Model input and thumbnail of sample ``i``, decoded even when its hash is in :attr:`known_hashes`.
+
+        Raises
+        ------
+        DataError
+            If the sample cannot be read or holds NaN/inf (it was readable when the batch stage hashed it).
+        """
+        got = self._read(i, thumbnail=True)
+        if isinstance(got, str):
+            raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
+        return got[0], got[2]
+
     def load_input(self, i: int) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).
 
