@@ -36,7 +36,9 @@ SMALL_IMAGE = 64
 #: The batch size ``spray init`` writes holds about this many input pixels (32 images at 224²), so small
 #: images get larger batches: per-batch overhead dominated the batch stage of 28×28 images at 32 a batch.
 BATCH_PIXELS = 32 * 224 * 224
-MAX_INIT_BATCH = 256
+#: At most this many: at 256 a layer's activations outgrow the CPU cache (the small CNN's LRP of 4,000
+#: 28×28 images took 4.7-5.3 CPU s at 256, 4.3-4.5 s at 128; docs/first_run.md).
+MAX_INIT_BATCH = 128
 
 
 @dataclass
@@ -243,7 +245,7 @@ def _section_lines(name: str, values: dict[str, Any], model: type[Any], indent: 
 
 
 def init_batch_size(data: DataFacts) -> int:
-    """The batch size for the model's input: a power of two holding about ``BATCH_PIXELS`` pixels, 8 to 256."""
+    """The batch size for the model's input: a power of two holding about ``BATCH_PIXELS`` pixels, 8 to ``MAX_INIT_BATCH``."""
     crop = (data.section.get("transform") or {}).get("center_crop")
     if crop:
         pixels = int(crop) ** 2

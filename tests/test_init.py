@@ -69,7 +69,7 @@ def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert cfg.data.kind == "idx" and cfg.data.labels == (tmp_path / "train-labels-idx1-ubyte.gz").resolve()
     assert cfg.model.factory_kwargs == {"num_classes": 4, "in_channels": 1}
     assert cfg.data.transform.resize is None  # 28×28 images are taken at their size
-    assert cfg.batch.batch_size == 256  # small inputs get large batches (capped at 256)
+    assert cfg.batch.batch_size == 128  # small inputs get large batches (capped at 128)
     assert "ok: one batch read: inputs (1, 28, 28)" in res.stdout and "(grey)" in res.stdout
 
 
