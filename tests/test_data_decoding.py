@@ -293,3 +293,16 @@ def test_damaged_real_files_decode_or_skip(raw: bytes, cut: int) -> None:
         _check(decode_image(damaged, OPTS))
     except UnreadableSample as err:
         assert "BytesIO" not in err.reason
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_8bit_pixels_decode_as_torch_divides_them_for_every_value(mode: str) -> None:
+    """Every 8-bit value gives the float32 and the memory layout of torch's ``.float() / 255.0`` (the
+    decoding that spray's cached heatmaps were made from), bit for bit."""
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    arr = values if mode == "L" else np.stack([values, values[::-1], values.T], axis=-1)
+    t = decode_image(_save(Image.fromarray(arr, mode), "PNG"), OPTS)
+    hwc = arr if arr.ndim == 3 else arr[:, :, None]
+    oracle = torch.from_numpy(hwc.copy()).permute(2, 0, 1).float() / 255.0
+    assert t.dtype == torch.float32 and t.stride() == oracle.stride()
+    assert torch.equal(t.contiguous().view(torch.int32), oracle.contiguous().view(torch.int32))
