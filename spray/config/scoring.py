@@ -130,7 +130,7 @@ class ScoringConfig(Section):
         "its other leading candidates), (a - a0) / (1 - a0), reaches this.",
     )
     flag_min_relative_appearance_two_routes: float = Field(
-        0.65,
+        0.55,
         ge=0.0,
         le=1.0,
         description="Flag: the relative appearance needed instead of flag_min_relative_appearance when both the "
