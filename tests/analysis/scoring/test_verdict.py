@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spray.analysis.scoring.geometry import Region
 from spray.analysis.scoring.evidence import evidence
+from spray.analysis.scoring.geometry import Region
 from spray.analysis.scoring.intervention import InterventionTest, Removal
 from spray.analysis.scoring.signals import Candidate
 from spray.analysis.scoring.verdict import judge
