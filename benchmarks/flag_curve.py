@@ -16,6 +16,9 @@ comes from a tuning run with the gates open, in which every appraised candidate 
     python benchmarks/flag_curve.py curve_fashion.jsonl curve_digits.jsonl
     python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
         --removal-aurocs 0.8 0.9 0.95 0.98        # the rows of 3 Dec 2026, the extended grid
+    python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
+        --appearances 0.5 --relatives 0.65 --removal-aurocs 0.98 \
+        --two-routes 0.3 0.35 0.4 0.45 0.5 0.55 0.6 0.65      # the second rule's grid
 
 For every pair of thresholds (appearance, relative appearance) this replays the verdict offline: per
 class, the candidates whose appearance reaches both thresholds are the eligible ones, the first
@@ -179,11 +182,12 @@ def _safe(point: Point) -> bool:
     return point.clean_alarms <= MAX_CLEAN_ALARMS and point.other_alarm_rate <= MAX_OTHER_ALARM_RATE
 
 
-def choose(points: list[Point]) -> Point | None:
-    """The rule of the module docstring (None when no pair is safe)."""
+def choose(points: list[Point], among: list[Point] | None = None) -> Point | None:
+    """The rule of the module docstring (None when no pair is safe): the choice is made from ``among``
+    (default: every point), the margin neighbours looked up in ``points``."""
     at = {(p.appearance, p.relative, p.removal_auroc, p.two_routes): p for p in points}
     ok = []
-    for p in points:
+    for p in points if among is None else among:
         lower = (round(p.relative - STEP, 2), round(p.two_routes - STEP, 2))
         below = at.get((p.appearance, *lower[:1], p.removal_auroc, lower[1]))
         if _safe(p) and (below is None or _safe(below)):
@@ -234,22 +238,32 @@ def main(argv: list[str] | None = None) -> None:
         help="flag_min_relative_appearance_two_routes values (default: the relative threshold itself); "
         "values above a set's relative threshold are skipped",
     )  # fmt: skip
+    ap.add_argument("--appearances", type=float, nargs="+", default=None, help="flag_min_appearance values")
+    ap.add_argument(
+        "--relatives", type=float, nargs="+", default=None, help="flag_min_relative_appearance values"
+    )
     args = ap.parse_args(argv)
     rows = [json.loads(li) for p in args.rows for li in _read(p).splitlines() if li.strip()]
     if any(r.get("split", "tuning") != "tuning" for r in rows):
         raise SystemExit(
             "flag_curve: these rows are not all of the tuning split; the default is chosen on it only"
         )
-    grid = [
+    appearances = args.appearances or APPEARANCES
+    relatives = args.relatives or RELATIVES
+    # The margin neighbours (both relative thresholds one step lower) are evaluated even outside the grid.
+    wanted = {
         (a, r, ra, r if t is None else t)
-        for a in APPEARANCES
-        for r in RELATIVES
+        for a in appearances
+        for r in relatives
         for ra in args.removal_aurocs
         for t in (args.two_routes or [None])
         if t is None or t <= r
-    ]
-    points = [evaluate(rows, *g) for g in grid]
-    chosen = choose(points)
+    }
+    near = {(a, round(r - STEP, 2), ra, round(t - STEP, 2)) for a, r, ra, t in wanted if r - STEP >= -1e-9}
+    points = [evaluate(rows, *g) for g in sorted(wanted | near)]
+    chosen = choose(
+        points, [p for p in points if (p.appearance, p.relative, p.removal_auroc, p.two_routes) in wanted]
+    )
     now = ScoringConfig()
     default = (
         now.flag_min_appearance, now.flag_min_relative_appearance, now.removal_min_auroc,
