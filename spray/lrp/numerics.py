@@ -113,7 +113,9 @@ def seeded_grad(out: torch.Tensor, x: torch.Tensor, seed: torch.Tensor) -> torch
     torch.Tensor
         Same shape as ``x``.
     """
-    (grad,) = torch.autograd.grad((out * seed).sum(), x)
+    with torch.enable_grad():  # the caller may be under no_grad: the graph of out exists regardless
+        scalar = (out * seed).sum()
+    (grad,) = torch.autograd.grad(scalar, x)
     return grad
 
 
