@@ -79,10 +79,10 @@ class _LinearOp:
         """``x`` in the memory layout a CPU convolution with the ``channels_last`` weight ``w`` runs in.
 
         A convolution converts a contiguous input to its weight's ``channels_last`` layout itself, once per
-        call; a rule that convolves the same input two or three times (z+, αβ, z^B) converts it here once
+        call; a rule that convolves the same input two or three times (z+, αβ, γ) converts it here once
         instead. The values (and hence every result) are the same: only the copy is saved. This happens
         after a first layer with a 1-channel input, whose output is contiguous (measured: a third of the
-        z+ layer's time after it on 28×28 grey images).
+        z+ layer's forward after it on 28×28 grey images, under load).
         """
         if (
             self.kind == "conv2d"
