@@ -250,10 +250,10 @@ def measure(checkout: Path, scratch: Path, n: int) -> dict[str, Any]:
 def _doc_block(res: dict[str, Any], argv: str) -> str:
     """Markdown for docs/first_run.md."""
     rows = [
-        f"Command: `{res.get('env_prefix', '')}nice -n 5 python benchmarks/first_run.py {argv}` ({res['date']}, "
+        f"Command: `{res.get('env_prefix', '')}python benchmarks/first_run.py {argv}` ({res['date']}, "
         f"commit {res['commit']}, "
         f"{res['cpus']} CPUs, 1-minute load {res['load_1min_start']:.1f} at the start and "
-        f"{res['load_1min_end']:.1f} at the end; other jobs shared the machine).",
+        f"{res['load_1min_end']:.1f} at the end).",
         "",
         "| step | wall s | CPU s |",
         "|---|---|---|",
