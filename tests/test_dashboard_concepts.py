@@ -62,6 +62,7 @@ def test_a_concept_finding_shows_conditional_heatmaps_and_references(
     assert len(html_grid(at)) == len(stored.sample_ids) < f.size
     assert [g["sample_id"] for g in html_grid(at)] == [str(s) for s in stored.sample_ids]
     assert [len(i.proto.imgs) for i in imgs[2:]] == [8, 8]
+    assert all(i.url.startswith("data:image/png;base64,") for el in imgs for i in el.proto.imgs)
     assert "Channel 3" in shown and "Channel 7" in shown
     # the plain heatmaps of every member instead
     ok(at.segmented_control(key="w_heat").set_value("plain").run())
