@@ -16,6 +16,9 @@ comes from a tuning run with the gates open, in which every appraised candidate 
     python benchmarks/flag_curve.py curve_fashion.jsonl curve_digits.jsonl
     python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
         --removal-aurocs 0.8 0.9 0.95 0.98        # the rows of 3 Dec 2026, the extended grid
+    python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
+        --appearances 0.5 --relatives 0.65 --removal-aurocs 0.98 \
+        --two-routes 0.3 0.35 0.4 0.45 0.5 0.55 0.6 0.65      # the second rule's grid
 
 For every pair of thresholds (appearance, relative appearance) this replays the verdict offline: per
 class, the candidates whose appearance reaches both thresholds are the eligible ones, the first
@@ -30,6 +33,13 @@ raise another alarm, *and* so does the pair one relative-appearance step (0.05) 
 data it was not tuned on), take the one with the highest flag recall on learned shortcuts at p ≥ 0.1;
 ties go to the higher recall at p = 0.05, then to the higher relative-appearance threshold, then to the
 higher appearance threshold.
+
+**The second rule, for ``flag_min_relative_appearance_two_routes``, fixed before its grid was evaluated**
+(3 Dec 2026, third session): the tuning split's missed planted groups were looked at first (many cleared
+both the paste and the removal test with removal AUROC 1.0 at relative appearance 0.56-0.64, while every
+natural group clearing both stayed at or below 0.49). The grid adds ``--two-routes`` values (0.30 to 0.65)
+at the first rule's choice (appearance 0.5, relative 0.65, removal AUROC 0.98); the same rule picks among
+them, the margin step lowering both relative thresholds, ties to the higher (stricter) two-route value.
 
 The curve run of 3 Dec 2026 covers the tuning split's p = 0.1 and 0.2 cells (3 seeds) and its 20 clean
 models in full; of its p = 0.05 cells only those run before the session's time made the lead narrow the
@@ -71,6 +81,7 @@ class Point:
     appearance: float
     relative: float
     removal_auroc: float
+    two_routes: float  # flag_min_relative_appearance_two_routes
     recall: float  # learned, p >= 0.1
     recall_rare: float  # learned, p = 0.05
     clean_alarms: int
@@ -116,7 +127,7 @@ def flags(row: dict[str, Any], config: ScoringConfig) -> list[dict[str, Any]]:
                 continue
             if cand["appearance"] < config.flag_min_appearance:
                 continue
-            if test.relative_appearance < config.flag_min_relative_appearance:
+            if test.relative_appearance < config.gate_relative_appearance:
                 continue
             run += 1
             shell = SimpleNamespace(map_score=cand.get("map_score", 0.0), signals=cand)
@@ -126,12 +137,19 @@ def flags(row: dict[str, Any], config: ScoringConfig) -> list[dict[str, Any]]:
 
 
 def evaluate(
-    rows: list[dict[str, Any]], appearance: float, relative: float, removal_auroc: float = 0.8
+    rows: list[dict[str, Any]],
+    appearance: float,
+    relative: float,
+    removal_auroc: float = 0.8,
+    two_routes: float | None = None,
 ) -> Point:
-    """Flag recall, false alarms and seed agreement of the rows at one set of thresholds."""
+    """Flag recall, false alarms and seed agreement of the rows at one set of thresholds (``two_routes``
+    None: the same relative threshold whatever the routes)."""
+    two_routes = relative if two_routes is None else two_routes
     config = ScoringConfig(
-        flag_min_appearance=appearance, flag_min_relative_appearance=relative, removal_min_auroc=removal_auroc
-    )
+        flag_min_appearance=appearance, flag_min_relative_appearance=relative, removal_min_auroc=removal_auroc,
+        flag_min_relative_appearance_two_routes=two_routes,
+    )  # fmt: skip
     hits: dict[int, bool] = {}
     other: dict[int, bool] = {}
     for i, row in enumerate(rows):
@@ -151,7 +169,7 @@ def evaluate(
             groups.setdefault((r["dataset"], r["family"], r["fraction"]), []).append(hits[i])
     full = [v for v in groups.values() if len(v) >= 2]
     return Point(
-        appearance, relative, removal_auroc,
+        appearance, relative, removal_auroc, two_routes,
         recall=float(np.mean([hits[i] for i in big])) if big else float("nan"),
         recall_rare=float(np.mean([hits[i] for i in rare])) if rare else float("nan"),
         clean_alarms=sum(other[i] for i in clean), clean_models=len(clean),
@@ -164,12 +182,14 @@ def _safe(point: Point) -> bool:
     return point.clean_alarms <= MAX_CLEAN_ALARMS and point.other_alarm_rate <= MAX_OTHER_ALARM_RATE
 
 
-def choose(points: list[Point]) -> Point | None:
-    """The rule of the module docstring (None when no pair is safe)."""
-    at = {(p.appearance, p.relative, p.removal_auroc): p for p in points}
+def choose(points: list[Point], among: list[Point] | None = None) -> Point | None:
+    """The rule of the module docstring (None when no pair is safe): the choice is made from ``among``
+    (default: every point), the margin neighbours looked up in ``points``."""
+    at = {(p.appearance, p.relative, p.removal_auroc, p.two_routes): p for p in points}
     ok = []
-    for p in points:
-        below = at.get((p.appearance, round(p.relative - STEP, 2), p.removal_auroc))
+    for p in points if among is None else among:
+        lower = (round(p.relative - STEP, 2), round(p.two_routes - STEP, 2))
+        below = at.get((p.appearance, *lower[:1], p.removal_auroc, lower[1]))
         if _safe(p) and (below is None or _safe(below)):
             ok.append(p)
     if not ok:
@@ -177,23 +197,24 @@ def choose(points: list[Point]) -> Point | None:
 
     def rank(p: Point) -> tuple[float, ...]:
         recall, rare = (-1.0 if np.isnan(v) else v for v in (p.recall, p.recall_rare))
-        return (recall, rare, p.relative, p.appearance, p.removal_auroc)
+        return (recall, rare, p.relative, p.two_routes, p.appearance, p.removal_auroc)
 
     return max(ok, key=rank)
 
 
-def table(points: list[Point], chosen: Point | None, default: tuple[float, float, float]) -> str:
-    """Markdown: one row per threshold pair, the chosen and the current default marked."""
-    out = ["| appearance | relative | removal AUROC | flag recall p ≥ 0.1 | flag recall p = 0.05 | clean alarms | other alarms "
-           "| seed agreement | |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+def table(points: list[Point], chosen: Point | None, default: tuple[float, float, float, float]) -> str:
+    """Markdown: one row per threshold set, the chosen and the current default marked."""
+    out = ["| appearance | relative | relative, two routes | removal AUROC | flag recall p ≥ 0.1 | flag recall p = 0.05 "
+           "| clean alarms | other alarms | seed agreement | |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in points:
         mark = []
         if p == chosen:
             mark.append("**chosen**")
-        if (p.appearance, p.relative, p.removal_auroc) == default:
+        if (p.appearance, p.relative, p.removal_auroc, p.two_routes) == default:
             mark.append("current default")
         out.append(
-            f"| {p.appearance:.2f} | {p.relative:.2f} | {p.removal_auroc:.2f} | {p.recall:.2f} | {p.recall_rare:.2f} | "
+            f"| {p.appearance:.2f} | {p.relative:.2f} | {p.two_routes:.2f} | {p.removal_auroc:.2f} | {p.recall:.2f} "
+            f"| {p.recall_rare:.2f} | "
             f"{p.clean_alarms} of {p.clean_models} | {p.other_alarm_rate:.1%} | {p.agreement:.2f} | {', '.join(mark)} |"
         )
     return "\n".join(out)
@@ -212,19 +233,48 @@ def main(argv: list[str] | None = None) -> None:
         "--removal-aurocs", type=float, nargs="+", default=[0.8],
         help=f"removal_min_auroc values of the grid (the first curve: 0.8 alone; extended: {REMOVAL_AUROCS})",
     )  # fmt: skip
+    ap.add_argument(
+        "--two-routes", type=float, nargs="+", default=None,
+        help="flag_min_relative_appearance_two_routes values (default: the relative threshold itself); "
+        "values above a set's relative threshold are skipped",
+    )  # fmt: skip
+    ap.add_argument("--appearances", type=float, nargs="+", default=None, help="flag_min_appearance values")
+    ap.add_argument(
+        "--relatives", type=float, nargs="+", default=None, help="flag_min_relative_appearance values"
+    )
     args = ap.parse_args(argv)
     rows = [json.loads(li) for p in args.rows for li in _read(p).splitlines() if li.strip()]
     if any(r.get("split", "tuning") != "tuning" for r in rows):
         raise SystemExit(
             "flag_curve: these rows are not all of the tuning split; the default is chosen on it only"
         )
-    grid = [(a, r, ra) for a in APPEARANCES for r in RELATIVES for ra in args.removal_aurocs]
-    points = [evaluate(rows, *g) for g in grid]
-    chosen = choose(points)
+    appearances = args.appearances or APPEARANCES
+    relatives = args.relatives or RELATIVES
+    # The margin neighbours (both relative thresholds one step lower) are evaluated even outside the grid.
+    wanted = {
+        (a, r, ra, r if t is None else t)
+        for a in appearances
+        for r in relatives
+        for ra in args.removal_aurocs
+        for t in (args.two_routes or [None])
+        if t is None or t <= r
+    }
+    near = {(a, round(r - STEP, 2), ra, round(t - STEP, 2)) for a, r, ra, t in wanted if r - STEP >= -1e-9}
+    points = [evaluate(rows, *g) for g in sorted(wanted | near)]
+    chosen = choose(
+        points, [p for p in points if (p.appearance, p.relative, p.removal_auroc, p.two_routes) in wanted]
+    )
     now = ScoringConfig()
-    default = (now.flag_min_appearance, now.flag_min_relative_appearance, now.removal_min_auroc)
+    default = (
+        now.flag_min_appearance, now.flag_min_relative_appearance, now.removal_min_auroc,
+        now.flag_min_relative_appearance_two_routes,
+    )  # fmt: skip
     curves = {(default[0], default[2])} | ({(chosen.appearance, chosen.removal_auroc)} if chosen else set())
     shown = points if args.all else [p for p in points if (p.appearance, p.removal_auroc) in curves]
+    if args.two_routes and not args.all:
+        # The curve along the two-route threshold at the chosen relative one, and the first rule's curve.
+        at = chosen.relative if chosen else default[1]
+        shown = [p for p in shown if p.two_routes == p.relative or p.relative == at]
     n_big = sum(r["family"] != "none" and r["learned"] and r["fraction"] >= 0.1 for r in rows)
     print(f"{len(rows)} rows; learned p ≥ 0.1: {n_big}\n")
     print(table(shown, chosen, default))
@@ -233,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(
             f"\nChosen: flag_min_appearance {chosen.appearance}, flag_min_relative_appearance {chosen.relative}, "
-            f"removal_min_auroc {chosen.removal_auroc}"
+            f"removal_min_auroc {chosen.removal_auroc}, flag_min_relative_appearance_two_routes {chosen.two_routes}"
         )
 
 

@@ -33,7 +33,9 @@ LRP_VERSION = 3
 # findings a concept cluster matches carry its evidence (space "both"), per-sample suspicion over both.
 # 5: the flag's defaults chosen on the tuning split's operating curve (flag_min_appearance 0.5, removal_min_auroc
 # 0.98; docs/detection.md).
-ANALYSIS_VERSION = 5
+# 6: a flag whose paste and removal tests both clear their margins needs relative appearance 0.55, not 0.65
+# (flag_min_relative_appearance_two_routes, chosen on the tuning split; docs/detection.md).
+ANALYSIS_VERSION = 6
 
 
 def code_version() -> str:

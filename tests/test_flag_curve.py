@@ -33,8 +33,8 @@ def test_replay_reproduces_the_flags_a_real_run_raised(curve) -> None:
     assert flagged > 20  # the rows do hold flags to reproduce
 
 
-def _point(curve, rel: float, recall: float, clean: int = 0, other: float = 0.0):
-    return curve.Point(0.4, rel, 0.98, recall, 0.5, clean, 20, other, 1.0)
+def _point(curve, rel: float, recall: float, clean: int = 0, other: float = 0.0, two: float | None = None):
+    return curve.Point(0.4, rel, 0.98, rel if two is None else two, recall, 0.5, clean, 20, other, 1.0)
 
 
 def test_rule_needs_a_safe_lower_neighbour_and_prefers_recall_then_caution(curve) -> None:
@@ -48,6 +48,20 @@ def test_rule_needs_a_safe_lower_neighbour_and_prefers_recall_then_caution(curve
     chosen = curve.choose(points)
     assert (chosen.relative, chosen.recall) == (0.55, 0.90)
     assert curve.choose([_point(curve, 0.5, 1.0, clean=2)]) is None
+
+
+def test_rule_lowers_both_relative_thresholds_for_the_margin(curve) -> None:
+    points = [
+        _point(curve, 0.65, 0.70, two=0.50, clean=1),
+        _point(curve, 0.60, 0.80, two=0.55, other=0.05),  # the margin neighbour of (0.65, 0.60): unsafe
+        _point(curve, 0.65, 0.80, two=0.60),
+        _point(curve, 0.60, 0.75, two=0.50),  # the margin neighbour of (0.65, 0.55): safe
+        _point(curve, 0.65, 0.75, two=0.55),
+        _point(curve, 0.65, 0.75, two=0.65),  # same recall, stricter two-route threshold: wins the tie
+        _point(curve, 0.60, 0.70, two=0.60),
+    ]
+    chosen = curve.choose(points)
+    assert (chosen.relative, chosen.two_routes) == (0.65, 0.65)
 
 
 def test_rows_of_another_split_are_refused(curve, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def evidence(
     if not test.intervened:
         if test.appearance < config.flag_min_appearance:
             out.append("no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has")
-        elif test.relative_appearance < config.flag_min_relative_appearance:
+        elif test.relative_appearance < config.gate_relative_appearance:
             out.append(
                 f"no intervention was run: a flag needs pixels more alike than other groups of {class_name}"
             )
@@ -114,6 +114,14 @@ def evidence(
     out += _interventions(class_name, test)
     if verdict is not None and verdict.suspicious:
         out.append("flagged by the " + " and the ".join(f"{route} test" for route in verdict.routes))
+    elif (
+        verdict is not None
+        and len(verdict.routes) == 1
+        and test.relative_appearance < config.flag_min_relative_appearance
+    ):
+        out.append(
+            f"not flagged: with one test alone a flag needs pixels more alike than other groups of {class_name}"
+        )
     return out
 
 

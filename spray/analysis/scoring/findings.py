@@ -51,7 +51,7 @@ def _tests(
 
     The appraised candidates' appearances are the class's own null for each other's (pixels only, no
     forward pass). Only a candidate that could be flagged (its appearance reaches
-    ``flag_min_appearance`` and, relative to the class's, ``flag_min_relative_appearance``) is run through
+    ``flag_min_appearance`` and, relative to the class's, the lower of its two relative thresholds) is run through
     the model, the leading ones first.
     """
     # One seeded order of the class's contents serves every candidate's donor pick (restricted to a
@@ -76,7 +76,7 @@ def _tests(
         if (
             run
             and seen.appearance >= config.flag_min_appearance
-            and (test.relative_appearance >= config.flag_min_relative_appearance)
+            and test.relative_appearance >= config.gate_relative_appearance
         ):
             again = appraise(stats, cand, sample_ids, probe, donor_order, config)
             assert again is not None

@@ -13,7 +13,8 @@ ratio_eps)``, ``gain_excess`` the class logit's mean gain from pasting the membe
 gain from pasting non-members' (``gain_ratio`` their smoothed ratio), ``removal_excess`` the members'
 class-logit drop above the non-members' when the hot pixels are removed, and ``appearance_null`` the
 class's typical appearance (the per-class null of the appearance). The flag needs alike pixels, a cluster that is not most of its class, and one
-intervention that clears its margins against the same-class null (:func:`judge`). Without a probe the
+intervention that clears its margins against the same-class null (:func:`judge`); when both interventions
+clear them, less alike pixels suffice (``flag_min_relative_appearance_two_routes``). Without a probe the
 score is the map score and the flag a fixed map-score threshold (weak; calibrated on synthetic maps
 only). The calibration of the margins is in ``docs/detection.md``.
 """
@@ -86,6 +87,13 @@ def _removal(test: InterventionTest, config: ScoringConfig) -> tuple[float, bool
     return strength, ok
 
 
+def _relative_needed(routes: tuple[str, ...], config: ScoringConfig) -> float:
+    """The relative appearance a flag needs: less when the paste and the removal test both clear their margins."""
+    if len(routes) == 2:
+        return config.flag_min_relative_appearance_two_routes
+    return config.flag_min_relative_appearance
+
+
 def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig, use_probe: bool) -> Verdict:
     """Score and flag one candidate from its map score and (with a probe) its interventions."""
     if not use_probe:
@@ -110,7 +118,7 @@ def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig,
         # A shortcut repeats the same pixels in every member; a natural object part varies. Some classes
         # look alike everywhere (digits): the appearance must also stand out from the class's own.
         and test.appearance >= config.flag_min_appearance
-        and relative >= config.flag_min_relative_appearance
+        and relative >= _relative_needed(routes, config)
     )
     return Verdict(suspicion(score, bool(suspicious)), bool(suspicious), ratio, routes)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from spray.analysis.scoring.evidence import evidence
 from spray.analysis.scoring.geometry import Region
-from spray.analysis.scoring.intervention import InterventionTest
+from spray.analysis.scoring.intervention import InterventionTest, Removal
 from spray.analysis.scoring.signals import Candidate
 from spray.analysis.scoring.verdict import judge
 from spray.config import ScoringConfig
@@ -49,6 +50,37 @@ def test_each_flag_condition_can_veto() -> None:
     ).suspicious  # not significant
     assert not judge(_cand(), InterventionTest(0.9, False), config, True).suspicious  # not pasted
     assert not judge(_cand(), None, config, True).suspicious  # not looked at
+
+
+def test_two_agreeing_interventions_need_less_alike_pixels() -> None:
+    """Relative appearance 0.6 (appearance 0.8 against a class typical of 0.5): below the one-route threshold
+    (0.65), above the two-route one (0.55)."""
+    config = ScoringConfig()
+    assert config.flag_min_relative_appearance_two_routes < 0.6 < config.flag_min_relative_appearance
+    removal = Removal(drop=3.0, null=0.0, p=1e-9, auroc=1.0, spread=0.1)
+    paste = dict(flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
+    both = InterventionTest(0.8, False, appearance_null=0.5, removal=removal, **paste)
+    v = judge(_cand(), both, config, use_probe=True)
+    assert v.suspicious and v.routes == ("paste", "removal")
+    for one in (InterventionTest(0.8, False, appearance_null=0.5, **paste),
+                InterventionTest(0.8, False, appearance_null=0.5, removal=removal)):  # fmt: skip
+        v1 = judge(_cand(), one, config, use_probe=True)
+        assert len(v1.routes) == 1 and not v1.suspicious
+        cand = _cand()
+        cand.signals.update(separation=0.8, share_in=0.3, share_out=0.05, consistency=0.9)
+        said = evidence(cand, "Shirt", 500, 8, 8, one, config, v1)
+        assert said[-1].startswith("not flagged: with one test alone")
+    # A natural group far below the class's look-alike level stays unflagged even with both routes.
+    plain = InterventionTest(0.7, False, appearance_null=0.5, removal=removal, **paste)
+    assert not judge(_cand(), plain, config, use_probe=True).suspicious
+
+
+def test_the_two_route_threshold_may_not_be_the_stricter_one() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="flag_min_relative_appearance_two_routes"):
+        ScoringConfig(flag_min_relative_appearance=0.5, flag_min_relative_appearance_two_routes=0.6)
 
 
 def test_without_a_probe_the_map_score_decides() -> None:
