@@ -162,10 +162,11 @@ def render_grid(
     page's table.
 
     The pictures are PNG ``data:`` URIs in a single ``st.html`` element: no file request per picture and
-    no image-list code to load. Each is rendered at the stored resolution (at most ``width``) and enlarged
-    by the browser without smoothing, the same pixels as a nearest-neighbour resize on the server, at a
-    tenth of the bytes. ``maps_of`` (sample id → ``(h, w)`` map) replaces the stored heatmaps, e.g. by a
-    concept finding's concept-conditional heatmaps; every sample of the page must have one."""
+    no image-list code to load. Each is rendered at the stored resolution and enlarged to ``width`` by the
+    browser without smoothing, the same pixels as a nearest-neighbour resize on the server at a tenth of
+    the bytes (larger ones are averaged down to ``width``). ``maps_of`` (sample id → ``(h, w)`` map)
+    replaces the stored heatmaps, e.g. by a concept finding's concept-conditional heatmaps; every sample of
+    the page must have one."""
     lo = (page - 1) * page_size
     page_ids = [str(s) for s in sample_ids[lo : lo + page_size]]
     if not page_ids:
@@ -176,8 +177,10 @@ def render_grid(
     else:
         heat = np.asarray(common.heatmaps(path, page_ids))
     imgs = common.thumbs(path, page_ids) if mode != "heatmap" else None
-    native = imgs.shape[1] if imgs is not None else max(heat.shape[-2:])
-    pics = imaging.render(mode, heat, imgs, cmap, size=min(int(native), width))
+    native = int(imgs.shape[1] if imgs is not None else max(heat.shape[-2:]))
+    pics = imaging.render(mode, heat, imgs, cmap, size=native)
+    if native > width:
+        pics = shrink(pics, width)
     table = common.samples(path).loc[page_ids]
     run = Path(path).name
     pictures = [
@@ -199,6 +202,17 @@ def render_grid(
     st.caption("Click a picture to open that sample at full size.")
     st.html(htmltable.picture_grid(pictures, "samples", width=width), unsafe_allow_javascript=True)
     return table
+
+
+def shrink(pictures: np.ndarray, size: int) -> np.ndarray:
+    """``(n, h, w, 3)`` uint8 pictures averaged down to ``size`` × ``size`` (larger thumbnails than a grid
+    shows: a nearest-neighbour reduction would alias fine detail, and sending them whole would make the page
+    a hundred times larger)."""
+    from PIL import Image
+
+    return np.stack(
+        [np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.BOX)) for p in pictures]
+    )
 
 
 def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE, name: str = "page") -> int:

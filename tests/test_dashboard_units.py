@@ -146,3 +146,15 @@ def test_no_page_relies_on_streamlit_magic() -> None:
         assert code.count("__streamlitmagic__") <= 1, f"{f.name} writes through Streamlit magic"
     # The oracle does see a bare expression.
     assert ast.unparse(add_magic("x = 1\nx\n", "x.py")).count("__streamlitmagic__") == 2
+
+
+def test_thumbnails_larger_than_the_grid_are_averaged_down() -> None:
+    import samplegrid
+
+    # A 1-pixel checkerboard of black and white: averaged, every shown pixel is mid-grey (nearest would
+    # keep black and white pixels, i.e. alias).
+    board = ((np.indices((192, 192)).sum(0) % 2) * 255).astype(np.uint8)
+    pics = np.repeat(board[None, :, :, None], 3, axis=3).repeat(2, axis=0)
+    out = samplegrid.shrink(pics, 96)
+    assert out.shape == (2, 96, 96, 3) and out.dtype == np.uint8
+    assert np.all(np.abs(out.astype(int) - 128) <= 1)
