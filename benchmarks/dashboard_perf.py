@@ -12,7 +12,8 @@ Timed, each first (cold caches) and second (warm) time:
 - class page: spectrum + the 100k-point map (apps before 2026-12-03 session 4: plotly, a picture of every
   point plus the drawn sample of points; since: the static spectrum and picture, and then, as
   ``class_draw``, the interactive map from the click on "Select on the map" until it is drawn);
-- cluster page: one page of 100 thumbnails (overlays rendered with numpy, one st.image call).
+- cluster page: one page of 100 thumbnails (overlays rendered with numpy; one st.image call, since 2026-12-03
+  session 5 one static HTML grid of data URIs, the page's table behind a switch).
 
 Every browser repetition starts a fresh server (cold Streamlit caches) and a fresh browser (cold HTTP cache);
 the load average is printed before and after each repetition.

@@ -36,7 +36,7 @@ from spray.errors import SprayError  # noqa: E402
 
 URL_KEYS = (
     "run", "cls", "k", "cluster", "page", "color", "view", "sel", "geo", "mode", "cmap", "sort", "filter",
-    "conf", "sample", "dataset", "susp", "top", "status", "draw",
+    "conf", "sample", "dataset", "susp", "top", "status", "draw", "table",
 )  # fmt: skip
 
 st.set_page_config(page_title="spray", page_icon=":material/search:", layout="wide")

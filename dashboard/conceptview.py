@@ -85,4 +85,5 @@ def references(path: str, summary: RunSummary, finding: FindingSummary, cmap: st
         pics = imaging.render(mode, np.asarray(common.heatmaps(path, ids)), imgs, cmap, size=72)
         caps = [safetext.plain(f"{s} · {table.loc[s, 'label_name']}", limit=40) for s in ids]
         st.markdown(f"**Channel {int(ch)}**")
-        st.image(list(pics), caption=caps, width=72)
+        # Data URIs: the strip comes with the page, no file request per picture.
+        st.image([imaging.png_data_uri(p) for p in pics], caption=caps, width=72)

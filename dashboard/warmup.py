@@ -17,6 +17,7 @@ background thread of the server (:func:`start`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -44,9 +45,32 @@ WATCH_S = 60.0
 
 
 def start(runs: str | Path) -> threading.Event:
-    """What the server does before it listens: :func:`warm` now, then :func:`watch` in the background."""
+    """What the server does before it listens: :func:`warm` now, then :func:`watch` in the background.
+
+    Everything alive after the warm-up (imported modules, the warmed caches) is then moved out of the
+    garbage collector's sight (``gc.freeze``): Streamlit runs a full collection after every script run,
+    and walking those ~130,000 long-lived objects took 0.1-0.2 s each time, with the interpreter lock
+    held, so the server could not send the page's code or pictures meanwhile. They are never garbage;
+    later objects are collected as before.
+    """
     _warm_safely(runs)
+    _skip_repl_check()
+    gc.freeze()
     return watch(runs)
+
+
+def _skip_repl_check() -> None:
+    """Spare the first page Streamlit's once-per-process check whether it runs in a Python REPL.
+
+    The check (``env_util.is_repl``, before the first element is sent) walks the script thread's stack with
+    ``inspect.stack``, which resolves the file of each of the ~1,500 loaded modules: 0.1-0.3 s of the first
+    visitor's first page on 2 cores. A server is never a REPL; if Streamlit renames the flag, this does
+    nothing and the check runs as before.
+    """
+    from streamlit import delta_generator
+
+    if hasattr(delta_generator, "_use_warning_has_been_displayed"):
+        delta_generator._use_warning_has_been_displayed = True
 
 
 def _warm_safely(runs: str | Path) -> None:
@@ -109,7 +133,7 @@ def warm(runs: str | Path) -> float:
 
 
 def _warm_run(path: str) -> None:
-    """The overview's and the class page's first reads of one run."""
+    """The overview's and the class page's first reads of one run (and the cluster pages' sample index)."""
     found = common.findings(path)
     common.samples(path)
     for f in found[:OVERVIEW_ROWS]:
@@ -121,6 +145,8 @@ def _warm_run(path: str) -> None:
             common.changes_between(path, str(Path(runs) / prev))
     if found:
         top = found[0]
+        # The cluster page reads heatmaps and thumbnails by sample id: the run's id → row index, built once.
+        common.heatmaps(path, common.members(path, top.key)[:1])
         common.class_positions(path, top.class_index)
         embedmap.class_picture(path, top.class_index, top.k, embedmap.COLOURINGS[0])
         embedmap.class_map(path, top.class_index, top.k, embedmap.COLOURINGS[0], "")

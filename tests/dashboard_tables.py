@@ -83,3 +83,46 @@ def follow_row_link(at: Any, href: str) -> Any:
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+class _Grid(HTMLParser):
+    def __init__(self, name: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.name, self.depth = name, 0
+        self.pictures: list[dict[str, Any]] = []
+        self.caption: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "div" and a.get("data-grid") == self.name:
+            self.depth = 1
+        elif not self.depth:
+            return
+        elif tag == "figure":
+            self.pictures.append({"href": a.get("data-href"), "sample_id": a.get("data-key"), "src": ""})
+        elif tag == "img" and self.pictures:
+            self.pictures[-1]["src"] = a.get("src") or ""
+        elif tag == "figcaption":
+            self.caption = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figcaption" and self.caption is not None and self.pictures:
+            self.pictures[-1]["caption"] = "".join(self.caption)
+            self.caption = None
+        elif tag == "div" and self.depth:
+            self.depth = 0
+
+    def handle_data(self, data: str) -> None:
+        if self.caption is not None:
+            self.caption.append(data)
+
+
+def html_grid(at: Any, name: str = "samples") -> list[dict[str, Any]]:
+    """The pictures of the page's picture grid ``name``: {"src", "caption", "href", "sample_id"} each, in
+    order. Raises when there is none."""
+    for body in html_tables(at):
+        if f'data-grid="{name}"' in body:
+            p = _Grid(name)
+            p.feed(body)
+            return p.pictures
+    raise AssertionError(f"no picture grid {name!r} on the page")

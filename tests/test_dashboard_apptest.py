@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
-from tests.dashboard_tables import follow_row_link, html_table, html_tables
+from tests.dashboard_tables import follow_row_link, html_grid, html_table, html_tables
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 DATASET = "synthetic-fashion"
@@ -169,9 +169,8 @@ def test_class_page_colours_switch_k_and_selection_feeds_grid_and_flags(
     }
     ok(at.run())
     assert any(f"Selection: {len(picked):,} samples" in s.value for s in at.subheader)
-    imgs = at.get("image")
-    # The colour bar, then the grid: one st.image call, ≤ 100 per page.
-    assert len(imgs) == 2 and len(imgs[-1].proto.imgs) == 100
+    # The colour bar (an image), then the grid: one static grid of ≤ 100 pictures per page.
+    assert len(at.get("image")) == 1 and len(html_grid(at)) == 100
     # Flag the selection.
     at.radio(key="flag_status_class_sel").set_value("investigate")
     at.text_area(key="flag_note_class_sel").input("odd blob")
@@ -198,14 +197,20 @@ def test_cluster_page_pages_members_and_flags_the_cluster(env: Path) -> None:
     assert at.title[0].value == "Cluster / selection"
     members = int(at.subheader[0].value.split("(")[1].rstrip(")"))
     assert members > 100
-    imgs = at.get("image")
-    assert len(imgs[-1].proto.imgs) == 100  # page 1 of 2 (the mean heatmap is the first st.image)
+    grid = html_grid(at)
+    assert len(grid) == 100  # page 1 of 2
+    # Every picture is the sample's own PNG and opens that sample's view.
+    assert all(g["src"].startswith("data:image/png;base64,") for g in grid)
+    assert grid[0]["href"] == f"sample?run={at.query_params['run']}&sample={grid[0]['sample_id']}"
+    assert grid[0]["caption"].startswith(f"{grid[0]['sample_id']} · ")
+    # The mean heatmap and the colour bar come with the page (data URIs), not as files to fetch.
+    assert all(i.url.startswith("data:image/png") for el in at.get("image") for i in el.proto.imgs)
     assert "4×4 region at the top left" in texts(at)
     # Page 2 via the pager.
     at.session_state["cl_grid_page"] = 2
     at.session_state["_nav"]["page"] = "2"
     ok(at.run())
-    assert len(at.get("image")[-1].proto.imgs) == members - 100
+    assert len(html_grid(at)) == members - 100
     assert at.query_params["page"] == "2"
     for mode in ("heatmap", "input"):
         ok(at.segmented_control(key="w_mode").set_value(mode).run())
@@ -221,7 +226,10 @@ def test_cluster_page_pages_members_and_flags_the_cluster(env: Path) -> None:
     ok(at.run())
     cur = FlagStore(env).current(DATASET, "unlearn")
     assert len(cur) == members and {r.cluster_key for r in cur} == {"6/k5/c4"}
-    # Clicking a row of the page table shows that sample.
+    # The page's table is asked for (not loaded with the page); clicking a row shows that sample.
+    assert not at.dataframe
+    ok(at.toggle(key="w_table").set_value(True).run())
+    assert at.query_params["table"] == "1" and len(at.dataframe) == 1
     at.session_state["cl_members"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     ok(at.run())
     assert "**sample id**" in texts(at) and "**prediction**" in texts(at)

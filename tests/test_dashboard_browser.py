@@ -245,6 +245,16 @@ def test_an_auditors_task_from_overview_to_export(served: str, request: pytest.F
             for line in top.evidence:
                 expect(page.get_by_text(line, exact=False).first).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / f"walk-{served}-1-cluster.png"), full_page=True)
+            # A picture of the members' grid opens that sample's view, in the app; back returns.
+            picture = page.locator("[data-grid=samples] figure").first
+            sid0 = picture.get_attribute("data-key")
+            assert sid0 in top.member_ids
+            picture.locator("img").click()
+            page.wait_for_url("**/sample?**")
+            expect(page.get_by_text("Its clusters")).to_be_visible()
+            assert page.evaluate("() => window.__same_document === true")
+            page.go_back()
+            expect(page.get_by_role("heading", name=f"Members ({top.size})")).to_be_visible()
 
             # 3. Its class; select the members with the lasso (the tool is the default drag mode).
             page.get_by_role("link", name="Class").first.click()
@@ -359,7 +369,15 @@ def test_hostile_strings_never_become_markup(hostile_server: tuple[str, Path]) -
         -1
     ]
     key = first_key(run)
-    pages = ["/", "/class?cls=0", "/class?cls=1", f"/cluster?cluster={key}", "/sample?sample=1", "/flags"]
+    # The cluster page with its table of the page's samples (behind a switch since the grid is static HTML).
+    pages = [
+        "/",
+        "/class?cls=0",
+        "/class?cls=1",
+        f"/cluster?cluster={key}&table=1",
+        "/sample?sample=1",
+        "/flags",
+    ]
     fetched: list[str] = []
     with sync_playwright() as p:
         browser = _browser(p)

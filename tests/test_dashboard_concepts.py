@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from tests.dashboard_tables import html_grid
 from tests.runs.builders import make_report, write_published
 from tests.test_dashboard_apptest import APP, ok, texts
 
@@ -56,14 +57,16 @@ def test_a_concept_finding_shows_conditional_heatmaps_and_references(
     assert "concept space only" in shown and "channels 3, 7" in shown
     assert "Concept-conditional heatmaps" in shown
     imgs = at.get("image")
-    # mean heatmap, colour bar, the members' grid, then one strip of references per channel
-    assert len(imgs) == 5
-    assert len(imgs[2].proto.imgs) == len(stored.sample_ids) < f.size
-    assert [len(i.proto.imgs) for i in imgs[3:]] == [8, 8]
+    # mean heatmap, colour bar, then one strip of references per channel; the members' grid is static HTML
+    assert len(imgs) == 4
+    assert len(html_grid(at)) == len(stored.sample_ids) < f.size
+    assert [g["sample_id"] for g in html_grid(at)] == [str(s) for s in stored.sample_ids]
+    assert [len(i.proto.imgs) for i in imgs[2:]] == [8, 8]
+    assert all(i.url.startswith("data:image/png;base64,") for el in imgs for i in el.proto.imgs)
     assert "Channel 3" in shown and "Channel 7" in shown
     # the plain heatmaps of every member instead
     ok(at.segmented_control(key="w_heat").set_value("plain").run())
-    assert len(at.get("image")[2].proto.imgs) == f.size
+    assert len(html_grid(at)) == f.size
     assert at.query_params["heat"] == "plain"
 
 
@@ -72,7 +75,7 @@ def test_a_pixel_finding_keeps_its_plain_page(env: None, run: tuple[Path, object
     f = next(f for f in report.findings if f.space == "pixel")  # type: ignore[attr-defined]
     at = _page(f.key)
     assert "Concept-conditional" not in texts(at) and "Reference samples" not in texts(at)
-    assert len(at.get("image")) == 3
+    assert len(at.get("image")) == 2 and html_grid(at)
 
 
 def test_an_unknown_concept_key_says_which_exist(env: None) -> None:

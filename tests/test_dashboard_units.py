@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
@@ -125,3 +126,35 @@ def test_code_spans_hold_any_text_verbatim(text: str) -> None:
 
 def test_html_escaping() -> None:
     assert safetext.html_text('<img src="x">') == "&lt;img src=&quot;x&quot;&gt;"
+
+
+def test_no_page_relies_on_streamlit_magic() -> None:
+    """``spray dashboard`` runs with ``runner.magicEnabled=false`` (no syntax-tree rewrite on a page's first
+    visit): a bare expression meant for display would silently show nothing. Streamlit's own transformer is
+    the oracle: it may add its import, never a call."""
+    from streamlit.runtime.scriptrunner.magic import add_magic
+
+    from spray import serve
+
+    argv, _ = serve.build_command(Path("runs"))
+    assert argv[argv.index("--runner.magicEnabled") + 1] == "false"
+    root = Path(__file__).resolve().parent.parent / "dashboard"
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 10
+    for f in files:
+        code = ast.unparse(add_magic(f.read_text(), str(f)))
+        assert code.count("__streamlitmagic__") <= 1, f"{f.name} writes through Streamlit magic"
+    # The oracle does see a bare expression.
+    assert ast.unparse(add_magic("x = 1\nx\n", "x.py")).count("__streamlitmagic__") == 2
+
+
+def test_thumbnails_larger_than_the_grid_are_averaged_down() -> None:
+    import samplegrid
+
+    # A 1-pixel checkerboard of black and white: averaged, every shown pixel is mid-grey (nearest would
+    # keep black and white pixels, i.e. alias).
+    board = ((np.indices((192, 192)).sum(0) % 2) * 255).astype(np.uint8)
+    pics = np.repeat(board[None, :, :, None], 3, axis=3).repeat(2, axis=0)
+    out = samplegrid.shrink(pics, 96)
+    assert out.shape == (2, 96, 96, 3) and out.dtype == np.uint8
+    assert np.all(np.abs(out.astype(int) - 128) <= 1)

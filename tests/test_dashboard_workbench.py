@@ -25,7 +25,7 @@ from streamlit.testing.v1 import AppTest
 from spray.flags import FlagStore
 from tests.dashboard_fixtures import make_synthetic_run
 from tests.dashboard_runinfo import findings, top_finding
-from tests.dashboard_tables import follow_row_link, html_table
+from tests.dashboard_tables import follow_row_link, html_grid, html_table
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 DATASET = "synthetic-fashion"
@@ -235,8 +235,7 @@ def test_cluster_page_view_state_is_in_the_url_and_restored(env: Path, run_dir: 
     n_mis = int((t["label"] != t["prediction"]).sum())
     assert f"{n_mis:,} of {top.size:,} members pass the filter" in shown(at)
     # The grid shows them most confident first.
-    grid = at.get("image")[-1]
-    captions = [img.caption for img in grid.proto.imgs]
+    captions = [g["caption"] for g in html_grid(at)]
     conf = [float(c.rsplit(" ", 1)[1]) for c in captions]
     assert conf == sorted(conf, reverse=True) and len(conf) == n_mis
     # Filters combine; the low-confidence threshold is in the URL too.

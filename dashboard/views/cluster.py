@@ -12,6 +12,7 @@ from pathlib import Path
 import common
 import conceptview
 import flagform
+import htmltable
 import numpy as np
 import pandas as pd
 import safetext
@@ -134,8 +135,10 @@ with left:
     # One colour map per page: the grid's picker (below) also colours the mean heatmap.
     cmap = str(state.get("cmap") if state.get("cmap") in imaging.COLORMAPS else imaging.DEFAULT_COLORMAP)
     mh = common.mean_heatmap(path, key, ids)
+    # A data URI: the picture comes with the page, no file request queued behind the page's code.
     st.image(
-        imaging.resize_nearest(imaging.colorize(mh, cmap), 224), caption="mean heatmap (normalised members)"
+        imaging.png_data_uri(imaging.resize_nearest(imaging.colorize(mh, cmap), 224)),
+        caption="mean heatmap (normalised members)",
     )
 with right:
     if finding is not None:
@@ -156,7 +159,14 @@ with right:
             switched()
             st.rerun()
         with st.expander("Signals"):
-            st.dataframe(pd.DataFrame([finding.signals]), hide_index=True)
+            # A static table: the data grid's code is not needed for one row of numbers.
+            st.html(
+                htmltable.render(
+                    list(finding.signals),
+                    [htmltable.Row([htmltable.number(v, "{:.4g}") for v in finding.signals.values()])],
+                    "signals",
+                )
+            )
     else:
         st.markdown(f"**{len(ids):,} samples** ({safetext.md(source)})")
     sub = tab.loc[ids]
@@ -212,10 +222,17 @@ urlstate.push_url(
     filter=state.get("filter") or None,
     conf=state.get("conf") if filters and "low confidence" in filters else None,
     heat=state.get("heat") if state.get("heat") not in (None, conceptview.SOURCES[0]) else None,
+    table=1 if state.get("table") == "1" else None,
 )
 page_table = samplegrid.render_grid(path, shown, mode=mode, cmap=grid_cmap, page=page, maps_of=maps_of)
-st.caption("Samples of this page: click a row to see it large (select several rows to flag only those).")
-picked = samplegrid.member_table(page_table, flags, key="cl_members")
+# The table is asked for, not opened with the page: its data-grid code (~1.3 MB, ~30 modules) held the first
+# paint of the whole page back until it had loaded.
+picked: list[int] = []
+if urlstate.nav_widget(
+    st.toggle, "Pick samples of this page in a table", "table", default=False, parse=urlstate.parse_bool
+):
+    st.caption("Click a row to see that sample here (select several rows to flag only those).")
+    picked = samplegrid.member_table(page_table, flags, key="cl_members")
 if picked:
     chosen = page_table.iloc[[p for p in picked if 0 <= p < len(page_table)]]
     one = chosen.iloc[0]

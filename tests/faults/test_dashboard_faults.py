@@ -509,8 +509,8 @@ def test_hostile_class_dataset_and_sample_names_are_shown_as_text(
         assert not _ACTIVE.search(re.sub(r"(`+) .*? \1", "", src)), src
     html = [str(h.proto.body) for h in at.get("html")]
     for body in html:
-        # The only markup is the dashboard's own: pictures as data URIs, the tables' static row-click script,
-        # links to the app's own views; every data string is escaped text.
+        # The only markup is the dashboard's own: pictures as data URIs, the tables' and grids' static
+        # click script, links to the app's own views; every data string is escaped text.
         for tag in re.findall(r"<img\b[^>]*>", body):
             assert re.fullmatch(
                 r'<img (data-\w+="\w+" )?src="data:image/(png|svg\+xml);base64,[A-Za-z0-9+/=]+"[^<>]*>', tag
@@ -519,5 +519,5 @@ def test_hostile_class_dataset_and_sample_names_are_shown_as_text(
         scripts = re.findall(r"<script>(.*?)</script>", body, re.S)
         assert all("127.0.0.1" not in sc and "alert" not in sc for sc in scripts), scripts
         assert body.count("<script") == len(scripts), body
-        assert all(h.startswith("cluster?") for h in re.findall(r'href="([^"]*)"', body)), body
+        assert all(h.startswith(("cluster?", "sample?")) for h in re.findall(r'href="([^"]*)"', body)), body
         assert "javascript:" not in "".join(re.findall(r'(?:href|src)="([^"]*)"', body)), body
