@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, TypeVar
+
+P = TypeVar("P", bound=HTMLParser)
 
 
 class _Table(HTMLParser):
@@ -60,12 +62,7 @@ def html_table(at: Any, name: str) -> list[dict[str, Any]]:
 
     An image cell reads as its ``src``; list items are joined with `` ▸ ``. Raises when there is none.
     """
-    for body in html_tables(at):
-        if f'data-table="{name}"' in body:
-            p = _Table(name)
-            p.feed(body)
-            return p.rows
-    raise AssertionError(f"no table {name!r} on the page")
+    return _parse(at, f'data-table="{name}"', _Table(name), f"no table {name!r} on the page").rows
 
 
 def follow_row_link(at: Any, href: str) -> Any:
@@ -120,9 +117,13 @@ class _Grid(HTMLParser):
 def html_grid(at: Any, name: str = "samples") -> list[dict[str, Any]]:
     """The pictures of the page's picture grid ``name``: {"src", "caption", "href", "sample_id"} each, in
     order. Raises when there is none."""
+    return _parse(at, f'data-grid="{name}"', _Grid(name), f"no picture grid {name!r} on the page").pictures
+
+
+def _parse(at: Any, marker: str, parser: P, missing: str) -> P:
+    """``parser`` fed with the first static HTML block of the page that holds ``marker``."""
     for body in html_tables(at):
-        if f'data-grid="{name}"' in body:
-            p = _Grid(name)
-            p.feed(body)
-            return p.pictures
-    raise AssertionError(f"no picture grid {name!r} on the page")
+        if marker in body:
+            parser.feed(body)
+            return parser
+    raise AssertionError(missing)
