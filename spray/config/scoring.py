@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from spray.config.section import Section
 
@@ -136,7 +136,8 @@ class ScoringConfig(Section):
         description="Flag: the relative appearance needed instead of flag_min_relative_appearance when both the "
         "paste and the removal test clear their margins (two independent interventions agree, so less "
         "alike pixels suffice: a hot-pixel mask that also takes in object pixels looks less alike). "
-        "Candidates are run through the model from the lower of the two.",
+        "Never stricter than flag_min_relative_appearance (the lower of the two applies); candidates are run "
+        "through the model from the lower of the two.",
     )
     appraised_candidates: int = Field(
         8,
@@ -300,17 +301,7 @@ class ScoringConfig(Section):
         "candidate stays in its class's list).",
     )
 
-    @model_validator(mode="after")
-    def _two_routes_not_stricter(self) -> ScoringConfig:
-        if self.flag_min_relative_appearance_two_routes > self.flag_min_relative_appearance:
-            raise ValueError(
-                f"flag_min_relative_appearance_two_routes ({self.flag_min_relative_appearance_two_routes}) must "
-                f"not exceed flag_min_relative_appearance ({self.flag_min_relative_appearance}): two agreeing "
-                "interventions are the stronger evidence; lower it or raise flag_min_relative_appearance"
-            )
-        return self
-
     @property
     def gate_relative_appearance(self) -> float:
         """The relative appearance from which a candidate is run through the model (the lower threshold)."""
-        return self.flag_min_relative_appearance_two_routes
+        return min(self.flag_min_relative_appearance_two_routes, self.flag_min_relative_appearance)

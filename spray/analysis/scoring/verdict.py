@@ -90,7 +90,7 @@ def _removal(test: InterventionTest, config: ScoringConfig) -> tuple[float, bool
 def _relative_needed(routes: tuple[str, ...], config: ScoringConfig) -> float:
     """The relative appearance a flag needs: less when the paste and the removal test both clear their margins."""
     if len(routes) == 2:
-        return config.flag_min_relative_appearance_two_routes
+        return config.gate_relative_appearance
     return config.flag_min_relative_appearance
 
 

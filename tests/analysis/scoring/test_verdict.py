@@ -75,12 +75,15 @@ def test_two_agreeing_interventions_need_less_alike_pixels() -> None:
     assert not judge(_cand(), plain, config, use_probe=True).suspicious
 
 
-def test_the_two_route_threshold_may_not_be_the_stricter_one() -> None:
-    import pytest
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="flag_min_relative_appearance_two_routes"):
-        ScoringConfig(flag_min_relative_appearance=0.5, flag_min_relative_appearance_two_routes=0.6)
+def test_the_two_route_threshold_is_never_the_stricter_one() -> None:
+    """A config that lowers only the one-route threshold (an open-gate tuning run sets it to 0) loads, and
+    both routes then need no more than it."""
+    config = ScoringConfig(flag_min_relative_appearance=0.3)
+    assert config.gate_relative_appearance == 0.3
+    removal = Removal(drop=3.0, null=0.0, p=1e-9, auroc=1.0, spread=0.1)
+    paste = dict(flip_rate=0.6, flip_null=0.0, flip_p=1e-9, flip_targets=200)
+    both = InterventionTest(0.7, False, appearance_null=0.5, removal=removal, **paste)  # relative 0.4
+    assert judge(_cand(), both, config, use_probe=True).suspicious
 
 
 def test_without_a_probe_the_map_score_decides() -> None:
