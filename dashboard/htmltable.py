@@ -120,13 +120,18 @@ def figures(pairs: list[tuple[str, str]]) -> str:
     return f'<div style="display:flex;gap:1rem;flex-wrap:wrap;justify-content:space-between">{cells}</div>'
 
 
+def _link_attrs(href: str | None, key: str) -> str:
+    """The ``data-href`` (what a click opens) and ``data-key`` attributes of a row or picture, escaped."""
+    attrs = f' data-href="{safetext.html_text(href)}"' if href else ""
+    return attrs + (f' data-key="{safetext.html_text(key)}"' if key else "")
+
+
 def render(headers: list[str], rows: list[Row], name: str) -> Markup:
     """The table as HTML (``name`` becomes its ``data-table`` attribute, for tests and the benchmark)."""
     head = "".join(f"<th>{safetext.html_text(h)}</th>" for h in headers)
     body = []
     for r in rows:
-        attrs = f' data-href="{safetext.html_text(r.href)}"' if r.href else ""
-        attrs += f' data-key="{safetext.html_text(r.key)}"' if r.key else ""
+        attrs = _link_attrs(r.href, r.key)
         cells = "".join(f"<td{NUM if c.numeric else ''}>{c.html}</td>" for c in r.cells)
         body.append(f"<tr{attrs}>{cells}</tr>")
     return Markup(
@@ -153,8 +158,7 @@ def picture_grid(pictures: list[Picture], name: str, *, width: int) -> Markup:
     """
     figures = []
     for p in pictures:
-        attrs = f' data-href="{safetext.html_text(p.href)}"' if p.href else ""
-        attrs += f' data-key="{safetext.html_text(p.key)}"' if p.key else ""
+        attrs = _link_attrs(p.href, p.key)
         figures.append(
             f'<figure{attrs} style="width:{int(width)}px">{image(p.uri, width).html}'
             f"<figcaption>{safetext.html_text(p.caption)}</figcaption></figure>"
