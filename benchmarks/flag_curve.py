@@ -188,8 +188,9 @@ def choose(points: list[Point], among: list[Point] | None = None) -> Point | Non
     at = {(p.appearance, p.relative, p.removal_auroc, p.two_routes): p for p in points}
     ok = []
     for p in points if among is None else among:
-        lower = (round(p.relative - STEP, 2), round(p.two_routes - STEP, 2))
-        below = at.get((p.appearance, *lower[:1], p.removal_auroc, lower[1]))
+        below = at.get(
+            (p.appearance, round(p.relative - STEP, 2), p.removal_auroc, round(p.two_routes - STEP, 2))
+        )
         if _safe(p) and (below is None or _safe(below)):
             ok.append(p)
     if not ok:
