@@ -1,0 +1,102 @@
+"""Variants of the correction settings on cells that ``benchmarks/correction.py`` already prepared.
+
+Each cell folder (``<work-dir>/<artifact>-<seed>``) holds a trained model, its published audit and the
+flags of its top finding. For every variant, a copy of ``cell.yaml`` with the variant's ``correction``
+fields is corrected with ``spray correct --no-reaudit`` (the command a user runs), and the record's
+flip-rate drop, relevance-share drop, clean-accuracy change and CPU seconds are printed as one JSON
+line. The protocol that chose ``rr_lambda`` with it is
+``benchmarks/results/correction_tuning_protocol_2026-12-03.md``.
+
+    OMP_NUM_THREADS=1 python benchmarks/correction_grid.py --work-dir /tmp/corr-tune \\
+        --cells frame-10 glyph-10 frame-11 glyph-11 \\
+        --variant default= --variant lam1e4=rr_lambda=1e4 --variant ep5=epochs=5
+    python benchmarks/correction_grid.py --summary ROWS.jsonl     # goals met per variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=key=value,key=value`` → (name, correction fields); values parsed as YAML scalars."""
+    name, _, rest = text.partition("=")
+    fields = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        fields[key] = yaml.safe_load(value)
+    return name, fields
+
+
+def run_variant(work: Path, name: str, fields: dict[str, Any], method: str) -> dict[str, Any]:
+    """Correct one cell with one variant; the record's figures as a row."""
+    base = yaml.safe_load((work / "cell.yaml").read_text())
+    cfg = {**base, "correction": {**base.get("correction", {}), **fields}}
+    path = work / f"grid-{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    argv = [sys.executable, "-m", "spray.cli", "correct", "--config", path.name, "--method", method]
+    res = subprocess.run(
+        [*argv, "-q", "--no-reaudit"], cwd=work, capture_output=True, text=True, env=dict(os.environ)
+    )
+    row: dict[str, Any] = {"cell": work.name, "variant": name, "fields": fields}
+    if res.returncode:
+        return {**row, "error": res.stderr[-500:]}
+    folder = Path(res.stdout.splitlines()[1].strip())
+    rec = json.loads(((folder if folder.is_absolute() else work / folder) / "correction.json").read_text())
+    ev, verdict = rec["evaluation"], rec["verdict"]
+    return {
+        **row,
+        "flip": [ev["before"]["flip_rate"], ev["after"]["flip_rate"]],
+        "flip_drop": verdict["flip_drop"],
+        "share_drop": verdict["relevance_drop"],
+        "acc": verdict["accuracy_change"],
+        "cpu_s": rec["timings"].get("correction_cpu_s"),
+    }
+
+
+def summary(rows: list[dict[str, Any]]) -> None:
+    """Goals met per variant (flip ↓ ≥ 90 %, share ↓ ≥ 80 %, accuracy change within ±1 point / ≥ −1 point)."""
+    agg: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0])
+    for r in rows:
+        if "error" in r:
+            continue
+        a = agg[r["variant"]]
+        both = (r["flip_drop"] >= 0.9) + (r["share_drop"] >= 0.8)
+        a[0] += both + (abs(r["acc"]) <= 0.01)
+        a[1] += both + (r["acc"] >= -0.01)
+        a[2] += r["cpu_s"] or 0.0
+        a[3] += 1
+    print("variant | goals met (acc within ±1 pt) | goals met (acc ≥ −1 pt) | CPU s | cells")
+    for name, (g1, g2, cpu, n) in sorted(agg.items(), key=lambda kv: (-kv[1][0], kv[1][2])):
+        print(f"{name} | {g1:.0f} | {g2:.0f} | {cpu:.1f} | {n:.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/spray-correction-bench"))
+    ap.add_argument("--cells", nargs="+", default=[])
+    ap.add_argument(
+        "--variant", action="append", default=[], help="NAME=key=value,key=value (empty: defaults)"
+    )
+    ap.add_argument("--method", default="rrclarc")
+    ap.add_argument("--summary", type=Path, help="only summarise a rows file")
+    args = ap.parse_args()
+    if args.summary:
+        summary([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()])
+        return
+    for cell in args.cells:
+        for name, fields in map(parse_variant, args.variant):
+            print(json.dumps(run_variant(args.work_dir / cell, name, fields, args.method)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
