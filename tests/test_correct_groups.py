@@ -103,3 +103,30 @@ def test_box_region_paste_and_fill() -> None:
     assert out[:, 0][:, ~r.mask].eq(0).all()
     filled = fill(torch.ones(2, 1, 10, 10), r.mask, torch.full((1, 10, 10), 5.0))
     assert filled[0, 0][r.mask].eq(5).all() and filled[0, 0][~r.mask].eq(1).all()
+
+
+def _frame_case(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Flagged inputs carry a 1-pixel white frame, but their excess relevance lies on its top edge only."""
+    h = w = 24  # the frame is 16 % of the image
+    ref_x = rng.uniform(0.0, 0.3, (40, 1, h, w)).astype(np.float32)
+    ref_x[:, :, 6:18, 6:18] += rng.uniform(0.0, 1.0, (40, 1, 12, 12)).astype(np.float32)  # the object varies
+    art_x = ref_x[:20].copy()
+    frame = np.zeros((h, w), dtype=bool)
+    frame[0, :] = frame[-1, :] = frame[:, 0] = frame[:, -1] = True
+    art_x[:, 0][:, frame] = 2.0
+    ref_r = rng.uniform(0.0, 1.0, (40, h, w))
+    art_r = rng.uniform(0.0, 1.0, (20, h, w))
+    art_r[:, 0, :] += 20.0  # relevance points at the top edge
+    return art_r, ref_r, art_x, ref_x, frame
+
+
+def test_region_extends_a_stamp_to_the_whole_frame() -> None:
+    art_r, ref_r, art_x, ref_x, frame = _frame_case(np.random.default_rng(0))
+    region = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig())
+    assert region.source == "stamp" and np.array_equal(region.mask, frame)
+    # without the extension only the part of the frame the relevance points at (top edge, grown by a pixel)
+    part = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig(stamp_extend=False))
+    assert part.mask[0].all() and part.mask.sum() < frame.sum() and not part.mask[-1].any()
+    # an extension larger than region_max_fraction is not taken: the part found in the zone stays
+    capped = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig(region_max_fraction=0.15))
+    assert np.array_equal(capped.mask, part.mask)

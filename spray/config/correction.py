@@ -110,6 +110,12 @@ class CorrectionConfig(Section):
         description="Floor of the reference's per-pixel standard deviation in step 2, as a share of its "
         "overall pixel standard deviation (on a constant background any difference would count).",
     )
+    stamp_extend: bool = Field(
+        True,
+        description="Step 3: extend the stamp found in the zone to every pixel connected to it (8 neighbours) "
+        "that passes the same test anywhere in the image, up to region_max_fraction: a frame, line or "
+        "tag whose relevance sits on only part of it is taken whole.",
+    )
     region_samples: int = Field(
         256,
         ge=4,

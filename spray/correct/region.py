@@ -5,9 +5,11 @@ group's normalised relevance exceeds the reference's most, fewest first until th
 of the total excess (at most ``region_max_fraction`` of the image), grown by one pixel because LRP
 spreads a stamp's relevance onto its edges. *What*: inside that zone, the pixels the flagged samples
 repeat (their mean differs from the reference's by ``stamp_contrast`` reference standard deviations while
-they themselves vary less than ``stamp_consistency`` of it): a stamp, tag or frame. When nothing there
-repeats (an artifact that is not a fixed stamp), the zone itself is the region. The flagged samples' own
-pixels in the region are what the paste test stamps into other images.
+they themselves vary less than ``stamp_consistency`` of it): a stamp, tag or frame. *Whole*: the stamp is
+extended to the pixels connected to it that pass the same test outside the zone (``stamp_extend``), since
+relevance often covers only part of a frame or line. When nothing in the zone repeats (an artifact that is
+not a fixed stamp), the zone itself is the region. The flagged samples' own pixels in the region are what
+the paste test stamps into other images.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def estimate_region(
         ``(n, C, H, W)`` / ``(m, C, H, W)`` their model inputs.
     cfg : CorrectionConfig
         ``region_mass``, ``region_max_fraction``, ``stamp_contrast``, ``stamp_consistency``,
-        ``stamp_std_floor``.
+        ``stamp_std_floor``, ``stamp_extend``.
     """
     zone, held = _relevance_zone(artifact, reference, cfg)
     mean_a, std_a = artifact_inputs.mean(0), artifact_inputs.std(0)
@@ -121,10 +123,24 @@ def estimate_region(
     floor = cfg.stamp_std_floor * float(reference_inputs.std())
     scale = std_r + floor
     stamp = (np.abs(mean_a - mean_r) >= cfg.stamp_contrast * scale) & (std_a <= cfg.stamp_consistency * scale)
-    stamp = stamp.any(axis=0) & zone  # any channel
-    if stamp.any():
-        return ArtifactRegion(stamp, "stamp", held)
-    return ArtifactRegion(zone, "relevance", held)
+    repeated = stamp.any(axis=0)  # any channel
+    seed = repeated & zone
+    if not seed.any():
+        return ArtifactRegion(zone, "relevance", held)
+    if cfg.stamp_extend:
+        whole = _connected_to(seed, repeated)
+        if whole.mean() <= cfg.region_max_fraction:
+            seed = whole
+    return ArtifactRegion(seed, "stamp", held)
+
+
+def _connected_to(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The pixels of ``allowed`` ``(H, W)`` 8-connected to ``seed`` ``(H, W)`` (a subset of it)."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(allowed, structure=np.ones((3, 3), dtype=bool))
+    keep = np.unique(labels[seed & allowed])
+    return np.isin(labels, keep[keep > 0])
 
 
 def paste(targets: torch.Tensor, donors: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
