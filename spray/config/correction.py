@@ -128,7 +128,7 @@ class CorrectionConfig(Section):
         "replaces the region estimated from relevance.",
     )
     rr_lambda: float = Field(
-        10000.0,
+        30000.0,
         gt=0.0,
         le=MAX_RR_LAMBDA,
         description="Weight of the right-reason penalty (RR-ClArC) against the cross-entropy "
