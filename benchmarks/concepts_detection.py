@@ -208,11 +208,11 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
     con, con_scores, both, both_scores = [], np.zeros(len(x)), [], np.zeros(len(x))
     for c in range(10):
         rows = np.flatnonzero(labels == c)
-        a = analyze_concepts(c, detection.CLASS_NAMES[c], list(ids[rows]), concepts[rows], cfg)
-        con.append(a)
-        con_scores[rows] = concept_suspicion(a)
+        ca = analyze_concepts(c, detection.CLASS_NAMES[c], list(ids[rows]), concepts[rows], cfg)
+        con.append(ca)
+        con_scores[rows] = concept_suspicion(ca)
         maps = detection.normalize(relevance[rows])
-        merged = merge_concept_findings([copy.deepcopy(f) for f in pix[c].clusters], a, maps, cfg.concepts)
+        merged = merge_concept_findings([copy.deepcopy(f) for f in pix[c].clusters], ca, maps, cfg.concepts)
         both.append(merged)
         both_scores[rows] = sample_suspicion(maps, merged, list(ids[rows]), cfg.scoring.suspicion_tie_break)
     top_both = rank_findings(both)[0]

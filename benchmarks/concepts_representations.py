@@ -46,6 +46,10 @@ passes the sanity gate count.
 * A representation *isolates* the square on a split if its mean ``ceiling`` ≥ 0.8 and its mean
   ``auroc_cls`` ≥ 0.9 (the issue's AUROC goal). Anything less is reported as not isolating it.
 
+Diagnostic (``--diagnose``, added after the reporting split was run, chooses nothing): is the square
+in a representation at all? Within the class, the best single channel's AUROC and a 5-fold
+cross-validated logistic-regression probe's AUROC for the planted set (supervised upper bounds).
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/concepts_representations.py --seeds 0 1 2 3 4 \\
@@ -84,6 +88,9 @@ log = logging.getLogger("benchmarks.concepts_representations")
 
 LAYERS = ("features", "features.4", "features.2")
 REDUCTIONS = ("sum", "pos", "max")
+#: Added after the reporting split (exploratory, ``--reductions``): the positive relevance of each channel
+#: at the layer's hottest position (the position with the largest positive relevance summed over channels).
+EXTRA_REDUCTIONS = ("hot",)
 POSTS = ("raw", "centred", "z")
 BATCH = 256
 
@@ -100,21 +107,28 @@ def _reduce(r: torch.Tensor) -> dict[str, np.ndarray]:
     """``(B, C, h, w)`` relevance → ``(B, C)`` per reduction (see the module docstring)."""
     flat = r.flatten(2)
     pos = flat.clamp(min=0)
-    return {"sum": flat.sum(2).numpy(), "pos": pos.sum(2).numpy(), "max": pos.amax(2).numpy()}
+    hottest = pos.sum(1).argmax(1)  # (B,)
+    hot = pos[torch.arange(len(pos)), :, hottest]
+    return {
+        "sum": flat.sum(2).numpy(),
+        "pos": pos.sum(2).numpy(),
+        "max": pos.amax(2).numpy(),
+        "hot": hot.numpy(),
+    }
 
 
 def capture(
-    model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray
+    model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, layers: tuple[str, ...] = LAYERS
 ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """Heatmaps ``(n, 28, 28)`` and, per layer and reduction, ``(n, C)`` concept vectors.
 
     The ``sum`` vector at ``features`` is checked against the default Explainer's ``LRPResult.concepts``
     on the first batch (same backward pass, reduction only)."""
     heat: list[np.ndarray] = []
-    vecs: dict[str, dict[str, list[np.ndarray]]] = {}
-    for layer in LAYERS:
+    vecs: dict[str, dict[str, np.ndarray]] = {}
+    for layer in layers:
         explainer = Explainer(model, "EpsilonPlusFlat", concept_layer=layer)
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in REDUCTIONS}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in REDUCTIONS + EXTRA_REDUCTIONS}
         for s in range(0, len(x), BATCH):
             lab = torch.from_numpy(labels[s : s + BATCH])
             with per_position():
@@ -122,7 +136,7 @@ def capture(
             assert r.concepts is not None and r.concepts.dim() == 4, "per-position capture failed"
             for k, v in _reduce(r.concepts).items():
                 parts[k].append(v)
-            if layer == LAYERS[0]:
+            if layer == layers[0]:
                 heat.append(r.relevance.sum(1).numpy())
                 if s == 0:
                     ref = Explainer(model, "EpsilonPlusFlat", concept_layer=layer)(x[:BATCH], "label", lab)
@@ -173,6 +187,33 @@ def evaluate(
     }
 
 
+def channel_diagnostics(vectors: np.ndarray, how: str, truth: np.ndarray, seed: int) -> dict[str, Any]:
+    """Is the square in the vector at all? Within the planted class (``(n, C)`` vectors, ``(n,)`` truth):
+    the best single channel's AUROC (planted over clean, either sign), its mean L1 share among planted and
+    clean samples, and the 5-fold cross-validated AUROC of a logistic-regression probe (supervised: an
+    upper bound on what any unsupervised use of the vector could find, not a detector)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    v = post_process(vectors, how)
+    aucs = np.array([detection._auc(truth, v[:, c])[0] for c in range(v.shape[1])])
+    sign = np.where(aucs >= 0.5, 1.0, -1.0)
+    best = int(np.argmax(np.maximum(aucs, 1 - aucs)))
+    share = np.abs(normalize_concepts(vectors))[:, best]
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    probe = cross_val_predict(
+        LogisticRegression(max_iter=2000), v, truth, cv=folds, method="decision_function"
+    )
+    return {
+        "best_channel": best,
+        "best_channel_auroc": float(max(aucs[best], 1 - aucs[best])),
+        "best_channel_sign": float(sign[best]),
+        "best_channel_share_planted": float(share[truth].mean()),
+        "best_channel_share_clean": float(share[~truth].mean()),
+        "probe_auroc": detection._auc(truth, probe)[0],
+    }
+
+
 def run_seed(
     seed: int, args: argparse.Namespace, data: dict[str, Any], cfg: AuditConfig
 ) -> list[dict[str, Any]]:
@@ -181,16 +222,21 @@ def run_seed(
     p = cd.poisoned_model(seed, args, data)
     x = detection.to_input(p.images)
     t1 = time.time()
-    heat, vecs = capture(p.model, x, p.labels)
+    heat, vecs = capture(p.model, x, p.labels, tuple(args.layers))
     base = {"seed": seed, "p": args.p, "size": args.size, "target": args.target, "per_class": args.per_class}
     base.update(cd.gate(p, x, heat, args.target))
     base["train_s"], base["capture_s"] = t1 - t0, time.time() - t1
     rows = []
-    for layer in LAYERS:
-        for red in REDUCTIONS:
-            for how in POSTS:
+    cls_rows = np.flatnonzero(p.labels == args.target)
+    for layer in args.layers:
+        for red in args.reductions:
+            for how in args.posts:
                 t2 = time.time()
-                m = evaluate(vecs[layer][red], how, p.labels, p.planted, args.target, cfg)
+                if args.diagnose:
+                    v = vecs[layer][red][cls_rows]
+                    m = channel_diagnostics(v, how, p.planted[cls_rows], seed)
+                else:
+                    m = evaluate(vecs[layer][red], how, p.labels, p.planted, args.target, cfg)
                 rep = f"{layer}/{red}/{how}"
                 rows.append({**base, "rep": rep, **m, "analysis_s": time.time() - t2})
     return rows
@@ -206,6 +252,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/concepts_representations.jsonl"))
+    ap.add_argument(
+        "--layers", nargs="+", default=list(LAYERS), help="tapped layers (the first gives the heatmap)"
+    )
+    ap.add_argument(
+        "--reductions", nargs="+", default=list(REDUCTIONS), choices=REDUCTIONS + EXTRA_REDUCTIONS
+    )
+    ap.add_argument("--posts", nargs="+", default=list(POSTS), choices=POSTS)
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="instead of the concept analyses: per representation, the best single channel's and a "
+        "supervised linear probe's AUROC for the planted set within the class (channel_diagnostics)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = config_from_dict(
@@ -227,7 +286,11 @@ def main() -> None:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
         for row in rows:
-            keys = ("seed", "gated", "rep", "ceiling", "top_f1", "auroc_cls", "hit1")
+            keys = ("seed", "gated", "rep") + (
+                ("best_channel_auroc", "probe_auroc")
+                if args.diagnose
+                else ("ceiling", "top_f1", "auroc_cls", "hit1")
+            )
             sys.stdout.write(
                 " ".join(f"{k}={row[k]:.3f}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys)
                 + "\n"
