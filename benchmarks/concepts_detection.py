@@ -46,7 +46,7 @@ import detection  # noqa: E402  (benchmarks/detection.py)
 from spray.analysis.concept_findings import merge_concept_findings  # noqa: E402
 from spray.analysis.concepts import analyze_concepts, concept_suspicion  # noqa: E402
 from spray.analysis.scoring import rank_findings, sample_suspicion  # noqa: E402
-from spray.config import config_from_dict  # noqa: E402
+from spray.config import AuditConfig, config_from_dict  # noqa: E402
 from spray.lab.artifacts import plant  # noqa: E402
 from spray.lab.cnn import SmallCNN  # noqa: E402
 from spray.lab.training import train_classifier  # noqa: E402
@@ -162,6 +162,20 @@ def gate(p: Poisoned, x: torch.Tensor, relevance: np.ndarray, target: int) -> di
     return out
 
 
+def audit_config() -> AuditConfig:
+    """The default audit config with spectral embedding and no paste test (the benchmarks' analyses)."""
+    return config_from_dict(
+        {
+            "seed": 0,
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "analysis": {"embedding": "spectral"},
+            "scoring": {"intervention": False},
+        },
+        check_files=False,
+    )
+
+
 def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     t0 = time.time()
     p = poisoned_model(seed, args, data)
@@ -173,16 +187,7 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
     row: dict[str, Any] = {"seed": seed, "p": args.p, "target": args.target, "layer": explainer.concept_layer}
     row["lrp_s"] = time.time() - t1
     row.update(gate(p, x, relevance, args.target))
-    cfg = config_from_dict(
-        {
-            "seed": 0,
-            "model": {"factory": "spray.lab.cnn:small_cnn"},
-            "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "analysis": {"embedding": "spectral"},
-            "scoring": {"intervention": False},
-        },
-        check_files=False,
-    )
+    cfg = audit_config()
     ids = np.asarray([f"tr{i}" for i in range(len(x))], dtype=object)
     cls_rows = np.flatnonzero(labels == args.target)
     truth_cls = planted[cls_rows]

@@ -81,7 +81,7 @@ import detection  # noqa: E402  (benchmarks/detection.py)
 
 import spray.lrp.concepts as lrp_concepts  # noqa: E402
 from spray.analysis.concepts import analyze_concepts, concept_suspicion, normalize_concepts  # noqa: E402
-from spray.config import AuditConfig, config_from_dict  # noqa: E402
+from spray.config import AuditConfig  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
 
 log = logging.getLogger("benchmarks.concepts_representations")
@@ -267,16 +267,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = config_from_dict(
-        {
-            "seed": 0,
-            "model": {"factory": "spray.lab.cnn:small_cnn"},
-            "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "analysis": {"embedding": "spectral"},
-            "scoring": {"intervention": False},
-        },
-        check_files=False,
-    )
+    cfg = cd.audit_config()
     xtr, ytr = detection.load_fmnist("train")
     data = {"xtr": xtr, "ytr": ytr}
     args.out.parent.mkdir(parents=True, exist_ok=True)
