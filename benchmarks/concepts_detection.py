@@ -30,6 +30,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ import detection  # noqa: E402  (benchmarks/detection.py)
 from spray.analysis.concept_findings import merge_concept_findings  # noqa: E402
 from spray.analysis.concepts import analyze_concepts, concept_suspicion  # noqa: E402
 from spray.analysis.scoring import rank_findings, sample_suspicion  # noqa: E402
-from spray.config import config_from_dict  # noqa: E402
+from spray.config import AuditConfig, config_from_dict  # noqa: E402
 from spray.lab.artifacts import plant  # noqa: E402
 from spray.lab.cnn import SmallCNN  # noqa: E402
 from spray.lab.training import train_classifier  # noqa: E402
@@ -91,8 +92,33 @@ def _ceiling(labellings: dict[int, np.ndarray], truth: np.ndarray) -> float:
     return max(detection.f1(lab == c, truth)[2] for lab in labellings.values() for c in np.unique(lab))
 
 
-def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.time()
+@dataclass
+class Poisoned:
+    """One seed's poisoned training set and the model trained on it.
+
+    Attributes
+    ----------
+    model : SmallCNN
+    images, clean : np.ndarray
+        ``(n, 28, 28)`` uint8 training images with and without the planted square.
+    labels : np.ndarray
+        ``(n,)`` int64.
+    planted : np.ndarray
+        ``(n,)`` bool, the samples that carry the square.
+    masks : np.ndarray
+        ``(n, 28, 28)`` bool, the square's pixels.
+    """
+
+    model: SmallCNN
+    images: np.ndarray
+    clean: np.ndarray
+    labels: np.ndarray
+    planted: np.ndarray
+    masks: np.ndarray
+
+
+def poisoned_model(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> Poisoned:
+    """Plant ``background_square`` into a fraction ``args.p`` of class ``args.target`` and train."""
     xtr, ytr = data["xtr"], data["ytr"]
     idx = detection.subset(ytr, args.per_class, seed)
     images, labels = xtr[idx].copy(), ytr[idx]
@@ -118,20 +144,27 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
         std=detection.STD,
         progress=False,
     )
-    x = detection.to_input(images)
-    explainer = Explainer(model, "EpsilonPlusFlat", concept_layer="auto")
-    t1 = time.time()
-    relevance, concepts = _explain(explainer, x, labels)
-    row: dict[str, Any] = {"seed": seed, "p": args.p, "target": args.target, "layer": explainer.concept_layer}
-    row["lrp_s"] = time.time() - t1
+    return Poisoned(model, images, clean, labels, planted, masks)
+
+
+def gate(p: Poisoned, x: torch.Tensor, relevance: np.ndarray, target: int) -> dict[str, Any]:
+    """The sanity gate of ``benchmarks/detection.py``: removing the square drops the target logit by
+    ≥ ``GATE_LOGIT_DROP`` on average and the heatmaps put ≥ ``GATE_RELEVANCE_RATIO`` times the square's
+    pixel share of positive relevance on it. ``relevance``: ``(n, 28, 28)``."""
     with torch.no_grad():
-        drop = model(x[planted])[:, args.target] - model(detection.to_input(clean[planted]))[:, args.target]
-    row["logit_drop"] = float(drop.mean())
-    row["rel_ratio"] = float(_square_share(relevance[planted], masks[planted]).mean() / masks[planted].mean())
-    row["gated"] = bool(
-        row["logit_drop"] >= detection.GATE_LOGIT_DROP and row["rel_ratio"] >= detection.GATE_RELEVANCE_RATIO
+        drop = p.model(x[p.planted])[:, target] - p.model(detection.to_input(p.clean[p.planted]))[:, target]
+    out: dict[str, Any] = {"logit_drop": float(drop.mean())}
+    share = _square_share(relevance[p.planted], p.masks[p.planted]).mean()
+    out["rel_ratio"] = float(share / p.masks[p.planted].mean())
+    out["gated"] = bool(
+        out["logit_drop"] >= detection.GATE_LOGIT_DROP and out["rel_ratio"] >= detection.GATE_RELEVANCE_RATIO
     )
-    cfg = config_from_dict(
+    return out
+
+
+def audit_config() -> AuditConfig:
+    """The default audit config with spectral embedding and no paste test (the benchmarks' analyses)."""
+    return config_from_dict(
         {
             "seed": 0,
             "model": {"factory": "spray.lab.cnn:small_cnn"},
@@ -141,6 +174,20 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
         },
         check_files=False,
     )
+
+
+def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.time()
+    p = poisoned_model(seed, args, data)
+    model, images, labels, planted, masks = p.model, p.images, p.labels, p.planted, p.masks
+    x = detection.to_input(images)
+    explainer = Explainer(model, "EpsilonPlusFlat", concept_layer="auto")
+    t1 = time.time()
+    relevance, concepts = _explain(explainer, x, labels)
+    row: dict[str, Any] = {"seed": seed, "p": args.p, "target": args.target, "layer": explainer.concept_layer}
+    row["lrp_s"] = time.time() - t1
+    row.update(gate(p, x, relevance, args.target))
+    cfg = audit_config()
     ids = np.asarray([f"tr{i}" for i in range(len(x))], dtype=object)
     cls_rows = np.flatnonzero(labels == args.target)
     truth_cls = planted[cls_rows]
@@ -166,11 +213,11 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
     con, con_scores, both, both_scores = [], np.zeros(len(x)), [], np.zeros(len(x))
     for c in range(10):
         rows = np.flatnonzero(labels == c)
-        a = analyze_concepts(c, detection.CLASS_NAMES[c], list(ids[rows]), concepts[rows], cfg)
-        con.append(a)
-        con_scores[rows] = concept_suspicion(a)
+        ca = analyze_concepts(c, detection.CLASS_NAMES[c], list(ids[rows]), concepts[rows], cfg)
+        con.append(ca)
+        con_scores[rows] = concept_suspicion(ca)
         maps = detection.normalize(relevance[rows])
-        merged = merge_concept_findings([copy.deepcopy(f) for f in pix[c].clusters], a, maps, cfg.concepts)
+        merged = merge_concept_findings([copy.deepcopy(f) for f in pix[c].clusters], ca, maps, cfg.concepts)
         both.append(merged)
         both_scores[rows] = sample_suspicion(maps, merged, list(ids[rows]), cfg.scoring.suspicion_tie_break)
     top_both = rank_findings(both)[0]
