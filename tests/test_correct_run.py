@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,6 +69,19 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     assert [(c.folder, c.record) for c in found] == [(first.folder, rec)]
     assert corrections_for(world.runs_dir, "another run") == []
     _dashboard_shows(world.runs_dir, first.folder)
+    _command_line_warns_of_lost_accuracy(first)
+
+
+def _command_line_warns_of_lost_accuracy(outcome: Any) -> None:
+    """The printed comparison warns when the corrected model lost more than a point of clean accuracy."""
+    from spray.cli.correct import _table
+
+    ev = outcome.record.evaluation
+    assert "WARNING" not in _table(outcome) or ev.after.clean_accuracy < ev.before.clean_accuracy - 0.01
+    worse = dataclasses.replace(ev.after, clean_accuracy=ev.before.clean_accuracy - 0.03)
+    rec = dataclasses.replace(outcome.record, evaluation=dataclasses.replace(ev, after=worse))
+    text = _table(dataclasses.replace(outcome, record=rec))
+    assert "WARNING: the corrected model lost 3.00 points of clean accuracy" in text
 
 
 def _dashboard_shows(runs_dir: Path, folder: Path) -> None:

@@ -82,6 +82,8 @@ def _resolve_test_paths(data: Any, base: Path) -> None:
 
 
 def _table(outcome: Any) -> str:
+    from spray.correct.html import GOAL_ACCURACY_LOSS
+
     rec = outcome.record
     b, a = rec.evaluation.before, rec.evaluation.after
     v = rec.verdict
@@ -112,6 +114,11 @@ def _table(outcome: Any) -> str:
     )
     lines.append(f"  flip rate down {pct(v.flip_drop).strip()}, relevance share down {pct(v.relevance_drop).strip()}, "
                  f"clean accuracy {100 * v.accuracy_change:+.2f} points")  # fmt: skip
+    if v.accuracy_change < -GOAL_ACCURACY_LOSS:
+        lines.append(
+            f"  WARNING: the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; "
+            "compare --method pclarc (no training) or a lower correction.rr_lambda before using it"
+        )
     r = rec.reaudit
     if r is not None:
         after = (
