@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spray.correct.activations import layer_activations, pool, resolve_layer, trace_calls
+from spray.correct.activations import layer_activations, pool, resolve_layer, tap, trace_calls
 from spray.correct.cav import GroupActivations, fit_direction, separation, signal_cav
 from spray.errors import ConfigError, SprayError
 from tests.test_correct_world import TARGET, World, build_world, to_input
@@ -101,3 +101,19 @@ def test_separation_scores() -> None:
     s = separation(v, np.array([[2.0, 5.0], [3.0, -1.0]]), np.array([[0.0, 9.0], [1.0, 0.0], [-1.0, 2.0]]))
     assert s.auroc == 1.0 and s.accuracy == 1.0
     assert s.mean_artifact == 2.5 and s.mean_reference == 0.0
+
+
+def test_tap_is_not_changed_by_an_in_place_op_after_the_layer() -> None:
+    """A layer followed by ReLU(inplace=True): its captured output stays the layer's, and a leaf copy works."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(inplace=True), torch.nn.Flatten())
+    x = torch.randn(2, 1, 6, 6)
+    expected = model[0](x).detach()
+    with torch.no_grad(), tap(model, "0") as got:
+        out = model(x)
+    assert (got[0] < 0).any() and torch.equal(got[0], expected)
+    assert torch.equal(out, expected.clamp(min=0).flatten(1))
+    with tap(model, "0", replace=lambda a: a.detach().requires_grad_(True)) as got:
+        logits = model(x)
+    (grad,) = torch.autograd.grad(logits.sum(), got[0])
+    assert torch.equal(grad, (expected > 0).float())

@@ -160,7 +160,9 @@ def tap(
             raise ModelError(f"layer {layer!r} returns a {type(out).__name__}, not a tensor")
         new = replace(out) if replace is not None else out
         captured.append(new)
-        return new if replace is not None else None
+        # The rest of the model gets a copy: an in-place operation after the layer (ReLU(inplace=True))
+        # would otherwise change the captured tensor, or fail on a leaf that requires grad.
+        return new.clone()
 
     handle = model.get_submodule(layer).register_forward_hook(hook)
     try:

@@ -149,7 +149,7 @@ class RightReasonLoss:
     def _forward(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.feed is not None:
             a = self.feed(rows, self.device)
-            return self.feed.head(a), a
+            return self.feed.head(a.clone()), a  # a copy: the head may start with an in-place op
         x = self.samples.inputs(rows).to(self.device)
         replace = (lambda a: a.detach().requires_grad_(True)) if self.detach_layer else None
         with tap(self.model, self.direction.layer, replace=replace) as got:
