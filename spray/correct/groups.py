@@ -68,12 +68,18 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     Raises
     ------
     ConfigError
-        The database does not exist.
+        The database named by ``cfg.flags_db`` does not exist.
+    NoFlagsError
+        The default database does not exist yet (nothing was ever flagged).
     SprayError
         The database is damaged or not a flag database (raised by :class:`~spray.flags.FlagStore`), or it
         holds no such flags (the message says which datasets and finding keys do have flags).
     """
     if not db.is_file():
+        # the default database does not exist until someone flags: nothing is flagged (exit 1, or 0 with
+        # --if-flagged); a database named in the config or on the command line that is missing is a typo
+        if cfg.flags_db is None:
+            raise NoFlagsError(_no_db_message(db))
         raise ConfigError(_no_db_message(db))
     # FlagStore reports a damaged or foreign database itself (the file, the reason, what to do).
     store = FlagStore(db)

@@ -74,6 +74,18 @@ def test_missing_flag_database(world: World, capsys: pytest.CaptureFixture[str])
     assert_clean_failure(res, 2, "nope.sqlite", "No flag database", "dashboard")
 
 
+def test_no_flag_database_yet_means_nothing_flagged(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before anyone flagged, the default database does not exist: exit 1, and 0 for the nightly job."""
+    default = world.runs_dir / "flags.sqlite"
+    default.rename(default.with_suffix(".bak"))
+    try:
+        assert_clean_failure(_correct(world, capsys), 1, "No flag database", "dashboard")
+        res = _correct(world, capsys, "--if-flagged")
+        assert res.code == 0 and "Traceback" not in res.output
+    finally:
+        default.with_suffix(".bak").rename(default)
+
+
 def test_flag_database_that_is_not_sqlite(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     bad = world.root / "bad.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
