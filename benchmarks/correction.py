@@ -235,6 +235,7 @@ def run_cell(
             "reaudit_after": None if r is None else r["after"], "still_flagged": None if r is None else r["still_flagged"],
             "training_steps": None if rec["training"] is None else rec["training"]["steps"],
             "correction_id": rec["correction_id"], "version": rec["spray_version"],
+            "parameters": rec["parameters"], "commit": _commit(), "load_1min": os.getloadavg()[0],
         }  # fmt: skip
         row.update(truth_checks(folder, work, artifact, seed, test[2], test[3], true_mask))
         rows.append(row)
@@ -243,6 +244,12 @@ def run_cell(
                     ev["before"]["relevance_share"], ev["after"]["relevance_share"], 100 * v["accuracy_change"],
                     v["finding_cleared"], row["cost_epochs"])  # fmt: skip
     return rows
+
+
+def _commit() -> str:
+    """The checkout's commit (``git rev-parse``), or ``"unknown"`` outside a git checkout."""
+    res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return res.stdout.strip() or "unknown"
 
 
 def _f(x: Any, pct: bool = True) -> str:

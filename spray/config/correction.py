@@ -90,7 +90,11 @@ class CorrectionConfig(Section):
         "one pixel: where the artifact can be.",
     )
     region_max_fraction: float = Field(
-        0.2, gt=0.0, le=1.0, description="The artifact region covers at most this share of the image."
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="The relevance zone of step 1 covers at most this share of the image before its "
+        "one-pixel growth; step 3 extends a stamp only while it stays within it.",
     )
     stamp_contrast: float = Field(
         1.0,
