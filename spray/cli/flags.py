@@ -1,4 +1,4 @@
-"""``spray flags export|list``: the flags set in the dashboard, for unlearning."""
+"""``spray flags set|export|list``: flags for unlearning, from the dashboard or the command line."""
 
 from __future__ import annotations
 
@@ -67,14 +67,73 @@ def list_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder(args: argparse.Namespace) -> Path:
+    if args.run:
+        return Path(args.run)
+    if args.runs_dir:
+        return Path(args.runs_dir) / "latest"
+    raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for DIR/latest).")
+
+
+def set_command(args: argparse.Namespace) -> int:
+    """``spray flags set``: flag a finding's members (or given samples) of a published run, as the dashboard does."""
+    from spray.runs.reader import RunReader
+
+    run = _run_folder(args)
+    reader = RunReader.open(run)
+    if args.finding:
+        finding = reader.finding(args.finding)
+        if finding is None:
+            keys = [f.key for f in reader.summary.findings[:10]]
+            raise ConfigError(
+                f"No finding {args.finding!r} in {run}; the top findings are {keys}. "
+                "Give one of the keys shown by the report or the dashboard (class/k/cluster)."
+            )
+        ids = [str(i) for i in finding.member_ids]
+        if args.with_carriers:
+            ids += [str(i) for i in finding.carrier_ids if str(i) not in set(ids)]
+    else:
+        ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
+        if not ids:
+            raise ConfigError("Give --finding KEY or --sample-ids ID,ID,... to flag.")
+        known = set(reader.samples().index.astype(str))
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.")
+    db = Path(args.db) if args.db else default_db_path(run.parent if args.run else args.runs_dir)
+    FlagStore(db).flag(
+        reader.summary.dataset,
+        ids,
+        args.status,
+        args.note,
+        run_id=reader.summary.run_id,
+        cluster_key=args.finding,
+        source="spray flags set",
+    )
+    sys.stdout.write(f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db}\n")
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    """Add ``spray flags export|list`` to the ``spray`` command."""
-    p = subparsers.add_parser("flags", help="export or list the flags set in the dashboard")
+    """Add ``spray flags set|export|list`` to the ``spray`` command."""
+    p = subparsers.add_parser("flags", help="set, export or list flags for unlearning")
     sub = p.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--db", help="flag database (SQLite)")
         q.add_argument("--runs-dir", help="use RUNS_DIR/flags.sqlite")
+
+    f = sub.add_parser(
+        "set", help="flag a finding's members or given samples of a run", description=set_command.__doc__
+    )
+    common(f)
+    f.add_argument("--run", help="the published run folder (default RUNS_DIR/latest)")
+    f.add_argument("--finding", help="the finding's key, e.g. 6/k3/c2: flag its members")
+    f.add_argument("--with-carriers", action="store_true", help="also the finding's carriers")
+    f.add_argument("--sample-ids", help="comma-separated sample ids instead of a finding")
+    f.add_argument("--status", choices=STATUSES, default="unlearn", help="the flag (default unlearn)")
+    f.add_argument("--note", default="", help="free text kept in the history and the export")
+    f.set_defaults(func=set_command)
 
     e = sub.add_parser(
         "export", help="export current flags (for unlearning)", description=export_command.__doc__

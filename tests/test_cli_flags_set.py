@@ -1,0 +1,47 @@
+"""``spray flags set``: flagging a published run's finding from the command line, as the dashboard does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spray.cli import main
+from spray.flags import FlagStore
+from spray.runs.reader import RunReader
+from tests.faults.cli import assert_clean_failure, run_main
+from tests.test_correct_world import DATASET, World, build_world
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> World:
+    world = build_world(tmp_path_factory.mktemp("flagset"), flag=False)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    return world
+
+
+def test_flags_set_flags_a_findings_members(audited: World, capsys: pytest.CaptureFixture[str]) -> None:
+    reader = RunReader.open(audited.runs_dir / "latest")
+    top = reader.findings()[0]
+    res = run_main(["flags", "set", "--runs-dir", str(audited.runs_dir), "--finding", top.key], capsys)
+    assert res.code == 0 and f"flagged {len(top.member_ids)} samples" in res.output
+    flags = FlagStore(audited.runs_dir / "flags.sqlite").current(DATASET, "unlearn")
+    assert sorted(f.sample_id for f in flags) == sorted(str(i) for i in top.member_ids)
+    assert {f.cluster_key for f in flags} == {top.key}
+    # single samples, into a database named on the command line
+    db = audited.root / "other.sqlite"
+    some = [str(i) for i in top.member_ids[:2]]
+    argv = ["flags", "set", "--run", str(audited.runs_dir / "latest"), "--db", str(db), "--status", "ok"]
+    assert run_main([*argv, "--sample-ids", ",".join(some)], capsys).code == 0
+    assert sorted(f.sample_id for f in FlagStore(db).current(DATASET, "ok")) == sorted(some)
+
+
+def test_flags_set_bad_input(audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    base = ["flags", "set", "--runs-dir", str(audited.runs_dir), "--db", str(tmp_path / "f.sqlite")]
+    assert_clean_failure(
+        run_main([*base, "--finding", "9/k99/c7"], capsys), 2, "No finding '9/k99/c7'", "top findings"
+    )
+    assert_clean_failure(run_main([*base, "--sample-ids", "nope,0"], capsys), 2, "not in", "nope")
+    assert_clean_failure(run_main(base, capsys), 2, "--finding KEY or --sample-ids")
+    assert_clean_failure(run_main(["flags", "set", "--finding", "1/k2/c0"], capsys), 2, "--run RUN_FOLDER")
+    assert not (tmp_path / "f.sqlite").exists()
