@@ -82,6 +82,11 @@ def _command_line_warns_of_lost_accuracy(outcome: Any) -> None:
     rec = dataclasses.replace(outcome.record, evaluation=dataclasses.replace(ev, after=worse))
     text = _table(dataclasses.replace(outcome, record=rec))
     assert "WARNING: the corrected model lost 3.00 points of clean accuracy" in text
+    assert "acts no more than any pixels" not in text
+    # flags whose pixels flip no more than the reference's pixels in the same region
+    before = dataclasses.replace(ev.before, flip_null=ev.before.flip_rate - 0.01)
+    rec = dataclasses.replace(outcome.record, evaluation=dataclasses.replace(ev, before=before))
+    assert "acts no more than any pixels" in _table(dataclasses.replace(outcome, record=rec))
 
 
 def _dashboard_shows(runs_dir: Path, folder: Path) -> None:

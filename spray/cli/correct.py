@@ -119,6 +119,13 @@ def _table(outcome: Any) -> str:
             f"  WARNING: the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; "
             "compare --method pclarc (no training) or a lower correction.rr_lambda before using it"
         )
+    margin = float(rec.parameters.get("min_flip_over_null", 0.05))
+    if b.flip_null is not None and b.flip_rate - b.flip_null < margin:
+        lines.append(
+            f"  WARNING: before the correction, pasting the flagged pixels flips {pct(b.flip_rate).strip()} "
+            f"and pasting the reference's pixels there {pct(b.flip_null).strip()}: the flagged region acts no "
+            "more than any pixels; check that the flags mark a shortcut (spray flags list, the dashboard)"
+        )
     r = rec.reaudit
     if r is not None:
         after = (

@@ -74,6 +74,14 @@ class CorrectionConfig(Section):
         description="With pooling 'auto', 'max' replaces 'none' only when its held-out AUROC is higher by more "
         "than this (a fixed-position artifact is best removed where it sits).",
     )
+    min_flip_over_null: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Warn when the audited model's paste flip rate exceeds its null (the same region's "
+        "pixels from reference samples) by less than this: the flagged pixels then act no more than any "
+        "pixels there, and the flags may not mark a shortcut.",
+    )
     min_separation: float = Field(
         0.6,
         ge=0.5,

@@ -84,7 +84,10 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection) ->
     payload = {
         "source_run": source_run_id,
         "flags": flags.digest,
-        "parameters": cfg.correction.model_dump(mode="json", exclude={"flags_db", "source_run"}),
+        # where the flags come from and when to warn do not change what is computed
+        "parameters": cfg.correction.model_dump(
+            mode="json", exclude={"flags_db", "source_run", "min_flip_over_null"}
+        ),
         "config": cfg.section_hash(*RESULT_SECTIONS),
         "seed": cfg.seed,
         "code": f"{code_version()}-correction{CORRECTION_VERSION}",
