@@ -35,8 +35,12 @@ def run_command(args: argparse.Namespace) -> int:
         f"F1 {score.f1:.2f}\n"
     )
     spray_cmd = Path(sys.executable).parent / "spray"  # the venv's command, even when not on PATH
+    cmd = spray_cmd if spray_cmd.exists() else "spray"
+    top = report.findings[0].key if report.findings else "KEY"
     sys.stdout.write(
-        f"\nExplore it: {spray_cmd if spray_cmd.exists() else 'spray'} dashboard --runs-dir {runs}\n"
+        f"\nExplore it: {cmd} dashboard --runs-dir {runs}\n"
+        f"Flag and remove it: {cmd} flags set --runs-dir {runs} --finding {top}\n"
+        f"                    {cmd} correct --config {cfg_path} --runs-dir {runs}\n"
     )
     return 0 if verdict == "FOUND" or not args.strict else 1
 
