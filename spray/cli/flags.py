@@ -91,7 +91,8 @@ def set_command(args: argparse.Namespace) -> int:
             )
         ids = [str(i) for i in finding.member_ids]
         if args.with_carriers:
-            ids += [str(i) for i in finding.carrier_ids if str(i) not in set(ids)]
+            members = set(ids)
+            ids += [str(i) for i in finding.carrier_ids if str(i) not in members]
     else:
         ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
         if not ids:
