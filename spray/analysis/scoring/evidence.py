@@ -6,7 +6,7 @@ from spray.analysis.scoring.candidates import HOTSPOT_K
 from spray.analysis.scoring.geometry import location_words
 from spray.analysis.scoring.intervention import InterventionTest
 from spray.analysis.scoring.signals import Candidate
-from spray.analysis.scoring.verdict import Verdict
+from spray.analysis.scoring.verdict import Verdict, relative_needed
 from spray.config import ScoringConfig
 
 
@@ -117,7 +117,7 @@ def evidence(
     elif (
         verdict is not None
         and len(verdict.routes) == 1
-        and test.relative_appearance < config.flag_min_relative_appearance
+        and test.relative_appearance < relative_needed(verdict.routes, config)
     ):
         out.append(
             f"not flagged: with one test alone a flag needs pixels more alike than other groups of {class_name}"

@@ -87,7 +87,7 @@ def _removal(test: InterventionTest, config: ScoringConfig) -> tuple[float, bool
     return strength, ok
 
 
-def _relative_needed(routes: tuple[str, ...], config: ScoringConfig) -> float:
+def relative_needed(routes: tuple[str, ...], config: ScoringConfig) -> float:
     """The relative appearance a flag needs: less when the paste and the removal test both clear their margins."""
     if len(routes) == 2:
         return config.gate_relative_appearance
@@ -118,7 +118,7 @@ def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig,
         # A shortcut repeats the same pixels in every member; a natural object part varies. Some classes
         # look alike everywhere (digits): the appearance must also stand out from the class's own.
         and test.appearance >= config.flag_min_appearance
-        and relative >= _relative_needed(routes, config)
+        and relative >= relative_needed(routes, config)
     )
     return Verdict(suspicion(score, bool(suspicious)), bool(suspicious), ratio, routes)
 
