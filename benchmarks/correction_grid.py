@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from correction import spray  # benchmarks/correction.py: one spray command of this checkout
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -43,14 +45,12 @@ def run_variant(work: Path, name: str, fields: dict[str, Any], method: str) -> d
     cfg = {**base, "correction": {**base.get("correction", {}), **fields}}
     path = work / f"grid-{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    argv = [sys.executable, "-m", "spray.cli", "correct", "--config", path.name, "--method", method]
-    res = subprocess.run(
-        [*argv, "-q", "--no-reaudit"], cwd=work, capture_output=True, text=True, env=dict(os.environ)
-    )
     row: dict[str, Any] = {"cell": work.name, "variant": name, "fields": fields}
-    if res.returncode:
-        return {**row, "error": res.stderr[-500:]}
-    folder = Path(res.stdout.splitlines()[1].strip())
+    try:
+        _, stdout = spray(["correct", "--config", path.name, "--method", method, "-q", "--no-reaudit"], work)
+    except RuntimeError as err:
+        return {**row, "error": str(err)[-500:]}
+    folder = Path(stdout.splitlines()[1].strip())
     rec = json.loads(((folder if folder.is_absolute() else work / folder) / "correction.json").read_text())
     ev, verdict = rec["evaluation"], rec["verdict"]
     return {
