@@ -130,3 +130,26 @@ def test_region_extends_a_stamp_to_the_whole_frame() -> None:
     # an extension larger than region_max_fraction is not taken: the part found in the zone stays
     capped = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig(region_max_fraction=0.15))
     assert np.array_equal(capped.mask, part.mask)
+
+
+def test_one_wrongly_flagged_sample_does_not_hide_the_stamp() -> None:
+    art_r, ref_r, art_x, ref_x, frame = _frame_case(np.random.default_rng(1))
+    # one sample without the frame among 20 flagged (precision 0.95), as a finding's stray member
+    art_x = np.concatenate([art_x, ref_x[-1:]])
+    art_r = np.concatenate([art_r, ref_r[-1:]])
+    region = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig())
+    assert region.source == "stamp" and np.array_equal(region.mask, frame)
+    # read with the largest distance (no robustness), the stray sample's pixels hide the whole frame
+    strict = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig(stamp_quantile=1.0))
+    assert strict.source == "relevance" and not strict.mask[-1].any()
+
+
+def test_robust_centre_spread_ignores_a_few_outliers() -> None:
+    from spray.correct.region import robust_centre_spread
+
+    x = np.ones((20, 1, 2, 2), dtype=np.float32)
+    x[0] = 0.0  # one of twenty differs
+    centre, spread = robust_centre_spread(x, 0.9)
+    assert np.array_equal(centre, np.ones((1, 2, 2))) and np.array_equal(spread, np.zeros((1, 2, 2)))
+    _, spread_all = robust_centre_spread(x, 1.0)
+    assert np.array_equal(spread_all, np.ones((1, 2, 2)))

@@ -116,6 +116,14 @@ class CorrectionConfig(Section):
         description="... and the flagged samples vary there at most this share of the reference's standard "
         "deviation (a stamp repeats its pixels). No such pixel: the zone itself is the region.",
     )
+    stamp_quantile: float = Field(
+        0.9,
+        gt=0.5,
+        le=1.0,
+        description="Step 2 reads the flagged samples robustly: their value at a pixel is the median, and how "
+        "much they vary is this quantile of their distances from it, so up to 1 - stamp_quantile of them "
+        "may be wrongly flagged without hiding the stamp.",
+    )
     stamp_std_floor: float = Field(
         0.1,
         ge=0.0,

@@ -4,8 +4,9 @@ Without a user-given box, the region is found in two steps. *Where*: the pixels 
 group's normalised relevance exceeds the reference's most, fewest first until they hold ``region_mass``
 of the total excess (at most ``region_max_fraction`` of the image), grown by one pixel because LRP
 spreads a stamp's relevance onto its edges. *What*: inside that zone, the pixels the flagged samples
-repeat (their mean differs from the reference's by ``stamp_contrast`` reference standard deviations while
-they themselves vary less than ``stamp_consistency`` of it): a stamp, tag or frame. *Whole*: the stamp is
+repeat (their median differs from the reference's mean by ``stamp_contrast`` reference standard deviations
+while most of them, ``stamp_quantile``, lie within ``stamp_consistency`` of it from their median): a stamp,
+tag or frame, found even when a few samples were flagged by mistake. *Whole*: the stamp is
 extended to the pixels connected to it that pass the same test outside the zone (``stamp_extend``), since
 relevance often covers only part of a frame or line. When nothing in the zone repeats (an artifact that is
 not a fixed stamp), the zone itself is the region. The flagged samples' own pixels in the region are what
@@ -115,14 +116,16 @@ def estimate_region(
         ``(n, C, H, W)`` / ``(m, C, H, W)`` their model inputs.
     cfg : CorrectionConfig
         ``region_mass``, ``region_max_fraction``, ``stamp_contrast``, ``stamp_consistency``,
-        ``stamp_std_floor``, ``stamp_extend``.
+        ``stamp_quantile``, ``stamp_std_floor``, ``stamp_extend``.
     """
     zone, held = _relevance_zone(artifact, reference, cfg)
-    mean_a, std_a = artifact_inputs.mean(0), artifact_inputs.std(0)
+    centre_a, spread_a = robust_centre_spread(artifact_inputs, cfg.stamp_quantile)
     mean_r, std_r = reference_inputs.mean(0), reference_inputs.std(0)
     floor = cfg.stamp_std_floor * float(reference_inputs.std())
     scale = std_r + floor
-    stamp = (np.abs(mean_a - mean_r) >= cfg.stamp_contrast * scale) & (std_a <= cfg.stamp_consistency * scale)
+    stamp = (np.abs(centre_a - mean_r) >= cfg.stamp_contrast * scale) & (
+        spread_a <= cfg.stamp_consistency * scale
+    )
     repeated = stamp.any(axis=0)  # any channel
     seed = repeated & zone
     if not seed.any():
@@ -132,6 +135,27 @@ def estimate_region(
         if whole.mean() <= cfg.region_max_fraction:
             seed = whole
     return ArtifactRegion(seed, "stamp", held)
+
+
+def robust_centre_spread(inputs: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the samples' median and the ``quantile`` of their distances from it.
+
+    Parameters
+    ----------
+    inputs : np.ndarray
+        ``(n, C, H, W)``.
+    quantile : float
+        In (0.5, 1]: the share of samples whose spread counts (1: the largest distance).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``(C, H, W)`` centre and spread; a few outlying samples move neither, unlike a mean and a
+        standard deviation.
+    """
+    centre = np.median(inputs, axis=0)
+    spread = np.quantile(np.abs(inputs - centre[None]), quantile, axis=0)
+    return centre, spread
 
 
 def _connected_to(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
