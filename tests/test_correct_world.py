@@ -147,7 +147,8 @@ def build_world(root: Path, *, flag: bool = True, seed: int = 0, correction: dic
         "analysis": {"embedding": "spectral", "min_class_size": 10, "k_max": 6},
         "scoring": {"intervention_samples": 60},
         "output": {"runs_dir": "runs", "html_report": False},
-        "correction": {"min_group_size": 5, "epochs": 4, "batch_size": 32, "checkpoint_every": 5,
+        # 24 fine-tuning steps only: a larger step than the default's, which is sized for thousands of samples
+        "correction": {"min_group_size": 5, "epochs": 4, "batch_size": 32, "checkpoint_every": 5, "lr": 1e-2,
                        "eval_max_samples": 200, **(correction or {})},
     }  # fmt: skip
     (root / "audit.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
