@@ -51,6 +51,13 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     assert rec.evaluation.region_source == "stamp" and rec.evaluation.region_box == [0, 0, 3, 3]
     assert rec.reaudit is not None and rec.reaudit.before.suspicious and rec.reaudit.before.jaccard > 0.9
     assert rec.verdict.finding_cleared is True
+    # the accuracy change is the images gained minus those lost, with its interval around it
+    ch = rec.evaluation.clean_changes
+    assert ch is not None and ch.n == rec.evaluation.n_clean
+    assert (ch.gained - ch.lost) / ch.n == pytest.approx(rec.verdict.accuracy_change)
+    assert rec.verdict.accuracy_interval is not None
+    low, high = rec.verdict.accuracy_interval
+    assert low <= rec.verdict.accuracy_change <= high
     # the record round-trips through its JSON, typed
     assert CorrectionRecord.read(first.folder) == rec
     # the written config rebuilds the corrected model (user's checkpoint untouched)
@@ -78,6 +85,8 @@ def _command_line_warns_of_lost_accuracy(outcome: Any) -> None:
 
     ev = outcome.record.evaluation
     assert "WARNING" not in _table(outcome) or ev.after.clean_accuracy < ev.before.clean_accuracy - 0.01
+    assert f"clean accuracy {outcome.record.verdict.accuracy_text()}" in _table(outcome)
+    assert "95 % interval" in _table(outcome)
     worse = dataclasses.replace(ev.after, clean_accuracy=ev.before.clean_accuracy - 0.03)
     rec = dataclasses.replace(outcome.record, evaluation=dataclasses.replace(ev, after=worse))
     text = _table(dataclasses.replace(outcome, record=rec))

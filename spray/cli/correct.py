@@ -113,11 +113,12 @@ def _table(outcome: Any) -> str:
         f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{a.sensitivity_abs:10.3g}"
     )
     lines.append(f"  flip rate down {pct(v.flip_drop).strip()}, relevance share down {pct(v.relevance_drop).strip()}, "
-                 f"clean accuracy {100 * v.accuracy_change:+.2f} points")  # fmt: skip
+                 f"clean accuracy {v.accuracy_text()}")  # fmt: skip
     if v.accuracy_change < -GOAL_ACCURACY_LOSS:
         lines.append(
             f"  WARNING: the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; "
-            "compare --method pclarc (no training) or a lower correction.rr_lambda before using it"
+            "compare --method pclarc (no training), a lower correction.rr_lambda or correction.lr before "
+            "using it"
         )
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:

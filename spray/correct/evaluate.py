@@ -103,6 +103,35 @@ class EvaluationSets:
 
 
 @dataclass
+class CleanChanges:
+    """How the answers on the clean samples changed: the same images, before and after (paired).
+
+    Attributes
+    ----------
+    n : int
+        Clean samples.
+    gained : int
+        Images only the corrected model classifies right.
+    lost : int
+        Images only the audited model classifies right.
+    """
+
+    n: int
+    gained: int
+    lost: int
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """The accuracy change's 95 % interval (normal approximation of the paired difference), so that a
+        change of a point on 2,000 images can be told from the noise of which images flipped."""
+        if self.n == 0:
+            return float("nan"), float("nan")
+        d = (self.gained - self.lost) / self.n
+        var = max(0.0, (self.gained + self.lost) / self.n - d * d) / self.n
+        half = z * var**0.5
+        return d - half, d + half
+
+
+@dataclass
 class Evaluation:
     """Before and after, with the sets and the region they were measured on.
 
@@ -120,6 +149,8 @@ class Evaluation:
         ``[top, left, height, width]`` around the region.
     region_pixels : int
         Pixels in the region.
+    clean_changes : CleanChanges or None
+        Images of the clean accuracy that changed answer (None in records written before it was kept).
     """
 
     before: ModelScores
@@ -132,6 +163,7 @@ class Evaluation:
     region_source: str
     region_box: list[int]
     region_pixels: int
+    clean_changes: CleanChanges | None = None
 
 
 def relative_drop(before: float, after: float) -> float | None:
@@ -189,11 +221,12 @@ def score_model(
     region: ArtifactRegion,
     artifact_class: int,
     device: torch.device,
+    clean_right: np.ndarray,
 ) -> ModelScores:
-    """Every measurement of the module docstring for one model."""
+    """Every measurement of the module docstring for one model; ``clean_right`` ``(n_clean,)`` bool says
+    which clean samples it classifies right (see :func:`clean_right`)."""
     bs = cfg.batch.batch_size
-    xc = clean_samples.inputs(sets.clean)
-    clean_acc = float((_predict(model, xc, device, bs) == clean_samples.labels[sets.clean]).mean())
+    clean_acc = float(clean_right.mean())
     targets = clean_samples.inputs(sets.paste_targets)
     pasted_acc, flip, flip_null = _paste_scores(
         model, targets, clean_samples.labels[sets.paste_targets], samples.inputs(sets.donors),
@@ -212,6 +245,14 @@ def score_model(
         model, samples.inputs(sets.sensitivity), direction, artifact_class, device, bs
     )
     return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav)
+
+
+def clean_right(
+    model: nn.Module, clean_samples: SampleSet, sets: EvaluationSets, device: torch.device, bs: int
+) -> np.ndarray:
+    """``(n_clean,)`` bool: which of the clean-accuracy samples ``model`` classifies right."""
+    preds = _predict(model, clean_samples.inputs(sets.clean), device, bs)
+    return np.asarray(preds == clean_samples.labels[sets.clean])
 
 
 def evaluation_sets(
@@ -239,8 +280,10 @@ def evaluate(
 ) -> Evaluation:  # fmt: skip
     """Measure both models on the same sets."""
     args = (cfg, samples, clean_samples, sets, direction, region, artifact_class, device)
-    b = score_model(before, *args)
-    a = score_model(after, *args)
+    right_b = clean_right(before, clean_samples, sets, device, cfg.batch.batch_size)
+    right_a = clean_right(after, clean_samples, sets, device, cfg.batch.batch_size)
+    b = score_model(before, *args, right_b)
+    a = score_model(after, *args, right_a)
     log.info("evaluation: flip rate %.3f -> %.3f, relevance share %.3f -> %.3f, clean accuracy %.4f -> %.4f",
              b.flip_rate, a.flip_rate, b.relevance_share, a.relevance_share, b.clean_accuracy, a.clean_accuracy)  # fmt: skip
     return Evaluation(
@@ -254,4 +297,7 @@ def evaluate(
         region_source=region.source,
         region_box=region.bounding_box(),
         region_pixels=int(region.mask.sum()),
+        clean_changes=CleanChanges(
+            n=len(sets.clean), gained=int((right_a & ~right_b).sum()), lost=int((right_b & ~right_a).sum())
+        ),
     )

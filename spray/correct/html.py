@@ -75,7 +75,7 @@ def _verdict(rec: CorrectionRecord) -> str:
          None if v.flip_drop is None else v.flip_drop >= GOAL_FLIP_DROP),
         (f"relevance share on the artifact down {_pct(v.relevance_drop)} (goal ≥ {GOAL_RELEVANCE_DROP:.0%})",
          None if v.relevance_drop is None else v.relevance_drop >= GOAL_RELEVANCE_DROP),
-        (f"clean accuracy {100 * v.accuracy_change:+.2f} points (goal: no loss over {100 * GOAL_ACCURACY_LOSS:.0f})",
+        (f"clean accuracy {v.accuracy_text()} (goal: no loss over {100 * GOAL_ACCURACY_LOSS:.0f})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
         ("the re-audit no longer flags the finding", v.finding_cleared),
     ]  # fmt: skip

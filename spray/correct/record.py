@@ -75,12 +75,24 @@ class Verdict:
         Clean accuracy after minus before (accuracy units; 0.01 is one point).
     finding_cleared : bool or None
         The re-audit no longer flags the finding (None without a re-audit).
+    accuracy_interval : list of float or None
+        ``[low, high]``, the 95 % interval of ``accuracy_change`` over the same images (None for records
+        written before it was kept).
     """
 
     flip_drop: float | None
     relevance_drop: float | None
     accuracy_change: float
     finding_cleared: bool | None
+    accuracy_interval: list[float] | None = None
+
+    def accuracy_text(self) -> str:
+        """``"-1.32 points (95 % interval -2.10 to -0.54)"``: the change with its interval, where kept."""
+        text = f"{100 * self.accuracy_change:+.2f} points"
+        if self.accuracy_interval is None:
+            return text
+        low, high = self.accuracy_interval
+        return f"{text} (95 % interval {100 * low:+.2f} to {100 * high:+.2f})"
 
 
 @dataclass
@@ -109,12 +121,13 @@ class CorrectionRecord:
     @property
     def verdict(self) -> Verdict:
         """The headline numbers."""
-        b, a = self.evaluation.before, self.evaluation.after
+        b, a, changes = self.evaluation.before, self.evaluation.after, self.evaluation.clean_changes
         return Verdict(
             flip_drop=relative_drop(b.flip_rate, a.flip_rate),
             relevance_drop=relative_drop(b.relevance_share, a.relevance_share),
             accuracy_change=a.clean_accuracy - b.clean_accuracy,
             finding_cleared=None if self.reaudit is None else not self.reaudit.still_flagged,
+            accuracy_interval=None if changes is None else list(changes.interval()),
         )
 
     def to_dict(self) -> dict[str, Any]:
