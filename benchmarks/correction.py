@@ -24,6 +24,7 @@ Usage::
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/correction.py --artifacts demo frame glyph --seeds 0 1 2
     python benchmarks/correction.py --report benchmarks/results/correction_<date>.jsonl   # tables only
     python benchmarks/correction.py --report benchmarks/results/correction_<date>.jsonl --markdown  # docs table
+    python benchmarks/correction.py --report ROWS --intervals WORK_DIR...   # accuracy changes, 95 % intervals
 
 Rows are appended as JSON lines to ``--out``.
 """
@@ -246,6 +247,30 @@ def run_cell(
     return rows
 
 
+def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: int) -> list[dict[str, Any]]:
+    """The clean-accuracy change of each row with its 95 % interval (the same test images, paired), from
+    the models kept in the cells' folders: for rows written before ``spray correct`` recorded it."""
+    from spray.correct.evaluate import CleanChanges
+
+    x = np.asarray(read_idx(FMNIST / "t10k-images-idx3-ubyte.gz"))[:n_test]
+    y = np.asarray(read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")).astype(np.int64)[:n_test]
+    inputs = (torch.from_numpy(x).float().div(255.0)[:, None] - MEAN) / STD
+    out = []
+    for r in rows:
+        cell = f"{r['artifact']}-{r['seed']}"
+        work = next(w / cell for w in work_dirs if (w / cell).is_dir())
+        folder = next((work / "runs" / "corrections").glob(f"*-{r['correction_id'][:12]}"))
+        right = [
+            predict(build_model(load_config(path).model).eval(), inputs).numpy() == y
+            for path in (work / "cell.yaml", folder / "config.yaml")
+        ]
+        ch = CleanChanges(len(y), int((right[1] & ~right[0]).sum()), int((right[0] & ~right[1]).sum()))
+        low, high = ch.interval()
+        out.append({"cell": cell, "method": r["method"], "change": (ch.gained - ch.lost) / ch.n,
+                    "low": low, "high": high, "gained": ch.gained, "lost": ch.lost})  # fmt: skip
+    return out
+
+
 def _commit() -> str:
     """The checkout's commit (``git rev-parse``), or ``"unknown"`` outside a git checkout."""
     res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
@@ -335,10 +360,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path(f"benchmarks/results/correction_{stamp}.jsonl"))
     ap.add_argument("--report", type=Path, default=None, help="only print the tables of a results file")
     ap.add_argument("--markdown", action="store_true", help="with --report: the docs table (markdown)")
+    ap.add_argument("--intervals", nargs="+", type=Path, metavar="WORK_DIR",
+                    help="with --report: each row's clean-accuracy change with its 95 %% interval, from the "
+                    "models kept in these work dirs")  # fmt: skip
     args = ap.parse_args(argv)
     if args.report is not None:
         rows = [json.loads(x) for x in args.report.read_text().splitlines() if x.strip()]
-        if args.markdown:
+        if args.intervals:
+            for it in paired_intervals(rows, args.intervals, args.test_samples):
+                print(json.dumps(it))
+        elif args.markdown:
             print(markdown_table(rows))
         else:
             print_table(rows)
