@@ -153,3 +153,29 @@ def test_robust_centre_spread_ignores_a_few_outliers() -> None:
     assert np.array_equal(centre, np.ones((1, 2, 2))) and np.array_equal(spread, np.zeros((1, 2, 2)))
     _, spread_all = robust_centre_spread(x, 1.0)
     assert np.array_equal(spread_all, np.ones((1, 2, 2)))
+
+
+def test_pixels_a_look_alike_group_mostly_shares_are_not_the_stamp() -> None:
+    art_r, ref_r, art_x, ref_x, frame = _frame_case(np.random.default_rng(2))
+    # 19 of the 20 flagged samples also share a bright patch under the frame's top edge (a look-alike
+    # group's common shape); the 20th carries the frame but not the patch
+    art_x[:19, 0, 1:3, 6:18] = 1.5
+    region = estimate_region(art_r, ref_r, art_x, ref_x, CorrectionConfig())
+    assert region.source == "stamp" and np.array_equal(region.mask, frame)
+    # the quantile reading alone would take the patch: it is the carriers' second reading that leaves it
+    from spray.correct.region import robust_centre_spread
+
+    _, spread = robust_centre_spread(art_x, CorrectionConfig().stamp_quantile)
+    assert (spread[0, 1:3, 6:18] == 0).all()
+
+
+def test_stamp_carriers_are_the_samples_matching_most_of_the_stamp() -> None:
+    from spray.correct.region import stamp_carriers
+
+    x = np.zeros((4, 1, 2, 2), dtype=np.float32)
+    x[:3, 0, 0, :] = 1.0  # three carry a two-pixel stamp
+    x[3, 0, 0, 0] = 1.0  # one matches half of it
+    stamp = np.array([[True, True], [False, False]])
+    tol = np.full((1, 2, 2), 0.1)
+    assert stamp_carriers(x, np.ones((1, 2, 2)), stamp, tol, 0.5).tolist() == [True, True, True, True]
+    assert stamp_carriers(x, np.ones((1, 2, 2)), stamp, tol, 0.75).tolist() == [True, True, True, False]

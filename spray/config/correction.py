@@ -120,9 +120,17 @@ class CorrectionConfig(Section):
         0.9,
         gt=0.5,
         le=1.0,
-        description="Step 2 reads the flagged samples robustly: their value at a pixel is the median, and how "
-        "much they vary is this quantile of their distances from it, so up to 1 - stamp_quantile of them "
-        "may be wrongly flagged without hiding the stamp.",
+        description="Step 2 first reads the flagged samples robustly: their value at a pixel is the median, "
+        "and how much they vary is this quantile of their distances from it, so up to 1 - stamp_quantile "
+        "of them may be wrongly flagged without hiding the stamp.",
+    )
+    stamp_carrier_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Step 2 then keeps the flagged samples that match that stamp on this share of its pixels "
+        "(its carriers) and reads the stamp again from them alone, each carrier within stamp_consistency at "
+        "every pixel, so pixels that most of a look-alike group share are not taken for the stamp.",
     )
     stamp_std_floor: float = Field(
         0.1,

@@ -6,7 +6,10 @@ of the total excess (at most ``region_max_fraction`` of the image), grown by one
 spreads a stamp's relevance onto its edges. *What*: inside that zone, the pixels the flagged samples
 repeat (their median differs from the reference's mean by ``stamp_contrast`` reference standard deviations
 while most of them, ``stamp_quantile``, lie within ``stamp_consistency`` of it from their median): a stamp,
-tag or frame, found even when a few samples were flagged by mistake. *Whole*: the stamp is
+tag or frame. The samples that match it on ``stamp_carrier_share`` of its pixels are its carriers (a sample
+flagged by mistake is not), and the stamp is read again from them alone, every carrier within
+``stamp_consistency`` at each of its pixels: a pixel that most of a look-alike group shares is not a
+stamp's. *Whole*: the stamp is
 extended to the pixels connected to it that pass the same test outside the zone (``stamp_extend``), since
 relevance often covers only part of a frame or line. When nothing in the zone repeats (an artifact that is
 not a fixed stamp), the zone itself is the region. The flagged samples' own pixels in the region are what
@@ -116,25 +119,57 @@ def estimate_region(
         ``(n, C, H, W)`` / ``(m, C, H, W)`` their model inputs.
     cfg : CorrectionConfig
         ``region_mass``, ``region_max_fraction``, ``stamp_contrast``, ``stamp_consistency``,
-        ``stamp_quantile``, ``stamp_std_floor``, ``stamp_extend``.
+        ``stamp_quantile``, ``stamp_carrier_share``, ``stamp_std_floor``, ``stamp_extend``.
     """
     zone, held = _relevance_zone(artifact, reference, cfg)
-    centre_a, spread_a = robust_centre_spread(artifact_inputs, cfg.stamp_quantile)
-    mean_r, std_r = reference_inputs.mean(0), reference_inputs.std(0)
-    floor = cfg.stamp_std_floor * float(reference_inputs.std())
-    scale = std_r + floor
-    stamp = (np.abs(centre_a - mean_r) >= cfg.stamp_contrast * scale) & (
-        spread_a <= cfg.stamp_consistency * scale
+    mean_r = reference_inputs.mean(0)
+    scale = reference_inputs.std(0) + cfg.stamp_std_floor * float(reference_inputs.std())
+
+    def repeats(centre: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """``(H, W)``: pixels (any channel) far from the reference's mean where the samples agree."""
+        far = np.abs(centre - mean_r) >= cfg.stamp_contrast * scale
+        return (far & (spread <= cfg.stamp_consistency * scale)).any(axis=0)
+
+    centre, spread = robust_centre_spread(artifact_inputs, cfg.stamp_quantile)
+    first = repeats(centre, spread) & zone
+    if not first.any():
+        return ArtifactRegion(zone, "relevance", held)
+    carriers = stamp_carriers(
+        artifact_inputs, centre, first, cfg.stamp_consistency * scale, cfg.stamp_carrier_share
     )
-    repeated = stamp.any(axis=0)  # any channel
+    if not carriers.any():  # only possible with stamp_carrier_share near 1: read the stamp from everyone
+        carriers[:] = True
+    repeated = repeats(*robust_centre_spread(artifact_inputs[carriers], 1.0))
     seed = repeated & zone
     if not seed.any():
-        return ArtifactRegion(zone, "relevance", held)
+        seed, repeated = first, repeated | first
     if cfg.stamp_extend:
         whole = _connected_to(seed, repeated)
         if whole.mean() <= cfg.region_max_fraction:
             seed = whole
     return ArtifactRegion(seed, "stamp", held)
+
+
+def stamp_carriers(
+    inputs: np.ndarray, centre: np.ndarray, stamp: np.ndarray, tolerance: np.ndarray, share: float
+) -> np.ndarray:
+    """``(n,)`` bool: the samples that carry the stamp, close to its value on ``share`` of its pixels.
+
+    Parameters
+    ----------
+    inputs : np.ndarray
+        ``(n, C, H, W)`` the flagged samples' inputs.
+    centre : np.ndarray
+        ``(C, H, W)`` the stamp's value (their median).
+    stamp : np.ndarray
+        ``(H, W)`` bool, the stamp's pixels found so far.
+    tolerance : np.ndarray
+        ``(C, H, W)`` how far from ``centre`` a pixel still matches.
+    share : float
+        Share of the stamp's pixels a carrier matches.
+    """
+    close = (np.abs(inputs - centre[None]) <= tolerance[None]).all(axis=1)  # (n, H, W), every channel
+    return np.asarray(close[:, stamp].mean(axis=1) >= share)
 
 
 def robust_centre_spread(inputs: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:
