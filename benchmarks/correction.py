@@ -96,10 +96,21 @@ def cell_data(
     return images, labels, planted, masks
 
 
-def write_test_split(root: Path, n: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
-    """The first ``n`` test images as IDX files (the correction's held-out data)."""
+def read_test_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` Fashion-MNIST test images ``(n, 28, 28)`` uint8 and labels ``(n,)``."""
     x = np.asarray(read_idx(FMNIST / "t10k-images-idx3-ubyte.gz"))[:n]
     y = np.asarray(read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")).astype(np.int64)[:n]
+    return x, y
+
+
+def model_inputs(images: np.ndarray) -> torch.Tensor:
+    """``(n, 28, 28)`` uint8 images → the models' normalised inputs ``(n, 1, 28, 28)``."""
+    return (torch.from_numpy(images).float().div(255.0)[:, None] - MEAN) / STD
+
+
+def write_test_split(root: Path, n: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """The first ``n`` test images as IDX files (the correction's held-out data)."""
+    x, y = read_test_split(n)
     root.mkdir(parents=True, exist_ok=True)
     write_idx(root / "test-images.idx", x)
     write_idx(root / "test-labels.idx", y.astype(np.uint8))
@@ -182,14 +193,11 @@ def truth_checks(folder: Path, work: Path, artifact: str, seed: int, test_x: np.
     others = test_y != TARGET
     pasted = plant(test_x[others], kind, seed=seed + 1).images
 
-    def inputs(a: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(a).float().div(255.0)[:, None] - MEAN) / STD
-
     out: dict[str, Any] = {}
     for name, cfg_path in (("before", work / "cell.yaml"), ("after", folder / "config.yaml")):
         model = build_model(load_config(cfg_path).model).eval()
-        clean = predict(model, inputs(test_x[others])).numpy()
-        stamped = predict(model, inputs(pasted)).numpy()
+        clean = predict(model, model_inputs(test_x[others])).numpy()
+        stamped = predict(model, model_inputs(pasted)).numpy()
         base = clean != TARGET
         out[f"true_flip_{name}"] = float(((stamped == TARGET) & base).sum() / max(1, int(base.sum())))
     region = read_correction_arrays(folder)["region"]
@@ -252,9 +260,8 @@ def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: 
     the models kept in the cells' folders: for rows written before ``spray correct`` recorded it."""
     from spray.correct.evaluate import CleanChanges
 
-    x = np.asarray(read_idx(FMNIST / "t10k-images-idx3-ubyte.gz"))[:n_test]
-    y = np.asarray(read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")).astype(np.int64)[:n_test]
-    inputs = (torch.from_numpy(x).float().div(255.0)[:, None] - MEAN) / STD
+    x, y = read_test_split(n_test)
+    inputs = model_inputs(x)
     out = []
     for r in rows:
         cell = f"{r['artifact']}-{r['seed']}"

@@ -224,7 +224,7 @@ def score_model(
     clean_right: np.ndarray,
 ) -> ModelScores:
     """Every measurement of the module docstring for one model; ``clean_right`` ``(n_clean,)`` bool says
-    which clean samples it classifies right (see :func:`clean_right`)."""
+    which clean samples (``sets.clean``) it classifies right."""
     bs = cfg.batch.batch_size
     clean_acc = float(clean_right.mean())
     targets = clean_samples.inputs(sets.paste_targets)
@@ -245,14 +245,6 @@ def score_model(
         model, samples.inputs(sets.sensitivity), direction, artifact_class, device, bs
     )
     return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav)
-
-
-def clean_right(
-    model: nn.Module, clean_samples: SampleSet, sets: EvaluationSets, device: torch.device, bs: int
-) -> np.ndarray:
-    """``(n_clean,)`` bool: which of the clean-accuracy samples ``model`` classifies right."""
-    preds = _predict(model, clean_samples.inputs(sets.clean), device, bs)
-    return np.asarray(preds == clean_samples.labels[sets.clean])
 
 
 def evaluation_sets(
@@ -280,8 +272,10 @@ def evaluate(
 ) -> Evaluation:  # fmt: skip
     """Measure both models on the same sets."""
     args = (cfg, samples, clean_samples, sets, direction, region, artifact_class, device)
-    right_b = clean_right(before, clean_samples, sets, device, cfg.batch.batch_size)
-    right_a = clean_right(after, clean_samples, sets, device, cfg.batch.batch_size)
+    # the clean images are read once for both models: which of them each gets right
+    xc, yc, bs = clean_samples.inputs(sets.clean), clean_samples.labels[sets.clean], cfg.batch.batch_size
+    right_b = np.asarray(_predict(before, xc, device, bs) == yc)
+    right_a = np.asarray(_predict(after, xc, device, bs) == yc)
     b = score_model(before, *args, right_b)
     a = score_model(after, *args, right_a)
     log.info("evaluation: flip rate %.3f -> %.3f, relevance share %.3f -> %.3f, clean accuracy %.4f -> %.4f",
