@@ -172,6 +172,20 @@ class CorrectionConfig(Section):
         description="Penalise the gradient's component along the direction at every position, squared and "
         "summed ('position': no position can cancel another), or of the whole gradient ('whole').",
     )
+    rr_directions: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Directions whose gradient components RR-ClArC penalises: the CAV, plus this many minus "
+        "one leading directions of the artifact's paired effect (the activation change when the flagged "
+        "pixels are pasted into reference samples) orthogonal to it; 1 is plain RR-ClArC.",
+    )
+    rr_direction_samples: int = Field(
+        512,
+        ge=16,
+        description="Reference samples (a seeded subset) the flagged pixels are pasted into to measure the "
+        "paired effect; recorded as the subspace's share of it even with rr_directions 1.",
+    )
     train_scope: Literal["after_layer", "all"] = Field(
         "after_layer",
         description="Parameters fine-tuned: only those after the layer (the direction stays valid and the "

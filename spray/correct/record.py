@@ -2,11 +2,12 @@
 
 A correction run's folder (``<runs_dir>/corrections/<UTC time>-<correction id 12>/``)::
 
-    correction.json   this record: id, source run, flags, group, direction, parameters, training,
+    correction.json   this record: id, source run, flags, group, direction, subspace, parameters, training,
                       before/after evaluation, re-audit verdict, timings
     model.pt          the corrected model's state dict
     config.yaml       the audit config of the corrected model (model.factory rebuilds it)
-    cav.npz           the artifact direction (vector, reference_mean) and the region mask
+    cav.npz           the artifact direction (vector, reference_mean), the region mask and, for
+                      RR-ClArC, the penalised subspace (n, D)
     report.html       the before/after comparison as a page
     reaudit/          runs folder of the re-audit (one published run)
 """
@@ -25,11 +26,12 @@ from spray.correct.cav import Separation
 from spray.correct.evaluate import Evaluation, relative_drop
 from spray.correct.groups import FlagSelection
 from spray.correct.reaudit import Reaudit
+from spray.correct.subspace import SubspaceSummary
 from spray.correct.training import TrainingLog
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 5
+CORRECTION_VERSION = 6
 RECORD_NAME = "correction.json"
 
 T = TypeVar("T")
@@ -115,6 +117,7 @@ class CorrectionRecord:
     reaudit: Reaudit | None
     training: TrainingLog | None = None
     trained_modules: list[str] = field(default_factory=list)
+    subspace: SubspaceSummary | None = None
     files: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 

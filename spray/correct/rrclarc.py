@@ -60,30 +60,34 @@ def rr_output(logits: torch.Tensor, labels: torch.Tensor, target: str, artifact_
     return (logits * signs).sum(1)
 
 
-def rr_penalty(grad: torch.Tensor, vector: torch.Tensor, aggregation: str) -> torch.Tensor:
-    """Mean over the batch of the squared gradient component along the direction.
+def rr_penalty(grad: torch.Tensor, vectors: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Mean over the batch of the squared gradient components along the directions, summed over them.
 
     Parameters
     ----------
     grad : torch.Tensor
         ``(B, C, H, W)`` or ``(B, D)`` gradient of the output w.r.t. the layer's activation.
-    vector : torch.Tensor
-        ``(D,)`` unit direction: over a whole activation (``C·H·W``), or over channels (pooled direction).
+    vectors : torch.Tensor
+        ``(n, D)`` orthonormal directions (or one ``(D,)``): over a whole activation (``C·H·W``), or over
+        channels (pooled directions).
     aggregation : {"position", "whole"}
         ``"position"``: the component at every position (the direction's channel vector there), squared
         and summed over positions, so that no position can make up for another; ``"whole"``: the
         component of the whole gradient (a channel direction: of the spatially averaged gradient), squared.
     """
-    v = vector.to(grad.dtype)
+    v = vectors.to(grad.dtype).reshape(-1, vectors.shape[-1])  # (n, D)
     if grad.dim() <= 2:
-        return ((grad.flatten(1) @ v) ** 2).mean()
+        return ((grad.flatten(1) @ v.T) ** 2).sum(1).mean()
     g = grad.flatten(2)  # (B, C, P)
-    full = v.numel() == grad[0].numel()
+    full = v.shape[1] == grad[0].numel()
     if aggregation == "whole":
-        comp = (g.flatten(1) @ v) if full else (g.mean(2) @ v)
-        return (comp**2).mean()
-    vv = v.view(g.shape[1], -1) if full else v[:, None]  # (C, P) or (C, 1)
-    return ((g * vv).sum(1) ** 2).sum(1).mean()
+        comp = (g.flatten(1) @ v.T) if full else (g.mean(2) @ v.T)
+        return (comp**2).sum(1).mean()
+    if full:
+        comp = torch.einsum("bcp,ncp->bnp", g, v.view(len(v), g.shape[1], -1))
+    else:
+        comp = torch.einsum("bcp,nc->bnp", g, v)
+    return (comp**2).sum((1, 2)).mean()
 
 
 @dataclass
@@ -122,6 +126,8 @@ class RightReasonLoss:
         Source of the batches' inputs and labels.
     direction : ArtifactDirection
         Layer and direction.
+    vectors : np.ndarray
+        ``(n, D)`` orthonormal directions penalised (the subspace; row 0 the direction's CAV).
     cfg : CorrectionConfig
         ``rr_lambda``, ``rr_target``, ``rr_aggregation``.
     artifact_class : int
@@ -137,6 +143,7 @@ class RightReasonLoss:
     model: nn.Module
     samples: SampleSet
     direction: ArtifactDirection
+    vectors: np.ndarray
     cfg: CorrectionConfig
     artifact_class: int
     device: torch.device
@@ -144,7 +151,7 @@ class RightReasonLoss:
     feed: LayerFeed | None = None
 
     def __post_init__(self) -> None:
-        self._vector = torch.from_numpy(self.direction.vector).to(self.device)
+        self._vectors = torch.from_numpy(self.vectors).to(self.device)
 
     def _forward(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.feed is not None:
@@ -163,7 +170,7 @@ class RightReasonLoss:
         ce = F.cross_entropy(logits, y)
         out = rr_output(logits, y, self.cfg.rr_target, self.artifact_class)
         (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
-        rr = rr_penalty(grad, self._vector, self.cfg.rr_aggregation)
+        rr = rr_penalty(grad, self._vectors, self.cfg.rr_aggregation)
         return {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
 
 
@@ -214,8 +221,9 @@ def rrclarc(task: CorrectionTask) -> MethodResult:
         )
     plan = TrainingPlan(rows, cfg.epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "RR-ClArC",
                         cfg.lr_schedule)  # fmt: skip
-    step = RightReasonLoss(model, task.samples, task.direction, cfg, task.group.class_index, task.device,
-                           scope.frozen_input, feed)  # fmt: skip
+    vectors = task.direction.vector[None] if task.subspace is None else task.subspace.vectors
+    step = RightReasonLoss(model, task.samples, task.direction, vectors, cfg, task.group.class_index,
+                           task.device, scope.frozen_input, feed)  # fmt: skip
     opt = make_optimizer(scope.parameters, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     trained = train(model, opt, plan, step, task.work_dir, task.device, progress=task.progress)
     return MethodResult(model.eval(), trained, scope.trained_modules)

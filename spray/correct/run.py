@@ -47,7 +47,9 @@ from spray.correct.record import (
 )
 from spray.correct.region import ArtifactRegion, box_region, estimate_region
 from spray.correct.relevance import composite_kwargs, normalise, relevance_maps
+from spray.correct.samples import seeded_subset
 from spray.correct.source import match_finding
+from spray.correct.subspace import ArtifactSubspace, SubspaceSummary, measure_subspace
 from spray.correct.task import CorrectionTask, MethodResult
 from spray.correct.training import TrainingLog
 from spray.errors import SprayError
@@ -230,6 +232,14 @@ def locate(plan: CorrectionPlan) -> ArtifactRegion:
     return region
 
 
+def span(plan: CorrectionPlan, direction: ArtifactDirection, region: ArtifactRegion) -> ArtifactSubspace:
+    """The directions RR-ClArC penalises, from the flagged pixels pasted into reference samples."""
+    c, g = plan.cfg.correction, plan.group
+    targets = seeded_subset(g.fit_reference, c.rr_direction_samples, plan.cfg.seed, "subspace")
+    return measure_subspace(plan.model, direction, plan.samples, targets, g.fit_artifact, region.mask,
+                            c.rr_directions, plan.device, plan.cfg.batch.batch_size)  # fmt: skip
+
+
 def _method(task: CorrectionTask) -> MethodResult:
     method = task.cfg.correction.method
     if method == "pclarc":
@@ -279,14 +289,12 @@ def _execute(
     t0, c0 = time.perf_counter(), time.process_time()
     direction = fit(plan)
     region = locate(plan)
+    subspace = span(plan, direction, region) if cfg.correction.method == "rrclarc" else None
     t_prepare, c_prepare = time.perf_counter() - t0, time.process_time() - c0
-    atomic_save_npz(
-        out / CORRECTION_DIRECTION,
-        vector=direction.vector,
-        reference_mean=direction.reference_mean,
-        region=region.mask,
-    )
-    task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, plan.train_rows,
+    arrays = {} if subspace is None else {"subspace": subspace.vectors}
+    atomic_save_npz(out / CORRECTION_DIRECTION, vector=direction.vector, reference_mean=direction.reference_mean,
+                    region=region.mask, **arrays)  # fmt: skip
+    task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, subspace, plan.train_rows,
                           plan.example, plan.device, work, progress)  # fmt: skip
     name = f"{cfg.name}-{cfg.correction.method}-{plan.correction_id[:8]}"
     result, method_s, method_cpu_s = _corrected(task, out, name)
@@ -304,7 +312,8 @@ def _execute(
     if method_cpu_s is not None:
         # CPU seconds of this process: a cost that other jobs on the machine do not inflate
         timings["correction_cpu_s"] = c_prepare + method_cpu_s
-    record = _record(plan, direction, evaluation, reaudit, result, timings)
+    summary = None if subspace is None else SubspaceSummary.of(subspace)
+    record = _record(plan, direction, evaluation, reaudit, result, summary, timings)
     record.write(out)
     write_report(record, out)
     return out, record
@@ -338,7 +347,7 @@ def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: b
 
 
 def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Evaluation, reaudit: Reaudit | None,
-            result: MethodResult, timings: dict[str, float]) -> CorrectionRecord:  # fmt: skip
+            result: MethodResult, subspace: SubspaceSummary | None, timings: dict[str, float]) -> CorrectionRecord:  # fmt: skip
     g, c = plan.group, plan.cfg.correction
     return CorrectionRecord(
         correction_id=plan.correction_id,
@@ -373,6 +382,7 @@ def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Eval
         reaudit=reaudit,
         training=result.training,
         trained_modules=result.trained_modules,
+        subspace=subspace,
         files={
             "model": MODEL_FILE,
             "config": CONFIG_FILE,

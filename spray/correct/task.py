@@ -14,6 +14,7 @@ from spray.correct.cav import ArtifactDirection
 from spray.correct.groups import ArtifactGroup
 from spray.correct.region import ArtifactRegion
 from spray.correct.samples import SampleSet, seeded_subset
+from spray.correct.subspace import ArtifactSubspace
 from spray.correct.training import TrainingLog
 
 
@@ -35,6 +36,8 @@ class CorrectionTask:
         The artifact direction at the layer.
     region : ArtifactRegion
         The artifact's pixels.
+    subspace : ArtifactSubspace or None
+        The directions RR-ClArC penalises (None for the other methods).
     train_rows : np.ndarray
         ``(n,)`` int64 rows a method may train on (the evaluation hold-out and unreadable samples are out).
     example : torch.Tensor
@@ -53,6 +56,7 @@ class CorrectionTask:
     group: ArtifactGroup
     direction: ArtifactDirection
     region: ArtifactRegion
+    subspace: ArtifactSubspace | None
     train_rows: np.ndarray
     example: torch.Tensor
     device: torch.device
