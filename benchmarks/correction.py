@@ -25,6 +25,7 @@ Usage::
     python benchmarks/correction.py --report benchmarks/results/correction_<date>.jsonl   # tables only
     python benchmarks/correction.py --report benchmarks/results/correction_<date>.jsonl --markdown  # docs table
     python benchmarks/correction.py --report ROWS --intervals WORK_DIR...   # accuracy changes, 95 % intervals
+    python benchmarks/correction.py --report ROWS --floor WORK_DIR...   # shares against a never-exposed model
 
 Rows are appended as JSON lines to ``--out``.
 """
@@ -278,6 +279,56 @@ def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: 
     return out
 
 
+def clean_model_share(
+    work: Path, artifact: str, seed: int, per_class: int, folders: list[Path]
+) -> list[float]:
+    """Relevance share of a model that never saw the artifact, for each correction folder's region.
+
+    The model is the cell's architecture trained (same recipe and seed) on the cell's data without any
+    planted sample; it is explained on the same flagged images, with the audit's LRP settings, as the
+    correction's evaluation explains the audited and the corrected model. What it puts on the artifact's
+    pixels is relevance that a model without the shortcut draws there anyway.
+    """
+    from spray.correct.relevance import composite_kwargs, region_share, relevance_maps
+
+    images, labels, planted, _ = cell_data(artifact, seed, per_class)
+    torch.manual_seed(seed)
+    clean = small_cnn(in_channels=1, num_classes=10)
+    train_classifier(clean, images[~planted], labels[~planted], epochs=EPOCHS, seed=seed, mean=MEAN, std=STD,
+                     progress=False)  # fmt: skip
+    clean.eval()
+    lrp = load_config(work / "cell.yaml").lrp
+    kw = composite_kwargs(lrp, ((0 - MEAN) / STD, (1 - MEAN) / STD))
+    shares = []
+    for folder in folders:
+        rows = np.array(
+            sorted(
+                int(i) for i in json.loads((folder / "correction.json").read_text())["flags"]["sample_ids"]
+            )
+        )
+        x, y = model_inputs(images[rows]), labels[rows].astype(np.int64)
+        maps = relevance_maps(clean, iter(x.split(128)), y, lrp, torch.device("cpu"), kw)
+        shares.append(float(region_share(maps, read_correction_arrays(folder)["region"]).mean()))
+    return shares
+
+
+def floor_rows(rows: list[dict[str, Any]], work_dirs: list[Path], per_class: int) -> list[dict[str, Any]]:
+    """For each row: the clean model's share and the share of the excess over it that the correction
+    removed, ``(before - after) / (before - clean)``."""
+    out = []
+    for r in rows:
+        cell = f"{r['artifact']}-{r['seed']}"
+        work = next(w / cell for w in work_dirs if (w / cell).is_dir())
+        folder = next((work / "runs" / "corrections").glob(f"*-{r['correction_id'][:12]}"))
+        (clean,) = clean_model_share(work, r["artifact"], r["seed"], per_class, [folder])
+        before, after = r["before"]["relevance_share"], r["after"]["relevance_share"]
+        out.append({"cell": cell, "method": r["method"], "share_before": before, "share_after": after,
+                    "share_clean_model": clean, "share_drop": r["relevance_drop"],
+                    "clean_model_drop": 1 - clean / before,
+                    "excess_removed": (before - after) / (before - clean) if before > clean else None})  # fmt: skip
+    return out
+
+
 def _commit() -> str:
     """The checkout's commit (``git rev-parse``), or ``"unknown"`` outside a git checkout."""
     res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
@@ -370,12 +421,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--intervals", nargs="+", type=Path, metavar="WORK_DIR",
                     help="with --report: each row's clean-accuracy change with its 95 %% interval, from the "
                     "models kept in these work dirs")  # fmt: skip
+    ap.add_argument("--floor", nargs="+", type=Path, metavar="WORK_DIR",
+                    help="with --report: each row's relevance share against that of a model trained without "
+                    "the planted samples (retrained here, about one minute per row), cells in these work dirs")  # fmt: skip
     args = ap.parse_args(argv)
     if args.report is not None:
         rows = [json.loads(x) for x in args.report.read_text().splitlines() if x.strip()]
         if args.intervals:
             for it in paired_intervals(rows, args.intervals, args.test_samples):
                 print(json.dumps(it))
+        elif args.floor:
+            torch.set_num_threads(1)
+            for it in floor_rows(rows, args.floor, args.per_class):
+                print(json.dumps(it), flush=True)
         elif args.markdown:
             print(markdown_table(rows))
         else:

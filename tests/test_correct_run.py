@@ -158,6 +158,12 @@ def test_a_killed_rrclarc_run_resumes_to_the_same_model(
     )  # the world: 4 epochs, 192 samples, batch 32
     assert rec.trained_modules == ["classifier.1", "classifier.3"]
     assert rec.evaluation.after.flip_rate < 0.25 * rec.evaluation.before.flip_rate
+    # the penalised subspace (the CAV alone by default) and its share of the paste's effect are kept
+    assert rec.subspace is not None and rec.subspace.n_directions == 1 and rec.subspace.n_pairs > 0
+    assert 0.0 < rec.subspace.cav_captured == rec.subspace.captured <= 1.0
+    saved = np.load(straight.folder / "cav.npz")
+    np.testing.assert_array_equal(saved["subspace"], saved["vector"][None])
+    assert CorrectionRecord.read(straight.folder).subspace == rec.subspace
     with torch.no_grad():
         corrected = build_model(load_config(straight.folder / "config.yaml").model)
         assert corrected(to_input(a.images[:4])).shape == (4, 3)
