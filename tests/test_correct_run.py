@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from spray.cli.correct import _table
 from spray.config import load_config
 from spray.correct.html import render_correction_html
 from spray.correct.record import CorrectionRecord
@@ -164,6 +165,9 @@ def test_a_killed_rrclarc_run_resumes_to_the_same_model(
     saved = np.load(straight.folder / "cav.npz")
     np.testing.assert_array_equal(saved["subspace"], saved["vector"][None])
     assert CorrectionRecord.read(straight.folder).subspace == rec.subspace
+    share = f"{100 * rec.subspace.cav_captured:.0f} %"
+    assert f"Penalised: 1 direction(s), holding {share}" in render_correction_html(rec, straight.folder)
+    assert f"penalised: 1 direction(s) holding {share}" in _table(straight)
     with torch.no_grad():
         corrected = build_model(load_config(straight.folder / "config.yaml").model)
         assert corrected(to_input(a.images[:4])).shape == (4, 3)

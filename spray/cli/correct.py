@@ -98,8 +98,14 @@ def _table(outcome: Any) -> str:
         f"  {outcome.folder}",
         f"  direction: {rec.direction.pooling} pooling, held-out AUROC {rec.direction.separation.auroc:.3f}; region "
         f"{rec.evaluation.region_source} {rec.evaluation.region_box}; evaluated on {rec.evaluation.split}",
-        f"  {'':44s}{'before':>10s}{'after':>10s}",
     ]
+    if rec.subspace is not None:
+        sub = rec.subspace
+        lines.append(
+            f"  penalised: {sub.n_directions} direction(s) holding {100 * sub.captured:.0f} % of the paste's effect "
+            f"at the layer (the CAV alone {100 * sub.cav_captured:.0f} %, {sub.n_pairs} pastes)"
+        )
+    lines.append(f"  {'':44s}{'before':>10s}{'after':>10s}")
     for name, x, y in (
         (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),
         ("accuracy, artifact pasted", b.pasted_accuracy, a.pasted_accuracy),

@@ -115,6 +115,17 @@ def _region_image(folder: Path | None) -> str:
     return f"<img src='{png_data_uri(rgb)}' width=112 height=112 title='artifact region' style='border:1px solid #999'>"
 
 
+def _subspace(rec: CorrectionRecord) -> str:
+    """The penalised subspace's share of the paste's effect (RR-ClArC), as a sentence."""
+    sub = rec.subspace
+    if sub is None:
+        return ""
+    return (
+        f" Penalised: {sub.n_directions} direction(s), holding {100 * sub.captured:.0f} % of the change the "
+        f"pasted artifact makes at the layer ({sub.n_pairs} pastes; the CAV alone {100 * sub.cav_captured:.0f} %)."
+    )
+
+
 def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) -> str:
     """The comparison as one self-contained ``<section>`` (``folder``: the correction's, for the region image)."""
     d, s, t = rec.direction, rec.direction.separation, rec.training
@@ -135,7 +146,7 @@ def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) ->
         f"<h3>Artifact direction and region</h3><div style='display:flex;gap:16px'>{_region_image(folder)}"
         f"<p>Held-out separation AUROC {s.auroc:.3f} ({s.n_artifact} flagged vs {s.n_reference} reference; "
         f"candidates {html.escape(str(d.candidates))}). Region: {html.escape(e.region_source)}, "
-        f"{e.region_pixels} pixels, box {e.region_box}.</p></div>"
+        f"{e.region_pixels} pixels, box {e.region_box}.{_subspace(rec)}</p></div>"
         f"<h3>Re-audit</h3>{_reaudit(rec)}</section>"
     )
 
