@@ -248,12 +248,24 @@ def run_cell(
             "parameters": rec["parameters"], "commit": _commit(), "load_1min": os.getloadavg()[0],
         }  # fmt: skip
         row.update(truth_checks(folder, work, artifact, seed, test[2], test[3], true_mask))
+        row["folder"] = str(folder)
         rows.append(row)
         log.warning("%s seed %d %s: flip %.3f -> %.3f, share %.3f -> %.3f, acc %+.2f pt, cleared %s, cost %.2f ep",
                     artifact, seed, method, ev["before"]["flip_rate"], ev["after"]["flip_rate"],
                     ev["before"]["relevance_share"], ev["after"]["relevance_share"], 100 * v["accuracy_change"],
                     v["finding_cleared"], row["cost_epochs"])  # fmt: skip
+    add_floor(rows, work, artifact, seed, args.per_class)
     return rows
+
+
+def add_floor(rows: list[dict[str, Any]], work: Path, artifact: str, seed: int, per_class: int) -> None:
+    """Add the never-exposed model's share (:func:`clean_model_share`) and the share of the excess over
+    it that each correction removed to the cell's rows."""
+    shares = clean_model_share(work, artifact, seed, per_class, [Path(r.pop("folder")) for r in rows])
+    for row, clean in zip(rows, shares, strict=True):
+        before, after = row["before"]["relevance_share"], row["after"]["relevance_share"]
+        row["share_clean_model"] = clean
+        row["excess_removed"] = (before - after) / (before - clean) if before > clean else None
 
 
 def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: int) -> list[dict[str, Any]]:
@@ -406,6 +418,29 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def floor_table(rows: list[dict[str, Any]]) -> str:
+    """The relevance share against a never-exposed model's (rows that carry ``share_clean_model``)."""
+    out = [
+        "| artifact | method | seeds | share, never-exposed model, % | its drop from the audited, % "
+        "| share after, % | excess over it removed, % | cells ≥ 80 % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for art in dict.fromkeys(r["artifact"] for r in rows):
+        for m in METHODS:
+            sub = [r for r in rows if r["artifact"] == art and r["method"] == m and "share_clean_model" in r]
+            if not sub:
+                continue
+            clean = [r["share_clean_model"] for r in sub]
+            own = [1 - r["share_clean_model"] / r["before"]["relevance_share"] for r in sub]
+            excess = [r["excess_removed"] for r in sub if r["excess_removed"] is not None]
+            out.append(
+                f"| {art} | {m} | {len(sub)} | {_mean_range(clean)} | {_mean_range(own, digits=0)} "
+                f"| {_mean_range([r['after']['relevance_share'] for r in sub])} "
+                f"| {_mean_range(excess, digits=0) if excess else '–'} | {sum(e >= 0.8 for e in excess)}/{len(sub)} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", nargs="+", default=["demo", "frame", "glyph"])
@@ -436,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(it), flush=True)
         elif args.markdown:
             print(markdown_table(rows))
+            if any("share_clean_model" in r for r in rows):
+                print("\n" + floor_table(rows))
         else:
             print_table(rows)
         return
