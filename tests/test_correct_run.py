@@ -18,6 +18,7 @@ from spray.correct.html import render_correction_html
 from spray.correct.record import CorrectionRecord
 from spray.correct.rrclarc import RightReasonLoss
 from spray.correct.run import correct, corrections_for, list_corrections
+from spray.correct.subspace import SubspaceSummary
 from spray.models import build_model
 from tests.test_correct_world import TARGET, World, build_world, flip_rate, to_input
 
@@ -166,8 +167,11 @@ def test_a_killed_rrclarc_run_resumes_to_the_same_model(
     np.testing.assert_array_equal(saved["subspace"], saved["vector"][None])
     assert CorrectionRecord.read(straight.folder).subspace == rec.subspace
     share = f"{100 * rec.subspace.cav_captured:.0f} %"
-    assert f"Penalised: 1 direction(s), holding {share}" in render_correction_html(rec, straight.folder)
-    assert f"penalised: 1 direction(s) holding {share}" in _table(straight)
+    assert f"Penalised: the CAV, holding {share}" in render_correction_html(rec, straight.folder)
+    assert f"penalised: the CAV, holding {share}" in _table(straight)
+    three = dataclasses.replace(rec, subspace=SubspaceSummary(3, 0.95, 0.8, 100))
+    assert "Penalised: 3 directions, holding 95 %" in render_correction_html(three)
+    assert "(100 pastes; the CAV alone 80 %)" in _table(dataclasses.replace(straight, record=three))
     with torch.no_grad():
         corrected = build_model(load_config(straight.folder / "config.yaml").model)
         assert corrected(to_input(a.images[:4])).shape == (4, 3)

@@ -101,9 +101,11 @@ def _table(outcome: Any) -> str:
     ]
     if rec.subspace is not None:
         sub = rec.subspace
+        what = "the CAV" if sub.n_directions == 1 else f"{sub.n_directions} directions"
+        alone = "" if sub.n_directions == 1 else f"; the CAV alone {100 * sub.cav_captured:.0f} %"
         lines.append(
-            f"  penalised: {sub.n_directions} direction(s) holding {100 * sub.captured:.0f} % of the paste's effect "
-            f"at the layer (the CAV alone {100 * sub.cav_captured:.0f} %, {sub.n_pairs} pastes)"
+            f"  penalised: {what}, holding {100 * sub.captured:.0f} % of the paste's effect at the layer "
+            f"({sub.n_pairs} pastes{alone})"
         )
     lines.append(f"  {'':44s}{'before':>10s}{'after':>10s}")
     for name, x, y in (

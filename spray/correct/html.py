@@ -120,9 +120,11 @@ def _subspace(rec: CorrectionRecord) -> str:
     sub = rec.subspace
     if sub is None:
         return ""
+    what = "the CAV" if sub.n_directions == 1 else f"{sub.n_directions} directions"
+    alone = "" if sub.n_directions == 1 else f"; the CAV alone {100 * sub.cav_captured:.0f} %"
     return (
-        f" Penalised: {sub.n_directions} direction(s), holding {100 * sub.captured:.0f} % of the change the "
-        f"pasted artifact makes at the layer ({sub.n_pairs} pastes; the CAV alone {100 * sub.cav_captured:.0f} %)."
+        f" Penalised: {what}, holding {100 * sub.captured:.0f} % of the change the pasted artifact makes at "
+        f"the layer ({sub.n_pairs} pastes{alone})."
     )
 
 
