@@ -169,6 +169,16 @@ def test_a_killed_rrclarc_run_resumes_to_the_same_model(
     share = f"{100 * rec.subspace.cav_captured:.0f} %"
     assert f"Penalised: the CAV, holding {share}" in render_correction_html(rec, straight.folder)
     assert f"penalised: the CAV, holding {share}" in _table(straight)
+    assert rec.verdict.relevance_drop is not None
+    half = 1 - 0.5 * rec.verdict.relevance_drop  # half the drop: misses the 80 % goal
+    kept = dataclasses.replace(
+        rec.evaluation,
+        after=dataclasses.replace(
+            rec.evaluation.after, relevance_share=half * rec.evaluation.before.relevance_share
+        ),
+    )
+    assert ("never learned" in render_correction_html(rec)) == (rec.verdict.relevance_drop < 0.8)
+    assert "never learned" in render_correction_html(dataclasses.replace(rec, evaluation=kept))
     three = dataclasses.replace(rec, subspace=SubspaceSummary(3, 0.95, 0.8, 100))
     assert "Penalised: 3 directions, holding 95 %" in render_correction_html(three)
     assert "(100 pastes; the CAV alone 80 %)" in _table(dataclasses.replace(straight, record=three))

@@ -79,7 +79,27 @@ def _verdict(rec: CorrectionRecord) -> str:
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
         ("the re-audit no longer flags the finding", v.finding_cleared),
     ]  # fmt: skip
-    return "<ul>" + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items) + "</ul>"
+    return (
+        "<ul>"
+        + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items)
+        + "</ul>"
+        + _share_note(rec)
+    )
+
+
+def _share_note(rec: CorrectionRecord) -> str:
+    """Why a relevance share that stays above the goal need not be the shortcut (shown only then)."""
+    drop = rec.verdict.relevance_drop
+    if drop is None or drop >= GOAL_RELEVANCE_DROP:
+        return ""
+    return (
+        "<p class='small'>Some relevance stays on bright, high-contrast pixels even in a model that never learned "
+        "them (the LRP rules send relevance to strong inputs): in spray's benchmark, models trained without any "
+        "framed image put 16–22 % of their relevance on a 1-pixel frame. Compare with the retrain baseline "
+        "(<code>spray correct --method retrain</code>) before reading the remaining share as the shortcut; the "
+        "paste flip rate and the re-audit measure the behaviour itself (docs/correction.md, "
+        "“The relevance share's floor”).</p>"
+    )
 
 
 def _reaudit(rec: CorrectionRecord) -> str:
