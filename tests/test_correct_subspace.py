@@ -3,6 +3,8 @@ computation, and the penalty over several directions as the sum of single ones."
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from torch import nn
 
 from spray.correct.cav import ArtifactDirection, Separation
 from spray.correct.rrclarc import rr_penalty
-from spray.correct.subspace import SubspaceSummary, artifact_subspace, paired_effect
+from spray.correct.samples import SampleSet
+from spray.correct.subspace import SubspaceSummary, artifact_subspace, measure_subspace, paired_effect
 
 
 def _direction(vector: np.ndarray, pooling: str = "none", layer: str = "0") -> ArtifactDirection:
@@ -83,3 +86,27 @@ def test_the_penalty_of_several_directions_is_the_sum_of_single_ones(aggregation
     torch.testing.assert_close(
         rr_penalty(grad, vectors[:1], aggregation), rr_penalty(grad, vectors[0], aggregation)
     )
+
+
+class _Inputs:
+    """The one method of a SampleSet that measure_subspace reads."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def inputs(self, rows: np.ndarray) -> torch.Tensor:
+        return self.x[torch.from_numpy(rows)]
+
+
+@pytest.mark.parametrize("pooling", ["none", "max"])
+def test_measure_subspace_counts_images_not_rows(pooling: str) -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(12, 1, 6, 6)
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[0, :] = True
+    dim = 4 if pooling == "max" else 4 * 36
+    direction = _direction(np.random.default_rng(0).normal(size=dim), pooling=pooling, layer="1")
+    sub = measure_subspace(model, direction, cast(SampleSet, _Inputs(x)), np.arange(8), np.arange(8, 12), mask,
+                           3, torch.device("cpu"), batch_size=5)  # fmt: skip
+    assert sub.n_pairs == 8 and sub.n_directions == 3 and sub.vectors.shape == (3, dim)

@@ -15,6 +15,7 @@ the change is a row, so the further directions are channel directions too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ class ArtifactSubspace:
     cav_captured : float
         The same share for the CAV alone: how far the mean change describes the artifact's effect.
     n_pairs : int
-        Pasted/clean pairs measured.
+        Pasted/clean image pairs measured (rows of the effect: for a pooled direction, every position of
+        each pair is a row).
     """
 
     vectors: np.ndarray
@@ -133,6 +135,7 @@ def artifact_subspace(
     Returns
     -------
     ArtifactSubspace
+        With ``n_pairs = N`` (:func:`measure_subspace` sets the number of images).
     """
     v = torch.from_numpy(direction.vector).double()
     e = effect.double()
@@ -199,7 +202,9 @@ def measure_subspace(
         device,
         batch_size,
     )
-    subspace = artifact_subspace(direction, effect, n_directions)
+    subspace = dataclasses.replace(
+        artifact_subspace(direction, effect, n_directions), n_pairs=len(reference_rows)
+    )
     log.info(
         "artifact subspace: %d direction(s) hold %.0f %% of the paired effect of %d pastes (the CAV alone %.0f %%)",
         subspace.n_directions,
