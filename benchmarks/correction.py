@@ -422,7 +422,7 @@ def floor_table(rows: list[dict[str, Any]]) -> str:
     """The relevance share against a never-exposed model's (rows that carry ``share_clean_model``)."""
     out = [
         "| artifact | method | seeds | share, never-exposed model, % | its drop from the audited, % "
-        "| share after, % | excess over it removed, % | cells ≥ 80 % |",
+        "| share after, % | excess over it removed, % | cells with excess removed ≥ 80 % |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for art in dict.fromkeys(r["artifact"] for r in rows):

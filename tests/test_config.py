@@ -46,6 +46,20 @@ def test_wrong_type(tmp_path: Path) -> None:
         config_from_dict(raw, base_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("batch", "batch_size"), ("correction", "rr_directions"), ("correction", "rr_lambda")],
+)
+def test_a_yaml_boolean_is_not_a_number(tmp_path: Path, section: str, key: str) -> None:
+    raw = _base(tmp_path)
+    raw[section] = {key: True}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw, base_dir=tmp_path)
+    assert section in str(e.value) and f"{key} must be a number, not the YAML boolean true" in str(e.value)
+    raw[section] = {key: 2}  # the number itself is fine
+    assert getattr(getattr(config_from_dict(raw, base_dir=tmp_path), section), key) == 2
+
+
 def test_missing_file_named(tmp_path: Path) -> None:
     raw = _base(tmp_path)
     raw["model"]["checkpoint"] = "nope.pt"

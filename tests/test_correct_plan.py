@@ -67,3 +67,20 @@ def test_correction_id_follows_flags_method_and_parameters(audited: World) -> No
         FlagStore(audited.flags_db).flag(DATASET, [one], "unlearn", cluster_key="1/k2/c0")
     assert plan_correction(cfg).correction_id == first.correction_id
     assert first.source.run_id and first.cfg.correction.layer == "features"
+
+
+def test_fields_of_another_method_are_warned_about_and_left_out_of_the_id(
+    audited: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    pclarc = plan_correction(_config(_args(audited, "--method", "pclarc")))
+    caplog.clear()
+    with_rr = _config(_args(audited, "--method", "pclarc", "--lambda", "10"))
+    with_rr.correction.rr_directions = 4
+    assert plan_correction(with_rr).correction_id == pclarc.correction_id  # the same projection
+    assert (
+        "correction.rr_directions, correction.rr_lambda: set, but method 'pclarc' does not use them"
+        in caplog.text
+    )
+    rr = _config(_args(audited))
+    rr.correction.rr_directions = 4
+    assert plan_correction(rr).correction_id != plan_correction(_config(_args(audited))).correction_id

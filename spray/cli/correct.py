@@ -125,8 +125,9 @@ def _table(outcome: Any) -> str:
     if v.accuracy_change < -GOAL_ACCURACY_LOSS:
         lines.append(
             f"  WARNING: the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; "
-            "compare --method pclarc (no training), a lower correction.rr_lambda or correction.lr before "
-            "using it"
+            "compare --method pclarc (no training), a lower correction.rr_lambda or correction.lr"
+            + (" or correction.rr_directions 1" if int(rec.parameters.get("rr_directions", 1)) > 1 else "")
+            + " before using it"
         )
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:

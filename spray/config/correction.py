@@ -176,15 +176,17 @@ class CorrectionConfig(Section):
         1,
         ge=1,
         le=64,
-        description="Directions whose gradient components RR-ClArC penalises: the CAV, plus this many minus "
-        "one leading directions of the artifact's paired effect (the activation change when the flagged "
-        "pixels are pasted into reference samples) orthogonal to it; 1 is plain RR-ClArC.",
+        description="Directions along which RR-ClArC penalises the gradient's component (each squared, "
+        "summed): the CAV, plus this many minus one leading directions of the artifact's paired effect (the "
+        "activation change when the flagged pixels are pasted into reference samples) orthogonal to it; 1 is "
+        "plain RR-ClArC. Only method rrclarc reads it.",
     )
     rr_direction_samples: int = Field(
         512,
         ge=16,
-        description="Reference samples (a seeded subset) the flagged pixels are pasted into to measure the "
-        "paired effect; recorded as the subspace's share of it even with rr_directions 1.",
+        description="Most reference samples (a seeded subset of those the direction is fitted on, so at most "
+        "that many) the flagged pixels are pasted into to measure the paired effect; the record keeps the "
+        "count and the subspace's share of the effect, also with rr_directions 1.",
     )
     train_scope: Literal["after_layer", "all"] = Field(
         "after_layer",

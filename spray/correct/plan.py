@@ -79,15 +79,41 @@ class CorrectionPlan:
     device: torch.device
 
 
+#: Fields that only one method reads: another method ignores them (a warning when set) and they are not
+#: part of its correction id, so the same projection or retraining is not computed twice.
+METHOD_FIELDS = {
+    "rrclarc": ("rr_lambda", "rr_target", "rr_aggregation", "rr_directions", "rr_direction_samples"),
+    "retrain": ("retrain_mode", "retrain_init", "retrain_epochs", "retrain_lr"),
+}
+
+
+def ignored_fields(method: str) -> set[str]:
+    """The ``correction`` fields that ``method`` does not read (those of the other methods)."""
+    return {f for m, fields in METHOD_FIELDS.items() if m != method for f in fields}
+
+
+def warn_ignored(cfg: AuditConfig) -> None:
+    """Log a WARNING for fields set in the config that the chosen method does not read."""
+    c = cfg.correction
+    unused = sorted(ignored_fields(c.method) & c.model_fields_set)
+    if unused:
+        log.warning(
+            "correction.%s: set, but method %r does not use %s (only %s)",
+            ", correction.".join(unused),
+            c.method,
+            "it" if len(unused) == 1 else "them",
+            " / ".join(m for m, fields in METHOD_FIELDS.items() if set(fields) & set(unused)),
+        )
+
+
 def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection) -> str:
     """Hash of the source run, the flags, the correction parameters, the config and the code version."""
+    # where the flags come from, when to warn and what the method does not read do not change the result
+    unused = {"flags_db", "source_run", "min_flip_over_null"} | ignored_fields(cfg.correction.method)
     payload = {
         "source_run": source_run_id,
         "flags": flags.digest,
-        # where the flags come from and when to warn do not change what is computed
-        "parameters": cfg.correction.model_dump(
-            mode="json", exclude={"flags_db", "source_run", "min_flip_over_null"}
-        ),
+        "parameters": cfg.correction.model_dump(mode="json", exclude=unused),
         "config": cfg.section_hash(*RESULT_SECTIONS),
         "seed": cfg.seed,
         "code": f"{code_version()}-correction{CORRECTION_VERSION}",
@@ -119,6 +145,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
         With the problem and the fix (no flags, wrong dataset, unknown layer, too small a group, no run).
     """
     c = cfg.correction
+    warn_ignored(cfg)
     runs_dir = Path(cfg.output.runs_dir)
     db = Path(c.flags_db) if c.flags_db is not None else default_db_path(runs_dir)
     flags = read_flags(db, cfg.dataset_key(), c)
