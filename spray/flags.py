@@ -369,9 +369,8 @@ class FlagStore:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        log.info(
-            "flags: %s %d samples of %s by %s (action %s)", status, len(ids), dataset, author, action[:8]
-        )
+        by = f" by {author}" if author else ""
+        log.info("flags: %s %d samples of %s%s (action %s)", status, len(ids), dataset, by, action[:8])
         return action
 
     def flag(

@@ -71,6 +71,10 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     assert "P-ClArC" in (first.folder / "report.html").read_text()
     assert "paste flip rate" in render_correction_html(rec, first.folder)
     _check_share_note(rec)
+    assert (
+        f"held-out AUROC of each pooling: none {rec.direction.candidates['none']:.3f}"
+        in render_correction_html(rec)
+    )
     # the same request again is a no-op; other flags make another correction
     again = correct(cfg, progress=False)
     assert again.up_to_date and again.folder == first.folder

@@ -154,6 +154,7 @@ def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) ->
     """The comparison as one self-contained ``<section>`` (``folder``: the correction's, for the region image)."""
     d, s, t = rec.direction, rec.direction.separation, rec.training
     e = rec.evaluation
+    candidates = ", ".join(f"{name} {auroc:.3f}" for name, auroc in d.candidates.items())
     train = (
         "no training"
         if t is None
@@ -169,7 +170,7 @@ def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) ->
         f"{_verdict(rec)}{_scores_table(rec)}"
         f"<h3>Artifact direction and region</h3><div style='display:flex;gap:16px'>{_region_image(folder)}"
         f"<p>Held-out separation AUROC {s.auroc:.3f} ({s.n_artifact} flagged vs {s.n_reference} reference; "
-        f"candidates {html.escape(str(d.candidates))}). Region: {html.escape(e.region_source)}, "
+        f"held-out AUROC of each pooling: {html.escape(candidates)}). Region: {html.escape(e.region_source)}, "
         f"{e.region_pixels} pixels, box {e.region_box}.{_subspace(rec)}</p></div>"
         f"<h3>Re-audit</h3>{_reaudit(rec)}</section>"
     )
