@@ -25,7 +25,7 @@ def test_the_cav_comes_first_and_the_rest_is_the_svd_of_what_it_leaves() -> None
     rng = np.random.default_rng(0)
     effect = rng.normal(size=(50, 12)) @ np.diag(np.linspace(3, 0.1, 12))
     direction = _direction(effect.mean(0))
-    sub = artifact_subspace(direction, torch.from_numpy(effect).float(), 4)
+    sub = artifact_subspace(direction, torch.from_numpy(effect).float(), 4, 50)
     v = direction.vector.astype(np.float64)
     assert sub.n_directions == 4 and sub.n_pairs == 50
     np.testing.assert_allclose(sub.vectors[0], v, atol=1e-6)
@@ -40,7 +40,7 @@ def test_the_cav_comes_first_and_the_rest_is_the_svd_of_what_it_leaves() -> None
         ((effect @ sub.vectors.T.astype(np.float64)) ** 2).sum() / total, rel=1e-4
     )
     assert sub.cav_captured < sub.captured <= 1.0
-    one = artifact_subspace(direction, torch.from_numpy(effect).float(), 1)
+    one = artifact_subspace(direction, torch.from_numpy(effect).float(), 1, 50)
     assert one.n_directions == 1 and one.captured == pytest.approx(one.cav_captured)
     assert SubspaceSummary.of(sub).n_directions == 4
 
@@ -49,7 +49,7 @@ def test_a_low_rank_effect_gives_fewer_directions_and_says_so(caplog: pytest.Log
     rng = np.random.default_rng(1)
     basis = np.linalg.qr(rng.normal(size=(10, 2)))[0].T  # the effect lives in a plane
     effect = rng.normal(size=(30, 2)) @ basis
-    sub = artifact_subspace(_direction(effect.mean(0)), torch.from_numpy(effect).float(), 6)
+    sub = artifact_subspace(_direction(effect.mean(0)), torch.from_numpy(effect).float(), 6, 30)
     assert sub.n_directions == 2
     assert sub.captured == pytest.approx(1.0, abs=1e-5)
     assert "only 1 further direction" in caplog.text

@@ -100,13 +100,7 @@ def _table(outcome: Any) -> str:
         f"{rec.evaluation.region_source} {rec.evaluation.region_box}; evaluated on {rec.evaluation.split}",
     ]
     if rec.subspace is not None:
-        sub = rec.subspace
-        what = "the CAV" if sub.n_directions == 1 else f"{sub.n_directions} directions"
-        alone = "" if sub.n_directions == 1 else f"; the CAV alone {100 * sub.cav_captured:.0f} %"
-        lines.append(
-            f"  penalised: {what}, holding {100 * sub.captured:.0f} % of the paste's effect at the layer "
-            f"({sub.n_pairs} pastes{alone})"
-        )
+        lines.append(f"  penalised: {rec.subspace.text()}")
     lines.append(f"  {'':44s}{'before':>10s}{'after':>10s}")
     for name, x, y in (
         (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),

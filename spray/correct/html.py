@@ -139,15 +139,7 @@ def _region_image(folder: Path | None) -> str:
 
 def _subspace(rec: CorrectionRecord) -> str:
     """The penalised subspace's share of the paste's effect (RR-ClArC), as a sentence."""
-    sub = rec.subspace
-    if sub is None:
-        return ""
-    what = "the CAV" if sub.n_directions == 1 else f"{sub.n_directions} directions"
-    alone = "" if sub.n_directions == 1 else f"; the CAV alone {100 * sub.cav_captured:.0f} %"
-    return (
-        f" Penalised: {what}, holding {100 * sub.captured:.0f} % of the change the pasted artifact makes at "
-        f"the layer ({sub.n_pairs} pastes{alone})."
-    )
+    return "" if rec.subspace is None else f" Penalised: {html.escape(rec.subspace.text())}."
 
 
 def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) -> str:

@@ -15,7 +15,6 @@ the change is a row, so the further directions are channel directions too.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -73,6 +72,13 @@ class SubspaceSummary:
         """The summary of ``subspace``."""
         return cls(subspace.n_directions, subspace.captured, subspace.cav_captured, subspace.n_pairs)
 
+    def text(self) -> str:
+        """``"the CAV, holding 90 % of the paste's effect at the layer (459 pastes)"``; with more than one
+        direction it names their number and adds the CAV's own share."""
+        what = "the CAV" if self.n_directions == 1 else f"{self.n_directions} directions"
+        alone = "" if self.n_directions == 1 else f"; the CAV alone {100 * self.cav_captured:.0f} %"
+        return f"{what}, holding {100 * self.captured:.0f} % of the paste's effect at the layer ({self.n_pairs} pastes{alone})"
+
 
 def paired_effect(
     model: nn.Module,
@@ -119,7 +125,7 @@ def paired_effect(
 
 
 def artifact_subspace(
-    direction: ArtifactDirection, effect: torch.Tensor, n_directions: int
+    direction: ArtifactDirection, effect: torch.Tensor, n_directions: int, n_pairs: int
 ) -> ArtifactSubspace:
     """The CAV and the ``n_directions - 1`` leading directions of the effect orthogonal to it.
 
@@ -131,11 +137,8 @@ def artifact_subspace(
         ``(N, D)`` paired effect rows (:func:`paired_effect`).
     n_directions : int
         Directions wanted (at least 1); fewer are returned when the effect has lower rank.
-
-    Returns
-    -------
-    ArtifactSubspace
-        With ``n_pairs = N`` (:func:`measure_subspace` sets the number of images).
+    n_pairs : int
+        Pasted images the effect was measured on (``N``, or ``N / positions`` for a pooled direction).
     """
     v = torch.from_numpy(direction.vector).double()
     e = effect.double()
@@ -157,7 +160,7 @@ def artifact_subspace(
         vectors.extend(vh[:keep])
     basis = torch.stack(vectors)
     captured = float(((e @ basis.T) ** 2).sum()) / total if total > 0 else 0.0
-    return ArtifactSubspace(basis.float().numpy(), captured, cav_captured, len(effect))
+    return ArtifactSubspace(basis.float().numpy(), captured, cav_captured, n_pairs)
 
 
 def measure_subspace(
@@ -202,9 +205,7 @@ def measure_subspace(
         device,
         batch_size,
     )
-    subspace = dataclasses.replace(
-        artifact_subspace(direction, effect, n_directions), n_pairs=len(reference_rows)
-    )
+    subspace = artifact_subspace(direction, effect, n_directions, len(reference_rows))
     log.info(
         "artifact subspace: %d direction(s) hold %.0f %% of the paired effect of %d pastes (the CAV alone %.0f %%)",
         subspace.n_directions,
