@@ -39,6 +39,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,9 +264,22 @@ def add_floor(rows: list[dict[str, Any]], work: Path, artifact: str, seed: int, 
     it that each correction removed to the cell's rows."""
     shares = clean_model_share(work, artifact, seed, per_class, [Path(r.pop("folder")) for r in rows])
     for row, clean in zip(rows, shares, strict=True):
-        before, after = row["before"]["relevance_share"], row["after"]["relevance_share"]
         row["share_clean_model"] = clean
-        row["excess_removed"] = (before - after) / (before - clean) if before > clean else None
+        row["excess_removed"] = excess_removed(row, clean)
+
+
+def excess_removed(row: dict[str, Any], clean: float) -> float | None:
+    """``(before - after) / (before - clean)`` of the row's relevance shares (None when the audited model
+    put no more there than the never-exposed one)."""
+    before, after = row["before"]["relevance_share"], row["after"]["relevance_share"]
+    return (before - after) / (before - clean) if before > clean else None
+
+
+def cell_folders(row: dict[str, Any], work_dirs: list[Path]) -> tuple[Path, Path]:
+    """The row's cell folder (in the first work dir that has it) and its correction's published folder."""
+    cell = f"{row['artifact']}-{row['seed']}"
+    work = next(w / cell for w in work_dirs if (w / cell).is_dir())
+    return work, next((work / "runs" / "corrections").glob(f"*-{row['correction_id'][:12]}"))
 
 
 def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: int) -> list[dict[str, Any]]:
@@ -277,16 +291,14 @@ def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: 
     inputs = model_inputs(x)
     out = []
     for r in rows:
-        cell = f"{r['artifact']}-{r['seed']}"
-        work = next(w / cell for w in work_dirs if (w / cell).is_dir())
-        folder = next((work / "runs" / "corrections").glob(f"*-{r['correction_id'][:12]}"))
+        work, folder = cell_folders(r, work_dirs)
         right = [
             predict(build_model(load_config(path).model).eval(), inputs).numpy() == y
             for path in (work / "cell.yaml", folder / "config.yaml")
         ]
         ch = CleanChanges(len(y), int((right[1] & ~right[0]).sum()), int((right[0] & ~right[1]).sum()))
         low, high = ch.interval()
-        out.append({"cell": cell, "method": r["method"], "change": (ch.gained - ch.lost) / ch.n,
+        out.append({"cell": work.name, "method": r["method"], "change": (ch.gained - ch.lost) / ch.n,
                     "low": low, "high": high, "gained": ch.gained, "lost": ch.lost})  # fmt: skip
     return out
 
@@ -324,21 +336,16 @@ def clean_model_share(
     return shares
 
 
-def floor_rows(rows: list[dict[str, Any]], work_dirs: list[Path], per_class: int) -> list[dict[str, Any]]:
-    """For each row: the clean model's share and the share of the excess over it that the correction
-    removed, ``(before - after) / (before - clean)``."""
-    out = []
+def floor_rows(rows: list[dict[str, Any]], work_dirs: list[Path], per_class: int) -> Iterator[dict[str, Any]]:
+    """For each row, as it is measured: the clean model's share and the share of the excess over it that
+    the correction removed (:func:`excess_removed`)."""
     for r in rows:
-        cell = f"{r['artifact']}-{r['seed']}"
-        work = next(w / cell for w in work_dirs if (w / cell).is_dir())
-        folder = next((work / "runs" / "corrections").glob(f"*-{r['correction_id'][:12]}"))
+        work, folder = cell_folders(r, work_dirs)
         (clean,) = clean_model_share(work, r["artifact"], r["seed"], per_class, [folder])
         before, after = r["before"]["relevance_share"], r["after"]["relevance_share"]
-        out.append({"cell": cell, "method": r["method"], "share_before": before, "share_after": after,
-                    "share_clean_model": clean, "share_drop": r["relevance_drop"],
-                    "clean_model_drop": 1 - clean / before,
-                    "excess_removed": (before - after) / (before - clean) if before > clean else None})  # fmt: skip
-    return out
+        yield {"cell": work.name, "method": r["method"], "share_before": before, "share_after": after,
+               "share_clean_model": clean, "share_drop": r["relevance_drop"], "clean_model_drop": 1 - clean / before,
+               "excess_removed": excess_removed(r, clean)}  # fmt: skip
 
 
 def _commit() -> str:
