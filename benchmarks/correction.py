@@ -107,7 +107,7 @@ def read_test_split(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def model_inputs(images: np.ndarray) -> torch.Tensor:
     """``(n, 28, 28)`` uint8 images → the models' normalised inputs ``(n, 1, 28, 28)``."""
-    return (torch.from_numpy(images).float().div(255.0)[:, None] - MEAN) / STD
+    return (torch.from_numpy(np.array(images)).float().div(255.0)[:, None] - MEAN) / STD  # a writable copy
 
 
 def write_test_split(root: Path, n: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
