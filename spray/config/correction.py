@@ -188,6 +188,22 @@ class CorrectionConfig(Section):
         "that many) the flagged pixels are pasted into to measure the paired effect; the record keeps the "
         "count and the subspace's share of the effect, also with rr_directions 1.",
     )
+    rr_region_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1e4,
+        description="Weight of RR-ClArC's region term: the share of the layer's relevance (activation x gradient "
+        "of the true class's logit, summed over channels) at the positions whose relevance LRP carries into "
+        "the artifact region, each weighted by how much of it gets there (docs/correction.md, 'The region "
+        "term'); 0 turns it off (plain RR-ClArC). Needs a layer with a (B, C, H, W) output.",
+    )
+    rr_region_samples: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="Flagged samples on which the region's footprint at the layer is measured (one LRP pass "
+        "per tile of the layer's grid, at most 8 x 8 tiles). Only read when rr_region_weight > 0.",
+    )
     train_scope: Literal["after_layer", "all"] = Field(
         "after_layer",
         description="Parameters fine-tuned: only those after the layer (the direction stays valid and the "

@@ -139,7 +139,10 @@ def _region_image(folder: Path | None) -> str:
 
 def _subspace(rec: CorrectionRecord) -> str:
     """The penalised subspace's share of the paste's effect (RR-ClArC), as a sentence."""
-    return "" if rec.subspace is None else f" Penalised: {html.escape(rec.subspace.text())}."
+    text = "" if rec.subspace is None else f" Penalised: {html.escape(rec.subspace.text())}."
+    if rec.footprint is not None:
+        text += f" With a {html.escape(rec.footprint.text(rec.parameters['rr_region_weight']))}."
+    return text
 
 
 def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) -> str:

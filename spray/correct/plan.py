@@ -82,7 +82,15 @@ class CorrectionPlan:
 #: Fields that only one method reads: another method ignores them (a warning when set) and they are not
 #: part of its correction id, so the same projection or retraining is not computed twice.
 METHOD_FIELDS = {
-    "rrclarc": ("rr_lambda", "rr_target", "rr_aggregation", "rr_directions", "rr_direction_samples"),
+    "rrclarc": (
+        "rr_lambda",
+        "rr_target",
+        "rr_aggregation",
+        "rr_directions",
+        "rr_direction_samples",
+        "rr_region_weight",
+        "rr_region_samples",
+    ),
     "retrain": ("retrain_mode", "retrain_init", "retrain_epochs", "retrain_lr"),
 }
 

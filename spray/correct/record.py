@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from spray.correct.cav import Separation
 from spray.correct.evaluate import Evaluation, relative_drop
+from spray.correct.footprint import FootprintSummary
 from spray.correct.groups import FlagSelection
 from spray.correct.reaudit import Reaudit
 from spray.correct.subspace import SubspaceSummary
@@ -31,7 +32,7 @@ from spray.correct.training import TrainingLog
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 6
+CORRECTION_VERSION = 7
 RECORD_NAME = "correction.json"
 
 T = TypeVar("T")
@@ -118,6 +119,7 @@ class CorrectionRecord:
     training: TrainingLog | None = None
     trained_modules: list[str] = field(default_factory=list)
     subspace: SubspaceSummary | None = None
+    footprint: FootprintSummary | None = None
     files: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 

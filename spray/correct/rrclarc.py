@@ -11,6 +11,12 @@ only the one it pushed towards. The component is taken at every position of the 
 summed (``rr_aggregation="position"``, the default: a position where the output still responds to the
 artifact cannot be cancelled by another where it responds the other way), or of the whole gradient
 (``"whole"``).
+
+With ``rr_region_weight`` > 0 a *region term* is added (spray's, not the paper's): the share of the
+layer's relevance for the true class (activation × gradient, summed over channels) at the positions whose
+relevance LRP carries into the artifact region, weighted by the region's footprint
+(:mod:`spray.correct.footprint`). The CAV term stops the output from responding to the artifact; the
+region term also asks the model to draw less of its explanation from where the artifact sits.
 """
 
 from __future__ import annotations
@@ -90,6 +96,20 @@ def rr_penalty(grad: torch.Tensor, vectors: torch.Tensor, aggregation: str) -> t
     return (comp**2).sum((1, 2)).mean()
 
 
+def region_share(activation: torch.Tensor, grad: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the share of the layer's relevance on the footprint.
+
+    Parameters
+    ----------
+    activation, grad : torch.Tensor
+        ``(B, C, h, w)`` the layer's activation and the gradient of the explained logit with respect to it.
+    footprint : torch.Tensor
+        ``(h, w)`` weights in [0, 1] (:class:`spray.correct.footprint.RegionFootprint`).
+    """
+    r = (activation * grad).abs().sum(1)  # (B, h, w): relevance per position, every channel
+    return ((r * footprint).sum((1, 2)) / r.sum((1, 2)).clamp_min(1e-12)).mean()
+
+
 @dataclass
 class LayerFeed:
     """The layer's activations of a fixed set of rows, computed once, and the model part after the layer.
@@ -138,6 +158,8 @@ class RightReasonLoss:
         True when nothing before the layer trains: its output is cut from the graph (cheaper backward).
     feed : LayerFeed or None
         Precomputed activations and the model's head (the frozen part is then not run at all).
+    footprint : np.ndarray or None
+        ``(h, w)`` the region's footprint at the layer; None: no region term.
     """
 
     model: nn.Module
@@ -149,9 +171,11 @@ class RightReasonLoss:
     device: torch.device
     detach_layer: bool
     feed: LayerFeed | None = None
+    footprint: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._vectors = torch.from_numpy(self.vectors).to(self.device)
+        self._footprint = None if self.footprint is None else torch.from_numpy(self.footprint).to(self.device)
 
     def _forward(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.feed is not None:
@@ -164,14 +188,20 @@ class RightReasonLoss:
         return logits, got[0]
 
     def __call__(self, rows: np.ndarray, step: int) -> dict[str, torch.Tensor]:
-        """``{"loss", "ce", "rr"}`` of the batch ``rows``."""
+        """``{"loss", "ce", "rr"}`` of the batch ``rows`` (and ``"region"`` with a footprint)."""
         y = torch.from_numpy(self.samples.labels[rows]).to(self.device)
         logits, a = self._forward(rows)
         ce = F.cross_entropy(logits, y)
         out = rr_output(logits, y, self.cfg.rr_target, self.artifact_class)
         (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
         rr = rr_penalty(grad, self._vectors, self.cfg.rr_aggregation)
-        return {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
+        terms = {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
+        if self._footprint is not None:
+            (explained,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), a, create_graph=True)
+            region = region_share(a, explained, self._footprint)
+            terms["loss"] = terms["loss"] + self.cfg.rr_region_weight * region
+            terms["region"] = region.detach()
+        return terms
 
 
 def layer_feed(model: nn.Module, task: CorrectionTask, rows: np.ndarray) -> LayerFeed | None:
@@ -222,8 +252,9 @@ def rrclarc(task: CorrectionTask) -> MethodResult:
     plan = TrainingPlan(rows, cfg.epochs, cfg.batch_size, task.cfg.seed, cfg.checkpoint_every, "RR-ClArC",
                         cfg.lr_schedule)  # fmt: skip
     vectors = task.direction.vector[None] if task.subspace is None else task.subspace.vectors
+    footprint = None if task.footprint is None else task.footprint.weights
     step = RightReasonLoss(model, task.samples, task.direction, vectors, cfg, task.group.class_index,
-                           task.device, scope.frozen_input, feed)  # fmt: skip
+                           task.device, scope.frozen_input, feed, footprint)  # fmt: skip
     opt = make_optimizer(scope.parameters, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     trained = train(model, opt, plan, step, task.work_dir, task.device, progress=task.progress)
     return MethodResult(model.eval(), trained, scope.trained_modules)

@@ -34,6 +34,7 @@ from spray.correct.activations import layer_activations
 from spray.correct.cav import ArtifactDirection, GroupActivations, fit_direction
 from spray.correct.checkpoint import CONFIG_FILE, MODEL_FILE, save_corrected
 from spray.correct.evaluate import Evaluation, evaluate, evaluation_sets
+from spray.correct.footprint import FootprintSummary, RegionFootprint, measure_footprint
 from spray.correct.html import write_report
 from spray.correct.plan import CorrectionPlan, plan_correction
 from spray.correct.reaudit import Reaudit, run_reaudit, slim_runs_dir
@@ -240,6 +241,18 @@ def span(plan: CorrectionPlan, direction: ArtifactDirection, region: ArtifactReg
                             c.rr_directions, plan.device, plan.cfg.batch.batch_size)  # fmt: skip
 
 
+def trace(
+    plan: CorrectionPlan, direction: ArtifactDirection, region: ArtifactRegion
+) -> RegionFootprint | None:
+    """The region's footprint at the layer, for RR-ClArC's region term (None when it is off)."""
+    c = plan.cfg.correction
+    if c.method != "rrclarc" or c.rr_region_weight == 0:
+        return None
+    rows = seeded_subset(plan.group.fit_artifact, c.rr_region_samples, plan.cfg.seed, "footprint")
+    return measure_footprint(plan.model, direction.layer, plan.samples, rows, region.mask, plan.cfg.lrp,
+                             plan.device, plan.cfg.batch.batch_size)  # fmt: skip
+
+
 def _method(task: CorrectionTask) -> MethodResult:
     method = task.cfg.correction.method
     if method == "pclarc":
@@ -290,12 +303,15 @@ def _execute(
     direction = fit(plan)
     region = locate(plan)
     subspace = span(plan, direction, region) if cfg.correction.method == "rrclarc" else None
+    footprint = trace(plan, direction, region)
     t_prepare, c_prepare = time.perf_counter() - t0, time.process_time() - c0
     arrays = {} if subspace is None else {"subspace": subspace.vectors}
+    if footprint is not None:
+        arrays["footprint"] = footprint.weights
     atomic_save_npz(out / CORRECTION_DIRECTION, vector=direction.vector, reference_mean=direction.reference_mean,
                     region=region.mask, **arrays)  # fmt: skip
-    task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, subspace, plan.train_rows,
-                          plan.example, plan.device, work, progress)  # fmt: skip
+    task = CorrectionTask(cfg, plan.model, plan.samples, plan.group, direction, region, subspace, footprint,
+                          plan.train_rows, plan.example, plan.device, work, progress)  # fmt: skip
     name = f"{cfg.name}-{cfg.correction.method}-{plan.correction_id[:8]}"
     result, method_s, method_cpu_s = _corrected(task, out, name)
     t1 = time.perf_counter()
@@ -314,6 +330,7 @@ def _execute(
         timings["correction_cpu_s"] = c_prepare + method_cpu_s
     summary = None if subspace is None else SubspaceSummary.of(subspace)
     record = _record(plan, direction, evaluation, reaudit, result, summary, timings)
+    record.footprint = None if footprint is None else FootprintSummary.of(footprint)
     record.write(out)
     write_report(record, out)
     return out, record

@@ -11,6 +11,7 @@ from torch import nn
 
 from spray.config import AuditConfig
 from spray.correct.cav import ArtifactDirection
+from spray.correct.footprint import RegionFootprint
 from spray.correct.groups import ArtifactGroup
 from spray.correct.region import ArtifactRegion
 from spray.correct.samples import SampleSet, seeded_subset
@@ -38,6 +39,8 @@ class CorrectionTask:
         The artifact's pixels.
     subspace : ArtifactSubspace or None
         The directions RR-ClArC penalises (None for the other methods).
+    footprint : RegionFootprint or None
+        The region's footprint at the layer for RR-ClArC's region term (None: no region term).
     train_rows : np.ndarray
         ``(n,)`` int64 rows a method may train on (the evaluation hold-out and unreadable samples are out).
     example : torch.Tensor
@@ -57,6 +60,7 @@ class CorrectionTask:
     direction: ArtifactDirection
     region: ArtifactRegion
     subspace: ArtifactSubspace | None
+    footprint: RegionFootprint | None
     train_rows: np.ndarray
     example: torch.Tensor
     device: torch.device

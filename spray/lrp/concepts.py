@@ -44,8 +44,11 @@ def _channel_sum(r: torch.Tensor) -> torch.Tensor:
 
 
 def _expand_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The ``(B, C)`` channel mask shaped to broadcast against ``like`` (see :func:`_channel_sum`)."""
+    """The ``(B, C)`` channel mask shaped to broadcast against ``like`` (see :func:`_channel_sum`); a mask of
+    ``like``'s own shape (per channel and position) is used as it is."""
     mask = mask.to(like.device, like.dtype)
+    if mask.shape == like.shape:
+        return mask
     if like.dim() == 3:
         return mask[:, None, :]
     return mask.reshape(*mask.shape, *([1] * (like.dim() - 2)))
@@ -85,8 +88,9 @@ class ConceptTap:
     context : RuleContext
         The copy's context (whether the backward carries relevance or a gradient at the layer).
     mask : torch.Tensor, optional
-        ``(B, C)`` weights of the channels whose relevance is propagated further down (1: keep, 0: drop);
-        None keeps all (the ordinary heatmap).
+        ``(B, C)`` weights of the channels whose relevance is propagated further down (1: keep, 0: drop),
+        or weights of the layer output's own shape (per channel and position: the relevance of chosen
+        positions, as the correction's region footprint uses it); None keeps all (the ordinary heatmap).
     required : bool
         A layer that does not run in the forward pass is an error (a path the user chose); else
         :attr:`missing` is set (a layer chosen by ``"auto"``, which the model's ``forward`` may bypass).
@@ -131,10 +135,10 @@ class ConceptTap:
             )
         if self.mask is not None:
             channels = output.shape[-1] if output.dim() == 3 else output.shape[1]
-            if tuple(self.mask.shape) != (output.shape[0], channels):
+            if tuple(self.mask.shape) not in ((output.shape[0], channels), tuple(output.shape)):
                 raise ConfigError(
-                    f"concept mask must have shape (B, C) = ({output.shape[0]}, {channels}) for layer "
-                    f"{self.path!r}, got {tuple(self.mask.shape)}"
+                    f"concept mask must have shape (B, C) = ({output.shape[0]}, {channels}) or the output's "
+                    f"{tuple(output.shape)} for layer {self.path!r}, got {tuple(self.mask.shape)}"
                 )
         self.calls += 1
         return _Tap.apply(output, self, self.context.relevance_frame)

@@ -393,7 +393,8 @@ class Explainer:
             ``(B,)`` int64 true labels, for ``target="label"``.
         concept_mask : torch.Tensor, optional
             ``(B, C)`` weights of the concept layer's channels (needs ``concept_layer``): only their
-            relevance is propagated to the input, which gives concept-conditional heatmaps (CRP).
+            relevance is propagated to the input, which gives concept-conditional heatmaps (CRP). A mask
+            of the layer output's shape weights every channel and position.
             ``LRPResult.concepts`` stays the unmasked channel relevance.
 
         Returns

@@ -1,0 +1,144 @@
+"""The artifact region's footprint at the layer: how much of each position's relevance LRP carries into it.
+
+RR-ClArC's region term (``correction.rr_region_weight``) penalises the share of the layer's relevance
+that sits at positions whose relevance the audit's LRP rules send into the flagged region. Which
+positions those are, and how much, follows from the audited model's own LRP: for every tile of the
+layer's ``(h, w)`` grid only that tile's relevance is propagated to the input (a concept mask over
+positions, :class:`spray.lrp.concepts.ConceptTap`), and the tile's weight is the share of the resulting
+heatmaps' absolute relevance inside the region. With ``train_scope: after_layer`` nothing before the
+layer trains, so the footprint measured once holds for the whole fine-tuning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from spray.config import LRPConfig
+from spray.correct.activations import layer_activations
+from spray.correct.relevance import composite_kwargs
+from spray.correct.samples import SampleSet
+from spray.errors import ConfigError
+from spray.lrp import Explainer
+
+log = logging.getLogger(__name__)
+
+#: Most tiles per side of the layer's grid: a larger grid is measured in bands (cost ≤ 64 LRP passes).
+MAX_TILES_PER_SIDE = 8
+
+
+@dataclass
+class RegionFootprint:
+    """Per position of the layer's grid, the share of its relevance that LRP sends into the region.
+
+    Attributes
+    ----------
+    weights : np.ndarray
+        ``(h, w)`` float32 in [0, 1].
+    tiles : tuple[int, int]
+        Bands measured along each side (``(h, w)`` itself up to :data:`MAX_TILES_PER_SIDE`).
+    n_samples : int
+        Flagged samples the heatmaps were computed on.
+    """
+
+    weights: np.ndarray
+    tiles: tuple[int, int]
+    n_samples: int
+
+
+@dataclass
+class FootprintSummary:
+    """The footprint without its map (that is in the correction's ``cav.npz``)."""
+
+    tiles: tuple[int, int]
+    n_samples: int
+    peak: float
+
+    @classmethod
+    def of(cls, footprint: RegionFootprint) -> FootprintSummary:
+        """The summary of ``footprint``."""
+        return cls(footprint.tiles, footprint.n_samples, float(footprint.weights.max(initial=0.0)))
+
+    def text(self, weight: float) -> str:
+        """``"region term 3 (the footprint of 16 flagged samples on a 7×7 grid; at most 47 %)"``."""
+        grid = "×".join(str(t) for t in self.tiles)
+        return (f"region term {weight:g} (the footprint of {self.n_samples} flagged samples on a {grid} grid; "
+                f"at most {100 * self.peak:.0f} % of a position's relevance reaches the region)")  # fmt: skip
+
+
+def _bands(n: int) -> list[slice]:
+    """At most :data:`MAX_TILES_PER_SIDE` contiguous bands covering ``range(n)``."""
+    edges = np.linspace(0, n, min(n, MAX_TILES_PER_SIDE) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
+def measure_footprint(
+    model: nn.Module,
+    layer: str,
+    samples: SampleSet,
+    rows: np.ndarray,
+    region: np.ndarray,
+    lrp: LRPConfig,
+    device: torch.device,
+    batch_size: int,
+) -> RegionFootprint:
+    """The region's footprint at ``layer`` on the heatmaps of ``rows`` (explaining their true class).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The audited model (an Explainer's canonized copy is used; the model is not modified).
+    layer : str
+        Module path with a ``(B, C, h, w)`` output.
+    samples : SampleSet
+        Data.
+    rows : np.ndarray
+        ``(n,)`` flagged rows.
+    region : np.ndarray
+        ``(H, W)`` bool artifact region of the input.
+    lrp : LRPConfig
+        The audit's LRP settings.
+    device : torch.device
+        Where to compute.
+    batch_size : int
+        Most images per LRP pass (rows × tiles of one pass).
+
+    Raises
+    ------
+    ConfigError
+        The layer's output has no ``(h, w)`` grid.
+    """
+    x = samples.inputs(rows)
+    shape = tuple(layer_activations(model, layer, iter([x[:1]]), device).shape[1:])
+    if len(shape) != 3:
+        raise ConfigError(
+            f"correction.rr_region_weight needs a layer with a (B, C, H, W) output; {layer!r} gives "
+            f"{(-1, *shape)}: choose a convolutional layer (correction.layer) or set rr_region_weight: 0."
+        )
+    explainer = Explainer(model, lrp.composite, composite_kwargs=composite_kwargs(lrp, samples.input_bounds()),
+                          canonize=lrp.canonize, device=device, precision=lrp.precision, concept_layer=layer)  # fmt: skip
+    tiles = [(a, b) for a in _bands(shape[1]) for b in _bands(shape[2])]
+    labels = torch.from_numpy(samples.labels[rows])
+    inside = torch.from_numpy(region).to(torch.float32)
+    per_pass = max(1, batch_size // len(rows))
+    weights = np.zeros(shape[1:], dtype=np.float32)
+    for s in range(0, len(tiles), per_pass):
+        chunk = tiles[s : s + per_pass]
+        mask = torch.zeros(len(chunk), len(rows), *shape)
+        for i, (a, b) in enumerate(chunk):
+            mask[i, :, :, a, b] = 1.0
+        res = explainer(x.repeat(len(chunk), 1, 1, 1).to(device), target="label",
+                        labels=labels.repeat(len(chunk)).to(device), concept_mask=mask.flatten(0, 1).to(device))  # fmt: skip
+        heat = res.relevance.float().sum(1).abs().cpu().reshape(len(chunk), len(rows), *region.shape)
+        share = (heat * inside).sum((1, 2, 3)) / heat.sum((1, 2, 3)).clamp_min(1e-12)
+        for (a, b), value in zip(chunk, share.tolist(), strict=True):
+            weights[a, b] = value
+    bands = (len(_bands(shape[1])), len(_bands(shape[2])))
+    log.info("region footprint at %s: %d×%d tiles on %d samples, largest weight %.2f",
+             layer, *bands, len(rows), float(weights.max()))  # fmt: skip
+    return RegionFootprint(weights, bands, len(rows))
