@@ -234,3 +234,29 @@ def test_rrclarc_on_the_gpu_matches_the_cpu(audited: World, tmp_path: Path) -> N
         outs[device] = correct(cfg, device=device, progress=False).record.evaluation.after
     assert abs(outs["cpu"].flip_rate - outs["cuda"].flip_rate) < 0.05
     assert abs(outs["cpu"].relevance_share - outs["cuda"].relevance_share) < 0.02
+
+
+def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
+    audited: World, tmp_path: Path
+) -> None:
+    plain, region = _copy(audited, tmp_path / "plain"), _copy(audited, tmp_path / "region")
+    cfg_plain, cfg_region = load_config(plain.config), load_config(region.config)
+    for c in (cfg_plain, cfg_region):
+        c.correction.method = "rrclarc"
+        c.correction.reaudit = False
+    cfg_region.correction.rr_region_weight = 100.0
+    without = correct(cfg_plain, progress=False)
+    done = correct(cfg_region, progress=False)
+    rec = done.record
+    assert without.record.footprint is None and "region term" not in _table(without)
+    assert rec.footprint is not None and rec.footprint.n_samples > 0 and 0.0 < rec.footprint.peak <= 1.0
+    saved = np.load(done.folder / "cav.npz")
+    assert saved["footprint"].shape == tuple(rec.footprint.tiles)  # the tiny model's grid has ≤ 8 per side
+    assert CorrectionRecord.read(done.folder).footprint == rec.footprint
+    assert "and: region term 100 (the footprint of" in _table(done)
+    assert "With a region term 100 (the footprint of" in render_correction_html(rec)
+    assert rec.training is not None and all("region" in e for e in rec.training.epochs)
+    # the term draws relevance off the artifact region, beyond what the CAV term alone does
+    share = rec.evaluation.after.relevance_share
+    assert share < without.record.evaluation.after.relevance_share
+    assert done.folder != without.folder  # a field of RR-ClArC: part of the correction id

@@ -138,6 +138,27 @@ def test_all_channels_mask_gives_the_heatmap() -> None:
     torch.testing.assert_close(a + b, full.relevance, rtol=1e-4, atol=1e-6)
 
 
+def test_position_masks_add_up_to_the_heatmap() -> None:
+    model, x, _, _ = _setup("small_cnn")
+    explainer = Explainer(model, concept_layer="features")
+    full = explainer(x, target="pred")
+    with torch.no_grad():
+        grid = tuple(model.features(x).shape)  # (3, 16, 4, 4)
+    torch.testing.assert_close(
+        explainer(x, target="pred", concept_mask=torch.ones(grid)).relevance, full.relevance
+    )
+    top, rest = torch.zeros(grid), torch.ones(grid)
+    top[:, :, :1] = 1.0
+    rest[:, :, :1] = 0.0
+    a = explainer(x, target="pred", concept_mask=top).relevance
+    b = explainer(x, target="pred", concept_mask=rest).relevance
+    torch.testing.assert_close(a + b, full.relevance, rtol=1e-4, atol=1e-6)
+    # the layer's top row reaches only the top of the input (its receptive field: rows 0-14)
+    assert float(a[..., 16:, :].abs().sum()) == 0.0 and float(a.abs().sum()) > 0.0
+    with pytest.raises(ConfigError, match=r"or the output's \(2, 16, 4, 4\)"):
+        explainer(x[:2], concept_mask=torch.ones(2, 16, 4, 3))
+
+
 def test_default_layers() -> None:
     assert default_concept_layer(small_cnn()) == "features"
     assert default_concept_layer(torchvision.models.resnet18()) == "layer4"

@@ -55,14 +55,14 @@ class RegionFootprint:
 class FootprintSummary:
     """The footprint without its map (that is in the correction's ``cav.npz``)."""
 
-    tiles: tuple[int, int]
+    tiles: list[int]
     n_samples: int
     peak: float
 
     @classmethod
     def of(cls, footprint: RegionFootprint) -> FootprintSummary:
         """The summary of ``footprint``."""
-        return cls(footprint.tiles, footprint.n_samples, float(footprint.weights.max(initial=0.0)))
+        return cls(list(footprint.tiles), footprint.n_samples, float(footprint.weights.max(initial=0.0)))
 
     def text(self, weight: float) -> str:
         """``"region term 3 (the footprint of 16 flagged samples on a 7×7 grid; at most 47 %)"``."""
