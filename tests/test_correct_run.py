@@ -19,6 +19,7 @@ from spray.correct.record import CorrectionRecord
 from spray.correct.rrclarc import RightReasonLoss
 from spray.correct.run import correct, corrections_for, list_corrections
 from spray.correct.subspace import SubspaceSummary
+from spray.errors import ConfigError
 from spray.models import build_model
 from tests.test_correct_world import TARGET, World, build_world, flip_rate, to_input
 
@@ -244,6 +245,7 @@ def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
     for c in (cfg_plain, cfg_region):
         c.correction.method = "rrclarc"
         c.correction.reaudit = False
+    cfg_plain.correction.rr_region_weight = 0.0
     cfg_region.correction.rr_region_weight = 100.0
     without = correct(cfg_plain, progress=False)
     done = correct(cfg_region, progress=False)
@@ -260,3 +262,20 @@ def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
     share = rec.evaluation.after.relevance_share
     assert share < without.record.evaluation.after.relevance_share
     assert done.folder != without.folder  # a field of RR-ClArC: part of the correction id
+
+
+def test_a_layer_without_a_grid_runs_without_the_region_term_unless_it_was_asked_for(
+    audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = _copy(audited, tmp_path / "dense")
+    cfg = load_config(world.config)
+    cfg.correction.method = "rrclarc"
+    cfg.correction.reaudit = False
+    cfg.correction.layer = "classifier.2"  # (B, 16): no positions to weigh
+    asked = cfg.model_copy(deep=True)
+    asked.correction.rr_region_weight = 10.0  # the default's value, but set by the user
+    with pytest.raises(ConfigError, match=r"needs a layer with a \(B, C, H, W\) output; 'classifier.2'"):
+        correct(asked, progress=False)
+    done = correct(cfg, progress=False)
+    assert done.record.footprint is None and done.record.parameters["rr_region_weight"] == 10.0
+    assert "RR-ClArC runs without its region term" in caplog.text

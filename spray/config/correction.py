@@ -189,13 +189,14 @@ class CorrectionConfig(Section):
         "count and the subspace's share of the effect, also with rr_directions 1.",
     )
     rr_region_weight: float = Field(
-        0.0,
+        10.0,
         ge=0.0,
         le=1e4,
         description="Weight of RR-ClArC's region term: the share of the layer's relevance (activation x gradient "
         "of the true class's logit, summed over channels) at the positions whose relevance LRP carries into "
         "the artifact region, each weighted by how much of it gets there (docs/correction.md, 'The region "
-        "term'); 0 turns it off (plain RR-ClArC). Needs a layer with a (B, C, H, W) output.",
+        "term'; 10 chosen on tuning cells); 0 turns it off (plain RR-ClArC). Needs a layer with a (B, C, H, W) "
+        "output.",
     )
     rr_region_samples: int = Field(
         16,

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MAX_TILES_PER_SIDE = 8
 
 
+class NoGridError(ConfigError):
+    """The layer's output has no ``(h, w)`` grid, so the region has no footprint there."""
+
+
 @dataclass
 class RegionFootprint:
     """Per position of the layer's grid, the share of its relevance that LRP sends into the region.
@@ -110,13 +114,13 @@ def measure_footprint(
 
     Raises
     ------
-    ConfigError
+    NoGridError
         The layer's output has no ``(h, w)`` grid.
     """
     x = samples.inputs(rows)
     shape = tuple(layer_activations(model, layer, iter([x[:1]]), device).shape[1:])
     if len(shape) != 3:
-        raise ConfigError(
+        raise NoGridError(
             f"correction.rr_region_weight needs a layer with a (B, C, H, W) output; {layer!r} gives "
             f"{(-1, *shape)}: choose a convolutional layer (correction.layer) or set rr_region_weight: 0."
         )

@@ -34,7 +34,7 @@ from spray.correct.activations import layer_activations
 from spray.correct.cav import ArtifactDirection, GroupActivations, fit_direction
 from spray.correct.checkpoint import CONFIG_FILE, MODEL_FILE, save_corrected
 from spray.correct.evaluate import Evaluation, evaluate, evaluation_sets
-from spray.correct.footprint import FootprintSummary, RegionFootprint, measure_footprint
+from spray.correct.footprint import FootprintSummary, NoGridError, RegionFootprint, measure_footprint
 from spray.correct.html import write_report
 from spray.correct.plan import CorrectionPlan, plan_correction
 from spray.correct.reaudit import Reaudit, run_reaudit, slim_runs_dir
@@ -249,8 +249,15 @@ def trace(
     if c.method != "rrclarc" or c.rr_region_weight == 0:
         return None
     rows = seeded_subset(plan.group.fit_artifact, c.rr_region_samples, plan.cfg.seed, "footprint")
-    return measure_footprint(plan.model, direction.layer, plan.samples, rows, region.mask, plan.cfg.lrp,
-                             plan.device, plan.cfg.batch.batch_size)  # fmt: skip
+    try:
+        return measure_footprint(plan.model, direction.layer, plan.samples, rows, region.mask, plan.cfg.lrp,
+                                 plan.device, plan.cfg.batch.batch_size)  # fmt: skip
+    except NoGridError as err:
+        if "rr_region_weight" in c.model_fields_set:
+            raise
+        # the default must not stop a correction at a token or pooled layer: plain RR-ClArC, said aloud
+        log.warning("%s; RR-ClArC runs without its region term (the record has no footprint)", err)
+        return None
 
 
 def _method(task: CorrectionTask) -> MethodResult:
