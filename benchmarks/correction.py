@@ -125,12 +125,14 @@ def prepare_cell(
     """Data, trained model (timed), config; returns what the row needs."""
     images, labels, planted, masks = cell_data(artifact, seed, args.per_class)
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = small_cnn(in_channels=1, num_classes=10)
-    t0 = time.perf_counter()
-    train_classifier(model, images, labels, epochs=EPOCHS, seed=seed, mean=MEAN, std=STD, progress=False)
-    epoch_s = (time.perf_counter() - t0) / EPOCHS
-    torch.save(model.state_dict(), work / "model.pt")
+    epoch_s: float | None = None
+    if not (args.reuse_models and (work / "model.pt").is_file()):
+        torch.manual_seed(seed)
+        model = small_cnn(in_channels=1, num_classes=10)
+        t0 = time.perf_counter()
+        train_classifier(model, images, labels, epochs=EPOCHS, seed=seed, mean=MEAN, std=STD, progress=False)
+        epoch_s = (time.perf_counter() - t0) / EPOCHS
+        torch.save(model.state_dict(), work / "model.pt")
     write_idx(work / "images.idx", images)
     write_idx(work / "labels.idx", labels.astype(np.uint8))
     cfg = {
@@ -255,7 +257,11 @@ def run_cell(
                     artifact, seed, method, ev["before"]["flip_rate"], ev["after"]["flip_rate"],
                     ev["before"]["relevance_share"], ev["after"]["relevance_share"], 100 * v["accuracy_change"],
                     v["finding_cleared"], row["cost_epochs"])  # fmt: skip
-    add_floor(rows, work, artifact, seed, args.per_class)
+    if args.floor_model:
+        add_floor(rows, work, artifact, seed, args.per_class)
+    else:
+        for row in rows:
+            row.pop("folder")
     return rows
 
 
@@ -458,6 +464,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/spray-correction-bench"))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     ap.add_argument("--out", type=Path, default=Path(f"benchmarks/results/correction_{stamp}.jsonl"))
+    ap.add_argument(
+        "--reuse-models",
+        action="store_true",
+        help="load the model.pt an earlier run left in a cell's folder (same seed and recipe) instead "
+        "of training it again (the row's epoch_s is then null; the costs use the reference epoch)",
+    )
+    ap.add_argument(
+        "--no-floor",
+        dest="floor_model",
+        action="store_false",
+        help="skip the never-exposed model (its share depends only on the cell's data, flags and "
+        "region: take it from an earlier run's rows)",
+    )
     ap.add_argument("--report", type=Path, default=None, help="only print the tables of a results file")
     ap.add_argument("--markdown", action="store_true", help="with --report: the docs table (markdown)")
     ap.add_argument("--intervals", nargs="+", type=Path, metavar="WORK_DIR",
