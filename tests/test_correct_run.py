@@ -197,9 +197,9 @@ def test_a_killed_rrclarc_run_resumes_to_the_same_model(
         rec.evaluation.after, clean_accuracy=rec.evaluation.before.clean_accuracy - 0.05
     )
     lossy = dataclasses.replace(rec, evaluation=dataclasses.replace(rec.evaluation, after=worse))
-    assert "or correction.rr_directions 1 before" not in _table(dataclasses.replace(straight, record=lossy))
+    assert "or correction.rr_directions 1 " not in _table(dataclasses.replace(straight, record=lossy))
     lossy4 = dataclasses.replace(lossy, parameters={**rec.parameters, "rr_directions": 4})
-    assert "or correction.rr_directions 1 before" in _table(dataclasses.replace(straight, record=lossy4))
+    assert "or correction.rr_directions 1 " in _table(dataclasses.replace(straight, record=lossy4))
     assert "Penalised: 3 directions, holding 95 %" in render_correction_html(three)
     assert "(100 pastes; the CAV alone 80 %)" in _table(dataclasses.replace(straight, record=three))
     with torch.no_grad():
@@ -256,6 +256,11 @@ def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
     assert saved["footprint"].shape == tuple(rec.footprint.tiles)  # the tiny model's grid has ≤ 8 per side
     assert CorrectionRecord.read(done.folder).footprint == rec.footprint
     assert "and: region term 100 (the footprint of" in _table(done)
+    worse = dataclasses.replace(
+        rec.evaluation.after, clean_accuracy=rec.evaluation.before.clean_accuracy - 0.05
+    )
+    lossy = dataclasses.replace(rec, evaluation=dataclasses.replace(rec.evaluation, after=worse))
+    assert "or a lower correction.rr_region_weight before" in _table(dataclasses.replace(done, record=lossy))
     assert "With a region term 100 (the footprint of" in render_correction_html(rec)
     assert rec.training is not None and all("region" in e for e in rec.training.epochs)
     # the term draws relevance off the artifact region, beyond what the CAV term alone does

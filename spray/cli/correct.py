@@ -123,6 +123,7 @@ def _table(outcome: Any) -> str:
             f"  WARNING: the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; "
             "compare --method pclarc (no training), a lower correction.rr_lambda or correction.lr"
             + (" or correction.rr_directions 1" if int(rec.parameters.get("rr_directions", 1)) > 1 else "")
+            + (" or a lower correction.rr_region_weight" if rec.footprint is not None else "")
             + " before using it"
         )
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
