@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spray.cli.correct import _table
-from spray.config import load_config
+from spray.config import AuditConfig, load_config
 from spray.correct.html import render_correction_html
 from spray.correct.record import CorrectionRecord
 from spray.correct.rrclarc import RightReasonLoss
@@ -39,6 +39,17 @@ def _copy(world: World, dest: Path) -> World:
     shutil.copytree(world.root, dest, symlinks=True)
     return World(dest, dest / "audit.yaml", dest / "runs" / "flags.sqlite", dest / "runs", world.images,
                  world.labels, world.planted, world.model)  # fmt: skip
+
+
+def _rrclarc_configs(world: World, tmp_path: Path, *names: str) -> list[AuditConfig]:
+    """RR-ClArC configs without re-audit, one per copy of the world (``tmp_path / name``)."""
+    configs = []
+    for name in names:
+        cfg = load_config(_copy(world, tmp_path / name).config)
+        cfg.correction.method = "rrclarc"
+        cfg.correction.reaudit = False
+        configs.append(cfg)
+    return configs
 
 
 def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: Path) -> None:
@@ -160,17 +171,14 @@ def _killing_step(at: int) -> object:
 def test_a_killed_rrclarc_run_resumes_to_the_same_model(
     audited: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = _copy(audited, tmp_path / "a"), _copy(audited, tmp_path / "b")
-    cfg_a, cfg_b = load_config(a.config), load_config(b.config)
-    for c in (cfg_a, cfg_b):
-        c.correction.method = "rrclarc"
-        c.correction.reaudit = False
+    cfg_a, cfg_b = _rrclarc_configs(audited, tmp_path, "a", "b")
+    b_runs = tmp_path / "b" / "runs"
     straight = correct(cfg_a, progress=False)
     with monkeypatch.context() as m:
         m.setattr(RightReasonLoss, "__call__", _killing_step(12))
         with pytest.raises(KeyboardInterrupt):
             correct(cfg_b, progress=False)
-    assert list_corrections(b.runs_dir) == []  # nothing half-done is published
+    assert list_corrections(b_runs) == []  # nothing half-done is published
     resumed = correct(cfg_b, progress=False)
     assert resumed.record.training is not None and resumed.record.training.resumed_from == 10
     sa = torch.load(straight.folder / "model.pt")
@@ -204,7 +212,7 @@ def test_a_killed_rrclarc_run_resumes_to_the_same_model(
     assert "(100 pastes; the CAV alone 80 %)" in _table(dataclasses.replace(straight, record=three))
     with torch.no_grad():
         corrected = build_model(load_config(straight.folder / "config.yaml").model)
-        assert corrected(to_input(a.images[:4])).shape == (4, 3)
+        assert corrected(to_input(audited.images[:4])).shape == (4, 3)
 
 
 def test_retrain_baseline_drops_the_flagged_samples(audited: World, tmp_path: Path) -> None:
@@ -240,11 +248,7 @@ def test_rrclarc_on_the_gpu_matches_the_cpu(audited: World, tmp_path: Path) -> N
 def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
     audited: World, tmp_path: Path
 ) -> None:
-    plain, region = _copy(audited, tmp_path / "plain"), _copy(audited, tmp_path / "region")
-    cfg_plain, cfg_region = load_config(plain.config), load_config(region.config)
-    for c in (cfg_plain, cfg_region):
-        c.correction.method = "rrclarc"
-        c.correction.reaudit = False
+    cfg_plain, cfg_region = _rrclarc_configs(audited, tmp_path, "plain", "region")
     cfg_plain.correction.rr_region_weight = 0.0
     cfg_region.correction.rr_region_weight = 100.0
     without = correct(cfg_plain, progress=False)
@@ -272,10 +276,7 @@ def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
 def test_a_layer_without_a_grid_runs_without_the_region_term_unless_it_was_asked_for(
     audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = _copy(audited, tmp_path / "dense")
-    cfg = load_config(world.config)
-    cfg.correction.method = "rrclarc"
-    cfg.correction.reaudit = False
+    (cfg,) = _rrclarc_configs(audited, tmp_path, "dense")
     cfg.correction.layer = "classifier.2"  # (B, 16): no positions to weigh
     asked = cfg.model_copy(deep=True)
     asked.correction.rr_region_weight = 10.0  # the default's value, but set by the user
