@@ -69,7 +69,8 @@ class FootprintSummary:
         return cls(list(footprint.tiles), footprint.n_samples, float(footprint.weights.max(initial=0.0)))
 
     def text(self, weight: float) -> str:
-        """``"region term 3 (the footprint of 16 flagged samples on a 7×7 grid; at most 47 %)"``."""
+        """``"region term 10 (the footprint of 16 flagged samples on a 7×7 grid; at most 47 % of a position's
+        relevance reaches the region)"``."""
         grid = "×".join(str(t) for t in self.tiles)
         return (f"region term {weight:g} (the footprint of {self.n_samples} flagged samples on a {grid} grid; "
                 f"at most {100 * self.peak:.0f} % of a position's relevance reaches the region)")  # fmt: skip
