@@ -127,7 +127,8 @@ def measure_footprint(
         )
     explainer = Explainer(model, lrp.composite, composite_kwargs=composite_kwargs(lrp, samples.input_bounds()),
                           canonize=lrp.canonize, device=device, precision=lrp.precision, concept_layer=layer)  # fmt: skip
-    tiles = [(a, b) for a in _bands(shape[1]) for b in _bands(shape[2])]
+    down, across = _bands(shape[1]), _bands(shape[2])
+    tiles = [(a, b) for a in down for b in across]
     labels = torch.from_numpy(samples.labels[rows])
     inside = torch.from_numpy(region).to(torch.float32)
     per_pass = max(1, batch_size // len(rows))
@@ -143,7 +144,7 @@ def measure_footprint(
         share = (heat * inside).sum((1, 2, 3)) / heat.sum((1, 2, 3)).clamp_min(1e-12)
         for (a, b), value in zip(chunk, share.tolist(), strict=True):
             weights[a, b] = value
-    bands = (len(_bands(shape[1])), len(_bands(shape[2])))
+    bands = (len(down), len(across))
     log.info("region footprint at %s: %d×%d tiles on %d samples, largest weight %.2f",
              layer, *bands, len(rows), float(weights.max()))  # fmt: skip
     return RegionFootprint(weights, bands, len(rows))

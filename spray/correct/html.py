@@ -137,8 +137,9 @@ def _region_image(folder: Path | None) -> str:
     return f"<img src='{png_data_uri(rgb)}' width=112 height=112 title='artifact region' style='border:1px solid #999'>"
 
 
-def _subspace(rec: CorrectionRecord) -> str:
-    """The penalised subspace's share of the paste's effect (RR-ClArC), as a sentence."""
+def _penalties(rec: CorrectionRecord) -> str:
+    """What RR-ClArC penalised, as sentences: the subspace's share of the paste's effect and the region
+    term's footprint (empty for the other methods)."""
     text = "" if rec.subspace is None else f" Penalised: {html.escape(rec.subspace.text())}."
     if rec.footprint is not None:
         text += f" With a {html.escape(rec.footprint.text(rec.parameters['rr_region_weight']))}."
@@ -166,7 +167,7 @@ def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) ->
         f"<h3>Artifact direction and region</h3><div style='display:flex;gap:16px'>{_region_image(folder)}"
         f"<p>Held-out separation AUROC {s.auroc:.3f} ({s.n_artifact} flagged vs {s.n_reference} reference; "
         f"held-out AUROC of each pooling: {html.escape(candidates)}). Region: {html.escape(e.region_source)}, "
-        f"{e.region_pixels} pixels, box {e.region_box}.{_subspace(rec)}</p></div>"
+        f"{e.region_pixels} pixels, box {e.region_box}.{_penalties(rec)}</p></div>"
         f"<h3>Re-audit</h3>{_reaudit(rec)}</section>"
     )
 
