@@ -198,6 +198,12 @@ class CorrectionConfig(Section):
         "term'; 10 chosen on tuning cells); 0 turns it off (plain RR-ClArC). Needs a layer with a (B, C, H, W) "
         "output.",
     )
+    rr_region_target: Literal["label", "artifact_class"] = Field(
+        "label",
+        description="Whose relevance the region term takes off the region: the true class's logit of each "
+        "sample ('label'), or the artifact class's logit of every sample ('artifact_class': the other classes "
+        "keep drawing on those positions).",
+    )
     rr_region_samples: int = Field(
         16,
         ge=1,

@@ -13,9 +13,11 @@ artifact cannot be cancelled by another where it responds the other way), or of 
 (``"whole"``).
 
 With ``rr_region_weight`` > 0 a *region term* is added (spray's, not the paper's): the share of the
-layer's relevance for the true class (activation × gradient, summed over channels) at the positions whose
-relevance LRP carries into the artifact region, weighted by the region's footprint
-(:mod:`spray.correct.footprint`). The CAV term stops the output from responding to the artifact; the
+layer's relevance (activation × gradient, summed over channels) at the positions whose relevance LRP
+carries into the artifact region, weighted by the region's footprint (:mod:`spray.correct.footprint`).
+The relevance is that of the true class's logit (``rr_region_target="label"``) or of the artifact class's
+logit for every sample (``"artifact_class"``: only the class the shortcut drives is asked to stop drawing
+on the region, the other classes keep what they find there). The CAV term stops the output from responding to the artifact; the
 region term also asks the model to draw less of its explanation from where the artifact sits.
 """
 
@@ -149,7 +151,7 @@ class RightReasonLoss:
     vectors : np.ndarray
         ``(n, D)`` orthonormal directions penalised (the subspace; row 0 the direction's CAV).
     cfg : CorrectionConfig
-        ``rr_lambda``, ``rr_target``, ``rr_aggregation``.
+        ``rr_lambda``, ``rr_target``, ``rr_aggregation``, ``rr_region_weight``, ``rr_region_target``.
     artifact_class : int
         The artifact group's class.
     device : torch.device
@@ -197,7 +199,8 @@ class RightReasonLoss:
         rr = rr_penalty(grad, self._vectors, self.cfg.rr_aggregation)
         terms = {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
         if self._footprint is not None:
-            (explained,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), a, create_graph=True)
+            explained_logit = rr_output(logits, y, self.cfg.rr_region_target, self.artifact_class)
+            (explained,) = torch.autograd.grad(explained_logit.sum(), a, create_graph=True)
             region = region_share(a, explained, self._footprint)
             terms["loss"] = terms["loss"] + self.cfg.rr_region_weight * region
             terms["region"] = region.detach()
