@@ -273,6 +273,26 @@ def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
     assert done.folder != without.folder  # a field of RR-ClArC: part of the correction id
 
 
+def test_the_region_term_can_take_only_the_artifact_class_relevance_off_the_region(
+    audited: World, tmp_path: Path
+) -> None:
+    cfg_plain, cfg_label, cfg_class = _rrclarc_configs(audited, tmp_path, "plain", "label", "class")
+    cfg_plain.correction.rr_region_weight = 0.0
+    cfg_label.correction.rr_region_weight = cfg_class.correction.rr_region_weight = 100.0
+    cfg_class.correction.rr_region_target = "artifact_class"
+    without = correct(cfg_plain, progress=False).record
+    label = correct(cfg_label, progress=False).record
+    rec = correct(cfg_class, progress=False).record
+    # the other classes' samples explain another logit: the term, and so the training, differ
+    assert label.training is not None and rec.training is not None
+    assert label.training.epochs[-1]["region"] != pytest.approx(rec.training.epochs[-1]["region"], rel=1e-3)
+    assert rec.parameters["rr_region_target"] == "artifact_class" and rec.footprint is not None
+    assert rec.training is not None and all("region" in e for e in rec.training.epochs)
+    # the evaluation explains the flagged samples' own class, the artifact class: its share falls too
+    assert rec.evaluation.after.relevance_share < without.evaluation.after.relevance_share
+    assert rec.correction_id != without.correction_id
+
+
 def test_a_layer_without_a_grid_runs_without_the_region_term_unless_it_was_asked_for(
     audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
