@@ -85,7 +85,10 @@ def test_positions_outside_and_inside_the_region_get_zero_and_one() -> None:
     np.testing.assert_allclose(full.weights, 1.0, atol=1e-6)
     summary = FootprintSummary.of(fp)
     assert summary.peak == pytest.approx(1.0) and "on a 6×6 grid" in summary.text(30.0)
-    assert summary.text(30.0).startswith("region term 30 (the footprint of 6 flagged samples")
+    assert summary.text(30.0).startswith(
+        "region term 30 on the artifact class's relevance (the footprint of 6"
+    )
+    assert summary.text(10.0, "label").startswith("region term 10 on each sample's own class's relevance (")
 
 
 def test_a_large_grid_is_measured_in_bands() -> None:

@@ -259,13 +259,16 @@ def test_the_region_term_is_recorded_and_takes_relevance_off_the_region(
     saved = np.load(done.folder / "cav.npz")
     assert saved["footprint"].shape == tuple(rec.footprint.tiles)  # the tiny model's grid has ≤ 8 per side
     assert CorrectionRecord.read(done.folder).footprint == rec.footprint
-    assert "and: region term 100 (the footprint of" in _table(done)
+    assert "and: region term 100 on the artifact class's relevance (the footprint of" in _table(done)
     worse = dataclasses.replace(
         rec.evaluation.after, clean_accuracy=rec.evaluation.before.clean_accuracy - 0.05
     )
     lossy = dataclasses.replace(rec, evaluation=dataclasses.replace(rec.evaluation, after=worse))
     assert "or a lower correction.rr_region_weight before" in _table(dataclasses.replace(done, record=lossy))
-    assert "With a region term 100 (the footprint of" in render_correction_html(rec)
+    assert (
+        "With a region term 100 on the artifact class&#x27;s relevance (the footprint of"
+        in render_correction_html(rec)
+    )
     assert rec.training is not None and all("region" in e for e in rec.training.epochs)
     # the term draws relevance off the artifact region, beyond what the CAV term alone does
     share = rec.evaluation.after.relevance_share
@@ -279,6 +282,7 @@ def test_the_region_term_can_take_only_the_artifact_class_relevance_off_the_regi
     cfg_plain, cfg_label, cfg_class = _rrclarc_configs(audited, tmp_path, "plain", "label", "class")
     cfg_plain.correction.rr_region_weight = 0.0
     cfg_label.correction.rr_region_weight = cfg_class.correction.rr_region_weight = 100.0
+    cfg_label.correction.rr_region_target = "label"
     cfg_class.correction.rr_region_target = "artifact_class"
     without = correct(cfg_plain, progress=False).record
     label = correct(cfg_label, progress=False).record
@@ -299,9 +303,9 @@ def test_a_layer_without_a_grid_runs_without_the_region_term_unless_it_was_asked
     (cfg,) = _rrclarc_configs(audited, tmp_path, "dense")
     cfg.correction.layer = "classifier.2"  # (B, 16): no positions to weigh
     asked = cfg.model_copy(deep=True)
-    asked.correction.rr_region_weight = 10.0  # the default's value, but set by the user
+    asked.correction.rr_region_weight = 30.0  # the default's value, but set by the user
     with pytest.raises(ConfigError, match=r"needs a layer with a \(B, C, H, W\) output; 'classifier.2'"):
         correct(asked, progress=False)
     done = correct(cfg, progress=False)
-    assert done.record.footprint is None and done.record.parameters["rr_region_weight"] == 10.0
+    assert done.record.footprint is None and done.record.parameters["rr_region_weight"] == 30.0
     assert "RR-ClArC runs without its region term" in caplog.text

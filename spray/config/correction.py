@@ -189,20 +189,20 @@ class CorrectionConfig(Section):
         "count and the subspace's share of the effect, also with rr_directions 1.",
     )
     rr_region_weight: float = Field(
-        10.0,
+        30.0,
         ge=0.0,
         le=1e4,
         description="Weight of RR-ClArC's region term: the share of the layer's relevance (activation x gradient "
-        "of the true class's logit, summed over channels) at the positions whose relevance LRP carries into "
-        "the artifact region, each weighted by how much of it gets there (docs/correction.md, 'The region "
-        "term'; 10 chosen on tuning cells); 0 turns it off (plain RR-ClArC). Needs a layer with a (B, C, H, W) "
+        "of a logit, see rr_region_target, summed over channels) at the positions whose relevance LRP carries "
+        "into the artifact region, each weighted by how much of it gets there (docs/correction.md, 'The region "
+        "term'; 30 chosen on tuning cells); 0 turns it off (plain RR-ClArC). Needs a layer with a (B, C, H, W) "
         "output.",
     )
     rr_region_target: Literal["label", "artifact_class"] = Field(
-        "label",
-        description="Whose relevance the region term takes off the region: the true class's logit of each "
-        "sample ('label'), or the artifact class's logit of every sample ('artifact_class': the other classes "
-        "keep drawing on those positions).",
+        "artifact_class",
+        description="Whose relevance the region term takes off the region: the artifact class's logit of "
+        "every sample ('artifact_class': the other classes keep drawing on those positions; chosen on tuning "
+        "cells), or the true class's logit of each sample ('label').",
     )
     rr_region_samples: int = Field(
         16,

@@ -68,12 +68,18 @@ class FootprintSummary:
         """The summary of ``footprint``."""
         return cls(list(footprint.tiles), footprint.n_samples, float(footprint.weights.max(initial=0.0)))
 
-    def text(self, weight: float) -> str:
-        """``"region term 10 (the footprint of 16 flagged samples on a 7×7 grid; at most 47 % of a position's
-        relevance reaches the region)"``."""
+    def text(self, weight: float, target: str = "artifact_class") -> str:
+        """``"region term 30 on the artifact class's relevance (the footprint of 16 flagged samples on a 7×7
+        grid; at most 47 % of a position's relevance reaches the region)"`` (``target``: the term's
+        ``rr_region_target``)."""
         grid = "×".join(str(t) for t in self.tiles)
-        return (f"region term {weight:g} (the footprint of {self.n_samples} flagged samples on a {grid} grid; "
-                f"at most {100 * self.peak:.0f} % of a position's relevance reaches the region)")  # fmt: skip
+        whose = (
+            "the artifact class's relevance"
+            if target == "artifact_class"
+            else "each sample's own class's relevance"
+        )
+        return (f"region term {weight:g} on {whose} (the footprint of {self.n_samples} flagged samples on a "
+                f"{grid} grid; at most {100 * self.peak:.0f} % of a position's relevance reaches the region)")  # fmt: skip
 
 
 def _bands(n: int) -> list[slice]:
