@@ -17,8 +17,9 @@ layer's relevance (activation × gradient, summed over channels) at the position
 carries into the artifact region, weighted by the region's footprint (:mod:`spray.correct.footprint`).
 The relevance is that of the true class's logit (``rr_region_target="label"``) or of the artifact class's
 logit for every sample (``"artifact_class"``: only the class the shortcut drives is asked to stop drawing
-on the region, the other classes keep what they find there). The CAV term stops the output from responding to the artifact; the
-region term also asks the model to draw less of its explanation from where the artifact sits.
+on the region, the other classes keep what they find there). The CAV term stops the output from
+responding to the artifact; the region term also asks the model to draw less of its explanation from
+where the artifact sits.
 """
 
 from __future__ import annotations
