@@ -84,11 +84,16 @@ def test_positions_outside_and_inside_the_region_get_zero_and_one() -> None:
     )
     np.testing.assert_allclose(full.weights, 1.0, atol=1e-6)
     summary = FootprintSummary.of(fp)
-    assert summary.peak == pytest.approx(1.0) and "on a 6×6 grid" in summary.text(30.0)
-    assert summary.text(30.0).startswith(
+    params = {"rr_region_weight": 30.0, "rr_region_target": "artifact_class"}
+    assert summary.peak == pytest.approx(1.0) and "on a 6×6 grid" in summary.text(params)
+    assert summary.text(params).startswith(
         "region term 30 on the artifact class's relevance (the footprint of 6"
     )
-    assert summary.text(10.0, "label").startswith("region term 10 on each sample's own class's relevance (")
+    assert summary.text({"rr_region_weight": 10.0, "rr_region_target": "label"}).startswith(
+        "region term 10 on each sample's own class's relevance ("
+    )
+    # a record from before rr_region_target: the term explained each sample's own class
+    assert "on each sample's own class's relevance" in summary.text({"rr_region_weight": 10.0})
 
 
 def test_a_large_grid_is_measured_in_bands() -> None:

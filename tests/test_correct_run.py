@@ -291,7 +291,7 @@ def test_the_region_term_can_take_only_the_artifact_class_relevance_off_the_regi
     assert label.training is not None and rec.training is not None
     assert label.training.epochs[-1]["region"] != pytest.approx(rec.training.epochs[-1]["region"], rel=1e-3)
     assert rec.parameters["rr_region_target"] == "artifact_class" and rec.footprint is not None
-    assert rec.training is not None and all("region" in e for e in rec.training.epochs)
+    assert all("region" in e for e in rec.training.epochs)
     # the evaluation explains the flagged samples' own class, the artifact class: its share falls too
     assert rec.evaluation.after.relevance_share < without.evaluation.after.relevance_share
     assert rec.correction_id != without.correction_id

@@ -102,9 +102,7 @@ def _table(outcome: Any) -> str:
     if rec.subspace is not None:
         lines.append(f"  penalised: {rec.subspace.text()}")
     if rec.footprint is not None:
-        lines.append(
-            f"  and: {rec.footprint.text(rec.parameters['rr_region_weight'], rec.parameters.get('rr_region_target', 'label'))}"
-        )
+        lines.append(f"  and: {rec.footprint.text(rec.parameters)}")
     lines.append(f"  {'':44s}{'before':>10s}{'after':>10s}")
     for name, x, y in (
         (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),

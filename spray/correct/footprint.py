@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,11 +70,14 @@ class FootprintSummary:
         """The summary of ``footprint``."""
         return cls(list(footprint.tiles), footprint.n_samples, float(footprint.weights.max(initial=0.0)))
 
-    def text(self, weight: float, target: str = "artifact_class") -> str:
+    def text(self, parameters: Mapping[str, Any]) -> str:
         """``"region term 30 on the artifact class's relevance (the footprint of 16 flagged samples on a 7×7
-        grid; at most 47 % of a position's relevance reaches the region)"`` (``target``: the term's
-        ``rr_region_target``)."""
+        grid; at most 47 % of a position's relevance reaches the region)"``, from a correction record's
+        ``parameters`` (``rr_region_weight``, ``rr_region_target``)."""
         grid = "×".join(str(t) for t in self.tiles)
+        weight = parameters["rr_region_weight"]
+        # records written before rr_region_target existed explained each sample's own class
+        target = parameters.get("rr_region_target", "label")
         whose = (
             "the artifact class's relevance"
             if target == "artifact_class"

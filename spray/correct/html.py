@@ -142,7 +142,7 @@ def _penalties(rec: CorrectionRecord) -> str:
     term's footprint (empty for the other methods)."""
     text = "" if rec.subspace is None else f" Penalised: {html.escape(rec.subspace.text())}."
     if rec.footprint is not None:
-        text += f" With a {html.escape(rec.footprint.text(rec.parameters['rr_region_weight'], rec.parameters.get('rr_region_target', 'label')))}."
+        text += f" With a {html.escape(rec.footprint.text(rec.parameters))}."
     return text
 
 
