@@ -49,6 +49,7 @@ import torch
 import yaml
 
 from spray.config import load_config
+from spray.correct.evaluate import CleanChanges
 from spray.data import read_idx, write_idx
 from spray.flags import FlagStore
 from spray.lab.artifacts import plant
@@ -288,21 +289,25 @@ def cell_folders(row: dict[str, Any], work_dirs: list[Path]) -> tuple[Path, Path
     return work, next((work / "runs" / "corrections").glob(f"*-{row['correction_id'][:12]}"))
 
 
+def paired_changes(audited: Path, corrected: Path, inputs: torch.Tensor, y: np.ndarray) -> CleanChanges:
+    """Test images ``inputs`` ``(n, 1, 28, 28)`` (labels ``y``) that only the corrected model (config
+    ``corrected``) gets right and those that only the audited one (config ``audited``) does."""
+    right = [
+        predict(build_model(load_config(path).model).eval(), inputs).numpy() == y
+        for path in (audited, corrected)
+    ]
+    return CleanChanges(len(y), int((right[1] & ~right[0]).sum()), int((right[0] & ~right[1]).sum()))
+
+
 def paired_intervals(rows: list[dict[str, Any]], work_dirs: list[Path], n_test: int) -> list[dict[str, Any]]:
     """The clean-accuracy change of each row with its 95 % interval (the same test images, paired), from
     the models kept in the cells' folders: for rows written before ``spray correct`` recorded it."""
-    from spray.correct.evaluate import CleanChanges
-
     x, y = read_test_split(n_test)
     inputs = model_inputs(x)
     out = []
     for r in rows:
         work, folder = cell_folders(r, work_dirs)
-        right = [
-            predict(build_model(load_config(path).model).eval(), inputs).numpy() == y
-            for path in (work / "cell.yaml", folder / "config.yaml")
-        ]
-        ch = CleanChanges(len(y), int((right[1] & ~right[0]).sum()), int((right[0] & ~right[1]).sum()))
+        ch = paired_changes(work / "cell.yaml", folder / "config.yaml", inputs, y)
         low, high = ch.interval()
         out.append({"cell": work.name, "method": r["method"], "change": (ch.gained - ch.lost) / ch.n,
                     "low": low, "high": high, "gained": ch.gained, "lost": ch.lost})  # fmt: skip

@@ -92,6 +92,10 @@ def test_positions_outside_and_inside_the_region_get_zero_and_one() -> None:
     assert summary.text({"rr_region_weight": 10.0, "rr_region_target": "label"}).startswith(
         "region term 10 on each sample's own class's relevance ("
     )
+    flagged = {**params, "rr_region_scope": "flagged"}
+    assert summary.text(flagged).startswith(
+        "region term 30 on the artifact class's relevance, flagged samples only ("
+    )
     # a record from before rr_region_target: the term explained each sample's own class
     assert "on each sample's own class's relevance" in summary.text({"rr_region_weight": 10.0})
 

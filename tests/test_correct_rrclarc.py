@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -175,3 +176,44 @@ def test_cosine_learning_rate_goes_from_the_base_rate_to_zero() -> None:
     assert plan.lr_factor(0) == 1.0 and plan.lr_factor(plan.total_steps // 2) == pytest.approx(0.5)
     assert plan.lr_factor(plan.total_steps - 1) < 0.01
     assert TrainingPlan(np.arange(100), 2, 10, 0, 5, schedule="constant").lr_factor(15) == 1.0
+
+
+def test_the_region_term_can_be_taken_on_the_flagged_samples_only() -> None:
+    from spray.config.correction import CorrectionConfig
+    from spray.correct.rrclarc import LayerFeed, RightReasonLoss, region_share
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x = torch.randn(8, 1, 12, 12)
+    with torch.no_grad():
+        acts = model.features(x)
+    feed = LayerFeed(np.arange(8), acts, model.classifier)
+    labels = np.array([0, 1, 2, 1, 0, 1, 2, 1])
+    samples = SimpleNamespace(labels=labels)
+    footprint = np.zeros((3, 3), dtype=np.float32)
+    footprint[0] = 1.0  # the top row of positions
+    v = np.zeros((1, acts[0].numel()), dtype=np.float32)
+    v[0, 0] = 1.0
+    flagged = np.array([1, 3])
+
+    def loss(scope: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        cfg = CorrectionConfig(rr_region_weight=2.0, rr_region_scope=scope)
+        fn = RightReasonLoss(model, samples, None, v, cfg, 1, torch.device("cpu"), True, feed,
+                             footprint, flagged)  # fmt: skip
+        return fn(rows, 0)
+
+    def share(rows: list[int]) -> float:
+        a = acts[rows].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.classifier(a)[:, 1].sum(), a)
+        return float(region_share(a, g, torch.from_numpy(footprint)).detach())
+
+    batch = np.array([0, 1, 2, 3])
+    every, only = loss("all", batch), loss("flagged", batch)
+    assert float(every["region"]) == pytest.approx(share([0, 1, 2, 3]), rel=1e-5)
+    assert float(only["region"]) == pytest.approx(share([1, 3]), rel=1e-5)
+    assert float(only["region"]) != pytest.approx(float(every["region"]), rel=1e-3)
+    # a batch without a flagged sample adds nothing: the loss is the CAV term's alone
+    none = loss("flagged", np.array([0, 2, 4]))
+    assert float(none["region"]) == 0.0
+    assert float(none["loss"].detach()) == pytest.approx(float(none["ce"] + 3e4 * none["rr"]), rel=1e-6)
+    none["loss"].backward()  # still a graph the training loop can step through

@@ -204,6 +204,12 @@ class CorrectionConfig(Section):
         "every sample ('artifact_class': the other classes keep drawing on those positions; chosen on tuning "
         "cells), or the true class's logit of each sample ('label').",
     )
+    rr_region_scope: Literal["all", "flagged"] = Field(
+        "all",
+        description="Samples on which the region term is taken: every fine-tuning sample ('all'), or only "
+        "the flagged samples of a batch, those that carry the artifact ('flagged': the artifact class keeps "
+        "drawing on those positions where the artifact is absent; a batch without one adds nothing).",
+    )
     rr_region_samples: int = Field(
         16,
         ge=1,

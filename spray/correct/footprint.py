@@ -73,7 +73,7 @@ class FootprintSummary:
     def text(self, parameters: Mapping[str, Any]) -> str:
         """``"region term 30 on the artifact class's relevance (the footprint of 16 flagged samples on a 7×7
         grid; at most 47 % of a position's relevance reaches the region)"``, from a correction record's
-        ``parameters`` (``rr_region_weight``, ``rr_region_target``)."""
+        ``parameters`` (``rr_region_weight``, ``rr_region_target``, ``rr_region_scope``)."""
         grid = "×".join(str(t) for t in self.tiles)
         weight = parameters["rr_region_weight"]
         # records written before rr_region_target existed explained each sample's own class
@@ -83,6 +83,8 @@ class FootprintSummary:
             if target == "artifact_class"
             else "each sample's own class's relevance"
         )
+        if parameters.get("rr_region_scope", "all") == "flagged":
+            whose += ", flagged samples only"
         return (f"region term {weight:g} on {whose} (the footprint of {self.n_samples} flagged samples on a "
                 f"{grid} grid; at most {100 * self.peak:.0f} % of a position's relevance reaches the region)")  # fmt: skip
 

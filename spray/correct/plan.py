@@ -90,6 +90,7 @@ METHOD_FIELDS = {
         "rr_direction_samples",
         "rr_region_weight",
         "rr_region_target",
+        "rr_region_scope",
         "rr_region_samples",
     ),
     "retrain": ("retrain_mode", "retrain_init", "retrain_epochs", "retrain_lr"),

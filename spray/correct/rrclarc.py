@@ -17,7 +17,8 @@ layer's relevance (activation × gradient, summed over channels) at the position
 carries into the artifact region, weighted by the region's footprint (:mod:`spray.correct.footprint`).
 The relevance is that of the true class's logit (``rr_region_target="label"``) or of the artifact class's
 logit for every sample (``"artifact_class"``: only the class the shortcut drives is asked to stop drawing
-on the region, the other classes keep what they find there). The CAV term stops the output from
+on the region, the other classes keep what they find there), on every sample or only on the flagged ones
+(``rr_region_scope``). The CAV term stops the output from
 responding to the artifact; the region term also asks the model to draw less of its explanation from
 where the artifact sits.
 """
@@ -163,6 +164,9 @@ class RightReasonLoss:
         Precomputed activations and the model's head (the frozen part is then not run at all).
     footprint : np.ndarray or None
         ``(h, w)`` the region's footprint at the layer; None: no region term.
+    flagged_rows : np.ndarray or None
+        ``(m,)`` sorted rows of the flagged samples; with ``rr_region_scope="flagged"`` the region term is
+        taken on them only.
     """
 
     model: nn.Module
@@ -175,6 +179,7 @@ class RightReasonLoss:
     detach_layer: bool
     feed: LayerFeed | None = None
     footprint: np.ndarray | None = None
+    flagged_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._vectors = torch.from_numpy(self.vectors).to(self.device)
@@ -190,6 +195,14 @@ class RightReasonLoss:
             logits = self.model(x)
         return logits, got[0]
 
+    def _region_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """``(B,)`` bool: the batch's samples the region term is taken on."""
+        if self.cfg.rr_region_scope == "flagged" and self.flagged_rows is not None:
+            keep = np.isin(rows, self.flagged_rows)
+        else:
+            keep = np.ones(len(rows), dtype=bool)
+        return torch.from_numpy(keep).to(self.device)
+
     def __call__(self, rows: np.ndarray, step: int) -> dict[str, torch.Tensor]:
         """``{"loss", "ce", "rr"}`` of the batch ``rows`` (and ``"region"`` with a footprint)."""
         y = torch.from_numpy(self.samples.labels[rows]).to(self.device)
@@ -202,7 +215,8 @@ class RightReasonLoss:
         if self._footprint is not None:
             explained_logit = rr_output(logits, y, self.cfg.rr_region_target, self.artifact_class)
             (explained,) = torch.autograd.grad(explained_logit.sum(), a, create_graph=True)
-            region = region_share(a, explained, self._footprint)
+            keep = self._region_rows(rows)
+            region = region_share(a[keep], explained[keep], self._footprint) if keep.any() else a.sum() * 0.0
             terms["loss"] = terms["loss"] + self.cfg.rr_region_weight * region
             terms["region"] = region.detach()
         return terms
@@ -258,7 +272,8 @@ def rrclarc(task: CorrectionTask) -> MethodResult:
     vectors = task.direction.vector[None] if task.subspace is None else task.subspace.vectors
     footprint = None if task.footprint is None else task.footprint.weights
     step = RightReasonLoss(model, task.samples, task.direction, vectors, cfg, task.group.class_index,
-                           task.device, scope.frozen_input, feed, footprint)  # fmt: skip
+                           task.device, scope.frozen_input, feed, footprint,
+                           np.sort(task.group.flagged_rows))  # fmt: skip
     opt = make_optimizer(scope.parameters, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     trained = train(model, opt, plan, step, task.work_dir, task.device, progress=task.progress)
     return MethodResult(model.eval(), trained, scope.trained_modules)
