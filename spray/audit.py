@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spray.analysis.classes import import_analysis
 from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
@@ -35,6 +37,7 @@ from spray.concept_maps import conditional_maps
 from spray.config import AuditConfig
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
+from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.models import build_model, check_model_output, model_hash
@@ -164,6 +167,8 @@ def run_audit(
             f"run {setup.run_id[:12]} is not published yet and the runs directory {cfg.output.runs_dir} "
             "is not writable: point output.runs_dir (--runs-dir) at a folder this user can write to.",
         )
+    # The analysis's libraries are imported while the batch stage computes (torch releases the GIL).
+    threading.Thread(target=import_analysis, name="spray-imports", daemon=True).start()
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
     set_stage("merge")
     stage, inputs = _merge(batched, ctx)
@@ -199,6 +204,7 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
             )
             model = build_model(cfg.model).to(dev)
             dataset.match_model(model)
+            dataset.input_memo = InputMemo(cfg.batch.input_memory_mb * 2**20)
             x0 = _first_inputs(dataset)
             k_out = check_model_output(model, x0.to(dev), len(dataset.class_names))
             cfg.check_class_count(len(dataset.class_names), k_out)

@@ -85,6 +85,20 @@ def test_same_seed_gives_identical_summary(planted: Path, tmp_path: Path) -> Non
     assert docs[0] == docs[1]
 
 
+def test_inputs_kept_in_memory_change_no_result(planted: Path, tmp_path: Path) -> None:
+    # the paste tests read the batch stage's decoded inputs from memory: the same values as a new decode
+    docs = []
+    for name, memory_mb in (("kept", 512), ("decoded", 0)):
+        cfg = _fast(load_config(planted), tmp_path / name)
+        cfg.analysis.classes = [6]
+        cfg.batch.input_memory_mb = memory_mb
+        r = audit(cfg, progress=False)
+        d = json.loads((Path(r.run_dir) / "summary.json").read_text())
+        assert d["config"]["batch"]["input_memory_mb"] == memory_mb  # recorded in the run
+        docs.append({k: v for k, v in d.items() if k not in ("timings", "config", "hashes", "run_id")})
+    assert docs[0]["findings"] and docs[0] == docs[1]
+
+
 def _write_cfg(tmp_path: Path, raw: dict) -> Path:
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(raw))

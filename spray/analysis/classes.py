@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from spray.analysis.scoring import (
@@ -11,8 +13,24 @@ from spray.analysis.scoring import (
     sample_suspicion,
     score_class,
 )
+from spray.analysis.threads import limit_for_rows
 from spray.config import AnalysisConfig, AuditConfig
 from spray.records import ClassAnalysis, ClusterFinding
+
+log = logging.getLogger(__name__)
+
+
+def import_analysis() -> None:
+    """Import what :func:`analyze_class` needs (scikit-learn and SciPy: about a second), for a caller that
+    has other work to overlap it with; an import that fails here fails again, with its error, in the
+    analysis."""
+    try:
+        import spray.analysis.clustering
+        import spray.analysis.embedding
+        import spray.analysis.preprocess
+        import spray.analysis.spectral  # noqa: F401
+    except Exception:
+        log.debug("importing the analysis ahead of time failed", exc_info=True)
 
 
 def analyze_class(
@@ -48,6 +66,20 @@ def analyze_class(
     ClassAnalysis
         Spectrum, every labelling, 2-D map and scored clusters (most suspicious first).
     """
+    # Small classes: numpy's linear algebra on one thread (spray.analysis.threads says why).
+    with limit_for_rows(len(sample_ids), "blas"):
+        return _analyze(class_index, class_name, sample_ids, relevance, cfg, probe, concepts)
+
+
+def _analyze(
+    class_index: int,
+    class_name: str,
+    sample_ids: list[str],
+    relevance: np.ndarray,
+    cfg: AuditConfig,
+    probe: InterventionProbe | None,
+    concepts: np.ndarray | None,
+) -> ClassAnalysis:
     # Imported here, not at module level: scikit-learn and friends cost seconds to import, and the
     # up-to-date path of a scheduled run should answer at once without them.
     from spray.analysis.clustering import cluster_sweep

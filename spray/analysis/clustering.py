@@ -23,15 +23,14 @@ silhouette filter rejects k whose clusters are not compact in their own embeddin
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import ThreadpoolController
 
 from spray.analysis.spectral import eigengap_k
+from spray.analysis.threads import limit_for_rows
 from spray.config.analysis import KChoiceConfig
 from spray.errors import ConfigError
 from spray.records import ClusteringResult, SpectralResult
@@ -62,26 +61,11 @@ def row_normalized(eigenvectors: np.ndarray, k: int) -> np.ndarray:
     return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
 
 
-#: Below this many rows k-means runs single-threaded (see _kmeans).
-_SINGLE_THREAD_BELOW = 20_000
-
-
-@functools.cache
-def _threadpools() -> ThreadpoolController:
-    """One controller per process: building one scans the loaded libraries (~5 ms, and the sweep
-    limits threads hundreds of times per run)."""
-    return ThreadpoolController()
-
-
 def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int, fit_rows: np.ndarray | None) -> np.ndarray:
     """Seeded k-means fitted on ``x[fit_rows]`` (all rows if None), labels for every row of ``x``."""
     km = KMeans(n_clusters=k, n_init=n_init, random_state=seed)
     n_fit = len(x) if fit_rows is None else len(fit_rows)
-    # On small inputs OpenMP threads only add barrier waits, and when the other cores are busy (a shared
-    # machine, a DataLoader, other jobs) each Lloyd iteration can slow down 30-fold (measured: 2 ms vs
-    # 75 ms on 300 rows). One thread is as fast as many below ~20k rows, and immune to that.
-    limit = 1 if n_fit < _SINGLE_THREAD_BELOW else None
-    with _threadpools().limit(limits=limit, user_api="openmp"):
+    with limit_for_rows(n_fit, "openmp"):
         if fit_rows is None:
             return km.fit_predict(x).astype(np.int32)
         km.fit(x[fit_rows])

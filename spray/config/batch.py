@@ -33,6 +33,13 @@ class BatchConfig(Section):
         description="Largest thumbnail edge; thumbnails are never larger than the model input (28×28 "
         "inputs get 28×28 thumbnails), grey for a 1-channel model.",
     )
+    input_memory_mb: int = Field(
+        512,
+        ge=0,
+        le=1_000_000,
+        description="Decoded model inputs kept in memory for the rest of the audit, up to this many MB (the "
+        "analysis's paste tests load many samples again; the least recently used leave first); 0: none.",
+    )
     dist_timeout_s: int = Field(
         1800,
         ge=10,

@@ -18,6 +18,7 @@ from spray.data.factory import factory_source
 from spray.data.folder import folder_source
 from spray.data.idx import idx_source
 from spray.data.jpeg import JpegDecoder
+from spray.data.memo import InputMemo
 from spray.data.sample import (
     Sample,
     SampleBatch,
@@ -89,6 +90,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.jpeg: JpegDecoder | None = None
         #: Samples decoded by :attr:`jpeg` in this process (for the run's timings).
         self.n_device_decoded = 0
+        #: Inputs decoded in this process, for :meth:`load_input` (the audit sets its budget; 0: none).
+        self.input_memo = InputMemo()
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -271,16 +274,21 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         return got[0], got[2]
 
     def load_input(self, i: int) -> torch.Tensor:
-        """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test).
+        """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test); from
+        :attr:`input_memo` when this process decoded it before.
 
         Raises
         ------
         DataError
             If the sample cannot be read or holds NaN/inf (it was readable when the batch stage ran).
         """
+        held = self.input_memo.get(i)
+        if held is not None:
+            return held
         got = self._read(i, thumbnail=False)
         if isinstance(got, str):
             raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
+        self.input_memo.put(i, got[0])
         return got[0]
 
     def __getitem__(self, i: int) -> Sample | SkippedSample:
