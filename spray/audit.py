@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +28,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spray.analysis.classes import import_analysis
 from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
@@ -167,8 +165,6 @@ def run_audit(
             f"run {setup.run_id[:12]} is not published yet and the runs directory {cfg.output.runs_dir} "
             "is not writable: point output.runs_dir (--runs-dir) at a folder this user can write to.",
         )
-    # The analysis's libraries are imported while the batch stage computes (torch releases the GIL).
-    threading.Thread(target=import_analysis, name="spray-imports", daemon=True).start()
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
     set_stage("merge")
     stage, inputs = _merge(batched, ctx)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from spray.analysis.scoring import (
@@ -16,21 +14,6 @@ from spray.analysis.scoring import (
 from spray.analysis.threads import limit_for_rows
 from spray.config import AnalysisConfig, AuditConfig
 from spray.records import ClassAnalysis, ClusterFinding
-
-log = logging.getLogger(__name__)
-
-
-def import_analysis() -> None:
-    """Import what :func:`analyze_class` needs (scikit-learn and SciPy: about a second), for a caller that
-    has other work to overlap it with; an import that fails here fails again, with its error, in the
-    analysis."""
-    try:
-        import spray.analysis.clustering
-        import spray.analysis.embedding
-        import spray.analysis.preprocess
-        import spray.analysis.spectral  # noqa: F401
-    except Exception:
-        log.debug("importing the analysis ahead of time failed", exc_info=True)
 
 
 def analyze_class(
