@@ -29,4 +29,6 @@ def _controller(n_modules: int) -> ThreadpoolController:
 def limit_for_rows(n: int, user_api: Literal["openmp", "blas"]) -> Any:
     """A context manager that runs ``user_api``'s libraries on one thread when ``n`` rows are few (below
     :data:`SINGLE_THREAD_BELOW`), and leaves them as they are otherwise."""
-    return _controller(len(sys.modules)).limit(limits=1 if n < SINGLE_THREAD_BELOW else None, user_api=user_api)
+    return _controller(len(sys.modules)).limit(
+        limits=1 if n < SINGLE_THREAD_BELOW else None, user_api=user_api
+    )
