@@ -239,11 +239,11 @@ class CorrectionConfig(Section):
     batch_size: int = Field(128, ge=1, description="Fine-tuning / retraining batch size.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Fine-tuning optimiser.")
     lr: float = Field(
-        3e-3,
+        2e-3,
         gt=0.0,
         le=1.0,
         description="Learning rate (of the part after the layer, by default; docs/correction.md has the "
-        "measurements behind 3e-3 with Adam).",
+        "measurements behind 2e-3 with Adam, chosen on tuning cells).",
     )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine",
