@@ -10,7 +10,10 @@ line. The protocol that chose ``rr_lambda`` with it is
     OMP_NUM_THREADS=1 python benchmarks/correction_grid.py --work-dir /tmp/corr-tune \\
         --cells frame-10 glyph-10 frame-11 glyph-11 \\
         --variant default= --variant lam1e4=rr_lambda=1e4 --variant ep5=epochs=5
-    python benchmarks/correction_grid.py --summary ROWS.jsonl     # goals met per variant
+    python benchmarks/correction_grid.py --summary ROWS.jsonl     # goals met per variant, worst margin
+
+``--test-samples 10000`` also measures each variant's clean-accuracy change on the 10,000 Fashion-MNIST
+test images, paired (``acc_test``; the rule of the seventh and eighth tuning rounds uses it).
 """
 
 from __future__ import annotations
