@@ -280,7 +280,7 @@ class BatchStage:
                     shard = _ShardState(owner[bi])
                 b = dataset.finish_batch(collated)  # decodes the JPEG files left for the device, if any
                 if b.x is not None:  # the analysis's paste tests load many of them again
-                    dataset.input_memo.put_batch([b.indices[p] for p in b.decoded], b.x)
+                    dataset.input_memo.put_batch([b.indices[p] for p in b.decoded], b.x, len(dataset))
                 self._take_batch(dataset, shard, b)
                 bar.update(len(b.sample_ids) + len(b.skipped))
             if shard is not None:

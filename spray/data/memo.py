@@ -25,7 +25,7 @@ class InputMemo:
         self.budget_bytes = budget_bytes
         self._items: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._bytes = 0
-        #: Loads answered from memory and loads that had to decode (for tests and the log).
+        #: Loads answered from memory and loads that had to decode.
         self.hits = 0
         self.misses = 0
 
@@ -45,7 +45,7 @@ class InputMemo:
     def put(self, row: int, x: torch.Tensor) -> None:
         """Hold the host tensor ``x`` ``(C, H, W)`` as the input of ``row`` (a copy, so that a batch it
         is a view of is not kept alive)."""
-        size = x.element_size() * x.nelement()
+        size = self._size(x)
         if size > self.budget_bytes or x.device.type != "cpu":
             return
         if row in self._items:
@@ -56,9 +56,11 @@ class InputMemo:
             _, old = self._items.popitem(last=False)
             self._bytes -= self._size(old)
 
-    def put_batch(self, rows: list[int], x: torch.Tensor) -> None:
-        """Hold the inputs of a batch: ``x`` ``(n, C, H, W)`` for dataset ``rows`` (length ``n``)."""
-        if self.budget_bytes <= 0 or x.device.type != "cpu":
+    def put_batch(self, rows: list[int], x: torch.Tensor, dataset_rows: int) -> None:
+        """Hold the inputs of a batch: ``x`` ``(n, C, H, W)`` for dataset ``rows`` (length ``n``), when the
+        inputs of all ``dataset_rows`` fit in the budget (otherwise the batch stage's early batches would
+        be copied only to be dropped before the analysis reads any of them)."""
+        if len(x) == 0 or self._size(x[0]) * dataset_rows > self.budget_bytes or x.device.type != "cpu":
             return
         for row, xi in zip(rows, x, strict=True):
             self.put(row, xi)
