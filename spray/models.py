@@ -305,10 +305,12 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
     with torch.no_grad():
         try:
             out = model(example)
-        except RuntimeError as err:
+        except Exception as err:  # models reject inputs with any type (ViT: AssertionError): all mean this
+            kind = "" if isinstance(err, RuntimeError) else f"{type(err).__name__}: "
             raise ModelError(
-                f"The model fails on an input of shape {tuple(example.shape)}: {err}. Check data.transform "
-                "(resize, center_crop, grayscale_to_rgb) against what the model expects."
+                f"The model fails on an input of shape {tuple(example.shape)}: {kind}{err}. Check "
+                "data.transform (resize, center_crop, grayscale_to_rgb) against what the model expects: "
+                "some architectures (ViT, MaxViT) take only the input size they were built for."
             ) from None
     if not isinstance(out, torch.Tensor):
         raise ModelError(

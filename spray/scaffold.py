@@ -39,6 +39,8 @@ BATCH_PIXELS = 32 * 224 * 224
 #: At most this many: at 256 a layer's activations outgrow the CPU cache (the small CNN's LRP of 4,000
 #: 28×28 images took 4.7-5.3 CPU s at 256, 4.3-4.5 s at 128; docs/first_run.md).
 MAX_INIT_BATCH = 128
+#: torchvision architectures that run only at the input size they were built for, and that size.
+FIXED_SIZE_PREFIXES = {"vit_": 224, "maxvit_": 224, "inception_v3": 299}
 
 
 @dataclass
@@ -64,6 +66,8 @@ class ModelFacts:
     std: list[float] | None = None
     crop_pct: float = 0.875
     notes: list[str] = field(default_factory=list)
+    #: The architecture fails on any other input size than ``input_size`` (ViT, MaxViT).
+    fixed_size: bool = False
 
 
 def _rel(p: Path, config_dir: Path) -> str:
@@ -160,12 +164,14 @@ def inspect_model(
 
     names = torchvision.models.list_models(module=torchvision.models)
     if spec in names:
+        fixed = [side for prefix, side in FIXED_SIZE_PREFIXES.items() if spec.startswith(prefix)]
         return ModelFacts(
             {"architecture": spec, "num_classes": num_classes},
             "torchvision",
-            224,
+            fixed[0] if fixed else 224,
             IMAGENET_MEAN,
             IMAGENET_STD,
+            fixed_size=bool(fixed),
         )
     timm: Any
     try:
@@ -179,6 +185,7 @@ def inspect_model(
         return ModelFacts(
             {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
             [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
+            fixed_size=bool(cfg.get("fixed_input_size", False)),
         )  # fmt: skip
     close = difflib.get_close_matches(spec, names, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -205,7 +212,13 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
             )
     elif side and sizes:
         (h, w), _ = sizes.most_common(1)[0]
-        if (h, w) != (side, side):
+        if (h, w) != (side, side) and model is not None and model.fixed_size:
+            t.update(resize=side, center_crop=side)
+            notes.append(
+                f"CHECK resize/center_crop: the architecture takes only {side}×{side} inputs, so the {h}×{w} "
+                f"images are resized to {side}; set the size the model was trained at"
+            )
+        elif (h, w) != (side, side):
             notes.append(
                 f"CHECK: the {h}×{w} images are used at their size; the architecture's default is {side}"
             )

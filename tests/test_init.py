@@ -49,6 +49,30 @@ def test_never_overwrites_without_force(tmp_path: Path, capsys: pytest.CaptureFi
     assert run_main([*argv, "--force"], capsys).code == 0 and "resnet18" in out.read_text()
 
 
+@pytest.mark.parametrize(("arch", "side"), [("vit_b_16", 224), ("inception_v3", 299)])
+def test_fixed_size_architecture_gets_its_input_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arch: str, side: int
+) -> None:
+    # ViT fails on any other size than its own and Inception on small inputs: images of 40×40 are resized.
+    make_image_folder(tmp_path / "train", n_per_class=2, size=40)
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", arch, "-o", str(out), "--no-check"]
+    assert run_main(argv, capsys).code == 0
+    text = out.read_text()
+    assert f"the architecture takes only {side}×{side} inputs, so the 40×40 images are resized" in text
+    t = load_config(out).data.transform
+    assert (t.resize, t.center_crop) == (side, side)
+
+
+def test_resnet_keeps_small_images_at_their_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_image_folder(tmp_path / "train", n_per_class=2, size=40)
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out), "--no-check"]
+    assert run_main(argv, capsys).code == 0
+    assert "the 40×40 images are used at their size" in out.read_text()
+    assert load_config(out).data.transform.resize is None
+
+
 def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(0)
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))

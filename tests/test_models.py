@@ -52,6 +52,12 @@ def test_unknown_architecture_and_factory() -> None:
         build_model(ModelConfig(factory="no_such_mod:fn"))
 
 
+class _OnlyOneSize(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[-1] == 224, "only 224×224 inputs")
+        return x.mean(dim=(2, 3))
+
+
 def test_output_checks() -> None:
     m = small_cnn(num_classes=3).eval()
     assert check_model_output(m, torch.randn(2, 1, 28, 28), 3) == 3
@@ -59,6 +65,8 @@ def test_output_checks() -> None:
         check_model_output(m, torch.randn(2, 1, 28, 28), 5)
     with pytest.raises(ModelError, match="fails on an input of shape"):
         check_model_output(m, torch.randn(2, 3, 32, 32), 3)
+    with pytest.raises(ModelError, match="AssertionError: only 224"):
+        check_model_output(_OnlyOneSize(), torch.randn(2, 3, 32, 32), 3)  # as torchvision's ViT does
     with torch.no_grad():
         m.classifier[-1].bias.fill_(float("nan"))
     with pytest.raises(ModelError, match="NaN"):
