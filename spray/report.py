@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from spray.records import AuditReport, ClusterFinding
+
+
+class _Clustered(Protocol):
+    """A finding as the report or ``summary.json`` holds it (what the cluster column needs)."""
+
+    @property
+    def k(self) -> int: ...
+    @property
+    def cluster_id(self) -> int: ...
+    @property
+    def space(self) -> str: ...
 
 
 def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int = 100) -> str:
@@ -20,7 +33,7 @@ def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int 
     for i, f in enumerate(findings[:top], start=1):
         ev = f.evidence[0] if f.evidence else ""
         lines.append(
-            f"{i:>2}  {f.class_name[:14]:<14} {_cluster(f):<9} {f.size:>6} {f.fraction:>6.1%} "
+            f"{i:>2}  {f.class_name[:14]:<14} {cluster_label(f):<9} {f.size:>6} {f.fraction:>6.1%} "
             f"{f.score:>6.3f}  {'YES' if f.suspicious else 'no':<5}  {ev}"
         )
         for extra in f.evidence[1:]:
@@ -34,7 +47,7 @@ def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int 
     return "\n".join(lines)
 
 
-def _cluster(f: ClusterFinding) -> str:
+def cluster_label(f: _Clustered) -> str:
     """The cluster column: ``k3/c2``, ``C:k6/c2`` (concept space only) or ``k3/c2+C`` (both spaces)."""
     label = f"k{f.k}/c{f.cluster_id}"
     return {"concept": f"C:{label}", "both": f"{label}+C"}.get(f.space, label)

@@ -35,7 +35,9 @@ LRP_VERSION = 3
 # 0.98; docs/detection.md).
 # 6: a flag whose paste and removal tests both clear their margins needs relative appearance 0.55, not 0.65
 # (flag_min_relative_appearance_two_routes, chosen on the tuning split; docs/detection.md).
-ANALYSIS_VERSION = 6
+# 7: evidence names the paste test's logit gain, says why a candidate whose test cleared its margins is not
+# flagged, and states logit changes with a verb for their sign (no "lowers ... by -13.22").
+ANALYSIS_VERSION = 7
 
 
 def code_version() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,26 @@ def test_flags_set_bad_input(audited: World, capsys: pytest.CaptureFixture[str],
     assert_clean_failure(run_main(base, capsys), 2, "--finding KEY or --sample-ids")
     assert_clean_failure(run_main(["flags", "set", "--finding", "1/k2/c0"], capsys), 2, "--run RUN_FOLDER")
     assert not (tmp_path / "f.sqlite").exists()
+
+
+def test_flags_set_takes_the_reports_class_and_cluster_columns(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The audit's table shows class and cluster (``dog``, ``k2/c0``): either form names the finding."""
+    from spray.report import cluster_label
+
+    reader = RunReader.open(audited.runs_dir / "latest")
+    findings = reader.summary.findings
+    top = findings[0]
+    db = tmp_path / "f.sqlite"
+    base = ["flags", "set", "--runs-dir", str(audited.runs_dir), "--db", str(db)]
+    shown = f"{top.class_name}/{cluster_label(top)}"
+    assert run_main([*base, "--finding", shown], capsys).code == 0
+    assert {f.cluster_key for f in FlagStore(db).current(DATASET, "unlearn")} == {top.key}
+    # A cluster column that several classes share is ambiguous: the message names each with its class.
+    labels = Counter(cluster_label(f) for f in findings)
+    shared, count = labels.most_common(1)[0]
+    assert count > 1, "the fixture run should have a cluster label in several classes"
+    same = [f for f in findings if cluster_label(f) == shared]
+    res = run_main([*base, "--finding", shared], capsys)
+    assert_clean_failure(res, 2, "Several findings", *(f"{f.key} ({f.class_name})" for f in same))

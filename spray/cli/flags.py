@@ -6,11 +6,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spray.errors import ConfigError
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_db_path
 from spray.runs.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from spray.runs.reader import RunReader
 
 log = logging.getLogger("spray.flags")
 
@@ -75,20 +78,47 @@ def _run_folder(args: argparse.Namespace) -> Path:
     raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for DIR/latest).")
 
 
+def _finding_key(reader: RunReader, text: str, run: Path) -> str:
+    """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
+    columns (``dog/k2/c0``), or the cluster column alone (``k2/c0``) when one class has it.
+
+    Raises
+    ------
+    ConfigError
+        No finding, or several, go by that name (the message lists them with their keys).
+    """
+    from spray.report import cluster_label
+
+    findings = reader.summary.findings
+    if any(f.key == text for f in findings):
+        return text
+    found = [f for f in findings if text in (cluster_label(f), f"{f.class_name}/{cluster_label(f)}")]
+    if len(found) == 1:
+        return found[0].key
+    if found:
+        named = ", ".join(f"{f.key} ({f.class_name})" for f in found[:10])
+        raise ConfigError(
+            f"Several findings of {run} are cluster {text!r}, one per class: {named}. Give the class too, "
+            f"e.g. --finding {found[0].class_name}/{text}, or the key."
+        )
+    keys = [f"{f.key} ({f.class_name} {cluster_label(f)})" for f in findings[:10]]
+    raise ConfigError(
+        f"No finding {text!r} in {run}; the top findings are {', '.join(keys)}. Give one of these keys, or "
+        "the class and cluster columns of the report (e.g. dog/k2/c0)."
+    )
+
+
 def set_command(args: argparse.Namespace) -> int:
     """``spray flags set``: flag a finding's members (or given samples) of a published run, as the dashboard does."""
     from spray.runs.reader import RunReader
 
     run = _run_folder(args)
     reader = RunReader.open(run)
+    key = None
     if args.finding:
-        finding = reader.finding(args.finding)
-        if finding is None:
-            keys = [f.key for f in reader.summary.findings[:10]]
-            raise ConfigError(
-                f"No finding {args.finding!r} in {run}; the top findings are {keys}. "
-                "Give one of the keys shown by the report or the dashboard (class/k/cluster)."
-            )
+        key = _finding_key(reader, args.finding, run)
+        finding = reader.finding(key)
+        assert finding is not None
         ids = [str(i) for i in finding.member_ids]
         if args.with_carriers:
             members = set(ids)
@@ -108,7 +138,7 @@ def set_command(args: argparse.Namespace) -> int:
         args.status,
         args.note,
         run_id=reader.summary.run_id,
-        cluster_key=args.finding,
+        cluster_key=key,
         source="spray flags set",
     )
     sys.stdout.write(f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db}\n")
@@ -129,7 +159,10 @@ def register(subparsers: Any) -> None:
     )
     common(f)
     f.add_argument("--run", help="the published run folder (default RUNS_DIR/latest)")
-    f.add_argument("--finding", help="the finding's key, e.g. 6/k3/c2: flag its members")
+    f.add_argument(
+        "--finding",
+        help="the finding to flag (its members): its key, e.g. 6/k3/c2, or the report's class/cluster, e.g. dog/k3/c2",
+    )
     f.add_argument("--with-carriers", action="store_true", help="also the finding's carriers")
     f.add_argument("--sample-ids", help="comma-separated sample ids instead of a finding")
     f.add_argument("--status", choices=STATUSES, default="unlearn", help="the flag (default unlearn)")

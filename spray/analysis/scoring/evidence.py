@@ -49,6 +49,11 @@ def _region(test: InterventionTest, n_cells: int) -> str:
     return f"tested region: the {test.region_kind} above"
 
 
+def _verb(change: float, positive: str, negative: str) -> str:
+    """The verb for a logit change: the sentence states the magnitude, the verb carries the sign."""
+    return positive if change >= 0 else negative
+
+
 def _interventions(class_name: str, test: InterventionTest) -> list[str]:
     """What the paste and removal tests showed."""
     out = []
@@ -61,10 +66,29 @@ def _interventions(class_name: str, test: InterventionTest) -> list[str]:
         else:
             out.append(f"pasting the same region from other {class_name} images turns {pct(test.flip_null)}")
             out.append(f"sign test of the paste: p = {test.flip_p:.2g}")
+    if test.paste_gain is not None and test.paste_gain_null is not None:
+        # The paste test also clears its margins by the class logit's gain (a model can shift its logits
+        # without crossing the decision boundary), so the gain is evidence of its own.
+        gain, null = test.paste_gain, test.paste_gain_null
+        out.append(
+            f"pasting it {_verb(gain, 'raises', 'lowers')} those images' {class_name} logit by {abs(gain):.2f} "
+            "on average"
+        )
+        out.append(
+            f"pasting the same region from other {class_name} images {_verb(null, 'raises', 'lowers')} it "
+            f"by {abs(null):.2f}"
+        )
+        out.append(f"sign test of the logit gain: p = {test.paste_gain_p:.2g}")
     r = test.removal
     if r is not None:
-        out.append(f"removing it lowers the members' {class_name} logit by {r.drop:.2f} on average")
-        out.append(f"removing it from other {class_name} images lowers theirs by {r.null:.2f}")
+        out.append(
+            f"removing it {_verb(r.drop, 'lowers', 'raises')} the members' {class_name} logit by {abs(r.drop):.2f} "
+            "on average"
+        )
+        out.append(
+            f"removing it from other {class_name} images {_verb(r.null, 'lowers', 'raises')} theirs by "
+            f"{abs(r.null):.2f}"
+        )
         out.append(f"rank-sum test of the removal: p = {r.p:.2g}")
     return out
 
@@ -114,15 +138,30 @@ def evidence(
     out += _interventions(class_name, test)
     if verdict is not None and verdict.suspicious:
         out.append("flagged by the " + " and the ".join(f"{route} test" for route in verdict.routes))
-    elif (
-        verdict is not None
-        and len(verdict.routes) == 1
-        and test.relative_appearance < relative_needed(verdict.routes, config)
-    ):
-        out.append(
-            f"not flagged: with one test alone a flag needs pixels more alike than other groups of {class_name}"
-        )
+    elif verdict is not None and verdict.routes:
+        out.append(_why_not_flagged(cand, class_name, test, config, verdict.routes))
     return out
+
+
+def _why_not_flagged(
+    cand: Candidate, class_name: str, test: InterventionTest, config: ScoringConfig, routes: tuple[str, ...]
+) -> str:
+    """Why a candidate whose intervention cleared its margins is still not flagged (the first unmet condition)."""
+    tests = " and the ".join(f"{route} test" for route in routes)
+    fraction = cand.signals["fraction"]
+    if fraction > config.flag_max_fraction:
+        return (
+            f"not flagged although the {tests} cleared its margins: the group is {pct(fraction)} of the class, "
+            f"and a flag needs at most {pct(config.flag_max_fraction)} (the rest of {class_name} is the comparison)"
+        )
+    if cand.map_score < config.flag_min_map_score:
+        return (
+            f"not flagged although the {tests} cleared its margins: its relevance stands out too little "
+            f"from the class's (map score {cand.map_score:.3f}, a flag needs {config.flag_min_map_score:.3f})"
+        )
+    if len(routes) == 1 and test.relative_appearance < relative_needed(routes, config):
+        return f"not flagged: with one test alone a flag needs pixels more alike than other groups of {class_name}"
+    return f"not flagged although the {tests} cleared its margins: its pixels are not alike enough"
 
 
 def carriers_sentence(n_carriers: int, class_name: str, n: int, in_place: bool) -> str:

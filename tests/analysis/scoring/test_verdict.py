@@ -52,6 +52,28 @@ def test_each_flag_condition_can_veto() -> None:
     assert not judge(_cand(), None, config, True).suspicious  # not looked at
 
 
+def test_evidence_says_why_a_cleared_test_did_not_flag() -> None:
+    """A group that is most of its class, or whose map stands out too little, says so in its evidence."""
+    config = ScoringConfig(flag_min_map_score=0.01)
+    removal = Removal(drop=3.0, null=0.0, p=1e-9, auroc=1.0, spread=0.1)
+    test = InterventionTest(0.9, False, removal=removal)
+    for cand, expected in (
+        (_cand(fraction=0.75), "the group is 75 % of the class, and a flag needs at most 60 %"),
+        (
+            _cand(map_score=1e-4),
+            "its relevance stands out too little from the class's (map score 0.000, a flag needs 0.010)",
+        ),
+    ):
+        cand.signals.update(separation=0.8, share_in=0.3, share_out=0.05, consistency=0.9)
+        v = judge(cand, test, config, use_probe=True)
+        assert v.routes == ("removal",) and not v.suspicious
+        said = evidence(cand, "dog", 40, 8, 8, test, config, v)
+        assert (
+            said[-1].startswith("not flagged although the removal test cleared its margins")
+            and expected in said[-1]
+        )
+
+
 def test_two_agreeing_interventions_need_less_alike_pixels() -> None:
     """Relative appearance 0.6 (appearance 0.8 against a class typical of 0.5): below the one-route threshold
     (0.65), above the two-route one (0.55)."""
