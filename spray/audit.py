@@ -22,9 +22,10 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,7 +39,7 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.models import build_model, check_model_output, model_hash
+from spray.models import build_model, check_model_output, model_accuracy, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
@@ -376,6 +377,7 @@ def _report(
     skipped = list(setup.dataset.pre_skipped) + stage.skipped
     for s in skipped:
         log.warning("skipped sample %s: %s", s.sample_id, s.reason)
+    accuracy = model_accuracy(np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions))
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings", so
     # two runs with the same inputs and seed give summaries that are identical except for "timings"
@@ -410,7 +412,10 @@ def _report(
         cache=batched.cache.dir.name,
         versions=version_stamp(),
         # the module path lrp.concept_layer resolved to (concepts.npy holds its channels), or None
-        extra={"concept_layer": getattr(batched.runner.explainer, "concept_layer", None)},
+        extra={
+            "concept_layer": getattr(batched.runner.explainer, "concept_layer", None),
+            "model_accuracy": None if accuracy is None else asdict(accuracy),
+        },
     )
 
 

@@ -270,3 +270,31 @@ def test_factory_returning_normalised_values_warns(tmp_path: Path, caplog: pytes
     with caplog.at_level(logging.WARNING):
         build_dataset(config_from_dict(raw, base_dir=tmp_path).data)
     assert sum("outside [0, 1]" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(("value", "refused"), [(-1.5, True), (1.06, False)])
+def test_factory_normalising_twice_is_refused(tmp_path: Path, value: float, refused: bool) -> None:
+    """Normalised values with data.transform.mean/std set: the model would see them normalised twice.
+    A resize's overshoot (a few percent past 1) is no sign of that and only warns."""
+    (tmp_path / "twice_data.py").write_text(
+        "import torch\n"
+        "class D:\n"
+        "    targets = [0, 1] * 4\n"
+        "    def __len__(self): return 8\n"
+        f"    def __getitem__(self, i): return torch.full((3, 6, 6), {value}), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    raw = {
+        "model": {"architecture": "resnet18", "num_classes": 2},
+        "data": {
+            "kind": "factory",
+            "factory": "twice_data:build",
+            "transform": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        },
+    }
+    cfg = config_from_dict(raw, base_dir=tmp_path).data
+    if refused:
+        with pytest.raises(DataError, match=r"look normalised already.*normalise them a second time"):
+            build_dataset(cfg)
+    else:
+        assert len(build_dataset(cfg)) == 8

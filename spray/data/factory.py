@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Items read at build time to learn the usual size and channels.
 PROBE_ITEMS = 8
+#: Values this far outside [0, 1] mean the dataset normalises its images itself.
+NORMALISED_MARGIN = 0.5
 
 
 def _image_of(item: Any, has_targets: bool) -> Any:
@@ -113,10 +115,17 @@ def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
 
 
 def _probe(
-    base: Any, n: int, has_targets: bool, decode: DecodeOptions
+    base: Any, n: int, has_targets: bool, decode: DecodeOptions, normalises: bool
 ) -> tuple[int | None, list[tuple[int, int]]]:
     """Most common channel count and the sizes of the first readable items; warns once about values
-    outside [0, 1] (normalised images: the contract asks for un-normalised ones)."""
+    outside [0, 1] (normalised images: the contract asks for un-normalised ones).
+
+    Raises
+    ------
+    DataError
+        Values outside [0, 1] while ``data.transform`` normalises too (``normalises``): the model would
+        see the images normalised twice.
+    """
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
     lo, hi = 0.0, 1.0
@@ -132,6 +141,15 @@ def _probe(
         sizes.append((int(t.shape[-2]), int(t.shape[-1])))
         if t.numel() and not isinstance(img, Image.Image):
             lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
+    # Far outside [0, 1], not a resize's overshoot (bicubic rings by a few percent): mean/std applied.
+    if (lo < -NORMALISED_MARGIN or hi > 1 + NORMALISED_MARGIN) and normalises:
+        raise DataError(
+            f"data.factory: the dataset returns values in [{lo:.3g}, {hi:.3g}], outside [0, 1]: they look "
+            "normalised already, and data.transform.mean/std would normalise them a second time, so the model "
+            "would see other inputs than in training. Remove the normalisation (e.g. transforms.Normalize) "
+            "from the dataset and keep data.transform.mean/std (thumbnails and the paste test then see the "
+            "real pixels), or remove data.transform.mean/std."
+        )
     if lo < -0.01 or hi > 1.01:
         log.warning(
             "data.factory: the dataset returns values in [%.3g, %.3g], outside [0, 1]; spray takes them as "
@@ -165,7 +183,8 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
     def load(i: int) -> tuple[torch.Tensor, bytes | None]:
         return _to_tensor(_image_of(base[i], has_targets), decode), None
 
-    channels, sizes = _probe(base, n, has_targets, decode)
+    t = cfg.transform
+    channels, sizes = _probe(base, n, has_targets, decode, t.mean is not None and t.std is not None)
     fp = getattr(base, "fingerprint", None)
     return Source(
         sample_ids=ids,
