@@ -136,6 +136,27 @@ def test_overview_uses_the_nightly_changes_section_when_present(env: Path, tmp_p
     assert [r["key"] for r in html_table(at, "changes")] == ["6/k5/c4"]
 
 
+@pytest.mark.parametrize("near_chance", [True, False])
+def test_overview_shows_the_models_accuracy_and_warns_near_chance(
+    env: Path, tmp_path: Path, near_chance: bool
+) -> None:
+    import json
+
+    d = tmp_path / "r"
+    p = make_synthetic_run(d, seed=4, dataset=DATASET)
+    s = json.loads((p / "summary.json").read_text())
+    acc = 0.1 if near_chance else 0.93
+    s.setdefault("extra", {})["model_accuracy"] = {
+        "accuracy": acc, "majority_share": 0.1, "n_samples": 600, "near_chance": near_chance,
+    }  # fmt: skip
+    (p / "summary.json").write_text(json.dumps(s))
+    os.environ["SPRAY_RUNS_DIR"] = str(d)
+    at = ok(app().run())
+    warned = "The model gives the true label for only 10% of the 600 audited images" in texts(at)
+    assert warned == near_chance
+    assert "Model accuracy" in str(at.get("html")[0].proto) and f"{acc:.0%}" in str(at.get("html")[0].proto)
+
+
 def test_overview_row_click_opens_the_cluster(env: Path) -> None:
     """Every row links its cluster (a click on any cell follows it in the app: the browser test clicks)."""
     at = ok(app().run())

@@ -43,7 +43,21 @@ def metrics() -> None:
         ("Suspicious", f"{summary.n_suspicious:,}"),
         ("Flagged (unlearn)", flagged_now),
     ]
+    if accuracy is not None:
+        figures.append(("Model accuracy", f"{accuracy['accuracy']:.0%}"))
     st.html(htmltable.figures(figures))
+
+
+# Recorded by the audit since 4 Dec 2026 (absent in older runs); near chance, nothing here can be trusted.
+accuracy = summary.extra.get("model_accuracy") if isinstance(summary.extra, dict) else None
+if accuracy is not None and accuracy.get("near_chance"):
+    st.warning(
+        f"The model gives the true label for only {accuracy['accuracy']:.0%} of the {accuracy['n_samples']:,} "
+        f"audited images (always answering the largest class gives {accuracy['majority_share']:.0%}). Its "
+        "inputs probably differ from those it was trained on (data.transform: resize, center_crop, mean/std, "
+        "channels), or the weights are not the trained ones: heatmaps of a model that does not recognise its "
+        "inputs show no shortcut, so an empty list here does not mean a clean model."
+    )
 
 
 metrics()
