@@ -225,9 +225,27 @@ def _head_hint(cfg: ModelConfig, mismatched: list[tuple[str, tuple[int, ...], tu
     return f"\nThe checkpoint's last layer has {theirs[0]} outputs, the model's {ours[0]}: set {key} to {theirs[0]}."
 
 
+def _under_prefix(
+    state: dict[str, torch.Tensor], own: set[str]
+) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """The part of ``state`` under one key prefix (``model.``, ``net.backbone.``) whose keys are exactly
+    ``own``: a training framework's checkpoint (Lightning keeps the network as an attribute), or None."""
+    prefixes = {
+        ".".join(k.split(".")[:depth]) + "." for k in state for depth in (1, 2) if k.count(".") >= depth
+    }
+    for p in sorted(prefixes, key=len):
+        sub = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+        if set(sub) == own:
+            return p, sub
+    return None
+
+
 def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
     state = _unwrap_state_dict(loaded)
     own = model.state_dict()
+    if set(state) != set(own) and (found := _under_prefix(state, set(own))) is not None:
+        prefix, state = found
+        log.info("checkpoint: took the model's weights from its keys under %r", prefix)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [

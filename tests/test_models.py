@@ -19,6 +19,25 @@ def test_torchvision_with_checkpoint(tmp_path: Path) -> None:
     assert not got.training
 
 
+def test_training_framework_checkpoint_with_a_key_prefix(tmp_path: Path) -> None:
+    """Lightning keeps the network as an attribute: its checkpoint's keys read ``model.<key>``, beside the
+    loss's own buffers. The weights under the prefix that matches the model exactly are loaded."""
+    torch.manual_seed(0)
+    m = small_cnn(num_classes=3)
+    state = {f"model.{k}": v for k, v in m.state_dict().items()} | {"loss_fn.weight": torch.ones(3)}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "last.ckpt")
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "last.ckpt"}))
+    for k, v in m.state_dict().items():
+        assert torch.equal(got.state_dict()[k], v), k
+    # A prefix whose keys do not match the model exactly is not guessed at: the keys are named.
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in list(m.state_dict().items())[1:]}}, tmp_path / "b.ckpt"
+    )
+    with pytest.raises(ModelError, match="its keys do not match"):
+        build_model(cfg.model_copy(update={"checkpoint": tmp_path / "b.ckpt"}))
+
+
 def test_wrong_num_classes_is_explained(tmp_path: Path) -> None:
     torch.save(small_cnn(num_classes=10).state_dict(), tmp_path / "w.pt")
     cfg = ModelConfig(

@@ -37,7 +37,12 @@ class ModelConfig(Section):
     num_classes: int | None = Field(
         None, ge=2, description="Number of output classes (required for 'architecture')."
     )
-    checkpoint: Path | None = Field(None, description="State dict file, loaded with weights_only=True.")
+    checkpoint: Path | None = Field(
+        None,
+        description="State dict file, loaded with weights_only=True; also a dict holding it under 'state_dict', "
+        "'model_state_dict' or 'model' (a Lightning .ckpt: the keys under the prefix, e.g. 'model.', that "
+        "match the model exactly; DataParallel's 'module.' is dropped).",
+    )
     allow_pickle: bool = Field(
         False,
         description="Allow a fully pickled model / non-weights checkpoint. Unpickling runs arbitrary code: "
