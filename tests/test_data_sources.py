@@ -62,6 +62,18 @@ def test_empty_class_folder_still_counts_and_is_named(
     )
 
 
+@pytest.mark.parametrize(("classes", "warned"), [(("0", "1", "2", "10"), True), (("00", "01", "10"), False)])
+def test_numbered_class_folders_warn_when_name_and_number_order_differ(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, classes: tuple[str, ...], warned: bool
+) -> None:
+    """Folders 0..10 get labels in name order (0, 1, 10, 2, ...), as ImageFolder gives them: said aloud."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=1, classes=classes)
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert ds.class_names == sorted(classes)
+    assert any("not in numeric order" in r.getMessage() for r in caplog.records) == warned
+
+
 def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=1)
     (root / "cat" / ".DS_Store").write_bytes(b"x")

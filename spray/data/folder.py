@@ -106,6 +106,15 @@ def list_image_folder(root: Path) -> FolderListing:
         raise DataError(
             f"data.path {str(root)!r} has no class subfolders. Expected root/<class>/<image> (ImageFolder layout)."
         )
+    if all(c.isdecimal() for c in classes) and classes != sorted(classes, key=int):
+        # A model trained with label = int(folder name) would be explained for the wrong classes.
+        log.warning(
+            "the class folders of %s are numbers; spray gives them labels in name order, as torchvision's "
+            "ImageFolder does (%s, ...), not in numeric order. If your model's label i is the folder 'i', "
+            "rename the folders with leading zeros (00, 01, ..., 10) so that both orders agree.",
+            root,
+            ", ".join(f"{c} → {i}" for i, c in enumerate(classes[:4])),
+        )
     listing = FolderListing(classes)
     root_stat = os.stat(root)
     for c, cls in enumerate(classes):
