@@ -150,6 +150,12 @@ def test_corrupt_and_non_image_files_are_skipped_and_reported(
         (lambda r: r.update(anlysis={}), 2, "Did you mean 'analysis'"),
         (lambda r: r["data"].update(path="nowhere"), 2, "data.path"),
         (lambda r: r["model"]["factory_kwargs"].update(in_channels=1), 1, "Check data.transform"),
+        # a class folder deleted: every later folder's label would shift (silently, before)
+        (
+            lambda r: r["model"]["factory_kwargs"].update(num_classes=3),
+            1,
+            "The model has 3 outputs but data.path has 2 class folders",
+        ),
     ],
 )
 def test_bad_inputs_exit_with_clear_message(

@@ -17,7 +17,7 @@ from spray.config.model import ModelConfig
 from spray.config.output import NightlyConfig, OutputConfig
 from spray.config.scoring import ScoringConfig
 from spray.config.section import Section
-from spray.errors import ConfigError
+from spray.errors import ConfigError, DataError
 
 #: Seeds are used by numpy, torch, scikit-learn and UMAP; the smallest common range is 32 bits.
 MAX_SEED = 2**32 - 1
@@ -87,7 +87,16 @@ class AuditConfig(Section):
         ------
         ConfigError
             Naming ``lrp.target`` or ``analysis.classes`` when they are out of range.
+        DataError
+            An image folder with fewer class folders than the model has outputs (its labels would shift).
         """
+        if self.data.kind == "image_folder" and n_outputs > n_classes:
+            raise DataError(
+                f"The model has {n_outputs} outputs but data.path has {n_classes} class folders. An image "
+                "folder's labels are the folders' positions in name order (as in torchvision's ImageFolder), so "
+                "with a class folder missing every later folder would be explained and judged as another "
+                "class. Restore the missing class folders: an empty folder keeps its place and its label."
+            )
         problems = self._class_problems(n_classes, n_outputs)
         if problems:
             raise ConfigError("Invalid config:\n" + "\n".join(f"- {p}." for p in problems))

@@ -164,7 +164,9 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     model = build_model(cfg.model).to(dev).eval()
     samples.match_model(model)
     example = samples.inputs(np.arange(min(2, len(samples)))).to(dev)
-    check_model_output(model, example, len(samples.class_names))
+    cfg.check_class_count(
+        len(samples.class_names), check_model_output(model, example, len(samples.class_names))
+    )
     cfg = cfg.model_copy(deep=True)
     cfg.correction.layer = resolve_layer(model, c.layer, example)
     clean_samples, clean_rows, held = _evaluation_rows(cfg, samples)
