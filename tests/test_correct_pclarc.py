@@ -81,6 +81,20 @@ def test_pclarc_removes_the_reliance_on_the_planted_square(world: World) -> None
     assert original_layer(world.model, "features") == "features"
 
 
+def test_tcav_after_pclarc_is_zero_not_the_sign_of_rounding(world: World) -> None:
+    """The projection leaves a directional derivative of ~1e-8: its sign is noise, so the TCAV score is 0."""
+    from spray.correct.evaluate import _sensitivity
+
+    direction = _direction(world)
+    x = to_input(world.images[:64])
+    _, abs_b, tcav_b = _sensitivity(world.model, x, direction, TARGET, torch.device("cpu"), 32)
+    _, abs_a, tcav_a = _sensitivity(
+        pclarc(world.model, direction), x, direction, TARGET, torch.device("cpu"), 32
+    )
+    assert abs_b > 1e-3 and tcav_b > 0.5
+    assert abs_a < 1e-4 * abs_b and tcav_a == 0.0
+
+
 def test_checkpoint_and_factory_rebuild_the_corrected_model(world: World, tmp_path: Path) -> None:
     corrected = pclarc(world.model, _direction(world))
     cfg = config_from_dict(yaml.safe_load(world.config.read_text()), base_dir=world.root)
