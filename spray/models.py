@@ -49,7 +49,51 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     )
 
 
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why the file cannot be a PyTorch checkpoint at all (empty, a Git LFS pointer, text), or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(200)
+    except OSError:
+        return None
+    if not head:
+        return "is empty (0 bytes): save the weights again"
+    if head.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the weights: fetch the file (git lfs pull) and point model.checkpoint at it"
+    # torch.save writes a zip archive (PK) or, in the legacy format, a pickle (protocol byte 0x80).
+    if not head.startswith((b"PK", b"\x80")) and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "is a text file, not a PyTorch checkpoint: point model.checkpoint at the weights (torch.save)"
+    return None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte header length, then the JSON header."""
+    try:
+        with path.open("rb") as f:
+            return f.read(10)[8:] == b'{"'
+    except OSError:
+        return False
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ModelError(
+            f"Checkpoint {str(path)!r} is a safetensors file: pip install safetensors, or save the weights with "
+            "torch.save(model.state_dict(), path)."
+        ) from None
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as err:
+        raise ModelError(f"Cannot load the safetensors checkpoint {str(path)!r}: {err}") from None
+
+
 def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
+    if path.is_file() and _is_safetensors(path):
+        return _load_safetensors(path)
+    if path.is_file() and (why := _not_a_checkpoint(path)) is not None:
+        raise ModelError(f"Checkpoint {str(path)!r} {why}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except FileNotFoundError:
@@ -60,6 +104,15 @@ def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
                 f"Checkpoint {str(path)!r} contains pickled Python objects, which could run arbitrary code when "
                 "loaded. Re-save it as a state dict (torch.save(model.state_dict(), path)), or set "
                 "model.allow_pickle: true if you trust the file."
+            ) from None
+        if (
+            isinstance(err, EOFError | OSError)
+            or "central directory" in str(err)
+            or "zip archive" in str(err)
+        ):
+            raise ModelError(
+                f"Cannot load checkpoint {str(path)!r}: the file is truncated or damaged "
+                f"({type(err).__name__}: {err}). Copy or save it again."
             ) from None
         raise ModelError(f"Cannot load checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
 

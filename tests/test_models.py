@@ -179,3 +179,33 @@ def test_model_accuracy_warns_near_chance(caplog: pytest.LogCaptureFixture) -> N
     assert model_accuracy(skewed, np.zeros_like(skewed)).near_chance  # type: ignore[union-attr]
     assert not model_accuracy(skewed[:10], np.ones(10, int)).near_chance  # type: ignore[union-attr]  # too few
     assert model_accuracy(np.array([], int), np.array([], int)) is None
+
+
+def test_files_that_are_not_checkpoints_are_named(tmp_path: Path) -> None:
+    """A Git LFS pointer, an empty, a text or a truncated file: what it is and the fix, not a bare exception."""
+    torch.save(small_cnn(num_classes=3).state_dict(), tmp_path / "w.pt")
+    whole = (tmp_path / "w.pt").read_bytes()
+    files = {
+        "lfs.pt": (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12\n",
+            "Git LFS pointer",
+        ),
+        "empty.pt": (b"", "is empty"),
+        "notes.pt": (b"epoch 3, loss 0.1\n", "is a text file"),
+        "cut.pt": (whole[: len(whole) // 3], "truncated or damaged"),
+    }
+    for name, (data, expected) in files.items():
+        (tmp_path / name).write_bytes(data)
+        cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+        with pytest.raises(ModelError, match=expected):
+            build_model(cfg.model_copy(update={"checkpoint": tmp_path / name}))
+
+
+def test_safetensors_checkpoint(tmp_path: Path) -> None:
+    st = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    m = small_cnn(num_classes=3)
+    st.save_file(m.state_dict(), str(tmp_path / "w.safetensors"))
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "w.safetensors"}))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in m.state_dict().items())

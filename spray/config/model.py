@@ -39,7 +39,8 @@ class ModelConfig(Section):
     )
     checkpoint: Path | None = Field(
         None,
-        description="State dict file, loaded with weights_only=True; also a dict holding it under 'state_dict', "
+        description="State dict file (torch.save, loaded with weights_only=True, or .safetensors when the "
+        "safetensors package is installed); also a dict holding it under 'state_dict', "
         "'model_state_dict' or 'model' (a Lightning .ckpt: the keys under the prefix, e.g. 'model.', that "
         "match the model exactly; DataParallel's 'module.' is dropped).",
     )
