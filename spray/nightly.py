@@ -23,9 +23,11 @@ What it adds to :func:`spray.audit.audit`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -55,16 +57,37 @@ def notify(command: str, summary_path: Path, *, env: dict[str, str], timeout: fl
     """Run ``command`` with the summary path appended (no shell; wrap in ``sh -c`` for pipes).
 
     Returns the command's exit status, or None when it could not be started or timed out. A failing
-    notifier is logged, never fatal: the run itself has been published.
+    notifier is logged, never fatal: the run itself has been published. On a timeout the command's whole
+    process group is killed: a child it started (``sh -c 'sleep ...'``) would otherwise hold its output
+    pipe open and keep the job, and the runs directory's lock, waiting.
     """
     argv = [*shlex.split(command), str(summary_path)]
     try:
-        res = subprocess.run(argv, env={**os.environ, **env}, timeout=timeout, capture_output=True, text=True)
-    except (OSError, subprocess.TimeoutExpired) as err:
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as err:
         log.error("notify command %r failed: %s", command, err)
         return None
-    if res.returncode != 0:
-        log.error("notify command %r exited %d: %s", command, res.returncode, res.stderr.strip()[-500:])
+    try:
+        _, err_text = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        log.error(
+            "notify command %r did not finish within %g s (nightly.notify_timeout_s): killed",
+            command,
+            timeout,
+        )
+        return None
+    if proc.returncode != 0:
+        log.error("notify command %r exited %d: %s", command, proc.returncode, err_text.strip()[-500:])
     else:
         log.info("notified: %s", command)
-    return res.returncode
+    return proc.returncode

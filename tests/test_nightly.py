@@ -430,3 +430,18 @@ def test_exit_codes() -> None:
     assert exit_code_for(_report(True, 1), fail_on_findings=False) == EXIT_FINDINGS
     assert exit_code_for(_report(True, 1, up_to_date=True), fail_on_findings=False) == EXIT_OK
     assert exit_code_for(_report(False, 0), fail_on_findings=True) == EXIT_OK
+
+
+def test_a_hanging_notifier_is_killed_with_its_children(tmp_path: Path) -> None:
+    """``sh -c 'sleep 60'``: the shell's child holds the output pipe; the whole group is killed at the
+    timeout and the job goes on (before, it waited for the child, holding the runs directory's lock)."""
+    from spray.nightly import notify
+
+    summary = tmp_path / "summary.json"
+    summary.write_text("{}")
+    t0 = time.monotonic()
+    assert notify("sh -c 'sleep 60; true'", summary, env={}, timeout=1.0) is None
+    assert time.monotonic() - t0 < 10
+    done = tmp_path / "done.txt"
+    assert notify(f"sh -c 'echo \"$0\" > {done}'", summary, env={}, timeout=10.0) == 0
+    assert done.read_text().strip() == str(summary)

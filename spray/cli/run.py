@@ -71,12 +71,16 @@ def run_command(args: argparse.Namespace) -> int:
             if isinstance(err, Terminated)
             else (EXIT_INTERRUPTED, "interrupted")
         )
+        published = status.get("status") == "published"
         status.update(exit_code=code, status=what)
         log.error(
             "%s (%s): %s",
             what,
             "SIGTERM" if code == EXIT_TERMINATED else "SIGINT",
-            _KEPT,
+            # The signal can come while the notify command runs, after the run was published.
+            f"after publishing {status.get('run_dir')}; its notification did not complete"
+            if published
+            else _KEPT,
             extra={"exit_code": code},
         )
     except Exception as err:  # a bug: log it as one JSON record (with traceback) rather than a raw dump
@@ -146,7 +150,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     code = exit_code_for(report, fail_on_findings=fail_on_findings)
     _report_status(report, code, status)
     if not report.up_to_date and code == EXIT_FINDINGS and cfg.nightly.notify_command:
-        _notify(cfg.nightly.notify_command, report, code, status)
+        _notify(cfg.nightly.notify_command, report, code, status, cfg.nightly.notify_timeout_s)
     return code
 
 
@@ -191,12 +195,13 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
     )
 
 
-def _notify(command: str, report: Any, code: int, status: dict[str, Any]) -> None:
+def _notify(command: str, report: Any, code: int, status: dict[str, Any], timeout: float) -> None:
     from spray.nightly import notify
 
     notify(
         command,
         Path(status["summary"]),
+        timeout=timeout,
         env={
             "SPRAY_RUN_ID": report.run_id,
             "SPRAY_RUN_DIR": report.run_dir,

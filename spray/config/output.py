@@ -23,6 +23,13 @@ class NightlyConfig(Section):
     notify_command: str | None = Field(
         None, description="Command run with the summary path appended when there are new findings."
     )
+    notify_timeout_s: float = Field(
+        120.0,
+        gt=0.0,
+        le=86_400.0,
+        description="Seconds the notify command may take; then it and every process it started are killed "
+        "(the run stays published and its exit code stands).",
+    )
     fail_on_findings: bool = Field(False, description="Exit 10 on any suspicious finding, not only new ones.")
     match_jaccard: float = Field(
         0.3,
