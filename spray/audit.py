@@ -426,13 +426,18 @@ def _publish(
     runs_dir = Path(cfg.output.runs_dir)
     set_stage("write")
     staged = staging_dir(runs_dir, report.run_id)
-    write_run(staged, report, stage)
-    if cfg.output.html_report:
-        from spray.html_report import write_html_report
+    try:
+        write_run(staged, report, stage)
+        if cfg.output.html_report:
+            from spray.html_report import write_html_report
 
-        write_html_report(staged)
-    set_stage("publish")
-    final = publish(runs_dir, staged, report.run_id)
+            write_html_report(staged)
+        set_stage("publish")
+        final = publish(runs_dir, staged, report.run_id)
+    except BaseException:
+        # A half-written run (a full disk, a stop) is of no use; on a full disk it only takes space.
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     report.run_dir = str(final)
     prune_runs(runs_dir, cfg.output.keep_runs)
     prune_cache(runs_dir, batched.cache.dir.name)

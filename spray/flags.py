@@ -226,7 +226,8 @@ class FlagStore:
         if read_only:
             if not self.path.is_file():
                 raise ConfigError(
-                    f"No flag database at {self.path}. Flags are created from the dashboard (spray dashboard)."
+                    f"No flag database at {self.path}. Flags are created from the dashboard (spray dashboard) or with "
+                    "spray flags set --runs-dir RUNS --finding CLASS/kK/cC."
                 )
             self._check_schema(create=False)
         else:

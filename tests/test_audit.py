@@ -179,3 +179,22 @@ def test_wrong_num_classes_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 1
     err = capsys.readouterr().err
     assert "checkpoint (5, 128) vs model (2, 128)" in err and "Traceback" not in err
+
+
+def test_a_failed_write_leaves_no_staging_folder(
+    planted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the run is written: the half-written staging folder is removed, nothing published."""
+    import spray.audit as audit_module
+    from spray.runs.errors import RunWriteError
+
+    def full_disk(staged: Path, *args: object) -> None:
+        (staged / "summary.json").write_text("{")  # what was written before the disk filled up
+        raise RunWriteError(staged, "No space left on device")
+
+    monkeypatch.setattr(audit_module, "write_run", full_disk)
+    cfg = _fast(load_config(planted), tmp_path / "runs")
+    with pytest.raises(RunWriteError, match="No space left"):
+        audit(cfg, progress=False)
+    assert not list((tmp_path / "runs" / ".staging").iterdir())
+    assert list_runs(tmp_path / "runs") == []

@@ -58,7 +58,8 @@ class FlagSelection:
 def _no_db_message(db: Path) -> str:
     return (
         f"No flag database at {db}. Flag the shortcut's samples first (spray dashboard, 'Flag for "
-        "unlearning'), or point correction.flags_db / --flags-db at the database."
+        "unlearning', or spray flags set --runs-dir RUNS --finding CLASS/kK/cC), or point correction.flags_db / "
+        "--flags-db at the database."
     )
 
 
