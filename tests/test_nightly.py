@@ -445,3 +445,19 @@ def test_a_hanging_notifier_is_killed_with_its_children(tmp_path: Path) -> None:
     done = tmp_path / "done.txt"
     assert notify(f"sh -c 'echo \"$0\" > {done}'", summary, env={}, timeout=10.0) == 0
     assert done.read_text().strip() == str(summary)
+
+
+def test_usage_errors_still_write_the_status_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scheduler reads the status line: argparse's refusal (exit 2) writes it too, and the status file."""
+    from spray.cli import main
+
+    status = tmp_path / "st.json"
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--config", "x.yaml", "--keep-runs", "0", "--status-file", str(status)])
+    assert stop.value.code == 2
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["exit_code"] == 2 and line["status"] == "failed"
+    assert json.loads(status.read_text()) == line
+    with pytest.raises(SystemExit):
+        main(["audit", "--config", "run", "--nope"])  # another command: no status line
+    assert capsys.readouterr().out == ""

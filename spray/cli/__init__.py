@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 from spray.cli import audit, correct, dashboard, demo, export, flags, init, run
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spray`` command; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        if stop.code == 2:
+            run.usage_error_status(list(argv) if argv is not None else sys.argv[1:])
+        raise
     setup_logging(args.verbose, args.log_json)
     if getattr(args, "quiet", False) and not args.verbose:
         # -q: warnings, errors and the command's results only (progress bars are off as well).

@@ -52,6 +52,22 @@ def _write_status(path: str | None, status: dict[str, Any]) -> None:
             log.error("cannot write the status file --status-file %s: %s", path, err)
 
 
+def usage_error_status(argv: list[str]) -> None:
+    """``spray run`` with arguments argparse refused (exit 2): the promised JSON status line all the same,
+    also into ``--status-file`` when one can be read from ``argv`` (argparse has printed the usage)."""
+    if next((a for a in argv if not a.startswith("-")), None) != "run":
+        return
+    path = None
+    for i, a in enumerate(argv):
+        if a == "--status-file" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith("--status-file="):
+            path = a.split("=", 1)[1]
+    _write_status(
+        path, {"exit_code": 2, "status": "failed", "error": "invalid command-line arguments (see stderr)"}
+    )
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``spray run``: the scheduled audit (see the module docstring for the exit codes)."""
     configure_run_logging(args.verbose, args.log_format)
