@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from spray.config import ModelConfig
-from spray.errors import ConfigError, ModelError
+from spray.errors import ConfigError, ModelError, SprayError
 from spray.factories import import_callable
 
 log = logging.getLogger(__name__)
@@ -378,6 +378,8 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
     with torch.no_grad():
         try:
             out = model(example)
+        except SprayError:
+            raise  # model.output names a wrong key: that message says more
         except Exception as err:  # models reject inputs with any type (ViT: AssertionError): all mean this
             kind = "" if isinstance(err, RuntimeError) else f"{type(err).__name__}: "
             raise ModelError(
