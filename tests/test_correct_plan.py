@@ -84,3 +84,21 @@ def test_fields_of_another_method_are_warned_about_and_left_out_of_the_id(
     rr = _config(_args(audited))
     rr.correction.rr_directions = 4
     assert plan_correction(rr).correction_id != plan_correction(_config(_args(audited))).correction_id
+
+
+def test_a_runs_directory_that_does_not_exist_is_named_and_not_created(tmp_path: Path) -> None:
+    from spray.config import config_from_dict
+    from spray.correct.run import correct
+    from spray.errors import ConfigError
+
+    cfg = config_from_dict(
+        {
+            "model": {"architecture": "resnet18", "num_classes": 2},
+            "data": {"kind": "image_folder", "path": str(tmp_path)},
+            "output": {"runs_dir": str(tmp_path / "typo" / "runs")},
+        },
+        base_dir=tmp_path,
+    )
+    with pytest.raises(ConfigError, match="does not exist: a correction starts from an audited run"):
+        correct(cfg, progress=False)
+    assert not (tmp_path / "typo").exists()

@@ -53,7 +53,7 @@ from spray.correct.source import match_finding
 from spray.correct.subspace import ArtifactSubspace, SubspaceSummary, measure_subspace
 from spray.correct.task import CorrectionTask, MethodResult
 from spray.correct.training import TrainingLog
-from spray.errors import SprayError
+from spray.errors import ConfigError, SprayError
 from spray.models import build_model
 from spray.runs.atomic import atomic_save_npz, atomic_write_json
 from spray.runs.layout import CORRECTION_DIRECTION
@@ -157,7 +157,14 @@ def correct(
     SprayError
         Bad input (see :func:`spray.correct.plan.plan_correction`).
     """
-    root = corrections_dir(Path(cfg.output.runs_dir))
+    runs_dir = Path(cfg.output.runs_dir)
+    if not runs_dir.is_dir():
+        # Checked before the lock: taking it would create the folder of a runs directory that is a typo.
+        raise ConfigError(
+            f"The runs directory {runs_dir} does not exist: a correction starts from an audited run. Run "
+            "spray audit (or spray run) first, or fix output.runs_dir / --runs-dir."
+        )
+    root = corrections_dir(runs_dir)
     with RunLock(root):
         plan = plan_correction(cfg, device=device)
         found = find_correction(Path(cfg.output.runs_dir), plan.correction_id)
