@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spray.accuracy import model_accuracy, recorded_problems
 from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
@@ -39,7 +40,7 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.models import build_model, check_model_output, model_accuracy, model_hash
+from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
@@ -269,6 +270,8 @@ def _up_to_date(existing: str, setup: _Setup, ctx: DistContext, clock: _Clock) -
                 f"{err}; the published run {existing} cannot be reused: delete that folder, or rerun with --force",
             ) from None
     report.up_to_date = True
+    for problem in recorded_problems(report.extra):
+        log.warning("the published run's check of the model: %s", problem)
     return report
 
 
@@ -377,7 +380,9 @@ def _report(
     skipped = list(setup.dataset.pre_skipped) + stage.skipped
     for s in skipped:
         log.warning("skipped sample %s: %s", s.sample_id, s.reason)
-    accuracy = model_accuracy(np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions))
+    accuracy = model_accuracy(
+        np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions), list(setup.dataset.class_names)
+    )
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings", so
     # two runs with the same inputs and seed give summaries that are identical except for "timings"

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from spray.accuracy import recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
 from spray.records import ChangeSet, ClusterChange
 from spray.runs.atomic import atomic_write_bytes
@@ -46,6 +47,7 @@ table{border-collapse:collapse;font-size:13px}td,th{padding:4px 8px;border-botto
 .finding h3{font-size:15px;margin:0 0 6px}.row{display:flex;gap:16px;align-items:flex-start}
 .thumbs img{margin:0 4px 4px 0;border:1px solid #ccc}.mean img{border:1px solid #999}
 ul.ev{margin:4px 0 8px 18px;padding:0;font-size:13px}.small{font-size:12px;color:#666}
+.warn{background:#fff4e5;border-left:4px solid #ef6c00;padding:8px 12px;font-size:14px}
 """
 
 
@@ -156,6 +158,10 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         f" · {s.n_samples} samples · {len(s.classes)} classes analysed",
         f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious clusters",
         f" · spray {html.escape(str(s.versions.get('spray', '')))}</p>",
+    ]
+    parts += [
+        f"<p class='warn'><b>Check the model first.</b> {html.escape(t)}</p>"
+        for t in recorded_problems(s.extra)
     ]
     if changes is not None:
         parts.append("<h2>Changes since the previous run</h2>")

@@ -17,11 +17,9 @@ import inspect
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -407,77 +405,4 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
     return k
 
 
-#: Fewer audited samples than this say too little about the model's accuracy to warn about it.
-ACCURACY_MIN_SAMPLES = 20
-#: Warn when the accuracy closes less than this share of the gap from "always the largest class" to 100 %.
-NEAR_CHANCE = 0.25
-
-
-@dataclass(frozen=True)
-class ModelAccuracy:
-    """How often the audited model gives the true label on the audited samples.
-
-    Attributes
-    ----------
-    accuracy : float
-        Share of samples whose prediction is their label.
-    majority_share : float
-        Share of the largest class: the accuracy of always answering it.
-    n_samples : int
-        Samples counted.
-    near_chance : bool
-        The accuracy is within :data:`NEAR_CHANCE` of the gap above ``majority_share`` (and enough samples).
-    """
-
-    accuracy: float
-    majority_share: float
-    n_samples: int
-    near_chance: bool
-
-
-def model_accuracy(labels: np.ndarray, predictions: np.ndarray) -> ModelAccuracy | None:
-    """The model's accuracy on the audited samples; warns when it is near chance.
-
-    A model at chance on its own data almost always sees other inputs than in training (size, mean/std,
-    channels, normalised twice) or carries untrained weights, and its heatmaps then show no shortcut: the
-    audit would look clean for the wrong reason.
-
-    Parameters
-    ----------
-    labels, predictions : np.ndarray
-        ``(N,)`` true labels and predicted classes.
-
-    Returns
-    -------
-    ModelAccuracy or None
-        None when there are no samples.
-    """
-    n = len(labels)
-    if n == 0:
-        return None
-    acc = float(np.mean(labels == predictions))
-    majority = float(np.bincount(labels.astype(np.int64)).max() / n)
-    near = n >= ACCURACY_MIN_SAMPLES and acc < majority + NEAR_CHANCE * (1.0 - majority)
-    if near:
-        log.warning(
-            "the model gives the true label for only %.0f %% of the %d audited images (always answering the "
-            "largest class gives %.0f %%): its inputs probably differ from those it was trained on (check "
-            "data.transform: resize, center_crop, mean/std, channels; a dataset that normalises its images "
-            "itself) or the weights are not the trained ones (model.checkpoint). Heatmaps of a model that does "
-            "not recognise its inputs show no shortcut.",
-            100 * acc,
-            n,
-            100 * majority,
-        )
-    return ModelAccuracy(acc, majority, n, near)
-
-
-__all__ = [
-    "ModelAccuracy",
-    "OutputSelector",
-    "build_model",
-    "check_model_output",
-    "model_accuracy",
-    "model_hash",
-    "select_output",
-]
+__all__ = ["OutputSelector", "build_model", "check_model_output", "model_hash", "select_output"]

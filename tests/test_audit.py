@@ -198,3 +198,32 @@ def test_a_failed_write_leaves_no_staging_folder(
         audit(cfg, progress=False)
     assert not list((tmp_path / "runs" / ".staging").iterdir())
     assert list_runs(tmp_path / "runs") == []
+
+
+def test_a_model_at_chance_is_named_in_every_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model that answers one class whatever it sees: the run's record, report.html, the rerun that reuses
+    the run, and the nightly job's status line all say so (the findings alone would look clean)."""
+    import torch
+
+    from spray.lab.cnn import small_cnn
+
+    m = small_cnn(in_channels=3, num_classes=2)
+    with torch.no_grad():
+        m.classifier[-1].bias.copy_(torch.tensor([100.0, -100.0]))
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    cfg = _write_cfg(tmp_path, _folder_cfg(tmp_path, checkpoint="w.pt"))
+    assert main(["audit", "--config", str(cfg), "-q"]) == 0
+    (run,) = list_runs(tmp_path / "runs")
+    acc = RunReader.open(run).summary.extra["model_accuracy"]
+    assert acc["accuracy"] == 0.5 and acc["near_chance"] and acc["shifted"] == {"dog": "cat"}
+    assert "Check the model first." in (run / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["audit", "--config", str(cfg), "-q"]) == 0  # up to date: the run is reused
+    assert "the published run's check of the model" in capsys.readouterr().err
+    main(["run", "--config", str(cfg), "--log-format", "text"])
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status["model_accuracy"] == 0.5 and any(
+        "true label for only 50%" in w for w in status["model_warnings"]
+    )

@@ -156,31 +156,6 @@ def test_class_count_mismatch_names_the_key_and_the_count(tmp_path: Path) -> Non
         build_model(cfg)
 
 
-def test_model_accuracy_warns_near_chance(caplog: pytest.LogCaptureFixture) -> None:
-    """A model at chance on its own data (inputs unlike training, untrained weights) is named, not silent."""
-    import logging
-
-    import numpy as np
-
-    from spray.models import model_accuracy
-
-    labels = np.repeat([0, 1, 2], 20)
-    with caplog.at_level(logging.WARNING, logger="spray.models"):
-        good = model_accuracy(labels, labels.copy())
-        assert good is not None and good.accuracy == 1.0 and not good.near_chance
-        assert not caplog.records
-        chance = model_accuracy(labels, np.zeros_like(labels))  # always the first class: 33 %
-    assert chance is not None and chance.near_chance and abs(chance.majority_share - 1 / 3) < 1e-12
-    assert (
-        "true label for only 33 % of the 60 audited images" in caplog.text and "data.transform" in caplog.text
-    )
-    # Imbalanced: 90 % of one class, so 90 % accuracy is what always answering it gives.
-    skewed = np.array([0] * 90 + [1] * 10)
-    assert model_accuracy(skewed, np.zeros_like(skewed)).near_chance  # type: ignore[union-attr]
-    assert not model_accuracy(skewed[:10], np.ones(10, int)).near_chance  # type: ignore[union-attr]  # too few
-    assert model_accuracy(np.array([], int), np.array([], int)) is None
-
-
 def test_files_that_are_not_checkpoints_are_named(tmp_path: Path) -> None:
     """A Git LFS pointer, an empty, a text or a truncated file: what it is and the fix, not a bare exception."""
     torch.save(small_cnn(num_classes=3).state_dict(), tmp_path / "w.pt")

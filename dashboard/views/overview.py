@@ -13,6 +13,7 @@ import safetext
 import streamlit as st
 import urlstate
 
+from spray.accuracy import recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
 from spray.records import ChangeSet
@@ -48,16 +49,11 @@ def metrics() -> None:
     st.html(htmltable.figures(figures))
 
 
-# Recorded by the audit since 4 Dec 2026 (absent in older runs); near chance, nothing here can be trusted.
+# Recorded by the audit since 4 Dec 2026 (absent in older runs): a model that does not recognise its own
+# data shows no shortcut, so this comes before the list.
 accuracy = summary.extra.get("model_accuracy") if isinstance(summary.extra, dict) else None
-if accuracy is not None and accuracy.get("near_chance"):
-    st.warning(
-        f"The model gives the true label for only {accuracy['accuracy']:.0%} of the {accuracy['n_samples']:,} "
-        f"audited images (always answering the largest class gives {accuracy['majority_share']:.0%}). Its "
-        "inputs probably differ from those it was trained on (data.transform: resize, center_crop, mean/std, "
-        "channels), or the weights are not the trained ones: heatmaps of a model that does not recognise its "
-        "inputs show no shortcut, so an empty list here does not mean a clean model."
-    )
+for problem in recorded_problems(summary.extra):
+    st.warning(safetext.md(problem))
 
 
 metrics()

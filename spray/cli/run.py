@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 
 
 def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
+    from spray.accuracy import recorded_problems
     from spray.runs.layout import RunFiles
 
     files = RunFiles(Path(report.run_dir))
@@ -189,6 +190,11 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
     )
     if ch is not None and ch.unreadable:
         status["unreadable_runs"] = [u.run for u in ch.unreadable]
+    acc = report.extra.get("model_accuracy") if isinstance(report.extra, dict) else None
+    if isinstance(acc, dict):
+        status["model_accuracy"] = acc.get("accuracy")
+    if problems := recorded_problems(report.extra):
+        status["model_warnings"] = problems
     if files.report_html.exists():
         status["report"] = str(files.report_html)
     if report.up_to_date:

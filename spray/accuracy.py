@@ -1,0 +1,148 @@
+"""The audited model's accuracy on the audited samples: a check that the inputs and labels are the model's.
+
+A model that does not recognise its own data explains nothing about its shortcuts: its heatmaps show no
+Clever Hans and the audit looks clean for the wrong reason. Two checks, both warnings (the audit goes on):
+
+- **near chance**: the accuracy closes less than :data:`NEAR_CHANCE` of the gap from "always the largest
+  class" to 100 %: the inputs differ from training (size, mean/std, channels, normalised twice) or the
+  weights are not the trained ones;
+- **another class's label**: most images of a class (:data:`SHIFTED_SHARE`) are predicted as one other
+  class: the class folders and the model's classes are not in the same order (folders renamed, swapped,
+  one missing), so every such class is explained for the wrong logit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Fewer audited samples than this say too little about the model's accuracy to warn about it.
+ACCURACY_MIN_SAMPLES = 20
+#: Warn when the accuracy closes less than this share of the gap from "always the largest class" to 100 %.
+NEAR_CHANCE = 0.25
+#: A class whose images are predicted as one other class this often is labelled as that class in training.
+SHIFTED_SHARE = 0.8
+#: Classes with fewer samples than this are not judged by the shifted-label check.
+SHIFTED_MIN_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class ModelAccuracy:
+    """How often the audited model gives the true label on the audited samples.
+
+    Attributes
+    ----------
+    accuracy : float
+        Share of samples whose prediction is their label.
+    majority_share : float
+        Share of the largest class: the accuracy of always answering it.
+    n_samples : int
+        Samples counted.
+    near_chance : bool
+        The accuracy is within :data:`NEAR_CHANCE` of the gap above ``majority_share`` (and enough samples).
+    shifted : dict[str, str]
+        Class name → the other class name its images are mostly (:data:`SHIFTED_SHARE`) predicted as.
+    """
+
+    accuracy: float
+    majority_share: float
+    n_samples: int
+    near_chance: bool
+    shifted: dict[str, str] = field(default_factory=dict)
+
+
+def _name(names: list[str], i: int) -> str:
+    return names[i] if i < len(names) else str(i)
+
+
+def _shifted(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for c in np.unique(labels):
+        pred = predictions[labels == c]
+        if len(pred) < SHIFTED_MIN_SAMPLES:
+            continue
+        counts = np.bincount(pred, minlength=int(pred.max()) + 1)
+        top = int(counts.argmax())
+        if top != c and counts[top] >= SHIFTED_SHARE * len(pred):
+            out[_name(names, int(c))] = _name(names, top)
+    return out
+
+
+def model_accuracy(
+    labels: np.ndarray, predictions: np.ndarray, class_names: list[str]
+) -> ModelAccuracy | None:
+    """The model's accuracy on the audited samples; warns when it is near chance or a class's images are
+    mostly predicted as another class (module docstring).
+
+    Parameters
+    ----------
+    labels, predictions : np.ndarray
+        ``(N,)`` true labels and predicted classes.
+    class_names : list[str]
+        Names in label order (for the messages).
+
+    Returns
+    -------
+    ModelAccuracy or None
+        None when there are no samples.
+    """
+    n = len(labels)
+    if n == 0:
+        return None
+    labels, predictions = labels.astype(np.int64), predictions.astype(np.int64)
+    acc = float(np.mean(labels == predictions))
+    majority = float(np.bincount(labels).max() / n)
+    near = n >= ACCURACY_MIN_SAMPLES and acc < majority + NEAR_CHANCE * (1.0 - majority)
+    shifted = _shifted(labels, predictions, class_names)
+    if shifted:
+        pairs = ", ".join(f"{a!r} as {b!r}" for a, b in list(shifted.items())[:6])
+        log.warning(
+            "the model predicts the images of %d class(es) mostly as one other class (%s): the classes of the "
+            "data and of the model are probably not in the same order (class folders renamed, swapped or "
+            "missing: labels are folder positions in name order; data.class_names only renames). Each such "
+            "class is explained for another class's logit.",
+            len(shifted),
+            pairs,
+        )
+    if near:
+        log.warning(
+            "the model gives the true label for only %.0f %% of the %d audited images (always answering the "
+            "largest class gives %.0f %%): its inputs probably differ from those it was trained on (check "
+            "data.transform: resize, center_crop, mean/std, channels; a dataset that normalises its images "
+            "itself), the classes are in another order, or the weights are not the trained ones "
+            "(model.checkpoint). Heatmaps of a model that does not recognise its inputs show no shortcut.",
+            100 * acc,
+            n,
+            100 * majority,
+        )
+    return ModelAccuracy(acc, majority, n, near, shifted)
+
+
+def recorded_problems(extra: object) -> list[str]:
+    """What a run's recorded accuracy check found (``summary.json`` ``extra.model_accuracy``), as sentences
+    for the report, the dashboard, the nightly status and a reused run; empty for runs without a record."""
+    acc = extra.get("model_accuracy") if isinstance(extra, dict) else None
+    if not isinstance(acc, dict):
+        return []
+    out = []
+    shifted = acc.get("shifted") or {}
+    if shifted:
+        pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])
+        out.append(
+            f"The model predicts the images of {len(shifted)} class(es) mostly as one other class ({pairs}): "
+            "the data's classes and the model's are probably not in the same order, so those classes are "
+            "explained for another class's logit."
+        )
+    if acc.get("near_chance"):
+        out.append(
+            f"The model gives the true label for only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited "
+            f"images (always answering the largest class gives {acc['majority_share']:.0%}): its inputs probably "
+            "differ from training (resize, center_crop, mean/std, channels), the classes are in another order, or "
+            "the weights are not the trained ones. Its heatmaps show no shortcut: no finding here does not mean a "
+            "clean model."
+        )
+    return out

@@ -1,0 +1,51 @@
+"""The model-accuracy check: near chance, and a class whose images are predicted as another class."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from spray.accuracy import model_accuracy
+
+NAMES = ["circle", "cross", "square", "triangle"]
+
+
+def test_a_trained_model_is_silent(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.repeat([0, 1, 2], 20)
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        got = model_accuracy(labels, labels.copy(), NAMES)
+    assert got is not None and got.accuracy == 1.0 and not got.near_chance and not got.shifted
+    assert not caplog.records
+
+
+def test_near_chance_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """Inputs unlike training, or untrained weights: the audit says so instead of looking clean."""
+    labels = np.repeat([0, 1, 2], 20)
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        chance = model_accuracy(labels, np.zeros_like(labels), NAMES)  # always the first class: 33 %
+    assert chance is not None and chance.near_chance and abs(chance.majority_share - 1 / 3) < 1e-12
+    assert (
+        "true label for only 33 % of the 60 audited images" in caplog.text and "data.transform" in caplog.text
+    )
+    skewed = np.array([0] * 90 + [1] * 10)  # 90 % of one class: 90 % is what always answering it gives
+    assert model_accuracy(skewed, np.zeros_like(skewed), NAMES).near_chance  # type: ignore[union-attr]
+    assert not model_accuracy(skewed[:10], np.ones(10, int), NAMES).near_chance  # type: ignore[union-attr]
+    assert model_accuracy(np.array([], int), np.array([], int), NAMES) is None
+
+
+def test_swapped_class_folders_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    """Two folders swapped: accuracy 50 %, not near chance, but each swapped class is predicted as the other."""
+    labels = np.repeat([0, 1, 2, 3], 20)
+    predictions = labels.copy()
+    predictions[labels == 0], predictions[labels == 1] = 1, 0
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        got = model_accuracy(labels, predictions, NAMES)
+    assert got is not None and got.accuracy == 0.5 and not got.near_chance
+    assert got.shifted == {"circle": "cross", "cross": "circle"}
+    assert "'circle' as 'cross'" in caplog.text and "not in the same order" in caplog.text
+    # A class the model gets partly wrong, spread over several classes, is no shift.
+    spread = labels.copy()
+    spread[:8] = [1, 2, 3, 1, 2, 3, 1, 2]
+    assert not model_accuracy(labels, spread, NAMES).shifted  # type: ignore[union-attr]
