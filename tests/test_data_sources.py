@@ -310,3 +310,24 @@ def test_factory_normalising_twice_is_refused(tmp_path: Path, value: float, refu
             build_dataset(cfg)
     else:
         assert len(build_dataset(cfg)) == 8
+
+
+def test_class_names_that_reorder_the_folders_are_refused(tmp_path: Path) -> None:
+    """data.class_names renames by position: naming folder b 'a' would swap two classes silently."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=1, classes=("a", "b", "c"))
+    with pytest.raises(ConfigError, match=r"label 0 is the folder 'a'.*calls it 'b'"):
+        build_dataset(DataConfig(kind="image_folder", path=root, class_names=["b", "a", "c"]))
+    ok = build_dataset(DataConfig(kind="image_folder", path=root, class_names=["Apple", "Banana", "c"]))
+    assert ok.class_names == ["Apple", "Banana", "c"]  # display names, and a folder name in its place
+
+
+def test_a_runs_directory_inside_the_image_folder_is_not_a_class(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`spray audit` started inside the image folder writes runs/ there: it is left out of the classes."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    (root / "runs" / ".cache").mkdir(parents=True)
+    (root / "runs" / ".lock").write_text("")
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert ds.class_names == ["cat", "dog"] and "is a spray runs directory" in caplog.text

@@ -114,10 +114,18 @@ class DataConfig(Section):
         None, description="Dataset name, used as the key of flags (defaults to the path)."
     )
     class_names: list[str] | None = Field(
-        None, description="Names of the classes, in label order.", min_length=1
+        None,
+        description="Names of the classes, in label order: a rename only (an image folder's labels follow "
+        "its folders' name order; naming a folder after another folder is refused).",
+        min_length=1,
     )
     transform: TransformConfig = Field(default_factory=TransformConfig)
-    limit: int | None = Field(None, ge=1, description="Use only the first N samples (for trials).")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Use only the first N samples (for trials; an image folder's first N files in name order, "
+        "so whole classes may be left out).",
+    )
     max_image_pixels: int = Field(
         50_000_000,
         ge=1,

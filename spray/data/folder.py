@@ -26,6 +26,7 @@ from spray.data.decoding import DecodeOptions, _pillow_size_check_off, decode_im
 from spray.data.source import Source
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
+from spray.runs.layout import CACHE_DIR, LOCK
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ class FolderListing:
     labels: list[int] = field(default_factory=list)
     skipped: list[SkippedSample] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+
+
+def _is_runs_dir(d: Path) -> bool:
+    """A folder that spray publishes runs into (its lock file and run cache)."""
+    return (d / LOCK).is_file() and (d / CACHE_DIR).is_dir()
 
 
 def _walk(
@@ -99,9 +105,14 @@ def list_image_folder(root: Path) -> FolderListing:
         When ``root`` has no class folders.
     """
     try:
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        folders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     except OSError as err:
         raise DataError(f"data.path {str(root)!r} cannot be listed: {err.strerror or err}.") from None
+    for d in [d for d in folders if _is_runs_dir(d)]:
+        # `spray audit` run inside the image folder writes its runs there: they are not a class.
+        log.warning("%s is a spray runs directory, not a class folder: left out of the classes", d)
+        folders.remove(d)
+    classes = sorted(d.name for d in folders)
     if not classes:
         raise DataError(
             f"data.path {str(root)!r} has no class subfolders. Expected root/<class>/<image> (ImageFolder layout)."
@@ -171,6 +182,15 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         raise ConfigError(
             f"data.class_names has {len(cfg.class_names)} names but data.path {str(root)!r} has "
             f"{len(classes)} class folders ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})."
+        )
+    moved = [(i, n) for i, n in enumerate(cfg.class_names or []) if n in classes and n != classes[i]]
+    if moved:
+        i, name = moved[0]
+        raise ConfigError(
+            f"data.class_names names the folders in another order than spray labels them: label {i} is the "
+            f"folder {classes[i]!r} (labels follow the folders' name order, as in torchvision's ImageFolder), "
+            f"but data.class_names calls it {name!r}, the name of another folder. data.class_names only renames; "
+            "to match the model's class order, rename the folders (e.g. 0_triangle, 1_square, ...)."
         )
     for cls in listing.empty_classes:
         log.warning(
