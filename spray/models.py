@@ -30,12 +30,30 @@ from spray.factories import import_callable
 log = logging.getLogger(__name__)
 
 
+def _is_weights(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
+
+
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
+        else:
+            # A training script's own layout ({'epoch': .., 'optimizer': .., 'net': weights}): the one
+            # entry that holds tensors only is the model's.
+            held = [k for k, v in obj.items() if _is_weights(v)]
+            if len(held) == 1 and not _is_weights(obj):
+                log.info("checkpoint: took the model's weights from its entry %r", held[0])
+                obj = obj[held[0]]
+            elif not _is_weights(obj):
+                raise ModelError(
+                    f"The checkpoint is a dict with the keys {list(obj)[:12]}, and "
+                    f"{'several' if held else 'none'} of them hold only weights{f' ({held[:6]})' if held else ''}"
+                    ". Save the model's state dict alone (torch.save(model.state_dict(), path)) or under "
+                    "'state_dict'."
+                )
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             # DataParallel / DDP checkpoints prefix every key with "module."
             if obj and all(k.startswith("module.") for k in obj):

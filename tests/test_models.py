@@ -184,3 +184,16 @@ def test_safetensors_checkpoint(tmp_path: Path) -> None:
     cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
     got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "w.safetensors"}))
     assert all(torch.equal(got.state_dict()[k], v) for k, v in m.state_dict().items())
+
+
+def test_a_training_scripts_own_checkpoint_layout(tmp_path: Path) -> None:
+    """{'epoch', 'optimizer', 'net': weights}: the one entry of weights is taken; two are named, not guessed."""
+    torch.manual_seed(0)
+    m = small_cnn(num_classes=3)
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}, "net": m.state_dict()}, tmp_path / "a.pt")
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "a.pt"}))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in m.state_dict().items())
+    torch.save({"net": m.state_dict(), "ema": m.state_dict()}, tmp_path / "b.pt")
+    with pytest.raises(ModelError, match=r"keys \['net', 'ema'\], and several of them hold only weights"):
+        build_model(cfg.model_copy(update={"checkpoint": tmp_path / "b.pt"}))
