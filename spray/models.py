@@ -376,7 +376,9 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int) -> int:
+def check_model_output(
+    model: nn.Module, example: torch.Tensor, num_classes: int, empty_classes: list[str] | None = None
+) -> int:
     """Run one forward pass and check the output shape and values.
 
     Parameters
@@ -385,6 +387,8 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
         ``(B, C, H, W)`` a real input batch.
     num_classes : int
         Number of classes of the dataset.
+    empty_classes : list[str], optional
+        Names of the dataset's classes without samples (named when the model has too few outputs).
 
     Returns
     -------
@@ -416,9 +420,11 @@ def check_model_output(model: nn.Module, example: torch.Tensor, num_classes: int
         )
     k = int(out.shape[1])
     if k < num_classes:
+        empty = f" Classes without samples: {', '.join(empty_classes[:8])} (an empty class folder still counts as " \
+            "a class: remove it if the model has no such class)." if empty_classes else ""  # fmt: skip
         raise ModelError(
             f"The model has {k} outputs but the dataset has {num_classes} classes. Set model.num_classes (or the "
-            "factory's argument) to match the checkpoint and the data."
+            f"factory's argument) to match the checkpoint and the data.{empty}"
         )
     return k
 

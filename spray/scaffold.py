@@ -396,7 +396,9 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
     if model is not None:
         from spray.models import check_model_output
 
-        k_out = check_model_output(model, batch.x, len(ds.class_names))
+        present = set(ds.labels)
+        empty = [n for c, n in enumerate(ds.class_names) if c not in present]
+        k_out = check_model_output(model, batch.x, len(ds.class_names), empty)
         cfg.check_class_count(len(ds.class_names), k_out)
         report.append(f"model: {k_out} outputs on that batch")
     return report

@@ -82,6 +82,10 @@ def test_output_checks() -> None:
     assert check_model_output(m, torch.randn(2, 1, 28, 28), 3) == 3
     with pytest.raises(ModelError, match="3 outputs but the dataset has 5 classes"):
         check_model_output(m, torch.randn(2, 1, 28, 28), 5)
+    with pytest.raises(
+        ModelError, match=r"Classes without samples: diamond \(an empty class folder still counts"
+    ):
+        check_model_output(m, torch.randn(2, 1, 28, 28), 4, ["diamond"])
     with pytest.raises(ModelError, match="fails on an input of shape"):
         check_model_output(m, torch.randn(2, 3, 32, 32), 3)
     with pytest.raises(ModelError, match="AssertionError: only 224"):
