@@ -93,7 +93,7 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
     ConfigError
         When ``spec`` is none of these, or the IDX labels file cannot be found.
     """
-    from spray.data.folder import _probe, list_image_folder
+    from spray.data.folder import IMAGE_EXTENSIONS, _probe, list_image_folder
     from spray.data.idx import read_idx
 
     p = Path(spec).expanduser()
@@ -108,6 +108,11 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
         )  # fmt: skip
         facts.notes += [f"empty class folder {c!r} (still a class)" for c in listing.empty_classes]
         return facts
+    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(
+            f"--data {spec!r} is one image; give the folder that holds a subfolder per class "
+            f"({p.resolve().parent.parent}/<class>/<image>, torchvision's ImageFolder layout)."
+        )
     if p.is_file():
         lab = labels or _idx_labels_for(p)
         if lab is None:

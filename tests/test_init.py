@@ -123,13 +123,18 @@ def test_unknown_model_name_suggests(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.parametrize(
     ("data", "names"),
-    [("nowhere/at/all", ("--data 'nowhere/at/all'", "not a folder")), ("idx_only.gz", ("--labels",))],
+    [
+        ("nowhere/at/all", ("--data 'nowhere/at/all'", "not a folder")),
+        ("idx_only.gz", ("--labels",)),
+        ("train/cat/000.png", ("is one image", "a subfolder per class")),
+    ],
 )
 def test_bad_data_argument(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], data: str, names: tuple[str, ...]
 ) -> None:
     write_idx(tmp_path / "idx_only.gz", np.zeros((2, 4, 4), np.uint8))
-    arg = str(tmp_path / data) if data.endswith(".gz") else data
+    make_image_folder(tmp_path / "train", n_per_class=1)
+    arg = str(tmp_path / data) if data.endswith((".gz", ".png")) else data
     res = run_main(["init", "--data", arg, "--model", "resnet18", "-o", str(tmp_path / "a.yaml")], capsys)
     assert_clean_failure(res, 2, *names)
 
