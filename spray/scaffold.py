@@ -154,6 +154,10 @@ def inspect_model(
         When ``spec`` is none of these (with the closest torchvision names).
     """
     kwargs: dict[str, Any]
+    if spec.startswith("timm:"):  # a timm name that torchvision has too (convnext_tiny): timm's, as asked
+        facts = _timm_facts(spec.removeprefix("timm:"), num_classes, required=True)
+        assert facts is not None  # required: raises instead
+        return facts
     if SPEC_PATTERN.match(spec):
         import inspect
 
@@ -178,26 +182,40 @@ def inspect_model(
             IMAGENET_STD,
             fixed_size=bool(fixed),
         )
+    found = _timm_facts(spec, num_classes, required=False)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(spec, names, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"--model {spec!r} is not a torchvision model name nor a timm one (with timm installed), nor "
+        f"'package.module:function'.{hint}"
+    )
+
+
+def _timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFacts | None:
+    """The timm architecture ``name`` as a model section; None when it is not one (``required``: raise)."""
     timm: Any
     try:
         timm = importlib.import_module("timm")
     except ImportError:
-        timm = None
-    if timm is not None and timm.is_model(spec):
-        made = timm.create_model(spec, pretrained=False, num_classes=num_classes or 2)
-        cfg: dict[str, Any] = dict(getattr(made, "pretrained_cfg", {}) or {})
-        kwargs = {"model_name": spec, "num_classes": num_classes, "pretrained": False}
-        return ModelFacts(
-            {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
-            [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
-            fixed_size=bool(cfg.get("fixed_input_size", False)),
-        )  # fmt: skip
-    close = difflib.get_close_matches(spec, names, n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(
-        f"--model {spec!r} is not a torchvision model name{'' if timm is None else ' nor a timm one'}, nor "
-        f"'package.module:function'.{hint}"
-    )
+        if required:
+            raise ConfigError(f"--model timm:{name}: timm is not installed (pip install timm).") from None
+        return None
+    if not timm.is_model(name):
+        if required:
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"--model timm:{name}: not a timm architecture.{hint}")
+        return None
+    made = timm.create_model(name, pretrained=False, num_classes=num_classes or 2)
+    cfg: dict[str, Any] = dict(getattr(made, "pretrained_cfg", {}) or {})
+    kwargs = {"model_name": name, "num_classes": num_classes, "pretrained": False}
+    return ModelFacts(
+        {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
+        [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
+        fixed_size=bool(cfg.get("fixed_input_size", False)),
+    )  # fmt: skip
 
 
 def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any], list[str]]:

@@ -183,3 +183,19 @@ def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cfg = load_config(out)
     assert cfg.model.factory == "timm:create_model" and cfg.model.factory_kwargs["model_name"] == "resnet10t"
     assert cfg.model.factory_kwargs["pretrained"] is False and "ok: model: 2 outputs" in res.stdout
+
+
+@pytest.mark.slow
+def test_timm_name_that_torchvision_has_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """convnext_tiny is both: a plain name is torchvision's, timm:convnext_tiny is timm's."""
+    pytest.importorskip("timm")
+    make_image_folder(tmp_path / "train", n_per_class=2, size=32)
+    out = tmp_path / "t.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "-o", str(out), "--no-check"]
+    assert run_main([*argv, "--model", "timm:convnext_tiny"], capsys).code == 0
+    cfg = load_config(out)
+    assert (
+        cfg.model.factory == "timm:create_model" and cfg.model.factory_kwargs["model_name"] == "convnext_tiny"
+    )
+    res = run_main([*argv, "--force", "--model", "timm:convnext_tinny"], capsys)
+    assert_clean_failure(res, 2, "not a timm architecture", "'convnext_tiny'")
