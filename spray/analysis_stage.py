@@ -142,6 +142,13 @@ def _classes_to_analyze(
             log.warning("class %s has %d samples (< analysis.min_class_size): skipped", class_names[c], n)
         else:
             todo[c] = n
+    if not todo and too_small:
+        log.warning(
+            "no class has analysis.min_class_size = %d samples (the largest has %d): nothing is analysed and the "
+            "run can show no finding. Add images, or lower analysis.min_class_size.",
+            cfg.analysis.min_class_size,
+            max(s.n for s in too_small),
+        )
     return todo, too_small
 
 

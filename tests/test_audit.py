@@ -227,3 +227,11 @@ def test_a_model_at_chance_is_named_in_every_output(
     assert status["model_accuracy"] == 0.5 and any(
         "true label for only 50%" in w for w in status["model_warnings"]
     )
+
+
+def test_every_class_too_small_is_said_aloud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _folder_cfg(tmp_path)
+    raw["analysis"]["min_class_size"] = 50  # the folder has 12 images per class
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "no class has analysis.min_class_size = 50 samples (the largest has 12)" in err
