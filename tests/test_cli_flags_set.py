@@ -21,7 +21,10 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> World:
     return world
 
 
-def test_flags_set_flags_a_findings_members(audited: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flags_set_flags_a_findings_members(
+    audited: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPRAY_AUTHOR", "alice")
     reader = RunReader.open(audited.runs_dir / "latest")
     top = reader.findings()[0]
     res = run_main(["flags", "set", "--runs-dir", str(audited.runs_dir), "--finding", top.key], capsys)
@@ -29,6 +32,7 @@ def test_flags_set_flags_a_findings_members(audited: World, capsys: pytest.Captu
     flags = FlagStore(audited.runs_dir / "flags.sqlite").current(DATASET, "unlearn")
     assert sorted(f.sample_id for f in flags) == sorted(str(i) for i in top.member_ids)
     assert {f.cluster_key for f in flags} == {top.key}
+    assert {f.author for f in flags} == {"alice"}  # $SPRAY_AUTHOR, as the dashboard records it
     # single samples, into a database named on the command line
     db = audited.root / "other.sqlite"
     some = [str(i) for i in top.member_ids[:2]]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spray.errors import ConfigError
-from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_db_path
+from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
 from spray.runs.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def set_command(args: argparse.Namespace) -> int:
         run_id=reader.summary.run_id,
         cluster_key=key,
         source="spray flags set",
+        author=args.author if args.author is not None else default_author(),
     )
     sys.stdout.write(f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db}\n")
     return 0
@@ -167,6 +168,9 @@ def register(subparsers: Any) -> None:
     f.add_argument("--sample-ids", help="comma-separated sample ids instead of a finding")
     f.add_argument("--status", choices=STATUSES, default="unlearn", help="the flag (default unlearn)")
     f.add_argument("--note", default="", help="free text kept in the history and the export")
+    f.add_argument(
+        "--author", help="who decided (default: $SPRAY_AUTHOR or the OS user, as in the dashboard)"
+    )
     f.set_defaults(func=set_command)
 
     e = sub.add_parser(
