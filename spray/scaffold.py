@@ -359,6 +359,12 @@ def scaffold_config(
         data.section["transform"] = transform
     if model is None:
         notes.insert(0, "CHECK model: replace the placeholder factory with your model (or use --model)")
+    elif checkpoint is None:
+        notes.insert(
+            0,
+            "CHECK model.checkpoint: none given, so the weights are random; an audit explains your trained "
+            "model only with its checkpoint (--checkpoint)",
+        )
     found = [f"{data.n_samples} samples" if data.n_samples else "a factory dataset"]
     if data.classes:
         found.append(f"{len(data.classes)} classes")

@@ -29,6 +29,7 @@ def test_image_folder_and_torchvision_name(tmp_path: Path, capsys: pytest.Captur
     text = out.read_text()
     assert (
         "# CHECK resize/center_crop" in text
+        and "# CHECK model.checkpoint: none given, so the weights are random" in text
         and "architecture: resnet18    # torchvision model name, e.g. 'resnet18'" in text
     )
     cfg = load_config(out)
