@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -63,8 +62,9 @@ def pool_relevance(relevance: torch.Tensor, grid: int) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        ``(B, h, w)`` with ``h = min(H, grid)``; the total relevance per sample is preserved exactly
-        when ``H`` and ``W`` are multiples of ``grid`` (and approximately otherwise).
+        ``(B, h, w)`` with ``h = min(H, grid)``: sum pooling by area, every pixel counted once, so the
+        total relevance per sample is preserved (exactly when ``H`` and ``W`` are multiples of ``grid``,
+        to rounding otherwise).
     """
     r = relevance.sum(1)
     b, h, w = r.shape
@@ -73,7 +73,21 @@ def pool_relevance(relevance: torch.Tensor, grid: int) -> torch.Tensor:
     gh, gw = min(h, grid), min(w, grid)
     if h % gh == 0 and w % gw == 0:
         return r.reshape(b, gh, h // gh, gw, w // gw).sum((2, 4))
-    return F.adaptive_avg_pool2d(r[:, None], (gh, gw))[:, 0] * (h * w / (gh * gw))
+    # Area weights: a pixel split by a cell border gives each cell its overlap, so every pixel counts once
+    # (adaptive pooling's windows overlap: a pixel counted 0.56-2.25 times at 48 → 32).
+    a_h = _area_weights(h, gh, r)
+    a_w = _area_weights(w, gw, r)
+    return torch.einsum("ih,bhw,jw->bij", a_h, r, a_w)
+
+
+def _area_weights(n: int, cells: int, like: torch.Tensor) -> torch.Tensor:
+    """``(cells, n)``: the length of pixel ``p``'s interval ``[p, p+1)`` inside cell ``i``'s interval
+    ``[i·n/cells, (i+1)·n/cells)``; every column sums to 1."""
+    edges = torch.arange(cells + 1, dtype=torch.float64) * (n / cells)
+    px = torch.arange(n, dtype=torch.float64)
+    lo = torch.maximum(edges[:-1, None], px[None, :])
+    hi = torch.minimum(edges[1:, None], px[None, :] + 1)
+    return (hi - lo).clamp(min=0).to(dtype=like.dtype, device=like.device)
 
 
 @dataclass

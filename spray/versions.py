@@ -25,7 +25,9 @@ import spray
 # image cached by version 1 was clipped.
 # 3: in-place non-ReLU activations, functional products/attention/activations/norms in forward() are
 # explained; z+ changes at round-off level for mixed-sign inputs.
-LRP_VERSION = 3
+# 4: heatmaps of inputs whose side is no multiple of batch.grid are pooled by area (every pixel counted
+# once; adaptive average pooling counted pixels 0.56-3.5 times).
+LRP_VERSION = 4
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

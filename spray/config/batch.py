@@ -19,7 +19,8 @@ class BatchConfig(Section):
         32,
         ge=2,
         le=1024,
-        description="Analysis grid side; relevance is sum-pooled to grid×grid (or native if smaller).",
+        description="Analysis grid side; relevance is sum-pooled to grid×grid by area, every pixel counted once "
+        "(or native if smaller).",
     )
     shard_size: int = Field(
         1024, ge=1, le=10_000_000, description="Samples per cache shard (the unit of resume)."

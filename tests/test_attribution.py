@@ -1,0 +1,29 @@
+"""Pooling relevance to the analysis grid: every input pixel counts once, at any input size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spray.attribution import _area_weights, pool_relevance
+
+
+@pytest.mark.parametrize("side", [48, 100, 240, 299])
+def test_every_pixel_counts_once_when_the_side_is_no_multiple_of_the_grid(side: int) -> None:
+    """Adaptive average pooling's windows overlap: a pixel of relevance 1 was stored as 0.56-3.5."""
+    g = torch.Generator().manual_seed(side)
+    for y, x in torch.randint(0, side, (20, 2), generator=g).tolist():
+        r = torch.zeros(1, 1, side, side)
+        r[0, 0, y, x] = 1.0
+        pooled = pool_relevance(r, 32)
+        assert pooled.shape == (1, 32, 32) and abs(float(pooled.sum()) - 1.0) < 1e-5
+    uniform = pool_relevance(torch.ones(2, 3, side, side), 32)
+    torch.testing.assert_close(uniform, torch.full_like(uniform, 3 * (side / 32) ** 2))
+
+
+def test_area_weights_agree_with_plain_sums_on_multiples() -> None:
+    r = torch.randn(2, 1, 64, 96)
+    plain = pool_relevance(r, 32)  # multiples: block sums
+    weights = torch.einsum("ih,bhw,jw->bij", _area_weights(64, 32, r), r[:, 0], _area_weights(96, 32, r))
+    torch.testing.assert_close(plain, weights)
+    assert torch.equal(pool_relevance(torch.ones(1, 1, 28, 28), 32), torch.ones(1, 28, 28))  # small: native
