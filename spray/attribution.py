@@ -90,6 +90,36 @@ def _area_weights(n: int, cells: int, like: torch.Tensor) -> torch.Tensor:
     return (hi - lo).clamp(min=0).to(dtype=like.dtype, device=like.device)
 
 
+#: Heatmaps are stored as float16: beyond this magnitude they would become inf.
+FLOAT16_MAX = 65504.0
+
+
+def _stored_maps(pooled: torch.Tensor) -> np.ndarray:
+    """``pooled`` ``(B, h, w)`` as the float16 the cache stores, or why it cannot be stored.
+
+    Raises
+    ------
+    ModelError
+        A value beyond float16's range (the maps would be inf). Maps that round to zero are warned about.
+    """
+    peak = pooled.abs().flatten(1).amax(1)
+    if bool((peak > FLOAT16_MAX).any()):
+        raise ModelError(
+            f"Relevance values up to {float(peak.max()):.3g} exceed float16's range ({FLOAT16_MAX:g}), in which "
+            "heatmaps are stored: the model's logits are far larger than a trained classifier's. Check the "
+            "checkpoint and the normalisation (data.transform)."
+        )
+    half = pooled.to(torch.float16)
+    lost = int(((peak > 0) & (half.flatten(1).abs().amax(1) == 0)).sum())
+    if lost:
+        log.warning(
+            "%d relevance maps of a batch round to exactly 0 in float16 storage (their values are below 6e-8): "
+            "the model's logits are tiny, as with untrained weights; such maps carry no evidence.",
+            lost,
+        )
+    return half.cpu().numpy()
+
+
 @dataclass
 class ShardPlan:
     """Contiguous index ranges of the dataset, and which of them this rank handles."""
@@ -237,11 +267,12 @@ class BatchStage:
                 "LRP produced NaN/inf relevance. Try a larger epsilon (lrp.composite_kwargs.epsilon) or fp32 precision."
             )
         pooled = pool_relevance(rel, self.cfg.batch.grid)
+        half = _stored_maps(pooled)
         probs = torch.softmax(res.logits.float(), dim=1)
         full = rel.to(torch.float16).cpu().numpy() if self.cfg.batch.store_full_relevance else None
         concepts = getattr(res, "concepts", None)
         return (
-            pooled.to(torch.float16).cpu().numpy(),
+            half,
             probs.cpu().numpy().astype(np.float32),
             res.logits.argmax(1).cpu().numpy(),
             res.targets.cpu().numpy(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,3 +28,21 @@ def test_area_weights_agree_with_plain_sums_on_multiples() -> None:
     weights = torch.einsum("ih,bhw,jw->bij", _area_weights(64, 32, r), r[:, 0], _area_weights(96, 32, r))
     torch.testing.assert_close(plain, weights)
     assert torch.equal(pool_relevance(torch.ones(1, 1, 28, 28), 32), torch.ones(1, 28, 28))  # small: native
+
+
+def test_maps_beyond_float16_are_refused_and_maps_that_vanish_are_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Heatmaps are stored as float16: inf or all-zero maps would reach the analysis silently."""
+    import logging
+
+    from spray.attribution import _stored_maps
+    from spray.errors import ModelError
+
+    ok = _stored_maps(torch.full((2, 4, 4), 0.5))
+    assert ok.dtype == np.float16 and float(ok.max()) == 0.5
+    with pytest.raises(ModelError, match="exceed float16's range"):
+        _stored_maps(torch.full((1, 4, 4), 1e6))
+    with caplog.at_level(logging.WARNING, logger="spray.attribution"):
+        tiny = _stored_maps(torch.full((3, 4, 4), 1e-24))
+    assert not tiny.any() and "3 relevance maps of a batch round to exactly 0" in caplog.text
