@@ -160,6 +160,20 @@ def test_export_of_something_that_is_not_a_run(tmp_path: Path, capsys: pytest.Ca
     assert_clean_failure(res, 2, str(tmp_path / "nope"), "does not exist")
 
 
+def test_export_takes_runs_dir_like_the_other_commands(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    res = run_main(["export", "fiftyone", "--runs-dir", str(run.parent), "-o", str(tmp_path / "fo")], capsys)
+    assert res.code == 0, res.output
+    assert (tmp_path / "fo").is_dir()
+    res = run_main(["export", "fiftyone", "-o", str(tmp_path / "fo2")], capsys)
+    assert_clean_failure(res, 2, "Give the run to export")
+    res = run_main(
+        ["export", "fiftyone", str(run), "--runs-dir", str(run.parent), "-o", str(tmp_path / "f3")], capsys
+    )
+    assert_clean_failure(res, 2, "one of them")
+
+
 def test_export_of_a_damaged_run_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_synthetic_run(tmp_path / "runs", class_sizes=[30] * 3, planted_class=1, seed=6)
     f = run / "heatmaps.npy"

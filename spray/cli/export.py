@@ -10,11 +10,20 @@ from typing import Any
 log = logging.getLogger("spray.export")
 
 
+def _run_arg(args: argparse.Namespace) -> str:
+    """The run to export: the positional RUN or ``--runs-dir`` (one of them)."""
+    from spray.errors import ConfigError
+
+    if (args.run is None) == (args.runs_dir is None):
+        raise ConfigError("Give the run to export: a run or runs folder, or --runs-dir DIR (one of them).")
+    return str(args.run if args.run is not None else args.runs_dir)
+
+
 def virelay_command(args: argparse.Namespace) -> int:
     """``spray export virelay``: write a ViRelAy project (open it with ``virelay OUT/project.yaml``)."""
     from spray.export.virelay import write_virelay_project
 
-    project = write_virelay_project(args.run, args.output)
+    project = write_virelay_project(_run_arg(args), args.output)
     sys.stdout.write(f"{project}\nOpen it with: virelay {project}\n")
     return 0
 
@@ -23,7 +32,9 @@ def fiftyone_command(args: argparse.Namespace) -> int:
     """``spray export fiftyone``: write a FiftyOne dataset folder with cluster, suspicion and flag fields."""
     from spray.export.fiftyone import write_fiftyone_dataset
 
-    out = write_fiftyone_dataset(args.run, args.output, flags_db=args.flags_db, data_root=args.data_root)
+    out = write_fiftyone_dataset(
+        _run_arg(args), args.output, flags_db=args.flags_db, data_root=args.data_root
+    )
     sys.stdout.write(
         f"{out}\nOpen it with: fo.Dataset.from_dir({str(out)!r}, dataset_type=fo.types.FiftyOneDataset)\n"
     )
@@ -36,7 +47,8 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="export_target", required=True, metavar="TARGET")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("run", help="a run folder, or a runs folder (its newest run)")
+        q.add_argument("run", nargs="?", help="a run folder, or a runs folder (its newest run)")
+        q.add_argument("--runs-dir", help="a runs folder (its newest run), as for flags and the dashboard")
         q.add_argument("-o", "--output", required=True, help="folder to create (must not exist)")
 
     v = sub.add_parser(
