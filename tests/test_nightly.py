@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,6 +261,7 @@ def test_first_run_publishes_logs_and_reports(first: dict[str, Any]) -> None:
     assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
     assert 'src="http' not in html and "<script" not in html
     assert not any((first["runs"] / ".staging").iterdir())
+    assert not list(first["runs"].glob(".alert-pending-*"))  # exit 10 was reported: nothing owed
     assert not (first["runs"] / ".cache" / "work").exists() or not any(
         (first["runs"] / ".cache" / "work").iterdir()
     )
@@ -278,6 +280,23 @@ def test_second_run_is_a_noop(first: dict[str, Any]) -> None:
         first["run_dir"].name
     ]
     print(f"no-op run took {took:.1f} s")
+
+
+def test_a_job_stopped_after_publishing_has_its_exit_10_reported_by_the_next(
+    first: dict[str, Any], tmp_path: Path
+) -> None:
+    """The marker a stop after publishing leaves (written before publishing, removed once 10 is reported):
+    the next job finds the run up to date and still reports 10, once."""
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    rid = first["summary"]["run_id"][:16]
+    (runs / f".alert-pending-{rid}").write_text("10\n")
+    argv = ["run", "--config", str(first["cfg"]), "--runs-dir", str(runs)]
+    res = run_spray(argv)
+    assert res.code == EXIT_FINDINGS and res.status["status"] == "up_to_date", res.stderr[-2000:]
+    assert any("stopped before it reported" in m for m in res.messages())
+    assert not (runs / f".alert-pending-{rid}").exists()
+    assert run_spray(argv).code == EXIT_OK
 
 
 def test_five_percent_new_images_are_the_only_ones_computed(

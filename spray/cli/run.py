@@ -147,6 +147,10 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 
     def before_write(report: AuditReport) -> None:
         ch = report.changes = changes_since_previous(report, runs_dir, change_rule(cfg.nightly))
+        if ch.n_new + ch.n_grown > 0:
+            # Written before the run is published and removed once exit 10 is reported: a job stopped in
+            # between leaves it, and the next job (which finds the run up to date) reports 10 then.
+            _pending(runs_dir, report.run_id).write_text("10\n")
         log.info(
             "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
             (ch.previous_run_id or "no previous run")[:16],
@@ -164,10 +168,25 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK
     code = exit_code_for(report, fail_on_findings=fail_on_findings)
+    pending = _pending(runs_dir, report.run_id)
+    owed = report.up_to_date and pending.exists()
+    if owed:
+        log.warning(
+            "the job that published run %s was stopped before it reported its new or grown suspicious "
+            "clusters: reporting them now (exit 10)",
+            report.run_id[:16],
+        )
+        code = EXIT_FINDINGS
     _report_status(report, code, status)
-    if not report.up_to_date and code == EXIT_FINDINGS and cfg.nightly.notify_command:
+    if (owed or not report.up_to_date) and code == EXIT_FINDINGS and cfg.nightly.notify_command:
         _notify(cfg.nightly.notify_command, report, code, status, cfg.nightly.notify_timeout_s)
+    pending.unlink(missing_ok=True)
     return code
+
+
+def _pending(runs_dir: Path, run_id: str) -> Path:
+    """The marker of a published run whose exit 10 (and notification) is not reported yet."""
+    return runs_dir / f".alert-pending-{run_id[:16]}"
 
 
 def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
