@@ -180,7 +180,11 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     _report_status(report, code, status)
     if (owed or not report.up_to_date) and code == EXIT_FINDINGS and cfg.nightly.notify_command:
         _notify(cfg.nightly.notify_command, report, code, status, cfg.nightly.notify_timeout_s)
-    pending.unlink(missing_ok=True)
+    if pending.exists():  # only then: a read-only runs directory refuses even removing a missing file
+        try:
+            pending.unlink()
+        except OSError as err:
+            log.warning("cannot remove %s (%s): the next job will report exit 10 again", pending, err)
     return code
 
 
