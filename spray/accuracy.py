@@ -14,7 +14,8 @@ Clever Hans and the audit looks clean for the wrong reason. Two checks, both war
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,52 +98,44 @@ def model_accuracy(
     acc = float(np.mean(labels == predictions))
     majority = float(np.bincount(labels).max() / n)
     near = n >= ACCURACY_MIN_SAMPLES and acc < majority + NEAR_CHANCE * (1.0 - majority)
-    shifted = _shifted(labels, predictions, class_names)
-    if shifted:
-        pairs = ", ".join(f"{a!r} as {b!r}" for a, b in list(shifted.items())[:6])
-        log.warning(
-            "the model predicts the images of %d class(es) mostly as one other class (%s): the classes of the "
-            "data and of the model are probably not in the same order (class folders renamed, swapped or "
-            "missing: labels are folder positions in name order; data.class_names only renames). Each such "
-            "class is explained for another class's logit.",
-            len(shifted),
-            pairs,
-        )
-    if near:
-        log.warning(
-            "the model gives the true label for only %.0f %% of the %d audited images (always answering the "
-            "largest class gives %.0f %%): its inputs probably differ from those it was trained on (check "
-            "data.transform: resize, center_crop, mean/std, channels; a dataset that normalises its images "
-            "itself), the classes are in another order, or the weights are not the trained ones "
-            "(model.checkpoint). Heatmaps of a model that does not recognise its inputs show no shortcut.",
-            100 * acc,
-            n,
-            100 * majority,
-        )
-    return ModelAccuracy(acc, majority, n, near, shifted)
+    got = ModelAccuracy(acc, majority, n, near, _shifted(labels, predictions, class_names))
+    for problem in problems(asdict(got)):
+        log.warning("%s", problem)
+    return got
+
+
+def recorded_accuracy(extra: object) -> dict[str, Any] | None:
+    """The accuracy check a run recorded (``summary.json`` ``extra.model_accuracy``: the fields of
+    :class:`ModelAccuracy`), or None for runs without one."""
+    acc = extra.get("model_accuracy") if isinstance(extra, dict) else None
+    return acc if isinstance(acc, dict) else None
 
 
 def recorded_problems(extra: object) -> list[str]:
-    """What a run's recorded accuracy check found (``summary.json`` ``extra.model_accuracy``), as sentences
-    for the report, the dashboard, the nightly status and a reused run; empty for runs without a record."""
-    acc = extra.get("model_accuracy") if isinstance(extra, dict) else None
-    if not isinstance(acc, dict):
-        return []
+    """What a run's recorded accuracy check found, as sentences for the report, the dashboard, the nightly
+    status and a reused run; empty for runs without a record."""
+    acc = recorded_accuracy(extra)
+    return [] if acc is None else problems(acc)
+
+
+def problems(acc: dict[str, Any]) -> list[str]:
+    """The sentences for one check (the fields of :class:`ModelAccuracy`): the log's, and every output's."""
     out = []
     shifted = acc.get("shifted") or {}
     if shifted:
         pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])
         out.append(
             f"The model predicts the images of {len(shifted)} class(es) mostly as one other class ({pairs}): "
-            "the data's classes and the model's are probably not in the same order, so those classes are "
-            "explained for another class's logit."
+            "the data's classes and the model's are probably not in the same order (class folders renamed, "
+            "swapped or missing: labels are folder positions in name order; data.class_names only renames), "
+            "so those classes are explained for another class's logit."
         )
     if acc.get("near_chance"):
         out.append(
             f"The model gives the true label for only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited "
             f"images (always answering the largest class gives {acc['majority_share']:.0%}): its inputs probably "
-            "differ from training (resize, center_crop, mean/std, channels), the classes are in another order, or "
-            "the weights are not the trained ones. Its heatmaps show no shortcut: no finding here does not mean a "
-            "clean model."
+            "differ from training (data.transform: resize, center_crop, mean/std, channels; a dataset that "
+            "normalises its images itself), the classes are in another order, or the weights are not the trained "
+            "ones (model.checkpoint). Its heatmaps show no shortcut: no finding here does not mean a clean model."
         )
     return out

@@ -13,7 +13,7 @@ import safetext
 import streamlit as st
 import urlstate
 
-from spray.accuracy import recorded_problems
+from spray.accuracy import recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
 from spray.records import ChangeSet
@@ -51,7 +51,7 @@ def metrics() -> None:
 
 # Recorded by the audit since 4 Dec 2026 (absent in older runs): a model that does not recognise its own
 # data shows no shortcut, so this comes before the list.
-accuracy = summary.extra.get("model_accuracy") if isinstance(summary.extra, dict) else None
+accuracy = recorded_accuracy(summary.extra)
 for problem in recorded_problems(summary.extra):
     st.warning(safetext.md(problem))
 

@@ -194,7 +194,7 @@ def _pending(runs_dir: Path, run_id: str) -> Path:
 
 
 def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
-    from spray.accuracy import recorded_problems
+    from spray.accuracy import recorded_accuracy, recorded_problems
     from spray.runs.layout import RunFiles
 
     files = RunFiles(Path(report.run_dir))
@@ -213,8 +213,8 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
     )
     if ch is not None and ch.unreadable:
         status["unreadable_runs"] = [u.run for u in ch.unreadable]
-    acc = report.extra.get("model_accuracy") if isinstance(report.extra, dict) else None
-    if isinstance(acc, dict):
+    acc = recorded_accuracy(report.extra)
+    if acc is not None:
         status["model_accuracy"] = acc.get("accuracy")
     if problems := recorded_problems(report.extra):
         status["model_warnings"] = problems
