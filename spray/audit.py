@@ -204,10 +204,7 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
             dataset.match_model(model)
             dataset.input_memo = InputMemo(cfg.batch.input_memory_mb * 2**20)
             x0 = _first_inputs(dataset)
-            names = list(dataset.class_names)
-            present = set(dataset.labels)
-            empty = [n for c, n in enumerate(names) if c not in present]
-            k_out = check_model_output(model, x0.to(dev), len(names), empty)
+            k_out = check_model_output(model, x0.to(dev), len(dataset.class_names), dataset.empty_classes)
             cfg.check_class_count(len(dataset.class_names), k_out)
             if max(dataset.labels) >= k_out:
                 raise DataError(

@@ -425,9 +425,7 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
     if model is not None:
         from spray.models import check_model_output
 
-        present = set(ds.labels)
-        empty = [n for c, n in enumerate(ds.class_names) if c not in present]
-        k_out = check_model_output(model, batch.x, len(ds.class_names), empty)
+        k_out = check_model_output(model, batch.x, len(ds.class_names), ds.empty_classes)
         cfg.check_class_count(len(ds.class_names), k_out)
         report.append(f"model: {k_out} outputs on that batch")
     return report

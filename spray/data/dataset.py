@@ -97,6 +97,12 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         return len(self.sample_ids)
 
     @property
+    def empty_classes(self) -> list[str]:
+        """Names of the classes without a sample (an empty class folder still counts as a class)."""
+        present = set(self.labels)
+        return [n for c, n in enumerate(self.class_names) if c not in present]
+
+    @property
     def channels(self) -> int | None:
         """Channels of the model inputs (1 or 3), when known."""
         return self.transform.channels
