@@ -65,13 +65,18 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     )
 
 
-def _not_a_checkpoint(path: Path) -> str | None:
-    """Why the file cannot be a PyTorch checkpoint at all (empty, a Git LFS pointer, text), or None."""
+def _head(path: Path) -> bytes | None:
+    """The first bytes of a checkpoint file, or None when it is not a readable file (torch.load says why)."""
     try:
         with path.open("rb") as f:
-            head = f.read(200)
+            return f.read(200)
     except OSError:
         return None
+
+
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """Why a file starting with ``head`` cannot be a PyTorch checkpoint at all (empty, a Git LFS pointer,
+    text), or None."""
     if not head:
         return "is empty (0 bytes): save the weights again"
     if head.startswith(b"version https://git-lfs"):
@@ -82,13 +87,9 @@ def _not_a_checkpoint(path: Path) -> str | None:
     return None
 
 
-def _is_safetensors(path: Path) -> bool:
+def _is_safetensors(head: bytes) -> bool:
     """A safetensors file: an 8-byte header length, then the JSON header."""
-    try:
-        with path.open("rb") as f:
-            return f.read(10)[8:] == b'{"'
-    except OSError:
-        return False
+    return head[8:10] == b'{"'
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -106,9 +107,10 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
-    if path.is_file() and _is_safetensors(path):
+    head = _head(path) if path.is_file() else None
+    if head is not None and _is_safetensors(head):
         return _load_safetensors(path)
-    if path.is_file() and (why := _not_a_checkpoint(path)) is not None:
+    if head is not None and (why := _not_a_checkpoint(head)) is not None:
         raise ModelError(f"Checkpoint {str(path)!r} {why}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
