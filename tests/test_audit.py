@@ -149,7 +149,12 @@ def test_corrupt_and_non_image_files_are_skipped_and_reported(
         ),
         (lambda r: r.update(anlysis={}), 2, "Did you mean 'analysis'"),
         (lambda r: r["data"].update(path="nowhere"), 2, "data.path"),
-        (lambda r: r["model"]["factory_kwargs"].update(in_channels=1), 1, "Check data.transform"),
+        # colour images for a grey model: the first convolution's 1 channel is taken, each image refused
+        (
+            lambda r: r["model"]["factory_kwargs"].update(in_channels=1),
+            1,
+            "set data.transform.colour_to_grey: luma",
+        ),
         # a class folder deleted: every later folder's label would shift (silently, before)
         (
             lambda r: r["model"]["factory_kwargs"].update(num_classes=3),

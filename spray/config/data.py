@@ -35,8 +35,17 @@ class TransformConfig(Section):
         None,
         description="Channels the model takes. Default: 3 with grayscale_to_rgb, else the number of "
         "mean values, else what most images have (grey images become RGB when the model's first "
-        "convolution takes 3 channels). Grey images are repeated for a 3-channel model; colour images are "
-        "skipped for a 1-channel model unless their three channels are equal.",
+        "convolution takes 3 channels, colour images grey when it takes 1). Grey images are repeated for a "
+        "3-channel model; colour images are skipped for a 1-channel model unless their three channels are "
+        "equal or colour_to_grey is 'luma'.",
+    )
+    colour_to_grey: Literal["refuse", "luma"] = Field(
+        "refuse",
+        description="A colour image for a 1-channel (grey) model: 'refuse' skips it with a reason (only a "
+        "grey image saved as RGB, three equal channels, is taken); 'luma' converts it with the ITU-R 601-2 "
+        "luma weights 0.299 R + 0.587 G + 0.114 B, the conversion of PIL's convert('L') and torchvision's "
+        "Grayscale (use it when the model was trained on colour files made grey that way). Part of the "
+        "heatmap cache key and the run id.",
     )
     alpha_background: Literal["ignore", "black", "white"] = Field(
         "ignore",
@@ -68,6 +77,9 @@ class TransformConfig(Section):
         # cache keys of existing runs; 'cuda' (and an unresolved 'auto') are part of them.
         if self.decode_device == "cpu":
             out.pop("decode_device", None)
+        # Likewise 'refuse' (what spray always did); 'luma' changes the inputs, so it is part of them.
+        if self.colour_to_grey == "refuse":
+            out.pop("colour_to_grey", None)
         return out
 
     @model_validator(mode="after")
@@ -90,6 +102,23 @@ class TransformConfig(Section):
         if self.grayscale_to_rgb and self.channels == 1:
             raise ValueError("'grayscale_to_rgb: true' contradicts 'channels: 1'")
         return self
+
+    @model_validator(mode="after")
+    def _luma_for_a_grey_model(self) -> TransformConfig:
+        if self.colour_to_grey != "luma":
+            return self
+        if self.grayscale_to_rgb:
+            why = "grayscale_to_rgb makes 3 channels"
+        elif self.channels == 3:
+            why = "channels is 3"
+        elif self.mean is not None and len(self.mean) == 3:
+            why = "'mean'/'std' have 3 values (an RGB model)"
+        else:
+            return self
+        raise ValueError(
+            f"'colour_to_grey: luma' makes colour images grey for a 1-channel model, but {why}; remove "
+            "colour_to_grey, or describe the grey model (channels: 1, one mean/std value)"
+        )
 
 
 class DataConfig(Section):

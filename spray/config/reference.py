@@ -38,7 +38,11 @@ run's `summary.json`; the run goes on.
   [0, 1] are skipped with the reason (their scale cannot be known).
 - Channels are brought to what the model takes (`data.transform.channels`): grey → RGB by repetition;
   palette, CMYK, YCbCr, LAB and HSV → RGB by Pillow's conversion; alpha per `alpha_background`. A colour
-  image for a grey model is skipped unless its three channels are equal.
+  image for a grey model is skipped unless its three channels are equal, or converted to grey with
+  `colour_to_grey: luma` (0.299 R + 0.587 G + 0.114 B, as PIL's `convert("L")` and torchvision's
+  `Grayscale`, for a model trained on colour files made grey that way). The model's channels come from
+  `channels`, `grayscale_to_rgb` or `mean`, else from the model's first convolution (or from what most
+  images have).
 - Every model input must have one size: spray reads the headers of a spread of files, takes the size most
   of them have after the transform, and skips (and lists) an image of another size. If no size is shared
   by most of them, the run stops before any work and asks for `resize` and `center_crop`.

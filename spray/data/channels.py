@@ -5,12 +5,18 @@ The model's channel count is, in this order: ``data.transform.channels``; 3 with
 convolution (once the model is built); the channel count of most images of the dataset.
 
 A grey sample for a 3-channel model is repeated into three equal channels (after resizing, as
-``grayscale_to_rgb`` always did). A colour sample for a 1-channel model is accepted only when its
-three channels are equal (a grey image saved as RGB); a truly colour image is skipped with a reason,
-since no conversion to grey is the one the model was trained with.
+``grayscale_to_rgb`` always did). A colour sample for a 1-channel model whose three channels are equal
+(a grey image saved as RGB) is taken as grey. A truly colour one depends on
+``data.transform.colour_to_grey``: ``refuse`` (default) skips it with a reason, since spray cannot know
+which conversion to grey the model was trained with; ``luma`` converts it with the ITU-R 601-2 luma
+weights (:data:`LUMA`), the conversion of PIL's ``convert("L")`` and torchvision's ``Grayscale``. PIL
+rounds to whole grey levels, torchvision's tensor path weighs red 0.2989: the float result here is
+within about half a grey level of the one and 1e-4 of the other.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,6 +24,11 @@ from torch import nn
 
 from spray.data.decoding import AlphaBackground
 from spray.data.sample import UnreadableSample
+
+ColourToGrey = Literal["refuse", "luma"]
+
+#: ITU-R 601-2 luma weights of R, G and B (PIL's ``convert("L")``, torchvision's ``Grayscale``).
+LUMA = (0.299, 0.587, 0.114)
 
 
 def model_input_channels(model: nn.Module) -> int | None:
@@ -28,13 +39,24 @@ def model_input_channels(model: nn.Module) -> int | None:
     return None
 
 
-def to_model_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+def to_model_channels(
+    x: torch.Tensor, channels: int | None, colour_to_grey: ColourToGrey = "refuse"
+) -> torch.Tensor:
     """``(C, H, W)`` with C in {1, 3} → what a ``channels``-channel model takes (1→3 is left to the transform).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(C, H, W)`` float in [0, 1], on any device.
+    channels : int or None
+        Channels the model takes (None: unknown, ``x`` is returned as it is).
+    colour_to_grey : {"refuse", "luma"}
+        What a colour image for a 1-channel model becomes (``data.transform.colour_to_grey``).
 
     Raises
     ------
     UnreadableSample
-        A colour image for a 1-channel model, or a channel count that cannot be converted.
+        A colour image for a 1-channel model with ``refuse``, or a channel count that cannot be converted.
     """
     c = x.shape[0]
     if channels is None or c == channels or (c == 1 and channels == 3):
@@ -42,8 +64,12 @@ def to_model_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
     if c == 3 and channels == 1:
         if torch.equal(x[0], x[1]) and torch.equal(x[0], x[2]):
             return x[:1]
+        if colour_to_grey == "luma":
+            r, g, b = LUMA
+            return r * x[:1] + g * x[1:2] + b * x[2:3]
         raise UnreadableSample(
-            "colour image, but the model takes 1 channel (grey): convert the file to greyscale, or set "
+            "colour image, but the model takes 1 channel (grey): set data.transform.colour_to_grey: luma to "
+            "convert it as PIL's convert('L') and torchvision's Grayscale do, or set "
             "data.transform.channels: 3 if the model takes RGB"
         )
     raise UnreadableSample(

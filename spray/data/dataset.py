@@ -108,18 +108,27 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         return self.transform.channels
 
     def match_model(self, model: nn.Module) -> None:
-        """Feed grey images to a model whose first convolution takes 3 channels (unless the config decides).
+        """Bring the images to the channels of the model's first convolution (unless the config decides).
 
-        Only the well-defined direction is taken: colour images are not made grey for a 1-channel model
-        (the model's own shape check then names data.transform; ``channels: 1`` says to try).
+        Grey images become RGB for a 3-channel model. For a 1-channel model, images that are mostly colour
+        are taken as grey: a grey image saved as RGB is grey already, and a truly colour one is converted
+        or skipped with a reason as ``data.transform.colour_to_grey`` says.
         """
         c = model_input_channels(model)
         cfg = self.transform.cfg
         fixed = cfg.channels is not None or cfg.grayscale_to_rgb or cfg.mean is not None
-        if c == 3 and not fixed and self.transform.channels == 1:
+        if fixed or c is None or self.transform.channels in (None, c) or c not in (1, 3):
+            return
+        if c == 1 and cfg.colour_to_grey == "refuse":
+            log.warning(
+                "the model's first convolution takes 1 channel but most images are colour: only those whose "
+                "three channels are equal are audited; set data.transform.colour_to_grey: luma to convert "
+                "the others to grey"
+            )
+        else:
             log.info("the model's first convolution takes %d channels: images are converted to that", c)
-            self.transform.channels = c
-            self.transform.thumbnail_channels = c
+        self.transform.channels = c
+        self.transform.thumbnail_channels = c
 
     def _read(self, i: int, *, thumbnail: bool) -> tuple[torch.Tensor, bytes | None, np.ndarray | None] | str:
         """Load and transform sample ``i``: ``(x, raw bytes, thumbnail)``, or why it is unreadable.
@@ -159,7 +168,7 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         """A decoded image of sample ``i`` → ``(model input, thumbnail)``, or why it is unusable."""
         sid = self.sample_ids[i]
         try:
-            img = to_model_channels(img, self.transform.channels)
+            img = to_model_channels(img, self.transform.channels, self.transform.cfg.colour_to_grey)
             x, thumb = self.transform(img, thumbnail=thumbnail)
         except UnreadableSample as err:
             return clean_reason(err.reason, sid)
@@ -194,7 +203,7 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         sid = self.sample_ids[i]
         t = self.transform
         try:
-            img = to_model_channels(img, t.channels)
+            img = to_model_channels(img, t.channels, t.cfg.colour_to_grey)
             x = t.geometry(img)
             thumb = thumbnail_pixels(x, t.thumbnail_size, t.thumbnail_channels)
             x = t.normalise(x)

@@ -152,7 +152,7 @@ MODEL_CASES: list[tuple[str, dict[str, Any], int, tuple[str, ...]]] = [
         "model expects other channels",
         _factory("tiny", in_channels=1),
         1,
-        ("data.transform", "(2, 3, 16, 16)"),
+        ("colour image", "data.transform.colour_to_grey", "data.transform.channels: 3"),
     ),
     ("layer without a rule", _factory("with_lstm"), 1, ("rnn", "LSTM", "extra_rules")),
     ("relevance not conserved", _factory("normalising"), 1, ("relevance is not conserved", "Normalising")),
