@@ -177,6 +177,17 @@ def samples(path: str) -> pd.DataFrame:
         return _samples(path)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _content_hashes(path: str) -> dict[str, str] | None:
+    return _reader(path).content_hashes()
+
+
+def content_hashes(path: str) -> dict[str, str] | None:
+    """``sample_id -> content hash`` of the run's samples (None for a run written before layout 5)."""
+    with reading(path):
+        return _content_hashes(path)
+
+
 def has_sample(path: str, sample_id: str) -> bool:
     """Whether the run has this sample."""
     return str(sample_id) in samples(path).index

@@ -19,7 +19,8 @@ import safetext
 import streamlit as st
 
 from spray.errors import SprayError
-from spray.flags import STATUSES, FlagConflict, FlagStore
+from spray.flags import STATUSES, FlagConflict, FlagStore, bind_flags
+from spray.flags.content import describe
 
 # Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
 CONFIRM_ABOVE = 20
@@ -84,6 +85,15 @@ class _Pending:
     conflict: FlagConflict | None = None
 
 
+def _run_hashes(run_id: str) -> dict[str, str] | None:
+    """The content hashes of the page's run, recorded with each flag (None when the run has none)."""
+    cur = common.current_run()
+    if cur is None:
+        return None
+    path = str(Path(cur[0]) / cur[1])
+    return common.content_hashes(path) if common.summary(path).run_id == run_id else None
+
+
 def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
     store = writer()
     try:
@@ -108,6 +118,7 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
                 source=p.source,
                 author=access.author(),
                 since=p.since,
+                content_hashes=_run_hashes(p.run_id),
             )
     except FlagConflict as conflict:
         p.conflict = conflict
@@ -221,6 +232,16 @@ def live_counts(dataset: str) -> None:
         if st.button("Refresh the page", key="live_refresh"):
             st.session_state["_shown_event"] = now
             st.rerun(scope="app")
+
+
+def content_warning(dataset: str, path: str) -> None:
+    """A warning when flags of the dataset name other images in this run than they were set on."""
+    store, hashes = reader(), common.content_hashes(path)
+    if store is None or hashes is None:
+        return
+    message = describe(bind_flags(store.current(dataset), hashes), path)
+    if message:
+        st.warning("**Flags on other images.** " + safetext.md(message))
 
 
 def mark_shown(dataset: str) -> None:

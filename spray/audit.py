@@ -40,6 +40,8 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
+from spray.flags import FlagStore, bind_flags, default_db_path
+from spray.flags.content import describe
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
@@ -444,12 +446,30 @@ def _publish(
         shutil.rmtree(staged, ignore_errors=True)
         raise
     report.run_dir = str(final)
+    _check_flags(cfg, stage, final)
     prune_runs(runs_dir, cfg.output.keep_runs)
     prune_cache(runs_dir, batched.cache.dir.name)
     # The manifests only serve a resume of this run id, which is now published.
     shutil.rmtree(batched.runner.work_dir, ignore_errors=True)
     set_stage("done")
     return report
+
+
+def _check_flags(cfg: AuditConfig, stage: BatchStageResult, run: Path) -> None:
+    """Warn when flags of this dataset name other content in the new run than they were set on."""
+    c = cfg.correction
+    db = Path(c.flags_db) if c.flags_db is not None else default_db_path(cfg.output.runs_dir)
+    if not db.is_file() or len(stage.batch.content_hashes) != len(stage.batch):
+        return
+    try:
+        flags = FlagStore(db, read_only=True).current(cfg.dataset_key())
+    except SprayError as err:  # the audit is done; a damaged database is the flag commands' business
+        log.warning("flags: could not check %s against this run: %s", db, err)
+        return
+    hashes = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))
+    message = describe(bind_flags(flags, hashes), str(run))
+    if message:
+        log.warning("flags: %s", message)
 
 
 def _first_inputs(dataset: AuditDataset, n: int = 2) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from spray.attribution import BatchStageResult
+from spray.data import content_hash
 from spray.lab.demo import FASHION_CLASSES
 from spray.records import (
     AttributionBatch,
@@ -228,8 +229,9 @@ def make_synthetic_run(
         n_samples=n,
     )
     batch = AttributionBatch(
-        ids, labels.astype(np.int64), preds.astype(np.int64), probs, rel, labels.astype(np.int64)
-    )
+        ids, labels.astype(np.int64), preds.astype(np.int64), probs, rel, labels.astype(np.int64),
+        content_hashes=[content_hash(x.tobytes()) for x in (rel if images is None else images)],
+    )  # fmt: skip
     stage = BatchStageResult(batch=batch, thumbs=images, skipped=[], n_computed=n, n_cached=0)
     staged = staging_dir(runs_dir, rid)
     write_run(staged, report, stage)

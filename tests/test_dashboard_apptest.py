@@ -204,6 +204,10 @@ def test_class_page_colours_switch_k_and_selection_feeds_grid_and_flags(
     cur = FlagStore(env).current(DATASET)
     assert len(cur) == len(picked) and {r.status for r in cur} == {"investigate"}
     assert {r.note for r in cur} == {"odd blob"}
+    from spray.runs.reader import RunReader
+
+    shown = RunReader.open(runs[2]).content_hashes() or {}
+    assert all(r.content_hash == shown[r.sample_id] for r in cur)  # bound to the images flagged
     # The selection is remembered for the Cluster / selection page.
     at.switch_page("views/cluster.py").run()
     ok(at)
@@ -342,3 +346,32 @@ def test_selection_positions_decodes_points_of_several_traces() -> None:
     ]
     assert selection.selection_positions({"selection": {"point_indices": [0]}}, traces) == []
     assert selection.selection_positions(None, traces) == []
+
+
+def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_other_images(
+    env: Path, runs: tuple[Path, Path, Path]
+) -> None:
+    from spray.runs.reader import RunReader
+
+    old, new = (RunReader.open(p) for p in runs[1:])
+    old_hashes, new_hashes = old.content_hashes(), new.content_hashes()
+    assert old_hashes and new_hashes
+    ids = [s for s in old.sample_ids()[:3] if old_hashes[s] != new_hashes.get(s)]
+    assert len(ids) == 3, "the two fixture runs should hold other images under the same ids"
+    at = ok(app(run=runs[2].name).run())
+    assert "Flags on other images" not in texts(at)
+    # Flagged on the old run (its images), shown on the new run: the same ids hold other images.
+    FlagStore(env).flag(DATASET, ids, "unlearn", content_hashes={s: old_hashes[s] for s in ids})
+    at = ok(app(run=runs[2].name).run())
+    warned = texts(at)
+    assert "Flags on other images" in warned and "3 flagged sample ids now name other content" in warned
+    # A flag set on the new run's page records the new run's content, which clears the warning.
+    at.switch_page("views/sample.py")
+    at.query_params["sample"] = ids[0]
+    ok(at.run())
+    at.radio(key="flag_status_sample").set_value("unlearn")
+    at.form_submit_button[0].click()
+    ok(at.run())
+    got = {f.sample_id: f.content_hash for f in FlagStore(env).current(DATASET)}
+    assert got[ids[0]] == new_hashes[ids[0]]
+    assert "2 flagged sample ids" in texts(ok(app(run=runs[2].name).run()))

@@ -200,6 +200,10 @@ def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, t
     top = reader.findings()[0]
     FlagStore(db).flag("synthetic-fashion", top.member_ids[:5], "unlearn", "corner stamp", author="ana")
     FlagStore(db).flag("other-dataset", top.member_ids[5:6], "ok")
+    # Flagged on an image that this id no longer names (a file replaced): left out, never on the new image.
+    FlagStore(db).flag(
+        "synthetic-fashion", top.member_ids[6:7], "unlearn", content_hashes={top.member_ids[6]: "0" * 32}
+    )
     out = write_fiftyone_dataset(run, tmp_path / "fo", flags_db=db)
     meta = json.loads((out / "metadata.json").read_text())
     assert "version" not in meta and meta["media_type"] == "image"  # FiftyOneDataset → its legacy importer

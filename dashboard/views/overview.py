@@ -54,6 +54,7 @@ def metrics() -> None:
 accuracy = recorded_accuracy(summary.extra)
 for problem in recorded_problems(summary.extra):
     st.warning(safetext.md(problem))
+flagform.content_warning(dataset, path)
 
 
 metrics()

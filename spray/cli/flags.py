@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spray.errors import ConfigError
+from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
+from spray.flags.content import FlagBinding, bind_flags, describe
 from spray.runs.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -108,6 +110,24 @@ def _finding_key(reader: RunReader, text: str, run: Path) -> str:
     )
 
 
+def _sample_ids(args: argparse.Namespace, reader: RunReader, run: Path, verb: str) -> list[str]:
+    """The ids of ``--sample-ids``, each checked to be in the run."""
+    ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
+    if not ids:
+        what = "--finding KEY or --sample-ids ID,ID,..." if verb == "flag" else "--sample-ids ID,ID,..."
+        raise ConfigError(f"Give {what} to {verb}.")
+    known = set(reader.sample_ids())
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.")
+    return ids
+
+
+def _run_db(args: argparse.Namespace, run: Path) -> Path:
+    """``--db``, else the flag database beside the run folder (``RUNS_DIR/flags.sqlite``)."""
+    return Path(args.db) if args.db else default_db_path(run.parent if args.run else args.runs_dir)
+
+
 def set_command(args: argparse.Namespace) -> int:
     """``spray flags set``: flag a finding's members (or given samples) of a published run, as the dashboard does."""
     from spray.runs.reader import RunReader
@@ -124,14 +144,9 @@ def set_command(args: argparse.Namespace) -> int:
             members = set(ids)
             ids += [str(i) for i in finding.carrier_ids if str(i) not in members]
     else:
-        ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
-        if not ids:
-            raise ConfigError("Give --finding KEY or --sample-ids ID,ID,... to flag.")
-        known = set(reader.samples().index.astype(str))
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.")
-    db = Path(args.db) if args.db else default_db_path(run.parent if args.run else args.runs_dir)
+        ids = _sample_ids(args, reader, run, "flag")
+    db = _run_db(args, run)
+    hashes = reader.content_hashes() or {}
     FlagStore(db).flag(
         reader.summary.dataset,
         ids,
@@ -141,9 +156,85 @@ def set_command(args: argparse.Namespace) -> int:
         cluster_key=key,
         source="spray flags set",
         author=args.author if args.author is not None else default_author(),
+        content_hashes={i: hashes[i] for i in ids if i in hashes},
     )
     sys.stdout.write(f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db}\n")
     return 0
+
+
+def unset_command(args: argparse.Namespace) -> int:
+    """``spray flags unset``: remove the current flag of given samples (the history keeps it)."""
+    from spray.runs.reader import RunReader
+
+    run = _run_folder(args)
+    reader = RunReader.open(run)
+    ids = _sample_ids(args, reader, run, "unflag")
+    db = _run_db(args, run)
+    FlagStore(db).unflag(
+        reader.summary.dataset,
+        ids,
+        args.note,
+        run_id=reader.summary.run_id,
+        source="spray flags unset",
+        author=args.author if args.author is not None else default_author(),
+    )
+    sys.stdout.write(f"unflagged {len(ids)} samples of {reader.summary.dataset} in {db}\n")
+    return 0
+
+
+def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBinding]:
+    """The current flags of the run's dataset checked against the run's content."""
+    from spray.runs.reader import RunReader
+
+    run = _run_folder(args)
+    reader = RunReader.open(run)
+    hashes = reader.content_hashes()
+    if hashes is None:
+        raise ConfigError(
+            f"{run} was written before runs kept each sample's content hash (run layout "
+            f"{reader.summary.layout_version}): audit again (spray audit --force, or the nightly spray run) "
+            "and check against the new run."
+        )
+    db = _run_db(args, run)
+    flags = FlagStore(db, read_only=True).current(reader.summary.dataset)
+    return reader, run, db, bind_flags(flags, hashes)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    """``spray flags check``: do the flags of a run's dataset still name the content they were set on?
+    Exit 1 when a flagged id now names other content (``spray correct`` then refuses)."""
+    reader, run, db, binding = _binding(args)
+    counts = {k: len(binding.of_kind(k)) for k in ("moved", "replaced", "gone")}
+    sys.stdout.write(
+        f"{reader.summary.dataset} ({db}) against {run}: {len(binding.bound)} flags on their content "
+        f"({binding.unchecked} of them set before flags recorded content), {counts['moved']} moved to another "
+        f"id, {counts['replaced']} on ids that now name other content, {counts['gone']} on samples no longer "
+        "in the run\n"
+    )
+    message = describe(binding, str(run))
+    if message:
+        sys.stdout.write(message + "\n")
+    return EXIT_FAILURE if binding.wrong else EXIT_OK
+
+
+def rebind_command(args: argparse.Namespace) -> int:
+    """``spray flags rebind``: move each flag whose content is now under exactly one other sample id of
+    the run to that id (IDX records removed or reordered, files renamed); other flags are left alone."""
+    reader, run, db, binding = _binding(args)
+    moves = [(c.flag, c.found_at[0]) for c in binding.of_kind("moved")]
+    if moves:
+        FlagStore(db).move(
+            reader.summary.dataset,
+            moves,
+            run_id=reader.summary.run_id,
+            author=args.author if args.author is not None else default_author(),
+        )
+    sys.stdout.write(f"moved {len(moves)} flags of {reader.summary.dataset} to their content's ids in {db}\n")
+    left = binding.of_kind("replaced")
+    if left:
+        rest = FlagBinding(changed=left)
+        sys.stdout.write(describe(rest, str(run)) + "\n")
+    return EXIT_FAILURE if left else EXIT_OK
 
 
 def register(subparsers: Any) -> None:
@@ -188,3 +279,28 @@ def register(subparsers: Any) -> None:
     ls = sub.add_parser("list", help="counts of current flags", description=list_command.__doc__)
     common(ls)
     ls.set_defaults(func=list_command)
+
+    u = sub.add_parser("unset", help="remove the flag of given samples", description=unset_command.__doc__)
+    _run_options(u, common)
+    u.add_argument("--sample-ids", help="comma-separated sample ids")
+    u.add_argument("--note", default="", help="why (kept in the history)")
+    u.add_argument("--author", help="who decided (default: $SPRAY_AUTHOR or the OS user)")
+    u.set_defaults(func=unset_command)
+
+    c = sub.add_parser(
+        "check", help="do flags still name the images they were set on?", description=check_command.__doc__
+    )
+    _run_options(c, common)
+    c.set_defaults(func=check_command)
+
+    r = sub.add_parser(
+        "rebind", help="move flags to where their images are now", description=rebind_command.__doc__
+    )
+    _run_options(r, common)
+    r.add_argument("--author", help="who moved them (default: $SPRAY_AUTHOR or the OS user)")
+    r.set_defaults(func=rebind_command)
+
+
+def _run_options(p: argparse.ArgumentParser, common: Any) -> None:
+    common(p)
+    p.add_argument("--run", help="the published run folder (default RUNS_DIR/latest)")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from spray.config.correction import CorrectionConfig
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.errors import ConfigError, DataError, SprayError
 from spray.flags import FlagStore
+from spray.flags.content import listed
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class FlagSelection:
         Flagged sample ids (sorted).
     digest : str
         Hash of dataset, status and sorted ids: part of the correction id.
+    content_hashes : dict[str, str]
+        ``sample_id -> content hash`` recorded with each flag (flags set before spray recorded it have none).
     """
 
     db: str
@@ -53,6 +56,7 @@ class FlagSelection:
     cluster_keys: list[str]
     sample_ids: list[str]
     digest: str
+    content_hashes: dict[str, str] = field(default_factory=dict)
 
 
 def _no_db_message(db: Path) -> str:
@@ -112,7 +116,37 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         cluster_keys=sorted({str(r.cluster_key) for r in rows if r.cluster_key}),
         sample_ids=ids,
         digest=hashlib.sha256(payload).hexdigest(),
+        content_hashes={str(r.sample_id): r.content_hash for r in rows if r.content_hash},
     )
+
+
+def check_flag_content(samples: SampleSet, flags: FlagSelection, runs_dir: Path) -> None:
+    """Refuse flags whose sample ids now name other content than the images that were flagged.
+
+    Raises
+    ------
+    DataError
+        Some flagged ids hold other bytes now (IDX records removed or reordered, a file replaced): the
+        correction would fit its direction on images nobody flagged.
+    """
+    ids = [s for s in flags.sample_ids if s in flags.content_hashes]
+    found = samples.rows_of(ids)
+    present = [s for s in ids if s not in set(found.missing)]
+    now = samples.content_hashes(found.rows)
+    changed = [s for s, h in zip(present, now, strict=True) if h != flags.content_hashes[s]]
+    if len(ids) < len(flags.sample_ids):
+        log.info(
+            "%d flags were set before flags recorded their content: not checked",
+            len(flags.sample_ids) - len(ids),
+        )
+    if changed:
+        raise DataError(
+            f"{len(changed)} of the {len(flags.sample_ids)} flagged sample ids of {flags.dataset!r} now name other "
+            f"content than the images that were flagged ({listed(changed)}): IDX records removed or reordered, "
+            "or files replaced. A correction would treat other images as the artifact group. Audit the current "
+            f"data (spray audit), then `spray flags check --runs-dir {runs_dir}` says where each flagged image "
+            f"is now and `spray flags rebind --runs-dir {runs_dir}` moves the flags with them."
+        )
 
 
 @dataclass

@@ -21,7 +21,13 @@ from torch import nn
 from spray.attribution import resolve_device
 from spray.config import AuditConfig
 from spray.correct.activations import resolve_layer
-from spray.correct.groups import ArtifactGroup, FlagSelection, artifact_group, read_flags
+from spray.correct.groups import (
+    ArtifactGroup,
+    FlagSelection,
+    artifact_group,
+    check_flag_content,
+    read_flags,
+)
 from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
@@ -163,6 +169,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     dev = resolve_device(device or cfg.batch.device)
     model = build_model(cfg.model).to(dev).eval()
     samples.match_model(model)
+    check_flag_content(samples, flags, runs_dir)
     example = samples.inputs(np.arange(min(2, len(samples)))).to(dev)
     cfg.check_class_count(
         len(samples.class_names), check_model_output(model, example, len(samples.class_names))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spray.config import DataConfig
-from spray.data import AuditDataset, build_dataset
+from spray.data import AuditDataset, build_dataset, content_hash
 from spray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,16 @@ class SampleSet:
         found = [row[s] for s in sample_ids if s in row]
         missing = [s for s in sample_ids if s not in row]
         return RowLookup(np.asarray(found, dtype=np.int64), missing)
+
+    def content_hashes(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The content hash of each of ``rows`` as the audit's batch stage computes it: of the file's (or
+        IDX record's) bytes, else of the model input (factory datasets; call :meth:`match_model` first)."""
+        ds = self.dataset
+        out = []
+        for r in rows:
+            raw = ds.raw_reader(int(r)) if ds.raw_reader is not None else None
+            out.append(content_hash(raw if raw is not None else ds.load_input(int(r)).numpy().tobytes()))
+        return out
 
     def inputs(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """``(n, C, H, W)`` model inputs of ``rows``.

@@ -38,7 +38,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from spray.export.source import ExportSource, open_source, staged_output
-from spray.flags import Flag, FlagStore, default_db_path
+from spray.flags import Flag, FlagStore, bind_flags, default_db_path
+from spray.flags.content import describe
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,15 @@ def _flags(src: ExportSource, flags_db: Path | None) -> dict[str, Flag]:
         if flags_db is not None:
             log.warning("no flag database at %s: the export has no flags", db)
         return {}
-    return {f.sample_id: f for f in FlagStore(db, read_only=True).current(src.dataset)}
+    flags = FlagStore(db, read_only=True).current(src.dataset)
+    hashes = src.reader.content_hashes()
+    if hashes is None:
+        return {f.sample_id: f for f in flags}
+    binding = bind_flags(flags, hashes)
+    if binding.wrong:
+        # A flag whose id names another image in this run would tag the wrong sample: left out, said aloud.
+        log.warning("flags left out of the export: %s", describe(binding, str(src.path)))
+    return {f.sample_id: f for f in binding.bound}
 
 
 def _grey(heat: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ change detector between runs.
 - :mod:`spray.runs.identity` hashes what a run and a cache directory depend on;
 - :mod:`spray.runs.cache` holds the per-sample LRP results and the paste test's predictions;
 - :mod:`spray.runs.writer` writes a run, :mod:`spray.runs.reader` (with :mod:`spray.runs.summary`) reads
-  it, :mod:`spray.runs.publish` publishes, finds and prunes runs;
+  it, :mod:`spray.runs.keys` parses its cluster keys, :mod:`spray.runs.publish` publishes, finds and
+  prunes runs;
 - :mod:`spray.runs.changes` says what changed since a previous run.
 
 ``docs/run_layout.md`` documents the files.

@@ -28,7 +28,8 @@ from pathlib import Path
 # 3: concepts.npy (concept relevance per sample) and summary extra.concept_layer.
 # 4: concept-space findings: findings[].space and .channels, "<c>/concept/k<k>/c<id>" keys, the class
 # files' concept_labels_k<k>, concept_maps.npz (concept-conditional heatmaps of their members).
-LAYOUT_VERSION = 4
+# 5: samples.parquet's content_hash (flags record it, spray.flags.content compares it with later runs).
+LAYOUT_VERSION = 5
 
 # The runs directory
 LOCK = ".lock"

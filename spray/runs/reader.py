@@ -35,6 +35,8 @@ from spray.records import (
     SpectralResult,
 )
 from spray.runs.errors import RunReadError
+from spray.runs.keys import key_space as key_space
+from spray.runs.keys import parse_cluster_key as parse_cluster_key
 from spray.runs.layout import CORRECTION_DIRECTION, RunFiles
 from spray.runs.summary import FindingSummary, RunSummary, parse_changes, parse_summary
 
@@ -48,34 +50,6 @@ CLASS_ARRAYS = (
     "cluster_keys",
     "mean_heatmaps",
 )
-
-
-def parse_cluster_key(key: str) -> tuple[int, int, int]:
-    """``"6/k5/c4"`` → ``(6, 5, 4)``: class index, k, cluster id (also of a concept-space key
-    ``"6/concept/k5/c4"``: :func:`key_space` tells the two apart).
-
-    Raises
-    ------
-    ValueError
-        ``key`` is not of that form.
-    """
-    try:
-        parts = key.split("/")
-        if len(parts) == 4 and parts[1] == "concept":
-            parts = [parts[0], parts[2], parts[3]]
-        c, k, cid = parts
-        if not (k.startswith("k") and cid.startswith("c")):
-            raise ValueError
-        return int(c), int(k[1:]), int(cid[1:])
-    except ValueError:
-        raise ValueError(
-            f"not a cluster key: {key!r} (expected '<class>/k<k>/c<cluster>' or '<class>/concept/k<k>/c<cluster>')"
-        ) from None
-
-
-def key_space(key: str) -> str:
-    """``"concept"`` for a key of the concept labellings (``"6/concept/k5/c4"``), else ``"pixel"``."""
-    return "concept" if key.count("/") == 3 and key.split("/")[1] == "concept" else "pixel"
 
 
 @dataclass(frozen=True)
@@ -239,6 +213,22 @@ class RunReader:
             raise RunReadError(f, f"damaged or truncated ({type(err).__name__}: {err})") from None
         table = table.drop(columns=[c for c in ("row", "cluster", "x", "y") if c in table])
         return table.set_index("sample_id", drop=False).rename_axis(None)
+
+    def content_hashes(self) -> dict[str, str] | None:
+        """``sample_id -> content hash`` of every sample (layout 5), or None for an older run."""
+        import pandas as pd
+
+        f = self.files.samples
+        try:
+            table = pd.read_parquet(f, columns=["sample_id", "content_hash"])
+        except FileNotFoundError:
+            raise RunReadError(f, "missing") from None
+        except Exception:  # pyarrow's own error for a column that is not there (layout < 5), or damage
+            self.sample_ids()  # a damaged file raises here with its reason; an older layout passes
+            return None
+        if table["content_hash"].isna().any():
+            return None
+        return dict(zip(table["sample_id"].astype(str), table["content_hash"].astype(str), strict=True))
 
     def _array(self, f: Path, name: str, *, optional: bool = False) -> np.ndarray | None:
         if optional and not f.exists():

@@ -220,6 +220,8 @@ def samples_table(report: AuditReport, stage: BatchStageResult) -> Any:
         if len(ca.sample_suspicion) == len(rows):  # else 0: a report built without scores (tests)
             score[rows] = ca.sample_suspicion
     confidence = batch.probabilities[np.arange(n), batch.predictions] if n else np.zeros(0)
+    # Every batch stage hashes every sample; a record built without hashes (tests) gets nulls, never a guess.
+    hashes = batch.content_hashes if len(batch.content_hashes) == n else [None] * n
     return pd.DataFrame(
         {
             "sample_id": batch.sample_ids,
@@ -230,6 +232,7 @@ def samples_table(report: AuditReport, stage: BatchStageResult) -> Any:
             "confidence": confidence.astype(np.float32),
             "target": batch.targets.astype(np.int64),
             "score": score,
+            "content_hash": pd.Series(hashes, dtype="string"),
         }
     )
 

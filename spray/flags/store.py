@@ -2,14 +2,20 @@
 
 Flags are keyed by ``(dataset, sample_id)`` — not by run — so a flag set on Monday's run still applies to
 Tuesday's run of the same dataset (the dataset key is ``summary["dataset"]``, see
-:meth:`spray.config.AuditConfig.dataset_key`).
+:meth:`spray.config.AuditConfig.dataset_key`). Each event also records the content hash the sample had in
+the run it was flagged on, so a later run can tell when an id now names other content
+(:mod:`spray.flags.content`).
 
 Schema (format :data:`SCHEMA_VERSION`)::
 
     events    append-only history: one row per sample per action
-              (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author, created_at)
+              (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author,
+              created_at, content_hash)
               status is one of STATUSES, or "unflag"
     current   view: the latest event of every (dataset, sample_id) whose status is not "unflag"
+
+A schema 1 database (no ``content_hash``) is upgraded in place the first time it is opened for writing
+(one added column, the view rebuilt; no row changes); read-only it is read as it is.
 
 History is never rewritten: unflagging appends an ``unflag`` event. The current state is derived from the
 history, so two sessions flagging at the same time cannot leave the two tables disagreeing; SQLite's WAL
@@ -22,56 +28,33 @@ while a writer holds it.
 A damaged, truncated or foreign database is never repaired or replaced here (the flags are the auditor's
 work): every SQLite failure becomes a :class:`~spray.errors.DataError` that names the file and the fix,
 and a lock held past the timeout a :class:`~spray.errors.LockedError`.
-
-Command line::
-
-    spray flags export --db runs/flags.sqlite --format csv --status unlearn -o unlearn.csv
-    spray flags list --db runs/flags.sqlite
 """
 
 from __future__ import annotations
 
 import getpass
-import io
-import json
 import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from spray.errors import ConfigError, DataError, LockedError, SprayError
+from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
+from spray.flags.table import EXPORT_COLUMNS, frame_to_bytes
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spray.flags")
 
-SCHEMA_VERSION = 1
-STATUSES = ("unlearn", "investigate", "ok")
-UNFLAG = "unflag"
-EXPORT_FORMATS = ("csv", "json", "parquet")
+SCHEMA_VERSION = 2
 DEFAULT_DB_NAME = "flags.sqlite"
-EXPORT_COLUMNS = [
-    "dataset",
-    "sample_id",
-    "status",
-    "note",
-    "run_id",
-    "cluster_key",
-    "source",
-    "author",
-    "flagged_at",
-]
-MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
-# A spreadsheet evaluates a cell that starts with one of these as a formula (=HYPERLINK(...) sends data
-# anywhere); OWASP's list plus the line feed.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,85 +67,25 @@ CREATE TABLE IF NOT EXISTS events (
     cluster_key TEXT,
     source      TEXT,
     author      TEXT,
-    created_at  TEXT NOT NULL
+    created_at  TEXT NOT NULL,
+    content_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS events_sample ON events (dataset, sample_id, id);
 CREATE INDEX IF NOT EXISTS events_action ON events (action_id);
+"""
+_VIEW = """
 CREATE VIEW IF NOT EXISTS current AS
     SELECT e.dataset, e.sample_id, e.status, e.note, e.run_id, e.cluster_key, e.source, e.author,
-           e.created_at AS flagged_at, e.action_id, e.id AS event_id
+           e.created_at AS flagged_at, e.action_id, e.id AS event_id, e.content_hash
     FROM events e
     WHERE e.id = (SELECT MAX(id) FROM events x WHERE x.dataset = e.dataset AND x.sample_id = e.sample_id)
       AND e.status != 'unflag';
 """
-
-
-@dataclass(frozen=True)
-class FlagEvent:
-    """One row of the history: one sample in one flag / unflag action."""
-
-    id: int
-    action_id: str
-    dataset: str
-    sample_id: str
-    status: str
-    note: str
-    run_id: str | None
-    cluster_key: str | None
-    source: str | None
-    author: str | None
-    created_at: str
-
-
-@dataclass(frozen=True)
-class Flag:
-    """The current flag of one sample (its latest event, unless that was an unflag)."""
-
-    dataset: str
-    sample_id: str
-    status: str
-    note: str
-    run_id: str | None
-    cluster_key: str | None
-    source: str | None
-    author: str | None
-    flagged_at: str
-    action_id: str
-    event_id: int
-
-
-@dataclass(frozen=True)
-class FlagAction:
-    """One flag / unflag click: the history grouped by action."""
-
-    action_id: str
-    dataset: str
-    status: str
-    note: str
-    run_id: str | None
-    cluster_key: str | None
-    source: str | None
-    author: str | None
-    created_at: str
-    n_samples: int
-
-
-class FlagConflict(SprayError):
-    """Another decision on some of the samples came in after the writer's ``since`` (nothing was written).
-
-    Attributes
-    ----------
-    events : list[FlagEvent]
-        The newer events on those samples, newest first.
-    """
-
-    def __init__(self, events: list[FlagEvent]) -> None:
-        self.events = events
-        who = sorted({e.author or "unknown" for e in events})
-        super().__init__(
-            f"{len({e.sample_id for e in events})} of these samples got another decision meanwhile "
-            f"(by {', '.join(who)}); nothing was written. Look at their history and apply again to override."
-        )
+_SCHEMA = _TABLES + _VIEW
+_INSERT = (
+    "INSERT INTO events (action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author, "
+    "created_at, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def default_db_path(runs_dir: str | Path) -> Path:
@@ -183,6 +106,10 @@ def default_author() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _event_columns(con: sqlite3.Connection) -> set[str]:
+    return {str(r[1]) for r in con.execute("PRAGMA table_info(events)")}
 
 
 def _record(cls: type, row: sqlite3.Row) -> Any:
@@ -293,6 +220,8 @@ class FlagStore:
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
             }
             if {"events", "current"} <= names:
+                if create and "content_hash" not in _event_columns(con):
+                    self._upgrade(con)
                 return
             if names - {"meta", "sqlite_sequence"} or not create:
                 raise DataError(
@@ -307,6 +236,28 @@ class FlagStore:
                 + f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
                 + "COMMIT;"
             )
+
+    def _upgrade(self, con: sqlite3.Connection) -> None:
+        """Schema 1 → 2: add ``content_hash`` (NULL for the old events) and rebuild the view that shows it."""
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if "content_hash" not in _event_columns(con):  # another writer may have upgraded meanwhile
+                con.execute("ALTER TABLE events ADD COLUMN content_hash TEXT")
+                con.execute("DROP VIEW IF EXISTS current")
+                con.execute(_VIEW)
+                con.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info(
+            "flags: upgraded %s to schema %d (flags now record the content they were set on)",
+            self.path,
+            SCHEMA_VERSION,
+        )
 
     def check(self) -> None:
         """Read every page once (``PRAGMA quick_check``): a truncated or damaged file fails here, loudly.
@@ -335,6 +286,7 @@ class FlagStore:
         source: str | None,
         author: str | None,
         since: int | None,
+        content_hashes: Mapping[str, str] | None = None,
     ) -> str:
         if self.read_only:
             raise DataError(f"The flag database {self.path} is open read-only: nothing can be flagged.")
@@ -345,7 +297,11 @@ class FlagStore:
         if not ids:
             return action
         t = _now()
-        rows = [(action, dataset, s, status, note or "", run_id, cluster_key, source, author, t) for s in ids]
+        hashes = content_hashes or {}
+        rows = [
+            (action, dataset, s, status, note or "", run_id, cluster_key, source, author, t, hashes.get(s))
+            for s in ids
+        ]
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
@@ -361,11 +317,7 @@ class FlagStore:
                     ]
                     if newer:
                         raise FlagConflict(newer)
-                con.executemany(
-                    "INSERT INTO events (action_id, dataset, sample_id, status, note, run_id, cluster_key, "
-                    "source, author, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                con.executemany(_INSERT, rows)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -386,6 +338,7 @@ class FlagStore:
         source: str | None = None,
         author: str | None = None,
         since: int | None = None,
+        content_hashes: Mapping[str, str] | None = None,
     ) -> str:
         """Set the status of samples (one transaction, one history event per sample).
 
@@ -404,6 +357,9 @@ class FlagStore:
         since : int, optional
             The newest event id the author had seen (:meth:`last_event_id`); when any of these samples got
             an event after it, nothing is written and :class:`FlagConflict` is raised.
+        content_hashes : mapping of str to str, optional
+            ``sample_id -> content hash`` in the run flagged from (``RunReader.content_hashes()``); recorded
+            with each event so that a later run can tell when an id names other content.
 
         Returns
         -------
@@ -422,7 +378,72 @@ class FlagStore:
             source=source,
             author=author,
             since=since,
+            content_hashes=content_hashes,
         )
+
+    def move(
+        self, dataset: str, moves: Sequence[tuple[Flag, str]], *, run_id: str | None, author: str | None
+    ) -> str:
+        """Move flags to the ids their content is under now, in one action (``spray flags rebind``).
+
+        Each old id is unflagged (unless another flag moves onto it), then each flag is set again on its
+        new id with its status, note, finding and content hash; the history says where it came from.
+
+        Parameters
+        ----------
+        dataset : str
+            Dataset key.
+        moves : sequence of (Flag, str)
+            A current flag and the sample id its content is under now.
+        run_id, author : str, optional
+            The run the new ids come from, and who moved them.
+
+        Returns
+        -------
+        str
+            The action id.
+        """
+        if self.read_only:
+            raise DataError(f"The flag database {self.path} is open read-only: no flag can be moved.")
+        action, t = uuid.uuid4().hex, _now()
+        targets = {new for _, new in moves}
+        src = "spray flags rebind"
+        rows: list[tuple[Any, ...]] = [
+            (action, dataset, f.sample_id, UNFLAG, f"moved to {new}", run_id, None, src, author, t, None)
+            for f, new in moves
+            if f.sample_id not in targets
+        ]
+        rows += [
+            (
+                action,
+                dataset,
+                new,
+                f.status,
+                f.note,
+                run_id,
+                f.cluster_key,
+                f"{src} (from {f.sample_id})",
+                author,
+                t,
+                f.content_hash,
+            )
+            for f, new in moves
+        ]
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany(_INSERT, rows)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        log.info(
+            "flags: moved %d flags of %s to their content's new ids (action %s)",
+            len(moves),
+            dataset,
+            action[:8],
+        )
+        return action
 
     def unflag(
         self,
@@ -531,41 +552,3 @@ class FlagStore:
     def export_bytes(self, fmt: str, dataset: str | None = None, status: str | None = "unlearn") -> bytes:
         """Current flags serialised as ``csv``, ``json`` (a list of objects) or ``parquet``."""
         return frame_to_bytes(self.export_frame(dataset, status), fmt)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def neutralise_formula(value: Any) -> Any:
-    """Prefix ``'`` to a text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``@SUM``).
-
-    Plain numbers such as ``-3`` stay as they are; anything else starting with one of
-    :data:`FORMULA_PREFIXES` becomes ``'=...`` (shown as text by Excel, LibreOffice and Google Sheets).
-    """
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) and not _is_number(value):
-        return "'" + value
-    return value
-
-
-def frame_to_bytes(frame: Any, fmt: str) -> bytes:
-    """Serialise an export table (see :meth:`FlagStore.export_frame`).
-
-    CSV is for spreadsheets: text cells that would run as formulas are neutralised
-    (:func:`neutralise_formula`). JSON and Parquet keep every value exactly.
-    """
-    if fmt == "csv":
-        safe = frame.astype(object).map(neutralise_formula) if len(frame) else frame
-        return safe.to_csv(index=False).encode()
-    if fmt == "json":
-        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-        return (json.dumps(records, indent=1) + "\n").encode()
-    if fmt == "parquet":
-        buf = io.BytesIO()
-        frame.astype({c: "string" for c in frame.columns}).to_parquet(buf, index=False)
-        return buf.getvalue()
-    raise ValueError(f"format must be one of {EXPORT_FORMATS}, not {fmt!r}")

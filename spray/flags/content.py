@@ -1,0 +1,150 @@
+"""Whether a flag still names the content it was set on.
+
+A flag is keyed by sample id, and an id is not always bound to content: an IDX record's id is its
+position, so removing a record moves every later id onto another image, and a file replaced in place keeps
+its path. Each flag records the content hash its sample had in the run it was set on; this module compares
+those hashes with another run's (``samples.parquet``'s ``content_hash``) and sorts every flag into
+
+- **bound**: same content, or nothing to compare (a flag or a run from before content hashes were kept);
+- **moved**: the id names other content or is gone, and the flagged content is in the run under exactly one
+  other id (``spray flags rebind`` moves the flag there);
+- **replaced**: the id names other content and the flagged content is nowhere (or under several ids);
+- **gone**: the id and its content are both absent from the run (a deleted file: nothing is wrong).
+
+Moved and replaced flags would otherwise act on the wrong image (``spray correct``, exports), silently.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from spray.flags.records import Flag
+
+# How many ids a message lists before "and N more".
+SHOWN_IDS = 5
+
+
+@dataclass(frozen=True)
+class ChangedFlag:
+    """A flag whose sample id does not name the flagged content in the run.
+
+    Attributes
+    ----------
+    flag : Flag
+        The current flag.
+    run_hash : str or None
+        The id's content hash in the run; None when the id is not in the run.
+    found_at : list[str]
+        Ids of the run that hold the flagged content (sorted; empty when it is nowhere).
+    """
+
+    flag: Flag
+    run_hash: str | None
+    found_at: list[str]
+
+    @property
+    def kind(self) -> str:
+        """``"moved"`` (the content is under exactly one other id), ``"replaced"`` or ``"gone"``."""
+        if len(self.found_at) == 1:
+            return "moved"
+        return "gone" if self.run_hash is None and not self.found_at else "replaced"
+
+
+@dataclass(frozen=True)
+class FlagBinding:
+    """The current flags of a dataset checked against one run's content.
+
+    Attributes
+    ----------
+    bound : list[Flag]
+        Flags whose id names the same content (or could not be checked, see ``unchecked``).
+    changed : list[ChangedFlag]
+        Flags whose id names other content or is gone (see :attr:`ChangedFlag.kind`).
+    unchecked : int
+        Bound flags without a recorded hash (set before flags recorded content, or from an older run).
+    """
+
+    bound: list[Flag] = field(default_factory=list)
+    changed: list[ChangedFlag] = field(default_factory=list)
+    unchecked: int = 0
+
+    def of_kind(self, *kinds: str) -> list[ChangedFlag]:
+        """The changed flags of the given kinds, in flag order."""
+        return [c for c in self.changed if c.kind in kinds]
+
+    @property
+    def wrong(self) -> list[ChangedFlag]:
+        """Flags that would act on other content than was flagged: moved and replaced."""
+        return self.of_kind("moved", "replaced")
+
+
+def bind_flags(flags: Sequence[Flag], run_hashes: Mapping[str, str]) -> FlagBinding:
+    """Sort ``flags`` by whether their ids still name the flagged content in a run.
+
+    Parameters
+    ----------
+    flags : sequence of Flag
+        Current flags of one dataset (:meth:`FlagStore.current`).
+    run_hashes : mapping of str to str
+        ``sample_id -> content hash`` of every sample of the run (``RunReader.content_hashes()``).
+
+    Returns
+    -------
+    FlagBinding
+    """
+    ids_of: dict[str, list[str]] = defaultdict(list)
+    for sample_id, h in run_hashes.items():
+        ids_of[h].append(sample_id)
+    bound: list[Flag] = []
+    changed: list[ChangedFlag] = []
+    unchecked = 0
+    for f in flags:
+        now = run_hashes.get(f.sample_id)
+        if f.content_hash is None:
+            bound.append(f)
+            unchecked += 1
+        elif now == f.content_hash:
+            bound.append(f)
+        else:
+            found = sorted(i for i in ids_of.get(f.content_hash, []) if i != f.sample_id)
+            changed.append(ChangedFlag(f, now, found))
+    return FlagBinding(bound, changed, unchecked)
+
+
+def listed(ids: Sequence[str]) -> str:
+    """``a, b, c`` with at most :data:`SHOWN_IDS` ids, then ``and N more``."""
+    head = ", ".join(ids[:SHOWN_IDS])
+    return head + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
+
+
+def describe(binding: FlagBinding, run: str) -> str:
+    """One paragraph on the moved and replaced flags and what to do (empty when there are none).
+
+    Parameters
+    ----------
+    binding : FlagBinding
+        The checked flags.
+    run : str
+        The run folder the flags were checked against (used in the commands suggested).
+    """
+    moved, replaced = binding.of_kind("moved"), binding.of_kind("replaced")
+    if not moved and not replaced:
+        return ""
+    parts = []
+    if moved:
+        pairs = [f"{c.flag.sample_id} → {c.found_at[0]}" for c in moved]
+        parts.append(
+            f"{len(moved)} flagged images are now under another sample id ({listed(pairs)}): "
+            f"`spray flags rebind --run {run}` moves their flags with them."
+        )
+    if replaced:
+        ids = [c.flag.sample_id for c in replaced]
+        parts.append(
+            f"{len(replaced)} flagged sample ids now name other content (replaced or changed files, or a "
+            f"changed factory transform: {listed(ids)}): look at them in the dashboard, then keep each flag "
+            f"on the new content with `spray flags set --run {run} --sample-ids ID --status STATUS` or drop "
+            f"it with `spray flags unset --run {run} --sample-ids ID`."
+        )
+    return " ".join(parts)

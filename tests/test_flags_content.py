@@ -1,0 +1,138 @@
+"""Flags bound to content: a flag records its sample's content hash, and a later run tells when the id
+names another image (IDX records removed, a file replaced) instead of acting on it silently."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spray.cli import main
+from spray.data import write_idx
+from spray.flags import Flag, FlagStore, bind_flags
+from spray.flags.content import describe
+from spray.runs.reader import RunReader
+from tests.faults.cli import assert_clean_failure, run_main
+from tests.test_correct_world import DATASET, World, build_world
+
+
+def _flag(sample_id: str, content_hash: str | None) -> Flag:
+    return Flag(DATASET, sample_id, "unlearn", "", None, None, None, None, "t", "a", 1, content_hash)
+
+
+def test_bind_flags_sorts_each_kind() -> None:
+    run = {"0": "h-b", "1": "h-c", "2": "h-x", "3": "h-d", "4": "h-d"}
+    flags = [
+        _flag("1", "h-c"),  # same content
+        _flag("0", "h-a"),  # now other content; h-a nowhere → replaced
+        _flag("2", "h-b"),  # its image is now under "0" → moved
+        _flag("9", "h-c"),  # the id is gone, its image is under "1" → moved
+        _flag("8", "h-z"),  # gone with its content (a deleted file): not wrong
+        _flag("7", "h-d"),  # gone, content under two ids: ambiguous → replaced
+        _flag("3", None),  # set before flags recorded content
+    ]
+    b = bind_flags(flags, run)
+    assert [f.sample_id for f in b.bound] == ["1", "3"] and b.unchecked == 1
+    kinds = {c.flag.sample_id: c.kind for c in b.changed}
+    assert kinds == {"0": "replaced", "2": "moved", "9": "moved", "8": "gone", "7": "replaced"}
+    assert {c.flag.sample_id: c.found_at for c in b.of_kind("moved")} == {"2": ["0"], "9": ["1"]}
+    assert sorted(c.flag.sample_id for c in b.wrong) == ["0", "2", "7", "9"]
+    text = describe(b, "runs/latest")
+    assert "2 → 0" in text and "spray flags rebind --run runs/latest" in text and "spray flags unset" in text
+    assert describe(bind_flags(flags[:1], run), "r") == ""
+
+
+def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -> None:
+    db = tmp_path / "flags.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, action_id TEXT NOT NULL,
+            dataset TEXT NOT NULL, sample_id TEXT NOT NULL, status TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+            run_id TEXT, cluster_key TEXT, source TEXT, author TEXT, created_at TEXT NOT NULL);
+        CREATE VIEW current AS SELECT e.dataset, e.sample_id, e.status, e.note, e.run_id, e.cluster_key,
+            e.source, e.author, e.created_at AS flagged_at, e.action_id, e.id AS event_id FROM events e
+            WHERE e.id = (SELECT MAX(id) FROM events x WHERE x.dataset = e.dataset AND x.sample_id = e.sample_id)
+              AND e.status != 'unflag';
+        INSERT INTO meta VALUES ('schema_version', '1');
+        INSERT INTO events (action_id, dataset, sample_id, status, note, created_at)
+            VALUES ('a1', 'ds', '17', 'unlearn', 'old note', '2026-11-01T00:00:00Z');
+        """
+    )
+    con.close()
+    # read-only: read as it is, never changed
+    (old,) = FlagStore(db, read_only=True).current("ds")
+    assert (old.sample_id, old.note, old.content_hash) == ("17", "old note", None)
+    assert "content_hash" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(events)")}
+    # writable: one column added, the flag kept, new flags record their content
+    store = FlagStore(db)
+    store.flag("ds", ["18"], "investigate", content_hashes={"18": "h18"})
+    got = {f.sample_id: (f.status, f.note, f.content_hash) for f in store.current("ds")}
+    assert got == {"17": ("unlearn", "old note", None), "18": ("investigate", "", "h18")}
+    assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+        "2",
+    )
+    assert "content_hash" in store.export_frame("ds", status=None).columns
+
+
+@pytest.fixture(scope="module")
+def flagged(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A tiny IDX world, audited, its planted samples flagged with `spray flags set`."""
+    world = build_world(tmp_path_factory.mktemp("content"), flag=False)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    ids = ",".join(str(i) for i in np.flatnonzero(world.planted))
+    assert main(["flags", "set", "--runs-dir", str(world.runs_dir), "--sample-ids", ids]) == 0
+    return world
+
+
+def _audit_again(world: World, images: np.ndarray, labels: np.ndarray) -> None:
+    write_idx(world.root / "images.idx", images)
+    write_idx(world.root / "labels.idx", labels.astype(np.uint8))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+
+
+def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
+    flagged: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, runs = flagged, str(flagged.runs_dir)
+    planted = np.flatnonzero(world.planted)
+    flags = FlagStore(world.flags_db).current(DATASET)
+    reader = RunReader.open(world.runs_dir / "latest")
+    assert {f.content_hash for f in flags} <= set((reader.content_hashes() or {}).values())
+    assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0
+    # Remove the first record (unflagged): every later id now names the image one record further on.
+    assert planted.min() > 0
+    capsys.readouterr()
+    _audit_again(world, world.images[1:], world.labels[1:])
+    assert "flagged images are now under another sample id" in capsys.readouterr().err  # the audit warns
+    res = run_main(["flags", "check", "--runs-dir", runs], capsys)
+    assert res.code == 1 and f"{len(planted)} moved to another id" in res.output
+    # spray correct refuses to treat the images now under the flagged ids as the artifact group
+    res = run_main(["correct", "--config", str(world.config), "--method", "pclarc"], capsys)
+    assert_clean_failure(res, 1, "now name other content", "spray flags rebind")
+    res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)
+    assert res.code == 0 and f"moved {len(planted)} flags" in res.output
+    now = sorted(int(f.sample_id) for f in FlagStore(world.flags_db).current(DATASET, "unlearn"))
+    assert now == sorted(planted - 1)
+    assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0
+
+
+def test_an_image_replaced_in_place_keeps_no_silent_flag(
+    flagged: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, runs = flagged, str(flagged.runs_dir)
+    images = world.images[1:].copy()  # the state the test above left
+    target = int(FlagStore(world.flags_db).current(DATASET, "unlearn")[0].sample_id)
+    images[target] = 255 - images[target]
+    _audit_again(world, images, world.labels[1:])
+    res = run_main(["flags", "check", "--runs-dir", runs], capsys)
+    assert res.code == 1 and "1 on ids that now name other content" in res.output
+    assert f"spray flags unset --run {runs}/latest --sample-ids ID" in res.output
+    # keeping the flag on the new content is a decision, recorded with the new content
+    assert run_main(["flags", "set", "--runs-dir", runs, "--sample-ids", str(target)], capsys).code == 0
+    assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0
+    assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", str(target)], capsys).code == 0
+    assert str(target) not in {f.sample_id for f in FlagStore(world.flags_db).current(DATASET)}
