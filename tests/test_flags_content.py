@@ -113,6 +113,8 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     # spray correct refuses to treat the images now under the flagged ids as the artifact group
     res = run_main(["correct", "--config", str(world.config), "--method", "pclarc"], capsys)
     assert_clean_failure(res, 1, "now name other content", "spray flags rebind")
+    res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(world.root / "unlearn.csv")], capsys)
+    assert res.code == 0 and "the export holds flags on other images" in res.output
     res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)
     assert res.code == 0 and f"moved {len(planted)} flags" in res.output
     now = sorted(int(f.sample_id) for f in FlagStore(world.flags_db).current(DATASET, "unlearn"))

@@ -44,6 +44,8 @@ def export_command(args: argparse.Namespace) -> int:
     # Read-only: never takes the write lock, never creates or changes the database.
     store = FlagStore(db, read_only=True)
     store.check()
+    if args.runs_dir:
+        _warn_changed(store, Path(args.runs_dir) / "latest")
     status = None if args.status == "all" else args.status
     data = store.export_bytes(args.format, dataset=args.dataset, status=status)
     if out is not None:
@@ -58,6 +60,22 @@ def export_command(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     return 0
+
+
+def _warn_changed(store: FlagStore, run: Path) -> None:
+    """Warn when exported flags name other images in the newest run than they were set on."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.reader import RunReader
+
+    try:
+        reader = RunReader.open(run)
+        hashes = reader.content_hashes()
+    except (RunReadError, OSError):  # no run yet, or an unreadable one: the export does not depend on it
+        return
+    if hashes is not None:
+        message = describe(bind_flags(store.current(reader.summary.dataset), hashes), str(run))
+        if message:
+            log.warning("the export holds flags on other images than the newest run's: %s", message)
 
 
 def list_command(args: argparse.Namespace) -> int:
