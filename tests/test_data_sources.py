@@ -331,3 +331,25 @@ def test_a_runs_directory_inside_the_image_folder_is_not_a_class(
     with caplog.at_level(logging.WARNING):
         ds = build_dataset(DataConfig(kind="image_folder", path=root))
     assert ds.class_names == ["cat", "dog"] and "is a spray runs directory" in caplog.text
+
+
+def test_a_factory_dataset_with_random_augmentation_is_refused(tmp_path: Path) -> None:
+    """A training dataset passed as it is (RandomCrop, flips): each read is another view, so the heatmap,
+    the paste test and the thumbnail would disagree and every run would see other content."""
+    (tmp_path / "augmented_data.py").write_text(
+        "import torch\n"
+        "class D:\n"
+        "    targets = [0, 1] * 4\n"
+        "    def __len__(self): return 8\n"
+        "    def __getitem__(self, i): return torch.rand(3, 6, 6), self.targets[i]\n"
+        "class Fixed(D):\n"
+        "    def __getitem__(self, i): return torch.full((3, 6, 6), i / 8), self.targets[i]\n"
+        "def build(): return D()\n"
+        "def fixed(): return Fixed()\n"
+    )
+    raw = {"model": {"architecture": "resnet18", "num_classes": 2}, "data": {"kind": "factory"}}
+    raw["data"]["factory"] = "augmented_data:build"
+    with pytest.raises(DataError, match=r"item 0 .* different image each time.*random augmentation"):
+        build_dataset(config_from_dict(raw, base_dir=tmp_path).data)
+    raw["data"]["factory"] = "augmented_data:fixed"
+    assert len(build_dataset(config_from_dict(raw, base_dir=tmp_path).data)) == 8

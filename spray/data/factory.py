@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 PROBE_ITEMS = 8
 #: Values this far outside [0, 1] mean the dataset normalises its images itself.
 NORMALISED_MARGIN = 0.5
+#: Items read twice at build time to catch random augmentation.
+REREAD_ITEMS = 3
 
 
 def _image_of(item: Any, has_targets: bool) -> Any:
@@ -137,6 +139,8 @@ def _probe(
             raise
         except Exception:  # a bad item is reported when it is loaded, not here
             continue
+        if len(sizes) < REREAD_ITEMS:
+            _check_same_twice(base, i, t, has_targets, decode)
         channels.append(source_channels(img.mode) if isinstance(img, Image.Image) else int(t.shape[0]))
         sizes.append((int(t.shape[-2]), int(t.shape[-1])))
         if t.numel() and not isinstance(img, Image.Image):
@@ -159,6 +163,25 @@ def _probe(
             hi,
         )
     return (max((1, 3), key=channels.count) if channels else None), sizes
+
+
+def _check_same_twice(
+    base: Any, i: int, first: torch.Tensor, has_targets: bool, decode: DecodeOptions
+) -> None:
+    """Refuse a dataset that gives another image each time an item is read (random augmentation): the
+    heatmap, the paste test and the thumbnail would each see another view, and every run other content."""
+    try:
+        again = _to_tensor(_image_of(base[i], has_targets), decode)
+    except Exception:  # an item that fails the second time is reported when it is loaded
+        return
+    if again.shape != first.shape or not torch.equal(torch.nan_to_num(again), torch.nan_to_num(first)):
+        raise DataError(
+            f"data.factory: item {i} of the dataset is a different image each time it is read (shapes "
+            f"{tuple(first.shape)} and {tuple(again.shape)}): the dataset applies random augmentation "
+            "(RandomCrop, RandomHorizontalFlip, ColorJitter, ...). spray audits what the model sees at test "
+            "time, and every read must give the same image: build the dataset with its evaluation transform "
+            "(or none; put resizing and mean/std in data.transform)."
+        )
 
 
 def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
