@@ -127,8 +127,9 @@ def test_grey_folder_follows_a_three_channel_model(tmp_path: Path) -> None:
     assert x is not None and x.shape == (3, 12, 12)
     colour = make_image_folder(tmp_path / "rgb", n_per_class=1)
     ds = build_dataset(DataConfig(kind="image_folder", path=colour))
-    ds.match_model(nn.Sequential(nn.Conv2d(1, 4, 3)))  # colour is not made grey: the model's check says so
-    assert ds.channels == 3
+    ds.match_model(nn.Sequential(nn.Conv2d(1, 4, 3)))  # a grey model: colour is refused per image by default
+    assert ds.channels == 1
+    assert "data.transform.colour_to_grey: luma" in ds[0].reason  # type: ignore[union-attr]
 
 
 def test_thumbnails_are_sized_from_the_input_and_grey_stays_grey(tmp_path: Path) -> None:
