@@ -98,7 +98,7 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
 
     p = Path(spec).expanduser()
     if p.is_dir():
-        listing = list_image_folder(p)
+        listing = list_image_folder(p, "--data")
         if not listing.sample_ids:
             raise DataError(f"--data {spec!r}: no image files below its class folders {listing.classes[:8]}.")
         channels, sizes = _probe(p, listing.sample_ids)
@@ -340,6 +340,8 @@ def scaffold_config(
     ------
     ConfigError
         When ``output`` exists (without ``force``) or an argument names nothing usable.
+    DataError
+        When the data cannot be labelled (no class folders, or a single one without ``num_classes``).
     """
     if output.exists() and not force:
         raise ConfigError(
@@ -347,9 +349,16 @@ def scaffold_config(
         )
     config_dir = output.resolve().parent
     data = inspect_data(data_spec, config_dir, labels=labels)
+    _one_class_folder(data_spec, data, num_classes)
     k = num_classes or (len(data.classes) or None)
     channels = None if not data.sizes else 1 if data.grey else 3
     model = inspect_model(model_spec, k, config_dir, channels) if model_spec else None
+    if model is not None and "architecture" in model.section and k == 1:
+        raise ConfigError(
+            f"--model {model_spec!r}: a torchvision architecture needs model.num_classes of at least 2, and the "
+            "data have 1 class. Give --num-classes with the model's class count, or use a factory (or timm) "
+            "model for a single-output one."
+        )
     if model is not None and model.kind != "factory" and not k:
         raise ConfigError(
             "--num-classes is needed: the number of classes cannot be told from a factory dataset."
@@ -378,6 +387,24 @@ def scaffold_config(
     tmp.write_text(text)
     os.replace(tmp, output)
     return notes
+
+
+def _one_class_folder(data_spec: str, data: DataFacts, num_classes: int | None) -> None:
+    """Refuse an image folder with a single class folder unless ``--num-classes`` says what the model has.
+
+    Raises
+    ------
+    DataError
+        Naming what spray expects: a folder per class of the model.
+    """
+    if data.section.get("kind") == "image_folder" and len(data.classes) == 1 and num_classes is None:
+        raise DataError(
+            f"--data {data_spec!r} has a single class folder ({data.classes[0]!r}). spray audits each class on "
+            "its own and takes an image's label from its class folder's position in name order (as torchvision's "
+            "ImageFolder does), so it needs a folder for every class of the model, named so that their name "
+            "order is the model's label order; the others may be empty (an empty folder keeps its place and "
+            "label). For a model with a single output (one logit), pass --num-classes 1."
+        )
 
 
 def check_config(path: Path, *, with_model: bool = True) -> list[str]:

@@ -90,6 +90,16 @@ class AuditConfig(Section):
         DataError
             An image folder with fewer class folders than the model has outputs (its labels would shift).
         """
+        if self.data.kind == "image_folder" and n_outputs > n_classes == 1:
+            raise DataError(
+                f"The model has {n_outputs} outputs but data.path has a single class folder. spray audits each "
+                "class on its own and takes an image's label from its class folder's position in name order (as "
+                "torchvision's ImageFolder does; data.class_names only renames), so every image would be "
+                "explained and judged as the model's class 0, whichever class it is. To audit one class, give "
+                "data.path a folder for every class of the model, named so that their name order is the "
+                "model's label order: the others may be empty (an empty folder keeps its place and label, and a "
+                "class without images is not analysed)."
+            )
         if self.data.kind == "image_folder" and n_outputs > n_classes:
             raise DataError(
                 f"The model has {n_outputs} outputs but data.path has {n_classes} class folders. An image "

@@ -7,7 +7,10 @@ the outputs of a model trained on that layout. An empty class folder therefore s
 Files are found recursively; symlinked folders are followed, and a symlink that leads back into one of
 its own parent folders (a loop) or points at nothing is listed in the run's skipped samples instead of
 being followed or silently ignored. Hidden files (``.name``) are ignored; a file whose extension is not
-an image extension is listed as skipped.
+an image extension is listed as skipped, and so is an image lying directly in the root (it has no class).
+A root without class folders is refused with what spray expects. A single class folder is a dataset of
+one class (label 0): it fits a model with one output; for a model with more, its label would be wrong,
+and :meth:`spray.config.AuditConfig.check_class_count` refuses it.
 """
 
 from __future__ import annotations
@@ -96,8 +99,10 @@ def _walk(
             skipped.append(SkippedSample(child, "not a regular file"))
 
 
-def list_image_folder(root: Path) -> FolderListing:
+def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
     """Classes (sorted folder names) and the files below each, with the entries that are not samples.
+
+    ``what`` names the folder in messages (``--data`` for ``spray init``).
 
     Raises
     ------
@@ -107,15 +112,20 @@ def list_image_folder(root: Path) -> FolderListing:
     try:
         folders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     except OSError as err:
-        raise DataError(f"data.path {str(root)!r} cannot be listed: {err.strerror or err}.") from None
+        raise DataError(f"{what} {str(root)!r} cannot be listed: {err.strerror or err}.") from None
     for d in [d for d in folders if _is_runs_dir(d)]:
         # `spray audit` run inside the image folder writes its runs there: they are not a class.
         log.warning("%s is a spray runs directory, not a class folder: left out of the classes", d)
         folders.remove(d)
     classes = sorted(d.name for d in folders)
+    loose = _loose_images(root)
     if not classes:
+        held = f"its {len(loose)} image files lie directly in it" if loose else "it holds no image files"
         raise DataError(
-            f"data.path {str(root)!r} has no class subfolders. Expected root/<class>/<image> (ImageFolder layout)."
+            f"{what} {str(root)!r} has no class subfolders ({held}). spray audits each class on its own and "
+            "takes an image's class from the folder it is in: root/<class>/<image>, torchvision's ImageFolder "
+            "layout, the labels being the folders' positions in name order. Move the images into one folder "
+            f"per class of the model (e.g. root/cat/..., root/dog/...), and make {what} the folder above them."
         )
     if all(c.isdecimal() for c in classes) and classes != sorted(classes, key=int):
         # A model trained with label = int(folder name) would be explained for the wrong classes.
@@ -127,6 +137,12 @@ def list_image_folder(root: Path) -> FolderListing:
             ", ".join(f"{c} → {i}" for i, c in enumerate(classes[:4])),
         )
     listing = FolderListing(classes)
+    listing.skipped += [
+        SkippedSample(
+            name, "image directly in data.path, not in a class folder: move it into its class's folder"
+        )
+        for name in loose
+    ]
     root_stat = os.stat(root)
     for c, cls in enumerate(classes):
         st = os.stat(root / cls)
@@ -152,6 +168,26 @@ def list_image_folder(root: Path) -> FolderListing:
         if n_images == 0:
             listing.empty_classes.append(cls)
     return listing
+
+
+def _loose_images(root: Path) -> list[str]:
+    """Names of the image files directly in ``root`` (an image folder's images belong in class folders)."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [
+        e.name
+        for e in entries
+        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and _is_file(e)
+    ]
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=True)
+    except OSError:
+        return False
 
 
 def _probe(root: Path, sample_ids: list[str]) -> tuple[int | None, list[tuple[int, int]]]:
