@@ -378,6 +378,16 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _normalised_kind(out: torch.Tensor) -> str | None:
+    """``"probabilities"`` or ``"log-probabilities"`` when every row of ``(B, K)`` outputs is one, else None."""
+    x = out.detach().double()
+    if bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4):
+        return "probabilities"
+    if bool((x <= 0).all()) and torch.allclose(torch.logsumexp(x, 1), torch.zeros_like(x[:, 0]), atol=1e-4):
+        return "log-probabilities"
+    return None
+
+
 def check_model_output(
     model: nn.Module, example: torch.Tensor, num_classes: int, empty_classes: list[str] | None = None
 ) -> int:
@@ -421,6 +431,15 @@ def check_model_output(
             "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."
         )
     k = int(out.shape[1])
+    if k >= 2 and (kind := _normalised_kind(out)):
+        raise ModelError(
+            f"The model returns {kind}: every row of its output is a distribution over the {k} classes, so it "
+            "ends in a softmax. spray explains a class's logit; through the softmax each heatmap would explain "
+            "the class against the others, scaled by its probability (near 0 for a confident prediction), and "
+            "the confidences would be a softmax of probabilities. Give the model without its final softmax: a "
+            "model.factory that returns the network up to the logits (e.g. nn.Sequential(*list(net.children())"
+            "[:-1]) for a Sequential ending in nn.Softmax), or model.output naming the logits if it returns both."
+        )
     if k < num_classes:
         empty = f" Classes without samples: {', '.join(empty_classes[:8])} (an empty class folder still counts as " \
             "a class: remove it if the model has no such class)." if empty_classes else ""  # fmt: skip

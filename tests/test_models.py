@@ -201,3 +201,20 @@ def test_a_training_scripts_own_checkpoint_layout(tmp_path: Path) -> None:
     torch.save({"net": m.state_dict(), "ema": m.state_dict()}, tmp_path / "b.pt")
     with pytest.raises(ModelError, match=r"keys \['net', 'ema'\], and several of them hold only weights"):
         build_model(cfg.model_copy(update={"checkpoint": tmp_path / "b.pt"}))
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [(torch.nn.Softmax(dim=1), "probabilities"), (torch.nn.LogSoftmax(dim=1), "log-probabilities")],
+)
+def test_a_model_ending_in_a_softmax_is_refused(head: torch.nn.Module, kind: str) -> None:
+    """LRP explains a logit: through a final softmax every heatmap is a contrast scaled by the probability."""
+    net = small_cnn(num_classes=3).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with pytest.raises(
+        ModelError, match=rf"returns {kind}: every row .*final softmax.*children\(\)\)\[:-1\]"
+    ):
+        check_model_output(torch.nn.Sequential(net, head), x, 3)
+    assert check_model_output(net, x, 3) == 3  # the same network up to its logits
+    # logits that happen to be non-negative are not probabilities
+    assert check_model_output(torch.nn.Sequential(net, torch.nn.ReLU()), x, 3) == 3
