@@ -431,9 +431,9 @@ def check_model_output(
             "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."
         )
     k = int(out.shape[1])
-    if k >= 2 and (kind := _normalised_kind(out)):
+    if k >= 2 and (normalised := _normalised_kind(out)):
         raise ModelError(
-            f"The model returns {kind}: every row of its output is a distribution over the {k} classes, so it "
+            f"The model returns {normalised}: every row of its output is a distribution over the {k} classes, so it "
             "ends in a softmax. spray explains a class's logit; through the softmax each heatmap would explain "
             "the class against the others, scaled by its probability (near 0 for a confident prediction), and "
             "the confidences would be a softmax of probabilities. Give the model without its final softmax: a "
