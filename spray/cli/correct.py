@@ -61,7 +61,72 @@ def _config(args: argparse.Namespace) -> Any:
     if correction.test_data is not None:
         _resolve_test_paths(correction.test_data, base)
     cfg.correction = correction
+    _resolve_cluster_key(cfg)
     return cfg
+
+
+def _resolve_cluster_key(cfg: Any) -> None:
+    """``correction.cluster_key`` as the findings table shows it → the finding's key, as ``spray flags set
+    --finding`` takes it (the same resolver): the key (``6/k3/c2``), the class and cluster columns
+    (``dog/k3/c2``), or the cluster column alone (``k3/c2``) when one class has it.
+
+    A key is taken as it is (the flags hold the key of the run they were set on, which need not be the
+    newest); the other forms are read from the run the flags refer to: ``correction.source_run``, else the
+    newest run of the dataset.
+
+    Raises
+    ------
+    ConfigError
+        No finding, or several, go by that name (the message lists them with their keys), or no run to
+        read the name from.
+    """
+    from spray.cli.flags import _finding_key
+    from spray.errors import ConfigError
+    from spray.runs.keys import parse_cluster_key
+
+    text = cfg.correction.cluster_key
+    if text is None:
+        return
+    try:
+        parse_cluster_key(text)
+        return
+    except ValueError:
+        pass
+    reader, run = _flags_run(cfg, text)
+    try:
+        cfg.correction.cluster_key = _finding_key(reader, text, run)
+    except ConfigError as err:  # the resolver's words, with this command's option
+        raise ConfigError(str(err).replace("--finding ", "--cluster-key ")) from None
+    log.info("--cluster-key %s is finding %s of run %s", text, cfg.correction.cluster_key, run.name)
+
+
+def _flags_run(cfg: Any, text: str) -> tuple[Any, Path]:
+    """``(reader, folder)`` of ``correction.source_run``, else of the newest run of the dataset.
+
+    Raises
+    ------
+    SprayError
+        ``correction.source_run`` names no run (from :func:`~spray.correct.source.find_source_run`).
+    ConfigError
+        No run of the dataset is published.
+    """
+    from spray.correct.source import find_source_run
+    from spray.errors import ConfigError
+    from spray.runs.reader import RunReader, scan_runs
+
+    runs_dir = Path(cfg.output.runs_dir)
+    wanted = cfg.correction.source_run
+    if wanted is not None:
+        run = find_source_run(runs_dir, cfg.dataset_key(), "", wanted).path
+        return RunReader.open(run), run
+    for entry in scan_runs(runs_dir):
+        if entry.reader is not None and entry.reader.summary.dataset == cfg.dataset_key():
+            return entry.reader, entry.path
+    raise ConfigError(
+        f"--cluster-key (correction.cluster_key) {text!r} names a finding by the report's columns, which are read from the audit run "
+        f"the flags were set on, and {runs_dir} has no published run of dataset {cfg.dataset_key()!r}. Give "
+        "the finding's key (e.g. 6/k3/c2), or run `spray audit --config ...` first."
+    )
 
 
 def _resolve_test_paths(data: Any, base: Path) -> None:
@@ -182,7 +247,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=positive_int, help="override correction.epochs")
     p.add_argument("--flags-db", help="flag database (default RUNS_DIR/flags.sqlite)")
     p.add_argument("--class", dest="artifact_class", type=int, help="override correction.artifact_class")
-    p.add_argument("--cluster-key", help="only the flags set from this finding (e.g. 6/k3/c2)")
+    p.add_argument(
+        "--cluster-key",
+        help="only the flags set from this finding: its key (6/k3/c2), or the report's class and cluster "
+        "columns (dog/k3/c2, or k3/c2 when one class has it), as spray flags set --finding takes them",
+    )
     p.add_argument("--source-run", help="the run the flags refer to (run id prefix or folder name)")
     p.add_argument("--no-reaudit", action="store_true", help="skip the re-audit of the corrected model")
     p.add_argument(

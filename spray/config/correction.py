@@ -36,7 +36,10 @@ class CorrectionConfig(Section):
         "unlearn", description="Which flags form the artifact group."
     )
     cluster_key: str | None = Field(
-        None, description="Only the flags set from this finding (e.g. '6/k3/c2'); default: every flag."
+        None,
+        description="Only the flags set from this finding: its key (e.g. '6/k3/c2'), or the report's class "
+        "and cluster columns ('dog/k3/c2', or 'k3/c2' when one class has it), read from correction.source_run "
+        "or the newest run of the dataset; default: every flag.",
     )
     artifact_class: int | None = Field(
         None,

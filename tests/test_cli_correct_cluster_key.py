@@ -1,0 +1,94 @@
+"""``spray correct --cluster-key`` takes a finding as the findings table shows it, as ``spray flags set
+--finding`` does (one resolver): the key, the class and cluster columns, or the cluster column alone when
+one class has it; an unknown or ambiguous name lists the findings with their keys."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spray.cli import main
+from spray.flags import FlagStore
+from spray.records import ClusterFinding
+from spray.report import cluster_label
+from spray.runs.reader import RunReader
+from tests.faults.cli import CliResult, assert_clean_failure, run_main
+from tests.test_correct_world import DATASET, TARGET, World, build_world
+
+NAMES = ["bar", "ring", "wide ring"]
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The tiny world with named classes and a published audit run; no flags yet."""
+    world = build_world(tmp_path_factory.mktemp("clusterkey"), flag=False)
+    raw = yaml.safe_load(world.config.read_text())
+    raw["data"]["class_names"] = NAMES
+    world.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    return world
+
+
+def _findings(world: World) -> list[ClusterFinding]:
+    return RunReader.open(world.runs_dir / "latest").summary.findings
+
+
+def _correct(
+    world: World, capsys: pytest.CaptureFixture[str], key: str, runs: Path | None = None
+) -> CliResult:
+    argv = ["correct", "--config", str(world.config), "-q", "--no-reaudit", "--method", "pclarc"]
+    argv += ["--cluster-key", key] + (["--runs-dir", str(runs)] if runs is not None else [])
+    return run_main(argv, capsys)
+
+
+def _flag_as(world: World, finding: ClusterFinding) -> None:
+    """Flag the planted samples as set from ``finding`` (the flags keep its key)."""
+    ids = [str(i) for i in np.flatnonzero(world.planted)]
+    FlagStore(world.flags_db).flag(DATASET, ids, "unlearn", cluster_key=finding.key)
+
+
+def test_the_class_and_cluster_columns_select_the_findings_flags(
+    audited: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ring = [f for f in _findings(audited) if f.class_index == TARGET]
+    assert len(ring) >= 2, "the fixture run should have several findings in the target class"
+    flagged, other = ring[0], ring[1]
+    _flag_as(audited, flagged)
+    try:
+        # Another finding of the class, named by its columns: its key, which holds no flags, is the one read.
+        res = _correct(audited, capsys, f"ring/{cluster_label(other)}")
+        assert_clean_failure(res, 1, f"finding {other.key!r}", flagged.key)
+        res = _correct(audited, capsys, f"ring/{cluster_label(flagged)}")
+        assert res.code == 0, res.output
+        assert "(pclarc) of class ring" in res.stdout
+    finally:
+        FlagStore(audited.flags_db).unflag(DATASET, [str(i) for i in np.flatnonzero(audited.planted)])
+
+
+def test_unknown_and_ambiguous_names_list_the_findings(
+    audited: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    findings = _findings(audited)
+    res = _correct(audited, capsys, "ring/k99/c7")
+    assert_clean_failure(res, 2, "No finding 'ring/k99/c7'", "top findings", findings[0].key)
+    shared, count = Counter(cluster_label(f) for f in findings).most_common(1)[0]
+    assert count > 1, "the fixture run should have a cluster label in several classes"
+    same = [f for f in findings if cluster_label(f) == shared]
+    res = _correct(audited, capsys, shared)
+    assert_clean_failure(
+        res, 2, "Several findings", "--cluster-key", *(f"{f.key} ({f.class_name})" for f in same)
+    )
+    assert "--finding" not in res.output
+
+
+def test_a_name_needs_a_published_run_of_the_dataset(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    res = _correct(audited, capsys, "ring/k2/c0", runs=empty)
+    assert_clean_failure(res, 2, "'ring/k2/c0'", "no published run of dataset", "6/k3/c2")
