@@ -40,8 +40,8 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.flags import FlagStore, bind_flags, default_db_path
-from spray.flags.content import describe
+from spray.flags import default_db_path
+from spray.flags.content import run_flag_message
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
@@ -459,15 +459,14 @@ def _check_flags(cfg: AuditConfig, stage: BatchStageResult, run: Path) -> None:
     """Warn when flags of this dataset name other content in the new run than they were set on."""
     c = cfg.correction
     db = Path(c.flags_db) if c.flags_db is not None else default_db_path(cfg.output.runs_dir)
-    if not db.is_file() or len(stage.batch.content_hashes) != len(stage.batch):
+    if len(stage.batch.content_hashes) != len(stage.batch):
         return
+    hashes = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))
     try:
-        flags = FlagStore(db, read_only=True).current(cfg.dataset_key())
+        message = run_flag_message(db, cfg.dataset_key(), hashes, str(run))
     except SprayError as err:  # the audit is done; a damaged database is the flag commands' business
         log.warning("flags: could not check %s against this run: %s", db, err)
         return
-    hashes = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))
-    message = describe(bind_flags(flags, hashes), str(run))
     if message:
         log.warning("flags: %s", message)
 

@@ -3,6 +3,7 @@ names another image (IDX records removed, a file replaced) instead of acting on 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -113,6 +114,11 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     # spray correct refuses to treat the images now under the flagged ids as the artifact group
     res = run_main(["correct", "--config", str(world.config), "--method", "pclarc"], capsys)
     assert_clean_failure(res, 1, "now name other content", "spray flags rebind")
+    # the nightly job's status line carries it too (here an up-to-date run: flags change between runs)
+    res = run_main(["run", "--config", str(world.config)], capsys)
+    status = json.loads(res.stdout.strip().splitlines()[-1])
+    assert res.code == 0 and status["status"] == "up_to_date"
+    assert "flagged images are now under another sample id" in status["flag_warnings"][0]
     res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(world.root / "unlearn.csv")], capsys)
     assert res.code == 0 and "the export holds flags on other images" in res.output
     res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)

@@ -193,6 +193,25 @@ def _pending(runs_dir: Path, run_id: str) -> Path:
     return runs_dir / f".alert-pending-{run_id[:16]}"
 
 
+def _flag_warning(report: Any) -> str:
+    """The flags of the run's dataset that name other images in it than they were set on ('' if none)."""
+    from spray.errors import SprayError
+    from spray.flags import default_db_path
+    from spray.flags.content import run_flag_message
+    from spray.runs.reader import RunReader
+
+    run = Path(report.run_dir)
+    try:
+        hashes = RunReader.open(run).content_hashes()
+        return (
+            ""
+            if hashes is None
+            else run_flag_message(default_db_path(run.parent), report.dataset, hashes, str(run))
+        )
+    except SprayError as err:  # the run is published; a damaged flag database is reported, not fatal here
+        return f"the flag database could not be checked: {err}"
+
+
 def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
     from spray.accuracy import recorded_accuracy, recorded_problems
     from spray.runs.layout import RunFiles
@@ -218,6 +237,8 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
         status["model_accuracy"] = acc.get("accuracy")
     if problems := recorded_problems(report.extra):
         status["model_warnings"] = problems
+    if flags := _flag_warning(report):
+        status["flag_warnings"] = [flags]
     if files.report_html.exists():
         status["report"] = str(files.report_html)
     if report.up_to_date:

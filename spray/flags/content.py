@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spray.flags.records import Flag
+from spray.flags.store import FlagStore
 
 # How many ids a message lists before "and N more".
 SHOWN_IDS = 5
@@ -148,3 +150,16 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"it with `spray flags unset --run {run} --sample-ids ID`."
         )
     return " ".join(parts)
+
+
+def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run: str) -> str:
+    """:func:`describe` of the current flags of ``dataset`` in ``db`` against a run ('' without a database).
+
+    Raises
+    ------
+    SprayError
+        The database is damaged or not a flag database.
+    """
+    if not db.is_file():
+        return ""
+    return describe(bind_flags(FlagStore(db, read_only=True).current(dataset), run_hashes), run)
