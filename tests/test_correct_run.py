@@ -136,7 +136,7 @@ def _dashboard_shows(runs_dir: Path, folder: Path) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="corr_pick").value == folder.name
     table = at.dataframe[0].value
-    assert list(table["method"]) == ["pclarc"] and list(table["re-audit"]) == ["cleared"]
+    assert list(table["method"]) == ["pclarc"] and list(table["re-audit"]) == ["no longer flagged"]
     page = "\n".join(str(h.value) for h in at.get("html"))
     assert "paste flip rate" in page and "P-ClArC" in page
 

@@ -41,9 +41,7 @@ for c in found:
             "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",
             "relevance share": f"{_pct(b.relevance_share)} → {_pct(a.relevance_share)}",
             "clean accuracy": f"{_pct(b.clean_accuracy)} → {_pct(a.clean_accuracy)}",
-            "re-audit": "–"
-            if v.finding_cleared is None
-            else ("cleared" if v.finding_cleared else "still flagged"),
+            "re-audit": "–" if r.reaudit is None else r.reaudit.outcome,
         }
     )
 st.caption(f"{len(found)} correction(s) of run {safetext.code(run_id[:12])}, newest first.")

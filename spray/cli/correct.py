@@ -200,14 +200,7 @@ def _table(outcome: Any) -> str:
         )
     r = rec.reaudit
     if r is not None:
-        after = (
-            "none"
-            if r.after.key is None
-            else f"{r.after.key} (score {r.after.score:.3f}, overlap {r.after.jaccard:.2f})"
-        )
-        lines.append(
-            f"  re-audit: {'STILL FLAGGED' if r.still_flagged else 'no longer flagged'}; best match {after}"
-        )
+        lines.append(f"  re-audit: {r.describe()}")
     lines.append(f"  report: {outcome.folder / 'report.html'}")
     return "\n".join(lines)
 

@@ -77,7 +77,9 @@ def _verdict(rec: CorrectionRecord) -> str:
          None if v.relevance_drop is None else v.relevance_drop >= GOAL_RELEVANCE_DROP),
         (f"clean accuracy {v.accuracy_text()} (goal: no loss over {100 * GOAL_ACCURACY_LOSS:.0f})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
-        ("the re-audit no longer flags the finding", v.finding_cleared),
+        ("the re-audit no longer flags the finding"
+         + ("" if rec.reaudit is None or rec.reaudit.cleared is not None else " (not judged: not flagged before)"),
+         v.finding_cleared),
     ]  # fmt: skip
     return (
         "<ul>"
@@ -117,8 +119,7 @@ def _reaudit(rec: CorrectionRecord) -> str:
         return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
     head = "<tr><th></th><th>finding</th><th>rank</th><th>score</th><th>suspicious</th><th>overlap</th><th>paste flips</th></tr>"
-    still = "still flags" if r.still_flagged else "no longer flags"
-    return (f"<p>The re-audit ({html.escape(r.run_dir)}) {still} a finding overlapping the flagged samples.</p>"
+    return (f"<p>The re-audit ({html.escape(r.run_dir)}): {html.escape(r.describe())}.</p>"
             f"<table>{head}{row('source run', r.before)}{row('re-audit', r.after)}</table>")  # fmt: skip
 
 

@@ -48,6 +48,41 @@ class Reaudit:
     still_flagged: bool
     suspicious_in_class: list[str]
 
+    @property
+    def cleared(self) -> bool | None:
+        """True: the source run flagged the finding and the re-audit does not; False: the re-audit flags
+        it; None: flagged neither before nor after, so the flag cannot tell whether the shortcut is gone."""
+        if self.still_flagged:
+            return False
+        return True if self.before.suspicious else None
+
+    @property
+    def outcome(self) -> str:
+        """The verdict in a few words (the CLI, the report, the dashboard's table)."""
+        if self.still_flagged:
+            return "still flagged" if self.before.suspicious else "flagged now (it was not before)"
+        return (
+            "no longer flagged" if self.before.suspicious else "not judged: it was not flagged before either"
+        )
+
+    def describe(self) -> str:
+        """The outcome with the best match before and after (rank and score), in one line."""
+        b, a = self.before, self.after
+        moved = (
+            f"best match {b.key} rank {b.rank} score {_score(b)} → {a.key} rank {a.rank} score {_score(a)}"
+        )
+        line = f"{self.outcome}; {moved} (overlap {b.jaccard:.2f} → {a.jaccard:.2f})"
+        if self.cleared is None:
+            line += (
+                ". The source run did not flag this finding, so the re-audit's flag cannot show the shortcut "
+                "gone: judge by the paste flip rate and the relevance share, and by the rank and score above"
+            )
+        return line
+
+
+def _score(f: FindingMatch) -> str:
+    return "–" if f.score is None else f"{f.score:.3f}"
+
 
 def run_reaudit(
     config_path: Path,

@@ -77,7 +77,8 @@ class Verdict:
     accuracy_change : float
         Clean accuracy after minus before (accuracy units; 0.01 is one point).
     finding_cleared : bool or None
-        The re-audit no longer flags the finding (None without a re-audit).
+        The source run flagged the finding and the re-audit does not (False: the re-audit flags it; None:
+        no re-audit, or the finding was flagged neither before nor after, which the flag cannot judge).
     accuracy_interval : list of float or None
         ``[low, high]``, the 95 % interval of ``accuracy_change`` over the same images (None for records
         written before it was kept).
@@ -131,7 +132,7 @@ class CorrectionRecord:
             flip_drop=relative_drop(b.flip_rate, a.flip_rate),
             relevance_drop=relative_drop(b.relevance_share, a.relevance_share),
             accuracy_change=a.clean_accuracy - b.clean_accuracy,
-            finding_cleared=None if self.reaudit is None else not self.reaudit.still_flagged,
+            finding_cleared=None if self.reaudit is None else self.reaudit.cleared,
             accuracy_interval=None if changes is None else list(changes.interval()),
         )
 
