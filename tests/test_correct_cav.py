@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from spray.correct.activations import layer_activations, pool, resolve_layer, tap, trace_calls
 from spray.correct.cav import GroupActivations, fit_direction, separation, signal_cav
@@ -59,6 +62,38 @@ def test_auto_layer_is_the_last_feature_map(world: World) -> None:
     assert resolve_layer(world.model, "auto", x) == "features"
     assert resolve_layer(world.model, "features.3", x) == "features.3"
     assert [c.path for c in trace_calls(world.model, x)][-1] == "classifier"
+
+
+@pytest.mark.parametrize(
+    ("arch", "want"),
+    [("resnet18", "layer4"), ("mobilenet_v3_small", "features"), ("efficientnet_b0", "features")],
+)
+def test_auto_layer_is_the_last_map_with_a_grid_not_the_global_pool(
+    arch: str, want: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # torchvision's avgpool is the last (B, C, H, W) output, but 1×1: no grid for the region's footprint
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with caplog.at_level(logging.WARNING, logger="spray.correct.activations"):
+        assert resolve_layer(model, "auto", x) == want
+    assert "no spatial grid" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="spray.correct.activations"):
+        assert resolve_layer(model, "avgpool", x) == "avgpool"  # named: taken, said aloud
+    assert (
+        "the configured layer 'avgpool', whose output (" in caplog.text
+        and "no spatial grid (1×1)" in caplog.text
+    )
+
+
+def test_auto_layer_without_any_grid_takes_the_last_map_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with caplog.at_level(logging.WARNING, logger="spray.correct.activations"):
+        assert resolve_layer(model, "auto", torch.rand(2, 3, 1, 1)) == "1"
+    assert "'auto' found no feature map larger than 1×1 and took '1'" in caplog.text
 
 
 def test_unknown_layer_lists_the_layers(world: World) -> None:

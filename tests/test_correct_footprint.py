@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from spray.config import LRPConfig
-from spray.correct.footprint import FootprintSummary, measure_footprint
+from spray.correct.footprint import FootprintSummary, NoGridError, measure_footprint
 from spray.correct.rrclarc import region_share
 from spray.correct.samples import SampleSet
 from spray.errors import ConfigError
@@ -124,6 +124,19 @@ def test_a_layer_without_a_grid_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"rr_region_weight needs a layer with a \(B, C, H, W\) output"):
         measure_footprint(
             model, "6", cast(SampleSet, _Samples(x, np.array([0, 1]))), np.arange(2),
+            np.ones((12, 12), dtype=bool), LRPConfig(), torch.device("cpu"), 4,
+        )  # fmt: skip
+
+
+def test_a_layer_with_a_1x1_output_has_no_grid() -> None:
+    # a global pool's (B, C, 1, 1): one position, a constant share, a region term without a gradient
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()  # fmt: skip
+    x = torch.rand(2, 1, 12, 12)
+    with pytest.raises(NoGridError, match=r"'2' gives \(-1, 4, 1, 1\): .*spatial grid, H×W > 1"):
+        measure_footprint(
+            model, "2", cast(SampleSet, _Samples(x, np.array([0, 1]))), np.arange(2),
             np.ones((12, 12), dtype=bool), LRPConfig(), torch.device("cpu"), 4,
         )  # fmt: skip
 

@@ -2,13 +2,16 @@
 
 A layer is a module path as ``model.named_modules()`` spells it (``"features"``, ``"layer4"``,
 ``"features.9"``). ``"auto"`` picks the last module, in execution order, whose output is a feature map
-``(B, C, H, W)``; of modules returning the very same tensor (a container and its last child) it takes
-the outermost, so that the artifact direction is defined on the whole block's output.
+``(B, C, H, W)`` with a spatial grid (``H·W > 1``: ``layer4`` of a torchvision ResNet, not its ``avgpool``,
+whose 1×1 output leaves the artifact region no footprint); of modules returning the very same tensor (a
+container and its last child) it takes the outermost, so that the artifact direction is defined on the
+whole block's output. A chosen or named layer with a 1×1 output is used with a WARNING.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ import torch
 from torch import nn
 
 from spray.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("none", "max", "mean")
 
@@ -93,36 +98,65 @@ def resolve_layer(model: nn.Module, layer: str, example: torch.Tensor) -> str:
     paths = {p for p, _ in model.named_modules() if p}
     calls = trace_calls(model, example)
     if layer == "auto":
-        maps = [c for c in calls if len(c.shape) == 4]
-        if not maps:
-            raise ConfigError(
-                "correction.layer: the model has no module with a (B, C, H, W) output to correct at; name one "
-                f"explicitly. Layers: {_layer_list(model)}."
-            )
-        last = maps[-1]
-        same = [c for c in calls if c.output_id == last.output_id]
-        counts = _call_counts(calls)
-        chosen = [c.path for c in same if counts[c.path] == 1]
-        if not chosen:
-            raise ConfigError(
-                f"correction.layer: 'auto' found {last.path}, which runs more than once per forward pass; "
-                f"name a layer. Layers: {_layer_list(model)}."
-            )
-        return min(chosen, key=lambda p: p.count("."))
-    if layer not in paths:
+        chosen = _auto_layer(model, calls)
+    elif layer not in paths:
         close = difflib.get_close_matches(layer, sorted(paths), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             f"correction.layer: the model has no layer {layer!r}.{hint} Layers: {_layer_list(model)}."
         )
-    n = _call_counts(calls).get(layer, 0)
-    if n != 1:
-        what = "is not called in the forward pass" if n == 0 else f"is called {n} times per forward pass"
+    else:
+        n = _call_counts(calls).get(layer, 0)
+        if n != 1:
+            what = "is not called in the forward pass" if n == 0 else f"is called {n} times per forward pass"
+            raise ConfigError(
+                f"correction.layer: {layer!r} {what}, so its output is not one activation; name a block that "
+                "runs once (e.g. its parent)."
+            )
+        chosen = layer
+    _warn_without_grid(chosen, layer, calls)
+    return chosen
+
+
+def _has_grid(shape: tuple[int, ...]) -> bool:
+    """Whether an output shape is a feature map ``(B, C, H, W)`` with more than one position."""
+    return len(shape) == 4 and shape[2] * shape[3] > 1
+
+
+def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
+    """The ``"auto"`` layer: the last feature map with a grid (else the last 1×1 one), outermost module."""
+    maps = [c for c in calls if len(c.shape) == 4]
+    if not maps:
         raise ConfigError(
-            f"correction.layer: {layer!r} {what}, so its output is not one activation; name a block that "
-            "runs once (e.g. its parent)."
+            "correction.layer: the model has no module with a (B, C, H, W) output to correct at; name one "
+            f"explicitly. Layers: {_layer_list(model)}."
         )
-    return layer
+    last = ([c for c in maps if _has_grid(c.shape)] or maps)[-1]
+    same = [c for c in calls if c.output_id == last.output_id]
+    counts = _call_counts(calls)
+    chosen = [c.path for c in same if counts[c.path] == 1]
+    if not chosen:
+        raise ConfigError(
+            f"correction.layer: 'auto' found {last.path}, which runs more than once per forward pass; "
+            f"name a layer. Layers: {_layer_list(model)}."
+        )
+    return min(chosen, key=lambda p: p.count("."))
+
+
+def _warn_without_grid(chosen: str, asked: str, calls: list[LayerCall]) -> None:
+    """A WARNING when ``chosen``'s output is a feature map with a single (1×1) position."""
+    shape = next(c.shape for c in calls if c.path == chosen)
+    if len(shape) != 4 or _has_grid(shape):
+        return
+    how = (
+        "'auto' found no feature map larger than 1×1 and took" if asked == "auto" else "the configured layer"
+    )
+    log.warning(
+        "correction.layer: %s %r, whose output %s has no spatial grid (1×1): the artifact direction is "
+        "one value per channel and RR-ClArC's region term has no footprint there. Name an earlier layer "
+        "with an H×W > 1 output in correction.layer (or feed larger images).",
+        how, chosen, tuple(shape[1:]),
+    )  # fmt: skip
 
 
 def _call_counts(calls: list[LayerCall]) -> dict[str, int]:

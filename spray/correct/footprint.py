@@ -35,7 +35,7 @@ MAX_TILES_PER_SIDE = 8
 
 
 class NoGridError(ConfigError):
-    """The layer's output has no ``(h, w)`` grid, so the region has no footprint there."""
+    """The layer's output has no ``(h, w)`` grid (or a 1×1 one), so the region has no footprint there."""
 
 
 @dataclass
@@ -129,14 +129,16 @@ def measure_footprint(
     Raises
     ------
     NoGridError
-        The layer's output has no ``(h, w)`` grid.
+        The layer's output has no ``(h, w)`` grid, or a 1×1 one.
     """
     x = samples.inputs(rows)
     shape = tuple(layer_activations(model, layer, iter([x[:1]]), device).shape[1:])
-    if len(shape) != 3:
+    if len(shape) != 3 or shape[1] * shape[2] == 1:
+        # a 1×1 map is one position: its footprint would be a constant share, a term without a gradient
         raise NoGridError(
             f"correction.rr_region_weight needs a layer with a (B, C, H, W) output; {layer!r} gives "
-            f"{(-1, *shape)}: choose a convolutional layer (correction.layer) or set rr_region_weight: 0."
+            f"{(-1, *shape)}: choose a convolutional layer with a spatial grid, H×W > 1 (correction.layer), "
+            "or set rr_region_weight: 0."
         )
     explainer = Explainer(model, lrp.composite, composite_kwargs=composite_kwargs(lrp, samples.input_bounds()),
                           canonize=lrp.canonize, device=device, precision=lrp.precision, concept_layer=layer)  # fmt: skip
