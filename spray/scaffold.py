@@ -103,7 +103,9 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
             raise DataError(f"--data {spec!r}: no image files below its class folders {listing.classes[:8]}.")
         channels, sizes = _probe(p, listing.sample_ids)
         facts = DataFacts(
-            {"kind": "image_folder", "path": _rel(p, config_dir), "name": p.resolve().name},
+            # no data.name: the flag key is then the folder's absolute path, which two projects never share
+            # (a folder's name, "train", is shared by many; flags of one would apply to the other)
+            {"kind": "image_folder", "path": _rel(p, config_dir)},
             len(listing.sample_ids), listing.classes, sizes, channels == 1,
         )  # fmt: skip
         facts.notes += [f"empty class folder {c!r} (still a class)" for c in listing.empty_classes]

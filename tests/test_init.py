@@ -35,6 +35,8 @@ def test_image_folder_and_torchvision_name(tmp_path: Path, capsys: pytest.Captur
     cfg = load_config(out)
     assert cfg.model.architecture == "resnet18" and cfg.model.num_classes == 2
     assert cfg.data.path == (tmp_path / "train").resolve() and "path: train" in text  # relative to the config
+    # the flag key: the absolute path, not the folder's name, which every project's "train" shares
+    assert cfg.data.name is None and cfg.dataset_key() == str((tmp_path / "train").resolve())
     assert (cfg.data.transform.resize, cfg.data.transform.center_crop) == (256, 224)
     assert cfg.data.transform.mean == [0.485, 0.456, 0.406]
     assert cfg.batch.batch_size == 32  # inputs of 224²: the pixels of 32 such images a batch

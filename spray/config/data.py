@@ -140,7 +140,11 @@ class DataConfig(Section):
         description="Keyword arguments for data.factory; checked against its signature when it is called.",
     )
     name: str | None = Field(
-        None, description="Dataset name, used as the key of flags (defaults to the path)."
+        None,
+        description="Dataset name, the key of its flags and of the comparison with its previous runs. Default: "
+        "the data's absolute path (data.path, data.images or data.factory), which two projects never share. A "
+        "name keeps the flags when the data moves, but two datasets must never share one, or each sees the "
+        "other's flags (spray warns and spray correct refuses when a flagged id then names another image).",
     )
     class_names: list[str] | None = Field(
         None,
