@@ -12,6 +12,7 @@ from spray.analysis.concept_findings import merge_concept_findings
 from spray.analysis.concepts import analyze_concepts
 from spray.config import ConceptsConfig
 from spray.records import ClusterFinding
+from spray.runs.layout import LAYOUT_VERSION
 from spray.runs.reader import RunReader, key_space, parse_cluster_key
 from tests.test_concepts_analysis import _cfg, _vectors
 
@@ -88,7 +89,7 @@ def test_the_audit_stores_concept_findings_that_the_reader_reads_back(tmp_path: 
     report = audit(cfg, progress=False)
     run = RunReader.open(report.run_dir)
     raw = json.loads(run.files.summary.read_text())
-    assert raw["layout_version"] == 4 and raw["config"]["concepts"]["candidates"] == 2
+    assert raw["layout_version"] == LAYOUT_VERSION and raw["config"]["concepts"]["candidates"] == 2
     concept = [f for f in run.findings() if f.space == "concept"]
     assert concept, [f.key for f in run.findings()]
     for f in concept:
