@@ -80,9 +80,7 @@ def _resolve_cluster_key(cfg: Any) -> None:
         No finding, or several, go by that name (the message lists them with their keys), or no run to
         read the name from.
     """
-    from spray.cli.flags import _finding_key
-    from spray.errors import ConfigError
-    from spray.runs.keys import parse_cluster_key
+    from spray.runs.keys import finding_key, parse_cluster_key
 
     text = cfg.correction.cluster_key
     if text is None:
@@ -93,10 +91,7 @@ def _resolve_cluster_key(cfg: Any) -> None:
     except ValueError:
         pass
     reader, run = _flags_run(cfg, text)
-    try:
-        cfg.correction.cluster_key = _finding_key(reader, text, run)
-    except ConfigError as err:  # the resolver's words, with this command's option
-        raise ConfigError(str(err).replace("--finding ", "--cluster-key ")) from None
+    cfg.correction.cluster_key = finding_key(reader.summary.findings, text, run, "--cluster-key")
     log.info("--cluster-key %s is finding %s of run %s", text, cfg.correction.cluster_key, run.name)
 
 

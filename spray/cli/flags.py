@@ -13,6 +13,7 @@ from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
 from spray.flags.content import FlagBinding, bind_flags, describe
 from spray.runs.atomic import atomic_write_bytes
+from spray.runs.keys import finding_key
 
 if TYPE_CHECKING:
     from spray.runs.reader import RunReader
@@ -98,36 +99,6 @@ def _run_folder(args: argparse.Namespace) -> Path:
     raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for DIR/latest).")
 
 
-def _finding_key(reader: RunReader, text: str, run: Path) -> str:
-    """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
-    columns (``dog/k2/c0``), or the cluster column alone (``k2/c0``) when one class has it.
-
-    Raises
-    ------
-    ConfigError
-        No finding, or several, go by that name (the message lists them with their keys).
-    """
-    from spray.report import cluster_label
-
-    findings = reader.summary.findings
-    if any(f.key == text for f in findings):
-        return text
-    found = [f for f in findings if text in (cluster_label(f), f"{f.class_name}/{cluster_label(f)}")]
-    if len(found) == 1:
-        return found[0].key
-    if found:
-        named = ", ".join(f"{f.key} ({f.class_name})" for f in found[:10])
-        raise ConfigError(
-            f"Several findings of {run} are cluster {text!r}, one per class: {named}. Give the class too, "
-            f"e.g. --finding {found[0].class_name}/{text}, or the key."
-        )
-    keys = [f"{f.key} ({f.class_name} {cluster_label(f)})" for f in findings[:10]]
-    raise ConfigError(
-        f"No finding {text!r} in {run}; the top findings are {', '.join(keys)}. Give one of these keys, or "
-        "the class and cluster columns of the report (e.g. dog/k2/c0)."
-    )
-
-
 def _sample_ids(args: argparse.Namespace, reader: RunReader, run: Path, verb: str) -> list[str]:
     """The ids of ``--sample-ids``, each checked to be in the run."""
     ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
@@ -154,7 +125,7 @@ def set_command(args: argparse.Namespace) -> int:
     reader = RunReader.open(run)
     key = None
     if args.finding:
-        key = _finding_key(reader, args.finding, run)
+        key = finding_key(reader.summary.findings, args.finding, run, "--finding")
         finding = reader.finding(key)
         assert finding is not None
         ids = [str(i) for i in finding.member_ids]

@@ -5,6 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spray.runs.summary import FindingSummary
+
 
 def parse_cluster_key(key: str) -> tuple[int, int, int]:
     """``"6/k5/c4"`` → ``(6, 5, 4)``: class index, k, cluster id (also of a concept-space key
@@ -32,3 +39,44 @@ def parse_cluster_key(key: str) -> tuple[int, int, int]:
 def key_space(key: str) -> str:
     """``"concept"`` for a key of the concept labellings (``"6/concept/k5/c4"``), else ``"pixel"``."""
     return "concept" if key.count("/") == 3 and key.split("/")[1] == "concept" else "pixel"
+
+
+def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
+    """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
+    columns (``dog/k2/c0``), or the cluster column alone (``k2/c0``) when one class has it.
+
+    Parameters
+    ----------
+    findings : sequence of FindingSummary
+        The run's findings (``RunSummary.findings``).
+    text : str
+        What the user typed.
+    run : Path
+        The run folder (named in the messages).
+    option : str
+        The command-line option the name came from (``--finding``, ``--cluster-key``), named in the messages.
+
+    Raises
+    ------
+    ConfigError
+        No finding, or several, go by that name (the message lists them with their keys).
+    """
+    from spray.errors import ConfigError
+    from spray.report import cluster_label
+
+    if any(f.key == text for f in findings):
+        return text
+    found = [f for f in findings if text in (cluster_label(f), f"{f.class_name}/{cluster_label(f)}")]
+    if len(found) == 1:
+        return found[0].key
+    if found:
+        named = ", ".join(f"{f.key} ({f.class_name})" for f in found[:10])
+        raise ConfigError(
+            f"Several findings of {run} are cluster {text!r}, one per class: {named}. Give the class too, "
+            f"e.g. {option} {found[0].class_name}/{text}, or the key."
+        )
+    keys = [f"{f.key} ({f.class_name} {cluster_label(f)})" for f in findings[:10]]
+    raise ConfigError(
+        f"No finding {text!r} in {run}; the top findings are {', '.join(keys)}. Give one of these keys, or "
+        "the class and cluster columns of the report (e.g. dog/k2/c0)."
+    )
