@@ -251,6 +251,7 @@ class BatchStage:
         self.shards_reused = 0
         self.shards_computed = 0
         self.n_computed = 0
+        self.n_skipped = 0  # unreadable samples met by this process (neither computed nor cached)
         with translate_write_errors(work_dir):
             work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -338,6 +339,7 @@ class BatchStage:
     def _take_batch(self, dataset: AuditDataset, shard: _ShardState, b: SampleBatch) -> None:
         """Add one loaded batch to its shard, explaining the samples the cache does not hold."""
         shard.skipped.extend(b.skipped)
+        self.n_skipped += len(b.skipped)
         if not b.sample_ids:
             return
         labels = b.labels.tolist()

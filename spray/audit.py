@@ -320,16 +320,20 @@ def _batch_stage(
         n_computed = runner.run_shards(dataset, mine, plan, progress=progress and ctx.is_main)
         decoded = dataset.n_device_decoded - decoded_before
         counts = [n_computed, runner.shards_computed, runner.shards_reused, decoded]
+        # an unreadable sample is neither computed nor cached (the merge's count leaves it out too)
+        n_cached = sum(len(plan.indices(s)) for s in mine) - n_computed - runner.n_skipped
         log.info(
-            "batch stage on rank %d: %d samples computed, %d taken from the cache; %d shards computed, "
-            "%d shards reused",
+            "batch stage on rank %d: %d samples computed, %d taken from the cache, %d unreadable (skipped); "
+            "%d shards computed, %d shards reused",
             ctx.rank,
             n_computed,
-            sum(len(plan.indices(s)) for s in mine) - n_computed,
+            n_cached,
+            runner.n_skipped,
             counts[1],
             counts[2],
-            extra={"n_computed": n_computed, "shards_computed": counts[1], "shards_reused": counts[2]},
-        )
+            extra={"n_computed": n_computed, "n_cached": n_cached, "n_skipped": runner.n_skipped,
+                   "shards_computed": counts[1], "shards_reused": counts[2]},
+        )  # fmt: skip
         counts = ctx.sum_counts(counts)
         # Every rank's shards and manifests are on disk before rank 0 merges them.
         ctx.barrier()

@@ -138,6 +138,23 @@ def test_corrupt_and_non_image_files_are_skipped_and_reported(
     assert "corrupt" in reasons["cat/broken.png"] and "not an image" in reasons["dog/README.txt"]
 
 
+def test_batch_stage_counts_an_unreadable_sample_as_skipped_not_cached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 24 readable images and a corrupt one: the skipped file is neither computed nor taken from the cache
+    raw = _folder_cfg(tmp_path)
+    (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    cfg = str(_write_cfg(tmp_path, raw))
+    assert main(["audit", "--config", cfg]) == 0
+    err = capsys.readouterr().err
+    assert "24 samples computed, 0 taken from the cache, 1 unreadable (skipped)" in err
+    assert "24 samples computed in this run, 0 taken from the cache" in err
+    assert main(["audit", "--config", cfg, "--force"]) == 0  # the same model: every sample is cached
+    err = capsys.readouterr().err
+    assert "0 samples computed, 24 taken from the cache, 1 unreadable (skipped)" in err
+    assert "0 samples computed in this run, 24 taken from the cache" in err
+
+
 @pytest.mark.parametrize(
     ("mutate", "code", "message"),
     [
