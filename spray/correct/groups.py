@@ -103,10 +103,15 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         keys = sorted({str(r.cluster_key) for r in rows if r.cluster_key})
         rows = [r for r in rows if r.cluster_key == cfg.cluster_key]
         if not rows:
-            raise NoFlagsError(
+            message = (
                 f"No {cfg.flag_status!r} flags of finding {cfg.cluster_key!r} for dataset {dataset!r}; flags "
                 f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key."
             )
+            # A key no flag was ever set from is a typo (a config error even with --if-flagged); one whose
+            # flags were all removed since is "nothing flagged".
+            if all(e.cluster_key != cfg.cluster_key for e in store.history(dataset)):
+                raise ConfigError(message.replace("Fix", "No flag was ever set from that finding: fix"))
+            raise NoFlagsError(message)
     ids = sorted({str(r.sample_id) for r in rows})
     payload = json.dumps({"dataset": dataset, "status": cfg.flag_status, "ids": ids}).encode()
     return FlagSelection(

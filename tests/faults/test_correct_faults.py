@@ -158,7 +158,7 @@ def test_flagged_ids_not_in_the_dataset(world: World, capsys: pytest.CaptureFixt
 
 
 def test_unknown_finding_key(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_clean_failure(_correct(world, capsys, "--cluster-key", "9/k2/c0"), 1, "9/k2/c0", "1/k2/c0")
+    assert_clean_failure(_correct(world, capsys, "--cluster-key", "9/k2/c0"), 2, "9/k2/c0", "1/k2/c0")
 
 
 def test_no_published_run(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,3 +201,16 @@ def test_direction_that_separates_nothing(world: World, capsys: pytest.CaptureFi
 def test_another_correction_is_running(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     with RunLock(world.runs_dir / "corrections"):
         assert_clean_failure(_correct(world, capsys), 75, "already running")
+
+
+def test_a_cluster_key_typo_is_an_error_even_with_if_flagged(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A nightly job with --if-flagged must not exit 0 forever on a misspelt key; a finding whose flags
+    were all removed since is "nothing flagged" (exit 0)."""
+    _reflag(world, [str(i) for i in np.flatnonzero(world.planted)])
+    res = _correct(world, capsys, "--if-flagged", "--cluster-key", "1/k2/c9")
+    assert_clean_failure(res, 2, "'1/k2/c9'", "No flag was ever set from that finding", "1/k2/c0")
+    _unflag_all(world)
+    res = _correct(world, capsys, "--if-flagged", "--cluster-key", "1/k2/c0")
+    assert res.code == 0 and "Traceback" not in res.output
