@@ -73,3 +73,26 @@ def test_flags_set_takes_the_reports_class_and_cluster_columns(
     same = [f for f in findings if cluster_label(f) == shared]
     res = run_main([*base, "--finding", shared], capsys)
     assert_clean_failure(res, 2, "Several findings", *(f"{f.key} ({f.class_name})" for f in same))
+
+
+def test_every_flags_action_takes_flags_db_as_dashboard_and_correct_do(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--flags-db`` (the name of spray dashboard, correct and export fiftyone) is ``--db`` here too."""
+    db = tmp_path / "named.sqlite"
+    run = ["--run", str(audited.runs_dir / "latest"), "--flags-db", str(db)]
+    ids = [str(i) for i in RunReader.open(audited.runs_dir / "latest").findings()[0].member_ids[:3]]
+    assert run_main(["flags", "set", *run, "--sample-ids", ",".join(ids)], capsys).code == 0
+    assert sorted(f.sample_id for f in FlagStore(db).current(DATASET, "unlearn")) == sorted(ids)
+    assert f"{DATASET}: unlearn 3," in run_main(["flags", "list", "--flags-db", str(db)], capsys).stdout
+    exported = run_main(["flags", "export", "--flags-db", str(db), "--format", "json"], capsys).stdout
+    assert all(f'"{i}"' in exported for i in ids)
+    assert f"({db}) against" in run_main(["flags", "check", *run], capsys).stdout
+    assert (
+        f"moved 0 flags of {DATASET} to their content's ids in {db}"
+        in run_main(["flags", "rebind", *run], capsys).stdout
+    )
+    assert run_main(["flags", "unset", *run, "--sample-ids", ids[0]], capsys).code == 0
+    assert len(FlagStore(db).current(DATASET, "unlearn")) == 2
+    for action in ("set", "export", "list", "unset", "check", "rebind"):
+        assert "--flags-db PATH" in run_main(["flags", action, "--help"], capsys).stdout

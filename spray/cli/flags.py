@@ -26,7 +26,9 @@ def _db_from_args(args: argparse.Namespace) -> Path:
         return Path(args.db)
     if args.runs_dir:
         return default_db_path(args.runs_dir)
-    raise ConfigError("Give the flag database with --db PATH (or --runs-dir DIR for DIR/flags.sqlite).")
+    raise ConfigError(
+        "Give the flag database with --db PATH (or --flags-db PATH; --runs-dir DIR for DIR/flags.sqlite)."
+    )
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -227,12 +229,13 @@ def rebind_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``spray flags set|export|list`` to the ``spray`` command."""
+    """Add ``spray flags set|export|list|unset|check|rebind`` to the ``spray`` command."""
     p = subparsers.add_parser("flags", help="set, export or list flags for unlearning")
     sub = p.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--db", help="flag database (SQLite)")
+        # --flags-db: the name spray dashboard, spray correct and spray export fiftyone give it
+        q.add_argument("--db", "--flags-db", dest="db", metavar="PATH", help="flag database (SQLite)")
         q.add_argument("--runs-dir", help="use RUNS_DIR/flags.sqlite")
 
     f = sub.add_parser(
