@@ -61,7 +61,8 @@ def test_the_class_and_cluster_columns_select_the_findings_flags(
     try:
         # Another finding of the class, named by its columns: its key, which holds no flags, is the one read.
         res = _correct(audited, capsys, f"ring/{cluster_label(other)}")
-        assert_clean_failure(res, 1, f"finding {other.key!r}", flagged.key)
+        # never flagged: a config error (exit 2, also with --if-flagged), which says to flag it first
+        assert_clean_failure(res, 2, f"finding {other.key!r}", flagged.key, "flag its samples first")
         res = _correct(audited, capsys, f"ring/{cluster_label(flagged)}")
         assert res.code == 0, res.output
         assert "(pclarc) of class ring" in res.stdout

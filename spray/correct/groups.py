@@ -110,7 +110,13 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
             # A key no flag was ever set from is a typo (a config error even with --if-flagged); one whose
             # flags were all removed since is "nothing flagged".
             if all(e.cluster_key != cfg.cluster_key for e in store.history(dataset)):
-                raise ConfigError(message.replace("Fix", "No flag was ever set from that finding: fix"))
+                raise ConfigError(
+                    message.replace(
+                        "Fix",
+                        "No flag was ever set from that finding: flag its samples first (spray flags set "
+                        f"--finding {cfg.cluster_key}, or the dashboard), or fix",
+                    )
+                )
             raise NoFlagsError(message)
     ids = sorted({str(r.sample_id) for r in rows})
     payload = json.dumps({"dataset": dataset, "status": cfg.flag_status, "ids": ids}).encode()
