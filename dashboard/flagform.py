@@ -125,7 +125,8 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
         st.session_state[f"_pending_{key}"] = p
         return
     st.session_state.pop(f"_pending_{key}", None)
-    st.session_state[f"_saved_{key}"] = f"{p.status}: {len(p.sample_ids):,} samples ({p.source})"
+    n = len(p.sample_ids)
+    st.session_state[f"_saved_{key}"] = f"{p.status}: {n:,} sample{'' if n == 1 else 's'} ({p.source})"
     for k in reset_keys:
         st.session_state.pop(k, None)
     st.rerun()

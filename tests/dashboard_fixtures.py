@@ -26,6 +26,7 @@ from spray.records import (
     ClassAnalysis,
     ClusterFinding,
     ClusteringResult,
+    SkippedSample,
     SpectralResult,
 )
 from spray.runs.publish import publish, staging_dir
@@ -79,6 +80,7 @@ def make_synthetic_run(
     run_id: str | None = None,
     seed: int = 0,
     thumbs: bool = True,
+    skipped: list[SkippedSample] | None = None,
 ) -> Path:
     """Write one published run into ``runs_dir`` and return its directory.
 
@@ -105,6 +107,8 @@ def make_synthetic_run(
     seed : int
     thumbs : bool
         Store thumbs.npy.
+    skipped : list[SkippedSample], optional
+        Unreadable samples the run records (none by default).
     """
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +224,7 @@ def make_synthetic_run(
         "",
         {"model": "m", "data": "d", "config": "c", "code": "x"},
         {"total_s": 1.0},
-        [],
+        list(skipped or []),
         classes,
         all_findings,
         name="synthetic",
@@ -232,7 +236,9 @@ def make_synthetic_run(
         ids, labels.astype(np.int64), preds.astype(np.int64), probs, rel, labels.astype(np.int64),
         content_hashes=[content_hash(x.tobytes()) for x in (rel if images is None else images)],
     )  # fmt: skip
-    stage = BatchStageResult(batch=batch, thumbs=images, skipped=[], n_computed=n, n_cached=0)
+    stage = BatchStageResult(
+        batch=batch, thumbs=images, skipped=list(skipped or []), n_computed=n, n_cached=0
+    )
     staged = staging_dir(runs_dir, rid)
     write_run(staged, report, stage)
     return publish(runs_dir, staged, rid)

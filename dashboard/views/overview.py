@@ -57,11 +57,27 @@ for problem in recorded_problems(summary.extra):
 flagform.content_warning(dataset, path)
 
 
+def skipped_note(first: int = 3) -> None:
+    """The samples the audit could not read (not audited), with the first reasons; nothing when none."""
+    n = len(summary.skipped)
+    if not n:
+        return
+    reasons = "; ".join(
+        f"{safetext.code(s.sample_id)} ({safetext.md(s.reason)})" for s in summary.skipped[:first]
+    )
+    more = f"; and {n - first:,} more" if n > first else ""
+    st.warning(
+        f"{n:,} unreadable sample{'' if n == 1 else 's'} skipped (not audited): {reasons}{more}. "
+        "report.html and summary.json list them all; fix or remove the files and rerun to audit them."
+    )
+
+
 metrics()
 st.caption(
     f"Run {safetext.code(summary.run_id[:12])} of dataset {safetext.code(dataset)} · "
     f"{safetext.md(common.run_label(run))}"
 )
+skipped_note()
 
 c1, c2, c3 = st.columns([1, 1, 2])
 # Selectboxes (the sidebar has one already), not a toggle and a number field: two fewer kinds of widget
