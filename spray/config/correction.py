@@ -27,7 +27,7 @@ class CorrectionConfig(Section):
     layer: str = Field(
         "auto",
         description="Module path (as in model.named_modules()) whose output carries the artifact "
-        "direction; 'auto' takes the last module with a (B, C, H, W) output (e.g. 'features', 'layer4').",
+        "direction; 'auto' takes the last module with a (B, C, H, W) output with H·W > 1 (e.g. 'features', 'layer4'; a 1×1 layer such as ResNet's avgpool is warned about).",
     )
     flags_db: Path | None = Field(
         None, description="Flag database (SQLite); default <output.runs_dir>/flags.sqlite."
