@@ -86,13 +86,8 @@ def _sidebar() -> None:
             for name, why in bad.items():
                 st.caption(f"{safetext.code(name)}: {safetext.md(why)}")
     with st.form("search", border=False):
-        sid = st.text_input(
-            "Find a sample id",
-            key="search_id",
-            placeholder="e.g. 1234 or cat/001.png",
-            help="An image folder's sample id is the file's path under data.path (cat/001.png); an IDX file's "
-            "or a dataset factory's is its index or its own id (1234).",
-        )
+        # The example is the id's form: a file's path under data.path, or an index / a factory's own id.
+        sid = st.text_input("Find a sample id", key="search_id", placeholder="e.g. 1234 or cat/001.png")
         if st.form_submit_button("Find", icon=":material/search:") and sid.strip():
             st.switch_page(
                 common.PAGES["sample"], query_params={"run": state.get("run", ""), "sample": sid.strip()}
