@@ -108,6 +108,18 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@contextmanager
+def _transaction(con: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taking the write lock up front (BEGIN IMMEDIATE); rolled back on any error."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def _event_columns(con: sqlite3.Connection) -> set[str]:
     return {str(r[1]) for r in con.execute("PRAGMA table_info(events)")}
 
@@ -239,8 +251,7 @@ class FlagStore:
 
     def _upgrade(self, con: sqlite3.Connection) -> None:
         """Schema 1 → 2: add ``content_hash`` (NULL for the old events) and rebuild the view that shows it."""
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(con):
             if "content_hash" not in _event_columns(con):  # another writer may have upgraded meanwhile
                 con.execute("ALTER TABLE events ADD COLUMN content_hash TEXT")
                 con.execute("DROP VIEW IF EXISTS current")
@@ -249,10 +260,6 @@ class FlagStore:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         log.info(
             "flags: upgraded %s to schema %d (flags now record the content they were set on)",
             self.path,
@@ -302,26 +309,20 @@ class FlagStore:
             (action, dataset, s, status, note or "", run_id, cluster_key, source, author, t, hashes.get(s))
             for s in ids
         ]
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                if since is not None:
-                    wanted = set(ids)
-                    newer = [
-                        _record(FlagEvent, r)
-                        for r in con.execute(
-                            "SELECT * FROM events WHERE dataset = ? AND id > ? ORDER BY id DESC",
-                            (dataset, int(since)),
-                        )
-                        if r["sample_id"] in wanted
-                    ]
-                    if newer:
-                        raise FlagConflict(newer)
-                con.executemany(_INSERT, rows)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._connect() as con, _transaction(con):
+            if since is not None:
+                wanted = set(ids)
+                newer = [
+                    _record(FlagEvent, r)
+                    for r in con.execute(
+                        "SELECT * FROM events WHERE dataset = ? AND id > ? ORDER BY id DESC",
+                        (dataset, int(since)),
+                    )
+                    if r["sample_id"] in wanted
+                ]
+                if newer:
+                    raise FlagConflict(newer)
+            con.executemany(_INSERT, rows)
         by = f" by {author}" if author else ""
         log.info("flags: %s %d samples of %s%s (action %s)", status, len(ids), dataset, by, action[:8])
         return action
@@ -429,14 +430,8 @@ class FlagStore:
             )
             for f, new in moves
         ]
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                con.executemany(_INSERT, rows)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._connect() as con, _transaction(con):
+            con.executemany(_INSERT, rows)
         log.info(
             "flags: moved %d flags of %s to their content's new ids (action %s)",
             len(moves),
