@@ -354,3 +354,21 @@ def test_a_factory_dataset_with_random_augmentation_is_refused(tmp_path: Path) -
         build_dataset(config_from_dict(raw, base_dir=tmp_path).data)
     raw["data"]["factory"] = "augmented_data:fixed"
     assert len(build_dataset(config_from_dict(raw, base_dir=tmp_path).data)) == 8
+
+
+def test_one_cause_for_every_unreadable_sample_stops_the_first_batch_early(tmp_path: Path) -> None:
+    """Colour files for a grey model: the first batch names the cause after SAME_REASON_STOP samples
+    instead of decoding the whole dataset first."""
+    from spray.data import dataset as dataset_module
+
+    root = make_image_folder(tmp_path / "rgb", n_per_class=8, size=8)
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    ds.match_model(nn.Sequential(nn.Conv2d(1, 4, 3)))
+    read: list[int] = []
+    original = type(ds).__getitem__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset_module, "SAME_REASON_STOP", 5)
+        mp.setattr(type(ds), "__getitem__", lambda self, i: read.append(i) or original(self, i))
+        with pytest.raises(DataError, match=r"The first 5 samples .* all for one reason: colour image"):
+            ds.first_batch()
+    assert len(read) == 5  # of 16

@@ -36,6 +36,10 @@ from spray.records import SkippedSample
 log = logging.getLogger(__name__)
 
 
+#: Unreadable samples in a row, all for the same reason, after which the first batch stops with it.
+SAME_REASON_STOP = 256
+
+
 class AuditDataset(Dataset[Sample | SkippedSample]):
     """Map-style dataset over a source, yielding :class:`Sample` or :class:`SkippedSample` records.
 
@@ -234,6 +238,13 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
                     break
             else:
                 skipped.append(it)
+                # Not a few bad files but one cause for all (colour files for a grey model, a wrong
+                # transform): say so now rather than after decoding the whole dataset.
+                if len(skipped) == SAME_REASON_STOP and len({s.reason for s in skipped}) == 1:
+                    raise DataError(
+                        f"The first {SAME_REASON_STOP} samples of the dataset cannot be read, all for one reason: "
+                        f"{skipped[0].reason} (e.g. {skipped[0].sample_id}). Fix that before the audit."
+                    )
         if not items:
             reasons = "\n".join(f"  {s.sample_id}: {s.reason}" for s in skipped[:3])
             more = f"\n  ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
