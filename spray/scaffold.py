@@ -12,6 +12,7 @@ normalisation the model was trained with).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import logging
 import os
@@ -85,6 +86,17 @@ def _idx_labels_for(images: Path) -> Path | None:
     return guess if guess != images and guess.is_file() else None
 
 
+def dataset_name(label: str, where: Path) -> str:
+    """``data.name`` for a new config: ``label`` plus 8 hex digits of ``where``'s absolute path.
+
+    The name is the key of the dataset's flags and runs. A folder's name alone ("train") is shared by many
+    projects, whose flags would then mix in a shared database; the absolute path alone changes when the
+    project moves, cutting the flags and the history off. Written once into the config, this is neither.
+    """
+    digest = hashlib.sha256(str(Path(where).resolve()).encode()).hexdigest()[:8]
+    return f"{label}-{digest}"
+
+
 def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> DataFacts:
     """Describe the dataset named by ``spec`` (folder, IDX images file or factory) as a ``data`` section.
 
@@ -103,9 +115,7 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
             raise DataError(f"--data {spec!r}: no image files below its class folders {listing.classes[:8]}.")
         channels, sizes = _probe(p, listing.sample_ids)
         facts = DataFacts(
-            # no data.name: the flag key is then the folder's absolute path, which two projects never share
-            # (a folder's name, "train", is shared by many; flags of one would apply to the other)
-            {"kind": "image_folder", "path": _rel(p, config_dir)},
+            {"kind": "image_folder", "path": _rel(p, config_dir), "name": dataset_name(p.resolve().name, p)},
             len(listing.sample_ids), listing.classes, sizes, channels == 1,
         )  # fmt: skip
         facts.notes += [f"empty class folder {c!r} (still a class)" for c in listing.empty_classes]
@@ -127,6 +137,7 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
             "kind": "idx",
             "images": _rel(p, config_dir),
             "labels": _rel(lab, config_dir),
+            "name": dataset_name(p.name.split(".")[0], p),
         }
         grey = images.ndim == 3 or images.shape[-1] == 1
         return DataFacts(section, len(images), [str(c) for c in range(n_classes)], [images.shape[1:3]], grey)
@@ -137,7 +148,8 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
 
         locate_module(spec, "--data", config_dir)
         src = factory_source(DataConfig(kind="factory", factory=spec), DecodeOptions())
-        section = {"kind": "factory", "factory": spec}
+        name = dataset_name(spec.split(":")[-1], config_dir / spec)
+        section = {"kind": "factory", "factory": spec, "name": name}
         return DataFacts(section, len(src.sample_ids), src.class_names, src.input_sizes, src.channels == 1)
     raise ConfigError(
         f"--data {spec!r} is not a folder, a file or a 'package.module:function' factory. Give the root of "

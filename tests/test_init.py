@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -35,8 +36,17 @@ def test_image_folder_and_torchvision_name(tmp_path: Path, capsys: pytest.Captur
     cfg = load_config(out)
     assert cfg.model.architecture == "resnet18" and cfg.model.num_classes == 2
     assert cfg.data.path == (tmp_path / "train").resolve() and "path: train" in text  # relative to the config
-    # the flag key: the absolute path, not the folder's name, which every project's "train" shares
-    assert cfg.data.name is None and cfg.dataset_key() == str((tmp_path / "train").resolve())
+    # the flag key: the folder's name made unique by its path when init ran (every project's "train"
+    # shares the name), written into the config so that moving the project keeps it
+    assert re.fullmatch(r"train-[0-9a-f]{8}", cfg.dataset_key())
+    other = tmp_path / "elsewhere" / "train"
+    make_image_folder(other, n_per_class=3, size=40)
+    out2 = tmp_path / "elsewhere" / "audit.yaml"
+    assert run_main(["init", "--data", str(other), "--model", "resnet18", "-o", str(out2)], capsys).code == 0
+    assert load_config(out2).dataset_key() != cfg.dataset_key()
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("moved", "elsewhere"))
+    assert load_config(moved / "audit.yaml").dataset_key() == cfg.dataset_key()
     assert (cfg.data.transform.resize, cfg.data.transform.center_crop) == (256, 224)
     assert cfg.data.transform.mean == [0.485, 0.456, 0.406]
     assert cfg.batch.batch_size == 32  # inputs of 224²: the pixels of 32 such images a batch
@@ -109,7 +119,8 @@ def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.Captu
     # 8×8 digits for a CNN built for 28×28 inputs: the check runs the model and says so, the config is kept
     assert_clean_failure(res, 1, "The model fails on an input of shape (2, 1, 8, 8)", "data.transform")
     raw = yaml.safe_load(out.read_text())
-    assert raw["data"] == {"kind": "factory", "factory": "digits_data:digits"}
+    assert raw["data"] == {"kind": "factory", "factory": "digits_data:digits", "name": raw["data"]["name"]}
+    assert re.fullmatch(r"digits-[0-9a-f]{8}", raw["data"]["name"])
     res = run_main(["init", "--data", "digits_data:digits", "-o", str(tmp_path / "x.yaml")], capsys)
     assert res.code == 0 and "ok: data: 1797 samples, 10 classes" in res.stdout
 

@@ -142,9 +142,10 @@ class DataConfig(Section):
     name: str | None = Field(
         None,
         description="Dataset name, the key of its flags and of the comparison with its previous runs. Default: "
-        "the data's absolute path (data.path, data.images or data.factory), which two projects never share. A "
-        "name keeps the flags when the data moves, but two datasets must never share one, or each sees the "
-        "other's flags (spray warns and spray correct refuses when a flagged id then names another image).",
+        "the data's absolute path (data.path, data.images or data.factory), which changes when the project moves. "
+        "spray init writes the folder's name plus 8 hex digits of its path (train-1a2b3c4d): unique, and kept "
+        "when the project moves. Two datasets must never share a name, or each sees the other's flags (spray "
+        "warns and spray correct refuses when a flagged id then names another image).",
     )
     class_names: list[str] | None = Field(
         None,
