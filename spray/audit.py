@@ -451,7 +451,7 @@ def _publish(
         raise
     report.run_dir = str(final)
     _check_flags(cfg, stage, final)
-    prune_runs(runs_dir, cfg.output.keep_runs)
+    prune_runs(runs_dir, cfg.output.keep_runs, name=report.name, dataset=report.dataset)
     prune_cache(runs_dir, batched.cache.dir.name)
     # The manifests only serve a resume of this run id, which is now published.
     shutil.rmtree(batched.runner.work_dir, ignore_errors=True)

@@ -13,7 +13,12 @@ class OutputConfig(Section):
     """Where runs go and how many are kept."""
 
     runs_dir: Path = Field(Path("runs"), description="Directory holding published runs.")
-    keep_runs: int = Field(10, ge=1, le=100_000, description="Retention: keep the newest N runs.")
+    keep_runs: int = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description="Retention: keep the newest N runs of this audit (its name and dataset key; other audits sharing the runs folder keep theirs).",
+    )
     html_report: bool = Field(True, description="Write a static report.html into each run.")
 
 

@@ -120,9 +120,40 @@ def latest_run(runs_dir: str | Path) -> Path | None:
     return runs[0] if runs else None
 
 
-def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
-    """Retention: delete all but the newest ``keep`` runs (never the one ``latest`` points to)."""
+def prune_runs(
+    runs_dir: Path, keep: int, *, name: str | None = None, dataset: str | None = None
+) -> list[Path]:
+    """Retention: delete all but the newest ``keep`` runs of one audit (never the one ``latest`` points to).
+
+    Parameters
+    ----------
+    runs_dir : Path
+        The runs folder.
+    keep : int
+        Runs of the audit to keep.
+    name, dataset : str, optional
+        The audit: its runs are those with this ``name`` and dataset key. Several audits may share a runs
+        folder; each keeps its own newest ``keep``, and a run that cannot be read (so not attributed) is
+        never deleted. None for both: every run counts (one audit per folder).
+
+    Returns
+    -------
+    list[Path]
+        The deleted run folders.
+    """
+    from spray.runs.reader import read_summary
+
     runs = list_runs(runs_dir)
+    if name is not None or dataset is not None:
+        mine = []
+        for run in runs:
+            try:
+                s = read_summary(run)
+            except RunReadError:
+                continue
+            if (name is None or s.name == name) and (dataset is None or s.dataset == dataset):
+                mine.append(run)
+        runs = mine
     latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
     removed = []
     for p in runs[keep:]:
@@ -131,7 +162,7 @@ def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     if removed:
-        log.info("retention: removed %d old runs", len(removed))
+        log.info("retention: removed %d old runs of %s", len(removed), dataset or name or "this folder")
     return removed
 
 

@@ -106,3 +106,20 @@ def test_check_runs_dir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be created"):
         check_runs_dir(tmp_path / "file" / "runs")
     assert json.dumps(str(tmp_path))  # paths are named in the messages as given
+
+
+def test_prune_keeps_each_audits_own_runs_in_a_shared_folder(tmp_path: Path) -> None:
+    """Two audits in one runs folder: retention of one never deletes the other's runs (nor their cache)."""
+    runs = tmp_path / "runs"
+
+    def publish_as(run_id: str, name: str, dataset: str) -> Path:
+        report, stage = make_report(n_per_class=4)
+        report.run_id, report.name, report.dataset = run_id, name, dataset
+        return write_published(runs, report, stage)
+
+    a = [publish_as(c * 64, "audit", "shirts") for c in "ab"]
+    b = [publish_as(c * 64, "audit_b", "bags") for c in "cd"]
+    removed = prune_runs(runs, 1, name="audit_b", dataset="bags")
+    assert removed == [b[0]]
+    assert sorted(list_runs(runs)) == sorted([*a, b[1]])
+    assert prune_runs(runs, 1, name="audit", dataset="shirts") == [a[0]]
