@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from spray.errors import LockedError
+from spray.runs.errors import RunWriteError
 from spray.runs.locking import RunLock
 
 
@@ -24,6 +26,18 @@ def test_second_holder_gets_locked_error_with_exit_75(tmp_path: Path) -> None:
     # Released on exit: it can be taken again.
     with RunLock(tmp_path / "runs"):
         pass
+
+
+def test_a_read_only_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock file of a read-only runs folder cannot be created: RunWriteError naming the folder."""
+
+    def read_only(*args: object) -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "runs" / ".lock"))
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(RunWriteError, match="read-only file system") as info, RunLock(tmp_path / "runs"):
+        pass
+    assert str(tmp_path / "runs") in str(info.value) and "--runs-dir" in str(info.value)
 
 
 def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ from spray.correct.training import TrainingLog
 from spray.errors import ConfigError, SprayError
 from spray.models import build_model
 from spray.runs.atomic import atomic_save_npz, atomic_write_json
+from spray.runs.errors import RunWriteError
 from spray.runs.layout import CORRECTION_DIRECTION
 from spray.runs.locking import RunLock
 
@@ -154,6 +155,8 @@ def correct(
     ------
     LockedError
         Another correction runs on this runs folder.
+    RunWriteError
+        The runs folder is read-only and the correction is not published there yet.
     SprayError
         Bad input (see :func:`spray.correct.plan.plan_correction`).
     """
@@ -165,6 +168,9 @@ def correct(
             "spray audit (or spray run) first, or fix output.runs_dir / --runs-dir."
         )
     root = corrections_dir(runs_dir)
+    if not _writable(root if root.exists() else runs_dir):
+        # Like an audit on a read-only runs folder: answer from a published correction, or say why not.
+        return _read_only(cfg, root, device=device, force=force)
     with RunLock(root):
         plan = plan_correction(cfg, device=device)
         found = find_correction(Path(cfg.output.runs_dir), plan.correction_id)
@@ -179,6 +185,35 @@ def correct(
         final = _publish(root, folder, plan.correction_id)
         shutil.rmtree(work, ignore_errors=True)
         return CorrectionOutcome(record, final, False)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process may create files in ``folder`` (False on a read-only file system)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _read_only(cfg: AuditConfig, root: Path, *, device: str | None, force: bool) -> CorrectionOutcome:
+    """:func:`correct` on a runs folder this process cannot write: the published correction, if any.
+
+    Raises
+    ------
+    RunWriteError
+        The correction is not published yet (or ``force``), so it would have to be written.
+    """
+    runs_dir = Path(cfg.output.runs_dir)
+    plan = plan_correction(cfg, device=device)  # no flags: NoFlagsError, as on a writable folder
+    found = find_correction(runs_dir, plan.correction_id)
+    if found is not None and not force:
+        log.info("correction %s is already published at %s: nothing to do", plan.correction_id[:12], found)
+        return CorrectionOutcome(CorrectionRecord.read(found), found, True)
+    why = "--force recomputes it" if found is not None else "it is not published yet"
+    raise RunWriteError(
+        root,
+        f"correction {plan.correction_id[:12]} cannot be written: {why} and {root} (under the runs "
+        f"directory {runs_dir}) is not writable (a read-only file system or no permission). Point "
+        "output.runs_dir (--runs-dir) at a folder this user can write to (for example a writable copy of "
+        f"{runs_dir}).",
+    )
 
 
 def fit(plan: CorrectionPlan) -> ArtifactDirection:

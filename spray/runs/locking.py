@@ -12,18 +12,25 @@ from pathlib import Path
 from types import TracebackType
 
 from spray.errors import LockedError
+from spray.runs.atomic import translate_write_errors
 
 
 class RunLock:
-    """Context manager holding ``<runs_dir>/.lock``; raises :class:`LockedError` (exit 75) if taken."""
+    """Context manager holding ``<runs_dir>/.lock``; raises :class:`LockedError` (exit 75) if taken.
+
+    A folder that cannot be written (read-only, no permission, disk full) raises
+    :class:`~spray.runs.errors.RunWriteError` naming it.
+    """
 
     def __init__(self, runs_dir: Path) -> None:
         self.path = Path(runs_dir) / ".lock"
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # A read-only folder or a full disk is a RunWriteError naming the folder, not a raw OSError.
+        with translate_write_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,4 +215,40 @@ def test_a_cluster_key_typo_is_an_error_even_with_if_flagged(
     assert_clean_failure(res, 2, "'1/k2/c9'", "No flag was ever set from that finding", "1/k2/c0")
     _unflag_all(world)
     res = _correct(world, capsys, "--if-flagged", "--cluster-key", "1/k2/c0")
+    assert res.code == 0 and "Traceback" not in res.output
+
+
+def _deny_writes(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``folder`` reads as a read-only file system (``os.access``): root writes anywhere, so no chmod."""
+    real = os.access
+    inside = folder.resolve()
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if mode & os.W_OK and Path(path).resolve().is_relative_to(inside):
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_runs_folder(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like ``spray run``: a read-only runs folder answers from a published correction, and otherwise
+    exits 1 naming the folder and --runs-dir (no traceback from the lock file)."""
+    corrections = world.runs_dir / "corrections"
+    with monkeypatch.context() as m:
+        _deny_writes(m, world.runs_dir)
+        res = _correct(world, capsys, "--method", "pclarc")
+        assert_clean_failure(res, 1, str(corrections), "not writable", "--runs-dir", "not published yet")
+        assert not corrections.exists()
+    assert _correct(world, capsys, "--method", "pclarc").code == 0
+    _deny_writes(monkeypatch, world.runs_dir)
+    res = _correct(world, capsys, "--method", "pclarc")
+    assert res.code == 0 and "already published, nothing to do" in res.stdout, res.output
+    assert_clean_failure(
+        _correct(world, capsys, "--method", "pclarc", "--force"), 1, "--force", "not writable"
+    )
+    _unflag_all(world)
+    res = _correct(world, capsys, "--method", "pclarc", "--if-flagged")
     assert res.code == 0 and "Traceback" not in res.output
