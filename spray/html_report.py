@@ -41,7 +41,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 .meta{color:#555;font-size:13px}.meta code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
 table{border-collapse:collapse;font-size:13px}td,th{padding:4px 8px;border-bottom:1px solid #eee;text-align:left}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;color:#fff}
-.new{background:#c62828}.grown{background:#ef6c00}.persisting{background:#757575}.resolved{background:#2e7d32}
+.new{background:#c62828}.grown{background:#ef6c00}.persisting{background:#757575}.resolved{background:#2e7d32}.not-analysed{background:#6d4c41}
 .alarm{background:#c62828}.ok{background:#9e9e9e}
 .finding{border:1px solid #ddd;border-radius:6px;padding:12px;margin:14px 0}
 .finding h3{font-size:15px;margin:0 0 6px}.row{display:flex;gap:16px;align-items:flex-start}
@@ -82,7 +82,7 @@ def _change_row(kind: str, c: ClusterChange) -> str:
     if c.correlation is not None:  # None: no comparable mean heatmap
         sim += f", heatmap r {c.correlation:.2f}"
     return (
-        f"<tr><td><span class='badge {kind}'>{kind}</span></td><td>{html.escape(c.class_name)}</td>"
+        f"<tr><td><span class='badge {kind.replace(' ', '-')}'>{kind}</span></td><td>{html.escape(c.class_name)}</td>"
         f"<td>{html.escape(str(key))}</td><td>{html.escape(sizes)}</td><td class='small'>{html.escape(sim)}</td></tr>"
     )
 
@@ -105,6 +105,7 @@ def _changes_html(changes: ChangeSet) -> str:
         "grown": changes.grown,
         "persisting": changes.persisting,
         "resolved": changes.resolved,
+        "not analysed": changes.not_analysed,
     }
     rows = [_change_row(kind, c) for kind, entries in kinds.items() for c in entries]
     if not rows:

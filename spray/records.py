@@ -331,6 +331,9 @@ class ChangeSet:
         The matching thresholds used.
     unreadable : list[UnreadableRun]
         Newer published runs of the same audit that could not be read and were passed over.
+    not_analysed : list[ClusterChange]
+        The previous run's suspicious clusters whose class this run did not analyse (too few readable
+        samples): no verdict, neither resolved nor still there.
     """
 
     previous_run_id: str | None
@@ -342,6 +345,7 @@ class ChangeSet:
     n_suspicious: int
     rule: ChangeRule
     unreadable: list[UnreadableRun] = field(default_factory=list)
+    not_analysed: list[ClusterChange] = field(default_factory=list)
 
     @property
     def n_new(self) -> int:

@@ -194,7 +194,7 @@ def show_changes(ch: ChangeSet, how: str) -> None:
     )
     rows = [
         {"change": kind, **asdict(c)}
-        for kind in ("new", "grown", "resolved", "persisting")
+        for kind in ("new", "grown", "resolved", "not_analysed", "persisting")
         for c in getattr(ch, kind)
     ]
     if not any(r["change"] in ("new", "grown") for r in rows):

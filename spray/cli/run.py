@@ -160,6 +160,13 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
             ch.n_resolved,
             extra={"n_new": ch.n_new, "n_grown": ch.n_grown, "n_resolved": ch.n_resolved},
         )
+        for c in ch.not_analysed:
+            log.warning(
+                "suspicious cluster %s of the previous run: class %s was not analysed in this run (too few "
+                "readable samples; see summary.json skipped): it is not resolved, there is no verdict",
+                c.previous_key,
+                c.class_name,
+            )
 
     report = audit(
         cfg, device=args.device, progress=args.progress, force=args.force, before_write=before_write
@@ -232,6 +239,10 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
     )
     if ch is not None and ch.unreadable:
         status["unreadable_runs"] = [u.run for u in ch.unreadable]
+    if ch is not None and ch.not_analysed:
+        # A shortcut whose class could not be analysed tonight is not "resolved": say so to the scheduler.
+        status["not_analysed"] = [c.previous_key for c in ch.not_analysed]
+    status["n_skipped"] = len(report.skipped)
     acc = recorded_accuracy(report.extra)
     if acc is not None:
         status["model_accuracy"] = acc.get("accuracy")

@@ -15,7 +15,7 @@ correlation of the mean heatmaps). Pairs are assigned one to one, best Jaccard (
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ def compare_findings(
     previous_run_id: str | None = None,
     previous_run: str | None = None,
     unreadable: Sequence[UnreadableRun] = (),
+    analysed: Collection[int] | None = None,
 ) -> ChangeSet:
     """Match the suspicious clusters of two runs and classify them.
 
@@ -109,6 +110,9 @@ def compare_findings(
         When two clusters match and when a match has grown.
     previous_run_id, previous_run, unreadable
         Recorded in the result.
+    analysed : collection of int, optional
+        The classes this run analysed; a previous suspicious cluster of another class is "not analysed",
+        never "resolved" (None: every class was).
 
     Returns
     -------
@@ -123,6 +127,8 @@ def compare_findings(
     unmatched = [f for i, f in enumerate(cur) if i not in matched]
     new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank)
     left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
+    unjudged = [p for p in left if analysed is not None and p.class_index not in analysed]
+    left = [p for p in left if p not in unjudged]
     resolved = _resolved(left, [f for f in current if not f.suspicious], rule, rank)
 
     def order(xs: list[ClusterChange]) -> list[ClusterChange]:
@@ -138,6 +144,7 @@ def compare_findings(
         n_suspicious=len(cur),
         rule=rule,
         unreadable=list(unreadable),
+        not_analysed=order([_not_analysed(p) for p in unjudged]),
     )
 
 
@@ -195,6 +202,13 @@ def _new(
     return new
 
 
+def _not_analysed(p: ClusterFinding) -> ClusterChange:
+    return ClusterChange(
+        None, p.class_index, p.class_name, previous_key=p.key, previous_size=p.size, previous_score=p.score,
+        note="its class was not analysed in this run (too few readable samples): no verdict",
+    )  # fmt: skip
+
+
 def _resolved(
     left: list[ClusterFinding], now_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
 ) -> list[ClusterChange]:
@@ -242,6 +256,7 @@ def compare_runs(current: RunReader, previous: RunReader, rule: ChangeRule | Non
         rule,
         previous_run_id=previous.summary.run_id,
         previous_run=previous.path.name,
+        analysed={c.class_index for c in current.summary.classes},
     )
 
 
@@ -303,4 +318,5 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         previous_run_id=None if reader is None else reader.summary.run_id,
         previous_run=None if reader is None else reader.path.name,
         unreadable=unreadable,
+        analysed={c.class_index for c in report.classes},
     )

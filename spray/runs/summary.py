@@ -335,4 +335,5 @@ def parse_changes(raw: Any, file: Path) -> ChangeSet | None:
         unreadable=[
             UnreadableRun(u.get("run", str), u.get("reason", str)) for u in d.items("unreadable", [])
         ],
+        not_analysed=[_change(c) for c in d.items("not_analysed", [])],
     )

@@ -112,6 +112,7 @@ def changes_entry(ch: ChangeSet) -> dict[str, Any]:
             "grow_min": ch.rule.grow_min,
         },
         "unreadable": [{"run": u.run, "reason": u.reason} for u in ch.unreadable],
+        "not_analysed": [change_entry(c) for c in ch.not_analysed],
     }
 
 

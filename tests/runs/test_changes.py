@@ -106,3 +106,26 @@ def test_compare_runs_and_the_previous_run(tmp_path: Path) -> None:
     report.name = "other"
     assert changes_since_previous(report, runs, RULE).previous_run is None
     assert isinstance(ch.persisting[0], ClusterChange)
+
+
+def test_a_class_not_analysed_now_is_no_verdict_not_resolved(tmp_path: Path) -> None:
+    """Every file of the shortcut's class unreadable tonight: its cluster is "not analysed", never "resolved",
+    and it survives the round trip through summary.json."""
+    from spray.runs.summary import parse_changes
+    from spray.runs.writer import changes_entry
+
+    rng = np.random.default_rng(1)
+    prev = [
+        _finding("6/k3/c2", range(0, 20), rng.random((8, 8)).astype(np.float32)),
+        _finding("2/k2/c0", range(100, 120), rng.random((8, 8)).astype(np.float32)),
+    ]
+    cur = [_finding("1/k2/c0", range(300, 330), rng.random((8, 8)).astype(np.float32), suspicious=False)]
+    ch = compare_findings(cur, prev, RULE, analysed={1, 2})
+    assert [c.previous_key for c in ch.resolved] == ["2/k2/c0"]  # class 2 was analysed: resolved
+    (gone,) = ch.not_analysed
+    assert gone.previous_key == "6/k3/c2" and "not analysed" in gone.note and ch.n_resolved == 1
+    assert "not analysed" in _changes_html(ch)
+    back = parse_changes(changes_entry(ch), tmp_path / "summary.json")
+    assert back is not None and [c.previous_key for c in back.not_analysed] == ["6/k3/c2"]
+    # without the list of analysed classes (older callers), nothing changes
+    assert compare_findings(cur, prev, RULE).n_resolved == 2
