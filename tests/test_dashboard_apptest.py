@@ -365,6 +365,8 @@ def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_othe
     at = ok(app(run=runs[2].name).run())
     warned = texts(at)
     assert "Flags on other images" in warned and "3 flagged sample ids now name other content" in warned
+    # the Flags page, whose export hands the ids to unlearning, says it too
+    assert "Flags on other images" in texts(ok(at.switch_page("views/flags.py").run()))
     # A flag set on the new run's page records the new run's content, which clears the warning.
     at.switch_page("views/sample.py")
     at.query_params["sample"] = ids[0]

@@ -31,15 +31,15 @@ def test_bind_flags_sorts_each_kind() -> None:
         _flag("2", "h-b"),  # its image is now under "0" → moved
         _flag("9", "h-c"),  # the id is gone, its image is under "1" → moved
         _flag("8", "h-z"),  # gone with its content (a deleted file): not wrong
-        _flag("7", "h-d"),  # gone, content under two ids: ambiguous → replaced
+        _flag("7", "h-d"),  # gone, its content under two ids: the flag acts on no image → gone
         _flag("3", None),  # set before flags recorded content
     ]
     b = bind_flags(flags, run)
     assert [f.sample_id for f in b.bound] == ["1", "3"] and b.unchecked == 1
     kinds = {c.flag.sample_id: c.kind for c in b.changed}
-    assert kinds == {"0": "replaced", "2": "moved", "9": "moved", "8": "gone", "7": "replaced"}
+    assert kinds == {"0": "replaced", "2": "moved", "9": "moved", "8": "gone", "7": "gone"}
     assert {c.flag.sample_id: c.found_at for c in b.of_kind("moved")} == {"2": ["0"], "9": ["1"]}
-    assert sorted(c.flag.sample_id for c in b.wrong) == ["0", "2", "7", "9"]
+    assert sorted(c.flag.sample_id for c in b.wrong) == ["0", "2", "9"]
     text = describe(b, "runs/latest")
     assert "2 → 0" in text and "spray flags rebind --run runs/latest" in text and "spray flags unset" in text
     assert describe(bind_flags(flags[:1], run), "r") == ""
@@ -144,3 +144,8 @@ def test_an_image_replaced_in_place_keeps_no_silent_flag(
     assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0
     assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", str(target)], capsys).code == 0
     assert str(target) not in {f.sample_id for f in FlagStore(world.flags_db).current(DATASET)}
+    # a flag on a sample no longer in the run (a deleted file) can be dropped too; an unknown id cannot
+    FlagStore(world.flags_db).flag(DATASET, ["99999"], "unlearn")
+    assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", "99999"], capsys).code == 0
+    assert "99999" not in {f.sample_id for f in FlagStore(world.flags_db).current(DATASET)}
+    assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", "88888"], capsys).code == 2

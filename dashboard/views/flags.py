@@ -58,6 +58,8 @@ def metrics() -> None:
 
 
 metrics()
+if cur is not None and dataset == run_dataset:  # the export below would name these ids as they are
+    flagform.content_warning(dataset, str(Path(cur[0]) / cur[1]))
 rows = [] if store is None else store.current(dataset, None if status_filter == "all" else status_filter)
 cols = ["sample_id", "status", "author", "note", "cluster_key", "run_id", "source", "flagged_at"]
 current = pd.DataFrame([{c: asdict(r)[c] for c in cols} for r in rows], columns=cols)

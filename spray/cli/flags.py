@@ -101,13 +101,15 @@ def _run_folder(args: argparse.Namespace) -> Path:
     raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for DIR/latest).")
 
 
-def _sample_ids(args: argparse.Namespace, reader: RunReader, run: Path, verb: str) -> list[str]:
-    """The ids of ``--sample-ids``, each checked to be in the run."""
+def _sample_ids(
+    args: argparse.Namespace, reader: RunReader, run: Path, verb: str, also: set[str] | None = None
+) -> list[str]:
+    """The ids of ``--sample-ids``, each checked to be in the run (or in ``also``)."""
     ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
     if not ids:
         what = "--finding KEY or --sample-ids ID,ID,..." if verb == "flag" else "--sample-ids ID,ID,..."
         raise ConfigError(f"Give {what} to {verb}.")
-    known = set(reader.sample_ids())
+    known = set(reader.sample_ids()) | (also or set())
     unknown = [i for i in ids if i not in known]
     if unknown:
         raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.")
@@ -159,8 +161,10 @@ def unset_command(args: argparse.Namespace) -> int:
 
     run = _run_folder(args)
     reader = RunReader.open(run)
-    ids = _sample_ids(args, reader, run, "unflag")
     db = _run_db(args, run)
+    # A flag whose sample is gone from the run (a deleted file) can be dropped too.
+    flagged = {f.sample_id for f in FlagStore(db).current(reader.summary.dataset)} if db.is_file() else set()
+    ids = _sample_ids(args, reader, run, "unflag", also=flagged)
     FlagStore(db).unflag(
         reader.summary.dataset,
         ids,

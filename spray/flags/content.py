@@ -9,7 +9,8 @@ those hashes with another run's (``samples.parquet``'s ``content_hash``) and sor
 - **moved**: the id names other content or is gone, and the flagged content is in the run under exactly one
   other id (``spray flags rebind`` moves the flag there);
 - **replaced**: the id names other content and the flagged content is nowhere (or under several ids);
-- **gone**: the id and its content are both absent from the run (a deleted file: nothing is wrong).
+- **gone**: the id is absent from the run and its content is nowhere or under several ids (a deleted
+  file: the flag acts on no image).
 
 Moved and replaced flags would otherwise act on the wrong image (``spray correct``, exports), silently.
 """
@@ -51,7 +52,8 @@ class ChangedFlag:
         """``"moved"`` (the content is under exactly one other id), ``"replaced"`` or ``"gone"``."""
         if len(self.found_at) == 1:
             return "moved"
-        return "gone" if self.run_hash is None and not self.found_at else "replaced"
+        # An id that is gone names no image, so its flag acts on none (content under several ids: ambiguous).
+        return "gone" if self.run_hash is None else "replaced"
 
 
 @dataclass(frozen=True)
