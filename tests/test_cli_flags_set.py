@@ -96,3 +96,13 @@ def test_every_flags_action_takes_flags_db_as_dashboard_and_correct_do(
     assert len(FlagStore(db).current(DATASET, "unlearn")) == 2
     for action in ("set", "export", "list", "unset", "check", "rebind"):
         assert "--flags-db PATH" in run_main(["flags", action, "--help"], capsys).stdout
+
+
+def test_a_missing_latest_link_says_to_give_the_run(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "latest").symlink_to(runs / "gone")
+    res = run_main(["flags", "check", "--runs-dir", str(runs)], capsys)
+    assert_clean_failure(res, 2, "latest is missing (a dangling link)", "--run")

@@ -97,7 +97,13 @@ def _run_folder(args: argparse.Namespace) -> Path:
     if args.run:
         return Path(args.run)
     if args.runs_dir:
-        return Path(args.runs_dir) / "latest"
+        latest = Path(args.runs_dir) / "latest"
+        if not latest.exists():  # a link removed by hand, or pointing at a deleted run
+            raise ConfigError(
+                f"{latest} is missing{' (a dangling link)' if latest.is_symlink() else ''}: give the run folder "
+                f"with --run {Path(args.runs_dir) / 'RUN_FOLDER'}, or audit again (spray run restores the link)."
+            )
+        return latest
     raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for DIR/latest).")
 
 
