@@ -3,7 +3,8 @@
 Every file of the runs folder is written to a temporary name beside its destination, fsynced and
 ``os.replace``d. A write that fails because the disk is full, the folder is read-only or not ours raises
 :class:`~spray.runs.errors.RunWriteError` naming the place ("no space left on <folder>"), after removing
-its temporary file: what was there before is intact.
+its temporary file: what was there before is intact. numpy reports a full disk as a short write
+(``OSError: 2587200 requested and 905152 written``, without an errno): that is "no space left" too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +22,39 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from spray.runs.errors import RunWriteError
+from spray.runs.layout import STAGING_DIR
 
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+#: numpy's ``tofile`` when ``fwrite`` wrote less than asked (a full disk or quota), with no errno
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _short_write(err: OSError) -> tuple[int, int] | None:
+    """``(requested, written)`` bytes of a short write reported without an errno, else None."""
+    if err.errno is not None:
+        return None
+    m = _SHORT_WRITE.search(str(err))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _size(n: int) -> str:
+    """Bytes for people: ``2.6 MB``."""
+    if n < 1000:
+        return f"{n} bytes"
+    x = n / 1000
+    for unit in ("kB", "MB"):
+        if x < 1000:
+            return f"{x:.1f} {unit}"
+        x /= 1000
+    return f"{x:.1f} GB"
 
 
 def write_error(path: Path, err: OSError) -> RunWriteError | None:
     """The clear error for an ``OSError`` raised while writing ``path``, or None when it is another kind.
+
+    A full disk (``ENOSPC``, ``EDQUOT``, or numpy's short write) names the folder and, for a short write,
+    the size the file needed; a read-only or foreign folder names the folder.
 
     Parameters
     ----------
@@ -36,10 +64,15 @@ def write_error(path: Path, err: OSError) -> RunWriteError | None:
         What the operating system said.
     """
     folder = path if path.is_dir() else path.parent
-    if err.errno in _NO_SPACE:
+    # A run being written lives in a private staging folder, removed on failure: name the runs folder.
+    staging = next((p for p in (folder, *folder.parents) if p.name == STAGING_DIR), None)
+    place = staging.parent if staging is not None else folder
+    short = _short_write(err)
+    if err.errno in _NO_SPACE or short is not None:
+        need = "" if short is None else f", which alone needed {_size(short[0])}: {_size(short[1])} fit"
         return RunWriteError(
             path,
-            f"no space left on {folder} (while writing {path.name}). Free some space there or point "
+            f"no space left on {place} (while writing {path.name}{need}). Free some space there or point "
             "output.runs_dir (--runs-dir) at a larger disk; previous runs and the cache are intact, "
             "and the next run resumes from the finished shards.",
         )
@@ -55,7 +88,8 @@ def write_error(path: Path, err: OSError) -> RunWriteError | None:
 
 @contextmanager
 def translate_write_errors(path: Path) -> Iterator[None]:
-    """Turn "disk full" and "read-only" ``OSError``s raised inside the block into :class:`RunWriteError`."""
+    """Turn "disk full" (also numpy's short write) and "read-only" ``OSError``s raised inside the block
+    into :class:`RunWriteError`."""
     try:
         yield
     except OSError as err:

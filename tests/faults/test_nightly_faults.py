@@ -210,12 +210,35 @@ def test_disk_full_while_writing_the_run(
     _edit(cfg, "analysis", k_max=4)
     _full_disk_under(monkeypatch, ".staging")
     res = _run(capsys, cfg)
-    assert_clean_failure(res, EXIT_FAILURE, "no space left on", str(run.parent / ".staging"))
+    # the runs folder, not the staging folder that is removed on failure
+    assert_clean_failure(res, EXIT_FAILURE, f"no space left on {run.parent} (while writing")
     assert list_runs(run.parent) == [run] and RunReader.open(run).report().run_id
     monkeypatch.undo()
     res = _run(capsys, cfg)
     assert res.code in (EXIT_OK, EXIT_FINDINGS), res.output
     assert _count(res, "n_cached") == 20  # every heatmap came from the cache
+
+
+def test_a_short_write_of_numpy_is_a_full_disk(
+    published: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy reports a full disk as "2587200 requested and 905152 written", without an errno: the same
+    clear error, no traceback, the staging folder gone."""
+    cfg, run = published
+    _edit(cfg, "analysis", k_max=4)
+    real = np.save
+
+    def save(file: Any, arr: Any, *args: Any, **kwargs: Any) -> None:
+        real(file, arr[: len(arr) // 3], *args, **kwargs)
+        raise OSError("2587200 requested and 905152 written")
+
+    monkeypatch.setattr(np, "save", save)
+    res = _run(capsys, cfg)
+    assert_clean_failure(
+        res, EXIT_FAILURE, f"no space left on {run.parent} (while writing heatmaps.npy", "2.6 MB", "905.2 kB"
+    )
+    assert "requested and" not in res.output and "Traceback" not in res.output
+    assert list_runs(run.parent) == [run] and not any((run.parent / ".staging").iterdir())
 
 
 def test_disk_full_while_writing_a_cache_shard(

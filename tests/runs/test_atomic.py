@@ -62,3 +62,20 @@ def test_a_read_only_folder_gives_a_clear_error(tmp_path: Path) -> None:
             atomic_write_json(d / "a.json", {})
     finally:
         d.chmod(0o755)
+
+
+def test_a_short_write_is_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's ``tofile`` reports a full disk as a short write without an errno; a file of a run being
+    written (in its staging folder) names the runs folder."""
+    target = tmp_path / "runs" / ".staging" / "abc" / "heatmaps.npy"
+
+    def short(fh: object, array: np.ndarray) -> None:
+        raise OSError("2587200 requested and 905152 written")
+
+    monkeypatch.setattr(atomic.np, "save", short)
+    with pytest.raises(RunWriteError, match=f"no space left on {tmp_path / 'runs'} \\(") as info:
+        atomic.atomic_save_npy(target, np.zeros(3))
+    assert "heatmaps.npy, which alone needed 2.6 MB: 905.2 kB fit" in str(info.value)
+    assert list(target.parent.iterdir()) == []
+    assert write_error(tmp_path / "f", OSError("something else")) is None
+    assert write_error(tmp_path / "f", OSError(errno.EDQUOT, "Disk quota exceeded")) is not None
