@@ -95,6 +95,11 @@ def _changes_html(changes: ChangeSet) -> str:
         if prev
         else "<p class='meta'>No previous run of this audit: every suspicious cluster counts as new.</p>"
     )
+    if changes.model_changed:
+        head += (
+            "<p class='meta'>The model changed since the previous run (other weights): its clusters are "
+            "matched across two models, so a new and a resolved entry may be one shortcut learned again.</p>"
+        )
     for u in changes.unreadable:
         head += (
             f"<p class='meta'>Run <code>{html.escape(u.run)}</code> could not be read and was passed over: "

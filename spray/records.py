@@ -334,6 +334,9 @@ class ChangeSet:
     not_analysed : list[ClusterChange]
         The previous run's suspicious clusters whose class this run did not analyse (too few readable
         samples): no verdict, neither resolved nor still there.
+    model_changed : bool or None
+        The previous run explained other weights (a retrained model): its clusters are matched across two
+        models, so a "new" and a "resolved" entry may be one shortcut learned again. None: not known.
     """
 
     previous_run_id: str | None
@@ -346,6 +349,7 @@ class ChangeSet:
     rule: ChangeRule
     unreadable: list[UnreadableRun] = field(default_factory=list)
     not_analysed: list[ClusterChange] = field(default_factory=list)
+    model_changed: bool | None = None
 
     @property
     def n_new(self) -> int:

@@ -209,6 +209,11 @@ def show_changes(ch: ChangeSet, how: str) -> None:
         )
     for u in ch.unreadable:
         st.caption(f"Passed over (unreadable): {safetext.code(u.run)}")
+    if ch.model_changed:
+        st.caption(
+            "The model changed since the previous run (other weights): a new and a resolved entry may be one "
+            "shortcut learned again."
+        )
 
 
 recorded = common.recorded_changes(path)

@@ -243,6 +243,8 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
         # A shortcut whose class could not be analysed tonight is not "resolved": say so to the scheduler.
         status["not_analysed"] = [c.previous_key for c in ch.not_analysed]
     status["n_skipped"] = len(report.skipped)
+    if ch is not None and ch.model_changed:
+        status["model_changed"] = True
     acc = recorded_accuracy(report.extra)
     if acc is not None:
         status["model_accuracy"] = acc.get("accuracy")

@@ -311,7 +311,8 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     reader, prev, unreadable = previous_run(
         runs_dir, name=report.name, dataset=report.dataset, exclude_run_id=report.run_id
     )
-    return compare_findings(
+    before = None if reader is None else reader.summary.hashes.get("model")
+    changes = compare_findings(
         report.findings,
         prev,
         rule,
@@ -320,3 +321,6 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         unreadable=unreadable,
         analysed={c.class_index for c in report.classes},
     )
+    if before and report.hashes.get("model"):
+        changes.model_changed = before != report.hashes["model"]
+    return changes

@@ -336,4 +336,5 @@ def parse_changes(raw: Any, file: Path) -> ChangeSet | None:
             UnreadableRun(u.get("run", str), u.get("reason", str)) for u in d.items("unreadable", [])
         ],
         not_analysed=[_change(c) for c in d.items("not_analysed", [])],
+        model_changed=raw.get("model_changed") if isinstance(raw.get("model_changed"), bool) else None,
     )

@@ -113,6 +113,7 @@ def changes_entry(ch: ChangeSet) -> dict[str, Any]:
         },
         "unreadable": [{"run": u.run, "reason": u.reason} for u in ch.unreadable],
         "not_analysed": [change_entry(c) for c in ch.not_analysed],
+        "model_changed": ch.model_changed,
     }
 
 

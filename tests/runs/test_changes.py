@@ -129,3 +129,21 @@ def test_a_class_not_analysed_now_is_no_verdict_not_resolved(tmp_path: Path) -> 
     assert back is not None and [c.previous_key for c in back.not_analysed] == ["6/k3/c2"]
     # without the list of analysed classes (older callers), nothing changes
     assert compare_findings(cur, prev, RULE).n_resolved == 2
+
+
+def test_a_retrained_model_is_named_in_the_changes(tmp_path: Path) -> None:
+    """Clusters matched across two models: the changes say the weights differ (status, report, dashboard)."""
+    from spray.runs.summary import parse_changes
+    from spray.runs.writer import changes_entry
+
+    runs = tmp_path / "runs"
+    report, stage = make_report()
+    report.changes = None
+    write_published(runs, report, stage)
+    report.run_id = "u" * 64
+    assert changes_since_previous(report, runs, RULE).model_changed is False
+    report.hashes = {**report.hashes, "model": "n" * 64}
+    ch = changes_since_previous(report, runs, RULE)
+    assert ch.model_changed is True and "The model changed" in _changes_html(ch)
+    back = parse_changes(changes_entry(ch), tmp_path / "summary.json")
+    assert back is not None and back.model_changed is True
