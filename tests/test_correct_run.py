@@ -14,6 +14,7 @@ import torch
 
 from spray.cli.correct import _table
 from spray.config import AuditConfig, load_config
+from spray.correct.evaluate import CleanChanges
 from spray.correct.html import render_correction_html
 from spray.correct.record import CorrectionRecord
 from spray.correct.rrclarc import RightReasonLoss
@@ -107,10 +108,22 @@ def _command_line_warns_of_lost_accuracy(outcome: Any) -> None:
     assert f"clean accuracy {outcome.record.verdict.accuracy_text()}" in _table(outcome)
     assert "95 % interval" in _table(outcome)
     worse = dataclasses.replace(ev.after, clean_accuracy=ev.before.clean_accuracy - 0.03)
-    rec = dataclasses.replace(outcome.record, evaluation=dataclasses.replace(ev, after=worse))
+    n = ev.n_clean
+    lost = CleanChanges(n, gained=0, lost=max(4, round(0.03 * n)))  # only losses, enough to exclude 0
+    rec = dataclasses.replace(
+        outcome.record, evaluation=dataclasses.replace(ev, after=worse, clean_changes=lost)
+    )
     text = _table(dataclasses.replace(outcome, record=rec))
     assert "WARNING: the corrected model lost 3.00 points of clean accuracy" in text
+    assert "P-ClArC trains nothing" in text and "rr_lambda" not in text  # the method's own advice
     assert "acts no more than any pixels" not in text
+    # the same 3 points from many gains and more losses: the interval holds 0, no warning
+    noisy = CleanChanges(n, gained=n // 4, lost=n // 4 + round(0.03 * n))
+    rec = dataclasses.replace(
+        outcome.record, evaluation=dataclasses.replace(ev, after=worse, clean_changes=noisy)
+    )
+    assert rec.verdict.accuracy_interval is not None and rec.verdict.accuracy_interval[1] > 0
+    assert "lost 3.00 points" not in _table(dataclasses.replace(outcome, record=rec))
     # flags whose pixels flip no more than the reference's pixels in the same region
     before = dataclasses.replace(ev.before, flip_null=ev.before.flip_rate - 0.01)
     rec = dataclasses.replace(outcome.record, evaluation=dataclasses.replace(ev, before=before))

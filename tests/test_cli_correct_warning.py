@@ -1,0 +1,59 @@
+"""``spray correct``'s clean-accuracy warning: only for a loss the noise cannot explain, with the advice of
+the method that was run (P-ClArC trains nothing, so "a lower rr_lambda or lr" is no remedy for it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from spray.cli.correct import _accuracy_warning
+from spray.correct.record import Verdict
+
+
+@dataclass
+class _Record:
+    """What the warning reads of a :class:`~spray.correct.record.CorrectionRecord`."""
+
+    method: str
+    verdict: Verdict
+    parameters: dict[str, Any] = field(default_factory=dict)
+    footprint: object | None = None
+
+
+def _lost(points: float, interval: tuple[float, float] | None) -> Verdict:
+    """A verdict whose clean accuracy changed by ``-points`` (interval in points, or None)."""
+    kept = None if interval is None else [interval[0] / 100, interval[1] / 100]
+    return Verdict(0.9, 0.9, -points / 100, True, kept)
+
+
+def test_the_advice_is_the_methods_own() -> None:
+    significant = _lost(3.0, (-4.5, -1.5))
+    pclarc = _accuracy_warning(_Record("pclarc", significant))
+    assert pclarc.startswith("the corrected model lost 3.00 points of clean accuracy")
+    assert "trains nothing" in pclarc and "--method rrclarc" in pclarc and "--method retrain" in pclarc
+    assert "rr_lambda" not in pclarc and "correction.lr" not in pclarc
+    rr = _accuracy_warning(_Record("rrclarc", significant, {"rr_directions": 2}, footprint=object()))
+    assert "correction.rr_lambda" in rr and "correction.lr" in rr and "no training" not in rr
+    assert "rr_directions 1" in rr and "rr_region_weight" in rr
+    assert "retrain_epochs" in _accuracy_warning(_Record("retrain", significant, {"retrain_init": "scratch"}))
+    fine_tuned = _accuracy_warning(_Record("retrain", significant, {"retrain_init": "checkpoint"}))
+    assert "correction.epochs" in fine_tuned and "rr_lambda" not in fine_tuned
+
+
+@pytest.mark.parametrize(
+    ("points", "interval", "warned"),
+    [
+        (3.0, (-4.5, -1.5), True),  # the interval excludes 0: a real loss
+        (1.07, (-3.2, 1.07), False),  # the interval holds 0: the noise of which images flipped
+        (3.0, (-6.0, 0.0), False),  # touching 0 is not excluding it
+        (3.0, None, True),  # a record written before the interval was kept: the point goal alone
+        (0.5, (-0.8, -0.2), False),  # significant but within the goal of a point
+    ],
+)
+def test_only_a_significant_loss_is_warned_of(
+    points: float, interval: tuple[float, float] | None, warned: bool
+) -> None:
+    for method in ("pclarc", "rrclarc", "retrain"):
+        assert bool(_accuracy_warning(_Record(method, _lost(points, interval)))) is warned
