@@ -60,6 +60,18 @@ def test_a_yaml_boolean_is_not_a_number(tmp_path: Path, section: str, key: str) 
     assert getattr(getattr(config_from_dict(raw, base_dir=tmp_path), section), key) == 2
 
 
+def test_notify_command_is_one_string_split_like_a_shell_line(tmp_path: Path) -> None:
+    """A YAML list is refused with the string to write instead (the notifier splits with shlex)."""
+    raw = _base(tmp_path)
+    raw["nightly"] = {"notify_command": ["notify.sh", "--channel", "ml team"]}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw, base_dir=tmp_path)
+    assert "nightly.notify_command: is a list; give one string" in str(e.value)
+    assert "notify.sh --channel 'ml team'" in str(e.value)
+    raw["nightly"] = {"notify_command": "notify.sh --channel 'ml team'"}
+    assert config_from_dict(raw, base_dir=tmp_path).nightly.notify_command == "notify.sh --channel 'ml team'"
+
+
 def test_missing_file_named(tmp_path: Path) -> None:
     raw = _base(tmp_path)
     raw["model"]["checkpoint"] = "nope.pt"

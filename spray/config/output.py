@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -26,7 +28,10 @@ class NightlyConfig(Section):
     """Scheduling behaviour."""
 
     notify_command: str | None = Field(
-        None, description="Command run with the summary path appended when there are new findings."
+        None,
+        description="Command run with the summary path appended when there are new findings (exit 10): one "
+        "string, split like a shell command line (Python's shlex: quote an argument that holds spaces), run "
+        "without a shell (wrap it in sh -c '...' for pipes); a YAML list is refused.",
     )
     notify_timeout_s: float = Field(
         120.0,
@@ -56,6 +61,14 @@ class NightlyConfig(Section):
         description="Change detection: a matched cluster has grown when it gained at least one member and at "
         "least this fraction of its previous size (5 % new data grows every cluster by about 5 %: not news).",
     )
+
+    @field_validator("notify_command", mode="before")
+    @classmethod
+    def _one_string(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            words = " ".join(shlex.quote(str(w)) for w in v)
+            raise ValueError(f"is a list; give one string, split like a shell command line, e.g. {words!r}")
+        return v
 
     @field_validator("notify_command")
     @classmethod

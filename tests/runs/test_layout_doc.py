@@ -65,3 +65,28 @@ def test_every_emitted_name_is_documented(tmp_path: Path) -> None:
     names |= set(_ShardState(0).manifest())
     assert _documented(names) == []
     assert f"(version {LAYOUT_VERSION})" in DOC.read_text().splitlines()[0]
+
+
+def test_the_readme_names_the_current_layout() -> None:
+    readme = DOC.parents[1] / "README.md"
+    headings = [ln for ln in readme.read_text().splitlines() if ln.startswith("#") and "layout" in ln.lower()]
+    assert headings and all(f"(version {LAYOUT_VERSION})" in h for h in headings if "version" in h), headings
+
+
+def test_documented_arrays_have_the_written_dtype_and_shape(tmp_path: Path) -> None:
+    """Each ``.npy`` row of the table: its dtype, its rank, and every fixed size (a grey model's thumbnails
+    have one channel, not three)."""
+    report, stage = make_report()
+    n = len(stage.batch)
+    stage.thumbs = np.zeros((n, 8, 8, 1), np.uint8)  # a 1-channel model
+    stage.full_relevance = np.zeros((n, 1, 4, 4), np.float16)
+    run = write_published(tmp_path / "runs", report, stage)
+    rows = re.findall(r"^\| `(\w+\.npy)` \| (\w+)[^|]*\| \(([^)]*)\) \|", DOC.read_text(), re.M)
+    assert {name for name, _, _ in rows} >= {"heatmaps.npy", "thumbs.npy", "relevance_full.npy"}
+    for name, dtype, shape in rows:
+        if not (run / name).is_file():
+            continue
+        arr = np.load(run / name, mmap_mode="r")
+        dims = [d.strip() for d in shape.split(",")]
+        assert arr.dtype == np.dtype(dtype) and arr.ndim == len(dims), (name, arr.dtype, arr.shape, shape)
+        assert all(int(d) == s for d, s in zip(dims, arr.shape, strict=True) if d.isdigit()), (name, shape)
