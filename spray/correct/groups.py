@@ -87,7 +87,7 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
             raise NoFlagsError(_no_db_message(db))
         raise ConfigError(_no_db_message(db))
     # FlagStore reports a damaged or foreign database itself (the file, the reason, what to do).
-    store = FlagStore(db)
+    store = FlagStore(db, read_only=True)  # a correction never writes flags
     rows = store.current(dataset, cfg.flag_status)
     datasets = store.datasets()
     if not rows:
