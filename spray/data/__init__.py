@@ -4,8 +4,7 @@ Three sources (``data.kind``): IDX files (:mod:`spray.data.idx`), an image folde
 (:mod:`spray.data.folder`) and a user factory (:mod:`spray.data.factory`, whose contract is documented
 there and in docs/config.md). Files are decoded for every mode and bit depth by
 :mod:`spray.data.decoding`, brought to the model's channels by :mod:`spray.data.channels`, transformed
-by :mod:`spray.data.transform` and thumbnailed by :mod:`spray.data.thumbnails`; the batch stage reads
-its batches ahead in a thread (:mod:`spray.data.prefetch`).
+by :mod:`spray.data.transform` and thumbnailed by :mod:`spray.data.thumbnails`.
 
 Every item of an :class:`AuditDataset` is a :class:`Sample` or, when the sample cannot be used, a
 :class:`~spray.records.SkippedSample` with the reason, so one bad file never stops a run.
