@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from spray.config import AuditConfig
 from spray.data import AuditDataset, SampleBatch, collate_samples
-from spray.data.prefetch import prefetched
 from spray.errors import ModelError
 from spray.records import AttributionBatch, SkippedSample
 from spray.runs.atomic import atomic_write_json, translate_write_errors
@@ -320,9 +319,7 @@ class BatchStage:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer,
             _restore_known_hashes(dataset),
         ):
-            # Without worker processes, a thread reads the next batch while this one is explained.
-            depth = self.cfg.batch.prefetch_batches if self.cfg.batch.num_workers == 0 else 0
-            for bi, collated in enumerate(prefetched(self._loader(dataset, batches), depth)):
+            for bi, collated in enumerate(self._loader(dataset, batches)):
                 if shard is None or shard.start != owner[bi]:
                     if shard is not None:
                         self._finish_shard(shard, writer, pending)

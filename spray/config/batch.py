@@ -14,14 +14,6 @@ class BatchConfig(Section):
 
     batch_size: int = Field(64, ge=1, le=65536, description="Samples per LRP batch.")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
-    prefetch_batches: int = Field(
-        1,
-        ge=0,
-        le=64,
-        description="With num_workers 0: batches a background thread reads (decodes, transforms, hashes) ahead "
-        "while the current one is explained, so decoding and LRP overlap; 0 reads each batch in turn. Results "
-        "are identical either way.",
-    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when available.")
     grid: int = Field(
         32,
