@@ -480,3 +480,24 @@ def test_usage_errors_still_write_the_status_line(tmp_path: Path, capsys: pytest
     with pytest.raises(SystemExit):
         main(["audit", "--config", "run", "--nope"])  # another command: no status line
     assert capsys.readouterr().out == ""
+
+
+def test_a_class_with_no_readable_sample_is_not_analysed_never_resolved(
+    first: dict[str, Any], prepared: Prepared, tmp_path: Path
+) -> None:
+    """Tonight the shortcut's class has no sample (a broken sync): its cluster has no verdict, and the
+    status line says so, instead of counting it as resolved with exit 0."""
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    images, labels = read_idx(prepared.images), read_idx(prepared.labels)
+    keep = labels != PLANTED_CLASS
+    write_idx(tmp_path / "img.gz", images[keep])
+    write_idx(tmp_path / "lab.gz", labels[keep])
+    cfg = prepared.config("no-shirts", images=tmp_path / "img.gz", labels=tmp_path / "lab.gz")
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
+    assert res.code == EXIT_OK, res.stderr[-3000:]
+    assert res.status is not None
+    assert any(k.startswith(f"{PLANTED_CLASS}/") for k in res.status["not_analysed"]), res.status
+    ch = json.loads(Path(res.status["summary"]).read_text())["changes"]
+    assert not [c for c in ch["resolved"] if c["class_index"] == PLANTED_CLASS], ch
+    assert "is not resolved, there is no verdict" in res.stderr
