@@ -13,6 +13,9 @@ Building 100k samples takes a few seconds (everything is vectorised).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +245,19 @@ def make_synthetic_run(
     staged = staging_dir(runs_dir, rid)
     write_run(staged, report, stage)
     return publish(runs_dir, staged, rid)
+
+
+@contextmanager
+def pointed_at(runs_dir: Path, flags_db: Path) -> Iterator[None]:
+    """The dashboard's runs folder and flag database (its environment variables), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in ("SPRAY_RUNS_DIR", "SPRAY_FLAGS_DB")}
+    os.environ["SPRAY_RUNS_DIR"] = str(runs_dir)
+    os.environ["SPRAY_FLAGS_DB"] = str(flags_db)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

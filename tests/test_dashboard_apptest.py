@@ -17,7 +17,7 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
-from tests.dashboard_fixtures import make_synthetic_run
+from tests.dashboard_fixtures import make_synthetic_run, pointed_at
 from tests.dashboard_tables import follow_row_link, html_grid, html_table, html_tables
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -37,15 +37,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 @pytest.fixture
 def env(runs: tuple[Path, Path, Path], tmp_path: Path) -> Iterator[Path]:
     """Point the app at the runs and at a fresh flag database."""
-    saved = {k: os.environ.get(k) for k in ("SPRAY_RUNS_DIR", "SPRAY_FLAGS_DB")}
-    os.environ["SPRAY_RUNS_DIR"] = str(runs[0])
-    os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "flags.sqlite")
-    yield tmp_path / "flags.sqlite"
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pointed_at(runs[0], tmp_path / "flags.sqlite"):
+        yield tmp_path / "flags.sqlite"
 
 
 def app(**query: str) -> AppTest:

@@ -3,7 +3,6 @@ concept-conditional heatmaps instead of the plain ones, and reference samples pe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from tests.dashboard_fixtures import pointed_at
 from tests.dashboard_tables import html_grid
 from tests.runs.builders import make_report, write_published
 from tests.test_dashboard_apptest import APP, ok, texts
@@ -29,15 +29,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 @pytest.fixture
 def env(run: tuple[Path, object], tmp_path: Path) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("SPRAY_RUNS_DIR", "SPRAY_FLAGS_DB")}
-    os.environ["SPRAY_RUNS_DIR"] = str(run[0] / "runs")
-    os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "flags.sqlite")
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pointed_at(run[0] / "runs", tmp_path / "flags.sqlite"):
+        yield
 
 
 def _page(cluster: str) -> AppTest:

@@ -3,7 +3,6 @@ the count of a saved flag."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 from spray.records import SkippedSample
-from tests.dashboard_fixtures import make_synthetic_run
+from tests.dashboard_fixtures import make_synthetic_run, pointed_at
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 SIZES = [30, 30, 30]
@@ -34,15 +33,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 @pytest.fixture
 def env(runs: tuple[Path, Path, Path], tmp_path: Path) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("SPRAY_RUNS_DIR", "SPRAY_FLAGS_DB")}
-    os.environ["SPRAY_RUNS_DIR"] = str(runs[0])
-    os.environ["SPRAY_FLAGS_DB"] = str(tmp_path / "flags.sqlite")
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pointed_at(runs[0], tmp_path / "flags.sqlite"):
+        yield
 
 
 def _run(**query: str) -> AppTest:
