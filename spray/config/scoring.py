@@ -40,6 +40,15 @@ class ScoringConfig(Section):
         description="Hot pixels: cells whose contrast (members' minus rest's mean share) reaches this "
         "fraction of its maximum.",
     )
+    appearance_trim: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Appearance: per cell, this share of the members farthest from the members' median is left "
+        "out of their spread, so a few members without the stamp do not hide it. 0 (today's default) uses every "
+        "member; 0.1 flagged two small identical stamps that 0 missed (docs/detection.md), but it is not "
+        "calibrated on the tuning split yet.",
+    )
     mask_max_area: float = Field(
         0.15,
         gt=0.0,

@@ -111,8 +111,13 @@ def grid_appearance(
     g_out: np.ndarray,
     m_out: np.ndarray,
     weights: np.ndarray | None = None,
+    trim: float = 0.0,
 ) -> float:
-    """:func:`appearance` on inputs already pooled to the grid (:func:`grid_cells`)."""
+    """:func:`appearance` on inputs already pooled to the grid (:func:`grid_cells`).
+
+    ``trim`` > 0 leaves out, per cell, that share of the members farthest from the members' median before
+    their spread is taken, so a few members without the stamp (a cluster is rarely pure) do not hide it.
+    """
     # The spreads are taken in float32, as the pooled pixels are (the float64 grid is an exact copy).
     a = g_in[m_in].reshape(len(g_in), -1, g_in.shape[-1]).astype(np.float32)  # (n, cells, C)
     b = g_out[m_out].reshape(len(g_out), -1, g_out.shape[-1]).astype(np.float32)
@@ -122,8 +127,18 @@ def grid_appearance(
     spread_all = float(wt @ np.concatenate([a, b]).std(axis=0).mean(axis=1))
     if spread_all < 1e-6 * max(float(wt.sum()), 1e-12):
         return 0.0
-    spread_in = float(wt @ a.std(axis=0).mean(axis=1))
+    spread_in = float(wt @ _trimmed(a, trim).std(axis=0).mean(axis=1))
     return float(np.clip(1.0 - spread_in / spread_all, 0.0, 1.0))
+
+
+def _trimmed(a: np.ndarray, trim: float) -> np.ndarray:
+    """``(n, cells, C)`` members → per cell the ``1 - trim`` share of them closest to their median."""
+    keep = max(2, round((1.0 - trim) * len(a)))
+    if trim <= 0.0 or keep >= len(a):
+        return a
+    dist = np.abs(a - np.median(a, axis=0, keepdims=True)).mean(axis=2)  # (n, cells)
+    nearest = np.argsort(dist, axis=0, kind="stable")[:keep]
+    return np.take_along_axis(a, nearest[:, :, None], axis=0)
 
 
 @dataclass
@@ -164,11 +179,11 @@ class Donors:
     g_out: np.ndarray
 
 
-def _weighted(stats: ClassStats, donors: Donors, a_in: np.ndarray, a_out: np.ndarray) -> float:
+def _weighted(stats: ClassStats, donors: Donors, a_in: np.ndarray, a_out: np.ndarray, trim: float) -> float:
     """Appearance with the members' mean relevance per region cell (aligned like the pixels) as weights."""
     d_in = donors.rows_in
     wt = stats.p[d_in][a_in].reshape(len(d_in), -1).mean(axis=0)
-    return grid_appearance(donors.g_in, a_in, donors.g_out, a_out, weights=wt)
+    return grid_appearance(donors.g_in, a_in, donors.g_out, a_out, weights=wt, trim=trim)
 
 
 def shared_mask(stats: ClassStats, cand: Candidate, config: ScoringConfig) -> tuple[np.ndarray, str]:
@@ -192,15 +207,17 @@ def look(stats: ClassStats, cand: Candidate, donors: Donors, config: ScoringConf
         s = cand.moving_size
         m_in = peak_masks(stats.box[s][d_in], s, stats.h, stats.w)
         m_out = peak_masks(stats.box[s][d_out], s, stats.h, stats.w)
-        return Look(_weighted(stats, donors, m_in, m_out), False, m_in, m_out, "moving")
+        return Look(
+            _weighted(stats, donors, m_in, m_out, config.appearance_trim), False, m_in, m_out, "moving"
+        )
     shared, kind = shared_mask(stats, cand, config)
     m_in = np.asarray(np.broadcast_to(shared, (d_in.size, *shared.shape)))
     m_out = np.asarray(np.broadcast_to(shared, (d_out.size, *shared.shape)))
-    value = _weighted(stats, donors, m_in, m_out)
+    value = _weighted(stats, donors, m_in, m_out, config.appearance_trim)
     if cand.region.kind != "window" or config.jitter_reach <= 0:
         return Look(value, False, m_in, m_out, kind)
     l_in, l_out = _aligned_masks(stats, cand, donors, config)
-    local = _weighted(stats, donors, l_in, l_out)
+    local = _weighted(stats, donors, l_in, l_out, config.appearance_trim)
     # Counted only when the aligned pixels clearly look like a stamp: each sample picking its
     # best-matching window makes any region look somewhat more alike. Below the flag's floor it
     # would only move scores, and natural parts reached 0.41-0.45 aligned against 0.54-0.94 for the

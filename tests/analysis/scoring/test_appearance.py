@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from spray.analysis.scoring.appearance import appearance, grid_cells
+from spray.analysis.scoring.appearance import appearance, grid_appearance, grid_cells
 
 
 def test_grid_cells_average_pool_to_the_grid() -> None:
@@ -50,3 +51,22 @@ def test_appearance_weights_the_cells_the_model_uses() -> None:
     left = np.array([1.0, 0.0, 1.0, 0.0])
     assert appearance(x_in, mask, x_out, mask, weights=left) > 0.95
     assert appearance(x_in, mask, x_out, mask, weights=1.0 - left) < 0.3
+
+
+def test_trimming_keeps_a_few_members_without_the_stamp_from_hiding_it() -> None:
+    """An identical stamp in 18 of 20 members (a cluster is rarely pure): with every member the two
+    outliers dominate the spread; leaving out the 10 % farthest from the median finds the stamp."""
+    rng = np.random.default_rng(0)
+    stamp = np.ones((20, 4, 1))  # 4 region cells, one channel
+    stamp[18:] = rng.random((2, 4, 1))  # two members without it
+    others = rng.random((30, 4, 1)) * 0.3  # the class's own pixels there: dark and varied
+    mask_in = np.ones((20, 2, 2), bool)
+    mask_out = np.ones((30, 2, 2), bool)
+    g_in, g_out = stamp.reshape(20, 2, 2, 1), others.reshape(30, 2, 2, 1)
+    every = grid_appearance(g_in, mask_in, g_out, mask_out)
+    trimmed = grid_appearance(g_in, mask_in, g_out, mask_out, trim=0.1)
+    assert every < 0.6 < 0.99 < trimmed
+    assert grid_appearance(g_in[:18], mask_in[:18], g_out, mask_out, trim=0.1) == pytest.approx(1.0)
+    # trimming cannot make varied members alike: the median is as varied as they are
+    varied = rng.random((20, 2, 2, 1))
+    assert grid_appearance(varied, mask_in, g_out, mask_out, trim=0.1) < 0.2
