@@ -40,7 +40,6 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.flags import default_db_path
 from spray.flags.content import run_flag_message
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AuditReport
@@ -461,8 +460,7 @@ def _publish(
 
 def _check_flags(cfg: AuditConfig, stage: BatchStageResult, run: Path) -> None:
     """Warn when flags of this dataset name other content in the new run than they were set on."""
-    c = cfg.correction
-    db = Path(c.flags_db) if c.flags_db is not None else default_db_path(cfg.output.runs_dir)
+    db = cfg.flags_db_path()
     if len(stage.batch.content_hashes) != len(stage.batch):
         return
     hashes = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))

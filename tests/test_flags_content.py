@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from spray.cli import main
 from spray.data import write_idx
@@ -119,6 +120,13 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     status = json.loads(res.stdout.strip().splitlines()[-1])
     assert res.code == 0 and status["status"] == "up_to_date"
     assert "flagged images are now under another sample id" in status["flag_warnings"][0]
+    # the database the config names (correction.flags_db), as the audit and spray correct read it
+    other = yaml.safe_load(world.config.read_text())
+    other["correction"]["flags_db"] = str(world.root / "other-flags.sqlite")
+    FlagStore(world.root / "other-flags.sqlite").flag(DATASET, ["0"], "investigate")
+    (world.root / "other.yaml").write_text(yaml.safe_dump(other))
+    res = run_main(["run", "--config", str(world.root / "other.yaml")], capsys)
+    assert "flag_warnings" not in json.loads(res.stdout.strip().splitlines()[-1])
     res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(world.root / "unlearn.csv")], capsys)
     assert res.code == 0 and "the export holds flags on other images" in res.output
     res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)

@@ -184,7 +184,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
             report.run_id[:16],
         )
         code = EXIT_FINDINGS
-    _report_status(report, code, status)
+    _report_status(report, code, status, cfg.flags_db_path())
     if (owed or not report.up_to_date) and code == EXIT_FINDINGS and cfg.nightly.notify_command:
         _notify(cfg.nightly.notify_command, report, code, status, cfg.nightly.notify_timeout_s)
     if pending.exists():  # only then: a read-only runs directory refuses even removing a missing file
@@ -200,26 +200,22 @@ def _pending(runs_dir: Path, run_id: str) -> Path:
     return runs_dir / f".alert-pending-{run_id[:16]}"
 
 
-def _flag_warning(report: Any) -> str:
-    """The flags of the run's dataset that name other images in it than they were set on ('' if none)."""
+def _flag_warning(report: Any, db: Path) -> str:
+    """The flags of the run's dataset in ``db`` that name other images in it than they were set on ('' if
+    none): checked here too, since an up-to-date run does not audit and flags change between runs."""
     from spray.errors import SprayError
-    from spray.flags import default_db_path
     from spray.flags.content import run_flag_message
     from spray.runs.reader import RunReader
 
     run = Path(report.run_dir)
     try:
         hashes = RunReader.open(run).content_hashes()
-        return (
-            ""
-            if hashes is None
-            else run_flag_message(default_db_path(run.parent), report.dataset, hashes, str(run))
-        )
+        return "" if hashes is None else run_flag_message(db, report.dataset, hashes, str(run))
     except SprayError as err:  # the run is published; a damaged flag database is reported, not fatal here
         return f"the flag database could not be checked: {err}"
 
 
-def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
+def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Path) -> None:
     from spray.accuracy import recorded_accuracy, recorded_problems
     from spray.runs.layout import RunFiles
 
@@ -250,7 +246,7 @@ def _report_status(report: Any, code: int, status: dict[str, Any]) -> None:
         status["model_accuracy"] = acc.get("accuracy")
     if problems := recorded_problems(report.extra):
         status["model_warnings"] = problems
-    if flags := _flag_warning(report):
+    if flags := _flag_warning(report, flags_db):
         status["flag_warnings"] = [flags]
     if files.report_html.exists():
         status["report"] = str(files.report_html)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
@@ -115,6 +116,13 @@ class AuditConfig(Section):
         """Key under which flags are stored: the dataset name, or its path."""
         d = self.data
         return d.name or str(d.path or d.images or d.factory)
+
+    def flags_db_path(self) -> Path:
+        """The flag database: ``correction.flags_db``, else ``flags.sqlite`` beside the runs (output.runs_dir)."""
+        from spray.flags.store import default_db_path
+
+        db = self.correction.flags_db
+        return Path(db) if db is not None else default_db_path(self.output.runs_dir)
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (used for cache keys and the run id)."""

@@ -31,7 +31,6 @@ from spray.correct.groups import (
 from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
-from spray.flags import default_db_path
 from spray.models import build_model, check_model_output, model_hash
 from spray.runs.identity import RESULT_SECTIONS
 from spray.versions import code_version
@@ -163,7 +162,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     c = cfg.correction
     warn_ignored(cfg)
     runs_dir = Path(cfg.output.runs_dir)
-    db = Path(c.flags_db) if c.flags_db is not None else default_db_path(runs_dir)
+    db = cfg.flags_db_path()
     flags = read_flags(db, cfg.dataset_key(), c)
     samples = SampleSet.build(cfg.data)
     dev = resolve_device(device or cfg.batch.device)
