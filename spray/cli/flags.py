@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
-from spray.flags.content import FlagBinding, bind_flags, describe
+from spray.flags.content import FlagBinding, bind_flags, describe, run_flag_message
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
 
@@ -48,7 +48,7 @@ def export_command(args: argparse.Namespace) -> int:
     store = FlagStore(db, read_only=True)
     store.check()
     if args.runs_dir:
-        _warn_changed(store, Path(args.runs_dir) / "latest")
+        _warn_changed(db, Path(args.runs_dir) / "latest")
     status = None if args.status == "all" else args.status
     data = store.export_bytes(args.format, dataset=args.dataset, status=status)
     if out is not None:
@@ -65,7 +65,7 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_changed(store: FlagStore, run: Path) -> None:
+def _warn_changed(db: Path, run: Path) -> None:
     """Warn when exported flags name other images in the newest run than they were set on."""
     from spray.runs.errors import RunReadError
     from spray.runs.reader import RunReader
@@ -76,7 +76,7 @@ def _warn_changed(store: FlagStore, run: Path) -> None:
     except (RunReadError, OSError):  # no run yet, or an unreadable one: the export does not depend on it
         return
     if hashes is not None:
-        message = describe(bind_flags(store.current(reader.summary.dataset), hashes), str(run))
+        message = run_flag_message(db, reader.summary.dataset, hashes, str(run))
         if message:
             log.warning("the export holds flags on other images than the newest run's: %s", message)
 
@@ -122,6 +122,11 @@ def _sample_ids(
     return ids
 
 
+def _author(args: argparse.Namespace) -> str:
+    """``--author``, else ``$SPRAY_AUTHOR`` or the OS user (as the dashboard records it)."""
+    return args.author if args.author is not None else default_author()
+
+
 def _run_db(args: argparse.Namespace, run: Path) -> Path:
     """``--db``, else the flag database beside the run folder (``RUNS_DIR/flags.sqlite``)."""
     return Path(args.db) if args.db else default_db_path(run.parent if args.run else args.runs_dir)
@@ -154,7 +159,7 @@ def set_command(args: argparse.Namespace) -> int:
         run_id=reader.summary.run_id,
         cluster_key=key,
         source="spray flags set",
-        author=args.author if args.author is not None else default_author(),
+        author=_author(args),
         content_hashes={i: hashes[i] for i in ids if i in hashes},
     )
     sys.stdout.write(f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db}\n")
@@ -177,7 +182,7 @@ def unset_command(args: argparse.Namespace) -> int:
         args.note,
         run_id=reader.summary.run_id,
         source="spray flags unset",
-        author=args.author if args.author is not None else default_author(),
+        author=_author(args),
     )
     sys.stdout.write(f"unflagged {len(ids)} samples of {reader.summary.dataset} in {db}\n")
     return 0
@@ -228,7 +233,7 @@ def rebind_command(args: argparse.Namespace) -> int:
             reader.summary.dataset,
             moves,
             run_id=reader.summary.run_id,
-            author=args.author if args.author is not None else default_author(),
+            author=_author(args),
         )
     sys.stdout.write(f"moved {len(moves)} flags of {reader.summary.dataset} to their content's ids in {db}\n")
     left = binding.of_kind("replaced")
