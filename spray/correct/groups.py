@@ -142,7 +142,8 @@ def check_flag_content(samples: SampleSet, flags: FlagSelection, runs_dir: Path)
     """
     ids = [s for s in flags.sample_ids if s in flags.content_hashes]
     found = samples.rows_of(ids)
-    present = [s for s in ids if s not in set(found.missing)]
+    missing = set(found.missing)
+    present = [s for s in ids if s not in missing]
     now = samples.content_hashes(found.rows)
     changed = [s for s, h in zip(present, now, strict=True) if h != flags.content_hashes[s]]
     if len(ids) < len(flags.sample_ids):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spray.config import DataConfig
-from spray.data import AuditDataset, build_dataset, content_hash
+from spray.data import AuditDataset, build_dataset
 from spray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,7 @@ class SampleSet:
     def content_hashes(self, rows: Sequence[int] | np.ndarray) -> list[str]:
         """The content hash of each of ``rows`` as the audit's batch stage computes it: of the file's (or
         IDX record's) bytes, else of the model input (factory datasets; call :meth:`match_model` first)."""
-        ds = self.dataset
-        out = []
-        for r in rows:
-            raw = ds.raw_reader(int(r)) if ds.raw_reader is not None else None
-            out.append(content_hash(raw if raw is not None else ds.load_input(int(r)).numpy().tobytes()))
-        return out
+        return [self.dataset.content_hash_of(int(r)) for r in rows]
 
     def inputs(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """``(n, C, H, W)`` model inputs of ``rows``.

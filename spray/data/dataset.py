@@ -343,8 +343,21 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         if isinstance(got, str):
             return SkippedSample(sid, got)
         x, raw, thumb = got
-        h = content_hash(raw if raw is not None else x.numpy().tobytes())
-        return Sample(sid, i, label, h, x, thumb)
+        return Sample(sid, i, label, _hash_of(raw, x), x, thumb)
+
+    def content_hash_of(self, i: int) -> str:
+        """Sample ``i``'s content hash as :meth:`__getitem__` gives it (its bytes, else its model input),
+        reading only the bytes when there are any; raises like :meth:`load_input` otherwise."""
+        raw = self.raw_reader(i) if self.raw_reader is not None else None
+        return _hash_of(raw, None if raw is not None else self.load_input(i))
+
+
+def _hash_of(raw: bytes | None, x: torch.Tensor | None) -> str:
+    """A sample's content hash: of its file's (or record's) bytes, else of its model input (factories)."""
+    if raw is not None:
+        return content_hash(raw)
+    assert x is not None
+    return content_hash(x.numpy().tobytes())
 
 
 def _finite(x: torch.Tensor) -> bool:
