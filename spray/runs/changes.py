@@ -127,8 +127,9 @@ def compare_findings(
     unmatched = [f for i, f in enumerate(cur) if i not in matched]
     new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank)
     left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
+    # by class, not by membership: comparing two findings compares their mean heatmaps (numpy arrays)
     unjudged = [p for p in left if analysed is not None and p.class_index not in analysed]
-    left = [p for p in left if p not in unjudged]
+    left = [p for p in left if analysed is None or p.class_index in analysed]
     resolved = _resolved(left, [f for f in current if not f.suspicious], rule, rank)
 
     def order(xs: list[ClusterChange]) -> list[ClusterChange]:
