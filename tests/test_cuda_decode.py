@@ -214,23 +214,43 @@ def test_decode_device_resolution_and_the_cache_key() -> None:
 # The CUDA half (a GPU machine)
 
 
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    """JFIF luma of a ``(3, H, W)`` image (any grey image is its own luma)."""
+    if rgb.shape[0] == 1:
+        return rgb[0]
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
 @needs_cuda
 def test_nvjpeg_against_libjpeg_turbo(folder: Path) -> None:
-    """nvJPEG's pixels against the CPU's, and the full device path (decode, resize, crop, normalise)."""
+    """nvJPEG's pixels against the CPU's, and the full device path (decode, resize, crop, normalise).
+
+    Measured on an NVIDIA H200 (torch 2.11, 4 Dec 2026; docs/batch_stage.md): without chroma subsampling
+    the two decoders give the same 8-bit values; with 4:2:2 or 4:2:0 nvJPEG upsamples the
+    chroma otherwise (libjpeg-turbo interpolates), which moves colours at sharp colour edges by up to
+    81/255 on this folder (mean 2.3/255; 0.5/255 on scikit-image's photos) and luma little.
+    """
     files = sorted(p for p in folder.rglob("*.jpg") if device_decodable(p.read_bytes(), DecodeOptions()))
     enc = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in files]
     gpu = JpegDecoder(torch.device("cuda"), DecodeOptions()).decode(enc)
     cpu = JpegDecoder(torch.device("cpu"), DecodeOptions()).decode(enc)
-    diffs = []
-    for g, c in zip(gpu, cpu, strict=True):
+    diffs, luma, full_chroma = [], [], []
+    for path, g, c in zip(files, gpu, cpu, strict=True):
         assert isinstance(g, torch.Tensor) and isinstance(c, torch.Tensor)
         assert g.device.type == "cuda" and g.shape == c.shape
         diffs.append((g.cpu() - c).abs())
+        luma.append((_luma(g.cpu()) - _luma(c)).abs())
+        if path.stem == "444":  # no chroma subsampling: the same 8-bit values
+            full_chroma.append(float(diffs[-1].max()) * 255)
     worst = max(float(d.max()) for d in diffs) * 255
     mean = float(torch.cat([d.flatten() for d in diffs]).mean()) * 255
-    print(f"nvJPEG vs libjpeg-turbo: max {worst:.0f}/255, mean {mean:.3f}/255")
-    # Different IDCT and chroma upsampling: a few grey levels at edges, far below a changed image.
-    assert worst <= 24 and mean <= 1.5
+    luma_worst = max(float(d.max()) for d in luma) * 255
+    luma_mean = float(torch.cat([d.flatten() for d in luma]).mean()) * 255
+    print(f"nvJPEG vs libjpeg-turbo: max {worst:.0f}/255, mean {mean:.3f}/255; luma max {luma_worst:.1f}, "
+          f"mean {luma_mean:.3f}; 4:4:4 max {full_chroma}")  # fmt: skip
+    # Bounds about 1.2x the measured figures: a wrong colour conversion or a shifted image is far above.
+    assert worst <= 96 and mean <= 3.0 and luma_mean <= 0.5 and luma_worst <= 16
+    assert len(full_chroma) == 2 and max(full_chroma) < 0.01  # measured 1.5e-5: float32 rounding of /255
 
     ref = build_dataset(_data_cfg(folder), thumbnail_size=16)
     dev = build_dataset(_data_cfg(folder), thumbnail_size=16, jpeg_device=torch.device("cuda"))
@@ -240,8 +260,8 @@ def test_nvjpeg_against_libjpeg_turbo(folder: Path) -> None:
     # One sample at a time (the paste test, the setup check) comes back to the host.
     assert dev.load_input(0).device.type == "cpu" and dev[0].x.device.type == "cpu"  # type: ignore[union-attr]
     # Inputs are normalised with std 0.25: 4 units per unit of intensity.
-    assert float((x_d - x_r).abs().max()) <= 4 * 24 / 255
-    assert int(np.abs(th_d.astype(int) - th_r.astype(int)).max()) <= 24
+    assert float((x_d - x_r).abs().max()) <= 4 * 96 / 255
+    assert int(np.abs(th_d.astype(int) - th_r.astype(int)).max()) <= 96
 
 
 @needs_cuda
@@ -260,6 +280,9 @@ def test_cuda_audit_records_the_decoder_and_keeps_its_own_cache(folder: Path, tm
                     **_data_cfg(folder).model_dump(mode="json"),
                     "transform": {
                         **_data_cfg(folder).transform.model_dump(mode="json"),
+                        # The small CNN takes 28×28 inputs.
+                        "resize": 32,
+                        "center_crop": 28,
                         "decode_device": decode,
                     },
                 },
@@ -282,4 +305,5 @@ def test_cuda_audit_records_the_decoder_and_keeps_its_own_cache(folder: Path, tm
     cos /= np.linalg.norm(a.astype(np.float32).reshape(len(a), -1), axis=1) * np.linalg.norm(
         b.astype(np.float32).reshape(len(b), -1), axis=1
     )
-    assert float(cos.min()) >= 0.95, cos
+    # Random weights on sharp-edged synthetic photos: measured min 0.948 on an H200 (the chroma edges above).
+    assert float(cos.min()) >= 0.9, cos
