@@ -60,14 +60,16 @@ class TransformConfig(Section):
         None, description="Per-channel std for normalisation (1 or 3 values).", min_length=1, max_length=3
     )
     decode_device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto",
-        description="Where an image folder's JPEG files are decoded. 'cuda': each batch on the GPU "
-        "(torchvision/nvJPEG), resized, cropped and normalised there; 'cpu': Pillow, in the loader's "
-        "workers; 'auto': 'cuda' when the batch stage runs on CUDA and data.kind is image_folder, else "
-        "'cpu'. Other formats, CMYK JPEGs and JPEGs above max_image_pixels always go through Pillow. The "
-        "two decoders' pixels differ slightly, so the decoder used is part of the heatmap cache key and "
-        "is recorded in the run (config and timings.decode_device). Batched GPU decoding needs "
-        "batch.num_workers >= 1 (the workers read the files); with 0, files are decoded one by one.",
+        "cpu",
+        description="Where an image folder's JPEG files are decoded. 'cpu' (the default): Pillow, in the "
+        "loader's workers; 'cuda': each batch on the GPU (torchvision/nvJPEG), resized, cropped and normalised "
+        "there; 'auto': 'cuda' when the batch stage runs on CUDA and data.kind is image_folder, else 'cpu'. "
+        "nvJPEG upsamples chroma otherwise than Pillow (colours at sharp colour edges differ, mean 0.5/255 "
+        "on photos) and was not faster end to end on an H200 with 12 workers (docs/batch_stage.md), so it is "
+        "opt-in. Other formats, CMYK JPEGs and JPEGs above max_image_pixels always go through Pillow. The "
+        "decoder used is part of the heatmap cache key and is recorded in the run (config and "
+        "timings.decode_device). Batched GPU decoding needs batch.num_workers >= 1 (the workers read the "
+        "files); with 0, files are decoded one by one.",
     )
 
     @model_serializer(mode="wrap")
