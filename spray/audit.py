@@ -42,7 +42,7 @@ from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.content import run_flag_message
 from spray.models import build_model, check_model_output, model_hash
-from spray.records import AuditReport
+from spray.records import AttributionBatch, AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError, RunWriteError
@@ -415,6 +415,7 @@ def _report(
         dataset=cfg.dataset_key(),
         class_names=list(setup.dataset.class_names),
         n_samples=len(stage.batch),
+        content_hashes=_content_of(stage.batch),
         classes_skipped=analysis.classes_skipped,
         config=cfg.model_dump(mode="json"),
         # The cache directory (model and LRP settings) this run's heatmaps came from: cache retention
@@ -427,6 +428,13 @@ def _report(
             "model_accuracy": None if accuracy is None else asdict(accuracy),
         },
     )
+
+
+def _content_of(batch: AttributionBatch) -> dict[str, str]:
+    """``sample_id -> content hash`` of the batch (empty when its hashes are not one per sample)."""
+    if len(batch.content_hashes) != len(batch.sample_ids):
+        return {}
+    return dict(zip(batch.sample_ids, batch.content_hashes, strict=True))
 
 
 def _publish(

@@ -410,6 +410,9 @@ class AuditReport:
         Process rank under torchrun (ranks other than 0 return an empty report after the batch stage).
     conditional_maps : list[ConditionalMaps]
         Concept-conditional heatmaps of the concept findings' members (``concept_maps.npz``).
+    content_hashes : dict[str, str]
+        ``sample_id -> content hash`` of every analysed sample (``samples.parquet``; empty for runs of
+        layout < 5): change detection matches clusters by content, so renamed files keep their cluster.
     """
 
     run_id: str
@@ -432,3 +435,4 @@ class AuditReport:
     up_to_date: bool = False
     rank: int = 0
     conditional_maps: list[ConditionalMaps] = field(default_factory=list)
+    content_hashes: dict[str, str] = field(default_factory=dict)

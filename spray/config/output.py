@@ -46,7 +46,8 @@ class NightlyConfig(Section):
         ge=0.0,
         le=1.0,
         description="Change detection: a suspicious cluster is the same as one of the previous run (same "
-        "class) when the Jaccard index of their member ids reaches this...",
+        "class) when the Jaccard index of their members reaches this (members compared by image content when "
+        "both runs record it, so renamed files keep their cluster; else by sample id)...",
     )
     match_correlation: float = Field(
         0.8,

@@ -7,16 +7,17 @@ clusters), the HTML report shows that section, and the dashboard compares any tw
 whose thresholds are fields of the ``nightly`` config section (``match_jaccard``, ``match_correlation``,
 ``grown_min``), recorded with the run's config.
 
-Cluster ids are arbitrary per run, so a cluster is recognised by its members (Jaccard of sample ids:
-robust while the data mostly stays) or, when many members changed, by what the model looks at (Pearson
-correlation of the mean heatmaps). Pairs are assigned one to one, best Jaccard (then correlation) first.
+Cluster ids are arbitrary per run, so a cluster is recognised by its members (Jaccard of their content
+hashes when both runs record them, layout 5, so renamed or moved files keep their cluster; else of their
+sample ids) or, when many members changed, by what the model looks at (Pearson correlation of the mean
+heatmaps). Pairs are assigned one to one, best Jaccard (then correlation) first.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,48 @@ def _corr(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(x @ y / d) if d > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class MemberKeys:
+    """How the members of each run's clusters are compared: by content when both runs record it.
+
+    Attributes
+    ----------
+    current, previous : Mapping[str, str]
+        ``sample_id -> content hash`` of each run (empty: compare sample ids).
+    """
+
+    current: Mapping[str, str] = field(default_factory=dict)
+    previous: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def by_content(self) -> bool:
+        return bool(self.current) and bool(self.previous)
+
+    def of(self, f: ClusterFinding, side: str) -> set[str]:
+        """The member keys of ``f``, a cluster of the ``"current"`` or ``"previous"`` run."""
+        if not self.by_content:
+            return set(f.member_ids)
+        table = self.current if side == "current" else self.previous
+        # a member missing from its run's table (never in a layout-5 run) is compared by its id
+        return {table.get(i, f"id:{i}") for i in f.member_ids}
+
+
 def _assign(
-    left: Sequence[ClusterFinding], right: Sequence[ClusterFinding], rule: ChangeRule
+    left: Sequence[ClusterFinding],
+    right: Sequence[ClusterFinding],
+    rule: ChangeRule,
+    keys: MemberKeys,
+    sides: tuple[str, str] = ("current", "previous"),
 ) -> dict[int, tuple[int, float, float]]:
     """One-to-one matches ``i -> (j, jaccard, correlation)`` of clusters of the same class, best first."""
     pairs = []
+    right_keys = [keys.of(p, sides[1]) for p in right]
     for i, f in enumerate(left):
-        a = set(f.member_ids)
+        a = keys.of(f, sides[0])
         for j, p in enumerate(right):
             if f.class_index != p.class_index:
                 continue
-            b = set(p.member_ids)
+            b = right_keys[j]
             jac = len(a & b) / max(1, len(a | b))
             corr = _corr(f.mean_heatmap, p.mean_heatmap)
             if jac >= rule.jaccard_min or (corr == corr and corr >= rule.correlation_min):
@@ -98,6 +130,7 @@ def compare_findings(
     previous_run: str | None = None,
     unreadable: Sequence[UnreadableRun] = (),
     analysed: Collection[int] | None = None,
+    keys: MemberKeys | None = None,
 ) -> ChangeSet:
     """Match the suspicious clusters of two runs and classify them.
 
@@ -113,6 +146,8 @@ def compare_findings(
     analysed : collection of int, optional
         The classes this run analysed; a previous suspicious cluster of another class is "not analysed",
         never "resolved" (None: every class was).
+    keys : MemberKeys, optional
+        The two runs' content hashes (None: members are compared by sample id).
 
     Returns
     -------
@@ -122,15 +157,16 @@ def compare_findings(
     rank = {f.key: i + 1 for i, f in enumerate(current)}
     cur = [f for f in current if f.suspicious]
     prev = [p for p in previous or [] if p.suspicious]
-    matched = _assign(cur, prev, rule)
+    keys = keys or MemberKeys()
+    matched = _assign(cur, prev, rule, keys)
     grown, persisting = _matched(cur, prev, matched, rule, rank)
     unmatched = [f for i, f in enumerate(cur) if i not in matched]
-    new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank)
+    new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank, keys)
     left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
     # by class, not by membership: comparing two findings compares their mean heatmaps (numpy arrays)
     unjudged = [p for p in left if analysed is not None and p.class_index not in analysed]
     left = [p for p in left if analysed is None or p.class_index in analysed]
-    resolved = _resolved(left, [f for f in current if not f.suspicious], rule, rank)
+    resolved = _resolved(left, [f for f in current if not f.suspicious], rule, rank, keys)
 
     def order(xs: list[ClusterChange]) -> list[ClusterChange]:
         return sorted(xs, key=lambda e: (e.class_index, str(e.key or e.previous_key)))
@@ -188,10 +224,14 @@ def _matched(
 
 
 def _new(
-    unmatched: list[ClusterFinding], prev_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
+    unmatched: list[ClusterFinding],
+    prev_quiet: list[ClusterFinding],
+    rule: ChangeRule,
+    rank: dict[str, int],
+    keys: MemberKeys,
 ) -> list[ClusterChange]:
     """New: unmatched current suspicious clusters, noting those present but not suspicious before."""
-    was = _assign(unmatched, prev_quiet, rule)
+    was = _assign(unmatched, prev_quiet, rule, keys)
     new = []
     for i, f in enumerate(unmatched):
         if i in was:
@@ -211,11 +251,15 @@ def _not_analysed(p: ClusterFinding) -> ClusterChange:
 
 
 def _resolved(
-    left: list[ClusterFinding], now_quiet: list[ClusterFinding], rule: ChangeRule, rank: dict[str, int]
+    left: list[ClusterFinding],
+    now_quiet: list[ClusterFinding],
+    rule: ChangeRule,
+    rank: dict[str, int],
+    keys: MemberKeys,
 ) -> list[ClusterChange]:
     """Resolved: previous suspicious clusters with no suspicious match now. One that is still there below
     the alarm threshold is named, so the change can be checked."""
-    still = _assign(left, now_quiet, rule)
+    still = _assign(left, now_quiet, rule, keys, sides=("previous", "current"))
     out = []
     for j, p in enumerate(left):
         gone = ClusterChange(
@@ -258,6 +302,7 @@ def compare_runs(current: RunReader, previous: RunReader, rule: ChangeRule | Non
         previous_run_id=previous.summary.run_id,
         previous_run=previous.path.name,
         analysed={c.class_index for c in current.summary.classes},
+        keys=MemberKeys(current.content_hashes() or {}, previous.content_hashes() or {}),
     )
 
 
@@ -321,6 +366,7 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         previous_run=None if reader is None else reader.path.name,
         unreadable=unreadable,
         analysed={c.class_index for c in report.classes},
+        keys=MemberKeys(report.content_hashes, (reader.content_hashes() if reader else None) or {}),
     )
     if before and report.hashes.get("model"):
         changes.model_changed = before != report.hashes["model"]

@@ -464,6 +464,7 @@ class RunReader:
             versions=dict(s.versions),
             changes=self.changes(),
             conditional_maps=self._all_conditional_maps(),
+            content_hashes=self.content_hashes() or {},
         )
 
     def _all_conditional_maps(self) -> list[ConditionalMaps]:

@@ -169,6 +169,7 @@ def make_report(n_per_class: int = 12, seed: int = 0) -> tuple[AuditReport, Batc
         versions=version_stamp(),
         changes=changes,
         conditional_maps=maps,
+        content_hashes=dict(zip(ids, batch.content_hashes, strict=True)),
     )
     return report, stage
 

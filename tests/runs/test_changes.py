@@ -10,7 +10,7 @@ import numpy as np
 from spray.config.output import NightlyConfig
 from spray.html_report import _changes_html
 from spray.records import ChangeRule, ClusterChange, ClusterFinding
-from spray.runs.changes import change_rule, changes_since_previous, compare_findings, compare_runs
+from spray.runs.changes import MemberKeys, change_rule, changes_since_previous, compare_findings, compare_runs
 from spray.runs.reader import RunReader
 from tests.runs.builders import make_report, write_published
 
@@ -147,3 +147,47 @@ def test_a_retrained_model_is_named_in_the_changes(tmp_path: Path) -> None:
     assert ch.model_changed is True and "The model changed" in _changes_html(ch)
     back = parse_changes(changes_entry(ch), tmp_path / "summary.json")
     assert back is not None and back.model_changed is True
+
+
+def test_renamed_files_keep_their_cluster_by_content(tmp_path: Path) -> None:
+    """A shortcut cluster whose files were renamed (new sample ids, same images) and that grew by new files
+    is "grown", not "resolved" + "new" (the sample ids alone share nothing); a replaced image is another
+    sample."""
+    rng = np.random.default_rng(2)
+    prev = [_finding("6/k3/c2", range(0, 30), rng.random((8, 8)).astype(np.float32))]
+    cur = [_finding("6/k4/c1", range(1000, 1047), rng.random((8, 8)).astype(np.float32))]
+    before = {f"s{i}": f"h{i}" for i in range(30)}
+    # s1000..s1029 are s0..s29 renamed, s1030..s1046 new images
+    after = {f"s{1000 + i}": f"h{i}" if i < 30 else f"new{i}" for i in range(47)}
+    by_id = compare_findings(cur, prev, RULE)
+    assert [c.previous_key for c in by_id.resolved] == ["6/k3/c2"] and [c.key for c in by_id.new] == [
+        "6/k4/c1"
+    ]
+    ch = compare_findings(cur, prev, RULE, keys=MemberKeys(after, before))
+    assert ch.resolved == [] and ch.new == [] and [c.key for c in ch.grown] == ["6/k4/c1"]
+    assert ch.grown[0].previous_key == "6/k3/c2" and ch.grown[0].jaccard == round(30 / 47, 4)
+    # Every image replaced in place (same ids, other content): no longer the same members.
+    replaced = {f"s{i}": f"other{i}" for i in range(30)}
+    same_ids = [_finding("6/k3/c2", range(0, 30), rng.random((8, 8)).astype(np.float32))]
+    assert compare_findings(same_ids, prev, RULE, keys=MemberKeys(replaced, before)).n_resolved == 1
+    # One side without content hashes (a run of layout < 5): sample ids, as before.
+    assert compare_findings(cur, prev, RULE, keys=MemberKeys(after, {})).n_resolved == 1
+    # Through the nightly path: the published previous run's samples.parquet against the new report's hashes.
+    runs = tmp_path / "runs"
+    report, stage = make_report()
+    report.changes = None
+    write_published(runs, report, stage)
+    report.run_id = "v" * 64
+    renamed = {f"renamed/{i}": h for i, h in enumerate(report.content_hashes.values())}
+    old_to_new = dict(zip(report.content_hashes, renamed, strict=True))
+    for f in report.findings:
+        f.member_ids = [old_to_new[i] for i in f.member_ids]
+        if f.mean_heatmap is not None:  # retrained: the model looks elsewhere, no heatmap match
+            f.mean_heatmap = rng.random(np.shape(f.mean_heatmap)).astype(np.float32)
+    n_suspicious = sum(f.suspicious for f in report.findings)
+    report.content_hashes = renamed
+    ch = changes_since_previous(report, runs, RULE)
+    assert n_suspicious > 0 and ch.n_new == 0 and ch.n_resolved == 0 and len(ch.persisting) == n_suspicious
+    report.content_hashes = {}  # without this run's hashes: by sample id, which share nothing
+    ch = changes_since_previous(report, runs, RULE)
+    assert ch.n_new == n_suspicious and ch.n_resolved == n_suspicious
