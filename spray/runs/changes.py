@@ -19,7 +19,7 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,6 +58,10 @@ def _corr(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(x @ y / d) if d > 0 else float("nan")
 
 
+#: Which run a cluster comes from.
+Side = Literal["current", "previous"]
+
+
 @dataclass(frozen=True)
 class MemberKeys:
     """How the members of each run's clusters are compared: by content when both runs record it.
@@ -75,7 +79,7 @@ class MemberKeys:
     def by_content(self) -> bool:
         return bool(self.current) and bool(self.previous)
 
-    def of(self, f: ClusterFinding, side: str) -> set[str]:
+    def of(self, f: ClusterFinding, side: Side) -> set[str]:
         """The member keys of ``f``, a cluster of the ``"current"`` or ``"previous"`` run."""
         if not self.by_content:
             return set(f.member_ids)
@@ -89,7 +93,7 @@ def _assign(
     right: Sequence[ClusterFinding],
     rule: ChangeRule,
     keys: MemberKeys,
-    sides: tuple[str, str] = ("current", "previous"),
+    sides: tuple[Side, Side] = ("current", "previous"),
 ) -> dict[int, tuple[int, float, float]]:
     """One-to-one matches ``i -> (j, jaccard, correlation)`` of clusters of the same class, best first."""
     pairs = []
