@@ -457,7 +457,7 @@ def _publish(
         shutil.rmtree(staged, ignore_errors=True)
         raise
     report.run_dir = str(final)
-    _check_flags(cfg, stage, final)
+    _check_flags(cfg, report.content_hashes, final)
     prune_runs(runs_dir, cfg.output.keep_runs, name=report.name, dataset=report.dataset)
     prune_cache(runs_dir, batched.cache.dir.name)
     # The manifests only serve a resume of this run id, which is now published.
@@ -466,12 +466,12 @@ def _publish(
     return report
 
 
-def _check_flags(cfg: AuditConfig, stage: BatchStageResult, run: Path) -> None:
-    """Warn when flags of this dataset name other content in the new run than they were set on."""
+def _check_flags(cfg: AuditConfig, hashes: dict[str, str], run: Path) -> None:
+    """Warn when flags of this dataset name other content in the new run than they were set on
+    (``hashes``: the run's ``sample_id -> content hash``; empty when unknown, then nothing is checked)."""
     db = cfg.flags_db_path()
-    if len(stage.batch.content_hashes) != len(stage.batch):
+    if not hashes:
         return
-    hashes = dict(zip(stage.batch.sample_ids, stage.batch.content_hashes, strict=True))
     try:
         message = run_flag_message(db, cfg.dataset_key(), hashes, str(run))
     except SprayError as err:  # the audit is done; a damaged database is the flag commands' business

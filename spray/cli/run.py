@@ -202,15 +202,16 @@ def _pending(runs_dir: Path, run_id: str) -> Path:
 
 def _flag_warning(report: Any, db: Path) -> str:
     """The flags of the run's dataset in ``db`` that name other images in it than they were set on ('' if
-    none): checked here too, since an up-to-date run does not audit and flags change between runs."""
+    none): checked here too, since an up-to-date run does not audit and flags change between runs. The
+    run's content hashes are the report's (read from ``samples.parquet`` for an up-to-date run; none for a
+    run of layout < 5)."""
     from spray.errors import SprayError
     from spray.flags.content import run_flag_message
-    from spray.runs.reader import RunReader
 
-    run = Path(report.run_dir)
+    if not report.content_hashes:
+        return ""
     try:
-        hashes = RunReader.open(run).content_hashes()
-        return "" if hashes is None else run_flag_message(db, report.dataset, hashes, str(run))
+        return run_flag_message(db, report.dataset, report.content_hashes, str(Path(report.run_dir)))
     except SprayError as err:  # the run is published; a damaged flag database is reported, not fatal here
         return f"the flag database could not be checked: {err}"
 
