@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spray.data.decoding import DecodeOptions
 from spray.data.jpeg import JpegDecoder
-from tests.test_cuda_decode import ENCODINGS, _jpeg, _photo
+from tests.test_cuda_decode import ENCODINGS, _jpeg, _luma, _photo
 
 
 def ycc(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """JFIF Y, Cb, Cr (0..255, chroma centred on 0) of a ``(3, H, W)`` image in [0, 1]."""
+    """JFIF Y, Cb, Cr (0..255, chroma centred on 0) of a ``(3, H, W)`` image in [0, 1] (Y: the test's luma)."""
     r, g, b = (rgb * 255).double()
-    y = 0.299 * r + 0.587 * g + 0.114 * b
+    y = _luma(rgb.double()) * 255
     return y, -0.168736 * r - 0.331264 * g + 0.5 * b, 0.5 * r - 0.418688 * g - 0.081312 * b
 
 
