@@ -285,6 +285,20 @@ class ScoringConfig(Section):
         "top group's shares of relevance in a window against the rest's reaches this (a distinct group, "
         "not the tail of a continuous spread).",
     )
+    hotspot_split: Literal["share", "log_share"] = Field(
+        "share",
+        description="Scale on which each window's shares are split into a top group and the rest: "
+        "``share`` (the shares themselves) or ``log_share`` (their logarithm, so a group whose shares are "
+        "many times the rest's stands apart even when its own shares spread widely, instead of the few "
+        "most extreme samples).",
+    )
+    hotspot_log_floor: float = Field(
+        0.05,
+        gt=0.0,
+        description="``log_share`` split: added to every share before the logarithm, as a fraction of the "
+        "window's share under uniform relevance (its area over the image's), so that samples with no "
+        "relevance in a window do not spread to minus infinity.",
+    )
     hotspot_min_excess: float = Field(
         0.01,
         ge=0.0,

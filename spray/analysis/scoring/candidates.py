@@ -50,12 +50,22 @@ def _best_splits(b: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarra
     return ratio[j, cols], best_m, srt[best_m - 1, cols]
 
 
+def _split_scale(b: np.ndarray, area: float, config: ScoringConfig) -> np.ndarray:
+    """The shares ``b`` ``(n, P)`` of windows covering ``area`` of the image on the scale the hot-spot
+    split compares them (``hotspot_split``); the logarithm keeps their order, so a threshold on it is one
+    on the shares."""
+    if config.hotspot_split == "share":
+        return b
+    return np.log(b.astype(np.float64) + config.hotspot_log_floor * area)
+
+
 def hotspot_groups(stats: ClassStats, config: ScoringConfig) -> list[tuple[np.ndarray, float]]:
     """Member masks ``(n,)`` of the class's hot-spot groups with their Fisher ratios, most distinct first.
 
     At every window (every size and position) the samples are split into the ``m`` with the highest
     share of relevance there and the rest, at the ``m`` that separates the two best (Fisher ratio of
-    their shares; ``min_cluster_size <= m <= hotspot_max_fraction · n``). A window is a hot spot when
+    their shares, or of their logarithms with ``hotspot_split: log_share``;
+    ``min_cluster_size <= m <= hotspot_max_fraction · n``). A window is a hot spot when
     the ratio reaches ``hotspot_separation`` (a distinct group, not the tail of a continuous spread) and
     the group's shares exceed the class's median share by ``hotspot_min_excess`` on average. Groups
     sharing ``nest_overlap`` of their members with a more distinct one are dropped, and the others lose
@@ -69,10 +79,11 @@ def hotspot_groups(stats: ClassStats, config: ScoringConfig) -> list[tuple[np.nd
     found: list[tuple[float, np.ndarray]] = []
     for s in stats.sizes:
         b = stats.box[s].reshape(n, -1)
-        ratio, _, thr = _best_splits(b, lo, hi)
+        scaled = _split_scale(b, s * s / (stats.h * stats.w), config)
+        ratio, _, thr = _best_splits(scaled, lo, hi)
         med = np.median(b, axis=0)
         for j in np.flatnonzero(ratio >= config.hotspot_separation):
-            member = b[:, j] >= thr[j]
+            member = scaled[:, j] >= thr[j]
             if member.sum() <= hi and float(b[member, j].mean() - med[j]) >= config.hotspot_min_excess:
                 found.append((float(ratio[j]), member))
     found.sort(key=lambda t: -t[0])
