@@ -59,6 +59,23 @@ def test_a_distinct_spot_separates_far_better_than_the_tail_of_a_spread() -> Non
     assert hotspot_groups(ClassStats(with_spot, _no_graph(len(with_spot)), config), config)
 
 
+def test_log_shares_find_a_spot_of_widely_spread_strength_whole() -> None:
+    """A spot whose strength spreads over 15-fold across its 25 samples: on the raw shares the most
+    distinct split is not the spot at all; on their logarithm it is the spot's group, nearly whole."""
+    rng = np.random.default_rng(3)
+    maps, rare = _rare_class(n=500, k_rare=0, seed=3)
+    rare[rng.choice(len(maps), 25, replace=False)] = True
+    strength = np.exp(rng.normal(0.0, 0.6, rare.sum()))
+    assert strength.max() / strength.min() > 15
+    maps[rare, 2:5, 22:25] += strength[:, None, None]
+    raw = ScoringConfig(hotspot_split="share", hotspot_separation=1.0)
+    log = ScoringConfig(hotspot_split="log_share", hotspot_separation=1.0)
+    raw_best = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), raw), raw)[0][0]
+    whole = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), log), log)[0][0]
+    assert (raw_best & rare).sum() <= 0.5 * rare.sum()
+    assert (whole & rare).sum() >= 0.75 * rare.sum() and (whole & ~rare).sum() <= 2
+
+
 def test_nested_versions_of_one_pattern_merge_into_the_best_isolated(planted: Case) -> None:
     """k=2: the planted set with a few others; k=3: the planted set exactly; k=4: half of it. One
     candidate comes out for the pattern, the exact one, and the rest of the class stays a candidate."""
