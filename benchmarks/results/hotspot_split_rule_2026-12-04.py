@@ -61,6 +61,10 @@ ok = (
 print("rule ->", "hotspot_split log_share" if ok else "keep share")
 for k in keys:
     ra, rb = a[k], b[k]
-    if (ra["flagged"], ra.get("hit1"), ra["other_alarms"]) != (rb["flagged"], rb.get("hit1"), rb["other_alarms"]):
+    if (ra["flagged"], ra.get("hit1"), ra["other_alarms"]) != (
+        rb["flagged"],
+        rb.get("hit1"),
+        rb["other_alarms"],
+    ):
         print(k, "learned" if ra["learned"] else "not learned", "flag", ra["flagged"], "->", rb["flagged"],
               "hit1", ra.get("hit1"), "->", rb.get("hit1"), "alarms", ra["other_alarms"], "->", rb["other_alarms"])  # fmt: skip
