@@ -39,7 +39,9 @@ LRP_VERSION = 4
 # (flag_min_relative_appearance_two_routes, chosen on the tuning split; docs/detection.md).
 # 7: evidence names the paste test's logit gain, says why a candidate whose test cleared its margins is not
 # flagged, and states logit changes with a verb for their sign (no "lowers ... by -13.22").
-ANALYSIS_VERSION = 7
+# 8: the hot-spot route splits each window's log shares (scoring.hotspot_split log_share, separation 11.5; chosen on
+# the tuning split, docs/detection.md).
+ANALYSIS_VERSION = 8
 
 
 def code_version() -> str:

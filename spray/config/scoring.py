@@ -279,14 +279,15 @@ class ScoringConfig(Section):
     hotspot_candidates: int = Field(3, ge=0, description="Hot-spot groups per class (strongest first).")
     hotspot_min_size: int = Field(8, ge=2, description="Hot-spot groups hold at least this many samples.")
     hotspot_separation: float = Field(
-        20.0,
+        11.5,
         gt=0.0,
         description="Hot spot: the Fisher ratio (mean difference squared over the summed variances) of the "
-        "top group's shares of relevance in a window against the rest's reaches this (a distinct group, "
-        "not the tail of a continuous spread).",
+        "top group's shares of relevance in a window against the rest's, on the ``hotspot_split`` scale, "
+        "reaches this (a distinct group, not the tail of a continuous spread). 11.5 on log shares proposes "
+        "a group in as many clean classes as 20 did on raw shares (docs/detection.md).",
     )
     hotspot_split: Literal["share", "log_share"] = Field(
-        "share",
+        "log_share",
         description="Scale on which each window's shares are split into a top group and the rest: "
         "``share`` (the shares themselves) or ``log_share`` (their logarithm, so a group whose shares are "
         "many times the rest's stands apart even when its own shares spread widely, instead of the few "
