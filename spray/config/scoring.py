@@ -300,6 +300,14 @@ class ScoringConfig(Section):
         "window's share under uniform relevance (its area over the image's), so that samples with no "
         "relevance in a window do not spread to minus infinity.",
     )
+    hotspot_distinct: float | None = Field(
+        None,
+        gt=0.0,
+        description="A hot-spot group whose Fisher ratio reaches this is distinct in its own right (no clean "
+        "class shows one like it): it earns consistency credit in its map score and competes with the "
+        "clusters of its pattern to represent it. None: hot-spot groups never earn that credit and represent "
+        "a pattern only when no cluster comes close.",
+    )
     hotspot_min_excess: float = Field(
         0.01,
         ge=0.0,

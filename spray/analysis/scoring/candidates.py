@@ -121,6 +121,14 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum()) / small if small else 0.0
 
 
+def _by_share_only(ratio: float | None, config: ScoringConfig) -> bool:
+    """A hot-spot group (``ratio`` its Fisher ratio; None for a cluster) that is not distinct in its own
+    right (``hotspot_distinct``): it was picked by its share alone."""
+    if ratio is None:
+        return False
+    return config.hotspot_distinct is None or ratio < config.hotspot_distinct
+
+
 def all_candidates(stats: ClassStats, clustering: ClusteringResult, config: ScoringConfig) -> list[Candidate]:
     """Every distinct cluster of the labellings looked at, and the hot-spot groups, with map signals.
 
@@ -143,7 +151,7 @@ def all_candidates(stats: ClassStats, clustering: ClusteringResult, config: Scor
         if key in seen:
             continue
         seen.add(key)
-        cand = analyse_cluster(stats, k, cid, member, config, by_share=ratio is not None)
+        cand = analyse_cluster(stats, k, cid, member, config, by_share=_by_share_only(ratio, config))
         if ratio is not None:
             cand.signals["hotspot_separation"] = ratio
         out.append(cand)
@@ -177,6 +185,10 @@ def merge_patterns(cands: list[Candidate], h: int, w: int, config: ScoringConfig
     return sorted(reps, key=lambda c: (-c.map_score, c.k, c.cluster_id))
 
 
+def _picked_by_share(c: Candidate, config: ScoringConfig) -> bool:
+    return c.k == HOTSPOT_K and _by_share_only(c.signals.get("hotspot_separation"), config)
+
+
 def _representative(versions: list[Candidate], config: ScoringConfig) -> Candidate:
     """The version that best isolates a pattern (``versions[0]`` has the best map score)."""
     best = versions[0]
@@ -184,6 +196,6 @@ def _representative(versions: list[Candidate], config: ScoringConfig) -> Candida
         return best
     close = [c for c in versions if c.map_score >= config.select_slack * best.map_score]
     # A hot-spot group is separated by its share in one window by construction (its consistency is 1),
-    # so it represents a pattern only when no cluster of the pattern comes close.
-    clusters = [c for c in close if c.k != HOTSPOT_K] or close
+    # so unless it is distinct in its own right it represents a pattern only when no cluster comes close.
+    clusters = [c for c in close if not _picked_by_share(c, config)] or close
     return max(clusters, key=lambda c: (round(c.signals["consistency"], 2), c.map_score, -c.k, -c.cluster_id))

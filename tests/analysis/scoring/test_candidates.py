@@ -76,6 +76,27 @@ def test_log_shares_find_a_spot_of_widely_spread_strength_whole() -> None:
     assert (whole & rare).sum() >= 0.75 * rare.sum() and (whole & ~rare).sum() <= 2
 
 
+def test_a_distinct_hot_spot_group_represents_its_pattern_over_a_partial_cluster() -> None:
+    """A cluster holding 14 of the 20 spot samples and 6 others, and the hot-spot group holding all 20:
+    by default the cluster represents the pattern; a group past ``hotspot_distinct`` wins on its own."""
+    maps, rare = _rare_class()
+    partial = np.zeros(len(maps), dtype=bool)
+    partial[np.flatnonzero(rare)[:14]] = True
+    partial[np.flatnonzero(~rare)[:6]] = True
+    clustering = ClusteringResult({5: np.where(partial, 1, 0).astype(np.int32)}, 5, 5, {})
+
+    def spot_version(config: ScoringConfig) -> np.ndarray:
+        stats = ClassStats(maps, _no_graph(len(maps)), config)
+        cands = merge_patterns(all_candidates(stats, clustering, config), 28, 28, config)
+        return next(c for c in cands if (c.member & rare).sum() >= 10).member
+
+    default = ScoringConfig()
+    ratio = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), default), default)[0][1]
+    assert (spot_version(ScoringConfig()) == partial).all()
+    assert (spot_version(ScoringConfig(hotspot_distinct=ratio)) == rare).all()
+    assert (spot_version(ScoringConfig(hotspot_distinct=ratio * 1.01)) == partial).all()
+
+
 def test_nested_versions_of_one_pattern_merge_into_the_best_isolated(planted: Case) -> None:
     """k=2: the planted set with a few others; k=3: the planted set exactly; k=4: half of it. One
     candidate comes out for the pattern, the exact one, and the rest of the class stays a candidate."""
