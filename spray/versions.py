@@ -41,7 +41,9 @@ LRP_VERSION = 4
 # flagged, and states logit changes with a verb for their sign (no "lowers ... by -13.22").
 # 8: the hot-spot route splits each window's log shares (scoring.hotspot_split log_share, separation 11.5; chosen on
 # the tuning split, docs/detection.md).
-ANALYSIS_VERSION = 8
+# 9: a hot-spot group with a Fisher ratio >= 45 (scoring.hotspot_distinct) earns consistency credit and competes to
+# represent its pattern (chosen on the tuning split, docs/detection.md).
+ANALYSIS_VERSION = 9
 
 
 def code_version() -> str:

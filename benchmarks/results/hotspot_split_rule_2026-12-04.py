@@ -1,11 +1,15 @@
-"""The rule fixed before the tuning run (docs/detection.md, "The hot-spot split on log shares"), applied to the
-two tuning-split results files: ``share`` (the default) against ``log_share`` (floor 0.05, ratio ≥ 11.5).
+"""The rule fixed before the tuning runs (docs/detection.md, "The hot-spot split on log shares"), applied to two
+tuning-split results files: by default ``share`` against ``log_share`` (floor 0.05, ratio ≥ 11.5); the
+same five conditions decided ``hotspot_distinct`` 45 against ``log_share``.
 
 python benchmarks/results/hotspot_split_rule_2026-12-04.py
+python benchmarks/results/hotspot_split_rule_2026-12-04.py \
+    detection_heldout_tuning_hotspot_log_share_2026-12-04.jsonl.gz detection_heldout_tuning_hotspot_distinct45_2026-12-04.jsonl.gz
 """
 
 import gzip
 import json
+import sys
 from pathlib import Path
 from statistics import mean
 
@@ -22,8 +26,11 @@ def rows(name: str) -> dict[tuple, dict]:
     return out
 
 
-a = rows("detection_heldout_tuning_hotspot_share_2026-12-04.jsonl.gz")
-b = rows("detection_heldout_tuning_hotspot_log_share_2026-12-04.jsonl.gz")
+names = sys.argv[1:3] or [
+    "detection_heldout_tuning_hotspot_share_2026-12-04.jsonl.gz",
+    "detection_heldout_tuning_hotspot_log_share_2026-12-04.jsonl.gz",
+]
+a, b = rows(names[0]), rows(names[1])
 keys = sorted(set(a) & set(b))
 print("paired cells", len(keys), "of", len(a), len(b))
 
@@ -49,8 +56,8 @@ def stats(d: dict) -> dict:
 
 
 sa, sb = stats(a), stats(b)
-print("share    ", sa)
-print("log_share", sb)
+print("before", sa)
+print("after ", sb)
 ok = (
     sb["p0.05_hit1"] > sa["p0.05_hit1"]
     and sb["p0.05_auroc"] > sa["p0.05_auroc"]
@@ -58,7 +65,7 @@ ok = (
     and sb["clean_fa"] <= sa["clean_fa"]
     and sb["other_alarms"] <= sa["other_alarms"] + 1
 )
-print("rule ->", "hotspot_split log_share" if ok else "keep share")
+print("rule ->", f"take {names[1]}" if ok else f"keep {names[0]}")
 for k in keys:
     ra, rb = a[k], b[k]
     if (ra["flagged"], ra.get("hit1"), ra["other_alarms"]) != (

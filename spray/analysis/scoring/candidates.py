@@ -11,8 +11,9 @@ are merged; the version that best isolates the pattern represents it: among vers
 ``select_slack`` of the pattern's best map score, the one whose members are best told apart from the rest
 of the class by their share in the region (the ``consistency`` AUROC). A version holding only part of the
 pattern leaves the rest among the non-members, one that also holds other samples puts them among the
-members: both lower that AUROC, so it peaks at the complete group. A hot-spot group represents a pattern
-only when no cluster comes close (it is separated by construction).
+members: both lower that AUROC, so it peaks at the complete group. A hot-spot group is separated by
+construction, so it represents a pattern only when no cluster comes close, unless its split is distinct in
+its own right (``hotspot_distinct``).
 """
 
 from __future__ import annotations

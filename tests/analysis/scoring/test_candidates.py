@@ -78,7 +78,7 @@ def test_log_shares_find_a_spot_of_widely_spread_strength_whole() -> None:
 
 def test_a_distinct_hot_spot_group_represents_its_pattern_over_a_partial_cluster() -> None:
     """A cluster holding 14 of the 20 spot samples and 6 others, and the hot-spot group holding all 20:
-    by default the cluster represents the pattern; a group past ``hotspot_distinct`` wins on its own."""
+    without ``hotspot_distinct`` the cluster represents the pattern; a group past it wins on its own."""
     maps, rare = _rare_class()
     partial = np.zeros(len(maps), dtype=bool)
     partial[np.flatnonzero(rare)[:14]] = True
@@ -92,7 +92,7 @@ def test_a_distinct_hot_spot_group_represents_its_pattern_over_a_partial_cluster
 
     default = ScoringConfig()
     ratio = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), default), default)[0][1]
-    assert (spot_version(ScoringConfig()) == partial).all()
+    assert (spot_version(ScoringConfig(hotspot_distinct=None)) == partial).all()
     assert (spot_version(ScoringConfig(hotspot_distinct=ratio)) == rare).all()
     assert (spot_version(ScoringConfig(hotspot_distinct=ratio * 1.01)) == partial).all()
 
