@@ -142,13 +142,15 @@ def evaluate(
     relative: float,
     removal_auroc: float = 0.8,
     two_routes: float | None = None,
+    removal_margin: float | None = None,
 ) -> Point:
     """Flag recall, false alarms and seed agreement of the rows at one set of thresholds (``two_routes``
-    None: the same relative threshold whatever the routes)."""
+    None: the same relative threshold whatever the routes; ``removal_margin`` None: the default)."""
     two_routes = relative if two_routes is None else two_routes
     config = ScoringConfig(
         flag_min_appearance=appearance, flag_min_relative_appearance=relative, removal_min_auroc=removal_auroc,
         flag_min_relative_appearance_two_routes=two_routes,
+        removal_margin=ScoringConfig().removal_margin if removal_margin is None else removal_margin,
     )  # fmt: skip
     hits: dict[int, bool] = {}
     other: dict[int, bool] = {}
