@@ -43,7 +43,8 @@ LRP_VERSION = 4
 # the tuning split, docs/detection.md).
 # 9: a hot-spot group with a Fisher ratio >= 45 (scoring.hotspot_distinct) earns consistency credit and competes to
 # represent its pattern (chosen on the tuning split, docs/detection.md).
-ANALYSIS_VERSION = 9
+# 10: the removal test's flag margin is 0.5 logits, not 1.0 (scoring.removal_margin, chosen on the tuning split).
+ANALYSIS_VERSION = 10
 
 
 def code_version() -> str:

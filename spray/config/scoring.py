@@ -94,10 +94,10 @@ class ScoringConfig(Section):
         2.0, gt=0.0, description="Paste gain excess (logits) that gives the full paste strength in the score."
     )
     removal_margin: float = Field(
-        1.0,
+        0.5,
         ge=0.0,
         description="Flag by removal: the members' class-logit drop exceeds the non-members' by at least this "
-        "(logits).",
+        "(logits; chosen on the tuning split, docs/detection.md).",
     )
     removal_alpha: float = Field(
         0.01, gt=0.0, lt=1.0, description="Flag by removal: one-sided rank-sum p-value below this."
