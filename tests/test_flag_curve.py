@@ -24,7 +24,9 @@ def test_replay_reproduces_the_flags_a_real_run_raised(curve) -> None:
     from spray.config import ScoringConfig
 
     rows = [json.loads(li) for li in ROWS.read_text().splitlines() if li.strip()]
-    config = ScoringConfig(flag_min_appearance=0.4, flag_min_relative_appearance=0.65, removal_min_auroc=0.8)
+    config = ScoringConfig(
+        flag_min_appearance=0.4, flag_min_relative_appearance=0.65, removal_min_auroc=0.8, removal_margin=1.0
+    )
     flagged = 0
     for row in rows:
         got = sorted(c["key"] for c in curve.flags(row, config))
