@@ -15,10 +15,13 @@ comes from a tuning run with the gates open, in which every appraised candidate 
     done; wait
     python benchmarks/flag_curve.py curve_fashion.jsonl curve_digits.jsonl
     python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
-        --removal-aurocs 0.8 0.9 0.95 0.98        # the rows of 3 Dec 2026, the extended grid
+        --removal-margin 1.0 --removal-aurocs 0.8 0.9 0.95 0.98   # the rows of 3 Dec 2026, the extended grid
     python benchmarks/flag_curve.py benchmarks/results/flag_curve_tuning_open_2026-12-03.jsonl.gz \
-        --appearances 0.5 --relatives 0.65 --removal-aurocs 0.98 \
+        --removal-margin 1.0 --appearances 0.5 --relatives 0.65 --removal-aurocs 0.98 \
         --two-routes 0.3 0.35 0.4 0.45 0.5 0.55 0.6 0.65      # the second rule's grid
+
+The curves of 3-4 Dec 2026 were drawn at ``removal_margin`` 1.0 (the default until analysis version 10):
+replay them with ``--removal-margin 1.0``.
 
 For every pair of thresholds (appearance, relative appearance) this replays the verdict offline: per
 class, the candidates whose appearance reaches both thresholds are the eligible ones, the first
@@ -147,10 +150,10 @@ def evaluate(
     """Flag recall, false alarms and seed agreement of the rows at one set of thresholds (``two_routes``
     None: the same relative threshold whatever the routes; ``removal_margin`` None: the default)."""
     two_routes = relative if two_routes is None else two_routes
+    margin = {} if removal_margin is None else {"removal_margin": removal_margin}
     config = ScoringConfig(
         flag_min_appearance=appearance, flag_min_relative_appearance=relative, removal_min_auroc=removal_auroc,
-        flag_min_relative_appearance_two_routes=two_routes,
-        removal_margin=ScoringConfig().removal_margin if removal_margin is None else removal_margin,
+        flag_min_relative_appearance_two_routes=two_routes, **margin,
     )  # fmt: skip
     hits: dict[int, bool] = {}
     other: dict[int, bool] = {}
@@ -245,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--relatives", type=float, nargs="+", default=None, help="flag_min_relative_appearance values"
     )
+    ap.add_argument(
+        "--removal-margin", type=float, default=None,
+        help="removal_margin of the replay (default: the current default; the rows of 3-4 Dec 2026 ran at 1.0)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     rows = [json.loads(li) for p in args.rows for li in _read(p).splitlines() if li.strip()]
     if any(r.get("split", "tuning") != "tuning" for r in rows):
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         if t is None or t <= r
     }
     near = {(a, round(r - STEP, 2), ra, round(t - STEP, 2)) for a, r, ra, t in wanted if r - STEP >= -1e-9}
-    points = [evaluate(rows, *g) for g in sorted(wanted | near)]
+    points = [evaluate(rows, *g, removal_margin=args.removal_margin) for g in sorted(wanted | near)]
     chosen = choose(
         points, [p for p in points if (p.appearance, p.relative, p.removal_auroc, p.two_routes) in wanted]
     )

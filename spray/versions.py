@@ -40,7 +40,7 @@ LRP_VERSION = 4
 # 7: evidence names the paste test's logit gain, says why a candidate whose test cleared its margins is not
 # flagged, and states logit changes with a verb for their sign (no "lowers ... by -13.22").
 # 8: the hot-spot route splits each window's log shares (scoring.hotspot_split log_share, separation 11.5; chosen on
-# the tuning split, docs/detection.md).
+# the tuning split, docs/detection.md); the stored hotspot_separation signal is on the log scale from here on.
 # 9: a hot-spot group with a Fisher ratio >= 45 (scoring.hotspot_distinct) earns consistency credit and competes to
 # represent its pattern (chosen on the tuning split, docs/detection.md).
 # 10: the removal test's flag margin is 0.5 logits, not 1.0 (scoring.removal_margin, chosen on the tuning split).

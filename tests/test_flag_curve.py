@@ -72,3 +72,20 @@ def test_rows_of_another_split_are_refused(curve, tmp_path: Path) -> None:
     f.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(SystemExit, match="tuning split"):
         curve.main([str(f)])
+
+
+def test_replay_at_a_lower_removal_margin_reproduces_the_run_at_that_margin(curve) -> None:
+    """Rows of the tuning run at removal margin 0.5: replayed at 0.5 they give the run's own flag verdicts,
+    at 1.0 (the margin before analysis version 10) fewer flags."""
+    import gzip
+
+    from spray.config import ScoringConfig
+
+    path = ROOT / "benchmarks" / "results" / "detection_heldout_tuning_removal_margin0.5_2026-12-04.jsonl.gz"
+    rows = [json.loads(li) for li in gzip.decompress(path.read_bytes()).decode().splitlines() if li.strip()]
+    config = ScoringConfig(removal_margin=0.5, removal_min_auroc=0.98)
+    for row in rows:
+        hit = any(c["class"] == row["target"] and c["precision"] >= 0.5 for c in curve.flags(row, config))
+        assert hit == (row["flagged"] and row["family"] != "none"), (row["family"], row["seed"])
+    at = {m: curve.evaluate(rows, 0.5, 0.65, 0.98, 0.55, removal_margin=m) for m in (0.5, 1.0)}
+    assert at[1.0].recall < at[0.5].recall

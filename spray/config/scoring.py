@@ -291,7 +291,8 @@ class ScoringConfig(Section):
         description="Scale on which each window's shares are split into a top group and the rest: "
         "``share`` (the shares themselves) or ``log_share`` (their logarithm, so a group whose shares are "
         "many times the rest's stands apart even when its own shares spread widely, instead of the few "
-        "most extreme samples).",
+        "most extreme samples). The defaults of ``hotspot_separation`` (11.5) and ``hotspot_distinct`` (45) are "
+        "for ``log_share``; with ``share`` use 20 and None (analysis version 7's route).",
     )
     hotspot_log_floor: float = Field(
         0.05,
@@ -303,8 +304,8 @@ class ScoringConfig(Section):
     hotspot_distinct: float | None = Field(
         45.0,
         gt=0.0,
-        description="A hot-spot group whose Fisher ratio reaches this is distinct in its own right (no clean "
-        "class shows one like it): it earns consistency credit in its map score and competes with the "
+        description="A hot-spot group whose Fisher ratio reaches this is distinct in its own right (about 1 % "
+        "of clean classes show one like it): it earns consistency credit in its map score and competes with the "
         "clusters of its pattern to represent it. None: hot-spot groups never earn that credit and represent "
         "a pattern only when no cluster comes close. 45 on log shares: the clean classes' 99th percentile "
         "(docs/detection.md).",

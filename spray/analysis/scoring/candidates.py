@@ -187,6 +187,7 @@ def merge_patterns(cands: list[Candidate], h: int, w: int, config: ScoringConfig
 
 
 def _picked_by_share(c: Candidate, config: ScoringConfig) -> bool:
+    """A hot-spot candidate that earned no consistency credit (see :func:`_by_share_only`)."""
     return c.k == HOTSPOT_K and _by_share_only(c.signals.get("hotspot_separation"), config)
 
 

@@ -74,6 +74,14 @@ def test_log_shares_find_a_spot_of_widely_spread_strength_whole() -> None:
     whole = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), log), log)[0][0]
     assert (raw_best & rare).sum() <= 0.5 * rare.sum()
     assert (whole & rare).sum() >= 0.75 * rare.sum() and (whole & ~rare).sum() <= 2
+    # The defaults (log shares, separation 11.5) find the same group.
+    default = ScoringConfig()
+    assert default.hotspot_split == "log_share"
+    found = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), default), default)
+    assert found and (found[0][0] == whole).all()
+    # A floor far above every share makes the logarithm linear: the raw split's groups come back.
+    flat = ScoringConfig(hotspot_split="log_share", hotspot_separation=1.0, hotspot_log_floor=1e3)
+    assert (hotspot_groups(ClassStats(maps, _no_graph(len(maps)), flat), flat)[0][0] == raw_best).all()
 
 
 def test_a_distinct_hot_spot_group_represents_its_pattern_over_a_partial_cluster() -> None:
@@ -88,7 +96,9 @@ def test_a_distinct_hot_spot_group_represents_its_pattern_over_a_partial_cluster
     def spot_version(config: ScoringConfig) -> np.ndarray:
         stats = ClassStats(maps, _no_graph(len(maps)), config)
         cands = merge_patterns(all_candidates(stats, clustering, config), 28, 28, config)
-        return next(c for c in cands if (c.member & rare).sum() >= 10).member
+        versions = [c for c in cands if (c.member & rare).sum() >= 10]
+        assert len(versions) == 1  # the group and the cluster are merged into one pattern
+        return versions[0].member
 
     default = ScoringConfig()
     ratio = hotspot_groups(ClassStats(maps, _no_graph(len(maps)), default), default)[0][1]
