@@ -53,7 +53,7 @@ def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> N
     assert set(reader.summary.hashes) == {"model", "data", "config", "code"}
     # The model's accuracy on the audited samples is recorded (a trained model: far above chance).
     acc = reader.summary.extra["model_accuracy"]
-    assert acc["n_samples"] == report.n_samples and acc["accuracy"] > 0.8 and not acc["near_chance"]
+    assert acc["n_samples"] == report.n_samples and acc["accuracy"] > 0.5 and not acc["near_chance"]
     # The full resolved config is recorded, every scoring constant included.
     assert reader.summary.config["scoring"] == cfg.scoring.model_dump(mode="json")
     c6 = reader.summary.class_summary(6)
