@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from spray import cli
+from spray.errors import DataError
 from spray.flags import EXPORT_COLUMNS, FlagStore
 
 
@@ -130,3 +131,39 @@ def test_cli_export(
     assert main(["flags", "export", "--db", str(tmp_path / "missing.sqlite")], monkeypatch) == 2
     assert main(["flags", "list", "--db", str(db)], monkeypatch) == 0
     assert b"d: unlearn 2, investigate 1, ok 0" in capsysbinary.readouterr().out
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path):
+    """A read-only bind mount of a folder (needs root and mount rights; skipped elsewhere)."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    ok = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode == 0
+    if (
+        ok
+        and subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0
+    ):
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        ok = False
+    if not ok:
+        pytest.skip("cannot make a read-only bind mount here (needs root and mount rights)")
+    try:
+        yield src, ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_a_reader_opens_a_wal_database_on_a_read_only_mount(read_only_mount) -> None:
+    """SQLite cannot create a WAL database's shared-memory file on a read-only mount, so ``mode=ro`` alone
+    fails there; the reader opens it as immutable, and refuses one whose write-ahead log is not empty."""
+    src, ro = read_only_mount
+    writer = FlagStore(src / "flags.sqlite")
+    writer.flag("ds", ["1", "2"], "unlearn", "stamp")
+    assert not (src / "flags.sqlite-shm").exists()  # the last connection closed: the log was checkpointed
+    reader = FlagStore(ro / "flags.sqlite", read_only=True)
+    assert sorted(f.sample_id for f in reader.current("ds")) == ["1", "2"]
+    # A log left behind (a writer still open when the snapshot was taken): a clear error, not stale flags.
+    (src / "flags.sqlite-wal").write_bytes(b"\0" * 32)
+    with pytest.raises(DataError, match="write-ahead log"):
+        FlagStore(ro / "flags.sqlite", read_only=True)

@@ -198,13 +198,29 @@ class FlagStore:
             "an empty one."
         )
 
+    def _immutable(self) -> str:
+        """``&immutable=1`` for a reader whose folder cannot be written (a read-only mount or snapshot) and
+        whose file has no write-ahead log left: SQLite cannot create the WAL's shared-memory file there, and
+        nobody can change the file, so reading it as immutable is exact. Empty otherwise."""
+        folder = self.path.resolve().parent
+        wal = folder / f"{self.path.name}-wal"
+        if os.access(folder, os.W_OK) or (folder / f"{self.path.name}-shm").exists():
+            return ""
+        if wal.exists() and wal.stat().st_size > 0:
+            raise DataError(
+                f"The flag database {self.path} is in a folder that cannot be written and still has a write-ahead "
+                f"log ({wal.name}) without its shared-memory file: SQLite cannot read it consistently there. Copy "
+                "the database with its -wal file to a writable folder and open the copy."
+            )
+        return "&immutable=1"
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the write lock up
         # front and waits (busy timeout) instead of failing half-way on a lock upgrade.
         try:
             if self.read_only:
-                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro{self._immutable()}"
                 con = sqlite3.connect(
                     uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False
                 )
