@@ -55,6 +55,7 @@ import argparse
 import gzip
 import json
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -206,6 +207,24 @@ def choose(points: list[Point], among: list[Point] | None = None) -> Point | Non
         return (recall, rare, p.relative, p.two_routes, p.appearance, p.removal_auroc)
 
     return max(ok, key=rank)
+
+
+def choose_along(points: dict[float, Point], grid: tuple[float, ...]) -> float | None:
+    """The rule for one threshold (docs/detection.md: the removal margin and the removal AUROC): ``grid``
+    runs from the strictest value down, its last value only the margin neighbour of the one before; a value
+    is safe (:func:`_safe`) with its next lower one, and the highest flag recall at p ≥ 0.1 wins, then at
+    p = 0.05, then the stricter (higher) value. None when no value is safe."""
+    ok = [v for v, below in pairwise(grid) if _safe(points[v]) and _safe(points[below])]
+    return max(ok, key=lambda v: (points[v].recall, points[v].recall_rare, v)) if ok else None
+
+
+def describe(point: Point) -> str:
+    """One line of a one-threshold grid."""
+    return (
+        f"recall p>=0.1 {point.recall:.3f}, p=0.05 {point.recall_rare:.3f}, clean alarms {point.clean_alarms}/"
+        f"{point.clean_models}, other alarms {point.other_alarm_rate:.1%}, seed agreement {point.agreement:.2f}, "
+        f"safe {_safe(point)}"
+    )
 
 
 def table(points: list[Point], chosen: Point | None, default: tuple[float, float, float, float]) -> str:

@@ -89,3 +89,26 @@ def test_replay_at_a_lower_removal_margin_reproduces_the_run_at_that_margin(curv
         assert hit == (row["flagged"] and row["family"] != "none"), (row["family"], row["seed"])
     at = {m: curve.evaluate(rows, 0.5, 0.65, 0.98, 0.55, removal_margin=m) for m in (0.5, 1.0)}
     assert at[1.0].recall < at[0.5].recall
+
+
+def test_one_threshold_rule_needs_a_safe_lower_neighbour_and_prefers_recall_then_the_stricter_value(
+    curve,
+) -> None:
+    grid = (1.0, 0.75, 0.5, 0.25)
+    points = {
+        1.0: _point(curve, 0.65, 0.80),
+        0.75: _point(curve, 0.65, 0.85),
+        0.5: _point(curve, 0.65, 0.85),  # same recall as 0.75: the stricter 0.75 wins
+        0.25: _point(curve, 0.65, 0.95, other=0.05),  # unsafe, and only the neighbour of 0.5
+    }
+    assert curve.choose_along(points, grid) == 0.75
+    points[0.5] = _point(curve, 0.65, 0.85, clean=1)
+    assert curve.choose_along(points, grid) == 1.0  # 0.75's neighbour 0.5 is unsafe now
+    points[0.75] = _point(curve, 0.65, 0.85, clean=1)
+    assert curve.choose_along(points, grid) is None  # and 1.0's neighbour 0.75 too
+    assert (
+        curve.choose_along(
+            {1.0: _point(curve, 0.65, 0.9, clean=1), 0.5: _point(curve, 0.65, 0.9)}, (1.0, 0.5)
+        )
+        is None
+    )
