@@ -147,11 +147,14 @@ def evaluate(
     removal_auroc: float = 0.8,
     two_routes: float | None = None,
     removal_margin: float | None = None,
+    gain_ratio: float | None = None,
 ) -> Point:
     """Flag recall, false alarms and seed agreement of the rows at one set of thresholds (``two_routes``
-    None: the same relative threshold whatever the routes; ``removal_margin`` None: the default)."""
+    None: the same relative threshold whatever the routes; ``removal_margin`` and ``gain_ratio`` None: the
+    default)."""
     two_routes = relative if two_routes is None else two_routes
-    margin = {} if removal_margin is None else {"removal_margin": removal_margin}
+    given = {"removal_margin": removal_margin, "gain_ratio": gain_ratio}
+    margin = {name: value for name, value in given.items() if value is not None}
     config = ScoringConfig(
         flag_min_appearance=appearance, flag_min_relative_appearance=relative, removal_min_auroc=removal_auroc,
         flag_min_relative_appearance_two_routes=two_routes, **margin,
