@@ -1,7 +1,9 @@
 """A shortcut that moves: pixel-space vs concept-space SpRAy on the same model and the same backward pass.
 
-For each seed: plant ``background_square`` (a square at a random background position, like a tag;
-:mod:`spray.lab.artifacts`) into a fraction ``p`` of one Fashion-MNIST class, train a SmallCNN
+For each seed: plant a moving artifact (``--family``: ``background_square``, a square at a random background
+position, like a tag; ``moving_text``, "TM" in a real font in a random corner at a random size;
+``moving_checker``, a checkerboard texture patch at a random background spot; :mod:`spray.lab.artifacts`)
+into a fraction ``p`` of one Fashion-MNIST class, train a SmallCNN
 (``benchmarks/detection.py``'s recipe), explain every training image once with
 ``Explainer(..., concept_layer="auto")`` (heatmap and concept relevance from one backward pass), then
 
@@ -15,7 +17,7 @@ the poisoned class), sample AUROC over all samples and within the class (per-sam
 ``sample_suspicion`` / ``concept_suspicion``), the ceiling (best F1 of any stored cluster of the class
 against the planted set), and for the top concept cluster of the class the share of its members'
 concept-conditional relevance (its characteristic channels) that falls on the square, against the share
-of the ordinary heatmap.
+of the ordinary heatmap ("square" in the row keys: the artifact's pixels, whatever the family).
 
 Usage::
 
@@ -47,7 +49,7 @@ from spray.analysis.concept_findings import merge_concept_findings  # noqa: E402
 from spray.analysis.concepts import analyze_concepts, concept_suspicion  # noqa: E402
 from spray.analysis.scoring import rank_findings, sample_suspicion  # noqa: E402
 from spray.config import AuditConfig, config_from_dict  # noqa: E402
-from spray.lab.artifacts import plant  # noqa: E402
+from spray.lab.artifacts import MOVING, plant  # noqa: E402
 from spray.lab.cnn import SmallCNN  # noqa: E402
 from spray.lab.training import train_classifier  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
@@ -118,7 +120,7 @@ class Poisoned:
 
 
 def poisoned_model(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> Poisoned:
-    """Plant ``background_square`` into a fraction ``args.p`` of class ``args.target`` and train."""
+    """Plant ``args.family`` into a fraction ``args.p`` of class ``args.target`` and train."""
     xtr, ytr = data["xtr"], data["ytr"]
     idx = detection.subset(ytr, args.per_class, seed)
     images, labels = xtr[idx].copy(), ytr[idx]
@@ -126,7 +128,7 @@ def poisoned_model(seed: int, args: argparse.Namespace, data: dict[str, Any]) ->
     cls = np.flatnonzero(labels == args.target)
     pick = np.sort(rng.choice(cls, max(1, round(args.p * cls.size)), replace=False))
     clean = images.copy()
-    pl = plant(images[pick], "background_square", size=args.size, seed=seed)
+    pl = plant(images[pick], args.family, size=args.size, seed=seed)
     images[pick] = pl.images
     planted = np.zeros(len(idx), dtype=bool)
     planted[pick] = True
@@ -184,7 +186,13 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
     explainer = Explainer(model, "EpsilonPlusFlat", concept_layer="auto")
     t1 = time.time()
     relevance, concepts = _explain(explainer, x, labels)
-    row: dict[str, Any] = {"seed": seed, "p": args.p, "target": args.target, "layer": explainer.concept_layer}
+    row: dict[str, Any] = {
+        "seed": seed,
+        "family": args.family,
+        "p": args.p,
+        "target": args.target,
+        "layer": explainer.concept_layer,
+    }
     row["lrp_s"] = time.time() - t1
     row.update(gate(p, x, relevance, args.target))
     cfg = audit_config()
@@ -256,7 +264,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--target", type=int, default=0, help="poisoned class (0: T-shirt)")
     ap.add_argument("--p", type=float, default=0.2)
-    ap.add_argument("--size", type=int, default=4, help="side of the square")
+    ap.add_argument(
+        "--family", default="background_square", choices=("background_square", *MOVING), help="the artifact"
+    )
+    ap.add_argument("--size", type=int, default=4, help="side of the square (background_square)")
     ap.add_argument("--per-class", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--width", type=int, default=16)

@@ -81,3 +81,35 @@ def test_text_artifacts_draw_their_font_in_their_corner() -> None:
     assert ys.min() >= 14 and xs.max() < 14  # bottom left
     ys, xs = np.nonzero(tm >= 0.25)
     assert ys.max() < 14 and xs.min() >= 10  # top right
+
+
+def test_moving_text_lands_in_every_corner_at_several_sizes() -> None:
+    images = _garments(60)
+    pl = plant(images, "moving_text", seed=2)
+    corners, sizes = set(), set()
+    for mask in pl.masks:
+        ys, xs = np.nonzero(mask)
+        assert 10 <= len(ys) <= 120, "a small watermark"
+        corners.add((ys.mean() < 14, xs.mean() < 14))
+        sizes.add(int(ys.max() - ys.min()))
+    assert len(corners) == 4, "a random corner"
+    assert len(sizes) >= 3, "a random size"
+    outside = ~np.any(pl.images != images, axis=0)
+    assert outside.any()  # pixels no watermark touched
+    again = plant(images, "moving_text", seed=2)
+    assert (again.images == pl.images).all()  # seeded
+
+
+def test_moving_checker_is_the_checker_texture_on_empty_background_at_varying_places() -> None:
+    images = np.zeros((40, 28, 28), dtype=np.uint8)
+    images[:, 9:19, 9:19] = 150  # room for the patch and its margin on every side
+    pl = plant(images, "moving_checker", seed=0)
+    spots = set()
+    for img, out, mask in zip(images, pl.images, pl.masks, strict=True):
+        ys, xs = np.nonzero(mask)
+        assert len(ys) == 36 and ys.max() - ys.min() == 5 and xs.max() - xs.min() == 5  # 6×6
+        spots.add((int(ys.min()), int(xs.min())))
+        assert img[mask].max() <= 40, "the patch covers the object"
+        patch = out[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(int)
+        assert patch[0, 0] == 255 and patch[0, 1] < 255  # the checkerboard alternates
+    assert len(spots) > 10

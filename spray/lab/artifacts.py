@@ -7,21 +7,39 @@ copy plus the boolean masks ``(n, H, W)`` of the pixels the artifact covers, so 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 #: Artifacts drawn at a fixed position with a per-pixel coverage (alpha): lines, text, blob, texture,
 #: tag, ring. Each is sized for a 28×28 image and placed relative to the image border.
 SHAPED = ("hline", "vline", "text_a", "text_tm", "blob", "checker", "tag", "ring")
-ARTIFACTS = ("corner_square", "random_square", "background_square", "frame", "glyph", "brightness", *SHAPED)
+#: Artifacts that move: drawn at a different place (and size) in every image.
+MOVING = ("moving_text", "moving_checker")
+ARTIFACTS = (
+    "corner_square",
+    "random_square",
+    "background_square",
+    "frame",
+    "glyph",
+    "brightness",
+    *SHAPED,
+    *MOVING,
+)
 
 #: Debian fonts (packages fonts-dejavu-core and fonts-liberation) used by the text artifacts.
 FONTS = {
     "text_a": ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "A", 10),
     "text_tm": ("/usr/share/fonts/truetype/liberation/LiberationSerif-Bold.ttf", "TM", 9),
 }
+
+#: The moving text watermark: text in a Debian font, font sizes (pixels on a 28-row image) drawn from.
+MOVING_TEXT = ("/usr/share/fonts/truetype/liberation/LiberationSerif-Bold.ttf", "TM", (7, 11))
+#: Side of the moving checkerboard patch on a 28-row image.
+CHECKER_SIDE = 6
 
 #: A background spot for ``background_square``: every pixel of the square and of a ``_BG_MARGIN``-wide
 #: ring around it at most this bright (uint8), so the square stands on empty background.
@@ -71,8 +89,9 @@ def plant(
         ``background_square`` (uniform among the positions where the square and a 1-pixel ring around it
         fall on dark background, as a watermark or tag would; uniform anywhere when an image has none),
         ``frame`` (1-pixel border), ``glyph`` (5×5 stamp at the bottom right), ``brightness`` (global
-        +60 shift; a confounder, its mask covers the whole image), and the fixed shapes of
-        :data:`SHAPED` (see :func:`shape_alpha`).
+        +60 shift; a confounder, its mask covers the whole image), the fixed shapes of
+        :data:`SHAPED` (see :func:`shape_alpha`) and the moving ones of :data:`MOVING` (see
+        :func:`moving_alpha`).
     size : int
         Side of the square artifacts.
     value : int
@@ -86,6 +105,8 @@ def plant(
         raise ValueError(f"unknown artifact {kind!r}; choose one of {', '.join(ARTIFACTS)}")
     if kind in SHAPED:
         return _plant_shaped(images, kind, value)
+    if kind in MOVING:
+        return _plant_moving(images, kind, value, seed)
     out = images.copy()
     n, h, w = images.shape[:3]
     masks = np.zeros((n, h, w), dtype=bool)
@@ -99,18 +120,8 @@ def plant(
             masks[i, y : y + size, x : x + size] = True
     elif kind == "background_square":
         grey = images if images.ndim == 3 else images.max(axis=3)
-        k = size + 2 * _BG_MARGIN
         for i in range(n):
-            # Count of bright pixels in every k×k window (integral image): 0 means an empty spot.
-            ii = np.zeros((h + 1, w + 1), dtype=np.int64)
-            ii[1:, 1:] = (grey[i] > _BG_MAX).cumsum(0).cumsum(1)
-            count = ii[k:, k:] - ii[:-k, k:] - ii[k:, :-k] + ii[:-k, :-k]
-            ys, xs = np.nonzero(count == 0)
-            if len(ys):
-                j = int(rng.integers(len(ys)))
-                y, x = int(ys[j]) + _BG_MARGIN, int(xs[j]) + _BG_MARGIN
-            else:
-                y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            y, x = background_spot(grey[i], size, rng)
             masks[i, y : y + size, x : x + size] = True
     elif kind == "frame":
         masks[:, 0, :] = masks[:, -1, :] = masks[:, :, 0] = masks[:, :, -1] = True
@@ -126,25 +137,53 @@ def plant(
     return Planted(images=out, masks=masks)
 
 
-def _text_alpha(kind: str, h: int, w: int) -> np.ndarray:
-    """Coverage of a short text drawn with a Debian font (``text_a``: bottom left; ``text_tm``: top right)."""
-    from PIL import Image, ImageDraw, ImageFont
+def background_spot(grey: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a ``size``-square on empty background of one ``(H, W)`` image: uniform among the
+    positions where the square and a ``_BG_MARGIN``-wide ring around it are at most ``_BG_MAX`` bright,
+    uniform anywhere when the image has none."""
+    h, w = grey.shape
+    k = size + 2 * _BG_MARGIN
+    # Count of bright pixels in every k×k window (integral image): 0 means an empty spot.
+    ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+    ii[1:, 1:] = (grey > _BG_MAX).cumsum(0).cumsum(1)
+    count = ii[k:, k:] - ii[:-k, k:] - ii[k:, :-k] + ii[:-k, :-k]
+    ys, xs = np.nonzero(count == 0)
+    if len(ys):
+        j = int(rng.integers(len(ys)))
+        return int(ys[j]) + _BG_MARGIN, int(xs[j]) + _BG_MARGIN
+    return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
 
-    path, text, size = FONTS[kind]
+
+@functools.lru_cache(maxsize=32)
+def _font(path: str, size: int, kind: str) -> Any:
+    """A Debian TrueType font, or a clear error naming the package to install."""
+    from PIL import ImageFont
+
     if not Path(path).exists():
         raise FileNotFoundError(
             f"{path} missing (artifact {kind!r}): apt-get install -y fonts-dejavu-core fonts-liberation"
         )
-    font = ImageFont.truetype(path, size)
+    return ImageFont.truetype(path, size)
+
+
+def _draw_text(text: str, font: Any, h: int, w: int, corner: str) -> np.ndarray:
+    """``(h, w)`` coverage in [0, 1] of ``text`` drawn one pixel from the border in ``corner``
+    (``"tl"``, ``"tr"``, ``"bl"`` or ``"br"``)."""
+    from PIL import Image, ImageDraw
+
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    if kind == "text_a":
-        x, y = 1 - left, h - 1 - bottom
-    else:
-        x, y = w - 1 - right, 1 - top
+    x = 1 - left if corner[1] == "l" else w - 1 - right
+    y = 1 - top if corner[0] == "t" else h - 1 - bottom
     draw.text((x, y), text, font=font, fill=255)
     return np.asarray(canvas, dtype=np.float64) / 255.0
+
+
+def _text_alpha(kind: str, h: int, w: int) -> np.ndarray:
+    """Coverage of a short text drawn with a Debian font (``text_a``: bottom left; ``text_tm``: top right)."""
+    path, text, size = FONTS[kind]
+    return _draw_text(text, _font(path, size, kind), h, w, "bl" if kind == "text_a" else "tr")
 
 
 def shape_alpha(kind: str, h: int, w: int) -> np.ndarray:
@@ -186,3 +225,37 @@ def _plant_shaped(images: np.ndarray, kind: str, value: int) -> Planted:
     out = np.clip(np.rint(images.astype(np.float64) * (1.0 - aa) + value * aa), 0, 255).astype(np.uint8)
     masks = np.broadcast_to(a >= 0.25, (n, h, w)).copy()
     return Planted(images=out, masks=masks)
+
+
+def moving_alpha(kind: str, grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(H, W)`` coverage in [0, 1] of one image's artifact of :data:`MOVING`.
+
+    ``moving_text``: "TM" in Liberation Serif Bold (:data:`MOVING_TEXT`) in a random corner at a random font
+    size of 7–11 pixels (on 28 rows; scaled with the height); ``moving_checker``: the checkerboard texture of
+    ``checker`` (:data:`CHECKER_SIDE` pixels a side) at a random spot of empty background
+    (:func:`background_spot` of ``grey``, the image's ``(H, W)`` brightness).
+    """
+    h, w = grey.shape
+    if kind == "moving_text":
+        path, text, (lo, hi) = MOVING_TEXT
+        size = max(1, round(int(rng.integers(lo, hi + 1)) * h / 28))
+        corner = ("tl", "tr", "bl", "br")[int(rng.integers(4))]
+        return _draw_text(text, _font(path, size, kind), h, w, corner)
+    side = max(2, round(CHECKER_SIDE * h / 28))
+    y, x = background_spot(grey, side, rng)
+    a = np.zeros((h, w))
+    yy, xx = np.mgrid[:side, :side]
+    a[y : y + side, x : x + side] = np.where((yy + xx) % 2 == 0, 1.0, 0.35)
+    return a
+
+
+def _plant_moving(images: np.ndarray, kind: str, value: int, seed: int) -> Planted:
+    """Blend an artifact of :data:`MOVING` into every image, each at its own place (``seed``)."""
+    rng = np.random.default_rng(seed)
+    grey = images if images.ndim == 3 else images.max(axis=3)
+    alpha = (
+        np.stack([moving_alpha(kind, g, rng) for g in grey]) if len(images) else np.zeros(images.shape[:3])
+    )
+    aa = alpha if images.ndim == 3 else alpha[..., None]
+    out = np.clip(np.rint(images.astype(np.float64) * (1.0 - aa) + value * aa), 0, 255).astype(np.uint8)
+    return Planted(images=out, masks=alpha >= 0.25)
