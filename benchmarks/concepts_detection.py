@@ -2,7 +2,8 @@
 
 For each seed: plant a moving artifact (``--family``: ``background_square``, a square at a random background
 position, like a tag; ``moving_text``, "TM" in a real font in a random corner at a random size;
-``moving_checker``, a checkerboard texture patch at a random background spot; :mod:`spray.lab.artifacts`)
+``moving_checker``, a checkerboard texture patch at a random background spot; ``colour_cast``, a warm tint
+of the whole image, on Fashion-MNIST coloured per image (:func:`colourise`); :mod:`spray.lab.artifacts`)
 into a fraction ``p`` of one Fashion-MNIST class, train a SmallCNN
 (``benchmarks/detection.py``'s recipe), explain every training image once with
 ``Explainer(..., concept_layer="auto")`` (heatmap and concept relevance from one backward pass), then
@@ -85,6 +86,25 @@ def explainer_channels(explainer: Explainer, x: torch.Tensor) -> int:
     return _WIDTH[id(explainer)]
 
 
+#: Families planted into RGB images (Fashion-MNIST coloured per image by :func:`colourise`).
+RGB_FAMILIES = ("colour_cast",)
+
+
+def colourise(images: np.ndarray, seed: int) -> np.ndarray:
+    """``(n, 28, 28)`` grey uint8 -> ``(n, 28, 28, 3)``: each image tinted by its own random colour (every
+    channel's gain uniform in [0.35, 1]), so colour varies within every class and is no class cue."""
+    gains = np.random.default_rng([seed, 7]).uniform(0.35, 1.0, (len(images), 1, 1, 3))
+    return np.rint(images[..., None].astype(np.float64) * gains).astype(np.uint8)
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(n, 28, 28)`` or ``(n, 28, 28, 3)`` -> normalised float ``(n, C, 28, 28)``."""
+    if images.ndim == 3:
+        return detection.to_input(images)
+    x = torch.tensor(images, dtype=torch.float32).div(255.0).permute(0, 3, 1, 2).contiguous()
+    return (x - detection.MEAN) / detection.STD
+
+
 def _square_share(rel: np.ndarray, masks: np.ndarray) -> np.ndarray:
     pos = np.clip(rel, 0, None)
     return (pos * masks).sum(axis=(1, 2)) / np.maximum(pos.sum(axis=(1, 2)), 1e-12)
@@ -124,6 +144,8 @@ def poisoned_model(seed: int, args: argparse.Namespace, data: dict[str, Any]) ->
     xtr, ytr = data["xtr"], data["ytr"]
     idx = detection.subset(ytr, args.per_class, seed)
     images, labels = xtr[idx].copy(), ytr[idx]
+    if args.family in RGB_FAMILIES:
+        images = colourise(images, seed)
     rng = np.random.default_rng([seed, args.target + 1, int(args.p * 1000)])
     cls = np.flatnonzero(labels == args.target)
     pick = np.sort(rng.choice(cls, max(1, round(args.p * cls.size)), replace=False))
@@ -132,10 +154,10 @@ def poisoned_model(seed: int, args: argparse.Namespace, data: dict[str, Any]) ->
     images[pick] = pl.images
     planted = np.zeros(len(idx), dtype=bool)
     planted[pick] = True
-    masks = np.zeros(images.shape, dtype=bool)
+    masks = np.zeros(images.shape[:3], dtype=bool)
     masks[pick] = pl.masks
     torch.manual_seed(seed)
-    model = SmallCNN(1, 10, width=args.width)
+    model = SmallCNN(images.shape[3] if images.ndim == 4 else 1, 10, width=args.width)
     train_classifier(
         model,
         images,
@@ -152,14 +174,17 @@ def poisoned_model(seed: int, args: argparse.Namespace, data: dict[str, Any]) ->
 def gate(p: Poisoned, x: torch.Tensor, relevance: np.ndarray, target: int) -> dict[str, Any]:
     """The sanity gate of ``benchmarks/detection.py``: removing the square drops the target logit by
     ≥ ``GATE_LOGIT_DROP`` on average and the heatmaps put ≥ ``GATE_RELEVANCE_RATIO`` times the square's
-    pixel share of positive relevance on it. ``relevance``: ``(n, 28, 28)``."""
+    pixel share of positive relevance on it (not for an artifact that covers every pixel, a colour cast:
+    there the share is 1 whatever the model does). ``relevance``: ``(n, 28, 28)``."""
     with torch.no_grad():
-        drop = p.model(x[p.planted])[:, target] - p.model(detection.to_input(p.clean[p.planted]))[:, target]
+        drop = p.model(x[p.planted])[:, target] - p.model(to_input(p.clean[p.planted]))[:, target]
     out: dict[str, Any] = {"logit_drop": float(drop.mean())}
     share = _square_share(relevance[p.planted], p.masks[p.planted]).mean()
     out["rel_ratio"] = float(share / p.masks[p.planted].mean())
+    everywhere = bool(p.masks[p.planted].all())
     out["gated"] = bool(
-        out["logit_drop"] >= detection.GATE_LOGIT_DROP and out["rel_ratio"] >= detection.GATE_RELEVANCE_RATIO
+        out["logit_drop"] >= detection.GATE_LOGIT_DROP
+        and (everywhere or out["rel_ratio"] >= detection.GATE_RELEVANCE_RATIO)
     )
     return out
 
@@ -182,7 +207,7 @@ def run_seed(seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[
     t0 = time.time()
     p = poisoned_model(seed, args, data)
     model, images, labels, planted, masks = p.model, p.images, p.labels, p.planted, p.masks
-    x = detection.to_input(images)
+    x = to_input(images)
     explainer = Explainer(model, "EpsilonPlusFlat", concept_layer="auto")
     t1 = time.time()
     relevance, concepts = _explain(explainer, x, labels)
@@ -265,7 +290,10 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=0, help="poisoned class (0: T-shirt)")
     ap.add_argument("--p", type=float, default=0.2)
     ap.add_argument(
-        "--family", default="background_square", choices=("background_square", *MOVING), help="the artifact"
+        "--family",
+        default="background_square",
+        choices=("background_square", *MOVING, *RGB_FAMILIES),
+        help="the artifact",
     )
     ap.add_argument("--size", type=int, default=4, help="side of the square (background_square)")
     ap.add_argument("--per-class", type=int, default=2000)

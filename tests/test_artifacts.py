@@ -113,3 +113,14 @@ def test_moving_checker_is_the_checker_texture_on_empty_background_at_varying_pl
         patch = out[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(int)
         assert patch[0, 0] == 255 and patch[0, 1] < 255  # the checkerboard alternates
     assert len(spots) > 10
+
+
+def test_colour_cast_tints_every_pixel_of_rgb_images_and_refuses_grey_ones() -> None:
+    rgb = np.stack([_garments(5)] * 3, axis=3)
+    pl = plant(rgb, "colour_cast")
+    assert pl.masks.all()
+    diff = pl.images.astype(int) - rgb.astype(int)
+    assert (diff[..., 0] >= 0).all() and (diff[..., 2] <= 0).all() and (diff[..., 1] == 0).all()
+    assert (pl.images[rgb[..., 0] == 0][:, 0] == 48).all()  # the black background turns dark red
+    with pytest.raises(ValueError, match="RGB"):
+        plant(_garments(2), "colour_cast")

@@ -26,9 +26,12 @@ ARTIFACTS = (
     "frame",
     "glyph",
     "brightness",
+    "colour_cast",
     *SHAPED,
     *MOVING,
 )
+#: The colour cast's shift per RGB channel (uint8 levels): a warm tint over the whole image.
+CAST = (48, 0, -48)
 
 #: Debian fonts (packages fonts-dejavu-core and fonts-liberation) used by the text artifacts.
 FONTS = {
@@ -89,7 +92,8 @@ def plant(
         ``background_square`` (uniform among the positions where the square and a 1-pixel ring around it
         fall on dark background, as a watermark or tag would; uniform anywhere when an image has none),
         ``frame`` (1-pixel border), ``glyph`` (5×5 stamp at the bottom right), ``brightness`` (global
-        +60 shift; a confounder, its mask covers the whole image), the fixed shapes of
+        +60 shift; a confounder, its mask covers the whole image), ``colour_cast`` (RGB only: every pixel
+        shifted by :data:`CAST`, a warm tint; its mask covers the whole image), the fixed shapes of
         :data:`SHAPED` (see :func:`shape_alpha`) and the moving ones of :data:`MOVING` (see
         :func:`moving_alpha`).
     size : int
@@ -107,6 +111,11 @@ def plant(
         return _plant_shaped(images, kind, value)
     if kind in MOVING:
         return _plant_moving(images, kind, value, seed)
+    if kind == "colour_cast":
+        if images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"colour_cast needs RGB images (n, H, W, 3), got shape {images.shape}")
+        out = np.clip(images.astype(np.int16) + np.asarray(CAST, dtype=np.int16), 0, 255).astype(np.uint8)
+        return Planted(images=out, masks=np.ones(images.shape[:3], dtype=bool))
     out = images.copy()
     n, h, w = images.shape[:3]
     masks = np.zeros((n, h, w), dtype=bool)
