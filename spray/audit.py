@@ -41,6 +41,7 @@ from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.content import run_flag_message
+from spray.heatmap_contrast import heatmap_contrast
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AttributionBatch, AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
@@ -388,6 +389,7 @@ def _report(
     accuracy = model_accuracy(
         np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions), list(setup.dataset.class_names)
     )
+    contrast = heatmap_contrast(stage.batch.relevance)
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings", so
     # two runs with the same inputs and seed give summaries that are identical except for "timings"
@@ -426,6 +428,7 @@ def _report(
         extra={
             "concept_layer": getattr(batched.runner.explainer, "concept_layer", None),
             "model_accuracy": None if accuracy is None else asdict(accuracy),
+            "heatmap_contrast": None if contrast is None else asdict(contrast),
         },
     )
 

@@ -308,6 +308,13 @@ def init_batch_size(data: DataFacts) -> int:
     return int(min(MAX_INIT_BATCH, max(8, 2 ** (fit.bit_length() - 1))))
 
 
+def _flat_under_z_plus(model_section: dict[str, Any]) -> bool:
+    """A ConvNeXt: EpsilonPlusFlat gives it nearly flat heatmaps (docs/lrp.md, "Flat heatmaps")."""
+    kwargs = model_section.get("factory_kwargs") or {}
+    name = str(model_section.get("architecture") or kwargs.get("model_name") or "")
+    return "convnext" in name.lower()
+
+
 def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | None, notes: list[str]) -> str:
     """The commented YAML text of the config."""
     from spray.config import AuditConfig, BatchConfig, ModelConfig
@@ -325,9 +332,10 @@ def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | N
         m["checkpoint"] = checkpoint
     body = _section_lines("model", m, ModelConfig)
     body += _section_lines("data", data.section, DataConfig)
+    composite = "EpsilonGammaBox" if _flat_under_z_plus(m) else "EpsilonPlusFlat"
     body += [
         "lrp:",
-        "  composite: EpsilonPlusFlat    # zennit's names: EpsilonPlusFlat, EpsilonGammaBox, EpsilonAlpha2Beta1Flat",
+        f"  composite: {composite}    # zennit's names: EpsilonPlusFlat, EpsilonGammaBox, EpsilonAlpha2Beta1Flat",
         "  target: label    # explain the true label's logit ('pred': the predicted one)",
         "batch:",
         f"  batch_size: {init_batch_size(data)}    # {_comment(BatchConfig, 'batch_size')}, sized for the input",
@@ -380,6 +388,10 @@ def scaffold_config(
     transform, notes = _transform(data, model)
     if transform:
         data.section["transform"] = transform
+    if model is not None and _flat_under_z_plus(model.section):
+        notes.append(
+            "lrp.composite is EpsilonGammaBox: EpsilonPlusFlat gives a ConvNeXt nearly flat heatmaps (docs/lrp.md)"
+        )
     if model is None:
         notes.insert(0, "CHECK model: replace the placeholder factory with your model (or use --model)")
     elif checkpoint is None:

@@ -54,6 +54,7 @@ def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> N
     # The model's accuracy on the audited samples is recorded (a trained model: far above chance).
     acc = reader.summary.extra["model_accuracy"]
     assert acc["n_samples"] == report.n_samples and acc["accuracy"] > 0.5 and not acc["near_chance"]
+    assert not reader.summary.extra["heatmap_contrast"]["flat"]  # the small CNN's maps have contrast
     # The full resolved config is recorded, every scoring constant included.
     assert reader.summary.config["scoring"] == cfg.scoring.model_dump(mode="json")
     c6 = reader.summary.class_summary(6)
@@ -249,6 +250,33 @@ def test_a_model_at_chance_is_named_in_every_output(
     assert status["model_accuracy"] == 0.5 and any(
         "true label for only 50%" in w for w in status["model_warnings"]
     )
+
+
+def test_flat_heatmaps_of_a_convnext_under_z_plus_are_named_in_every_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EpsilonPlusFlat spreads a ConvNeXt's relevance almost evenly (seen in an outside check): the run says
+    its heatmaps are flat instead of looking clean; EpsilonGammaBox gives the same model contrast."""
+    pytest.importorskip("timm")
+    raw = _folder_cfg(tmp_path)
+    raw["data"]["transform"] = {"resize": 32}  # the 28-pixel images: too small for ConvNeXt's four stages
+    raw["model"] = {
+        "factory": "timm:create_model",
+        "factory_kwargs": {"model_name": "convnext_atto", "num_classes": 2, "pretrained": False},
+    }
+    raw["lrp"] = {"concept_layer": "none"}
+    cfg = _write_cfg(tmp_path, raw)
+    assert main(["audit", "--config", str(cfg), "-q"]) == 0
+    assert "heatmaps are nearly flat" in capsys.readouterr().err
+    (run,) = list_runs(tmp_path / "runs")
+    contrast = RunReader.open(run).summary.extra["heatmap_contrast"]
+    assert contrast["flat"] and contrast["median_cv"] < 0.3 and contrast["n_samples"] == 24
+    assert "heatmaps are nearly flat" in (run / "report.html").read_text()
+    raw["lrp"]["composite"] = "EpsilonGammaBox"
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
+    assert "nearly flat" not in capsys.readouterr().err
+    box = RunReader.open(list_runs(tmp_path / "runs")[0]).summary.extra["heatmap_contrast"]
+    assert not box["flat"] and box["median_cv"] > 2 * contrast["median_cv"]
 
 
 def test_every_class_too_small_is_said_aloud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

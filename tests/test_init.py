@@ -197,6 +197,7 @@ def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cfg = load_config(out)
     assert cfg.model.factory == "timm:create_model" and cfg.model.factory_kwargs["model_name"] == "resnet10t"
     assert cfg.model.factory_kwargs["pretrained"] is False and "ok: model: 2 outputs" in res.stdout
+    assert cfg.lrp.composite == "EpsilonPlusFlat"
 
 
 @pytest.mark.slow
@@ -211,5 +212,7 @@ def test_timm_name_that_torchvision_has_too(tmp_path: Path, capsys: pytest.Captu
     assert (
         cfg.model.factory == "timm:create_model" and cfg.model.factory_kwargs["model_name"] == "convnext_tiny"
     )
+    # z+ gives a ConvNeXt nearly flat heatmaps (docs/lrp.md): init writes the box rule and says why
+    assert cfg.lrp.composite == "EpsilonGammaBox" and "nearly flat heatmaps" in out.read_text()
     res = run_main([*argv, "--force", "--model", "timm:convnext_tinny"], capsys)
     assert_clean_failure(res, 2, "not a timm architecture", "'convnext_tiny'")
