@@ -28,6 +28,21 @@ class ModelError(SprayError):
     """The model cannot be built or loaded, or produces invalid output (NaN, wrong class count)."""
 
 
+class ClassCountError(ModelError):
+    """The checkpoint's last layer has another number of outputs than the model built for the data.
+
+    Attributes
+    ----------
+    checkpoint_outputs, model_outputs : int
+        The two class counts.
+    """
+
+    def __init__(self, message: str, checkpoint_outputs: int, model_outputs: int) -> None:
+        super().__init__(message)
+        self.checkpoint_outputs = checkpoint_outputs
+        self.model_outputs = model_outputs
+
+
 class UnsupportedLayerError(SprayError):
     """The model contains modules for which no LRP rule is known. Raised at setup, before any work."""
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from spray.config import ModelConfig
-from spray.errors import ConfigError, ModelError, SprayError
+from spray.errors import ClassCountError, ConfigError, ModelError, SprayError
 from spray.factories import import_callable
 
 log = logging.getLogger(__name__)
@@ -326,20 +326,58 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
     ]
     if missing or unexpected:
         shapes = f" Shapes that differ too: {[k for k, _, _ in mismatched][:8]}." if mismatched else ""
+        twin = (
+            cfg.architecture if cfg.architecture and timm_twin_matches(cfg.architecture, set(state)) else None
+        )
+        fix = (
+            f"Its keys are those of timm's {twin!r}, which torchvision names the same: set model.architecture: "
+            f"timm:{twin} (spray init: --model timm:{twin})."
+            if twin
+            else "Check model.architecture / model.factory."
+        )
         raise ModelError(
             f"The checkpoint {str(cfg.checkpoint)!r} is for another model: its keys do not match. "
             f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
-            f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}.{shapes} "
-            "Check model.architecture / model.factory."
+            f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}.{shapes} {fix}"
         )
     if mismatched:
         lines = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:10]]
-        raise ModelError(
+        message = (
             f"The checkpoint {str(cfg.checkpoint)!r} does not fit the model; shape mismatches:\n  "
             + "\n  ".join(lines)
             + _head_hint(cfg, mismatched)
         )
+        _, theirs, ours = mismatched[-1]
+        if _head_hint(cfg, mismatched):
+            raise ClassCountError(message, theirs[0], ours[0])
+        raise ModelError(message)
     model.load_state_dict(state)
+
+
+def timm_twin_matches(name: str, keys: set[str]) -> bool:
+    """Whether timm's architecture of this torchvision name (``efficientnet_b0``, ``convnext_tiny``) has
+    exactly these state-dict keys (False without timm or without such a timm name)."""
+    if name.startswith("timm:"):
+        return False
+    try:
+        import timm
+    except ImportError:
+        return False
+    if not timm.is_model(name):
+        return False
+    try:
+        twin = timm.create_model(name, pretrained=False, num_classes=2)
+    except Exception:  # a timm model that needs arguments: no twin to offer
+        return False
+    return set(twin.state_dict()) == keys
+
+
+def checkpoint_keys(path: Path) -> set[str] | None:
+    """The state-dict keys of a checkpoint file (None when it cannot be read as a plain state dict)."""
+    try:
+        return set(_unwrap_state_dict(_load_checkpoint(path, allow_pickle=False)))
+    except ModelError:
+        return None
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

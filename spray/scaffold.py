@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from spray.config import DataConfig, TransformConfig
-from spray.errors import ConfigError, DataError
+from spray.errors import ClassCountError, ConfigError, DataError
 from spray.factories import SPEC_PATTERN
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,21 @@ def dataset_name(label: str, where: Path) -> str:
     return f"{label}-{digest}"
 
 
+def _looks_like_idx(path: Path) -> bool:
+    """Whether the file (gzipped or not) starts like an IDX file: two zero bytes, a type code, a rank."""
+    import gzip
+
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as gz:
+                head = gz.read(4)
+    except (OSError, EOFError):
+        return False
+    return len(head) == 4 and head[:2] == b"\0\0" and head[2] in (8, 9, 11, 12, 13, 14) and 1 <= head[3] <= 4
+
+
 def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> DataFacts:
     """Describe the dataset named by ``spec`` (folder, IDX images file or factory) as a ``data`` section.
 
@@ -124,6 +139,14 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
         raise ConfigError(
             f"--data {spec!r} is one image; give the folder that holds a subfolder per class "
             f"({p.resolve().parent.parent}/<class>/<image>, torchvision's ImageFolder layout)."
+        )
+    if p.is_file() and not _looks_like_idx(p):
+        archive = any(p.name.lower().endswith(x) for x in (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar"))
+        raise ConfigError(
+            f"--data {spec!r} is a file, but not an IDX images file (its first bytes are not IDX's)"
+            + (": an archive? Unpack it into root/<class>/<image> and give that root" if archive else "")
+            + ". Give the root of an image folder (root/<class>/<image>), an IDX images file, or a dataset "
+            "factory 'package.module:function'."
         )
     if p.is_file():
         lab = labels or _idx_labels_for(p)
@@ -365,7 +388,7 @@ def scaffold_config(
     DataError
         When the data cannot be labelled (no class folders, or a single one without ``num_classes``).
     """
-    if output.exists() and not force:
+    if output.exists() and not force and not _failed_by_init(output):
         raise ConfigError(
             f"{str(output)!r} already exists; pass --force to overwrite it, or -o another file."
         )
@@ -375,6 +398,9 @@ def scaffold_config(
     k = num_classes or (len(data.classes) or None)
     channels = None if not data.sizes else 1 if data.grey else 3
     model = inspect_model(model_spec, k, config_dir, channels) if model_spec else None
+    twin_note = None
+    if model is not None and model_spec and model.kind == "torchvision" and checkpoint is not None:
+        model, twin_note = _timm_if_its_keys(model_spec, model, checkpoint, k)
     if model is not None and "architecture" in model.section and k == 1:
         raise ConfigError(
             f"--model {model_spec!r}: a torchvision architecture needs model.num_classes of at least 2, and the "
@@ -388,6 +414,8 @@ def scaffold_config(
     transform, notes = _transform(data, model)
     if transform:
         data.section["transform"] = transform
+    if twin_note:
+        notes.append(twin_note)
     if model is not None and _flat_under_z_plus(model.section):
         notes.append(
             "lrp.composite is EpsilonGammaBox: EpsilonPlusFlat gives a ConvNeXt nearly flat heatmaps (docs/lrp.md)"
@@ -413,6 +441,44 @@ def scaffold_config(
     tmp.write_text(text)
     os.replace(tmp, output)
     return notes
+
+
+def _timm_if_its_keys(
+    name: str, model: ModelFacts, checkpoint: Path, num_classes: int | None
+) -> tuple[ModelFacts, str | None]:
+    """timm's architecture instead of torchvision's of the same name when the checkpoint's keys are timm's
+    (``efficientnet_b0``, ``resnet18``, ``convnext_tiny`` exist in both); the note says so."""
+    from spray.models import checkpoint_keys, timm_twin_matches
+
+    keys = checkpoint_keys(checkpoint)
+    if not keys or not timm_twin_matches(name, keys):
+        return model, None
+    timm_facts = _timm_facts(name, num_classes, required=False)
+    if timm_facts is None:
+        return model, None
+    return timm_facts, (
+        f"CHECK model: {name!r} is both a torchvision and a timm architecture; the checkpoint's keys are "
+        f"timm's, so this config builds timm's (--model timm:{name} says so explicitly)"
+    )
+
+
+#: First line of a config whose check failed in ``spray init``: a rerun of init may overwrite that file.
+FAILED_CHECK = (
+    "# spray init: the check of this config FAILED (see its message); rerunning spray init overwrites it."
+)
+
+
+def mark_failed(output: Path) -> None:
+    """Keep a config whose check failed, marked so that rerunning ``spray init`` may overwrite it."""
+    output.write_text(f"{FAILED_CHECK}\n{output.read_text()}")
+
+
+def _failed_by_init(output: Path) -> bool:
+    try:
+        with output.open() as fh:
+            return fh.readline().rstrip("\n") == FAILED_CHECK
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _one_class_folder(data_spec: str, data: DataFacts, num_classes: int | None) -> None:
@@ -470,7 +536,23 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
     if with_model:
         from spray.models import build_model
 
-        model = build_model(cfg.model)
+        try:
+            model = build_model(cfg.model)
+        except ClassCountError as err:
+            if cfg.data.kind != "image_folder":
+                raise
+            names = ", ".join(ds.class_names[:8]) + (", ..." if len(ds.class_names) > 8 else "")
+            fix = (
+                "add the missing class folders (empty ones are fine)"
+                if err.checkpoint_outputs > len(ds.class_names)
+                else "remove the folders of classes the model does not know"
+            )
+            raise DataError(
+                f"The checkpoint's last layer has {err.checkpoint_outputs} outputs, and --data has "
+                f"{len(ds.class_names)} class folders ({names}). spray takes an image's label from its class "
+                "folder's position in name order, so it needs one folder per class of the model, named in the "
+                f"model's label order: {fix}, or give the checkpoint trained on these classes."
+            ) from None
         ds.match_model(model)
     batch = ds.first_batch(2)
     assert batch.x is not None

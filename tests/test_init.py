@@ -216,3 +216,71 @@ def test_timm_name_that_torchvision_has_too(tmp_path: Path, capsys: pytest.Captu
     assert cfg.lrp.composite == "EpsilonGammaBox" and "nearly flat heatmaps" in out.read_text()
     res = run_main([*argv, "--force", "--model", "timm:convnext_tinny"], capsys)
     assert_clean_failure(res, 2, "not a timm architecture", "'convnext_tiny'")
+
+
+def test_a_checkpoint_with_another_class_count_names_the_class_folders_and_can_be_retried(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in an outside check: the hint "set model.num_classes to 5" led to a second error (the data has 2
+    class folders); the failed config blocked the rerun without --force."""
+    import torch
+
+    from spray.lab.cnn import small_cnn
+
+    make_image_folder(tmp_path / "train", n_per_class=2, size=28)
+    torch.save(small_cnn(in_channels=3, num_classes=5).state_dict(), tmp_path / "five.pt")
+    torch.save(small_cnn(in_channels=3, num_classes=2).state_dict(), tmp_path / "two.pt")
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "spray.lab.cnn:small_cnn", "-o", str(out)]
+    res = run_main([*argv, "--checkpoint", str(tmp_path / "five.pt")], capsys)
+    assert_clean_failure(
+        res,
+        1,
+        "5 outputs",
+        "2 class folders (cat, dog)",
+        "add the missing class folders",
+        "kept, marked as failed",
+    )
+    assert "set model.num_classes" not in res.output
+    assert out.read_text().startswith("# spray init: the check of this config FAILED")
+    res = run_main([*argv, "--checkpoint", str(tmp_path / "two.pt")], capsys)  # no --force needed
+    assert res.code == 0, res.output
+    assert "FAILED" not in out.read_text() and load_config(out).model.checkpoint == tmp_path / "two.pt"
+    assert_clean_failure(run_main([*argv, "--checkpoint", str(tmp_path / "two.pt")], capsys), 2, "--force")
+
+
+def test_a_file_that_is_not_idx_is_not_called_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.csv").write_text("hello\n")
+    (tmp_path / "images.zip").write_bytes(b"PK\x03\x04" + bytes(40))
+    for name, why in (("notes.csv", "not an IDX images file"), ("images.zip", "Unpack it into root/<class>")):
+        res = run_main(["init", "--data", str(tmp_path / name), "-o", str(tmp_path / "c.yaml")], capsys)
+        assert_clean_failure(res, 2, name, why)
+        assert "--labels" not in res.output
+
+
+@pytest.mark.slow
+def test_a_timm_checkpoint_under_a_name_torchvision_has_too_builds_timms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """efficientnet_b0 is both: a state dict of timm's gets timm's architecture (with a note), and the audit's
+    key mismatch under torchvision's names the fix."""
+    timm = pytest.importorskip("timm")
+    import torch
+
+    make_image_folder(tmp_path / "train", n_per_class=2, size=32)
+    torch.save(timm.create_model("efficientnet_b0", num_classes=2).state_dict(), tmp_path / "eff.pt")
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "efficientnet_b0", "-o", str(out)]
+    res = run_main([*argv, "--checkpoint", str(tmp_path / "eff.pt")], capsys)
+    assert res.code == 0, res.output
+    cfg = load_config(out)
+    assert (
+        cfg.model.factory == "timm:create_model"
+        and cfg.model.factory_kwargs["model_name"] == "efficientnet_b0"
+    )
+    assert "the checkpoint's keys are timm's" in res.output
+    raw = yaml.safe_load(out.read_text())
+    raw["model"] = {"architecture": "efficientnet_b0", "num_classes": 2, "checkpoint": "eff.pt"}
+    out.write_text(yaml.safe_dump(raw))
+    res = run_main(["audit", "--config", str(out), "-q"], capsys)
+    assert_clean_failure(res, 1, "keys are those of timm's 'efficientnet_b0'", "timm:efficientnet_b0")

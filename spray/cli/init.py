@@ -11,7 +11,8 @@ from typing import Any
 
 def run_command(args: argparse.Namespace) -> int:
     """``spray init``: write a commented audit config from a dataset and a model, and check it on one batch."""
-    from spray.scaffold import check_config, scaffold_config
+    from spray.errors import SprayError
+    from spray.scaffold import check_config, mark_failed, scaffold_config
 
     out = Path(args.output)
     notes = scaffold_config(
@@ -25,7 +26,15 @@ def run_command(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(f"wrote {out}\n" + "".join(f"  {n}\n" for n in notes))
     if not args.no_check:
-        for line in check_config(out, with_model=args.model is not None):
+        try:
+            checked = check_config(out, with_model=args.model is not None)
+        except SprayError:
+            mark_failed(out)
+            sys.stderr.write(
+                f"{out} is kept, marked as failed: fix the problem below and rerun spray init.\n"
+            )
+            raise
+        for line in checked:
             sys.stdout.write(f"  ok: {line}\n")
         if args.model is None:
             sys.stdout.write(
