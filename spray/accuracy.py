@@ -125,7 +125,17 @@ def problems(acc: dict[str, Any]) -> list[str]:
     """The sentences for one check (the fields of :class:`ModelAccuracy`): the log's, and every output's."""
     out = []
     shifted = acc.get("shifted") or {}
-    if shifted:
+    targets = set(shifted.values())
+    if len(shifted) >= 2 and len(targets) == 1:
+        # Every such class goes to the same one: a model that answers one class, not classes out of order.
+        (one,) = targets
+        out.append(
+            f"The model predicts the images of {len(shifted)} other classes mostly as {one} "
+            f"({', '.join(list(shifted)[:6])}): it answers {one} for nearly everything, as a model does that "
+            "does not tell the classes apart (weights not the trained ones, training that collapsed, inputs it "
+            "cannot read: data.transform) more than one whose classes are out of order."
+        )
+    elif shifted:
         pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])
         out.append(
             f"The model predicts the images of {len(shifted)} class(es) mostly as one other class ({pairs}): "

@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import inspect
 import logging
+import math
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -296,6 +297,33 @@ def _head_hint(cfg: ModelConfig, mismatched: list[tuple[str, tuple[int, ...], tu
     return f"\nThe checkpoint's last layer has {theirs[0]} outputs, the model's {ours[0]}: set {key} to {theirs[0]}."
 
 
+def _input_size_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
+    """Name the input and patch size a ViT checkpoint was built for, from its position embedding and patch
+    projection (timm: ``pos_embed``, ``patch_embed.proj.weight``; torchvision: ``encoder.pos_embedding``,
+    ``conv_proj.weight``); empty for other models."""
+    pos = next((v for k, v in state.items() if k in ("pos_embed", "encoder.pos_embedding")), None)
+    proj = next((v for k, v in state.items() if k in ("patch_embed.proj.weight", "conv_proj.weight")), None)
+    if pos is None or proj is None or pos.ndim != 3 or proj.ndim != 4:
+        return ""
+    patch, tokens = int(proj.shape[-1]), int(pos.shape[1])
+    for prefix in (1, 0, 2):  # a class token, none, or class and distillation tokens (DeiT)
+        side = math.isqrt(max(tokens - prefix, 0))
+        if side and side * side == tokens - prefix:
+            size = side * patch
+            timm_style = cfg.architecture is None or cfg.architecture.startswith("timm:")
+            kwargs = (
+                f"img_size: {size}, patch_size: {patch}"
+                if timm_style
+                else f"image_size: {size}, patch_size: {patch}"
+            )
+            key = "model.factory_kwargs" if cfg.architecture is None else "model.architecture_kwargs"
+            return (
+                f"\nThe checkpoint's ViT was built for {size}×{size} inputs in {patch}×{patch} patches: set "
+                f"{key}: {{{kwargs}}} (and data.transform's resize/center_crop to {size})."
+            )
+    return ""
+
+
 def _under_prefix(
     state: dict[str, torch.Tensor], own: set[str]
 ) -> tuple[str, dict[str, torch.Tensor]] | None:
@@ -346,6 +374,7 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
             f"The checkpoint {str(cfg.checkpoint)!r} does not fit the model; shape mismatches:\n  "
             + "\n  ".join(lines)
             + _head_hint(cfg, mismatched)
+            + _input_size_hint(cfg, state)
         )
         _, theirs, ours = mismatched[-1]
         if _head_hint(cfg, mismatched):

@@ -49,3 +49,12 @@ def test_swapped_class_folders_are_named(caplog: pytest.LogCaptureFixture) -> No
     spread = labels.copy()
     spread[:8] = [1, 2, 3, 1, 2, 3, 1, 2]
     assert not model_accuracy(labels, spread, NAMES).shifted  # type: ignore[union-attr]
+
+
+def test_a_model_that_answers_one_class_is_not_called_out_of_order(caplog: pytest.LogCaptureFixture) -> None:
+    """Found in an outside check: every class predicted as one was blamed on the class order."""
+    labels = np.repeat([0, 1, 2, 3], 20)
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        got = model_accuracy(labels, np.ones_like(labels), NAMES)
+    assert got is not None and got.shifted == {"circle": "cross", "square": "cross", "triangle": "cross"}
+    assert "answers cross for nearly everything" in caplog.text and "not in the same order" not in caplog.text

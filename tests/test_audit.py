@@ -279,6 +279,38 @@ def test_flat_heatmaps_of_a_convnext_under_z_plus_are_named_in_every_output(
     assert not box["flat"] and box["median_cv"] > 2 * contrast["median_cv"]
 
 
+def test_a_rule_registered_in_the_factory_module_reaches_the_audit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unsupported-layer message tells a config user where register_layer_rule goes: the module of the
+    model factory, imported before the audit explains; done there, the audit runs."""
+    from spray.lrp import composites
+
+    body = (
+        "import torch\nfrom torch import nn\n\n\nclass Scale(nn.Module):\n"
+        "    def forward(self, x):\n        return 2 * x\n\n\n"
+        "def build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), Scale(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+        "nn.Linear(4, 2))\n"
+    )
+    register = (
+        "\nfrom spray.lrp.composites import register_layer_rule\nfrom spray.lrp.rules import Pass\n"
+        + ("register_layer_rule(Scale, Pass())\n")
+    )
+    raw = _folder_cfg(tmp_path)
+    raw["lrp"] = {"concept_layer": "none"}
+    for name, text, code in (("scale_plain", body, 1), ("scale_registered", body + register, 0)):
+        (tmp_path / f"{name}.py").write_text(text)
+        raw["model"] = {"factory": f"{name}:build"}
+        res = main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"])
+        err = capsys.readouterr().err
+        assert res == code, err
+        if code:
+            assert "no LRP rule" in err and "the module of your model factory" in err
+    for kind in [k for k in composites._USER_RULES if k.__module__ == "scale_registered"]:
+        composites._USER_RULES.pop(kind)
+
+
 def test_every_class_too_small_is_said_aloud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = _folder_cfg(tmp_path)
     raw["analysis"]["min_class_size"] = 50  # the folder has 12 images per class

@@ -218,3 +218,20 @@ def test_a_model_ending_in_a_softmax_is_refused(head: torch.nn.Module, kind: str
     assert check_model_output(net, x, 3) == 3  # the same network up to its logits
     # logits that happen to be non-negative are not probabilities
     assert check_model_output(torch.nn.Sequential(net, torch.nn.ReLU()), x, 3) == 3
+
+
+def test_a_vit_checkpoint_of_another_input_size_names_the_size_and_patch(tmp_path: Path) -> None:
+    """Found in an outside check: the shape mismatch of pos_embed and patch_embed was listed without a fix."""
+    timm = pytest.importorskip("timm")
+    small = timm.create_model("vit_tiny_patch16_224", num_classes=2, img_size=32, patch_size=4)
+    torch.save(small.state_dict(), tmp_path / "vit.pt")
+    cfg = ModelConfig(
+        factory="timm:create_model",
+        factory_kwargs={"model_name": "vit_tiny_patch16_224", "num_classes": 2},
+        checkpoint=tmp_path / "vit.pt",
+    )
+    with pytest.raises(ModelError, match=r"built for 32×32 inputs in 4×4 patches: set model\.factory_kwargs: "
+                       r"\{img_size: 32, patch_size: 4\}"):  # fmt: skip
+        build_model(cfg)
+    fixed = cfg.model_copy(update={"factory_kwargs": {**cfg.factory_kwargs, "img_size": 32, "patch_size": 4}})
+    assert build_model(fixed)(torch.randn(1, 3, 32, 32)).shape == (1, 2)

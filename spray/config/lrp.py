@@ -33,8 +33,8 @@ class LRPConfig(Section):
             "Layer whose per-channel relevance (concept relevance, summed over positions) is stored for "
             "every sample, from the heatmap's own backward pass: a module path of the model "
             "(model.named_modules()), 'auto' (the last convolutional stage: the top-level child holding "
-            "the last convolution, e.g. 'features' or 'layer4'; for a transformer its last block) or "
-            "'none' (no concept relevance). See docs/concepts.md."
+            "the last convolution, e.g. 'features' or 'layer4'; for a transformer its last block; for a model "
+            "with neither, none, with a warning) or 'none' (no concept relevance). See docs/concepts.md."
         ),
     )
 

@@ -16,6 +16,7 @@ or ``(B, D)``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from spray.errors import ConfigError, ModelError
 from spray.lrp.base import RuleContext
 
 __all__ = ["ConceptTap", "concept_channels", "default_concept_layer", "resolve_concept_layer"]
+
+log = logging.getLogger(__name__)
 
 #: Values of ``lrp.concept_layer`` that are not module paths.
 AUTO, NONE = "auto", "none"
@@ -233,16 +236,18 @@ def resolve_concept_layer(model: nn.Module, layer: str | None) -> str | None:
     Raises
     ------
     ConfigError
-        The path is not a module of the model, or ``"auto"`` finds no layer.
+        The path is not a module of the model (``"auto"`` that finds no layer gives None, with a warning).
     """
     if layer is None or layer == NONE:
         return None
     if layer == AUTO:
         found = default_concept_layer(model)
         if found is None:
-            raise ConfigError(
-                "lrp.concept_layer: auto found no convolutional stage or repeated block in this model; "
-                "set lrp.concept_layer to a module path (see model.named_modules()) or to 'none'"
+            # An MLP or a recurrent model: no sensible default, and no reason to stop the audit over it.
+            log.warning(
+                "lrp.concept_layer: auto found no convolutional stage or repeated block in this model, so no "
+                "concept relevance is computed; set lrp.concept_layer to a module path (model.named_modules()) "
+                "to get it, or to 'none' to silence this"
             )
         return found
     names = dict(model.named_modules())

@@ -100,7 +100,8 @@ def unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
         + "\nGive each type a rule (rules in spray.lrp.rules): "
         + "; ".join(f"{t}: {r}" for t, r in hints.items())
         + f". For example Explainer(model, extra_rules={{{first_type}: {first_rule}}}), or for every "
-        f"Explainer spray.lrp.composites.register_layer_rule({first_type}, {first_rule}). A container "
+        f"Explainer spray.lrp.composites.register_layer_rule({first_type}, {first_rule}) (from a config: call it "
+        "in the module of your model factory, which the audit imports before it explains). A container "
         "(a module with submodules) can be given one rule as a whole. Supported out of the box: "
         "Conv1d/2d/3d, Linear, BatchNorm, LayerNorm/GroupNorm/RMSNorm, element-wise activations (torch.nn "
         "and timm), Max/AvgPool (incl. adaptive), Softmax, Flatten, Dropout, Identity, containers, and "
