@@ -94,6 +94,18 @@ def test_every_flags_action_takes_flags_db_as_dashboard_and_correct_do(
     )
     assert run_main(["flags", "unset", *run, "--sample-ids", ids[0]], capsys).code == 0
     assert len(FlagStore(db).current(DATASET, "unlearn")) == 2
+    # Samples without a flag are not counted as removed, and leave no action in the history.
+    history = len(FlagStore(db).history(DATASET))
+    res = run_main(["flags", "unset", *run, "--sample-ids", ids[0]], capsys)
+    assert (
+        res.code == 0
+        and "unflagged 0 samples" in res.stdout
+        and "1 of the given samples had no flag" in res.stdout
+    )
+    assert len(FlagStore(db).history(DATASET)) == history
+    # A dataset key the database does not hold is an error naming the ones it does, not an empty export.
+    res = run_main(["flags", "export", "--flags-db", str(db), "--dataset", "/tmp/typo"], capsys)
+    assert_clean_failure(res, 2, "'/tmp/typo'", f"its keys: {DATASET}")
     for action in ("set", "export", "list", "unset", "check", "rebind"):
         assert "--flags-db PATH" in run_main(["flags", action, "--help"], capsys).stdout
 

@@ -44,6 +44,8 @@ def test_bind_flags_sorts_each_kind() -> None:
     text = describe(b, "runs/latest")
     assert "2 → 0" in text and "spray flags rebind --run runs/latest" in text and "spray flags unset" in text
     assert describe(bind_flags(flags[:1], run), "r") == ""
+    # the suggested commands are pasted into a shell: a path with a space stays one argument
+    assert "spray flags rebind --run '/w s/runs dir/latest'" in describe(b, "/w s/runs dir/latest")
 
 
 def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -> None:

@@ -501,3 +501,24 @@ def test_a_class_with_no_readable_sample_is_not_analysed_never_resolved(
     ch = json.loads(Path(res.status["summary"]).read_text())["changes"]
     assert not [c for c in ch["resolved"] if c["class_index"] == PLANTED_CLASS], ch
     assert "is not resolved, there is no verdict" in res.stderr
+
+
+def test_the_run_command_leaves_at_once_after_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job killed during the interpreter's shutdown (most of a second) had already removed its marker of an
+    unreported exit 10 while its scheduler saw the kill: `spray run` now exits with os._exit after flushing;
+    every other command exits normally."""
+    import spray.cli as cli
+
+    exits: list[tuple[str, int]] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(("os._exit", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    for command, code in (("run", 10), ("audit", 0)):
+        monkeypatch.setattr(cli, "main", lambda c=command, k=code: (setattr(cli, "_LAST_COMMAND", c), k)[1])
+        with pytest.raises(SystemExit) as stop:
+            cli.entry()
+        assert stop.value.code == code
+    assert exits == [("os._exit", 10)]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from spray.cli import audit, correct, dashboard, demo, export, flags, init, run
 from spray.cli.logs import setup_logging
@@ -46,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stop.code == 2:
             run.usage_error_status(list(argv) if argv is not None else sys.argv[1:])
         raise
+    global _LAST_COMMAND
+    _LAST_COMMAND = getattr(args, "command", None)
     setup_logging(args.verbose, args.log_json)
     if getattr(args, "quiet", False) and not args.verbose:
         # -q: warnings, errors and the command's results only (progress bars are off as well).
@@ -60,4 +64,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+#: The subcommand the last :func:`main` call ran (``"run"``, ``"audit"``, ...).
+_LAST_COMMAND: str | None = None
+
+
+def entry() -> NoReturn:
+    """The ``spray`` console script and ``python -m spray.cli``: :func:`main`, then exit with its code.
+
+    ``spray run`` leaves at once (``os._exit`` after flushing) instead of through the interpreter's shutdown:
+    that takes most of a second, and a job killed in it had already removed its marker of an unreported
+    exit 10 while its scheduler saw the kill, not the 10 (found in an outside check).
+    """
+    code = main()
+    if _LAST_COMMAND == "run":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
+__all__ = ["COMMANDS", "build_parser", "entry", "main"]

@@ -1,7 +1,5 @@
 """``python -m spray.cli`` (what torchrun launches): the ``spray`` command."""
 
-import sys
+from spray.cli import entry
 
-from spray.cli import main
-
-sys.exit(main())
+entry()

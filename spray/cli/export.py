@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import Any
 
@@ -24,7 +25,7 @@ def virelay_command(args: argparse.Namespace) -> int:
     from spray.export.virelay import write_virelay_project
 
     project = write_virelay_project(_run_arg(args), args.output)
-    sys.stdout.write(f"{project}\nOpen it with: virelay {project}\n")
+    sys.stdout.write(f"{project}\nOpen it with: virelay {shlex.quote(str(project))}\n")
     return 0
 
 

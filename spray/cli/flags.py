@@ -50,6 +50,11 @@ def export_command(args: argparse.Namespace) -> int:
     if args.runs_dir:
         _warn_changed(db, Path(args.runs_dir) / "latest")
     status = None if args.status == "all" else args.status
+    if args.dataset is not None and args.dataset not in (known := store.datasets()):
+        raise ConfigError(
+            f"--dataset {args.dataset!r}: {db} holds no flags of that dataset key; "
+            + (f"its keys: {', '.join(known)}." if known else "it holds no flags at all.")
+        )
     data = store.export_bytes(args.format, dataset=args.dataset, status=status)
     if out is not None:
         try:
@@ -176,15 +181,20 @@ def unset_command(args: argparse.Namespace) -> int:
     # A flag whose sample is gone from the run (a deleted file) can be dropped too.
     flagged = {f.sample_id for f in FlagStore(db).current(reader.summary.dataset)} if db.is_file() else set()
     ids = _sample_ids(args, reader, run, "unflag", also=flagged)
-    FlagStore(db).unflag(
-        reader.summary.dataset,
-        ids,
-        args.note,
-        run_id=reader.summary.run_id,
-        source="spray flags unset",
-        author=_author(args),
+    removed = [i for i in ids if i in flagged]
+    if removed:
+        FlagStore(db).unflag(
+            reader.summary.dataset,
+            removed,
+            args.note,
+            run_id=reader.summary.run_id,
+            source="spray flags unset",
+            author=_author(args),
+        )
+    not_flagged = (
+        f" ({len(ids) - len(removed)} of the given samples had no flag)" if len(removed) < len(ids) else ""
     )
-    sys.stdout.write(f"unflagged {len(ids)} samples of {reader.summary.dataset} in {db}\n")
+    sys.stdout.write(f"unflagged {len(removed)} samples of {reader.summary.dataset} in {db}{not_flagged}\n")
     return 0
 
 

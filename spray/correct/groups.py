@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,8 +157,9 @@ def check_flag_content(samples: SampleSet, flags: FlagSelection, runs_dir: Path)
             f"{len(changed)} of the {len(flags.sample_ids)} flagged sample ids of {flags.dataset!r} now name other "
             f"content than the images that were flagged ({listed(changed)}): IDX records removed or reordered, "
             "or files replaced. A correction would treat other images as the artifact group. Audit the current "
-            f"data (spray audit), then `spray flags check --runs-dir {runs_dir}` says for each whether its image "
-            f"moved to another id (`spray flags rebind --runs-dir {runs_dir}` moves the flags with them) or was "
+            f"data (spray audit), then `spray flags check --runs-dir {shlex.quote(str(runs_dir))}` says for each "
+            f"whether its image moved to another id (`spray flags rebind --runs-dir {shlex.quote(str(runs_dir))}` "
+            "moves the flags with them) or was "
             "replaced (keep the flag on the new image with `spray flags set`, or drop it with `spray flags unset`)."
         )
 

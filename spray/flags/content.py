@@ -17,6 +17,7 @@ Moved and replaced flags would otherwise act on the wrong image (``spray correct
 
 from __future__ import annotations
 
+import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ def describe(binding: FlagBinding, run: str) -> str:
     if not moved and not replaced:
         return ""
     parts = []
+    run = shlex.quote(str(run))  # the commands below are pasted into a shell
     if moved:
         pairs = [f"{c.flag.sample_id} → {c.found_at[0]}" for c in moved]
         parts.append(
