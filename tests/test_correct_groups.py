@@ -10,7 +10,7 @@ import torch
 
 from spray.config import config_from_dict
 from spray.config.correction import CorrectionConfig
-from spray.correct.groups import NoFlagsError, artifact_group, read_flags
+from spray.correct.groups import NoFlagsError, artifact_group, read_flags, unflagged_members
 from spray.correct.region import box_region, estimate_region, fill, paste
 from spray.correct.samples import SampleSet
 from spray.errors import ConfigError, SprayError
@@ -179,3 +179,19 @@ def test_stamp_carriers_are_the_samples_matching_most_of_the_stamp() -> None:
     tol = np.full((1, 2, 2), 0.1)
     assert stamp_carriers(x, np.ones((1, 2, 2)), stamp, tol, 0.5).tolist() == [True, True, True, True]
     assert stamp_carriers(x, np.ones((1, 2, 2)), stamp, tol, 0.75).tolist() == [True, True, True, False]
+
+
+def test_unflagged_members_of_the_flagged_finding_are_named() -> None:
+    """Found in an outside check: a finding that grew after flagging put its new, unflagged artifact carriers
+    into the reference and weakened the correction without a word."""
+    from types import SimpleNamespace as F
+
+    grown = F(class_index=3, key="3/k2/c1", member_ids=[f"s{i}" for i in range(12)], carrier_ids=["c1"])
+    other = F(class_index=3, key="3/k2/c0", member_ids=["s0", "x1"], carrier_ids=[])
+    elsewhere = F(class_index=1, key="1/k2/c1", member_ids=[f"s{i}" for i in range(12)], carrier_ids=[])
+    flagged = [f"s{i}" for i in range(10)]
+    key, ids = unflagged_members([other, elsewhere, grown], flagged, 3)
+    assert key == "3/k2/c1" and ids == ["c1", "s10", "s11"]
+    # no finding of the class holds half of the flags: nothing to say
+    assert unflagged_members([other], flagged, 3) == (None, [])
+    assert unflagged_members([grown], flagged, 1) == (None, [])

@@ -62,7 +62,13 @@ def test_correction_id_follows_flags_method_and_parameters(audited: World) -> No
     one = str(np.flatnonzero(audited.planted)[0])
     FlagStore(audited.flags_db).unflag(DATASET, [one])
     try:
-        assert plan_correction(cfg).correction_id != first.correction_id
+        fewer = plan_correction(cfg)
+        assert fewer.correction_id != first.correction_id
+        # the unflagged sample is still a member of the flagged finding: it carries the artifact, so it is
+        # kept out of the reference (and of the clean evaluation) instead of weakening the direction
+        row = int(one)
+        reference = np.concatenate([fewer.group.fit_reference, fewer.group.held_reference])
+        assert row not in reference and row not in fewer.clean_rows and row not in fewer.group.flagged_rows
     finally:
         FlagStore(audited.flags_db).flag(DATASET, [one], "unlearn", cluster_key="1/k2/c0")
     assert plan_correction(cfg).correction_id == first.correction_id

@@ -13,6 +13,7 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -278,3 +279,38 @@ def artifact_group(
     fit_a, held_a = _split(usable, cfg.holdout_fraction, seed, "artifact")
     fit_r, held_r = _split(reference, cfg.holdout_fraction, seed, "reference-split")
     return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)
+
+
+def unflagged_members(
+    findings: list[Any], flagged: list[str], class_index: int
+) -> tuple[str | None, list[str]]:
+    """The source run's finding of the class that holds most of the flagged samples (at least half of them),
+    and its members and carriers without a flag.
+
+    Such samples look like the artifact group (they joined the finding after the flags were set, or were
+    left unflagged), so they must not serve as its reference: a reference holding the artifact weakens the
+    direction without a word (found in an outside check).
+
+    Parameters
+    ----------
+    findings : list
+        The source run's findings (``class_index``, ``key``, ``member_ids``, ``carrier_ids``).
+    flagged : list[str]
+        Flagged sample ids.
+    class_index : int
+        The corrected class.
+
+    Returns
+    -------
+    tuple
+        The finding's key (None when no finding holds half of the flags) and the sorted unflagged sample ids.
+    """
+    wanted = set(flagged)
+    best, best_n = None, 0
+    for f in findings:
+        n = len(wanted & set(f.member_ids)) if f.class_index == class_index else 0
+        if n > best_n:
+            best, best_n = f, n
+    if best is None or best_n < 0.5 * len(wanted):
+        return None, []
+    return best.key, sorted((set(best.member_ids) | set(best.carrier_ids)) - wanted)

@@ -27,6 +27,7 @@ from spray.correct.groups import (
     artifact_group,
     check_flag_content,
     read_flags,
+    unflagged_members,
 )
 from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
@@ -180,11 +181,24 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
     source = find_source_run(runs_dir, cfg.dataset_key(), model_hash(model), c.source_run)
     unreadable = samples.rows_of(source.skipped_ids).rows
-    if len(unreadable):
-        group = artifact_group(samples, flags, cfg.correction, cfg.seed, np.union1d(held, unreadable))
+    key, suspects = unflagged_members(source.findings, flags.sample_ids, group.class_index)
+    suspect_rows = samples.rows_of(suspects).rows
+    if len(suspect_rows):
+        log.warning(
+            "%d samples of finding %s in source run %s carry no flag (they joined it after the flags were set, "
+            "or were left out): they are kept out of the reference, which must not hold the artifact; flag them "
+            "(spray flags set --finding %s) to make them part of the artifact group",
+            len(suspect_rows), key, source.run_id[:12], key,
+        )  # fmt: skip
+    if len(unreadable) or len(suspect_rows):
+        group = artifact_group(
+            samples, flags, cfg.correction, cfg.seed, np.union1d(np.union1d(held, unreadable), suspect_rows)
+        )
     train_rows = np.setdiff1d(np.arange(len(samples)), np.union1d(held, unreadable))
     if clean_samples is samples:
-        clean_rows = np.setdiff1d(clean_rows, np.union1d(group.flagged_rows, unreadable))
+        clean_rows = np.setdiff1d(
+            clean_rows, np.union1d(np.union1d(group.flagged_rows, unreadable), suspect_rows)
+        )
     log.info("correcting class %s at layer %s: %d flagged, %d reference samples (source run %s)",
              group.class_name, cfg.correction.layer, len(group.flagged_rows),
              len(group.fit_reference) + len(group.held_reference), source.run_id[:12])  # fmt: skip
