@@ -32,7 +32,7 @@ from spray.correct.training import TrainingLog
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 10
+CORRECTION_VERSION = 11
 RECORD_NAME = "correction.json"
 
 T = TypeVar("T")
