@@ -522,3 +522,21 @@ def test_the_run_command_leaves_at_once_after_reporting(monkeypatch: pytest.Monk
             cli.entry()
         assert stop.value.code == code
     assert exits == [("os._exit", 10)]
+
+
+def test_the_same_data_under_another_dataset_key_is_compared_with_its_old_runs_and_said_aloud(
+    first: dict[str, Any], tmp_path: Path
+) -> None:
+    """Data moved, and the dataset key taken from its path changed (here: data.name renamed): found in an
+    outside check, every finding was reported new (exit 10) and the flags of the old key silently no longer
+    applied. The run compares with the old key's run by content and says what to set."""
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    raw = yaml.safe_load(first["cfg"].read_text())
+    raw["data"]["name"] = "planted-fashion-moved"
+    cfg = tmp_path / "moved.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
+    assert res.code == EXIT_OK, res.stderr[-3000:]
+    warned = [m for m in res.messages() if "holds the same content" in m]
+    assert warned and "set data.name: 'planted-fashion'" in warned[0]

@@ -361,6 +361,8 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     reader, prev, unreadable = previous_run(
         runs_dir, name=report.name, dataset=report.dataset, exclude_run_id=report.run_id
     )
+    if reader is None and (moved := same_content_run(runs_dir, report)) is not None:
+        reader, prev = moved, moved.findings()
     before = None if reader is None else reader.summary.hashes.get("model")
     changes = compare_findings(
         report.findings,
@@ -375,3 +377,45 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     if before and report.hashes.get("model"):
         changes.model_changed = before != report.hashes["model"]
     return changes
+
+
+#: A run of another dataset key holding at least this share of a new run's content is the same data moved.
+SAME_CONTENT = 0.9
+#: Runs of other dataset keys read when looking for the same content (the newest first).
+SAME_CONTENT_RUNS = 5
+
+
+def same_content_run(runs_dir: Path, report: AuditReport) -> RunReader | None:
+    """The newest run of another dataset key that holds (nearly) the same content as ``report``, when no run
+    of its own key exists: the data moved and its path-derived key changed. Said aloud, since flags set
+    under the old key do not apply to the new one (found in an outside check, where the findings were then
+    all reported as new)."""
+    from spray.runs.publish import list_runs
+
+    mine = set(report.content_hashes.values())
+    if not mine:
+        return None
+    seen = 0
+    for p in list_runs(runs_dir):
+        try:
+            reader = RunReader.open(p)
+        except RunReadError:
+            continue
+        if reader.summary.dataset == report.dataset or reader.summary.run_id == report.run_id:
+            continue
+        seen += 1
+        theirs = set((reader.content_hashes() or {}).values())
+        shared = len(mine & theirs)
+        if shared >= SAME_CONTENT * len(mine):
+            log.warning(
+                "no earlier run of dataset key %r, but run %s of dataset key %r holds the same content (%d of "
+                "%d samples): the data moved and its dataset key, taken from its path, changed. Changes are "
+                "measured against that run; flags set under %r do not apply to this dataset key: set data.name: "
+                "%r in the config to keep the old key (docs/config.md)",
+                report.dataset, p.name, reader.summary.dataset, shared, len(mine),
+                reader.summary.dataset, reader.summary.dataset,
+            )  # fmt: skip
+            return reader
+        if seen >= SAME_CONTENT_RUNS:
+            break
+    return None
