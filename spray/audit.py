@@ -323,12 +323,14 @@ def _batch_stage(
         # an unreadable sample is neither computed nor cached (the merge's count leaves it out too)
         n_cached = sum(len(plan.indices(s)) for s in mine) - n_computed - runner.n_skipped
         log.info(
-            "batch stage on rank %d: %d samples computed, %d taken from the cache, %d unreadable (skipped); "
-            "%d shards computed, %d shards reused",
+            "batch stage on rank %d: %d samples computed, %d taken from the cache, %d unreadable (skipped; "
+            "%d more were skipped before it, such as files that are not images); %d shards computed, %d shards "
+            "reused",
             ctx.rank,
             n_computed,
             n_cached,
             runner.n_skipped,
+            len(dataset.pre_skipped),
             counts[1],
             counts[2],
             extra={"n_computed": n_computed, "n_cached": n_cached, "n_skipped": runner.n_skipped,

@@ -145,14 +145,19 @@ def test_batch_stage_counts_an_unreadable_sample_as_skipped_not_cached(
     # 24 readable images and a corrupt one: the skipped file is neither computed nor taken from the cache
     raw = _folder_cfg(tmp_path)
     (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (tmp_path / "imgs" / "dog" / "notes.txt").write_text("not an image")  # skipped before the batch stage
     cfg = str(_write_cfg(tmp_path, raw))
     assert main(["audit", "--config", cfg]) == 0
     err = capsys.readouterr().err
-    assert "24 samples computed, 0 taken from the cache, 1 unreadable (skipped)" in err
+    # one count of each kind, so that the log adds up to the run's 2 skipped (found in an outside check)
+    assert (
+        "24 samples computed, 0 taken from the cache, 1 unreadable (skipped; 1 more were skipped before it"
+        in err
+    )
     assert "24 samples computed in this run, 0 taken from the cache" in err
     assert main(["audit", "--config", cfg, "--force"]) == 0  # the same model: every sample is cached
     err = capsys.readouterr().err
-    assert "0 samples computed, 24 taken from the cache, 1 unreadable (skipped)" in err
+    assert "0 samples computed, 24 taken from the cache, 1 unreadable (skipped; 1 more" in err
     assert "0 samples computed in this run, 24 taken from the cache" in err
 
 

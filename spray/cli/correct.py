@@ -262,7 +262,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lambda", dest="rr_lambda", type=float, help="override correction.rr_lambda")
     p.add_argument("--epochs", type=positive_int, help="override correction.epochs")
     p.add_argument("--flags-db", help="flag database (default RUNS_DIR/flags.sqlite)")
-    p.add_argument("--class", dest="artifact_class", type=int, help="override correction.artifact_class")
+    p.add_argument(
+        "--class",
+        dest="artifact_class",
+        type=int,
+        metavar="INDEX",
+        help="override correction.artifact_class: the class's index (its position in the class list; a name "
+        "is not taken here, --cluster-key takes class names)",
+    )
     p.add_argument(
         "--cluster-key",
         help="only the flags set from this finding: its key (6/k3/c2), or the report's class and cluster "

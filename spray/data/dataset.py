@@ -193,9 +193,9 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             return None
         h, w = self.input_size
         return (
-            f"image is {img.shape[-2]}×{img.shape[-1]} pixels (model input {x.shape[-2]}×{x.shape[-1]}) but "
-            f"the dataset's inputs are {h}×{w}; set data.transform.resize and center_crop to bring every "
-            "image to one size"
+            f"image is {img.shape[-2]}×{img.shape[-1]} pixels, which the transform makes a "
+            f"{x.shape[-2]}×{x.shape[-1]} input, but the dataset's inputs are {h}×{w}; set "
+            "data.transform.resize and center_crop to bring every image to one size"
         )
 
     def _on_device(self, i: int, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | str:
