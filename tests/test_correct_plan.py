@@ -108,3 +108,26 @@ def test_a_runs_directory_that_does_not_exist_is_named_and_not_created(tmp_path:
     with pytest.raises(ConfigError, match="does not exist: a correction starts from an audited run"):
         correct(cfg, progress=False)
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_run_id_published_twice_is_said_aloud_and_the_newest_taken(
+    audited: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--force` publishes a run id again (found in an outside check: correct --source-run took one of
+    the two silently)."""
+    import spray.correct.source as source_module
+    from spray.correct.source import find_source_run
+    from spray.runs.publish import list_runs
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (old,) = list_runs(audited.runs_dir)[:1]
+    shutil.copytree(old, runs / old.name)
+    newer = runs / ("29991231T000000000000Z-" + old.name.split("-", 1)[1])
+    shutil.copytree(old, newer)
+    said: list[str] = []
+    monkeypatch.setattr(source_module.log, "warning", lambda msg, *a: said.append(msg % a))
+    rid = old.name.split("-", 1)[1]
+    got = find_source_run(runs, DATASET, "", rid)
+    assert got.path == newer
+    assert said and "published more than once" in said[0] and old.name in said[0]

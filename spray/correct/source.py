@@ -77,6 +77,14 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
             )
     path, reader = hits[0]
     s = reader.summary
+    twins = [p.name for p, r in hits[1:] if r.summary.run_id == s.run_id]
+    if twins:
+        # A forced rerun publishes the same run id again; the newest folder is the one taken.
+        log.warning(
+            "run %s is published more than once (a --force rerun): correcting from the newest, %s (also: %s); "
+            "name a folder in correction.source_run (--source-run) to choose another",
+            s.run_id[:12], path.name, ", ".join(twins),
+        )  # fmt: skip
     return SourceRun(
         run_id=s.run_id,
         path=path,
