@@ -281,11 +281,16 @@ def artifact_group(
     return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)
 
 
+#: A finding counts as the flagged one when at least this share of its members is flagged.
+MOSTLY_FLAGGED = 2 / 3
+
+
 def unflagged_members(
     findings: list[Any], flagged: list[str], class_index: int
 ) -> tuple[str | None, list[str]]:
-    """The source run's finding of the class that holds most of the flagged samples (at least half of them),
-    and its members and carriers without a flag.
+    """The source run's finding of the class that holds most of the flagged samples (at least half of them)
+    and is mostly flagged itself (:data:`MOSTLY_FLAGGED` of its members), and its members and carriers
+    without a flag.
 
     Such samples look like the artifact group (they joined the finding after the flags were set, or were
     left unflagged), so they must not serve as its reference: a reference holding the artifact weakens the
@@ -303,7 +308,8 @@ def unflagged_members(
     Returns
     -------
     tuple
-        The finding's key (None when no finding holds half of the flags) and the sorted unflagged sample ids.
+        The finding's key (None when no finding holds half of the flags, or it is flagged only in part) and
+        the sorted unflagged sample ids.
     """
     wanted = set(flagged)
     best, best_n = None, 0
@@ -311,6 +317,7 @@ def unflagged_members(
         n = len(wanted & set(f.member_ids)) if f.class_index == class_index else 0
         if n > best_n:
             best, best_n = f, n
-    if best is None or best_n < 0.5 * len(wanted):
+    # Only a finding that is mostly flagged: a finding flagged in part was chosen from on purpose.
+    if best is None or best_n < 0.5 * len(wanted) or best_n < MOSTLY_FLAGGED * len(best.member_ids):
         return None, []
     return best.key, sorted((set(best.member_ids) | set(best.carrier_ids)) - wanted)
