@@ -39,7 +39,9 @@ URL_KEYS = (
     "conf", "sample", "dataset", "susp", "top", "status", "draw", "table",
 )  # fmt: skip
 
-st.set_page_config(page_title="spray", page_icon=":material/search:", layout="wide")
+# A local image: a :material/...: page icon is fetched from fonts.gstatic.com, which an offline or
+# privacy-bound site must not do.
+st.set_page_config(page_title="spray", page_icon=common.page_icon(), layout="wide")
 access.require_access()
 
 pages = [

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -416,3 +417,17 @@ def not_found(what: str, why: str) -> None:
     st.error(f"**Not found**: {what} — {why}.")
     st.page_link(PAGES["overview"], label="Back to the overview", icon=":material/leaderboard:")
     st.stop()
+
+
+@st.cache_resource
+def page_icon() -> Any:
+    """The browser tab's icon (a PIL image), drawn here (a ring with a handle: a magnifier), so that nothing is
+    fetched."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:32, :32]
+    ring = np.abs(np.hypot(yy - 12, xx - 12) - 8) < 2.2
+    handle = (np.abs((yy - 12) - (xx - 12)) < 2.5) & (yy > 18) & (yy < 30) & (xx > 18) & (xx < 30)
+    icon = np.zeros((32, 32, 4), dtype=np.uint8)
+    icon[ring | handle] = (220, 60, 40, 255)
+    return Image.fromarray(icon, "RGBA")

@@ -106,6 +106,7 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
                 source=p.source,
                 author=access.author(),
                 since=p.since,
+                cluster_key=p.cluster_key,
             )
         else:
             store.flag(

@@ -59,8 +59,8 @@ def decode_ids(text: str) -> list[str]:
                 out.append(str(total))
             return out
         ids = json.loads(raw)
-    except (binascii.Error, zlib.error, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"the selection in the link cannot be read ({err})") from None
+    except (binascii.Error, zlib.error, UnicodeDecodeError, ValueError):
+        raise ValueError("the selection in this link is truncated or damaged and cannot be read") from None
     if not isinstance(ids, list):
         raise ValueError("the selection in the link is not a list of sample ids")
     return [str(s) for s in ids]

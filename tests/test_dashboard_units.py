@@ -158,3 +158,18 @@ def test_thumbnails_larger_than_the_grid_are_averaged_down() -> None:
     out = samplegrid.shrink(pics, 96)
     assert out.shape == (2, 96, 96, 3) and out.dtype == np.uint8
     assert np.all(np.abs(out.astype(int) - 128) <= 1)
+
+
+def test_a_truncated_selection_is_named_in_one_plain_sentence() -> None:
+    text = urlstate.encode_ids([str(i) for i in range(500)])
+    with pytest.raises(ValueError) as info:
+        urlstate.decode_ids(text[: len(text) // 2])
+    message = str(info.value)
+    assert "truncated or damaged" in message and "Error" not in message and "decompress" not in message
+
+
+def test_the_page_icon_is_drawn_locally() -> None:
+    import common
+
+    icon = np.asarray(common.page_icon())
+    assert icon.shape == (32, 32, 4) and icon[..., 3].any()  # an image, not a :material/...: name

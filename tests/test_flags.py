@@ -167,3 +167,13 @@ def test_a_reader_opens_a_wal_database_on_a_read_only_mount(read_only_mount) -> 
     (src / "flags.sqlite-wal").write_bytes(b"\0" * 32)
     with pytest.raises(DataError, match="write-ahead log"):
         FlagStore(ro / "flags.sqlite", read_only=True)
+
+
+def test_an_unflag_keeps_the_finding_it_was_made_from(store: FlagStore) -> None:
+    """Found in an outside check: the dashboard's unflag events lost their cluster key."""
+    store.flag("ds", ["a", "b"], "investigate", cluster_key="6/k8/c7")
+    store.unflag("ds", ["a"], cluster_key="6/k8/c7")
+    store.unflag("ds", ["b"])
+    keys = {(e.sample_id, e.status): e.cluster_key for e in store.history("ds")}
+    assert keys[("a", "unflag")] == "6/k8/c7" and keys[("b", "unflag")] is None
+    assert store.current("ds") == []

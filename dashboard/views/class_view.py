@@ -230,9 +230,7 @@ if state.get("sel"):
     try:
         sel_ids = urlstate.decode_ids(state["sel"])
     except ValueError as err:
-        st.warning(
-            f"The selection in this link cannot be read ({safetext.md(err)}); select again on the map."
-        )
+        st.warning(f"{safetext.md(str(err)[:1].upper() + str(err)[1:])}; select again on the map.")
         state.pop("sel", None)
 outside = [s for s in sel_ids if s not in position]
 if outside:

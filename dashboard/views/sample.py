@@ -122,7 +122,7 @@ if original is not None:
         )
 elif common.data_root() is not None:
     st.caption(f"No file {safetext.code(sid)} under the data root {safetext.code(common.data_root())}.")
-else:
+elif (summary.config.get("data") or {}).get("kind") == "image_folder":
     st.caption(
         f"For image folders the sample id is the file's path relative to the dataset root ({safetext.code(sid)}). "
         "Start the dashboard with `--data-root DIR` to see and download the original file here."

@@ -468,15 +468,17 @@ class FlagStore:
         source: str | None = None,
         author: str | None = None,
         since: int | None = None,
+        cluster_key: str | None = None,
     ) -> str:
-        """Remove the current flag of samples (appends an ``unflag`` event; history is kept)."""
+        """Remove the current flag of samples (appends an ``unflag`` event; history is kept; ``cluster_key``:
+        the finding it was made from, for the history)."""
         return self._append(
             dataset,
             sample_ids,
             UNFLAG,
             note,
             run_id=run_id,
-            cluster_key=None,
+            cluster_key=cluster_key,
             source=source,
             author=author,
             since=since,
