@@ -432,3 +432,14 @@ def test_a_big_map_draws_a_picture_and_a_sample_and_a_box_selects_every_point(
     }
     ok(at.run())
     assert any(f"Selection: {int(members.sum()):,} samples" in s.value for s in at.subheader)
+
+
+def test_a_cluster_named_by_the_reports_class_and_cluster_columns_opens(env: Path, run_dir: Path) -> None:
+    """The CLI and the README take Shirt/k3/c2; the dashboard's links did not (found in an outside check)."""
+    from spray.report import cluster_label
+
+    top = top_finding(run_dir)
+    at = open_page("views/cluster.py", cluster=f"{top.class_name}/{cluster_label(top)}")
+    assert at.query_params["cluster"] == top.key and "Not found" not in shown(at)
+    at = open_page("views/cluster.py", cluster="NoSuchClass/k3/c2")
+    assert "Not found" in shown(at) and "not a cluster key" in shown(at)

@@ -22,6 +22,8 @@ import streamlit as st
 import urlstate
 
 from spray import imaging
+from spray.errors import ConfigError
+from spray.runs.keys import finding_key
 from spray.runs.reader import key_space
 from spray.runs.summary import FindingSummary
 
@@ -73,7 +75,18 @@ if state.get("view") == SEL:
         common.not_found("a selection", "this link carries none: select samples on the Class page first")
 elif state.get("cluster") and not common.cluster_exists(path, state["cluster"]):
     bad = state.pop("cluster")
-    common.not_found(f"cluster {safetext.code(bad)}", safetext.md(why_not(bad)))
+    try:  # the report's class and cluster columns (Shirt/k3/c2), as spray flags set --finding takes them
+        common.parse_cluster_key(bad)
+        named = None
+    except ValueError:
+        try:
+            named = finding_key(summary.findings, bad, Path(path), "cluster=")
+        except ConfigError:
+            named = None
+    if named is not None:
+        state["cluster"] = named
+    else:
+        common.not_found(f"cluster {safetext.code(bad)}", safetext.md(why_not(bad)))
 
 remembered = selection.get_selection(run)
 options = [f.key for f in found]
