@@ -17,8 +17,7 @@ def run_command(args: argparse.Namespace) -> int:
     from spray.lab.demo import GroundTruth, prepare_demo, score_against_truth
     from spray.report import findings_table, report_header
 
-    work = Path(args.work_dir).resolve()
-    runs = Path(args.runs_dir).resolve()
+    work, runs = demo_folders(args)
     cfg_path = prepare_demo(
         work, runs, per_class=args.per_class, epochs=args.epochs, arch=args.arch, progress=not args.quiet
     )
@@ -45,6 +44,13 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if verdict == "FOUND" or not args.strict else 1
 
 
+def demo_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The work folder and the runs folder: ``runs/`` in the work folder unless ``--runs-dir`` says otherwise
+    (``--work-dir`` alone used to leave the runs in ./spray-demo/runs)."""
+    work = Path(args.work_dir).resolve()
+    return work, Path(args.runs_dir).resolve() if args.runs_dir is not None else work / "runs"
+
+
 def register(subparsers: Any) -> None:
     """Add ``spray demo``."""
     d = subparsers.add_parser(
@@ -55,7 +61,7 @@ def register(subparsers: Any) -> None:
     d.add_argument(
         "--work-dir", default="spray-demo", help="where data, model and config go (default ./spray-demo)"
     )
-    d.add_argument("--runs-dir", default="spray-demo/runs", help="runs directory (default ./spray-demo/runs)")
+    d.add_argument("--runs-dir", default=None, help="runs directory (default: runs/ in the work folder)")
     d.add_argument(
         "--per-class", type=positive_int, default=1000, help="training images per class (default 1000)"
     )
