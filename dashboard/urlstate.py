@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import safetext
 import streamlit as st
 
 _INT_IDS = "i"
@@ -123,7 +124,10 @@ def nav_widget(
         cur = parse(state[name]) if name in state else default
     except (TypeError, ValueError):
         cur = default
+        _unusable(name, state[name], text(default))
     if not valid(cur):
+        if name in state:
+            _unusable(name, state[name], text(default))
         cur = default
     state[name] = text(cur)
     wkey = f"w_{name}"
@@ -133,6 +137,14 @@ def nav_widget(
         state[name] = text(st.session_state[wkey])
 
     return factory(label, key=wkey, on_change=changed, **kwargs)
+
+
+def _unusable(name: str, value: str, shown: str) -> None:
+    """Say that a link's view value cannot be shown, instead of dropping it without a word."""
+    said = safetext.md(
+        f"This link's {name}={value[:40]!r} cannot be shown here; showing {name}={shown!r} instead."
+    )
+    st.caption(said)
 
 
 def _text(value: Any) -> str:
@@ -167,7 +179,10 @@ def nav_select(
     as_str = [str(o) for o in options]
     cur = state.get(name)
     if cur not in as_str:
-        cur = str(default) if default is not None and str(default) in as_str else as_str[0]
+        fallback = str(default) if default is not None and str(default) in as_str else as_str[0]
+        if cur is not None:
+            _unusable(name, cur, fallback)
+        cur = fallback
         state[name] = cur
     wkey = f"w_{name}"
     st.session_state[wkey] = options[as_str.index(cur)]

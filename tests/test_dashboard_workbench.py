@@ -443,3 +443,13 @@ def test_a_cluster_named_by_the_reports_class_and_cluster_columns_opens(env: Pat
     assert at.query_params["cluster"] == top.key and "Not found" not in shown(at)
     at = open_page("views/cluster.py", cluster="NoSuchClass/k3/c2")
     assert "Not found" in shown(at) and "not a cluster key" in shown(at)
+
+
+def test_a_view_value_the_page_cannot_show_is_said_not_dropped(env: Path, run_dir: Path) -> None:
+    """Found in an outside check: top=200, page=99, sort=bogus fell back to the defaults without a word."""
+    at = open_page("views/overview.py", top="7")  # the choices go in steps of 5
+    assert "This link's top='7' cannot be shown here; showing top='25' instead" in shown(at)
+    at = open_page("views/cluster.py", cluster=top_finding(run_dir).key, sort="bogus")
+    assert "This link's sort='bogus' cannot be shown here" in shown(at)
+    at = open_page("views/overview.py")
+    assert "cannot be shown here" not in shown(at)
