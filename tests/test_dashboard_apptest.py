@@ -311,6 +311,19 @@ def test_dashboard_command_binds_localhost_and_passes_the_runs_dir(tmp_path: Pat
     assert env["SPRAY_RUNS_DIR"] == str(tmp_path) and env["SPRAY_FLAGS_DB"] == str(tmp_path / "flags.sqlite")
     msg = serve.no_runs_message(tmp_path)
     assert "scripts/demo" in msg and "spray audit --config" in msg
+    # a port another program listens on is named with the fix, before Streamlit starts (outside check)
+    import socket
+
+    from spray.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = sub.choices["dashboard"].parse_args(["--runs-dir", str(tmp_path), "--port", str(port)])
+        with pytest.raises(ConfigError, match=f"Port {port} on 127.0.0.1 is in use.*--port {port + 1}"):
+            dashboard._options(taken)
+    assert dashboard._options(taken).port == port  # free again once it is closed
 
 
 def test_selection_positions_decodes_points_of_several_traces() -> None:

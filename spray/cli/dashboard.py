@@ -28,6 +28,24 @@ from spray.serve import (
 log = logging.getLogger("spray.serve")
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port another process listens on, naming it (Streamlit's own message came after its start-up
+    and named no fix; found in an outside check)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as the server does: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"Port {port} on {host} is in use ({err.strerror or err}): another spray dashboard or program "
+                f"listens there. Stop it, or pass another --port (e.g. --port {port + 1})."
+            ) from None
+
+
 def _options(args: argparse.Namespace) -> ServeOptions:
     runs_dir = check_runs_dir(Path(args.runs_dir))
     db = Path(args.flags_db).expanduser().resolve() if args.flags_db else None
@@ -44,6 +62,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         raise ConfigError(
             f"--data-root {args.data_root} is not a folder: give the root your sample ids are relative to."
         )
+    _check_port(args.host, args.port)
     token = args.token or os.environ.get("SPRAY_DASHBOARD_TOKEN") or None
     if args.no_token:
         token = None
