@@ -1,8 +1,8 @@
 """Whether the heatmaps say *where*: a check that the LRP composite gives this model's heatmaps contrast.
 
 A composite can pass every conservation check and still spread a model's relevance almost evenly over the
-image (a ConvNeXt under ``EpsilonPlusFlat`` in an outside check: each map's cells varied by 9–12 % of their
-mean, against 100–200 % for ResNet, MobileNet and spray's small CNN on their data). Such maps cluster by nothing, so the
+image (a ConvNeXt under ``EpsilonPlusFlat``: each map's cells vary by about 10 % of their mean, against
+100–200 % for ResNet, MobileNet and spray's small CNN on their data). Such maps cluster by nothing, so the
 audit reports no finding and looks like a clean model. The check (a warning; the audit goes on) is the
 median over samples of each map's coefficient of variation of ``|R|`` over the analysis grid's cells; under
 :data:`FLAT_CV` the heatmaps are called flat. Measurements: ``docs/lrp.md`` ("Flat heatmaps").

@@ -72,8 +72,8 @@ def entry() -> NoReturn:
     """The ``spray`` console script and ``python -m spray.cli``: :func:`main`, then exit with its code.
 
     ``spray run`` leaves at once (``os._exit`` after flushing) instead of through the interpreter's shutdown:
-    that takes most of a second, and a job killed in it had already removed its marker of an unreported
-    exit 10 while its scheduler saw the kill, not the 10 (found in an outside check).
+    that takes most of a second, and a job killed in it has already removed its marker of an unreported
+    exit 10 while its scheduler sees the kill, not the 10.
     """
     code = main()
     if _LAST_COMMAND == "run":

@@ -29,8 +29,8 @@ log = logging.getLogger("spray.serve")
 
 
 def _check_port(host: str, port: int) -> None:
-    """Refuse a port another process listens on, naming it (Streamlit's own message came after its start-up
-    and named no fix; found in an outside check)."""
+    """Refuse a port another process listens on, with the fix, before Streamlit starts (its own message
+    comes after its start-up and names no fix)."""
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:

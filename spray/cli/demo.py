@@ -45,8 +45,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def demo_folders(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The work folder and the runs folder: ``runs/`` in the work folder unless ``--runs-dir`` says otherwise
-    (``--work-dir`` alone used to leave the runs in ./spray-demo/runs)."""
+    """The work folder and the runs folder: ``runs/`` in the work folder unless ``--runs-dir`` says otherwise."""
     work = Path(args.work_dir).resolve()
     return work, Path(args.runs_dir).resolve() if args.runs_dir is not None else work / "runs"
 

@@ -294,7 +294,7 @@ def unflagged_members(
 
     Such samples look like the artifact group (they joined the finding after the flags were set, or were
     left unflagged), so they must not serve as its reference: a reference holding the artifact weakens the
-    direction without a word (found in an outside check).
+    direction without a word.
 
     Parameters
     ----------

@@ -388,8 +388,7 @@ SAME_CONTENT_RUNS = 5
 def same_content_run(runs_dir: Path, report: AuditReport) -> RunReader | None:
     """The newest run of another dataset key that holds (nearly) the same content as ``report``, when no run
     of its own key exists: the data moved and its path-derived key changed. Said aloud, since flags set
-    under the old key do not apply to the new one (found in an outside check, where the findings were then
-    all reported as new)."""
+    under the old key do not apply to the new one."""
     from spray.runs.publish import list_runs
 
     mine = set(report.content_hashes.values())
