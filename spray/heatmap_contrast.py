@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 #: Median coefficient of variation of ``|R|`` over the grid below which the heatmaps are flat: the flat
 #: ConvNeXt maps measured 0.09–0.12, the other models 0.4 and more (docs/lrp.md).
 FLAT_CV = 0.3
+#: Maps handled at once (bounds the check's memory).
+CHUNK = 4096
 #: Fewer samples than this say too little to warn about.
 CONTRAST_MIN_SAMPLES = 20
 
@@ -59,13 +61,19 @@ def heatmap_contrast(relevance: np.ndarray) -> HeatmapContrast | None:
     """
     if len(relevance) == 0:
         return None
-    a = np.abs(np.asarray(relevance, dtype=np.float64).reshape(len(relevance), -1))
-    mean = a.mean(axis=1)
-    keep = mean > 0
-    if not keep.any():
+    cvs = []
+    # In row blocks of float32: a float64 copy of a million maps would cost gigabytes after the LRP is done.
+    for start in range(0, len(relevance), CHUNK):
+        a = np.abs(
+            np.asarray(relevance[start : start + CHUNK], dtype=np.float32).reshape(-1, relevance[0].size)
+        )
+        mean = a.mean(axis=1, dtype=np.float64)
+        keep = mean > 0
+        cvs.append(a[keep].std(axis=1, dtype=np.float64) / mean[keep])
+    cv = np.concatenate(cvs)
+    if not len(cv):
         return None
-    cv = a[keep].std(axis=1) / mean[keep]
-    median, n = float(np.median(cv)), int(keep.sum())
+    median, n = float(np.median(cv)), len(cv)
     got = HeatmapContrast(median, n, n >= CONTRAST_MIN_SAMPLES and median < FLAT_CV)
     for problem in problems(asdict(got)):
         log.warning("%s", problem)

@@ -100,6 +100,7 @@ def dataset_name(label: str, where: Path) -> str:
 def _looks_like_idx(path: Path) -> bool:
     """Whether the file (gzipped or not) starts like an IDX file: two zero bytes, a type code, a rank."""
     import gzip
+    import zlib
 
     try:
         with path.open("rb") as fh:
@@ -107,7 +108,7 @@ def _looks_like_idx(path: Path) -> bool:
         if head[:2] == b"\x1f\x8b":
             with gzip.open(path, "rb") as gz:
                 head = gz.read(4)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return False
     return len(head) == 4 and head[:2] == b"\0\0" and head[2] in (8, 9, 11, 12, 13, 14) and 1 <= head[3] <= 4
 
@@ -448,10 +449,16 @@ def _timm_if_its_keys(
 ) -> tuple[ModelFacts, str | None]:
     """timm's architecture instead of torchvision's of the same name when the checkpoint's keys are timm's
     (``efficientnet_b0``, ``resnet18``, ``convnext_tiny`` exist in both); the note says so."""
+    import torchvision
+
     from spray.models import checkpoint_keys, timm_twin_matches
 
     keys = checkpoint_keys(checkpoint)
     if not keys or not timm_twin_matches(name, keys):
+        return model, None
+    # timm's ResNet, ResNeXt and DenseNet use torchvision's names: a checkpoint that fits torchvision's stays so.
+    mine = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 2).state_dict()
+    if set(mine) == keys:
         return model, None
     timm_facts = _timm_facts(name, num_classes, required=False)
     if timm_facts is None:
@@ -539,7 +546,8 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
         try:
             model = build_model(cfg.model)
         except ClassCountError as err:
-            if cfg.data.kind != "image_folder":
+            # Only when the model's head was sized from the class folders is the folder count the thing to fix.
+            if cfg.data.kind != "image_folder" or err.model_outputs != len(ds.class_names):
                 raise
             names = ", ".join(ds.class_names[:8]) + (", ..." if len(ds.class_names) > 8 else "")
             fix = (

@@ -324,6 +324,9 @@ def test_dashboard_command_binds_localhost_and_passes_the_runs_dir(tmp_path: Pat
         with pytest.raises(ConfigError, match=f"Port {port} on 127.0.0.1 is in use.*--port {port + 1}"):
             dashboard._options(taken)
     assert dashboard._options(taken).port == port  # free again once it is closed
+    nowhere = sub.choices["dashboard"].parse_args(["--runs-dir", str(tmp_path), "--host", "192.0.2.1"])
+    with pytest.raises(ConfigError, match=r"Cannot serve on 192\.0\.2\.1:8501"):  # not this machine's address
+        dashboard._options(nowhere)
 
 
 def test_selection_positions_decodes_points_of_several_traces() -> None:

@@ -247,12 +247,24 @@ def test_a_checkpoint_with_another_class_count_names_the_class_folders_and_can_b
     assert res.code == 0, res.output
     assert "FAILED" not in out.read_text() and load_config(out).model.checkpoint == tmp_path / "two.pt"
     assert_clean_failure(run_main([*argv, "--checkpoint", str(tmp_path / "two.pt")], capsys), 2, "--force")
+    # a head not sized from the folders (--num-classes): the folders are not what to fix
+    res = run_main([*argv, "--force", "--num-classes", "5", "--checkpoint", str(tmp_path / "two.pt")], capsys)
+    assert_clean_failure(res, 1, "2 outputs, the model's 5")
+    assert "class folders" not in res.output
 
 
 def test_a_file_that_is_not_idx_is_not_called_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.csv").write_text("hello\n")
     (tmp_path / "images.zip").write_bytes(b"PK\x03\x04" + bytes(40))
-    for name, why in (("notes.csv", "not an IDX images file"), ("images.zip", "Unpack it into root/<class>")):
+    (tmp_path / "broken.gz").write_bytes(
+        b"\x1f\x8b\x08\x00" + bytes(6) + b"\xff" * 30
+    )  # damaged deflate data
+    cases = (
+        ("notes.csv", "not an IDX images file"),
+        ("images.zip", "Unpack it into root/<class>"),
+        ("broken.gz", "not an IDX images file"),
+    )
+    for name, why in cases:
         res = run_main(["init", "--data", str(tmp_path / name), "-o", str(tmp_path / "c.yaml")], capsys)
         assert_clean_failure(res, 2, name, why)
         assert "--labels" not in res.output
@@ -284,3 +296,11 @@ def test_a_timm_checkpoint_under_a_name_torchvision_has_too_builds_timms(
     out.write_text(yaml.safe_dump(raw))
     res = run_main(["audit", "--config", str(out), "-q"], capsys)
     assert_clean_failure(res, 1, "keys are those of timm's 'efficientnet_b0'", "timm:efficientnet_b0")
+    # timm's ResNet has torchvision's key names: a torchvision checkpoint stays torchvision's
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "r18.pt")
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out), "--force"]
+    res = run_main([*argv, "--checkpoint", str(tmp_path / "r18.pt")], capsys)
+    assert res.code == 0, res.output
+    assert load_config(out).model.architecture == "resnet18" and "keys are timm's" not in res.output

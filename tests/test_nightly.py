@@ -540,3 +540,19 @@ def test_the_same_data_under_another_dataset_key_is_compared_with_its_old_runs_a
     assert res.code == EXIT_OK, res.stderr[-3000:]
     warned = [m for m in res.messages() if "holds the same content" in m]
     assert warned and "set data.name: 'planted-fashion'" in warned[0]
+    # another audit (another name) on the same content is not "the data moved": its findings are new
+    other = tmp_path / "other-runs"
+    shutil.copytree(first["runs"], other, symlinks=True)
+    raw["name"] = "another-audit"
+    cfg.write_text(yaml.safe_dump(raw))
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(other)])
+    assert res.code == EXIT_FINDINGS and not any("holds the same content" in m for m in res.messages())
+    # a damaged run under the old key is passed over, never the end of the run
+    damaged = tmp_path / "damaged-runs"
+    shutil.copytree(first["runs"], damaged, symlinks=True)
+    (damaged / first["run_dir"].name / "samples.parquet").write_bytes(b"x")
+    raw["name"] = "nightly-test"
+    cfg.write_text(yaml.safe_dump(raw))
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(damaged)])
+    assert res.code == EXIT_FINDINGS, res.stderr[-3000:]
+    assert any("is unreadable and is passed over" in m for m in res.messages())

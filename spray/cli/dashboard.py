@@ -31,6 +31,7 @@ log = logging.getLogger("spray.serve")
 def _check_port(host: str, port: int) -> None:
     """Refuse a port another process listens on, with the fix, before Streamlit starts (its own message
     comes after its start-up and names no fix)."""
+    import errno
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -39,9 +40,14 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"Port {port} on {host} is in use: another spray dashboard or program listens there. Stop "
+                    f"it, or pass another --port (e.g. --port {port + 1})."
+                ) from None
             raise ConfigError(
-                f"Port {port} on {host} is in use ({err.strerror or err}): another spray dashboard or program "
-                f"listens there. Stop it, or pass another --port (e.g. --port {port + 1})."
+                f"Cannot serve on {host}:{port} ({err.strerror or err}): check --host and --port (ports below "
+                "1024 need root)."
             ) from None
 
 

@@ -362,7 +362,7 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         runs_dir, name=report.name, dataset=report.dataset, exclude_run_id=report.run_id
     )
     if reader is None and (moved := same_content_run(runs_dir, report)) is not None:
-        reader, prev = moved, moved.findings()
+        reader, prev = moved
     before = None if reader is None else reader.summary.hashes.get("model")
     changes = compare_findings(
         report.findings,
@@ -385,10 +385,11 @@ SAME_CONTENT = 0.9
 SAME_CONTENT_RUNS = 5
 
 
-def same_content_run(runs_dir: Path, report: AuditReport) -> RunReader | None:
-    """The newest run of another dataset key that holds (nearly) the same content as ``report``, when no run
-    of its own key exists: the data moved and its path-derived key changed. Said aloud, since flags set
-    under the old key do not apply to the new one."""
+def same_content_run(runs_dir: Path, report: AuditReport) -> tuple[RunReader, list[ClusterFinding]] | None:
+    """The newest run of the same audit (``name``) under another dataset key that holds (nearly) the same
+    content as ``report``, with its findings, when no run of its own key exists: the data moved and its
+    path-derived key changed. Said aloud, since flags set under the old key do not apply to the new one. A run
+    that cannot be read is passed over, as :func:`previous_run` does."""
     from spray.runs.publish import list_runs
 
     mine = set(report.content_hashes.values())
@@ -398,23 +399,24 @@ def same_content_run(runs_dir: Path, report: AuditReport) -> RunReader | None:
     for p in list_runs(runs_dir):
         try:
             reader = RunReader.open(p)
-        except RunReadError:
+            s = reader.summary
+            if s.dataset == report.dataset or s.run_id == report.run_id or s.name != report.name:
+                continue
+            seen += 1
+            shared = len(mine & set((reader.content_hashes() or {}).values()))
+            found = reader.findings() if shared >= SAME_CONTENT * len(mine) else None
+        except RunReadError as err:
+            log.warning("run %s is unreadable and is passed over: %s", p.name, err)
             continue
-        if reader.summary.dataset == report.dataset or reader.summary.run_id == report.run_id:
-            continue
-        seen += 1
-        theirs = set((reader.content_hashes() or {}).values())
-        shared = len(mine & theirs)
-        if shared >= SAME_CONTENT * len(mine):
+        if found is not None:
             log.warning(
                 "no earlier run of dataset key %r, but run %s of dataset key %r holds the same content (%d of "
                 "%d samples): the data moved and its dataset key, taken from its path, changed. Changes are "
                 "measured against that run; flags set under %r do not apply to this dataset key: set data.name: "
                 "%r in the config to keep the old key (docs/config.md)",
-                report.dataset, p.name, reader.summary.dataset, shared, len(mine),
-                reader.summary.dataset, reader.summary.dataset,
+                report.dataset, p.name, s.dataset, shared, len(mine), s.dataset, s.dataset,
             )  # fmt: skip
-            return reader
+            return reader, found
         if seen >= SAME_CONTENT_RUNS:
             break
     return None
