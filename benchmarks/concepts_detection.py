@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import detection  # noqa: E402  (benchmarks/detection.py)
+from detection_heldout import to_input  # noqa: E402  (grey or RGB, the same normalisation)
 
 from spray.analysis.concept_findings import merge_concept_findings  # noqa: E402
 from spray.analysis.concepts import analyze_concepts, concept_suspicion  # noqa: E402
@@ -89,14 +90,6 @@ def explainer_channels(explainer: Explainer, x: torch.Tensor) -> int:
 
 #: Families planted into RGB images (Fashion-MNIST coloured per image by ``colourise``).
 RGB_FAMILIES = ("colour_cast",)
-
-
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(n, 28, 28)`` or ``(n, 28, 28, 3)`` -> normalised float ``(n, C, 28, 28)``."""
-    if images.ndim == 3:
-        return detection.to_input(images)
-    x = torch.tensor(images, dtype=torch.float32).div(255.0).permute(0, 3, 1, 2).contiguous()
-    return (x - detection.MEAN) / detection.STD
 
 
 def _square_share(rel: np.ndarray, masks: np.ndarray) -> np.ndarray:

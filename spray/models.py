@@ -370,14 +370,15 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
         )
     if mismatched:
         lines = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:10]]
+        head = _head_hint(cfg, mismatched)
         message = (
             f"The checkpoint {str(cfg.checkpoint)!r} does not fit the model; shape mismatches:\n  "
             + "\n  ".join(lines)
-            + _head_hint(cfg, mismatched)
+            + head
             + _input_size_hint(cfg, state)
         )
-        _, theirs, ours = mismatched[-1]
-        if _head_hint(cfg, mismatched):
+        if head:
+            _, theirs, ours = mismatched[-1]
             raise ClassCountError(message, theirs[0], ours[0])
         raise ModelError(message)
     model.load_state_dict(state)

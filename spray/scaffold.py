@@ -454,11 +454,12 @@ def _timm_if_its_keys(
     from spray.models import checkpoint_keys, timm_twin_matches
 
     keys = checkpoint_keys(checkpoint)
-    if not keys or not timm_twin_matches(name, keys):
+    if not keys:
         return model, None
-    # timm's ResNet, ResNeXt and DenseNet use torchvision's names: a checkpoint that fits torchvision's stays so.
+    # A checkpoint that fits torchvision's stays torchvision's (timm's ResNet, ResNeXt and DenseNet share its
+    # names); checked first, as it is the common case and needs no timm model built.
     mine = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 2).state_dict()
-    if set(mine) == keys:
+    if set(mine) == keys or not timm_twin_matches(name, keys):
         return model, None
     timm_facts = _timm_facts(name, num_classes, required=False)
     if timm_facts is None:
