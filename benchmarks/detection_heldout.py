@@ -12,7 +12,9 @@ share no (dataset, target class) pair and no artifact family:
 A third split, ``moving`` (issue 17; nothing is tuned on it), holds shortcuts that move: Fashion-MNIST
 coloured per image (:func:`spray.lab.colour.colourise`, ``fashion_rgb``, target T-shirt) with
 ``background_square``, ``moving_text``, ``moving_checker`` and ``colour_cast``, run with ``--concepts on``
-and ``off`` to compare the audit with and without concept space.
+and ``off`` to compare the audit with and without concept space. ``moving_check`` is the same recipe
+with other seeds (3–5, clean 203–205), fixed on 5 Dec 2026 before the concept-space intervention test
+was written: the ``moving`` cells had been looked at while building it, these had not.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -123,6 +125,14 @@ SPLITS = {
         (0.2,),
         (0, 1, 2),
         (200, 201, 202),
+    ),
+    "moving_check": Split(
+        "moving_check",
+        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
+        ("background_square", "moving_text", "moving_checker", "colour_cast"),
+        (0.2,),
+        (3, 4, 5),
+        (203, 204, 205),
     ),
 }
 
