@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +91,10 @@ def make_probe(
     class_index: int,
     cfg: AuditConfig,
     paste: _PasteContext,
+    explainer: Any | None = None,
 ) -> InterventionProbe | None:
-    """The paste test's probe for one class (None when no other class has samples)."""
+    """The paste test's probe for one class (None when no other class has samples); with ``explainer``
+    (a :class:`spray.lrp.Explainer` with a concept layer) it also computes concept-conditional heatmaps."""
     labels = inputs.labels
     other = paste.target_order[labels[paste.target_order] != class_index]
     if len(other) == 0:
@@ -118,7 +121,27 @@ def make_probe(
         content_keys=paste.content_keys,
         cache=paste.cache,
         logits=logits,
+        concept_maps=None if explainer is None else _conditional(explainer, cfg),
     )
+
+
+def _conditional(explainer: Any, cfg: AuditConfig) -> Any:
+    """The probe's ``concept_maps``: concept-conditional heatmaps of a class logit, pooled to the grid."""
+    from spray.attribution import pool_relevance
+    from spray.lrp.concepts import concept_channels
+
+    def maps(x: torch.Tensor, class_index: int, channels: list[int], n_channels: int) -> np.ndarray:
+        dev = explainer.device
+        out = []
+        for s in range(0, len(x), cfg.batch.batch_size):
+            xb = x[s : s + cfg.batch.batch_size].to(dev)
+            mask = concept_channels([channels] * len(xb), n_channels, dev)
+            target = torch.full((len(xb),), class_index, dtype=torch.long, device=dev)
+            res = explainer(xb, target=target, concept_mask=mask)
+            out.append(pool_relevance(res.relevance, cfg.batch.grid).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0, 0), dtype=np.float32)
+
+    return maps
 
 
 def _warm_up(cfg: AuditConfig, sizes: list[int]) -> None:
@@ -183,6 +206,7 @@ def analyze_run(
     cache_dir: Path,
     *,
     ctx: DistContext | None = None,
+    explainer: Any | None = None,
 ) -> AnalysisResult | None:
     """Analyse every selected class; under torchrun each rank its share (:func:`assign_classes`).
 
@@ -201,6 +225,9 @@ def analyze_run(
         The run's cache directory (holds the paste test's prediction cache).
     ctx : DistContext, optional
         Rank and world size (a single process when None).
+    explainer : spray.lrp.Explainer, optional
+        The batch stage's explainer: with a concept layer and ``concepts.enabled`` the concept-only
+        findings get an intervention test at each image's concept-conditional hot pixels.
 
     Returns
     -------
@@ -233,7 +260,7 @@ def analyze_run(
         paste = None if cache is None else _paste_context(cfg, cache, shared, dataset)
         for c in mine:
             sent = heatmaps.pop(c, None)
-            done[c] = _analyze_one(cfg, c, dataset, shared, groups, sent, model, device, paste)
+            done[c] = _analyze_one(cfg, c, dataset, shared, groups, sent, model, device, paste, explainer)
     except Exception as err:  # every rank must hear of it, or the others wait in the next collective
         failure = err
     finally:
@@ -282,13 +309,15 @@ def _analyze_one(
     model: nn.Module,
     device: torch.device,
     paste: _PasteContext | None,
+    explainer: Any | None = None,
 ) -> ClassAnalysis:
     """One class; ``sent`` is its ``(n, h, w)`` heatmaps and ``(n, C)`` concept vectors (or None) sent
     by rank 0, or None to take both from ``inputs``."""
     rows = np.flatnonzero(groups == c)
     name = dataset.class_names[c]
     log.info("analysing class %d (%s): %d samples", c, name, len(rows))
-    probe = None if paste is None else make_probe(model, device, dataset, inputs, c, cfg, paste)
+    conditional = explainer if cfg.concepts.enabled and cfg.concepts.intervention else None
+    probe = None if paste is None else make_probe(model, device, dataset, inputs, c, cfg, paste, conditional)
     ids = [inputs.sample_ids[i] for i in rows]
     if sent is None:
         assert inputs.relevance is not None

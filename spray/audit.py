@@ -174,7 +174,10 @@ def run_audit(
     stage, inputs = _merge(batched, ctx)
     set_stage("analysis")
     with clock.phase("analysis_s"):
-        analysis = analyze_run(cfg, setup.model, dev, setup.dataset, inputs, batched.cache.dir, ctx=ctx)
+        analysis = analyze_run(
+            cfg, setup.model, dev, setup.dataset, inputs, batched.cache.dir, ctx=ctx,
+            explainer=batched.runner.explainer,
+        )  # fmt: skip
     if analysis is None or stage is None:
         # Ranks other than 0 have handed their classes to rank 0, which publishes the run.
         set_stage("done")

@@ -57,7 +57,7 @@ def test_a_group_found_in_both_spaces_is_one_finding_with_both_evidences() -> No
     assert [f.score for f in out] == sorted((f.score for f in out), reverse=True)
 
 
-def test_a_group_only_concept_space_sees_ranks_but_is_not_flagged() -> None:
+def test_a_group_only_concept_space_sees_ranks_unflagged_until_tested() -> None:
     ids, truth, concepts, maps = _setup()
     pixel = [_pixel(ids, np.arange(len(ids)) % 2 == 0, 0.1, 0)]
     cfg = ConceptsConfig(candidates=2)
@@ -93,7 +93,10 @@ def test_the_audit_stores_concept_findings_that_the_reader_reads_back(tmp_path: 
     concept = [f for f in run.findings() if f.space == "concept"]
     assert concept, [f.key for f in run.findings()]
     for f in concept:
-        assert f.channels and not f.suspicious and f.score < 0.5
+        # Tested at each member's concept-conditional hot pixels (the audit hands its explainer over).
+        assert f.channels and f.signals.get("concept_tested") == 1.0, f.signals
+        assert f.suspicious == (f.score >= 0.5)
+        assert "concept-conditional heatmap" in " ".join(f.evidence)
         assert run.members(f.key) == f.member_ids
         c, k, cid = parse_cluster_key(f.key)
         assert run.class_data(c).members(k, cid, "concept") == f.member_ids

@@ -89,7 +89,7 @@ def _analyze(
     if spots is not None:
         clustering.labellings[HOTSPOT_K] = spots
     clusters, concept_labellings = _with_concepts(
-        clusters, (class_index, class_name), sample_ids, concepts, maps, cfg
+        clusters, (class_index, class_name), sample_ids, concepts, maps, cfg, probe
     )
     return ClassAnalysis(
         class_index=class_index,
@@ -128,13 +128,21 @@ def _with_concepts(
     concepts: np.ndarray | None,
     maps: np.ndarray,
     cfg: AuditConfig,
+    probe: InterventionProbe | None,
 ) -> tuple[list[ClusterFinding], dict[int, np.ndarray]]:
-    """The class's candidates of both spaces and its concept labellings (:mod:`.concept_findings`);
-    ``clusters`` and no labellings without concept vectors or with ``concepts.enabled`` off."""
+    """The class's candidates of both spaces, the concept-only ones tested by intervention
+    (:mod:`.concept_test`), and its concept labellings (:mod:`.concept_findings`); ``clusters`` and no
+    labellings without concept vectors or with ``concepts.enabled`` off."""
     if concepts is None or not cfg.concepts.enabled:
         return clusters, {}
     from spray.analysis.concept_findings import merge_concept_findings
+    from spray.analysis.concept_test import intervene_concept_findings
     from spray.analysis.concepts import analyze_concepts
 
     found = analyze_concepts(cls[0], cls[1], list(sample_ids), concepts, cfg)
-    return merge_concept_findings(clusters, found, maps, cfg.concepts), dict(found.clustering.labellings)
+    merged = merge_concept_findings(clusters, found, maps, cfg.concepts)
+    use = probe if cfg.scoring.intervention else None
+    tested = intervene_concept_findings(
+        merged, list(sample_ids), concepts.shape[1], maps.shape[1] * maps.shape[2], use, cfg
+    )
+    return tested, dict(found.clustering.labellings)

@@ -8,9 +8,9 @@ clusters meet the pixel candidates (:func:`spray.analysis.scoring.score_class`):
   and score and becomes ``space="both"``, carrying the concept evidence (channels, signals, a sentence);
 - the other concept clusters, highest concept score first, become concept-only findings
   (``space="concept"``), at most ``concepts.candidates`` per class and none that repeats a kept one at
-  another ``k`` (Jaccard ≥ ``concepts.nest_overlap``). There is no intervention test in concept space yet,
-  so they are never flagged: their score is ``suspicion(score_weight · concept score, False)``, below
-  every flagged finding and on the scale of the unflagged pixel candidates.
+  another ``k`` (Jaccard ≥ ``concepts.nest_overlap``). Here they are not flagged: their score is
+  ``suspicion(score_weight · concept score, False)``, below every flagged finding and on the scale of the
+  unflagged pixel candidates, until :mod:`spray.analysis.concept_test` tests them by intervention.
 """
 
 from __future__ import annotations

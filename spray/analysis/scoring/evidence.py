@@ -38,7 +38,7 @@ def _where(cand: Candidate, class_name: str, h: int, w: int) -> list[str]:
     ]
 
 
-def _region(test: InterventionTest, n_cells: int) -> str:
+def region_sentence(test: InterventionTest, n_cells: int) -> str:
     """Which region the interventions used."""
     if test.region_kind == "pixels":
         return f"tested region: the members' hot pixels, {test.region_cells} cells of {n_cells}"
@@ -46,6 +46,8 @@ def _region(test: InterventionTest, n_cells: int) -> str:
         return "tested region: each member's own window near the region, aligned to the members' pixels"
     if test.region_kind == "moving":
         return "tested region: each member's own hottest spot"
+    if test.region_kind == "concept":
+        return "tested region: each image's own hot pixels in its concept-conditional heatmap"
     return f"tested region: the {test.region_kind} above"
 
 
@@ -54,7 +56,7 @@ def _verb(change: float, positive: str, negative: str) -> str:
     return positive if change >= 0 else negative
 
 
-def _interventions(class_name: str, test: InterventionTest) -> list[str]:
+def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]:
     """What the paste and removal tests showed."""
     out = []
     if test.flip_rate is not None:
@@ -119,7 +121,7 @@ def evidence(
     ]
     if test is None:
         return out
-    out.append(_region(test, h * w))
+    out.append(region_sentence(test, h * w))
     out.append(f"their pixels there vary {pct(1.0 - test.appearance)} as much as other {class_name} images'")
     out.append(
         f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: "
@@ -135,7 +137,7 @@ def evidence(
         else:
             out.append("no intervention was run: more suspicious candidates of the class came first")
         return out
-    out += _interventions(class_name, test)
+    out += intervention_sentences(class_name, test)
     if verdict is not None and verdict.suspicious:
         out.append("flagged by the " + " and the ".join(f"{route} test" for route in verdict.routes))
     elif verdict is not None and verdict.routes:

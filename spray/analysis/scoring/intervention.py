@@ -244,7 +244,7 @@ def removal_test(probe: InterventionProbe, class_index: int, donors: Donors, see
 
 
 @dataclass
-class _Paste:
+class PasteResult:
     """Raw results of the paste test (see :class:`InterventionTest`)."""
 
     flip_rate: float
@@ -263,7 +263,7 @@ def _paste_logits(
     seen: Look,
     targets: Targets,
     valid: np.ndarray,
-) -> _Paste:
+) -> PasteResult:
     """Both paste arms with logits: flips, and the class logit's gain over the target as it is."""
     base = targets.base_logit()
     arms = []
@@ -282,7 +282,7 @@ def _paste_logits(
         arms.append(((pred == class_index)[valid], (z - base)[valid]))
     (fi, gi), (fo, go) = arms
     d = gi - go
-    return _Paste(
+    return PasteResult(
         float(fi.mean()),
         float(fo.mean()),
         sign_test_p(int((fi & ~fo).sum()), int((~fi & fo).sum())),
@@ -293,14 +293,14 @@ def _paste_logits(
     )
 
 
-def _paste(
+def paste_test(
     probe: InterventionProbe,
     class_index: int,
     donors: Donors,
     seen: Look,
     targets: Targets,
     config: ScoringConfig,
-) -> _Paste | None:
+) -> PasteResult | None:
     """The paste test: flips of both arms (and, with logits, the class logit's gain); None when every
     target is already predicted as the class."""
     valid = ~targets.already  # a target already predicted as this class cannot flip to it
@@ -313,11 +313,11 @@ def _paste(
     if fi.mean() < config.flip_margin:
         # The paste route of the flag needs flip - null >= flip_margin, so below the margin it is
         # impossible whatever the null: skip the null arm (half the paste's forward passes).
-        return _Paste(float(fi.mean()), None, 1.0, nv)
+        return PasteResult(float(fi.mean()), None, 1.0, nv)
     fo = probe.paste_flips(class_index, donors.ids_out, seen.m_out, targets.ids, donors.x_out)[valid]
     b = int((fi & ~fo).sum())
     c = int((~fi & fo).sum())
-    return _Paste(float(fi.mean()), float(fo.mean()), sign_test_p(b, c), nv)
+    return PasteResult(float(fi.mean()), float(fo.mean()), sign_test_p(b, c), nv)
 
 
 def appraise(
@@ -361,7 +361,7 @@ def intervention_test(
     )
     if config.removal:
         test.removal = removal_test(probe, class_index, donors, seen)
-    paste = _paste(probe, class_index, donors, seen, targets, config) if targets is not None else None
+    paste = paste_test(probe, class_index, donors, seen, targets, config) if targets is not None else None
     if paste is not None:
         test.flip_rate, test.flip_null, test.flip_p, test.flip_targets = (
             paste.flip_rate, paste.flip_null, paste.flip_p, paste.targets

@@ -50,6 +50,11 @@ class InterventionProbe:
     logits : Callable[[torch.Tensor], torch.Tensor], optional
         ``(B, C, H, W)`` model inputs -> ``(B, K)`` logits. Enables the removal test (the members' logit
         drop when their hot pixels are replaced); without it only the paste test runs.
+    concept_maps : Callable[[torch.Tensor, int, list[int], int], np.ndarray], optional
+        ``(inputs (B, C, H, W), class index, channels, number of channels)`` -> ``(B, h, w)`` float32
+        concept-conditional heatmaps of the class logit on the analysis grid (only the relevance of
+        ``channels`` of the concept layer propagated to the input). Enables the intervention test of
+        concept-only findings (:mod:`spray.analysis.concept_test`).
     """
 
     predict: Callable[[torch.Tensor], torch.Tensor]
@@ -59,6 +64,7 @@ class InterventionProbe:
     content_keys: Mapping[str, str] | None = None
     cache: PredictionCache | None = None
     logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+    concept_maps: Callable[[torch.Tensor, int, list[int], int], np.ndarray] | None = None
     # Target images loaded so far: every tested cluster pastes into the same targets (a probe serves
     # one class, so this holds at most ``intervention_samples`` inputs, as a preloaded batch would).
     _targets_loaded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)

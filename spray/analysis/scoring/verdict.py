@@ -94,6 +94,34 @@ def relative_needed(routes: tuple[str, ...], config: ScoringConfig) -> float:
     return config.flag_min_relative_appearance
 
 
+@dataclass
+class Routes:
+    """What the interventions of one candidate add up to, before the gates of the flag.
+
+    Attributes
+    ----------
+    strength : float
+        The stronger intervention's strength in [0, 1] (the score's intervention factor is ``0.5 +
+        strength``).
+    ratio : float, optional
+        Smoothed paste flip ratio (None without a null arm).
+    cleared : tuple[str, ...]
+        The interventions that cleared their margins (``"paste"``, ``"removal"``).
+    """
+
+    strength: float
+    ratio: float | None
+    cleared: tuple[str, ...]
+
+
+def intervention_routes(test: InterventionTest, config: ScoringConfig) -> Routes:
+    """Strength of the paste and removal tests and which of them cleared their margins."""
+    paste, ratio, paste_ok = _paste(test, config)
+    removal, removal_ok = _removal(test, config)
+    cleared = tuple(name for name, ok in (("paste", paste_ok), ("removal", removal_ok)) if ok)
+    return Routes(max(paste, removal), ratio, cleared)
+
+
 def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig, use_probe: bool) -> Verdict:
     """Score and flag one candidate from its map score and (with a probe) its interventions."""
     if not use_probe:
@@ -101,14 +129,13 @@ def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig,
         return Verdict(suspicion(cand.map_score, ok), ok)
     if test is None:
         return Verdict(suspicion(cand.map_score * config.appearance_floor * 0.5, False), False)
-    paste, ratio, paste_ok = _paste(test, config)
-    removal, removal_ok = _removal(test, config)
+    found = intervention_routes(test, config)
+    ratio, routes = found.ratio, found.cleared
     floor = config.appearance_floor
     relative = test.relative_appearance
     # The map evidence ranks, the interventions confirm: the paste flip rates of a planted artifact and
     # of a "catch-all" class's natural halves overlap, while the map score ranked the artifact first.
-    score = cand.map_score * (floor + (1 - floor) * relative) * (0.5 + max(paste, removal))
-    routes = tuple(name for name, ok in (("paste", paste_ok), ("removal", removal_ok)) if ok)
+    score = cand.map_score * (floor + (1 - floor) * relative) * (0.5 + found.strength)
     suspicious = (
         bool(routes)
         and cand.map_score >= config.flag_min_map_score

@@ -1,0 +1,191 @@
+"""The intervention test of a concept-only finding, at each image's own concept-conditional hot pixels.
+
+A concept-space cluster groups samples whose decision leans on the same channels of the concept layer,
+wherever in the image those channels fired: a watermark in a random corner, a patch anywhere. The pixel
+candidates are tested at one region shared by the members; a concept finding has none. Here every
+tested image gets its own region: the hot pixels of its *concept-conditional heatmap* (only the
+relevance of the finding's characteristic channels, propagated to the input) where it exceeds the
+non-member donors' mean conditional heatmap, so the test follows the pattern to wherever it sits in each
+image. Then the pixel stage's two interventions run unchanged:
+
+* **paste** each member's region (at its own place) into images of other classes and measure the gain
+  of the class logit, against the same paste of non-members' regions (the same channels' hot pixels in
+  ordinary images of the class);
+* **remove** each member's region (fill with the non-member donors' per-pixel median) and measure the
+  drop of its class logit, against the same removal on non-members.
+
+The margins are the ``scoring`` section's. A concept finding has no appearance gate (its members'
+regions lie at different places), so a flag needs ``concepts.flag_routes`` of the two tests (2 by
+default) to clear them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spray.analysis.scoring.appearance import Donors, Look
+from spray.analysis.scoring.evidence import intervention_sentences, region_sentence
+from spray.analysis.scoring.geometry import relevance_mask
+from spray.analysis.scoring.intervention import InterventionTest, paste_test, removal_test
+from spray.analysis.scoring.ordering import stable_order
+from spray.analysis.scoring.probe import InterventionProbe, Targets
+from spray.analysis.scoring.verdict import intervention_routes, suspicion
+from spray.config import AuditConfig
+from spray.records import ClusterFinding
+
+#: The signals of an :class:`InterventionTest` that describe pixels alike at one region: a concept test
+#: has no such region, so they are not reported.
+_PIXEL_ONLY = ("appearance", "appearance_null", "aligned")
+
+
+def shares(maps: np.ndarray) -> np.ndarray:
+    """``(n, h, w)`` each map's positive relevance as a share of its total (0 for a map without any)."""
+    pos = np.clip(np.asarray(maps, dtype=np.float64), 0.0, None)
+    total = pos.reshape(len(pos), -1).sum(axis=1)
+    return pos / np.where(total > 0, total, 1.0)[:, None, None]
+
+
+def own_masks(p: np.ndarray, base: np.ndarray, level: float, max_area: float) -> np.ndarray:
+    """``(n, h, w)`` bool: each share map's own hot cells, where it most exceeds ``base`` ``(h, w)``
+    (:func:`~spray.analysis.scoring.geometry.relevance_mask`); empty where nothing exceeds it."""
+    if not len(p):
+        return np.zeros(p.shape, dtype=bool)
+    return np.stack([relevance_mask(m, base, level, max_area) for m in p])
+
+
+def concept_intervention(
+    finding: ClusterFinding,
+    sample_ids: list[str],
+    n_channels: int,
+    probe: InterventionProbe,
+    targets: Targets | None,
+    donor_order: np.ndarray,
+    cfg: AuditConfig,
+) -> InterventionTest | None:
+    """Paste and removal tests of one concept-only finding at each donor's own concept-conditional hot
+    pixels; None when the finding has no members or no rest of the class to compare with.
+
+    Parameters
+    ----------
+    finding : ClusterFinding
+        A finding with ``space == "concept"`` and its characteristic ``channels``.
+    sample_ids : list[str]
+        The class's ``n`` sample ids (row order of ``donor_order``).
+    n_channels : int
+        Channels of the concept layer.
+    probe : InterventionProbe
+        With ``logits`` and ``concept_maps``.
+    targets : Targets, optional
+        The class's paste targets (None: no paste test).
+    donor_order : np.ndarray
+        ``(n,)`` the class's seeded donor order (the pixel candidates' own).
+    cfg : AuditConfig
+        ``scoring`` (donors, targets, margins, mask level and area).
+    """
+    assert probe.concept_maps is not None
+    sc = cfg.scoring
+    member = np.isin(np.asarray(sample_ids), np.asarray(finding.member_ids))
+    in_order = member[donor_order]
+    d_in = np.sort(donor_order[in_order][: sc.max_donors])
+    d_out = np.sort(donor_order[~in_order][: sc.max_donors])
+    if d_in.size == 0 or d_out.size == 0:
+        return None
+    ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
+    x_in, x_out = probe.load_inputs(ids_in), probe.load_inputs(ids_out)
+    c = finding.class_index
+    p_in = shares(probe.concept_maps(x_in, c, finding.channels, n_channels))
+    p_out = shares(probe.concept_maps(x_out, c, finding.channels, n_channels))
+    # Against the non-members' mean map, as the pixel stage's hot pixels are: the channels' usual places
+    # in the class (object parts) drop out, what an image holds beyond them stays.
+    base = p_out.mean(axis=0)
+    m_in = own_masks(p_in, base, sc.mask_level, sc.mask_max_area)
+    m_out = own_masks(p_out, base, sc.mask_level, sc.mask_max_area)
+    none = np.zeros(0)
+    donors = Donors(d_in, d_out, ids_in, ids_out, x_in, x_out, none, none)
+    seen = Look(0.0, False, m_in, m_out, kind="concept")
+    test = InterventionTest(0.0, False, "concept", int(np.median(m_in.reshape(len(m_in), -1).sum(axis=1))))
+    if sc.removal:
+        test.removal = removal_test(probe, c, donors, seen)
+    paste = paste_test(probe, c, donors, seen, targets, sc) if targets is not None else None
+    if paste is not None:
+        test.flip_rate, test.flip_null, test.flip_p, test.flip_targets = (
+            paste.flip_rate, paste.flip_null, paste.flip_p, paste.targets
+        )  # fmt: skip
+        test.paste_gain, test.paste_gain_null, test.paste_gain_p = paste.gain, paste.gain_null, paste.gain_p
+    return test
+
+
+def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cells: int) -> None:
+    """Score, flag, signals and evidence of a tested concept-only finding (in place)."""
+    routes = intervention_routes(test, cfg.scoring)
+    small = f.size < max(cfg.scoring.min_cluster_size, cfg.concepts.min_cluster_size)
+    too_big = f.fraction > cfg.scoring.flag_max_fraction
+    flagged = len(routes.cleared) >= cfg.concepts.flag_routes and not small and not too_big
+    raw = cfg.concepts.score_weight * f.signals["concept_score"] * (0.5 + routes.strength)
+    f.score, f.suspicious = suspicion(raw, flagged), flagged
+    f.signals.update({k: v for k, v in test.signals().items() if k not in _PIXEL_ONLY})
+    f.signals["concept_tested"] = 1.0
+    lines = [
+        f.evidence[0],
+        "found in concept space only: no pixel candidate shares its members",
+        region_sentence(test, grid_cells),
+        *intervention_sentences(f.class_name, test),
+    ]
+    tests = " and the ".join(f"{route} test" for route in routes.cleared)
+    if flagged:
+        lines.append(f"flagged by the {tests}")
+    elif routes.cleared and too_big:
+        lines.append(
+            f"not flagged although the {tests} cleared its margins: the group is {100 * f.fraction:.0f} % of "
+            f"the class, and a flag needs at most {100 * cfg.scoring.flag_max_fraction:.0f} %"
+        )
+    elif routes.cleared:
+        lines.append(
+            f"not flagged: the {tests} cleared its margins, and a concept-only finding needs "
+            f"{cfg.concepts.flag_routes} tests to"
+        )
+    f.evidence = lines
+
+
+def intervene_concept_findings(
+    findings: list[ClusterFinding],
+    sample_ids: list[str],
+    n_channels: int,
+    grid_cells: int,
+    probe: InterventionProbe | None,
+    cfg: AuditConfig,
+) -> list[ClusterFinding]:
+    """The class's findings with every concept-only one tested (:func:`concept_intervention`), scored and
+    flagged, most suspicious first; unchanged without a probe that has logits and concept maps.
+
+    Parameters
+    ----------
+    findings : list[ClusterFinding]
+        The class's candidates of both spaces (:func:`~spray.analysis.concept_findings.merge_concept_findings`).
+    sample_ids : list[str]
+        The class's sample ids.
+    n_channels : int
+        Channels of the concept layer.
+    grid_cells : int
+        Cells of the analysis grid (for the evidence).
+    probe : InterventionProbe, optional
+        The class's probe.
+    cfg : AuditConfig
+        ``concepts``, ``scoring`` and ``seed``.
+    """
+    todo = [f for f in findings if f.space == "concept" and f.channels]
+    if not todo or probe is None or probe.logits is None or probe.concept_maps is None:
+        return findings
+    if not cfg.concepts.intervention or not cfg.scoring.intervention:
+        return findings
+    c = todo[0].class_index
+    # The pixel candidates' donor order: the same seeded draw of the class's contents.
+    donor_order = stable_order([probe.key(s) for s in sample_ids], f"donor|{cfg.seed}|{c}")
+    targets = Targets.load(probe, c, cfg.scoring.intervention_samples)
+    for f in todo:
+        test = concept_intervention(f, sample_ids, n_channels, probe, targets, donor_order, cfg)
+        if test is not None:
+            _judge(f, test, cfg, grid_cells)
+    out = list(findings)
+    out.sort(key=lambda f: (-f.score, f.space == "concept", f.k, f.cluster_id))
+    return out

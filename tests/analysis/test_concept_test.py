@@ -1,0 +1,146 @@
+"""The intervention test of concept-only findings, on a toy model whose shortcut moves from image to image."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spray.analysis.concept_test import intervene_concept_findings, own_masks, shares
+from spray.analysis.scoring import InterventionProbe
+from spray.config import AuditConfig, config_from_dict
+from spray.records import ClusterFinding
+
+CLASS, OTHER, SIDE, N_CLASS, N_OTHER = 1, 0, 16, 120, 100
+
+
+def _patch_spot(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean brightness of the brightest 3×3 window ``(n,)`` and its ``(n, SIDE, SIDE)`` 0/1 map."""
+    win = F.avg_pool2d(x[:, :1], 3, stride=1, padding=1)[:, 0]
+    best = win.flatten(1).max(1)
+    spot = (win == best.values[:, None, None]).float()
+    return best.values, F.max_pool2d(spot[:, None], 3, stride=1, padding=1)[:, 0]
+
+
+def _logits(x: torch.Tensor) -> torch.Tensor:
+    """The class logit is the shortcut: high when a bright 3×3 patch sits anywhere."""
+    bright, _ = _patch_spot(x)
+    z = torch.zeros(len(x), 2)
+    z[:, OTHER] = 2.0
+    z[:, CLASS] = 5.0 * (bright > 0.9).float()
+    return z
+
+
+def _concept_maps(x: torch.Tensor, c: int, channels: list[int], n_channels: int) -> np.ndarray:
+    """The channel's conditional heatmap: where the brightest 3×3 window is (the detector's input)."""
+    del c, channels, n_channels
+    _, spot = _patch_spot(x)
+    return spot.numpy().astype(np.float32)
+
+
+def _images(n: int, seed: int, patched: np.ndarray) -> torch.Tensor:
+    """``(n, 1, SIDE, SIDE)`` dim noise; the ``patched`` ones carry a bright 3×3 patch in a random corner."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 0.5, size=(n, 1, SIDE, SIDE)).astype(np.float32)
+    for i in np.flatnonzero(patched):
+        r, c = rng.choice([1, SIDE - 4], size=2)
+        x[i, 0, r : r + 3, c : c + 3] = 1.0
+    return torch.from_numpy(x)
+
+
+def _world(patched_members: bool, patched_rest: bool) -> tuple[InterventionProbe, list[str], ClusterFinding]:
+    """A class of ``N_CLASS`` images (the first 40 are the finding's members) and ``N_OTHER`` others."""
+    member = np.arange(N_CLASS) < 40
+    patched = np.where(member, patched_members, patched_rest)
+    x_class = _images(N_CLASS, 0, patched)
+    x_other = _images(N_OTHER, 1, np.zeros(N_OTHER, bool))
+    ids = [f"c{i}" for i in range(N_CLASS)]
+    other = [f"o{i}" for i in range(N_OTHER)]
+    store = dict(zip(ids + other, torch.cat([x_class, x_other]), strict=True))
+    probe = InterventionProbe(
+        predict=lambda x: _logits(x).argmax(1),
+        load_inputs=lambda s: torch.stack([store[i] for i in s]),
+        other_ids=other,
+        other_labels=np.full(N_OTHER, OTHER),
+        logits=_logits,
+        concept_maps=_concept_maps,
+    )
+    finding = ClusterFinding(
+        class_index=CLASS, class_name="shirt", cluster_id=2, k=4, size=40, fraction=40 / N_CLASS, score=0.01,
+        suspicious=False, evidence=["In concept space its 40 members ..."], member_ids=ids[:40],
+        signals={"size": 40.0, "fraction": 40 / N_CLASS, "concept_score": 0.05},
+        mean_heatmap=np.zeros((SIDE, SIDE), np.float32), space="concept", channels=[3],
+    )  # fmt: skip
+    return probe, ids, finding
+
+
+def _cfg(**sections: dict[str, object]) -> AuditConfig:
+    base: dict[str, object] = {
+        "model": {"factory": "spray.lab.cnn:small_cnn"},
+        "data": {"kind": "idx", "images": "x", "labels": "y"},
+    }
+    return config_from_dict(base | sections, check_files=False)
+
+
+def _run(probe: InterventionProbe, ids: list[str], f: ClusterFinding, **concepts: object) -> ClusterFinding:
+    cfg = _cfg(concepts={"enabled": True, **concepts})
+    out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)
+    return out[0]
+
+
+def test_a_shortcut_that_moves_is_flagged_at_each_members_own_place() -> None:
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    got = _run(probe, ids, f)
+    s = got.signals
+    assert s["concept_tested"] == 1.0
+    # Pasted at its own corner, each member's patch makes the other class's images score as the class.
+    assert s["paste_gain"] > 4.0 and abs(s["paste_gain_null"]) < 0.5
+    assert s["removal_drop"] > 4.0 and abs(s["removal_null"]) < 0.5 and s["removal_auroc"] > 0.99
+    assert got.suspicious and got.score >= 0.5
+    text = "\n".join(got.evidence)
+    assert "concept-conditional heatmap" in text and "flagged by the paste test and the removal test" in text
+    assert "appearance" not in s  # no shared region: the pixel stage's appearance is not claimed
+
+
+def test_a_pattern_the_whole_class_shares_is_not_flagged() -> None:
+    """Every image of the class carries the patch: the non-members' own regions do as much (the null)."""
+    probe, ids, f = _world(patched_members=True, patched_rest=True)
+    got = _run(probe, ids, f)
+    assert got.signals["concept_tested"] == 1.0
+    assert not got.suspicious and got.score < 0.5
+    assert got.signals["paste_gain_null"] > 4.0
+
+
+def test_one_route_is_not_enough_by_default() -> None:
+    """Without the removal test only the paste clears its margins: one route flags only with flag_routes 1."""
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    one = _run(probe, ids, f, flag_routes=2)
+    assert one.suspicious
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    cfg = _cfg(concepts={"enabled": True}, scoring={"removal": False})
+    out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert "removal_drop" not in out.signals and not out.suspicious
+    assert "a concept-only finding needs 2 tests" in "\n".join(out.evidence)
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    cfg = _cfg(concepts={"enabled": True, "flag_routes": 1}, scoring={"removal": False})
+    assert intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0].suspicious
+
+
+def test_without_concept_maps_nothing_is_tested() -> None:
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    probe.concept_maps = None
+    got = _run(probe, ids, f)
+    assert "concept_tested" not in got.signals and not got.suspicious and got.score == 0.01
+
+
+def test_own_masks_follow_each_map_beyond_the_base() -> None:
+    maps = np.zeros((2, 8, 8))
+    maps[0, 0, 0] = maps[0, 4, 4] = 1.0  # a corner spot and the class's usual centre
+    maps[1, 4, 4] = 1.0  # only the usual centre
+    p = shares(maps)
+    base = np.zeros((8, 8))
+    base[4, 4] = 0.5
+    m = own_masks(p, base, level=0.25, max_area=0.5)
+    assert m[0, 0, 0] and not m[0, 4, 4]
+    assert m[1, 4, 4]  # its share there (1.0) still exceeds the base's (0.5)
+    assert not own_masks(shares(np.zeros((1, 8, 8))), base, 0.25, 0.5).any()
