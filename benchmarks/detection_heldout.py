@@ -14,7 +14,9 @@ coloured per image (:func:`spray.lab.colour.colourise`, ``fashion_rgb``, target 
 ``background_square``, ``moving_text``, ``moving_checker`` and ``colour_cast``, run with ``--concepts on``
 and ``off`` to compare the audit with and without concept space. ``moving_check`` is the same recipe
 with other seeds (3–5, clean 203–205), fixed on 5 Dec 2026 before the concept-space intervention test
-was written: the ``moving`` cells had been looked at while building it, these had not.
+was written: the ``moving`` cells had been looked at while building it, these had not. After
+``moving_check`` had been looked at, ``moving_check2`` (seeds 6–8, clean 206–208) was fixed the same way
+for the next rule.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -133,6 +135,14 @@ SPLITS = {
         (0.2,),
         (3, 4, 5),
         (203, 204, 205),
+    ),
+    "moving_check2": Split(
+        "moving_check2",
+        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
+        ("background_square", "moving_text", "moving_checker", "colour_cast"),
+        (0.2,),
+        (6, 7, 8),
+        (206, 207, 208),
     ),
 }
 
