@@ -371,14 +371,15 @@ TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "appearanc
 
 
 def tested_candidates(findings: list[ClusterFinding], planted: set[str]) -> list[dict[str, Any]]:
-    """Every candidate of the run whose appearance was looked at: class, planted precision, signals."""
+    """Every candidate of the run whose appearance was looked at or that was tested in concept space:
+    class, planted precision, signals."""
     out = []
     for f in findings:
-        if "appearance" not in f.signals:
+        if "appearance" not in f.signals and not f.signals.get("concept_tested"):
             continue
         got = set(f.member_ids)
         out.append(
-            {"class": f.class_index, "key": f.key, "score": f.score, "suspicious": f.suspicious,
+            {"class": f.class_index, "key": f.key, "score": f.score, "suspicious": f.suspicious, "space": f.space,
              "precision": len(got & planted) / max(1, len(got)), "recall": len(got & planted) / max(1, len(planted)),
              **{k: f.signals[k] for k in TESTED_SIGNALS if k in f.signals}}
         )  # fmt: skip
