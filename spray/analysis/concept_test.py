@@ -139,10 +139,14 @@ def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cel
             f"not flagged although the {tests} cleared its margins: the group is {100 * f.fraction:.0f} % of "
             f"the class, and a flag needs at most {100 * cfg.scoring.flag_max_fraction:.0f} %"
         )
+    elif routes.cleared and small:
+        lines.append(
+            f"not flagged although the {tests} cleared its margins: the group has only {f.size} members"
+        )
     elif routes.cleared:
         lines.append(
-            f"not flagged: the {tests} cleared its margins, and a concept-only finding needs "
-            f"{cfg.concepts.flag_routes} tests to"
+            f"not flagged: only the {tests} cleared its margins, and a concept-only finding needs "
+            f"{cfg.concepts.flag_routes} of the two tests to clear theirs"
         )
     f.evidence = lines
 

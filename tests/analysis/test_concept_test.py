@@ -120,7 +120,10 @@ def test_one_route_is_not_enough_by_default() -> None:
     cfg = _cfg(concepts={"enabled": True}, scoring={"removal": False})
     out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert "removal_drop" not in out.signals and not out.suspicious
-    assert "a concept-only finding needs 2 tests" in "\n".join(out.evidence)
+    assert (
+        "only the paste test cleared its margins, and a concept-only finding needs 2 of the two"
+        in "\n".join(out.evidence)
+    )
     probe, ids, f = _world(patched_members=True, patched_rest=False)
     cfg = _cfg(concepts={"enabled": True, "flag_routes": 1}, scoring={"removal": False})
     assert intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0].suspicious
