@@ -46,7 +46,9 @@ LRP_VERSION = 4
 # 10: the removal test's flag margin is 0.5 logits, not 1.0 (scoring.removal_margin, chosen on the tuning split).
 # 11: the removal test's flag needs a removal AUROC of 0.94, not 0.98 (scoring.removal_min_auroc, chosen on the
 # tuning split at the new margin).
-ANALYSIS_VERSION = 11
+# 12: with concepts.enabled, concept-only findings are tested by intervention and can be flagged
+# (spray.analysis.concept_test); pixel findings are unchanged.
+ANALYSIS_VERSION = 12
 
 
 def code_version() -> str:

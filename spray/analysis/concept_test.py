@@ -14,7 +14,9 @@ image. Then the pixel stage's two interventions run unchanged:
 * **remove** each member's region (fill with the non-member donors' per-pixel median) and measure the
   drop of its class logit, against the same removal on non-members.
 
-The margins are the ``scoring`` section's. A concept finding has no appearance gate (its members'
+Every heatmap here explains the logit of the class analysed (with ``analysis.group_by: label`` and
+``lrp.target: label``, the defaults, the target the concept vectors were taken for). The margins are the
+``scoring`` section's. A concept finding has no appearance gate (its members'
 regions lie at different places), so a flag needs ``concepts.flag_routes`` of the two tests (2 by
 default) to clear them.
 """
@@ -88,8 +90,8 @@ def concept_intervention(
     in_order = member[donor_order]
     d_in = np.sort(donor_order[in_order][: sc.max_donors])
     d_out = np.sort(donor_order[~in_order][: sc.max_donors])
-    if d_in.size == 0 or d_out.size == 0:
-        return None
+    if d_in.size == 0 or d_out.size < 2:
+        return None  # one non-member would be its own base: an empty mask and a null of exactly 0
     ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
     x_in, x_out = probe.load_inputs(ids_in), probe.load_inputs(ids_out)
     c = finding.class_index
@@ -100,6 +102,8 @@ def concept_intervention(
     base = p_out.mean(axis=0)
     m_in = own_masks(p_in, base, sc.mask_level, sc.mask_max_area)
     m_out = own_masks(p_out, base, sc.mask_level, sc.mask_max_area)
+    if not m_in.any():
+        return None  # no member's channels stand out anywhere: nothing to paste or remove (untested)
     none = np.zeros(0)
     donors = Donors(d_in, d_out, ids_in, ids_out, x_in, x_out, none, none)
     seen = Look(0.0, False, m_in, m_out, kind="concept")
@@ -134,6 +138,11 @@ def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cel
     tests = " and the ".join(f"{route} test" for route in routes.cleared)
     if flagged:
         lines.append(f"flagged by the {tests}")
+    elif routes.cleared and len(routes.cleared) < cfg.concepts.flag_routes:
+        lines.append(
+            f"not flagged: only the {tests} cleared its margins, and a concept-only finding needs "
+            f"{cfg.concepts.flag_routes} of the two tests to clear theirs"
+        )
     elif routes.cleared and too_big:
         lines.append(
             f"not flagged although the {tests} cleared its margins: the group is {100 * f.fraction:.0f} % of "
@@ -142,11 +151,6 @@ def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cel
     elif routes.cleared and small:
         lines.append(
             f"not flagged although the {tests} cleared its margins: the group has only {f.size} members"
-        )
-    elif routes.cleared:
-        lines.append(
-            f"not flagged: only the {tests} cleared its margins, and a concept-only finding needs "
-            f"{cfg.concepts.flag_routes} of the two tests to clear theirs"
         )
     f.evidence = lines
 

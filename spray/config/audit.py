@@ -65,6 +65,17 @@ class AuditConfig(Section):
             raise ValueError(f"lrp.target: class index {self.lrp.target} is negative")
         return self
 
+    @model_validator(mode="after")
+    def _concept_flag_reachable(self) -> AuditConfig:
+        c = self.concepts
+        if c.enabled and c.intervention and c.flag_routes == 2 and not self.scoring.removal:
+            raise ValueError(
+                "concepts.flag_routes is 2 (paste and removal must both clear their margins) but "
+                "scoring.removal is false, so no concept-only finding could ever be flagged: set "
+                "scoring.removal: true, or concepts.flag_routes: 1"
+            )
+        return self
+
     def _class_problems(self, n_classes: int, n_outputs: int) -> list[str]:
         problems = []
         target = self.lrp.target

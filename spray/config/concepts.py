@@ -30,8 +30,8 @@ class ConceptsConfig(Section):
         2,
         ge=1,
         le=2,
-        description="Flag a concept-only finding when this many of the two interventions (paste gain, "
-        "removal) clear the scoring section's margins. 2 because a concept finding has no appearance "
+        description="Flag a concept-only finding when this many of the two interventions (paste, by flips "
+        "or logit gain; removal) clear the scoring section's margins. 2 because a concept finding has no appearance "
         "gate (its members' hot pixels sit at different places), fixed before any measurement.",
     )
     channels: int = Field(
@@ -69,8 +69,10 @@ class ConceptsConfig(Section):
         1.0,
         ge=0.0,
         le=1.0,
-        description="A concept-only finding's score is suspicion(score_weight x concept score, not "
-        "flagged): below every flagged finding, comparable with unflagged pixel candidates.",
+        description="Weight of the concept score in a concept-only finding's score: suspicion(score_weight x "
+        "concept score x (0.5 + the stronger intervention's strength), flagged) once tested, as a pixel "
+        "candidate's map score is weighted (a tested finding whose interventions show nothing scores half "
+        "of an untested one); suspicion(score_weight x concept score, not flagged) when untested.",
     )
     conditional_members: int = Field(
         64,

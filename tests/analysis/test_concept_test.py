@@ -112,21 +112,19 @@ def test_a_pattern_the_whole_class_shares_is_not_flagged() -> None:
 
 
 def test_one_route_is_not_enough_by_default() -> None:
-    """Without the removal test only the paste clears its margins: one route flags only with flag_routes 1."""
+    """With a removal margin no drop can clear, only the paste does: that flags only with flag_routes 1."""
     probe, ids, f = _world(patched_members=True, patched_rest=False)
-    one = _run(probe, ids, f, flag_routes=2)
-    assert one.suspicious
-    probe, ids, f = _world(patched_members=True, patched_rest=False)
-    cfg = _cfg(concepts={"enabled": True}, scoring={"removal": False})
+    cfg = _cfg(concepts={"enabled": True}, scoring={"removal_margin": 100.0})
     out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
-    assert "removal_drop" not in out.signals and not out.suspicious
+    assert out.signals["removal_drop"] > 4.0 and not out.suspicious and out.score < 0.5
     assert (
         "only the paste test cleared its margins, and a concept-only finding needs 2 of the two"
         in "\n".join(out.evidence)
     )
     probe, ids, f = _world(patched_members=True, patched_rest=False)
-    cfg = _cfg(concepts={"enabled": True, "flag_routes": 1}, scoring={"removal": False})
-    assert intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0].suspicious
+    cfg = _cfg(concepts={"enabled": True, "flag_routes": 1}, scoring={"removal_margin": 100.0})
+    one = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert one.suspicious and "flagged by the paste test" in one.evidence[-1]
 
 
 def test_without_concept_maps_nothing_is_tested() -> None:
@@ -147,3 +145,31 @@ def test_own_masks_follow_each_map_beyond_the_base() -> None:
     assert m[0, 0, 0] and not m[0, 4, 4]
     assert m[1, 4, 4]  # its share there (1.0) still exceeds the base's (0.5)
     assert not own_masks(shares(np.zeros((1, 8, 8))), base, 0.25, 0.5).any()
+
+
+def test_untestable_findings_are_left_untested() -> None:
+    """No member whose channels stand out anywhere, or a single non-member donor (its own base): no test."""
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    probe.concept_maps = lambda x, c, ch, n: np.zeros((len(x), SIDE, SIDE), np.float32)
+    assert "concept_tested" not in _run(probe, ids, f).signals
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    f.member_ids = ids[:-1]
+    assert "concept_tested" not in _run(probe, ids, f).signals
+
+
+def test_the_null_arms_are_described_as_the_non_members_own_regions() -> None:
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    text = "\n".join(_run(probe, ids, f).evidence)
+    assert "pasting other shirt images' own hot pixels in the same channels raises it by" in text
+    assert "removing their own hot pixels from other shirt images" in text
+    assert "the same region" not in text
+
+
+def test_two_routes_without_the_removal_test_is_refused_when_loaded() -> None:
+    import pytest
+
+    from spray.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match=r"scoring\.removal is false"):
+        _cfg(concepts={"enabled": True}, scoring={"removal": False})
+    _cfg(concepts={"enabled": False}, scoring={"removal": False})  # concept space off: nothing to refuse

@@ -155,7 +155,8 @@ class Look:
         ``(donors, h, w)`` bool region masks of the member and non-member donors.
     kind : str
         ``"pixels"`` (the members' hot pixels, :func:`~.geometry.relevance_mask`), ``"window"``,
-        ``"frame"``, ``"aligned"`` (own windows near a fixed one) or ``"moving"`` (own best windows).
+        ``"frame"``, ``"aligned"`` (own windows near a fixed one), ``"moving"`` (own best windows) or
+        ``"concept"`` (own concept-conditional hot pixels, :mod:`spray.analysis.concept_test`).
     """
 
     appearance: float

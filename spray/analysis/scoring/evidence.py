@@ -59,6 +59,13 @@ def _verb(change: float, positive: str, negative: str) -> str:
 def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]:
     """What the paste and removal tests showed."""
     out = []
+    # In concept space every non-member donor brings its own region (the same channels' hot pixels).
+    same = (
+        f"other {class_name} images' own hot pixels in the same channels"
+        if test.region_kind == "concept"
+        else f"the same region from other {class_name} images"
+    )
+    removed = "their own hot pixels" if test.region_kind == "concept" else "it"
     if test.flip_rate is not None:
         out.append(
             f"pasting it into {test.flip_targets} other-class images turns {pct(test.flip_rate)} into {class_name}"
@@ -66,7 +73,7 @@ def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]
         if test.flip_null is None:
             out.append("that is below the paste margin, so the same-class null was not run")
         else:
-            out.append(f"pasting the same region from other {class_name} images turns {pct(test.flip_null)}")
+            out.append(f"pasting {same} turns {pct(test.flip_null)}")
             out.append(f"sign test of the paste: p = {test.flip_p:.2g}")
     if test.paste_gain is not None and test.paste_gain_null is not None:
         # The paste test also clears its margins by the class logit's gain (a model can shift its logits
@@ -76,10 +83,7 @@ def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]
             f"pasting it {_verb(gain, 'raises', 'lowers')} those images' {class_name} logit by {abs(gain):.2f} "
             "on average"
         )
-        out.append(
-            f"pasting the same region from other {class_name} images {_verb(null, 'raises', 'lowers')} it "
-            f"by {abs(null):.2f}"
-        )
+        out.append(f"pasting {same} {_verb(null, 'raises', 'lowers')} it by {abs(null):.2f}")
         out.append(f"sign test of the logit gain: p = {test.paste_gain_p:.2g}")
     r = test.removal
     if r is not None:
@@ -88,8 +92,8 @@ def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]
             "on average"
         )
         out.append(
-            f"removing it from other {class_name} images {_verb(r.null, 'lowers', 'raises')} theirs by "
-            f"{abs(r.null):.2f}"
+            f"removing {removed} from other {class_name} images {_verb(r.null, 'lowers', 'raises')} theirs "
+            f"by {abs(r.null):.2f}"
         )
         out.append(f"rank-sum test of the removal: p = {r.p:.2g}")
     return out
