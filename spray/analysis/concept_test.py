@@ -17,8 +17,7 @@ image. Then the pixel stage's two interventions run unchanged:
 Every heatmap here explains the logit of the class analysed (with ``analysis.group_by: label`` and
 ``lrp.target: label``, the defaults, the target the concept vectors were taken for). The margins are the
 ``scoring`` section's. A concept finding has no appearance gate (its members'
-regions lie at different places), so a flag needs ``concepts.flag_routes`` of the two tests (2 by
-default) to clear them.
+regions lie at different places), so ``concepts.flag_rule`` says which tests must clear them.
 """
 
 from __future__ import annotations
@@ -119,12 +118,34 @@ def concept_intervention(
     return test
 
 
+def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig) -> str:
+    """What ``concepts.flag_rule`` still asks of a tested concept finding, in words ("" when nothing)."""
+    rule = cfg.concepts.flag_rule
+    if rule == "any":
+        return "" if cleared else "no test cleared its margins"
+    if rule == "both":
+        return "" if len(cleared) == 2 else "a concept-only finding needs both tests to clear theirs"
+    if "removal" not in cleared:
+        return "a concept-only finding needs the removal test to clear its margins"
+    need = cfg.concepts.flag_gain_ratio
+    gain, null = test.paste_gain, test.paste_gain_null
+    eps = cfg.scoring.gain_eps
+    ratio = 0.0 if gain is None or null is None else (gain + eps) / (max(null, 0.0) + eps)
+    if need > 0 and ratio < need:
+        return (
+            f"its members' paste raises the class logit only {ratio:.2f} times as much as the non-members' "
+            f"(a concept-only finding needs {need:.2f})"
+        )
+    return ""
+
+
 def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cells: int) -> None:
     """Score, flag, signals and evidence of a tested concept-only finding (in place)."""
     routes = intervention_routes(test, cfg.scoring)
     small = f.size < max(cfg.scoring.min_cluster_size, cfg.concepts.min_cluster_size)
     too_big = f.fraction > cfg.scoring.flag_max_fraction
-    flagged = len(routes.cleared) >= cfg.concepts.flag_routes and not small and not too_big
+    missing = _missing(routes.cleared, test, cfg)
+    flagged = not missing and not small and not too_big
     raw = cfg.concepts.score_weight * f.signals["concept_score"] * (0.5 + routes.strength)
     f.score, f.suspicious = suspicion(raw, flagged), flagged
     f.signals.update({k: v for k, v in test.signals().items() if k not in _PIXEL_ONLY})
@@ -138,11 +159,8 @@ def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cel
     tests = " and the ".join(f"{route} test" for route in routes.cleared)
     if flagged:
         lines.append(f"flagged by the {tests}")
-    elif routes.cleared and len(routes.cleared) < cfg.concepts.flag_routes:
-        lines.append(
-            f"not flagged: only the {tests} cleared its margins, and a concept-only finding needs "
-            f"{cfg.concepts.flag_routes} of the two tests to clear theirs"
-        )
+    elif routes.cleared and missing:
+        lines.append(f"not flagged: the {tests} cleared its margins, but {missing}")
     elif routes.cleared and too_big:
         lines.append(
             f"not flagged although the {tests} cleared its margins: the group is {100 * f.fraction:.0f} % of "

@@ -68,11 +68,11 @@ class AuditConfig(Section):
     @model_validator(mode="after")
     def _concept_flag_reachable(self) -> AuditConfig:
         c = self.concepts
-        if c.enabled and c.intervention and c.flag_routes == 2 and not self.scoring.removal:
+        if c.enabled and c.intervention and c.flag_rule != "any" and not self.scoring.removal:
             raise ValueError(
-                "concepts.flag_routes is 2 (paste and removal must both clear their margins) but "
+                f"concepts.flag_rule is {c.flag_rule!r} (the removal test must clear its margins) but "
                 "scoring.removal is false, so no concept-only finding could ever be flagged: set "
-                "scoring.removal: true, or concepts.flag_routes: 1"
+                "scoring.removal: true, or concepts.flag_rule: any"
             )
         return self
 

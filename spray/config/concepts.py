@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from spray.config.section import Section
@@ -26,13 +28,20 @@ class ConceptsConfig(Section):
         "sits): paste them into other-class images and remove them from the members, each against the "
         "same test on non-members of the class. Needs the model's logits and a concept layer.",
     )
-    flag_routes: int = Field(
-        2,
-        ge=1,
-        le=2,
-        description="Flag a concept-only finding when this many of the two interventions (paste, by flips "
-        "or logit gain; removal) clear the scoring section's margins. 2 because a concept finding has no appearance "
-        "gate (its members' hot pixels sit at different places), fixed before any measurement.",
+    flag_rule: Literal["both", "removal", "any"] = Field(
+        "both",
+        description="Which interventions must clear the scoring section's margins for a concept-only finding "
+        "to be flagged: both (paste and removal), removal (the removal test, and the paste gain ratio of "
+        "flag_gain_ratio) or any (either; the paste clears by flips or by logit gain). A concept finding has "
+        "no appearance gate (its members' hot pixels sit at different places); docs/concepts.md has the "
+        "choice on the tuning split.",
+    )
+    flag_gain_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        description="With flag_rule removal: the members' paste gain must also reach this multiple of the "
+        "non-members', smoothed as (gain + scoring.gain_eps) / (max(null, 0) + scoring.gain_eps); 0: not "
+        "needed.",
     )
     channels: int = Field(
         3,

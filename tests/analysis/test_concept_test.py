@@ -112,17 +112,16 @@ def test_a_pattern_the_whole_class_shares_is_not_flagged() -> None:
 
 
 def test_one_route_is_not_enough_by_default() -> None:
-    """With a removal margin no drop can clear, only the paste does: that flags only with flag_routes 1."""
+    """With a removal margin no drop can clear, only the paste does: that flags only with flag_rule any."""
     probe, ids, f = _world(patched_members=True, patched_rest=False)
     cfg = _cfg(concepts={"enabled": True}, scoring={"removal_margin": 100.0})
     out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert out.signals["removal_drop"] > 4.0 and not out.suspicious and out.score < 0.5
-    assert (
-        "only the paste test cleared its margins, and a concept-only finding needs 2 of the two"
-        in "\n".join(out.evidence)
+    assert "the paste test cleared its margins, but a concept-only finding needs both tests" in "\n".join(
+        out.evidence
     )
     probe, ids, f = _world(patched_members=True, patched_rest=False)
-    cfg = _cfg(concepts={"enabled": True, "flag_routes": 1}, scoring={"removal_margin": 100.0})
+    cfg = _cfg(concepts={"enabled": True, "flag_rule": "any"}, scoring={"removal_margin": 100.0})
     one = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert one.suspicious and "flagged by the paste test" in one.evidence[-1]
 
@@ -173,3 +172,22 @@ def test_two_routes_without_the_removal_test_is_refused_when_loaded() -> None:
     with pytest.raises((ConfigError, ValueError), match=r"scoring\.removal is false"):
         _cfg(concepts={"enabled": True}, scoring={"removal": False})
     _cfg(concepts={"enabled": False}, scoring={"removal": False})  # concept space off: nothing to refuse
+    _cfg(
+        concepts={"enabled": True, "flag_rule": "any"}, scoring={"removal": False}
+    )  # the paste alone can flag
+
+
+def test_the_removal_rule_asks_for_the_paste_gain_ratio_it_is_given() -> None:
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    cfg = _cfg(concepts={"enabled": True, "flag_rule": "removal", "flag_gain_ratio": 1.5})
+    assert intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0].suspicious
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    cfg = _cfg(concepts={"enabled": True, "flag_rule": "removal", "flag_gain_ratio": 500.0})
+    out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert not out.suspicious
+    assert "times as much as the non-members' (a concept-only finding needs 500.00)" in out.evidence[-1]
+    # The paste alone does not flag under the removal rule.
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    cfg = _cfg(concepts={"enabled": True, "flag_rule": "removal"}, scoring={"removal_margin": 100.0})
+    out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert not out.suspicious and "needs the removal test" in out.evidence[-1]
