@@ -29,19 +29,19 @@ class ConceptsConfig(Section):
         "same test on non-members of the class. Needs the model's logits and a concept layer.",
     )
     flag_rule: Literal["both", "removal", "any"] = Field(
-        "both",
+        "removal",
         description="Which interventions must clear the scoring section's margins for a concept-only finding "
         "to be flagged: both (paste and removal), removal (the removal test, and the paste gain ratio of "
         "flag_gain_ratio) or any (either; the paste clears by flips or by logit gain). A concept finding has "
-        "no appearance gate (its members' hot pixels sit at different places); docs/concepts.md has the "
-        "choice on the tuning split.",
+        "no appearance gate (its members' hot pixels sit at different places). removal with flag_gain_ratio "
+        "1.5 was chosen on the tuning split by a rule fixed before (docs/concepts.md).",
     )
     flag_gain_ratio: float = Field(
-        0.0,
+        1.5,
         ge=0.0,
         description="With flag_rule removal: the members' paste gain must also reach this multiple of the "
         "non-members', smoothed as (gain + scoring.gain_eps) / (max(null, 0) + scoring.gain_eps); 0: not "
-        "needed.",
+        "needed. 1.5 chosen with flag_rule on the tuning split.",
     )
     channels: int = Field(
         3,

@@ -111,19 +111,22 @@ def test_a_pattern_the_whole_class_shares_is_not_flagged() -> None:
     assert got.signals["paste_gain_null"] > 4.0
 
 
-def test_one_route_is_not_enough_by_default() -> None:
+def test_the_paste_alone_is_not_enough_by_default() -> None:
     """With a removal margin no drop can clear, only the paste does: that flags only with flag_rule any."""
     probe, ids, f = _world(patched_members=True, patched_rest=False)
     cfg = _cfg(concepts={"enabled": True}, scoring={"removal_margin": 100.0})
     out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert out.signals["removal_drop"] > 4.0 and not out.suspicious and out.score < 0.5
-    assert "the paste test cleared its margins, but a concept-only finding needs both tests" in "\n".join(
-        out.evidence
+    assert (
+        "the paste test cleared its margins, but a concept-only finding needs the removal test"
+        in out.evidence[-1]
     )
-    probe, ids, f = _world(patched_members=True, patched_rest=False)
-    cfg = _cfg(concepts={"enabled": True, "flag_rule": "any"}, scoring={"removal_margin": 100.0})
-    one = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
-    assert one.suspicious and "flagged by the paste test" in one.evidence[-1]
+    for rule, flagged in (("both", False), ("any", True)):
+        probe, ids, f = _world(patched_members=True, patched_rest=False)
+        cfg = _cfg(concepts={"enabled": True, "flag_rule": rule}, scoring={"removal_margin": 100.0})
+        got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+        assert got.suspicious == flagged, rule
+        assert ("flagged by the paste test" if flagged else "needs both tests") in got.evidence[-1]
 
 
 def test_without_concept_maps_nothing_is_tested() -> None:
