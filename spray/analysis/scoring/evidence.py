@@ -118,7 +118,7 @@ def evidence(
         else f"found as cluster {cand.cluster_id} of the k = {cand.k} clustering"
     )
     out = [
-        f"{int(s['size'])} of {n} {class_name} images: {pct(s['fraction'])} of the class",
+        f"{int(s['size'])} of {n} {class_name} images: {100 * s['fraction']:.1f} % of the class",
         found,
         f"{pct(s['separation'])} of their kNN-graph edges stay inside the group",
         *_where(cand, class_name, h, w),

@@ -8,7 +8,8 @@ from tests.analysis.scoring.cases import NAME, Case, make_probe, patch_predictor
 
 def test_evidence_names_class_and_percentages(planted: Case) -> None:
     top = score(planted)[0]
-    assert top.evidence[0] == f"{top.size} of 600 {NAME} images: {pct(top.fraction)} of the class"
+    # one decimal, as the tables of the dashboard and the report show the share
+    assert top.evidence[0] == f"{top.size} of 600 {NAME} images: {100 * top.fraction:.1f} % of the class"
     assert any(e.startswith("members put") and e.endswith("region at the top left") for e in top.evidence)
     assert all(NAME in s or "%" in s or "clustering" in s for s in top.evidence)
 
