@@ -27,7 +27,7 @@ import numpy as np
 from spray.analysis.scoring.appearance import Donors, Look
 from spray.analysis.scoring.evidence import intervention_sentences, region_sentence
 from spray.analysis.scoring.geometry import relevance_mask
-from spray.analysis.scoring.intervention import InterventionTest, paste_test, removal_test
+from spray.analysis.scoring.intervention import InterventionTest, run_interventions
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
 from spray.analysis.scoring.verdict import intervention_routes, suspicion
@@ -107,15 +107,7 @@ def concept_intervention(
     donors = Donors(d_in, d_out, ids_in, ids_out, x_in, x_out, none, none)
     seen = Look(0.0, False, m_in, m_out, kind="concept")
     test = InterventionTest(0.0, False, "concept", int(np.median(m_in.reshape(len(m_in), -1).sum(axis=1))))
-    if sc.removal:
-        test.removal = removal_test(probe, c, donors, seen)
-    paste = paste_test(probe, c, donors, seen, targets, sc) if targets is not None else None
-    if paste is not None:
-        test.flip_rate, test.flip_null, test.flip_p, test.flip_targets = (
-            paste.flip_rate, paste.flip_null, paste.flip_p, paste.targets
-        )  # fmt: skip
-        test.paste_gain, test.paste_gain_null, test.paste_gain_p = paste.gain, paste.gain_null, paste.gain_p
-    return test
+    return run_interventions(test, probe, c, donors, seen, targets, sc)
 
 
 def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig) -> str:

@@ -359,6 +359,20 @@ def intervention_test(
     test = InterventionTest(
         seen.appearance, seen.aligned, seen.kind, int(seen.m_in[0].sum()), appearance_null
     )
+    return run_interventions(test, probe, class_index, donors, seen, targets, config)
+
+
+def run_interventions(
+    test: InterventionTest,
+    probe: InterventionProbe,
+    class_index: int,
+    donors: Donors,
+    seen: Look,
+    targets: Targets | None,
+    config: ScoringConfig,
+) -> InterventionTest:
+    """``test`` with the removal test (``config.removal``) and the paste test (with ``targets``) of the
+    donors' regions ``seen.m_in`` / ``seen.m_out`` filled in."""
     if config.removal:
         test.removal = removal_test(probe, class_index, donors, seen)
     paste = paste_test(probe, class_index, donors, seen, targets, config) if targets is not None else None
