@@ -64,7 +64,8 @@ def concept_intervention(
     cfg: AuditConfig,
 ) -> InterventionTest | None:
     """Paste and removal tests of one concept-only finding at each donor's own concept-conditional hot
-    pixels; None when the finding has no members or no rest of the class to compare with.
+    pixels; None (untested) without members, with fewer than 2 non-member donors, or when no member's
+    channels stand out anywhere in its image.
 
     Parameters
     ----------
