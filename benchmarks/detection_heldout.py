@@ -103,6 +103,18 @@ class Split:
     clean_seeds: tuple[int, ...]
 
 
+def _moving(name: str, seeds: tuple[int, ...], clean_seeds: tuple[int, ...]) -> Split:
+    """A split of the moving recipe (coloured Fashion-MNIST, 20 % of T-shirt, the four moving families)."""
+    return Split(
+        name,
+        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
+        ("background_square", "moving_text", "moving_checker", "colour_cast"),
+        (0.2,),
+        seeds,
+        clean_seeds,
+    )
+
+
 SPLITS = {
     "tuning": Split(
         "tuning",
@@ -120,30 +132,9 @@ SPLITS = {
         (0, 1, 2),
         tuple(range(100, 110)),
     ),
-    "moving": Split(
-        "moving",
-        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
-        ("background_square", "moving_text", "moving_checker", "colour_cast"),
-        (0.2,),
-        (0, 1, 2),
-        (200, 201, 202),
-    ),
-    "moving_check": Split(
-        "moving_check",
-        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
-        ("background_square", "moving_text", "moving_checker", "colour_cast"),
-        (0.2,),
-        (3, 4, 5),
-        (203, 204, 205),
-    ),
-    "moving_check2": Split(
-        "moving_check2",
-        (DatasetSpec("fashion_rgb", 600, 8, (0,)),),
-        ("background_square", "moving_text", "moving_checker", "colour_cast"),
-        (0.2,),
-        (6, 7, 8),
-        (206, 207, 208),
-    ),
+    "moving": _moving("moving", (0, 1, 2), (200, 201, 202)),
+    "moving_check": _moving("moving_check", (3, 4, 5), (203, 204, 205)),
+    "moving_check2": _moving("moving_check2", (6, 7, 8), (206, 207, 208)),
 }
 
 

@@ -141,8 +141,7 @@ def _with_concepts(
 
     found = analyze_concepts(cls[0], cls[1], list(sample_ids), concepts, cfg)
     merged = merge_concept_findings(clusters, found, maps, cfg.concepts)
-    use = probe if cfg.scoring.intervention else None
     tested = intervene_concept_findings(
-        merged, list(sample_ids), concepts.shape[1], maps.shape[1] * maps.shape[2], use, cfg
+        merged, list(sample_ids), concepts.shape[1], maps.shape[1] * maps.shape[2], probe, cfg
     )
     return tested, dict(found.clustering.labellings)

@@ -142,6 +142,10 @@ def merge_concept_findings(
             _concept_only(c, concepts.class_index, concepts.class_name, row, maps, config.score_weight)
         )
         kept_sets.append(members)
-    out = pixel + kept
-    out.sort(key=lambda f: (-f.score, f.space == "concept", f.k, f.cluster_id))
-    return out
+    return by_score(pixel + kept)
+
+
+def by_score(findings: list[ClusterFinding]) -> list[ClusterFinding]:
+    """A class's candidates of both spaces, most suspicious first (ties: pixel first, then ``k``, cluster
+    id)."""
+    return sorted(findings, key=lambda f: (-f.score, f.space == "concept", f.k, f.cluster_id))

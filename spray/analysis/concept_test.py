@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from spray.analysis.concept_findings import by_score
 from spray.analysis.scoring.appearance import Donors, Look
 from spray.analysis.scoring.evidence import intervention_sentences, region_sentence
 from spray.analysis.scoring.geometry import relevance_mask
 from spray.analysis.scoring.intervention import InterventionTest, run_interventions
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
-from spray.analysis.scoring.verdict import intervention_routes, suspicion
+from spray.analysis.scoring.verdict import intervention_routes, paste_gain_ratio, suspicion
 from spray.config import AuditConfig
 from spray.records import ClusterFinding
 
@@ -121,9 +122,7 @@ def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig)
     if "removal" not in cleared:
         return "a concept-only finding needs the removal test to clear its margins"
     need = cfg.concepts.flag_gain_ratio
-    gain, null = test.paste_gain, test.paste_gain_null
-    eps = cfg.scoring.gain_eps
-    ratio = 0.0 if gain is None or null is None else (gain + eps) / (max(null, 0.0) + eps)
+    ratio = paste_gain_ratio(test, cfg.scoring) or 0.0
     if need > 0 and ratio < need:
         return (
             f"its members' paste raises the class logit only {ratio:.2f} times as much as the non-members' "
@@ -205,6 +204,4 @@ def intervene_concept_findings(
         test = concept_intervention(f, sample_ids, n_channels, probe, targets, donor_order, cfg)
         if test is not None:
             _judge(f, test, cfg, grid_cells)
-    out = list(findings)
-    out.sort(key=lambda f: (-f.score, f.space == "concept", f.k, f.cluster_id))
-    return out
+    return by_score(findings)

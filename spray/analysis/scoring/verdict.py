@@ -51,15 +51,29 @@ class Verdict:
     routes: tuple[str, ...] = ()
 
 
+def paste_gain_ratio(test: InterventionTest, config: ScoringConfig) -> float | None:
+    """The members' paste gain over the non-members', smoothed: ``(gain + gain_eps) / (max(null, 0) +
+    gain_eps)``; None without logits."""
+    gain, null = test.paste_gain, test.paste_gain_null
+    if gain is None or null is None:
+        return None
+    return (gain + config.gain_eps) / (max(null, 0.0) + config.gain_eps)
+
+
 def _paste(test: InterventionTest, config: ScoringConfig) -> tuple[float, float | None, bool]:
     """Paste strength, flip ratio and whether the paste clears the flag's margins (by flips, or with
     logits by the class logit's gain over the null's)."""
     g_strength, g_ok = 0.0, False
     gain, null = test.paste_gain, test.paste_gain_null
-    if gain is not None and null is not None and test.paste_gain_p < config.flip_alpha:
+    g_ratio = paste_gain_ratio(test, config)
+    if (
+        gain is not None
+        and null is not None
+        and g_ratio is not None
+        and test.paste_gain_p < config.flip_alpha
+    ):
         # As for flips: the members' region must raise the logit several times as much as the same
         # region of ordinary class members (a natural part, a stroke of a digit, raises both).
-        g_ratio = (gain + config.gain_eps) / (max(null, 0.0) + config.gain_eps)
         g_strength = min(1.0, max(0.0, gain - null) / config.full_gain) * min(
             1.0, g_ratio / config.gain_ratio
         )
