@@ -16,7 +16,9 @@ and ``off`` to compare the audit with and without concept space. ``moving_check`
 with other seeds (3–5, clean 203–205), fixed on 5 Dec 2026 before the concept-space intervention test
 was written: the ``moving`` cells had been looked at while building it, these had not. After
 ``moving_check`` had been looked at, ``moving_check2`` (seeds 6–8, clean 206–208) was fixed the same way
-for the next rule.
+for the next rule. ``moving_check3`` (seeds 9–11, clean 209–211) was fixed on 5 Dec 2026 before the
+colour test of concept-only findings was written
+(``benchmarks/results/colour_test_protocol_2026-12-05.md``).
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -135,6 +137,7 @@ SPLITS = {
     "moving": _moving("moving", (0, 1, 2), (200, 201, 202)),
     "moving_check": _moving("moving_check", (3, 4, 5), (203, 204, 205)),
     "moving_check2": _moving("moving_check2", (6, 7, 8), (206, 207, 208)),
+    "moving_check3": _moving("moving_check3", (9, 10, 11), (209, 210, 211)),
 }
 
 
