@@ -48,7 +48,8 @@ LRP_VERSION = 4
 # tuning split at the new margin).
 # 12: with concepts.enabled, concept-only findings are tested by intervention and can be flagged
 # (spray.analysis.concept_test); pixel findings are unchanged.
-ANALYSIS_VERSION = 12
+# 13: on colour inputs, concept-only findings also get the colour test (concepts.colour_test)
+ANALYSIS_VERSION = 13
 
 
 def code_version() -> str:

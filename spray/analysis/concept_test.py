@@ -22,8 +22,11 @@ regions lie at different places), so ``concepts.flag_rule`` says which tests mus
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from spray.analysis.colour_test import colour_intervention, colour_sentences
 from spray.analysis.concept_findings import by_score
 from spray.analysis.scoring.appearance import Donors, Look
 from spray.analysis.scoring.evidence import intervention_sentences, region_sentence
@@ -31,7 +34,7 @@ from spray.analysis.scoring.geometry import relevance_mask
 from spray.analysis.scoring.intervention import InterventionTest, run_interventions
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
-from spray.analysis.scoring.verdict import intervention_routes, paste_gain_ratio, suspicion
+from spray.analysis.scoring.verdict import Routes, intervention_routes, paste_gain_ratio, suspicion
 from spray.config import AuditConfig
 from spray.records import ClusterFinding
 
@@ -55,49 +58,60 @@ def own_masks(p: np.ndarray, base: np.ndarray, level: float, max_area: float) ->
     return np.stack([relevance_mask(m, base, level, max_area) for m in p])
 
 
-def concept_intervention(
+def concept_donors(
     finding: ClusterFinding,
     sample_ids: list[str],
+    probe: InterventionProbe,
+    donor_order: np.ndarray,
+    max_donors: int,
+) -> Donors | None:
+    """The finding's first ``max_donors`` members and non-members in the class's seeded ``donor_order``
+    ``(n,)`` (the pixel candidates' own), loaded; None without members or with fewer than 2 non-members
+    (one non-member would be its own null: an empty mask and a null of exactly 0)."""
+    member = np.isin(np.asarray(sample_ids), np.asarray(finding.member_ids))
+    in_order = member[donor_order]
+    d_in = np.sort(donor_order[in_order][:max_donors])
+    d_out = np.sort(donor_order[~in_order][:max_donors])
+    if d_in.size == 0 or d_out.size < 2:
+        return None
+    ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
+    none = np.zeros(0)
+    return Donors(
+        d_in, d_out, ids_in, ids_out, probe.load_inputs(ids_in), probe.load_inputs(ids_out), none, none
+    )
+
+
+def concept_intervention(
+    finding: ClusterFinding,
+    donors: Donors,
     n_channels: int,
     probe: InterventionProbe,
     targets: Targets | None,
-    donor_order: np.ndarray,
     cfg: AuditConfig,
 ) -> InterventionTest | None:
     """Paste and removal tests of one concept-only finding at each donor's own concept-conditional hot
-    pixels; None (untested) without members, with fewer than 2 non-member donors, or when no member's
-    channels stand out anywhere in its image.
+    pixels; None (untested) when no member's channels stand out anywhere in its image.
 
     Parameters
     ----------
     finding : ClusterFinding
         A finding with ``space == "concept"`` and its characteristic ``channels``.
-    sample_ids : list[str]
-        The class's ``n`` sample ids (row order of ``donor_order``).
+    donors : Donors
+        Its member and non-member donors (:func:`concept_donors`).
     n_channels : int
         Channels of the concept layer.
     probe : InterventionProbe
         With ``logits`` and ``concept_maps``.
     targets : Targets, optional
         The class's paste targets (None: no paste test).
-    donor_order : np.ndarray
-        ``(n,)`` the class's seeded donor order (the pixel candidates' own).
     cfg : AuditConfig
-        ``scoring`` (donors, targets, margins, mask level and area).
+        ``scoring`` (margins, mask level and area).
     """
     assert probe.concept_maps is not None
     sc = cfg.scoring
-    member = np.isin(np.asarray(sample_ids), np.asarray(finding.member_ids))
-    in_order = member[donor_order]
-    d_in = np.sort(donor_order[in_order][: sc.max_donors])
-    d_out = np.sort(donor_order[~in_order][: sc.max_donors])
-    if d_in.size == 0 or d_out.size < 2:
-        return None  # one non-member would be its own base: an empty mask and a null of exactly 0
-    ids_in, ids_out = [sample_ids[i] for i in d_in], [sample_ids[i] for i in d_out]
-    x_in, x_out = probe.load_inputs(ids_in), probe.load_inputs(ids_out)
     c = finding.class_index
-    p_in = shares(probe.concept_maps(x_in, c, finding.channels, n_channels))
-    p_out = shares(probe.concept_maps(x_out, c, finding.channels, n_channels))
+    p_in = shares(probe.concept_maps(donors.x_in, c, finding.channels, n_channels))
+    p_out = shares(probe.concept_maps(donors.x_out, c, finding.channels, n_channels))
     # Against the non-members' mean map, as the pixel stage's hot pixels are: the channels' usual places
     # in the class (object parts) drop out, what an image holds beyond them stays.
     base = p_out.mean(axis=0)
@@ -105,8 +119,6 @@ def concept_intervention(
     m_out = own_masks(p_out, base, sc.mask_level, sc.mask_max_area)
     if not m_in.any():
         return None  # no member's channels stand out anywhere: nothing to paste or remove (untested)
-    none = np.zeros(0)
-    donors = Donors(d_in, d_out, ids_in, ids_out, x_in, x_out, none, none)
     seen = Look(0.0, False, m_in, m_out, kind="concept")
     test = InterventionTest(0.0, False, "concept", int(np.median(m_in.reshape(len(m_in), -1).sum(axis=1))))
     return run_interventions(test, probe, c, donors, seen, targets, sc)
@@ -124,45 +136,78 @@ def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig)
     need = cfg.concepts.flag_gain_ratio
     ratio = paste_gain_ratio(test, cfg.scoring) or 0.0
     if need > 0 and ratio < need:
+        given = "colour" if test.region_kind == "colour" else "paste"
         return (
-            f"its members' paste raises the class logit only {ratio:.2f} times as much as the non-members' "
+            f"its members' {given} raises the class logit only {ratio:.2f} times as much as the non-members' "
             f"(a concept-only finding needs {need:.2f})"
         )
     return ""
 
 
-def _judge(f: ClusterFinding, test: InterventionTest, cfg: AuditConfig, grid_cells: int) -> None:
-    """Score, flag, signals and evidence of a tested concept-only finding (in place)."""
-    routes = intervention_routes(test, cfg.scoring)
+@dataclass
+class _Verdict:
+    """One test of a concept-only finding, judged: the routes that cleared their margins and what the flag
+    rule still asks ("" when nothing)."""
+
+    test: InterventionTest
+    routes: Routes
+    missing: str
+
+    def names(self) -> list[str]:
+        """The cleared tests in words ("removal test", "colour removal test")."""
+        prefix = "colour " if self.test.region_kind == "colour" else ""
+        return [f"{prefix}{route} test" for route in self.routes.cleared]
+
+
+def _judge(f: ClusterFinding, tests: list[InterventionTest], cfg: AuditConfig, grid_cells: int) -> None:
+    """Score, flag, signals and evidence of a concept-only finding with its tests (the hot-pixel test,
+    the colour test or both; in place): either test can meet ``concepts.flag_rule``."""
+    judged = [
+        _Verdict(t, routes := intervention_routes(t, cfg.scoring), _missing(routes.cleared, t, cfg))
+        for t in tests
+    ]
     small = f.size < max(cfg.scoring.min_cluster_size, cfg.concepts.min_cluster_size)
     too_big = f.fraction > cfg.scoring.flag_max_fraction
-    missing = _missing(routes.cleared, test, cfg)
-    flagged = not missing and not small and not too_big
-    raw = cfg.concepts.score_weight * f.signals["concept_score"] * (0.5 + routes.strength)
+    met = [v for v in judged if not v.missing]
+    flagged = bool(met) and not small and not too_big
+    strength = max(v.routes.strength for v in judged)
+    raw = cfg.concepts.score_weight * f.signals["concept_score"] * (0.5 + strength)
     f.score, f.suspicious = suspicion(raw, flagged), flagged
-    f.signals.update({k: v for k, v in test.signals().items() if k not in _PIXEL_ONLY})
+    lines = [f.evidence[0], "found in concept space only: no pixel candidate shares its members"]
+    for t in tests:
+        prefix = "colour_" if t.region_kind == "colour" else ""
+        f.signals.update({prefix + k: v for k, v in t.signals().items() if k not in _PIXEL_ONLY})
+        if t.region_kind == "colour":
+            lines += colour_sentences(f.class_name, t)
+        else:
+            lines += [region_sentence(t, grid_cells), *intervention_sentences(f.class_name, t)]
     f.signals["concept_tested"] = 1.0
-    lines = [
-        f.evidence[0],
-        "found in concept space only: no pixel candidate shares its members",
-        region_sentence(test, grid_cells),
-        *intervention_sentences(f.class_name, test),
-    ]
-    tests = " and the ".join(f"{route} test" for route in routes.cleared)
+    f.evidence = lines + _verdict_lines(f, judged, met, flagged, cfg)
+
+
+def _verdict_lines(
+    f: ClusterFinding, judged: list[_Verdict], met: list[_Verdict], flagged: bool, cfg: AuditConfig
+) -> list[str]:
+    """The flag and, when a test cleared its margins without a flag, why not (one line per claim)."""
     if flagged:
-        lines.append(f"flagged by the {tests}")
-    elif routes.cleared and missing:
-        lines.append(f"not flagged: the {tests} cleared its margins, but {missing}")
-    elif routes.cleared and too_big:
-        lines.append(
-            f"not flagged although the {tests} cleared its margins: the group is {100 * f.fraction:.0f} % of "
+        return ["flagged by the " + " and the ".join(n for v in met for n in v.names())]
+    cleared = " and the ".join(n for v in judged for n in v.names())
+    if not cleared:
+        return []
+    if met and f.fraction > cfg.scoring.flag_max_fraction:
+        return [
+            f"not flagged although the {cleared} cleared its margins: the group is {100 * f.fraction:.0f} % of "
             f"the class, and a flag needs at most {100 * cfg.scoring.flag_max_fraction:.0f} %"
-        )
-    elif routes.cleared and small:
-        lines.append(
-            f"not flagged although the {tests} cleared its margins: the group has only {f.size} members"
-        )
-    f.evidence = lines
+        ]
+    if met:
+        return [
+            f"not flagged although the {cleared} cleared its margins: the group has only {f.size} members"
+        ]
+    return [
+        f"not flagged: the {' and the '.join(v.names())} cleared its margins, but {v.missing}"
+        for v in judged
+        if v.routes.cleared
+    ]
 
 
 def intervene_concept_findings(
@@ -173,8 +218,9 @@ def intervene_concept_findings(
     probe: InterventionProbe | None,
     cfg: AuditConfig,
 ) -> list[ClusterFinding]:
-    """The class's findings with every concept-only one tested (:func:`concept_intervention`), scored and
-    flagged, most suspicious first; unchanged without a probe that has logits and concept maps.
+    """The class's findings with every concept-only one tested (:func:`concept_intervention`, and on
+    colour inputs :func:`~spray.analysis.colour_test.colour_intervention`), scored and flagged, most
+    suspicious first; unchanged without a probe that has logits and concept maps.
 
     Parameters
     ----------
@@ -201,7 +247,13 @@ def intervene_concept_findings(
     donor_order = stable_order([probe.key(s) for s in sample_ids], f"donor|{cfg.seed}|{c}")
     targets = Targets.load(probe, c, cfg.scoring.intervention_samples)
     for f in todo:
-        test = concept_intervention(f, sample_ids, n_channels, probe, targets, donor_order, cfg)
-        if test is not None:
-            _judge(f, test, cfg, grid_cells)
+        donors = concept_donors(f, sample_ids, probe, donor_order, cfg.scoring.max_donors)
+        if donors is None:
+            continue
+        tests = [concept_intervention(f, donors, n_channels, probe, targets, cfg)]
+        if cfg.concepts.colour_test:
+            tests.append(colour_intervention(probe, c, donors, targets, cfg.scoring.removal))
+        found = [t for t in tests if t is not None]
+        if found:
+            _judge(f, found, cfg, grid_cells)
     return by_score(findings)

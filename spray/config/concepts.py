@@ -29,6 +29,15 @@ class ConceptsConfig(Section):
         "sits): paste them into other-class images and remove them from the members, each against the "
         "same test on non-members of the class. Needs the model's logits and a concept layer.",
     )
+    colour_test: bool = Field(
+        True,
+        description="On colour inputs, also test each concept-only finding by its images' colour statistics "
+        "(a colour cast is not a region): give the members a non-member's per-channel mean and spread and "
+        "measure the class logit's drop, and give other-class images a member's and measure its gain, each "
+        "against the same on non-members. Judged by flag_rule and flag_gain_ratio as the hot-pixel test is; "
+        "either test can flag. Classes whose images are grey (channels alike up to one scale and offset) "
+        "are not tested. Needs intervention.",
+    )
     flag_rule: Literal["both", "removal", "any"] = Field(
         "removal",
         description="Which interventions must clear the scoring section's margins for a concept-only finding "

@@ -145,10 +145,7 @@ class InterventionProbe:
         todo: list[int],
     ) -> torch.Tensor:
         """``(len(todo), C, H, W)`` the targets ``todo`` with their donors' pixels pasted in their masks."""
-        need = [target_ids[j] for j in todo if target_ids[j] not in self._targets_loaded]
-        if need:
-            self._targets_loaded.update(zip(need, self.load_inputs(need), strict=True))
-        targets = torch.stack([self._targets_loaded[target_ids[j]] for j in todo])
+        targets = self.target_inputs([target_ids[j] for j in todo])
         if donor_ids is None or masks is None:
             return targets
         loaded = dict(donor_inputs or {})
@@ -157,6 +154,14 @@ class InterventionProbe:
             loaded.update(zip(missing, self.load_inputs(missing), strict=True))
         donors = torch.stack([loaded[donor_ids[j]] for j in todo])
         return fill_masked(targets, np.asarray(masks)[todo], donors)
+
+    def target_inputs(self, target_ids: Sequence[str]) -> torch.Tensor:
+        """``(m, C, H, W)`` the targets' inputs, loaded once per probe (every tested group writes into the
+        same targets)."""
+        need = [t for t in dict.fromkeys(target_ids) if t not in self._targets_loaded]
+        if need:
+            self._targets_loaded.update(zip(need, self.load_inputs(need), strict=True))
+        return torch.stack([self._targets_loaded[t] for t in target_ids])
 
     def class_logits(
         self,

@@ -1,0 +1,209 @@
+"""The colour test of a concept-only finding: the images' colour statistics instead of a region.
+
+A colour cast tints the whole image; there is no region to paste or remove, and a concept group of
+cast images can be pure while its hot-pixel test (:mod:`spray.analysis.concept_test`) moves the logit
+little. Here the intervention acts on each image's **per-channel mean and spread** (the colour transfer
+``x' = (x - mean_x) / spread_x · spread_d + mean_d``, channel by channel, in the model's input space,
+where an affine input normalisation leaves it the same operation):
+
+* **remove**: give each member donor the class's typical colour statistics (the non-member donors'
+  median) and measure the drop of its class logit, against the same on the non-members;
+* **paste**: give each other-class target the colour statistics of a member and measure the class
+  logit's gain (and flips), against the same with a non-member's.
+
+A model that ignores colour changes its logits little under either arm; one that leans on the members'
+colour loses the class when it is taken away and grants it when it is given. Grey images carry no colour
+to move: a class whose donors' channels are one image up to a common scale and offset is not tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spray.analysis.scoring.appearance import Donors
+from spray.analysis.scoring.intervention import InterventionTest, Removal, rank_sum_p, sign_test_p
+from spray.analysis.scoring.probe import InterventionProbe, Targets
+from spray.analysis.scoring.signals import auroc
+
+#: Relative residual below which one channel is an affine copy of another across all donors (grey data
+#: replicated to three channels and normalised per channel leaves only rounding error, ~1e-7).
+GREY_TOLERANCE = 1e-4
+
+
+@dataclass
+class ColourStats:
+    """Per-image, per-channel colour statistics.
+
+    Attributes
+    ----------
+    mean : torch.Tensor
+        ``(n, C)`` mean of each channel over the image.
+    spread : torch.Tensor
+        ``(n, C)`` standard deviation of each channel over the image (at least a small epsilon).
+    """
+
+    mean: torch.Tensor
+    spread: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> ColourStats:
+        """The statistics of ``x`` ``(n, C, H, W)``."""
+        flat = x.float().flatten(2)
+        return cls(flat.mean(dim=2), flat.std(dim=2, unbiased=False).clamp_min(1e-6))
+
+    def take(self, index: np.ndarray) -> ColourStats:
+        """The statistics of the images ``index`` ``(m,)``, in that order."""
+        i = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        return ColourStats(self.mean[i], self.spread[i])
+
+
+def with_colour(x: torch.Tensor, to: ColourStats) -> torch.Tensor:
+    """``x`` ``(n, C, H, W)`` with each image's per-channel mean and spread replaced by ``to``'s ``(n, C)``."""
+    own = ColourStats.of(x)
+    scale = (to.spread / own.spread)[..., None, None]
+    return ((x.float() - own.mean[..., None, None]) * scale + to.mean[..., None, None]).to(x.dtype)
+
+
+def has_colour(x: torch.Tensor) -> bool:
+    """Whether the images ``(n, C, H, W)`` hold colour: some channel is not one affine function of the first
+    across all of them (False for one channel, and for grey images replicated and normalised per channel)."""
+    if x.shape[1] < 2 or x.shape[0] == 0:
+        return False
+    flat = x.double().transpose(0, 1).reshape(x.shape[1], -1)
+    first = flat[0] - flat[0].mean()
+    for channel in flat[1:]:
+        centred = channel - channel.mean()
+        norm = float(centred.norm())
+        if norm == 0.0:
+            continue
+        denom = float(first @ first)
+        fit = first * (float(first @ centred) / denom) if denom > 0 else torch.zeros_like(first)
+        if float((centred - fit).norm()) > GREY_TOLERANCE * norm:
+            return True
+    return False
+
+
+def _logit(probe: InterventionProbe, x: torch.Tensor, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(n,)`` predicted classes and ``(n,)`` class-``class_index`` logits of ``x``."""
+    assert probe.logits is not None
+    with torch.no_grad():
+        z = probe.logits(x).float().cpu()
+    return z.argmax(1).numpy().astype(np.int64), z[:, class_index].numpy().astype(np.float64)
+
+
+def colour_removal(
+    probe: InterventionProbe, class_index: int, x_in: torch.Tensor, x_out: torch.Tensor
+) -> Removal:
+    """The removal arm: members ``(n_in, C, H, W)`` and, for the null, non-members ``(n_out, C, H, W)`` all take
+    the non-members' median colour statistics (the class's typical colour, as the hot-pixel removal fills
+    with the non-members' median pixels)."""
+    out = ColourStats.of(x_out)
+    typical = ColourStats(out.mean.median(dim=0).values, out.spread.median(dim=0).values)
+
+    def drop(x: torch.Tensor) -> np.ndarray:
+        to = ColourStats(typical.mean.expand(len(x), -1), typical.spread.expand(len(x), -1))
+        return _logit(probe, x, class_index)[1] - _logit(probe, with_colour(x, to), class_index)[1]
+
+    d_in, d_out = drop(x_in), drop(x_out)
+    return Removal(
+        float(d_in.mean()),
+        float(d_out.mean()),
+        rank_sum_p(d_in, d_out),
+        auroc(d_in, d_out),
+        float(d_out.std()),
+    )
+
+
+def colour_paste(
+    test: InterventionTest,
+    probe: InterventionProbe,
+    class_index: int,
+    donors: Donors,
+    targets: Targets,
+) -> None:
+    """The paste arm, into ``test`` (in place): each valid target takes a member's colour, and (the null) a
+    non-member's, each paired by the probe's rendezvous hashing; nothing when every target already is the
+    class."""
+    valid = ~targets.already
+    if not valid.any():
+        return
+    ids = [t for t, ok in zip(targets.ids, valid, strict=True) if ok]
+    y = probe.target_inputs(ids)
+    base = targets.base_logit()[valid]
+    arms = []
+    for donor_ids, x in ((donors.ids_in, donors.x_in), (donors.ids_out, donors.x_out)):
+        pick = probe.pairs(ids, donor_ids)
+        pred, z = _logit(probe, with_colour(y, ColourStats.of(x).take(pick)), class_index)
+        arms.append((pred == class_index, z - base))
+    (fi, gi), (fo, go) = arms
+    d = gi - go
+    test.flip_rate, test.flip_null = float(fi.mean()), float(fo.mean())
+    test.flip_p = sign_test_p(int((fi & ~fo).sum()), int((~fi & fo).sum()))
+    test.flip_targets = len(ids)
+    test.paste_gain, test.paste_gain_null = float(gi.mean()), float(go.mean())
+    test.paste_gain_p = sign_test_p(int((d > 0).sum()), int((d < 0).sum()))
+
+
+def colour_intervention(
+    probe: InterventionProbe,
+    class_index: int,
+    donors: Donors,
+    targets: Targets | None,
+    removal: bool,
+) -> InterventionTest | None:
+    """The colour test of one group: its removal arm (with ``removal``) and its paste arm (with ``targets``);
+    None (untested) without logits, with fewer than 2 non-member donors, or when the donors are grey.
+
+    Parameters
+    ----------
+    probe : InterventionProbe
+        With ``logits``.
+    class_index : int
+        The class analysed.
+    donors : Donors
+        The group's member and non-member donors, loaded (``x_in`` ``(n_in, C, H, W)``, ``x_out``
+        ``(n_out, C, H, W)``).
+    targets : Targets, optional
+        Other-class images (None: no paste arm).
+    removal : bool
+        Run the removal arm (``scoring.removal``).
+    """
+    x_in, x_out = donors.x_in, donors.x_out
+    if probe.logits is None or len(x_in) == 0 or len(x_out) < 2:
+        return None
+    if not has_colour(torch.cat([x_in, x_out])):
+        return None
+    test = InterventionTest(0.0, False, "colour")
+    if removal:
+        test.removal = colour_removal(probe, class_index, x_in, x_out)
+    if targets is not None:
+        colour_paste(test, probe, class_index, donors, targets)
+    return test if test.intervened else None
+
+
+def colour_sentences(class_name: str, test: InterventionTest) -> list[str]:
+    """What the colour test showed, one claim per line."""
+    out = ["colour test: each image's per-channel mean and spread given to another image"]
+    if test.flip_rate is not None and test.flip_null is not None:
+        out.append(
+            f"giving {test.flip_targets} other-class images the members' colour turns {100 * test.flip_rate:.0f} % "
+            f"into {class_name}"
+        )
+        out.append(f"giving them other {class_name} images' colour turns {100 * test.flip_null:.0f} %")
+    if test.paste_gain is not None and test.paste_gain_null is not None:
+        out.append(
+            f"the members' colour changes those images' {class_name} logit by {test.paste_gain:+.2f} on average"
+        )
+        out.append(f"other {class_name} images' colour changes it by {test.paste_gain_null:+.2f}")
+    r = test.removal
+    if r is not None:
+        out.append(
+            f"giving the members the typical colour of {class_name} changes their {class_name} logit by "
+            f"{-r.drop:+.2f} on average"
+        )
+        out.append(f"the same on other {class_name} images changes theirs by {-r.null:+.2f}")
+        out.append(f"rank-sum test of the colour removal: p = {r.p:.2g}")
+    return out

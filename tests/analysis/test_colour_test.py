@@ -1,0 +1,152 @@
+"""The colour test of concept-only findings, on a toy model that reads a warm colour cast."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from spray.analysis.colour_test import ColourStats, has_colour, with_colour
+from spray.analysis.concept_test import intervene_concept_findings
+from spray.analysis.scoring import InterventionProbe
+from spray.config import AuditConfig, config_from_dict
+from spray.records import ClusterFinding
+
+CLASS, OTHER, SIDE, N_CLASS, N_OTHER, N_MEMBERS = 1, 0, 8, 120, 100, 40
+
+
+def _warmth(x: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` red minus blue, averaged over the image."""
+    return x[:, 0].flatten(1).mean(1) - x[:, 2].flatten(1).mean(1)
+
+
+def _cast_logits(x: torch.Tensor) -> torch.Tensor:
+    """The class logit is the shortcut: a warm cast (red well above blue)."""
+    z = torch.zeros(len(x), 2)
+    z[:, OTHER] = 2.0
+    z[:, CLASS] = 5.0 * (_warmth(x) > 0.25).float()
+    return z
+
+
+def _shape_logits(x: torch.Tensor) -> torch.Tensor:
+    """A model blind to colour: the class logit reads the brightness pattern (left half over right half)."""
+    grey = x.mean(1)
+    z = torch.zeros(len(x), 2)
+    z[:, OTHER] = 2.0
+    z[:, CLASS] = 5.0 * (grey[:, :, : SIDE // 2].mean((1, 2)) > grey[:, :, SIDE // 2 :].mean((1, 2))).float()
+    return z
+
+
+def _images(n: int, seed: int, cast: np.ndarray, grey: bool = False) -> torch.Tensor:
+    """``(n, 3, SIDE, SIDE)`` grey patterns, each tinted by its own per-channel gain (none when ``grey``);
+    the ``cast`` ones get red +0.4 and blue −0.4."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.uniform(0.0, 1.0, size=(n, 1, SIDE, SIDE))
+    gains = np.ones((n, 3, 1, 1)) if grey else rng.uniform(0.35, 1.0, size=(n, 3, 1, 1))
+    x = pattern * gains
+    x[cast, 0] += 0.4
+    x[cast, 2] -= 0.4
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def _world(
+    logits: object = _cast_logits, grey: bool = False
+) -> tuple[InterventionProbe, list[str], ClusterFinding]:
+    """A class of ``N_CLASS`` images whose first ``N_MEMBERS`` carry the cast, and ``N_OTHER`` others."""
+    cast = np.arange(N_CLASS) < N_MEMBERS
+    x_class = _images(N_CLASS, 0, cast & (not grey), grey)
+    x_other = _images(N_OTHER, 1, np.zeros(N_OTHER, bool), grey)
+    ids = [f"c{i}" for i in range(N_CLASS)]
+    other = [f"o{i}" for i in range(N_OTHER)]
+    store = dict(zip(ids + other, torch.cat([x_class, x_other]), strict=True))
+    fn = logits if callable(logits) else _cast_logits
+    probe = InterventionProbe(
+        predict=lambda x: fn(x).argmax(1),
+        load_inputs=lambda s: torch.stack([store[i] for i in s]),
+        other_ids=other,
+        other_labels=np.full(N_OTHER, OTHER),
+        logits=fn,
+        # A cast has no hot pixels: the channels' conditional heatmaps are flat, the hot-pixel test untested.
+        concept_maps=lambda x, c, ch, n: np.zeros((len(x), SIDE, SIDE), np.float32),
+    )
+    finding = ClusterFinding(
+        class_index=CLASS, class_name="shirt", cluster_id=2, k=4, size=N_MEMBERS, fraction=N_MEMBERS / N_CLASS,
+        score=0.01, suspicious=False, evidence=["In concept space its 40 members ..."], member_ids=ids[:N_MEMBERS],
+        signals={"size": float(N_MEMBERS), "fraction": N_MEMBERS / N_CLASS, "concept_score": 0.05},
+        mean_heatmap=np.zeros((SIDE, SIDE), np.float32), space="concept", channels=[3],
+    )  # fmt: skip
+    return probe, ids, finding
+
+
+def _cfg(**concepts: object) -> AuditConfig:
+    return config_from_dict(
+        {
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "concepts": {"enabled": True, **concepts},
+        },
+        check_files=False,
+    )
+
+
+def _run(probe: InterventionProbe, ids: list[str], f: ClusterFinding, **concepts: object) -> ClusterFinding:
+    return intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, _cfg(**concepts))[0]
+
+
+def test_with_colour_gives_each_image_the_statistics_it_is_handed() -> None:
+    x = _images(5, 3, np.array([True, False, True, False, False]))
+    to = ColourStats.of(_images(5, 4, np.zeros(5, bool)))
+    got = ColourStats.of(with_colour(x, to))
+    assert torch.allclose(got.mean, to.mean, atol=1e-5) and torch.allclose(got.spread, to.spread, atol=1e-5)
+    # Handing an image its own statistics leaves it as it is.
+    assert torch.allclose(with_colour(x, ColourStats.of(x)), x, atol=1e-5)
+
+
+def test_grey_images_hold_no_colour_even_normalised_per_channel() -> None:
+    grey = _images(6, 0, np.zeros(6, bool), grey=True)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert not has_colour((grey - mean[:, None, None]) / std[:, None, None])
+    assert not has_colour(grey[:, :1])  # one channel
+    # Each image tinted by its own gain: every image is grey up to scale, but the set holds colour.
+    assert has_colour(_images(6, 0, np.zeros(6, bool)))
+
+
+def test_a_colour_cast_the_model_reads_is_flagged_by_the_colour_test() -> None:
+    probe, ids, f = _world()
+    got = _run(probe, ids, f)
+    s = got.signals
+    assert "removal_drop" not in s  # flat conditional heatmaps: the hot-pixel test had nothing to test
+    assert s["colour_removal_drop"] > 4.0 and abs(s["colour_removal_null"]) < 0.5
+    assert s["colour_removal_auroc"] > 0.94  # a few non-members are warm by their own tint
+    assert s["colour_paste_gain"] > 4.0 and abs(s["colour_paste_gain_null"]) < 0.5
+    assert got.suspicious and got.score >= 0.5
+    text = "\n".join(got.evidence)
+    assert "colour test: each image's per-channel mean and spread given to another image" in text
+    assert "giving the members the typical colour of shirt changes their shirt logit by -" in text
+    assert got.evidence[-1] == "flagged by the colour paste test and the colour removal test"
+
+
+def test_colour_a_model_ignores_is_not_flagged() -> None:
+    probe, ids, f = _world(logits=_shape_logits)
+    got = _run(probe, ids, f)
+    assert got.signals["concept_tested"] == 1.0
+    assert got.signals["colour_removal_auroc"] < 0.9
+    assert not got.suspicious and got.score < 0.5
+
+
+def test_grey_classes_and_the_switched_off_test_are_not_colour_tested() -> None:
+    probe, ids, f = _world(grey=True)
+    assert not any(k.startswith("colour_") for k in _run(probe, ids, f).signals)
+    probe, ids, f = _world()
+    got = _run(probe, ids, f, colour_test=False)
+    assert not any(k.startswith("colour_") for k in got.signals) and not got.suspicious
+
+
+def test_the_colour_test_meets_the_same_flag_rule() -> None:
+    """flag_gain_ratio out of reach: the colour removal alone does not flag under the removal rule."""
+    probe, ids, f = _world()
+    got = _run(probe, ids, f, flag_gain_ratio=500.0)
+    assert not got.suspicious
+    assert got.evidence[-1].startswith(
+        "not flagged: the colour paste test and the colour removal test cleared"
+    )
+    assert "its members' colour raises the class logit only" in got.evidence[-1]
