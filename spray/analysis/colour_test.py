@@ -18,6 +18,7 @@ to move: a class whose donors' channels are one image up to a common scale and o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,6 +183,40 @@ def colour_intervention(
     if targets is not None:
         colour_paste(test, probe, class_index, donors, targets)
     return test if test.intervened else None
+
+
+def _features(stats: ColourStats) -> np.ndarray:
+    """``(n, 2C)`` the per-channel means and spreads side by side."""
+    return np.concatenate([stats.mean.numpy(), stats.spread.numpy()], axis=1).astype(np.float64)
+
+
+def colour_carriers(
+    probe: InterventionProbe, x_in: torch.Tensor, sample_ids: list[str], rows: np.ndarray, chunk: int
+) -> list[int]:
+    """Rows (of ``sample_ids``) among ``rows`` whose colour statistics lie as near the members' as the
+    members' own do: the colour counterpart of the pixel carriers' stamp scan.
+
+    Each image is its per-channel mean and spread, every coordinate in units of its spread over the
+    members ``x_in`` ``(n_in, C, H, W)`` and the scanned images together; its distance is to the members'
+    median. The threshold is the pixel scan's (:func:`~spray.analysis.scoring.carriers.find_carriers`):
+    the geometric mean of the members' median distance and the scanned images' median distance. Inputs
+    are loaded ``chunk`` samples at a time.
+    """
+    if rows.size == 0:
+        return []
+    own = _features(ColourStats.of(x_in))
+    parts = [
+        _features(ColourStats.of(probe.load_inputs([sample_ids[i] for i in rows[start : start + chunk]])))
+        for start in range(0, len(rows), chunk)
+    ]
+    scanned = np.concatenate(parts)
+    scale = np.concatenate([own, scanned]).std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    centre = np.median(own, axis=0)
+    d_own = np.linalg.norm((own - centre) / scale, axis=1)
+    d = np.linalg.norm((scanned - centre) / scale, axis=1)
+    threshold = math.sqrt(max(float(np.median(d_own)), 1e-12) * float(np.median(d)))
+    return [int(i) for i in rows[d <= threshold]]
 
 
 def colour_sentences(class_name: str, test: InterventionTest) -> list[str]:

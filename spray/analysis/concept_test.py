@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spray.analysis.colour_test import colour_intervention, colour_sentences
+from spray.analysis.colour_test import colour_carriers, colour_intervention, colour_sentences
 from spray.analysis.concept_findings import by_score
 from spray.analysis.scoring.appearance import Donors, Look
 from spray.analysis.scoring.evidence import intervention_sentences, region_sentence
@@ -256,4 +256,34 @@ def intervene_concept_findings(
         found = [t for t in tests if t is not None]
         if found:
             _judge(f, found, cfg, grid_cells)
+            _colour_carriers(f, found, donors, sample_ids, probe, cfg)
     return by_score(findings)
+
+
+def _colour_carriers(
+    f: ClusterFinding,
+    tests: list[InterventionTest],
+    donors: Donors,
+    sample_ids: list[str],
+    probe: InterventionProbe,
+    cfg: AuditConfig,
+) -> None:
+    """A finding flagged by its colour test gets the class's other images of the members' colour as carriers
+    (:func:`~spray.analysis.colour_test.colour_carriers`; in place, with ``scoring.carriers``)."""
+    colour = next((t for t in tests if t.region_kind == "colour"), None)
+    if not f.suspicious or colour is None or not cfg.scoring.carriers:
+        return
+    if _missing(intervention_routes(colour, cfg.scoring).cleared, colour, cfg):
+        return  # flagged by its hot pixels: their pattern, not a colour, is what other images would repeat
+    members = set(f.member_ids)
+    rows = np.array([i for i, s in enumerate(sample_ids) if s not in members], dtype=np.int64)
+    found = colour_carriers(probe, donors.x_in, sample_ids, rows, cfg.scoring.carrier_chunk)
+    f.carrier_ids = [sample_ids[i] for i in found]
+    f.signals["carriers"] = float(len(found))
+    n = len(sample_ids)
+    f.evidence.append(
+        f"{len(found)} more {f.class_name} images, {100 * len(found) / n:.1f} % of the class, have the members' "
+        "colour: listed as carriers"
+        if found
+        else f"no other {f.class_name} image has the members' colour",
+    )

@@ -49,13 +49,14 @@ def _images(n: int, seed: int, cast: np.ndarray, grey: bool = False) -> torch.Te
 
 
 def _world(
-    logits: object = _cast_logits, grey: bool = False
+    logits: object = _cast_logits, grey: bool = False, n_cast: int = N_MEMBERS, n_class: int = N_CLASS
 ) -> tuple[InterventionProbe, list[str], ClusterFinding]:
-    """A class of ``N_CLASS`` images whose first ``N_MEMBERS`` carry the cast, and ``N_OTHER`` others."""
-    cast = np.arange(N_CLASS) < N_MEMBERS
-    x_class = _images(N_CLASS, 0, cast & (not grey), grey)
+    """A class of ``n_class`` images whose first ``n_cast`` carry the cast (the first ``N_MEMBERS`` of them
+    are the finding), and ``N_OTHER`` others."""
+    cast = np.arange(n_class) < n_cast
+    x_class = _images(n_class, 0, cast & (not grey), grey)
     x_other = _images(N_OTHER, 1, np.zeros(N_OTHER, bool), grey)
-    ids = [f"c{i}" for i in range(N_CLASS)]
+    ids = [f"c{i}" for i in range(n_class)]
     other = [f"o{i}" for i in range(N_OTHER)]
     store = dict(zip(ids + other, torch.cat([x_class, x_other]), strict=True))
     fn = logits if callable(logits) else _cast_logits
@@ -69,9 +70,9 @@ def _world(
         concept_maps=lambda x, c, ch, n: np.zeros((len(x), SIDE, SIDE), np.float32),
     )
     finding = ClusterFinding(
-        class_index=CLASS, class_name="shirt", cluster_id=2, k=4, size=N_MEMBERS, fraction=N_MEMBERS / N_CLASS,
+        class_index=CLASS, class_name="shirt", cluster_id=2, k=4, size=N_MEMBERS, fraction=N_MEMBERS / n_class,
         score=0.01, suspicious=False, evidence=["In concept space its 40 members ..."], member_ids=ids[:N_MEMBERS],
-        signals={"size": float(N_MEMBERS), "fraction": N_MEMBERS / N_CLASS, "concept_score": 0.05},
+        signals={"size": float(N_MEMBERS), "fraction": N_MEMBERS / n_class, "concept_score": 0.05},
         mean_heatmap=np.zeros((SIDE, SIDE), np.float32), space="concept", channels=[3],
     )  # fmt: skip
     return probe, ids, finding
@@ -122,7 +123,22 @@ def test_a_colour_cast_the_model_reads_is_flagged_by_the_colour_test() -> None:
     text = "\n".join(got.evidence)
     assert "colour test: each image's per-channel mean and spread given to another image" in text
     assert "giving the members the typical colour of shirt changes their shirt logit by -" in text
-    assert got.evidence[-1] == "flagged by the colour paste test and the colour removal test"
+    assert "flagged by the colour paste test and the colour removal test" in got.evidence
+    # Each image has its own tint: a few ordinary ones are as warm as the cast ones.
+    assert len(got.carrier_ids) <= 3 and got.evidence[-1].endswith("listed as carriers")
+
+
+def test_the_class_images_of_the_members_colour_become_carriers() -> None:
+    """The cast is in 60 of 300 images, the concept group holds 40 of them: most of the other 20 become its
+    carriers (each image's own random tint blurs the colour statistics), and hardly any ordinary image."""
+    probe, ids, f = _world(n_cast=60, n_class=300)
+    got = _run(probe, ids, f)
+    assert got.suspicious
+    carriers = set(got.carrier_ids)
+    assert len(carriers & set(ids[N_MEMBERS:60])) >= 15 and len(carriers - set(ids[:60])) <= 3
+    assert got.signals["carriers"] == len(carriers)
+    assert got.evidence[-1].startswith(f"{len(carriers)} more shirt images, ")
+    assert got.evidence[-1].endswith("of the class, have the members' colour: listed as carriers")
 
 
 def test_colour_a_model_ignores_is_not_flagged() -> None:
