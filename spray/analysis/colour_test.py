@@ -18,7 +18,6 @@ to move: a class whose donors' channels are one image up to a common scale and o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,16 +98,13 @@ def colour_removal(
     probe: InterventionProbe, class_index: int, x_in: torch.Tensor, x_out: torch.Tensor
 ) -> Removal:
     """The removal arm: members ``(n_in, C, H, W)`` and, for the null, non-members ``(n_out, C, H, W)`` all take
-    the non-members' median colour statistics (the class's typical colour, as the hot-pixel removal fills
-    with the non-members' median pixels)."""
-    out = ColourStats.of(x_out)
-    typical = ColourStats(out.mean.median(dim=0).values, out.spread.median(dim=0).values)
-
-    def drop(x: torch.Tensor) -> np.ndarray:
-        to = ColourStats(typical.mean.expand(len(x), -1), typical.spread.expand(len(x), -1))
-        return _logit(probe, x, class_index)[1] - _logit(probe, with_colour(x, to), class_index)[1]
-
-    d_in, d_out = drop(x_in), drop(x_out)
+    the class's typical colour (:func:`typical_colour`, as the hot-pixel removal fills with the non-members'
+    median pixels)."""
+    typical = typical_colour(x_out)
+    d_in, d_out = (
+        colour_drop(probe, class_index, x_in, typical),
+        colour_drop(probe, class_index, x_out, typical),
+    )
     return Removal(
         float(d_in.mean()),
         float(d_out.mean()),
@@ -185,38 +181,45 @@ def colour_intervention(
     return test if test.intervened else None
 
 
-def _features(stats: ColourStats) -> np.ndarray:
-    """``(n, 2C)`` the per-channel means and spreads side by side."""
-    return np.concatenate([stats.mean.numpy(), stats.spread.numpy()], axis=1).astype(np.float64)
+def typical_colour(x_out: torch.Tensor) -> ColourStats:
+    """``(1, C)`` the class's typical colour statistics: the median over its non-member donors ``x_out``
+    ``(n_out, C, H, W)``."""
+    out = ColourStats.of(x_out)
+    return ColourStats(out.mean.median(dim=0).values[None], out.spread.median(dim=0).values[None])
+
+
+def colour_drop(
+    probe: InterventionProbe, class_index: int, x: torch.Tensor, typical: ColourStats
+) -> np.ndarray:
+    """``(n,)`` the drop of each image's class logit when ``x`` ``(n, C, H, W)`` is given ``typical``'s colour."""
+    to = ColourStats(typical.mean.expand(len(x), -1), typical.spread.expand(len(x), -1))
+    return _logit(probe, x, class_index)[1] - _logit(probe, with_colour(x, to), class_index)[1]
 
 
 def colour_carriers(
-    probe: InterventionProbe, x_in: torch.Tensor, sample_ids: list[str], rows: np.ndarray, chunk: int
+    probe: InterventionProbe,
+    class_index: int,
+    typical: ColourStats,
+    removal: Removal,
+    sample_ids: list[str],
+    rows: np.ndarray,
+    chunk: int,
 ) -> list[int]:
-    """Rows (of ``sample_ids``) among ``rows`` whose colour statistics lie as near the members' as the
-    members' own do: the colour counterpart of the pixel carriers' stamp scan.
-
-    Each image is its per-channel mean and spread, every coordinate in units of its spread over the
-    members ``x_in`` ``(n_in, C, H, W)`` and the scanned images together; its distance is to the members'
-    median. The threshold is the pixel scan's (:func:`~spray.analysis.scoring.carriers.find_carriers`):
-    the geometric mean of the members' median distance and the scanned images' median distance. Inputs
-    are loaded ``chunk`` samples at a time.
-    """
+    """Rows (of ``sample_ids``) among ``rows`` whose class logit drops, when given the class's ``typical``
+    colour, nearer the members' mean drop than the non-members' (``removal``): the images whose colour the
+    model reads as it reads the members'. Inputs are loaded ``chunk`` samples at a time."""
     if rows.size == 0:
         return []
-    own = _features(ColourStats.of(x_in))
-    parts = [
-        _features(ColourStats.of(probe.load_inputs([sample_ids[i] for i in rows[start : start + chunk]])))
-        for start in range(0, len(rows), chunk)
-    ]
-    scanned = np.concatenate(parts)
-    scale = np.concatenate([own, scanned]).std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    centre = np.median(own, axis=0)
-    d_own = np.linalg.norm((own - centre) / scale, axis=1)
-    d = np.linalg.norm((scanned - centre) / scale, axis=1)
-    threshold = math.sqrt(max(float(np.median(d_own)), 1e-12) * float(np.median(d)))
-    return [int(i) for i in rows[d <= threshold]]
+    threshold = 0.5 * (removal.drop + removal.null)
+    drops = np.concatenate(
+        [
+            colour_drop(
+                probe, class_index, probe.load_inputs([sample_ids[i] for i in rows[s : s + chunk]]), typical
+            )
+            for s in range(0, len(rows), chunk)
+        ]
+    )
+    return [int(i) for i in rows[drops >= threshold]]
 
 
 def colour_sentences(class_name: str, test: InterventionTest) -> list[str]:

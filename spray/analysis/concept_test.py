@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spray.analysis.colour_test import colour_carriers, colour_intervention, colour_sentences
+from spray.analysis.colour_test import colour_carriers, colour_intervention, colour_sentences, typical_colour
 from spray.analysis.concept_findings import by_score
 from spray.analysis.scoring.appearance import Donors, Look
 from spray.analysis.scoring.evidence import intervention_sentences, region_sentence
@@ -275,15 +275,20 @@ def _colour_carriers(
         return
     if _missing(intervention_routes(colour, cfg.scoring).cleared, colour, cfg):
         return  # flagged by its hot pixels: their pattern, not a colour, is what other images would repeat
+    if colour.removal is None:
+        return  # flagged by its paste alone (flag_rule any): no drops to compare with
     members = set(f.member_ids)
     rows = np.array([i for i, s in enumerate(sample_ids) if s not in members], dtype=np.int64)
-    found = colour_carriers(probe, donors.x_in, sample_ids, rows, cfg.scoring.carrier_chunk)
+    typical = typical_colour(donors.x_out)
+    found = colour_carriers(
+        probe, f.class_index, typical, colour.removal, sample_ids, rows, cfg.scoring.carrier_chunk
+    )
     f.carrier_ids = [sample_ids[i] for i in found]
     f.signals["carriers"] = float(len(found))
     n = len(sample_ids)
     f.evidence.append(
-        f"{len(found)} more {f.class_name} images, {100 * len(found) / n:.1f} % of the class, have the members' "
-        "colour: listed as carriers"
+        f"{len(found)} more {f.class_name} images, {100 * len(found) / n:.1f} % of the class, whose logit drops "
+        "with the typical colour more like the members' than the rest's: listed as carriers"
         if found
-        else f"no other {f.class_name} image has the members' colour",
+        else f"no other {f.class_name} image's logit drops with the typical colour like the members'",
     )

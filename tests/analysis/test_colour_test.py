@@ -125,20 +125,24 @@ def test_a_colour_cast_the_model_reads_is_flagged_by_the_colour_test() -> None:
     assert "giving the members the typical colour of shirt changes their shirt logit by -" in text
     assert "flagged by the colour paste test and the colour removal test" in got.evidence
     # Each image has its own tint: a few ordinary ones are as warm as the cast ones.
-    assert len(got.carrier_ids) <= 3 and got.evidence[-1].endswith("listed as carriers")
+    assert len(got.carrier_ids) <= 3
 
 
 def test_the_class_images_of_the_members_colour_become_carriers() -> None:
     """The cast is in 60 of 300 images, the concept group holds 40 of them: most of the other 20 become its
-    carriers (each image's own random tint blurs the colour statistics), and hardly any ordinary image."""
+    carriers, and hardly any ordinary image."""
     probe, ids, f = _world(n_cast=60, n_class=300)
     got = _run(probe, ids, f)
     assert got.suspicious
     carriers = set(got.carrier_ids)
-    assert len(carriers & set(ids[N_MEMBERS:60])) >= 15 and len(carriers - set(ids[:60])) <= 3
+    assert set(ids[N_MEMBERS:60]) <= carriers
+    # The ordinary carriers are warm by their own tint: the model reads them as it reads the cast.
+    assert len(carriers - set(ids[:60])) <= 6
     assert got.signals["carriers"] == len(carriers)
     assert got.evidence[-1].startswith(f"{len(carriers)} more shirt images, ")
-    assert got.evidence[-1].endswith("of the class, have the members' colour: listed as carriers")
+    assert got.evidence[-1].endswith(
+        "with the typical colour more like the members' than the rest's: listed as carriers"
+    )
 
 
 def test_colour_a_model_ignores_is_not_flagged() -> None:
