@@ -18,7 +18,8 @@ was written: the ``moving`` cells had been looked at while building it, these ha
 ``moving_check`` had been looked at, ``moving_check2`` (seeds 6–8, clean 206–208) was fixed the same way
 for the next rule. ``moving_check3`` (seeds 9–11, clean 209–211) was fixed on 5 Dec 2026 before the
 colour test of concept-only findings was written
-(``benchmarks/results/colour_test_protocol_2026-12-05.md``).
+(``benchmarks/results/colour_test_protocol_2026-12-05.md``). ``moving_check4`` (seeds 12–14, clean
+212–214) was fixed after ``moving_check3`` had been run, for whatever is changed next.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -138,6 +139,7 @@ SPLITS = {
     "moving_check": _moving("moving_check", (3, 4, 5), (203, 204, 205)),
     "moving_check2": _moving("moving_check2", (6, 7, 8), (206, 207, 208)),
     "moving_check3": _moving("moving_check3", (9, 10, 11), (209, 210, 211)),
+    "moving_check4": _moving("moving_check4", (12, 13, 14), (212, 213, 214)),
 }
 
 
@@ -361,7 +363,9 @@ def evaluate(cell: Cell, info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "appearance_null", "aligned", "flip_rate",
                   "flip_null", "flip_p", "paste_gain", "paste_gain_null", "paste_gain_p", "removal_drop",
                   "removal_null", "removal_p", "removal_auroc", "removal_spread", "hotspot_separation", "lift",
-                  "consistency", "separation", "test_region_cells")  # fmt: skip
+                  "consistency", "separation", "test_region_cells", "colour_removal_drop", "colour_removal_null",
+                  "colour_removal_p", "colour_removal_auroc", "colour_paste_gain", "colour_paste_gain_null",
+                  "colour_paste_gain_p", "carriers")  # fmt: skip
 
 
 def tested_candidates(findings: list[ClusterFinding], planted: set[str]) -> list[dict[str, Any]]:
