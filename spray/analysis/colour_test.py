@@ -19,6 +19,7 @@ to move: a class whose donors' channels are one image up to a common scale and o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -94,17 +95,13 @@ def _logit(probe: InterventionProbe, x: torch.Tensor, class_index: int) -> tuple
     return z.argmax(1).numpy().astype(np.int64), z[:, class_index].numpy().astype(np.float64)
 
 
-def colour_removal(
-    probe: InterventionProbe, class_index: int, x_in: torch.Tensor, x_out: torch.Tensor
-) -> Removal:
-    """The removal arm: members ``(n_in, C, H, W)`` and, for the null, non-members ``(n_out, C, H, W)`` all take
-    the class's typical colour (:func:`typical_colour`, as the hot-pixel removal fills with the non-members'
-    median pixels)."""
-    typical = typical_colour(x_out)
-    d_in, d_out = (
-        colour_drop(probe, class_index, x_in, typical),
-        colour_drop(probe, class_index, x_out, typical),
-    )
+def colour_removal(probe: InterventionProbe, class_index: int, donors: Donors) -> Removal:
+    """The removal arm: the member donors and, for the null, the non-member donors all take the class's
+    typical colour (:func:`typical_colour`, as the hot-pixel removal fills with the non-members' median
+    pixels)."""
+    typical = typical_colour(donors.x_out)
+    d_in = colour_drop(probe, class_index, donors.ids_in, donors.x_in, typical)
+    d_out = colour_drop(probe, class_index, donors.ids_out, donors.x_out, typical)
     return Removal(
         float(d_in.mean()),
         float(d_out.mean()),
@@ -112,6 +109,11 @@ def colour_removal(
         auroc(d_in, d_out),
         float(d_out.std()),
     )
+
+
+def _recoloured(y: torch.Tensor, to: ColourStats, positions: list[int]) -> torch.Tensor:
+    """``(len(positions), C, H, W)`` the images ``y[positions]`` given the statistics ``to`` holds for them."""
+    return with_colour(y[positions], to.take(np.asarray(positions)))
 
 
 def colour_paste(
@@ -133,8 +135,11 @@ def colour_paste(
     arms = []
     for donor_ids, x in ((donors.ids_in, donors.x_in), (donors.ids_out, donors.x_out)):
         pick = probe.pairs(ids, donor_ids)
-        pred, z = _logit(probe, with_colour(y, ColourStats.of(x).take(pick)), class_index)
-        arms.append((pred == class_index, z - base))
+        to = ColourStats.of(x).take(pick)
+        # A target given one donor's colour is the same image for every group of the class: run it once.
+        keys = [f"colour|{probe.key(t)}|{probe.key(donor_ids[i])}" for t, i in zip(ids, pick, strict=True)]
+        z = probe.memo_logits(keys, partial(_recoloured, y, to))
+        arms.append((z.argmax(1) == class_index, z[:, class_index] - base))
     (fi, gi), (fo, go) = arms
     d = gi - go
     test.flip_rate, test.flip_null = float(fi.mean()), float(fo.mean())
@@ -175,7 +180,7 @@ def colour_intervention(
         return None
     test = InterventionTest(0.0, False, "colour")
     if removal:
-        test.removal = colour_removal(probe, class_index, x_in, x_out)
+        test.removal = colour_removal(probe, class_index, donors)
     if targets is not None:
         colour_paste(test, probe, class_index, donors, targets)
     return test if test.intervened else None
@@ -189,11 +194,14 @@ def typical_colour(x_out: torch.Tensor) -> ColourStats:
 
 
 def colour_drop(
-    probe: InterventionProbe, class_index: int, x: torch.Tensor, typical: ColourStats
+    probe: InterventionProbe, class_index: int, ids: list[str], x: torch.Tensor, typical: ColourStats
 ) -> np.ndarray:
-    """``(n,)`` the drop of each image's class logit when ``x`` ``(n, C, H, W)`` is given ``typical``'s colour."""
+    """``(n,)`` the drop of each image's class logit when ``x`` ``(n, C, H, W)`` (samples ``ids``) is given
+    ``typical``'s colour; each sample's own logits are run once per probe (every group of the class reuses
+    them)."""
     to = ColourStats(typical.mean.expand(len(x), -1), typical.spread.expand(len(x), -1))
-    return _logit(probe, x, class_index)[1] - _logit(probe, with_colour(x, to), class_index)[1]
+    own = probe.memo_logits([f"plain|{probe.key(i)}" for i in ids], lambda j: x[j])[:, class_index]
+    return own - _logit(probe, with_colour(x, to), class_index)[1]
 
 
 def colour_carriers(
@@ -211,14 +219,11 @@ def colour_carriers(
     if rows.size == 0:
         return []
     threshold = 0.5 * (removal.drop + removal.null)
-    drops = np.concatenate(
-        [
-            colour_drop(
-                probe, class_index, probe.load_inputs([sample_ids[i] for i in rows[s : s + chunk]]), typical
-            )
-            for s in range(0, len(rows), chunk)
-        ]
-    )
+    parts = []
+    for start in range(0, len(rows), chunk):
+        ids = [sample_ids[i] for i in rows[start : start + chunk]]
+        parts.append(colour_drop(probe, class_index, ids, probe.load_inputs(ids), typical))
+    drops = np.concatenate(parts)
     return [int(i) for i in rows[drops >= threshold]]
 
 

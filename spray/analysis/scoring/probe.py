@@ -68,6 +68,8 @@ class InterventionProbe:
     # Target images loaded so far: every tested cluster pastes into the same targets (a probe serves
     # one class, so this holds at most ``intervention_samples`` inputs, as a preloaded batch would).
     _targets_loaded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # Logits of images named by a key that determines them (:meth:`memo_logits`); one class's worth.
+    _memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def key(self, sample_id: str) -> str:
         """The content hash of a sample when known, else its id (prefixed so the two never collide)."""
@@ -154,6 +156,21 @@ class InterventionProbe:
             loaded.update(zip(missing, self.load_inputs(missing), strict=True))
         donors = torch.stack([loaded[donor_ids[j]] for j in todo])
         return fill_masked(targets, np.asarray(masks)[todo], donors)
+
+    def memo_logits(self, keys: Sequence[str], make: Callable[[list[int]], torch.Tensor]) -> np.ndarray:
+        """``(m, K)`` float64 logits of ``m`` images named by ``keys``, each key determining its image: only the
+        images this probe has not run before are built, by ``make(positions)`` ``(len(positions), C, H,
+        W)``, and run through the model (needs :attr:`logits`)."""
+        assert self.logits is not None
+        first: dict[str, int] = {}  # each new key's first position
+        for j, k in enumerate(keys):
+            if k not in self._memo:
+                first.setdefault(k, j)
+        if first:
+            with torch.no_grad():
+                z = self.logits(make(list(first.values()))).float().cpu().numpy()
+            self._memo.update(zip(first, z.astype(np.float64), strict=True))
+        return np.stack([self._memo[k] for k in keys])
 
     def target_inputs(self, target_ids: Sequence[str]) -> torch.Tensor:
         """``(m, C, H, W)`` the targets' inputs, loaded once per probe (every tested group writes into the

@@ -84,3 +84,37 @@ def test_paste_flips_pastes_donor_pixels_inside_the_upsampled_mask() -> None:
     flips = probe.paste_flips(7, ["d0"], mask, ["t0", "t1"], torch.stack([images["d0"]]))
     assert flips.tolist() == [True, True]
     assert seen[0][:, 0, :2, :2].eq(1).all() and seen[0].sum() == 2 * 4
+
+
+def test_memo_logits_runs_each_new_image_once() -> None:
+    images = {f"s{i}": torch.full((1, 4, 4), float(i)) for i in range(5)}
+    runs: list[int] = []
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        runs.append(len(x))
+        return torch.stack([x.flatten(1).mean(1), -x.flatten(1).mean(1)], dim=1)
+
+    probe = InterventionProbe(
+        predict=lambda x: logits(x).argmax(1),
+        load_inputs=lambda ids: torch.stack([images[i] for i in ids]),
+        other_ids=[],
+        other_labels=np.zeros(0),
+        logits=logits,
+    )
+    built: list[list[int]] = []
+
+    def make(ids: list[str]):
+        def build(positions: list[int]) -> torch.Tensor:
+            built.append(positions)
+            return probe.load_inputs([ids[j] for j in positions])
+
+        return build
+
+    first = ["s1", "s2", "s1"]
+    z = probe.memo_logits(first, make(first))
+    assert z[:, 0].tolist() == [1.0, 2.0, 1.0] and built == [[0, 1]] and runs == [2]
+    again = ["s3", "s2", "s1"]
+    z = probe.memo_logits(again, make(again))
+    assert z[:, 0].tolist() == [3.0, 2.0, 1.0] and built[-1] == [0] and runs == [2, 1]
+    probe.memo_logits(["s2"], make(["s2"]))
+    assert runs == [2, 1]  # nothing new: no forward pass
