@@ -25,13 +25,21 @@ import numpy as np
 import torch
 
 from spray.analysis.scoring.appearance import Donors
-from spray.analysis.scoring.intervention import InterventionTest, Removal, rank_sum_p, sign_test_p
+from spray.analysis.scoring.intervention import (
+    InterventionTest,
+    PasteResult,
+    Removal,
+    paired_paste,
+    rank_sum_p,
+)
 from spray.analysis.scoring.probe import InterventionProbe, Targets
 from spray.analysis.scoring.signals import auroc
 
 #: Relative residual below which one channel is an affine copy of another across all donors (grey data
 #: replicated to three channels and normalised per channel leaves only rounding error, ~1e-7).
 GREY_TOLERANCE = 1e-4
+#: A channel whose spread over the image is at most this is flat (float32 inputs hold ~7 digits).
+FLAT_SPREAD = 1e-6
 
 
 @dataclass
@@ -43,7 +51,7 @@ class ColourStats:
     mean : torch.Tensor
         ``(n, C)`` mean of each channel over the image.
     spread : torch.Tensor
-        ``(n, C)`` standard deviation of each channel over the image (at least a small epsilon).
+        ``(n, C)`` standard deviation of each channel over the image.
     """
 
     mean: torch.Tensor
@@ -51,9 +59,9 @@ class ColourStats:
 
     @classmethod
     def of(cls, x: torch.Tensor) -> ColourStats:
-        """The statistics of ``x`` ``(n, C, H, W)``."""
-        flat = x.float().flatten(2)
-        return cls(flat.mean(dim=2), flat.std(dim=2, unbiased=False).clamp_min(1e-6))
+        """The statistics of ``x`` ``(n, C, H, W)`` (float64: a transfer divides by the spread)."""
+        flat = x.double().flatten(2)
+        return cls(flat.mean(dim=2), flat.std(dim=2, unbiased=False))
 
     def take(self, index: np.ndarray) -> ColourStats:
         """The statistics of the images ``index`` ``(m,)``, in that order."""
@@ -62,10 +70,13 @@ class ColourStats:
 
 
 def with_colour(x: torch.Tensor, to: ColourStats) -> torch.Tensor:
-    """``x`` ``(n, C, H, W)`` with each image's per-channel mean and spread replaced by ``to``'s ``(n, C)``."""
+    """``x`` ``(n, C, H, W)`` with each image's per-channel mean and spread replaced by ``to``'s ``(n, C)``; a
+    channel without spread (a flat channel) becomes ``to``'s mean exactly (it has no pattern to stretch)."""
     own = ColourStats.of(x)
-    scale = (to.spread / own.spread)[..., None, None]
-    return ((x.float() - own.mean[..., None, None]) * scale + to.mean[..., None, None]).to(x.dtype)
+    flat = own.spread <= FLAT_SPREAD
+    scale = torch.where(flat, torch.zeros_like(own.spread), to.spread / torch.where(flat, 1.0, own.spread))
+    out = (x.double() - own.mean[..., None, None]) * scale[..., None, None] + to.mean[..., None, None]
+    return out.to(x.dtype)
 
 
 def has_colour(x: torch.Tensor) -> bool:
@@ -87,18 +98,32 @@ def has_colour(x: torch.Tensor) -> bool:
     return False
 
 
-def _logit(probe: InterventionProbe, x: torch.Tensor, class_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(n,)`` predicted classes and ``(n,)`` class-``class_index`` logits of ``x``."""
+def _class_logit(probe: InterventionProbe, x: torch.Tensor, class_index: int) -> np.ndarray:
+    """``(n,)`` float64 class-``class_index`` logits of ``x`` ``(n, C, H, W)``."""
     assert probe.logits is not None
     with torch.no_grad():
-        z = probe.logits(x).float().cpu()
-    return z.argmax(1).numpy().astype(np.int64), z[:, class_index].numpy().astype(np.float64)
+        return np.asarray(probe.logits(x)[:, class_index].double().cpu().numpy())
 
 
 def colour_removal(probe: InterventionProbe, class_index: int, donors: Donors) -> Removal:
     """The removal arm: the member donors and, for the null, the non-member donors all take the class's
     typical colour (:func:`typical_colour`, as the hot-pixel removal fills with the non-members' median
-    pixels)."""
+    pixels).
+
+    Parameters
+    ----------
+    probe : InterventionProbe
+        With ``logits``.
+    class_index : int
+        The class analysed.
+    donors : Donors
+        The group's member and non-member donors, loaded.
+
+    Returns
+    -------
+    Removal
+        The members' and the non-members' mean class-logit drops, their rank-sum p-value and AUROC.
+    """
     typical = typical_colour(donors.x_out)
     d_in = colour_drop(probe, class_index, donors.ids_in, donors.x_in, typical)
     d_out = colour_drop(probe, class_index, donors.ids_out, donors.x_out, typical)
@@ -117,18 +142,30 @@ def _recoloured(y: torch.Tensor, to: ColourStats, positions: list[int]) -> torch
 
 
 def colour_paste(
-    test: InterventionTest,
-    probe: InterventionProbe,
-    class_index: int,
-    donors: Donors,
-    targets: Targets,
-) -> None:
-    """The paste arm, into ``test`` (in place): each valid target takes a member's colour, and (the null) a
-    non-member's, each paired by the probe's rendezvous hashing; nothing when every target already is the
-    class."""
+    probe: InterventionProbe, class_index: int, donors: Donors, targets: Targets
+) -> PasteResult | None:
+    """The paste arm: each valid target (not already the class) takes a member donor's colour statistics,
+    and, for the null, a non-member donor's, each paired by the probe's rendezvous hashing.
+
+    Parameters
+    ----------
+    probe : InterventionProbe
+        With ``logits``.
+    class_index : int
+        The class analysed.
+    donors : Donors
+        The group's member and non-member donors, loaded.
+    targets : Targets
+        Other-class images.
+
+    Returns
+    -------
+    PasteResult, optional
+        Flips and class-logit gains of both arms; None when every target already is the class.
+    """
     valid = ~targets.already
     if not valid.any():
-        return
+        return None
     ids = [t for t, ok in zip(targets.ids, valid, strict=True) if ok]
     y = probe.target_inputs(ids)
     base = targets.base_logit()[valid]
@@ -141,12 +178,7 @@ def colour_paste(
         z = probe.memo_logits(keys, partial(_recoloured, y, to))
         arms.append((z.argmax(1) == class_index, z[:, class_index] - base))
     (fi, gi), (fo, go) = arms
-    d = gi - go
-    test.flip_rate, test.flip_null = float(fi.mean()), float(fo.mean())
-    test.flip_p = sign_test_p(int((fi & ~fo).sum()), int((~fi & fo).sum()))
-    test.flip_targets = len(ids)
-    test.paste_gain, test.paste_gain_null = float(gi.mean()), float(go.mean())
-    test.paste_gain_p = sign_test_p(int((d > 0).sum()), int((d < 0).sum()))
+    return paired_paste(fi, gi, fo, go)
 
 
 def colour_intervention(
@@ -181,8 +213,9 @@ def colour_intervention(
     test = InterventionTest(0.0, False, "colour")
     if removal:
         test.removal = colour_removal(probe, class_index, donors)
-    if targets is not None:
-        colour_paste(test, probe, class_index, donors, targets)
+    paste = colour_paste(probe, class_index, donors, targets) if targets is not None else None
+    if paste is not None:
+        test.take_paste(paste)
     return test if test.intervened else None
 
 
@@ -196,12 +229,30 @@ def typical_colour(x_out: torch.Tensor) -> ColourStats:
 def colour_drop(
     probe: InterventionProbe, class_index: int, ids: list[str], x: torch.Tensor, typical: ColourStats
 ) -> np.ndarray:
-    """``(n,)`` the drop of each image's class logit when ``x`` ``(n, C, H, W)`` (samples ``ids``) is given
-    ``typical``'s colour; each sample's own logits are run once per probe (every group of the class reuses
-    them)."""
+    """The drop of each image's class logit when it is given ``typical``'s colour.
+
+    Parameters
+    ----------
+    probe : InterventionProbe
+        With ``logits``; each sample's own logits are run once per probe (every group of the class
+        reuses them).
+    class_index : int
+        The class analysed.
+    ids : list[str]
+        The ``n`` samples.
+    x : torch.Tensor
+        ``(n, C, H, W)`` their inputs.
+    typical : ColourStats
+        ``(1, C)`` the colour statistics to give them.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64 logit drops (negative: the logit rose).
+    """
     to = ColourStats(typical.mean.expand(len(x), -1), typical.spread.expand(len(x), -1))
     own = probe.memo_logits([f"plain|{probe.key(i)}" for i in ids], lambda j: x[j])[:, class_index]
-    return own - _logit(probe, with_colour(x, to), class_index)[1]
+    return own - _class_logit(probe, with_colour(x, to), class_index)
 
 
 def colour_carriers(
@@ -213,18 +264,39 @@ def colour_carriers(
     rows: np.ndarray,
     chunk: int,
 ) -> list[int]:
-    """Rows (of ``sample_ids``) among ``rows`` whose class logit drops, when given the class's ``typical``
-    colour, nearer the members' mean drop than the non-members' (``removal``): the images whose colour the
-    model reads as it reads the members'. Inputs are loaded ``chunk`` samples at a time."""
-    if rows.size == 0:
+    """The class's images whose colour the model reads as it reads the members': those whose class logit
+    drops, when given the class's typical colour, nearer the members' mean drop than the non-members'.
+
+    Parameters
+    ----------
+    probe : InterventionProbe
+        With ``logits``.
+    class_index : int
+        The class analysed.
+    typical : ColourStats
+        ``(1, C)`` the class's typical colour (:func:`typical_colour` of the group's non-member donors).
+    removal : Removal
+        The group's colour removal, which cleared its margins (members drop more than non-members).
+    sample_ids : list[str]
+        The class's samples.
+    rows : np.ndarray
+        ``(m,)`` the rows of ``sample_ids`` to scan (the non-members).
+    chunk : int
+        Samples loaded at once (``scoring.carrier_chunk``).
+
+    Returns
+    -------
+    list[int]
+        The carriers' rows.
+    """
+    if rows.size == 0 or removal.drop <= removal.null:
         return []
     threshold = 0.5 * (removal.drop + removal.null)
     parts = []
     for start in range(0, len(rows), chunk):
         ids = [sample_ids[i] for i in rows[start : start + chunk]]
         parts.append(colour_drop(probe, class_index, ids, probe.load_inputs(ids), typical))
-    drops = np.concatenate(parts)
-    return [int(i) for i in rows[drops >= threshold]]
+    return [int(i) for i in rows[np.concatenate(parts) >= threshold]]
 
 
 def colour_sentences(class_name: str, test: InterventionTest) -> list[str]:
@@ -236,11 +308,13 @@ def colour_sentences(class_name: str, test: InterventionTest) -> list[str]:
             f"into {class_name}"
         )
         out.append(f"giving them other {class_name} images' colour turns {100 * test.flip_null:.0f} %")
+        out.append(f"sign test of the colour paste: p = {test.flip_p:.2g}")
     if test.paste_gain is not None and test.paste_gain_null is not None:
         out.append(
             f"the members' colour changes those images' {class_name} logit by {test.paste_gain:+.2f} on average"
         )
         out.append(f"other {class_name} images' colour changes it by {test.paste_gain_null:+.2f}")
+        out.append(f"sign test of the colour's logit gain: p = {test.paste_gain_p:.2g}")
     r = test.removal
     if r is not None:
         out.append(

@@ -129,14 +129,15 @@ def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig)
     rule = cfg.concepts.flag_rule
     if rule == "any":
         return "" if cleared else "no test cleared its margins"
+    colour = "colour " if test.region_kind == "colour" else ""
     if rule == "both":
-        return "" if len(cleared) == 2 else "a concept-only finding needs both tests to clear theirs"
+        return "" if len(cleared) == 2 else f"a concept-only finding needs both {colour}tests to clear theirs"
     if "removal" not in cleared:
-        return "a concept-only finding needs the removal test to clear its margins"
+        return f"a concept-only finding needs the {colour}removal test to clear its margins"
     need = cfg.concepts.flag_gain_ratio
     ratio = paste_gain_ratio(test, cfg.scoring) or 0.0
     if need > 0 and ratio < need:
-        given = "colour" if test.region_kind == "colour" else "paste"
+        given = "colour" if colour else "paste"
         return (
             f"its members' {given} raises the class logit only {ratio:.2f} times as much as the non-members' "
             f"(a concept-only finding needs {need:.2f})"
@@ -159,9 +160,21 @@ class _Verdict:
         return [f"{prefix}{route} test" for route in self.routes.cleared]
 
 
-def _judge(f: ClusterFinding, tests: list[InterventionTest], cfg: AuditConfig, grid_cells: int) -> None:
-    """Score, flag, signals and evidence of a concept-only finding with its tests (the hot-pixel test,
-    the colour test or both; in place): either test can meet ``concepts.flag_rule``."""
+def _cleared(names: list[str]) -> str:
+    """``"the X test cleared its margins"`` / ``"the X test and the Y test cleared their margins"``."""
+    return f"the {' and the '.join(names)} cleared {'its' if len(names) == 1 else 'their'} margins"
+
+
+def _judge(
+    f: ClusterFinding,
+    hot: InterventionTest | None,
+    colour: InterventionTest | None,
+    cfg: AuditConfig,
+    grid_cells: int,
+) -> None:
+    """Score, flag, signals and evidence of a concept-only finding with its hot-pixel test, its colour test
+    or both (at least one; in place): either test can meet ``concepts.flag_rule``."""
+    tests = [t for t in (hot, colour) if t is not None]
     judged = [
         _Verdict(t, routes := intervention_routes(t, cfg.scoring), _missing(routes.cleared, t, cfg))
         for t in tests
@@ -174,13 +187,16 @@ def _judge(f: ClusterFinding, tests: list[InterventionTest], cfg: AuditConfig, g
     raw = cfg.concepts.score_weight * f.signals["concept_score"] * (0.5 + strength)
     f.score, f.suspicious = suspicion(raw, flagged), flagged
     lines = [f.evidence[0], "found in concept space only: no pixel candidate shares its members"]
-    for t in tests:
-        prefix = "colour_" if t.region_kind == "colour" else ""
-        f.signals.update({prefix + k: v for k, v in t.signals().items() if k not in _PIXEL_ONLY})
-        if t.region_kind == "colour":
-            lines += colour_sentences(f.class_name, t)
-        else:
-            lines += [region_sentence(t, grid_cells), *intervention_sentences(f.class_name, t)]
+    if hot is not None:
+        f.signals.update({k: v for k, v in hot.signals().items() if k not in _PIXEL_ONLY})
+        lines += [region_sentence(hot, grid_cells), *intervention_sentences(f.class_name, hot)]
+    else:
+        lines.append("hot-pixel test not run: no member's channels stand out anywhere in its image")
+    if colour is not None:
+        # A colour has no region: no cells to report.
+        skip = (*_PIXEL_ONLY, "test_region_cells")
+        f.signals.update({f"colour_{k}": v for k, v in colour.signals().items() if k not in skip})
+        lines += colour_sentences(f.class_name, colour)
     f.signals["concept_tested"] = 1.0
     f.evidence = lines + _verdict_lines(f, judged, met, flagged, cfg)
 
@@ -191,23 +207,18 @@ def _verdict_lines(
     """The flag and, when a test cleared its margins without a flag, why not (one line per claim)."""
     if flagged:
         return ["flagged by the " + " and the ".join(n for v in met for n in v.names())]
-    cleared = " and the ".join(n for v in judged for n in v.names())
-    if not cleared:
-        return []
     if met and f.fraction > cfg.scoring.flag_max_fraction:
         return [
-            f"not flagged although the {cleared} cleared its margins: the group is {100 * f.fraction:.0f} % of "
-            f"the class, and a flag needs at most {100 * cfg.scoring.flag_max_fraction:.0f} %"
+            f"not flagged although {_cleared([n for v in met for n in v.names()])}: the group is "
+            f"{100 * f.fraction:.0f} % of the class, and a flag needs at most "
+            f"{100 * cfg.scoring.flag_max_fraction:.0f} %"
         ]
     if met:
         return [
-            f"not flagged although the {cleared} cleared its margins: the group has only {f.size} members"
+            f"not flagged although {_cleared([n for v in met for n in v.names()])}: the group has only "
+            f"{f.size} members"
         ]
-    return [
-        f"not flagged: the {' and the '.join(v.names())} cleared its margins, but {v.missing}"
-        for v in judged
-        if v.routes.cleared
-    ]
+    return [f"not flagged: {_cleared(v.names())}, but {v.missing}" for v in judged if v.routes.cleared]
 
 
 def intervene_concept_findings(
@@ -250,33 +261,35 @@ def intervene_concept_findings(
         donors = concept_donors(f, sample_ids, probe, donor_order, cfg.scoring.max_donors)
         if donors is None:
             continue
-        tests = [concept_intervention(f, donors, n_channels, probe, targets, cfg)]
-        if cfg.concepts.colour_test:
-            tests.append(colour_intervention(probe, c, donors, targets, cfg.scoring.removal))
-        found = [t for t in tests if t is not None]
-        if found:
-            _judge(f, found, cfg, grid_cells)
-            _colour_carriers(f, found, donors, sample_ids, probe, cfg)
+        hot = concept_intervention(f, donors, n_channels, probe, targets, cfg)
+        colour = (
+            colour_intervention(probe, c, donors, targets, cfg.scoring.removal)
+            if cfg.concepts.colour_test
+            else None
+        )
+        if hot is not None or colour is not None:
+            _judge(f, hot, colour, cfg, grid_cells)
+        if colour is not None:
+            _colour_carriers(f, colour, donors, sample_ids, probe, cfg)
     return by_score(findings)
 
 
 def _colour_carriers(
     f: ClusterFinding,
-    tests: list[InterventionTest],
+    colour: InterventionTest,
     donors: Donors,
     sample_ids: list[str],
     probe: InterventionProbe,
     cfg: AuditConfig,
 ) -> None:
-    """A finding flagged by its colour test gets the class's other images of the members' colour as carriers
+    """A finding flagged by its colour test, whose colour removal cleared its margins, gets the class's other
+    images whose logit the typical colour lowers as the members' as carriers
     (:func:`~spray.analysis.colour_test.colour_carriers`; in place, with ``scoring.carriers``)."""
-    colour = next((t for t in tests if t.region_kind == "colour"), None)
-    if not f.suspicious or colour is None or not cfg.scoring.carriers:
+    if not f.suspicious or not cfg.scoring.carriers or colour.removal is None:
         return
-    if _missing(intervention_routes(colour, cfg.scoring).cleared, colour, cfg):
-        return  # flagged by its hot pixels: their pattern, not a colour, is what other images would repeat
-    if colour.removal is None:
-        return  # flagged by its paste alone (flag_rule any): no drops to compare with
+    cleared = intervention_routes(colour, cfg.scoring).cleared
+    if "removal" not in cleared or _missing(cleared, colour, cfg):
+        return  # flagged by its hot pixels, or by the colour paste alone: no drops to compare with
     members = set(f.member_ids)
     rows = np.array([i for i, s in enumerate(sample_ids) if s not in members], dtype=np.int64)
     typical = typical_colour(donors.x_out)

@@ -125,7 +125,12 @@ def test_a_colour_cast_the_model_reads_is_flagged_by_the_colour_test() -> None:
     assert "giving the members the typical colour of shirt changes their shirt logit by -" in text
     assert "flagged by the colour paste test and the colour removal test" in got.evidence
     # Each image has its own tint: a few ordinary ones are as warm as the cast ones.
-    assert len(got.carrier_ids) <= 3
+    assert len(got.carrier_ids) <= 3 and got.signals["carriers"] == len(got.carrier_ids)
+    assert (
+        "listed as carriers" in got.evidence[-1] or "drops with the typical colour like" in got.evidence[-1]
+    )
+    assert "hot-pixel test not run: no member's channels stand out anywhere in its image" in got.evidence
+    assert "colour_test_region_cells" not in s
 
 
 def test_the_class_images_of_the_members_colour_become_carriers() -> None:
@@ -170,3 +175,71 @@ def test_the_colour_test_meets_the_same_flag_rule() -> None:
         "not flagged: the colour paste test and the colour removal test cleared"
     )
     assert "its members' colour raises the class logit only" in got.evidence[-1]
+
+
+def test_a_flat_channel_takes_the_mean_it_is_given() -> None:
+    x = torch.rand(2, 3, 4, 4)
+    x[:, 2] = 0.7  # a flat blue channel: no pattern to stretch
+    to = ColourStats(
+        torch.tensor([[0.2, 0.3, 0.1]] * 2, dtype=torch.float64), torch.full((2, 3), 0.5).double()
+    )
+    y = with_colour(x, to)
+    assert torch.allclose(y[:, 2], torch.full_like(y[:, 2], 0.1), atol=1e-6)
+    assert torch.allclose(ColourStats.of(y).spread[:, :2], to.spread[:, :2], atol=1e-5)
+
+
+def test_a_colour_paste_alone_flags_under_rule_any_without_carriers() -> None:
+    """No removal can clear (margin out of reach): flag_rule any flags by the colour paste; no drops to
+    compare with, so no carriers are listed."""
+    probe, ids, f = _world(n_cast=60, n_class=300)
+    cfg = config_from_dict(
+        {
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "concepts": {"enabled": True, "flag_rule": "any"},
+            "scoring": {"removal_margin": 100.0},
+        },
+        check_files=False,
+    )
+    got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert got.suspicious and got.evidence[-1] == "flagged by the colour paste test"
+    assert got.carrier_ids == [] and "carriers" not in got.signals
+
+
+def test_a_group_too_big_names_both_cleared_colour_tests() -> None:
+    probe, ids, f = _world()
+    cfg = config_from_dict(
+        {
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "concepts": {"enabled": True},
+            "scoring": {"flag_max_fraction": 0.1},
+        },
+        check_files=False,
+    )
+    got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert not got.suspicious and got.carrier_ids == []
+    assert got.evidence[-1].startswith(
+        "not flagged although the colour paste test and the colour removal test cleared their margins: the "
+        "group is 33 % of the class"
+    )
+
+
+def test_grey_rgb_inputs_give_the_hot_pixel_verdict_unchanged() -> None:
+    """The hot-pixel test's toy world as 3 channels (grey, replicated and normalised per channel): no colour
+    test, and the same score, flag and evidence as on one channel."""
+    from tests.analysis import test_concept_test as hot_world
+
+    probe, ids, f = hot_world._world(patched_members=True, patched_rest=False)
+    one = intervene_concept_findings([f], ids, 8, SIDE * SIDE * 4, probe, _cfg())[0]
+    probe, ids, f = hot_world._world(patched_members=True, patched_rest=False)
+    load = probe.load_inputs
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    # Channel 0 keeps the grey image (the toy model and maps read it); the others are its normalised copies.
+    probe.load_inputs = lambda s: torch.cat(
+        [load(s), ((load(s) - mean[1:, None, None]) / std[1:, None, None])], dim=1
+    )
+    three = intervene_concept_findings([f], ids, 8, SIDE * SIDE * 4, probe, _cfg())[0]
+    assert not any(k.startswith("colour_") for k in three.signals)
+    assert (three.score, three.suspicious, three.evidence) == (one.score, one.suspicious, one.evidence)
+    assert three.suspicious

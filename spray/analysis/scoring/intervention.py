@@ -163,6 +163,13 @@ class InterventionTest:
             return None
         return self.flip_rate - self.flip_null
 
+    def take_paste(self, paste: PasteResult) -> None:
+        """Fill in the paste test's results (in place)."""
+        self.flip_rate, self.flip_null, self.flip_p, self.flip_targets = (
+            paste.flip_rate, paste.flip_null, paste.flip_p, paste.targets
+        )  # fmt: skip
+        self.paste_gain, self.paste_gain_null, self.paste_gain_p = paste.gain, paste.gain_null, paste.gain_p
+
     def signals(self) -> dict[str, float]:
         """The raw numbers as finding signals."""
         out = {
@@ -281,12 +288,26 @@ def _paste_logits(
         )
         arms.append(((pred == class_index)[valid], (z - base)[valid]))
     (fi, gi), (fo, go) = arms
+    return paired_paste(fi, gi, fo, go)
+
+
+def paired_paste(fi: np.ndarray, gi: np.ndarray, fo: np.ndarray, go: np.ndarray) -> PasteResult:
+    """The paste test's result from both arms, target by target.
+
+    Parameters
+    ----------
+    fi, fo : np.ndarray
+        ``(m,)`` bool: the target is now predicted as the class, with the members' paste (``fi``) and with
+        the non-members' (``fo``).
+    gi, go : np.ndarray
+        ``(m,)`` the class logit's gain over the target as it is, in the same two arms.
+    """
     d = gi - go
     return PasteResult(
         float(fi.mean()),
         float(fo.mean()),
         sign_test_p(int((fi & ~fo).sum()), int((~fi & fo).sum())),
-        int(valid.sum()),
+        len(fi),
         float(gi.mean()),
         float(go.mean()),
         sign_test_p(int((d > 0).sum()), int((d < 0).sum())),
@@ -377,8 +398,5 @@ def run_interventions(
         test.removal = removal_test(probe, class_index, donors, seen)
     paste = paste_test(probe, class_index, donors, seen, targets, config) if targets is not None else None
     if paste is not None:
-        test.flip_rate, test.flip_null, test.flip_p, test.flip_targets = (
-            paste.flip_rate, paste.flip_null, paste.flip_p, paste.targets
-        )  # fmt: skip
-        test.paste_gain, test.paste_gain_null, test.paste_gain_p = paste.gain, paste.gain_null, paste.gain_p
+        test.take_paste(paste)
     return test

@@ -162,6 +162,8 @@ class InterventionProbe:
         images this probe has not run before are built, by ``make(positions)`` ``(len(positions), C, H,
         W)``, and run through the model (needs :attr:`logits`)."""
         assert self.logits is not None
+        if not keys:
+            return np.zeros((0, 0))
         first: dict[str, int] = {}  # each new key's first position
         for j, k in enumerate(keys):
             if k not in self._memo:
