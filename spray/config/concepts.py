@@ -17,7 +17,8 @@ class ConceptsConfig(Section):
         False,
         description="Analyse every class in concept space too (needs lrp.concept_layer; a run without "
         "concept vectors is analysed in pixel space only). Concept-only findings are tested by "
-        "intervention at each image's concept-conditional hot pixels (intervention). Off by default: "
+        "intervention at each image's concept-conditional hot pixels (intervention) and, on colour images, "
+        "by their colour statistics (colour_test). Off by default: "
         "the audit with concepts did not reach issue 17's goals on the moving benchmark, its concept flags "
         "raised alarms in 3 of 20 clean models of the reporting split (pixel space alone: 0), and the "
         "conditional heatmaps and tests cost a third more time; see docs/concepts.md.",
