@@ -30,10 +30,8 @@ from spray.analysis.scoring.intervention import (
     PasteResult,
     Removal,
     paired_paste,
-    rank_sum_p,
 )
 from spray.analysis.scoring.probe import InterventionProbe, Targets
-from spray.analysis.scoring.signals import auroc
 
 #: Relative residual below which one channel is an affine copy of another across all donors (grey data
 #: replicated to three channels and normalised per channel leaves only rounding error, ~1e-7).
@@ -125,14 +123,9 @@ def colour_removal(probe: InterventionProbe, class_index: int, donors: Donors) -
         The members' and the non-members' mean class-logit drops, their rank-sum p-value and AUROC.
     """
     typical = typical_colour(donors.x_out)
-    d_in = colour_drop(probe, class_index, donors.ids_in, donors.x_in, typical)
-    d_out = colour_drop(probe, class_index, donors.ids_out, donors.x_out, typical)
-    return Removal(
-        float(d_in.mean()),
-        float(d_out.mean()),
-        rank_sum_p(d_in, d_out),
-        auroc(d_in, d_out),
-        float(d_out.std()),
+    return Removal.of(
+        colour_drop(probe, class_index, donors.ids_in, donors.x_in, typical),
+        colour_drop(probe, class_index, donors.ids_out, donors.x_out, typical),
     )
 
 

@@ -85,6 +85,17 @@ class Removal:
         """Members' mean drop above the null's, in logits."""
         return self.drop - self.null
 
+    @classmethod
+    def of(cls, d_in: np.ndarray, d_out: np.ndarray) -> Removal:
+        """The test from the members' ``(n_in,)`` and the non-members' ``(n_out,)`` logit drops."""
+        return cls(
+            float(d_in.mean()),
+            float(d_out.mean()),
+            rank_sum_p(d_in, d_out),
+            auroc(d_in, d_out),
+            float(d_out.std()),
+        )
+
 
 @dataclass
 class InterventionTest:
@@ -240,14 +251,7 @@ def removal_test(probe: InterventionProbe, class_index: int, donors: Donors, see
             fill_masked(donors.x_out, seen.m_out, fill),
         ]
         z = [np.asarray(probe.logits(x)[:, class_index].float().cpu().numpy(), dtype=np.float64) for x in xs]
-    d_in, d_out = z[0] - z[1], z[2] - z[3]
-    return Removal(
-        float(d_in.mean()),
-        float(d_out.mean()),
-        rank_sum_p(d_in, d_out),
-        auroc(d_in, d_out),
-        float(d_out.std()),
-    )
+    return Removal.of(z[0] - z[1], z[2] - z[3])
 
 
 @dataclass
