@@ -35,9 +35,9 @@ class ConceptsConfig(Section):
         description="On colour inputs, also test each concept-only finding by its images' colour statistics "
         "(a colour cast is not a region): give the members the class's typical per-channel mean and spread "
         "(the non-members' median) and measure the class logit's drop, and give other-class images a member's "
-        "and measure its gain, each against the same on non-members; a finding it flags lists as carriers "
-        "the class's images whose logit the typical colour lowers as the members'. Judged by flag_rule and flag_gain_ratio as the hot-pixel test is; "
-        "either test can flag. Classes whose images are grey (channels alike up to one scale and offset) "
+        "and measure its gain, each against the same on non-members. Judged by flag_rule and flag_gain_ratio "
+        "as the hot-pixel test is; either test can flag. A finding flagged with its colour removal lists as "
+        "carriers the class's images whose logit the typical colour lowers as the members'. Classes whose images are grey (channels alike up to one scale and offset) "
         "are not tested. Needs intervention.",
     )
     flag_rule: Literal["both", "removal", "any"] = Field(
