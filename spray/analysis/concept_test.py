@@ -34,7 +34,13 @@ from spray.analysis.scoring.geometry import relevance_mask
 from spray.analysis.scoring.intervention import InterventionTest, run_interventions
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
-from spray.analysis.scoring.verdict import Routes, intervention_routes, paste_gain_ratio, suspicion
+from spray.analysis.scoring.verdict import (
+    Routes,
+    intervention_routes,
+    paste_gain_ratio,
+    removal_shortfall,
+    suspicion,
+)
 from spray.config import AuditConfig
 from spray.records import ClusterFinding
 
@@ -133,7 +139,10 @@ def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig)
     if rule == "both":
         return "" if len(cleared) == 2 else f"a concept-only finding needs both {colour}tests to clear theirs"
     if "removal" not in cleared:
-        return f"a concept-only finding needs the {colour}removal test to clear its margins"
+        short = removal_shortfall(test, cfg.scoring)
+        return f"a concept-only finding needs the {colour}removal test to clear its margins" + (
+            f" ({short})" if short else ""
+        )
     need = cfg.concepts.flag_gain_ratio
     ratio = paste_gain_ratio(test, cfg.scoring) or 0.0
     if need > 0 and ratio < need:
@@ -165,15 +174,33 @@ def _cleared(names: list[str]) -> str:
     return f"the {' and the '.join(names)} cleared {'its' if len(names) == 1 else 'their'} margins"
 
 
+def _space_lines(f: ClusterFinding, pixel: list[ClusterFinding], merge_jaccard: float) -> list[str]:
+    """Where a concept-only finding stands to the pixel candidates of its class: none is the same group, and
+    the one holding most of its members, if any (a subgroup of a larger pixel group is still concept-only)."""
+    out = [
+        f"found in concept space only: no pixel candidate holds the same group (member Jaccard ≥ {merge_jaccard:g})"
+    ]
+    members = set(f.member_ids)
+    shared = [(len(members & set(p.member_ids)), p) for p in pixel]
+    best = max(shared, key=lambda t: t[0], default=(0, None))
+    if best[1] is not None and best[0] > 0:
+        out.append(
+            f"{best[0]} of its {len(members)} members are in the pixel candidate {best[1].key} of {best[1].size}"
+        )
+    return out
+
+
 def _judge(
     f: ClusterFinding,
     hot: InterventionTest | None,
     colour: InterventionTest | None,
     cfg: AuditConfig,
     grid_cells: int,
+    pixel: list[ClusterFinding],
 ) -> None:
     """Score, flag, signals and evidence of a concept-only finding with its hot-pixel test, its colour test
-    or both (at least one; in place): either test can meet ``concepts.flag_rule``."""
+    or both (at least one; in place): either test can meet ``concepts.flag_rule``. ``pixel`` are the class's
+    pixel candidates (for where the finding stands to them)."""
     tests = [t for t in (hot, colour) if t is not None]
     judged = [
         _Verdict(t, routes := intervention_routes(t, cfg.scoring), _missing(routes.cleared, t, cfg))
@@ -186,7 +213,7 @@ def _judge(
     strength = max(v.routes.strength for v in judged)
     raw = cfg.concepts.score_weight * f.signals["concept_score"] * (0.5 + strength)
     f.score, f.suspicious = suspicion(raw, flagged), flagged
-    lines = [f.evidence[0], "found in concept space only: no pixel candidate shares its members"]
+    lines = [f.evidence[0], *_space_lines(f, pixel, cfg.concepts.merge_jaccard)]
     if hot is not None:
         f.signals.update({k: v for k, v in hot.signals().items() if k not in _PIXEL_ONLY})
         lines += [region_sentence(hot, grid_cells), *intervention_sentences(f.class_name, hot)]
@@ -254,6 +281,7 @@ def intervene_concept_findings(
     if not cfg.concepts.intervention or not cfg.scoring.intervention:
         return findings
     c = todo[0].class_index
+    pixel = [f for f in findings if f.space != "concept"]
     # The pixel candidates' donor order: the same seeded draw of the class's contents.
     donor_order = stable_order([probe.key(s) for s in sample_ids], f"donor|{cfg.seed}|{c}")
     targets = Targets.load(probe, c, cfg.scoring.intervention_samples)
@@ -268,7 +296,7 @@ def intervene_concept_findings(
             else None
         )
         if hot is not None or colour is not None:
-            _judge(f, hot, colour, cfg, grid_cells)
+            _judge(f, hot, colour, cfg, grid_cells, pixel)
         if colour is not None:
             _colour_carriers(f, colour, donors, sample_ids, probe, cfg)
     return by_score(findings)

@@ -68,6 +68,12 @@ class AuditConfig(Section):
     @model_validator(mode="after")
     def _concept_flag_reachable(self) -> AuditConfig:
         c = self.concepts
+        if c.enabled and self.lrp.concept_layer == "none":
+            raise ValueError(
+                "concepts.enabled is true but lrp.concept_layer is 'none', so the run would hold no concept "
+                "vectors and be analysed in pixel space only: set lrp.concept_layer to 'auto' (or a module "
+                "path of the model), or concepts.enabled: false"
+            )
         if c.enabled and c.intervention and c.flag_rule != "any" and not self.scoring.removal:
             raise ValueError(
                 f"concepts.flag_rule is {c.flag_rule!r} (the removal test must clear its margins) but "

@@ -81,7 +81,8 @@ def config_reference_markdown() -> str:
         out += [
             f"## `{title}`",
             "",
-            (model.__doc__ or "").strip().splitlines()[0],
+            # The docstring's first paragraph, joined: a summary wrapped over two lines must not be cut off.
+            " ".join((model.__doc__ or "").strip().split("\n\n")[0].split()),
             "",
             "| key | type | default | meaning |",
             "|---|---|---|---|",

@@ -243,3 +243,42 @@ def test_grey_rgb_inputs_give_the_hot_pixel_verdict_unchanged() -> None:
     assert not any(k.startswith("colour_") for k in three.signals)
     assert (three.score, three.suspicious, three.evidence) == (one.score, one.suspicious, one.evidence)
     assert three.suspicious
+
+
+def test_what_a_missed_margin_was_is_said() -> None:
+    """The colour removal misses only its AUROC margin: the evidence names the AUROC and the margin."""
+    probe, ids, f = _world()
+    cfg = config_from_dict(
+        {
+            "model": {"factory": "spray.lab.cnn:small_cnn"},
+            "data": {"kind": "idx", "images": "x", "labels": "y"},
+            "concepts": {"enabled": True},
+            "scoring": {"removal_min_auroc": 0.999},
+        },
+        check_files=False,
+    )
+    got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    auc = got.signals["colour_removal_auroc"]
+    assert not got.suspicious and auc < 0.999
+    assert f"AUROC of the members' drops against the non-members': {auc:.3f}" in got.evidence
+    assert got.evidence[-1].endswith(
+        f"needs the colour removal test to clear its margins (its drops' AUROC against the non-members' is "
+        f"{auc:.3f}, under 0.999)"
+    )
+
+
+def test_a_pixel_candidate_holding_the_members_is_named() -> None:
+    """A concept group inside a larger pixel group is still concept-only (not the same group), and the
+    evidence says which pixel candidate holds its members, instead of claiming none does."""
+    import dataclasses
+
+    probe, ids, f = _world()
+    pixel = dataclasses.replace(
+        f, cluster_id=5, k=3, size=80, member_ids=ids[:80], space="pixel", evidence=["80 of 120 ..."]
+    )
+    got = intervene_concept_findings([pixel, f], ids, 8, SIDE * SIDE, probe, _cfg())
+    concept = next(g for g in got if g.space == "concept")
+    assert "found in concept space only: no pixel candidate holds the same group (member Jaccard ≥ 0.5)" in (
+        concept.evidence
+    )
+    assert f"40 of its 40 members are in the pixel candidate {pixel.key} of 80" in concept.evidence

@@ -194,3 +194,15 @@ def test_the_removal_rule_asks_for_the_paste_gain_ratio_it_is_given() -> None:
     cfg = _cfg(concepts={"enabled": True, "flag_rule": "removal"}, scoring={"removal_margin": 100.0})
     out = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert not out.suspicious and "needs the removal test" in out.evidence[-1]
+
+
+def test_concept_space_without_a_concept_layer_is_refused_when_loaded() -> None:
+    import pytest
+
+    from spray.errors import ConfigError
+
+    with pytest.raises(
+        (ConfigError, ValueError), match=r"lrp\.concept_layer is 'none'.*concepts\.enabled: false"
+    ):
+        _cfg(concepts={"enabled": True}, lrp={"concept_layer": "none"})
+    _cfg(concepts={"enabled": False}, lrp={"concept_layer": "none"})  # pixel space only: nothing to refuse

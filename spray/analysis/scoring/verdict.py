@@ -101,6 +101,25 @@ def _removal(test: InterventionTest, config: ScoringConfig) -> tuple[float, bool
     return strength, ok
 
 
+def removal_shortfall(test: InterventionTest, config: ScoringConfig) -> str:
+    """Which of the removal test's margins it missed, in words ("" when it cleared them or did not run)."""
+    r = test.removal
+    if r is None:
+        return ""
+    if r.p >= config.removal_alpha:
+        return f"its rank-sum p = {r.p:.2g} is not below {config.removal_alpha:g}"
+    if r.excess < config.removal_margin:
+        return (
+            f"the members' drop exceeds the non-members' by {r.excess:.2f} logits, under the margin of "
+            f"{config.removal_margin:g}"
+        )
+    if r.auroc < config.removal_min_auroc:
+        return (
+            f"its drops' AUROC against the non-members' is {r.auroc:.3f}, under {config.removal_min_auroc:g}"
+        )
+    return ""
+
+
 def relative_needed(routes: tuple[str, ...], config: ScoringConfig) -> float:
     """The relative appearance a flag needs: less when the paste and the removal test both clear their margins."""
     if len(routes) == 2:
