@@ -78,12 +78,13 @@ def _world(
     return probe, ids, finding
 
 
-def _cfg(**concepts: object) -> AuditConfig:
+def _cfg(scoring: dict[str, object] | None = None, **concepts: object) -> AuditConfig:
     return config_from_dict(
         {
             "model": {"factory": "spray.lab.cnn:small_cnn"},
             "data": {"kind": "idx", "images": "x", "labels": "y"},
             "concepts": {"enabled": True, **concepts},
+            "scoring": scoring or {},
         },
         check_files=False,
     )
@@ -192,15 +193,7 @@ def test_a_colour_paste_alone_flags_under_rule_any_without_carriers() -> None:
     """No removal can clear (margin out of reach): flag_rule any flags by the colour paste; no drops to
     compare with, so no carriers are listed."""
     probe, ids, f = _world(n_cast=60, n_class=300)
-    cfg = config_from_dict(
-        {
-            "model": {"factory": "spray.lab.cnn:small_cnn"},
-            "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "concepts": {"enabled": True, "flag_rule": "any"},
-            "scoring": {"removal_margin": 100.0},
-        },
-        check_files=False,
-    )
+    cfg = _cfg({"removal_margin": 100.0}, flag_rule="any")
     got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert got.suspicious and got.evidence[-1] == "flagged by the colour paste test"
     assert got.carrier_ids == [] and "carriers" not in got.signals
@@ -208,15 +201,7 @@ def test_a_colour_paste_alone_flags_under_rule_any_without_carriers() -> None:
 
 def test_a_group_too_big_names_both_cleared_colour_tests() -> None:
     probe, ids, f = _world()
-    cfg = config_from_dict(
-        {
-            "model": {"factory": "spray.lab.cnn:small_cnn"},
-            "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "concepts": {"enabled": True},
-            "scoring": {"flag_max_fraction": 0.1},
-        },
-        check_files=False,
-    )
+    cfg = _cfg({"flag_max_fraction": 0.1})
     got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     assert not got.suspicious and got.carrier_ids == []
     assert got.evidence[-1].startswith(
@@ -248,15 +233,7 @@ def test_grey_rgb_inputs_give_the_hot_pixel_verdict_unchanged() -> None:
 def test_what_a_missed_margin_was_is_said() -> None:
     """The colour removal misses only its AUROC margin: the evidence names the AUROC and the margin."""
     probe, ids, f = _world()
-    cfg = config_from_dict(
-        {
-            "model": {"factory": "spray.lab.cnn:small_cnn"},
-            "data": {"kind": "idx", "images": "x", "labels": "y"},
-            "concepts": {"enabled": True},
-            "scoring": {"removal_min_auroc": 0.999},
-        },
-        check_files=False,
-    )
+    cfg = _cfg({"removal_min_auroc": 0.999})
     got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     auc = got.signals["colour_removal_auroc"]
     assert not got.suspicious and auc < 0.999
