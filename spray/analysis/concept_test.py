@@ -197,10 +197,10 @@ def _judge(
     cfg: AuditConfig,
     grid_cells: int,
     pixel: list[ClusterFinding],
-) -> None:
+) -> list[_Verdict]:
     """Score, flag, signals and evidence of a concept-only finding with its hot-pixel test, its colour test
     or both (at least one; in place): either test can meet ``concepts.flag_rule``. ``pixel`` are the class's
-    pixel candidates (for where the finding stands to them)."""
+    pixel candidates (for where the finding stands to them). Returns the tests that met the rule."""
     tests = [t for t in (hot, colour) if t is not None]
     judged = [
         _Verdict(t, routes := intervention_routes(t, cfg.scoring), _missing(routes.cleared, t, cfg))
@@ -226,6 +226,7 @@ def _judge(
         lines += colour_sentences(f.class_name, colour)
     f.signals["concept_tested"] = 1.0
     f.evidence = lines + _verdict_lines(f, judged, met, flagged, cfg)
+    return met
 
 
 def _verdict_lines(
@@ -295,10 +296,13 @@ def intervene_concept_findings(
             if cfg.concepts.colour_test
             else None
         )
-        if hot is not None or colour is not None:
-            _judge(f, hot, colour, cfg, grid_cells, pixel)
-        if colour is not None:
-            _colour_carriers(f, colour, donors, sample_ids, probe, cfg)
+        if hot is None and colour is None:
+            continue
+        met = _judge(f, hot, colour, cfg, grid_cells, pixel)
+        by_colour = next((v for v in met if v.test is colour), None)
+        # Carriers compare drops: only a colour test that met the rule with its removal has them.
+        if f.suspicious and by_colour is not None and "removal" in by_colour.routes.cleared:
+            _colour_carriers(f, by_colour.test, donors, sample_ids, probe, cfg)
     return by_score(findings)
 
 
@@ -313,11 +317,8 @@ def _colour_carriers(
     """A finding flagged by its colour test, whose colour removal cleared its margins, gets the class's other
     images whose logit the typical colour lowers as the members' as carriers
     (:func:`~spray.analysis.colour_test.colour_carriers`; in place, with ``scoring.carriers``)."""
-    if not f.suspicious or not cfg.scoring.carriers or colour.removal is None:
+    if not cfg.scoring.carriers or colour.removal is None:
         return
-    cleared = intervention_routes(colour, cfg.scoring).cleared
-    if "removal" not in cleared or _missing(cleared, colour, cfg):
-        return  # flagged by its hot pixels, or by the colour paste alone: no drops to compare with
     members = set(f.member_ids)
     rows = np.array([i for i, s in enumerate(sample_ids) if s not in members], dtype=np.int64)
     typical = typical_colour(donors.x_out)

@@ -66,7 +66,7 @@ class AuditConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _concept_flag_reachable(self) -> AuditConfig:
+    def _concepts_consistent(self) -> AuditConfig:
         c = self.concepts
         if c.enabled and self.lrp.concept_layer == "none":
             raise ValueError(

@@ -37,8 +37,8 @@ class ConceptsConfig(Section):
         "(the non-members' median) and measure the class logit's drop, and give other-class images a member's "
         "and measure its gain, each against the same on non-members. Judged by flag_rule and flag_gain_ratio "
         "as the hot-pixel test is; either test can flag. A finding flagged with its colour removal lists as "
-        "carriers the class's images whose logit the typical colour lowers as the members'. Classes whose images are grey (channels alike up to one scale and offset) "
-        "are not tested. Needs intervention.",
+        "carriers the class's images whose logit the typical colour lowers as the members'. Classes whose "
+        "images are grey (channels alike up to one scale and offset) are not tested. Needs intervention.",
     )
     flag_rule: Literal["both", "removal", "any"] = Field(
         "removal",

@@ -64,20 +64,12 @@ def _paste(test: InterventionTest, config: ScoringConfig) -> tuple[float, float 
     """Paste strength, flip ratio and whether the paste clears the flag's margins (by flips, or with
     logits by the class logit's gain over the null's)."""
     g_strength, g_ok = 0.0, False
-    gain, null = test.paste_gain, test.paste_gain_null
-    g_ratio = paste_gain_ratio(test, config)
-    if (
-        gain is not None
-        and null is not None
-        and g_ratio is not None
-        and test.paste_gain_p < config.flip_alpha
-    ):
+    g_excess, g_ratio = test.gain_excess, paste_gain_ratio(test, config)
+    if g_excess is not None and g_ratio is not None and test.paste_gain_p < config.flip_alpha:
         # As for flips: the members' region must raise the logit several times as much as the same
         # region of ordinary class members (a natural part, a stroke of a digit, raises both).
-        g_strength = min(1.0, max(0.0, gain - null) / config.full_gain) * min(
-            1.0, g_ratio / config.gain_ratio
-        )
-        g_ok = gain - null >= config.paste_gain_margin and g_ratio >= config.gain_ratio
+        g_strength = min(1.0, max(0.0, g_excess) / config.full_gain) * min(1.0, g_ratio / config.gain_ratio)
+        g_ok = g_excess >= config.paste_gain_margin and g_ratio >= config.gain_ratio
     excess = test.excess
     if excess is None or test.flip_rate is None or test.flip_null is None:
         return g_strength, None, g_ok
@@ -97,12 +89,12 @@ def _removal(test: InterventionTest, config: ScoringConfig) -> tuple[float, bool
         return 0.0, False
     significant = r.p < config.removal_alpha
     strength = min(1.0, max(0.0, r.excess) / config.full_removal) if significant else 0.0
-    ok = significant and r.excess >= config.removal_margin and r.auroc >= config.removal_min_auroc
-    return strength, ok
+    return strength, not removal_shortfall(test, config)
 
 
 def removal_shortfall(test: InterventionTest, config: ScoringConfig) -> str:
-    """Which of the removal test's margins it missed, in words ("" when it cleared them or did not run)."""
+    """The first of the removal test's margins it missed, in words ("" when it cleared them all, or did not
+    run): the one statement of those margins, for the flag and for its evidence."""
     r = test.removal
     if r is None:
         return ""
