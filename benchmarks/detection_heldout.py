@@ -19,7 +19,9 @@ was written: the ``moving`` cells had been looked at while building it, these ha
 for the next rule. ``moving_check3`` (seeds 9–11, clean 209–211) was fixed on 5 Dec 2026 before the
 colour test of concept-only findings was written
 (``benchmarks/results/colour_test_protocol_2026-12-05.md``). ``moving_check4`` (seeds 12–14, clean
-212–214) was fixed after ``moving_check3`` had been run, for whatever is changed next.
+212–214) was fixed after ``moving_check3`` had been run. ``moving_check5`` (seeds 15–17, clean 215–217)
+was fixed on 5 Dec 2026 after ``moving_check4`` had been run and before the next change of concept space
+(``benchmarks/results/concept_typicality_protocol_2026-12-05.md``).
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -140,6 +142,7 @@ SPLITS = {
     "moving_check2": _moving("moving_check2", (6, 7, 8), (206, 207, 208)),
     "moving_check3": _moving("moving_check3", (9, 10, 11), (209, 210, 211)),
     "moving_check4": _moving("moving_check4", (12, 13, 14), (212, 213, 214)),
+    "moving_check5": _moving("moving_check5", (15, 16, 17), (215, 216, 217)),
 }
 
 
