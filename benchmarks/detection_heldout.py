@@ -368,7 +368,8 @@ TESTED_SIGNALS = ("k", "size", "fraction", "map_score", "appearance", "appearanc
                   "removal_null", "removal_p", "removal_auroc", "removal_spread", "hotspot_separation", "lift",
                   "consistency", "separation", "test_region_cells", "colour_removal_drop", "colour_removal_null",
                   "colour_removal_p", "colour_removal_auroc", "colour_paste_gain", "colour_paste_gain_null",
-                  "colour_paste_gain_p", "carriers")  # fmt: skip
+                  "colour_paste_gain_p", "carriers", "concept_typicality", "concept_hot_met", "concept_colour_met",
+                  "concept_flag_eligible")  # fmt: skip
 
 
 def tested_candidates(findings: list[ClusterFinding], planted: set[str]) -> list[dict[str, Any]]:

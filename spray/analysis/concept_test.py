@@ -87,6 +87,46 @@ def concept_donors(
     )
 
 
+@dataclass
+class HotPixelTest:
+    """The hot-pixel test of a concept-only finding and where its members' hot pixels lie.
+
+    Attributes
+    ----------
+    test : InterventionTest
+        Paste and removal at each donor's own concept-conditional hot pixels.
+    typicality : float
+        The non-member donors' mean conditional share at a member's hot cells over that map's grid mean,
+        the median over members with hot cells (:func:`typicality`).
+    """
+
+    test: InterventionTest
+    typicality: float
+
+
+def typicality(masks: np.ndarray, base: np.ndarray) -> float:
+    """Where hot cells lie in the rest of the class's relevance: 1 on average places, above 1 on its usual
+    ones (object parts), below 1 off them.
+
+    Parameters
+    ----------
+    masks : np.ndarray
+        ``(n, h, w)`` bool, each member's own hot cells (empty masks are left out).
+    base : np.ndarray
+        ``(h, w)`` the non-members' mean share map.
+
+    Returns
+    -------
+    float
+        The median over non-empty masks of the mean of ``base`` on the mask over the mean of ``base``;
+        0 when ``base`` is all zero (the rest of the class has no usual place for this relevance) or every
+        mask is empty.
+    """
+    mean = float(base.mean())
+    values = [float(base[m].mean()) / mean for m in masks if m.any()] if mean > 0 else []
+    return float(np.median(values)) if values else 0.0
+
+
 def concept_intervention(
     finding: ClusterFinding,
     donors: Donors,
@@ -94,9 +134,10 @@ def concept_intervention(
     probe: InterventionProbe,
     targets: Targets | None,
     cfg: AuditConfig,
-) -> InterventionTest | None:
+) -> HotPixelTest | None:
     """Paste and removal tests of one concept-only finding at each donor's own concept-conditional hot
-    pixels; None (untested) when no member's channels stand out anywhere in its image.
+    pixels, and where those pixels lie; None (untested) when no member's channels stand out anywhere in
+    its image.
 
     Parameters
     ----------
@@ -127,7 +168,7 @@ def concept_intervention(
         return None  # no member's channels stand out anywhere: nothing to paste or remove (untested)
     seen = Look(0.0, False, m_in, m_out, kind="concept")
     test = InterventionTest(0.0, False, "concept", int(np.median(m_in.reshape(len(m_in), -1).sum(axis=1))))
-    return run_interventions(test, probe, c, donors, seen, targets, sc)
+    return HotPixelTest(run_interventions(test, probe, c, donors, seen, targets, sc), typicality(m_in, base))
 
 
 def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig) -> str:
@@ -162,6 +203,8 @@ class _Verdict:
     test: InterventionTest
     routes: Routes
     missing: str
+    #: met the rule, but its hot pixels lie on the class's usual places (``concepts.max_typicality``)
+    typical: bool = False
 
     def names(self) -> list[str]:
         """The cleared tests in words ("removal test", "colour removal test")."""
@@ -190,9 +233,24 @@ def _space_lines(f: ClusterFinding, pixel: list[ClusterFinding], merge_jaccard: 
     return out
 
 
+def _judge_hot(hot: HotPixelTest, cfg: AuditConfig) -> _Verdict:
+    """The hot-pixel test judged by ``concepts.flag_rule``, then by ``concepts.max_typicality``."""
+    test = hot.test
+    routes = intervention_routes(test, cfg.scoring)
+    verdict = _Verdict(test, routes, _missing(routes.cleared, test, cfg))
+    limit = cfg.concepts.max_typicality
+    if not verdict.missing and limit is not None and not hot.typicality <= limit:
+        verdict.typical = True
+        verdict.missing = (
+            f"its members' hot pixels lie where the rest of the class puts these channels' relevance "
+            f"(typicality {hot.typicality:.2f}; a concept-only finding needs at most {limit:g})"
+        )
+    return verdict
+
+
 def _judge(
     f: ClusterFinding,
-    hot: InterventionTest | None,
+    hot: HotPixelTest | None,
     colour: InterventionTest | None,
     cfg: AuditConfig,
     grid_cells: int,
@@ -201,11 +259,10 @@ def _judge(
     """Score, flag, signals and evidence of a concept-only finding with its hot-pixel test, its colour test
     or both (at least one; in place): either test can meet ``concepts.flag_rule``. ``pixel`` are the class's
     pixel candidates (for where the finding stands to them). Returns the tests that met the rule."""
-    tests = [t for t in (hot, colour) if t is not None]
-    judged = [
-        _Verdict(t, routes := intervention_routes(t, cfg.scoring), _missing(routes.cleared, t, cfg))
-        for t in tests
-    ]
+    judged = [] if hot is None else [_judge_hot(hot, cfg)]
+    if colour is not None:
+        routes = intervention_routes(colour, cfg.scoring)
+        judged.append(_Verdict(colour, routes, _missing(routes.cleared, colour, cfg)))
     small = f.size < max(cfg.scoring.min_cluster_size, cfg.concepts.min_cluster_size)
     too_big = f.fraction > cfg.scoring.flag_max_fraction
     met = [v for v in judged if not v.missing]
@@ -215,8 +272,9 @@ def _judge(
     f.score, f.suspicious = suspicion(raw, flagged), flagged
     lines = [f.evidence[0], *_space_lines(f, pixel, cfg.concepts.merge_jaccard)]
     if hot is not None:
-        f.signals.update({k: v for k, v in hot.signals().items() if k not in _PIXEL_ONLY})
-        lines += [region_sentence(hot, grid_cells), *intervention_sentences(f.class_name, hot)]
+        f.signals.update({k: v for k, v in hot.test.signals().items() if k not in _PIXEL_ONLY})
+        lines += [region_sentence(hot.test, grid_cells), *intervention_sentences(f.class_name, hot.test)]
+        lines.append(_typicality_sentence(f.class_name, hot.typicality))
     else:
         lines.append("hot-pixel test not run: no member's channels stand out anywhere in its image")
     if colour is not None:
@@ -224,9 +282,36 @@ def _judge(
         skip = (*_PIXEL_ONLY, "test_region_cells")
         f.signals.update({f"colour_{k}": v for k, v in colour.signals().items() if k not in skip})
         lines += colour_sentences(f.class_name, colour)
-    f.signals["concept_tested"] = 1.0
+    f.signals.update(_rule_signals(hot, colour, judged, eligible=not small and not too_big))
     f.evidence = lines + _verdict_lines(f, judged, met, flagged, cfg)
     return met
+
+
+def _typicality_sentence(class_name: str, value: float) -> str:
+    """Where the members' hot pixels lie, in words (one claim)."""
+    if value <= 0:
+        return (
+            f"other {class_name} images put no relevance on these channels where the members' hot pixels lie"
+        )
+    return (
+        f"other {class_name} images put {value:.2f} times these channels' average relevance where the "
+        "members' hot pixels lie"
+    )
+
+
+def _rule_signals(
+    hot: HotPixelTest | None, colour: InterventionTest | None, judged: list[_Verdict], *, eligible: bool
+) -> dict[str, float]:
+    """What the flag rule saw, so that another rule can be replayed from a run's signals: whether each test
+    met ``concepts.flag_rule`` (the hot-pixel test before ``concepts.max_typicality``), its typicality, and
+    whether the group's size allows a flag."""
+    out = {"concept_tested": 1.0, "concept_flag_eligible": float(eligible)}
+    if hot is not None:
+        out["concept_typicality"] = hot.typicality
+        out["concept_hot_met"] = float(not judged[0].missing or judged[0].typical)
+    if colour is not None:
+        out["concept_colour_met"] = float(not judged[-1].missing)
+    return out
 
 
 def _verdict_lines(
