@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spray.analysis.concept_test import intervene_concept_findings, own_masks, shares
+from spray.analysis.concept_test import intervene_concept_findings, own_masks, shares, typicality
 from spray.analysis.scoring import InterventionProbe
 from spray.config import AuditConfig, config_from_dict
 from spray.records import ClusterFinding
@@ -206,3 +206,37 @@ def test_concept_space_without_a_concept_layer_is_refused_when_loaded() -> None:
     ):
         _cfg(concepts={"enabled": True}, lrp={"concept_layer": "none"})
     _cfg(concepts={"enabled": False}, lrp={"concept_layer": "none"})  # pixel space only: nothing to refuse
+
+
+def test_typicality_says_whether_hot_cells_lie_on_the_rest_of_the_classs_usual_places() -> None:
+    base = np.zeros((8, 8))
+    base[3:5, 3:5] = 1.0  # the rest of the class uses the centre
+    centre, corner = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    centre[3:5, 3:5], corner[:2, :2] = True, True
+    assert typicality(np.stack([centre, centre, corner]), base) == 16.0  # the median member: on the centre
+    assert typicality(np.stack([corner, corner, centre]), base) == 0.0
+    half = centre.copy()
+    half[0, 0] = True  # 4 cells on the centre, 1 off it
+    assert np.isclose(typicality(half[None], base), (4 / 5) / (4 / 64))
+    empty = np.zeros((1, 8, 8), bool)
+    assert typicality(np.stack([empty[0], corner]), base) == 0.0  # empty masks are left out
+    assert typicality(corner[None], np.zeros((8, 8))) == 0.0  # no usual place at all
+
+
+def test_max_typicality_holds_back_a_hot_pixel_flag_on_the_classs_usual_places() -> None:
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    plain = _run(probe, ids, f)
+    value = plain.signals["concept_typicality"]
+    assert plain.suspicious and plain.signals["concept_hot_met"] == 1.0
+    assert plain.signals["concept_flag_eligible"] == 1.0
+    assert any(
+        "times these channels' average relevance where the members' hot pixels lie" in e
+        for e in plain.evidence
+    )
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    held = _run(probe, ids, f, max_typicality=value / 2, colour_test=False)
+    assert not held.suspicious and held.score < 0.5
+    assert held.signals["concept_hot_met"] == 1.0 and held.signals["concept_typicality"] == value
+    assert f"typicality {value:.2f}; a concept-only finding needs at most {value / 2:g}" in held.evidence[-1]
+    probe, ids, f = _world(patched_members=True, patched_rest=False)
+    assert _run(probe, ids, f, max_typicality=value * 2).suspicious
