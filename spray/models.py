@@ -436,9 +436,25 @@ def _select(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     return model if cfg.output is None else OutputSelector(model, cfg.output)
 
 
+def _class_sources(model: nn.Module) -> list[str]:
+    """The source code of every module class in ``model`` (sorted by qualified name; a class whose source
+    cannot be read, such as a compiled one, gives its name only)."""
+    out = []
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        try:
+            text = inspect.getsource(cls)
+        except (OSError, TypeError):
+            text = ""
+        out.append(f"{cls.__module__}.{cls.__qualname__}\0{text}")
+    return out
+
+
 def model_hash(model: nn.Module) -> str:
-    """Content hash of a model: its class name and every parameter/buffer (sorted by name)."""
+    """Content hash of a model: its class name, the source of its module classes (an edited ``forward``
+    computes something else with the same weights) and every parameter/buffer (sorted by name)."""
     h = hashlib.sha256(type(model).__qualname__.encode())
+    for text in _class_sources(model):
+        h.update(text.encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())

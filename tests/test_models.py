@@ -235,3 +235,27 @@ def test_a_vit_checkpoint_of_another_input_size_names_the_size_and_patch(tmp_pat
         build_model(cfg)
     fixed = cfg.model_copy(update={"factory_kwargs": {**cfg.factory_kwargs, "img_size": 32, "patch_size": 4}})
     assert build_model(fixed)(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_the_model_hash_follows_an_edited_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same weights, another ``forward``: another model (its cached heatmaps must not be reused)."""
+    import importlib
+
+    src = tmp_path / "edited_net.py"
+    body = "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    body += (
+        "        self.fc = torch.nn.Linear(4, 2)\n    def forward(self, x):\n        return self.fc(x){}\n"
+    )
+    src.write_text(body.format(""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("edited_net")
+    torch.manual_seed(0)
+    before = module.Net()
+    state = before.state_dict()
+    first = model_hash(before)
+    assert model_hash(before) == first  # stable
+    src.write_text(body.format(".relu()"))
+    module = importlib.reload(module)
+    after = module.Net()
+    after.load_state_dict(state)
+    assert model_hash(after) != first

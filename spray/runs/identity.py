@@ -67,14 +67,22 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
     return h.hexdigest()
 
 
+#: Model settings that change what the same weights compute (the checkpoint's path does not: its weights are
+#: in the model hash).
+MODEL_SETTINGS = ("architecture", "architecture_kwargs", "factory", "factory_kwargs", "output", "num_classes")
+
+
 def heatmap_settings(cfg: AuditConfig) -> dict[str, Any]:
     """Every setting besides the model weights that changes a sample's cached result.
 
-    The LRP section (composite and its parameters, target rule, precision, canonization), the analysis
-    grid, the input transform, the thumbnails, full-resolution storage and :data:`LRP_VERSION`. The
-    Box composites' input bounds derive from the transform, which is in here.
+    The model's construction (:data:`MODEL_SETTINGS`: the same weights under another output, pooling or
+    factory argument compute something else), the LRP section (composite and its parameters, target
+    rule, precision, canonization), the analysis grid, the input transform, the thumbnails,
+    full-resolution storage and :data:`LRP_VERSION`. The Box composites' input bounds derive from the
+    transform, which is in here.
     """
     return {
+        "model": cfg.model.model_dump(mode="json", include=set(MODEL_SETTINGS)),
         "lrp": cfg.lrp.model_dump(mode="json"),
         "grid": cfg.batch.grid,
         "transform": cfg.data.transform.model_dump(mode="json"),

@@ -61,7 +61,15 @@ def test_the_cache_directory_changes_with_every_heatmap_setting(tmp_path: Path) 
     cfg = tiny_config(tmp_path)
     base = cache_dir_name(cfg, "m" * 64)
     assert base.startswith("m" * 16) and cache_dir_name(cfg, "n" * 64) != base
-    assert set(heatmap_settings(cfg)) == {"lrp", "grid", "transform", "thumbnails", "full", "lrp_version"}
+    assert set(heatmap_settings(cfg)) == {
+        "model",
+        "lrp",
+        "grid",
+        "transform",
+        "thumbnails",
+        "full",
+        "lrp_version",
+    }
     for section, field, value in (
         ("lrp", "composite", "EpsilonGammaBox"),
         ("lrp", "composite_kwargs", {"epsilon": 0.5}),
@@ -78,6 +86,14 @@ def test_the_cache_directory_changes_with_every_heatmap_setting(tmp_path: Path) 
     other = cfg.model_copy(deep=True)
     other.data.transform.resize = 32
     assert lrp_hash(other) != lrp_hash(cfg)
+    # The same weights computing something else: another output, another factory argument.
+    for field, value in (("output", 1), ("factory_kwargs", {"width": 8})):
+        other = cfg.model_copy(deep=True)
+        setattr(other.model, field, value)
+        assert lrp_hash(other) != lrp_hash(cfg), field
+    other = cfg.model_copy(deep=True)
+    other.model.checkpoint = tmp_path / "elsewhere.pt"  # its weights are in the model hash, not its path
+    assert lrp_hash(other) == lrp_hash(cfg)
     # What only changes the analysis does not open a new cache.
     other = cfg.model_copy(deep=True)
     other.scoring.flip_margin = 0.2
