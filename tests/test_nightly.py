@@ -559,3 +559,32 @@ def test_the_same_data_under_another_dataset_key_is_compared_with_its_old_runs_a
     res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(damaged)])
     assert res.code == EXIT_FINDINGS, res.stderr[-3000:]
     assert any("is unreadable and is passed over" in m for m in res.messages())
+
+
+def test_force_and_a_return_to_earlier_inputs_compare_with_the_newest_run(
+    first: dict[str, Any], tmp_path: Path
+) -> None:
+    """``--force`` on unchanged inputs changes nothing (no false "new"); inputs that go back to those of an
+    older run are analysed again, so that the newest run (``latest``, the dashboard, the next comparison)
+    describes them."""
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    base = ["run", "--config", str(first["cfg"]), "--runs-dir", str(runs)]
+    forced = run_spray([*base, "--force"])
+    assert forced.code == EXIT_OK, forced.stderr[-2000:]
+    assert forced.status["n_new"] == 0, forced.status
+    other_cfg = tmp_path / "other.yaml"
+    raw = yaml.safe_load(first["cfg"].read_text())
+    raw["seed"] = 1  # another run of the same audit (name and dataset key)
+    other_cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    other = run_spray(["run", "--config", str(other_cfg), "--runs-dir", str(runs)])
+    assert other.code in (EXIT_OK, EXIT_FINDINGS), other.stderr[-2000:]
+    back = run_spray(base)
+    assert back.code in (EXIT_OK, EXIT_FINDINGS), back.stderr[-2000:]
+    assert back.status["status"] != "up_to_date"
+    assert any("are those of run" in m for m in back.messages())
+    newest = Path(back.status["run_dir"])
+    assert (runs / "latest").resolve() == newest.resolve()
+    summary = json.loads((newest / "summary.json").read_text())
+    assert summary["run_id"] == first["summary"]["run_id"]
+    assert summary["changes"]["previous_run"] == Path(other.status["run_dir"]).name

@@ -310,14 +310,15 @@ def compare_runs(current: RunReader, previous: RunReader, rule: ChangeRule | Non
     )
 
 
-def _same_audit(s: RunSummary, name: str, dataset: str, exclude_run_id: str) -> bool:
+def _same_audit(s: RunSummary, name: str, dataset: str, exclude_run_id: str | None) -> bool:
     return s.run_id != exclude_run_id and s.name == name and s.dataset == dataset
 
 
 def previous_run(
-    runs_dir: Path, *, name: str, dataset: str, exclude_run_id: str
+    runs_dir: Path, *, name: str, dataset: str, exclude_run_id: str | None = None
 ) -> tuple[RunReader | None, list[ClusterFinding] | None, list[UnreadableRun]]:
-    """The newest readable published run of the same audit (same ``name`` and dataset key).
+    """The newest readable published run of the same audit (same ``name`` and dataset key), other than one
+    with ``exclude_run_id`` if given.
 
     A published run that cannot be read is never taken silently as "no previous run": it is logged
     (naming the file at fault), listed in the result, and the next older readable run is used.
@@ -358,9 +359,9 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     rule : ChangeRule
         From the run's ``nightly`` config section (:func:`change_rule`).
     """
-    reader, prev, unreadable = previous_run(
-        runs_dir, name=report.name, dataset=report.dataset, exclude_run_id=report.run_id
-    )
+    # The newest run of the audit even when it has this run's id (``--force`` on unchanged inputs): what
+    # changed since it is nothing, not "everything is new".
+    reader, prev, unreadable = previous_run(runs_dir, name=report.name, dataset=report.dataset)
     if reader is None and (moved := same_content_run(runs_dir, report)) is not None:
         reader, prev = moved
     before = None if reader is None else reader.summary.hashes.get("model")

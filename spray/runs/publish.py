@@ -114,6 +114,20 @@ def find_run(runs_dir: str | Path, run_id: str) -> Path | None:
     return None
 
 
+def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
+    """The newest readable published run of one audit (its ``name`` and dataset key)."""
+    from spray.runs.reader import read_summary
+
+    for p in list_runs(runs_dir):
+        try:
+            s = read_summary(p)
+        except RunReadError:
+            continue
+        if s.name == name and s.dataset == dataset:
+            return p
+    return None
+
+
 def latest_run(runs_dir: str | Path) -> Path | None:
     """The newest published run."""
     runs = list_runs(runs_dir)
