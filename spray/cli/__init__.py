@@ -62,6 +62,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; finished shards are kept and the next run resumes from them")
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+#: The exit code of a command whose reader closed its output (``spray flags list | head``), as a shell
+#: reports a process stopped by SIGPIPE.
+EXIT_CLOSED_PIPE = 141
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away: no traceback, and nothing more written there (the interpreter's
+    final flush would raise again)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
 
 
 #: The subcommand the last :func:`main` call ran (``"run"``, ``"audit"``, ...).
@@ -76,12 +92,15 @@ def entry() -> NoReturn:
     exit 10 while its scheduler sees the kill, not the 10.
     """
     code = main()
-    if _LAST_COMMAND == "run":
+    try:
         sys.stdout.flush()
+    except BrokenPipeError:
+        code = _closed_pipe()
+    if _LAST_COMMAND == "run":
         sys.stderr.flush()
         logging.shutdown()
         os._exit(code)
     sys.exit(code)
 
 
-__all__ = ["COMMANDS", "build_parser", "entry", "main"]
+__all__ = ["COMMANDS", "EXIT_CLOSED_PIPE", "build_parser", "entry", "main"]
