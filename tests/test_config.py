@@ -259,3 +259,21 @@ def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     raw["data"]["path"] = "~/imgs"
     cfg = config_from_dict(raw, base_dir=tmp_path / "elsewhere")
     assert cfg.data.path == tmp_path / "imgs" and cfg.output.runs_dir == tmp_path / "my_runs"
+
+
+def test_a_section_with_every_key_commented_out_takes_its_defaults(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    text = (
+        "model: {architecture: resnet18, num_classes: 3}\n"
+        "data: {kind: image_folder, path: imgs}\n"
+        "nightly:\n"
+        "  # notify_command: mail -s spray team@example.com\n"
+        "scoring:\n"
+    )
+    (tmp_path / "spray.yaml").write_text(text)
+    cfg = load_config(tmp_path / "spray.yaml")
+    assert cfg.nightly.notify_command is None and cfg.scoring.findings_top == 5
+    raw = _base(tmp_path)
+    raw["model"] = None  # a required section left empty still names what it needs
+    with pytest.raises(ConfigError, match="model: set exactly one of 'architecture'"):
+        config_from_dict(raw, base_dir=tmp_path)

@@ -179,6 +179,12 @@ def _non_finite(raw: Any, path: str = "") -> str | None:
     return None
 
 
+def _sections() -> set[str]:
+    """The config's section names (``model``, ``data``, ``lrp``, ...)."""
+    fields = AuditConfig.model_fields.items()
+    return {n for n, f in fields if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+
+
 def config_from_dict(
     raw: dict[str, Any], *, base_dir: Path | None = None, check_files: bool = True
 ) -> AuditConfig:
@@ -203,6 +209,9 @@ def config_from_dict(
         raise ConfigError(
             f"The config must be a mapping of sections (model, data, ...), got {type(raw).__name__}."
         )
+    # A section whose keys are all commented out (``nightly:`` over ``#  notify_command: ...``) parses as
+    # None: it means the section's defaults.
+    raw = {k: ({} if v is None and k in _sections() else v) for k, v in raw.items()}
     bad = _non_finite(raw)
     if bad:
         raise ConfigError(
