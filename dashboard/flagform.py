@@ -246,6 +246,17 @@ def content_warning(dataset: str, path: str) -> None:
         st.warning("**Flags on other images.** " + safetext.md(message))
 
 
+def sample_content_warning(dataset: str, path: str, sample_id: str) -> None:
+    """A warning on a sample's page when its flag was set on another image than this run holds under its id."""
+    store, hashes = reader(), common.content_hashes(path)
+    if store is None or hashes is None:
+        return
+    mine = [f for f in store.current(dataset) if f.sample_id == sample_id]
+    message = describe(bind_flags(mine, hashes), path) if mine else ""
+    if message:
+        st.warning("**This flag was set on another image.** " + safetext.md(message))
+
+
 def mark_shown(dataset: str) -> None:
     """Remember the newest event at the time the page was drawn (for :func:`live_counts`)."""
     st.session_state["_shown_event"] = last_event_id(dataset)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXIT_CLOSED_PIPE = 141
+from spray.cli import EXIT_CLOSED_PIPE
 from spray.flags import FlagStore
 
 REPO = Path(__file__).resolve().parents[1]

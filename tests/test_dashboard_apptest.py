@@ -380,9 +380,12 @@ def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_othe
     at.switch_page("views/sample.py")
     at.query_params["sample"] = ids[0]
     ok(at.run())
+    # the sample's own page says its flag was set on another image
+    assert "This flag was set on another image" in texts(at)
     at.radio(key="flag_status_sample").set_value("unlearn")
     at.form_submit_button[0].click()
     ok(at.run())
     got = {f.sample_id: f.content_hash for f in FlagStore(env).current(DATASET)}
     assert got[ids[0]] == new_hashes[ids[0]]
+    assert "This flag was set on another image" not in texts(at)
     assert "2 flagged sample ids" in texts(ok(app(run=runs[2].name).run()))

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -34,15 +35,18 @@ def test_bind_flags_sorts_each_kind() -> None:
         _flag("8", "h-z"),  # gone with its content (a deleted file): not wrong
         _flag("7", "h-d"),  # gone, its content under two ids: the flag acts on no image → gone
         _flag("3", None),  # set before flags recorded content
+        _flag("6", None),  # set before flags recorded content, and its id is gone: a deleted file
     ]
     b = bind_flags(flags, run)
     assert [f.sample_id for f in b.bound] == ["1", "3"] and b.unchecked == 1
     kinds = {c.flag.sample_id: c.kind for c in b.changed}
-    assert kinds == {"0": "replaced", "2": "moved", "9": "moved", "8": "gone", "7": "gone"}
+    assert kinds == {"0": "replaced", "2": "moved", "9": "moved", "8": "gone", "7": "gone", "6": "gone"}
     assert {c.flag.sample_id: c.found_at for c in b.of_kind("moved")} == {"2": ["0"], "9": ["1"]}
     assert sorted(c.flag.sample_id for c in b.wrong) == ["0", "2", "9"]
     text = describe(b, "runs/latest")
     assert "2 → 0" in text and "spray flags rebind --run runs/latest" in text and "spray flags unset" in text
+    # flags on deleted files are named too: they act on no image, yet an export would hand them out
+    assert "3 flags name sample ids that are no longer in the run" in text and "8, 7, 6" in text
     assert describe(bind_flags(flags[:1], run), "r") == ""
     # the suggested commands are pasted into a shell: a path with a space stays one argument
     assert "spray flags rebind --run '/w s/runs dir/latest'" in describe(b, "/w s/runs dir/latest")
@@ -130,7 +134,14 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     res = run_main(["run", "--config", str(world.root / "other.yaml")], capsys)
     assert "flag_warnings" not in json.loads(res.stdout.strip().splitlines()[-1])
     res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(world.root / "unlearn.csv")], capsys)
-    assert res.code == 0 and "the export holds flags on other images" in res.output
+    assert res.code == 0 and f"left out of the export: {len(planted)} flags" in res.output
+    assert pd.read_csv(world.root / "unlearn.csv").empty  # none is handed to unlearning for the wrong image
+    res = run_main(
+        ["flags", "export", "--db", str(world.flags_db), "-o", str(world.root / "all.csv")], capsys
+    )
+    assert "exported without checking" in res.output and len(pd.read_csv(world.root / "all.csv")) == len(
+        planted
+    )
     res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)
     assert res.code == 0 and f"moved {len(planted)} flags" in res.output
     now = sorted(int(f.sample_id) for f in FlagStore(world.flags_db).current(DATASET, "unlearn"))

@@ -132,6 +132,7 @@ elif (summary.config.get("data") or {}).get("kind") == "image_folder":
 st.subheader("Flag")
 status = flagform.status_of(dataset, [sid]).get(sid)
 st.markdown(f"Current flag: **{safetext.md(status or 'none')}**")
+flagform.sample_content_warning(dataset, path, sid)
 reader = flagform.reader()
 hist = [] if reader is None else reader.history(dataset, sid, limit=50)
 if hist:

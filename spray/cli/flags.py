@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
-from spray.flags.content import FlagBinding, bind_flags, describe, run_flag_message
+from spray.flags.content import FlagBinding, bind_flags, describe
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
 
@@ -47,15 +47,19 @@ def export_command(args: argparse.Namespace) -> int:
     # Read-only: never takes the write lock, never creates or changes the database.
     store = FlagStore(db, read_only=True)
     store.check()
-    if args.runs_dir:
-        _warn_changed(db, Path(args.runs_dir) / "latest")
+    leave_out = _left_out(db, Path(args.runs_dir) / "latest") if args.runs_dir else set()
+    if not args.runs_dir:
+        log.warning(
+            "the flags are exported without checking that their sample ids still name the images they were set "
+            "on (a replaced, renamed or deleted file): give --runs-dir RUNS_DIR to leave such flags out"
+        )
     status = None if args.status == "all" else args.status
     if args.dataset is not None and args.dataset not in (known := store.datasets()):
         raise ConfigError(
             f"--dataset {args.dataset!r}: {db} holds no flags of that dataset key; "
             + (f"its keys: {', '.join(known)}." if known else "it holds no flags at all.")
         )
-    data = store.export_bytes(args.format, dataset=args.dataset, status=status)
+    data = store.export_bytes(args.format, dataset=args.dataset, status=status, leave_out=leave_out)
     if out is not None:
         try:
             atomic_write_bytes(out, data)
@@ -70,20 +74,29 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_changed(db: Path, run: Path) -> None:
-    """Warn when exported flags name other images in the newest run than they were set on."""
+def _left_out(db: Path, run: Path) -> set[tuple[str, str]]:
+    """The ``(dataset, sample_id)`` of flags whose ids no longer name the images they were set on in the
+    newest run (moved, replaced, gone), said in a warning; they are left out of the export."""
     from spray.runs.errors import RunReadError
     from spray.runs.reader import RunReader
 
     try:
         reader = RunReader.open(run)
         hashes = reader.content_hashes()
-    except (RunReadError, OSError):  # no run yet, or an unreadable one: the export does not depend on it
-        return
-    if hashes is not None:
-        message = run_flag_message(db, reader.summary.dataset, hashes, str(run))
-        if message:
-            log.warning("the export holds flags on other images than the newest run's: %s", message)
+    except (RunReadError, OSError):  # no run yet, or an unreadable one: nothing to check against
+        log.warning("no readable run at %s: the flags are exported without checking their content", run)
+        return set()
+    if hashes is None or not db.is_file():
+        return set()
+    dataset = reader.summary.dataset
+    binding = bind_flags(FlagStore(db, read_only=True).current(dataset), hashes)
+    if binding.changed:
+        log.warning(
+            "left out of the export: %d flags that no longer name the images they were set on. %s",
+            len(binding.changed),
+            describe(binding, str(run)),
+        )
+    return {(dataset, c.flag.sample_id) for c in binding.changed}
 
 
 def list_command(args: argparse.Namespace) -> int:

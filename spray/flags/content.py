@@ -9,10 +9,11 @@ those hashes with another run's (``samples.parquet``'s ``content_hash``) and sor
 - **moved**: the id names other content or is gone, and the flagged content is in the run under exactly one
   other id (``spray flags rebind`` moves the flag there);
 - **replaced**: the id names other content and the flagged content is nowhere (or under several ids);
-- **gone**: the id is absent from the run and its content is nowhere or under several ids (a deleted
-  file: the flag acts on no image).
+- **gone**: the id is absent from the run and its content is nowhere or under several ids, or was never
+  recorded (a deleted file: the flag acts on no image).
 
-Moved and replaced flags would otherwise act on the wrong image (``spray correct``, exports), silently.
+Moved and replaced flags would otherwise act on the wrong image (``spray correct``, exports), silently;
+gone flags would be handed to unlearning for images that no longer exist.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def bind_flags(flags: Sequence[Flag], run_hashes: Mapping[str, str]) -> FlagBind
     unchecked = 0
     for f in flags:
         now = run_hashes.get(f.sample_id)
-        if f.content_hash is None:
+        if f.content_hash is None and now is None:
+            changed.append(ChangedFlag(f, None, []))  # nothing to compare, but its id is gone: a deleted file
+        elif f.content_hash is None:
             bound.append(f)
             unchecked += 1
         elif now == f.content_hash:
@@ -125,7 +128,7 @@ def listed(ids: Sequence[str]) -> str:
 
 
 def describe(binding: FlagBinding, run: str) -> str:
-    """One paragraph on the moved and replaced flags and what to do (empty when there are none).
+    """One paragraph on the moved, replaced and gone flags and what to do (empty when there are none).
 
     Parameters
     ----------
@@ -134,8 +137,8 @@ def describe(binding: FlagBinding, run: str) -> str:
     run : str
         The run folder the flags were checked against (used in the commands suggested).
     """
-    moved, replaced = binding.of_kind("moved"), binding.of_kind("replaced")
-    if not moved and not replaced:
+    moved, replaced, gone = binding.of_kind("moved"), binding.of_kind("replaced"), binding.of_kind("gone")
+    if not moved and not replaced and not gone:
         return ""
     parts = []
     run = shlex.quote(str(run))  # the commands below are pasted into a shell
@@ -152,6 +155,13 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"changed factory transform: {listed(ids)}): look at them in the dashboard, then keep each flag "
             f"on the new content with `spray flags set --run {run} --sample-ids ID --status STATUS` or drop "
             f"it with `spray flags unset --run {run} --sample-ids ID`."
+        )
+    if gone:
+        ids = [c.flag.sample_id for c in gone]
+        parts.append(
+            f"{len(gone)} flags name sample ids that are no longer in the run, and their content is not found "
+            f"under another id (deleted files: {listed(ids)}): they act on no image; drop them with "
+            f"`spray flags unset --run {run} --sample-ids ID`."
         )
     return " ".join(parts)
 

@@ -37,7 +37,7 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -557,13 +557,27 @@ class FlagStore:
 
     # -- export -----------------------------------------------------------------------------------------
 
-    def export_frame(self, dataset: str | None = None, status: str | None = "unlearn") -> Any:
-        """Current flags as a pandas DataFrame with :data:`EXPORT_COLUMNS` (``status=None``: all)."""
+    def export_frame(
+        self,
+        dataset: str | None = None,
+        status: str | None = "unlearn",
+        leave_out: Collection[tuple[str, str]] = (),
+    ) -> Any:
+        """Current flags as a pandas DataFrame with :data:`EXPORT_COLUMNS` (``status=None``: all), without
+        the ``(dataset, sample_id)`` pairs in ``leave_out``."""
         import pandas as pd
 
-        rows = [{c: asdict(f)[c] for c in EXPORT_COLUMNS} for f in self.current(dataset, status)]
+        skip = set(leave_out)
+        flags = [f for f in self.current(dataset, status) if (f.dataset, f.sample_id) not in skip]
+        rows = [{c: asdict(f)[c] for c in EXPORT_COLUMNS} for f in flags]
         return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
 
-    def export_bytes(self, fmt: str, dataset: str | None = None, status: str | None = "unlearn") -> bytes:
+    def export_bytes(
+        self,
+        fmt: str,
+        dataset: str | None = None,
+        status: str | None = "unlearn",
+        leave_out: Collection[tuple[str, str]] = (),
+    ) -> bytes:
         """Current flags serialised as ``csv``, ``json`` (a list of objects) or ``parquet``."""
-        return frame_to_bytes(self.export_frame(dataset, status), fmt)
+        return frame_to_bytes(self.export_frame(dataset, status, leave_out), fmt)
