@@ -262,13 +262,16 @@ class ChangeRule:
     ``jaccard_min`` or the Pearson correlation of their mean heatmaps reaches ``correlation_min`` (a
     cluster whose members were replaced is still recognised by what the model looks at). A matched
     cluster has *grown* when it gained at least one member and at least ``grow_min`` of its previous size.
-    The values come from the ``nightly`` config section (``match_jaccard``, ``match_correlation``,
-    ``grown_min``), the one place that defines them.
+    A suspicious cluster left without a match is part of one on the other side when at least
+    ``contained_min`` of its members are in it (a cluster that split, or two that merged): persisting, not
+    new or resolved. The values come from the ``nightly`` config section (``match_jaccard``,
+    ``match_correlation``, ``grown_min``, ``match_contained``), the one place that defines them.
     """
 
     jaccard_min: float
     correlation_min: float
     grow_min: float
+    contained_min: float = 0.8
 
 
 @dataclass(frozen=True)

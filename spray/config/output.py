@@ -62,6 +62,14 @@ class NightlyConfig(Section):
         description="Change detection: a matched cluster has grown when it gained at least one member and at "
         "least this fraction of its previous size (5 % new data grows every cluster by about 5 %: not news).",
     )
+    match_contained: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Change detection: a suspicious cluster left without a match is part of a suspicious cluster "
+        "of the other run when at least this share of its members are in it (a cluster that split in two, or "
+        "two that merged): persisting, not new or resolved.",
+    )
 
     @field_validator("notify_command", mode="before")
     @classmethod

@@ -45,6 +45,7 @@ def change_rule(nightly: Any = None) -> ChangeRule:
         jaccard_min=float(nightly.match_jaccard),
         correlation_min=float(nightly.match_correlation),
         grow_min=float(nightly.grown_min),
+        contained_min=float(nightly.match_contained),
     )
 
 
@@ -165,8 +166,11 @@ def compare_findings(
     matched = _assign(cur, prev, rule, keys)
     grown, persisting = _matched(cur, prev, matched, rule, rank)
     unmatched = [f for i, f in enumerate(cur) if i not in matched]
-    new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank, keys)
     left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
+    split, unmatched = _parts(unmatched, prev, rule, keys, rank, alone_current=True)
+    merged, left = _parts(left, cur, rule, keys, rank, alone_current=False)
+    persisting += split + merged
+    new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank, keys)
     # by class, not by membership: comparing two findings compares their mean heatmaps (numpy arrays)
     unjudged = [p for p in left if analysed is not None and p.class_index not in analysed]
     left = [p for p in left if analysed is None or p.class_index in analysed]
@@ -225,6 +229,49 @@ def _matched(
         has_grown = f.size - p.size >= 1 and f.size >= p.size * (1 + rule.grow_min)
         (grown if has_grown else persisting).append(_entry(f, rank, p, jac, corr))
     return grown, persisting
+
+
+def _parts(
+    alone: list[ClusterFinding],
+    other: list[ClusterFinding],
+    rule: ChangeRule,
+    keys: MemberKeys,
+    rank: dict[str, int],
+    *,
+    alone_current: bool,
+) -> tuple[list[ClusterChange], list[ClusterFinding]]:
+    """Suspicious clusters left without a match that are part of a suspicious cluster of the other run
+    (``rule.contained_min`` of their members in it): current ones of a previous cluster that split
+    (``alone_current``), or previous ones that merged into a current cluster. Returns their persisting
+    entries and the clusters still alone."""
+    side: Side = "current" if alone_current else "previous"
+    other_side: Side = "previous" if alone_current else "current"
+    entries: list[ClusterChange] = []
+    rest: list[ClusterFinding] = []
+    for f in alone:
+        a = keys.of(f, side)
+        shares = [
+            (len(a & keys.of(g, other_side)) / max(1, len(a)), g)
+            for g in other
+            if g.class_index == f.class_index
+        ]
+        share, g = max(shares, key=lambda t: t[0], default=(0.0, None))
+        if g is None or share < rule.contained_min:
+            rest.append(f)
+            continue
+        cur, prev = (f, g) if alone_current else (g, f)
+        a, b = keys.of(cur, "current"), keys.of(prev, "previous")
+        jac = len(a & b) / max(1, len(a | b))
+        note = (
+            f"{100 * share:.0f} % of its members were in the previous suspicious cluster {prev.key}, which split"
+            if alone_current
+            else f"{100 * share:.0f} % of the members of the previous suspicious cluster {prev.key} are in this "
+            "one: the two merged"
+        )
+        entries.append(
+            replace(_entry(cur, rank, prev, jac, _corr(cur.mean_heatmap, prev.mean_heatmap)), note=note)
+        )
+    return entries, rest
 
 
 def _new(

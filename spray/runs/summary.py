@@ -331,6 +331,8 @@ def parse_changes(raw: Any, file: Path) -> ChangeSet | None:
             jaccard_min=m.get("jaccard_min", float),
             correlation_min=m.get("correlation_min", float),
             grow_min=m.get("grow_min", float),
+            # runs before split and merged clusters were recognised did not record it: the default then
+            contained_min=m.get("contained_min", float, ChangeRule.contained_min),
         ),
         unreadable=[
             UnreadableRun(u.get("run", str), u.get("reason", str)) for u in d.items("unreadable", [])

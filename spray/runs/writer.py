@@ -110,6 +110,7 @@ def changes_entry(ch: ChangeSet) -> dict[str, Any]:
             "jaccard_min": ch.rule.jaccard_min,
             "correlation_min": ch.rule.correlation_min,
             "grow_min": ch.rule.grow_min,
+            "contained_min": ch.rule.contained_min,
         },
         "unreadable": [{"run": u.run, "reason": u.reason} for u in ch.unreadable],
         "not_analysed": [change_entry(c) for c in ch.not_analysed],

@@ -191,3 +191,32 @@ def test_renamed_files_keep_their_cluster_by_content(tmp_path: Path) -> None:
     report.content_hashes = {}  # without this run's hashes: by sample id, which share nothing
     ch = changes_since_previous(report, runs, RULE)
     assert ch.n_new == n_suspicious and ch.n_resolved == n_suspicious
+
+
+def test_a_cluster_that_splits_or_two_that_merge_persist() -> None:
+    """A suspicious cluster in two suspicious parts (or two in one) is the same shortcut: persisting, so the
+    nightly job does not call it new (exit 10) or resolved."""
+    rng = np.random.default_rng(1)
+
+    def noise() -> np.ndarray:
+        return rng.random((8, 8)).astype(np.float32)
+
+    prev = [_finding("3/k2/c1", range(0, 53), noise())]
+    cur = [_finding("3/k8/c5", range(0, 28), noise()), _finding("3/k6/c5", range(28, 54), noise())]
+    ch = compare_findings(cur, prev, RULE)
+    assert ch.n_new == 0 and ch.n_resolved == 0 and ch.n_grown == 0
+    assert sorted(c.key for c in ch.persisting) == ["3/k6/c5", "3/k8/c5"]
+    part = next(c for c in ch.persisting if c.note)
+    assert (
+        part.previous_key == "3/k2/c1"
+        and "were in the previous suspicious cluster 3/k2/c1, which split" in part.note
+    )
+    # the other way round: two previous clusters in one
+    ch = compare_findings(prev, cur, RULE)
+    assert ch.n_new == 0 and ch.n_resolved == 0
+    assert any("the two merged" in c.note for c in ch.persisting)
+    # a part mostly of other samples is still new; the share is the nightly section's match_contained
+    cur = [_finding("3/k8/c5", range(0, 28), noise()), _finding("3/k6/c5", range(40, 90), noise())]
+    assert [c.key for c in compare_findings(cur, prev, RULE).new] == ["3/k6/c5"]
+    assert compare_findings(cur, prev, ChangeRule(0.3, 0.8, 0.1, contained_min=0.2)).n_new == 0
+    assert change_rule({"match_contained": 0.5}).contained_min == 0.5
