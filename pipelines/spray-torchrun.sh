@@ -12,7 +12,7 @@ trap 'rm -f "$status"' EXIT
 torchrun --standalone --nproc_per_node="$nproc" -m spray.cli run --status-file "$status" "$@"
 rc=$?
 if [[ -s "$status" ]]; then
-    cat "$status"
+    # rank 0 has printed the status line already: only its exit code is taken from the file
     exit "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["exit_code"])' "$status")"
 fi
 exit "$rc"

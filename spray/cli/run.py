@@ -147,7 +147,8 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 
     def before_write(report: AuditReport) -> None:
         ch = report.changes = changes_since_previous(report, runs_dir, change_rule(cfg.nightly))
-        if ch.n_new + ch.n_grown > 0:
+        gated = fail_on_findings and any(f.suspicious for f in report.findings)
+        if ch.n_new + ch.n_grown > 0 or gated:
             # Written before the run is published and removed once exit 10 is reported: a job stopped in
             # between leaves it, and the next job (which finds the run up to date) reports 10 then.
             _pending(runs_dir, report.run_id).write_text("10\n")
@@ -185,6 +186,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         )
         code = EXIT_FINDINGS
     _report_status(report, code, status, cfg.flags_db_path())
+    sys.stdout.flush()  # the status line is out before a notifier that may hang or be killed
     if (owed or not report.up_to_date) and code == EXIT_FINDINGS and cfg.nightly.notify_command:
         _notify(cfg.nightly.notify_command, report, code, status, cfg.nightly.notify_timeout_s)
     if pending.exists():  # only then: a read-only runs directory refuses even removing a missing file
