@@ -222,14 +222,21 @@ def prune_cache(runs_dir: Path, in_use: str) -> list[Path]:
 def clean_staging(runs_dir: Path) -> None:
     """Remove leftovers of crashed runs (call only while holding the lock).
 
-    Removes every folder under ``.staging`` and the ``*.tmp`` files that an atomic write interrupted by
-    ``kill -9`` leaves in the cache. Finished cache shards and shard manifests are kept: they are what
-    the next run resumes from.
+    Removes every folder under ``.staging``, the ``*.tmp`` files that an atomic write interrupted by
+    ``kill -9`` leaves in the cache, and the shard manifests of runs already published (a stop between
+    publishing and removing them). Finished cache shards and the manifests of unpublished runs are kept:
+    they are what the next run resumes from.
     """
     base = runs_dir / STAGING_DIR
     if base.is_dir():
         for p in base.iterdir():
             shutil.rmtree(p, ignore_errors=True)
+    work = RunsFolder(runs_dir).work("0" * 16).parent
+    if work.is_dir():
+        published = {p.name[-12:] for p in list_runs(runs_dir)}
+        for w in work.iterdir():
+            if w.is_dir() and w.name[:12] in published:
+                shutil.rmtree(w, ignore_errors=True)
     cache = runs_dir / CACHE_DIR
     if cache.is_dir():
         for tmp in cache.rglob(".*.tmp"):

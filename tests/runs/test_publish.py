@@ -79,6 +79,20 @@ def test_clean_staging_removes_crash_leftovers_but_keeps_finished_shards(tmp_pat
     assert list_runs(runs) == []
 
 
+def test_clean_staging_drops_the_manifests_of_published_runs_only(tmp_path: Path) -> None:
+    """A stop between publishing and removing the run's shard manifests leaves them; the next run (under
+    the lock) removes them, and keeps those of a run not yet published (its resume needs them)."""
+    runs = tmp_path / "runs"
+    report, stage = make_report(n_per_class=4)
+    write_published(runs, report, stage)
+    done, pending = runs / CACHE_DIR / WORK_DIR / report.run_id[:16], runs / CACHE_DIR / WORK_DIR / ("f" * 16)
+    for d in (done, pending):
+        d.mkdir(parents=True)
+        (d / "manifest.json").write_text("{}")
+    clean_staging(runs)
+    assert not done.exists() and (pending / "manifest.json").is_file()
+
+
 def test_cache_retention_keeps_only_the_directories_of_kept_runs(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     cache = runs / CACHE_DIR
