@@ -242,8 +242,27 @@ def content_warning(dataset: str, path: str) -> None:
     if store is None or hashes is None:
         return
     message = describe(bind_flags(store.current(dataset), hashes), path)
-    if message:
-        st.warning("**Flags on other images.** " + safetext.md(message))
+    if not message:
+        return
+    newest = _newest_of(path)
+    if newest is not None and newest != Path(path).resolve():
+        # Its commands would follow images to the ids of older data (spray flags rebind refuses an older run).
+        st.warning(
+            "**Flags on other images.** In this run, which is not the newest of its audit, some flagged ids name "
+            f"other images than they were set on. Open the newest run ({safetext.code(newest.name)}) to check "
+            "the flags against the current data."
+        )
+        return
+    st.warning("**Flags on other images.** " + safetext.md(message))
+
+
+def _newest_of(path: str) -> Path | None:
+    """The newest published run of the audit ``path`` belongs to (its name and dataset key), resolved."""
+    from spray.runs.publish import newest_run_of
+
+    s = common.summary(path)
+    newest = newest_run_of(Path(path).resolve().parent, name=s.name, dataset=s.dataset)
+    return None if newest is None else newest.resolve()
 
 
 def sample_content_warning(dataset: str, path: str, sample_id: str) -> None:

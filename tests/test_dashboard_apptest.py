@@ -389,3 +389,7 @@ def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_othe
     assert got[ids[0]] == new_hashes[ids[0]]
     assert "This flag was set on another image" not in texts(at)
     assert "2 flagged sample ids" in texts(ok(app(run=runs[2].name).run()))
+    # On the older run the flag set on the new content names another image too, but the advice is to open
+    # the newest run: rebinding to an older run's ids would move flags to older data.
+    older = texts(ok(app(run=runs[1].name).run()))
+    assert "which is not the newest of its audit" in older and "spray flags rebind" not in older

@@ -16,6 +16,7 @@ from spray.cli import main
 from spray.data import write_idx
 from spray.flags import Flag, FlagStore, bind_flags
 from spray.flags.content import describe
+from spray.runs.publish import list_runs
 from spray.runs.reader import RunReader
 from tests.faults.cli import assert_clean_failure, run_main
 from tests.test_correct_world import DATASET, World, build_world
@@ -142,6 +143,9 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     assert "exported without checking" in res.output and len(pd.read_csv(world.root / "all.csv")) == len(
         planted
     )
+    older = list_runs(world.runs_dir)[1]  # the run before the records were removed
+    res = run_main(["flags", "rebind", "--run", str(older)], capsys)
+    assert_clean_failure(res, 2, "is not the newest run of this audit", "spray flags rebind --run")
     res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)
     assert res.code == 0 and f"moved {len(planted)} flags" in res.output
     now = sorted(int(f.sample_id) for f in FlagStore(world.flags_db).current(DATASET, "unlearn"))

@@ -250,6 +250,7 @@ def rebind_command(args: argparse.Namespace) -> int:
     """``spray flags rebind``: move each flag whose content is now under exactly one other sample id of
     the run to that id (IDX records removed or reordered, files renamed); other flags are left alone."""
     reader, run, db, binding = _binding(args)
+    _refuse_older(reader, run)
     moves = [(c.flag, c.found_at[0]) for c in binding.of_kind("moved")]
     if moves:
         FlagStore(db).move(
@@ -264,6 +265,20 @@ def rebind_command(args: argparse.Namespace) -> int:
         rest = FlagBinding(changed=left)
         sys.stdout.write(describe(rest, str(run)) + "\n")
     return EXIT_FAILURE if left else EXIT_OK
+
+
+def _refuse_older(reader: RunReader, run: Path) -> None:
+    """Rebinding follows images to their ids in ``run``: only the newest run of its audit names the ids of
+    the current data (an older one would move flags back to ids that may be gone)."""
+    from spray.runs.publish import newest_run_of
+
+    s = reader.summary
+    newest = newest_run_of(run.resolve().parent, name=s.name, dataset=s.dataset)
+    if newest is not None and newest.resolve() != run.resolve():
+        raise ConfigError(
+            f"{run} is not the newest run of this audit ({newest.name} is): rebinding to it would move flags to "
+            f"the ids of older data. Rebind against the newest run: spray flags rebind --run {newest}."
+        )
 
 
 def register(subparsers: Any) -> None:
