@@ -39,8 +39,11 @@ def _item_fields(item: Any) -> tuple[str, str]:
 def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
     """A cheap fingerprint of the dataset content that changes whenever a sample changes.
 
-    IDX: the files' bytes. Image folder: every file's relative path, size and mtime. Factory: the
-    dataset's own ``fingerprint`` attribute if it has one, else a content hash of every sample.
+    IDX: the files' bytes. Image folder: every file's relative path, size, mtime and ctime (a file
+    rewritten with its size and its mtime restored, by ``cp -p``, ``rsync -a``, ``tar x`` or ``touch -r``,
+    still has a new ctime, which no user can set; a chmod or a copy of the folder also changes it, and then
+    only the analysis reruns, the heatmaps coming from the content-keyed cache). Factory: the dataset's own
+    ``fingerprint`` attribute if it has one, else a content hash of every sample.
     """
     h = hashlib.sha256()
     d = cfg.data
@@ -54,7 +57,7 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
         root = Path(d.path)
         for sample_id in dataset.sample_ids:
             st = (root / sample_id).stat()
-            h.update(f"{sample_id}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{sample_id}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     else:
         fp = getattr(dataset, "fingerprint", None)
         if fp is not None:
