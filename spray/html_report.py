@@ -100,6 +100,11 @@ def _changes_html(changes: ChangeSet) -> str:
             "<p class='meta'>The model changed since the previous run (other weights): its clusters are "
             "matched across two models, so a new and a resolved entry may be one shortcut learned again.</p>"
         )
+    if (d := changes.data) is not None:
+        head += (
+            f"<p class='meta'>The data since the previous run: {d.added} images added, {d.removed} removed, "
+            f"{d.modified} modified in place, {d.moved} moved to another id.</p>"
+        )
     for u in changes.unreadable:
         head += (
             f"<p class='meta'>Run <code>{html.escape(u.run)}</code> could not be read and was passed over: "

@@ -316,6 +316,28 @@ class UnreadableRun:
     reason: str
 
 
+@dataclass(frozen=True)
+class DataChanges:
+    """What changed in the data between two runs, by sample id and content hash.
+
+    Attributes
+    ----------
+    added : int
+        Samples whose content is new (not in the previous run under any id).
+    removed : int
+        Previous samples whose content is gone (not in this run under any id).
+    modified : int
+        Ids in both runs whose content changed (a file replaced in place).
+    moved : int
+        New ids whose content the previous run held under another id (a renamed file, a reordered record).
+    """
+
+    added: int
+    removed: int
+    modified: int
+    moved: int
+
+
 @dataclass
 class ChangeSet:
     """What changed since the previous run of the same audit (``summary.json`` → ``changes``).
@@ -340,6 +362,8 @@ class ChangeSet:
     model_changed : bool or None
         The previous run explained other weights (a retrained model): its clusters are matched across two
         models, so a "new" and a "resolved" entry may be one shortcut learned again. None: not known.
+    data : DataChanges or None
+        What changed in the data since the previous run; None when either run lacks content hashes.
     """
 
     previous_run_id: str | None
@@ -353,6 +377,7 @@ class ChangeSet:
     unreadable: list[UnreadableRun] = field(default_factory=list)
     not_analysed: list[ClusterChange] = field(default_factory=list)
     model_changed: bool | None = None
+    data: DataChanges | None = None
 
     @property
     def n_new(self) -> int:

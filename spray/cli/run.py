@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -152,6 +153,12 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
             # Written before the run is published and removed once exit 10 is reported: a job stopped in
             # between leaves it, and the next job (which finds the run up to date) reports 10 then.
             _pending(runs_dir, report.run_id).write_text("10\n")
+        if ch.data is not None:
+            d = ch.data
+            log.info(
+                "data since the previous run: %d added, %d removed, %d modified in place, %d moved to another id",
+                d.added, d.removed, d.modified, d.moved,
+            )  # fmt: skip
         log.info(
             "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
             (ch.previous_run_id or "no previous run")[:16],
@@ -244,6 +251,8 @@ def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Pat
     status["n_skipped"] = len(report.skipped)
     if ch is not None and ch.model_changed:
         status["model_changed"] = True
+    if ch is not None and ch.data is not None:
+        status["data_changes"] = asdict(ch.data)
     acc = recorded_accuracy(report.extra)
     if acc is not None:
         status["model_accuracy"] = acc.get("accuracy")

@@ -23,7 +23,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from spray.records import AuditReport, ChangeRule, ChangeSet, ClusterChange, ClusterFinding, UnreadableRun
+from spray.records import (
+    AuditReport,
+    ChangeRule,
+    ChangeSet,
+    ClusterChange,
+    ClusterFinding,
+    DataChanges,
+    UnreadableRun,
+)
 from spray.runs.errors import RunReadError
 from spray.runs.reader import RunReader
 from spray.runs.summary import RunSummary
@@ -424,7 +432,21 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     )
     if before and report.hashes.get("model"):
         changes.model_changed = before != report.hashes["model"]
+    if reader is not None and report.content_hashes and (previous := reader.content_hashes()):
+        changes.data = data_changes(report.content_hashes, previous)
     return changes
+
+
+def data_changes(current: Mapping[str, str], previous: Mapping[str, str]) -> DataChanges:
+    """What changed in the data between two runs' ``sample_id -> content hash`` tables."""
+    now, before = set(current.values()), set(previous.values())
+    new_ids = [i for i in current if i not in previous]
+    return DataChanges(
+        added=sum(current[i] not in before for i in new_ids),
+        removed=sum(h not in now for i, h in previous.items() if i not in current),
+        modified=sum(previous[i] != h for i, h in current.items() if i in previous),
+        moved=sum(current[i] in before for i in new_ids),
+    )
 
 
 #: A run of another dataset key holding at least this share of a new run's content is the same data moved.

@@ -24,6 +24,7 @@ from spray.records import (
     ChangeSet,
     ClassSkipped,
     ClusterChange,
+    DataChanges,
     SkippedSample,
     UnreadableRun,
 )
@@ -339,4 +340,13 @@ def parse_changes(raw: Any, file: Path) -> ChangeSet | None:
         ],
         not_analysed=[_change(c) for c in d.items("not_analysed", [])],
         model_changed=raw.get("model_changed") if isinstance(raw.get("model_changed"), bool) else None,
+        data=_data_changes(d),
     )
+
+
+def _data_changes(d: _Doc) -> DataChanges | None:
+    """``changes.data``: None in runs before 5 Dec 2026 and when either run lacked content hashes."""
+    if d.d.get("data") is None:
+        return None
+    x = d.sub("data")
+    return DataChanges(*(x.get(k, int) for k in ("added", "removed", "modified", "moved")))

@@ -16,6 +16,7 @@ What each file holds is documented in ``docs/run_layout.md``. The rules the writ
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,7 @@ def changes_entry(ch: ChangeSet) -> dict[str, Any]:
         "unreadable": [{"run": u.run, "reason": u.reason} for u in ch.unreadable],
         "not_analysed": [change_entry(c) for c in ch.not_analysed],
         "model_changed": ch.model_changed,
+        "data": None if ch.data is None else asdict(ch.data),
     }
 
 

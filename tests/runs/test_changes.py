@@ -220,3 +220,18 @@ def test_a_cluster_that_splits_or_two_that_merge_persist() -> None:
     assert [c.key for c in compare_findings(cur, prev, RULE).new] == ["3/k6/c5"]
     assert compare_findings(cur, prev, ChangeRule(0.3, 0.8, 0.1, contained_min=0.2)).n_new == 0
     assert change_rule({"match_contained": 0.5}).contained_min == 0.5
+
+
+def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
+    from spray.runs.changes import data_changes
+
+    previous = {"a.png": "h1", "b.png": "h2", "c.png": "h3", "d.png": "h4", "e.png": "h5"}
+    current = {
+        "a.png": "h1",  # unchanged
+        "b.png": "h9",  # replaced in place
+        "c2.png": "h3",  # renamed
+        "f.png": "h6",  # new
+        "g.png": "h7",  # new
+    }  # d.png and e.png deleted
+    got = data_changes(current, previous)
+    assert (got.added, got.removed, got.modified, got.moved) == (2, 2, 1, 1)
