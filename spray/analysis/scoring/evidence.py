@@ -133,16 +133,18 @@ def evidence(
     )
     if not test.intervened:
         if test.appearance < config.flag_min_appearance:
+            out.append("no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has")
             out.append(
-                "no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has (varying at "
-                f"most {pct(1.0 - config.flag_min_appearance)} as much as other {class_name} images')"
+                f"alike means varying at most {pct(1.0 - config.flag_min_appearance)} as much as other images"
             )
         elif test.relative_appearance < config.gate_relative_appearance:
+            out.append(
+                f"no intervention was run: a flag needs pixels more alike than other groups of {class_name}"
+            )
             # one decimal: a value just under the gate must not read as the gate itself
             out.append(
-                f"no intervention was run: a flag needs pixels more alike than other groups of {class_name} "
-                f"(at least {100 * config.gate_relative_appearance:.0f} % of the way to identical; these are "
-                f"{100 * test.relative_appearance:.1f} %)"
+                f"that is at least {100 * config.gate_relative_appearance:.0f} % of the way to identical, and "
+                f"these are {100 * test.relative_appearance:.1f} %"
             )
         else:
             out.append("no intervention was run: more suspicious candidates of the class came first")
