@@ -57,3 +57,25 @@ def test_only_a_significant_loss_is_warned_of(
 ) -> None:
     for method in ("pclarc", "rrclarc", "retrain"):
         assert bool(_accuracy_warning(_Record(method, _lost(points, interval)))) is warned
+
+
+def test_a_model_that_gives_up_the_class_is_warned_of() -> None:
+    """The flip rate falls to 0 when the model stops answering the class at all: the class's own accuracy
+    says which happened (an outside-in check saw 71 % of shirts right before RR-ClArC, 3 % after)."""
+    from types import SimpleNamespace
+
+    from spray.correct.record import CorrectionRecord
+
+    def rec(before: float | None, after: float | None, limit: float | None = None) -> Any:
+        ev = SimpleNamespace(
+            before=SimpleNamespace(class_accuracy=before), after=SimpleNamespace(class_accuracy=after)
+        )
+        params = {} if limit is None else {"max_class_accuracy_drop": limit}
+        return SimpleNamespace(evaluation=ev, group=SimpleNamespace(class_name="shirt"), parameters=params)
+
+    text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03))
+    assert "gets 3.0 % of the class shirt's own clean images right, against 71.0 % before" in text
+    assert "smaller lambda" in text
+    assert CorrectionRecord.class_accuracy_warning(rec(0.71, 0.65)) == ""  # within the 0.1 default
+    assert CorrectionRecord.class_accuracy_warning(rec(0.71, 0.65, limit=0.05)) != ""
+    assert CorrectionRecord.class_accuracy_warning(rec(None, 0.1)) == ""  # not measured (an older record)

@@ -63,6 +63,10 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     assert rec.group.class_index == TARGET and rec.group.n_flagged == int(world.planted.sum())
     assert rec.direction.separation.auroc > 0.95
     assert rec.evaluation.before.flip_rate > 0.5 and rec.evaluation.after.flip_rate < 0.1
+    # the class's own images are measured too (a model that stops answering it also stops flipping to it)
+    b_class, a_class = rec.evaluation.before.class_accuracy, rec.evaluation.after.class_accuracy
+    assert b_class is not None and a_class is not None and 0.0 <= a_class <= 1.0
+    assert CorrectionRecord.read(first.folder).evaluation.after.class_accuracy == a_class
     assert rec.evaluation.region_source == "stamp" and rec.evaluation.region_box == [0, 0, 3, 3]
     assert rec.reaudit is not None and rec.reaudit.before.suspicious and rec.reaudit.before.jaccard > 0.9
     assert rec.verdict.finding_cleared is True

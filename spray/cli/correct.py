@@ -164,6 +164,7 @@ def _table(outcome: Any) -> str:
     lines.append(f"  {'':44s}{'before':>10s}{'after':>10s}")
     for name, x, y in (
         (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),
+        (f"  on the class {rec.group.class_name}'s own images", b.class_accuracy, a.class_accuracy),
         ("accuracy, artifact pasted", b.pasted_accuracy, a.pasted_accuracy),
         ("paste flip rate to the class", b.flip_rate, a.flip_rate),
         ("  null (clean pixels pasted)", b.flip_null, a.flip_null),
@@ -179,6 +180,8 @@ def _table(outcome: Any) -> str:
     warning = _accuracy_warning(rec)
     if warning:
         lines.append(f"  WARNING: {warning}")
+    if gave_up := rec.class_accuracy_warning():
+        lines.append(f"  WARNING: {gave_up}")
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:
         lines.append(

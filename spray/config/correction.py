@@ -285,6 +285,14 @@ class CorrectionConfig(Section):
     eval_max_samples: int = Field(
         2000, ge=10, description="Most samples per evaluation (clean accuracy, paste test, relevance)."
     )
+    max_class_accuracy_drop: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Warn when the corrected model's accuracy on the artifact class's own clean images falls by "
+        "more than this (absolute): a model that stops answering the class also stops flipping other images "
+        "to it, so the flip rate alone would call that a success.",
+    )
     reaudit: bool = Field(
         True, description="Audit the corrected model with the same config (is the finding still there?)."
     )

@@ -3,7 +3,8 @@
 For each model:
 
 - **clean accuracy** on held-out samples without the artifact (``correction.test_data``, or the part of
-  the audited data kept out of fine-tuning, minus flagged samples);
+  the audited data kept out of fine-tuning, minus flagged samples), overall and on the artifact class's
+  own images (a model that stops answering the class flips nothing either);
 - **paste test** on held-out images of other classes: the flagged samples' pixels in the artifact region
   are stamped in; *flip rate* = share of the images not predicted as the artifact class before that are
   after; the *null* stamps the same region from reference samples of the class (what pasting any of its
@@ -59,6 +60,9 @@ class ModelScores:
         Mean absolute derivative (how strongly the logit responds along the direction at all).
     tcav : float
         Share of the class's samples with a positive derivative (noise when every derivative is ~0).
+    class_accuracy : float or None
+        Accuracy on the clean samples of the artifact class (None without any, or in records written before
+        it was kept): a model that stops answering the class has no flips left either.
     """
 
     clean_accuracy: float
@@ -69,6 +73,7 @@ class ModelScores:
     sensitivity: float
     sensitivity_abs: float
     tcav: float
+    class_accuracy: float | None = None
 
 
 @dataclass
@@ -236,6 +241,8 @@ def score_model(
     which clean samples (``sets.clean``) it classifies right."""
     bs = cfg.batch.batch_size
     clean_acc = float(clean_right.mean())
+    of_class = clean_samples.labels[sets.clean] == artifact_class
+    class_acc = float(clean_right[of_class].mean()) if of_class.any() else None
     targets = clean_samples.inputs(sets.paste_targets)
     pasted_acc, flip, flip_null = _paste_scores(
         model, targets, clean_samples.labels[sets.paste_targets], samples.inputs(sets.donors),
@@ -253,7 +260,7 @@ def score_model(
     sens, sens_abs, tcav = _sensitivity(
         model, samples.inputs(sets.sensitivity), direction, artifact_class, device, bs
     )
-    return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav)
+    return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav, class_acc)
 
 
 def evaluation_sets(

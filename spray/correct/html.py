@@ -56,6 +56,8 @@ def _scores_table(rec: CorrectionRecord) -> str:
     b, a, e = rec.evaluation.before, rec.evaluation.after, rec.evaluation
     rows = [
         (f"clean accuracy ({html.escape(e.split)}, n={e.n_clean})", _pct(b.clean_accuracy), _pct(a.clean_accuracy)),
+        (f"… on the class {html.escape(rec.group.class_name)}'s own images", _pct(b.class_accuracy),
+         _pct(a.class_accuracy)),
         (f"accuracy with the artifact pasted (n={e.n_paste})", _pct(b.pasted_accuracy), _pct(a.pasted_accuracy)),
         ("paste flip rate to the artifact class", _pct(b.flip_rate), _pct(a.flip_rate)),
         ("… same region from clean samples (null)", _pct(b.flip_null), _pct(a.flip_null)),
@@ -81,10 +83,12 @@ def _verdict(rec: CorrectionRecord) -> str:
          + ("" if rec.reaudit is None or rec.reaudit.cleared is not None else " (not judged: not flagged before)"),
          v.finding_cleared),
     ]  # fmt: skip
+    gave_up = rec.class_accuracy_warning()
     return (
         "<ul>"
         + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items)
         + "</ul>"
+        + (f"<p class='unmet'>Warning: {html.escape(gave_up)}.</p>" if gave_up else "")
         + _share_note(rec)
     )
 

@@ -136,6 +136,20 @@ class CorrectionRecord:
             accuracy_interval=None if changes is None else list(changes.interval()),
         )
 
+    def class_accuracy_warning(self) -> str:
+        """Why the verdict may be hollow: the corrected model answers the artifact class for far fewer of its
+        own clean images (``correction.max_class_accuracy_drop``); empty when not, or not measured."""
+        b, a = self.evaluation.before.class_accuracy, self.evaluation.after.class_accuracy
+        limit = float(self.parameters.get("max_class_accuracy_drop", 0.1))
+        if b is None or a is None or b - a <= limit:
+            return ""
+        name = self.group.class_name
+        return (
+            f"the corrected model gets {100 * a:.1f} % of the class {name}'s own clean images right, against "
+            f"{100 * b:.1f} % before: the flip rate fell because it answers {name} less, not only because it "
+            "ignores the artifact; try a smaller lambda or P-ClArC"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the verdict included, for readers that do not rebuild the record)."""
         return {**dataclasses.asdict(self), "verdict": dataclasses.asdict(self.verdict)}
