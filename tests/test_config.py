@@ -269,7 +269,7 @@ def test_a_section_with_every_key_commented_out_takes_its_defaults(tmp_path: Pat
         "nightly:\n"
         "  # notify_command: mail -s spray team@example.com\n"
         "scoring:\n"
-    )
+    ).replace("path: imgs}", "path: imgs, transform: }")  # a subsection left empty too
     (tmp_path / "spray.yaml").write_text(text)
     cfg = load_config(tmp_path / "spray.yaml")
     assert cfg.nightly.notify_command is None and cfg.scoring.findings_top == 5

@@ -179,10 +179,19 @@ def _non_finite(raw: Any, path: str = "") -> str | None:
     return None
 
 
-def _sections() -> set[str]:
-    """The config's section names (``model``, ``data``, ``lrp``, ...)."""
-    fields = AuditConfig.model_fields.items()
-    return {n for n, f in fields if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+def _empty_sections(raw: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """``raw`` with every (sub)section left empty (``nightly:`` or ``transform:`` over keys that are all
+    commented out, which YAML parses as None) given as ``{}``: it means the section's defaults."""
+    out = dict(raw)
+    for name, f in model.model_fields.items():
+        sub = f.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)) or name not in out:
+            continue
+        if out[name] is None:
+            out[name] = {}
+        elif isinstance(out[name], dict):
+            out[name] = _empty_sections(out[name], sub)
+    return out
 
 
 def config_from_dict(
@@ -209,9 +218,7 @@ def config_from_dict(
         raise ConfigError(
             f"The config must be a mapping of sections (model, data, ...), got {type(raw).__name__}."
         )
-    # A section whose keys are all commented out (``nightly:`` over ``#  notify_command: ...``) parses as
-    # None: it means the section's defaults.
-    raw = {k: ({} if v is None and k in _sections() else v) for k, v in raw.items()}
+    raw = _empty_sections(raw, AuditConfig)
     bad = _non_finite(raw)
     if bad:
         raise ConfigError(
