@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from spray.config import DataConfig, TransformConfig
@@ -572,4 +573,27 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
         k_out = check_model_output(model, batch.x, len(ds.class_names), ds.empty_classes)
         cfg.check_class_count(len(ds.class_names), k_out)
         report.append(f"model: {k_out} outputs on that batch")
+        report.append(_spot_accuracy(model, ds))
     return report
+
+
+def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:
+    """The model's accuracy on ``n`` images spread evenly over the dataset (folders are read in class order,
+    so every class takes part): a wrong mean/std, size or channel order shows here, before a long audit."""
+    import torch
+
+    from spray.data.decoding import UnreadableSample
+
+    right = []
+    with torch.no_grad():
+        for i in np.unique(np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)):
+            try:
+                right.append(int(model(ds.load_input(int(i))[None]).argmax(1)) == ds.labels[int(i)])
+            except UnreadableSample:  # listed by the audit; not this check's business
+                continue
+    if not right:
+        return "model: no readable image to check its accuracy on"
+    return (
+        f"model: {100 * np.mean(right):.0f} % right on {len(right)} images spread over the classes (far below "
+        "the accuracy it was trained to? check data.transform: mean/std, size, channels)"
+    )

@@ -108,6 +108,8 @@ def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert cfg.data.transform.resize is None  # 28×28 images are taken at their size
     assert cfg.batch.batch_size == 128  # small inputs get large batches (capped at 128)
     assert "ok: one batch read: inputs (1, 28, 28)" in res.stdout and "(grey)" in res.stdout
+    # the model's accuracy on images of every class, so that a wrong normalisation shows before the audit
+    assert re.search(r"model: \d+ % right on 40 images spread over the classes", res.stdout), res.stdout
 
 
 def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
