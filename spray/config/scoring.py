@@ -270,6 +270,15 @@ class ScoringConfig(Section):
         description="Versions of a pattern within this fraction of its best map score compete to represent "
         "it; the one that isolates it best (consistency) wins.",
     )
+    select_superset: float | None = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="A competing version that holds at least this share of the winner's members and isolates "
+        "the pattern at least as well (unrounded consistency) represents it instead: the whole group, not "
+        "a part of it that won on a rounded tie. Then a pattern whose representative lies inside a stronger "
+        "one's (nest_overlap, overlapping regions) is folded into it. None: neither.",
+    )
     # --- the rare-shortcut route ---------------------------------------------------------------------
     hotspots: bool = Field(
         True,

@@ -182,8 +182,17 @@ def merge_patterns(cands: list[Candidate], h: int, w: int, config: ScoringConfig
                 break
         else:
             patterns.append([c])
-    reps = [_representative(v, config) for v in patterns]
-    return sorted(reps, key=lambda c: (-c.map_score, c.k, c.cluster_id))
+    reps = sorted(
+        (_representative(v, config) for v in patterns), key=lambda c: (-c.map_score, c.k, c.cluster_id)
+    )
+    if config.select_superset is None:
+        return reps
+    # A representative inside a stronger one's group is a part of that pattern, not a second finding.
+    kept: list[Candidate] = []
+    for c in reps:
+        if not any(_same_pattern(k, c, h, w, config) for k in kept):
+            kept.append(c)
+    return kept
 
 
 def _picked_by_share(c: Candidate, config: ScoringConfig) -> bool:
@@ -200,4 +209,16 @@ def _representative(versions: list[Candidate], config: ScoringConfig) -> Candida
     # A hot-spot group is separated by its share in one window by construction (its consistency is 1),
     # so unless it is distinct in its own right it represents a pattern only when no cluster comes close.
     clusters = [c for c in close if not _picked_by_share(c, config)] or close
-    return max(clusters, key=lambda c: (round(c.signals["consistency"], 2), c.map_score, -c.k, -c.cluster_id))
+    best = max(clusters, key=lambda c: (round(c.signals["consistency"], 2), c.map_score, -c.k, -c.cluster_id))
+    if config.select_superset is None:
+        return best
+    # The rounding lets the map score choose among versions that isolate the pattern alike; a version
+    # holding the winner and isolating at least as well is the whole of what the winner is a part of.
+    wider = [
+        c
+        for c in clusters
+        if c.member.sum() > best.member.sum()
+        and (c.member & best.member).sum() >= config.select_superset * best.member.sum()
+        and c.signals["consistency"] >= best.signals["consistency"]
+    ]
+    return max(wider, key=lambda c: (int(c.member.sum()), c.signals["consistency"]), default=best)
