@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import logging
 import math
+import re
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -357,12 +358,16 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
         twin = (
             cfg.architecture if cfg.architecture and timm_twin_matches(cfg.architecture, set(state)) else None
         )
-        fix = (
-            f"Its keys are those of timm's {twin!r}, which torchvision names the same: set model.architecture: "
-            f"timm:{twin} (spray init: --model timm:{twin})."
-            if twin
-            else "Check model.architecture / model.factory."
-        )
+        sibling = None if twin or not cfg.architecture else sibling_architecture(cfg.architecture, set(state))
+        if twin:
+            fix = (
+                f"Its keys are those of timm's {twin!r}, which torchvision names the same: set "
+                f"model.architecture: timm:{twin} (spray init: --model timm:{twin})."
+            )
+        elif sibling:
+            fix = f"Its keys are those of torchvision's {sibling!r}: set model.architecture: {sibling}."
+        else:
+            fix = "Check model.architecture / model.factory."
         raise ModelError(
             f"The checkpoint {str(cfg.checkpoint)!r} is for another model: its keys do not match. "
             f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
@@ -400,6 +405,27 @@ def timm_twin_matches(name: str, keys: set[str]) -> bool:
     except Exception:  # a timm model that needs arguments: no twin to offer
         return False
     return set(twin.state_dict()) == keys
+
+
+def sibling_architecture(name: str, keys: set[str]) -> str | None:
+    """The torchvision architecture of the same family as ``name`` (``resnet34`` for ``resnet18``) whose
+    state-dict keys are exactly ``keys``, if any; built on the meta device, so no memory is taken."""
+    import torchvision
+
+    family = re.match(r"[a-z]+", name)
+    if family is None or name.startswith("timm:"):
+        return None
+    for other in torchvision.models.list_models(module=torchvision.models):
+        if other == name or not other.startswith(family.group()):
+            continue
+        try:
+            with torch.device("meta"):
+                built = torchvision.models.get_model(other, weights=None)
+        except Exception:  # an architecture that needs arguments: not a candidate
+            continue
+        if set(built.state_dict()) == keys:
+            return str(other)
+    return None
 
 
 def checkpoint_keys(path: Path) -> set[str] | None:

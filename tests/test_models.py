@@ -259,3 +259,14 @@ def test_the_model_hash_follows_an_edited_forward(tmp_path: Path, monkeypatch: p
     after = module.Net()
     after.load_state_dict(state)
     assert model_hash(after) != first
+
+
+def test_a_checkpoint_of_a_sibling_architecture_is_named(tmp_path: Path) -> None:
+    """A resnet34 checkpoint given as resnet18: the message names resnet34, not only 'check the architecture'."""
+    import torchvision
+
+    torch.save(torchvision.models.resnet34(num_classes=3).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(
+        ModelError, match=r"Its keys are those of torchvision's 'resnet34': set model\.architecture"
+    ):
+        build_model(ModelConfig(architecture="resnet18", num_classes=3, checkpoint=tmp_path / "w.pt"))
