@@ -49,9 +49,8 @@ LRP_VERSION = 4
 # 12: with concepts.enabled, concept-only findings are tested by intervention and can be flagged
 # (spray.analysis.concept_test); pixel findings are unchanged.
 # 13: on colour inputs, concept-only findings also get the colour test (concepts.colour_test)
-# 14: a pattern is represented by the whole group rather than a part of it that won a rounded tie, and a
-# representative inside a stronger one's group is folded into it (scoring.select_superset); concept-only
-# findings record where their hot pixels lie (concept_typicality, concepts.max_typicality).
+# 14: concept-only findings record where their hot pixels lie (concept_typicality, concepts.max_typicality)
+# and which test met the flag rule; pixel findings are unchanged (scoring.select_superset is off by default).
 ANALYSIS_VERSION = 14
 
 

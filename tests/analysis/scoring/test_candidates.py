@@ -160,7 +160,8 @@ def test_hotspot_groups_are_disjoint_and_stored_as_the_k0_labelling() -> None:
 def test_the_whole_group_represents_its_pattern_over_a_part_that_won_a_rounded_tie() -> None:
     """An outside-in check (ResNet-18, 64×64): the 50 stamped images formed one cluster (consistency 1.000),
     a 17-image part of it another (0.9963, a slightly higher map score) and the other 33 a third. The part
-    won the rounded tie and the 33 were a second finding; the whole group represents the pattern now."""
+    won the rounded tie and the 33 were a second finding; with scoring.select_superset the whole group
+    represents the pattern."""
     from spray.analysis.scoring.geometry import Region
     from spray.analysis.scoring.signals import Candidate
 
@@ -174,11 +175,13 @@ def test_the_whole_group_represents_its_pattern_over_a_part_that_won_a_rounded_t
         return Candidate(k, 0, member, region, False, 4, signals, map_score)
 
     cands = [cand(6, part, 0.9963, 0.0585), cand(2, whole, 1.0, 0.0570), cand(7, rest, 0.998, 0.0500)]
-    got = merge_patterns(cands, 28, 28, ScoringConfig())
+    on = ScoringConfig(select_superset=0.9)
+    got = merge_patterns(cands, 28, 28, on)
     assert [(c.k, int(c.member.sum())) for c in got] == [(2, 50)]
-    # without it: the part represents the pattern, and the rest of the group is a second one
-    old = merge_patterns(cands, 28, 28, ScoringConfig(select_superset=None))
+    # the default (off: the tuning split did not keep it): the part represents the pattern, and the rest of
+    # the group is a second one
+    old = merge_patterns(cands, 28, 28, ScoringConfig())
     assert [(c.k, int(c.member.sum())) for c in old] == [(6, 17), (7, 33)]
     # a wider group that isolates the pattern worse does not take over
     worse = [cand(6, part, 0.9963, 0.0585), cand(2, whole, 0.97, 0.0570)]
-    assert [c.k for c in merge_patterns(worse, 28, 28, ScoringConfig())] == [6]
+    assert [c.k for c in merge_patterns(worse, 28, 28, on)] == [6]
