@@ -238,14 +238,11 @@ def live_counts(dataset: str) -> None:
 
 def content_warning(dataset: str, path: str) -> None:
     """A warning when flags of the dataset name other images in this run than they were set on."""
-    store, hashes = reader(), common.content_hashes(path)
-    if store is None or hashes is None:
-        return
-    message = describe(bind_flags(store.current(dataset), hashes), path)
+    message = _content_message(dataset, path)
     if not message:
         return
-    newest = _newest_of(path)
-    if newest is not None and newest != Path(path).resolve():
+    newest = _newer_run(path)
+    if newest is not None:
         # Its commands would follow images to the ids of older data (spray flags rebind refuses an older run).
         st.warning(
             "**Flags on other images.** In this run, which is not the newest of its audit, some flagged ids name "
@@ -256,22 +253,27 @@ def content_warning(dataset: str, path: str) -> None:
     st.warning("**Flags on other images.** " + safetext.md(message))
 
 
-def _newest_of(path: str) -> Path | None:
-    """The newest published run of the audit ``path`` belongs to (its name and dataset key), resolved."""
-    from spray.runs.publish import newest_run_of
+def _newer_run(path: str) -> Path | None:
+    """The newest published run of the audit ``path`` belongs to, when that is not ``path``."""
+    from spray.runs.publish import newer_run
 
     s = common.summary(path)
-    newest = newest_run_of(Path(path).resolve().parent, name=s.name, dataset=s.dataset)
-    return None if newest is None else newest.resolve()
+    return newer_run(Path(path), name=s.name, dataset=s.dataset)
+
+
+def _content_message(dataset: str, path: str, sample_id: str | None = None) -> str:
+    """What the flags of the dataset (or of one sample) name in this run other than they were set on
+    (:func:`spray.flags.content.describe`; empty when nothing, or nothing to check against)."""
+    store, hashes = reader(), common.content_hashes(path)
+    if store is None or hashes is None:
+        return ""
+    flags = [f for f in store.current(dataset) if sample_id is None or f.sample_id == sample_id]
+    return describe(bind_flags(flags, hashes), path) if flags else ""
 
 
 def sample_content_warning(dataset: str, path: str, sample_id: str) -> None:
     """A warning on a sample's page when its flag was set on another image than this run holds under its id."""
-    store, hashes = reader(), common.content_hashes(path)
-    if store is None or hashes is None:
-        return
-    mine = [f for f in store.current(dataset) if f.sample_id == sample_id]
-    message = describe(bind_flags(mine, hashes), path) if mine else ""
+    message = _content_message(dataset, path, sample_id)
     if message:
         st.warning("**This flag was set on another image.** " + safetext.md(message))
 

@@ -54,7 +54,7 @@ from spray.runs.publish import (
     check_runs_dir,
     clean_staging,
     find_run,
-    newest_run_of,
+    newer_run,
     prune_cache,
     prune_runs,
     publish,
@@ -256,10 +256,9 @@ def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool)
     a run published between two ranks' checks would leave one rank waiting forever for the other)."""
     existing: str | None = None
     if ctx.is_main and not force:
-        runs_dir = Path(cfg.output.runs_dir)
-        found = find_run(runs_dir, run_id)
-        newest = None if found is None else newest_run_of(runs_dir, name=cfg.name, dataset=cfg.dataset_key())
-        if found is not None and newest is not None and newest.resolve() != found.resolve():
+        found = find_run(Path(cfg.output.runs_dir), run_id)
+        newest = None if found is None else newer_run(found, name=cfg.name, dataset=cfg.dataset_key())
+        if found is not None and newest is not None:
             # The inputs went back to an earlier state: reusing that run would leave a newer run, of other
             # inputs, as the one the dashboard, `latest` and the next night's comparison take as current.
             log.info(

@@ -259,10 +259,12 @@ def _judge(
     """Score, flag, signals and evidence of a concept-only finding with its hot-pixel test, its colour test
     or both (at least one; in place): either test can meet ``concepts.flag_rule``. ``pixel`` are the class's
     pixel candidates (for where the finding stands to them). Returns the tests that met the rule."""
-    judged = [] if hot is None else [_judge_hot(hot, cfg)]
+    hot_v = None if hot is None else _judge_hot(hot, cfg)
+    colour_v = None
     if colour is not None:
         routes = intervention_routes(colour, cfg.scoring)
-        judged.append(_Verdict(colour, routes, _missing(routes.cleared, colour, cfg)))
+        colour_v = _Verdict(colour, routes, _missing(routes.cleared, colour, cfg))
+    judged = [v for v in (hot_v, colour_v) if v is not None]
     small = f.size < max(cfg.scoring.min_cluster_size, cfg.concepts.min_cluster_size)
     too_big = f.fraction > cfg.scoring.flag_max_fraction
     met = [v for v in judged if not v.missing]
@@ -282,7 +284,7 @@ def _judge(
         skip = (*_PIXEL_ONLY, "test_region_cells")
         f.signals.update({f"colour_{k}": v for k, v in colour.signals().items() if k not in skip})
         lines += colour_sentences(f.class_name, colour)
-    f.signals.update(_rule_signals(hot, colour, judged, eligible=not small and not too_big))
+    f.signals.update(_rule_signals(hot, hot_v, colour_v, eligible=not small and not too_big))
     f.evidence = lines + _verdict_lines(f, judged, met, flagged, cfg)
     return met
 
@@ -300,17 +302,17 @@ def _typicality_sentence(class_name: str, value: float) -> str:
 
 
 def _rule_signals(
-    hot: HotPixelTest | None, colour: InterventionTest | None, judged: list[_Verdict], *, eligible: bool
+    hot: HotPixelTest | None, hot_v: _Verdict | None, colour_v: _Verdict | None, *, eligible: bool
 ) -> dict[str, float]:
     """What the flag rule saw, so that another rule can be replayed from a run's signals: whether each test
     met ``concepts.flag_rule`` (the hot-pixel test before ``concepts.max_typicality``), its typicality, and
     whether the group's size allows a flag."""
     out = {"concept_tested": 1.0, "concept_flag_eligible": float(eligible)}
-    if hot is not None:
+    if hot is not None and hot_v is not None:
         out["concept_typicality"] = hot.typicality
-        out["concept_hot_met"] = float(not judged[0].missing or judged[0].typical)
-    if colour is not None:
-        out["concept_colour_met"] = float(not judged[-1].missing)
+        out["concept_hot_met"] = float(not hot_v.missing or hot_v.typical)
+    if colour_v is not None:
+        out["concept_colour_met"] = float(not colour_v.missing)
     return out
 
 

@@ -47,8 +47,10 @@ def export_command(args: argparse.Namespace) -> int:
     # Read-only: never takes the write lock, never creates or changes the database.
     store = FlagStore(db, read_only=True)
     store.check()
-    leave_out = _left_out(db, Path(args.runs_dir) / "latest") if args.runs_dir else set()
-    if not args.runs_dir:
+    if args.runs_dir:
+        leave_out = _left_out(db, Path(args.runs_dir) / "latest")
+    else:
+        leave_out = set()
         log.warning(
             "the flags are exported without checking that their sample ids still name the images they were set "
             "on (a replaced, renamed or deleted file): give --runs-dir RUNS_DIR to leave such flags out"
@@ -270,11 +272,10 @@ def rebind_command(args: argparse.Namespace) -> int:
 def _refuse_older(reader: RunReader, run: Path) -> None:
     """Rebinding follows images to their ids in ``run``: only the newest run of its audit names the ids of
     the current data (an older one would move flags back to ids that may be gone)."""
-    from spray.runs.publish import newest_run_of
+    from spray.runs.publish import newer_run
 
-    s = reader.summary
-    newest = newest_run_of(run.resolve().parent, name=s.name, dataset=s.dataset)
-    if newest is not None and newest.resolve() != run.resolve():
+    newest = newer_run(run, name=reader.summary.name, dataset=reader.summary.dataset)
+    if newest is not None:
         raise ConfigError(
             f"{run} is not the newest run of this audit ({newest.name} is): rebinding to it would move flags to "
             f"the ids of older data. Rebind against the newest run: spray flags rebind --run {newest}."

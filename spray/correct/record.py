@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spray.config.correction import CorrectionConfig
 from spray.correct.cav import Separation
 from spray.correct.evaluate import Evaluation, relative_drop
 from spray.correct.footprint import FootprintSummary
@@ -140,7 +141,8 @@ class CorrectionRecord:
         """Why the verdict may be hollow: the corrected model answers the artifact class for far fewer of its
         own clean images (``correction.max_class_accuracy_drop``); empty when not, or not measured."""
         b, a = self.evaluation.before.class_accuracy, self.evaluation.after.class_accuracy
-        limit = float(self.parameters.get("max_class_accuracy_drop", 0.1))
+        default = CorrectionConfig.model_fields["max_class_accuracy_drop"].default
+        limit = float(self.parameters.get("max_class_accuracy_drop", default))
         if b is None or a is None or b - a <= limit:
             return ""
         name = self.group.class_name

@@ -34,7 +34,6 @@ from spray.records import (
 )
 from spray.runs.errors import RunReadError
 from spray.runs.reader import RunReader
-from spray.runs.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -365,15 +364,11 @@ def compare_runs(current: RunReader, previous: RunReader, rule: ChangeRule | Non
     )
 
 
-def _same_audit(s: RunSummary, name: str, dataset: str, exclude_run_id: str | None) -> bool:
-    return s.run_id != exclude_run_id and s.name == name and s.dataset == dataset
-
-
 def previous_run(
-    runs_dir: Path, *, name: str, dataset: str, exclude_run_id: str | None = None
+    runs_dir: Path, *, name: str, dataset: str
 ) -> tuple[RunReader | None, list[ClusterFinding] | None, list[UnreadableRun]]:
-    """The newest readable published run of the same audit (same ``name`` and dataset key), other than one
-    with ``exclude_run_id`` if given.
+    """The newest readable published run of the same audit (same ``name`` and dataset key), whatever its
+    run id (``--force`` on unchanged inputs compares with the run of the same inputs: nothing new).
 
     A published run that cannot be read is never taken silently as "no previous run": it is logged
     (naming the file at fault), listed in the result, and the next older readable run is used.
@@ -389,7 +384,7 @@ def previous_run(
     for p in list_runs(runs_dir):
         try:
             reader = RunReader.open(p)
-            if not _same_audit(reader.summary, name, dataset, exclude_run_id):
+            if reader.summary.name != name or reader.summary.dataset != dataset:
                 continue
             return reader, reader.findings(), unreadable
         except RunReadError as err:
@@ -414,8 +409,6 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     rule : ChangeRule
         From the run's ``nightly`` config section (:func:`change_rule`).
     """
-    # The newest run of the audit even when it has this run's id (``--force`` on unchanged inputs): what
-    # changed since it is nothing, not "everything is new".
     reader, prev, unreadable = previous_run(runs_dir, name=report.name, dataset=report.dataset)
     if reader is None and (moved := same_content_run(runs_dir, report)) is not None:
         reader, prev = moved

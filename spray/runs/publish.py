@@ -128,6 +128,13 @@ def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | No
     return None
 
 
+def newer_run(run: Path, *, name: str, dataset: str) -> Path | None:
+    """The newest run of ``run``'s audit (its ``name`` and dataset key, in ``run``'s folder) when that is not
+    ``run`` itself; None when ``run`` is the newest."""
+    newest = newest_run_of(run.resolve().parent, name=name, dataset=dataset)
+    return None if newest is None or newest.resolve() == run.resolve() else newest
+
+
 def latest_run(runs_dir: str | Path) -> Path | None:
     """The newest published run."""
     runs = list_runs(runs_dir)
@@ -231,7 +238,7 @@ def clean_staging(runs_dir: Path) -> None:
     if base.is_dir():
         for p in base.iterdir():
             shutil.rmtree(p, ignore_errors=True)
-    work = RunsFolder(runs_dir).work("0" * 16).parent
+    work = runs_dir / CACHE_DIR / WORK_DIR
     if work.is_dir():
         published = {p.name[-12:] for p in list_runs(runs_dir)}
         for w in work.iterdir():
