@@ -21,7 +21,9 @@ colour test of concept-only findings was written
 (``benchmarks/results/colour_test_protocol_2026-12-05.md``). ``moving_check4`` (seeds 12–14, clean
 212–214) was fixed after ``moving_check3`` had been run. ``moving_check5`` (seeds 15–17, clean 215–217)
 was fixed on 5 Dec 2026 after ``moving_check4`` had been run and before the next change of concept space
-(``benchmarks/results/concept_typicality_protocol_2026-12-05.md``).
+(``benchmarks/results/concept_typicality_protocol_2026-12-05.md``). ``moving_check6`` (seeds 18–20, clean
+218–220) was fixed on 5 Dec 2026 after ``moving_check5`` had been run (concept space on by default) and
+before the next change of the ranking.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -143,6 +145,7 @@ SPLITS = {
     "moving_check3": _moving("moving_check3", (9, 10, 11), (209, 210, 211)),
     "moving_check4": _moving("moving_check4", (12, 13, 14), (212, 213, 214)),
     "moving_check5": _moving("moving_check5", (15, 16, 17), (215, 216, 217)),
+    "moving_check6": _moving("moving_check6", (18, 19, 20), (218, 219, 220)),
 }
 
 

@@ -99,9 +99,19 @@ def model_accuracy(
     majority = float(np.bincount(labels).max() / n)
     near = n >= ACCURACY_MIN_SAMPLES and acc < majority + NEAR_CHANCE * (1.0 - majority)
     got = ModelAccuracy(acc, majority, n, near, _shifted(labels, predictions, class_names))
+    # Said even when nothing is wrong: only the user knows the accuracy the model was trained to.
+    log.info("%s", accuracy_sentence(asdict(got)))
     for problem in problems(asdict(got)):
         log.warning("%s", problem)
     return got
+
+
+def accuracy_sentence(acc: dict[str, Any]) -> str:
+    """``the model gives the true label for 89.4 % of the 10000 audited images (the largest class: 10.0 %)``."""
+    return (
+        f"the model gives the true label for {100 * float(acc['accuracy']):.1f} % of the {int(acc['n_samples'])} "
+        f"audited images (the largest class: {100 * float(acc['majority_share']):.1f} %)"
+    )
 
 
 def recorded_accuracy(extra: object) -> dict[str, Any] | None:

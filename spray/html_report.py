@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.accuracy import recorded_problems
+from spray.accuracy import accuracy_sentence, recorded_accuracy, recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
 from spray.records import ChangeSet, ClusterChange
 from spray.runs.atomic import atomic_write_bytes
@@ -128,6 +128,17 @@ def _changes_html(changes: ChangeSet) -> str:
     )
 
 
+def _spaces(config: dict[str, Any], extra: dict[str, Any]) -> str:
+    """Which spaces the run was analysed in, as HTML: concept space needs it enabled and a concept layer."""
+    enabled = bool((config.get("concepts") or {}).get("enabled", False))
+    layer = extra.get("concept_layer")
+    if enabled and layer:
+        return f"pixel and concept space (layer <code>{html.escape(str(layer))}</code>)"
+    if enabled:
+        return "pixel space only (the model has no concept layer: lrp.concept_layer)"
+    return "pixel space only (concepts.enabled is false)"
+
+
 def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12, thumb_px: int = 72) -> str:
     """Render the report of a run folder as one HTML string.
 
@@ -168,6 +179,8 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         f"run <code>{html.escape(s.run_id[:16])}</code> · dataset <code>{html.escape(s.dataset)}</code>",
         f" · {s.n_samples} samples · {len(s.classes)} classes analysed",
         f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious clusters",
+        f" · {_spaces(s.config, s.extra)}",
+        *([f" · {html.escape(accuracy_sentence(acc))}"] if (acc := recorded_accuracy(s.extra)) else []),
         f" · spray {html.escape(str(s.versions.get('spray', '')))}</p>",
     ]
     parts += [

@@ -381,6 +381,12 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
             + "\n  ".join(lines)
             + head
             + _input_size_hint(cfg, state)
+            + (
+                ""
+                if head
+                else "\nIf the checkpoint's model was built with other constructor arguments (a width, a depth), "
+                "give them in model.factory_kwargs or model.architecture_kwargs (spray init: --model-arg KEY=VALUE)."
+            )
         )
         if head:
             _, theirs, ours = mismatched[-1]

@@ -11,9 +11,7 @@ normalisation the model was trained with).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import importlib
 import logging
 import os
 import re
@@ -28,11 +26,10 @@ import yaml
 from spray.config import DataConfig, TransformConfig
 from spray.errors import ClassCountError, ConfigError, DataError
 from spray.factories import SPEC_PATTERN
+from spray.model_facts import ModelFacts, inspect_model, timm_if_its_keys, with_model_args
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 #: Images whose sides are all at most this are taken at their native size (MNIST-like data).
 SMALL_IMAGE = 64
 #: The batch size ``spray init`` writes holds about this many input pixels (32 images at 224²), so small
@@ -41,8 +38,6 @@ BATCH_PIXELS = 32 * 224 * 224
 #: At most this many: at 256 a layer's activations outgrow the CPU cache (the small CNN's LRP of 4,000
 #: 28×28 images took 4.7-5.3 CPU s at 256, 4.3-4.5 s at 128; docs/first_run.md).
 MAX_INIT_BATCH = 128
-#: torchvision architectures that run only at the input size they were built for, and that size.
-FIXED_SIZE_PREFIXES = {"vit_": 224, "maxvit_": 224, "inception_v3": 299}
 
 
 @dataclass
@@ -55,21 +50,6 @@ class DataFacts:
     sizes: list[tuple[int, int]] = field(default_factory=list)
     grey: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ModelFacts:
-    """What :func:`inspect_model` found."""
-
-    section: dict[str, Any]
-    kind: str  # "torchvision", "timm" or "factory"
-    input_size: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    crop_pct: float = 0.875
-    notes: list[str] = field(default_factory=list)
-    #: The architecture fails on any other input size than ``input_size`` (ViT, MaxViT).
-    fixed_size: bool = False
 
 
 def _rel(p: Path, config_dir: Path) -> str:
@@ -180,81 +160,6 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
         f"--data {spec!r} is not a folder, a file or a 'package.module:function' factory. Give the root of "
         "an image folder (root/<class>/<image>), an IDX images file, or a dataset factory."
     )
-
-
-def inspect_model(
-    spec: str, num_classes: int | None, config_dir: Path, channels: int | None = None
-) -> ModelFacts:
-    """Describe the model named by ``spec`` (torchvision name, timm name or factory) as a ``model`` section.
-
-    Raises
-    ------
-    ConfigError
-        When ``spec`` is none of these (with the closest torchvision names).
-    """
-    kwargs: dict[str, Any]
-    if spec.startswith("timm:"):  # a timm name that torchvision has too (convnext_tiny): timm's, as asked
-        facts = _timm_facts(spec.removeprefix("timm:"), num_classes, required=True)
-        assert facts is not None  # required: raises instead
-        return facts
-    if SPEC_PATTERN.match(spec):
-        import inspect
-
-        from spray.factories import import_callable, locate_module
-
-        locate_module(spec, "--model", config_dir)
-        params = inspect.signature(import_callable(spec, "--model")).parameters
-        kwargs = {"num_classes": num_classes} if num_classes and "num_classes" in params else {}
-        if "in_channels" in params and channels is not None:
-            kwargs["in_channels"] = channels
-        return ModelFacts({"factory": spec, "factory_kwargs": kwargs}, "factory")
-    import torchvision
-
-    names = torchvision.models.list_models(module=torchvision.models)
-    if spec in names:
-        fixed = [side for prefix, side in FIXED_SIZE_PREFIXES.items() if spec.startswith(prefix)]
-        return ModelFacts(
-            {"architecture": spec, "num_classes": num_classes},
-            "torchvision",
-            fixed[0] if fixed else 224,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            fixed_size=bool(fixed),
-        )
-    found = _timm_facts(spec, num_classes, required=False)
-    if found is not None:
-        return found
-    close = difflib.get_close_matches(spec, names, n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(
-        f"--model {spec!r} is not a torchvision model name nor a timm one (with timm installed), nor "
-        f"'package.module:function'.{hint}"
-    )
-
-
-def _timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFacts | None:
-    """The timm architecture ``name`` as a model section; None when it is not one (``required``: raise)."""
-    timm: Any
-    try:
-        timm = importlib.import_module("timm")
-    except ImportError:
-        if required:
-            raise ConfigError(f"--model timm:{name}: timm is not installed (pip install timm).") from None
-        return None
-    if not timm.is_model(name):
-        if required:
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"--model timm:{name}: not a timm architecture.{hint}")
-        return None
-    made = timm.create_model(name, pretrained=False, num_classes=num_classes or 2)
-    cfg: dict[str, Any] = dict(getattr(made, "pretrained_cfg", {}) or {})
-    kwargs = {"model_name": name, "num_classes": num_classes, "pretrained": False}
-    return ModelFacts(
-        {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
-        [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
-        fixed_size=bool(cfg.get("fixed_input_size", False)),
-    )  # fmt: skip
 
 
 def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any], list[str]]:
@@ -380,6 +285,7 @@ def scaffold_config(
     labels: Path | None = None,
     num_classes: int | None = None,
     force: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write a commented config for ``data_spec`` and ``model_spec`` to ``output``; returns the notes.
 
@@ -399,10 +305,14 @@ def scaffold_config(
     _one_class_folder(data_spec, data, num_classes)
     k = num_classes or (len(data.classes) or None)
     channels = None if not data.sizes else 1 if data.grey else 3
+    if model_kwargs and not model_spec:
+        raise ConfigError("--model-arg needs --model: there is no model to pass the arguments to")
     model = inspect_model(model_spec, k, config_dir, channels) if model_spec else None
     twin_note = None
     if model is not None and model_spec and model.kind == "torchvision" and checkpoint is not None:
-        model, twin_note = _timm_if_its_keys(model_spec, model, checkpoint, k)
+        model, twin_note = timm_if_its_keys(model_spec, model, checkpoint, k)
+    if model is not None and model_kwargs:
+        model = with_model_args(model, model_kwargs)
     if model is not None and "architecture" in model.section and k == 1:
         raise ConfigError(
             f"--model {model_spec!r}: a torchvision architecture needs model.num_classes of at least 2, and the "
@@ -443,32 +353,6 @@ def scaffold_config(
     tmp.write_text(text)
     os.replace(tmp, output)
     return notes
-
-
-def _timm_if_its_keys(
-    name: str, model: ModelFacts, checkpoint: Path, num_classes: int | None
-) -> tuple[ModelFacts, str | None]:
-    """timm's architecture instead of torchvision's of the same name when the checkpoint's keys are timm's
-    (``efficientnet_b0``, ``resnet18``, ``convnext_tiny`` exist in both); the note says so."""
-    import torchvision
-
-    from spray.models import checkpoint_keys, timm_twin_matches
-
-    keys = checkpoint_keys(checkpoint)
-    if not keys:
-        return model, None
-    # A checkpoint that fits torchvision's stays torchvision's (timm's ResNet, ResNeXt and DenseNet share its
-    # names); checked first, as it is the common case and needs no timm model built.
-    mine = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 2).state_dict()
-    if set(mine) == keys or not timm_twin_matches(name, keys):
-        return model, None
-    timm_facts = _timm_facts(name, num_classes, required=False)
-    if timm_facts is None:
-        return model, None
-    return timm_facts, (
-        f"CHECK model: {name!r} is both a torchvision and a timm architecture; the checkpoint's keys are "
-        f"timm's, so this config builds timm's (--model timm:{name} says so explicitly)"
-    )
 
 
 #: First line of a config whose check failed in ``spray init``: a rerun of init may overwrite that file.
@@ -594,6 +478,6 @@ def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:
     if not right:
         return "model: no readable image to check its accuracy on"
     return (
-        f"model: {100 * np.mean(right):.0f} % right on {len(right)} images spread over the classes (far below "
-        "the accuracy it was trained to? check data.transform: mean/std, size, channels)"
+        f"CHECK model: {100 * np.mean(right):.0f} % right on {len(right)} images spread over the classes; if "
+        "that is far below the accuracy it was trained to, check data.transform: mean/std, size, channels"
     )

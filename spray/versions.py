@@ -51,7 +51,9 @@ LRP_VERSION = 4
 # 13: on colour inputs, concept-only findings also get the colour test (concepts.colour_test)
 # 14: concept-only findings record where their hot pixels lie (concept_typicality, concepts.max_typicality)
 # and which test met the flag rule; pixel findings are unchanged (scoring.select_superset is off by default).
-ANALYSIS_VERSION = 14
+# 15: concept space is analysed by default (concepts.enabled true; docs/concepts.md), concept-only findings
+# weighted 0.1 in the ranking (concepts.score_weight, chosen on the tuning and development moving splits).
+ANALYSIS_VERSION = 15
 
 
 def code_version() -> str:

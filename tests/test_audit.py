@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +247,9 @@ def test_a_model_at_chance_is_named_in_every_output(
     (run,) = list_runs(tmp_path / "runs")
     acc = RunReader.open(run).summary.extra["model_accuracy"]
     assert acc["accuracy"] == 0.5 and acc["near_chance"] and acc["shifted"] == {"dog": "cat"}
-    assert "Check the model first." in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert "Check the model first." in page and "pixel and concept space (layer <code>" in page
+    assert re.search(r"the model gives the true label for \d+\.\d % of the \d+ audited images", page)
     capsys.readouterr()
     assert main(["audit", "--config", str(cfg), "-q"]) == 0  # up to date: the run is reused
     assert "the published run's check of the model" in capsys.readouterr().err
@@ -276,7 +279,11 @@ def test_flat_heatmaps_of_a_convnext_under_z_plus_are_named_in_every_output(
     (run,) = list_runs(tmp_path / "runs")
     contrast = RunReader.open(run).summary.extra["heatmap_contrast"]
     assert contrast["flat"] and contrast["median_cv"] < 0.3 and contrast["n_samples"] == 24
-    assert "heatmaps are nearly flat" in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert "heatmaps are nearly flat" in page
+    assert (
+        "pixel space only (concepts.enabled is false)" in page
+    )  # lrp.concept_layer none: the default yields
     raw["lrp"]["composite"] = "EpsilonGammaBox"
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
     assert "nearly flat" not in capsys.readouterr().err

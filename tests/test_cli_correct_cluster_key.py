@@ -93,3 +93,34 @@ def test_a_name_needs_a_published_run_of_the_dataset(
     empty.mkdir()
     res = _correct(audited, capsys, "ring/k2/c0", runs=empty)
     assert_clean_failure(res, 2, "'ring/k2/c0'", "no published run of dataset", "6/k3/c2")
+
+
+def test_fail_if_not_cleared_exits_10_while_the_reaudit_flags_the_finding(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from spray.correct.record import RECORD_NAME
+
+    runs = tmp_path / "runs"
+    # the audited run without the corrections other tests of this module published
+    shutil.copytree(audited.runs_dir, runs, symlinks=True, ignore=shutil.ignore_patterns("corrections"))
+    flagged = next(f for f in _findings(audited) if f.class_index == TARGET)
+    ids = [str(i) for i in np.flatnonzero(audited.planted)]
+    db = runs / "flags.sqlite"
+    FlagStore(db).flag(DATASET, ids, "unlearn", cluster_key=flagged.key)
+    argv = ["correct", "--config", str(audited.config), "-q", "--method", "pclarc", "--runs-dir", str(runs)]
+    argv += ["--flags-db", str(db), "--fail-if-not-cleared"]
+    first = run_main(argv, capsys)
+    (folder,) = [p for p in (runs / "corrections").iterdir() if (p / RECORD_NAME).is_file()]
+    record = json.loads((folder / RECORD_NAME).read_text())
+    cleared = record["verdict"]["finding_cleared"]
+    assert first.code == (10 if cleared is False else 0), first.output
+    # The published record says the re-audit still flags the finding: the rerun (a no-op) exits 10.
+    record["reaudit"]["still_flagged"] = True
+    record["reaudit"]["before"]["suspicious"] = True
+    (folder / RECORD_NAME).write_text(json.dumps(record))
+    again = run_main(argv, capsys)
+    assert again.code == 10 and "still flags the finding" in again.output, again.output
+    assert run_main([a for a in argv if a != "--fail-if-not-cleared"], capsys).code == 0

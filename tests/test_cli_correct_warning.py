@@ -79,3 +79,22 @@ def test_a_model_that_gives_up_the_class_is_warned_of() -> None:
     assert CorrectionRecord.class_accuracy_warning(rec(0.71, 0.65)) == ""  # within the 0.1 default
     assert CorrectionRecord.class_accuracy_warning(rec(0.71, 0.65, limit=0.05)) != ""
     assert CorrectionRecord.class_accuracy_warning(rec(None, 0.1)) == ""  # not measured (an older record)
+
+
+def test_flags_of_a_concept_only_finding_are_warned_of() -> None:
+    """A concept-only group's shortcut may move; the correction's one fixed region may not hold it (an
+    outside-in check corrected such a group through a scattered region whose box was 24 × 28 of 28 × 28)."""
+    from types import SimpleNamespace
+
+    from spray.correct.record import CorrectionRecord
+
+    def rec(*keys: str) -> Any:
+        ev = SimpleNamespace(region_source="relevance", region_pixels=160, region_box=[2, 0, 24, 28])
+        return SimpleNamespace(flags=SimpleNamespace(cluster_keys=list(keys)), evaluation=ev)
+
+    text = CorrectionRecord.region_warning(rec("8/concept/k6/c2"))
+    assert "concept-only finding 8/concept/k6/c2" in text and "160 pixels in the box [2, 0, 24, 28]" in text
+    assert (
+        CorrectionRecord.region_warning(rec("6/k3/c2")) == ""
+    )  # a pixel finding: its region is where it sits
+    assert CorrectionRecord.region_warning(rec()) == ""  # flags set on samples, not from a finding

@@ -74,3 +74,22 @@ def test_a_pixel_finding_keeps_its_plain_page(env: None, run: tuple[Path, object
 def test_an_unknown_concept_key_says_which_exist(env: None) -> None:
     at = _page("1/concept/k5/c0")
     assert "concept-space labellings for k = 2" in texts(at)
+
+
+def test_a_members_sample_page_links_its_concept_only_finding(env: None, run: tuple[Path, object]) -> None:
+    report = run[1]
+    f = next(f for f in report.findings if f.space == "concept")  # type: ignore[attr-defined]
+    member = str(f.member_ids[0])
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("views/sample.py")
+    at.query_params["sample"] = member
+    ok(at.run())
+    assert "Its concept-space findings" in texts(at)
+    assert any(link.label.startswith(f.key) for link in at.get("page_link"))
+    # A sample outside every concept-only finding of its class lists none.
+    inside = {str(s) for g in report.findings if g.space == "concept" for s in g.member_ids}  # type: ignore[attr-defined]
+    other = next(str(s) for g in report.findings for s in g.member_ids if str(s) not in inside)  # type: ignore[attr-defined]
+    at.query_params["sample"] = other
+    ok(at.run())
+    assert "Its concept-space findings" not in texts(at)

@@ -300,3 +300,44 @@ def test_fiftyones_own_importer_reads_the_export(run: Path, tmp_path: Path) -> N
     assert type(member.ground_truth).__name__ == "Classification" and "suspicious" in member.tags
     assert member.spray_cluster == top.key and Path(member.filepath).is_file()
     assert member.relevance.get_map().shape == tuple(np.load(run / "heatmaps.npy", mmap_mode="r").shape[1:])
+
+
+def test_fiftyone_tags_the_members_of_a_suspicious_concept_only_finding(tmp_path: Path) -> None:
+    """A concept-only finding's members are not a pixel cluster: the tag follows the finding's own members,
+    and the class's cluster key is read from the space of its top finding."""
+    from spray.audit import audit
+    from tests.runs.builders import tiny_config
+
+    cfg = tiny_config(tmp_path, n_per_class=14, concepts={"candidates": 2, "min_cluster_size": 2})
+    run_dir = Path(audit(cfg, progress=False).run_dir)
+    summary = run_dir / "summary.json"
+    raw = json.loads(summary.read_text())
+    concept = [f for f in raw["findings"] if f["space"] == "concept"]
+    assert concept, [f["key"] for f in raw["findings"]]
+    # The verdict is the run's to give; here one concept-only finding is marked suspicious and put first
+    # in its class, so that the export's reading of it can be checked.
+    target = concept[0]
+    for f in raw["findings"]:
+        f["suspicious"] = f is target
+        if f["class_index"] == target["class_index"] and f is not target:
+            f["rank"] = f["rank"] + 1000
+    summary.write_text(json.dumps(raw))
+    own = set(RunReader.open(run_dir).members(target["key"]))
+    docs = json.loads((write_fiftyone_dataset(run_dir, tmp_path / "fo") / "samples.json").read_text())[
+        "samples"
+    ]
+    tagged = {d["spray_sample_id"] for d in docs if "suspicious" in d["tags"]}
+    assert own and tagged == {d["spray_sample_id"] for d in docs if d["spray_suspicious"]} == own
+    members = [d for d in docs if d["spray_sample_id"] in own]
+    assert {d["spray_cluster"] for d in members} == {target["key"]}
+    assert all(d["spray_cluster_score"] == pytest.approx(target["score"]) for d in members)
+
+
+def test_fiftyone_exports_grey_thumbnails(tmp_path: Path) -> None:
+    run = make_synthetic_run(tmp_path / "runs", class_sizes=[20, 20], seed=1)
+    thumbs = np.load(run / "thumbs.npy")
+    np.save(run / "thumbs.npy", thumbs[..., :1])  # a grey dataset's thumbnails: (N, h, w, 1)
+    out = write_fiftyone_dataset(run, tmp_path / "fo")
+    docs = json.loads((out / "samples.json").read_text())["samples"]
+    picture = np.asarray(Image.open(out / docs[3]["filepath"]))
+    assert picture.shape == thumbs.shape[1:3] and np.array_equal(picture, thumbs[3, ..., 0])

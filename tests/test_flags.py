@@ -177,3 +177,17 @@ def test_an_unflag_keeps_the_finding_it_was_made_from(store: FlagStore) -> None:
     keys = {(e.sample_id, e.status): e.cluster_key for e in store.history("ds")}
     assert keys[("a", "unflag")] == "6/k8/c7" and keys[("b", "unflag")] is None
     assert store.current("ds") == []
+
+
+def test_flagging_again_without_a_note_keeps_the_note(store: FlagStore) -> None:
+    """An outside-in check flagged 120 samples with a note, then flagged overlapping findings again without
+    one: the export showed every note empty. A note-less repeat of the same status now keeps the note."""
+    store.flag("ds", ["a", "b"], "unlearn", "moving magenta sticker", cluster_key="3/k10/c7")
+    store.flag("ds", ["b", "c"], "unlearn", cluster_key="3/k12/c8")
+    now = {f.sample_id: f for f in store.current("ds")}
+    assert now["b"].note == "moving magenta sticker" and now["b"].cluster_key == "3/k12/c8"
+    assert now["a"].note == "moving magenta sticker" and now["c"].note == ""
+    store.flag("ds", ["b"], "unlearn", "a new note")  # a note given replaces it
+    assert {f.sample_id: f.note for f in store.current("ds")}["b"] == "a new note"
+    store.flag("ds", ["a"], "ok")  # another status is another decision: its note is not carried over
+    assert {f.sample_id: f.note for f in store.current("ds")}["a"] == ""

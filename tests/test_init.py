@@ -109,7 +109,9 @@ def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert cfg.batch.batch_size == 128  # small inputs get large batches (capped at 128)
     assert "ok: one batch read: inputs (1, 28, 28)" in res.stdout and "(grey)" in res.stdout
     # the model's accuracy on images of every class, so that a wrong normalisation shows before the audit
-    assert re.search(r"model: \d+ % right on 40 images spread over the classes", res.stdout), res.stdout
+    assert re.search(r"\n  CHECK model: \d+ % right on 40 images spread over the classes", res.stdout), (
+        res.stdout
+    )
 
 
 def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,6 +190,43 @@ def test_init_then_audit_gives_a_ranked_table(tmp_path: Path, capsys: pytest.Cap
 
 
 @pytest.mark.slow
+def test_model_args_reach_the_constructor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(40, dtype=np.uint8) % 4)
+    images = str(tmp_path / "train-images-idx3-ubyte.gz")
+    argv = ["init", "--data", images, "--model", "spray.lab.cnn:small_cnn", "-o", str(tmp_path / "a.yaml")]
+    res = run_main([*argv, "--model-arg", "width=8"], capsys)
+    assert res.code == 0, res.output
+    kwargs = load_config(tmp_path / "a.yaml").model.factory_kwargs
+    assert kwargs == {"num_classes": 4, "in_channels": 1, "width": 8}
+    # A checkpoint of the narrow model loads only because the width was passed on.
+    from spray.lab.cnn import small_cnn
+
+    torch = pytest.importorskip("torch")
+    torch.save(small_cnn(in_channels=1, num_classes=4, width=8).state_dict(), tmp_path / "w8.pt")
+    ckpt = ["--checkpoint", str(tmp_path / "w8.pt"), "--force"]
+    assert run_main([*argv, *ckpt, "--model-arg", "width=8"], capsys).code == 0
+    assert_clean_failure(run_main([*argv, *ckpt], capsys), 1, "--model-arg KEY=VALUE")
+    # A name the constructor does not take, a malformed item, and arguments with no model: said clearly.
+    bad = run_main([*argv, "--force", "--model-arg", "depth=3"], capsys)
+    assert_clean_failure(bad, 2, "depth")
+    assert_clean_failure(run_main([*argv, "--force", "--model-arg", "width"], capsys), 2, "KEY=VALUE")
+    no_model = ["init", "--data", images, "-o", str(tmp_path / "b.yaml"), "--model-arg", "width=8"]
+    assert_clean_failure(run_main(no_model, capsys), 2, "--model-arg needs --model")
+
+
+def test_torchvision_model_args_go_to_architecture_kwargs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_image_folder(tmp_path / "train", n_per_class=2, size=32)
+    out = tmp_path / "t.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out)]
+    res = run_main([*argv, "--model-arg", "zero_init_residual=true"], capsys)
+    assert res.code == 0, res.output
+    assert load_config(out).model.architecture_kwargs == {"zero_init_residual": True}
+
+
 def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("timm")
     make_image_folder(tmp_path / "train", n_per_class=2, size=64)

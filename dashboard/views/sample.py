@@ -67,6 +67,24 @@ else:
             cols[i % len(cols)].page_link(
                 common.PAGES["cluster"], label=f"{key}{tag}", query_params={"run": run, "cluster": key}
             )
+        # Concept-only findings are no pixel cluster: listed when this sample is one of their members.
+        concept = [
+            f
+            for f in scored.values()
+            if f.space == "concept"
+            and (lab := data.concept_labellings.get(f.k)) is not None
+            and int(lab[pos]) == f.cluster_id
+        ]
+        if concept:
+            st.markdown("**Its concept-space findings** (found in concept space only)")
+            cols = st.columns(min(6, len(concept)))
+            for i, f in enumerate(concept):
+                tag = f" · score {f.score:.2f}{' ⚠' if f.suspicious else ''}"
+                cols[i % len(cols)].page_link(
+                    common.PAGES["cluster"],
+                    label=f"{f.key}{tag}",
+                    query_params={"run": run, "cluster": f.key},
+                )
 
 # --- the viewer ------------------------------------------------------------------------------------------
 cmap = urlstate.nav_widget(

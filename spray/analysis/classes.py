@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from spray.analysis.scoring import (
@@ -14,6 +16,8 @@ from spray.analysis.scoring import (
 from spray.analysis.threads import limit_for_rows
 from spray.config import AnalysisConfig, AuditConfig
 from spray.records import ClassAnalysis, ClusterFinding
+
+log = logging.getLogger(__name__)
 
 
 def analyze_class(
@@ -144,4 +148,11 @@ def _with_concepts(
     tested = intervene_concept_findings(
         merged, list(sample_ids), concepts.shape[1], maps.shape[1] * maps.shape[2], probe, cfg
     )
+    top = max(tested, key=lambda f: f.score, default=None)
+    if top is not None:  # the pixel stage logged its own top; this is the class's top of both spaces
+        log.info(
+            "class %s: %d concept-only findings; top of both spaces: %s, score %.3f%s",
+            cls[1], sum(f.space == "concept" for f in tested), top.key, top.score,
+            " (suspicious)" if top.suspicious else "",
+        )  # fmt: skip
     return tested, dict(found.clustering.labellings)

@@ -35,11 +35,12 @@ def _channels_text(channels: list[int]) -> str:
     return f"channels {', '.join(names[:-1])} and {names[-1]}"
 
 
-def concept_sentence(c: ConceptCluster, class_name: str) -> str:
-    """What a concept cluster shows, in words a person can check on the dashboard's reference images."""
+def concept_sentence(c: ConceptCluster, class_name: str, subject: str = "its") -> str:
+    """What a concept cluster shows, in words a person can check on the dashboard's reference images
+    (``subject``: whose members, "its" for a concept-only finding)."""
     s = c.signals
     return (
-        f"In concept space its {int(s['size'])} members put {100 * s['share_members']:.0f} % of their positive "
+        f"In concept space {subject} {int(s['size'])} members put {100 * s['share_members']:.0f} % of their positive "
         f"concept relevance on {_channels_text(c.channels)} of the concept layer, the rest of class "
         f"{class_name} {100 * s['share_rest']:.0f} % (consistency {s['consistency']:.2f}, separation "
         f"{s['separation']:.2f}, concept score {c.score:.3f})."
@@ -60,7 +61,7 @@ def _merge(f: ClusterFinding, c: ConceptCluster, jaccard: float) -> None:
     f.signals["concept_jaccard"] = float(jaccard)
     f.evidence.append(
         f"Also found in concept space (concept cluster k{c.k}/c{c.cluster_id}, member Jaccard "
-        f"{jaccard:.2f}). " + concept_sentence(c, f.class_name)
+        f"{jaccard:.2f}). " + concept_sentence(c, f.class_name, "that cluster's")
     )
 
 

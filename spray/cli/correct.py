@@ -182,6 +182,8 @@ def _table(outcome: Any) -> str:
         lines.append(f"  WARNING: {warning}")
     if gave_up := rec.class_accuracy_warning():
         lines.append(f"  WARNING: {gave_up}")
+    if moving := rec.region_warning():
+        lines.append(f"  WARNING: {moving}")
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:
         lines.append(
@@ -235,6 +237,7 @@ def run_command(args: argparse.Namespace) -> int:
     """``spray correct``: unlearn the flagged shortcut, re-evaluate and re-audit (idempotent, resumable)."""
     from spray.correct.groups import NoFlagsError
     from spray.correct.run import correct
+    from spray.exit_codes import EXIT_FINDINGS
 
     cfg = _config(args)
     try:
@@ -245,6 +248,9 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("nothing to correct: %s", err)
         return 0
     sys.stdout.write(_table(outcome) + "\n")
+    if args.fail_if_not_cleared and outcome.record.verdict.finding_cleared is False:
+        log.warning("the re-audit still flags the finding: exit %d (--fail-if-not-cleared)", EXIT_FINDINGS)
+        return EXIT_FINDINGS
     return 0
 
 
@@ -282,6 +288,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-reaudit", action="store_true", help="skip the re-audit of the corrected model")
     p.add_argument(
         "--if-flagged", action="store_true", help="exit 0 quietly when there are no flags (nightly)"
+    )
+    p.add_argument(
+        "--fail-if-not-cleared",
+        action="store_true",
+        help="exit 10 when the re-audit still flags the finding (a nightly job then notices a correction "
+        "that did not remove the shortcut)",
     )
     p.add_argument("--force", action="store_true", help="recompute even if this correction is published")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -12,6 +12,7 @@ from typing import Any
 def run_command(args: argparse.Namespace) -> int:
     """``spray init``: write a commented audit config from a dataset and a model, and check it on one batch."""
     from spray.errors import SprayError
+    from spray.model_facts import parse_model_args
     from spray.scaffold import check_config, mark_failed, scaffold_config
 
     out = Path(args.output)
@@ -23,6 +24,7 @@ def run_command(args: argparse.Namespace) -> int:
         labels=Path(args.labels) if args.labels else None,
         num_classes=args.num_classes,
         force=args.force,
+        model_kwargs=parse_model_args(args.model_arg),
     )
     sys.stdout.write(f"wrote {out}\n" + "".join(f"  {n}\n" for n in notes))
     if not args.no_check:
@@ -35,7 +37,8 @@ def run_command(args: argparse.Namespace) -> int:
             )
             raise
         for line in checked:
-            sys.stdout.write(f"  ok: {line}\n")
+            # spray cannot know the accuracy the model was trained to: that line is the user's to judge
+            sys.stdout.write(f"  {line}\n" if line.startswith("CHECK") else f"  ok: {line}\n")
         if args.model is None:
             sys.stdout.write(
                 "  model: not checked; replace the placeholder in the file (or rerun with --model)\n"
@@ -69,6 +72,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         help="a torchvision or timm architecture name (e.g. resnet18), or a factory pkg.module:function",
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument of the model's constructor, repeatable; VALUE is read as YAML "
+        "(e.g. --model-arg in_chans=1 --model-arg global_pool=max)",
     )
     p.add_argument("--checkpoint", help="the model's state-dict file (torch.save(model.state_dict(), path))")
     p.add_argument("--labels", help="the IDX labels file (default: found next to the images file)")

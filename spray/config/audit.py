@@ -68,17 +68,26 @@ class AuditConfig(Section):
     @model_validator(mode="after")
     def _concepts_consistent(self) -> AuditConfig:
         c = self.concepts
+        removal_off = c.intervention and c.flag_rule != "any" and not self.scoring.removal
+        if (
+            c.enabled
+            and "enabled" not in c.model_fields_set
+            and (self.lrp.concept_layer == "none" or removal_off)
+        ):
+            # Concept space is on by default: a config that says "no concept layer", or that turned off the
+            # removal test its flag rule needs, keeps the pixel-only audit it had, and records it.
+            c.enabled = False
         if c.enabled and self.lrp.concept_layer == "none":
             raise ValueError(
                 "concepts.enabled is true but lrp.concept_layer is 'none', so the run would hold no concept "
                 "vectors and be analysed in pixel space only: set lrp.concept_layer to 'auto' (or a module "
                 "path of the model), or concepts.enabled: false"
             )
-        if c.enabled and c.intervention and c.flag_rule != "any" and not self.scoring.removal:
+        if c.enabled and removal_off:
             raise ValueError(
                 f"concepts.flag_rule is {c.flag_rule!r} (the removal test must clear its margins) but "
                 "scoring.removal is false, so no concept-only finding could ever be flagged: set "
-                "scoring.removal: true, or concepts.flag_rule: any"
+                "scoring.removal: true, concepts.flag_rule: any, or concepts.enabled: false"
             )
         return self
 

@@ -14,14 +14,17 @@ class ConceptsConfig(Section):
     with the pixel stage's spectral settings (``analysis``); see ``docs/concepts.md``."""
 
     enabled: bool = Field(
-        False,
-        description="Analyse every class in concept space too (needs lrp.concept_layer; a run without "
-        "concept vectors is analysed in pixel space only). Concept-only findings are tested by "
-        "intervention at each image's concept-conditional hot pixels (intervention) and, on colour images, "
-        "by their colour statistics (colour_test). Off by default: "
-        "the audit with concepts did not reach issue 17's goals on the moving benchmark, its concept flags "
-        "raised alarms in 3 of 20 clean models of the reporting split (pixel space alone: 0), and the "
-        "conditional heatmaps and tests cost a third more time; see docs/concepts.md.",
+        True,
+        description="Analyse every class in concept space too, beside the pixel space (needs concept vectors: "
+        "lrp.concept_layer; with lrp.concept_layer none, or a model where 'auto' finds no layer, the run is "
+        "analysed in pixel space only; so is one with scoring.removal false, which the flag rule needs: the default "
+        "yields to both and the run records false). false is the cheap way to turn it off: lrp.concept_layer "
+        "is part of the heatmap cache key, so changing it recomputes every heatmap. Concept-only findings are tested by intervention at each image's "
+        "concept-conditional hot pixels (intervention) and, on colour images, by their colour statistics "
+        "(colour_test). On by default since its protocol's conditions were met on the held-out splits; it "
+        "costs about 2.5x the analysis stage's CPU time (the demo, heatmaps cached: mostly the interventions "
+        "of concept-only findings and the concept-space clustering); false: pixel space only, exactly as "
+        "before. See docs/concepts.md.",
     )
     intervention: bool = Field(
         True,
@@ -97,13 +100,16 @@ class ConceptsConfig(Section):
         "this are one group found in both spaces: one finding (the pixel one) carrying both evidences.",
     )
     score_weight: float = Field(
-        1.0,
+        0.1,
         ge=0.0,
         le=1.0,
         description="Weight of the concept score in a concept-only finding's score: suspicion(score_weight x "
         "concept score x (0.5 + the stronger intervention's strength), flagged) once tested, as a pixel "
         "candidate's map score is weighted (a tested finding whose interventions show nothing scores half "
-        "of an untested one); suspicion(score_weight x concept score, not flagged) when untested.",
+        "of an untested one); suspicion(score_weight x concept score, not flagged) when untested. It puts "
+        "the concept score on the pixel candidates' scale, so an unflagged concept group of a clean class "
+        "does not outrank a class's best pixel candidate (flags do not depend on it). 0.1 chosen on the "
+        "tuning and development moving splits (docs/concepts.md).",
     )
     conditional_members: int = Field(
         64,

@@ -89,6 +89,11 @@ def _verdict(rec: CorrectionRecord) -> str:
         + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items)
         + "</ul>"
         + (f"<p class='unmet'>Warning: {html.escape(gave_up)}.</p>" if gave_up else "")
+        + (
+            f"<p class='unmet'>Warning: {html.escape(moving)}.</p>"
+            if (moving := rec.region_warning())
+            else ""
+        )
         + _share_note(rec)
     )
 

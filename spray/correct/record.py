@@ -152,6 +152,23 @@ class CorrectionRecord:
             "ignores the artifact; try a smaller lambda or P-ClArC"
         )
 
+    def region_warning(self) -> str:
+        """Why the region's measures may miss the shortcut: the flags come from a concept-only finding, whose
+        members' shortcut can sit at different places, while a correction uses one fixed region; empty
+        otherwise."""
+        from spray.runs.keys import key_space
+
+        concept = [k for k in self.flags.cluster_keys if key_space(k) == "concept"]
+        if not concept:
+            return ""
+        e = self.evaluation
+        return (
+            f"the flags come from the concept-only finding {concept[0]}, whose members' shortcut may sit at "
+            f"different places, but the correction pastes, masks and measures one fixed region ({e.region_source}, "
+            f"{e.region_pixels} pixels in the box {e.region_box}): the flip rate and relevance share describe "
+            "that region; look at it in the report before trusting them (docs/correction.md)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the verdict included, for readers that do not rebuild the record)."""
         return {**dataclasses.asdict(self), "verdict": dataclasses.asdict(self.verdict)}

@@ -19,8 +19,9 @@ through its legacy importer: ``metadata.json`` without a ``version`` key)::
     relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 255 / 0 = the map's largest
                       positive / negative relevance (``Heatmap`` label with ``range`` [0, 255])
 
-``spray_cluster`` is the sample's cluster at the k of its class's top-ranked finding (the k the run scored;
-the class page opens at it), ``spray_suspicion`` the per-sample suspicion of samples.parquet, ``spray_flag``
+``spray_cluster`` is the sample's cluster at the k and in the space of its class's top-ranked finding
+(the class page opens at it; ``<class>/concept/k<k>/c<id>`` for a concept-space one), ``spray_suspicious``
+whether it is a member of a suspicious finding, ``spray_suspicion`` the per-sample suspicion of samples.parquet, ``spray_flag``
 the current flag in the flag database (None when unflagged). Labels are ``Classification`` documents
 (``_cls``), as in FiftyOne's own serialisation.
 """
@@ -53,8 +54,9 @@ SUSPICIOUS_TAG = "suspicious"
 def _cluster_of(
     src: ExportSource,
 ) -> tuple[list[str | None], list[float | None], np.ndarray, np.ndarray]:
-    """Per sample (storage order): cluster key at the k of its class's top finding, that cluster's score,
-    member of a suspicious finding, and its 2-D map coordinates (NaN when its class was not analysed)."""
+    """Per sample (storage order): cluster key at the k and in the space (pixel or concept) of its class's
+    top finding, that cluster's score, member of a suspicious finding (by the findings' own members, in
+    either space), and its 2-D map coordinates (NaN when its class was not analysed)."""
     n = len(src.sample_ids)
     keys: list[str | None] = [None] * n
     scores: list[float | None] = [None] * n
@@ -63,19 +65,23 @@ def _cluster_of(
     findings = src.findings()
     for entry in src.classes():
         own = [f for f in findings if f.class_index == entry.class_index]
-        k = min(own, key=lambda f: f.rank).k if own else entry.chosen_k
+        top = min(own, key=lambda f: f.rank) if own else None
+        k = top.k if top is not None else entry.chosen_k
+        concept = top is not None and top.space == "concept"
         data = src.class_data(entry.class_index)
         rows = src.positions(data.sample_ids)
         xy[rows] = data.embedding
         for f in own:
-            if f.suspicious:
-                suspicious[rows[data.labellings[f.k] == f.cluster_id]] = True
-        lab = data.labellings.get(k)
+            if f.suspicious:  # its own members, in its own space (a concept group is no pixel cluster)
+                labs = data.concept_labellings if f.space == "concept" else data.labellings
+                suspicious[rows[labs[f.k] == f.cluster_id]] = True
+        lab = (data.concept_labellings if concept else data.labellings).get(k)
         if lab is None:
             continue
+        prefix = f"{entry.class_index}/concept" if concept else f"{entry.class_index}"
         score_of = {f.key: f.score for f in own}
         for r, cid in zip(rows.tolist(), lab.tolist(), strict=True):
-            keys[r] = f"{entry.class_index}/k{k}/c{cid}"
+            keys[r] = f"{prefix}/k{k}/c{cid}"
             scores[r] = score_of.get(keys[r])
     return keys, scores, suspicious, xy
 
@@ -102,6 +108,12 @@ def _grey(heat: np.ndarray) -> np.ndarray:
     h = np.asarray(heat, dtype=np.float32)
     m = float(np.abs(h).max()) or 1.0
     return np.clip(np.round(128 + 127 * h / m), 0, 255).astype(np.uint8)
+
+
+def _picture(thumb: np.ndarray) -> np.ndarray:
+    """A stored thumbnail ``(h, w, 3)`` or ``(h, w, 1)`` as PIL takes it (a grey one as ``(h, w)``)."""
+    t = np.asarray(thumb)
+    return np.ascontiguousarray(t[..., 0] if t.ndim == 3 and t.shape[-1] == 1 else t)
 
 
 def _number(v: float | None) -> float | None:
@@ -178,7 +190,7 @@ def write_fiftyone_dataset(
             ):
                 media = str(original)
             elif src.thumbs is not None:
-                Image.fromarray(np.ascontiguousarray(src.thumbs[r])).save(tmp / DATA_DIR / name)
+                Image.fromarray(_picture(src.thumbs[r])).save(tmp / DATA_DIR / name)
                 media = f"{DATA_DIR}/{name}"
             else:  # no input stored: the relevance map stands in for the image
                 media = f"{RELEVANCE_DIR}/{name}"

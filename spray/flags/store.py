@@ -88,6 +88,19 @@ _INSERT = (
 )
 
 
+def _kept_notes(con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Event rows (``_INSERT`` order) whose empty note takes the sample's current note when its status stays
+    the same: flagging a flagged sample again without a note must not erase what a person wrote."""
+    ids = [r[2] for r in rows]
+    current: dict[str, tuple[str, str]] = {}
+    for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+        part = ids[i : i + 500]
+        q = f"SELECT sample_id, status, note FROM current WHERE dataset = ? AND sample_id IN ({','.join('?' * len(part))})"
+        current.update({r[0]: (r[1], r[2]) for r in con.execute(q, (dataset, *part))})
+    kept = {sid: note for sid, (status, note) in current.items() if note}
+    return [(*r[:4], kept[r[2]], *r[5:]) if r[2] in kept and current[r[2]][0] == r[3] else r for r in rows]
+
+
 def default_db_path(runs_dir: str | Path) -> Path:
     """``<runs_dir>/flags.sqlite``: next to the run folders, never inside one."""
     return Path(runs_dir) / DEFAULT_DB_NAME
@@ -328,6 +341,8 @@ class FlagStore:
             for s in ids
         ]
         with self._connect() as con, _transaction(con):
+            if not note and status != UNFLAG:
+                rows = _kept_notes(con, dataset, rows)
             if since is not None:
                 wanted = set(ids)
                 newer = [

@@ -41,9 +41,18 @@ def key_space(key: str) -> str:
     return "concept" if key.count("/") == 3 and key.split("/")[1] == "concept" else "pixel"
 
 
+def _names(f: FindingSummary, label: str) -> set[str]:
+    """What a user may call a finding: the report's cluster column (``k6/c4+C``, ``C:k6/c2``), without the
+    ``+C`` mark (the name it had before concept space was on), each alone or after the class name or
+    index (``Shirt/k6/c4``, ``6/C:k6/c2``)."""
+    labels = {label, label.removesuffix("+C")}
+    return labels | {f"{prefix}/{name}" for prefix in (f.class_name, str(f.class_index)) for name in labels}
+
+
 def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
     """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
-    columns (``dog/k2/c0``), or the cluster column alone (``k2/c0``) when one class has it.
+    columns (``dog/k2/c0``, ``1/k2/c0+C``; the ``+C`` mark may be left out), or the cluster column alone
+    (``k2/c0``) when one class has it.
 
     Parameters
     ----------
@@ -66,7 +75,8 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
 
     if any(f.key == text for f in findings):
         return text
-    found = [f for f in findings if text in (cluster_label(f), f"{f.class_name}/{cluster_label(f)}")]
+    typed = text.strip().casefold()  # "shirt/k10/c7" for the class Shirt: a name, not a byte string
+    found = [f for f in findings if typed in {n.casefold() for n in _names(f, cluster_label(f))}]
     if len(found) == 1:
         return found[0].key
     if found:

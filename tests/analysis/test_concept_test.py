@@ -208,6 +208,23 @@ def test_concept_space_without_a_concept_layer_is_refused_when_loaded() -> None:
     _cfg(concepts={"enabled": False}, lrp={"concept_layer": "none"})  # pixel space only: nothing to refuse
 
 
+def test_concept_space_is_on_by_default_and_yields_to_an_explicit_no_concept_layer() -> None:
+    import pytest
+
+    from spray.errors import ConfigError
+
+    assert _cfg().concepts.enabled
+    cfg = _cfg(lrp={"concept_layer": "none"})
+    assert not cfg.concepts.enabled  # the run records what it does: pixel space only
+    # Without the removal test its flag rule needs, default-on concept space yields too (the pixel-only
+    # audit such a config had); asked for explicitly, the combination is refused with the fixes.
+    assert not _cfg(scoring={"removal": False}).concepts.enabled
+    with pytest.raises(
+        (ConfigError, ValueError), match=r"scoring\.removal is false.*concepts\.enabled: false"
+    ):
+        _cfg(concepts={"enabled": True}, scoring={"removal": False})
+
+
 def test_typicality_says_whether_hot_cells_lie_on_the_rest_of_the_classs_usual_places() -> None:
     base = np.zeros((8, 8))
     base[3:5, 3:5] = 1.0  # the rest of the class uses the centre

@@ -204,7 +204,7 @@ def score_class(
     findings.sort(key=lambda f: (-f.score, f.k, f.cluster_id))
     top = findings[0] if findings else None
     logger.info(
-        "class %s: %d candidates; top: k=%d cluster %d, score %.3f%s",
+        "class %s: %d pixel candidates; top: k=%d cluster %d, score %.3f%s",
         class_name,
         len(findings),
         top.k if top else -1,

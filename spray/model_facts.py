@@ -1,0 +1,174 @@
+"""What ``spray init`` learns from a model name: a torchvision or timm architecture, or a factory.
+
+:func:`inspect_model` turns ``--model`` into a config's ``model`` section and the input size and
+normalisation the architecture expects; :func:`with_model_args` adds the user's ``--model-arg`` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spray.errors import ConfigError
+from spray.factories import SPEC_PATTERN
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+#: torchvision architectures that run only at the input size they were built for, and that size.
+FIXED_SIZE_PREFIXES = {"vit_": 224, "maxvit_": 224, "inception_v3": 299}
+
+
+@dataclass
+class ModelFacts:
+    """What :func:`inspect_model` found."""
+
+    section: dict[str, Any]
+    kind: str  # "torchvision", "timm" or "factory"
+    input_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    crop_pct: float = 0.875
+    notes: list[str] = field(default_factory=list)
+    #: The architecture fails on any other input size than ``input_size`` (ViT, MaxViT).
+    fixed_size: bool = False
+
+
+def inspect_model(
+    spec: str, num_classes: int | None, config_dir: Path, channels: int | None = None
+) -> ModelFacts:
+    """Describe the model named by ``spec`` (torchvision name, timm name or factory) as a ``model`` section.
+
+    Raises
+    ------
+    ConfigError
+        When ``spec`` is none of these (with the closest torchvision names).
+    """
+    kwargs: dict[str, Any]
+    if spec.startswith("timm:"):  # a timm name that torchvision has too (convnext_tiny): timm's, as asked
+        facts = timm_facts(spec.removeprefix("timm:"), num_classes, required=True)
+        assert facts is not None  # required: raises instead
+        return facts
+    if SPEC_PATTERN.match(spec):
+        import inspect
+
+        from spray.factories import import_callable, locate_module
+
+        locate_module(spec, "--model", config_dir)
+        params = inspect.signature(import_callable(spec, "--model")).parameters
+        kwargs = {"num_classes": num_classes} if num_classes and "num_classes" in params else {}
+        if "in_channels" in params and channels is not None:
+            kwargs["in_channels"] = channels
+        return ModelFacts({"factory": spec, "factory_kwargs": kwargs}, "factory")
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if spec in names:
+        fixed = [side for prefix, side in FIXED_SIZE_PREFIXES.items() if spec.startswith(prefix)]
+        return ModelFacts(
+            {"architecture": spec, "num_classes": num_classes},
+            "torchvision",
+            fixed[0] if fixed else 224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            fixed_size=bool(fixed),
+        )
+    found = timm_facts(spec, num_classes, required=False)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(spec, names, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"--model {spec!r} is not a torchvision model name nor a timm one (with timm installed), nor "
+        f"'package.module:function'.{hint}"
+    )
+
+
+def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFacts | None:
+    """The timm architecture ``name`` as a model section; None when it is not one (``required``: raise)."""
+    timm: Any
+    try:
+        timm = importlib.import_module("timm")
+    except ImportError:
+        if required:
+            raise ConfigError(f"--model timm:{name}: timm is not installed (pip install timm).") from None
+        return None
+    if not timm.is_model(name):
+        if required:
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"--model timm:{name}: not a timm architecture.{hint}")
+        return None
+    made = timm.create_model(name, pretrained=False, num_classes=num_classes or 2)
+    cfg: dict[str, Any] = dict(getattr(made, "pretrained_cfg", {}) or {})
+    kwargs = {"model_name": name, "num_classes": num_classes, "pretrained": False}
+    return ModelFacts(
+        {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
+        [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
+        fixed_size=bool(cfg.get("fixed_input_size", False)),
+    )  # fmt: skip
+
+
+def timm_if_its_keys(
+    name: str, model: ModelFacts, checkpoint: Path, num_classes: int | None
+) -> tuple[ModelFacts, str | None]:
+    """timm's architecture instead of torchvision's of the same name when the checkpoint's keys are timm's
+    (``efficientnet_b0``, ``resnet18``, ``convnext_tiny`` exist in both); the note says so."""
+    import torchvision
+
+    from spray.models import checkpoint_keys, timm_twin_matches
+
+    keys = checkpoint_keys(checkpoint)
+    if not keys:
+        return model, None
+    # A checkpoint that fits torchvision's stays torchvision's (timm's ResNet, ResNeXt and DenseNet share its
+    # names); checked first, as it is the common case and needs no timm model built.
+    mine = torchvision.models.get_model(name, weights=None, num_classes=num_classes or 2).state_dict()
+    if set(mine) == keys or not timm_twin_matches(name, keys):
+        return model, None
+    twin = timm_facts(name, num_classes, required=False)
+    if twin is None:
+        return model, None
+    return twin, (
+        f"CHECK model: {name!r} is both a torchvision and a timm architecture; the checkpoint's keys are "
+        f"timm's, so this config builds timm's (--model timm:{name} says so explicitly)"
+    )
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``--model-arg KEY=VALUE`` values as keyword arguments, each value read as YAML (``3``, ``true``,
+    ``[1, 2]``, ``avg``).
+
+    Raises
+    ------
+    ConfigError
+        An item without ``=`` or with an empty or non-identifier key.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(
+                f"--model-arg {item!r} is not KEY=VALUE with KEY a Python name (e.g. --model-arg pool=avg)"
+            )
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def with_model_args(model: ModelFacts, kwargs: dict[str, Any]) -> ModelFacts:
+    """``model`` whose constructor also gets ``kwargs`` (torchvision: ``architecture_kwargs``; timm and
+    factories: ``factory_kwargs``, where they override what was found, e.g. ``num_classes``)."""
+    if not kwargs:
+        return model
+    key = "architecture_kwargs" if model.kind == "torchvision" else "factory_kwargs"
+    section = dict(model.section)
+    section[key] = {**(section.get(key) or {}), **kwargs}
+    return dataclasses.replace(model, section=section)

@@ -1,0 +1,54 @@
+"""spray.runs.keys: what a user may type for a finding, and what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spray.errors import ConfigError
+from spray.runs.keys import finding_key
+from spray.runs.summary import FindingSummary
+
+
+def _finding(key: str, class_index: int, class_name: str, k: int, cid: int, space: str) -> FindingSummary:
+    return FindingSummary(
+        key=key, rank=0, class_index=class_index, class_name=class_name, k=k, cluster_id=cid, size=10,
+        fraction=0.1, score=0.5, suspicious=True, evidence=[], signals={}, carrier_ids=[], space=space,
+    )  # fmt: skip
+
+
+FINDINGS = [
+    _finding("6/k6/c4", 6, "Shirt", 6, 4, "both"),
+    _finding("8/concept/k6/c2", 8, "Bag", 6, 2, "concept"),
+    _finding("2/k3/c1", 2, "Pullover", 3, 1, "pixel"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("6/k6/c4", "6/k6/c4"),  # the key
+        ("Shirt/k6/c4+C", "6/k6/c4"),  # the report's class and cluster columns
+        ("k6/c4+C", "6/k6/c4"),  # the cluster column alone, unique
+        ("Shirt/k6/c4", "6/k6/c4"),  # as named before concept space marked it found there too
+        ("k6/c4", "6/k6/c4"),
+        ("Bag/C:k6/c2", "8/concept/k6/c2"),
+        ("8/C:k6/c2", "8/concept/k6/c2"),  # the class index instead of its name
+        ("C:k6/c2", "8/concept/k6/c2"),
+        ("8/concept/k6/c2", "8/concept/k6/c2"),
+        ("Pullover/k3/c1", "2/k3/c1"),
+        ("pullover/K3/C1", "2/k3/c1"),  # case does not matter
+        ("bag/c:k6/c2", "8/concept/k6/c2"),
+    ],
+)
+def test_the_names_a_user_sees_select_the_finding(text: str, key: str) -> None:
+    assert finding_key(FINDINGS, text, Path("run"), "--finding") == key
+
+
+def test_an_unknown_name_lists_the_findings() -> None:
+    with pytest.raises(ConfigError, match=r"No finding 'Shirt/k6/c9'.*6/k6/c4 \(Shirt k6/c4\+C\)"):
+        finding_key(FINDINGS, "Shirt/k6/c9", Path("run"), "--finding")
+    # k6/c2 is Bag's concept-only group, whose name carries C: (no pixel cluster k6/c2 was found).
+    with pytest.raises(ConfigError, match="No finding 'k6/c2'"):
+        finding_key(FINDINGS, "k6/c2", Path("run"), "--finding")
