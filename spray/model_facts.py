@@ -35,6 +35,8 @@ class ModelFacts:
     notes: list[str] = field(default_factory=list)
     #: The architecture fails on any other input size than ``input_size`` (ViT, MaxViT).
     fixed_size: bool = False
+    #: Input channels the constructor was told (``--model-arg in_chans=1``); None: the architecture's default.
+    channels: int | None = None
 
 
 def inspect_model(
@@ -159,16 +161,64 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
-            out[key.strip()] = value
+            raise ConfigError(
+                f"--model-arg {item!r}: the value is not valid YAML; quote a string (e.g. {key.strip()}='\"{value}\"') "
+                f"or close the list (e.g. {key.strip()}=[1,2])"
+            ) from None
     return out
+
+
+#: Constructor arguments that set the input size (timm, torchvision's ViT) and the input channels.
+SIZE_ARGS = ("img_size", "image_size")
+CHANNEL_ARGS = ("in_chans", "in_channels")
+
+
+def _side(value: Any, key: str) -> int:
+    """A square input side from an ``img_size``-like argument (``32`` or ``[32, 32]``)."""
+    sides = value if isinstance(value, list | tuple) else [value]
+    if not sides or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
+        raise ConfigError(
+            f"--model-arg {key}={value!r}: give a positive whole number of pixels (e.g. {key}=32)"
+        )
+    if len(set(sides)) > 1:
+        raise ConfigError(
+            f"--model-arg {key}={value!r}: spray init writes a square input size; give one side (e.g. {key}=32) "
+            "and set data.transform by hand for a non-square one"
+        )
+    return int(sides[0])
 
 
 def with_model_args(model: ModelFacts, kwargs: dict[str, Any]) -> ModelFacts:
     """``model`` whose constructor also gets ``kwargs`` (torchvision: ``architecture_kwargs``; timm and
-    factories: ``factory_kwargs``, where they override what was found, e.g. ``num_classes``)."""
+    factories: ``factory_kwargs``, where they override what was found, e.g. ``num_classes``).
+
+    An input size (``img_size``, ``image_size``) or channel count (``in_chans``, ``in_channels``) among them
+    also changes the input the config's transform prepares: a ViT built for 32-pixel inputs gets 32-pixel
+    images, a 1-channel model grey ones with one mean and std.
+
+    Raises
+    ------
+    ConfigError
+        An input size or channel count that is not a positive whole number (channels: 1 or 3).
+    """
     if not kwargs:
         return model
     key = "architecture_kwargs" if model.kind == "torchvision" else "factory_kwargs"
     section = dict(model.section)
     section[key] = {**(section.get(key) or {}), **kwargs}
-    return dataclasses.replace(model, section=section)
+    out = dataclasses.replace(model, section=section)
+    for name in SIZE_ARGS:
+        if name in kwargs:
+            out.input_size = _side(kwargs[name], name)
+    for name in CHANNEL_ARGS:
+        if name in kwargs:
+            if kwargs[name] not in (1, 3) or isinstance(kwargs[name], bool):
+                raise ConfigError(
+                    f"--model-arg {name}={kwargs[name]!r}: spray audits grey (1) or RGB (3) inputs; give 1 or 3"
+                )
+            out.channels = int(kwargs[name])
+            if out.channels == 1 and out.mean is not None and out.std is not None and len(out.mean) > 1:
+                # One channel: the mean of the architecture's per-channel values, as a grey copy of RGB has.
+                out.mean = [round(sum(out.mean) / len(out.mean), 4)]
+                out.std = [round(sum(out.std) / len(out.std), 4)]
+    return out

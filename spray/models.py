@@ -367,7 +367,11 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
         elif sibling:
             fix = f"Its keys are those of torchvision's {sibling!r}: set model.architecture: {sibling}."
         else:
-            fix = "Check model.architecture / model.factory."
+            fix = (
+                "Check model.architecture / model.factory; if the checkpoint's model was built with other "
+                f"constructor arguments (a depth, a block count), give them in {_kwargs_field(cfg)} "
+                "(spray init: --model-arg KEY=VALUE)."
+            )
         raise ModelError(
             f"The checkpoint {str(cfg.checkpoint)!r} is for another model: its keys do not match. "
             f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
@@ -385,7 +389,7 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
                 ""
                 if head
                 else "\nIf the checkpoint's model was built with other constructor arguments (a width, a depth), "
-                "give them in model.factory_kwargs or model.architecture_kwargs (spray init: --model-arg KEY=VALUE)."
+                f"give them in {_kwargs_field(cfg)} (spray init: --model-arg KEY=VALUE)."
             )
         )
         if head:
@@ -393,6 +397,11 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
             raise ClassCountError(message, theirs[0], ours[0])
         raise ModelError(message)
     model.load_state_dict(state)
+
+
+def _kwargs_field(cfg: ModelConfig) -> str:
+    """Where this config's constructor arguments go: ``model.architecture_kwargs`` or ``model.factory_kwargs``."""
+    return "model.architecture_kwargs" if cfg.architecture else "model.factory_kwargs"
 
 
 def timm_twin_matches(name: str, keys: set[str]) -> bool:

@@ -189,7 +189,9 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
             notes.append(
                 f"CHECK: the {h}×{w} images are used at their size; the architecture's default is {side}"
             )
-    if model is not None and model.kind != "factory" and data.grey:
+    if model is not None and model.channels == 1:
+        t["channels"] = 1
+    elif model is not None and model.kind != "factory" and data.grey:
         t["grayscale_to_rgb"] = True
     if model is not None and model.mean is not None:
         t.update(mean=model.mean, std=model.std)

@@ -227,6 +227,44 @@ def test_torchvision_model_args_go_to_architecture_kwargs(
     assert load_config(out).model.architecture_kwargs == {"zero_init_residual": True}
 
 
+def _grey_folder(root: Path, size: int) -> Path:
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (size, size), 40 * i + 20).save(root / c / f"{i}.png")
+    return root
+
+
+def test_model_args_that_change_the_input_change_the_transform(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1-channel timm model gets grey inputs with one mean; a ViT built for 32 pixels gets 32-pixel ones;
+    each written config passes its own one-batch check."""
+    pytest.importorskip("timm")
+    grey = str(_grey_folder(tmp_path / "grey", 32))
+    out = tmp_path / "g.yaml"
+    res = run_main(
+        ["init", "--data", grey, "--model", "resnet10t", "--model-arg", "in_chans=1", "-o", str(out)], capsys
+    )
+    assert res.code == 0, res.output
+    t = load_config(out).data.transform
+    assert t.channels == 1 and not t.grayscale_to_rgb and t.mean is not None and len(t.mean) == 1
+    make_image_folder(tmp_path / "rgb", n_per_class=2, size=28)
+    out = tmp_path / "v.yaml"
+    argv = ["init", "--data", str(tmp_path / "rgb"), "--model", "vit_tiny_patch16_224", "-o", str(out)]
+    res = run_main([*argv, "--model-arg", "img_size=32", "--model-arg", "patch_size=8"], capsys)
+    assert res.code == 0, res.output
+    t = load_config(out).data.transform
+    assert t.resize == 32 and t.center_crop == 32
+    for arg, says in (
+        ("in_chans=2", "give 1 or 3"),
+        ("img_size=[32,48]", "square"),
+        ("img_size=[32", "YAML"),
+    ):
+        bad = run_main([*argv, "--force", "--model-arg", arg], capsys)
+        assert_clean_failure(bad, 2, says)
+
+
 def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("timm")
     make_image_folder(tmp_path / "train", n_per_class=2, size=64)
