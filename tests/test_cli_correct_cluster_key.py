@@ -124,3 +124,13 @@ def test_fail_if_not_cleared_exits_10_while_the_reaudit_flags_the_finding(
     again = run_main(argv, capsys)
     assert again.code == 10 and "still flags the finding" in again.output, again.output
     assert run_main([a for a in argv if a != "--fail-if-not-cleared"], capsys).code == 0
+    # Without a re-audit there is nothing to fail on: refused, naming both options.
+    assert_clean_failure(
+        run_main([*argv, "--no-reaudit"], capsys), 2, "--fail-if-not-cleared", "--no-reaudit"
+    )
+    # Neither run flags the finding: the flag cannot judge, exit 0 with a warning that says so.
+    record["reaudit"]["still_flagged"] = False
+    record["reaudit"]["before"]["suspicious"] = False
+    (folder / RECORD_NAME).write_text(json.dumps(record))
+    neither = run_main(argv, capsys)
+    assert neither.code == 0 and "cannot judge" in neither.output, neither.output

@@ -237,9 +237,15 @@ def run_command(args: argparse.Namespace) -> int:
     """``spray correct``: unlearn the flagged shortcut, re-evaluate and re-audit (idempotent, resumable)."""
     from spray.correct.groups import NoFlagsError
     from spray.correct.run import correct
+    from spray.errors import ConfigError
     from spray.exit_codes import EXIT_FINDINGS
 
     cfg = _config(args)
+    if args.fail_if_not_cleared and not cfg.correction.reaudit:
+        raise ConfigError(
+            "--fail-if-not-cleared needs the re-audit, which is off (--no-reaudit or correction.reaudit: false): "
+            "drop --fail-if-not-cleared, or let the re-audit run"
+        )
     try:
         outcome = correct(cfg, device=args.device, progress=not args.quiet, force=args.force)
     except NoFlagsError as err:
@@ -248,9 +254,16 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("nothing to correct: %s", err)
         return 0
     sys.stdout.write(_table(outcome) + "\n")
-    if args.fail_if_not_cleared and outcome.record.verdict.finding_cleared is False:
+    cleared = outcome.record.verdict.finding_cleared
+    if args.fail_if_not_cleared and cleared is False:
         log.warning("the re-audit still flags the finding: exit %d (--fail-if-not-cleared)", EXIT_FINDINGS)
         return EXIT_FINDINGS
+    if args.fail_if_not_cleared and cleared is None:
+        # The source run did not flag the group either, so the flag has nothing to clear: say so, exit 0.
+        log.warning(
+            "--fail-if-not-cleared: the flag cannot judge this correction (the source run did not flag the "
+            "finding, nor does the re-audit); read the flip rate and relevance share above"
+        )
     return 0
 
 
