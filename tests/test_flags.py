@@ -191,3 +191,9 @@ def test_flagging_again_without_a_note_keeps_the_note(store: FlagStore) -> None:
     assert {f.sample_id: f.note for f in store.current("ds")}["b"] == "a new note"
     store.flag("ds", ["a"], "ok")  # another status is another decision: its note is not carried over
     assert {f.sample_id: f.note for f in store.current("ds")}["a"] == ""
+    store.unflag("ds", ["b"])
+    store.flag("ds", ["b"], "unlearn")  # an unflag in between: flagged anew, without the old note
+    assert {f.sample_id: f.note for f in store.current("ds")}["b"] == ""
+    # The history shows what each action typed, never a note carried from an earlier one.
+    notes = [(a.n_samples, a.note) for a in reversed(store.actions("ds"))]
+    assert notes == [(2, "moving magenta sticker"), (2, ""), (1, "a new note"), (1, ""), (1, ""), (1, "")]

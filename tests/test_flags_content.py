@@ -82,8 +82,10 @@ def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -
     got = {f.sample_id: (f.status, f.note, f.content_hash) for f in store.current("ds")}
     assert got == {"17": ("unlearn", "old note", None), "18": ("investigate", "", "h18")}
     assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
-        "2",
+        "3",
     )
+    store.flag("ds", ["17"], "unlearn")  # schema 3's view: a note-less repeat keeps the note
+    assert {f.sample_id: f.note for f in store.current("ds")}["17"] == "old note"
     assert "content_hash" in store.export_frame("ds", status=None).columns
 
 

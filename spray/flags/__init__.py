@@ -14,9 +14,9 @@ Command line::
 
 from spray.flags.content import ChangedFlag, FlagBinding, bind_flags
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
+from spray.flags.schema import SCHEMA_VERSION
 from spray.flags.store import (
     DEFAULT_DB_NAME,
-    SCHEMA_VERSION,
     FlagStore,
     default_author,
     default_db_path,

@@ -6,16 +6,9 @@ Tuesday's run of the same dataset (the dataset key is ``summary["dataset"]``, se
 the run it was flagged on, so a later run can tell when an id now names other content
 (:mod:`spray.flags.content`).
 
-Schema (format :data:`SCHEMA_VERSION`)::
-
-    events    append-only history: one row per sample per action
-              (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author,
-              created_at, content_hash)
-              status is one of STATUSES, or "unflag"
-    current   view: the latest event of every (dataset, sample_id) whose status is not "unflag"
-
-A schema 1 database (no ``content_hash``) is upgraded in place the first time it is opened for writing
-(one added column, the view rebuilt; no row changes); read-only it is read as it is.
+The schema, the ``current`` view (which note a flag shows) and the upgrades of older files are in
+:mod:`spray.flags.schema`; older files are upgraded the first time they are opened for writing, and read
+as they are when read-only.
 
 History is never rewritten: unflagging appends an ``unflag`` event. The current state is derived from the
 history, so two sessions flagging at the same time cannot leave the two tables disagreeing; SQLite's WAL
@@ -47,58 +40,17 @@ from urllib.parse import quote
 
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
+from spray.flags.schema import SCHEMA, SCHEMA_VERSION, stored_version, upgrade
 from spray.flags.table import EXPORT_COLUMNS, frame_to_bytes
 
 log = logging.getLogger("spray.flags")
 
-SCHEMA_VERSION = 2
 DEFAULT_DB_NAME = "flags.sqlite"
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    action_id   TEXT NOT NULL,
-    dataset     TEXT NOT NULL,
-    sample_id   TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('unlearn', 'investigate', 'ok', 'unflag')),
-    note        TEXT NOT NULL DEFAULT '',
-    run_id      TEXT,
-    cluster_key TEXT,
-    source      TEXT,
-    author      TEXT,
-    created_at  TEXT NOT NULL,
-    content_hash TEXT
-);
-CREATE INDEX IF NOT EXISTS events_sample ON events (dataset, sample_id, id);
-CREATE INDEX IF NOT EXISTS events_action ON events (action_id);
-"""
-_VIEW = """
-CREATE VIEW IF NOT EXISTS current AS
-    SELECT e.dataset, e.sample_id, e.status, e.note, e.run_id, e.cluster_key, e.source, e.author,
-           e.created_at AS flagged_at, e.action_id, e.id AS event_id, e.content_hash
-    FROM events e
-    WHERE e.id = (SELECT MAX(id) FROM events x WHERE x.dataset = e.dataset AND x.sample_id = e.sample_id)
-      AND e.status != 'unflag';
-"""
-_SCHEMA = _TABLES + _VIEW
 _INSERT = (
     "INSERT INTO events (action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author, "
     "created_at, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _kept_notes(con: sqlite3.Connection, dataset: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Event rows (``_INSERT`` order) whose empty note takes the sample's current note when its status stays
-    the same: flagging a flagged sample again without a note must not erase what a person wrote."""
-    ids = [r[2] for r in rows]
-    current: dict[str, tuple[str, str]] = {}
-    for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-        part = ids[i : i + 500]
-        q = f"SELECT sample_id, status, note FROM current WHERE dataset = ? AND sample_id IN ({','.join('?' * len(part))})"
-        current.update({r[0]: (r[1], r[2]) for r in con.execute(q, (dataset, *part))})
-    kept = {sid: note for sid, (status, note) in current.items() if note}
-    return [(*r[:4], kept[r[2]], *r[5:]) if r[2] in kept and current[r[2]][0] == r[3] else r for r in rows]
 
 
 def default_db_path(runs_dir: str | Path) -> Path:
@@ -131,10 +83,6 @@ def _transaction(con: sqlite3.Connection) -> Iterator[None]:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
-
-
-def _event_columns(con: sqlite3.Connection) -> set[str]:
-    return {str(r[1]) for r in con.execute("PRAGMA table_info(events)")}
 
 
 def _record(cls: type, row: sqlite3.Row) -> Any:
@@ -263,7 +211,7 @@ class FlagStore:
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
             }
             if {"events", "current"} <= names:
-                if create and "content_hash" not in _event_columns(con):
+                if create and stored_version(con) < SCHEMA_VERSION:
                     self._upgrade(con)
                 return
             if names - {"meta", "sqlite_sequence"} or not create:
@@ -275,27 +223,19 @@ class FlagStore:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(
                 "BEGIN IMMEDIATE;"
-                + _SCHEMA
+                + SCHEMA
                 + f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
                 + "COMMIT;"
             )
 
     def _upgrade(self, con: sqlite3.Connection) -> None:
-        """Schema 1 → 2: add ``content_hash`` (NULL for the old events) and rebuild the view that shows it."""
+        """An older file brought to :data:`SCHEMA_VERSION` (:func:`spray.flags.schema.upgrade`)."""
         with _transaction(con):
-            if "content_hash" not in _event_columns(con):  # another writer may have upgraded meanwhile
-                con.execute("ALTER TABLE events ADD COLUMN content_hash TEXT")
-                con.execute("DROP VIEW IF EXISTS current")
-                con.execute(_VIEW)
-                con.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-        log.info(
-            "flags: upgraded %s to schema %d (flags now record the content they were set on)",
-            self.path,
-            SCHEMA_VERSION,
-        )
+            had = upgrade(con)  # another writer may have upgraded meanwhile: then nothing happens
+        if had < SCHEMA_VERSION:
+            log.info(
+                "flags: upgraded %s from schema %d to %d (no flag changed)", self.path, had, SCHEMA_VERSION
+            )
 
     def check(self) -> None:
         """Read every page once (``PRAGMA quick_check``): a truncated or damaged file fails here, loudly.
@@ -341,8 +281,6 @@ class FlagStore:
             for s in ids
         ]
         with self._connect() as con, _transaction(con):
-            if not note and status != UNFLAG:
-                rows = _kept_notes(con, dataset, rows)
             if since is not None:
                 wanted = set(ids)
                 newer = [

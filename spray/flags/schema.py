@@ -1,0 +1,90 @@
+"""The flag database's schema: its tables, the ``current`` view and the upgrades of older files.
+
+Format :data:`SCHEMA_VERSION`::
+
+    meta      key/value: schema_version
+    events    append-only history: one row per sample per action
+              (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author,
+              created_at, content_hash); status is one of the flag statuses, or "unflag"; note is what the
+              person typed in that action ('' when nothing)
+    current   view: the latest event of every (dataset, sample_id) whose status is not "unflag", with the
+              newest note typed since the sample took that status (flagging a flagged sample again without
+              a note keeps the note; another status, or an unflag, starts without one)
+
+Upgrades (only when a file is opened for writing; no event row changes): 1 → 2 adds ``content_hash``;
+2 → 3 rebuilds the view, which took the latest event's note, so a note-less repeat erased a note.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 3
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    action_id   TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    sample_id   TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('unlearn', 'investigate', 'ok', 'unflag')),
+    note        TEXT NOT NULL DEFAULT '',
+    run_id      TEXT,
+    cluster_key TEXT,
+    source      TEXT,
+    author      TEXT,
+    created_at  TEXT NOT NULL,
+    content_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS events_sample ON events (dataset, sample_id, id);
+CREATE INDEX IF NOT EXISTS events_action ON events (action_id);
+"""
+VIEW = """
+CREATE VIEW IF NOT EXISTS current AS
+    SELECT e.dataset, e.sample_id, e.status,
+           COALESCE((
+               SELECT n.note FROM events n
+               WHERE n.dataset = e.dataset AND n.sample_id = e.sample_id AND n.note != ''
+                 AND n.id > COALESCE((
+                     SELECT MAX(y.id) FROM events y
+                     WHERE y.dataset = e.dataset AND y.sample_id = e.sample_id AND y.status != e.status
+                 ), 0)
+               ORDER BY n.id DESC LIMIT 1
+           ), '') AS note,
+           e.run_id, e.cluster_key, e.source, e.author,
+           e.created_at AS flagged_at, e.action_id, e.id AS event_id, e.content_hash
+    FROM events e
+    WHERE e.id = (SELECT MAX(id) FROM events x WHERE x.dataset = e.dataset AND x.sample_id = e.sample_id)
+      AND e.status != 'unflag';
+"""
+SCHEMA = TABLES + VIEW
+
+
+def event_columns(con: sqlite3.Connection) -> set[str]:
+    """The columns of the ``events`` table."""
+    return {str(r[1]) for r in con.execute("PRAGMA table_info(events)")}
+
+
+def stored_version(con: sqlite3.Connection) -> int:
+    """The file's schema version (``meta``); 1 for a file without ``content_hash`` that does not say."""
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is not None and str(row[0]).isdigit():
+        return int(row[0])
+    return 2 if "content_hash" in event_columns(con) else 1
+
+
+def upgrade(con: sqlite3.Connection) -> int:
+    """Bring an older file to :data:`SCHEMA_VERSION` inside the caller's write transaction; returns the
+    version it had (no event row changes)."""
+    had = stored_version(con)
+    if had >= SCHEMA_VERSION:
+        return had
+    if "content_hash" not in event_columns(con):
+        con.execute("ALTER TABLE events ADD COLUMN content_hash TEXT")
+    con.execute("DROP VIEW IF EXISTS current")
+    con.execute(VIEW)
+    con.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )
+    return had
