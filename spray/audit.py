@@ -35,6 +35,7 @@ from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
 from spray.concept_maps import conditional_maps
 from spray.config import AuditConfig
+from spray.config.audit import pixel_only_reason
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
@@ -161,6 +162,9 @@ def run_audit(
     torch.manual_seed(cfg.seed)
     ctx = ctx or dist_context(dev, cfg.batch.dist_timeout_s)
     setup = _setup(cfg, dev, ctx, clock)
+    pixel_only = pixel_only_reason(cfg.model_dump(mode="json"))
+    if pixel_only:
+        log.info("concept space off (%s): pixel space only", pixel_only)
     published = _published_run(cfg, setup.run_id, ctx, force)
     if published is not None:
         return _up_to_date(published, setup, ctx, clock)

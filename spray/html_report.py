@@ -130,13 +130,15 @@ def _changes_html(changes: ChangeSet) -> str:
 
 def _spaces(config: dict[str, Any], extra: dict[str, Any]) -> str:
     """Which spaces the run was analysed in, as HTML: concept space needs it enabled and a concept layer."""
-    enabled = bool((config.get("concepts") or {}).get("enabled", False))
+    from spray.config.audit import pixel_only_reason
+
+    reason = pixel_only_reason(config)
     layer = extra.get("concept_layer")
-    if enabled and layer:
+    if not reason and layer:
         return f"pixel and concept space (layer <code>{html.escape(str(layer))}</code>)"
-    if enabled:
+    if not reason:
         return "pixel space only (the model has no concept layer: lrp.concept_layer)"
-    return "pixel space only (concepts.enabled is false)"
+    return f"pixel space only ({html.escape(reason)})"
 
 
 def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12, thumb_px: int = 72) -> str:

@@ -281,9 +281,8 @@ def test_flat_heatmaps_of_a_convnext_under_z_plus_are_named_in_every_output(
     assert contrast["flat"] and contrast["median_cv"] < 0.3 and contrast["n_samples"] == 24
     page = (run / "report.html").read_text()
     assert "heatmaps are nearly flat" in page
-    assert (
-        "pixel space only (concepts.enabled is false)" in page
-    )  # lrp.concept_layer none: the default yields
+    # lrp.concept_layer none: the default yields, and the page names the setting that made it
+    assert "pixel space only (lrp.concept_layer is &#x27;none&#x27;)" in page
     raw["lrp"]["composite"] = "EpsilonGammaBox"
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
     assert "nearly flat" not in capsys.readouterr().err

@@ -277,3 +277,22 @@ def test_a_section_with_every_key_commented_out_takes_its_defaults(tmp_path: Pat
     raw["model"] = None  # a required section left empty still names what it needs
     with pytest.raises(ConfigError, match="model: set exactly one of 'architecture'"):
         config_from_dict(raw, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({}, ""),
+        ({"lrp": {"concept_layer": "none"}}, "lrp.concept_layer is 'none'"),
+        ({"scoring": {"removal": False}}, "scoring.removal is false"),
+        ({"concepts": {"enabled": False}}, "concepts.enabled is false"),
+    ],
+)
+def test_the_reason_a_run_is_pixel_only_names_the_setting(
+    tmp_path: Path, raw: dict[str, dict[str, object]], reason: str
+) -> None:
+    from spray.config.audit import pixel_only_reason
+
+    cfg = config_from_dict({**_base(tmp_path), **raw}, base_dir=tmp_path)
+    got = pixel_only_reason(cfg.model_dump(mode="json"))
+    assert got.startswith(reason) if reason else got == ""

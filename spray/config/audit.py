@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -22,6 +23,24 @@ from spray.errors import ConfigError, DataError
 
 #: Seeds are used by numpy, torch, scikit-learn and UMAP; the smallest common range is 32 bits.
 MAX_SEED = 2**32 - 1
+
+
+def pixel_only_reason(config: dict[str, Any]) -> str:
+    """Why a run's config analyses pixel space only, in words ("" when concept space is on).
+
+    ``config`` is the config as a run records it (``AuditConfig.model_dump(mode="json")``). Concept space is
+    on by default; a config without a concept layer, or without the removal test the concept flag rule needs,
+    keeps the pixel-only audit (see ``AuditConfig._concepts_consistent``), and the reason names that setting.
+    """
+    concepts = config.get("concepts") or {}
+    if concepts.get("enabled", False):
+        return ""
+    if (config.get("lrp") or {}).get("concept_layer") == "none":
+        return "lrp.concept_layer is 'none'"
+    removal = (config.get("scoring") or {}).get("removal", True)
+    if not removal and concepts.get("intervention", True) and concepts.get("flag_rule") != "any":
+        return f"scoring.removal is false, which concepts.flag_rule {concepts.get('flag_rule')!r} needs"
+    return "concepts.enabled is false"
 
 
 class AuditConfig(Section):

@@ -22,8 +22,8 @@ class ConceptsConfig(Section):
         "is part of the heatmap cache key, so changing it recomputes every heatmap. Concept-only findings are tested by intervention at each image's "
         "concept-conditional hot pixels (intervention) and, on colour images, by their colour statistics "
         "(colour_test). On by default since its protocol's conditions were met on the held-out splits; it "
-        "costs about 2.5x the analysis stage's CPU time (the demo, heatmaps cached: mostly the interventions "
-        "of concept-only findings and the concept-space clustering); false: pixel space only, exactly as "
+        "costs about 2.5x the CPU time of an audit whose heatmaps are cached, and 3.6-6x the analysis stage "
+        "alone (mostly the interventions of concept-only findings and the concept-space clustering); false: pixel space only, exactly as "
         "before. See docs/concepts.md.",
     )
     intervention: bool = Field(

@@ -211,7 +211,7 @@ def write_fiftyone_dataset(
                 "classes": src.class_names,
                 "spray_run_id": src.run_id,
                 "spray_dataset": src.dataset,
-                "spray_fields": "spray_cluster: cluster at the k of the class's top finding; spray_suspicion: "
+                "spray_fields": "spray_cluster: cluster at the k and in the space of the class's top finding; spray_suspicion: "
                 "per-sample suspicion; spray_flag: current flag (unlearn, investigate, ok or null)",
             },
         }

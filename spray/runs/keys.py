@@ -75,15 +75,23 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
 
     if any(f.key == text for f in findings):
         return text
-    typed = text.strip().casefold()  # "shirt/k10/c7" for the class Shirt: a name, not a byte string
-    found = [f for f in findings if typed in {n.casefold() for n in _names(f, cluster_label(f))}]
+    typed = text.strip()
+    names = {f.key: _names(f, cluster_label(f)) for f in findings}
+    # "shirt/k10/c7" for the class Shirt: a name, not a byte string; the exact spelling wins a tie
+    # (classes "Cat" and "cat").
+    found = [f for f in findings if typed.casefold() in {n.casefold() for n in names[f.key]}]
+    exact = [f for f in found if typed in names[f.key]]
+    if len(found) > 1 and len(exact) == 1:
+        found = exact
     if len(found) == 1:
         return found[0].key
     if found:
         named = ", ".join(f"{f.key} ({f.class_name})" for f in found[:10])
+        has_class = typed.count("/") >= 2  # "Cat/k2/c0", "6/C:k6/c2"; "k2/c0" names no class
+        example = found[0].key if has_class else f"{found[0].class_name}/{typed}"
         raise ConfigError(
-            f"Several findings of {run} are cluster {text!r}, one per class: {named}. Give the class too, "
-            f"e.g. {option} {found[0].class_name}/{text}, or the key."
+            f"Several findings of {run} go by {text!r}: {named}. Give the class too, or the key, "
+            f"e.g. {option} {example}."
         )
     keys = [f"{f.key} ({f.class_name} {cluster_label(f)})" for f in findings[:10]]
     raise ConfigError(

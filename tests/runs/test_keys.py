@@ -52,3 +52,19 @@ def test_an_unknown_name_lists_the_findings() -> None:
     # k6/c2 is Bag's concept-only group, whose name carries C: (no pixel cluster k6/c2 was found).
     with pytest.raises(ConfigError, match="No finding 'k6/c2'"):
         finding_key(FINDINGS, "k6/c2", Path("run"), "--finding")
+
+
+def test_a_name_several_findings_answer_to() -> None:
+    """Classes "Cat" and "cat": the exact spelling wins; class folders named by digits that are not their
+    index ("2" at index 1): the message suggests the keys, not a doubled class prefix."""
+    cats = [_finding("0/k2/c0", 0, "Cat", 2, 0, "pixel"), _finding("1/k2/c0", 1, "cat", 2, 0, "pixel")]
+    assert finding_key(cats, "cat/k2/c0", Path("run"), "--finding") == "1/k2/c0"
+    assert finding_key(cats, "Cat/k2/c0", Path("run"), "--finding") == "0/k2/c0"
+    with pytest.raises(ConfigError, match=r"go by 'CAT/k2/c0'.*e\.g\. --finding 0/k2/c0\."):
+        finding_key(cats, "CAT/k2/c0", Path("run"), "--finding")
+    digits = [_finding("1/k3/c1", 1, "2", 3, 1, "both"), _finding("2/k3/c1", 2, "3", 3, 1, "both")]
+    assert finding_key(digits, "2/k3/c1", Path("run"), "--finding") == "2/k3/c1"  # a key is exact
+    with pytest.raises(ConfigError, match=r"e\.g\. --finding 1/k3/c1\."):
+        finding_key(digits, "2/k3/c1+C", Path("run"), "--finding")
+    with pytest.raises(ConfigError, match=r"e\.g\. --finding 2/k3/c1\b"):
+        finding_key(digits, "k3/c1", Path("run"), "--finding")
