@@ -72,7 +72,7 @@ else:
             f
             for f in scored.values()
             if f.space == "concept"
-            and (lab := data.concept_labellings.get(f.k)) is not None
+            and (lab := data.labelling(f.k, "concept")) is not None
             and int(lab[pos]) == f.cluster_id
         ]
         if concept:

@@ -73,9 +73,8 @@ def _cluster_of(
         xy[rows] = data.embedding
         for f in own:
             if f.suspicious:  # its own members, in its own space (a concept group is no pixel cluster)
-                labs = data.concept_labellings if f.space == "concept" else data.labellings
-                suspicious[rows[labs[f.k] == f.cluster_id]] = True
-        lab = (data.concept_labellings if concept else data.labellings).get(k)
+                suspicious[rows[data.labelling(f.k, f.space) == f.cluster_id]] = True
+        lab = data.labelling(k, "concept" if concept else "pixel")
         if lab is None:
             continue
         prefix = f"{entry.class_index}/concept" if concept else f"{entry.class_index}"

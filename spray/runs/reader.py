@@ -93,10 +93,14 @@ class ClassData:
     mean_heatmaps: dict[str, np.ndarray]
     concept_labellings: dict[int, np.ndarray] = field(default_factory=dict)
 
+    def labelling(self, k: int, space: str = "pixel") -> np.ndarray | None:
+        """``(n,)`` int32 labels of labelling ``k`` in ``space`` (``"concept"``: the concept-space sweep's;
+        else the pixel one's); None when it is not stored."""
+        return (self.concept_labellings if space == "concept" else self.labellings).get(int(k))
+
     def members(self, k: int, cluster_id: int, space: str = "pixel") -> list[str]:
-        """Sample ids of cluster ``cluster_id`` of labelling ``k`` (of the concept labellings when
-        ``space`` is ``"concept"``); empty when there is none."""
-        lab = (self.concept_labellings if space == "concept" else self.labellings).get(int(k))
+        """Sample ids of cluster ``cluster_id`` of labelling ``k`` in ``space``; empty when there is none."""
+        lab = self.labelling(k, space)
         if lab is None:
             return []
         return [self.sample_ids[i] for i in np.flatnonzero(lab == int(cluster_id))]
