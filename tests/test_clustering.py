@@ -72,6 +72,19 @@ def test_subsampled_fit_path(synthetic) -> None:
     assert _best_f1(res.labellings[5], labels == small) >= 0.9
 
 
+@pytest.mark.parametrize("max_fit", [600, 20_000])
+def test_labellings_without_the_choice_of_k_are_the_same(synthetic, max_fit: int) -> None:
+    """choose=False (concept space) skips the k scores, and must not change a single label."""
+    _, _, _, spec = synthetic
+    choice = KChoiceConfig(n_init=3, max_fit=max_fit)
+    full = cluster_sweep(spec, k_max=5, seed=2, choice=choice)
+    bare = cluster_sweep(spec, k_max=5, seed=2, choice=choice, choose=False)
+    assert bare.scores == {} and full.scores and bare.chosen_k == bare.eigengap_k == full.eigengap_k
+    assert sorted(bare.labellings) == sorted(full.labellings)
+    for k in full.labellings:
+        assert np.array_equal(bare.labellings[k], full.labellings[k])
+
+
 def test_tiny_inputs() -> None:
     rng = np.random.default_rng(0)
     spec = spectral_embedding(rng.normal(size=(5, 4)).astype(np.float32))

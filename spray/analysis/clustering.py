@@ -129,6 +129,7 @@ def cluster_sweep(
     k_max: int = 8,
     seed: int = 0,
     choice: KChoiceConfig | None = None,
+    choose: bool = True,
 ) -> ClusteringResult:
     """Seeded k-means for every k in ``2..k_max`` and a choice of k.
 
@@ -143,6 +144,10 @@ def cluster_sweep(
     choice : KChoiceConfig, optional
         The sweep's settings (``analysis.k_choice``: restarts, subsampled fits, the stability refits, the
         silhouette sample and the rule that picks k); its defaults when None.
+    choose : bool
+        Score every k and choose one. False: only the labellings (identical to those with True), no
+        scores, and ``chosen_k`` is the eigengap's k; for a caller that uses every k's clusters and never
+        the choice (concept space), as the stability refits cost as much as the sweep itself.
 
     Returns
     -------
@@ -164,6 +169,11 @@ def cluster_sweep(
     c = choice if choice is not None else KChoiceConfig()
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, size=c.max_fit, replace=False)) if n > c.max_fit else None
+    if not choose:
+        labellings = {k: _relabel_by_size(_kmeans(row_normalized(vecs, k), k, seed, c.n_init, fit_rows), k)
+                      for k in range(2, hi + 1)}  # fmt: skip
+        gap_k = eigengap_k(ev, k_max=hi)
+        return ClusteringResult(labellings=labellings, chosen_k=gap_k, eigengap_k=gap_k, scores={})
     n_sub = min(max(hi + 1, int(c.resample_fraction * n)), c.resample_max, n)
     resamples = [np.sort(rng.choice(n, size=n_sub, replace=False)) for _ in range(c.resamples)]
     sample = c.silhouette_sample

@@ -162,7 +162,8 @@ def analyze_concepts(
     spectral = spectral_embedding(
         reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed, search=a.knn
     )
-    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, choice=a.k_choice)
+    # Concept findings come from every k: the sweep's choice of k would be computed and never read.
+    clustering = cluster_sweep(spectral, k_max=a.k_max, seed=cfg.seed, choice=a.k_choice, choose=False)
     shares = _positive_shares(features)
     knn = np.asarray(spectral.knn_indices)
     ids = np.asarray(sample_ids, dtype=object)
