@@ -184,6 +184,8 @@ def _open_paste_cache(cfg: AuditConfig, cache_dir: Path, ctx: DistContext) -> Pa
     """
     if not cfg.scoring.intervention:
         return None
+    if ctx.is_main:
+        PasteCache.remove_older(cache_dir)
     cache = PasteCache(cache_dir) if ctx.is_main else None
     ctx.barrier()
     if cache is not None:

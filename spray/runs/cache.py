@@ -24,7 +24,7 @@ from spray import versions
 from spray.records import AttributionBatch
 from spray.runs.atomic import atomic_save_npz, translate_write_errors
 from spray.runs.errors import RunReadError
-from spray.runs.layout import SHARD_GLOB, paste_db_file, shard_file
+from spray.runs.layout import PASTE_DB_GLOB, SHARD_GLOB, paste_db_file, paste_db_version, shard_file
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,31 @@ class PasteCache:
                 self._conn = None
         except (OSError, sqlite3.Error) as err:
             log.warning("paste cache disabled: %s", err)
+
+    @staticmethod
+    def remove_older(directory: Path) -> int:
+        """Delete the paste caches of other analysis versions in ``directory`` (their pastes are made
+        differently, so no audit of this version reads them; they would stay on disk forever); returns the
+        bytes freed. A file that cannot be removed is left, with a warning."""
+        freed = 0
+        for f in sorted(Path(directory).glob(PASTE_DB_GLOB)):
+            v = paste_db_version(f.name)
+            if v is None or v == versions.ANALYSIS_VERSION:
+                continue
+            try:
+                size = f.stat().st_size
+                f.unlink()
+            except OSError as err:
+                log.warning("paste cache %s of analysis version %d not removed: %s", f, v, err)
+                continue
+            freed += size
+            log.info(
+                "removed %s: the paste cache of analysis version %d (this is %d)",
+                f,
+                v,
+                versions.ANALYSIS_VERSION,
+            )
+        return freed
 
     @classmethod
     def private(cls) -> PasteCache:

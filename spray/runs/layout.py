@@ -79,6 +79,20 @@ def paste_db_file(analysis_version: int) -> str:
     return f"paste-a{analysis_version}.sqlite"
 
 
+#: Every paste cache file and sidecar of a cache directory, of any analysis version.
+PASTE_DB_GLOB = "paste-a*"
+
+
+def paste_db_version(name: str) -> int | None:
+    """The analysis version of a paste cache file or its SQLite sidecar (``paste-a14.sqlite``,
+    ``paste-a14.sqlite-wal``); None for any other name."""
+    head, sep, tail = name.partition(".sqlite")
+    if not sep or tail not in ("", "-wal", "-shm") or not head.startswith("paste-a"):
+        return None
+    digits = head.removeprefix("paste-a")
+    return int(digits) if digits.isdigit() else None
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """The files of one run folder (published or in staging)."""

@@ -94,3 +94,14 @@ def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> N
     fresh.put_many({"a": 1})
     assert fresh.get_many(["a"]) == {"a": 1}
     assert list(tmp_path.glob("paste-*.damaged-*"))
+
+
+def test_paste_caches_of_other_analysis_versions_are_removed(tmp_path: Path) -> None:
+    """After an upgrade the old version's paste cache is never read again: it is removed, with its SQLite
+    sidecars; the current one, and files that only look alike, stay."""
+    old = [paste_db_file(ANALYSIS_VERSION - 1) + suffix for suffix in ("", "-wal", "-shm")]
+    keep = [paste_db_file(ANALYSIS_VERSION), "paste-aX.sqlite", "paste-a3.sqlite.damaged-12", "shard-0.npz"]
+    for name in old + keep:
+        (tmp_path / name).write_bytes(b"x" * 10)
+    assert PasteCache.remove_older(tmp_path) == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
