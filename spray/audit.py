@@ -162,9 +162,6 @@ def run_audit(
     torch.manual_seed(cfg.seed)
     ctx = ctx or dist_context(dev, cfg.batch.dist_timeout_s)
     setup = _setup(cfg, dev, ctx, clock)
-    pixel_only = pixel_only_reason(cfg.model_dump(mode="json"))
-    if pixel_only:
-        log.info("concept space off (%s): pixel space only", pixel_only)
     published = _published_run(cfg, setup.run_id, ctx, force)
     if published is not None:
         return _up_to_date(published, setup, ctx, clock)
@@ -236,6 +233,9 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
         setup.hashes["model"][:12],
         setup.hashes["data"][:12],
     )
+    pixel_only = pixel_only_reason(cfg.model_dump(mode="json"))
+    if pixel_only and ctx.is_main:
+        log.info("concept space off (%s): pixel space only", pixel_only)
     return setup
 
 

@@ -53,7 +53,9 @@ LRP_VERSION = 4
 # and which test met the flag rule; pixel findings are unchanged (scoring.select_superset is off by default).
 # 15: concept space is analysed by default (concepts.enabled true; docs/concepts.md), concept-only findings
 # weighted 0.1 in the ranking (concepts.score_weight, chosen on the tuning and development moving splits).
-ANALYSIS_VERSION = 15
+# 16: a flagged finding that repeats a higher-scoring flagged one's group says so in its evidence
+# (scoring.ranking.note_repeats); scores, flags and order unchanged.
+ANALYSIS_VERSION = 16
 
 
 def code_version() -> str:

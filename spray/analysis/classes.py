@@ -10,6 +10,7 @@ from spray.analysis.scoring import (
     HOTSPOT_K,
     InterventionProbe,
     hotspot_labelling,
+    note_repeats,
     sample_suspicion,
     score_class,
 )
@@ -95,6 +96,7 @@ def _analyze(
     clusters, concept_labellings = _with_concepts(
         clusters, (class_index, class_name), sample_ids, concepts, maps, cfg, probe
     )
+    clusters = note_repeats(clusters, cfg.scoring.nest_overlap)
     return ClassAnalysis(
         class_index=class_index,
         class_name=class_name,

@@ -28,7 +28,7 @@ from spray.analysis.scoring.candidates import HOTSPOT_K, hotspot_labelling
 from spray.analysis.scoring.findings import score_class
 from spray.analysis.scoring.ordering import rendezvous_pairs, stable_order
 from spray.analysis.scoring.probe import InterventionProbe, PredictionCache
-from spray.analysis.scoring.ranking import rank_findings, select_findings
+from spray.analysis.scoring.ranking import note_repeats, rank_findings, select_findings
 from spray.analysis.scoring.suspicion import sample_suspicion
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "InterventionProbe",
     "PredictionCache",
     "hotspot_labelling",
+    "note_repeats",
     "rank_findings",
     "rendezvous_pairs",
     "sample_suspicion",

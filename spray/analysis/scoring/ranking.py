@@ -28,3 +28,24 @@ def select_findings(
     ranked candidates (the defaults of :class:`ScoringConfig` when None), in ranked order."""
     top = (config or ScoringConfig()).findings_top
     return [f for i, f in enumerate(ranked) if i < top or f.suspicious]
+
+
+def note_repeats(findings: list[ClusterFinding], nest_overlap: float) -> list[ClusterFinding]:
+    """One class's findings, each flagged one that repeats a higher-scoring flagged one's group (at least
+    ``nest_overlap`` of its members are there, at another k or in the other space) with one more evidence
+    line naming it: a person then flags the group once, not as two shortcuts.
+
+    Scores, flags and order are left as they are (``findings`` in any order; returned in the same order).
+    """
+    flagged = sorted((f for f in findings if f.suspicious), key=lambda f: (-f.score, f.k, f.cluster_id))
+    for i, f in enumerate(flagged):
+        members = set(f.member_ids)
+        for g in flagged[:i]:
+            shared = len(members & set(g.member_ids))
+            if shared >= nest_overlap * len(members):
+                f.evidence.append(
+                    f"the same group as {g.key}, which scores higher: {shared} of its {len(members)} members "
+                    "are there"
+                )
+                break
+    return findings

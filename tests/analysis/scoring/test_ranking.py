@@ -30,3 +30,32 @@ def test_findings_are_the_flagged_and_the_top_candidates(planted: Case, natural:
     assert shown[2:] == [f for f in ranked[2:] if f.suspicious]
     assert all(f.score >= 0.5 for f in ranked if f.suspicious)
     assert all(f.score < 0.5 for f in ranked if not f.suspicious)
+
+
+def test_a_flagged_part_of_a_higher_flagged_group_says_so() -> None:
+    """The demo at one thread flagged the planted 150 (k6/c2) and 65 of them again (k11/c8): the second
+    names the first; scores, flags and order stay; an unflagged part or a disjoint flagged group gets no
+    line."""
+    import numpy as np
+
+    from spray.analysis.scoring import note_repeats
+    from spray.records import ClusterFinding
+
+    def finding(k: int, cid: int, members: range, score: float, flagged: bool) -> ClusterFinding:
+        return ClusterFinding(
+            class_index=6, class_name="Shirt", cluster_id=cid, k=k, size=len(members), fraction=0.1,
+            score=score, suspicious=flagged, evidence=["e"], signals={}, member_ids=[f"s{i}" for i in members],
+            mean_heatmap=np.zeros((2, 2), np.float32),
+        )  # fmt: skip
+
+    whole = finding(6, 2, range(150), 0.60, True)
+    part = finding(11, 8, range(40, 105), 0.58, True)
+    small = finding(12, 1, range(0, 20), 0.01, False)
+    other = finding(3, 0, range(300, 360), 0.55, True)
+    out = note_repeats([part, small, whole, other], ScoringConfig().nest_overlap)
+    assert out == [part, small, whole, other]
+    assert (
+        part.evidence[-1] == "the same group as 6/k6/c2, which scores higher: 65 of its 65 members are there"
+    )
+    assert whole.evidence == small.evidence == other.evidence == ["e"]
+    assert part.suspicious and part.score == 0.58
