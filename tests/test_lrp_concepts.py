@@ -163,6 +163,13 @@ def test_default_layers() -> None:
     assert default_concept_layer(small_cnn()) == "features"
     assert default_concept_layer(torchvision.models.resnet18()) == "layer4"
     assert default_concept_layer(torchvision.models.mobilenet_v2()) == "features"
+    timm = pytest.importorskip("timm")
+    # timm's MobileNetV3 runs conv_head after global_pool, on a 1×1 map: the concept layer is before it.
+    assert default_concept_layer(timm.create_model("mobilenetv3_small_050", num_classes=3)) == "blocks"
+    assert default_concept_layer(timm.create_model("efficientnet_b0", num_classes=3)) == "conv_head"
+    # A squeeze-and-excitation's pool inside a block is no global pooling.
+    assert default_concept_layer(timm.create_model("seresnet18", num_classes=3)) == "layer4"
+    assert default_concept_layer(torchvision.models.mobilenet_v3_small()) == "features"
     vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32)
     assert default_concept_layer(vit) == "encoder.layers.encoder_layer_1"
     assert default_concept_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) is None

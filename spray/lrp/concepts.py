@@ -215,8 +215,10 @@ def default_concept_layer(model: nn.Module) -> str | None:
       last child of the longest ``ModuleList``/``Sequential`` of same-type blocks
       (``encoder.layers.encoder_layer_11`` of torchvision's ViT, ``blocks.11`` of timm's).
     * Other models with a convolution: the top-level child of the model that holds the last
-      convolution in module order (``features`` of a VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or
-      spray's ``SmallCNN``, ``layer4`` of a ResNet): the last feature map before pooling and classifier.
+      convolution before the model's global pooling, in module order (``features`` of a
+      VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or spray's ``SmallCNN``, ``layer4`` of a ResNet,
+      ``blocks`` of timm's MobileNetV3, whose ``conv_head`` runs on the pooled 1×1 map): the last feature
+      map before pooling and classifier.
     * None otherwise (an MLP).
     """
     if _has_attention(model):
@@ -225,9 +227,20 @@ def default_concept_layer(model: nn.Module) -> str | None:
             return block
     last_conv = None
     for path, module in model.named_modules():
+        if last_conv is not None and _global_pool(path, module):
+            break  # a convolution after it sees no positions: no feature map to find a concept in
         if isinstance(module, _CONV_TYPES):
             last_conv = path
     return None if last_conv is None else last_conv.split(".")[0]
+
+
+def _global_pool(path: str, module: nn.Module) -> bool:
+    """The model's global pooling (``avgpool``, timm's ``global_pool`` or ``head.global_pool``): an adaptive
+    pooling module at most two levels deep; a squeeze-and-excitation's pool sits deeper, inside a block."""
+    adaptive = isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) or (
+        "adaptivepool" in type(module).__name__.lower()
+    )
+    return adaptive and path.count(".") <= 1
 
 
 def resolve_concept_layer(model: nn.Module, layer: str | None) -> str | None:
