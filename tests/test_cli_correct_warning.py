@@ -98,3 +98,29 @@ def test_flags_of_a_concept_only_finding_are_warned_of() -> None:
         CorrectionRecord.region_warning(rec("6/k3/c2")) == ""
     )  # a pixel finding: its region is where it sits
     assert CorrectionRecord.region_warning(rec()) == ""  # flags set on samples, not from a finding
+
+
+def test_a_correction_that_strengthened_the_shortcut_says_so_and_what_to_try() -> None:
+    """An outside-in check saw P-ClArC on a ConvNeXt raise the paste flip rate 40 % → 48 %, printed as
+    "flip rate down -20.00 %" with no warning."""
+    from types import SimpleNamespace
+
+    from spray.correct.record import CorrectionRecord, change_words
+
+    assert change_words(-0.2) == "up 20.0 %" and change_words(0.943) == "down 94.3 %"
+    assert change_words(None) == "not measured"
+
+    def rec(flip_drop: float | None, share_drop: float | None) -> Any:
+        return SimpleNamespace(
+            verdict=Verdict(flip_drop, share_drop, 0.0, False), method="pclarc",
+            direction=SimpleNamespace(layer="stages.3.downsample.0"),
+        )  # fmt: skip
+
+    text = CorrectionRecord.stronger_warning(rec(-0.2, 0.1))
+    assert text.startswith("the paste flip rate rose: pclarc at stages.3.downsample.0 did not remove")
+    assert "correction.layer" in text and "--method rrclarc" in text
+    assert "paste flip rate and the relevance share rose" in CorrectionRecord.stronger_warning(
+        rec(-0.2, -0.5)
+    )
+    assert CorrectionRecord.stronger_warning(rec(0.9, 0.8)) == ""
+    assert CorrectionRecord.stronger_warning(rec(None, None)) == ""

@@ -170,10 +170,10 @@ def cluster_sweep(
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, size=c.max_fit, replace=False)) if n > c.max_fit else None
     if not choose:
-        labellings = {k: _relabel_by_size(_kmeans(row_normalized(vecs, k), k, seed, c.n_init, fit_rows), k)
-                      for k in range(2, hi + 1)}  # fmt: skip
+        bare = {k: _relabel_by_size(_kmeans(row_normalized(vecs, k), k, seed, c.n_init, fit_rows), k)
+                for k in range(2, hi + 1)}  # fmt: skip
         gap_k = eigengap_k(ev, k_max=hi)
-        return ClusteringResult(labellings=labellings, chosen_k=gap_k, eigengap_k=gap_k, scores={})
+        return ClusteringResult(labellings=bare, chosen_k=gap_k, eigengap_k=gap_k, scores={})
     n_sub = min(max(hi + 1, int(c.resample_fraction * n)), c.resample_max, n)
     resamples = [np.sort(rng.choice(n, size=n_sub, replace=False)) for _ in range(c.resamples)]
     sample = c.silhouette_sample

@@ -142,6 +142,8 @@ def _resolve_test_paths(data: Any, base: Path) -> None:
 
 
 def _table(outcome: Any) -> str:
+    from spray.correct.record import change_words
+
     rec = outcome.record
     b, a = rec.evaluation.before, rec.evaluation.after
     v = rec.verdict
@@ -175,11 +177,13 @@ def _table(outcome: Any) -> str:
     lines.append(
         f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{a.sensitivity_abs:10.3g}"
     )
-    lines.append(f"  flip rate down {pct(v.flip_drop).strip()}, relevance share down {pct(v.relevance_drop).strip()}, "
+    lines.append(f"  flip rate {change_words(v.flip_drop)}, relevance share {change_words(v.relevance_drop)}, "
                  f"clean accuracy {v.accuracy_text()}")  # fmt: skip
     warning = _accuracy_warning(rec)
     if warning:
         lines.append(f"  WARNING: {warning}")
+    if stronger := rec.stronger_warning():
+        lines.append(f"  WARNING: {stronger}")
     if gave_up := rec.class_accuracy_warning():
         lines.append(f"  WARNING: {gave_up}")
     if moving := rec.region_warning():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spray.correct.record import CorrectionRecord
+from spray.correct.record import CorrectionRecord, change_words
 from spray.correct.source import FindingMatch
 from spray.imaging import png_data_uri, resize_nearest
 from spray.runs.atomic import atomic_write_bytes
@@ -73,9 +73,9 @@ def _scores_table(rec: CorrectionRecord) -> str:
 def _verdict(rec: CorrectionRecord) -> str:
     v = rec.verdict
     items = [
-        (f"paste flip rate down {_pct(v.flip_drop)} (goal ≥ {GOAL_FLIP_DROP:.0%})",
+        (f"paste flip rate {change_words(v.flip_drop)} (goal: down ≥ {GOAL_FLIP_DROP:.0%})",
          None if v.flip_drop is None else v.flip_drop >= GOAL_FLIP_DROP),
-        (f"relevance share on the artifact down {_pct(v.relevance_drop)} (goal ≥ {GOAL_RELEVANCE_DROP:.0%})",
+        (f"relevance share on the artifact {change_words(v.relevance_drop)} (goal: down ≥ {GOAL_RELEVANCE_DROP:.0%})",
          None if v.relevance_drop is None else v.relevance_drop >= GOAL_RELEVANCE_DROP),
         (f"clean accuracy {v.accuracy_text()} (goal: no loss over {100 * GOAL_ACCURACY_LOSS:.0f})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
@@ -89,6 +89,11 @@ def _verdict(rec: CorrectionRecord) -> str:
         + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items)
         + "</ul>"
         + (f"<p class='unmet'>Warning: {html.escape(gave_up)}.</p>" if gave_up else "")
+        + (
+            f"<p class='unmet'>Warning: {html.escape(stronger)}.</p>"
+            if (stronger := rec.stronger_warning())
+            else ""
+        )
         + (
             f"<p class='unmet'>Warning: {html.escape(moving)}.</p>"
             if (moving := rec.region_warning())

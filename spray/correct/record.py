@@ -65,6 +65,14 @@ class DirectionSummary:
     candidates: dict[str, float]
 
 
+def change_words(drop: float | None) -> str:
+    """A relative drop in words with its direction: ``"down 94.3 %"``, ``"up 20.0 %"`` (never "down
+    -20 %"), ``"not measured"`` for None."""
+    if drop is None:
+        return "not measured"
+    return f"{'down' if drop >= 0 else 'up'} {100 * abs(drop):.1f} %"
+
+
 @dataclass
 class Verdict:
     """The headline numbers (relative drops are ``(before − after) / before``; None when before is 0).
@@ -150,6 +158,24 @@ class CorrectionRecord:
             f"the corrected model gets {100 * a:.1f} % of the class {name}'s own clean images right, against "
             f"{100 * b:.1f} % before: the flip rate fell because it answers {name} less, not only because it "
             "ignores the artifact; try a smaller lambda or P-ClArC"
+        )
+
+    def stronger_warning(self) -> str:
+        """What to try when the correction made the shortcut act more, not less (its paste flip rate or
+        relevance share rose); empty otherwise."""
+        v = self.verdict
+        rose = [
+            name
+            for name, drop in (("paste flip rate", v.flip_drop), ("relevance share", v.relevance_drop))
+            if drop is not None and drop < 0
+        ]
+        if not rose:
+            return ""
+        tried = f"{self.method} at {self.direction.layer}"
+        return (
+            f"the {' and the '.join(rose)} rose: {tried} did not remove the shortcut. Try an earlier layer "
+            "(correction.layer), another method (--method rrclarc or retrain), or for RR-ClArC a larger "
+            "correction.rr_lambda (docs/correction.md)"
         )
 
     def region_warning(self) -> str:
