@@ -479,7 +479,11 @@ def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:
                 continue
     if not right:
         return "model: no readable image to check its accuracy on"
+    chance = 1.0 / max(1, len(ds.class_names))
+    # Within 1.5× chance on a few dozen images: the model (or the transform) tells nothing apart.
+    near = " (about chance level: " if np.mean(right) <= 1.5 * chance else " (chance level: "
     return (
-        f"CHECK model: {100 * np.mean(right):.0f} % right on {len(right)} images spread over the classes; if "
-        "that is far below the accuracy it was trained to, check data.transform: mean/std, size, channels"
+        f"CHECK model: {100 * np.mean(right):.0f} % right on {len(right)} images spread over the classes"
+        f"{near}{100 * chance:.0f} %); if that is far below the accuracy it was trained to, check "
+        "data.transform: mean/std, size, channels"
     )

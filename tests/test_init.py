@@ -112,6 +112,8 @@ def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert re.search(r"\n  CHECK model: \d+ % right on 40 images spread over the classes", res.stdout), (
         res.stdout
     )
+    # random weights on random images, 4 classes: said to be about chance level (25 %)
+    assert re.search(r"\(about chance level: 25 %\)", res.stdout), res.stdout
 
 
 def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
