@@ -240,11 +240,18 @@ def init_batch_size(data: DataFacts) -> int:
     return int(min(MAX_INIT_BATCH, max(8, 2 ** (fit.bit_length() - 1))))
 
 
+#: Name parts of vision transformers (torchvision's and timm's), for the composite note of ``spray init``.
+TRANSFORMER_NAMES = ("vit", "deit", "swin", "beit", "eva", "cait", "xcit", "transformer")
+
+
+def _model_name(model_section: dict[str, Any]) -> str:
+    kwargs = model_section.get("factory_kwargs") or {}
+    return str(model_section.get("architecture") or kwargs.get("model_name") or "").lower()
+
+
 def _flat_under_z_plus(model_section: dict[str, Any]) -> bool:
     """A ConvNeXt: EpsilonPlusFlat gives it nearly flat heatmaps (docs/lrp.md, "Flat heatmaps")."""
-    kwargs = model_section.get("factory_kwargs") or {}
-    name = str(model_section.get("architecture") or kwargs.get("model_name") or "")
-    return "convnext" in name.lower()
+    return "convnext" in _model_name(model_section)
 
 
 def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | None, notes: list[str]) -> str:
@@ -333,6 +340,12 @@ def scaffold_config(
     if model is not None and _flat_under_z_plus(model.section):
         notes.append(
             "lrp.composite is EpsilonGammaBox: EpsilonPlusFlat gives a ConvNeXt nearly flat heatmaps (docs/lrp.md)"
+        )
+    if model is not None and any(part in _model_name(model.section) for part in TRANSFORMER_NAMES):
+        notes.append(
+            "CHECK lrp.composite: EpsilonPlusFlat explains a transformer at patch resolution; AttnLRP at the "
+            "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "
+            "other (docs/lrp.md, 'Which composite for a ViT')"
         )
     if model is None:
         notes.insert(0, "CHECK model: replace the placeholder factory with your model (or use --model)")

@@ -258,6 +258,7 @@ def test_model_args_that_change_the_input_change_the_transform(
     assert res.code == 0, res.output
     t = load_config(out).data.transform
     assert t.resize == 32 and t.center_crop == 32
+    assert "CHECK lrp.composite" in out.read_text() and "AttnLRP" in out.read_text()  # a transformer
     for arg, says in (
         ("in_chans=2", "give 1 or 3"),
         ("img_size=[32,48]", "square"),
