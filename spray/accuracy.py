@@ -122,13 +122,14 @@ def recorded_accuracy(extra: object) -> dict[str, Any] | None:
 
 
 def recorded_problems(extra: object) -> list[str]:
-    """What a run's recorded checks of the model found (its accuracy, and the heatmaps' contrast of
-    :mod:`spray.heatmap_contrast`), as sentences for the report, the dashboard, the nightly status and a
+    """What a run's recorded checks of the model found (its accuracy, the heatmaps' contrast of
+    :mod:`spray.heatmap_contrast` and the logit share they carry, :mod:`spray.conservation`), as sentences for the report, the dashboard, the nightly status and a
     reused run; empty for runs without a record."""
+    from spray.conservation import recorded_problems as conservation_problems
     from spray.heatmap_contrast import recorded_problems as contrast_problems
 
     acc = recorded_accuracy(extra)
-    return ([] if acc is None else problems(acc)) + contrast_problems(extra)
+    return ([] if acc is None else problems(acc)) + contrast_problems(extra) + conservation_problems(extra)
 
 
 def problems(acc: dict[str, Any]) -> list[str]:

@@ -36,6 +36,7 @@ from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_d
 from spray.concept_maps import conditional_maps
 from spray.config import AuditConfig
 from spray.config.audit import pixel_only_reason
+from spray.conservation import measure as measure_conservation
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
@@ -411,6 +412,9 @@ def _report(
         np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions), list(setup.dataset.class_names)
     )
     contrast = heatmap_contrast(stage.batch.relevance)
+    conservation = measure_conservation(
+        batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped)
+    )
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings", so
     # two runs with the same inputs and seed give summaries that are identical except for "timings"
@@ -450,6 +454,7 @@ def _report(
             "concept_layer": getattr(batched.runner.explainer, "concept_layer", None),
             "model_accuracy": None if accuracy is None else asdict(accuracy),
             "heatmap_contrast": None if contrast is None else asdict(contrast),
+            "conservation": None if conservation is None else asdict(conservation),
         },
     )
 
