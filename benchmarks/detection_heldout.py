@@ -12,18 +12,11 @@ share no (dataset, target class) pair and no artifact family:
 A third split, ``moving`` (issue 17; nothing is tuned on it), holds shortcuts that move: Fashion-MNIST
 coloured per image (:func:`spray.lab.colour.colourise`, ``fashion_rgb``, target T-shirt) with
 ``background_square``, ``moving_text``, ``moving_checker`` and ``colour_cast``, run with ``--concepts on``
-and ``off`` to compare the audit with and without concept space. ``moving_check`` is the same recipe
-with other seeds (3–5, clean 203–205), fixed on 5 Dec 2026 before the concept-space intervention test
-was written: the ``moving`` cells had been looked at while building it, these had not. After
-``moving_check`` had been looked at, ``moving_check2`` (seeds 6–8, clean 206–208) was fixed the same way
-for the next rule. ``moving_check3`` (seeds 9–11, clean 209–211) was fixed on 5 Dec 2026 before the
-colour test of concept-only findings was written
-(``benchmarks/results/colour_test_protocol_2026-12-05.md``). ``moving_check4`` (seeds 12–14, clean
-212–214) was fixed after ``moving_check3`` had been run. ``moving_check5`` (seeds 15–17, clean 215–217)
-was fixed on 5 Dec 2026 after ``moving_check4`` had been run and before the next change of concept space
-(``benchmarks/results/concept_typicality_protocol_2026-12-05.md``). ``moving_check6`` (seeds 18–20, clean
-218–220) was fixed on 5 Dec 2026 after ``moving_check5`` had been run (concept space on by default) and
-before the next change of the ranking.
+and ``off`` to compare the audit with and without concept space. ``moving_check`` to ``moving_check7``
+are the same recipe with other seeds (3 each from 3, clean models from 203), each fixed here before the
+change it was to judge was made and run once after it (protocols in ``benchmarks/results/*_protocol_*``;
+``docs/concepts.md`` says which change each judged). ``moving_check7`` (seeds 21–23, clean 221–223) was fixed
+on 5 Dec 2026 after ``moving_check6`` had been run, and has not been run.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -146,6 +139,7 @@ SPLITS = {
     "moving_check4": _moving("moving_check4", (12, 13, 14), (212, 213, 214)),
     "moving_check5": _moving("moving_check5", (15, 16, 17), (215, 216, 217)),
     "moving_check6": _moving("moving_check6", (18, 19, 20), (218, 219, 220)),
+    "moving_check7": _moving("moving_check7", (21, 22, 23), (221, 222, 223)),
 }
 
 
