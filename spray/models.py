@@ -298,6 +298,22 @@ def _head_hint(cfg: ModelConfig, mismatched: list[tuple[str, tuple[int, ...], tu
     return f"\nThe checkpoint's last layer has {theirs[0]} outputs, the model's {ours[0]}: set {key} to {theirs[0]}."
 
 
+#: Block keys of a ViT's encoder and the constructor argument that sets their number (timm, torchvision).
+_VIT_BLOCKS = (("blocks.", "depth"), ("encoder.layers.encoder_layer_", "num_layers"))
+
+
+def _depth_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
+    """Name the number of transformer blocks a ViT checkpoint holds (``blocks.<i>.`` in timm,
+    ``encoder.layers.encoder_layer_<i>.`` in torchvision); empty for other models."""
+    for prefix, arg in _VIT_BLOCKS:
+        found = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
+        numbers = [int(i) for i in found if i.isdigit()]
+        if numbers and ("pos_embed" in state or "encoder.pos_embedding" in state):
+            key = "model.factory_kwargs" if cfg.architecture is None else "model.architecture_kwargs"
+            return f"\nThe checkpoint's ViT has {max(numbers) + 1} blocks: set {key}: {{{arg}: {max(numbers) + 1}}}."
+    return ""
+
+
 def _input_size_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
     """Name the input and patch size a ViT checkpoint was built for, from its position embedding and patch
     projection (timm: ``pos_embed``, ``patch_embed.proj.weight``; torchvision: ``encoder.pos_embedding``,
@@ -376,6 +392,8 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
             f"The checkpoint {str(cfg.checkpoint)!r} is for another model: its keys do not match. "
             f"Missing in checkpoint: {missing[:8]}{'...' if len(missing) > 8 else ''}; "
             f"unexpected in checkpoint: {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}.{shapes} {fix}"
+            + _depth_hint(cfg, state)
+            + _input_size_hint(cfg, state)
         )
     if mismatched:
         lines = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:10]]

@@ -235,6 +235,12 @@ def test_a_vit_checkpoint_of_another_input_size_names_the_size_and_patch(tmp_pat
         build_model(cfg)
     fixed = cfg.model_copy(update={"factory_kwargs": {**cfg.factory_kwargs, "img_size": 32, "patch_size": 4}})
     assert build_model(fixed)(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+    # Fewer blocks too (an outside-in check): the keys differ, and the message names depth and the size.
+    shallow = timm.create_model("vit_tiny_patch16_224", num_classes=2, img_size=32, patch_size=4, depth=6)
+    torch.save(shallow.state_dict(), tmp_path / "vit6.pt")
+    with pytest.raises(ModelError, match=r"(?s)keys do not match.*has 6 blocks: set model\.factory_kwargs: "
+                       r"\{depth: 6\}.*built for 32×32 inputs in 4×4 patches"):  # fmt: skip
+        build_model(cfg.model_copy(update={"checkpoint": tmp_path / "vit6.pt"}))
 
 
 def test_the_model_hash_follows_an_edited_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
