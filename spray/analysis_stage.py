@@ -283,7 +283,7 @@ def _result(
     if paste_counts is not None:
         result.n_paste_computed, result.n_paste_cached = paste_counts
         log.info(
-            "paste test: %d pasted images predicted, %d taken from the cache",
+            "paste test: %d pasted images run through the model, %d taken from the cache",
             *paste_counts,
             extra={"n_paste_computed": paste_counts[0], "n_paste_cached": paste_counts[1]},
         )

@@ -212,7 +212,7 @@ def comparable(run_dir: Path) -> tuple[dict[str, Any], bytes, bytes]:
 
 
 def _paste_rows(runs: Path) -> int:
-    """Rows of the runs directory's paste cache (one per paste prediction ever computed)."""
+    """Rows of the runs directory's paste cache (one per pasted image ever run through the model)."""
     import sqlite3
 
     from spray.runs.layout import paste_db_file
@@ -220,7 +220,8 @@ def _paste_rows(runs: Path) -> int:
 
     (db,) = runs.rglob(paste_db_file(ANALYSIS_VERSION))
     with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT count(*) FROM paste").fetchone()[0])
+        tables = ("paste", "paste_logit")  # predictions, and the logit tests' (prediction, logit)
+        return sum(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables)
 
 
 @pytest.fixture(scope="module")

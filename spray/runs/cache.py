@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -259,6 +260,12 @@ class ShardCache:
 
 
 _CREATE = "CREATE TABLE IF NOT EXISTS paste (key BLOB PRIMARY KEY, pred INTEGER NOT NULL) WITHOUT ROWID"
+# The logit tests' results: the predicted class and one class's logit of a pasted image (the key names the
+# class too), so a rerun repeats only the pastes that involve new images.
+_CREATE_LOGIT = (
+    "CREATE TABLE IF NOT EXISTS paste_logit (key BLOB PRIMARY KEY, pred INTEGER NOT NULL, logit REAL NOT NULL) "
+    "WITHOUT ROWID"
+)
 
 
 class PasteCache:
@@ -334,6 +341,7 @@ class PasteCache:
         cache.hits = cache.misses = 0
         cache._conn = sqlite3.connect(":memory:", isolation_level="IMMEDIATE")
         cache._conn.execute(_CREATE)
+        cache._conn.execute(_CREATE_LOGIT)
         return cache
 
     def _open(self) -> sqlite3.Connection:
@@ -344,6 +352,7 @@ class PasteCache:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(_CREATE)
+        conn.execute(_CREATE_LOGIT)
         conn.execute("SELECT count(*) FROM paste LIMIT 1").fetchone()  # fails now if the file is damaged
         return conn
 
@@ -351,22 +360,22 @@ class PasteCache:
     def _blob(key: str) -> bytes:
         return hashlib.blake2b(key.encode(), digest_size=16).digest()
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, int]:
-        """Cached predictions among ``keys`` (missing ones are left out)."""
+    def _select(self, table: str, columns: str, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """Rows of ``table`` among ``keys`` (missing ones are left out), counted as hits and misses."""
         if not keys:
             return {}
         if self._conn is None:
-            self.misses += len(set(keys))  # disabled: every paste is predicted, and the log says so
+            self.misses += len(set(keys))  # disabled: every paste is run, and the log says so
             return {}
         by_blob = {self._blob(k): k for k in keys}
         blobs = list(by_blob)
-        out: dict[str, int] = {}
+        out: dict[str, tuple[Any, ...]] = {}
         try:
             for i in range(0, len(blobs), 500):  # SQLite's bound-parameter limit
                 part = blobs[i : i + 500]
-                q = f"SELECT key, pred FROM paste WHERE key IN ({','.join('?' * len(part))})"
-                for b, pred in self._conn.execute(q, part):
-                    out[by_blob[bytes(b)]] = int(pred)
+                q = f"SELECT key, {columns} FROM {table} WHERE key IN ({','.join('?' * len(part))})"
+                for b, *values in self._conn.execute(q, part):
+                    out[by_blob[bytes(b)]] = tuple(values)
         except sqlite3.Error as err:
             log.warning("paste cache read failed (%s): computing without it", err)
             self.misses += len(by_blob)
@@ -375,18 +384,34 @@ class PasteCache:
         self.misses += len(set(keys)) - len(out)
         return out
 
-    def put_many(self, items: Mapping[str, int]) -> None:
-        """Store predictions (existing keys are kept: the same key always has the same prediction)."""
-        if self._conn is None or not items:
+    def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if self._conn is None or not rows:
             return
         try:
             with self._conn:
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO paste (key, pred) VALUES (?, ?)",
-                    [(self._blob(k), int(v)) for k, v in items.items()],
-                )
+                self._conn.executemany(sql, rows)
         except sqlite3.Error as err:
             log.warning("paste cache write failed (%s): continuing without storing", err)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, int]:
+        """Cached predictions among ``keys`` (missing ones are left out)."""
+        return {k: int(v[0]) for k, v in self._select("paste", "pred", keys).items()}
+
+    def put_many(self, items: Mapping[str, int]) -> None:
+        """Store predictions (existing keys are kept: the same key always has the same prediction)."""
+        rows = [(self._blob(k), int(v)) for k, v in items.items()]
+        self._insert("INSERT OR IGNORE INTO paste (key, pred) VALUES (?, ?)", rows)
+
+    def get_logits(self, keys: Sequence[str]) -> dict[str, tuple[int, float]]:
+        """Cached ``(predicted class, class logit)`` among ``keys`` (each key names the image and the class)."""
+        return {
+            k: (int(v[0]), float(v[1])) for k, v in self._select("paste_logit", "pred, logit", keys).items()
+        }
+
+    def put_logits(self, items: Mapping[str, tuple[int, float]]) -> None:
+        """Store ``(predicted class, class logit)`` per key (existing keys are kept)."""
+        rows = [(self._blob(k), int(p), float(z)) for k, (p, z) in items.items()]
+        self._insert("INSERT OR IGNORE INTO paste_logit (key, pred, logit) VALUES (?, ?, ?)", rows)
 
     def close(self) -> None:
         """Close the database."""

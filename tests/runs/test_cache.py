@@ -105,3 +105,16 @@ def test_paste_caches_of_other_analysis_versions_are_removed(tmp_path: Path) -> 
         (tmp_path / name).write_bytes(b"x" * 10)
     assert PasteCache.remove_older(tmp_path) == 30
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_paste_logits_are_kept_per_image_and_class(tmp_path: Path) -> None:
+    """The logit tests (paste gain, flips) reuse a pasted image's class logit on a rerun: the same key and
+    class come back exactly, another class is a miss."""
+    cache = PasteCache(tmp_path)
+    cache.put_logits({"paste|t|d|m|class3": (3, 1.234567890123), "plain|t|class3": (0, -2.5)})
+    cache.put_logits({"paste|t|d|m|class3": (1, 9.0)})  # a key's result never changes: the first is kept
+    again = PasteCache(tmp_path)
+    got = again.get_logits(["paste|t|d|m|class3", "plain|t|class3", "plain|t|class4"])
+    assert got == {"paste|t|d|m|class3": (3, 1.234567890123), "plain|t|class3": (0, -2.5)}
+    assert (again.hits, again.misses) == (2, 1)
+    assert again.get_many(["paste|t|d|m|class3"]) == {}  # the predictions table is another one

@@ -15,7 +15,8 @@ from spray.analysis.scoring.ordering import rendezvous_pairs
 
 
 class PredictionCache(Protocol):
-    """Predicted classes of pasted images, by a key that determines the image (see :class:`InterventionProbe`)."""
+    """Predicted classes (and one class's logit) of pasted images, by a key that determines the image (see
+    :class:`InterventionProbe`)."""
 
     def get_many(self, keys: Sequence[str]) -> dict[str, int]:
         """The cached predictions among ``keys`` (missing keys are left out)."""
@@ -23,6 +24,14 @@ class PredictionCache(Protocol):
 
     def put_many(self, items: Mapping[str, int]) -> None:
         """Store predictions."""
+        ...
+
+    def get_logits(self, keys: Sequence[str]) -> dict[str, tuple[int, float]]:
+        """The cached ``(predicted class, class logit)`` among ``keys`` (each key also names the class)."""
+        ...
+
+    def put_logits(self, items: Mapping[str, tuple[int, float]]) -> None:
+        """Store ``(predicted class, class logit)`` per key."""
         ...
 
 
@@ -191,13 +200,34 @@ class InterventionProbe:
         donor_inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted class ``(m,)`` and class-``class_index`` logit ``(m,)`` of each target, with its
-        donor's pixels pasted inside its grid mask (as :meth:`predict_pasted`; needs :attr:`logits`; not
-        cached)."""
+        donor's pixels pasted inside its grid mask (as :meth:`predict_pasted`; needs :attr:`logits`).
+        Cached like the predictions: only the pastes not run before go through the model."""
         assert self.logits is not None
-        x = self._pasted(target_ids, donor_ids, masks, donor_inputs, list(range(len(target_ids))))
+        m = len(target_ids)
+        use_cache = self.cache is not None and self.content_keys is not None
+        keys = (
+            [f"{k}|class{class_index}" for k in self._cache_keys(target_ids, donor_ids, masks)]
+            if use_cache
+            else []
+        )
+        found = self.cache.get_logits(keys) if use_cache and self.cache is not None else {}
+        pred, logit = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.float64)
+        todo = []
+        for j in range(m):
+            if use_cache and keys[j] in found:
+                pred[j], logit[j] = found[keys[j]]
+            else:
+                todo.append(j)
+        if not todo:
+            return pred, logit
+        x = self._pasted(target_ids, donor_ids, masks, donor_inputs, todo)
         with torch.no_grad():
             z = self.logits(x).float().cpu()
-        return z.argmax(1).numpy().astype(np.int64), z[:, class_index].numpy().astype(np.float64)
+        pred[todo] = z.argmax(1).numpy()
+        logit[todo] = z[:, class_index].numpy().astype(np.float64)
+        if use_cache and self.cache is not None:
+            self.cache.put_logits({keys[j]: (int(pred[j]), float(logit[j])) for j in todo})
+        return pred, logit
 
     def paste_flips(
         self,
