@@ -36,7 +36,7 @@ from spray.errors import SprayError  # noqa: E402
 
 URL_KEYS = (
     "run", "cls", "k", "cluster", "page", "color", "view", "sel", "geo", "mode", "cmap", "sort", "filter",
-    "conf", "sample", "dataset", "susp", "top", "status", "draw", "table",
+    "conf", "sample", "dataset", "susp", "top", "status", "draw", "table", "heat",
 )  # fmt: skip
 
 # A local image: a :material/...: page icon is fetched from fonts.gstatic.com, which an offline or

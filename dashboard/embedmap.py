@@ -134,11 +134,15 @@ def _groups(
     labels_k = data.labellings[k]
     scores = {f.cluster_id: f.score for f in common.class_findings(path, cls) if f.k == k}
     if color_by == "cluster":
-        sizes = np.bincount(labels_k)
+        # The hot-spot labelling (k = 0) marks the samples in no hot-spot group -1.
+        sizes = np.bincount(labels_k[labels_k >= 0], minlength=int(labels_k.max(initial=-1)) + 1)
         names = {
-            int(c): f"c{c} (n={sizes[c]:,}{f', score {scores[c]:.2f}' if c in scores else ''})"
+            int(c): f"c{c} (n={sizes[c]:,}{f', score {scores[c]:.3f}' if c in scores else ''})"
             for c in np.unique(labels_k)
+            if c >= 0
         }
+        if (labels_k < 0).any():
+            names[-1] = f"in no hot-spot group (n={int((labels_k < 0).sum()):,})"
         return labels_k, names, None
     if color_by in ("label", "prediction"):
         codes = sub[color_by].to_numpy()

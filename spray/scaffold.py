@@ -254,6 +254,23 @@ def _flat_under_z_plus(model_section: dict[str, Any]) -> bool:
     return "convnext" in _model_name(model_section)
 
 
+def _composite_notes(model: ModelFacts | None) -> list[str]:
+    """What the written ``lrp.composite`` says about this architecture (a ConvNeXt, a transformer)."""
+    if model is None:
+        return []
+    if _flat_under_z_plus(model.section):
+        return [
+            "lrp.composite is EpsilonGammaBox: EpsilonPlusFlat gives a ConvNeXt nearly flat heatmaps (docs/lrp.md)"
+        ]
+    if any(part in _model_name(model.section) for part in TRANSFORMER_NAMES):
+        return [
+            "CHECK lrp.composite: EpsilonPlusFlat explains a transformer at patch resolution; AttnLRP at the "
+            "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "
+            "other (docs/lrp.md, 'Which composite for a ViT')"
+        ]
+    return []
+
+
 def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | None, notes: list[str]) -> str:
     """The commented YAML text of the config."""
     from spray.config import AuditConfig, BatchConfig, ModelConfig
@@ -337,16 +354,7 @@ def scaffold_config(
         data.section["transform"] = transform
     if twin_note:
         notes.append(twin_note)
-    if model is not None and _flat_under_z_plus(model.section):
-        notes.append(
-            "lrp.composite is EpsilonGammaBox: EpsilonPlusFlat gives a ConvNeXt nearly flat heatmaps (docs/lrp.md)"
-        )
-    if model is not None and any(part in _model_name(model.section) for part in TRANSFORMER_NAMES):
-        notes.append(
-            "CHECK lrp.composite: EpsilonPlusFlat explains a transformer at patch resolution; AttnLRP at the "
-            "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "
-            "other (docs/lrp.md, 'Which composite for a ViT')"
-        )
+    notes += _composite_notes(model)
     if model is None:
         notes.insert(0, "CHECK model: replace the placeholder factory with your model (or use --model)")
     elif checkpoint is None:

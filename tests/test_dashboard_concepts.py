@@ -93,3 +93,14 @@ def test_a_members_sample_page_links_its_concept_only_finding(env: None, run: tu
     at.query_params["sample"] = other
     ok(at.run())
     assert "Its concept-space findings" not in texts(at)
+
+
+def test_a_link_with_heat_plain_opens_the_plain_heatmaps(env: None, run: tuple[Path, object]) -> None:
+    """A shared or reloaded link keeps the plain view (an outside-in check saw `heat` dropped from the URL)."""
+    report = run[1]
+    f = next(f for f in report.findings if f.space == "concept")  # type: ignore[attr-defined]
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["cluster"] = f.key
+    at.query_params["heat"] = "plain"
+    at = ok(at.run().switch_page("views/cluster.py").run())
+    assert len(html_grid(at)) == f.size and at.query_params["heat"] == "plain"

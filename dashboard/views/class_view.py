@@ -155,12 +155,13 @@ with right:
         )
     scored = sorted((f for f in common.class_findings(path, cls) if f.k == k), key=lambda f: -f.score)
     st.markdown(f"**Clusters at k={k}**" + ("" if scored else " (none scored at this k)"))
-    sizes = np.bincount(data.labellings[k])
+    lab = data.labellings[k]
+    sizes = np.bincount(lab[lab >= 0])  # -1: in no hot-spot group (k = 0), no cluster
     listed = {f.cluster_id for f in scored}
     for f in scored:
         st.page_link(
             common.PAGES["cluster"],
-            label=f"c{f.cluster_id} · score {f.score:.2f} · n={f.size:,}" + (" ⚠" if f.suspicious else ""),
+            label=f"c{f.cluster_id} · score {f.score:.3f} · n={f.size:,}" + (" ⚠" if f.suspicious else ""),
             query_params={"run": run, "cluster": f.key},
         )
     for cid in np.flatnonzero(sizes):
@@ -270,8 +271,16 @@ source = str(st.session_state.get("_sel_source", f"class {cls} selection"))
 selection.set_selection(run, sel_ids, source)
 st.subheader(f"Selection: {len(sel_ids):,} samples")
 pos = np.fromiter((position[s] for s in sel_ids), dtype=np.int64, count=len(sel_ids))
-by_cluster = np.bincount(data.labellings[k][pos], minlength=k)
-st.caption(f"By cluster (k={k}): " + ", ".join(f"c{c}: {n}" for c, n in enumerate(by_cluster) if n))
+picked = data.labellings[k][pos]
+by_cluster = np.bincount(picked[picked >= 0], minlength=k)
+outside = int((picked < 0).sum())  # the hot-spot labelling (k = 0): in no group
+st.caption(
+    f"By cluster (k={k}): "
+    + ", ".join(
+        [f"c{c}: {n}" for c, n in enumerate(by_cluster) if n]
+        + ([f"in no group: {outside}"] if outside else [])
+    )
+)
 st.page_link(
     common.PAGES["cluster"],
     label="Open the selection on its own page",

@@ -112,7 +112,7 @@ def label(o: str) -> str:
     if f is None:
         return f"{o} (unscored)"
     return safetext.plain(
-        f"#{f.rank} · {f.class_name} · c{f.cluster_id} (k={f.k}) · score {f.score:.2f} · n={f.size:,}"
+        f"#{f.rank} · {f.class_name} · c{f.cluster_id} (k={f.k}) · score {f.score:.3f} · n={f.size:,}"
     )
 
 
@@ -157,7 +157,7 @@ with right:
     if finding is not None:
         st.markdown(
             f"**{safetext.md(finding.class_name)}**, cluster {finding.cluster_id} of k={finding.k} — "
-            f"score **{finding.score:.2f}**{' (suspicious)' if finding.suspicious else ''}, "
+            f"score **{finding.score:.3f}**{' (suspicious)' if finding.suspicious else ''}, "
             f"{finding.size:,} samples ({100 * finding.fraction:.1f} % of the class)"
         )
         if conceptview.is_concept(finding):

@@ -123,7 +123,7 @@ rows = [
         [
             htmltable.number(f.rank),
             htmltable.image(thumbnail(f.key)),
-            htmltable.number(f.score, "{:.2f}"),
+            htmltable.number(f.score, "{:.3f}"),
             htmltable.text(f"{f.class_index} · {f.class_name}"),
             htmltable.number(f.size),
             htmltable.bar(f.fraction),
@@ -164,7 +164,7 @@ if shown:
     for f in shown[:3]:
         head = (
             f"**#{f.rank} · {safetext.md(f.class_name)} · {safetext.code(f.key)}** · "
-            f"score {f.score:.2f}{' · suspicious' if f.suspicious else ''} · {f.size:,} samples"
+            f"score {f.score:.3f}{' · suspicious' if f.suspicious else ''} · {f.size:,} samples"
         )
         lines = "\n".join(f"  - {safetext.md(line)}" for line in f.evidence) or "  - no evidence recorded"
         blocks.append(f"- {head}\n{lines}")

@@ -58,12 +58,12 @@ else:
         scored = {f.key: f for f in common.class_findings(path, cls)}
         links = []
         for k in common.available_ks(data):
-            key = f"{cls}/k{k}/c{int(data.labellings[k][pos])}"
-            links.append((key, scored.get(key)))
+            if (cid := int(data.labellings[k][pos])) >= 0:  # -1: in no hot-spot group (k = 0)
+                links.append((f"{cls}/k{k}/c{cid}", scored.get(f"{cls}/k{k}/c{cid}")))
         st.markdown("**Its clusters** (class " + safetext.md(entry.class_name) + ")")
         cols = st.columns(min(6, len(links)) or 1)
         for i, (key, f) in enumerate(links):
-            tag = f" · score {f.score:.2f}{' ⚠' if f.suspicious else ''}" if f else ""
+            tag = f" · score {f.score:.3f}{' ⚠' if f.suspicious else ''}" if f else ""
             cols[i % len(cols)].page_link(
                 common.PAGES["cluster"], label=f"{key}{tag}", query_params={"run": run, "cluster": key}
             )
@@ -79,7 +79,7 @@ else:
             st.markdown("**Its concept-space findings** (found in concept space only)")
             cols = st.columns(min(6, len(concept)))
             for i, f in enumerate(concept):
-                tag = f" · score {f.score:.2f}{' ⚠' if f.suspicious else ''}"
+                tag = f" · score {f.score:.3f}{' ⚠' if f.suspicious else ''}"
                 cols[i % len(cols)].page_link(
                     common.PAGES["cluster"],
                     label=f"{f.key}{tag}",

@@ -29,7 +29,10 @@ def parse_cluster_key(key: str) -> tuple[int, int, int]:
         c, k, cid = parts
         if not (k.startswith("k") and cid.startswith("c")):
             raise ValueError
-        return int(c), int(k[1:]), int(cid[1:])
+        out = int(c), int(k[1:]), int(cid[1:])
+        if min(out) < 0:  # "-1" in a labelling is "in no hot-spot group", not a cluster
+            raise ValueError
+        return out
     except ValueError:
         raise ValueError(
             f"not a cluster key: {key!r} (expected '<class>/k<k>/c<cluster>' or '<class>/concept/k<k>/c<cluster>')"

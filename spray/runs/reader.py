@@ -101,7 +101,7 @@ class ClassData:
     def members(self, k: int, cluster_id: int, space: str = "pixel") -> list[str]:
         """Sample ids of cluster ``cluster_id`` of labelling ``k`` in ``space``; empty when there is none."""
         lab = self.labelling(k, space)
-        if lab is None:
+        if lab is None or cluster_id < 0:  # -1 marks the samples in no hot-spot group (k = 0)
             return []
         return [self.sample_ids[i] for i in np.flatnonzero(lab == int(cluster_id))]
 
