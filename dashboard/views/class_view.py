@@ -273,12 +273,12 @@ st.subheader(f"Selection: {len(sel_ids):,} samples")
 pos = np.fromiter((position[s] for s in sel_ids), dtype=np.int64, count=len(sel_ids))
 picked = data.labellings[k][pos]
 by_cluster = np.bincount(picked[picked >= 0], minlength=k)
-outside = int((picked < 0).sum())  # the hot-spot labelling (k = 0): in no group
+in_no_group = int((picked < 0).sum())  # the hot-spot labelling (k = 0): in no group
 st.caption(
     f"By cluster (k={k}): "
     + ", ".join(
         [f"c{c}: {n}" for c, n in enumerate(by_cluster) if n]
-        + ([f"in no group: {outside}"] if outside else [])
+        + ([f"in no group: {in_no_group}"] if in_no_group else [])
     )
 )
 st.page_link(
