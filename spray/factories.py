@@ -33,6 +33,20 @@ SPEC_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _FOUND_IN: dict[str, Path] = {}
 
 
+def add_search_folder(folder: Path) -> None:
+    """Put ``folder`` first on ``sys.path`` (a config's ``factory_dirs``), once."""
+    text = str(folder)
+    if text in sys.path:
+        sys.path.remove(text)
+    sys.path.insert(0, text)
+
+
+def module_folder(spec: str) -> Path | None:
+    """The folder a factory's top-level module was found in next to a config (:func:`locate_module`),
+    None when it came from ``sys.path`` (an installed package)."""
+    return _FOUND_IN.get(spec.partition(":")[0].split(".")[0])
+
+
 def locate_module(spec: str, what: str, config_dir: Path) -> Path | None:
     """Check that the module of ``spec`` can be found, without importing it.
 

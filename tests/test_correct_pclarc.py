@@ -15,6 +15,7 @@ from spray.correct.cav import ArtifactDirection, GroupActivations, fit_direction
 from spray.correct.checkpoint import corrected_model, projection_spec, save_corrected
 from spray.correct.pclarc import ArtifactProjection, ProjectedLayer, original_layer, pclarc
 from spray.correct.relevance import region_share, relevance_maps
+from spray.errors import ConfigError
 from spray.models import build_model
 from tests.test_correct_world import TARGET, World, build_world, flip_rate, paste_square, to_input
 
@@ -126,3 +127,47 @@ def test_lrp_explains_the_projected_model_and_the_square_loses_relevance(world: 
     before = region_share(relevance_maps(world.model, iter([x]), labels, LRPConfig(), dev), mask).mean()
     after = region_share(relevance_maps(corrected, iter([x]), labels, LRPConfig(), dev), mask).mean()
     assert after < 0.5 * before
+
+
+def test_a_corrected_config_finds_the_users_factory_modules(tmp_path: Path) -> None:
+    """An outside-in check ran the documented re-audit of a corrected model whose data and model came from
+    factory modules next to the original config: the corrected config, in the correction folder, found
+    neither (exit 2). It now records their folder in factory_dirs; a fresh process loads it and builds both."""
+    import subprocess
+    import sys
+
+    from spray.lab.cnn import small_cnn
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "team_model.py").write_text(
+        "from spray.lab.cnn import small_cnn\n\ndef build(num_classes=2):\n"
+        "    return small_cnn(in_channels=1, num_classes=num_classes)\n"
+    )
+    (project / "team_data.py").write_text(
+        "import torch\n\nclass Data(torch.utils.data.Dataset):\n"
+        "    classes = ['a', 'b']\n    targets = [0, 1, 0, 1]\n    sample_ids = ['s0', 's1', 's2', 's3']\n"
+        "    def __len__(self):\n        return 4\n"
+        "    def __getitem__(self, i):\n        return torch.zeros(1, 28, 28), self.targets[i]\n\n"
+        "def make():\n    return Data()\n"
+    )
+    raw = {"model": {"factory": "team_model:build"}, "data": {"kind": "factory", "factory": "team_data:make"}}
+    cfg = config_from_dict(raw, base_dir=project)
+    path = save_corrected(
+        small_cnn(in_channels=1, num_classes=2), cfg, tmp_path / "corrections" / "c1", "r", "n"
+    )
+    assert yaml.safe_load(path.read_text())["factory_dirs"] == [str(project.resolve())]
+    code = (
+        "from spray.config import load_config; from spray.models import build_model; "
+        "from spray.data import build_dataset; import sys; "
+        f"cfg = load_config({str(path)!r}); m = build_model(cfg.model); d = build_dataset(cfg.data); "
+        "print(type(m).__name__, len(d))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["SmallCNN", "4"]
+    bad = {**raw, "factory_dirs": ["nowhere"]}
+    with pytest.raises(ConfigError, match=r"factory_dirs: .*nowhere.* is not a folder"):
+        config_from_dict(bad, base_dir=project)

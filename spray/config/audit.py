@@ -54,6 +54,12 @@ class AuditConfig(Section):
         strict=True,
         description="Seed for every random choice (PCA, kNN, k-means, 2-D map), 0 to 2**32 - 1.",
     )
+    factory_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders searched for factory modules (model.factory, data.factory) after the config's own "
+        "folder and before sys.path; relative paths are against the config's folder. spray correct writes the "
+        "original config's folder here, so a corrected model's config finds the user's modules.",
+    )
     model: ModelConfig
     data: DataConfig
     lrp: LRPConfig = Field(default_factory=LRPConfig)

@@ -99,9 +99,22 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> None:
 
 
 def _locate_factories(cfg: AuditConfig, base: Path) -> None:
-    """Find each factory's module (next to the config, then on sys.path) without importing it."""
-    from spray.factories import locate_module
+    """Find each factory's module (next to the config, in ``factory_dirs``, then on sys.path) without
+    importing it."""
+    from spray.factories import add_search_folder, locate_module
 
+    folders = []
+    for d in cfg.factory_dirs:
+        p = d.expanduser() if d.expanduser().is_absolute() else base / d.expanduser()
+        if not p.is_dir():
+            raise ConfigError(
+                f"factory_dirs: {str(p)!r} is not a folder. Give the folder that holds your factory modules "
+                "(relative to the config's folder), or remove the entry."
+            )
+        folders.append(p.resolve())
+    cfg.factory_dirs = folders
+    for p in reversed(folders):
+        add_search_folder(p)
     for what, spec in (("model.factory", cfg.model.factory), ("data.factory", cfg.data.factory)):
         if spec is not None:
             locate_module(spec, what, base)

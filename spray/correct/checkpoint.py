@@ -67,6 +67,15 @@ def projection_spec(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+def _factory_folders(cfg: AuditConfig) -> list[Path]:
+    """Where the config's factory modules were found next to it, and its own ``factory_dirs``: the corrected
+    config lives in the correction folder, where the user's modules are not."""
+    from spray.factories import module_folder
+
+    found = [module_folder(s) for s in (cfg.model.factory, cfg.data.factory) if s is not None]
+    return list(dict.fromkeys([*(p for p in found if p is not None), *cfg.factory_dirs]))
+
+
 def save_corrected(model: nn.Module, cfg: AuditConfig, folder: Path, runs_dir: str, name: str) -> Path:
     """Write ``model.pt`` and ``config.yaml`` into ``folder``; returns the config's path.
 
@@ -97,6 +106,7 @@ def save_corrected(model: nn.Module, cfg: AuditConfig, folder: Path, runs_dir: s
     }
     raw["name"] = name
     raw["output"]["runs_dir"] = runs_dir
+    raw["factory_dirs"] = [str(p) for p in _factory_folders(cfg)]
     path = folder / CONFIG_FILE
     tmp = folder / f".{CONFIG_FILE}.{os.getpid()}.tmp"
     tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
