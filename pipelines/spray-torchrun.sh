@@ -9,10 +9,21 @@ set -uo pipefail
 nproc="$1"; shift
 status="$(mktemp -t spray-status.XXXXXX)"
 trap 'rm -f "$status"' EXIT
-torchrun --standalone --nproc_per_node="$nproc" -m spray.cli run --status-file "$status" "$@"
+# The venv's torchrun when this checkout has one (a cron job need not activate it), else the one on PATH.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+runner="torchrun"
+[[ -x "$here/.venv/bin/torchrun" ]] && runner="$here/.venv/bin/torchrun"
+runner="${SPRAY_TORCHRUN:-$runner}"  # another launcher, by path
+"$runner" --standalone --nproc_per_node="$nproc" -m spray.cli run --status-file "$status" "$@"
 rc=$?
 if [[ -s "$status" ]]; then
-    # rank 0 has printed the status line already: only its exit code is taken from the file
-    exit "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["exit_code"])' "$status")"
+    # rank 0 has printed the status line already: only its exit code is taken from the file; a file that
+    # still says "running" (exit_code null) means rank 0 was killed before it could write its outcome
+    code="$(python3 -c 'import json,sys; c = json.load(open(sys.argv[1]))["exit_code"]; print("" if c is None else c)' "$status")"
+    if [[ -n "$code" ]]; then
+        exit "$code"
+    fi
+    echo "spray-torchrun: rank 0 ended without a final status (killed?); torchrun exited $rc" >&2
+    exit $(( rc == 0 ? 1 : rc ))
 fi
 exit "$rc"

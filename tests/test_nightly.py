@@ -370,7 +370,18 @@ def test_kill_9_during_batch_stage_then_resume_is_identical(
     first: dict[str, Any], prepared: Prepared, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    args = [*SPRAY, "run", "--config", str(first["cfg"]), "--runs-dir", str(runs)]
+    status_file = tmp_path / "status.json"
+    status_file.write_text('{"exit_code": 0, "status": "published", "run_id": "yesterday"}\n')
+    args = [
+        *SPRAY,
+        "run",
+        "--config",
+        str(first["cfg"]),
+        "--runs-dir",
+        str(runs),
+        "--status-file",
+        str(status_file),
+    ]
     err_path = tmp_path / "killed.log"
     with open(err_path, "w") as err:
         proc = subprocess.Popen(
@@ -391,6 +402,9 @@ def test_kill_9_during_batch_stage_then_resume_is_identical(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    # Yesterday's outcome is not left in the status file: it says a run started and never finished.
+    left = json.loads(status_file.read_text())
+    assert left["status"] == "running" and left["exit_code"] is None and left["pid"] == proc.pid, left
     finished = sorted(runs.glob(".cache/*/shard-*.npz"))
     assert 1 <= len(finished) < 10, "the kill should land inside the batch stage"
     assert not list(runs.glob("2*")), "nothing may be published by a killed run"

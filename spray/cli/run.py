@@ -40,10 +40,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
-def _write_status(path: str | None, status: dict[str, Any]) -> None:
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_status(path: str | None, status: dict[str, Any], *, stdout: bool = True) -> None:
     line = json.dumps(status, sort_keys=True)
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    if stdout:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
     if path:
         from spray.runs.atomic import atomic_write_bytes
 
@@ -75,6 +82,11 @@ def run_command(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     t0 = time.perf_counter()
     status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
+    if rank == 0:
+        # A run killed outright (kill -9, the OOM killer) writes no final status: the file must not keep
+        # saying the previous run's outcome.
+        running = {"exit_code": None, "status": "running", "pid": os.getpid(), "started_at": _now()}
+        _write_status(getattr(args, "status_file", None), running, stdout=False)
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = _run(args, status)
