@@ -124,3 +124,21 @@ def test_a_correction_that_strengthened_the_shortcut_says_so_and_what_to_try() -
     )
     assert CorrectionRecord.stronger_warning(rec(0.9, 0.8)) == ""
     assert CorrectionRecord.stronger_warning(rec(None, None)) == ""
+
+
+def test_a_finding_the_reaudit_still_flags_gets_the_next_step_of_its_method() -> None:
+    """An outside-in check: the default RR-ClArC left the watermark flagged, P-ClArC cleared it, and nothing
+    said to try it."""
+    from types import SimpleNamespace
+
+    from spray.correct.record import CorrectionRecord
+
+    def rec(method: str, cleared: bool | None) -> Any:
+        return SimpleNamespace(method=method, reaudit=SimpleNamespace(cleared=cleared))
+
+    assert "--method pclarc" in CorrectionRecord.not_cleared_advice(rec("rrclarc", False))
+    assert "correction.layer" in CorrectionRecord.not_cleared_advice(rec("pclarc", False))
+    assert "retrain_mode: mask" in CorrectionRecord.not_cleared_advice(rec("retrain", False))
+    assert CorrectionRecord.not_cleared_advice(rec("rrclarc", True)) == ""
+    assert CorrectionRecord.not_cleared_advice(rec("rrclarc", None)) == ""
+    assert CorrectionRecord.not_cleared_advice(SimpleNamespace(method="pclarc", reaudit=None)) == ""

@@ -184,6 +184,8 @@ def _table(outcome: Any) -> str:
         lines.append(f"  WARNING: {warning}")
     if stronger := rec.stronger_warning():
         lines.append(f"  WARNING: {stronger}")
+    if advice := rec.not_cleared_advice():
+        lines.append(f"  WARNING: {advice}")
     if gave_up := rec.class_accuracy_warning():
         lines.append(f"  WARNING: {gave_up}")
     if moving := rec.region_warning():

@@ -69,7 +69,8 @@ class Reaudit:
         """The outcome with the best match before and after (rank and score), in one line."""
         b, a = self.before, self.after
         moved = (
-            f"best match {b.key} rank {b.rank} score {_score(b)} → {a.key} rank {a.rank} score {_score(a)}"
+            f"best match {b.key} rank {b.rank} score {_score(b)}, {b.size} members → {a.key} rank {a.rank} "
+            f"score {_score(a)}, {a.size} members"
         )
         line = f"{self.outcome}; {moved} (overlap {b.jaccard:.2f} → {a.jaccard:.2f})"
         if self.cleared is None:

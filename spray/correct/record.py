@@ -178,6 +178,20 @@ class CorrectionRecord:
             "correction.rr_lambda (docs/correction.md)"
         )
 
+    def not_cleared_advice(self) -> str:
+        """What to try when the re-audit still flags the finding, by the method that was run; empty
+        otherwise."""
+        if self.reaudit is None or self.reaudit.cleared is not False:
+            return ""
+        tries = {
+            "rrclarc": "--method pclarc (no training), more epochs (correction.epochs) or a larger "
+            "correction.rr_lambda",
+            "pclarc": "--method rrclarc, or an earlier layer (correction.layer)",
+            "retrain": "masking the artifact region (correction.retrain_mode: mask) or --method rrclarc",
+        }
+        advice = tries.get(self.method, "another --method")
+        return f"the re-audit still flags the finding after {self.method}: try {advice} (docs/correction.md)"
+
     def region_warning(self) -> str:
         """Why the region's measures may miss the shortcut: the flags come from a concept-only finding, whose
         members' shortcut can sit at different places, while a correction uses one fixed region; empty
