@@ -296,3 +296,13 @@ def test_the_reason_a_run_is_pixel_only_names_the_setting(
     cfg = config_from_dict({**_base(tmp_path), **raw}, base_dir=tmp_path)
     got = pixel_only_reason(cfg.model_dump(mode="json"))
     assert got.startswith(reason) if reason else got == ""
+
+
+def test_a_misspelt_composite_is_named_with_its_key_and_the_closest(tmp_path: Path) -> None:
+    from spray.lrp.composites import get_composite
+
+    with pytest.raises(
+        ConfigError,
+        match=r"lrp\.composite: unknown LRP composite 'EpsilonPlusFalt'\. Did you mean 'EpsilonPlusFlat'\?",
+    ):
+        get_composite("EpsilonPlusFalt")

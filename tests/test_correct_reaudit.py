@@ -30,5 +30,8 @@ def test_the_verdict_needs_a_flag_before_the_correction(
     )
     assert r.cleared is cleared and r.outcome == outcome
     line = r.describe()
-    assert line.startswith(outcome) and "rank 1 score 0.016, 41 members → 0/k2/c1 rank 1 score 0.019, 41 members" in line
+    assert (
+        line.startswith(outcome)
+        and "rank 1 score 0.016, 41 members → 0/k2/c1 rank 1 score 0.019, 41 members" in line
+    )
     assert ("cannot show the shortcut gone" in line) == (cleared is None)

@@ -198,8 +198,14 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
     if len(ids) != n:
         raise DataError(f"data.factory: the dataset has {n} samples but {len(ids)} sample_ids.")
     if len(set(ids)) != n:
+        from collections import Counter
+
+        twice = [(s, c) for s, c in Counter(ids).most_common() if c > 1]
+        shown = ", ".join(f"{s!r} ({c}×)" for s, c in twice[:3])
         raise DataError(
-            "data.factory: the dataset's sample_ids are not unique; every sample needs its own id."
+            f"data.factory: the dataset's sample_ids are not unique: {len(twice)} ids are used more than once "
+            f"({shown}{', ...' if len(twice) > 3 else ''}); every sample needs its own id (flags and caches are "
+            "keyed by it): derive it from the file path or the record's index."
         )
     labels = _labels(base, n)
 

@@ -368,7 +368,13 @@ def get_composite(name: str, **kwargs: Any) -> Composite:
     """
     lookup = {**{_snake(k): v for k, v in COMPOSITES.items()}, **COMPOSITES}
     if name not in lookup:
-        raise ConfigError(f"unknown LRP composite {name!r}; known composites: {', '.join(COMPOSITES)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMPOSITES), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"lrp.composite: unknown LRP composite {name!r}.{hint} Known composites: {', '.join(COMPOSITES)}."
+        )
     try:
         return lookup[name](**kwargs)
     except TypeError as exc:

@@ -253,7 +253,7 @@ SETUP_CASES: list[tuple[str, Setup, int, tuple[str, ...]]] = [
             f"class D:\n    sample_ids = ['a'] * 4\n    targets = [0, 1, 0, 1]\n    def __len__(self): return 4\n    def __getitem__(self, i): return {_ITEM}\ndef build(): return D()\n"
         ),
         1,
-        ("data.factory", "sample_ids are not unique"),
+        ("data.factory", "sample_ids are not unique", "'a' (4×)"),
     ),
     (
         "factory-ids-wrong-count",
