@@ -316,5 +316,5 @@ def colour_sentences(class_name: str, test: InterventionTest) -> list[str]:
         )
         out.append(f"the same on other {class_name} images changes theirs by {-r.null:+.2f}")
         out.append(f"rank-sum test of the colour removal: p = {r.p:.2g}")
-        out.append(f"AUROC of the members' drops against the non-members': {r.auroc:.3f}")
+        out.append(f"AUROC of the members' colour-removal drops against the non-members': {r.auroc:.3f}")
     return out

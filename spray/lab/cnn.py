@@ -7,7 +7,8 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """A small CNN for 28×28 / 32×32 inputs (the demo's and benchmarks' model).
+    """A small CNN for 28×28 inputs (the demo's and benchmarks' model; its classifier takes the 7×7 map two poolings
+    leave of them, so other sizes fail: resize them to 28 with data.transform).
 
     Parameters
     ----------

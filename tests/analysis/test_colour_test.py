@@ -237,7 +237,7 @@ def test_what_a_missed_margin_was_is_said() -> None:
     got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     auc = got.signals["colour_removal_auroc"]
     assert not got.suspicious and auc < 0.999
-    assert f"AUROC of the members' drops against the non-members': {auc:.3f}" in got.evidence
+    assert f"AUROC of the members' colour-removal drops against the non-members': {auc:.3f}" in got.evidence
     assert got.evidence[-1].endswith(
         f"needs the colour removal test to clear its margins (its drops' AUROC against the non-members' is "
         f"{auc:.3f}, under 0.999)"
