@@ -48,6 +48,8 @@ def test_a_concept_finding_shows_conditional_heatmaps_and_references(
     at = _page(f.key)
     shown = texts(at)
     assert "concept space only" in shown and "channels 3, 7" in shown
+    assert "cluster 1 of the concept-space k=2 labelling" in shown  # not taken for pixel cluster k2/c1
+    assert f"The grid shows the {len(stored.sample_ids)} members with a stored concept-conditional" in shown
     assert "Concept-conditional heatmaps" in shown
     imgs = at.get("image")
     # mean heatmap, colour bar, then one strip of references per channel; the members' grid is static HTML

@@ -73,3 +73,10 @@ def test_no_page_offers_the_rest_of_the_class_as_a_cluster(env: None, run: tuple
     assert "not a cluster key" in texts(refused) and "Flag" not in " ".join(
         b.label for b in refused.get("button")
     )
+
+
+def test_the_spectrum_and_the_headers_name_the_hot_spot_group(env: None) -> None:
+    at = ok(_at("views/class_view.py", cls="0"))
+    assert "top finding is a hot-spot group (k=0" in texts(at)
+    cl = ok(_at("views/cluster.py", cluster="0/k0/c0"))
+    assert "hot-spot group 0" in texts(cl)

@@ -22,6 +22,8 @@ import spectrum
 import streamlit as st
 import urlstate
 
+from spray.runs.keys import HOTSPOT_K
+
 path, summary = common.require_run()
 run = Path(path).name
 dataset = common.dataset_key(summary)
@@ -98,12 +100,18 @@ color_by = str(urlstate.nav_select("Colour by", list(embedmap.COLOURINGS), "colo
 ev = np.asarray(data.eigenvalues, dtype=float)
 marks: dict[int, list[str]] = {}
 for v, tag in ((chosen_k, "chosen"), (best_k, "top finding"), (k, "shown")):
-    if v is not None:
+    if v is not None and v != HOTSPOT_K:  # the hot-spot groups are no k of the spectrum
         marks.setdefault(v, []).append(tag)
 st.caption(
     "Eigenvalues of the normalised kNN affinity (descending). A gap after the k-th value suggests k groups. "
     f"Eigengap alone suggests k={entry.eigengap_k}; chosen k={chosen_k}"
-    + (f"; the class's top finding was scored at k={best_k}" if best_k is not None else "")
+    + (
+        "; the class's top finding is a hot-spot group (k=0: no k-means labelling)"
+        if best_k == HOTSPOT_K
+        else f"; the class's top finding was scored at k={best_k}"
+        if best_k is not None
+        else ""
+    )
     + f". Embedding: {safetext.md(entry.embedding_method)}."
 )
 st.html(spectrum.html(ev, marks))  # static: the first paint needs no plotly

@@ -23,7 +23,7 @@ import urlstate
 
 from spray import imaging
 from spray.errors import ConfigError
-from spray.runs.keys import finding_key
+from spray.runs.keys import HOTSPOT_K, finding_key
 from spray.runs.reader import key_space
 from spray.runs.summary import FindingSummary
 
@@ -35,6 +35,15 @@ by_key = {f.key: f for f in found}
 state = urlstate.nav()
 tab = common.samples(path)
 SEL = "selection"
+
+
+def _where(f: FindingSummary) -> str:
+    """Which labelling a finding is a cluster of, in words (concept space and hot spots named)."""
+    if f.space == "concept":
+        return f"cluster {f.cluster_id} of the concept-space k={f.k} labelling"
+    if f.k == HOTSPOT_K:
+        return f"hot-spot group {f.cluster_id}"
+    return f"cluster {f.cluster_id} of k={f.k}"
 
 
 def why_not(key: str) -> str:
@@ -156,7 +165,7 @@ with left:
 with right:
     if finding is not None:
         st.markdown(
-            f"**{safetext.md(finding.class_name)}**, cluster {finding.cluster_id} of k={finding.k} — "
+            f"**{safetext.md(finding.class_name)}**, {_where(finding)} — "
             f"score **{finding.score:.3f}**{' (suspicious)' if finding.suspicious else ''}, "
             f"{finding.size:,} samples ({100 * finding.fraction:.1f} % of the class)"
         )
@@ -200,10 +209,16 @@ with right:
     )
 
 # --- members: filter, order, grid, table ----------------------------------------------------------------
-st.subheader(f"Members ({len(ids):,})")
 grid_ids, maps_of = list(ids), None
 if finding is not None and conceptview.is_concept(finding):
     grid_ids, maps_of = conceptview.member_maps(path, finding, ids)
+st.subheader(f"Members ({len(ids):,})")
+if len(grid_ids) < len(ids):
+    st.caption(
+        f"The grid shows the {len(grid_ids):,} members with a stored concept-conditional heatmap (those with the "
+        "highest share in the finding's channels); its filters and pages act on them. The *plain* heatmaps show "
+        "every member."
+    )
 carrier_ids = [str(c) for c in finding.carrier_ids] if finding is not None else []
 filters, conf = samplegrid.filter_controls("cl", carriers=bool(carrier_ids))
 c1, c2 = st.columns([3, 1])

@@ -9,6 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+#: ``k`` of the hot-spot candidates (they come from no labelling; their labelling is stored as this k, -1
+#: for the samples in no group); their ``cluster_id`` is their rank.
+HOTSPOT_K = 0
+
 if TYPE_CHECKING:
     from spray.runs.summary import FindingSummary
 

@@ -23,9 +23,7 @@ import numpy as np
 from spray.analysis.scoring.signals import Candidate, ClassStats, analyse_cluster
 from spray.config import ScoringConfig
 from spray.records import ClusterFinding, ClusteringResult
-
-#: ``k`` of the hot-spot candidates (they come from no labelling); their ``cluster_id`` is their rank.
-HOTSPOT_K = 0
+from spray.runs.keys import HOTSPOT_K
 
 
 def _best_splits(b: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
