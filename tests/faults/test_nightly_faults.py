@@ -172,6 +172,23 @@ def test_read_only_runs_dir_not_published_names_the_folder(
     assert list_runs(run.parent) == [run]
 
 
+def test_read_only_runs_dir_with_a_newer_run_of_other_inputs_says_the_run_is_published(
+    published: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inputs went back to an older published run while a newer run of other inputs exists: a writable
+    folder re-publishes it as the newest; a read-only one said "not published yet" (an outside-in check)."""
+    cfg, run = published
+    original = cfg.read_text()
+    assert _run(capsys, _edit(cfg, "analysis", k_max=4)).code in (EXIT_OK, EXIT_FINDINGS)
+    cfg.write_text(original)
+    _read_only(monkeypatch)
+    res = _run(capsys, cfg)
+    assert_clean_failure(
+        res, EXIT_FAILURE, f"is published ({run.name})", "is newer", "not writable", str(run)
+    )
+    assert "not published yet" not in res.output
+
+
 def test_read_only_file_system_for_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with _tmpfs(tmp_path / "mnt", "4m") as mnt:
         cfg = _edit(_config(tmp_path), "output", runs_dir=str(mnt / "runs"))
