@@ -6,7 +6,7 @@ from spray.analysis.scoring.candidates import HOTSPOT_K
 from spray.analysis.scoring.geometry import location_words
 from spray.analysis.scoring.intervention import InterventionTest
 from spray.analysis.scoring.signals import Candidate
-from spray.analysis.scoring.verdict import Verdict, relative_needed
+from spray.analysis.scoring.verdict import Verdict, relative_needed, removal_shortfall
 from spray.config import ScoringConfig
 
 
@@ -173,8 +173,15 @@ def _why_not_flagged(
             f"not flagged although the {tests} cleared its margins: its relevance stands out too little "
             f"from the class's (map score {cand.map_score:.3f}, a flag needs {config.flag_min_map_score:.3f})"
         )
-    if len(routes) == 1 and test.relative_appearance < relative_needed(routes, config):
-        return f"not flagged: with one test alone a flag needs pixels more alike than other groups of {class_name}"
+    needed = relative_needed(routes, config)
+    if len(routes) == 1 and test.relative_appearance < needed:
+        # Name what the other test missed too: a near miss there is what a person would check first.
+        other = removal_shortfall(test, config) if routes == ("paste",) else ""
+        return (
+            f"not flagged: only the {tests} cleared its margins{f' (the removal test: {other})' if other else ''}, "
+            f"and with one test alone a flag needs pixels more alike than other groups of {class_name}: at least "
+            f"{100 * needed:.0f} % of the way to identical, and these are {100 * test.relative_appearance:.1f} %"
+        )
     return f"not flagged although the {tests} cleared its margins: its pixels are not alike enough"
 
 

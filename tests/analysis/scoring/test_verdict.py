@@ -91,7 +91,22 @@ def test_two_agreeing_interventions_need_less_alike_pixels() -> None:
         cand = _cand()
         cand.signals.update(separation=0.8, share_in=0.3, share_out=0.05, consistency=0.9)
         said = evidence(cand, "Shirt", 500, 8, 8, one, config, v1)
-        assert said[-1].startswith("not flagged: with one test alone")
+        route = v1.routes[0]
+        assert said[-1].startswith(f"not flagged: only the {route} test cleared its margins")
+        assert (
+            "with one test alone a flag needs pixels more alike" in said[-1]
+            and "these are 60.0 %" in said[-1]
+        )
+    # The paste test alone cleared, the removal test just missed its AUROC: both are said (an outside-in
+    # check read only the appearance half of it).
+    near = Removal(drop=3.0, null=0.0, p=1e-9, auroc=0.93, spread=0.1)
+    half = InterventionTest(0.8, False, appearance_null=0.5, removal=near, **paste)
+    vh = judge(_cand(), half, config, use_probe=True)
+    assert vh.routes == ("paste",) and not vh.suspicious
+    cand = _cand()
+    cand.signals.update(separation=0.8, share_in=0.3, share_out=0.05, consistency=0.9)
+    line = evidence(cand, "Shirt", 500, 8, 8, half, config, vh)[-1]
+    assert "(the removal test: its drops' AUROC against the non-members' is 0.930, under 0.94)" in line
     # A natural group far below the class's look-alike level stays unflagged even with both routes.
     plain = InterventionTest(0.7, False, appearance_null=0.5, removal=removal, **paste)
     assert not judge(_cand(), plain, config, use_probe=True).suspicious
