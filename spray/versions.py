@@ -56,7 +56,8 @@ LRP_VERSION = 5
 # 15: concept space is analysed by default (concepts.enabled true; docs/concepts.md), concept-only findings
 # weighted 0.1 in the ranking (concepts.score_weight, chosen on the tuning and development moving splits).
 # 16: a flagged finding that repeats a higher-scoring flagged one's group says so in its evidence
-# (scoring.ranking.note_repeats); scores, flags and order unchanged.
+# (scoring.ranking.note_repeats); a candidate one test alone cleared names what the other missed; the colour
+# test's AUROC line says it is the colour removal's; scores, flags and order unchanged.
 ANALYSIS_VERSION = 16
 
 
