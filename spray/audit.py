@@ -60,6 +60,7 @@ from spray.runs.publish import (
     prune_cache,
     prune_runs,
     publish,
+    read_only_reason,
     staging_dir,
 )
 from spray.runs.reader import read_report
@@ -167,7 +168,8 @@ def run_audit(
     if published is not None:
         return _up_to_date(published, setup, ctx, clock)
     if read_only:
-        raise RunWriteError(cfg.output.runs_dir, _read_only_reason(cfg, setup.run_id))
+        reason = read_only_reason(cfg.output.runs_dir, setup.run_id, name=cfg.name, dataset=cfg.dataset_key())
+        raise RunWriteError(cfg.output.runs_dir, reason)
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
     set_stage("merge")
     stage, inputs = _merge(batched, ctx)
@@ -271,25 +273,6 @@ def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool)
             found = None
         existing = None if found is None else str(found)
     return ctx.broadcast_object(existing)
-
-
-def _read_only_reason(cfg: AuditConfig, run_id: str) -> str:
-    """Why a read-only runs directory cannot answer this audit: the run is not published, or it is but a
-    newer run of other inputs would have to be followed by it again (see :func:`_published_run`)."""
-    runs = Path(cfg.output.runs_dir)
-    found = find_run(runs, run_id)
-    if found is None:
-        return (
-            f"run {run_id[:12]} is not published yet and the runs directory {runs} is not writable: point "
-            "output.runs_dir (--runs-dir) at a folder this user can write to."
-        )
-    newest = newer_run(found, name=cfg.name, dataset=cfg.dataset_key())
-    return (
-        f"run {run_id[:12]} of these inputs is published ({found.name}), but run "
-        f"{newest.name if newest else 'of other inputs'} is newer; on a writable runs directory the audit would "
-        f"publish these inputs again as the newest, and {runs} is not writable: open {found} directly, or point "
-        "output.runs_dir (--runs-dir) at a folder this user can write to."
-    )
 
 
 def _up_to_date(existing: str, setup: _Setup, ctx: DistContext, clock: _Clock) -> AuditReport:

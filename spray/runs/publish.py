@@ -135,6 +135,26 @@ def newer_run(run: Path, *, name: str, dataset: str) -> Path | None:
     return None if newest is None or newest.resolve() == run.resolve() else newest
 
 
+def read_only_reason(runs_dir: str | Path, run_id: str, *, name: str, dataset: str) -> str:
+    """Why a read-only runs directory cannot answer an audit of ``run_id``: the run is not published, or it
+    is but a newer run of other inputs (:func:`newer_run`) means the audit would publish it again as the
+    newest, which needs a writable folder."""
+    runs = Path(runs_dir)
+    found = find_run(runs, run_id)
+    if found is None:
+        return (
+            f"run {run_id[:12]} is not published yet and the runs directory {runs} is not writable: point "
+            "output.runs_dir (--runs-dir) at a folder this user can write to."
+        )
+    newest = newer_run(found, name=name, dataset=dataset)
+    return (
+        f"run {run_id[:12]} of these inputs is published ({found.name}), but run "
+        f"{newest.name if newest else 'of other inputs'} is newer; on a writable runs directory the audit would "
+        f"publish these inputs again as the newest, and {runs} is not writable: open {found} directly, or point "
+        "output.runs_dir (--runs-dir) at a folder this user can write to."
+    )
+
+
 def latest_run(runs_dir: str | Path) -> Path | None:
     """The newest published run."""
     runs = list_runs(runs_dir)
