@@ -103,7 +103,8 @@ def _changes_html(changes: ChangeSet) -> str:
     if (d := changes.data) is not None:
         head += (
             f"<p class='meta'>The data since the previous run: {d.added} images added, {d.removed} removed, "
-            f"{d.modified} modified in place, {d.moved} moved to another id.</p>"
+            f"{d.modified} modified in place, {d.moved} moved to another id, {d.copied} copies of kept images "
+            "under new ids.</p>"
         )
     for u in changes.unreadable:
         head += (

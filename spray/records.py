@@ -329,13 +329,17 @@ class DataChanges:
     modified : int
         Ids in both runs whose content changed (a file replaced in place).
     moved : int
-        New ids whose content the previous run held under another id (a renamed file, a reordered record).
+        New ids whose content the previous run held under another id that this run no longer has (a renamed
+        file, a reordered record).
+    copied : int
+        New ids whose content the previous run held under an id this run still has (a duplicate added).
     """
 
     added: int
     removed: int
     modified: int
     moved: int
+    copied: int = 0
 
 
 @dataclass

@@ -358,8 +358,12 @@ def test_five_percent_new_images_are_the_only_ones_computed(
     assert ch["previous_run_id"] == first["summary"]["run_id"]
     grown = [c for c in ch["grown"] if c["class_index"] == PLANTED_CLASS]
     assert grown and grown[0]["size"] > grown[0]["previous_size"], ch
-    # what changed in the data is said too: 30 new images, nothing removed, modified or moved
-    assert res.status["data_changes"] == ch["data"] == {"added": 30, "removed": 0, "modified": 0, "moved": 0}
+    # what changed in the data is said too: 30 new images, nothing removed, modified, moved or copied
+    assert (
+        res.status["data_changes"]
+        == ch["data"]
+        == {"added": 30, "removed": 0, "modified": 0, "moved": 0, "copied": 0}
+    )
     assert notified.read_text() == res.status["summary"]
     # Retention (--keep-runs 1): the previous run is gone, latest points at the new one.
     runs = [p for p in first["runs"].iterdir() if not p.name.startswith(".") and p.name != "latest"]

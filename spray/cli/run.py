@@ -168,8 +168,9 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         if ch.data is not None:
             d = ch.data
             log.info(
-                "data since the previous run: %d added, %d removed, %d modified in place, %d moved to another id",
-                d.added, d.removed, d.modified, d.moved,
+                "data since the previous run: %d added, %d removed, %d modified in place, %d moved to another id, "
+                "%d copies of kept images under new ids",
+                d.added, d.removed, d.modified, d.moved, d.copied,
             )  # fmt: skip
         log.info(
             "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",

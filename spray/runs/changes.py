@@ -434,11 +434,14 @@ def data_changes(current: Mapping[str, str], previous: Mapping[str, str]) -> Dat
     """What changed in the data between two runs' ``sample_id -> content hash`` tables."""
     now, before = set(current.values()), set(previous.values())
     new_ids = [i for i in current if i not in previous]
+    # Content whose previous id is still here (with that content): a new id holding it is a copy, not a move.
+    kept = {h for i, h in previous.items() if current.get(i) == h}
     return DataChanges(
         added=sum(current[i] not in before for i in new_ids),
         removed=sum(h not in now for i, h in previous.items() if i not in current),
         modified=sum(previous[i] != h for i, h in current.items() if i in previous),
-        moved=sum(current[i] in before for i in new_ids),
+        moved=sum(current[i] in before and current[i] not in kept for i in new_ids),
+        copied=sum(current[i] in kept for i in new_ids),
     )
 
 

@@ -349,4 +349,10 @@ def _data_changes(d: _Doc) -> DataChanges | None:
     if d.d.get("data") is None:
         return None
     x = d.sub("data")
-    return DataChanges(*(x.get(k, int) for k in ("added", "removed", "modified", "moved")))
+    return DataChanges(
+        added=x.get("added", int),
+        removed=x.get("removed", int),
+        modified=x.get("modified", int),
+        moved=x.get("moved", int),
+        copied=x.get("copied", int, 0),  # no "copied" before 5 Dec 2026
+    )

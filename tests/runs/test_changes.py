@@ -234,4 +234,7 @@ def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
         "g.png": "h7",  # new
     }  # d.png and e.png deleted
     got = data_changes(current, previous)
-    assert (got.added, got.removed, got.modified, got.moved) == (2, 2, 1, 1)
+    assert (got.added, got.removed, got.modified, got.moved, got.copied) == (2, 2, 1, 1, 0)
+    # A copy of a kept image under a new id (an outside-in check saw 30 such copies called "moved").
+    got = data_changes({**current, "a_copy.png": "h1", "g2.png": "h3"}, previous)
+    assert (got.added, got.moved, got.copied) == (2, 2, 1)
