@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spray.cli.logs import configure_run_logging
 from spray.cli.options import add_audit_arguments, positive_int
@@ -25,6 +25,9 @@ from spray.exit_codes import (
     EXIT_OK,
     EXIT_TERMINATED,
 )
+
+if TYPE_CHECKING:
+    from spray.records import DataChanges
 
 log = logging.getLogger("spray.nightly")
 
@@ -125,6 +128,15 @@ def run_command(args: argparse.Namespace) -> int:
     return code
 
 
+def _log_data_changes(d: DataChanges) -> None:
+    """The ``DataChanges`` since the previous run, in one log line."""
+    log.info(
+        "data since the previous run: %d added, %d removed, %d modified in place, %d moved to another id, "
+        "%d copies of kept images under new ids",
+        d.added, d.removed, d.modified, d.moved, d.copied,
+    )  # fmt: skip
+
+
 def _shutdown_dist() -> None:
     if "torch" not in sys.modules:
         return
@@ -166,12 +178,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
             # between leaves it, and the next job (which finds the run up to date) reports 10 then.
             _pending(runs_dir, report.run_id).write_text("10\n")
         if ch.data is not None:
-            d = ch.data
-            log.info(
-                "data since the previous run: %d added, %d removed, %d modified in place, %d moved to another id, "
-                "%d copies of kept images under new ids",
-                d.added, d.removed, d.modified, d.moved, d.copied,
-            )  # fmt: skip
+            _log_data_changes(ch.data)
         log.info(
             "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
             (ch.previous_run_id or "no previous run")[:16],
