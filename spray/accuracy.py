@@ -125,11 +125,18 @@ def recorded_problems(extra: object) -> list[str]:
     """What a run's recorded checks of the model found (its accuracy, the heatmaps' contrast of
     :mod:`spray.heatmap_contrast` and the logit share they carry, :mod:`spray.conservation`), as sentences for the report, the dashboard, the nightly status and a
     reused run; empty for runs without a record."""
-    from spray.conservation import recorded_problems as conservation_problems
-    from spray.heatmap_contrast import recorded_problems as contrast_problems
+    from spray import conservation, heatmap_contrast
 
     acc = recorded_accuracy(extra)
-    return ([] if acc is None else problems(acc)) + contrast_problems(extra) + conservation_problems(extra)
+    out = [] if acc is None else problems(acc)
+    # Each check records its fields under its key in ``extra`` and words them with its own problems().
+    for key, sentences in (
+        ("heatmap_contrast", heatmap_contrast.problems),
+        ("conservation", conservation.problems),
+    ):
+        rec = extra.get(key) if isinstance(extra, dict) else None
+        out += sentences(rec) if isinstance(rec, dict) else []
+    return out
 
 
 def problems(acc: dict[str, Any]) -> list[str]:

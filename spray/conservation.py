@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only where the check runs: its sentences are read by the dashboard and reports
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +89,15 @@ def measure(
     skip : frozenset of str
         Sample ids the audit skipped (unreadable): never loaded again.
     """
-    from spray.data.decoding import UnreadableSample
+    import torch
 
-    ids = list(getattr(dataset, "sample_ids", []))
-    rows = [i for i in range(len(dataset)) if not ids or ids[i] not in skip]
-    xs, ys = [], []
-    for j in np.unique(np.linspace(0, len(rows) - 1, min(PROBE_SAMPLES, len(rows))).round().astype(int)):
-        i = rows[int(j)]
-        try:
-            xs.append(dataset.load_input(i))
-        except UnreadableSample:
-            continue
-        ys.append(int(dataset.labels[i]))
-    if not xs:
+    from spray.data.dataset import spread_inputs
+
+    picked = spread_inputs(dataset, PROBE_SAMPLES, skip)
+    if not picked:
         return None
-    labels = torch.as_tensor(ys, dtype=torch.long, device=device)
-    res = explainer(torch.stack(xs).to(device), target=target, labels=labels)
+    labels = torch.as_tensor([int(dataset.labels[i]) for i, _ in picked], dtype=torch.long, device=device)
+    res = explainer(torch.stack([x for _, x in picked]).to(device), target=target, labels=labels)
     got = shares(res.relevance, res.logits, res.targets)
     if not len(got):
         return None
@@ -126,10 +121,3 @@ def problems(rec: dict[str, Any]) -> list[str]:
         "the decision and read noise more easily. Findings can still be right; if they look like noise, "
         "compare lrp.composite: EpsilonGammaBox (or AttnLRP for a transformer) on a few images (docs/lrp.md)."
     ]
-
-
-def recorded_problems(extra: object) -> list[str]:
-    """What a run's recorded check found (``summary.json`` ``extra.conservation``); empty for runs without
-    one."""
-    rec = extra.get("conservation") if isinstance(extra, dict) else None
-    return problems(rec) if isinstance(rec, dict) else []

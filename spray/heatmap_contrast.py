@@ -91,10 +91,3 @@ def problems(rec: dict[str, Any]) -> list[str]:
         "composite does not suit this model: try lrp.composite: EpsilonGammaBox (or EpsilonAlpha2Beta1Flat) "
         "and compare the heatmaps of a few images."
     ]
-
-
-def recorded_problems(extra: object) -> list[str]:
-    """What a run's recorded contrast check found (``summary.json`` ``extra.heatmap_contrast``); empty for
-    runs without one."""
-    rec = extra.get("heatmap_contrast") if isinstance(extra, dict) else None
-    return problems(rec) if isinstance(rec, dict) else []

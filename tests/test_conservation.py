@@ -62,3 +62,18 @@ def test_a_bias_free_model_keeps_its_logit_and_large_biases_take_it() -> None:
 def test_other_targets(target: str | int) -> None:
     got = measure(Explainer(_model(0.0), "EpsilonPlusFlat"), _Data(), target, torch.device("cpu"))
     assert got is not None and abs(got.median_share - 1) < 0.02
+
+
+def test_reading_the_recorded_check_imports_no_torch() -> None:
+    """The dashboard's overview and the reports word the recorded check; torch's import (seconds) is not
+    theirs to pay."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from spray.accuracy import recorded_problems; "
+        "rec = {'low': True, 'median_share': 0.01, 'low_share': 0.0, 'high_share': 0.1, 'n_samples': 32}; "
+        "assert recorded_problems({'conservation': rec}); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

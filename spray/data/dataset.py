@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -350,6 +351,23 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         reading only the bytes when there are any; raises like :meth:`load_input` otherwise."""
         raw = self.raw_reader(i) if self.raw_reader is not None else None
         return _hash_of(raw, None if raw is not None else self.load_input(i))
+
+
+def spread_inputs(dataset: Any, k: int, skip: frozenset[str] = frozenset()) -> list[tuple[int, torch.Tensor]]:
+    """Up to ``k`` readable inputs spread evenly over ``dataset`` (folders are read in class order, so every
+    class takes part), as ``(position, input)``; the ids in ``skip`` and unreadable samples are passed over.
+
+    ``dataset`` needs ``load_input(i)`` and ``len``; ``sample_ids`` only when ``skip`` is given.
+    """
+    ids = list(getattr(dataset, "sample_ids", [])) if skip else []
+    rows = [i for i in range(len(dataset)) if not ids or ids[i] not in skip]
+    out = []
+    for j in np.unique(np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)):
+        try:
+            out.append((rows[int(j)], dataset.load_input(rows[int(j)])))
+        except UnreadableSample:  # listed by the audit; not a spot check's business
+            continue
+    return out
 
 
 def _hash_of(raw: bytes | None, x: torch.Tensor | None) -> str:
