@@ -126,26 +126,34 @@ class InterventionProbe:
             ``(m,)`` int64 predicted classes. Cached predictions are reused; only the others are
             loaded and run through the model.
         """
-        m = len(target_ids)
-        use_cache = self.cache is not None and self.content_keys is not None
-        keys = self._cache_keys(target_ids, donor_ids, masks) if use_cache else []
-        found = self.cache.get_many(keys) if use_cache and self.cache is not None else {}
-        out = np.zeros(m, dtype=np.int64)
-        todo = []
-        for j in range(m):
-            if use_cache and keys[j] in found:
-                out[j] = found[keys[j]]
-            else:
-                todo.append(j)
+        out = np.zeros(len(target_ids), dtype=np.int64)
+        keys, cache = self._cached_keys(target_ids, donor_ids, masks, "")
+        found = cache.get_many(keys) if cache is not None else {}
+        for j, k in enumerate(keys):
+            out[j] = found.get(k, 0)
+        todo = [j for j in range(len(target_ids)) if not keys or keys[j] not in found]
         if not todo:
             return out
         x = self._pasted(target_ids, donor_ids, masks, donor_inputs, todo)
         with torch.no_grad():
             pred = np.asarray(self.predict(x).cpu().numpy(), dtype=np.int64)
         out[todo] = pred
-        if use_cache and self.cache is not None:
-            self.cache.put_many({keys[j]: int(p) for j, p in zip(todo, pred, strict=True)})
+        if cache is not None:
+            cache.put_many({keys[j]: int(p) for j, p in zip(todo, pred, strict=True)})
         return out
+
+    def _cached_keys(
+        self,
+        target_ids: Sequence[str],
+        donor_ids: Sequence[str] | None,
+        masks: np.ndarray | None,
+        suffix: str,
+    ) -> tuple[list[str], PredictionCache | None]:
+        """The cache keys of the pasted images (each with ``suffix``) and the cache; no keys and None when
+        the probe has no cache or no content keys (then every image is run through the model)."""
+        if self.cache is None or self.content_keys is None:
+            return [], None
+        return [k + suffix for k in self._cache_keys(target_ids, donor_ids, masks)], self.cache
 
     def _pasted(
         self,
@@ -204,20 +212,12 @@ class InterventionProbe:
         Cached like the predictions: only the pastes not run before go through the model."""
         assert self.logits is not None
         m = len(target_ids)
-        use_cache = self.cache is not None and self.content_keys is not None
-        keys = (
-            [f"{k}|class{class_index}" for k in self._cache_keys(target_ids, donor_ids, masks)]
-            if use_cache
-            else []
-        )
-        found = self.cache.get_logits(keys) if use_cache and self.cache is not None else {}
         pred, logit = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.float64)
-        todo = []
-        for j in range(m):
-            if use_cache and keys[j] in found:
-                pred[j], logit[j] = found[keys[j]]
-            else:
-                todo.append(j)
+        keys, cache = self._cached_keys(target_ids, donor_ids, masks, f"|class{class_index}")
+        found = cache.get_logits(keys) if cache is not None else {}
+        for j, k in enumerate(keys):
+            pred[j], logit[j] = found.get(k, (0, 0.0))
+        todo = [j for j in range(m) if not keys or keys[j] not in found]
         if not todo:
             return pred, logit
         x = self._pasted(target_ids, donor_ids, masks, donor_inputs, todo)
@@ -225,8 +225,8 @@ class InterventionProbe:
             z = self.logits(x).float().cpu()
         pred[todo] = z.argmax(1).numpy()
         logit[todo] = z[:, class_index].numpy().astype(np.float64)
-        if use_cache and self.cache is not None:
-            self.cache.put_logits({keys[j]: (int(pred[j]), float(logit[j])) for j in todo})
+        if cache is not None:
+            cache.put_logits({keys[j]: (int(pred[j]), float(logit[j])) for j in todo})
         return pred, logit
 
     def paste_flips(
