@@ -34,7 +34,7 @@ _FOUND_IN: dict[str, Path] = {}
 
 
 def add_search_folder(folder: Path) -> None:
-    """Put ``folder`` first on ``sys.path`` (a config's ``factory_dirs``), once."""
+    """Put ``folder`` first on ``sys.path`` (a config's own folder or its ``factory_dirs``), once."""
     text = str(folder)
     if text in sys.path:
         sys.path.remove(text)
@@ -68,10 +68,7 @@ def locate_module(spec: str, what: str, config_dir: Path) -> Path | None:
         or (config_dir / top / "__init__.py").is_file()
         or ((config_dir / top).is_dir() and "." in mod_name)
     ):
-        folder = str(config_dir)
-        if folder in sys.path:
-            sys.path.remove(folder)
-        sys.path.insert(0, folder)
+        add_search_folder(config_dir)
         _FOUND_IN[top] = config_dir
         return config_dir
     try:
