@@ -309,7 +309,7 @@ def _depth_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
         found = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
         numbers = [int(i) for i in found if i.isdigit()]
         if numbers and ("pos_embed" in state or "encoder.pos_embedding" in state):
-            key = "model.factory_kwargs" if cfg.architecture is None else "model.architecture_kwargs"
+            key = _kwargs_field(cfg)
             return f"\nThe checkpoint's ViT has {max(numbers) + 1} blocks: set {key}: {{{arg}: {max(numbers) + 1}}}."
     return ""
 
@@ -333,7 +333,7 @@ def _input_size_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
                 if timm_style
                 else f"image_size: {size}, patch_size: {patch}"
             )
-            key = "model.factory_kwargs" if cfg.architecture is None else "model.architecture_kwargs"
+            key = _kwargs_field(cfg)
             return (
                 f"\nThe checkpoint's ViT was built for {size}×{size} inputs in {patch}×{patch} patches: set "
                 f"{key}: {{{kwargs}}} (and data.transform's resize/center_crop to {size})."
