@@ -142,3 +142,18 @@ def test_a_finding_the_reaudit_still_flags_gets_the_next_step_of_its_method() ->
     assert CorrectionRecord.not_cleared_advice(rec("rrclarc", True)) == ""
     assert CorrectionRecord.not_cleared_advice(rec("rrclarc", None)) == ""
     assert CorrectionRecord.not_cleared_advice(SimpleNamespace(method="pclarc", reaudit=None)) == ""
+
+
+def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
+    from types import SimpleNamespace
+
+    from spray.correct.record import CorrectionRecord
+
+    said = {
+        "stronger_warning": "a",
+        "not_cleared_advice": "",
+        "class_accuracy_warning": "c",
+        "region_warning": "d",
+    }
+    rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
+    assert CorrectionRecord.warnings(rec) == ["a", "c", "d"]  # type: ignore[arg-type]

@@ -182,14 +182,7 @@ def _table(outcome: Any) -> str:
     warning = _accuracy_warning(rec)
     if warning:
         lines.append(f"  WARNING: {warning}")
-    if stronger := rec.stronger_warning():
-        lines.append(f"  WARNING: {stronger}")
-    if advice := rec.not_cleared_advice():
-        lines.append(f"  WARNING: {advice}")
-    if gave_up := rec.class_accuracy_warning():
-        lines.append(f"  WARNING: {gave_up}")
-    if moving := rec.region_warning():
-        lines.append(f"  WARNING: {moving}")
+    lines += [f"  WARNING: {w}" for w in rec.warnings()]
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:
         lines.append(

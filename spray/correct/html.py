@@ -83,22 +83,11 @@ def _verdict(rec: CorrectionRecord) -> str:
          + ("" if rec.reaudit is None or rec.reaudit.cleared is not None else " (not judged: not flagged before)"),
          v.finding_cleared),
     ]  # fmt: skip
-    gave_up = rec.class_accuracy_warning()
     return (
         "<ul>"
         + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items)
         + "</ul>"
-        + (f"<p class='unmet'>Warning: {html.escape(gave_up)}.</p>" if gave_up else "")
-        + (
-            f"<p class='unmet'>Warning: {html.escape(stronger)}.</p>"
-            if (stronger := rec.stronger_warning())
-            else ""
-        )
-        + (
-            f"<p class='unmet'>Warning: {html.escape(moving)}.</p>"
-            if (moving := rec.region_warning())
-            else ""
-        )
+        + "".join(f"<p class='unmet'>Warning: {html.escape(w)}.</p>" for w in rec.warnings())
         + _share_note(rec)
     )
 

@@ -160,6 +160,17 @@ class CorrectionRecord:
             "ignores the artifact; try a smaller lambda or P-ClArC"
         )
 
+    def warnings(self) -> list[str]:
+        """What the record's own checks say is wrong, in the order the CLI and report.html show them: a
+        shortcut made stronger, a finding still flagged, a class given up, a moving shortcut's one region."""
+        found = (
+            self.stronger_warning(),
+            self.not_cleared_advice(),
+            self.class_accuracy_warning(),
+            self.region_warning(),
+        )
+        return [w for w in found if w]
+
     def stronger_warning(self) -> str:
         """What to try when the correction made the shortcut act more, not less (its paste flip rate or
         relevance share rose); empty otherwise."""
