@@ -266,6 +266,12 @@ def class_positions(path: str, class_index: int) -> dict[str, int]:
     return {s: i for i, s in enumerate(class_data(path, class_index).sample_ids)}
 
 
+def cluster_sizes(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Members per cluster of a labelling ``(n,)``; the hot-spot labelling's -1 (in no group) is no cluster."""
+    labels = np.asarray(labels)
+    return np.bincount(labels[labels >= 0], minlength=minlength)
+
+
 def available_ks(data: ClassData) -> list[int]:
     """The k of every stored labelling, ascending."""
     return sorted(data.labellings)

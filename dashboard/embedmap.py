@@ -135,7 +135,7 @@ def _groups(
     scores = {f.cluster_id: f.score for f in common.class_findings(path, cls) if f.k == k}
     if color_by == "cluster":
         # The hot-spot labelling (k = 0) marks the samples in no hot-spot group -1.
-        sizes = np.bincount(labels_k[labels_k >= 0], minlength=int(labels_k.max(initial=-1)) + 1)
+        sizes = common.cluster_sizes(labels_k, minlength=int(labels_k.max(initial=-1)) + 1)
         names = {
             int(c): f"c{c} (n={sizes[c]:,}{f', score {scores[c]:.3f}' if c in scores else ''})"
             for c in np.unique(labels_k)

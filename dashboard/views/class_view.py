@@ -163,8 +163,7 @@ with right:
         )
     scored = sorted((f for f in common.class_findings(path, cls) if f.k == k), key=lambda f: -f.score)
     st.markdown(f"**Clusters at k={k}**" + ("" if scored else " (none scored at this k)"))
-    lab = data.labellings[k]
-    sizes = np.bincount(lab[lab >= 0])  # -1: in no hot-spot group (k = 0), no cluster
+    sizes = common.cluster_sizes(data.labellings[k])
     listed = {f.cluster_id for f in scored}
     for f in scored:
         st.page_link(
@@ -280,7 +279,7 @@ selection.set_selection(run, sel_ids, source)
 st.subheader(f"Selection: {len(sel_ids):,} samples")
 pos = np.fromiter((position[s] for s in sel_ids), dtype=np.int64, count=len(sel_ids))
 picked = data.labellings[k][pos]
-by_cluster = np.bincount(picked[picked >= 0], minlength=k)
+by_cluster = common.cluster_sizes(picked, minlength=k)
 in_no_group = int((picked < 0).sum())  # the hot-spot labelling (k = 0): in no group
 st.caption(
     f"By cluster (k={k}): "

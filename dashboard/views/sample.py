@@ -17,9 +17,16 @@ import urlstate
 from PIL import Image, UnidentifiedImageError
 
 from spray import imaging
+from spray.runs.summary import FindingSummary
 
 # Display edge of the enlarged views (nearest-neighbour, so every stored pixel stays a sharp block).
 VIEW_PX = 448
+
+
+def _tag(f: FindingSummary) -> str:
+    """A finding's score (and ⚠ when flagged) after its key in a link."""
+    return f" · score {f.score:.3f}{' ⚠' if f.suspicious else ''}"
+
 
 path, summary = common.require_run()
 run = Path(path).name
@@ -63,7 +70,7 @@ else:
         st.markdown("**Its clusters** (class " + safetext.md(entry.class_name) + ")")
         cols = st.columns(min(6, len(links)) or 1)
         for i, (key, f) in enumerate(links):
-            tag = f" · score {f.score:.3f}{' ⚠' if f.suspicious else ''}" if f else ""
+            tag = _tag(f) if f else ""
             cols[i % len(cols)].page_link(
                 common.PAGES["cluster"], label=f"{key}{tag}", query_params={"run": run, "cluster": key}
             )
@@ -79,7 +86,7 @@ else:
             st.markdown("**Its concept-space findings** (found in concept space only)")
             cols = st.columns(min(6, len(concept)))
             for i, f in enumerate(concept):
-                tag = f" · score {f.score:.3f}{' ⚠' if f.suspicious else ''}"
+                tag = _tag(f)
                 cols[i % len(cols)].page_link(
                     common.PAGES["cluster"],
                     label=f"{f.key}{tag}",

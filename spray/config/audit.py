@@ -25,6 +25,12 @@ from spray.errors import ConfigError, DataError
 MAX_SEED = 2**32 - 1
 
 
+def removal_needed_but_off(intervention: bool, flag_rule: str, removal: bool) -> bool:
+    """Concept-only findings are tested and their flag rule needs the removal test, which is switched off:
+    none of them could ever be flagged."""
+    return intervention and flag_rule != "any" and not removal
+
+
 def pixel_only_reason(config: dict[str, Any]) -> str:
     """Why a run's config analyses pixel space only, in words ("" when concept space is on).
 
@@ -38,7 +44,7 @@ def pixel_only_reason(config: dict[str, Any]) -> str:
     if (config.get("lrp") or {}).get("concept_layer") == "none":
         return "lrp.concept_layer is 'none'"
     removal = (config.get("scoring") or {}).get("removal", True)
-    if not removal and concepts.get("intervention", True) and concepts.get("flag_rule") != "any":
+    if removal_needed_but_off(concepts.get("intervention", True), str(concepts.get("flag_rule")), removal):
         return f"scoring.removal is false, which concepts.flag_rule {concepts.get('flag_rule')!r} needs"
     return "concepts.enabled is false"
 
@@ -93,7 +99,7 @@ class AuditConfig(Section):
     @model_validator(mode="after")
     def _concepts_consistent(self) -> AuditConfig:
         c = self.concepts
-        removal_off = c.intervention and c.flag_rule != "any" and not self.scoring.removal
+        removal_off = removal_needed_but_off(c.intervention, c.flag_rule, self.scoring.removal)
         if (
             c.enabled
             and "enabled" not in c.model_fields_set
