@@ -169,11 +169,7 @@ def cluster_sweep(
     c = choice if choice is not None else KChoiceConfig()
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, size=c.max_fit, replace=False)) if n > c.max_fit else None
-    if not choose:
-        bare = {k: _relabel_by_size(_kmeans(row_normalized(vecs, k), k, seed, c.n_init, fit_rows), k)
-                for k in range(2, hi + 1)}  # fmt: skip
-        gap_k = eigengap_k(ev, k_max=hi)
-        return ClusteringResult(labellings=bare, chosen_k=gap_k, eigengap_k=gap_k, scores={})
+    # Drawn after fit_rows, so the labellings are the same whether or not k is chosen.
     n_sub = min(max(hi + 1, int(c.resample_fraction * n)), c.resample_max, n)
     resamples = [np.sort(rng.choice(n, size=n_sub, replace=False)) for _ in range(c.resamples)]
     sample = c.silhouette_sample
@@ -184,17 +180,18 @@ def cluster_sweep(
     for k in range(2, hi + 1):
         x = row_normalized(vecs, k)
         labels = _kmeans(x, k, seed, c.n_init, fit_rows)
-        scores[k] = _score_k(
-            x, labels, k, ev, seed=seed, n_init=min(c.n_init, c.resample_n_init), resamples=resamples,
-            sil_rows=sil_rows,
-        )  # fmt: skip
+        if choose:
+            scores[k] = _score_k(
+                x, labels, k, ev, seed=seed, n_init=min(c.n_init, c.resample_n_init), resamples=resamples,
+                sil_rows=sil_rows,
+            )  # fmt: skip
+            logger.debug("k=%d %s", k, scores[k])
         labellings[k] = _relabel_by_size(labels, k)
-        logger.debug("k=%d %s", k, scores[k])
-    chosen = _choose_k(scores, c)
+    gap_k = eigengap_k(ev, k_max=hi)
     return ClusteringResult(
         labellings=labellings,
-        chosen_k=int(chosen),
-        eigengap_k=eigengap_k(ev, k_max=hi),
+        chosen_k=int(_choose_k(scores, c)) if choose else gap_k,
+        eigengap_k=gap_k,
         scores=scores,
     )
 
