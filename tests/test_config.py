@@ -110,6 +110,31 @@ def test_section_hash_ignores_output(tmp_path: Path) -> None:
     assert a.section_hash("model", "lrp") != c.section_hash("model", "lrp")
 
 
+def test_the_run_id_ignores_where_the_checkpoint_and_data_are(tmp_path: Path) -> None:
+    """Moved inputs are the same run (their content is hashed apart); another setting is not."""
+    from spray.runs.identity import run_hashes
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "m.pt").write_bytes(b"x")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    base = _base(tmp_path)
+    base["model"] = {**base["model"], "checkpoint": "m.pt"}
+    a = config_from_dict(base, base_dir=tmp_path)
+    b = config_from_dict(
+        {
+            **base,
+            "model": {**base["model"], "checkpoint": str(moved / "m.pt")},
+            "data": {**base["data"], "path": str(moved)},
+        },
+        base_dir=tmp_path,
+    )
+    c = config_from_dict({**base, "lrp": {"composite": "EpsilonPlus"}}, base_dir=tmp_path)
+    assert (a.model.checkpoint, a.data.path) != (b.model.checkpoint, b.data.path)
+    assert run_hashes(a, "m", "d") == run_hashes(b, "m", "d")
+    assert run_hashes(a, "m", "d")["config"] != run_hashes(c, "m", "d")["config"]
+
+
 def test_config_reference_doc_is_current() -> None:
     from spray.config import config_reference_markdown
 

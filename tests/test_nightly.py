@@ -300,6 +300,20 @@ def test_second_run_is_a_noop(first: dict[str, Any]) -> None:
     print(f"no-op run took {took:.1f} s")
 
 
+def test_a_moved_checkpoint_is_the_same_run(first: dict[str, Any], tmp_path: Path) -> None:
+    """The checkpoint's weights are in the model hash: the same file elsewhere is not a new run."""
+    raw = yaml.safe_load(Path(first["cfg"]).read_text())
+    moved = tmp_path / "elsewhere" / "weights.pt"
+    moved.parent.mkdir()
+    shutil.copy2(raw["model"]["checkpoint"], moved)
+    raw["model"]["checkpoint"] = str(moved)
+    cfg = tmp_path / "moved.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(first["runs"])])
+    assert res.code == EXIT_OK, res.stderr[-2000:]
+    assert res.status["status"] == "up_to_date" and res.status["run_dir"] == str(first["run_dir"])
+
+
 def test_a_job_stopped_after_publishing_has_its_exit_10_reported_by_the_next(
     first: dict[str, Any], tmp_path: Path
 ) -> None:

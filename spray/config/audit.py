@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +182,10 @@ class AuditConfig(Section):
         db = self.correction.flags_db
         return Path(db) if db is not None else default_db_path(self.output.runs_dir)
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (used for cache keys and the run id)."""
-        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+    def section_hash(self, *sections: str, exclude: Mapping[str, set[str]] | None = None) -> str:
+        """Stable hash of the named sections (used for cache keys and the run id), without the fields
+        ``exclude`` names per section."""
+        skip = exclude or {}
+        payload = {s: getattr(self, s).model_dump(mode="json", exclude=skip.get(s)) for s in sections}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()

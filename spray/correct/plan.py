@@ -33,7 +33,7 @@ from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
 from spray.models import build_model, check_model_output, model_hash
-from spray.runs.identity import RESULT_SECTIONS
+from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS
 from spray.versions import code_version
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection) ->
         "source_run": source_run_id,
         "flags": flags.digest,
         "parameters": cfg.correction.model_dump(mode="json", exclude=unused),
-        "config": cfg.section_hash(*RESULT_SECTIONS),
+        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS),
         "seed": cfg.seed,
         "code": f"{code_version()}-correction{CORRECTION_VERSION}",
     }

@@ -1,9 +1,9 @@
 """What a run and a cache directory are: hashes of everything their content depends on.
 
 - The **run id** hashes the model weights, the data fingerprint, every config section that changes the
-  result (:data:`RESULT_SECTIONS` and the seed) and the code versions (:func:`spray.versions.code_version`:
-  LRP, analysis and layout versions, not the package version). A published run with the same id is
-  up to date.
+  result (:data:`RESULT_SECTIONS` without the paths in :data:`LOCATION_FIELDS`, and the seed) and the
+  code versions (:func:`spray.versions.code_version`: LRP, analysis and layout versions, not the package
+  version). A published run with the same id is up to date.
 - A **cache directory** (``runs/.cache/<model16>-<lrp16>``) holds the per-sample results of one model
   and one setting of everything else a heatmap depends on (:func:`heatmap_settings`), including
   :data:`~spray.versions.LRP_VERSION` but not the analysis version: a scoring change re-analyses
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 #: Config sections that change the result (``output`` and ``nightly`` only change where and how a run is
 #: published, and ``name`` what it is called).
 RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring", "concepts")
+
+#: Fields of those sections that say where the inputs are, not what they are: their content is hashed on its
+#: own (the checkpoint's weights in the model hash, the files in :func:`data_fingerprint`), so a moved
+#: checkpoint or data folder is the same run.
+LOCATION_FIELDS: dict[str, set[str]] = {"model": {"checkpoint"}, "data": {"path", "images", "labels"}}
 
 
 def _item_fields(item: Any) -> tuple[str, str]:
@@ -110,7 +115,7 @@ def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, s
     return {
         "model": model_hash,
         "data": data_hash,
-        "config": cfg.section_hash(*RESULT_SECTIONS) + f"-seed{cfg.seed}",
+        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS) + f"-seed{cfg.seed}",
         "code": versions.code_version(),
     }
 
