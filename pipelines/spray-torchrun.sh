@@ -8,7 +8,7 @@
 set -uo pipefail
 nproc="$1"; shift
 status="$(mktemp -t spray-status.XXXXXX)"
-trap 'rm -f "$status"' EXIT
+trap 'rm -f "$status" "$status".rank*' EXIT
 # The venv's torchrun when this checkout has one (a cron job need not activate it), else the one on PATH.
 here="$(cd "$(dirname "$0")/.." && pwd)"
 runner="torchrun"

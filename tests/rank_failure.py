@@ -1,12 +1,14 @@
 """``python -m tests.rank_failure <spray arguments>``: the spray command, with rank 1's analysis failing.
 
 Fault injection for ``tests/test_torchrun.py``: under torchrun, rank 1 raises a :class:`DataError` when it
-starts its first class, as a sample that became unreadable during the paste test would.
+starts its first class, as a sample that became unreadable during the paste test would; with
+``SPRAY_TEST_RANK1=kill`` it kills itself with SIGKILL there instead.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -19,7 +21,12 @@ def _failing(*args: Any, **kwargs: Any) -> Any:
     raise DataError("injected: class analysis failed on rank 1")
 
 
+def _killed(*args: Any, **kwargs: Any) -> Any:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+
+
 if __name__ == "__main__":
     if os.environ.get("RANK") == "1":
-        spray.analysis_stage.analyze_class = _failing  # type: ignore[assignment]
+        how = _killed if os.environ.get("SPRAY_TEST_RANK1") == "kill" else _failing
+        spray.analysis_stage.analyze_class = how  # type: ignore[assignment]
     sys.exit(main(sys.argv[1:]))

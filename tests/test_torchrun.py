@@ -138,3 +138,19 @@ def test_torchrun_rank_failure_in_the_analysis_stops_every_rank(prepared: Prepar
     assert {r.get("rank") for r in logs if r.get("stage") == "analysis"} == {0, 1}
     assert not any(r.get("stage") == "publish" for r in logs)
     print(f"failing torchrun: {took:.1f} s")
+
+
+def test_torchrun_a_rank_killed_outright_is_named_by_rank_0(prepared: Prepared, tmp_path: Path) -> None:
+    """Rank 1 is killed (SIGKILL) in its analysis: rank 0's status says which rank vanished, not only that
+    it was stopped itself."""
+    cfg = prepared.config("torchrun-killed")
+    status = tmp_path / "status.json"
+    args = [*TORCHRUN, "-m", "tests.rank_failure", "run", "--config", str(cfg)]
+    args += ["--runs-dir", str(tmp_path / "runs"), "--status-file", str(status)]
+    env = {**spray_env(), "SPRAY_TEST_RANK1": "kill"}
+    p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0, p.stderr[-3000:]
+    st = json.loads(status.read_text())
+    assert st["exit_code"] not in (None, EXIT_OK) and st["status"] in ("failed", "terminated"), st
+    assert st["error"].startswith("rank 1 (pid ") and "without a final status" in st["error"], st
+    assert any("distributed run ended because rank 1" in r["msg"] for r in parse_logs(p.stderr))

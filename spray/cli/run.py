@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from spray.cli.logs import configure_run_logging
 from spray.cli.options import add_audit_arguments, positive_int
+from spray.cli.rank_status import lost_ranks, rank_status_path, running_record
 from spray.errors import SprayError
 from spray.exit_codes import (
     EXIT_FAILURE,
@@ -41,12 +42,6 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _write_status(path: str | None, status: dict[str, Any], *, stdout: bool = True) -> None:
@@ -82,14 +77,13 @@ def usage_error_status(argv: list[str]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """``spray run``: the scheduled audit (see the module docstring for the exit codes)."""
     configure_run_logging(args.verbose, args.log_format)
-    rank = int(os.environ.get("RANK", "0"))
-    t0 = time.perf_counter()
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    t0, started = time.perf_counter(), time.time()
     status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
-    if rank == 0:
-        # A run killed outright (kill -9, the OOM killer) writes no final status: the file must not keep
-        # saying the previous run's outcome.
-        running = {"exit_code": None, "status": "running", "pid": os.getpid(), "started_at": _now()}
-        _write_status(getattr(args, "status_file", None), running, stdout=False)
+    status_file = getattr(args, "status_file", None)
+    # A run killed outright (kill -9, the OOM killer) writes no final status: the file must not keep saying
+    # the previous run's outcome, and a rank above 0 that vanishes is named by rank 0 from its own file.
+    _write_status(rank_status_path(status_file, rank), running_record(rank), stdout=False)
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = _run(args, status)
@@ -124,8 +118,27 @@ def run_command(args: argparse.Namespace) -> int:
         _shutdown_dist()
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
-        _write_status(getattr(args, "status_file", None), status)
+        if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
+            _name_lost_ranks(status, lost_ranks(status_file, world, started))
+        _write_status(status_file, status)
+    elif code in (EXIT_OK, EXIT_FINDINGS) or code == EXIT_LOCKED:
+        Path(str(rank_status_path(status_file, rank))).unlink(missing_ok=True)
+    else:
+        _write_status(rank_status_path(status_file, rank), status, stdout=False)
     return code
+
+
+def _name_lost_ranks(status: dict[str, Any], lost: list[str]) -> None:
+    """Put the ranks that failed or vanished first in a failed distributed run's ``error``, and log them."""
+    if not lost:
+        return
+    said = "; ".join(lost)
+    status["error"] = f"{said}; {status['error']}" if status.get("error") else said
+    log.error(
+        "the distributed run ended because %s (torchrun stops the other ranks when one ends)",
+        said,
+        extra={"exit_code": status.get("exit_code")},
+    )
 
 
 def _log_data_changes(d: DataChanges) -> None:

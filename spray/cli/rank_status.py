@@ -1,0 +1,86 @@
+"""Per-rank status files of ``spray run`` under torchrun: which rank ended a distributed run.
+
+When one rank dies outright (kill -9, the out-of-memory killer), torchrun stops the others with SIGTERM
+and rank 0 would only know that it was terminated. So every rank above 0 keeps its own record beside
+``--status-file`` (``<status-file>.rank<k>``): "running" with its pid and host from its start, its final
+status when it fails, removed when it ends well. Rank 0 reads them when its run fails and names the rank
+that failed or vanished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+
+def rank_status_path(status_file: str | None, rank: int) -> str | None:
+    """Where ``rank`` writes its status: ``status_file`` itself for rank 0, ``<status_file>.rank<k>`` else."""
+    if not status_file:
+        return None
+    return status_file if rank == 0 else f"{status_file}.rank{rank}"
+
+
+def running_record(rank: int) -> dict[str, Any]:
+    """The record a rank writes at its start (``exit_code`` null: a killed rank leaves it like that)."""
+    return {
+        "exit_code": None,
+        "status": "running",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "rank": rank,
+        "started": time.time(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process holds the pid now
+        return True
+    return True
+
+
+def lost_ranks(status_file: str | None, world_size: int, since: float) -> list[str]:
+    """What went wrong on the ranks above 0, one phrase each, from their status files.
+
+    Parameters
+    ----------
+    status_file : str or None
+        Rank 0's ``--status-file`` (None: nothing to read).
+    world_size : int
+        The number of ranks of this run.
+    since : float
+        Rank 0's start (``time.time()``); older files are a previous run's and are ignored.
+
+    Returns
+    -------
+    list[str]
+        E.g. ``"rank 1 (pid 812) ended without a final status (killed, e.g. by the out-of-memory killer)"``
+        for a rank whose record still says running while its process is gone, or ``"rank 2 failed: ..."``.
+    """
+    out: list[str] = []
+    for rank in range(1, world_size):
+        path = rank_status_path(status_file, rank)
+        try:
+            rec = json.loads(Path(str(path)).read_text())
+        except (OSError, ValueError, TypeError):
+            continue
+        if not isinstance(rec, dict) or float(rec.get("started", 0.0)) < since - 120.0:
+            continue
+        if rec.get("status") == "running":
+            here = rec.get("host") == socket.gethostname()
+            if here and isinstance(rec.get("pid"), int) and not _alive(rec["pid"]):
+                out.append(
+                    f"rank {rank} (pid {rec['pid']}) ended without a final status (killed, e.g. by the "
+                    "out-of-memory killer or kill -9)"
+                )
+        elif rec.get("status") == "failed":
+            out.append(f"rank {rank} failed: {rec.get('error', 'see its log lines')}")
+    return out
