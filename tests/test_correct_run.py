@@ -326,3 +326,30 @@ def test_a_layer_without_a_grid_runs_without_the_region_term_unless_it_was_asked
     done = correct(cfg, progress=False)
     assert done.record.footprint is None and done.record.parameters["rr_region_weight"] == 30.0
     assert "RR-ClArC runs without its region term" in caplog.text
+
+
+def test_keep_corrections_prunes_the_older_corrections_of_the_dataset_only(
+    audited: World, tmp_path: Path
+) -> None:
+    """output.keep_corrections: the newest N of this dataset stay; another dataset's correction is untouched."""
+    import json
+
+    from spray.correct.record import RECORD_NAME
+
+    world = _copy(audited, tmp_path / "w")
+    cfg = load_config(world.config)
+    cfg.correction.method = "pclarc"
+    cfg.correction.reaudit = False
+    first = correct(cfg, progress=False)
+    other = first.folder.with_name("19990101T000000000000Z-0123456789ab")
+    shutil.copytree(first.folder, other)
+    raw = json.loads((other / RECORD_NAME).read_text())
+    raw["dataset"] = "another-dataset"
+    (other / RECORD_NAME).write_text(json.dumps(raw))
+    assert CorrectionRecord.read(other).dataset == "another-dataset"
+    again = correct(cfg, progress=False, force=True)  # published anew: two corrections of this dataset
+    assert len(list_corrections(world.runs_dir)) == 3
+    cfg.output.keep_corrections = 1
+    third = correct(cfg, progress=False, force=True)
+    assert sorted(list_corrections(world.runs_dir)) == sorted([third.folder, other])
+    assert not first.folder.exists() and not again.folder.exists()

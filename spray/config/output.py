@@ -21,6 +21,13 @@ class OutputConfig(Section):
         le=100_000,
         description="Retention: keep the newest N runs of this audit (its name and dataset key; other audits sharing the runs folder keep theirs).",
     )
+    keep_corrections: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Retention of spray correct's output: keep the newest N published corrections of this "
+        "dataset in runs/corrections (None: keep every one, since a corrected model may be in use).",
+    )
     html_report: bool = Field(True, description="Write a static report.html into each run.")
 
 

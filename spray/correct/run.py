@@ -184,7 +184,35 @@ def correct(
         folder, record = _execute(plan, work, device=device, progress=progress)
         final = _publish(root, folder, plan.correction_id)
         shutil.rmtree(work, ignore_errors=True)
+        if cfg.output.keep_corrections is not None:
+            prune_corrections(runs_dir, cfg.output.keep_corrections, record.dataset, keep_also=final)
         return CorrectionOutcome(record, final, False)
+
+
+def prune_corrections(
+    runs_dir: Path, keep: int, dataset: str, *, keep_also: Path | None = None
+) -> list[Path]:
+    """Retention (``output.keep_corrections``): delete all but the newest ``keep`` published corrections of
+    ``dataset``; ``keep_also`` (the one just published) and corrections whose record cannot be read (so not
+    attributed) are never deleted. Returns the deleted folders."""
+    mine = []
+    for p in list_corrections(runs_dir):
+        try:
+            if CorrectionRecord.read(p).dataset == dataset:
+                mine.append(p)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    removed = [p for p in mine[keep:] if keep_also is None or p.resolve() != keep_also.resolve()]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    if removed:
+        log.info(
+            "retention: removed %d old corrections of %s (output.keep_corrections %d)",
+            len(removed),
+            dataset,
+            keep,
+        )
+    return removed
 
 
 def _writable(folder: Path) -> bool:
