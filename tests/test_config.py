@@ -111,7 +111,8 @@ def test_section_hash_ignores_output(tmp_path: Path) -> None:
 
 
 def test_the_run_id_ignores_where_the_checkpoint_and_data_are(tmp_path: Path) -> None:
-    """Moved inputs are the same run (their content is hashed apart); another setting is not."""
+    """Moved inputs of a named dataset are the same run (their content is hashed apart); another setting is
+    not."""
     from spray.runs.identity import run_hashes
 
     moved = tmp_path / "moved"
@@ -120,6 +121,7 @@ def test_the_run_id_ignores_where_the_checkpoint_and_data_are(tmp_path: Path) ->
     (tmp_path / "m.pt").write_bytes(b"x")
     base = _base(tmp_path)
     base["model"] = {**base["model"], "checkpoint": "m.pt"}
+    base["data"] = {**base["data"], "name": "my-data"}  # without a name, the path is the dataset key
     a = config_from_dict(base, base_dir=tmp_path)
     b = config_from_dict(
         {

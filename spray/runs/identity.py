@@ -30,7 +30,8 @@ RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring", "conc
 
 #: Fields of those sections that say where the inputs are, not what they are: their content is hashed on its
 #: own (the checkpoint's weights in the model hash, the files in :func:`data_fingerprint`), so a moved
-#: checkpoint or data folder is the same run.
+#: checkpoint, or a moved data folder with a ``data.name``, is the same run (without one, the dataset key is
+#: the folder's path, which the run id holds).
 LOCATION_FIELDS: dict[str, set[str]] = {"model": {"checkpoint"}, "data": {"path", "images", "labels"}}
 
 
@@ -85,15 +86,20 @@ def heatmap_settings(cfg: AuditConfig) -> dict[str, Any]:
 
     The model's construction (:data:`MODEL_SETTINGS`: the same weights under another output, pooling or
     factory argument compute something else), the LRP section (composite and its parameters, target
-    rule, precision, canonization), the analysis grid, the input transform, the thumbnails,
+    rule, precision, canonization), the analysis grid, the input transform, how files decode
+    (``data.max_image_pixels`` and :data:`~spray.data.decoding.DECODER_VERSION`), the thumbnails,
     full-resolution storage and :data:`LRP_VERSION`. The Box composites' input bounds derive from the
     transform, which is in here.
     """
+    from spray.data.decoding import DECODER_VERSION
+
     return {
         "model": cfg.model.model_dump(mode="json", include=set(MODEL_SETTINGS)),
         "lrp": cfg.lrp.model_dump(mode="json"),
         "grid": cfg.batch.grid,
         "transform": cfg.data.transform.model_dump(mode="json"),
+        # a JPEG above the limit decodes at reduced scale, and an image above it is skipped
+        "decoding": [cfg.data.max_image_pixels, DECODER_VERSION],
         "thumbnails": [cfg.batch.thumbnails, cfg.batch.thumbnail_size],
         "full": cfg.batch.store_full_relevance,
         "lrp_version": versions.LRP_VERSION,
@@ -115,7 +121,9 @@ def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, s
     return {
         "model": model_hash,
         "data": data_hash,
-        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS) + f"-seed{cfg.seed}",
+        # the dataset key names the run's flags and previous runs: a moved folder without data.name has a new one
+        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS)
+        + f"-seed{cfg.seed}-dataset{cfg.dataset_key()}",
         "code": versions.code_version(),
     }
 

@@ -66,6 +66,7 @@ def test_the_cache_directory_changes_with_every_heatmap_setting(tmp_path: Path) 
         "lrp",
         "grid",
         "transform",
+        "decoding",
         "thumbnails",
         "full",
         "lrp_version",
@@ -85,6 +86,9 @@ def test_the_cache_directory_changes_with_every_heatmap_setting(tmp_path: Path) 
         assert lrp_hash(other) != lrp_hash(cfg), (section, field)
     other = cfg.model_copy(deep=True)
     other.data.transform.resize = 32
+    assert lrp_hash(other) != lrp_hash(cfg)
+    other = cfg.model_copy(deep=True)
+    other.data.max_image_pixels = 2000  # a JPEG above it decodes at reduced scale: other inputs
     assert lrp_hash(other) != lrp_hash(cfg)
     # The same weights computing something else: another output, another factory argument.
     for field, value in (("output", 1), ("factory_kwargs", {"width": 8})):
@@ -122,3 +126,18 @@ def test_a_file_rewritten_with_its_size_and_mtime_restored_is_seen(tmp_path: Pat
     assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
     second = audit(cfg, progress=False)
     assert not second.up_to_date and second.run_id != first.run_id
+
+
+def test_the_run_id_holds_the_dataset_key(tmp_path: Path) -> None:
+    """A data folder moved without ``data.name`` has another dataset key (its flags and previous runs are
+    another dataset's), so it is another run; with a name it is the same run."""
+    from spray.runs.identity import run_hashes
+
+    cfg = tiny_config(tmp_path)
+    moved = cfg.model_copy(deep=True)
+    moved.data.path = tmp_path / "elsewhere"
+    assert cfg.data.name is None and moved.dataset_key() != cfg.dataset_key()
+    assert run_hashes(moved, "m", "d") != run_hashes(cfg, "m", "d")
+    named, named_moved = cfg.model_copy(deep=True), moved.model_copy(deep=True)
+    named.data.name = named_moved.data.name = "my-data"
+    assert run_hashes(named, "m", "d") == run_hashes(named_moved, "m", "d")
