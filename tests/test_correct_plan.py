@@ -131,3 +131,37 @@ def test_a_run_id_published_twice_is_said_aloud_and_the_newest_taken(
     got = find_source_run(runs, DATASET, "", rid)
     assert got.path == newer
     assert said and "published more than once" in said[0] and old.name in said[0]
+
+
+def _copy_world(audited: World, root: Path) -> World:
+    shutil.copytree(audited.root, root, symlinks=True)
+    return World(root, root / "audit.yaml", root / "runs" / "flags.sqlite", root / "runs", audited.images,
+                 audited.labels, audited.planted, audited.model)  # fmt: skip
+
+
+def test_the_correction_id_follows_the_held_out_files_content(audited: World, tmp_path: Path) -> None:
+    """Held-out files replaced under the same names are another correction, not the old evaluation."""
+    world = _copy_world(audited, tmp_path / "w")
+    write_idx(world.root / "test-images.idx", audited.images[:30])
+    write_idx(world.root / "test-labels.idx", audited.labels[:30].astype(np.uint8))
+    raw = yaml.safe_load(world.config.read_text())
+    raw["correction"]["test_data"] = {"kind": "idx", "images": "test-images.idx", "labels": "test-labels.idx"}
+    world.config.write_text(yaml.safe_dump(raw))
+    first = plan_correction(_config(_args(world)))
+    write_idx(world.root / "test-images.idx", audited.images[30:70])
+    write_idx(world.root / "test-labels.idx", audited.labels[30:70].astype(np.uint8))
+    assert plan_correction(_config(_args(world))).correction_id != first.correction_id
+
+
+def test_a_named_source_run_of_other_weights_is_refused(audited: World, tmp_path: Path) -> None:
+    """correction.source_run names a run audited with the old weights; model.pt now holds a retrained model."""
+    import torch
+
+    from spray.errors import SprayError
+    from tests.test_correct_world import train_tiny
+
+    world = _copy_world(audited, tmp_path / "w")
+    run = next(p for p in sorted(world.runs_dir.iterdir()) if (p / "summary.json").is_file())
+    torch.save(train_tiny(audited.images, audited.labels, 7).state_dict(), world.root / "model.pt")
+    with pytest.raises(SprayError, match="audited with other model weights"):
+        plan_correction(_config(_args(world, "--source-run", run.name)))

@@ -32,8 +32,9 @@ from spray.correct.groups import (
 from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
+from spray.errors import SprayError
 from spray.models import build_model, check_model_output, model_hash
-from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS
+from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS, data_fingerprint
 from spray.versions import code_version
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,15 @@ def warn_ignored(cfg: AuditConfig) -> None:
         )
 
 
-def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection) -> str:
-    """Hash of the source run, the flags, the correction parameters, the config and the code version."""
+def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection, inputs: dict[str, str]) -> str:
+    """Hash of the source run, the flags, the inputs as they are now (``inputs``: the model's weights, the
+    audited data's and the held-out data's fingerprints), the correction parameters, the config and the code
+    version."""
     # where the flags come from, when to warn and what the method does not read do not change the result
     unused = {"flags_db", "source_run", "min_flip_over_null"} | ignored_fields(cfg.correction.method)
     payload = {
         "source_run": source_run_id,
+        "inputs": inputs,
         "flags": flags.digest,
         "parameters": cfg.correction.model_dump(mode="json", exclude=unused),
         "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS),
@@ -150,6 +154,17 @@ def _evaluation_rows(cfg: AuditConfig, samples: SampleSet) -> tuple[SampleSet, n
     n = max(1, round(c.eval_fraction * len(samples)))
     held = seeded_subset(np.arange(len(samples)), n, cfg.seed, "eval-split")
     return samples, held, held
+
+
+def _inputs(cfg: AuditConfig, weights: str, samples: SampleSet, clean: SampleSet) -> dict[str, str]:
+    """What the correction reads as it is now: the weights, the audited data and any held-out data (a source
+    run given by name, images added since it, or held-out files replaced are another correction)."""
+    out = {"model": weights, "data": data_fingerprint(cfg, samples.dataset)}
+    if cfg.correction.test_data is not None:
+        out["test_data"] = data_fingerprint(
+            cfg.model_copy(update={"data": cfg.correction.test_data}), clean.dataset
+        )
+    return out
 
 
 def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> CorrectionPlan:
@@ -179,7 +194,16 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     clean_samples, clean_rows, held = _evaluation_rows(cfg, samples)
     clean_samples.match_model(model)
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
-    source = find_source_run(runs_dir, cfg.dataset_key(), model_hash(model), c.source_run)
+    weights = model_hash(model)
+    source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
+    if source.model_hash and source.model_hash != weights:
+        raise SprayError(
+            f"correction.source_run {source.path.name} was audited with other model weights than "
+            f"{cfg.model.checkpoint or 'the configured model'} holds now (model hash {source.model_hash[:12]} "
+            f"there, {weights[:12]} now): its findings and flags belong to that model. Audit the current model "
+            "(spray audit --config ...) and correct from that run, or point model.checkpoint at the audited "
+            "weights."
+        )
     unreadable = samples.rows_of(source.skipped_ids).rows
     key, suspects = unflagged_members(source.findings, flags.sample_ids, group.class_index)
     suspect_rows = samples.rows_of(suspects).rows
@@ -204,7 +228,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
              len(group.fit_reference) + len(group.held_reference), source.run_id[:12])  # fmt: skip
     return CorrectionPlan(
         cfg=cfg,
-        correction_id=correction_id(cfg, source.run_id, flags),
+        correction_id=correction_id(cfg, source.run_id, flags, _inputs(cfg, weights, samples, clean_samples)),
         flags=flags,
         samples=samples,
         clean_samples=clean_samples,
