@@ -254,6 +254,15 @@ def original_file(sample_id: str) -> Path | None:
     return p
 
 
+def original_changed(path: str, sample_id: str, original: Path) -> bool:
+    """Whether ``original`` is no longer the file the run explained under ``sample_id`` (its bytes' content
+    hash differs from the run's); False when the run kept no content hash to compare with."""
+    from spray.data.sample import content_hash
+
+    known = (content_hashes(path) or {}).get(str(sample_id))
+    return known is not None and content_hash(original.read_bytes()) != known
+
+
 def class_data(path: str, class_index: int) -> ClassData:
     """The arrays of an analysed class, by sample id (KeyError when the class was not analysed)."""
     with reading(path):

@@ -282,6 +282,37 @@ def test_the_sample_view_shows_the_original_file_under_the_data_root(
     assert "Not found" in shown(at)
 
 
+def test_an_original_file_changed_after_the_audit_is_said_and_not_overlaid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under --data-root the file is found by its id; replaced after the audit, it is no longer the image the
+    run explained, so the page says so instead of drawing the run's relevance over it."""
+    from PIL import Image
+
+    from spray.audit import audit
+    from tests.runs.builders import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    audit(cfg, progress=False)
+    monkeypatch.setenv("SPRAY_RUNS_DIR", str(cfg.output.runs_dir))
+    monkeypatch.setenv("SPRAY_FLAGS_DB", str(tmp_path / "flags.sqlite"))
+    monkeypatch.setenv("SPRAY_DATA_ROOT", str(tmp_path / "imgs"))
+    for name in ("SPRAY_READ_ONLY", "SPRAY_DASHBOARD_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+    def captions(at: AppTest) -> list[str]:
+        return [i.caption for el in at.get("image") for i in el.proto.imgs]
+
+    at = open_page("views/sample.py", sample="cat/003.png")
+    assert "relevance over the original" in captions(at) and "changed after the audit" not in shown(at)
+    Image.fromarray(np.full((40, 30, 3), 255, np.uint8)).save(tmp_path / "imgs" / "cat" / "003.png")
+    at = open_page("views/sample.py", sample="cat/003.png")
+    assert "changed after the audit" in shown(at)
+    assert "relevance over the original" not in captions(
+        at
+    ) and "original, 30×40 px (not resized)" in captions(at)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Flags: author, conflicts, confirmation
 

@@ -341,3 +341,18 @@ def test_fiftyone_exports_grey_thumbnails(tmp_path: Path) -> None:
     docs = json.loads((out / "samples.json").read_text())["samples"]
     picture = np.asarray(Image.open(out / docs[3]["filepath"]))
     assert picture.shape == thumbs.shape[1:3] and np.array_equal(picture, thumbs[3, ..., 0])
+
+
+def test_fiftyone_export_of_an_image_folder_run_leaves_out_files_changed_since(tmp_path: Path) -> None:
+    """A file replaced after the audit is not the image the run explained: its thumbnail is exported."""
+    from spray.audit import audit
+    from tests.runs.builders import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    run_dir = audit(cfg, progress=False).run_dir
+    root = tmp_path / "imgs"
+    Image.fromarray(np.full((40, 30, 3), 255, np.uint8)).save(root / "cat" / "003.png")
+    out = write_fiftyone_dataset(run_dir, tmp_path / "fo", data_root=root)
+    docs = {d["spray_sample_id"]: d for d in json.loads((out / "samples.json").read_text())["samples"]}
+    assert docs["cat/003.png"]["filepath"].startswith("data/")
+    assert docs["cat/004.png"]["filepath"] == str((root / "cat" / "004.png").resolve())

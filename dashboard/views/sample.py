@@ -139,9 +139,19 @@ if original is not None:
     except (OSError, UnidentifiedImageError) as err:
         st.warning(f"The original file cannot be opened: {safetext.md(err)}")
     else:
+        # an image folder's content hash is its file's bytes' (IDX and factory samples hash the model input)
+        kind = (summary.config.get("data") or {}).get("kind")
+        changed = kind == "image_folder" and common.original_changed(path, sid, original)
+        if changed:
+            st.warning(
+                "This file changed after the audit: it is not the image this run explained (its content differs "
+                "from the run's record), so no relevance is drawn over it. Audit again to explain the file as "
+                "it is now."
+            )
         o1, o2 = st.columns(2)
         o1.image(img, caption=f"original, {img.shape[1]}×{img.shape[0]} px (not resized)")
-        o2.image(imaging.overlay(img, heat, cmap), caption="relevance over the original")
+        if not changed:
+            o2.image(imaging.overlay(img, heat, cmap), caption="relevance over the original")
         st.download_button(
             "Download the original", original.read_bytes(), file_name=original.name, key="dl_original"
         )

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from spray.data.sample import content_hash
 from spray.export.source import ExportSource, open_source, staged_output
 from spray.flags import Flag, FlagStore, bind_flags, default_db_path
 from spray.flags.content import describe
@@ -178,15 +179,24 @@ def write_fiftyone_dataset(
         (tmp / RELEVANCE_DIR).mkdir()
         samples = []
         ids = src.sample_ids
+        # An image folder's content hash is its file's bytes': a file replaced since the audit is not the image
+        # the run explained, so its thumbnail stands in for it.
+        folder = (src.summary.config.get("data") or {}).get("kind") == "image_folder"
+        known = (src.reader.content_hashes() or {}) if root is not None and folder else {}
+        changed = 0
         for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
             name = f"{r:08d}.png"
             original = (root / sid).resolve() if root is not None else None
-            if (
+            usable = (
                 root is not None
                 and original is not None
                 and original.is_relative_to(root)
                 and original.is_file()
-            ):
+            )
+            if usable and original is not None and sid in known:
+                usable = content_hash(original.read_bytes()) == known[sid]
+                changed += not usable
+            if usable:
                 media = str(original)
             elif src.thumbs is not None:
                 Image.fromarray(_picture(src.thumbs[r])).save(tmp / DATA_DIR / name)
@@ -203,6 +213,12 @@ def write_fiftyone_dataset(
             }
             # FiftyOne makes only `filepath` absolute on import: the heatmap's path is written absolute.
             samples.append(_sample(src, r, media, final / RELEVANCE_DIR / name, fields))
+        if changed:
+            log.warning(
+                "%d files under the data root changed after the audit (their content is not what the run "
+                "explained): exported with the run's stored thumbnails instead",
+                changed,
+            )
         meta = {
             "name": f"spray-{src.summary.name or 'run'}-{src.run_id[:12]}",
             "media_type": "image",
