@@ -47,7 +47,14 @@ def test_bind_flags_sorts_each_kind() -> None:
     text = describe(b, "runs/latest")
     assert "2 → 0" in text and "spray flags rebind --run runs/latest" in text and "spray flags unset" in text
     # flags on deleted files are named too: they act on no image, yet an export would hand them out
-    assert "3 flags name sample ids that are no longer in the run" in text and "8, 7, 6" in text
+    assert "2 flags name sample ids that are no longer in the run, and their content is not found" in text
+    assert "8, 6" in text
+    # one whose content is now under two ids is not called deleted: both copies are named
+    assert (
+        "1 flags name sample ids that are no longer in the run, and their content is now under several ids"
+        in text
+    )
+    assert "7 → 3 and 4" in text
     assert describe(bind_flags(flags[:1], run), "r") == ""
     # the suggested commands are pasted into a shell: a path with a space stays one argument
     assert "spray flags rebind --run '/w s/runs dir/latest'" in describe(b, "/w s/runs dir/latest")
@@ -148,8 +155,20 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     older = list_runs(world.runs_dir)[1]  # the run before the records were removed
     res = run_main(["flags", "rebind", "--run", str(older)], capsys)
     assert_clean_failure(res, 2, "is not the newest run of this audit", "spray flags rebind --run")
+    # A newer decision on one image's new id (set on the new run) is never overwritten by the old id's flag.
+    first, new_id = int(planted.min()), str(int(planted.min()) - 1)
+    assert (
+        run_main(["flags", "set", "--runs-dir", runs, "--sample-ids", new_id, "--status", "ok"], capsys).code
+        == 0
+    )
     res = run_main(["flags", "rebind", "--runs-dir", runs], capsys)
-    assert res.code == 0 and f"moved {len(planted)} flags" in res.output
+    assert res.code == 1 and f"moved {len(planted) - 1} flags" in res.output
+    assert "1 flags not moved" in res.output and f"{first} (unlearn) → {new_id} (ok)" in res.output
+    current = {f.sample_id: f.status for f in FlagStore(world.flags_db).current(DATASET)}
+    assert current[new_id] == "ok" and current[str(first)] == "unlearn"
+    # the person keeps one decision: the old id's flag is dropped, and nothing is left to move
+    assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", str(first)], capsys).code == 0
+    assert run_main(["flags", "set", "--runs-dir", runs, "--sample-ids", new_id], capsys).code == 0
     now = sorted(int(f.sample_id) for f in FlagStore(world.flags_db).current(DATASET, "unlearn"))
     assert now == sorted(planted - 1)
     assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0

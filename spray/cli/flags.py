@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
-from spray.flags.content import FlagBinding, bind_flags, describe
+from spray.flags.content import FlagBinding, bind_flags, describe, listed
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
 
@@ -253,7 +254,13 @@ def rebind_command(args: argparse.Namespace) -> int:
     the run to that id (IDX records removed or reordered, files renamed); other flags are left alone."""
     reader, run, db, binding = _binding(args)
     _refuse_older(reader, run)
-    moves = [(c.flag, c.found_at[0]) for c in binding.of_kind("moved")]
+    # A flag already on the content's new id (set on the new run, say) is a decision of its own: never
+    # overwritten by the old id's flag.
+    # (a flag that moves itself vacates its id: a swap of two files moves both flags)
+    staying = [*binding.bound, *(c.flag for c in binding.changed if c.kind != "moved")]
+    taken = {f.sample_id: f for f in staying}
+    clashes = [c for c in binding.of_kind("moved") if c.found_at[0] in taken]
+    moves = [(c.flag, c.found_at[0]) for c in binding.of_kind("moved") if c.found_at[0] not in taken]
     if moves:
         FlagStore(db).move(
             reader.summary.dataset,
@@ -262,11 +269,21 @@ def rebind_command(args: argparse.Namespace) -> int:
             author=_author(args),
         )
     sys.stdout.write(f"moved {len(moves)} flags of {reader.summary.dataset} to their content's ids in {db}\n")
+    if clashes:
+        pairs = [
+            f"{c.flag.sample_id} ({c.flag.status}) → {c.found_at[0]} ({taken[c.found_at[0]].status})"
+            for c in clashes
+        ]
+        sys.stdout.write(
+            f"{len(clashes)} flags not moved: their content's new id has a flag of its own, which stays "
+            f"({listed(pairs)}); keep one decision: drop the old id's flag with `spray flags unset --run "
+            f"{shlex.quote(str(run))} --sample-ids ID`, or set the new id's anew with `spray flags set`\n"
+        )
     left = binding.of_kind("replaced")
     if left:
         rest = FlagBinding(changed=left)
         sys.stdout.write(describe(rest, str(run)) + "\n")
-    return EXIT_FAILURE if left else EXIT_OK
+    return EXIT_FAILURE if left or clashes else EXIT_OK
 
 
 def _refuse_older(reader: RunReader, run: Path) -> None:

@@ -156,10 +156,20 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"on the new content with `spray flags set --run {run} --sample-ids ID --status STATUS` or drop "
             f"it with `spray flags unset --run {run} --sample-ids ID`."
         )
-    if gone:
-        ids = [c.flag.sample_id for c in gone]
+    copies = [c for c in gone if c.found_at]
+    if copies:
+        pairs = [f"{c.flag.sample_id} → {' and '.join(c.found_at)}" for c in copies]
         parts.append(
-            f"{len(gone)} flags name sample ids that are no longer in the run, and their content is not found "
+            f"{len(copies)} flags name sample ids that are no longer in the run, and their content is now under "
+            f"several ids ({listed(pairs)}): flag the copies you mean with `spray flags set --run {run} "
+            f"--sample-ids ID --status STATUS`, then drop the old id's flag with `spray flags unset --run {run} "
+            "--sample-ids ID`."
+        )
+    deleted = [c for c in gone if not c.found_at]
+    if deleted:
+        ids = [c.flag.sample_id for c in deleted]
+        parts.append(
+            f"{len(deleted)} flags name sample ids that are no longer in the run, and their content is not found "
             f"under another id (deleted files: {listed(ids)}): they act on no image; drop them with "
             f"`spray flags unset --run {run} --sample-ids ID`."
         )
