@@ -23,6 +23,8 @@ MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "applica
 # A spreadsheet evaluates a cell that starts with one of these as a formula (=HYPERLINK(...) sends data
 # anywhere); OWASP's list plus the line feed.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+#: Columns an unlearning job matches on: kept exact in every format (an id with a ``'`` added names no image).
+KEY_COLUMNS = ("dataset", "sample_id")
 
 
 def _is_number(text: str) -> bool:
@@ -48,10 +50,14 @@ def frame_to_bytes(frame: Any, fmt: str) -> bytes:
     """Serialise an export table (see :meth:`FlagStore.export_frame`).
 
     CSV is for spreadsheets: text cells that would run as formulas are neutralised
-    (:func:`neutralise_formula`). JSON and Parquet keep every value exactly.
+    (:func:`neutralise_formula`), except the :data:`KEY_COLUMNS`, which stay exact so that the ids name the
+    samples. JSON and Parquet keep every value exactly.
     """
     if fmt == "csv":
-        safe = frame.astype(object).map(neutralise_formula) if len(frame) else frame
+        safe = frame.astype(object)
+        if len(frame):
+            text = [c for c in safe.columns if c not in KEY_COLUMNS]
+            safe[text] = safe[text].map(neutralise_formula)
         return safe.to_csv(index=False).encode()
     if fmt == "json":
         records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")

@@ -99,6 +99,13 @@ def translate_write_errors(path: Path) -> Iterator[None]:
         raise clear from err
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place.
@@ -118,6 +125,8 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
                 fh.flush()
+                # mkstemp makes the file private (0600): give it the mode a plain open() would
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:

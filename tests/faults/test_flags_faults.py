@@ -198,16 +198,20 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(value: str, safe
     assert neutralise_formula(value) == safe
 
 
-def test_csv_export_neutralises_notes_and_ids_json_and_parquet_keep_them(tmp_path: Path) -> None:
+def test_csv_export_neutralises_notes_keeps_ids_exact_json_and_parquet_keep_all(tmp_path: Path) -> None:
+    """Text cells a spreadsheet would run are neutralised in CSV, but not the ids an unlearning job matches on
+    (a class folder named '-minus' or '@at' is a legal id; a ``'`` added to it names no image)."""
     store = FlagStore(tmp_path / "f.sqlite")
     evil = '=HYPERLINK("http://evil.example/x","open")'
-    store.flag("d", ["=1+1", "7"], "unlearn", evil, author="@me")
+    store.flag("d", ["=1+1", "7", "-minus/1.png", "@at/2.png"], "unlearn", evil, author="@me")
     csv = pd.read_csv(io.BytesIO(store.export_bytes("csv", "d")), dtype=str, keep_default_na=False)
-    assert set(csv["note"]) == {"'" + evil} and set(csv["sample_id"]) == {"'=1+1", "7"}
-    assert set(csv["author"]) == {"'@me"}
-    assert not any(str(v).startswith(("=", "+", "@")) for v in csv.to_numpy().ravel())
+    assert set(csv["note"]) == {"'" + evil} and set(csv["author"]) == {"'@me"}
+    assert set(csv["sample_id"]) == {"=1+1", "7", "-minus/1.png", "@at/2.png"}
+    rest = csv.drop(columns=["dataset", "sample_id"]).to_numpy().ravel()
+    assert not any(str(v).startswith(("=", "+", "@")) for v in rest)
     js = json.loads(store.export_bytes("json", "d"))
-    assert {r["note"] for r in js} == {evil} and {r["sample_id"] for r in js} == {"=1+1", "7"}
+    assert {r["note"] for r in js} == {evil}
+    assert {r["sample_id"] for r in js} == {"=1+1", "7", "-minus/1.png", "@at/2.png"}
     pq = pd.read_parquet(io.BytesIO(store.export_bytes("parquet", "d")))
     assert set(pq["note"]) == {evil}
     assert frame_to_bytes(store.export_frame("nothing"), "csv").startswith(b"dataset,sample_id")
