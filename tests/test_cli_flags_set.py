@@ -118,3 +118,26 @@ def test_a_missing_latest_link_says_to_give_the_run(
     (runs / "latest").symlink_to(runs / "gone")
     res = run_main(["flags", "check", "--runs-dir", str(runs)], capsys)
     assert_clean_failure(res, 2, "latest is missing (a dangling link)", "--run")
+
+
+def test_sample_ids_from_a_file_are_taken_exactly_and_the_run_is_named(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--sample-ids-file: one id per line, commas and spaces kept (an image named 'a,b.png' is one id)."""
+    db = tmp_path / "f.sqlite"
+    base = ["flags", "set", "--runs-dir", str(audited.runs_dir), "--db", str(db)]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("0\n1\n\n")
+    res = run_main([*base, "--sample-ids-file", str(ids)], capsys)
+    run_name = (audited.runs_dir / "latest").resolve().name
+    assert res.code == 0 and "flagged 2 samples" in res.output and f"(run {run_name})" in res.output
+    assert sorted(f.sample_id for f in FlagStore(db).current(DATASET)) == ["0", "1"]
+    ids.write_text("0\nwith,comma.png\n")
+    assert_clean_failure(run_main([*base, "--sample-ids-file", str(ids)], capsys), 2, "'with,comma.png'")
+    assert_clean_failure(
+        run_main([*base, "--sample-ids-file", str(tmp_path / "none.txt")], capsys), 2, "cannot read it"
+    )
+    unset = ["flags", "unset", "--runs-dir", str(audited.runs_dir), "--db", str(db)]
+    ids.write_text("1\n")
+    assert run_main([*unset, "--sample-ids-file", str(ids)], capsys).code == 0
+    assert [f.sample_id for f in FlagStore(db).current(DATASET)] == ["0"]

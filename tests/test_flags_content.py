@@ -153,6 +153,23 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
         planted
     )
     older = list_runs(world.runs_dir)[1]  # the run before the records were removed
+    # flagging from it works (its ids are what was shown), with a warning that the data moved on since
+    argv = [
+        "flags",
+        "set",
+        "--run",
+        str(older),
+        "--db",
+        str(world.root / "scratch.sqlite"),
+        "--sample-ids",
+        "3",
+    ]
+    res = run_main(argv, capsys)
+    assert (
+        res.code == 0
+        and "is not the newest run of this audit" in res.output
+        and "spray flags check" in res.output
+    )
     res = run_main(["flags", "rebind", "--run", str(older)], capsys)
     assert_clean_failure(res, 2, "is not the newest run of this audit", "spray flags rebind --run")
     # A newer decision on one image's new id (set on the new run) is never overwritten by the old id's flag.

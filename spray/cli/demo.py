@@ -38,7 +38,8 @@ def run_command(args: argparse.Namespace) -> int:
     top = report.findings[0].key if report.findings else "KEY"
     sys.stdout.write(
         f"\nExplore it: {cmd} dashboard --runs-dir {runs}\n"
-        f"Flag and remove it: {cmd} flags set --runs-dir {runs} --finding {top}\n"
+        # the run itself, not runs/latest: a finding's key names other images once a later run is published
+        f"Flag and remove it: {cmd} flags set --run {report.run_dir} --finding {top}\n"
         f"                    {cmd} correct --config {cfg_path} --runs-dir {runs}\n"
     )
     return 0 if verdict == "FOUND" or not args.strict else 1

@@ -131,11 +131,18 @@ def _run_folder(args: argparse.Namespace) -> Path:
 def _sample_ids(
     args: argparse.Namespace, reader: RunReader, run: Path, verb: str, also: set[str] | None = None
 ) -> list[str]:
-    """The ids of ``--sample-ids``, each checked to be in the run (or in ``also``)."""
+    """The ids of ``--sample-ids`` (comma-separated, trimmed) and ``--sample-ids-file`` (one per line, exact:
+    ids with commas or edge spaces), each checked to be in the run (or in ``also``)."""
     ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
+    if getattr(args, "sample_ids_file", None):
+        try:
+            text = Path(args.sample_ids_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--sample-ids-file {args.sample_ids_file}: cannot read it ({err}).") from err
+        ids += [line for line in text.split("\n") if line.strip()]
     if not ids:
         what = "--finding KEY or --sample-ids ID,ID,..." if verb == "flag" else "--sample-ids ID,ID,..."
-        raise ConfigError(f"Give {what} to {verb}.")
+        raise ConfigError(f"Give {what} (or --sample-ids-file FILE) to {verb}.")
     known = set(reader.sample_ids()) | (also or set())
     unknown = [i for i in ids if i not in known]
     if unknown:
@@ -183,8 +190,25 @@ def set_command(args: argparse.Namespace) -> int:
         author=_author(args),
         content_hashes={i: hashes[i] for i in ids if i in hashes},
     )
-    sys.stdout.write(f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db}\n")
+    sys.stdout.write(
+        f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db} (run {run.resolve().name})\n"
+    )
+    _warn_if_older(reader, run, ids)
     return 0
+
+
+def _warn_if_older(reader: RunReader, run: Path, ids: list[str]) -> None:
+    """A WARNING when ``run`` is not the newest run of its audit: its ids and finding keys may name other
+    images now, which ``spray flags check`` against the newest run tells."""
+    from spray.runs.publish import newer_run
+
+    newest = newer_run(run, name=reader.summary.name, dataset=reader.summary.dataset)
+    if newest is not None:
+        log.warning(
+            "%s is not the newest run of this audit (%s is): the %d ids flagged name its images, which the data "
+            "may have moved since; check them against the newest run: spray flags check --run %s",
+            run, newest.name, len(ids), shlex.quote(str(newest)),
+        )  # fmt: skip
 
 
 def unset_command(args: argparse.Namespace) -> int:
@@ -320,6 +344,11 @@ def register(subparsers: Any) -> None:
     )
     f.add_argument("--with-carriers", action="store_true", help="also the finding's carriers")
     f.add_argument("--sample-ids", help="comma-separated sample ids instead of a finding")
+    f.add_argument(
+        "--sample-ids-file",
+        metavar="FILE",
+        help="a file of sample ids, one per line, taken exactly (commas, spaces)",
+    )
     f.add_argument("--status", choices=STATUSES, default="unlearn", help="the flag (default unlearn)")
     f.add_argument("--note", default="", help="free text kept in the history and the export")
     f.add_argument(
@@ -346,6 +375,11 @@ def register(subparsers: Any) -> None:
     u = sub.add_parser("unset", help="remove the flag of given samples", description=unset_command.__doc__)
     _run_options(u, common)
     u.add_argument("--sample-ids", help="comma-separated sample ids")
+    u.add_argument(
+        "--sample-ids-file",
+        metavar="FILE",
+        help="a file of sample ids, one per line, taken exactly (commas, spaces)",
+    )
     u.add_argument("--note", default="", help="why (kept in the history)")
     u.add_argument("--author", help="who decided (default: $SPRAY_AUTHOR or the OS user)")
     u.set_defaults(func=unset_command)
