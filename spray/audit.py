@@ -166,7 +166,10 @@ def run_audit(
     setup = _setup(cfg, dev, ctx, clock)
     published = _published_run(cfg, setup.run_id, ctx, force)
     if published is not None:
-        return _up_to_date(published, setup, ctx, clock)
+        report = _up_to_date(published, setup, ctx, clock)
+        if ctx.is_main:  # flags change between runs: a reused run is checked against them as a new one is
+            _check_flags(cfg, report.content_hashes, Path(published))
+        return report
     if read_only:
         reason = read_only_reason(cfg.output.runs_dir, setup.run_id, name=cfg.name, dataset=cfg.dataset_key())
         raise RunWriteError(cfg.output.runs_dir, reason)

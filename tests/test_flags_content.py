@@ -126,6 +126,8 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     capsys.readouterr()
     _audit_again(world, world.images[1:], world.labels[1:])
     assert "flagged images are now under another sample id" in capsys.readouterr().err  # the audit warns
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0  # up to date: the run is reused
+    assert "flagged images are now under another sample id" in capsys.readouterr().err  # and still warns
     res = run_main(["flags", "check", "--runs-dir", runs], capsys)
     assert res.code == 1 and f"{len(planted)} moved to another id" in res.output
     # spray correct refuses to treat the images now under the flagged ids as the artifact group

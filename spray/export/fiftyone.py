@@ -147,6 +147,19 @@ def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict
     }
 
 
+def _original(root: Path | None, sample_id: str, known_hash: str | None) -> tuple[Path | None, bool]:
+    """``(the sample's original file under root, or None; whether a file is there but changed)``: None without
+    a root, for an id leading outside it or to no file, and for a file whose bytes' hash is not the run's."""
+    if root is None:
+        return None, False
+    p = (root / sample_id).resolve()
+    if not p.is_relative_to(root) or not p.is_file():
+        return None, False
+    if known_hash is not None and content_hash(p.read_bytes()) != known_hash:
+        return None, True
+    return p, False
+
+
 def write_fiftyone_dataset(
     run: str | Path,
     out: str | Path,
@@ -186,17 +199,9 @@ def write_fiftyone_dataset(
         changed = 0
         for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
             name = f"{r:08d}.png"
-            original = (root / sid).resolve() if root is not None else None
-            usable = (
-                root is not None
-                and original is not None
-                and original.is_relative_to(root)
-                and original.is_file()
-            )
-            if usable and original is not None and sid in known:
-                usable = content_hash(original.read_bytes()) == known[sid]
-                changed += not usable
-            if usable:
+            original, was_changed = _original(root, sid, known.get(sid))
+            changed += was_changed
+            if original is not None:
                 media = str(original)
             elif src.thumbs is not None:
                 Image.fromarray(_picture(src.thumbs[r])).save(tmp / DATA_DIR / name)
