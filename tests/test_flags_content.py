@@ -214,3 +214,32 @@ def test_an_image_replaced_in_place_keeps_no_silent_flag(
     assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", "99999"], capsys).code == 0
     assert "99999" not in {f.sample_id for f in FlagStore(world.flags_db).current(DATASET)}
     assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", "88888"], capsys).code == 2
+
+
+def test_flags_left_under_an_old_dataset_key_are_pointed_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data folder moved without data.name gets a new key (its path): the old key's flags name the same
+    images, so the audit says how to keep them instead of showing a dataset without flags."""
+    import logging
+    import shutil
+
+    from spray.audit import audit
+    from spray.config import load_config
+    from tests.runs.builders import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    first = audit(cfg, progress=False)
+    old_key = cfg.dataset_key()
+    hashes = RunReader.open(first.run_dir).content_hashes() or {}
+    FlagStore(cfg.flags_db_path()).flag(old_key, ["cat/003.png"], "unlearn", content_hashes=hashes)
+    shutil.move(tmp_path / "imgs", tmp_path / "moved")
+    raw = yaml.safe_load((tmp_path / "tiny.yaml").read_text())
+    raw["data"]["path"] = str(tmp_path / "moved")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    moved = load_config(tmp_path / "tiny.yaml")
+    assert moved.dataset_key() != old_key
+    with caplog.at_level(logging.WARNING, logger="spray"):
+        audit(moved, progress=False)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"1 under {old_key!r}" in said and "set data.name" in said

@@ -177,7 +177,8 @@ def describe(binding: FlagBinding, run: str) -> str:
 
 
 def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run: str) -> str:
-    """:func:`describe` of the current flags of ``dataset`` in ``db`` against a run ('' without a database).
+    """:func:`describe` of the current flags of ``dataset`` in ``db`` against a run, and
+    :func:`other_key_message` when it has none ('' without a database or anything to say).
 
     Raises
     ------
@@ -186,4 +187,31 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
     """
     if not db.is_file():
         return ""
-    return describe(bind_flags(FlagStore(db, read_only=True).current(dataset), run_hashes), run)
+    store = FlagStore(db, read_only=True)
+    mine = store.current(dataset)
+    return (
+        describe(bind_flags(mine, run_hashes), run) if mine else other_key_message(store, dataset, run_hashes)
+    )
+
+
+def other_key_message(store: FlagStore, dataset: str, run_hashes: Mapping[str, str]) -> str:
+    """When another dataset key's flags name this run's images by content: the key changed (a data folder
+    moved without ``data.name``, whose key is the folder's path), and its flags are out of sight of the
+    dashboard, the exports and ``spray correct``. '' otherwise."""
+    contents = set(run_hashes.values())
+    found = []
+    for other in store.datasets():
+        if other == dataset:
+            continue
+        hits = sum(
+            1 for f in store.current(other) if f.content_hash is not None and f.content_hash in contents
+        )
+        if hits:
+            found.append(f"{hits} under {other!r}")
+    if not found:
+        return ""
+    return (
+        f"this dataset's key is {dataset!r} and it has no flags, but flags under other keys name its images by "
+        f"content ({', '.join(found)}): the key changed (without data.name it is the data folder's path). To "
+        "keep those flags, set data.name in the config to the old key and audit again."
+    )
