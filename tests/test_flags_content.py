@@ -148,6 +148,8 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(world.root / "unlearn.csv")], capsys)
     assert res.code == 0 and f"left out of the export: {len(planted)} flags" in res.output
     assert pd.read_csv(world.root / "unlearn.csv").empty  # none is handed to unlearning for the wrong image
+    argv = ["flags", "export", "--runs-dir", runs, "-o", str(world.root / "strict.csv"), "--fail-if-left-out"]
+    assert run_main(argv, capsys).code == 1 and (world.root / "strict.csv").is_file()  # a cron job notices
     res = run_main(
         ["flags", "export", "--db", str(world.flags_db), "-o", str(world.root / "all.csv")], capsys
     )

@@ -74,7 +74,8 @@ def export_command(args: argparse.Namespace) -> int:
             raise ConfigError("Parquet is binary: give -o FILE.")
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    return 0
+    # A scheduled export can ask to fail when flags were left out, rather than hand on fewer flags quietly.
+    return EXIT_FAILURE if args.fail_if_left_out and leave_out else 0
 
 
 def _left_out(db: Path, run: Path) -> set[tuple[str, str]]:
@@ -366,6 +367,12 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--dataset", help="only this dataset key (default: all)")
     e.add_argument("-o", "--output", help="output file (default: stdout)")
+    e.add_argument(
+        "--fail-if-left-out",
+        action="store_true",
+        help="with --runs-dir: exit 1 (after writing the export) when flags were left out because they no longer "
+        "name the images they were set on",
+    )
     e.set_defaults(func=export_command)
 
     ls = sub.add_parser("list", help="counts of current flags", description=list_command.__doc__)
