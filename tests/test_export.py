@@ -100,6 +100,12 @@ def test_virelay_project_round_trips_through_virelays_own_loader(run: Path, tmp_
                 assert set(samples["sample_id"].to_numpy()[rows]) == set(f.member_ids)
     finally:
         project.close()
+    # spray's own column: each row's sample id, to trace a sample seen in ViRelAy to its file and flag
+    import h5py
+
+    with h5py.File(project_file.parent / "dataset.h5", "r") as f:
+        ids = [v.decode() for v in f["sample_id"][:]]
+    assert ids == [str(v) for v in samples["sample_id"]]
 
 
 def test_virelay_server_opens_the_project(run: Path, tmp_path: Path) -> None:

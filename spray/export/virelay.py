@@ -5,7 +5,7 @@ Written (all paths relative to the project file, as ViRelAy resolves them)::
     project.yaml      project: name, model, label_map, dataset, attributions, analyses
     label-map.json    [{index, word_net_id, name}] — word_net_id is the class index as text, so ViRelAy
                       names each analysis category (the class index) by its class name
-    dataset.h5        data (N, 3, t, t) uint8 thumbnails; label (N,)
+    dataset.h5        data (N, 3, t, t) uint8 thumbnails; label (N,); sample_id (N,) UTF-8 strings (spray's own)
     attribution.h5    attribution (N, 2, h, w) float32, two halves of heatmaps.npy; prediction (N, classes);
                       label (N,)
     analysis.h5       one group per analysed class "<class index>": index (n,) uint32 rows into the two
@@ -103,6 +103,9 @@ def _write_inputs(h5: Any, src: ExportSource, dst: Path) -> None:
         for lo in tqdm(range(0, n, CHUNK), desc="virelay inputs", unit="chunk", disable=None):
             data[lo : lo + CHUNK] = np.moveaxis(np.asarray(src.thumbs[lo : lo + CHUNK]), -1, 1)
         f.create_dataset("label", data=labels)
+        # ViRelAy reads data and label only; this row's sample id lets a sample seen there be traced to its
+        # file and flag
+        f.create_dataset("sample_id", data=list(src.sample_ids), dtype=h5.string_dtype(encoding="utf-8"))
     with h5.File(dst / ATTRIBUTION, "w") as f:
         att = f.create_dataset(
             "attribution", (n, 2, h, w), np.float32, chunks=(min(CHUNK, max(n, 1)), 2, h, w), **opts
