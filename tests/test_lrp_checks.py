@@ -430,3 +430,78 @@ def test_all_zero_maps_are_reported_with_their_cause(caplog: pytest.LogCaptureFi
         explainer(x)  # reported once
         Explainer(_act_net(nn.ReLU()))(torch.randn(2, 3, 8, 8))  # non-zero maps: no warning
     assert "exactly 0" not in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
+# weights computed on the forward pass
+
+
+class _StdConv(nn.Conv2d):
+    """A conv that standardises its weight in forward() (as timm's StdConv2d): not what a rule computes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def _net(mid: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), mid, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("canonize", [True, False])
+def test_a_layer_computing_its_weight_in_forward_is_refused_by_name(canonize: bool) -> None:
+    """Before, canonize=False skipped the output check and the map explained the raw weight, silently."""
+    model = _net(_StdConv(8, 8, 3, padding=1))
+    with pytest.raises(ModelError, match=r"2 \(_StdConv\)") as err:
+        Explainer(model, canonize=canonize)(torch.rand(2, 3, 8, 8))
+    assert "another function" in str(err.value)
+
+
+def _plain(model: nn.Sequential, conv: nn.Conv2d) -> nn.Sequential:
+    """The same function with a plain conv holding the weight ``conv`` uses in eval mode."""
+    import copy
+
+    with torch.no_grad():
+        w = conv.weight.detach().clone()
+    plain = copy.deepcopy(model)
+    c = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        c.weight.copy_(w)
+        c.bias.copy_(conv.bias)
+    plain[2] = c
+    return plain
+
+
+@pytest.mark.parametrize("kind", ["spectral_norm hook", "weight_norm parametrization"])
+def test_weight_and_spectral_norm_are_explained_with_the_weight_the_model_uses(kind: str) -> None:
+    """Old-style norms are forward pre-hooks, which spray's copies drop (the map explained the stale
+    weight); new-style ones are parametrizations of a generated type no rule knew (refused)."""
+    from torch.nn.utils import parametrizations
+
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    wrapped = (
+        nn.utils.spectral_norm(conv) if kind.startswith("spectral") else parametrizations.weight_norm(conv)
+    )
+    model = _net(wrapped)
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        model(x)
+        # an optimiser step after the last forward pass: the hook's cached weight is stale until the next one
+        for name, p in model[2].named_parameters():
+            if name.endswith(("weight_orig", "original1")):
+                p.add_(torch.randn_like(p))  # (both norms are scale-invariant: a new direction)
+    explainer = Explainer(model)
+    with torch.no_grad():
+        want = model(x)
+    got = explainer(x, target=0)
+    assert torch.allclose(got.logits, want, rtol=1e-4, atol=1e-5)
+    ref = Explainer(_plain(model, model[2]))(x, target=0)
+    assert torch.allclose(got.relevance, ref.relevance, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # the user's model is untouched (torch's own removal would edit its class)
+        assert torch.equal(model(x), want)
+    assert type(model[2]).__name__ != "Conv2d" or kind.startswith("spectral")

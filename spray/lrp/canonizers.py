@@ -275,6 +275,48 @@ def _split_norm_act(model: nn.Module) -> int:
     return count
 
 
+def bake_weight_transforms(model: nn.Module) -> int:
+    """Turn weights computed on each forward pass into plain weights, in place (on spray's copy): weight
+    and spectral norm, old style (forward pre-hooks, which the copy would drop) and new style
+    (``torch.nn.utils.parametrize``, whose modules are of a generated type no rule knows). Each weight is
+    the one the model uses in eval mode. Returns how many were baked."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm, remove_spectral_norm
+    from torch.nn.utils.weight_norm import WeightNorm, remove_weight_norm
+
+    count = 0
+    for path, module in list(model.named_modules()):
+        if path and parametrize.is_parametrized(module):
+            # Not torch's remove_parametrizations: it edits the generated class, which the copy shares with
+            # the user's module.
+            _set_module(model, path, _unparametrized(module))
+            count += 1
+            continue
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, SpectralNorm):
+                remove_spectral_norm(module, hook.name)
+                count += 1
+            elif isinstance(hook, WeightNorm):
+                remove_weight_norm(module, hook.name)
+                count += 1
+    return count
+
+
+def _unparametrized(module: nn.Module) -> nn.Module:
+    """A module of the original class (``Conv2d`` for a ``ParametrizedConv2d``) holding, as plain parameters,
+    the tensors its parametrizations compute now; everything else shared with ``module`` (a copy already)."""
+    names: nn.ModuleDict = module.parametrizations  # type: ignore[assignment]
+    values = {name: getattr(module, name).detach().clone() for name in names}
+    base: type[nn.Module] = type(module).__bases__[0]
+    plain: nn.Module = object.__new__(base)
+    plain.__dict__ = dict(module.__dict__)
+    plain._modules = {k: v for k, v in module._modules.items() if k != "parametrizations"}
+    plain._parameters = dict(module._parameters)
+    for name, value in values.items():
+        plain._parameters[name] = nn.Parameter(value, requires_grad=False)
+    return plain
+
+
 def _clear_hooks(model: nn.Module) -> None:
     # The copy must not run the user's hooks (they may record, modify outputs, or hold references to
     # the original model); the original keeps its own hooks untouched.
@@ -320,6 +362,7 @@ def canonize(
     """
     names = resolve_canonizers(model, canonizers)
     copied = copy.deepcopy(model)
+    bake_weight_transforms(copied)
     _clear_hooks(copied)
     copied.eval()
     if device is not None:

@@ -221,7 +221,10 @@ class Explainer:
         # A hook-free eval copy of the user's model, used once on the first batch to check that
         # canonization did not change the function (e.g. a BN folded into the wrong layer because the
         # registration order differs from the execution order). Dropped after the check.
-        self._reference: nn.Module | None = reference_copy(model, self.device) if canonize else None
+        # Checked with canonization off too: a layer computing its weight in forward() is not what the rule
+        # layers compute either.
+        self._reference: nn.Module | None = reference_copy(model, self.device)
+        self._suspects = _forward_overrides(model)
         self._self_check = self_check
         self._empty_checked = False  # all-zero maps are reported once, on the first batch
         hooked = hooked_modules(model)
@@ -354,13 +357,26 @@ class Explainer:
             logits = _logits(out, x)
             err, tol, scale = reference_error(reference, x, logits, self.precision, self.device)
         if not err <= tol:
-            raise ModelError(
-                f"canonization changed the model's output (max |Δlogit| = {err:.3g} of {scale:.3g}, "
-                "with ReLU fusion off); probably a BatchNorm is registered right after a layer it does "
-                "not follow in forward() and was folded into it. Use Explainer(..., canonize=False) or "
-                "register modules in execution order."
-            )
+            raise ModelError(self._mismatch(err, scale))
         return out, logits
+
+    def _mismatch(self, err: float, scale: float) -> str:
+        """Why the explained copy's logits differ from the model's, with the likely cause first."""
+        head = (
+            f"the copy spray explains computes other logits than the model (max |Δlogit| = {err:.3g} of "
+            f"{scale:.3g}, with ReLU fusion off): its heatmaps would explain another function. "
+        )
+        if self._suspects:
+            return head + (
+                f"These layers compute their output in their own forward(), which spray's rules do not run: "
+                f"{', '.join(self._suspects[:5])} (e.g. timm's StdConv2d standardises its weight there). Give a "
+                "model whose layers are plain nn.Conv2d / nn.Linear with the weights they use (for "
+                "StdConv2d: copy the standardised weight into a plain Conv2d)."
+            )
+        return head + (
+            "Probably a BatchNorm is registered right after a layer it does not follow in forward() and was "
+            "folded into it: use Explainer(..., canonize=False) or register modules in execution order."
+        )
 
     def __call__(
         self,
@@ -467,3 +483,15 @@ def explain(
     """
     labels = kwargs.pop("labels", None)
     return Explainer(model, composite, **kwargs)(inputs, target=target, labels=labels).relevance
+
+
+def _forward_overrides(model: nn.Module) -> list[str]:
+    """``path (Type)`` of the model's Conv/Linear subclasses that override ``forward`` (their output is not
+    the plain layer's of ``weight``, which spray's rules compute)."""
+    plain = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    out = []
+    for path, m in model.named_modules():
+        base = next((b for b in plain if isinstance(m, b)), None)
+        if base is not None and type(m) is not base and type(m).forward is not base.forward:
+            out.append(f"{path or '<root>'} ({type(m).__name__})")
+    return out

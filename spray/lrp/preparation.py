@@ -178,7 +178,10 @@ def prepare(
 
 
 def reference_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """An eval-mode copy of the user's model without its hooks (for the first call's output check)."""
+    """An eval-mode copy of the user's model without its hooks (weight and spectral norm baked in, see
+    :func:`~spray.lrp.canonizers.bake_weight_transforms`), for the first call's output check: a rule copy that
+    computes another function (a layer computing its weight in ``forward``, a wrongly folded BatchNorm) is
+    caught."""
     return canonize(model, None, device=device)
 
 
