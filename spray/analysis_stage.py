@@ -28,7 +28,7 @@ from spray.config import AuditConfig
 from spray.data import AuditDataset
 from spray.distributed import DistContext
 from spray.errors import ConfigError
-from spray.records import ClassAnalysis, ClassSkipped, ClusterFinding
+from spray.records import ZERO_HEATMAPS, ClassAnalysis, ClassSkipped, ClusterFinding
 from spray.runs.cache import PasteCache
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,20 @@ def _warm_up(cfg: AuditConfig, sizes: list[int]) -> None:
         warm_up(approximate_knn=max(sizes) >= cfg.analysis.knn.exact_below)
 
 
+def _zero_classes(inputs: AnalysisInputs | None, groups: np.ndarray) -> set[int]:
+    """The classes whose every heatmap is exactly zero (rank 0 holds the heatmaps; None elsewhere)."""
+    if inputs is None or inputs.relevance is None or not len(groups):
+        return set()
+    flat = np.asarray(inputs.relevance).reshape(len(groups), -1)
+    empty = ~np.any(flat != 0, axis=1)
+    return {int(c) for c in np.unique(groups) if bool(empty[groups == c].all())}
+
+
 def _classes_to_analyze(
-    cfg: AuditConfig, class_names: list[str], groups: np.ndarray
+    cfg: AuditConfig, class_names: list[str], groups: np.ndarray, zero: set[int]
 ) -> tuple[dict[int, int], list[ClassSkipped]]:
-    """The selected classes with enough samples (class -> size, in selection order), and the others."""
+    """The selected classes with enough samples and some relevance (class -> size, in selection order), and
+    the others (``zero``: the classes whose every heatmap is zero)."""
     todo: dict[int, int] = {}
     too_small: list[ClassSkipped] = []
     for c in select_classes(cfg, len(class_names)):
@@ -163,6 +173,14 @@ def _classes_to_analyze(
         if n < cfg.analysis.min_class_size:
             too_small.append(ClassSkipped(c, class_names[c], n))
             log.warning("class %s has %d samples (< analysis.min_class_size): skipped", class_names[c], n)
+        elif c in zero:
+            # k-means would split identical all-zero maps by index ties and describe the split as structure
+            too_small.append(ClassSkipped(c, class_names[c], n, ZERO_HEATMAPS))
+            log.warning(
+                "class %s: every one of its %d heatmaps is zero, so its logit does not depend on the input (a "
+                "dead output, or a bias alone): not analysed, and no finding can be made in it",
+                class_names[c], n,
+            )  # fmt: skip
         else:
             todo[c] = n
     if not todo and too_small:
@@ -245,7 +263,8 @@ def analyze_run(
     ctx = ctx or DistContext()
     shared = share_inputs(ctx, inputs)
     groups = shared.groups(cfg.analysis.group_by)
-    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups)
+    zero = ctx.broadcast_object(_zero_classes(inputs if ctx.is_main else None, groups))
+    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups, zero)
     plan = assign_classes(todo, ctx.world_size)
     mine = plan[ctx.rank]
     if ctx.world_size > 1:

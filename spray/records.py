@@ -245,13 +245,21 @@ class ConditionalMaps:
     maps: np.ndarray
 
 
+#: Why a class is left out: too few samples (the reason of runs written before reasons were kept).
+TOO_FEW_SAMPLES = "fewer than analysis.min_class_size samples"
+#: Why a class is left out: nothing to analyse.
+ZERO_HEATMAPS = "every heatmap is zero: the class's logit does not depend on the input"
+
+
 @dataclass(frozen=True)
 class ClassSkipped:
-    """A class left out of the analysis because it has fewer than ``analysis.min_class_size`` samples."""
+    """A class left out of the analysis: fewer than ``analysis.min_class_size`` samples, or every heatmap zero
+    (``reason``)."""
 
     class_index: int
     class_name: str
     n: int
+    reason: str = TOO_FEW_SAMPLES
 
 
 @dataclass(frozen=True)

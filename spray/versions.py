@@ -60,7 +60,11 @@ LRP_VERSION = 6
 # 16: a flagged finding that repeats a higher-scoring flagged one's group says so in its evidence
 # (scoring.ranking.note_repeats); a candidate one test alone cleared names what the other missed; the colour
 # test's AUROC line says it is the colour removal's; scores, flags and order unchanged.
-ANALYSIS_VERSION = 16
+# 17: concept-space separation is 1 − conductance of the symmetrised kNN graph (the old count doubled the cut
+# and went negative), which raises concept scores; a class whose every heatmap is zero is skipped with its
+# reason; evidence states the members' own share of edges inside the group, the AUROC itself, "positive
+# relevance", pixels that are the same in every image, and no null sentence without a comparison.
+ANALYSIS_VERSION = 17
 
 
 def code_version() -> str:

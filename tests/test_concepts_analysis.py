@@ -66,3 +66,25 @@ def test_a_class_without_a_group_scores_low() -> None:
     clean = analyze_concepts(0, "c", ids, v, _cfg())  # type: ignore[arg-type]
     poisoned = analyze_concepts(0, "c", ids, planted, _cfg())  # type: ignore[arg-type]
     assert clean.clusters[0].score < 0.5 * poisoned.clusters[0].score
+
+
+def test_the_concept_separation_is_one_minus_the_symmetrised_conductance() -> None:
+    """Checked against the dense symmetrised graph: the old count doubled the cut and went negative."""
+    import scipy.sparse as sp
+
+    from spray.analysis.concepts import _separation
+
+    rng = np.random.default_rng(0)
+    n, k = 300, 10
+    knn = rng.integers(0, n, (n, k))
+    a = sp.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), knn.ravel())), shape=(n, n))
+    sym = ((a + a.T) / 2).toarray()
+    deg = sym.sum(axis=1)
+    for frac in (0.05, 0.2, 0.5, 0.8):
+        member = np.zeros(n, bool)
+        member[rng.choice(n, int(frac * n), replace=False)] = True
+        x = member.astype(float)
+        vol_in = deg @ x
+        conductance = (vol_in - x @ sym @ x) / min(vol_in, deg.sum() - vol_in)
+        assert abs(_separation(knn, member) - (1 - conductance)) < 1e-12
+        assert 0.0 <= _separation(knn, member) <= 1.0

@@ -29,7 +29,10 @@ run = Path(path).name
 dataset = common.dataset_key(summary)
 classes = summary.classes
 if not classes:
-    st.info("This run analysed no class (all were below analysis.min_class_size).")
+    st.info(
+        "This run analysed no class (each had fewer than analysis.min_class_size samples, or only zero heatmaps: "
+        "see summary.json classes_skipped)."
+    )
     st.stop()
 state = urlstate.nav()
 by_index = {c.class_index: c for c in classes}

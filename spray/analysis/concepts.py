@@ -111,11 +111,19 @@ def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def _separation(knn: np.ndarray, members: np.ndarray) -> float:
-    """``1 − conductance`` of the member set in the (directed, unweighted) kNN graph."""
+    """``1 − conductance`` of the member set in the symmetrised kNN graph ``(A + Aᵀ)/2``, as the pixel
+    space's (:meth:`~spray.analysis.scoring.signals.ClassStats.conductance`): in [0, 1]."""
     inside = members[knn]  # (n, k_nn): is the neighbour a member
-    cut = np.count_nonzero(inside[~members]) + np.count_nonzero(~inside[members])
-    volume = min(inside[members].size, inside[~members].size)
-    return 1.0 - cut / max(volume, 1)
+    k = knn.shape[1] if knn.ndim == 2 else 0
+    out_cut = np.count_nonzero(~inside[members])  # member → non-member edges
+    in_cut = np.count_nonzero(inside[~members])  # non-member → member edges
+    # a node's degree in (A + Aᵀ)/2 is (its k out-edges + its in-edges) / 2
+    vol_in = (k * int(members.sum()) + np.count_nonzero(inside[members]) + in_cut) / 2
+    vol_out = (k * int((~members).sum()) + np.count_nonzero(~inside[~members]) + out_cut) / 2
+    denom = min(vol_in, vol_out)
+    if denom <= 0:
+        return 0.0
+    return float(np.clip(1.0 - (out_cut + in_cut) / 2 / denom, 0.0, 1.0))
 
 
 def _score_cluster(

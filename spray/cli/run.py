@@ -204,7 +204,8 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         for c in ch.not_analysed:
             log.warning(
                 "suspicious cluster %s of the previous run: class %s was not analysed in this run (too few "
-                "readable samples; see summary.json skipped): it is not resolved, there is no verdict",
+                "readable samples or only zero heatmaps; see summary.json classes_skipped): it is not resolved, "
+                "there is no verdict",
                 c.previous_key,
                 c.class_name,
             )

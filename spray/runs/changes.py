@@ -304,7 +304,7 @@ def _new(
 def _not_analysed(p: ClusterFinding) -> ClusterChange:
     return ClusterChange(
         None, p.class_index, p.class_name, previous_key=p.key, previous_size=p.size, previous_score=p.score,
-        note="its class was not analysed in this run (too few readable samples): no verdict",
+        note="its class was not analysed in this run (too few readable samples, or only zero heatmaps): no verdict",
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from spray.records import (
     SPACES,
+    TOO_FEW_SAMPLES,
     ChangeRule,
     ChangeSet,
     ClassSkipped,
@@ -278,7 +279,12 @@ def parse_summary(raw: Any, file: Path) -> RunSummary:
         timings=d.get("timings", dict),
         skipped=[SkippedSample(s.get("sample_id", str), s.get("reason", str)) for s in d.items("skipped")],
         classes_skipped=[
-            ClassSkipped(c.get("class_index", int), c.get("class_name", str), c.get("n", int))
+            ClassSkipped(
+                c.get("class_index", int),
+                c.get("class_name", str),
+                c.get("n", int),
+                c.get("reason", str, TOO_FEW_SAMPLES),
+            )
             for c in d.items("classes_skipped", [])
         ],
         classes=[_class(c, v1) for c in d.items("classes")],

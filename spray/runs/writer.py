@@ -136,7 +136,7 @@ def summary_document(report: AuditReport) -> dict[str, Any]:
         "timings": dict(report.timings),
         "skipped": [{"sample_id": s.sample_id, "reason": s.reason} for s in report.skipped],
         "classes_skipped": [
-            {"class_index": c.class_index, "class_name": c.class_name, "n": c.n}
+            {"class_index": c.class_index, "class_name": c.class_name, "n": c.n, "reason": c.reason}
             for c in report.classes_skipped
         ],
         "classes": [class_entry(c) for c in report.classes],

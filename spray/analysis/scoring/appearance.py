@@ -157,6 +157,8 @@ class Look:
         ``"pixels"`` (the members' hot pixels, :func:`~.geometry.relevance_mask`), ``"window"``,
         ``"frame"``, ``"aligned"`` (own windows near a fixed one), ``"moving"`` (own best windows) or
         ``"concept"`` (own concept-conditional hot pixels, :mod:`spray.analysis.concept_test`).
+    uniform : bool
+        Every donor's pixels in its region are the same (the appearance is 0 for want of any spread).
     """
 
     appearance: float
@@ -164,6 +166,7 @@ class Look:
     m_in: np.ndarray
     m_out: np.ndarray
     kind: str = "window"
+    uniform: bool = False
 
 
 @dataclass
@@ -200,9 +203,25 @@ def shared_mask(stats: ClassStats, cand: Candidate, config: ScoringConfig) -> tu
     return cand.region.mask(h, w), cand.region.kind
 
 
+def uniform_region(donors: Donors, m_in: np.ndarray, m_out: np.ndarray) -> bool:
+    """Whether every donor's grid pixels in its region are the same (no spread to compare at all)."""
+    a = donors.g_in[m_in].reshape(len(donors.g_in), -1, donors.g_in.shape[-1])
+    b = donors.g_out[m_out].reshape(len(donors.g_out), -1, donors.g_out.shape[-1])
+    both = np.concatenate([a, b]).astype(np.float32)
+    return len(both) > 1 and float(both.std(axis=0).max(initial=0.0)) < 1e-6
+
+
 def look(stats: ClassStats, cand: Candidate, donors: Donors, config: ScoringConfig) -> Look:
     """The candidate's donor regions (hot pixels, window or frame, own moving windows, or aligned
-    windows) and the appearance there."""
+    windows) and the appearance there (:func:`_look`), and whether those pixels are all the same."""
+    seen = _look(stats, cand, donors, config)
+    if seen.appearance == 0.0:
+        seen.uniform = uniform_region(donors, seen.m_in, seen.m_out)
+    return seen
+
+
+def _look(stats: ClassStats, cand: Candidate, donors: Donors, config: ScoringConfig) -> Look:
+    """The candidate's donor regions and the appearance there."""
     d_in, d_out = donors.rows_in, donors.rows_out
     if cand.moving:
         s = cand.moving_size

@@ -21,7 +21,7 @@ def _where(cand: Candidate, class_name: str, h: int, w: int) -> list[str]:
     if cand.moving:
         ms = cand.moving_size
         return [
-            f"each member puts {pct(s['peak_in'])} of its relevance into a {ms}×{ms} spot at varying positions",
+            f"each member puts {pct(s['peak_in'])} of its positive relevance into a {ms}×{ms} spot at varying positions",
             f"other {class_name} images put {pct(s['peak_out'])} into their hottest spot of that size",
         ]
     r = cand.region
@@ -31,10 +31,10 @@ def _where(cand: Candidate, class_name: str, h: int, w: int) -> list[str]:
         else f"a {r.size}×{r.size} region at the {location_words(r, h, w)}"
     )
     return [
-        f"members put {pct(s['share_in'])} of their relevance in {where}",
+        f"members put {pct(s['share_in'])} of their positive relevance in {where}",
         f"other {class_name} images put {pct(s['share_out'])} of theirs there",
         f"a member's share there exceeds another {class_name} image's with probability "
-        f"{pct((1 + s['consistency']) / 2)}",
+        f"{pct(s.get('auroc_fixed', (1 + s['consistency']) / 2))}",
     ]
 
 
@@ -120,19 +120,33 @@ def evidence(
     out = [
         f"{int(s['size'])} of {n} {class_name} images: {100 * s['fraction']:.1f} % of the class",
         found,
-        f"{pct(s['separation'])} of their kNN-graph edges stay inside the group",
+        f"{pct(s.get('inside_share', s['separation']))} of their kNN-graph edges stay inside the group",
         *_where(cand, class_name, h, w),
     ]
     if test is None:
         return out
     out.append(region_sentence(test, h * w))
-    out.append(f"their pixels there vary {pct(1.0 - test.appearance)} as much as other {class_name} images'")
-    out.append(
-        f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: "
-        f"the members' pixels are {pct(test.relative_appearance)} of the way to identical beyond that"
-    )
+    if test.uniform:
+        out.append(
+            f"the pixels there are the same in every {class_name} image looked at: nothing tells the members apart"
+        )
+    else:
+        out.append(
+            f"their pixels there vary {pct(1.0 - test.appearance)} as much as other {class_name} images'"
+        )
+    if test.null_count == 0:
+        out.append(f"no other group of {class_name} was looked at to compare how alike its pixels are")
+    else:
+        out.append(
+            f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: "
+            f"the members' pixels are {pct(test.relative_appearance)} of the way to identical beyond that"
+        )
     if not test.intervened:
-        if test.appearance < config.flag_min_appearance:
+        if test.uniform:
+            out.append(
+                "no intervention was run: pixels that every image of the class shares are no shortcut of a group"
+            )
+        elif test.appearance < config.flag_min_appearance:
             out.append("no intervention was run: a flag needs alike pixels, as a stamp, tag or frame has")
             out.append(
                 f"alike means varying at most {pct(1.0 - config.flag_min_appearance)} as much as other images"

@@ -25,15 +25,15 @@ Key = tuple[int, int]
 
 def _appearance_null(
     key: Key, cand: Candidate, looks: dict[Key, tuple[Candidate, Look]], config: ScoringConfig
-) -> float:
+) -> tuple[float, int]:
     """The class's typical appearance for ``cand``: the median over the other appraised candidates that
-    do not share ``nest_overlap`` of their members with it (0 when there are none)."""
+    do not share ``nest_overlap`` of their members with it (0 when there are none), and how many there are."""
     vals = [
         seen.appearance
         for k, (c, seen) in looks.items()
         if k != key and overlap(c.member, cand.member) < config.nest_overlap
     ]
-    return float(np.median(vals)) if vals else 0.0
+    return (float(np.median(vals)) if vals else 0.0), len(vals)
 
 
 def _tests(
@@ -70,7 +70,7 @@ def _tests(
     targets = Targets.load(probe, class_index, config.intervention_samples)
     tests: dict[Key, InterventionTest] = {}
     for key, (cand, seen) in looks.items():
-        null = _appearance_null(key, cand, looks, config)
+        null, n_null = _appearance_null(key, cand, looks, config)
         test = InterventionTest(seen.appearance, seen.aligned, seen.kind, int(seen.m_in[0].sum()), null)
         run = len([t for t in tests.values() if t.intervened]) < config.intervention_candidates
         if (
@@ -81,6 +81,7 @@ def _tests(
             again = appraise(stats, cand, sample_ids, probe, donor_order, config)
             assert again is not None
             test = intervention_test(stats, cand, class_index, probe, targets, again, null, config, stamps)
+        test.null_count, test.uniform = n_null, seen.uniform
         tests[key] = test
     return tests
 

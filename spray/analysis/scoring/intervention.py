@@ -113,6 +113,11 @@ class InterventionTest:
         Cells of the (shared) region on the grid.
     appearance_null : float
         The class's typical appearance: the median over its other leading candidates.
+    null_count : int
+        How many other candidates that median is over (0: none to compare with; -1: not recorded).
+    uniform : bool
+        The region's pixels are the same in every donor, members and non-members alike (appearance 0: nothing
+        to tell apart, not "as varied as the class").
     flip_rate : float, optional
         Share of valid targets that flip to the class with the members' region pasted; None when the
         paste was not run.
@@ -144,6 +149,8 @@ class InterventionTest:
     paste_gain: float | None = None
     paste_gain_null: float | None = None
     paste_gain_p: float = 1.0
+    null_count: int = -1
+    uniform: bool = False
 
     @property
     def intervened(self) -> bool:

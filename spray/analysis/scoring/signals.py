@@ -78,6 +78,15 @@ class ClassStats:
         inside = float(x @ (self.adj @ x))
         return float(np.clip((vol_in - inside) / denom, 0.0, 1.0))
 
+    def inside_share(self, member: np.ndarray) -> float:
+        """The members' share of their own edge weight that stays inside the group (``w(S, S) / vol S``);
+        0.0 when undefined."""
+        if self.adj is None:
+            return 0.0
+        x = member.astype(np.float64)
+        vol_in = float(self.deg @ x)
+        return float(np.clip(float(x @ (self.adj @ x)) / vol_in, 0.0, 1.0)) if vol_in > 0 else 0.0
+
     def region_shares(self, region: Region) -> np.ndarray:
         """``(n,)`` share of each sample's positive relevance in ``region``."""
         if region.kind == "frame":
@@ -273,6 +282,7 @@ def analyse_cluster(
         "consistency": consistency,
         "conductance": conductance,
         "separation": 1.0 - conductance,
+        "inside_share": stats.inside_share(member),
         "border_share": float(stats.frame.get(1, np.zeros(n))[member].mean()) if size else 0.0,
         "localisation": loc,
         "map_score": map_score,

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from spray.analysis.scoring.appearance import appearance, grid_appearance, grid_cells
+from spray.analysis.scoring.appearance import Donors, appearance, grid_appearance, grid_cells, uniform_region
+from spray.analysis.scoring.evidence import evidence
+from spray.analysis.scoring.geometry import Region
+from spray.analysis.scoring.intervention import InterventionTest
+from spray.analysis.scoring.signals import Candidate
+from spray.config import ScoringConfig
+from tests.analysis.scoring.cases import NAME, Case, score
 
 
 def test_grid_cells_average_pool_to_the_grid() -> None:
@@ -70,3 +76,40 @@ def test_trimming_keeps_a_few_members_without_the_stamp_from_hiding_it() -> None
     # trimming cannot make varied members alike: the median is as varied as they are
     varied = rng.random((20, 2, 2, 1))
     assert grid_appearance(varied, mask_in, g_out, mask_out, trim=0.1) < 0.2
+
+
+def test_a_region_the_same_in_every_image_is_called_uniform_not_varied(planted: Case) -> None:
+    """Appearance 0 for want of any spread (a class of constant images) read as 'vary 100 % as much', and a
+    null with nothing to compare was printed as a measurement."""
+    x = torch.zeros(6, 1, 4, 4)
+    mask = np.zeros((6, 4, 4), bool)
+    mask[:, :2, :2] = True
+
+    def donors(g: np.ndarray) -> Donors:
+        return Donors(np.arange(3), np.arange(3, 6), [], [], x[:3], x[3:], g[:3], g[3:])
+
+    same = np.full((6, 4, 4, 1), 0.5)
+    assert uniform_region(donors(same), mask[:3], mask[3:])
+    varied = same.copy()
+    varied[0, 0, 0, 0] = 0.9
+    assert not uniform_region(donors(varied), mask[:3], mask[3:])
+    top = score(planted)[0]
+    cand = Candidate(
+        top.k,
+        top.cluster_id,
+        np.zeros(600, bool),
+        Region("window", 2, 0, 0),
+        False,
+        3,
+        dict(top.signals),
+        0.0,
+    )
+    test = InterventionTest(0.0, False, "window", 4, 0.0, null_count=0, uniform=True)
+    lines = evidence(cand, NAME, 600, 8, 8, test, ScoringConfig())
+    assert (
+        f"the pixels there are the same in every {NAME} image looked at: nothing tells the members apart"
+        in lines
+    )
+    assert f"no other group of {NAME} was looked at to compare how alike its pixels are" in lines
+    assert not any("vary" in line for line in lines)
+    assert any("pixels that every image of the class shares" in line for line in lines)

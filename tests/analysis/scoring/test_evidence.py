@@ -33,3 +33,15 @@ def test_carriers_sentence_and_percentages() -> None:
         "3 more Sandal images, 3 % of the class"
     )
     assert "in the same place" in carriers_sentence(0, NAME, 100, in_place=True)
+
+
+def test_the_graph_and_auroc_sentences_state_the_measured_values(planted: Case) -> None:
+    """'X % of their kNN-graph edges stay inside' is the members' own edge weight inside the group (1 −
+    conductance is not, for the larger side), and the probability is the AUROC itself (2·AUROC − 1 was
+    clipped at 0, so values under 50 % read as 50 %)."""
+    for f in score(planted):
+        s = f.signals
+        assert f"{pct(s['inside_share'])} of their kNN-graph edges stay inside the group" in f.evidence
+        line = next((e for e in f.evidence if "with probability" in e), None)
+        if line is not None and "auroc_fixed" in s:
+            assert line.endswith(f"with probability {pct(s['auroc_fixed'])}")
