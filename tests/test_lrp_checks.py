@@ -505,3 +505,12 @@ def test_weight_and_spectral_norm_are_explained_with_the_weight_the_model_uses(k
     with torch.no_grad():  # the user's model is untouched (torch's own removal would edit its class)
         assert torch.equal(model(x), want)
     assert type(model[2]).__name__ != "Conv2d" or kind.startswith("spectral")
+
+
+def test_an_empty_sequential_is_an_identity() -> None:
+    """timm's ghostnet and torchvision's shufflenet use nn.Sequential() as an identity: it was refused, and the
+    advice it got (a rule for Sequential) also took every container's layers off their rules."""
+    x = torch.rand(2, 3, 8, 8)
+    empty = Explainer(_net(nn.Sequential()))(x, target=1)
+    identity = Explainer(_net(nn.Identity()))(x, target=1)
+    assert torch.allclose(empty.relevance, identity.relevance)

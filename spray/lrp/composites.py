@@ -108,7 +108,10 @@ GRADIENT_CLASS_NAMES: frozenset[str] = frozenset(
 
 
 def is_gradient_module(module: nn.Module) -> bool:
-    """Whether ``module``'s plain gradient is its LRP backward (routing, reshapes, dropout, ...)."""
+    """Whether ``module``'s plain gradient is its LRP backward (routing, reshapes, dropout, ...; an empty
+    ``nn.Sequential``, which timm and torchvision use as an identity, passes its input through)."""
+    if type(module) is nn.Sequential and len(module) == 0:
+        return True
     return isinstance(module, (*GRADIENT_TYPES, ResidualAdd)) or bool(
         class_names(module) & GRADIENT_CLASS_NAMES
     )
