@@ -159,7 +159,8 @@ def problems(acc: dict[str, Any]) -> list[str]:
             f"The model predicts the images of {len(shifted)} class(es) mostly as one other class ({pairs}): "
             "the data's classes and the model's are probably not in the same order (class folders renamed, "
             "swapped or missing: labels are folder positions in name order; data.class_names only renames), "
-            "so those classes are explained for another class's logit."
+            "so those classes are explained for another class's logit; or those classes' images carry nothing the "
+            "model can read (blank or constant images)."
         )
     if acc.get("near_chance"):
         out.append(

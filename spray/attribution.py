@@ -255,12 +255,27 @@ class BatchStage:
         with translate_write_errors(work_dir):
             work_dir.mkdir(parents=True, exist_ok=True)
 
-    def _explain(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, ...]:
+    def _explain(
+        self, x: torch.Tensor, labels: torch.Tensor, sample_ids: list[str] | None = None
+    ) -> tuple[np.ndarray, ...]:
         x = x.to(self.device, non_blocking=True)
-        res = self.explainer(x, target=self.cfg.lrp.target, labels=labels.to(self.device))
-        if not torch.isfinite(res.logits).all():
+        try:
+            res = self.explainer(x, target=self.cfg.lrp.target, labels=labels.to(self.device))
+        except ModelError as err:
+            bad = getattr(err, "rows", None)
+            if sample_ids is None or bad is None:
+                raise
+            # the explainer knows batch rows only: name the samples
             raise ModelError(
-                "The model produced NaN/inf logits during the batch stage; check inputs and weights."
+                f"The model produced NaN/inf logits during the batch stage for {len(bad)} sample(s), e.g. "
+                f"{[sample_ids[i] for i in bad[:5]]}; check those inputs (data.transform) and the weights."
+            ) from None
+        if not torch.isfinite(res.logits).all():
+            bad = torch.nonzero(~torch.isfinite(res.logits).all(dim=1)).flatten().tolist()
+            which = [sample_ids[i] for i in bad[:5]] if sample_ids is not None else bad[:5]
+            raise ModelError(
+                f"The model produced NaN/inf logits during the batch stage for {len(bad)} sample(s), e.g. "
+                f"{which}; check those inputs (data.transform) and the weights."
             )
         rel = res.relevance
         if not torch.isfinite(rel).all():
@@ -354,7 +369,8 @@ class BatchStage:
         if not miss:
             return
         x, thumbs = self._inputs(dataset, b, miss)
-        rel, prob, pred, tgt, full, concepts = self._explain(x, b.labels[torch.tensor(miss)])
+        ids = [b.sample_ids[i] for i in miss]
+        rel, prob, pred, tgt, full, concepts = self._explain(x, b.labels[torch.tensor(miss)], ids)
         new = shard.new
         new.sample_ids.extend(b.sample_ids[i] for i in miss)
         new.content_hashes.extend(b.content_hashes[i] for i in miss)

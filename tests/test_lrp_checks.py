@@ -514,3 +514,24 @@ def test_an_empty_sequential_is_an_identity() -> None:
     empty = Explainer(_net(nn.Sequential()))(x, target=1)
     identity = Explainer(_net(nn.Identity()))(x, target=1)
     assert torch.allclose(empty.relevance, identity.relevance)
+
+
+def test_nan_logits_name_their_batch_rows_for_the_caller() -> None:
+    """The batch stage turns the rows into sample ids (before, a NaN on some images stopped the run without
+    naming them)."""
+
+    class NaNOnBright(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _net(nn.Identity())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.net(x)
+            bright = (x.flatten(1).mean(1) > 0.75)[:, None]
+            return torch.where(bright, torch.full_like(z, float("nan")), z)
+
+    x = torch.full((3, 3, 8, 8), 0.2)
+    x[1] = 0.9
+    with pytest.raises(ModelError, match=r"batch rows \[1\]") as err:
+        Explainer(NaNOnBright().eval())(x, target=0)
+    assert err.value.rows == [1]  # type: ignore[attr-defined]

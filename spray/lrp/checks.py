@@ -264,9 +264,11 @@ def warn_empty_maps(relevance: torch.Tensor, logits: torch.Tensor, targets: torc
         target_logits = logits.gather(1, targets[:, None]).squeeze(1)[empty].abs()
         logger.warning(
             "%d of %d relevance maps of the first batch are exactly 0 (|target logit| of those up to %.3g): "
-            "the rules' stabiliser absorbed all relevance, which happens when activations and logits are far "
-            "below it, e.g. with random (untrained) weights. Load trained weights (model.checkpoint) or lower "
-            "lrp.composite_kwargs epsilon and stabilizer; such maps carry no evidence for the analysis.",
+            "either the explained logit does not depend on the input at all (a dead output, a class head of "
+            "constant weights), or the rules' stabiliser absorbed all relevance, which happens when activations "
+            "and logits are far below it, e.g. with random (untrained) weights: load trained weights "
+            "(model.checkpoint) or lower lrp.composite_kwargs epsilon and stabilizer. Such maps carry no "
+            "evidence for the analysis.",
             n_empty,
             len(empty),
             float(target_logits.max()),

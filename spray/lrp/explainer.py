@@ -113,7 +113,9 @@ def _logits(out: Any, x: torch.Tensor) -> torch.Tensor:
     logits = out.detach().float()
     if not bool(torch.isfinite(logits).all()):
         bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
-        raise ModelError(f"the model produced NaN/inf logits for batch rows {bad}; check inputs and weights")
+        err = ModelError(f"the model produced NaN/inf logits for batch rows {bad}; check inputs and weights")
+        err.rows = bad  # type: ignore[attr-defined]  # for callers that know the rows' sample ids
+        raise err
     return logits
 
 
