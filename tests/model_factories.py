@@ -53,6 +53,11 @@ def tiny(num_classes: int = 2, in_channels: int = 3) -> nn.Module:
     return Tiny(num_classes, in_channels)
 
 
+def tiny_double(num_classes: int = 2) -> nn.Module:
+    """A working model in float64 (a user's scientific-computing habit)."""
+    return tiny(num_classes).double()
+
+
 def tuple_output(num_classes: int = 2) -> nn.Module:
     """Returns ``(logits, features)``."""
     return Tiny(num_classes, mode="tuple")

@@ -276,3 +276,18 @@ def test_a_checkpoint_of_a_sibling_architecture_is_named(tmp_path: Path) -> None
         ModelError, match=r"Its keys are those of torchvision's 'resnet34': set model\.architecture"
     ):
         build_model(ModelConfig(architecture="resnet18", num_classes=3, checkpoint=tmp_path / "w.pt"))
+
+
+def test_a_float64_model_is_explained_in_float32_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Its first layer met float32 inputs with a raw dtype error."""
+    import logging
+
+    from spray.lrp import Explainer
+
+    cfg = ModelConfig(factory="tests.model_factories:tiny_double", factory_kwargs={"num_classes": 2})
+    with caplog.at_level(logging.WARNING, logger="spray"):
+        model = build_model(cfg)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert "float64" in caplog.text and "float32" in caplog.text
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.isfinite(Explainer(model)(x).relevance).all()
