@@ -535,3 +535,30 @@ def test_nan_logits_name_their_batch_rows_for_the_caller() -> None:
     with pytest.raises(ModelError, match=r"batch rows \[1\]") as err:
         Explainer(NaNOnBright().eval())(x, target=0)
     assert err.value.rows == [1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_torch_transformer_encoder_is_explained_not_crashed(stacked: bool) -> None:
+    """nn.TransformerEncoderLayer reads its attention's in_proj_bias to pick a fused path: the split attention
+    had none (a raw AttributeError)."""
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.patch = nn.Conv2d(3, 16, 4, 4)
+            layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False) if stacked else layer
+            self.norm, self.head = nn.LayerNorm(16), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.patch(x).flatten(2).transpose(1, 2)
+            return self.head(self.norm(self.body(tokens))[:, 0])
+
+    model = Tiny().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    got = Explainer(model, "CPLRP")(x, target=0)
+    assert torch.allclose(got.logits, want, rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(got.relevance).all()

@@ -35,6 +35,12 @@ class SplitMultiheadAttention(nn.Module):
         The module to rebuild (without ``bias_k``/``bias_v``/``add_zero_attn``).
     """
 
+    #: ``nn.TransformerEncoderLayer`` reads these to choose its fused fast path, which would bypass this
+    #: module's projections: None keeps it on the plain path ("self_attn was passed bias=False").
+    in_proj_bias: torch.Tensor | None = None
+    in_proj_weight: torch.Tensor | None = None
+    _qkv_same_embed_dim = False  # read by nn.TransformerEncoder's fast-path check, which it also turns off
+
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         e = mha.embed_dim
