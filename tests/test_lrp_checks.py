@@ -562,3 +562,24 @@ def test_a_torch_transformer_encoder_is_explained_not_crashed(stacked: bool) -> 
     got = Explainer(model, "CPLRP")(x, target=0)
     assert torch.allclose(got.logits, want, rtol=1e-4, atol=1e-5)
     assert torch.isfinite(got.relevance).all()
+
+
+def test_the_flat_rule_on_a_linear_layer_over_tokens_conserves() -> None:
+    """A first Linear on (B, L, C) tokens summed its output over dim 1 (the tokens) in the flat rule's fast
+    path: a raw shape error in the self-check. With zero biases the map now sums to the logit."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed, self.head = nn.Linear(3, 16, bias=False), nn.Linear(16, 3, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(x.flatten(2).transpose(1, 2)).mean(dim=1))
+
+    model, x = Tokens().eval(), torch.rand(2, 3, 4, 4)
+    got = Explainer(model, "EpsilonPlusFlat", composite_kwargs={"epsilon": 1e-9})(x, target=0)
+    assert torch.allclose(got.relevance.flatten(1).sum(1), got.logits[:, 0], rtol=1e-4, atol=1e-6)
+    # the flat rule spreads a token's relevance evenly over that token's channels
+    per_token = got.relevance.flatten(2)  # (B, C, L)
+    assert torch.allclose(per_token[:, 0], per_token[:, 1], rtol=1e-5, atol=1e-8)

@@ -196,7 +196,9 @@ class _FlatLikeFn(torch.autograd.Function):
         s = _scale_grad(g, r)
         nones = (None,) * 8
         if ctx.channel_sum:
-            return (ctx.op.input_vjp(s.sum(1, keepdim=True), v[:1], ctx.shape), *nones)
+            # the output features are the last dim of a Linear's output, also on (B, L, F) tokens
+            dim = -1 if ctx.op.kind == "linear" else 1
+            return (ctx.op.input_vjp(s.sum(dim, keepdim=True), v[:1], ctx.shape), *nones)
         return (ctx.op.input_vjp(s, v, ctx.shape), *nones)
 
 
