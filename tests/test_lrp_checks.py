@@ -583,3 +583,16 @@ def test_the_flat_rule_on_a_linear_layer_over_tokens_conserves() -> None:
     # the flat rule spreads a token's relevance evenly over that token's channels
     per_token = got.relevance.flatten(2)  # (B, C, L)
     assert torch.allclose(per_token[:, 0], per_token[:, 1], rtol=1e-5, atol=1e-8)
+
+
+def test_box_bounds_that_do_not_hold_the_inputs_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """The default box [0, 1] on normalised inputs (most values outside) gave a wrong map without a word."""
+    model = _net(nn.Identity())
+    x = torch.randn(2, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        Explainer(model, "EpsilonGammaBox")(x, target=0)
+    assert "outside its bounds" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        Explainer(model, "EpsilonGammaBox", composite_kwargs={"low": -5.0, "high": 5.0})(x, target=0)
+    assert "outside its bounds" not in caplog.text
