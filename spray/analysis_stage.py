@@ -158,7 +158,10 @@ def _zero_classes(inputs: AnalysisInputs | None, groups: np.ndarray) -> set[int]
         return set()
     flat = np.asarray(inputs.relevance).reshape(len(groups), -1)
     empty = ~np.any(flat != 0, axis=1)
-    return {int(c) for c in np.unique(groups) if bool(empty[groups == c].all())}
+    size = np.bincount(groups)
+    return {
+        int(c) for c in np.flatnonzero(size) if np.bincount(groups[empty], minlength=len(size))[c] == size[c]
+    }
 
 
 def _classes_to_analyze(
@@ -183,7 +186,13 @@ def _classes_to_analyze(
             )  # fmt: skip
         else:
             todo[c] = n
-    if not todo and too_small:
+    if not todo and too_small and all(s.reason == ZERO_HEATMAPS for s in too_small):
+        log.warning(
+            "every class's heatmaps are all zero: nothing is analysed and the run can show no finding. The "
+            "logits do not depend on the input as explained: check the weights (model.checkpoint) and the "
+            "composite's epsilon (lrp.composite_kwargs)."
+        )
+    elif not todo and too_small:
         log.warning(
             "no class has analysis.min_class_size = %d samples (the largest has %d): nothing is analysed and the "
             "run can show no finding. Add images, or lower analysis.min_class_size.",

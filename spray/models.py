@@ -28,6 +28,7 @@ from torch import nn
 from spray.config import ModelConfig
 from spray.errors import ClassCountError, ConfigError, ModelError, SprayError
 from spray.factories import import_callable
+from spray.model_dtype import as_float32
 
 log = logging.getLogger(__name__)
 
@@ -484,24 +485,11 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         loaded = _load_checkpoint(Path(cfg.checkpoint), cfg.allow_pickle)
         if isinstance(loaded, nn.Module):
             log.warning("loaded a fully pickled model from %s (allow_pickle is set)", cfg.checkpoint)
-            return _as_float32(_select(loaded, cfg).eval())
+            return as_float32(_select(loaded, cfg).eval())
     model = _architecture(cfg) if cfg.architecture is not None else _factory_model(cfg)
     if loaded is not None:
         _load_state(model, loaded, cfg)
-    return _as_float32(_select(model, cfg).eval())
-
-
-def _as_float32(model: nn.Module) -> nn.Module:
-    """The model in float32: inputs are float32 and LRP runs in float32 (lrp.precision picks faster modes),
-    so a float64 or half model met a raw dtype error in its first layer."""
-    kinds = {str(t.dtype) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
-    if kinds - {"torch.float32"}:
-        log.warning(
-            "the model's weights are %s: spray explains it in float32 (set lrp.precision for faster modes)",
-            " and ".join(sorted(k.removeprefix("torch.") for k in kinds)),
-        )
-        model = model.float()
-    return model
+    return as_float32(_select(model, cfg).eval())
 
 
 def _select(model: nn.Module, cfg: ModelConfig) -> nn.Module:

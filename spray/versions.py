@@ -30,7 +30,9 @@ import spray
 # 5: lrp.concept_layer auto stops at the model's global pooling: timm's MobileNetV3 family (conv_head runs
 # on the pooled 1x1 map) gets its concept vectors from blocks, not conv_head (other models unchanged).
 # 6: weight and spectral norm (hooks or parametrizations) are explained with the weight the model uses (the
-# hook-free copy explained a stale cached weight, or refused); other models unchanged.
+# hook-free copy explained a stale cached weight, or refused); a sigmoid gate reshaped before its product
+# (.view, .expand_as, [..., None]: timm's ECA) keeps the gate rule (it got the uniform rule); other models
+# unchanged.
 LRP_VERSION = 6
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative

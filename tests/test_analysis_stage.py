@@ -41,6 +41,15 @@ def test_a_class_whose_every_heatmap_is_zero_is_skipped_with_its_reason(
     assert [(s.class_name, s.reason) for s in skipped] == [("c", TOO_FEW_SAMPLES)]
 
 
+def test_a_run_whose_every_class_is_all_zero_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.repeat(np.arange(2), 30)
+    inputs = AnalysisInputs([str(i) for i in range(60)], [""] * 60, labels, labels, np.zeros((60, 4, 4)))
+    with caplog.at_level(logging.WARNING):
+        todo, _ = _classes_to_analyze(_cfg(), ["a", "b"], labels, _zero_classes(inputs, labels))
+    assert not todo and "every class's heatmaps are all zero" in caplog.text
+    assert "min_class_size" not in caplog.text
+
+
 def test_the_reason_survives_the_summary(tmp_path: Path) -> None:
     from spray.records import ClassSkipped
     from spray.runs.reader import read_report

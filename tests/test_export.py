@@ -362,3 +362,7 @@ def test_fiftyone_export_of_an_image_folder_run_leaves_out_files_changed_since(t
     docs = {d["spray_sample_id"]: d for d in json.loads((out / "samples.json").read_text())["samples"]}
     assert docs["cat/003.png"]["filepath"].startswith("data/")
     assert docs["cat/004.png"]["filepath"] == str((root / "cat" / "004.png").resolve())
+    # without the check (large data) every existing file is linked, the replaced one too
+    out = write_fiftyone_dataset(run_dir, tmp_path / "fo2", data_root=root, check_originals=False)
+    docs = {d["spray_sample_id"]: d for d in json.loads((out / "samples.json").read_text())["samples"]}
+    assert docs["cat/003.png"]["filepath"] == str((root / "cat" / "003.png").resolve())

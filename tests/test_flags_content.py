@@ -60,6 +60,23 @@ def test_bind_flags_sorts_each_kind() -> None:
     assert "spray flags rebind --run '/w s/runs dir/latest'" in describe(b, "/w s/runs dir/latest")
 
 
+def test_rebind_moves_swaps_and_never_lets_one_flag_overwrite_another() -> None:
+    from spray.flags.content import plan_moves
+
+    run = {"b": "h-a", "a": "h-b", "c": "h-c", "n": "h-x", "t": "h-t"}
+    flags = [
+        _flag("a", "h-a"),  # a and b swapped names: both flags move
+        _flag("b", "h-b"),
+        _flag("old", "h-x"),  # its image is now "n", which has a newer flag of its own
+        _flag("n", "h-x"),
+        _flag("d1", "h-t"),  # two flagged copies of one image, merged into "t": neither wins
+        _flag("d2", "h-t"),
+    ]
+    moves, clashes, _ = plan_moves(bind_flags(flags, run))
+    assert sorted((f.sample_id, to) for f, to in moves) == [("a", "b"), ("b", "a")]
+    assert sorted(c.flag.sample_id for c in clashes) == ["d1", "d2", "old"]
+
+
 def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -> None:
     db = tmp_path / "flags.sqlite"
     con = sqlite3.connect(db)
@@ -150,6 +167,18 @@ def test_removed_idx_records_are_caught_and_the_flags_follow_their_images(
     assert pd.read_csv(world.root / "unlearn.csv").empty  # none is handed to unlearning for the wrong image
     argv = ["flags", "export", "--runs-dir", runs, "-o", str(world.root / "strict.csv"), "--fail-if-left-out"]
     assert run_main(argv, capsys).code == 1 and (world.root / "strict.csv").is_file()  # a cron job notices
+    argv = ["flags", "export", "--runs-dir", runs, "-o", str(world.root / "ok.csv"), "--status", "ok"]
+    assert run_main([*argv, "--fail-if-left-out"], capsys).code == 0  # none of the flags it asked for is out
+    argv = [
+        "flags",
+        "export",
+        "--db",
+        str(world.flags_db),
+        "-o",
+        str(world.root / "x.csv"),
+        "--fail-if-left-out",
+    ]
+    assert_clean_failure(run_main(argv, capsys), 2, "--fail-if-left-out needs --runs-dir")
     res = run_main(
         ["flags", "export", "--db", str(world.flags_db), "-o", str(world.root / "all.csv")], capsys
     )
@@ -219,7 +248,7 @@ def test_an_image_replaced_in_place_keeps_no_silent_flag(
 
 
 def test_flags_left_under_an_old_dataset_key_are_pointed_out(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A data folder moved without data.name gets a new key (its path): the old key's flags name the same
     images, so the audit says how to keep them instead of showing a dataset without flags."""
@@ -244,4 +273,6 @@ def test_flags_left_under_an_old_dataset_key_are_pointed_out(
     with caplog.at_level(logging.WARNING, logger="spray"):
         audit(moved, progress=False)
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert f"1 under {old_key!r}" in said and "set data.name" in said
+    assert f"1 of 1 under {old_key!r}" in said and "set data.name" in said
+    res = run_main(["flags", "check", "--runs-dir", str(moved.output.runs_dir)], capsys)
+    assert f"1 of 1 under {old_key!r}" in res.output

@@ -583,3 +583,54 @@ def test_the_flat_rule_on_a_linear_layer_over_tokens_conserves() -> None:
     # the flat rule spreads a token's relevance evenly over that token's channels
     per_token = got.relevance.flatten(2)  # (B, C, L)
     assert torch.allclose(per_token[:, 0], per_token[:, 1], rtol=1e-5, atol=1e-8)
+
+
+def test_box_bounds_that_do_not_hold_the_inputs_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """The default box [0, 1] on normalised inputs (most values outside) gave a wrong map without a word."""
+    model = _net(nn.Identity())
+    x = torch.randn(2, 3, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        Explainer(model, "EpsilonGammaBox")(x, target=0)
+    assert "outside its bounds" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spray.lrp"):
+        Explainer(model, "EpsilonGammaBox", composite_kwargs={"low": -5.0, "high": 5.0})(x, target=0)
+    assert "outside its bounds" not in caplog.text
+
+
+class _SE(nn.Module):
+    """Squeeze-and-excitation written the common ways; ``reference`` detaches the gate (the gate rule)."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style, self.pool = style, nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 8), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        y = self.fc(self.pool(x).flatten(1))
+        if self.style == "view":
+            return x * y.view(b, c, 1, 1)
+        if self.style == "expand_as":
+            return x * y.view(b, c, 1, 1).expand_as(x)
+        if self.style == "index":
+            return x * y[:, :, None, None]
+        return x * y.view(b, c, 1, 1).detach()
+
+
+@pytest.mark.parametrize("style", ["view", "expand_as", "index"])
+def test_a_gate_reshaped_for_its_product_keeps_the_gate_rule(style: str) -> None:
+    """The gate tag sat on the sigmoid's output only: after .view/.expand_as/[..., None] the product got the
+    uniform rule instead (timm's ECA module: 1 − cos 0.03 against the gate rule), silently."""
+
+    def net(se_style: str) -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _SE(se_style), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+        ).eval()  # fmt: skip
+
+    x = torch.rand(2, 3, 12, 12)
+    got = Explainer(net(style))(x, target=0).relevance
+    want = Explainer(net("reference"))(x, target=0).relevance
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -154,3 +154,20 @@ def test_torchrun_a_rank_killed_outright_is_named_by_rank_0(prepared: Prepared, 
     assert st["exit_code"] not in (None, EXIT_OK) and st["status"] in ("failed", "terminated"), st
     assert st["error"].startswith("rank 1 (pid ") and "without a final status" in st["error"], st
     assert any("distributed run ended because rank 1" in r["msg"] for r in parse_logs(p.stderr))
+
+
+def test_rank_0_reads_a_failed_ranks_file_of_this_run(tmp_path: Path) -> None:
+    """A rank above 0 that fails writes its final status with its start record: rank 0 names it (a final
+    status without "started" was taken for a previous run's file and ignored)."""
+    import os
+
+    from spray.cli.rank_status import lost_ranks, rank_status_path, running_record
+
+    status = str(tmp_path / "status.json")
+    record = {**running_record(1), "exit_code": 1, "status": "failed", "error": "DataError: unreadable"}
+    Path(str(rank_status_path(status, 1))).write_text(json.dumps(record))
+    assert lost_ranks(status, 2, record["started"]) == ["rank 1 failed: DataError: unreadable"]
+    old = {**record, "started": record["started"] - 3600}
+    Path(str(rank_status_path(status, 1))).write_text(json.dumps(old))
+    assert lost_ranks(status, 2, record["started"]) == []  # a previous run's file
+    assert os.path.basename(str(rank_status_path(status, 1))) == "status.json.rank1"

@@ -34,7 +34,11 @@ def fiftyone_command(args: argparse.Namespace) -> int:
     from spray.export.fiftyone import write_fiftyone_dataset
 
     out = write_fiftyone_dataset(
-        _run_arg(args), args.output, flags_db=args.flags_db, data_root=args.data_root
+        _run_arg(args),
+        args.output,
+        flags_db=args.flags_db,
+        data_root=args.data_root,
+        check_originals=not args.no_content_check,
     )
     sys.stdout.write(
         f"{out}\nOpen it with: fo.Dataset.from_dir({str(out)!r}, dataset_type=fo.types.FiftyOneDataset)\n"
@@ -63,4 +67,10 @@ def register(subparsers: Any) -> None:
         "--flags-db", help="flag database (default: RUNS_DIR/flags.sqlite beside the run, when it exists)"
     )
     f.add_argument("--data-root", help="folder the sample ids are relative to: link the original files")
+    f.add_argument(
+        "--no-content-check",
+        action="store_true",
+        help="link the original files without reading them to check they are still the audited images (faster "
+        "on large data; a file replaced since the audit is then linked as if it were the explained one)",
+    )
     f.set_defaults(func=fiftyone_command)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
-from spray.flags.content import FlagBinding, bind_flags, describe, listed
+from spray.flags.content import FlagBinding, bind_flags, describe, listed, other_key_message, plan_moves
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
 
@@ -48,6 +48,11 @@ def export_command(args: argparse.Namespace) -> int:
     # Read-only: never takes the write lock, never creates or changes the database.
     store = FlagStore(db, read_only=True)
     store.check()
+    if args.fail_if_left_out and not args.runs_dir:
+        raise ConfigError(
+            "--fail-if-left-out needs --runs-dir RUNS_DIR: flags are checked against its newest run to leave out "
+            "those that no longer name the images they were set on."
+        )
     if args.runs_dir:
         leave_out = _left_out(db, Path(args.runs_dir) / "latest")
     else:
@@ -74,8 +79,21 @@ def export_command(args: argparse.Namespace) -> int:
             raise ConfigError("Parquet is binary: give -o FILE.")
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    # A scheduled export can ask to fail when flags were left out, rather than hand on fewer flags quietly.
-    return EXIT_FAILURE if args.fail_if_left_out and leave_out else 0
+    # A scheduled export can ask to fail when flags it asked for were left out, rather than hand on fewer
+    # flags quietly (only the left-out flags of the exported dataset and status count).
+    if args.fail_if_left_out and _asked_for(store, leave_out, args.dataset, status):
+        return EXIT_FAILURE
+    return 0
+
+
+def _asked_for(
+    store: FlagStore, leave_out: set[tuple[str, str]], dataset: str | None, status: str | None
+) -> int:
+    """How many of the left-out flags the export's ``--dataset`` and ``--status`` would have included."""
+    if not leave_out:
+        return 0
+    wanted = {(f.dataset, f.sample_id) for f in store.current(dataset, status)}
+    return len(leave_out & wanted)
 
 
 def _left_out(db: Path, run: Path) -> set[tuple[str, str]]:
@@ -269,6 +287,10 @@ def check_command(args: argparse.Namespace) -> int:
         "in the run\n"
     )
     message = describe(binding, str(run))
+    if not binding.bound and not binding.changed and db.is_file():
+        message = other_key_message(
+            FlagStore(db, read_only=True), reader.summary.dataset, reader.content_hashes() or {}
+        )
     if message:
         sys.stdout.write(message + "\n")
     return EXIT_FAILURE if binding.wrong else EXIT_OK
@@ -279,13 +301,7 @@ def rebind_command(args: argparse.Namespace) -> int:
     the run to that id (IDX records removed or reordered, files renamed); other flags are left alone."""
     reader, run, db, binding = _binding(args)
     _refuse_older(reader, run)
-    # A flag already on the content's new id (set on the new run, say) is a decision of its own: never
-    # overwritten by the old id's flag.
-    # (a flag that moves itself vacates its id: a swap of two files moves both flags)
-    staying = [*binding.bound, *(c.flag for c in binding.changed if c.kind != "moved")]
-    taken = {f.sample_id: f for f in staying}
-    clashes = [c for c in binding.of_kind("moved") if c.found_at[0] in taken]
-    moves = [(c.flag, c.found_at[0]) for c in binding.of_kind("moved") if c.found_at[0] not in taken]
+    moves, clashes, taken = plan_moves(binding)
     if moves:
         FlagStore(db).move(
             reader.summary.dataset,
@@ -296,11 +312,17 @@ def rebind_command(args: argparse.Namespace) -> int:
     sys.stdout.write(f"moved {len(moves)} flags of {reader.summary.dataset} to their content's ids in {db}\n")
     if clashes:
         pairs = [
-            f"{c.flag.sample_id} ({c.flag.status}) → {c.found_at[0]} ({taken[c.found_at[0]].status})"
+            f"{c.flag.sample_id} ({c.flag.status}) → {c.found_at[0]} "
+            + (
+                f"({taken[c.found_at[0]].status})"
+                if c.found_at[0] in taken
+                else "(also another flag's target)"
+            )
             for c in clashes
         ]
         sys.stdout.write(
-            f"{len(clashes)} flags not moved: their content's new id has a flag of its own, which stays "
+            f"{len(clashes)} flags not moved: their content's new id has a flag of its own, which stays, or is "
+            "another moved flag's target "
             f"({listed(pairs)}); keep one decision: drop the old id's flag with `spray flags unset --run "
             f"{shlex.quote(str(run))} --sample-ids ID`, or set the new id's anew with `spray flags set`\n"
         )

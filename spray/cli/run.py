@@ -83,7 +83,8 @@ def run_command(args: argparse.Namespace) -> int:
     status_file = getattr(args, "status_file", None)
     # A run killed outright (kill -9, the OOM killer) writes no final status: the file must not keep saying
     # the previous run's outcome, and a rank above 0 that vanishes is named by rank 0 from its own file.
-    _write_status(rank_status_path(status_file, rank), running_record(rank), stdout=False)
+    running = running_record(rank)
+    _write_status(rank_status_path(status_file, rank), running, stdout=False)
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = _run(args, status)
@@ -121,10 +122,13 @@ def run_command(args: argparse.Namespace) -> int:
         if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
             _name_lost_ranks(status, lost_ranks(status_file, world, started))
         _write_status(status_file, status)
-    elif code in (EXIT_OK, EXIT_FINDINGS) or code == EXIT_LOCKED:
+    elif status_file is None:
+        pass
+    elif code in (EXIT_OK, EXIT_FINDINGS, EXIT_LOCKED):
         Path(str(rank_status_path(status_file, rank))).unlink(missing_ok=True)
     else:
-        _write_status(rank_status_path(status_file, rank), status, stdout=False)
+        # with the start record's fields: rank 0 tells this run's files from a previous run's by "started"
+        _write_status(rank_status_path(status_file, rank), {**running, **status}, stdout=False)
     return code
 
 
@@ -132,8 +136,14 @@ def _name_lost_ranks(status: dict[str, Any], lost: list[str]) -> None:
     """Put the ranks that failed or vanished first in a failed distributed run's ``error``, and log them."""
     if not lost:
         return
+    known = str(status.get("error") or "")
+    lost = [
+        what for what in lost if what.split(": ", 1)[-1] not in known
+    ]  # gathered errors are named already
+    if not lost:
+        return
     said = "; ".join(lost)
-    status["error"] = f"{said}; {status['error']}" if status.get("error") else said
+    status["error"] = f"{said}; {known}" if known else said
     log.error(
         "the distributed run ended because %s (torchrun stops the other ranks when one ends)",
         said,

@@ -202,9 +202,15 @@ def prune_corrections(
                 mine.append(p)
         except (OSError, ValueError, TypeError, KeyError):
             continue
-    removed = [p for p in mine[keep:] if keep_also is None or p.resolve() != keep_also.resolve()]
-    for p in removed:
+    removed = []
+    for p in mine[keep:]:
+        if keep_also is not None and p.resolve() == keep_also.resolve():
+            continue
         shutil.rmtree(p, ignore_errors=True)
+        if p.exists():
+            log.warning("retention: could not remove the old correction %s", p)
+        else:
+            removed.append(p)
     if removed:
         log.info(
             "retention: removed %d old corrections of %s (output.keep_corrections %d)",

@@ -148,16 +148,45 @@ def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict
 
 
 def _original(root: Path | None, sample_id: str, known_hash: str | None) -> tuple[Path | None, bool]:
-    """``(the sample's original file under root, or None; whether a file is there but changed)``: None without
-    a root, for an id leading outside it or to no file, and for a file whose bytes' hash is not the run's."""
+    """``(the sample's original file under root, or None; whether a file is there but changed or unreadable)``:
+    None without a root, for an id leading outside it or to no file, and for a file whose bytes' hash is not
+    the run's (or that cannot be read to tell)."""
     if root is None:
         return None, False
     p = (root / sample_id).resolve()
     if not p.is_relative_to(root) or not p.is_file():
         return None, False
-    if known_hash is not None and content_hash(p.read_bytes()) != known_hash:
-        return None, True
+    if known_hash is not None:
+        try:
+            same = content_hash(p.read_bytes()) == known_hash
+        except OSError:
+            return None, True
+        if not same:
+            return None, True
     return p, False
+
+
+def _known_hashes(src: ExportSource, check: bool) -> dict[str, str]:
+    """The run's content hash per sample id where an original file can be checked against it: an image
+    folder's hash is its file's bytes' (a file replaced since the audit is not the image the run explained);
+    {} otherwise."""
+    folder = (src.summary.config.get("data") or {}).get("kind") == "image_folder"
+    return (src.reader.content_hashes() or {}) if check and folder else {}
+
+
+def _metadata(src: ExportSource) -> dict[str, Any]:
+    """The dataset's metadata.json."""
+    return {
+        "name": f"spray-{src.summary.name or 'run'}-{src.run_id[:12]}",
+        "media_type": "image",
+        "info": {
+            "classes": src.class_names,
+            "spray_run_id": src.run_id,
+            "spray_dataset": src.dataset,
+            "spray_fields": "spray_cluster: cluster at the k and in the space of the class's top finding; spray_suspicion: "
+            "per-sample suspicion; spray_flag: current flag (unlearn, investigate, ok or null)",
+        },
+    }
 
 
 def write_fiftyone_dataset(
@@ -166,6 +195,7 @@ def write_fiftyone_dataset(
     *,
     flags_db: str | Path | None = None,
     data_root: str | Path | None = None,
+    check_originals: bool = True,
 ) -> Path:
     """Write a FiftyOne dataset folder of a run into the new folder ``out``; returns ``out``.
 
@@ -180,6 +210,9 @@ def write_fiftyone_dataset(
     data_root : str or Path, optional
         Folder the sample ids are relative to (image folders): samples whose original file exists there
         point at it instead of the stored thumbnail.
+    check_originals : bool
+        Read each original file to check it is still the audited image (its bytes' content hash); one that
+        changed or cannot be read gets the thumbnail. False: link without reading (large data).
     """
     src = open_source(run)
     keys, scores, suspicious, xy = _cluster_of(src)
@@ -192,10 +225,7 @@ def write_fiftyone_dataset(
         (tmp / RELEVANCE_DIR).mkdir()
         samples = []
         ids = src.sample_ids
-        # An image folder's content hash is its file's bytes': a file replaced since the audit is not the image
-        # the run explained, so its thumbnail stands in for it.
-        folder = (src.summary.config.get("data") or {}).get("kind") == "image_folder"
-        known = (src.reader.content_hashes() or {}) if root is not None and folder else {}
+        known = _known_hashes(src, root is not None and check_originals)
         changed = 0
         for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
             name = f"{r:08d}.png"
@@ -220,22 +250,11 @@ def write_fiftyone_dataset(
             samples.append(_sample(src, r, media, final / RELEVANCE_DIR / name, fields))
         if changed:
             log.warning(
-                "%d files under the data root changed after the audit (their content is not what the run "
-                "explained): exported with the run's stored thumbnails instead",
+                "%d files under the data root changed after the audit or cannot be read (their content is not "
+                "known to be what the run explained): exported with the run's stored thumbnails instead",
                 changed,
             )
-        meta = {
-            "name": f"spray-{src.summary.name or 'run'}-{src.run_id[:12]}",
-            "media_type": "image",
-            "info": {
-                "classes": src.class_names,
-                "spray_run_id": src.run_id,
-                "spray_dataset": src.dataset,
-                "spray_fields": "spray_cluster: cluster at the k and in the space of the class's top finding; spray_suspicion: "
-                "per-sample suspicion; spray_flag: current flag (unlearn, investigate, ok or null)",
-            },
-        }
-        (tmp / METADATA).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        (tmp / METADATA).write_text(json.dumps(_metadata(src), indent=1, ensure_ascii=False))
         (tmp / SAMPLES).write_text(json.dumps({"samples": samples}, ensure_ascii=False, allow_nan=False))
     log.info("wrote %d samples of run %s as a FiftyOne dataset to %s", len(samples), src.run_id[:12], out)
     return out

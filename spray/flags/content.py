@@ -19,7 +19,7 @@ gone flags would be handed to unlearning for images that no longer exist.
 from __future__ import annotations
 
 import shlex
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +121,21 @@ def bind_flags(flags: Sequence[Flag], run_hashes: Mapping[str, str]) -> FlagBind
     return FlagBinding(bound, changed, unchecked)
 
 
+def plan_moves(binding: FlagBinding) -> tuple[list[tuple[Flag, str]], list[ChangedFlag], dict[str, Flag]]:
+    """What ``spray flags rebind`` may move: ``(moves as (flag, new id), clashes, flags staying put by id)``.
+
+    A flag already on the content's new id (set on the new run, say) is a decision of its own and is never
+    overwritten; a flag that moves vacates its id (a swap of two files moves both); two flags whose images
+    became one file (same bytes, one of them deleted) clash with each other: neither wins.
+    """
+    staying = [*binding.bound, *(c.flag for c in binding.changed if c.kind != "moved")]
+    taken = {f.sample_id: f for f in staying}
+    moved = binding.of_kind("moved")
+    targets = Counter(c.found_at[0] for c in moved)
+    clashes = [c for c in moved if c.found_at[0] in taken or targets[c.found_at[0]] > 1]
+    return [(c.flag, c.found_at[0]) for c in moved if c not in clashes], clashes, taken
+
+
 def listed(ids: Sequence[str]) -> str:
     """``a, b, c`` with at most :data:`SHOWN_IDS` ids, then ``and N more``."""
     head = ", ".join(ids[:SHOWN_IDS])
@@ -195,23 +210,23 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
 
 
 def other_key_message(store: FlagStore, dataset: str, run_hashes: Mapping[str, str]) -> str:
-    """When another dataset key's flags name this run's images by content: the key changed (a data folder
-    moved without ``data.name``, whose key is the folder's path), and its flags are out of sight of the
-    dashboard, the exports and ``spray correct``. '' otherwise."""
+    """When most of another dataset key's flags name this run's images by content: the key may have changed
+    (a data folder moved without ``data.name``, whose key is the folder's path), and those flags are out of
+    sight of the dashboard, the exports and ``spray correct``. '' otherwise."""
     contents = set(run_hashes.values())
     found = []
     for other in store.datasets():
         if other == dataset:
             continue
-        hits = sum(
-            1 for f in store.current(other) if f.content_hash is not None and f.content_hash in contents
-        )
-        if hits:
-            found.append(f"{hits} under {other!r}")
+        known = [f for f in store.current(other) if f.content_hash is not None]
+        hits = sum(1 for f in known if f.content_hash in contents)
+        # most of them, not a shared blank or duplicate image: another dataset altogether keeps its own key
+        if hits and 2 * hits > len(known):
+            found.append(f"{hits} of {len(known)} under {other!r}")
     if not found:
         return ""
     return (
-        f"this dataset's key is {dataset!r} and it has no flags, but flags under other keys name its images by "
-        f"content ({', '.join(found)}): the key changed (without data.name it is the data folder's path). To "
-        "keep those flags, set data.name in the config to the old key and audit again."
+        f"this dataset's key is {dataset!r} and it has no flags, but most flags under another key name its images "
+        f"by content ({', '.join(found)}): the key may have changed (without data.name it is the data folder's "
+        "path). If it is the same data, set data.name in the config to the old key and audit again."
     )

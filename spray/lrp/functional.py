@@ -81,6 +81,16 @@ def _bound(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
     return dict(bound.arguments)
 
 
+# ops that only reshape, broadcast or select: their output of a gate is a gate
+_SHAPE_OPS = frozenset(
+    {
+        torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.expand, torch.Tensor.expand_as,
+        torch.Tensor.unsqueeze, torch.unsqueeze, torch.Tensor.squeeze, torch.squeeze, torch.Tensor.flatten,
+        torch.flatten, torch.Tensor.permute, torch.permute, torch.Tensor.transpose, torch.transpose,
+        torch.Tensor.__getitem__, torch.Tensor.contiguous, torch.Tensor.repeat, torch.broadcast_to,
+    }
+)  # fmt: skip
+
 # element-wise non-linearities (the identity rule); sigmoids are gates
 _GATES = {torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid, F.hardsigmoid}
 _ELEMENTWISE = {
@@ -159,7 +169,11 @@ class FunctionalRules(TorchFunctionMode):
         kwargs = kwargs or {}
         handler = self._handlers.get(func)
         if handler is None or not torch.is_grad_enabled():
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            # a gate reshaped for its product (SE's .view(b, c, 1, 1), ECA's expand_as) is still a gate
+            if func in _SHAPE_OPS and args and gated(args[0]) and isinstance(out, torch.Tensor):
+                mark_gate(out)
+            return out
         return handler(func, args, kwargs)
 
     def _record(self, op: str) -> None:

@@ -8,6 +8,7 @@ input-VJPs through :class:`spray.lrp.kernels._LinearOp`.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -368,6 +369,19 @@ def _as_bound(value: float | torch.Tensor) -> torch.Tensor:
     return value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
 
 
+def _warn_outside(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
+    """A WARNING when much of the first batch lies outside ZBox's bounds: the rule assumes every input value
+    in [low, high] (the default box [0, 1] does not hold normalised inputs), and its map is wrong otherwise."""
+    outside = float(((x < low - 1e-6) | (x > high + 1e-6)).float().mean())
+    if outside > 0.01:
+        logging.getLogger("spray.lrp").warning(
+            "ZBox (the first layer's rule of the Box composites): %.0f %% of the first batch's input values lie "
+            "outside its bounds [low, high]; give composite_kwargs low/high as the lowest and highest input the "
+            "model sees (after normalisation), or its map is not the z^B rule's",
+            100 * outside,
+        )
+
+
 @dataclass(frozen=True)
 class ZBox(_WeightRule):
     """LRP z^B (bounded input): ``low``/``high`` are floats or tensors broadcastable to ``(1, C, H, W)``."""
@@ -399,6 +413,9 @@ class ZBox(_WeightRule):
     def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
         op, w_pos = module.__dict__["lrp_cache"]
         low, high = self._bound(self.low, x), self._bound(self.high, x)
+        if not module.__dict__.get("lrp_bounds_checked"):
+            module.__dict__["lrp_bounds_checked"] = True
+            _warn_outside(x.detach(), low, high)
         return _ZBoxFn.apply(x, op, module.inner.weight, module.inner.bias, w_pos, low, high, self.stabilizer)
 
     def __repr__(self) -> str:

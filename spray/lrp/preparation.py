@@ -186,9 +186,14 @@ def reference_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def hooked_modules(model: nn.Module) -> list[str]:
-    """Paths of the user's modules that carry forward hooks (which spray's copies do not run)."""
+    """Paths of the user's modules that carry forward hooks which spray's copies do not run (weight and
+    spectral norm's pre-hooks are baked in instead, so they are not listed)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
     found = []
     for path, m in model.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None):
+        pre = [h for h in m._forward_pre_hooks.values() if not isinstance(h, (SpectralNorm, WeightNorm))]
+        if m._forward_hooks or pre or getattr(m, "_forward_hooks_with_kwargs", None):
             found.append(path or "<root>")
     return found

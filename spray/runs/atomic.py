@@ -99,11 +99,30 @@ def translate_write_errors(path: Path) -> Iterator[None]:
         raise clear from err
 
 
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
+def _read_umask() -> int:
+    """The process's umask: from /proc on Linux (reading it by setting it would change it for every thread
+    meanwhile), else by setting and restoring it once, at import."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a plain ``open()`` gives: an existing file's own mode (a file made private stays private),
+    else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 @contextmanager
@@ -126,7 +145,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
                 yield fh
                 fh.flush()
                 # mkstemp makes the file private (0600): give it the mode a plain open() would
-                os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                os.fchmod(fh.fileno(), _mode_for(path))
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:

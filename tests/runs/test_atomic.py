@@ -28,16 +28,14 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
 
 
 def test_an_atomic_file_gets_the_mode_a_plain_open_would(tmp_path: Path) -> None:
-    """mkstemp's private 0600 is not kept: an export read by another user's unlearning job must be readable."""
-    old = os.umask(0o022)
-    try:
-        atomic_write_json(tmp_path / "a.json", {"a": 1})
-        os.umask(0o077)
-        atomic_write_json(tmp_path / "b.json", {"a": 1})
-    finally:
-        os.umask(old)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+    """mkstemp's private 0600 is not kept: an export read by another user's unlearning job must be readable;
+    a file the user made private stays private when it is written again."""
+    atomic_write_json(tmp_path / "a.json", {"a": 1})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
+    (tmp_path / "a.json").chmod(0o600)
+    atomic_write_json(tmp_path / "a.json", {"a": 2})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o600
+    assert int(os.popen("sh -c umask").read().strip(), 8) == atomic._UMASK
 
 
 def test_disk_full_names_the_folder_and_keeps_the_old_file(
