@@ -304,6 +304,12 @@ def class_findings(path: str, class_index: int) -> list[FindingSummary]:
     return [f for f in findings(path) if f.class_index == int(class_index)]
 
 
+def map_findings(path: str, class_index: int) -> list[FindingSummary]:
+    """The class's findings whose cluster ids index its map's labellings (pixel space, or found in both
+    spaces), most suspicious first: a concept-only finding's id numbers a concept-space labelling."""
+    return [f for f in class_findings(path, class_index) if f.space != "concept"]
+
+
 def members(path: str, key: str) -> list[str]:
     """Sample ids of a cluster (scored or not, any stored k); empty when the run has no such cluster."""
     with reading(path):

@@ -132,7 +132,7 @@ def _groups(
     data = common.class_data(path, cls)
     sub = common.samples(path).loc[data.sample_ids]
     labels_k = data.labellings[k]
-    scores = {f.cluster_id: f.score for f in common.class_findings(path, cls) if f.k == k}
+    scores = {f.cluster_id: f.score for f in common.map_findings(path, cls) if f.k == k}
     if color_by == "cluster":
         # The hot-spot labelling (k = 0) marks the samples in no hot-spot group -1.
         sizes = common.cluster_sizes(labels_k, minlength=int(labels_k.max(initial=-1)) + 1)

@@ -181,6 +181,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         "<p class='meta'>",
         f"run <code>{html.escape(s.run_id[:16])}</code> · dataset <code>{html.escape(s.dataset)}</code>",
         f" · {s.n_samples} samples · {len(s.classes)} classes analysed",
+        *([f" · not analysed: {html.escape(_not_analysed(s.classes_skipped))}"] if s.classes_skipped else []),
         f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious clusters",
         f" · {_spaces(s.config, s.extra)}",
         *([f" · {html.escape(accuracy_sentence(acc))}"] if (acc := recorded_accuracy(s.extra)) else []),
@@ -207,6 +208,11 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     return "".join(parts)
 
 
+def _not_analysed(skipped: list[Any]) -> str:
+    """The classes left out of the analysis, each with its size and reason."""
+    return "; ".join(f"{c.class_name} ({c.n} samples: {c.reason})" for c in skipped)
+
+
 def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, thumb_px: int) -> str:
     f = run.finding(key)
     assert f is not None
@@ -223,6 +229,7 @@ def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, t
         png_data_uri(resize_nearest(colorize(f.mean_heatmap), 128)), 128, f"mean heatmap of {key}"
     )
     tiles = []
+    thumbs = None
     if pick:
         heat = np.asarray(run.heatmaps(pick), dtype=np.float32)
         thumbs = run.thumbs(pick)
@@ -237,7 +244,8 @@ def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, t
         f"score {float(f.score):.3f}</div><ul class='ev'>{ev}</ul>"
         f"<div class='row'><div class='mean'>{mean_img}<div class='small'>mean relevance</div></div>"
         f"<div class='thumbs'>{''.join(tiles)}<div class='small'>most typical members "
-        f"(relevance overlaid; hover for the sample id)</div></div></div></div>"
+        f"({'relevance overlaid' if thumbs is not None else 'their heatmaps: the run kept no thumbnails'}; "
+        "hover for the sample id)</div></div></div></div>"
     )
 
 

@@ -106,3 +106,21 @@ def test_a_link_with_heat_plain_opens_the_plain_heatmaps(env: None, run: tuple[P
     at.query_params["heat"] = "plain"
     at = ok(at.run().switch_page("views/cluster.py").run())
     assert len(html_grid(at)) == f.size and at.query_params["heat"] == "plain"
+
+
+def test_the_class_map_lists_only_findings_of_its_own_labelling(env: None, run: tuple[Path, object]) -> None:
+    """A concept-only finding's cluster id numbers a concept-space labelling: the class page listed it (and
+    its score in the legend and the suspicion colouring) against the map's pixel cluster of the same id."""
+    report = run[1]
+    f = next(f for f in report.findings if f.space == "concept")  # type: ignore[attr-defined]
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("views/class_view.py")
+    at.query_params["cls"] = str(f.class_index)
+    at.query_params["k"] = str(f.k)
+    ok(at.run())
+    labels = [link.label for link in at.get("page_link")]
+    concept_label = f"c{f.cluster_id} · score {f.score:.3f} · n={f.size:,}"
+    assert not any(label.startswith(concept_label) for label in labels), labels
+    links = [link.proto.page for link in at.get("page_link")]
+    assert links  # the map's own clusters are still listed

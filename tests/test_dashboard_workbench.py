@@ -484,3 +484,19 @@ def test_a_view_value_the_page_cannot_show_is_said_not_dropped(env: Path, run_di
     assert "This link's sort='bogus' cannot be shown here" in shown(at)
     at = open_page("views/overview.py")
     assert "cannot be shown here" not in shown(at)
+
+
+def test_the_overview_names_the_classes_not_analysed(tmp_path: Path) -> None:
+    """summary.json listed them; no page said which classes were left out, or why."""
+    from spray.records import ZERO_HEATMAPS, ClassSkipped
+    from tests.dashboard_fixtures import pointed_at
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report()
+    report.classes_skipped = [ClassSkipped(3, "dead", 40, ZERO_HEATMAPS), ClassSkipped(4, "tiny", 2)]
+    write_published(tmp_path / "runs", report, stage)
+    with pointed_at(tmp_path / "runs", tmp_path / "flags.sqlite"):
+        at = open_page("views/overview.py")
+    said = shown(at)
+    assert "Not analysed: dead (40 samples: every heatmap is zero" in said
+    assert "tiny (2 samples: fewer than analysis.min_class_size samples)" in said

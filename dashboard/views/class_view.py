@@ -47,8 +47,9 @@ if "cls" in state and (not state["cls"].lstrip("-").isdigit() or int(state["cls"
 
 
 def top_k(cls: int) -> int | None:
-    """The k of the class's top-ranked finding (where the run scored its clusters), if any."""
-    own = common.class_findings(path, cls)
+    """The k of the class's top-ranked finding on the map (pixel space or both; a concept-only finding
+    numbers a concept-space labelling, not the map's), if any."""
+    own = common.map_findings(path, cls)
     return min(own, key=lambda f: f.rank).k if own else None
 
 
@@ -164,7 +165,7 @@ with right:
             )
             + "</div>"
         )
-    scored = sorted((f for f in common.class_findings(path, cls) if f.k == k), key=lambda f: -f.score)
+    scored = sorted((f for f in common.map_findings(path, cls) if f.k == k), key=lambda f: -f.score)
     st.markdown(f"**Clusters at k={k}**" + ("" if scored else " (none scored at this k)"))
     sizes = common.cluster_sizes(data.labellings[k])
     listed = {f.cluster_id for f in scored}

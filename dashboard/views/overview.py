@@ -47,6 +47,15 @@ def metrics() -> None:
     if accuracy is not None:
         figures.append(("Model accuracy", f"{accuracy['accuracy']:.0%}"))
     st.html(htmltable.figures(figures))
+    if summary.classes_skipped:
+        st.info(
+            "Not analysed: "
+            + "; ".join(
+                f"{safetext.md(c.class_name)} ({c.n:,} samples: {safetext.md(c.reason)})"
+                for c in summary.classes_skipped
+            )
+            + ". No finding can be made in these classes."
+        )
 
 
 # Recorded by the audit since 4 Dec 2026 (absent in older runs): a model that does not recognise its own
@@ -68,7 +77,7 @@ def skipped_note(first: int = 3) -> None:
     more = f"; and {n - first:,} more" if n > first else ""
     st.warning(
         f"{n:,} unreadable sample{'' if n == 1 else 's'} skipped (not audited): {reasons}{more}. "
-        "report.html and summary.json list them all; fix or remove the files and rerun to audit them."
+        "summary.json lists them all (report.html the first 50); fix or remove the files and rerun to audit them."
     )
 
 
@@ -189,7 +198,7 @@ def show_changes(ch: ChangeSet, how: str) -> None:
     rule = ch.rule
     st.caption(
         f"{how} Clusters are matched within each class by member overlap (Jaccard ≥ {rule.jaccard_min:g}) or, "
-        f"when many members changed, by their mean heatmaps (r ≥ {rule.correlation_min:g}); grown = more than "
+        f"when many members changed, by their mean heatmaps (r ≥ {rule.correlation_min:g}); grown = at least "
         f"{100 * rule.grow_min:.0f} % larger."
     )
     rows = [
