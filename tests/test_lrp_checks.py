@@ -634,3 +634,11 @@ def test_a_gate_reshaped_for_its_product_keeps_the_gate_rule(style: str) -> None
     got = Explainer(net(style))(x, target=0).relevance
     want = Explainer(net("reference"))(x, target=0).relevance
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_constant_pad_is_routing() -> None:
+    """timm's BiT pads with nn.ConstantPad2d(…, 0.0) before its stem pool: it was refused as unknown."""
+    x = torch.rand(2, 3, 8, 8)
+    padded = Explainer(_net(nn.ConstantPad2d(1, 0.0)))(x, target=0)
+    zero = Explainer(_net(nn.ZeroPad2d(1)))(x, target=0)
+    assert torch.allclose(padded.relevance, zero.relevance)

@@ -92,6 +92,10 @@ GRADIENT_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReplicationPad1d,
     nn.ReplicationPad2d,
     nn.ReplicationPad3d,
+    # a nonzero pad value is an added constant, which the self-check reports like any other
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
 )
 # Routing/identity modules of other libraries (by qualified class name, so nothing is imported), and
 # multiplications by a learned constant (layer scale), whose gradient is the LRP-0/Pass rule.
