@@ -166,6 +166,8 @@ class ClusterFinding:
     carrier_ids: list[str] = field(default_factory=list)
     space: str = "pixel"
     channels: list[int] = field(default_factory=list)
+    #: with ``scoring.graded_suspicion``: other samples' affinity in (0, 0.5) to a flagged stamp (not written)
+    carrier_affinity: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> str:

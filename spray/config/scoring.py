@@ -250,6 +250,14 @@ class ScoringConfig(Section):
         description="For flagged clusters, list the other samples of the class that repeat the members' "
         "pixels where their relevance is (one scan of the class's inputs per flagged cluster).",
     )
+    graded_suspicion: bool = Field(
+        False,
+        description="Experimental, off by default: a flagged cluster's carrier scan also gives the class's other "
+        "samples a graded suspicion, score × a (a < 0.5), where a places the sample's distance to the stamp "
+        "between the members' median (1) and the scanned samples' median (0) on a log scale; carriers are "
+        "a ≥ 0.5 and keep the full score. Changes samples.parquet's score only, never a flag. Measured on "
+        "moving shortcuts only (docs/concepts.md).",
+    )
     carrier_chunk: int = Field(
         512, ge=1, description="Samples loaded at once by the carrier scan (bounds its memory)."
     )

@@ -95,8 +95,9 @@ def find_carriers(
     h: int,
     w: int,
     chunk: int,
-) -> list[int]:
-    """Rows (of ``sample_ids``) among ``rows`` whose inputs repeat ``stamp`` at an allowed window.
+) -> tuple[list[int], dict[int, float]]:
+    """Rows (of ``sample_ids``) among ``rows`` whose inputs repeat ``stamp`` at an allowed window, and the
+    other rows' affinity to it (:func:`carrier_rows`).
 
     The threshold is the geometric mean of the members' median distance and the scanned samples'
     median distance: a sample counts when it is nearer (in ratio) to how the members match the stamp
@@ -109,7 +110,24 @@ def find_carriers(
         part = rows[start : start + chunk]
         g = grid_cells(probe.load_inputs([sample_ids[i] for i in part]), h, w)
         dist[start : start + len(part)] = stamp_distance(stamp, g)
+    return carrier_rows(dist, stamp, rows)
+
+
+def carrier_rows(dist: np.ndarray, stamp: Stamp, rows: np.ndarray) -> tuple[list[int], dict[int, float]]:
+    """``(carrier rows, affinity of the other scanned rows)`` from the scanned rows' ``(m,)`` distances.
+
+    The affinity places a distance between the members' median (1) and the scanned samples' median (0) on a
+    log scale; the carriers' threshold (the geometric mean of the two) is affinity 0.5. Rows at or beyond the
+    scanned median (affinity 0) are left out.
+    """
     if dist.size == 0:
-        return []
-    threshold = math.sqrt(max(float(np.median(stamp.own)), 1e-12) * float(np.median(dist)))
-    return [int(i) for i in rows[dist <= threshold]]
+        return [], {}
+    own = max(float(np.median(stamp.own)), 1e-12)
+    scan = max(float(np.median(dist)), 1e-12)
+    threshold = math.sqrt(own * scan)
+    found = [int(i) for i in rows[dist <= threshold]]
+    if scan <= own:
+        return found, {}
+    a = np.clip(np.log(scan / np.maximum(dist, 1e-12)) / math.log(scan / own), 0.0, 1.0)
+    graded = {int(r): float(v) for r, v, d in zip(rows, a, dist, strict=True) if v > 0.0 and d > threshold}
+    return found, graded

@@ -113,11 +113,12 @@ def _finding(
     sig["tested"] = float(test is not None and (test.pasted or test.removal is not None))
     lines = evidence(cand, class_name, n, h, w, test, config, verdict)
     carriers: list[int] = []
+    graded: dict[int, float] = {}
     if verdict.suspicious and config.carriers and stamp is not None and probe is not None:
         # A flagged stamp is rarely all in one cluster (where the object's own relevance is strong the
         # sample lands elsewhere): list every other sample of the class that repeats its pixels.
         rows = np.flatnonzero(~cand.member)
-        carriers = find_carriers(stamp, probe, sample_ids, rows, h, w, config.carrier_chunk)
+        carriers, graded = find_carriers(stamp, probe, sample_ids, rows, h, w, config.carrier_chunk)
         sig["carriers"] = float(len(carriers))
         lines.append(carriers_sentence(len(carriers), class_name, n, stamp.in_place))
     idx = np.flatnonzero(cand.member)
@@ -135,6 +136,7 @@ def _finding(
         member_ids=[sample_ids[i] for i in idx],
         mean_heatmap=maps[idx].mean(axis=0).astype(np.float32),
         carrier_ids=[sample_ids[i] for i in carriers],
+        carrier_affinity={sample_ids[i]: a for i, a in graded.items()} if config.graded_suspicion else {},
     )
 
 

@@ -66,4 +66,8 @@ def sample_suspicion(
             # Carriers repeat the flagged pattern outside the candidate: as suspicious as its members.
             cidx = np.array([row[c] for c in f.carrier_ids if c in row], dtype=np.int64)
             out[cidx] = np.maximum(out[cidx], f.score)
+        if f.carrier_affinity:  # scoring.graded_suspicion: the rest of the class by its likeness to the stamp
+            gidx = np.array([row[s] for s in f.carrier_affinity if s in row], dtype=np.int64)
+            vals = np.array([f.carrier_affinity[s] for s in f.carrier_affinity if s in row])
+            out[gidx] = np.maximum(out[gidx], f.score * vals)
     return out

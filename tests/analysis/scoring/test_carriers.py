@@ -101,3 +101,35 @@ def test_a_stamp_that_jitters_near_one_place_is_seen_alike_in_its_own_windows() 
     # The members the clustering put elsewhere still carry the stamp: listed as carriers.
     with_carriers = got | {int(s[1:]) for s in top.carrier_ids}
     assert set(members) <= with_carriers and len(with_carriers - set(members)) <= 2
+
+
+def test_carrier_rows_and_the_graded_affinity_of_the_rest() -> None:
+    """Carriers at or under the geometric mean of the members' and the scanned samples' median distance; the
+    rest between that and the scanned median get an affinity in (0, 0.5) on a log scale, the others none."""
+    from spray.analysis.scoring.carriers import carrier_rows
+
+    stamp = Stamp(np.zeros((1, 1)), np.ones(1), (1, 1), own=np.array([1.0, 1.0, 1.0]))
+    rows = np.array([10, 11, 12, 13, 14])
+    dist = np.array([2.0, 5.0, 10.0, 20.0, 10.0])  # scanned median 10: threshold sqrt(1 * 10) = 3.16
+    found, graded = carrier_rows(dist, stamp, rows)
+    assert found == [10]
+    assert list(graded) == [11] and abs(graded[11] - np.log(2.0) / np.log(10.0)) < 1e-12
+    assert carrier_rows(np.zeros(0), stamp, rows[:0]) == ([], {})
+
+
+def test_graded_suspicion_ranks_the_rest_by_likeness_and_never_flags(planted: Case) -> None:
+    """With scoring.graded_suspicion, samples neither member nor carrier of a flagged finding score below it
+    by their affinity; flags and finding scores are the same as without."""
+    from spray.analysis.scoring import sample_suspicion
+
+    probe = make_probe(planted, patch_predictor)
+    plain = score(planted, probe=probe)
+    graded = score(planted, probe=probe, config=ScoringConfig(graded_suspicion=True))
+    assert [(f.key, f.score, f.suspicious) for f in plain] == [(f.key, f.score, f.suspicious) for f in graded]
+    flagged = next(f for f in graded if f.suspicious)
+    assert flagged.carrier_affinity and all(0.0 < a < 0.5 for a in flagged.carrier_affinity.values())
+    assert not set(flagged.carrier_affinity) & (set(flagged.member_ids) | set(flagged.carrier_ids))
+    assert not any(f.carrier_affinity for f in plain)
+    s_plain = sample_suspicion(planted.maps, plain, planted.ids, 0.01)
+    s_graded = sample_suspicion(planted.maps, graded, planted.ids, 0.01)
+    assert (s_graded >= s_plain).all() and (s_graded < flagged.score).sum() == (s_plain < flagged.score).sum()
