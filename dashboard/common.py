@@ -416,9 +416,12 @@ def current_run() -> tuple[str, str] | None:
         )
         st.stop()
     if r:
-        urlstate.nav().pop("run", None)
+        # Kept in the URL: the next rerun (any click) must say "not found" again, not fall back to the newest
+        # run, where the same cluster key names other images (a run removed by retention meanwhile).
         not_found(
-            f"run {safetext.code(r)}", f"there is no published run of that name in {safetext.code(runs)}"
+            f"run {safetext.code(r)}",
+            f"there is no published run of that name in {safetext.code(runs)} (retention, output.keep_runs, "
+            "may have removed it); pick a run in the sidebar",
         )
     return (runs, good[0]) if good else None
 

@@ -500,3 +500,16 @@ def test_the_overview_names_the_classes_not_analysed(tmp_path: Path) -> None:
     said = shown(at)
     assert "Not analysed: dead (40 samples: every heatmap is zero" in said
     assert "tiny (2 samples: fewer than analysis.min_class_size samples)" in said
+
+
+def test_a_link_to_a_removed_run_stays_not_found_on_every_rerun(env: Path, run_dir: Path) -> None:
+    """After retention removed the run of an open page, the next click showed the newest run's cluster of
+    the same key (other images) and its flag form saved the decision there."""
+    top = top_finding(run_dir)
+    at = open_page("views/cluster.py", cluster=top.key)
+    at.query_params["run"] = "20000101T000000000000Z-removedrun00"
+    ok(at.run())
+    assert "Not found" in shown(at)
+    ok(at.run())  # any later interaction reruns the page
+    assert "Not found" in shown(at) and at.query_params["run"] == "20000101T000000000000Z-removedrun00"
+    assert not [r for r in at.radio if str(r.key).startswith("flag_status")]  # no flag form on it
