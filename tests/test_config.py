@@ -110,6 +110,21 @@ def test_section_hash_ignores_output(tmp_path: Path) -> None:
     assert a.section_hash("model", "lrp") != c.section_hash("model", "lrp")
 
 
+def test_the_run_id_ignores_fields_at_their_defaults(tmp_path: Path) -> None:
+    """A release that adds a field at a default keeping the old behaviour keeps every run id (before, any new
+    field changed the config hash); writing a default out is the same config as leaving it out."""
+    from spray.runs.identity import run_hashes
+
+    base = _base(tmp_path)
+    a = config_from_dict(base, base_dir=tmp_path)
+    b = config_from_dict(
+        {**base, "scoring": {"graded_suspicion": False}, "lrp": {"composite": "EpsilonPlusFlat"}},
+        base_dir=tmp_path,
+    )
+    c = config_from_dict({**base, "scoring": {"graded_suspicion": True}}, base_dir=tmp_path)
+    assert run_hashes(a, "m", "d") == run_hashes(b, "m", "d") != run_hashes(c, "m", "d")
+
+
 def test_the_run_id_ignores_where_the_checkpoint_and_data_are(tmp_path: Path) -> None:
     """Moved inputs of a named dataset are the same run (their content is hashed apart); another setting is
     not."""

@@ -186,6 +186,11 @@ class AuditConfig(Section):
         """Stable hash of the named sections (used for cache keys and the run id), without the fields
         ``exclude`` names per section."""
         skip = exclude or {}
-        payload = {s: getattr(self, s).model_dump(mode="json", exclude=skip.get(s)) for s in sections}
+        # Fields at their defaults are left out: a release that adds a field (at a default that keeps the old
+        # behaviour) keeps every run id, as a changed default comes with a version bump.
+        payload = {
+            s: getattr(self, s).model_dump(mode="json", exclude=skip.get(s), exclude_defaults=True)
+            for s in sections
+        }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -197,10 +197,19 @@ def prune_runs(
         runs = mine
     latest = (runs_dir / LATEST).resolve() if (runs_dir / LATEST).exists() else None
     removed = []
+    for old in runs_dir.glob(".trash-*"):  # left by a retention that was killed while deleting
+        shutil.rmtree(old, ignore_errors=True)
     for p in runs[keep:]:
         if latest is not None and p.resolve() == latest:
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        # Renamed first, so that a kill while deleting leaves a hidden trash folder (removed next time)
+        # rather than half a run that no listing, retention or dashboard sees.
+        trash = runs_dir / f".trash-{p.name}"
+        try:
+            p.rename(trash)
+        except OSError:
+            trash = p
+        shutil.rmtree(trash, ignore_errors=True)
         removed.append(p)
     if removed:
         log.info("retention: removed %d old runs of %s", len(removed), dataset or name or "this folder")

@@ -66,6 +66,17 @@ def test_prune_keeps_the_newest_n(tmp_path: Path) -> None:
     assert list_runs(runs) == [made[3], made[2]]
 
 
+def test_retention_renames_before_deleting_and_clears_a_killed_ones_trash(tmp_path: Path) -> None:
+    """Deleted in place, a run killed mid-delete could lose summary.json first and stay forever, unseen."""
+    runs = tmp_path / "runs"
+    made = [_publish(runs, c * 64) for c in "abc"]
+    leftover = runs / ".trash-older"  # a retention killed while deleting
+    (leftover / "classes").mkdir(parents=True)
+    prune_runs(runs, 1)
+    assert not leftover.exists() and not list(runs.glob(".trash-*"))
+    assert list_runs(runs) == [made[2]] and not made[0].exists() and not made[1].exists()
+
+
 def test_clean_staging_removes_crash_leftovers_but_keeps_finished_shards(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     half = staging_dir(runs, "e" * 64)
