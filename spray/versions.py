@@ -66,7 +66,9 @@ LRP_VERSION = 6
 # and went negative), which raises concept scores; a class whose every heatmap is zero is skipped with its
 # reason; evidence states the members' own share of edges inside the group, the AUROC itself, "positive
 # relevance", pixels that are the same in every image, and no null sentence without a comparison.
-ANALYSIS_VERSION = 17
+# 18: scoring.graded_suspicion on by default: samples.parquet's score grades the rest of a flagged
+# cluster's class by its likeness to the stamp (flags, findings and their scores unchanged).
+ANALYSIS_VERSION = 18
 
 
 def code_version() -> str:

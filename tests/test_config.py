@@ -118,10 +118,10 @@ def test_the_run_id_ignores_fields_at_their_defaults(tmp_path: Path) -> None:
     base = _base(tmp_path)
     a = config_from_dict(base, base_dir=tmp_path)
     b = config_from_dict(
-        {**base, "scoring": {"graded_suspicion": False}, "lrp": {"composite": "EpsilonPlusFlat"}},
+        {**base, "scoring": {"graded_suspicion": True}, "lrp": {"composite": "EpsilonPlusFlat"}},
         base_dir=tmp_path,
     )
-    c = config_from_dict({**base, "scoring": {"graded_suspicion": True}}, base_dir=tmp_path)
+    c = config_from_dict({**base, "scoring": {"graded_suspicion": False}}, base_dir=tmp_path)
     assert run_hashes(a, "m", "d") == run_hashes(b, "m", "d") != run_hashes(c, "m", "d")
 
 

@@ -251,12 +251,12 @@ class ScoringConfig(Section):
         "pixels where their relevance is (one scan of the class's inputs per flagged cluster).",
     )
     graded_suspicion: bool = Field(
-        False,
-        description="Experimental, off by default: a flagged cluster's carrier scan also gives the class's other "
-        "samples a graded suspicion, score × a (a < 0.5), where a places the sample's distance to the stamp "
-        "between the members' median (1) and the scanned samples' median (0) on a log scale; carriers are "
-        "a ≥ 0.5 and keep the full score. Changes samples.parquet's score only, never a flag. Measured on "
-        "moving shortcuts only (docs/concepts.md).",
+        True,
+        description="A flagged cluster's carrier scan also gives the class's other samples a graded suspicion, "
+        "score × a (a < 0.5), where a places the sample's distance to the stamp between the members' median (1) "
+        "and the scanned samples' median (0) on a log scale; carriers are a ≥ 0.5 and keep the full score. "
+        "Changes samples.parquet's score only, never a flag. On by default since 5 Dec 2026 by a rule fixed "
+        "before the tuning cells (docs/detection.md).",
     )
     carrier_chunk: int = Field(
         512, ge=1, description="Samples loaded at once by the carrier scan (bounds its memory)."

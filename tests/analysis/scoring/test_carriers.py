@@ -123,8 +123,8 @@ def test_graded_suspicion_ranks_the_rest_by_likeness_and_never_flags(planted: Ca
     from spray.analysis.scoring import sample_suspicion
 
     probe = make_probe(planted, patch_predictor)
-    plain = score(planted, probe=probe)
-    graded = score(planted, probe=probe, config=ScoringConfig(graded_suspicion=True))
+    plain = score(planted, probe=probe, config=ScoringConfig(graded_suspicion=False))
+    graded = score(planted, probe=probe)  # the default
     assert [(f.key, f.score, f.suspicious) for f in plain] == [(f.key, f.score, f.suspicious) for f in graded]
     flagged = next(f for f in graded if f.suspicious)
     assert flagged.carrier_affinity and all(0.0 < a < 0.5 for a in flagged.carrier_affinity.values())
