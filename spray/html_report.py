@@ -100,6 +100,12 @@ def _changes_html(changes: ChangeSet) -> str:
             "<p class='meta'>The model changed since the previous run (other weights): its clusters are "
             "matched across two models, so a new and a resolved entry may be one shortcut learned again.</p>"
         )
+    if changes.config_changed:
+        head += (
+            "<p class='meta'>Settings changed since the previous run, so a cluster may come or go by them: "
+            + html.escape("; ".join(changes.config_changed))
+            + ".</p>"
+        )
     if (d := changes.data) is not None:
         head += (
             f"<p class='meta'>The data since the previous run: {d.added} images added, {d.removed} removed, "

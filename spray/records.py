@@ -378,6 +378,10 @@ class ChangeSet:
         models, so a "new" and a "resolved" entry may be one shortcut learned again. None: not known.
     data : DataChanges or None
         What changed in the data since the previous run; None when either run lacks content hashes.
+    config_changed : list[str]
+        The result-relevant settings that differ from the previous run's (``"scoring.flag_max_fraction:
+        0.6 → 0.1"``, ``"seed: 0 → 1"``, the code version), so that a finding resolved by a setting is not
+        read as a shortcut gone.
     """
 
     previous_run_id: str | None
@@ -392,6 +396,7 @@ class ChangeSet:
     not_analysed: list[ClusterChange] = field(default_factory=list)
     model_changed: bool | None = None
     data: DataChanges | None = None
+    config_changed: list[str] = field(default_factory=list)
 
     @property
     def n_new(self) -> int:

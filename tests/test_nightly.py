@@ -314,6 +314,19 @@ def test_a_moved_checkpoint_is_the_same_run(first: dict[str, Any], tmp_path: Pat
     assert res.status["status"] == "up_to_date" and res.status["run_dir"] == str(first["run_dir"])
 
 
+def test_a_changed_setting_is_named_in_the_status(first: dict[str, Any], tmp_path: Path) -> None:
+    """A cluster resolved by a setting (here the flag's size limit) must not read as a shortcut gone."""
+    raw = yaml.safe_load(Path(first["cfg"]).read_text())
+    raw["scoring"] = {**raw.get("scoring", {}), "flag_max_fraction": 0.5}
+    cfg = tmp_path / "changed.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
+    assert res.code in (EXIT_OK, EXIT_FINDINGS), res.stderr[-2000:]
+    assert "scoring.flag_max_fraction: 0.6 → 0.5" in res.status["config_changed"]
+
+
 def test_a_job_stopped_after_publishing_has_its_exit_10_reported_by_the_next(
     first: dict[str, Any], tmp_path: Path
 ) -> None:

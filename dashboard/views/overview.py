@@ -223,6 +223,11 @@ def show_changes(ch: ChangeSet, how: str) -> None:
             "The model changed since the previous run (other weights): a new and a resolved entry may be one "
             "shortcut learned again."
         )
+    if ch.config_changed:
+        st.caption(
+            "Settings changed since the previous run, so a cluster may come or go by them: "
+            + safetext.md("; ".join(ch.config_changed))
+        )
 
 
 recorded = common.recorded_changes(path)

@@ -295,6 +295,8 @@ def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Pat
     status["n_skipped"] = len(report.skipped)
     if ch is not None and ch.model_changed:
         status["model_changed"] = True
+    if ch is not None and ch.config_changed:
+        status["config_changed"] = list(ch.config_changed)
     if ch is not None and ch.data is not None:
         status["data_changes"] = asdict(ch.data)
     acc = recorded_accuracy(report.extra)

@@ -425,9 +425,39 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     )
     if before and report.hashes.get("model"):
         changes.model_changed = before != report.hashes["model"]
+    if reader is not None:
+        changes.config_changed = config_changes(reader.summary.config, report.config)
+        code = reader.summary.hashes.get("code"), report.hashes.get("code")
+        if code[0] and code[1] and code[0] != code[1]:
+            changes.config_changed.append(f"code version: {code[0]} → {code[1]}")
     if reader is not None and report.content_hashes and (previous := reader.content_hashes()):
         changes.data = data_changes(report.content_hashes, previous)
     return changes
+
+
+def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int = 20) -> list[str]:
+    """``"section.field: old → new"`` for each result-relevant setting (:data:`RESULT_SECTIONS` and the seed,
+    not where the inputs lie) that differs between two runs' recorded configs; at most ``limit`` of them.
+    Empty when either config is unknown (a run written before configs were recorded)."""
+    from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS
+
+    if not before or not now:
+        return []
+
+    def flat(d: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(d, Mapping):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    skip = {f"{section}.{name}" for section, names in LOCATION_FIELDS.items() for name in names}
+    a = flat({s: before.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
+    b = flat({s: now.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
+    keys = sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
+    said = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:limit]]
+    return said + ([f"and {len(keys) - limit} more settings"] if len(keys) > limit else [])
 
 
 def data_changes(current: Mapping[str, str], previous: Mapping[str, str]) -> DataChanges:

@@ -347,6 +347,7 @@ def parse_changes(raw: Any, file: Path) -> ChangeSet | None:
         not_analysed=[_change(c) for c in d.items("not_analysed", [])],
         model_changed=raw.get("model_changed") if isinstance(raw.get("model_changed"), bool) else None,
         data=_data_changes(d),
+        config_changed=[str(c) for c in d.get("config_changed", list, [])],
     )
 
 

@@ -117,6 +117,7 @@ def changes_entry(ch: ChangeSet) -> dict[str, Any]:
         "not_analysed": [change_entry(c) for c in ch.not_analysed],
         "model_changed": ch.model_changed,
         "data": None if ch.data is None else asdict(ch.data),
+        "config_changed": list(ch.config_changed),
     }
 
 

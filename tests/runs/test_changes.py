@@ -238,3 +238,18 @@ def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
     # A copy of a kept image under a new id (an outside-in check saw 30 such copies called "moved").
     got = data_changes({**current, "a_copy.png": "h1", "g2.png": "h3"}, previous)
     assert (got.added, got.moved, got.copied) == (2, 2, 1)
+
+
+def test_config_changes_name_the_result_settings_that_differ() -> None:
+    """A finding resolved by a setting must not read as a shortcut gone: the settings that changed are named
+    (where the inputs lie and the output section are not settings of the result)."""
+    from spray.runs.changes import config_changes
+
+    before = {"seed": 0, "scoring": {"flag_max_fraction": 0.6, "carriers": True}, "model": {"checkpoint": "/a.pt"},
+              "output": {"keep_runs": 10}}  # fmt: skip
+    now = {"seed": 1, "scoring": {"flag_max_fraction": 0.1, "carriers": True}, "model": {"checkpoint": "/b.pt"},
+           "output": {"keep_runs": 1}}  # fmt: skip
+    assert config_changes(before, now) == ["scoring.flag_max_fraction: 0.6 → 0.1", "seed: 0 → 1"]
+    assert config_changes(before, before) == [] and config_changes({}, now) == []
+    many = {"scoring": {f"f{i}": i for i in range(25)}}
+    assert config_changes({"scoring": {}}, many, limit=20)[-1] == "and 5 more settings"
