@@ -353,3 +353,7 @@ def test_keep_corrections_prunes_the_older_corrections_of_the_dataset_only(
     third = correct(cfg, progress=False, force=True)
     assert sorted(list_corrections(world.runs_dir)) == sorted([third.folder, other])
     assert not first.folder.exists() and not again.folder.exists()
+    # a page of a newer run (its source run pruned) finds them by the dataset; another dataset's stays out
+    assert corrections_for(world.runs_dir, "a newer run") == []
+    by_dataset = corrections_for(world.runs_dir, "a newer run", dataset=third.record.dataset)
+    assert [c.folder for c in by_dataset] == [third.folder]

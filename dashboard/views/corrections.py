@@ -16,6 +16,12 @@ st.title("Corrections")
 path, summary = common.require_run()
 run_id = summary.run_id
 found = corrections_for(common.runs_dir(), run_id)
+if not found and (found := corrections_for(common.runs_dir(), dataset=summary.dataset)):
+    # made from an earlier run of the dataset, which retention (output.keep_runs) may have removed since
+    st.caption(
+        f"No correction of run {safetext.code(run_id[:12])} itself; these were made from earlier runs of the same "
+        "dataset (their source runs may have been removed by retention since)."
+    )
 if not found:
     st.info(
         f"No correction of run {safetext.code(run_id[:12])} yet. Flag the finding's samples for unlearning (Cluster or "
@@ -45,7 +51,7 @@ for c in found:
             "re-audit": "–" if r.reaudit is None else r.reaudit.outcome,
         }
     )
-st.caption(f"{len(found)} correction(s) of run {safetext.code(run_id[:12])}, newest first.")
+st.caption(f"{len(found)} correction(s), newest first.")
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 names = [c.folder.name for c in found]
 picked = st.selectbox("Before and after", names, key="corr_pick")

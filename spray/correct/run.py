@@ -109,8 +109,11 @@ class PublishedCorrection:
     record: CorrectionRecord
 
 
-def corrections_for(runs_dir: Path, source_run_id: str) -> list[PublishedCorrection]:
-    """The published corrections made from one source run, newest first (for reports and the dashboard)."""
+def corrections_for(
+    runs_dir: Path, source_run_id: str | None = None, *, dataset: str | None = None
+) -> list[PublishedCorrection]:
+    """The published corrections made from one source run (or, with ``dataset``, from any run of that
+    dataset: a source run removed by retention keeps its corrections), newest first."""
     out = []
     for p in list_corrections(runs_dir):
         try:
@@ -118,7 +121,9 @@ def corrections_for(runs_dir: Path, source_run_id: str) -> list[PublishedCorrect
         except (OSError, ValueError, TypeError, KeyError):
             log.warning("correction %s has an unreadable correction.json; skipped", p)
             continue
-        if rec.source_run_id == source_run_id:
+        if (source_run_id is not None and rec.source_run_id == source_run_id) or (
+            dataset is not None and rec.dataset == dataset
+        ):
             out.append(PublishedCorrection(p, rec))
     return out
 
