@@ -159,9 +159,8 @@ def _zero_classes(inputs: AnalysisInputs | None, groups: np.ndarray) -> set[int]
     flat = np.asarray(inputs.relevance).reshape(len(groups), -1)
     empty = ~np.any(flat != 0, axis=1)
     size = np.bincount(groups)
-    return {
-        int(c) for c in np.flatnonzero(size) if np.bincount(groups[empty], minlength=len(size))[c] == size[c]
-    }
+    zero = np.bincount(groups[empty], minlength=len(size))
+    return {int(c) for c in np.flatnonzero((size > 0) & (zero == size))}
 
 
 def _classes_to_analyze(
