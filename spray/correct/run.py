@@ -200,13 +200,7 @@ def prune_corrections(
     """Retention (``output.keep_corrections``): delete all but the newest ``keep`` published corrections of
     ``dataset``; ``keep_also`` (the one just published) and corrections whose record cannot be read (so not
     attributed) are never deleted. Returns the deleted folders."""
-    mine = []
-    for p in list_corrections(runs_dir):
-        try:
-            if CorrectionRecord.read(p).dataset == dataset:
-                mine.append(p)
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
+    mine = [c.folder for c in corrections_for(runs_dir, dataset=dataset)]
     removed = []
     for p in mine[keep:]:
         if keep_also is not None and p.resolve() == keep_also.resolve():
