@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
-from spray.flags.content import FlagBinding, bind_flags, describe, listed, other_key_message, plan_moves
+from spray.flags.content import FlagBinding, bind_flags, binding_message, describe, listed, plan_moves
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
 
@@ -153,7 +153,7 @@ def _sample_ids(
     """The ids of ``--sample-ids`` (comma-separated, trimmed) and ``--sample-ids-file`` (one per line, exact:
     ids with commas or edge spaces), each checked to be in the run (or in ``also``)."""
     ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
-    if getattr(args, "sample_ids_file", None):
+    if args.sample_ids_file:
         try:
             text = Path(args.sample_ids_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
@@ -216,12 +216,17 @@ def set_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _newest_if_older(reader: RunReader, run: Path) -> Path | None:
+    """The newest run of ``run``'s audit when ``run`` is not it, else None."""
+    from spray.runs.publish import newer_run
+
+    return newer_run(run, name=reader.summary.name, dataset=reader.summary.dataset)
+
+
 def _warn_if_older(reader: RunReader, run: Path, ids: list[str]) -> None:
     """A WARNING when ``run`` is not the newest run of its audit: its ids and finding keys may name other
     images now, which ``spray flags check`` against the newest run tells."""
-    from spray.runs.publish import newer_run
-
-    newest = newer_run(run, name=reader.summary.name, dataset=reader.summary.dataset)
+    newest = _newest_if_older(reader, run)
     if newest is not None:
         log.warning(
             "%s is not the newest run of this audit (%s is): the %d ids flagged name its images, which the data "
@@ -286,11 +291,17 @@ def check_command(args: argparse.Namespace) -> int:
         f"id, {counts['replaced']} on ids that now name other content, {counts['gone']} on samples no longer "
         "in the run\n"
     )
-    message = describe(binding, str(run))
-    if not binding.bound and not binding.changed and db.is_file():
-        message = other_key_message(
-            FlagStore(db, read_only=True), reader.summary.dataset, reader.content_hashes() or {}
+    message = (
+        binding_message(
+            FlagStore(db, read_only=True),
+            reader.summary.dataset,
+            binding,
+            reader.content_hashes() or {},
+            str(run),
         )
+        if db.is_file()
+        else describe(binding, str(run))
+    )
     if message:
         sys.stdout.write(message + "\n")
     return EXIT_FAILURE if binding.wrong else EXIT_OK
@@ -336,9 +347,7 @@ def rebind_command(args: argparse.Namespace) -> int:
 def _refuse_older(reader: RunReader, run: Path) -> None:
     """Rebinding follows images to their ids in ``run``: only the newest run of its audit names the ids of
     the current data (an older one would move flags back to ids that may be gone)."""
-    from spray.runs.publish import newer_run
-
-    newest = newer_run(run, name=reader.summary.name, dataset=reader.summary.dataset)
+    newest = _newest_if_older(reader, run)
     if newest is not None:
         raise ConfigError(
             f"{run} is not the newest run of this audit ({newest.name} is): rebinding to it would move flags to "
@@ -367,11 +376,7 @@ def register(subparsers: Any) -> None:
     )
     f.add_argument("--with-carriers", action="store_true", help="also the finding's carriers")
     f.add_argument("--sample-ids", help="comma-separated sample ids instead of a finding")
-    f.add_argument(
-        "--sample-ids-file",
-        metavar="FILE",
-        help="a file of sample ids, one per line, taken exactly (commas, spaces)",
-    )
+    _ids_file_option(f)
     f.add_argument("--status", choices=STATUSES, default="unlearn", help="the flag (default unlearn)")
     f.add_argument("--note", default="", help="free text kept in the history and the export")
     f.add_argument(
@@ -404,11 +409,7 @@ def register(subparsers: Any) -> None:
     u = sub.add_parser("unset", help="remove the flag of given samples", description=unset_command.__doc__)
     _run_options(u, common)
     u.add_argument("--sample-ids", help="comma-separated sample ids")
-    u.add_argument(
-        "--sample-ids-file",
-        metavar="FILE",
-        help="a file of sample ids, one per line, taken exactly (commas, spaces)",
-    )
+    _ids_file_option(u)
     u.add_argument("--note", default="", help="why (kept in the history)")
     u.add_argument("--author", help="who decided (default: $SPRAY_AUTHOR or the OS user)")
     u.set_defaults(func=unset_command)
@@ -425,6 +426,14 @@ def register(subparsers: Any) -> None:
     _run_options(r, common)
     r.add_argument("--author", help="who moved them (default: $SPRAY_AUTHOR or the OS user)")
     r.set_defaults(func=rebind_command)
+
+
+def _ids_file_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sample-ids-file",
+        metavar="FILE",
+        help="a file of sample ids, one per line, taken exactly (commas, spaces)",
+    )
 
 
 def _run_options(p: argparse.ArgumentParser, common: Any) -> None:

@@ -203,10 +203,16 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
     if not db.is_file():
         return ""
     store = FlagStore(db, read_only=True)
-    mine = store.current(dataset)
-    return (
-        describe(bind_flags(mine, run_hashes), run) if mine else other_key_message(store, dataset, run_hashes)
-    )
+    return binding_message(store, dataset, bind_flags(store.current(dataset), run_hashes), run_hashes, run)
+
+
+def binding_message(
+    store: FlagStore, dataset: str, binding: FlagBinding, run_hashes: Mapping[str, str], run: str
+) -> str:
+    """:func:`describe` of a dataset's checked flags, or :func:`other_key_message` when it has none."""
+    if binding.bound or binding.changed:
+        return describe(binding, run)
+    return other_key_message(store, dataset, run_hashes)
 
 
 def other_key_message(store: FlagStore, dataset: str, run_hashes: Mapping[str, str]) -> str:
