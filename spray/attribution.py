@@ -221,6 +221,15 @@ def _restore_known_hashes(dataset: AuditDataset) -> Iterator[None]:
         dataset.known_hashes = frozenset()
 
 
+def _nan_logits(rows: list[int], sample_ids: list[str] | None) -> ModelError:
+    """The error for batch ``rows`` with NaN/inf logits, naming their samples when the ids are known."""
+    which = [sample_ids[i] for i in rows[:5]] if sample_ids is not None else rows[:5]
+    return ModelError(
+        f"The model produced NaN/inf logits during the batch stage for {len(rows)} sample(s), e.g. {which}; "
+        "check those inputs (data.transform) and the weights."
+    )
+
+
 class BatchStage:
     """Runs LRP over a dataset with caching.
 
@@ -265,17 +274,10 @@ class BatchStage:
             bad = getattr(err, "rows", None)
             if sample_ids is None or bad is None:
                 raise
-            # the explainer knows batch rows only: name the samples
-            raise ModelError(
-                f"The model produced NaN/inf logits during the batch stage for {len(bad)} sample(s), e.g. "
-                f"{[sample_ids[i] for i in bad[:5]]}; check those inputs (data.transform) and the weights."
-            ) from None
+            raise _nan_logits(bad, sample_ids) from None  # the explainer knows batch rows only
         if not torch.isfinite(res.logits).all():
-            bad = torch.nonzero(~torch.isfinite(res.logits).all(dim=1)).flatten().tolist()
-            which = [sample_ids[i] for i in bad[:5]] if sample_ids is not None else bad[:5]
-            raise ModelError(
-                f"The model produced NaN/inf logits during the batch stage for {len(bad)} sample(s), e.g. "
-                f"{which}; check those inputs (data.transform) and the weights."
+            raise _nan_logits(
+                torch.nonzero(~torch.isfinite(res.logits).all(dim=1)).flatten().tolist(), sample_ids
             )
         rel = res.relevance
         if not torch.isfinite(rel).all():

@@ -134,12 +134,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _name_lost_ranks(status: dict[str, Any], lost: list[str]) -> None:
     """Put the ranks that failed or vanished first in a failed distributed run's ``error``, and log them."""
-    if not lost:
-        return
     known = str(status.get("error") or "")
-    lost = [
-        what for what in lost if what.split(": ", 1)[-1] not in known
-    ]  # gathered errors are named already
+    # a rank's failure that rank 0 gathered is named in its error already
+    lost = [what for what in lost if what.split(": ", 1)[-1] not in known]
     if not lost:
         return
     said = "; ".join(lost)
