@@ -28,6 +28,7 @@ from spray.config import AuditConfig
 from spray.data import AuditDataset
 from spray.distributed import DistContext
 from spray.errors import ConfigError
+from spray.inference import Inference
 from spray.records import ZERO_HEATMAPS, ClassAnalysis, ClassSkipped, ClusterFinding
 from spray.runs.cache import PasteCache
 
@@ -84,8 +85,7 @@ def select_classes(cfg: AuditConfig, n_classes: int) -> list[int]:
 
 
 def make_probe(
-    model: nn.Module,
-    device: torch.device,
+    model: Inference,
     dataset: AuditDataset,
     inputs: AnalysisInputs,
     class_index: int,
@@ -93,34 +93,26 @@ def make_probe(
     paste: _PasteContext,
     explainer: Any | None = None,
 ) -> InterventionProbe | None:
-    """The paste test's probe for one class (None when no other class has samples); with ``explainer``
-    (a :class:`spray.lrp.Explainer` with a concept layer) it also computes concept-conditional heatmaps."""
+    """The paste test's probe for one class (None when no other class has samples), asking ``model``;
+    with ``explainer`` (a :class:`spray.lrp.Explainer` with a concept layer) it also computes
+    concept-conditional heatmaps."""
     labels = inputs.labels
     other = paste.target_order[labels[paste.target_order] != class_index]
     if len(other) == 0:
         return None
     pick = other[: cfg.scoring.intervention_samples]
 
-    @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        out = [model(x[s : s + 256].to(device)).argmax(1).cpu() for s in range(0, len(x), 256)]
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-    @torch.no_grad()
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model(x[s : s + 256].to(device)).float().cpu() for s in range(0, len(x), 256)])
-
     def load_inputs(sample_ids: list[str]) -> torch.Tensor:
         return torch.stack([dataset.load_input(paste.position_of[s]) for s in sample_ids])
 
     return InterventionProbe(
-        predict=predict,
+        predict=model.predict,
         load_inputs=load_inputs,
         other_ids=[inputs.sample_ids[i] for i in pick],
         other_labels=labels[pick],
         content_keys=paste.content_keys,
         cache=paste.cache,
-        logits=logits,
+        logits=model.logits,
         concept_maps=None if explainer is None else _conditional(explainer, cfg),
     )
 
@@ -287,9 +279,10 @@ def analyze_run(
     try:
         _warm_up(cfg, [todo[c] for c in mine])
         paste = None if cache is None else _paste_context(cfg, cache, shared, dataset)
+        forward = Inference(model, device)
         for c in mine:
             sent = heatmaps.pop(c, None)
-            done[c] = _analyze_one(cfg, c, dataset, shared, groups, sent, model, device, paste, explainer)
+            done[c] = _analyze_one(cfg, c, dataset, shared, groups, sent, forward, paste, explainer)
     except Exception as err:  # every rank must hear of it, or the others wait in the next collective
         failure = err
     finally:
@@ -335,8 +328,7 @@ def _analyze_one(
     inputs: AnalysisInputs,
     groups: np.ndarray,
     sent: tuple[np.ndarray, np.ndarray | None] | None,
-    model: nn.Module,
-    device: torch.device,
+    model: Inference,
     paste: _PasteContext | None,
     explainer: Any | None = None,
 ) -> ClassAnalysis:
@@ -346,7 +338,7 @@ def _analyze_one(
     name = dataset.class_names[c]
     log.info("analysing class %d (%s): %d samples", c, name, len(rows))
     conditional = explainer if cfg.concepts.enabled and cfg.concepts.intervention else None
-    probe = None if paste is None else make_probe(model, device, dataset, inputs, c, cfg, paste, conditional)
+    probe = None if paste is None else make_probe(model, dataset, inputs, c, cfg, paste, conditional)
     ids = [inputs.sample_ids[i] for i in rows]
     if sent is None:
         assert inputs.relevance is not None

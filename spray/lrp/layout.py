@@ -11,7 +11,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["_convert_layout", "_is_layout_error", "_tf32"]
+__all__ = ["_convert_layout", "_is_layout_error", "_tf32", "prefers_channels_last"]
 
 
 @contextlib.contextmanager
@@ -56,3 +56,13 @@ def _convert_layout(model: nn.Module, channels_last: bool) -> bool:
             )
     model._apply(lambda t: t.contiguous() if t.dim() in (4, 5) else t)
     return False
+
+
+def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether ``model`` runs faster in ``channels_last`` on ``device``: a CPU model with 2-D convolutions
+    (3-D volume models keep the contiguous layout, which is the only one their 5-D weights have)."""
+    return (
+        device.type == "cpu"
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        and not any(t.dim() == 5 for t in (*model.parameters(), *model.buffers()))
+    )

@@ -19,7 +19,7 @@ from spray.lrp.base import Epsilon, Norm, Rule, RuleContext, RuleModule
 from spray.lrp.canonizers import ResidualAdd, canonize
 from spray.lrp.composites import LINEAR_TYPES, Composite
 from spray.lrp.fusion import _fuse_relus, _Fusion
-from spray.lrp.layout import _convert_layout
+from spray.lrp.layout import _convert_layout, prefers_channels_last
 from spray.lrp.normalization import is_normalization
 from spray.lrp.pooling import lean_maxpools
 
@@ -135,15 +135,6 @@ def _attach(model: nn.Module, rules: dict[str, Rule], first: str | None, context
         _set_module(model, path, RuleModule(module, rule, path, path == first, context))
 
 
-def _default_layout(model: nn.Module, device: torch.device) -> bool:
-    # 3-D (video/volume) models keep the contiguous layout: channels_last is a 4-D format
-    return (
-        device.type == "cpu"
-        and any(isinstance(m, nn.Conv2d) for m in model.modules())
-        and not any(t.dim() == 5 for t in (*model.parameters(), *model.buffers()))
-    )
-
-
 def prepare(
     model: nn.Module,
     composite: Composite,
@@ -163,7 +154,7 @@ def prepare(
         A rule that cannot go where the composite puts it.
     """
     copied = canonize(model, "auto" if canonize_model else None, device=device)
-    layout = _default_layout(copied, device) if channels_last is None else channels_last
+    layout = prefers_channels_last(copied, device) if channels_last is None else channels_last
     # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
     layout = _convert_layout(copied, bool(layout))
     rules, unsupported = composite.assign(copied, extra_rules)
