@@ -66,16 +66,23 @@ def test_a_model_that_gives_up_the_class_is_warned_of() -> None:
 
     from spray.correct.record import CorrectionRecord
 
-    def rec(before: float | None, after: float | None, limit: float | None = None) -> Any:
+    def rec(
+        before: float | None, after: float | None, limit: float | None = None, method: str = "rrclarc"
+    ) -> Any:
         ev = SimpleNamespace(
             before=SimpleNamespace(class_accuracy=before), after=SimpleNamespace(class_accuracy=after)
         )
         params = {} if limit is None else {"max_class_accuracy_drop": limit}
-        return SimpleNamespace(evaluation=ev, group=SimpleNamespace(class_name="shirt"), parameters=params)
+        return SimpleNamespace(
+            evaluation=ev, group=SimpleNamespace(class_name="shirt"), parameters=params, method=method
+        )
 
     text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03))
     assert "gets 3.0 % of the class shirt's own clean images right, against 71.0 % before" in text
     assert "smaller lambda" in text
+    # P-ClArC is not told to try P-ClArC (an outside check read that advice on a P-ClArC record)
+    text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03, method="pclarc"))
+    assert "P-ClArC" not in text and "later layer" in text
     assert CorrectionRecord.class_accuracy_warning(rec(0.71, 0.65)) == ""  # within the 0.1 default
     assert CorrectionRecord.class_accuracy_warning(rec(0.71, 0.65, limit=0.05)) != ""
     assert CorrectionRecord.class_accuracy_warning(rec(None, 0.1)) == ""  # not measured (an older record)

@@ -141,3 +141,35 @@ def test_sample_ids_from_a_file_are_taken_exactly_and_the_run_is_named(
     ids.write_text("1\n")
     assert run_main([*unset, "--sample-ids-file", str(ids)], capsys).code == 0
     assert [f.sample_id for f in FlagStore(db).current(DATASET)] == ["0"]
+
+
+def test_flags_moved_to_another_finding_are_said_and_a_finding_can_be_unflagged(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found in an outside check: flagging a second, overlapping finding moved the first one's flags to it
+    in silence, and a finding could be flagged in one command but unflagged only id by id."""
+    reader = RunReader.open(audited.runs_dir / "latest")
+    first = reader.findings()[0]
+    # another finding of the same class sharing members with the first (nested clusters across k)
+    second = next(
+        f
+        for f in reader.findings()
+        if f.key != first.key
+        and f.class_index == first.class_index
+        and set(f.member_ids) & set(first.member_ids)
+    )
+    shared = set(first.member_ids) & set(second.member_ids)
+    base = ["flags", "set", "--runs-dir", str(audited.runs_dir), "--db", str(tmp_path / "f.sqlite")]
+    assert run_main([*base, "--finding", first.key], capsys).code == 0
+    res = run_main([*base, "--finding", second.key], capsys)
+    assert res.code == 0
+    assert f"{len(shared)} of them were flagged from finding {first.key} before" in res.output
+    assert f"now name {second.key}" in res.output
+    # flagging the same finding again moves nothing and says nothing about it
+    assert "before" not in run_main([*base, "--finding", second.key], capsys).output
+    unset = ["flags", "unset", "--runs-dir", str(audited.runs_dir), "--db", str(tmp_path / "f.sqlite")]
+    res = run_main([*unset, "--finding", second.key], capsys)
+    assert res.code == 0 and f"unflagged {len(second.member_ids)} samples" in res.output
+    left = {f.sample_id for f in FlagStore(tmp_path / "f.sqlite").current(DATASET)}
+    assert left == {str(i) for i in first.member_ids} - {str(i) for i in second.member_ids}
+    assert_clean_failure(run_main(unset, capsys), 2, "--finding KEY or --sample-ids")

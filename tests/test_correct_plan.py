@@ -165,3 +165,73 @@ def test_a_named_source_run_of_other_weights_is_refused(audited: World, tmp_path
     torch.save(train_tiny(audited.images, audited.labels, 7).state_dict(), world.root / "model.pt")
     with pytest.raises(SprayError, match="audited with other model weights"):
         plan_correction(_config(_args(world, "--source-run", run.name)))
+
+
+def test_unseen_samples_and_other_flags_never_stand_for_the_clean_class(
+    audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in an outside check: images added after the audit (stamped ones among them) and samples flagged
+    from another finding or as 'investigate' went into the reference and the clean evaluation in silence."""
+    world = _copy_world(audited, tmp_path / "w")
+    n = len(audited.labels)
+    stamped = np.flatnonzero(audited.planted)[:12]  # new copies of stamped images, after the audit
+    write_idx(world.root / "images.idx", np.concatenate([audited.images, audited.images[stamped]]))
+    write_idx(
+        world.root / "labels.idx", np.concatenate([audited.labels, audited.labels[stamped]]).astype(np.uint8)
+    )
+    clean_of_class = np.flatnonzero((audited.labels == 1) & ~audited.planted)
+    store = FlagStore(world.flags_db)
+    store.flag(DATASET, [str(i) for i in clean_of_class[:3]], "investigate")
+    store.flag(DATASET, [str(i) for i in clean_of_class[3:6]], "unlearn", cluster_key="1/k9/c9")
+    store.flag(DATASET, [str(i) for i in clean_of_class[6:8]], "ok")
+    with caplog.at_level("WARNING", logger="spray.correct.plan"):
+        plan = plan_correction(_config(_args(world, "--cluster-key", "1/k2/c0", "--method", "pclarc")))
+    g = plan.group
+    reference = set(np.concatenate([g.fit_reference, g.held_reference]).tolist())
+    kept_out = set(range(n, n + len(stamped))) | set(clean_of_class[:6].tolist())
+    assert not kept_out & reference
+    assert not kept_out & set(plan.clean_rows.tolist())
+    assert set(clean_of_class[6:8].tolist()) & (reference | set(plan.clean_rows.tolist()))  # 'ok' stays clean
+    assert (
+        f"{len(stamped)} samples ({len(stamped)} of class" in caplog.text
+        and "newer than source run" in caplog.text
+    )
+    assert "6 other samples of class" in caplog.text
+    # the correction id follows the other flags too: they change the reference
+    FlagStore(world.flags_db).unflag(DATASET, [str(i) for i in clean_of_class[:3]])
+    again = plan_correction(_config(_args(world, "--cluster-key", "1/k2/c0", "--method", "pclarc")))
+    assert again.correction_id != plan.correction_id
+
+
+def test_flags_of_a_run_of_other_weights_are_pointed_out(caplog: pytest.LogCaptureFixture) -> None:
+    from spray.correct.groups import FlagSelection
+    from spray.correct.plan import _warn_other_weights
+    from spray.correct.source import SourceRun
+
+    flags = FlagSelection("db", DATASET, "unlearn", ["1/k2/c0"], ["1", "2"], "d", run_ids=["oldrun123456789"])
+    source = SourceRun(
+        "newrun", Path("runs/newrun"), "w1", [], [], run_models={"oldrun123456789": "w0", "newrun": "w1"}
+    )
+    with caplog.at_level("WARNING", logger="spray.correct.plan"):
+        _warn_other_weights(flags, source, "w1", "1/k3/c2")
+    assert "set on run oldrun123456" in caplog.text and "other model weights" in caplog.text
+    assert "finding 1/k3/c2 holds most of them there" in caplog.text
+    caplog.clear()
+    for models in (
+        {"oldrun123456789": "w1"},
+        {},
+    ):  # the same weights, or the flags' run is gone: nothing to say
+        _warn_other_weights(
+            flags, SourceRun("newrun", Path("x"), "w1", [], [], run_models=models), "w1", None
+        )
+    assert not caplog.text
+
+
+def test_source_run_by_folder_prefix_and_class_out_of_range(audited: World) -> None:
+    from spray.errors import SprayError
+
+    run = next(p for p in sorted(audited.runs_dir.iterdir()) if (p / "summary.json").is_file())
+    plan = plan_correction(_config(_args(audited, "--source-run", run.name[:6], "--method", "pclarc")))
+    assert plan.source.path.name == run.name
+    with pytest.raises(SprayError, match="no such class; the dataset has 3 classes"):
+        plan_correction(_config(_args(audited, "--class", "99")))

@@ -296,7 +296,9 @@ def register(subparsers: Any) -> None:
         help="only the flags set from this finding: its key (6/k3/c2), or the report's class and cluster "
         "columns (dog/k3/c2, or k3/c2 when one class has it), as spray flags set --finding takes them",
     )
-    p.add_argument("--source-run", help="the run the flags refer to (run id prefix or folder name)")
+    p.add_argument(
+        "--source-run", help="the run the flags refer to (a folder name, or a prefix of one or of a run id)"
+    )
     p.add_argument("--no-reaudit", action="store_true", help="skip the re-audit of the corrected model")
     p.add_argument(
         "--if-flagged", action="store_true", help="exit 0 quietly when there are no flags (nightly)"

@@ -6,6 +6,7 @@ import argparse
 import logging
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,8 +161,9 @@ def _sample_ids(
             raise ConfigError(f"--sample-ids-file {args.sample_ids_file}: cannot read it ({err}).") from err
         ids += [line for line in text.split("\n") if line.strip()]
     if not ids:
-        what = "--finding KEY or --sample-ids ID,ID,..." if verb == "flag" else "--sample-ids ID,ID,..."
-        raise ConfigError(f"Give {what} (or --sample-ids-file FILE) to {verb}.")
+        raise ConfigError(
+            f"Give --finding KEY or --sample-ids ID,ID,... (or --sample-ids-file FILE) to {verb}."
+        )
     known = set(reader.sample_ids()) | (also or set())
     unknown = [i for i in ids if i not in known]
     if unknown:
@@ -185,18 +187,11 @@ def set_command(args: argparse.Namespace) -> int:
 
     run = _run_folder(args)
     reader = RunReader.open(run)
-    key = None
-    if args.finding:
-        key = finding_key(reader.summary.findings, args.finding, run, "--finding")
-        finding = reader.finding(key)
-        assert finding is not None
-        ids = [str(i) for i in finding.member_ids]
-        if args.with_carriers:
-            members = set(ids)
-            ids += [str(i) for i in finding.carrier_ids if str(i) not in members]
-    else:
-        ids = _sample_ids(args, reader, run, "flag")
+    key, ids = (
+        _finding_ids(args, reader, run) if args.finding else (None, _sample_ids(args, reader, run, "flag"))
+    )
     db = _run_db(args, run)
+    moved = _moved_flags(db, reader.summary.dataset, ids, key)
     hashes = reader.content_hashes() or {}
     FlagStore(db).flag(
         reader.summary.dataset,
@@ -211,9 +206,39 @@ def set_command(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(
         f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db} (run {run.resolve().name})\n"
+        + moved
     )
     _warn_if_older(reader, run, ids)
     return 0
+
+
+def _finding_ids(args: argparse.Namespace, reader: RunReader, run: Path) -> tuple[str, list[str]]:
+    """``--finding``'s key and its members' ids (and its carriers' with ``--with-carriers``)."""
+    key = finding_key(reader.summary.findings, args.finding, run, "--finding")
+    finding = reader.finding(key)
+    assert finding is not None
+    ids = [str(i) for i in finding.member_ids]
+    if args.with_carriers:
+        members = set(ids)
+        ids += [str(i) for i in finding.carrier_ids if str(i) not in members]
+    return key, ids
+
+
+def _moved_flags(db: Path, dataset: str, ids: list[str], key: str | None) -> str:
+    """A line per finding whose flags of ``ids`` now name ``key`` instead (a sample's newest flag names one
+    finding); empty when none moves."""
+    if not db.is_file():
+        return ""
+    wanted = set(ids)
+    before = Counter(
+        f.cluster_key for f in FlagStore(db, read_only=True).current(dataset) if f.sample_id in wanted
+    )
+    now = key or "no finding (given sample ids)"
+    return "".join(
+        f"  {n} of them were flagged from finding {old} before: their flags now name {now}\n"
+        for old, n in sorted(before.items(), key=lambda kv: str(kv[0]))
+        if old and old != key
+    )
 
 
 def _newest_if_older(reader: RunReader, run: Path) -> Path | None:
@@ -244,7 +269,11 @@ def unset_command(args: argparse.Namespace) -> int:
     db = _run_db(args, run)
     # A flag whose sample is gone from the run (a deleted file) can be dropped too.
     flagged = {f.sample_id for f in FlagStore(db).current(reader.summary.dataset)} if db.is_file() else set()
-    ids = _sample_ids(args, reader, run, "unflag", also=flagged)
+    ids = (
+        _finding_ids(args, reader, run)[1]
+        if args.finding
+        else _sample_ids(args, reader, run, "unflag", also=flagged)
+    )
     removed = [i for i in ids if i in flagged]
     if removed:
         FlagStore(db).unflag(
@@ -406,9 +435,15 @@ def register(subparsers: Any) -> None:
     common(ls)
     ls.set_defaults(func=list_command)
 
-    u = sub.add_parser("unset", help="remove the flag of given samples", description=unset_command.__doc__)
+    u = sub.add_parser(
+        "unset",
+        help="remove the flag of a finding's members or given samples",
+        description=unset_command.__doc__,
+    )
     _run_options(u, common)
-    u.add_argument("--sample-ids", help="comma-separated sample ids")
+    u.add_argument("--finding", help="unflag a finding's members: its key, e.g. 6/k3/c2, or class/kK/cC")
+    u.add_argument("--with-carriers", action="store_true", help="also the finding's carriers")
+    u.add_argument("--sample-ids", help="comma-separated sample ids instead of a finding")
     _ids_file_option(u)
     u.add_argument("--note", default="", help="why (kept in the history)")
     u.add_argument("--author", help="who decided (default: $SPRAY_AUTHOR or the OS user)")

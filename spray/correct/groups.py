@@ -47,9 +47,14 @@ class FlagSelection:
     sample_ids : list[str]
         Flagged sample ids (sorted).
     digest : str
-        Hash of dataset, status and sorted ids: part of the correction id.
+        Hash of dataset, status, sorted ids and the other flagged ids: part of the correction id.
     content_hashes : dict[str, str]
         ``sample_id -> content hash`` recorded with each flag (flags set before spray recorded it have none).
+    other_flagged : list[str]
+        The dataset's other samples flagged ``unlearn`` or ``investigate`` (another finding's flags, another
+        status): never reference or clean data of a correction, whichever flags it uses.
+    run_ids : list[str]
+        The runs the used flags were set on (sorted, without None).
     """
 
     db: str
@@ -59,6 +64,12 @@ class FlagSelection:
     sample_ids: list[str]
     digest: str
     content_hashes: dict[str, str] = field(default_factory=dict)
+    other_flagged: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+
+
+#: Flag statuses whose samples never serve as a correction's reference or clean data.
+SUSPECT_STATUSES = ("unlearn", "investigate")
 
 
 def _no_db_message(db: Path) -> str:
@@ -121,7 +132,11 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
                 )
             raise NoFlagsError(message)
     ids = sorted({str(r.sample_id) for r in rows})
-    payload = json.dumps({"dataset": dataset, "status": cfg.flag_status, "ids": ids}).encode()
+    # a sample someone flagged as a shortcut (or to look at) must not stand for the clean class
+    other = sorted(
+        {str(r.sample_id) for r in store.current(dataset) if r.status in SUSPECT_STATUSES} - set(ids)
+    )
+    payload = json.dumps({"dataset": dataset, "status": cfg.flag_status, "ids": ids, "other": other}).encode()
     return FlagSelection(
         db=str(db),
         dataset=dataset,
@@ -130,6 +145,8 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         sample_ids=ids,
         digest=hashlib.sha256(payload).hexdigest(),
         content_hashes={str(r.sample_id): r.content_hash for r in rows if r.content_hash},
+        other_flagged=other,
+        run_ids=sorted({str(r.run_id) for r in rows if r.run_id}),
     )
 
 
@@ -205,6 +222,11 @@ def _choose_class(samples: SampleSet, rows: np.ndarray, cfg: CorrectionConfig) -
         f"{names[c] if c < len(names) else c} (class {c}): {n}" for c, n in counts.most_common()
     )
     if cfg.artifact_class is not None:
+        if not 0 <= cfg.artifact_class < len(names):
+            raise SprayError(
+                f"correction.artifact_class (--class) {cfg.artifact_class}: there is no such class; the dataset "
+                f"has {len(names)} classes (0..{len(names) - 1}). Flagged samples per class: {listing}."
+            )
         if cfg.artifact_class not in counts:
             raise SprayError(
                 f"correction.artifact_class {cfg.artifact_class} holds none of the flagged samples; flagged "
@@ -268,33 +290,36 @@ def artifact_group(
     usable = np.setdiff1d(in_class, exclude)
     reference = np.setdiff1d(np.setdiff1d(np.flatnonzero(samples.labels == c), in_class), exclude)
     reference = seeded_subset(reference, cfg.max_reference, seed, "reference")
-    for what, n in (("flagged", len(usable)), ("unflagged (reference)", len(reference))):
-        if n < cfg.min_group_size:
-            raise SprayError(
-                f"Class {name} has {n} usable {what} samples; the artifact direction needs at least "
-                f"correction.min_group_size = {cfg.min_group_size} in each group (flagged {len(in_class)}, "
-                f"class size {int((samples.labels == c).sum())}). Flag fewer or more samples, or lower "
-                "correction.min_group_size."
-            )
+    class_size = int((samples.labels == c).sum())
+    if len(usable) < cfg.min_group_size:
+        raise SprayError(
+            f"Class {name} has {len(usable)} usable flagged samples; the artifact direction needs at least "
+            f"correction.min_group_size = {cfg.min_group_size} (flagged {len(in_class)}, class size {class_size}). "
+            "Flag more of the shortcut's samples, or lower correction.min_group_size."
+        )
+    if len(reference) < cfg.min_group_size:
+        raise SprayError(
+            f"Class {name} has {len(reference)} usable unflagged samples for the reference; the artifact "
+            f"direction needs at least correction.min_group_size = {cfg.min_group_size} (class size {class_size}, "
+            f"{len(in_class)} flagged, {class_size - len(in_class) - len(reference)} others kept out: the "
+            "evaluation hold-out and any samples the warnings above name). Unflag samples that do not show the "
+            "shortcut, or lower correction.min_group_size."
+        )
     fit_a, held_a = _split(usable, cfg.holdout_fraction, seed, "artifact")
     fit_r, held_r = _split(reference, cfg.holdout_fraction, seed, "reference-split")
     return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)
 
 
-#: A finding counts as the flagged one when at least this share of its members is flagged.
-MOSTLY_FLAGGED = 2 / 3
-
-
 def unflagged_members(
     findings: list[Any], flagged: list[str], class_index: int
 ) -> tuple[str | None, list[str]]:
-    """The source run's finding of the class that holds most of the flagged samples (at least half of them)
-    and is mostly flagged itself (:data:`MOSTLY_FLAGGED` of its members), and its members and carriers
-    without a flag.
+    """The source run's finding of the class that holds most of the flagged samples (at least half of them;
+    of two alike, the smaller), and its members and carriers without a flag.
 
-    Such samples look like the artifact group (they joined the finding after the flags were set, or were
-    left unflagged), so they must not serve as its reference: a reference holding the artifact weakens the
-    direction without a word.
+    Such samples look like the artifact group (they joined the finding after the flags were set, e.g. new
+    images with the same stamp, or were left unflagged), so they must not serve as its reference: a
+    reference holding the artifact weakens the direction without a word. Leaving a clean sample out of the
+    reference costs little; keeping a stamped one in costs the correction.
 
     Parameters
     ----------
@@ -308,16 +333,16 @@ def unflagged_members(
     Returns
     -------
     tuple
-        The finding's key (None when no finding holds half of the flags, or it is flagged only in part) and
-        the sorted unflagged sample ids.
+        The finding's key (None when no finding holds half of the flags) and the sorted unflagged sample ids.
     """
     wanted = set(flagged)
-    best, best_n = None, 0
+    best, best_rank = None, (0, 0)
     for f in findings:
-        n = len(wanted & set(f.member_ids)) if f.class_index == class_index else 0
-        if n > best_n:
-            best, best_n = f, n
-    # Only a finding that is mostly flagged: a finding flagged in part was chosen from on purpose.
-    if best is None or best_n < 0.5 * len(wanted) or best_n < MOSTLY_FLAGGED * len(best.member_ids):
+        if f.class_index != class_index:
+            continue
+        rank = (len(wanted & set(f.member_ids)), -len(f.member_ids))
+        if rank > best_rank:
+            best, best_rank = f, rank
+    if best is None or best_rank[0] < 0.5 * len(wanted):
         return None, []
     return best.key, sorted((set(best.member_ids) | set(best.carrier_ids)) - wanted)

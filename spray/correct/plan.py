@@ -167,6 +167,55 @@ def _inputs(cfg: AuditConfig, weights: str, samples: SampleSet, clean: SampleSet
     return out
 
 
+def _kept_out(
+    samples: SampleSet, flags: FlagSelection, source: SourceRun, class_index: int, weights: str
+) -> np.ndarray:
+    """Rows that are neither reference nor clean data, each kind named in a warning: unflagged members of the
+    flagged finding, the dataset's other flagged samples, and samples the source run did not see."""
+    name = samples.class_names[class_index] if class_index < len(samples.class_names) else str(class_index)
+    key, suspects = unflagged_members(source.findings, flags.sample_ids, class_index)
+    members = samples.rows_of(suspects).rows
+    if len(members):
+        log.warning(
+            "%d samples of finding %s in source run %s carry no flag (they joined it after the flags were set, "
+            "or were left out): they are kept out of the reference, which must not hold the artifact; flag them "
+            "(spray flags set --finding %s) to make them part of the artifact group",
+            len(members), key, source.run_id[:12], key,
+        )  # fmt: skip
+    other = samples.rows_of(flags.other_flagged).rows
+    n_other = int((samples.labels[other] == class_index).sum())
+    if n_other:
+        log.warning(
+            "%d other samples of class %s are flagged (from other findings, or as 'investigate'): they are kept "
+            "out of the reference and the clean evaluation", n_other, name,
+        )  # fmt: skip
+    seen = set(source.sample_ids) | set(source.skipped_ids)
+    unseen = np.asarray([i for i, s in enumerate(samples.sample_ids) if s not in seen], dtype=np.int64)
+    if len(unseen) and source.sample_ids:
+        log.warning(
+            "%d samples (%d of class %s) are newer than source run %s, which did not see them: they are kept out "
+            "of the reference and the clean evaluation (whether they carry the shortcut is unknown); audit the "
+            "data again (spray audit) and correct from that run to use them",
+            len(unseen), int((samples.labels[unseen] == class_index).sum()), name, source.run_id[:12],
+        )  # fmt: skip
+    else:
+        unseen = np.zeros(0, dtype=np.int64)
+    _warn_other_weights(flags, source, weights, key)
+    return np.union1d(np.union1d(members, other), unseen)
+
+
+def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, key: str | None) -> None:
+    """A warning when the flags were set on runs of other weights than the corrected model's."""
+    other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights]
+    if other:
+        now = f"finding {key} holds most of them there" if key else "no finding there holds half of them"
+        log.warning(
+            "the flags were set on run %s, which audited other model weights; this correction takes them to run "
+            "%s of the current weights (%s): check that they still mark this model's shortcut (spray flags check, "
+            "or the dashboard)", ", ".join(r[:12] for r in other), source.run_id[:12], now,
+        )  # fmt: skip
+
+
 def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> CorrectionPlan:
     """Check the request and build what the correction needs (see the module docstring for the order).
 
@@ -205,23 +254,15 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
             "weights."
         )
     unreadable = samples.rows_of(source.skipped_ids).rows
-    key, suspects = unflagged_members(source.findings, flags.sample_ids, group.class_index)
-    suspect_rows = samples.rows_of(suspects).rows
-    if len(suspect_rows):
-        log.warning(
-            "%d samples of finding %s in source run %s carry no flag (they joined it after the flags were set, "
-            "or were left out): they are kept out of the reference, which must not hold the artifact; flag them "
-            "(spray flags set --finding %s) to make them part of the artifact group",
-            len(suspect_rows), key, source.run_id[:12], key,
-        )  # fmt: skip
-    if len(unreadable) or len(suspect_rows):
+    kept_out = _kept_out(samples, flags, source, group.class_index, weights)
+    if len(unreadable) or len(kept_out):
         group = artifact_group(
-            samples, flags, cfg.correction, cfg.seed, np.union1d(np.union1d(held, unreadable), suspect_rows)
+            samples, flags, cfg.correction, cfg.seed, np.union1d(np.union1d(held, unreadable), kept_out)
         )
     train_rows = np.setdiff1d(np.arange(len(samples)), np.union1d(held, unreadable))
     if clean_samples is samples:
         clean_rows = np.setdiff1d(
-            clean_rows, np.union1d(np.union1d(group.flagged_rows, unreadable), suspect_rows)
+            clean_rows, np.union1d(np.union1d(group.flagged_rows, unreadable), kept_out)
         )
     log.info("correcting class %s at layer %s: %d flagged, %d reference samples (source run %s)",
              group.class_name, cfg.correction.layer, len(group.flagged_rows),

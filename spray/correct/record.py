@@ -33,8 +33,14 @@ from spray.correct.training import TrainingLog
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 11
+CORRECTION_VERSION = 12
 RECORD_NAME = "correction.json"
+
+#: What to try when a correction gives up the artifact class's own images, per method.
+_CLASS_ACCURACY_ADVICE = {
+    "rrclarc": "try a smaller lambda or P-ClArC",
+    "pclarc": "try a later layer (--layer) or RR-ClArC",
+}
 
 T = TypeVar("T")
 
@@ -157,7 +163,7 @@ class CorrectionRecord:
         return (
             f"the corrected model gets {100 * a:.1f} % of the class {name}'s own clean images right, against "
             f"{100 * b:.1f} % before: the flip rate fell because it answers {name} less, not only because it "
-            "ignores the artifact; try a smaller lambda or P-ClArC"
+            f"ignores the artifact; {_CLASS_ACCURACY_ADVICE.get(self.method, 'try another --method')}"
         )
 
     def warnings(self) -> list[str]:

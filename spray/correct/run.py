@@ -211,12 +211,12 @@ def prune_corrections(
         else:
             removed.append(p)
     if removed:
-        log.info(
-            "retention: removed %d old corrections of %s (output.keep_corrections %d)",
-            len(removed),
-            dataset,
-            keep,
-        )
+        # a WARNING, shown under -q: deleting a corrected model must never pass unnoticed
+        log.warning(
+            "retention: deleted %d old corrections of %s (output.keep_corrections %d, counted over every class "
+            "and method of the dataset): %s",
+            len(removed), dataset, keep, ", ".join(p.name for p in removed),
+        )  # fmt: skip
     return removed
 
 

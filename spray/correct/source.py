@@ -7,7 +7,7 @@ runs folder's typed reader changes).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spray.errors import SprayError
@@ -33,6 +33,11 @@ class SourceRun:
         Samples it could not read.
     findings : list[ClusterFinding]
         Its findings with their members, ranked (most suspicious first).
+    sample_ids : list[str]
+        Every sample it analysed.
+    run_models : dict[str, str]
+        ``run_id -> model hash`` of every readable run in the runs folder (to tell which weights a flag's
+        run audited).
     """
 
     run_id: str
@@ -40,16 +45,19 @@ class SourceRun:
     model_hash: str
     skipped_ids: list[str]
     findings: list[ClusterFinding]
+    sample_ids: list[str] = field(default_factory=list)
+    run_models: dict[str, str] = field(default_factory=dict)
 
 
 def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
-    """The run to correct from: ``wanted`` (run id prefix or folder name), or the newest run of this
+    """The run to correct from: ``wanted`` (a folder name, or a prefix of one or of a run id), or the newest run of this
     dataset made with this model.
 
     Raises
     ------
     SprayError
-        No such run (the message lists the runs there are, or says to run the audit first).
+        No such run (the message lists the runs there are, or says to run the audit first), or ``wanted``
+        names several.
     """
     entries = scan_runs(runs_dir)
     for e in entries:
@@ -57,11 +65,19 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
             log.warning("run %s cannot be read (%s); ignored", e.name, e.error)
     readable = [(e.path, e.reader) for e in entries if e.reader is not None]
     if wanted is not None:
-        hits = [(p, r) for p, r in readable if p.name == wanted or r.summary.run_id.startswith(wanted)]
+        hits = [(p, r) for p, r in readable if p.name == wanted] or [
+            (p, r) for p, r in readable if p.name.startswith(wanted) or r.summary.run_id.startswith(wanted)
+        ]
         if not hits:
             names = ", ".join(e.name for e in entries[:10]) or "none"
             raise SprayError(
                 f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {names}."
+            )
+        if len({r.summary.run_id for _, r in hits}) > 1:
+            names = ", ".join(p.name for p, _ in hits[:10])
+            raise SprayError(
+                f"correction.source_run {wanted!r} names several runs in {runs_dir} ({names}); give more of a "
+                "folder name or run id."
             )
     else:
         hits = [
@@ -91,6 +107,8 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         model_hash=str(s.hashes.get("model", "")),
         skipped_ids=[x.sample_id for x in s.skipped],
         findings=reader.findings(),
+        sample_ids=reader.sample_ids(),
+        run_models={r.summary.run_id: str(r.summary.hashes.get("model", "")) for _, r in readable},
     )
 
 
