@@ -331,3 +331,40 @@ def test_timm_cnn_runs_and_conserves_relevance(name: str) -> None:
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
     if name == "efficientnet_b0":  # BatchNormAct2d was split and its BatchNorm folded
         assert not any(type(m).__name__ == "BatchNormAct2d" for m in explainer.model.modules())
+
+
+@pytest.mark.parametrize("composite", ["AttnLRP", "CPLRP"])
+def test_timm_resnet_in_place_residual_matches_torchvision(composite: str) -> None:
+    """timm's blocks end with ``x += shortcut`` on the last layer's output, which an ε rule returns as a view
+    autograd forbids modifying in place (a raw RuntimeError before 5 Dec 2026): spray runs it out of place,
+    and the map equals torchvision's ResNet-18 (whose blocks spray rewrites) with the same weights."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ours = realistic_bn(timm.create_model("resnet18", pretrained=False, num_classes=10), (3, 32, 32))
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    got = Explainer(ours, composite)(x, target=torch.tensor([3, 7])).relevance
+    want = Explainer(reference, composite)(x, target=torch.tensor([3, 7])).relevance
+    cos = torch.nn.functional.cosine_similarity(got.flatten(1).double(), want.flatten(1).double())
+    assert cos.min() > 0.99999, cos.tolist()
+
+
+def test_a_bare_in_place_call_on_a_rules_output_is_named() -> None:
+    """``y.add_(x)`` as a statement cannot be run out of place without dropping its result: the first-call
+    output check refuses it, naming the operation and the fix, instead of explaining another function."""
+    from spray.errors import ModelError
+
+    class Bare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.b(torch.relu(self.a(x)))
+            y.add_(x)
+            return self.head(torch.relu(y))
+
+    torch.manual_seed(0)
+    with pytest.raises(ModelError, match=r"in place \(Tensor.add_\).*x = x \+ y"):
+        Explainer(Bare().eval(), "AttnLRP")(torch.randn(2, 8), target=0)

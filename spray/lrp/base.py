@@ -132,6 +132,7 @@ class RuleContext:
         self.has_first = has_first  # False: no relevance-out layer, the backward is a gradient throughout
         self.first_done: bool = False
         self.order: list[tuple[str, bool]] = []  # (module path, rule needs the gradient frame)
+        self.rebound: list[str] = []  # in-place operations on a rule's output, run out of place
 
     @property
     def relevance_frame(self) -> bool:
@@ -142,6 +143,7 @@ class RuleContext:
         """Forget the previous forward pass."""
         self.first_done = False
         self.order.clear()
+        self.rebound.clear()
 
     def visit(self, name: str, is_first: bool, gradient_frame: bool) -> None:
         """Record that module ``name`` ran."""

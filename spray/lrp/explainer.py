@@ -368,6 +368,14 @@ class Explainer:
             f"the copy spray explains computes other logits than the model (max |Δlogit| = {err:.3g} of "
             f"{scale:.3g}, with ReLU fusion off): its heatmaps would explain another function. "
         )
+        if self._context.rebound:
+            ops = sorted(set(self._context.rebound))
+            return head + (
+                f"The model changes a layer's output in place ({', '.join('Tensor.' + o for o in ops)}), which the "
+                "LRP rules cannot allow, so spray runs it out of place: that equals the model for x += y but not "
+                "for a bare x.add_(y) statement, whose result is then dropped. Write x = x + y in the model's "
+                "forward()."
+            )
         if self._suspects:
             return head + (
                 f"These layers compute their output in their own forward(), which spray's rules do not run: "

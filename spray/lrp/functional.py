@@ -71,6 +71,14 @@ def _grad(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad
 
 
+def _rule_view(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a view returned by a custom autograd Function (an LRP rule's identity forward),
+    which autograd refuses to modify in place."""
+    return (
+        t.requires_grad and t._is_view() and isinstance(t.grad_fn, torch.autograd.function.BackwardCFunction)
+    )
+
+
 def _bound(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The call's arguments by parameter name, or None where the signature is not introspectable."""
     try:
@@ -122,6 +130,17 @@ _INPLACE = {
     F.hardtanh_: F.hardtanh,
 }
 _PRODUCTS = {torch.mul, torch.Tensor.mul, torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm}
+# in-place arithmetic and its out-of-place forms (``x += y`` reaches the mode as ``Tensor.add_``)
+_INPLACE_ARITHMETIC = {
+    torch.Tensor.add_: torch.Tensor.add,
+    torch.Tensor.sub_: torch.Tensor.sub,
+    torch.Tensor.mul_: torch.Tensor.mul,
+    torch.Tensor.div_: torch.Tensor.div,
+    torch.Tensor.__iadd__: torch.Tensor.__add__,
+    torch.Tensor.__isub__: torch.Tensor.__sub__,
+    torch.Tensor.__imul__: torch.Tensor.__mul__,
+    torch.Tensor.__itruediv__: torch.Tensor.__truediv__,
+}
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax}
 _SOFTMAX |= {torch.Tensor.log_softmax}
 
@@ -161,6 +180,7 @@ class FunctionalRules(TorchFunctionMode):
             F.group_norm: self._group_norm,
             F.rms_norm: self._rms_norm,
             F.batch_norm: self._batch_norm,
+            **{f: self._inplace_on_rule_output for f in _INPLACE_ARITHMETIC},
         }
 
     def __torch_function__(
@@ -229,6 +249,19 @@ class FunctionalRules(TorchFunctionMode):
             else:
                 self._record(getattr(func, "__name__", "softmax"))
         return y
+
+    # in-place arithmetic on a rule's output --------------------------------------------------------
+
+    def _inplace_on_rule_output(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``x += y`` where ``x`` is a rule's output (a view autograd forbids modifying in place, e.g. a
+        linear layer's under the ε rule before timm's ``x += shortcut``): the out-of-place result, which
+        Python binds to ``x``. A bare ``x.add_(y)`` statement would drop it: the explainer's first-call
+        check of the output against the model's then names the difference instead of a wrong map."""
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and _rule_view(x)):
+            return func(*args, **kwargs)
+        self.context.rebound.append(getattr(func, "__name__", str(func)))
+        return self.__torch_function__(_INPLACE_ARITHMETIC[func], (), args, kwargs)
 
     # element-wise non-linearities and normalisations -----------------------------------------------
 
