@@ -183,6 +183,33 @@ def test_token_layer_concepts_sum_over_tokens() -> None:
     assert bool(torch.isfinite(result.concepts).all())
 
 
+def test_swin_concepts_are_its_last_stage_channels() -> None:
+    """torchvision's Swin blocks return (B, H, W, C): an outside check found the concept vector read as the
+    2 rows of the last grid instead of 768 channels, and 'auto' on stage 3 (the longest), not stage 4."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    # two stages of widths 16 and 32 on a 4×4 → 2×2 grid: H = W = 2, C = 32 in the last stage
+    swin = SwinTransformer([4, 4], 16, [3, 2], [2, 4], [4, 4], num_classes=3).eval()  # stage 1 the longest
+    for name, p in swin.named_parameters():
+        if name.endswith("bias") or "relative_position_bias" in name:
+            p.data.zero_()  # conservative: the concept relevance then sums to the heatmap's
+    assert default_concept_layer(swin) == "features.3.1"  # the last stage's last block
+    explainer = Explainer(swin, "CPLRP", concept_layer="auto")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    full = explainer(x, target="pred")
+    assert full.concepts is not None and full.concepts.shape == (2, 32)
+    torch.testing.assert_close(
+        full.concepts.sum(1), full.relevance.flatten(1).sum(1).float(), rtol=1e-3, atol=1e-6
+    )
+    half = torch.zeros_like(full.concepts)
+    half[:, ::2] = 1.0
+    a = explainer(x, target="pred", concept_mask=half).relevance
+    b = explainer(x, target="pred", concept_mask=1.0 - half).relevance
+    torch.testing.assert_close(a + b, full.relevance, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(a, full.relevance)
+
+
 def test_bad_layers_are_named() -> None:
     model = small_cnn()
     assert resolve_concept_layer(model, "none") is None

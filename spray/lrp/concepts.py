@@ -9,7 +9,8 @@ element-wise product and one reduction of one layer's output) and, for a *condit
 only the relevance of chosen channels, so that the input relevance is that of those concepts alone.
 
 Layout of the layer's output: ``(B, C, ...)`` (convolutions: channel at dimension 1, summed over the
-rest) or ``(B, T, D)`` (token sequences: channel = feature at the last dimension, summed over tokens),
+rest), ``(B, H, W, C)`` (channels last, as torchvision's Swin blocks: told apart by the layer's own widths)
+or ``(B, T, D)`` (token sequences: channel = feature at the last dimension, summed over tokens),
 or ``(B, D)``.
 """
 
@@ -36,25 +37,52 @@ AUTO, NONE = "auto", "none"
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _channel_sum(r: torch.Tensor) -> torch.Tensor:
-    """``(B, C)`` float32 per-channel sum of a ``(B, C, ...)``, ``(B, T, D)`` or ``(B, D)`` tensor."""
+def _channel_sum(r: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``(B, C)`` float32 per-channel sum of a ``(B, C, ...)``, ``(B, T, D)``, ``(B, D)`` or (``channels_last``)
+    ``(B, H, W, C)`` tensor."""
     r = r.float()
     if r.dim() == 3:
         return r.sum(dim=1)
     if r.dim() > 3:
-        return r.flatten(2).sum(dim=2)
+        return r.flatten(1, -2).sum(dim=1) if channels_last else r.flatten(2).sum(dim=2)
     return r
 
 
-def _expand_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _expand_mask(mask: torch.Tensor, like: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """The ``(B, C)`` channel mask shaped to broadcast against ``like`` (see :func:`_channel_sum`); a mask of
     ``like``'s own shape (per channel and position) is used as it is."""
     mask = mask.to(like.device, like.dtype)
     if mask.shape == like.shape:
         return mask
-    if like.dim() == 3:
-        return mask[:, None, :]
+    if like.dim() == 3 or channels_last:
+        return mask.reshape(mask.shape[0], *([1] * (like.dim() - 2)), mask.shape[1])
     return mask.reshape(*mask.shape, *([1] * (like.dim() - 2)))
+
+
+def _widths(module: nn.Module) -> set[int]:
+    """The feature widths of a module's layers (convolution and linear outputs, normalised features)."""
+    out: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, _CONV_TYPES):
+            out.add(m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out.add(m.out_features)
+        elif isinstance(m, nn.LayerNorm):
+            out.add(int(m.normalized_shape[-1]))
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            out.add(m.num_features)
+        elif isinstance(m, nn.GroupNorm):
+            out.add(m.num_channels)
+    return out
+
+
+def channels_last_output(module: nn.Module, output: torch.Tensor) -> bool:
+    """Whether a 4-D layer output is ``(B, H, W, C)`` (torchvision's Swin blocks): its last dimension is a
+    width of the module's layers and its second is not; otherwise channels come first."""
+    if output.dim() != 4:
+        return False
+    widths = _widths(module)
+    return int(output.shape[-1]) in widths and int(output.shape[1]) not in widths
 
 
 class _Tap(torch.autograd.Function):
@@ -64,19 +92,21 @@ class _Tap(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, tap: ConceptTap, relevance_frame: bool) -> torch.Tensor:
-        ctx.tap, ctx.relevance_frame = tap, relevance_frame
+    def forward(
+        ctx: Any, x: torch.Tensor, tap: ConceptTap, relevance_frame: bool, channels_last: bool
+    ) -> torch.Tensor:
+        ctx.tap, ctx.relevance_frame, ctx.channels_last = tap, relevance_frame, channels_last
         ctx.value = x.detach()  # the activation, for relevance = activation × gradient
         return x.clone()
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         tap: ConceptTap = ctx.tap
         r = g if ctx.relevance_frame else g * ctx.value
-        tap._add(_channel_sum(r))
+        tap._add(_channel_sum(r, ctx.channels_last))
         if tap.mask is not None:
-            g = g * _expand_mask(tap.mask, g)
-        return g, None, None
+            g = g * _expand_mask(tap.mask, g, ctx.channels_last)
+        return g, None, None, None
 
 
 class ConceptTap:
@@ -136,15 +166,16 @@ class ConceptTap:
             raise ModelError(
                 f"concept layer {self.path!r} runs before the input enters the graph; choose a later layer"
             )
+        last = channels_last_output(module, output)
         if self.mask is not None:
-            channels = output.shape[-1] if output.dim() == 3 else output.shape[1]
+            channels = output.shape[-1] if output.dim() == 3 or last else output.shape[1]
             if tuple(self.mask.shape) not in ((output.shape[0], channels), tuple(output.shape)):
                 raise ConfigError(
                     f"concept mask must have shape (B, C) = ({output.shape[0]}, {channels}) or the output's "
                     f"{tuple(output.shape)} for layer {self.path!r}, got {tuple(self.mask.shape)}"
                 )
         self.calls += 1
-        return _Tap.apply(output, self, self.context.relevance_frame)
+        return _Tap.apply(output, self, self.context.relevance_frame, last)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -188,17 +219,25 @@ def concept_channels(mask_channels: list[list[int]], channels: int, device: torc
 
 
 def _last_repeated_block(model: nn.Module) -> str | None:
-    """The last child of the longest ``ModuleList``/``Sequential`` of ≥ 2 children of one type."""
-    best: tuple[int, str] | None = None
+    """The last block of the model's last stage of attention blocks: the last child of the last
+    ``ModuleList``/``Sequential`` (in module order) of ≥ 2 children of one type that hold attention (a
+    hierarchical transformer's last stage, e.g. Swin's ``features.7``, not its longest); without one, the
+    last child of the longest such list of any blocks."""
+    last: str | None = None
+    longest: tuple[int, str] | None = None
     for path, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
         children = list(module.named_children())
         if len(children) >= 2 and len({type(m) for _, m in children}) == 1:
-            last = f"{path}.{children[-1][0]}" if path else children[-1][0]
-            if best is None or len(children) >= best[0]:
-                best = (len(children), last)
-    return None if best is None else best[1]
+            end = f"{path}.{children[-1][0]}" if path else children[-1][0]
+            if _has_attention(children[-1][1]):
+                last = end
+            if longest is None or len(children) >= longest[0]:
+                longest = (len(children), end)
+    if last is not None:
+        return last
+    return None if longest is None else longest[1]
 
 
 def _has_attention(model: nn.Module) -> bool:
@@ -212,8 +251,8 @@ def default_concept_layer(model: nn.Module) -> str | None:
     """The default concept layer: the last convolutional stage, or for a transformer its last block.
 
     * Transformers (a ``MultiheadAttention`` or a module whose class name contains "Attention"): the
-      last child of the longest ``ModuleList``/``Sequential`` of same-type blocks
-      (``encoder.layers.encoder_layer_11`` of torchvision's ViT, ``blocks.11`` of timm's).
+      last block of the last stage of same-type attention blocks (``encoder.layers.encoder_layer_11`` of
+      torchvision's ViT, ``blocks.11`` of timm's, ``features.7.1`` of torchvision's Swin-T).
     * Other models with a convolution: the top-level child of the model that holds the last
       convolution before the model's global pooling, in module order (``features`` of a
       VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or spray's ``SmallCNN``, ``layer4`` of a ResNet,
