@@ -33,7 +33,11 @@ import spray
 # hook-free copy explained a stale cached weight, or refused); a sigmoid gate reshaped before its product
 # (.view, .expand_as, [..., None]: timm's ECA) keeps the gate rule (it got the uniform rule); other models
 # unchanged.
-LRP_VERSION = 6
+# 7: (B, H, W, C) concept-layer outputs are summed per channel at the last dimension (torchvision's Swin:
+# 768 channels, not the grid's rows); 'auto' takes a hierarchical transformer's last stage; in-place sums
+# on a rule's output (timm ResNet under AttnLRP/CPLRP) and timm's FastAdaptiveAvgPool are explained;
+# exploding relevance sums are refused. CNN maps unchanged.
+LRP_VERSION = 7
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

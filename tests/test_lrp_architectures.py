@@ -368,3 +368,26 @@ def test_a_bare_in_place_call_on_a_rules_output_is_named() -> None:
     torch.manual_seed(0)
     with pytest.raises(ModelError, match=r"in place \(Tensor.add_\).*x = x \+ y"):
         Explainer(Bare().eval(), "AttnLRP")(torch.randn(2, 8), target=0)
+
+
+def test_timm_swin_with_its_channels_last_pooling_conserves_relevance() -> None:
+    """timm's Swin pools its (B, H, W, C) head with FastAdaptiveAvgPool, which was refused as unsupported:
+    it now gets the average pooling's rule, and relevance is conserved (zero biases, CP-LRP)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=4, embed_dim=16,
+        depths=(2, 2), num_heads=(2, 4), num_classes=10,
+    ).eval()  # fmt: skip
+    assert any(type(m).__name__ == "FastAdaptiveAvgPool" for m in model.modules())
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias") or "relative_position_bias" in pname:
+                p.zero_()
+    torch.manual_seed(2)
+    explainer = Explainer(model, "CPLRP", concept_layer="auto")
+    result = explainer(torch.randn(2, 3, 32, 32))
+    ratio = _ratio(result)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+    assert explainer.concept_layer == "layers.1.blocks.1" and result.concepts is not None
+    assert result.concepts.shape == (2, 32)  # the last stage's channels, not its grid rows

@@ -642,3 +642,25 @@ def test_a_constant_pad_is_routing() -> None:
     padded = Explainer(_net(nn.ConstantPad2d(1, 0.0)))(x, target=0)
     zero = Explainer(_net(nn.ZeroPad2d(1)))(x, target=0)
     assert torch.allclose(padded.relevance, zero.relevance)
+
+
+def test_exploding_relevance_sums_are_refused_with_the_likely_cause() -> None:
+    """An outside check saw relevance sums of 6e27–2e31 against logits of 1.5 (MobileNetV2, AttnLRP,
+    canonize=False: unfolded BatchNorms) and no word; such maps are noise that looks like heatmaps."""
+    from spray.errors import ModelError
+    from spray.lrp.checks import RELEVANCE_BLOWUP, check_relevance_scale
+
+    logits = torch.tensor([[1.5, -0.5], [0.2, 0.1]])
+    fine = torch.full((2, 1, 4, 4), 0.1)
+    check_relevance_scale(fine, logits, canonized=True, has_batchnorm=True)
+    # a sum far above the logits but within the bound (negative biases, a logit near 0): no error
+    check_relevance_scale(torch.full((2, 1, 4, 4), 50.0), logits, canonized=True, has_batchnorm=True)
+    noise = fine.clone()
+    noise[1] = 1e27
+    with pytest.raises(ModelError, match=r"rows \[1\].*not folded.*keep canonization on"):
+        check_relevance_scale(noise, logits, canonized=False, has_batchnorm=True)
+    with pytest.raises(ModelError, match="raise the composite's epsilon"):
+        check_relevance_scale(noise, logits, canonized=True, has_batchnorm=False)
+    assert RELEVANCE_BLOWUP >= 1e3
+    # non-finite maps are the NaN check's business, not this one's
+    check_relevance_scale(torch.full((2, 1, 4, 4), float("nan")), logits, canonized=True, has_batchnorm=True)

@@ -274,3 +274,49 @@ def warn_empty_maps(relevance: torch.Tensor, logits: torch.Tensor, targets: torc
             float(target_logits.max()),
         )
     return n_empty
+
+
+#: Relevance summing to more than this many times the batch's largest |logit| is numerical noise.
+RELEVANCE_BLOWUP = 1e4
+
+
+def check_relevance_scale(
+    relevance: torch.Tensor, logits: torch.Tensor, canonized: bool, has_batchnorm: bool
+) -> None:
+    """Refuse maps whose relevance sums explode: rules that divide by near-zero values (the ε rule on a
+    layer whose outputs all but cancel, e.g. before an unfolded BatchNorm) give sums of 1e27 against logits
+    of 1.5, maps that look like heatmaps but are noise.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        ``(B, ...)`` input relevance.
+    logits : torch.Tensor
+        ``(B, K)``.
+    canonized, has_batchnorm : bool
+        Whether the copy was canonized and the model holds BatchNorms (for the message's likely cause).
+
+    Raises
+    ------
+    ModelError
+        A finite relevance sum exceeds :data:`RELEVANCE_BLOWUP` times the largest |logit| of its sample
+        (at least 1).
+    """
+    sums = relevance.flatten(1).double().sum(1)
+    scale = logits.detach().double().abs().amax(1).clamp_min(1.0)
+    bad = torch.isfinite(sums) & (sums.abs() > RELEVANCE_BLOWUP * scale)
+    if not bool(bad.any()):
+        return
+    rows = bad.nonzero().flatten().tolist()
+    cause = (
+        "The model's BatchNorms are not folded into their layers (canonize=False, lrp.canonize: false), so "
+        "the layer before each divides by pre-activations that cancel: keep canonization on."
+        if has_batchnorm and not canonized
+        else "Some layer's outputs nearly cancel under the ε rule: raise the composite's epsilon "
+        "(composite_kwargs / lrp.composite_kwargs: {epsilon: 1e-3}) or use another composite."
+    )
+    raise ModelError(
+        f"relevance of batch rows {rows[:10]} sums to up to {float(sums.abs().max()):.3g} against logits of "
+        f"at most {float(scale[bad].max()):.3g}: the rules divided by near-zero values and the maps are "
+        f"numerical noise. {cause}"
+    )

@@ -107,8 +107,23 @@ GRADIENT_CLASS_NAMES: frozenset[str] = frozenset(
         "timm.layers.patch_dropout.PatchDropout",
         "timm.layers.layer_scale.LayerScale",
         "timm.layers.layer_scale.LayerScale2d",
+        # timm's global poolings over the spatial dims (max, and half mean half max): their gradient is
+        # conservative (a max passes its input's share, a mean LRP-0's)
+        "timm.layers.adaptive_avgmax_pool.FastAdaptiveMaxPool",
+        "timm.layers.adaptive_avgmax_pool.FastAdaptiveAvgMaxPool",
+        "timm.layers.adaptive_avgmax_pool.FastAdaptiveCatAvgMaxPool",
     }
 )
+
+
+# Mean poolings of other libraries, by qualified class name: they get the average pooling's rule
+AVGPOOL_CLASS_NAMES: frozenset[str] = frozenset({"timm.layers.adaptive_avgmax_pool.FastAdaptiveAvgPool"})
+
+
+def is_avgpool(module: nn.Module) -> bool:
+    """Whether ``module`` averages over positions (torch's average poolings, timm's ``FastAdaptiveAvgPool``
+    of channels-last heads)."""
+    return isinstance(module, AVGPOOL_TYPES) or bool(class_names(module) & AVGPOOL_CLASS_NAMES)
 
 
 def is_gradient_module(module: nn.Module) -> bool:
@@ -248,7 +263,7 @@ class Composite:
 def _base_map(stabilizer: float) -> LayerMap:
     return [
         ((ResidualAdd,), Norm(stabilizer=stabilizer)),
-        (AVGPOOL_TYPES, Norm(stabilizer=stabilizer)),
+        (is_avgpool, Norm(stabilizer=stabilizer)),
         (BATCHNORM_TYPES, Pass()),
         (is_normalization, Normalize()),
         (is_activation, Pass()),

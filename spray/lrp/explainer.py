@@ -31,7 +31,13 @@ from torch import nn
 
 from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
-from spray.lrp.checks import check_conservation, check_order, reference_error, warn_empty_maps
+from spray.lrp.checks import (
+    check_conservation,
+    check_order,
+    check_relevance_scale,
+    reference_error,
+    warn_empty_maps,
+)
 from spray.lrp.composites import get_composite
 from spray.lrp.concepts import ConceptTap, resolve_concept_layer
 from spray.lrp.functional import functional_rules
@@ -215,6 +221,8 @@ class Explainer:
             channels_last=channels_last,
         )
         self._model, self._rules, self._context = prepared.model, prepared.rules, prepared.context
+        self._canonized = canonize
+        self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self._first_path, self._fusions = prepared.first_path, prepared.fusions
         self.channels_last = prepared.channels_last
         self._layout_checked = False
@@ -472,6 +480,7 @@ class Explainer:
             grad = seeded_grad(out, x, seed)
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
+        check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
         if not self._empty_checked:
             self._empty_checked = True
             warn_empty_maps(relevance, logits, targets)
