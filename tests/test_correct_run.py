@@ -154,6 +154,9 @@ def _dashboard_shows(runs_dir: Path, folder: Path) -> None:
     assert at.selectbox(key="corr_pick").value == folder.name
     table = at.dataframe[0].value
     assert list(table["method"]) == ["pclarc"] and list(table["re-audit"]) == ["no longer flagged"]
+    # two corrections of one method differ in their layer and settings: both are columns
+    assert list(table["layer"]) == [CorrectionRecord.read(folder).direction.layer]
+    assert list(table["settings"]) == ["–"]  # P-ClArC has no setting beyond its layer
     page = "\n".join(str(h.value) for h in at.get("html"))
     assert "paste flip rate" in page and "P-ClArC" in page
 

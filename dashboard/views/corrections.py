@@ -35,6 +35,14 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+#: The parameters that tell two corrections of one method apart, per method (the record keeps every one).
+_SETTINGS = {"rrclarc": ("rr_lambda", "lr", "epochs"), "retrain": ("retrain_mode", "epochs"), "pclarc": ()}
+
+
+def _settings(method: str, parameters: dict) -> str:
+    return ", ".join(f"{k} {parameters[k]}" for k in _SETTINGS.get(method, ()) if k in parameters) or "–"
+
+
 rows = []
 for c in found:
     r, b, a, v = c.record, c.record.evaluation.before, c.record.evaluation.after, c.record.verdict
@@ -42,13 +50,15 @@ for c in found:
         {
             "correction": c.folder.name,
             "method": r.method,
+            "layer": r.direction.layer,
+            "settings": _settings(r.method, r.parameters),
             "class": r.group.class_name,
             "flagged": r.group.n_flagged,
             "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",
             "relevance share": f"{_pct(b.relevance_share)} → {_pct(a.relevance_share)}",
             "clean accuracy": f"{_pct(b.clean_accuracy)} → {_pct(a.clean_accuracy)}",
             "on its class": f"{_pct(b.class_accuracy)} → {_pct(a.class_accuracy)}",
-            "re-audit": "–" if r.reaudit is None else r.reaudit.outcome,
+            "re-audit": "not run (--no-reaudit)" if r.reaudit is None else r.reaudit.outcome,
         }
     )
 st.caption(f"{len(found)} correction(s), newest first.")
