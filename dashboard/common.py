@@ -243,15 +243,12 @@ def full_relevance(path: str, sample_ids: Sequence[str]) -> np.ndarray | None:
 def original_file(sample_id: str) -> Path | None:
     """The sample's original image under ``--data-root`` (image folders: the id is the relative path).
 
-    None without a data root, or when the id leads outside the root (``..``, absolute ids) or to no file.
+    None without a data root, or when the id leads outside the root (``..``, absolute ids) or to no file;
+    a symlink in the folder is followed (:func:`spray.data.originals.original_under`).
     """
-    root = data_root()
-    if root is None:
-        return None
-    p = (root / sample_id).resolve()
-    if not p.is_relative_to(root) or not p.is_file():
-        return None
-    return p
+    from spray.data.originals import original_under
+
+    return original_under(data_root(), sample_id)
 
 
 def original_changed(path: str, sample_id: str, original: Path) -> bool:

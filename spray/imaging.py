@@ -274,3 +274,69 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 def png_data_uri(rgb: np.ndarray) -> str:
     """``data:image/png;base64,...`` of one image (for table image columns and HTML)."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
+#: Brightness kept outside the part of an original the model saw (:func:`overlay_box`).
+_UNSEEN = 0.45
+
+
+def overlay_box(
+    image: np.ndarray,
+    heat: np.ndarray,
+    box: tuple[float, float, float, float],
+    cmap: str | Colormap = DEFAULT_COLORMAP,
+) -> np.ndarray:
+    """Relevance over an original image of which the model saw only ``box`` (a centre crop).
+
+    Parameters
+    ----------
+    image : np.ndarray
+        uint8 ``(h, w, 3)`` (grey accepted): the original, at any scale.
+    heat : np.ndarray
+        ``(h', w')`` relevance of the model input.
+    box : tuple of float
+        ``(top, left, bottom, right)`` fractions of the image the input shows
+        (:meth:`spray.data.transform.Transform.input_box`).
+    cmap : str or Colormap
+
+    Returns
+    -------
+    np.ndarray
+        uint8 ``(h, w, 3)``: the overlay inside the box, the rest dimmed (the model did not see it).
+    """
+    img = to_rgb(image)
+    h, w = img.shape[:2]
+    top, left, bottom, right = (round(f * n) for f, n in zip(box, (h, w, h, w), strict=True))
+    if (top, left, bottom, right) == (0, 0, h, w):
+        return overlay(img, heat, cmap)
+    out = (img.astype(np.float32) * _UNSEEN).astype(np.uint8)
+    if bottom > top and right > left:
+        out[top:bottom, left:right] = overlay(img[top:bottom, left:right], heat, cmap)
+    return out
+
+
+def heat_in_box(heat: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """``heat`` placed in a canvas of the original's proportions at ``box`` (0 outside), so that a viewer
+    stretching it over the original image (FiftyOne's heatmaps) draws each cell where the model saw it.
+
+    Parameters
+    ----------
+    heat : np.ndarray
+        ``(h', w')`` relevance of the model input.
+    box : tuple of float
+        ``(top, left, bottom, right)`` fractions of the original the input shows.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` float32 with ``heat`` at rows ``top·H`` to ``bottom·H`` and the matching columns.
+    """
+    hh, hw = heat.shape
+    if tuple(box) == (0.0, 0.0, 1.0, 1.0):
+        return np.asarray(heat, dtype=np.float32)
+    f_top, f_left, f_bottom, f_right = box
+    big_h, big_w = max(hh, round(hh / (f_bottom - f_top))), max(hw, round(hw / (f_right - f_left)))
+    out = np.zeros((big_h, big_w), dtype=np.float32)
+    top, left = min(round(f_top * big_h), big_h - hh), min(round(f_left * big_w), big_w - hw)
+    out[top : top + hh, left : left + hw] = heat
+    return out

@@ -280,6 +280,21 @@ def test_the_sample_view_shows_the_original_file_under_the_data_root(
     # An id that climbs out of the data root is not followed.
     at = open_page("views/sample.py", sample="../../etc/passwd")
     assert "Not found" in shown(at)
+    # A symlink the data's owner put in the folder is (an image store shared by several folders).
+    store = tmp_path / "store"
+    store.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(store / "img.png")
+    (root / "5").unlink()
+    (root / "5").symlink_to(store / "img.png")
+    at = open_page("views/sample.py", sample="5")
+    assert "original, 30×20 px" in "\n".join(i.caption for el in at.get("image") for i in el.proto.imgs)
+    # A file above Pillow's own size limit (which the audit reads at reduced scale) is said, not a crash.
+    (root / "5").unlink()
+    Image.new("L", (14000, 13000)).save(root / "5", format="JPEG")
+    at = open_page("views/sample.py", sample="5")
+    assert not at.exception, [e.value for e in at.exception]
+    # (this run did not resize, so the audit would have skipped it: the page says why, as the audit would)
+    assert "cannot be shown" in shown(at) and "max_image_pixels" in shown(at)
 
 
 def test_an_original_file_changed_after_the_audit_is_said_and_not_overlaid(
@@ -310,7 +325,7 @@ def test_an_original_file_changed_after_the_audit_is_said_and_not_overlaid(
     assert "changed after the audit" in shown(at)
     assert "relevance over the original" not in captions(
         at
-    ) and "original, 30×40 px (not resized)" in captions(at)
+    ) and "original, 30×40 px as decoded for the audit (not resized)" in captions(at)
 
 
 # ---------------------------------------------------------------------------------------------------------

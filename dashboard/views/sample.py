@@ -14,9 +14,10 @@ import safetext
 import samplegrid
 import streamlit as st
 import urlstate
-from PIL import Image, UnidentifiedImageError
 
 from spray import imaging
+from spray.data import UnreadableSample
+from spray.data.originals import decode_original, input_box
 from spray.runs.summary import FindingSummary
 
 # Display edge of the enlarged views (nearest-neighbour, so every stored pixel stays a sharp block).
@@ -134,10 +135,10 @@ st.markdown("**Original file**")
 if original is not None:
     st.caption(f"{safetext.code(original)}")
     try:
-        with Image.open(original) as im:
-            img = np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        st.warning(f"The original file cannot be opened: {safetext.md(err)}")
+        # decoded as the audit decoded it: 16-bit files scaled (not clipped), a huge JPEG at reduced scale
+        img = decode_original(original, summary.config)
+    except (OSError, UnreadableSample) as err:
+        st.warning(f"The original file cannot be shown: {safetext.md(err)}")
     else:
         # an image folder's content hash is its file's bytes' (IDX and factory samples hash the model input)
         kind = (summary.config.get("data") or {}).get("kind")
@@ -149,9 +150,13 @@ if original is not None:
                 "it is now."
             )
         o1, o2 = st.columns(2)
-        o1.image(img, caption=f"original, {img.shape[1]}×{img.shape[0]} px (not resized)")
+        o1.image(
+            img, caption=f"original, {img.shape[1]}×{img.shape[0]} px as decoded for the audit (not resized)"
+        )
         if not changed:
-            o2.image(imaging.overlay(img, heat, cmap), caption="relevance over the original")
+            box = input_box(summary.config, *img.shape[:2])
+            seen = "" if box == (0.0, 0.0, 1.0, 1.0) else "; dimmed: outside the centre crop the model saw"
+            o2.image(imaging.overlay_box(img, heat, box, cmap), caption=f"relevance over the original{seen}")
         st.download_button(
             "Download the original", original.read_bytes(), file_name=original.name, key="dl_original"
         )

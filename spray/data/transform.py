@@ -47,6 +47,20 @@ class Transform:
             h = w = self.cfg.center_crop
         return h, w
 
+    def input_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The part of a ``height × width`` image the model input shows, as ``(top, left, bottom, right)``
+        fractions of its height and width: the centre crop's box (the whole image without a crop, or with
+        one larger than the resized image, which is stretched to it)."""
+        h, w = height, width
+        if self.cfg.resize is not None:
+            s = self.cfg.resize / min(h, w)
+            h, w = max(1, round(h * s)), max(1, round(w * s))
+        c = self.cfg.center_crop
+        if c is None or c > h or c > w:
+            return 0.0, 0.0, 1.0, 1.0
+        top, left = (h - c) // 2, (w - c) // 2
+        return top / h, left / w, (top + c) / h, (left + c) / w
+
     def __call__(
         self, img: torch.Tensor, *, thumbnail: bool = True
     ) -> tuple[torch.Tensor, np.ndarray | None]:

@@ -38,10 +38,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from spray.data.originals import input_box, original_under
 from spray.data.sample import content_hash
 from spray.export.source import ExportSource, open_source, staged_output
 from spray.flags import Flag, FlagStore, bind_flags, default_db_path
 from spray.flags.content import describe
+from spray.imaging import heat_in_box
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +153,8 @@ def _original(root: Path | None, sample_id: str, known_hash: str | None) -> tupl
     """``(the sample's original file under root, or None; whether a file is there but changed or unreadable)``:
     None without a root, for an id leading outside it or to no file, and for a file whose bytes' hash is not
     the run's (or that cannot be read to tell)."""
-    if root is None:
-        return None, False
-    p = (root / sample_id).resolve()
-    if not p.is_relative_to(root) or not p.is_file():
+    p = original_under(root, sample_id)
+    if p is None:
         return None, False
     if known_hash is not None:
         try:
@@ -164,6 +164,19 @@ def _original(root: Path | None, sample_id: str, known_hash: str | None) -> tupl
         if not same:
             return None, True
     return p, False
+
+
+def _box(src: ExportSource, original: Path) -> tuple[float, float, float, float]:
+    """The part of ``original`` the model input shows (the whole file without a centre crop); its size is
+    read from the header only."""
+    if not ((src.summary.config.get("data") or {}).get("transform") or {}).get("center_crop"):
+        return 0.0, 0.0, 1.0, 1.0
+    try:
+        with Image.open(original) as im:
+            width, height = im.size
+    except Exception:  # unreadable: the whole image (the hash check, when on, has excluded changed files)
+        return 0.0, 0.0, 1.0, 1.0
+    return input_box(src.summary.config, height, width)
 
 
 def _known_hashes(src: ExportSource, check: bool) -> dict[str, str]:
@@ -238,7 +251,11 @@ def write_fiftyone_dataset(
                 media = f"{DATA_DIR}/{name}"
             else:  # no input stored: the relevance map stands in for the image
                 media = f"{RELEVANCE_DIR}/{name}"
-            Image.fromarray(_grey(src.heatmaps[r]), "L").save(tmp / RELEVANCE_DIR / name)
+            heat = src.heatmaps[r]
+            if original is not None:
+                # FiftyOne stretches a heatmap over the whole image: place it where the model saw it
+                heat = heat_in_box(heat, _box(src, original))
+            Image.fromarray(_grey(heat), "L").save(tmp / RELEVANCE_DIR / name)
             fields = {
                 "cluster": keys[r],
                 "score": scores[r],

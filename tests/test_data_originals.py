@@ -1,0 +1,89 @@
+"""A sample's original file as viewers show it (:mod:`spray.data.originals`): found under the data root,
+decoded as the audit decoded it, relevance drawn where the model saw it (``spray.imaging.overlay_box``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spray import imaging
+from spray.data.originals import decode_original, input_box, original_under
+
+CROP = {"data": {"transform": {"resize": 28, "center_crop": 28}}}
+
+
+def test_the_centre_crop_box_of_a_wide_image() -> None:
+    """An outside check drew a 120×30 image's relevance over its whole width, while the model (resize 28,
+    centre crop 28) saw only its middle quarter."""
+    top, left, bottom, right = input_box(CROP, 30, 120)
+    # resized to 28×112, the crop keeps columns 42..70 of 112: 0.375..0.625 of the width, every row
+    assert (top, bottom) == (0.0, 1.0) and (left, right) == pytest.approx((0.375, 0.625))
+    assert input_box({"data": {"transform": {"resize": 28}}}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
+    assert input_box({}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
+    # a crop larger than the resized image stretches it: the whole image is seen
+    assert input_box({"data": {"transform": {"center_crop": 64}}}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_the_overlay_colours_only_what_the_model_saw() -> None:
+    img = np.full((30, 120, 3), 100, np.uint8)
+    heat = np.ones((7, 7), np.float32)
+    box = input_box(CROP, 30, 120)
+    out = imaging.overlay_box(img, heat, box)
+    inside, outside = out[:, 45:75], np.concatenate([out[:, :45], out[:, 75:]], axis=1)
+    assert np.all(outside == int(100 * 0.45))  # dimmed, no colour: the model did not see it
+    assert np.all(inside != 100)  # coloured
+    np.testing.assert_array_equal(
+        imaging.overlay_box(img, heat, (0.0, 0.0, 1.0, 1.0)), imaging.overlay(img, heat)
+    )
+
+
+def test_a_heatmap_placed_in_the_originals_proportions() -> None:
+    heat = np.arange(16, dtype=np.float32).reshape(4, 4) + 1
+    canvas = imaging.heat_in_box(heat, (0.0, 0.375, 1.0, 0.625))
+    assert canvas.shape == (4, 16)
+    np.testing.assert_array_equal(canvas[:, 6:10], heat)
+    assert canvas[:, :6].sum() == 0 and canvas[:, 10:].sum() == 0
+    assert imaging.heat_in_box(heat, (0.0, 0.0, 1.0, 1.0)).shape == (4, 4)
+
+
+def test_originals_are_found_by_their_id_and_symlinks_in_the_folder_followed(tmp_path: Path) -> None:
+    root, store = tmp_path / "data", tmp_path / "store"
+    (root / "cls").mkdir(parents=True)
+    store.mkdir()
+    Image.new("L", (4, 4)).save(store / "x.png")
+    Image.new("L", (4, 4)).save(root / "cls" / "a.png")
+    (root / "cls" / "link.png").symlink_to(store / "x.png")
+    assert original_under(root, "cls/a.png") == root / "cls" / "a.png"
+    assert original_under(root, "cls/link.png") == root / "cls" / "link.png"  # an outside check: was None
+    assert original_under(root, "../store/x.png") is None
+    assert original_under(root, "cls/../../store/x.png") is None
+    assert original_under(root, str(store / "x.png")) is None  # an absolute id
+    assert original_under(root, "cls/missing.png") is None and original_under(None, "cls/a.png") is None
+
+
+def test_a_16_bit_original_is_shown_as_the_audit_decoded_it(tmp_path: Path) -> None:
+    """An outside check found the dashboard clipping a 16-bit grey PNG to white (PIL's convert) while the
+    audit scaled it to [0, 1]: the relevance was drawn over another image."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    shown = decode_original(tmp_path / "g16.png", {})
+    assert shown.shape == (16, 64, 3) and shown.dtype == np.uint8
+    assert abs(float(shown.mean()) - 127.5) < 2  # not 255: not clipped
+    np.testing.assert_array_equal(shown[..., 0], shown[..., 2])
+
+
+def test_the_fiftyone_export_places_the_heatmap_in_the_originals_crop(tmp_path: Path) -> None:
+    """FiftyOne stretches a heatmap over the whole image: the export's box comes from the file's header."""
+    from types import SimpleNamespace
+
+    from spray.export.fiftyone import _box
+
+    Image.new("RGB", (120, 30)).save(tmp_path / "wide.png")
+    src: Any = SimpleNamespace(summary=SimpleNamespace(config=CROP))
+    assert _box(src, tmp_path / "wide.png") == pytest.approx((0.0, 0.375, 1.0, 0.625))
+    src.summary.config = {"data": {"transform": {"resize": 28}}}
+    assert _box(src, tmp_path / "wide.png") == (0.0, 0.0, 1.0, 1.0)
