@@ -125,7 +125,7 @@ def recorded_problems(extra: object) -> list[str]:
     """What a run's recorded checks of the model found (its accuracy, the heatmaps' contrast of
     :mod:`spray.heatmap_contrast` and the logit share they carry, :mod:`spray.conservation`), as sentences for the report, the dashboard, the nightly status and a
     reused run; empty for runs without a record."""
-    from spray import conservation, heatmap_contrast
+    from spray import conservation, heatmap_contrast, label_conflicts
 
     acc = recorded_accuracy(extra)
     out = [] if acc is None else problems(acc)
@@ -133,6 +133,7 @@ def recorded_problems(extra: object) -> list[str]:
     for key, sentences in (
         ("heatmap_contrast", heatmap_contrast.problems),
         ("conservation", conservation.problems),
+        ("label_conflicts", label_conflicts.problems),
     ):
         rec = extra.get(key) if isinstance(extra, dict) else None
         out += sentences(rec) if isinstance(rec, dict) else []

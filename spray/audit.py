@@ -44,6 +44,7 @@ from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.content import run_flag_message
 from spray.heatmap_contrast import heatmap_contrast
+from spray.label_conflicts import find_label_conflicts
 from spray.models import build_model, check_model_output, model_hash
 from spray.records import AttributionBatch, AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
@@ -68,6 +69,8 @@ from spray.runs.writer import write_run
 from spray.versions import version_stamp
 
 log = logging.getLogger(__name__)
+#: Skipped samples named one per log line; the rest are counted in one line (all are in summary.json).
+SKIPPED_LOGGED = 10
 
 #: Called with the finished report before any file of the run is written, so what it sets (the nightly
 #: job's ``report.changes``) is in summary.json and report.html.
@@ -407,12 +410,16 @@ def _report(
     ctx: DistContext,
 ) -> AuditReport:
     skipped = list(setup.dataset.pre_skipped) + stage.skipped
-    for s in skipped:
+    for s in skipped[:SKIPPED_LOGGED]:
         log.warning("skipped sample %s: %s", s.sample_id, s.reason)
+    if len(skipped) > SKIPPED_LOGGED:  # a sidecar file in every folder would flood the log (also under -q)
+        log.warning("... and %d more skipped samples (%d in all): each with its reason in the run's summary.json "
+                    "('skipped') and report.html", len(skipped) - SKIPPED_LOGGED, len(skipped))  # fmt: skip
     accuracy = model_accuracy(
         np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions), list(setup.dataset.class_names)
     )
     contrast = heatmap_contrast(stage.batch.relevance)
+    conflicts = find_label_conflicts(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)
     conservation = measure_conservation(
         batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped)
     )
@@ -456,6 +463,7 @@ def _report(
             "model_accuracy": None if accuracy is None else asdict(accuracy),
             "heatmap_contrast": None if contrast is None else asdict(contrast),
             "conservation": None if conservation is None else asdict(conservation),
+            "label_conflicts": None if conflicts is None else asdict(conflicts),
         },
     )
 

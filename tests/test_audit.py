@@ -328,3 +328,23 @@ def test_every_class_too_small_is_said_aloud(tmp_path: Path, capsys: pytest.Capt
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
     err = capsys.readouterr().err
     assert "no class has analysis.min_class_size = 50 samples (the largest has 12)" in err
+
+
+def test_many_skipped_files_are_named_up_to_a_cap_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sidecar file in every folder (an outside check: Thumbs.db, .json, .txt) gave one WARNING each,
+    also under -q: the first ten are named, the rest counted; every one stays in summary.json."""
+    from spray.audit import SKIPPED_LOGGED
+    from tests.runs.builders import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    for i in range(SKIPPED_LOGGED + 3):
+        (tmp_path / "imgs" / "cat" / f"notes{i:02d}.png").write_text("not an image")
+    with caplog.at_level("WARNING", logger="spray.audit"):
+        report = audit(cfg, progress=False)
+    named = [r for r in caplog.records if r.getMessage().startswith("skipped sample")]
+    assert len(named) == SKIPPED_LOGGED
+    assert f"... and 3 more skipped samples ({SKIPPED_LOGGED + 3} in all)" in caplog.text
+    summary = json.loads((Path(report.run_dir) / "summary.json").read_text())
+    assert len(summary["skipped"]) == SKIPPED_LOGGED + 3

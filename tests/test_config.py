@@ -39,6 +39,17 @@ def test_top_level_typo(tmp_path: Path) -> None:
         config_from_dict(raw, base_dir=tmp_path)
 
 
+def test_mean_and_std_on_the_0_255_scale_are_refused_with_the_divided_values(tmp_path: Path) -> None:
+    """An outside check ran mmpretrain-style mean/std (123.675, ... / 58.395, ...) with exit 0: every input
+    became (x - 123.7) / 58.4, a near-constant image, and only a low-accuracy warning hinted at it."""
+    raw = _base(tmp_path)
+    raw["data"]["transform"] = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+    with pytest.raises(ConfigError, match=r"data\.transform.*0-255 scale.*mean \[0\.485, 0\.456, 0\.406\]"):
+        config_from_dict(raw, base_dir=tmp_path)
+    raw["data"]["transform"] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert config_from_dict(raw, base_dir=tmp_path).data.transform.mean == [0.485, 0.456, 0.406]
+
+
 def test_wrong_type(tmp_path: Path) -> None:
     raw = _base(tmp_path)
     raw["batch"] = {"batch_size": "many"}

@@ -97,6 +97,14 @@ class TransformConfig(Section):
                 raise ValueError("'mean' and 'std' must be finite numbers")
             if any(s <= 0 for s in self.std):
                 raise ValueError("every 'std' value must be > 0")
+            if any(v > 1 for v in [*self.mean, *self.std]):
+                # pixels are in [0, 1] when mean/std apply (a factory's 0-255 values are refused then)
+                mean, std = ([round(v / 255, 3) for v in vs] for vs in (self.mean, self.std))
+                raise ValueError(
+                    f"'mean' {self.mean} / 'std' {self.std} look like the 0-255 scale (mmpretrain's style), but "
+                    "spray normalises pixels in [0, 1]: every input would be nearly constant. Divide them by "
+                    f"255: mean {mean}, std {std}"
+                )
         want = 3 if self.grayscale_to_rgb else self.channels
         if want is not None and self.mean is not None and len(self.mean) != want:
             why = "grayscale_to_rgb makes 3 channels" if self.grayscale_to_rgb else f"channels is {want}"
