@@ -286,7 +286,7 @@ def overlay_box(
     box: tuple[float, float, float, float],
     cmap: str | Colormap = DEFAULT_COLORMAP,
 ) -> np.ndarray:
-    """Relevance over an original image of which the model saw only ``box`` (a centre crop).
+    """Relevance over an original image where the model input lies at ``box`` (a centre crop).
 
     Parameters
     ----------
@@ -295,14 +295,14 @@ def overlay_box(
     heat : np.ndarray
         ``(h', w')`` relevance of the model input.
     box : tuple of float
-        ``(top, left, bottom, right)`` fractions of the image the input shows
-        (:meth:`spray.data.transform.Transform.input_box`).
+        ``(top, left, bottom, right)`` fractions of the image where the input lies
+        (:meth:`spray.data.transform.Transform.input_box`; beyond 0 and 1 where the input was padded).
     cmap : str or Colormap
 
     Returns
     -------
     np.ndarray
-        uint8 ``(h, w, 3)``: the overlay inside the box, the rest dimmed (the model did not see it).
+        uint8 ``(h, w, 3)``: the overlay where the input lies, the rest dimmed (the model did not see it).
     """
     img = to_rgb(image)
     h, w = img.shape[:2]
@@ -310,33 +310,40 @@ def overlay_box(
     if (top, left, bottom, right) == (0, 0, h, w):
         return overlay(img, heat, cmap)
     out = (img.astype(np.float32) * _UNSEEN).astype(np.uint8)
-    if bottom > top and right > left:
-        out[top:bottom, left:right] = overlay(img[top:bottom, left:right], heat, cmap)
+    y0, y1, x0, x1 = max(top, 0), min(bottom, h), max(left, 0), min(right, w)
+    if y1 > y0 and x1 > x0:
+        # the heatmap at the box's size in image pixels, then the part over the image
+        big = resize_nearest(np.asarray(heat, dtype=np.float32), (bottom - top, right - left))
+        out[y0:y1, x0:x1] = overlay(img[y0:y1, x0:x1], big[y0 - top : y1 - top, x0 - left : x1 - left], cmap)
     return out
 
 
 def heat_in_box(heat: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """``heat`` placed in a canvas of the original's proportions at ``box`` (0 outside), so that a viewer
-    stretching it over the original image (FiftyOne's heatmaps) draws each cell where the model saw it.
+    """``heat`` laid on a canvas of the original's proportions at ``box`` (0 where the input does not
+    reach), so that a viewer stretching it over the original image (FiftyOne's heatmaps) draws each cell
+    where the model saw it.
 
     Parameters
     ----------
     heat : np.ndarray
         ``(h', w')`` relevance of the model input.
     box : tuple of float
-        ``(top, left, bottom, right)`` fractions of the original the input shows.
+        ``(top, left, bottom, right)`` fractions of the original where the input lies (beyond 0 and 1
+        where the input was padded).
 
     Returns
     -------
     np.ndarray
-        ``(H, W)`` float32 with ``heat`` at rows ``top·H`` to ``bottom·H`` and the matching columns.
+        ``(H, W)`` float32 covering the original, at the heatmap's resolution.
     """
     hh, hw = heat.shape
     if tuple(box) == (0.0, 0.0, 1.0, 1.0):
         return np.asarray(heat, dtype=np.float32)
     f_top, f_left, f_bottom, f_right = box
-    big_h, big_w = max(hh, round(hh / (f_bottom - f_top))), max(hw, round(hw / (f_right - f_left)))
+    big_h, big_w = max(1, round(hh / (f_bottom - f_top))), max(1, round(hw / (f_right - f_left)))
     out = np.zeros((big_h, big_w), dtype=np.float32)
-    top, left = min(round(f_top * big_h), big_h - hh), min(round(f_left * big_w), big_w - hw)
-    out[top : top + hh, left : left + hw] = heat
+    top, left = round(f_top * big_h), round(f_left * big_w)
+    y0, y1, x0, x1 = max(top, 0), min(top + hh, big_h), max(left, 0), min(left + hw, big_w)
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = heat[y0 - top : y1 - top, x0 - left : x1 - left]
     return out

@@ -24,8 +24,33 @@ def test_the_centre_crop_box_of_a_wide_image() -> None:
     assert (top, bottom) == (0.0, 1.0) and (left, right) == pytest.approx((0.375, 0.625))
     assert input_box({"data": {"transform": {"resize": 28}}}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
     assert input_box({}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
-    # a crop larger than the resized image stretches it: the whole image is seen
-    assert input_box({"data": {"transform": {"center_crop": 64}}}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
+    # a crop taller than the image pads it (as torchvision does): the box reaches past the image
+    box = input_box({"data": {"transform": {"center_crop": 64}}}, 30, 120)
+    assert box == pytest.approx((-17 / 30, 28 / 120, 47 / 30, 92 / 120))
+
+
+def test_a_crop_larger_than_the_image_pads_it_as_torchvision_does() -> None:
+    """An outside check found spray stretching such an image (aspect ratio lost) where torchvision's
+    CenterCrop pads it with zeros: the model was explained on inputs it never gets."""
+    import torch
+    import torchvision.transforms.functional as TF
+
+    from spray.config import TransformConfig
+    from spray.data.transform import Transform
+
+    t = Transform(TransformConfig(center_crop=28))
+    for h, w in [(20, 20), (21, 25), (30, 24), (40, 40)]:
+        x = torch.rand(1, h, w, generator=torch.Generator().manual_seed(h * w))
+        assert torch.equal(t.geometry(x), TF.center_crop(x, [28, 28])), (h, w)
+    # where the image sits in the padded input is where the overlay draws it
+    img = np.full((20, 20, 3), 100, np.uint8)
+    heat = np.zeros((28, 28), np.float32)
+    heat[4:24, 4:24] = 1.0  # relevance exactly on the image, none on the padding
+    box = t.input_box(20, 20)
+    out = imaging.overlay_box(img, heat, box)
+    assert np.all(out != 100)  # coloured everywhere: every pixel of the image is under relevance
+    canvas = imaging.heat_in_box(heat, box)
+    assert canvas.shape == (20, 20) and np.all(canvas == 1.0)
 
 
 def test_the_overlay_colours_only_what_the_model_saw() -> None:

@@ -26,7 +26,11 @@ class TransformConfig(Section):
         None, ge=1, le=MAX_SIDE, description="Resize the shorter side to this many pixels."
     )
     center_crop: int | None = Field(
-        None, ge=1, le=MAX_SIDE, description="Centre-crop to this square size after resizing."
+        None,
+        ge=1,
+        le=MAX_SIDE,
+        description="Centre-crop to this square size after resizing (an image smaller than it is padded with "
+        "zeros, as torchvision's CenterCrop does).",
     )
     grayscale_to_rgb: bool = Field(
         False, description="Repeat a single grey channel three times (the same as channels: 3)."

@@ -48,17 +48,20 @@ class Transform:
         return h, w
 
     def input_box(self, height: int, width: int) -> tuple[float, float, float, float]:
-        """The part of a ``height × width`` image the model input shows, as ``(top, left, bottom, right)``
-        fractions of its height and width: the centre crop's box (the whole image without a crop, or with
-        one larger than the resized image, which is stretched to it)."""
+        """Where the model input lies on a ``height × width`` image, as ``(top, left, bottom, right)``
+        fractions of its height and width: the centre crop's box (``(0, 0, 1, 1)`` without a crop). A crop
+        larger than the resized image pads it, so the box reaches past the image (a negative top, a bottom
+        above 1) by the padding."""
         h, w = height, width
         if self.cfg.resize is not None:
             s = self.cfg.resize / min(h, w)
             h, w = max(1, round(h * s)), max(1, round(w * s))
         c = self.cfg.center_crop
-        if c is None or c > h or c > w:
+        if c is None:
             return 0.0, 0.0, 1.0, 1.0
-        top, left = (h - c) // 2, (w - c) // 2
+        # the crop's first row and column in the resized image (negative: padding, as in geometry())
+        top = (h - c) // 2 if c <= h else -((c - h) // 2)
+        left = (w - c) // 2 if c <= w else -((c - w) // 2)
         return top / h, left / w, (top + c) / h, (left + c) / w
 
     def __call__(
@@ -81,9 +84,9 @@ class Transform:
             c = self.cfg.center_crop
             h, w = x.shape[-2:]
             if c > h or c > w:
-                x = F.interpolate(x[None], size=(max(c, h), max(c, w)), mode="bilinear", align_corners=False)[
-                    0
-                ]
+                # torchvision's CenterCrop pads a smaller image with zeros (left/top get the smaller half)
+                ph, pw = max(0, c - h), max(0, c - w)
+                x = F.pad(x, (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2))
                 h, w = x.shape[-2:]
             top, left = (h - c) // 2, (w - c) // 2
             x = x[:, top : top + c, left : left + c]
