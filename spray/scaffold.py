@@ -367,7 +367,7 @@ def scaffold_config(
     if data.classes:
         found.append(f"{len(data.classes)} classes")
     if data.sizes:
-        found.append("sizes " + ", ".join(f"{h}×{w}" for (h, w), _ in Counter(data.sizes).most_common(3)))
+        found.append("sizes " + ", ".join(f"{w}×{h}" for (h, w), _ in Counter(data.sizes).most_common(3)))
     notes = [f"Found: {', '.join(found)}{' (grey)' if data.grey else ''}.", *data.notes, *notes]
     ckpt = _rel(checkpoint, config_dir) if checkpoint is not None else None
     text = render_config(data, model, ckpt, notes)

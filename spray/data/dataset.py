@@ -194,8 +194,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             return None
         h, w = self.input_size
         return (
-            f"image is {img.shape[-2]}×{img.shape[-1]} pixels, which the transform makes a "
-            f"{x.shape[-2]}×{x.shape[-1]} input, but the dataset's inputs are {h}×{w}; set "
+            f"image is {img.shape[-1]}×{img.shape[-2]} pixels (width×height), which the transform makes a "
+            f"{x.shape[-1]}×{x.shape[-2]} input, but the dataset's inputs are {w}×{h}; set "
             "data.transform.resize and center_crop to bring every image to one size"
         )
 
