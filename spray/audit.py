@@ -45,7 +45,8 @@ from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.content import run_flag_message
 from spray.heatmap_contrast import heatmap_contrast
 from spray.label_conflicts import find_label_conflicts
-from spray.models import build_model, check_model_output, model_hash
+from spray.model_output import check_model_output
+from spray.models import build_model, model_hash
 from spray.records import AttributionBatch, AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
@@ -424,9 +425,8 @@ def _report(
         batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped)
     )
     timings: dict[str, float | int | str] = dict(clock.timings)
-    # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings", so
-    # two runs with the same inputs and seed give summaries that are identical except for "timings"
-    # (and "config.output", where the run was published).
+    # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings": two
+    # runs of the same inputs and seed differ only there (and in "config.output", where it was published).
     timings.update(
         total_s=time.perf_counter() - clock.start,
         n_computed=stage.n_computed,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from spray.config import ModelConfig
-from spray.errors import ClassCountError, ConfigError, ModelError, SprayError
+from spray.errors import ClassCountError, ConfigError, ModelError
 from spray.factories import import_callable
 from spray.model_dtype import as_float32
 
@@ -522,76 +522,4 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _normalised_kind(out: torch.Tensor) -> str | None:
-    """``"probabilities"`` or ``"log-probabilities"`` when every row of ``(B, K)`` outputs is one, else None."""
-    x = out.detach().double()
-    if bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4):
-        return "probabilities"
-    if bool((x <= 0).all()) and torch.allclose(torch.logsumexp(x, 1), torch.zeros_like(x[:, 0]), atol=1e-4):
-        return "log-probabilities"
-    return None
-
-
-def check_model_output(
-    model: nn.Module, example: torch.Tensor, num_classes: int, empty_classes: list[str] | None = None
-) -> int:
-    """Run one forward pass and check the output shape and values.
-
-    Parameters
-    ----------
-    example : torch.Tensor
-        ``(B, C, H, W)`` a real input batch.
-    num_classes : int
-        Number of classes of the dataset.
-    empty_classes : list[str], optional
-        Names of the dataset's classes without samples (named when the model has too few outputs).
-
-    Returns
-    -------
-    int
-        The model's number of outputs ``K``.
-    """
-    with torch.no_grad():
-        try:
-            out = model(example)
-        except SprayError:
-            raise  # model.output names a wrong key: that message says more
-        except Exception as err:  # models reject inputs with any type (ViT: AssertionError): all mean this
-            kind = "" if isinstance(err, RuntimeError) else f"{type(err).__name__}: "
-            raise ModelError(
-                f"The model fails on an input of shape {tuple(example.shape)}: {kind}{err}. Check "
-                "data.transform (resize, center_crop, grayscale_to_rgb) against what the model expects: "
-                "some architectures (ViT, MaxViT) take only the input size they were built for."
-            ) from None
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(
-            f"The model returns {_describe_output(out)}, not a (batch, classes) logits tensor. Set "
-            "model.output to the index or key of the logits (e.g. model.output: 0 or model.output: logits)."
-        )
-    if out.ndim != 2 or out.shape[0] != example.shape[0]:
-        raise ModelError(f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.")
-    if not torch.isfinite(out).all():
-        raise ModelError(
-            "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."
-        )
-    k = int(out.shape[1])
-    if k >= 2 and (normalised := _normalised_kind(out)):
-        raise ModelError(
-            f"The model returns {normalised}: every row of its output is a distribution over the {k} classes, so it "
-            "ends in a softmax. spray explains a class's logit; through the softmax each heatmap would explain "
-            "the class against the others, scaled by its probability (near 0 for a confident prediction), and "
-            "the confidences would be a softmax of probabilities. Give the model without its final softmax: a "
-            "model.factory that returns the network up to the logits (e.g. nn.Sequential(*list(net.children())"
-            "[:-1]) for a Sequential ending in nn.Softmax), or model.output naming the logits if it returns both."
-        )
-    if k < num_classes:
-        empty = f" Classes without samples: {', '.join(empty_classes[:8])} (an empty class folder still counts as " \
-            "a class: remove it if the model has no such class)." if empty_classes else ""  # fmt: skip
-        raise ModelError(
-            f"The model has {k} outputs but the dataset has {num_classes} classes. Set model.num_classes (or the "
-            f"factory's argument) to match the checkpoint and the data.{empty}"
-        )
-    return k
-
-
-__all__ = ["OutputSelector", "build_model", "check_model_output", "model_hash", "select_output"]
+__all__ = ["OutputSelector", "build_model", "model_hash", "select_output"]

@@ -475,7 +475,7 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
     assert batch.x is not None
     report.append(f"one batch read: inputs {tuple(batch.x.shape[1:])}")
     if model is not None:
-        from spray.models import check_model_output
+        from spray.model_output import check_model_output
 
         k_out = check_model_output(model, batch.x, len(ds.class_names), ds.empty_classes)
         cfg.check_class_count(len(ds.class_names), k_out)

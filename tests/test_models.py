@@ -6,7 +6,8 @@ import torch
 from spray.config import ModelConfig
 from spray.errors import ConfigError, ModelError
 from spray.lab.cnn import small_cnn
-from spray.models import build_model, check_model_output, model_hash
+from spray.model_output import check_model_output
+from spray.models import build_model, model_hash
 
 
 def test_torchvision_with_checkpoint(tmp_path: Path) -> None:
@@ -291,3 +292,15 @@ def test_a_float64_model_is_explained_in_float32_with_a_warning(caplog: pytest.L
     assert "float64" in caplog.text and "float32" in caplog.text
     x = torch.rand(2, 3, 16, 16)
     assert torch.isfinite(Explainer(model)(x).relevance).all()
+
+
+def test_a_channel_mismatch_names_the_mean_std_values() -> None:
+    """An outside check gave grey images a 1-value mean for a 3-channel model: the message said only that
+    the model fails on (2, 1, 28, 28)."""
+    from spray.errors import ModelError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    with pytest.raises(
+        ModelError, match=r"1 channel\(s\) and the model's first convolution takes 3.*give 3 values"
+    ):
+        check_model_output(model, torch.randn(2, 1, 28, 28), 3)

@@ -33,7 +33,8 @@ from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
 from spray.errors import SprayError
-from spray.models import build_model, check_model_output, model_hash
+from spray.model_output import check_model_output
+from spray.models import build_model, model_hash
 from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS, data_fingerprint
 from spray.versions import code_version
 
