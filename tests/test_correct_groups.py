@@ -195,8 +195,12 @@ def test_unflagged_members_of_the_flagged_finding_are_named() -> None:
     # no finding of the class holds half of the flags: nothing to say
     assert unflagged_members([other], flagged, 3) == (None, [])
     assert unflagged_members([grown], flagged, 1) == (None, [])
-    # a finding that grew past the flags (10 of its 20 flagged: new images with the stamp joined it) still
-    # keeps its unflagged members out of the reference; of two findings holding every flag, the tighter
+    # a finding flagged only in part (half of it) was chosen from on purpose: its other members stay references
     half = F(class_index=3, key="3/k4/c1", member_ids=[f"s{i}" for i in range(20)], carrier_ids=[])
-    assert unflagged_members([half], flagged, 3) == ("3/k4/c1", sorted(f"s{i}" for i in range(10, 20)))
-    assert unflagged_members([half, grown], flagged, 3)[0] == "3/k2/c1"
+    assert unflagged_members([half], flagged, 3) == (None, [])
+    # ... unless it grew since the flags were set: counted over the members the flagged run had (new images
+    # with the same stamp joined it), it is all flagged, and its new members stay out of the reference
+    then = {f"s{i}" for i in range(10)} | {"x1"}
+    assert unflagged_members([half], flagged, 3, then) == ("3/k4/c1", sorted(f"s{i}" for i in range(10, 20)))
+    # of two findings holding every flag, the smaller
+    assert unflagged_members([half, grown], flagged, 3, then)[0] == "3/k2/c1"

@@ -196,7 +196,7 @@ def test_unseen_samples_and_other_flags_never_stand_for_the_clean_class(
         f"{len(stamped)} samples ({len(stamped)} of class" in caplog.text
         and "newer than source run" in caplog.text
     )
-    assert "6 other samples of class" in caplog.text
+    assert "6 other samples are flagged (6 of class" in caplog.text
     # the correction id follows the other flags too: they change the reference
     FlagStore(world.flags_db).unflag(DATASET, [str(i) for i in clean_of_class[:3]])
     again = plan_correction(_config(_args(world, "--cluster-key", "1/k2/c0", "--method", "pclarc")))
@@ -235,3 +235,30 @@ def test_source_run_by_folder_prefix_and_class_out_of_range(audited: World) -> N
     assert plan.source.path.name == run.name
     with pytest.raises(SprayError, match="no such class; the dataset has 3 classes"):
         plan_correction(_config(_args(audited, "--class", "99")))
+
+
+def test_flags_of_another_class_are_no_clean_data_whatever_selects_the_flags(
+    audited: World, tmp_path: Path
+) -> None:
+    """A review found another class's flags in the clean evaluation under --class, not under --cluster-key."""
+    world = _copy_world(audited, tmp_path / "w")
+    other = np.flatnonzero(audited.labels == 2)[:5]
+    FlagStore(world.flags_db).flag(DATASET, [str(i) for i in other], "unlearn", cluster_key="2/k2/c1")
+    for extra in (["--class", "1"], ["--cluster-key", "1/k2/c0"]):
+        plan = plan_correction(_config(_args(world, *extra, "--method", "pclarc")))
+        assert not set(other.tolist()) & set(plan.clean_rows.tolist()), extra
+
+
+def test_the_samples_the_flags_were_set_on_come_from_their_runs() -> None:
+    from spray.correct.groups import FlagSelection
+    from spray.correct.plan import _seen_by
+    from spray.correct.source import SourceRun
+
+    source = SourceRun("run1", Path("r1"), "w", [], [], sample_ids=["a", "b"], run_paths={"run1": Path("r1")})
+
+    def flags(run_ids: list[str]) -> FlagSelection:
+        return FlagSelection("db", DATASET, "unlearn", [], ["a"], "d", run_ids=run_ids)
+
+    assert _seen_by(flags(["run1"]), source) == {"a", "b"}
+    assert _seen_by(flags([]), source) is None  # flags set without a run (older databases, scripts)
+    assert _seen_by(flags(["gone"]), source) is None  # the run they were set on was pruned

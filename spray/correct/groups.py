@@ -310,16 +310,21 @@ def artifact_group(
     return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)
 
 
+#: A finding counts as the flagged one when at least this share of its members is flagged (a finding
+#: flagged only in part was chosen from on purpose: its other members stay references).
+MOSTLY_FLAGGED = 2 / 3
+
+
 def unflagged_members(
-    findings: list[Any], flagged: list[str], class_index: int
+    findings: list[Any], flagged: list[str], class_index: int, seen: set[str] | None = None
 ) -> tuple[str | None, list[str]]:
     """The source run's finding of the class that holds most of the flagged samples (at least half of them;
-    of two alike, the smaller), and its members and carriers without a flag.
+    of two alike, the smaller) and is mostly flagged (:data:`MOSTLY_FLAGGED`), and its members and carriers
+    without a flag.
 
     Such samples look like the artifact group (they joined the finding after the flags were set, e.g. new
     images with the same stamp, or were left unflagged), so they must not serve as its reference: a
-    reference holding the artifact weakens the direction without a word. Leaving a clean sample out of the
-    reference costs little; keeping a stamped one in costs the correction.
+    reference holding the artifact weakens the direction without a word.
 
     Parameters
     ----------
@@ -329,11 +334,16 @@ def unflagged_members(
         Flagged sample ids.
     class_index : int
         The corrected class.
+    seen : set[str], optional
+        The samples of the run(s) the flags were set on: "mostly flagged" counts only the members that
+        existed then, so a finding that grew since by new images is still the flagged one (an outside check
+        grew the demo's from 75 to 135 members, 56 % flagged). None: every member counts.
 
     Returns
     -------
     tuple
-        The finding's key (None when no finding holds half of the flags) and the sorted unflagged sample ids.
+        The finding's key (None when no finding holds half of the flags, or it is flagged only in part) and
+        the sorted unflagged sample ids.
     """
     wanted = set(flagged)
     best, best_rank = None, (0, 0)
@@ -344,5 +354,8 @@ def unflagged_members(
         if rank > best_rank:
             best, best_rank = f, rank
     if best is None or best_rank[0] < 0.5 * len(wanted):
+        return None, []
+    then = [m for m in best.member_ids if seen is None or m in seen]
+    if best_rank[0] < MOSTLY_FLAGGED * len(then):
         return None, []
     return best.key, sorted((set(best.member_ids) | set(best.carrier_ids)) - wanted)

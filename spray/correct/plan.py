@@ -169,40 +169,52 @@ def _inputs(cfg: AuditConfig, weights: str, samples: SampleSet, clean: SampleSet
 
 
 def _kept_out(
-    samples: SampleSet, flags: FlagSelection, source: SourceRun, class_index: int, weights: str
+    samples: SampleSet, flags: FlagSelection, source: SourceRun, class_index: int, weights: str, where: str
 ) -> np.ndarray:
     """Rows that are neither reference nor clean data, each kind named in a warning: unflagged members of the
-    flagged finding, the dataset's other flagged samples, and samples the source run did not see."""
+    flagged finding, the dataset's other flagged samples, and samples the source run did not see. ``where``
+    says what they are kept out of ("the reference", with "and the clean evaluation" when it is drawn from
+    the audited data)."""
     name = samples.class_names[class_index] if class_index < len(samples.class_names) else str(class_index)
-    key, suspects = unflagged_members(source.findings, flags.sample_ids, class_index)
+    key, suspects = unflagged_members(source.findings, flags.sample_ids, class_index, _seen_by(flags, source))
     members = samples.rows_of(suspects).rows
     if len(members):
         log.warning(
             "%d samples of finding %s in source run %s carry no flag (they joined it after the flags were set, "
-            "or were left out): they are kept out of the reference, which must not hold the artifact; flag them "
+            "or were left out): they are kept out of %s, which must not hold the artifact; flag them "
             "(spray flags set --finding %s) to make them part of the artifact group",
-            len(members), key, source.run_id[:12], key,
+            len(members), key, source.run_id[:12], where, key,
         )  # fmt: skip
     other = samples.rows_of(flags.other_flagged).rows
-    n_other = int((samples.labels[other] == class_index).sum())
-    if n_other:
+    if len(other):
         log.warning(
-            "%d other samples of class %s are flagged (from other findings, or as 'investigate'): they are kept "
-            "out of the reference and the clean evaluation", n_other, name,
+            "%d other samples are flagged (%d of class %s; from other findings, or as 'investigate'): they are "
+            "kept out of %s", len(other), int((samples.labels[other] == class_index).sum()), name, where,
         )  # fmt: skip
     seen = set(source.sample_ids) | set(source.skipped_ids)
     unseen = np.asarray([i for i, s in enumerate(samples.sample_ids) if s not in seen], dtype=np.int64)
     if len(unseen) and source.sample_ids:
         log.warning(
             "%d samples (%d of class %s) are newer than source run %s, which did not see them: they are kept out "
-            "of the reference and the clean evaluation (whether they carry the shortcut is unknown); audit the "
-            "data again (spray audit) and correct from that run to use them",
-            len(unseen), int((samples.labels[unseen] == class_index).sum()), name, source.run_id[:12],
+            "of %s and the artifact group (whether they carry the shortcut is unknown); audit the data again "
+            "(spray audit) and correct from that run to use them",
+            len(unseen), int((samples.labels[unseen] == class_index).sum()), name, source.run_id[:12], where,
         )  # fmt: skip
     else:
         unseen = np.zeros(0, dtype=np.int64)
     _warn_other_weights(flags, source, weights, key)
     return np.union1d(np.union1d(members, other), unseen)
+
+
+def _seen_by(flags: FlagSelection, source: SourceRun) -> set[str] | None:
+    """The samples of the runs the flags were set on (None when a flag names no run, or its run is gone)."""
+    if not flags.run_ids or any(r not in source.run_paths for r in flags.run_ids):
+        return None
+    if flags.run_ids == [source.run_id]:
+        return set(source.sample_ids)
+    from spray.runs.reader import RunReader
+
+    return {s for r in flags.run_ids for s in RunReader.open(source.run_paths[r]).sample_ids()}
 
 
 def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, key: str | None) -> None:
@@ -255,16 +267,16 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
             "weights."
         )
     unreadable = samples.rows_of(source.skipped_ids).rows
-    kept_out = _kept_out(samples, flags, source, group.class_index, weights)
+    where = "the reference and the clean evaluation" if clean_samples is samples else "the reference"
+    kept_out = _kept_out(samples, flags, source, group.class_index, weights, where)
     if len(unreadable) or len(kept_out):
         group = artifact_group(
             samples, flags, cfg.correction, cfg.seed, np.union1d(np.union1d(held, unreadable), kept_out)
         )
     train_rows = np.setdiff1d(np.arange(len(samples)), np.union1d(held, unreadable))
-    if clean_samples is samples:
-        clean_rows = np.setdiff1d(
-            clean_rows, np.union1d(np.union1d(group.flagged_rows, unreadable), kept_out)
-        )
+    if clean_samples is samples:  # no flagged sample of any class is clean data
+        flagged = samples.rows_of(flags.sample_ids).rows
+        clean_rows = np.setdiff1d(clean_rows, np.union1d(np.union1d(flagged, unreadable), kept_out))
     log.info("correcting class %s at layer %s: %d flagged, %d reference samples (source run %s)",
              group.class_name, cfg.correction.layer, len(group.flagged_rows),
              len(group.fit_reference) + len(group.held_reference), source.run_id[:12])  # fmt: skip

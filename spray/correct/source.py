@@ -38,6 +38,8 @@ class SourceRun:
     run_models : dict[str, str]
         ``run_id -> model hash`` of every readable run in the runs folder (to tell which weights a flag's
         run audited).
+    run_paths : dict[str, Path]
+        ``run_id -> folder`` of every readable run (the newest folder of a run published twice).
     """
 
     run_id: str
@@ -47,6 +49,7 @@ class SourceRun:
     findings: list[ClusterFinding]
     sample_ids: list[str] = field(default_factory=list)
     run_models: dict[str, str] = field(default_factory=dict)
+    run_paths: dict[str, Path] = field(default_factory=dict)
 
 
 def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
@@ -73,6 +76,9 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
             raise SprayError(
                 f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {names}."
             )
+        if len({r.summary.run_id for _, r in hits}) > 1:
+            # a prefix shared with other datasets' runs (a date, in a shared runs folder): this dataset's
+            hits = [(p, r) for p, r in hits if r.summary.dataset == dataset] or hits
         if len({r.summary.run_id for _, r in hits}) > 1:
             names = ", ".join(p.name for p, _ in hits[:10])
             raise SprayError(
@@ -109,6 +115,8 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         findings=reader.findings(),
         sample_ids=reader.sample_ids(),
         run_models={r.summary.run_id: str(r.summary.hashes.get("model", "")) for _, r in readable},
+        # scan_runs lists the newest first: keep the first folder of each run id
+        run_paths={r.summary.run_id: p for p, r in reversed(readable)},
     )
 
 

@@ -132,7 +132,7 @@ def test_lambda_out_of_range(
 def test_too_few_unflagged_samples(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     cls = np.flatnonzero(world.labels == TARGET)
     _reflag(world, [str(i) for i in cls[:-3]])
-    assert_clean_failure(_correct(world, capsys), 1, "unflagged (reference)", "min_group_size")
+    assert_clean_failure(_correct(world, capsys), 1, "unflagged samples for the reference", "min_group_size")
 
 
 def test_too_few_flagged_samples(world: World, capsys: pytest.CaptureFixture[str]) -> None:
