@@ -15,6 +15,7 @@ import logging
 import torch
 from torch import nn
 
+from spray.lrp.concepts import has_attention
 from spray.lrp.layout import _convert_layout, _is_layout_error, prefers_channels_last
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ _CHECK_ROWS = 8
 
 
 def _laid_out_copy(model: nn.Module, device: torch.device) -> nn.Module | None:
-    """A ``channels_last`` copy of ``model``, or None where that layout does not apply or copying fails."""
-    if not prefers_channels_last(model, device):
+    """A ``channels_last`` copy of a convolutional ``model``, or None where that layout does not apply or
+    gains little (a transformer), or copying fails."""
+    # a ViT's only convolution is its patch embedding: no gain, and a large transformer's copy costs GBs
+    if not prefers_channels_last(model, device) or has_attention(model):
         return None
     try:
         copied = copy.deepcopy(model)
@@ -54,8 +57,8 @@ class Inference:
         self.model = model
         self.device = device
         self.batch_size = batch_size
-        self._fast = _laid_out_copy(model, device)
-        self._checked = self._fast is None
+        self._fast: nn.Module | None = None
+        self._started = self._checked = False  # the copy is made on the first call (none without a test)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +77,9 @@ class Inference:
         return self.logits(x).argmax(1)
 
     def _run(self, xb: torch.Tensor) -> torch.Tensor:
+        if not self._started:
+            self._started = True
+            self._fast = _laid_out_copy(self.model, self.device)
         if self._fast is None:
             return self.model(xb)
         try:

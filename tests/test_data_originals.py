@@ -24,6 +24,9 @@ def test_the_centre_crop_box_of_a_wide_image() -> None:
     assert (top, bottom) == (0.0, 1.0) and (left, right) == pytest.approx((0.375, 0.625))
     assert input_box({"data": {"transform": {"resize": 28}}}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
     assert input_box({}, 30, 120) == (0.0, 0.0, 1.0, 1.0)
+    # a run recorded before a validation rule (mean/std on the 0-255 scale) is still drawn
+    old = {"data": {"transform": {"resize": 28, "center_crop": 28, "mean": [123.7], "std": [58.4]}}}
+    assert input_box(old, 30, 120) == input_box(CROP, 30, 120)
     # a crop taller than the image pads it (as torchvision does): the box reaches past the image
     box = input_box({"data": {"transform": {"center_crop": 64}}}, 30, 120)
     assert box == pytest.approx((-17 / 30, 28 / 120, 47 / 30, 92 / 120))
@@ -39,7 +42,7 @@ def test_a_crop_larger_than_the_image_pads_it_as_torchvision_does() -> None:
     from spray.data.transform import Transform
 
     t = Transform(TransformConfig(center_crop=28))
-    for h, w in [(20, 20), (21, 25), (30, 24), (40, 40)]:
+    for h, w in [(20, 20), (21, 25), (30, 24), (40, 40), (31, 35), (33, 29)]:  # 31-28 = 3: round(1.5) = 2
         x = torch.rand(1, h, w, generator=torch.Generator().manual_seed(h * w))
         assert torch.equal(t.geometry(x), TF.center_crop(x, [28, 28])), (h, w)
     # where the image sits in the padded input is where the overlay draws it

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from spray.inference import Inference
@@ -27,6 +28,8 @@ def _x(n: int = 40) -> torch.Tensor:
 def test_copy_in_channels_last_answers_as_the_model_and_leaves_it_alone() -> None:
     model = _model()
     inf = Inference(model, CPU, batch_size=16)
+    assert inf._fast is None  # no copy until a forward pass is asked for
+    inf.logits(_x(2))
     assert inf._fast is not None and inf._fast is not model
     weight = next(p for p in inf._fast.parameters() if p.dim() == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)
@@ -47,8 +50,8 @@ class _FlattensWithView(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 2)
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)  # most weights in the convolution: a copy is made
+        self.fc = nn.Linear(32 * 4 * 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x).view(len(x), -1))
@@ -60,12 +63,12 @@ class _ReadsRawMemory(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 2)
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
-        raw = torch.as_strided(h, h.shape, (h[0].numel(), 64, 8, 1))
+        raw = torch.as_strided(h, h.shape, (h[0].numel(), 16, 4, 1))
         return self.fc(raw.reshape(len(x), -1))
 
 
@@ -78,9 +81,8 @@ def test_a_copy_that_fails_or_answers_otherwise_is_dropped_with_a_warning(
 ) -> None:
     torch.manual_seed(0)
     model = cls().eval()
-    x = torch.randn(12, 3, 8, 8)
+    x = torch.randn(12, 3, 4, 4)
     inf = Inference(model, CPU, batch_size=5)
-    assert inf._fast is not None
     with caplog.at_level(logging.WARNING, logger="spray.inference"):
         got = inf.logits(x)
     assert inf._fast is None
@@ -92,10 +94,15 @@ def test_a_copy_that_fails_or_answers_otherwise_is_dropped_with_a_warning(
 def test_models_without_2d_convolutions_and_empty_inputs() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
     inf = Inference(mlp, CPU)
-    assert inf._fast is None
     x = torch.randn(7, 3, 2, 2)
     with torch.no_grad():
         torch.testing.assert_close(inf.logits(x), mlp(x))
+    assert inf._fast is None
+    # a transformer's patch embedding is a convolution, but most of its weights are not: no copy
+    vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 64, 128, num_classes=3).eval()
+    inf = Inference(vit, CPU)
+    inf.logits(torch.randn(1, 3, 32, 32))
+    assert inf._fast is None
     assert inf.predict(x[:0]).shape == (0,)
     assert inf.logits(x[:0]).shape[0] == 0
 
@@ -104,7 +111,7 @@ def test_an_uncopyable_model_runs_as_it_is() -> None:
     model = _model()
     model.handle = (i for i in range(3))  # a generator cannot be deep-copied
     inf = Inference(model, CPU)
-    assert inf._fast is None
     x = _x(4)
     with torch.no_grad():
         torch.testing.assert_close(inf.logits(x), model(x))
+    assert inf._fast is None

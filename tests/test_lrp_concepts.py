@@ -210,6 +210,17 @@ def test_swin_concepts_are_its_last_stage_channels() -> None:
     assert not torch.allclose(a, full.relevance)
 
 
+def test_a_concatenating_cnn_block_stays_channels_first() -> None:
+    """A review found DenseNet's dense block at 32×32 (output (B, 512, 32, 32), growth rate 32) read as
+    channels-last: its spatial size equals a convolution's width."""
+    from spray.lrp.concepts import channels_last_output
+
+    block = torchvision.models.densenet121().features.denseblock2.eval()
+    with torch.no_grad():
+        out = block(torch.randn(1, 128, 32, 32))
+    assert out.shape == (1, 512, 32, 32) and not channels_last_output(block, out)
+
+
 def test_bad_layers_are_named() -> None:
     model = small_cnn()
     assert resolve_concept_layer(model, "none") is None

@@ -50,7 +50,8 @@ AlphaBackground = Literal["ignore", "black", "white"]
 #: Bumped whenever the pixels that a file decodes to change (part of what a cached heatmap depends on).
 #: 2: 16-bit and float images are scaled instead of clipped to 8 bits; modes are matched to the model.
 #: 3: a centre crop larger than the resized image pads it with zeros, as torchvision's CenterCrop does
-#: (it was stretched to the crop); other images unchanged.
+#: (it was stretched to the crop), and the crop's offset is torchvision's round((size - crop) / 2)
+#: (1 pixel off where size - crop is 3, 7, 11, ...); other images unchanged.
 DECODER_VERSION = 3
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})

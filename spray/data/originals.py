@@ -65,5 +65,7 @@ def decode_original(path: Path, config: dict[str, Any]) -> np.ndarray:
 def input_box(config: dict[str, Any], height: int, width: int) -> tuple[float, float, float, float]:
     """``(top, left, bottom, right)`` fractions of a ``height × width`` original that the model input shows
     under the run's ``data.transform`` (the whole image without a centre crop)."""
-    cfg = TransformConfig.model_validate(_data(config).get("transform") or {})
+    # only the geometry, unvalidated: a run recorded under older rules must still be shown
+    t = _data(config).get("transform") or {}
+    cfg = TransformConfig.model_construct(resize=t.get("resize"), center_crop=t.get("center_crop"))
     return Transform(cfg).input_box(height, width)

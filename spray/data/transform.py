@@ -13,6 +13,11 @@ from spray.data.thumbnails import make_thumbnail
 from spray.errors import DataError
 
 
+def _offset(size: int, crop: int) -> int:
+    """The first row (column) of a centre crop: torchvision's ``round((size - crop) / 2)`` (half to even)."""
+    return round((size - crop) / 2.0)
+
+
 @dataclass
 class Transform:
     """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1] (on any device).
@@ -60,8 +65,8 @@ class Transform:
         if c is None:
             return 0.0, 0.0, 1.0, 1.0
         # the crop's first row and column in the resized image (negative: padding, as in geometry())
-        top = (h - c) // 2 if c <= h else -((c - h) // 2)
-        left = (w - c) // 2 if c <= w else -((c - w) // 2)
+        top = _offset(h, c) if c <= h else -((c - h) // 2)
+        left = _offset(w, c) if c <= w else -((c - w) // 2)
         return top / h, left / w, (top + c) / h, (left + c) / w
 
     def __call__(
@@ -88,7 +93,7 @@ class Transform:
                 ph, pw = max(0, c - h), max(0, c - w)
                 x = F.pad(x, (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2))
                 h, w = x.shape[-2:]
-            top, left = (h - c) // 2, (w - c) // 2
+            top, left = _offset(h, c), _offset(w, c)
             x = x[:, top : top + c, left : left + c]
         return x
 

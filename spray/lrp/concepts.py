@@ -59,16 +59,19 @@ def _expand_mask(mask: torch.Tensor, like: torch.Tensor, channels_last: bool = F
     return mask.reshape(*mask.shape, *([1] * (like.dim() - 2)))
 
 
-def _widths(module: nn.Module) -> set[int]:
-    """The feature widths of a module's layers (convolution and linear outputs, normalised features)."""
+def _widths(module: nn.Module, *, tokens: bool = False) -> set[int]:
+    """The feature widths of a module's layers: convolution and linear outputs and normalised features, or
+    (``tokens``) only those of the layers that act on the last dimension (linear layers, LayerNorms)."""
     out: set[int] = set()
     for m in module.modules():
-        if isinstance(m, _CONV_TYPES):
-            out.add(m.out_channels)
-        elif isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear):
             out.add(m.out_features)
         elif isinstance(m, nn.LayerNorm):
             out.add(int(m.normalized_shape[-1]))
+        elif tokens:
+            continue
+        elif isinstance(m, _CONV_TYPES):
+            out.add(m.out_channels)
         elif isinstance(m, nn.modules.batchnorm._NormBase):
             out.add(m.num_features)
         elif isinstance(m, nn.GroupNorm):
@@ -77,12 +80,15 @@ def _widths(module: nn.Module) -> set[int]:
 
 
 def channels_last_output(module: nn.Module, output: torch.Tensor) -> bool:
-    """Whether a 4-D layer output is ``(B, H, W, C)`` (torchvision's Swin blocks): its last dimension is a
-    width of the module's layers and its second is not; otherwise channels come first."""
+    """Whether a 4-D layer output is ``(B, H, W, C)`` (torchvision's Swin blocks): its last dimension is the
+    width of a layer acting on the last dimension (a linear layer, a LayerNorm) and its second is no width
+    of any layer. A concatenating CNN block (DenseNet, Inception), whose spatial size may equal a
+    convolution's width, reads channels-first."""
     if output.dim() != 4:
         return False
-    widths = _widths(module)
-    return int(output.shape[-1]) in widths and int(output.shape[1]) not in widths
+    return int(output.shape[-1]) in _widths(module, tokens=True) and int(output.shape[1]) not in _widths(
+        module
+    )
 
 
 class _Tap(torch.autograd.Function):
@@ -231,7 +237,7 @@ def _last_repeated_block(model: nn.Module) -> str | None:
         children = list(module.named_children())
         if len(children) >= 2 and len({type(m) for _, m in children}) == 1:
             end = f"{path}.{children[-1][0]}" if path else children[-1][0]
-            if _has_attention(children[-1][1]):
+            if has_attention(children[-1][1]):
                 last = end
             if longest is None or len(children) >= longest[0]:
                 longest = (len(children), end)
@@ -240,7 +246,8 @@ def _last_repeated_block(model: nn.Module) -> str | None:
     return None if longest is None else longest[1]
 
 
-def _has_attention(model: nn.Module) -> bool:
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has attention (a ``MultiheadAttention`` or a module whose class name says so)."""
     return any(
         isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower()
         for m in model.modules()
@@ -260,7 +267,7 @@ def default_concept_layer(model: nn.Module) -> str | None:
       map before pooling and classifier.
     * None otherwise (an MLP).
     """
-    if _has_attention(model):
+    if has_attention(model):
         block = _last_repeated_block(model)
         if block is not None:
             return block
