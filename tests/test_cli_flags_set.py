@@ -173,3 +173,6 @@ def test_flags_moved_to_another_finding_are_said_and_a_finding_can_be_unflagged(
     left = {f.sample_id for f in FlagStore(tmp_path / "f.sqlite").current(DATASET)}
     assert left == {str(i) for i in first.member_ids} - {str(i) for i in second.member_ids}
     assert_clean_failure(run_main(unset, capsys), 2, "--finding KEY or --sample-ids")
+    both = ["--finding", second.key, "--sample-ids", "0"]
+    assert_clean_failure(run_main([*unset, *both], capsys), 2, "not both")
+    assert_clean_failure(run_main([*base, *both], capsys), 2, "not both")

@@ -661,6 +661,11 @@ def test_exploding_relevance_sums_are_refused_with_the_likely_cause() -> None:
         check_relevance_scale(noise, logits, canonized=False, has_batchnorm=True)
     with pytest.raises(ModelError, match="raise the composite's epsilon"):
         check_relevance_scale(noise, logits, canonized=True, has_batchnorm=False)
+    # entries of ±1e27 that cancel to a small sum are noise too
+    cancel = fine.clone()
+    cancel[0, 0, 0, 0], cancel[0, 0, 0, 1] = 1e27, -1e27
+    with pytest.raises(ModelError, match=r"rows \[0\]"):
+        check_relevance_scale(cancel, logits, canonized=True, has_batchnorm=False)
     assert RELEVANCE_BLOWUP >= 1e3
     # non-finite maps are the NaN check's business, not this one's
     check_relevance_scale(torch.full((2, 1, 4, 4), float("nan")), logits, canonized=True, has_batchnorm=True)

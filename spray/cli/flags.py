@@ -214,6 +214,8 @@ def set_command(args: argparse.Namespace) -> int:
 
 def _finding_ids(args: argparse.Namespace, reader: RunReader, run: Path) -> tuple[str, list[str]]:
     """``--finding``'s key and its members' ids (and its carriers' with ``--with-carriers``)."""
+    if args.sample_ids or args.sample_ids_file:
+        raise ConfigError("Give --finding or --sample-ids/--sample-ids-file, not both.")
     key = finding_key(reader.summary.findings, args.finding, run, "--finding")
     finding = reader.finding(key)
     assert finding is not None

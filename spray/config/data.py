@@ -101,7 +101,7 @@ class TransformConfig(Section):
                 raise ValueError("'mean' and 'std' must be finite numbers")
             if any(s <= 0 for s in self.std):
                 raise ValueError("every 'std' value must be > 0")
-            if any(v > 1 for v in [*self.mean, *self.std]):
+            if any(v > 1 for v in self.mean):
                 # pixels are in [0, 1] when mean/std apply (a factory's 0-255 values are refused then)
                 mean, std = ([round(v / 255, 3) for v in vs] for vs in (self.mean, self.std))
                 raise ValueError(

@@ -299,24 +299,29 @@ def check_relevance_scale(
     Raises
     ------
     ModelError
-        A finite relevance sum exceeds :data:`RELEVANCE_BLOWUP` times the largest |logit| of its sample
-        (at least 1).
+        A sample's finite absolute relevance mass exceeds :data:`RELEVANCE_BLOWUP` times its largest
+        |logit| (at least 1).
     """
-    sums = relevance.flatten(1).double().sum(1)
+    # the absolute mass too: maps of ±1e30 entries that cancel to a small sum are noise as well
+    sums = relevance.flatten(1).double().abs().sum(1)
     scale = logits.detach().double().abs().amax(1).clamp_min(1.0)
-    bad = torch.isfinite(sums) & (sums.abs() > RELEVANCE_BLOWUP * scale)
+    bad = torch.isfinite(sums) & (sums > RELEVANCE_BLOWUP * scale)
     if not bool(bad.any()):
         return
     rows = bad.nonzero().flatten().tolist()
-    cause = (
-        "The model's BatchNorms are not folded into their layers (canonize=False, lrp.canonize: false), so "
-        "the layer before each divides by pre-activations that cancel: keep canonization on."
-        if has_batchnorm and not canonized
-        else "Some layer's outputs nearly cancel under the ε rule: raise the composite's epsilon "
-        "(composite_kwargs / lrp.composite_kwargs: {epsilon: 1e-3}) or use another composite."
-    )
+    if has_batchnorm and not canonized:
+        cause = (
+            "The model's BatchNorms are not folded into their layers (canonize=False, lrp.canonize: false), so "
+            "the layer before each divides by pre-activations that cancel: keep canonization on."
+        )
+    else:
+        cause = (
+            "Some layer's outputs nearly cancel under the ε rule (also the layer before a BatchNorm that "
+            "cannot be folded, such as one that comes before its convolution): raise the composite's epsilon "
+            "(composite_kwargs / lrp.composite_kwargs: {epsilon: 1e-3}) or use another composite."
+        )
     raise ModelError(
-        f"relevance of batch rows {rows[:10]} sums to up to {float(sums.abs().max()):.3g} against logits of "
+        f"relevance of batch rows {rows[:10]} amounts to up to {float(sums.max()):.3g} against logits of "
         f"at most {float(scale[bad].max()):.3g}: the rules divided by near-zero values and the maps are "
         f"numerical noise. {cause}"
     )

@@ -136,10 +136,6 @@ _INPLACE_ARITHMETIC = {
     torch.Tensor.sub_: torch.Tensor.sub,
     torch.Tensor.mul_: torch.Tensor.mul,
     torch.Tensor.div_: torch.Tensor.div,
-    torch.Tensor.__iadd__: torch.Tensor.__add__,
-    torch.Tensor.__isub__: torch.Tensor.__sub__,
-    torch.Tensor.__imul__: torch.Tensor.__mul__,
-    torch.Tensor.__itruediv__: torch.Tensor.__truediv__,
 }
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax}
 _SOFTMAX |= {torch.Tensor.log_softmax}
