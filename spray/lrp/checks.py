@@ -276,16 +276,16 @@ def warn_empty_maps(relevance: torch.Tensor, logits: torch.Tensor, targets: torc
     return n_empty
 
 
-#: Relevance summing to more than this many times the batch's largest |logit| is numerical noise.
+#: An absolute relevance mass above this many times the sample's largest |logit| is numerical noise.
 RELEVANCE_BLOWUP = 1e4
 
 
 def check_relevance_scale(
     relevance: torch.Tensor, logits: torch.Tensor, canonized: bool, has_batchnorm: bool
 ) -> None:
-    """Refuse maps whose relevance sums explode: rules that divide by near-zero values (the ε rule on a
-    layer whose outputs all but cancel, e.g. before an unfolded BatchNorm) give sums of 1e27 against logits
-    of 1.5, maps that look like heatmaps but are noise.
+    """Refuse maps whose relevance explodes: rules that divide by near-zero values (the ε rule on a layer
+    whose outputs all but cancel, e.g. before an unfolded BatchNorm) give sums of 1e27 against logits of
+    1.5, maps that look like heatmaps but are noise.
 
     Parameters
     ----------
