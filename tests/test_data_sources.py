@@ -78,9 +78,12 @@ def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=1)
     (root / "cat" / ".DS_Store").write_bytes(b"x")
     (root / "cat" / "data.csv").write_text("1,2")
+    # a hidden image is not audited, but named (an outside check: ImageFolder loads it, spray dropped it)
+    Image.new("RGB", (4, 4)).save(root / "cat" / ".hidden.png")
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
-    assert [s.sample_id for s in ds.pre_skipped] == ["cat/data.csv"]
-    assert "extension '.csv'" in ds.pre_skipped[0].reason
+    assert sorted(s.sample_id for s in ds.pre_skipped) == ["cat/.hidden.png", "cat/data.csv"]
+    reasons = {s.sample_id: s.reason for s in ds.pre_skipped}
+    assert "extension '.csv'" in reasons["cat/data.csv"] and "hidden file" in reasons["cat/.hidden.png"]
 
 
 def test_odd_modes_in_an_rgb_folder_are_converted(tmp_path: Path) -> None:

@@ -50,6 +50,12 @@ class FolderListing:
     empty_classes: list[str] = field(default_factory=list)
 
 
+#: Suffixes of hidden files that are listed as skipped (other hidden files, .DS_Store and the like, are not).
+_IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+
 def _is_runs_dir(d: Path) -> bool:
     """A folder that spray publishes runs into (its lock file and run cache)."""
     return (d / LOCK).is_file() and (d / CACHE_DIR).is_dir()
@@ -91,6 +97,9 @@ def _walk(
         elif is_file:
             if not e.name.startswith("."):
                 out.append(child)
+            elif Path(e.name).suffix.lower() in IMAGE_EXTENSIONS:
+                # said, not silently dropped (torchvision's ImageFolder would load it); .DS_Store and the like are not
+                skipped.append(SkippedSample(child, "hidden file (its name starts with '.'): not audited"))
         elif e.is_symlink():
             skipped.append(
                 SkippedSample(child, f"broken symlink (its target {os.readlink(e.path)!r} does not exist)")
