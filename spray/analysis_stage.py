@@ -103,7 +103,8 @@ def make_probe(
     pick = other[: cfg.scoring.intervention_samples]
 
     def load_inputs(sample_ids: list[str]) -> torch.Tensor:
-        return torch.stack([dataset.load_input(paste.position_of[s]) for s in sample_ids])
+        keys = paste.content_keys
+        return torch.stack([dataset.load_input(paste.position_of[s], keys.get(s)) for s in sample_ids])
 
     return InterventionProbe(
         predict=model.predict,
@@ -289,11 +290,23 @@ def analyze_run(
         if cache is not None:
             cache.close()
     ctx.gather_errors(failure)
+    _warn_changed(dataset)
     paste_counts = ctx.sum_counts([0, 0] if cache is None else [cache.misses, cache.hits])
     every = gather_classes(ctx, done)
     if not ctx.is_main:
         return None
     return _result([every[c] for c in todo], too_small, None if cache is None else paste_counts)
+
+
+def _warn_changed(dataset: AuditDataset) -> None:
+    """A warning when files were rewritten between the batch stage and the paste test's reads."""
+    changed = sorted(set(dataset.changed_since_read))
+    if changed:
+        log.warning(
+            "%d files changed on disk during the audit (e.g. %s): the paste and removal tests read them as they "
+            "are now, not as their heatmaps explain them; audit again when the data is not being written",
+            len(changed), ", ".join(changed[:3]),
+        )  # fmt: skip
 
 
 def _result(

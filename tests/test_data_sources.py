@@ -375,3 +375,28 @@ def test_one_cause_for_every_unreadable_sample_stops_the_first_batch_early(tmp_p
         with pytest.raises(DataError, match=r"The first 5 samples .* all for one reason: colour image"):
             ds.first_batch()
     assert len(read) == 5  # of 16
+
+
+def test_a_file_rewritten_after_it_was_explained_is_noted_when_read_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check rewrote files while the analysis ran: the paste test read the new pixels without a
+    word. The paste test passes the explained content hash; a mismatch is noted (and warned of per run)."""
+    from spray.data import content_hash
+
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2, size=8)
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    i = ds.sample_ids.index("cat/" + sorted(p.name for p in (root / "cat").iterdir())[0])
+    path = root / ds.sample_ids[i]
+    explained = content_hash(path.read_bytes())
+    ds.load_input(i, explained)
+    assert ds.changed_since_read == []
+    Image.new("RGB", (8, 8), (250, 0, 0)).save(path)
+    fresh = build_dataset(DataConfig(kind="image_folder", path=root))  # no memo: read from the file
+    fresh.load_input(i, explained)
+    assert fresh.changed_since_read == [ds.sample_ids[i]]
+    from spray.analysis_stage import _warn_changed
+
+    with caplog.at_level(logging.WARNING, logger="spray.analysis_stage"):
+        _warn_changed(fresh)
+    assert f"1 files changed on disk during the audit (e.g. {ds.sample_ids[i]})" in caplog.text

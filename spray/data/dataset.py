@@ -97,6 +97,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.n_device_decoded = 0
         #: Inputs decoded in this process, for :meth:`load_input` (the audit sets its budget; 0: none).
         self.input_memo = InputMemo()
+        #: Samples :meth:`load_input` found with other bytes than the ``expect``-ed (explained) ones.
+        self.changed_since_read: list[str] = []
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -300,9 +302,10 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
         return got[0], got[2]
 
-    def load_input(self, i: int) -> torch.Tensor:
-        """The model input of sample ``i`` only: no thumbnail, no content hash (for the paste test); from
-        :attr:`input_memo` when this process decoded it before.
+    def load_input(self, i: int, expect: str | None = None) -> torch.Tensor:
+        """The model input of sample ``i`` only: no thumbnail (for the paste test); from :attr:`input_memo`
+        when this process decoded it before. Read from a file whose bytes' content hash is not ``expect``
+        (the file was rewritten since it was explained), its id is added to :attr:`changed_since_read`.
 
         Raises
         ------
@@ -315,6 +318,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         got = self._read(i, thumbnail=False)
         if isinstance(got, str):
             raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
+        if expect is not None and got[1] is not None and content_hash(got[1]) != expect:
+            self.changed_since_read.append(self.sample_ids[i])
         self.input_memo.put(i, got[0])
         return got[0]
 
