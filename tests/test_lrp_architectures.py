@@ -350,6 +350,31 @@ def test_timm_resnet_in_place_residual_matches_torchvision(composite: str) -> No
     assert cos.min() > 0.99999, cos.tolist()
 
 
+def test_in_place_arithmetic_on_a_view_of_a_rules_output_is_run_out_of_place() -> None:
+    """A review found ``z = rule_output.reshape(...); z += x`` still raising autograd's raw view error: any
+    view of a rule's output is handled, and the map is the out-of-place model's."""
+
+    class Block(nn.Module):
+        def __init__(self, in_place: bool) -> None:
+            super().__init__()
+            self.a, self.head, self.in_place = nn.Linear(8, 8), nn.Linear(8, 3), in_place
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.a(x).reshape(len(x), 2, 4)
+            if self.in_place:
+                z += x.reshape(len(x), 2, 4)
+            else:
+                z = z + x.reshape(len(x), 2, 4)
+            return self.head(torch.relu(z.flatten(1)))
+
+    torch.manual_seed(0)
+    a, b = Block(True).eval(), Block(False).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 8)
+    got = Explainer(a, "AttnLRP")(x, target=0).relevance
+    torch.testing.assert_close(got, Explainer(b, "AttnLRP")(x, target=0).relevance)
+
+
 def test_a_bare_in_place_call_on_a_rules_output_is_named() -> None:
     """``y.add_(x)`` as a statement cannot be run out of place without dropping its result: the first-call
     output check refuses it, naming the operation and the fix, instead of explaining another function."""

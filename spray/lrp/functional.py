@@ -71,12 +71,11 @@ def _grad(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad
 
 
-def _rule_view(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a view returned by a custom autograd Function (an LRP rule's identity forward),
-    which autograd refuses to modify in place."""
-    return (
-        t.requires_grad and t._is_view() and isinstance(t.grad_fn, torch.autograd.function.BackwardCFunction)
-    )
+def _custom_view_error(err: RuntimeError) -> bool:
+    """Whether ``err`` is autograd refusing an in-place change of a view made inside a custom Function (an
+    LRP rule's identity forward returns its input as a view), or of any view of such a view."""
+    text = str(err)
+    return "is being modified inplace" in text and "custom Function" in text
 
 
 def _bound(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -249,13 +248,17 @@ class FunctionalRules(TorchFunctionMode):
     # in-place arithmetic on a rule's output --------------------------------------------------------
 
     def _inplace_on_rule_output(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``x += y`` where ``x`` is a rule's output (a view autograd forbids modifying in place, e.g. a
-        linear layer's under the ε rule before timm's ``x += shortcut``): the out-of-place result, which
-        Python binds to ``x``. A bare ``x.add_(y)`` statement would drop it: the explainer's first-call
-        check of the output against the model's then names the difference instead of a wrong map."""
-        x = args[0] if args else None
-        if not (isinstance(x, torch.Tensor) and _rule_view(x)):
+        """``x += y`` where ``x`` is a rule's output or a view of it (autograd forbids modifying those in
+        place, e.g. a linear layer's output under the ε rule before timm's ``x += shortcut``): the
+        out-of-place result, which Python binds to ``x``. Autograd checks before it writes, so the failed
+        attempt changed nothing. A bare ``x.add_(y)`` statement would drop the result: the explainer's
+        first-call check of the output against the model's then names the difference instead of a wrong
+        map."""
+        try:
             return func(*args, **kwargs)
+        except RuntimeError as err:
+            if not _custom_view_error(err):
+                raise
         self.context.rebound.append(getattr(func, "__name__", str(func)))
         return self.__torch_function__(_INPLACE_ARITHMETIC[func], (), args, kwargs)
 
