@@ -85,7 +85,7 @@ def select_classes(cfg: AuditConfig, n_classes: int) -> list[int]:
 
 
 def make_probe(
-    model: Inference,
+    forward: Inference,
     dataset: AuditDataset,
     inputs: AnalysisInputs,
     class_index: int,
@@ -93,7 +93,7 @@ def make_probe(
     paste: _PasteContext,
     explainer: Any | None = None,
 ) -> InterventionProbe | None:
-    """The paste test's probe for one class (None when no other class has samples), asking ``model``;
+    """The paste test's probe for one class (None when no other class has samples), asking ``forward``;
     with ``explainer`` (a :class:`spray.lrp.Explainer` with a concept layer) it also computes
     concept-conditional heatmaps."""
     labels = inputs.labels
@@ -107,13 +107,13 @@ def make_probe(
         return torch.stack([dataset.load_input(paste.position_of[s], keys.get(s)) for s in sample_ids])
 
     return InterventionProbe(
-        predict=model.predict,
+        predict=forward.predict,
         load_inputs=load_inputs,
         other_ids=[inputs.sample_ids[i] for i in pick],
         other_labels=labels[pick],
         content_keys=paste.content_keys,
         cache=paste.cache,
-        logits=model.logits,
+        logits=forward.logits,
         concept_maps=None if explainer is None else _conditional(explainer, cfg),
     )
 
@@ -341,7 +341,7 @@ def _analyze_one(
     inputs: AnalysisInputs,
     groups: np.ndarray,
     sent: tuple[np.ndarray, np.ndarray | None] | None,
-    model: Inference,
+    forward: Inference,
     paste: _PasteContext | None,
     explainer: Any | None = None,
 ) -> ClassAnalysis:
@@ -351,7 +351,7 @@ def _analyze_one(
     name = dataset.class_names[c]
     log.info("analysing class %d (%s): %d samples", c, name, len(rows))
     conditional = explainer if cfg.concepts.enabled and cfg.concepts.intervention else None
-    probe = None if paste is None else make_probe(model, dataset, inputs, c, cfg, paste, conditional)
+    probe = None if paste is None else make_probe(forward, dataset, inputs, c, cfg, paste, conditional)
     ids = [inputs.sample_ids[i] for i in rows]
     if sent is None:
         assert inputs.relevance is not None

@@ -191,8 +191,8 @@ def _kept_out(
             "%d other samples are flagged (%d of class %s; from other findings, or as 'investigate'): they are "
             "kept out of %s", len(other), int((samples.labels[other] == class_index).sum()), name, where,
         )  # fmt: skip
-    seen = set(source.sample_ids) | set(source.skipped_ids)
-    unseen = np.asarray([i for i, s in enumerate(samples.sample_ids) if s not in seen], dtype=np.int64)
+    audited = set(source.sample_ids) | set(source.skipped_ids)
+    unseen = np.asarray([i for i, s in enumerate(samples.sample_ids) if s not in audited], dtype=np.int64)
     if len(unseen) and source.sample_ids:
         log.warning(
             "%d samples (%d of class %s) are newer than source run %s, which did not see them: they are kept out "
