@@ -102,7 +102,7 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
     ConfigError
         When ``spec`` is none of these, or the IDX labels file cannot be found.
     """
-    from spray.data.folder import IMAGE_EXTENSIONS, _probe, list_image_folder
+    from spray.data.folder import IMAGE_EXTENSIONS, _probe, list_image_folder, loader_differences
     from spray.data.idx import read_idx
 
     p = Path(spec).expanduser()
@@ -110,12 +110,13 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
         listing = list_image_folder(p, "--data")
         if not listing.sample_ids:
             raise DataError(f"--data {spec!r}: no image files below its class folders {listing.classes[:8]}.")
-        channels, sizes = _probe(p, listing.sample_ids)
+        probe = _probe(p, listing.sample_ids)
         facts = DataFacts(
             {"kind": "image_folder", "path": _rel(p, config_dir), "name": dataset_name(p.resolve().name, p)},
-            len(listing.sample_ids), listing.classes, sizes, channels == 1,
+            len(listing.sample_ids), listing.classes, probe.sizes, probe.channels == 1,
         )  # fmt: skip
         facts.notes += [f"empty class folder {c!r} (still a class)" for c in listing.empty_classes]
+        facts.notes += loader_differences(probe, listing.sample_ids)
         return facts
     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
         raise ConfigError(

@@ -400,3 +400,25 @@ def test_a_file_rewritten_after_it_was_explained_is_noted_when_read_again(
     with caplog.at_level(logging.WARNING, logger="spray.analysis_stage"):
         _warn_changed(fresh)
     assert f"1 files changed on disk during the audit (e.g. {ds.sample_ids[i]})" in caplog.text
+
+
+def test_files_imagefolder_reads_otherwise_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A .gif (ImageFolder never lists it) and a 16-bit PNG (ImageFolder clips it at 255) are said, once."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2, size=8)
+    Image.new("RGB", (8, 8), (1, 2, 3)).convert("P").save(root / "dog" / "pal.gif")
+    with caplog.at_level(logging.INFO):
+        build_dataset(DataConfig(kind="image_folder", path=root))
+    gif = [r for r in caplog.records if ".gif file" in r.getMessage()]
+    assert (
+        len(gif) == 1 and gif[0].levelno == logging.INFO and "1 .gif file is audited" in gif[0].getMessage()
+    )
+    assert not any("16-bit" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(root / "cat" / "deep.png")
+    with caplog.at_level(logging.INFO):
+        build_dataset(DataConfig(kind="image_folder", path=root))
+    deep = [r for r in caplog.records if "16-bit" in r.getMessage()]
+    assert len(deep) == 1 and deep[0].levelno == logging.WARNING
+    assert "1 of 6 probed files are 16-bit" in deep[0].getMessage() and "clips" in deep[0].getMessage()

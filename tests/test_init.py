@@ -386,3 +386,16 @@ def test_a_timm_checkpoint_under_a_name_torchvision_has_too_builds_timms(
     res = run_main([*argv, "--checkpoint", str(tmp_path / "r18.pt")], capsys)
     assert res.code == 0, res.output
     assert load_config(out).model.architecture == "resnet18" and "keys are timm's" not in res.output
+
+
+def test_sixteen_bit_images_are_pointed_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """torchvision's ImageFolder clips a 16-bit PNG at 255; spray scales it: init says so before any audit."""
+    root = tmp_path / "train"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((16, 16), 1000 * (i + 1), np.uint16)).save(root / c / f"{i}.png")
+    out = tmp_path / "a.yaml"
+    res = run_main(["init", "--data", str(root), "-o", str(out)], capsys)
+    assert res.code == 0, res.output
+    assert "4 of 4 probed files are 16-bit grey images" in res.output + out.read_text()

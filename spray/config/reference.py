@@ -55,6 +55,9 @@ run's `summary.json`; the run goes on.
   without class folders is refused. One class folder is label 0: right for a model with one output, and
   refused for a model with more (it would be explained as the model's class 0). To audit one class of a
   multi-class model, give every class of the model a folder (the others may be empty).
+- Where torchvision's ImageFolder reads a folder otherwise, the log and `spray init` say so: `.gif` files
+  are audited (ImageFolder does not list them), and 16-bit grey images are scaled (ImageFolder's
+  `convert("RGB")` clips every value above 255 to white, so a model trained through it saw other images).
 """
 
 

@@ -55,7 +55,7 @@ AlphaBackground = Literal["ignore", "black", "white"]
 DECODER_VERSION = 3
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 # Formats whose mode-I images Pillow fills with 16-bit samples (PGM/PPM rescaled from their maxval).
 _SIXTEEN_BIT_I_FORMATS = frozenset({"PNG", "PPM"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
@@ -180,7 +180,7 @@ def image_to_tensor(img: Image.Image, alpha_background: AlphaBackground = "ignor
     mode = img.mode
     if mode in ("1", "L"):
         return _uint8_tensor(img.convert("L"))
-    if mode in _SIXTEEN_BIT_MODES:
+    if mode in SIXTEEN_BIT_MODES:
         return _float_grey(np.asarray(img).astype(np.float32) / 65535.0)
     if mode == "I":
         arr = np.asarray(img)

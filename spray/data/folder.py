@@ -25,7 +25,13 @@ import torch
 from PIL import Image
 
 from spray.config import DataConfig
-from spray.data.decoding import DecodeOptions, _pillow_size_check_off, decode_image, source_channels
+from spray.data.decoding import (
+    SIXTEEN_BIT_MODES,
+    DecodeOptions,
+    _pillow_size_check_off,
+    decode_image,
+    source_channels,
+)
 from spray.data.source import Source
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
@@ -50,10 +56,15 @@ class FolderListing:
     empty_classes: list[str] = field(default_factory=list)
 
 
-#: Suffixes of hidden files that are listed as skipped (other hidden files, .DS_Store and the like, are not).
-_IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+@dataclass
+class FolderProbe:
+    """What the headers of up to PROBE_FILES files of an image folder say (see :func:`_probe`)."""
+
+    channels: int | None
+    sizes: list[tuple[int, int]]
+    #: How many of the probed files are 16-bit grey (Pillow's ``I;16`` modes).
+    sixteen_bit: int = 0
+    probed: int = 0
 
 
 def _is_runs_dir(d: Path) -> bool:
@@ -199,22 +210,48 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _probe(root: Path, sample_ids: list[str]) -> tuple[int | None, list[tuple[int, int]]]:
-    """Most common channel count and the ``(H, W)`` sizes of up to PROBE_FILES files (headers only)."""
+def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
+    """Most common channel count, the ``(H, W)`` sizes and the 16-bit files of up to PROBE_FILES files
+    (headers only)."""
     picks = np.unique(np.linspace(0, len(sample_ids) - 1, min(len(sample_ids), PROBE_FILES)).astype(int))
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
+    sixteen = 0
     with _pillow_size_check_off():
         for i in picks.tolist():
             try:
                 with Image.open(root / sample_ids[i]) as im:
                     channels.append(source_channels(im.mode))
                     sizes.append((im.size[1], im.size[0]))
+                    sixteen += im.mode in SIXTEEN_BIT_MODES
             except Exception:  # an unreadable file is reported when it is loaded, not here
                 continue
-    if not channels:
-        return None, sizes
-    return max((1, 3), key=channels.count), sizes
+    common = max((1, 3), key=channels.count) if channels else None
+    return FolderProbe(common, sizes, sixteen, len(channels))
+
+
+def loader_differences(probe: FolderProbe, sample_ids: list[str]) -> list[str]:
+    """Sentences on files that torchvision's ImageFolder reads differently from spray (empty when none).
+
+    A model trained through ImageFolder never saw a ``.gif`` (not in its extensions), and saw a 16-bit
+    image clipped at 255 by ``convert("RGB")``, while spray reads it at its true scale.
+    """
+    notes: list[str] = []
+    gifs = sum(s.lower().endswith(".gif") for s in sample_ids)
+    if gifs:
+        notes.append(
+            f"{gifs} .gif file{'s are' if gifs > 1 else ' is'} audited; torchvision's ImageFolder does not list "
+            ".gif files, so a model trained through it never saw them (move them out of the folder to audit "
+            "what it was trained on)"
+        )
+    if probe.sixteen_bit:
+        notes.append(
+            f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images; spray reads them at "
+            "their true scale (value / 65535), while torchvision's ImageFolder loader (convert('RGB')) clips "
+            "every value above 255 to white: if the model was trained through it, it saw other images than "
+            "the audit shows it (its accuracy on its own images, checked by the audit, tells)"
+        )
+    return notes
 
 
 def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
@@ -255,7 +292,10 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         raw = read(i)
         return decode_image(raw, decode), raw
 
-    channels, sizes = _probe(root, ids) if ids else (None, [])
+    probe = _probe(root, ids) if ids else FolderProbe(None, [])
+    for note in loader_differences(probe, ids):
+        # a .gif is only an extra sample; a 16-bit file may be a different image from the one trained on
+        log.log(logging.WARNING if "16-bit" in note else logging.INFO, "%s: %s", root, note)
     return Source(
         sample_ids=ids,
         labels=listing.labels,
@@ -263,6 +303,6 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         loader=load,
         raw_reader=read,
         pre_skipped=listing.skipped,
-        channels=channels,
-        input_sizes=sizes,
+        channels=probe.channels,
+        input_sizes=probe.sizes,
     )
