@@ -497,7 +497,7 @@ def _publish(
     report.run_dir = str(final)
     _check_flags(cfg, report.content_hashes, final)
     prune_runs(runs_dir, cfg.output.keep_runs, name=report.name, dataset=report.dataset)
-    prune_cache(runs_dir, batched.cache.dir.name)
+    prune_cache(runs_dir, batched.cache.dir.name, entries=(len(batched.cache), len(stage.batch.sample_ids)))
     # The manifests only serve a resume of this run id, which is now published.
     shutil.rmtree(batched.runner.work_dir, ignore_errors=True)
     set_stage("done")

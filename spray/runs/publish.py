@@ -216,8 +216,25 @@ def prune_runs(
     return removed
 
 
-def prune_cache(runs_dir: Path, in_use: str) -> list[Path]:
-    """Retention for the cache: delete ``.cache/<model16>-<lrp16>`` directories no published run uses.
+def prune_cache(runs_dir: Path, in_use: str, entries: tuple[int, int] = (0, 0)) -> list[Path]:
+    """Retention for the cache: delete ``.cache/<model16>-<lrp16>`` directories no published run uses,
+    then compact the one ``in_use`` (:func:`spray.runs.compaction.compact_cache`; ``entries`` is its
+    number of cached samples and the published run's number of samples).
+
+    Returns
+    -------
+    list[Path]
+        The deleted directories.
+    """
+    from spray.runs.compaction import compact_cache
+
+    removed = _prune_cache_dirs(runs_dir, in_use)
+    compact_cache(runs_dir, in_use, *entries)
+    return removed
+
+
+def _prune_cache_dirs(runs_dir: Path, in_use: str) -> list[Path]:
+    """Delete ``.cache/<model16>-<lrp16>`` directories no published run uses.
 
     Every nightly run with a retrained model opens a new cache directory (relevance of every sample,
     paste predictions), so without this the cache grows by a dataset's worth of heatmaps per model.

@@ -1,0 +1,135 @@
+"""Compaction of a cache directory's shards: drop the heatmaps of samples no kept run holds.
+
+The cache is keyed by content, so a sample whose file changed, or that left the dataset, leaves its old
+entry behind; a nightly dataset whose files are all rewritten each night (a pipeline that re-encodes its
+JPEGs) would add a dataset's worth of heatmaps every night to the same directory. Runs keep their own
+copies of their heatmaps, so the cache is an optimisation only and an entry no kept run holds can go:
+after a run is published, a shard none of whose samples a kept run holds is deleted, and one of which
+fewer than half are held is rewritten with those only (the directory then holds at most about twice what
+the kept runs use). The paste predictions' SQLite file is keyed by hashes of pasted images and is not
+compacted (it grows by the new images' pastes only, about a tenth of the shards' bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spray.runs.atomic import atomic_save_npz
+from spray.runs.errors import RunReadError
+from spray.runs.layout import CACHE_DIR, SHARD_GLOB, shard_file
+
+log = logging.getLogger(__name__)
+
+#: A shard with a smaller share of held samples is rewritten (rewriting one with more would cost more
+#: writing than it frees).
+REWRITE_BELOW = 0.5
+
+_START = re.compile(r"shard-(\d+)-")
+
+
+@dataclass(frozen=True)
+class ShardCompaction:
+    """What :func:`compact_shards` did in one cache directory."""
+
+    deleted: int = 0
+    rewritten: int = 0
+    dropped_samples: int = 0
+    bytes_freed: int = 0
+
+
+def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
+    """Delete or rewrite the shards of ``directory`` whose samples' content hashes are mostly not ``held``.
+
+    Parameters
+    ----------
+    directory : Path
+        A cache directory ``runs/.cache/<model16>-<lrp16>``.
+    held : set of str
+        Content hashes of every sample a kept run holds (whatever its label: an entry is kept for any).
+
+    Returns
+    -------
+    ShardCompaction
+        Counts of deleted and rewritten shards, dropped samples and bytes freed.
+    """
+    deleted = rewritten = dropped = freed = 0
+    held_sorted = np.array(sorted(held), dtype=str)
+    for shard in sorted(directory.glob(SHARD_GLOB)):
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                hashes = z["content_hashes"].astype(str)
+                keep = np.isin(hashes, held_sorted, assume_unique=False)
+                arrays = {k: z[k] for k in z.files} if 0 < keep.sum() < REWRITE_BELOW * len(keep) else None
+        except Exception as err:  # an unreadable shard is the loader's business (it recomputes it)
+            log.info("cache compaction passed over %s (%s)", shard, err)
+            continue
+        if keep.all() or (keep.any() and arrays is None):
+            continue
+        size = shard.stat().st_size
+        if arrays is not None:
+            kept = {k: v[keep] for k, v in arrays.items()}
+            key16 = hashlib.sha256("\n".join(kept["content_hashes"].tolist()).encode()).hexdigest()[:16]
+            m = _START.match(shard.name)
+            new = directory / shard_file(int(m.group(1)) if m else 0, key16)
+            atomic_save_npz(new, **kept)  # written before the old one goes: a crash loses nothing
+            freed -= new.stat().st_size
+            rewritten += 1
+        else:
+            deleted += 1
+        shard.unlink(missing_ok=True)
+        freed += size
+        dropped += int((~keep).sum())
+    return ShardCompaction(deleted, rewritten, dropped, freed)
+
+
+def held_content(runs: list[Path], cache: str) -> set[str] | None:
+    """Content hashes of the samples of every run in ``runs`` that uses cache directory ``cache``.
+
+    Returns None when some run cannot say (unreadable, or without content hashes): nothing is then
+    compacted, as for :func:`spray.runs.publish.prune_cache`.
+    """
+    from spray.runs.reader import RunReader, read_summary
+
+    held: set[str] = set()
+    for run in runs:
+        try:
+            if read_summary(run).cache != cache:
+                continue
+            hashes = RunReader(run).content_hashes()
+        except RunReadError as err:
+            log.info("cache compaction skipped: run %s is unreadable (%s)", run.name, err)
+            return None
+        if hashes is None:
+            log.info("cache compaction skipped: run %s does not list its samples' content", run.name)
+            return None
+        held.update(hashes.values())
+    return held
+
+
+def compact_cache(runs_dir: Path, in_use: str, n_entries: int, n_current: int) -> ShardCompaction:
+    """After publishing: compact the cache directory ``in_use`` when it holds over twice the samples of
+    the run just published (``n_entries`` against ``n_current``), keeping every kept run's samples."""
+    from spray.runs.publish import list_runs
+
+    if n_entries <= 2 * n_current:
+        return ShardCompaction()  # the usual night: no run needs reading
+    held = held_content(list_runs(runs_dir), in_use)
+    if held is None:
+        return ShardCompaction()
+    done = compact_shards(runs_dir / CACHE_DIR / in_use, held)
+    if done.deleted or done.rewritten:
+        log.info(
+            "cache compaction: %d heatmaps no kept run holds dropped (%d shards deleted, %d rewritten, "
+            "%.1f MB freed)",
+            done.dropped_samples,
+            done.deleted,
+            done.rewritten,
+            done.bytes_freed / 1e6,
+        )
+    return done
