@@ -42,6 +42,12 @@ def compact_concepts(concepts: np.ndarray) -> np.ndarray:
     )
 
 
+def load_shard(path: Path, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one shard file by field name (see :attr:`ShardCache.FIELDS`): ``fields``, or all."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in (z.files if fields is None else fields)}
+
+
 def sample_key(content_hash: str, label: int, *, by_label: bool) -> str:
     """The cache key of one sample: ``<content hash>`` or, when the label is explained, ``<hash>/<label>``.
 
@@ -182,8 +188,7 @@ class ShardCache:
 
     def _shard(self, path: Path) -> dict[str, np.ndarray]:
         if path not in self._loaded:
-            with np.load(path, allow_pickle=False) as z:
-                self._loaded[path] = {k: z[k] for k in z.files}
+            self._loaded[path] = load_shard(path)
         return self._loaded[path]
 
     def gather(

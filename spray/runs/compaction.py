@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from spray.runs.atomic import atomic_save_npz
+from spray.runs.cache import load_shard
 from spray.runs.errors import RunReadError
 from spray.runs.layout import CACHE_DIR, SHARD_GLOB, shard_file
 
@@ -62,14 +63,13 @@ def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
     held_sorted = np.array(sorted(held), dtype=str)
     for shard in sorted(directory.glob(SHARD_GLOB)):
         try:
-            with np.load(shard, allow_pickle=False) as z:
-                hashes = z["content_hashes"].astype(str)
-                keep = np.isin(hashes, held_sorted, assume_unique=False)
-                arrays = {k: z[k] for k in z.files} if 0 < keep.sum() < REWRITE_BELOW * len(keep) else None
+            hashes = load_shard(shard, ["content_hashes"])["content_hashes"].astype(str)
+            keep = np.isin(hashes, held_sorted)
+            arrays = load_shard(shard) if 0 < keep.sum() < REWRITE_BELOW * len(keep) else None
         except Exception as err:  # an unreadable shard is the loader's business (it recomputes it)
             log.info("cache compaction passed over %s (%s)", shard, err)
             continue
-        if keep.all() or (keep.any() and arrays is None):
+        if keep.sum() >= REWRITE_BELOW * len(keep):
             continue
         size = shard.stat().st_size
         if arrays is not None:
