@@ -37,7 +37,10 @@ import spray
 # 768 channels, not the grid's rows); 'auto' takes a hierarchical transformer's last stage; in-place sums
 # on a rule's output (timm ResNet under AttnLRP/CPLRP) and timm's FastAdaptiveAvgPool are explained;
 # exploding relevance sums are refused. CNN maps unchanged.
-LRP_VERSION = 7
+# 8: a module registered under several names (self.c3 = self.c2, ModuleList([block] * 2), a layer also
+# grouped into a Sequential) gets its rule under every name (calls through the second name were explained
+# with the plain gradient, or the first layer was refused); other models unchanged.
+LRP_VERSION = 8
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

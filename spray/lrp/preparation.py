@@ -119,7 +119,15 @@ def _relevance_out_layer(model: nn.Module, rules: Mapping[str, Rule]) -> str | N
 
 
 def _attach(model: nn.Module, rules: dict[str, Rule], first: str | None, context: RuleContext) -> None:
-    """Replace every ruled module by a :class:`RuleModule` (residual sums get their stabiliser)."""
+    """Replace every ruled module by a :class:`RuleModule` (residual sums get their stabiliser).
+
+    A module registered under several names (``self.c3 = self.c2``, ``nn.ModuleList([block] * 2)``, a
+    layer also grouped into a Sequential) is one object that ``named_modules()`` lists once; every name
+    gets the same :class:`RuleModule`, else the calls through the other names would bypass the rule.
+    """
+    aliases: dict[int, list[str]] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(path)
     for path, rule in rules.items():
         module = model.get_submodule(path)
         if isinstance(module, ResidualAdd):
@@ -132,7 +140,9 @@ def _attach(model: nn.Module, rules: dict[str, Rule], first: str | None, context
                 f"rule {rule!r} produces relevance, not a gradient, and can only go on the first layer "
                 f"({first}); it was assigned to {path}"
             )
-        _set_module(model, path, RuleModule(module, rule, path, path == first, context))
+        wrapped = RuleModule(module, rule, path, path == first, context)
+        for alias in aliases.get(id(module), [path]):
+            _set_module(model, alias, wrapped)
 
 
 def prepare(
