@@ -301,7 +301,15 @@ def analyze_run(
 def _warn_changed(dataset: AuditDataset) -> None:
     """A warning when files were rewritten between the batch stage and the paste test's reads."""
     changed = sorted(set(dataset.changed_since_read))
-    if changed:
+    if changed and dataset.raw_reader is None:
+        log.warning(
+            "%d samples of the dataset gave another input when read again than when they were explained "
+            "(e.g. %s): its transform is random (augmentation such as RandomHorizontalFlip or "
+            "RandomErasing), so heatmaps, paste and removal tests saw different images; build the dataset "
+            "with its evaluation transform and audit again",
+            len(changed), ", ".join(changed[:3]),
+        )  # fmt: skip
+    elif changed:
         log.warning(
             "%d files changed on disk during the audit (e.g. %s): the paste and removal tests read them as they "
             "are now, not as their heatmaps explain them; audit again when the data is not being written",

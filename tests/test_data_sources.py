@@ -7,6 +7,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -422,3 +423,92 @@ def test_files_imagefolder_reads_otherwise_are_named(
     deep = [r for r in caplog.records if "16-bit" in r.getMessage()]
     assert len(deep) == 1 and deep[0].levelno == logging.WARNING
     assert "1 of 6 probed files are 16-bit" in deep[0].getMessage() and "clips" in deep[0].getMessage()
+
+
+def _factory_config(tmp_path: Path, module: str, body: str, **data: Any) -> DataConfig:
+    (tmp_path / f"{module}.py").write_text(body)
+    raw = {"model": {"architecture": "resnet18", "num_classes": 2}, "data": {"kind": "factory", **data}}
+    raw["data"]["factory"] = f"{module}:build"
+    return config_from_dict(raw, base_dir=tmp_path).data
+
+
+def test_augmentation_that_rarely_changes_an_item_is_still_caught(tmp_path: Path) -> None:
+    """An outside check: a flip with p = 0.5 passed 3 rereads 1 time in 8. 32 items spread over the dataset,
+    each read twice: an item that changes on one read in twelve is caught."""
+    body = (
+        "import torch\n"
+        "class D:\n"
+        "    targets = [0, 1] * 50\n"
+        "    reads = 0\n"
+        "    def __len__(self): return 100\n"
+        "    def __getitem__(self, i):\n"
+        "        D.reads += 1\n"
+        "        x = torch.arange(36.0).reshape(1, 6, 6) / 36\n"
+        "        return (x.flip(-1) if D.reads % 12 == 0 else x), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    with pytest.raises(DataError, match=r"different image each time.*random augmentation"):
+        build_dataset(_factory_config(tmp_path, "rare_aug", body))
+
+
+def test_targets_that_disagree_with_the_items_labels_are_refused(tmp_path: Path) -> None:
+    """torchvision's ImageFolder with a target_transform: items carry mapped labels, .targets the unmapped.
+    The disagreement sits late in the dataset (the last class), where only a spread probe reads."""
+    body = (
+        "import torch\n"
+        "class D:\n"
+        "    targets = [0] * 60 + [1] * 40\n"
+        "    def __len__(self): return 100\n"
+        "    def __getitem__(self, i):\n"
+        "        return torch.full((1, 6, 6), i / 100), (0 if self.targets[i] == 1 else self.targets[i])\n"
+        "def build(): return D()\n"
+    )
+    with pytest.raises(
+        DataError, match=r"carries label 0, but the dataset's 'targets' say 1.*target_transform"
+    ):
+        build_dataset(_factory_config(tmp_path, "swapped_targets", body))
+
+
+def test_pixel_values_on_the_255_scale_are_named_as_such(tmp_path: Path) -> None:
+    body = (
+        "import numpy as np\n"
+        "class D:\n"
+        "    targets = [0, 1] * 4\n"
+        "    def __len__(self): return 8\n"
+        "    def __getitem__(self, i): return np.full((6, 6), 17 * i, np.int64), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    cfg = _factory_config(tmp_path, "scale255", body, transform={"mean": [0.5], "std": [0.2]})
+    with pytest.raises(DataError, match=r"values in \[0, 119\]: pixel values not scaled.*Return uint8"):
+        build_dataset(cfg)
+
+
+def test_a_factory_item_that_changes_after_it_was_explained_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Augmentation that slips past the probe: the paste test's second read of a factory sample hashes
+    its input and compares it with the explained one, as for a rewritten file."""
+    body = (
+        "import torch\n"
+        "class D:\n"
+        "    targets = [0, 1] * 4\n"
+        "    augment = False\n"
+        "    def __len__(self): return 8\n"
+        "    def __getitem__(self, i):\n"
+        "        x = torch.arange(36.0).reshape(1, 6, 6) / 40 + i / 100\n"
+        "        return (x.flip(-1) if D.augment else x), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    ds = build_dataset(_factory_config(tmp_path, "late_aug", body))
+    explained = ds[3]
+    assert isinstance(explained, Sample)
+    ds.load_input(2, ds[2].content_hash)  # read again, the same: nothing to say
+    sys.modules["late_aug"].D.augment = True  # the augmentation starts after the explanation
+    ds.load_input(3, explained.content_hash)
+    assert ds.changed_since_read == [ds.sample_ids[3]]
+    from spray.analysis_stage import _warn_changed
+
+    with caplog.at_level(logging.WARNING, logger="spray.analysis_stage"):
+        _warn_changed(ds)
+    assert "1 samples of the dataset gave another input when read again" in caplog.text
+    assert "RandomHorizontalFlip" in caplog.text

@@ -20,9 +20,9 @@ The function returns a map-style dataset:
 | what | required | meaning |
 |---|---|---|
 | `__len__()`, `__getitem__(i)` | yes | `i` in `0..len-1` |
-| item `i` | yes | `(image, label, ...)`; or just `image` when `targets` is given. The same image on every read: a dataset with random augmentation (random crops, flips, colour jitter) is refused, since the heatmap, the paste test and the thumbnail would each see another view; use its evaluation transform |
+| item `i` | yes | `(image, label, ...)`; or just `image` when `targets` is given. The same image on every read: a dataset with random augmentation (random crops, flips, colour jitter) is refused (32 items spread over the dataset are each read twice before any work, and a sample that gives another input when the paste test reads it again is warned of), since the heatmap, the paste test and the thumbnail would each see another view; use its evaluation transform |
 | `image` | yes | a PIL image (decoded like a file: every mode and bit depth), a numpy array or a tensor: `(H, W)`, `(C, H, W)` or numpy `(H, W, C)`, C 1 or 3 (2 or 4 with alpha). **Un-normalised**: uint8 is divided by 255, uint16 by 65535, floats are taken as [0, 1]. Resizing and mean/std belong in `data.transform` (thumbnails, the paste test and the ZBox rule need the real pixels); values far outside [0, 1] (by more than 0.5) while `data.transform` sets mean/std are refused, since the images would be normalised twice. |
-| `targets` | no | one integer label per sample; saves loading every item to learn the labels |
+| `targets` | no | one integer label per sample; saves loading every item to learn the labels. It must hold the labels the items carry (checked on the probed items: torchvision's ImageFolder with a `target_transform` keeps unmapped `targets`) |
 | `classes` or `class_names` | no | class names in label order (`data.class_names` wins) |
 | `sample_ids` | no | stable, unique ids (default: the position). Flags and the incremental cache follow samples by id: use ids that survive a reordering (file names, database keys); a flag whose id later names another image is reported, not applied (`spray flags check`). |
 | `fingerprint` | no | a string that changes whenever the data changes; without it every sample is read to fingerprint the dataset |

@@ -304,8 +304,9 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
 
     def load_input(self, i: int, expect: str | None = None) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail (for the paste test); from :attr:`input_memo`
-        when this process decoded it before. Read from a file whose bytes' content hash is not ``expect``
-        (the file was rewritten since it was explained), its id is added to :attr:`changed_since_read`.
+        when this process decoded it before. When its content hash (of the file's bytes, or of the input a
+        factory dataset gave) is not ``expect``, the sample changed since it was explained (a rewritten file,
+        random augmentation) and its id is added to :attr:`changed_since_read`.
 
         Raises
         ------
@@ -318,7 +319,7 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         got = self._read(i, thumbnail=False)
         if isinstance(got, str):
             raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
-        if expect is not None and got[1] is not None and content_hash(got[1]) != expect:
+        if expect is not None and _hash_of(got[1], got[0]) != expect:
             self.changed_since_read.append(self.sample_ids[i])
         self.input_memo.put(i, got[0])
         return got[0]
