@@ -124,7 +124,9 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
     except FlagConflict as conflict:
         p.conflict = conflict
         st.session_state[f"_pending_{key}"] = p
-        return
+        # Drawn anew at once: the confirmation box already on the page would otherwise stay, and its
+        # next click would override a decision the user never saw.
+        st.rerun()
     st.session_state.pop(f"_pending_{key}", None)
     n = len(p.sample_ids)
     st.session_state[f"_saved_{key}"] = f"{p.status}: {n:,} sample{'' if n == 1 else 's'} ({p.source})"
@@ -156,7 +158,9 @@ def _ask(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
         )
     c1, c2 = st.columns(2)
     label = "Apply anyway" if p.conflict is not None else f"Yes, {p.status} {len(p.sample_ids):,} samples"
-    if c1.button(label, key=f"confirm_{key}", type="primary"):
+    # Another key for the override: a click meant for the confirmation must never count as one.
+    button_key = f"override_{key}" if p.conflict is not None else f"confirm_{key}"
+    if c1.button(label, key=button_key, type="primary"):
         p.since = None if p.conflict is not None else p.since
         p.conflict = None
         _apply(p, key, reset_keys)

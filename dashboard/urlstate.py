@@ -78,15 +78,24 @@ def nav() -> dict[str, str]:
 
 
 def pull_url(names: Sequence[str]) -> dict[str, str]:
-    """Take values from the URL that this session has not applied yet."""
+    """Take values from the URL that this session has not applied yet (their names: :func:`fresh`)."""
     state = nav()
     seen = st.session_state.setdefault("_nav_seen", {})
+    applied = set()
     for name in names:
         v = st.query_params.get(name)
         if v is not None and seen.get(name) != v:
             state[name] = v
             seen[name] = v
+            applied.add(name)
+    st.session_state["_nav_fresh"] = applied
     return state
+
+
+def fresh() -> set[str]:
+    """The view values this script run took from a URL (a followed link), not from the session."""
+    got: set[str] = st.session_state.get("_nav_fresh", set())
+    return got
 
 
 def push_url(**values: Any) -> None:
@@ -94,6 +103,8 @@ def push_url(**values: Any) -> None:
     state = nav()
     seen = st.session_state.setdefault("_nav_seen", {})
     want = {k: str(v) for k, v in values.items() if v is not None}
+    for k in [k for k in seen if k not in want]:
+        del seen[k]  # no longer in the URL: a link that brings it back is a new request
     for k, v in want.items():
         state[k] = v
         seen[k] = v

@@ -393,3 +393,40 @@ def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_othe
     # the newest run: rebinding to an older run's ids would move flags to older data.
     older = texts(ok(app(run=runs[1].name).run()))
     assert "which is not the newest of its audit" in older and "spray flags rebind" not in older
+
+
+def test_a_second_cluster_link_opens_its_own_cluster(env: Path) -> None:
+    """An outside check: after one cluster had been opened, every later link to the cluster page (overview
+    row, class page list, "open the selection") showed the first cluster again, with its flag form."""
+    at = ok(app().run())
+    table = html_table(at, "findings")
+    first, second = table[0], next(r for r in table[1:] if r["cluster key"] != table[0]["cluster key"])
+    follow_row_link(at, first["_href"])
+    assert at.query_params["cluster"] == first["cluster key"]
+    ok(at.switch_page("views/overview.py").run())
+    follow_row_link(at, second["_href"])
+    assert at.query_params["cluster"] == second["cluster key"]
+    assert at.selectbox(key="w_target").value == second["cluster key"]
+    members = int(at.subheader[0].value.split("(")[1].rstrip(")"))
+    assert members == int(str(second["size"]).replace(",", ""))
+    # A selection's link after a cluster: the selection; then a cluster's link again: that cluster.
+    run = at.query_params["run"]
+    follow_row_link(at, "cluster?" + urlencode({"run": run, "view": "selection", "sel": "i" + _ids("1,2,3")}))
+    assert at.selectbox(key="w_target").value == "selection" and at.subheader[0].value == "Members (3)"
+    follow_row_link(at, second["_href"])  # the cluster open before the selection: its link still counts
+    assert at.selectbox(key="w_target").value == second["cluster key"]
+    follow_row_link(at, first["_href"])
+    assert at.selectbox(key="w_target").value == first["cluster key"]
+    # Choosing another cluster in the page's own select box still works.
+    ok(at.selectbox(key="w_target").select(second["cluster key"]).run())
+    assert at.query_params["cluster"] == second["cluster key"]
+
+
+def _ids(text: str) -> str:
+    """The body of an encoded id list (urlstate.encode_ids) of the ids in ``text``."""
+    import base64
+    import zlib
+
+    nums = [int(s) for s in text.split(",")]
+    deltas = ",".join(str(b - a) for a, b in zip([0, *nums[:-1]], nums, strict=True))
+    return base64.urlsafe_b64encode(zlib.compress(deltas.encode(), 9)).decode().rstrip("=")

@@ -369,10 +369,31 @@ def test_a_decision_that_came_in_meanwhile_is_shown_and_not_overwritten(env: Pat
     )
     assert list(conflicts["author"]) == ["bo"] and list(conflicts["status"]) == ["ok"]
     assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "ok"}
-    at.button(key="confirm_sample").click()
+    at.button(key="override_sample").click()
     ok(at.run())
     [flag] = FlagStore(env).current(DATASET)
     assert (flag.status, flag.author) == ("unlearn", "server-user")
+
+
+def test_a_decision_that_came_in_before_a_confirmation_is_shown_too(env: Path, run_dir: Path) -> None:
+    """An outside check: with over 20 samples (a confirmation first), "Yes" hit the conflict, left the
+    confirmation on the page, and its second click overrode the other decision, never shown."""
+    finding = top_finding(run_dir)
+    at = open_page("views/cluster.py", cluster=finding.key)
+    at.radio(key="flag_status_cluster").set_value("unlearn")
+    at.form_submit_button(key="FormSubmitter:flagform_cluster-Apply").click()
+    ok(at.run())
+    assert "Set **unlearn** on" in shown(at)
+    some = html_grid(at)[0]["sample_id"]
+    FlagStore(env).flag(DATASET, [some], "ok", "checked by hand", author="bo")  # another writer, meanwhile
+    at.button(key="confirm_cluster").click()
+    ok(at.run())
+    assert "Another decision came in meanwhile" in shown(at)
+    assert FlagStore(env).status_of(DATASET, [some]) == {some: "ok"}
+    assert not any(b.key == "confirm_cluster" for b in at.button)  # only "Apply anyway" and "Cancel"
+    at.button(key="override_cluster").click()
+    ok(at.run())
+    assert FlagStore(env).status_of(DATASET, [some]) == {some: "unlearn"}
 
 
 def test_many_samples_need_a_confirmation_and_cancel_writes_nothing(env: Path, run_dir: Path) -> None:

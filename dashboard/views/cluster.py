@@ -69,6 +69,9 @@ def why_not(key: str) -> str:
 
 
 # --- what to show: a cluster key or a selection ---------------------------------------------------------
+if "cluster" in urlstate.fresh() and "view" not in urlstate.fresh():
+    # A followed link to a cluster (this page's links carry one of cluster= or view=selection, never both).
+    state.pop("view", None)
 sel_ids: list[str] = []
 if state.get("view") == SEL:
     if state.get("sel"):
@@ -128,9 +131,17 @@ def label(o: str) -> str:
 def switched() -> None:
     for name in ("page", "filter"):
         state.pop(name, None)
+    if state["target"] == SEL:
+        state["view"] = SEL
+    else:
+        state["cluster"] = state["target"]
+        state.pop("view", None)
 
 
 st.title("Cluster / selection")
+# What the link or the last choice in the box addresses (``view``/``cluster``), not the box's remembered value:
+# a link followed after another cluster was open showed that one again.
+state["target"] = default
 target = urlstate.nav_select("Cluster", options, "target", default=default, format_func=label, then=switched)
 key: str | None
 finding: FindingSummary | None
