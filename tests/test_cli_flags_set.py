@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def test_a_missing_latest_link_says_to_give_the_run(
     runs.mkdir()
     (runs / "latest").symlink_to(runs / "gone")
     res = run_main(["flags", "check", "--runs-dir", str(runs)], capsys)
-    assert_clean_failure(res, 2, "latest is missing (a dangling link)", "--run")
+    assert_clean_failure(res, 2, "holds no readable run", "--run RUN_FOLDER")
 
 
 def test_sample_ids_from_a_file_are_taken_exactly_and_the_run_is_named(
@@ -176,3 +177,40 @@ def test_flags_moved_to_another_finding_are_said_and_a_finding_can_be_unflagged(
     both = ["--finding", second.key, "--sample-ids", "0"]
     assert_clean_failure(run_main([*unset, *both], capsys), 2, "not both")
     assert_clean_failure(run_main([*base, *both], capsys), 2, "not both")
+
+
+def test_a_shared_runs_folder_checks_each_datasets_flags_against_its_own_newest_run(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: another audit's run became `latest`, and `flags export --runs-dir` then checked the
+    flags against that run (or none), so a flag on a replaced image went to unlearning without a word."""
+    import json
+    import shutil
+
+    runs = tmp_path / "runs"
+    mine = (audited.runs_dir / "latest").resolve()
+    shutil.copytree(mine, runs / mine.name)
+    other = runs / ("29" + mine.name[2:])  # a newer run folder name, of another audit's dataset
+    shutil.copytree(mine, other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["dataset"] = "other-data"
+    (other / "summary.json").write_text(json.dumps(summary))
+    (runs / "latest").symlink_to(other.name)
+    db = runs / "flags.sqlite"
+    store = FlagStore(db)
+    # (quiet: the CLI's log handler of an earlier test still points at that test's closed output)
+    logging.getLogger("spray.flags").disabled = True
+    try:
+        store.flag(DATASET, ["0"], "unlearn", content_hashes={"0": "a-replaced-image"})
+        store.flag(DATASET, ["1"], "unlearn", content_hashes=RunReader.open(mine).content_hashes())
+    finally:
+        logging.getLogger("spray.flags").disabled = False
+
+    res = run_main(["flags", "check", "--runs-dir", str(runs)], capsys)
+    assert_clean_failure(res, 2, "holds runs of 2 datasets", "--dataset KEY")
+    res = run_main(["flags", "check", "--runs-dir", str(runs), "--dataset", DATASET], capsys)
+    assert res.code == 1 and "1 on ids that now name other content" in res.output
+    out = tmp_path / "unlearn.csv"
+    res = run_main(["flags", "export", "--runs-dir", str(runs), "--fail-if-left-out", "-o", str(out)], capsys)
+    assert res.code == 1 and "left out of the export: 1 flags" in res.output
+    assert [line.split(",")[1] for line in out.read_text().splitlines()[1:]] == ["1"]

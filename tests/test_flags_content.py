@@ -234,7 +234,8 @@ def test_an_image_replaced_in_place_keeps_no_silent_flag(
     _audit_again(world, images, world.labels[1:])
     res = run_main(["flags", "check", "--runs-dir", runs], capsys)
     assert res.code == 1 and "1 on ids that now name other content" in res.output
-    assert f"spray flags unset --run {runs}/latest --sample-ids ID" in res.output
+    newest = (flagged.runs_dir / "latest").resolve()  # the folder's only dataset: its newest run, by name
+    assert f"spray flags unset --run {newest} --sample-ids ID" in res.output
     # keeping the flag on the new content is a decision, recorded with the new content
     assert run_main(["flags", "set", "--runs-dir", runs, "--sample-ids", str(target)], capsys).code == 0
     assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0

@@ -55,7 +55,18 @@ def export_command(args: argparse.Namespace) -> int:
             "those that no longer name the images they were set on."
         )
     if args.runs_dir:
-        leave_out = _left_out(db, Path(args.runs_dir) / "latest")
+        newest = _newest_runs(Path(args.runs_dir))
+        leave_out = set()
+        for ds in [args.dataset] if args.dataset is not None else store.datasets():
+            if ds in newest:
+                leave_out |= _left_out(db, newest[ds])
+            else:
+                log.warning(
+                    "%s holds no run of dataset %r: its flags are exported without checking that their sample "
+                    "ids still name the images they were set on",
+                    args.runs_dir,
+                    ds,
+                )
     else:
         leave_out = set()
         log.warning(
@@ -138,14 +149,50 @@ def _run_folder(args: argparse.Namespace) -> Path:
     if args.run:
         return Path(args.run)
     if args.runs_dir:
-        latest = Path(args.runs_dir) / "latest"
-        if not latest.exists():  # a link removed by hand, or pointing at a deleted run
+        return _newest_run(Path(args.runs_dir), getattr(args, "dataset", None))
+    raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for its newest run).")
+
+
+def _newest_runs(runs_dir: Path) -> dict[str, Path]:
+    """The newest readable run of each dataset key in ``runs_dir`` (several audits may share a folder,
+    and ``latest`` is the newest run of any of them)."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import read_summary
+
+    newest: dict[str, Path] = {}
+    for run in list_runs(runs_dir):
+        try:
+            newest.setdefault(read_summary(run).dataset, run)
+        except RunReadError as err:
+            log.warning("run %s is unreadable, passed over: %s", run.name, err)
+    return newest
+
+
+def _newest_run(runs_dir: Path, dataset: str | None) -> Path:
+    """The newest run of ``dataset`` in ``runs_dir``; without one, of the folder's only dataset."""
+    newest = _newest_runs(runs_dir)
+    if dataset is not None:
+        if dataset not in newest:
             raise ConfigError(
-                f"{latest} is missing{' (a dangling link)' if latest.is_symlink() else ''}: give the run folder "
-                f"with --run {Path(args.runs_dir) / 'RUN_FOLDER'}, or audit again (spray run restores the link)."
+                f"--dataset {dataset!r}: {runs_dir} holds no readable run of it"
+                + (
+                    f"; its datasets: {', '.join(sorted(newest))}."
+                    if newest
+                    else " (no readable runs at all)."
+                )
             )
-        return latest
-    raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for DIR/latest).")
+        return newest[dataset]
+    if len(newest) > 1:
+        raise ConfigError(
+            f"{runs_dir} holds runs of {len(newest)} datasets ({', '.join(sorted(newest))}): give --dataset KEY "
+            "to say whose flags, or --run RUN_FOLDER."
+        )
+    if not newest:
+        raise ConfigError(
+            f"{runs_dir} holds no readable run: give the run folder with --run RUN_FOLDER, or audit first."
+        )
+    return next(iter(newest.values()))
 
 
 def _sample_ids(
@@ -400,7 +447,8 @@ def register(subparsers: Any) -> None:
         "set", help="flag a finding's members or given samples of a run", description=set_command.__doc__
     )
     common(f)
-    f.add_argument("--run", help="the published run folder (default RUNS_DIR/latest)")
+    f.add_argument("--run", help="the published run folder (default: the newest run in RUNS_DIR)")
+    _dataset_option(f)
     f.add_argument(
         "--finding",
         help="the finding to flag (its members): its key, e.g. 6/k3/c2, or the report's class/cluster, e.g. dog/k3/c2",
@@ -475,4 +523,12 @@ def _ids_file_option(p: argparse.ArgumentParser) -> None:
 
 def _run_options(p: argparse.ArgumentParser, common: Any) -> None:
     common(p)
-    p.add_argument("--run", help="the published run folder (default RUNS_DIR/latest)")
+    p.add_argument("--run", help="the published run folder (default: the newest run in RUNS_DIR)")
+    _dataset_option(p)
+
+
+def _dataset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        help="with --runs-dir: the newest run of this dataset key (needed when the folder holds runs of several)",
+    )
