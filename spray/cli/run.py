@@ -225,12 +225,15 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         return EXIT_OK
     code = exit_code_for(report, fail_on_findings=fail_on_findings)
     pending = _pending(runs_dir, report.run_id)
-    owed = report.up_to_date and pending.exists()
+    earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key())
+    if report.up_to_date and pending.exists():
+        earlier.insert(0, report.run_id[:16])
+    owed = bool(earlier)
     if owed:
         log.warning(
             "the job that published run %s was stopped before it reported its new or grown suspicious "
-            "clusters: reporting them now (exit 10)",
-            report.run_id[:16],
+            "clusters: reporting them now (exit 10; they are in that run's summary.json, changes)",
+            ", ".join(earlier),
         )
         code = EXIT_FINDINGS
     _report_status(report, code, status, cfg.flags_db_path())
@@ -248,6 +251,35 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 def _pending(runs_dir: Path, run_id: str) -> Path:
     """The marker of a published run whose exit 10 (and notification) is not reported yet."""
     return runs_dir / f".alert-pending-{run_id[:16]}"
+
+
+def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> list[str]:
+    """The run ids (16 characters) of this audit's earlier runs whose exit 10 a stopped job never reported,
+    their markers removed (the data changed since, so this job published another run); a marker of a run
+    that was never published is removed too (its clusters are new to this run as well)."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import read_summary
+
+    owed = []
+    for marker in sorted(runs_dir.glob(f"{_pending(runs_dir, '').name}*")):
+        run16 = marker.name.rsplit("-", 1)[-1]
+        if marker == pending:
+            continue
+        run = next((r for r in list_runs(runs_dir) if r.name.endswith(run16[:12])), None)
+        try:
+            summary = None if run is None else read_summary(run)
+        except RunReadError:
+            summary = None
+        if summary is not None and (summary.name, summary.dataset) != (name, dataset):
+            continue  # another audit's: its own job reports it
+        if summary is not None and summary.run_id.startswith(run16):
+            owed.append(run16)
+        try:
+            marker.unlink()
+        except OSError as err:
+            log.warning("cannot remove %s (%s): the next job will report exit 10 again", marker, err)
+    return owed
 
 
 def _flag_warning(report: Any, db: Path) -> str:
