@@ -88,11 +88,10 @@ def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
     return ShardCompaction(deleted, rewritten, dropped, freed)
 
 
-def held_content(runs: list[Path], cache: str) -> set[str] | None:
+def held_content(runs: list[Path], cache: str) -> set[str]:
     """Content hashes of the samples of every run in ``runs`` that uses cache directory ``cache``.
 
-    Returns None when some run cannot say (unreadable, or without content hashes): nothing is then
-    compacted, as for :func:`spray.runs.publish.prune_cache`.
+    A run that cannot say (unreadable, or without content hashes) holds none: it has its own heatmaps.
     """
     from spray.runs.reader import RunReader, read_summary
 
@@ -103,12 +102,11 @@ def held_content(runs: list[Path], cache: str) -> set[str] | None:
                 continue
             hashes = RunReader(run).content_hashes()
         except RunReadError as err:
-            log.info("cache compaction skipped: run %s is unreadable (%s)", run.name, err)
-            return None
-        if hashes is None:
-            log.info("cache compaction skipped: run %s does not list its samples' content", run.name)
-            return None
-        held.update(hashes.values())
+            log.info(
+                "cache compaction: run %s is unreadable (%s); it holds no cached heatmaps", run.name, err
+            )
+            continue
+        held.update((hashes or {}).values())
     return held
 
 
@@ -120,8 +118,6 @@ def compact_cache(runs_dir: Path, in_use: str, n_entries: int, n_current: int) -
     if n_entries <= 2 * n_current:
         return ShardCompaction()  # the usual night: no run needs reading
     held = held_content(list_runs(runs_dir), in_use)
-    if held is None:
-        return ShardCompaction()
     done = compact_shards(runs_dir / CACHE_DIR / in_use, held)
     if done.deleted or done.rewritten:
         log.info(

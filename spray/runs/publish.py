@@ -239,8 +239,10 @@ def _prune_cache_dirs(runs_dir: Path, in_use: str) -> list[Path]:
     Every nightly run with a retrained model opens a new cache directory (relevance of every sample,
     paste predictions), so without this the cache grows by a dataset's worth of heatmaps per model.
     A directory is kept when it is ``in_use`` (the run just published) or named by the ``cache`` key of
-    any run still in ``runs_dir``. If some run does not say (an unreadable run, or one that predates
-    the key), nothing is deleted.
+    any run still in ``runs_dir``. A run that does not say (an unreadable run, or one that predates the
+    key) keeps none: every run holds its own heatmaps, so a deleted directory costs only recomputation,
+    while keeping every directory for one damaged run's sake let the cache grow by a dataset's worth of
+    heatmaps with every retrained model, for good.
 
     Returns
     -------
@@ -261,8 +263,11 @@ def _prune_cache_dirs(runs_dir: Path, in_use: str) -> list[Path]:
         except RunReadError:
             key = ""
         if not key:
-            log.info("cache retention skipped: run %s does not say which cache directory it uses", run.name)
-            return []
+            log.info(
+                "cache retention: run %s does not say which cache directory it uses; none kept for it",
+                run.name,
+            )
+            continue
         keep.add(key)
     removed = [d for d in others if d.name not in keep]
     for d in removed:
