@@ -26,6 +26,20 @@ def _flag(sample_id: str, content_hash: str | None) -> Flag:
     return Flag(DATASET, sample_id, "unlearn", "", None, None, None, None, "t", "a", 1, content_hash)
 
 
+def test_a_flagged_file_the_run_could_not_read_is_not_called_deleted(tmp_path: Path) -> None:
+    """An outside check truncated a flagged image: the run skipped it, and the message called it a deleted
+    file and said to unset its flag, which a restored file would have needed again."""
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report(n_per_class=4)  # its run skipped cat/broken.png as a corrupt image
+    run = write_published(tmp_path / "runs", report, stage)
+    b = bind_flags([_flag("cat/broken.png", "h-old"), _flag("cat/gone.png", "h-gone")], {"0": "h-b"})
+    text = describe(b, str(run))
+    assert "1 flagged sample ids could not be read in this run and were skipped (cat/broken.png: corrupt" in text
+    assert "their flags stay; restore or repair the files" in text
+    assert "deleted files: cat/gone.png)" in text and "unset --run" in text  # the deleted one only
+
+
 def test_bind_flags_sorts_each_kind() -> None:
     run = {"0": "h-b", "1": "h-c", "2": "h-x", "3": "h-d", "4": "h-d"}
     flags = [

@@ -156,6 +156,7 @@ def describe(binding: FlagBinding, run: str) -> str:
     if not moved and not replaced and not gone:
         return ""
     parts = []
+    run_path = Path(run)
     run = shlex.quote(str(run))  # the commands below are pasted into a shell
     if moved:
         pairs = [f"{c.flag.sample_id} → {c.found_at[0]}" for c in moved]
@@ -180,7 +181,16 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"--sample-ids ID --status STATUS`, then drop the old id's flag with `spray flags unset --run {run} "
             "--sample-ids ID`."
         )
-    deleted = [c for c in gone if not c.found_at]
+    skipped = _skipped_in(run_path)
+    unreadable = [c for c in gone if not c.found_at and c.flag.sample_id in skipped]
+    if unreadable:
+        pairs = [f"{c.flag.sample_id}: {skipped[c.flag.sample_id]}" for c in unreadable]
+        parts.append(
+            f"{len(unreadable)} flagged sample ids could not be read in this run and were skipped ({listed(pairs)}): "
+            "their flags stay; restore or repair the files and audit again (the flags then name their images "
+            "again, or say that they changed)."
+        )
+    deleted = [c for c in gone if not c.found_at and c.flag.sample_id not in skipped]
     if deleted:
         ids = [c.flag.sample_id for c in deleted]
         parts.append(
@@ -189,6 +199,17 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"`spray flags unset --run {run} --sample-ids ID`."
         )
     return " ".join(parts)
+
+
+def _skipped_in(run: Path) -> dict[str, str]:
+    """``sample_id -> reason`` of the samples the run at ``run`` skipped as unreadable ({} if unknown)."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.reader import read_summary
+
+    try:
+        return {s.sample_id: s.reason for s in read_summary(run).skipped}
+    except (RunReadError, OSError):
+        return {}
 
 
 def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run: str) -> str:
