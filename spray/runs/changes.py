@@ -397,6 +397,52 @@ def previous_run(
     return None, None, unreadable
 
 
+def _backfill(
+    runs_dir: Path,
+    previous: RunReader,
+    analysed: Collection[int],
+    prev: list[ClusterFinding],
+    prev_hashes: dict[str, str],
+) -> dict[str, str]:
+    """Add to ``prev`` (and ``prev_hashes``) the findings of the classes this run analysed and the previous
+    run did not, from the newest older run of the audit that analysed each: a class left out for a night
+    (a broken sync) would otherwise bring back its suspicious clusters as new. Returns ``key -> run folder``
+    of the findings added."""
+    from spray.runs.publish import list_runs
+
+    gap = set(analysed) - {c.class_index for c in previous.summary.classes}
+    older: dict[str, str] = {}
+    names = [r.name for r in list_runs(runs_dir)]  # newest first
+    start = names.index(previous.path.name) + 1 if previous.path.name in names else len(names)
+    for p in [runs_dir / n for n in names[start:]] if gap else []:
+        try:
+            reader = RunReader.open(p)
+            s = reader.summary
+            if (s.name, s.dataset) != (previous.summary.name, previous.summary.dataset):
+                continue
+            take = gap & {c.class_index for c in s.classes}
+            found = [f for f in reader.findings() if f.class_index in take] if take else []
+            hashes = reader.content_hashes() or {}
+        except RunReadError:
+            continue
+        prev += found
+        older.update({f.key: p.name for f in found})
+        for sid, h in hashes.items():
+            prev_hashes.setdefault(sid, h)
+        gap -= take
+        if not gap:
+            break
+    return older
+
+
+def _from_older(e: ClusterChange, older: Mapping[str, str]) -> ClusterChange:
+    """``e`` with a note when its previous cluster is from an older run (see :func:`_backfill`)."""
+    if e.previous_key is None or e.previous_key not in older:
+        return e
+    said = f"compared with run {older[e.previous_key]}, the last to analyse this class"
+    return replace(e, note=f"{e.note}; {said}" if e.note else said)
+
+
 def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule) -> ChangeSet:
     """The ``changes`` section for a finished (not yet published) report.
 
@@ -413,6 +459,11 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     if reader is None and (moved := same_content_run(runs_dir, report)) is not None:
         reader, prev = moved
     before = None if reader is None else reader.summary.hashes.get("model")
+    analysed = {c.class_index for c in report.classes}
+    prev_hashes = dict((reader.content_hashes() if reader else None) or {})
+    older: dict[str, str] = {}
+    if reader is not None and prev is not None:
+        older = _backfill(runs_dir, reader, analysed, prev, prev_hashes)
     changes = compare_findings(
         report.findings,
         prev,
@@ -420,9 +471,12 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         previous_run_id=None if reader is None else reader.summary.run_id,
         previous_run=None if reader is None else reader.path.name,
         unreadable=unreadable,
-        analysed={c.class_index for c in report.classes},
-        keys=MemberKeys(report.content_hashes, (reader.content_hashes() if reader else None) or {}),
+        analysed=analysed,
+        keys=MemberKeys(report.content_hashes, prev_hashes),
     )
+    if older:
+        for part in ("new", "grown", "persisting", "resolved"):
+            setattr(changes, part, [_from_older(e, older) for e in getattr(changes, part)])
     if before and report.hashes.get("model"):
         changes.model_changed = before != report.hashes["model"]
     if reader is not None:

@@ -131,6 +131,31 @@ def test_a_class_not_analysed_now_is_no_verdict_not_resolved(tmp_path: Path) -> 
     assert compare_findings(cur, prev, RULE).n_resolved == 2
 
 
+def test_a_class_left_out_for_a_night_is_compared_with_the_last_run_that_analysed_it(tmp_path: Path) -> None:
+    """An outside check: a class not analysed one night (a broken sync) brought its suspicious cluster back
+    as *new* the next night (exit 10, a notification), though it had been there two nights before."""
+    import dataclasses
+
+    runs = tmp_path / "runs"
+    report, stage = make_report()
+    report.changes = None
+    first = write_published(runs, report, stage)
+    c = next(f.class_index for f in report.findings if f.suspicious)
+    night2 = dataclasses.replace(
+        report,
+        run_id="s" * 64,
+        classes=[ca for ca in report.classes if ca.class_index != c],
+        findings=[f for f in report.findings if f.class_index != c],
+    )
+    write_published(runs, night2, stage)
+    report.run_id = "t" * 64  # night 3: the class is back, with the same cluster
+    ch = changes_since_previous(report, runs, RULE)
+    assert ch.n_new == 0, [e.key for e in ch.new]
+    back = [e for e in ch.persisting if e.class_index == c]
+    assert back and all(f"compared with run {first.name}, the last to analyse this class" in e.note for e in back)
+    assert all(e.class_index != c or not e.note for e in ch.new + ch.resolved)
+
+
 def test_a_retrained_model_is_named_in_the_changes(tmp_path: Path) -> None:
     """Clusters matched across two models: the changes say the weights differ (status, report, dashboard)."""
     from spray.runs.summary import parse_changes
