@@ -35,7 +35,9 @@ def test_a_flagged_file_the_run_could_not_read_is_not_called_deleted(tmp_path: P
     run = write_published(tmp_path / "runs", report, stage)
     b = bind_flags([_flag("cat/broken.png", "h-old"), _flag("cat/gone.png", "h-gone")], {"0": "h-b"})
     text = describe(b, str(run))
-    assert "1 flagged sample ids could not be read in this run and were skipped (cat/broken.png: corrupt" in text
+    assert (
+        "1 flagged sample ids could not be read in this run and were skipped (cat/broken.png: corrupt" in text
+    )
     assert "their flags stay; restore or repair the files" in text
     assert "deleted files: cat/gone.png)" in text and "unset --run" in text  # the deleted one only
 

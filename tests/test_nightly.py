@@ -298,6 +298,11 @@ def test_second_run_is_a_noop(first: dict[str, Any]) -> None:
         first["run_dir"].name
     ]
     print(f"no-op run took {took:.1f} s")
+    # -q, as for spray audit: warnings and the status line only (it was refused with exit 2)
+    quiet = run_spray(["run", "-q", "--config", str(first["cfg"]), "--runs-dir", str(first["runs"])])
+    assert quiet.code == EXIT_OK and quiet.status["status"] == "up_to_date", quiet.stderr[-2000:]
+    assert all(r["level"] != "info" for r in quiet.logs), quiet.logs[:3]
+    assert not quiet.stderr.strip(), quiet.stderr[-2000:]  # nothing at all on a quiet, up-to-date night
 
 
 def test_a_moved_checkpoint_is_the_same_run(first: dict[str, Any], tmp_path: Path) -> None:

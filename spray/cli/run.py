@@ -77,6 +77,8 @@ def usage_error_status(argv: list[str]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """``spray run``: the scheduled audit (see the module docstring for the exit codes)."""
     configure_run_logging(args.verbose, args.log_format)
+    if getattr(args, "quiet", False) and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     t0, started = time.perf_counter(), time.time()
     status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
@@ -398,6 +400,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--progress", action="store_true", help="show progress bars (off by default for schedulers)"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings, errors and the status line only: no INFO lines"
     )
     p.add_argument(
         "--status-file",

@@ -104,7 +104,9 @@ def array_to_tensor(img: np.ndarray | torch.Tensor, alpha_background: AlphaBackg
             arr = arr.transpose(2, 0, 1)  # (H, W, C), numpy's and PIL's layout
         if arr.dtype == np.uint16:
             arr = arr.astype(np.float32) / np.float32(65535.0)
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        # a read-only array (np.frombuffer, a memory map) made torch print a UserWarning on stderr
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     else:
         t = img.detach().cpu()
         t = t[None] if t.ndim == 2 else t

@@ -152,7 +152,9 @@ def test_a_class_left_out_for_a_night_is_compared_with_the_last_run_that_analyse
     ch = changes_since_previous(report, runs, RULE)
     assert ch.n_new == 0, [e.key for e in ch.new]
     back = [e for e in ch.persisting if e.class_index == c]
-    assert back and all(f"compared with run {first.name}, the last to analyse this class" in e.note for e in back)
+    assert back and all(
+        f"compared with run {first.name}, the last to analyse this class" in e.note for e in back
+    )
     assert all(e.class_index != c or not e.note for e in ch.new + ch.resolved)
 
 
