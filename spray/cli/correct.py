@@ -257,6 +257,14 @@ def run_command(args: argparse.Namespace) -> int:
     if args.fail_if_not_cleared and cleared is False:
         log.warning("the re-audit still flags the finding: exit %d (--fail-if-not-cleared)", EXIT_FINDINGS)
         return EXIT_FINDINGS
+    doubted = outcome.record.reaudit is not None and outcome.record.reaudit.doubts
+    if args.fail_if_not_cleared and cleared is None and doubted:
+        log.warning(
+            "the re-audit's own checks say its heatmaps of the corrected model may show no shortcut (above): "
+            "exit %d (--fail-if-not-cleared)",
+            EXIT_FINDINGS,
+        )
+        return EXIT_FINDINGS
     if args.fail_if_not_cleared and cleared is None:
         # The source run did not flag the group either, so the flag has nothing to clear: say so, exit 0.
         log.warning(

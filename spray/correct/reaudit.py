@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
@@ -39,6 +40,10 @@ class Reaudit:
         ``reaudit_min_jaccard``.
     suspicious_in_class : list[str]
         Keys of every suspicious finding of the class in the re-audit.
+    doubts : list[str]
+        What the re-audit's own checks of the corrected model found (near chance, flat heatmaps, heatmaps
+        that carry little of the logit): its heatmaps may then show no shortcut at all, so a finding no
+        longer flagged proves nothing.
     """
 
     run_id: str
@@ -47,20 +52,24 @@ class Reaudit:
     after: FindingMatch
     still_flagged: bool
     suspicious_in_class: list[str]
+    doubts: list[str] = field(default_factory=list)
 
     @property
     def cleared(self) -> bool | None:
         """True: the source run flagged the finding and the re-audit does not; False: the re-audit flags
-        it; None: flagged neither before nor after, so the flag cannot tell whether the shortcut is gone."""
+        it; None: flagged neither before nor after, or the re-audit's own checks doubt its heatmaps, so
+        the flag cannot tell whether the shortcut is gone."""
         if self.still_flagged:
             return False
-        return True if self.before.suspicious else None
+        return True if self.before.suspicious and not self.doubts else None
 
     @property
     def outcome(self) -> str:
         """The verdict in a few words (the CLI, the report, the dashboard's table)."""
         if self.still_flagged:
             return "still flagged" if self.before.suspicious else "flagged now (it was not before)"
+        if self.doubts:
+            return "not judged: the re-audit's heatmaps of the corrected model may show no shortcut at all"
         return (
             "no longer flagged" if self.before.suspicious else "not judged: it was not flagged before either"
         )
@@ -73,7 +82,9 @@ class Reaudit:
             f"score {_score(a)}, {a.size} members"
         )
         line = f"{self.outcome}; {moved} (overlap {b.jaccard:.2f} → {a.jaccard:.2f})"
-        if self.cleared is None:
+        if self.doubts and not self.still_flagged:
+            line += ". The re-audit's own checks: " + " ".join(self.doubts)
+        elif self.cleared is None:
             line += (
                 ". The source run did not flag this finding, so the re-audit's flag cannot show the shortcut "
                 "gone: judge by the paste flip rate and the relevance share, and by the rank and score above"
@@ -135,7 +146,25 @@ def run_reaudit(
         after.suspicious,
     )
     rel = Path(report.run_dir).relative_to(config_path.parent)
-    return Reaudit(report.run_id, str(rel), before, after, still, [f.key for f in suspicious])
+    keys = [f.key for f in suspicious]
+    return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts(report.extra))
+
+
+def doubts(extra: dict[str, Any]) -> list[str]:
+    """The sentences of a run's checks that say its heatmaps may show no shortcut (the model near chance or
+    answering one class, flat heatmaps, heatmaps carrying little of the logit; not label conflicts)."""
+    from spray import conservation, heatmap_contrast
+    from spray.accuracy import problems, recorded_accuracy
+
+    acc = recorded_accuracy(extra)
+    out = [] if acc is None else problems(acc)
+    for key, sentences in (
+        ("heatmap_contrast", heatmap_contrast.problems),
+        ("conservation", conservation.problems),
+    ):
+        rec = extra.get(key)
+        out += sentences(rec) if isinstance(rec, dict) else []
+    return out
 
 
 def slim_runs_dir(runs_dir: Path) -> None:

@@ -189,10 +189,11 @@ class CorrectionRecord:
         if not rose:
             return ""
         tried = f"{self.method} at {self.direction.layer}"
+        others = " or ".join(m for m in ("pclarc", "rrclarc", "retrain") if m != self.method)
+        larger = ", or a larger correction.rr_lambda" if self.method == "rrclarc" else ""
         return (
             f"the {' and the '.join(rose)} rose: {tried} did not remove the shortcut. Try an earlier layer "
-            "(correction.layer), another method (--method rrclarc or retrain), or for RR-ClArC a larger "
-            "correction.rr_lambda (docs/correction.md)"
+            f"(correction.layer), another method (--method {others}){larger} (docs/correction.md)"
         )
 
     def not_cleared_advice(self) -> str:
