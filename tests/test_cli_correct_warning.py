@@ -161,6 +161,7 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "not_cleared_advice": "",
         "class_accuracy_warning": "c",
         "region_warning": "d",
+        "moved_warning": "e",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
-    assert CorrectionRecord.warnings(rec) == ["a", "c", "d"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["a", "c", "d", "e"]  # type: ignore[arg-type]

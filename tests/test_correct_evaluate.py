@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from spray.correct.evaluate import CleanChanges
 from spray.correct.record import Verdict
@@ -33,3 +34,58 @@ def test_verdict_text_with_and_without_the_interval() -> None:
     assert v.accuracy_text() == "-1.32 points (95 % interval -2.10 to -0.54)"
     # a record written before the interval was kept reads back without it
     assert Verdict(0.9, 0.8, 0.005, None).accuracy_text() == "+0.50 points"
+
+
+class _Detector(torch.nn.Module):
+    """Class 1 when a bright 3×3 patch is at the top right (``anywhere``: at any corner), else class 0."""
+
+    def __init__(self, anywhere: bool) -> None:
+        super().__init__()
+        self.anywhere = anywhere
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        corners = [x[:, 0, :3, -3:]] + (
+            [x[:, 0, -3:, :3], x[:, 0, :3, :3], x[:, 0, -3:, -3:]] if self.anywhere else []
+        )
+        hit = torch.stack([c.mean((1, 2)) > 0.9 for c in corners]).any(0).float()
+        return torch.stack([1 - hit, hit], 1)
+
+
+def test_the_stamp_is_also_pasted_at_the_opposite_place() -> None:
+    """An outside check: P-ClArC of a text watermark in a random corner, flagged at one corner, reported the
+    flip rate 100 → 5 % while the word at the other corners still flipped every image."""
+    from spray.correct.evaluate import _paste_scores, opposite_shift
+
+    mask = np.zeros((12, 12), bool)
+    mask[0:3, 9:12] = True  # top right
+    assert opposite_shift(mask) == (9, -9)  # to the bottom left
+    centred = np.zeros((12, 12), bool)
+    centred[4:8, 4:8] = True
+    assert opposite_shift(centred) is None and opposite_shift(np.zeros((5, 5), bool)) is None
+    targets, donors = torch.zeros(8, 1, 12, 12), torch.ones(4, 1, 12, 12)
+    labels = np.zeros(8, dtype=np.int64)
+    null = torch.zeros(4, 1, 12, 12)
+    cpu = torch.device("cpu")
+    _, flip, flip_null, moved = _paste_scores(_Detector(True), targets, labels, donors, null, mask, 1, cpu, 4)
+    assert (flip, flip_null, moved) == (1.0, 0.0, 1.0)
+    _, flip, _, moved = _paste_scores(_Detector(False), targets, labels, donors, null, mask, 1, cpu, 4)
+    assert (flip, moved) == (1.0, 0.0)  # a model that reads one place only: nothing there
+    assert _paste_scores(_Detector(True), targets, labels, donors, null, centred, 1, cpu, 4)[3] is None
+
+
+def test_a_shortcut_left_at_the_other_places_is_warned_of() -> None:
+    from types import SimpleNamespace
+
+    from spray.correct.record import CorrectionRecord
+
+    def rec(after_moved: float | None) -> object:
+        before = SimpleNamespace(flip_rate=1.0, flip_null=0.0, flip_moved=1.0)
+        after = SimpleNamespace(flip_rate=0.05, flip_null=0.0, flip_moved=after_moved)
+        ev = SimpleNamespace(before=before, after=after)
+        return SimpleNamespace(evaluation=ev, group=SimpleNamespace(class_name="circle"))
+
+    text = CorrectionRecord.moved_warning(rec(1.0))  # type: ignore[arg-type]
+    assert "still turns 100 % of the images into circle (in place: 5 %, 100 % before)" in text
+    assert "--with-carriers" in text
+    assert CorrectionRecord.moved_warning(rec(0.2)) == ""  # type: ignore[arg-type]
+    assert CorrectionRecord.moved_warning(rec(None)) == ""  # type: ignore[arg-type]

@@ -170,6 +170,7 @@ def _table(outcome: Any) -> str:
         ("accuracy, artifact pasted", b.pasted_accuracy, a.pasted_accuracy),
         ("paste flip rate to the class", b.flip_rate, a.flip_rate),
         ("  null (clean pixels pasted)", b.flip_null, a.flip_null),
+        ("  stamp pasted at the opposite place", b.flip_moved, a.flip_moved),
         ("relevance share on the artifact region", b.relevance_share, a.relevance_share),
         ("TCAV score along the direction", b.tcav, a.tcav),
     ):

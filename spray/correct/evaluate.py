@@ -63,6 +63,11 @@ class ModelScores:
     class_accuracy : float or None
         Accuracy on the clean samples of the artifact class (None without any, or in records written before
         it was kept): a model that stops answering the class has no flips left either.
+    flip_moved : float or None
+        ``flip_rate`` with the region and its pixels moved to the opposite place of the image (its box
+        reflected through the centre: a top-right stamp to the bottom left): a shortcut that moves acts
+        there too, and a correction of one place only leaves it there. None for a centred region (or in
+        records written before it was kept).
     """
 
     clean_accuracy: float
@@ -74,6 +79,7 @@ class ModelScores:
     sensitivity_abs: float
     tcav: float
     class_accuracy: float | None = None
+    flip_moved: float | None = None
 
 
 @dataclass
@@ -187,7 +193,9 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, bs: int) -
 def _paste_scores(
     model: nn.Module, targets: torch.Tensor, labels: np.ndarray, donors: torch.Tensor, null: torch.Tensor,
     mask: np.ndarray, artifact_class: int, device: torch.device, bs: int,
-) -> tuple[float, float, float]:  # fmt: skip
+) -> tuple[float, float, float, float | None]:  # fmt: skip
+    """Accuracy with the stamp pasted, its flip rate, the null's, and the flip rate with the stamp pasted at
+    the opposite place (:func:`opposite_shift`; None for a centred region)."""
     clean = _predict(model, targets, device, bs)
     stamped = _predict(model, paste(targets, donors, mask), device, bs)
     nulled = _predict(model, paste(targets, null, mask), device, bs)
@@ -195,7 +203,24 @@ def _paste_scores(
     n = max(1, int(base.sum()))
     flip = float(((stamped == artifact_class) & base).sum() / n)
     flip_null = float(((nulled == artifact_class) & base).sum() / n)
-    return float((stamped == labels).mean()), flip, flip_null
+    moved = None
+    if (shift := opposite_shift(mask)) is not None:
+        # the box lies inside the image at both places, so a roll moves the stamp without wrapping it
+        there = paste(targets, torch.roll(donors, shift, dims=(-2, -1)), np.roll(mask, shift, axis=(0, 1)))
+        moved = float(((_predict(model, there, device, bs) == artifact_class) & base).sum() / n)
+    return float((stamped == labels).mean()), flip, flip_null, moved
+
+
+def opposite_shift(mask: np.ndarray) -> tuple[int, int] | None:
+    """The ``(dy, dx)`` that moves ``mask``'s bounding box to its reflection through the image's centre
+    (None when that is where it is: a centred region)."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    h, w = mask.shape
+    dy = (h - 1 - int(ys.max())) - int(ys.min())
+    dx = (w - 1 - int(xs.max())) - int(xs.min())
+    return None if dy == 0 and dx == 0 else (dy, dx)
 
 
 #: A directional derivative below this fraction of ``|gradient| · |direction|`` is rounding, not a sign.
@@ -244,7 +269,7 @@ def score_model(
     of_class = clean_samples.labels[sets.clean] == artifact_class
     class_acc = float(clean_right[of_class].mean()) if of_class.any() else None
     targets = clean_samples.inputs(sets.paste_targets)
-    pasted_acc, flip, flip_null = _paste_scores(
+    pasted_acc, flip, flip_null, flip_moved = _paste_scores(
         model, targets, clean_samples.labels[sets.paste_targets], samples.inputs(sets.donors),
         samples.inputs(sets.null_donors), region.mask, artifact_class, device, bs,
     )  # fmt: skip
@@ -260,7 +285,9 @@ def score_model(
     sens, sens_abs, tcav = _sensitivity(
         model, samples.inputs(sets.sensitivity), direction, artifact_class, device, bs
     )
-    return ModelScores(clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav, class_acc)
+    return ModelScores(
+        clean_acc, pasted_acc, flip, flip_null, share, sens, sens_abs, tcav, class_acc, flip_moved
+    )
 
 
 def evaluation_sets(

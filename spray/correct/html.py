@@ -61,6 +61,7 @@ def _scores_table(rec: CorrectionRecord) -> str:
         (f"accuracy with the artifact pasted (n={e.n_paste})", _pct(b.pasted_accuracy), _pct(a.pasted_accuracy)),
         ("paste flip rate to the artifact class", _pct(b.flip_rate), _pct(a.flip_rate)),
         ("… same region from clean samples (null)", _pct(b.flip_null), _pct(a.flip_null)),
+        ("… the stamp pasted at the opposite place", _pct(b.flip_moved), _pct(a.flip_moved)),
         (f"relevance share on the artifact region (n={e.n_relevance})", _pct(b.relevance_share), _pct(a.relevance_share)),
         (f"mean |sensitivity| along the direction (n={e.n_sensitivity})", f"{b.sensitivity_abs:.4g}",
          f"{a.sensitivity_abs:.4g}"),

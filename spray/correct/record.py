@@ -33,8 +33,11 @@ from spray.correct.training import TrainingLog
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 12
+CORRECTION_VERSION = 13
 RECORD_NAME = "correction.json"
+#: A corrected model whose stamp, pasted at the opposite place, still flips at least this share of what it
+#: flipped in place before the correction (over the null) is warned of: the shortcut was removed at one place.
+MOVED_KEPT_WARN = 0.5
 
 #: What to try when a correction gives up the artifact class's own images, per method.
 _CLASS_ACCURACY_ADVICE = {
@@ -174,6 +177,7 @@ class CorrectionRecord:
             self.not_cleared_advice(),
             self.class_accuracy_warning(),
             self.region_warning(),
+            self.moved_warning(),
         )
         return [w for w in found if w]
 
@@ -209,6 +213,23 @@ class CorrectionRecord:
         }
         advice = tries.get(self.method, "another --method")
         return f"the re-audit still flags the finding after {self.method}: try {advice} (docs/correction.md)"
+
+    def moved_warning(self) -> str:
+        """When the stamp pasted at the opposite place still flips the corrected model (a shortcut that
+        moves, corrected where the flagged images carry it only); empty otherwise or when not measured."""
+        b, a = self.evaluation.before, self.evaluation.after
+        if a.flip_moved is None:
+            return ""
+        in_place = b.flip_rate - b.flip_null
+        if in_place <= 0 or a.flip_moved - a.flip_null < MOVED_KEPT_WARN * in_place:
+            return ""
+        return (
+            f"pasted at the opposite place of the image, the stamp still turns {100 * a.flip_moved:.0f} % of "
+            f"the images into {self.group.class_name} (in place: {100 * a.flip_rate:.0f} %, {100 * b.flip_rate:.0f} "
+            "% before): the shortcut acts wherever it sits and the correction removed it at one place; flag its "
+            "images at every place (the finding's carriers: --with-carriers) and read the re-audit "
+            "(docs/correction.md)"
+        )
 
     def region_warning(self) -> str:
         """Why the region's measures may miss the shortcut: the flags come from a concept-only finding, whose
