@@ -8,7 +8,10 @@ Clever Hans and the audit looks clean for the wrong reason. Two checks, both war
   weights are not the trained ones;
 - **another class's label**: most images of a class (:data:`SHIFTED_SHARE`) are predicted as one other
   class: the class folders and the model's classes are not in the same order (folders renamed, swapped,
-  one missing), so every such class is explained for the wrong logit.
+  one missing), so every such class is explained for the wrong logit;
+- **a class it does not answer**: the images of a class get their own label less than
+  :data:`UNRECOGNISED_SHARE` of the time, spread over other classes (a model that gave the class up, e.g.
+  after a correction): its heatmaps explain a logit the model does not act on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ NEAR_CHANCE = 0.25
 SHIFTED_SHARE = 0.8
 #: Classes with fewer samples than this are not judged by the shifted-label check.
 SHIFTED_MIN_SAMPLES = 10
+#: A class whose images get their own label less often than this is one the model does not answer.
+UNRECOGNISED_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,9 @@ class ModelAccuracy:
         The accuracy is within :data:`NEAR_CHANCE` of the gap above ``majority_share`` (and enough samples).
     shifted : dict[str, str]
         Class name → the other class name its images are mostly (:data:`SHIFTED_SHARE`) predicted as.
+    unrecognised : dict[str, float]
+        Class name → the share of its images that get their own label, for classes below
+        :data:`UNRECOGNISED_SHARE` that are not ``shifted`` (their images spread over other classes).
     """
 
     accuracy: float
@@ -54,6 +62,7 @@ class ModelAccuracy:
     n_samples: int
     near_chance: bool
     shifted: dict[str, str] = field(default_factory=dict)
+    unrecognised: dict[str, float] = field(default_factory=dict)
 
 
 def _name(names: list[str], i: int) -> str:
@@ -70,6 +79,20 @@ def _shifted(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> d
         top = int(counts.argmax())
         if top != c and counts[top] >= SHIFTED_SHARE * len(pred):
             out[_name(names, int(c))] = _name(names, top)
+    return out
+
+
+def _unrecognised(
+    labels: np.ndarray, predictions: np.ndarray, names: list[str], shifted: dict[str, str]
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for c in np.unique(labels):
+        pred = predictions[labels == c]
+        name = _name(names, int(c))
+        if len(pred) >= SHIFTED_MIN_SAMPLES and name not in shifted:
+            own = float(np.mean(pred == c))
+            if own < UNRECOGNISED_SHARE:
+                out[name] = own
     return out
 
 
@@ -98,7 +121,9 @@ def model_accuracy(
     acc = float(np.mean(labels == predictions))
     majority = float(np.bincount(labels).max() / n)
     near = n >= ACCURACY_MIN_SAMPLES and acc < majority + NEAR_CHANCE * (1.0 - majority)
-    got = ModelAccuracy(acc, majority, n, near, _shifted(labels, predictions, class_names))
+    shifted = _shifted(labels, predictions, class_names)
+    lost = _unrecognised(labels, predictions, class_names, shifted)
+    got = ModelAccuracy(acc, majority, n, near, shifted, lost)
     # Said even when nothing is wrong: only the user knows the accuracy the model was trained to.
     log.info("%s", accuracy_sentence(asdict(got)))
     for problem in problems(asdict(got)):
@@ -162,6 +187,15 @@ def problems(acc: dict[str, Any]) -> list[str]:
             "swapped or missing: labels are folder positions in name order; data.class_names only renames), "
             "so those classes are explained for another class's logit; or those classes' images carry nothing the "
             "model can read (blank or constant images)."
+        )
+    lost = acc.get("unrecognised") or {}
+    if lost and not acc.get("near_chance"):
+        listed = ", ".join(f"{name} ({100 * share:.0f} %)" for name, share in list(lost.items())[:6])
+        out.append(
+            f"The model gives {len(lost)} class(es) their own label for almost none of their images ({listed}; "
+            "the images go to other classes): it does not answer those classes, so their heatmaps explain a logit "
+            "the model does not act on (a model that gave the class up, e.g. after a correction, or a class it "
+            "was never trained on)."
         )
     if acc.get("near_chance"):
         out.append(
