@@ -37,7 +37,10 @@ def _is_weights(v: Any) -> bool:
     return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
 
 
-def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+def _unwrap_state_dict(obj: Any, *, strip_module: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint; with ``strip_module``, a DataParallel/DDP ``module.`` prefix of
+    every key is dropped (loading leaves it to :func:`_under_prefix`: a factory may return a wrapped model
+    whose own keys carry it)."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
@@ -59,7 +62,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
                 )
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             # DataParallel / DDP checkpoints prefix every key with "module."
-            if obj and all(k.startswith("module.") for k in obj):
+            if strip_module and obj and all(k.startswith("module.") for k in obj):
                 obj = {k[len("module.") :]: v for k, v in obj.items()}
             return obj
     raise ModelError(
@@ -343,26 +346,32 @@ def _input_size_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
 
 
 def _under_prefix(
-    state: dict[str, torch.Tensor], own: set[str]
+    state: dict[str, torch.Tensor], own: set[str], optional: set[str] | None = None
 ) -> tuple[str, dict[str, torch.Tensor]] | None:
-    """The part of ``state`` under one key prefix (``model.``, ``net.backbone.``) whose keys are exactly
-    ``own``: a training framework's checkpoint (Lightning keeps the network as an attribute), or None."""
+    """The part of ``state`` under one key prefix (``model.``, ``net.backbone.``, DataParallel's ``module.``)
+    whose keys are ``own`` (the ``optional`` ones may be absent): a training framework's checkpoint
+    (Lightning keeps the network as an attribute), or None."""
     prefixes = {
         ".".join(k.split(".")[:depth]) + "." for k in state for depth in (1, 2) if k.count(".") >= depth
     }
     for p in sorted(prefixes, key=len):
         sub = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
-        if set(sub) == own:
+        if own - (optional or set()) <= set(sub) <= own:
             return p, sub
     return None
 
 
 def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
-    state = _unwrap_state_dict(loaded)
+    state = _unwrap_state_dict(loaded, strip_module=False)
     own = model.state_dict()
-    if set(state) != set(own) and (found := _under_prefix(state, set(own))) is not None:
+    # BatchNorm's step counter is no weight: torch fills it in when a checkpoint lacks it
+    counters = {k for k in own if k.endswith("num_batches_tracked")}
+    fits = set(own) - counters <= set(state) <= set(own)
+    if not fits and (found := _under_prefix(state, set(own), counters)) is not None:
         prefix, state = found
         log.info("checkpoint: took the model's weights from its keys under %r", prefix)
+    filled = {**{k: own[k] for k in counters if k not in state}, **state}
+    state = filled if set(filled) == set(own) else state  # else the error below names the file's own keys
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [

@@ -304,3 +304,42 @@ def test_a_channel_mismatch_names_the_mean_std_values() -> None:
         ModelError, match=r"1 channel\(s\) and the model's first convolution takes 3.*give 3 values"
     ):
         check_model_output(model, torch.randn(2, 1, 28, 28), 3)
+
+
+class _Wrapped(torch.nn.Module):
+    """A factory's model that keeps the network as ``self.module`` (or returns nn.DataParallel): its own
+    keys start with ``module.``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = small_cnn(num_classes=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def test_checkpoints_torch_loads_strictly_are_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside checks: a state dict without BatchNorm's num_batches_tracked (torch fills it in), and one whose
+    model's own keys start with 'module.', were refused as 'for another model'."""
+    import sys
+    import types
+
+    torch.manual_seed(0)
+    m = small_cnn(num_classes=3)
+    lean = {k: v for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(lean, tmp_path / "lean.pt")
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "lean.pt"}))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in lean.items())
+    # under a DataParallel prefix as well
+    torch.save({f"module.{k}": v for k, v in lean.items()}, tmp_path / "lean_dp.pt")
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "lean_dp.pt"}))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in lean.items())
+
+    mod = types.ModuleType("wrapped_models")
+    mod.build = _Wrapped  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wrapped_models", mod)
+    w = _Wrapped()
+    torch.save(w.state_dict(), tmp_path / "wrapped.pt")  # keys module.features.0.weight, ...
+    got = build_model(ModelConfig(factory="wrapped_models:build", checkpoint=tmp_path / "wrapped.pt"))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in w.state_dict().items())
