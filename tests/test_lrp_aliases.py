@@ -1,4 +1,5 @@
-"""A module registered under several names is one layer: its rule holds whichever name calls it.
+"""Models that name or wire their layers in ways the LRP copy must follow: a module registered under several
+names is one layer whose rule holds under every name; a forward() that cuts the graph is named with the fix.
 
 An outside check found ``self.c3 = self.c2`` and ``nn.ModuleList([block] * 2)`` explained with the plain
 gradient through the second name (``named_modules()`` lists a shared module once), and a first conv also
@@ -93,3 +94,38 @@ def test_an_aliased_module_gets_its_rule_under_every_name(kind: str, composite: 
     got = explain(model, x, target="pred", composite=composite)
     want = explain(plain, x, target="pred", composite=composite)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+
+
+class FrozenProbe(nn.Module):
+    """A linear probe on a backbone run without a graph (``mode``: ``no_grad`` or ``detach``)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.backbone = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(4 * 36, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "no_grad":
+            with torch.no_grad():
+                z = self.backbone(x)
+        else:
+            z = self.backbone(x).detach()
+        return self.head(z)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "detach"])
+@pytest.mark.parametrize("concept_layer", [None, "backbone.0"])
+def test_a_forward_that_cuts_the_graph_is_named_with_the_fix(mode: str, concept_layer: str | None) -> None:
+    """An outside check: a linear probe on a frozen backbone (torch.no_grad() or .detach() in forward) ended
+    in autograd's raw 'element 0 of tensors does not require grad', or blamed the concept layer's place."""
+    from spray.errors import ModelError
+    from spray.lrp import Explainer
+
+    model = FrozenProbe(mode).eval()
+    with pytest.raises(ModelError) as got:
+        Explainer(model, concept_layer=concept_layer)(torch.rand(2, 1, 6, 6))
+    text = str(got.value)
+    assert "requires_grad=False" in text and ("no_grad" in text or "cuts the graph" in text), text
+    if concept_layer is not None and mode == "no_grad":
+        assert "runs with gradients off" in text

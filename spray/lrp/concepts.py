@@ -169,8 +169,16 @@ class ConceptTap:
                 "float tensor: choose another layer (lrp.concept_layer)"
             )
         if not output.requires_grad:
+            cut = (
+                "forward() cuts the graph before it (torch.no_grad(), x.detach(), .data, a round trip through "
+                "numpy); remove the cut: a frozen backbone keeps the graph with its parameters' "
+                "requires_grad=False (spray never trains the model)"
+            )
             raise ModelError(
-                f"concept layer {self.path!r} runs before the input enters the graph; choose a later layer"
+                f"concept layer {self.path!r} runs with gradients off: {cut}"
+                if not torch.is_grad_enabled()
+                else f"concept layer {self.path!r}: its output does not depend on the input through autograd. "
+                f"Either it runs before the input enters the graph (choose a later layer: lrp.concept_layer), or {cut}"
             )
         last = channels_last_output(module, output)
         if self.mask is not None:

@@ -468,16 +468,23 @@ class Explainer:
             )
             self.concept_layer, tap = None, None
         targets = resolve_targets(target, labels, logits)
-        if self._self_check:
-            self._self_check = False
-            check_conservation(self._model, self._context, x, targets, self.composite.attention)
-        # Gradient frame: relevance at the logits is logit × one_hot, i.e. a one-hot "gradient".
-        seed = torch.zeros_like(out).scatter_(1, targets[:, None], 1.0)
-        # The backward pass (the rules' input-VJPs) runs under the same precision switches as the
-        # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
-        # differ from zennit's by up to 1.2 % of their scale.
-        with self._precision(autocast=False):
-            grad = seeded_grad(out, x, seed)
+        if not out.requires_grad:
+            raise ModelError(CUT_GRAPH)
+        try:
+            if self._self_check:
+                self._self_check = False
+                check_conservation(self._model, self._context, x, targets, self.composite.attention)
+            # Gradient frame: relevance at the logits is logit × one_hot, i.e. a one-hot "gradient".
+            seed = torch.zeros_like(out).scatter_(1, targets[:, None], 1.0)
+            # The backward pass (the rules' input-VJPs) runs under the same precision switches as the
+            # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
+            # differ from zennit's by up to 1.2 % of their scale.
+            with self._precision(autocast=False):
+                grad = seeded_grad(out, x, seed)
+        except RuntimeError as err:
+            if _reaches(out, x):
+                raise
+            raise ModelError(CUT_GRAPH) from err
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
@@ -486,6 +493,24 @@ class Explainer:
             warn_empty_maps(relevance, logits, targets)
         concepts = tap.result() if tap is not None else None
         return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
+
+
+def _reaches(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``out``'s graph reaches ``x`` (asked only after a backward failed: it runs one itself)."""
+    try:
+        (g,) = torch.autograd.grad(out.sum(), x, allow_unused=True, retain_graph=True)
+    except RuntimeError:
+        return True  # cannot tell: the first error is the one to report
+    return g is not None
+
+
+#: Why a forward pass whose logits do not reach the input cannot be explained, and what to change.
+CUT_GRAPH = (
+    "the model's logits do not depend on its input through autograd: its forward() cuts the graph (a "
+    "backbone run under torch.no_grad(), x.detach(), .data, a round trip through numpy), so there is nothing to "
+    "propagate relevance through. Remove the cut from forward(): a frozen backbone keeps the graph with its "
+    "parameters' requires_grad=False (spray never trains the model)."
+)
 
 
 def explain(
