@@ -129,3 +129,28 @@ def test_a_forward_that_cuts_the_graph_is_named_with_the_fix(mode: str, concept_
     assert "requires_grad=False" in text and ("no_grad" in text or "cuts the graph" in text), text
     if concept_layer is not None and mode == "no_grad":
         assert "runs with gradients off" in text
+
+
+class RandomHead(nn.Module):
+    """``F.dropout(x, 0.3)``: training defaults to True, so eval mode still drops (a common slip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 36, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.dropout(torch.flatten(F.relu(self.conv(x)), 1), 0.3))
+
+
+def test_a_random_forward_is_named_not_blamed_on_batchnorm() -> None:
+    """An outside check: a model with F.dropout in forward() (no BatchNorm) was refused with "Probably a
+    BatchNorm is registered right after a layer", and canonize=False did not help."""
+    from spray.errors import ModelError
+    from spray.lrp import Explainer
+
+    torch.manual_seed(0)
+    for canonize in (True, False):
+        with pytest.raises(ModelError, match=r"two runs of the same input in eval mode.*F\.dropout") as got:
+            Explainer(RandomHead().eval(), canonize=canonize)(torch.rand(2, 1, 6, 6))
+        assert "BatchNorm" not in str(got.value)

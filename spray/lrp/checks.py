@@ -101,6 +101,14 @@ def reference_error(
     return float((expected - logits[:n]).abs().max()), tol, scale
 
 
+def reference_varies(reference: nn.Module, x: torch.Tensor, device: torch.device) -> bool:
+    """Whether the user's model gives other logits on two runs of ``x[:2]`` (a random forward pass)."""
+    n = min(len(x), 2)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), _tf32(device, False):
+        a, b = (reference(x[:n].detach().contiguous().float()) for _ in range(2))
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.equal(a, b)
+
+
 # --------------------------------------------------------------------------------------------------
 # conservation
 

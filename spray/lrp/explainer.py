@@ -36,6 +36,7 @@ from spray.lrp.checks import (
     check_order,
     check_relevance_scale,
     reference_error,
+    reference_varies,
     warn_empty_maps,
 )
 from spray.lrp.composites import get_composite
@@ -367,10 +368,10 @@ class Explainer:
             logits = _logits(out, x)
             err, tol, scale = reference_error(reference, x, logits, self.precision, self.device)
         if not err <= tol:
-            raise ModelError(self._mismatch(err, scale))
+            raise ModelError(self._mismatch(err, scale, reference_varies(reference, x, self.device)))
         return out, logits
 
-    def _mismatch(self, err: float, scale: float) -> str:
+    def _mismatch(self, err: float, scale: float, varies: bool = False) -> str:
         """Why the explained copy's logits differ from the model's, with the likely cause first."""
         head = (
             f"the copy spray explains computes other logits than the model (max |Δlogit| = {err:.3g} of "
@@ -391,9 +392,21 @@ class Explainer:
                 "model whose layers are plain nn.Conv2d / nn.Linear with the weights they use (for "
                 "StdConv2d: copy the standardised weight into a plain Conv2d)."
             )
+        if varies:
+            return head + (
+                "The model itself gives other logits on two runs of the same input in eval mode: its forward() is "
+                "random (F.dropout(x, p) without training=self.training, noise added, a random crop): make it "
+                "deterministic in eval mode; heatmaps of a random function explain one draw."
+            )
+        if self._has_batchnorm:
+            return head + (
+                "Probably a BatchNorm is registered right after a layer it does not follow in forward() and was "
+                "folded into it: register modules in execution order, or turn canonization off (lrp.canonize: "
+                "false in a config, Explainer(..., canonize=False) in Python)."
+            )
         return head + (
-            "Probably a BatchNorm is registered right after a layer it does not follow in forward() and was "
-            "folded into it: use Explainer(..., canonize=False) or register modules in execution order."
+            "spray could not name the cause: the model's forward() does something the copy does not reproduce; "
+            "please report it with the model's code."
         )
 
     def __call__(
