@@ -61,3 +61,31 @@ def test_a_reaudit_whose_own_checks_doubt_its_heatmaps_judges_nothing() -> None:
         "id", "reaudit/x", _match(suspicious=True), _match(suspicious=True), True, ["0/k2/c1"], said
     )
     assert still.cleared is False and still.outcome == "still flagged"
+
+
+def test_the_match_prefers_the_flagged_finding_and_names_the_suspicious_one() -> None:
+    """An outside check: flags set from 0/k3/c1 (its 22 members) were matched "before" to a concept finding
+    whose Jaccard was higher by 0.001, and "still flagged" named an unflagged finding, not the one keeping
+    the flag."""
+    import numpy as np
+
+    from spray.correct.source import match_finding
+    from tests.runs.test_changes import _finding
+
+    mean = np.zeros((4, 4), np.float32)
+    flagged = [f"s{i}" for i in range(22)]
+    source = [
+        _finding("0/k6/c5", range(9, 40), mean),  # overlaps a hair more by Jaccard
+        _finding("0/k3/c1", range(0, 22), mean),
+    ]
+    source[1].carrier_ids = [f"s{i}" for i in range(22, 73)]
+    assert match_finding(source, 0, flagged).key == "0/k6/c5"
+    assert match_finding(source, 0, flagged, prefer="0/k3/c1").key == "0/k3/c1"
+    assert match_finding(source, 0, flagged, prefer="0/k9/c9").key == "0/k6/c5"  # not in the run: by overlap
+    after = [
+        _finding("0/k4/c3", range(0, 22), mean, suspicious=False),  # the best overlap, not flagged
+        _finding("0/k2/c1", range(0, 15), mean),  # flagged: this one keeps the re-audit's flag
+    ]
+    assert match_finding(after, 0, flagged).key == "0/k4/c3"
+    got = match_finding(after, 0, flagged, only_suspicious=True)
+    assert (got.key, got.rank, got.suspicious) == ("0/k2/c1", 2, True)

@@ -129,7 +129,6 @@ def run_reaudit(
 
     cfg = load_config(config_path)
     report = audit(cfg, device=device, progress=progress)
-    after = match_finding(report.findings, class_index, flagged_ids)
     flagged = set(flagged_ids)
     suspicious = [f for f in report.findings if f.class_index == class_index and f.suspicious]
     still = any(
@@ -138,6 +137,8 @@ def run_reaudit(
         >= min_jaccard
         for f in suspicious
     )
+    # still flagged: name the suspicious finding that keeps the flag, not an unflagged one that overlaps more
+    after = match_finding(report.findings, class_index, flagged_ids, only_suspicious=still)
     log.info(
         "re-audit %s: best match %s (Jaccard %.2f, suspicious %s)",
         report.run_id[:12],

@@ -151,15 +151,27 @@ class FindingMatch:
     size: int
 
 
-def match_finding(findings: list[ClusterFinding], class_index: int, flagged_ids: list[str]) -> FindingMatch:
-    """The finding of ``class_index`` whose members (with carriers) overlap the flagged ids most."""
+def match_finding(
+    findings: list[ClusterFinding],
+    class_index: int,
+    flagged_ids: list[str],
+    *,
+    prefer: str | None = None,
+    only_suspicious: bool = False,
+) -> FindingMatch:
+    """The finding of ``class_index`` whose members (with carriers) overlap the flagged ids most: the one
+    keyed ``prefer`` when the run has it (the finding the flags were set from), and among the suspicious
+    ones only with ``only_suspicious`` (the one that keeps a re-audit's flag)."""
     flagged = set(flagged_ids)
     best: tuple[float, int, ClusterFinding] | None = None
     for rank, f in enumerate(findings, start=1):
-        if f.class_index != class_index:
+        if f.class_index != class_index or (only_suspicious and not f.suspicious):
             continue
         members = set(f.member_ids) | set(f.carrier_ids)
         jac = len(members & flagged) / max(1, len(members | flagged))
+        if f.key == prefer:
+            best = (jac, rank, f)
+            break
         if best is None or jac > best[0]:
             best = (jac, rank, f)
     if best is None:
