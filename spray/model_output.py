@@ -90,8 +90,16 @@ def check_model_output(
     if k < num_classes:
         empty = f" Classes without samples: {', '.join(empty_classes[:8])} (an empty class folder still counts as " \
             "a class: remove it if the model has no such class)." if empty_classes else ""  # fmt: skip
+        binary = (
+            " A model with one output (a binary classifier trained with a sigmoid, BCEWithLogitsLoss) is not "
+            "explained as it is: return two logits from a model.factory, torch.cat([torch.zeros_like(z), z], 1) "
+            "for its output z (a softmax of [0, z] is sigmoid(z), so the predictions are the same and class 1 "
+            "is explained by z)."
+            if k == 1 and num_classes == 2
+            else ""
+        )
         raise ModelError(
             f"The model has {k} outputs but the dataset has {num_classes} classes. Set model.num_classes (or the "
-            f"factory's argument) to match the checkpoint and the data.{empty}"
+            f"factory's argument) to match the checkpoint and the data.{empty}{binary}"
         )
     return k

@@ -512,3 +512,14 @@ def test_a_factory_item_that_changes_after_it_was_explained_is_warned_of(
         _warn_changed(ds)
     assert "1 samples of the dataset gave another input when read again" in caplog.text
     assert "RandomHorizontalFlip" in caplog.text
+
+
+def test_an_hwc_tensor_is_read_like_an_hwc_array() -> None:
+    """torch.from_numpy(np.asarray(pil_image)) gives (H, W, C): every sample was skipped, the message saying
+    that (H, W, C) is accepted (an outside check)."""
+    from spray.data.channels import array_to_tensor
+
+    a = np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)
+    got = array_to_tensor(torch.from_numpy(a), "ignore")
+    assert got.shape == (3, 28, 28) and torch.equal(got, array_to_tensor(a, "ignore"))
+    assert array_to_tensor(torch.rand(3, 28, 28), "ignore").shape == (3, 28, 28)  # (C, H, W) stays

@@ -81,8 +81,14 @@ class _OnlyOneSize(torch.nn.Module):
 def test_output_checks() -> None:
     m = small_cnn(num_classes=3).eval()
     assert check_model_output(m, torch.randn(2, 1, 28, 28), 3) == 3
-    with pytest.raises(ModelError, match="3 outputs but the dataset has 5 classes"):
+    with pytest.raises(ModelError, match="3 outputs but the dataset has 5 classes") as got:
         check_model_output(m, torch.randn(2, 1, 28, 28), 5)
+    assert "sigmoid" not in str(got.value)
+    # a binary classifier with one logit (an outside check found no way forward in the message)
+    with pytest.raises(
+        ModelError, match=r"1 outputs but the dataset has 2 classes.*torch\.cat\(\[torch\.zeros_like"
+    ):
+        check_model_output(small_cnn(num_classes=1).eval(), torch.randn(2, 1, 28, 28), 2)
     with pytest.raises(
         ModelError, match=r"Classes without samples: diamond \(an empty class folder still counts"
     ):

@@ -89,7 +89,7 @@ def _drop_alpha(t: torch.Tensor, alpha_background: AlphaBackground) -> torch.Ten
 def array_to_tensor(img: np.ndarray | torch.Tensor, alpha_background: AlphaBackground) -> torch.Tensor:
     """An image array from a factory dataset → ``(C, H, W)`` float32, C in {1, 3}.
 
-    Layouts: ``(H, W)``; ``(C, H, W)`` (torch's); ``(H, W, C)`` for numpy arrays whose last axis has 1–4
+    Layouts: ``(H, W)``; ``(C, H, W)`` (torch's); ``(H, W, C)`` for arrays and tensors whose last axis has 1–4
     entries and whose first does not. ``uint8`` is divided by 255, ``uint16`` by 65535, ``bool`` gives 0/1;
     floats are taken as they are (spray expects [0, 1]; see the factory contract in docs/config.md).
 
@@ -110,6 +110,8 @@ def array_to_tensor(img: np.ndarray | torch.Tensor, alpha_background: AlphaBackg
     else:
         t = img.detach().cpu()
         t = t[None] if t.ndim == 2 else t
+        if t.ndim == 3 and t.shape[-1] <= 4 and t.shape[0] > 4:
+            t = t.permute(2, 0, 1)  # (H, W, C), as for arrays: torch.from_numpy(np.asarray(pil_image))
     if t.ndim != 3 or t.shape[0] not in (1, 2, 3, 4):
         raise UnreadableSample(
             f"image array of shape {tuple(img.shape)}: expected (H, W), (C, H, W) or (H, W, C) with 1–4 channels"

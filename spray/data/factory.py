@@ -8,7 +8,7 @@ The contract (also in docs/config.md and the README):
 - Item ``i`` is ``(image, label, ...)`` (the first two entries are used) or, when the dataset has a
   ``targets`` attribute with one label per sample, just the image.
 - ``image``: a PIL image (decoded like a file), a numpy array or a tensor — ``(H, W)``, ``(C, H, W)`` or
-  a numpy ``(H, W, C)``, C 1 or 3 (4 or 2 with alpha) — **un-normalised**: uint8 is divided by 255,
+  ``(H, W, C)`` (last axis 1–4 long, first axis longer), C 1 or 3 (4 or 2 with alpha) — **un-normalised**: uint8 is divided by 255,
   uint16 by 65535, floats are taken as ``[0, 1]``. Resizing and normalisation belong in
   ``data.transform``, so that thumbnails, the paste test and the ZBox rule see the real pixels.
 - Optional attributes: ``targets`` (labels, avoids loading every item to learn them), ``classes`` or
