@@ -42,8 +42,10 @@ def _unwrap_state_dict(obj: Any, *, strip_module: bool = True) -> dict[str, torc
     every key is dropped (loading leaves it to :func:`_under_prefix`: a factory may return a wrapped model
     whose own keys carry it)."""
     if isinstance(obj, dict):
+        any_weights = any(_is_weights(v) for v in obj.values())
         for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
+            # {"model": <its config>, "weights": <state dict>}: a dict that holds no weights is not taken
+            if isinstance(obj.get(key), dict) and (_is_weights(obj[key]) or not any_weights):
                 obj = obj[key]
                 break
         else:
@@ -492,6 +494,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     loaded: Any = None
     if cfg.checkpoint is not None:
         loaded = _load_checkpoint(Path(cfg.checkpoint), cfg.allow_pickle)
+        if isinstance(loaded, dict) and not any(_is_weights(v) for v in loaded.values()):
+            modules = [v for v in loaded.values() if isinstance(v, nn.Module)]
+            loaded = modules[0] if len(modules) == 1 else loaded  # {"model": <pickled module>, "epoch": 3}
         if isinstance(loaded, nn.Module):
             log.warning("loaded a fully pickled model from %s (allow_pickle is set)", cfg.checkpoint)
             return as_float32(_select(loaded, cfg).eval())

@@ -63,6 +63,25 @@ def test_pickled_model_needs_opt_in(tmp_path: Path) -> None:
         ModelConfig(factory="spray.lab.cnn:small_cnn", checkpoint=tmp_path / "full.pt", allow_pickle=True)
     )
     assert isinstance(m, torch.nn.Module)
+    # a pickled module inside a training script's dict (an outside check: refused even with allow_pickle)
+    torch.manual_seed(1)
+    inner = small_cnn().eval()
+    torch.save({"model": inner, "epoch": 3}, tmp_path / "dict.pt")
+    m = build_model(
+        ModelConfig(factory="spray.lab.cnn:small_cnn", checkpoint=tmp_path / "dict.pt", allow_pickle=True)
+    )
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(m(x), inner(x))
+
+
+def test_weights_beside_a_config_dict_are_found(tmp_path: Path) -> None:
+    """{"model": <the model's config>, "weights": <state dict>}: the 'model' key held no weights, yet won."""
+    torch.manual_seed(0)
+    w = small_cnn(num_classes=3)
+    torch.save({"model": {"depth": 2, "width": 32}, "weights": w.state_dict()}, tmp_path / "c.pt")
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "c.pt"}))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in w.state_dict().items())
 
 
 def test_unknown_architecture_and_factory() -> None:
