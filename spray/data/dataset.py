@@ -128,9 +128,10 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             return
         if c == 1 and cfg.colour_to_grey == "refuse":
             log.warning(
-                "the model's first convolution takes 1 channel but most images are colour: only those whose "
-                "three channels are equal are audited; set data.transform.colour_to_grey: luma to convert "
-                "the others to grey"
+                "the model's first convolution takes 1 channel but most images are stored with three channels "
+                "(RGB or a palette): those whose three channels are equal (grey images saved as RGB) are audited "
+                "as grey, colour ones are skipped with the reason; set data.transform.colour_to_grey: luma to "
+                "convert those to grey"
             )
         else:
             log.info("the model's first convolution takes %d channels: images are converted to that", c)
