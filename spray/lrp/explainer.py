@@ -481,6 +481,18 @@ class Explainer:
             )
             self.concept_layer, tap = None, None
         targets = resolve_targets(target, labels, logits)
+        grad = self._backward(out, x, targets)
+        relevance = grad if self._first_path is not None else grad * x
+        relevance = relevance.detach().float().contiguous()
+        check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
+        if not self._empty_checked:
+            self._empty_checked = True
+            warn_empty_maps(relevance, logits, targets)
+        concepts = tap.result() if tap is not None else None
+        return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
+
+    def _backward(self, out: torch.Tensor, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The rules' backward pass from the target logits to ``x`` (first call: the conservation check)."""
         if not out.requires_grad:
             raise ModelError(CUT_GRAPH)
         try:
@@ -493,19 +505,11 @@ class Explainer:
             # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
             # differ from zennit's by up to 1.2 % of their scale.
             with self._precision(autocast=False):
-                grad = seeded_grad(out, x, seed)
+                return seeded_grad(out, x, seed)
         except RuntimeError as err:
             if _reaches(out, x):
                 raise
             raise ModelError(CUT_GRAPH) from err
-        relevance = grad if self._first_path is not None else grad * x
-        relevance = relevance.detach().float().contiguous()
-        check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
-        if not self._empty_checked:
-            self._empty_checked = True
-            warn_empty_maps(relevance, logits, targets)
-        concepts = tap.result() if tap is not None else None
-        return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
 
 
 def _reaches(out: torch.Tensor, x: torch.Tensor) -> bool:
