@@ -289,6 +289,16 @@ def render_config(data: DataFacts, model: ModelFacts | None, checkpoint: str | N
         m["checkpoint"] = checkpoint
     body = _section_lines("model", m, ModelConfig)
     body += _section_lines("data", data.section, DataConfig)
+    transform = data.section.get("transform") or {}
+    if "mean" not in transform:
+        # a template where the guess was none: a model trained on normalised inputs needs them
+        example = "[0.5]" if data.grey or transform.get("channels") == 1 else "[0.5, 0.5, 0.5]"
+        check = "CHECK: your training's normalisation, if any (uncomment)"
+        body += (
+            [f"    # mean: {example}    # {check}", f"    # std: {example}"]
+            if transform
+            else [f"  # transform: {{mean: {example}, std: {example}}}    # {check}"]
+        )
     composite = "EpsilonGammaBox" if _flat_under_z_plus(m) else "EpsilonPlusFlat"
     body += [
         "lrp:",

@@ -399,3 +399,28 @@ def test_sixteen_bit_images_are_pointed_out(tmp_path: Path, capsys: pytest.Captu
     res = run_main(["init", "--data", str(root), "-o", str(out)], capsys)
     assert res.code == 0, res.output
     assert "4 of 4 probed files are 16-bit grey images" in res.output + out.read_text()
+
+
+def test_a_config_without_a_normalisation_gets_a_commented_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: with a factory model spray cannot guess mean/std, and the config had no place to put
+    them; a commented template stands where they go, and the file still loads."""
+    root = tmp_path / "train"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(root / c / f"{i}.png")
+    out = tmp_path / "a.yaml"
+    assert run_main(["init", "--data", str(root), "-o", str(out)], capsys).code == 0
+    text = out.read_text()
+    assert "  # transform: {mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}    # CHECK: your training's" in text
+    assert "transform" not in yaml.safe_load(text)["data"]  # a comment only
+    # beside a transform spray did write (images of two sizes: resize and crop), the template goes inside it
+    Image.new("RGB", (50, 50)).save(root / "a" / "big.png")
+    assert run_main(["init", "--data", str(root), "-o", str(out), "--force"], capsys).code == 0
+    text = out.read_text()
+    assert "    # mean: [0.5, 0.5, 0.5]    # CHECK: your training's normalisation" in text
+    assert "    # std: [0.5, 0.5, 0.5]" in text
+    t = yaml.safe_load(text)["data"]["transform"]
+    assert "resize" in t and "mean" not in t
