@@ -89,3 +89,39 @@ def test_the_match_prefers_the_flagged_finding_and_names_the_suspicious_one() ->
     assert match_finding(after, 0, flagged).key == "0/k4/c3"
     got = match_finding(after, 0, flagged, only_suspicious=True)
     assert (got.key, got.rank, got.suspicious) == ("0/k2/c1", 2, True)
+
+
+def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review found the key preferred for flags set on an older run, where the same key names another
+    cluster: the 'before' match then had no overlap and the verdict was 'not judged'."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from spray.correct import run as correct_run
+    from tests.runs.test_changes import _finding
+
+    mean = np.zeros((4, 4), np.float32)
+    flagged = [f"s{i}" for i in range(20)]
+    findings = [
+        _finding("6/k3/c0", range(0, 20), mean),
+        _finding("6/k3/c2", range(50, 70), mean, suspicious=False),
+    ]
+    seen: list[str | None] = []
+    monkeypatch.setattr(correct_run, "run_reaudit", lambda _c, before, *_a, **_k: seen.append(before.key))
+    monkeypatch.setattr(correct_run, "slim_runs_dir", lambda _p: None)
+
+    def plan(run_ids: list[str]) -> object:
+        flags = SimpleNamespace(cluster_keys=["6/k3/c2"], run_ids=run_ids, sample_ids=flagged)
+        return SimpleNamespace(
+            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5)),
+            flags=flags, source=SimpleNamespace(run_id="src", findings=findings),
+            group=SimpleNamespace(class_index=6),
+        )  # fmt: skip
+
+    correct_run._reaudit(plan(["older"]), Path("."), device=None, progress=False)  # type: ignore[arg-type]
+    correct_run._reaudit(plan(["src"]), Path("."), device=None, progress=False)  # type: ignore[arg-type]
+    assert seen == ["6/k3/c0", "6/k3/c2"]  # by overlap; the flags' own key on their own run

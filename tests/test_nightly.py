@@ -329,17 +329,18 @@ def test_a_changed_setting_is_named_in_the_status_and_an_owed_alert_is_reported(
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
     runs = tmp_path / "runs"
     shutil.copytree(first["runs"], runs, symlinks=True)
-    # The job that published the first run was stopped before reporting its exit 10, and this job has new
-    # inputs (an outside check: the alert was then lost for good, the marker left behind); a marker of a run
-    # that was never published is moot.
+    # The job that published the first run was stopped before reporting its exit 10 (a marker written before
+    # markers named their audit), and this job has new inputs (an outside check: the alert was then lost for
+    # good, the marker left behind); another audit's marker in the shared folder is its own job's business.
     rid = first["summary"]["run_id"][:16]
     (runs / f".alert-pending-{rid}").write_text("10\n")
-    (runs / ".alert-pending-00000000deadbeef").write_text("10\n")
+    other = runs / ".alert-pending-00000000deadbeef"
+    other.write_text(json.dumps({"name": "other", "dataset": "other-data"}))
     res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
     assert res.code == EXIT_FINDINGS and res.status["status"] != "up_to_date", res.stderr[-2000:]
     assert "scoring.flag_max_fraction: 0.6 → 0.5" in res.status["config_changed"]
     assert any(f"published run {rid} was stopped before it reported" in m for m in res.messages())
-    assert not list(runs.glob(".alert-pending-*"))
+    assert [p.name for p in runs.glob(".alert-pending-*")] == [other.name]
 
 
 def test_a_job_stopped_after_publishing_has_its_exit_10_reported_by_the_next(
@@ -670,3 +671,20 @@ def test_force_and_a_return_to_earlier_inputs_compare_with_the_newest_run(
     summary = json.loads((newest / "summary.json").read_text())
     assert summary["run_id"] == first["summary"]["run_id"]
     assert summary["changes"]["previous_run"] == Path(other.status["run_dir"]).name
+
+
+def test_an_owed_alert_whose_run_retention_removed_is_still_reported(tmp_path: Path) -> None:
+    """A review: with keep_runs 1 the stopped job's run is pruned before the next job looks for it, and its
+    marker was dropped as 'never published'; markers now name their audit and are owed without the run."""
+    from spray.cli.run import _owed_earlier, _pending
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    mine = _pending(runs, "a" * 64)
+    mine.write_text(json.dumps({"name": "nightly", "dataset": "ds"}))
+    theirs = _pending(runs, "b" * 64)
+    theirs.write_text(json.dumps({"name": "other", "dataset": "ds"}))
+    current = _pending(runs, "c" * 64)
+    current.write_text(json.dumps({"name": "nightly", "dataset": "ds"}))
+    assert _owed_earlier(runs, current, "nightly", "ds") == ["a" * 16]
+    assert not mine.exists() and theirs.exists() and current.exists()

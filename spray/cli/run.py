@@ -198,7 +198,10 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         if ch.n_new + ch.n_grown > 0 or gated:
             # Written before the run is published and removed once exit 10 is reported: a job stopped in
             # between leaves it, and the next job (which finds the run up to date) reports 10 then.
-            _pending(runs_dir, report.run_id).write_text("10\n")
+            # the audit in the marker: the next job tells its own owed alerts from another audit's
+            _pending(runs_dir, report.run_id).write_text(
+                json.dumps({"name": report.name, "dataset": report.dataset})
+            )
         if ch.data is not None:
             _log_data_changes(ch.data)
         log.info(
@@ -257,26 +260,20 @@ def _pending(runs_dir: Path, run_id: str) -> Path:
 
 def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> list[str]:
     """The run ids (16 characters) of this audit's earlier runs whose exit 10 a stopped job never reported,
-    their markers removed (the data changed since, so this job published another run); a marker of a run
-    that was never published is removed too (its clusters are new to this run as well)."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.publish import list_runs
-    from spray.runs.reader import read_summary
-
+    their markers removed: the data changed since, so this job published another run. A marker's run may
+    be gone (retention, ``keep_runs: 1``) or never published (stopped before); its alert is owed either way,
+    since this run was compared with older data, or counts those clusters as new itself (exit 10 too)."""
     owed = []
     for marker in sorted(runs_dir.glob(f"{_pending(runs_dir, '').name}*")):
-        run16 = marker.name.rsplit("-", 1)[-1]
         if marker == pending:
             continue
-        run = next((r for r in list_runs(runs_dir) if r.name.endswith(run16[:12])), None)
         try:
-            summary = None if run is None else read_summary(run)
-        except RunReadError:
-            summary = None
-        if summary is not None and (summary.name, summary.dataset) != (name, dataset):
+            said = json.loads(marker.read_text() or "{}")
+        except (OSError, ValueError):
+            said = {}  # written before markers named their audit ("10"): taken as this audit's
+        if isinstance(said, dict) and said and (said.get("name"), said.get("dataset")) != (name, dataset):
             continue  # another audit's: its own job reports it
-        if summary is not None and summary.run_id.startswith(run16):
-            owed.append(run16)
+        owed.append(marker.name.rsplit("-", 1)[-1])
         try:
             marker.unlink()
         except OSError as err:

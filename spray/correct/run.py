@@ -438,13 +438,10 @@ def _evaluation(plan: CorrectionPlan, corrected: torch.nn.Module, direction: Art
 def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: bool) -> Reaudit | None:
     if not plan.cfg.correction.reaudit:
         return None
-    keys = plan.flags.cluster_keys
-    before = match_finding(  # the finding the flags were set from, when they name one the source run has
-        plan.source.findings,
-        plan.group.class_index,
-        plan.flags.sample_ids,
-        prefer=keys[0] if len(keys) == 1 else None,
-    )
+    # the finding the flags were set from, when they were set on the source run (keys are per run)
+    keys, same_run = plan.flags.cluster_keys, plan.flags.run_ids == [plan.source.run_id]
+    prefer = keys[0] if len(keys) == 1 and same_run else None
+    before = match_finding(plan.source.findings, plan.group.class_index, plan.flags.sample_ids, prefer=prefer)
     result = run_reaudit(out / CONFIG_FILE, before, plan.group.class_index, plan.flags.sample_ids,
                          plan.cfg.correction.reaudit_min_jaccard, device=device, progress=progress)  # fmt: skip
     slim_runs_dir(out / "reaudit")
