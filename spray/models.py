@@ -364,11 +364,15 @@ def _under_prefix(
 
 
 def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
-    state = _unwrap_state_dict(loaded, strip_module=False)
     own = model.state_dict()
     # BatchNorm's step counter is no weight: torch fills it in when a checkpoint lacks it
     counters = {k for k in own if k.endswith("num_batches_tracked")}
+    state = _unwrap_state_dict(loaded, strip_module=False)
     fits = set(own) - counters <= set(state) <= set(own)
+    if not fits:
+        # a DDP prefix is dropped unless the model's own keys carry it (a factory returning a wrapper)
+        state = _unwrap_state_dict(loaded)
+        fits = set(own) - counters <= set(state) <= set(own)
     if not fits and (found := _under_prefix(state, set(own), counters)) is not None:
         prefix, state = found
         log.info("checkpoint: took the model's weights from its keys under %r", prefix)

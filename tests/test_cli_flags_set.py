@@ -214,3 +214,9 @@ def test_a_shared_runs_folder_checks_each_datasets_flags_against_its_own_newest_
     res = run_main(["flags", "export", "--runs-dir", str(runs), "--fail-if-left-out", "-o", str(out)], capsys)
     assert res.code == 1 and "left out of the export: 1 flags" in res.output
     assert [line.split(",")[1] for line in out.read_text().splitlines()[1:]] == ["1"]
+    # a newer run that cannot be read is refused, not passed over for an older one (a review)
+    damaged = runs / ("39" + mine.name[2:])
+    shutil.copytree(mine, damaged)
+    (damaged / "summary.json").write_text('{"run_id"')
+    res = run_main(["flags", "check", "--runs-dir", str(runs), "--dataset", DATASET], capsys)
+    assert_clean_failure(res, 2, f"{damaged.name} is newer than {mine.name} and cannot be read", "--run")

@@ -368,3 +368,20 @@ def test_checkpoints_torch_loads_strictly_are_loaded(tmp_path: Path, monkeypatch
     torch.save(w.state_dict(), tmp_path / "wrapped.pt")  # keys module.features.0.weight, ...
     got = build_model(ModelConfig(factory="wrapped_models:build", checkpoint=tmp_path / "wrapped.pt"))
     assert all(torch.equal(got.state_dict()[k], v) for k, v in w.state_dict().items())
+
+
+def test_a_ddp_checkpoint_of_a_nested_model_still_loads(tmp_path: Path) -> None:
+    """A review: keeping 'module.' for models whose own keys carry it broke DDP(wrapper) checkpoints, whose
+    weights sit three levels deep (module.net.backbone.*); the prefix is dropped unless the model keeps it."""
+    torch.manual_seed(0)
+    m = small_cnn(num_classes=3)
+    nested = {f"module.net.backbone.{k}": v for k, v in m.state_dict().items()}
+    torch.save(nested, tmp_path / "ddp.pt")
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    got = build_model(cfg.model_copy(update={"checkpoint": tmp_path / "ddp.pt"}))
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in m.state_dict().items())
+    # a real mismatch names the keys without the DDP prefix
+    torch.save({f"module.{k}": v for k, v in list(m.state_dict().items())[2:]}, tmp_path / "part.pt")
+    with pytest.raises(ModelError, match=r"Missing in checkpoint: \['features\.0\.") as got_err:
+        build_model(cfg.model_copy(update={"checkpoint": tmp_path / "part.pt"}))
+    assert "module." not in str(got_err.value).split("Missing in checkpoint")[1][:200]

@@ -153,9 +153,9 @@ def _run_folder(args: argparse.Namespace) -> Path:
     raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for its newest run).")
 
 
-def _newest_runs(runs_dir: Path) -> dict[str, Path]:
+def _newest_runs(runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
     """The newest readable run of each dataset key in ``runs_dir`` (several audits may share a folder,
-    and ``latest`` is the newest run of any of them)."""
+    and ``latest`` is the newest run of any of them); the unreadable runs are added to ``unreadable``."""
     from spray.runs.errors import RunReadError
     from spray.runs.publish import list_runs
     from spray.runs.reader import read_summary
@@ -166,12 +166,30 @@ def _newest_runs(runs_dir: Path) -> dict[str, Path]:
             newest.setdefault(read_summary(run).dataset, run)
         except RunReadError as err:
             log.warning("run %s is unreadable, passed over: %s", run.name, err)
+            if unreadable is not None:
+                unreadable.append((run, str(err)))
     return newest
 
 
 def _newest_run(runs_dir: Path, dataset: str | None) -> Path:
-    """The newest run of ``dataset`` in ``runs_dir``; without one, of the folder's only dataset."""
-    newest = _newest_runs(runs_dir)
+    """The newest run of ``dataset`` in ``runs_dir``; without one, of the folder's only dataset. A newer run
+    that cannot be read is refused rather than passed over: its finding keys and ids may be what the
+    user looked at, and an older run's name other images."""
+    damaged: list[tuple[Path, str]] = []
+    newest = _newest_runs(runs_dir, damaged)
+    chosen = _chosen(runs_dir, newest, dataset)
+    newer = [(r, why) for r, why in damaged if r.name > chosen.name]
+    if newer:
+        run, why = newer[0]
+        raise ConfigError(
+            f"{run} is newer than {chosen.name} and cannot be read ({why}): the flags would act on an older "
+            f"run's images. Give the run with --run {chosen} to use the older one, or repair or remove {run.name}."
+        )
+    return chosen
+
+
+def _chosen(runs_dir: Path, newest: dict[str, Path], dataset: str | None) -> Path:
+    """The run :func:`_newest_run` takes from the newest readable run of each dataset."""
     if dataset is not None:
         if dataset not in newest:
             raise ConfigError(
