@@ -230,17 +230,8 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         return EXIT_OK
     code = exit_code_for(report, fail_on_findings=fail_on_findings)
     pending = _pending(runs_dir, report.run_id)
-    earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key())
-    if report.up_to_date and pending.exists():
-        earlier.insert(0, report.run_id[:16])
-    owed = bool(earlier)
-    if owed:
-        log.warning(
-            "the job that published run %s was stopped before it reported its new or grown suspicious "
-            "clusters: reporting them now (exit 10; they are in that run's summary.json, changes)",
-            ", ".join(earlier),
-        )
-        code = EXIT_FINDINGS
+    owed = _owed(runs_dir, pending, report, cfg)
+    code = EXIT_FINDINGS if owed else code
     _report_status(report, code, status, cfg.flags_db_path())
     sys.stdout.flush()  # the status line is out before a notifier that may hang or be killed
     if (owed or not report.up_to_date) and code == EXIT_FINDINGS and cfg.nightly.notify_command:
@@ -256,6 +247,21 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 def _pending(runs_dir: Path, run_id: str) -> Path:
     """The marker of a published run whose exit 10 (and notification) is not reported yet."""
     return runs_dir / f".alert-pending-{run_id[:16]}"
+
+
+def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
+    """Whether an exit 10 is owed: this run's own marker on a run found up to date, or the markers of this
+    audit's earlier runs (:func:`_owed_earlier`); said in a warning."""
+    earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key())
+    if report.up_to_date and pending.exists():
+        earlier.insert(0, report.run_id[:16])
+    if earlier:
+        log.warning(
+            "the job that published run %s was stopped before it reported its new or grown suspicious "
+            "clusters: reporting them now (exit 10; they are in that run's summary.json, changes)",
+            ", ".join(earlier),
+        )
+    return bool(earlier)
 
 
 def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> list[str]:
