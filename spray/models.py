@@ -37,10 +37,15 @@ def _is_weights(v: Any) -> bool:
     return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
 
 
-def _unwrap_state_dict(obj: Any, *, strip_module: bool = True) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint; with ``strip_module``, a DataParallel/DDP ``module.`` prefix of
-    every key is dropped (loading leaves it to :func:`_under_prefix`: a factory may return a wrapped model
-    whose own keys carry it)."""
+def _without_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the ``module.`` that DataParallel / DDP put before every key (if they all have it)."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint, its keys as saved (see :func:`_without_ddp_prefix`)."""
     if isinstance(obj, dict):
         any_weights = any(_is_weights(v) for v in obj.values())
         for key in ("state_dict", "model_state_dict", "model"):
@@ -63,9 +68,6 @@ def _unwrap_state_dict(obj: Any, *, strip_module: bool = True) -> dict[str, torc
                     "'state_dict'."
                 )
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
-            # DataParallel / DDP checkpoints prefix every key with "module."
-            if strip_module and obj and all(k.startswith("module.") for k in obj):
-                obj = {k[len("module.") :]: v for k, v in obj.items()}
             return obj
     raise ModelError(
         f"The checkpoint holds a {type(obj).__name__}, not a state dict. Save it with "
@@ -367,11 +369,11 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
     own = model.state_dict()
     # BatchNorm's step counter is no weight: torch fills it in when a checkpoint lacks it
     counters = {k for k in own if k.endswith("num_batches_tracked")}
-    state = _unwrap_state_dict(loaded, strip_module=False)
+    state = _unwrap_state_dict(loaded)
     fits = set(own) - counters <= set(state) <= set(own)
     if not fits:
         # a DDP prefix is dropped unless the model's own keys carry it (a factory returning a wrapper)
-        state = _unwrap_state_dict(loaded)
+        state = _without_ddp_prefix(state)
         fits = set(own) - counters <= set(state) <= set(own)
     if not fits and (found := _under_prefix(state, set(own), counters)) is not None:
         prefix, state = found
@@ -480,7 +482,7 @@ def sibling_architecture(name: str, keys: set[str]) -> str | None:
 def checkpoint_keys(path: Path) -> set[str] | None:
     """The state-dict keys of a checkpoint file (None when it cannot be read as a plain state dict)."""
     try:
-        return set(_unwrap_state_dict(_load_checkpoint(path, allow_pickle=False)))
+        return set(_without_ddp_prefix(_unwrap_state_dict(_load_checkpoint(path, allow_pickle=False))))
     except ModelError:
         return None
 
