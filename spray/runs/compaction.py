@@ -93,14 +93,15 @@ def held_content(runs: list[Path], cache: str) -> set[str]:
 
     A run that cannot say (unreadable, or without content hashes) holds none: it has its own heatmaps.
     """
-    from spray.runs.reader import RunReader, read_summary
+    from spray.runs.reader import RunReader
 
     held: set[str] = set()
     for run in runs:
         try:
-            if read_summary(run).cache != cache:
+            reader = RunReader.open(run)
+            if reader.summary.cache != cache:
                 continue
-            hashes = RunReader(run).content_hashes()
+            hashes = reader.content_hashes()
         except RunReadError as err:
             log.info(
                 "cache compaction: run %s is unreadable (%s); it holds no cached heatmaps", run.name, err
