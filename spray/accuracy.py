@@ -147,10 +147,20 @@ def recorded_accuracy(extra: object) -> dict[str, Any] | None:
 
 
 def recorded_problems(extra: object) -> list[str]:
-    """What a run's recorded checks of the model found (its accuracy, the heatmaps' contrast of
-    :mod:`spray.heatmap_contrast` and the logit share they carry, :mod:`spray.conservation`), as sentences for the report, the dashboard, the nightly status and a
-    reused run; empty for runs without a record."""
-    from spray import conservation, heatmap_contrast, label_conflicts
+    """What a run's recorded checks found (:func:`model_problems`, then copies of one image under two
+    labels, :mod:`spray.label_conflicts`), as sentences for the report, the dashboard, the nightly status
+    and a reused run; empty for runs without a record."""
+    from spray import label_conflicts
+
+    rec = extra.get("label_conflicts") if isinstance(extra, dict) else None
+    return model_problems(extra) + (label_conflicts.problems(rec) if isinstance(rec, dict) else [])
+
+
+def model_problems(extra: object) -> list[str]:
+    """What a run's recorded checks of the model found, each a reason its heatmaps may show no shortcut:
+    its accuracy, the heatmaps' contrast (:mod:`spray.heatmap_contrast`) and the logit share they carry
+    (:mod:`spray.conservation`); empty for runs without a record."""
+    from spray import conservation, heatmap_contrast
 
     acc = recorded_accuracy(extra)
     out = [] if acc is None else problems(acc)
@@ -158,7 +168,6 @@ def recorded_problems(extra: object) -> list[str]:
     for key, sentences in (
         ("heatmap_contrast", heatmap_contrast.problems),
         ("conservation", conservation.problems),
-        ("label_conflicts", label_conflicts.problems),
     ):
         rec = extra.get(key) if isinstance(extra, dict) else None
         out += sentences(rec) if isinstance(rec, dict) else []

@@ -40,7 +40,7 @@ def test_the_verdict_needs_a_flag_before_the_correction(
 def test_a_reaudit_whose_own_checks_doubt_its_heatmaps_judges_nothing() -> None:
     """An outside check: P-ClArC left a model near chance (74 % of predictions one class); its re-audit flagged
     nothing and the correction said "no longer flagged", cleared, exit 0 under --fail-if-not-cleared."""
-    from spray.correct.reaudit import doubts
+    from spray.accuracy import model_problems as doubts
 
     extra = {
         "model_accuracy": {

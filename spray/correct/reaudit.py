@@ -12,8 +12,8 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from spray.accuracy import model_problems
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
 from spray.runs.layout import CACHE_DIR, LOCK, STAGING_DIR
@@ -148,24 +148,7 @@ def run_reaudit(
     )
     rel = Path(report.run_dir).relative_to(config_path.parent)
     keys = [f.key for f in suspicious]
-    return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts(report.extra))
-
-
-def doubts(extra: dict[str, Any]) -> list[str]:
-    """The sentences of a run's checks that say its heatmaps may show no shortcut (the model near chance or
-    answering one class, flat heatmaps, heatmaps carrying little of the logit; not label conflicts)."""
-    from spray import conservation, heatmap_contrast
-    from spray.accuracy import problems, recorded_accuracy
-
-    acc = recorded_accuracy(extra)
-    out = [] if acc is None else problems(acc)
-    for key, sentences in (
-        ("heatmap_contrast", heatmap_contrast.problems),
-        ("conservation", conservation.problems),
-    ):
-        rec = extra.get(key)
-        out += sentences(rec) if isinstance(rec, dict) else []
-    return out
+    return Reaudit(report.run_id, str(rel), before, after, still, keys, model_problems(report.extra))
 
 
 def slim_runs_dir(runs_dir: Path) -> None:
