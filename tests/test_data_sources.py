@@ -523,3 +523,13 @@ def test_an_hwc_tensor_is_read_like_an_hwc_array() -> None:
     got = array_to_tensor(torch.from_numpy(a), "ignore")
     assert got.shape == (3, 28, 28) and torch.equal(got, array_to_tensor(a, "ignore"))
     assert array_to_tensor(torch.rand(3, 28, 28), "ignore").shape == (3, 28, 28)  # (C, H, W) stays
+
+
+@pytest.mark.parametrize(("n", "k"), [(0, 5), (1, 5), (5, 5), (10, 3), (100, 32), (33, 32), (7, 0)])
+def test_spot_checks_read_distinct_positions_from_first_to_last(n: int, k: int) -> None:
+    from spray.data.sample import spread_positions
+
+    got = spread_positions(n, k)
+    assert got == sorted(set(got)) and len(got) == min(n, k)
+    if got:
+        assert got[0] == 0 and got[-1] == n - 1 and all(0 <= i < n for i in got)

@@ -27,6 +27,7 @@ from spray.data.sample import (
     clean_reason,
     collate_samples,
     content_hash,
+    spread_positions,
 )
 from spray.data.source import Source
 from spray.data.thumbnails import thumbnail_pixels, thumbnail_side
@@ -369,9 +370,9 @@ def spread_inputs(dataset: Any, k: int, skip: frozenset[str] = frozenset()) -> l
     ids = list(getattr(dataset, "sample_ids", [])) if skip else []
     rows = [i for i in range(len(dataset)) if not ids or ids[i] not in skip]
     out = []
-    for j in np.unique(np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)):
+    for j in spread_positions(len(rows), k):
         try:
-            out.append((rows[int(j)], dataset.load_input(rows[int(j)])))
+            out.append((rows[j], dataset.load_input(rows[j])))
         except UnreadableSample:  # listed by the audit; not a spot check's business
             continue
     return out

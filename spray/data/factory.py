@@ -30,7 +30,7 @@ from PIL import Image
 from spray.config import DataConfig
 from spray.data.channels import array_to_tensor
 from spray.data.decoding import DecodeOptions, image_to_tensor, source_channels
-from spray.data.sample import UnreadableSample
+from spray.data.sample import UnreadableSample, spread_positions
 from spray.data.source import Source
 from spray.errors import DataError
 from spray.factories import call_factory, call_user
@@ -133,7 +133,7 @@ def _probe(
     sizes: list[tuple[int, int]] = []
     lo, hi = 0.0, 1.0
     n = len(labels)
-    for i in np.unique(np.linspace(0, n - 1, min(n, PROBE_ITEMS)).round().astype(int)).tolist() if n else []:
+    for i in spread_positions(n, PROBE_ITEMS):
         try:
             item = base[i]
             img = _image_of(item, has_targets)

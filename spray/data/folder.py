@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -32,6 +31,7 @@ from spray.data.decoding import (
     decode_image,
     source_channels,
 )
+from spray.data.sample import spread_positions
 from spray.data.source import Source
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
@@ -213,12 +213,11 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
 def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
     """Most common channel count, the ``(H, W)`` sizes and the 16-bit files of up to PROBE_FILES files
     (headers only)."""
-    picks = np.unique(np.linspace(0, len(sample_ids) - 1, min(len(sample_ids), PROBE_FILES)).astype(int))
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
     sixteen = 0
     with _pillow_size_check_off():
-        for i in picks.tolist():
+        for i in spread_positions(len(sample_ids), PROBE_FILES):
             try:
                 with Image.open(root / sample_ids[i]) as im:
                     channels.append(source_channels(im.mode))

@@ -27,6 +27,14 @@ class UnreadableSample(Exception):
         self.reason = reason
 
 
+def spread_positions(n: int, k: int) -> list[int]:
+    """Up to ``k`` distinct positions of ``range(n)`` spread evenly from the first to the last, in order:
+    the items a spot check reads (``[]`` when ``n`` is 0)."""
+    if n <= 0 or k <= 0:
+        return []
+    return [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))]
+
+
 def content_hash(data: bytes) -> str:
     """Short content hash of a sample's bytes (128-bit BLAKE2b, hex)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
