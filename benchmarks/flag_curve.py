@@ -44,6 +44,11 @@ natural group clearing both stayed at or below 0.49). The grid adds ``--two-rout
 at the first rule's choice (appearance 0.5, relative 0.65, removal AUROC 0.98); the same rule picks among
 them, the margin step lowering both relative thresholds, ties to the higher (stricter) two-route value.
 
+**Development rows of the moving families** (5 Dec 2026, protocol
+``benchmarks/results/two_routes_recheck_protocol_2026-12-05.md``): rows of the ``moving`` split may be given
+beside the tuning split's and are pooled with them (flag recall, clean models, other alarms), since the
+tuning split holds no shortcut that moves; rows of any held-out split are refused.
+
 The curve run of 3 Dec 2026 covers the tuning split's p = 0.1 and 0.2 cells (3 seeds) and its 20 clean
 models in full; of its p = 0.05 cells only those run before the session's time made the lead narrow the
 run (decided before any result was read) are in it.
@@ -72,6 +77,9 @@ FLAG_PRECISION = 0.5
 APPEARANCES = (0.2, 0.3, 0.4, 0.5)
 RELATIVES = tuple(round(0.05 * i, 2) for i in range(17))  # 0.0 .. 0.8
 REMOVAL_AUROCS = (0.8, 0.9, 0.95, 0.98)
+#: The splits a default may be chosen on: the tuning split of the fixed artifacts and the development split
+#: of the moving families (``moving``, which the tuning split has none of); every other split is held out.
+DEVELOPMENT_SPLITS = ("tuning", "moving")
 #: The rule's false-alarm budget on the tuning split.
 MAX_CLEAN_ALARMS = 0
 MAX_OTHER_ALARM_RATE = 0.02
@@ -276,9 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     args = ap.parse_args(argv)
     rows = [json.loads(li) for p in args.rows for li in _read(p).splitlines() if li.strip()]
-    if any(r.get("split", "tuning") != "tuning" for r in rows):
+    held_out = sorted({r.get("split", "tuning") for r in rows} - set(DEVELOPMENT_SPLITS))
+    if held_out:
         raise SystemExit(
-            "flag_curve: these rows are not all of the tuning split; the default is chosen on it only"
+            f"flag_curve: rows of the held-out split(s) {', '.join(held_out)}; defaults are chosen on the "
+            f"development splits only ({', '.join(DEVELOPMENT_SPLITS)})"
         )
     appearances = args.appearances or APPEARANCES
     relatives = args.relatives or RELATIVES
