@@ -134,3 +134,25 @@ def test_fail_if_not_cleared_exits_10_while_the_reaudit_flags_the_finding(
     (folder / RECORD_NAME).write_text(json.dumps(record))
     neither = run_main(argv, capsys)
     assert neither.code == 0 and "cannot judge" in neither.output, neither.output
+
+
+def test_a_key_that_reads_as_a_numbered_class_is_refused_and_key_prefix_settles_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Classes named "1", "2", "0" (index 0, 1, 2): ``2/k…`` is class index 2's cluster as a key, and class
+    "2"'s (index 1) as the table shows it. Refused with both readings; ``key:`` is the key."""
+    world = build_world(tmp_path, flag=False)
+    raw = yaml.safe_load(world.config.read_text())
+    raw["data"]["class_names"] = ["1", "2", "0"]
+    world.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    target = [f for f in _findings(world) if f.class_index == TARGET]
+    assert TARGET == 1 and target, "the fixture's artifact class is index 1, named '2'"
+    finding = target[0]
+    _flag_as(world, finding)
+    as_key = f"2/{finding.key.split('/', 1)[1]}"  # class index 2 (named "0")
+    res = _correct(world, capsys, as_key)
+    assert_clean_failure(res, 2, "ambiguous", f"key:{as_key}", f"key:{finding.key}")
+    res = _correct(world, capsys, f"key:{finding.key}")
+    assert res.code == 0, res.output
+    assert "(pclarc) of class 2" in res.stdout

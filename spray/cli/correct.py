@@ -80,19 +80,50 @@ def _resolve_cluster_key(cfg: Any) -> None:
         No finding, or several, go by that name (the message lists them with their keys), or no run to
         read the name from.
     """
-    from spray.runs.keys import finding_key, parse_cluster_key
+    from spray.runs.keys import KEY_PREFIX, finding_key, parse_cluster_key
 
     text = cfg.correction.cluster_key
     if text is None:
         return
+    if text.strip().startswith(KEY_PREFIX):
+        cfg.correction.cluster_key = text.strip()[len(KEY_PREFIX) :].strip()
+        parse_cluster_key(cfg.correction.cluster_key)  # a malformed key is refused with its form
+        return
     try:
         parse_cluster_key(text)
-        return
     except ValueError:
         pass
+    else:
+        _refuse_numbered_class_clash(cfg, text)
+        return
     reader, run = _flags_run(cfg, text)
     cfg.correction.cluster_key = finding_key(reader.summary.findings, text, run, "--cluster-key")
     log.info("--cluster-key %s is finding %s of run %s", text, cfg.correction.cluster_key, run.name)
+
+
+def _refuse_numbered_class_clash(cfg: Any, key: str) -> None:
+    """Refuse a key whose class index is also the *name* of another class of the dataset's run (class
+    folders named by numbers: "2/k3/c1" is class index 2's cluster, and what the table shows for class "2"
+    at index 1); nothing to check without a run to read the class names from."""
+    from spray.errors import ConfigError, SprayError
+    from spray.runs.keys import KEY_PREFIX
+
+    try:
+        reader, _ = _flags_run(cfg, key)
+    except SprayError:
+        return
+    first = key.split("/")[0]
+    names = reader.summary.class_names
+    clash = [i for i, name in enumerate(names) if name.strip() == first and str(i) != first]
+    if clash:
+        index = int(first)
+        named = f"class {names[index]!r}" if index < len(names) else "no class"
+        raise ConfigError(
+            f"--cluster-key (correction.cluster_key) {key!r} is ambiguous: as a key it is a cluster of class index "
+            f"{first} ({named}), but class {first!r} is index {clash[0]}, whose cluster the findings table shows "
+            f"as {key!r} too. Write {KEY_PREFIX}{key} for the key, or {KEY_PREFIX}{clash[0]}/"
+            f"{key.split('/', 1)[1]} for class {first!r}'s cluster."
+        )
 
 
 def _flags_run(cfg: Any, text: str) -> tuple[Any, Path]:

@@ -37,8 +37,8 @@ class CorrectionConfig(Section):
     )
     cluster_key: str | None = Field(
         None,
-        description="Only the flags set from this finding: its key (e.g. '6/k3/c2'), or the report's class "
-        "and cluster columns ('dog/k3/c2', or 'k3/c2' when one class has it), read from correction.source_run "
+        description="Only the flags set from this finding: its key (e.g. '6/k3/c2'; 'key:6/k3/c2' is the key "
+        "alone, for classes named by numbers), or the report's class and cluster columns ('dog/k3/c2', or 'k3/c2' when one class has it), read from correction.source_run "
         "or the newest run of the dataset; default: every flag.",
     )
     artifact_class: int | None = Field(

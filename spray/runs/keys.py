@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+#: Prefix of a finding's key given as the key only, never read as a class name (``key:2/k3/c1``).
+KEY_PREFIX = "key:"
+
 #: ``k`` of the hot-spot candidates (they come from no labelling; their labelling is stored as this k, -1
 #: for the samples in no group); their ``cluster_id`` is their rank.
 HOTSPOT_K = 0
@@ -59,7 +62,10 @@ def _names(f: FindingSummary, label: str) -> set[str]:
 def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
     """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
     columns (``dog/k2/c0``, ``1/k2/c0+C``; the ``+C`` mark may be left out), or the cluster column alone
-    (``k2/c0``) when one class has it.
+    (``k2/c0``) when one class has it; ``key:1/k2/c0`` is the key and nothing else.
+
+    Class folders named by numbers make a key and a name collide (class "2" at index 1: ``2/k2/c0`` is the
+    key of class index 2's cluster and the name of class "2"'s): that is refused, naming both.
 
     Parameters
     ----------
@@ -80,10 +86,29 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
     from spray.errors import ConfigError
     from spray.report import cluster_label
 
-    if any(f.key == text for f in findings):
-        return text
     typed = text.strip()
+    if typed.startswith(KEY_PREFIX):
+        key = typed[len(KEY_PREFIX) :].strip()
+        if any(f.key == key for f in findings):
+            return key
+        keys = ", ".join(f.key for f in findings[:10])
+        raise ConfigError(f"No finding has the key {key!r} in {run}; the top findings' keys are {keys}.")
     names = {f.key: _names(f, cluster_label(f)) for f in findings}
+    by_name = [
+        f for f in findings if f.key != typed and typed.casefold() in {n.casefold() for n in names[f.key]}
+    ]
+    if any(f.key == typed for f in findings):
+        if not by_name:
+            return typed
+        # A folder named by a number: its name reads as another class's index.
+        keyed = next(f for f in findings if f.key == typed)
+        named = ", ".join(f"{f.key} (class {f.class_name!r})" for f in by_name[:5])
+        raise ConfigError(
+            f"{text!r} names two findings of {run}: the one whose key it is ({keyed.key}, class "
+            f"{keyed.class_name!r}, index {keyed.class_index}) and, by class name and cluster, {named}. "
+            f"Give the key with its prefix: {option} {KEY_PREFIX}{keyed.key} for the first, "
+            f"{option} {KEY_PREFIX}{by_name[0].key} for the other."
+        )
     # "shirt/k10/c7" for the class Shirt: a name, not a byte string; the exact spelling wins a tie
     # (classes "Cat" and "cat").
     found = [f for f in findings if typed.casefold() in {n.casefold() for n in names[f.key]}]
@@ -95,7 +120,7 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
     if found:
         named = ", ".join(f"{f.key} ({f.class_name})" for f in found[:10])
         has_class = typed.count("/") >= 2  # "Cat/k2/c0", "6/C:k6/c2"; "k2/c0" names no class
-        example = found[0].key if has_class else f"{found[0].class_name}/{typed}"
+        example = f"{KEY_PREFIX}{found[0].key}" if has_class else f"{found[0].class_name}/{typed}"
         raise ConfigError(
             f"Several findings of {run} go by {text!r}: {named}. Give the class too, or the key, "
             f"e.g. {option} {example}."

@@ -60,11 +60,27 @@ def test_a_name_several_findings_answer_to() -> None:
     cats = [_finding("0/k2/c0", 0, "Cat", 2, 0, "pixel"), _finding("1/k2/c0", 1, "cat", 2, 0, "pixel")]
     assert finding_key(cats, "cat/k2/c0", Path("run"), "--finding") == "1/k2/c0"
     assert finding_key(cats, "Cat/k2/c0", Path("run"), "--finding") == "0/k2/c0"
-    with pytest.raises(ConfigError, match=r"go by 'CAT/k2/c0'.*e\.g\. --finding 0/k2/c0\."):
+    with pytest.raises(ConfigError, match=r"go by 'CAT/k2/c0'.*e\.g\. --finding key:0/k2/c0\."):
         finding_key(cats, "CAT/k2/c0", Path("run"), "--finding")
     digits = [_finding("1/k3/c1", 1, "2", 3, 1, "both"), _finding("2/k3/c1", 2, "3", 3, 1, "both")]
-    assert finding_key(digits, "2/k3/c1", Path("run"), "--finding") == "2/k3/c1"  # a key is exact
-    with pytest.raises(ConfigError, match=r"e\.g\. --finding 1/k3/c1\."):
+    with pytest.raises(ConfigError, match=r"e\.g\. --finding key:1/k3/c1\."):
         finding_key(digits, "2/k3/c1+C", Path("run"), "--finding")
     with pytest.raises(ConfigError, match=r"e\.g\. --finding 2/k3/c1\b"):
         finding_key(digits, "k3/c1", Path("run"), "--finding")
+
+
+def test_a_key_that_is_also_a_numbered_class_name_is_refused_not_guessed() -> None:
+    """Class folders "2" (index 1) and "3" (index 2): "2/k3/c1" is the key of class "3"'s cluster and the
+    class and cluster columns of class "2"'s; a user reading the table means the second, a script the
+    first. Neither is guessed; ``key:`` selects by key alone."""
+    digits = [_finding("1/k3/c1", 1, "2", 3, 1, "both"), _finding("2/k3/c1", 2, "3", 3, 1, "both")]
+    with pytest.raises(
+        ConfigError, match=r"names two findings.*key:2/k3/c1 for the first.*key:1/k3/c1 for the other"
+    ):
+        finding_key(digits, "2/k3/c1", Path("run"), "--finding")
+    assert finding_key(digits, "key:2/k3/c1", Path("run"), "--finding") == "2/k3/c1"
+    assert finding_key(digits, " key:1/k3/c1", Path("run"), "--finding") == "1/k3/c1"
+    assert finding_key(digits, "3/k3/c1", Path("run"), "--finding") == "2/k3/c1"  # class "3" by name only
+    assert finding_key(FINDINGS, "6/k6/c4", Path("run"), "--finding") == "6/k6/c4"  # no class named "6"
+    with pytest.raises(ConfigError, match=r"No finding has the key '9/k3/c1'"):
+        finding_key(digits, "key:9/k3/c1", Path("run"), "--finding")
