@@ -40,7 +40,9 @@ import spray
 # 8: a module registered under several names (self.c3 = self.c2, ModuleList([block] * 2), a layer also
 # grouped into a Sequential) gets its rule under every name (calls through the second name were explained
 # with the plain gradient, or the first layer was refused); other models unchanged.
-LRP_VERSION = 8
+# 9: lrp.concept_layer auto looks inside a wrapper that holds the whole classifier (nn.Sequential(normalize,
+# net), DataParallel, torch.compile, the output selector): its concept vectors were the logits.
+LRP_VERSION = 9
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

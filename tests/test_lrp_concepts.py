@@ -175,6 +175,41 @@ def test_default_layers() -> None:
     assert default_concept_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) is None
 
 
+def test_default_layer_is_found_inside_a_wrapper_not_at_the_logits() -> None:
+    """An outside check: for nn.Sequential(normalize, resnet18), DataParallel, torch.compile or a
+    ``.backbone`` holding the whole classifier, 'auto' took the wrapper's child, whose output is the logits
+    (a "concept vector" of 4 class scores, no warning)."""
+    from spray.models import OutputSelector
+
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torchvision.models.resnet18(num_classes=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.backbone(x)
+
+    class Split(nn.Module):  # a backbone and a head of its own: the backbone is the feature map
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+            self.head = nn.Linear(8, 2)
+
+    net = torchvision.models.resnet18(num_classes=4)
+    normalize = torchvision.transforms.Normalize([0.5] * 3, [0.25] * 3)
+    assert default_concept_layer(nn.Sequential(normalize, net)) == "1.layer4"
+    assert default_concept_layer(nn.Sequential(net)) == "0.layer4"
+    assert default_concept_layer(nn.DataParallel(net)) == "module.layer4"
+    assert default_concept_layer(Backbone()) == "backbone.layer4"
+    assert (
+        default_concept_layer(OutputSelector(nn.Sequential(normalize, small_cnn()), 0)) == "model.1.features"
+    )
+    assert default_concept_layer(Split()) == "backbone"
+    x = torch.rand(2, 3, 32, 32)
+    got = Explainer(nn.Sequential(net).eval(), concept_layer="auto")(x)
+    assert got.concepts is not None and got.concepts.shape == (2, 512)
+
+
 def test_token_layer_concepts_sum_over_tokens() -> None:
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=3).eval()
@@ -265,7 +300,12 @@ def test_bf16_and_contiguous_layout_give_the_same_concepts() -> None:
 def test_auto_layer_the_forward_bypasses_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from tests.model_factories import normalising
 
+    # "tiny" holds every parameter: a wrapper, so 'auto' looks inside it and finds the conv that runs.
+    assert Explainer(normalising(), concept_layer="auto", self_check=False).concept_layer == "tiny.conv"
     model = normalising()
+    model.register_parameter(
+        "gain", nn.Parameter(torch.ones(()))
+    )  # now "tiny" is a stage, not the whole model
     explainer = Explainer(model, concept_layer="auto", self_check=False)
     assert explainer.concept_layer == "tiny"
     result = explainer(torch.randn(2, 3, 16, 16))
@@ -273,3 +313,16 @@ def test_auto_layer_the_forward_bypasses_is_dropped_with_a_warning(caplog: pytes
     assert "not called by the model's forward()" in caplog.text
     with pytest.raises(ModelError, match="did not run"):
         Explainer(model, concept_layer="tiny", self_check=False)(torch.randn(2, 3, 16, 16))
+
+
+def test_a_layer_path_of_the_users_model_is_found_inside_spray_and_torch_wrappers() -> None:
+    """With ``model.output`` set spray wraps the model (``model.``): the user's own path was refused."""
+    from spray.lrp.concepts import resolve_concept_layer
+    from spray.models import OutputSelector
+
+    net = nn.Sequential(nn.Identity(), torchvision.models.resnet18(num_classes=3))
+    assert resolve_concept_layer(OutputSelector(net, 0), "1.layer4") == "model.1.layer4"
+    assert resolve_concept_layer(nn.DataParallel(net), "1.layer3") == "module.1.layer3"
+    assert resolve_concept_layer(net, "1.layer4") == "1.layer4"
+    with pytest.raises(ConfigError, match="not a module of the model"):
+        resolve_concept_layer(OutputSelector(net, 0), "1.layer9")

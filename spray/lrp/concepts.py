@@ -272,13 +272,30 @@ def default_concept_layer(model: nn.Module) -> str | None:
       convolution before the model's global pooling, in module order (``features`` of a
       VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or spray's ``SmallCNN``, ``layer4`` of a ResNet,
       ``blocks`` of timm's MobileNetV3, whose ``conv_head`` runs on the pooled 1×1 map): the last feature
-      map before pooling and classifier.
+      map before pooling and classifier. A child that holds every parameter of the model is a wrapper
+      (``nn.Sequential(normalize, net)``, ``DataParallel``, ``torch.compile``, spray's own output selector):
+      the search goes on inside it (``1.layer4``, ``module.layer4``, ``_orig_mod.features``).
     * None otherwise (an MLP).
     """
     if has_attention(model):
         block = _last_repeated_block(model)
         if block is not None:
             return block
+    prefix = ""
+    while True:
+        stage = _conv_stage(model)
+        if stage is None:
+            return None
+        inner = model.get_submodule(stage)
+        if not _wraps(inner, model):
+            return prefix + stage
+        # A wrapper (nn.Sequential(normalize, net), DataParallel's "module", torch.compile's "_orig_mod", a
+        # ".backbone" holding the whole classifier): its child's output is the logits, not a feature map.
+        prefix, model = f"{prefix}{stage}.", inner
+
+
+def _conv_stage(model: nn.Module) -> str | None:
+    """The top-level child of ``model`` holding its last convolution before its global pooling."""
     last_conv = None
     for path, module in model.named_modules():
         if last_conv is not None and _global_pool(path, module):
@@ -288,6 +305,12 @@ def default_concept_layer(model: nn.Module) -> str | None:
     return None if last_conv is None else last_conv.split(".")[0]
 
 
+def _wraps(child: nn.Module, model: nn.Module) -> bool:
+    """Whether ``child`` holds every parameter of ``model`` (so it is the whole classifier, wrapped)."""
+    total = {id(p) for p in model.parameters()}
+    return bool(total) and total <= {id(p) for p in child.parameters()}
+
+
 def _global_pool(path: str, module: nn.Module) -> bool:
     """The model's global pooling (``avgpool``, timm's ``global_pool`` or ``head.global_pool``): an adaptive
     pooling module at most two levels deep; a squeeze-and-excitation's pool sits deeper, inside a block."""
@@ -295,6 +318,23 @@ def _global_pool(path: str, module: nn.Module) -> bool:
         "adaptivepool" in type(module).__name__.lower()
     )
     return adaptive and path.count(".") <= 1
+
+
+def _wrapped_path(model: nn.Module, layer: str, names: dict[str, nn.Module]) -> str | None:
+    """``layer`` as a path of the user's model inside wrappers spray or torch added (``model.`` of the
+    output selector, ``_orig_mod.`` of torch.compile, ``module.`` of DataParallel): the full path, when
+    ``layer`` itself is not a module of ``model``."""
+    if layer in names:
+        return None
+    prefix, inner = "", model
+    while True:
+        children = [(n, c) for n, c in inner.named_children() if _wraps(c, inner)]
+        if len(children) != 1:
+            return None
+        name, inner = children[0]
+        prefix = f"{prefix}{name}."
+        if f"{prefix}{layer}" in names:
+            return f"{prefix}{layer}"
 
 
 def resolve_concept_layer(model: nn.Module, layer: str | None) -> str | None:
@@ -318,6 +358,9 @@ def resolve_concept_layer(model: nn.Module, layer: str | None) -> str | None:
             )
         return found
     names = dict(model.named_modules())
+    wrapped = _wrapped_path(model, layer, names)
+    if wrapped is not None:
+        return wrapped
     if layer not in names:
         near = [n for n in names if n and (layer in n or n in layer)][:8]
         raise ConfigError(
