@@ -533,3 +533,80 @@ def test_spot_checks_read_distinct_positions_from_first_to_last(n: int, k: int) 
     assert got == sorted(set(got)) and len(got) == min(n, k)
     if got:
         assert got[0] == 0 and got[-1] == n - 1 and all(0 <= i < n for i in got)
+
+
+def test_a_fractional_label_is_refused_not_truncated(tmp_path: Path) -> None:
+    """An outside check: label 3·(1 − 1e-9) was read as class 2 (int() truncates), so class "digit 2" mixed
+    2s and 3s, with no warning; from items and from 'targets' alike."""
+    for name, where in (("frac_items", ""), ("frac_targets", "    targets = [0, 1.0, 2.9999999] * 4\n")):
+        body = (
+            "import torch\n"
+            "class D:\n" + where + "    def __len__(self): return 12\n"
+            "    def __getitem__(self, i): return torch.full((1, 6, 6), i / 12), [0, 1.0, 2.9999999][i % 3]\n"
+            "def build(): return D()\n"
+        )
+        with pytest.raises(
+            DataError, match=r"(2\.9999999.*never rounded|not integer labels \(2\.9999999 is not a whole)"
+        ):
+            build_dataset(_factory_config(tmp_path, name, body))
+
+
+def test_whole_number_labels_of_any_type_are_class_indices() -> None:
+    import numpy as np
+    import torch
+
+    from spray.data.factory import label_index
+
+    for value in (
+        3,
+        3.0,
+        np.int64(3),
+        np.float32(3.0),
+        torch.tensor(3),
+        torch.tensor([3]),
+        " 3",
+        np.array(3),
+    ):
+        assert label_index(value) == 3, repr(value)
+    for bad in (2.5, torch.tensor([0.0, 1.0]), np.array([1, 0])):
+        with pytest.raises(ValueError):
+            label_index(bad)
+
+
+@pytest.mark.parametrize(
+    ("classes", "names"),
+    [
+        ("{'nine': 9, 'zero': 0, 'one': 1, 'two': 2, 'three': 3, 'four': 4, 'five': 5, 'six': 6, 'seven': 7, 'eight': 8}",
+         ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]),
+        ("{2: 'two', 0: 'zero', 1: 'one'}", ["zero", "one", "two"]),
+        ("['a', 'b', 'c']", ["a", "b", "c"]),
+    ],
+)  # fmt: skip
+def test_class_names_given_as_a_mapping_are_put_in_label_order(
+    tmp_path: Path, classes: str, names: list[str]
+) -> None:
+    """An outside check: ``classes = {"nine": 9, …, "zero": 0}`` named label 0 "nine" in every report."""
+    body = (
+        "import torch\n"
+        "class D:\n"
+        f"    classes = {classes}\n"
+        f"    targets = list(range({len(names)})) * 2\n"
+        f"    def __len__(self): return {2 * len(names)}\n"
+        "    def __getitem__(self, i): return torch.full((1, 6, 6), i / 40), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    assert build_dataset(_factory_config(tmp_path, f"named{len(names)}{names[0]}", body)).class_names == names
+
+
+def test_class_names_in_a_mapping_that_is_no_index_are_refused(tmp_path: Path) -> None:
+    body = (
+        "import torch\n"
+        "class D:\n"
+        "    classes = {'a': 1, 'b': 2}\n"
+        "    targets = [0, 1] * 4\n"
+        "    def __len__(self): return 8\n"
+        "    def __getitem__(self, i): return torch.full((1, 6, 6), i / 8), self.targets[i]\n"
+        "def build(): return D()\n"
+    )
+    with pytest.raises(DataError, match="neither name -> index nor index -> name"):
+        build_dataset(_factory_config(tmp_path, "badmap", body))

@@ -21,6 +21,8 @@ The contract (also in docs/config.md and the README):
 from __future__ import annotations
 
 import logging
+import operator
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -68,12 +70,38 @@ def _to_tensor(img: Any, decode: DecodeOptions) -> torch.Tensor:
     )
 
 
+def label_index(value: Any) -> int:
+    """The class index a dataset's label stands for: an int, a one-element tensor or array, a whole float
+    (``3.0``) or a numeral string.
+
+    Raises
+    ------
+    ValueError
+        A fraction (``2.9999999`` is not rounded down to class 2, nor up), or several values (one-hot).
+    TypeError
+        Not a number at all.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, np.ndarray | np.generic):
+        value = value.item() if value.size == 1 else value.tolist()
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, list | tuple):
+        raise ValueError(f"{len(value)} values, not one class index")
+    return operator.index(value)
+
+
 def _labels(base: Any, n: int) -> list[int]:
     targets = getattr(base, "targets", None)
     if targets is not None:
         try:
             if len(targets) == n:
-                return [int(t) for t in targets]
+                return [label_index(t) for t in targets]
         except (TypeError, ValueError) as err:
             raise DataError(
                 f"data.factory: the dataset's 'targets' are not integer labels ({err})."
@@ -93,10 +121,11 @@ def _labels(base: Any, n: int) -> list[int]:
                 "and the dataset has no 'targets' attribute."
             )
         try:
-            labels.append(int(item[1]))
+            labels.append(label_index(item[1]))
         except (TypeError, ValueError):
             raise DataError(
-                f"data.factory: item {i} has label {item[1]!r}, not an integer class index."
+                f"data.factory: item {i} has label {item[1]!r}, not an integer class index (a fraction is never "
+                "rounded: return the class index as an int)."
             ) from None
     return labels
 
@@ -104,7 +133,7 @@ def _labels(base: Any, n: int) -> list[int]:
 def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
     if bad := [(i, v) for i, v in enumerate(labels) if v < 0][:1]:
         raise DataError(f"data.factory: sample {bad[0][0]} has the negative label {bad[0][1]}.")
-    names = cfg.class_names or list(
+    names = cfg.class_names or _names_in_label_order(
         getattr(base, "class_names", None) or getattr(base, "classes", None) or []
     )
     if not names:
@@ -114,6 +143,33 @@ def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
             f"data.factory: sample {bad[0][0]} has label {bad[0][1]} but there are {len(names)} class names."
         )
     return [str(c) for c in names]
+
+
+def _names_in_label_order(names: Any) -> list[Any]:
+    """A dataset's class names as a list indexed by label: a sequence as it is; a mapping name → index
+    (``class_to_idx``-style) or index → name put in index order.
+
+    Raises
+    ------
+    DataError
+        A mapping whose indices are not 0..n-1 each once.
+    """
+    if not isinstance(names, Mapping):
+        return list(names)
+    pairs = list(names.items())
+    if all(isinstance(v, str) for _, v in pairs):
+        pairs = [(v, k) for k, v in pairs]  # index -> name
+    try:
+        by_index = {label_index(i): str(name) for name, i in pairs}
+    except (TypeError, ValueError):
+        by_index = {}
+    if sorted(by_index) != list(range(len(pairs))):
+        raise DataError(
+            f"data.factory: the dataset's class names are a mapping ({dict(list(names.items())[:4])!r}...) that "
+            "is neither name -> index nor index -> name for the indices 0..n-1; give 'classes' as a list in label "
+            "order, or set data.class_names."
+        )
+    return [by_index[i] for i in range(len(pairs))]
 
 
 def _probe(
@@ -159,7 +215,7 @@ def _check_target(item: Any, i: int, target: int) -> None:
     if not isinstance(item, tuple | list) or len(item) < 2:
         return
     try:
-        label = int(item[1])
+        label = label_index(item[1])
     except (TypeError, ValueError):
         return  # not a class index: the label is not comparable (a dict of annotations, say)
     if label != target:
