@@ -29,7 +29,7 @@ from spray.data import AuditDataset
 from spray.distributed import DistContext
 from spray.errors import ConfigError
 from spray.inference import Inference
-from spray.records import ZERO_HEATMAPS, ClassAnalysis, ClassSkipped, ClusterFinding
+from spray.records import UNNAMED_OUTPUT, ZERO_HEATMAPS, ClassAnalysis, ClassSkipped, ClusterFinding
 from spray.runs.cache import PasteCache
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,28 @@ def _zero_classes(inputs: AnalysisInputs | None, groups: np.ndarray) -> set[int]
 
 
 def _classes_to_analyze(
-    cfg: AuditConfig, class_names: list[str], groups: np.ndarray, zero: set[int]
+    cfg: AuditConfig,
+    class_names: list[str],
+    groups: np.ndarray,
+    zero: set[int],
+    listed: np.ndarray | None = None,
 ) -> tuple[dict[int, int], list[ClassSkipped]]:
     """The selected classes with enough samples and some relevance (class -> size, in selection order), and
-    the others (``zero``: the classes whose every heatmap is zero)."""
+    the others (``zero``: the classes whose every heatmap is zero; ``listed``: the dataset's items per
+    label, so that a class emptied by unreadable images says so)."""
     todo: dict[int, int] = {}
-    too_small: list[ClassSkipped] = []
+    too_small: list[ClassSkipped] = _unnamed_outputs(class_names, groups)
     for c in select_classes(cfg, len(class_names)):
         n = int(np.count_nonzero(groups == c))
-        if n < cfg.analysis.min_class_size:
+        lost = 0 if listed is None or c >= len(listed) else int(listed[c]) - n
+        if n < cfg.analysis.min_class_size and lost > 0:
+            why = (
+                f"{lost} of its {n + lost} samples were skipped (each with its reason under 'skipped'); the {n} "
+                "left are fewer than analysis.min_class_size"
+            )
+            too_small.append(ClassSkipped(c, class_names[c], n, why))
+            log.warning("class %s not analysed: %s", class_names[c], why)
+        elif n < cfg.analysis.min_class_size:
             too_small.append(ClassSkipped(c, class_names[c], n))
             log.warning("class %s has %d samples (< analysis.min_class_size): skipped", class_names[c], n)
         elif c in zero:
@@ -178,20 +191,38 @@ def _classes_to_analyze(
             )  # fmt: skip
         else:
             todo[c] = n
-    if not todo and too_small and all(s.reason == ZERO_HEATMAPS for s in too_small):
+    named = [s for s in too_small if s.reason != UNNAMED_OUTPUT]
+    if not todo and named and all(s.reason == ZERO_HEATMAPS for s in named):
         log.warning(
             "every class's heatmaps are all zero: nothing is analysed and the run can show no finding. The "
             "logits do not depend on the input as explained: check the weights (model.checkpoint) and the "
             "composite's epsilon (lrp.composite_kwargs)."
         )
-    elif not todo and too_small:
+    elif not todo and named:
         log.warning(
             "no class has analysis.min_class_size = %d samples (the largest has %d): nothing is analysed and the "
             "run can show no finding. Add images, or lower analysis.min_class_size.",
             cfg.analysis.min_class_size,
-            max(s.n for s in too_small),
+            max(s.n for s in named),
         )
     return todo, too_small
+
+
+def _unnamed_outputs(class_names: list[str], groups: np.ndarray) -> list[ClassSkipped]:
+    """The groups of model outputs beyond the dataset's classes (``group_by: prediction`` with a model of
+    more outputs than class names): listed as not analysed, never dropped without a word."""
+    out = []
+    for c in sorted({int(g) for g in np.unique(groups)} - set(range(len(class_names)))):
+        if c < 0:
+            continue
+        n = int(np.count_nonzero(groups == c))
+        out.append(ClassSkipped(c, f"output {c}", n, UNNAMED_OUTPUT))
+        log.warning(
+            "%d samples are predicted as output %d, which has no class name (the dataset names %d classes): not "
+            "analysed. Give the model's classes as data.class_names, or analyse by label (analysis.group_by: label)",
+            n, c, len(class_names),
+        )  # fmt: skip
+    return out
 
 
 def _open_paste_cache(cfg: AuditConfig, cache_dir: Path, ctx: DistContext) -> PasteCache | None:
@@ -265,7 +296,10 @@ def analyze_run(
     shared = share_inputs(ctx, inputs)
     groups = shared.groups(cfg.analysis.group_by)
     zero = ctx.broadcast_object(_zero_classes(inputs if ctx.is_main else None, groups))
-    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups, zero)
+    listed = (
+        np.bincount(np.asarray(dataset.labels, dtype=np.int64)) if cfg.analysis.group_by == "label" else None
+    )
+    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups, zero, listed)
     plan = assign_classes(todo, ctx.world_size)
     mine = plan[ctx.rank]
     if ctx.world_size > 1:

@@ -251,6 +251,7 @@ class ConditionalMaps:
 TOO_FEW_SAMPLES = "fewer than analysis.min_class_size samples"
 #: Why a class is left out: nothing to analyse.
 ZERO_HEATMAPS = "every heatmap is zero: the class's logit does not depend on the input"
+UNNAMED_OUTPUT = "a model output the dataset names no class for (analysis.group_by: prediction)"
 
 
 @dataclass(frozen=True)

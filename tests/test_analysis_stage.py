@@ -50,6 +50,42 @@ def test_a_run_whose_every_class_is_all_zero_says_so(caplog: pytest.LogCaptureFi
     assert "min_class_size" not in caplog.text
 
 
+def test_a_class_emptied_by_skipped_images_says_so_not_too_small(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: 100 images of a class all of another size (no resize) were reported as "0 samples
+    (fewer than analysis.min_class_size)"; the reason now counts the skipped ones."""
+    labels = np.repeat([0, 1], 30)  # the readable samples; class 2's 100 images were all skipped
+    listed = np.array([30, 30, 100])
+    with caplog.at_level(logging.WARNING):
+        todo, skipped = _classes_to_analyze(_cfg(), ["a", "b", "c"], labels, set(), listed)
+    assert todo == {0: 30, 1: 30}
+    assert [(s.class_name, s.n) for s in skipped] == [("c", 0)]
+    assert skipped[0].reason.startswith(
+        "100 of its 100 samples were skipped (each with its reason under 'skipped')"
+    )
+    assert "class c not analysed: 100 of its 100 samples were skipped" in caplog.text
+    # a class merely small keeps the plain reason
+    _, skipped = _classes_to_analyze(_cfg(), ["a", "b", "c"], labels[:35], set(), np.array([30, 5, 0]))
+    assert [(s.class_name, s.reason) for s in skipped] == [("b", TOO_FEW_SAMPLES), ("c", TOO_FEW_SAMPLES)]
+
+
+def test_predictions_into_outputs_without_a_class_name_are_listed_not_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``group_by: prediction`` with 10 outputs and 5 class names: the samples predicted as 5-9 were in no
+    analysed class and nowhere in classes_skipped."""
+    from spray.records import UNNAMED_OUTPUT
+
+    groups = np.concatenate([np.repeat(np.arange(5), 30), np.repeat([7, 9], [40, 3])])
+    with caplog.at_level(logging.WARNING):
+        todo, skipped = _classes_to_analyze(_cfg(), list("abcde"), groups, set())
+    assert sorted(todo) == [0, 1, 2, 3, 4]
+    assert [(s.class_index, s.class_name, s.n, s.reason) for s in skipped] == [
+        (7, "output 7", 40, UNNAMED_OUTPUT),
+        (9, "output 9", 3, UNNAMED_OUTPUT),
+    ]
+    assert "40 samples are predicted as output 7, which has no class name" in caplog.text
+
+
 def test_the_reason_survives_the_summary(tmp_path: Path) -> None:
     from spray.records import ClassSkipped
     from spray.runs.reader import read_report
