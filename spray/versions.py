@@ -41,7 +41,9 @@ import spray
 # grouped into a Sequential) gets its rule under every name (calls through the second name were explained
 # with the plain gradient, or the first layer was refused); other models unchanged.
 # 9: lrp.concept_layer auto looks inside a wrapper that holds the whole classifier (nn.Sequential(normalize,
-# net), DataParallel, torch.compile, the output selector): its concept vectors were the logits.
+# net), DataParallel, torch.compile, the output selector): its concept vectors were the logits. In-place
+# ReLUs and clamps on a rule's output (GoogLeNet, Inception-v3, F.relu(fc(x), inplace=True)) run, where
+# they stopped with autograd's error; maps of models that ran before are unchanged.
 LRP_VERSION = 9
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative

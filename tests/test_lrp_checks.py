@@ -115,6 +115,50 @@ def test_inplace_functional_activations_are_explained_like_their_out_of_place_fo
     assert torch.allclose(a.relevance, b.relevance, rtol=1e-5, atol=1e-8)
 
 
+class _InplaceOnRuleOutputs(nn.Module):
+    """A conv stage and a classifier head whose in-place ReLUs and clamps write on a rule's output (an
+    outside check: ``F.relu(self.fc1(x), inplace=True)`` under the default composite, and torchvision's
+    GoogLeNet/Inception-v3 BasicConv2d under CPLRP, stopped with a raw autograd traceback)."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.writes_in_place = inplace  # not 'inplace': the explainer turns that attribute off
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.c3 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc1 = nn.Linear(6 * 16, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.fc3 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.writes_in_place:
+            h = F.relu(self.c1(x), inplace=True)
+            h = self.c2(h).relu_()
+            h = torch.clamp_(self.c3(h), min=0.0)
+            h = F.relu(self.fc1(F.max_pool2d(h, 2).flatten(1)), inplace=True)
+            h = F.hardtanh(self.fc2(h), 0.0, 6.0, inplace=True)
+        else:
+            h = F.relu(self.c1(x))
+            h = self.c2(h).relu()
+            h = torch.clamp(self.c3(h), min=0.0)
+            h = F.relu(self.fc1(F.max_pool2d(h, 2).flatten(1)))
+            h = F.hardtanh(self.fc2(h), 0.0, 6.0)
+        return self.fc3(h)
+
+
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "CPLRP", "EpsilonGammaBox"])
+def test_inplace_relu_and_clamps_on_a_rules_output_give_the_out_of_place_map(composite: str) -> None:
+    torch.manual_seed(0)
+    out_of_place = _InplaceOnRuleOutputs(False).eval()
+    in_place = _InplaceOnRuleOutputs(True).eval()
+    in_place.load_state_dict(out_of_place.state_dict())
+    x = torch.rand(2, 3, 8, 8)
+    a, b = Explainer(in_place, composite)(x, target=1), Explainer(out_of_place, composite)(x, target=1)
+    assert torch.allclose(a.logits, b.logits)
+    assert torch.allclose(a.relevance, b.relevance, rtol=1e-5, atol=1e-7)
+    assert float(b.relevance.abs().sum()) > 0
+
+
 # --------------------------------------------------------------------------------------------------
 # BatchNorm that cannot be folded (DenseNet's, after a concatenation)
 

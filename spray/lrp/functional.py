@@ -136,6 +136,18 @@ _INPLACE_ARITHMETIC = {
     torch.Tensor.mul_: torch.Tensor.mul,
     torch.Tensor.div_: torch.Tensor.div,
 }
+# in-place ReLU and clamps and their out-of-place forms (a ReLU passes relevance as its gradient does, so
+# only the in-place write on a rule's output needs help; ``F.relu_`` is ``torch.relu_``)
+_INPLACE_ARITHMETIC |= {
+    torch.relu_: torch.relu,
+    torch.Tensor.relu_: torch.Tensor.relu,
+    torch.clamp_: torch.clamp,
+    torch.Tensor.clamp_: torch.Tensor.clamp,
+    torch.clamp_min_: torch.clamp_min,
+    torch.Tensor.clamp_min_: torch.Tensor.clamp_min,
+}
+# functions with an ``inplace`` flag that no rule of this module handles otherwise
+_INPLACE_FLAG = {F.relu, F.threshold}
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax}
 _SOFTMAX |= {torch.Tensor.log_softmax}
 
@@ -176,6 +188,7 @@ class FunctionalRules(TorchFunctionMode):
             F.rms_norm: self._rms_norm,
             F.batch_norm: self._batch_norm,
             **{f: self._inplace_on_rule_output for f in _INPLACE_ARITHMETIC},
+            **{f: self._inplace_flag for f in _INPLACE_FLAG},
         }
 
     def __torch_function__(
@@ -262,6 +275,23 @@ class FunctionalRules(TorchFunctionMode):
         self.context.rebound.append(getattr(func, "__name__", str(func)))
         return self.__torch_function__(_INPLACE_ARITHMETIC[func], (), args, kwargs)
 
+    def _inplace_flag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``F.relu(x, inplace=True)`` on a rule's output (a classifier head's ``F.relu(self.fc1(x),
+        inplace=True)``, torchvision's GoogLeNet): as :meth:`_inplace_on_rule_output`, with the flag off."""
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError as err:
+            if not _custom_view_error(err):
+                raise
+        bound = _bound(func, args, kwargs)
+        if bound is None or not bound.get("inplace"):
+            raise RuntimeError(
+                f"{getattr(func, '__name__', func)} failed on a rule's output"
+            )  # pragma: no cover
+        bound["inplace"] = False
+        self.context.rebound.append(getattr(func, "__name__", str(func)))
+        return func(**bound)
+
     # element-wise non-linearities and normalisations -----------------------------------------------
 
     def _elementwise(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -291,7 +321,13 @@ class FunctionalRules(TorchFunctionMode):
         if not inplace:
             return y
         # the caller relies on x holding the result: copy it in (autograd routes the gradient through y)
-        return x.copy_(y)
+        try:
+            return x.copy_(y)
+        except RuntimeError as err:  # x is a rule's output (a custom Function's view): the caller rebinds y
+            if not _custom_view_error(err):
+                raise
+        self.context.rebound.append(getattr(func, "__name__", str(func)))
+        return y
 
     def _layer_norm(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         b = _bound(func, args, kwargs)
