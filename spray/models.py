@@ -116,12 +116,30 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"Cannot load the safetensors checkpoint {str(path)!r}: {err}") from None
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a zip archive of ``torch.jit.save`` (it holds compiled code, a state dict none)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
     head = _head(path) if path.is_file() else None
     if head is not None and _is_safetensors(head):
         return _load_safetensors(path)
     if head is not None and (why := _not_a_checkpoint(head)) is not None:
         raise ModelError(f"Checkpoint {str(path)!r} {why}.")
+    if head is not None and _is_torchscript(path):
+        raise ModelError(
+            f"Checkpoint {str(path)!r} is a TorchScript archive (torch.jit.save): spray explains a model's Python "
+            "layers, which TorchScript compiles away. Save its weights as a state dict, "
+            "torch.save(torch.jit.load(path).state_dict(), 'weights.pt'), and give that file as model.checkpoint "
+            "with the Python model (model.arch or model.factory)."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except FileNotFoundError:
@@ -290,6 +308,17 @@ def _factory_model(cfg: ModelConfig) -> nn.Module:
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.factory returned a {type(model).__name__}, not a torch.nn.Module.")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(
+            f"model.factory {cfg.factory} returned a TorchScript module (torch.jit.script or trace): spray explains "
+            "a model's Python layers, which TorchScript compiles away. Return the Python model instead (a scripted "
+            "module's state_dict() loads into it)."
+        )
+    compiled = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(compiled, nn.Module):
+        # LRP's backward runs the eager modules' rules; the compiled graph would recompile per batch shape
+        log.info("model.factory returned a torch.compile'd model: the model it compiles is explained")
+        model = compiled
     return model
 
 

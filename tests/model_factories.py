@@ -136,3 +136,13 @@ def normalising(num_classes: int = 2) -> nn.Module:
     """Fails the LRP self-check."""
     torch.manual_seed(0)
     return Normalising(num_classes)
+
+
+def scripted(num_classes: int = 2) -> nn.Module:
+    """A TorchScript module (traced): its layers are compiled away."""
+    return torch.jit.trace(tiny(num_classes).eval(), torch.rand(1, 3, 8, 8))
+
+
+def compiled(num_classes: int = 2) -> nn.Module:
+    """A torch.compile'd module (compiled lazily: nothing runs until its first call)."""
+    return torch.compile(tiny(num_classes))

@@ -385,3 +385,38 @@ def test_a_ddp_checkpoint_of_a_nested_model_still_loads(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"Missing in checkpoint: \['features\.0\.") as got_err:
         build_model(cfg.model_copy(update={"checkpoint": tmp_path / "part.pt"}))
     assert "module." not in str(got_err.value).split("Missing in checkpoint")[1][:200]
+
+
+def test_torchscript_is_refused_with_the_way_to_the_python_model(tmp_path: Path) -> None:
+    """An outside check: a scripted factory and a torch.jit.save archive stopped with autograd's raw "you can
+    only change requires_grad flags of leaf variables" (and the archive was called 'pickled objects')."""
+    from spray.lrp import Explainer
+
+    with pytest.raises(ModelError, match=r"returned a TorchScript module.*Return the Python model"):
+        build_model(ModelConfig(factory="tests.model_factories:scripted"))
+    from tests.model_factories import scripted
+
+    torch.jit.save(scripted(), tmp_path / "m.pt")
+    for allow_pickle in (False, True):
+        cfg = ModelConfig(
+            factory="tests.model_factories:tiny", checkpoint=tmp_path / "m.pt", allow_pickle=allow_pickle
+        )
+        with pytest.raises(
+            ModelError, match=r"is a TorchScript archive.*torch.jit.load\(path\).state_dict\(\)"
+        ):
+            build_model(cfg)
+    with pytest.raises(ConfigError, match="TorchScript module"):
+        Explainer(scripted())
+    # the advice works: the archive's weights load into the Python model
+    torch.save(torch.jit.load(tmp_path / "m.pt").state_dict(), tmp_path / "w.pt")
+    build_model(ModelConfig(factory="tests.model_factories:tiny", checkpoint=tmp_path / "w.pt"))
+
+
+def test_a_compiled_factory_model_is_explained_through_the_model_it_compiles(tmp_path: Path) -> None:
+    """torch.compile'd: 16× slower with 87 recompile warnings, concept layer '_orig_mod', and a plain state
+    dict refused as 'for another model'. The eager model inside is used."""
+    from tests.model_factories import tiny
+
+    torch.save(tiny().state_dict(), tmp_path / "w.pt")
+    got = build_model(ModelConfig(factory="tests.model_factories:compiled", checkpoint=tmp_path / "w.pt"))
+    assert type(got).__name__ != "OptimizedModule" and "_orig_mod" not in dict(got.named_modules())

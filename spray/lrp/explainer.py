@@ -199,6 +199,12 @@ class Explainer:
         self.elementwise = elementwise
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ConfigError(
+                "Explainer needs the Python model: a TorchScript module (torch.jit.script or torch.jit.trace) "
+                "has compiled its layers away, so no rule can be attached to them. Build the Python model and "
+                "load the scripted module's weights into it (model.load_state_dict(scripted.state_dict()))."
+            )
         for t, r in (extra_rules or {}).items():
             if not (isinstance(t, type) and issubclass(t, nn.Module)) or not isinstance(r, Rule):
                 raise ConfigError(
