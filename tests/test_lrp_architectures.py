@@ -16,6 +16,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 
 from spray.lrp import Explainer
 from tests.lrp_oracles import lxt_modules, lxt_reference, lxt_swin_reference, realistic_bn, zennit_reference
@@ -416,3 +417,35 @@ def test_timm_swin_with_its_channels_last_pooling_conserves_relevance() -> None:
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
     assert explainer.concept_layer == "layers.1.blocks.1" and result.concepts is not None
     assert result.concepts.shape == (2, 32)  # the last stage's channels, not its grid rows
+
+
+def test_torchvision_normalize_in_front_of_a_model_passes_relevance() -> None:
+    """``nn.Sequential(T.Normalize(mean, std), net)``: refused with advice (Epsilon()) that then failed; now
+    the model's map on the normalised input."""
+    import torchvision.transforms as T
+    import torchvision.transforms.v2 as T2
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=5).eval()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    x = torch.rand(3, 3, 48, 48)
+    ref = Explainer(net)(T.Normalize(mean, std)(x), target=0).relevance
+    for normalize in (T.Normalize(mean, std), T2.Normalize(mean, std)):
+        got = Explainer(nn.Sequential(normalize, net).eval())(x, target=0).relevance
+        assert F.cosine_similarity(got.flatten(1), ref.flatten(1)).min() > 0.99999
+
+
+@pytest.mark.parametrize("pool", ["avgmax", "catavgmax"])
+def test_timm_avg_max_global_poolings_match_gradient_times_input(pool: str) -> None:
+    """LRP-0 (CPLRP with ε → 0) on a piecewise-linear net is gradient × input; timm's non-fast
+    AdaptiveAvgMaxPool2d / AdaptiveCatAvgMaxPool2d were refused as unsupported."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=5, global_pool=pool).eval()
+    x = (torch.rand(2, 3, 48, 48) * 2 - 1).requires_grad_(True)
+    model(x)[:, 2].sum().backward()
+    gxi = (x.grad * x).detach()
+    got = Explainer(model, "CPLRP", composite_kwargs={"epsilon": 1e-9, "stabilizer": 1e-9})(
+        x.detach(), target=2
+    )
+    assert F.cosine_similarity(got.relevance.flatten(1), gxi.flatten(1)).min() > 0.9999

@@ -112,8 +112,22 @@ GRADIENT_CLASS_NAMES: frozenset[str] = frozenset(
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveMaxPool",
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveAvgMaxPool",
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveCatAvgMaxPool",
+        "timm.layers.adaptive_avgmax_pool.AdaptiveAvgMaxPool2d",
+        "timm.layers.adaptive_avgmax_pool.AdaptiveCatAvgMaxPool2d",
     }
 )
+
+
+# Per-channel affine input transforms of other libraries (torchvision's Normalize inside
+# ``nn.Sequential(normalize, net)``): element-wise like an unfolded BatchNorm, so ``Pass``.
+PASS_CLASS_NAMES: frozenset[str] = frozenset(
+    {"torchvision.transforms.transforms.Normalize", "torchvision.transforms.v2._misc.Normalize"}
+)
+
+
+def is_channel_affine(module: nn.Module) -> bool:
+    """Whether ``module`` is another library's per-channel affine transform (torchvision's ``Normalize``)."""
+    return bool(class_names(module) & PASS_CLASS_NAMES)
 
 
 # Mean poolings of other libraries, by qualified class name: they get the average pooling's rule
@@ -265,6 +279,7 @@ def _base_map(stabilizer: float) -> LayerMap:
         ((ResidualAdd,), Norm(stabilizer=stabilizer)),
         (is_avgpool, Norm(stabilizer=stabilizer)),
         (BATCHNORM_TYPES, Pass()),
+        (is_channel_affine, Pass()),
         (is_normalization, Normalize()),
         (is_activation, Pass()),
     ]
