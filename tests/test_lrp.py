@@ -820,3 +820,12 @@ def test_bf16_on_a_bottleneck_resnet_passes_the_reference_check() -> None:
     low = Explainer(m, precision="bf16")(x, target=1).relevance
     cos = torch.nn.functional.cosine_similarity(full.flatten(1), low.flatten(1), dim=1)
     assert bool((cos > 0.99).all()), cos
+
+
+def test_a_float64_model_is_refused_with_the_fix() -> None:
+    """The Python API met a raw "Input type (float) and bias type (double)" error."""
+    from spray.errors import ConfigError
+    from spray.lab.cnn import small_cnn
+
+    with pytest.raises(ConfigError, match=r"float32 model.*torch.float64.*model.float\(\)"):
+        Explainer(small_cnn(num_classes=3).double())
