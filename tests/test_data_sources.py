@@ -87,6 +87,22 @@ def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
     assert "extension '.csv'" in reasons["cat/data.csv"] and "hidden file" in reasons["cat/.hidden.png"]
 
 
+def test_hidden_and_system_folders_inside_a_class_are_not_audited(tmp_path: Path) -> None:
+    """An outside check: ``cat/.thumbnails/*.png`` and Synology's ``@eaDir`` thumbnails were audited as
+    members of the class, while hidden files beside them were skipped."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    for sub in (".thumbnails", "@eaDir"):
+        (root / "cat" / sub).mkdir()
+        Image.new("RGB", (4, 4)).save(root / "cat" / sub / "thumb.png")
+    (root / "cat" / "more").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "cat" / "more" / "x.png")
+    ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert "cat/more/x.png" in ds.sample_ids and not any("thumb" in s for s in ds.sample_ids)
+    reasons = {s.sample_id: s.reason for s in ds.pre_skipped}
+    assert set(reasons) == {"cat/.thumbnails", "cat/@eaDir"}
+    assert all("hidden or system folder" in r for r in reasons.values())
+
+
 def test_odd_modes_in_an_rgb_folder_are_converted(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=4, size=8)
     Image.new("L", (8, 8), 77).save(root / "cat" / "grey.png")

@@ -72,6 +72,10 @@ def _is_runs_dir(d: Path) -> bool:
     return (d / LOCK).is_file() and (d / CACHE_DIR).is_dir()
 
 
+#: Folders that file managers and NAS boxes add beside images (their thumbnails are not the dataset's).
+HIDDEN_FOLDERS = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "#recycle"})
+
+
 def _walk(
     folder: Path,
     rel: str,
@@ -92,6 +96,10 @@ def _walk(
             is_file = not is_dir and e.is_file(follow_symlinks=True)
         except OSError as err:  # e.g. ELOOP on a symlink to itself
             skipped.append(SkippedSample(child, f"cannot be read ({err.strerror or err})"))
+            continue
+        if is_dir and (e.name.startswith(".") or e.name in HIDDEN_FOLDERS):
+            # thumbnail caches and the like (.thumbnails, Synology's @eaDir), as hidden files are: said once
+            skipped.append(SkippedSample(child, "hidden or system folder: not audited, nor anything in it"))
             continue
         if is_dir:
             st = os.stat(e.path)
