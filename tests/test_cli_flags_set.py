@@ -220,3 +220,21 @@ def test_a_shared_runs_folder_checks_each_datasets_flags_against_its_own_newest_
     (damaged / "summary.json").write_text('{"run_id"')
     res = run_main(["flags", "check", "--runs-dir", str(runs), "--dataset", DATASET], capsys)
     assert_clean_failure(res, 2, f"{damaged.name} is newer than {mine.name} and cannot be read", "--run")
+
+
+def test_ids_split_at_their_commas_point_to_the_ids_file() -> None:
+    """``--sample-ids "2 cät, é/x.png"`` splits at the comma: the refusal says why and what to use."""
+    import argparse
+    from types import SimpleNamespace
+
+    from spray.cli.flags import _sample_ids
+    from spray.errors import ConfigError
+
+    reader = SimpleNamespace(sample_ids=lambda: ["2 cät, é/x.png", "a.png"])
+    args = argparse.Namespace(sample_ids="2 cät, é/x.png", sample_ids_file=None)
+    with pytest.raises(ConfigError, match=r"hold a comma.*--sample-ids-file FILE"):
+        _sample_ids(args, reader, Path("run"), "flag")  # type: ignore[arg-type]
+    args = argparse.Namespace(sample_ids="b.png", sample_ids_file=None)
+    with pytest.raises(ConfigError) as info:
+        _sample_ids(args, SimpleNamespace(sample_ids=lambda: ["a.png"]), Path("run"), "flag")  # type: ignore[arg-type]
+    assert "comma" not in str(info.value)

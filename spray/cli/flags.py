@@ -232,7 +232,14 @@ def _sample_ids(
     known = set(reader.sample_ids()) | (also or set())
     unknown = [i for i in ids if i not in known]
     if unknown:
-        raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.")
+        commas = any("," in k for k in known) and "," in (args.sample_ids or "")
+        hint = (
+            " Some of the run's ids hold a comma, which --sample-ids splits at: give them one per line in "
+            "--sample-ids-file FILE."
+            if commas
+            else ""
+        )
+        raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.{hint}")
     return ids
 
 
