@@ -183,6 +183,35 @@ def test_idx_label_out_of_range_is_named(tmp_path: Path) -> None:
         build_dataset(cfg)
 
 
+def _write_typed_idx(path: Path, array: np.ndarray, code: int, dtype: str) -> None:
+    import struct
+
+    arr = np.ascontiguousarray(array, dtype=dtype)
+    path.write_bytes(bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
+
+
+@pytest.mark.parametrize(
+    ("code", "dtype", "values", "message"),
+    [
+        (0x0D, ">f4", (0.0, 255.0), r"float pixels, read as \[0, 1\].*\[0, 255\]"),
+        (0x0D, ">f4", (-2.1, 2.6), r"float pixels.*\[-2\.1, 2\.6\].*un-normalised"),
+        (0x0C, ">i4", (0.0, 65535.0), r"int32 pixels, read as 8-bit.*\[0, 65535\]"),
+    ],
+)  # fmt: skip
+def test_idx_pixels_outside_their_types_scale_are_refused(
+    tmp_path: Path, code: int, dtype: str, values: tuple[float, float], message: str
+) -> None:
+    """An outside check: float IDX images on 0-255 were read as [0, 1] (mostly white) and int32 ones divided
+    by 255 (far above 1); only the accuracy warning spoke, blaming the transform or the class order."""
+    img = np.linspace(*values, 5 * 16).reshape(5, 4, 4)
+    _write_typed_idx(tmp_path / "i", img, code, dtype)
+    write_idx(tmp_path / "l", np.array([0, 1, 0, 1, 0], np.uint8))
+    with pytest.raises(DataError, match=message):
+        build_dataset(DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l"))
+    _write_typed_idx(tmp_path / "i", np.linspace(0, 1, 80).reshape(5, 4, 4), 0x0D, ">f4")  # [0, 1]: read
+    assert len(build_dataset(DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l"))) == 5
+
+
 def test_idx_rgb_images_and_wrong_shapes(tmp_path: Path) -> None:
     imgs = np.random.default_rng(0).integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
     write_idx(tmp_path / "i", imgs)

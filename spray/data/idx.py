@@ -93,6 +93,22 @@ def _checked_labels(cfg: DataConfig, raw: np.ndarray) -> list[int]:
     return labels.tolist()
 
 
+def _check_range(cfg: DataConfig, images: np.ndarray, scale: float) -> None:
+    """Refuse pixels outside the scale the format's type implies (a float file on 0-255 would be read as
+    mostly white, a 16-bit one as far above 1), naming the values and the fix."""
+    if images.size == 0:
+        return
+    lo, hi = float(images.min()), float(images.max())
+    top = 1.0 if scale == 1.0 else 255.0
+    if lo >= 0.0 and hi <= top + 1e-6:
+        return
+    kind = "float pixels, read as [0, 1]" if scale == 1.0 else f"{images.dtype.name} pixels, read as 8-bit (0-255)"
+    raise DataError(
+        f"data.images {str(cfg.images)!r} holds {kind}, but its values lie in [{lo:g}, {hi:g}]. Save the images "
+        "as uint8 (0-255), or as floats in [0, 1] (un-normalised: data.transform normalises)."
+    )
+
+
 def idx_source(cfg: DataConfig) -> Source:
     """The ``idx`` data source: images ``(N, H, W)`` or ``(N, H, W, C)`` uint8 and their labels."""
     assert cfg.images is not None and cfg.labels is not None
@@ -111,6 +127,7 @@ def idx_source(cfg: DataConfig) -> Source:
     labels = _checked_labels(cfg, raw_labels)
     # Integer pixels are 8-bit by the format's convention; float pixels are taken as [0, 1].
     scale = 1.0 if np.issubdtype(images.dtype, np.floating) else 255.0
+    _check_range(cfg, images, scale)
 
     def load(i: int) -> tuple[torch.Tensor, bytes | None]:
         a = images[i]
