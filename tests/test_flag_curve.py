@@ -70,7 +70,7 @@ def test_rows_of_another_split_are_refused(curve, tmp_path: Path) -> None:
     rows = [json.loads(li) for li in ROWS.read_text().splitlines()[:1]]
     f = tmp_path / "r.jsonl"
     f.write_text(json.dumps(rows[0]) + "\n")
-    with pytest.raises(SystemExit, match="held-out split.*reporting"):
+    with pytest.raises(SystemExit, match=r"held-out split.*reporting"):
         curve.main([str(f)])
 
 

@@ -102,7 +102,11 @@ def _check_range(cfg: DataConfig, images: np.ndarray, scale: float) -> None:
     top = 1.0 if scale == 1.0 else 255.0
     if lo >= 0.0 and hi <= top + 1e-6:
         return
-    kind = "float pixels, read as [0, 1]" if scale == 1.0 else f"{images.dtype.name} pixels, read as 8-bit (0-255)"
+    kind = (
+        "float pixels, read as [0, 1]"
+        if scale == 1.0
+        else f"{images.dtype.name} pixels, read as 8-bit (0-255)"
+    )
     raise DataError(
         f"data.images {str(cfg.images)!r} holds {kind}, but its values lie in [{lo:g}, {hi:g}]. Save the images "
         "as uint8 (0-255), or as floats in [0, 1] (un-normalised: data.transform normalises)."
