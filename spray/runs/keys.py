@@ -91,8 +91,8 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
         key = typed[len(KEY_PREFIX) :].strip()
         if any(f.key == key for f in findings):
             return key
-        keys = ", ".join(f.key for f in findings[:10])
-        raise ConfigError(f"No finding has the key {key!r} in {run}; the top findings' keys are {keys}.")
+        known = ", ".join(f.key for f in findings[:10])
+        raise ConfigError(f"No finding has the key {key!r} in {run}; the top findings' keys are {known}.")
     names = {f.key: _names(f, cluster_label(f)) for f in findings}
     by_name = [
         f for f in findings if f.key != typed and typed.casefold() in {n.casefold() for n in names[f.key]}
