@@ -213,14 +213,17 @@ def _unnamed_outputs(class_names: list[str], groups: np.ndarray) -> list[ClassSk
     more outputs than class names): listed as not analysed, never dropped without a word."""
     out = []
     for c in sorted({int(g) for g in np.unique(groups)} - set(range(len(class_names)))):
-        if c < 0:
-            continue
-        n = int(np.count_nonzero(groups == c))
-        out.append(ClassSkipped(c, f"output {c}", n, UNNAMED_OUTPUT))
+        if c >= 0:
+            out.append(ClassSkipped(c, f"output {c}", int(np.count_nonzero(groups == c)), UNNAMED_OUTPUT))
+    if out:
+        named = ", ".join(f"{s.n} as output {s.class_index}" for s in out[:5]) + (
+            ", ..." if len(out) > 5 else ""
+        )
         log.warning(
-            "%d samples are predicted as output %d, which has no class name (the dataset names %d classes): not "
-            "analysed. Give the model's classes as data.class_names, or analyse by label (analysis.group_by: label)",
-            n, c, len(class_names),
+            "%d samples are predicted as model outputs that have no class name (the dataset names %d classes): "
+            "%s. They are not analysed. Give the model's classes as data.class_names, or analyse by label "
+            "(analysis.group_by: label)",
+            sum(s.n for s in out), len(class_names), named,
         )  # fmt: skip
     return out
 

@@ -83,7 +83,8 @@ def test_predictions_into_outputs_without_a_class_name_are_listed_not_dropped(
         (7, "output 7", 40, UNNAMED_OUTPUT),
         (9, "output 9", 3, UNNAMED_OUTPUT),
     ]
-    assert "40 samples are predicted as output 7, which has no class name" in caplog.text
+    assert "43 samples are predicted as model outputs that have no class name" in caplog.text
+    assert "40 as output 7, 3 as output 9" in caplog.text
 
 
 def test_the_reason_survives_the_summary(tmp_path: Path) -> None:

@@ -156,3 +156,9 @@ def test_a_key_that_reads_as_a_numbered_class_is_refused_and_key_prefix_settles_
     res = _correct(world, capsys, f"key:{finding.key}")
     assert res.code == 0, res.output
     assert "(pclarc) of class 2" in res.stdout
+    # a key whose class-name reading names no cluster of the run is no clash: taken as the key
+    findings = _findings(world)
+    keys = {f.key for f in findings}
+    lone = next(f for f in findings if f.class_index == 0 and f"2/{f.key.split('/', 1)[1]}" not in keys)
+    res = _correct(world, capsys, lone.key)
+    assert "ambiguous" not in res.output and lone.key in res.output

@@ -101,6 +101,11 @@ def test_hidden_and_system_folders_inside_a_class_are_not_audited(tmp_path: Path
     reasons = {s.sample_id: s.reason for s in ds.pre_skipped}
     assert set(reasons) == {"cat/.thumbnails", "cat/@eaDir"}
     assert all("hidden or system folder" in r for r in reasons.values())
+    # at the root they would be classes (@eaDir sorts first and would shift every label)
+    for sub in ("@eaDir", "__MACOSX"):
+        (root / sub).mkdir()
+        Image.new("RGB", (4, 4)).save(root / sub / "thumb.png")
+    assert build_dataset(DataConfig(kind="image_folder", path=root)).class_names == ["cat", "dog"]
 
 
 def test_odd_modes_in_an_rgb_folder_are_converted(tmp_path: Path) -> None:
@@ -207,6 +212,11 @@ def test_idx_pixels_outside_their_types_scale_are_refused(
     _write_typed_idx(tmp_path / "i", img, code, dtype)
     write_idx(tmp_path / "l", np.array([0, 1, 0, 1, 0], np.uint8))
     with pytest.raises(DataError, match=message):
+        build_dataset(DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l"))
+    nan = np.linspace(0, 1, 80).reshape(5, 4, 4)
+    nan[2, 1, 1] = np.nan
+    _write_typed_idx(tmp_path / "i", nan, 0x0D, ">f4")
+    with pytest.raises(DataError, match="NaN or infinite"):
         build_dataset(DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l"))
     _write_typed_idx(tmp_path / "i", np.linspace(0, 1, 80).reshape(5, 4, 4), 0x0D, ">f4")  # [0, 1]: read
     assert len(build_dataset(DataConfig(kind="idx", images=tmp_path / "i", labels=tmp_path / "l"))) == 5

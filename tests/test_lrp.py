@@ -829,3 +829,7 @@ def test_a_float64_model_is_refused_with_the_fix() -> None:
 
     with pytest.raises(ConfigError, match=r"float32 model.*torch.float64.*model.float\(\)"):
         Explainer(small_cnn(num_classes=3).double())
+    # a float64 buffer the forward never uses is no reason to refuse a float32 model (a review found this)
+    model = small_cnn(num_classes=3).eval()
+    model.register_buffer("history", torch.zeros(4, dtype=torch.float64))
+    assert Explainer(model)(torch.rand(2, 1, 28, 28), target=0).relevance.shape == (2, 1, 28, 28)

@@ -205,6 +205,20 @@ def test_default_layer_is_found_inside_a_wrapper_not_at_the_logits() -> None:
         default_concept_layer(OutputSelector(nn.Sequential(normalize, small_cnn()), 0)) == "model.1.features"
     )
     assert default_concept_layer(Split()) == "backbone"
+
+    class Tempered(nn.Module):  # a temperature scaler: a parameter of its own beside the wrapped classifier
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torchvision.models.resnet18(num_classes=4)
+            self.t = nn.Parameter(torch.ones(()))
+
+    assert default_concept_layer(Tempered()) == "model.layer4"
+    # A body whose head has no weights (global pooling, flatten) is a stage, not a wrapper: unchanged.
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    assert default_concept_layer(nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten())) == "0"
+    # a stage that ends in its own pooling (no classifier inside) stays the stage
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    assert default_concept_layer(nn.Sequential(pooled, nn.Flatten(), nn.Linear(4, 2))) == "0"
     x = torch.rand(2, 3, 32, 32)
     got = Explainer(nn.Sequential(net).eval(), concept_layer="auto")(x)
     assert got.concepts is not None and got.concepts.shape == (2, 512)
@@ -300,19 +314,28 @@ def test_bf16_and_contiguous_layout_give_the_same_concepts() -> None:
 def test_auto_layer_the_forward_bypasses_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     from tests.model_factories import normalising
 
-    # "tiny" holds every parameter: a wrapper, so 'auto' looks inside it and finds the conv that runs.
+    # "tiny" holds the pooling and the classifier: a wrapper, so 'auto' looks inside it for the conv.
     assert Explainer(normalising(), concept_layer="auto", self_check=False).concept_layer == "tiny.conv"
-    model = normalising()
-    model.register_parameter(
-        "gain", nn.Parameter(torch.ones(()))
-    )  # now "tiny" is a stage, not the whole model
+
+    class Bypassing(nn.Module):  # calls its stage's layers one by one, never the stage itself
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.features[1](self.features[0](x))).flatten(1))
+
+    torch.manual_seed(0)
+    model = Bypassing().eval()
     explainer = Explainer(model, concept_layer="auto", self_check=False)
-    assert explainer.concept_layer == "tiny"
+    assert explainer.concept_layer == "features"
     result = explainer(torch.randn(2, 3, 16, 16))
     assert result.concepts is None and explainer.concept_layer is None
     assert "not called by the model's forward()" in caplog.text
     with pytest.raises(ModelError, match="did not run"):
-        Explainer(model, concept_layer="tiny", self_check=False)(torch.randn(2, 3, 16, 16))
+        Explainer(model, concept_layer="features", self_check=False)(torch.randn(2, 3, 16, 16))
 
 
 def test_a_layer_path_of_the_users_model_is_found_inside_spray_and_torch_wrappers() -> None:

@@ -112,17 +112,23 @@ def _refuse_numbered_class_clash(cfg: Any, key: str) -> None:
         reader, _ = _flags_run(cfg, key)
     except SprayError:
         return
-    first = key.split("/")[0]
+    first, rest = key.split("/", 1)
     names = reader.summary.class_names
-    clash = [i for i, name in enumerate(names) if name.strip() == first and str(i) != first]
+    keys = {f.key for f in reader.summary.findings}
+    # ambiguous only where the class named so has that cluster, as the findings table would show it
+    clash = [
+        i
+        for i, name in enumerate(names)
+        if name.strip() == first and str(i) != first and f"{i}/{rest}" in keys
+    ]
     if clash:
         index = int(first)
         named = f"class {names[index]!r}" if index < len(names) else "no class"
         raise ConfigError(
             f"--cluster-key (correction.cluster_key) {key!r} is ambiguous: as a key it is a cluster of class index "
             f"{first} ({named}), but class {first!r} is index {clash[0]}, whose cluster the findings table shows "
-            f"as {key!r} too. Write {KEY_PREFIX}{key} for the key, or {KEY_PREFIX}{clash[0]}/"
-            f"{key.split('/', 1)[1]} for class {first!r}'s cluster."
+            f"as {key!r} too. Write {KEY_PREFIX}{key} for the key, or {KEY_PREFIX}{clash[0]}/{rest} for class "
+            f"{first!r}'s cluster."
         )
 
 

@@ -141,6 +141,15 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
         folders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     except OSError as err:
         raise DataError(f"{what} {str(root)!r} cannot be listed: {err.strerror or err}.") from None
+    for d in [d for d in folders if d.name in HIDDEN_FOLDERS]:
+        # a NAS's thumbnails (@eaDir sorts first: every label would shift by one) or a zip's __MACOSX
+        log.warning(
+            "%s is a system folder (file manager or NAS thumbnails), not a class: left out of the classes "
+            "(torchvision's ImageFolder would count it; if the model was trained that way, its labels are "
+            "shifted: remove the folder there too)",
+            d,
+        )
+        folders.remove(d)
     for d in [d for d in folders if _is_runs_dir(d)]:
         # `spray audit` run inside the image folder writes its runs there: they are not a class.
         log.warning("%s is a spray runs directory, not a class folder: left out of the classes", d)

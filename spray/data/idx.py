@@ -96,8 +96,13 @@ def _checked_labels(cfg: DataConfig, raw: np.ndarray) -> list[int]:
 def _check_range(cfg: DataConfig, images: np.ndarray, scale: float) -> None:
     """Refuse pixels outside the scale the format's type implies (a float file on 0-255 would be read as
     mostly white, a 16-bit one as far above 1), naming the values and the fix."""
-    if images.size == 0:
+    if images.size == 0 or images.dtype == np.uint8:
         return
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        raise DataError(
+            f"data.images {str(cfg.images)!r} holds NaN or infinite pixel values; fix the file (floats in [0, 1], or "
+            "uint8)."
+        )
     lo, hi = float(images.min()), float(images.max())
     top = 1.0 if scale == 1.0 else 255.0
     if lo >= 0.0 and hi <= top + 1e-6:

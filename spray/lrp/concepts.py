@@ -272,9 +272,10 @@ def default_concept_layer(model: nn.Module) -> str | None:
       convolution before the model's global pooling, in module order (``features`` of a
       VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or spray's ``SmallCNN``, ``layer4`` of a ResNet,
       ``blocks`` of timm's MobileNetV3, whose ``conv_head`` runs on the pooled 1×1 map): the last feature
-      map before pooling and classifier. A child that holds every parameter of the model is a wrapper
-      (``nn.Sequential(normalize, net)``, ``DataParallel``, ``torch.compile``, spray's own output selector):
-      the search goes on inside it (``1.layer4``, ``module.layer4``, ``_orig_mod.features``).
+      map before pooling and classifier. A child that holds the global pooling and a classifier after it
+      (or, with no pooling module, every parameter of the model) is a wrapper (``nn.Sequential(normalize,
+      net)``, ``DataParallel``, ``torch.compile``, a temperature scaler, spray's own output selector): the
+      search goes on inside it (``1.layer4``, ``module.layer4``, ``_orig_mod.features``).
     * None otherwise (an MLP).
     """
     if has_attention(model):
@@ -283,26 +284,35 @@ def default_concept_layer(model: nn.Module) -> str | None:
             return block
     prefix = ""
     while True:
-        stage = _conv_stage(model)
+        stage, head_inside = _conv_stage(model)
         if stage is None:
             return None
         inner = model.get_submodule(stage)
-        if not _wraps(inner, model):
+        if not (head_inside or (head_inside is None and _wraps(inner, model))):
             return prefix + stage
         # A wrapper (nn.Sequential(normalize, net), DataParallel's "module", torch.compile's "_orig_mod", a
-        # ".backbone" holding the whole classifier): its child's output is the logits, not a feature map.
+        # ".backbone" or a temperature scaler holding the whole classifier): its child's output is the
+        # logits, not a feature map.
         prefix, model = f"{prefix}{stage}.", inner
 
 
-def _conv_stage(model: nn.Module) -> str | None:
-    """The top-level child of ``model`` holding its last convolution before its global pooling."""
+def _conv_stage(model: nn.Module) -> tuple[str | None, bool | None]:
+    """The top-level child of ``model`` holding its last convolution before its global pooling, and whether
+    that child also holds the pooling and a layer with weights after it (a classifier: the child is the
+    whole model, wrapped); None for the second when no global pooling module was found."""
     last_conv = None
-    for path, module in model.named_modules():
+    modules = list(model.named_modules())
+    for i, (path, module) in enumerate(modules):
         if last_conv is not None and _global_pool(path, module):
-            break  # a convolution after it sees no positions: no feature map to find a concept in
+            stage = last_conv.split(".")[0]
+            head = any(
+                p.startswith(f"{stage}.") and next(m.parameters(recurse=False), None) is not None
+                for p, m in modules[i + 1 :]
+            )
+            return stage, head and path.startswith(f"{stage}.")
         if isinstance(module, _CONV_TYPES):
             last_conv = path
-    return None if last_conv is None else last_conv.split(".")[0]
+    return (None if last_conv is None else last_conv.split(".")[0]), None
 
 
 def _wraps(child: nn.Module, model: nn.Module) -> bool:

@@ -199,9 +199,10 @@ class Explainer:
         self.elementwise = elementwise
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
-        kinds = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+        kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
         if kinds - {torch.float32}:
             # the copy runs in float32 (``precision`` picks the faster modes); a raw dtype error was all one got
+            # (buffers are left alone: an unused float64 statistic never met the inputs)
             raise ConfigError(
                 f"Explainer needs a float32 model; this one's weights are {sorted(str(k) for k in kinds)}. Call "
                 "model.float() first (spray's audit does so itself, with a warning)."

@@ -91,7 +91,7 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
         key = typed[len(KEY_PREFIX) :].strip()
         if any(f.key == key for f in findings):
             return key
-        known = ", ".join(f.key for f in findings[:10])
+        known = ", ".join(f.key for f in findings[:10]) or "none (the run has no finding)"
         raise ConfigError(f"No finding has the key {key!r} in {run}; the top findings' keys are {known}.")
     names = {f.key: _names(f, cluster_label(f)) for f in findings}
     by_name = [
