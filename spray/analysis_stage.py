@@ -208,6 +208,13 @@ def _classes_to_analyze(
     return todo, too_small
 
 
+def _listed(cfg: AuditConfig, dataset: AuditDataset) -> np.ndarray | None:
+    """The dataset's items per label (readable or not), when the classes are the labels."""
+    return (
+        np.bincount(np.asarray(dataset.labels, dtype=np.int64)) if cfg.analysis.group_by == "label" else None
+    )
+
+
 def _unnamed_outputs(class_names: list[str], groups: np.ndarray) -> list[ClassSkipped]:
     """The groups of model outputs beyond the dataset's classes (``group_by: prediction`` with a model of
     more outputs than class names): listed as not analysed, never dropped without a word."""
@@ -299,10 +306,7 @@ def analyze_run(
     shared = share_inputs(ctx, inputs)
     groups = shared.groups(cfg.analysis.group_by)
     zero = ctx.broadcast_object(_zero_classes(inputs if ctx.is_main else None, groups))
-    listed = (
-        np.bincount(np.asarray(dataset.labels, dtype=np.int64)) if cfg.analysis.group_by == "label" else None
-    )
-    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups, zero, listed)
+    todo, too_small = _classes_to_analyze(cfg, list(dataset.class_names), groups, zero, _listed(cfg, dataset))
     plan = assign_classes(todo, ctx.world_size)
     mine = plan[ctx.rank]
     if ctx.world_size > 1:

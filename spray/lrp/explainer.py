@@ -126,6 +126,32 @@ def _logits(out: Any, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _check_model(model: Any) -> None:
+    """Refuse what the explainer cannot attach rules to, or run, with the fix.
+
+    Raises
+    ------
+    ConfigError
+        Not a module, weights not float32, or a TorchScript module.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
+    kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    if kinds - {torch.float32}:
+        # the copy runs in float32 (``precision`` picks the faster modes); a raw dtype error was all one got
+        # (buffers are left alone: an unused float64 statistic never met the inputs)
+        raise ConfigError(
+            f"Explainer needs a float32 model; this one's weights are {sorted(str(k) for k in kinds)}. Call "
+            "model.float() first (spray's audit does so itself, with a warning)."
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError(
+            "Explainer needs the Python model: a TorchScript module (torch.jit.script or torch.jit.trace) "
+            "has compiled its layers away, so no rule can be attached to them. Build the Python model and "
+            "load the scripted module's weights into it (model.load_state_dict(scripted.state_dict()))."
+        )
+
+
 class Explainer:
     """Batched LRP on a canonized copy of a model.
 
@@ -197,22 +223,7 @@ class Explainer:
                 f"unknown elementwise mode {elementwise!r}; choose one of {list(ELEMENTWISE_MODES)}"
             )
         self.elementwise = elementwise
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
-        kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
-        if kinds - {torch.float32}:
-            # the copy runs in float32 (``precision`` picks the faster modes); a raw dtype error was all one got
-            # (buffers are left alone: an unused float64 statistic never met the inputs)
-            raise ConfigError(
-                f"Explainer needs a float32 model; this one's weights are {sorted(str(k) for k in kinds)}. Call "
-                "model.float() first (spray's audit does so itself, with a warning)."
-            )
-        if isinstance(model, torch.jit.ScriptModule):
-            raise ConfigError(
-                "Explainer needs the Python model: a TorchScript module (torch.jit.script or torch.jit.trace) "
-                "has compiled its layers away, so no rule can be attached to them. Build the Python model and "
-                "load the scripted module's weights into it (model.load_state_dict(scripted.state_dict()))."
-            )
+        _check_model(model)
         for t, r in (extra_rules or {}).items():
             if not (isinstance(t, type) and issubclass(t, nn.Module)) or not isinstance(r, Rule):
                 raise ConfigError(
