@@ -219,6 +219,7 @@ def test_default_layer_is_found_inside_a_wrapper_not_at_the_logits() -> None:
     # a stage that ends in its own pooling (no classifier inside) stays the stage
     pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
     assert default_concept_layer(nn.Sequential(pooled, nn.Flatten(), nn.Linear(4, 2))) == "0"
+    assert default_concept_layer(nn.Conv2d(3, 2, 3)) == ""  # the model is its own (only) layer: no loop
     x = torch.rand(2, 3, 32, 32)
     got = Explainer(nn.Sequential(net).eval(), concept_layer="auto")(x)
     assert got.concepts is not None and got.concepts.shape == (2, 512)

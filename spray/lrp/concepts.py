@@ -288,7 +288,7 @@ def default_concept_layer(model: nn.Module) -> str | None:
         if stage is None:
             return None
         inner = model.get_submodule(stage)
-        if not (head_inside or (head_inside is None and _wraps(inner, model))):
+        if inner is model or not (head_inside or (head_inside is None and _wraps(inner, model))):
             return prefix + stage
         # A wrapper (nn.Sequential(normalize, net), DataParallel's "module", torch.compile's "_orig_mod", a
         # ".backbone" or a temperature scaler holding the whole classifier): its child's output is the
