@@ -293,3 +293,20 @@ def test_flags_left_under_an_old_dataset_key_are_pointed_out(
     assert f"1 of 1 under {old_key!r}" in said and "set data.name" in said
     res = run_main(["flags", "check", "--runs-dir", str(moved.output.runs_dir)], capsys)
     assert f"1 of 1 under {old_key!r}" in res.output
+
+
+def test_moves_onto_an_image_of_another_class_are_named() -> None:
+    """An outside check: a flagged file moved from ``0 two/`` to ``1 ten/`` kept its flag under the new
+    label without a word; a flag set from a finding knows its class (its key's first part)."""
+    from dataclasses import replace
+
+    from spray.flags.content import class_changes
+
+    moved = replace(_flag("0 two/a.png", "h"), cluster_key="0/k3/c1")
+    stays = replace(_flag("0 two/b.png", "h2"), cluster_key="0/k3/c1")
+    unknown = _flag("0 two/c.png", "h3")  # set by id: no class to compare
+    labels = {"1 ten/a.png": 1, "0 two/b2.png": 0, "1 ten/c.png": 1}
+    got = class_changes(
+        [(moved, "1 ten/a.png"), (stays, "0 two/b2.png"), (unknown, "1 ten/c.png")], labels, ["two", "ten"]
+    )
+    assert got == ["0 two/a.png → 1 ten/a.png (flagged in class two, now labelled ten)"]

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
-from spray.flags.content import FlagBinding, bind_flags, binding_message, describe, listed, plan_moves
+from spray.flags.content import (
+    FlagBinding,
+    bind_flags,
+    binding_message,
+    class_changes,
+    describe,
+    listed,
+    plan_moves,
+)
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
 
@@ -424,6 +432,15 @@ def rebind_command(args: argparse.Namespace) -> int:
             author=_author(args),
         )
     sys.stdout.write(f"moved {len(moves)} flags of {reader.summary.dataset} to their content's ids in {db}\n")
+    across = (
+        class_changes(moves, reader.samples()["label"].to_dict(), reader.summary.class_names) if moves else []
+    )
+    if across:
+        sys.stdout.write(
+            f"{len(across)} of them are now on images of another class ({listed(across)}): a flag set from one "
+            "class's finding may not hold in another; look at them (`spray flags list`) and unset what no longer "
+            "applies\n"
+        )
     if clashes:
         pairs = [
             f"{c.flag.sample_id} ({c.flag.status}) → {c.found_at[0]} "

@@ -136,6 +136,32 @@ def plan_moves(binding: FlagBinding) -> tuple[list[tuple[Flag, str]], list[Chang
     return [(c.flag, c.found_at[0]) for c in moved if c not in clashes], clashes, taken
 
 
+def class_changes(
+    moves: Sequence[tuple[Flag, str]], labels: Mapping[str, int], class_names: Sequence[str]
+) -> list[str]:
+    """The moves whose image now carries another label than the class its flag was set in (known for flags
+    set from a finding, whose key starts with the class index): ``"old → new (class A, now B)"``."""
+    out = []
+    for flag, new_id in moves:
+        if flag.cluster_key is None or new_id not in labels:
+            continue
+        try:
+            was = int(flag.cluster_key.split("/")[0])
+        except ValueError:
+            continue
+        now = int(labels[new_id])
+        if was != now:
+            out.append(
+                f"{flag.sample_id} → {new_id} (flagged in class {_name(class_names, was)}, now labelled "
+                f"{_name(class_names, now)})"
+            )
+    return out
+
+
+def _name(class_names: Sequence[str], c: int) -> str:
+    return class_names[c] if 0 <= c < len(class_names) else str(c)
+
+
 def listed(ids: Sequence[str]) -> str:
     """``a, b, c`` with at most :data:`SHOWN_IDS` ids, then ``and N more``."""
     head = ", ".join(ids[:SHOWN_IDS])
