@@ -267,30 +267,33 @@ class FunctionalRules(TorchFunctionMode):
         attempt changed nothing. A bare ``x.add_(y)`` statement would drop the result: the explainer's
         first-call check of the output against the model's then names the difference instead of a wrong
         map."""
-        try:
-            return func(*args, **kwargs)
-        except RuntimeError as err:
-            if not _custom_view_error(err):
-                raise
-        self.context.rebound.append(getattr(func, "__name__", str(func)))
-        return self.__torch_function__(_INPLACE_ARITHMETIC[func], (), args, kwargs)
+        return self._in_place_or_rebound(
+            func,
+            lambda: func(*args, **kwargs),
+            lambda: self.__torch_function__(_INPLACE_ARITHMETIC[func], (), args, kwargs),
+        )
 
     def _inplace_flag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``F.relu(x, inplace=True)`` on a rule's output (a classifier head's ``F.relu(self.fc1(x),
         inplace=True)``, torchvision's GoogLeNet): as :meth:`_inplace_on_rule_output`, with the flag off."""
-        try:
+        bound = _bound(func, args, kwargs)
+        if bound is None or not bound.get("inplace"):
             return func(*args, **kwargs)
+        return self._in_place_or_rebound(
+            func, lambda: func(*args, **kwargs), lambda: func(**{**bound, "inplace": False})
+        )
+
+    def _in_place_or_rebound(self, func: Any, write: Callable[[], Any], result: Callable[[], Any]) -> Any:
+        """``write()`` (an in-place write), or where autograd refuses it because its tensor is a rule's
+        output or a view of one (it checks before writing, so nothing changed), ``result()``: the same value
+        out of place, which the caller binds to its name (recorded for the first call's output check)."""
+        try:
+            return write()
         except RuntimeError as err:
             if not _custom_view_error(err):
                 raise
-        bound = _bound(func, args, kwargs)
-        if bound is None or not bound.get("inplace"):
-            raise RuntimeError(
-                f"{getattr(func, '__name__', func)} failed on a rule's output"
-            )  # pragma: no cover
-        bound["inplace"] = False
         self.context.rebound.append(getattr(func, "__name__", str(func)))
-        return func(**bound)
+        return result()
 
     # element-wise non-linearities and normalisations -----------------------------------------------
 
@@ -321,13 +324,7 @@ class FunctionalRules(TorchFunctionMode):
         if not inplace:
             return y
         # the caller relies on x holding the result: copy it in (autograd routes the gradient through y)
-        try:
-            return x.copy_(y)
-        except RuntimeError as err:  # x is a rule's output (a custom Function's view): the caller rebinds y
-            if not _custom_view_error(err):
-                raise
-        self.context.rebound.append(getattr(func, "__name__", str(func)))
-        return y
+        return self._in_place_or_rebound(func, lambda: x.copy_(y), lambda: y)
 
     def _layer_norm(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         b = _bound(func, args, kwargs)
