@@ -106,29 +106,24 @@ def _refuse_numbered_class_clash(cfg: Any, key: str) -> None:
     folders named by numbers: "2/k3/c1" is class index 2's cluster, and what the table shows for class "2"
     at index 1); nothing to check without a run to read the class names from."""
     from spray.errors import ConfigError, SprayError
-    from spray.runs.keys import KEY_PREFIX
+    from spray.runs.keys import KEY_PREFIX, named_by
 
     try:
         reader, _ = _flags_run(cfg, key)
     except SprayError:
         return
-    first, rest = key.split("/", 1)
-    names = reader.summary.class_names
-    keys = {f.key for f in reader.summary.findings}
-    # ambiguous only where the class named so has that cluster, as the findings table would show it
-    clash = [
-        i
-        for i, name in enumerate(names)
-        if name.strip() == first and str(i) != first and f"{i}/{rest}" in keys
-    ]
+    # ambiguous only where a finding of the class *named* so has that cluster, as the findings table shows it
+    clash = [f for f in named_by(reader.summary.findings, key) if f.key != key]
     if clash:
+        first = key.split("/", 1)[0]
+        names = reader.summary.class_names
         index = int(first)
         named = f"class {names[index]!r}" if index < len(names) else "no class"
         raise ConfigError(
             f"--cluster-key (correction.cluster_key) {key!r} is ambiguous: as a key it is a cluster of class index "
-            f"{first} ({named}), but class {first!r} is index {clash[0]}, whose cluster the findings table shows "
-            f"as {key!r} too. Write {KEY_PREFIX}{key} for the key, or {KEY_PREFIX}{clash[0]}/{rest} for class "
-            f"{first!r}'s cluster."
+            f"{first} ({named}), but class {first!r} is index {clash[0].class_index}, whose cluster the findings "
+            f"table shows as {key!r} too. Write {KEY_PREFIX}{key} for the key, or {KEY_PREFIX}{clash[0].key} for "
+            f"class {first!r}'s cluster."
         )
 
 

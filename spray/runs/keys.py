@@ -59,6 +59,20 @@ def _names(f: FindingSummary, label: str) -> set[str]:
     return labels | {f"{prefix}/{name}" for prefix in (f.class_name, str(f.class_index)) for name in labels}
 
 
+def named_by(
+    findings: Sequence[FindingSummary], text: str, names: dict[str, set[str]] | None = None
+) -> list[FindingSummary]:
+    """The findings ``text`` names as the report shows them (:func:`_names`; ``names`` when already made).
+    "shirt/k10/c7" names class Shirt's: a name, not a byte string (:func:`finding_key` lets the exact
+    spelling win a tie between classes "Cat" and "cat")."""
+    from spray.report import cluster_label
+
+    if names is None:
+        names = {f.key: _names(f, cluster_label(f)) for f in findings}
+    typed = text.strip().casefold()
+    return [f for f in findings if typed in {n.casefold() for n in names[f.key]}]
+
+
 def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
     """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
     columns (``dog/k2/c0``, ``1/k2/c0+C``; the ``+C`` mark may be left out), or the cluster column alone
@@ -94,9 +108,8 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
         known = ", ".join(f.key for f in findings[:10]) or "none (the run has no finding)"
         raise ConfigError(f"No finding has the key {key!r} in {run}; the top findings' keys are {known}.")
     names = {f.key: _names(f, cluster_label(f)) for f in findings}
-    by_name = [
-        f for f in findings if f.key != typed and typed.casefold() in {n.casefold() for n in names[f.key]}
-    ]
+    found = named_by(findings, typed, names)
+    by_name = [f for f in found if f.key != typed]
     if any(f.key == typed for f in findings):
         if not by_name:
             return typed
@@ -109,9 +122,6 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
             f"Give the key with its prefix: {option} {KEY_PREFIX}{keyed.key} for the first, "
             f"{option} {KEY_PREFIX}{by_name[0].key} for the other."
         )
-    # "shirt/k10/c7" for the class Shirt: a name, not a byte string; the exact spelling wins a tie
-    # (classes "Cat" and "cat").
-    found = [f for f in findings if typed.casefold() in {n.casefold() for n in names[f.key]}]
     exact = [f for f in found if typed in names[f.key]]
     if len(found) > 1 and len(exact) == 1:
         found = exact
