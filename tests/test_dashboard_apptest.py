@@ -201,6 +201,8 @@ def test_class_page_colours_switch_k_and_selection_feeds_grid_and_flags(
 
     shown = RunReader.open(runs[2]).content_hashes() or {}
     assert all(r.content_hash == shown[r.sample_id] for r in cur)  # bound to the images flagged
+    classes = RunReader.open(runs[2]).samples()["label_name"]
+    assert all(r.class_name == classes[r.sample_id] for r in cur)  # and to the class they were shown in
     # The selection is remembered for the Cluster / selection page.
     at.switch_page("views/cluster.py").run()
     ok(at)

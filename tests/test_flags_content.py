@@ -122,11 +122,13 @@ def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -
     got = {f.sample_id: (f.status, f.note, f.content_hash) for f in store.current("ds")}
     assert got == {"17": ("unlearn", "old note", None), "18": ("investigate", "", "h18")}
     assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
-        "3",
+        "4",
     )
+    store.flag("ds", ["19"], "unlearn", class_names={"19": "seven"})  # schema 4: the class is recorded
+    assert {f.sample_id: f.class_name for f in store.current("ds")} == {"17": None, "18": None, "19": "seven"}
     store.flag("ds", ["17"], "unlearn")  # schema 3's view: a note-less repeat keeps the note
     assert {f.sample_id: f.note for f in store.current("ds")}["17"] == "old note"
-    assert "content_hash" in store.export_frame("ds", status=None).columns
+    assert {"content_hash", "class_name"} <= set(store.export_frame("ds", status=None).columns)
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +312,48 @@ def test_moves_onto_an_image_of_another_class_are_named() -> None:
         [(moved, "1 ten/a.png"), (stays, "0 two/b2.png"), (unknown, "1 ten/c.png")], labels, ["two", "ten"]
     )
     assert got == ["0 two/a.png → 1 ten/a.png (flagged in class two, now labelled ten)"]
+
+
+def test_a_flag_set_by_sample_id_knows_its_class() -> None:
+    """A flag set by id (no finding) records its class: a move to another class is named, and the recorded
+    class wins over a key's class index (which names another class once a class folder is added)."""
+    from dataclasses import replace
+
+    from spray.flags.content import class_changes
+
+    by_id = replace(_flag("0 two/a.png", "h"), class_name="two")
+    keyed = replace(_flag("0 two/b.png", "h2"), cluster_key="0/k3/c1", class_name="ten")
+    labels = {"1 ten/a.png": 1, "1 ten/b.png": 1}
+    got = class_changes([(by_id, "1 ten/a.png"), (keyed, "1 ten/b.png")], labels, ["two", "ten"])
+    assert got == ["0 two/a.png → 1 ten/a.png (flagged in class two, now labelled ten)"]
+    assert class_changes([(by_id, "0 two/a.png")], {"0 two/a.png": 1}, ["two", "ten"]) == [
+        "0 two/a.png (flagged in class two, now labelled ten)"
+    ]
+
+
+def test_a_relabelled_flagged_image_is_named_by_flags_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: an IDX label fixed by an annotator keeps the image's id and bytes, so its flag stayed
+    bound, and `spray flags check` said nothing although the flag was set in another class."""
+    world = build_world(tmp_path, flag=False)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    planted = np.flatnonzero(world.planted)
+    ids = ",".join(str(i) for i in planted)
+    assert main(["flags", "set", "--runs-dir", str(world.runs_dir), "--sample-ids", ids]) == 0
+    names = RunReader.open(world.runs_dir / "latest").summary.class_names
+    flags = FlagStore(world.flags_db).current(DATASET)
+    assert {f.class_name for f in flags} == {names[int(world.labels[planted[0]])]}
+    runs = str(world.runs_dir)
+    assert "another label" not in run_main(["flags", "check", "--runs-dir", runs], capsys).output
+    first = int(planted[0])
+    was = int(world.labels[first])
+    labels = world.labels.copy()
+    labels[first] = (was + 1) % len(names)
+    _audit_again(world, world.images, labels)
+    res = run_main(["flags", "check", "--runs-dir", runs], capsys)
+    assert res.code == 0 and "1 flagged images now carry another label" in res.output
+    assert f"{first} (flagged in class {names[was]}, now labelled {names[labels[first]]})" in res.output
+    exported = tmp_path / "unlearn.csv"
+    assert run_main(["flags", "export", "--runs-dir", runs, "-o", str(exported)], capsys).code == 0
+    assert set(pd.read_csv(exported, dtype=str)["class_name"]) == {names[was]}

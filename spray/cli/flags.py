@@ -273,6 +273,7 @@ def set_command(args: argparse.Namespace) -> int:
     db = _run_db(args, run)
     moved = _moved_flags(db, reader.summary.dataset, ids, key)
     hashes = reader.content_hashes() or {}
+    classes = reader.samples()["label_name"]
     FlagStore(db).flag(
         reader.summary.dataset,
         ids,
@@ -283,6 +284,7 @@ def set_command(args: argparse.Namespace) -> int:
         source="spray flags set",
         author=_author(args),
         content_hashes={i: hashes[i] for i in ids if i in hashes},
+        class_names={i: str(classes[i]) for i in ids if i in classes.index},
     )
     sys.stdout.write(
         f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db} (run {run.resolve().name})\n"
@@ -415,6 +417,15 @@ def check_command(args: argparse.Namespace) -> int:
     )
     if message:
         sys.stdout.write(message + "\n")
+    labels = reader.samples()["label"].to_dict()
+    recorded = [(f, f.sample_id) for f in binding.bound if f.class_name is not None]
+    relabelled = class_changes(recorded, labels, reader.summary.class_names)
+    if relabelled:
+        sys.stdout.write(
+            f"{len(relabelled)} flagged images now carry another label than the class they were flagged in "
+            f"({listed(relabelled)}): a flag set in one class may not hold in another; look at them "
+            "(`spray flags list`) and unset what no longer applies\n"
+        )
     return EXIT_FAILURE if binding.wrong else EXIT_OK
 
 

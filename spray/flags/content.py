@@ -139,23 +139,30 @@ def plan_moves(binding: FlagBinding) -> tuple[list[tuple[Flag, str]], list[Chang
 def class_changes(
     moves: Sequence[tuple[Flag, str]], labels: Mapping[str, int], class_names: Sequence[str]
 ) -> list[str]:
-    """The moves whose image now carries another label than the class its flag was set in (known for flags
-    set from a finding, whose key starts with the class index): ``"old → new (class A, now B)"``."""
+    """The moves whose image now carries another label than the class its flag was set in (the class
+    recorded with the flag, or for a flag set before flag database schema 4 from a finding, the class index
+    its key starts with): ``"old → new (flagged in class A, now labelled B)"`` (``"id (…)"`` for a flag that
+    stays on its id: a relabelled image)."""
     out = []
     for flag, new_id in moves:
-        if flag.cluster_key is None or new_id not in labels:
+        if new_id not in labels:
             continue
-        try:
-            was = int(flag.cluster_key.split("/")[0])
-        except ValueError:
-            continue
-        now = int(labels[new_id])
-        if was != now:
-            out.append(
-                f"{flag.sample_id} → {new_id} (flagged in class {_name(class_names, was)}, now labelled "
-                f"{_name(class_names, now)})"
-            )
+        now = _name(class_names, int(labels[new_id]))
+        was = flag.class_name if flag.class_name is not None else _key_class(flag.cluster_key, class_names)
+        if was is not None and was != now:
+            where = flag.sample_id if new_id == flag.sample_id else f"{flag.sample_id} → {new_id}"
+            out.append(f"{where} (flagged in class {was}, now labelled {now})")
     return out
+
+
+def _key_class(cluster_key: str | None, class_names: Sequence[str]) -> str | None:
+    """The class a finding key names (``"3/k5/c2"`` → class 3's name), None for no key or another form."""
+    if cluster_key is None:
+        return None
+    try:
+        return _name(class_names, int(cluster_key.split("/")[0]))
+    except ValueError:
+        return None
 
 
 def _name(class_names: Sequence[str], c: int) -> str:

@@ -5,21 +5,24 @@ Format :data:`SCHEMA_VERSION`::
     meta      key/value: schema_version
     events    append-only history: one row per sample per action
               (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author,
-              created_at, content_hash); status is one of the flag statuses, or "unflag"; note is what the
-              person typed in that action ('' when nothing)
+              created_at, content_hash, class_name); status is one of the flag statuses, or "unflag"; note is
+              what the person typed in that action ('' when nothing); class_name the sample's class in the run
+              it was flagged from
     current   view: the latest event of every (dataset, sample_id) whose status is not "unflag", with the
               newest note typed since the sample took that status (flagging a flagged sample again without
               a note keeps the note; another status, or an unflag, starts without one)
 
 Upgrades (only when a file is opened for writing; no event row changes): 1 → 2 adds ``content_hash``;
-2 → 3 rebuilds the view, which took the latest event's note, so a note-less repeat erased a note.
+2 → 3 rebuilds the view, which took the latest event's note, so a note-less repeat erased a note; 3 → 4 adds
+``class_name`` (a flag set by sample id recorded no class, so a file moved to another class folder kept its
+flag unnamed).
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +38,8 @@ CREATE TABLE IF NOT EXISTS events (
     source      TEXT,
     author      TEXT,
     created_at  TEXT NOT NULL,
-    content_hash TEXT
+    content_hash TEXT,
+    class_name  TEXT
 );
 CREATE INDEX IF NOT EXISTS events_sample ON events (dataset, sample_id, id);
 CREATE INDEX IF NOT EXISTS events_action ON events (action_id);
@@ -53,7 +57,8 @@ CREATE VIEW IF NOT EXISTS current AS
                ORDER BY n.id DESC LIMIT 1
            ), '') AS note,
            e.run_id, e.cluster_key, e.source, e.author,
-           e.created_at AS flagged_at, e.action_id, e.id AS event_id, e.content_hash
+           e.created_at AS flagged_at, e.action_id, e.id AS event_id, e.content_hash,
+           e.class_name
     FROM events e
     WHERE e.id = (SELECT MAX(id) FROM events x WHERE x.dataset = e.dataset AND x.sample_id = e.sample_id)
       AND e.status != 'unflag';
@@ -80,8 +85,10 @@ def upgrade(con: sqlite3.Connection) -> int:
     had = stored_version(con)
     if had >= SCHEMA_VERSION:
         return had
-    if "content_hash" not in event_columns(con):
-        con.execute("ALTER TABLE events ADD COLUMN content_hash TEXT")
+    columns = event_columns(con)
+    for column in ("content_hash", "class_name"):
+        if column not in columns:
+            con.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
     con.execute("DROP VIEW IF EXISTS current")
     con.execute(VIEW)
     con.execute(

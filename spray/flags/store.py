@@ -49,7 +49,7 @@ DEFAULT_DB_NAME = "flags.sqlite"
 
 _INSERT = (
     "INSERT INTO events (action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author, "
-    "created_at, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, content_hash, class_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -265,6 +265,7 @@ class FlagStore:
         author: str | None,
         since: int | None,
         content_hashes: Mapping[str, str] | None = None,
+        class_names: Mapping[str, str] | None = None,
     ) -> str:
         if self.read_only:
             raise DataError(f"The flag database {self.path} is open read-only: nothing can be flagged.")
@@ -275,9 +276,22 @@ class FlagStore:
         if not ids:
             return action
         t = _now()
-        hashes = content_hashes or {}
+        hashes, names = content_hashes or {}, class_names or {}
         rows = [
-            (action, dataset, s, status, note or "", run_id, cluster_key, source, author, t, hashes.get(s))
+            (
+                action,
+                dataset,
+                s,
+                status,
+                note or "",
+                run_id,
+                cluster_key,
+                source,
+                author,
+                t,
+                hashes.get(s),
+                names.get(s),
+            )
             for s in ids
         ]
         with self._connect() as con, _transaction(con):
@@ -311,6 +325,7 @@ class FlagStore:
         author: str | None = None,
         since: int | None = None,
         content_hashes: Mapping[str, str] | None = None,
+        class_names: Mapping[str, str] | None = None,
     ) -> str:
         """Set the status of samples (one transaction, one history event per sample).
 
@@ -332,6 +347,9 @@ class FlagStore:
         content_hashes : mapping of str to str, optional
             ``sample_id -> content hash`` in the run flagged from (``RunReader.content_hashes()``); recorded
             with each event so that a later run can tell when an id names other content.
+        class_names : mapping of str to str, optional
+            ``sample_id -> class name`` in that run; recorded so that a later run can tell when a flagged
+            image carries another label.
 
         Returns
         -------
@@ -351,6 +369,7 @@ class FlagStore:
             author=author,
             since=since,
             content_hashes=content_hashes,
+            class_names=class_names,
         )
 
     def move(
@@ -359,7 +378,7 @@ class FlagStore:
         """Move flags to the ids their content is under now, in one action (``spray flags rebind``).
 
         Each old id is unflagged (unless another flag moves onto it), then each flag is set again on its
-        new id with its status, note, finding and content hash; the history says where it came from.
+        new id with its status, note, finding, content hash and class; the history says where it came from.
 
         Parameters
         ----------
@@ -381,7 +400,20 @@ class FlagStore:
         targets = {new for _, new in moves}
         src = "spray flags rebind"
         rows: list[tuple[Any, ...]] = [
-            (action, dataset, f.sample_id, UNFLAG, f"moved to {new}", run_id, None, src, author, t, None)
+            (
+                action,
+                dataset,
+                f.sample_id,
+                UNFLAG,
+                f"moved to {new}",
+                run_id,
+                None,
+                src,
+                author,
+                t,
+                None,
+                None,
+            )
             for f, new in moves
             if f.sample_id not in targets
         ]
@@ -398,6 +430,7 @@ class FlagStore:
                 author,
                 t,
                 f.content_hash,
+                f.class_name,
             )
             for f, new in moves
         ]

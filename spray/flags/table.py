@@ -18,6 +18,7 @@ EXPORT_COLUMNS = [
     "author",
     "flagged_at",
     "content_hash",
+    "class_name",
 ]
 MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
 # A spreadsheet evaluates a cell that starts with one of these as a formula (=HYPERLINK(...) sends data
