@@ -60,6 +60,29 @@ def test_flag_digest_follows_the_flags(world: World, tmp_path: Path) -> None:
         read_flags(db, DATASET, CorrectionConfig(flag_status="investigate"))
 
 
+def test_flags_set_in_another_class_are_named(
+    world: World, samples: SampleSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flag recorded in another class than its image carries now (a relabelled image) joins the artifact
+    group with a warning that names it, not silently."""
+    cfg = CorrectionConfig(min_group_size=5)
+    ids = read_flags(world.flags_db, DATASET, cfg).sample_ids
+    name = samples.class_names[TARGET]
+    other = samples.class_names[(TARGET + 1) % len(samples.class_names)]
+    db = tmp_path / "f.sqlite"
+    FlagStore(db).flag(DATASET, ids, "unlearn", class_names={s: name for s in ids} | {ids[0]: other})
+    flags = read_flags(db, DATASET, cfg)
+    with caplog.at_level("WARNING", logger="spray"):
+        artifact_group(samples, flags, cfg, 0, np.zeros(0, np.int64))
+    assert f"1 flagged samples of class {name} were flagged in another class" in caplog.text
+    assert f"{ids[0]} ({other})" in caplog.text
+    caplog.clear()
+    FlagStore(db).flag(DATASET, ids[:1], "unlearn", class_names={ids[0]: name})
+    with caplog.at_level("WARNING", logger="spray"):
+        artifact_group(samples, read_flags(db, DATASET, cfg), cfg, 0, np.zeros(0, np.int64))
+    assert "flagged in another class" not in caplog.text
+
+
 def test_group_limits(world: World, samples: SampleSet) -> None:
     flags = read_flags(world.flags_db, DATASET, CorrectionConfig())
     with pytest.raises(SprayError, match="min_group_size = 40"):

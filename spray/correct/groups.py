@@ -55,6 +55,9 @@ class FlagSelection:
         status): never reference or clean data of a correction, whichever flags it uses.
     run_ids : list[str]
         The runs the used flags were set on (sorted, without None).
+    class_names : dict[str, str]
+        ``sample_id -> class name`` recorded with each flag (flags set before flag database schema 4 have
+        none).
     """
 
     db: str
@@ -66,6 +69,7 @@ class FlagSelection:
     content_hashes: dict[str, str] = field(default_factory=dict)
     other_flagged: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    class_names: dict[str, str] = field(default_factory=dict)
 
 
 #: Flag statuses whose samples never serve as a correction's reference or clean data.
@@ -147,6 +151,7 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         content_hashes={str(r.sample_id): r.content_hash for r in rows if r.content_hash},
         other_flagged=other,
         run_ids=sorted({str(r.run_id) for r in rows if r.run_id}),
+        class_names={str(r.sample_id): r.class_name for r in rows if r.class_name is not None},
     )
 
 
@@ -286,6 +291,7 @@ def artifact_group(
     c = _choose_class(samples, rows, cfg)
     name = samples.class_names[c] if c < len(samples.class_names) else str(c)
     in_class = rows[samples.labels[rows] == c]
+    _warn_relabelled(samples, flags, in_class, name)
     others = Counter(samples.class_names[int(k)] for k in samples.labels[rows] if int(k) != c)
     usable = np.setdiff1d(in_class, exclude)
     reference = np.setdiff1d(np.setdiff1d(np.flatnonzero(samples.labels == c), in_class), exclude)
@@ -308,6 +314,24 @@ def artifact_group(
     fit_a, held_a = _split(usable, cfg.holdout_fraction, seed, "artifact")
     fit_r, held_r = _split(reference, cfg.holdout_fraction, seed, "reference-split")
     return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)
+
+
+def _warn_relabelled(samples: SampleSet, flags: FlagSelection, in_class: np.ndarray, name: str) -> None:
+    """Name the flagged samples of the class that were flagged in another class (relabelled since): they
+    join the artifact group, which the person who flagged them never saw in this class."""
+    moved = [
+        f"{s} ({flags.class_names[s]})"
+        for s in (samples.sample_ids[int(r)] for r in in_class)
+        if flags.class_names.get(s, name) != name
+    ]
+    if moved:
+        log.warning(
+            "%d flagged samples of class %s were flagged in another class and relabelled since: %s. They are "
+            "part of its artifact group; unset their flags (spray flags unset) if the shortcut is not theirs.",
+            len(moved),
+            name,
+            listed(moved),
+        )
 
 
 #: A finding counts as the flagged one when at least this share of its members is flagged (a finding
