@@ -350,7 +350,9 @@ def test_a_relabelled_flagged_image_is_named_by_flags_check(
     was = int(world.labels[first])
     labels = world.labels.copy()
     labels[first] = (was + 1) % len(names)
+    capsys.readouterr()
     _audit_again(world, world.images, labels)
+    assert "1 flagged images now carry another label" in capsys.readouterr().err  # the audit warns
     res = run_main(["flags", "check", "--runs-dir", runs], capsys)
     assert res.code == 0 and "1 flagged images now carry another label" in res.output
     assert f"{first} (flagged in class {names[was]}, now labelled {names[labels[first]]})" in res.output

@@ -21,6 +21,8 @@ from spray.flags.content import (
     describe,
     listed,
     plan_moves,
+    relabel_message,
+    relabelled,
 )
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key
@@ -417,15 +419,9 @@ def check_command(args: argparse.Namespace) -> int:
     )
     if message:
         sys.stdout.write(message + "\n")
-    labels = reader.samples()["label"].to_dict()
-    recorded = [(f, f.sample_id) for f in binding.bound if f.class_name is not None]
-    relabelled = class_changes(recorded, labels, reader.summary.class_names)
-    if relabelled:
-        sys.stdout.write(
-            f"{len(relabelled)} flagged images now carry another label than the class they were flagged in "
-            f"({listed(relabelled)}): a flag set in one class may not hold in another; look at them "
-            "(`spray flags list`) and unset what no longer applies\n"
-        )
+    relabel = relabel_message(relabelled(binding.bound, run))
+    if relabel:
+        sys.stdout.write(relabel + "\n")
     return EXIT_FAILURE if binding.wrong else EXIT_OK
 
 

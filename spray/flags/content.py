@@ -247,7 +247,8 @@ def _skipped_in(run: Path) -> dict[str, str]:
 
 def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run: str) -> str:
     """:func:`describe` of the current flags of ``dataset`` in ``db`` against a run, and
-    :func:`other_key_message` when it has none ('' without a database or anything to say).
+    :func:`other_key_message` when it has none, then :func:`relabel_message` ('' without a database or
+    anything to say).
 
     Raises
     ------
@@ -257,7 +258,37 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
     if not db.is_file():
         return ""
     store = FlagStore(db, read_only=True)
-    return binding_message(store, dataset, bind_flags(store.current(dataset), run_hashes), run_hashes, run)
+    binding = bind_flags(store.current(dataset), run_hashes)
+    message = binding_message(store, dataset, binding, run_hashes, run)
+    return " ".join(m for m in (message, relabel_message(relabelled(binding.bound, Path(run)))) if m)
+
+
+def relabelled(flags: Sequence[Flag], run: Path) -> list[str]:
+    """The flags among ``flags`` (bound to their images) whose image carries another label in the run at
+    ``run`` than the class recorded with the flag (:func:`class_changes`; [] when the run cannot be read)."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.reader import RunReader
+
+    recorded = [(f, f.sample_id) for f in flags if f.class_name is not None]
+    if not recorded:
+        return []
+    try:
+        reader = RunReader.open(run)
+        labels = reader.samples()["label"].to_dict()
+    except (RunReadError, OSError):
+        return []
+    return class_changes(recorded, labels, reader.summary.class_names)
+
+
+def relabel_message(changes: Sequence[str]) -> str:
+    """One sentence on flagged images that now carry another label ('' for none)."""
+    if not changes:
+        return ""
+    return (
+        f"{len(changes)} flagged images now carry another label than the class they were flagged in "
+        f"({listed(list(changes))}): a flag set in one class may not hold in another; look at them (`spray flags "
+        "list`) and unset what no longer applies."
+    )
 
 
 def binding_message(
