@@ -24,17 +24,51 @@ What it adds to :func:`spray.audit.audit`:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shlex
 import signal
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spray.exit_codes import EXIT_FINDINGS, EXIT_OK
 from spray.records import AuditReport
 
+if TYPE_CHECKING:
+    from spray.config import AuditConfig
+
 log = logging.getLogger(__name__)
+
+
+def pending_marker(runs_dir: Path, run_id: str) -> Path:
+    """The marker of a published run whose exit 10 (and notification) is not reported yet."""
+    return runs_dir / f".alert-pending-{run_id[:16]}"
+
+
+def record_changes(
+    report: AuditReport, runs_dir: Path, cfg: AuditConfig, *, fail_on_findings: bool, by: str = "spray run"
+) -> None:
+    """Compare the run about to be published with this audit's previous run (``report.changes``) and, when
+    it has new or grown suspicious clusters (or, with ``fail_on_findings``, any), leave the marker of an
+    alert owed.
+
+    Called before publishing by ``spray run`` and by ``spray audit`` alike: a run that ``spray audit``
+    published is found up to date by the next nightly job, which then reports the owed exit 10 and
+    notifies (it would otherwise never hear of that run's new clusters). The marker is written before the
+    run is published and removed once exit 10 is reported, so a job stopped in between leaves it; it names
+    the audit and the command (``by``) that published the run.
+    """
+    from spray.runs.changes import change_rule, changes_since_previous
+
+    ch = report.changes = changes_since_previous(report, runs_dir, change_rule(cfg.nightly))
+    gated = fail_on_findings and any(f.suspicious for f in report.findings)
+    if ch.n_new + ch.n_grown > 0 or gated:
+        # the audit in the marker: the next job tells its own owed alerts from another audit's
+        pending_marker(runs_dir, report.run_id).write_text(
+            json.dumps({"name": report.name, "dataset": report.dataset, "by": by})
+        )
 
 
 def exit_code_for(report: AuditReport, *, fail_on_findings: bool) -> int:

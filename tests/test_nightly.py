@@ -343,6 +343,31 @@ def test_a_changed_setting_is_named_in_the_status_and_an_owed_alert_is_reported(
     assert [p.name for p in runs.glob(".alert-pending-*")] == [other.name]
 
 
+def test_a_run_published_by_spray_audit_is_reported_by_the_next_nightly_job(
+    first: dict[str, Any], tmp_path: Path
+) -> None:
+    """An outside check: `spray audit` published the run first, so the nightly job found it up to date and
+    exited 0 without a changes section or a notification; its planted shortcut was never reported."""
+    runs = tmp_path / "runs"
+    audited = run_spray(["audit", "-q", "--config", str(first["cfg"]), "--runs-dir", str(runs)])
+    assert audited.code == EXIT_OK, audited.stderr[-2000:]
+    (run_dir,) = [p for p in runs.iterdir() if not p.name.startswith(".") and p.name != "latest"]
+    changes = json.loads((run_dir / "summary.json").read_text())["changes"]  # the same comparison
+    assert changes == first["summary"]["changes"]
+    note = tmp_path / "notified.txt"
+    cfg = yaml.safe_load(Path(first["cfg"]).read_text())
+    cfg["nightly"] = {"notify_command": f"sh -c 'echo \"$0\" >> {note}'"}
+    (tmp_path / "n.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    argv = ["run", "--config", str(tmp_path / "n.yaml"), "--runs-dir", str(runs)]
+    res = run_spray(argv)
+    assert res.code == EXIT_FINDINGS and res.status["status"] == "up_to_date", res.stderr[-2000:]
+    assert res.status["n_new"] == len(changes["new"]) > 0
+    assert any("was published by spray audit" in m for m in res.messages())
+    assert note.read_text().strip().endswith("summary.json")  # notified once
+    again = run_spray(argv)
+    assert again.code == EXIT_OK and len(note.read_text().splitlines()) == 1
+
+
 def test_a_job_stopped_after_publishing_has_its_exit_10_reported_by_the_next(
     first: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -676,7 +701,8 @@ def test_force_and_a_return_to_earlier_inputs_compare_with_the_newest_run(
 def test_an_owed_alert_whose_run_retention_removed_is_still_reported(tmp_path: Path) -> None:
     """A review: with keep_runs 1 the stopped job's run is pruned before the next job looks for it, and its
     marker was dropped as 'never published'; markers now name their audit and are owed without the run."""
-    from spray.cli.run import _owed_earlier, _pending
+    from spray.cli.run import _owed_earlier
+    from spray.nightly import pending_marker as _pending
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -686,5 +712,5 @@ def test_an_owed_alert_whose_run_retention_removed_is_still_reported(tmp_path: P
     theirs.write_text(json.dumps({"name": "other", "dataset": "ds"}))
     current = _pending(runs, "c" * 64)
     current.write_text(json.dumps({"name": "nightly", "dataset": "ds"}))
-    assert _owed_earlier(runs, current, "nightly", "ds") == ["a" * 16]
+    assert _owed_earlier(runs, current, "nightly", "ds") == [("a" * 16, None)]
     assert not mine.exists() and theirs.exists() and current.exists()

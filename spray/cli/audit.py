@@ -13,10 +13,22 @@ def run_command(args: argparse.Namespace) -> int:
     """``spray audit``: run the audit and print the ranked findings."""
     # The config first: a bad one is reported before torch (which spray.audit imports) is loaded.
     cfg = load_audit_config(args)
+    from pathlib import Path
+
     from spray.audit import audit
+    from spray.nightly import record_changes
+    from spray.records import AuditReport
     from spray.report import findings_table, report_header
 
-    report = audit(cfg, device=args.device, progress=not args.quiet, force=args.force)
+    def before_write(report: AuditReport) -> None:
+        # the same comparison as the nightly job's: the run's changes section, and the alert it owes, which
+        # the next `spray run` (finding this run up to date) reports with exit 10 and its notification
+        runs_dir, gate = Path(cfg.output.runs_dir), cfg.nightly.fail_on_findings
+        record_changes(report, runs_dir, cfg, fail_on_findings=gate, by="spray audit")
+
+    report = audit(
+        cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
+    )
     sys.stdout.write(report_header(report) + "\n\n" + findings_table(report.findings, top=args.top) + "\n")
     return 0
 

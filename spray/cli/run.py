@@ -188,20 +188,13 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         with RunLock(runs_dir):
             pass
     from spray.audit import audit
-    from spray.nightly import exit_code_for
+    from spray.nightly import exit_code_for, pending_marker, record_changes
     from spray.records import AuditReport
-    from spray.runs.changes import change_rule, changes_since_previous
 
     def before_write(report: AuditReport) -> None:
-        ch = report.changes = changes_since_previous(report, runs_dir, change_rule(cfg.nightly))
-        gated = fail_on_findings and any(f.suspicious for f in report.findings)
-        if ch.n_new + ch.n_grown > 0 or gated:
-            # Written before the run is published and removed once exit 10 is reported: a job stopped in
-            # between leaves it, and the next job (which finds the run up to date) reports 10 then.
-            # the audit in the marker: the next job tells its own owed alerts from another audit's
-            _pending(runs_dir, report.run_id).write_text(
-                json.dumps({"name": report.name, "dataset": report.dataset})
-            )
+        record_changes(report, runs_dir, cfg, fail_on_findings=fail_on_findings)
+        ch = report.changes
+        assert ch is not None
         if ch.data is not None:
             _log_data_changes(ch.data)
         log.info(
@@ -229,7 +222,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK
     code = exit_code_for(report, fail_on_findings=fail_on_findings)
-    pending = _pending(runs_dir, report.run_id)
+    pending = pending_marker(runs_dir, report.run_id)
     owed = _owed(runs_dir, pending, report, cfg)
     code = EXIT_FINDINGS if owed else code
     _report_status(report, code, status, cfg.flags_db_path())
@@ -244,42 +237,55 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     return code
 
 
-def _pending(runs_dir: Path, run_id: str) -> Path:
-    """The marker of a published run whose exit 10 (and notification) is not reported yet."""
-    return runs_dir / f".alert-pending-{run_id[:16]}"
-
-
 def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
     """Whether an exit 10 is owed: this run's own marker on a run found up to date, or the markers of this
     audit's earlier runs (:func:`_owed_earlier`); said in a warning."""
     earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key())
     if report.up_to_date and pending.exists():
-        earlier.insert(0, report.run_id[:16])
-    if earlier:
+        earlier.insert(0, (report.run_id[:16], _marker_of(pending).get("by")))
+    audited = [run for run, by in earlier if by == "spray audit"]
+    stopped = [run for run, by in earlier if by != "spray audit"]
+    if audited:
+        log.warning(
+            "run %s was published by spray audit, whose new or grown suspicious clusters no nightly job has "
+            "reported yet: reporting them now (exit 10; they are in that run's summary.json, changes)",
+            ", ".join(audited),
+        )
+    if stopped:
         log.warning(
             "the job that published run %s was stopped before it reported its new or grown suspicious "
             "clusters: reporting them now (exit 10; they are in that run's summary.json, changes)",
-            ", ".join(earlier),
+            ", ".join(stopped),
         )
     return bool(earlier)
 
 
-def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> list[str]:
-    """The run ids (16 characters) of this audit's earlier runs whose exit 10 a stopped job never reported,
-    their markers removed: the data changed since, so this job published another run. A marker's run may
-    be gone (retention, ``keep_runs: 1``) or never published (stopped before); its alert is owed either way,
-    since this run was compared with older data, or counts those clusters as new itself (exit 10 too)."""
+def _marker_of(marker: Path) -> dict[str, Any]:
+    """What an alert marker says (``name``, ``dataset``, ``by``); {} for one written before markers named
+    their audit ("10") or unreadable."""
+    try:
+        said = json.loads(marker.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> list[tuple[str, str | None]]:
+    """The run ids (16 characters) of this audit's earlier runs whose exit 10 no job reported, with the
+    command that published each (None when the marker does not say), their markers removed: the data changed
+    since, so this job published another run. A marker's run may be gone (retention, ``keep_runs: 1``) or
+    never published (stopped before); its alert is owed either way, since this run was compared with older
+    data, or counts those clusters as new itself (exit 10 too)."""
+    from spray.nightly import pending_marker
+
     owed = []
-    for marker in sorted(runs_dir.glob(f"{_pending(runs_dir, '').name}*")):
+    for marker in sorted(runs_dir.glob(f"{pending_marker(runs_dir, '').name}*")):
         if marker == pending:
             continue
-        try:
-            said = json.loads(marker.read_text() or "{}")
-        except (OSError, ValueError):
-            said = {}  # written before markers named their audit ("10"): taken as this audit's
-        if isinstance(said, dict) and said and (said.get("name"), said.get("dataset")) != (name, dataset):
+        said = _marker_of(marker)  # {} was written before markers named their audit: taken as this audit's
+        if said and (said.get("name"), said.get("dataset")) != (name, dataset):
             continue  # another audit's: its own job reports it
-        owed.append(marker.name.rsplit("-", 1)[-1])
+        owed.append((marker.name.rsplit("-", 1)[-1], said.get("by")))
         try:
             marker.unlink()
         except OSError as err:
