@@ -12,7 +12,6 @@ tuple, list or dict is wrapped in :class:`OutputSelector` (``model.output``).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import inspect
 import logging
 import math
@@ -29,6 +28,7 @@ from spray.config import ModelConfig
 from spray.errors import ClassCountError, ConfigError, ModelError
 from spray.factories import import_callable
 from spray.model_dtype import as_float32
+from spray.model_identity import model_hash
 
 log = logging.getLogger(__name__)
 
@@ -543,32 +543,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 def _select(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     return model if cfg.output is None else OutputSelector(model, cfg.output)
-
-
-def _class_sources(model: nn.Module) -> list[str]:
-    """The source code of every module class in ``model`` (sorted by qualified name; a class whose source
-    cannot be read, such as a compiled one, gives its name only)."""
-    out = []
-    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
-        try:
-            text = inspect.getsource(cls)
-        except (OSError, TypeError):
-            text = ""
-        out.append(f"{cls.__module__}.{cls.__qualname__}\0{text}")
-    return out
-
-
-def model_hash(model: nn.Module) -> str:
-    """Content hash of a model: its class name, the source of its module classes (an edited ``forward``
-    computes something else with the same weights) and every parameter/buffer (sorted by name)."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for text in _class_sources(model):
-        h.update(text.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 __all__ = ["OutputSelector", "build_model", "model_hash", "select_output"]

@@ -293,6 +293,45 @@ def test_the_model_hash_follows_an_edited_forward(tmp_path: Path, monkeypatch: p
     assert model_hash(after) != first
 
 
+def test_the_model_hash_follows_module_level_code_and_the_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: ``forward`` called a module-level helper in another file; editing the helper left the
+    classes and weights alone, and every cached heatmap and prediction was reused (even with --force)."""
+    import importlib
+
+    from spray.lab.cnn import small_cnn
+    from spray.model_identity import user_sources
+
+    helper = tmp_path / "helper_mod.py"
+    net = tmp_path / "net_mod.py"
+    helper.write_text("SCALE = 1.0\n\ndef prep(x):\n    return x * SCALE\n")
+    body = (
+        "import torch\nfrom helper_mod import prep\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.fc = torch.nn.Linear(4, 2)\n    def forward(self, x):\n"
+        "        return self.fc(prep(x))\n\ndef build():\n    {}return Net()\n"
+    )
+    net.write_text(body.format(""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def built() -> str:
+        importlib.reload(importlib.import_module("helper_mod"))
+        module = importlib.reload(importlib.import_module("net_mod"))
+        torch.manual_seed(0)
+        return model_hash(module.build(), "net_mod:build")
+
+    first = built()
+    assert built() == first  # stable
+    helper.write_text("SCALE = 2.0\n\ndef prep(x):\n    return x * SCALE\n")
+    second = built()
+    assert second != first  # the helper's file, imported by the model's module
+    net.write_text(body.format("torch.manual_seed(1)\n    "))  # the factory's body: same classes
+    assert built() != second
+    # spray's own and library models hash their classes and weights only (a library upgrade or a spray
+    # release does not recompute every cache; spray's LRP changes have their own version)
+    assert user_sources([type(m).__module__ for m in small_cnn().modules()]) == []
+
+
 def test_a_checkpoint_of_a_sibling_architecture_is_named(tmp_path: Path) -> None:
     """A resnet34 checkpoint given as resnet18: the message names resnet34, not only 'check the architecture'."""
     import torchvision

@@ -256,7 +256,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     clean_samples, clean_rows, held = _evaluation_rows(cfg, samples)
     clean_samples.match_model(model)
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
-    weights = model_hash(model)
+    weights = model_hash(model, cfg.model.factory)
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
     if source.model_hash and source.model_hash != weights:
         raise SprayError(
