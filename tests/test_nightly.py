@@ -343,6 +343,31 @@ def test_a_changed_setting_is_named_in_the_status_and_an_owed_alert_is_reported(
     assert [p.name for p in runs.glob(".alert-pending-*")] == [other.name]
 
 
+def test_another_audit_name_is_another_audit_and_a_rename_is_said(
+    first: dict[str, Any], tmp_path: Path
+) -> None:
+    """An outside check: an audit renamed (or a second audit of the same data in the folder) found the other
+    name's run up to date (exit 0, the other name in its summary) and the next night counted from nothing
+    without a word."""
+    raw = yaml.safe_load(Path(first["cfg"]).read_text())
+    raw["name"] = "nightly-test-renamed"
+    cfg = tmp_path / "renamed.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
+    assert res.status is not None and res.status["status"] == "published", res.stderr[-2000:]
+    run_dir = Path(res.status["run_dir"])
+    assert (
+        run_dir != first["run_dir"]
+        and json.loads((run_dir / "summary.json").read_text())["name"] == raw["name"]
+    )
+    assert res.code == EXIT_FINDINGS  # a new audit: its suspicious clusters are new
+    assert any("If the audit was renamed, set name: 'nightly-test'" in m for m in res.messages())
+    again = run_spray(["run", "--config", str(first["cfg"]), "--runs-dir", str(runs)])  # the first audit's
+    assert again.code == EXIT_OK and Path(again.status["run_dir"]).name == first["run_dir"].name
+
+
 def test_a_run_published_by_spray_audit_is_reported_by_the_next_nightly_job(
     first: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -458,6 +458,8 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
     reader, prev, unreadable = previous_run(runs_dir, name=report.name, dataset=report.dataset)
     if reader is None and (moved := same_content_run(runs_dir, report)) is not None:
         reader, prev = moved
+    if reader is None:
+        _say_if_renamed(runs_dir, report)
     before = None if reader is None else reader.summary.hashes.get("model")
     analysed = {c.class_index for c in report.classes}
     prev_hashes = dict((reader.content_hashes() if reader else None) or {})
@@ -533,6 +535,26 @@ def data_changes(current: Mapping[str, str], previous: Mapping[str, str]) -> Dat
 SAME_CONTENT = 0.9
 #: Runs of other dataset keys read when looking for the same content (the newest first).
 SAME_CONTENT_RUNS = 5
+
+
+def _say_if_renamed(runs_dir: Path, report: AuditReport) -> None:
+    """Warn when this audit has no earlier run but the folder holds runs of the same dataset key under
+    another audit ``name``: a renamed audit starts over (every suspicious cluster counts as new)."""
+    from spray.runs.publish import list_runs
+
+    for p in list_runs(runs_dir):
+        try:
+            s = RunReader.open(p).summary
+        except RunReadError:
+            continue
+        if s.dataset == report.dataset and s.name != report.name:
+            log.warning(
+                "no earlier run of audit %r, but run %s of audit %r has the same dataset key: changes are counted "
+                "from nothing (every suspicious cluster is new). If the audit was renamed, set name: %r in the "
+                "config to continue its history",
+                report.name, p.name, s.name, s.name,
+            )  # fmt: skip
+            return
 
 
 def same_content_run(runs_dir: Path, report: AuditReport) -> tuple[RunReader, list[ClusterFinding]] | None:

@@ -122,8 +122,10 @@ def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, s
         "model": model_hash,
         "data": data_hash,
         # the dataset key names the run's flags and previous runs: a moved folder without data.name has a new one
+        # the audit's name too: an audit finds its previous runs by name, and two audits sharing a runs
+        # folder must not take each other's run as their own up-to-date one
         "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS)
-        + f"-seed{cfg.seed}-dataset{cfg.dataset_key()}",
+        + f"-seed{cfg.seed}-dataset{cfg.dataset_key()}-name{cfg.name}",
         "code": versions.code_version(),
     }
 
