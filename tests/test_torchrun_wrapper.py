@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 
 WRAPPER = Path(__file__).resolve().parent.parent / "pipelines" / "spray-torchrun.sh"
-# A stand-in for torchrun: writes the given status into --status-file and exits with the given code.
-FAKE = """#!/usr/bin/env bash
+# A stand-in for torchrun: writes the given status into the last --status-file (as argparse takes the last
+# one given) and exits with the given code.
+FAKE = """#!/bin/bash
+out=""
 while [[ $# -gt 0 ]]; do
-  if [[ "$1" == "--status-file" ]]; then printf '%s\\n' "$FAKE_STATUS" > "$2"; fi
+  if [[ "$1" == "--status-file" ]]; then out="$2"; fi
+  if [[ "$1" == --status-file=* ]]; then out="${1#--status-file=}"; fi
   shift
 done
+[[ -n "$out" ]] && printf '%s\\n' "$FAKE_STATUS" > "$out"
 exit "$FAKE_RC"
 """
 
@@ -39,3 +43,42 @@ def test_the_wrapper_returns_sprays_code_or_says_rank_0_was_killed(
     )
     assert done.returncode == code, done.stderr
     assert says in done.stderr
+
+
+def test_the_users_own_status_file_and_no_python3_on_path(tmp_path: Path) -> None:
+    """An outside check: with the user's own --status-file (a documented option) the wrapper read its own,
+    empty file and exited 1 for a published 10; and it needed python3 on PATH (a cron job's may have none)."""
+    import shutil
+    import sys
+
+    venv = tmp_path / "venv-bin"
+    venv.mkdir()
+    fake = venv / "torchrun"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    (venv / "python").symlink_to(sys.executable)  # the Python beside torchrun, as in a virtual environment
+    tools = tmp_path / "tools"  # a PATH with the shell tools the wrapper uses and no python3
+    tools.mkdir()
+    for tool in ("bash", "dirname", "mktemp", "rm", "cat", "env"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tools / tool).symlink_to(found)
+    mine = tmp_path / "mine.json"
+    env = {
+        "PATH": str(tools),
+        "HOME": str(tmp_path),
+        "SPRAY_TORCHRUN": str(fake),
+        "FAKE_STATUS": '{"exit_code": 10, "status": "published"}',
+        "FAKE_RC": "1",
+    }
+    for given in (["--status-file", str(mine)], [f"--status-file={mine}"]):
+        done = subprocess.run(
+            [str(tools / "bash"), str(WRAPPER), "2", "--config", "x.yaml", *given],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 10, done.stderr
+        assert mine.read_text().strip() == env["FAKE_STATUS"]  # the user's file is kept
+        mine.unlink()
