@@ -104,6 +104,22 @@ def test_torchrun_two_gloo_processes_equal_single_process(prepared: Prepared, tm
     assert {r.get("rank") for r in logs if "up to date" in r["msg"]} == {0, 1}
     assert not any(r.get("stage") == "batch" for r in logs)
     print(f"up-to-date torchrun: {time.perf_counter() - t0:.1f} s")
+    # spray audit under torchrun prints one report, rank 0's (rank 1 printed an empty one beside it)
+    argv = [
+        *TORCHRUN,
+        "-m",
+        "spray.cli",
+        "audit",
+        "-q",
+        "--config",
+        str(cfg),
+        "--runs-dir",
+        str(tmp_path / "dist"),
+    ]
+    p = subprocess.run(argv, cwd=REPO, env=spray_env(), capture_output=True, text=True, timeout=180)
+    assert p.returncode == EXIT_OK, p.stderr[-3000:]
+    headers = [ln for ln in p.stdout.splitlines() if ln.startswith("run ") and "samples" in ln]
+    assert len(headers) == 1 and "600 samples" in headers[0], p.stdout
 
 
 def test_torchrun_locked_exits_without_deadlock(prepared: Prepared, tmp_path: Path) -> None:
