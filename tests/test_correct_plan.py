@@ -14,6 +14,7 @@ from spray.cli import build_parser
 from spray.cli.correct import _config
 from spray.correct.plan import plan_correction
 from spray.data import write_idx
+from spray.errors import SprayError
 from spray.flags import FlagStore
 from tests.test_correct_world import DATASET, World, build_world
 
@@ -131,6 +132,12 @@ def test_a_run_id_published_twice_is_said_aloud_and_the_newest_taken(
     got = find_source_run(runs, DATASET, "", rid)
     assert got.path == newer
     assert said and "published more than once" in said[0] and old.name in said[0]
+    # a named run of another dataset (an outside check: accepted, and the re-audit then compared the
+    # correction with that dataset's findings: "not flagged before either")
+    with pytest.raises(
+        SprayError, match=r"is run .* of dataset '.*', not of this config's dataset 'other-data'"
+    ):
+        find_source_run(runs, "other-data", "", rid)
 
 
 def _copy_world(audited: World, root: Path) -> World:

@@ -59,8 +59,8 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
     Raises
     ------
     SprayError
-        No such run (the message lists the runs there are, or says to run the audit first), or ``wanted``
-        names several.
+        No such run (the message lists the runs there are, or says to run the audit first), ``wanted``
+        names several, or a run of another dataset.
     """
     entries = scan_runs(runs_dir)
     for e in entries:
@@ -99,6 +99,12 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
             )
     path, reader = hits[0]
     s = reader.summary
+    if s.dataset != dataset:
+        raise SprayError(
+            f"correction.source_run {wanted!r} is run {path.name} of dataset {s.dataset!r}, not of this config's "
+            f"dataset {dataset!r}: its findings and sample ids belong to other data. Name a run of {dataset!r} "
+            "(or leave correction.source_run unset for the newest)."
+        )
     twins = [p.name for p, r in hits[1:] if r.summary.run_id == s.run_id]
     if twins:
         # A forced rerun publishes the same run id again; the newest folder is the one taken.
