@@ -162,3 +162,21 @@ def test_a_key_that_reads_as_a_numbered_class_is_refused_and_key_prefix_settles_
     lone = next(f for f in findings if f.class_index == 0 and f"2/{f.key.split('/', 1)[1]}" not in keys)
     res = _correct(world, capsys, lone.key)
     assert "ambiguous" not in res.output and lone.key in res.output
+
+
+def test_if_flagged_refuses_when_the_flags_sit_under_another_dataset_key(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: a misspelt data.name (or a data folder moved without one) found no flags, and
+    --if-flagged exited 0 without a word under -q: a nightly correction job would never run."""
+    run = RunReader.open(audited.runs_dir / "latest")
+    hashes = run.content_hashes() or {}
+    ids = [str(i) for i in np.flatnonzero(audited.planted)]
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("old-key", ids, "unlearn", content_hashes={i: hashes[i] for i in ids})
+    argv = ["correct", "--config", str(audited.config), "-q", "--method", "pclarc", "--flags-db", str(db)]
+    res = run_main([*argv, "--if-flagged"], capsys)
+    assert_clean_failure(res, 2, "--if-flagged found no flags", "'old-key'", "data.name")
+    FlagStore(db).flag("another-data", ["x"], "unlearn", content_hashes={"x": "not-these-images"})
+    FlagStore(db).unflag("old-key", ids)
+    assert run_main([*argv, "--if-flagged"], capsys).code == 0  # another dataset's flags: nothing to do here

@@ -265,6 +265,33 @@ def _accuracy_warning(rec: Any) -> str:
     return f"the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; {fix} before using it"
 
 
+def _refuse_another_keys_flags(cfg: Any) -> None:
+    """With ``--if-flagged`` and no flags under the config's dataset key: refuse (exit 2) when most flags
+    under another key name the images of this dataset's newest run (a misspelt ``data.name``, or a data
+    folder moved without one, whose key is its path): a nightly job would otherwise exit 0 forever."""
+    from spray.errors import ConfigError, SprayError
+    from spray.flags import FlagStore
+    from spray.flags.content import other_key_message
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import RunReader
+
+    db, dataset = cfg.flags_db_path(), cfg.dataset_key()
+    if not db.is_file():
+        return
+    for run in list_runs(cfg.output.runs_dir):
+        try:
+            reader = RunReader.open(run)
+            if reader.summary.dataset != dataset:
+                continue
+            message = other_key_message(FlagStore(db, read_only=True), dataset, reader.content_hashes() or {})
+        except (RunReadError, SprayError):
+            continue
+        if message:
+            raise ConfigError(f"--if-flagged found no flags to correct, and {message}")
+        return
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``spray correct``: unlearn the flagged shortcut, re-evaluate and re-audit (idempotent, resumable)."""
     from spray.correct.groups import NoFlagsError
@@ -283,6 +310,7 @@ def run_command(args: argparse.Namespace) -> int:
     except NoFlagsError as err:
         if not args.if_flagged:
             raise
+        _refuse_another_keys_flags(cfg)
         log.info("nothing to correct: %s", err)
         return 0
     sys.stdout.write(_table(outcome) + "\n")
