@@ -288,6 +288,20 @@ def _content_message(dataset: str, path: str, sample_id: str | None = None) -> s
     return describe(bind_flags(flags, hashes), path) if flags else ""
 
 
+def left_out(dataset: str, path: str) -> set[tuple[str, str]]:
+    """The ``(dataset, sample_id)`` of flags that no longer name the images they were set on in the newest run
+    of the audit ``path`` belongs to (moved, replaced, gone): left out of the export, as ``spray flags export
+    --runs-dir`` does (empty without flags or content hashes to check against)."""
+    store = reader()
+    newest = _newer_run(path)
+    run = str(newest) if newest is not None else path
+    hashes = common.content_hashes(run)
+    if store is None or hashes is None:
+        return set()
+    binding = bind_flags(store.current(dataset), hashes)
+    return {(dataset, c.flag.sample_id) for c in binding.changed}
+
+
 def sample_content_warning(dataset: str, path: str, sample_id: str) -> None:
     """A warning on a sample's page when its flag was set on another image than this run holds under its id."""
     message = _content_message(dataset, path, sample_id)

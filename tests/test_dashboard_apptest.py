@@ -376,8 +376,11 @@ def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_othe
     at = ok(app(run=runs[2].name).run())
     warned = texts(at)
     assert "Flags on other images" in warned and "3 flagged sample ids now name other content" in warned
-    # the Flags page, whose export hands the ids to unlearning, says it too
-    assert "Flags on other images" in texts(ok(at.switch_page("views/flags.py").run()))
+    # the Flags page, whose export hands the ids to unlearning, says it too, and leaves them out of the
+    # download as `spray flags export --runs-dir` does (an outside check: the download held them)
+    page = ok(at.switch_page("views/flags.py").run())
+    assert "Flags on other images" in texts(page) and "3 flags are left out" in texts(page)
+    assert "0 samples. Same output as `spray flags export --runs-dir RUNS" in texts(page)
     # A flag set on the new run's page records the new run's content, which clears the warning.
     at.switch_page("views/sample.py")
     at.query_params["sample"] = ids[0]

@@ -85,10 +85,23 @@ ex_status = st.selectbox("Which flags", [*STATUSES, "all"], key="fl_export_statu
 if store is None:
     st.caption("Nothing to export yet.")
     st.stop()
-frame = store.export_frame(dataset, None if ex_status == "all" else ex_status)
+# Flags whose ids now name other images (a replaced or renamed file) never reach an unlearning job.
+skip = (
+    flagform.left_out(dataset, str(Path(cur[0]) / cur[1]))
+    if cur is not None and dataset == run_dataset
+    else set()
+)
+frame = store.export_frame(dataset, None if ex_status == "all" else ex_status, leave_out=skip)
+source = "--runs-dir RUNS" if cur is not None and dataset == run_dataset else "--db DB"
 st.caption(
-    f"{len(frame):,} samples. Same output as `spray flags export --db DB --format csv --status {ex_status}` "
+    f"{len(frame):,} samples. Same output as `spray flags export {source} --format csv --status {ex_status}` "
     "(CSV cells that a spreadsheet would run as formulas start with `'`; JSON and Parquet keep every value)."
+    + (
+        f" **{len(skip):,} flags are left out:** they no longer name the images they were set on (see "
+        "**Flags on other images** above)."
+        if skip
+        else ""
+    )
 )
 cols_dl = st.columns(len(EXPORT_FORMATS))
 safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)
