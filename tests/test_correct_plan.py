@@ -54,6 +54,49 @@ def test_test_data_gets_the_data_transform_through_the_command_line(audited: Wor
     assert len(plan.clean_rows) == 30 and len(plan.train_rows) == len(audited.labels)
 
 
+def test_held_out_data_must_mean_what_the_audited_data_means(audited: World, tmp_path: Path) -> None:
+    """An outside check, three silent wrong evaluations: a test folder without one class folder re-indexed
+    the later classes, a test transform that set one option dropped the audited mean and std, and test
+    images of another size ended in a raw matrix-shape error."""
+    from PIL import Image
+
+    from spray.correct.held_out import held_out_config
+    from spray.errors import ConfigError
+
+    world = _copy_world(audited, tmp_path / "w")
+
+    def folder(name: str, classes: list[int], size: int = 12) -> str:
+        for c in classes:
+            (world.root / name / str(c)).mkdir(parents=True)
+            for i in np.flatnonzero(audited.labels == c)[:5]:
+                img = Image.fromarray(audited.images[i]).resize((size, size))
+                img.save(world.root / name / str(c) / f"{i}.png")
+        return name
+
+    def plan_with(test_data: dict) -> object:
+        raw = yaml.safe_load(world.config.read_text())
+        raw["data"]["transform"] = {"mean": [0.2], "std": [0.4]}
+        raw["correction"]["test_data"] = test_data
+        world.config.write_text(yaml.safe_dump(raw))
+        return plan_correction(_config(_args(world)))
+
+    # class folder "1" missing: its images would be labelled 1 = "2"
+    with pytest.raises(ConfigError, match=r"other classes than the audited data \(missing \['1'\]\)"):
+        plan_with({"kind": "image_folder", "path": folder("gap", [0, 2])})
+    # the last class missing keeps every label: accepted
+    assert len(plan_with({"kind": "image_folder", "path": folder("head", [0, 1])}).clean_rows) == 10
+    with pytest.raises(
+        ConfigError, match=r"reach the model as \(1, 16, 16\).*audited data's as \(1, 12, 12\)"
+    ):
+        plan_with({"kind": "image_folder", "path": folder("big", [0, 1, 2], size=16)})
+    # a test transform setting one option keeps the audited normalisation
+    plan = plan_with({"kind": "image_folder", "path": "head", "transform": {"colour_to_grey": "luma"}})
+    got = plan.clean_samples.dataset.transform.cfg
+    assert (got.mean, got.std, got.colour_to_grey) == ([0.2], [0.4], "luma")
+    cfg = _config(_args(world))
+    assert held_out_config(cfg).transform.mean == [0.2]
+
+
 def test_correction_id_follows_flags_method_and_parameters(audited: World) -> None:
     cfg = _config(_args(audited))
     first = plan_correction(cfg)

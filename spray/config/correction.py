@@ -272,8 +272,10 @@ class CorrectionConfig(Section):
     retrain_lr: float = Field(2e-3, gt=0.0, le=1.0, description="Baseline from scratch: learning rate.")
     test_data: DataConfig | None = Field(
         None,
-        description="Held-out data for the clean accuracy and the paste test (same format as 'data', and "
-        "data.transform unless it sets its own; relative paths resolve against the config's folder). Without it a seeded part of the audited "
+        description="Held-out data for the clean accuracy and the paste test (same format as 'data'; each "
+        "data.transform field it does not set, and data.class_names unless it names its own, come from 'data'; "
+        "refused when its labels name other classes or its images another input size; relative paths resolve "
+        "against the config's folder). Without it a seeded part of the audited "
         "data, kept out of fine-tuning, is used (the original model saw it in training).",
     )
     eval_fraction: float = Field(

@@ -29,6 +29,7 @@ from spray.correct.groups import (
     read_flags,
     unflagged_members,
 )
+from spray.correct.held_out import check_held_out, held_out_config
 from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
@@ -146,11 +147,7 @@ def _evaluation_rows(cfg: AuditConfig, samples: SampleSet) -> tuple[SampleSet, n
     """``(clean samples, their evaluation rows, rows of the audited data held out of training)``."""
     c = cfg.correction
     if c.test_data is not None:
-        data = c.test_data
-        if "transform" not in data.model_fields_set:
-            # held-out data goes through the audited data's transform unless it has its own
-            data = data.model_copy(update={"transform": cfg.data.transform})
-        test = SampleSet.build(data)
+        test = SampleSet.build(held_out_config(cfg))
         return test, np.arange(len(test)), np.zeros(0, dtype=np.int64)
     n = max(1, round(c.eval_fraction * len(samples)))
     held = seeded_subset(np.arange(len(samples)), n, cfg.seed, "eval-split")
@@ -255,6 +252,11 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     cfg.correction.layer = resolve_layer(model, c.layer, example)
     clean_samples, clean_rows, held = _evaluation_rows(cfg, samples)
     clean_samples.match_model(model)
+    if clean_samples is not samples:
+        one = np.arange(1)
+        check_held_out(
+            clean_samples, samples, tuple(clean_samples.inputs(one).shape[1:]), tuple(example.shape[1:])
+        )
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
     weights = model_hash(model, cfg.model.factory)
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
