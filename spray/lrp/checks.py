@@ -172,7 +172,12 @@ def _message(call: CallRecord, error: float) -> str:
         f"relevance is not conserved in {where} ({kind}): {abs(error):.1%} of the relevance through it "
         f"is {what} "
     )
-    skip = "To explain the model anyway, turn the check off: Explainer(..., self_check=False) or lrp.self_check: false."
+    skip = (
+        "From the command line: a normalisation written in forward() belongs in data.transform (mean, std); "
+        "other operations need a model.factory that returns the model with them in a module. In Python, "
+        "Explainer(..., self_check=False) explains the model anyway (the command line has no such switch: "
+        "its heatmaps would be wrong without a word)."
+    )
     if isinstance(call.module, RuleModule):
         return (
             head + f"by its rule {call.module.rule!r}, which should conserve it (biases set to 0). Give "

@@ -35,11 +35,20 @@ def check_runs_dir(runs_dir: Path) -> bool:
     Raises
     ------
     ConfigError
-        ``runs_dir`` is a file, or cannot be created (a parent is a file, no permission, read-only).
+        ``runs_dir`` is a file, or cannot be created (a parent is a file, no permission, read-only), or its
+        ``latest`` is not a link.
     """
     key = "output.runs_dir (or --runs-dir)"
     if runs_dir.exists() and not runs_dir.is_dir():
         raise ConfigError(f"{key} {str(runs_dir)!r} is a file, not a folder. Point it at a folder.")
+    latest = runs_dir / LATEST
+    if latest.exists() and not latest.is_symlink():
+        # no run could be published (the link cannot replace a folder), and every rerun would answer "up to date"
+        raise ConfigError(
+            f"{str(latest)!r} is a {'folder' if latest.is_dir() else 'file'}, not the link spray keeps to the newest "
+            "run (a copy made with cp -L or rsync -L turns the link into a folder). Remove it (`rm -r` it, or move "
+            "it away if it holds the only copy of a run) and run again: spray writes the link anew."
+        )
     if not runs_dir.exists():
         try:
             runs_dir.mkdir(parents=True, exist_ok=True)

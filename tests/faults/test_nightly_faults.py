@@ -116,6 +116,20 @@ def test_runs_dir_argument_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_a_latest_that_is_a_folder_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: a runs folder restored with cp -rL holds `latest` as a folder; every run then
+    published its folder and failed with a raw IsADirectoryError, and the rerun said "up to date" (1, 0, 1...)."""
+    cfg = _config(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "latest").mkdir(parents=True)
+    (runs / "latest" / "summary.json").write_text("{}")
+    res = _run(capsys, cfg, "--runs-dir", str(runs))
+    assert_clean_failure(res, EXIT_CONFIG, "latest", "is a folder, not the link", "cp -L")
+    assert [p.name for p in runs.iterdir()] == ["latest"]  # nothing computed or published
+
+
 def test_output_runs_dir_in_the_config_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _edit(_config(tmp_path), "output", runs_dir=str(tmp_path / "afile"))
     (tmp_path / "afile").write_text("x")
