@@ -49,7 +49,9 @@ class ModelAccuracy:
     n_samples : int
         Samples counted.
     near_chance : bool
-        The accuracy is within :data:`NEAR_CHANCE` of the gap above ``majority_share`` (and enough samples).
+        The accuracy is within :data:`NEAR_CHANCE` of the gap above the trivial answer's (and enough
+        samples): ``majority_share``, or with one class audited, guessing among the model's classes
+        (``1 / n_classes``), since always answering the only class would be right every time.
     shifted : dict[str, str]
         Class name → the other class name its images are mostly (:data:`SHIFTED_SHARE`) predicted as.
     unrecognised : dict[str, float]
@@ -63,6 +65,9 @@ class ModelAccuracy:
     near_chance: bool
     shifted: dict[str, str] = field(default_factory=dict)
     unrecognised: dict[str, float] = field(default_factory=dict)
+    #: Classes among the audited labels, and the model's classes: one of many is a one-class audit.
+    classes_present: int = 0
+    n_classes: int = 0
 
 
 def _name(names: list[str], i: int) -> str:
@@ -120,15 +125,24 @@ def model_accuracy(
     labels, predictions = labels.astype(np.int64), predictions.astype(np.int64)
     acc = float(np.mean(labels == predictions))
     majority = float(np.bincount(labels).max() / n)
-    near = n >= ACCURACY_MIN_SAMPLES and acc < majority + NEAR_CHANCE * (1.0 - majority)
+    present, k = len(np.unique(labels)), max(len(class_names), 1)
+    chance = majority if present > 1 else 1.0 / k
+    near = n >= ACCURACY_MIN_SAMPLES and acc < chance + NEAR_CHANCE * (1.0 - chance)
     shifted = _shifted(labels, predictions, class_names)
     lost = _unrecognised(labels, predictions, class_names, shifted)
-    got = ModelAccuracy(acc, majority, n, near, shifted, lost)
+    got = ModelAccuracy(acc, majority, n, near, shifted, lost, present, k)
     # Said even when nothing is wrong: only the user knows the accuracy the model was trained to.
     log.info("%s", accuracy_sentence(asdict(got)))
     for problem in problems(asdict(got)):
         log.warning("%s", problem)
     return got
+
+
+def _trivial(acc: dict[str, Any]) -> str:
+    """What the trivial answer would score, in words (a one-class audit: guessing among the classes)."""
+    if acc.get("classes_present") == 1 and int(acc.get("n_classes") or 0) > 1:
+        return f"guessing among its {int(acc['n_classes'])} classes gives {1 / int(acc['n_classes']):.0%}"
+    return f"always answering the largest class gives {acc['majority_share']:.0%}"
 
 
 def accuracy_sentence(acc: dict[str, Any]) -> str:
@@ -209,7 +223,7 @@ def problems(acc: dict[str, Any]) -> list[str]:
     if acc.get("near_chance"):
         out.append(
             f"The model gives the true label for only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited "
-            f"images (always answering the largest class gives {acc['majority_share']:.0%}): its inputs probably "
+            f"images ({_trivial(acc)}): its inputs probably "
             "differ from training (data.transform: resize, center_crop, mean/std, channels; a dataset that "
             "normalises its images itself), the classes are in another order, or the weights are not the trained "
             "ones (model.checkpoint). Its heatmaps show no shortcut: no finding here does not mean a clean model."

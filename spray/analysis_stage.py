@@ -92,14 +92,13 @@ def make_probe(
     cfg: AuditConfig,
     paste: _PasteContext,
     explainer: Any | None = None,
-) -> InterventionProbe | None:
-    """The paste test's probe for one class (None when no other class has samples), asking ``forward``;
-    with ``explainer`` (a :class:`spray.lrp.Explainer` with a concept layer) it also computes
-    concept-conditional heatmaps."""
+) -> InterventionProbe:
+    """The interventions' probe for one class, asking ``forward``; with ``explainer`` (a
+    :class:`spray.lrp.Explainer` with a concept layer) it also computes concept-conditional heatmaps. When
+    no other class has samples (one class audited) it has no paste targets: the appearance and the removal
+    test, which need only the class's own images, still run."""
     labels = inputs.labels
     other = paste.target_order[labels[paste.target_order] != class_index]
-    if len(other) == 0:
-        return None
     pick = other[: cfg.scoring.intervention_samples]
 
     def load_inputs(sample_ids: list[str]) -> torch.Tensor:

@@ -79,7 +79,7 @@ LRP_VERSION = 9
 # relevance", pixels that are the same in every image, and no null sentence without a comparison.
 # 18: scoring.graded_suspicion on by default: samples.parquet's score grades the rest of a flagged
 # cluster's class by its likeness to the stamp (flags, findings and their scores unchanged).
-ANALYSIS_VERSION = 18
+ANALYSIS_VERSION = 19
 
 
 def code_version() -> str:

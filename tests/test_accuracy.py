@@ -36,6 +36,23 @@ def test_near_chance_warns(caplog: pytest.LogCaptureFixture) -> None:
     assert model_accuracy(np.array([], int), np.array([], int), NAMES) is None
 
 
+def test_a_one_class_audit_is_judged_against_guessing(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: auditing one class (the other folders empty, as documented) compared a 98 %
+    accurate model with "always answering the largest class gives 100 %" and warned that its inputs differ
+    from training."""
+    labels = np.full(50, 2)
+    good = labels.copy()
+    good[:1] = 0
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        got = model_accuracy(labels, good, NAMES)
+    assert got is not None and got.accuracy == 0.98 and not got.near_chance and not caplog.records
+    guessed = np.arange(50) % 4  # a quarter right: what guessing among the 4 classes gives
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        bad = model_accuracy(labels, guessed, NAMES)
+    assert bad is not None and bad.near_chance
+    assert "guessing among its 4 classes gives 25%" in caplog.text and "largest class" not in caplog.text
+
+
 def test_swapped_class_folders_are_named(caplog: pytest.LogCaptureFixture) -> None:
     """Two folders swapped: accuracy 50 %, not near chance, but each swapped class is predicted as the other."""
     labels = np.repeat([0, 1, 2, 3], 20)

@@ -96,3 +96,36 @@ def test_the_reason_survives_the_summary(tmp_path: Path) -> None:
     report.classes_skipped = [ClassSkipped(1, "b", 30, ZERO_HEATMAPS)]
     run = write_published(tmp_path / "runs", report, stage)
     assert read_report(run).classes_skipped == [ClassSkipped(1, "b", 30, ZERO_HEATMAPS)]
+
+
+def test_a_one_class_audit_still_runs_the_removal_test(tmp_path: Path) -> None:
+    """An outside check: auditing one class of a model (the other classes without images, as docs/config.md
+    suggests) ran no intervention at all, since the paste test has no other-class image to paste into; the
+    planted group was unflagged (score 0.07 against 0.60 with every class). The removal test needs only the
+    class's own images."""
+    import yaml
+
+    from spray.cli import main
+    from spray.data import write_idx
+    from spray.runs.reader import RunReader
+    from tests.test_correct_world import TARGET, build_world
+
+    world = build_world(tmp_path, flag=False)
+    only = world.labels == TARGET
+    write_idx(world.root / "images.idx", world.images[only])
+    write_idx(world.root / "labels.idx", world.labels[only].astype(np.uint8))
+    raw = yaml.safe_load(world.config.read_text())
+    raw["data"]["class_names"] = ["bar", "ring", "wide ring"]
+    world.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    reader = RunReader.open(world.runs_dir / "latest")
+    summary = reader.summary
+    top = reader.findings()[0]
+    planted = {str(i) for i in range(int(only.sum())) if world.planted[only][i]}
+    assert top.suspicious and set(top.member_ids) <= planted, top.evidence
+    assert "flagged by the removal test" in top.evidence
+    assert "no paste test: no image of another class was audited to paste into" in top.evidence
+    from spray.accuracy import recorded_accuracy, recorded_problems
+
+    acc = recorded_accuracy(summary.extra)
+    assert acc is not None and acc["classes_present"] == 1 and not recorded_problems(summary.extra)

@@ -57,7 +57,9 @@ run's `summary.json`; the run goes on.
   as torchvision's ImageFolder does not apply it: a photo is read as its pixels are stored. A folder
   without class folders is refused. One class folder is label 0: right for a model with one output, and
   refused for a model with more (it would be explained as the model's class 0). To audit one class of a
-  multi-class model, give every class of the model a folder (the others may be empty).
+  multi-class model, give every class of the model a folder (the others may be empty): its candidates then get
+  the appearance and the removal test (which need only its own images) but no paste test (no image of another
+  class to paste into; the evidence says so), and the accuracy check compares with guessing among the classes.
 - Where torchvision's ImageFolder reads a folder otherwise, the log and `spray init` say so: `.gif` files
   are audited (ImageFolder does not list them), and 16-bit grey images are scaled (ImageFolder's
   `convert("RGB")` clips every value above 255 to white, so a model trained through it saw other images).

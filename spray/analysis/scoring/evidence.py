@@ -66,6 +66,8 @@ def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]
         else f"the same region from other {class_name} images"
     )
     removed = "their own hot pixels" if test.region_kind == "concept" else "it"
+    if test.no_targets:
+        out.append("no paste test: no image of another class was audited to paste into")
     if test.flip_rate is not None:
         out.append(
             f"pasting it into {test.flip_targets} other-class images turns {pct(test.flip_rate)} into {class_name}"

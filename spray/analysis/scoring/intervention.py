@@ -118,6 +118,8 @@ class InterventionTest:
     uniform : bool
         The region's pixels are the same in every donor, members and non-members alike (appearance 0: nothing
         to tell apart, not "as varied as the class").
+    no_targets : bool
+        The paste test could not run: no image of another class was audited (a one-class audit).
     flip_rate : float, optional
         Share of valid targets that flip to the class with the members' region pasted; None when the
         paste was not run.
@@ -151,6 +153,7 @@ class InterventionTest:
     paste_gain_p: float = 1.0
     null_count: int = -1
     uniform: bool = False
+    no_targets: bool = False
 
     @property
     def intervened(self) -> bool:
@@ -407,6 +410,7 @@ def run_interventions(
     donors' regions ``seen.m_in`` / ``seen.m_out`` filled in."""
     if config.removal:
         test.removal = removal_test(probe, class_index, donors, seen)
+    test.no_targets = targets is None
     paste = paste_test(probe, class_index, donors, seen, targets, config) if targets is not None else None
     if paste is not None:
         test.take_paste(paste)
