@@ -167,9 +167,28 @@ def test_torchrun_a_rank_killed_outright_is_named_by_rank_0(prepared: Prepared, 
     p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0, p.stderr[-3000:]
     st = json.loads(status.read_text())
-    assert st["exit_code"] not in (None, EXIT_OK) and st["status"] in ("failed", "terminated"), st
+    # a failure, not a scheduler's stop: 1, as in one process (torchrun's SIGTERM to rank 0 gave 143)
+    assert st["exit_code"] == 1 and st["status"] == "failed", st
     assert st["error"].startswith("rank 1 (pid ") and "without a final status" in st["error"], st
     assert any("distributed run ended because rank 1" in r["msg"] for r in parse_logs(p.stderr))
+
+
+def test_torchrun_a_rank_failing_in_the_batch_stage_is_a_failure_not_a_stop(
+    prepared: Prepared, tmp_path: Path
+) -> None:
+    """An outside check: a sample only rank 1's shard reads failed (relevance overflow); torchrun stopped rank 0
+    with SIGTERM, whose status then said 143 "terminated" (a scheduler's stop, resumed next time) instead of
+    1 "failed", as the same error gives in one process or on rank 0."""
+    cfg = prepared.config("torchrun-batch-failure")
+    status = tmp_path / "status.json"
+    args = [*TORCHRUN, "-m", "tests.rank_failure", "run", "--config", str(cfg)]
+    args += ["--runs-dir", str(tmp_path / "runs"), "--status-file", str(status)]
+    env = {**spray_env(), "SPRAY_TEST_RANK1": "batch"}
+    p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0, p.stderr[-3000:]
+    st = json.loads(status.read_text())
+    assert st["exit_code"] == 1 and st["status"] == "failed", st
+    assert "rank 1 failed: " in st["error"] and "injected: relevance overflow on rank 1" in st["error"], st
 
 
 def test_rank_0_reads_a_failed_ranks_file_of_this_run(tmp_path: Path) -> None:

@@ -122,7 +122,13 @@ def run_command(args: argparse.Namespace) -> int:
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
         if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
-            _name_lost_ranks(status, lost_ranks(status_file, world, started))
+            lost = lost_ranks(status_file, world, started)
+            _name_lost_ranks(status, lost)
+            if lost and code == EXIT_TERMINATED:
+                # torchrun stops the other ranks with SIGTERM when one fails or vanishes: a failure (1), not a
+                # scheduler's stop (143), as the same error gives in one process
+                code = EXIT_FAILURE
+                status.update(exit_code=code, status="failed")
         _write_status(status_file, status)
     elif status_file is None:
         pass
