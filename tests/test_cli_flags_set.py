@@ -142,6 +142,14 @@ def test_sample_ids_from_a_file_are_taken_exactly_and_the_run_is_named(
     ids.write_text("1\n")
     assert run_main([*unset, "--sample-ids-file", str(ids)], capsys).code == 0
     assert [f.sample_id for f in FlagStore(db).current(DATASET)] == ["0"]
+    # an outside check: a byte-order mark (a file saved by a Windows editor) made the first id unknown, and
+    # a repeated id was counted twice ("flagged 3 samples", 2 stored)
+    ids.write_bytes("\ufeff2\r\n3\r\n".encode())
+    res = run_main([*base, "--sample-ids-file", str(ids)], capsys)
+    assert res.code == 0 and "flagged 2 samples" in res.output
+    res = run_main([*base, "--sample-ids", "4,4,5"], capsys)
+    assert res.code == 0 and "flagged 2 samples" in res.output
+    assert sorted(f.sample_id for f in FlagStore(db).current(DATASET)) == ["0", "2", "3", "4", "5"]
 
 
 def test_flags_moved_to_another_finding_are_said_and_a_finding_can_be_unflagged(

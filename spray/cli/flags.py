@@ -231,7 +231,8 @@ def _sample_ids(
     ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
     if args.sample_ids_file:
         try:
-            text = Path(args.sample_ids_file).read_text(encoding="utf-8")
+            # utf-8-sig: a file saved with a byte-order mark (Windows editors) would prefix its first id
+            text = Path(args.sample_ids_file).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"--sample-ids-file {args.sample_ids_file}: cannot read it ({err}).") from err
         ids += [line for line in text.split("\n") if line.strip()]
@@ -250,7 +251,7 @@ def _sample_ids(
             else ""
         )
         raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.{hint}")
-    return ids
+    return list(dict.fromkeys(ids))  # once each: the count said is the count stored
 
 
 def _author(args: argparse.Namespace) -> str:
