@@ -134,6 +134,16 @@ def test_fields_of_another_method_are_warned_about_and_left_out_of_the_id(
     rr = _config(_args(audited))
     rr.correction.rr_directions = 4
     assert plan_correction(rr).correction_id != plan_correction(_config(_args(audited))).correction_id
+    # the training loop's fields too (an outside check: --epochs 7 with P-ClArC, no warning, a new id and the
+    # same projection computed again)
+    caplog.clear()
+    assert plan_correction(_config(_args(audited, "--method", "pclarc", "--epochs", "7"))).correction_id == (
+        pclarc.correction_id
+    )
+    assert "correction.epochs" in caplog.text and "does not use them (only rrclarc / retrain)" in caplog.text
+    assert plan_correction(_config(_args(audited, "--epochs", "7"))).correction_id != (
+        plan_correction(_config(_args(audited))).correction_id
+    )
 
 
 def test_a_runs_directory_that_does_not_exist_is_named_and_not_created(tmp_path: Path) -> None:

@@ -104,11 +104,35 @@ METHOD_FIELDS = {
     ),
     "retrain": ("retrain_mode", "retrain_init", "retrain_epochs", "retrain_lr"),
 }
+#: Fields of the training loop, read by the methods that train (P-ClArC only projects).
+TRAINING_FIELDS = (
+    "train_scope",
+    "epochs",
+    "finetune_samples",
+    "activation_cache_mb",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "lr_schedule",
+    "momentum",
+    "weight_decay",
+    "checkpoint_every",
+)
+TRAINING_METHODS = ("rrclarc", "retrain")
 
 
 def ignored_fields(method: str) -> set[str]:
-    """The ``correction`` fields that ``method`` does not read (those of the other methods)."""
-    return {f for m, fields in METHOD_FIELDS.items() if m != method for f in fields}
+    """The ``correction`` fields that ``method`` does not read (those of the other methods, and the training
+    loop's for a method that does not train)."""
+    own = {f for m, fields in METHOD_FIELDS.items() if m != method for f in fields}
+    return own | (set(TRAINING_FIELDS) if method not in TRAINING_METHODS else set())
+
+
+def _readers(fields: set[str]) -> str:
+    """The methods that read any of ``fields``, for the warning."""
+    users = [m for m, own in METHOD_FIELDS.items() if set(own) & fields]
+    users += [m for m in TRAINING_METHODS if fields & set(TRAINING_FIELDS) and m not in users]
+    return " / ".join(users)
 
 
 def warn_ignored(cfg: AuditConfig) -> None:
@@ -121,7 +145,7 @@ def warn_ignored(cfg: AuditConfig) -> None:
             ", correction.".join(unused),
             c.method,
             "it" if len(unused) == 1 else "them",
-            " / ".join(m for m, fields in METHOD_FIELDS.items() if set(fields) & set(unused)),
+            _readers(set(unused)),
         )
 
 
