@@ -93,6 +93,35 @@ def test_group_limits(world: World, samples: SampleSet) -> None:
     assert len(g.fit_reference) + len(g.held_reference) == 20
 
 
+def test_refusals_name_what_took_the_flags(world: World, samples: SampleSet, tmp_path: Path) -> None:
+    """An outside check: "0 usable flagged samples (flagged 22)" without saying the evaluation hold-out took
+    them; "No 'unlearn' flags of finding X" without the finding's 'investigate' flags; "narrow the flags with
+    correction.cluster_key" when it was given."""
+    flags = read_flags(world.flags_db, DATASET, CorrectionConfig())
+    rows = samples.rows_of(flags.sample_ids).rows
+    with pytest.raises(
+        SprayError, match=rf"flagged {len(rows)}, {len(rows)} of them kept out as the evaluation"
+    ):
+        artifact_group(samples, flags, CorrectionConfig(min_group_size=5), 0, rows)
+    db = tmp_path / "f.sqlite"
+    FlagStore(db).flag(DATASET, flags.sample_ids, "investigate", cluster_key="1/k2/c0")
+    with pytest.raises(
+        NoFlagsError, match=rf"The dataset has {len(rows)} 'investigate' flags: set correction"
+    ):
+        read_flags(db, DATASET, CorrectionConfig())
+    FlagStore(db).flag(DATASET, flags.sample_ids[:1], "unlearn", cluster_key="9/k2/c0")
+    with pytest.raises(
+        NoFlagsError, match=rf"The finding has {len(rows) - 1} 'investigate' flags: set correction"
+    ):
+        read_flags(db, DATASET, CorrectionConfig(cluster_key="1/k2/c0"))
+    other = str(samples.sample_ids[int(np.flatnonzero(samples.labels != TARGET)[0])])
+    FlagStore(db).flag(DATASET, [*flags.sample_ids, other], "unlearn", cluster_key="1/k2/c0")
+    keyed = read_flags(db, DATASET, CorrectionConfig(cluster_key="1/k2/c0"))
+    with pytest.raises(SprayError, match="the flags of finding 1/k2/c0 themselves span them") as got:
+        artifact_group(samples, keyed, CorrectionConfig(cluster_key="1/k2/c0"), 0, np.zeros(0, np.int64))
+    assert "narrow the flags" not in str(got.value)
+
+
 def test_region_is_the_planted_square(world: World, samples: SampleSet) -> None:
     from spray.config import LRPConfig
     from spray.correct.relevance import normalise, relevance_maps

@@ -109,8 +109,12 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     datasets = store.datasets()
     if not rows:
         others = [d for d in datasets if d != dataset]
+        statuses = Counter(r.status for r in store.current(dataset))
         hint = (
-            f" The database has flags of other datasets: {', '.join(repr(d) for d in others)}; data.name (the "
+            f" The dataset has {', '.join(f'{n} {st!r}' for st, n in sorted(statuses.items()))} flags: set "
+            f"correction.flag_status to use them, or flag the shortcut's samples {cfg.flag_status!r}."
+            if statuses
+            else f" The database has flags of other datasets: {', '.join(repr(d) for d in others)}; data.name (the "
             "dataset key) must match the one the flags were set on."
             if others
             else " Flag the shortcut's samples in the dashboard first."
@@ -120,9 +124,18 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         keys = sorted({str(r.cluster_key) for r in rows if r.cluster_key})
         rows = [r for r in rows if r.cluster_key == cfg.cluster_key]
         if not rows:
+            statuses = Counter(
+                r.status for r in store.current(dataset) if r.cluster_key == cfg.cluster_key
+            )  # the finding's flags under another status (investigate, ok)
+            also = (
+                f" The finding has {', '.join(f'{n} {st!r}' for st, n in sorted(statuses.items()))} flags: set "
+                f"correction.flag_status to use them, or flag them {cfg.flag_status!r}."
+                if statuses
+                else ""
+            )
             message = (
                 f"No {cfg.flag_status!r} flags of finding {cfg.cluster_key!r} for dataset {dataset!r}; flags "
-                f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key."
+                f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key.{also}"
             )
             # A key no flag was ever set from is a typo (a config error even with --if-flagged); one whose
             # flags were all removed since is "nothing flagged".
@@ -241,8 +254,13 @@ def _choose_class(samples: SampleSet, rows: np.ndarray, cfg: CorrectionConfig) -
     if len(counts) > 1:
         raise SprayError(
             f"The flagged samples span several classes ({listing}). One correction removes one class's "
-            "shortcut: set correction.artifact_class (or --class), or narrow the flags with "
-            "correction.cluster_key."
+            "shortcut: set correction.artifact_class (or --class)"
+            + (
+                f"; the flags of finding {cfg.cluster_key} themselves span them (an image moved to another class "
+                "since it was flagged: spray flags check names it)."
+                if cfg.cluster_key is not None
+                else ", or narrow the flags with correction.cluster_key."
+            )
         )
     return next(iter(counts))
 
@@ -300,8 +318,11 @@ def artifact_group(
     if len(usable) < cfg.min_group_size:
         raise SprayError(
             f"Class {name} has {len(usable)} usable flagged samples; the artifact direction needs at least "
-            f"correction.min_group_size = {cfg.min_group_size} (flagged {len(in_class)}, class size {class_size}). "
-            "Flag more of the shortcut's samples, or lower correction.min_group_size."
+            f"correction.min_group_size = {cfg.min_group_size} (flagged {len(in_class)}, "
+            f"{len(in_class) - len(usable)} of them kept out as the evaluation hold-out or unreadable; class size "
+            f"{class_size}). "
+            "Flag more of the shortcut's samples, give correction.test_data (then none of the audited data is "
+            "held out), or lower correction.min_group_size."
         )
     if len(reference) < cfg.min_group_size:
         raise SprayError(
