@@ -111,6 +111,22 @@ def test_every_flags_action_takes_flags_db_as_dashboard_and_correct_do(
         assert "--flags-db PATH" in run_main(["flags", action, "--help"], capsys).stdout
 
 
+def test_flags_check_before_anything_was_flagged_is_not_an_error(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: `spray flags check` exited 2 when no flag database existed yet (a CI step read it
+    as a broken job); a --db that does not exist is still a typo."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(audited.runs_dir, runs, symlinks=True, ignore=shutil.ignore_patterns("flags.sqlite*"))
+    res = run_main(["flags", "check", "--runs-dir", str(runs)], capsys)
+    assert res.code == 0 and "0 flags on their content" in res.stdout, res.output
+    assert not (runs / "flags.sqlite").exists()  # checking creates nothing
+    res = run_main(["flags", "check", "--runs-dir", str(runs), "--db", str(tmp_path / "typo.sqlite")], capsys)
+    assert res.code == 2
+
+
 def test_a_missing_latest_link_says_to_give_the_run(
     audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -392,7 +392,9 @@ def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBindi
             "and check against the new run."
         )
     db = _run_db(args, run)
-    flags = FlagStore(db, read_only=True).current(reader.summary.dataset)
+    # no database beside the runs yet: nothing was ever flagged, which is not an error (a --db given is checked)
+    none_yet = not args.db and not db.exists()
+    flags = [] if none_yet else FlagStore(db, read_only=True).current(reader.summary.dataset)
     return reader, run, db, bind_flags(flags, hashes)
 
 
