@@ -7,7 +7,8 @@ both cases. Under torchrun every rank joins the process group (gloo on CPU, nccl
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,21 +25,49 @@ class DistContext:
 
     rank: int = 0
     world_size: int = 1
+    timeout_s: float = 1800.0
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @contextmanager
+    def meeting(self, what: str) -> Iterator[None]:
+        """Turn the process group's own errors in a collective (gloo's "Timed out waiting 20000ms for send
+        operation", a peer's "Connection closed") into a :class:`SprayError` that names this rank, where the
+        ranks meet and the setting."""
+        try:
+            yield
+        except RuntimeError as err:
+            text = str(err)
+            if "imed out" in text or "timeout" in text.lower():
+                why = (
+                    f"gave up waiting for the other ranks after batch.dist_timeout_s = {self.timeout_s:g} s: a rank "
+                    "is far slower (one large class, a slow disk) or stuck; raise batch.dist_timeout_s, or look "
+                    "at the slowest rank's log lines"
+                )
+            elif "closed" in text.lower() or "reset by peer" in text.lower():
+                why = (
+                    "lost the connection to another rank, which ended (its status file and log lines say why)"
+                )
+            else:
+                raise
+            raise SprayError(
+                f"rank {self.rank} of {self.world_size} {why} (where the ranks meet: {what}; {text.splitlines()[0][:200]})"
+            ) from None
+
     def barrier(self) -> None:
         if self.world_size > 1:
-            dist.barrier()
+            with self.meeting("a barrier"):
+                dist.barrier()
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if self.world_size == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        with self.meeting("rank 0's broadcast"):
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def sum_counts(self, counts: list[int]) -> list[int]:
@@ -46,7 +75,8 @@ class DistContext:
         if self.world_size == 1:
             return list(counts)
         every: list[Any] = [None] * self.world_size
-        dist.all_gather_object(every, list(counts))
+        with self.meeting("the count of every rank's work"):
+            dist.all_gather_object(every, list(counts))
         return [int(sum(c[i] for c in every)) for i in range(len(counts))]
 
     def scatter_objects(self, make: Callable[[int], Any]) -> Any:
@@ -58,12 +88,13 @@ class DistContext:
         make : callable
             ``make(rank) -> object``; called on rank 0 only.
         """
-        if self.is_main:
-            for r in range(1, self.world_size):
-                dist.send_object_list([make(r)], dst=r)
-            return make(0)
-        box: list[Any] = [None]
-        dist.recv_object_list(box, src=0)
+        with self.meeting("rank 0 sending each rank its share"):
+            if self.is_main:
+                for r in range(1, self.world_size):
+                    dist.send_object_list([make(r)], dst=r)
+                return make(0)
+            box: list[Any] = [None]
+            dist.recv_object_list(box, src=0)
         return box[0]
 
     def gather_to_main(self, items: list[Any]) -> list[Any]:
@@ -81,7 +112,8 @@ class DistContext:
         for i in range(rounds):
             mine = items[i] if i < len(items) else None
             box: list[Any] | None = [None] * self.world_size if self.is_main else None
-            dist.gather_object((i < len(items), mine), box, dst=0)
+            with self.meeting("rank 0 gathering the ranks' results"):
+                dist.gather_object((i < len(items), mine), box, dst=0)
             if box is not None:
                 for r, (present, item) in enumerate(box):
                     if present:
@@ -100,7 +132,8 @@ class DistContext:
             return
         msgs: list[Any] = [None] * self.world_size
         mine = None if err is None else (type(err).__name__, str(err), getattr(err, "exit_code", 1))
-        dist.all_gather_object(msgs, mine)
+        with self.meeting("the check that every rank finished its step"):
+            dist.all_gather_object(msgs, mine)
         if err is not None:
             raise err
         for rank, m in enumerate(msgs):
@@ -132,4 +165,4 @@ def dist_context(device: torch.device, timeout_s: float = 1800.0) -> DistContext
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
         )
-    return DistContext(dist.get_rank(), dist.get_world_size())
+    return DistContext(dist.get_rank(), dist.get_world_size(), timeout_s)
