@@ -17,7 +17,12 @@ for arg in "$@"; do
     prev="$arg"
 done
 extra=()
-if [[ -z "$status" ]]; then
+if [[ -n "$status" ]]; then
+    # emptied first: a torchrun or worker that fails before rank 0 writes "running" must not leave the
+    # previous run's exit code there for this wrapper to return
+    : > "$status" || { echo "spray-torchrun: cannot write --status-file $status" >&2; exit 2; }
+    rm -f "$status".rank*
+else
     status="$(mktemp -t spray-status.XXXXXX)"
     trap 'rm -f "$status" "$status".rank*' EXIT
     extra=(--status-file "$status")

@@ -5,20 +5,25 @@ change whenever the model computes something else. It covers:
 
 - every parameter and persistent buffer (the ``state_dict``), by name, shape and bytes;
 - the source of every module class in the model (an edited ``forward``);
-- the whole source file of every **user module** the model's classes and the factory come from, and of
-  the user modules those import (names bound at module level: ``import utils``, ``from utils import
-  prep``), transitively. A helper called by ``forward`` (``prep(x)``), a module-level constant, or the
-  factory's own body changes the model without changing a class.
+- the source files of the **user's modules** behind the model: the modules its classes and the factory come
+  from, and the user modules those import at module level (``import utils``, ``from .prep import scale``),
+  transitively. A helper called by ``forward`` (``prep(x)``), a module-level constant or the factory's own
+  body changes the model without changing a class.
 
-A user module is one whose file lies outside the Python installation (standard library and
-site-packages) and outside spray itself (whose models are covered by the class sources and by
-:data:`spray.versions.LRP_VERSION`): a library upgrade does not recompute every cache, an edit to the
-user's own files does. Code reached only at run time (``importlib.import_module`` inside ``forward``) is not
-seen; ``docs/run_layout.md`` says how to recompute by hand.
+A user module is one whose file lies in the user's project: the folder that holds the top-level package (or
+the module) of a model class or of the factory, outside the Python installation (standard library and
+site-packages) and outside spray, whose own models are covered by the class sources and by
+:data:`spray.versions.LRP_VERSION`. The imports are read from the files' text (top-level statements, not
+those inside functions), so the hash depends on the files alone, never on what else a process happens to
+have imported (``spray audit`` and ``spray correct`` must agree). Not covered: code imported only while
+running (inside a function), modules without a file (a notebook's ``__main__``), and edits made after the
+module was imported in a long-lived session (the file on disk is hashed); ``docs/nightly.md`` says how to
+recompute by hand.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import site
@@ -27,7 +32,6 @@ import sysconfig
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
@@ -71,47 +75,98 @@ def _class_sources(model: nn.Module) -> list[str]:
 
 def user_sources(module_names: Iterable[str]) -> list[tuple[str, bytes]]:
     """``(module name, source bytes)`` of the user modules among ``module_names`` and of the user modules
-    they import, transitively (sorted by name; modules not imported yet are skipped)."""
+    they import at module level, transitively (sorted by name).
+
+    Parameters
+    ----------
+    module_names : iterable of str
+        The roots: the modules of the model's classes and of the factory (modules not imported yet, library
+        modules and modules without a file are skipped).
+
+    Returns
+    -------
+    list of (str, bytes)
+    """
+    roots = [n for n in dict.fromkeys(module_names) if _user_file(n, None) is not None]
+    projects = {p for n in roots if (p := _project(n)) is not None}
     seen: dict[str, bytes] = {}
-    todo = [n for n in dict.fromkeys(module_names)]
+    todo = list(roots)
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        module = sys.modules.get(name)
-        path = _user_file(module)
-        if module is None or path is None:
+        path = _user_file(name, projects)
+        if name in seen or path is None:
             continue
         try:
-            seen[name] = path.read_bytes()
+            data = path.read_bytes()
         except OSError:
             continue
-        todo.extend(n for n in _imported(module) if n not in seen)
+        seen[name] = data
+        todo.extend(n for n in _imports(name, data, path) if n not in seen)
     return sorted(seen.items())
 
 
-def _imported(module: ModuleType) -> set[str]:
-    """Names of the modules a module's globals come from (imported modules, functions, classes)."""
-    out = set()
-    for value in list(vars(module).values()):
-        if isinstance(value, ModuleType):
-            out.add(value.__name__)
+def _imports(name: str, source: bytes, path: Path) -> set[str]:
+    """Modules a module's top-level statements import (read from its text; not those inside functions)."""
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError):
+        return set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue  # runs later, if ever: what it imports depends on the run
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                out.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node.module or "", node.level, package)
+            if base:
+                out.add(base)
+                out.update(f"{base}.{alias.name}" for alias in node.names)  # submodules ("from . import x")
         else:
-            owner = getattr(value, "__module__", None)
-            if isinstance(owner, str) and owner != module.__name__:
-                out.add(owner)
+            todo.extend(ast.iter_child_nodes(node))
     return out
 
 
-def _user_file(module: ModuleType | None) -> Path | None:
-    """The module's ``.py`` file when it is user code (see the module docstring), else None."""
-    if module is None or module.__name__.split(".")[0] in LIBRARY_PACKAGES:
+def _absolute(module: str, level: int, package: str) -> str:
+    """The absolute name of ``from <level dots><module> import ...`` in ``package`` ('' when it leaves it)."""
+    if level == 0:
+        return module
+    parts = package.split(".") if package else []
+    if level - 1 > len(parts):
+        return ""
+    head = parts[: len(parts) - (level - 1)]
+    return ".".join([*head, module] if module else head)
+
+
+def _project(name: str) -> Path | None:
+    """The folder holding the top-level package (or the module) ``name`` belongs to."""
+    top = sys.modules.get(name.split(".")[0])
+    file = getattr(top, "__file__", None)
+    if top is None or not file:
+        return None
+    path = Path(file).resolve()
+    # a package's __init__ sits in the package's folder; its project is the folder above
+    return path.parent.parent if hasattr(top, "__path__") else path.parent
+
+
+def _user_file(name: str, projects: set[Path] | None) -> Path | None:
+    """The ``.py`` file of module ``name`` when it is user code (see the module docstring): imported, not a
+    library or the installation's, and (``projects`` given) inside one of the projects."""
+    module = sys.modules.get(name)
+    if module is None or name.split(".")[0] in LIBRARY_PACKAGES:
         return None
     file = getattr(module, "__file__", None)
     if not file or not str(file).endswith(".py"):
         return None
     path = Path(file).resolve()
     if any(path.is_relative_to(root) for root in _installation_roots()):
+        return None
+    if projects is not None and not any(path.is_relative_to(p) for p in projects):
         return None
     return path
 

@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import pytest
@@ -303,33 +304,63 @@ def test_the_model_hash_follows_module_level_code_and_the_factory(
     from spray.lab.cnn import small_cnn
     from spray.model_identity import user_sources
 
-    helper = tmp_path / "helper_mod.py"
-    net = tmp_path / "net_mod.py"
-    helper.write_text("SCALE = 1.0\n\ndef prep(x):\n    return x * SCALE\n")
-    body = (
+    (tmp_path / "helper_mod.py").write_text("SCALE = 1.0\n\ndef prep(x):\n    return x * SCALE\n")
+    (tmp_path / "net_mod.py").write_text(
         "import torch\nfrom helper_mod import prep\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
-        "        super().__init__()\n        self.fc = torch.nn.Linear(4, 2)\n    def forward(self, x):\n"
-        "        return self.fc(prep(x))\n\ndef build():\n    {}return Net()\n"
+        "        super().__init__()\n        self.fc = torch.nn.Linear(4, 2)\n        self.gain = 1.0\n"
+        "    def forward(self, x):\n        return self.fc(prep(x)) * self.gain\n"
     )
-    net.write_text(body.format(""))
+    factory = "import net_mod\n\ndef build():\n    m = net_mod.Net()\n    m.gain = {}\n    return m\n"
+    (tmp_path / "fac_mod.py").write_text(factory.format("1.0"))
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def built() -> str:
-        importlib.reload(importlib.import_module("helper_mod"))
-        module = importlib.reload(importlib.import_module("net_mod"))
+        for name in ("helper_mod", "net_mod", "fac_mod"):
+            importlib.reload(importlib.import_module(name))
         torch.manual_seed(0)
-        return model_hash(module.build(), "net_mod:build")
+        return model_hash(importlib.import_module("fac_mod").build(), "fac_mod:build")
 
     first = built()
     assert built() == first  # stable
-    helper.write_text("SCALE = 2.0\n\ndef prep(x):\n    return x * SCALE\n")
+    (tmp_path / "helper_mod.py").write_text("SCALE = 2.0\n\ndef prep(x):\n    return x * SCALE\n")
     second = built()
     assert second != first  # the helper's file, imported by the model's module
-    net.write_text(body.format("torch.manual_seed(1)\n    "))  # the factory's body: same classes
+    # the factory's body, in a module of its own: same classes, same weights, another model
+    (tmp_path / "fac_mod.py").write_text(factory.format("2.0"))
     assert built() != second
     # spray's own and library models hash their classes and weights only (a library upgrade or a spray
     # release does not recompute every cache; spray's LRP changes have their own version)
     assert user_sources([type(m).__module__ for m in small_cnn().modules()]) == []
+
+
+def test_the_model_hash_does_not_depend_on_what_else_was_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: following every module a module's globals hold made the hash depend on the submodules of its
+    package that anyone had imported (``spray correct`` imports a test-data factory from the same package,
+    ``spray audit`` does not), and took in libraries reached through PYTHONPATH."""
+    import importlib
+
+    lab = tmp_path / "mylab"
+    lab.mkdir()
+    (lab / "__init__.py").write_text("")
+    (lab / "util.py").write_text("SCALE = 1.0\n")
+    (lab / "data.py").write_text("ROWS = 3\n")
+    (lab / "net.py").write_text(
+        "import torch\nimport mylab.util\n\ndef build():\n    return torch.nn.Linear(2, 2)\n"
+        "\ndef _lazy():\n    import mylab.data  # inside a function: not part of the model's code\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
+        monkeypatch.delitem(sys.modules, name)
+    build = importlib.import_module("mylab.net").build
+    torch.manual_seed(0)
+    model = build()
+    before = model_hash(model, "mylab.net:build")
+    importlib.import_module("mylab.data")  # another part of the package, imported by someone else
+    assert model_hash(model, "mylab.net:build") == before
+    (lab / "util.py").write_text("SCALE = 2.0\n")
+    assert model_hash(model, "mylab.net:build") != before  # what net.py imports at its top is covered
 
 
 def test_a_checkpoint_of_a_sibling_architecture_is_named(tmp_path: Path) -> None:

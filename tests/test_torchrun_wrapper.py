@@ -18,7 +18,7 @@ while [[ $# -gt 0 ]]; do
   if [[ "$1" == --status-file=* ]]; then out="${1#--status-file=}"; fi
   shift
 done
-[[ -n "$out" ]] && printf '%s\\n' "$FAKE_STATUS" > "$out"
+[[ -n "$out" && -n "$FAKE_STATUS" ]] && printf '%s\\n' "$FAKE_STATUS" > "$out"
 exit "$FAKE_RC"
 """
 
@@ -82,3 +82,14 @@ def test_the_users_own_status_file_and_no_python3_on_path(tmp_path: Path) -> Non
         assert done.returncode == 10, done.stderr
         assert mine.read_text().strip() == env["FAKE_STATUS"]  # the user's file is kept
         mine.unlink()
+    # a review: torchrun failing before rank 0 wrote "running" (a broken venv) left yesterday's file, whose
+    # exit code the wrapper returned
+    mine.write_text('{"exit_code": 0, "status": "published"}')
+    done = subprocess.run(
+        [str(tools / "bash"), str(WRAPPER), "2", "--config", "x.yaml", "--status-file", str(mine)],
+        env={**env, "FAKE_STATUS": "", "FAKE_RC": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
