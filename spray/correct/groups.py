@@ -20,7 +20,7 @@ import numpy as np
 from spray.config.correction import CorrectionConfig
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.errors import ConfigError, DataError, SprayError
-from spray.flags import FlagStore
+from spray.flags import Flag, FlagStore
 from spray.flags.content import listed
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,67 @@ def _no_db_message(db: Path) -> str:
     )
 
 
+def _statuses(flags: list[Flag]) -> str:
+    """``"10 'investigate', 2 'ok'"``: how many flags of each status."""
+    counts = Counter(f.status for f in flags)
+    return ", ".join(f"{n} {st!r}" for st, n in sorted(counts.items()))
+
+
+def _none_hint(store: FlagStore, dataset: str, cfg: CorrectionConfig) -> str:
+    """Why a dataset has no flags of the wanted status: flags of another status, or of other datasets."""
+    mine = store.current(dataset)
+    others = [d for d in store.datasets() if d != dataset]
+    if mine:
+        return (
+            f" The dataset has {_statuses(mine)} flags: set correction.flag_status to use them, or flag the "
+            f"shortcut's samples {cfg.flag_status!r}."
+        )
+    if others:
+        return (
+            f" The database has flags of other datasets: {', '.join(repr(d) for d in others)}; data.name (the "
+            "dataset key) must match the one the flags were set on."
+        )
+    return " Flag the shortcut's samples in the dashboard first."
+
+
+def _of_finding(store: FlagStore, rows: list[Flag], dataset: str, cfg: CorrectionConfig) -> list[Flag]:
+    """The flags set from finding ``cfg.cluster_key``.
+
+    Raises
+    ------
+    ConfigError
+        No flag was ever set from that finding (a typo: also with ``--if-flagged``).
+    NoFlagsError
+        Its flags were removed since, or have another status (the message counts them).
+    """
+    keys = sorted({str(r.cluster_key) for r in rows if r.cluster_key})
+    found = [r for r in rows if r.cluster_key == cfg.cluster_key]
+    if found:
+        return found
+    theirs = [r for r in store.current(dataset) if r.cluster_key == cfg.cluster_key]
+    also = (
+        f" The finding has {_statuses(theirs)} flags: set correction.flag_status to use them, or flag them "
+        f"{cfg.flag_status!r}."
+        if theirs
+        else ""
+    )
+    message = (
+        f"No {cfg.flag_status!r} flags of finding {cfg.cluster_key!r} for dataset {dataset!r}; flags "
+        f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key.{also}"
+    )
+    # A key no flag was ever set from is a typo (a config error even with --if-flagged); one whose
+    # flags were all removed since is "nothing flagged".
+    if all(e.cluster_key != cfg.cluster_key for e in store.history(dataset)):
+        raise ConfigError(
+            message.replace(
+                "Fix",
+                "No flag was ever set from that finding: flag its samples first (spray flags set "
+                f"--finding {cfg.cluster_key}, or the dashboard), or fix",
+            )
+        )
+    raise NoFlagsError(message)
+
+
 def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     """The current flags of ``dataset`` with ``cfg.flag_status`` (and ``cfg.cluster_key``).
 
@@ -106,48 +167,12 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     # FlagStore reports a damaged or foreign database itself (the file, the reason, what to do).
     store = FlagStore(db, read_only=True)  # a correction never writes flags
     rows = store.current(dataset, cfg.flag_status)
-    datasets = store.datasets()
     if not rows:
-        others = [d for d in datasets if d != dataset]
-        statuses = Counter(r.status for r in store.current(dataset))
-        hint = (
-            f" The dataset has {', '.join(f'{n} {st!r}' for st, n in sorted(statuses.items()))} flags: set "
-            f"correction.flag_status to use them, or flag the shortcut's samples {cfg.flag_status!r}."
-            if statuses
-            else f" The database has flags of other datasets: {', '.join(repr(d) for d in others)}; data.name (the "
-            "dataset key) must match the one the flags were set on."
-            if others
-            else " Flag the shortcut's samples in the dashboard first."
+        raise NoFlagsError(
+            f"No {cfg.flag_status!r} flags for dataset {dataset!r} in {db}.{_none_hint(store, dataset, cfg)}"
         )
-        raise NoFlagsError(f"No {cfg.flag_status!r} flags for dataset {dataset!r} in {db}.{hint}")
     if cfg.cluster_key is not None:
-        keys = sorted({str(r.cluster_key) for r in rows if r.cluster_key})
-        rows = [r for r in rows if r.cluster_key == cfg.cluster_key]
-        if not rows:
-            statuses = Counter(
-                r.status for r in store.current(dataset) if r.cluster_key == cfg.cluster_key
-            )  # the finding's flags under another status (investigate, ok)
-            also = (
-                f" The finding has {', '.join(f'{n} {st!r}' for st, n in sorted(statuses.items()))} flags: set "
-                f"correction.flag_status to use them, or flag them {cfg.flag_status!r}."
-                if statuses
-                else ""
-            )
-            message = (
-                f"No {cfg.flag_status!r} flags of finding {cfg.cluster_key!r} for dataset {dataset!r}; flags "
-                f"exist for findings {keys or ['(none recorded)']}. Fix correction.cluster_key.{also}"
-            )
-            # A key no flag was ever set from is a typo (a config error even with --if-flagged); one whose
-            # flags were all removed since is "nothing flagged".
-            if all(e.cluster_key != cfg.cluster_key for e in store.history(dataset)):
-                raise ConfigError(
-                    message.replace(
-                        "Fix",
-                        "No flag was ever set from that finding: flag its samples first (spray flags set "
-                        f"--finding {cfg.cluster_key}, or the dashboard), or fix",
-                    )
-                )
-            raise NoFlagsError(message)
+        rows = _of_finding(store, rows, dataset, cfg)
     ids = sorted({str(r.sample_id) for r in rows})
     # a sample someone flagged as a shortcut (or to look at) must not stand for the clean class
     other = sorted(
