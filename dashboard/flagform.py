@@ -94,16 +94,18 @@ def _run_hashes(run_id: str) -> dict[str, str] | None:
     return common.content_hashes(path) if common.summary(path).run_id == run_id else None
 
 
-def _run_classes(run_id: str, sample_ids: Sequence[str]) -> dict[str, str] | None:
-    """The class names of the page's run for these samples, recorded with each flag."""
+def _run_classes(run_id: str, sample_ids: Sequence[str]) -> dict[str, tuple[int, str]] | None:
+    """The labels and class names of the page's run for these samples, recorded with each flag."""
     cur = common.current_run()
     if cur is None:
         return None
     path = str(Path(cur[0]) / cur[1])
     if common.summary(path).run_id != run_id:
         return None
-    names = common.samples(path)["label_name"]
-    return {s: str(names[s]) for s in sample_ids if s in names.index}
+    table = common.samples(path)
+    return {
+        s: (int(table.at[s, "label"]), str(table.at[s, "label_name"])) for s in sample_ids if s in table.index
+    }
 
 
 def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
@@ -132,7 +134,7 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
                 author=access.author(),
                 since=p.since,
                 content_hashes=_run_hashes(p.run_id),
-                class_names=_run_classes(p.run_id, p.sample_ids),
+                classes=_run_classes(p.run_id, p.sample_ids),
             )
     except FlagConflict as conflict:
         p.conflict = conflict

@@ -70,14 +70,21 @@ def test_flags_set_in_another_class_are_named(
     name = samples.class_names[TARGET]
     other = samples.class_names[(TARGET + 1) % len(samples.class_names)]
     db = tmp_path / "f.sqlite"
-    FlagStore(db).flag(DATASET, ids, "unlearn", class_names={s: name for s in ids} | {ids[0]: other})
+    FlagStore(db).flag(
+        DATASET, ids, "unlearn", classes={s: (TARGET, name) for s in ids} | {ids[0]: (TARGET + 1, other)}
+    )
     flags = read_flags(db, DATASET, cfg)
     with caplog.at_level("WARNING", logger="spray"):
         artifact_group(samples, flags, cfg, 0, np.zeros(0, np.int64))
     assert f"1 flagged samples of class {name} were flagged in another class" in caplog.text
     assert f"{ids[0]} ({other})" in caplog.text
     caplog.clear()
-    FlagStore(db).flag(DATASET, ids[:1], "unlearn", class_names={ids[0]: name})
+    FlagStore(db).flag(DATASET, ids[:1], "unlearn", classes={ids[0]: (TARGET, name)})
+    with caplog.at_level("WARNING", logger="spray"):
+        artifact_group(samples, read_flags(db, DATASET, cfg), cfg, 0, np.zeros(0, np.int64))
+    assert "flagged in another class" not in caplog.text
+    caplog.clear()  # renamed classes keep their labels: not relabelled
+    FlagStore(db).flag(DATASET, ids[:1], "unlearn", classes={ids[0]: (TARGET, "an old name")})
     with caplog.at_level("WARNING", logger="spray"):
         artifact_group(samples, read_flags(db, DATASET, cfg), cfg, 0, np.zeros(0, np.int64))
     assert "flagged in another class" not in caplog.text

@@ -124,8 +124,9 @@ def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -
     assert sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
         "4",
     )
-    store.flag("ds", ["19"], "unlearn", class_names={"19": "seven"})  # schema 4: the class is recorded
-    assert {f.sample_id: f.class_name for f in store.current("ds")} == {"17": None, "18": None, "19": "seven"}
+    store.flag("ds", ["19"], "unlearn", classes={"19": (7, "seven")})  # schema 4: the class is recorded
+    got = {f.sample_id: (f.class_index, f.class_name) for f in store.current("ds")}
+    assert got == {"17": (None, None), "18": (None, None), "19": (7, "seven")}
     store.flag("ds", ["17"], "unlearn")  # schema 3's view: a note-less repeat keeps the note
     assert {f.sample_id: f.note for f in store.current("ds")}["17"] == "old note"
     assert {"content_hash", "class_name"} <= set(store.export_frame("ds", status=None).columns)
@@ -334,6 +335,12 @@ def test_a_flag_set_by_sample_id_knows_its_class() -> None:
     assert class_changes([(by_id, "0 two/a.png")], {"0 two/a.png": 1}, ["two", "ten"]) == [
         "0 two/a.png (flagged in class two, now labelled ten)"
     ]
+    # a review: renamed classes (data.class_names) keep their labels, and an inserted class folder shifts the
+    # labels but keeps the names; neither is a relabelled image
+    recorded = replace(by_id, class_index=0)
+    assert class_changes([(recorded, "0 two/a.png")], {"0 two/a.png": 0}, ["deux", "dix"]) == []
+    assert class_changes([(recorded, "0 two/a.png")], {"0 two/a.png": 1}, ["aaa", "two"]) == []
+    assert len(class_changes([(recorded, "0 two/a.png")], {"0 two/a.png": 1}, ["two", "ten"])) == 1
 
 
 def test_a_relabelled_flagged_image_is_named_by_flags_check(

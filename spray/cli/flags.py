@@ -276,7 +276,7 @@ def set_command(args: argparse.Namespace) -> int:
     db = _run_db(args, run)
     moved = _moved_flags(db, reader.summary.dataset, ids, key)
     hashes = reader.content_hashes() or {}
-    classes = reader.samples()["label_name"]
+    table = reader.samples()
     FlagStore(db).flag(
         reader.summary.dataset,
         ids,
@@ -287,7 +287,9 @@ def set_command(args: argparse.Namespace) -> int:
         source="spray flags set",
         author=_author(args),
         content_hashes={i: hashes[i] for i in ids if i in hashes},
-        class_names={i: str(classes[i]) for i in ids if i in classes.index},
+        classes={
+            i: (int(table.at[i, "label"]), str(table.at[i, "label_name"])) for i in ids if i in table.index
+        },
     )
     sys.stdout.write(
         f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db} (run {run.resolve().name})\n"

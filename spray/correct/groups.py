@@ -55,9 +55,9 @@ class FlagSelection:
         status): never reference or clean data of a correction, whichever flags it uses.
     run_ids : list[str]
         The runs the used flags were set on (sorted, without None).
-    class_names : dict[str, str]
-        ``sample_id -> class name`` recorded with each flag (flags set before flag database schema 4 have
-        none).
+    class_names, class_indices : dict
+        ``sample_id -> class name`` and ``-> label`` recorded with each flag (flags set before flag database
+        schema 4 have none).
     """
 
     db: str
@@ -70,6 +70,7 @@ class FlagSelection:
     other_flagged: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
+    class_indices: dict[str, int] = field(default_factory=dict)
 
 
 #: Flag statuses whose samples never serve as a correction's reference or clean data.
@@ -190,6 +191,7 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
         other_flagged=other,
         run_ids=sorted({str(r.run_id) for r in rows if r.run_id}),
         class_names={str(r.sample_id): r.class_name for r in rows if r.class_name is not None},
+        class_indices={str(r.sample_id): r.class_index for r in rows if r.class_index is not None},
     )
 
 
@@ -334,7 +336,7 @@ def artifact_group(
     c = _choose_class(samples, rows, cfg)
     name = samples.class_names[c] if c < len(samples.class_names) else str(c)
     in_class = rows[samples.labels[rows] == c]
-    _warn_relabelled(samples, flags, in_class, name)
+    _warn_relabelled(samples, flags, in_class, (c, name))
     others = Counter(samples.class_names[int(k)] for k in samples.labels[rows] if int(k) != c)
     usable = np.setdiff1d(in_class, exclude)
     reference = np.setdiff1d(np.setdiff1d(np.flatnonzero(samples.labels == c), in_class), exclude)
@@ -362,13 +364,17 @@ def artifact_group(
     return ArtifactGroup(c, name, fit_a, held_a, fit_r, held_r, np.sort(in_class), dict(others), missing)
 
 
-def _warn_relabelled(samples: SampleSet, flags: FlagSelection, in_class: np.ndarray, name: str) -> None:
-    """Name the flagged samples of the class that were flagged in another class (relabelled since): they
+def _warn_relabelled(
+    samples: SampleSet, flags: FlagSelection, in_class: np.ndarray, cls: tuple[int, str]
+) -> None:
+    """Name the flagged samples of class ``cls`` (label, name) that were flagged in another class (relabelled
+    since: another name and another label; a rename keeps the label, an inserted class folder the name): they
     join the artifact group, which the person who flagged them never saw in this class."""
+    c, name = cls
     moved = [
         f"{s} ({flags.class_names[s]})"
         for s in (samples.sample_ids[int(r)] for r in in_class)
-        if flags.class_names.get(s, name) != name
+        if flags.class_names.get(s, name) != name and flags.class_indices.get(s) != c
     ]
     if moved:
         log.warning(

@@ -147,9 +147,13 @@ def class_changes(
     for flag, new_id in moves:
         if new_id not in labels:
             continue
-        now = _name(class_names, int(labels[new_id]))
+        label = int(labels[new_id])
+        now = _name(class_names, label)
         was = flag.class_name if flag.class_name is not None else _key_class(flag.cluster_key, class_names)
-        if was is not None and was != now:
+        # renamed classes keep their labels, an inserted class folder shifts them but keeps the names: a
+        # relabelled image changes both
+        same_label = flag.class_index is not None and flag.class_index == label
+        if was is not None and was != now and not same_label:
             where = flag.sample_id if new_id == flag.sample_id else f"{flag.sample_id} → {new_id}"
             out.append(f"{where} (flagged in class {was}, now labelled {now})")
     return out

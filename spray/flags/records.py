@@ -3,7 +3,8 @@
 ``content_hash`` is the hash of the sample's content (its file's bytes, or for a factory dataset its model
 input) in the run the flag was set on; None for flags set before spray recorded it (flag database schema 1)
 or from a run without it (run layout < 5). :mod:`spray.flags.content` compares it with a later run.
-``class_name`` is the sample's class in that run (None for flags set before flag database schema 4).
+``class_name`` and ``class_index`` are the sample's class in that run (None for flags set before flag database
+schema 4).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class FlagEvent:
     created_at: str
     content_hash: str | None = None
     class_name: str | None = None
+    class_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Flag:
     event_id: int
     content_hash: str | None = None
     class_name: str | None = None
+    class_index: int | None = None
 
 
 @dataclass(frozen=True)

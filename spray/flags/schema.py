@@ -6,16 +6,16 @@ Format :data:`SCHEMA_VERSION`::
     events    append-only history: one row per sample per action
               (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author,
               created_at, content_hash, class_name); status is one of the flag statuses, or "unflag"; note is
-              what the person typed in that action ('' when nothing); class_name the sample's class in the run
-              it was flagged from
+              what the person typed in that action ('' when nothing); class_name and class_index the sample's
+              class in the run it was flagged from
     current   view: the latest event of every (dataset, sample_id) whose status is not "unflag", with the
               newest note typed since the sample took that status (flagging a flagged sample again without
               a note keeps the note; another status, or an unflag, starts without one)
 
 Upgrades (only when a file is opened for writing; no event row changes): 1 → 2 adds ``content_hash``;
 2 → 3 rebuilds the view, which took the latest event's note, so a note-less repeat erased a note; 3 → 4 adds
-``class_name`` (a flag set by sample id recorded no class, so a file moved to another class folder kept its
-flag unnamed).
+``class_name`` and ``class_index`` (a flag set by sample id recorded no class, so a file moved to another class
+folder kept its flag unnamed).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS events (
     author      TEXT,
     created_at  TEXT NOT NULL,
     content_hash TEXT,
-    class_name  TEXT
+    class_name  TEXT,
+    class_index INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_sample ON events (dataset, sample_id, id);
 CREATE INDEX IF NOT EXISTS events_action ON events (action_id);
@@ -58,7 +59,7 @@ CREATE VIEW IF NOT EXISTS current AS
            ), '') AS note,
            e.run_id, e.cluster_key, e.source, e.author,
            e.created_at AS flagged_at, e.action_id, e.id AS event_id, e.content_hash,
-           e.class_name
+           e.class_name, e.class_index
     FROM events e
     WHERE e.id = (SELECT MAX(id) FROM events x WHERE x.dataset = e.dataset AND x.sample_id = e.sample_id)
       AND e.status != 'unflag';
@@ -86,9 +87,9 @@ def upgrade(con: sqlite3.Connection) -> int:
     if had >= SCHEMA_VERSION:
         return had
     columns = event_columns(con)
-    for column in ("content_hash", "class_name"):
+    for column, kind in (("content_hash", "TEXT"), ("class_name", "TEXT"), ("class_index", "INTEGER")):
         if column not in columns:
-            con.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+            con.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
     con.execute("DROP VIEW IF EXISTS current")
     con.execute(VIEW)
     con.execute(

@@ -49,7 +49,7 @@ DEFAULT_DB_NAME = "flags.sqlite"
 
 _INSERT = (
     "INSERT INTO events (action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author, "
-    "created_at, content_hash, class_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, content_hash, class_name, class_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -265,7 +265,7 @@ class FlagStore:
         author: str | None,
         since: int | None,
         content_hashes: Mapping[str, str] | None = None,
-        class_names: Mapping[str, str] | None = None,
+        classes: Mapping[str, tuple[int, str]] | None = None,
     ) -> str:
         if self.read_only:
             raise DataError(f"The flag database {self.path} is open read-only: nothing can be flagged.")
@@ -276,7 +276,7 @@ class FlagStore:
         if not ids:
             return action
         t = _now()
-        hashes, names = content_hashes or {}, class_names or {}
+        hashes, known = content_hashes or {}, classes or {}
         rows = [
             (
                 action,
@@ -290,7 +290,8 @@ class FlagStore:
                 author,
                 t,
                 hashes.get(s),
-                names.get(s),
+                known[s][1] if s in known else None,
+                known[s][0] if s in known else None,
             )
             for s in ids
         ]
@@ -325,7 +326,7 @@ class FlagStore:
         author: str | None = None,
         since: int | None = None,
         content_hashes: Mapping[str, str] | None = None,
-        class_names: Mapping[str, str] | None = None,
+        classes: Mapping[str, tuple[int, str]] | None = None,
     ) -> str:
         """Set the status of samples (one transaction, one history event per sample).
 
@@ -347,9 +348,9 @@ class FlagStore:
         content_hashes : mapping of str to str, optional
             ``sample_id -> content hash`` in the run flagged from (``RunReader.content_hashes()``); recorded
             with each event so that a later run can tell when an id names other content.
-        class_names : mapping of str to str, optional
-            ``sample_id -> class name`` in that run; recorded so that a later run can tell when a flagged
-            image carries another label.
+        classes : mapping of str to (int, str), optional
+            ``sample_id -> (label, class name)`` in that run; recorded so that a later run can tell when a
+            flagged image carries another label.
 
         Returns
         -------
@@ -369,7 +370,7 @@ class FlagStore:
             author=author,
             since=since,
             content_hashes=content_hashes,
-            class_names=class_names,
+            classes=classes,
         )
 
     def move(
@@ -413,6 +414,7 @@ class FlagStore:
                 t,
                 None,
                 None,
+                None,
             )
             for f, new in moves
             if f.sample_id not in targets
@@ -431,6 +433,7 @@ class FlagStore:
                 t,
                 f.content_hash,
                 f.class_name,
+                f.class_index,
             )
             for f, new in moves
         ]

@@ -19,6 +19,7 @@ EXPORT_COLUMNS = [
     "flagged_at",
     "content_hash",
     "class_name",
+    "class_index",
 ]
 MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
 # A spreadsheet evaluates a cell that starts with one of these as a formula (=HYPERLINK(...) sends data
