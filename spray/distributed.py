@@ -88,12 +88,14 @@ class DistContext:
         make : callable
             ``make(rank) -> object``; called on rank 0 only.
         """
+        if self.is_main:
+            for r in range(1, self.world_size):
+                share = make(r)  # built outside the meeting: its own errors are not the process group's
+                with self.meeting("rank 0 sending each rank its share"):
+                    dist.send_object_list([share], dst=r)
+            return make(0)
+        box: list[Any] = [None]
         with self.meeting("rank 0 sending each rank its share"):
-            if self.is_main:
-                for r in range(1, self.world_size):
-                    dist.send_object_list([make(r)], dst=r)
-                return make(0)
-            box: list[Any] = [None]
             dist.recv_object_list(box, src=0)
         return box[0]
 

@@ -58,7 +58,8 @@ def record_changes(
     published is found up to date by the next nightly job, which then reports the owed exit 10 and
     notifies (it would otherwise never hear of that run's new clusters). The marker is written before the
     run is published and removed once exit 10 is reported, so a job stopped in between leaves it; it names
-    the audit and the command (``by``) that published the run.
+    the audit, the command (``by``) that published the run and its config hash (a hand audit with other
+    settings is not the nightly job's to report).
     """
     from spray.runs.changes import change_rule, changes_since_previous
 
@@ -67,7 +68,14 @@ def record_changes(
     if ch.n_new + ch.n_grown > 0 or gated:
         # the audit in the marker: the next job tells its own owed alerts from another audit's
         pending_marker(runs_dir, report.run_id).write_text(
-            json.dumps({"name": report.name, "dataset": report.dataset, "by": by})
+            json.dumps(
+                {
+                    "name": report.name,
+                    "dataset": report.dataset,
+                    "by": by,
+                    "config": report.hashes.get("config"),
+                }
+            )
         )
 
 

@@ -95,6 +95,14 @@ def test_held_out_data_must_mean_what_the_audited_data_means(audited: World, tmp
     assert (got.mean, got.std, got.colour_to_grey) == ([0.2], [0.4], "luma")
     cfg = _config(_args(world))
     assert held_out_config(cfg).transform.mean == [0.2]
+    # a review: a completed transform that contradicts itself is a config error naming test_data, not pydantic's
+    cfg.data.transform = cfg.data.transform.model_copy(update={"mean": [0.2] * 3, "std": [0.4] * 3})
+    assert cfg.correction.test_data is not None
+    cfg.correction.test_data = cfg.correction.test_data.model_validate(
+        {**cfg.correction.test_data.model_dump(exclude={"transform"}), "transform": {"channels": 1}}
+    )
+    with pytest.raises(ConfigError, match=r"correction.test_data.transform, completed with data.transform"):
+        held_out_config(cfg)
 
 
 def test_correction_id_follows_flags_method_and_parameters(audited: World) -> None:
@@ -223,7 +231,7 @@ def test_a_named_source_run_of_other_weights_is_refused(audited: World, tmp_path
     world = _copy_world(audited, tmp_path / "w")
     run = next(p for p in sorted(world.runs_dir.iterdir()) if (p / "summary.json").is_file())
     torch.save(train_tiny(audited.images, audited.labels, 7).state_dict(), world.root / "model.pt")
-    with pytest.raises(SprayError, match="audited with other model weights"):
+    with pytest.raises(SprayError, match="audited with another model than the configured one"):
         plan_correction(_config(_args(world, "--source-run", run.name)))
 
 

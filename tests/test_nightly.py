@@ -739,3 +739,10 @@ def test_an_owed_alert_whose_run_retention_removed_is_still_reported(tmp_path: P
     current.write_text(json.dumps({"name": "nightly", "dataset": "ds"}))
     assert _owed_earlier(runs, current, "nightly", "ds") == [("a" * 16, None)]
     assert not mine.exists() and theirs.exists() and current.exists()
+    # a review: a hand audit with other settings (same name) is not the nightly job's to report
+    probe = _pending(runs, "d" * 64)
+    probe.write_text(json.dumps({"name": "nightly", "dataset": "ds", "by": "spray audit", "config": "other"}))
+    same = _pending(runs, "e" * 64)
+    same.write_text(json.dumps({"name": "nightly", "dataset": "ds", "by": "spray audit", "config": "mine"}))
+    assert _owed_earlier(runs, current, "nightly", "ds", "mine") == [("e" * 16, "spray audit")]
+    assert probe.exists() and not same.exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -30,7 +29,7 @@ def run_command(args: argparse.Namespace) -> int:
     report = audit(
         cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if report.rank != 0:
         return 0  # under torchrun rank 0 merges, analyses and reports; another rank's report is empty
     sys.stdout.write(report_header(report) + "\n\n" + findings_table(report.findings, top=args.top) + "\n")
     return 0

@@ -124,7 +124,9 @@ def run_command(args: argparse.Namespace) -> int:
         if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
             lost = lost_ranks(status_file, world, started)
             _name_lost_ranks(status, lost)
-            if lost and code == EXIT_TERMINATED:
+            # a rank that only lost its connection when the others left is no cause (a scheduler's stop races)
+            causes = [x for x in lost if "lost the connection to another rank" not in x]
+            if causes and code == EXIT_TERMINATED:
                 # torchrun stops the other ranks with SIGTERM when one fails or vanishes: a failure (1), not a
                 # scheduler's stop (143), as the same error gives in one process
                 code = EXIT_FAILURE
@@ -246,7 +248,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
     """Whether an exit 10 is owed: this run's own marker on a run found up to date, or the markers of this
     audit's earlier runs (:func:`_owed_earlier`); said in a warning."""
-    earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key())
+    earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key(), report.hashes.get("config"))
     if report.up_to_date and pending.exists():
         earlier.insert(0, (report.run_id[:16], _marker_of(pending).get("by")))
     audited = [run for run, by in earlier if by == "spray audit"]
@@ -276,12 +278,15 @@ def _marker_of(marker: Path) -> dict[str, Any]:
     return said if isinstance(said, dict) else {}
 
 
-def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> list[tuple[str, str | None]]:
+def _owed_earlier(
+    runs_dir: Path, pending: Path, name: str, dataset: str, config: str | None = None
+) -> list[tuple[str, str | None]]:
     """The run ids (16 characters) of this audit's earlier runs whose exit 10 no job reported, with the
     command that published each (None when the marker does not say), their markers removed: the data changed
     since, so this job published another run. A marker's run may be gone (retention, ``keep_runs: 1``) or
     never published (stopped before); its alert is owed either way, since this run was compared with older
-    data, or counts those clusters as new itself (exit 10 too)."""
+    data, or counts those clusters as new itself (exit 10 too). A marker ``spray audit`` left with other
+    settings (``config``, the run's config hash) is an exploratory audit's: not this job's to report."""
     from spray.nightly import pending_marker
 
     owed = []
@@ -291,6 +296,12 @@ def _owed_earlier(runs_dir: Path, pending: Path, name: str, dataset: str) -> lis
         said = _marker_of(marker)  # {} was written before markers named their audit: taken as this audit's
         if said and (said.get("name"), said.get("dataset")) != (name, dataset):
             continue  # another audit's: its own job reports it
+        if (
+            said.get("by") == "spray audit"
+            and config is not None
+            and said.get("config") not in (None, config)
+        ):
+            continue  # a hand audit with other settings
         owed.append((marker.name.rsplit("-", 1)[-1], said.get("by")))
         try:
             marker.unlink()

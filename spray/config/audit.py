@@ -53,7 +53,12 @@ def pixel_only_reason(config: dict[str, Any]) -> str:
 class AuditConfig(Section):
     """The whole audit configuration."""
 
-    name: str = Field("audit", description="A label for this audit.")
+    name: str = Field(
+        "audit",
+        description="The audit's name: its runs are found by it (changes since the previous run, alerts, "
+        "retention) and it is part of the run id; audits sharing a runs folder need names of their own, and "
+        "a renamed audit starts its own history.",
+    )
     seed: int = Field(
         0,
         ge=0,

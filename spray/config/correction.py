@@ -273,7 +273,8 @@ class CorrectionConfig(Section):
     test_data: DataConfig | None = Field(
         None,
         description="Held-out data for the clean accuracy and the paste test (same format as 'data'; each "
-        "data.transform field it does not set, and data.class_names unless it names its own, come from 'data'; "
+        "data.transform field it does not set, and (no class folders) data.class_names unless it names its own, come "
+        "from 'data'; "
         "refused when its labels name other classes or its images another input size; relative paths resolve "
         "against the config's folder). Without it a seeded part of the audited "
         "data, kept out of fine-tuning, is used (the original model saw it in training).",

@@ -8,6 +8,8 @@ dropped the audited mean and std, and test images of another size ended in a raw
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from spray.config import AuditConfig
 from spray.config.data import DataConfig
 from spray.correct.samples import SampleSet
@@ -16,12 +18,22 @@ from spray.errors import ConfigError
 
 def held_out_config(cfg: AuditConfig) -> DataConfig:
     """``correction.test_data`` with what it leaves unset taken from ``data``: each transform field it does not
-    set, and the class names (a rename of the audited labels applies to the held-out labels too).
+    set, and for data without class folders the class names (a rename of the audited labels applies to the
+    held-out labels too).
+
+    Parameters
+    ----------
+    cfg : AuditConfig
+        The audit config with ``correction.test_data`` set.
+
+    Returns
+    -------
+    DataConfig
 
     Raises
     ------
     ConfigError
-        ``correction.test_data`` is not set.
+        ``correction.test_data`` is not set, or its completed transform is invalid.
     """
     test = cfg.correction.test_data
     if test is None:
@@ -30,8 +42,16 @@ def held_out_config(cfg: AuditConfig) -> DataConfig:
     own = test.transform.model_fields_set if "transform" in test.model_fields_set else set()
     # field by field: a test transform that sets colour_to_grey must not drop the audited mean and std
     fields = {**cfg.data.transform.model_dump(), **{k: getattr(test.transform, k) for k in own}}
-    update["transform"] = type(cfg.data.transform)(**fields)
-    if test.class_names is None and cfg.data.class_names is not None:
+    try:
+        update["transform"] = type(cfg.data.transform)(**fields)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(
+            f"correction.test_data.transform, completed with data.transform's other fields, is invalid "
+            f"({problems}): set the conflicting fields in correction.test_data.transform too."
+        ) from None
+    # an image folder's names are its folders' (a rename of the audited folders need not fit it)
+    if test.class_names is None and test.kind != "image_folder" and cfg.data.class_names is not None:
         update["class_names"] = list(cfg.data.class_names)
     return test.model_copy(update=update)
 

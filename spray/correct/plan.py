@@ -286,11 +286,12 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
     if source.model_hash and source.model_hash != weights:
         raise SprayError(
-            f"correction.source_run {source.path.name} was audited with other model weights than "
-            f"{cfg.model.checkpoint or 'the configured model'} holds now (model hash {source.model_hash[:12]} "
-            f"there, {weights[:12]} now): its findings and flags belong to that model. Audit the current model "
-            "(spray audit --config ...) and correct from that run, or point model.checkpoint at the audited "
-            "weights."
+            f"correction.source_run {source.path.name} was audited with another model than the configured one "
+            f"(model hash {source.model_hash[:12]} there, {weights[:12]} now: other weights in "
+            f"{cfg.model.checkpoint or 'the checkpoint'}, or an edited file of the model's own code, which the "
+            "hash covers too): its findings and flags belong to that model. Audit the current model (spray audit "
+            "--config ...) and correct from that run, or point model.checkpoint at the audited weights and "
+            "restore the code."
         )
     unreadable = samples.rows_of(source.skipped_ids).rows
     where = "the reference and the clean evaluation" if clean_samples is samples else "the reference"
