@@ -42,8 +42,20 @@ LIBRARY_PACKAGES = frozenset({"spray", "torch", "torchvision", "timm", "numpy"})
 
 def model_hash(model: nn.Module, factory: str | None = None) -> str:
     """Content hash of a model: its class name, the source of its module classes, the source files of the
-    user modules behind it (``factory``: ``"module:function"`` of ``model.factory``) and every
-    parameter/buffer (sorted by name)."""
+    user modules behind it and every parameter/buffer (sorted by name).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model as built (weights loaded).
+    factory : str, optional
+        ``"module:function"`` of ``model.factory``: its module's file (and what it imports) is covered too.
+
+    Returns
+    -------
+    str
+        The SHA-256 hex digest.
+    """
     h = hashlib.sha256(type(model).__qualname__.encode())
     for text in _class_sources(model):
         h.update(text.encode())

@@ -60,6 +60,19 @@ def record_changes(
     run is published and removed once exit 10 is reported, so a job stopped in between leaves it; it names
     the audit, the command (``by``) that published the run and its config hash (a hand audit with other
     settings is not the nightly job's to report).
+
+    Parameters
+    ----------
+    report : AuditReport
+        The run about to be published (``report.changes`` is set here).
+    runs_dir : Path
+        Where this audit's runs are.
+    cfg : AuditConfig
+        The audit config (``nightly`` holds the change rule).
+    fail_on_findings : bool
+        Any suspicious cluster owes the alert, not only new or grown ones.
+    by : str
+        The command publishing the run (``"spray run"``, ``"spray audit"``).
     """
     from spray.runs.changes import change_rule, changes_since_previous
 

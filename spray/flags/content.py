@@ -269,7 +269,20 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
 
 def relabelled(flags: Sequence[Flag], run: Path) -> list[str]:
     """The flags among ``flags`` (bound to their images) whose image carries another label in the run at
-    ``run`` than the class recorded with the flag (:func:`class_changes`; [] when the run cannot be read)."""
+    ``run`` than the class recorded with the flag (:func:`class_changes`; [] when the run cannot be read).
+
+    Parameters
+    ----------
+    flags : sequence of Flag
+        Flags whose ids still name the images they were set on.
+    run : Path
+        A published run folder.
+
+    Returns
+    -------
+    list of str
+        One ``"id (flagged in class A, now labelled B)"`` per relabelled image.
+    """
     from spray.runs.errors import RunReadError
     from spray.runs.reader import RunReader
 
