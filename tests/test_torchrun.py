@@ -156,17 +156,25 @@ def test_torchrun_rank_failure_in_the_analysis_stops_every_rank(prepared: Prepar
     print(f"failing torchrun: {took:.1f} s")
 
 
-def test_torchrun_a_rank_killed_outright_is_named_by_rank_0(prepared: Prepared, tmp_path: Path) -> None:
-    """Rank 1 is killed (SIGKILL) in its analysis: rank 0's status says which rank vanished, not only that
-    it was stopped itself."""
-    cfg = prepared.config("torchrun-killed")
+def _rank_1_fails(
+    prepared: Prepared, tmp_path: Path, how: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """A torchrun of ``tests.rank_failure`` with rank 1 failing ``how`` (``SPRAY_TEST_RANK1``): the process and
+    rank 0's status file."""
+    cfg = prepared.config(f"torchrun-{how}")
     status = tmp_path / "status.json"
     args = [*TORCHRUN, "-m", "tests.rank_failure", "run", "--config", str(cfg)]
     args += ["--runs-dir", str(tmp_path / "runs"), "--status-file", str(status)]
-    env = {**spray_env(), "SPRAY_TEST_RANK1": "kill"}
+    env = {**spray_env(), "SPRAY_TEST_RANK1": how}
     p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0, p.stderr[-3000:]
-    st = json.loads(status.read_text())
+    return p, json.loads(status.read_text())
+
+
+def test_torchrun_a_rank_killed_outright_is_named_by_rank_0(prepared: Prepared, tmp_path: Path) -> None:
+    """Rank 1 is killed (SIGKILL) in its analysis: rank 0's status says which rank vanished, not only that
+    it was stopped itself."""
+    p, st = _rank_1_fails(prepared, tmp_path, "kill")
     # a failure, not a scheduler's stop: 1, as in one process (torchrun's SIGTERM to rank 0 gave 143)
     assert st["exit_code"] == 1 and st["status"] == "failed", st
     assert st["error"].startswith("rank 1 (pid ") and "without a final status" in st["error"], st
@@ -179,14 +187,7 @@ def test_torchrun_a_rank_failing_in_the_batch_stage_is_a_failure_not_a_stop(
     """An outside check: a sample only rank 1's shard reads failed (relevance overflow); torchrun stopped rank 0
     with SIGTERM, whose status then said 143 "terminated" (a scheduler's stop, resumed next time) instead of
     1 "failed", as the same error gives in one process or on rank 0."""
-    cfg = prepared.config("torchrun-batch-failure")
-    status = tmp_path / "status.json"
-    args = [*TORCHRUN, "-m", "tests.rank_failure", "run", "--config", str(cfg)]
-    args += ["--runs-dir", str(tmp_path / "runs"), "--status-file", str(status)]
-    env = {**spray_env(), "SPRAY_TEST_RANK1": "batch"}
-    p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0, p.stderr[-3000:]
-    st = json.loads(status.read_text())
+    _, st = _rank_1_fails(prepared, tmp_path, "batch")
     assert st["exit_code"] == 1 and st["status"] == "failed", st
     assert "rank 1 failed: " in st["error"] and "injected: relevance overflow on rank 1" in st["error"], st
 
