@@ -130,6 +130,9 @@ def _imports(name: str, source: bytes, path: Path) -> set[str]:
         node = todo.pop()
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             continue  # runs later, if ever: what it imports depends on the run
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)  # never runs: whether those modules are loaded depends on others
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")

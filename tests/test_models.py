@@ -349,6 +349,7 @@ def test_the_model_hash_does_not_depend_on_what_else_was_imported(
     (lab / "net.py").write_text(
         "import torch\nimport mylab.util\n\ndef build():\n    return torch.nn.Linear(2, 2)\n"
         "\ndef _lazy():\n    import mylab.data  # inside a function: not part of the model's code\n"
+        "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import mylab.data\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
