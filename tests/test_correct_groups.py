@@ -100,7 +100,9 @@ def test_group_limits(world: World, samples: SampleSet) -> None:
     assert len(g.fit_reference) + len(g.held_reference) == 20
 
 
-def test_refusals_name_what_took_the_flags(world: World, samples: SampleSet, tmp_path: Path) -> None:
+def test_refusals_name_what_took_the_flags(
+    world: World, samples: SampleSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An outside check: "0 usable flagged samples (flagged 22)" without saying the evaluation hold-out took
     them; "No 'unlearn' flags of finding X" without the finding's 'investigate' flags; "narrow the flags with
     correction.cluster_key" when it was given."""
@@ -127,6 +129,12 @@ def test_refusals_name_what_took_the_flags(world: World, samples: SampleSet, tmp
     with pytest.raises(SprayError, match="the flags of finding 1/k2/c0 themselves span them") as got:
         artifact_group(samples, keyed, CorrectionConfig(cluster_key="1/k2/c0"), 0, np.zeros(0, np.int64))
     assert "narrow the flags" not in str(got.value)
+    # with the class given, the other class's flags are left alone, said aloud (an outside check: silently)
+    chosen = CorrectionConfig(cluster_key="1/k2/c0", artifact_class=TARGET)
+    with caplog.at_level("WARNING", logger="spray"):
+        group = artifact_group(samples, keyed, chosen, 0, np.zeros(0, np.int64))
+    assert sum(group.other_class_flags.values()) == 1
+    assert "1 flagged samples belong to other classes" in caplog.text
 
 
 def test_region_is_the_planted_square(world: World, samples: SampleSet) -> None:

@@ -157,6 +157,8 @@ def _dashboard_shows(runs_dir: Path, folder: Path) -> None:
     # two corrections of one method differ in their layer and settings: both are columns
     assert list(table["layer"]) == [CorrectionRecord.read(folder).direction.layer]
     assert list(table["settings"]) == ["–"]  # P-ClArC has no setting beyond its layer
+    ev = CorrectionRecord.read(folder).evaluation  # which measurement: test data or a held-out part
+    assert list(table["evaluated on"]) == [f"{ev.split} ({ev.n_clean:,})"]
     page = "\n".join(str(h.value) for h in at.get("html"))
     assert "paste flip rate" in page and "P-ClArC" in page
 

@@ -57,6 +57,8 @@ for c in found:
             "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",
             "relevance share": f"{_pct(b.relevance_share)} → {_pct(a.relevance_share)}",
             "clean accuracy": f"{_pct(b.clean_accuracy)} → {_pct(a.clean_accuracy)}",
+            # test data and a held-out part of the audited data are not the same measurement
+            "evaluated on": f"{r.evaluation.split} ({r.evaluation.n_clean:,})",
             "on its class": f"{_pct(b.class_accuracy)} → {_pct(a.class_accuracy)}",
             "re-audit": "not run (--no-reaudit)" if r.reaudit is None else r.reaudit.outcome,
         }

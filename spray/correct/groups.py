@@ -338,6 +338,15 @@ def artifact_group(
     in_class = rows[samples.labels[rows] == c]
     _warn_relabelled(samples, flags, in_class, (c, name))
     others = Counter(samples.class_names[int(k)] for k in samples.labels[rows] if int(k) != c)
+    if others:
+        listing = ", ".join(f"{n} of {k}" for k, n in sorted(others.items()))
+        log.warning(
+            "%d flagged samples belong to other classes (%s): this correction of class %s leaves their shortcut "
+            "alone, and they are kept out of the clean evaluation drawn from the audited data",
+            sum(others.values()),
+            listing,
+            name,
+        )
     usable = np.setdiff1d(in_class, exclude)
     reference = np.setdiff1d(np.setdiff1d(np.flatnonzero(samples.labels == c), in_class), exclude)
     reference = seeded_subset(reference, cfg.max_reference, seed, "reference")
