@@ -261,6 +261,7 @@ class BatchStage:
         self.shards_computed = 0
         self.n_computed = 0
         self.n_skipped = 0  # unreadable samples met by this process (neither computed nor cached)
+        self._cached: frozenset[str] = frozenset()  # the cache's keys when run_shards started
         with translate_write_errors(work_dir):
             work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -331,6 +332,9 @@ class BatchStage:
         # Samples whose bytes hash to a cached result are not decoded (set before the loader forks its
         # workers, so they see it; restored afterwards so other readers get inputs again).
         dataset.known_hashes = self.cache.content_hashes()
+        # What counts as cached is fixed at the start: shards this run writes in the background must not
+        # decide whether a duplicate image later in the run is explained (a race that changed the batches).
+        self._cached = self.cache.keys()
         # One background writer: the device keeps computing while the previous shard is saved.
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-writer") as writer,
@@ -366,7 +370,7 @@ class BatchStage:
         miss = [
             i
             for i, (h, lab) in enumerate(zip(b.content_hashes, labels, strict=True))
-            if self.cache.key_of(h, lab) not in self.cache
+            if self.cache.key_of(h, lab) not in self._cached
         ]
         if not miss:
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,3 +48,30 @@ def test_maps_beyond_float16_are_refused_and_maps_that_vanish_are_warned(
     with caplog.at_level(logging.WARNING, logger="spray.attribution"):
         tiny = _stored_maps(torch.full((3, 4, 4), 1e-24))
     assert not tiny.any() and "3 relevance maps of a batch round to exactly 0" in caplog.text
+
+
+def test_a_duplicate_image_later_in_the_run_is_explained_whatever_the_writer_did(tmp_path: Path) -> None:
+    """An outside check: with the same image twice (ends of two shards), whether the second was explained
+    depended on whether the background writer had saved the first one's shard yet (n_computed 235, 239 or
+    243 of 247 between identical runs, and confidences 1e-7 apart): what counts as cached is now fixed when
+    the batch stage starts."""
+    import yaml
+
+    from spray.cli import main
+    from spray.data import write_idx
+    from spray.runs.reader import RunReader
+    from tests.test_correct_world import build_world
+
+    world = build_world(tmp_path, flag=False)
+    images = np.concatenate([world.images, world.images[:1]])
+    labels = np.concatenate([world.labels, world.labels[:1]])
+    write_idx(world.root / "images.idx", images)
+    write_idx(world.root / "labels.idx", labels.astype(np.uint8))
+    raw = yaml.safe_load(world.config.read_text())
+    raw["batch"]["shard_size"] = 16  # the duplicate's shard comes long after the first one was saved
+    raw["batch"]["batch_size"] = 16
+    world.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    timings = RunReader.open(world.runs_dir / "latest").summary.timings
+    computed = [timings["n_computed"]]
+    assert computed == [len(images)]

@@ -140,6 +140,10 @@ class ShardCache:
     def __contains__(self, key: str) -> bool:
         return key in self._index
 
+    def keys(self) -> frozenset[str]:
+        """The sample keys cached now (a snapshot: shards written later do not change it)."""
+        return frozenset(self._index)
+
     def content_hashes(self) -> frozenset[str]:
         """Content hashes of every cached sample, whatever its label (lets the loader skip decoding)."""
         return frozenset(self._content)
