@@ -20,7 +20,7 @@ import streamlit as st
 
 from spray.errors import SprayError
 from spray.flags import STATUSES, FlagConflict, FlagStore, bind_flags
-from spray.flags.content import describe
+from spray.flags.content import classes_of, describe
 
 # Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
 CONFIRM_ABOVE = 20
@@ -102,10 +102,7 @@ def _run_classes(run_id: str, sample_ids: Sequence[str]) -> dict[str, tuple[int,
     path = str(Path(cur[0]) / cur[1])
     if common.summary(path).run_id != run_id:
         return None
-    table = common.samples(path)
-    return {
-        s: (int(table.at[s, "label"]), str(table.at[s, "label_name"])) for s in sample_ids if s in table.index
-    }
+    return classes_of(common.samples(path), sample_ids)
 
 
 def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:

@@ -86,13 +86,10 @@ if store is None:
     st.caption("Nothing to export yet.")
     st.stop()
 # Flags whose ids now name other images (a replaced or renamed file) never reach an unlearning job.
-skip = (
-    flagform.left_out(dataset, str(Path(cur[0]) / cur[1]))
-    if cur is not None and dataset == run_dataset
-    else set()
-)
+checked = cur is not None and dataset == run_dataset  # against this dataset's run on the page
+skip = flagform.left_out(dataset, str(Path(cur[0]) / cur[1])) if cur is not None and checked else set()
 frame = store.export_frame(dataset, None if ex_status == "all" else ex_status, leave_out=skip)
-source = "--runs-dir RUNS" if cur is not None and dataset == run_dataset else "--db DB"
+source = "--runs-dir RUNS" if checked else "--db DB"
 st.caption(
     f"{len(frame):,} samples. Same output as `spray flags export {source} --format csv --status {ex_status}` "
     "(CSV cells that a spreadsheet would run as formulas start with `'`; JSON and Parquet keep every value)."

@@ -18,6 +18,7 @@ from spray.flags.content import (
     bind_flags,
     binding_message,
     class_changes,
+    classes_of,
     describe,
     listed,
     plan_moves,
@@ -276,7 +277,6 @@ def set_command(args: argparse.Namespace) -> int:
     db = _run_db(args, run)
     moved = _moved_flags(db, reader.summary.dataset, ids, key)
     hashes = reader.content_hashes() or {}
-    table = reader.samples()
     FlagStore(db).flag(
         reader.summary.dataset,
         ids,
@@ -287,9 +287,7 @@ def set_command(args: argparse.Namespace) -> int:
         source="spray flags set",
         author=_author(args),
         content_hashes={i: hashes[i] for i in ids if i in hashes},
-        classes={
-            i: (int(table.at[i, "label"]), str(table.at[i, "label_name"])) for i in ids if i in table.index
-        },
+        classes=classes_of(reader.samples(), ids),
     )
     sys.stdout.write(
         f"flagged {len(ids)} samples of {reader.summary.dataset} as {args.status} in {db} (run {run.resolve().name})\n"

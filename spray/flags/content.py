@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spray.flags.records import Flag
 from spray.flags.store import FlagStore
@@ -157,6 +158,16 @@ def class_changes(
             where = flag.sample_id if new_id == flag.sample_id else f"{flag.sample_id} → {new_id}"
             out.append(f"{where} (flagged in class {was}, now labelled {now})")
     return out
+
+
+def classes_of(samples: Any, sample_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """``sample_id -> (label, class name)`` of these samples in a run's per-sample table (``RunReader.samples()``),
+    as a flag records them (:meth:`FlagStore.flag`'s ``classes``); ids not in the table are left out."""
+    return {
+        s: (int(samples.at[s, "label"]), str(samples.at[s, "label_name"]))
+        for s in sample_ids
+        if s in samples.index
+    }
 
 
 def _key_class(cluster_key: str | None, class_names: Sequence[str]) -> str | None:

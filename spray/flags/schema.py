@@ -5,7 +5,7 @@ Format :data:`SCHEMA_VERSION`::
     meta      key/value: schema_version
     events    append-only history: one row per sample per action
               (id, action_id, dataset, sample_id, status, note, run_id, cluster_key, source, author,
-              created_at, content_hash, class_name); status is one of the flag statuses, or "unflag"; note is
+              created_at, content_hash, class_name, class_index); status is one of the flag statuses, or "unflag"; note is
               what the person typed in that action ('' when nothing); class_name and class_index the sample's
               class in the run it was flagged from
     current   view: the latest event of every (dataset, sample_id) whose status is not "unflag", with the

@@ -540,21 +540,17 @@ SAME_CONTENT_RUNS = 5
 def _say_if_renamed(runs_dir: Path, report: AuditReport) -> None:
     """Warn when this audit has no earlier run but the folder holds runs of the same dataset key under
     another audit ``name``: a renamed audit starts over (every suspicious cluster counts as new)."""
-    from spray.runs.publish import list_runs
+    from spray.runs.publish import newest_run_where
 
-    for p in list_runs(runs_dir):
-        try:
-            s = RunReader.open(p).summary
-        except RunReadError:
-            continue
-        if s.dataset == report.dataset and s.name != report.name:
-            log.warning(
-                "no earlier run of audit %r, but run %s of audit %r has the same dataset key: changes are counted "
-                "from nothing (every suspicious cluster is new). If the audit was renamed, set name: %r in the "
-                "config to continue its history",
-                report.name, p.name, s.name, s.name,
-            )  # fmt: skip
-            return
+    found = newest_run_where(runs_dir, lambda s: s.dataset == report.dataset and s.name != report.name)
+    if found is not None:
+        p, s = found
+        log.warning(
+            "no earlier run of audit %r, but run %s of audit %r has the same dataset key: changes are counted "
+            "from nothing (every suspicious cluster is new). If the audit was renamed, set name: %r in the "
+            "config to continue its history",
+            report.name, p.name, s.name, s.name,
+        )  # fmt: skip
 
 
 def same_content_run(runs_dir: Path, report: AuditReport) -> tuple[RunReader, list[ClusterFinding]] | None:

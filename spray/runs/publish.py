@@ -12,13 +12,18 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spray.errors import ConfigError
 from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError
 from spray.runs.layout import CACHE_DIR, LATEST, STAGING_DIR, SUMMARY, WORK_DIR, RunsFolder
+
+if TYPE_CHECKING:
+    from spray.runs.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +128,10 @@ def find_run(runs_dir: str | Path, run_id: str) -> Path | None:
     return None
 
 
-def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
-    """The newest readable published run of one audit (its ``name`` and dataset key)."""
+def newest_run_where(
+    runs_dir: str | Path, match: Callable[[RunSummary], bool]
+) -> tuple[Path, RunSummary] | None:
+    """The newest readable published run whose summary ``match`` accepts, with that summary (None if none)."""
     from spray.runs.reader import read_summary
 
     for p in list_runs(runs_dir):
@@ -132,9 +139,15 @@ def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | No
             s = read_summary(p)
         except RunReadError:
             continue
-        if s.name == name and s.dataset == dataset:
-            return p
+        if match(s):
+            return p, s
     return None
+
+
+def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
+    """The newest readable published run of one audit (its ``name`` and dataset key)."""
+    found = newest_run_where(runs_dir, lambda s: s.name == name and s.dataset == dataset)
+    return None if found is None else found[0]
 
 
 def newer_run(run: Path, *, name: str, dataset: str) -> Path | None:
