@@ -232,13 +232,10 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     # for a peer that has already given up.
     ctx.gather_errors(failure)
     assert setup is not None
+    ctx.check_same(setup.hashes)  # ranks that read other files would each explain their shards of another run
     set_stage("check", run_id=setup.run_id[:16])
-    log.info(
-        "run id %s (model %s, data %s)",
-        setup.run_id[:16],
-        setup.hashes["model"][:12],
-        setup.hashes["data"][:12],
-    )
+    h = setup.hashes
+    log.info("run id %s (model %s, data %s)", setup.run_id[:16], h["model"][:12], h["data"][:12])
     pixel_only = pixel_only_reason(cfg.model_dump(mode="json"))
     if pixel_only and ctx.is_main:
         log.info("concept space off (%s): pixel space only", pixel_only)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from spray.errors import SprayError
+from spray.errors import ConfigError, SprayError
 
 
 @dataclass
@@ -121,6 +121,28 @@ class DistContext:
                     if present:
                         got[r].append(item)
         return [it for per_rank in got for it in per_rank]
+
+    def check_same(self, hashes: dict[str, str]) -> None:
+        """Raise :class:`ConfigError` on every rank when a rank's run hashes (model, data, config, code) differ
+        from rank 0's.
+
+        Ranks on several machines read their own copies of the files: with other data, each would explain its
+        shards of another run and the merge would fail late (a missing shard manifest) or mix two datasets.
+        """
+        if self.world_size == 1:
+            return
+        every: list[Any] = [None] * self.world_size
+        with self.meeting("the check that every rank audits the same model, data and config"):
+            dist.all_gather_object(every, dict(hashes))
+        for rank, theirs in enumerate(every[1:], start=1):
+            differ = sorted(k for k in every[0].keys() | theirs.keys() if every[0].get(k) != theirs.get(k))
+            if differ:
+                raise ConfigError(
+                    f"rank {rank} of {self.world_size}: its {' and '.join(differ)} differ from rank 0's (the run's "
+                    "hashes of them): every rank must audit the same model, data and config; on several "
+                    "machines give each the same files at the same paths and the same spray version (data still "
+                    "being written while the ranks start gives this too)"
+                )
 
     def gather_errors(self, err: BaseException | None) -> None:
         """Collective check after a step that may fail on some ranks only.

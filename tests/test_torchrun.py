@@ -157,7 +157,7 @@ def test_torchrun_rank_failure_in_the_analysis_stops_every_rank(prepared: Prepar
 
 
 def _rank_1_fails(
-    prepared: Prepared, tmp_path: Path, how: str
+    prepared: Prepared, tmp_path: Path, how: str, **env_extra: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """A torchrun of ``tests.rank_failure`` with rank 1 failing ``how`` (``SPRAY_TEST_RANK1``): the process and
     rank 0's status file."""
@@ -165,7 +165,7 @@ def _rank_1_fails(
     status = tmp_path / "status.json"
     args = [*TORCHRUN, "-m", "tests.rank_failure", "run", "--config", str(cfg)]
     args += ["--runs-dir", str(tmp_path / "runs"), "--status-file", str(status)]
-    env = {**spray_env(), "SPRAY_TEST_RANK1": how}
+    env = {**spray_env(), "SPRAY_TEST_RANK1": how, **env_extra}
     p = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0, p.stderr[-3000:]
     return p, json.loads(status.read_text())
@@ -190,6 +190,26 @@ def test_torchrun_a_rank_failing_in_the_batch_stage_is_a_failure_not_a_stop(
     _, st = _rank_1_fails(prepared, tmp_path, "batch")
     assert st["exit_code"] == 1 and st["status"] == "failed", st
     assert "rank 1 failed: " in st["error"] and "injected: relevance overflow on rank 1" in st["error"], st
+
+
+def test_torchrun_ranks_that_read_other_data_stop_before_any_work(prepared: Prepared, tmp_path: Path) -> None:
+    """An outside check: two machines, each with its own copy of the data, one copy with an image changed; the
+    ranks each explained their shards and the merge failed late with a raw missing-manifest traceback."""
+    from spray.data.idx import read_idx, write_idx
+
+    images = read_idx(prepared.images).copy()
+    images[7] = 255 - images[7]
+    write_idx(tmp_path / "other-images.gz", images)
+    other = prepared.config("torchrun-data-rank1", images=tmp_path / "other-images.gz")
+    p, st = _rank_1_fails(prepared, tmp_path, "data", SPRAY_TEST_RANK1_CONFIG=str(other))
+    assert st["exit_code"] == 2 and st["status"] == "failed", st
+    # the config names the other file (on two machines it would be the same path)
+    assert "rank 1 of 2: its config and data differ from rank 0's" in st["error"], st
+    frames = [line for line in p.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not any(str(REPO / "spray") in f for f in frames), p.stderr[-3000:]  # torchrun prints its own
+    logs = parse_logs(p.stderr)
+    assert not any(r.get("stage") in ("batch", "analysis", "publish") for r in logs), p.stderr[-3000:]
+    assert not (tmp_path / "runs" / "latest").exists()
 
 
 def test_rank_0_reads_a_failed_ranks_file_of_this_run(tmp_path: Path) -> None:
