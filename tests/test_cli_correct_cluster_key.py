@@ -180,3 +180,22 @@ def test_if_flagged_refuses_when_the_flags_sit_under_another_dataset_key(
     FlagStore(db).flag("another-data", ["x"], "unlearn", content_hashes={"x": "not-these-images"})
     FlagStore(db).unflag("old-key", ids)
     assert run_main([*argv, "--if-flagged"], capsys).code == 0  # another dataset's flags: nothing to do here
+
+
+def test_if_flagged_without_a_run_of_the_data_says_the_other_keys_flags_are_unchecked(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: a data folder moved without data.name and not audited since: --if-flagged found no
+    flags under the new key, no run to compare the old key's flags with, and exited 0 without a word."""
+    ids = [str(i) for i in np.flatnonzero(audited.planted)]
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("old-key", ids, "unlearn")
+    raw = yaml.safe_load(audited.config.read_text())
+    raw["data"]["name"] = "new-key"  # as a moved folder's new path would be
+    moved = audited.config.with_name("moved.yaml")  # beside it: its relative paths resolve the same
+    moved.write_text(yaml.safe_dump(raw, sort_keys=False))
+    argv = ["correct", "--config", str(moved), "-q", "--method", "pclarc", "--flags-db", str(db)]
+    res = run_main([*argv, "--if-flagged"], capsys)
+    moved.unlink()
+    assert res.code == 0, res.output
+    assert f"{len(ids)} under 'old-key'" in res.output and "audit it (spray run)" in res.output, res.output

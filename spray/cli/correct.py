@@ -290,6 +290,19 @@ def _refuse_another_keys_flags(cfg: Any) -> None:
         if message:
             raise ConfigError(f"--if-flagged found no flags to correct, and {message}")
         return
+    # no run of this key yet (a data folder moved without data.name and not audited since): nothing to compare
+    store = FlagStore(db, read_only=True)
+    others = [
+        f"{len(store.current(k))} under {k!r}" for k in store.datasets() if k != dataset and store.current(k)
+    ]
+    if others:
+        log.warning(
+            "--if-flagged: no flags under this dataset's key %r, and no run of it to tell whether the flags "
+            "under other keys name its images (%s); audit it (spray run) and correct again: if the key changed "
+            "(without data.name it is the data folder's path) this command then says so",
+            dataset,
+            ", ".join(others),
+        )
 
 
 def run_command(args: argparse.Namespace) -> int:
