@@ -344,6 +344,9 @@ class DataChanges:
         file, a reordered record).
     copied : int
         New ids whose content the previous run held under an id this run still has (a duplicate added).
+    relabelled : int
+        Ids in both runs with the same content whose class changed (label and name: a label fixed in the
+        labels file or an image moved to another class folder under the same id).
     """
 
     added: int
@@ -351,6 +354,7 @@ class DataChanges:
     modified: int
     moved: int
     copied: int = 0
+    relabelled: int = 0
 
 
 @dataclass

@@ -455,7 +455,7 @@ def test_five_percent_new_images_are_the_only_ones_computed(
     assert (
         res.status["data_changes"]
         == ch["data"]
-        == {"added": 30, "removed": 0, "modified": 0, "moved": 0, "copied": 0}
+        == {"added": 30, "removed": 0, "modified": 0, "moved": 0, "copied": 0, "relabelled": 0}
     )
     assert notified.read_text() == res.status["summary"]
     # Retention (--keep-runs 1): the previous run is gone, latest points at the new one.
@@ -634,6 +634,31 @@ def test_a_class_with_no_readable_sample_is_not_analysed_never_resolved(
     ch = json.loads(Path(res.status["summary"]).read_text())["changes"]
     assert not [c for c in ch["resolved"] if c["class_index"] == PLANTED_CLASS], ch
     assert "is not resolved, there is no verdict" in res.stderr
+
+
+def test_a_relabelled_image_is_counted_in_the_data_changes(
+    first: dict[str, Any], prepared: Prepared, tmp_path: Path
+) -> None:
+    """An outside check: labels fixed in the labels file (same ids, same images) gave a new run whose data
+    changes said 0 added, removed, modified, moved and copied: nothing to explain why the run changed."""
+    runs = tmp_path / "runs"
+    shutil.copytree(first["runs"], runs, symlinks=True)
+    # the newest run of the first data (another test may have published one of more images since)
+    assert run_spray(["run", "--config", str(first["cfg"]), "--runs-dir", str(runs)]).code in (
+        EXIT_OK,
+        EXIT_FINDINGS,
+    )
+    labels = read_idx(prepared.labels).copy()
+    fixed = np.flatnonzero(labels == 0)[:4]
+    labels[fixed] = 1
+    write_idx(tmp_path / "lab.gz", labels)
+    cfg = prepared.config("relabelled", labels=tmp_path / "lab.gz")
+    res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
+    assert res.code in (EXIT_OK, EXIT_FINDINGS), res.stderr[-3000:]
+    assert res.status is not None
+    want = {"added": 0, "removed": 0, "modified": 0, "moved": 0, "copied": 0, "relabelled": 4}
+    assert res.status["data_changes"] == want, res.status
+    assert any("4 relabelled" in m for m in res.messages())
 
 
 def test_the_run_command_leaves_at_once_after_reporting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -487,8 +487,24 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         if code[0] and code[1] and code[0] != code[1]:
             changes.config_changed.append(f"code version: {code[0]} → {code[1]}")
     if reader is not None and report.content_hashes and (previous := reader.content_hashes()):
-        changes.data = data_changes(report.content_hashes, previous)
+        changes.data = data_changes(report.content_hashes, previous, _classes(report, reader))
     return changes
+
+
+#: ``sample_id -> (label, class name)`` of one run.
+Classes = Mapping[str, tuple[int, str]]
+
+
+def _classes(report: AuditReport, reader: RunReader) -> tuple[Classes, Classes] | None:
+    """The class of every analysed sample in this run and in the previous one (None when its per-sample table
+    cannot be read)."""
+    try:
+        samples = reader.samples()
+        before = zip(samples.index, samples["label"], samples["label_name"], strict=True)
+        previous = {str(s): (int(label), str(name)) for s, label, name in before}
+    except (RunReadError, OSError, KeyError):
+        return None
+    return {s: (c.class_index, c.class_name) for c in report.classes for s in c.sample_ids}, previous
 
 
 def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int = 20) -> list[str]:
@@ -516,13 +532,24 @@ def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int
     return said + ([f"and {len(keys) - limit} more settings"] if len(keys) > limit else [])
 
 
-def data_changes(current: Mapping[str, str], previous: Mapping[str, str]) -> DataChanges:
-    """What changed in the data between two runs' ``sample_id -> content hash`` tables."""
+def data_changes(
+    current: Mapping[str, str], previous: Mapping[str, str], classes: tuple[Classes, Classes] | None = None
+) -> DataChanges:
+    """What changed in the data between two runs' ``sample_id -> content hash`` tables; with both runs'
+    classes (``sample_id -> (label, name)``) also the images whose label changed."""
     now, before = set(current.values()), set(previous.values())
     new_ids = [i for i in current if i not in previous]
     # Content whose previous id is still here (with that content): a new id holding it is a copy, not a move.
     kept = {h for i, h in previous.items() if current.get(i) == h}
+    relabelled = 0
+    if classes is not None:
+        a, b = classes
+        # a renamed class keeps its labels and an inserted class folder shifts them under the same names: a
+        # relabelled image changes both, as a flag's class check has it
+        same = [i for i, h in current.items() if previous.get(i) == h and i in a and i in b]
+        relabelled = sum(a[i][0] != b[i][0] and a[i][1] != b[i][1] for i in same)
     return DataChanges(
+        relabelled=relabelled,
         added=sum(current[i] not in before for i in new_ids),
         removed=sum(h not in now for i, h in previous.items() if i not in current),
         modified=sum(previous[i] != h for i, h in current.items() if i in previous),

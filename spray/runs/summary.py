@@ -362,4 +362,5 @@ def _data_changes(d: _Doc) -> DataChanges | None:
         modified=x.get("modified", int),
         moved=x.get("moved", int),
         copied=x.get("copied", int, 0),  # no "copied" before 5 Dec 2026
+        relabelled=x.get("relabelled", int, 0),  # none before 6 Dec 2026
     )

@@ -265,6 +265,16 @@ def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
     # A copy of a kept image under a new id (an outside-in check saw 30 such copies called "moved").
     got = data_changes({**current, "a_copy.png": "h1", "g2.png": "h3"}, previous)
     assert (got.added, got.moved, got.copied) == (2, 2, 1)
+    assert got.relabelled == 0  # without the runs' classes
+    # the same image under its id in another class; a renamed class (same label) and an inserted class
+    # folder (shifted label, same name) are not relabels
+    before = {"a.png": (0, "cat"), "b.png": (1, "dog"), "c.png": (1, "dog"), "d.png": (2, "fox")}
+    now = {"a.png": (1, "dog"), "b.png": (1, "hound"), "c.png": (2, "dog"), "d.png": (2, "fox")}
+    same = {i: "h" + i for i in before}
+    assert data_changes(same, same, (now, before)).relabelled == 1
+    assert (
+        data_changes({**same, "a.png": "new"}, same, (now, before)).relabelled == 0
+    )  # modified, not relabelled
 
 
 def test_config_changes_name_the_result_settings_that_differ() -> None:
