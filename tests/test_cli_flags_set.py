@@ -262,3 +262,27 @@ def test_ids_split_at_their_commas_point_to_the_ids_file() -> None:
     with pytest.raises(ConfigError) as info:
         _sample_ids(args, SimpleNamespace(sample_ids=lambda: ["a.png"]), Path("run"), "flag")  # type: ignore[arg-type]
     assert "comma" not in str(info.value)
+
+
+def test_a_key_naming_another_group_than_in_the_previous_run_is_said(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: finding keys are numbered per run; a key copied from yesterday's report into
+    `flags set --finding` (the newest run by default) flagged another group without a word."""
+    import numpy as np
+
+    from spray.data.idx import write_idx
+
+    world = build_world(tmp_path / "w", flag=False)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    keep = np.arange(len(world.labels)) % 3 != 0  # a third of the records gone: the clusters move
+    write_idx(world.root / "images.idx", world.images[keep])
+    write_idx(world.root / "labels.idx", world.labels[keep].astype(np.uint8))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    runs = str(world.runs_dir)
+    # measured on this world: 0/k4/c1 shares none of its members with yesterday's 0/k4/c1, 1/k2/c0 most
+    res = run_main(["flags", "set", "--runs-dir", runs, "--finding", "0/k4/c1"], capsys)
+    assert res.code == 0 and "shares 0 of them with finding 0/k4/c1 of the previous run" in res.output
+    assert "flag it with --run" in res.output
+    res = run_main(["flags", "set", "--runs-dir", runs, "--finding", "1/k2/c0"], capsys)
+    assert res.code == 0 and "keys are numbered per run" not in res.output

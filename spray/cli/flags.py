@@ -26,7 +26,7 @@ from spray.flags.content import (
     relabelled,
 )
 from spray.runs.atomic import atomic_write_bytes
-from spray.runs.keys import finding_key
+from spray.runs.keys import finding_key, renumbered_message
 
 if TYPE_CHECKING:
     from spray.runs.reader import RunReader
@@ -294,6 +294,8 @@ def set_command(args: argparse.Namespace) -> int:
         + moved
     )
     _warn_if_older(reader, run, ids)
+    if key is not None and (renumbered := renumbered_message(reader, run, key)):
+        log.warning("%s", renumbered)
     return 0
 
 

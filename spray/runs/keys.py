@@ -17,7 +17,11 @@ KEY_PREFIX = "key:"
 HOTSPOT_K = 0
 
 if TYPE_CHECKING:
+    from spray.runs.reader import RunReader
     from spray.runs.summary import FindingSummary
+
+#: Below this share of common members (of the union), a key names another group in the previous run.
+SAME_GROUP = 0.5
 
 
 def parse_cluster_key(key: str) -> tuple[int, int, int]:
@@ -140,3 +144,49 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
         f"No finding {text!r} in {run}; the top findings are {', '.join(keys)}. Give one of these keys, or "
         "the class and cluster columns of the report (e.g. dog/k2/c0)."
     )
+
+
+def renumbered_message(reader: RunReader, run: Path, key: str) -> str:
+    """When the previous run of ``run``'s audit has a finding under the same ``key`` that shares under
+    :data:`SAME_GROUP` of the members (by content): keys are numbered per run, so a key copied from an older
+    report names another group now. '' otherwise (also without a previous run or that key in it).
+
+    Parameters
+    ----------
+    reader : RunReader
+        The run the key was resolved in.
+    run : Path
+        Its folder.
+    key : str
+        The finding's key in that run.
+    """
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import RunReader
+
+    me, s = run.resolve(), reader.summary
+    finding = reader.finding(key)
+    for p in list_runs(me.parent):
+        if p.name >= me.name:
+            continue
+        try:
+            before = RunReader.open(p)
+            if before.summary.name != s.name or before.summary.dataset != s.dataset:
+                continue
+            old = before.finding(key)
+            old_hashes = before.content_hashes() or {}
+        except RunReadError:
+            continue
+        if old is None or finding is None:
+            return ""
+        hashes = reader.content_hashes() or {}
+        a = {hashes.get(str(i), str(i)) for i in finding.member_ids}
+        b = {old_hashes.get(str(i), str(i)) for i in old.member_ids}
+        if len(a & b) >= SAME_GROUP * len(a | b):
+            return ""
+        return (
+            f"finding {key} of this run ({len(a)} members) shares {len(a & b)} of them with finding {key} of the "
+            f"previous run {p.name} ({len(b)} members): keys are numbered per run, so a key copied from an older "
+            f"report can name another group; if you meant that one, unset these flags and flag it with --run {p}"
+        )
+    return ""
