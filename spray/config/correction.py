@@ -85,6 +85,15 @@ class CorrectionConfig(Section):
         "pixels from reference samples) by less than this: the flagged pixels then act no more than any "
         "pixels there, and the flags may not mark a shortcut.",
     )
+    lookalike_alpha: float = Field(
+        0.001,
+        gt=0.0,
+        lt=1.0,
+        description="Warn that correction.test_data seems to carry the shortcut when its images of the artifact "
+        "class project along the artifact direction as the flagged images do more often than the held-out "
+        "unflagged ones (one-sided binomial test at this level): its clean accuracy then counts what the "
+        "shortcut gave (docs/correction.md).",
+    )
     min_separation: float = Field(
         0.6,
         ge=0.5,

@@ -30,6 +30,7 @@ from torch import nn
 from spray.config import AuditConfig
 from spray.correct.activations import tap
 from spray.correct.cav import ArtifactDirection
+from spray.correct.lookalikes import Lookalikes
 from spray.correct.pclarc import original_layer
 from spray.correct.region import ArtifactRegion, paste
 from spray.correct.relevance import composite_kwargs, region_share, relevance_maps
@@ -162,6 +163,9 @@ class Evaluation:
         Pixels in the region.
     clean_changes : CleanChanges or None
         Images of the clean accuracy that changed answer (None in records written before it was kept).
+    lookalikes : Lookalikes or None
+        Test images of the artifact class that project along the artifact direction as the flagged ones do
+        (with ``test_data`` only; None otherwise and in records written before 6 Dec 2026).
     """
 
     before: ModelScores
@@ -175,6 +179,7 @@ class Evaluation:
     region_box: list[int]
     region_pixels: int
     clean_changes: CleanChanges | None = None
+    lookalikes: Lookalikes | None = None
 
 
 def relative_drop(before: float, after: float) -> float | None:

@@ -154,7 +154,9 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection, in
     audited data's and the held-out data's fingerprints), the correction parameters, the config and the code
     version."""
     # where the flags come from, when to warn and what the method does not read do not change the result
-    unused = {"flags_db", "source_run", "min_flip_over_null"} | ignored_fields(cfg.correction.method)
+    unused = {"flags_db", "source_run", "min_flip_over_null", "lookalike_alpha"} | ignored_fields(
+        cfg.correction.method
+    )
     payload = {
         "source_run": source_run_id,
         "inputs": inputs,

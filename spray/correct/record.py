@@ -171,13 +171,15 @@ class CorrectionRecord:
 
     def warnings(self) -> list[str]:
         """What the record's own checks say is wrong, in the order the CLI and report.html show them: a
-        shortcut made stronger, a finding still flagged, a class given up, a moving shortcut's one region."""
+        shortcut made stronger, a finding still flagged, a class given up, a moving shortcut's one region, test
+        data that carries the shortcut."""
         found = (
             self.stronger_warning(),
             self.not_cleared_advice(),
             self.class_accuracy_warning(),
             self.region_warning(),
             self.moved_warning(),
+            self.lookalike_warning(),
         )
         return [w for w in found if w]
 
@@ -229,6 +231,27 @@ class CorrectionRecord:
             "% before): the shortcut acts wherever it sits and the correction removed it at one place; flag its "
             "images at every place (the finding's carriers: --with-carriers) and read the re-audit "
             "(docs/correction.md)"
+        )
+
+    def lookalike_warning(self) -> str:
+        """When the test data's images of the artifact class project along the artifact direction as the
+        flagged ones do, more often than held-out unflagged ones (``correction.lookalike_alpha``): the test
+        data may carry the shortcut; empty otherwise or when not measured."""
+        like = self.evaluation.lookalikes
+        default = CorrectionConfig.model_fields["lookalike_alpha"].default
+        if (
+            like is None
+            or like.n_like == 0
+            or like.p_value() >= float(self.parameters.get("lookalike_alpha", default))
+        ):
+            return ""
+        name = self.group.class_name
+        return (
+            f"{like.n_like} of the test data's {like.n_checked} {name} images project along the artifact direction "
+            f"as the flagged images do ({100 * like.n_like / like.n_checked:.0f} %, against "
+            f"{100 * like.reference_rate:.0f} % of the held-out unflagged {name} images): the test data seems to "
+            "carry the shortcut, and its clean accuracy then counts what the shortcut gave; look at them "
+            "(correction.json: evaluation.lookalikes.sample_ids) before reading the accuracy change"
         )
 
     def region_warning(self) -> str:

@@ -36,6 +36,7 @@ from spray.correct.checkpoint import CONFIG_FILE, MODEL_FILE, save_corrected
 from spray.correct.evaluate import Evaluation, evaluate, evaluation_sets
 from spray.correct.footprint import FootprintSummary, NoGridError, RegionFootprint, measure_footprint
 from spray.correct.html import write_report
+from spray.correct.lookalikes import lookalikes
 from spray.correct.plan import CorrectionPlan, plan_correction
 from spray.correct.reaudit import Reaudit, run_reaudit, slim_runs_dir
 from spray.correct.record import (
@@ -431,6 +432,10 @@ def _evaluation(plan: CorrectionPlan, corrected: torch.nn.Module, direction: Art
     )  # fmt: skip
     result = evaluate(plan.model, corrected, plan.cfg, plan.samples, plan.clean_samples, sets, direction, region,
                       g.class_index, plan.device)  # fmt: skip
+    if plan.clean_samples is not plan.samples:  # a held-out part of the audited data is the reference itself
+        of_class = sets.clean[plan.clean_samples.labels[sets.clean] == g.class_index]
+        result.lookalikes = lookalikes(plan.model, direction, plan.clean_samples, of_class, plan.samples,
+                                       g.held_reference, plan.cfg.batch.batch_size, plan.device)  # fmt: skip
     atomic_write_json(cached, dataclasses.asdict(result))
     return result
 
