@@ -330,3 +330,29 @@ def test_the_samples_the_flags_were_set_on_come_from_their_runs() -> None:
     assert _seen_by(flags(["run1"]), source) == {"a", "b"}
     assert _seen_by(flags([]), source) is None  # flags set without a run (older databases, scripts)
     assert _seen_by(flags(["gone"]), source) is None  # the run they were set on was pruned
+
+
+def test_colour_test_images_for_a_grey_model_name_the_test_datas_setting(
+    audited: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: colour PNGs as correction.test_data for a grey model; the refusal said "became
+    unreadable during the audit" and told to set data.transform.colour_to_grey, which the audit reads."""
+    from PIL import Image
+
+    from tests.faults.cli import assert_clean_failure, run_main
+
+    world = _copy_world(audited, tmp_path / "w")
+    for c in range(3):
+        folder = world.root / "test" / str(c)
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(audited.labels == c)[:5]:
+            g = audited.images[i]
+            Image.fromarray(np.stack([g, g // 2, g], -1).astype(np.uint8)).save(folder / f"{i}.png")
+    raw = yaml.safe_load(world.config.read_text())
+    raw["correction"]["test_data"] = {"kind": "image_folder", "path": "test"}
+    world.config.write_text(yaml.safe_dump(raw))
+    res = run_main(["correct", "--config", str(world.config), "--method", "pclarc", "--no-reaudit"], capsys)
+    assert_clean_failure(
+        res, 1, "correction.test_data's sample", "correction.test_data.transform.colour_to_grey"
+    )
+    assert "during the audit" not in res.output and " data.transform" not in res.output

@@ -173,7 +173,7 @@ def _evaluation_rows(cfg: AuditConfig, samples: SampleSet) -> tuple[SampleSet, n
     """``(clean samples, their evaluation rows, rows of the audited data held out of training)``."""
     c = cfg.correction
     if c.test_data is not None:
-        test = SampleSet.build(held_out_config(cfg))
+        test = SampleSet.build(held_out_config(cfg), "correction.test_data")
         return test, np.arange(len(test)), np.zeros(0, dtype=np.int64)
     n = max(1, round(c.eval_fraction * len(samples)))
     held = seeded_subset(np.arange(len(samples)), n, cfg.seed, "eval-split")

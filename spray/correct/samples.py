@@ -55,9 +55,11 @@ class SampleSet:
     labels: np.ndarray
 
     @classmethod
-    def build(cls, cfg: DataConfig) -> SampleSet:
-        """Build the dataset of ``cfg`` (a :class:`~spray.errors.DataError` names what is wrong)."""
+    def build(cls, cfg: DataConfig, section: str = "data") -> SampleSet:
+        """Build the dataset of ``cfg`` (a :class:`~spray.errors.DataError` names what is wrong), whose settings
+        are the config's ``section`` (messages name it)."""
         ds = build_dataset(cfg, thumbnail_size=8)
+        ds.section = section
         return cls(ds, list(ds.sample_ids), np.asarray(ds.labels, dtype=np.int64))
 
     def __len__(self) -> int:

@@ -100,6 +100,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.input_memo = InputMemo()
         #: Samples :meth:`load_input` found with other bytes than the ``expect``-ed (explained) ones.
         self.changed_since_read: list[str] = []
+        #: The config section the settings come from, as messages name them (``correction.test_data``).
+        self.section = "data"
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -131,8 +133,9 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             log.warning(
                 "the model's first convolution takes 1 channel but most images are stored with three channels "
                 "(RGB or a palette): those whose three channels are equal (grey images saved as RGB) are audited "
-                "as grey, colour ones are skipped with the reason; set data.transform.colour_to_grey: luma to "
-                "convert those to grey"
+                "as grey, colour ones are skipped with the reason; set %s.transform.colour_to_grey: luma to "
+                "convert those to grey",
+                self.section,
             )
         else:
             log.info("the model's first convolution takes %d channels: images are converted to that", c)
@@ -301,8 +304,15 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         """
         got = self._read(i, thumbnail=True)
         if isinstance(got, str):
-            raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
+            raise self._unreadable(i, got)
         return got[0], got[2]
+
+    def _unreadable(self, i: int, why: str) -> DataError:
+        """Sample ``i`` cannot be read (now): its reason, naming this dataset's own config section."""
+        if self.section == "data":
+            return DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {why}")
+        why = why.replace("data.transform.", f"{self.section}.transform.")
+        return DataError(f"{self.section}'s sample {self.sample_ids[i]!r} cannot be read: {why}")
 
     def load_input(self, i: int, expect: str | None = None) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail (for the paste test); from :attr:`input_memo`
@@ -320,7 +330,7 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             return held
         got = self._read(i, thumbnail=False)
         if isinstance(got, str):
-            raise DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {got}")
+            raise self._unreadable(i, got)
         if expect is not None and _hash_of(got[1], got[0]) != expect:
             self.changed_since_read.append(self.sample_ids[i])
         self.input_memo.put(i, got[0])
