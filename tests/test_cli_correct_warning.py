@@ -162,6 +162,7 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "class_accuracy_warning": "c",
         "region_warning": "d",
         "moved_warning": "e",
+        "lookalike_warning": "f",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
-    assert CorrectionRecord.warnings(rec) == ["a", "c", "d", "e"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["a", "c", "d", "e", "f"]  # type: ignore[arg-type]
