@@ -29,10 +29,10 @@ from spray.records import (
     ChangeSet,
     ClusterChange,
     ClusterFinding,
-    DataChanges,
     UnreadableRun,
 )
 from spray.runs.errors import RunReadError
+from spray.runs.input_changes import config_changes, data_changes, run_classes
 from spray.runs.reader import RunReader
 
 log = logging.getLogger(__name__)
@@ -487,75 +487,8 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         if code[0] and code[1] and code[0] != code[1]:
             changes.config_changed.append(f"code version: {code[0]} → {code[1]}")
     if reader is not None and report.content_hashes and (previous := reader.content_hashes()):
-        changes.data = data_changes(report.content_hashes, previous, _classes(report, reader))
+        changes.data = data_changes(report.content_hashes, previous, run_classes(report, reader))
     return changes
-
-
-#: ``sample_id -> (label, class name)`` of one run.
-Classes = Mapping[str, tuple[int, str]]
-
-
-def _classes(report: AuditReport, reader: RunReader) -> tuple[Classes, Classes] | None:
-    """The class of every analysed sample in this run and in the previous one (None when its per-sample table
-    cannot be read)."""
-    try:
-        samples = reader.samples()
-        before = zip(samples.index, samples["label"], samples["label_name"], strict=True)
-        previous = {str(s): (int(label), str(name)) for s, label, name in before}
-    except (RunReadError, OSError, KeyError):
-        return None
-    return {s: (c.class_index, c.class_name) for c in report.classes for s in c.sample_ids}, previous
-
-
-def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int = 20) -> list[str]:
-    """``"section.field: old → new"`` for each result-relevant setting (:data:`RESULT_SECTIONS` and the seed,
-    not where the inputs lie) that differs between two runs' recorded configs; at most ``limit`` of them.
-    Empty when either config is unknown (a run written before configs were recorded)."""
-    from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS
-
-    if not before or not now:
-        return []
-
-    def flat(d: Any, prefix: str) -> dict[str, Any]:
-        if not isinstance(d, Mapping):
-            return {prefix: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-
-    skip = {f"{section}.{name}" for section, names in LOCATION_FIELDS.items() for name in names}
-    a = flat({s: before.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
-    b = flat({s: now.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
-    keys = sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
-    said = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:limit]]
-    return said + ([f"and {len(keys) - limit} more settings"] if len(keys) > limit else [])
-
-
-def data_changes(
-    current: Mapping[str, str], previous: Mapping[str, str], classes: tuple[Classes, Classes] | None = None
-) -> DataChanges:
-    """What changed in the data between two runs' ``sample_id -> content hash`` tables; with both runs'
-    classes (``sample_id -> (label, name)``) also the images whose label changed."""
-    now, before = set(current.values()), set(previous.values())
-    new_ids = [i for i in current if i not in previous]
-    # Content whose previous id is still here (with that content): a new id holding it is a copy, not a move.
-    kept = {h for i, h in previous.items() if current.get(i) == h}
-    relabelled = 0
-    if classes is not None:
-        a, b = classes
-        # a renamed class keeps its labels and an inserted class folder shifts them under the same names: a
-        # relabelled image changes both, as a flag's class check has it
-        same = [i for i, h in current.items() if previous.get(i) == h and i in a and i in b]
-        relabelled = sum(a[i][0] != b[i][0] and a[i][1] != b[i][1] for i in same)
-    return DataChanges(
-        relabelled=relabelled,
-        added=sum(current[i] not in before for i in new_ids),
-        removed=sum(h not in now for i, h in previous.items() if i not in current),
-        modified=sum(previous[i] != h for i, h in current.items() if i in previous),
-        moved=sum(current[i] in before and current[i] not in kept for i in new_ids),
-        copied=sum(current[i] in kept for i in new_ids),
-    )
 
 
 #: A run of another dataset key holding at least this share of a new run's content is the same data moved.

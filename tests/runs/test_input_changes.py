@@ -1,0 +1,44 @@
+"""What changed in a run's inputs: result settings and data (``spray.runs.input_changes``)."""
+
+from __future__ import annotations
+
+from spray.runs.input_changes import config_changes, data_changes
+
+
+def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
+    previous = {"a.png": "h1", "b.png": "h2", "c.png": "h3", "d.png": "h4", "e.png": "h5"}
+    current = {
+        "a.png": "h1",  # unchanged
+        "b.png": "h9",  # replaced in place
+        "c2.png": "h3",  # renamed
+        "f.png": "h6",  # new
+        "g.png": "h7",  # new
+    }  # d.png and e.png deleted
+    got = data_changes(current, previous)
+    assert (got.added, got.removed, got.modified, got.moved, got.copied) == (2, 2, 1, 1, 0)
+    # A copy of a kept image under a new id (an outside-in check saw 30 such copies called "moved").
+    got = data_changes({**current, "a_copy.png": "h1", "g2.png": "h3"}, previous)
+    assert (got.added, got.moved, got.copied) == (2, 2, 1)
+    assert got.relabelled == 0  # without the runs' classes
+    # the same image under its id in another class; a renamed class (same label) and an inserted class
+    # folder (shifted label, same name) are not relabels
+    before = {"a.png": (0, "cat"), "b.png": (1, "dog"), "c.png": (1, "dog"), "d.png": (2, "fox")}
+    now = {"a.png": (1, "dog"), "b.png": (1, "hound"), "c.png": (2, "dog"), "d.png": (2, "fox")}
+    same = {i: "h" + i for i in before}
+    assert data_changes(same, same, (now, before)).relabelled == 1
+    assert (
+        data_changes({**same, "a.png": "new"}, same, (now, before)).relabelled == 0
+    )  # modified, not relabelled
+
+
+def test_config_changes_name_the_result_settings_that_differ() -> None:
+    """A finding resolved by a setting must not read as a shortcut gone: the settings that changed are named
+    (where the inputs lie and the output section are not settings of the result)."""
+    before = {"seed": 0, "scoring": {"flag_max_fraction": 0.6, "carriers": True}, "model": {"checkpoint": "/a.pt"},
+              "output": {"keep_runs": 10}}  # fmt: skip
+    now = {"seed": 1, "scoring": {"flag_max_fraction": 0.1, "carriers": True}, "model": {"checkpoint": "/b.pt"},
+           "output": {"keep_runs": 1}}  # fmt: skip
+    assert config_changes(before, now) == ["scoring.flag_max_fraction: 0.6 → 0.1", "seed: 0 → 1"]
+    assert config_changes(before, before) == [] and config_changes({}, now) == []
+    many = {"scoring": {f"f{i}": i for i in range(25)}}
+    assert config_changes({"scoring": {}}, many, limit=20)[-1] == "and 5 more settings"
