@@ -24,6 +24,11 @@ __all__ = ["Inference"]
 
 #: Rows of the first batch compared between the copy and the model.
 _CHECK_ROWS = 8
+#: Rows of every forward pass, by device type (a call's last pass is padded to it): BLAS picks its kernel by
+#: the number of rows (MKL's sgemm rounds otherwise below 16), and the paste cache keeps logits across runs,
+#: so a fixed shape makes an image's logits independent of how many images ran with it. Changing these
+#: changes results in the last bits: bump ANALYSIS_VERSION with them.
+PASS_ROWS = {"cpu": 32, "cuda": 256}
 
 
 def _laid_out_copy(model: nn.Module, device: torch.device) -> nn.Module | None:
@@ -49,14 +54,15 @@ class Inference:
         The audited model, in eval mode, on ``device`` (never changed here).
     device : torch.device
         Where the model runs; inputs are moved there batch by batch and outputs come back to the CPU.
-    batch_size : int
-        Rows per forward pass.
+    batch_size : int, optional
+        Rows of every forward pass (default :data:`PASS_ROWS` of the device type); a call's last pass is
+        padded to it with copies of its last row.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, batch_size: int = 256) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, batch_size: int | None = None) -> None:
         self.model = model
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size or PASS_ROWS.get(device.type, PASS_ROWS["cuda"])
         self._fast: nn.Module | None = None
         self._started = self._checked = False  # the copy is made on the first call (none without a test)
 
@@ -65,9 +71,13 @@ class Inference:
         """``(n, K)`` float logits of ``(n, C, H, W)`` inputs (on the CPU)."""
         if len(x) == 0:
             return torch.zeros(0, 0)
-        out = [
-            self._run(x[s : s + self.batch_size].to(self.device)) for s in range(0, len(x), self.batch_size)
-        ]
+        b, out = self.batch_size, []
+        for s in range(0, len(x), b):
+            xb = x[s : s + b]
+            m = len(xb)
+            if m < b:  # a fixed shape: the same logits whatever ran beside this image
+                xb = torch.cat([xb, xb[-1:].expand(b - m, *xb.shape[1:])])
+            out.append(self._run(xb.to(self.device))[:m])
         return torch.cat([o.float().cpu() for o in out])
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

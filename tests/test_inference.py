@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from spray.inference import Inference
+from spray.inference import PASS_ROWS, Inference
 from spray.lab.cnn import small_cnn
 
 CPU = torch.device("cpu")
@@ -115,3 +115,16 @@ def test_an_uncopyable_model_runs_as_it_is() -> None:
     with torch.no_grad():
         torch.testing.assert_close(inf.logits(x), model(x))
     assert inf._fast is None
+
+
+def test_an_images_logits_do_not_depend_on_the_images_run_with_it() -> None:
+    """A trace of an outside check: an incremental run's paste gains differed from a fresh run's by ~1e-8, since
+    BLAS picks its kernel by the number of rows (MKL's sgemm rounds otherwise below 16) and the paste cache
+    keeps logits computed in passes of other sizes; every pass now has the same number of rows."""
+    model, x = _model(), _x(100)
+    inf = Inference(model, CPU)
+    assert inf.batch_size == PASS_ROWS["cpu"]
+    ref = inf.logits(x)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0)).tolist()
+    for idx in ([3], list(range(5, 12)), list(range(40, 55)), order):
+        assert torch.equal(inf.logits(x[idx]), ref[idx]), idx
