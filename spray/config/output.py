@@ -74,8 +74,8 @@ class NightlyConfig(Section):
         gt=0.0,
         le=1.0,
         description="Change detection: a suspicious cluster left without a match is part of a suspicious cluster "
-        "of the other run when at least this share of its members are in it (a cluster that split in two, or "
-        "two that merged): persisting, not new or resolved.",
+        "of the other run when at least this share of its members are among that cluster's members and carriers "
+        "(a cluster that split in two, or two that merged): persisting, not new or resolved.",
     )
 
     @field_validator("notify_command", mode="before")

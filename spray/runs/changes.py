@@ -87,13 +87,15 @@ class MemberKeys:
     def by_content(self) -> bool:
         return bool(self.current) and bool(self.previous)
 
-    def of(self, f: ClusterFinding, side: Side) -> set[str]:
-        """The member keys of ``f``, a cluster of the ``"current"`` or ``"previous"`` run."""
+    def of(self, f: ClusterFinding, side: Side, *, carriers: bool = False) -> set[str]:
+        """The member keys of ``f``, a cluster of the ``"current"`` or ``"previous"`` run (and of its
+        carriers with ``carriers``)."""
+        ids = [*f.member_ids, *f.carrier_ids] if carriers else f.member_ids
         if not self.by_content:
-            return set(f.member_ids)
+            return set(ids)
         table = self.current if side == "current" else self.previous
         # a member missing from its run's table (never in a layout-5 run) is compared by its id
-        return {table.get(i, f"id:{i}") for i in f.member_ids}
+        return {table.get(i, f"id:{i}") for i in ids}
 
 
 def _assign(
@@ -175,7 +177,10 @@ def compare_findings(
     unmatched = [f for i, f in enumerate(cur) if i not in matched]
     left = [p for j, p in enumerate(prev) if j not in {m[0] for m in matched.values()}]
     split, unmatched = _parts(unmatched, prev, rule, keys, rank, alone_current=True)
+    # a previous cluster that lives on in a part is not resolved, a current one holding a merged one not new
+    left = [p for p in left if p.key not in {e.previous_key for e in split}]
     merged, left = _parts(left, cur, rule, keys, rank, alone_current=False)
+    unmatched = [f for f in unmatched if f.key not in {e.key for e in merged}]
     persisting += split + merged
     new = _new(unmatched, [p for p in previous or [] if not p.suspicious], rule, rank, keys)
     # by class, not by membership: comparing two findings compares their mean heatmaps (numpy arrays)
@@ -248,17 +253,18 @@ def _parts(
     alone_current: bool,
 ) -> tuple[list[ClusterChange], list[ClusterFinding]]:
     """Suspicious clusters left without a match that are part of a suspicious cluster of the other run
-    (``rule.contained_min`` of their members in it): current ones of a previous cluster that split
-    (``alone_current``), or previous ones that merged into a current cluster. Returns their persisting
-    entries and the clusters still alone."""
+    (``rule.contained_min`` of their members among its members and carriers): current ones of a previous
+    cluster that split (``alone_current``), or previous ones that merged into a current cluster. Returns
+    their persisting entries and the clusters still alone."""
     side: Side = "current" if alone_current else "previous"
     other_side: Side = "previous" if alone_current else "current"
     entries: list[ClusterChange] = []
     rest: list[ClusterFinding] = []
     for f in alone:
         a = keys.of(f, side)
+        # with its carriers: a flagged stamp's images outside its cluster are the same shortcut
         shares = [
-            (len(a & keys.of(g, other_side)) / max(1, len(a)), g)
+            (len(a & keys.of(g, other_side, carriers=True)) / max(1, len(a)), g)
             for g in other
             if g.class_index == f.class_index
         ]
@@ -270,10 +276,11 @@ def _parts(
         a, b = keys.of(cur, "current"), keys.of(prev, "previous")
         jac = len(a & b) / max(1, len(a | b))
         note = (
-            f"{100 * share:.0f} % of its members were in the previous suspicious cluster {prev.key}, which split"
+            f"{100 * share:.0f} % of its members were in the previous suspicious cluster {prev.key} (members and "
+            "carriers), which split"
             if alone_current
             else f"{100 * share:.0f} % of the members of the previous suspicious cluster {prev.key} are in this "
-            "one: the two merged"
+            "one (members and carriers): the two merged"
         )
         entries.append(
             replace(_entry(cur, rank, prev, jac, _corr(cur.mean_heatmap, prev.mean_heatmap)), note=note)

@@ -236,7 +236,7 @@ def test_a_cluster_that_splits_or_two_that_merge_persist() -> None:
     part = next(c for c in ch.persisting if c.note)
     assert (
         part.previous_key == "3/k2/c1"
-        and "were in the previous suspicious cluster 3/k2/c1, which split" in part.note
+        and "were in the previous suspicious cluster 3/k2/c1 (members and carriers), which split" in part.note
     )
     # the other way round: two previous clusters in one
     ch = compare_findings(prev, cur, RULE)
@@ -247,3 +247,33 @@ def test_a_cluster_that_splits_or_two_that_merge_persist() -> None:
     assert [c.key for c in compare_findings(cur, prev, RULE).new] == ["3/k6/c5"]
     assert compare_findings(cur, prev, ChangeRule(0.3, 0.8, 0.1, contained_min=0.2)).n_new == 0
     assert change_rule({"match_contained": 0.5}).contained_min == 0.5
+
+
+def test_a_part_among_the_other_runs_carriers_persists() -> None:
+    """An outside check: the tagged images of one shortcut came out as a new suspicious cluster (exit 10) whose
+    members had all been members or carriers of last night's suspicious cluster, and a previous cluster
+    whose images are now carriers of the current one was called resolved."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(2)
+
+    def noise() -> np.ndarray:
+        return rng.random((8, 8)).astype(np.float32)
+
+    prev = [replace(_finding("2/k4/c2", range(0, 40), noise()), carrier_ids=[f"s{i}" for i in range(40, 60)])]
+    cur = [_finding("2/k11/c6", range(30, 53), noise())]  # 10 former members, 13 former carriers
+    ch = compare_findings(cur, prev, RULE)
+    assert ch.n_new == 0 and ch.n_resolved == 0, ch
+    assert ch.persisting[0].previous_key == "2/k4/c2" and "(members and carriers)" in ch.persisting[0].note
+    # the other way round: last night's cluster among tonight's cluster's carriers
+    cur = [
+        replace(_finding("2/k4/c2", range(100, 140), noise()), carrier_ids=[f"s{i}" for i in range(0, 23)])
+    ]
+    prev = [_finding("2/k5/c3", range(0, 23), noise())]
+    ch = compare_findings(cur, prev, RULE)
+    assert ch.n_new == 0 and ch.n_resolved == 0 and "merged" in ch.persisting[0].note, ch
+    # without the carriers both would be told as before: new and resolved
+    ch = compare_findings(
+        [_finding("2/k11/c6", range(30, 53), noise())], [_finding("2/k4/c2", range(0, 40), noise())], RULE
+    )
+    assert ch.n_new == 1 and ch.n_resolved == 1
