@@ -117,7 +117,7 @@ def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
     def plan(run_ids: list[str]) -> object:
         flags = SimpleNamespace(cluster_keys=["6/k3/c2"], run_ids=run_ids, sample_ids=flagged)
         return SimpleNamespace(
-            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5)),
+            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5, reaudit_min_contained=0.8)),
             flags=flags, source=SimpleNamespace(run_id="src", findings=findings),
             group=SimpleNamespace(class_index=6),
         )  # fmt: skip
@@ -125,3 +125,26 @@ def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
     correct_run._reaudit(plan(["older"]), Path("."), device=None, progress=False)  # type: ignore[arg-type]
     correct_run._reaudit(plan(["src"]), Path("."), device=None, progress=False)  # type: ignore[arg-type]
     assert seen == ["6/k3/c0", "6/k3/c2"]  # by overlap; the flags' own key on their own run
+
+
+def test_flags_on_part_of_a_group_are_still_flagged_when_a_suspicious_finding_holds_them() -> None:
+    """An outside check: 13 samples flagged from one of a shortcut's three findings (no carriers); after a
+    P-ClArC that raised the flip rate, every suspicious re-audit finding held all 13 among its 79–81 members
+    and carriers (Jaccard 0.16 < 0.3), and the verdict said "no longer flagged" with --fail-if-not-cleared 0."""
+    from spray.correct.reaudit import keeps_flag
+    from spray.records import ClusterFinding
+
+    def finding(members: range, carriers: range = range(0)) -> ClusterFinding:
+        return ClusterFinding(
+            class_index=2, class_name="square", cluster_id=0, k=5, size=len(members), fraction=0.2, score=0.5,
+            suspicious=True, evidence=[], signals={}, member_ids=[f"s{i}" for i in members],
+            carrier_ids=[f"s{i}" for i in carriers], mean_heatmap=None,
+        )  # fmt: skip
+
+    flagged = {f"s{i}" for i in range(13)}
+    same = (0.3, 0.8)
+    assert keeps_flag(finding(range(0, 40), range(40, 79)), flagged, same)  # holds all 13: Jaccard 0.16
+    assert not keeps_flag(finding(range(3, 40)), flagged, same)  # 10 of 13 (0.77), Jaccard 0.25
+    assert keeps_flag(finding(range(3, 40)), flagged, (0.3, 0.75))  # reaudit_min_contained decides
+    assert keeps_flag(finding(range(0, 20)), flagged, same)  # Jaccard 0.65
+    assert not keeps_flag(finding(range(100, 160)), flagged, same)  # another group of the class

@@ -315,6 +315,14 @@ class CorrectionConfig(Section):
         description="A re-audit cluster is the flagged finding again when its members overlap the flagged "
         "samples by at least this Jaccard index.",
     )
+    reaudit_min_contained: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="A suspicious re-audit cluster also keeps the flag when at least this share of the flagged "
+        "samples are among its members and carriers: flags set on part of a group (one of a shortcut's "
+        "findings, without its carriers) overlap the whole group by a small Jaccard index.",
+    )
 
     @field_validator("artifact_box")
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 from spray.accuracy import model_problems
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
+from spray.records import ClusterFinding
 from spray.runs.layout import CACHE_DIR, LOCK, STAGING_DIR
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Reaudit:
         The re-audit's finding that matches them best.
     still_flagged : bool
         Some suspicious finding of the class overlaps the flagged samples by at least
-        ``reaudit_min_jaccard``.
+        ``reaudit_min_jaccard``, or holds ``reaudit_min_contained`` of them (members and carriers).
     suspicious_in_class : list[str]
         Keys of every suspicious finding of the class in the re-audit.
     doubts : list[str]
@@ -96,12 +97,21 @@ def _score(f: FindingMatch) -> str:
     return "–" if f.score is None else f"{f.score:.3f}"
 
 
+def keeps_flag(f: ClusterFinding, flagged: set[str], same: tuple[float, float]) -> bool:
+    """Whether the suspicious finding ``f`` is the flagged finding again: its members and carriers overlap the
+    flagged samples by the Jaccard index ``same[0]``, or hold the share ``same[1]`` of them (flags set on part
+    of a group overlap the whole group by a small Jaccard index)."""
+    held = set(f.member_ids) | set(f.carrier_ids)
+    common = len(held & flagged)
+    return common / max(1, len(held | flagged)) >= same[0] or common / max(1, len(flagged)) >= same[1]
+
+
 def run_reaudit(
     config_path: Path,
     before: FindingMatch,
     class_index: int,
     flagged_ids: list[str],
-    min_jaccard: float,
+    same: tuple[float, float],
     *,
     device: str | None,
     progress: bool,
@@ -118,8 +128,9 @@ def run_reaudit(
         The artifact class.
     flagged_ids : list[str]
         The flagged samples.
-    min_jaccard : float
-        Overlap that makes a re-audit finding "the same finding".
+    same : tuple of float
+        ``(reaudit_min_jaccard, reaudit_min_contained)``: the Jaccard index with the flagged samples, or the
+        share of them a suspicious finding holds, that makes it "the same finding".
     device : str, optional
         Overrides ``batch.device``.
     progress : bool
@@ -131,12 +142,7 @@ def run_reaudit(
     report = audit(cfg, device=device, progress=progress)
     flagged = set(flagged_ids)
     suspicious = [f for f in report.findings if f.class_index == class_index and f.suspicious]
-    still = any(
-        len((set(f.member_ids) | set(f.carrier_ids)) & flagged)
-        / max(1, len(set(f.member_ids) | set(f.carrier_ids) | flagged))
-        >= min_jaccard
-        for f in suspicious
-    )
+    still = any(keeps_flag(f, flagged, same) for f in suspicious)
     # still flagged: name the suspicious finding that keeps the flag, not an unflagged one that overlaps more
     after = match_finding(report.findings, class_index, flagged_ids, only_suspicious=still)
     log.info(

@@ -447,8 +447,9 @@ def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: b
     keys, same_run = plan.flags.cluster_keys, plan.flags.run_ids == [plan.source.run_id]
     prefer = keys[0] if len(keys) == 1 and same_run else None
     before = match_finding(plan.source.findings, plan.group.class_index, plan.flags.sample_ids, prefer=prefer)
+    c = plan.cfg.correction
     result = run_reaudit(out / CONFIG_FILE, before, plan.group.class_index, plan.flags.sample_ids,
-                         plan.cfg.correction.reaudit_min_jaccard, device=device, progress=progress)  # fmt: skip
+                         (c.reaudit_min_jaccard, c.reaudit_min_contained), device=device, progress=progress)  # fmt: skip
     slim_runs_dir(out / "reaudit")
     return result
 
