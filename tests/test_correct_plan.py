@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from spray.cli import build_parser
+from spray.cli import build_parser, main
 from spray.cli.correct import _config
 from spray.correct.plan import plan_correction
 from spray.data import write_idx
@@ -356,3 +356,33 @@ def test_colour_test_images_for_a_grey_model_name_the_test_datas_setting(
         res, 1, "correction.test_data's sample", "correction.test_data.transform.colour_to_grey"
     )
     assert "during the audit" not in res.output and " data.transform" not in res.output
+
+
+def test_an_image_the_audit_skipped_first_in_the_folder_does_not_stop_the_correction(
+    audited: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: the audit skipped an image of another size with a reason, and `spray correct` stopped
+    on it ("became unreadable during the audit"): it read the first two samples to check the model."""
+    from PIL import Image
+
+    from tests.faults.cli import run_main
+
+    world = _copy_world(audited, tmp_path / "w")
+    for i, (g, c) in enumerate(zip(audited.images, audited.labels, strict=True)):
+        folder = world.root / "train" / str(c)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g).save(folder / f"{i:04d}.png")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(
+        world.root / "train" / "0" / "0000_big.png"
+    )  # sorts first
+    raw = yaml.safe_load(world.config.read_text())
+    raw["data"] = {"kind": "image_folder", "name": "folder-world", "path": "train"}
+    world.config.write_text(yaml.safe_dump(raw))
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    planted = ",".join(f"{c}/{i:04d}.png" for i, c in enumerate(audited.labels) if audited.planted[i])
+    runs = str(world.runs_dir)
+    assert (
+        main(["flags", "set", "--runs-dir", runs, "--dataset", "folder-world", "--sample-ids", planted]) == 0
+    )
+    res = run_main(["correct", "--config", str(world.config), "--method", "pclarc", "--no-reaudit"], capsys)
+    assert res.code == 0, res.output

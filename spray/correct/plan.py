@@ -270,7 +270,9 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     model = build_model(cfg.model).to(dev).eval()
     samples.match_model(model)
     check_flag_content(samples, flags, runs_dir)
-    example = samples.inputs(np.arange(min(2, len(samples)))).to(dev)
+    first = samples.dataset.first_batch(2).x  # readable ones: the audit skipped the others with a reason
+    assert first is not None
+    example = first.to(dev)
     cfg.check_class_count(
         len(samples.class_names), check_model_output(model, example, len(samples.class_names))
     )
@@ -279,10 +281,9 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     clean_samples, clean_rows, held = _evaluation_rows(cfg, samples)
     clean_samples.match_model(model)
     if clean_samples is not samples:
-        one = np.arange(1)
-        check_held_out(
-            clean_samples, samples, tuple(clean_samples.inputs(one).shape[1:]), tuple(example.shape[1:])
-        )
+        test_first = clean_samples.dataset.first_batch(1).x
+        assert test_first is not None
+        check_held_out(clean_samples, samples, tuple(test_first.shape[1:]), tuple(example.shape[1:]))
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
     weights = model_hash(model, cfg.model.factory)
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
