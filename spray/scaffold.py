@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Images whose sides are all at most this are taken at their native size (MNIST-like data).
 SMALL_IMAGE = 64
+#: When at least this share of the probed images has one size, the others are strays the audit skips with a
+#: reason (as it does), not a reason to resize every image to the architecture's default.
+MOSTLY_ONE_SIZE = 0.9
 #: The batch size ``spray init`` writes holds about this many input pixels (32 images at 224²), so small
 #: images get larger batches: per-batch overhead dominated the batch stage of 28×28 images at 32 a batch.
 BATCH_PIXELS = 32 * 224 * 224
@@ -168,6 +171,14 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
     t: dict[str, Any] = {}
     notes: list[str] = []
     sizes = Counter(data.sizes)
+    if len(sizes) > 1 and (top := sizes.most_common(1)[0])[1] >= MOSTLY_ONE_SIZE * sizes.total():
+        (h, w), n = top
+        others = ", ".join(f"{a}×{b}" for (b, a), _ in sizes.most_common()[1:4])
+        notes.append(
+            f"CHECK: {sizes.total() - n} of {sizes.total()} images probed are not {w}×{h} ({others}): the audit "
+            "skips images of another size with the reason; set resize/center_crop to bring them to one size"
+        )
+        sizes = Counter({(h, w): n})
     side = model.input_size if model is not None else None
     crop_pct = model.crop_pct if model is not None else 0.875
     if len(sizes) > 1 or (side and len(sizes) == 1 and max(next(iter(sizes))) > SMALL_IMAGE):

@@ -86,6 +86,22 @@ def test_resnet_keeps_small_images_at_their_size(tmp_path: Path, capsys: pytest.
     assert load_config(out).data.transform.resize is None
 
 
+def test_a_few_images_of_another_size_do_not_resize_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: 1,200 of 1,217 images were 32×32 and a few others larger; init wrote resize 256 and
+    center_crop 224 (the architecture's default), its own check said 27 % right, about chance, and the audit
+    ran 10× slower. The audit takes the size most images have and skips the others with a reason."""
+    make_image_folder(tmp_path / "train", n_per_class=20, size=32)
+    make_image_folder(tmp_path / "train", n_per_class=1, classes=("cat",), size=48)
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out), "--no-check"]
+    assert run_main(argv, capsys).code == 0
+    text = out.read_text()
+    assert load_config(out).data.transform.resize is None and "images are used at their size" in text
+    assert "are not 32×32 (48×48): the audit skips images of another size" in text
+
+
 def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(0)
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))

@@ -51,7 +51,11 @@ st.markdown(
     f"**sample id** {safetext.code(sid)} · **label** {safetext.md(row['label_name'])} · **prediction** "
     f"{safetext.md(row['prediction_name'])} ({float(row['confidence']):.3f})"
     + (" · **misclassified**" if int(row["label"]) != int(row["prediction"]) else "")
-    + f" · suspicion {float(row['score']):.3f}"
+    + (
+        f" · suspicion {float(row['score']):.3f}"
+        if row["score"] == row["score"]
+        else " · suspicion: none, its class was not analysed"
+    )
 )
 
 # --- where it lies: its cluster at every stored k of its class -------------------------------------------

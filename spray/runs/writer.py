@@ -220,11 +220,12 @@ def samples_table(report: AuditReport, stage: BatchStageResult) -> Any:
     n = len(batch)
     names = report.class_names
     row_of = {sample_id: i for i, sample_id in enumerate(batch.sample_ids)}
-    score = np.zeros(n, dtype=np.float32)
+    # NaN for a sample of a class not analysed (too small, only zero heatmaps): 0 would read "analysed, clean"
+    score = np.full(n, np.nan, dtype=np.float32)
     for ca in report.classes:
         rows = np.asarray([row_of[s] for s in ca.sample_ids], dtype=np.int64)
-        if len(ca.sample_suspicion) == len(rows):  # else 0: a report built without scores (tests)
-            score[rows] = ca.sample_suspicion
+        # 0 for a report built without scores (tests)
+        score[rows] = ca.sample_suspicion if len(ca.sample_suspicion) == len(rows) else 0.0
     confidence = batch.probabilities[np.arange(n), batch.predictions] if n else np.zeros(0)
     # Every batch stage hashes every sample; a record built without hashes (tests) gets nulls, never a guess.
     hashes = batch.content_hashes if len(batch.content_hashes) == n else [None] * n

@@ -191,3 +191,14 @@ def test_layout_1_runs_stay_readable(written) -> None:  # type: ignore[no-untype
     assert r.changes().n_new == 1 and "sample_id" in r.samples().columns
     with pytest.raises(RunReadError, match="layout 1"):
         r.report()
+
+
+def test_a_sample_of_a_class_not_analysed_has_no_suspicion(tmp_path: Path) -> None:
+    """An outside check: the one image of a class below analysis.min_class_size scored 0.0 in samples.parquet,
+    which reads as "analysed and clean" to anyone ranking samples by score."""
+    import math
+
+    report, stage = make_report()  # class 2 has two samples: not analysed
+    table = RunReader.open(write_published(tmp_path / "runs", report, stage)).samples()
+    assert table.loc[table["label"] == 2, "score"].map(math.isnan).all()
+    assert table.loc[table["label"] != 2, "score"].map(math.isfinite).all()
