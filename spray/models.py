@@ -248,7 +248,7 @@ def _timm_model(name: str, cfg: ModelConfig) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as err:
         raise ConfigError(
-            f"model.architecture_kwargs: timm's {name!r} does not accept {sorted(kwargs)}: {err}"
+            f"model.architecture_kwargs: timm's {name!r} does not accept {_rejected(err, cfg)}: {err}"
         ) from None
 
 
@@ -269,8 +269,16 @@ def _architecture(cfg: ModelConfig) -> nn.Module:
         ) from None
     except TypeError as err:
         raise ConfigError(
-            f"model.architecture_kwargs: torchvision's {cfg.architecture!r} does not accept {sorted(kwargs)}: {err}"
+            f"model.architecture_kwargs: torchvision's {cfg.architecture!r} does not accept {_rejected(err, cfg)}: "
+            f"{err}"
         ) from None
+
+
+def _rejected(err: TypeError, cfg: ModelConfig) -> str:
+    """The keyword the constructor refused, as its TypeError names it; else the user's own keywords (not
+    ``num_classes``, which spray passes and every classifier takes)."""
+    named = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    return repr(named.group(1)) if named else str(sorted(cfg.architecture_kwargs))
 
 
 def _check_factory_kwargs(factory: Callable[..., Any], cfg: ModelConfig) -> None:
