@@ -503,7 +503,30 @@ def check_config(path: Path, *, with_model: bool = True) -> list[str]:
         cfg.check_class_count(len(ds.class_names), k_out)
         report.append(f"model: {k_out} outputs on that batch")
         report.append(_spot_accuracy(model, ds))
+        report.append(_lrp_check(cfg, model, ds, batch.x))
     return report
+
+
+def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
+    """Explain the batch as the audit will: a layer without an LRP rule, or one the engine cannot place,
+    stops ``spray init``'s check instead of the audit's first batch."""
+    import torch
+
+    from spray.correct.relevance import composite_kwargs
+    from spray.lrp import Explainer
+
+    explainer = Explainer(
+        model,
+        cfg.lrp.composite,
+        composite_kwargs=composite_kwargs(cfg.lrp, ds.transform.input_bounds()),
+        canonize=cfg.lrp.canonize,
+        device=torch.device("cpu"),
+        precision=cfg.lrp.precision,
+        elementwise=cfg.lrp.elementwise,
+        concept_layer=cfg.lrp.concept_layer,
+    )
+    explainer(x, "pred")
+    return f"LRP: {cfg.lrp.composite} explained that batch"
 
 
 def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:

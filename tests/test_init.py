@@ -147,6 +147,39 @@ def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.Captu
     assert res.code == 0 and "ok: data: 1797 samples, 10 classes" in res.stdout
 
 
+def test_a_model_the_audit_cannot_explain_fails_inits_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: a model with its input normalisation inside passed `spray init`'s check ("ok: model")
+    and the audit then refused it; the check now explains its batch as the audit will."""
+    make_image_folder(tmp_path / "train", n_per_class=2, size=16)
+    (tmp_path / "wrapped_model_for_init.py").write_text(
+        "import torch\n"
+        "class Norm(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.register_buffer('mean', torch.full((1, 3, 1, 1), 0.5))\n"
+        "        self.register_buffer('std', torch.full((1, 3, 1, 1), 0.25))\n"
+        "    def forward(self, x):\n"
+        "        return (x - self.mean) / self.std\n"
+        "def build(num_classes=2):\n"
+        "    return torch.nn.Sequential(Norm(), torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),\n"
+        "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, num_classes))\n"
+    )
+    out = tmp_path / "spray.yaml"
+    argv = [
+        "init",
+        "--data",
+        str(tmp_path / "train"),
+        "--model",
+        "wrapped_model_for_init:build",
+        "-o",
+        str(out),
+    ]
+    res = run_main(argv, capsys)
+    assert_clean_failure(res, 1, "no LRP rule for 0: if it normalises the input", "register_layer_rule(Norm")
+
+
 def test_unknown_model_name_suggests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_image_folder(tmp_path / "train", n_per_class=1)
     res = run_main(

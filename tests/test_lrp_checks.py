@@ -713,3 +713,30 @@ def test_exploding_relevance_sums_are_refused_with_the_likely_cause() -> None:
     assert RELEVANCE_BLOWUP >= 1e3
     # non-finite maps are the NaN check's business, not this one's
     check_relevance_scale(torch.full((2, 1, 4, 4), float("nan")), logits, canonized=True, has_batchnorm=True)
+
+
+class _InputNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5]).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25]).view(1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def test_an_input_normalisation_inside_the_model_gets_the_advice_that_works() -> None:
+    """An outside check: a model starting with (x - mean) / std was refused with "Epsilon() for a
+    normalisation layer"; registering Epsilon() gave "ran before the first layer ... register modules in
+    execution order", which they were. Pass() is what fits: the maps of the plain network on normalised input."""
+    model = nn.Sequential(_InputNorm(), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(
+        UnsupportedLayerError, match=r"no LRP rule for 0: if it normalises the input.*Pass\(\)"
+    ):
+        Explainer(model, "EpsilonPlusFlat")(x)
+    with pytest.raises(ModelError, match=r"ran before the first layer 1.*give it Pass\(\)"):
+        Explainer(model, "EpsilonPlusFlat", extra_rules={_InputNorm: Epsilon()})(x)
+    inside = Explainer(model, "EpsilonPlusFlat", extra_rules={_InputNorm: Pass()})(x, target=0).relevance
+    outside = Explainer(model[1:], "EpsilonPlusFlat")(model[0](x), target=0).relevance
+    torch.testing.assert_close(inside, outside)

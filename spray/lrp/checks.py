@@ -34,6 +34,7 @@ from spray.lrp.functional import functional_rules
 from spray.lrp.layout import _tf32
 from spray.lrp.numerics import seeded_grad
 from spray.lrp.pooling import LeanMaxPool
+from spray.lrp.preparation import input_normalisation_advice
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,9 @@ def check_order(context: RuleContext, first_path: str | None) -> None:
     early = [p for p, grad_frame in order[: hits[0]] if grad_frame]
     if early:
         raise ModelError(
-            f"layers {early} ran before the first layer {first_path} (by module order); spray "
-            "takes the first dense/conv layer in named_modules() order as the input layer. Register "
-            "modules in execution order."
+            f"layers {early} ran before the first layer {first_path}: spray takes the first dense/conv layer "
+            "in named_modules() order as the input layer, so it must be the first to run. Register modules in "
+            f"execution order; {input_normalisation_advice()}."
         )
 
 
