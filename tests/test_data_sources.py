@@ -108,6 +108,23 @@ def test_hidden_and_system_folders_inside_a_class_are_not_audited(tmp_path: Path
     assert build_dataset(DataConfig(kind="image_folder", path=root)).class_names == ["cat", "dog"]
 
 
+def test_a_hidden_root_folder_holding_images_is_said_not_a_class(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: a notebook's `.ipynb_checkpoints` with one image at the root is class 0 of
+    torchvision's ImageFolder; spray left it out without a word, where docs/config.md promises to say so."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    (root / ".cache").mkdir()  # hidden and empty of images: nothing to say
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (4, 4)).save(root / ".ipynb_checkpoints" / "x-checkpoint.png")
+    with caplog.at_level("WARNING"):
+        assert build_dataset(DataConfig(kind="image_folder", path=root)).class_names == ["cat", "dog"]
+    said = [r.getMessage() for r in caplog.records if "hidden folder holding images" in r.getMessage()]
+    assert (
+        len(said) == 1 and ".ipynb_checkpoints" in said[0] and "ImageFolder counts it as a class" in said[0]
+    )
+
+
 def test_odd_modes_in_an_rgb_folder_are_converted(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n_per_class=4, size=8)
     Image.new("L", (8, 8), 77).save(root / "cat" / "grey.png")

@@ -138,9 +138,18 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
         When ``root`` has no class folders.
     """
     try:
-        folders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        every = [d for d in root.iterdir() if d.is_dir()]
     except OSError as err:
         raise DataError(f"{what} {str(root)!r} cannot be listed: {err.strerror or err}.") from None
+    folders = [d for d in every if not d.name.startswith(".")]
+    for d in [d for d in every if d.name.startswith(".") and _holds_images(d)]:
+        # ImageFolder lists hidden folders too: one holding images is its class 0 (.ipynb_checkpoints)
+        log.warning(
+            "%s is a hidden folder holding images: left out of the classes (torchvision's ImageFolder counts "
+            "it as a class, the first in name order; if the model was trained that way, its labels are "
+            "shifted: remove the folder there too)",
+            d,
+        )
     for d in [d for d in folders if d.name in HIDDEN_FOLDERS]:
         # a NAS's thumbnails (@eaDir sorts first: every label would shift by one) or a zip's __MACOSX
         log.warning(
@@ -205,6 +214,14 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
         if n_images == 0:
             listing.empty_classes.append(cls)
     return listing
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether an image file lies anywhere below ``folder`` (the first one found ends the walk)."""
+    try:
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
+    except OSError:
+        return False
 
 
 def _loose_images(root: Path) -> list[str]:
