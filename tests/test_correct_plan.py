@@ -352,9 +352,7 @@ def test_colour_test_images_for_a_grey_model_name_the_test_datas_setting(
     raw["correction"]["test_data"] = {"kind": "image_folder", "path": "test"}
     world.config.write_text(yaml.safe_dump(raw))
     res = run_main(["correct", "--config", str(world.config), "--method", "pclarc", "--no-reaudit"], capsys)
-    assert_clean_failure(
-        res, 1, "correction.test_data's sample", "correction.test_data.transform.colour_to_grey"
-    )
+    assert_clean_failure(res, 1, "of correction.test_data", "correction.test_data.transform.colour_to_grey")
     assert "during the audit" not in res.output and " data.transform" not in res.output
 
 

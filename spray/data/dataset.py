@@ -250,15 +250,15 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
                 # transform): say so now rather than after decoding the whole dataset.
                 if len(skipped) == SAME_REASON_STOP and len({s.reason for s in skipped}) == 1:
                     raise DataError(
-                        f"The first {SAME_REASON_STOP} samples of the dataset cannot be read, all for one reason: "
-                        f"{skipped[0].reason} (e.g. {skipped[0].sample_id}). Fix that before the audit."
+                        f"The first {SAME_REASON_STOP} samples of {self.section} cannot be read, all for one "
+                        f"reason: {self._named(skipped[0].reason)} (e.g. {skipped[0].sample_id}). Fix that first."
                     )
         if not items:
-            reasons = "\n".join(f"  {s.sample_id}: {s.reason}" for s in skipped[:3])
+            reasons = "\n".join(f"  {s.sample_id}: {self._named(s.reason)}" for s in skipped[:3])
             more = f"\n  ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""
             raise DataError(
-                f"No sample of the dataset could be read ({len(skipped)} tried). Check the data section of the "
-                f"config; the first reasons:\n{reasons}{more}"
+                f"No sample of {self.section} could be read ({len(skipped)} tried). Check the {self.section} "
+                f"section of the config; the first reasons:\n{reasons}{more}"
             )
         return self.finish_batch(collate_samples(items))
 
@@ -307,12 +307,15 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
             raise self._unreadable(i, got)
         return got[0], got[2]
 
+    def _named(self, why: str) -> str:
+        """A reason, with the settings it names in this dataset's own config section."""
+        return why if self.section == "data" else why.replace("data.transform.", f"{self.section}.transform.")
+
     def _unreadable(self, i: int, why: str) -> DataError:
         """Sample ``i`` cannot be read (now): its reason, naming this dataset's own config section."""
         if self.section == "data":
             return DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {why}")
-        why = why.replace("data.transform.", f"{self.section}.transform.")
-        return DataError(f"{self.section}'s sample {self.sample_ids[i]!r} cannot be read: {why}")
+        return DataError(f"{self.section}'s sample {self.sample_ids[i]!r} cannot be read: {self._named(why)}")
 
     def load_input(self, i: int, expect: str | None = None) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail (for the paste test); from :attr:`input_memo`

@@ -15,6 +15,7 @@ and :meth:`spray.config.AuditConfig.check_class_count` refuses it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -142,14 +143,7 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
     except OSError as err:
         raise DataError(f"{what} {str(root)!r} cannot be listed: {err.strerror or err}.") from None
     folders = [d for d in every if not d.name.startswith(".")]
-    for d in [d for d in every if d.name.startswith(".") and _holds_images(d)]:
-        # ImageFolder lists hidden folders too: one holding images is its class 0 (.ipynb_checkpoints)
-        log.warning(
-            "%s is a hidden folder holding images: left out of the classes (torchvision's ImageFolder counts "
-            "it as a class, the first in name order; if the model was trained that way, its labels are "
-            "shifted: remove the folder there too)",
-            d,
-        )
+    _say_hidden_classes([d for d in every if d.name.startswith(".")])
     for d in [d for d in folders if d.name in HIDDEN_FOLDERS]:
         # a NAS's thumbnails (@eaDir sorts first: every label would shift by one) or a zip's __MACOSX
         log.warning(
@@ -216,10 +210,30 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
     return listing
 
 
+#: Hidden folders of version control and data tools: never a class, and their trees can be huge.
+TOOL_FOLDERS = frozenset({".git", ".hg", ".svn", ".dvc", ".venv"})
+#: Entries of a hidden folder looked at for an image (a cap: the listing runs on every rank, every run).
+HIDDEN_SCAN = 2000
+
+
+def _say_hidden_classes(hidden: list[Path]) -> None:
+    """Warn of hidden root folders holding images: torchvision's ImageFolder lists them too, and one holding
+    images is its class 0 (``.ipynb_checkpoints``), while spray leaves them out."""
+    for d in hidden:
+        if d.name not in TOOL_FOLDERS and _holds_images(d):
+            log.warning(
+                "%s is a hidden folder holding images: left out of the classes (torchvision's ImageFolder counts "
+                "it as a class, the first in name order; if the model was trained that way, its labels are "
+                "shifted: remove the folder there too)",
+                d,
+            )
+
+
 def _holds_images(folder: Path) -> bool:
-    """Whether an image file lies anywhere below ``folder`` (the first one found ends the walk)."""
+    """Whether an image file lies below ``folder`` among its first :data:`HIDDEN_SCAN` entries."""
     try:
-        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
+        entries = itertools.islice(folder.rglob("*"), HIDDEN_SCAN)
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries)
     except OSError:
         return False
 
