@@ -171,10 +171,11 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
     t: dict[str, Any] = {}
     notes: list[str] = []
     sizes = Counter(data.sizes)
+    strays = ""
     if len(sizes) > 1 and (top := sizes.most_common(1)[0])[1] >= MOSTLY_ONE_SIZE * sizes.total():
         (h, w), n = top
         others = ", ".join(f"{a}×{b}" for (b, a), _ in sizes.most_common()[1:4])
-        notes.append(
+        strays = (
             f"CHECK: {sizes.total() - n} of {sizes.total()} images probed are not {w}×{h} ({others}): the audit "
             "skips images of another size with the reason; set resize/center_crop to bring them to one size"
         )
@@ -201,6 +202,8 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
             notes.append(
                 f"CHECK: the {h}×{w} images are used at their size; the architecture's default is {side}"
             )
+    if strays and "center_crop" not in t:  # a crop brings every image to one size: nothing is skipped
+        notes.append(strays)
     if model is not None and model.channels == 1:
         t["channels"] = 1
     elif model is not None and model.kind != "factory" and data.grey:

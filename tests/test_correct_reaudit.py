@@ -87,7 +87,7 @@ def test_the_match_prefers_the_flagged_finding_and_names_the_suspicious_one() ->
         _finding("0/k2/c1", range(0, 15), mean),  # flagged: this one keeps the re-audit's flag
     ]
     assert match_finding(after, 0, flagged).key == "0/k4/c3"
-    got = match_finding(after, 0, flagged, only_suspicious=True)
+    got = match_finding(after, 0, flagged, among={"0/k2/c1"})
     assert (got.key, got.rank, got.suspicious) == ("0/k2/c1", 2, True)
 
 
@@ -117,7 +117,7 @@ def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
     def plan(run_ids: list[str]) -> object:
         flags = SimpleNamespace(cluster_keys=["6/k3/c2"], run_ids=run_ids, sample_ids=flagged)
         return SimpleNamespace(
-            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5, reaudit_min_contained=0.8)),
+            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5, reaudit_min_contained=0.8, reaudit_min_enrichment=2.0)),
             flags=flags, source=SimpleNamespace(run_id="src", findings=findings),
             group=SimpleNamespace(class_index=6),
         )  # fmt: skip
@@ -142,9 +142,11 @@ def test_flags_on_part_of_a_group_are_still_flagged_when_a_suspicious_finding_ho
         )  # fmt: skip
 
     flagged = {f"s{i}" for i in range(13)}
-    same = (0.3, 0.8)
-    assert keeps_flag(finding(range(0, 40), range(40, 79)), flagged, same)  # holds all 13: Jaccard 0.16
-    assert not keeps_flag(finding(range(3, 40)), flagged, same)  # 10 of 13 (0.77), Jaccard 0.25
-    assert keeps_flag(finding(range(3, 40)), flagged, (0.3, 0.75))  # reaudit_min_contained decides
-    assert keeps_flag(finding(range(0, 20)), flagged, same)  # Jaccard 0.65
-    assert not keeps_flag(finding(range(100, 160)), flagged, same)  # another group of the class
+    same, n = (0.3, 0.8, 2.0), 300  # a class of 300 images, 13 of them flagged
+    assert keeps_flag(finding(range(0, 40), range(40, 79)), flagged, same, n)  # holds all 13: Jaccard 0.16
+    assert not keeps_flag(finding(range(3, 40)), flagged, same, n)  # 10 of 13 (0.77), Jaccard 0.25
+    assert keeps_flag(finding(range(3, 40)), flagged, (0.3, 0.75, 2.0), n)  # reaudit_min_contained decides
+    assert keeps_flag(finding(range(0, 20)), flagged, same, n)  # Jaccard 0.65
+    assert not keeps_flag(finding(range(100, 160)), flagged, same, n)  # another group of the class
+    # a finding holding most of the class holds most flagged samples by its size alone (a review)
+    assert not keeps_flag(finding(range(0, 180), range(180, 260)), flagged, same, n)

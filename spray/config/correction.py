@@ -323,6 +323,13 @@ class CorrectionConfig(Section):
         "samples are among its members and carriers: flags set on part of a group (one of a shortcut's "
         "findings, without its carriers) overlap the whole group by a small Jaccard index.",
     )
+    reaudit_min_enrichment: float = Field(
+        2.0,
+        ge=1.0,
+        description="With reaudit_min_contained: the finding must hold the flagged samples at least this many "
+        "times as densely as their class does (its members and carriers against the class), so that a large "
+        "finding holding most of the class does not keep the flag by size alone.",
+    )
 
     @field_validator("artifact_box")
     @classmethod

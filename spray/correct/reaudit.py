@@ -97,13 +97,17 @@ def _score(f: FindingMatch) -> str:
     return "–" if f.score is None else f"{f.score:.3f}"
 
 
-def keeps_flag(f: ClusterFinding, flagged: set[str], same: tuple[float, float]) -> bool:
+def keeps_flag(f: ClusterFinding, flagged: set[str], same: tuple[float, float, float], n_class: int) -> bool:
     """Whether the suspicious finding ``f`` is the flagged finding again: its members and carriers overlap the
     flagged samples by the Jaccard index ``same[0]``, or hold the share ``same[1]`` of them (flags set on part
-    of a group overlap the whole group by a small Jaccard index)."""
+    of a group overlap the whole group by a small Jaccard index) at least ``same[2]`` times as densely as
+    the class of ``n_class`` samples holds them (not a finding that holds most of the class)."""
     held = set(f.member_ids) | set(f.carrier_ids)
     common = len(held & flagged)
-    return common / max(1, len(held | flagged)) >= same[0] or common / max(1, len(flagged)) >= same[1]
+    if common / max(1, len(held | flagged)) >= same[0]:
+        return True
+    dense = common / max(1, len(held)) >= same[2] * len(flagged) / max(1, n_class)
+    return common / max(1, len(flagged)) >= same[1] and dense
 
 
 def run_reaudit(
@@ -111,7 +115,7 @@ def run_reaudit(
     before: FindingMatch,
     class_index: int,
     flagged_ids: list[str],
-    same: tuple[float, float],
+    same: tuple[float, float, float],
     *,
     device: str | None,
     progress: bool,
@@ -129,8 +133,8 @@ def run_reaudit(
     flagged_ids : list[str]
         The flagged samples.
     same : tuple of float
-        ``(reaudit_min_jaccard, reaudit_min_contained)``: the Jaccard index with the flagged samples, or the
-        share of them a suspicious finding holds, that makes it "the same finding".
+        ``(reaudit_min_jaccard, reaudit_min_contained, reaudit_min_enrichment)``: what makes a suspicious
+        finding "the same finding" (:func:`keeps_flag`).
     device : str, optional
         Overrides ``batch.device``.
     progress : bool
@@ -142,9 +146,11 @@ def run_reaudit(
     report = audit(cfg, device=device, progress=progress)
     flagged = set(flagged_ids)
     suspicious = [f for f in report.findings if f.class_index == class_index and f.suspicious]
-    still = any(keeps_flag(f, flagged, same) for f in suspicious)
-    # still flagged: name the suspicious finding that keeps the flag, not an unflagged one that overlaps more
-    after = match_finding(report.findings, class_index, flagged_ids, only_suspicious=still)
+    n_class = sum(len(c.sample_ids) for c in report.classes if c.class_index == class_index)
+    keepers = {f.key for f in suspicious if keeps_flag(f, flagged, same, n_class)}
+    still = bool(keepers)
+    # still flagged: name a suspicious finding that keeps the flag, not another one that overlaps more
+    after = match_finding(report.findings, class_index, flagged_ids, among=keepers if still else None)
     log.info(
         "re-audit %s: best match %s (Jaccard %.2f, suspicious %s)",
         report.run_id[:12],

@@ -449,7 +449,7 @@ def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: b
     before = match_finding(plan.source.findings, plan.group.class_index, plan.flags.sample_ids, prefer=prefer)
     c = plan.cfg.correction
     result = run_reaudit(out / CONFIG_FILE, before, plan.group.class_index, plan.flags.sample_ids,
-                         (c.reaudit_min_jaccard, c.reaudit_min_contained), device=device, progress=progress)  # fmt: skip
+                         (c.reaudit_min_jaccard, c.reaudit_min_contained, c.reaudit_min_enrichment), device=device, progress=progress)  # fmt: skip
     slim_runs_dir(out / "reaudit")
     return result
 

@@ -163,15 +163,15 @@ def match_finding(
     flagged_ids: list[str],
     *,
     prefer: str | None = None,
-    only_suspicious: bool = False,
+    among: set[str] | None = None,
 ) -> FindingMatch:
     """The finding of ``class_index`` whose members (with carriers) overlap the flagged ids most: the one
-    keyed ``prefer`` when the run has it (the finding the flags were set from), and among the suspicious
-    ones only with ``only_suspicious`` (the one that keeps a re-audit's flag)."""
+    keyed ``prefer`` when the run has it (the finding the flags were set from), and only among the keys
+    ``among`` when given (the findings that keep a re-audit's flag)."""
     flagged = set(flagged_ids)
     best: tuple[float, int, ClusterFinding] | None = None
     for rank, f in enumerate(findings, start=1):
-        if f.class_index != class_index or (only_suspicious and not f.suspicious):
+        if f.class_index != class_index or (among is not None and f.key not in among):
             continue
         members = set(f.member_ids) | set(f.carrier_ids)
         jac = len(members & flagged) / max(1, len(members | flagged))

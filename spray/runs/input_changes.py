@@ -19,7 +19,9 @@ Classes = Mapping[str, tuple[int, str]]
 
 def run_classes(report: AuditReport, reader: RunReader) -> tuple[Classes, Classes] | None:
     """The class of every analysed sample in this run and in the previous one (None when its per-sample table
-    cannot be read)."""
+    cannot be read, or when the run groups samples by prediction: its classes are then not the labels)."""
+    if (report.config.get("analysis") or {}).get("group_by", "label") != "label":
+        return None
     try:
         samples = reader.samples()
         before = zip(samples.index, samples["label"], samples["label_name"], strict=True)

@@ -180,6 +180,8 @@ def renumbered_message(reader: RunReader, run: Path, key: str) -> str:
         if old is None or finding is None:
             return ""
         hashes = reader.content_hashes() or {}
+        if not (hashes and old_hashes):  # a run before content hashes (layout < 5): both by sample id
+            hashes = old_hashes = {}
         a = {hashes.get(str(i), str(i)) for i in finding.member_ids}
         b = {old_hashes.get(str(i), str(i)) for i in old.member_ids}
         if len(a & b) >= SAME_GROUP * len(a | b):

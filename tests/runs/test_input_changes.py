@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from spray.runs.input_changes import config_changes, data_changes
 
 
@@ -42,3 +44,18 @@ def test_config_changes_name_the_result_settings_that_differ() -> None:
     assert config_changes(before, before) == [] and config_changes({}, now) == []
     many = {"scoring": {f"f{i}": i for i in range(25)}}
     assert config_changes({"scoring": {}}, many, limit=20)[-1] == "and 5 more settings"
+
+
+def test_runs_grouped_by_prediction_count_no_relabels(tmp_path: Path) -> None:
+    """A review: under analysis.group_by: prediction a run's classes are predicted classes, so every
+    misclassified image would count as relabelled against the previous run's labels."""
+    from spray.runs.input_changes import run_classes
+    from spray.runs.reader import RunReader
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report()
+    reader = RunReader.open(write_published(tmp_path / "runs", report, stage))
+    report.config = {"analysis": {"group_by": "label"}}
+    assert run_classes(report, reader) is not None
+    report.config = {"analysis": {"group_by": "prediction"}}
+    assert run_classes(report, reader) is None
