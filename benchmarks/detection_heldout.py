@@ -361,7 +361,8 @@ def evaluate(cell: Cell, info: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         row[name] = 2 * p * r / (p + r) if p + r > 0 else 0.0
     table = run.samples()
     truth = table["sample_id"].astype(str).isin(planted).to_numpy()
-    row["auroc"] = float(roc_auc_score(truth, table["score"].to_numpy()))
+    # a sample of a class not analysed has no suspicion (NaN): it counts as unsuspected
+    row["auroc"] = float(roc_auc_score(truth, np.nan_to_num(table["score"].to_numpy(), nan=0.0)))
     return row
 
 

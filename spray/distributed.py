@@ -140,8 +140,10 @@ class DistContext:
                 raise ConfigError(
                     f"rank {rank} of {self.world_size}: its {' and '.join(differ)} differ from rank 0's (the run's "
                     "hashes of them): every rank must audit the same model, data and config; on several "
-                    "machines give each the same files at the same paths and the same spray version (data still "
-                    "being written while the ranks start gives this too)"
+                    "machines give each the same files at the same paths and the same spray version, and read an "
+                    "image folder from one shared file system (it is fingerprinted by its files' sizes and "
+                    "times, which a copy does not keep); data still being written while the ranks start gives "
+                    "this too"
                 )
 
     def gather_errors(self, err: BaseException | None) -> None:

@@ -177,7 +177,7 @@ def test_a_model_the_audit_cannot_explain_fails_inits_check(
         str(out),
     ]
     res = run_main(argv, capsys)
-    assert_clean_failure(res, 1, "no LRP rule for 0: if it normalises the input", "register_layer_rule(Norm")
+    assert_clean_failure(res, 1, "0: if it normalises the input", "register_layer_rule(Norm")
 
 
 def test_unknown_model_name_suggests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -732,7 +732,7 @@ def test_an_input_normalisation_inside_the_model_gets_the_advice_that_works() ->
     model = nn.Sequential(_InputNorm(), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(
-        UnsupportedLayerError, match=r"no LRP rule for 0: if it normalises the input.*Pass\(\)"
+        UnsupportedLayerError, match=r"no LRP rule for 0\.\s+0: if it normalises the input.*Pass\(\)"
     ):
         Explainer(model, "EpsilonPlusFlat")(x)
     with pytest.raises(ModelError, match=r"ran before the first layer 1.*give it Pass\(\)"):

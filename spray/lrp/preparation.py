@@ -110,9 +110,12 @@ def _input_normaliser(m: nn.Module) -> bool:
 def unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
     """The refusal for modules without a rule: each path with its type and kind, and the fix."""
     normalisers = [(path, m) for path, m in unsupported if _input_normaliser(m)]
+    advice = ""
     if normalisers:
-        paths = ", ".join(p for p, _ in normalisers)
-        return f"spray has no LRP rule for {paths}: {input_normalisation_advice(type(normalisers[0][1]).__name__)}."
+        advice = f"\n{normalisers[0][0]}: {input_normalisation_advice(type(normalisers[0][1]).__name__)}."
+        unsupported = [(p, m) for p, m in unsupported if not _input_normaliser(m)]
+        if not unsupported:
+            return f"spray has no LRP rule for {', '.join(p for p, _ in normalisers)}.{advice}"
     lines: list[str] = []
     hints: dict[str, str] = {}
     for path, m in unsupported:
@@ -132,7 +135,7 @@ def unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
         "(a module with submodules) can be given one rule as a whole. Supported out of the box: "
         "Conv1d/2d/3d, Linear, BatchNorm, LayerNorm/GroupNorm/RMSNorm, element-wise activations (torch.nn "
         "and timm), Max/AvgPool (incl. adaptive), Softmax, Flatten, Dropout, Identity, containers, and "
-        "attention, gating and activations written in forward()."
+        "attention, gating and activations written in forward()." + advice
     )
 
 
