@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -68,6 +69,9 @@ from spray.runs.publish import (
 from spray.runs.reader import read_report
 from spray.runs.writer import write_run
 from spray.versions import version_stamp
+
+if TYPE_CHECKING:
+    from spray.lrp import Explainer
 
 log = logging.getLogger(__name__)
 #: Skipped samples named one per log line; the rest are counted in one line (all are in summary.json).
@@ -307,20 +311,9 @@ def _batch_stage(
     cfg: AuditConfig, setup: _Setup, dev: torch.device, ctx: DistContext, clock: _Clock, progress: bool
 ) -> _Batched:
     """Explain every sample the cache lacks; rank ``r`` of ``W`` takes shards ``r, r+W, ...``."""
-    from spray.lrp import Explainer  # imported late: torch-heavy and not needed for the up-to-date path
-
     runs = RunsFolder(Path(cfg.output.runs_dir))
     dataset = setup.dataset
-    explainer = Explainer(
-        setup.model,
-        cfg.lrp.composite,
-        composite_kwargs=_composite_kwargs(cfg, dataset),
-        canonize=cfg.lrp.canonize,
-        device=dev,
-        precision=cfg.lrp.precision,
-        elementwise=cfg.lrp.elementwise,
-        concept_layer=cfg.lrp.concept_layer,
-    )
+    explainer = audit_explainer(cfg, setup.model, dataset, dev)
     cache = ShardCache(
         runs.cache_dir(cache_dir_name(cfg, setup.hashes["model"])), by_label=cfg.lrp.target == "label"
     )
@@ -523,14 +516,24 @@ def _first_inputs(dataset: AuditDataset, n: int = 2) -> torch.Tensor:
     return b.x
 
 
-def _composite_kwargs(cfg: AuditConfig, dataset: AuditDataset) -> dict[str, float]:
-    kw = dict(cfg.lrp.composite_kwargs)
-    if "Box" in cfg.lrp.composite:
-        # The box rule needs the range of the normalised input: derive it from the transform.
-        low, high = dataset.transform.input_bounds()
-        kw.setdefault("low", low)
-        kw.setdefault("high", high)
-    return kw
+def audit_explainer(
+    cfg: AuditConfig, model: nn.Module, dataset: AuditDataset, device: torch.device
+) -> Explainer:
+    """The LRP explainer the audit explains with (also ``spray init``'s check of one batch)."""
+    # imported late: torch-heavy and not needed for the up-to-date path
+    from spray.correct.relevance import composite_kwargs
+    from spray.lrp import Explainer
+
+    return Explainer(
+        model,
+        cfg.lrp.composite,
+        composite_kwargs=composite_kwargs(cfg.lrp, dataset.transform.input_bounds()),
+        canonize=cfg.lrp.canonize,
+        device=device,
+        precision=cfg.lrp.precision,
+        elementwise=cfg.lrp.elementwise,
+        concept_layer=cfg.lrp.concept_layer,
+    )
 
 
 def audit(

@@ -515,20 +515,9 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     stops ``spray init``'s check instead of the audit's first batch."""
     import torch
 
-    from spray.correct.relevance import composite_kwargs
-    from spray.lrp import Explainer
+    from spray.audit import audit_explainer
 
-    explainer = Explainer(
-        model,
-        cfg.lrp.composite,
-        composite_kwargs=composite_kwargs(cfg.lrp, ds.transform.input_bounds()),
-        canonize=cfg.lrp.canonize,
-        device=torch.device("cpu"),
-        precision=cfg.lrp.precision,
-        elementwise=cfg.lrp.elementwise,
-        concept_layer=cfg.lrp.concept_layer,
-    )
-    explainer(x, "pred")
+    audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
     return f"LRP: {cfg.lrp.composite} explained that batch"
 
 

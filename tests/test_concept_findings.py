@@ -173,7 +173,6 @@ def test_the_audit_stores_each_members_conditional_heatmap(tmp_path: Path) -> No
     from spray.audit import audit
     from spray.concept_maps import channel_share
     from spray.data import build_dataset
-    from spray.lrp import Explainer
     from spray.lrp.concepts import concept_channels
     from spray.models import build_model
     from tests.runs.builders import tiny_config
@@ -194,18 +193,12 @@ def test_the_audit_stores_each_members_conditional_heatmap(tmp_path: Path) -> No
     )
     share = channel_share(np.asarray(run.concepts(got.sample_ids), np.float32), f.channels)
     assert np.all(np.diff(share) <= 1e-3)
-    from spray.audit import _composite_kwargs
+    from spray.audit import audit_explainer
 
     dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
     torch.manual_seed(cfg.seed)  # the audit's seeded random weights
     model = build_model(cfg.model)
-    explainer = Explainer(
-        model,
-        cfg.lrp.composite,
-        composite_kwargs=_composite_kwargs(cfg, dataset),
-        canonize=cfg.lrp.canonize,
-        concept_layer=cfg.lrp.concept_layer,
-    )
+    explainer = audit_explainer(cfg, model, dataset, torch.device("cpu"))
     pos = dataset.sample_ids.index(got.sample_ids[0])
     x = dataset.load_input(pos)[None]
     target = torch.as_tensor(run.samples().loc[got.sample_ids[0], "target"]).reshape(1)
