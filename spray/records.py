@@ -327,6 +327,13 @@ class UnreadableRun:
     reason: str
 
 
+def is_relabel(was: tuple[int | None, str], now: tuple[int, str]) -> bool:
+    """Whether a sample's class went from ``was`` (label, name; the label None where it was not recorded) to
+    another class ``now``: renamed classes keep their labels and an inserted class folder shifts them under
+    the same names, so a relabelled image changes both."""
+    return was[1] != now[1] and was[0] != now[0]
+
+
 @dataclass(frozen=True)
 class DataChanges:
     """What changed in the data between two runs, by sample id and content hash.

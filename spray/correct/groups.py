@@ -22,6 +22,7 @@ from spray.correct.samples import SampleSet, seeded_subset
 from spray.errors import ConfigError, DataError, SprayError
 from spray.flags import Flag, FlagStore
 from spray.flags.content import listed
+from spray.records import is_relabel
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,8 @@ def _warn_relabelled(
     moved = [
         f"{s} ({flags.class_names[s]})"
         for s in (samples.sample_ids[int(r)] for r in in_class)
-        if flags.class_names.get(s, name) != name and flags.class_indices.get(s) != c
+        if s in flags.class_names
+        and is_relabel((flags.class_indices.get(s), flags.class_names[s]), (c, name))
     ]
     if moved:
         log.warning(

@@ -27,6 +27,7 @@ from typing import Any
 
 from spray.flags.records import Flag
 from spray.flags.store import FlagStore
+from spray.records import is_relabel
 
 # How many ids a message lists before "and N more".
 SHOWN_IDS = 5
@@ -151,10 +152,7 @@ def class_changes(
         label = int(labels[new_id])
         now = _name(class_names, label)
         was = flag.class_name if flag.class_name is not None else _key_class(flag.cluster_key, class_names)
-        # renamed classes keep their labels, an inserted class folder shifts them but keeps the names: a
-        # relabelled image changes both
-        same_label = flag.class_index is not None and flag.class_index == label
-        if was is not None and was != now and not same_label:
+        if was is not None and is_relabel((flag.class_index, was), (label, now)):
             where = flag.sample_id if new_id == flag.sample_id else f"{flag.sample_id} → {new_id}"
             out.append(f"{where} (flagged in class {was}, now labelled {now})")
     return out

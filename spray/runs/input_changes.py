@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from spray.records import AuditReport, DataChanges
+from spray.records import AuditReport, DataChanges, is_relabel
 from spray.runs.errors import RunReadError
 from spray.runs.reader import RunReader
 
@@ -68,10 +68,8 @@ def data_changes(
     relabelled = 0
     if classes is not None:
         a, b = classes
-        # a renamed class keeps its labels and an inserted class folder shifts them under the same names: a
-        # relabelled image changes both, as a flag's class check has it
         same = [i for i, h in current.items() if previous.get(i) == h and i in a and i in b]
-        relabelled = sum(a[i][0] != b[i][0] and a[i][1] != b[i][1] for i in same)
+        relabelled = sum(is_relabel(b[i], a[i]) for i in same)
     return DataChanges(
         relabelled=relabelled,
         added=sum(current[i] not in before for i in new_ids),
