@@ -160,35 +160,34 @@ def renumbered_message(reader: RunReader, run: Path, key: str) -> str:
     key : str
         The finding's key in that run.
     """
+    from spray.runs.changes import MemberKeys
     from spray.runs.errors import RunReadError
-    from spray.runs.publish import list_runs
+    from spray.runs.publish import newest_run_where
     from spray.runs.reader import RunReader
 
-    me, s = run.resolve(), reader.summary
+    me, now = run.resolve(), reader.summary
+    found = newest_run_where(
+        me.parent, lambda x: x.name == now.name and x.dataset == now.dataset, before=me.name
+    )
+    if found is None:
+        return ""
+    try:
+        before = RunReader.open(found[0])
+        old = before.finding(key)
+        previous = before.content_hashes() or {}
+    except RunReadError:
+        return ""
     finding = reader.finding(key)
-    for p in list_runs(me.parent):
-        if p.name >= me.name:
-            continue
-        try:
-            before = RunReader.open(p)
-            if before.summary.name != s.name or before.summary.dataset != s.dataset:
-                continue
-            old = before.finding(key)
-            old_hashes = before.content_hashes() or {}
-        except RunReadError:
-            continue
-        if old is None or finding is None:
-            return ""
-        hashes = reader.content_hashes() or {}
-        if not (hashes and old_hashes):  # a run before content hashes (layout < 5): both by sample id
-            hashes = old_hashes = {}
-        a = {hashes.get(str(i), str(i)) for i in finding.member_ids}
-        b = {old_hashes.get(str(i), str(i)) for i in old.member_ids}
-        if len(a & b) >= SAME_GROUP * len(a | b):
-            return ""
-        return (
-            f"finding {key} of this run ({len(a)} members) shares {len(a & b)} of them with finding {key} of the "
-            f"previous run {p.name} ({len(b)} members): keys are numbered per run, so a key copied from an older "
-            f"report can name another group; if you meant that one, unset these flags and flag it with --run {p}"
-        )
-    return ""
+    if old is None or finding is None:
+        return ""
+    # by content when both runs record it, else by sample id (as the nightly comparison matches clusters)
+    keys = MemberKeys(reader.content_hashes() or {}, previous)
+    a, b = keys.of(finding, "current"), keys.of(old, "previous")
+    if len(a & b) >= SAME_GROUP * len(a | b):
+        return ""
+    p = found[0]
+    return (
+        f"finding {key} of this run ({len(a)} members) shares {len(a & b)} of them with finding {key} of the "
+        f"previous run {p.name} ({len(b)} members): keys are numbered per run, so a key copied from an older "
+        f"report can name another group; if you meant that one, unset these flags and flag it with --run {p}"
+    )

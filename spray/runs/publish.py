@@ -129,12 +129,15 @@ def find_run(runs_dir: str | Path, run_id: str) -> Path | None:
 
 
 def newest_run_where(
-    runs_dir: str | Path, match: Callable[[RunSummary], bool]
+    runs_dir: str | Path, match: Callable[[RunSummary], bool], *, before: str | None = None
 ) -> tuple[Path, RunSummary] | None:
-    """The newest readable published run whose summary ``match`` accepts, with that summary (None if none)."""
+    """The newest readable published run whose summary ``match`` accepts, with that summary (None if none);
+    only among runs published before the run folder named ``before`` when given."""
     from spray.runs.reader import read_summary
 
     for p in list_runs(runs_dir):
+        if before is not None and p.name >= before:
+            continue
         try:
             s = read_summary(p)
         except RunReadError:
