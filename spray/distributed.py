@@ -56,6 +56,13 @@ class DistContext:
                 f"rank {self.rank} of {self.world_size} {why} (where the ranks meet: {what}; {text.splitlines()[0][:200]})"
             ) from None
 
+    def _all_gather(self, obj: Any, what: str) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (``what``: where the ranks meet, for errors)."""
+        every: list[Any] = [None] * self.world_size
+        with self.meeting(what):
+            dist.all_gather_object(every, obj)
+        return every
+
     def barrier(self) -> None:
         if self.world_size > 1:
             with self.meeting("a barrier"):
@@ -74,9 +81,7 @@ class DistContext:
         """Element-wise sum of every rank's ``counts``."""
         if self.world_size == 1:
             return list(counts)
-        every: list[Any] = [None] * self.world_size
-        with self.meeting("the count of every rank's work"):
-            dist.all_gather_object(every, list(counts))
+        every = self._all_gather(list(counts), "the count of every rank's work")
         return [int(sum(c[i] for c in every)) for i in range(len(counts))]
 
     def scatter_objects(self, make: Callable[[int], Any]) -> Any:
@@ -131,9 +136,9 @@ class DistContext:
         """
         if self.world_size == 1:
             return
-        every: list[Any] = [None] * self.world_size
-        with self.meeting("the check that every rank audits the same model, data and config"):
-            dist.all_gather_object(every, dict(hashes))
+        every = self._all_gather(
+            dict(hashes), "the check that every rank audits the same model, data and config"
+        )
         for rank, theirs in enumerate(every[1:], start=1):
             differ = sorted(k for k in every[0].keys() | theirs.keys() if every[0].get(k) != theirs.get(k))
             if differ:
@@ -156,10 +161,8 @@ class DistContext:
             if err is not None:
                 raise err
             return
-        msgs: list[Any] = [None] * self.world_size
         mine = None if err is None else (type(err).__name__, str(err), getattr(err, "exit_code", 1))
-        with self.meeting("the check that every rank finished its step"):
-            dist.all_gather_object(msgs, mine)
+        msgs = self._all_gather(mine, "the check that every rank finished its step")
         if err is not None:
             raise err
         for rank, m in enumerate(msgs):
