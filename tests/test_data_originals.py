@@ -115,3 +115,24 @@ def test_the_fiftyone_export_places_the_heatmap_in_the_originals_crop(tmp_path: 
     assert _box(src, tmp_path / "wide.png") == pytest.approx((0.0, 0.375, 1.0, 0.625))
     src.summary.config = {"data": {"transform": {"resize": 28}}}
     assert _box(src, tmp_path / "wide.png") == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_resize_gives_torchvisions_size_and_crop() -> None:
+    """An outside check found the longer side rounded where torchvision truncates it: on about half of the
+    non-square sizes the input was 1 pixel longer and the centre crop 1 pixel off the model's own inputs."""
+    import torch
+    import torchvision.transforms.functional as TF
+
+    from spray.config import TransformConfig
+    from spray.data.transform import Transform
+
+    sizes = [(40, 57), (57, 40), (332, 500), (500, 332), (30, 30), (31, 77), (64, 47)]
+    resize = Transform(TransformConfig(resize=28))
+    crop = Transform(TransformConfig(resize=28, center_crop=24))
+    for h, w in sizes:
+        x = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h * w))
+        want = TF.resize(x, 28, antialias=True)
+        assert resize.output_size(h, w) == tuple(want.shape[-2:]), (h, w)
+        torch.testing.assert_close(resize.geometry(x), want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(crop.geometry(x), TF.center_crop(want, [24, 24]), atol=1e-5, rtol=0)
+        assert crop.output_size(h, w) == (24, 24)

@@ -52,7 +52,9 @@ AlphaBackground = Literal["ignore", "black", "white"]
 #: 3: a centre crop larger than the resized image pads it with zeros, as torchvision's CenterCrop does
 #: (it was stretched to the crop), and the crop's offset is torchvision's round((size - crop) / 2)
 #: (1 pixel off where size - crop is 3, 7, 11, ...); other images unchanged.
-DECODER_VERSION = 3
+#: 4: ``resize`` gives the longer side torchvision's ``int(size * long / short)`` (it was rounded: 1 pixel
+#: longer, and the centre crop 1 pixel off, on about half of the non-square sizes).
+DECODER_VERSION = 4
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S"})

@@ -18,6 +18,14 @@ def _offset(size: int, crop: int) -> int:
     return round((size - crop) / 2.0)
 
 
+def resized(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(H', W')`` after torchvision's ``Resize(size)``: the shorter side becomes ``size``, the longer one
+    ``int(size * long / short)`` (truncated, as torchvision computes it, so the crop sits where it does there)."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
 @dataclass
 class Transform:
     """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1] (on any device).
@@ -46,8 +54,7 @@ class Transform:
         """``(H', W')`` of the model input made from a ``height × width`` image."""
         h, w = height, width
         if self.cfg.resize is not None:
-            s = self.cfg.resize / min(h, w)
-            h, w = max(1, round(h * s)), max(1, round(w * s))
+            h, w = resized(h, w, self.cfg.resize)
         if self.cfg.center_crop is not None:
             h = w = self.cfg.center_crop
         return h, w
@@ -59,8 +66,7 @@ class Transform:
         above 1) by the padding."""
         h, w = height, width
         if self.cfg.resize is not None:
-            s = self.cfg.resize / min(h, w)
-            h, w = max(1, round(h * s)), max(1, round(w * s))
+            h, w = resized(h, w, self.cfg.resize)
         c = self.cfg.center_crop
         if c is None:
             return 0.0, 0.0, 1.0, 1.0
@@ -81,9 +87,7 @@ class Transform:
         """Resize and centre-crop ``img`` (C,H,W) in [0, 1]: the image the thumbnail shows."""
         x = img
         if self.cfg.resize is not None:
-            h, w = x.shape[-2:]
-            s = self.cfg.resize / min(h, w)
-            size = (max(1, round(h * s)), max(1, round(w * s)))
+            size = resized(*x.shape[-2:], self.cfg.resize)
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         if self.cfg.center_crop is not None:
             c = self.cfg.center_crop
