@@ -314,9 +314,8 @@ def _batch_stage(
     runs = RunsFolder(Path(cfg.output.runs_dir))
     dataset = setup.dataset
     explainer = audit_explainer(cfg, setup.model, dataset, dev)
-    cache = ShardCache(
-        runs.cache_dir(cache_dir_name(cfg, setup.hashes["model"])), by_label=cfg.lrp.target == "label"
-    )
+    name = cache_dir_name(cfg, setup.hashes["model"], dataset.input_size)
+    cache = ShardCache(runs.cache_dir(name), by_label=cfg.lrp.target == "label")
     runner = BatchStage(explainer, cfg, cache, runs.work(setup.run_id), dev)
     plan = ShardPlan.make(len(dataset), cfg.batch.shard_size)
     set_stage("batch")

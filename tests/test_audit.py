@@ -162,6 +162,33 @@ def test_batch_stage_counts_an_unreadable_sample_as_skipped_not_cached(
     assert "0 samples computed in this run, 24 taken from the cache" in err
 
 
+def test_a_folder_whose_images_came_to_have_another_size_is_audited_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: the first run skipped a few 32×32 images among 28×28 ones; once new 32×32 images
+    were the majority, the next run took the 28×28 heatmaps from the cache without decoding them (so
+    without the size check) and stopped with a raw broadcasting error, every night."""
+    raw = _folder_cfg(tmp_path)
+    raw["model"] = {"factory": "tests.model_factories:tiny"}  # global pooling: any input size
+    for c in ("cat", "dog"):
+        make_image_folder(tmp_path / "more", n_per_class=14, classes=(c,), size=32)
+        for i, f in enumerate(sorted((tmp_path / "more" / c).glob("*.png"))):
+            if i < 2:  # two strays of another size in the first run
+                f.rename(tmp_path / "imgs" / c / f"odd{i}.png")
+    cfg = str(_write_cfg(tmp_path, raw))
+    assert main(["audit", "--config", cfg, "-q"]) == 0
+    (first,) = list_runs(tmp_path / "runs")
+    assert len(RunReader.open(first).summary.skipped) == 4
+    for c in ("cat", "dog"):  # now 14 of 26 images per class are 32×32
+        for f in sorted((tmp_path / "more" / c).glob("*.png")):
+            f.rename(tmp_path / "imgs" / c / f"new_{f.name}")
+    capsys.readouterr()
+    assert main(["audit", "--config", cfg, "-q"]) == 0
+    runs = list_runs(tmp_path / "runs")
+    skipped = RunReader.open(next(r for r in runs if r != first)).summary.skipped
+    assert len(skipped) == 24 and all("28×28 input" in s.reason for s in skipped)
+
+
 @pytest.mark.parametrize(
     ("mutate", "code", "message"),
     [

@@ -111,9 +111,18 @@ def lrp_hash(cfg: AuditConfig) -> str:
     return hashlib.sha256(json.dumps(heatmap_settings(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def cache_dir_name(cfg: AuditConfig, model_hash: str) -> str:
-    """``<model16>-<lrp16>``: the cache directory of this model and these heatmap settings."""
-    return f"{model_hash[:16]}-{lrp_hash(cfg)[:16]}"
+def cache_dir_name(cfg: AuditConfig, model_hash: str, input_size: tuple[int, int] | None = None) -> str:
+    """``<model16>-<lrp16>``: the cache directory of this model, these heatmap settings and the dataset's
+    model-input size ``(H, W)`` (the size most of its images have after the transform; None: not fixed).
+
+    A folder whose images mostly came to have another size gets another directory: its cached heatmaps and
+    thumbnails have the old size and would be taken without a decode, so the size check never saw them.
+    """
+    if input_size is None:
+        return f"{model_hash[:16]}-{lrp_hash(cfg)[:16]}"
+    settings = {**heatmap_settings(cfg), "input_size": list(input_size)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{model_hash[:16]}-{digest[:16]}"
 
 
 def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, str]:
