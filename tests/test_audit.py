@@ -162,6 +162,31 @@ def test_batch_stage_counts_an_unreadable_sample_as_skipped_not_cached(
     assert "0 samples computed in this run, 24 taken from the cache" in err
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path: Path) -> None:
+    """An outside check: a Latin-1 name from an old zip archive stopped the audit with a raw
+    UnicodeEncodeError (an image), or at the very end in report.html (another file)."""
+    import os
+
+    from spray.data import build_dataset
+    from spray.errors import DataError
+
+    raw = _folder_cfg(tmp_path)
+    imgs = os.fsencode(tmp_path / "imgs")
+    os.link(os.fsencode(tmp_path / "imgs" / "cat" / "000.png"), imgs + b"/cat/caf\xe9.png")
+    (tmp_path / "imgs" / "dog" / "000.png").rename(tmp_path / "imgs" / "dog" / "notes.txt")
+    os.rename(os.fsencode(tmp_path / "imgs" / "dog" / "notes.txt"), imgs + b"/dog/caf\xe9.txt")
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
+    (run,) = list_runs(tmp_path / "runs")
+    reasons = {s.sample_id: s.reason for s in RunReader.open(run).summary.skipped}
+    assert set(reasons) == {"cat/caf\\xe9.png", "dog/caf\\xe9.txt"}
+    assert all("not valid UTF-8" in r and "convmv" in r for r in reasons.values())
+    assert (run / "report.html").is_file()
+    # a class folder cannot be left out (the labels after it would shift): refused, named
+    os.mkdir(imgs + b"/b\xe4r")
+    with pytest.raises(DataError, match=r"class folder 'b\\\\xe4r' .* not valid UTF-8"):
+        build_dataset(load_config(tmp_path / "cfg.yaml").data)
+
+
 def test_a_folder_whose_images_came_to_have_another_size_is_audited_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

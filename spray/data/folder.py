@@ -91,6 +91,9 @@ def _walk(
         skipped.append(SkippedSample(rel, f"folder cannot be listed ({err.strerror or err})"))
         return
     for e in entries:
+        if not _utf8(e.name):
+            skipped.append(SkippedSample(f"{rel}/{printable_name(e.name)}", NOT_UTF8))
+            continue
         child = f"{rel}/{e.name}"
         try:
             is_dir = e.is_dir(follow_symlinks=True)
@@ -143,6 +146,13 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
     except OSError as err:
         raise DataError(f"{what} {str(root)!r} cannot be listed: {err.strerror or err}.") from None
     folders = [d for d in every if not d.name.startswith(".")]
+    for d in folders:
+        if not _utf8(d.name):
+            # a class cannot be left out (the labels after it would shift): refused instead
+            raise DataError(
+                f"{what}: the class folder {printable_name(d.name)!r} has a name that is not valid UTF-8 "
+                f"(bytes of another encoding, e.g. from an old zip archive). {NOT_UTF8_FIX}"
+            )
     _say_hidden_classes([d for d in every if d.name.startswith(".")])
     for d in [d for d in folders if d.name in HIDDEN_FOLDERS]:
         # a NAS's thumbnails (@eaDir sorts first: every label would shift by one) or a zip's __MACOSX
@@ -245,10 +255,32 @@ def _loose_images(root: Path) -> list[str]:
     except OSError:
         return []
     return [
-        e.name
+        printable_name(e.name)
         for e in entries
         if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and _is_file(e)
     ]
+
+
+#: How to rename files whose names are in another encoding than UTF-8.
+NOT_UTF8_FIX = (
+    "Rename it to UTF-8, e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER` (the names are stored in the run's "
+    "tables, reports and flags, which need valid text)"
+)
+NOT_UTF8 = f"its name is not valid UTF-8 (bytes of another encoding): not audited. {NOT_UTF8_FIX}"
+
+
+def _utf8(name: str) -> bool:
+    """Whether a name listed from the file system is valid UTF-8 (Python keeps other bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """A file name with the bytes that are not UTF-8 written as escapes (``caf\\xe9.png``)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
