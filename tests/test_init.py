@@ -102,6 +102,20 @@ def test_a_few_images_of_another_size_do_not_resize_the_rest(
     assert "are not 32×32 (48×48): the audit skips images of another size" in text
 
 
+def test_one_unreadable_file_does_not_fail_the_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: one zero-byte PNG among 91 failed init's accuracy spot check ("became unreadable
+    during the audit", exit 1, the config marked FAILED) while the audit skips and lists such a file."""
+    make_image_folder(tmp_path / "train", n_per_class=20, size=32)
+    for f in sorted((tmp_path / "train" / "dog").glob("*.png"))[:3]:
+        f.write_bytes(b"")
+    out = tmp_path / "spray.yaml"
+    res = run_main(["init", "--data", str(tmp_path / "train"), "--model", "resnet18", "-o", str(out)], capsys)
+    assert res.code == 0, res.stderr
+    assert "FAILED" not in out.read_text()
+
+
 def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(0)
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))

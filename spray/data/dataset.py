@@ -311,11 +311,13 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         """A reason, with the settings it names in this dataset's own config section."""
         return why if self.section == "data" else why.replace("data.transform.", f"{self.section}.transform.")
 
-    def _unreadable(self, i: int, why: str) -> DataError:
+    def _unreadable(self, i: int, why: str) -> SampleReadError:
         """Sample ``i`` cannot be read (now): its reason, naming this dataset's own config section."""
         if self.section == "data":
-            return DataError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {why}")
-        return DataError(f"{self.section}'s sample {self.sample_ids[i]!r} cannot be read: {self._named(why)}")
+            return SampleReadError(f"sample {self.sample_ids[i]!r} became unreadable during the audit: {why}")
+        return SampleReadError(
+            f"{self.section}'s sample {self.sample_ids[i]!r} cannot be read: {self._named(why)}"
+        )
 
     def load_input(self, i: int, expect: str | None = None) -> torch.Tensor:
         """The model input of sample ``i`` only: no thumbnail (for the paste test); from :attr:`input_memo`
@@ -374,6 +376,10 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         return _hash_of(raw, None if raw is not None else self.load_input(i))
 
 
+class SampleReadError(DataError):
+    """A sample of a dataset cannot be read by :meth:`AuditDataset.load_input` (its message names it)."""
+
+
 def spread_inputs(dataset: Any, k: int, skip: frozenset[str] = frozenset()) -> list[tuple[int, torch.Tensor]]:
     """Up to ``k`` readable inputs spread evenly over ``dataset`` (folders are read in class order, so every
     class takes part), as ``(position, input)``; the ids in ``skip`` and unreadable samples are passed over.
@@ -386,7 +392,7 @@ def spread_inputs(dataset: Any, k: int, skip: frozenset[str] = frozenset()) -> l
     for j in spread_positions(len(rows), k):
         try:
             out.append((rows[j], dataset.load_input(rows[j])))
-        except UnreadableSample:  # listed by the audit; not a spot check's business
+        except (UnreadableSample, SampleReadError):  # listed by the audit; not a spot check's business
             continue
     return out
 
