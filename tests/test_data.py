@@ -130,3 +130,22 @@ def test_known_hashes_skip_the_decode_but_not_the_hash(
     assert batch.x is not None and batch.x.shape == (1, 3, 16, 16)
     assert batch.thumbnails is not None and batch.thumbnails.shape[0] == 1
     assert [s.sample_id for s in batch.skipped] == ["dog/broken.png"]
+
+
+def test_one_mean_value_applies_to_every_channel_as_torchvision_does(tmp_path: Path) -> None:
+    """An outside check: ``mean: [0.5], std: [0.5]`` (torchvision's broadcast idiom) on RGB images for a
+    3-channel model was read as "the model is grey": every image was refused, and both fixes the message
+    offered failed too."""
+    import torchvision.transforms.functional as TF
+
+    from tests.model_factories import tiny
+
+    root = make_image_folder(tmp_path / "imgs", n_per_class=3, size=12)
+    t = TransformConfig(mean=[0.5], std=[0.5])
+    ds = build_dataset(DataConfig(kind="image_folder", path=root, transform=t))
+    ds.match_model(tiny(num_classes=2, in_channels=3))
+    item = ds[0]
+    assert isinstance(item, Sample) and item.x is not None
+    img = TF.to_tensor(Image.open(root / "cat" / "000.png"))
+    torch.testing.assert_close(item.x, TF.normalize(img, [0.5], [0.5]))
+    assert TransformConfig(mean=[0.5], std=[0.5], channels=3).channels == 3  # not refused

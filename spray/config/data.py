@@ -38,7 +38,7 @@ class TransformConfig(Section):
     channels: Literal[1, 3] | None = Field(
         None,
         description="Channels the model takes. Default: 3 with grayscale_to_rgb, else the number of "
-        "mean values, else what most images have (grey images become RGB when the model's first "
+        "mean values when there are 3, else what most images have (grey images become RGB when the model's first "
         "convolution takes 3 channels, colour images grey when it takes 1). Grey images are repeated for a "
         "3-channel model; colour images are skipped for a 1-channel model unless their three channels are "
         "equal or colour_to_grey is 'luma'.",
@@ -58,10 +58,17 @@ class TransformConfig(Section):
         "over that colour.",
     )
     mean: list[float] | None = Field(
-        None, description="Per-channel mean for normalisation (1 or 3 values).", min_length=1, max_length=3
+        None,
+        description="Per-channel mean for normalisation: 3 values (RGB), or 1 value for every channel (as "
+        "torchvision's Normalize broadcasts it).",
+        min_length=1,
+        max_length=3,
     )
     std: list[float] | None = Field(
-        None, description="Per-channel std for normalisation (1 or 3 values).", min_length=1, max_length=3
+        None,
+        description="Per-channel std for normalisation: 3 values, or 1 value for every channel.",
+        min_length=1,
+        max_length=3,
     )
     decode_device: Literal["auto", "cpu", "cuda"] = Field(
         "cpu",
@@ -96,7 +103,7 @@ class TransformConfig(Section):
             if len(self.mean) != len(self.std):
                 raise ValueError(f"'mean' has {len(self.mean)} values but 'std' has {len(self.std)}")
             if len(self.mean) == 2:
-                raise ValueError("'mean' and 'std' need 1 value (grey) or 3 (RGB), not 2")
+                raise ValueError("'mean' and 'std' need 3 values (RGB) or 1 (every channel), not 2")
             if not all(math.isfinite(v) for v in [*self.mean, *self.std]):
                 raise ValueError("'mean' and 'std' must be finite numbers")
             if any(s <= 0 for s in self.std):
@@ -110,7 +117,7 @@ class TransformConfig(Section):
                     f"255: mean {mean}, std {std}"
                 )
         want = 3 if self.grayscale_to_rgb else self.channels
-        if want is not None and self.mean is not None and len(self.mean) != want:
+        if want is not None and self.mean is not None and len(self.mean) not in (1, want):
             why = "grayscale_to_rgb makes 3 channels" if self.grayscale_to_rgb else f"channels is {want}"
             raise ValueError(f"'mean'/'std' have {len(self.mean)} values but {why}")
         if self.grayscale_to_rgb and self.channels == 1:
@@ -131,7 +138,7 @@ class TransformConfig(Section):
             return self
         raise ValueError(
             f"'colour_to_grey: luma' makes colour images grey for a 1-channel model, but {why}; remove "
-            "colour_to_grey, or describe the grey model (channels: 1, one mean/std value)"
+            "colour_to_grey, or describe the grey model (channels: 1)"
         )
 
 

@@ -126,7 +126,9 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         """
         c = model_input_channels(model)
         cfg = self.transform.cfg
-        fixed = cfg.channels is not None or cfg.grayscale_to_rgb or cfg.mean is not None
+        fixed = (
+            cfg.channels is not None or cfg.grayscale_to_rgb or (cfg.mean is not None and len(cfg.mean) == 3)
+        )
         if fixed or c is None or self.transform.channels in (None, c) or c not in (1, 3):
             return
         if c == 1 and cfg.colour_to_grey == "refuse":
@@ -456,8 +458,8 @@ def _model_channels(cfg: DataConfig, source: Source) -> int | None:
         return t.channels
     if t.grayscale_to_rgb:
         return 3
-    if t.mean is not None:
-        return len(t.mean)
+    if t.mean is not None and len(t.mean) == 3:
+        return 3
     return source.channels
 
 
