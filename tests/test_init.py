@@ -451,13 +451,21 @@ def test_a_timm_checkpoint_under_a_name_torchvision_has_too_builds_timms(
     assert load_config(out).model.architecture == "resnet18" and "keys are timm's" not in res.output
 
 
-def test_sixteen_bit_images_are_pointed_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """torchvision's ImageFolder clips a 16-bit PNG at 255; spray scales it: init says so before any audit."""
+@pytest.mark.parametrize("kind", ["png16", "pgm16", "float_tiff"])
+def test_sixteen_bit_images_are_pointed_out(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torchvision's ImageFolder clips a 16-bit PNG at 255; spray scales it: init says so before any audit.
+    An outside check found 16-bit PGM and float TIFF files (read as Pillow's modes I and F) not pointed out."""
     root = tmp_path / "train"
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(np.full((16, 16), 1000 * (i + 1), np.uint16)).save(root / c / f"{i}.png")
+            if kind == "float_tiff":
+                Image.fromarray(np.full((16, 16), 0.3 * (i + 1), np.float32)).save(root / c / f"{i}.tif")
+            else:
+                ext = "png" if kind == "png16" else "pgm"
+                Image.fromarray(np.full((16, 16), 1000 * (i + 1), np.uint16)).save(root / c / f"{i}.{ext}")
     out = tmp_path / "a.yaml"
     res = run_main(["init", "--data", str(root), "-o", str(out)], capsys)
     assert res.code == 0, res.output

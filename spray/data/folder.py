@@ -63,7 +63,7 @@ class FolderProbe:
 
     channels: int | None
     sizes: list[tuple[int, int]]
-    #: How many of the probed files are 16-bit grey (Pillow's ``I;16`` modes).
+    #: How many of the probed files hold more than 8 bits per value (Pillow's ``I;16`` modes, ``I``, ``F``).
     sixteen_bit: int = 0
     probed: int = 0
 
@@ -290,6 +290,10 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+#: Modes whose values exceed 8 bits (16-bit, 32-bit integer, float): ImageFolder's loader clips them.
+HIGH_BIT_MODES = SIXTEEN_BIT_MODES | {"I", "F"}
+
+
 def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
     """Most common channel count, the ``(H, W)`` sizes and the 16-bit files of up to PROBE_FILES files
     (headers only)."""
@@ -302,7 +306,7 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
                 with Image.open(root / sample_ids[i]) as im:
                     channels.append(source_channels(im.mode))
                     sizes.append((im.size[1], im.size[0]))
-                    sixteen += im.mode in SIXTEEN_BIT_MODES
+                    sixteen += im.mode in HIGH_BIT_MODES
             except Exception:  # an unreadable file is reported when it is loaded, not here
                 continue
     common = max((1, 3), key=channels.count) if channels else None
@@ -325,9 +329,10 @@ def loader_differences(probe: FolderProbe, sample_ids: list[str]) -> list[str]:
         )
     if probe.sixteen_bit:
         notes.append(
-            f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images; spray reads them at "
-            "their true scale (value / 65535), while torchvision's ImageFolder loader (convert('RGB')) clips "
-            "every value above 255 to white: if the model was trained through it, it saw other images than "
+            f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or "
+            "float ones); spray reads them at their true scale (a 16-bit value / 65535), while torchvision's "
+            "ImageFolder loader (convert('RGB')) clips every value above 255 to white (a float one to black or "
+            "white): if the model was trained through it, it saw other images than "
             "the audit shows it (its accuracy on its own images, checked by the audit, tells)"
         )
     return notes
