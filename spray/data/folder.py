@@ -378,8 +378,9 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
 
     probe = _probe(root, ids) if ids else FolderProbe(None, [])
     for note in loader_differences(probe, ids):
-        # a .gif is only an extra sample; a 16-bit file may be a different image from the one trained on
-        log.log(logging.WARNING if "16-bit" in note else logging.INFO, "%s: %s", root, note)
+        # a warning, shown under -q too: a .gif's findings are on images the model may never have seen, and a
+        # 16-bit file may be a different image from the one trained on
+        log.warning("%s: %s", root, note)
     return Source(
         sample_ids=ids,
         labels=listing.labels,
