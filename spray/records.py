@@ -354,6 +354,9 @@ class DataChanges:
     relabelled : int
         Ids in both runs with the same content whose class changed (label and name: a label fixed in the
         labels file or an image moved to another class folder under the same id).
+    unreadable : int
+        Previous samples whose id is still in the dataset but cannot be read now (a truncated or damaged
+        file: skipped in this run with its reason), not counted as removed.
     """
 
     added: int
@@ -362,6 +365,7 @@ class DataChanges:
     moved: int
     copied: int = 0
     relabelled: int = 0
+    unreadable: int = 0
 
 
 @dataclass

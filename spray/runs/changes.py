@@ -494,7 +494,8 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         if code[0] and code[1] and code[0] != code[1]:
             changes.config_changed.append(f"code version: {code[0]} → {code[1]}")
     if reader is not None and report.content_hashes and (previous := reader.content_hashes()):
-        changes.data = data_changes(report.content_hashes, previous, run_classes(report, reader))
+        skipped = {s.sample_id for s in report.skipped}
+        changes.data = data_changes(report.content_hashes, previous, run_classes(report, reader), skipped)
     return changes
 
 

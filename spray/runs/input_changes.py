@@ -6,7 +6,7 @@ from one that a setting or the data moved.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from spray.records import AuditReport, DataChanges, is_relabel
@@ -57,10 +57,14 @@ def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int
 
 
 def data_changes(
-    current: Mapping[str, str], previous: Mapping[str, str], classes: tuple[Classes, Classes] | None = None
+    current: Mapping[str, str],
+    previous: Mapping[str, str],
+    classes: tuple[Classes, Classes] | None = None,
+    skipped: Collection[str] = (),
 ) -> DataChanges:
     """What changed in the data between two runs' ``sample_id -> content hash`` tables; with both runs'
-    classes (``sample_id -> (label, name)``) also the images whose label changed."""
+    classes (``sample_id -> (label, name)``) also the images whose label changed, and with the ids this run
+    skipped as unreadable, the previous samples that are unreadable now (not removed)."""
     now, before = set(current.values()), set(previous.values())
     new_ids = [i for i in current if i not in previous]
     # Content whose previous id is still here (with that content): a new id holding it is a copy, not a move.
@@ -73,7 +77,8 @@ def data_changes(
     return DataChanges(
         relabelled=relabelled,
         added=sum(current[i] not in before for i in new_ids),
-        removed=sum(h not in now for i, h in previous.items() if i not in current),
+        removed=sum(h not in now for i, h in previous.items() if i not in current and i not in skipped),
+        unreadable=sum(i not in current and i in skipped for i in previous),
         modified=sum(previous[i] != h for i, h in current.items() if i in previous),
         moved=sum(current[i] in before and current[i] not in kept for i in new_ids),
         copied=sum(current[i] in kept for i in new_ids),

@@ -363,4 +363,5 @@ def _data_changes(d: _Doc) -> DataChanges | None:
         moved=x.get("moved", int),
         copied=x.get("copied", int, 0),  # no "copied" before 5 Dec 2026
         relabelled=x.get("relabelled", int, 0),  # none before 6 Dec 2026
+        unreadable=x.get("unreadable", int, 0),  # counted as removed before 6 Dec 2026
     )

@@ -31,6 +31,10 @@ def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
     assert (
         data_changes({**same, "a.png": "new"}, same, (now, before)).relabelled == 0
     )  # modified, not relabelled
+    # a file still there but unreadable now (an outside check saw a truncated file counted as removed)
+    got = data_changes({k: v for k, v in previous.items() if k != "c.png"}, previous, skipped={"c.png"})
+    assert (got.removed, got.unreadable) == (0, 1)
+    assert data_changes({k: v for k, v in previous.items() if k != "c.png"}, previous).removed == 1
 
 
 def test_config_changes_name_the_result_settings_that_differ() -> None:
