@@ -518,7 +518,28 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     from spray.audit import audit_explainer
 
     audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
+    if cfg.lrp.composite not in TRANSFORMER_COMPOSITES and _has_attention(model):
+        # the name-based note misses a transformer built by the user's own factory
+        return (
+            f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has attention layers "
+            "(a transformer): it is explained at patch resolution; AttnLRP explains it at the input's. If the "
+            "findings look like noise, audit with lrp.composite: AttnLRP (docs/lrp.md, 'Which composite for a ViT')"
+        )
     return f"LRP: {cfg.lrp.composite} explained that batch"
+
+
+#: The composites with rules for attention (``spray.lrp.composites``).
+TRANSFORMER_COMPOSITES = ("AttnLRP", "CPLRP")
+
+
+def _has_attention(model: Any) -> bool:
+    """Whether ``model`` holds an attention module (torch's ``MultiheadAttention``, timm's ``Attention``...)."""
+    from torch import nn
+
+    return any(
+        isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention")
+        for m in model.modules()
+    )
 
 
 def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:

@@ -345,6 +345,28 @@ def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert cfg.lrp.composite == "EpsilonPlusFlat"
 
 
+def test_a_transformer_from_the_users_factory_gets_the_composite_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: a timm ViT built by the user's own factory got no word on the composite (the note
+    matched architecture names only), and the audit with EpsilonPlusFlat missed its shortcut; AttnLRP found it."""
+    pytest.importorskip("timm")
+    make_image_folder(tmp_path / "train", n_per_class=2, size=16)
+    (tmp_path / "myvit.py").write_text(
+        "import timm\n\n\ndef make(num_classes=2):\n"
+        "    return timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, depth=1, "
+        "num_classes=num_classes)\n"
+    )
+    out = tmp_path / "v.yaml"
+    res = run_main(
+        ["init", "--data", str(tmp_path / "train"), "--model", "myvit:make", "-o", str(out)], capsys
+    )
+    assert res.code == 0, res.stderr
+    assert (
+        "CHECK lrp.composite: EpsilonPlusFlat explained that batch, but the model has attention" in res.stdout
+    )
+
+
 @pytest.mark.slow
 def test_timm_name_that_torchvision_has_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """convnext_tiny is both: a plain name is torchvision's, timm:convnext_tiny is timm's."""
