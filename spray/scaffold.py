@@ -516,9 +516,10 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     import torch
 
     from spray.audit import audit_explainer
+    from spray.lrp.concepts import has_attention
 
     audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
-    if cfg.lrp.composite not in TRANSFORMER_COMPOSITES and _has_attention(model):
+    if cfg.lrp.composite not in TRANSFORMER_COMPOSITES and has_attention(model):
         # the name-based note misses a transformer built by the user's own factory
         return (
             f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has attention layers "
@@ -530,16 +531,6 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
 
 #: The composites with rules for attention (``spray.lrp.composites``).
 TRANSFORMER_COMPOSITES = ("AttnLRP", "CPLRP")
-
-
-def _has_attention(model: Any) -> bool:
-    """Whether ``model`` holds an attention module (torch's ``MultiheadAttention``, timm's ``Attention``...)."""
-    from torch import nn
-
-    return any(
-        isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention")
-        for m in model.modules()
-    )
 
 
 def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:

@@ -217,3 +217,32 @@ def test_the_region_term_can_be_taken_on_the_flagged_samples_only() -> None:
     assert float(none["region"]) == 0.0
     assert float(none["loss"].detach()) == pytest.approx(float(none["ce"] + 3e4 * none["rr"]), rel=1e-6)
     none["loss"].backward()  # still a graph the training loop can step through
+
+
+def test_the_right_reason_loss_differentiates_through_fused_attention() -> None:
+    """An outside check: RR-ClArC on a timm ViT at a layer with attention after it stopped with a raw
+    "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented": the loss
+    differentiates a gradient, which the fused attention kernels cannot."""
+    timm = pytest.importorskip("timm")
+    from spray.config.correction import CorrectionConfig
+    from spray.correct.activations import resolve_layer
+    from spray.correct.rrclarc import RightReasonLoss
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, num_classes=3
+    ).eval()
+    x = torch.rand(4, 3, 16, 16)
+    # 'auto' on a transformer is its last block (its 4-D outputs are attention's keys and weights)
+    assert resolve_layer(model, "auto", x) == "blocks.1"
+    samples = SimpleNamespace(labels=np.array([0, 1, 2, 1]), inputs=lambda rows: x[rows])
+    with torch.no_grad():
+        n = model.blocks[0](model.patch_embed(x)[:1]).numel() + model.embed_dim  # tokens and the class token
+    v = torch.zeros(1, n)
+    v[0, 0] = 1.0
+    cfg = CorrectionConfig(rr_region_weight=0.0)
+    fn = RightReasonLoss(model, samples, SimpleNamespace(layer="blocks.0"), v.numpy(), cfg, 1,
+                         torch.device("cpu"), True, None, None, None)  # fmt: skip
+    terms = fn(np.arange(4), 0)
+    terms["loss"].backward()  # through the attention of blocks.1
+    assert model.head.weight.grad is not None and float(terms["rr"]) >= 0.0

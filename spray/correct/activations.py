@@ -124,7 +124,19 @@ def _has_grid(shape: tuple[int, ...]) -> bool:
 
 
 def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
-    """The ``"auto"`` layer: the last feature map with a grid (else the last 1×1 one), outermost module."""
+    """The ``"auto"`` layer: for a transformer its last block; else the last feature map with a grid (else the
+    last 1×1 one), outermost module."""
+    from spray.lrp.concepts import default_concept_layer, has_attention
+
+    if has_attention(model):
+        # Inside a transformer, 4-D outputs are attention's keys or weights (heads × tokens), not feature maps.
+        block = default_concept_layer(model)
+        if block is not None and _call_counts(calls).get(block) == 1:
+            log.info(
+                "correction.layer: 'auto' took %r, the transformer's last block (tokens: no spatial grid)",
+                block,
+            )
+            return block
     maps = [c for c in calls if len(c.shape) == 4]
     if not maps:
         raise ConfigError(

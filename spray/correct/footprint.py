@@ -137,8 +137,8 @@ def measure_footprint(
         # a 1×1 map is one position: its footprint would be a constant share, a term without a gradient
         raise NoGridError(
             f"correction.rr_region_weight needs a layer with a (B, C, H, W) output; {layer!r} gives "
-            f"{(-1, *shape)}: choose a convolutional layer with a spatial grid, H×W > 1 (correction.layer), "
-            "or set rr_region_weight: 0."
+            f"{(-1, *shape)}: a CNN's convolutional layer with a spatial grid, H×W > 1, has one "
+            "(correction.layer); a transformer's tokens have none: set rr_region_weight: 0 there."
         )
     explainer = Explainer(model, lrp.composite, composite_kwargs=composite_kwargs(lrp, samples.input_bounds()),
                           canonize=lrp.canonize, device=device, precision=lrp.precision, concept_layer=layer)  # fmt: skip

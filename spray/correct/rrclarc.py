@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spray.config.correction import CorrectionConfig
 from spray.correct.activations import layer_activations, tap
@@ -206,7 +207,10 @@ class RightReasonLoss:
     def __call__(self, rows: np.ndarray, step: int) -> dict[str, torch.Tensor]:
         """``{"loss", "ce", "rr"}`` of the batch ``rows`` (and ``"region"`` with a footprint)."""
         y = torch.from_numpy(self.samples.labels[rows]).to(self.device)
-        logits, a = self._forward(rows)
+        # The loss differentiates a gradient: fused attention kernels (flash, memory-efficient) have no
+        # second derivative, their reference (math) one has.
+        with sdpa_kernel(SDPBackend.MATH):
+            logits, a = self._forward(rows)
         ce = F.cross_entropy(logits, y)
         out = rr_output(logits, y, self.cfg.rr_target, self.artifact_class)
         (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
