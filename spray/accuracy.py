@@ -198,9 +198,9 @@ def problems(acc: dict[str, Any]) -> list[str]:
         (one,) = targets
         out.append(
             f"The model predicts the images of {len(shifted)} other classes mostly as {one} "
-            f"({', '.join(list(shifted)[:6])}): it answers {one} for nearly everything, as a model does that "
-            "does not tell the classes apart (weights not the trained ones, training that collapsed, inputs it "
-            "cannot read: data.transform) more than one whose classes are out of order."
+            f"({', '.join(list(shifted)[:6])}): it answers {one} for nearly everything. That is what a model "
+            "that does not tell the classes apart does (weights that are not the trained ones, a training that "
+            "collapsed, inputs it cannot read: check data.transform), more likely than classes out of order."
         )
     elif shifted:
         pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])
