@@ -1,4 +1,4 @@
-"""A reader that closes spray's output early (``spray flags list | head -0``): no traceback."""
+"""The command as a process: `python -m spray`, and a reader that closes its output early (`spray flags list | head -0`)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,10 @@ def test_a_closed_pipe_ends_the_command_without_a_traceback(tmp_path: Path) -> N
         p = subprocess.run(["bash", "-c", cmd], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert "Traceback" not in p.stderr and "BrokenPipeError" not in p.stderr, p.stderr[-2000:]
         assert p.returncode == EXIT_CLOSED_PIPE, (command, p.returncode, p.stderr[-2000:])
+
+
+def test_python_dash_m_spray_is_the_spray_command() -> None:
+    """An outside check: ``python -m spray`` said "No module named spray.__main__"."""
+    p = subprocess.run([sys.executable, "-m", "spray", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert p.returncode == 0 and "audit" in p.stdout and "correct" in p.stdout, p.stderr[-2000:]

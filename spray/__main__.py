@@ -1,0 +1,5 @@
+"""``python -m spray``: the ``spray`` command (as ``python -m spray.cli``)."""
+
+from spray.cli import entry
+
+entry()
