@@ -685,3 +685,32 @@ def test_class_names_in_a_mapping_that_is_no_index_are_refused(tmp_path: Path) -
     )
     with pytest.raises(DataError, match="neither name -> index nor index -> name"):
         build_dataset(_factory_config(tmp_path, "badmap", body))
+
+
+def test_an_item_that_raises_while_its_label_is_learnt_is_skipped_and_listed(tmp_path: Path) -> None:
+    """An outside check: without ``targets`` one row whose file was missing stopped the audit ("reading item 7
+    (to learn its label) failed"), while docs/config.md says such a sample is skipped and listed."""
+    body = (
+        "import torch\n"
+        "class D:\n"
+        "    def __init__(self, bad): self.bad = bad\n"
+        "    def __len__(self): return 12\n"
+        "    def __getitem__(self, i):\n"
+        "        if i in self.bad: raise FileNotFoundError(f'row{i}.png')\n"
+        "        return torch.full((1, 6, 6), i / 12), i % 2\n"
+        "def build(bad=(7,)): return D(set(bad))\n"
+    )
+    ds = build_dataset(_factory_config(tmp_path, "rows_data", body))
+    assert "7" not in ds.sample_ids and len(ds) == 11
+    assert [(s.sample_id, s.reason) for s in ds.pre_skipped] == [
+        ("7", "cannot be read: FileNotFoundError: row7.png")
+    ]
+    item = ds[ds.sample_ids.index("8")]  # positions after the skipped row still read their own item
+    assert (
+        isinstance(item, Sample)
+        and item.label == 0
+        and item.x is not None
+        and float(item.x.mean()) == pytest.approx(8 / 12)
+    )
+    with pytest.raises(DataError, match=r"7 of 12 items cannot be read; reading item 0"):
+        build_dataset(_factory_config(tmp_path, "rows_data", body, factory_kwargs={"bad": list(range(7))}))

@@ -36,6 +36,7 @@ from spray.data.sample import UnreadableSample, spread_positions
 from spray.data.source import Source
 from spray.errors import DataError
 from spray.factories import call_factory, call_user
+from spray.records import SkippedSample
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +97,30 @@ def label_index(value: Any) -> int:
     return operator.index(value)
 
 
-def _labels(base: Any, n: int) -> list[int]:
+def _labels(base: Any, n: int) -> tuple[list[int], dict[int, str]]:
+    """Every item's label, and why each item that raised when read for it cannot be read (its label
+    placeholder is 0); from ``targets`` when the dataset has them (nothing read then)."""
     targets = getattr(base, "targets", None)
     if targets is not None:
         try:
             if len(targets) == n:
-                return [label_index(t) for t in targets]
+                return [label_index(t) for t in targets], {}
         except (TypeError, ValueError) as err:
             raise DataError(
                 f"data.factory: the dataset's 'targets' are not integer labels ({err})."
             ) from None
         raise DataError(f"data.factory: the dataset has {n} samples but {len(targets)} 'targets'.")
-    labels = []
+    labels: list[int] = []
+    failed: dict[int, str] = {}
     for i in range(n):
-        item = call_user(
-            f"data.factory: reading item {i} (to learn its label; a 'targets' attribute avoids this)",
-            DataError,
-            base.__getitem__,
-            i,
-        )
+        try:
+            item = base[i]
+        except Exception as err:
+            # one bad row (a missing file) is skipped and listed, as when the audit reads it; most rows failing
+            # is the dataset's own problem, said with the first one's traceback below
+            failed[i] = f"cannot be read: {type(err).__name__}: {err}"
+            labels.append(0)
+            continue
         if not isinstance(item, tuple | list) or len(item) < 2:
             raise DataError(
                 f"data.factory: item {i} of the dataset is a {type(item).__name__}, not an (image, label) pair, "
@@ -127,7 +133,26 @@ def _labels(base: Any, n: int) -> list[int]:
                 f"data.factory: item {i} has label {item[1]!r}, not an integer class index (a fraction is never "
                 "rounded: return the class index as an int)."
             ) from None
-    return labels
+    if 2 * len(failed) > n:
+        call_user(
+            f"data.factory: {len(failed)} of {n} items cannot be read; reading item {min(failed)} (to learn its "
+            "label; a 'targets' attribute avoids this)",
+            DataError, base.__getitem__, min(failed),
+        )  # fmt: skip
+    return labels, failed
+
+
+class _Readable:
+    """The factory's dataset without the items that could not be read (positions renumbered)."""
+
+    def __init__(self, base: Any, keep: list[int]) -> None:
+        self.base, self.keep = base, keep
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, j: int) -> Any:
+        return self.base[self.keep[j]]
 
 
 def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
@@ -304,13 +329,20 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
             f"({shown}{', ...' if len(twice) > 3 else ''}); every sample needs its own id (flags and caches are "
             "keyed by it): derive it from the file path or the record's index."
         )
-    labels = _labels(base, n)
+    labels, failed = _labels(base, n)
+    skipped = [SkippedSample(ids[i], why) for i, why in sorted(failed.items())]
+    rows: Any = base
+    if failed:
+        log.warning("data.factory: %d items cannot be read and are skipped (e.g. %s: %s)", len(failed),
+                    skipped[0].sample_id, skipped[0].reason)  # fmt: skip
+        keep = [i for i in range(n) if i not in failed]
+        ids, labels, rows = [ids[i] for i in keep], [labels[i] for i in keep], _Readable(base, keep)
 
     def load(i: int) -> tuple[torch.Tensor, bytes | None]:
-        return _to_tensor(_image_of(base[i], has_targets), decode), None
+        return _to_tensor(_image_of(rows[i], has_targets), decode), None
 
     t = cfg.transform
-    channels, sizes = _probe(base, labels, has_targets, decode, t.mean is not None and t.std is not None)
+    channels, sizes = _probe(rows, labels, has_targets, decode, t.mean is not None and t.std is not None)
     fp = getattr(base, "fingerprint", None)
     return Source(
         sample_ids=ids,
@@ -320,4 +352,5 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         channels=channels,
         input_sizes=sizes,
         fingerprint=None if fp is None else str(fp),
+        pre_skipped=skipped,
     )
