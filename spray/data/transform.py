@@ -87,7 +87,7 @@ class Transform:
         """Resize and centre-crop ``img`` (C,H,W) in [0, 1]: the image the thumbnail shows."""
         x = img
         if self.cfg.resize is not None:
-            size = resized(*x.shape[-2:], self.cfg.resize)
+            size = resized(int(x.shape[-2]), int(x.shape[-1]), self.cfg.resize)
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         if self.cfg.center_crop is not None:
             c = self.cfg.center_crop
