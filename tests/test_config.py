@@ -359,3 +359,11 @@ def test_a_misspelt_composite_is_named_with_its_key_and_the_closest(tmp_path: Pa
         match=r"lrp\.composite: unknown LRP composite 'EpsilonPlusFalt'\. Did you mean 'EpsilonPlusFlat'\?",
     ):
         get_composite("EpsilonPlusFalt")
+
+
+def test_an_empty_class_name_is_refused() -> None:
+    """An outside check: ``class_names: [a, "", k3]`` was taken; the class column showed a blank name."""
+    from spray.config import DataConfig
+
+    with pytest.raises(ValueError, match=r"class names must not be empty: label 1 has none"):
+        DataConfig(kind="idx", images="i.gz", labels="l.gz", class_names=["a", " ", "k3"])

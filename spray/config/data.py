@@ -199,6 +199,11 @@ class DataConfig(Section):
     @classmethod
     def _unique_names(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
+            empty = [i for i, n in enumerate(v) if not n.strip()]
+            if empty:
+                raise ValueError(
+                    f"class names must not be empty: label {empty[0]} has none; give every class a name"
+                )
             dupes = sorted({n for n in v if v.count(n) > 1})
             if dupes:
                 raise ValueError(f"class names must be unique; repeated: {dupes}")
