@@ -131,16 +131,9 @@ def _walk(
             skipped.append(SkippedSample(child, "not a regular file"))
 
 
-def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
-    """Classes (sorted folder names) and the files below each, with the entries that are not samples.
-
-    ``what`` names the folder in messages (``--data`` for ``spray init``).
-
-    Raises
-    ------
-    DataError
-        When ``root`` has no class folders.
-    """
+def _class_folders(root: Path, what: str) -> list[str]:
+    """The class folders' names, sorted: the folders of ``root`` but hidden, system and spray's runs folders
+    (each said aloud); a name that is not UTF-8 is refused (leaving the class out would shift the labels)."""
     try:
         every = [d for d in root.iterdir() if d.is_dir()]
     except OSError as err:
@@ -148,7 +141,6 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
     folders = [d for d in every if not d.name.startswith(".")]
     for d in folders:
         if not _utf8(d.name):
-            # a class cannot be left out (the labels after it would shift): refused instead
             raise DataError(
                 f"{what}: the class folder {printable_name(d.name)!r} has a name that is not valid UTF-8 "
                 f"(bytes of another encoding, e.g. from an old zip archive). {NOT_UTF8_FIX}"
@@ -167,7 +159,20 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
         # `spray audit` run inside the image folder writes its runs there: they are not a class.
         log.warning("%s is a spray runs directory, not a class folder: left out of the classes", d)
         folders.remove(d)
-    classes = sorted(d.name for d in folders)
+    return sorted(d.name for d in folders)
+
+
+def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
+    """Classes (sorted folder names) and the files below each, with the entries that are not samples.
+
+    ``what`` names the folder in messages (``--data`` for ``spray init``).
+
+    Raises
+    ------
+    DataError
+        When ``root`` has no class folders.
+    """
+    classes = _class_folders(root, what)
     loose = _loose_images(root)
     if not classes:
         held = f"its {len(loose)} image files lie directly in it" if loose else "it holds no image files"
