@@ -32,8 +32,9 @@ def select_findings(
 
 def note_repeats(findings: list[ClusterFinding], nest_overlap: float) -> list[ClusterFinding]:
     """One class's findings, each flagged one that repeats a higher-scoring flagged one's group (at least
-    ``nest_overlap`` of its members are there, at another k or in the other space) with one more evidence
-    line naming it: a person then flags the group once, not as two shortcuts.
+    ``nest_overlap`` of its members are there, at another k or in the other space) or its stamp (that share
+    of its members are the other's members or carriers: the same stamp elsewhere, one shortcut split into
+    parts) with one more evidence line naming it: a person then flags the group once, not as two shortcuts.
 
     Scores, flags and order are left as they are (``findings`` in any order; returned in the same order).
     """
@@ -42,10 +43,17 @@ def note_repeats(findings: list[ClusterFinding], nest_overlap: float) -> list[Cl
         members = set(f.member_ids)
         for g in flagged[:i]:
             shared = len(members & set(g.member_ids))
+            carried = len(members & set(g.member_ids + g.carrier_ids))
             if shared >= nest_overlap * len(members):
                 f.evidence.append(
                     f"the same group as {g.key}, which scores higher: {shared} of its {len(members)} members "
                     "are there"
+                )
+                break
+            if carried >= nest_overlap * len(members):
+                f.evidence.append(
+                    f"the same stamp as {g.key}, which scores higher: {carried} of its {len(members)} members "
+                    "are among its members and carriers"
                 )
                 break
     return findings

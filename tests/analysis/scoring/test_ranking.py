@@ -59,3 +59,13 @@ def test_a_flagged_part_of_a_higher_flagged_group_says_so() -> None:
     )
     assert whole.evidence == small.evidence == other.evidence == ["e"]
     assert part.suspicious and part.score == 0.58
+    # An outside check (a ViT, a text watermark): one shortcut flagged as three nearly disjoint groups, each
+    # one's members the others' carriers; the lower ones name the top one
+    top = finding(4, 1, range(500, 524), 0.61, True)
+    top.carrier_ids = [f"s{i}" for i in range(524, 608)]
+    second = finding(5, 2, range(524, 560), 0.60, True)
+    out = note_repeats([second, top], ScoringConfig().nest_overlap)
+    assert second.evidence[-1] == (
+        "the same stamp as 6/k4/c1, which scores higher: 36 of its 36 members are among its members and carriers"
+    )
+    assert top.evidence == ["e"]
