@@ -224,6 +224,8 @@ def test_the_right_reason_loss_differentiates_through_fused_attention() -> None:
     "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented": the loss
     differentiates a gradient, which the fused attention kernels cannot."""
     timm = pytest.importorskip("timm")
+    import torchvision
+
     from spray.config.correction import CorrectionConfig
     from spray.correct.activations import resolve_layer
     from spray.correct.rrclarc import RightReasonLoss
@@ -233,8 +235,11 @@ def test_the_right_reason_loss_differentiates_through_fused_attention() -> None:
         "vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, num_classes=3
     ).eval()
     x = torch.rand(4, 3, 16, 16)
-    # 'auto' on a transformer is its last block (its 4-D outputs are attention's keys and weights)
+    # 'auto' on a ViT is its last block (its 4-D outputs are attention's keys and weights); a Swin's blocks
+    # are channels-last (B, H, W, C), so its last (B, C, H, W) map is taken, as before
     assert resolve_layer(model, "auto", x) == "blocks.1"
+    swin = torchvision.models.swin_t(weights=None, num_classes=3).eval()
+    assert resolve_layer(swin, "auto", torch.rand(2, 3, 64, 64)) == "permute"
     samples = SimpleNamespace(labels=np.array([0, 1, 2, 1]), inputs=lambda rows: x[rows])
     with torch.no_grad():
         n = model.blocks[0](model.patch_embed(x)[:1]).numel() + model.embed_dim  # tokens and the class token

@@ -149,3 +149,12 @@ def test_one_mean_value_applies_to_every_channel_as_torchvision_does(tmp_path: P
     img = TF.to_tensor(Image.open(root / "cat" / "000.png"))
     torch.testing.assert_close(item.x, TF.normalize(img, [0.5], [0.5]))
     assert TransformConfig(mean=[0.5], std=[0.5], channels=3).channels == 3  # not refused
+    # a model without a convolution keeps what one value said before: a grey model (grey images saved as RGB)
+    grey = tmp_path / "grey" / "a"
+    grey.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(grey / f"{i}.png")
+    ds = build_dataset(DataConfig(kind="image_folder", path=grey.parent, transform=t))
+    ds.match_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 2)))
+    item = ds[1]
+    assert isinstance(item, Sample) and item.x is not None and item.x.shape == (1, 12, 12)

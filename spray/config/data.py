@@ -38,7 +38,8 @@ class TransformConfig(Section):
     channels: Literal[1, 3] | None = Field(
         None,
         description="Channels the model takes. Default: 3 with grayscale_to_rgb, else the number of "
-        "mean values when there are 3, else what most images have (grey images become RGB when the model's first "
+        "mean values (one value: 3 when the model's first convolution takes 3 channels, the value applying to "
+        "each), else what most images have (grey images become RGB when the model's first "
         "convolution takes 3 channels, colour images grey when it takes 1). Grey images are repeated for a "
         "3-channel model; colour images are skipped for a 1-channel model unless their three channels are "
         "equal or colour_to_grey is 'luma'.",

@@ -129,9 +129,12 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
     from spray.lrp.concepts import default_concept_layer, has_attention
 
     if has_attention(model):
-        # Inside a transformer, 4-D outputs are attention's keys or weights (heads × tokens), not feature maps.
+        # Inside a ViT, 4-D outputs are attention's keys or weights (heads × tokens), not feature maps: its
+        # last block's (B, tokens, D) output is taken. A Swin's blocks are channels-last (B, H, W, C) and a
+        # block returning a tuple is no activation: both go on to the feature-map search below.
         block = default_concept_layer(model)
-        if block is not None and _call_counts(calls).get(block) == 1:
+        shapes = [c.shape for c in calls if c.path == block]
+        if block is not None and len(shapes) == 1 and len(shapes[0]) == 3:
             log.info(
                 "correction.layer: 'auto' took %r, the transformer's last block (tokens: no spatial grid)",
                 block,

@@ -1,8 +1,9 @@
 """Channels: what the model takes, and bringing each sample to it.
 
 The model's channel count is, in this order: ``data.transform.channels``; 3 with
-``grayscale_to_rgb``; 3 when ``data.transform.mean`` has 3 values (one value applies to every channel, as
-torchvision's ``Normalize`` broadcasts it); the ``in_channels`` of the model's first
+``grayscale_to_rgb``; 3 when ``data.transform.mean`` has 3 values; with one value, 3 when the model's first
+convolution takes 3 (the value then applies to every channel, as torchvision's ``Normalize`` broadcasts it),
+else 1; the ``in_channels`` of the model's first
 convolution (once the model is built); the channel count of most images of the dataset.
 
 A grey sample for a 3-channel model is repeated into three equal channels (after resizing, as

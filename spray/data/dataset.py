@@ -458,8 +458,10 @@ def _model_channels(cfg: DataConfig, source: Source) -> int | None:
         return t.channels
     if t.grayscale_to_rgb:
         return 3
-    if t.mean is not None and len(t.mean) == 3:
-        return 3
+    if t.mean is not None:
+        # one value: a grey model unless its first convolution takes 3 channels (match_model), as
+        # torchvision's Normalize broadcasts one value over an RGB model's channels
+        return len(t.mean)
     return source.channels
 
 
