@@ -110,8 +110,8 @@ def _changes_html(changes: ChangeSet) -> str:
         head += (
             f"<p class='meta'>The data since the previous run: {d.added} images added, {d.removed} removed, "
             f"{d.modified} modified in place, {d.moved} moved to another id, {d.copied} copies of kept images "
-            f"under new ids, {d.relabelled} relabelled (same image, another class), {d.unreadable} unreadable now "
-            "(skipped, listed with the reason).</p>"
+            f"under new ids, {d.relabelled} relabelled (same image, another class), {d.unreadable} skipped now "
+            "(unreadable or another size: listed with the reason).</p>"
         )
     for u in changes.unreadable:
         head += (

@@ -355,8 +355,8 @@ class DataChanges:
         Ids in both runs with the same content whose class changed (label and name: a label fixed in the
         labels file or an image moved to another class folder under the same id).
     unreadable : int
-        Previous samples whose id is still in the dataset but cannot be read now (a truncated or damaged
-        file: skipped in this run with its reason), not counted as removed.
+        Previous samples whose id is still in the dataset but that this run skipped with a reason (a
+        truncated or damaged file, another size than the dataset's inputs), not counted as removed.
     """
 
     added: int

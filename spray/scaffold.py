@@ -519,8 +519,10 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     from spray.lrp.concepts import has_attention
 
     audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
-    if cfg.lrp.composite not in TRANSFORMER_COMPOSITES and has_attention(model):
-        # the name-based note misses a transformer built by the user's own factory
+    named = any(part in _model_name(cfg.model.model_dump()) for part in TRANSFORMER_NAMES)
+    transformer_rules = cfg.lrp.composite.replace("_", "").lower() in TRANSFORMER_COMPOSITES
+    if not transformer_rules and not named and has_attention(model):
+        # the name-based note (in the config) misses a transformer built by the user's own factory
         return (
             f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has attention layers "
             "(a transformer): it is explained at patch resolution; AttnLRP explains it at the input's. If the "
@@ -529,8 +531,8 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     return f"LRP: {cfg.lrp.composite} explained that batch"
 
 
-#: The composites with rules for attention (``spray.lrp.composites``).
-TRANSFORMER_COMPOSITES = ("AttnLRP", "CPLRP")
+#: The composites with rules for attention (``spray.lrp.composites``), lower case without underscores.
+TRANSFORMER_COMPOSITES = ("attnlrp", "cplrp")
 
 
 def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:

@@ -32,7 +32,7 @@ from PIL import Image
 from spray.config import DataConfig
 from spray.data.channels import array_to_tensor
 from spray.data.decoding import DecodeOptions, image_to_tensor, source_channels
-from spray.data.sample import UnreadableSample, spread_positions
+from spray.data.sample import UnreadableSample, clean_reason, spread_positions
 from spray.data.source import Source
 from spray.errors import DataError
 from spray.factories import call_factory, call_user
@@ -118,7 +118,7 @@ def _labels(base: Any, n: int) -> tuple[list[int], dict[int, str]]:
         except Exception as err:
             # one bad row (a missing file) is skipped and listed, as when the audit reads it; most rows failing
             # is the dataset's own problem, said with the first one's traceback below
-            failed[i] = f"cannot be read: {type(err).__name__}: {err}"
+            failed[i] = clean_reason(f"cannot be read: {type(err).__name__}: {err}", str(i))
             labels.append(0)
             continue
         if not isinstance(item, tuple | list) or len(item) < 2:

@@ -350,9 +350,10 @@ def loader_differences(probe: FolderProbe, sample_ids: list[str]) -> list[str]:
     if probe.sixteen_bit:
         notes.append(
             f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or "
-            "float ones); spray reads them at their true scale (a 16-bit value / 65535), while torchvision's "
-            "ImageFolder loader (convert('RGB')) clips every value above 255 to white (a float one to black or "
-            "white): if the model was trained through it, it saw other images than "
+            "float ones); spray reads them at their true scale (a 16-bit value / 65535; floats in [0, 1] as they "
+            "are; other 32-bit ones are skipped with the reason), while torchvision's ImageFolder loader "
+            "(convert('RGB')) clips every value above 255 to white (a float one to black or white): if the model "
+            "was trained through it, it saw other images than "
             "the audit shows it (its accuracy on its own images, checked by the audit, tells)"
         )
     return notes
