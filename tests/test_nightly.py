@@ -455,7 +455,15 @@ def test_five_percent_new_images_are_the_only_ones_computed(
     assert (
         res.status["data_changes"]
         == ch["data"]
-        == {"added": 30, "removed": 0, "modified": 0, "moved": 0, "copied": 0, "relabelled": 0}
+        == {
+            "added": 30,
+            "removed": 0,
+            "modified": 0,
+            "moved": 0,
+            "copied": 0,
+            "relabelled": 0,
+            "unreadable": 0,
+        }
     )
     assert notified.read_text() == res.status["summary"]
     # Retention (--keep-runs 1): the previous run is gone, latest points at the new one.
@@ -662,7 +670,15 @@ def test_a_relabelled_image_is_counted_in_the_data_changes(
     res = run_spray(["run", "--config", str(cfg), "--runs-dir", str(runs)])
     assert res.code in (EXIT_OK, EXIT_FINDINGS), res.stderr[-3000:]
     assert res.status is not None
-    want = {"added": 0, "removed": 0, "modified": 0, "moved": 0, "copied": 0, "relabelled": 4}
+    want = {
+        "added": 0,
+        "removed": 0,
+        "modified": 0,
+        "moved": 0,
+        "copied": 0,
+        "relabelled": 4,
+        "unreadable": 0,
+    }
     assert res.status["data_changes"] == want, res.status
     assert any("4 relabelled" in m for m in res.messages())
 
