@@ -26,9 +26,14 @@ def run_command(args: argparse.Namespace) -> int:
         runs_dir, gate = Path(cfg.output.runs_dir), cfg.nightly.fail_on_findings
         record_changes(report, runs_dir, cfg, fail_on_findings=gate, by="spray audit")
 
-    report = audit(
-        cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
-    )
+    from spray.cli.run import shutdown_dist
+
+    try:
+        report = audit(
+            cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
+        )
+    finally:
+        shutdown_dist()
     if report.rank != 0:
         return 0  # under torchrun rank 0 merges, analyses and reports; another rank's report is empty
     sys.stdout.write(report_header(report) + "\n\n" + findings_table(report.findings, top=args.top) + "\n")

@@ -118,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
         code = EXIT_FAILURE
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        _shutdown_dist()
+        shutdown_dist()
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
         if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
@@ -167,7 +167,9 @@ def _log_data_changes(d: DataChanges) -> None:
     )  # fmt: skip
 
 
-def _shutdown_dist() -> None:
+def shutdown_dist() -> None:
+    """Leave torchrun's process group before the interpreter exits (without it, gloo's threads were
+    sometimes destroyed running: "terminate called without an active exception", the rank aborted)."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist
