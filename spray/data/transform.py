@@ -112,10 +112,8 @@ class Transform:
         if x.shape[0] == 1 and (self.cfg.grayscale_to_rgb or self.channels == 3):
             x = x.repeat(3, 1, 1)
         if self.cfg.mean is not None and self.cfg.std is not None:
-            if len(self.cfg.mean) not in (
-                1,
-                x.shape[0],
-            ):  # one value: every channel (torchvision broadcasts it)
+            # one value applies to every channel (torchvision's Normalize broadcasts it)
+            if len(self.cfg.mean) not in (1, x.shape[0]):
                 raise DataError(
                     f"data.transform.mean has {len(self.cfg.mean)} values but the images have {x.shape[0]} "
                     "channels. Fix data.transform.mean/std, or set data.transform.channels."
