@@ -312,22 +312,20 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
     sixteen = read = 0
+    shape_rows = set(spread_positions(len(sample_ids), PROBE_FILES))
+    spread = spread_positions(len(sample_ids), DEPTH_PROBE_FILES)
+    depth_rows = {i for i in spread if sample_ids[i].lower().endswith(DEEP_FORMATS)}
     with _pillow_size_check_off():
-        for i in spread_positions(len(sample_ids), PROBE_FILES):
+        for i in sorted(shape_rows | depth_rows):  # each file opened once
             try:
                 with Image.open(root / sample_ids[i]) as im:
-                    channels.append(source_channels(im.mode))
-                    sizes.append((im.size[1], im.size[0]))
+                    if i in shape_rows:
+                        channels.append(source_channels(im.mode))
+                        sizes.append((im.size[1], im.size[0]))
+                    if i in depth_rows:
+                        sixteen += im.mode in HIGH_BIT_MODES
+                        read += 1
             except Exception:  # an unreadable file is reported when it is loaded, not here
-                continue
-        for i in spread_positions(len(sample_ids), DEPTH_PROBE_FILES):
-            if not sample_ids[i].lower().endswith(DEEP_FORMATS):
-                continue
-            try:
-                with Image.open(root / sample_ids[i]) as im:
-                    sixteen += im.mode in HIGH_BIT_MODES
-                    read += 1
-            except Exception:
                 continue
     common = max((1, 3), key=channels.count) if channels else None
     return FolderProbe(common, sizes, sixteen, read)
