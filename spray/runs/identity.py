@@ -106,9 +106,12 @@ def heatmap_settings(cfg: AuditConfig) -> dict[str, Any]:
     }
 
 
-def lrp_hash(cfg: AuditConfig) -> str:
-    """SHA-256 of :func:`heatmap_settings`."""
-    return hashlib.sha256(json.dumps(heatmap_settings(cfg), sort_keys=True).encode()).hexdigest()
+def lrp_hash(cfg: AuditConfig, input_size: tuple[int, int] | None = None) -> str:
+    """SHA-256 of :func:`heatmap_settings`, with the dataset's model-input size ``(H, W)`` when given."""
+    settings = heatmap_settings(cfg)
+    if input_size is not None:
+        settings["input_size"] = list(input_size)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def cache_dir_name(cfg: AuditConfig, model_hash: str, input_size: tuple[int, int] | None = None) -> str:
@@ -118,11 +121,7 @@ def cache_dir_name(cfg: AuditConfig, model_hash: str, input_size: tuple[int, int
     A folder whose images mostly came to have another size gets another directory: its cached heatmaps and
     thumbnails have the old size and would be taken without a decode, so the size check never saw them.
     """
-    if input_size is None:
-        return f"{model_hash[:16]}-{lrp_hash(cfg)[:16]}"
-    settings = {**heatmap_settings(cfg), "input_size": list(input_size)}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return f"{model_hash[:16]}-{digest[:16]}"
+    return f"{model_hash[:16]}-{lrp_hash(cfg, input_size)[:16]}"
 
 
 def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, str]:
