@@ -516,11 +516,12 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     import torch
 
     from spray.audit import audit_explainer
+    from spray.lrp.composites import TRANSFORMER_COMPOSITES, composite_key
     from spray.lrp.concepts import has_attention
 
     audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
     named = any(part in _model_name(cfg.model.model_dump()) for part in TRANSFORMER_NAMES)
-    transformer_rules = cfg.lrp.composite.replace("_", "").lower() in TRANSFORMER_COMPOSITES
+    transformer_rules = composite_key(cfg.lrp.composite) in TRANSFORMER_COMPOSITES
     if not transformer_rules and not named and has_attention(model):
         # the name-based note (in the config) misses a transformer built by the user's own factory
         return (
@@ -529,10 +530,6 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
             "findings look like noise, audit with lrp.composite: AttnLRP (docs/lrp.md, 'Which composite for a ViT')"
         )
     return f"LRP: {cfg.lrp.composite} explained that batch"
-
-
-#: The composites with rules for attention (``spray.lrp.composites``), lower case without underscores.
-TRANSFORMER_COMPOSITES = ("attnlrp", "cplrp")
 
 
 def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:

@@ -388,6 +388,18 @@ def _snake(name: str) -> str:
     return {"CPLRP": "cp_lrp"}.get(name) or re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+#: The composites with rules for attention (a transformer's).
+TRANSFORMER_COMPOSITES = frozenset({"AttnLRP", "CPLRP"})
+
+
+def composite_key(name: str) -> str | None:
+    """The :data:`COMPOSITES` key of ``name``, given as that key or as zennit's snake_case one; None when
+    unknown."""
+    if name in COMPOSITES:
+        return name
+    return next((k for k in COMPOSITES if _snake(k) == name), None)
+
+
 def get_composite(name: str, **kwargs: Any) -> Composite:
     """Build a composite by name.
 
@@ -403,8 +415,8 @@ def get_composite(name: str, **kwargs: Any) -> Composite:
     ConfigError
         Unknown name (the message lists the known ones) or a bad parameter.
     """
-    lookup = {**{_snake(k): v for k, v in COMPOSITES.items()}, **COMPOSITES}
-    if name not in lookup:
+    key = composite_key(name)
+    if key is None:
         import difflib
 
         close = difflib.get_close_matches(name, list(COMPOSITES), n=1)
@@ -413,6 +425,6 @@ def get_composite(name: str, **kwargs: Any) -> Composite:
             f"lrp.composite: unknown LRP composite {name!r}.{hint} Known composites: {', '.join(COMPOSITES)}."
         )
     try:
-        return lookup[name](**kwargs)
+        return COMPOSITES[key](**kwargs)
     except TypeError as exc:
         raise ConfigError(f"bad parameters for composite {name!r}: {exc}") from exc
