@@ -385,7 +385,12 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
             classes.index(cls),
         )
     if listing.skipped:
-        log.warning("%d entries of %s are not images (listed in the run report)", len(listing.skipped), root)
+        # not only non-images: hidden files, loose images, broken links, names that are not UTF-8
+        log.warning(
+            "%d entries of %s are left out (each with its reason in the run report)",
+            len(listing.skipped),
+            root,
+        )
     ids = listing.sample_ids
 
     def read(i: int) -> bytes:
