@@ -276,6 +276,9 @@ def test_bad_layers_are_named() -> None:
     assert resolve_concept_layer(model, "none") is None
     with pytest.raises(ConfigError, match="featurez"):
         resolve_concept_layer(model, "featurez")
+    # a misspelling (neither a prefix nor a part of any path) still gets the nearest paths
+    with pytest.raises(ConfigError, match=r"close names: \['features'"):
+        resolve_concept_layer(model, "featres")
     assert resolve_concept_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "auto") is None  # warned
     explainer = Explainer(model, concept_layer="features")
     x = torch.randn(2, 1, 28, 28)

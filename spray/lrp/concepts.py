@@ -17,6 +17,7 @@ or ``(B, D)``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -372,7 +373,9 @@ def resolve_concept_layer(model: nn.Module, layer: str | None) -> str | None:
     if wrapped is not None:
         return wrapped
     if layer not in names:
+        # substring matches catch a missing prefix or suffix, difflib a misspelling
         near = [n for n in names if n and (layer in n or n in layer)][:8]
+        near += [n for n in difflib.get_close_matches(layer, [n for n in names if n], n=3) if n not in near]
         raise ConfigError(
             f"lrp.concept_layer {layer!r} is not a module of the model"
             + (f"; close names: {near}" if near else "")
