@@ -89,6 +89,51 @@ def inspect_model(
     )
 
 
+def fixed_input_side(net: Any) -> int | None:
+    """The square input side a built model runs only at, or None (any size, or a size it does not state).
+
+    Read from a torchvision ViT's ``image_size``, a timm patch embedding's ``img_size`` (when its
+    ``strict_img_size`` holds and the model does not resize its position embeddings) or timm's
+    ``pretrained_cfg`` (``fixed_input_size``).
+    """
+    side = getattr(net, "image_size", None)
+    if isinstance(side, int) and not isinstance(side, bool) and side > 0:
+        return side
+    for module in net.modules():
+        img = getattr(module, "img_size", None)
+        if isinstance(img, tuple) and len(img) == 2 and all(isinstance(v, int) for v in img):
+            strict = bool(getattr(module, "strict_img_size", False)) and not getattr(
+                net, "dynamic_img_size", False
+            )
+            return img[0] if strict and img[0] == img[1] else None
+    cfg = getattr(net, "pretrained_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) and cfg.get("fixed_input_size") else None
+    return int(size[2]) if isinstance(size, list | tuple) and len(size) == 3 and size[1] == size[2] else None
+
+
+def with_factory_size(model: ModelFacts) -> ModelFacts:
+    """``model`` (a factory) with the input side its built model runs only at (:func:`fixed_input_side`).
+
+    The factory is called with the config's arguments; when that fails, ``model`` comes back unchanged and the
+    check of the written config reports the failure with its own message.
+    """
+    if model.kind != "factory" or model.input_size is not None:
+        return model
+    from spray.factories import import_callable
+
+    try:
+        net = import_callable(model.section["factory"], "--model")(
+            **(model.section.get("factory_kwargs") or {})
+        )
+        side = fixed_input_side(net)
+    except Exception:  # the config check builds the model again and names the error
+        return model
+    if side is None:
+        return model
+    note = f"CHECK: the model runs only at {side}×{side} inputs (it says so itself)"
+    return dataclasses.replace(model, input_size=side, fixed_size=True, notes=[*model.notes, note])
+
+
 def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFacts | None:
     """The timm architecture ``name`` as a model section; None when it is not one (``required``: raise)."""
     timm: Any

@@ -26,7 +26,7 @@ import yaml
 from spray.config import DataConfig, TransformConfig
 from spray.errors import ClassCountError, ConfigError, DataError
 from spray.factories import SPEC_PATTERN
-from spray.model_facts import ModelFacts, inspect_model, timm_if_its_keys, with_model_args
+from spray.model_facts import ModelFacts, inspect_model, timm_if_its_keys, with_factory_size, with_model_args
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +364,8 @@ def scaffold_config(
         model, twin_note = timm_if_its_keys(model_spec, model, checkpoint, k)
     if model is not None and model_kwargs:
         model = with_model_args(model, model_kwargs)
+    if model is not None:
+        model = with_factory_size(model)
     if model is not None and "architecture" in model.section and k == 1:
         raise ConfigError(
             f"--model {model_spec!r}: a torchvision architecture needs model.num_classes of at least 2, and the "
@@ -375,6 +377,7 @@ def scaffold_config(
             "--num-classes is needed: the number of classes cannot be told from a factory dataset."
         )
     transform, notes = _transform(data, model)
+    notes = [*(model.notes if model is not None else []), *notes]
     if transform:
         data.section["transform"] = transform
     if twin_note:

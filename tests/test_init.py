@@ -530,3 +530,44 @@ def test_the_stray_sizes_note_only_where_no_crop_brings_them_to_one_size() -> No
     assert t["center_crop"] == 224 and not any("skips images of another size" in n for n in notes)
     t, notes = _transform(DataFacts({}, 100, ["a"], [(32, 32)] * 95 + [(48, 48)] * 5), m)
     assert "center_crop" not in t and any("5 of 100 images probed are not 32×32" in n for n in notes)
+
+
+@pytest.mark.parametrize("sizes", [(20,), (20, 24)])
+def test_a_factory_transformer_gets_the_input_size_it_states(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sizes: tuple[int, ...]
+) -> None:
+    """An outside check: a ViT from the user's factory built for 16-pixel inputs got images resized for 224
+    (mixed sizes) or none (one other size) and init's check failed on its size; its patch embedding says 16."""
+    pytest.importorskip("timm")
+    for i, size in enumerate(sizes):
+        make_image_folder(tmp_path / "train", n_per_class=2 + i, size=size)
+    (tmp_path / "myvit.py").write_text(
+        "import timm\n\n\ndef make(num_classes=2):\n"
+        "    return timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, depth=1, "
+        "num_classes=num_classes)\n"
+    )
+    out = tmp_path / "v.yaml"
+    res = run_main(
+        ["init", "--data", str(tmp_path / "train"), "--model", "myvit:make", "-o", str(out)], capsys
+    )
+    assert res.code == 0, res.stdout + res.stderr
+    assert "CHECK: the model runs only at 16×16 inputs (it says so itself)" in res.stdout
+    assert (
+        load_config(out).data.transform.center_crop == 16
+        and "ok: one batch read: inputs (3, 16, 16)" in res.stdout
+    )
+
+
+def test_a_fixed_input_side_is_read_from_the_built_model() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    timm = pytest.importorskip("timm")
+    from spray.model_facts import fixed_input_side
+
+    assert fixed_input_side(torchvision.models.vit_b_16(num_classes=2, image_size=32)) == 32
+    assert fixed_input_side(timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=2)) == 32
+    assert (
+        fixed_input_side(timm.create_model("vit_tiny_patch16_224", dynamic_img_size=True, num_classes=2))
+        is None
+    )
+    assert fixed_input_side(timm.create_model("resnet10t", num_classes=2)) is None
+    assert fixed_input_side(torchvision.models.resnet18(num_classes=2)) is None
