@@ -175,11 +175,15 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path: Path) -> No
     os.link(os.fsencode(tmp_path / "imgs" / "cat" / "000.png"), imgs + b"/cat/caf\xe9.png")
     (tmp_path / "imgs" / "dog" / "000.png").rename(tmp_path / "imgs" / "dog" / "notes.txt")
     os.rename(os.fsencode(tmp_path / "imgs" / "dog" / "notes.txt"), imgs + b"/dog/caf\xe9.txt")
+    os.link(os.fsencode(tmp_path / "imgs" / "cat" / "001.png"), imgs + b"/cat/.caf\xe9.png")
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
     (run,) = list_runs(tmp_path / "runs")
     reasons = {s.sample_id: s.reason for s in RunReader.open(run).summary.skipped}
-    assert set(reasons) == {"cat/caf\\xe9.png", "dog/caf\\xe9.txt"}
+    assert set(reasons) == {"cat/caf\\xe9.png", "dog/caf\\xe9.txt", "cat/.caf\\xe9.png"}
+    hidden = reasons.pop("cat/.caf\\xe9.png")
     assert all("not valid UTF-8" in r and "convmv" in r for r in reasons.values())
+    # a hidden file is left out whatever its name: no advice to rename it
+    assert "hidden" in hidden and "convmv" not in hidden
     assert (run / "report.html").is_file()
     # a class folder cannot be left out (the labels after it would shift): refused, named
     os.mkdir(imgs + b"/b\xe4r")

@@ -93,7 +93,9 @@ def _walk(
         return
     for e in entries:
         if not _utf8(e.name):
-            skipped.append(SkippedSample(f"{rel}/{printable_name(e.name)}", NOT_UTF8))
+            # a hidden entry is left out whatever its name, so renaming it would change nothing
+            why = "hidden (its name starts with '.'): not audited" if e.name.startswith(".") else NOT_UTF8
+            skipped.append(SkippedSample(f"{rel}/{printable_name(e.name)}", why))
             continue
         child = f"{rel}/{e.name}"
         try:
