@@ -334,6 +334,23 @@ def test_timm_cnn_runs_and_conserves_relevance(name: str) -> None:
         assert not any(type(m).__name__ == "BatchNormAct2d" for m in explainer.model.modules())
 
 
+@pytest.mark.parametrize("name", ["skresnet18", "resnest14d"])
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "EpsilonGammaBox"])
+def test_timm_branch_attention_conserves_relevance(name: str, composite: str) -> None:
+    """An outside check: a selective-kernel or split attention weighs its branches with a softmax, whose
+    plain gradient lost 92-95 % of the relevance under the CNN composites, without a warning (the self-check
+    exempts a softmax); ResNeSt's RadixSoftmax was refused. The weights now get the gate rule."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = realistic_bn(
+        timm.create_model(name, pretrained=False, num_classes=10), (3, 32, 32), zero_bias=True
+    )
+    torch.manual_seed(2)
+    kwargs = BOX if composite == "EpsilonGammaBox" else {}
+    ratio = _ratio(Explainer(model, composite, composite_kwargs=kwargs)(torch.randn(2, 3, 32, 32)))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
 @pytest.mark.parametrize("composite", ["AttnLRP", "CPLRP"])
 def test_timm_resnet_in_place_residual_matches_torchvision(composite: str) -> None:
     """timm's blocks end with ``x += shortcut`` on the last layer's output, which an ε rule returns as a view

@@ -114,6 +114,9 @@ GRADIENT_CLASS_NAMES: frozenset[str] = frozenset(
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveCatAvgMaxPool",
         "timm.layers.adaptive_avgmax_pool.AdaptiveAvgMaxPool2d",
         "timm.layers.adaptive_avgmax_pool.AdaptiveCatAvgMaxPool2d",
+        # ResNeSt's split-attention weights (a softmax over the branches, a sigmoid for one): only reshapes
+        # around it, and the product with the branches holds the weights constant (the gate rule)
+        "timm.layers.split_attn.RadixSoftmax",
     }
 )
 

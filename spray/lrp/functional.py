@@ -17,7 +17,10 @@ forward pass and gives exactly those their rule:
   instead treats the attention weights as constants: no relevance reaches ``q`` and ``k``.
 * **softmax**: its plain gradient is AttnLRP's softmax rule ``R_in = x ⊙ (R_out − s·ΣR_out)`` (not
   conservative: the self-check does not expect conservation across it). Under ``attention="cp"`` a
-  softmax output that then multiplies an activation is treated as a constant.
+  softmax output that then multiplies an activation is treated as a constant. Under either rule a softmax
+  output in an *element-wise* product (the branch weights of a selective-kernel or split attention,
+  ``x_paths * softmax(...)``, a mixture's weights) gets the gate rule: it weighs the branches as a sigmoid
+  gate weighs channels, and its plain gradient would lose most of the relevance.
 * **element-wise non-linearities** (``F.gelu``, ``F.silu``, ``torch.sigmoid``, ``tanh``, ``F.hardswish``,
   ...): the identity rule (``Pass``), also for their in-place forms, which run out of place and copy the
   result into the input tensor, so the rule still sees the input.
@@ -47,6 +50,8 @@ __all__ = ["ATTENTION_RULES", "FunctionalRules", "functional_rules", "scale_grad
 
 ATTENTION_RULES = ("attnlrp", "cp")
 _ATTENTION_ATTR = "_spray_attention"
+# a softmax output: held constant where it weighs activations element-wise (see the module docstring)
+_SOFTMAX_ATTR = "_spray_softmax"
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -88,7 +93,7 @@ def _bound(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
     return dict(bound.arguments)
 
 
-# ops that only reshape, broadcast or select: their output of a gate is a gate
+# ops that only reshape, broadcast or select: their output of a gate (or of a softmax) is one too
 _SHAPE_OPS = frozenset(
     {
         torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.expand, torch.Tensor.expand_as,
@@ -128,7 +133,8 @@ _INPLACE = {
     F.leaky_relu_: F.leaky_relu,
     F.hardtanh_: F.hardtanh,
 }
-_PRODUCTS = {torch.mul, torch.Tensor.mul, torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm}
+_ELEMENTWISE_PRODUCTS = {torch.mul, torch.Tensor.mul}
+_PRODUCTS = {*_ELEMENTWISE_PRODUCTS, torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm}
 # in-place arithmetic and its out-of-place forms (``x += y`` reaches the mode as ``Tensor.add_``)
 _INPLACE_ARITHMETIC = {
     torch.Tensor.add_: torch.Tensor.add,
@@ -150,6 +156,16 @@ _INPLACE_ARITHMETIC |= {
 _INPLACE_FLAG = {F.relu, F.threshold}
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax}
 _SOFTMAX |= {torch.Tensor.log_softmax}
+
+
+def _carry_marks(source: Any, out: torch.Tensor) -> None:
+    """Give a reshaped, broadcast or selected ``out`` the marks of its ``source`` (gate, softmax, CP-LRP's
+    attention weights): SE's ``.view(b, c, 1, 1)``, ECA's ``expand_as``, a split attention's ``reshape``."""
+    if gated(source):
+        mark_gate(out)
+    for attr in (_SOFTMAX_ATTR, _ATTENTION_ATTR):
+        if getattr(source, attr, False):
+            setattr(out, attr, True)
 
 
 class FunctionalRules(TorchFunctionMode):
@@ -199,8 +215,8 @@ class FunctionalRules(TorchFunctionMode):
         if handler is None or not torch.is_grad_enabled():
             out = func(*args, **kwargs)
             # a gate reshaped for its product (SE's .view(b, c, 1, 1), ECA's expand_as) is still a gate
-            if func in _SHAPE_OPS and args and gated(args[0]) and isinstance(out, torch.Tensor):
-                mark_gate(out)
+            if func in _SHAPE_OPS and args and isinstance(out, torch.Tensor):
+                _carry_marks(args[0], out)
             return out
         return handler(func, args, kwargs)
 
@@ -210,12 +226,16 @@ class FunctionalRules(TorchFunctionMode):
 
     # products ------------------------------------------------------------------------------------
 
-    def _factors(self, a: Any, b: Any) -> tuple[Any, Any]:
+    def _factors(self, a: Any, b: Any, elementwise: bool = False) -> tuple[Any, Any]:
         """The two factors of a product with the gate, CP-LRP or uniform rule applied."""
         if not (_grad(a) and _grad(b)):
             return a, b
         for t, other in ((a, b), (b, a)):
-            constant = gated(t) or (self.attention == "cp" and bool(getattr(t, _ATTENTION_ATTR, False)))
+            constant = (
+                gated(t)
+                or (self.attention == "cp" and bool(getattr(t, _ATTENTION_ATTR, False)))
+                or (elementwise and bool(getattr(t, _SOFTMAX_ATTR, False)))
+            )
             if constant and not gated(other):
                 return (t.detach(), other) if t is a else (other, t.detach())
         return scale_gradient(a, 0.5), scale_gradient(b, 0.5)
@@ -223,7 +243,7 @@ class FunctionalRules(TorchFunctionMode):
     def _product(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if len(args) < 2:
             return func(*args, **kwargs)
-        a, b = self._factors(args[0], args[1])
+        a, b = self._factors(args[0], args[1], elementwise=func in _ELEMENTWISE_PRODUCTS)
         return func(a, b, *args[2:], **kwargs)
 
     def _einsum(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -252,6 +272,7 @@ class FunctionalRules(TorchFunctionMode):
     def _softmax(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         y = func(*args, **kwargs)
         if _grad(y):
+            setattr(y, _SOFTMAX_ATTR, True)
             if self.attention == "cp":
                 setattr(y, _ATTENTION_ATTR, True)
             else:
