@@ -44,7 +44,10 @@ import spray
 # net), DataParallel, torch.compile, the output selector): its concept vectors were the logits. In-place
 # ReLUs and clamps on a rule's output (GoogLeNet, Inception-v3, F.relu(fc(x), inplace=True)) run, where
 # they stopped with autograd's error; maps of models that ran before are unchanged.
-LRP_VERSION = 9
+# 10: a softmax output in an element-wise product gets the gate rule (selective-kernel and split-attention
+#     branch weights); marks of gates and attention weights carry through reshapes; lrp.concept_layer auto
+#     passes over a class-score convolution (SqueezeNet) and auxiliary classifiers (GoogLeNet).
+LRP_VERSION = 10
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

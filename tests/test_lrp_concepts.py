@@ -163,6 +163,13 @@ def test_default_layers() -> None:
     assert default_concept_layer(small_cnn()) == "features"
     assert default_concept_layer(torchvision.models.resnet18()) == "layer4"
     assert default_concept_layer(torchvision.models.mobilenet_v2()) == "features"
+    # an outside check: SqueezeNet's last convolution computes the class scores (its "concepts" were the
+    # logits), and GoogLeNet's auxiliary classifier aux2, after inception5b in module order, never runs in eval
+    assert default_concept_layer(torchvision.models.squeezenet1_1(num_classes=4)) == "features"
+    assert (
+        default_concept_layer(torchvision.models.googlenet(num_classes=4, init_weights=False))
+        == "inception5b"
+    )
     timm = pytest.importorskip("timm")
     # timm's MobileNetV3 runs conv_head after global_pool, on a 1×1 map: the concept layer is before it.
     assert default_concept_layer(timm.create_model("mobilenetv3_small_050", num_classes=3)) == "blocks"

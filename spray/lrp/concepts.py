@@ -273,7 +273,9 @@ def default_concept_layer(model: nn.Module) -> str | None:
       convolution before the model's global pooling, in module order (``features`` of a
       VGG/MobileNet/EfficientNet/DenseNet/ConvNeXt or spray's ``SmallCNN``, ``layer4`` of a ResNet,
       ``blocks`` of timm's MobileNetV3, whose ``conv_head`` runs on the pooled 1×1 map): the last feature
-      map before pooling and classifier. A child that holds the global pooling and a classifier after it
+      map before pooling and classifier. A last convolution with nothing weighted after the pooling computes
+      the class scores (SqueezeNet's classifier): the one before it counts. Auxiliary classifiers (a child
+      named ``aux...``: GoogLeNet's, Inception's) run only in training and are passed over. A child that holds the global pooling and a classifier after it
       (or, with no pooling module, every parameter of the model) is a wrapper (``nn.Sequential(normalize,
       net)``, ``DataParallel``, ``torch.compile``, a temperature scaler, spray's own output selector): the
       search goes on inside it (``1.layer4``, ``module.layer4``, ``_orig_mod.features``).
@@ -301,19 +303,22 @@ def _conv_stage(model: nn.Module) -> tuple[str | None, bool | None]:
     """The top-level child of ``model`` holding its last convolution before its global pooling, and whether
     that child also holds the pooling and a layer with weights after it (a classifier: the child is the
     whole model, wrapped); None for the second when no global pooling module was found."""
-    last_conv = None
+    convs: list[str] = []
     modules = list(model.named_modules())
     for i, (path, module) in enumerate(modules):
-        if last_conv is not None and _global_pool(path, module):
-            stage = last_conv.split(".")[0]
-            head = any(
-                p.startswith(f"{stage}.") and next(m.parameters(recurse=False), None) is not None
-                for p, m in modules[i + 1 :]
-            )
+        if convs and _global_pool(path, module):
+            weighted = [p for p, m in modules[i + 1 :] if next(m.parameters(recurse=False), None) is not None]
+            if not weighted and len(convs) > 1:
+                # nothing with weights after the pooling: the last convolution computes the class scores
+                # (SqueezeNet's classifier), so the feature map is the one before it
+                convs.pop()
+            stage = convs[-1].split(".")[0]
+            head = any(p.startswith(f"{stage}.") for p in weighted)
             return stage, head and path.startswith(f"{stage}.")
-        if isinstance(module, _CONV_TYPES):
-            last_conv = path
-    return (None if last_conv is None else last_conv.split(".")[0]), None
+        # auxiliary classifiers (GoogLeNet's aux1/aux2, Inception's AuxLogits) run only in training
+        if isinstance(module, _CONV_TYPES) and not path.split(".")[0].lower().startswith("aux"):
+            convs.append(path)
+    return (convs[-1].split(".")[0] if convs else None), None
 
 
 def _wraps(child: nn.Module, model: nn.Module) -> bool:
