@@ -3,7 +3,8 @@
 A model's heatmaps and predictions are reused while :func:`model_hash` is unchanged, so the hash must
 change whenever the model computes something else. It covers:
 
-- every parameter and persistent buffer (the ``state_dict``), by name, shape and bytes;
+- every parameter and buffer, by name, shape and bytes: the ``state_dict``, and the buffers it leaves out
+  (``register_buffer(..., persistent=False)``: a class order or a mask a factory reads from a file);
 - the source of every module class in the model (an edited ``forward``);
 - the source files of the **user's modules** behind the model: the modules its classes and the factory come
   from, and the user modules those import at module level (``import utils``, ``from .prep import scale``),
@@ -32,6 +33,7 @@ import sysconfig
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,11 +67,19 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
     for name, data in user_sources(roots):
         h.update(f"\0module {name}\0".encode())
         h.update(data)
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    state = model.state_dict()
+    for name, t in sorted(state.items()):
+        _update(h, name, t)
+    for name, t in sorted(model.named_buffers()):
+        if name not in state:  # non-persistent: not in a checkpoint, but the model computes with it
+            _update(h, f"\0buffer {name}", t)
     return h.hexdigest()
+
+
+def _update(h: Any, name: str, t: torch.Tensor) -> None:
+    h.update(name.encode())
+    h.update(str(tuple(t.shape)).encode())
+    h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _class_sources(model: nn.Module) -> list[str]:

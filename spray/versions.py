@@ -48,6 +48,9 @@ import spray
 #     branch weights); marks of gates and attention weights carry through reshapes; lrp.concept_layer auto
 #     passes over a class-score convolution (SqueezeNet) and auxiliary classifiers (GoogLeNet).
 LRP_VERSION = 10
+#: How spray.model_identity.model_hash fingerprints a model; runs record it (``hashes["model_hash_version"]``)
+#: so that an older spray's fingerprint is not taken for other weights. 2: non-persistent buffers are covered.
+MODEL_HASH_VERSION = 2
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

@@ -297,6 +297,18 @@ def test_the_model_hash_follows_an_edited_forward(tmp_path: Path, monkeypatch: p
     assert model_hash(after) != first
 
 
+def test_the_model_hash_covers_non_persistent_buffers() -> None:
+    """An outside check: a factory that reads the class order from a file into a non-persistent buffer;
+    a new order left the hash (so the cached heatmaps and the run id) unchanged, and the nightly run reported
+    the old results as up to date."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    model.register_buffer("order", torch.tensor([0, 1, 2]), persistent=False)
+    first = model_hash(model)
+    model.order.copy_(torch.tensor([2, 1, 0]))
+    assert model_hash(model) != first and "order" not in model.state_dict()
+
+
 def test_the_model_hash_follows_module_level_code_and_the_factory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -487,7 +487,14 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         for part in ("new", "grown", "persisting", "resolved"):
             setattr(changes, part, [_from_older(e, older) for e in getattr(changes, part)])
     if before and report.hashes.get("model"):
-        changes.model_changed = before != report.hashes["model"]
+        scheme = reader.summary.hashes.get("model_hash_version") if reader is not None else None
+        if scheme == report.hashes.get("model_hash_version"):
+            changes.model_changed = before != report.hashes["model"]
+        else:  # an older spray fingerprinted models otherwise: unknown, not "other weights"
+            log.info(
+                "the previous run's model fingerprint is of an older spray (%s, now %s): whether the model changed "
+                "since cannot be told", scheme or "1", report.hashes.get("model_hash_version"),
+            )  # fmt: skip
     if reader is not None:
         changes.config_changed = config_changes(reader.summary.config, report.config)
         code = reader.summary.hashes.get("code"), report.hashes.get("code")

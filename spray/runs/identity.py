@@ -125,7 +125,8 @@ def cache_dir_name(cfg: AuditConfig, model_hash: str, input_size: tuple[int, int
 
 
 def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, str]:
-    """What the run id hashes: ``model``, ``data``, ``config`` (result sections and seed) and ``code``."""
+    """What the run id hashes: ``model``, ``data``, ``config`` (result sections and seed), ``code`` and how the model
+    was fingerprinted (``model_hash_version``)."""
     return {
         "model": model_hash,
         "data": data_hash,
@@ -135,6 +136,7 @@ def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, s
         "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS)
         + f"-seed{cfg.seed}-dataset{cfg.dataset_key()}-name{cfg.name}",
         "code": versions.code_version(),
+        "model_hash_version": str(versions.MODEL_HASH_VERSION),
     }
 
 

@@ -176,6 +176,24 @@ def test_a_retrained_model_is_named_in_the_changes(tmp_path: Path) -> None:
     assert back is not None and back.model_changed is True
 
 
+def test_a_model_fingerprinted_by_an_older_spray_is_not_called_other_weights(tmp_path: Path) -> None:
+    """An outside check (an upgrade): the same checkpoint was reported as "the model changed (other
+    weights)" because the way the model is hashed had changed; runs record that way now."""
+    runs = tmp_path / "runs"
+    report, stage = make_report()
+    report.changes = None
+    report.hashes = {k: v for k, v in report.hashes.items() if k != "model_hash_version"}  # an older run
+    write_published(runs, report, stage)
+    report.run_id = "v" * 64
+    report.hashes = {**report.hashes, "model": "n" * 64, "model_hash_version": "2"}
+    ch = changes_since_previous(report, runs, RULE)
+    assert ch.model_changed is None and "The model changed" not in _changes_html(ch)
+    write_published(runs, report, stage)  # the next night, both fingerprinted alike: compared again
+    report.run_id = "w" * 64
+    report.hashes = {**report.hashes, "model": "m" * 64}
+    assert changes_since_previous(report, runs, RULE).model_changed is True
+
+
 def test_renamed_files_keep_their_cluster_by_content(tmp_path: Path) -> None:
     """A shortcut cluster whose files were renamed (new sample ids, same images) and that grew by new files
     is "grown", not "resolved" + "new" (the sample ids alone share nothing); a replaced image is another
