@@ -371,3 +371,57 @@ def test_a_relabelled_flagged_image_is_named_by_flags_check(
     exported = tmp_path / "unlearn.csv"
     assert run_main(["flags", "export", "--runs-dir", runs, "-o", str(exported)], capsys).code == 0
     assert set(pd.read_csv(exported, dtype=str)["class_name"]) == {names[was]}
+
+
+def test_flags_of_an_older_database_take_content_and_class_from_their_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check (an upgrade): flags set before the database recorded content and class (schemas
+    1-3) were called "on their content" after IDX records were removed, and a relabelled image went
+    unnamed; the run each flag was set on still held both. A run that kept no content (an older layout)
+    of other data than the checked run's makes them unverified, never silently bound."""
+    world = build_world(tmp_path / "w", flag=False)
+    runs = str(world.runs_dir)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    planted = np.flatnonzero(world.planted)
+    ids = ",".join(str(i) for i in planted)
+    assert main(["flags", "set", "--runs-dir", runs, "--sample-ids", ids]) == 0
+    with sqlite3.connect(world.flags_db) as conn:  # as an older spray wrote them
+        conn.execute("UPDATE events SET content_hash = NULL, class_name = NULL, class_index = NULL")
+    origin = list_runs(world.runs_dir)[0]
+    _audit_again(world, world.images[1:], world.labels[1:])
+    res = run_main(["flags", "check", "--runs-dir", runs], capsys)
+    assert res.code == 1 and f"{len(planted)} moved to another id" in res.output
+    # the run of the flags kept no content hashes (an older run layout): unverified, not "on their content"
+    table = pd.read_parquet(origin / "samples.parquet")
+    table.drop(columns=["content_hash"]).to_parquet(origin / "samples.parquet")
+    res = run_main(["flags", "check", "--runs-dir", runs], capsys)
+    assert (
+        res.code == 1
+        and f"{len(planted)} set before flags recorded content on a run of other data" in res.output
+    )
+    assert "nothing tells which" in res.output
+    res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(tmp_path / "u.csv")], capsys)
+    assert (
+        f"left out of the export: {len(planted)} flags" in res.output
+        and pd.read_csv(tmp_path / "u.csv").empty
+    )
+
+
+def test_an_older_flag_of_a_relabelled_image_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check (an upgrade): a flag without a recorded class (schema 3) gave no word when its image
+    was relabelled; its class is the one its run gave the sample."""
+    world = build_world(tmp_path / "w", flag=False)
+    runs = str(world.runs_dir)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    first = int(np.flatnonzero(world.planted)[0])
+    assert main(["flags", "set", "--runs-dir", runs, "--sample-ids", str(first)]) == 0
+    with sqlite3.connect(world.flags_db) as conn:
+        conn.execute("UPDATE events SET class_name = NULL, class_index = NULL")
+    labels = world.labels.copy()
+    labels[first] = (labels[first] + 1) % (labels.max() + 1)
+    _audit_again(world, world.images, labels)
+    res = run_main(["flags", "check", "--runs-dir", runs], capsys)
+    assert f"{first} (flagged in class" in res.output, res.output

@@ -20,6 +20,7 @@ from spray.flags.content import (
     class_changes,
     classes_of,
     describe,
+    left_out_of_export,
     listed,
     plan_moves,
     relabel_message,
@@ -70,7 +71,7 @@ def export_command(args: argparse.Namespace) -> int:
         leave_out = set()
         for ds in [args.dataset] if args.dataset is not None else store.datasets():
             if ds in newest:
-                leave_out |= _left_out(db, newest[ds])
+                leave_out |= left_out_of_export(db, newest[ds])
             else:
                 log.warning(
                     "%s holds no run of dataset %r: its flags are exported without checking that their sample "
@@ -117,31 +118,6 @@ def _asked_for(
         return 0
     wanted = {(f.dataset, f.sample_id) for f in store.current(dataset, status)}
     return len(leave_out & wanted)
-
-
-def _left_out(db: Path, run: Path) -> set[tuple[str, str]]:
-    """The ``(dataset, sample_id)`` of flags whose ids no longer name the images they were set on in the
-    newest run (moved, replaced, gone), said in a warning; they are left out of the export."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.reader import RunReader
-
-    try:
-        reader = RunReader.open(run)
-        hashes = reader.content_hashes()
-    except (RunReadError, OSError):  # no run yet, or an unreadable one: nothing to check against
-        log.warning("no readable run at %s: the flags are exported without checking their content", run)
-        return set()
-    if hashes is None or not db.is_file():
-        return set()
-    dataset = reader.summary.dataset
-    binding = bind_flags(FlagStore(db, read_only=True).current(dataset), hashes)
-    if binding.changed:
-        log.warning(
-            "left out of the export: %d flags that no longer name the images they were set on. %s",
-            len(binding.changed),
-            describe(binding, str(run)),
-        )
-    return {(dataset, c.flag.sample_id) for c in binding.changed}
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -397,19 +373,34 @@ def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBindi
     # no database beside the runs yet: nothing was ever flagged, which is not an error (a --db given is checked)
     none_yet = not args.db and not db.exists()
     flags = [] if none_yet else FlagStore(db, read_only=True).current(reader.summary.dataset)
-    return reader, run, db, bind_flags(flags, hashes)
+    return (
+        reader,
+        run,
+        db,
+        bind_flags(flags, hashes, runs_dir=run.parent, data_hash=reader.summary.hashes.get("data")),
+    )
 
 
 def check_command(args: argparse.Namespace) -> int:
     """``spray flags check``: do the flags of a run's dataset still name the content they were set on?
     Exit 1 when a flagged id now names other content (``spray correct`` then refuses)."""
     reader, run, db, binding = _binding(args)
-    counts = {k: len(binding.of_kind(k)) for k in ("moved", "replaced", "gone")}
+    counts = {k: len(binding.of_kind(k)) for k in ("moved", "replaced", "gone", "unverified")}
+    unchecked = (
+        f" ({binding.unchecked} of them set before flags recorded content, on a run of the same data or on one "
+        "no longer here: not checked)"
+        if binding.unchecked
+        else ""
+    )
+    unverified = (
+        f", {counts['unverified']} set before flags recorded content on a run of other data (unverified)"
+        if counts["unverified"]
+        else ""
+    )
     sys.stdout.write(
-        f"{reader.summary.dataset} ({db}) against {run}: {len(binding.bound)} flags on their content "
-        f"({binding.unchecked} of them set before flags recorded content), {counts['moved']} moved to another "
-        f"id, {counts['replaced']} on ids that now name other content, {counts['gone']} on samples no longer "
-        "in the run\n"
+        f"{reader.summary.dataset} ({db}) against {run}: {len(binding.bound)} flags on their content{unchecked}, "
+        f"{counts['moved']} moved to another id, {counts['replaced']} on ids that now name other content, "
+        f"{counts['gone']} on samples no longer in the run{unverified}\n"
     )
     message = (
         binding_message(

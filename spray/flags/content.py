@@ -10,7 +10,12 @@ those hashes with another run's (``samples.parquet``'s ``content_hash``) and sor
   other id (``spray flags rebind`` moves the flag there);
 - **replaced**: the id names other content and the flagged content is nowhere (or under several ids);
 - **gone**: the id is absent from the run and its content is nowhere or under several ids, or was never
-  recorded (a deleted file: the flag acts on no image).
+  recorded (a deleted file: the flag acts on no image);
+- **unverified**: set before flags recorded content, on a run of other data (its data fingerprint differs
+  from the run's): the id may now name another image, and nothing tells which.
+
+A flag set before the database recorded content or class (flag database schemas 1–3) takes both from the
+run it was set on, when that run is still in the runs folder and kept them (run layout 5).
 
 Moved and replaced flags would otherwise act on the wrong image (``spray correct``, exports), silently;
 gone flags would be handed to unlearning for images that no longer exist.
@@ -18,16 +23,19 @@ gone flags would be handed to unlearning for images that no longer exist.
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from spray.flags.records import Flag
 from spray.flags.store import FlagStore
 from spray.records import is_relabel
+
+log = logging.getLogger(__name__)
 
 # How many ids a message lists before "and N more".
 SHOWN_IDS = 5
@@ -50,10 +58,14 @@ class ChangedFlag:
     flag: Flag
     run_hash: str | None
     found_at: list[str]
+    unverified: bool = False
 
     @property
     def kind(self) -> str:
-        """``"moved"`` (the content is under exactly one other id), ``"replaced"`` or ``"gone"``."""
+        """``"moved"`` (the content is under exactly one other id), ``"replaced"``, ``"gone"`` or
+        ``"unverified"`` (no content recorded, and the data changed since the flag's run)."""
+        if self.unverified:
+            return "unverified"
         if len(self.found_at) == 1:
             return "moved"
         # An id that is gone names no image, so its flag acts on none (content under several ids: ambiguous).
@@ -84,11 +96,72 @@ class FlagBinding:
 
     @property
     def wrong(self) -> list[ChangedFlag]:
-        """Flags that would act on other content than was flagged: moved and replaced."""
-        return self.of_kind("moved", "replaced")
+        """Flags that would act, or may act, on other content than was flagged: moved, replaced, unverified."""
+        return self.of_kind("moved", "replaced", "unverified")
 
 
-def bind_flags(flags: Sequence[Flag], run_hashes: Mapping[str, str]) -> FlagBinding:
+@dataclass(frozen=True)
+class _Origin:
+    """What a flag's own run kept: content hashes (None before run layout 5), ``(label, class name)`` per
+    sample, and its data fingerprint."""
+
+    hashes: dict[str, str] | None
+    classes: dict[str, tuple[int, str]]
+    data: str | None
+
+
+def _origin(runs_dir: Path, run_id: str) -> _Origin | None:
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import find_run
+    from spray.runs.reader import RunReader
+
+    try:
+        path = find_run(runs_dir, run_id)
+        if path is None:
+            return None
+        reader = RunReader.open(path)
+        table = reader.samples()
+        classes = {str(s): (int(table.at[s, "label"]), str(table.at[s, "label_name"])) for s in table.index}
+        return _Origin(reader.content_hashes(), classes, reader.summary.hashes.get("data"))
+    except (RunReadError, OSError, KeyError, ValueError):
+        return None
+
+
+def from_origin_runs(
+    flags: Sequence[Flag], runs_dir: Path, data_hash: str | None
+) -> tuple[list[Flag], set[int]]:
+    """``flags`` with the content hash and class that flags of schemas 1–3 lack taken from the run each was
+    set on (when it is in ``runs_dir`` and kept them), and the ``event_id`` of those still without a content
+    hash whose run saw other data than ``data_hash`` (unverified)."""
+    out: list[Flag] = []
+    stale: set[int] = set()
+    origins: dict[str, _Origin | None] = {}
+    for f in flags:
+        if (f.content_hash is not None and f.class_name is not None) or not f.run_id:
+            out.append(f)
+            continue
+        if f.run_id not in origins:
+            origins[f.run_id] = _origin(runs_dir, f.run_id)
+        origin = origins[f.run_id]
+        if origin is not None:
+            if f.content_hash is None and origin.hashes is not None and f.sample_id in origin.hashes:
+                f = replace(f, content_hash=origin.hashes[f.sample_id])
+            if f.class_name is None and f.sample_id in origin.classes:
+                label, name = origin.classes[f.sample_id]
+                f = replace(f, class_name=name, class_index=label)
+            if f.content_hash is None and data_hash and origin.data and origin.data != data_hash:
+                stale.add(f.event_id)
+        out.append(f)
+    return out, stale
+
+
+def bind_flags(
+    flags: Sequence[Flag],
+    run_hashes: Mapping[str, str],
+    *,
+    runs_dir: Path | None = None,
+    data_hash: str | None = None,
+) -> FlagBinding:
     """Sort ``flags`` by whether their ids still name the flagged content in a run.
 
     Parameters
@@ -97,6 +170,11 @@ def bind_flags(flags: Sequence[Flag], run_hashes: Mapping[str, str]) -> FlagBind
         Current flags of one dataset (:meth:`FlagStore.current`).
     run_hashes : mapping of str to str
         ``sample_id -> content hash`` of every sample of the run (``RunReader.content_hashes()``).
+    runs_dir : Path, optional
+        Where the flags' own runs are: flags of schemas 1–3 take their content and class from them
+        (:func:`from_origin_runs`).
+    data_hash : str, optional
+        The run's data fingerprint (``summary.hashes["data"]``), for the unverified flags.
 
     Returns
     -------
@@ -105,12 +183,17 @@ def bind_flags(flags: Sequence[Flag], run_hashes: Mapping[str, str]) -> FlagBind
     ids_of: dict[str, list[str]] = defaultdict(list)
     for sample_id, h in run_hashes.items():
         ids_of[h].append(sample_id)
+    stale: set[int] = set()
+    if runs_dir is not None:
+        flags, stale = from_origin_runs(flags, runs_dir, data_hash)
     bound: list[Flag] = []
     changed: list[ChangedFlag] = []
     unchecked = 0
     for f in flags:
         now = run_hashes.get(f.sample_id)
-        if f.content_hash is None and now is None:
+        if f.event_id in stale:
+            changed.append(ChangedFlag(f, now, [], unverified=True))
+        elif f.content_hash is None and now is None:
             changed.append(ChangedFlag(f, None, []))  # nothing to compare, but its id is gone: a deleted file
         elif f.content_hash is None:
             bound.append(f)
@@ -199,11 +282,23 @@ def describe(binding: FlagBinding, run: str) -> str:
         The run folder the flags were checked against (used in the commands suggested).
     """
     moved, replaced, gone = binding.of_kind("moved"), binding.of_kind("replaced"), binding.of_kind("gone")
-    if not moved and not replaced and not gone:
+    unverified = binding.of_kind("unverified")
+    if not moved and not replaced and not gone and not unverified:
         return ""
     parts = []
     run_path = Path(run)
     run = shlex.quote(str(run))  # the commands below are pasted into a shell
+    if unverified:
+        ids = [c.flag.sample_id for c in unverified]
+        origins = sorted({(c.flag.run_id or "")[:12] for c in unverified})
+        parts.append(
+            f"{len(unverified)} flags were set before flags recorded the content of their images, on run "
+            f"{', '.join(origins)}, whose data differ from this run's ({listed(ids)}): an IDX record removed or "
+            "reordered, or a file replaced, would put them on other images, and nothing tells which. Look at "
+            f"their images in the dashboard, then set each again with `spray flags set --run {run} --sample-ids "
+            f"ID --status STATUS` (which records the content) or drop it with `spray flags unset --run {run} "
+            "--sample-ids ID`."
+        )
     if moved:
         pairs = [f"{c.flag.sample_id} → {c.found_at[0]}" for c in moved]
         parts.append(
@@ -247,6 +342,17 @@ def describe(binding: FlagBinding, run: str) -> str:
     return " ".join(parts)
 
 
+def data_hash_of(run: str | Path) -> str | None:
+    """The data fingerprint of the run at ``run`` (None if unknown)."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.reader import read_summary
+
+    try:
+        return read_summary(Path(run)).hashes.get("data")
+    except (RunReadError, OSError):
+        return None
+
+
 def _skipped_in(run: Path) -> dict[str, str]:
     """``sample_id -> reason`` of the samples the run at ``run`` skipped as unreadable ({} if unknown)."""
     from spray.runs.errors import RunReadError
@@ -271,7 +377,9 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
     if not db.is_file():
         return ""
     store = FlagStore(db, read_only=True)
-    binding = bind_flags(store.current(dataset), run_hashes)
+    binding = bind_flags(
+        store.current(dataset), run_hashes, runs_dir=Path(run).parent, data_hash=data_hash_of(run)
+    )
     message = binding_message(store, dataset, binding, run_hashes, run)
     return " ".join(m for m in (message, relabel_message(relabelled(binding.bound, Path(run)))) if m)
 
@@ -347,3 +455,33 @@ def other_key_message(store: FlagStore, dataset: str, run_hashes: Mapping[str, s
         f"by content ({', '.join(found)}): the key may have changed (without data.name it is the data folder's "
         "path). If it is the same data, set data.name in the config to the old key and audit again."
     )
+
+
+def left_out_of_export(db: Path, run: Path) -> set[tuple[str, str]]:
+    """The ``(dataset, sample_id)`` of flags whose ids no longer name the images they were set on in the
+    newest run (moved, replaced, gone), said in a warning; they are left out of the export."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.reader import RunReader
+
+    try:
+        reader = RunReader.open(run)
+        hashes = reader.content_hashes()
+    except (RunReadError, OSError):  # no run yet, or an unreadable one: nothing to check against
+        log.warning("no readable run at %s: the flags are exported without checking their content", run)
+        return set()
+    if hashes is None or not db.is_file():
+        return set()
+    dataset = reader.summary.dataset
+    binding = bind_flags(
+        FlagStore(db, read_only=True).current(dataset),
+        hashes,
+        runs_dir=run.parent,
+        data_hash=reader.summary.hashes.get("data"),
+    )
+    if binding.changed:
+        log.warning(
+            "left out of the export: %d flags that no longer name the images they were set on. %s",
+            len(binding.changed),
+            describe(binding, str(run)),
+        )
+    return {(dataset, c.flag.sample_id) for c in binding.changed}
