@@ -392,6 +392,8 @@ def test_flags_of_an_older_database_take_content_and_class_from_their_run(
     _audit_again(world, world.images[1:], world.labels[1:])
     res = run_main(["flags", "check", "--runs-dir", runs], capsys)
     assert res.code == 1 and f"{len(planted)} moved to another id" in res.output
+    res = run_main(["correct", "--config", str(world.config), "--method", "pclarc"], capsys)
+    assert_clean_failure(res, 1, "now name other content", "spray flags rebind")
     # the run of the flags kept no content hashes (an older run layout): unverified, not "on their content"
     table = pd.read_parquet(origin / "samples.parquet")
     table.drop(columns=["content_hash"]).to_parquet(origin / "samples.parquet")

@@ -21,7 +21,7 @@ from spray.config.correction import CorrectionConfig
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.errors import ConfigError, DataError, SprayError
 from spray.flags import Flag, FlagStore
-from spray.flags.content import listed
+from spray.flags.content import from_origin_runs, listed
 from spray.records import is_relabel
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _of_finding(store: FlagStore, rows: list[Flag], dataset: str, cfg: Correctio
     raise NoFlagsError(message)
 
 
-def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
+def read_flags(db: Path, dataset: str, cfg: CorrectionConfig, runs_dir: Path | None = None) -> FlagSelection:
     """The current flags of ``dataset`` with ``cfg.flag_status`` (and ``cfg.cluster_key``).
 
     Raises
@@ -169,6 +169,8 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig) -> FlagSelection:
     # FlagStore reports a damaged or foreign database itself (the file, the reason, what to do).
     store = FlagStore(db, read_only=True)  # a correction never writes flags
     rows = store.current(dataset, cfg.flag_status)
+    if runs_dir is not None:  # an older database's flags: content and class from the runs they were set on
+        rows = from_origin_runs(rows, runs_dir, None)[0]
     if not rows:
         raise NoFlagsError(
             f"No {cfg.flag_status!r} flags for dataset {dataset!r} in {db}.{_none_hint(store, dataset, cfg)}"

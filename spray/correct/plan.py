@@ -264,7 +264,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     warn_ignored(cfg)
     runs_dir = Path(cfg.output.runs_dir)
     db = cfg.flags_db_path()
-    flags = read_flags(db, cfg.dataset_key(), c)
+    flags = read_flags(db, cfg.dataset_key(), c, runs_dir)
     samples = SampleSet.build(cfg.data)
     dev = resolve_device(device or cfg.batch.device)
     model = build_model(cfg.model).to(dev).eval()
