@@ -93,6 +93,21 @@ def test_rebind_moves_swaps_and_never_lets_one_flag_overwrite_another() -> None:
     assert sorted(c.flag.sample_id for c in clashes) == ["d1", "d2", "old"]
 
 
+def test_a_newer_database_is_read_but_not_written(tmp_path: Path) -> None:
+    """An outside check: every spray wrote into a flag database of a newer schema without a word, leaving
+    flags without what the newer spray records for each (content, class)."""
+    from spray.errors import DataError
+
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("ds", ["1"], "unlearn")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    assert [f.sample_id for f in FlagStore(db, read_only=True).current("ds")] == ["1"]
+    with pytest.raises(DataError, match="schema 99, written by a newer spray"):
+        FlagStore(db).flag("ds", ["2"], "unlearn")
+    assert [f.sample_id for f in FlagStore(db, read_only=True).current("ds")] == ["1"]
+
+
 def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -> None:
     db = tmp_path / "flags.sqlite"
     con = sqlite3.connect(db)

@@ -211,6 +211,13 @@ class FlagStore:
                 r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
             }
             if {"events", "current"} <= names:
+                if create and stored_version(con) > SCHEMA_VERSION:
+                    # a flag written by this spray would lack what the newer one records for every flag
+                    raise DataError(
+                        f"{self.path} is a flag database of schema {stored_version(con)}, written by a newer spray "
+                        f"than this one (schema {SCHEMA_VERSION}): upgrade spray to write "
+                        "flags into it; reading and exporting them works as it is."
+                    )
                 if create and stored_version(con) < SCHEMA_VERSION:
                     self._upgrade(con)
                 return
