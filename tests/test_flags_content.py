@@ -130,6 +130,15 @@ def test_a_schema_1_database_is_upgraded_without_losing_a_flag(tmp_path: Path) -
     # read-only: read as it is, never changed
     (old,) = FlagStore(db, read_only=True).current("ds")
     assert (old.sample_id, old.note, old.content_hash) == ("17", "old note", None)
+    # an outside check: flagged again without a note by the old spray, the sample's note read '' read-only and
+    # 'old note' once the file was upgraded (by any write, or by opening the dashboard): read-only agrees now
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO events (action_id, dataset, sample_id, status, note, created_at) "
+            "VALUES ('a2', 'ds', '17', 'unlearn', '', '2026-11-02T00:00:00Z')"
+        )
+    assert [f.note for f in FlagStore(db, read_only=True).current("ds")] == ["old note"]
+    assert FlagStore(db, read_only=True).export_frame("ds")["note"].tolist() == ["old note"]
     assert "content_hash" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(events)")}
     # writable: one column added, the flag kept, new flags record their content
     store = FlagStore(db)

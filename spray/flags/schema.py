@@ -80,6 +80,21 @@ def stored_version(con: sqlite3.Connection) -> int:
     return 2 if "content_hash" in event_columns(con) else 1
 
 
+def read_current_as_now(con: sqlite3.Connection) -> None:
+    """On a connection that cannot upgrade an older file (read-only), a temporary ``current`` view with this
+    schema's rules (the note kept since the status was taken), which SQLite finds before the file's own;
+    columns the file lacks read as NULL. Readers of an upgraded and a not yet upgraded file then agree."""
+    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
+    if "events" not in names or stored_version(con) >= SCHEMA_VERSION:
+        return
+    sql = VIEW.replace("CREATE VIEW IF NOT EXISTS current", "CREATE TEMP VIEW IF NOT EXISTS current")
+    columns = event_columns(con)
+    for column in ("content_hash", "class_name", "class_index"):
+        if column not in columns:
+            sql = sql.replace(f"e.{column}", f"NULL AS {column}")
+    con.execute(sql)
+
+
 def upgrade(con: sqlite3.Connection) -> int:
     """Bring an older file to :data:`SCHEMA_VERSION` inside the caller's write transaction; returns the
     version it had (no event row changes)."""

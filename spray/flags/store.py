@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
-from spray.flags.schema import SCHEMA, SCHEMA_VERSION, stored_version, upgrade
+from spray.flags.schema import SCHEMA, SCHEMA_VERSION, read_current_as_now, stored_version, upgrade
 from spray.flags.table import EXPORT_COLUMNS, frame_to_bytes
 
 log = logging.getLogger("spray.flags")
@@ -198,6 +198,8 @@ class FlagStore:
             if not self.read_only:
                 con.execute("PRAGMA synchronous = NORMAL")
             con.row_factory = sqlite3.Row
+            if self.read_only:
+                read_current_as_now(con)
             yield con
         except sqlite3.Error as err:
             raise self._fail(err) from None
