@@ -506,6 +506,18 @@ def test_a_layer_computing_its_weight_in_forward_is_refused_by_name(canonize: bo
     assert "another function" in str(err.value)
 
 
+def test_a_layer_padding_in_forward_whose_plain_rule_fails_is_refused_by_name() -> None:
+    """An outside check: timm's tf_ models (Conv2dSame pads in forward()) at a small input stopped with a raw
+    'Kernel size can't be greater than actual input size' from inside spray's rule."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("tf_efficientnet_b0", pretrained=False, num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)  # the model itself runs
+    with pytest.raises(ModelError, match=r"forward pass of the model failed .*conv_stem \(Conv2dSame\)"):
+        Explainer(model)(x)
+
+
 def _plain(model: nn.Sequential, conv: nn.Conv2d) -> nn.Sequential:
     """The same function with a plain conv holding the weight ``conv`` uses in eval mode."""
     import copy

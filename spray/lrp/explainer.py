@@ -356,6 +356,18 @@ class Explainer:
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass; on the first call, also check that every ReLU fusion was valid (else undo)."""
+        try:
+            return self._run_watched(x)
+        except RuntimeError as exc:
+            # the plain rule of a layer whose own forward() differs can fail outright (timm's Conv2dSame pads
+            # in forward(): at a small input the unpadded kernel is larger than the map)
+            if self._reference is None or not self._suspects:
+                raise
+            raise ModelError(
+                f"spray's forward pass of the model failed ({exc}). {self._suspects_advice()}"
+            ) from None
+
+    def _run_watched(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         watch = self._watch
         if watch is None:
             return self._run_in_layout(x)
@@ -396,6 +408,16 @@ class Explainer:
             raise ModelError(self._mismatch(err, scale, reference_varies(reference, x, self.device)))
         return out, logits
 
+    def _suspects_advice(self) -> str:
+        return (
+            f"These layers compute their output in their own forward(), which spray's rules do not run: "
+            f"{', '.join(self._suspects[:5])} (e.g. timm's StdConv2d standardises its weight there, Conv2dSame "
+            "pads its input there). Give a model whose layers are plain nn.Conv2d / nn.Linear with the weights "
+            "and padding they use (for StdConv2d: copy the standardised weight into a plain Conv2d; timm's tf_ "
+            "models pad in forward() by TensorFlow's 'same' rule, which a plain Conv2d cannot: train the "
+            "architecture without the tf_ prefix to audit it)."
+        )
+
     def _mismatch(self, err: float, scale: float, varies: bool = False) -> str:
         """Why the explained copy's logits differ from the model's, with the likely cause first."""
         head = (
@@ -411,12 +433,7 @@ class Explainer:
                 "forward()."
             )
         if self._suspects:
-            return head + (
-                f"These layers compute their output in their own forward(), which spray's rules do not run: "
-                f"{', '.join(self._suspects[:5])} (e.g. timm's StdConv2d standardises its weight there). Give a "
-                "model whose layers are plain nn.Conv2d / nn.Linear with the weights they use (for "
-                "StdConv2d: copy the standardised weight into a plain Conv2d)."
-            )
+            return head + self._suspects_advice()
         if varies:
             return head + (
                 "The model itself gives other logits on two runs of the same input in eval mode: its forward() is "
