@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 from spray.runlog import RunContextFilter
 
@@ -47,8 +48,17 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(d)
 
 
+def _log_unraisable(unraisable: Any) -> None:
+    """An exception Python cannot raise (in a ``__del__``: a DataLoader joining the workers a group SIGTERM
+    killed) as one log record, not a raw traceback among the JSON lines on stderr."""
+    where = getattr(unraisable.object, "__qualname__", None) or repr(unraisable.object)
+    err = unraisable.exc_value
+    logging.getLogger("spray").warning("ignored in %s: %s: %s", where, type(err).__name__, err)
+
+
 def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
     """Log to stderr: human-readable by default, JSON lines with ``--log-json``."""
+    sys.unraisablehook = _log_unraisable
     handler = logging.StreamHandler(sys.stderr)
     if json_logs:
         handler.setFormatter(JsonLogFormatter())
