@@ -72,8 +72,14 @@ def data_changes(
     relabelled = 0
     if classes is not None:
         a, b = classes
-        same = [i for i, h in current.items() if previous.get(i) == h and i in a and i in b]
-        relabelled = sum(is_relabel(b[i], a[i]) for i in same)
+        # each image's previous id: its own with the same content, else the one id that held its content (a
+        # file moved or swapped into another class folder is an image with another class too)
+        ids_of: dict[str, list[str]] = {}
+        for i, h in previous.items():
+            ids_of.setdefault(h, []).append(i)
+        for i, h in current.items():
+            was = i if previous.get(i) == h else (ids_of[h][0] if len(ids_of.get(h, ())) == 1 else None)
+            relabelled += was is not None and i in a and was in b and is_relabel(b[was], a[i])
     return DataChanges(
         relabelled=relabelled,
         added=sum(current[i] not in before for i in new_ids),

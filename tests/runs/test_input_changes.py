@@ -31,6 +31,20 @@ def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
     assert (
         data_changes({**same, "a.png": "new"}, same, (now, before)).relabelled == 0
     )  # modified, not relabelled
+    # an outside check: an image folder's file moved to another class folder (a new id) was "moved: 1,
+    # relabelled: 0", and two files swapped across classes "modified: 2, relabelled: 0"
+    prev = {"cat/1.png": "h1", "dog/2.png": "h2", "dog/3.png": "h3"}
+    was = {"cat/1.png": (0, "cat"), "dog/2.png": (1, "dog"), "dog/3.png": (1, "dog")}
+    cur = {"dog/1.png": "h1", "dog/2.png": "h2", "dog/3.png": "h3"}
+    got = data_changes(
+        cur, prev, ({"dog/1.png": (1, "dog"), "dog/2.png": (1, "dog"), "dog/3.png": (1, "dog")}, was)
+    )
+    assert (got.moved, got.relabelled) == (1, 1)
+    swapped = {"cat/1.png": "h2", "dog/2.png": "h1", "dog/3.png": "h3"}
+    got = data_changes(swapped, prev, (was, was))
+    assert (got.modified, got.relabelled) == (2, 2)
+    renamed = {"dog/1b.png": "h2"}  # renamed within its class: moved, not relabelled
+    assert data_changes(renamed, {"dog/2.png": "h2"}, ({"dog/1b.png": (1, "dog")}, was)).relabelled == 0
     # a file still there but unreadable now (an outside check saw a truncated file counted as removed)
     got = data_changes({k: v for k, v in previous.items() if k != "c.png"}, previous, skipped={"c.png"})
     assert (got.removed, got.unreadable) == (0, 1)
