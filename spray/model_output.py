@@ -100,6 +100,8 @@ def check_model_output(
         )
         raise ModelError(
             f"The model has {k} outputs but the dataset has {num_classes} classes. Set model.num_classes (or the "
-            f"factory's argument) to match the checkpoint and the data.{empty}{binary}"
+            f"factory's argument) to match the checkpoint and the data; in an image folder every folder under "
+            f"data.path is a class, in name order, so move a folder that is not one of the model's classes (one "
+            f"that came with new data, say) out of data.path.{empty}{binary}"
         )
     return k

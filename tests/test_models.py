@@ -104,6 +104,8 @@ def test_output_checks() -> None:
     with pytest.raises(ModelError, match="3 outputs but the dataset has 5 classes") as got:
         check_model_output(m, torch.randn(2, 1, 28, 28), 5)
     assert "sigmoid" not in str(got.value)
+    # an outside check: a stray new class folder got only the advice to change model.num_classes
+    assert "move a folder that is not one of the model's classes" in str(got.value)
     # a binary classifier with one logit (an outside check found no way forward in the message)
     with pytest.raises(
         ModelError, match=r"1 outputs but the dataset has 2 classes.*torch\.cat\(\[torch\.zeros_like"
