@@ -123,11 +123,20 @@ def _asked_for(
 def list_command(args: argparse.Namespace) -> int:
     """``spray flags list``: counts of current flags per dataset and status."""
     # Read-only: a reader never waits for a writer (WAL), so this answers while the dashboard writes.
-    store = FlagStore(_db_from_args(args), read_only=True)
+    db = _db_from_args(args)
+    store = FlagStore(db, read_only=True)
     store.check()
+    newest = _newest_runs(Path(args.runs_dir)) if args.runs_dir else {}
     for ds in store.datasets():
         counts = store.counts(ds)
         line = ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES)
+        # flags are counted as stored; those that no longer name their images are said, not hidden
+        off = len(left_out_of_export(db, newest[ds], say=False)) if ds in newest else 0
+        if off:
+            line += (
+                f" ({off} of them no longer name the images they were set on in the newest run: spray flags "
+                f"check --runs-dir {shlex.quote(str(args.runs_dir))})"
+            )
         sys.stdout.write(f"{ds}: {line}\n")
     return 0
 

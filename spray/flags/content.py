@@ -457,7 +457,7 @@ def other_key_message(store: FlagStore, dataset: str, run_hashes: Mapping[str, s
     )
 
 
-def left_out_of_export(db: Path, run: Path) -> set[tuple[str, str]]:
+def left_out_of_export(db: Path, run: Path, *, say: bool = True) -> set[tuple[str, str]]:
     """The ``(dataset, sample_id)`` of flags whose ids no longer name the images they were set on in the
     newest run (moved, replaced, gone), said in a warning; they are left out of the export."""
     from spray.runs.errors import RunReadError
@@ -478,7 +478,7 @@ def left_out_of_export(db: Path, run: Path) -> set[tuple[str, str]]:
         runs_dir=run.parent,
         data_hash=reader.summary.hashes.get("data"),
     )
-    if binding.changed:
+    if binding.changed and say:
         log.warning(
             "left out of the export: %d flags that no longer name the images they were set on. %s",
             len(binding.changed),
