@@ -105,7 +105,9 @@ def test_held_out_data_must_mean_what_the_audited_data_means(audited: World, tmp
         held_out_config(cfg)
 
 
-def test_correction_id_follows_flags_method_and_parameters(audited: World) -> None:
+def test_correction_id_follows_flags_method_and_parameters(
+    audited: World, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = _config(_args(audited))
     first = plan_correction(cfg)
     assert plan_correction(cfg).correction_id == first.correction_id
@@ -114,8 +116,11 @@ def test_correction_id_follows_flags_method_and_parameters(audited: World) -> No
     one = str(np.flatnonzero(audited.planted)[0])
     FlagStore(audited.flags_db).unflag(DATASET, [one])
     try:
+        caplog.clear()
         fewer = plan_correction(cfg)
         assert fewer.correction_id != first.correction_id
+        # an outside check: the advice was --finding alone, which flags the members but not the carriers
+        assert "carry no flag" in caplog.text and "--with-carriers) to make them part" in caplog.text
         # the unflagged sample is still a member of the flagged finding: it carries the artifact, so it is
         # kept out of the reference (and of the clean evaluation) instead of weakening the direction
         row = int(one)

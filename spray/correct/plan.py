@@ -203,9 +203,10 @@ def _kept_out(
     members = samples.rows_of(suspects).rows
     if len(members):
         log.warning(
-            "%d samples of finding %s in source run %s carry no flag (they joined it after the flags were set, "
-            "or were left out): they are kept out of %s, which must not hold the artifact; flag them "
-            "(spray flags set --finding %s) to make them part of the artifact group",
+            "%d samples of finding %s in source run %s carry no flag (its carriers, which --finding flags only "
+            "with --with-carriers, or members that joined it after the flags were set): they are kept out of %s, "
+            "which must not hold the artifact; flag them (spray flags set --finding %s --with-carriers) to make "
+            "them part of the artifact group",
             len(members), key, source.run_id[:12], where, key,
         )  # fmt: skip
     other = samples.rows_of(flags.other_flagged).rows
