@@ -532,7 +532,20 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
             "(a transformer): it is explained at patch resolution; AttnLRP explains it at the input's. If the "
             "findings look like noise, audit with lrp.composite: AttnLRP (docs/lrp.md, 'Which composite for a ViT')"
         )
+    flat_rules = composite_key(cfg.lrp.composite) == composite_key("EpsilonPlusFlat")
+    if flat_rules and not _flat_under_z_plus(cfg.model.model_dump()) and _has_convnext_blocks(model):
+        # the name-based choice of EpsilonGammaBox misses a ConvNeXt built by the user's own factory
+        return (
+            f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has ConvNeXt blocks, "
+            "whose z+ heatmaps come out nearly flat: audit with lrp.composite: EpsilonGammaBox (docs/lrp.md, "
+            "'Flat heatmaps')"
+        )
     return f"LRP: {cfg.lrp.composite} explained that batch"
+
+
+def _has_convnext_blocks(model: Any) -> bool:
+    """Whether the model holds ConvNeXt blocks (torchvision's ``CNBlock``, timm's ``ConvNeXtBlock``)."""
+    return any(type(m).__name__ in ("CNBlock", "ConvNeXtBlock") for m in model.modules())
 
 
 def _spot_accuracy(model: Any, ds: Any, n: int = 64) -> str:

@@ -571,3 +571,25 @@ def test_a_fixed_input_side_is_read_from_the_built_model() -> None:
     )
     assert fixed_input_side(timm.create_model("resnet10t", num_classes=2)) is None
     assert fixed_input_side(torchvision.models.resnet18(num_classes=2)) is None
+
+
+def test_a_convnext_from_the_users_factory_gets_the_composite_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: init writes EpsilonGammaBox for a ConvNeXt by name (EpsilonPlusFlat's maps of it are
+    nearly flat), but the same ConvNeXt built by the user's factory got EpsilonPlusFlat without a word."""
+    pytest.importorskip("timm")
+    make_image_folder(tmp_path / "train", n_per_class=2, size=32)
+    (tmp_path / "mynet.py").write_text(
+        "import timm\n\n\ndef make(num_classes=2):\n"
+        "    return timm.create_model('convnext_atto', num_classes=num_classes)\n"
+    )
+    out = tmp_path / "c.yaml"
+    res = run_main(
+        ["init", "--data", str(tmp_path / "train"), "--model", "mynet:make", "-o", str(out)], capsys
+    )
+    assert res.code == 0, res.stdout + res.stderr
+    assert (
+        "CHECK lrp.composite: EpsilonPlusFlat explained that batch, but the model has ConvNeXt blocks"
+        in res.stdout
+    )
