@@ -421,7 +421,9 @@ def test_flags_of_an_older_database_take_content_and_class_from_their_run(
     # an outside check: list counted such flags without a word
     res = run_main(["flags", "list", "--runs-dir", runs], capsys)
     assert f"unlearn {len(planted)}" in res.stdout
-    assert f"({len(planted)} of them no longer name the images they were set on in the newest run" in res.stdout
+    assert (
+        f"({len(planted)} of them no longer name the images they were set on in the newest run" in res.stdout
+    )
     # the run of the flags kept no content hashes (an older run layout): unverified, not "on their content"
     table = pd.read_parquet(origin / "samples.parquet")
     table.drop(columns=["content_hash"]).to_parquet(origin / "samples.parquet")
