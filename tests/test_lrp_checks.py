@@ -518,6 +518,19 @@ def test_a_layer_padding_in_forward_whose_plain_rule_fails_is_refused_by_name() 
         Explainer(model)(x)
 
 
+def test_parallel_first_branches_get_the_reparameterize_advice() -> None:
+    """An outside check: RepVGG in its training form (two branches read the input) was told to register its
+    modules in execution order, which cannot fix it; its reparameterized form is explained."""
+    timm = pytest.importorskip("timm")
+    from timm.utils import reparameterize_model
+
+    model = timm.create_model("repvgg_a0", pretrained=False, num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ModelError, match=r"parallel branches of one block.*reparameterize_model"):
+        Explainer(model)(x)
+    assert Explainer(reparameterize_model(model))(x).relevance.shape == x.shape
+
+
 def _plain(model: nn.Sequential, conv: nn.Conv2d) -> nn.Sequential:
     """The same function with a plain conv holding the weight ``conv`` uses in eval mode."""
     import copy

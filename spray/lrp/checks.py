@@ -75,10 +75,19 @@ def check_order(context: RuleContext, first_path: str | None) -> None:
         )
     early = [p for p, grad_frame in order[: hits[0]] if grad_frame]
     if early:
+        top = first_path.split(".")[0]
+        # layers of the same top-level block that ran first: parallel branches reading the input
+        branches = (
+            " If they are parallel branches of one block that all read the input (RepVGG or MobileOne in their "
+            "training form), no order fixes it: reparameterize the model into its single-branch form before the "
+            "audit (timm: model = timm.utils.reparameterize_model(model), e.g. in your model factory)."
+            if any(p.split(".")[0] == top for p in early) and "." in first_path
+            else ""
+        )
         raise ModelError(
             f"layers {early} ran before the first layer {first_path}: spray takes the first dense/conv layer "
             "in named_modules() order as the input layer, so it must be the first to run. Register modules in "
-            f"execution order; {input_normalisation_advice()}."
+            f"execution order; {input_normalisation_advice()}.{branches}"
         )
 
 
