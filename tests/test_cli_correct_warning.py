@@ -116,6 +116,7 @@ def test_a_correction_that_strengthened_the_shortcut_says_so_and_what_to_try() -
 
     assert change_words(-0.2) == "up 20.0 %" and change_words(0.943) == "down 94.3 %"
     assert change_words(None) == "not measured"
+    assert change_words(-4e-5) == "unchanged (0.0 %)"
 
     def rec(flip_drop: float | None, share_drop: float | None) -> Any:
         return SimpleNamespace(
@@ -131,6 +132,8 @@ def test_a_correction_that_strengthened_the_shortcut_says_so_and_what_to_try() -
     )
     assert CorrectionRecord.stronger_warning(rec(0.9, 0.8)) == ""
     assert CorrectionRecord.stronger_warning(rec(None, None)) == ""
+    # an outside check: a share of 40.33 % before and after (a relative change of -4e-5) was said to rise
+    assert CorrectionRecord.stronger_warning(rec(0.5, -4e-5)) == ""
 
 
 def test_a_finding_the_reaudit_still_flags_gets_the_next_step_of_its_method() -> None:

@@ -33,7 +33,9 @@ def run_command(args: argparse.Namespace) -> int:
         except SprayError:
             mark_failed(out)
             sys.stderr.write(
-                f"{out} is kept, marked as failed: fix the problem below and rerun spray init.\n"
+                f"{out} is kept, marked as failed: fix the problem below and rerun spray init, or, for a setting "
+                f"init has no option for (model.output, say), edit {out} and run spray audit --config {out} "
+                "(a rerun of spray init overwrites the file it marked as failed).\n"
             )
             raise
         for line in checked:

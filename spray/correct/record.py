@@ -38,6 +38,9 @@ RECORD_NAME = "correction.json"
 #: A corrected model whose stamp, pasted at the opposite place, still flips at least this share of what it
 #: flipped in place before the correction (over the null) is warned of: the shortcut was removed at one place.
 MOVED_KEPT_WARN = 0.5
+#: A relative rise of the paste flip rate or relevance share under this is unchanged, not "rose" (a share of
+#: 40.33 % before and after was reported as risen, "up 0.0 %").
+ROSE_BY = 0.01
 
 #: What to try when a correction gives up the artifact class's own images, per method.
 _CLASS_ACCURACY_ADVICE = {
@@ -79,6 +82,8 @@ def change_words(drop: float | None) -> str:
     -20 %"), ``"not measured"`` for None."""
     if drop is None:
         return "not measured"
+    if round(100 * abs(drop), 1) == 0:  # "up 0.0 %" read as a rise
+        return "unchanged (0.0 %)"
     return f"{'down' if drop >= 0 else 'up'} {100 * abs(drop):.1f} %"
 
 
@@ -190,7 +195,7 @@ class CorrectionRecord:
         rose = [
             name
             for name, drop in (("paste flip rate", v.flip_drop), ("relevance share", v.relevance_drop))
-            if drop is not None and drop < 0
+            if drop is not None and drop < -ROSE_BY
         ]
         if not rose:
             return ""
