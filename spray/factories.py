@@ -135,8 +135,14 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
         names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")]
         close = difflib.get_close_matches(fn_name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        if spec in MOVED_FACTORIES:
+            hint = f" It moved to {MOVED_FACTORIES[spec]!r} (this config was written by an older spray): use that."
         raise ConfigError(f"{what}: module {mod_name!r} has no callable {fn_name!r}.{hint}")
     return fn
+
+
+#: spray's own factories that moved, for the configs older versions wrote (``spray demo``'s).
+MOVED_FACTORIES = {"spray.models:small_cnn": "spray.lab.cnn:small_cnn"}
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:

@@ -90,6 +90,9 @@ def test_unknown_architecture_and_factory() -> None:
         build_model(ModelConfig(architecture="resnet19", num_classes=3))
     with pytest.raises(ConfigError, match="cannot import module"):
         build_model(ModelConfig(factory="no_such_mod:fn"))
+    # an outside check: the config an older spray demo wrote stopped every night without a hint
+    with pytest.raises(ConfigError, match=r"It moved to 'spray.lab.cnn:small_cnn'"):
+        build_model(ModelConfig(factory="spray.models:small_cnn"))
 
 
 class _OnlyOneSize(torch.nn.Module):
