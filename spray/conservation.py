@@ -117,7 +117,8 @@ def problems(rec: dict[str, Any]) -> list[str]:
     return [
         f"The heatmaps carry {100 * rec['median_share']:.1f} % of the explained logit (median of "
         f"{rec['n_samples']} images; 10 to 90 %: {100 * rec['low_share']:.1f} to {100 * rec['high_share']:.1f} "
-        "%): the model's biases and the rules' stabilisers took the rest, so the maps show a small part of "
+        "%): the model's biases, the rules' stabilisers and (under EpsilonPlusFlat) the z+ rule where no "
+        "input meets a positive weight took the rest, so the maps show a small part of "
         "the decision and read noise more easily. Findings can still be right; if they look like noise, "
         "compare lrp.composite: EpsilonGammaBox (or AttnLRP for a transformer) on a few images (docs/lrp.md)."
     ]
