@@ -38,7 +38,15 @@ from spray.lrp.preparation import input_normalisation_advice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADDITIVE_NAMES", "check_conservation", "check_order", "reference_error", "warn_empty_maps"]
+__all__ = [
+    "ADDITIVE_NAMES",
+    "check_conservation",
+    "check_order",
+    "eager_model",
+    "forward_overrides",
+    "reference_error",
+    "warn_empty_maps",
+]
 
 #: Parameter and buffer names that the probe treats as additive constants (set to 0), besides every
 #: name ending in "bias": BatchNorm means, and the tokens and position embeddings of vision transformers.
@@ -348,3 +356,27 @@ def check_relevance_scale(
         f"at most {float(scale[bad].max()):.3g}: the rules divided by near-zero values and the maps are "
         f"numerical noise. {cause}"
     )
+
+
+def forward_overrides(model: nn.Module) -> list[str]:
+    """``path (Type)`` of the model's Conv/Linear subclasses that override ``forward`` (their output is not
+    the plain layer's of ``weight``, which spray's rules compute)."""
+    plain = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    out = []
+    for path, m in model.named_modules():
+        base = next((b for b in plain if isinstance(m, b)), None)
+        if base is not None and type(m) is not base and type(m).forward is not base.forward:
+            out.append(f"{path or '<root>'} ({type(m).__name__})")
+    return out
+
+
+def eager_model(model: nn.Module, concept_layer: str | None) -> tuple[nn.Module, str | None]:
+    """The model a ``torch.compile``'d one compiles (LRP runs the eager layers' rules; spray's hooks made the
+    compiled graph recompile ~90 times, 31 s for a first call), with ``concept_layer`` given under its
+    ``_orig_mod.`` prefix read without it; other models as they are."""
+    compiled = getattr(model, "_orig_mod", None)
+    if type(model).__name__ != "OptimizedModule" or not isinstance(compiled, nn.Module):
+        return model, concept_layer
+    if concept_layer is not None and concept_layer.startswith("_orig_mod."):
+        concept_layer = concept_layer.removeprefix("_orig_mod.")
+    return compiled, concept_layer

@@ -35,6 +35,8 @@ from spray.lrp.checks import (
     check_conservation,
     check_order,
     check_relevance_scale,
+    eager_model,
+    forward_overrides,
     reference_error,
     reference_varies,
     warn_empty_maps,
@@ -230,6 +232,7 @@ class Explainer:
                     f"extra_rules must map nn.Module subclasses to Rule instances, got {t!r}: {r!r}"
                 )
         self.composite = get_composite(composite, **(composite_kwargs or {}))
+        model, concept_layer = eager_model(model, concept_layer)
         self.concept_layer = resolve_concept_layer(model, concept_layer)
         self._concept_auto = concept_layer == "auto"
         self._tap: ConceptTap | None = None  # set for the duration of one call
@@ -260,7 +263,7 @@ class Explainer:
         # Checked with canonization off too: a layer computing its weight in forward() is not what the rule
         # layers compute either.
         self._reference: nn.Module | None = reference_copy(model, self.device)
-        self._suspects = _forward_overrides(model)
+        self._suspects = forward_overrides(model)
         self._self_check = self_check
         self._empty_checked = False  # all-zero maps are reported once, on the first batch
         hooked = hooked_modules(model)
@@ -586,15 +589,3 @@ def explain(
     """
     labels = kwargs.pop("labels", None)
     return Explainer(model, composite, **kwargs)(inputs, target=target, labels=labels).relevance
-
-
-def _forward_overrides(model: nn.Module) -> list[str]:
-    """``path (Type)`` of the model's Conv/Linear subclasses that override ``forward`` (their output is not
-    the plain layer's of ``weight``, which spray's rules compute)."""
-    plain = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-    out = []
-    for path, m in model.named_modules():
-        base = next((b for b in plain if isinstance(m, b)), None)
-        if base is not None and type(m) is not base and type(m).forward is not base.forward:
-            out.append(f"{path or '<root>'} ({type(m).__name__})")
-    return out
