@@ -216,6 +216,11 @@ class RunReader:
         except Exception as err:
             raise RunReadError(f, f"damaged or truncated ({type(err).__name__}: {err})") from None
         table = table.drop(columns=[c for c in ("row", "cluster", "x", "y") if c in table])
+        skipped = [c.class_index for c in self.summary.classes_skipped]
+        if skipped and "score" in table and "label" in table:
+            # runs written before 6 Dec 2026 stored 0 for a class left out of the analysis: not analysed (NaN),
+            # as runs store it now, not "not suspicious"
+            table.loc[table["label"].isin(skipped), "score"] = float("nan")
         return table.set_index("sample_id", drop=False).rename_axis(None)
 
     def content_hashes(self) -> dict[str, str] | None:

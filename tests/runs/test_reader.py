@@ -202,3 +202,14 @@ def test_a_sample_of_a_class_not_analysed_has_no_suspicion(tmp_path: Path) -> No
     table = RunReader.open(write_published(tmp_path / "runs", report, stage)).samples()
     assert table.loc[table["label"] == 2, "score"].map(math.isnan).all()
     assert table.loc[table["label"] != 2, "score"].map(math.isfinite).all()
+    # an outside check (an upgrade): runs written before 6 Dec 2026 stored 0.0 there; the dashboard showed
+    # "suspicion 0.000" above "its class was not analysed": the reader reads them as not analysed too
+    import pandas as pd
+
+    run = RunReader.open(tmp_path / "runs" / "latest").path
+    raw = pd.read_parquet(run / "samples.parquet")
+    raw.loc[raw["label"] == 2, "score"] = 0.0
+    raw.to_parquet(run / "samples.parquet")
+    table = RunReader.open(run).samples()
+    assert table.loc[table["label"] == 2, "score"].map(math.isnan).all()
+    assert table.loc[table["label"] != 2, "score"].map(math.isfinite).all()
