@@ -433,6 +433,8 @@ def test_flags_of_an_older_database_take_content_and_class_from_their_run(
         and f"{len(planted)} set before flags recorded content on a run of other data" in res.output
     )
     assert "nothing tells which" in res.output
+    res = run_main(["correct", "--config", str(world.config), "--method", "pclarc"], capsys)
+    assert_clean_failure(res, 1, "were set before flags recorded the content", "whose data differ")
     res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(tmp_path / "u.csv")], capsys)
     assert (
         f"left out of the export: {len(planted)} flags" in res.output

@@ -198,16 +198,29 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig, runs_dir: Path | N
     )
 
 
-def check_flag_content(samples: SampleSet, flags: FlagSelection, runs_dir: Path) -> None:
+def check_flag_content(
+    samples: SampleSet, flags: FlagSelection, runs_dir: Path, data_hash: str | None = None
+) -> None:
     """Refuse flags whose sample ids now name other content than the images that were flagged.
 
     Raises
     ------
     DataError
-        Some flagged ids hold other bytes now (IDX records removed or reordered, a file replaced): the
+        Some flagged ids hold other bytes now (IDX records removed or reordered, a file replaced), or flags
+        without a recorded content were set on a run of other data than ``data_hash`` (the data now): the
         correction would fit its direction on images nobody flagged.
     """
     ids = [s for s in flags.sample_ids if s in flags.content_hashes]
+    if len(ids) < len(flags.sample_ids) and data_hash is not None:
+        other = _runs_of_other_data(runs_dir, flags.run_ids, data_hash)
+        if other:
+            raise DataError(
+                f"{len(flags.sample_ids) - len(ids)} flags of {flags.dataset!r} were set before flags recorded "
+                f"the content of their images, on run {', '.join(r[:12] for r in other)}, whose data differ from "
+                "the data now: an IDX record removed or reordered, or a file replaced, would put them on other "
+                f"images. `spray flags check --runs-dir {shlex.quote(str(runs_dir))}` lists them; look at their "
+                "images and set the flags again (spray flags set records the content)."
+            )
     found = samples.rows_of(ids)
     missing = set(found.missing)
     present = [s for s in ids if s not in missing]
@@ -228,6 +241,20 @@ def check_flag_content(samples: SampleSet, flags: FlagSelection, runs_dir: Path)
             "moves the flags with them) or was "
             "replaced (keep the flag on the new image with `spray flags set`, or drop it with `spray flags unset`)."
         )
+
+
+def _runs_of_other_data(runs_dir: Path, run_ids: list[str], data_hash: str) -> list[str]:
+    """The ids among ``run_ids`` of runs in ``runs_dir`` whose data fingerprint is not ``data_hash``."""
+    from spray.flags.content import data_hash_of
+    from spray.runs.publish import find_run
+
+    out = []
+    for run_id in run_ids:
+        path = find_run(runs_dir, run_id)
+        seen = data_hash_of(path) if path is not None else None
+        if seen is not None and seen != data_hash:
+            out.append(run_id)
+    return out
 
 
 @dataclass

@@ -270,7 +270,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     dev = resolve_device(device or cfg.batch.device)
     model = build_model(cfg.model).to(dev).eval()
     samples.match_model(model)
-    check_flag_content(samples, flags, runs_dir)
+    check_flag_content(samples, flags, runs_dir, data_fingerprint(cfg, samples.dataset))
     first = samples.dataset.first_batch(2).x  # readable ones: the audit skipped the others with a reason
     assert first is not None
     example = first.to(dev)
