@@ -273,7 +273,7 @@ def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool)
             # The inputs went back to an earlier state: reusing that run would leave a newer run, of other
             # inputs, as the one the dashboard, `latest` and the next night's comparison take as current.
             log.info(
-                "the inputs are those of run %s again, but run %s of other inputs is newer: analysing again "
+                "the inputs are those of run %s again, but run %s (other inputs, or spray) is newer: analysing again "
                 "(heatmaps from the cache) so that the newest run describes the current inputs",
                 found.name,
                 newest.name,
