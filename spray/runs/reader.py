@@ -216,11 +216,14 @@ class RunReader:
         except Exception as err:
             raise RunReadError(f, f"damaged or truncated ({type(err).__name__}: {err})") from None
         table = table.drop(columns=[c for c in ("row", "cluster", "x", "y") if c in table])
-        skipped = [c.class_index for c in self.summary.classes_skipped]
-        if skipped and "score" in table and "label" in table:
-            # runs written before 6 Dec 2026 stored 0 for a class left out of the analysis: not analysed (NaN),
-            # as runs store it now, not "not suspicious"
-            table.loc[table["label"].isin(skipped), "score"] = float("nan")
+        # a group left out of the analysis is not analysed (NaN); runs before 6 Dec 2026 stored 0.0 for it
+        grouped = self.summary.config.get("analysis", {}).get("group_by") == "prediction"
+        by, skipped = (
+            "prediction" if grouped else "label",
+            [c.class_index for c in self.summary.classes_skipped],
+        )
+        if skipped and {"score", by} <= set(table):
+            table.loc[table[by].isin(skipped) & (table["score"] == 0.0), "score"] = float("nan")
         return table.set_index("sample_id", drop=False).rename_axis(None)
 
     def content_hashes(self) -> dict[str, str] | None:
