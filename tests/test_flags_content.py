@@ -459,3 +459,33 @@ def test_an_older_flag_of_a_relabelled_image_is_named(
     _audit_again(world, world.images, labels)
     res = run_main(["flags", "check", "--runs-dir", runs], capsys)
     assert f"{first} (flagged in class" in res.output, res.output
+
+
+def test_flags_with_content_are_not_refused_for_an_older_flags_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review: one flag without a recorded content (its run since deleted) made spray correct refuse every
+    flag, naming the run of the newer flags, whose data had only grown (no id moved; flags check exits 0)."""
+    world = build_world(tmp_path / "w", flag=False)
+    runs = str(world.runs_dir)
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    planted = np.flatnonzero(world.planted)
+    assert main(["flags", "set", "--runs-dir", runs, "--sample-ids", ",".join(map(str, planted))]) == 0
+    one = str(planted[0])
+    with sqlite3.connect(world.flags_db) as conn:  # one flag of an older spray, set on a run since deleted
+        conn.execute("UPDATE events SET content_hash = NULL, run_id = ? WHERE sample_id = ?", ("0" * 64, one))
+    grown = np.concatenate([world.images, world.images[:1]]), np.concatenate([world.labels, world.labels[:1]])
+    _audit_again(world, *grown)  # the data grew, no id moved
+    assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0
+    res = run_main(["correct", "--config", str(world.config), "--method", "pclarc", "--no-reaudit"], capsys)
+    assert "were set before flags recorded the content" not in res.output, res.output[-700:]
+
+
+def test_only_positional_ids_of_other_data_make_a_flag_unverified() -> None:
+    """A review: an image folder's fingerprint changes with any new file or a chmod, but its ids are paths,
+    which that cannot shift; only IDX (and factory) ids are positions."""
+    from spray.flags.content import _Origin
+
+    assert _Origin(None, {}, "before").other_data("after")
+    assert not _Origin(None, {}, "before", positional=False).other_data("after")
+    assert not _Origin(None, {}, "same").other_data("same") and not _Origin(None, {}, None).other_data("after")

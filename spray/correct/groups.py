@@ -21,7 +21,7 @@ from spray.config.correction import CorrectionConfig
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.errors import ConfigError, DataError, SprayError
 from spray.flags import Flag, FlagStore
-from spray.flags.content import from_origin_runs, listed
+from spray.flags.content import from_origin_runs, listed, runs_of_other_data
 from spray.records import is_relabel
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class FlagSelection:
     class_names, class_indices : dict
         ``sample_id -> class name`` and ``-> label`` recorded with each flag (flags set before flag database
         schema 4 have none).
+    unrecorded_runs : list[str]
+        The runs the used flags without a recorded content were set on (sorted).
     """
 
     db: str
@@ -72,6 +74,7 @@ class FlagSelection:
     run_ids: list[str] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
     class_indices: dict[str, int] = field(default_factory=dict)
+    unrecorded_runs: list[str] = field(default_factory=list)
 
 
 #: Flag statuses whose samples never serve as a correction's reference or clean data.
@@ -195,6 +198,7 @@ def read_flags(db: Path, dataset: str, cfg: CorrectionConfig, runs_dir: Path | N
         run_ids=sorted({str(r.run_id) for r in rows if r.run_id}),
         class_names={str(r.sample_id): r.class_name for r in rows if r.class_name is not None},
         class_indices={str(r.sample_id): r.class_index for r in rows if r.class_index is not None},
+        unrecorded_runs=sorted({str(r.run_id) for r in rows if r.run_id and not r.content_hash}),
     )
 
 
@@ -212,7 +216,7 @@ def check_flag_content(
     """
     ids = [s for s in flags.sample_ids if s in flags.content_hashes]
     if len(ids) < len(flags.sample_ids) and data_hash is not None:
-        other = _runs_of_other_data(runs_dir, flags.run_ids, data_hash)
+        other = runs_of_other_data(runs_dir, flags.unrecorded_runs, data_hash)
         if other:
             raise DataError(
                 f"{len(flags.sample_ids) - len(ids)} flags of {flags.dataset!r} were set before flags recorded "
@@ -241,20 +245,6 @@ def check_flag_content(
             "moves the flags with them) or was "
             "replaced (keep the flag on the new image with `spray flags set`, or drop it with `spray flags unset`)."
         )
-
-
-def _runs_of_other_data(runs_dir: Path, run_ids: list[str], data_hash: str) -> list[str]:
-    """The ids among ``run_ids`` of runs in ``runs_dir`` whose data fingerprint is not ``data_hash``."""
-    from spray.flags.content import data_hash_of
-    from spray.runs.publish import find_run
-
-    out = []
-    for run_id in run_ids:
-        path = find_run(runs_dir, run_id)
-        seen = data_hash_of(path) if path is not None else None
-        if seen is not None and seen != data_hash:
-            out.append(run_id)
-    return out
 
 
 @dataclass

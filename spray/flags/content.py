@@ -103,11 +103,17 @@ class FlagBinding:
 @dataclass(frozen=True)
 class _Origin:
     """What a flag's own run kept: content hashes (None before run layout 5), ``(label, class name)`` per
-    sample, and its data fingerprint."""
+    sample, its data fingerprint, and whether its sample ids are positions (IDX records; a factory's, which
+    spray cannot tell) rather than paths, which new or changed files elsewhere cannot shift."""
 
     hashes: dict[str, str] | None
     classes: dict[str, tuple[int, str]]
     data: str | None
+    positional: bool = True
+
+    def other_data(self, data_hash: str | None) -> bool:
+        """Whether ids of this run may name other images in data of fingerprint ``data_hash``."""
+        return self.positional and bool(self.data) and bool(data_hash) and self.data != data_hash
 
 
 def _origin(runs_dir: Path, run_id: str) -> _Origin | None:
@@ -122,9 +128,20 @@ def _origin(runs_dir: Path, run_id: str) -> _Origin | None:
         reader = RunReader.open(path)
         table = reader.samples()
         classes = {str(s): (int(table.at[s, "label"]), str(table.at[s, "label_name"])) for s in table.index}
-        return _Origin(reader.content_hashes(), classes, reader.summary.hashes.get("data"))
+        kind = (reader.summary.config.get("data") or {}).get("kind")
+        return _Origin(
+            reader.content_hashes(), classes, reader.summary.hashes.get("data"), kind != "image_folder"
+        )
     except (RunReadError, OSError, KeyError, ValueError):
         return None
+
+
+def runs_of_other_data(runs_dir: Path, run_ids: Sequence[str], data_hash: str) -> list[str]:
+    """The ids among ``run_ids`` of runs in ``runs_dir`` whose sample ids may name other images in the data of
+    fingerprint ``data_hash`` (:meth:`_Origin.other_data`)."""
+    return [
+        r for r in run_ids if (origin := _origin(runs_dir, r)) is not None and origin.other_data(data_hash)
+    ]
 
 
 def from_origin_runs(
@@ -149,7 +166,7 @@ def from_origin_runs(
             if f.class_name is None and f.sample_id in origin.classes:
                 label, name = origin.classes[f.sample_id]
                 f = replace(f, class_name=name, class_index=label)
-            if f.content_hash is None and data_hash and origin.data and origin.data != data_hash:
+            if f.content_hash is None and origin.other_data(data_hash):
                 stale.add(f.event_id)
         out.append(f)
     return out, stale
