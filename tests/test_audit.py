@@ -51,7 +51,7 @@ def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> N
         assert (run / name).exists(), name
     reader = RunReader.open(run)
     assert reader.finding(top.key).member_ids == top.member_ids
-    assert set(reader.summary.hashes) == {"model", "data", "config", "code"}
+    assert set(reader.summary.hashes) == {"model", "data", "config", "code", "model_hash_version"}
     # The model's accuracy on the audited samples is recorded (a trained model: far above chance).
     acc = reader.summary.extra["model_accuracy"]
     assert acc["n_samples"] == report.n_samples and acc["accuracy"] > 0.5 and not acc["near_chance"]

@@ -351,6 +351,34 @@ def test_timm_branch_attention_conserves_relevance(name: str, composite: str) ->
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
 
 
+def test_only_a_softmax_over_branches_is_held_constant_in_an_element_wise_product() -> None:
+    """A review: the gate rule first held every softmax constant in an element-wise product, which took
+    AttnLRP's rule from MobileViTv2's element-wise attention (``key * softmax(query, dim=-1)``): its query got
+    no relevance, as under CP-LRP. A softmax over branches (not the last dimension) is held constant and not
+    exempted from the self-check; one over the last dimension keeps its rule and its exemption."""
+    import torch.nn.functional as F
+
+    from spray.lrp.base import RuleContext
+    from spray.lrp.functional import FunctionalRules
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 4, 8, requires_grad=True), torch.randn(1, 3, 4, 8, requires_grad=True)
+    for rule, reaches_query in (("attnlrp", True), ("cp", False)):
+        recorded: list[str] = []
+        with FunctionalRules(RuleContext(has_first=False), attention=rule, recorder=recorded.append):
+            (k * F.softmax(q, dim=-1)).sum().backward()
+        assert (q.grad is not None) == reaches_query and bool(recorded) == (rule == "attnlrp")
+        q.grad = k.grad = None
+    branches, paths = (
+        torch.randn(2, 3, 5, 1, 1, requires_grad=True),
+        torch.randn(2, 3, 5, 4, 4, requires_grad=True),
+    )
+    recorded = []
+    with FunctionalRules(RuleContext(has_first=False), recorder=recorded.append):
+        (paths * torch.softmax(branches, dim=1)).sum().backward()
+    assert branches.grad is None and paths.grad is not None and not recorded
+
+
 @pytest.mark.parametrize("composite", ["AttnLRP", "CPLRP"])
 def test_timm_resnet_in_place_residual_matches_torchvision(composite: str) -> None:
     """timm's blocks end with ``x += shortcut`` on the last layer's output, which an ε rule returns as a view

@@ -18,9 +18,11 @@ forward pass and gives exactly those their rule:
 * **softmax**: its plain gradient is AttnLRP's softmax rule ``R_in = x ⊙ (R_out − s·ΣR_out)`` (not
   conservative: the self-check does not expect conservation across it). Under ``attention="cp"`` a
   softmax output that then multiplies an activation is treated as a constant. Under either rule a softmax
-  output in an *element-wise* product (the branch weights of a selective-kernel or split attention,
-  ``x_paths * softmax(...)``, a mixture's weights) gets the gate rule: it weighs the branches as a sigmoid
-  gate weighs channels, and its plain gradient would lose most of the relevance.
+  over a dimension other than the last (the branch weights of a selective-kernel or split attention:
+  ``x_paths * softmax(a, dim=1)``) gets the gate rule in an *element-wise* product: it weighs the branches as
+  a sigmoid gate weighs channels, and its plain gradient would lose most of the relevance. Attention
+  normalises over the last dimension (the keys; MobileViTv2's element-wise ``key * softmax(query)`` too),
+  so its softmax keeps the rule above.
 * **element-wise non-linearities** (``F.gelu``, ``F.silu``, ``torch.sigmoid``, ``tanh``, ``F.hardswish``,
   ...): the identity rule (``Pass``), also for their in-place forms, which run out of place and copy the
   result into the input tensor, so the rule still sees the input.
@@ -156,6 +158,7 @@ _INPLACE_ARITHMETIC |= {
 _INPLACE_FLAG = {F.relu, F.threshold}
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax}
 _SOFTMAX |= {torch.Tensor.log_softmax}
+_BRANCH_SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax}
 
 
 def _carry_marks(source: Any, out: torch.Tensor) -> None:
@@ -236,6 +239,8 @@ class FunctionalRules(TorchFunctionMode):
                 or (self.attention == "cp" and bool(getattr(t, _ATTENTION_ATTR, False)))
                 or (elementwise and bool(getattr(t, _SOFTMAX_ATTR, False)))
             )
+            if getattr(t, _SOFTMAX_ATTR, False) and not elementwise and self.attention != "cp":
+                self._record("softmax over branches in a matrix product")
             if constant and not gated(other):
                 return (t.detach(), other) if t is a else (other, t.detach())
         return scale_gradient(a, 0.5), scale_gradient(b, 0.5)
@@ -271,12 +276,17 @@ class FunctionalRules(TorchFunctionMode):
 
     def _softmax(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         y = func(*args, **kwargs)
-        if _grad(y):
+        if not _grad(y):
+            return y
+        if self.attention == "cp":
+            setattr(y, _ATTENTION_ATTR, True)
+        bound = _bound(func, args, kwargs) or {}
+        dim = bound.get("dim", args[1] if len(args) > 1 else kwargs.get("dim"))
+        if func in _BRANCH_SOFTMAX and isinstance(dim, int) and y.dim() and dim % y.dim() != y.dim() - 1:
+            # branch weights: held constant where they weigh activations; recorded only if used otherwise
             setattr(y, _SOFTMAX_ATTR, True)
-            if self.attention == "cp":
-                setattr(y, _ATTENTION_ATTR, True)
-            else:
-                self._record(getattr(func, "__name__", "softmax"))
+        elif self.attention != "cp":
+            self._record(getattr(func, "__name__", "softmax"))
         return y
 
     # in-place arithmetic on a rule's output --------------------------------------------------------
