@@ -518,6 +518,19 @@ def test_a_layer_padding_in_forward_whose_plain_rule_fails_is_refused_by_name() 
         Explainer(model)(x)
 
 
+def test_running_out_of_memory_is_not_blamed_on_a_layer_with_its_own_forward() -> None:
+    """A review: any RuntimeError of the first forward pass became "these layers compute their output in their
+    own forward()" when the model had such a layer, out-of-memory errors included."""
+
+    class Boom(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model = nn.Sequential(_StdConv(3, 4, 3), Boom(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(torch.OutOfMemoryError):
+        Explainer(model.eval())(torch.rand(2, 3, 8, 8))
+
+
 def test_parallel_first_branches_get_the_reparameterize_advice() -> None:
     """An outside check: RepVGG in its training form (two branches read the input) was told to register its
     modules in execution order, which cannot fix it; its reparameterized form is explained."""

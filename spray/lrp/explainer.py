@@ -364,11 +364,12 @@ class Explainer:
         except RuntimeError as exc:
             # the plain rule of a layer whose own forward() differs can fail outright (timm's Conv2dSame pads
             # in forward(): at a small input the unpadded kernel is larger than the map)
-            if self._reference is None or not self._suspects:
+            memory = isinstance(exc, torch.OutOfMemoryError) or "allocate memory" in str(exc)
+            if self._reference is None or not self._suspects or memory:
                 raise
             raise ModelError(
                 f"spray's forward pass of the model failed ({exc}). {self._suspects_advice()}"
-            ) from None
+            ) from exc
 
     def _run_watched(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         watch = self._watch
