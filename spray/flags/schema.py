@@ -85,8 +85,8 @@ def read_current_as_now(con: sqlite3.Connection) -> None:
     schema's rules (the note kept since the status was taken), which SQLite finds before the file's own;
     columns the file lacks read as NULL. Readers of an upgraded and a not yet upgraded file then agree."""
     names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
-    if "events" not in names or stored_version(con) >= SCHEMA_VERSION:
-        return
+    if not {"events", "current", "meta"} <= names or stored_version(con) >= SCHEMA_VERSION:
+        return  # not a spray flag database (the store's own check says so), or a current one
     sql = VIEW.replace("CREATE VIEW IF NOT EXISTS current", "CREATE TEMP VIEW IF NOT EXISTS current")
     columns = event_columns(con)
     for column in ("content_hash", "class_name", "class_index"):

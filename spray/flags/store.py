@@ -225,7 +225,8 @@ class FlagStore:
                 return
             if names - {"meta", "sqlite_sequence"} or not create:
                 raise DataError(
-                    f"{self.path} is a SQLite file but not a spray flag database (it has no events table"
+                    f"{self.path} is a SQLite file but not a spray flag database (it lacks spray's events table "
+                    "and current view"
                     f"{'; tables: ' + ', '.join(sorted(names)) if names else ''}). Give the right file with "
                     "--db / --flags-db, or a new path to start an empty flag database."
                 )

@@ -106,6 +106,12 @@ def test_foreign_sqlite_file_is_refused_not_extended(
     con = sqlite3.connect(other)
     assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["users"]
     con.close()
+    # a review: a foreign file with an "events" table of its own (and no meta) was called damaged by readers
+    events = tmp_path / "events.sqlite"
+    with sqlite3.connect(events) as con:
+        con.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, x TEXT)")
+    res = run_main(["flags", "list", "--db", str(events)], capsys)
+    assert_clean_failure(res, 1, "not a spray flag database", "lacks spray's events table and current view")
 
 
 def test_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
