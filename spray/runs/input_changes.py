@@ -78,7 +78,9 @@ def data_changes(
         for i, h in previous.items():
             ids_of.setdefault(h, []).append(i)
         for i, h in current.items():
-            was = i if previous.get(i) == h else (ids_of[h][0] if len(ids_of.get(h, ())) == 1 else None)
+            # a copy (its original still there) is not the image moving: the original keeps its class
+            moved = h not in kept and len(ids_of.get(h, ())) == 1
+            was = i if previous.get(i) == h else (ids_of[h][0] if moved else None)
             relabelled += was is not None and i in a and was in b and is_relabel(b[was], a[i])
     return DataChanges(
         relabelled=relabelled,

@@ -43,6 +43,9 @@ def test_data_changes_count_added_removed_modified_and_moved_images() -> None:
     swapped = {"cat/1.png": "h2", "dog/2.png": "h1", "dog/3.png": "h3"}
     got = data_changes(swapped, prev, (was, was))
     assert (got.modified, got.relabelled) == (2, 2)
+    # a review: a copy into another class folder (the original stays) was counted as copied and relabelled
+    got = data_changes({**prev, "dog/1copy.png": "h1"}, prev, ({**was, "dog/1copy.png": (1, "dog")}, was))
+    assert (got.copied, got.relabelled) == (1, 0)
     renamed = {"dog/1b.png": "h2"}  # renamed within its class: moved, not relabelled
     assert data_changes(renamed, {"dog/2.png": "h2"}, ({"dog/1b.png": (1, "dog")}, was)).relabelled == 0
     # a file still there but unreadable now (an outside check saw a truncated file counted as removed)
