@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from spray.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -15,8 +19,10 @@ def test_an_exception_python_cannot_raise_is_one_log_record() -> None:
     DataLoader workers, and the DataLoader's ``__del__`` printed a raw traceback of ~20 lines among the JSON
     lines on stderr."""
     code = (
-        "from spray.cli.logs import setup_logging\n"
+        "import sys\n"
+        "from spray.cli.logs import log_unraisable, setup_logging\n"
         "setup_logging(json_logs=True)\n"
+        "sys.unraisablehook = log_unraisable  # as spray.cli.main sets it while a command runs\n"
         "class Workers:\n"
         "    def __del__(self):\n"
         "        raise RuntimeError('DataLoader worker (pid 1) is killed by signal: Terminated.')\n"
@@ -29,3 +35,11 @@ def test_an_exception_python_cannot_raise_is_one_log_record() -> None:
     record = json.loads(lines[0])
     assert record["level"] == "warning" and "killed by signal: Terminated" in record["msg"]
     assert "Workers.__del__" in record["msg"]
+
+
+def test_the_hook_is_spray_s_only_while_a_command_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: setup_logging replaced sys.unraisablehook for the whole process, so pytest's own hook (and an
+    application's that calls spray.cli.main) was gone after one command."""
+    before = sys.unraisablehook
+    assert main(["flags", "list", "--db", str(REPO / "no-such.sqlite")]) != 0
+    assert sys.unraisablehook is before

@@ -488,4 +488,6 @@ def test_only_positional_ids_of_other_data_make_a_flag_unverified() -> None:
 
     assert _Origin(None, {}, "before").other_data("after")
     assert not _Origin(None, {}, "before", positional=False).other_data("after")
-    assert not _Origin(None, {}, "same").other_data("same") and not _Origin(None, {}, None).other_data("after")
+    assert not _Origin(None, {}, "same").other_data("same") and not _Origin(None, {}, None).other_data(
+        "after"
+    )

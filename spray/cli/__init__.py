@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from spray.cli import audit, correct, dashboard, demo, export, flags, init, run
-from spray.cli.logs import setup_logging
+from spray.cli.logs import log_unraisable, setup_logging
 from spray.errors import SprayError
 
 log = logging.getLogger("spray")
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "quiet", False) and not args.verbose:
         # -q: warnings, errors and the command's results only (progress bars are off as well).
         logging.getLogger().setLevel(logging.WARNING)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, log_unraisable
     try:
         return int(args.func(args))
     except SprayError as err:
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _closed_pipe()
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 #: The exit code of a command whose reader closed its output (``spray flags list | head``), as a shell

@@ -48,17 +48,19 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(d)
 
 
-def _log_unraisable(unraisable: Any) -> None:
+def log_unraisable(unraisable: Any) -> None:
     """An exception Python cannot raise (in a ``__del__``: a DataLoader joining the workers a group SIGTERM
-    killed) as one log record, not a raw traceback among the JSON lines on stderr."""
-    where = getattr(unraisable.object, "__qualname__", None) or repr(unraisable.object)
+    killed) as one log record, not a raw traceback among the JSON lines on stderr (``sys.unraisablehook``
+    while a command runs)."""
     err = unraisable.exc_value
-    logging.getLogger("spray").warning("ignored in %s: %s: %s", where, type(err).__name__, err)
+    what = f"{type(err).__name__}: {err}" if err is not None else (unraisable.err_msg or "an exception")
+    obj = unraisable.object
+    where = "" if obj is None else f" in {getattr(obj, '__qualname__', None) or repr(obj)}"
+    logging.getLogger("spray").warning("ignored%s: %s", where, what)
 
 
 def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
     """Log to stderr: human-readable by default, JSON lines with ``--log-json``."""
-    sys.unraisablehook = _log_unraisable
     handler = logging.StreamHandler(sys.stderr)
     if json_logs:
         handler.setFormatter(JsonLogFormatter())
