@@ -98,10 +98,14 @@ def check_model_output(
             if k == 1 and num_classes == 2
             else ""
         )
+        stray = (
+            " In an image folder every folder under data.path is a class, in name order: move a folder that is "
+            "not one of the model's classes (one that came with new data, say) out of data.path."
+            if k > 1
+            else ""
+        )
         raise ModelError(
             f"The model has {k} outputs but the dataset has {num_classes} classes. Set model.num_classes (or the "
-            f"factory's argument) to match the checkpoint and the data; in an image folder every folder under "
-            f"data.path is a class, in name order, so move a folder that is not one of the model's classes (one "
-            f"that came with new data, say) out of data.path.{empty}{binary}"
+            f"factory's argument) to match the checkpoint and the data.{stray}{empty}{binary}"
         )
     return k
