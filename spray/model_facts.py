@@ -37,6 +37,10 @@ class ModelFacts:
     fixed_size: bool = False
     #: Input channels the constructor was told (``--model-arg in_chans=1``); None: the architecture's default.
     channels: int | None = None
+    #: The resize side of the architecture's evaluation transform (None: from ``crop_pct``), and its
+    #: interpolation (torchvision's weights' ``transforms()``, timm's ``pretrained_cfg``).
+    resize: int | None = None
+    interpolation: str = "bilinear"
 
 
 def inspect_model(
@@ -70,7 +74,7 @@ def inspect_model(
     names = torchvision.models.list_models(module=torchvision.models)
     if spec in names:
         fixed = [side for prefix, side in FIXED_SIZE_PREFIXES.items() if spec.startswith(prefix)]
-        return ModelFacts(
+        facts = ModelFacts(
             {"architecture": spec, "num_classes": num_classes},
             "torchvision",
             fixed[0] if fixed else 224,
@@ -78,6 +82,7 @@ def inspect_model(
             IMAGENET_STD,
             fixed_size=bool(fixed),
         )
+        return _with_weights_transform(facts, spec)
     found = timm_facts(spec, num_classes, required=False)
     if found is not None:
         return found
@@ -134,6 +139,24 @@ def with_factory_size(model: ModelFacts) -> ModelFacts:
     return dataclasses.replace(model, input_size=side, fixed_size=True, notes=[*model.notes, note])
 
 
+def _with_weights_transform(facts: ModelFacts, name: str) -> ModelFacts:
+    """``facts`` with the sizes and interpolation of the evaluation transform torchvision publishes with the
+    architecture's weights (its metadata only: nothing is downloaded); as they are when it has none."""
+    import torchvision
+
+    try:
+        preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        crop, resize = int(preset.crop_size[0]), int(preset.resize_size[0])
+        interpolation = str(preset.interpolation.value)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return facts
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        return facts
+    return dataclasses.replace(
+        facts, input_size=crop, crop_pct=crop / resize, resize=resize, interpolation=interpolation
+    )
+
+
 def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFacts | None:
     """The timm architecture ``name`` as a model section; None when it is not one (``required``: raise)."""
     timm: Any
@@ -156,6 +179,7 @@ def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFa
         {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
         [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
         fixed_size=bool(cfg.get("fixed_input_size", False)),
+        interpolation=cfg.get("interpolation") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear",
     )  # fmt: skip
 
 
@@ -254,7 +278,10 @@ def with_model_args(model: ModelFacts, kwargs: dict[str, Any]) -> ModelFacts:
     out = dataclasses.replace(model, section=section)
     for name in SIZE_ARGS:
         if name in kwargs:
-            out.input_size = _side(kwargs[name], name)
+            out.input_size, out.resize = (
+                _side(kwargs[name], name),
+                None,
+            )  # the published resize is another size's
     for name in CHANNEL_ARGS:
         if name in kwargs:
             if kwargs[name] not in (1, 3) or isinstance(kwargs[name], bool):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -186,9 +187,16 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
         (h, w), _ = sizes.most_common(1)[0]
         side = side or 224
         if len(sizes) > 1 or (h, w) != (side, side):
-            t.update(resize=round(side / crop_pct), center_crop=side)
+            # the evaluation transform's resize where it is known, else timm's rule (floor(side / crop_pct))
+            resize = model.resize if model is not None and model.resize else math.floor(side / crop_pct)
+            t.update(resize=resize, center_crop=side)
+            if model is not None and model.interpolation != "bilinear":
+                t["interpolation"] = model.interpolation
             notes.append(
-                f"CHECK resize/center_crop: the input size the model was trained at (guessed {side})"
+                f"CHECK resize/center_crop/interpolation: the input size the model was trained at (guessed {side}) "
+                "and how it was resized (here the architecture's evaluation transform)"
+                if model is not None and model.kind != "factory"
+                else f"CHECK resize/center_crop: the input size the model was trained at (guessed {side})"
             )
     elif side and sizes:
         (h, w), _ = sizes.most_common(1)[0]

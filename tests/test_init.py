@@ -593,3 +593,26 @@ def test_a_convnext_from_the_users_factory_gets_the_composite_check(
         "CHECK lrp.composite: EpsilonPlusFlat explained that batch, but the model has ConvNeXt blocks"
         in res.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "resize", "interpolation"),
+    [("efficientnet_b0", 256, "bicubic"), ("swin_t", 232, "bicubic"), ("timm:resnet10t", 201, "bicubic")],
+)
+def test_the_architectures_evaluation_transform_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, resize: int, interpolation: str
+) -> None:
+    """An outside check: init wrote round(side / crop_pct), 1 pixel over timm's floor (236 for 235), and
+    bilinear for architectures evaluated bicubic (timm's; torchvision's EfficientNet and Swin weights), the
+    pixels the model was trained on then 3.0 normalised units apart at most. torchvision's weights'
+    transforms() and timm's pretrained_cfg say both (metadata only: nothing is downloaded)."""
+    if model.startswith("timm:"):
+        pytest.importorskip("timm")
+    make_image_folder(tmp_path / "train", n_per_class=2, size=40)
+    make_image_folder(tmp_path / "train", n_per_class=1, classes=("cat",), size=50)  # sizes vary: resize/crop
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", model, "-o", str(out), "--no-check"]
+    assert run_main(argv, capsys).code == 0
+    t = load_config(out).data.transform
+    assert (t.resize, t.interpolation) == (resize, interpolation)
+    assert "CHECK resize/center_crop/interpolation" in out.read_text()

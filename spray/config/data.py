@@ -25,6 +25,13 @@ class TransformConfig(Section):
     resize: int | None = Field(
         None, ge=1, le=MAX_SIDE, description="Resize the shorter side to this many pixels."
     )
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear",
+        description="How resize interpolates, as torchvision's Resize(interpolation=...) does on PIL images: "
+        "'bilinear' (torchvision's default), 'bicubic' (timm's models; torchvision's EfficientNet, Swin and "
+        "MaxViT weights), 'nearest'. Set what the model was trained with: another one feeds it other pixels. "
+        "Part of the heatmap cache key and the run id.",
+    )
     center_crop: int | None = Field(
         None,
         ge=1,
@@ -94,6 +101,8 @@ class TransformConfig(Section):
         # Likewise 'refuse' (what spray always did); 'luma' changes the inputs, so it is part of them.
         if self.colour_to_grey == "refuse":
             out.pop("colour_to_grey", None)
+        if self.interpolation == "bilinear":  # and bilinear, which spray always used
+            out.pop("interpolation", None)
         return out
 
     @model_validator(mode="after")

@@ -26,6 +26,16 @@ def resized(height: int, width: int, size: int) -> tuple[int, int]:
     return size, int(size * width / height)
 
 
+def resample(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """``x`` (C,H,W) in [0, 1] resized to ``size`` as torchvision's ``Resize`` resizes a PIL image: antialiased
+    bilinear or bicubic (bicubic clamped to [0, 1], as PIL's 8-bit result is), or nearest (PIL's pixel
+    centres: ``nearest-exact``)."""
+    if interpolation == "nearest":
+        return F.interpolate(x[None], size=size, mode="nearest-exact")[0]
+    y = F.interpolate(x[None], size=size, mode=interpolation, align_corners=False, antialias=True)[0]
+    return y.clamp_(0.0, 1.0) if interpolation == "bicubic" else y
+
+
 @dataclass
 class Transform:
     """Resize / crop / grey→RGB / normalise, applied to a ``(C,H,W)`` float tensor in [0, 1] (on any device).
@@ -88,7 +98,7 @@ class Transform:
         x = img
         if self.cfg.resize is not None:
             size = resized(int(x.shape[-2]), int(x.shape[-1]), self.cfg.resize)
-            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+            x = resample(x, size, self.cfg.interpolation)
         if self.cfg.center_crop is not None:
             c = self.cfg.center_crop
             h, w = x.shape[-2:]
