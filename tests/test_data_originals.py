@@ -104,6 +104,17 @@ def test_a_16_bit_original_is_shown_as_the_audit_decoded_it(tmp_path: Path) -> N
     np.testing.assert_array_equal(shown[..., 0], shown[..., 2])
 
 
+def test_a_transparent_original_is_shown_over_the_audits_background(tmp_path: Path) -> None:
+    """An outside check: the dashboard's original read data.alpha_background, which is not a key (it is
+    data.transform.alpha_background), so a transparent pixel the audit fed as white was shown magenta."""
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = rgba[..., 2] = 255  # magenta under full transparency
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    white = {"data": {"transform": {"alpha_background": "white"}}}
+    assert (decode_original(tmp_path / "t.png", white) == 255).all()
+    assert decode_original(tmp_path / "t.png", {})[0, 0].tolist() == [255, 0, 255]  # 'ignore', as ImageFolder
+
+
 def test_the_fiftyone_export_places_the_heatmap_in_the_originals_crop(tmp_path: Path) -> None:
     """FiftyOne stretches a heatmap over the whole image: the export's box comes from the file's header."""
     from types import SimpleNamespace

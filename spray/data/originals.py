@@ -54,7 +54,10 @@ def decode_original(path: Path, config: dict[str, Any]) -> np.ndarray:
     defaults = DecodeOptions()
     opts = DecodeOptions(
         max_pixels=int(data.get("max_image_pixels") or defaults.max_pixels),
-        alpha_background=data.get("alpha_background") or defaults.alpha_background,
+        # the key is data.transform.alpha_background (data.alpha_background was read: always the default)
+        alpha_background=transform.get("alpha_background")
+        or data.get("alpha_background")
+        or defaults.alpha_background,
         draft_side=transform.get("resize"),
     )
     x = decode_image(path.read_bytes(), opts)
