@@ -184,3 +184,27 @@ def test_resize_interpolates_as_torchvision_does_on_pil_images(mode: str) -> Non
     for other in set(modes) - {mode}:
         off = Transform(TransformConfig(resize=40, interpolation=other)).geometry(x)
         assert float((off - want).abs().max()) > 4 / 255, other
+
+
+def test_a_resize_to_height_and_width_squashes_as_torchvision_does() -> None:
+    """An outside check: a model trained with Resize((224, 224)) (a squash, common in tutorials) could not be
+    audited on its own pixels: resize took one side only, the error said 'Input should be a valid integer',
+    and resize plus a centre crop cut where the model saw a squashed whole image."""
+    import torch
+    import torchvision.transforms.functional as TF
+
+    from spray.config import TransformConfig
+    from spray.data.transform import Transform
+
+    x = torch.rand(3, 57, 90, generator=torch.Generator().manual_seed(0))
+    t = Transform(TransformConfig(resize=[32, 24]))
+    assert t.output_size(57, 90) == (32, 24) and t.input_box(57, 90) == (0.0, 0.0, 1.0, 1.0)
+    torch.testing.assert_close(t.geometry(x), TF.resize(x, [32, 24], antialias=True), atol=1e-5, rtol=0)
+    assert TransformConfig(resize=[256]).resize == 256  # one side in a list is the shorter side
+    with pytest.raises(
+        ValueError, match=r"give one side \(e.g. 256: the shorter side\) or \[height, width\]"
+    ):
+        TransformConfig(resize=[224, 224, 3])
+    assert input_box(
+        {"data": {"transform": {"resize": [32, 24], "center_crop": 24}}}, 57, 90
+    ) == pytest.approx((4 / 32, 0.0, 28 / 32, 1.0))

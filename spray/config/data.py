@@ -22,8 +22,11 @@ MAX_SIDE = 8192
 class TransformConfig(Section):
     """Input transform applied to every sample before the model (and before hashing the tensor)."""
 
-    resize: int | None = Field(
-        None, ge=1, le=MAX_SIDE, description="Resize the shorter side to this many pixels."
+    resize: int | list[int] | None = Field(
+        None,
+        description="Resize the shorter side to this many pixels, keeping the aspect ratio (torchvision's "
+        "Resize(256)); or [height, width]: to exactly that size, the aspect ratio not kept (Resize((224, 224)), "
+        "a squash, which a resize and a centre crop do not reproduce).",
     )
     interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
         "bilinear",
@@ -90,6 +93,17 @@ class TransformConfig(Section):
         "timings.decode_device). Batched GPU decoding needs batch.num_workers >= 1 (the workers read the "
         "files); with 0, files are decoded one by one.",
     )
+
+    @field_validator("resize")
+    @classmethod
+    def _resize_side_or_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        sides = [v] if isinstance(v, int) else v
+        if sides is not None and (len(sides) not in (1, 2) or not all(1 <= s <= MAX_SIDE for s in sides)):
+            raise ValueError(
+                f"give one side (e.g. 256: the shorter side) or [height, width] (e.g. [224, 224]: that exact size) "
+                f"of 1 to {MAX_SIDE} pixels, got {v!r}"
+            )
+        return sides[0] if isinstance(sides, list) and len(sides) == 1 else v
 
     @model_serializer(mode="wrap")
     def _pillow_by_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from spray.data.sample import (
 )
 from spray.data.source import Source
 from spray.data.thumbnails import thumbnail_pixels, thumbnail_side
-from spray.data.transform import Transform
+from spray.data.transform import Transform, draft_side
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
 
@@ -497,7 +497,7 @@ def build_dataset(
     decode = DecodeOptions(
         max_pixels=cfg.max_image_pixels,
         alpha_background=cfg.transform.alpha_background,
-        draft_side=cfg.transform.resize,
+        draft_side=draft_side(cfg.transform.resize),
     )
     if cfg.kind == "idx":
         source = idx_source(cfg)

@@ -17,7 +17,7 @@ import torch
 
 from spray.config import TransformConfig
 from spray.data.decoding import DecodeOptions, decode_image
-from spray.data.transform import Transform
+from spray.data.transform import Transform, draft_side
 
 __all__ = ["decode_original", "input_box", "original_under"]
 
@@ -58,7 +58,7 @@ def decode_original(path: Path, config: dict[str, Any]) -> np.ndarray:
         alpha_background=transform.get("alpha_background")
         or data.get("alpha_background")
         or defaults.alpha_background,
-        draft_side=transform.get("resize"),
+        draft_side=draft_side(transform.get("resize")),
     )
     x = decode_image(path.read_bytes(), opts)
     arr = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +19,21 @@ def _offset(size: int, crop: int) -> int:
     return round((size - crop) / 2.0)
 
 
-def resized(height: int, width: int, size: int) -> tuple[int, int]:
+def resized(height: int, width: int, size: int | Sequence[int]) -> tuple[int, int]:
     """``(H', W')`` after torchvision's ``Resize(size)``: the shorter side becomes ``size``, the longer one
-    ``int(size * long / short)`` (truncated, as torchvision computes it, so the crop sits where it does there)."""
+    ``int(size * long / short)`` (truncated, as torchvision computes it, so the crop sits where it does there);
+    ``size`` ``[h, w]`` is that exact size."""
+    if not isinstance(size, int):
+        return int(size[0]), int(size[1])
     if width <= height:
         return int(size * height / width), size
     return size, int(size * width / height)
+
+
+def draft_side(resize: int | Sequence[int] | None) -> int | None:
+    """The side a reduced-scale JPEG decode must keep on both axes for ``resize`` (its larger side for a
+    ``[h, w]`` size)."""
+    return resize if resize is None or isinstance(resize, int) else max(resize)
 
 
 def resample(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
