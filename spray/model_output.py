@@ -29,8 +29,8 @@ def _channels_hint(model: nn.Module, example: torch.Tensor) -> str:
         return ""
     return (
         f"The inputs have {example.shape[1]} channel(s) and the model's first convolution takes "
-        f"{first.in_channels}: data.transform.mean/std with {example.shape[1]} value(s) set the channels; give "
-        f"{first.in_channels} values (or data.transform.channels: {first.in_channels}). "
+        f"{first.in_channels}: set data.transform.channels: {first.in_channels} (it, or the number of "
+        f"data.transform.mean/std values, sets the channels; give {first.in_channels} values or one). "
     )
 
 

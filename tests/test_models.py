@@ -417,7 +417,8 @@ def test_a_channel_mismatch_names_the_mean_std_values() -> None:
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
     with pytest.raises(
-        ModelError, match=r"1 channel\(s\) and the model's first convolution takes 3.*give 3 values"
+        ModelError,
+        match=r"1 channel\(s\) and the model's first convolution takes 3: set data.transform.channels: 3 .*give 3 values",
     ):
         check_model_output(model, torch.randn(2, 1, 28, 28), 3)
 
