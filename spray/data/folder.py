@@ -42,6 +42,23 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
+#: Image extensions that torchvision's ImageFolder does not list either (a model trained through it never
+#: saw such a file): skipped with that reason, not called "not an image".
+JPEG_ALIASES = {".jfif", ".jpe", ".pjpeg", ".pjp"}
+UNLISTED_IMAGE_EXTENSIONS = JPEG_ALIASES | {".avif", ".heic", ".heif", ".jp2", ".ico"}
+
+
+def _not_listed(suffix: str) -> str:
+    """Why a file of this extension is not audited."""
+    if suffix.lower() in UNLISTED_IMAGE_EXTENSIONS:
+        fix = "rename it to .jpg" if suffix.lower() in JPEG_ALIASES else "convert it to PNG"
+        return (
+            f"an image, but extension {suffix!r} is not one torchvision's ImageFolder lists (a model trained "
+            f"through it never saw the file): not audited; {fix} to audit it"
+        )
+    return f"not an image file (extension {suffix or 'none'!r})"
+
+
 #: Files whose headers are read to learn the dataset's usual size and channels (spread over the list).
 PROBE_FILES = 32
 
@@ -216,9 +233,7 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
         for rel in files:
             suffix = Path(rel).suffix
             if suffix.lower() not in IMAGE_EXTENSIONS:
-                listing.skipped.append(
-                    SkippedSample(rel, f"not an image file (extension {suffix or 'none'!r})")
-                )
+                listing.skipped.append(SkippedSample(rel, _not_listed(suffix)))
                 continue
             listing.sample_ids.append(rel)
             listing.labels.append(c)

@@ -35,6 +35,8 @@ SKIPPED = {
     "dog/truncated.png": "corrupt or truncated",
     "dog/garbage.jpg": "corrupt or not an image",
     "dog/notes.txt": "not an image file",
+    # an outside check: a JPEG named .jfif was called "not an image file" (skipped as ImageFolder skips it)
+    "dog/photo.jfif": "an image, but extension '.jfif' is not one torchvision's ImageFolder lists",
     "dog/loop": "symlink loop",
     "dog/dangling.png": "broken symlink",
 }
@@ -62,6 +64,7 @@ def _zoo(root: Path) -> None:
     (root / "dog" / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (root / "dog" / "garbage.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     (root / "dog" / "notes.txt").write_text("labelling notes")
+    Image.new("RGB", (16, 16)).save(root / "dog" / "photo.jfif", format="JPEG")
     os.symlink("..", root / "dog" / "loop")
     os.symlink(root / "missing.png", root / "dog" / "dangling.png")
     Image.new("L", (28, 28), 100).save(root / "cat" / "grey.png")
