@@ -179,7 +179,7 @@ def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFa
         {"factory": "timm:create_model", "factory_kwargs": kwargs}, "timm", int(cfg["input_size"][-1]),
         [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
         fixed_size=bool(cfg.get("fixed_input_size", False)),
-        interpolation=cfg.get("interpolation") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear",
+        interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
     )  # fmt: skip
 
 
