@@ -63,6 +63,11 @@ def test_config_changes_name_the_result_settings_that_differ() -> None:
            "output": {"keep_runs": 1}}  # fmt: skip
     assert config_changes(before, now) == ["scoring.flag_max_fraction: 0.6 → 0.1", "seed: 0 → 1"]
     assert config_changes(before, before) == [] and config_changes({}, now) == []
+    # an outside check: a setting back at its default (left out of the record) read "'bicubic' → None"
+    bicubic = {"data": {"transform": {"resize": 28, "interpolation": "bicubic"}}}
+    assert config_changes(bicubic, {"data": {"transform": {"resize": 28}}}) == [
+        "data.transform.interpolation: 'bicubic' → 'bilinear'"
+    ]
     many = {"scoring": {f"f{i}": i for i in range(25)}}
     assert config_changes({"scoring": {}}, many, limit=20)[-1] == "and 5 more settings"
 
