@@ -202,9 +202,13 @@ def _transform(data: DataFacts, model: ModelFacts | None) -> tuple[dict[str, Any
         (h, w), _ = sizes.most_common(1)[0]
         if (h, w) != (side, side) and model is not None and model.fixed_size:
             t.update(resize=side, center_crop=side)
+            if model.interpolation != "bilinear":
+                t["interpolation"] = model.interpolation
+            cut = f", and the centre crop cuts the longer side to {side}" if h != w else ""
             notes.append(
-                f"CHECK resize/center_crop: the architecture takes only {side}×{side} inputs, so the {h}×{w} "
-                f"images are resized to {side}; set the size the model was trained at"
+                f"CHECK resize/center_crop/interpolation: the architecture takes only {side}×{side} inputs, so the "
+                f"{h}×{w} images are resized to {side} ({model.interpolation}){cut}; set the size and "
+                f"interpolation the model was trained with (resize: [{side}, {side}] squashes instead of cropping)"
             )
         elif (h, w) != (side, side):
             notes.append(

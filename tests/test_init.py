@@ -616,3 +616,19 @@ def test_the_architectures_evaluation_transform_is_written(
     t = load_config(out).data.transform
     assert (t.resize, t.interpolation) == (resize, interpolation)
     assert "CHECK resize/center_crop/interpolation" in out.read_text()
+
+
+def test_a_fixed_size_architecture_on_small_images_gets_its_interpolation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: on images of at most 64 px a fixed-size architecture evaluated bicubic (MaxViT) got
+    no interpolation (so bilinear), and the note hid that non-square images lose part of their longer side."""
+    make_image_folder(tmp_path / "train", n_per_class=2, size=40)
+    for f in (tmp_path / "train").rglob("*.png"):
+        Image.open(f).crop((0, 0, 40, 24)).save(f)  # 24×40: not square
+    out = tmp_path / "spray.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "maxvit_t", "-o", str(out), "--no-check"]
+    assert run_main(argv, capsys).code == 0
+    t = load_config(out).data.transform
+    assert (t.resize, t.center_crop, t.interpolation) == (224, 224, "bicubic")
+    assert "the centre crop cuts the longer side to 224" in out.read_text()
