@@ -389,3 +389,13 @@ def test_an_image_the_audit_skipped_first_in_the_folder_does_not_stop_the_correc
     )
     res = run_main(["correct", "--config", str(world.config), "--method", "pclarc", "--no-reaudit"], capsys)
     assert res.code == 0, res.output
+
+
+def test_a_source_run_of_another_resize_is_refused(audited: World) -> None:
+    """An outside check: a correction whose config resized otherwise than the audited run (crop instead of a
+    squash, bilinear instead of bicubic) ran on other pixels than the findings and flags were made on: it
+    failed with advice about the layer, or reported 'before' and 'after' figures of different inputs."""
+    cfg = _config(_args(audited))
+    cfg.data.transform = cfg.data.transform.model_copy(update={"interpolation": "bicubic"})
+    with pytest.raises(SprayError, match=r"another data.transform.*interpolation: 'bilinear' → 'bicubic'"):
+        plan_correction(cfg)

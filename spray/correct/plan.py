@@ -253,6 +253,26 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
         )  # fmt: skip
 
 
+def _same_geometry(cfg: AuditConfig, source: SourceRun) -> None:
+    """Refuse a source run audited with another resize, crop or interpolation than the config's: its findings,
+    flags and "before" figures are of other pixels than the correction would see."""
+    from spray.runs.input_changes import config_changes
+
+    if source.transform is None:
+        return
+    keys = ("resize", "center_crop", "interpolation")
+    now = cfg.data.transform.model_dump(mode="json")
+    was = {"data": {"transform": {k: source.transform.get(k) for k in keys if k in source.transform}}}
+    other = config_changes(was, {"data": {"transform": {k: now.get(k) for k in keys if k in now}}})
+    if other:
+        raise SprayError(
+            f"correction.source_run {source.path.name} was audited with another data.transform than this config's "
+            f"({'; '.join(other)}): its findings, flags and 'before' figures are of other pixels than the "
+            "correction would see. Audit with this config first (spray audit --config ...) and correct from that "
+            "run, or set data.transform back to the audited one."
+        )
+
+
 def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> CorrectionPlan:
     """Check the request and build what the correction needs (see the module docstring for the order).
 
@@ -297,6 +317,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
             "--config ...) and correct from that run, or point model.checkpoint at the audited weights and "
             "restore the code."
         )
+    _same_geometry(cfg, source)
     unreadable = samples.rows_of(source.skipped_ids).rows
     where = "the reference and the clean evaluation" if clean_samples is samples else "the reference"
     kept_out = _kept_out(samples, flags, source, group.class_index, weights, where)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spray.errors import SprayError
 from spray.records import ClusterFinding
@@ -40,6 +41,8 @@ class SourceRun:
         run audited).
     run_paths : dict[str, Path]
         ``run_id -> folder`` of every readable run (the newest folder of a run published twice).
+    transform : dict or None
+        Its recorded ``data.transform`` (None for a run that recorded no config).
     """
 
     run_id: str
@@ -50,6 +53,7 @@ class SourceRun:
     sample_ids: list[str] = field(default_factory=list)
     run_models: dict[str, str] = field(default_factory=dict)
     run_paths: dict[str, Path] = field(default_factory=dict)
+    transform: dict[str, Any] | None = None
 
 
 def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
@@ -123,6 +127,7 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         run_models={r.summary.run_id: str(r.summary.hashes.get("model", "")) for _, r in readable},
         # scan_runs lists the newest first: keep the first folder of each run id
         run_paths={r.summary.run_id: p for p, r in reversed(readable)},
+        transform=(s.config.get("data") or {}).get("transform") if s.config else None,
     )
 
 
