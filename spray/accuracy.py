@@ -224,7 +224,7 @@ def problems(acc: dict[str, Any]) -> list[str]:
         out.append(
             f"The model gives the true label for only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited "
             f"images ({_trivial(acc)}): its inputs probably "
-            "differ from training (data.transform: resize, center_crop, mean/std, channels; a dataset that "
+            "differ from training (data.transform: resize, center_crop, interpolation, mean/std, channels; a dataset that "
             "normalises its images itself), the classes are in another order, or the weights are not the trained "
             "ones (model.checkpoint). Its heatmaps show no shortcut: no finding here does not mean a clean model."
         )

@@ -94,6 +94,17 @@ class TransformConfig(Section):
         "files); with 0, files are decoded one by one.",
     )
 
+    @field_validator("resize", mode="before")
+    @classmethod
+    def _resize_numbers(cls, v: Any) -> Any:
+        sides = v if isinstance(v, list | tuple) else [v]
+        if v is not None and any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
+            raise ValueError(
+                f"give one side (e.g. 256: the shorter side) or [height, width] (e.g. [224, 224]: that exact "
+                f"size) as whole numbers, got {v!r}"
+            )
+        return v
+
     @field_validator("resize")
     @classmethod
     def _resize_side_or_size(cls, v: int | list[int] | None) -> int | list[int] | None:
