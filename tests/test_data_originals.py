@@ -210,10 +210,12 @@ def test_a_resize_to_height_and_width_squashes_as_torchvision_does() -> None:
     assert t.output_size(57, 90) == (32, 24) and t.input_box(57, 90) == (0.0, 0.0, 1.0, 1.0)
     torch.testing.assert_close(t.geometry(x), TF.resize(x, [32, 24], antialias=True), atol=1e-5, rtol=0)
     assert TransformConfig(resize=[256]).resize == 256  # one side in a list is the shorter side
-    with pytest.raises(
-        ValueError, match=r"give one side \(e.g. 256: the shorter side\) or \[height, width\]"
-    ):
-        TransformConfig(resize=[224, 224, 3])
+    # a bool was read as 1, and a string got pydantic's words
+    for bad in ([224, 224, 3], [True, 28], "224x224", [0, 5]):
+        with pytest.raises(
+            ValueError, match=r"give one side \(e.g. 256: the shorter side\) or \[height, width\]"
+        ):
+            TransformConfig(resize=bad)
     assert input_box(
         {"data": {"transform": {"resize": [32, 24], "center_crop": 24}}}, 57, 90
     ) == pytest.approx((4 / 32, 0.0, 28 / 32, 1.0))
