@@ -306,6 +306,9 @@ def test_source_run_by_folder_prefix_and_class_out_of_range(audited: World) -> N
     run = next(p for p in sorted(audited.runs_dir.iterdir()) if (p / "summary.json").is_file())
     plan = plan_correction(_config(_args(audited, "--source-run", run.name[:6], "--method", "pclarc")))
     assert plan.source.path.name == run.name
+    # an outside check: the run folder's path (as spray flags set --run takes it) was 'no published run'
+    plan = plan_correction(_config(_args(audited, "--source-run", str(run) + "/", "--method", "pclarc")))
+    assert plan.source.path.name == run.name
     with pytest.raises(SprayError, match="no such class; the dataset has 3 classes"):
         plan_correction(_config(_args(audited, "--class", "99")))
 

@@ -71,6 +71,8 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         if e.error is not None:
             log.warning("run %s cannot be read (%s); ignored", e.name, e.error)
     readable = [(e.path, e.reader) for e in entries if e.reader is not None]
+    if wanted is not None and "/" in wanted.rstrip("/"):
+        wanted = Path(wanted.rstrip("/")).name  # a run folder's path (as spray flags set --run takes it)
     if wanted is not None:
         hits = [(p, r) for p, r in readable if p.name == wanted] or [
             (p, r) for p, r in readable if p.name.startswith(wanted) or r.summary.run_id.startswith(wanted)
