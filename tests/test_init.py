@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -352,15 +353,8 @@ def test_a_transformer_from_the_users_factory_gets_the_composite_check(
     matched architecture names only), and the audit with EpsilonPlusFlat missed its shortcut; AttnLRP found it."""
     pytest.importorskip("timm")
     make_image_folder(tmp_path / "train", n_per_class=2, size=16)
-    (tmp_path / "myvit.py").write_text(
-        "import timm\n\n\ndef make(num_classes=2):\n"
-        "    return timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, depth=1, "
-        "num_classes=num_classes)\n"
-    )
     out = tmp_path / "v.yaml"
-    res = run_main(
-        ["init", "--data", str(tmp_path / "train"), "--model", "myvit:make", "-o", str(out)], capsys
-    )
+    res = _init_factory_vit(tmp_path, out, capsys)
     assert res.code == 0, res.stderr
     assert (
         "CHECK lrp.composite: EpsilonPlusFlat explained that batch, but the model has attention" in res.stdout
@@ -541,15 +535,8 @@ def test_a_factory_transformer_gets_the_input_size_it_states(
     pytest.importorskip("timm")
     for i, size in enumerate(sizes):
         make_image_folder(tmp_path / "train", n_per_class=2 + i, size=size)
-    (tmp_path / "myvit.py").write_text(
-        "import timm\n\n\ndef make(num_classes=2):\n"
-        "    return timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, depth=1, "
-        "num_classes=num_classes)\n"
-    )
     out = tmp_path / "v.yaml"
-    res = run_main(
-        ["init", "--data", str(tmp_path / "train"), "--model", "myvit:make", "-o", str(out)], capsys
-    )
+    res = _init_factory_vit(tmp_path, out, capsys)
     assert res.code == 0, res.stdout + res.stderr
     assert "CHECK: the model runs only at 16×16 inputs (it says so itself)" in res.stdout
     assert (
@@ -632,3 +619,15 @@ def test_a_fixed_size_architecture_on_small_images_gets_its_interpolation(
     t = load_config(out).data.transform
     assert (t.resize, t.center_crop, t.interpolation) == (224, 224, "bicubic")
     assert "the centre crop cuts the longer side to 224" in out.read_text()
+
+
+def _init_factory_vit(tmp_path: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``spray init`` of tmp_path/train with a timm ViT for 16-pixel inputs from the user's own factory."""
+    (tmp_path / "myvit.py").write_text(
+        "import timm\n\n\ndef make(num_classes=2):\n"
+        "    return timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, depth=1, "
+        "num_classes=num_classes)\n"
+    )
+    return run_main(
+        ["init", "--data", str(tmp_path / "train"), "--model", "myvit:make", "-o", str(out)], capsys
+    )
