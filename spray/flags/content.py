@@ -11,8 +11,9 @@ those hashes with another run's (``samples.parquet``'s ``content_hash``) and sor
 - **replaced**: the id names other content and the flagged content is nowhere (or under several ids);
 - **gone**: the id is absent from the run and its content is nowhere or under several ids, or was never
   recorded (a deleted file: the flag acts on no image);
-- **unverified**: set before flags recorded content, on a run of other data (its data fingerprint differs
-  from the run's): the id may now name another image, and nothing tells which.
+- **unverified**: set before flags recorded content, on a run of other data whose ids are positions (IDX,
+  factory; its data fingerprint differs from the run's): the id may now name another image, and nothing
+  tells which.
 
 A flag set before the database recorded content or class (flag database schemas 1–3) takes both from the
 run it was set on, when that run is still in the runs folder and kept them (run layout 5).
