@@ -488,7 +488,7 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
             setattr(changes, part, [_from_older(e, older) for e in getattr(changes, part)])
     if before and report.hashes.get("model"):
         scheme = reader.summary.hashes.get("model_hash_version") if reader is not None else None
-        if scheme == report.hashes.get("model_hash_version"):
+        if scheme == report.hashes.get("model_hash_version") or before == report.hashes["model"]:
             changes.model_changed = before != report.hashes["model"]
         else:  # an older spray fingerprinted models otherwise: unknown, not "other weights"
             log.info(
