@@ -278,10 +278,8 @@ def with_model_args(model: ModelFacts, kwargs: dict[str, Any]) -> ModelFacts:
     out = dataclasses.replace(model, section=section)
     for name in SIZE_ARGS:
         if name in kwargs:
-            out.input_size, out.resize = (
-                _side(kwargs[name], name),
-                None,
-            )  # the published resize is another size's
+            out.input_size = _side(kwargs[name], name)
+            out.resize = None  # the evaluation transform's resize is for the architecture's default size
     for name in CHANNEL_ARGS:
         if name in kwargs:
             if kwargs[name] not in (1, 3) or isinstance(kwargs[name], bool):
