@@ -240,6 +240,25 @@ def test_a_named_source_run_of_other_weights_is_refused(audited: World, tmp_path
         plan_correction(_config(_args(world, "--source-run", run.name)))
 
 
+def test_a_source_run_of_an_older_model_fingerprint_is_not_called_other_weights(
+    audited: World, tmp_path: Path
+) -> None:
+    """An outside check (an upgrade): a model with a non-persistent buffer got another hash from the new spray
+    with the same weights, and spray correct from the older run blamed the weights in model.pt."""
+    import json
+
+    from spray.errors import SprayError
+
+    world = _copy_world(audited, tmp_path / "w")
+    run = next(p for p in sorted(world.runs_dir.iterdir()) if (p / "summary.json").is_file())
+    summary = json.loads((run / "summary.json").read_text())
+    summary["hashes"].pop("model_hash_version", None)  # as an older spray wrote it
+    summary["hashes"]["model"] = "0" * 64  # its fingerprint of the same model
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(SprayError, match="audited by an older spray, which fingerprinted models otherwise"):
+        plan_correction(_config(_args(world, "--source-run", run.name)))
+
+
 def test_unseen_samples_and_other_flags_never_stand_for_the_clean_class(
     audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

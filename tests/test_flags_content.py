@@ -491,3 +491,18 @@ def test_only_positional_ids_of_other_data_make_a_flag_unverified() -> None:
     assert not _Origin(None, {}, "same").other_data("same") and not _Origin(None, {}, None).other_data(
         "after"
     )
+
+
+def test_a_flagged_file_moved_into_another_class_folder_is_named(tmp_path: Path) -> None:
+    """An outside check: a flagged file moved into another class folder got only "now under another sample id
+    ... rebind moves their flags", without a word that the image changed class (an IDX relabel got one)."""
+    from spray.flags.content import ChangedFlag, relabelled
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report()
+    run = write_published(tmp_path / "runs", report, stage)
+    dog = next(s for s in stage.batch.sample_ids if s.startswith("dog/"))
+    old = Flag(DATASET, "cat/gone.png", "unlearn", "", None, None, None, None, "t", "a", 1, "h-x", "cat", 0)
+    moved = ChangedFlag(old, None, [dog])
+    assert relabelled([], run, [moved]) == [f"cat/gone.png → {dog} (flagged in class cat, now labelled dog)"]
+    assert relabelled([], run) == []

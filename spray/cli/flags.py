@@ -424,7 +424,7 @@ def check_command(args: argparse.Namespace) -> int:
     )
     if message:
         sys.stdout.write(message + "\n")
-    relabel = relabel_message(relabelled(binding.bound, run))
+    relabel = relabel_message(relabelled(binding.bound, run, binding.of_kind("moved")))
     if relabel:
         sys.stdout.write(relabel + "\n")
     return EXIT_FAILURE if binding.wrong else EXIT_OK

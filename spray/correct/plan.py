@@ -37,7 +37,7 @@ from spray.errors import SprayError
 from spray.model_output import check_model_output
 from spray.models import build_model, model_hash
 from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS, data_fingerprint
-from spray.versions import code_version
+from spray.versions import MODEL_HASH_VERSION, code_version
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,20 @@ def _seen_by(flags: FlagSelection, source: SourceRun) -> set[str] | None:
 
 def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, key: str | None) -> None:
     """A warning when the flags were set on runs of other weights than the corrected model's."""
-    other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights]
+    current = str(MODEL_HASH_VERSION)
+    older = [
+        r
+        for r in flags.run_ids
+        if source.run_hash_versions.get(r, current) != current
+        and source.run_models.get(r, weights) != weights
+    ]
+    if older:  # another fingerprint of possibly the same weights: unknown, not "other weights"
+        log.warning(
+            "the flags were set on run %s, audited by an older spray that fingerprinted models otherwise: whether "
+            "it audited these weights cannot be told; this correction takes them to run %s (%s)",
+            ", ".join(r[:12] for r in older), source.run_id[:12], f"finding {key}" if key else "no finding holds half",
+        )  # fmt: skip
+    other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights and r not in older]
     if other:
         now = f"finding {key} holds most of them there" if key else "no finding there holds half of them"
         log.warning(
@@ -308,6 +321,16 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
     weights = model_hash(model, cfg.model.factory)
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
+    if (
+        source.model_hash
+        and source.model_hash != weights
+        and source.run_hash_versions.get(source.run_id, "1") != str(MODEL_HASH_VERSION)
+    ):
+        raise SprayError(
+            f"correction.source_run {source.path.name} was audited by an older spray, which fingerprinted models "
+            "otherwise: whether it audited the configured model cannot be told. Audit with this spray (spray run, "
+            "or spray audit --config ...) and correct from that run."
+        )
     if source.model_hash and source.model_hash != weights:
         raise SprayError(
             f"correction.source_run {source.path.name} was audited with another model than the configured one "

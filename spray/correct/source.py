@@ -43,6 +43,9 @@ class SourceRun:
         ``run_id -> folder`` of every readable run (the newest folder of a run published twice).
     transform : dict or None
         Its recorded ``data.transform`` (None for a run that recorded no config).
+    run_hash_versions : dict[str, str]
+        ``run_id -> how its model hash was computed`` (``hashes.model_hash_version``; "1" before it was
+        recorded), for every readable run.
     """
 
     run_id: str
@@ -54,6 +57,7 @@ class SourceRun:
     run_models: dict[str, str] = field(default_factory=dict)
     run_paths: dict[str, Path] = field(default_factory=dict)
     transform: dict[str, Any] | None = None
+    run_hash_versions: dict[str, str] = field(default_factory=dict)
 
 
 def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
@@ -100,8 +104,8 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         if not hits:
             raise SprayError(
                 f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "
-                "against the audit the flags were set on. Run `spray audit --config ...` first (or set "
-                "correction.source_run)."
+                "against the audit the flags were set on. Run `spray audit --config ...` first (runs of an "
+                "older spray may hold another fingerprint of the same model: audit again with this one)."
             )
     path, reader = hits[0]
     s = reader.summary
@@ -115,7 +119,8 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
     if twins:
         # A forced rerun publishes the same run id again; the newest folder is the one taken.
         log.warning(
-            "run %s is published more than once (a --force rerun): correcting from the newest, %s (also: %s); "
+            "run %s is published more than once (a --force rerun, or a run made again after a newer run of "
+            "other inputs, a config or spray version between): correcting from the newest, %s (also: %s); "
             "name a folder in correction.source_run (--source-run) to choose another",
             s.run_id[:12], path.name, ", ".join(twins),
         )  # fmt: skip
@@ -130,6 +135,9 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         # scan_runs lists the newest first: keep the first folder of each run id
         run_paths={r.summary.run_id: p for p, r in reversed(readable)},
         transform=(s.config.get("data") or {}).get("transform") if s.config else None,
+        run_hash_versions={
+            r.summary.run_id: str(r.summary.hashes.get("model_hash_version", "1")) for _, r in readable
+        },
     )
 
 

@@ -399,10 +399,11 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
         store.current(dataset), run_hashes, runs_dir=Path(run).parent, data_hash=data_hash_of(run)
     )
     message = binding_message(store, dataset, binding, run_hashes, run)
-    return " ".join(m for m in (message, relabel_message(relabelled(binding.bound, Path(run)))) if m)
+    changes = relabelled(binding.bound, Path(run), binding.of_kind("moved"))
+    return " ".join(m for m in (message, relabel_message(changes)) if m)
 
 
-def relabelled(flags: Sequence[Flag], run: Path) -> list[str]:
+def relabelled(flags: Sequence[Flag], run: Path, moved: Sequence[ChangedFlag] = ()) -> list[str]:
     """The flags among ``flags`` (bound to their images) whose image carries another label in the run at
     ``run`` than the class recorded with the flag (:func:`class_changes`; [] when the run cannot be read).
 
@@ -412,6 +413,9 @@ def relabelled(flags: Sequence[Flag], run: Path) -> list[str]:
         Flags whose ids still name the images they were set on.
     run : Path
         A published run folder.
+    moved : sequence of ChangedFlag
+        Flags whose images moved to another id (``FlagBinding.of_kind("moved")``): a file moved into another
+        class folder is a relabelled image too, at its new id.
 
     Returns
     -------
@@ -422,6 +426,7 @@ def relabelled(flags: Sequence[Flag], run: Path) -> list[str]:
     from spray.runs.reader import RunReader
 
     recorded = [(f, f.sample_id) for f in flags if f.class_name is not None]
+    recorded += [(c.flag, c.found_at[0]) for c in moved if c.flag.class_name is not None]
     if not recorded:
         return []
     try:
