@@ -266,6 +266,30 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
         )  # fmt: skip
 
 
+def _same_model(cfg: AuditConfig, source: SourceRun, weights: str) -> None:
+    """Refuse a source run audited with another model than the configured one (``weights``: its hash), saying
+    when an older spray's fingerprint is all that differs as far as can be told."""
+    if (
+        source.model_hash
+        and source.model_hash != weights
+        and source.run_hash_versions.get(source.run_id, "1") != str(MODEL_HASH_VERSION)
+    ):
+        raise SprayError(
+            f"correction.source_run {source.path.name} was audited by an older spray, which fingerprinted models "
+            "otherwise: whether it audited the configured model cannot be told. Audit with this spray (spray run, "
+            "or spray audit --config ...) and correct from that run."
+        )
+    if source.model_hash and source.model_hash != weights:
+        raise SprayError(
+            f"correction.source_run {source.path.name} was audited with another model than the configured one "
+            f"(model hash {source.model_hash[:12]} there, {weights[:12]} now: other weights in "
+            f"{cfg.model.checkpoint or 'the checkpoint'}, or an edited file of the model's own code, which the "
+            "hash covers too): its findings and flags belong to that model. Audit the current model (spray audit "
+            "--config ...) and correct from that run, or point model.checkpoint at the audited weights and "
+            "restore the code."
+        )
+
+
 def _same_geometry(cfg: AuditConfig, source: SourceRun) -> None:
     """Refuse a source run audited with another resize, crop or interpolation than the config's: its findings,
     flags and "before" figures are of other pixels than the correction would see."""
@@ -321,25 +345,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
     weights = model_hash(model, cfg.model.factory)
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run)
-    if (
-        source.model_hash
-        and source.model_hash != weights
-        and source.run_hash_versions.get(source.run_id, "1") != str(MODEL_HASH_VERSION)
-    ):
-        raise SprayError(
-            f"correction.source_run {source.path.name} was audited by an older spray, which fingerprinted models "
-            "otherwise: whether it audited the configured model cannot be told. Audit with this spray (spray run, "
-            "or spray audit --config ...) and correct from that run."
-        )
-    if source.model_hash and source.model_hash != weights:
-        raise SprayError(
-            f"correction.source_run {source.path.name} was audited with another model than the configured one "
-            f"(model hash {source.model_hash[:12]} there, {weights[:12]} now: other weights in "
-            f"{cfg.model.checkpoint or 'the checkpoint'}, or an edited file of the model's own code, which the "
-            "hash covers too): its findings and flags belong to that model. Audit the current model (spray audit "
-            "--config ...) and correct from that run, or point model.checkpoint at the audited weights and "
-            "restore the code."
-        )
+    _same_model(cfg, source, weights)
     _same_geometry(cfg, source)
     unreadable = samples.rows_of(source.skipped_ids).rows
     where = "the reference and the clean evaluation" if clean_samples is samples else "the reference"
