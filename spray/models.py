@@ -27,6 +27,7 @@ from torch import nn
 from spray.config import ModelConfig
 from spray.errors import ClassCountError, ConfigError, ModelError
 from spray.factories import import_callable
+from spray.lrp.preparation import uncompiled
 from spray.model_dtype import as_float32
 from spray.model_identity import model_hash
 
@@ -322,12 +323,10 @@ def _factory_model(cfg: ModelConfig) -> nn.Module:
             "a model's Python layers, which TorchScript compiles away. Return the Python model instead (a scripted "
             "module's state_dict() loads into it)."
         )
-    compiled = getattr(model, "_orig_mod", None)
-    if type(model).__name__ == "OptimizedModule" and isinstance(compiled, nn.Module):
-        # LRP's backward runs the eager modules' rules; the compiled graph would recompile per batch shape
+    eager = uncompiled(model)
+    if eager is not model:
         log.info("model.factory returned a torch.compile'd model: the model it compiles is explained")
-        model = compiled
-    return model
+    return eager
 
 
 def _head_hint(cfg: ModelConfig, mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:

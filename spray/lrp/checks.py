@@ -42,7 +42,6 @@ __all__ = [
     "ADDITIVE_NAMES",
     "check_conservation",
     "check_order",
-    "eager_model",
     "forward_overrides",
     "reference_error",
     "warn_empty_maps",
@@ -368,15 +367,3 @@ def forward_overrides(model: nn.Module) -> list[str]:
         if base is not None and type(m) is not base and type(m).forward is not base.forward:
             out.append(f"{path or '<root>'} ({type(m).__name__})")
     return out
-
-
-def eager_model(model: nn.Module, concept_layer: str | None) -> tuple[nn.Module, str | None]:
-    """The model a ``torch.compile``'d one compiles (LRP runs the eager layers' rules; spray's hooks made the
-    compiled graph recompile ~90 times, 31 s for a first call), with ``concept_layer`` given under its
-    ``_orig_mod.`` prefix read without it; other models as they are."""
-    compiled = getattr(model, "_orig_mod", None)
-    if type(model).__name__ != "OptimizedModule" or not isinstance(compiled, nn.Module):
-        return model, concept_layer
-    if concept_layer is not None and concept_layer.startswith("_orig_mod."):
-        concept_layer = concept_layer.removeprefix("_orig_mod.")
-    return compiled, concept_layer

@@ -35,7 +35,6 @@ from spray.lrp.checks import (
     check_conservation,
     check_order,
     check_relevance_scale,
-    eager_model,
     forward_overrides,
     reference_error,
     reference_varies,
@@ -48,7 +47,7 @@ from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
 from spray.lrp.numerics import seeded_grad
-from spray.lrp.preparation import hooked_modules, prepare, reference_copy
+from spray.lrp.preparation import eager_model, hooked_modules, prepare, reference_copy
 
 logger = logging.getLogger(__name__)
 
