@@ -382,12 +382,7 @@ def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBindi
     # no database beside the runs yet: nothing was ever flagged, which is not an error (a --db given is checked)
     none_yet = not args.db and not db.exists()
     flags = [] if none_yet else FlagStore(db, read_only=True).current(reader.summary.dataset)
-    return (
-        reader,
-        run,
-        db,
-        bind_flags(flags, hashes, runs_dir=run.parent, data_hash=reader.summary.hashes.get("data")),
-    )
+    return reader, run, db, bind_flags(flags, hashes, run=run)
 
 
 def check_command(args: argparse.Namespace) -> int:

@@ -98,9 +98,7 @@ def _flags(src: ExportSource, flags_db: Path | None) -> dict[str, Flag]:
     hashes = src.reader.content_hashes()
     if hashes is None:
         return {f.sample_id: f for f in flags}
-    binding = bind_flags(
-        flags, hashes, runs_dir=src.path.parent, data_hash=src.reader.summary.hashes.get("data")
-    )
+    binding = bind_flags(flags, hashes, run=src.path)
     if binding.wrong:
         # A flag whose id names another image in this run would tag the wrong sample: left out, said aloud.
         log.warning("flags left out of the export: %s", describe(binding, str(src.path)))

@@ -117,7 +117,9 @@ class _Origin:
         return self.positional and bool(self.data) and bool(data_hash) and self.data != data_hash
 
 
-def _origin(runs_dir: Path, run_id: str) -> _Origin | None:
+def _origin(runs_dir: Path, run_id: str, *, samples: bool = True) -> _Origin | None:
+    """The run ``run_id`` in ``runs_dir`` as an :class:`_Origin` (None when it is not there or unreadable);
+    without ``samples`` only its summary is read (no content hashes, no classes)."""
     from spray.runs.errors import RunReadError
     from spray.runs.publish import find_run
     from spray.runs.reader import RunReader
@@ -127,12 +129,13 @@ def _origin(runs_dir: Path, run_id: str) -> _Origin | None:
         if path is None:
             return None
         reader = RunReader.open(path)
+        kind = (reader.summary.config.get("data") or {}).get("kind")
+        data, positional = reader.summary.hashes.get("data"), kind != "image_folder"
+        if not samples:
+            return _Origin(None, {}, data, positional)
         table = reader.samples()
         classes = {str(s): (int(table.at[s, "label"]), str(table.at[s, "label_name"])) for s in table.index}
-        kind = (reader.summary.config.get("data") or {}).get("kind")
-        return _Origin(
-            reader.content_hashes(), classes, reader.summary.hashes.get("data"), kind != "image_folder"
-        )
+        return _Origin(reader.content_hashes(), classes, data, positional)
     except (RunReadError, OSError, KeyError, ValueError):
         return None
 
@@ -141,7 +144,9 @@ def runs_of_other_data(runs_dir: Path, run_ids: Sequence[str], data_hash: str) -
     """The ids among ``run_ids`` of runs in ``runs_dir`` whose sample ids may name other images in the data of
     fingerprint ``data_hash`` (:meth:`_Origin.other_data`)."""
     return [
-        r for r in run_ids if (origin := _origin(runs_dir, r)) is not None and origin.other_data(data_hash)
+        r
+        for r in run_ids
+        if (origin := _origin(runs_dir, r, samples=False)) is not None and origin.other_data(data_hash)
     ]
 
 
@@ -177,8 +182,7 @@ def bind_flags(
     flags: Sequence[Flag],
     run_hashes: Mapping[str, str],
     *,
-    runs_dir: Path | None = None,
-    data_hash: str | None = None,
+    run: Path | None = None,
 ) -> FlagBinding:
     """Sort ``flags`` by whether their ids still name the flagged content in a run.
 
@@ -188,11 +192,9 @@ def bind_flags(
         Current flags of one dataset (:meth:`FlagStore.current`).
     run_hashes : mapping of str to str
         ``sample_id -> content hash`` of every sample of the run (``RunReader.content_hashes()``).
-    runs_dir : Path, optional
-        Where the flags' own runs are: flags of schemas 1–3 take their content and class from them
-        (:func:`from_origin_runs`).
-    data_hash : str, optional
-        The run's data fingerprint (``summary.hashes["data"]``), for the unverified flags.
+    run : Path, optional
+        The run's folder: flags of schemas 1–3 take their content and class from their own runs beside it,
+        and its data fingerprint tells the unverified ones (:func:`from_origin_runs`).
 
     Returns
     -------
@@ -202,8 +204,8 @@ def bind_flags(
     for sample_id, h in run_hashes.items():
         ids_of[h].append(sample_id)
     stale: set[int] = set()
-    if runs_dir is not None:
-        flags, stale = from_origin_runs(flags, runs_dir, data_hash)
+    if run is not None:
+        flags, stale = from_origin_runs(flags, run.parent, data_hash_of(run))
     bound: list[Flag] = []
     changed: list[ChangedFlag] = []
     unchecked = 0
@@ -395,9 +397,7 @@ def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run:
     if not db.is_file():
         return ""
     store = FlagStore(db, read_only=True)
-    binding = bind_flags(
-        store.current(dataset), run_hashes, runs_dir=Path(run).parent, data_hash=data_hash_of(run)
-    )
+    binding = bind_flags(store.current(dataset), run_hashes, run=Path(run))
     message = binding_message(store, dataset, binding, run_hashes, run)
     changes = relabelled(binding.bound, Path(run), binding.of_kind("moved"))
     return " ".join(m for m in (message, relabel_message(changes)) if m)
@@ -495,12 +495,7 @@ def left_out_of_export(db: Path, run: Path, *, say: bool = True) -> set[tuple[st
     if hashes is None or not db.is_file():
         return set()
     dataset = reader.summary.dataset
-    binding = bind_flags(
-        FlagStore(db, read_only=True).current(dataset),
-        hashes,
-        runs_dir=run.parent,
-        data_hash=reader.summary.hashes.get("data"),
-    )
+    binding = bind_flags(FlagStore(db, read_only=True).current(dataset), hashes, run=run)
     if binding.changed and say:
         log.warning(
             "left out of the export: %d flags that no longer name the images they were set on. %s",
