@@ -218,10 +218,8 @@ class RunReader:
         table = table.drop(columns=[c for c in ("row", "cluster", "x", "y") if c in table])
         # a group left out of the analysis is not analysed (NaN); runs before 6 Dec 2026 stored 0.0 for it
         grouped = self.summary.config.get("analysis", {}).get("group_by") == "prediction"
-        by, skipped = (
-            "prediction" if grouped else "label",
-            [c.class_index for c in self.summary.classes_skipped],
-        )
+        by = "prediction" if grouped else "label"
+        skipped = [c.class_index for c in self.summary.classes_skipped]
         if skipped and {"score", by} <= set(table):
             table.loc[table[by].isin(skipped) & (table["score"] == 0.0), "score"] = float("nan")
         return table.set_index("sample_id", drop=False).rename_axis(None)
