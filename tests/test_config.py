@@ -71,6 +71,39 @@ def test_a_yaml_boolean_is_not_a_number(tmp_path: Path, section: str, key: str) 
     assert getattr(getattr(config_from_dict(raw, base_dir=tmp_path), section), key) == 2
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "said"),
+    [
+        (
+            ("data", "transform", "mean"),
+            [True, 0.5, 0.5],
+            "mean must hold numbers, not the YAML boolean true",
+        ),
+        (
+            ("data", "transform", "resize"),
+            [224, False],
+            "resize must hold numbers, not the YAML boolean false",
+        ),
+        (("data", "transform", "resize"), True, "resize must be a number, not the YAML boolean true"),
+        (("analysis", "classes"), [0, True], "classes must hold numbers, not the YAML boolean true"),
+    ],
+)
+def test_a_yaml_boolean_in_a_list_of_numbers_is_refused(
+    tmp_path: Path, path: tuple[str, ...], value: object, said: str
+) -> None:
+    """A review: ``mean: [true, 0.5, 0.5]`` was read as [1.0, 0.5, 0.5] (pydantic's lax mode, item by item)."""
+    raw = _base(tmp_path)
+    node = raw
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value
+    if path[-1] == "mean":
+        node["std"] = [0.5, 0.5, 0.5]
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw, base_dir=tmp_path)
+    assert said in str(e.value)
+
+
 def test_notify_command_is_one_string_split_like_a_shell_line(tmp_path: Path) -> None:
     """A YAML list is refused with the string to write instead (the notifier splits with shlex)."""
     raw = _base(tmp_path)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from spray.config.section import Section
 
@@ -21,6 +21,10 @@ MAX_SIDE = 8192
 
 class TransformConfig(Section):
     """Input transform applied to every sample before the model (and before hashing the tensor)."""
+
+    # what spray always did (Pillow decoding, colour refused for grey models, bilinear resizing): left out of
+    # the record at these defaults, existing runs keep their ids and heatmap cache keys
+    omit_at_default = ("decode_device", "colour_to_grey", "interpolation")
 
     resize: int | list[int] | None = Field(
         None,
@@ -98,7 +102,7 @@ class TransformConfig(Section):
     @classmethod
     def _resize_numbers(cls, v: Any) -> Any:
         sides = v if isinstance(v, list | tuple) else [v]
-        if v is not None and any(isinstance(s, bool) or not isinstance(s, int) for s in sides):
+        if v is not None and any(not isinstance(s, int) for s in sides):  # booleans: Section refuses them
             raise ValueError(
                 f"give one side (e.g. 256: the shorter side) or [height, width] (e.g. [224, 224]: that exact "
                 f"size) as whole numbers, got {v!r}"
@@ -115,20 +119,6 @@ class TransformConfig(Section):
                 f"of 1 to {MAX_SIDE} pixels, got {v!r}"
             )
         return sides[0] if isinstance(sides, list) and len(sides) == 1 else v
-
-    @model_serializer(mode="wrap")
-    def _pillow_by_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        # Pillow is how spray has always decoded: leaving 'cpu' out of the dump keeps the run ids and heatmap
-        # cache keys of existing runs; 'cuda' (and an unresolved 'auto') are part of them.
-        if self.decode_device == "cpu":
-            out.pop("decode_device", None)
-        # Likewise 'refuse' (what spray always did); 'luma' changes the inputs, so it is part of them.
-        if self.colour_to_grey == "refuse":
-            out.pop("colour_to_grey", None)
-        if self.interpolation == "bilinear":  # and bilinear, which spray always used
-            out.pop("interpolation", None)
-        return out
 
     @model_validator(mode="after")
     def _mean_std_together(self) -> TransformConfig:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from spray.config.section import Section
 
 
 class LRPConfig(Section):
     """LRP settings for the batch stage."""
+
+    # eager is how spray always computed: left out of the record, existing runs keep their ids and cache keys
+    omit_at_default = ("elementwise",)
 
     composite: str = Field("EpsilonPlusFlat", description="Composite name (zennit's names).")
     composite_kwargs: dict[str, float] = Field(
@@ -37,12 +40,3 @@ class LRPConfig(Section):
             "with neither, none, with a warning) or 'none' (no concept relevance). See docs/concepts.md."
         ),
     )
-
-    @model_serializer(mode="wrap")
-    def _eager_by_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        # eager is how spray has always computed: leaving it out of the dump keeps the run ids and heatmap
-        # cache keys of existing runs
-        if self.elementwise == "eager":
-            out.pop("elementwise", None)
-        return out

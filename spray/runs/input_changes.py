@@ -31,19 +31,12 @@ def run_classes(report: AuditReport, reader: RunReader) -> tuple[Classes, Classe
     return {s: (c.class_index, c.class_name) for c in report.classes for s in c.sample_ids}, previous
 
 
-#: Settings the config leaves out of its record at their default (``model_serializer``s of the sections).
-OMITTED_DEFAULTS = {
-    "data.transform.interpolation": "bilinear",
-    "data.transform.decode_device": "cpu",
-    "data.transform.colour_to_grey": "refuse",
-    "lrp.elementwise": "eager",
-}
-
-
 def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int = 20) -> list[str]:
     """``"section.field: old → new"`` for each result-relevant setting (:data:`RESULT_SECTIONS` and the seed,
     not where the inputs lie) that differs between two runs' recorded configs; at most ``limit`` of them.
     Empty when either config is unknown (a run written before configs were recorded)."""
+    from spray.config.audit import AuditConfig
+    from spray.config.section import omitted_defaults
     from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS
 
     if not before or not now:
@@ -61,7 +54,8 @@ def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int
     a = flat({s: before.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
     b = flat({s: now.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
     # a setting at its default is left out of the recorded config (to keep older run ids): read it as that
-    a, b = {**OMITTED_DEFAULTS, **a}, {**OMITTED_DEFAULTS, **b}
+    omitted = omitted_defaults(AuditConfig)
+    a, b = {**omitted, **a}, {**omitted, **b}
     keys = sorted(k for k in set(a) | set(b) if k not in skip and a.get(k) != b.get(k))
     said = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:limit]]
     return said + ([f"and {len(keys) - limit} more settings"] if len(keys) > limit else [])

@@ -85,3 +85,33 @@ def test_runs_grouped_by_prediction_count_no_relabels(tmp_path: Path) -> None:
     assert run_classes(report, reader) is not None
     report.config = {"analysis": {"group_by": "prediction"}}
     assert run_classes(report, reader) is None
+
+
+def test_every_setting_left_out_at_its_default_reads_as_that_default() -> None:
+    """The sections declare what they leave out of the record; config_changes reads the same declaration, so
+    a setting added later (left out at its default) can never read "→ None" when it goes back to it."""
+    from spray.config.audit import AuditConfig
+    from spray.config.section import omitted_defaults
+
+    omitted = omitted_defaults(AuditConfig)
+    assert {"data.transform.interpolation", "data.transform.decode_device", "lrp.elementwise"} <= set(omitted)
+    for path, default in omitted.items():
+        if path.startswith("correction."):
+            continue  # not a result section
+        *parents, leaf = path.split(".")
+        other = "changed"
+        recorded: dict = {"seed": 0}
+        node = recorded
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = other
+        assert config_changes(recorded, {"seed": 0}) == [f"{path}: {other!r} → {default!r}"], path
+
+
+def test_a_section_records_its_omitted_settings_only_away_from_their_default() -> None:
+    from spray.config.data import TransformConfig
+    from spray.config.lrp import LRPConfig
+
+    assert "interpolation" not in TransformConfig().model_dump(mode="json")
+    assert TransformConfig(interpolation="bicubic").model_dump(mode="json")["interpolation"] == "bicubic"
+    assert "elementwise" not in LRPConfig().model_dump() and LRPConfig(elementwise="compile").model_dump()
