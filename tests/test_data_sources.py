@@ -410,6 +410,22 @@ def test_a_runs_directory_inside_the_image_folder_is_not_a_class(
     assert ds.class_names == ["cat", "dog"] and "is a spray runs directory" in caplog.text
 
 
+def test_a_first_audit_inside_the_image_folder_leaves_its_new_runs_folder_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: the first audit lists the data after taking its lock and before making the cache, so
+    runs/ holding only .lock was taken for a fourth, empty class and the audit could never start."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2)
+    (root / "runs").mkdir()
+    (root / "runs" / ".lock").write_text("123")
+    with caplog.at_level(logging.WARNING):
+        assert build_dataset(DataConfig(kind="image_folder", path=root)).class_names == ["cat", "dog"]
+    assert "is a spray runs directory" in caplog.text
+    # a class folder with a stray .lock beside its images stays a class
+    (root / "cat" / ".lock").write_text("")
+    assert build_dataset(DataConfig(kind="image_folder", path=root)).class_names == ["cat", "dog"]
+
+
 def test_a_factory_dataset_with_random_augmentation_is_refused(tmp_path: Path) -> None:
     """A training dataset passed as it is (RandomCrop, flips): each read is another view, so the heatmap,
     the paste test and the thumbnail would disagree and every run would see other content."""

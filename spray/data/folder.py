@@ -36,7 +36,7 @@ from spray.data.sample import spread_positions
 from spray.data.source import Source
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
-from spray.runs.layout import CACHE_DIR, LOCK
+from spray.runs.layout import CACHE_DIR, FLAGS_DB, LATEST, LOCK, STAGING_DIR, SUMMARY, WORK_DIR
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,21 @@ class FolderProbe:
 
 
 def _is_runs_dir(d: Path) -> bool:
-    """A folder that spray publishes runs into (its lock file and run cache)."""
-    return (d / LOCK).is_file() and (d / CACHE_DIR).is_dir()
+    """A folder that spray publishes runs into: its lock file, and its run cache or nothing but spray's own
+    entries (a first audit lists the data after taking the lock and before making the cache)."""
+    if not (d / LOCK).is_file():
+        return False
+    if (d / CACHE_DIR).is_dir():
+        return True
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return False
+    own = {LOCK, WORK_DIR, STAGING_DIR, LATEST}
+    return all(
+        e.name in own or e.name.startswith(FLAGS_DB) or (e.is_dir() and (Path(e.path) / SUMMARY).is_file())
+        for e in entries
+    )
 
 
 #: Folders that file managers and NAS boxes add beside images (their thumbnails are not the dataset's).
