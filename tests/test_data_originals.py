@@ -211,11 +211,13 @@ def test_a_resize_to_height_and_width_squashes_as_torchvision_does() -> None:
     torch.testing.assert_close(t.geometry(x), TF.resize(x, [32, 24], antialias=True), atol=1e-5, rtol=0)
     assert TransformConfig(resize=[256]).resize == 256  # one side in a list is the shorter side
     # a bool was read as 1, and a string got pydantic's words
-    for bad in ([224, 224, 3], [True, 28], "224x224", [0, 5]):
+    for bad in ([224, 224, 3], "224x224", [0, 5]):
         with pytest.raises(
             ValueError, match=r"give one side \(e.g. 256: the shorter side\) or \[height, width\]"
         ):
             TransformConfig(resize=bad)
+    with pytest.raises(ValueError, match=r"resize must hold numbers, not the YAML boolean true"):
+        TransformConfig(resize=[True, 28])
     assert input_box(
         {"data": {"transform": {"resize": [32, 24], "center_crop": 24}}}, 57, 90
     ) == pytest.approx((4 / 32, 0.0, 28 / 32, 1.0))
