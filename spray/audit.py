@@ -446,13 +446,13 @@ def _report(
         # keeps the directories of kept runs only.
         cache=batched.cache.dir.name,
         versions=version_stamp(),
-        # the module path lrp.concept_layer resolved to (concepts.npy holds its channels), or None
-        extra={
+        extra={  # concept_layer: what lrp.concept_layer resolved to (concepts.npy holds its channels), or None
             "concept_layer": getattr(batched.runner.explainer, "concept_layer", None),
             "model_accuracy": None if accuracy is None else asdict(accuracy),
             "heatmap_contrast": None if contrast is None else asdict(contrast),
             "conservation": None if conservation is None else asdict(conservation),
             "label_conflicts": None if conflicts is None else asdict(conflicts),
+            "loader_differences": list(setup.dataset.loader_notes),
         },
     )
 

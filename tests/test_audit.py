@@ -285,6 +285,20 @@ def test_a_failed_write_leaves_no_staging_folder(
     assert list_runs(tmp_path / "runs") == []
 
 
+def test_files_imagefolder_reads_otherwise_are_recorded_in_the_run(tmp_path: Path) -> None:
+    """An outside check: the notes on files ImageFolder reads otherwise (16-bit, .gif) reached only stderr,
+    not summary.json, report.html or the dashboard, so a nightly job's reader never saw them."""
+    from PIL import Image
+
+    raw = _folder_cfg(tmp_path)
+    Image.fromarray(np.full((28, 28), 200, np.uint16)).save(tmp_path / "imgs" / "cat" / "deep.png")
+    assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
+    (run,) = list_runs(tmp_path / "runs")
+    notes = RunReader.open(run).summary.extra["loader_differences"]
+    assert any("hold none above 255" in n or "holds none above 255" in n for n in notes)
+    assert "high_bit_depth: clip" in (run / "report.html").read_text()
+
+
 def test_a_model_at_chance_is_named_in_every_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,3 +307,30 @@ def test_8bit_pixels_decode_as_torch_divides_them_for_every_value(mode: str) -> 
     oracle = torch.from_numpy(hwc.copy()).permute(2, 0, 1).float() / 255.0
     assert t.dtype == torch.float32 and t.stride() == oracle.stride()
     assert torch.equal(t.contiguous().view(torch.int32), oracle.contiguous().view(torch.int32))
+
+
+@pytest.mark.parametrize(
+    ("make", "fmt"),
+    [
+        (lambda: Image.fromarray(np.arange(120, dtype=np.uint16).reshape(12, 10) * 2), "PNG"),  # 8-bit values
+        (lambda: Image.fromarray(_ramp16()), "PNG"),  # values above 255 too
+        (lambda: Image.fromarray(_ramp16()), "PPM"),  # mode I (Pillow's 16-bit PGM)
+        (lambda: Image.fromarray(np.linspace(0, 1, 120, dtype=np.float32).reshape(12, 10)), "TIFF"),  # mode F
+    ],
+)
+def test_high_bit_depth_clip_reads_as_torchvisions_imagefolder(
+    make: object, fmt: str, tmp_path: Path
+) -> None:
+    """An outside check: 16-bit PNGs holding 8-bit values (max 255) read almost black at the 16-bit scale
+    while ImageFolder, which the model was trained through, gives the picture; 'clip' reads them its way."""
+    from torchvision.datasets.folder import pil_loader
+
+    raw = _save(make(), fmt)  # type: ignore[operator]
+    clip = decode_image(raw, DecodeOptions(high_bit_depth="clip"))
+    (tmp_path / "x").write_bytes(raw)
+    want = np.asarray(pil_loader(tmp_path / "x"))
+    assert clip.shape[0] == 1 and (want == want[..., :1]).all()
+    np.testing.assert_array_equal((clip[0].numpy() * 255).round().astype(np.uint8), want[..., 0])
+    scaled = decode_image(raw, OPTS)
+    if Image.open(io.BytesIO(raw)).mode != "F":
+        assert not torch.equal(scaled, clip)  # the default reads them at their true scale

@@ -516,6 +516,31 @@ def test_files_imagefolder_reads_otherwise_are_named(
     assert "1 of 5 probed files are 16-bit" in deep[0].getMessage() and "clips" in deep[0].getMessage()
 
 
+def test_sixteen_bit_files_holding_eight_bit_values_are_named_with_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: 16-bit PNGs holding values up to 255 were read almost black (at most 255/65535)
+    while ImageFolder gives the picture; the only note was the general one, which made spray sound right."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2, size=8)
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 200 + i, np.uint16)).save(root / "cat" / f"eight{i}.png")
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(root / "dog" / "twelve.png")
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(DataConfig(kind="image_folder", path=root))
+    said = " ".join(ds.loader_notes)
+    assert "2 of the 3 16-bit files read for their values hold none above 255" in said
+    assert (
+        "data.transform.high_bit_depth: clip" in said
+        and "1 of the 3 16-bit files read for their values holds none above 4095" in said
+    )
+    assert all(n in caplog.text for n in ds.loader_notes)
+    i = ds.sample_ids.index("cat/eight0.png")
+    assert float(ds[i].x.max()) < 0.01  # the default: the 16-bit scale
+    clip = build_dataset(DataConfig(kind="image_folder", path=root, transform={"high_bit_depth": "clip"}))
+    assert abs(float(clip[i].x.max()) - 200 / 255) < 1e-6  # what ImageFolder gives
+    assert ["reads them as torchvision's ImageFolder does" in n for n in clip.loader_notes] == [True]
+
+
 def _factory_config(tmp_path: Path, module: str, body: str, **data: Any) -> DataConfig:
     (tmp_path / f"{module}.py").write_text(body)
     raw = {"model": {"architecture": "resnet18", "num_classes": 2}, "data": {"kind": "factory", **data}}

@@ -24,7 +24,7 @@ class TransformConfig(Section):
 
     # what spray always did (Pillow decoding, colour refused for grey models, bilinear resizing): left out of
     # the record at these defaults, existing runs keep their ids and heatmap cache keys
-    omit_at_default = ("decode_device", "colour_to_grey", "interpolation")
+    omit_at_default = ("decode_device", "colour_to_grey", "interpolation", "high_bit_depth")
 
     resize: int | list[int] | None = Field(
         None,
@@ -71,6 +71,14 @@ class TransformConfig(Section):
         description="Transparent pixels (RGBA, LA, palette transparency): 'ignore' keeps the colour stored "
         "under them, as torchvision's ImageFolder loader does; 'black' or 'white' composites the image "
         "over that colour.",
+    )
+    high_bit_depth: Literal["scale", "clip"] = Field(
+        "scale",
+        description="Grey images with more than 8 bits per value (16-bit PNG/TIFF, 32-bit integer or float): "
+        "'scale' reads them at their true scale (a 16-bit value / 65535); 'clip' reads them as torchvision's "
+        "ImageFolder loader does (convert('RGB'): every value above 255 white, a value / 255 below), for a "
+        "model trained through it, e.g. on 8-bit values stored in 16-bit files, which 'scale' reads almost "
+        "black. The audit says when it finds such files.",
     )
     mean: list[float] | None = Field(
         None,

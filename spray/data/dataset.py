@@ -92,6 +92,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.input_size = input_size
         #: A factory dataset's own fingerprint (None for files: the audit fingerprints those itself).
         self.fingerprint: str | None = None
+        #: Sentences on files torchvision's ImageFolder reads otherwise (the run records them).
+        self.loader_notes: list[str] = []
         #: Decodes JPEG files on a device (``data.transform.decode_device: cuda``), else None: Pillow.
         self.jpeg: JpegDecoder | None = None
         #: Samples decoded by :attr:`jpeg` in this process (for the run's timings).
@@ -498,6 +500,7 @@ def build_dataset(
         max_pixels=cfg.max_image_pixels,
         alpha_background=cfg.transform.alpha_background,
         draft_side=draft_side(cfg.transform.resize),
+        high_bit_depth=cfg.transform.high_bit_depth,
     )
     if cfg.kind == "idx":
         source = idx_source(cfg)
@@ -520,7 +523,7 @@ def build_dataset(
         source.sample_ids, source.labels, source.loader, transform, source.class_names,
         source.pre_skipped, source.raw_reader, size,
     )  # fmt: skip
-    ds.fingerprint = source.fingerprint
+    ds.fingerprint, ds.loader_notes = source.fingerprint, list(source.notes)
     if jpeg_device is not None and cfg.kind == "image_folder":
         ds.jpeg = JpegDecoder(jpeg_device, decode)
     if cfg.limit is not None and cfg.limit < len(ds):

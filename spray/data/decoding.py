@@ -18,6 +18,9 @@ other ``I`` (32-bit integers)        skipped: their scale cannot be known
 ``RGBA``, ``RGBa``                   RGB, alpha handled as below
 ===================================  ==========================================================
 
+With ``data.transform.high_bit_depth: clip`` the ``I;16``, ``I`` and ``F`` modes are read as torchvision's
+ImageFolder loader reads them instead (``convert("L")``: values above 255 white, ``value / 255`` below).
+
 16-bit RGB(A) PNGs are given by Pillow as 8-bit RGB(A) (the high byte of each sample): correctly
 scaled, at 8-bit precision.
 
@@ -46,6 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from spray.data.sample import OBJECT_REPR, UnreadableSample
 
 AlphaBackground = Literal["ignore", "black", "white"]
+HighBitDepth = Literal["scale", "clip"]
 
 #: Bumped whenever the pixels that a file decodes to change (part of what a cached heatmap depends on).
 #: 2: 16-bit and float images are scaled instead of clipped to 8 bits; modes are matched to the model.
@@ -58,6 +62,8 @@ DECODER_VERSION = 4
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
+#: Modes whose values exceed 8 bits (16-bit, 32-bit integer, float): ImageFolder's loader clips them.
+HIGH_BIT_MODES = SIXTEEN_BIT_MODES | {"I", "F"}
 # Formats whose mode-I images Pillow fills with 16-bit samples (PGM/PPM rescaled from their maxval).
 _SIXTEEN_BIT_I_FORMATS = frozenset({"PNG", "PPM"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
@@ -77,11 +83,14 @@ class DecodeOptions:
     draft_side : int or None
         The shorter side the transform resizes to (``data.transform.resize``); a JPEG above
         ``max_pixels`` may be decoded down to it. None: no reduced decode (the native size matters).
+    high_bit_depth : str
+        ``"scale"`` or ``"clip"`` (see the module docstring).
     """
 
     max_pixels: int = 50_000_000
     alpha_background: AlphaBackground = "ignore"
     draft_side: int | None = None
+    high_bit_depth: HighBitDepth = "scale"
 
 
 @contextmanager
@@ -170,7 +179,9 @@ def _composite(rgba: Image.Image, background: AlphaBackground) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
-def image_to_tensor(img: Image.Image, alpha_background: AlphaBackground = "ignore") -> torch.Tensor:
+def image_to_tensor(
+    img: Image.Image, alpha_background: AlphaBackground = "ignore", high_bit_depth: HighBitDepth = "scale"
+) -> torch.Tensor:
     """A decoded PIL image → ``(C, H, W)`` float32 in ``[0, 1]``, ``C`` 1 (grey) or 3 (colour).
 
     Raises
@@ -180,8 +191,8 @@ def image_to_tensor(img: Image.Image, alpha_background: AlphaBackground = "ignor
         Pillow cannot convert.
     """
     mode = img.mode
-    if mode in ("1", "L"):
-        return _uint8_tensor(img.convert("L"))
+    if mode in ("1", "L") or (high_bit_depth == "clip" and mode in HIGH_BIT_MODES):
+        return _uint8_tensor(img.convert("L"))  # for high bits: what ImageFolder's convert("RGB") gives
     if mode in SIXTEEN_BIT_MODES:
         return _float_grey(np.asarray(img).astype(np.float32) / 65535.0)
     if mode == "I":
@@ -224,7 +235,7 @@ def decode_image(raw: bytes, opts: DecodeOptions) -> torch.Tensor:
         With the reason the file is skipped.
     """
     with open_image(raw, opts) as im:
-        return image_to_tensor(im, opts.alpha_background)
+        return image_to_tensor(im, opts.alpha_background, opts.high_bit_depth)
 
 
 def source_channels(mode: str) -> int:

@@ -63,7 +63,7 @@ def _image_of(item: Any, has_targets: bool) -> Any:
 
 def _to_tensor(img: Any, decode: DecodeOptions) -> torch.Tensor:
     if isinstance(img, Image.Image):
-        return image_to_tensor(img, decode.alpha_background)
+        return image_to_tensor(img, decode.alpha_background, decode.high_bit_depth)
     if isinstance(img, np.ndarray | torch.Tensor):
         return array_to_tensor(img, decode.alpha_background)
     raise UnreadableSample(

@@ -21,13 +21,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from spray.config import DataConfig
 from spray.data.decoding import (
-    SIXTEEN_BIT_MODES,
+    HIGH_BIT_MODES,
     DecodeOptions,
+    HighBitDepth,
     _pillow_size_check_off,
     decode_image,
     source_channels,
@@ -84,6 +86,12 @@ class FolderProbe:
     sixteen_bit: int = 0
     #: How many files were read for their bit depth (PNG, PNM and TIFF ones, at most DEPTH_PROBE_FILES).
     probed: int = 0
+    #: Integer ones among ``sixteen_bit`` decoded for their largest value (at most VALUE_PROBE_FILES) ...
+    valued: int = 0
+    #: ... and how many of those hold no value above 255 (8-bit values stored in a 16-bit file) ...
+    eight_bit_values: int = 0
+    #: ... or none above 4095 (12-bit data): read at 1/16 of full scale at most.
+    twelve_bit_values: int = 0
 
 
 def _is_runs_dir(d: Path) -> bool:
@@ -326,14 +334,12 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-#: Modes whose values exceed 8 bits (16-bit, 32-bit integer, float): ImageFolder's loader clips them.
-HIGH_BIT_MODES = SIXTEEN_BIT_MODES | {"I", "F"}
-
-
 #: Files of the formats that can hold more than 8 bits per value whose headers are read for it: a few
 #: 16-bit files among 8-bit ones are found (PROBE_FILES alone missed 3 among 93), for ~0.1 ms a file.
 DEPTH_PROBE_FILES = 2000
 DEEP_FORMATS = (".png", ".pgm", ".ppm", ".tif", ".tiff")
+#: Integer high-bit files decoded for their largest value (8-bit values in 16-bit files read almost black).
+VALUE_PROBE_FILES = 64
 
 
 def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
@@ -342,6 +348,7 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
     sixteen = read = 0
+    largest: list[int] = []
     shape_rows = set(spread_positions(len(sample_ids), PROBE_FILES))
     spread = spread_positions(len(sample_ids), DEPTH_PROBE_FILES)
     depth_rows = {i for i in spread if sample_ids[i].lower().endswith(DEEP_FORMATS)}
@@ -355,17 +362,23 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
                     if i in depth_rows:
                         sixteen += im.mode in HIGH_BIT_MODES
                         read += 1
+                        if im.mode in HIGH_BIT_MODES - {"F"} and len(largest) < VALUE_PROBE_FILES:
+                            largest.append(int(np.asarray(im).max(initial=0)))
             except Exception:  # an unreadable file is reported when it is loaded, not here
                 continue
     common = max((1, 3), key=channels.count) if channels else None
-    return FolderProbe(common, sizes, sixteen, read)
+    eight, twelve = sum(v <= 255 for v in largest), sum(255 < v <= 4095 for v in largest)
+    return FolderProbe(common, sizes, sixteen, read, len(largest), eight, twelve)
 
 
-def loader_differences(probe: FolderProbe, sample_ids: list[str]) -> list[str]:
+def loader_differences(
+    probe: FolderProbe, sample_ids: list[str], high_bit_depth: HighBitDepth = "scale"
+) -> list[str]:
     """Sentences on files that torchvision's ImageFolder reads differently from spray (empty when none).
 
     A model trained through ImageFolder never saw a ``.gif`` (not in its extensions), and saw a 16-bit
-    image clipped at 255 by ``convert("RGB")``, while spray reads it at its true scale.
+    image clipped at 255 by ``convert("RGB")``, while spray reads it at its true scale (unless
+    ``data.transform.high_bit_depth`` is ``"clip"``).
     """
     notes: list[str] = []
     gifs = sum(s.lower().endswith(".gif") for s in sample_ids)
@@ -375,7 +388,13 @@ def loader_differences(probe: FolderProbe, sample_ids: list[str]) -> list[str]:
             ".gif files, so a model trained through it never saw them (move them out of the folder to audit "
             "what it was trained on)"
         )
-    if probe.sixteen_bit:
+    if probe.sixteen_bit and high_bit_depth == "clip":
+        notes.append(
+            f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or "
+            "float ones); data.transform.high_bit_depth: clip reads them as torchvision's ImageFolder does "
+            "(every value above 255 white)"
+        )
+    elif probe.sixteen_bit:
         notes.append(
             f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or "
             "float ones); spray reads them at their true scale (a 16-bit value / 65535; floats in [0, 1] as they "
@@ -384,6 +403,19 @@ def loader_differences(probe: FolderProbe, sample_ids: list[str]) -> list[str]:
             "was trained through it, it saw other images than "
             "the audit shows it (its accuracy on its own images, checked by the audit, tells)"
         )
+        if probe.eight_bit_values:
+            notes.append(
+                f"{probe.eight_bit_values} of the {probe.valued} 16-bit files read for their values "
+                f"{'holds' if probe.eight_bit_values == 1 else 'hold'} none above 255 (8-bit values stored in 16 bits): at the 16-bit scale they read almost black (at most "
+                "255/65535); if the model was trained on them through ImageFolder or another 8-bit loader, set "
+                "data.transform.high_bit_depth: clip"
+            )
+        if probe.twelve_bit_values:
+            notes.append(
+                f"{probe.twelve_bit_values} of the {probe.valued} 16-bit files read for their values "
+                f"{'holds' if probe.twelve_bit_values == 1 else 'hold'} none above 4095 (12-bit data?): at the 16-bit scale they read at 1/16 of full brightness at most; if "
+                "the model was trained on them rescaled, save them rescaled to 16 bits (or as 8 bits)"
+            )
     return notes
 
 
@@ -431,7 +463,8 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         return decode_image(raw, decode), raw
 
     probe = _probe(root, ids) if ids else FolderProbe(None, [])
-    for note in loader_differences(probe, ids):
+    notes = loader_differences(probe, ids, cfg.transform.high_bit_depth)
+    for note in notes:
         # a warning, shown under -q too: a .gif's findings are on images the model may never have seen, and a
         # 16-bit file may be a different image from the one trained on
         log.warning("%s: %s", root, note)
@@ -444,4 +477,5 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         pre_skipped=listing.skipped,
         channels=probe.channels,
         input_sizes=probe.sizes,
+        notes=notes,
     )

@@ -59,6 +59,7 @@ def decode_original(path: Path, config: dict[str, Any]) -> np.ndarray:
         or data.get("alpha_background")
         or defaults.alpha_background,
         draft_side=draft_side(transform.get("resize")),
+        high_bit_depth=transform.get("high_bit_depth") or defaults.high_bit_depth,
     )
     x = decode_image(path.read_bytes(), opts)
     arr = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()

@@ -34,6 +34,8 @@ class Source:
         Channels of most samples (1 grey, 3 colour), when the source can tell.
     input_sizes : list[tuple[int, int]]
         Native ``(H, W)`` of a spread of samples (all of them share one for IDX).
+    notes : list[str]
+        Sentences on files that torchvision's ImageFolder reads otherwise (recorded in the run).
     fingerprint : str or None
         A factory dataset's own fingerprint (see the factory contract), else None.
     """
@@ -46,4 +48,5 @@ class Source:
     pre_skipped: list[SkippedSample] = field(default_factory=list)
     channels: int | None = None
     input_sizes: list[tuple[int, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     fingerprint: str | None = None
