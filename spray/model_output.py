@@ -7,19 +7,10 @@ import torch
 from torch import nn
 
 from spray.errors import ModelError, SprayError
+from spray.lrp.inputs import normalised_kind
 from spray.models import _describe_output
 
 __all__ = ["check_model_output"]
-
-
-def _normalised_kind(out: torch.Tensor) -> str | None:
-    """``"probabilities"`` or ``"log-probabilities"`` when every row of ``(B, K)`` outputs is one, else None."""
-    x = out.detach().double()
-    if bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4):
-        return "probabilities"
-    if bool((x <= 0).all()) and torch.allclose(torch.logsumexp(x, 1), torch.zeros_like(x[:, 0]), atol=1e-4):
-        return "log-probabilities"
-    return None
 
 
 def _channels_hint(model: nn.Module, example: torch.Tensor) -> str:
@@ -78,7 +69,7 @@ def check_model_output(
             "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."
         )
     k = int(out.shape[1])
-    if k >= 2 and (normalised := _normalised_kind(out)):
+    if k >= 2 and (normalised := normalised_kind(out)):
         raise ModelError(
             f"The model returns {normalised}: every row of its output is a distribution over the {k} classes, so it "
             "ends in a softmax. spray explains a class's logit; through the softmax each heatmap would explain "

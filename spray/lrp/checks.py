@@ -118,6 +118,21 @@ def reference_error(
     return float((expected - logits[:n]).abs().max()), tol, scale
 
 
+def bf16_rounding(reference: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """Max |Δlogit| of the user's model on ``x[:2]`` under bfloat16 autocast against float32: how far bf16
+    alone moves this model's logits."""
+    n = min(len(x), 2)
+    inputs = x[:n].detach().contiguous().float()
+    with torch.no_grad(), _tf32(device, False):
+        with torch.autocast(device.type, enabled=False):
+            exact = reference(inputs)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            rounded = reference(inputs)
+    if not isinstance(exact, torch.Tensor) or not isinstance(rounded, torch.Tensor):
+        return 0.0
+    return float((exact.float() - rounded.float()).abs().max())
+
+
 def reference_varies(reference: nn.Module, x: torch.Tensor, device: torch.device) -> bool:
     """Whether the user's model gives other logits on two runs of ``x[:2]`` (a random forward pass)."""
     n = min(len(x), 2)

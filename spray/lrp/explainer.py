@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from torch import nn
 from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
 from spray.lrp.checks import (
+    bf16_rounding,
     check_conservation,
     check_order,
     check_relevance_scale,
@@ -45,6 +47,7 @@ from spray.lrp.concepts import ConceptTap, resolve_concept_layer
 from spray.lrp.functional import functional_rules
 from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
+from spray.lrp.inputs import INFERENCE_MODE, batch_input, checked_logits, normalised_kind, resolve_targets
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
 from spray.lrp.numerics import seeded_grad
 from spray.lrp.preparation import eager_model, hooked_modules, prepare, reference_copy
@@ -79,54 +82,6 @@ class LRPResult:
     concepts: torch.Tensor | None = None
 
 
-def resolve_targets(
-    target: str | int | torch.Tensor, labels: torch.Tensor | None, logits: torch.Tensor
-) -> torch.Tensor:
-    """The ``(B,)`` int64 classes to explain (see :meth:`Explainer.__call__`)."""
-    batch, classes = logits.shape
-    if isinstance(target, str):
-        if target == "pred":
-            t = logits.argmax(dim=1)
-        elif target == "label":
-            if labels is None:
-                raise ConfigError("target='label' needs labels=(B,) int64 class indices")
-            t = torch.as_tensor(labels, device=logits.device).long().reshape(-1)
-        else:
-            raise ConfigError(f"target must be 'pred', 'label', an int or a (B,) tensor, got {target!r}")
-    elif isinstance(target, bool):
-        raise ConfigError("target must be 'pred', 'label', an int or a (B,) tensor, not a bool")
-    elif isinstance(target, int):
-        t = torch.full((batch,), int(target), dtype=torch.long, device=logits.device)
-    elif isinstance(target, torch.Tensor):
-        t = target.to(logits.device).long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-    else:
-        raise ConfigError(f"target must be 'pred', 'label', an int or a (B,) tensor, got {type(target)}")
-    if t.shape != (batch,):
-        raise ConfigError(f"targets must have shape ({batch},), got {tuple(t.shape)}")
-    if batch and (int(t.min()) < 0 or int(t.max()) >= classes):
-        raise ConfigError(f"target class out of range [0, {classes}): {t.tolist()}")
-    return t.contiguous()
-
-
-def _logits(out: Any, x: torch.Tensor) -> torch.Tensor:
-    """The detached float32 ``(B, K)`` logits, checked for shape and finiteness."""
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise ModelError(
-            f"the model must return (B, K) logits, got {shape}; for a model that returns a tuple or dict, "
-            "select the logits (model.output in the config)"
-        )
-    logits = out.detach().float()
-    if not bool(torch.isfinite(logits).all()):
-        bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
-        err = ModelError(f"the model produced NaN/inf logits for batch rows {bad}; check inputs and weights")
-        err.rows = bad  # type: ignore[attr-defined]  # for callers that know the rows' sample ids
-        raise err
-    return logits
-
-
 def _check_model(model: Any) -> None:
     """Refuse what the explainer cannot attach rules to, or run, with the fix.
 
@@ -137,6 +92,8 @@ def _check_model(model: Any) -> None:
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
+    if torch.is_inference_mode_enabled():
+        raise ConfigError(INFERENCE_MODE)
     kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
     if kinds - {torch.float32}:
         # the copy runs in float32 (``precision`` picks the faster modes); a raw dtype error was all one got
@@ -161,7 +118,9 @@ class Explainer:
     model : nn.Module
         A classifier mapping ``(B, C, H, W)`` to ``(B, K)`` logits. It is deep-copied; the original is
         never modified (parameters, buffers, hooks and training flag stay as they are), and its forward
-        hooks do not run in spray's copies.
+        hooks do not run in spray's copies. The copy is explained in eval mode (Dropout off, BatchNorm
+        with its running statistics), whatever the model's training flag. Calls on one Explainer run one
+        at a time (threads wait for each other); a caller's ``torch.autocast`` is switched off inside.
     composite : str
         Name in :data:`spray.lrp.composites.COMPOSITES` (default ``"EpsilonPlusFlat"``).
     composite_kwargs : dict, optional
@@ -235,6 +194,7 @@ class Explainer:
         self.concept_layer = resolve_concept_layer(model, concept_layer)
         self._concept_auto = concept_layer == "auto"
         self._tap: ConceptTap | None = None  # set for the duration of one call
+        self._lock = threading.Lock()
         self.precision = precision
         if device is None:
             first = next(iter(model.parameters()), None)
@@ -251,6 +211,7 @@ class Explainer:
         self._model, self._rules, self._context = prepared.model, prepared.rules, prepared.context
         self._canonized = canonize
         self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self._image_model = any(isinstance(m, nn.Conv2d) for m in model.modules())
         self._first_path, self._fusions = prepared.first_path, prepared.fusions
         self.channels_last = prepared.channels_last
         self._layout_checked = False
@@ -393,10 +354,16 @@ class Explainer:
         If they differ while ReLUs are fused, the fusions are undone and the forward pass re-run, so that
         the error (if any) is about canonization alone.
         """
-        logits = _logits(out, x)
+        logits = checked_logits(out, x)
         reference, self._reference = self._reference, None
         if reference is None:
             return out, logits
+        if logits.shape[1] >= 2 and (normalised := normalised_kind(logits)):
+            raise ModelError(
+                f"the model returns {normalised} (every row sums to one: it ends in a softmax); LRP explains a "
+                "class's logit: pass the network up to its logits (e.g. nn.Sequential(*list(net.children())[:-1]) "
+                "for a Sequential ending in nn.Softmax)"
+            )
         err, tol, scale = reference_error(reference, x, logits, self.precision, self.device)
         if not err <= tol and self._fusions:
             self._unfuse(
@@ -405,8 +372,17 @@ class Explainer:
                 "re-running the forward pass unfused",
             )
             out = self._forward(x)
-            logits = _logits(out, x)
+            logits = checked_logits(out, x)
             err, tol, scale = reference_error(reference, x, logits, self.precision, self.device)
+        if not err <= tol and self.precision == "bf16":
+            own = bf16_rounding(reference, x, self.device)
+            if own > tol / 2:  # the model alone moves as far: bf16 is the cause, not the copy
+                raise ModelError(
+                    f"precision='bf16' moves this model's own logits by {own:.3g} of {scale:.3g} (the model alone "
+                    f"under bfloat16 autocast; the explained copy: {err:.3g}), more than the check allows "
+                    f"({tol:.3g}): its heatmaps would explain a coarser function; use precision='fp32' (or 'tf32' "
+                    "on CUDA)"
+                )
         if not err <= tol:
             raise ModelError(self._mismatch(err, scale, reference_varies(reference, x, self.device)))
         return out, logits
@@ -462,7 +438,10 @@ class Explainer:
         concept_mask: torch.Tensor | None = None,
     ) -> LRPResult:
         """Explain a batch (see :meth:`_explain`), with the element-wise kernels chosen at construction."""
-        with elementwise_mode(self.elementwise):
+        # One call at a time: a call keeps its concept tap and first-batch checks on the instance. A caller's
+        # autocast is switched off: it would run the explainer in another precision than its own, unsaid.
+        outer = torch.autocast(device_type=self.device.type, enabled=False)
+        with self._lock, outer, elementwise_mode(self.elementwise):
             return self._explain(inputs, target, labels, concept_mask)
 
     def _explain(
@@ -500,9 +479,7 @@ class Explainer:
             The logits contain NaN/inf or are not ``(B, K)``; on the first call also: the copy does not
             compute the model, or relevance is not conserved where the rules conserve it.
         """
-        if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
-            raise ConfigError("inputs must be a batched tensor (B, C, H, W)")
-        x = inputs.detach().to(self.device, torch.float32)
+        x = batch_input(inputs, self._image_model, self.device)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
