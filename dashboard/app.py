@@ -91,9 +91,7 @@ def _sidebar() -> None:
         # The example is the id's form: a file's path under data.path, or an index / a factory's own id.
         sid = st.text_input("Find a sample id", key="search_id", placeholder="e.g. 1234 or cat/001.png")
         if st.form_submit_button("Find", icon=":material/search:") and sid.strip():
-            st.switch_page(
-                common.PAGES["sample"], query_params={"run": state.get("run", ""), "sample": sid.strip()}
-            )
+            st.switch_page(common.PAGES["sample"], query_params={"run": state.get("run", ""), "sample": sid})
     access.author_box()
     cur = state.get("run") if state.get("run") in good else (good[0] if good else None)
     if cur:

@@ -18,6 +18,7 @@ import urlstate
 from spray import imaging
 from spray.data import UnreadableSample
 from spray.data.originals import decode_original, input_box
+from spray.runs.keys import sample_id_in
 from spray.runs.summary import FindingSummary
 
 # Display edge of the enlarged views (nearest-neighbour, so every stored pixel stays a sharp block).
@@ -34,7 +35,9 @@ run = Path(path).name
 dataset = common.dataset_key(summary)
 state = urlstate.nav()
 tab = common.samples(path)
-sid = str(state.get("sample", "")).strip()
+typed = str(state.get("sample", ""))
+# as typed, trimmed, or in Unicode's composed form (a class folder may begin with a space)
+sid = sample_id_in(typed, tab.index) or typed.strip()
 if not sid:
     st.title("Sample")
     st.info("Type a sample id into **Find a sample id** in the sidebar, or open one from a cluster's table.")

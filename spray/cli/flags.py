@@ -27,7 +27,7 @@ from spray.flags.content import (
     relabelled,
 )
 from spray.runs.atomic import atomic_write_bytes
-from spray.runs.keys import finding_key, renumbered_message
+from spray.runs.keys import finding_key, renumbered_message, sample_id_in
 
 if TYPE_CHECKING:
     from spray.runs.reader import RunReader
@@ -212,9 +212,10 @@ def _chosen(runs_dir: Path, newest: dict[str, Path], dataset: str | None) -> Pat
 def _sample_ids(
     args: argparse.Namespace, reader: RunReader, run: Path, verb: str, also: set[str] | None = None
 ) -> list[str]:
-    """The ids of ``--sample-ids`` (comma-separated, trimmed) and ``--sample-ids-file`` (one per line, exact:
-    ids with commas or edge spaces), each checked to be in the run (or in ``also``)."""
-    ids = [i.strip() for i in (args.sample_ids or "").split(",") if i.strip()]
+    """The ids of ``--sample-ids`` (comma-separated) and ``--sample-ids-file`` (one per line: ids with commas),
+    each found in the run (or in ``also``) as typed, trimmed, or in Unicode's composed form
+    (:func:`~spray.runs.keys.sample_id_in`)."""
+    ids = [i for i in (args.sample_ids or "").split(",") if i.strip()]
     if args.sample_ids_file:
         try:
             # utf-8-sig: a file saved with a byte-order mark (Windows editors) would prefix its first id
@@ -227,7 +228,8 @@ def _sample_ids(
             f"Give --finding KEY or --sample-ids ID,ID,... (or --sample-ids-file FILE) to {verb}."
         )
     known = set(reader.sample_ids()) | (also or set())
-    unknown = [i for i in ids if i not in known]
+    found = {i: sample_id_in(i, known) for i in ids}
+    unknown = [i.strip() for i, f in found.items() if f is None]
     if unknown:
         commas = any("," in k for k in known) and "," in (args.sample_ids or "")
         hint = (
@@ -237,7 +239,9 @@ def _sample_ids(
             else ""
         )
         raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.{hint}")
-    return list(dict.fromkeys(ids))  # once each: the count said is the count stored
+    return list(
+        dict.fromkeys(f for f in found.values() if f is not None)
+    )  # once each: the count said is stored
 
 
 def _author(args: argparse.Namespace) -> str:

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,19 @@ def _names(f: FindingSummary, label: str) -> set[str]:
     return labels | {f"{prefix}/{name}" for prefix in (f.class_name, str(f.class_index)) for name in labels}
 
 
+def sample_id_in(text: str, known: Collection[str]) -> str | None:
+    """The run's sample id that ``text`` names: itself; else without the spaces typed around it (a class
+    folder may begin with a space); else the one id equal to it in Unicode's composed form (macOS and zips
+    made there store ``é`` as ``e`` and an accent, which looks the same typed); None when none is."""
+    if text in known:
+        return text
+    if (trimmed := text.strip()) in known:
+        return trimmed
+    typed = unicodedata.normalize("NFC", trimmed)
+    same = [] if typed.isascii() else [k for k in known if unicodedata.normalize("NFC", k) == typed]
+    return same[0] if len(same) == 1 else None
+
+
 def named_by(
     findings: Sequence[FindingSummary], text: str, names: dict[str, set[str]] | None = None
 ) -> list[FindingSummary]:
@@ -73,8 +87,9 @@ def named_by(
 
     if names is None:
         names = {f.key: _names(f, cluster_label(f)) for f in findings}
-    typed = text.strip().casefold()
-    return [f for f in findings if typed in {n.casefold() for n in names[f.key]}]
+    # as typed, and trimmed: a class folder may begin or end with a space
+    typed = {text.casefold(), text.strip().casefold()}
+    return [f for f in findings if typed & {n.casefold() for n in names[f.key]}]
 
 
 def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
@@ -112,7 +127,7 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
         known = ", ".join(f.key for f in findings[:10]) or "none (the run has no finding)"
         raise ConfigError(f"No finding has the key {key!r} in {run}; the top findings' keys are {known}.")
     names = {f.key: _names(f, cluster_label(f)) for f in findings}
-    found = named_by(findings, typed, names)
+    found = named_by(findings, text, names)
     by_name = [f for f in found if f.key != typed]
     if any(f.key == typed for f in findings):
         if not by_name:
