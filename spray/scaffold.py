@@ -106,7 +106,13 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
     ConfigError
         When ``spec`` is none of these, or the IDX labels file cannot be found.
     """
-    from spray.data.folder import IMAGE_EXTENSIONS, _probe, list_image_folder, loader_differences
+    from spray.data.folder import (
+        IMAGE_EXTENSIONS,
+        _probe,
+        list_image_folder,
+        loader_differences,
+        reading_notes,
+    )
     from spray.data.idx import read_idx
 
     p = Path(spec).expanduser()
@@ -120,7 +126,7 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
             len(listing.sample_ids), listing.classes, probe.sizes, probe.channels == 1,
         )  # fmt: skip
         facts.notes += [f"empty class folder {c!r} (still a class)" for c in listing.empty_classes]
-        facts.notes += loader_differences(probe, listing.sample_ids)
+        facts.notes += loader_differences(probe, listing.sample_ids) + reading_notes(probe, "ignore")
         return facts
     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
         raise ConfigError(

@@ -541,6 +541,27 @@ def test_sixteen_bit_files_holding_eight_bit_values_are_named_with_the_fix(
     assert ["reads them as torchvision's ImageFolder does" in n for n in clip.loader_notes] == [True]
 
 
+def test_rotated_multi_frame_and_transparent_files_are_counted_in_the_run(tmp_path: Path) -> None:
+    """An outside check: an EXIF-rotated JPEG, a 3-frame GIF and RGBA colours under transparent pixels were
+    read as ImageFolder reads them (as stored, first frame, stored colours) without a word, while a training
+    pipeline with exif_transpose or a white background saw other images."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2, size=8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(root / "cat" / "turned.jpg", exif=exif)
+    frames = [Image.new("RGB", (8, 8), (80 * i, 0, 0)) for i in range(3)]
+    frames[0].save(root / "dog" / "anim.gif", save_all=True, append_images=frames[1:])
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[:4, :, 3] = 255, 255  # red everywhere, the lower half transparent
+    Image.fromarray(rgba).save(root / "dog" / "clear.png")
+    said = " ".join(build_dataset(DataConfig(kind="image_folder", path=root)).loader_notes)
+    assert "1 of 7 probed files carry an EXIF orientation" in said
+    assert "1 of 7 probed files hold several frames or pages" in said
+    assert "1 of 7 probed files have transparent pixels" in said
+    white = build_dataset(DataConfig(kind="image_folder", path=root, transform={"alpha_background": "white"}))
+    assert not any("transparent pixels" in n for n in white.loader_notes)
+
+
 def _factory_config(tmp_path: Path, module: str, body: str, **data: Any) -> DataConfig:
     (tmp_path / f"{module}.py").write_text(body)
     raw = {"model": {"architecture": "resnet18", "num_classes": 2}, "data": {"kind": "factory", **data}}

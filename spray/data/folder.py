@@ -92,6 +92,14 @@ class FolderProbe:
     eight_bit_values: int = 0
     #: ... or none above 4095 (12-bit data): read at 1/16 of full scale at most.
     twelve_bit_values: int = 0
+    #: Files among the depth probe's spread (every format) with an EXIF orientation other than upright ...
+    rotated: int = 0
+    #: ... and with several frames or pages (only the first is read, as ImageFolder reads it) ...
+    multi_frame: int = 0
+    #: ... of how many.
+    spread: int = 0
+    #: Files among the first PROBE_FILES with transparent pixels (their stored colours are what is read).
+    transparent: int = 0
 
 
 def _is_runs_dir(d: Path) -> bool:
@@ -342,23 +350,41 @@ DEEP_FORMATS = (".png", ".pgm", ".ppm", ".tif", ".tiff")
 VALUE_PROBE_FILES = 64
 
 
+#: Formats that can hold several frames or pages (GIF, TIFF, WebP, APNG).
+MULTI_FRAME_FORMATS = (".gif", ".tif", ".tiff", ".webp", ".png")
+_EXIF_ORIENTATION = 0x0112
+
+
+def _transparent(im: Image.Image) -> bool:
+    """Whether an image has pixels that are not opaque (decodes its alpha)."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        alpha = im.convert("RGBA").getchannel("A")
+        return bool(np.asarray(alpha).min(initial=255) < 255)
+    return False
+
+
 def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
-    """Most common channel count and the ``(H, W)`` sizes of up to PROBE_FILES files, and the files with
-    more than 8 bits per value among up to DEPTH_PROBE_FILES (headers only)."""
+    """Most common channel count, the ``(H, W)`` sizes and the transparent files among up to PROBE_FILES
+    files; the files with more than 8 bits per value, an EXIF orientation or several frames among up to
+    DEPTH_PROBE_FILES (headers only)."""
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
-    sixteen = read = 0
+    sixteen = read = rotated = frames = transparent = 0
     largest: list[int] = []
     shape_rows = set(spread_positions(len(sample_ids), PROBE_FILES))
     spread = spread_positions(len(sample_ids), DEPTH_PROBE_FILES)
     depth_rows = {i for i in spread if sample_ids[i].lower().endswith(DEEP_FORMATS)}
     with _pillow_size_check_off():
-        for i in sorted(shape_rows | depth_rows):  # each file opened once
+        for i in sorted(shape_rows | set(spread)):  # each file opened once
             try:
                 with Image.open(root / sample_ids[i]) as im:
                     if i in shape_rows:
                         channels.append(source_channels(im.mode))
                         sizes.append((im.size[1], im.size[0]))
+                        transparent += _transparent(im)
+                    rotated += im.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1)
+                    multi = sample_ids[i].lower().endswith(MULTI_FRAME_FORMATS)
+                    frames += multi and getattr(im, "n_frames", 1) > 1
                     if i in depth_rows:
                         sixteen += im.mode in HIGH_BIT_MODES
                         read += 1
@@ -368,7 +394,9 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
                 continue
     common = max((1, 3), key=channels.count) if channels else None
     eight, twelve = sum(v <= 255 for v in largest), sum(255 < v <= 4095 for v in largest)
-    return FolderProbe(common, sizes, sixteen, read, len(largest), eight, twelve)
+    return FolderProbe(
+        common, sizes, sixteen, read, len(largest), eight, twelve, rotated, frames, len(spread), transparent
+    )
 
 
 def loader_differences(
@@ -403,19 +431,44 @@ def loader_differences(
             "was trained through it, it saw other images than "
             "the audit shows it (its accuracy on its own images, checked by the audit, tells)"
         )
-        if probe.eight_bit_values:
+        if n := probe.eight_bit_values:
             notes.append(
-                f"{probe.eight_bit_values} of the {probe.valued} 16-bit files read for their values "
-                f"{'holds' if probe.eight_bit_values == 1 else 'hold'} none above 255 (8-bit values stored in 16 bits): at the 16-bit scale they read almost black (at most "
-                "255/65535); if the model was trained on them through ImageFolder or another 8-bit loader, set "
-                "data.transform.high_bit_depth: clip"
+                f"{n} of the {probe.valued} 16-bit files read for their values {'holds' if n == 1 else 'hold'} "
+                "none above 255 (8-bit values stored in 16 bits): at the 16-bit scale they read almost black "
+                "(at most 255/65535); if the model was trained on them through ImageFolder or another 8-bit "
+                "loader, set data.transform.high_bit_depth: clip"
             )
-        if probe.twelve_bit_values:
+        if n := probe.twelve_bit_values:
             notes.append(
-                f"{probe.twelve_bit_values} of the {probe.valued} 16-bit files read for their values "
-                f"{'holds' if probe.twelve_bit_values == 1 else 'hold'} none above 4095 (12-bit data?): at the 16-bit scale they read at 1/16 of full brightness at most; if "
-                "the model was trained on them rescaled, save them rescaled to 16 bits (or as 8 bits)"
+                f"{n} of the {probe.valued} 16-bit files read for their values {'holds' if n == 1 else 'hold'} "
+                "none above 4095 (12-bit data?): at the 16-bit scale they read at 1/16 of full brightness at "
+                "most; if the model was trained on them rescaled, save them rescaled to 16 bits (or as 8 bits)"
             )
+    return notes
+
+
+def reading_notes(probe: FolderProbe, alpha_background: str) -> list[str]:
+    """Sentences on files spray reads as torchvision's ImageFolder does, but a training pipeline may not:
+    an EXIF orientation (read as stored), several frames (the first read) and, with ``alpha_background``
+    ``"ignore"``, transparent pixels (their stored colours read)."""
+    notes: list[str] = []
+    if probe.rotated:
+        notes.append(
+            f"{probe.rotated} of {probe.spread} probed files carry an EXIF orientation (shown turned or mirrored "
+            "by image viewers): spray reads them as stored, as torchvision's ImageFolder does; if the model was "
+            "trained on them turned upright (ImageOps.exif_transpose), turn the files themselves"
+        )
+    if probe.multi_frame:
+        notes.append(
+            f"{probe.multi_frame} of {probe.spread} probed files hold several frames or pages (animated GIF, "
+            "multi-page TIFF): only the first is audited, as ImageFolder reads them"
+        )
+    if probe.transparent and alpha_background == "ignore":
+        notes.append(
+            f"{probe.transparent} of {len(probe.sizes)} probed files have transparent pixels: with "
+            "data.transform.alpha_background: ignore the model sees the colours stored under them, as through "
+            "ImageFolder; set 'black' or 'white' if it was trained on the images composited"
+        )
     return notes
 
 
@@ -464,6 +517,7 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
 
     probe = _probe(root, ids) if ids else FolderProbe(None, [])
     notes = loader_differences(probe, ids, cfg.transform.high_bit_depth)
+    notes += reading_notes(probe, cfg.transform.alpha_background)
     for note in notes:
         # a warning, shown under -q too: a .gif's findings are on images the model may never have seen, and a
         # 16-bit file may be a different image from the one trained on
