@@ -76,8 +76,10 @@ def skipped_note(first: int = 3) -> None:
     )
     more = f"; and {n - first:,} more" if n > first else ""
     st.warning(
-        f"{n:,} unreadable sample{'' if n == 1 else 's'} skipped (not audited): {reasons}{more}. "
-        "summary.json lists them all (report.html the first 50); fix or remove the files and rerun to audit them."
+        # not only unreadable images: hidden files, non-images and loose files are left out with their reason
+        f"{n:,} entr{'y' if n == 1 else 'ies'} of the data left out (not audited): {reasons}{more}. "
+        "summary.json lists them all with their reasons (report.html the first 50); fix or remove the files "
+        "and rerun to audit them."
     )
 
 
