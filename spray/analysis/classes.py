@@ -54,6 +54,7 @@ def analyze_class(
     ClassAnalysis
         Spectrum, every labelling, 2-D map and scored clusters (most suspicious first).
     """
+    check_rows(sample_ids, relevance, concepts)
     # Small classes: numpy's linear algebra on one thread (spray.analysis.threads says why).
     with limit_for_rows(len(sample_ids), "blas"):
         return _analyze(class_index, class_name, sample_ids, relevance, cfg, probe, concepts)
@@ -77,6 +78,11 @@ def _analyze(
 
     a = cfg.analysis
     maps, features = _maps_and_features(relevance, a)
+    if len(features) > 1 and np.array_equal(features.min(0), features.max(0)):
+        log.warning(
+            "class %s: its %d maps are all the same after normalisation (identical, empty or NaN): the analysis "
+            "below carries no signal; check the heatmaps", class_name, len(features),
+        )  # fmt: skip
     reduced = reduce_dimension(features, n_components=a.pca_components, seed=cfg.seed)
     spectral = spectral_embedding(
         reduced, n_neighbors=a.n_neighbors, n_eigenvectors=a.n_eigenvectors, seed=cfg.seed, search=a.knn
@@ -111,6 +117,32 @@ def _analyze(
         ).astype(np.float32),
         concept_labellings=concept_labellings,
     )
+
+
+def check_rows(sample_ids: list[str], relevance: np.ndarray, concepts: np.ndarray | None = None) -> None:
+    """Refuse maps that are not ``(n, h, w)`` for the ``n`` ids, or concept vectors of another ``n``.
+
+    Raises
+    ------
+    DataError
+        With the shape expected and the fix.
+    """
+    from spray.errors import DataError
+
+    shape = tuple(np.shape(relevance))
+    if len(shape) == 4:
+        raise DataError(
+            f"relevance has shape {shape}: give (n, h, w) maps, the channels summed as spray's batch stage does "
+            "(relevance.sum(1), or spray.attribution.pool_relevance for a coarser grid)"
+        )
+    if len(shape) != 3 or shape[0] != len(sample_ids):
+        raise DataError(
+            f"relevance must be (n, h, w) for the {len(sample_ids)} sample ids, got shape {shape}"
+        )
+    if concepts is not None and (np.ndim(concepts) != 2 or len(concepts) != len(sample_ids)):
+        raise DataError(
+            f"concepts must be (n, C) for the {len(sample_ids)} sample ids, got shape {tuple(np.shape(concepts))}"
+        )
 
 
 def _maps_and_features(relevance: np.ndarray, a: AnalysisConfig) -> tuple[np.ndarray, np.ndarray]:

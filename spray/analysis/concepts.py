@@ -159,8 +159,20 @@ def analyze_concepts(
 
     Uses ``analysis.pca_components`` (capped at ``C``), ``n_neighbors``, ``n_eigenvectors``, ``k_max``,
     ``knn``, ``k_choice`` and ``seed``, as the pixel stage does, and ``concepts.channels``.
+
+    Raises
+    ------
+    DataError
+        ``concepts`` is not ``(n, C)`` for the ``n`` sample ids.
     """
     from spray.analysis.clustering import cluster_sweep
+
+    if np.ndim(concepts) != 2 or len(concepts) != len(sample_ids):
+        from spray.errors import DataError
+
+        raise DataError(
+            f"concepts must be (n, C) for the {len(sample_ids)} sample ids, got shape {tuple(np.shape(concepts))}"
+        )
     from spray.analysis.preprocess import reduce_dimension
     from spray.analysis.spectral import spectral_embedding
 
