@@ -271,3 +271,24 @@ def test_unflagged_members_of_the_flagged_finding_are_named() -> None:
     assert unflagged_members([half], flagged, 3, then) == ("3/k4/c1", sorted(f"s{i}" for i in range(10, 20)))
     # of two findings holding every flag, the smaller
     assert unflagged_members([half, grown], flagged, 3, then)[0] == "3/k2/c1"
+
+
+def test_flags_set_with_carriers_find_their_finding_too() -> None:
+    """An outside check: flags set with --with-carriers (18 members and 102 carriers) held no half of any
+    finding's members, so 25 new stamped carriers went into the clean reference, unsaid, while flagging the
+    18 members alone kept them out."""
+    from types import SimpleNamespace as F
+
+    members = [f"m{i}" for i in range(18)]
+    carriers = [f"c{i}" for i in range(102)]
+    then = set(members) | set(carriers)
+    grown = F(
+        class_index=3,
+        key="3/k7/c6",
+        member_ids=members,
+        carrier_ids=[*carriers, *[f"new{i}" for i in range(25)]],
+    )
+    key, ids = unflagged_members([grown], members + carriers, 3, then)
+    assert key == "3/k7/c6" and ids == sorted(f"new{i}" for i in range(25))
+    # flagging the members alone still finds it (the members are matched first)
+    assert unflagged_members([grown], members, 3, then)[0] == "3/k7/c6"

@@ -426,7 +426,7 @@ def unflagged_members(
 ) -> tuple[str | None, list[str]]:
     """The source run's finding of the class that holds most of the flagged samples (at least half of them;
     of two alike, the smaller) and is mostly flagged (:data:`MOSTLY_FLAGGED`), and its members and carriers
-    without a flag.
+    without a flag. Its members are matched first, then its members and carriers (flags set with carriers).
 
     Such samples look like the artifact group (they joined the finding after the flags were set, e.g. new
     images with the same stamp, or were left unflagged), so they must not serve as its reference: a
@@ -452,16 +452,18 @@ def unflagged_members(
         the sorted unflagged sample ids.
     """
     wanted = set(flagged)
-    best, best_rank = None, (0, 0)
-    for f in findings:
-        if f.class_index != class_index:
+    # the flags are the finding's members, or (flags set --with-carriers) its members and carriers
+    for group in (lambda f: set(f.member_ids), lambda f: set(f.member_ids) | set(f.carrier_ids)):
+        best, best_rank = None, (0, 0)
+        for f in findings:
+            if f.class_index != class_index:
+                continue
+            rank = (len(wanted & group(f)), -len(group(f)))
+            if rank > best_rank:
+                best, best_rank = f, rank
+        if best is None or best_rank[0] < 0.5 * len(wanted):
             continue
-        rank = (len(wanted & set(f.member_ids)), -len(f.member_ids))
-        if rank > best_rank:
-            best, best_rank = f, rank
-    if best is None or best_rank[0] < 0.5 * len(wanted):
-        return None, []
-    then = [m for m in best.member_ids if seen is None or m in seen]
-    if best_rank[0] < MOSTLY_FLAGGED * len(then):
-        return None, []
-    return best.key, sorted((set(best.member_ids) | set(best.carrier_ids)) - wanted)
+        then = [m for m in group(best) if seen is None or m in seen]
+        if best_rank[0] >= MOSTLY_FLAGGED * len(then):
+            return best.key, sorted((set(best.member_ids) | set(best.carrier_ids)) - wanted)
+    return None, []
