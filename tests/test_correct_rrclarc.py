@@ -4,6 +4,7 @@ corrected model's behaviour."""
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,6 +102,22 @@ def test_scope_after_layer_trains_only_the_head() -> None:
     assert all(p.requires_grad for p in model.classifier.parameters())
     assert not model.features[-1].training and model.classifier[1].training
     assert scope.frozen_input
+
+
+def test_scope_leaves_the_layers_the_user_froze_frozen(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: a factory froze a head layer (requires_grad False) and RR-ClArC trained it, unsaid."""
+    model = TinyCNN()
+    model.classifier[1].requires_grad_(False)
+    with caplog.at_level(logging.WARNING):
+        scope = set_scope(model, "features", "after_layer", torch.randn(2, 1, 12, 12))
+    assert scope.trained_modules == ["classifier.3"] and "stay frozen: classifier.1" in caplog.text
+    assert not any(p.requires_grad for p in model.classifier[1].parameters())
+    # a model frozen as a whole (for inference) is no choice of layers: the scope trains as before
+    whole = TinyCNN().requires_grad_(False)
+    assert set_scope(whole, "features", "after_layer", torch.randn(2, 1, 12, 12)).trained_modules == [
+        "classifier.1",
+        "classifier.3",
+    ]
 
 
 def _toy_training(work: Path, stop_at: int | None) -> nn.Module:

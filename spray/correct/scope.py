@@ -3,17 +3,21 @@
 ``after_layer``: only modules that run after the layer (in one forward pass) are trained; the layer and
 everything before it are frozen and in eval mode, so the activations the artifact direction was fitted on
 do not move. ``all``: every parameter is trained. In both, BatchNorm keeps its running statistics (eval
-mode): a few fine-tuning batches must not overwrite what the whole training set estimated.
+mode): a few fine-tuning batches must not overwrite what the whole training set estimated, and parameters
+the user froze (``requires_grad`` False, unless every one is) stay frozen.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from spray.correct.activations import trace_calls
+
+log = logging.getLogger(__name__)
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -71,20 +75,32 @@ def set_scope(model: nn.Module, layer: str, scope: str, example: torch.Tensor) -
         names = [p for p, _ in model.named_modules()]
     else:
         names = sorted(_after_layer(model, layer, example))
+    # Parameters the user froze stay frozen (a model frozen as a whole, for inference, is not a choice).
+    every = list(model.parameters())
+    user_frozen = {id(p) for p in every if not p.requires_grad}
+    if len(user_frozen) == len(every):
+        user_frozen = set()
     params: list[nn.Parameter] = []
     trained: list[str] = []
-    for p in model.parameters():
+    kept: list[str] = []
+    for p in every:
         p.requires_grad_(False)
     for name in names:
         module = model.get_submodule(name)
-        own = list(module.parameters(recurse=False))
+        own = [p for p in module.parameters(recurse=False) if id(p) not in user_frozen]
         # one module at a time (not .train(), which recurses into children that may run before the layer)
         module.training = not isinstance(module, _NORM_TYPES)
+        if len(own) < len(list(module.parameters(recurse=False))):
+            kept.append(name or "<root>")
         if own:
             trained.append(name or "<root>")
             for p in own:
                 p.requires_grad_(True)
                 params.append(p)
+    if kept:
+        log.warning(
+            "the model's frozen parameters (requires_grad False) stay frozen: %s", ", ".join(kept[:8])
+        )
     return TrainScope(params, trained, frozen_input=scope != "all")
 
 
