@@ -30,6 +30,7 @@ import os
 import shlex
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,25 @@ log = logging.getLogger(__name__)
 def pending_marker(runs_dir: Path, run_id: str) -> Path:
     """The marker of a published run whose exit 10 (and notification) is not reported yet."""
     return runs_dir / f".alert-pending-{run_id[:16]}"
+
+
+@contextlib.contextmanager
+def owed_once_published(runs_dir: Path) -> Iterator[None]:
+    """Around an audit: when it fails before its run is published (a full disk, a stop in the write stage),
+    the alert marker :func:`record_changes` left for that run is removed, since no run owes it (the next
+    job reported exit 10 and notified for a run that never existed)."""
+    before = set(runs_dir.glob(pending_marker(runs_dir, "").name + "*"))
+    try:
+        yield
+    except BaseException:
+        from spray.runs.publish import list_runs
+
+        published = {p.name.rsplit("-", 1)[-1] for p in list_runs(runs_dir)}
+        for marker in set(runs_dir.glob(pending_marker(runs_dir, "").name + "*")) - before:
+            if marker.name.rsplit("-", 1)[-1][:12] not in published:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
+        raise
 
 
 def record_changes(

@@ -793,3 +793,28 @@ def test_an_owed_alert_whose_run_retention_removed_is_still_reported(tmp_path: P
     same.write_text(json.dumps({"name": "nightly", "dataset": "ds", "by": "spray audit", "config": "mine"}))
     assert _owed_earlier(runs, current, "nightly", "ds", "mine") == [("e" * 16, "spray audit")]
     assert probe.exists() and not same.exists()
+
+
+def test_a_run_that_fails_before_publishing_owes_no_alert(tmp_path: Path) -> None:
+    """An outside check: a write stage that failed (disk full, a stop) left its run's alert marker, and the
+    next job exited 10 and notified for 'run f4c8...' that never existed, with nothing suspicious itself."""
+    from spray.nightly import owed_once_published
+    from spray.nightly import pending_marker as _pending
+    from spray.runs.publish import run_dir_name
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    earlier = _pending(runs, "e" * 64)
+    earlier.write_text("{}")  # a stopped job's, published: still owed
+    with pytest.raises(OSError), owed_once_published(runs):
+        _pending(runs, "a" * 64).write_text("{}")
+        raise OSError(28, "No space left on device")
+    assert not _pending(runs, "a" * 64).exists() and earlier.exists()
+    # failing after the run is in place (retention, the flag check) keeps its marker: the run exists
+    with pytest.raises(RuntimeError), owed_once_published(runs):
+        _pending(runs, "b" * 64).write_text("{}")
+        folder = runs / run_dir_name("b" * 64)
+        folder.mkdir()
+        (folder / "summary.json").write_text("{}")
+        raise RuntimeError("after publishing")
+    assert _pending(runs, "b" * 64).exists()

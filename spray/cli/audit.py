@@ -16,7 +16,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from spray.audit import audit
-    from spray.nightly import record_changes
+    from spray.nightly import owed_once_published, record_changes
     from spray.records import AuditReport
     from spray.report import findings_table, report_header
 
@@ -29,9 +29,10 @@ def run_command(args: argparse.Namespace) -> int:
     from spray.cli.run import shutdown_dist
 
     try:
-        report = audit(
-            cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
-        )
+        with owed_once_published(Path(cfg.output.runs_dir)):
+            report = audit(
+                cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
+            )
     finally:
         shutdown_dist()
     if report.rank != 0:

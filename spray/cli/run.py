@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         with RunLock(runs_dir):
             pass
     from spray.audit import audit
-    from spray.nightly import exit_code_for, pending_marker, record_changes
+    from spray.nightly import exit_code_for, owed_once_published, pending_marker, record_changes
     from spray.records import AuditReport
 
     def before_write(report: AuditReport) -> None:
@@ -225,9 +225,10 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
                 c.class_name,
             )
 
-    report = audit(
-        cfg, device=args.device, progress=args.progress, force=args.force, before_write=before_write
-    )
+    with owed_once_published(runs_dir):
+        report = audit(
+            cfg, device=args.device, progress=args.progress, force=args.force, before_write=before_write
+        )
     if int(os.environ.get("RANK", "0")) != 0:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK
