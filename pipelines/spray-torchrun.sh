@@ -16,7 +16,31 @@ for arg in "$@"; do
     [[ "$arg" == --status-file=* ]] && status="${arg#--status-file=}"
     prev="$arg"
 done
+# The venv's torchrun when this checkout has one (a cron job need not activate it), else the one on PATH.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+runner="torchrun"
+[[ -x "$here/.venv/bin/torchrun" ]] && runner="$here/.venv/bin/torchrun"
+runner="${SPRAY_TORCHRUN:-$runner}"  # another launcher, by path
+# The Python next to that torchrun reads the status file (a cron job's PATH may have no python3).
+python="$(dirname "$(command -v "$runner" || echo "$runner")")/python"
+[[ -x "$python" ]] || python="$(command -v python3 || command -v python || echo python3)"
 extra=()
+if [[ -n "$status" ]] && "$python" - "$status" <<'PY'
+import json, os, socket, sys
+try:
+    said = json.load(open(sys.argv[1]))
+    os.kill(said["pid"], 0)
+    alive = said.get("status") == "running" and said.get("host") == socket.gethostname()
+except Exception:
+    alive = False
+sys.exit(0 if alive else 1)
+PY
+then
+    # another job is running with this status file (and holds the lock): this one would be locked out, and
+    # emptying the file would lose that job's outcome
+    echo "spray-torchrun: --status-file $status belongs to a running spray job; nothing started" >&2
+    exit 75
+fi
 if [[ -n "$status" ]]; then
     # emptied first: a torchrun or worker that fails before rank 0 writes "running" must not leave the
     # previous run's exit code there for this wrapper to return
@@ -27,16 +51,24 @@ else
     trap 'rm -f "$status" "$status".rank*' EXIT
     extra=(--status-file "$status")
 fi
-# The venv's torchrun when this checkout has one (a cron job need not activate it), else the one on PATH.
-here="$(cd "$(dirname "$0")/.." && pwd)"
-runner="torchrun"
-[[ -x "$here/.venv/bin/torchrun" ]] && runner="$here/.venv/bin/torchrun"
-runner="${SPRAY_TORCHRUN:-$runner}"  # another launcher, by path
-# The Python next to that torchrun reads the status file (a cron job's PATH may have no python3).
-python="$(dirname "$(command -v "$runner" || echo "$runner")")/python"
-[[ -x "$python" ]] || python="$(command -v python3 || command -v python || echo python3)"
-"$runner" --standalone --nproc_per_node="$nproc" -m spray.cli run "${extra[@]}" "$@"
-rc=$?
+# In the background, with the stop signals passed on: a SIGTERM to this wrapper alone (a scheduler's stop, or
+# this script run as PID 1 in a container) must stop the job, not orphan it (it went on, published and
+# exited 10 with nobody left to read it). SIGINT goes on as SIGTERM: a background job ignores SIGINT.
+"$runner" --standalone --nproc_per_node="$nproc" -m spray.cli run "${extra[@]}" "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+while :; do
+    wait "$child"
+    rc=$?
+    # wait returns early (above 128) when a trapped signal arrives; the job is done once it is gone
+    kill -0 "$child" 2>/dev/null || break
+done
+if (( rc > 128 )); then  # the signal's return, or the job's own: a job not yet reaped gives its own here
+    wait "$child" 2>/dev/null
+    last=$?
+    (( last != 127 )) && rc=$last
+fi
+trap - TERM INT HUP
 if [[ -s "$status" ]]; then
     # rank 0 has printed the status line already: only its exit code is taken from the file; a file that
     # still says "running" (exit_code null) means rank 0 was killed before it could write its outcome

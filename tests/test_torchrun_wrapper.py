@@ -93,3 +93,83 @@ def test_the_users_own_status_file_and_no_python3_on_path(tmp_path: Path) -> Non
         timeout=60,
     )
     assert done.returncode == 1, done.stderr
+
+
+# A stand-in for torchrun that runs until stopped: on SIGTERM it writes spray's "terminated" status and exits.
+SLOW = """#!/usr/bin/env python3
+import signal, sys, time
+out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--status-file=")) if any(
+    a.startswith("--status-file=") for a in sys.argv) else sys.argv[sys.argv.index("--status-file") + 1]
+open(out, "w").write('{"exit_code": null, "status": "running"}')
+def stop(*_):
+    open(out, "w").write('{"exit_code": 143, "status": "terminated"}')
+    sys.exit(1)
+signal.signal(signal.SIGTERM, stop)
+open(out + ".started", "w").write("")
+time.sleep(60)
+open(out, "w").write('{"exit_code": 10, "status": "published"}')
+"""
+
+
+@pytest.mark.parametrize("sig", ["TERM", "INT"])
+def test_a_stop_signal_to_the_wrapper_stops_the_job(tmp_path: Path, sig: str) -> None:
+    """An outside check: SIGTERM to the wrapper alone returned 143 at once while torchrun and its ranks went
+    on, held the lock and published with exit 10, which nobody read (as PID 1 the signal was ignored)."""
+    import signal
+    import sys
+    import time
+
+    fake = tmp_path / "torchrun"
+    fake.write_text(SLOW.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
+    fake.chmod(0o755)
+    status = tmp_path / "status.json"
+    env = {**os.environ, "SPRAY_TORCHRUN": str(fake)}
+    job = subprocess.Popen(
+        ["bash", str(WRAPPER), "2", "--config", "x.yaml", "--status-file", str(status)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "status.json.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(getattr(signal, f"SIG{sig}"))
+    assert job.wait(timeout=30) == 143  # the job's own "terminated", read from its status
+    assert '"terminated"' in status.read_text()
+    time.sleep(0.5)
+    assert '"published"' not in status.read_text()  # the stand-in did not go on to publish
+
+
+def test_a_second_job_leaves_the_running_jobs_status_file_alone(tmp_path: Path) -> None:
+    """An outside check: a second job with the same --status-file (locked out) wrote "locked" into it, and
+    when the first job's rank 0 was killed later its wrapper returned 75 instead of 1; a second wrapper
+    emptied the file and the running job's rank records."""
+    import json
+    import socket
+
+    from spray.cli.rank_status import held_by_another_job
+
+    status = tmp_path / "status.json"
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        record = {"exit_code": None, "status": "running", "pid": sleeper.pid, "host": socket.gethostname()}
+        status.write_text(json.dumps(record))
+        (tmp_path / "status.json.rank1").write_text(json.dumps({**record, "rank": 1}))
+        assert held_by_another_job(str(status)) == sleeper.pid
+        fake = tmp_path / "torchrun"
+        fake.write_text(FAKE)
+        fake.chmod(0o755)
+        env = {**os.environ, "SPRAY_TORCHRUN": str(fake), "FAKE_STATUS": '{"exit_code": 75}', "FAKE_RC": "1"}
+        done = subprocess.run(
+            ["bash", str(WRAPPER), "2", "--config", "x.yaml", "--status-file", str(status)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 75 and "belongs to a running spray job" in done.stderr
+        assert json.loads(status.read_text()) == record and (tmp_path / "status.json.rank1").exists()
+        # spray run itself (without the wrapper) leaves it alone too, whatever its own outcome
+        from spray.cli import main
+
+        assert main(["run", "--config", str(tmp_path / "missing.yaml"), "--status-file", str(status)]) == 2
+        assert json.loads(status.read_text()) == record
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert held_by_another_job(str(status)) is None  # its job is gone: the file is free

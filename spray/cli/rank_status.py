@@ -37,6 +37,20 @@ def running_record(rank: int) -> dict[str, Any]:
     }
 
 
+def held_by_another_job(path: str | None) -> int | None:
+    """The pid of another live job on this host whose "running" record ``path`` holds (None when none): its
+    status file, which a second job (locked out at once) must not overwrite."""
+    if not path:
+        return None
+    try:
+        said = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return None
+    pid = said.get("pid") if isinstance(said, dict) and said.get("status") == "running" else None
+    mine = pid == os.getpid() or said.get("host") != socket.gethostname()
+    return pid if isinstance(pid, int) and not mine and _alive(pid) else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

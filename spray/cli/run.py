@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from spray.cli.logs import configure_run_logging
 from spray.cli.options import add_audit_arguments, positive_int
-from spray.cli.rank_status import lost_ranks, rank_status_path, running_record
+from spray.cli.rank_status import held_by_another_job, lost_ranks, rank_status_path, running_record
 from spray.errors import SprayError
 from spray.exit_codes import (
     EXIT_FAILURE,
@@ -83,6 +83,15 @@ def run_command(args: argparse.Namespace) -> int:
     t0, started = time.perf_counter(), time.time()
     status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
     status_file = getattr(args, "status_file", None)
+    if (holder := held_by_another_job(rank_status_path(status_file, rank))) is not None:
+        # a second job with the same file while the first runs (it is locked out next): that file is the
+        # first job's; its outcome would be overwritten with "locked" and a later crash of it read as 75
+        log.warning(
+            "--status-file %s belongs to the running job (pid %d): not written by this one",
+            status_file,
+            holder,
+        )
+        status_file = None
     # A run killed outright (kill -9, the OOM killer) writes no final status: the file must not keep saying
     # the previous run's outcome, and a rank above 0 that vanishes is named by rank 0 from its own file.
     running = running_record(rank)
