@@ -36,7 +36,7 @@ from spray.correct.source import SourceRun, find_source_run
 from spray.errors import SprayError
 from spray.model_output import check_model_output
 from spray.models import build_model, model_hash
-from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS, data_fingerprint
+from spray.runs.identity import NOT_RESULT_FIELDS, RESULT_SECTIONS, data_fingerprint
 from spray.versions import MODEL_HASH_VERSION, code_version
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection, in
         "inputs": inputs,
         "flags": flags.digest,
         "parameters": cfg.correction.model_dump(mode="json", exclude=unused),
-        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS),
+        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=NOT_RESULT_FIELDS),
         "seed": cfg.seed,
         "code": f"{code_version()}-correction{CORRECTION_VERSION}",
     }

@@ -1,7 +1,7 @@
 """What a run and a cache directory are: hashes of everything their content depends on.
 
 - The **run id** hashes the model weights, the data fingerprint, every config section that changes the
-  result (:data:`RESULT_SECTIONS` without the paths in :data:`LOCATION_FIELDS`, and the seed) and the
+  result (:data:`RESULT_SECTIONS` without :data:`NOT_RESULT_FIELDS`, and the seed) and the
   code versions (:func:`spray.versions.code_version`: LRP, analysis and layout versions, not the package
   version). A published run with the same id is up to date.
 - A **cache directory** (``runs/.cache/<model16>-<lrp16>``) holds the per-sample results of one model
@@ -33,6 +33,16 @@ RESULT_SECTIONS = ("model", "data", "lrp", "batch", "analysis", "scoring", "conc
 #: checkpoint, or a moved data folder with a ``data.name``, is the same run (without one, the dataset key is
 #: the folder's path, which the run id holds).
 LOCATION_FIELDS: dict[str, set[str]] = {"model": {"checkpoint"}, "data": {"path", "images", "labels"}}
+
+#: Fields of those sections that change how a run is computed, not its result (loader processes, the input
+#: memo, how long ranks wait for each other, which the timeout's own message advises raising).
+OPERATIONAL_FIELDS: dict[str, set[str]] = {"batch": {"num_workers", "input_memory_mb", "dist_timeout_s"}}
+
+#: Both: left out of the run id and of the settings a run's changes name.
+NOT_RESULT_FIELDS: dict[str, set[str]] = {
+    s: LOCATION_FIELDS.get(s, set()) | OPERATIONAL_FIELDS.get(s, set())
+    for s in {*LOCATION_FIELDS, *OPERATIONAL_FIELDS}
+}
 
 
 def _item_fields(item: Any) -> tuple[str, str]:
@@ -133,7 +143,7 @@ def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, s
         # the dataset key names the run's flags and previous runs: a moved folder without data.name has a new one
         # the audit's name too: an audit finds its previous runs by name, and two audits sharing a runs
         # folder must not take each other's run as their own up-to-date one
-        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=LOCATION_FIELDS)
+        "config": cfg.section_hash(*RESULT_SECTIONS, exclude=NOT_RESULT_FIELDS)
         + f"-seed{cfg.seed}-dataset{cfg.dataset_key()}-name{cfg.name}",
         "code": versions.code_version(),
         "model_hash_version": str(versions.MODEL_HASH_VERSION),

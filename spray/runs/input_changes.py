@@ -37,7 +37,7 @@ def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int
     Empty when either config is unknown (a run written before configs were recorded)."""
     from spray.config.audit import AuditConfig
     from spray.config.section import omitted_defaults
-    from spray.runs.identity import LOCATION_FIELDS, RESULT_SECTIONS
+    from spray.runs.identity import NOT_RESULT_FIELDS, RESULT_SECTIONS
 
     if not before or not now:
         return []
@@ -50,7 +50,7 @@ def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int
             out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
 
-    skip = {f"{section}.{name}" for section, names in LOCATION_FIELDS.items() for name in names}
+    skip = {f"{section}.{name}" for section, names in NOT_RESULT_FIELDS.items() for name in names}
     a = flat({s: before.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
     b = flat({s: now.get(s) for s in (*RESULT_SECTIONS, "seed")}, "")
     # a setting at its default is left out of the recorded config (to keep older run ids): read it as that

@@ -141,3 +141,19 @@ def test_the_run_id_holds_the_dataset_key(tmp_path: Path) -> None:
     named, named_moved = cfg.model_copy(deep=True), moved.model_copy(deep=True)
     named.data.name = named_moved.data.name = "my-data"
     assert run_hashes(named, "m", "d") == run_hashes(named_moved, "m", "d")
+
+
+def test_settings_of_how_a_run_is_computed_leave_its_id(tmp_path: Path) -> None:
+    """An outside check: raising batch.dist_timeout_s, as the timeout's message advises (or num_workers, the
+    input memo), made the next night a new run, re-analysed, its changes naming the setting."""
+    from spray.runs.identity import run_hashes
+    from spray.runs.input_changes import config_changes
+
+    cfg = tiny_config(tmp_path)
+    ops = cfg.model_copy(deep=True)
+    ops.batch.dist_timeout_s, ops.batch.num_workers, ops.batch.input_memory_mb = 3600, 2, 64
+    assert run_hashes(ops, "m", "d") == run_hashes(cfg, "m", "d")
+    assert config_changes(cfg.model_dump(mode="json"), ops.model_dump(mode="json")) == []
+    sized = cfg.model_copy(deep=True)
+    sized.batch.batch_size = 7  # float results may move with the batch: still part of the run
+    assert run_hashes(sized, "m", "d") != run_hashes(cfg, "m", "d")
