@@ -227,3 +227,31 @@ def test_rank_0_reads_a_failed_ranks_file_of_this_run(tmp_path: Path) -> None:
     Path(str(rank_status_path(status, 1))).write_text(json.dumps(old))
     assert lost_ranks(status, 2, record["started"]) == []  # a previous run's file
     assert os.path.basename(str(rank_status_path(status, 1))) == "status.json.rank1"
+
+
+def test_rank_0_waits_briefly_for_a_rank_still_writing_its_failure(tmp_path: Path) -> None:
+    """An outside check: rank 1 failed (disk full) just before the ranks met; rank 0 read its record while it
+    still said "running" and reported only a lost connection, in 2 of 3 tries."""
+    import subprocess
+    import threading
+    import time
+
+    from spray.cli.rank_status import lost_ranks, rank_status_path, running_record
+
+    status = str(tmp_path / "status.json")
+    alive = subprocess.Popen(["sleep", "30"])  # the failing rank's process, still up
+    try:
+        start = {**running_record(1), "pid": alive.pid}
+        Path(str(rank_status_path(status, 1))).write_text(json.dumps(start))
+        final = {**start, "exit_code": 1, "status": "failed", "error": "OSError: No space left on device"}
+        later = threading.Timer(
+            0.5, lambda: Path(str(rank_status_path(status, 1))).write_text(json.dumps(final))
+        )
+        later.start()
+        t0 = time.monotonic()
+        assert lost_ranks(status, 2, start["started"]) == ["rank 1 failed: OSError: No space left on device"]
+        assert time.monotonic() - t0 < 3.0
+        later.join()
+    finally:
+        alive.kill()
+        alive.wait()

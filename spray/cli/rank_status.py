@@ -61,7 +61,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def lost_ranks(status_file: str | None, world_size: int, since: float) -> list[str]:
+def _records(status_file: str | None, world_size: int, since: float) -> dict[int, dict[str, Any]]:
+    """The records of this run's ranks above 0 (a previous run's, older than ``since``, left out)."""
+    out: dict[int, dict[str, Any]] = {}
+    for rank in range(1, world_size):
+        try:
+            rec = json.loads(Path(str(rank_status_path(status_file, rank))).read_text())
+        except (OSError, ValueError, TypeError):
+            continue
+        if isinstance(rec, dict) and float(rec.get("started", 0.0)) >= since - 120.0:
+            out[rank] = rec
+    return out
+
+
+def _still_running(rec: dict[str, Any]) -> bool:
+    pid = rec.get("pid")
+    here = rec.get("host") == socket.gethostname()
+    return rec.get("status") == "running" and here and isinstance(pid, int) and _alive(pid)
+
+
+def lost_ranks(status_file: str | None, world_size: int, since: float, grace_s: float = 3.0) -> list[str]:
     """What went wrong on the ranks above 0, one phrase each, from their status files.
 
     Parameters
@@ -72,6 +91,8 @@ def lost_ranks(status_file: str | None, world_size: int, since: float) -> list[s
         The number of ranks of this run.
     since : float
         Rank 0's start (``time.time()``); older files are a previous run's and are ignored.
+    grace_s : float
+        How long to wait for a rank whose process is alive to write its final record.
 
     Returns
     -------
@@ -79,15 +100,14 @@ def lost_ranks(status_file: str | None, world_size: int, since: float) -> list[s
         E.g. ``"rank 1 (pid 812) ended without a final status (killed, e.g. by the out-of-memory killer)"``
         for a rank whose record still says running while its process is gone, or ``"rank 2 failed: ..."``.
     """
+    records = _records(status_file, world_size, since)
+    deadline = time.monotonic() + grace_s
+    # a rank that failed at the same moment may be writing its record still: its cause is worth the wait
+    while time.monotonic() < deadline and any(_still_running(r) for r in records.values()):
+        time.sleep(0.1)
+        records = _records(status_file, world_size, since)
     out: list[str] = []
-    for rank in range(1, world_size):
-        path = rank_status_path(status_file, rank)
-        try:
-            rec = json.loads(Path(str(path)).read_text())
-        except (OSError, ValueError, TypeError):
-            continue
-        if not isinstance(rec, dict) or float(rec.get("started", 0.0)) < since - 120.0:
-            continue
+    for rank, rec in records.items():
         if rec.get("status") == "running":
             here = rec.get("host") == socket.gethostname()
             if here and isinstance(rec.get("pid"), int) and not _alive(rec["pid"]):
