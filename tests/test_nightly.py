@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -818,3 +819,18 @@ def test_a_run_that_fails_before_publishing_owes_no_alert(tmp_path: Path) -> Non
         (folder / "summary.json").write_text("{}")
         raise RuntimeError("after publishing")
     assert _pending(runs, "b" * 64).exists()
+
+
+def test_progress_bars_stay_out_of_json_log_lines_in_a_file(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: with --progress and stderr in a file, 11 of 70 JSON log lines began with bar text
+    (a bar redraws with a carriage return), which jq could not read."""
+    import argparse
+
+    from spray.cli.run import _bars
+
+    assert not sys.stderr.isatty()  # pytest captures it, as a scheduler's log file would
+    with caplog.at_level(logging.WARNING):
+        assert _bars(argparse.Namespace(progress=True, log_format="json")) is False
+    assert "no bars are drawn among the JSON log lines" in caplog.text
+    assert _bars(argparse.Namespace(progress=True, log_format="text")) is True
+    assert _bars(argparse.Namespace(progress=False, log_format="text")) is False

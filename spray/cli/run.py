@@ -236,7 +236,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 
     with owed_once_published(runs_dir):
         report = audit(
-            cfg, device=args.device, progress=args.progress, force=args.force, before_write=before_write
+            cfg, device=args.device, progress=_bars(args), force=args.force, before_write=before_write
         )
     if int(os.environ.get("RANK", "0")) != 0:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
@@ -255,6 +255,15 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         except OSError as err:
             log.warning("cannot remove %s (%s): the next job will report exit 10 again", pending, err)
     return code
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    """``--progress``, unless its bars would land inside JSON log lines in a file (a bar redraws with a
+    carriage return, so the next log line began with bar text and was no JSON)."""
+    if args.progress and args.log_format == "json" and not sys.stderr.isatty():
+        log.warning("--progress: stderr is not a terminal, so no bars are drawn among the JSON log lines")
+        return False
+    return bool(args.progress)
 
 
 def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
