@@ -306,9 +306,11 @@ def clean_staging(runs_dir: Path) -> None:
     """Remove leftovers of crashed runs (call only while holding the lock).
 
     Removes every folder under ``.staging``, the ``*.tmp`` files that an atomic write interrupted by
-    ``kill -9`` leaves in the cache, and the shard manifests of runs already published (a stop between
-    publishing and removing them). Finished cache shards and the manifests of unpublished runs are kept:
-    they are what the next run resumes from.
+    ``kill -9`` leaves in the cache, the shard manifests of runs already published (a stop between
+    publishing and removing them), and those of unpublished runs last written before the newest published
+    run (a failed run whose settings or data changed since: at 1M images they held ~125 MB each). Finished
+    cache shards, and the manifests of the latest unpublished run, are kept: they are what the next run
+    resumes from (without its manifests a run still finds its heatmaps in the cache, by content).
     """
     base = runs_dir / STAGING_DIR
     if base.is_dir():
@@ -316,9 +318,11 @@ def clean_staging(runs_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
     work = runs_dir / CACHE_DIR / WORK_DIR
     if work.is_dir():
-        published = {p.name[-12:] for p in list_runs(runs_dir)}
+        runs = list_runs(runs_dir)
+        published = {p.name[-12:] for p in runs}
+        newest = max((p.stat().st_mtime for p in runs), default=float("-inf"))
         for w in work.iterdir():
-            if w.is_dir() and w.name[:12] in published:
+            if w.is_dir() and (w.name[:12] in published or w.stat().st_mtime < newest):
                 shutil.rmtree(w, ignore_errors=True)
     cache = runs_dir / CACHE_DIR
     if cache.is_dir():

@@ -102,6 +102,17 @@ def test_clean_staging_drops_the_manifests_of_published_runs_only(tmp_path: Path
         (d / "manifest.json").write_text("{}")
     clean_staging(runs)
     assert not done.exists() and (pending / "manifest.json").is_file()
+    # an outside check: the manifests of a run that failed and was never published stayed for good (~125 MB
+    # a failed night at 1M images); once a newer run is published, they go
+    import os
+
+    old = runs / CACHE_DIR / WORK_DIR / ("a" * 16)
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    (run,) = list_runs(runs)
+    os.utime(old, (run.stat().st_mtime - 60, run.stat().st_mtime - 60))
+    clean_staging(runs)
+    assert not old.exists() and (pending / "manifest.json").is_file()
 
 
 def test_cache_retention_keeps_only_the_directories_of_kept_runs(tmp_path: Path) -> None:
