@@ -157,6 +157,14 @@ def test_fields_of_another_method_are_warned_about_and_left_out_of_the_id(
     assert plan_correction(_config(_args(audited, "--epochs", "7"))).correction_id != (
         plan_correction(_config(_args(audited))).correction_id
     )
+    # an outside check: --epochs 1 with the baseline retrained from scratch trained its 3 retrain_epochs,
+    # unsaid, under a new correction id
+    caplog.clear()
+    scratch = plan_correction(_config(_args(audited, "--method", "retrain")))
+    one = plan_correction(_config(_args(audited, "--method", "retrain", "--epochs", "1")))
+    assert one.correction_id == scratch.correction_id
+    said = "correction.epochs, correction.lr: set, but the baseline retrained from scratch does not use them: it "
+    assert said + "trains for correction.retrain_epochs (3)" in caplog.text  # the world's config sets lr too
 
 
 def test_a_runs_directory_that_does_not_exist_is_named_and_not_created(tmp_path: Path) -> None:
@@ -421,3 +429,23 @@ def test_a_source_run_of_another_resize_is_refused(audited: World) -> None:
     cfg.data.transform = cfg.data.transform.model_copy(update={"interpolation": "bicubic"})
     with pytest.raises(SprayError, match=r"another data.transform.*interpolation: 'bilinear' → 'bicubic'"):
         plan_correction(cfg)
+
+
+def test_the_settings_shown_are_those_the_method_read() -> None:
+    """An outside check: the Corrections page showed "epochs 1" for a retraining from scratch, which trained
+    its 3 retrain_epochs."""
+    from spray.correct.record import settings_text
+
+    params = {"retrain_mode": "drop", "retrain_init": "scratch", "retrain_epochs": 3, "retrain_lr": 0.002,
+              "epochs": 1, "lr": 0.01, "rr_lambda": 3000.0}  # fmt: skip
+    assert (
+        settings_text("retrain", params)
+        == "retrain_mode drop, retrain_init scratch, retrain_epochs 3, retrain_lr 0.002"
+    )
+    checkpoint = {**params, "retrain_init": "checkpoint"}
+    assert (
+        settings_text("retrain", checkpoint)
+        == "retrain_mode drop, retrain_init checkpoint, epochs 1, lr 0.01"
+    )
+    assert settings_text("rrclarc", params) == "rr_lambda 3000.0, lr 0.01, epochs 1"
+    assert settings_text("pclarc", params) == "–"

@@ -10,6 +10,7 @@ import safetext
 import streamlit as st
 
 from spray.correct.html import render_correction_html
+from spray.correct.record import settings_text
 from spray.correct.run import corrections_for
 
 st.title("Corrections")
@@ -35,14 +36,6 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-#: The parameters that tell two corrections of one method apart, per method (the record keeps every one).
-_SETTINGS = {"rrclarc": ("rr_lambda", "lr", "epochs"), "retrain": ("retrain_mode", "epochs"), "pclarc": ()}
-
-
-def _settings(method: str, parameters: dict) -> str:
-    return ", ".join(f"{k} {parameters[k]}" for k in _SETTINGS.get(method, ()) if k in parameters) or "–"
-
-
 rows = []
 for c in found:
     r, b, a, v = c.record, c.record.evaluation.before, c.record.evaluation.after, c.record.verdict
@@ -51,7 +44,7 @@ for c in found:
             "correction": c.folder.name,
             "method": r.method,
             "layer": r.direction.layer,
-            "settings": _settings(r.method, r.parameters),
+            "settings": settings_text(r.method, r.parameters),
             "class": r.group.class_name,
             "flagged": r.group.n_flagged,
             "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",

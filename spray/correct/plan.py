@@ -121,10 +121,18 @@ TRAINING_FIELDS = (
 TRAINING_METHODS = ("rrclarc", "retrain")
 
 
-def ignored_fields(method: str) -> set[str]:
-    """The ``correction`` fields that ``method`` does not read (those of the other methods, and the training
-    loop's for a method that does not train)."""
+#: The retraining baseline from scratch trains every layer for its own epochs at its own rate; from the
+#: checkpoint it fine-tunes like RR-ClArC (epochs, lr, train_scope).
+SCRATCH_IGNORES = ("epochs", "lr", "train_scope")
+CHECKPOINT_IGNORES = ("retrain_epochs", "retrain_lr")
+
+
+def ignored_fields(method: str, retrain_init: str = "scratch") -> set[str]:
+    """The ``correction`` fields that ``method`` does not read (those of the other methods, the training
+    loop's for a method that does not train, and for ``retrain`` those its ``retrain_init`` does not use)."""
     own = {f for m, fields in METHOD_FIELDS.items() if m != method for f in fields}
+    if method == "retrain":
+        own |= set(SCRATCH_IGNORES if retrain_init == "scratch" else CHECKPOINT_IGNORES)
     return own | (set(TRAINING_FIELDS) if method not in TRAINING_METHODS else set())
 
 
@@ -138,8 +146,16 @@ def _readers(fields: set[str]) -> str:
 def warn_ignored(cfg: AuditConfig) -> None:
     """Log a WARNING for fields set in the config that the chosen method does not read."""
     c = cfg.correction
-    unused = sorted(ignored_fields(c.method) & c.model_fields_set)
-    if unused:
+    unused = sorted(ignored_fields(c.method, c.retrain_init) & c.model_fields_set)
+    scratch = c.method == "retrain" and c.retrain_init == "scratch"
+    if unused and scratch and set(unused) <= set(SCRATCH_IGNORES):
+        log.warning(
+            "correction.%s: set, but the baseline retrained from scratch does not use %s: it trains for "
+            "correction.retrain_epochs (%d) at correction.retrain_lr (%g), every layer (--retrain-init "
+            "checkpoint fine-tunes with them)",
+            ", correction.".join(unused), "it" if len(unused) == 1 else "them", c.retrain_epochs, c.retrain_lr,
+        )  # fmt: skip
+    elif unused:
         log.warning(
             "correction.%s: set, but method %r does not use %s (only %s)",
             ", correction.".join(unused),
@@ -155,7 +171,7 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection, in
     version."""
     # where the flags come from, when to warn and what the method does not read do not change the result
     unused = {"flags_db", "source_run", "min_flip_over_null", "lookalike_alpha"} | ignored_fields(
-        cfg.correction.method
+        cfg.correction.method, cfg.correction.retrain_init
     )
     payload = {
         "source_run": source_run_id,

@@ -317,3 +317,19 @@ def _build(tp: Any, value: Any) -> Any:
         _, arg = typing.get_args(tp) or (Any, Any)
         return {k: _build(arg, v) for k, v in value.items()}
     return value
+
+
+#: The parameters that tell two corrections of one method apart, per method (the record keeps every one).
+_SETTINGS = {
+    "rrclarc": ("rr_lambda", "lr", "epochs"),
+    "retrain": ("retrain_mode", "retrain_init", "retrain_epochs", "retrain_lr"),
+    "pclarc": (),
+}
+
+
+def settings_text(method: str, parameters: dict[str, Any]) -> str:
+    """``"rr_lambda 3000, lr 0.003, epochs 3"``: the settings a correction's method read ("–" for none)."""
+    keys = _SETTINGS.get(method, ())
+    if method == "retrain" and parameters.get("retrain_init") == "checkpoint":
+        keys = ("retrain_mode", "retrain_init", "epochs", "lr")  # it fine-tunes like RR-ClArC
+    return ", ".join(f"{k} {parameters[k]}" for k in keys if k in parameters) or "–"
