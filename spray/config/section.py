@@ -26,13 +26,19 @@ def _bool_for_number(value: Any, annotation: Any) -> bool:
     if bool in accepted or Any in accepted:
         return False
     if isinstance(value, bool):
-        return any(a in _NUMBERS for a in accepted)
-    if isinstance(value, list | tuple):
-        for a in accepted:
-            items = [t for t in typing.get_args(a) if t is not Ellipsis]
-            if typing.get_origin(a) in (list, tuple) and items and all(t in _NUMBERS for t in items):
-                return any(isinstance(v, bool) for v in value)
+        # only where every accepted type is a number (or numbers): an int-or-key selector says it otherwise
+        return all(a in _NUMBERS or _numbers(a) for a in accepted) and any(a in _NUMBERS for a in accepted)
+    if isinstance(value, list | tuple) and any(_numbers(a) for a in accepted):
+        return any(isinstance(v, bool) for v in value)
     return False
+
+
+def _numbers(annotation: Any) -> bool:
+    """Whether ``annotation`` is a list or tuple of numbers."""
+    items = [t for t in typing.get_args(annotation) if t is not Ellipsis]
+    return (
+        typing.get_origin(annotation) in (list, tuple) and bool(items) and all(t in _NUMBERS for t in items)
+    )
 
 
 class Section(BaseModel):

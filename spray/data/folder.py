@@ -38,7 +38,7 @@ from spray.data.sample import spread_positions
 from spray.data.source import Source
 from spray.errors import ConfigError, DataError
 from spray.records import SkippedSample
-from spray.runs.layout import CACHE_DIR, FLAGS_DB, LATEST, LOCK, STAGING_DIR, SUMMARY, WORK_DIR
+from spray.runs.layout import CACHE_DIR, FLAGS_DB, LATEST, LOCK, STAGING_DIR, WORK_DIR
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,10 @@ def _is_runs_dir(d: Path) -> bool:
         entries = list(os.scandir(d))
     except OSError:
         return False
-    own = {LOCK, WORK_DIR, STAGING_DIR, LATEST}
-    return all(
-        e.name in own or e.name.startswith(FLAGS_DB) or (e.is_dir() and (Path(e.path) / SUMMARY).is_file())
-        for e in entries
-    )
+    from spray.runs.publish import list_runs
+
+    own = {LOCK, WORK_DIR, STAGING_DIR, LATEST} | {p.name for p in list_runs(d)}
+    return all(e.name in own or e.name.startswith(FLAGS_DB) for e in entries)
 
 
 #: Folders that file managers and NAS boxes add beside images (their thumbnails are not the dataset's).
