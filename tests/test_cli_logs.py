@@ -43,3 +43,27 @@ def test_the_hook_is_spray_s_only_while_a_command_runs(capsys: pytest.CaptureFix
     before = sys.unraisablehook
     assert main(["flags", "list", "--db", str(REPO / "no-such.sqlite")]) != 0
     assert sys.unraisablehook is before
+
+
+def test_sigterm_stops_any_command_with_a_log_line_and_143(tmp_path: Path) -> None:
+    """An outside check: SIGTERM to spray correct ended it unsaid (the shell's 143, no log line), unlike spray
+    run; every command now unwinds on it as on Ctrl-C."""
+    import signal
+    import time
+
+    code = (
+        "import sys, time; from spray.cli import main, correct\n"
+        "def slow(args):\n"
+        "    print('started', flush=True); time.sleep(30); return 0\n"
+        "correct.run_command = slow\n"
+        "from spray.cli import build_parser\n"
+        "sys.exit(main(['correct', '--config', 'x.yaml']))\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    assert job.stdout is not None and job.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=30)
+    assert job.returncode == 143, err
+    assert "terminated (SIGTERM); its training checkpoints are kept" in err and "Traceback" not in err

@@ -103,6 +103,22 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     _command_line_warns_of_lost_accuracy(first)
 
 
+def test_if_flagged_is_quiet_about_a_correction_already_published(
+    audited: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: --if-flagged printed the whole 20-line table every night for the same correction;
+    the docs say it exits 0 quietly."""
+    from spray.cli import main
+
+    world = _copy(audited, tmp_path / "w")
+    argv = ["correct", "--config", str(world.config), "--method", "pclarc", "--no-reaudit", "-q"]
+    assert main(argv) == 0
+    assert "Correction " in capsys.readouterr().out
+    assert main([*argv, "--if-flagged"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(argv) == 0 and "already published, nothing to do" in capsys.readouterr().out
+
+
 def _command_line_warns_of_lost_accuracy(outcome: Any) -> None:
     """The printed comparison warns when the corrected model lost more than a point of clean accuracy."""
     from spray.cli.correct import _table

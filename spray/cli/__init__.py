@@ -10,13 +10,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
 from spray.cli import audit, correct, dashboard, demo, export, flags, init, run
 from spray.cli.logs import log_unraisable, setup_logging
 from spray.errors import SprayError
+from spray.exit_codes import EXIT_INTERRUPTED, EXIT_TERMINATED
+
+#: What a stopped command leaves for the next one (said when it is stopped).
+_KEPT = {
+    "audit": "; finished shards are kept and the next run resumes from them",
+    "correct": "; its training checkpoints are kept and the next spray correct resumes from them",
+}
 
 log = logging.getLogger("spray")
 
@@ -55,18 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # -q: warnings, errors and the command's results only (progress bars are off as well).
         logging.getLogger().setLevel(logging.WARNING)
     previous_hook, sys.unraisablehook = sys.unraisablehook, log_unraisable
+    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C: logged, exit 143 (it ended the process unsaid)
+    own_term = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, run._on_sigterm) if own_term else None
+    kept = _KEPT.get(str(_LAST_COMMAND), "")
     try:
         return int(args.func(args))
     except SprayError as err:
         log.error("%s", err)
         return err.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted; finished shards are kept and the next run resumes from them")
-        return 130
+        log.error("interrupted (SIGINT)%s", kept)
+        return EXIT_INTERRUPTED
+    except run.Terminated:
+        log.error("terminated (SIGTERM)%s", kept)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         return _closed_pipe()
     finally:
         sys.unraisablehook = previous_hook
+        if own_term and previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 #: The exit code of a command whose reader closed its output (``spray flags list | head``), as a shell

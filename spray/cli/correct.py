@@ -326,7 +326,11 @@ def run_command(args: argparse.Namespace) -> int:
         _refuse_another_keys_flags(cfg)
         log.info("nothing to correct: %s", err)
         return 0
-    sys.stdout.write(_table(outcome) + "\n")
+    if args.if_flagged and outcome.up_to_date:
+        # quiet, as documented: a nightly job's log would repeat the same table every night
+        log.info("correction %s is already published: %s", outcome.record.correction_id[:12], outcome.folder)
+    else:
+        sys.stdout.write(_table(outcome) + "\n")
     cleared = outcome.record.verdict.finding_cleared
     if args.fail_if_not_cleared and cleared is False:
         log.warning("the re-audit still flags the finding: exit %d (--fail-if-not-cleared)", EXIT_FINDINGS)
