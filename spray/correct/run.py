@@ -59,7 +59,7 @@ from spray.models import build_model
 from spray.runs.atomic import atomic_save_npz, atomic_write_json
 from spray.runs.errors import RunWriteError
 from spray.runs.layout import CORRECTION_DIRECTION
-from spray.runs.locking import RunLock
+from spray.runs.locking import RunLock, RunPin
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def correct(
             )
             shutil.rmtree(work, ignore_errors=True)  # left by a run killed between publishing and cleaning up
             return CorrectionOutcome(CorrectionRecord.read(found), found, True)
-        folder, record = _execute(plan, work, device=device, progress=progress)
+        with RunPin(plan.source.path):  # a nightly spray run's retention must not delete it meanwhile
+            folder, record = _execute(plan, work, device=device, progress=progress)
         final = _publish(root, folder, plan.correction_id)
         shutil.rmtree(work, ignore_errors=True)
         if cfg.output.keep_corrections is not None:

@@ -52,3 +52,56 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _pin_path(run: Path) -> Path:
+    return run.parent / f".pin-{run.name}"
+
+
+class RunPin:
+    """A shared lock on ``<runs_dir>/.pin-<run folder>``, held while a command reads a run at length (``spray
+    correct`` reads its source run for minutes): retention (:func:`spray.runs.publish.prune_runs`) keeps a
+    pinned run. Like :class:`RunLock` the kernel drops it when the process dies; a folder where the pin
+    cannot be made (read-only) leaves the run unpinned, which retention there cannot touch anyway."""
+
+    def __init__(self, run: Path) -> None:
+        self.path = _pin_path(Path(run))
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunPin:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return self
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def pinned(run: Path) -> bool:
+    """Whether a live process holds a :class:`RunPin` on ``run``."""
+    path = _pin_path(Path(run))
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock just taken
+    return False
+
+
+def unpin(run: Path) -> None:
+    """Remove a deleted run's pin file (none held it)."""
+    _pin_path(Path(run)).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from spray.errors import ConfigError
 from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError
 from spray.runs.layout import CACHE_DIR, LATEST, STAGING_DIR, SUMMARY, WORK_DIR, RunsFolder
+from spray.runs.locking import pinned, unpin
 
 if TYPE_CHECKING:
     from spray.runs.summary import RunSummary
@@ -227,6 +228,9 @@ def prune_runs(
     for p in runs[keep:]:
         if latest is not None and p.resolve() == latest:
             continue
+        if pinned(p):  # a correction reads it (its source run): kept until the next retention
+            log.info("retention: kept %s, which a running spray correct reads", p.name)
+            continue
         # Renamed first, so that a kill while deleting leaves a hidden trash folder (removed next time)
         # rather than half a run that no listing, retention or dashboard sees.
         trash = runs_dir / f".trash-{p.name}"
@@ -235,6 +239,7 @@ def prune_runs(
         except OSError:
             trash = p
         shutil.rmtree(trash, ignore_errors=True)
+        unpin(p)
         removed.append(p)
     if removed:
         log.info("retention: removed %d old runs of %s", len(removed), dataset or name or "this folder")

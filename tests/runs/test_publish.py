@@ -66,6 +66,21 @@ def test_prune_keeps_the_newest_n(tmp_path: Path) -> None:
     assert list_runs(runs) == [made[3], made[2]]
 
 
+def test_retention_keeps_a_run_a_correction_reads(tmp_path: Path) -> None:
+    """An outside check: spray run --keep-runs 1 deleted the source run of a spray correct in progress, which
+    published anyway with a source_run_dir that no longer existed."""
+    from spray.runs.locking import RunPin, pinned
+
+    runs = tmp_path / "runs"
+    made = [_publish(runs, c * 64) for c in "abc"]
+    with RunPin(made[0]):
+        assert pinned(made[0]) and not pinned(made[1])
+        assert prune_runs(runs, 1) == [made[1]]
+        assert made[0].exists()
+    assert not pinned(made[0])
+    assert prune_runs(runs, 1) == [made[0]] and not (runs / f".pin-{made[0].name}").exists()
+
+
 def test_retention_renames_before_deleting_and_clears_a_killed_ones_trash(tmp_path: Path) -> None:
     """Deleted in place, a run killed mid-delete could lose summary.json first and stay forever, unseen."""
     runs = tmp_path / "runs"
