@@ -82,10 +82,11 @@ def test_a_shortcut_left_at_the_other_places_is_warned_of() -> None:
         before = SimpleNamespace(flip_rate=1.0, flip_null=0.0, flip_moved=1.0)
         after = SimpleNamespace(flip_rate=0.05, flip_null=0.0, flip_moved=after_moved)
         ev = SimpleNamespace(before=before, after=after)
-        return SimpleNamespace(evaluation=ev, group=SimpleNamespace(class_name="circle"))
+        return SimpleNamespace(evaluation=ev, group=SimpleNamespace(class_name="circle"), method="pclarc")
 
     text = CorrectionRecord.moved_warning(rec(1.0))  # type: ignore[arg-type]
     assert "still turns 100 % of the images into circle (in place: 5 %, 100 % before)" in text
-    assert "--with-carriers" in text
+    # an outside check: every carrier was flagged already, and a position-free direction is what helped
+    assert "--with-carriers, unless they are flagged already" in text and "correction.pooling: max" in text
     assert CorrectionRecord.moved_warning(rec(0.2)) == ""  # type: ignore[arg-type]
     assert CorrectionRecord.moved_warning(rec(None)) == ""  # type: ignore[arg-type]

@@ -234,8 +234,13 @@ class CorrectionRecord:
             f"pasted at the opposite place of the image, the stamp still turns {100 * a.flip_moved:.0f} % of "
             f"the images into {self.group.class_name} (in place: {100 * a.flip_rate:.0f} %, {100 * b.flip_rate:.0f} "
             "% before): the shortcut acts wherever it sits and the correction removed it at one place; flag its "
-            "images at every place (the finding's carriers: --with-carriers) and read the re-audit "
-            "(docs/correction.md)"
+            "images at every place (the finding's carriers: --with-carriers, unless they are flagged already) "
+            + (
+                "or take a direction that ignores where it sits (correction.pooling: max) "
+                if self.method != "retrain"
+                else ""
+            )
+            + "and read the re-audit (docs/correction.md)"
         )
 
     def lookalike_warning(self) -> str:
