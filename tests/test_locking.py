@@ -76,3 +76,22 @@ def test_failed_attempt_does_not_touch_the_lock_file(tmp_path: Path) -> None:
             pass
         after = (runs / ".lock").read_bytes(), (runs / ".lock").stat().st_mtime_ns
     assert before == after
+
+
+def test_the_locked_message_names_the_holders_command(tmp_path: Path) -> None:
+    """An outside check: the message said "Another spray run" while spray audit held the lock."""
+    runs = tmp_path / "runs"
+    code = (
+        "import sys, time; from pathlib import Path; from spray.runs.locking import RunLock\n"
+        f"lock = RunLock(Path({str(runs)!r})).__enter__(); print('held', flush=True); time.sleep(60)\n"
+    )
+    # argv as `python -c ... audit` shows it in /proc: the command among the arguments
+    proc = subprocess.Popen([sys.executable, "-c", code, "audit"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        said = rf"Another spray audit \(pid {proc.pid}\) is already running"
+        with pytest.raises(LockedError, match=said), RunLock(runs):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()

@@ -14,6 +14,18 @@ from types import TracebackType
 from spray.errors import LockedError
 from spray.runs.atomic import translate_write_errors
 
+_COMMANDS = ("audit", "run", "correct", "demo")
+
+
+def holder_command(pid: str) -> str:
+    """``"spray audit"`` etc.: the command of the process holding a lock, read from ``/proc`` (Linux; "spray
+    command" where it cannot be read)."""
+    try:
+        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (OSError, ValueError):
+        return "spray command"
+    return next((f"spray {a}" for a in argv if a in _COMMANDS), "spray command")
+
 
 class RunLock:
     """Context manager holding ``<runs_dir>/.lock``; raises :class:`LockedError` (exit 75) if taken.
@@ -37,8 +49,8 @@ class RunLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise LockedError(
-                f"Another spray run (pid {holder}) is already running on {str(self.path.parent)!r}. "
-                "Nothing was touched; try again when it has finished."
+                f"Another {holder_command(holder)} (pid {holder}) is already running on "
+                f"{str(self.path.parent)!r}. Nothing was touched; try again when it has finished."
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
