@@ -67,3 +67,29 @@ def test_sigterm_stops_any_command_with_a_log_line_and_143(tmp_path: Path) -> No
     _, err = job.communicate(timeout=30)
     assert job.returncode == 143, err
     assert "terminated (SIGTERM); its training checkpoints are kept" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_every_line_under_torchrun_says_its_rank(
+    fmt: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: under torchrun the text format had no rank (both ranks printed identical lines),
+    and the JSON lines before the audit started (a config error) had no rank field."""
+    import logging
+
+    from spray.cli.logs import configure_run_logging
+    from spray.runlog import RUN_CONTEXT
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_run_logging(False, fmt)
+        logging.getLogger("spray.test").warning("config error before the audit")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ("[rank 1]" in line) if fmt == "text" else (json.loads(line)["rank"] == 1)
+    finally:
+        RUN_CONTEXT.pop("rank", None)
+        root.handlers[:] = handlers
+        root.setLevel(level)

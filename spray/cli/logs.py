@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-from spray.runlog import RunContextFilter
+from spray.runlog import RUN_CONTEXT, RunContextFilter
 
 # Structured fields that log records may carry (``extra=``) and the JSON lines then include.
 _LOG_FIELDS = (
@@ -91,7 +92,16 @@ def configure_run_logging(verbose: bool, fmt: str) -> None:
             return json.dumps(d, default=str)
 
     setup_logging(verbose, json_logs=fmt == "json")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # under torchrun from the first line on (a config error too): every rank logs, and the lines must say whose
+        RUN_CONTEXT["rank"] = int(os.environ.get("RANK", "0"))
     for h in logging.getLogger().handlers:
         if fmt == "json":
             h.setFormatter(NightlyJsonFormatter())
+        elif "rank" in RUN_CONTEXT:
+            h.setFormatter(
+                logging.Formatter(
+                    "%(asctime)s [rank %(rank)s] %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"
+                )
+            )
         h.addFilter(RunContextFilter())
