@@ -549,15 +549,16 @@ def test_rotated_multi_frame_and_transparent_files_are_counted_in_the_run(tmp_pa
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (8, 8), (9, 9, 9)).save(root / "cat" / "turned.jpg", exif=exif)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(root / "cat" / "turned.png", exif=exif)  # read from its header
     frames = [Image.new("RGB", (8, 8), (80 * i, 0, 0)) for i in range(3)]
     frames[0].save(root / "dog" / "anim.gif", save_all=True, append_images=frames[1:])
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 0], rgba[:4, :, 3] = 255, 255  # red everywhere, the lower half transparent
     Image.fromarray(rgba).save(root / "dog" / "clear.png")
     said = " ".join(build_dataset(DataConfig(kind="image_folder", path=root)).loader_notes)
-    assert "1 of 7 probed files carry an EXIF orientation" in said
-    assert "1 of 7 probed files hold several frames or pages" in said
-    assert "1 of 7 probed files have transparent pixels" in said
+    assert "2 of 8 probed files carry an EXIF orientation" in said
+    assert "1 of 8 probed files hold several frames or pages" in said
+    assert "1 of 8 probed files have transparent pixels" in said
     white = build_dataset(DataConfig(kind="image_folder", path=root, transform={"alpha_background": "white"}))
     assert not any("transparent pixels" in n for n in white.loader_notes)
 

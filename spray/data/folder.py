@@ -354,8 +354,29 @@ MULTI_FRAME_FORMATS = (".gif", ".tif", ".tiff", ".webp", ".png")
 _EXIF_ORIENTATION = 0x0112
 
 
+#: Largest image (pixels) whose values the probe decodes (alpha, 16-bit maxima): headers only above it.
+PROBE_PIXELS = 16_000_000
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1: upright) from the header only: ``getexif`` decodes a whole PNG to find it."""
+    if im.format in ("JPEG", "MPO", "TIFF"):
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    raw = im.info.get("exif")  # PNG's eXIf chunk before the pixels, WebP's EXIF chunk
+    if not isinstance(raw, bytes | bytearray):
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(bytes(raw))
+    except Exception:  # a damaged EXIF block says nothing about the pixels
+        return 1
+    return int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+
+
 def _transparent(im: Image.Image) -> bool:
     """Whether an image has pixels that are not opaque (decodes its alpha)."""
+    if im.size[0] * im.size[1] > PROBE_PIXELS:
+        return False
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         alpha = im.convert("RGBA").getchannel("A")
         return bool(np.asarray(alpha).min(initial=255) < 255)
@@ -381,13 +402,14 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
                         channels.append(source_channels(im.mode))
                         sizes.append((im.size[1], im.size[0]))
                         transparent += _transparent(im)
-                    rotated += im.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1)
+                    rotated += _orientation(im) not in (0, 1)
                     multi = sample_ids[i].lower().endswith(MULTI_FRAME_FORMATS)
                     frames += multi and getattr(im, "n_frames", 1) > 1
                     if i in depth_rows:
                         sixteen += im.mode in HIGH_BIT_MODES
                         read += 1
-                        if im.mode in HIGH_BIT_MODES - {"F"} and len(largest) < VALUE_PROBE_FILES:
+                        small = im.size[0] * im.size[1] <= PROBE_PIXELS
+                        if small and im.mode in HIGH_BIT_MODES - {"F"} and len(largest) < VALUE_PROBE_FILES:
                             largest.append(int(np.asarray(im).max(initial=0)))
             except Exception:  # an unreadable file is reported when it is loaded, not here
                 continue
