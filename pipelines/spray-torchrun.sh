@@ -26,11 +26,11 @@ python="$(dirname "$(command -v "$runner" || echo "$runner")")/python"
 [[ -x "$python" ]] || python="$(command -v python3 || command -v python || echo python3)"
 extra=()
 if [[ -n "$status" ]] && "$python" - "$status" <<'PY'
-import json, os, socket, sys
-try:
+import json, socket, sys
+try:  # spray.cli.rank_status.held_by_another_job's rule: a live spray process of this host
     said = json.load(open(sys.argv[1]))
-    os.kill(said["pid"], 0)
-    alive = said.get("status") == "running" and said.get("host") == socket.gethostname()
+    mine = said.get("status") == "running" and said.get("host") == socket.gethostname()
+    alive = mine and b"spray" in open(f"/proc/{int(said['pid'])}/cmdline", "rb").read()
 except Exception:
     alive = False
 sys.exit(0 if alive else 1)
@@ -54,9 +54,12 @@ fi
 # In the background, with the stop signals passed on: a SIGTERM to this wrapper alone (a scheduler's stop, or
 # this script run as PID 1 in a container) must stop the job, not orphan it (it went on, published and
 # exited 10 with nobody left to read it). SIGINT goes on as SIGTERM: a background job ignores SIGINT.
+child=""
+stopped=""
+trap 'stopped=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null' TERM INT HUP
 "$runner" --standalone --nproc_per_node="$nproc" -m spray.cli run "${extra[@]}" "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+[[ -n "$stopped" ]] && kill -TERM "$child" 2>/dev/null  # a stop that came before the job had a pid
 while :; do
     wait "$child"
     rc=$?

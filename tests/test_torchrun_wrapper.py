@@ -144,11 +144,13 @@ def test_a_second_job_leaves_the_running_jobs_status_file_alone(tmp_path: Path) 
     emptied the file and the running job's rank records."""
     import json
     import socket
+    import sys
 
     from spray.cli.rank_status import held_by_another_job
 
     status = tmp_path / "status.json"
-    sleeper = subprocess.Popen(["sleep", "30"])
+    # a stand-in for the running job: a live process whose command line names spray
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "spray"])
     try:
         record = {"exit_code": None, "status": "running", "pid": sleeper.pid, "host": socket.gethostname()}
         status.write_text(json.dumps(record))
@@ -173,3 +175,14 @@ def test_a_second_job_leaves_the_running_jobs_status_file_alone(tmp_path: Path) 
         sleeper.kill()
         sleeper.wait()
     assert held_by_another_job(str(status)) is None  # its job is gone: the file is free
+    # a review: a pid reused by another program is no holder, and a file that is no record is no crash
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        status.write_text(json.dumps({**record, "pid": other.pid}))
+        assert held_by_another_job(str(status)) is None
+    finally:
+        other.kill()
+        other.wait()
+    for junk in ("null", "[1]", '"x"', "{"):
+        status.write_text(junk)
+        assert held_by_another_job(str(status)) is None

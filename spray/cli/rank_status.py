@@ -38,17 +38,31 @@ def running_record(rank: int) -> dict[str, Any]:
 
 
 def held_by_another_job(path: str | None) -> int | None:
-    """The pid of another live job on this host whose "running" record ``path`` holds (None when none): its
-    status file, which a second job (locked out at once) must not overwrite."""
+    """The pid of another live spray job on this host whose "running" record ``path`` holds (None when
+    none): its status file, which a second job (locked out at once) must not overwrite. A pid reused since
+    by another program (after a kill -9 left the record) is no holder: its command line must name spray."""
     if not path:
         return None
     try:
         said = json.loads(Path(path).read_text() or "{}")
     except (OSError, ValueError):
         return None
-    pid = said.get("pid") if isinstance(said, dict) and said.get("status") == "running" else None
-    mine = pid == os.getpid() or said.get("host") != socket.gethostname()
-    return pid if isinstance(pid, int) and not mine and _alive(pid) else None
+    if not isinstance(said, dict) or said.get("status") != "running":
+        return None
+    pid = said.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or said.get("host") != socket.gethostname():
+        return None
+    return pid if _alive(pid) and _runs_spray(pid) else None
+
+
+def _runs_spray(pid: int) -> bool:
+    """Whether process ``pid``'s command line names spray (Linux's /proc; True where it cannot be read)."""
+    try:
+        return b"spray" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def _alive(pid: int) -> bool:
