@@ -49,18 +49,19 @@ def pending_marker(runs_dir: Path, run_id: str) -> Path:
 
 
 @contextlib.contextmanager
-def owed_once_published(runs_dir: Path) -> Iterator[None]:
-    """Around an audit: when it fails before its run is published (a full disk, a stop in the write stage),
-    the alert marker :func:`record_changes` left for that run is removed, since no run owes it (the next
-    job reported exit 10 and notified for a run that never existed)."""
-    before = set(runs_dir.glob(pending_marker(runs_dir, "").name + "*"))
+def owed_once_published(runs_dir: Path) -> Iterator[list[Path]]:
+    """Around an audit, yielding the list its ``before_write`` adds the marker :func:`record_changes` wrote
+    to: when the audit fails before its run is published (a full disk, a stop in the write stage), that
+    marker is removed, since no run owes it (the next job reported exit 10 and notified for a run that never
+    existed). Only this job's own: another audit's marker, written meanwhile, is that audit's alert."""
+    written: list[Path] = []
     try:
-        yield
+        yield written
     except BaseException:
         from spray.runs.publish import list_runs
 
         published = {p.name.rsplit("-", 1)[-1] for p in list_runs(runs_dir)}
-        for marker in set(runs_dir.glob(pending_marker(runs_dir, "").name + "*")) - before:
+        for marker in written:
             if marker.name.rsplit("-", 1)[-1][:12] not in published:
                 with contextlib.suppress(OSError):
                     marker.unlink()
@@ -69,7 +70,7 @@ def owed_once_published(runs_dir: Path) -> Iterator[None]:
 
 def record_changes(
     report: AuditReport, runs_dir: Path, cfg: AuditConfig, *, fail_on_findings: bool, by: str = "spray run"
-) -> None:
+) -> Path | None:
     """Compare the run about to be published with this audit's previous run (``report.changes``) and, when
     it has new or grown suspicious clusters (or, with ``fail_on_findings``, any), leave the marker of an
     alert owed.
@@ -93,23 +94,31 @@ def record_changes(
         Any suspicious cluster owes the alert, not only new or grown ones.
     by : str
         The command publishing the run (``"spray run"``, ``"spray audit"``).
+
+    Returns
+    -------
+    Path or None
+        The marker written, if any.
     """
     from spray.runs.changes import change_rule, changes_since_previous
 
     ch = report.changes = changes_since_previous(report, runs_dir, change_rule(cfg.nightly))
     gated = fail_on_findings and any(f.suspicious for f in report.findings)
-    if ch.n_new + ch.n_grown > 0 or gated:
-        # the audit in the marker: the next job tells its own owed alerts from another audit's
-        pending_marker(runs_dir, report.run_id).write_text(
-            json.dumps(
-                {
-                    "name": report.name,
-                    "dataset": report.dataset,
-                    "by": by,
-                    "config": report.hashes.get("config"),
-                }
-            )
+    if not (ch.n_new + ch.n_grown > 0 or gated):
+        return None
+    marker = pending_marker(runs_dir, report.run_id)
+    # the audit in the marker: the next job tells its own owed alerts from another audit's
+    marker.write_text(
+        json.dumps(
+            {
+                "name": report.name,
+                "dataset": report.dataset,
+                "by": by,
+                "config": report.hashes.get("config"),
+            }
         )
+    )
+    return marker
 
 
 def exit_code_for(report: AuditReport, *, fail_on_findings: bool) -> int:

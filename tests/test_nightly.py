@@ -807,13 +807,16 @@ def test_a_run_that_fails_before_publishing_owes_no_alert(tmp_path: Path) -> Non
     runs.mkdir()
     earlier = _pending(runs, "e" * 64)
     earlier.write_text("{}")  # a stopped job's, published: still owed
-    with pytest.raises(OSError), owed_once_published(runs):
+    with pytest.raises(OSError), owed_once_published(runs) as written:
         _pending(runs, "a" * 64).write_text("{}")
+        written.append(_pending(runs, "a" * 64))  # what before_write adds
+        _pending(runs, "h" * 64).write_text("{}")  # a review: another audit's, written meanwhile, is its own
         raise OSError(28, "No space left on device")
-    assert not _pending(runs, "a" * 64).exists() and earlier.exists()
+    assert not _pending(runs, "a" * 64).exists() and earlier.exists() and _pending(runs, "h" * 64).exists()
     # failing after the run is in place (retention, the flag check) keeps its marker: the run exists
-    with pytest.raises(RuntimeError), owed_once_published(runs):
+    with pytest.raises(RuntimeError), owed_once_published(runs) as written:
         _pending(runs, "b" * 64).write_text("{}")
+        written.append(_pending(runs, "b" * 64))
         folder = runs / run_dir_name("b" * 64)
         folder.mkdir()
         (folder / "summary.json").write_text("{}")

@@ -24,12 +24,13 @@ def run_command(args: argparse.Namespace) -> int:
         # the same comparison as the nightly job's: the run's changes section, and the alert it owes, which
         # the next `spray run` (finding this run up to date) reports with exit 10 and its notification
         runs_dir, gate = Path(cfg.output.runs_dir), cfg.nightly.fail_on_findings
-        record_changes(report, runs_dir, cfg, fail_on_findings=gate, by="spray audit")
+        if marker := record_changes(report, runs_dir, cfg, fail_on_findings=gate, by="spray audit"):
+            written.append(marker)  # the list of the owed_once_published block below
 
     from spray.cli.run import shutdown_dist
 
     try:
-        with owed_once_published(Path(cfg.output.runs_dir)):
+        with owed_once_published(Path(cfg.output.runs_dir)) as written:
             report = audit(
                 cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
             )

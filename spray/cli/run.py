@@ -211,7 +211,8 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     from spray.records import AuditReport
 
     def before_write(report: AuditReport) -> None:
-        record_changes(report, runs_dir, cfg, fail_on_findings=fail_on_findings)
+        if marker := record_changes(report, runs_dir, cfg, fail_on_findings=fail_on_findings):
+            written.append(marker)  # the list of the owed_once_published block below
         ch = report.changes
         assert ch is not None
         if ch.data is not None:
@@ -234,7 +235,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
                 c.class_name,
             )
 
-    with owed_once_published(runs_dir):
+    with owed_once_published(runs_dir) as written:
         report = audit(
             cfg, device=args.device, progress=_bars(args), force=args.force, before_write=before_write
         )
