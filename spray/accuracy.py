@@ -162,17 +162,20 @@ def recorded_accuracy(extra: object) -> dict[str, Any] | None:
 
 def recorded_problems(extra: object) -> list[str]:
     """What a run's recorded checks found (:func:`model_problems`, then copies of one image under two
-    labels, :mod:`spray.label_conflicts`, then files torchvision's ImageFolder reads otherwise), as sentences
-    for the report, the dashboard, the nightly status and a reused run; empty for runs without a record."""
+    labels, :mod:`spray.label_conflicts`), as sentences for the report, the dashboard, the nightly status
+    and a reused run; empty for runs without a record."""
     from spray import label_conflicts
 
     rec = extra.get("label_conflicts") if isinstance(extra, dict) else None
-    loader = extra.get("loader_differences") if isinstance(extra, dict) else None
-    return (
-        model_problems(extra)
-        + (label_conflicts.problems(rec) if isinstance(rec, dict) else [])
-        + ([str(s) for s in loader] if isinstance(loader, list) else [])
-    )
+    return model_problems(extra) + (label_conflicts.problems(rec) if isinstance(rec, dict) else [])
+
+
+def data_notes(extra: object) -> list[str]:
+    """The run's notes on how its files were read (16-bit, .gif, EXIF orientation, frames, transparency:
+    :func:`spray.data.folder.loader_differences`), for the report, the dashboard and the nightly status,
+    apart from the checks of the model; empty for runs without them."""
+    notes = extra.get("loader_differences") if isinstance(extra, dict) else None
+    return [str(s) for s in notes] if isinstance(notes, list) else []
 
 
 def model_problems(extra: object) -> list[str]:

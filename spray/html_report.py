@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.accuracy import accuracy_sentence, recorded_accuracy, recorded_problems
+from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
 from spray.records import ChangeSet, ClusterChange
 from spray.runs.atomic import atomic_write_bytes
@@ -197,6 +197,9 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     parts += [
         f"<p class='warn'><b>Check the model first.</b> {html.escape(t)}</p>"
         for t in recorded_problems(s.extra)
+    ]
+    parts += [
+        f"<p class='warn'><b>How the files were read.</b> {html.escape(t)}</p>" for t in data_notes(s.extra)
     ]
     if changes is not None:
         parts.append("<h2>Changes since the previous run</h2>")

@@ -13,7 +13,7 @@ import safetext
 import streamlit as st
 import urlstate
 
-from spray.accuracy import recorded_accuracy, recorded_problems
+from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
 from spray.records import ChangeSet
@@ -63,6 +63,8 @@ def metrics() -> None:
 accuracy = recorded_accuracy(summary.extra)
 for problem in recorded_problems(summary.extra):
     st.warning(safetext.md(problem))
+for note in data_notes(summary.extra):  # how the files were read: not the model's doing
+    st.info(safetext.md(note))
 flagform.content_warning(dataset, path)
 
 

@@ -349,7 +349,7 @@ def _flag_warning(report: Any, db: Path) -> str:
 
 
 def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Path) -> None:
-    from spray.accuracy import recorded_accuracy, recorded_problems
+    from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
     from spray.runs.layout import RunFiles
 
     files = RunFiles(Path(report.run_dir))
@@ -383,6 +383,8 @@ def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Pat
         status["model_accuracy"] = acc.get("accuracy")
     if problems := recorded_problems(report.extra):
         status["model_warnings"] = problems
+    if notes := data_notes(report.extra):
+        status["data_notes"] = notes
     if flags := _flag_warning(report, flags_db):
         status["flag_warnings"] = [flags]
     if files.report_html.exists():
