@@ -78,7 +78,8 @@ class TransformConfig(Section):
         "'scale' reads them at their true scale (a 16-bit value / 65535); 'clip' reads them as torchvision's "
         "ImageFolder loader does (convert('RGB'): every value above 255 white, a value / 255 below), for a "
         "model trained through it, e.g. on 8-bit values stored in 16-bit files, which 'scale' reads almost "
-        "black. The audit says when it finds such files.",
+        "black. The audit says when it finds such files. 'clip' is part of the heatmap cache key and the "
+        "run id.",
     )
     mean: list[float] | None = Field(
         None,

@@ -127,11 +127,12 @@ SCRATCH_IGNORES = ("epochs", "lr", "train_scope")
 CHECKPOINT_IGNORES = ("retrain_epochs", "retrain_lr")
 
 
-def ignored_fields(method: str, retrain_init: str = "scratch") -> set[str]:
+def ignored_fields(method: str, retrain_init: str | None = None) -> set[str]:
     """The ``correction`` fields that ``method`` does not read (those of the other methods, the training
-    loop's for a method that does not train, and for ``retrain`` those its ``retrain_init`` does not use)."""
+    loop's for a method that does not train, and for ``retrain`` with ``retrain_init`` given, those that
+    start does not use)."""
     own = {f for m, fields in METHOD_FIELDS.items() if m != method for f in fields}
-    if method == "retrain":
+    if method == "retrain" and retrain_init is not None:
         own |= set(SCRATCH_IGNORES if retrain_init == "scratch" else CHECKPOINT_IGNORES)
     return own | (set(TRAINING_FIELDS) if method not in TRAINING_METHODS else set())
 
@@ -170,8 +171,9 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection, in
     audited data's and the held-out data's fingerprints), the correction parameters, the config and the code
     version."""
     # where the flags come from, when to warn and what the method does not read do not change the result
+    # (retrain's unused epochs / lr stay in: leaving them out changed the id of every published retraining)
     unused = {"flags_db", "source_run", "min_flip_over_null", "lookalike_alpha"} | ignored_fields(
-        cfg.correction.method, cfg.correction.retrain_init
+        cfg.correction.method
     )
     payload = {
         "source_run": source_run_id,
