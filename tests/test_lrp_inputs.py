@@ -139,3 +139,14 @@ def test_inference_mode_is_named_with_the_fix(resnet: nn.Module) -> None:
             Explainer(resnet)
     with torch.no_grad():
         assert e(_x()).relevance.shape == (2, 3, 64, 64)
+
+
+def test_an_explainer_can_still_be_deep_copied(resnet: nn.Module) -> None:
+    """A review: the lock made copy.deepcopy(Explainer(m)) raise 'cannot pickle _thread.lock'."""
+    import copy
+
+    e = Explainer(resnet)
+    x = _x()
+    twin = copy.deepcopy(e)
+    assert twin._lock is not e._lock
+    torch.testing.assert_close(twin(x, target=1).relevance, e(x, target=1).relevance)

@@ -241,6 +241,16 @@ class Explainer:
             self._first_path,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a lock cannot be copied: a deep copy or pickle of an Explainer gets a lock of its own
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def model(self) -> nn.Module:
         """The canonized copy with rules attached (eval mode, frozen parameters)."""
