@@ -378,3 +378,37 @@ def test_keep_corrections_prunes_the_older_corrections_of_the_dataset_only(
     assert corrections_for(world.runs_dir, "a newer run") == []
     by_dataset = corrections_for(world.runs_dir, "a newer run", dataset=third.record.dataset)
     assert [c.folder for c in by_dataset] == [third.folder]
+
+
+def test_a_correction_pins_its_source_run_while_it_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the pin was not checked inside spray correct, and was let go before publishing."""
+    import spray.correct.run as run_module
+    from spray.runs.locking import pinned
+    from spray.runs.publish import list_runs
+
+    seen: list[bool] = []
+    real_execute, real_publish = run_module._execute, run_module._publish
+
+    def execute(plan, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(pinned(plan.source.path))
+        return real_execute(plan, *args, **kwargs)
+
+    def publish(root, folder, cid):  # type: ignore[no-untyped-def]
+        seen.append(any(pinned(p) for p in list_runs(root.parent)))
+        return real_publish(root, folder, cid)
+
+    monkeypatch.setattr(run_module, "_execute", execute)
+    monkeypatch.setattr(run_module, "_publish", publish)
+    from spray.config import load_config
+    from tests.test_correct_world import build_world
+
+    world = build_world(tmp_path / "w")
+    from spray.cli import main
+
+    assert main(["audit", "--config", str(world.config), "-q"]) == 0
+    cfg = load_config(world.config)
+    cfg.correction.method, cfg.correction.reaudit = "pclarc", False
+    run_module.correct(cfg, progress=False)
+    assert seen == [True, True]

@@ -189,7 +189,7 @@ def correct(
             return CorrectionOutcome(CorrectionRecord.read(found), found, True)
         with RunPin(plan.source.path):  # a nightly spray run's retention must not delete it meanwhile
             folder, record = _execute(plan, work, device=device, progress=progress)
-        final = _publish(root, folder, plan.correction_id)
+            final = _publish(root, folder, plan.correction_id)
         shutil.rmtree(work, ignore_errors=True)
         if cfg.output.keep_corrections is not None:
             prune_corrections(runs_dir, cfg.output.keep_corrections, record.dataset, keep_also=final)

@@ -241,6 +241,10 @@ def prune_runs(
         shutil.rmtree(trash, ignore_errors=True)
         unpin(p)
         removed.append(p)
+    for pin in runs_dir.glob(".pin-*"):  # a pin left by a correction whose run was gone already
+        run = runs_dir / pin.name.removeprefix(".pin-")
+        if not run.is_dir() and not pinned(run):
+            unpin(run)
     if removed:
         log.info("retention: removed %d old runs of %s", len(removed), dataset or name or "this folder")
     return removed

@@ -79,6 +79,11 @@ def test_retention_keeps_a_run_a_correction_reads(tmp_path: Path) -> None:
         assert made[0].exists()
     assert not pinned(made[0])
     assert prune_runs(runs, 1) == [made[0]] and not (runs / f".pin-{made[0].name}").exists()
+    # a pin made on a run already gone is cleared by the next retention
+    with RunPin(runs / "gone"):
+        pass
+    prune_runs(runs, 1)
+    assert not list(runs.glob(".pin-*"))
 
 
 def test_retention_renames_before_deleting_and_clears_a_killed_ones_trash(tmp_path: Path) -> None:
