@@ -584,7 +584,7 @@ def audit(
         log.warning("runs directory %s is not writable: only checking whether the run is published", runs_dir)
     try:
         if held:
-            clean_staging(runs_dir)
+            clean_staging(runs_dir, cfg.output.resume_days)
         return run_audit(
             cfg,
             device=device,

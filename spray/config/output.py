@@ -21,6 +21,15 @@ class OutputConfig(Section):
         le=100_000,
         description="Retention: keep the newest N runs of this audit (its name and dataset key; other audits sharing the runs folder keep theirs).",
     )
+    resume_days: float = Field(
+        7.0,
+        ge=0.0,
+        le=3650.0,
+        description="Shard manifests of a run that was never published (it failed or was stopped) are kept "
+        "this many days after their last write for a resume, then removed once a newer run is published "
+        "(at 1M images they take ~125 MB a run; without them a resume still finds its heatmaps in the cache, "
+        "by content, and only reads the inputs again).",
+    )
     keep_corrections: int | None = Field(
         None,
         ge=1,

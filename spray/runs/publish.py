@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -311,15 +312,16 @@ def _prune_cache_dirs(runs_dir: Path, in_use: str) -> list[Path]:
     return removed
 
 
-def clean_staging(runs_dir: Path) -> None:
+def clean_staging(runs_dir: Path, resume_days: float = 7.0) -> None:
     """Remove leftovers of crashed runs (call only while holding the lock).
 
     Removes every folder under ``.staging``, the ``*.tmp`` files that an atomic write interrupted by
     ``kill -9`` leaves in the cache, the shard manifests of runs already published (a stop between
-    publishing and removing them), and those of unpublished runs last written before the newest published
-    run (a failed run whose settings or data changed since: at 1M images they held ~125 MB each). Finished
-    cache shards, and the manifests of the latest unpublished run, are kept: they are what the next run
-    resumes from (without its manifests a run still finds its heatmaps in the cache, by content).
+    publishing and removing them), and those of unpublished runs last written more than ``resume_days`` ago
+    and before the newest published run (a failed run whose inputs changed since: at 1M images they held
+    ~125 MB each; in a shared runs folder another audit's run is as new). Finished cache shards, and the
+    other manifests, are kept: they are what the next run resumes from (without its manifests a run still
+    finds its heatmaps in the cache, by content).
     """
     base = runs_dir / STAGING_DIR
     if base.is_dir():
@@ -329,7 +331,9 @@ def clean_staging(runs_dir: Path) -> None:
     if work.is_dir():
         runs = list_runs(runs_dir)
         published = {p.name[-12:] for p in runs}
-        newest = max((p.stat().st_mtime for p in runs), default=float("-inf"))
+        newest = min(
+            max((p.stat().st_mtime for p in runs), default=float("-inf")), time.time() - resume_days * 86400
+        )
         for w in work.iterdir():
             if w.is_dir() and (w.name[:12] in published or w.stat().st_mtime < newest):
                 shutil.rmtree(w, ignore_errors=True)

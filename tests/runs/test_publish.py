@@ -131,7 +131,11 @@ def test_clean_staging_drops_the_manifests_of_published_runs_only(tmp_path: Path
     (old / "manifest.json").write_text("{}")
     (run,) = list_runs(runs)
     os.utime(old, (run.stat().st_mtime - 60, run.stat().st_mtime - 60))
-    clean_staging(runs)
+    clean_staging(runs)  # older than the newest run, but within output.resume_days (another audit's, maybe)
+    assert old.exists()
+    week = 8 * 86400
+    os.utime(old, (run.stat().st_mtime - week, run.stat().st_mtime - week))
+    clean_staging(runs, resume_days=7)
     assert not old.exists() and (pending / "manifest.json").is_file()
 
 
