@@ -95,3 +95,15 @@ def test_the_locked_message_names_the_holders_command(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_holder_is_read_from_the_lock_file_with_its_host() -> None:
+    """A review: on a shared file system the lock's pid may be another host's; the command came from this
+    host's /proc and could name an unrelated local process."""
+    import socket
+
+    from spray.runs.locking import holder
+
+    assert holder("812 node-7 spray run") == "spray run (pid 812 on node-7)"
+    assert holder(f"812 {socket.gethostname()} spray audit") == "spray audit (pid 812)"
+    assert holder("999999999") == "spray command (pid 999999999)"  # an older spray's file: the pid alone

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import sys
 from pathlib import Path
 from types import TracebackType
 
@@ -17,14 +19,24 @@ from spray.runs.atomic import translate_write_errors
 _COMMANDS = ("audit", "run", "correct", "demo")
 
 
-def holder_command(pid: str) -> str:
-    """``"spray audit"`` etc.: the command of the process holding a lock, read from ``/proc`` (Linux; "spray
-    command" where it cannot be read)."""
-    try:
-        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except (OSError, ValueError):
-        return "spray command"
+def _command(argv: list[str]) -> str:
+    """``"spray audit"`` etc. from a command line ("spray command" when it names none)."""
     return next((f"spray {a}" for a in argv if a in _COMMANDS), "spray command")
+
+
+def holder(text: str) -> str:
+    """Who holds a lock, from its file's ``"<pid> <host> <command>"`` (an older spray wrote the pid alone: its
+    command is then read from ``/proc``, which only this host's processes are in)."""
+    pid, _, rest = text.strip().partition(" ")
+    host, _, command = rest.partition(" ")
+    if not host:
+        try:
+            argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            argv = []
+        return f"{_command(argv)} (pid {pid or 'unknown'})"
+    where = "" if host == socket.gethostname() else f" on {host}"
+    return f"{command or 'spray command'} (pid {pid}{where})"
 
 
 class RunLock:
@@ -46,14 +58,15 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            who = holder(os.pread(fd, 256, 0).decode(errors="replace"))
             os.close(fd)
             raise LockedError(
-                f"Another {holder_command(holder)} (pid {holder}) is already running on "
-                f"{str(self.path.parent)!r}. Nothing was touched; try again when it has finished."
+                f"Another {who} is already running on {str(self.path.parent)!r}. Nothing was touched; try "
+                "again when it has finished."
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # the pid, host and command: on a shared file system the holder may be another host's process
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {_command(sys.argv)}".encode(), 0)
         self._fd = fd
         return self
 
