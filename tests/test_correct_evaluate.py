@@ -78,15 +78,19 @@ def test_a_shortcut_left_at_the_other_places_is_warned_of() -> None:
 
     from spray.correct.record import CorrectionRecord
 
-    def rec(after_moved: float | None) -> object:
+    def rec(after_moved: float | None, pooling: str = "none") -> object:
         before = SimpleNamespace(flip_rate=1.0, flip_null=0.0, flip_moved=1.0)
         after = SimpleNamespace(flip_rate=0.05, flip_null=0.0, flip_moved=after_moved)
         ev = SimpleNamespace(before=before, after=after)
-        return SimpleNamespace(evaluation=ev, group=SimpleNamespace(class_name="circle"), method="pclarc")
+        return SimpleNamespace(
+            evaluation=ev, group=SimpleNamespace(class_name="circle"), method="pclarc",
+            direction=SimpleNamespace(pooling=pooling),
+        )  # fmt: skip
 
     text = CorrectionRecord.moved_warning(rec(1.0))  # type: ignore[arg-type]
     assert "still turns 100 % of the images into circle (in place: 5 %, 100 % before)" in text
     # an outside check: every carrier was flagged already, and a position-free direction is what helped
     assert "--with-carriers, unless they are flagged already" in text and "correction.pooling: max" in text
+    assert "correction.pooling: max" not in CorrectionRecord.moved_warning(rec(1.0, "max"))  # type: ignore[arg-type]
     assert CorrectionRecord.moved_warning(rec(0.2)) == ""  # type: ignore[arg-type]
     assert CorrectionRecord.moved_warning(rec(None)) == ""  # type: ignore[arg-type]

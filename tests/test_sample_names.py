@@ -33,6 +33,15 @@ def test_sample_id_in_finds_the_id_as_typed_trimmed_or_composed() -> None:
     assert sample_id_in("  dog/b.png ", known) == "dog/b.png"
     assert sample_id_in("dog/café_0.png", known) == f"dog/{DECOMPOSED}"
     assert sample_id_in("Lead space/a.png", known) is None and sample_id_in("dog/c.png", known) is None
+    # a review: many typed ids compose the run's ids once (k x n normalisations before)
+    from spray.runs.keys import sample_ids_in
+
+    typed = ["dog/café_0.png", " dog/b.png", "nope/é.png"]
+    assert sample_ids_in(typed, known) == {
+        typed[0]: f"dog/{DECOMPOSED}",
+        typed[1]: "dog/b.png",
+        typed[2]: None,
+    }
 
 
 @pytest.fixture(scope="module")

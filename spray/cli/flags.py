@@ -27,7 +27,7 @@ from spray.flags.content import (
     relabelled,
 )
 from spray.runs.atomic import atomic_write_bytes
-from spray.runs.keys import finding_key, renumbered_message, sample_id_in
+from spray.runs.keys import finding_key, renumbered_message, sample_ids_in
 
 if TYPE_CHECKING:
     from spray.runs.reader import RunReader
@@ -228,7 +228,7 @@ def _sample_ids(
             f"Give --finding KEY or --sample-ids ID,ID,... (or --sample-ids-file FILE) to {verb}."
         )
     known = set(reader.sample_ids()) | (also or set())
-    found = {i: sample_id_in(i, known) for i in ids}
+    found = sample_ids_in(ids, known)
     unknown = [i.strip() for i, f in found.items() if f is None]
     if unknown:
         commas = any("," in k for k in known) and "," in (args.sample_ids or "")

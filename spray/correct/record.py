@@ -237,7 +237,7 @@ class CorrectionRecord:
             "images at every place (the finding's carriers: --with-carriers, unless they are flagged already) "
             + (
                 "or take a direction that ignores where it sits (correction.pooling: max) "
-                if self.method != "retrain"
+                if self.method != "retrain" and self.direction.pooling != "max"
                 else ""
             )
             + "and read the re-audit (docs/correction.md)"

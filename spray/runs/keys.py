@@ -64,17 +64,34 @@ def _names(f: FindingSummary, label: str) -> set[str]:
     return labels | {f"{prefix}/{name}" for prefix in (f.class_name, str(f.class_index)) for name in labels}
 
 
-def sample_id_in(text: str, known: Collection[str]) -> str | None:
-    """The run's sample id that ``text`` names: itself; else without the spaces typed around it (a class
+def sample_ids_in(texts: Sequence[str], known: Collection[str]) -> dict[str, str | None]:
+    """The run's sample id each of ``texts`` names: itself; else without the spaces typed around it (a class
     folder may begin with a space); else the one id equal to it in Unicode's composed form (macOS and zips
-    made there store ``é`` as ``e`` and an accent, which looks the same typed); None when none is."""
-    if text in known:
-        return text
-    if (trimmed := text.strip()) in known:
-        return trimmed
-    typed = unicodedata.normalize("NFC", trimmed)
-    same = [] if typed.isascii() else [k for k in known if unicodedata.normalize("NFC", k) == typed]
-    return same[0] if len(same) == 1 else None
+    made there store ``é`` as ``e`` and an accent, which looks the same typed); None when none is. The
+    composed forms of ``known`` are made once, and only when some text needs them."""
+    out: dict[str, str | None] = {}
+    composed: dict[str, list[str]] | None = None
+    for text in texts:
+        trimmed = text.strip()
+        if text in known or trimmed in known:
+            out[text] = text if text in known else trimmed
+            continue
+        typed = unicodedata.normalize("NFC", trimmed)
+        if typed.isascii():
+            out[text] = None
+            continue
+        if composed is None:
+            composed = {}
+            for k in known:
+                composed.setdefault(unicodedata.normalize("NFC", k), []).append(k)
+        same = composed.get(typed, [])
+        out[text] = same[0] if len(same) == 1 else None
+    return out
+
+
+def sample_id_in(text: str, known: Collection[str]) -> str | None:
+    """:func:`sample_ids_in` for one text."""
+    return sample_ids_in([text], known)[text]
 
 
 def named_by(
@@ -87,9 +104,9 @@ def named_by(
 
     if names is None:
         names = {f.key: _names(f, cluster_label(f)) for f in findings}
-    # as typed, and trimmed: a class folder may begin or end with a space
-    typed = {text.casefold(), text.strip().casefold()}
-    return [f for f in findings if typed & {n.casefold() for n in names[f.key]}]
+    # as typed, and trimmed (a class folder may begin or end with a space), in Unicode's composed form
+    typed = {unicodedata.normalize("NFC", t).casefold() for t in (text, text.strip())}
+    return [f for f in findings if typed & {unicodedata.normalize("NFC", n).casefold() for n in names[f.key]}]
 
 
 def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
