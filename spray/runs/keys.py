@@ -158,7 +158,8 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
             f"Give the key with its prefix: {option} {KEY_PREFIX}{keyed.key} for the first, "
             f"{option} {KEY_PREFIX}{by_name[0].key} for the other."
         )
-    exact = [f for f in found if typed in names[f.key]]
+    # the exact spelling wins a tie: as typed first (" cat/k2/c0" is class " cat"'s), then trimmed
+    exact = [f for f in found if text in names[f.key]] or [f for f in found if typed in names[f.key]]
     if len(found) > 1 and len(exact) == 1:
         found = exact
     if len(found) == 1:

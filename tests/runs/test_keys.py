@@ -84,3 +84,15 @@ def test_a_key_that_is_also_a_numbered_class_name_is_refused_not_guessed() -> No
     assert finding_key(FINDINGS, "6/k6/c4", Path("run"), "--finding") == "6/k6/c4"  # no class named "6"
     with pytest.raises(ConfigError, match=r"No finding has the key '9/k3/c1'"):
         finding_key(digits, "key:9/k3/c1", Path("run"), "--finding")
+
+
+def test_a_class_whose_name_begins_with_a_space_is_found_as_typed(tmp_path: Path) -> None:
+    """A review: " cat/k2/c0" typed exactly picked class "cat" over class " cat" (the text was trimmed)."""
+    from types import SimpleNamespace as F
+
+    def finding(index: int, name: str) -> F:
+        return F(key=f"{index}/k2/c0", class_name=name, class_index=index, k=2, cluster_id=0, space="pixel")
+
+    both = [finding(0, "cat"), finding(1, " cat")]
+    assert finding_key(both, " cat/k2/c0", tmp_path, "--finding") == "1/k2/c0"  # type: ignore[arg-type]
+    assert finding_key(both, "cat/k2/c0", tmp_path, "--finding") == "0/k2/c0"  # type: ignore[arg-type]
