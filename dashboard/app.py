@@ -80,7 +80,13 @@ def _sidebar() -> None:
             state["run"] = picked
             st.rerun()
     elif good:
-        urlstate.nav_select("Run (newest first)", good, "run", format_func=_label)
+        before = state.get("run")
+
+        def switched() -> None:
+            # the cluster page warns when a key it shows means another group in the run switched to
+            st.session_state["switched_from_run"] = before
+
+        urlstate.nav_select("Run (newest first)", good, "run", format_func=_label, then=switched)
     else:
         st.caption(f"No runs in {safetext.code(runs)} yet.")
     if bad:

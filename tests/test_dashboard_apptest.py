@@ -435,3 +435,26 @@ def _ids(text: str) -> str:
     nums = [int(s) for s in text.split(",")]
     deltas = ",".join(str(b - a) for a, b in zip([0, *nums[:-1]], nums, strict=True))
     return base64.urlsafe_b64encode(zlib.compress(deltas.encode(), 9)).decode().rstrip("=")
+
+
+def test_switching_runs_on_a_cluster_page_says_when_its_key_is_another_group(
+    runs: tuple[Path, Path, Path], env: Path
+) -> None:
+    """An outside check: on a cluster page, picking the newer run kept cluster=6/k6/c4 and showed that run's
+    cluster of the name (24 samples, 4 of them the 23 shown before), its flag form ready, with no word."""
+    from spray.runs.reader import RunReader
+
+    old, new = RunReader.open(runs[1]), RunReader.open(runs[2])
+    new_keys = {f.key: set(map(str, f.member_ids)) for f in new.findings()}
+    key = next(
+        f.key for f in old.findings()
+        if f.key in new_keys and len(set(map(str, f.member_ids)) & new_keys[f.key]) < 0.5 * f.size
+    )  # fmt: skip
+    at = app(run=runs[1].name)
+    at.switch_page("views/cluster.py")
+    at.query_params["cluster"] = key
+    ok(at.run())
+    assert "was another group" not in texts(at)
+    at.selectbox(key="w_run").set_value(runs[2].name)
+    ok(at.run())
+    assert f"{key} was another group" in texts(at)

@@ -128,6 +128,23 @@ def label(o: str) -> str:
     )
 
 
+def _warn_renamed(key: str, ids: list[str]) -> None:
+    """After a switch of runs: say when ``key`` named another group in the run switched from (keys are per
+    run: an outside check flagged 24 samples under a name whose 23 in the other run shared 4 with them)."""
+    old = st.session_state.pop("switched_from_run", None)
+    old_path = str(Path(path).parent / str(old)) if old else None
+    if old_path is None or old == run or not common.cluster_exists(old_path, key):
+        return
+    before = set(common.members(old_path, key))
+    shared = len(before & set(ids))
+    if shared < 0.9 * max(len(before), len(ids)):
+        st.warning(
+            f"In run {safetext.code(str(old)[:24])}, {safetext.code(key)} was another group: {len(before):,} samples, "
+            f"{shared:,} of them among these {len(ids):,}. A cluster's key is its class, k and number in one run; "
+            "open this run's findings (Overview) to find that group here."
+        )
+
+
 def switched() -> None:
     for name in ("page", "filter"):
         state.pop(name, None)
@@ -160,6 +177,7 @@ else:
     ids = common.members(path, key)
     state["cluster"] = key
     state.pop("view", None)
+    _warn_renamed(key, ids)
 flags = flagform.status_of(dataset, ids)
 
 # --- summary, evidence, flag form -----------------------------------------------------------------------
