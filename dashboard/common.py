@@ -414,12 +414,16 @@ def current_run() -> tuple[str, str] | None:
         st.stop()
     if r:
         # Kept in the URL: the next rerun (any click) must say "not found" again, not fall back to the newest
-        # run, where the same cluster key names other images (a run removed by retention meanwhile).
-        not_found(
-            f"run {safetext.code(r)}",
-            f"there is no published run of that name in {safetext.code(runs)} (retention, output.keep_runs, "
-            "may have removed it); pick a run in the sidebar",
+        # run, where the same cluster key names other images (a run removed by retention meanwhile); a button
+        # opens the newest on purpose (an outside check found every page, the overview link too, stuck here).
+        st.error(
+            f"**Not found**: run {safetext.code(r)} — there is no published run of that name in "
+            f"{safetext.code(runs)} (retention, output.keep_runs, may have removed it)."
         )
+        if good and st.button(f"Open the newest run, {safetext.plain(good[0])}", key="open_newest_run"):
+            urlstate.nav()["run"] = good[0]
+            st.rerun()
+        st.stop()
     return (runs, good[0]) if good else None
 
 

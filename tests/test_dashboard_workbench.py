@@ -549,3 +549,7 @@ def test_a_link_to_a_removed_run_stays_not_found_on_every_rerun(env: Path, run_d
     ok(at.run())  # any later interaction reruns the page
     assert "Not found" in shown(at) and at.query_params["run"] == "20000101T000000000000Z-removedrun00"
     assert not [r for r in at.radio if str(r.key).startswith("flag_status")]  # no flag form on it
+    # an outside check: every page, the overview link too, stayed there; a button opens the newest on purpose
+    at.button(key="open_newest_run").click()
+    ok(at.run())
+    assert "Not found" not in shown(at) and at.query_params["run"] == run_dir.name
