@@ -458,3 +458,25 @@ def test_switching_runs_on_a_cluster_page_says_when_its_key_is_another_group(
     at.selectbox(key="w_run").set_value(runs[2].name)
     ok(at.run())
     assert f"{key} was another group" in texts(at)
+
+
+def test_a_cluster_number_that_is_not_there_is_answered_with_those_that_are(
+    runs: tuple[Path, Path, Path], env: Path
+) -> None:
+    """An outside check: the hot-spot labelling (k=0, groups numbered from 1, -1 for none) read "has the
+    clusters c0-c2, not c0"; the numbers present are named now."""
+    import numpy as np
+
+    from spray.runs.reader import RunReader
+
+    reader = RunReader.open(runs[2])
+    top = reader.findings()[0]
+    labels = reader.class_data(top.class_index).labellings[top.k]
+    present = sorted({int(x) for x in labels if x >= 0})
+    at = app(run=runs[2].name)
+    at.switch_page("views/cluster.py")
+    at.query_params["cluster"] = f"{top.class_index}/k{top.k}/c99"
+    ok(at.run())
+    want = f"has the clusters at k={top.k} {', '.join(f'c{i}' for i in present)}, not c99"
+    assert want in texts(at), texts(at)
+    assert np.issubdtype(labels.dtype, np.integer)

@@ -89,6 +89,7 @@ if "k" in state and (not state["k"].isdigit() or int(state["k"]) not in ks):
 
 def k_label(v: int) -> str:
     tags = [t for t, kk in (("top finding", best_k), ("chosen", chosen_k)) if kk == v]
+    tags = ["hot-spot groups", *tags] if v == HOTSPOT_K else tags
     return f"{v}{' (' + ', '.join(tags) + ')' if tags else ''}"
 
 

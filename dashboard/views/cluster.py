@@ -63,9 +63,11 @@ def why_not(key: str) -> str:
         return f"at k={k} class {c} has the concept clusters c0–c{int(data.concept_labellings[k].max())}, not c{cid}"
     ks = common.available_ks(data)
     if k not in ks:
-        return f"class {c} has labellings for k = {', '.join(map(str, ks))}, not k={k}"
-    n = int(data.labellings[k].max()) + 1
-    return f"at k={k} class {c} has the clusters c0–c{n - 1}, not c{cid}"
+        spots = f" ({HOTSPOT_K}: its hot-spot groups)" if HOTSPOT_K in ks else ""
+        return f"class {c} has labellings for k = {', '.join(map(str, ks))}{spots}, not k={k}"
+    present = sorted({int(x) for x in data.labellings[k] if x >= 0})  # hot-spot groups: -1 is no group
+    what = "hot-spot groups" if k == HOTSPOT_K else f"clusters at k={k}"
+    return f"class {c} has the {what} {', '.join(f'c{i}' for i in present) or 'none'}, not c{cid}"
 
 
 # --- what to show: a cluster key or a selection ---------------------------------------------------------
