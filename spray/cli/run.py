@@ -131,6 +131,8 @@ def run_command(args: argparse.Namespace) -> int:
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
         if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
+            # the outcome first: torchrun may stop this rank while it waits for the others' records below
+            _write_status(status_file, status, stdout=False)
             lost = lost_ranks(status_file, world, started)
             _name_lost_ranks(status, lost)
             # a rank that only lost its connection when the others left is no cause (a scheduler's stop races)

@@ -104,10 +104,9 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
         if not hits:
             raise SprayError(
                 f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "
-                "against the audit the flags were set on. The model's fingerprint covers its weights and its "
-                "code (the factory module and the project modules it imports: an edit, even of a comment, is a "
-                "new model), and runs of an older spray may hold another fingerprint of the same model. Run "
-                "`spray audit --config ...` first: the flags follow their images into the new run."
+                "against the audit the flags were set on. The model's fingerprint covers its weights and code (an "
+                "edit of its factory module or a project module it imports, even of a comment, is a new model; an "
+                "older spray fingerprinted otherwise): run `spray audit --config ...` first."
             )
     path, reader = hits[0]
     s = reader.summary
