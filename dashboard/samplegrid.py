@@ -219,10 +219,14 @@ def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE, name: str = "
     """Pagination over ``n_rows`` (page number mirrored in the view state ``name``)."""
     n_pages = max(1, -(-n_rows // page_size))
     state = urlstate.nav()
+    asked = str(state.get(name, 1))
     try:
-        cur = min(max(1, int(state.get(name, 1))), n_pages)
+        cur = min(max(1, int(asked)), n_pages)
     except ValueError:
         cur = 1
+    if name in urlstate.fresh() and asked != str(cur):
+        # a link's page that is not there (fewer members now, or a typo) is said, as docs/dashboard.md promises
+        urlstate._unusable(name, asked, str(cur))
     wkey = f"{key}_page"
 
     def changed() -> None:

@@ -480,3 +480,16 @@ def test_a_cluster_number_that_is_not_there_is_answered_with_those_that_are(
     want = f"has the clusters at k={top.k} {', '.join(f'c{i}' for i in present)}, not c99"
     assert want in texts(at), texts(at)
     assert np.issubdtype(labels.dtype, np.integer)
+
+
+def test_a_links_page_that_is_not_there_is_said(runs: tuple[Path, Path, Path], env: Path) -> None:
+    """An outside check: page=99 showed page 1 without a word, which docs/dashboard.md says a link gets."""
+    from spray.runs.reader import RunReader
+
+    top = RunReader.open(runs[2]).findings()[0]
+    at = app(run=runs[2].name)
+    at.switch_page("views/cluster.py")
+    at.query_params["cluster"] = top.key
+    at.query_params["page"] = "99"
+    ok(at.run())
+    assert "This link's page='99' cannot be shown here" in texts(at)
