@@ -147,6 +147,13 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
     st.rerun()
 
 
+def saved_note(key: str) -> None:
+    """The "Saved" line of form ``key`` where the form itself is gone: a form on picked table rows is not
+    drawn once its rows are cleared, and its confirmation went unseen (an outside check)."""
+    if said := st.session_state.pop(f"_saved_{key}", None):
+        st.success(f"Saved — {safetext.md(said)}")
+
+
 def _ask(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
     """The confirmation / conflict box of a pending action."""
     if p.conflict is not None:

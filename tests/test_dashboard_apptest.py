@@ -285,6 +285,8 @@ def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
     assert len(store.current(DATASET)) == 2
     assert len(store.history(DATASET)) == 6  # unflagging appends, never deletes
     assert len(at.dataframe[0].value) == 2
+    # an outside check: the form goes with its cleared rows, and its "Saved" line went with it
+    assert "Saved — unflag: 2 samples (flags page)" in texts(at)
 
 
 def test_spray_never_imports_streamlit() -> None:

@@ -330,6 +330,8 @@ if picked:
             key="cluster_rows",
             reset_keys=["cl_members"],
         )
+else:
+    flagform.saved_note("cluster_rows")
 
 if finding is not None and conceptview.is_concept(finding):
     conceptview.references(path, summary, finding, grid_cmap)

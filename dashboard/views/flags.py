@@ -79,6 +79,8 @@ if picked:
         key="flags_page",
         reset_keys=["fl_current"],
     )
+else:
+    flagform.saved_note("flags_page")
 
 st.subheader("Export for unlearning")
 ex_status = st.selectbox("Which flags", [*STATUSES, "all"], key="fl_export_status")
