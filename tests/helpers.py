@@ -24,6 +24,22 @@ def make_image_folder(
     return root
 
 
+def small_folder_config(root: Path, classes: tuple[str, ...] = ("cat", "dog"), **model: object) -> dict:
+    """A quick audit config of spray's small CNN on ``root/imgs`` (made here: 12 images of 28 px a class)."""
+    make_image_folder(root / "imgs", n_per_class=12, size=28, classes=classes)
+    return {
+        "model": {
+            "factory": "spray.lab.cnn:small_cnn",
+            "factory_kwargs": {"in_channels": 3, "num_classes": len(classes)},
+            **model,
+        },
+        "data": {"kind": "image_folder", "path": "imgs"},
+        "analysis": {"embedding": "spectral", "min_class_size": 5, "n_neighbors": 4, "k_max": 3},
+        "scoring": {"intervention_samples": 5},
+        "output": {"runs_dir": "runs"},
+    }
+
+
 def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"

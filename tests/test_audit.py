@@ -16,7 +16,7 @@ from spray.config import AuditConfig, load_config
 from spray.lab.demo import GroundTruth, prepare_demo, score_against_truth
 from spray.runs.publish import list_runs
 from spray.runs.reader import RunReader
-from tests.helpers import make_image_folder
+from tests.helpers import make_image_folder, small_folder_config
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +111,7 @@ def _write_cfg(tmp_path: Path, raw: dict) -> Path:
 
 
 def _folder_cfg(tmp_path: Path, **model: object) -> dict:
-    make_image_folder(tmp_path / "imgs", n_per_class=12, size=28)
-    return {
-        "model": {
-            "factory": "spray.lab.cnn:small_cnn",
-            "factory_kwargs": {"in_channels": 3, "num_classes": 2},
-            **model,
-        },
-        "data": {"kind": "image_folder", "path": "imgs"},
-        "analysis": {"embedding": "spectral", "min_class_size": 5, "n_neighbors": 4, "k_max": 3},
-        "scoring": {"intervention_samples": 5},
-        "output": {"runs_dir": "runs"},
-    }
+    return small_folder_config(tmp_path, **model)
 
 
 def test_corrupt_and_non_image_files_are_skipped_and_reported(

@@ -20,7 +20,7 @@ from spray.runs.keys import sample_id_in
 from spray.runs.reader import RunReader
 from tests.dashboard_fixtures import pointed_at
 from tests.faults.cli import run_main
-from tests.helpers import make_image_folder
+from tests.helpers import small_folder_config
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 LEAD = " Lead space"
@@ -47,21 +47,11 @@ def test_sample_id_in_finds_the_id_as_typed_trimmed_or_composed() -> None:
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("names")
-    make_image_folder(root / "imgs", n_per_class=12, size=28, classes=(LEAD, "dog"))
+    raw = small_folder_config(root, classes=(LEAD, "dog"))
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(
         root / "imgs" / "dog" / DECOMPOSED
     )
-    raw = {
-        "model": {
-            "factory": "spray.lab.cnn:small_cnn",
-            "factory_kwargs": {"in_channels": 3, "num_classes": 2},
-        },
-        "data": {"kind": "image_folder", "path": "imgs"},
-        "analysis": {"embedding": "spectral", "min_class_size": 5, "n_neighbors": 4, "k_max": 3},
-        "scoring": {"intervention_samples": 5},
-        "output": {"runs_dir": "runs"},
-    }
     (root / "cfg.yaml").write_text(yaml.safe_dump(raw))
     assert main(["audit", "--config", str(root / "cfg.yaml"), "-q"]) == 0
     return root

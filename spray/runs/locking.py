@@ -39,7 +39,21 @@ def holder(text: str) -> str:
     return f"{command or 'spray command'} (pid {pid}{where})"
 
 
-class RunLock:
+class _Flock:
+    """An ``fcntl.flock`` held on an open file until the ``with`` block ends."""
+
+    _fd: int | None = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class RunLock(_Flock):
     """Context manager holding ``<runs_dir>/.lock``; raises :class:`LockedError` (exit 75) if taken.
 
     A folder that cannot be written (read-only, no permission, disk full) raises
@@ -70,20 +84,12 @@ class RunLock:
         self._fd = fd
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
 
 def _pin_path(run: Path) -> Path:
     return run.parent / f".pin-{run.name}"
 
 
-class RunPin:
+class RunPin(_Flock):
     """A shared lock on ``<runs_dir>/.pin-<run folder>``, held while a command reads a run at length (``spray
     correct`` reads its source run for minutes): retention (:func:`spray.runs.publish.prune_runs`) keeps a
     pinned run. Like :class:`RunLock` the kernel drops it when the process dies; a folder where the pin
@@ -101,14 +107,6 @@ class RunPin:
         fcntl.flock(fd, fcntl.LOCK_SH)
         self._fd = fd
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def pinned(run: Path) -> bool:
