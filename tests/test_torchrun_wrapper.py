@@ -150,7 +150,11 @@ def test_a_second_job_leaves_the_running_jobs_status_file_alone(tmp_path: Path) 
 
     status = tmp_path / "status.json"
     # a stand-in for the running job: a live process whose command line names spray
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "spray"])
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "spray"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sleeper.stdout is not None and sleeper.stdout.readline().strip() == "up"  # its command line is set
     try:
         record = {"exit_code": None, "status": "running", "pid": sleeper.pid, "host": socket.gethostname()}
         status.write_text(json.dumps(record))
@@ -177,6 +181,8 @@ def test_a_second_job_leaves_the_running_jobs_status_file_alone(tmp_path: Path) 
     assert held_by_another_job(str(status)) is None  # its job is gone: the file is free
     # a review: a pid reused by another program is no holder, and a file that is no record is no crash
     other = subprocess.Popen(["sleep", "30"])
+    while not Path(f"/proc/{other.pid}/cmdline").read_bytes().startswith(b"sleep"):  # exec'd: its own line
+        pass
     try:
         status.write_text(json.dumps({**record, "pid": other.pid}))
         assert held_by_another_job(str(status)) is None
