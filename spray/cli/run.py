@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -96,8 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
     # the previous run's outcome, and a rank above 0 that vanishes is named by rank 0 from its own file.
     running = running_record(rank)
     _write_status(rank_status_path(status_file, rank), running, stdout=False)
-    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
+    try:  # SIGTERM raises Terminated: spray.cli.main installs the handler for every command
         code = _run(args, status)
     except SprayError as err:
         code = err.exit_code
@@ -126,7 +124,6 @@ def run_command(args: argparse.Namespace) -> int:
         status.update(exit_code=EXIT_FAILURE, status="failed", error=f"{type(err).__name__}: {err}")
         code = EXIT_FAILURE
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         shutdown_dist()
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
