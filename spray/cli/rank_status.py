@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spray.runs.locking import command_line
+
 
 def rank_status_path(status_file: str | None, rank: int) -> str | None:
     """Where ``rank`` writes its status: ``status_file`` itself for rank 0, ``<status_file>.rank<k>`` else."""
@@ -47,22 +49,18 @@ def held_by_another_job(path: str | None) -> int | None:
         said = json.loads(Path(path).read_text() or "{}")
     except (OSError, ValueError):
         return None
-    if not isinstance(said, dict) or said.get("status") != "running":
+    pid = _running_here(said) if isinstance(said, dict) else None
+    if pid is None or pid == os.getpid() or not _alive(pid):
         return None
-    pid = said.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid() or said.get("host") != socket.gethostname():
-        return None
-    return pid if _alive(pid) and _runs_spray(pid) else None
+    argv = command_line(pid)
+    return pid if argv is None or any("spray" in a for a in argv) else None
 
 
-def _runs_spray(pid: int) -> bool:
-    """Whether process ``pid``'s command line names spray (Linux's /proc; True where it cannot be read)."""
-    try:
-        return b"spray" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
+def _running_here(rec: dict[str, Any]) -> int | None:
+    """The pid of a "running" record written on this host (None for another status, host or no pid)."""
+    pid = rec.get("pid")
+    mine = rec.get("status") == "running" and rec.get("host") == socket.gethostname()
+    return pid if mine and isinstance(pid, int) else None
 
 
 def _alive(pid: int) -> bool:
@@ -89,9 +87,7 @@ def _records(status_file: str | None, world_size: int, since: float) -> dict[int
 
 
 def _still_running(rec: dict[str, Any]) -> bool:
-    pid = rec.get("pid")
-    here = rec.get("host") == socket.gethostname()
-    return rec.get("status") == "running" and here and isinstance(pid, int) and _alive(pid)
+    return (pid := _running_here(rec)) is not None and _alive(pid)
 
 
 def lost_ranks(status_file: str | None, world_size: int, since: float, grace_s: float = 3.0) -> list[str]:
@@ -122,13 +118,11 @@ def lost_ranks(status_file: str | None, world_size: int, since: float, grace_s: 
         records = _records(status_file, world_size, since)
     out: list[str] = []
     for rank, rec in records.items():
-        if rec.get("status") == "running":
-            here = rec.get("host") == socket.gethostname()
-            if here and isinstance(rec.get("pid"), int) and not _alive(rec["pid"]):
-                out.append(
-                    f"rank {rank} (pid {rec['pid']}) ended without a final status (killed, e.g. by the "
-                    "out-of-memory killer or kill -9)"
-                )
+        if (pid := _running_here(rec)) is not None and not _alive(pid):
+            out.append(
+                f"rank {rank} (pid {pid}) ended without a final status (killed, e.g. by the out-of-memory "
+                "killer or kill -9)"
+            )
         elif rec.get("status") == "failed":
             out.append(f"rank {rank} failed: {rec.get('error', 'see its log lines')}")
     return out

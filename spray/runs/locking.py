@@ -24,17 +24,26 @@ def _command(argv: list[str]) -> str:
     return next((f"spray {a}" for a in argv if a in _COMMANDS), "spray command")
 
 
+def command_line(pid: int) -> list[str] | None:
+    """The arguments of process ``pid`` from Linux's ``/proc`` ([] when it is gone; None where they cannot be
+    read: another platform, no permission)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")
+
+
 def holder(text: str) -> str:
     """Who holds a lock, from its file's ``"<pid> <host> <command>"`` (an older spray wrote the pid alone: its
     command is then read from ``/proc``, which only this host's processes are in)."""
     pid, _, rest = text.strip().partition(" ")
     host, _, command = rest.partition(" ")
     if not host:
-        try:
-            argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError):
-            argv = []
-        return f"{_command(argv)} (pid {pid or 'unknown'})"
+        argv = command_line(int(pid)) if pid.isdigit() else None
+        return f"{_command(argv or [])} (pid {pid or 'unknown'})"
     where = "" if host == socket.gethostname() else f" on {host}"
     return f"{command or 'spray command'} (pid {pid}{where})"
 
