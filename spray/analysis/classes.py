@@ -139,10 +139,10 @@ def check_rows(sample_ids: list[str], relevance: np.ndarray, concepts: np.ndarra
         raise DataError(
             f"relevance must be (n, h, w) for the {len(sample_ids)} sample ids, got shape {shape}"
         )
-    if concepts is not None and (np.ndim(concepts) != 2 or len(concepts) != len(sample_ids)):
-        raise DataError(
-            f"concepts must be (n, C) for the {len(sample_ids)} sample ids, got shape {tuple(np.shape(concepts))}"
-        )
+    if concepts is not None:
+        from spray.analysis.concepts import check_concepts
+
+        check_concepts(sample_ids, concepts)
 
 
 def _maps_and_features(relevance: np.ndarray, a: AnalysisConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -152,6 +152,22 @@ def _score_cluster(
     return channels, float(score), signals
 
 
+def check_concepts(sample_ids: list[str], concepts: np.ndarray) -> None:
+    """Refuse concept vectors that are not ``(n, C)`` for the ``n`` sample ids.
+
+    Raises
+    ------
+    DataError
+        With the shape expected.
+    """
+    if np.ndim(concepts) != 2 or len(concepts) != len(sample_ids):
+        from spray.errors import DataError
+
+        raise DataError(
+            f"concepts must be (n, C) for the {len(sample_ids)} sample ids, got shape {tuple(np.shape(concepts))}"
+        )
+
+
 def analyze_concepts(
     class_index: int, class_name: str, sample_ids: list[str], concepts: np.ndarray, cfg: AuditConfig
 ) -> ConceptAnalysis:
@@ -165,14 +181,8 @@ def analyze_concepts(
     DataError
         ``concepts`` is not ``(n, C)`` for the ``n`` sample ids.
     """
+    check_concepts(sample_ids, concepts)
     from spray.analysis.clustering import cluster_sweep
-
-    if np.ndim(concepts) != 2 or len(concepts) != len(sample_ids):
-        from spray.errors import DataError
-
-        raise DataError(
-            f"concepts must be (n, C) for the {len(sample_ids)} sample ids, got shape {tuple(np.shape(concepts))}"
-        )
     from spray.analysis.preprocess import reduce_dimension
     from spray.analysis.spectral import spectral_embedding
 
