@@ -239,9 +239,8 @@ def _sample_ids(
             else ""
         )
         raise ConfigError(f"{len(unknown)} sample id(s) are not in {run}, e.g. {unknown[:3]}.{hint}")
-    return list(
-        dict.fromkeys(f for f in found.values() if f is not None)
-    )  # once each: the count said is stored
+    stored = dict.fromkeys(f for f in found.values() if f is not None)  # once each: the count said is stored
+    return list(stored)
 
 
 def _author(args: argparse.Namespace) -> str:

@@ -87,10 +87,11 @@ def set_scope(model: nn.Module, layer: str, scope: str, example: torch.Tensor) -
         p.requires_grad_(False)
     for name in names:
         module = model.get_submodule(name)
-        own = [p for p in module.parameters(recurse=False) if id(p) not in user_frozen]
+        mine = list(module.parameters(recurse=False))
+        own = [p for p in mine if id(p) not in user_frozen]
         # one module at a time (not .train(), which recurses into children that may run before the layer)
         module.training = not isinstance(module, _NORM_TYPES)
-        if len(own) < len(list(module.parameters(recurse=False))):
+        if len(own) < len(mine):
             kept.append(name or "<root>")
         if own:
             trained.append(name or "<root>")

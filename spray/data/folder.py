@@ -437,16 +437,19 @@ def loader_differences(
             ".gif files, so a model trained through it never saw them (move them out of the folder to audit "
             "what it was trained on)"
         )
+    deep = (
+        f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or float "
+        "ones); "
+    )
     if probe.sixteen_bit and high_bit_depth == "clip":
         notes.append(
-            f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or "
-            "float ones); data.transform.high_bit_depth: clip reads them as torchvision's ImageFolder does "
-            "(every value above 255 white)"
+            deep
+            + "data.transform.high_bit_depth: clip reads them as torchvision's ImageFolder does (every value "
+            "above 255 white)"
         )
     elif probe.sixteen_bit:
         notes.append(
-            f"{probe.sixteen_bit} of {probe.probed} probed files are 16-bit grey images (or 32-bit integer or "
-            "float ones); spray reads them at their true scale (a 16-bit value / 65535; floats in [0, 1] as they "
+            deep + "spray reads them at their true scale (a 16-bit value / 65535; floats in [0, 1] as they "
             "are; other 32-bit ones are skipped with the reason), while torchvision's ImageFolder loader "
             "(convert('RGB')) clips every value above 255 to white (a float one to black or white): if the model "
             "was trained through it, it saw other images than "

@@ -331,11 +331,12 @@ def clean_staging(runs_dir: Path, resume_days: float = 7.0) -> None:
     if work.is_dir():
         runs = list_runs(runs_dir)
         published = {p.name[-12:] for p in runs}
-        newest = min(
+        # older than the newest published run and than resume_days
+        cutoff = min(
             max((p.stat().st_mtime for p in runs), default=float("-inf")), time.time() - resume_days * 86400
         )
         for w in work.iterdir():
-            if w.is_dir() and (w.name[:12] in published or w.stat().st_mtime < newest):
+            if w.is_dir() and (w.name[:12] in published or w.stat().st_mtime < cutoff):
                 shutil.rmtree(w, ignore_errors=True)
     cache = runs_dir / CACHE_DIR
     if cache.is_dir():
