@@ -30,9 +30,9 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spray.exit_codes import EXIT_FINDINGS, EXIT_OK
 from spray.records import AuditReport
@@ -66,6 +66,50 @@ def owed_once_published(runs_dir: Path) -> Iterator[list[Path]]:
                 with contextlib.suppress(OSError):
                     marker.unlink()
         raise
+
+
+def audit_owing_alert(
+    cfg: AuditConfig,
+    *,
+    by: str,
+    fail_on_findings: bool,
+    on_changes: Callable[[AuditReport], None] | None = None,
+    **audit_kwargs: Any,
+) -> AuditReport:
+    """Run :func:`spray.audit.audit` the way ``spray run`` and ``spray audit`` both do: before the run is
+    published, compare it with the previous run and leave the alert it owes (:func:`record_changes`); when
+    the audit fails before publishing, withdraw that alert (:func:`owed_once_published`).
+
+    Parameters
+    ----------
+    cfg : AuditConfig
+        The audit config.
+    by : str
+        The command publishing the run (``"spray run"``, ``"spray audit"``).
+    fail_on_findings : bool
+        Any suspicious cluster owes the alert, not only new or grown ones.
+    on_changes : callable, optional
+        Called with the report once ``report.changes`` is set, before the run is written.
+    **audit_kwargs
+        Passed to :func:`spray.audit.audit` (``device``, ``progress``, ``force``).
+
+    Returns
+    -------
+    AuditReport
+        The audit's report.
+    """
+    from spray.audit import audit
+
+    runs_dir = Path(cfg.output.runs_dir)
+    with owed_once_published(runs_dir) as written:
+
+        def before_write(report: AuditReport) -> None:
+            if marker := record_changes(report, runs_dir, cfg, fail_on_findings=fail_on_findings, by=by):
+                written.append(marker)
+            if on_changes is not None:
+                on_changes(report)
+
+        return audit(cfg, before_write=before_write, **audit_kwargs)
 
 
 def record_changes(

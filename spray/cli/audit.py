@@ -13,27 +13,21 @@ def run_command(args: argparse.Namespace) -> int:
     """``spray audit``: run the audit and print the ranked findings."""
     # The config first: a bad one is reported before torch (which spray.audit imports) is loaded.
     cfg = load_audit_config(args)
-    from pathlib import Path
-
-    from spray.audit import audit
-    from spray.nightly import owed_once_published, record_changes
-    from spray.records import AuditReport
+    from spray.cli.run import shutdown_dist
+    from spray.nightly import audit_owing_alert
     from spray.report import findings_table, report_header
 
-    def before_write(report: AuditReport) -> None:
+    try:
         # the same comparison as the nightly job's: the run's changes section, and the alert it owes, which
         # the next `spray run` (finding this run up to date) reports with exit 10 and its notification
-        runs_dir, gate = Path(cfg.output.runs_dir), cfg.nightly.fail_on_findings
-        if marker := record_changes(report, runs_dir, cfg, fail_on_findings=gate, by="spray audit"):
-            written.append(marker)  # the list of the owed_once_published block below
-
-    from spray.cli.run import shutdown_dist
-
-    try:
-        with owed_once_published(Path(cfg.output.runs_dir)) as written:
-            report = audit(
-                cfg, device=args.device, progress=not args.quiet, force=args.force, before_write=before_write
-            )
+        report = audit_owing_alert(
+            cfg,
+            by="spray audit",
+            fail_on_findings=cfg.nightly.fail_on_findings,
+            device=args.device,
+            progress=not args.quiet,
+            force=args.force,
+        )
     finally:
         shutdown_dist()
     if report.rank != 0:

@@ -205,13 +205,10 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         # real below (a run that starts in between is still caught there).
         with RunLock(runs_dir):
             pass
-    from spray.audit import audit
-    from spray.nightly import exit_code_for, owed_once_published, pending_marker, record_changes
+    from spray.nightly import audit_owing_alert, exit_code_for, pending_marker
     from spray.records import AuditReport
 
-    def before_write(report: AuditReport) -> None:
-        if marker := record_changes(report, runs_dir, cfg, fail_on_findings=fail_on_findings):
-            written.append(marker)  # the list of the owed_once_published block below
+    def log_changes(report: AuditReport) -> None:
         ch = report.changes
         assert ch is not None
         if ch.data is not None:
@@ -234,10 +231,15 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
                 c.class_name,
             )
 
-    with owed_once_published(runs_dir) as written:
-        report = audit(
-            cfg, device=args.device, progress=_bars(args), force=args.force, before_write=before_write
-        )
+    report = audit_owing_alert(
+        cfg,
+        by="spray run",
+        fail_on_findings=fail_on_findings,
+        on_changes=log_changes,
+        device=args.device,
+        progress=_bars(args),
+        force=args.force,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK
