@@ -402,6 +402,19 @@ def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_othe
     assert "which is not the newest of its audit" in older and "spray flags rebind" not in older
 
 
+def test_the_sample_page_says_why_a_sample_has_no_original_file(
+    env: Path, runs: tuple[Path, Path, Path]
+) -> None:
+    """An outside check: for samples that are not files (IDX, factory) the "Original file" heading stood alone."""
+    from spray.runs.reader import RunReader
+
+    sid = RunReader.open(runs[2]).sample_ids()[0]
+    at = ok(app(run=runs[2].name, sample=sid).switch_page("views/sample.py").run())
+    shown = texts(at)
+    assert "Original file" in shown
+    assert "are not files. The input above is the image as the audit read it." in shown
+
+
 def test_a_second_cluster_link_opens_its_own_cluster(env: Path) -> None:
     """An outside check: after one cluster had been opened, every later link to the cluster page (overview
     row, class page list, "open the selection") showed the first cluster again, with its flag form."""

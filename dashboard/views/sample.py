@@ -174,6 +174,12 @@ elif (summary.config.get("data") or {}).get("kind") == "image_folder":
         f"For image folders the sample id is the file's path relative to the dataset root ({safetext.code(sid)}). "
         "Start the dashboard with `--data-root DIR` to see and download the original file here."
     )
+else:
+    # IDX records and factory samples have no file per sample: without this line the heading stood alone
+    source = {"idx": "IDX records", "factory": "samples of a factory dataset"}.get(
+        str((summary.config.get("data") or {}).get("kind")), "samples of a source this run does not name"
+    )
+    st.caption(f"None: this run's {source} are not files. The input above is the image as the audit read it.")
 
 # --- flags ----------------------------------------------------------------------------------------------
 st.subheader("Flag")
