@@ -47,7 +47,9 @@ import spray
 # 10: a softmax output in an element-wise product gets the gate rule (selective-kernel and split-attention
 #     branch weights); marks of gates and attention weights carry through reshapes; lrp.concept_layer auto
 #     passes over a class-score convolution (SqueezeNet) and auxiliary classifiers (GoogLeNet).
-LRP_VERSION = 10
+# 11: F.normalize is explained with the norm held constant (SwinV2's cosine attention: q and k had no relevance);
+#     products of two activations in tensordot, baddbmm, addbmm and addmm get the uniform rule.
+LRP_VERSION = 11
 #: How spray.model_identity.model_hash fingerprints a model; runs record it (``hashes["model_hash_version"]``)
 #: so that an older spray's fingerprint is not taken for other weights. 2: non-persistent buffers are covered.
 MODEL_HASH_VERSION = 2

@@ -302,8 +302,9 @@ def lxt_swin_reference(
     model: nn.Module, x: torch.Tensor, targets: torch.Tensor, attention: str = "attnlrp"
 ) -> torch.Tensor:
     """LXT's rules on torchvision's Swin, whose attention is functional: its two matmuls go through
-    ``Tensor.matmul`` (uniform rule: ``divide_gradient`` by 2 on both factors) and, for CP-LRP, its
-    softmax output is held constant (``stop_gradient``)."""
+    ``Tensor.matmul`` or ``@`` (uniform rule: ``divide_gradient`` by 2 on both factors), SwinV2's cosine
+    attention normalises q and k with ``F.normalize`` (the norm held constant, as LXT's rule for LayerNorm
+    holds the standard deviation) and, for CP-LRP, the softmax output is held constant (``stop_gradient``)."""
     rules, patches = lxt_modules()
     model = copy.deepcopy(model).eval()
     for m in model.modules():
@@ -311,14 +312,19 @@ def lxt_swin_reference(
             m.forward = types.MethodType(patches.layer_norm_forward, m)
         elif isinstance(m, nn.GELU):
             m.forward = (lambda f: lambda t: rules.identity_rule_implicit(f, t))(m.forward)
-    matmul, softmax = torch.Tensor.matmul, F.softmax
+    matmul, at, softmax, normalize = torch.Tensor.matmul, torch.Tensor.__matmul__, F.softmax, F.normalize
 
     def uniform(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.requires_grad and b.requires_grad:
             return matmul(rules.divide_gradient(a, 2), rules.divide_gradient(b, 2))
         return matmul(a, b)
 
+    def constant_norm(t: torch.Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> torch.Tensor:
+        return t / t.norm(p, dim, keepdim=True).clamp_min(eps).detach()
+
     torch.Tensor.matmul = uniform  # type: ignore[method-assign]
+    torch.Tensor.__matmul__ = uniform  # type: ignore[method-assign]
+    F.normalize = constant_norm  # type: ignore[assignment]
     if attention == "cp":
         F.softmax = lambda *a, **kw: rules.stop_gradient(softmax(*a, **kw))  # type: ignore[assignment]
     try:
@@ -326,7 +332,8 @@ def lxt_swin_reference(
         out = model(xx)
     finally:
         torch.Tensor.matmul = matmul  # type: ignore[method-assign]
-        F.softmax = softmax  # type: ignore[assignment]
+        torch.Tensor.__matmul__ = at  # type: ignore[method-assign]
+        F.softmax, F.normalize = softmax, normalize  # type: ignore[assignment]
     (grad,) = torch.autograd.grad(out, xx, torch.zeros_like(out).scatter_(1, targets[:, None], 1.0))
     return (xx * grad).detach()
 

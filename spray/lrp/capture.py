@@ -73,7 +73,10 @@ class CallRecord:
     abs_in, abs_out : float
         Total absolute relevance (element-wise), the scale of the call.
     ops : list[str]
-        Operations with a non-conservative rule (softmax) that ran in this call's own code.
+        Operations with a non-conservative rule (softmax) that ran in this call's own code unmeasured.
+    op_in, op_out, op_abs : float
+        Total relevance at the inputs / outputs of the measured non-conservative operations of the call's own
+        code (:meth:`RelevanceTaps.watch_op`), and their absolute relevance.
     opaque : bool
         An input or output of the call is an object the taps cannot look into.
     """
@@ -87,12 +90,20 @@ class CallRecord:
     abs_in: float = 0.0
     abs_out: float = 0.0
     ops: list[str] = field(default_factory=list)
+    op_in: float = 0.0
+    op_out: float = 0.0
+    op_abs: float = 0.0
     opaque: bool = False
 
     @property
     def loss(self) -> float:
         """Relevance that reaches the outputs and does not come out at the inputs."""
         return self.rel_out - self.rel_in
+
+    @property
+    def op_loss(self) -> float:
+        """The part of the call's own loss that its measured non-conservative operations account for."""
+        return self.op_out - self.op_in
 
 
 class RelevanceTaps:
@@ -134,16 +145,23 @@ class RelevanceTaps:
         if self._stack:
             self.calls[self._stack[-1]].ops.append(op)
 
+    def watch_op(self, t: torch.Tensor, side: str) -> torch.Tensor:
+        """An alias of ``t`` entering (``"in"``) or leaving (``"out"``) a non-conservative operation of the
+        innermost running call, whose relevance counts as that operation's (its own change is then known)."""
+        if not self._stack:
+            return t
+        return self._watch(t, self._stack[-1], side, op=True)
+
     def remove(self) -> None:
         """Remove all hooks."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
-    def _watch(self, t: Any, index: int, side: str) -> Any:
+    def _watch(self, t: Any, index: int, side: str, op: bool = False) -> Any:
         if not (isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()):
             return t
-        scale = _unit_scale(t) if self._rescale and side == "out" else 1.0
+        scale = _unit_scale(t) if self._rescale and side == "out" and not op else 1.0
         alias = _Alias.apply(t, scale)
         # keep spray's tags (a gate, CP-LRP's attention weights): the functional rules read them
         for name, tag in vars(t).items():
@@ -158,7 +176,13 @@ class RelevanceTaps:
             r = g if relevance_frame else g * value
             record = self.calls[index]
             total, absolute = float(r.sum(dtype=torch.float64)), float(r.abs().sum(dtype=torch.float64))
-            if side == "in":
+            if op:
+                record.op_abs += absolute
+                if side == "in":
+                    record.op_in += total
+                else:
+                    record.op_out += total
+            elif side == "in":
                 record.rel_in += total
                 record.abs_in += absolute
             else:

@@ -12,8 +12,9 @@
   stabiliser made negligible (the smallest normal float32), so that each rule must hand on exactly what it receives. On the first
   two samples it measures, with :class:`~spray.lrp.capture.RelevanceTaps`, the relevance into and out of
   every module call. The code of a module outside its submodules (its *glue*) must then conserve
-  relevance; a leaf must conserve it unless its rule says otherwise (αβ), and a call whose own code
-  ran a softmax under AttnLRP is exempt (the softmax rule is not conservative). A violation raises
+  relevance; a leaf must conserve it unless its rule says otherwise (αβ). Under AttnLRP a softmax (alone or in
+  ``scaled_dot_product_attention``) is measured on its own and its change of relevance taken out, since its
+  rule does not conserve; the rest of the code around it must conserve. A violation raises
   :class:`~spray.errors.ModelError` naming the module.
 """
 
@@ -56,9 +57,15 @@ ADDITIVE_NAMES = frozenset(
         "cls_token",
         "dist_token",
         "reg_token",
+        "register_tokens",
+        "class_embedding",
         "pos_embedding",
         "pos_embed",
         "absolute_pos_embed",
+        "positional_embedding",
+        "position_embedding",
+        "position_embeddings",
+        "relative_position_bias_table",
     }
 )
 #: Relative tolerance of the conservation check, against the relevance magnitude at the module.
@@ -69,7 +76,29 @@ CONSERVATION_TOL = 1e-3
 _PROBE_EPS = float(torch.finfo(torch.float32).tiny)
 
 
-def check_order(context: RuleContext, first_path: str | None) -> None:
+def _shared_types(model: nn.Module, paths: list[str]) -> str:
+    """Advice for modules at ``paths`` whose type other modules of ``model`` share: a rule registered for the
+    type would change those too (empty when none shares it)."""
+    wrapped = {id(m.inner) for m in model.modules() if isinstance(m, RuleModule)}
+    inner = {
+        p: m.inner if isinstance(m, RuleModule) else m
+        for p, m in model.named_modules()
+        if id(m) not in wrapped
+    }
+    for path in paths:
+        kind = type(inner[path])
+        others = [p for p, m in inner.items() if type(m) is kind and p not in paths]
+        if others:
+            return (
+                f" register_layer_rule works by type, and {len(others)} other {kind.__name__} module(s) of the "
+                f"model ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) would get the rule too, "
+                f"with wrong maps: give {path} a type of its own (class InputNorm({kind.__name__}): pass, built "
+                "into the model in its place) and register the rule for that type."
+            )
+    return ""
+
+
+def check_order(context: RuleContext, first_path: str | None, model: nn.Module | None = None) -> None:
     """Raise :class:`ModelError` unless the relevance-out layer ran once and before any rule layer."""
     if first_path is None:
         return
@@ -91,10 +120,11 @@ def check_order(context: RuleContext, first_path: str | None) -> None:
             if any(p.split(".")[0] == top for p in early) and "." in first_path
             else ""
         )
+        shared = "" if model is None else _shared_types(model, early)
         raise ModelError(
             f"layers {early} ran before the first layer {first_path}: spray takes the first dense/conv layer "
             "in named_modules() order as the input layer, so it must be the first to run. Register modules in "
-            f"execution order; {input_normalisation_advice()}.{branches}"
+            f"execution order; {input_normalisation_advice()}.{shared}{branches}"
         )
 
 
@@ -190,8 +220,9 @@ def _violation(calls: list[CallRecord], index: int, floor: float) -> float | Non
         return None
     if isinstance(call.module, RuleModule) and not call.module.rule.conservative:
         return None
-    own = call.loss - sum(calls[c].loss for c in call.children)
-    scale = max(call.abs_in, call.abs_out, floor)
+    # a softmax's own change of relevance is its rule's; anything else in the same code must conserve
+    own = call.loss - sum(calls[c].loss for c in call.children) - call.op_loss
+    scale = max(call.abs_in, call.abs_out, call.op_abs, floor)
     error = own / scale
     return error if abs(error) > CONSERVATION_TOL else None
 
@@ -221,12 +252,30 @@ def _message(call: CallRecord, error: float) -> str:
             head + f"by its plain gradient. Give {kind} a rule: Pass() if it is element-wise, Epsilon() "
             f"if it is a linear map (Explainer(..., extra_rules={{{kind}: Pass()}})). {skip}"
         )
+    own = [
+        name
+        for name, t in call.module.named_parameters(recurse=False)
+        if not (name.endswith("bias") or name in ADDITIVE_NAMES)
+    ]
+    constants = (
+        f" Its own parameters {', '.join(own)} are not taken as additive constants: if one is added to the "
+        "activations (a class token, a position embedding), spray knows it under the names "
+        f"{', '.join(sorted(ADDITIVE_NAMES - {'running_mean'}))} or '*bias'."
+        if own
+        else ""
+    )
+    # the model itself cannot be given one rule: a rule replaces a layer's backward, and the model is no layer
+    whole = (
+        ""
+        if not call.path
+        else f", or give the whole {kind} one rule (Explainer(..., extra_rules={{{kind}: Epsilon()}}))"
+    )
     return (
         head + "in its own forward() (outside its submodules): a functional operation that spray has no "
         "rule for is explained by its plain gradient there (a division or product spray does not "
         "recognise, exp/log/pow, a normalisation written by hand, a constant added that is not a "
-        f"parameter named '*bias'). Move the operation into a module and give that a rule, or give the "
-        f"whole {kind} one rule (Explainer(..., extra_rules={{{kind}: Epsilon()}})). {skip}"
+        f"parameter named '*bias').{constants} Move the operation into a module and give that a rule{whole}. "
+        f"{skip}"
     )
 
 
@@ -243,7 +292,10 @@ def _probe(
     xp = x[:2].detach().to(dtype).requires_grad_(True)
     try:
         ctx.reset()
-        with torch.enable_grad(), functional_rules(ctx, attention, recorder=taps.record_op):
+        with (
+            torch.enable_grad(),
+            functional_rules(ctx, attention, recorder=taps.record_op, watcher=taps.watch_op),
+        ):
             out = probe(xp)
         seed = torch.zeros_like(out).scatter_(1, targets[:2, None].to(out.device), 1.0)
         seeded_grad(out, xp, seed)

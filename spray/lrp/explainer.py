@@ -500,7 +500,7 @@ class Explainer:
             self._tap = ConceptTap(self._model, self.concept_layer, self._context, concept_mask, required)
         try:  # the tap stays set while a first-batch check may re-run the forward pass
             out, x = self._run(x)
-            check_order(self._context, self._first_path)
+            check_order(self._context, self._first_path, self._model)
             out, logits = self._check_reference(x, out)
         finally:
             tap, self._tap = self._tap, None

@@ -7,8 +7,8 @@ they are (additions, concatenation, indexing, reshapes, ReLU, pooling, multiplic
 but a few are not. :class:`FunctionalRules` is a ``TorchFunctionMode`` that is active during spray's
 forward pass and gives exactly those their rule:
 
-* **product of two activations** (``*``, ``torch.mul``, ``@``, ``matmul``, ``bmm``, two-operand
-  ``einsum``): AttnLRP's uniform rule, half of the relevance to each factor (the plain gradient would
+* **product of two activations** (``*``, ``torch.mul``, ``@``, ``matmul``, ``bmm``, ``tensordot``,
+  two-operand ``einsum``, and the product in ``baddbmm``/``addbmm``/``addmm``): AttnLRP's uniform rule, half of the relevance to each factor (the plain gradient would
   give each factor all of it). If one factor is a *gate* (the output of a sigmoid or hard sigmoid,
   see :func:`spray.lrp.activations.mark_gate`), the **gate rule**: all relevance to the other factor and
   none to the gate (the gate acts as a weight, as in squeeze-and-excitation).
@@ -26,8 +26,10 @@ forward pass and gives exactly those their rule:
 * **element-wise non-linearities** (``F.gelu``, ``F.silu``, ``torch.sigmoid``, ``tanh``, ``F.hardswish``,
   ...): the identity rule (``Pass``), also for their in-place forms, which run out of place and copy the
   result into the input tensor, so the rule still sees the input.
-* **normalisations** (``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``): the scale held constant
-  (:mod:`spray.lrp.normalization`); ``F.batch_norm`` in eval mode: ``Pass`` (zennit's rule for BN).
+* **normalisations** (``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``, and ``F.normalize``, e.g. the
+  cosine attention of SwinV2): the scale held constant (:mod:`spray.lrp.normalization`; its plain gradient
+  would take all relevance out of ``q`` and ``k``, since a vector's direction does not scale with it);
+  ``F.batch_norm`` in eval mode: ``Pass`` (zennit's rule for BN).
 
 Operations on tensors that do not require a gradient, and everything that runs with gradients off
 (inside the rules' own Functions), pass through untouched.
@@ -46,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from spray.lrp.activations import _PassFn, gated, mark_gate
 from spray.lrp.base import RuleContext
-from spray.lrp.normalization import group_norm, layer_norm, rms_norm
+from spray.lrp.normalization import group_norm, layer_norm, normalize, rms_norm
 
 __all__ = ["ATTENTION_RULES", "FunctionalRules", "functional_rules", "scale_gradient"]
 
@@ -136,7 +138,17 @@ _INPLACE = {
     F.hardtanh_: F.hardtanh,
 }
 _ELEMENTWISE_PRODUCTS = {torch.mul, torch.Tensor.mul}
-_PRODUCTS = {*_ELEMENTWISE_PRODUCTS, torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm}
+_PRODUCTS = {
+    *_ELEMENTWISE_PRODUCTS,
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.bmm,
+    torch.Tensor.bmm,
+    torch.tensordot,
+}
+# ``input + product``: baddbmm(zeros, q, kᵀ) in attention written for speed (the product is the 2nd and 3rd operand)
+_ADDED_PRODUCTS = {torch.baddbmm, torch.Tensor.baddbmm, torch.addbmm, torch.Tensor.addbmm}
+_ADDED_PRODUCTS |= {torch.addmm, torch.Tensor.addmm}
 # in-place arithmetic and its out-of-place forms (``x += y`` reaches the mode as ``Tensor.add_``)
 _INPLACE_ARITHMETIC = {
     torch.Tensor.add_: torch.Tensor.add,
@@ -185,10 +197,19 @@ class FunctionalRules(TorchFunctionMode):
     recorder : callable, optional
         Called with the name of every operation whose rule is not conservative (softmax), for the
         self-check.
+    watcher : callable, optional
+        ``watcher(tensor, "in" | "out")`` returns an alias of a tensor entering or leaving a softmax or
+        ``scaled_dot_product_attention`` whose relevance the self-check counts as that operation's own; with
+        it, those operations are measured instead of passed to ``recorder``, so that only their own change of
+        relevance is exempt from conservation, not the rest of the code around them.
     """
 
     def __init__(
-        self, context: RuleContext, attention: str = "attnlrp", recorder: Callable[[str], None] | None = None
+        self,
+        context: RuleContext,
+        attention: str = "attnlrp",
+        recorder: Callable[[str], None] | None = None,
+        watcher: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_RULES:
@@ -196,8 +217,10 @@ class FunctionalRules(TorchFunctionMode):
         self.context = context
         self.attention = attention
         self.recorder = recorder
+        self.watcher = watcher
         self._handlers: dict[Any, Callable[..., Any]] = {
             **{f: self._product for f in _PRODUCTS},
+            **{f: self._added_product for f in _ADDED_PRODUCTS},
             torch.einsum: self._einsum,
             F.scaled_dot_product_attention: self._sdpa,
             **{f: self._softmax for f in _SOFTMAX},
@@ -205,6 +228,7 @@ class FunctionalRules(TorchFunctionMode):
             F.layer_norm: self._layer_norm,
             F.group_norm: self._group_norm,
             F.rms_norm: self._rms_norm,
+            F.normalize: self._normalize,
             F.batch_norm: self._batch_norm,
             **{f: self._inplace_on_rule_output for f in _INPLACE_ARITHMETIC},
             **{f: self._inplace_flag for f in _INPLACE_FLAG},
@@ -251,6 +275,11 @@ class FunctionalRules(TorchFunctionMode):
         a, b = self._factors(args[0], args[1], elementwise=func in _ELEMENTWISE_PRODUCTS)
         return func(a, b, *args[2:], **kwargs)
 
+    def _added_product(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if len(args) < 3:  # operands by keyword: the plain gradient, which the self-check judges
+            return func(*args, **kwargs)
+        return func(args[0], *self._factors(args[1], args[2]), *args[3:], **kwargs)
+
     def _einsum(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
         if len(operands) != 2:
@@ -265,24 +294,34 @@ class FunctionalRules(TorchFunctionMode):
         else:
             rest = ()
             kwargs = {n: val for n, val in bound.items() if n not in ("query", "key", "value")}
+        watch = self.watcher
         if self.attention == "cp":
             q, k = q.detach(), k.detach()
         elif _grad(q) or _grad(k):
-            self._record("softmax in scaled_dot_product_attention")
+            if watch is None:
+                self._record("softmax in scaled_dot_product_attention")
+            else:
+                q, k, v = watch(q, "in"), watch(k, "in"), watch(v, "in")
             q, k, v = scale_gradient(q, 0.25), scale_gradient(k, 0.25), scale_gradient(v, 0.5)
+            out = func(q, k, v, *rest, **kwargs)
+            return out if watch is None else watch(out, "out")
         else:
             v = scale_gradient(v, 0.5)
         return func(q, k, v, *rest, **kwargs)
 
     def _softmax(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        y = func(*args, **kwargs)
-        if not _grad(y):
-            return y
-        if self.attention == "cp":
-            setattr(y, _ATTENTION_ATTR, True)
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and _grad(x)):
+            return func(*args, **kwargs)
         bound = _bound(func, args, kwargs) or {}
         dim = bound.get("dim", args[1] if len(args) > 1 else kwargs.get("dim"))
-        if func in _BRANCH_SOFTMAX and isinstance(dim, int) and y.dim() and dim % y.dim() != y.dim() - 1:
+        branch = func in _BRANCH_SOFTMAX and isinstance(dim, int) and x.dim() and dim % x.dim() != x.dim() - 1
+        if self.attention != "cp" and not branch and self.watcher is not None:
+            return self.watcher(func(self.watcher(x, "in"), *args[1:], **kwargs), "out")
+        y = func(*args, **kwargs)
+        if self.attention == "cp":
+            setattr(y, _ATTENTION_ATTR, True)
+        if branch:
             # branch weights: held constant where they weigh activations; recorded only if used otherwise
             setattr(y, _SOFTMAX_ATTR, True)
         elif self.attention != "cp":
@@ -369,6 +408,12 @@ class FunctionalRules(TorchFunctionMode):
             return func(*args, **kwargs)
         return group_norm(b["input"], b["num_groups"], b["weight"], b["bias"], b["eps"])
 
+    def _normalize(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        b = _bound(func, args, kwargs)
+        if b is None or not _grad(b["input"]) or b.get("out") is not None:
+            return func(*args, **kwargs)
+        return normalize(b["input"], b["p"], b["dim"], b["eps"])
+
     def _rms_norm(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         b = _bound(func, args, kwargs)
         if b is None or not _grad(b["input"]):
@@ -388,14 +433,17 @@ _ACTIVE: list[FunctionalRules] = []
 
 @contextlib.contextmanager
 def functional_rules(
-    context: RuleContext, attention: str = "attnlrp", recorder: Callable[[str], None] | None = None
+    context: RuleContext,
+    attention: str = "attnlrp",
+    recorder: Callable[[str], None] | None = None,
+    watcher: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
 ) -> Iterator[FunctionalRules]:
     """Make :class:`FunctionalRules` active for the block, unless one already is (modes must not nest:
     an inner and an outer mode would both apply their rule to the same call)."""
     if _ACTIVE:
         yield _ACTIVE[-1]
         return
-    mode = FunctionalRules(context, attention, recorder)
+    mode = FunctionalRules(context, attention, recorder, watcher)
     with mode:
         _ACTIVE.append(mode)
         try:

@@ -120,6 +120,26 @@ class _RMSNormFn(torch.autograd.Function):
         return _affine(g, weight).mul_(rstd.to(g.dtype)), None, None, None
 
 
+class _L2NormalizeFn(torch.autograd.Function):
+    """``F.normalize`` forward; backward with the norm held constant (a cosine attention's q and k)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float, dim: int, eps: float) -> torch.Tensor:
+        denom = x.norm(p, dim, keepdim=True).clamp_min(eps)
+        ctx.save_for_backward(denom)
+        return x / denom.expand_as(x)  # F.normalize's own arithmetic: the same values
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (denom,) = ctx.saved_tensors
+        return g / denom, None, None, None
+
+
+def normalize(x: torch.Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize`` with the backward of AttnLRP's normalisation rule (the norm constant)."""
+    return _L2NormalizeFn.apply(x, p, dim, eps)
+
+
 def layer_norm(
     x: torch.Tensor,
     shape: Sequence[int],

@@ -159,6 +159,12 @@ def _attach(model: nn.Module, rules: dict[str, Rule], first: str | None, context
     for path, m in model.named_modules(remove_duplicate=False):
         aliases.setdefault(id(m), []).append(path)
     for path, rule in rules.items():
+        if not path:
+            raise ConfigError(
+                f"the rule {rule!r} was given to {type(model).__name__}, the model itself: a rule replaces one "
+                "layer's backward, and the whole model is no layer. Give rules to its submodules (move an "
+                "operation written in its forward() into a module of its own and give that module the rule)."
+            )
         module = model.get_submodule(path)
         if isinstance(module, ResidualAdd):
             if not isinstance(rule, (Norm, Epsilon)):

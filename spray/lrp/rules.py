@@ -29,7 +29,8 @@ checked numerically against zennit 0.5.1 in the tests.
 The rules live in modules by the layers they are for, and are all importable from here:
 :mod:`spray.lrp.base` (``Rule``, ``RuleModule``, ``Gradient``, ``Epsilon``, ``Norm``),
 :mod:`spray.lrp.linear` (``ZPlus``, ``AlphaBeta``, ``Gamma``, ``Flat``, ``WSquare``, ``ZBox``),
-:mod:`spray.lrp.activations` (``Pass``), :mod:`spray.lrp.pooling` (``LeanMaxPool``).
+:mod:`spray.lrp.activations` (``Pass``), :mod:`spray.lrp.normalization` (``Normalize``),
+:mod:`spray.lrp.pooling` (``LeanMaxPool``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 from spray.lrp.activations import Pass
 from spray.lrp.base import Epsilon, Gradient, Norm, Rule, RuleContext, RuleModule
 from spray.lrp.linear import AlphaBeta, Flat, Gamma, WSquare, ZBox, ZPlus
+from spray.lrp.normalization import Normalize
 from spray.lrp.numerics import stabilize
 from spray.lrp.pooling import LeanMaxPool
 
@@ -48,6 +50,7 @@ __all__ = [
     "Gradient",
     "LeanMaxPool",
     "Norm",
+    "Normalize",
     "Pass",
     "Rule",
     "RuleContext",
