@@ -179,8 +179,8 @@ def run_audit(
             _check_flags(cfg, report.content_hashes, Path(published))
         return report
     if read_only:
-        reason = read_only_reason(cfg.output.runs_dir, setup.run_id, name=cfg.name, dataset=cfg.dataset_key())
-        raise RunWriteError(cfg.output.runs_dir, reason)
+        mine = {"name": cfg.audit_name(), "dataset": cfg.dataset_key()}
+        raise RunWriteError(cfg.output.runs_dir, read_only_reason(cfg.output.runs_dir, setup.run_id, **mine))
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
     set_stage("merge")
     stage, inputs = _merge(batched, ctx)
@@ -268,7 +268,7 @@ def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool)
     existing: str | None = None
     if ctx.is_main and not force:
         found = find_run(Path(cfg.output.runs_dir), run_id)
-        newest = None if found is None else newer_run(found, name=cfg.name, dataset=cfg.dataset_key())
+        newest = None if found is None else newer_run(found, name=cfg.audit_name(), dataset=cfg.dataset_key())
         if found is not None and newest is not None:
             # The inputs went back to an earlier state: reusing that run would leave a newer run, of other
             # inputs, as the one the dashboard, `latest` and the next night's comparison take as current.
@@ -435,7 +435,7 @@ def _report(
         skipped=skipped,
         classes=analysis.classes,
         findings=analysis.findings,
-        name=cfg.name,
+        name=cfg.audit_name(),
         dataset=cfg.dataset_key(),
         class_names=list(setup.dataset.class_names),
         n_samples=len(stage.batch),

@@ -271,7 +271,9 @@ def _bars(args: argparse.Namespace) -> bool:
 def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
     """Whether an exit 10 is owed: this run's own marker on a run found up to date, or the markers of this
     audit's earlier runs (:func:`_owed_earlier`); said in a warning."""
-    earlier = _owed_earlier(runs_dir, pending, cfg.name, cfg.dataset_key(), report.hashes.get("config"))
+    earlier = _owed_earlier(
+        runs_dir, pending, cfg.audit_name(), cfg.dataset_key(), report.hashes.get("config")
+    )
     if report.up_to_date and pending.exists():
         earlier.insert(0, (report.run_id[:16], _marker_of(pending).get("by")))
     audited = [run for run, by in earlier if by == "spray audit"]

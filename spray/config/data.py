@@ -213,7 +213,9 @@ class DataConfig(Section):
         None,
         ge=1,
         description="Use only the first N samples (for trials; an image folder's first N files in name order, "
-        "so whole classes may be left out).",
+        "so whole classes may be left out). A trial is an audit of its own, published as 'NAME (data.limit N)': "
+        "its runs are not the full audit's previous runs, not in its retention, and not a correction's source "
+        "when the full audit has a run; flags on samples it left out are not taken as deleted.",
     )
     max_image_pixels: int = Field(
         50_000_000,

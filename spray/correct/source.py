@@ -60,9 +60,12 @@ class SourceRun:
     run_hash_versions: dict[str, str] = field(default_factory=dict)
 
 
-def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str | None) -> SourceRun:
+def find_source_run(
+    runs_dir: Path, dataset: str, model_hash: str, wanted: str | None, audit_name: str | None = None
+) -> SourceRun:
     """The run to correct from: ``wanted`` (a folder name, or a prefix of one or of a run id), or the newest run of this
-    dataset made with this model.
+    dataset made with this model, a run of the audit named ``audit_name`` first (a trial with ``data.limit`` is
+    another audit: its subset would become the correction's reference and evaluation data).
 
     Raises
     ------
@@ -101,6 +104,7 @@ def find_source_run(runs_dir: Path, dataset: str, model_hash: str, wanted: str |
             for p, r in readable
             if r.summary.dataset == dataset and r.summary.hashes.get("model") == model_hash
         ]
+        hits.sort(key=lambda hit: hit[1].summary.name != audit_name)  # stable: newest first within each
         if not hits:
             raise SprayError(
                 f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "

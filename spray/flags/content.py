@@ -206,6 +206,8 @@ def bind_flags(
     stale: set[int] = set()
     if run is not None:
         flags, stale = from_origin_runs(flags, run.parent, data_hash_of(run))
+    # a trial run (data.limit) holds the first N samples only: an id it lacks is not a deleted file
+    trial = run is not None and _limited(run)
     bound: list[Flag] = []
     changed: list[ChangedFlag] = []
     unchecked = 0
@@ -213,6 +215,9 @@ def bind_flags(
         now = run_hashes.get(f.sample_id)
         if f.event_id in stale:
             changed.append(ChangedFlag(f, now, [], unverified=True))
+        elif trial and now is None and not ids_of.get(f.content_hash or ""):
+            bound.append(f)
+            unchecked += 1
         elif f.content_hash is None and now is None:
             changed.append(ChangedFlag(f, None, []))  # nothing to compare, but its id is gone: a deleted file
         elif f.content_hash is None:
@@ -371,6 +376,17 @@ def data_hash_of(run: str | Path) -> str | None:
         return read_summary(Path(run)).hashes.get("data")
     except (RunReadError, OSError):
         return None
+
+
+def _limited(run: Path) -> bool:
+    """Whether the run at ``run`` audited only the first ``data.limit`` samples (False if unknown)."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.reader import read_summary
+
+    try:
+        return (read_summary(run).config.get("data") or {}).get("limit") is not None
+    except (RunReadError, OSError):
+        return False
 
 
 def _skipped_in(run: Path) -> dict[str, str]:
