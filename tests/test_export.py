@@ -220,7 +220,7 @@ def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, t
     assert set(by_id) == set(samples["sample_id"])
     for d in docs:
         path = out / d["filepath"]
-        assert path.is_file() and Path(d["relevance"]["map_path"]).is_file()
+        assert path.is_file() and (out / d["relevance"]["map_path"]).is_file()
         assert d["ground_truth"]["_cls"] == d["prediction"]["_cls"] == "Classification"
         assert d["relevance"]["_cls"] == "Heatmap" and d["relevance"]["range"] == [0, 255]
         assert isinstance(d["tags"], list) and d["metadata"] is None
@@ -228,7 +228,7 @@ def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, t
     r = 17
     d = by_id[samples["sample_id"][r]]
     assert np.array_equal(np.asarray(Image.open(out / d["filepath"])), thumbs[r])
-    grey = np.asarray(Image.open(d["relevance"]["map_path"])).astype(np.float32)
+    grey = np.asarray(Image.open(out / d["relevance"]["map_path"])).astype(np.float32)
     assert np.corrcoef(grey.ravel(), heat[r].astype(np.float32).ravel())[0, 1] > 0.999
     assert d["ground_truth"]["label"] == samples["label_name"][r]
     assert d["prediction"]["confidence"] == pytest.approx(float(samples["confidence"][r]))
@@ -245,6 +245,32 @@ def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, t
     others = [d for d in docs if d["spray_sample_id"] not in set(top.member_ids)]
     assert not any(d["spray_suspicious"] for d in others if d["spray_cluster"] != top.key)
     json.dumps(docs, allow_nan=False)  # strict JSON: no NaN for FiftyOne's parser
+
+
+def _grey(heat: np.ndarray) -> np.ndarray:
+    """The documented 8-bit map of a heatmap: 128 + 127 · R / max|R|, rounded (the oracle, written out)."""
+    h = heat.astype(np.float32)
+    return np.clip(np.round(128 + 127 * h / (float(np.abs(h).max()) or 1.0)), 0, 255).astype(np.uint8)
+
+
+def test_a_moved_fiftyone_export_shows_its_own_heatmaps(run: Path, tmp_path: Path) -> None:
+    """Exported, moved, and another run exported where it was: every map path of the moved folder is
+    relative and resolves inside it, to the map of its own sample (an absolute path showed the newer run's)."""
+    heat = np.load(run / "heatmaps.npy")
+    first = write_fiftyone_dataset(run, tmp_path / "fo")
+    moved = first.rename(tmp_path / "fo_run1")
+    other = make_synthetic_run(tmp_path / "runs2", class_sizes=[30] * 3, planted_class=1, seed=9)
+    write_fiftyone_dataset(other, tmp_path / "fo")
+    docs = json.loads((moved / "samples.json").read_text())["samples"]
+    assert len(docs) == len(heat)
+    for r, d in enumerate(docs):
+        rel = d["relevance"]["map_path"]
+        # What FiftyOne's importer does with it: a relative path under fields/<field>/ joins the dataset folder.
+        assert not Path(rel).is_absolute() and rel.startswith("fields/relevance/"), rel
+        path = (moved / rel).resolve()
+        assert path.is_relative_to(moved.resolve()) and path.is_file(), rel
+        assert np.array_equal(np.asarray(Image.open(path)), _grey(heat[r])), rel
+        assert not Path(d["filepath"]).is_absolute() and (moved / d["filepath"]).is_file()
 
 
 def test_fiftyone_dataset_points_at_original_files_under_the_data_root(run: Path, tmp_path: Path) -> None:
@@ -306,6 +332,8 @@ def test_fiftyones_own_importer_reads_the_export(run: Path, tmp_path: Path) -> N
     assert type(member.ground_truth).__name__ == "Classification" and "suspicious" in member.tags
     assert member.spray_cluster == top.key and Path(member.filepath).is_file()
     assert member.relevance.get_map().shape == tuple(np.load(run / "heatmaps.npy", mmap_mode="r").shape[1:])
+    # the importer resolved the relative map path against the export folder
+    assert Path(member.relevance.map_path).parent == out.resolve() / "fields" / "relevance"
 
 
 def test_fiftyone_tags_the_members_of_a_suspicious_concept_only_finding(tmp_path: Path) -> None:

@@ -16,8 +16,12 @@ through its legacy importer: ``metadata.json`` without a ``version`` key)::
                                     spray_suspicion, spray_map, spray_flag, spray_flag_note, spray_flag_author}]}
     data/<row>.png    the stored thumbnail of each sample (or, with ``data_root``, the original file's
                       absolute path when it exists)
-    relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 255 / 0 = the map's largest
-                      positive / negative relevance (``Heatmap`` label with ``range`` [0, 255])
+    fields/relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 255 / 0 = the map's
+                      largest positive / negative relevance (``Heatmap`` label with ``range`` [0, 255])
+
+Every path inside the folder is written relative to it, so the folder can be moved or copied: FiftyOne's
+importer joins a relative ``filepath`` to the dataset folder, and a relative media path of a label to it when
+the label's field has its own folder ``fields/<field>`` (as FiftyOne's own exporter lays them out).
 
 ``spray_cluster`` is the sample's cluster at the k and in the space of its class's top-ranked finding
 (the class page opens at it; ``<class>/concept/k<k>/c<id>`` for a concept-space one), ``spray_suspicious``
@@ -50,7 +54,8 @@ log = logging.getLogger(__name__)
 SAMPLES = "samples.json"
 METADATA = "metadata.json"
 DATA_DIR = "data"
-RELEVANCE_DIR = "relevance"
+# FiftyOne resolves a label's relative media path only for a field with a folder of its name under fields/
+RELEVANCE_DIR = "fields/relevance"
 SUSPICIOUS_TAG = "suspicious"
 
 
@@ -122,7 +127,7 @@ def _number(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict[str, Any]) -> dict[str, Any]:
+def _sample(src: ExportSource, r: int, media: str, relevance: str, fields: dict[str, Any]) -> dict[str, Any]:
     row = src.samples.loc[src.sample_ids[r]]
     flag: Flag | None = fields["flag"]
     tags = ([SUSPICIOUS_TAG] if fields["suspicious"] else []) + ([f"flag:{flag.status}"] if flag else [])
@@ -136,7 +141,7 @@ def _sample(src: ExportSource, r: int, media: str, relevance: Path, fields: dict
             "label": str(row["prediction_name"]),
             "confidence": _number(float(row["confidence"])),
         },
-        "relevance": {"_cls": "Heatmap", "map_path": str(relevance), "range": [0, 255]},
+        "relevance": {"_cls": "Heatmap", "map_path": relevance, "range": [0, 255]},
         "spray_sample_id": str(row["sample_id"]),
         "spray_cluster": fields["cluster"],
         "spray_cluster_score": _number(fields["score"]),
@@ -232,10 +237,9 @@ def write_fiftyone_dataset(
     flags = _flags(src, Path(flags_db) if flags_db else None)
     root = Path(data_root).resolve() if data_root else None
     out = Path(out)
-    final = out.resolve()
     with staged_output(out) as tmp:
         (tmp / DATA_DIR).mkdir()
-        (tmp / RELEVANCE_DIR).mkdir()
+        (tmp / RELEVANCE_DIR).mkdir(parents=True)
         samples = []
         ids = src.sample_ids
         known = _known_hashes(src, root is not None and check_originals)
@@ -263,8 +267,8 @@ def write_fiftyone_dataset(
                 "flag": flags.get(sid),
                 "xy": xy[r],
             }
-            # FiftyOne makes only `filepath` absolute on import: the heatmap's path is written absolute.
-            samples.append(_sample(src, r, media, final / RELEVANCE_DIR / name, fields))
+            # relative (resolved against the dataset folder on import): a moved export keeps its own maps
+            samples.append(_sample(src, r, media, f"{RELEVANCE_DIR}/{name}", fields))
         if changed:
             log.warning(
                 "%d files under the data root changed after the audit or cannot be read (their content is not "
