@@ -394,3 +394,40 @@ def test_fiftyone_export_of_an_image_folder_run_leaves_out_files_changed_since(t
     out = write_fiftyone_dataset(run_dir, tmp_path / "fo2", data_root=root, check_originals=False)
     docs = {d["spray_sample_id"]: d for d in json.loads((out / "samples.json").read_text())["samples"]}
     assert docs["cat/003.png"]["filepath"] == str((root / "cat" / "003.png").resolve())
+
+
+def test_fiftyone_export_of_a_reaudit_carries_the_projects_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A correction's re-audit (RUNS/corrections/C/reaudit/<run>) has no flags.sqlite of its own: the
+    project's RUNS/flags.sqlite holds its flags."""
+    runs = tmp_path / "runs"
+    reaudit = make_synthetic_run(
+        runs / "corrections" / "c1" / "reaudit", class_sizes=[30] * 3, planted_class=1
+    )
+    ids = list(pd.read_parquet(reaudit / "samples.parquet")["sample_id"][:4])
+    FlagStore(runs / "flags.sqlite").flag("synthetic-fashion", ids, "unlearn", "stamp")
+    res = run_main(["export", "fiftyone", str(reaudit.parent), "-o", str(tmp_path / "fo")], capsys)
+    assert res.code == 0, res.output
+    docs = json.loads((tmp_path / "fo" / "samples.json").read_text())["samples"]
+    assert {d["spray_sample_id"] for d in docs if d["spray_flag"] == "unlearn"} == set(ids)
+
+
+def test_fiftyone_export_says_when_the_flag_database_holds_other_datasets_only(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("mnist", ["a.png"], "unlearn")
+    FlagStore(db).flag("cifar", ["b.png"], "ok")
+    res = run_main(
+        ["export", "fiftyone", str(run), "--flags-db", str(db), "-o", str(tmp_path / "fo")], capsys
+    )
+    assert_clean_failure(res, 2, str(db), "'synthetic-fashion'", "cifar, mnist", "leave out --flags-db")
+    assert not (tmp_path / "fo").exists()
+    # the runs folder's own database (not asked for by name): exported without flags, said aloud
+    runs = tmp_path / "runs"
+    other = make_synthetic_run(runs, class_sizes=[30] * 3, planted_class=1)
+    FlagStore(runs / "flags.sqlite").flag("mnist", ["a.png"], "unlearn")
+    res = run_main(["export", "fiftyone", str(other), "-o", str(tmp_path / "fo2")], capsys)
+    assert res.code == 0 and "holds no flags of this run's dataset key 'synthetic-fashion'" in res.output
+    assert "mnist" in res.output

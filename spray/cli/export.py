@@ -64,7 +64,9 @@ def register(subparsers: Any) -> None:
     f = sub.add_parser("fiftyone", help="a FiftyOne dataset folder", description=fiftyone_command.__doc__)
     common(f)
     f.add_argument(
-        "--flags-db", help="flag database (default: RUNS_DIR/flags.sqlite beside the run, when it exists)"
+        "--flags-db",
+        help="flag database (default: RUNS_DIR/flags.sqlite beside the run, when it exists; for a correction's "
+        "re-audit RUNS_DIR/corrections/C/reaudit, the project's RUNS_DIR/flags.sqlite)",
     )
     f.add_argument("--data-root", help="folder the sample ids are relative to: link the original files")
     f.add_argument(

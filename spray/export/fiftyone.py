@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from spray.data.originals import input_box, original_under
 from spray.data.sample import content_hash
+from spray.errors import ConfigError
 from spray.export.source import ExportSource, open_source, staged_output
 from spray.flags import Flag, FlagStore, bind_flags, default_db_path
 from spray.flags.content import describe
@@ -94,12 +95,34 @@ def _cluster_of(
 
 
 def _flags(src: ExportSource, flags_db: Path | None) -> dict[str, Flag]:
-    db = flags_db if flags_db is not None else default_db_path(src.path.parent)
+    """The current flag of each sample of the run, from ``flags_db`` or the project's database.
+
+    Raises
+    ------
+    ConfigError
+        ``flags_db`` was given and holds flags of other datasets but none of the run's.
+    """
+    db = flags_db if flags_db is not None else default_db_path(src.runs_dir)
     if not Path(db).is_file():
         if flags_db is not None:
             log.warning("no flag database at %s: the export has no flags", db)
+        else:
+            log.info("no flag database at %s: the export has no flags", db)
         return {}
-    flags = FlagStore(db, read_only=True).current(src.dataset)
+    store = FlagStore(db, read_only=True)
+    keys = store.datasets()
+    if keys and src.dataset not in keys:
+        problem = (
+            f"{db} holds no flags of this run's dataset key {src.dataset!r} (its keys: {', '.join(keys)})"
+        )
+        if (
+            flags_db is not None
+        ):  # asked for this database's flags: an export without any is not what was meant
+            raise ConfigError(
+                f"--flags-db {problem}: give the flag database of this run's project, or leave out --flags-db."
+            )
+        log.warning("%s: the export has no flags", problem)
+    flags = store.current(src.dataset)
     hashes = src.reader.content_hashes()
     if hashes is None:
         return {f.sample_id: f for f in flags}
@@ -224,7 +247,8 @@ def write_fiftyone_dataset(
     out : str or Path
         Folder to create (must not exist).
     flags_db : str or Path, optional
-        Flag database (default ``<runs folder>/flags.sqlite`` when it exists).
+        Flag database (default ``<runs folder>/flags.sqlite`` when it exists; for a correction's re-audit,
+        that of the runs folder holding the correction).
     data_root : str or Path, optional
         Folder the sample ids are relative to (image folders): samples whose original file exists there
         point at it instead of the stored thumbnail.

@@ -23,6 +23,11 @@ from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
 
 log = logging.getLogger(__name__)
 
+# A correction's re-audit is published as <runs>/corrections/<correction>/reaudit/<run> (spray.correct.run);
+# the project's flag database stays in <runs>.
+CORRECTIONS = "corrections"
+REAUDIT = "reaudit"
+
 
 @dataclass
 class ExportSource:
@@ -55,6 +60,12 @@ class ExportSource:
     def path(self) -> Path:
         """The run folder."""
         return self.reader.path
+
+    @property
+    def runs_dir(self) -> Path:
+        """The project's runs folder, whose ``flags.sqlite`` holds this run's flags: the run's parent, or for
+        a correction's re-audit the runs folder the correction belongs to."""
+        return project_runs_dir(self.path)
 
     @property
     def summary(self) -> RunSummary:
@@ -95,6 +106,15 @@ class ExportSource:
         """Positions of these samples in the export's order (:attr:`sample_ids`)."""
         row_of = {s: i for i, s in enumerate(self.sample_ids)}
         return np.fromiter((row_of[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
+
+
+def project_runs_dir(run: Path) -> Path:
+    """The runs folder a run belongs to: ``run``'s parent, or ``<runs>`` for a correction's re-audit
+    ``<runs>/corrections/<correction>/reaudit/<run>`` (its own runs folder holds no flags)."""
+    parent = Path(run).parent
+    if parent.name == REAUDIT and parent.parent.parent.name == CORRECTIONS:
+        return parent.parent.parent.parent
+    return parent
 
 
 def _resolve(run: Path) -> Path:
