@@ -47,6 +47,33 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_run(d, class_sizes=SIZES, seed=4, dataset="synthetic-fashion", k_max=5)
 
 
+@pytest.fixture(scope="module")
+def hot_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run written by spray's own writer: class 0's top finding is a hot-spot group (a labelling k = 0 in
+    class 0 only, -1 outside the group); class 1 has a concept-space sweep at k = 3 whose cluster 2 is a
+    finding (key ``1/concept/k3/c2``), a group unlike pixel cluster 2 at k = 3."""
+    from spray.analysis.scoring.candidates import HOTSPOT_K
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report(n_per_class=20)
+    top = max(report.findings, key=lambda f: f.score)
+    for c, k, labels, space in (
+        (0, HOTSPOT_K, np.array([0] * 4 + [-1] * 16, np.int32), "pixel"),
+        (1, 3, (np.arange(20) * 7 % 3).astype(np.int32), "concept"),
+    ):
+        ca = next(a for a in report.classes if a.class_index == c)
+        (ca.concept_labellings if space == "concept" else ca.clustering.labellings)[k] = labels
+        found = type(top)(
+            class_index=c, class_name=ca.class_name, cluster_id=int(labels.max()), k=k, space=space,
+            size=int((labels == labels.max()).sum()), fraction=0.2, score=top.score + 1.0, suspicious=True,
+            evidence=["planted"], signals={"size": 4.0}, mean_heatmap=top.mean_heatmap,
+            member_ids=[s for s, v in zip(ca.sample_ids, labels, strict=True) if v == labels.max()],
+        )  # fmt: skip
+        ca.clusters.insert(0, found)
+        report.findings.insert(0, found)
+    return write_published(tmp_path_factory.mktemp("hot") / "runs", report, stage)
+
+
 def _run_files(run: Path) -> tuple[RunReader, pd.DataFrame, np.ndarray, np.ndarray]:
     """The run through spray's reader, and its sample table and arrays straight from the files (the oracle)."""
     return (
@@ -431,3 +458,22 @@ def test_fiftyone_export_says_when_the_flag_database_holds_other_datasets_only(
     res = run_main(["export", "fiftyone", str(other), "-o", str(tmp_path / "fo2")], capsys)
     assert res.code == 0 and "holds no flags of this run's dataset key 'synthetic-fashion'" in res.output
     assert "mnist" in res.output
+
+
+def test_fiftyone_gives_samples_outside_every_hot_spot_group_no_cluster(
+    hot_run: Path, tmp_path: Path
+) -> None:
+    """Class 0's top finding is hot-spot group 0/k0/c0: its members carry that key, the rest of the class
+    no cluster (the -1 of the labelling names none), never ``0/k0/c-1``."""
+    reader = RunReader.open(hot_run)
+    members = set(reader.members("0/k0/c0"))
+    class0 = set(reader.class_data(0).sample_ids)
+    docs = json.loads((write_fiftyone_dataset(hot_run, tmp_path / "fo") / "samples.json").read_text())[
+        "samples"
+    ]
+    cluster = {d["spray_sample_id"]: d["spray_cluster"] for d in docs}
+    assert len(members) == 4 and {cluster[s] for s in members} == {"0/k0/c0"}
+    assert {cluster[s] for s in class0 - members} == {None}
+    assert not any(str(v).endswith("c-1") for v in cluster.values())
+    score = {d["spray_sample_id"]: d["spray_cluster_score"] for d in docs}
+    assert {score[s] for s in class0 - members} == {None}

@@ -24,7 +24,8 @@ importer joins a relative ``filepath`` to the dataset folder, and a relative med
 the label's field has its own folder ``fields/<field>`` (as FiftyOne's own exporter lays them out).
 
 ``spray_cluster`` is the sample's cluster at the k and in the space of its class's top-ranked finding
-(the class page opens at it; ``<class>/concept/k<k>/c<id>`` for a concept-space one), ``spray_suspicious``
+(the class page opens at it; ``<class>/concept/k<k>/c<id>`` for a concept-space one; None for a sample
+in no cluster there, outside every hot-spot group of a class whose top finding is one), ``spray_suspicious``
 whether it is a member of a suspicious finding, ``spray_suspicion`` the per-sample suspicion of samples.parquet, ``spray_flag``
 the current flag in the flag database (None when unflagged). Labels are ``Classification`` documents
 (``_cls``), as in FiftyOne's own serialisation.
@@ -89,6 +90,8 @@ def _cluster_of(
         prefix = f"{entry.class_index}/concept" if concept else f"{entry.class_index}"
         score_of = {f.key: f.score for f in own}
         for r, cid in zip(rows.tolist(), lab.tolist(), strict=True):
+            if cid < 0:  # outside every hot-spot group (k = 0 marks them -1): in no cluster, not in "c-1"
+                continue
             keys[r] = f"{prefix}/k{k}/c{cid}"
             scores[r] = score_of.get(keys[r])
     return keys, scores, suspicious, xy
