@@ -59,7 +59,7 @@ def hot_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     top = max(report.findings, key=lambda f: f.score)
     for c, k, labels, space in (
         (0, HOTSPOT_K, np.array([0] * 4 + [-1] * 16, np.int32), "pixel"),
-        (1, 3, (np.arange(20) * 7 % 3).astype(np.int32), "concept"),
+        (1, 3, (np.arange(20) // 7).astype(np.int32), "concept"),
     ):
         ca = next(a for a in report.classes if a.class_index == c)
         (ca.concept_labellings if space == "concept" else ca.clustering.labellings)[k] = labels
@@ -477,3 +477,50 @@ def test_fiftyone_gives_samples_outside_every_hot_spot_group_no_cluster(
     assert not any(str(v).endswith("c-1") for v in cluster.values())
     score = {d["spray_sample_id"]: d["spray_cluster_score"] for d in docs}
     assert {score[s] for s in class0 - members} == {None}
+
+
+def _name(k: int, space: str = "pixel") -> str:
+    """ViRelAy's name of spray's labelling at ``k`` in ``space``, as the export's documentation gives it."""
+    return f"spray-concept-k{k:02d}" if space == "concept" else f"spray-k{k:02d}"
+
+
+def test_virelay_reaches_every_clustering_of_every_class(hot_run: Path, tmp_path: Path) -> None:
+    """ViRelAy lists the first class's clusterings and asks every class for the one chosen: each name it
+    lists opens for every class (through its loader and its server), and every finding, pixel, hot-spot and
+    concept-space, is exactly one cluster of the clustering named for it."""
+    model = pytest.importorskip("virelay.model", reason=VIRELAY_MISSING)
+    server = pytest.importorskip("virelay.server", reason=VIRELAY_MISSING)
+    reader = RunReader.open(hot_run)
+    ids = np.asarray(reader.sample_ids(), dtype=object)
+    project_file = write_virelay_project(hot_run, tmp_path / "vr")
+    workspace = model.Workspace()
+    workspace.add_project(str(project_file))
+    project = workspace.projects[0]
+    try:
+        names = project.get_analysis_clustering_names("spectral")
+        data = [reader.class_data(c.class_index) for c in reader.summary.classes]
+        pixel = sorted({k for d in data for k in d.labellings})
+        concept = sorted({k for d in data for k in d.concept_labellings})
+        assert pixel[0] == 0 and 3 in concept
+        assert names == [_name(k) for k in pixel] + [_name(k, "concept") for k in concept]
+        client = server.Server(workspace).app.test_client()
+        for entry in reader.summary.classes:
+            for name in names:
+                url = f"/api/projects/0/analyses/spectral?category={entry.class_index}&clustering={name}&embedding=spectral"
+                assert client.get(url).status_code == 200, url
+        # a clustering a class did not store: every sample in no cluster
+        assert set(project.get_analysis("spectral", "1", "spray-k00", "spectral").clustering) == {-1}
+        assert set(project.get_analysis("spectral", "0", "spray-concept-k03", "spectral").clustering) == {-1}
+        spaces = set()
+        for f in reader.findings():
+            an = project.get_analysis("spectral", str(f.class_index), _name(f.k, f.space), "spectral")
+            assert set(ids[an.attribution_indices[an.clustering == f.cluster_id]]) == set(f.member_ids), f.key
+            spaces.add((f.space, f.k == 0))
+        assert spaces >= {("pixel", True), ("pixel", False), ("concept", False)}
+        # the concept group is not the pixel cluster of the same k and id (reading one as the other misleads)
+        pixel = project.get_analysis("spectral", "1", _name(3), "spectral")
+        assert set(ids[pixel.attribution_indices[pixel.clustering == 2]]) != set(
+            reader.members("1/concept/k3/c2")
+        )
+    finally:
+        workspace.close()

@@ -11,6 +11,15 @@ Written (all paths relative to the project file, as ViRelAy resolves them)::
     analysis.h5       one group per analysed class "<class index>": index (n,) uint32 rows into the two
                       files above; embedding/spectral (n, d) with attribute eigenvalue (d,); embedding/<2-D
                       method> (n, 2), the map spray shows; cluster/spray-k<kk> (n,) for every stored k
+                      and cluster/spray-concept-k<kk> for every k of the concept-space sweep
+
+ViRelAy 0.6.1 lists the clusterings of the first category only and answers 404 for a category without the
+one chosen, so every category holds every clustering of the run, in one order: pixel k ascending (k00 the
+hot-spot groups), then the concept-space ones. A class for which spray stored no labelling at that k (a
+hot-spot labelling in another class only, a class too small for that k, no concept sweep) gets every sample
+in no cluster (-1), with the HDF5 attribute ``spray_note`` saying so. A finding ``<c>/k<k>/c<id>`` is cluster
+``<id>`` of ``spray-k<kk>`` in category ``<c>``; a concept-space finding ``<c>/concept/k<k>/c<id>`` is
+cluster ``<id>`` of ``spray-concept-k<kk>`` (the pixel labelling at that k is another grouping).
 
 Facts about the format are from virelay 0.6.1's own loader (``virelay.model.Project``); the tests load the
 export with it and check that samples, attributions and clusterings come back unchanged. spray stores only
@@ -44,9 +53,10 @@ ANALYSIS_METHOD = "spectral"
 CHUNK = 128
 
 
-def clustering_name(k: int) -> str:
-    """The name of the labelling at ``k`` (zero-padded so ViRelAy's list sorts by k)."""
-    return f"spray-k{k:02d}"
+def clustering_name(k: int, space: str = "pixel") -> str:
+    """The name of the labelling at ``k`` in ``space`` (``"concept"``: the concept-space sweep's), zero-padded
+    so that names sort by k."""
+    return f"spray-concept-k{k:02d}" if space == "concept" else f"spray-k{k:02d}"
 
 
 def _strategy(src: ExportSource) -> str:
@@ -127,8 +137,37 @@ def map_name(src: ExportSource) -> str:
     return one if one != "spectral" else "map"
 
 
+def _clusterings(src: ExportSource) -> list[tuple[int, str]]:
+    """``(k, space)`` of every labelling any class stored: pixel ones by k, then concept-space ones by k."""
+    found: set[tuple[int, str]] = set()
+    for entry in src.classes():
+        data = src.class_data(entry.class_index)
+        found |= {(k, "pixel") for k in data.labellings} | {(k, "concept") for k in data.concept_labellings}
+    return sorted(found, key=lambda ks: (ks[1] == "concept", ks[0]))
+
+
+def _write_clusterings(group: Any, data: Any, clusterings: list[tuple[int, str]]) -> int:
+    """Every clustering of the run into one class's ``cluster`` group, in ``clusterings``' order (ViRelAy
+    lists the first class's and asks every class for the one chosen); returns how many the class lacked."""
+    missing = 0
+    for k, space in clusterings:
+        lab = data.labelling(k, space)
+        ds = group.create_dataset(
+            clustering_name(k, space),
+            data=(np.full(len(data.sample_ids), -1) if lab is None else lab).astype(np.int64),
+        )
+        if lab is None:
+            missing += 1
+            ds.attrs["spray_note"] = (
+                f"spray stored no {space} labelling at k={k} for this class: every sample is in no cluster (-1)"
+            )
+    return missing
+
+
 def _write_analyses(h5: Any, src: ExportSource, dst: Path) -> None:
     name = map_name(src)
+    clusterings = _clusterings(src)
+    lacking = 0
     with h5.File(dst / ANALYSIS, "w") as f:
         for entry in src.classes():
             data = src.class_data(entry.class_index)
@@ -138,9 +177,14 @@ def _write_analyses(h5: Any, src: ExportSource, dst: Path) -> None:
             spec = emb.create_dataset("spectral", data=np.asarray(data.eigenvectors, dtype=np.float32))
             spec.attrs["eigenvalue"] = np.asarray(data.eigenvalues, dtype=np.float32)
             emb.create_dataset(name, data=np.asarray(data.embedding, dtype=np.float32))
-            clu = g.create_group("cluster")
-            for k in sorted(data.labellings):
-                clu.create_dataset(clustering_name(k), data=data.labellings[k].astype(np.int64))
+            # creation order, not name order: ViRelAy lists the pixel clusterings first, by k
+            lacking += _write_clusterings(g.create_group("cluster", track_order=True), data, clusterings)
+    if lacking:
+        log.info(
+            "%d clusterings are not stored for every class: written with every sample in no cluster (-1) where "
+            "missing, so that ViRelAy can show each of them for every class",
+            lacking,
+        )
 
 
 def write_virelay_project(run: str | Path, out: str | Path) -> Path:
