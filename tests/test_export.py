@@ -9,8 +9,12 @@ that importer itself when fiftyone is importable (see docs/dashboard.md, Interop
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -524,3 +528,49 @@ def test_virelay_reaches_every_clustering_of_every_class(hot_run: Path, tmp_path
         )
     finally:
         workspace.close()
+
+
+def test_export_into_a_read_only_folder_names_it_and_the_fix(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes into a chmod-ed folder: the file system's answer is simulated
+
+        def refused(*args: object, **kwargs: object) -> str:
+            raise OSError(errno.EROFS, "Read-only file system", str(ro))
+
+        monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    else:
+        ro.chmod(0o555)
+    for target in ("virelay", "fiftyone"):
+        res = run_main(["export", target, str(run), "-o", str(ro / "x")], capsys)
+        assert_clean_failure(res, 1, f"{ro} is ", "Point -o at a folder this user can write to")
+    assert list(ro.iterdir()) == []
+
+
+def test_export_onto_a_full_disk_names_the_folder_and_leaves_nothing(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the FiftyOne export writes its pictures; a ViRelAy project (HDF5, which cannot
+    recover from a full disk: h5py crashed the process) is refused before writing when it would not fit."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real_save = Image.Image.save
+    written = []
+
+    def filling(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(fp)
+        real_save(self, fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "save", filling)
+    res = run_main(["export", "fiftyone", str(run), "-o", str(out / "fo")], capsys)
+    assert_clean_failure(res, 1, f"no space left on {out}", "point -o at a larger disk")
+    assert list(out.iterdir()) == []  # the half-written folder is removed
+    free = shutil.disk_usage(out)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free._replace(free=500_000))
+    res = run_main(["export", "virelay", str(run), "-o", str(out / "vr")], capsys)
+    assert_clean_failure(res, 1, f"no space for the ViRelAy project on {out}", "0.5 MB are free", "-o")
+    assert list(out.iterdir()) == []

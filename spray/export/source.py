@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from spray.errors import ConfigError, DataError
-from spray.runs.errors import RunReadError
+from spray.runs.atomic import translate_write_errors
+from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.layout import RunFiles
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader
@@ -151,6 +152,32 @@ def open_source(run: str | Path) -> ExportSource:
         raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
 
 
+def _size(n: int) -> str:
+    """Bytes for people, in MB."""
+    return f"{n / 1e6:.1f} MB"
+
+
+def require_space(out: str | Path, need: int, what: str) -> None:
+    """Refuse to start an export of up to ``need`` bytes where the folder of ``out`` has less free space.
+
+    Raises
+    ------
+    RunWriteError
+        Less than ``need`` bytes are free there (named, with the fix).
+    """
+    folder = Path(out).expanduser().parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # cannot tell (the write itself will say what is wrong)
+        return
+    if free < need:
+        raise RunWriteError(
+            folder,
+            f"no space for {what} on {folder}: it needs up to {_size(need)} and {_size(free)} are free. Free some "
+            "space there or point -o at a larger disk.",
+        )
+
+
 @contextmanager
 def staged_output(out: str | Path) -> Iterator[Path]:
     """A private folder beside ``out``; renamed to ``out`` when the block finishes without error.
@@ -159,17 +186,20 @@ def staged_output(out: str | Path) -> Iterator[Path]:
     ------
     ConfigError
         ``out`` exists already, or its parent folder does not.
+    RunWriteError
+        The folder of ``out`` is read-only, not ours, or full (named, with the fix).
     """
     out = Path(out).expanduser()
     if out.exists():
         raise ConfigError(f"-o {out} exists already: choose a new folder (an export never overwrites one).")
     if not out.parent.is_dir():
         raise ConfigError(f"The folder of -o {out} does not exist ({out.parent}): create it first.")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with translate_write_errors(out, "-o"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import yaml
 from tqdm import tqdm
 
 from spray.errors import ConfigError, DataError
-from spray.export.source import ExportSource, open_source, staged_output
+from spray.export.source import ExportSource, open_source, require_space, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _write_inputs(h5: Any, src: ExportSource, dst: Path) -> None:
             "data", (n, 3, t, t), np.uint8, chunks=(min(CHUNK, max(n, 1)), 3, t, t), **opts
         )
         for lo in tqdm(range(0, n, CHUNK), desc="virelay inputs", unit="chunk", disable=None):
-            data[lo : lo + CHUNK] = np.moveaxis(np.asarray(src.thumbs[lo : lo + CHUNK]), -1, 1)
+            data[lo : lo + CHUNK] = _thumb_chunk(src, lo)
         f.create_dataset("label", data=labels)
         # ViRelAy reads data and label only; this row's sample id lets a sample seen there be traced to its
         # file and flag
@@ -121,8 +122,7 @@ def _write_inputs(h5: Any, src: ExportSource, dst: Path) -> None:
             "attribution", (n, 2, h, w), np.float32, chunks=(min(CHUNK, max(n, 1)), 2, h, w), **opts
         )
         for lo in tqdm(range(0, n, CHUNK), desc="virelay attributions", unit="chunk", disable=None):
-            half = np.asarray(src.heatmaps[lo : lo + CHUNK], dtype=np.float32) / 2
-            att[lo : lo + CHUNK] = np.stack([half, half], axis=1)
+            att[lo : lo + CHUNK] = _attribution_chunk(src, lo)
         pred = f.create_dataset("prediction", data=prob)
         pred.attrs["spray_note"] = (
             "only the predicted class's probability is stored by spray; other entries are 0"
@@ -164,6 +164,40 @@ def _write_clusterings(group: Any, data: Any, clusterings: list[tuple[int, str]]
     return missing
 
 
+def _thumb_chunk(src: ExportSource, lo: int) -> np.ndarray:
+    """Rows ``lo`` to ``lo + CHUNK`` of dataset.h5's ``data``: thumbnails channel-first."""
+    assert src.thumbs is not None
+    return np.moveaxis(np.asarray(src.thumbs[lo : lo + CHUNK]), -1, 1)
+
+
+def _attribution_chunk(src: ExportSource, lo: int) -> np.ndarray:
+    """Rows ``lo`` to ``lo + CHUNK`` of attribution.h5's ``attribution``: two halves of each heatmap."""
+    half = np.asarray(src.heatmaps[lo : lo + CHUNK], dtype=np.float32) / 2
+    return np.stack([half, half], axis=1)
+
+
+def _gzip_ratio(chunk: np.ndarray) -> float:
+    """How much gzip (level 4, as the export writes) shrinks this chunk: compressed / raw bytes."""
+    raw = np.ascontiguousarray(chunk).tobytes()
+    return len(zlib.compress(raw, 4)) / max(len(raw), 1)
+
+
+def _needed_bytes(src: ExportSource, clusterings: list[tuple[int, str]]) -> int:
+    """About the project's size: the big arrays at the compression their first chunk gets, with a quarter
+    and 1 MB to spare (the rest of the data may compress less)."""
+    assert src.thumbs is not None
+    n, t = len(src.sample_ids), int(src.thumbs.shape[1])
+    h, w = src.heatmaps.shape[1:]
+    images = n * 3 * t * t * _gzip_ratio(_thumb_chunk(src, 0))
+    maps = n * 2 * h * w * 4 * _gzip_ratio(_attribution_chunk(src, 0))
+    small = n * (8 + 16 + 8 + 4 * max(len(src.class_names), 1)) + sum(len(s.encode()) for s in src.sample_ids)
+    for entry in src.classes():
+        data = src.class_data(entry.class_index)
+        rows, m = len(data.sample_ids), int(np.asarray(data.eigenvectors).shape[-1])
+        small += rows * (4 + 4 * m + 8 + 8 * len(clusterings))
+    return int(1.25 * (images + maps + small)) + 1_000_000
+
+
 def _write_analyses(h5: Any, src: ExportSource, dst: Path) -> None:
     name = map_name(src)
     clusterings = _clusterings(src)
@@ -201,6 +235,8 @@ def write_virelay_project(run: str | Path, out: str | Path) -> Path:
     ------
     DataError
         The run has no thumbnails, or a run file cannot be read.
+    RunWriteError
+        The folder of ``out`` is read-only, not ours, or has too little free space (named, with the fix).
     """
     try:
         import h5py
@@ -217,6 +253,9 @@ def write_virelay_project(run: str | Path, out: str | Path) -> Path:
         )
     if not src.classes():
         raise DataError(f"{src.path} analysed no class: there is nothing for ViRelAy to show.")
+    # HDF5 cannot recover from a disk that fills while it writes (h5py crashes the process on exit):
+    # refuse before writing instead
+    require_space(out, _needed_bytes(src, _clusterings(src)), "the ViRelAy project")
     with staged_output(out) as tmp:
         labels = [{"index": i, "word_net_id": str(i), "name": name} for i, name in enumerate(src.class_names)]
         (tmp / LABEL_MAP).write_text(json.dumps(labels, indent=1, ensure_ascii=False))

@@ -50,7 +50,7 @@ def _size(n: int) -> str:
     return f"{x:.1f} GB"
 
 
-def write_error(path: Path, err: OSError) -> RunWriteError | None:
+def write_error(path: Path, err: OSError, option: str | None = None) -> RunWriteError | None:
     """The clear error for an ``OSError`` raised while writing ``path``, or None when it is another kind.
 
     A full disk (``ENOSPC``, ``EDQUOT``, or numpy's short write) names the folder and, for a short write,
@@ -62,7 +62,12 @@ def write_error(path: Path, err: OSError) -> RunWriteError | None:
         The file (or folder) being written.
     err : OSError
         What the operating system said.
+    option : str, optional
+        The option that chose where ``path`` is (``"-o"``), named in the fix; default: the runs folder's
+        ``output.runs_dir (--runs-dir)``, and what a failed run leaves intact.
     """
+    if option is not None:
+        return _output_error(path, err, option)
     folder = path if path.is_dir() else path.parent
     # A run being written lives in a private staging folder, removed on failure: name the runs folder.
     staging = next((p for p in (folder, *folder.parents) if p.name == STAGING_DIR), None)
@@ -86,14 +91,32 @@ def write_error(path: Path, err: OSError) -> RunWriteError | None:
     return None
 
 
+def _output_error(path: Path, err: OSError, option: str) -> RunWriteError | None:
+    """:func:`write_error` for a file or folder whose place the option ``option`` chose (not the runs folder)."""
+    folder = path if path.is_dir() else path.parent
+    if err.errno in _NO_SPACE or _short_write(err) is not None:
+        return RunWriteError(
+            path,
+            f"no space left on {folder} (while writing {path.name}). Free some space there or point {option} at "
+            "a larger disk.",
+        )
+    if err.errno in _NOT_WRITABLE:
+        kind = "a read-only file system" if err.errno == errno.EROFS else "not writable for this user"
+        return RunWriteError(
+            path,
+            f"cannot write {path}: {folder} is {kind}. Point {option} at a folder this user can write to.",
+        )
+    return None
+
+
 @contextmanager
-def translate_write_errors(path: Path) -> Iterator[None]:
+def translate_write_errors(path: Path, option: str | None = None) -> Iterator[None]:
     """Turn "disk full" (also numpy's short write) and "read-only" ``OSError``s raised inside the block
-    into :class:`RunWriteError`."""
+    into :class:`RunWriteError` (naming ``option``, see :func:`write_error`)."""
     try:
         yield
     except OSError as err:
-        clear = write_error(path, err)
+        clear = write_error(path, err, option)
         if clear is None:
             raise
         raise clear from err
@@ -126,7 +149,7 @@ def _mode_for(path: Path) -> int:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, option: str | None = None) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place.
 
     A crash (or an exception) at any moment leaves either the old file or the new one, never a partial
@@ -135,9 +158,10 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     Raises
     ------
     RunWriteError
-        No space left, read-only file system, or no permission.
+        No space left, read-only file system, or no permission (the fix names ``option``, the option that
+        chose ``path``, when given: see :func:`write_error`).
     """
-    with translate_write_errors(path):
+    with translate_write_errors(path, option):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -153,9 +177,9 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_file(path) as fh:
+def atomic_write_bytes(path: Path, data: bytes, option: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (``option``: see :func:`atomic_file`)."""
+    with atomic_file(path, option) as fh:
         fh.write(data)
 
 
