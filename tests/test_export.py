@@ -574,3 +574,14 @@ def test_export_onto_a_full_disk_names_the_folder_and_leaves_nothing(
     res = run_main(["export", "virelay", str(run), "-o", str(out / "vr")], capsys)
     assert_clean_failure(res, 1, f"no space for the ViRelAy project on {out}", "0.5 MB are free", "-o")
     assert list(out.iterdir()) == []
+
+
+def test_export_of_a_correction_folder_points_at_its_reaudit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    correction = tmp_path / "runs" / "corrections" / "c1"
+    make_synthetic_run(correction / "reaudit", class_sizes=[30] * 3, planted_class=1)
+    res = run_main(["export", "fiftyone", str(correction), "-o", str(tmp_path / "fo")], capsys)
+    assert_clean_failure(res, 2, f"{correction} is a correction's folder", f"give {correction / 'reaudit'}")
+    res = run_main(["export", "fiftyone", str(correction / "reaudit"), "-o", str(tmp_path / "fo")], capsys)
+    assert res.code == 0, res.output

@@ -94,7 +94,7 @@ def export_command(args: argparse.Namespace) -> int:
     data = store.export_bytes(args.format, dataset=args.dataset, status=status, leave_out=leave_out)
     if out is not None:
         try:
-            atomic_write_bytes(out, data)
+            atomic_write_bytes(out, data, option="-o")
         except OSError as err:
             raise ConfigError(f"Cannot write -o {out}: {err.strerror or err}.") from None
         log.info("wrote %s flags to %s", args.status, out)

@@ -118,6 +118,21 @@ def project_runs_dir(run: Path) -> Path:
     return parent
 
 
+def _not_a_run(run: Path) -> ConfigError:
+    """What to say about a folder that holds no run: a correction's folder points at its re-audit."""
+    if (run / REAUDIT).is_dir() and run.parent.name == CORRECTIONS:
+        return ConfigError(
+            f"{run} is a correction's folder, not a run: its re-audit is the run to export, give "
+            f"{run / REAUDIT} (its newest run)."
+        )
+    if run.parent.name == CORRECTIONS:
+        return ConfigError(
+            f"{run} is a correction's folder without a re-audit (correction.reaudit was off): export the run "
+            "it corrected, or re-run spray correct with the re-audit on."
+        )
+    return ConfigError(f"{run} is neither a published run (no summary.json) nor a runs folder with one.")
+
+
 def _resolve(run: Path) -> Path:
     run = Path(run).expanduser()
     if not run.exists():
@@ -128,7 +143,7 @@ def _resolve(run: Path) -> Path:
         return run
     found = list_runs(run)
     if not found:
-        raise ConfigError(f"{run} is neither a published run (no summary.json) nor a runs folder with one.")
+        raise _not_a_run(run)
     log.info("exporting the newest run of %s: %s", run, found[0].name)
     return found[0]
 

@@ -7,11 +7,13 @@ holds it (it used to wait 30 s and die).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -301,3 +303,26 @@ def test_unreadable_database_file(db: Path, capsys: pytest.CaptureFixture[str]) 
         assert_clean_failure(res, 1, str(db))
     finally:
         db.chmod(0o644)
+
+
+def test_flags_export_into_a_read_only_folder_points_at_o(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file of -o cannot be written: the fix is another -o, not the runs folder."""
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("synthetic-fashion", ["a.png"], "unlearn")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes into a chmod-ed folder: the file system's answer is simulated
+
+        def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+            raise OSError(errno.EROFS, "Read-only file system", str(ro))
+
+        monkeypatch.setattr(tempfile, "mkstemp", refused)
+    else:
+        ro.chmod(0o555)
+    res = run_main(["flags", "export", "--db", str(db), "-o", str(ro / "f.csv")], capsys)
+    assert_clean_failure(
+        res, 1, f"cannot write {ro / 'f.csv'}", "Point -o at a folder this user can write to"
+    )
+    assert "runs_dir" not in res.output and "--runs-dir" not in res.output.split("cannot write")[1]
