@@ -105,6 +105,24 @@ def test_export_formats_round_trip(store: FlagStore) -> None:
         store.export_bytes("xlsx")
 
 
+def test_every_format_keeps_the_class_index_an_integer(store: FlagStore) -> None:
+    """A flag set with its class and one without: 3 and no value, never "3" or 3.0 (pandas made the column
+    floats, and Parquet stored it as text)."""
+    store.flag("d", ["with"], "unlearn", classes={"with": (3, "cat")})
+    store.flag("d", ["without"], "unlearn")
+    import pyarrow.parquet
+
+    data = store.export_bytes("parquet", "d")
+    assert str(pyarrow.parquet.read_schema(io.BytesIO(data)).field("class_index").type) == "int64"
+    pq = pd.read_parquet(io.BytesIO(data)).set_index("sample_id")["class_index"]
+    assert pq["with"] == 3 and pd.isna(pq["without"])
+    assert pd.read_parquet(io.BytesIO(data))["sample_id"].dtype != "int64"  # the text columns stay text
+    js = {r["sample_id"]: r["class_index"] for r in json.loads(store.export_bytes("json", "d"))}
+    assert js == {"with": 3, "without": None} and type(js["with"]) is int
+    rows = store.export_bytes("csv", "d").decode().splitlines()
+    assert rows[0].endswith(",class_index") and {r.rsplit(",", 1)[1] for r in rows[1:]} == {"3", ""}
+
+
 def main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setenv("COLUMNS", "120")
     return cli.main(argv)

@@ -27,6 +27,8 @@ MIME_TYPES = {"csv": "text/csv", "json": "application/json", "parquet": "applica
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 #: Columns an unlearning job matches on: kept exact in every format (an id with a ``'`` added names no image).
 KEY_COLUMNS = ("dataset", "sample_id")
+#: Integer columns, nullable (a flag set without its class has none): 3, never "3" or 3.0, in every format.
+INTEGER_COLUMNS = ("class_index",)
 
 
 def _is_number(text: str) -> bool:
@@ -53,8 +55,11 @@ def frame_to_bytes(frame: Any, fmt: str) -> bytes:
 
     CSV is for spreadsheets: text cells that would run as formulas are neutralised
     (:func:`neutralise_formula`), except the :data:`KEY_COLUMNS`, which stay exact so that the ids name the
-    samples. JSON and Parquet keep every value exactly.
+    samples. JSON and Parquet keep every value exactly. The :data:`INTEGER_COLUMNS` are integers in every
+    format (empty or null where a flag has none).
     """
+    # None and an int in one column make pandas floats (3.0): the integer columns are nullable integers
+    frame = frame.astype({c: "Int64" for c in INTEGER_COLUMNS if c in frame.columns})
     if fmt == "csv":
         safe = frame.astype(object)
         if len(frame):
@@ -66,6 +71,7 @@ def frame_to_bytes(frame: Any, fmt: str) -> bytes:
         return (json.dumps(records, indent=1) + "\n").encode()
     if fmt == "parquet":
         buf = io.BytesIO()
-        frame.astype({c: "string" for c in frame.columns}).to_parquet(buf, index=False)
+        as_text = {c: "string" for c in frame.columns if c not in INTEGER_COLUMNS}
+        frame.astype(as_text).to_parquet(buf, index=False)
         return buf.getvalue()
     raise ValueError(f"format must be one of {EXPORT_FORMATS}, not {fmt!r}")
