@@ -60,6 +60,37 @@ class SourceRun:
     run_hash_versions: dict[str, str] = field(default_factory=dict)
 
 
+def _named_runs(
+    readable: list[tuple[Path, Any]], names: list[str], wanted: str, dataset: str, runs_dir: Path
+) -> list[tuple[Path, Any]]:
+    """The runs ``wanted`` names (a folder name, or a prefix of one or of a run id): one run id, maybe published
+    in several folders.
+
+    Raises
+    ------
+    SprayError
+        It names no run, or several.
+    """
+    hits = [(p, r) for p, r in readable if p.name == wanted] or [
+        (p, r) for p, r in readable if p.name.startswith(wanted) or r.summary.run_id.startswith(wanted)
+    ]
+    if not hits:
+        listed = ", ".join(names[:10]) or "none"
+        raise SprayError(
+            f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {listed}."
+        )
+    if len({r.summary.run_id for _, r in hits}) > 1:
+        # a prefix shared with other datasets' runs (a date, in a shared runs folder): this dataset's
+        hits = [(p, r) for p, r in hits if r.summary.dataset == dataset] or hits
+    if len({r.summary.run_id for _, r in hits}) > 1:
+        listed = ", ".join(p.name for p, _ in hits[:10])
+        raise SprayError(
+            f"correction.source_run {wanted!r} names several runs in {runs_dir} ({listed}); give more of a "
+            "folder name or run id."
+        )
+    return hits
+
+
 def find_source_run(
     runs_dir: Path, dataset: str, model_hash: str, wanted: str | None, audit_name: str | None = None
 ) -> SourceRun:
@@ -81,23 +112,7 @@ def find_source_run(
     if wanted is not None and "/" in wanted.rstrip("/"):
         wanted = Path(wanted.rstrip("/")).name  # a run folder's path (as spray flags set --run takes it)
     if wanted is not None:
-        hits = [(p, r) for p, r in readable if p.name == wanted] or [
-            (p, r) for p, r in readable if p.name.startswith(wanted) or r.summary.run_id.startswith(wanted)
-        ]
-        if not hits:
-            names = ", ".join(e.name for e in entries[:10]) or "none"
-            raise SprayError(
-                f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {names}."
-            )
-        if len({r.summary.run_id for _, r in hits}) > 1:
-            # a prefix shared with other datasets' runs (a date, in a shared runs folder): this dataset's
-            hits = [(p, r) for p, r in hits if r.summary.dataset == dataset] or hits
-        if len({r.summary.run_id for _, r in hits}) > 1:
-            names = ", ".join(p.name for p, _ in hits[:10])
-            raise SprayError(
-                f"correction.source_run {wanted!r} names several runs in {runs_dir} ({names}); give more of a "
-                "folder name or run id."
-            )
+        hits = _named_runs(readable, [e.name for e in entries], wanted, dataset, runs_dir)
     else:
         hits = [
             (p, r)
