@@ -316,6 +316,20 @@ def test_fiftyone_dataset_points_at_original_files_under_the_data_root(run: Path
     assert docs[samples["sample_id"][4]]["filepath"].startswith("data/")
 
 
+def test_a_data_root_that_names_no_file_is_refused_or_said(
+    run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: ``--data-root nosuch``, or the folder one level too high, exported every sample's
+    thumbnail with exit 0 and no word, while ``spray dashboard`` refuses the same value."""
+    with pytest.raises(ConfigError, match="is not a folder"):
+        write_fiftyone_dataset(run, tmp_path / "fo", data_root=tmp_path / "nosuch")
+    (tmp_path / "data").mkdir()
+    with caplog.at_level("WARNING"):
+        write_fiftyone_dataset(run, tmp_path / "fo", data_root=tmp_path / "data")
+    n = len(_run_files(run)[1])
+    assert f"{n} of {n} sample ids name no file under --data-root" in caplog.text
+
+
 def test_export_modules_never_write_into_the_run(run: Path, tmp_path: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     write_virelay_project(run, tmp_path / "vr") if _has_h5py() else None

@@ -262,7 +262,11 @@ def write_fiftyone_dataset(
     src = open_source(run)
     keys, scores, suspicious, xy = _cluster_of(src)
     flags = _flags(src, Path(flags_db) if flags_db else None)
-    root = Path(data_root).resolve() if data_root else None
+    root = Path(data_root).expanduser().resolve() if data_root else None
+    if root is not None and not root.is_dir():
+        raise ConfigError(
+            f"--data-root {data_root} is not a folder: give the root your sample ids are relative to."
+        )
     out = Path(out)
     with staged_output(out) as tmp:
         (tmp / DATA_DIR).mkdir()
@@ -270,11 +274,13 @@ def write_fiftyone_dataset(
         samples = []
         ids = src.sample_ids
         known = _known_hashes(src, root is not None and check_originals)
-        changed = 0
+        changed = linked = 0
+        absent = ""  # the first sample id that names no file under the root
         for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
             name = f"{r:08d}.png"
             original, was_changed = _original(root, sid, known.get(sid))
-            changed += was_changed
+            changed, linked = changed + was_changed, linked + (original is not None)
+            absent = absent or ("" if original is not None or was_changed else sid)
             if original is not None:
                 media = str(original)
             elif src.thumbs is not None:
@@ -302,6 +308,14 @@ def write_fiftyone_dataset(
                 "known to be what the run explained): exported with the run's stored thumbnails instead",
                 changed,
             )
+        if root is not None and linked + changed < len(ids):
+            # a root one folder too high or low links nothing, which looked like a successful export
+            log.warning(
+                "%d of %d sample ids name no file under --data-root %s (e.g. %s): those samples are exported "
+                "with the run's stored thumbnails; give the folder the ids are relative to (the one holding the "
+                "class folders, the audit's data.path)",
+                len(ids) - linked - changed, len(ids), root, root / absent,
+            )  # fmt: skip
         (tmp / METADATA).write_text(json.dumps(_metadata(src), indent=1, ensure_ascii=False))
         (tmp / SAMPLES).write_text(json.dumps({"samples": samples}, ensure_ascii=False, allow_nan=False))
     log.info("wrote %d samples of run %s as a FiftyOne dataset to %s", len(samples), src.run_id[:12], out)
