@@ -53,6 +53,28 @@ def test_flags_set_bad_input(audited: World, capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "f.sqlite").exists()
 
 
+def test_flags_set_finds_run_names_and_run_id_prefixes_in_the_runs_folder(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: ``--runs-dir runs --run <folder name or run-id prefix>`` failed with 'summary.json:
+    missing: not a run folder' (the name was read against the current folder), while ``spray correct
+    --source-run`` takes both."""
+    run = (audited.runs_dir / "latest").resolve()
+    run_id = RunReader.open(run).summary.run_id
+    sid = RunReader.open(run).sample_ids()[0]
+    for given in (run.name, run_id[:10]):
+        db = tmp_path / f"{given}.sqlite"
+        argv = ["flags", "set", "--runs-dir", str(audited.runs_dir), "--run", given, "--db", str(db)]
+        res = run_main([*argv, "--sample-ids", sid], capsys)
+        assert res.code == 0, res.output
+        assert [f.run_id for f in FlagStore(db).current(DATASET)] == [run_id]
+    res = run_main(
+        ["flags", "set", "--runs-dir", str(audited.runs_dir), "--run", "nosuchrun", "--sample-ids", sid],
+        capsys,
+    )
+    assert_clean_failure(res, 2, "neither a run folder nor the name or run id of a run in")
+
+
 def test_flags_set_takes_the_reports_class_and_cluster_columns(
     audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -151,6 +151,28 @@ def test_cli_export(
     assert b"d: unlearn 2, investigate 1, ok 0" in capsysbinary.readouterr().out
 
 
+def test_cli_export_writes_the_format_its_file_name_ends_in_and_overwrites_only_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: ``-o out.json`` and ``-o out.parquet`` both got CSV without a word, and ``-o demo.yaml``
+    overwrote a config."""
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("d", ["1", "2"], "unlearn")
+    base = ["flags", "export", "--db", str(db)]
+    assert main([*base, "-o", str(tmp_path / "out.json")], monkeypatch) == 0
+    assert sorted(r["sample_id"] for r in json.loads((tmp_path / "out.json").read_text())) == ["1", "2"]
+    assert main([*base, "-o", str(tmp_path / "out.parquet")], monkeypatch) == 0
+    assert sorted(pd.read_parquet(tmp_path / "out.parquet")["sample_id"]) == ["1", "2"]
+    assert (
+        main([*base, "-o", str(tmp_path / "out.json"), "--format", "csv"], monkeypatch) == 2
+    )  # contradiction
+    config = tmp_path / "demo.yaml"
+    config.write_text("name: demo\n")
+    assert main([*base, "-o", str(config)], monkeypatch) == 2
+    assert config.read_text() == "name: demo\n"
+    assert main([*base, "-o", str(tmp_path / "out.json")], monkeypatch) == 0  # an earlier export is replaced
+
+
 @pytest.fixture
 def read_only_mount(tmp_path: Path):
     """A read-only bind mount of a folder (needs root and mount rights; skipped elsewhere)."""

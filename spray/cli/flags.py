@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spray.cli.flag_runs import newest_runs, run_folder
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
@@ -49,15 +50,9 @@ def export_command(args: argparse.Namespace) -> int:
     """``spray flags export``: write the current flags (default: status unlearn) as CSV, JSON or Parquet."""
     db = _db_from_args(args)
     out = Path(args.output) if args.output and args.output != "-" else None
+    args.format = _export_format(out, args.format)
     if out is not None:
-        if out.is_dir():
-            raise ConfigError(
-                f"-o {out} is a folder: give a file name, e.g. -o {out / ('flags.' + args.format)}."
-            )
-        if not out.parent.is_dir():
-            raise ConfigError(
-                f"The folder of -o {out} does not exist ({out.parent}): create it first or choose another path."
-            )
+        _check_export_path(out, args.format)
     # Read-only: never takes the write lock, never creates or changes the database.
     store = FlagStore(db, read_only=True)
     store.check()
@@ -67,7 +62,7 @@ def export_command(args: argparse.Namespace) -> int:
             "those that no longer name the images they were set on."
         )
     if args.runs_dir:
-        newest = _newest_runs(Path(args.runs_dir))
+        newest = newest_runs(Path(args.runs_dir))
         leave_out = set()
         for ds in [args.dataset] if args.dataset is not None else store.datasets():
             if ds in newest:
@@ -110,6 +105,43 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: File name endings of each export format (``-o flags.json`` means JSON unless ``--format`` says otherwise).
+_ENDINGS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _export_format(out: Path | None, given: str | None) -> str:
+    """The format of the export: ``--format``, else the one ``-o``'s ending names, else CSV.
+
+    Raises
+    ------
+    ConfigError
+        ``--format`` and ``-o``'s ending name different formats (``-o flags.json --format csv``).
+    """
+    named = _ENDINGS.get(out.suffix.lower()) if out is not None else None
+    if given is not None and named is not None and named != given:
+        raise ConfigError(
+            f"-o {out} names a {named} file but --format is {given}: drop --format (the ending decides) or give "
+            f"a file ending in .{given}."
+        )
+    return given or named or "csv"
+
+
+def _check_export_path(out: Path, fmt: str) -> None:
+    """Refuse an ``-o`` that is a folder, lies in no folder, or is an existing file that is no export (a config
+    or an image would be overwritten)."""
+    if out.is_dir():
+        raise ConfigError(f"-o {out} is a folder: give a file name, e.g. -o {out / ('flags.' + fmt)}.")
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"The folder of -o {out} does not exist ({out.parent}): create it first or choose another path."
+        )
+    if out.exists() and out.suffix.lower() not in _ENDINGS:
+        raise ConfigError(
+            f"-o {out} exists and is not a flags export (.csv, .json, .parquet): it would be overwritten. Give "
+            "a new file name, or one ending in the format's ending to replace an earlier export."
+        )
+
+
 def _asked_for(
     store: FlagStore, leave_out: set[tuple[str, str]], dataset: str | None, status: str | None
 ) -> int:
@@ -126,7 +158,7 @@ def list_command(args: argparse.Namespace) -> int:
     db = _db_from_args(args)
     store = FlagStore(db, read_only=True)
     store.check()
-    newest = _newest_runs(Path(args.runs_dir)) if args.runs_dir else {}
+    newest = newest_runs(Path(args.runs_dir)) if args.runs_dir else {}
     for ds in store.datasets():
         counts = store.counts(ds)
         line = ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES)
@@ -139,74 +171,6 @@ def list_command(args: argparse.Namespace) -> int:
             )
         sys.stdout.write(f"{ds}: {line}\n")
     return 0
-
-
-def _run_folder(args: argparse.Namespace) -> Path:
-    if args.run:
-        return Path(args.run)
-    if args.runs_dir:
-        return _newest_run(Path(args.runs_dir), getattr(args, "dataset", None))
-    raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for its newest run).")
-
-
-def _newest_runs(runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
-    """The newest readable run of each dataset key in ``runs_dir`` (several audits may share a folder,
-    and ``latest`` is the newest run of any of them); the unreadable runs are added to ``unreadable``."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.publish import list_runs
-    from spray.runs.reader import read_summary
-
-    newest: dict[str, Path] = {}
-    for run in list_runs(runs_dir):
-        try:
-            newest.setdefault(read_summary(run).dataset, run)
-        except RunReadError as err:
-            log.warning("run %s is unreadable, passed over: %s", run.name, err)
-            if unreadable is not None:
-                unreadable.append((run, str(err)))
-    return newest
-
-
-def _newest_run(runs_dir: Path, dataset: str | None) -> Path:
-    """The newest run of ``dataset`` in ``runs_dir``; without one, of the folder's only dataset. A newer run
-    that cannot be read is refused rather than passed over: its finding keys and ids may be what the
-    user looked at, and an older run's name other images."""
-    damaged: list[tuple[Path, str]] = []
-    newest = _newest_runs(runs_dir, damaged)
-    chosen = _chosen(runs_dir, newest, dataset)
-    newer = [(r, why) for r, why in damaged if r.name > chosen.name]
-    if newer:
-        run, why = newer[0]
-        raise ConfigError(
-            f"{run} is newer than {chosen.name} and cannot be read ({why}): the flags would act on an older "
-            f"run's images. Give the run with --run {chosen} to use the older one, or repair or remove {run.name}."
-        )
-    return chosen
-
-
-def _chosen(runs_dir: Path, newest: dict[str, Path], dataset: str | None) -> Path:
-    """The run :func:`_newest_run` takes from the newest readable run of each dataset."""
-    if dataset is not None:
-        if dataset not in newest:
-            raise ConfigError(
-                f"--dataset {dataset!r}: {runs_dir} holds no readable run of it"
-                + (
-                    f"; its datasets: {', '.join(sorted(newest))}."
-                    if newest
-                    else " (no readable runs at all)."
-                )
-            )
-        return newest[dataset]
-    if len(newest) > 1:
-        raise ConfigError(
-            f"{runs_dir} holds runs of {len(newest)} datasets ({', '.join(sorted(newest))}): give --dataset KEY "
-            "to say whose flags, or --run RUN_FOLDER."
-        )
-    if not newest:
-        raise ConfigError(
-            f"{runs_dir} holds no readable run: give the run folder with --run RUN_FOLDER, or audit first."
-        )
-    return next(iter(newest.values()))
 
 
 def _sample_ids(
@@ -257,7 +221,7 @@ def set_command(args: argparse.Namespace) -> int:
     """``spray flags set``: flag a finding's members (or given samples) of a published run, as the dashboard does."""
     from spray.runs.reader import RunReader
 
-    run = _run_folder(args)
+    run = run_folder(args)
     reader = RunReader.open(run)
     key, ids = (
         _finding_ids(args, reader, run) if args.finding else (None, _sample_ids(args, reader, run, "flag"))
@@ -341,7 +305,7 @@ def unset_command(args: argparse.Namespace) -> int:
     """``spray flags unset``: remove the current flag of given samples (the history keeps it)."""
     from spray.runs.reader import RunReader
 
-    run = _run_folder(args)
+    run = run_folder(args)
     reader = RunReader.open(run)
     db = _run_db(args, run)
     # A flag whose sample is gone from the run (a deleted file) can be dropped too.
@@ -372,7 +336,7 @@ def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBindi
     """The current flags of the run's dataset checked against the run's content."""
     from spray.runs.reader import RunReader
 
-    run = _run_folder(args)
+    run = run_folder(args)
     reader = RunReader.open(run)
     hashes = reader.content_hashes()
     if hashes is None:
@@ -519,7 +483,11 @@ def register(subparsers: Any) -> None:
         "export", help="export current flags (for unlearning)", description=export_command.__doc__
     )
     common(e)
-    e.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
+    e.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="csv, json or parquet (default: the ending of -o, else csv)",
+    )
     e.add_argument(
         "--status", choices=[*STATUSES, "all"], default="unlearn", help="which flags (default unlearn)"
     )

@@ -1,0 +1,108 @@
+"""Which run a ``spray flags`` command acts on: the one ``--run`` names, or the newest of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from spray.errors import ConfigError
+
+log = logging.getLogger("spray.flags")
+
+
+def _named(text: str, runs_dir: Path | None) -> Path:
+    """The run folder ``--run`` names: a path, else (with ``--runs-dir``) a folder name in the runs folder or a
+    prefix of one or of a run id. A path that is no folder is returned as given (the reader says what it is)."""
+    from spray.runs.publish import list_runs
+
+    given = Path(text)
+    if given.is_dir() or runs_dir is None or given.is_absolute() or len(given.parts) > 1:
+        return given
+    runs = list_runs(runs_dir)
+    hits = [r for r in runs if r.name == text] or [
+        r for r in runs if r.name.startswith(text) or r.name.rsplit("-", 1)[-1].startswith(text[:12])
+    ]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise ConfigError(
+            f"--run {text!r} names {len(hits)} runs in {runs_dir} ({', '.join(r.name for r in hits[:5])}): give "
+            "more of the folder name or run id."
+        )
+    names = ", ".join(r.name for r in runs[:5]) or "none"
+    raise ConfigError(
+        f"--run {text!r} is neither a run folder nor the name or run id of a run in {runs_dir} (its newest: "
+        f"{names}): give the run folder's path, or a name from that folder."
+    )
+
+
+def run_folder(args: argparse.Namespace) -> Path:
+    """The run a flags command acts on: ``--run`` (a run folder; or, with ``--runs-dir``, a folder name in it or
+    a prefix of one or of a run id, as ``spray correct --source-run`` takes it), else the newest run of
+    ``--dataset`` in ``--runs-dir``."""
+    if args.run:
+        return _named(args.run, Path(args.runs_dir) if args.runs_dir else None)
+    if args.runs_dir:
+        return _newest_run(Path(args.runs_dir), getattr(args, "dataset", None))
+    raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for its newest run).")
+
+
+def newest_runs(runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
+    """The newest readable run of each dataset key in ``runs_dir`` (several audits may share a folder,
+    and ``latest`` is the newest run of any of them); the unreadable runs are added to ``unreadable``."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import read_summary
+
+    newest: dict[str, Path] = {}
+    for run in list_runs(runs_dir):
+        try:
+            newest.setdefault(read_summary(run).dataset, run)
+        except RunReadError as err:
+            log.warning("run %s is unreadable, passed over: %s", run.name, err)
+            if unreadable is not None:
+                unreadable.append((run, str(err)))
+    return newest
+
+
+def _newest_run(runs_dir: Path, dataset: str | None) -> Path:
+    """The newest run of ``dataset`` in ``runs_dir``; without one, of the folder's only dataset. A newer run
+    that cannot be read is refused rather than passed over: its finding keys and ids may be what the
+    user looked at, and an older run's name other images."""
+    damaged: list[tuple[Path, str]] = []
+    newest = newest_runs(runs_dir, damaged)
+    chosen = _chosen(runs_dir, newest, dataset)
+    newer = [(r, why) for r, why in damaged if r.name > chosen.name]
+    if newer:
+        run, why = newer[0]
+        raise ConfigError(
+            f"{run} is newer than {chosen.name} and cannot be read ({why}): the flags would act on an older "
+            f"run's images. Give the run with --run {chosen} to use the older one, or repair or remove {run.name}."
+        )
+    return chosen
+
+
+def _chosen(runs_dir: Path, newest: dict[str, Path], dataset: str | None) -> Path:
+    """The run :func:`_newest_run` takes from the newest readable run of each dataset."""
+    if dataset is not None:
+        if dataset not in newest:
+            raise ConfigError(
+                f"--dataset {dataset!r}: {runs_dir} holds no readable run of it"
+                + (
+                    f"; its datasets: {', '.join(sorted(newest))}."
+                    if newest
+                    else " (no readable runs at all)."
+                )
+            )
+        return newest[dataset]
+    if len(newest) > 1:
+        raise ConfigError(
+            f"{runs_dir} holds runs of {len(newest)} datasets ({', '.join(sorted(newest))}): give --dataset KEY "
+            "to say whose flags, or --run RUN_FOLDER."
+        )
+    if not newest:
+        raise ConfigError(
+            f"{runs_dir} holds no readable run: give the run folder with --run RUN_FOLDER, or audit first."
+        )
+    return next(iter(newest.values()))
