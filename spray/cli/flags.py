@@ -479,27 +479,7 @@ def register(subparsers: Any) -> None:
     )
     f.set_defaults(func=set_command)
 
-    e = sub.add_parser(
-        "export", help="export current flags (for unlearning)", description=export_command.__doc__
-    )
-    common(e)
-    e.add_argument(
-        "--format",
-        choices=EXPORT_FORMATS,
-        help="csv, json or parquet (default: the ending of -o, else csv)",
-    )
-    e.add_argument(
-        "--status", choices=[*STATUSES, "all"], default="unlearn", help="which flags (default unlearn)"
-    )
-    e.add_argument("--dataset", help="only this dataset key (default: all)")
-    e.add_argument("-o", "--output", help="output file (default: stdout)")
-    e.add_argument(
-        "--fail-if-left-out",
-        action="store_true",
-        help="with --runs-dir: exit 1 (after writing the export) when flags were left out because they no longer "
-        "name the images they were set on",
-    )
-    e.set_defaults(func=export_command)
+    _export_parser(sub, common)
 
     ls = sub.add_parser("list", help="counts of current flags", description=list_command.__doc__)
     common(ls)
@@ -531,6 +511,31 @@ def register(subparsers: Any) -> None:
     _run_options(r, common)
     r.add_argument("--author", help="who moved them (default: $SPRAY_AUTHOR or the OS user)")
     r.set_defaults(func=rebind_command)
+
+
+def _export_parser(sub: Any, common: Any) -> None:
+    """Add ``spray flags export``."""
+    e = sub.add_parser(
+        "export", help="export current flags (for unlearning)", description=export_command.__doc__
+    )
+    common(e)
+    e.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="csv, json or parquet (default: the ending of -o, else csv)",
+    )
+    e.add_argument(
+        "--status", choices=[*STATUSES, "all"], default="unlearn", help="which flags (default unlearn)"
+    )
+    e.add_argument("--dataset", help="only this dataset key (default: all)")
+    e.add_argument("-o", "--output", help="output file (default: stdout)")
+    e.add_argument(
+        "--fail-if-left-out",
+        action="store_true",
+        help="with --runs-dir: exit 1 (after writing the export) when flags were left out because they no longer "
+        "name the images they were set on",
+    )
+    e.set_defaults(func=export_command)
 
 
 def _ids_file_option(p: argparse.ArgumentParser) -> None:

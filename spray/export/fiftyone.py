@@ -233,6 +233,27 @@ def _metadata(src: ExportSource) -> dict[str, Any]:
     }
 
 
+def _data_root(data_root: str | Path | None) -> Path | None:
+    """``--data-root`` resolved; a path that is no folder is refused (the export would link nothing)."""
+    root = Path(data_root).expanduser().resolve() if data_root else None
+    if root is not None and not root.is_dir():
+        raise ConfigError(
+            f"--data-root {data_root} is not a folder: give the root your sample ids are relative to."
+        )
+    return root
+
+
+def _say_unlinked(n: int, total: int, root: Path, example: str) -> None:
+    """Warn that ``n`` sample ids name no file under the data root (one folder too high or low links nothing,
+    which looked like a successful export)."""
+    log.warning(
+        "%d of %d sample ids name no file under --data-root %s (e.g. %s): those samples are exported with the "
+        "run's stored thumbnails; give the folder the ids are relative to (the one holding the class folders, "
+        "the audit's data.path)",
+        n, total, root, root / example,
+    )  # fmt: skip
+
+
 def write_fiftyone_dataset(
     run: str | Path,
     out: str | Path,
@@ -262,11 +283,7 @@ def write_fiftyone_dataset(
     src = open_source(run)
     keys, scores, suspicious, xy = _cluster_of(src)
     flags = _flags(src, Path(flags_db) if flags_db else None)
-    root = Path(data_root).expanduser().resolve() if data_root else None
-    if root is not None and not root.is_dir():
-        raise ConfigError(
-            f"--data-root {data_root} is not a folder: give the root your sample ids are relative to."
-        )
+    root = _data_root(data_root)
     out = Path(out)
     with staged_output(out) as tmp:
         (tmp / DATA_DIR).mkdir()
@@ -309,13 +326,7 @@ def write_fiftyone_dataset(
                 changed,
             )
         if root is not None and linked + changed < len(ids):
-            # a root one folder too high or low links nothing, which looked like a successful export
-            log.warning(
-                "%d of %d sample ids name no file under --data-root %s (e.g. %s): those samples are exported "
-                "with the run's stored thumbnails; give the folder the ids are relative to (the one holding the "
-                "class folders, the audit's data.path)",
-                len(ids) - linked - changed, len(ids), root, root / absent,
-            )  # fmt: skip
+            _say_unlinked(len(ids) - linked - changed, len(ids), root, absent)
         (tmp / METADATA).write_text(json.dumps(_metadata(src), indent=1, ensure_ascii=False))
         (tmp / SAMPLES).write_text(json.dumps({"samples": samples}, ensure_ascii=False, allow_nan=False))
     log.info("wrote %d samples of run %s as a FiftyOne dataset to %s", len(samples), src.run_id[:12], out)
