@@ -121,6 +121,9 @@ def test_every_format_keeps_the_class_index_an_integer(store: FlagStore) -> None
     assert js == {"with": 3, "without": None} and type(js["with"]) is int
     rows = store.export_bytes("csv", "d").decode().splitlines()
     assert rows[0].endswith(",class_index") and {r.rsplit(",", 1)[1] for r in rows[1:]} == {"3", ""}
+    # the table the dashboard's Flags page shows is the same frame
+    shown = store.export_frame("d").set_index("sample_id")["class_index"]
+    assert str(shown.dtype) == "Int64" and shown["with"] == 3 and str(shown.astype(str)["with"]) == "3"
 
 
 def main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:

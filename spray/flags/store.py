@@ -41,7 +41,7 @@ from urllib.parse import quote
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
 from spray.flags.schema import SCHEMA, SCHEMA_VERSION, read_current_as_now, stored_version, upgrade
-from spray.flags.table import EXPORT_COLUMNS, frame_to_bytes
+from spray.flags.table import EXPORT_COLUMNS, INTEGER_COLUMNS, frame_to_bytes
 
 log = logging.getLogger("spray.flags")
 
@@ -569,7 +569,8 @@ class FlagStore:
         skip = set(leave_out)
         flags = [f for f in self.current(dataset, status) if (f.dataset, f.sample_id) not in skip]
         rows = [{c: asdict(f)[c] for c in EXPORT_COLUMNS} for f in flags]
-        return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
+        # nullable integers: a column of 3 and None is 3.0 in pandas (the dashboard's table showed it)
+        return pd.DataFrame(rows, columns=EXPORT_COLUMNS).astype({c: "Int64" for c in INTEGER_COLUMNS})
 
     def export_bytes(
         self,
