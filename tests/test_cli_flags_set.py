@@ -75,6 +75,20 @@ def test_flags_set_finds_run_names_and_run_id_prefixes_in_the_runs_folder(
     assert_clean_failure(res, 2, "neither a run folder nor the name or run id of a run in")
 
 
+def test_options_that_would_be_ignored_are_refused(
+    audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An outside check: ``--with-carriers`` with ``--sample-ids`` and ``--dataset`` with ``--run`` were accepted
+    and ignored."""
+    run = str((audited.runs_dir / "latest").resolve())
+    sid = RunReader.open(run).sample_ids()[0]
+    db = tmp_path / "f.sqlite"
+    base = ["flags", "set", "--db", str(db), "--run", run, "--sample-ids", sid]
+    assert_clean_failure(run_main([*base, "--with-carriers"], capsys), 2, "give it with --finding")
+    assert_clean_failure(run_main([*base, "--dataset", DATASET], capsys), 2, "give one of them")
+    assert not db.exists()
+
+
 def test_flags_set_takes_the_reports_class_and_cluster_columns(
     audited: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

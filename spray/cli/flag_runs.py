@@ -42,6 +42,11 @@ def run_folder(args: argparse.Namespace) -> Path:
     a prefix of one or of a run id, as ``spray correct --source-run`` takes it), else the newest run of
     ``--dataset`` in ``--runs-dir``."""
     if args.run:
+        if getattr(args, "dataset", None) is not None:
+            raise ConfigError(
+                "--dataset chooses the newest run of a dataset in --runs-dir, and --run names the run itself: "
+                "give one of them."
+            )
         return _named(args.run, Path(args.runs_dir) if args.runs_dir else None)
     if args.runs_dir:
         return _newest_run(Path(args.runs_dir), getattr(args, "dataset", None))

@@ -179,6 +179,10 @@ def _sample_ids(
     """The ids of ``--sample-ids`` (comma-separated) and ``--sample-ids-file`` (one per line: ids with commas),
     each found in the run (or in ``also``) as typed, trimmed, or in Unicode's composed form
     (:func:`~spray.runs.keys.sample_id_in`)."""
+    if getattr(args, "with_carriers", False):
+        raise ConfigError(
+            "--with-carriers adds a finding's carriers: give it with --finding, not with sample ids."
+        )
     ids = [i for i in (args.sample_ids or "").split(",") if i.strip()]
     if args.sample_ids_file:
         try:
