@@ -73,9 +73,10 @@ def vit_row(name: str, composite: str) -> dict[str, Any]:
     }
 
 
-def swin_row(composite: str) -> dict[str, Any]:
-    """Agreement with LXT's rules and conservation (under CP-LRP) of a small torchvision Swin."""
-    model = arch._swin()
+def swin_row(composite: str, v2: bool = False) -> dict[str, Any]:
+    """Agreement with LXT's rules and conservation (under CP-LRP) of a small torchvision Swin (``v2``: SwinV2,
+    cosine attention)."""
+    model = arch._swin(v2=v2)
     torch.manual_seed(2)
     x = torch.randn(2, 3, 32, 32)
     ours = Explainer(model, composite, composite_kwargs={"epsilon": 1e-9})(x)
@@ -85,7 +86,7 @@ def swin_row(composite: str) -> dict[str, Any]:
         "oracle": "LXT rules",
         "1-cos": cos,
         "max_err": err,
-        "conservation": _conservation(arch._swin(zero_bias=True), x, composite, {}),
+        "conservation": _conservation(arch._swin(zero_bias=True, v2=v2), x, composite, {}),
     }
 
 
@@ -103,6 +104,8 @@ def rows(full: bool) -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
             out.append((name, composite, lambda n=name, c=composite: vit_row(n, c)))
     for composite in ("AttnLRP", "CPLRP"):
         out.append(("swin (torchvision)", composite, lambda c=composite: swin_row(c)))
+    for composite in ("AttnLRP", "CPLRP"):
+        out.append(("swinv2 (torchvision)", composite, lambda c=composite: swin_row(c, v2=True)))
     return out
 
 
