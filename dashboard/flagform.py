@@ -291,20 +291,24 @@ def _content_message(dataset: str, path: str, sample_id: str | None = None) -> s
     if store is None or hashes is None:
         return ""
     flags = [f for f in store.current(dataset) if sample_id is None or f.sample_id == sample_id]
-    return describe(bind_flags(flags, hashes), path) if flags else ""
+    return describe(bind_flags(flags, hashes, run=Path(path)), path) if flags else ""
 
 
 def left_out(dataset: str, path: str) -> set[tuple[str, str]]:
     """The ``(dataset, sample_id)`` of flags that no longer name the images they were set on in the newest run
     of the audit ``path`` belongs to (moved, replaced, gone): left out of the export, as ``spray flags export
     --runs-dir`` does (empty without flags or content hashes to check against)."""
+    from spray.runs.publish import newest_runs
+
     store = reader()
     newest = _newer_run(path)
     run = str(newest) if newest is not None else path
+    # the run `spray flags export --runs-dir` checks against: the dataset's newest that is no data.limit trial
+    run = str(newest_runs(Path(run).parent, full_first=True).get(dataset, run))
     hashes = common.content_hashes(run)
     if store is None or hashes is None:
         return set()
-    binding = bind_flags(store.current(dataset), hashes)
+    binding = bind_flags(store.current(dataset), hashes, run=Path(run))
     return {(dataset, c.flag.sample_id) for c in binding.changed}
 
 

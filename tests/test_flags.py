@@ -174,6 +174,12 @@ def test_cli_export_writes_the_format_its_file_name_ends_in_and_overwrites_only_
     assert main([*base, "-o", str(config)], monkeypatch) == 2
     assert config.read_text() == "name: demo\n"
     assert main([*base, "-o", str(tmp_path / "out.json")], monkeypatch) == 0  # an earlier export is replaced
+    # a nightly job exporting to a name of its own replaces its own file, night after night (a review)
+    for fmt in ("csv", "json", "parquet"):
+        for _ in range(2):
+            assert main([*base, "--format", fmt, "-o", str(tmp_path / f"flags-{fmt}.txt")], monkeypatch) == 0
+    (tmp_path / "empty.txt").touch()
+    assert main([*base, "-o", str(tmp_path / "empty.txt")], monkeypatch) == 0
 
 
 @pytest.fixture

@@ -37,10 +37,11 @@ def _named(text: str, runs_dir: Path | None) -> Path:
     )
 
 
-def run_folder(args: argparse.Namespace) -> Path:
+def run_folder(args: argparse.Namespace, *, full_first: bool = False) -> Path:
     """The run a flags command acts on: ``--run`` (a run folder; or, with ``--runs-dir``, a folder name in it or
     a prefix of one or of a run id, as ``spray correct --source-run`` takes it), else the newest run of
-    ``--dataset`` in ``--runs-dir``."""
+    ``--dataset`` in ``--runs-dir`` (with ``full_first``, the newest that is no ``data.limit`` trial, if any:
+    a trial lacks the samples it did not read, so it cannot tell which flags still name their images)."""
     if args.run:
         if getattr(args, "dataset", None) is not None:
             raise ConfigError(
@@ -49,34 +50,18 @@ def run_folder(args: argparse.Namespace) -> Path:
             )
         return _named(args.run, Path(args.runs_dir) if args.runs_dir else None)
     if args.runs_dir:
-        return _newest_run(Path(args.runs_dir), getattr(args, "dataset", None))
+        return _newest_run(Path(args.runs_dir), getattr(args, "dataset", None), full_first)
     raise ConfigError("Give the run with --run RUN_FOLDER or --runs-dir DIR (for its newest run).")
 
 
-def newest_runs(runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
-    """The newest readable run of each dataset key in ``runs_dir`` (several audits may share a folder,
-    and ``latest`` is the newest run of any of them); the unreadable runs are added to ``unreadable``."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.publish import list_runs
-    from spray.runs.reader import read_summary
-
-    newest: dict[str, Path] = {}
-    for run in list_runs(runs_dir):
-        try:
-            newest.setdefault(read_summary(run).dataset, run)
-        except RunReadError as err:
-            log.warning("run %s is unreadable, passed over: %s", run.name, err)
-            if unreadable is not None:
-                unreadable.append((run, str(err)))
-    return newest
-
-
-def _newest_run(runs_dir: Path, dataset: str | None) -> Path:
+def _newest_run(runs_dir: Path, dataset: str | None, full_first: bool) -> Path:
     """The newest run of ``dataset`` in ``runs_dir``; without one, of the folder's only dataset. A newer run
     that cannot be read is refused rather than passed over: its finding keys and ids may be what the
     user looked at, and an older run's name other images."""
+    from spray.runs.publish import newest_runs
+
     damaged: list[tuple[Path, str]] = []
-    newest = newest_runs(runs_dir, damaged)
+    newest = newest_runs(runs_dir, damaged, full_first=full_first)
     chosen = _chosen(runs_dir, newest, dataset)
     newer = [(r, why) for r, why in damaged if r.name > chosen.name]
     if newer:

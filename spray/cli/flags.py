@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spray.cli.flag_runs import newest_runs, run_folder
+from spray.cli.flag_runs import run_folder
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
@@ -29,6 +29,7 @@ from spray.flags.content import (
 )
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key, renumbered_message, sample_ids_in
+from spray.runs.publish import newest_runs
 
 if TYPE_CHECKING:
     from spray.runs.reader import RunReader
@@ -62,7 +63,7 @@ def export_command(args: argparse.Namespace) -> int:
             "those that no longer name the images they were set on."
         )
     if args.runs_dir:
-        newest = newest_runs(Path(args.runs_dir))
+        newest = newest_runs(Path(args.runs_dir), full_first=True)
         leave_out = set()
         for ds in [args.dataset] if args.dataset is not None else store.datasets():
             if ds in newest:
@@ -135,11 +136,30 @@ def _check_export_path(out: Path, fmt: str) -> None:
         raise ConfigError(
             f"The folder of -o {out} does not exist ({out.parent}): create it first or choose another path."
         )
-    if out.exists() and out.suffix.lower() not in _ENDINGS:
+    if out.is_file() and out.suffix.lower() not in _ENDINGS and not _an_export(out):
         raise ConfigError(
-            f"-o {out} exists and is not a flags export (.csv, .json, .parquet): it would be overwritten. Give "
-            "a new file name, or one ending in the format's ending to replace an earlier export."
+            f"-o {out} exists and is not a flags export (.csv, .json, .parquet, or an earlier export's content): "
+            "it would be overwritten. Give a new file name."
         )
+
+
+def _an_export(path: Path) -> bool:
+    """Whether the file at ``path`` holds an earlier flags export (a nightly job writing ``-o flags.txt`` replaces
+    its own file), by its first bytes: Parquet's magic, the CSV header, or JSON records of a dataset."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    text = head.strip()
+    records = text.startswith(b"[") and text[1:].lstrip().startswith(b"{") and b'"dataset"' in text
+    return (
+        not text
+        or head.startswith(b"PAR1")
+        or text.startswith(b"dataset,sample_id,")
+        or records
+        or text == b"[]"
+    )
 
 
 def _asked_for(
@@ -158,7 +178,7 @@ def list_command(args: argparse.Namespace) -> int:
     db = _db_from_args(args)
     store = FlagStore(db, read_only=True)
     store.check()
-    newest = newest_runs(Path(args.runs_dir)) if args.runs_dir else {}
+    newest = newest_runs(Path(args.runs_dir), full_first=True) if args.runs_dir else {}
     for ds in store.datasets():
         counts = store.counts(ds)
         line = ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES)
@@ -227,6 +247,13 @@ def set_command(args: argparse.Namespace) -> int:
 
     run = run_folder(args)
     reader = RunReader.open(run)
+    if (limit := (reader.summary.config.get("data") or {}).get("limit")) is not None:
+        log.warning(
+            "run %s is a trial on the first %s samples (data.limit): its findings group only those; the full "
+            "audit's run may group them otherwise (give --run to flag on that one)",
+            run.resolve().name,
+            limit,
+        )
     key, ids = (
         _finding_ids(args, reader, run) if args.finding else (None, _sample_ids(args, reader, run, "flag"))
     )
@@ -340,7 +367,7 @@ def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBindi
     """The current flags of the run's dataset checked against the run's content."""
     from spray.runs.reader import RunReader
 
-    run = run_folder(args)
+    run = run_folder(args, full_first=True)
     reader = RunReader.open(run)
     hashes = reader.content_hashes()
     if hashes is None:
@@ -367,6 +394,8 @@ def check_command(args: argparse.Namespace) -> int:
         if binding.unchecked
         else ""
     )
+    if binding.outside:
+        unchecked += f" ({binding.outside} on samples this data.limit trial did not read: not checked)"
     unverified = (
         f", {counts['unverified']} set before flags recorded content on a run of other data (unverified)"
         if counts["unverified"]

@@ -179,7 +179,9 @@ class AuditConfig(Section):
         """The name this config's runs are published under: ``name``, with ``data.limit`` appended for a trial
         on the first N samples, which is another audit (its runs are neither the full audit's previous run
         nor counted in its retention, and a correction does not take one for the full audit's)."""
-        return self.name if self.data.limit is None else f"{self.name} (data.limit {self.data.limit})"
+        from spray.runs.summary import audit_name
+
+        return audit_name(self.name, self.data.limit)
 
     def dataset_key(self) -> str:
         """Key under which flags are stored: the dataset name, or its path."""

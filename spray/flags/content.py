@@ -85,11 +85,14 @@ class FlagBinding:
         Flags whose id names other content or is gone (see :attr:`ChangedFlag.kind`).
     unchecked : int
         Bound flags without a recorded hash (set before flags recorded content, or from an older run).
+    outside : int
+        Bound flags on samples a ``data.limit`` trial run did not read (not checked: not deleted files).
     """
 
     bound: list[Flag] = field(default_factory=list)
     changed: list[ChangedFlag] = field(default_factory=list)
     unchecked: int = 0
+    outside: int = 0
 
     def of_kind(self, *kinds: str) -> list[ChangedFlag]:
         """The changed flags of the given kinds, in flag order."""
@@ -210,14 +213,14 @@ def bind_flags(
     trial = run is not None and _limited(run)
     bound: list[Flag] = []
     changed: list[ChangedFlag] = []
-    unchecked = 0
+    unchecked = outside = 0
     for f in flags:
         now = run_hashes.get(f.sample_id)
         if f.event_id in stale:
             changed.append(ChangedFlag(f, now, [], unverified=True))
         elif trial and now is None and not ids_of.get(f.content_hash or ""):
             bound.append(f)
-            unchecked += 1
+            outside += 1
         elif f.content_hash is None and now is None:
             changed.append(ChangedFlag(f, None, []))  # nothing to compare, but its id is gone: a deleted file
         elif f.content_hash is None:
@@ -228,7 +231,7 @@ def bind_flags(
         else:
             found = sorted(i for i in ids_of.get(f.content_hash, []) if i != f.sample_id)
             changed.append(ChangedFlag(f, now, found))
-    return FlagBinding(bound, changed, unchecked)
+    return FlagBinding(bound, changed, unchecked, outside)
 
 
 def plan_moves(binding: FlagBinding) -> tuple[list[tuple[Flag, str]], list[ChangedFlag], dict[str, Flag]]:

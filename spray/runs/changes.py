@@ -516,8 +516,13 @@ def _say_if_renamed(runs_dir: Path, report: AuditReport) -> None:
     """Warn when this audit has no earlier run but the folder holds runs of the same dataset key under
     another audit ``name``: a renamed audit starts over (every suspicious cluster counts as new)."""
     from spray.runs.publish import newest_run_where
+    from spray.runs.summary import full_audit_name
 
-    found = newest_run_where(runs_dir, lambda s: s.dataset == report.dataset and s.name != report.name)
+    # a trial (data.limit) and its full audit are not a rename of each other
+    audit = full_audit_name(report.name)
+    found = newest_run_where(
+        runs_dir, lambda s: s.dataset == report.dataset and full_audit_name(s.name) != audit
+    )
     if found is not None:
         p, s = found
         log.warning(

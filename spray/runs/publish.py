@@ -149,6 +149,33 @@ def newest_run_where(
     return None
 
 
+def newest_runs(
+    runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None, *, full_first: bool = False
+) -> dict[str, Path]:
+    """The newest readable run of each dataset key in ``runs_dir`` (several audits may share a folder, and
+    ``latest`` is the newest run of any of them); the unreadable runs are added to ``unreadable``.
+
+    With ``full_first``, a dataset's newest run that is no ``data.limit`` trial where it has one: what flags
+    are checked against (a trial lacks the samples it did not read).
+    """
+    from spray.runs.reader import read_summary
+
+    newest: dict[str, Path] = {}
+    full: dict[str, Path] = {}
+    for run in list_runs(runs_dir):
+        try:
+            s = read_summary(run)
+        except RunReadError as err:
+            log.warning("run %s is unreadable, passed over: %s", run.name, err)
+            if unreadable is not None:
+                unreadable.append((run, str(err)))
+            continue
+        newest.setdefault(s.dataset, run)
+        if (s.config.get("data") or {}).get("limit") is None:
+            full.setdefault(s.dataset, run)
+    return {ds: full.get(ds, run) if full_first else run for ds, run in newest.items()}
+
+
 def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
     """The newest readable published run of one audit (its ``name`` and dataset key)."""
     found = newest_run_where(runs_dir, lambda s: s.name == name and s.dataset == dataset)

@@ -14,6 +14,7 @@ How older layouts are read (``docs/run_layout.md``, "Older versions"):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,19 @@ _V1_KNOWN = {
 }
 
 
+def audit_name(name: str, limit: int | None) -> str:
+    """The name an audit's runs are published under: ``name``, or for a trial on the first ``limit`` samples
+    ``"NAME (data.limit N)"``, another audit (its runs are neither the full audit's previous runs nor in its
+    retention)."""
+    trial = f" (data.limit {limit})"
+    return name if limit is None or name.endswith(trial) else name + trial
+
+
+def full_audit_name(name: str) -> str:
+    """The full audit a trial's name (:func:`audit_name`) belongs to: ``name`` without its ``(data.limit N)``."""
+    return re.sub(r" \(data\.limit \d+\)$", "", name)
+
+
 def parse_summary(raw: Any, file: Path) -> RunSummary:
     """The typed summary of the JSON document ``raw`` read from ``file`` (``<run>/summary.json``).
 
@@ -259,6 +273,9 @@ def parse_summary(raw: Any, file: Path) -> RunSummary:
     if layout < 1:
         raise RunReadError(file, f"unknown run layout {layout}")
     v1 = layout == 1
+    config = {} if v1 else d.get("config", dict)
+    # a trial published before 6 Dec 2026 carries the full audit's name: read as the trial it is
+    limit = (config.get("data") or {}).get("limit") if isinstance(config.get("data"), dict) else None
     versions = (
         {"spray": d.get("spray_version", str), "lrp": 0, "analysis": 0, "layout": 1}
         if v1
@@ -268,11 +285,11 @@ def parse_summary(raw: Any, file: Path) -> RunSummary:
         path=file.parent,
         layout_version=layout,
         run_id=d.get("run_id", str),
-        name=d.get("name", str, ""),
+        name=audit_name(d.get("name", str, ""), limit if isinstance(limit, int) else None),
         dataset=d.get("dataset", str, ""),
         versions=versions,
         hashes={str(k): str(v) for k, v in d.get("hashes", dict).items()},
-        config={} if v1 else d.get("config", dict),
+        config=config,
         cache=d.get("cache", str, ""),
         n_samples=d.get("n_samples", int),
         class_names=[str(c) for c in d.get("class_names", list)],

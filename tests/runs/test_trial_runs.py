@@ -66,3 +66,33 @@ def test_a_trial_run_is_not_the_full_audits_run(tmp_path: Path) -> None:
         tmp_path / "runs", cfg.dataset_key(), full.summary.hashes["model"], None, cfg.audit_name()
     )
     assert source.path == full_run and len(source.sample_ids) == 24
+
+
+def test_a_trial_published_before_trials_had_their_own_name_is_read_as_one(tmp_path: Path) -> None:
+    """An outside check of the upgrade: a trial run published by the previous release carries the full
+    audit's name, and the full audit's next nightly run compared with it (exit 10, '130 images added'),
+    retention deleted the full run instead, and spray correct and spray flags export took it."""
+    import json
+
+    from spray.runs.changes import previous_run
+    from spray.runs.publish import newest_runs
+
+    full_cfg, trial_cfg = _configs(tmp_path)
+    assert main(["audit", "-q", "--config", str(full_cfg)]) == 0
+    (full_run,) = list_runs(tmp_path / "runs")
+    assert main(["audit", "-q", "--config", str(trial_cfg)]) == 0
+    trial_run = next(r for r in list_runs(tmp_path / "runs") if r != full_run)
+    doc = json.loads((trial_run / "summary.json").read_text())
+    doc["name"] = "nightly"  # as the previous release published it
+    (trial_run / "summary.json").write_text(json.dumps(doc))
+
+    assert RunReader.open(trial_run).summary.name == "nightly (data.limit 12)"
+    reader, _, _ = previous_run(
+        tmp_path / "runs", name="nightly", dataset=RunReader.open(full_run).summary.dataset
+    )
+    assert reader is not None and reader.path == full_run
+    dataset = RunReader.open(full_run).summary.dataset
+    assert newest_runs(tmp_path / "runs", full_first=True)[dataset] == full_run
+    assert newest_runs(tmp_path / "runs")[dataset] == trial_run  # what spray flags set --runs-dir flags on
+    assert main(["run", "--config", str(full_cfg), "--keep-runs", "1"]) == 0
+    assert full_run in list_runs(tmp_path / "runs")
