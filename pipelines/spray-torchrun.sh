@@ -41,6 +41,27 @@ then
     echo "spray-torchrun: --status-file $status belongs to a running spray job; nothing started" >&2
     exit 75
 fi
+if [[ -n "$status" ]] && ! "$python" - "$status" <<'PY'
+import json, os, sys
+# spray.cli.rank_status.status_file_problem's rule: only an empty file or an earlier status record is replaced
+path = sys.argv[1]
+fix = "pass the path of a new file or of an earlier status file"
+if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    sys.exit(f"spray-torchrun: --status-file {path}: its folder does not exist: create it or {fix}")
+if os.path.isdir(path):
+    sys.exit(f"spray-torchrun: --status-file {path} is a folder: {fix}")
+try:
+    said = json.load(open(path, "rb")) if os.path.getsize(path) else {"exit_code": 0, "status": ""}
+except FileNotFoundError:
+    said = {"exit_code": 0, "status": ""}
+except Exception:
+    said = None
+if not (isinstance(said, dict) and "exit_code" in said and "status" in said):
+    sys.exit(f"spray-torchrun: --status-file {path} exists and is not a spray status record: not overwritten; {fix}")
+PY
+then
+    exit 2
+fi
 if [[ -n "$status" ]]; then
     # emptied first: a torchrun or worker that fails before rank 0 writes "running" must not leave the
     # previous run's exit code there for this wrapper to return

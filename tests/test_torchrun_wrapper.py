@@ -192,3 +192,27 @@ def test_a_second_job_leaves_the_running_jobs_status_file_alone(tmp_path: Path) 
     for junk in ("null", "[1]", '"x"', "{"):
         status.write_text(junk)
         assert held_by_another_job(str(status)) is None
+
+
+def test_the_wrapper_does_not_empty_a_file_that_is_no_status_record(tmp_path: Path) -> None:
+    """An outside check: ``--status-file audit.yaml`` replaced the config; the wrapper emptied it even before
+    spray could refuse it, and made a missing folder's file."""
+    fake = tmp_path / "torchrun"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    config = tmp_path / "audit.yaml"
+    config.write_text("name: mine\n")
+    env = {**os.environ, "SPRAY_TORCHRUN": str(fake), "FAKE_STATUS": '{"exit_code": 0, "status": "x"}'}
+    for given, says in (
+        (config, "not a spray status record"),
+        (tmp_path / "no" / "s.json", "does not exist"),
+    ):
+        done = subprocess.run(
+            ["bash", str(WRAPPER), "2", "--config", str(config), "--status-file", str(given)],
+            env={**env, "FAKE_RC": "0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert config.read_text() == "name: mine\n" and not (tmp_path / "no").exists()

@@ -26,6 +26,54 @@ def rank_status_path(status_file: str | None, rank: int) -> str | None:
     return status_file if rank == 0 else f"{status_file}.rank{rank}"
 
 
+#: The fields every record ``spray run`` writes into ``--status-file`` carries (running, final, usage error).
+STATUS_FIELDS = ("exit_code", "status")
+
+#: A status record is one JSON line; a file far larger than that is no record of spray's.
+_MAX_STATUS_BYTES = 1 << 20
+
+
+def status_file_problem(path: str | None) -> str | None:
+    """Why ``spray run`` must not write its status into ``path`` (None when it may).
+
+    It may replace an empty file (the torchrun wrapper's ``mktemp``) or an earlier status record (a JSON
+    object with :data:`STATUS_FIELDS`); anything else is someone's file (the config, an image) that a
+    mistyped option would destroy, and a missing folder is a typo rather than a request to create one.
+
+    Parameters
+    ----------
+    path : str or None
+        The ``--status-file`` given (None: no status file).
+
+    Returns
+    -------
+    str or None
+        The message naming the problem and the fix, or None.
+    """
+    if not path:
+        return None
+    target, fix = Path(path), "pass the path of a new file or of an earlier status file"
+    if not target.parent.is_dir():
+        what = "is a file, not a folder" if target.parent.exists() else "does not exist"
+        return f"--status-file {path}: the folder {target.parent} {what}: create it or {fix}"
+    if target.is_dir():
+        return f"--status-file {path} is a folder: {fix}"
+    if not target.exists():
+        return None
+    size = -1
+    try:
+        size = target.stat().st_size
+        said = json.loads(target.read_bytes()) if 0 < size <= _MAX_STATUS_BYTES else {}
+    except (OSError, ValueError) as err:
+        said = str(err)
+    if size == 0 or (isinstance(said, dict) and all(k in said for k in STATUS_FIELDS)):
+        return None
+    return (
+        f"--status-file {path} exists and is not a spray status record (a JSON object with "
+        f"{' and '.join(STATUS_FIELDS)}): not overwritten; {fix}"
+    )
+
+
 def running_record(rank: int) -> dict[str, Any]:
     """The record a rank writes at its start (``exit_code`` null: a killed rank leaves it like that)."""
     return {

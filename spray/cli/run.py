@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from spray.cli.logs import configure_run_logging
 from spray.cli.options import add_audit_arguments, positive_int
-from spray.cli.rank_status import held_by_another_job, lost_ranks, rank_status_path, running_record
+from spray.cli.rank_status import (
+    held_by_another_job,
+    lost_ranks,
+    rank_status_path,
+    running_record,
+    status_file_problem,
+)
 from spray.errors import SprayError
 from spray.exit_codes import (
+    EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_FINDINGS,
     EXIT_INTERRUPTED,
@@ -68,6 +75,9 @@ def usage_error_status(argv: list[str]) -> None:
             path = argv[i + 1]
         elif a.startswith("--status-file="):
             path = a.split("=", 1)[1]
+    if path and (problem := status_file_problem(path)) is not None:
+        log.error("%s", problem)
+        path = None
     _write_status(
         path, {"exit_code": 2, "status": "failed", "error": "invalid command-line arguments (see stderr)"}
     )
@@ -82,6 +92,8 @@ def run_command(args: argparse.Namespace) -> int:
     t0, started = time.perf_counter(), time.time()
     status: dict[str, Any] = {"exit_code": EXIT_FAILURE, "status": "failed"}
     status_file = getattr(args, "status_file", None)
+    if _refused_status_file(status_file, rank, status):
+        return EXIT_CONFIG
     if (holder := held_by_another_job(rank_status_path(status_file, rank))) is not None:
         # a second job with the same file while the first runs (it is locked out next): that file is the
         # first job's; its outcome would be overwritten with "locked" and a later crash of it read as 75
@@ -148,6 +160,20 @@ def run_command(args: argparse.Namespace) -> int:
         # with the start record's fields: rank 0 tells this run's files from a previous run's by "started"
         _write_status(rank_status_path(status_file, rank), {**running, **status}, stdout=False)
     return code
+
+
+def _refused_status_file(status_file: str | None, rank: int, status: dict[str, Any]) -> bool:
+    """Whether this rank must not write ``--status-file`` (rank 0's, or its own beside it): then the refusal
+    (exit 2) is logged and put on stdout, since the file is someone's (the config, an image) or a typo."""
+    if status_file is None:
+        return False
+    problem = status_file_problem(status_file) or status_file_problem(rank_status_path(status_file, rank))
+    if problem is None:
+        return False
+    status.update(exit_code=EXIT_CONFIG, error=problem)
+    log.error("%s", problem, extra={"exit_code": EXIT_CONFIG})
+    _write_status(None, status, stdout=rank == 0)
+    return True
 
 
 def _name_lost_ranks(status: dict[str, Any], lost: list[str]) -> None:

@@ -416,13 +416,16 @@ def test_keep_runs_zero_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture
     assert_clean_failure(res, EXIT_CONFIG, "--keep-runs")
 
 
-def test_status_file_under_a_file_is_named_and_the_run_still_reports(
+def test_status_file_under_a_file_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A status file that cannot be written is a mistyped path: refused at once (exit 2), as a missing folder
+    is, rather than found after the audit (an outside check asked for the refusal)."""
     (tmp_path / "afile").write_text("x")
     res = _run(capsys, _config(tmp_path), "--status-file", str(tmp_path / "afile" / "status.json"))
-    assert_clean_failure(res, EXIT_FINDINGS, "--status-file", str(tmp_path / "afile" / "status.json"))
-    assert _status(res)["status"] == "published"
+    assert_clean_failure(res, EXIT_CONFIG, "--status-file", str(tmp_path / "afile"), "is a file")
+    assert _status(res)["status"] == "failed" and (tmp_path / "afile").read_text() == "x"
+    assert list_runs(tmp_path / "runs") == []
 
 
 def test_a_failing_notifier_is_named_and_does_not_change_the_exit_code(
