@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import yaml
 from spray.config import DataConfig, TransformConfig
 from spray.errors import ClassCountError, ConfigError, DataError
 from spray.factories import SPEC_PATTERN
+from spray.init_output import refuse_output, write_output
 from spray.model_facts import ModelFacts, inspect_model, timm_if_its_keys, with_factory_size, with_model_args
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,9 @@ def dataset_name(label: str, where: Path) -> str:
     return f"{label}-{digest}"
 
 
-def _looks_like_idx(path: Path) -> bool:
-    """Whether the file (gzipped or not) starts like an IDX file: two zero bytes, a type code, a rank."""
+def _idx_rank(path: Path) -> int | None:
+    """The rank of an IDX file (gzipped or not; 1 for a labels file, 3 or 4 for images), None for another
+    file: IDX files start with two zero bytes, a type code and the rank."""
     import gzip
     import zlib
 
@@ -94,8 +95,30 @@ def _looks_like_idx(path: Path) -> bool:
             with gzip.open(path, "rb") as gz:
                 head = gz.read(4)
     except (OSError, EOFError, zlib.error):
-        return False
-    return len(head) == 4 and head[:2] == b"\0\0" and head[2] in (8, 9, 11, 12, 13, 14) and 1 <= head[3] <= 4
+        return None
+    idx = len(head) == 4 and head[:2] == b"\0\0" and head[2] in (8, 9, 11, 12, 13, 14) and 1 <= head[3] <= 4
+    return head[3] if idx else None
+
+
+def _looks_like_idx(path: Path) -> bool:
+    """Whether the file (gzipped or not) starts like an IDX file."""
+    return _idx_rank(path) is not None
+
+
+def _labels_given_as_data(spec: str, path: Path) -> ConfigError:
+    """The error for an IDX labels file (rank 1: one number per image) given as ``--data``, naming the images
+    file beside it when there is one (the labels file then needs no --labels: it is found next to it)."""
+    name = path.name.replace("labels", "images").replace("idx1", "idx3")
+    images = path.with_name(name)
+    found = images != path and images.is_file()
+    return ConfigError(
+        f"--data {spec!r} is an IDX labels file (one number per image), not the images: "
+        + (
+            f"pass the images file, --data {str(images)!r} (this labels file is found next to it)."
+            if found
+            else f"pass the IDX images file with --data and this file with --labels {spec!r}."
+        )
+    )
 
 
 def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> DataFacts:
@@ -141,6 +164,8 @@ def inspect_data(spec: str, config_dir: Path, *, labels: Path | None = None) -> 
             + ". Give the root of an image folder (root/<class>/<image>), an IDX images file, or a dataset "
             "factory 'package.module:function'."
         )
+    if p.is_file() and _idx_rank(p) == 1:
+        raise _labels_given_as_data(spec, p)
     if p.is_file():
         lab = labels or _idx_labels_for(p)
         if lab is None:
@@ -365,10 +390,7 @@ def scaffold_config(
     DataError
         When the data cannot be labelled (no class folders, or a single one without ``num_classes``).
     """
-    if output.exists() and not force and not _failed_by_init(output):
-        raise ConfigError(
-            f"{str(output)!r} already exists; pass --force to overwrite it, or -o another file."
-        )
+    refuse_output(output, force=force)
     config_dir = output.resolve().parent
     data = inspect_data(data_spec, config_dir, labels=labels)
     _one_class_folder(data_spec, data, num_classes)
@@ -417,30 +439,8 @@ def scaffold_config(
     notes = [f"Found: {', '.join(found)}{' (grey)' if data.grey else ''}.", *data.notes, *notes]
     ckpt = _rel(checkpoint, config_dir) if checkpoint is not None else None
     text = render_config(data, model, ckpt, notes)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    write_output(output, text)
     return notes
-
-
-#: First line of a config whose check failed in ``spray init``: a rerun of init may overwrite that file.
-FAILED_CHECK = (
-    "# spray init: the check of this config FAILED (see its message); rerunning spray init overwrites it."
-)
-
-
-def mark_failed(output: Path) -> None:
-    """Keep a config whose check failed, marked so that rerunning ``spray init`` may overwrite it."""
-    output.write_text(f"{FAILED_CHECK}\n{output.read_text()}")
-
-
-def _failed_by_init(output: Path) -> bool:
-    try:
-        with output.open() as fh:
-            return fh.readline().rstrip("\n") == FAILED_CHECK
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 def _one_class_folder(data_spec: str, data: DataFacts, num_classes: int | None) -> None:

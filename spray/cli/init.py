@@ -12,8 +12,9 @@ from typing import Any
 def run_command(args: argparse.Namespace) -> int:
     """``spray init``: write a commented audit config from a dataset and a model, and check it on one batch."""
     from spray.errors import SprayError
+    from spray.init_output import mark_failed
     from spray.model_facts import parse_model_args
-    from spray.scaffold import check_config, mark_failed, scaffold_config
+    from spray.scaffold import check_config, scaffold_config
 
     out = Path(args.output)
     notes = scaffold_config(
@@ -35,7 +36,7 @@ def run_command(args: argparse.Namespace) -> int:
             sys.stderr.write(
                 f"{out} is kept, marked as failed: fix the problem below and rerun spray init, or, for a setting "
                 f"init has no option for (model.output, say), edit {out} and run spray audit --config {out} "
-                "(a rerun of spray init overwrites the file it marked as failed).\n"
+                "(a rerun of spray init overwrites the file it marked as failed until you edit it).\n"
             )
             raise
         for line in checked:
