@@ -12,17 +12,25 @@ from spray.cli.options import positive_int
 
 def run_command(args: argparse.Namespace) -> int:
     """``spray demo``: plant a Clever Hans in Fashion-MNIST, train, audit, and score the top finding."""
-    from spray.audit import audit
     from spray.config import load_config
     from spray.lab.demo import GroundTruth, prepare_demo, score_against_truth
+    from spray.nightly import audit_owing_alert
     from spray.report import findings_table, report_header
 
     work, runs = demo_folders(args)
+    _check_work_dir(work)
     cfg_path = prepare_demo(
         work, runs, per_class=args.per_class, epochs=args.epochs, arch=args.arch, progress=not args.quiet
     )
     cfg = load_config(cfg_path)
-    report = audit(cfg, device=args.device, progress=not args.quiet)
+    # as spray audit does: the run's changes section, and the alert it owes the next `spray run` of demo.yaml
+    report = audit_owing_alert(
+        cfg,
+        by="spray demo",
+        fail_on_findings=cfg.nightly.fail_on_findings,
+        device=args.device,
+        progress=not args.quiet,
+    )
     truth = GroundTruth.load(work)
     score = score_against_truth(report, truth)
     sys.stdout.write(report_header(report) + "\n\n" + findings_table(report.findings, top=args.top) + "\n\n")
@@ -43,6 +51,30 @@ def run_command(args: argparse.Namespace) -> int:
         f"                    {cmd} correct --config {cfg_path} --runs-dir {runs}\n"
     )
     return 0 if verdict == "FOUND" or not args.strict else 1
+
+
+def _check_work_dir(work: Path) -> None:
+    """Make ``--work-dir`` (when missing) and make sure the demo can write there.
+
+    Raises
+    ------
+    ConfigError
+        When it is a file, or cannot be created or written (naming the folder and what to pass).
+    """
+    import tempfile
+
+    from spray.errors import ConfigError
+
+    if work.exists() and not work.is_dir():
+        raise ConfigError(f"--work-dir {work} is a file: give a folder (it is created when missing).")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=work):  # writable: the data, model and config go there
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"--work-dir {work}: cannot write there ({err.strerror or err}); give a folder you can write to."
+        ) from None
 
 
 def demo_folders(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -77,8 +109,14 @@ def register(subparsers: Any) -> None:
         default="cnn",
         help="the model to train: the small CNN (default) or a tiny vision transformer (4x4 patches)",
     )
-    d.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    d.add_argument("--top", type=positive_int, default=10)
+    d.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the audit computes its heatmaps (default auto: the GPU when there is one)",
+    )
+    d.add_argument(
+        "--top", type=positive_int, default=10, help="rows of the findings table printed (default 10)"
+    )
     d.add_argument("--strict", action="store_true", help="exit 1 if the planted cluster is not finding #1")
     d.add_argument(
         "-q", "--quiet", action="store_true", help="warnings and results only: no progress, no INFO lines"

@@ -294,6 +294,10 @@ def _bars(args: argparse.Namespace) -> bool:
     return bool(args.progress)
 
 
+#: The commands a person runs that publish a run owing its alert to the next nightly job.
+_BY_HAND = ("spray audit", "spray demo")
+
+
 def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
     """Whether an exit 10 is owed: this run's own marker on a run found up to date, or the markers of this
     audit's earlier runs (:func:`_owed_earlier`); said in a warning."""
@@ -302,14 +306,15 @@ def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
     )
     if report.up_to_date and pending.exists():
         earlier.insert(0, (report.run_id[:16], _marker_of(pending).get("by")))
-    audited = [run for run, by in earlier if by == "spray audit"]
-    stopped = [run for run, by in earlier if by != "spray audit"]
-    if audited:
-        log.warning(
-            "run %s was published by spray audit, whose new or grown suspicious clusters no nightly job has "
-            "reported yet: reporting them now (exit 10; they are in that run's summary.json, changes)",
-            ", ".join(audited),
-        )
+    stopped = [run for run, by in earlier if by not in _BY_HAND]
+    for hand in _BY_HAND:
+        if audited := [run for run, by in earlier if by == hand]:
+            log.warning(
+                "run %s was published by %s, whose new or grown suspicious clusters no nightly job has "
+                "reported yet: reporting them now (exit 10; they are in that run's summary.json, changes)",
+                ", ".join(audited),
+                hand,
+            )
     if stopped:
         log.warning(
             "the job that published run %s was stopped before it reported its new or grown suspicious "
@@ -347,11 +352,7 @@ def _owed_earlier(
         said = _marker_of(marker)  # {} was written before markers named their audit: taken as this audit's
         if said and (said.get("name"), said.get("dataset")) != (name, dataset):
             continue  # another audit's: its own job reports it
-        if (
-            said.get("by") == "spray audit"
-            and config is not None
-            and said.get("config") not in (None, config)
-        ):
+        if said.get("by") in _BY_HAND and config is not None and said.get("config") not in (None, config):
             continue  # a hand audit with other settings
         owed.append((marker.name.rsplit("-", 1)[-1], said.get("by")))
         try:
