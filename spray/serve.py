@@ -140,6 +140,14 @@ def check_runs_dir(runs_dir: Path) -> Path:
         )
     if not p.is_dir():
         raise ConfigError(f"--runs-dir {runs_dir} is a file, not a folder of runs: give the folder.")
+    from spray.runs.layout import RunFiles
+
+    if RunFiles(p).summary.is_file():
+        # one published run (runs/latest, say): the dashboard lists the runs of the folder that holds it
+        raise ConfigError(
+            f"--runs-dir {runs_dir} is one run's folder ({p}), not a folder of runs: pass the folder that "
+            f"holds it, --runs-dir {p.parent}."
+        )
     return p
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spray.cli.options import port_number
 from spray.errors import ConfigError
 from spray.flags import default_author
 from spray.runs.publish import list_runs
@@ -113,7 +114,9 @@ def register(subparsers: Any) -> None:
         "dashboard", help="open the dashboard on a runs directory", description=run_command.__doc__
     )
     p.add_argument("--runs-dir", default="runs", help="runs directory (default ./runs); must exist")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--port", type=port_number, default=DEFAULT_PORT, help=f"port, 1 to 65535 (default {DEFAULT_PORT})"
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument("--flags-db", help="flag database (default RUNS_DIR/flags.sqlite)")
     p.add_argument(

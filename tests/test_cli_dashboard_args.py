@@ -1,0 +1,36 @@
+"""``spray dashboard``'s arguments: found in an outside check, where ``--port 99999`` or ``-1`` ended in an
+OverflowError traceback and ``--runs-dir runs/latest`` (one run, not the folder of runs) started the
+dashboard and suggested publishing a demo into that run's folder."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.faults.cli import assert_clean_failure, run_main
+from tests.runs.builders import make_report, write_published
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "http"])
+def test_a_port_outside_1_to_65535_is_refused_by_the_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    res = run_main(["dashboard", "--runs-dir", str(tmp_path), f"--port={port}"], capsys)
+    assert_clean_failure(res, 2, "--port", "1 to 65535")
+
+
+def test_a_run_folder_given_as_runs_dir_names_its_parent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    run_dir = write_published(runs, *make_report(n_per_class=6))
+    with socket.socket() as busy:  # a port in use: a dashboard that took the folder stops there, not serving
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for given in (runs / "latest", run_dir):
+            res = run_main(["dashboard", "--runs-dir", str(given), "--port", port], capsys)
+            assert_clean_failure(res, 2, "one run's folder", f"--runs-dir {runs}")
+            assert "spray demo --runs-dir" not in res.output
