@@ -189,8 +189,8 @@ def notify(command: str, summary_path: Path, *, env: dict[str, str], timeout: fl
     process group is killed: a child it started (``sh -c 'sleep ...'``) would otherwise hold its output
     pipe open and keep the job, and the runs directory's lock, waiting.
     """
-    argv = [*shlex.split(command), str(summary_path)]
     try:
+        argv = [*shlex.split(command), str(summary_path)]
         proc = subprocess.Popen(
             argv,
             env={**os.environ, **env},
@@ -199,7 +199,7 @@ def notify(command: str, summary_path: Path, *, env: dict[str, str], timeout: fl
             text=True,
             start_new_session=True,
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # not found, not executable, or unbalanced quotes
         log.error("notify command %r failed: %s", command, err)
         return None
     try:

@@ -442,7 +442,7 @@ def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Pat
 def _notify(command: str, report: Any, code: int, status: dict[str, Any], timeout: float) -> None:
     from spray.nightly import notify
 
-    notify(
+    returned = notify(
         command,
         Path(status["summary"]),
         timeout=timeout,
@@ -453,6 +453,10 @@ def _notify(command: str, report: Any, code: int, status: dict[str, Any], timeou
             "SPRAY_REPORT_HTML": status.get("report", ""),
         },
     )
+    if returned != 0:
+        # the run is published and its exit 10 stands; the scheduler must not take the alert for sent
+        said = "could not be run or timed out" if returned is None else f"exited {returned}"
+        status["notify_error"] = f"nightly.notify_command {said} (see the log): nobody was notified"
 
 
 def register(subparsers: Any) -> None:

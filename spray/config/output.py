@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from spray.config.section import Section
+
+log = logging.getLogger(__name__)
 
 
 class OutputConfig(Section):
@@ -100,4 +105,20 @@ class NightlyConfig(Section):
     def _command_given(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("is empty; give a command, or remove the key")
+        if v is None:
+            return v
+        try:
+            program = shlex.split(v)[0]
+        except ValueError as err:  # found at alert time, it crashed a published run's job (exit 1, no alert)
+            raise ValueError(
+                f"cannot be split like a shell command line ({err}): close the quote, or escape it"
+            ) from None
+        if shutil.which(program) is None:
+            # a cron job's PATH may differ from this shell's: said, not refused
+            log.warning(
+                "nightly.notify_command: the program %r is not found on PATH (%s): the notification will "
+                "fail unless the job's PATH has it; give its full path",
+                program,
+                os.environ.get("PATH", ""),
+            )
         return v
