@@ -93,9 +93,32 @@ def _not_a_checkpoint(head: bytes) -> str | None:
     if head.startswith(b"version https://git-lfs"):
         return "is a Git LFS pointer, not the weights: fetch the file (git lfs pull) and point model.checkpoint at it"
     # torch.save writes a zip archive (PK) or, in the legacy format, a pickle (protocol byte 0x80).
-    if not head.startswith((b"PK", b"\x80")) and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return "is a text file, not a PyTorch checkpoint: point model.checkpoint at the weights (torch.save)"
-    return None
+    if head.startswith((b"PK", b"\x80")):
+        return None
+    fix = "point model.checkpoint at the weights (torch.save(model.state_dict(), path))"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"is a text file, not a PyTorch checkpoint: {fix}"
+    # any other file was told it "contains pickled Python objects" (torch's weights-only refusal)
+    kind = next((what for magic, what in _OTHER_FILES if head.startswith(magic)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "a WebP image"
+    # another binary file is left to torch.load (a pickle of an old protocol may still be one)
+    return None if kind is None else f"is {kind}, not a PyTorch checkpoint: {fix}"
+
+
+#: The first bytes of files that are mistaken for a checkpoint (an image, an archive, an array), and what
+#: they are.
+_OTHER_FILES = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\0", "a TIFF image"),
+    (b"MM\0*", "a TIFF image"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"\x93NUMPY", "a NumPy array file (.npy)"),
+    (b"\x89HDF", "an HDF5 file (Keras weights?)"),
+)
 
 
 def _is_safetensors(head: bytes) -> bool:
@@ -128,6 +151,23 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _weights_only_refusal(path: Path, head: bytes | None) -> str:
+    """What torch's weights-only refusal means for ``path``: pickled objects in a file that starts like
+    torch.save's, or, for a file that starts like neither of its formats, probably no checkpoint at all
+    (advice to allow pickles would mislead there)."""
+    if head is not None and not head.startswith((b"PK", b"\x80")):
+        return (
+            f"Checkpoint {str(path)!r} is probably no PyTorch checkpoint: it starts neither like the zip archive "
+            f"nor like the pickle torch.save writes (its first bytes: {head[:8]!r}). Point model.checkpoint at "
+            "the weights (torch.save(model.state_dict(), path))."
+        )
+    return (
+        f"Checkpoint {str(path)!r} contains pickled Python objects, which could run arbitrary code when "
+        "loaded. Re-save it as a state dict (torch.save(model.state_dict(), path)), or set "
+        "model.allow_pickle: true if you trust the file."
+    )
+
+
 def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
     head = _head(path) if path.is_file() else None
     if head is not None and _is_safetensors(head):
@@ -147,11 +187,7 @@ def _load_checkpoint(path: Path, allow_pickle: bool) -> Any:
         raise ModelError(f"Checkpoint {str(path)!r} does not exist. Fix model.checkpoint.") from None
     except Exception as err:
         if not allow_pickle and "weights_only" in str(err):
-            raise ModelError(
-                f"Checkpoint {str(path)!r} contains pickled Python objects, which could run arbitrary code when "
-                "loaded. Re-save it as a state dict (torch.save(model.state_dict(), path)), or set "
-                "model.allow_pickle: true if you trust the file."
-            ) from None
+            raise ModelError(_weights_only_refusal(path, head)) from None
         if (
             isinstance(err, EOFError | OSError)
             or "central directory" in str(err)
