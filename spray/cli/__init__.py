@@ -45,7 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
+    _verbose_after_the_command(p)
     return p
+
+
+def _verbose_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """Accept ``-v`` after every command and action too (``spray run -v`` was refused as an unrecognized
+    argument); absent there, the value given before the command stands (its default is left unset)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            # an alias maps to the same parser: each gets the option once
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                sub.add_argument(
+                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+                )
+                _verbose_after_the_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
