@@ -51,3 +51,13 @@ def test_spray_run_v_reaches_the_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     res = run_main(["run", "--config", str(tmp_path / "missing.yaml"), "-v", "--log-format", "text"], capsys)
     assert_clean_failure(res, 2, "missing.yaml")
     assert "unrecognized arguments" not in res.output
+
+
+def test_an_abbreviated_option_is_refused_not_completed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: ``spray flags export --run X`` was completed to ``--runs-dir X`` (argparse takes a unique
+    prefix) and failed with 'No flag database at X/flags.sqlite', naming an option the user never gave."""
+    res = run_main(["flags", "export", "--run", str(tmp_path)], capsys)
+    assert res.code == 2 and "unrecognized arguments: --run" in res.output
+    assert all(not p.allow_abbrev for _, p in _parsers(build_parser()))

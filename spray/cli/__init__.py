@@ -46,7 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.register(sub)
     _verbose_after_the_command(p)
+    _no_abbreviations(p)
     return p
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Refuse abbreviated options in every command and action: ``spray flags export --run X`` was taken as
+    ``--runs-dir X`` (argparse completes a unique prefix), and the error then named another option."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def _verbose_after_the_command(parser: argparse.ArgumentParser) -> None:
