@@ -60,3 +60,16 @@ def test_the_demos_finding_is_owed_to_the_next_nightly_job(
     assert status["n_new"] == 1 and "published by spray demo" in res.stderr
     res = run_main(["run", "--config", str(work / "demo.yaml")], capsys)
     assert res.code == 0  # reported once
+
+
+def test_a_reused_demo_publishes_where_runs_dir_now_says(tmp_path: Path) -> None:
+    """A review: a prepared demo was reused with the runs folder of its first preparation, so a later
+    ``--runs-dir`` was ignored while the printed commands pointed at it."""
+    from spray.config import load_config
+    from spray.lab.demo import prepare_demo
+
+    work = tmp_path / "w"
+    first = load_config(prepare_demo(work, tmp_path / "a", per_class=8, epochs=1, progress=False))
+    assert Path(first.output.runs_dir) == (tmp_path / "a").resolve()
+    again = load_config(prepare_demo(work, tmp_path / "b", per_class=8, epochs=1, progress=False))
+    assert Path(again.output.runs_dir) == (tmp_path / "b").resolve()

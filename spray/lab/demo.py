@@ -215,6 +215,7 @@ def prepare_demo(
     params_path = work_dir / "params.json"
     if cfg_path.exists() and params_path.exists() and json.loads(params_path.read_text()) == params:
         log.info("reusing the prepared demo in %s", work_dir)
+        _runs_dir_in(cfg_path, runs_dir)
         return cfg_path
     t0 = time.perf_counter()
     data = make_demo_data(per_class=per_class, seed=seed)
@@ -246,6 +247,17 @@ def prepare_demo(
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     params_path.write_text(json.dumps(params))
     return cfg_path
+
+
+def _runs_dir_in(cfg_path: Path, runs_dir: Path) -> None:
+    """Point a reused demo config at ``runs_dir`` (a later ``--runs-dir`` was ignored: the config kept the first
+    one, so the demo published where the printed commands did not look)."""
+    config = yaml.safe_load(cfg_path.read_text())
+    wanted = str(runs_dir.resolve())
+    if config.get("output", {}).get("runs_dir") != wanted:
+        config.setdefault("output", {})["runs_dir"] = wanted
+        cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log.info("the demo config %s now publishes into %s", cfg_path, wanted)
 
 
 def _write_demo(work_dir: Path, data: DemoData, model: torch.nn.Module) -> None:
