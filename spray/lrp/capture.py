@@ -74,9 +74,11 @@ class CallRecord:
         Total absolute relevance (element-wise), the scale of the call.
     ops : list[str]
         Operations with a non-conservative rule (softmax) that ran in this call's own code unmeasured.
-    op_in, op_out, op_abs : float
+    op_in, op_out : float
         Total relevance at the inputs / outputs of the measured non-conservative operations of the call's own
-        code (:meth:`RelevanceTaps.watch_op`), and their absolute relevance.
+        code (:meth:`RelevanceTaps.watch_op`).
+    op_abs_in, op_abs_out : float
+        Their absolute relevance.
     opaque : bool
         An input or output of the call is an object the taps cannot look into.
     """
@@ -92,13 +94,20 @@ class CallRecord:
     ops: list[str] = field(default_factory=list)
     op_in: float = 0.0
     op_out: float = 0.0
-    op_abs: float = 0.0
+    op_abs_in: float = 0.0
+    op_abs_out: float = 0.0
     opaque: bool = False
 
     @property
     def loss(self) -> float:
         """Relevance that reaches the outputs and does not come out at the inputs."""
         return self.rel_out - self.rel_in
+
+    @property
+    def op_abs(self) -> float:
+        """The scale of the measured operations: the larger side's absolute relevance (not their sum, which
+        would loosen the tolerance of the code around them)."""
+        return max(self.op_abs_in, self.op_abs_out)
 
     @property
     def op_loss(self) -> float:
@@ -176,12 +185,12 @@ class RelevanceTaps:
             r = g if relevance_frame else g * value
             record = self.calls[index]
             total, absolute = float(r.sum(dtype=torch.float64)), float(r.abs().sum(dtype=torch.float64))
-            if op:
-                record.op_abs += absolute
-                if side == "in":
-                    record.op_in += total
-                else:
-                    record.op_out += total
+            if op and side == "in":
+                record.op_in += total
+                record.op_abs_in += absolute
+            elif op:
+                record.op_out += total
+                record.op_abs_out += absolute
             elif side == "in":
                 record.rel_in += total
                 record.abs_in += absolute

@@ -263,8 +263,15 @@ class FunctionalRules(TorchFunctionMode):
                 or (self.attention == "cp" and bool(getattr(t, _ATTENTION_ATTR, False)))
                 or (elementwise and bool(getattr(t, _SOFTMAX_ATTR, False)))
             )
-            if getattr(t, _SOFTMAX_ATTR, False) and not elementwise and self.attention != "cp":
-                self._record("softmax over branches in a matrix product")
+            if (
+                getattr(t, _SOFTMAX_ATTR, False)
+                and not elementwise
+                and self.attention != "cp"
+                and not self.watcher
+            ):
+                self._record(
+                    "softmax over branches in a matrix product"
+                )  # measured at the softmax when watched
             if constant and not gated(other):
                 return (t.detach(), other) if t is a else (other, t.detach())
         return scale_gradient(a, 0.5), scale_gradient(b, 0.5)
@@ -310,23 +317,29 @@ class FunctionalRules(TorchFunctionMode):
         return func(q, k, v, *rest, **kwargs)
 
     def _softmax(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        x = args[0] if args else None
+        # the input by position or by keyword (torch.softmax(input=a, dim=-1) reaches the mode with no args)
+        x = args[0] if args else kwargs.get("input")
         if not (isinstance(x, torch.Tensor) and _grad(x)):
             return func(*args, **kwargs)
+
+        def call(t: torch.Tensor) -> Any:
+            return func(t, *args[1:], **kwargs) if args else func(**{**kwargs, "input": t})
+
         bound = _bound(func, args, kwargs) or {}
         dim = bound.get("dim", args[1] if len(args) > 1 else kwargs.get("dim"))
         branch = func in _BRANCH_SOFTMAX and isinstance(dim, int) and x.dim() and dim % x.dim() != x.dim() - 1
-        if self.attention != "cp" and not branch and self.watcher is not None:
-            return self.watcher(func(self.watcher(x, "in"), *args[1:], **kwargs), "out")
-        y = func(*args, **kwargs)
+        measured = self.attention != "cp" and self.watcher is not None
+        y = call(self.watcher(x, "in") if measured and self.watcher is not None else x)
         if self.attention == "cp":
             setattr(y, _ATTENTION_ATTR, True)
         if branch:
             # branch weights: held constant where they weigh activations; recorded only if used otherwise
             setattr(y, _SOFTMAX_ATTR, True)
-        elif self.attention != "cp":
+        elif not measured and self.attention != "cp":
             self._record(getattr(func, "__name__", "softmax"))
-        return y
+        # measured: its own change of relevance is known, so the code around it is still checked (the alias
+        # keeps the marks set above)
+        return self.watcher(y, "out") if measured and self.watcher is not None else y
 
     # in-place arithmetic on a rule's output --------------------------------------------------------
 
