@@ -20,6 +20,10 @@ FAILED_CHECK = (
     "# spray init: the check of this config FAILED (see its message); rerunning spray init overwrites it "
     "unless you edit it"
 )
+#: The marker before 6 Dec 2026, without a digest: it promised the overwrite, so its file is taken as unedited.
+LEGACY_FAILED_CHECK = (
+    "# spray init: the check of this config FAILED (see its message); rerunning spray init overwrites it."
+)
 
 
 def _digest(text: str) -> str:
@@ -47,7 +51,7 @@ def _failed_unedited(output: Path) -> bool | None:
         return None
     if not head.startswith(FAILED_CHECK.split(";")[0]):
         return None
-    return head == f"{FAILED_CHECK} [{_digest(body)}]"
+    return head in (f"{FAILED_CHECK} [{_digest(body)}]", LEGACY_FAILED_CHECK)
 
 
 def refuse_output(output: Path, *, force: bool) -> None:

@@ -180,6 +180,13 @@ def test_cli_export_writes_the_format_its_file_name_ends_in_and_overwrites_only_
             assert main([*base, "--format", fmt, "-o", str(tmp_path / f"flags-{fmt}.txt")], monkeypatch) == 0
     (tmp_path / "empty.txt").touch()
     assert main([*base, "-o", str(tmp_path / "empty.txt")], monkeypatch) == 0
+    # a file with an export's ending that holds something else is not overwritten either (a review)
+    (tmp_path / "labels.csv").write_text("path,label\na.png,cat\n")
+    (tmp_path / "notes.json").write_text('{"keep": true}')
+    for kept in ("labels.csv", "notes.json"):
+        before = (tmp_path / kept).read_text()
+        assert main([*base, "-o", str(tmp_path / kept)], monkeypatch) == 2
+        assert (tmp_path / kept).read_text() == before
 
 
 @pytest.fixture

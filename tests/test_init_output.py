@@ -37,6 +37,16 @@ def test_a_failed_config_the_user_edited_is_not_overwritten(
     assert "FAILED" not in out.read_text()
 
 
+def test_a_failed_config_marked_by_the_previous_release_is_still_init_s_to_overwrite(tmp_path: Path) -> None:
+    """A review: the previous release's marker line had no digest, and the file it promised to overwrite was
+    refused as 'edited'."""
+    from spray.init_output import LEGACY_FAILED_CHECK, refuse_output
+
+    out = tmp_path / "old.yaml"
+    out.write_text(LEGACY_FAILED_CHECK + "\nname: audit\n")
+    refuse_output(out, force=False)  # no error: init may overwrite it
+
+
 def test_an_unwritable_place_a_folder_or_a_link_as_output_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -136,10 +136,10 @@ def _check_export_path(out: Path, fmt: str) -> None:
         raise ConfigError(
             f"The folder of -o {out} does not exist ({out.parent}): create it first or choose another path."
         )
-    if out.is_file() and out.suffix.lower() not in _ENDINGS and not _an_export(out):
+    if out.is_file() and not _an_export(out):
         raise ConfigError(
-            f"-o {out} exists and is not a flags export (.csv, .json, .parquet, or an earlier export's content): "
-            "it would be overwritten. Give a new file name."
+            f"-o {out} exists and holds no earlier flags export (a CSV with its header, JSON flag records, "
+            "Parquet): it would be overwritten. Give a new file name."
         )
 
 
