@@ -363,13 +363,19 @@ def dataset_key(s: RunSummary) -> str:
 
 
 def previous_run(runs: str, run_name: str, dataset: str) -> str | None:
-    """The newest readable run older than ``run_name`` of the same dataset."""
+    """The newest readable run older than ``run_name`` of the same audit (its name, so a ``data.limit`` trial
+    and its full audit are not compared) and dataset, as the nightly job's comparison takes it."""
     good, _ = runs_overview(runs)
     names = published_runs(runs)
     if run_name not in names:
         return None
+    audit = summary(str(Path(runs) / run_name)).name
     for older in names[names.index(run_name) + 1 :]:
-        if older in good and dataset_key(summary(str(Path(runs) / older))) == dataset:
+        if (
+            older in good
+            and dataset_key(s := summary(str(Path(runs) / older))) == dataset
+            and s.name == audit
+        ):
             return older
     return None
 

@@ -173,3 +173,24 @@ def test_the_page_icon_is_drawn_locally() -> None:
 
     icon = np.asarray(common.page_icon())
     assert icon.shape == (32, 32, 4) and icon[..., 3].any()  # an image, not a :material/...: name
+
+
+def test_a_trial_run_is_not_compared_with_its_full_audits_run(tmp_path: Path) -> None:
+    """A review: the dashboard took the newest older run of the same dataset as a run's previous one, so a
+    ``data.limit`` trial was compared with the full audit's run (and the full audit's next run with the trial),
+    where the nightly job compares runs of one audit."""
+    import json
+
+    import common
+
+    from tests.dashboard_fixtures import make_synthetic_run
+
+    full = make_synthetic_run(tmp_path, seed=1, run_id="a" * 64)
+    trial = make_synthetic_run(tmp_path, seed=2, run_id="b" * 64)
+    doc = json.loads((trial / "summary.json").read_text())
+    doc.setdefault("config", {}).setdefault("data", {})["limit"] = 100
+    (trial / "summary.json").write_text(json.dumps(doc))
+    again = make_synthetic_run(tmp_path, seed=3, run_id="c" * 64)
+    runs, dataset = str(tmp_path), "synthetic-fashion"
+    assert common.previous_run(runs, trial.name, dataset) is None
+    assert common.previous_run(runs, again.name, dataset) == full.name

@@ -247,7 +247,7 @@ def set_command(args: argparse.Namespace) -> int:
 
     run = run_folder(args)
     reader = RunReader.open(run)
-    if (limit := (reader.summary.config.get("data") or {}).get("limit")) is not None:
+    if (limit := reader.summary.trial_limit) is not None:
         log.warning(
             "run %s is a trial on the first %s samples (data.limit): its findings group only those; the full "
             "audit's run may group them otherwise (give --run to flag on that one)",

@@ -387,7 +387,7 @@ def _limited(run: Path) -> bool:
     from spray.runs.reader import read_summary
 
     try:
-        return (read_summary(run).config.get("data") or {}).get("limit") is not None
+        return read_summary(run).trial_limit is not None
     except (RunReadError, OSError):
         return False
 

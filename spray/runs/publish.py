@@ -171,7 +171,7 @@ def newest_runs(
                 unreadable.append((run, str(err)))
             continue
         newest.setdefault(s.dataset, run)
-        if (s.config.get("data") or {}).get("limit") is None:
+        if s.trial_limit is None:
             full.setdefault(s.dataset, run)
     return {ds: full.get(ds, run) if full_first else run for ds, run in newest.items()}
 

@@ -132,6 +132,11 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def trial_limit(self) -> int | None:
+        """``data.limit`` of a trial on the first N samples (None for a full audit, or a run without config)."""
+        return _trial_limit(self.config)
+
+    @property
     def n_suspicious(self) -> int:
         """Suspicious clusters in the run."""
         return sum(1 for f in self.findings if f.suspicious)
@@ -241,6 +246,13 @@ _V1_KNOWN = {
 }
 
 
+def _trial_limit(config: dict[str, Any]) -> int | None:
+    """The ``data.limit`` a run's recorded config sets (None without one, or a config of another shape)."""
+    data = config.get("data")
+    limit = data.get("limit") if isinstance(data, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
 def audit_name(name: str, limit: int | None) -> str:
     """The name an audit's runs are published under: ``name``, or for a trial on the first ``limit`` samples
     ``"NAME (data.limit N)"``, another audit (its runs are neither the full audit's previous runs nor in its
@@ -275,7 +287,6 @@ def parse_summary(raw: Any, file: Path) -> RunSummary:
     v1 = layout == 1
     config = {} if v1 else d.get("config", dict)
     # a trial published before 6 Dec 2026 carries the full audit's name: read as the trial it is
-    limit = (config.get("data") or {}).get("limit") if isinstance(config.get("data"), dict) else None
     versions = (
         {"spray": d.get("spray_version", str), "lrp": 0, "analysis": 0, "layout": 1}
         if v1
@@ -285,7 +296,7 @@ def parse_summary(raw: Any, file: Path) -> RunSummary:
         path=file.parent,
         layout_version=layout,
         run_id=d.get("run_id", str),
-        name=audit_name(d.get("name", str, ""), limit if isinstance(limit, int) else None),
+        name=audit_name(d.get("name", str, ""), _trial_limit(config)),
         dataset=d.get("dataset", str, ""),
         versions=versions,
         hashes={str(k): str(v) for k, v in d.get("hashes", dict).items()},
