@@ -14,23 +14,29 @@ log = logging.getLogger("spray.flags")
 def _named(text: str, runs_dir: Path | None) -> Path:
     """The run folder ``--run`` names: a path, else (with ``--runs-dir``) a folder name in the runs folder or a
     prefix of one or of a run id. A path that is no folder is returned as given (the reader says what it is)."""
-    from spray.runs.publish import list_runs
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs, runs_named
+    from spray.runs.reader import read_summary
 
     given = Path(text)
     if given.is_dir() or runs_dir is None or given.is_absolute() or len(given.parts) > 1:
         return given
-    runs = list_runs(runs_dir)
-    hits = [r for r in runs if r.name == text] or [
-        r for r in runs if r.name.startswith(text) or r.name.rsplit("-", 1)[-1].startswith(text[:12])
-    ]
-    if len(hits) == 1:
-        return hits[0]
+    runs = []
+    for run in list_runs(runs_dir):
+        try:
+            runs.append((run, read_summary(run)))
+        except RunReadError:
+            continue  # an unreadable run is said where it is opened
+    hits = runs_named(runs, text)
+    run_ids = {p: summary.run_id for p, summary in runs}
+    if len({run_ids[p] for p in hits}) == 1:
+        return hits[0]  # newest folder of one run id (a --force rerun publishes it again)
     if hits:
         raise ConfigError(
             f"--run {text!r} names {len(hits)} runs in {runs_dir} ({', '.join(r.name for r in hits[:5])}): give "
             "more of the folder name or run id."
         )
-    names = ", ".join(r.name for r in runs[:5]) or "none"
+    names = ", ".join(r.name for r, _ in runs[:5]) or "none"
     raise ConfigError(
         f"--run {text!r} is neither a run folder nor the name or run id of a run in {runs_dir} (its newest: "
         f"{names}): give the run folder's path, or a name from that folder."

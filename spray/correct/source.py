@@ -71,17 +71,15 @@ def _named_runs(
     SprayError
         It names no run, or several.
     """
-    hits = [(p, r) for p, r in readable if p.name == wanted] or [
-        (p, r) for p, r in readable if p.name.startswith(wanted) or r.summary.run_id.startswith(wanted)
-    ]
+    from spray.runs.publish import runs_named
+
+    named = set(runs_named([(p, r.summary) for p, r in readable], wanted, dataset))
+    hits = [(p, r) for p, r in readable if p in named]
     if not hits:
         listed = ", ".join(names[:10]) or "none"
         raise SprayError(
             f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {listed}."
         )
-    if len({r.summary.run_id for _, r in hits}) > 1:
-        # a prefix shared with other datasets' runs (a date, in a shared runs folder): this dataset's
-        hits = [(p, r) for p, r in hits if r.summary.dataset == dataset] or hits
     if len({r.summary.run_id for _, r in hits}) > 1:
         listed = ", ".join(p.name for p, _ in hits[:10])
         raise SprayError(

@@ -149,6 +149,19 @@ def newest_run_where(
     return None
 
 
+def runs_named(runs: list[tuple[Path, RunSummary]], text: str, dataset: str | None = None) -> list[Path]:
+    """The run folders ``text`` names among ``runs`` (newest first, with their summaries): a folder name, else a
+    prefix of folder names or of run ids. Where they hold several run ids, those of ``dataset`` (a date prefix
+    shared with other datasets' runs in one folder); the caller refuses what still names several.
+    """
+    hits = [(p, s) for p, s in runs if p.name == text] or [
+        (p, s) for p, s in runs if p.name.startswith(text) or s.run_id.startswith(text)
+    ]
+    if dataset is not None and len({s.run_id for _, s in hits}) > 1:
+        hits = [(p, s) for p, s in hits if s.dataset == dataset] or hits
+    return [p for p, _ in hits]
+
+
 def newest_runs(
     runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None, *, full_first: bool = False
 ) -> dict[str, Path]:
