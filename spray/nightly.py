@@ -72,7 +72,7 @@ def audit_owing_alert(
     cfg: AuditConfig,
     *,
     by: str,
-    fail_on_findings: bool,
+    fail_on_findings: bool | None = None,
     on_changes: Callable[[AuditReport], None] | None = None,
     **audit_kwargs: Any,
 ) -> AuditReport:
@@ -86,8 +86,9 @@ def audit_owing_alert(
         The audit config.
     by : str
         The command publishing the run (``"spray run"``, ``"spray audit"``).
-    fail_on_findings : bool
-        Any suspicious cluster owes the alert, not only new or grown ones.
+    fail_on_findings : bool, optional
+        Any suspicious cluster owes the alert, not only new or grown ones (default: the config's
+        ``nightly.fail_on_findings``; ``spray run --fail-on-findings`` overrides it).
     on_changes : callable, optional
         Called with the report once ``report.changes`` is set, before the run is written.
     **audit_kwargs
@@ -101,10 +102,11 @@ def audit_owing_alert(
     from spray.audit import audit
 
     runs_dir = Path(cfg.output.runs_dir)
+    gate = cfg.nightly.fail_on_findings if fail_on_findings is None else fail_on_findings
     with owed_once_published(runs_dir) as written:
 
         def before_write(report: AuditReport) -> None:
-            if marker := record_changes(report, runs_dir, cfg, fail_on_findings=fail_on_findings, by=by):
+            if marker := record_changes(report, runs_dir, cfg, fail_on_findings=gate, by=by):
                 written.append(marker)
             if on_changes is not None:
                 on_changes(report)

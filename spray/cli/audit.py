@@ -23,7 +23,6 @@ def run_command(args: argparse.Namespace) -> int:
         report = audit_owing_alert(
             cfg,
             by="spray audit",
-            fail_on_findings=cfg.nightly.fail_on_findings,
             device=args.device,
             progress=not args.quiet,
             force=args.force,

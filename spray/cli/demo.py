@@ -27,7 +27,6 @@ def run_command(args: argparse.Namespace) -> int:
     report = audit_owing_alert(
         cfg,
         by="spray demo",
-        fail_on_findings=cfg.nightly.fail_on_findings,
         device=args.device,
         progress=not args.quiet,
     )
