@@ -563,6 +563,23 @@ def test_rotated_multi_frame_and_transparent_files_are_counted_in_the_run(tmp_pa
     assert not any("transparent pixels" in n for n in white.loader_notes)
 
 
+def test_jpegs_decoded_at_a_reduced_scale_are_counted_in_the_run(tmp_path: Path) -> None:
+    """A JPEG above data.max_image_pixels is decoded at 1/2 to 1/8 of its size before the resize (other pixels
+    than a full decode and resize), which no note said."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=2, size=8)
+    Image.new("RGB", (64, 64), (90, 40, 10)).save(root / "cat" / "big.jpg")
+    Image.new("RGB", (64, 64), (90, 40, 10)).save(
+        root / "dog" / "big.png"
+    )  # not a JPEG: skipped, not drafted
+    cfg = DataConfig(kind="image_folder", path=root, max_image_pixels=1000, transform={"resize": 8})
+    ds = build_dataset(cfg)
+    said = " ".join(ds.loader_notes)
+    assert "1 of 6 probed files are JPEGs above data.max_image_pixels" in said
+    assert ds[ds.sample_ids.index("cat/big.jpg")].x.shape[-1] == 8
+    full = build_dataset(DataConfig(kind="image_folder", path=root, transform={"resize": 8}))
+    assert not any("above data.max_image_pixels" in n for n in full.loader_notes)
+
+
 def _factory_config(tmp_path: Path, module: str, body: str, **data: Any) -> DataConfig:
     (tmp_path / f"{module}.py").write_text(body)
     raw = {"model": {"architecture": "resnet18", "num_classes": 2}, "data": {"kind": "factory", **data}}

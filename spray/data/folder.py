@@ -100,6 +100,8 @@ class FolderProbe:
     spread: int = 0
     #: Files among the first PROBE_FILES with transparent pixels (their stored colours are what is read).
     transparent: int = 0
+    #: JPEGs among the first PROBE_FILES above ``data.max_image_pixels``, decoded at a reduced scale.
+    drafted: int = 0
 
 
 def _is_runs_dir(d: Path) -> bool:
@@ -383,13 +385,13 @@ def _transparent(im: Image.Image) -> bool:
     return False
 
 
-def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
+def _probe(root: Path, sample_ids: list[str], draft_above: int | None = None) -> FolderProbe:
     """Most common channel count, the ``(H, W)`` sizes and the transparent files among up to PROBE_FILES
     files; the files with more than 8 bits per value, an EXIF orientation or several frames among up to
     DEPTH_PROBE_FILES (headers only)."""
     channels: list[int] = []
     sizes: list[tuple[int, int]] = []
-    sixteen = read = rotated = frames = transparent = 0
+    sixteen = read = rotated = frames = transparent = drafted = 0
     largest: list[int] = []
     shape_rows = set(spread_positions(len(sample_ids), PROBE_FILES))
     spread = spread_positions(len(sample_ids), DEPTH_PROBE_FILES)
@@ -402,6 +404,8 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
                         channels.append(source_channels(im.mode))
                         sizes.append((im.size[1], im.size[0]))
                         transparent += _transparent(im)
+                        big = draft_above is not None and im.size[0] * im.size[1] > draft_above
+                        drafted += big and im.format == "JPEG"
                     rotated += _orientation(im) not in (0, 1)
                     multi = sample_ids[i].lower().endswith(MULTI_FRAME_FORMATS)
                     frames += multi and getattr(im, "n_frames", 1) > 1
@@ -416,7 +420,18 @@ def _probe(root: Path, sample_ids: list[str]) -> FolderProbe:
     common = max((1, 3), key=channels.count) if channels else None
     eight, twelve = sum(v <= 255 for v in largest), sum(255 < v <= 4095 for v in largest)
     return FolderProbe(
-        common, sizes, sixteen, read, len(largest), eight, twelve, rotated, frames, len(spread), transparent
+        common,
+        sizes,
+        sixteen,
+        read,
+        len(largest),
+        eight,
+        twelve,
+        rotated,
+        frames,
+        len(spread),
+        transparent,
+        drafted,
     )
 
 
@@ -473,8 +488,9 @@ def loader_differences(
 
 def reading_notes(probe: FolderProbe, alpha_background: str) -> list[str]:
     """Sentences on files spray reads as torchvision's ImageFolder does, but a training pipeline may not:
-    an EXIF orientation (read as stored), several frames (the first read) and, with ``alpha_background``
-    ``"ignore"``, transparent pixels (their stored colours read)."""
+    an EXIF orientation (read as stored), several frames (the first read), with ``alpha_background``
+    ``"ignore"`` transparent pixels (their stored colours read); and JPEGs above ``data.max_image_pixels``,
+    which spray decodes at a reduced scale where ImageFolder would decode them in full."""
     notes: list[str] = []
     if probe.rotated:
         notes.append(
@@ -486,6 +502,13 @@ def reading_notes(probe: FolderProbe, alpha_background: str) -> list[str]:
         notes.append(
             f"{probe.multi_frame} of {probe.spread} probed files hold several frames or pages (animated GIF, "
             "multi-page TIFF): only the first is audited, as ImageFolder reads them"
+        )
+    if probe.drafted:
+        notes.append(
+            f"{probe.drafted} of {len(probe.sizes)} probed files are JPEGs above data.max_image_pixels: they are "
+            "decoded at a reduced scale (1/2 to 1/8, in the JPEG's own frequency domain) before the resize, close "
+            "to but not the same pixels as a full decode and resize (raise data.max_image_pixels to decode them "
+            "in full)"
         )
     if probe.transparent and alpha_background == "ignore":
         notes.append(
@@ -539,7 +562,8 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         raw = read(i)
         return decode_image(raw, decode), raw
 
-    probe = _probe(root, ids) if ids else FolderProbe(None, [])
+    drafts = decode.max_pixels if decode.draft_side is not None else None
+    probe = _probe(root, ids, drafts) if ids else FolderProbe(None, [])
     notes = loader_differences(probe, ids, cfg.transform.high_bit_depth)
     notes += reading_notes(probe, cfg.transform.alpha_background)
     for note in notes:
