@@ -33,3 +33,12 @@ class RunContextFilter(logging.Filter):
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
+
+
+class SetupEchoFilter(logging.Filter):
+    """Under torchrun, drops the data source's warnings of the setup stage on ranks other than 0: every rank
+    lists the same data and repeated them word for word (rank 0's stay, and the run records its data notes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        echo = record.levelno == logging.WARNING and record.name.startswith("spray.data")
+        return not (echo and RUN_CONTEXT.get("stage", "setup") == "setup" and RUN_CONTEXT.get("rank", 0) != 0)

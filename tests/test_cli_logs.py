@@ -93,3 +93,34 @@ def test_every_line_under_torchrun_says_its_rank(
         RUN_CONTEXT.pop("rank", None)
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_other_ranks_do_not_repeat_the_data_sources_setup_warnings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every torchrun rank lists the same data, and printed each data note once per rank; rank 0's stay, and
+    a rank's own warnings of the batch stage (its unreadable files) stay."""
+    import logging
+
+    from spray.cli.logs import configure_run_logging
+    from spray.runlog import RUN_CONTEXT
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    data = logging.getLogger("spray.data.folder")
+    try:
+        for rank, stage, kept in ((1, "setup", False), (0, "setup", True), (1, "batch", True)):
+            monkeypatch.setenv("RANK", str(rank))
+            root.handlers[:] = handlers
+            configure_run_logging(False, "text")
+            RUN_CONTEXT["stage"] = stage
+            data.warning("3 of 8 probed files carry an EXIF orientation")
+            logging.getLogger("spray.audit").warning("another warning")
+            err = capsys.readouterr().err
+            assert ("EXIF orientation" in err) == kept and "another warning" in err, (rank, stage, err)
+    finally:
+        RUN_CONTEXT.pop("rank", None)
+        RUN_CONTEXT.pop("stage", None)
+        root.handlers[:] = handlers
+        root.setLevel(level)

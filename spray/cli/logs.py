@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from spray.runlog import RUN_CONTEXT, RunContextFilter
+from spray.runlog import RUN_CONTEXT, RunContextFilter, SetupEchoFilter
 
 # Structured fields that log records may carry (``extra=``) and the JSON lines then include.
 _LOG_FIELDS = (
@@ -105,3 +105,5 @@ def configure_run_logging(verbose: bool, fmt: str) -> None:
                 )
             )
         h.addFilter(RunContextFilter())
+        if "rank" in RUN_CONTEXT:
+            h.addFilter(SetupEchoFilter())
