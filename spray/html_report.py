@@ -81,6 +81,10 @@ def _change_row(kind: str, c: ClusterChange) -> str:
         sim = f"Jaccard {c.jaccard:.2f}"
     if c.correlation is not None:  # None: no comparable mean heatmap
         sim += f", heatmap r {c.correlation:.2f}"
+    if c.previous_score is not None and c.score is not None:
+        sim += f", score {c.previous_score:.3g} → {c.score:.3g}"
+    if c.note:  # why a cluster still there counts as resolved ("now below the alarm threshold")
+        sim += f"; {c.note}"
     return (
         f"<tr><td><span class='badge {kind.replace(' ', '-')}'>{kind}</span></td><td>{html.escape(c.class_name)}</td>"
         f"<td>{html.escape(str(key))}</td><td>{html.escape(sizes)}</td><td class='small'>{html.escape(sim)}</td></tr>"
@@ -188,8 +192,14 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         "<p class='meta'>",
         f"run <code>{html.escape(s.run_id[:16])}</code> · dataset <code>{html.escape(s.dataset)}</code>",
         f" · {s.n_samples} samples · {len(s.classes)} classes analysed",
-        *([f" · not analysed: {html.escape(_not_analysed(s.classes_skipped))}"] if s.classes_skipped else []),
-        f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious clusters",
+        *(
+            [f" · not analysed: {html.escape(_not_analysed(s.classes_skipped, s.trial_limit))}"]
+            if s.classes_skipped
+            else []
+        ),
+        f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious cluster"
+        + ("" if s.n_suspicious == 1 else "s"),
+        f" · {html.escape(_model_line(s.config, s.hashes))}",
         f" · {_spaces(s.config, s.extra)}",
         *([f" · {html.escape(accuracy_sentence(acc))}"] if (acc := recorded_accuracy(s.extra)) else []),
         f" · spray {html.escape(str(s.versions.get('spray', '')))}</p>",
@@ -204,8 +214,11 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     if changes is not None:
         parts.append("<h2>Changes since the previous run</h2>")
         parts.append(_changes_html(changes))
-    findings = s.findings[:top]
-    parts.append(f"<h2>Top {len(findings)} findings</h2>")
+    # every suspicious finding, also below the top ones: an alarm the report did not show went unseen
+    findings = s.findings[:top] + [f for f in s.findings[top:] if f.suspicious]
+    more = len(findings) - min(top, len(s.findings))
+    also = f" and the {more} other suspicious one{'s' if more > 1 else ''}" if more else ""
+    parts.append(f"<h2>Top {min(top, len(s.findings))} findings{also} (of {len(s.findings)} candidates)</h2>")
     if not findings:
         parts.append("<p>No clusters were found.</p>")
     for f in findings:
@@ -218,9 +231,26 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     return "".join(parts)
 
 
-def _not_analysed(skipped: list[Any]) -> str:
-    """The classes left out of the analysis, each with its size and reason."""
-    return "; ".join(f"{c.class_name} ({c.n} samples: {c.reason})" for c in skipped)
+def _not_analysed(skipped: list[Any], limit: int | None = None) -> str:
+    """The classes left out of the analysis, each with its size and reason (a trial's classes without a sample:
+    not among its first ``limit`` samples)."""
+    return "; ".join(
+        f"{c.class_name} (none of the first {limit} samples: data.limit)"
+        if limit is not None and c.n == 0
+        else f"{c.class_name} ({c.n} samples: {c.reason})"
+        for c in skipped
+    )
+
+
+def _model_line(config: dict[str, Any], hashes: dict[str, str]) -> str:
+    """Which model was audited, and how: its factory or architecture, checkpoint file, fingerprint, composite."""
+    model, lrp = config.get("model") or {}, config.get("lrp") or {}
+    what = model.get("factory") or model.get("architecture") or "model"
+    ckpt = model.get("checkpoint")
+    weights = f", weights {Path(str(ckpt)).name}" if ckpt else ""  # a factory may load its own weights
+    fingerprint = f" ({hashes['model'][:12]})" if hashes.get("model") else ""
+    composite = f" · LRP {lrp['composite']}" if lrp.get("composite") else ""
+    return f"model {what}{weights}{fingerprint}{composite}"
 
 
 def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, thumb_px: int) -> str:
