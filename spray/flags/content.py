@@ -30,11 +30,14 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spray.flags.records import Flag
 from spray.flags.store import FlagStore
 from spray.records import is_relabel
+
+if TYPE_CHECKING:
+    from spray.runs.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +210,12 @@ def bind_flags(
     for sample_id, h in run_hashes.items():
         ids_of[h].append(sample_id)
     stale: set[int] = set()
+    summary = None if run is None else _run_summary(run)
     if run is not None:
-        flags, stale = from_origin_runs(flags, run.parent, data_hash_of(run))
+        data_hash = None if summary is None else summary.hashes.get("data")
+        flags, stale = from_origin_runs(flags, run.parent, data_hash)
     # a trial run (data.limit) holds the first N samples only: an id it lacks is not a deleted file
-    trial = run is not None and _limited(run)
+    trial = summary is not None and summary.trial_limit is not None
     bound: list[Flag] = []
     changed: list[ChangedFlag] = []
     unchecked = outside = 0
@@ -370,37 +375,21 @@ def describe(binding: FlagBinding, run: str) -> str:
     return " ".join(parts)
 
 
-def data_hash_of(run: str | Path) -> str | None:
-    """The data fingerprint of the run at ``run`` (None if unknown)."""
+def _run_summary(run: str | Path) -> RunSummary | None:
+    """The summary of the run at ``run`` (None when it cannot be read: nothing to check against)."""
     from spray.runs.errors import RunReadError
     from spray.runs.reader import read_summary
 
     try:
-        return read_summary(Path(run)).hashes.get("data")
+        return read_summary(Path(run))
     except (RunReadError, OSError):
         return None
 
 
-def _limited(run: Path) -> bool:
-    """Whether the run at ``run`` audited only the first ``data.limit`` samples (False if unknown)."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.reader import read_summary
-
-    try:
-        return read_summary(run).trial_limit is not None
-    except (RunReadError, OSError):
-        return False
-
-
 def _skipped_in(run: Path) -> dict[str, str]:
     """``sample_id -> reason`` of the samples the run at ``run`` skipped as unreadable ({} if unknown)."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.reader import read_summary
-
-    try:
-        return {s.sample_id: s.reason for s in read_summary(run).skipped}
-    except (RunReadError, OSError):
-        return {}
+    summary = _run_summary(run)
+    return {} if summary is None else {s.sample_id: s.reason for s in summary.skipped}
 
 
 def run_flag_message(db: Path, dataset: str, run_hashes: Mapping[str, str], run: str) -> str:
