@@ -66,39 +66,22 @@ def write_error(path: Path, err: OSError, option: str | None = None) -> RunWrite
         The option that chose where ``path`` is (``"-o"``), named in the fix; default: the runs folder's
         ``output.runs_dir (--runs-dir)``, and what a failed run leaves intact.
     """
-    if option is not None:
-        return _output_error(path, err, option)
     folder = path if path.is_dir() else path.parent
-    # A run being written lives in a private staging folder, removed on failure: name the runs folder.
-    staging = next((p for p in (folder, *folder.parents) if p.name == STAGING_DIR), None)
-    place = staging.parent if staging is not None else folder
+    if option is None:
+        # A run being written lives in a private staging folder, removed on failure: name the runs folder.
+        staging = next((p for p in (folder, *folder.parents) if p.name == STAGING_DIR), None)
+        place = staging.parent if staging is not None else folder
+        option = "output.runs_dir (--runs-dir)"
+        intact = "; previous runs and the cache are intact, and the next run resumes from the finished shards"
+    else:
+        place, intact = folder, ""
     short = _short_write(err)
     if err.errno in _NO_SPACE or short is not None:
         need = "" if short is None else f", which alone needed {_size(short[0])}: {_size(short[1])} fit"
         return RunWriteError(
             path,
             f"no space left on {place} (while writing {path.name}{need}). Free some space there or point "
-            "output.runs_dir (--runs-dir) at a larger disk; previous runs and the cache are intact, "
-            "and the next run resumes from the finished shards.",
-        )
-    if err.errno in _NOT_WRITABLE:
-        kind = "a read-only file system" if err.errno == errno.EROFS else "not writable for this user"
-        return RunWriteError(
-            path,
-            f"cannot write {path}: {folder} is {kind}. Point output.runs_dir (--runs-dir) at a folder "
-            "this user can write to.",
-        )
-    return None
-
-
-def _output_error(path: Path, err: OSError, option: str) -> RunWriteError | None:
-    """:func:`write_error` for a file or folder whose place the option ``option`` chose (not the runs folder)."""
-    folder = path if path.is_dir() else path.parent
-    if err.errno in _NO_SPACE or _short_write(err) is not None:
-        return RunWriteError(
-            path,
-            f"no space left on {folder} (while writing {path.name}). Free some space there or point {option} at "
-            "a larger disk.",
+            f"{option} at a larger disk{intact}.",
         )
     if err.errno in _NOT_WRITABLE:
         kind = "a read-only file system" if err.errno == errno.EROFS else "not writable for this user"
