@@ -263,15 +263,10 @@ class FunctionalRules(TorchFunctionMode):
                 or (self.attention == "cp" and bool(getattr(t, _ATTENTION_ATTR, False)))
                 or (elementwise and bool(getattr(t, _SOFTMAX_ATTR, False)))
             )
-            if (
-                getattr(t, _SOFTMAX_ATTR, False)
-                and not elementwise
-                and self.attention != "cp"
-                and not self.watcher
-            ):
-                self._record(
-                    "softmax over branches in a matrix product"
-                )  # measured at the softmax when watched
+            # a watched softmax was measured where it ran: only an unwatched one exempts its module
+            branch_in_matmul = getattr(t, _SOFTMAX_ATTR, False) and not elementwise and self.attention != "cp"
+            if branch_in_matmul and self.watcher is None:
+                self._record("softmax over branches in a matrix product")
             if constant and not gated(other):
                 return (t.detach(), other) if t is a else (other, t.detach())
         return scale_gradient(a, 0.5), scale_gradient(b, 0.5)
@@ -328,18 +323,18 @@ class FunctionalRules(TorchFunctionMode):
         bound = _bound(func, args, kwargs) or {}
         dim = bound.get("dim", args[1] if len(args) > 1 else kwargs.get("dim"))
         branch = func in _BRANCH_SOFTMAX and isinstance(dim, int) and x.dim() and dim % x.dim() != x.dim() - 1
-        measured = self.attention != "cp" and self.watcher is not None
-        y = call(self.watcher(x, "in") if measured and self.watcher is not None else x)
+        # measured (the self-check under AttnLRP): its own change of relevance is known, so the code around it
+        # is still checked
+        watch = self.watcher if self.attention != "cp" else None
+        y = call(x if watch is None else watch(x, "in"))
         if self.attention == "cp":
             setattr(y, _ATTENTION_ATTR, True)
         if branch:
             # branch weights: held constant where they weigh activations; recorded only if used otherwise
             setattr(y, _SOFTMAX_ATTR, True)
-        elif not measured and self.attention != "cp":
+        elif watch is None and self.attention != "cp":
             self._record(getattr(func, "__name__", "softmax"))
-        # measured: its own change of relevance is known, so the code around it is still checked (the alias
-        # keeps the marks set above)
-        return self.watcher(y, "out") if measured and self.watcher is not None else y
+        return y if watch is None else watch(y, "out")  # the alias keeps the marks set above
 
     # in-place arithmetic on a rule's output --------------------------------------------------------
 
