@@ -58,12 +58,11 @@ from spray.errors import ConfigError, SprayError
 from spray.models import build_model
 from spray.runs.atomic import atomic_save_npz, atomic_write_json
 from spray.runs.errors import RunWriteError
-from spray.runs.layout import CORRECTION_DIRECTION
+from spray.runs.layout import CORRECTION_DIRECTION, CORRECTIONS_DIR, REAUDIT_DIR
 from spray.runs.locking import RunLock, RunPin
 
 log = logging.getLogger(__name__)
 
-CORRECTIONS_DIR = "corrections"
 WORK = ".work"
 
 
@@ -368,7 +367,7 @@ def _corrected(task: CorrectionTask, out: Path, name: str) -> tuple[MethodResult
     t0, c0 = time.perf_counter(), time.process_time()
     result = _method(task)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    save_corrected(result.model, task.cfg, out, "reaudit", name)
+    save_corrected(result.model, task.cfg, out, REAUDIT_DIR, name)
     saved_log = None if result.training is None else dataclasses.asdict(result.training)
     atomic_write_json(
         log_path,
@@ -451,7 +450,7 @@ def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: b
     c = plan.cfg.correction
     result = run_reaudit(out / CONFIG_FILE, before, plan.group.class_index, plan.flags.sample_ids,
                          (c.reaudit_min_jaccard, c.reaudit_min_contained, c.reaudit_min_enrichment), device=device, progress=progress)  # fmt: skip
-    slim_runs_dir(out / "reaudit")
+    slim_runs_dir(out / REAUDIT_DIR)
     return result
 
 
@@ -497,7 +496,7 @@ def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Eval
             "config": CONFIG_FILE,
             "direction": CORRECTION_DIRECTION,
             "report": "report.html",
-            "reaudit": "reaudit",
+            "reaudit": REAUDIT_DIR,
         },
         timings={k: round(v, 3) for k, v in timings.items()},
     )

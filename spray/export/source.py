@@ -17,17 +17,12 @@ import numpy as np
 from spray.errors import ConfigError, DataError
 from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError, RunWriteError
-from spray.runs.layout import RunFiles
+from spray.runs.layout import CORRECTIONS_DIR, REAUDIT_DIR, RunFiles
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader
 from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
 
 log = logging.getLogger(__name__)
-
-# A correction's re-audit is published as <runs>/corrections/<correction>/reaudit/<run> (spray.correct.run);
-# the project's flag database stays in <runs>.
-CORRECTIONS = "corrections"
-REAUDIT = "reaudit"
 
 
 @dataclass
@@ -113,19 +108,19 @@ def project_runs_dir(run: Path) -> Path:
     """The runs folder a run belongs to: ``run``'s parent, or ``<runs>`` for a correction's re-audit
     ``<runs>/corrections/<correction>/reaudit/<run>`` (its own runs folder holds no flags)."""
     parent = Path(run).parent
-    if parent.name == REAUDIT and parent.parent.parent.name == CORRECTIONS:
+    if parent.name == REAUDIT_DIR and parent.parent.parent.name == CORRECTIONS_DIR:
         return parent.parent.parent.parent
     return parent
 
 
 def _not_a_run(run: Path) -> ConfigError:
     """What to say about a folder that holds no run: a correction's folder points at its re-audit."""
-    if (run / REAUDIT).is_dir() and run.parent.name == CORRECTIONS:
+    if (run / REAUDIT_DIR).is_dir() and run.parent.name == CORRECTIONS_DIR:
         return ConfigError(
             f"{run} is a correction's folder, not a run: its re-audit is the run to export, give "
-            f"{run / REAUDIT} (its newest run)."
+            f"{run / REAUDIT_DIR} (its newest run)."
         )
-    if run.parent.name == CORRECTIONS:
+    if run.parent.name == CORRECTIONS_DIR:
         return ConfigError(
             f"{run} is a correction's folder without a re-audit (correction.reaudit was off): export the run "
             "it corrected, or re-run spray correct with the re-audit on."

@@ -52,6 +52,9 @@ CLASSES_DIR = "classes"
 REPORT_HTML = "report.html"
 
 # A correction (``runs/corrections/<time>-<id12>/``, written by :mod:`spray.correct`)
+CORRECTIONS_DIR = "corrections"
+#: The correction's re-audit: a runs folder of its own (``reaudit/<run>``); the project's flags stay in ``runs/``.
+REAUDIT_DIR = "reaudit"
 #: The artifact direction, its reference mean and the artifact region (``vector``, ``reference_mean``, ``region``).
 CORRECTION_DIRECTION = "cav.npz"
 
