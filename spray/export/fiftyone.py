@@ -118,9 +118,8 @@ def _flags(src: ExportSource, flags_db: Path | None) -> dict[str, Flag]:
         problem = (
             f"{db} holds no flags of this run's dataset key {src.dataset!r} (its keys: {', '.join(keys)})"
         )
-        if (
-            flags_db is not None
-        ):  # asked for this database's flags: an export without any is not what was meant
+        # asked for this database's flags: an export without any is not what was meant
+        if flags_db is not None:
             raise ConfigError(
                 f"--flags-db {problem}: give the flag database of this run's project, or leave out --flags-db."
             )
