@@ -198,9 +198,8 @@ def _needed_bytes(src: ExportSource, clusterings: list[tuple[int, str]]) -> int:
     return int(1.25 * (images + maps + small)) + 1_000_000
 
 
-def _write_analyses(h5: Any, src: ExportSource, dst: Path) -> None:
+def _write_analyses(h5: Any, src: ExportSource, dst: Path, clusterings: list[tuple[int, str]]) -> None:
     name = map_name(src)
-    clusterings = _clusterings(src)
     lacking = 0
     with h5.File(dst / ANALYSIS, "w") as f:
         for entry in src.classes():
@@ -255,12 +254,13 @@ def write_virelay_project(run: str | Path, out: str | Path) -> Path:
         raise DataError(f"{src.path} analysed no class: there is nothing for ViRelAy to show.")
     # HDF5 cannot recover from a disk that fills while it writes (h5py crashes the process on exit):
     # refuse before writing instead
-    require_space(out, _needed_bytes(src, _clusterings(src)), "the ViRelAy project")
+    clusterings = _clusterings(src)
+    require_space(out, _needed_bytes(src, clusterings), "the ViRelAy project")
     with staged_output(out) as tmp:
         labels = [{"index": i, "word_net_id": str(i), "name": name} for i, name in enumerate(src.class_names)]
         (tmp / LABEL_MAP).write_text(json.dumps(labels, indent=1, ensure_ascii=False))
         _write_inputs(h5py, src, tmp)
-        _write_analyses(h5py, src, tmp)
+        _write_analyses(h5py, src, tmp, clusterings)
         project = _project(src, int(src.thumbs.shape[1]))
         (tmp / PROJECT_FILE).write_text(yaml.safe_dump(project, sort_keys=False, allow_unicode=True))
     log.info("wrote the ViRelAy project of run %s to %s", src.run_id[:12], out)
