@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from spray.cli import audit, correct, dashboard, demo, export, flags, init, run
@@ -45,32 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
-    _verbose_after_the_command(p)
-    _no_abbreviations(p)
+    # abbreviations refused: `spray flags export --run X` was taken as `--runs-dir X` (argparse completes a unique
+    # prefix), and the error then named another option
+    p.allow_abbrev = False
+    for parser in _subparsers(p):
+        parser.allow_abbrev = False
+        # -v after the command too (`spray run -v` was refused); absent there, the value given before it stands
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
     return p
 
 
-def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
-    """Refuse abbreviated options in every command and action: ``spray flags export --run X`` was taken as
-    ``--runs-dir X`` (argparse completes a unique prefix), and the error then named another option."""
-    parser.allow_abbrev = False
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every command's and action's parser below ``parser``, each once (an alias maps to the same parser)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _no_abbreviations(sub)
-
-
-def _verbose_after_the_command(parser: argparse.ArgumentParser) -> None:
-    """Accept ``-v`` after every command and action too (``spray run -v`` was refused as an unrecognized
-    argument); absent there, the value given before the command stands (its default is left unset)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            # an alias maps to the same parser: each gets the option once
-            for sub in {id(p): p for p in action.choices.values()}.values():
-                sub.add_argument(
-                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
-                )
-                _verbose_after_the_command(sub)
+            for sub in {id(q): q for q in action.choices.values()}.values():
+                yield sub
+                yield from _subparsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
