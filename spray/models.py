@@ -78,6 +78,9 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 
 #: How ``torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=0)`` begins: its magic number.
 LEGACY_TEXT_MAGIC = b"L119547037146038801333356"
+#: How a file torch.save wrote begins: a zip archive, or in the legacy format a pickle (protocol byte 0x80; with
+#: pickle_protocol 0 or 1 its magic number as a text integer).
+TORCH_SAVE_STARTS = (b"PK", b"\x80", LEGACY_TEXT_MAGIC)
 
 
 def _head(path: Path) -> bytes | None:
@@ -96,9 +99,7 @@ def _not_a_checkpoint(head: bytes) -> str | None:
         return "is empty (0 bytes): save the weights again"
     if head.startswith(b"version https://git-lfs"):
         return "is a Git LFS pointer, not the weights: fetch the file (git lfs pull) and point model.checkpoint at it"
-    # torch.save writes a zip archive (PK) or, in the legacy format, a pickle (protocol byte 0x80; with
-    # pickle_protocol 0 or 1 its magic number as a text integer)
-    if head.startswith((b"PK", b"\x80", LEGACY_TEXT_MAGIC)):
+    if head.startswith(TORCH_SAVE_STARTS):
         return None
     fix = "point model.checkpoint at the weights (torch.save(model.state_dict(), path))"
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
@@ -160,8 +161,7 @@ def _weights_only_refusal(path: Path, head: bytes | None) -> str:
     """What torch's weights-only refusal means for ``path``: pickled objects in a file that starts like
     torch.save's, or, for a file that starts like neither of its formats, probably no checkpoint at all
     (advice to allow pickles would mislead there)."""
-    # a legacy torch.save with pickle protocol 0 or 1 begins with its magic number as a text integer: a checkpoint
-    if head is not None and not head.startswith((b"PK", b"\x80", LEGACY_TEXT_MAGIC)):
+    if head is not None and not head.startswith(TORCH_SAVE_STARTS):
         return (
             f"Checkpoint {str(path)!r} is probably no PyTorch checkpoint: it starts neither like the zip archive "
             f"nor like the pickle torch.save writes (its first bytes: {head[:8]!r}). Point model.checkpoint at "
