@@ -147,15 +147,13 @@ def _flags_run(cfg: Any, text: str) -> tuple[Any, Path]:
         run = find_source_run(runs_dir, cfg.dataset_key(), "", wanted).path
         return RunReader.open(run), run
     runs = [
-        e
+        (e.reader, e.path)
         for e in scan_runs(runs_dir)
         if e.reader is not None and e.reader.summary.dataset == cfg.dataset_key()
     ]
-    runs.sort(
-        key=lambda e: e.reader is None or e.reader.summary.name != cfg.audit_name()
-    )  # this audit's first
-    if runs and runs[0].reader is not None:
-        return runs[0].reader, runs[0].path
+    runs.sort(key=lambda run: run[0].summary.name != cfg.audit_name())  # this audit's first, newest first
+    if runs:
+        return runs[0]
     raise ConfigError(
         f"--cluster-key (correction.cluster_key) {text!r} names a finding by the report's columns, which are read from the audit run "
         f"the flags were set on, and {runs_dir} has no published run of dataset {cfg.dataset_key()!r}. Give "
