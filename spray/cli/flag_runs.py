@@ -14,19 +14,14 @@ log = logging.getLogger("spray.flags")
 def _named(text: str, runs_dir: Path | None) -> Path:
     """The run folder ``--run`` names: a path, else (with ``--runs-dir``) a folder name in the runs folder or a
     prefix of one or of a run id. A path that is no folder is returned as given (the reader says what it is)."""
-    from spray.runs.errors import RunReadError
-    from spray.runs.publish import list_runs, runs_named
-    from spray.runs.reader import read_summary
+    from spray.runs.publish import runs_named
+    from spray.runs.reader import scan_runs
 
     given = Path(text)
     if given.is_dir() or runs_dir is None or given.is_absolute() or len(given.parts) > 1:
         return given
-    runs = []
-    for run in list_runs(runs_dir):
-        try:
-            runs.append((run, read_summary(run)))
-        except RunReadError:
-            continue  # an unreadable run is said where it is opened
+    # an unreadable run is said where it is opened
+    runs = [(e.path, e.reader.summary) for e in scan_runs(runs_dir) if e.reader is not None]
     hits = runs_named(runs, text)
     run_ids = {p: summary.run_id for p, summary in runs}
     if len({run_ids[p] for p in hits}) == 1:
