@@ -33,6 +33,8 @@ import safetext
 import streamlit as st
 from PIL import Image
 
+from spray.report import score_text
+
 PALETTE = pc.qualitative.Dark24
 BIG_MAP = 20_000  # points; above this: picture of all points + a drawn sample
 SAMPLE_POINTS = 6_000  # drawn points of a big map
@@ -137,7 +139,7 @@ def _groups(
         # The hot-spot labelling (k = 0) marks the samples in no hot-spot group -1.
         sizes = common.cluster_sizes(labels_k, minlength=int(labels_k.max(initial=-1)) + 1)
         names = {
-            int(c): f"c{c} (n={sizes[c]:,}{f', score {scores[c]:.3f}' if c in scores else ''})"
+            int(c): f"c{c} (n={sizes[c]:,}{f', score {score_text(scores[c])}' if c in scores else ''})"
             for c in np.unique(labels_k)
             if c >= 0
         }

@@ -9,6 +9,7 @@ browser without scripts follows the link. Every text is HTML-escaped here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import safetext
@@ -82,8 +83,10 @@ def text(value: object) -> Cell:
     return Cell(safetext.html_text(value))
 
 
-def number(value: float, fmt: str = "{:,}") -> Cell:
-    return Cell(safetext.html_text(fmt.format(value)), numeric=True)
+def number(value: float, fmt: str | Callable[[float], str] = "{:,}") -> Cell:
+    """A right-aligned number, written by a format string or a function."""
+    text = fmt(value) if callable(fmt) else fmt.format(value)
+    return Cell(safetext.html_text(text), numeric=True)
 
 
 def image(uri: str | None, size: int = 56) -> Cell:

@@ -29,9 +29,11 @@ import numpy as np
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
 from spray.records import ChangeSet, ClusterChange
+from spray.report import score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import RunFiles
 from spray.runs.reader import RunReader
+from spray.runs.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def _change_row(kind: str, c: ClusterChange) -> str:
     if c.correlation is not None:  # None: no comparable mean heatmap
         sim += f", heatmap r {c.correlation:.2f}"
     if c.previous_score is not None and c.score is not None:
-        sim += f", score {c.previous_score:.3g} → {c.score:.3g}"
+        sim += f", score {score_text(c.previous_score)} → {score_text(c.score)}"
     if c.note:  # why a cluster still there counts as resolved ("now below the alarm threshold")
         sim += f"; {c.note}"
     return (
@@ -138,6 +140,22 @@ def _changes_html(changes: ChangeSet) -> str:
         + "".join(rows)
         + "</table>"
     )
+
+
+def _provenance(s: RunSummary) -> str:
+    """Where the run came from and what it cost: seed, data source, device, heatmaps computed or reused and
+    wall time (what a reader needs to rerun it or to tell a slow night)."""
+    data = s.config.get("data") or {}
+    source = data.get("factory") or data.get("path") or data.get("images")
+    t = s.timings
+    said = [f"seed {s.config.get('seed', 0)}"]
+    if source:
+        said.append(f"data {source}")
+    if "n_computed" in t:
+        said.append(f"{t['n_computed']} heatmaps computed, {t.get('n_cached', 0)} reused")
+    if "total_s" in t:
+        said.append(f"{float(t['total_s']):.1f} s on {t.get('device', 'an unrecorded device')}")
+    return " · ".join(said)
 
 
 def _spaces(config: dict[str, Any], extra: dict[str, Any]) -> str:
@@ -203,6 +221,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         f" · {_spaces(s.config, s.extra)}",
         *([f" · {html.escape(accuracy_sentence(acc))}"] if (acc := recorded_accuracy(s.extra)) else []),
         f" · spray {html.escape(str(s.versions.get('spray', '')))}</p>",
+        f"<p class='meta'>{html.escape(_provenance(s))}</p>",
     ]
     parts += [
         f"<p class='warn'><b>Check the model first.</b> {html.escape(t)}</p>"
@@ -281,7 +300,7 @@ def _finding_html(run: RunReader, key: str, status: str | None, n_thumbs: int, t
         f"<div class='finding'><h3>#{s.rank} · {html.escape(f.class_name)} · cluster "
         f"{html.escape(key)} {badge}</h3>"
         f"<div class='small'>{f.size} members ({100 * float(f.fraction):.1f} % of the class) · "
-        f"score {float(f.score):.3f}</div><ul class='ev'>{ev}</ul>"
+        f"score {score_text(float(f.score))}</div><ul class='ev'>{ev}</ul>"
         f"<div class='row'><div class='mean'>{mean_img}<div class='small'>mean relevance</div></div>"
         f"<div class='thumbs'>{''.join(tiles)}<div class='small'>most typical members "
         f"({'relevance overlaid' if thumbs is not None else 'their heatmaps: the run kept no thumbnails'}; "

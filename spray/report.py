@@ -18,6 +18,12 @@ class _Clustered(Protocol):
     def space(self) -> str: ...
 
 
+def score_text(score: float) -> str:
+    """A suspicion score for people: three decimals, or three significant digits below 0.1 so that small
+    scores ranked apart do not print alike ("0.004" six times)."""
+    return f"{score:.3f}" if score == 0 or abs(score) >= 0.1 else f"{score:.3g}"
+
+
 def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int = 100) -> str:
     """A fixed-width ranked table of findings with their one-line evidence.
 
@@ -28,16 +34,16 @@ def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int 
     top : int
         Rows to show.
     """
-    header = f"{'#':>2}  {'class':<14} {'cluster':<9} {'size':>6} {'share':>6} {'score':>6}  {'alarm':<5}  evidence"
+    header = f"{'#':>2}  {'class':<14} {'cluster':<9} {'size':>6} {'share':>6} {'score':>7}  {'alarm':<5}  evidence"
     lines = [header, "-" * min(width + 40, len(header) + 60)]
     for i, f in enumerate(findings[:top], start=1):
         ev = f.evidence[0] if f.evidence else ""
         lines.append(
             f"{i:>2}  {f.class_name[:14]:<14} {cluster_label(f):<9} {f.size:>6} {f.fraction:>6.1%} "
-            f"{f.score:>6.3f}  {'YES' if f.suspicious else 'no':<5}  {ev}"
+            f"{score_text(f.score):>7}  {'YES' if f.suspicious else 'no':<5}  {ev}"
         )
         for extra in f.evidence[1:]:
-            lines.append(" " * 61 + extra)
+            lines.append(" " * 62 + extra)
     if not findings:
         lines.append("(no clusters)")
     if any(f.space != "pixel" for f in findings[:top]):

@@ -59,3 +59,26 @@ def test_a_trials_classes_without_samples_are_said_to_be_beyond_its_limit(tmp_pa
     report.classes_skipped = [ClassSkipped(3, "dead", 0, "fewer than analysis.min_class_size samples")]
     page = render_html_report(write_published(tmp_path / "runs", report, stage))
     assert "dead (none of the first 26 samples: data.limit)" in page
+
+
+def test_report_says_seed_data_cost_and_tells_small_scores_apart(tmp_path: Path) -> None:
+    """An outside check: the report named no seed, data source or timings, and small scores ranked apart
+    printed alike ('0.004' six times)."""
+    import dataclasses
+
+    from spray.report import findings_table, score_text
+
+    report, stage = make_report()
+    report.config["seed"] = 3
+    report.config["data"] = {"kind": "folder", "path": "/data/skin"}
+    scores = [0.0043, 0.0041, 0.0039]
+    report.findings = [dataclasses.replace(f, score=x) for f, x in zip(report.findings, scores, strict=False)]
+    page = render_html_report(write_published(tmp_path / "runs", report, stage))
+    n = report.timings["n_computed"]
+    assert f"seed 3 · data /data/skin · {n} heatmaps computed, 0 reused · 1.2 s on cpu" in page
+    assert all(f"score {t}" in page for t in ("0.0043", "0.0041", "0.0039"))
+    table = findings_table(report.findings)
+    assert all(t in table for t in ("0.0043", "0.0041", "0.0039"))
+    assert [score_text(x) for x in (0.0, 0.5, 0.12345, 0.01234, 4.2e-05)] == [
+        "0.000", "0.500", "0.123", "0.0123", "4.2e-05",
+    ]  # fmt: skip

@@ -22,6 +22,7 @@ import spectrum
 import streamlit as st
 import urlstate
 
+from spray.report import score_text
 from spray.runs.keys import HOTSPOT_K
 
 path, summary = common.require_run()
@@ -173,7 +174,8 @@ with right:
     for f in scored:
         st.page_link(
             common.PAGES["cluster"],
-            label=f"c{f.cluster_id} · score {f.score:.3f} · n={f.size:,}" + (" ⚠" if f.suspicious else ""),
+            label=f"c{f.cluster_id} · score {score_text(f.score)} · n={f.size:,}"
+            + (" ⚠" if f.suspicious else ""),
             query_params={"run": run, "cluster": f.key},
         )
     for cid in np.flatnonzero(sizes):

@@ -23,6 +23,7 @@ import urlstate
 
 from spray import imaging
 from spray.errors import ConfigError
+from spray.report import score_text
 from spray.runs.keys import HOTSPOT_K, finding_key
 from spray.runs.reader import key_space
 from spray.runs.summary import FindingSummary
@@ -126,7 +127,7 @@ def label(o: str) -> str:
     if f is None:
         return f"{o} (unscored)"
     return safetext.plain(
-        f"#{f.rank} · {f.class_name} · c{f.cluster_id} (k={f.k}) · score {f.score:.3f} · n={f.size:,}"
+        f"#{f.rank} · {f.class_name} · c{f.cluster_id} (k={f.k}) · score {score_text(f.score)} · n={f.size:,}"
     )
 
 
@@ -197,7 +198,7 @@ with right:
     if finding is not None:
         st.markdown(
             f"**{safetext.md(finding.class_name)}**, {_where(finding)} — "
-            f"score **{finding.score:.3f}**{' (suspicious)' if finding.suspicious else ''}, "
+            f"score **{score_text(finding.score)}**{' (suspicious)' if finding.suspicious else ''}, "
             f"{finding.size:,} samples ({100 * finding.fraction:.1f} % of the class)"
         )
         if conceptview.is_concept(finding):

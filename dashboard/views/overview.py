@@ -17,6 +17,7 @@ from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
 from spray.records import ChangeSet
+from spray.report import score_text
 
 st.title("Suspicious clusters")
 cur = common.current_run()
@@ -136,7 +137,7 @@ rows = [
         [
             htmltable.number(f.rank),
             htmltable.image(thumbnail(f.key)),
-            htmltable.number(f.score, "{:.3f}"),
+            htmltable.number(f.score, score_text),
             htmltable.text(f"{f.class_index} · {f.class_name}"),
             htmltable.number(f.size),
             htmltable.bar(f.fraction),
@@ -177,7 +178,7 @@ if shown:
     for f in shown[:3]:
         head = (
             f"**#{f.rank} · {safetext.md(f.class_name)} · {safetext.code(f.key)}** · "
-            f"score {f.score:.3f}{' · suspicious' if f.suspicious else ''} · {f.size:,} samples"
+            f"score {score_text(f.score)}{' · suspicious' if f.suspicious else ''} · {f.size:,} samples"
         )
         lines = "\n".join(f"  - {safetext.md(line)}" for line in f.evidence) or "  - no evidence recorded"
         blocks.append(f"- {head}\n{lines}")

@@ -18,6 +18,7 @@ import urlstate
 from spray import imaging
 from spray.data import UnreadableSample
 from spray.data.originals import decode_original, input_box
+from spray.report import score_text
 from spray.runs.keys import sample_id_in
 from spray.runs.summary import FindingSummary
 
@@ -27,7 +28,7 @@ VIEW_PX = 448
 
 def _tag(f: FindingSummary) -> str:
     """A finding's score (and ⚠ when flagged) after its key in a link."""
-    return f" · score {f.score:.3f}{' ⚠' if f.suspicious else ''}"
+    return f" · score {score_text(f.score)}{' ⚠' if f.suspicious else ''}"
 
 
 path, summary = common.require_run()
@@ -55,7 +56,7 @@ st.markdown(
     f"{safetext.md(row['prediction_name'])} ({float(row['confidence']):.3f})"
     + (" · **misclassified**" if int(row["label"]) != int(row["prediction"]) else "")
     + (
-        f" · suspicion {float(row['score']):.3f}"
+        f" · suspicion {score_text(float(row['score']))}"
         if row["score"] == row["score"]
         else " · suspicion: none, its class was not analysed"
     )

@@ -16,6 +16,7 @@ import numpy as np
 from spray.correct.record import CorrectionRecord, change_words
 from spray.correct.source import FindingMatch
 from spray.imaging import png_data_uri, resize_nearest
+from spray.report import score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.errors import RunReadError
 from spray.runs.layout import CORRECTION_DIRECTION
@@ -117,7 +118,7 @@ def _reaudit(rec: CorrectionRecord) -> str:
 
     def row(label: str, f: FindingMatch) -> str:
         flip = "–" if f.flip_rate is None else _pct(f.flip_rate)
-        score = "–" if f.score is None else f"{f.score:.3f}"
+        score = "–" if f.score is None else score_text(f.score)
         cells = [label, html.escape(str(f.key)), str(f.rank), score, "yes" if f.suspicious else "no",
                  f"{f.jaccard:.2f}", flip]  # fmt: skip
         return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"

@@ -17,6 +17,7 @@ from spray.accuracy import model_problems
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
 from spray.records import ClusterFinding
+from spray.report import score_text
 from spray.runs.layout import CACHE_DIR, LOCK, STAGING_DIR
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Reaudit:
 
 
 def _score(f: FindingMatch) -> str:
-    return "–" if f.score is None else f"{f.score:.3f}"
+    return "–" if f.score is None else score_text(f.score)
 
 
 def keeps_flag(f: ClusterFinding, flagged: set[str], same: tuple[float, float, float], n_class: int) -> bool:
