@@ -113,12 +113,7 @@ def _changes_html(changes: ChangeSet) -> str:
             + ".</p>"
         )
     if (d := changes.data) is not None:
-        head += (
-            f"<p class='meta'>The data since the previous run: {d.added} images added, {d.removed} removed, "
-            f"{d.modified} modified in place, {d.moved} moved to another id, {d.copied} copies of kept images "
-            f"under new ids, {d.relabelled} relabelled (same image, another class), {d.unreadable} skipped now "
-            "(unreadable or another size: listed with the reason).</p>"
-        )
+        head += f"<p class='meta'>The data since the previous run: {html.escape(d.sentence())}.</p>"
     for u in changes.unreadable:
         head += (
             f"<p class='meta'>Run <code>{html.escape(u.run)}</code> could not be read and was passed over: "

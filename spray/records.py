@@ -367,6 +367,21 @@ class DataChanges:
     relabelled: int = 0
     unreadable: int = 0
 
+    def sentence(self) -> str:
+        """The changes in one sentence (the nightly log line, report.html); an image moved into another
+        class folder is both moved and relabelled, and the sentence says so."""
+        copies = (
+            "1 copy of a kept image under a new id"
+            if self.copied == 1
+            else (f"{self.copied} copies of kept images under new ids")
+        )
+        return (
+            f"{self.added} image{'' if self.added == 1 else 's'} added, {self.removed} removed, "
+            f"{self.modified} modified in place, {self.moved} moved to another id, {copies}, {self.relabelled} "
+            "relabelled (same image, another class; an image moved into another class folder counts as moved "
+            f"and relabelled), {self.unreadable} skipped now (unreadable or another size: listed with the reason)"
+        )
+
 
 @dataclass
 class ChangeSet:

@@ -190,7 +190,9 @@ def _check_share_note(rec: CorrectionRecord) -> None:
         reaudit = dataclasses.replace(rec.reaudit, still_flagged=still_flagged) if rec.reaudit else None
         return dataclasses.replace(rec, evaluation=dataclasses.replace(ev, after=after), reaudit=reaudit)
 
-    assert note in render_correction_html(with_share(0.5, False))  # share goal missed, behaviour gone
+    page = render_correction_html(with_share(0.5, False))
+    assert note in page  # share goal missed, behaviour gone
+    assert "(goal: no loss over 1 percentage point)" in page  # an outside check: "over 1" had no unit
     assert note not in render_correction_html(with_share(0.9, False))  # share goal met
     assert note not in render_correction_html(with_share(0.5, True))  # the re-audit still flags it
 

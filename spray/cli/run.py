@@ -194,11 +194,7 @@ def _name_lost_ranks(status: dict[str, Any], lost: list[str]) -> None:
 
 def _log_data_changes(d: DataChanges) -> None:
     """The ``DataChanges`` since the previous run, in one log line."""
-    log.info(
-        "data since the previous run: %d added, %d removed, %d modified in place, %d moved to another id, "
-        "%d copies of kept images under new ids, %d relabelled, %d skipped now (listed with the reason)",
-        d.added, d.removed, d.modified, d.moved, d.copied, d.relabelled, d.unreadable,
-    )  # fmt: skip
+    log.info("data since the previous run: %s", d.sentence())
 
 
 def shutdown_dist() -> None:

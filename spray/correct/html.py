@@ -72,6 +72,11 @@ def _scores_table(rec: CorrectionRecord) -> str:
     return f"<table><tr><th>measurement</th><th>before</th><th>after</th></tr>{body}</table>"
 
 
+def _points(share: float) -> str:
+    n = round(100 * share, 1)
+    return f"{n:g} percentage point{'' if n == 1 else 's'}"
+
+
 def _verdict(rec: CorrectionRecord) -> str:
     v = rec.verdict
     items = [
@@ -79,7 +84,7 @@ def _verdict(rec: CorrectionRecord) -> str:
          None if v.flip_drop is None else v.flip_drop >= GOAL_FLIP_DROP),
         (f"relevance share on the artifact {change_words(v.relevance_drop)} (goal: down ≥ {GOAL_RELEVANCE_DROP:.0%})",
          None if v.relevance_drop is None else v.relevance_drop >= GOAL_RELEVANCE_DROP),
-        (f"clean accuracy {v.accuracy_text()} (goal: no loss over {100 * GOAL_ACCURACY_LOSS:.0f})",
+        (f"clean accuracy {v.accuracy_text()} (goal: no loss over {_points(GOAL_ACCURACY_LOSS)})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
         ("the re-audit no longer flags the finding"
          + ("" if rec.reaudit is None or rec.reaudit.cleared is not None else " (not judged: not flagged before)"),

@@ -115,3 +115,14 @@ def test_a_section_records_its_omitted_settings_only_away_from_their_default() -
     assert "interpolation" not in TransformConfig().model_dump(mode="json")
     assert TransformConfig(interpolation="bicubic").model_dump(mode="json")["interpolation"] == "bicubic"
     assert "elementwise" not in LRPConfig().model_dump() and LRPConfig(elementwise="compile").model_dump()
+
+
+def test_the_data_changes_sentence_counts_in_words_and_says_a_move_across_classes_counts_twice() -> None:
+    """An outside check: "1 copies", and a file moved into another class folder counted as moved and as
+    relabelled without a word, so the counts read as more changed images than there were."""
+    from spray.records import DataChanges
+
+    said = DataChanges(added=1, removed=0, modified=0, moved=1, copied=1, relabelled=1).sentence()
+    assert said.startswith("1 image added, 0 removed, 0 modified in place, 1 moved to another id, 1 copy of ")
+    assert "counts as moved and relabelled" in said
+    assert "3 copies of kept images" in DataChanges(2, 0, 0, 0, copied=3).sentence()
