@@ -238,3 +238,18 @@ def test_every_rule_a_message_names_imports_from_spray_lrp_rules() -> None:
     from spray.lrp.normalization import Normalize
 
     assert rules.Normalize is Normalize and "Normalize" in rules.__all__
+
+
+def test_talking_heads_under_cplrp_are_refused_with_advice_that_works() -> None:
+    """An outside check: CaiT's talking-heads attention under CPLRP was refused with the advice to give the
+    module Epsilon(), which is refused again; the refusal now names AttnLRP, which explains it."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "cait_xxs24_224", pretrained=False, img_size=32, patch_size=8, depth=1, num_classes=10
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ModelError, match="TalkingHeadAttn") as err:
+        Explainer(model, "CPLRP")(x)
+    assert "lrp.composite: AttnLRP explains such attention" in str(err.value)
+    assert torch.isfinite(Explainer(model, "AttnLRP")(x).relevance).all()

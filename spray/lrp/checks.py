@@ -227,6 +227,13 @@ def _violation(calls: list[CallRecord], index: int, floor: float) -> float | Non
     return error if abs(error) > CONSERVATION_TOL else None
 
 
+#: Under CP-LRP the refusal's rule advice cannot help attention whose weights change after the softmax.
+_CP_HINT = (
+    " Under CPLRP an attention module whose weights are transformed after the softmax (CaiT's talking heads "
+    "mix them across heads with a Linear) is not explained; lrp.composite: AttnLRP explains such attention."
+)
+
+
 def _message(call: CallRecord, error: float) -> str:
     kind = type(call.module.inner if isinstance(call.module, RuleModule) else call.module).__qualname__
     what = "lost" if error > 0 else "created"
@@ -329,7 +336,7 @@ def check_conservation(
     for index, call in enumerate(calls):
         error = _violation(calls, index, floor)
         if error is not None:
-            raise ModelError(_message(call, error))
+            raise ModelError(_message(call, error) + (_CP_HINT if attention == "cp" else ""))
     logger.debug("self-check: relevance conserved in %d module calls", len(calls))
 
 
