@@ -103,7 +103,7 @@ def _changes_html(changes: ChangeSet) -> str:
     )
     if changes.model_changed:
         head += (
-            "<p class='meta'>The model changed since the previous run (other weights): its clusters are "
+            "<p class='meta'>The model changed since the previous run (other weights or model code): its clusters are "
             "matched across two models, so a new and a resolved entry may be one shortcut learned again.</p>"
         )
     if changes.config_changed:

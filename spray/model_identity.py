@@ -20,6 +20,9 @@ have imported (``spray audit`` and ``spray correct`` must agree). Not covered: c
 running (inside a function), modules without a file (a notebook's ``__main__``), and edits made after the
 module was imported in a long-lived session (the file on disk is hashed); ``docs/nightly.md`` says how to
 recompute by hand.
+
+Source is hashed as its tokens (:func:`code_tokens`): comments, blank lines and spacing inside a line do not
+count, so editing a comment keeps the cache.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import io
 import site
 import sys
 import sysconfig
+import tokenize
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -60,13 +65,13 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
     """
     h = hashlib.sha256(type(model).__qualname__.encode())
     for text in _class_sources(model):
-        h.update(text.encode())
+        h.update(code_tokens(text.encode()))
     roots = [type(m).__module__ for m in model.modules()]
     if factory is not None:
         roots.append(factory.partition(":")[0])
     for name, data in user_sources(roots):
         h.update(f"\0module {name}\0".encode())
-        h.update(data)
+        h.update(code_tokens(data))
     state = model.state_dict()
     for name, t in sorted(state.items()):
         _update(h, name, t)
@@ -74,6 +79,22 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
         if name not in state:  # non-persistent: not in a checkpoint, but the model computes with it
             _update(h, f"\0buffer {name}", t)
     return h.hexdigest()
+
+
+def code_tokens(source: bytes) -> bytes:
+    """Python source as its tokens without comments, blank lines or spacing: an edited comment or a
+    reformatted line leaves the model's code, and so its cached heatmaps, as they were. Source that does not
+    tokenize is returned as it is."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING}
+    try:
+        tokens = [
+            f"{t.type}:{t.string}"
+            for t in tokenize.tokenize(io.BytesIO(source).readline)
+            if t.type not in skip
+        ]
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
+        return source
+    return "\0".join(tokens).encode()
 
 
 def _update(h: Any, name: str, t: torch.Tensor) -> None:

@@ -405,7 +405,7 @@ class ChangeSet:
         The previous run's suspicious clusters whose class this run did not analyse (too few readable
         samples): no verdict, neither resolved nor still there.
     model_changed : bool or None
-        The previous run explained other weights (a retrained model): its clusters are matched across two
+        The previous run explained other weights or model code (a retrained model, an edited forward): its clusters are matched across two
         models, so a "new" and a "resolved" entry may be one shortcut learned again. None: not known.
     data : DataChanges or None
         What changed in the data since the previous run; None when either run lacks content hashes.

@@ -342,6 +342,12 @@ def test_the_model_hash_follows_module_level_code_and_the_factory(
 
     first = built()
     assert built() == first  # stable
+    # a comment, a blank line and spacing are no other model (an edit of the cache's key the model never saw)
+    (tmp_path / "helper_mod.py").write_text("SCALE = 1.0  # the gain\n\n\ndef prep(x):\n    return x*SCALE\n")
+    (tmp_path / "net_mod.py").write_text(
+        (tmp_path / "net_mod.py").read_text().replace("    def forward", "    # scaled\n    def forward")
+    )
+    assert built() == first
     (tmp_path / "helper_mod.py").write_text("SCALE = 2.0\n\ndef prep(x):\n    return x * SCALE\n")
     second = built()
     assert second != first  # the helper's file, imported by the model's module

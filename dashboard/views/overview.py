@@ -225,7 +225,7 @@ def show_changes(ch: ChangeSet, how: str) -> None:
         st.caption(f"Passed over (unreadable): {safetext.code(u.run)}")
     if ch.model_changed:
         st.caption(
-            "The model changed since the previous run (other weights): a new and a resolved entry may be one "
+            "The model changed since the previous run (other weights or model code): a new and a resolved entry may be one "
             "shortcut learned again."
         )
     if ch.config_changed:
