@@ -87,6 +87,20 @@ def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
     assert "extension '.csv'" in reasons["cat/data.csv"] and "hidden file" in reasons["cat/.hidden.png"]
 
 
+def test_a_trial_lists_the_skipped_files_of_the_class_folders_it_read_only(tmp_path: Path) -> None:
+    """An outside check: a data.limit trial of the first samples (all cats) listed a file of the dog folder
+    it never read among its skipped samples."""
+    root = make_image_folder(tmp_path / "imgs", n_per_class=3)
+    (root / "cat" / "notes.txt").write_text("x")
+    (root / "dog" / "data.csv").write_text("1,2")
+    (root / "stray.png").write_bytes(b"x")
+    full = build_dataset(DataConfig(kind="image_folder", path=root))
+    assert {s.sample_id for s in full.pre_skipped} == {"cat/notes.txt", "dog/data.csv", "stray.png"}
+    trial = build_dataset(DataConfig(kind="image_folder", path=root, limit=2))
+    assert set(trial.labels) == {0}
+    assert {s.sample_id for s in trial.pre_skipped} == {"cat/notes.txt", "stray.png"}
+
+
 def test_hidden_and_system_folders_inside_a_class_are_not_audited(tmp_path: Path) -> None:
     """An outside check: ``cat/.thumbnails/*.png`` and Synology's ``@eaDir`` thumbnails were audited as
     members of the class, while hidden files beside them were skipped."""

@@ -482,6 +482,13 @@ def _input_size(transform: Transform, sizes: list[tuple[int, int]]) -> tuple[int
     return size
 
 
+def _within_trial(skipped: list[SkippedSample], classes: set[str]) -> list[SkippedSample]:
+    """The folder's skipped entries that a ``data.limit`` trial read: those in the class folders of its
+    samples (``classes``: their ids' first folder), and those outside every class folder (a trial never
+    reached the other classes' files)."""
+    return [s for s in skipped if "/" not in s.sample_id or s.sample_id.split("/", 1)[0] in classes]
+
+
 def build_dataset(
     cfg: DataConfig, *, thumbnail_size: int = 64, jpeg_device: torch.device | None = None
 ) -> AuditDataset:
@@ -528,5 +535,7 @@ def build_dataset(
         ds.jpeg = JpegDecoder(jpeg_device, decode)
     if cfg.limit is not None and cfg.limit < len(ds):
         ds.sample_ids, ds.labels = ds.sample_ids[: cfg.limit], ds.labels[: cfg.limit]
+        if cfg.kind == "image_folder":
+            ds.pre_skipped = _within_trial(ds.pre_skipped, {i.split("/", 1)[0] for i in ds.sample_ids})
     log.info("dataset: %d samples, %d classes", len(ds), len(ds.class_names))
     return ds
