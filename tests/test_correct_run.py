@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -84,6 +85,11 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     assert flip_rate(corrected, world.images, world.labels) < 0.1
     assert flip_rate(world.model, world.images, world.labels) > 0.5
     assert (first.folder / "reaudit" / "latest" / "summary.json").is_file()
+    # an outside check: the re-audit's summary recorded its checkpoint in the deleted work folder
+    reaudit = json.loads((first.folder / "reaudit" / "latest" / "summary.json").read_text())
+    assert ".work" not in json.dumps(reaudit["config"])
+    assert Path(reaudit["config"]["model"]["checkpoint"]) == first.folder / "model.pt"
+    assert Path(reaudit["config"]["output"]["runs_dir"]) == first.folder / "reaudit"
     assert not (first.folder / "reaudit" / ".cache").exists()
     assert "P-ClArC" in (first.folder / "report.html").read_text()
     assert "paste flip rate" in render_correction_html(rec, first.folder)

@@ -60,6 +60,7 @@ from spray.runs.atomic import atomic_save_npz, atomic_write_json
 from spray.runs.errors import RunWriteError
 from spray.runs.layout import CORRECTION_DIRECTION, CORRECTIONS_DIR, REAUDIT_DIR
 from spray.runs.locking import RunLock, RunPin
+from spray.runs.writer import rebase_recorded_paths
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,10 @@ def correct(
             )
             shutil.rmtree(work, ignore_errors=True)  # left by a run killed between publishing and cleaning up
             return CorrectionOutcome(CorrectionRecord.read(found), found, True)
+        final = root / published_name(plan.correction_id)
         with RunPin(plan.source.path):  # a nightly spray run's retention must not delete it meanwhile
-            folder, record = _execute(plan, work, device=device, progress=progress)
-            final = _publish(root, folder, plan.correction_id)
+            folder, record = _execute(plan, work, final, device=device, progress=progress)
+            _publish(folder, final)
         shutil.rmtree(work, ignore_errors=True)
         if cfg.output.keep_corrections is not None:
             prune_corrections(runs_dir, cfg.output.keep_corrections, record.dataset, keep_also=final)
@@ -379,7 +381,7 @@ def _corrected(task: CorrectionTask, out: Path, name: str) -> tuple[MethodResult
 
 
 def _execute(
-    plan: CorrectionPlan, work: Path, *, device: str | None, progress: bool
+    plan: CorrectionPlan, work: Path, final: Path, *, device: str | None, progress: bool
 ) -> tuple[Path, CorrectionRecord]:
     cfg, out = plan.cfg, work / "out"
     t0, c0 = time.perf_counter(), time.process_time()
@@ -400,7 +402,7 @@ def _execute(
     t1 = time.perf_counter()
     evaluation = _evaluation(plan, result.model, direction, region, work)
     t2 = time.perf_counter()
-    reaudit = _reaudit(plan, out, device=device, progress=progress)
+    reaudit = _reaudit(plan, out, final, device=device, progress=progress)
     timings = {
         "correction_s": t_prepare + method_s,
         "direction_region_s": t_prepare,
@@ -440,7 +442,9 @@ def _evaluation(plan: CorrectionPlan, corrected: torch.nn.Module, direction: Art
     return result
 
 
-def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: bool) -> Reaudit | None:
+def _reaudit(
+    plan: CorrectionPlan, out: Path, final: Path, *, device: str | None, progress: bool
+) -> Reaudit | None:
     if not plan.cfg.correction.reaudit:
         return None
     # the finding the flags were set from, when they were set on the source run (keys are per run)
@@ -451,6 +455,8 @@ def _reaudit(plan: CorrectionPlan, out: Path, *, device: str | None, progress: b
     result = run_reaudit(out / CONFIG_FILE, before, plan.group.class_index, plan.flags.sample_ids,
                          (c.reaudit_min_jaccard, c.reaudit_min_contained, c.reaudit_min_enrichment), device=device, progress=progress)  # fmt: skip
     slim_runs_dir(out / REAUDIT_DIR)
+    # its summary records the corrected checkpoint and runs folder where they will be, not in the work folder
+    rebase_recorded_paths(out / REAUDIT_DIR, out, final)
     return result
 
 
@@ -502,14 +508,16 @@ def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Eval
     )
 
 
-def _publish(root: Path, folder: Path, correction_id: str) -> Path:
+def published_name(correction_id: str) -> str:
+    """The folder name a correction is published under: the UTC time it started, then its id."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{correction_id[:12]}"
+
+
+def _publish(folder: Path, final: Path) -> None:
     """Move a finished correction folder into place (one atomic rename)."""
-    name = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{correction_id[:12]}"
     os.chmod(folder, 0o755)
     for sub in folder.rglob("*"):
         if not sub.is_symlink():
             os.chmod(sub, 0o755 if sub.is_dir() else 0o644)
-    final = root / name
     os.rename(folder, final)
     log.info("published correction %s", final)
-    return final

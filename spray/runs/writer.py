@@ -276,3 +276,42 @@ def write_run(out: Path, report: AuditReport, stage: BatchStageResult) -> None:
         atomic_save_npz(files.concept_maps, **concept_map_arrays(report.conditional_maps, row_of, grid))
     # Last: a folder with a summary.json is a complete run.
     atomic_write_json(files.summary, summary_document(report))
+
+
+def rebase_recorded_paths(runs_dir: Path, old: Path, new: Path) -> int:
+    """Rewrite the paths under ``old`` in the recorded config of every run in ``runs_dir`` to lie under
+    ``new``, the place the folder holding them is about to be moved to (a correction's re-audit audits the
+    corrected model in the correction's work folder, which is then published elsewhere); returns how many
+    runs changed.
+
+    Parameters
+    ----------
+    runs_dir : Path
+        A runs folder (its published runs are rewritten in place, atomically each).
+    old, new : Path
+        The folder as it is and as it will be.
+    """
+    import json
+
+    from spray.runs.layout import SUMMARY
+    from spray.runs.publish import list_runs
+
+    before, after = str(old), str(new)
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and (value == before or value.startswith(before + "/")):
+            return after + value[len(before) :]
+        return value
+
+    changed = 0
+    for run in list_runs(runs_dir):
+        doc = json.loads((run / SUMMARY).read_text())
+        config = moved(doc.get("config"))
+        if config != doc.get("config"):
+            atomic_write_json(run / SUMMARY, {**doc, "config": config})
+            changed += 1
+    return changed
