@@ -106,7 +106,8 @@ class ClassData:
         return [self.sample_ids[i] for i in np.flatnonzero(lab == int(cluster_id))]
 
 
-def _read_json(file: Path) -> Any:
+def read_json(file: Path) -> Any:
+    """A run file's JSON document, untyped (:func:`read_summary` types ``summary.json``)."""
     try:
         return json.loads(file.read_text())
     except FileNotFoundError:
@@ -126,7 +127,7 @@ def read_summary(run_dir: str | Path) -> RunSummary:
         Missing, truncated, damaged, incomplete or written by a newer spray.
     """
     files = RunFiles(Path(run_dir))
-    return parse_summary(_read_json(files.summary), files.summary)
+    return parse_summary(read_json(files.summary), files.summary)
 
 
 class RunReader:
@@ -142,7 +143,7 @@ class RunReader:
 
     def __init__(self, path: str | Path) -> None:
         self.files = RunFiles(Path(path))
-        self._raw = _read_json(self.files.summary)
+        self._raw = read_json(self.files.summary)
         #: The typed ``summary.json``.
         self.summary: RunSummary = parse_summary(self._raw, self.files.summary)
         self._ids: list[str] | None = None

@@ -291,10 +291,8 @@ def rebase_recorded_paths(runs_dir: Path, old: Path, new: Path) -> int:
     old, new : Path
         The folder as it is and as it will be.
     """
-    import json
-
-    from spray.runs.layout import SUMMARY
     from spray.runs.publish import list_runs
+    from spray.runs.reader import read_json
 
     before, after = str(old), str(new)
 
@@ -309,9 +307,9 @@ def rebase_recorded_paths(runs_dir: Path, old: Path, new: Path) -> int:
 
     changed = 0
     for run in list_runs(runs_dir):
-        doc = json.loads((run / SUMMARY).read_text())
-        config = moved(doc.get("config"))
-        if config != doc.get("config"):
-            atomic_write_json(run / SUMMARY, {**doc, "config": config})
+        doc = read_json(RunFiles(run).summary)
+        config = moved(doc.get("config")) if isinstance(doc, dict) else None
+        if config is not None and config != doc.get("config"):
+            atomic_write_json(RunFiles(run).summary, {**doc, "config": config})
             changed += 1
     return changed
