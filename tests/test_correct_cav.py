@@ -152,3 +152,56 @@ def test_tap_is_not_changed_by_an_in_place_op_after_the_layer() -> None:
         logits = model(x)
     (grad,) = torch.autograd.grad(logits.sum(), got[0])
     assert torch.equal(grad, (expected > 0).float())
+
+
+def test_pooling_asked_for_on_tokens_is_refused_not_run_as_none() -> None:
+    """An outside check: correction.pooling max on a ViT block ran 'none' under a new correction id, without a
+    word."""
+    torch.manual_seed(0)
+    tokens = [torch.randn(6, 5, 4) + (1.0 if i % 2 == 0 else 0.0) for i in range(4)]
+    groups = GroupActivations(*tokens)
+    with pytest.raises(ConfigError, match=r"correction\.pooling: 'max' pools a \(B, C, H, W\).*\(5, 4\)"):
+        fit_direction("blocks.1", groups, "max")
+    assert set(fit_direction("blocks.1", groups, "auto").candidates) == {"none"}
+
+
+def test_a_named_layer_spray_cannot_correct_at_is_refused_with_what_to_name() -> None:
+    """An outside check: the logits layer was corrected at (clean accuracy -5 points, advice to 'try a later
+    layer'); a module returning a tuple failed later with exit 1; a channels-last (B, H, W, C) map was read as
+    (B, C, H, W)."""
+
+    class Pair(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x
+
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.pair = nn.Conv2d(3, 8, 3, padding=1), Pair()
+            self.to_nhwc, self.norm = nn.Identity(), nn.LayerNorm(8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, _ = self.pair(self.conv(x))
+            h = self.norm(self.to_nhwc(a.permute(0, 2, 3, 1)))
+            return self.head(h.mean((1, 2)))
+
+    model, x = ChannelsLast().eval(), torch.rand(2, 3, 6, 6)
+    with pytest.raises(ConfigError, match="'head' returns the model's output"):
+        resolve_layer(model, "head", x)
+    with pytest.raises(ConfigError, match="'pair' returns no single tensor"):
+        resolve_layer(model, "pair", x)
+    with pytest.raises(ConfigError, match=r"'norm' returns \(6, 6, 8\), a channels-last"):
+        resolve_layer(model, "norm", x)
+    assert resolve_layer(model, "conv", x) == "conv"
+    assert resolve_layer(model, "auto", x) == "conv"  # not the channels-last norm after it
+
+
+def test_auto_on_timm_swin_says_its_maps_are_channels_last() -> None:
+    timm = pytest.importorskip("timm")
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=56, window_size=7, depths=(1, 1), num_heads=(1, 2),
+        embed_dim=16, num_classes=3,
+    ).eval()  # fmt: skip
+    with pytest.raises(ConfigError, match=r"channels-last, \(B, H, W, C\), as timm's Swin"):
+        resolve_layer(swin, "auto", torch.rand(1, 3, 56, 56))

@@ -45,6 +45,30 @@ def test_penalty_of_a_linear_head_is_its_weight_along_v() -> None:
     assert torch.allclose(rr_penalty(gf, vf, "position"), (lin.weight[1] @ vf) ** 2, atol=1e-6)
 
 
+def test_the_penalty_on_tokens_sums_over_tokens_the_component_along_the_embedding() -> None:
+    """An outside check: a ViT block's (B, N tokens, D) gradient was read as (B, C=N, P=D), so the
+    per-position penalty summed over the embedding's D dimensions instead of the tokens, and penalised a
+    gradient orthogonal to the direction (0.0151 where it is 0)."""
+    torch.manual_seed(0)
+    n_tok, dim = 5, 4
+    v = torch.randn(n_tok * dim)
+    v = v / v.norm()
+    vt = v.view(n_tok, dim)
+    g = torch.randn(3, n_tok, dim)
+    # per token t, the component of its D-vector along v's D-vector at t: Σ_t (g_t · v_t)²
+    want = ((g * vt).sum(2) ** 2).sum(1).mean()
+    assert torch.allclose(rr_penalty(g, v, "position"), want, atol=1e-6)
+    assert torch.allclose(rr_penalty(g, v, "whole"), ((g.flatten(1) @ v) ** 2).mean(), atol=1e-6)
+    # a gradient orthogonal to v at every token is not penalised
+    ortho = g - (g * vt).sum(2, keepdim=True) * vt / (vt * vt).sum(1, keepdim=True)
+    assert float(rr_penalty(ortho, v, "position")) < 1e-10
+    # a channel (embedding) direction: per token, the component along it
+    vc = torch.randn(dim)
+    vc = vc / vc.norm()
+    assert torch.allclose(rr_penalty(g, vc, "position"), ((g @ vc) ** 2).sum(1).mean(), atol=1e-6)
+    assert torch.allclose(rr_penalty(g, vc, "whole"), ((g.mean(1) @ vc) ** 2).mean(), atol=1e-6)
+
+
 def test_penalty_is_differentiable_in_the_weights() -> None:
     head = nn.Linear(5, 3)
     a = torch.randn(4, 5, requires_grad=True)

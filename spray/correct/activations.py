@@ -5,7 +5,10 @@ A layer is a module path as ``model.named_modules()`` spells it (``"features"``,
 ``(B, C, H, W)`` with a spatial grid (``H·W > 1``: ``layer4`` of a torchvision ResNet, not its ``avgpool``,
 whose 1×1 output leaves the artifact region no footprint); of modules returning the very same tensor (a
 container and its last child) it takes the outermost, so that the artifact direction is defined on the
-whole block's output. A chosen or named layer with a 1×1 output is used with a WARNING.
+whole block's output. A chosen or named layer with a 1×1 output is used with a WARNING. In a transformer,
+``auto`` takes the last block's ``(B, tokens, D)`` output, else the last feature map after its attention.
+A channels-last ``(B, H, W, C)`` output (timm's Swin), one that is no single tensor, and the model's
+output (the logits) are refused.
 """
 
 from __future__ import annotations
@@ -114,8 +117,58 @@ def resolve_layer(model: nn.Module, layer: str, example: torch.Tensor) -> str:
                 "runs once (e.g. its parent)."
             )
         chosen = layer
+        _check_named(model, chosen, calls, example)
     _warn_without_grid(chosen, layer, calls)
     return chosen
+
+
+def _attention_paths(model: nn.Module) -> list[str]:
+    """Paths of the model's attention modules (a ``MultiheadAttention``, a class named "...Attention...")."""
+    return [
+        p
+        for p, m in model.named_modules()
+        if p and (isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower())
+    ]
+
+
+def _channels_last(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether a 4-D output is ``(B, H, W, C)``: its last axis, not its second, has the width a LayerNorm of
+    the model normalises over (timm's Swin, a ConvNeXt block's inside)."""
+    if len(shape) != 4:
+        return False
+    widths = {m.normalized_shape[-1] for m in model.modules() if isinstance(m, nn.LayerNorm)}
+    return shape[3] in widths and shape[1] not in widths
+
+
+def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: torch.Tensor) -> None:
+    """Refuse a named layer whose output spray cannot correct at: no tensor, channels-last, the logits."""
+    shape = next(c.shape for c in calls if c.path == layer)
+    if not shape:
+        raise ConfigError(
+            f"correction.layer: {layer!r} returns no single tensor (a tuple or another object), so it has no "
+            "one activation to correct; name its parent block or a submodule that returns a tensor. "
+            f"Layers: {_layer_list(model)}."
+        )
+    if _channels_last(model, shape):
+        raise ConfigError(
+            f"correction.layer: {layer!r} returns {tuple(shape[1:])}, a channels-last (H, W, C) map; spray "
+            "corrects at (B, C, H, W) feature maps and (B, tokens, D) transformer outputs, and would read "
+            "this one's height as its channels. Name such a layer (a torchvision Swin's 'permute')."
+        )
+    got: list[object] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: got.append(out))
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        handle.remove()
+    if got and got[-1] is out:
+        raise ConfigError(
+            f"correction.layer: {layer!r} returns the model's output, its class scores: a direction there "
+            "mixes the classes, and projecting it out or penalising it removes class evidence, not a "
+            "shortcut's feature. Name an earlier layer ('auto' takes the last feature map or transformer "
+            "block)."
+        )
 
 
 def _has_grid(shape: tuple[int, ...]) -> bool:
@@ -140,11 +193,20 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
                 block,
             )
             return block
-    maps = [c for c in calls if len(c.shape) == 4]
+    # in a transformer, a map is one after its last attention (a stem's map before it is no feature map)
+    inside = _attention_paths(model)
+    attended = [c.order for c in calls if any(c.path == p or c.path.startswith(p + ".") for p in inside)]
+    after = max(attended, default=-1)
+    maps = [c for c in calls if len(c.shape) == 4 and c.order > after and not _channels_last(model, c.shape)]
     if not maps:
+        why = (
+            " (its 4-D outputs are channels-last, (B, H, W, C), as timm's Swin keeps them)"
+            if any(_channels_last(model, c.shape) for c in calls)
+            else ""
+        )
         raise ConfigError(
-            "correction.layer: the model has no module with a (B, C, H, W) output to correct at; name one "
-            f"explicitly. Layers: {_layer_list(model)}."
+            f"correction.layer: the model has no module with a (B, C, H, W) output to correct at{why}; name "
+            f"a layer with a (B, C, H, W) or (B, tokens, D) output. Layers: {_layer_list(model)}."
         )
     last = ([c for c in maps if _has_grid(c.shape)] or maps)[-1]
     same = [c for c in calls if c.output_id == last.output_id]

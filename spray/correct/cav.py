@@ -21,7 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from spray.correct.activations import pool
-from spray.errors import SprayError
+from spray.errors import ConfigError, SprayError
 from spray.runs.atomic import atomic_save_npz
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,14 @@ def fit_direction(
         With ``"auto"``, ``"max"`` is kept only when its AUROC beats ``"none"``'s by more than this.
     """
     spatial = acts.fit_artifact.dim() == 4
-    options = ["none", "max"] if pooling == "auto" else [pooling]
-    if not spatial:
-        options = ["none"]
+    if not spatial and pooling in ("max", "mean"):
+        # a token or flat output has no (H, W) grid to pool over: "none" would run under the name asked for
+        raise ConfigError(
+            f"correction.pooling: {pooling!r} pools a (B, C, H, W) feature map over its positions, but the "
+            f"output of {layer!r} is {tuple(acts.fit_artifact.shape[1:])} (transformer tokens or a flat "
+            "vector). Set correction.pooling: none (or auto), or name a layer with a feature map."
+        )
+    options = ["none"] if not spatial else ["none", "max"] if pooling == "auto" else [pooling]
     fitted: dict[str, tuple[np.ndarray, Separation]] = {}
     for p in options:
         fa, fr = pool(acts.fit_artifact, p).numpy(), pool(acts.fit_reference, p).numpy()

@@ -77,7 +77,8 @@ def rr_penalty(grad: torch.Tensor, vectors: torch.Tensor, aggregation: str) -> t
     Parameters
     ----------
     grad : torch.Tensor
-        ``(B, C, H, W)`` or ``(B, D)`` gradient of the output w.r.t. the layer's activation.
+        ``(B, C, H, W)``, ``(B, N, D)`` (a transformer's tokens: ``D`` channels at ``N`` positions) or
+        ``(B, D)`` gradient of the output w.r.t. the layer's activation.
     vectors : torch.Tensor
         ``(n, D)`` orthonormal directions (or one ``(D,)``): over a whole activation (``C·H·W``), or over
         channels (pooled directions).
@@ -89,16 +90,22 @@ def rr_penalty(grad: torch.Tensor, vectors: torch.Tensor, aggregation: str) -> t
     v = vectors.to(grad.dtype).reshape(-1, vectors.shape[-1])  # (n, D)
     if grad.dim() <= 2:
         return ((grad.flatten(1) @ v.T) ** 2).sum(1).mean()
-    g = grad.flatten(2)  # (B, C, P)
     full = v.shape[1] == grad[0].numel()
     if aggregation == "whole":
-        comp = (g.flatten(1) @ v.T) if full else (g.mean(2) @ v.T)
+        comp = (grad.flatten(1) @ v.T) if full else (_channels_first(grad).mean(2) @ v.T)
         return (comp**2).sum(1).mean()
+    g = _channels_first(grad)  # (B, C, P)
     if full:
-        comp = torch.einsum("bcp,ncp->bnp", g, v.view(len(v), g.shape[1], -1))
+        comp = torch.einsum("bcp,ncp->bnp", g, _channels_first(v.view(len(v), *grad.shape[1:])))
     else:
         comp = torch.einsum("bcp,nc->bnp", g, v)
     return (comp**2).sum((1, 2)).mean()
+
+
+def _channels_first(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` as ``(B, C, H·W)``; a transformer's ``(B, N, D)`` tokens as ``(B, D, N)``: the channel
+    axis first, the positions last (tokens carry their channels last)."""
+    return t.transpose(1, 2) if t.dim() == 3 else t.flatten(2)
 
 
 def region_share(activation: torch.Tensor, grad: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
