@@ -86,9 +86,7 @@ def _verdict(rec: CorrectionRecord) -> str:
          None if v.relevance_drop is None else v.relevance_drop >= GOAL_RELEVANCE_DROP),
         (f"clean accuracy {v.accuracy_text()} (goal: no loss over {_points(GOAL_ACCURACY_LOSS)})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
-        ("the re-audit no longer flags the finding"
-         + ("" if rec.reaudit is None or rec.reaudit.cleared is not None else " (not judged: not flagged before)"),
-         v.finding_cleared),
+        ("the re-audit no longer flags the finding" + _not_judged(rec), v.finding_cleared),
     ]  # fmt: skip
     return (
         "<ul>"
@@ -97,6 +95,13 @@ def _verdict(rec: CorrectionRecord) -> str:
         + "".join(f"<p class='unmet'>Warning: {html.escape(w)}.</p>" for w in rec.warnings())
         + _share_note(rec)
     )
+
+
+def _not_judged(rec: CorrectionRecord) -> str:
+    """Why the re-audit's flag cannot judge the correction, in its own words (its model checks' doubts, or a
+    finding the source run did not flag either); empty when it judged, or did not run."""
+    r = rec.reaudit
+    return "" if r is None or r.cleared is not None else f" ({r.outcome})"
 
 
 def _share_note(rec: CorrectionRecord) -> str:
