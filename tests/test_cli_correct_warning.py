@@ -1,4 +1,4 @@
-"""``spray correct``'s clean-accuracy warning: only for a loss the noise cannot explain, with the advice of
+"""``spray correct``'s (and report.html's) clean-accuracy warning: only for a loss the noise cannot explain, with the advice of
 the method that was run (P-ClArC trains nothing, so "a lower rr_lambda or lr" is no remedy for it)."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from spray.cli.correct import _accuracy_warning
-from spray.correct.record import Verdict
+from spray.correct.record import CorrectionRecord, Verdict
 
 
 @dataclass
@@ -20,6 +19,10 @@ class _Record:
     verdict: Verdict
     parameters: dict[str, Any] = field(default_factory=dict)
     footprint: object | None = None
+
+
+def _accuracy_warning(rec: _Record) -> str:
+    return CorrectionRecord.accuracy_warning(rec)  # type: ignore[arg-type]
 
 
 def _lost(points: float, interval: tuple[float, float] | None) -> Verdict:
@@ -160,6 +163,7 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
     from spray.correct.record import CorrectionRecord
 
     said = {
+        "accuracy_warning": "z",
         "stronger_warning": "a",
         "not_cleared_advice": "",
         "class_accuracy_warning": "c",
@@ -168,4 +172,4 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "lookalike_warning": "f",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
-    assert CorrectionRecord.warnings(rec) == ["a", "c", "d", "e", "f"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["z", "a", "c", "d", "e", "f"]  # type: ignore[arg-type]

@@ -217,9 +217,6 @@ def _table(outcome: Any) -> str:
     )
     lines.append(f"  flip rate {change_words(v.flip_drop)}, relevance share {change_words(v.relevance_drop)}, "
                  f"clean accuracy {v.accuracy_text()}")  # fmt: skip
-    warning = _accuracy_warning(rec)
-    if warning:
-        lines.append(f"  WARNING: {warning}")
     lines += [f"  WARNING: {w}" for w in rec.warnings()]
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:
@@ -233,41 +230,6 @@ def _table(outcome: Any) -> str:
         lines.append(f"  re-audit: {r.describe()}")
     lines.append(f"  report: {outcome.folder / 'report.html'}")
     return "\n".join(lines)
-
-
-def _accuracy_warning(rec: Any) -> str:
-    """The warning of a corrected model that lost clean accuracy, with the method's own remedy.
-
-    Empty unless the loss is over the goal (a point) and, where the record has the 95 % interval of the
-    change, the interval excludes 0 (a loss the noise of which images flipped cannot explain).
-
-    Parameters
-    ----------
-    rec : CorrectionRecord
-        The correction's record.
-    """
-    from spray.correct.html import GOAL_ACCURACY_LOSS
-
-    v, p = rec.verdict, rec.parameters
-    if v.accuracy_change >= -GOAL_ACCURACY_LOSS:
-        return ""
-    if v.accuracy_interval is not None and v.accuracy_interval[1] >= 0:
-        return ""
-    if rec.method == "pclarc":
-        fix = (
-            "P-ClArC trains nothing: it projects the direction out at inference, and that projection is what "
-            "costs the accuracy; compare --method rrclarc (fine-tuning) or --method retrain"
-        )
-    elif rec.method == "retrain":
-        more = "retrain_epochs" if p.get("retrain_init", "scratch") == "scratch" else "epochs"
-        fix = f"the retrained model may be undertrained; try more correction.{more}"
-    else:
-        fix = (
-            "try a lower correction.rr_lambda (--lambda) or correction.lr"
-            + (" or correction.rr_directions 1" if int(p.get("rr_directions", 1)) > 1 else "")
-            + (" or a lower correction.rr_region_weight" if rec.footprint is not None else "")
-        )
-    return f"the corrected model lost {-100 * v.accuracy_change:.2f} points of clean accuracy; {fix} before using it"
 
 
 def _refuse_another_keys_flags(cfg: Any) -> None:
