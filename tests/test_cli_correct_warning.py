@@ -19,6 +19,10 @@ class _Record:
     verdict: Verdict
     parameters: dict[str, Any] = field(default_factory=dict)
     footprint: object | None = None
+    reaudit: object | None = None
+    subspace: object | None = None
+    kept_shortcut = CorrectionRecord.kept_shortcut
+    more_directions = CorrectionRecord.more_directions
 
 
 def _accuracy_warning(rec: _Record) -> str:
@@ -77,8 +81,9 @@ def test_a_model_that_gives_up_the_class_is_warned_of() -> None:
         )
         params = {} if limit is None else {"max_class_accuracy_drop": limit}
         return SimpleNamespace(
-            evaluation=ev, group=SimpleNamespace(class_name="shirt"), parameters=params, method=method
-        )
+            evaluation=ev, group=SimpleNamespace(class_name="shirt"), parameters=params, method=method,
+            kept_shortcut=lambda: False,
+        )  # fmt: skip
 
     text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03))
     assert "gets 3.0 % of the class shirt's own clean images right, against 71.0 % before" in text
@@ -124,7 +129,7 @@ def test_a_correction_that_strengthened_the_shortcut_says_so_and_what_to_try() -
     def rec(flip_drop: float | None, share_drop: float | None) -> Any:
         return SimpleNamespace(
             verdict=Verdict(flip_drop, share_drop, 0.0, False), method="pclarc",
-            direction=SimpleNamespace(layer="stages.3.downsample.0"),
+            direction=SimpleNamespace(layer="stages.3.downsample.0"), more_directions=list, larger_lambda=list,
         )  # fmt: skip
 
     text = CorrectionRecord.stronger_warning(rec(-0.2, 0.1))
@@ -147,7 +152,10 @@ def test_a_finding_the_reaudit_still_flags_gets_the_next_step_of_its_method() ->
     from spray.correct.record import CorrectionRecord
 
     def rec(method: str, cleared: bool | None) -> Any:
-        return SimpleNamespace(method=method, reaudit=SimpleNamespace(cleared=cleared))
+        return SimpleNamespace(
+            method=method, reaudit=SimpleNamespace(cleared=cleared), more_directions=list,
+            larger_lambda=lambda: ["a larger correction.rr_lambda"],
+        )  # fmt: skip
 
     assert "--method pclarc" in CorrectionRecord.not_cleared_advice(rec("rrclarc", False))
     assert "correction.layer" in CorrectionRecord.not_cleared_advice(rec("pclarc", False))

@@ -30,3 +30,30 @@ def test_the_lost_clean_accuracy_is_warned_of_in_the_report() -> None:
     )
     kept = record(method="pclarc", after=scores(clean=0.835, flip=0.05, share=0.05), rea=reaudit(True, False))
     assert "lost" not in render_correction_html(kept)
+
+
+def _rr_advice(clean_after: float, still_flagged: bool, held: float) -> str:
+    """Every warning of an RR-ClArC record (clean accuracy 82.9 % before) as one text."""
+    from spray.correct.subspace import SubspaceSummary
+
+    rec = record(
+        after=scores(clean=clean_after, flip=0.3, share=0.3),
+        rea=reaudit(True, still_flagged),
+        subspace=SubspaceSummary(1, held, held, 400),
+    )
+    return " ".join(rec.warnings())
+
+
+def test_rrclarc_advice_turns_each_setting_one_way() -> None:
+    """An outside check: RR-ClArC at a ViT's blocks.0 lost accuracy and kept the finding flagged, and the
+    advice said both "a lower correction.rr_lambda" and "a larger correction.rr_lambda", while its CAV held
+    48 % of the paste's effect and nothing named correction.rr_directions."""
+    both = _rr_advice(0.75, True, 0.48)
+    assert "lower correction.rr_lambda" not in both and "larger correction.rr_lambda" not in both
+    assert "no correction.rr_lambda helps both" in both
+    assert "correction.rr_directions, now 1: the CAV holds only 48 % of the paste's effect" in both
+    kept = _rr_advice(0.83, True, 0.9)  # accuracy kept, the finding still flagged: correct harder
+    assert "a larger correction.rr_lambda" in kept and "lower correction.rr_lambda" not in kept
+    assert "rr_directions" not in kept  # the CAV holds most of the effect
+    lost = _rr_advice(0.75, False, 0.48)  # the finding cleared at a cost: correct less
+    assert "a lower correction.rr_lambda" in lost and "larger correction.rr_lambda" not in lost
