@@ -316,14 +316,18 @@ def test_flags_of_a_run_of_other_weights_are_pointed_out(caplog: pytest.LogCaptu
     assert "set on run oldrun123456" in caplog.text and "other model weights" in caplog.text
     assert "finding 1/k3/c2 holds most of them there" in caplog.text
     caplog.clear()
-    for models in (
-        {"oldrun123456789": "w1"},
-        {},
-    ):  # the same weights, or the flags' run is gone: nothing to say
-        _warn_other_weights(
-            flags, SourceRun("newrun", Path("x"), "w1", [], [], run_models=models), "w1", None
-        )
+    _warn_other_weights(  # the same weights: nothing to say
+        flags, SourceRun("newrun", Path("x"), "w1", [], [], run_models={"oldrun123456789": "w1"}), "w1", None
+    )
     assert not caplog.text
+    # an outside check: flags of another runs folder (--flags-db other/flags.sqlite, another model) were used
+    # without a word, since their run is not in this runs folder
+    elsewhere = SourceRun("newrun", Path("runs/newrun"), "w1", [], [], run_models={"newrun": "w1"})
+    with caplog.at_level("WARNING", logger="spray.correct.plan"):
+        _warn_other_weights(flags, elsewhere, "w1", None)
+    assert "set on run oldrun123456, which is not in this runs folder (runs; flags of another" in caplog.text
+    assert "whether it audited these weights cannot be told" in caplog.text
+    assert "other model weights" not in caplog.text
 
 
 def test_source_run_by_folder_prefix_and_class_out_of_range(audited: World) -> None:

@@ -260,7 +260,8 @@ def _seen_by(flags: FlagSelection, source: SourceRun) -> set[str] | None:
 
 
 def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, key: str | None) -> None:
-    """A warning when the flags were set on runs of other weights than the corrected model's."""
+    """A warning when the flags were set on runs of other weights than the corrected model's, or on runs this
+    runs folder does not hold (whose weights cannot be told)."""
     current = str(MODEL_HASH_VERSION)
     older = [
         r
@@ -273,6 +274,17 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
             "the flags were set on run %s, audited by an older spray that fingerprinted models otherwise: whether "
             "it audited these weights cannot be told; this correction takes them to run %s (%s)",
             ", ".join(r[:12] for r in older), source.run_id[:12], f"finding {key}" if key else "no finding holds half",
+        )  # fmt: skip
+    # a run not in this runs folder (flags from another folder's database) may have audited any model
+    unknown = [r for r in flags.run_ids if r not in source.run_models]
+    if unknown:
+        log.warning(
+            "the flags were set on run %s, which is not in this runs folder (%s; flags of another runs folder's "
+            "database, or a run removed since): whether it audited these weights cannot be told; this correction takes them to run %s (%s): check that they mark this "
+            "model's shortcut (spray flags check, or the dashboard), or use the flag database of this runs "
+            "folder (correction.flags_db, --flags-db)",
+            ", ".join(r[:12] for r in unknown), source.path.parent, source.run_id[:12],
+            f"finding {key} holds most of them there" if key else "no finding there holds half of them",
         )  # fmt: skip
     other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights and r not in older]
     if other:
