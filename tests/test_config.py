@@ -400,3 +400,26 @@ def test_an_empty_class_name_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"class names must not be empty: label 1 has none"):
         DataConfig(kind="idx", images="i.gz", labels="l.gz", class_names=["a", " ", "k3"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_correction_number_must_be_finite(tmp_path: Path, value: str) -> None:
+    """An outside check: ``spray correct --lambda nan`` said "should be ≤ 10000000 (got nan)"."""
+    import argparse
+
+    import yaml
+
+    from spray.cli.correct import _config
+
+    raw = _base(tmp_path)
+    raw["correction"] = {"rr_lambda": float(value)}
+    with pytest.raises(ConfigError, match=r"correction\.rr_lambda.*finite number"):
+        config_from_dict(raw, base_dir=tmp_path)
+    del raw["correction"]
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(raw))
+    args = argparse.Namespace(config=str(tmp_path / "audit.yaml"), runs_dir=None, no_reaudit=False,
+                              flags_db=None, rr_lambda=float(value))  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        _config(args)
+    assert "correction.rr_lambda: Input should be a finite number" in str(e.value)
+    assert "less than or equal" not in str(e.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from spray.config.data import DataConfig
 from spray.config.section import Section
@@ -17,6 +17,9 @@ MAX_RR_LAMBDA = 1e7
 
 class CorrectionConfig(Section):
     """Correcting a flagged shortcut: the artifact group, its direction, the method and its evaluation."""
+
+    # nan passes no bound check's wording ("should be ≤ 1e7 (got nan)"): refuse it, and inf, as not finite
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     method: Literal["pclarc", "rrclarc", "retrain"] = Field(
         "rrclarc",
