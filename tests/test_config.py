@@ -423,3 +423,14 @@ def test_a_correction_number_must_be_finite(tmp_path: Path, value: str) -> None:
         _config(args)
     assert "correction.rr_lambda: Input should be a finite number" in str(e.value)
     assert "less than or equal" not in str(e.value)
+
+
+def test_the_auto_correction_layer_names_the_transformer_rule() -> None:
+    """An outside check: docs/config.md's correction.layer said only "the last (B, C, H, W) module", while
+    'auto' takes a ViT's last block, whose output is (B, tokens, D)."""
+    from spray.config.correction import CorrectionConfig
+
+    text = CorrectionConfig.model_fields["layer"].description or ""
+    assert "transformer" in text and "last block" in text and "(B, tokens, D)" in text
+    docs = (Path(__file__).parent.parent / "docs" / "config.md").read_text()
+    assert text.replace("|", "\\|") in docs  # docs/config.md regenerated (python -m spray.config)

@@ -30,7 +30,10 @@ class CorrectionConfig(Section):
     layer: str = Field(
         "auto",
         description="Module path (as in model.named_modules()) whose output carries the artifact "
-        "direction; 'auto' takes the last module with a (B, C, H, W) output with H·W > 1 (e.g. 'features', 'layer4'; a 1×1 layer such as ResNet's avgpool is warned about).",
+        "direction; 'auto' takes, for a transformer (a ViT, DeiT), its last block, whose output is (B, tokens, D) "
+        "with no spatial grid; else the last module with a (B, C, H, W) output with H·W > 1 (e.g. 'features', "
+        "'layer4'; a Swin's channels-last blocks are searched this way too; a 1×1 layer such as ResNet's avgpool "
+        "is warned about).",
     )
     flags_db: Path | None = Field(
         None, description="Flag database (SQLite); default <output.runs_dir>/flags.sqlite."
