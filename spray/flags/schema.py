@@ -21,6 +21,7 @@ folder kept its flag unnamed).
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 SCHEMA_VERSION = 4
 
@@ -111,3 +112,21 @@ def upgrade(con: sqlite3.Connection) -> int:
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )
     return had
+
+
+#: The first bytes of every SQLite 3 database file (sqlite.org/fileformat.html).
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: Names of a database file: without SQLite's header such a file is a damaged database, any other a wrong path.
+DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
+def maybe_database(path: Path) -> bool:
+    """Whether ``path`` may be a (damaged) SQLite database: it starts with SQLite's header, is empty or
+    unreadable (SQLite's own message says more), or is named as a database file; False for another kind of
+    file given as one (a config, an image)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return True
+    return not head or head == SQLITE_HEADER or path.suffix.lower() in DB_SUFFIXES

@@ -40,7 +40,14 @@ from urllib.parse import quote
 
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
-from spray.flags.schema import SCHEMA, SCHEMA_VERSION, read_current_as_now, stored_version, upgrade
+from spray.flags.schema import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    maybe_database,
+    read_current_as_now,
+    stored_version,
+    upgrade,
+)
 from spray.flags.table import EXPORT_COLUMNS, INTEGER_COLUMNS, frame_to_bytes
 
 log = logging.getLogger("spray.flags")
@@ -152,6 +159,12 @@ class FlagStore:
             return DataError(
                 f"Cannot open the flag database {self.path} ({msg}): check that its folder exists and is "
                 "readable and writable."
+            )
+        if not maybe_database(self.path):  # a config given as the database: moving it aside is no fix
+            return DataError(
+                f"{self.path} is not a flag database: it is not a SQLite file ({msg}). Give the flag database "
+                "(--db / --flags-db, correction.flags_db; by default RUNS_DIR/flags.sqlite), or a new path to "
+                "start an empty one."
             )
         return DataError(
             f"The flag database {self.path} is damaged or not a SQLite file ({msg}). spray does not touch "

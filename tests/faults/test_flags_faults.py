@@ -62,6 +62,24 @@ def test_garbage_database_is_named_and_left_alone(
     assert bad.read_bytes() == before  # refused, never "repaired" or replaced
 
 
+@pytest.mark.parametrize("writer", [False, True])
+def test_a_file_that_is_no_database_is_not_advised_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], writer: bool
+) -> None:
+    """An outside check: ``spray correct --flags-db demo.yaml`` advised ``mv demo.yaml demo.yaml.damaged``."""
+    config = tmp_path / "demo.yaml"
+    config.write_text("model:\n  architecture: vit\n")
+    before = config.read_bytes()
+    with pytest.raises(DataError) as e:
+        FlagStore(config, read_only=not writer)
+    said = str(e.value)
+    assert f"{config} is not a flag database: it is not a SQLite file" in said and "--flags-db" in said
+    assert ".damaged" not in said and "mv " not in said
+    assert config.read_bytes() == before
+    res = run_main(["flags", "list", "--db", str(config)], capsys)
+    assert_clean_failure(res, 1, str(config), "is not a flag database")
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.2])
 def test_truncated_database_fails_loudly_instead_of_listing_fewer_flags(
     db: Path, capsys: pytest.CaptureFixture[str], keep: float
