@@ -57,3 +57,21 @@ def test_rrclarc_advice_turns_each_setting_one_way() -> None:
     assert "rr_directions" not in kept  # the CAV holds most of the effect
     lost = _rr_advice(0.75, False, 0.48)  # the finding cleared at a cost: correct less
     assert "a lower correction.rr_lambda" in lost and "larger correction.rr_lambda" not in lost
+
+
+def test_a_flip_rate_of_0_before_and_after_was_measured() -> None:
+    """An outside check: a paste that flipped nothing before or after was summed up as "flip rate not
+    measured"."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from spray.cli.correct import _table
+
+    rec = record(before=scores(flip=0.0), after=scores(flip=0.0, share=0.05), rea=reaudit(True, False))
+    page = render_correction_html(rec)
+    assert "paste flip rate 0 before and after: nothing to remove (goal: down ≥ 90%): " in page
+    assert "nothing to remove</span>" in page and "not measured" not in page
+    table = _table(SimpleNamespace(record=rec, up_to_date=False, folder=Path("c")))
+    assert "flip rate 0 before and after: nothing to remove, relevance share down 87.5 %" in table
+    risen = render_correction_html(record(before=scores(flip=0.0), after=scores(flip=0.2)))
+    assert "paste flip rate up from 0 to 20.0 %" in risen

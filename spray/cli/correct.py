@@ -179,7 +179,7 @@ def _resolve_test_paths(data: Any, base: Path) -> None:
 
 
 def _table(outcome: Any) -> str:
-    from spray.correct.record import change_words
+    from spray.correct.record import change_between
 
     rec = outcome.record
     b, a = rec.evaluation.before, rec.evaluation.after
@@ -215,8 +215,8 @@ def _table(outcome: Any) -> str:
     lines.append(
         f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{a.sensitivity_abs:10.3g}"
     )
-    lines.append(f"  flip rate {change_words(v.flip_drop)}, relevance share {change_words(v.relevance_drop)}, "
-                 f"clean accuracy {v.accuracy_text()}")  # fmt: skip
+    lines.append(f"  flip rate {change_between(b.flip_rate, a.flip_rate)}, relevance share "
+                 f"{change_between(b.relevance_share, a.relevance_share)}, clean accuracy {v.accuracy_text()}")  # fmt: skip
     lines += [f"  WARNING: {w}" for w in rec.warnings()]
     margin = float(rec.parameters.get("min_flip_over_null", 0.05))
     if b.flip_null is not None and b.flip_rate - b.flip_null < margin:

@@ -18,7 +18,7 @@ from spray.correct.record import (
     GOAL_FLIP_DROP,
     GOAL_RELEVANCE_DROP,
     CorrectionRecord,
-    change_words,
+    change_between,
 )
 from spray.correct.source import FindingMatch
 from spray.imaging import png_data_uri, resize_nearest
@@ -57,9 +57,9 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-def _mark(ok: bool | None) -> str:
+def _mark(ok: bool | None, unjudged: str = "not measured") -> str:
     if ok is None:
-        return "<span class='small'>not measured</span>"
+        return f"<span class='small'>{unjudged}</span>"
     return "<span class='met'>met</span>" if ok else "<span class='unmet'>not met</span>"
 
 
@@ -88,19 +88,28 @@ def _points(share: float) -> str:
 
 
 def _verdict(rec: CorrectionRecord) -> str:
-    v = rec.verdict
+    v, b, a = rec.verdict, rec.evaluation.before, rec.evaluation.after
+    # a measure that was 0 before has no relative drop: nothing to remove (not judged), or a rise from 0 (unmet)
+    flip_ok = (None if a.flip_rate <= 0 else False) if v.flip_drop is None else v.flip_drop >= GOAL_FLIP_DROP
+    share_ok = (
+        (None if a.relevance_share <= 0 else False)
+        if v.relevance_drop is None
+        else v.relevance_drop >= GOAL_RELEVANCE_DROP
+    )
     items = [
-        (f"paste flip rate {change_words(v.flip_drop)} (goal: down ≥ {GOAL_FLIP_DROP:.0%})",
-         None if v.flip_drop is None else v.flip_drop >= GOAL_FLIP_DROP),
-        (f"relevance share on the artifact {change_words(v.relevance_drop)} (goal: down ≥ {GOAL_RELEVANCE_DROP:.0%})",
-         None if v.relevance_drop is None else v.relevance_drop >= GOAL_RELEVANCE_DROP),
+        (f"paste flip rate {change_between(b.flip_rate, a.flip_rate)} (goal: down ≥ {GOAL_FLIP_DROP:.0%})", flip_ok),
+        (f"relevance share on the artifact {change_between(b.relevance_share, a.relevance_share)} (goal: down ≥ "
+         f"{GOAL_RELEVANCE_DROP:.0%})", share_ok),
         (f"clean accuracy {v.accuracy_text()} (goal: no loss over {_points(GOAL_ACCURACY_LOSS)})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
         ("the re-audit no longer flags the finding" + _not_judged(rec), v.finding_cleared),
     ]  # fmt: skip
     return (
         "<ul>"
-        + "".join(f"<li>{html.escape(t)}: {_mark(ok)}</li>" for t, ok in items)
+        + "".join(
+            f"<li>{html.escape(t)}: {_mark(ok, 'nothing to remove' if i < 2 else 'not measured')}</li>"
+            for i, (t, ok) in enumerate(items)
+        )
         + "</ul>"
         + "".join(f"<p class='unmet'>Warning: {html.escape(w)}.</p>" for w in rec.warnings())
         + _share_note(rec)

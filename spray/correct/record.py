@@ -89,6 +89,17 @@ def change_words(drop: float | None) -> str:
     return f"{'down' if drop >= 0 else 'up'} {100 * abs(drop):.1f} %"
 
 
+def change_between(before: float, after: float) -> str:
+    """A measure's change in words: :func:`change_words` of its relative drop, or, where it was 0 before (no
+    relative drop), what it did from 0: "0 before and after: nothing to remove" (measured, not missing)."""
+    drop = relative_drop(before, after)
+    if drop is not None:
+        return change_words(drop)
+    if after <= 0:
+        return "0 before and after: nothing to remove"
+    return f"up from 0 to {100 * after:.1f} %"
+
+
 @dataclass
 class Verdict:
     """The headline numbers (relative drops are ``(before − after) / before``; None when before is 0).
