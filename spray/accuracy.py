@@ -178,14 +178,15 @@ def data_notes(extra: object) -> list[str]:
     return [str(s) for s in notes] if isinstance(notes, list) else []
 
 
-def model_problems(extra: object) -> list[str]:
+def model_problems(extra: object, *, corrected: bool = False) -> list[str]:
     """What a run's recorded checks of the model found, each a reason its heatmaps may show no shortcut:
     its accuracy, the heatmaps' contrast (:mod:`spray.heatmap_contrast`) and the logit share they carry
-    (:mod:`spray.conservation`); empty for runs without a record."""
+    (:mod:`spray.conservation`); empty for runs without a record. ``corrected``: the run is a correction's
+    re-audit (see :func:`problems`)."""
     from spray import conservation, heatmap_contrast
 
     acc = recorded_accuracy(extra)
-    out = [] if acc is None else problems(acc)
+    out = [] if acc is None else problems(acc, corrected=corrected)
     # Each check records its fields under its key in ``extra`` and words them with its own problems().
     for key, sentences in (
         ("heatmap_contrast", heatmap_contrast.problems),
@@ -196,8 +197,19 @@ def model_problems(extra: object) -> list[str]:
     return out
 
 
-def problems(acc: dict[str, Any]) -> list[str]:
-    """The sentences for one check (the fields of :class:`ModelAccuracy`): the log's, and every output's."""
+#: Why a corrected model answers at chance, in a correction's re-audit: it was audited with the source run's
+#: data, transform and config, so the correction collapsed it, not the inputs or the checkpoint.
+CORRECTION_COLLAPSED = (
+    "the corrected model collapsed: its re-audit read the source run's data with the same data.transform, so "
+    "the correction itself did this, not the inputs or model.checkpoint (the correction's warnings say what to "
+    "try)"
+)
+
+
+def problems(acc: dict[str, Any], *, corrected: bool = False) -> list[str]:
+    """The sentences for one check (the fields of :class:`ModelAccuracy`): the log's, and every output's.
+    ``corrected``: the check is of a corrected model in its re-audit, whose collapse is the correction's
+    (:data:`CORRECTION_COLLAPSED`), not a sign of inputs that differ from training."""
     out = []
     shifted = acc.get("shifted") or {}
     targets = set(shifted.values())
@@ -207,8 +219,14 @@ def problems(acc: dict[str, Any]) -> list[str]:
         out.append(
             f"The model predicts the images of {len(shifted)} other classes mostly as {one} "
             f"({', '.join(list(shifted)[:6])}): it answers {one} for nearly everything. That is what a model "
-            "that does not tell the classes apart does (weights that are not the trained ones, a training that "
-            "collapsed, inputs it cannot read: check data.transform), more likely than classes out of order."
+            "that does not tell the classes apart does ("
+            + (
+                CORRECTION_COLLAPSED
+                if corrected
+                else "weights that are not the trained ones, a training that collapsed, inputs it cannot read: "
+                "check data.transform"
+            )
+            + "), more likely than classes out of order."
         )
     elif shifted:
         pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])
@@ -229,11 +247,16 @@ def problems(acc: dict[str, Any]) -> list[str]:
             "was never trained on)."
         )
     if acc.get("near_chance"):
+        cause = (
+            CORRECTION_COLLAPSED
+            if corrected
+            else "its inputs probably differ from training (data.transform: resize, center_crop, interpolation, "
+            "mean/std, channels; a dataset that normalises its images itself), the classes are in another order, "
+            "or the weights are not the trained ones (model.checkpoint)"
+        )
         out.append(
             f"The model gives the true label for only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited "
-            f"images ({_trivial(acc)}): its inputs probably "
-            "differ from training (data.transform: resize, center_crop, interpolation, mean/std, channels; a dataset that "
-            "normalises its images itself), the classes are in another order, or the weights are not the trained "
-            "ones (model.checkpoint). Its heatmaps show no shortcut: no finding here does not mean a clean model."
+            f"images ({_trivial(acc)}): {cause}. Its heatmaps show no shortcut: no finding here does not mean a "
+            "clean model."
         )
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from spray.correct.reaudit import Reaudit
@@ -150,3 +152,42 @@ def test_flags_on_part_of_a_group_are_still_flagged_when_a_suspicious_finding_ho
     assert not keeps_flag(finding(range(100, 160)), flagged, same, n)  # another group of the class
     # a finding holding most of the class holds most flagged samples by its size alone (a review)
     assert not keeps_flag(finding(range(0, 180), range(180, 260)), flagged, same, n)
+
+
+def test_a_collapsed_corrected_model_is_blamed_on_the_correction(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An outside check: a ViT corrected at patch_embed fell to 13.7 % and its re-audit's checks blamed
+    data.transform or the checkpoint, which the re-audit shares with the source run: the correction did it."""
+    from types import SimpleNamespace
+
+    import spray.audit
+    from spray.accuracy import model_problems
+    from spray.correct import reaudit as module
+
+    extra = {
+        "model_accuracy": {
+            "accuracy": 0.137, "majority_share": 0.1, "n_samples": 2000, "near_chance": True,
+            "shifted": {"cat": "dog", "ship": "dog"},
+        },
+    }  # fmt: skip
+    audited = model_problems(extra)  # a user's audit: the inputs or the weights, as before
+    assert "check data.transform" in audited[0] and "inputs probably differ from training" in audited[1]
+    report = SimpleNamespace(
+        run_id="r", run_dir=str(tmp_path / "reaudit" / "run"), findings=[], classes=[], extra=extra
+    )
+    monkeypatch.setattr(module, "load_config", lambda path: None)
+    monkeypatch.setattr(spray.audit, "audit", lambda cfg, device, progress: report)
+    r = module.run_reaudit(
+        tmp_path / "config.yaml",
+        _match(suspicious=True),
+        0,
+        ["a"],
+        (0.5, 0.5, 1.5),
+        device=None,
+        progress=False,
+    )
+    assert len(r.doubts) == 2 and all("the corrected model collapsed" in d for d in r.doubts)
+    said = " ".join(r.doubts)
+    assert "check data.transform" not in said and "inputs probably differ" not in said
+    assert "the correction itself did this" in r.describe()

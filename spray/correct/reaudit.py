@@ -161,7 +161,9 @@ def run_reaudit(
     )
     rel = Path(report.run_dir).relative_to(config_path.parent)
     keys = [f.key for f in suspicious]
-    return Reaudit(report.run_id, str(rel), before, after, still, keys, model_problems(report.extra))
+    # the re-audit read the source run's data and transform: a collapse there is the correction's
+    doubts = model_problems(report.extra, corrected=True)
+    return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)
 
 
 def slim_runs_dir(runs_dir: Path) -> None:
