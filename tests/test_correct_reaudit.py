@@ -155,7 +155,7 @@ def test_flags_on_part_of_a_group_are_still_flagged_when_a_suspicious_finding_ho
 
 
 def test_a_collapsed_corrected_model_is_blamed_on_the_correction(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An outside check: a ViT corrected at patch_embed fell to 13.7 % and its re-audit's checks blamed
     data.transform or the checkpoint, which the re-audit shares with the source run: the correction did it."""
@@ -178,15 +178,12 @@ def test_a_collapsed_corrected_model_is_blamed_on_the_correction(
     )
     monkeypatch.setattr(module, "load_config", lambda path: None)
     monkeypatch.setattr(spray.audit, "audit", lambda cfg, device, progress: report)
-    r = module.run_reaudit(
-        tmp_path / "config.yaml",
-        _match(suspicious=True),
-        0,
-        ["a"],
-        (0.5, 0.5, 1.5),
-        device=None,
-        progress=False,
-    )
+    with caplog.at_level("WARNING", logger="spray.correct.reaudit"):
+        r = module.run_reaudit(
+            tmp_path / "config.yaml", _match(suspicious=True), 0, ["a"], (0.5, 0.5, 1.5), device=None,
+            progress=False,
+        )  # fmt: skip
+    assert "the correction collapsed it, not the inputs or model.checkpoint" in caplog.text
     assert len(r.doubts) == 2 and all("the corrected model collapsed" in d for d in r.doubts)
     said = " ".join(r.doubts)
     assert "check data.transform" not in said and "inputs probably differ" not in said

@@ -163,6 +163,14 @@ def run_reaudit(
     keys = [f.key for f in suspicious]
     # the re-audit read the source run's data and transform: a collapse there is the correction's
     doubts = model_problems(report.extra, corrected=True)
+    if (
+        doubts
+    ):  # the audit's own warnings above name the inputs and weights, which it shares with the source run
+        log.warning(
+            "re-audit %s: its checks of the model (above) are of the corrected model, audited with the source "
+            "run's data and data.transform: the correction collapsed it, not the inputs or model.checkpoint",
+            report.run_id[:12],
+        )
     return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)
 
 
