@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from spray.correct.html import render_correction_html
 from tests.correction_records import reaudit, record, scores
 
@@ -62,7 +65,6 @@ def test_rrclarc_advice_turns_each_setting_one_way() -> None:
 def test_a_flip_rate_of_0_before_and_after_was_measured() -> None:
     """An outside check: a paste that flipped nothing before or after was summed up as "flip rate not
     measured"."""
-    from pathlib import Path
     from types import SimpleNamespace
 
     from spray.cli.correct import _table
@@ -75,3 +77,23 @@ def test_a_flip_rate_of_0_before_and_after_was_measured() -> None:
     assert "flip rate 0 before and after: nothing to remove, relevance share down 87.5 %" in table
     risen = render_correction_html(record(before=scores(flip=0.0), after=scores(flip=0.2)))
     assert "paste flip rate up from 0 to 20.0 %" in risen
+
+
+def test_a_region_term_that_did_not_run_is_said(tmp_path: Path) -> None:
+    """An outside check: RR-ClArC at a ViT's token layer dropped its region term (the log said so), while
+    correction.json's parameters and report.html showed rr_region_weight 30 as if it had run."""
+    from types import SimpleNamespace
+
+    from spray.cli.correct import _table
+    from spray.correct.record import CorrectionRecord
+
+    rec = record(rea=reaudit(True, False))  # rr_region_weight 30, no footprint: the term was dropped
+    said = "the region term (correction.rr_region_weight 30) did not run: layer blocks.11 has no (h, w) grid"
+    assert said in render_correction_html(rec)
+    assert f"not penalised: {said}" in _table(SimpleNamespace(record=rec, up_to_date=False, folder=tmp_path))
+    rec.write(tmp_path)
+    assert json.loads((tmp_path / "correction.json").read_text())["region_term_ran"] is False
+    assert CorrectionRecord.read(tmp_path) == rec  # the derived field does not come back as a field
+    off = record(parameters={"rr_region_weight": 0.0})
+    assert off.region_term_skipped() == "" and "did not run" not in render_correction_html(off)
+    assert record(method="pclarc").region_term_skipped() == ""

@@ -200,6 +200,8 @@ def _table(outcome: Any) -> str:
         lines.append(f"  penalised: {rec.subspace.text()}")
     if rec.footprint is not None:
         lines.append(f"  and: {rec.footprint.text(rec.parameters)}")
+    if rec.region_term_skipped():
+        lines.append(f"  not penalised: {rec.region_term_skipped()}")
     lines.append(f"  {'':44s}{'before':>10s}{'after':>10s}")
     for name, x, y in (
         (f"clean accuracy (n={rec.evaluation.n_clean})", b.clean_accuracy, a.clean_accuracy),

@@ -178,7 +178,8 @@ def _penalties(rec: CorrectionRecord) -> str:
     text = "" if rec.subspace is None else f" Penalised: {html.escape(rec.subspace.text())}."
     if rec.footprint is not None:
         text += f" With a {html.escape(rec.footprint.text(rec.parameters))}."
-    return text
+    skipped = rec.region_term_skipped()
+    return text + (f" <b>Not penalised</b>: {html.escape(skipped)}." if skipped else "")
 
 
 def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) -> str:

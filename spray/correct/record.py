@@ -376,9 +376,28 @@ class CorrectionRecord:
             "that region; look at it in the report before trusting them (docs/correction.md)"
         )
 
+    def region_term_skipped(self) -> str:
+        """Why RR-ClArC's region term did not run although ``parameters`` keep its weight: the default
+        ``rr_region_weight`` at a layer without a (h, w) grid (a transformer's tokens, a pooled output), where
+        the correction runs as plain RR-ClArC and records no footprint; empty when it ran, was off, or for the
+        other methods."""
+        weight = float(self.parameters.get("rr_region_weight", 0) or 0)
+        if self.method != "rrclarc" or weight <= 0 or self.footprint is not None:
+            return ""
+        return (
+            f"the region term (correction.rr_region_weight {weight:g}) did not run: layer {self.direction.layer} "
+            "has no (h, w) grid of positions (a transformer's tokens, or a pooled output), so the region has no "
+            "footprint there and this is plain RR-ClArC"
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the verdict included, for readers that do not rebuild the record)."""
-        return {**dataclasses.asdict(self), "verdict": dataclasses.asdict(self.verdict)}
+        """JSON-ready form (the verdict included, and whether RR-ClArC's region term ran, for readers that do
+        not rebuild the record)."""
+        out = {**dataclasses.asdict(self), "verdict": dataclasses.asdict(self.verdict)}
+        if self.method == "rrclarc":
+            # parameters keep rr_region_weight as configured; a reader of the JSON learns here whether it acted
+            out["region_term_ran"] = self.footprint is not None
+        return out
 
     def write(self, folder: Path) -> Path:
         """Write ``correction.json`` into ``folder`` (atomically)."""
@@ -391,6 +410,7 @@ class CorrectionRecord:
         """Read ``folder/correction.json`` back into the record."""
         raw = json.loads((Path(folder) / RECORD_NAME).read_text())
         raw.pop("verdict", None)
+        raw.pop("region_term_ran", None)
         return from_dict(cls, raw)
 
 
