@@ -96,6 +96,13 @@ def test_flag_database_that_is_not_sqlite(world: World, capsys: pytest.CaptureFi
     )
 
 
+def test_a_config_given_as_the_flag_database(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside check: ``--flags-db demo.yaml`` advised ``mv demo.yaml demo.yaml.damaged``."""
+    res = _correct(world, capsys, "--flags-db", str(world.config))
+    assert_clean_failure(res, 1, str(world.config), "is not a flag database", "--flags-db")
+    assert ".damaged" not in res.output
+
+
 def test_no_flags(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     _unflag_all(world)
     assert_clean_failure(_correct(world, capsys), 1, "No 'unlearn' flags", DATASET, "Flag the shortcut")
@@ -122,7 +129,10 @@ def test_layer_after_which_nothing_trains(world: World, capsys: pytest.CaptureFi
     assert_clean_failure(res, 2, "correction.layer", "'classifier'", "no parameters run after it")
 
 
-@pytest.mark.parametrize(("value", "shown"), [("-1", "-1.0"), ("0", "0.0"), ("1e9", "1000000000.0")])
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("-1", "-1.0"), ("0", "0.0"), ("1e9", "1000000000.0"), ("nan", "should be a finite number (got nan)")],
+)
 def test_lambda_out_of_range(
     world: World, capsys: pytest.CaptureFixture[str], value: str, shown: str
 ) -> None:
