@@ -16,7 +16,7 @@ def test_not_judged_gives_the_reaudits_own_reason() -> None:
         after=scores(clean=0.137), rea=reaudit(True, False, ["The model gives the true label for 14 %."])
     )
     page = render_correction_html(doubted)
-    assert "not flagged before" not in page
+    assert "not flagged before" not in page and "not measured" not in page
     assert "not judged: the re-audit&#x27;s heatmaps of the corrected model may show no shortcut" in page
     never = render_correction_html(record(rea=reaudit(False, False)))
     assert "not judged: it was not flagged before either" in never

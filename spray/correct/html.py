@@ -104,11 +104,17 @@ def _verdict(rec: CorrectionRecord) -> str:
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
         ("the re-audit no longer flags the finding" + _not_judged(rec), v.finding_cleared),
     ]  # fmt: skip
+    # what an unmarked item means: a measure 0 before, a re-audit that could not judge, or none run
+    unmarked = [
+        "nothing to remove",
+        "nothing to remove",
+        "",
+        "not measured" if rec.reaudit is None else "not judged",
+    ]
     return (
         "<ul>"
         + "".join(
-            f"<li>{html.escape(t)}: {_mark(ok, 'nothing to remove' if i < 2 else 'not measured')}</li>"
-            for i, (t, ok) in enumerate(items)
+            f"<li>{html.escape(t)}: {_mark(ok, u)}</li>" for (t, ok), u in zip(items, unmarked, strict=True)
         )
         + "</ul>"
         + "".join(f"<p class='unmet'>Warning: {html.escape(w)}.</p>" for w in rec.warnings())
