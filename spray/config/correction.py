@@ -32,8 +32,9 @@ class CorrectionConfig(Section):
         description="Module path (as in model.named_modules()) whose output carries the artifact "
         "direction; 'auto' takes, for a transformer (a ViT, DeiT), its last block, whose output is (B, tokens, D) "
         "with no spatial grid; else the last module with a (B, C, H, W) output with H·W > 1 (e.g. 'features', "
-        "'layer4'; a Swin's channels-last blocks are searched this way too; a 1×1 layer such as ResNet's avgpool "
-        "is warned about).",
+        "'layer4'; in a Swin, the last such map after its attention, e.g. torchvision's 'permute'; a 1×1 layer "
+        "such as ResNet's avgpool is warned about). Refused: a channels-last (B, H, W, C) output (timm's Swin has "
+        "no other), a module returning no single tensor, the model's output (the logits).",
     )
     flags_db: Path | None = Field(
         None, description="Flag database (SQLite); default <output.runs_dir>/flags.sqlite."

@@ -33,7 +33,7 @@ from spray.correct.training import TrainingLog
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 16
+CORRECTION_VERSION = 17
 RECORD_NAME = "correction.json"
 #: A corrected model whose stamp, pasted at the opposite place, still flips at least this share of what it
 #: flipped in place before the correction (over the null) is warned of: the shortcut was removed at one place.
