@@ -124,8 +124,8 @@ def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
             group=SimpleNamespace(class_index=6),
         )  # fmt: skip
 
-    correct_run._reaudit(plan(["older"]), Path("."), device=None, progress=False)  # type: ignore[arg-type]
-    correct_run._reaudit(plan(["src"]), Path("."), device=None, progress=False)  # type: ignore[arg-type]
+    correct_run._reaudit(plan(["older"]), Path("."), Path("."), device=None, progress=False)  # type: ignore[arg-type]
+    correct_run._reaudit(plan(["src"]), Path("."), Path("."), device=None, progress=False)  # type: ignore[arg-type]
     assert seen == ["6/k3/c0", "6/k3/c2"]  # by overlap; the flags' own key on their own run
 
 

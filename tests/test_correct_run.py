@@ -403,9 +403,9 @@ def test_a_correction_pins_its_source_run_while_it_works(
         seen.append(pinned(plan.source.path))
         return real_execute(plan, *args, **kwargs)
 
-    def publish(root, folder, cid):  # type: ignore[no-untyped-def]
-        seen.append(any(pinned(p) for p in list_runs(root.parent)))
-        return real_publish(root, folder, cid)
+    def publish(folder, final):  # type: ignore[no-untyped-def]
+        seen.append(any(pinned(p) for p in list_runs(final.parent.parent)))  # the runs folder
+        return real_publish(folder, final)
 
     monkeypatch.setattr(run_module, "_execute", execute)
     monkeypatch.setattr(run_module, "_publish", publish)
