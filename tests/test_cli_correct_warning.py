@@ -174,10 +174,11 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "accuracy_warning": "z",
         "stronger_warning": "a",
         "not_cleared_advice": "",
+        "lingering_warning": "b",
         "class_accuracy_warning": "c",
         "region_warning": "d",
         "moved_warning": "e",
         "lookalike_warning": "f",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
-    assert CorrectionRecord.warnings(rec) == ["z", "a", "c", "d", "e", "f"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["z", "a", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]

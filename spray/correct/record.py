@@ -30,6 +30,7 @@ from spray.correct.groups import FlagSelection
 from spray.correct.reaudit import Reaudit
 from spray.correct.subspace import SubspaceSummary
 from spray.correct.training import TrainingLog
+from spray.report import score_text
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
@@ -232,12 +233,13 @@ class CorrectionRecord:
 
     def warnings(self) -> list[str]:
         """What the record's own checks say is wrong, in the order the CLI and report.html show them: clean
-        accuracy lost, a shortcut made stronger, a finding still flagged, a class given up, a moving shortcut's one region, test
+        accuracy lost, a shortcut made stronger, a finding still flagged or its samples still one cluster, a class given up, a moving shortcut's one region, test
         data that carries the shortcut."""
         found = (
             self.accuracy_warning(),
             self.stronger_warning(),
             self.not_cleared_advice(),
+            self.lingering_warning(),
             self.class_accuracy_warning(),
             self.region_warning(),
             self.moved_warning(),
@@ -315,6 +317,21 @@ class CorrectionRecord:
         }
         advice = tries.get(self.method, "another --method")
         return f"the re-audit still flags the finding after {self.method}: try {advice} (docs/correction.md)"
+
+    def lingering_warning(self) -> str:
+        """When the re-audit no longer flags the finding but the flagged samples still form one cluster of
+        their own (the flag's overlap, unflagged): the model may still single them out by the artifact."""
+        r = self.reaudit
+        if r is None or r.still_flagged or r.after.key is None:
+            return ""
+        if r.after.jaccard < float(self.parameters.get("reaudit_min_jaccard", 0.3)):
+            return ""
+        return (
+            f"the re-audit no longer flags the finding, but the flagged samples still form cluster {r.after.key} "
+            f"(overlap {r.after.jaccard:.2f}, rank {r.after.rank}, score {score_text(r.after.score or 0.0)}): the "
+            "corrected model may still single them out by the artifact; judge by the paste flip rate and the "
+            "relevance share, not by the flag alone"
+        )
 
     def moved_warning(self) -> str:
         """When the stamp pasted at the opposite place still flips the corrected model (a shortcut that
