@@ -233,8 +233,8 @@ class CorrectionRecord:
 
     def warnings(self) -> list[str]:
         """What the record's own checks say is wrong, in the order the CLI and report.html show them: clean
-        accuracy lost, a shortcut made stronger, a finding still flagged or its samples still one cluster, a class given up, a moving shortcut's one region, test
-        data that carries the shortcut."""
+        accuracy lost, a shortcut made stronger, a finding still flagged or its samples still one cluster, a
+        class given up, a moving shortcut's one region, test data that carries the shortcut."""
         found = (
             self.accuracy_warning(),
             self.stronger_warning(),
