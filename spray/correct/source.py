@@ -122,8 +122,9 @@ def find_source_run(
             raise SprayError(
                 f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "
                 "against the audit the flags were set on. The model's fingerprint covers its weights and code (an "
-                "edit of its factory module or a project module it imports, even of a comment, is a new model; an "
-                "older spray fingerprinted otherwise): run `spray audit --config ...` first."
+                "edit of its factory module or a project module it imports is a new model, a comment is not; runs "
+                "of an older spray carry an older fingerprint): run `spray audit --config ...` first (the flags "
+                "carry over to the new run)."
             )
     path, reader = hits[0]
     s = reader.summary
