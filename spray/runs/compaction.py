@@ -6,7 +6,8 @@ JPEGs) would add a dataset's worth of heatmaps every night to the same directory
 copies of their heatmaps, so the cache is an optimisation only and an entry no kept run holds can go:
 after a run is published, a shard none of whose samples a kept run holds is deleted, and one of which
 fewer than half are held is rewritten with those only (the directory then holds at most about twice what
-the kept runs use). The paste predictions' SQLite file is keyed by hashes of pasted images and is not
+the kept runs use). A compaction that freed nothing is recorded (``compaction.json``), and no shard is read
+again until a kept run is removed. The paste predictions' SQLite file is keyed by hashes of pasted images and is not
 compacted (it grows by the new images' pastes only, about a tenth of the shards' bytes).
 """
 
@@ -17,10 +18,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from spray.runs.atomic import atomic_save_npz
+from spray.runs.atomic import atomic_save_npz, atomic_write_json
 from spray.runs.cache import load_shard
 from spray.runs.errors import RunReadError
 from spray.runs.layout import CACHE_DIR, SHARD_GLOB, shard_file
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 #: A shard with a smaller share of held samples is rewritten (rewriting one with more would cost more
 #: writing than it frees).
 REWRITE_BELOW = 0.5
+
+#: In a cache directory: the entries and kept runs of the last compaction that freed nothing.
+FUTILE_FILE = "compaction.json"
 
 _START = re.compile(r"shard-(\d+)-")
 
@@ -88,6 +93,29 @@ def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
     return ShardCompaction(deleted, rewritten, dropped, freed)
 
 
+def _last_futile(directory: Path) -> dict[str, Any] | None:
+    """The state of the last compaction of ``directory`` that freed nothing (None: none recorded)."""
+    from spray.runs.reader import read_json
+
+    try:
+        got = read_json(directory / FUTILE_FILE)
+    except RunReadError:
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def _remember_futile(directory: Path, state: dict[str, Any] | None) -> None:
+    """Record (or, with None, forget) a compaction of ``directory`` that freed nothing."""
+    marker = directory / FUTILE_FILE
+    try:
+        if state is None:
+            marker.unlink(missing_ok=True)
+        else:
+            atomic_write_json(marker, state)
+    except OSError as err:  # an optimisation only: the next publish reads the shards again
+        log.info("cache compaction: could not record its state in %s (%s)", marker, err)
+
+
 def held_content(runs: list[Path], cache: str) -> set[str]:
     """Content hashes of the samples of every run in ``runs`` that uses cache directory ``cache``.
 
@@ -118,8 +146,22 @@ def compact_cache(runs_dir: Path, in_use: str, n_entries: int, n_current: int) -
 
     if n_entries <= 2 * n_current:
         return ShardCompaction()  # the usual night: no run needs reading
-    held = held_content(list_runs(runs_dir), in_use)
-    done = compact_shards(runs_dir / CACHE_DIR / in_use, held)
+    runs = list_runs(runs_dir)
+    directory = runs_dir / CACHE_DIR / in_use
+    # Since a compaction that freed nothing, runs were only added (none removed): what they hold only grew and
+    # every shard written since is held whole, so reading every shard again (tens of seconds at 100k
+    # samples) would free nothing again.
+    state = {"runs": [r.name for r in runs]}
+    last = _last_futile(directory)
+    if last is not None and set(last.get("runs") or ()) <= set(state["runs"]):
+        return ShardCompaction()
+    log.info(
+        "cache compaction: %d cached heatmaps for the %d samples of this run; dropping those no kept run holds",
+        n_entries,
+        n_current,
+    )
+    done = compact_shards(directory, held_content(runs, in_use))
+    _remember_futile(directory, None if done.deleted or done.rewritten else state)
     if done.deleted or done.rewritten:
         log.info(
             "cache compaction: %d heatmaps no kept run holds dropped (%d shards deleted, %d rewritten, "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from spray.audit import run_audit
@@ -55,3 +57,40 @@ def test_a_dataset_rewritten_every_night_keeps_the_cache_bounded(tmp_path: Path)
         for sid, h in report.content_hashes.items():  # the run just published is whole in the cache
             assert h in held, sid
     assert cache_dir is not None
+
+
+def test_a_compaction_that_freed_nothing_is_not_read_again_until_its_inputs_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check at 100k images: with the cache over twice the run (kept runs of relabelled images
+    hold every entry), each publish re-read every shard for 20-46 s, freed nothing, and logged nothing."""
+    import logging
+
+    import spray.runs.compaction as compaction
+
+    d = tmp_path / "runs" / CACHE_DIR / "m-l"
+    cache = ShardCache(d, by_label=False)
+    cache.write(0, _batch([f"a{i}" for i in range(4)], seed=0), np.zeros((4, 2, 2, 3), np.uint8), None)
+    reads: list[int] = []
+    runs = tmp_path / "runs"
+
+    def held(found: list[Path], _c: str) -> set[str]:
+        reads.append(len(found))
+        return {f"h-a{i}" for i in range(4)}
+
+    def publish(name: str) -> None:
+        (runs / name).mkdir()
+        (runs / name / "summary.json").write_text("{}")
+
+    monkeypatch.setattr(compaction, "held_content", held)
+    publish("run1")
+    with caplog.at_level(logging.INFO, logger="spray.runs.compaction"):
+        assert compaction.compact_cache(runs, "m-l", 9, 4) == compaction.ShardCompaction()
+    assert "9 cached heatmaps for the 4 samples" in caplog.text
+    publish("run2")  # a run added: what the runs hold only grew
+    compaction.compact_cache(runs, "m-l", 12, 4)
+    assert reads == [1]  # not read again
+    shutil.rmtree(runs / "run1")  # retention removed a run: its samples may be free now
+    monkeypatch.setattr(compaction, "held_content", lambda found, _c: reads.append(len(found)) or set())
+    assert compaction.compact_cache(runs, "m-l", 12, 4).deleted == 1
+    assert reads == [1, 1] and not (d / compaction.FUTILE_FILE).exists()
