@@ -124,3 +124,15 @@ def test_other_ranks_do_not_repeat_the_data_sources_setup_warnings(
         RUN_CONTEXT.pop("stage", None)
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_faiss_falling_back_from_its_avx512_build_is_not_logged() -> None:
+    """An outside check: every audit logged "faiss.loader: Could not load library with AVX512 support" three
+    times at INFO, which reads as a failure."""
+    import logging
+
+    from spray.cli.logs import setup_logging
+
+    setup_logging()
+    assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    assert logging.getLogger("spray").isEnabledFor(logging.INFO)

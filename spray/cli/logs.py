@@ -72,7 +72,8 @@ def setup_logging(verbose: bool = False, json_logs: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "streamlit"):
+    # faiss says at INFO that it fell back from its AVX512 build: a normal event that reads as a failure
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "streamlit", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
