@@ -334,7 +334,9 @@ def trace(
         if "rr_region_weight" in c.model_fields_set:
             raise
         # the default must not stop a correction at a token or pooled layer: plain RR-ClArC, said aloud
-        log.warning("%s; RR-ClArC runs without its region term (the record has no footprint)", err)
+        log.warning(
+            "%s; RR-ClArC runs without its region term (the record has no footprint)", str(err).rstrip(". ")
+        )
         return None
 
 
