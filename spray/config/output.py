@@ -24,7 +24,7 @@ class OutputConfig(Section):
         10,
         ge=1,
         le=100_000,
-        description="Retention: keep the newest N runs of this audit (its name and dataset key; other audits sharing the runs folder keep theirs).",
+        description="Retention: keep the newest N runs of this audit (its name and dataset key; other audits sharing the runs folder keep theirs). Each run holds its own heatmaps and thumbnails: about 280 MB per 100k 28×28 images (docs/nightly.md, Disk per run).",
     )
     resume_days: float = Field(
         7.0,
