@@ -36,6 +36,8 @@ from spray.runs.atomic import atomic_write_bytes
 #: Bump when a change alters what a correction computes (it is part of the correction id).
 CORRECTION_VERSION = 17
 RECORD_NAME = "correction.json"
+#: A re-audit cluster overlapping the flagged samples this much (Jaccard) holds most of them together.
+LINGER_JACCARD = 0.5
 #: A corrected model whose stamp, pasted at the opposite place, still flips at least this share of what it
 #: flipped in place before the correction (over the null) is warned of: the shortcut was removed at one place.
 MOVED_KEPT_WARN = 0.5
@@ -321,10 +323,14 @@ class CorrectionRecord:
     def lingering_warning(self) -> str:
         """When the re-audit no longer flags the finding but the flagged samples still form one cluster of
         their own (the flag's overlap, unflagged): the model may still single them out by the artifact."""
-        r = self.reaudit
+        r, v = self.reaudit, self.verdict
         if r is None or r.still_flagged or r.after.key is None:
             return ""
-        if r.after.jaccard < float(self.parameters.get("reaudit_min_jaccard", 0.3)):
+        # most of the group still together, and the behaviour not gone by the paste test or the relevance share
+        if r.after.jaccard < max(LINGER_JACCARD, float(self.parameters.get("reaudit_min_jaccard", 0.3))):
+            return ""
+        flips = v.flip_drop is not None and v.flip_drop < GOAL_FLIP_DROP
+        if not flips and not (v.relevance_drop is not None and v.relevance_drop < GOAL_RELEVANCE_DROP):
             return ""
         return (
             f"the re-audit no longer flags the finding, but the flagged samples still form cluster {r.after.key} "

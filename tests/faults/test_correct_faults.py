@@ -124,9 +124,11 @@ def test_unknown_layer_lists_the_layers(world: World, capsys: pytest.CaptureFixt
     assert_clean_failure(res, 2, "'featurs'", "Did you mean 'features'", "classifier.1", "correction.layer")
 
 
-def test_layer_after_which_nothing_trains(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_logits_layer_is_refused(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing trains after the logits, and a direction there mixes the classes (an outside check: P-ClArC at a
+    ViT's head cost 5 points and advised 'a later layer')."""
     res = _correct(world, capsys, "--layer", "classifier", "--method", "rrclarc")
-    assert_clean_failure(res, 2, "correction.layer", "'classifier'", "no parameters run after it")
+    assert_clean_failure(res, 2, "correction.layer", "'classifier'", "returns the model's output")
 
 
 @pytest.mark.parametrize(
