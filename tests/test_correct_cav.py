@@ -205,3 +205,52 @@ def test_auto_on_timm_swin_says_its_maps_are_channels_last() -> None:
     ).eval()  # fmt: skip
     with pytest.raises(ConfigError, match=r"channels-last, \(B, H, W, C\), as timm's Swin"):
         resolve_layer(swin, "auto", torch.rand(1, 3, 56, 56))
+
+
+def test_layer_checks_leave_cnns_with_layer_norms_and_attention_heads_alone() -> None:
+    """A review: a CNN with LayerNorm([C, H, W]) had its maps called channels-last (auto fell to the 1×1 pool);
+    a CNN with an attention pooling head (CLIP's RN50) or a spatial-attention block last was refused by auto;
+    logits behind a division or a Flatten module were accepted; unfolded patches were taken for (B, tokens, D)."""
+
+    class AttentionPool2d(nn.Module):  # CLIP-style head: (B, C, H, W) -> (B, D)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = torch.softmax(x.flatten(2).mean(1), -1)
+            return (x.flatten(2) * w[:, None]).sum(2)
+
+    class SpatialAttention(nn.Module):  # CBAM-style: a map weighted by its own spatial gate
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(self.conv(x))
+
+    class Net(nn.Module):
+        def __init__(self, head: str) -> None:
+            super().__init__()
+            self.head_kind = head
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm([8, 6, 6]), SpatialAttention()
+            )
+            self.pool = AttentionPool2d() if head == "attention" else nn.AdaptiveAvgPool2d(1)
+            self.flat, self.fc = nn.Flatten(), nn.Linear(8, 2)
+            self.unfold = nn.Unflatten(0, (-1,))  # stands for a patch unfolding below
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.features(x)
+            patches = self.unfold(a.reshape(len(x) * 4, 8, 9).transpose(1, 2))  # (B·4, 9, 8)
+            z = self.pool(a + 0 * patches.sum())
+            out = self.fc(self.flat(z))
+            return out / 2.0 if self.head_kind == "scaled" else self.flat(out)
+
+    x = torch.rand(2, 3, 6, 6)
+    for head in ("attention", "scaled", "flat"):
+        model = Net(head).eval()
+        assert resolve_layer(model, "auto", x) == "features", head
+        assert resolve_layer(model, "features.1", x) == "features.1"  # LayerNorm([C, H, W]): channels first
+        with pytest.raises(ConfigError, match="'fc' returns the model's output"):
+            resolve_layer(model, "fc", x)
+    with pytest.raises(
+        ConfigError, match=r"'unfold' returns \(8, 9, 8\) for 2 inputs: its first axis is not"
+    ):
+        resolve_layer(Net("flat").eval(), "unfold", x)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def resolve_layer(model: nn.Module, layer: str, example: torch.Tensor) -> str:
     paths = {p for p, _ in model.named_modules() if p}
     calls = trace_calls(model, example)
     if layer == "auto":
-        chosen = _auto_layer(model, calls)
+        chosen = _auto_layer(model, calls, len(example))
     elif layer not in paths:
         close = difflib.get_close_matches(layer, sorted(paths), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -136,7 +137,12 @@ def _channels_last(model: nn.Module, shape: tuple[int, ...]) -> bool:
     the model normalises over (timm's Swin, a ConvNeXt block's inside)."""
     if len(shape) != 4:
         return False
-    widths = {m.normalized_shape[-1] for m in model.modules() if isinstance(m, nn.LayerNorm)}
+    # a LayerNorm over one axis normalises channels; one over (C, H, W) says nothing of the layout
+    widths = {
+        m.normalized_shape[0]
+        for m in model.modules()
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1
+    }
     return shape[3] in widths and shape[1] not in widths
 
 
@@ -149,20 +155,20 @@ def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: 
             "one activation to correct; name its parent block or a submodule that returns a tensor. "
             f"Layers: {_layer_list(model)}."
         )
+    if shape[0] != len(example):
+        raise ConfigError(
+            f"correction.layer: {layer!r} returns {shape} for {len(example)} inputs: its first axis is not the "
+            "batch (patches or windows of the images, as MobileViT unfolds them), so it holds no activation per "
+            "image; name the block that folds them back."
+        )
     if _channels_last(model, shape):
         raise ConfigError(
             f"correction.layer: {layer!r} returns {tuple(shape[1:])}, a channels-last (H, W, C) map; spray "
             "corrects at (B, C, H, W) feature maps and (B, tokens, D) transformer outputs, and would read "
-            "this one's height as its channels. Name such a layer (a torchvision Swin's 'permute')."
+            "this one's height as its channels. Name such a layer; a model whose maps are all channels-last "
+            "(timm's Swin) cannot be corrected at its layers."
         )
-    got: list[object] = []
-    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: got.append(out))
-    try:
-        with torch.no_grad():
-            out = model(example)
-    finally:
-        handle.remove()
-    if got and got[-1] is out:
+    if _gives_the_logits(model, layer, calls, example):
         raise ConfigError(
             f"correction.layer: {layer!r} returns the model's output, its class scores: a direction there "
             "mixes the classes, and projecting it out or penalising it removes class evidence, not a "
@@ -171,12 +177,28 @@ def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: 
         )
 
 
+def _gives_the_logits(model: nn.Module, layer: str, calls: list[LayerCall], example: torch.Tensor) -> bool:
+    """Whether ``layer`` computes the class scores: no module with weights runs after it (but its own parents),
+    and its output has the model output's size per sample (``fc(x) / T``, SqueezeNet's classifier before a
+    flatten, timm's ``head.fc`` before ``head.flatten``)."""
+    last = max(c.order for c in calls if c.path == layer)
+    later = {c.path for c in calls if c.order > last and not layer.startswith(c.path + ".")}
+    if any(next(model.get_submodule(p).parameters(), None) is not None for p in later):
+        return False
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, torch.Tensor):
+        return False
+    shape = next(c.shape for c in calls if c.path == layer)
+    return math.prod(shape[1:]) == math.prod(out.shape[1:])
+
+
 def _has_grid(shape: tuple[int, ...]) -> bool:
     """Whether an output shape is a feature map ``(B, C, H, W)`` with more than one position."""
     return len(shape) == 4 and shape[2] * shape[3] > 1
 
 
-def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
+def _auto_layer(model: nn.Module, calls: list[LayerCall], batch: int) -> str:
     """The ``"auto"`` layer: for a transformer its last block; else the last feature map with a grid (else the
     last 1×1 one), outermost module."""
     from spray.lrp.concepts import default_concept_layer, has_attention
@@ -187,17 +209,24 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
         # block returning a tuple is no activation: both go on to the feature-map search below.
         block = default_concept_layer(model)
         shapes = [c.shape for c in calls if c.path == block]
-        if block is not None and len(shapes) == 1 and len(shapes[0]) == 3:
+        if block is not None and len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][0] == batch:
             log.info(
                 "correction.layer: 'auto' took %r, the transformer's last block (tokens: no spatial grid)",
                 block,
             )
             return block
-    # in a transformer, a map is one after its last attention (a stem's map before it is no feature map)
-    inside = _attention_paths(model)
-    attended = [c.order for c in calls if any(c.path == p or c.path.startswith(p + ".") for p in inside)]
-    after = max(attended, default=-1)
-    maps = [c for c in calls if len(c.shape) == 4 and c.order > after and not _channels_last(model, c.shape)]
+    # In a transformer a map is one after its last attention over tokens (a stem's map before it is no feature
+    # map, and an attention module's insides end before it does); an attention pooling head, (B, D), counts not.
+    inside = set(_attention_paths(model))
+    after = max((c.order for c in calls if c.path in inside and len(c.shape) >= 3), default=-1)
+    maps = [
+        c
+        for c in calls
+        if len(c.shape) == 4
+        and c.shape[0] == batch
+        and c.order >= after
+        and not _channels_last(model, c.shape)
+    ]
     if not maps:
         why = (
             " (its 4-D outputs are channels-last, (B, H, W, C), as timm's Swin keeps them)"
@@ -205,8 +234,9 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall]) -> str:
             else ""
         )
         raise ConfigError(
-            f"correction.layer: the model has no module with a (B, C, H, W) output to correct at{why}; name "
-            f"a layer with a (B, C, H, W) or (B, tokens, D) output. Layers: {_layer_list(model)}."
+            f"correction.layer: 'auto' found no (B, C, H, W) feature map to correct at{why}. Name a layer with a "
+            "(B, C, H, W) or (B, tokens, D) output if the model has one; a model whose maps are all "
+            f"channels-last cannot be corrected at its layers. Layers: {_layer_list(model)}."
         )
     last = ([c for c in maps if _has_grid(c.shape)] or maps)[-1]
     same = [c for c in calls if c.output_id == last.output_id]
