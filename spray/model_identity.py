@@ -21,8 +21,8 @@ running (inside a function), modules without a file (a notebook's ``__main__``),
 module was imported in a long-lived session (the file on disk is hashed); ``docs/nightly.md`` says how to
 recompute by hand.
 
-Source is hashed as its tokens (:func:`code_tokens`): comments, blank lines and spacing inside a line do not
-count, so editing a comment keeps the cache.
+Source is hashed without its comments and blank lines (:func:`code_text`), so editing a comment keeps the
+cache; any other edit, spacing and indentation included, is another model.
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
     """
     h = hashlib.sha256(type(model).__qualname__.encode())
     for text in _class_sources(model):
-        h.update(code_tokens(text.encode()))
+        h.update(code_text(text.encode()))
     roots = [type(m).__module__ for m in model.modules()]
     if factory is not None:
         roots.append(factory.partition(":")[0])
     for name, data in user_sources(roots):
         h.update(f"\0module {name}\0".encode())
-        h.update(code_tokens(data))
+        h.update(code_text(data))
     state = model.state_dict()
     for name, t in sorted(state.items()):
         _update(h, name, t)
@@ -81,20 +81,20 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
     return h.hexdigest()
 
 
-def code_tokens(source: bytes) -> bytes:
-    """Python source as its tokens without comments, blank lines or spacing: an edited comment or a
-    reformatted line leaves the model's code, and so its cached heatmaps, as they were. Source that does not
-    tokenize is returned as it is."""
-    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING}
+def code_text(source: bytes) -> bytes:
+    """Python source without its comments and blank lines: an edited comment leaves the model's code, and so
+    its cached heatmaps, as they were. Everything else is kept as written (the text, not the tokenizer's
+    numbering, which differs between Python versions). Source that does not tokenize is returned as it is."""
     try:
-        tokens = [
-            f"{t.type}:{t.string}"
-            for t in tokenize.tokenize(io.BytesIO(source).readline)
-            if t.type not in skip
+        comments = [
+            t.start for t in tokenize.tokenize(io.BytesIO(source).readline) if t.type == tokenize.COMMENT
         ]
+        lines = source.decode("utf-8").splitlines()
     except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
         return source
-    return "\0".join(tokens).encode()
+    for row, col in comments:  # a comment runs to the end of its line
+        lines[row - 1] = lines[row - 1][:col]
+    return "\n".join(kept for line in lines if (kept := line.rstrip())).encode()
 
 
 def _update(h: Any, name: str, t: torch.Tensor) -> None:
