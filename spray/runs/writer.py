@@ -294,15 +294,17 @@ def rebase_recorded_paths(runs_dir: Path, old: Path, new: Path) -> int:
     from spray.runs.publish import list_runs
     from spray.runs.reader import read_json
 
-    before, after = str(old), str(new)
+    # a config's paths are recorded resolved: the folder may be named through a symlink
+    pairs = [(str(old.resolve()), str(new.resolve())), (str(old), str(new))]
 
     def moved(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: moved(v) for k, v in value.items()}
         if isinstance(value, list):
             return [moved(v) for v in value]
-        if isinstance(value, str) and (value == before or value.startswith(before + "/")):
-            return after + value[len(before) :]
+        for before, after in pairs if isinstance(value, str) else ():
+            if value == before or value.startswith(before + "/"):
+                return after + value[len(before) :]
         return value
 
     changed = 0
