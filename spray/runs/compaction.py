@@ -6,8 +6,8 @@ JPEGs) would add a dataset's worth of heatmaps every night to the same directory
 copies of their heatmaps, so the cache is an optimisation only and an entry no kept run holds can go:
 after a run is published, a shard none of whose samples a kept run holds is deleted, and one of which
 fewer than half are held is rewritten with those only (the directory then holds at most about twice what
-the kept runs use). A compaction that freed nothing is recorded (``compaction.json``), and no shard is read
-again until a kept run is removed. The paste predictions' SQLite file is keyed by hashes of pasted images and is not
+the kept runs use). A compaction records the kept runs and the shards it left (``compaction.json``): until a kept
+run is removed, the next one reads only the shards written since. The paste predictions' SQLite file is keyed by hashes of pasted images and is not
 compacted (it grows by the new images' pastes only, about a tenth of the shards' bytes).
 """
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 #: writing than it frees).
 REWRITE_BELOW = 0.5
 
-#: In a cache directory: the entries and kept runs of the last compaction that freed nothing.
-FUTILE_FILE = "compaction.json"
+#: In a cache directory: the kept runs and the shards the last compaction left.
+CHECKED_FILE = "compaction.json"
 
 _START = re.compile(r"shard-(\d+)-")
 
@@ -49,7 +49,7 @@ class ShardCompaction:
     bytes_freed: int = 0
 
 
-def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
+def compact_shards(directory: Path, held: set[str], only: set[str] | None = None) -> ShardCompaction:
     """Delete or rewrite the shards of ``directory`` whose samples' content hashes are mostly not ``held``.
 
     Parameters
@@ -58,6 +58,8 @@ def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
         A cache directory ``runs/.cache/<model16>-<lrp16>``.
     held : set of str
         Content hashes of every sample a kept run holds (whatever its label: an entry is kept for any).
+    only : set of str, optional
+        File names of the shards to look at (the others are left alone); all when None.
 
     Returns
     -------
@@ -67,6 +69,8 @@ def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
     deleted = rewritten = dropped = freed = 0
     held_sorted = np.array(sorted(held), dtype=str)
     for shard in sorted(directory.glob(SHARD_GLOB)):
+        if only is not None and shard.name not in only:
+            continue
         try:
             hashes = load_shard(shard, ["content_hashes"])["content_hashes"].astype(str)
             keep = np.isin(hashes, held_sorted)
@@ -93,26 +97,23 @@ def compact_shards(directory: Path, held: set[str]) -> ShardCompaction:
     return ShardCompaction(deleted, rewritten, dropped, freed)
 
 
-def _last_futile(directory: Path) -> dict[str, Any] | None:
-    """The state of the last compaction of ``directory`` that freed nothing (None: none recorded)."""
+def _last_checked(directory: Path) -> dict[str, Any] | None:
+    """The runs and shards of the last compaction of ``directory`` (None: none recorded)."""
     from spray.runs.reader import read_json
 
     try:
-        got = read_json(directory / FUTILE_FILE)
+        got = read_json(directory / CHECKED_FILE)
     except RunReadError:
         return None
     return got if isinstance(got, dict) else None
 
 
-def _remember_futile(directory: Path, state: dict[str, Any] | None) -> None:
-    """Record (or, with None, forget) a compaction of ``directory`` that freed nothing."""
-    marker = directory / FUTILE_FILE
+def _remember_checked(directory: Path, runs: list[str], shards: list[str]) -> None:
+    """Record the kept runs and the shards a compaction of ``directory`` left (each mostly held by them)."""
+    marker = directory / CHECKED_FILE
     try:
-        if state is None:
-            marker.unlink(missing_ok=True)
-        else:
-            atomic_write_json(marker, state)
-    except OSError as err:  # an optimisation only: the next publish reads the shards again
+        atomic_write_json(marker, {"runs": runs, "shards": shards})
+    except OSError as err:  # an optimisation only: the next compaction reads every shard
         log.info("cache compaction: could not record its state in %s (%s)", marker, err)
 
 
@@ -148,20 +149,22 @@ def compact_cache(runs_dir: Path, in_use: str, n_entries: int, n_current: int) -
         return ShardCompaction()  # the usual night: no run needs reading
     runs = list_runs(runs_dir)
     directory = runs_dir / CACHE_DIR / in_use
-    # Since a compaction that freed nothing, runs were only added (none removed): what they hold only grew and
-    # every shard written since is held whole, so reading every shard again (tens of seconds at 100k
-    # samples) would free nothing again.
-    state = {"runs": [r.name for r in runs]}
-    last = _last_futile(directory)
-    if last is not None and set(last.get("runs") or ()) <= set(state["runs"]):
-        return ShardCompaction()
+    # After a compaction every shard left is mostly held by the runs kept then. While runs are only added (none
+    # removed) what they hold only grows, so those shards need no second read (tens of seconds at 100k
+    # samples): only the shards written since (the new run's, or those of an audit that never published).
+    last = _last_checked(directory)
+    only = None
+    if last is not None and set(last.get("runs") or ()) <= {r.name for r in runs}:
+        only = {p.name for p in directory.glob(SHARD_GLOB)} - set(last.get("shards") or ())
+        if not only:
+            return ShardCompaction()
     log.info(
         "cache compaction: %d cached heatmaps for the %d samples of this run; dropping those no kept run holds",
         n_entries,
         n_current,
     )
-    done = compact_shards(directory, held_content(runs, in_use))
-    _remember_futile(directory, None if done.deleted or done.rewritten else state)
+    done = compact_shards(directory, held_content(runs, in_use), only)
+    _remember_checked(directory, [r.name for r in runs], sorted(p.name for p in directory.glob(SHARD_GLOB)))
     if done.deleted or done.rewritten:
         log.info(
             "cache compaction: %d heatmaps no kept run holds dropped (%d shards deleted, %d rewritten, "

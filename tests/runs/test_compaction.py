@@ -59,38 +59,45 @@ def test_a_dataset_rewritten_every_night_keeps_the_cache_bounded(tmp_path: Path)
     assert cache_dir is not None
 
 
-def test_a_compaction_that_freed_nothing_is_not_read_again_until_its_inputs_change(
+def test_a_compaction_reads_only_the_shards_written_since_while_no_kept_run_is_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An outside check at 100k images: with the cache over twice the run (kept runs of relabelled images
-    hold every entry), each publish re-read every shard for 20-46 s, freed nothing, and logged nothing."""
+    hold every entry), each publish re-read every shard for 20-46 s, freed nothing, and logged nothing. A
+    review: a shard of an audit that never published must still go."""
     import logging
 
     import spray.runs.compaction as compaction
 
-    d = tmp_path / "runs" / CACHE_DIR / "m-l"
+    runs = tmp_path / "runs"
+    d = runs / CACHE_DIR / "m-l"
     cache = ShardCache(d, by_label=False)
     cache.write(0, _batch([f"a{i}" for i in range(4)], seed=0), np.zeros((4, 2, 2, 3), np.uint8), None)
-    reads: list[int] = []
-    runs = tmp_path / "runs"
+    held = {f"h-a{i}" for i in range(4)}
+    looked: list[set[str] | None] = []
+    real = compaction.compact_shards
 
-    def held(found: list[Path], _c: str) -> set[str]:
-        reads.append(len(found))
-        return {f"h-a{i}" for i in range(4)}
+    def spy(directory: Path, h: set[str], only: set[str] | None = None) -> compaction.ShardCompaction:
+        looked.append(only)
+        return real(directory, h, only)
 
     def publish(name: str) -> None:
         (runs / name).mkdir()
         (runs / name / "summary.json").write_text("{}")
 
-    monkeypatch.setattr(compaction, "held_content", held)
+    monkeypatch.setattr(compaction, "compact_shards", spy)
+    monkeypatch.setattr(compaction, "held_content", lambda _runs, _c: held)
     publish("run1")
     with caplog.at_level(logging.INFO, logger="spray.runs.compaction"):
         assert compaction.compact_cache(runs, "m-l", 9, 4) == compaction.ShardCompaction()
-    assert "9 cached heatmaps for the 4 samples" in caplog.text
-    publish("run2")  # a run added: what the runs hold only grew
-    compaction.compact_cache(runs, "m-l", 12, 4)
-    assert reads == [1]  # not read again
-    shutil.rmtree(runs / "run1")  # retention removed a run: its samples may be free now
-    monkeypatch.setattr(compaction, "held_content", lambda found, _c: reads.append(len(found)) or set())
-    assert compaction.compact_cache(runs, "m-l", 12, 4).deleted == 1
-    assert reads == [1, 1] and not (d / compaction.FUTILE_FILE).exists()
+    assert "9 cached heatmaps for the 4 samples" in caplog.text and looked == [None]
+    publish("run2")  # a run added, no shard written: nothing to read
+    compaction.compact_cache(runs, "m-l", 9, 4)
+    assert looked == [None]
+    # an audit killed after writing its heatmaps, never published: only its shard is read, and it goes
+    cache.write(4, _batch([f"k{i}" for i in range(4)], seed=1), np.zeros((4, 2, 2, 3), np.uint8), None)
+    assert compaction.compact_cache(runs, "m-l", 13, 4).deleted == 1
+    assert looked[-1] is not None and len(looked[-1]) == 1 and len(list(d.glob(SHARD_GLOB))) == 1
+    shutil.rmtree(runs / "run1")  # retention removed a run: every shard is read again
+    compaction.compact_cache(runs, "m-l", 9, 4)
+    assert looked[-1] is None
