@@ -420,3 +420,15 @@ def test_a_correction_pins_its_source_run_while_it_works(
     cfg.correction.method, cfg.correction.reaudit = "pclarc", False
     run_module.correct(cfg, progress=False)
     assert seen == [True, True]
+
+
+def test_a_resumed_correction_publishes_under_the_name_its_first_start_chose(tmp_path: Path) -> None:
+    """A review: the name was taken at each start, so a correction killed after its re-audit recorded the
+    published paths resumed under another name, and the re-audit kept pointing at a folder never made."""
+    import time
+
+    from spray.correct.run import _final_name
+
+    first = _final_name(tmp_path / "work", "c" * 64)
+    time.sleep(0.002)
+    assert _final_name(tmp_path / "work", "c" * 64) == first and first.endswith("-" + "c" * 12)

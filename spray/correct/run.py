@@ -187,7 +187,7 @@ def correct(
             )
             shutil.rmtree(work, ignore_errors=True)  # left by a run killed between publishing and cleaning up
             return CorrectionOutcome(CorrectionRecord.read(found), found, True)
-        final = root / published_name(plan.correction_id)
+        final = root / _final_name(work, plan.correction_id)
         with RunPin(plan.source.path):  # a nightly spray run's retention must not delete it meanwhile
             folder, record = _execute(plan, work, final, device=device, progress=progress)
             _publish(folder, final)
@@ -513,6 +513,18 @@ def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Eval
 def published_name(correction_id: str) -> str:
     """The folder name a correction is published under: the UTC time it started, then its id."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{correction_id[:12]}"
+
+
+def _final_name(work: Path, correction_id: str) -> str:
+    """The published name of the correction computed in ``work``: chosen once, so that a resumed correction
+    publishes under the name its re-audit already records."""
+    chosen = work / "published_name"
+    if chosen.is_file():
+        return chosen.read_text().strip()
+    name = published_name(correction_id)
+    work.mkdir(parents=True, exist_ok=True)
+    chosen.write_text(name)
+    return name
 
 
 def _publish(folder: Path, final: Path) -> None:
