@@ -6,9 +6,10 @@ JPEGs) would add a dataset's worth of heatmaps every night to the same directory
 copies of their heatmaps, so the cache is an optimisation only and an entry no kept run holds can go:
 after a run is published, a shard none of whose samples a kept run holds is deleted, and one of which
 fewer than half are held is rewritten with those only (the directory then holds at most about twice what
-the kept runs use). A compaction records the kept runs and the shards it left (``compaction.json``): until a kept
-run is removed, the next one reads only the shards written since. The paste predictions' SQLite file is keyed by hashes of pasted images and is not
-compacted (it grows by the new images' pastes only, about a tenth of the shards' bytes).
+the kept runs use). A compaction records the kept runs and the shards it left (``compaction.json``):
+until a kept run is removed, the next one reads only the shards written since. The paste predictions'
+SQLite file is keyed by hashes of pasted images and is not compacted (it grows by the new images' pastes
+only, about a tenth of the shards' bytes).
 """
 
 from __future__ import annotations
