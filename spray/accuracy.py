@@ -91,9 +91,9 @@ def _shifted(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> d
             found.append((_name(names, int(c)), _name(names, top), counts[top] >= SHIFTED_SHARE * len(pred)))
     # once one class is clearly shifted the order is off, and a class mostly predicted as another is named too
     # (an outside check: Coat, 69 % predicted as Pullover, was left out of a warning naming five swapped classes)
-    if not any(clear for _name_, _other, clear in found):
+    if not any(f[2] for f in found):
         return {}
-    return {name: other for name, other, _clear in found}
+    return {name: other for name, other, _ in found}
 
 
 def _unrecognised(
