@@ -28,7 +28,7 @@ import numpy as np
 
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.records import ChangeSet, ClusterChange
+from spray.records import MODEL_UNKNOWN, ChangeSet, ClusterChange
 from spray.report import score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import RunFiles
@@ -101,6 +101,8 @@ def _changes_html(changes: ChangeSet) -> str:
         if prev
         else "<p class='meta'>No previous run of this audit: every suspicious cluster counts as new.</p>"
     )
+    if changes.model_changed is None and prev:
+        head += f"<p class='meta'>{html.escape(MODEL_UNKNOWN)}</p>"
     if changes.model_changed:
         head += (
             "<p class='meta'>The model changed since the previous run (other weights or model code): its clusters are "

@@ -383,6 +383,13 @@ class DataChanges:
         )
 
 
+#: What the changes say when the previous run's model fingerprint is an older spray's (``model_changed`` None).
+MODEL_UNKNOWN = (
+    "Whether the model changed since the previous run cannot be told: that run's model fingerprint was made by an "
+    "older spray, so a new and a resolved entry may be one shortcut of other weights."
+)
+
+
 @dataclass
 class ChangeSet:
     """What changed since the previous run of the same audit (``summary.json`` → ``changes``).

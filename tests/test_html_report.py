@@ -82,3 +82,20 @@ def test_report_says_seed_data_cost_and_tells_small_scores_apart(tmp_path: Path)
     assert [score_text(x) for x in (0.0, 0.5, 0.12345, 0.01234, 4.2e-05)] == [
         "0.000", "0.500", "0.123", "0.0123", "4.2e-05",
     ]  # fmt: skip
+
+
+def test_a_previous_run_of_an_older_fingerprint_is_said_to_leave_the_model_question_open(
+    tmp_path: Path,
+) -> None:
+    """An outside check of the upgrade: that whether the model changed could not be told was one INFO line,
+    silent under -q and absent from report.html and the dashboard."""
+    import dataclasses
+
+    from spray.records import MODEL_UNKNOWN, ChangeRule, ChangeSet
+
+    report, stage = make_report()
+    report.changes = ChangeSet("b" * 64, "earlier", [], [], [], [], 0, ChangeRule(0.3, 0.8, 0.1))
+    said = MODEL_UNKNOWN.replace("'", "&#x27;")
+    assert said in render_html_report(write_published(tmp_path / "a", report, stage))
+    report.changes = dataclasses.replace(report.changes, model_changed=False)
+    assert said not in render_html_report(write_published(tmp_path / "b", report, stage))

@@ -16,7 +16,7 @@ import urlstate
 from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
-from spray.records import ChangeSet
+from spray.records import MODEL_UNKNOWN, ChangeSet
 from spray.report import score_text
 
 st.title("Suspicious clusters")
@@ -223,6 +223,8 @@ def show_changes(ch: ChangeSet, how: str) -> None:
         )
     for u in ch.unreadable:
         st.caption(f"Passed over (unreadable): {safetext.code(u.run)}")
+    if ch.model_changed is None and ch.previous_run_id:
+        st.caption(MODEL_UNKNOWN)
     if ch.model_changed:
         st.caption(
             "The model changed since the previous run (other weights or model code): a new and a resolved entry may be one "

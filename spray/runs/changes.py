@@ -491,7 +491,7 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
         if scheme == report.hashes.get("model_hash_version") or before == report.hashes["model"]:
             changes.model_changed = before != report.hashes["model"]
         else:  # an older spray fingerprinted models otherwise: unknown, not "other weights"
-            log.info(
+            log.warning(
                 "the previous run's model fingerprint is of an older spray (%s, now %s): whether the model changed "
                 "since cannot be told", scheme or "1", report.hashes.get("model_hash_version"),
             )  # fmt: skip
