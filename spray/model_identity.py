@@ -84,17 +84,21 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
 def code_text(source: bytes) -> bytes:
     """Python source without its comments and blank lines: an edited comment leaves the model's code, and so
     its cached heatmaps, as they were. Everything else is kept as written (the text, not the tokenizer's
-    numbering, which differs between Python versions). Source that does not tokenize is returned as it is."""
+    numbering, which differs between Python versions), and the lines of a string that spans several are kept
+    whole (their blank lines and trailing spaces are its value). Source that does not tokenize is returned
+    as it is."""
     try:
-        comments = [
-            t.start for t in tokenize.tokenize(io.BytesIO(source).readline) if t.type == tokenize.COMMENT
-        ]
+        tokens = list(tokenize.tokenize(io.BytesIO(source).readline))
         lines = source.decode("utf-8").splitlines()
     except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
         return source
-    for row, col in comments:  # a comment runs to the end of its line
-        lines[row - 1] = lines[row - 1][:col]
-    return "\n".join(kept for line in lines if (kept := line.rstrip())).encode()
+    verbatim = {row for t in tokens if t.end[0] > t.start[0] for row in range(t.start[0], t.end[0] + 1)}
+    for t in tokens:
+        if t.type == tokenize.COMMENT:  # a comment runs to the end of its line
+            row, col = t.start
+            lines[row - 1] = lines[row - 1][:col]
+    kept = [line if row in verbatim else line.rstrip() for row, line in enumerate(lines, start=1)]
+    return "\n".join(line for row, line in enumerate(kept, start=1) if line or row in verbatim).encode()
 
 
 def _update(h: Any, name: str, t: torch.Tensor) -> None:

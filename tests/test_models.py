@@ -312,6 +312,10 @@ def test_source_is_hashed_without_comments_and_blank_lines_only() -> None:
     assert code_text(src.replace(b"{x = }", b"{x=}")) != code_text(src)
     assert code_text(src.replace(b"    y", b"\ty")) != code_text(src)  # indentation is code
     assert code_text(b"def f(:\n") == b"def f(:\n"  # not Python: hashed as it is
+    # an outside check: blank lines and trailing spaces inside a triple-quoted string are its value
+    doc = b'x = """a\n\nb  \n"""\n'
+    assert code_text(doc) == doc.rstrip(b"\n")
+    assert code_text(doc) != code_text(doc.replace(b"a\n\nb", b"a\nb"))
 
 
 def test_the_model_hash_covers_non_persistent_buffers() -> None:
