@@ -123,8 +123,8 @@ def find_source_run(
                 f"No published run of dataset {dataset!r} with this model in {runs_dir}: the correction compares "
                 "against the audit the flags were set on. The model's fingerprint covers its weights and code (an "
                 "edit of its factory module or a project module it imports is a new model, a comment is not; runs "
-                "of an older spray carry an older fingerprint): run `spray audit --config ...` first (the flags "
-                "carry over to the new run)."
+                "of an older spray carry an older fingerprint): run `spray audit --config ...` (or `spray run`) "
+                "first (the flags carry over to the new run)."
             )
     path, reader = hits[0]
     s = reader.summary
