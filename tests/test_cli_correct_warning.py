@@ -23,6 +23,7 @@ class _Record:
     subspace: object | None = None
     kept_shortcut = CorrectionRecord.kept_shortcut
     more_directions = CorrectionRecord.more_directions
+    lost_accuracy = CorrectionRecord.lost_accuracy
 
 
 def _accuracy_warning(rec: _Record) -> str:

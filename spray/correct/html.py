@@ -87,15 +87,18 @@ def _points(share: float) -> str:
     return f"{n:g} percentage point{'' if n == 1 else 's'}"
 
 
+def _drop_met(drop: float | None, after: float, goal: float) -> bool | None:
+    """Whether a relative drop meets its goal; a measure that was 0 before has none: nothing to remove (None,
+    not judged) while it stays 0, a rise from 0 (not met) otherwise."""
+    if drop is None:
+        return None if after <= 0 else False
+    return drop >= goal
+
+
 def _verdict(rec: CorrectionRecord) -> str:
     v, b, a = rec.verdict, rec.evaluation.before, rec.evaluation.after
-    # a measure that was 0 before has no relative drop: nothing to remove (not judged), or a rise from 0 (unmet)
-    flip_ok = (None if a.flip_rate <= 0 else False) if v.flip_drop is None else v.flip_drop >= GOAL_FLIP_DROP
-    share_ok = (
-        (None if a.relevance_share <= 0 else False)
-        if v.relevance_drop is None
-        else v.relevance_drop >= GOAL_RELEVANCE_DROP
-    )
+    flip_ok = _drop_met(v.flip_drop, a.flip_rate, GOAL_FLIP_DROP)
+    share_ok = _drop_met(v.relevance_drop, a.relevance_share, GOAL_RELEVANCE_DROP)
     items = [
         (f"paste flip rate {change_between(b.flip_rate, a.flip_rate)} (goal: down ≥ {GOAL_FLIP_DROP:.0%})", flip_ok),
         (f"relevance share on the artifact {change_between(b.relevance_share, a.relevance_share)} (goal: down ≥ "

@@ -161,11 +161,10 @@ def run_reaudit(
     )
     rel = Path(report.run_dir).relative_to(config_path.parent)
     keys = [f.key for f in suspicious]
-    # the re-audit read the source run's data and transform: a collapse there is the correction's
+    # the re-audit read the source run's data and transform: a collapse there is the correction's; the audit's
+    # own warnings above name the inputs and weights, which it shares with the source run
     doubts = model_problems(report.extra, corrected=True)
-    if (
-        doubts
-    ):  # the audit's own warnings above name the inputs and weights, which it shares with the source run
+    if doubts:
         log.warning(
             "re-audit %s: its checks of the model (above) are of the corrected model, audited with the source "
             "run's data and data.transform: the correction collapsed it, not the inputs or model.checkpoint",

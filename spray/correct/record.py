@@ -250,15 +250,10 @@ class CorrectionRecord:
         return [w for w in found if w]
 
     def accuracy_warning(self) -> str:
-        """The warning of a corrected model that lost clean accuracy, with the method's own remedy.
-
-        Empty unless the loss is over the goal (a point) and, where the record has the 95 % interval of the
-        change, the interval excludes 0 (a loss the noise of which images flipped cannot explain).
-        """
+        """The warning of a corrected model that lost clean accuracy (:meth:`lost_accuracy`), with the
+        method's own remedy; empty otherwise."""
         v, p = self.verdict, self.parameters
-        if v.accuracy_change >= -GOAL_ACCURACY_LOSS:
-            return ""
-        if v.accuracy_interval is not None and v.accuracy_interval[1] >= 0:
+        if not self.lost_accuracy():
             return ""
         if self.method == "pclarc":
             fix = (
@@ -310,8 +305,9 @@ class CorrectionRecord:
         if self.reaudit is None or self.reaudit.cleared is not False:
             return ""
         rr = ["--method pclarc (no training)", *self.more_directions()]
-        if self.larger_lambda():  # more training is more correction: not where accuracy was already lost
-            rr += ["more epochs (correction.epochs)", *self.larger_lambda()]
+        larger = self.larger_lambda()
+        if larger:  # more training is more correction: not where accuracy was already lost
+            rr += ["more epochs (correction.epochs)", *larger]
         tries = {
             "rrclarc": ", ".join(rr[:-1]) + (" or " if len(rr) > 1 else "") + rr[-1],
             "pclarc": "--method rrclarc, or an earlier layer (correction.layer)",
