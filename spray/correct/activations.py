@@ -132,18 +132,20 @@ def _attention_paths(model: nn.Module) -> list[str]:
     ]
 
 
-def _channels_last(model: nn.Module, shape: tuple[int, ...]) -> bool:
-    """Whether a 4-D output is ``(B, H, W, C)``: its last axis, not its second, has the width a LayerNorm of
-    the model normalises over (timm's Swin, a ConvNeXt block's inside)."""
-    if len(shape) != 4:
-        return False
-    # a LayerNorm over one axis normalises channels; one over (C, H, W) says nothing of the layout
-    widths = {
+def _channel_widths(model: nn.Module) -> set[int]:
+    """The widths the model's LayerNorms normalise over one axis: its channels (a LayerNorm over (C, H, W)
+    says nothing of the layout)."""
+    return {
         m.normalized_shape[0]
         for m in model.modules()
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1
     }
-    return shape[3] in widths and shape[1] not in widths
+
+
+def _channels_last(shape: tuple[int, ...], widths: set[int]) -> bool:
+    """Whether a 4-D output is ``(B, H, W, C)``: its last axis, not its second, has a channel width of the
+    model (:func:`_channel_widths`; timm's Swin, a ConvNeXt block's inside)."""
+    return len(shape) == 4 and shape[3] in widths and shape[1] not in widths
 
 
 def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: torch.Tensor) -> None:
@@ -161,7 +163,7 @@ def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: 
             "batch (patches or windows of the images, as MobileViT unfolds them), so it holds no activation per "
             "image; name the block that folds them back."
         )
-    if _channels_last(model, shape):
+    if _channels_last(shape, _channel_widths(model)):
         raise ConfigError(
             f"correction.layer: {layer!r} returns {tuple(shape[1:])}, a channels-last (H, W, C) map; spray "
             "corrects at (B, C, H, W) feature maps and (B, tokens, D) transformer outputs, and would read "
@@ -217,7 +219,7 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall], batch: int) -> str:
             return block
     # In a transformer a map is one after its last attention over tokens (a stem's map before it is no feature
     # map, and an attention module's insides end before it does); an attention pooling head, (B, D), counts not.
-    inside = set(_attention_paths(model))
+    inside, widths = set(_attention_paths(model)), _channel_widths(model)
     after = max((c.order for c in calls if c.path in inside and len(c.shape) >= 3), default=-1)
     maps = [
         c
@@ -225,12 +227,12 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall], batch: int) -> str:
         if len(c.shape) == 4
         and c.shape[0] == batch
         and c.order >= after
-        and not _channels_last(model, c.shape)
+        and not _channels_last(c.shape, widths)
     ]
     if not maps:
         why = (
             " (its 4-D outputs are channels-last, (B, H, W, C), as timm's Swin keeps them)"
-            if any(_channels_last(model, c.shape) for c in calls)
+            if any(_channels_last(c.shape, widths) for c in calls)
             else ""
         )
         raise ConfigError(
