@@ -28,7 +28,7 @@ import numpy as np
 
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.records import MODEL_UNKNOWN, ChangeSet, ClusterChange
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, ClusterChange
 from spray.report import score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import RunFiles
@@ -104,10 +104,7 @@ def _changes_html(changes: ChangeSet) -> str:
     if changes.model_changed is None and prev:
         head += f"<p class='meta'>{html.escape(MODEL_UNKNOWN)}</p>"
     if changes.model_changed:
-        head += (
-            "<p class='meta'>The model changed since the previous run (other weights or model code): its clusters are "
-            "matched across two models, so a new and a resolved entry may be one shortcut learned again.</p>"
-        )
+        head += f"<p class='meta'>{html.escape(MODEL_CHANGED)}</p>"
     if changes.config_changed:
         head += (
             "<p class='meta'>Settings changed since the previous run, so a cluster may come or go by them: "

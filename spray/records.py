@@ -373,7 +373,7 @@ class DataChanges:
         copies = (
             "1 copy of a kept image under a new id"
             if self.copied == 1
-            else (f"{self.copied} copies of kept images under new ids")
+            else f"{self.copied} copies of kept images under new ids"
         )
         return (
             f"{self.added} image{'' if self.added == 1 else 's'} added, {self.removed} removed, "
@@ -383,6 +383,11 @@ class DataChanges:
         )
 
 
+#: What the changes say when the previous run explained another model (``model_changed`` True).
+MODEL_CHANGED = (
+    "The model changed since the previous run (other weights or model code): its clusters are matched across two "
+    "models, so a new and a resolved entry may be one shortcut learned again."
+)
 #: What the changes say when the previous run's model fingerprint is an older spray's (``model_changed`` None).
 MODEL_UNKNOWN = (
     "Whether the model changed since the previous run cannot be told: that run's model fingerprint was made by an "
@@ -412,8 +417,9 @@ class ChangeSet:
         The previous run's suspicious clusters whose class this run did not analyse (too few readable
         samples): no verdict, neither resolved nor still there.
     model_changed : bool or None
-        The previous run explained other weights or model code (a retrained model, an edited forward): its clusters are matched across two
-        models, so a "new" and a "resolved" entry may be one shortcut learned again. None: not known.
+        The previous run explained other weights or model code (a retrained model, an edited forward): its
+        clusters are matched across two models, so a "new" and a "resolved" entry may be one shortcut learned
+        again. None: not known.
     data : DataChanges or None
         What changed in the data since the previous run; None when either run lacks content hashes.
     config_changed : list[str]

@@ -16,7 +16,7 @@ import urlstate
 from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
-from spray.records import MODEL_UNKNOWN, ChangeSet
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet
 from spray.report import score_text
 
 st.title("Suspicious clusters")
@@ -226,10 +226,7 @@ def show_changes(ch: ChangeSet, how: str) -> None:
     if ch.model_changed is None and ch.previous_run_id:
         st.caption(MODEL_UNKNOWN)
     if ch.model_changed:
-        st.caption(
-            "The model changed since the previous run (other weights or model code): a new and a resolved entry may be one "
-            "shortcut learned again."
-        )
+        st.caption(MODEL_CHANGED)
     if ch.config_changed:
         st.caption(
             "Settings changed since the previous run, so a cluster may come or go by them: "
