@@ -33,7 +33,7 @@ import safetext
 import streamlit as st
 from PIL import Image
 
-from spray.report import score_text
+from spray.records import score_text
 
 PALETTE = pc.qualitative.Dark24
 BIG_MAP = 20_000  # points; above this: picture of all points + a drawn sample

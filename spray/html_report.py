@@ -28,8 +28,7 @@ import numpy as np
 
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, ClusterChange
-from spray.report import score_text
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, ClusterChange, score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import RunFiles
 from spray.runs.reader import RunReader

@@ -177,6 +177,12 @@ class ClusterFinding:
 
 
 #: The spaces a finding can come from (:attr:`ClusterFinding.space`).
+def score_text(score: float) -> str:
+    """A suspicion score for people: three decimals, or three significant digits below 0.1 so that small
+    scores ranked apart do not print alike ("0.004" six times)."""
+    return f"{score:.3f}" if score == 0 or abs(score) >= 0.1 else f"{score:.3g}"
+
+
 SPACES = ("pixel", "concept", "both")
 
 

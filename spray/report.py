@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from spray.records import AuditReport, ClusterFinding
+from spray.records import AuditReport, ClusterFinding, score_text
 
 
 class _Clustered(Protocol):
@@ -16,12 +16,6 @@ class _Clustered(Protocol):
     def cluster_id(self) -> int: ...
     @property
     def space(self) -> str: ...
-
-
-def score_text(score: float) -> str:
-    """A suspicion score for people: three decimals, or three significant digits below 0.1 so that small
-    scores ranked apart do not print alike ("0.004" six times)."""
-    return f"{score:.3f}" if score == 0 or abs(score) >= 0.1 else f"{score:.3g}"
 
 
 def findings_table(findings: list[ClusterFinding], *, top: int = 10, width: int = 100) -> str:

@@ -66,7 +66,8 @@ def test_report_says_seed_data_cost_and_tells_small_scores_apart(tmp_path: Path)
     printed alike ('0.004' six times)."""
     import dataclasses
 
-    from spray.report import findings_table, score_text
+    from spray.records import score_text
+    from spray.report import findings_table
 
     report, stage = make_report()
     report.config["seed"] = 3

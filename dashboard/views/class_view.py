@@ -22,7 +22,7 @@ import spectrum
 import streamlit as st
 import urlstate
 
-from spray.report import score_text
+from spray.records import score_text
 from spray.runs.keys import HOTSPOT_K
 
 path, summary = common.require_run()

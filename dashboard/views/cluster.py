@@ -23,7 +23,7 @@ import urlstate
 
 from spray import imaging
 from spray.errors import ConfigError
-from spray.report import score_text
+from spray.records import score_text
 from spray.runs.keys import HOTSPOT_K, finding_key
 from spray.runs.reader import key_space
 from spray.runs.summary import FindingSummary

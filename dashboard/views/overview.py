@@ -16,8 +16,7 @@ import urlstate
 from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
-from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet
-from spray.report import score_text
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, score_text
 
 st.title("Suspicious clusters")
 cur = common.current_run()

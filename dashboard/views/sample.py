@@ -18,7 +18,7 @@ import urlstate
 from spray import imaging
 from spray.data import UnreadableSample
 from spray.data.originals import decode_original, input_box
-from spray.report import score_text
+from spray.records import score_text
 from spray.runs.keys import sample_id_in
 from spray.runs.summary import FindingSummary
 

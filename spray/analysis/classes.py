@@ -16,7 +16,7 @@ from spray.analysis.scoring import (
 )
 from spray.analysis.threads import limit_for_rows
 from spray.config import AnalysisConfig, AuditConfig
-from spray.records import ClassAnalysis, ClusterFinding
+from spray.records import ClassAnalysis, ClusterFinding, score_text
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,8 @@ def _with_concepts(
     top = max(tested, key=lambda f: f.score, default=None)
     if top is not None:  # the pixel stage logged its own top; this is the class's top of both spaces
         log.info(
-            "class %s: %d concept-only findings; top of both spaces: %s, score %.3f%s",
-            cls[1], sum(f.space == "concept" for f in tested), top.key, top.score,
+            "class %s: %d concept-only findings; top of both spaces: %s, score %s%s",
+            cls[1], sum(f.space == "concept" for f in tested), top.key, score_text(top.score),
             " (suspicious)" if top.suspicious else "",
         )  # fmt: skip
     return tested, dict(found.clustering.labellings)

@@ -22,7 +22,7 @@ from spray.correct.record import (
 )
 from spray.correct.source import FindingMatch
 from spray.imaging import png_data_uri, resize_nearest
-from spray.report import score_text
+from spray.records import score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.errors import RunReadError
 from spray.runs.layout import CORRECTION_DIRECTION

@@ -16,8 +16,7 @@ from pathlib import Path
 from spray.accuracy import model_problems
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
-from spray.records import ClusterFinding
-from spray.report import score_text
+from spray.records import ClusterFinding, score_text
 from spray.runs.layout import CACHE_DIR, LOCK, STAGING_DIR
 
 log = logging.getLogger(__name__)

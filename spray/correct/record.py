@@ -30,7 +30,7 @@ from spray.correct.groups import FlagSelection
 from spray.correct.reaudit import Reaudit
 from spray.correct.subspace import SubspaceSummary
 from spray.correct.training import TrainingLog
-from spray.report import score_text
+from spray.records import score_text
 from spray.runs.atomic import atomic_write_bytes
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).

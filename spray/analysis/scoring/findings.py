@@ -16,7 +16,7 @@ from spray.analysis.scoring.probe import InterventionProbe, Targets
 from spray.analysis.scoring.signals import Candidate, ClassStats
 from spray.analysis.scoring.verdict import judge
 from spray.config import ScoringConfig
-from spray.records import ClusterFinding, ClusteringResult, SpectralResult
+from spray.records import ClusterFinding, ClusteringResult, SpectralResult, score_text
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +207,12 @@ def score_class(
     findings.sort(key=lambda f: (-f.score, f.k, f.cluster_id))
     top = findings[0] if findings else None
     logger.info(
-        "class %s: %d pixel candidates; top: k=%d cluster %d, score %.3f%s",
+        "class %s: %d pixel candidates; top: k=%d cluster %d, score %s%s",
         class_name,
         len(findings),
         top.k if top else -1,
         top.cluster_id if top else -1,
-        top.score if top else 0.0,
+        score_text(top.score if top else 0.0),
         " (suspicious)" if top and top.suspicious else "",
     )
     return findings
