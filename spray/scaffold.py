@@ -540,7 +540,15 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     from spray.lrp.composites import TRANSFORMER_COMPOSITES, composite_key
     from spray.lrp.concepts import has_attention
 
-    audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
+    result = audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")
+    empty = int((result.relevance.flatten(1).abs().amax(1) == 0).sum())
+    if empty:
+        # the explainer's warning above says why; an "ok" here would contradict it
+        return (
+            f"CHECK LRP: {cfg.lrp.composite} gave {empty} of {len(x)} maps of that batch that are exactly 0 "
+            "(no evidence): with random weights this is expected, so give --checkpoint; with trained weights, "
+            "see the warning above"
+        )
     named = any(part in _model_name(cfg.model.model_dump()) for part in TRANSFORMER_NAMES)
     transformer_rules = composite_key(cfg.lrp.composite) in TRANSFORMER_COMPOSITES
     if not transformer_rules and not named and has_attention(model):

@@ -53,6 +53,15 @@ def tiny(num_classes: int = 2, in_channels: int = 3) -> nn.Module:
     return Tiny(num_classes, in_channels)
 
 
+def constant_head(num_classes: int = 2) -> nn.Module:
+    """A model whose class head has zero weights: its logits do not depend on the input."""
+    model = tiny(num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.weight)
+    return model
+
+
 def tiny_double(num_classes: int = 2) -> nn.Module:
     """A working model in float64 (a user's scientific-computing habit)."""
     return tiny(num_classes).double()

@@ -147,6 +147,18 @@ def test_idx_files_and_a_factory_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert re.search(r"\(about chance level: 25 %\)", res.stdout), res.stdout
 
 
+def test_all_zero_maps_are_a_check_not_an_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside check: with all-zero relevance maps (random weights absorbed by the stabiliser) init
+    warned of them and then printed "ok: LRP: ... explained that batch"."""
+    make_image_folder(tmp_path / "train", n_per_class=2, size=16)
+    out = tmp_path / "z.yaml"
+    argv = ["init", "--data", str(tmp_path / "train"), "--model", "tests.model_factories:constant_head"]
+    res = run_main([*argv, "-o", str(out)], capsys)
+    assert res.code == 0, res.output
+    assert "CHECK LRP: EpsilonPlusFlat gave 2 of 2 maps of that batch that are exactly 0" in res.stdout
+    assert "explained that batch" not in res.stdout
+
+
 def test_factory_dataset_next_to_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copy(REPO / "configs" / "digits_data.py", tmp_path / "digits_data.py")
     out = tmp_path / "digits.yaml"
