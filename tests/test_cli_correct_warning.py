@@ -88,7 +88,7 @@ def test_a_model_that_gives_up_the_class_is_warned_of() -> None:
 
     text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03))
     assert "gets 3.0 % of the class shirt's own clean images right, against 71.0 % before" in text
-    assert "smaller lambda" in text
+    assert "smaller rr_lambda" in text
     # P-ClArC is not told to try P-ClArC (an outside check read that advice on a P-ClArC record)
     text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03, method="pclarc"))
     assert "P-ClArC" not in text and "later layer" in text
@@ -172,6 +172,7 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
     from spray.correct.record import CorrectionRecord
 
     said = {
+        "weak_shortcut_warning": "y",
         "accuracy_warning": "z",
         "stronger_warning": "a",
         "not_cleared_advice": "",
@@ -182,4 +183,4 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "lookalike_warning": "f",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
-    assert CorrectionRecord.warnings(rec) == ["z", "a", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["y", "z", "a", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]

@@ -450,5 +450,5 @@ def test_the_settings_shown_are_those_the_method_read() -> None:
         settings_text("retrain", checkpoint)
         == "retrain_mode drop, retrain_init checkpoint, epochs 1, lr 0.01"
     )
-    assert settings_text("rrclarc", params) == "rr_lambda 3000.0, lr 0.01, epochs 1"
+    assert settings_text("rrclarc", params) == "rr_lambda 3000, lr 0.01, epochs 1"
     assert settings_text("pclarc", params) == "–"

@@ -19,7 +19,10 @@ def test_not_judged_gives_the_reaudits_own_reason() -> None:
     assert "not flagged before" not in page and "not measured" not in page
     assert "not judged: the re-audit&#x27;s heatmaps of the corrected model may show no shortcut" in page
     never = render_correction_html(record(rea=reaudit(False, False)))
-    assert "not judged: it was not flagged before either" in never
+    assert (
+        "no longer flags the finding (it was not flagged before either): <span class='small'>not judged"
+        in never
+    )
     assert "not judged" not in render_correction_html(record(rea=reaudit(True, False)))
 
 
@@ -117,3 +120,42 @@ def test_a_finding_no_longer_flagged_whose_samples_still_cluster_is_warned_of() 
     # the paste test and the relevance share say the behaviour is gone: a group kept together is no alarm
     assert not [w for w in record(rea=rea).warnings() if "still form cluster" in w]
     assert not [w for w in record(rea=reaudit(True, True)).warnings() if "still form cluster" in w]
+
+
+def test_flags_that_mark_no_shortcut_are_warned_of_in_the_record_not_with_a_moved_stamp() -> None:
+    """An outside check: flags on a finding whose paste flipped 0.35 % (null 0.06 %) got the console's
+    "acts no more than any pixels" warning only (not report.html, not the dashboard), and report.html warned
+    of a stamp that moves, from a 0.93 % flip at the opposite place that the correction had not changed."""
+    from dataclasses import replace
+
+    before = replace(scores(flip=0.0035), flip_null=0.0006, flip_moved=0.0093)
+    after = replace(scores(flip=0.0035), flip_null=0.0006, flip_moved=0.0093)
+    weak = record(method="pclarc", before=before, after=after)
+    said = weak.warnings()
+    assert said[0].startswith(
+        "before the correction, pasting the flagged pixels flips 0.35 % of the images and"
+    )
+    assert not any("opposite place" in w for w in said)
+    assert (
+        "Warning: before the correction, pasting the flagged pixels flips 0.35 %"
+        in render_correction_html(weak)
+    )
+    # a real shortcut that the correction removed in place only is still warned of as one that moves
+    strong = record(
+        method="pclarc",
+        before=replace(scores(flip=0.6), flip_null=0.01, flip_moved=0.6),
+        after=replace(scores(flip=0.05), flip_null=0.01, flip_moved=0.5),
+    )
+    assert any("opposite place" in w for w in strong.warnings())
+    assert not strong.weak_shortcut_warning()
+
+
+def test_a_class_lost_by_fine_tuning_gets_advice_beyond_lambda() -> None:
+    """An outside check: the class-accuracy warning said "try a smaller lambda" where the class was lost as
+    much at rr_lambda 1e-6 with the region term off: the fine-tuning itself cost it."""
+    from dataclasses import replace
+
+    lost = record(after=replace(scores(flip=0.05, share=0.05), class_accuracy=0.6), rea=reaudit(True, False))
+    text = lost.class_accuracy_warning()
+    assert "may have fallen because it answers shirt less" in text
+    assert "fewer correction.epochs or a smaller lr" in text

@@ -220,13 +220,6 @@ def _table(outcome: Any) -> str:
     lines.append(f"  flip rate {change_between(b.flip_rate, a.flip_rate)}, relevance share "
                  f"{change_between(b.relevance_share, a.relevance_share)}, clean accuracy {v.accuracy_text()}")  # fmt: skip
     lines += [f"  WARNING: {w}" for w in rec.warnings()]
-    margin = float(rec.parameters.get("min_flip_over_null", 0.05))
-    if b.flip_null is not None and b.flip_rate - b.flip_null < margin:
-        lines.append(
-            f"  WARNING: before the correction, pasting the flagged pixels flips {pct(b.flip_rate).strip()} "
-            f"and pasting the reference's pixels there {pct(b.flip_null).strip()}: the flagged region acts no "
-            "more than any pixels; check that the flags mark a shortcut (spray flags list, the dashboard)"
-        )
     r = rec.reaudit
     if r is not None:
         lines.append(f"  re-audit: {r.describe()}")

@@ -120,7 +120,7 @@ def _verdict(rec: CorrectionRecord) -> str:
             f"<li>{html.escape(t)}: {_mark(ok, u)}</li>" for (t, ok), u in zip(items, unmarked, strict=True)
         )
         + "</ul>"
-        + "".join(f"<p class='unmet'>Warning: {html.escape(w)}.</p>" for w in rec.warnings())
+        + "".join(f"<p class='unmet'>Warning: {html.escape(w.rstrip('.'))}.</p>" for w in rec.warnings())
         + _share_note(rec)
     )
 
@@ -129,7 +129,7 @@ def _not_judged(rec: CorrectionRecord) -> str:
     """Why the re-audit's flag cannot judge the correction, in its own words (its model checks' doubts, or a
     finding the source run did not flag either); empty when it judged, or did not run."""
     r = rec.reaudit
-    return "" if r is None or r.cleared is not None else f" ({r.outcome})"
+    return "" if r is None or r.cleared is not None else f" ({r.outcome.removeprefix('not judged: ')})"
 
 
 def _share_note(rec: CorrectionRecord) -> str:
@@ -199,7 +199,7 @@ def render_correction_html(rec: CorrectionRecord, folder: Path | None = None) ->
     train = (
         "no training"
         if t is None
-        else f"{t.steps} steps over {t.samples} samples, {t.seconds:.1f} s in the last start"
+        else f"{t.steps} steps, {t.samples:,} samples seen, {t.seconds:.1f} s in the last start"
     )
     return (
         f"{_STYLE}<section class='spray-corr'><h2>Correction {html.escape(rec.correction_id[:12])}: "

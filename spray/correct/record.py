@@ -185,7 +185,8 @@ class CorrectionRecord:
             return ""
         name = self.group.class_name
         advice = {
-            "rrclarc": "try a smaller lambda or P-ClArC",
+            # the fine-tuning itself can cost a class, whatever the penalty's weight
+            "rrclarc": "try fewer correction.epochs or a smaller lr, a smaller rr_lambda, or P-ClArC",
             "pclarc": "try a later layer (--layer) or RR-ClArC",
         }
         if self.method == "rrclarc" and self.kept_shortcut():
@@ -194,8 +195,8 @@ class CorrectionRecord:
             )
         return (
             f"the corrected model gets {100 * a:.1f} % of the class {name}'s own clean images right, against "
-            f"{100 * b:.1f} % before: the flip rate fell because it answers {name} less, not only because it "
-            f"ignores the artifact; {advice.get(self.method, 'try another --method')}"
+            f"{100 * b:.1f} % before: the flip rate may have fallen because it answers {name} less, not only "
+            f"because it ignores the artifact; {advice.get(self.method, 'try another --method')}"
         )
 
     def kept_shortcut(self) -> bool:
@@ -238,6 +239,7 @@ class CorrectionRecord:
         accuracy lost, a shortcut made stronger, a finding still flagged or its samples still one cluster, a
         class given up, a moving shortcut's one region, test data that carries the shortcut."""
         found = (
+            self.weak_shortcut_warning(),
             self.accuracy_warning(),
             self.stronger_warning(),
             self.not_cleared_advice(),
@@ -248,6 +250,19 @@ class CorrectionRecord:
             self.lookalike_warning(),
         )
         return [w for w in found if w]
+
+    def weak_shortcut_warning(self) -> str:
+        """When, before the correction, pasting the flagged pixels flipped hardly more images than pasting the
+        reference's pixels there (``correction.min_flip_over_null``): the flags may mark no shortcut; empty
+        otherwise or when not measured."""
+        b = self.evaluation.before
+        if b.flip_null is None or b.flip_rate - b.flip_null >= _min_flip_over_null(self.parameters):
+            return ""
+        return (
+            f"before the correction, pasting the flagged pixels flips {100 * b.flip_rate:.2g} % of the images "
+            f"and pasting the reference's pixels there {100 * b.flip_null:.2g} %: the flagged region acts no more "
+            "than any pixels; check that the flags mark a shortcut (spray flags list, the dashboard)"
+        )
 
     def accuracy_warning(self) -> str:
         """The warning of a corrected model that lost clean accuracy (:meth:`lost_accuracy`), with the
@@ -342,7 +357,11 @@ class CorrectionRecord:
         if a.flip_moved is None:
             return ""
         in_place = b.flip_rate - b.flip_null
-        if in_place <= 0 or a.flip_moved - a.flip_null < MOVED_KEPT_WARN * in_place:
+        # a region that acted no more than any pixels had no shortcut to move (weak_shortcut_warning says so)
+        if (
+            in_place < _min_flip_over_null(self.parameters)
+            or a.flip_moved - a.flip_null < MOVED_KEPT_WARN * in_place
+        ):
             return ""
         return (
             f"pasted at the opposite place of the image, the stamp still turns {100 * a.flip_moved:.0f} % of "
@@ -471,4 +490,16 @@ def settings_text(method: str, parameters: dict[str, Any]) -> str:
     keys = _SETTINGS.get(method, ())
     if method == "retrain" and parameters.get("retrain_init") == "checkpoint":
         keys = ("retrain_mode", "retrain_init", "epochs", "lr")  # it fine-tunes like RR-ClArC
-    return ", ".join(f"{k} {parameters[k]}" for k in keys if k in parameters) or "–"
+    return ", ".join(f"{k} {_setting(parameters[k])}" for k in keys if k in parameters) or "–"
+
+
+def _min_flip_over_null(parameters: dict[str, Any]) -> float:
+    """The record's ``correction.min_flip_over_null`` (its default for records written before it)."""
+    return float(
+        parameters.get("min_flip_over_null", CorrectionConfig.model_fields["min_flip_over_null"].default)
+    )
+
+
+def _setting(value: Any) -> str:
+    """A setting as a person writes it: ``1e+07`` for 10000000.0, ``0.003``, ``3``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
