@@ -182,5 +182,5 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "moved_warning": "e",
         "lookalike_warning": "f",
     }
-    rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()})
-    assert CorrectionRecord.warnings(rec) == ["y", "z", "a", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]
+    rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()}, flag_notes=["x"])
+    assert CorrectionRecord.warnings(rec) == ["x", "y", "z", "a", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]

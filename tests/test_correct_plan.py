@@ -312,8 +312,10 @@ def test_flags_of_a_run_of_other_weights_are_pointed_out(caplog: pytest.LogCaptu
         "newrun", Path("runs/newrun"), "w1", [], [], run_models={"oldrun123456789": "w0", "newrun": "w1"}
     )
     with caplog.at_level("WARNING", logger="spray.correct.plan"):
-        _warn_other_weights(flags, source, "w1", "1/k3/c2")
+        said = _warn_other_weights(flags, source, "w1", "1/k3/c2")
     assert "set on run oldrun123456" in caplog.text and "other model weights" in caplog.text
+    # an outside check: the warning was only logged; the record keeps it for report.html and the dashboard
+    assert len(said) == 1 and said[0] in caplog.text
     assert "finding 1/k3/c2 holds most of them there" in caplog.text
     caplog.clear()
     _warn_other_weights(  # the same weights: nothing to say

@@ -159,3 +159,11 @@ def test_a_class_lost_by_fine_tuning_gets_advice_beyond_lambda() -> None:
     text = lost.class_accuracy_warning()
     assert "may have fallen because it answers shirt less" in text
     assert "fewer correction.epochs or a smaller lr" in text
+
+
+def test_the_flags_runs_warnings_reach_the_report() -> None:
+    """An outside check: "the flags were set on run …, which audited other model weights" was logged only."""
+    note = "the flags were set on run 0123456789ab, which audited other model weights; check them"
+    page = render_correction_html(record(flag_notes=[note]))
+    assert f"Warning: {note}." in page
+    assert "flags were set on run" not in render_correction_html(record())

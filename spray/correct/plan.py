@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,8 @@ class CorrectionPlan:
         The published run the correction starts from.
     device : torch.device
         Where to compute.
+    flag_notes : list of str
+        Warnings about the runs the flags were set on (other or unknown weights), kept in the record.
     """
 
     cfg: AuditConfig
@@ -86,6 +88,7 @@ class CorrectionPlan:
     example: torch.Tensor
     source: SourceRun
     device: torch.device
+    flag_notes: list[str] = field(default_factory=list)
 
 
 #: Fields that only one method reads: another method ignores them (a warning when set) and they are not
@@ -210,12 +213,18 @@ def _inputs(cfg: AuditConfig, weights: str, samples: SampleSet, clean: SampleSet
 
 
 def _kept_out(
-    samples: SampleSet, flags: FlagSelection, source: SourceRun, class_index: int, weights: str, where: str
+    samples: SampleSet,
+    flags: FlagSelection,
+    source: SourceRun,
+    class_index: int,
+    weights: str,
+    where: str,
+    notes: list[str],
 ) -> np.ndarray:
     """Rows that are neither reference nor clean data, each kind named in a warning: unflagged members of the
     flagged finding, the dataset's other flagged samples, and samples the source run did not see. ``where``
     says what they are kept out of ("the reference", with "and the clean evaluation" when it is drawn from
-    the audited data)."""
+    the audited data). What the record must keep of the flags' runs is added to ``notes``."""
     name = samples.class_names[class_index] if class_index < len(samples.class_names) else str(class_index)
     key, suspects = unflagged_members(source.findings, flags.sample_ids, class_index, _seen_by(flags, source))
     members = samples.rows_of(suspects).rows
@@ -244,7 +253,7 @@ def _kept_out(
         )  # fmt: skip
     else:
         unseen = np.zeros(0, dtype=np.int64)
-    _warn_other_weights(flags, source, weights, key)
+    notes += _warn_other_weights(flags, source, weights, key)
     return np.union1d(np.union1d(members, other), unseen)
 
 
@@ -259,10 +268,11 @@ def _seen_by(flags: FlagSelection, source: SourceRun) -> set[str] | None:
     return {s for r in flags.run_ids for s in RunReader.open(source.run_paths[r]).sample_ids()}
 
 
-def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, key: str | None) -> None:
-    """A warning when the flags were set on runs of other weights than the corrected model's, or on runs this
-    runs folder does not hold (whose weights cannot be told)."""
+def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, key: str | None) -> list[str]:
+    """Warn (and return the warnings, which the record keeps) when the flags were set on runs of other weights
+    than the corrected model's, or on runs this runs folder does not hold (whose weights cannot be told)."""
     current = str(MODEL_HASH_VERSION)
+    said = []
     older = [
         r
         for r in flags.run_ids
@@ -270,30 +280,32 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
         and source.run_models.get(r, weights) != weights
     ]
     if older:  # another fingerprint of possibly the same weights: unknown, not "other weights"
-        log.warning(
-            "the flags were set on run %s, audited by an older spray that fingerprinted models otherwise: whether "
-            "it audited these weights cannot be told; this correction takes them to run %s (%s)",
-            ", ".join(r[:12] for r in older), source.run_id[:12], f"finding {key}" if key else "no finding holds half",
-        )  # fmt: skip
+        said.append(
+            f"the flags were set on run {', '.join(r[:12] for r in older)}, audited by an older spray that "
+            "fingerprinted models otherwise: whether it audited these weights cannot be told; this correction "
+            f"takes them to run {source.run_id[:12]} ({f'finding {key}' if key else 'no finding holds half'})"
+        )
+    now = f"finding {key} holds most of them there" if key else "no finding there holds half of them"
     # a run not in this runs folder (flags from another folder's database) may have audited any model
     unknown = [r for r in flags.run_ids if r not in source.run_models]
     if unknown:
-        log.warning(
-            "the flags were set on run %s, which is not in this runs folder (%s; flags of another runs folder's "
-            "database, or a run removed since): whether it audited these weights cannot be told; this correction takes them to run %s (%s): check that they mark this "
-            "model's shortcut (spray flags check, or the dashboard), or use the flag database of this runs "
-            "folder (correction.flags_db, --flags-db)",
-            ", ".join(r[:12] for r in unknown), source.path.parent, source.run_id[:12],
-            f"finding {key} holds most of them there" if key else "no finding there holds half of them",
-        )  # fmt: skip
+        said.append(
+            f"the flags were set on run {', '.join(r[:12] for r in unknown)}, which is not in this runs folder "
+            f"({source.path.parent}; flags of another runs folder's database, or a run removed since): whether it "
+            f"audited these weights cannot be told; this correction takes them to run {source.run_id[:12]} ({now}): "
+            "check that they mark this model's shortcut (spray flags check, or the dashboard), or use the flag "
+            "database of this runs folder (correction.flags_db, --flags-db)"
+        )
     other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights and r not in older]
     if other:
-        now = f"finding {key} holds most of them there" if key else "no finding there holds half of them"
-        log.warning(
-            "the flags were set on run %s, which audited other model weights; this correction takes them to run "
-            "%s of the current weights (%s): check that they still mark this model's shortcut (spray flags check, "
-            "or the dashboard)", ", ".join(r[:12] for r in other), source.run_id[:12], now,
-        )  # fmt: skip
+        said.append(
+            f"the flags were set on run {', '.join(r[:12] for r in other)}, which audited other model weights; this "
+            f"correction takes them to run {source.run_id[:12]} of the current weights ({now}): check that they "
+            "still mark this model's shortcut (spray flags check, or the dashboard)"
+        )
+    for text in said:
+        log.warning("%s", text)
+    return said
 
 
 def _same_model(cfg: AuditConfig, source: SourceRun, weights: str) -> None:
@@ -379,7 +391,8 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     _same_geometry(cfg, source)
     unreadable = samples.rows_of(source.skipped_ids).rows
     where = "the reference and the clean evaluation" if clean_samples is samples else "the reference"
-    kept_out = _kept_out(samples, flags, source, group.class_index, weights, where)
+    notes: list[str] = []
+    kept_out = _kept_out(samples, flags, source, group.class_index, weights, where, notes)
     if len(unreadable) or len(kept_out):
         group = artifact_group(
             samples, flags, cfg.correction, cfg.seed, np.union1d(np.union1d(held, unreadable), kept_out)
@@ -404,4 +417,5 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
         example=example,
         source=source,
         device=dev,
+        flag_notes=notes,
     )

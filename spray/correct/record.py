@@ -162,6 +162,8 @@ class CorrectionRecord:
     footprint: FootprintSummary | None = None
     files: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # warnings about the runs the flags were set on (other or unknown weights), made when the plan was checked
+    flag_notes: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> Verdict:
@@ -235,10 +237,12 @@ class CorrectionRecord:
         return ["a larger correction.rr_lambda"]
 
     def warnings(self) -> list[str]:
-        """What the record's own checks say is wrong, in the order the CLI and report.html show them: clean
+        """What the record's own checks say is wrong, in the order the CLI and report.html show them: flags
+        set on runs of other or unknown weights, flags that mark no shortcut, clean
         accuracy lost, a shortcut made stronger, a finding still flagged or its samples still one cluster, a
         class given up, a moving shortcut's one region, test data that carries the shortcut."""
         found = (
+            *self.flag_notes,
             self.weak_shortcut_warning(),
             self.accuracy_warning(),
             self.stronger_warning(),

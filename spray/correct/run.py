@@ -496,6 +496,7 @@ def _record(plan: CorrectionPlan, direction: ArtifactDirection, evaluation: Eval
         parameters=c.model_dump(mode="json"),
         evaluation=evaluation,
         reaudit=reaudit,
+        flag_notes=plan.flag_notes,
         training=result.training,
         trained_modules=result.trained_modules,
         subspace=subspace,
