@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,12 @@ class ShardCache:
             if shard in self._indexed:
                 continue
             try:
+                # every member's checksum: damage inside the heatmaps would otherwise pass the index and stop
+                # every later run when they are gathered
+                with zipfile.ZipFile(shard) as zf:
+                    bad = zf.testzip()
+                if bad is not None:
+                    raise ValueError(f"bad CRC-32 for {bad}")
                 with np.load(shard, allow_pickle=False) as z:
                     hashes = z["content_hashes"].tolist()
                     labels = z["labels"].tolist()

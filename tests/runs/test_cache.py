@@ -118,3 +118,19 @@ def test_paste_logits_are_kept_per_image_and_class(tmp_path: Path) -> None:
     assert got == {"paste|t|d|m|class3": (3, 1.234567890123), "plain|t|class3": (0, -2.5)}
     assert (again.hits, again.misses) == (2, 1)
     assert again.get_many(["paste|t|d|m|class3"]) == {}  # the predictions table is another one
+
+
+def test_damage_inside_a_shards_heatmaps_is_found_when_indexing(tmp_path: Path) -> None:
+    """An outside check: 16 flipped bytes inside relevance.npy (the zip directory intact) passed the index;
+    gathering then failed with "Bad CRC-32" in this and every later run (exit 1) instead of recomputing."""
+    c = ShardCache(tmp_path / "m-l", by_label=False)
+    ids = [f"s{i}" for i in range(40)]
+    path = c.write(0, _batch(ids), None, None)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"relevance.npy") + 400  # inside the member's 1,280 bytes of data, past its headers
+    data[at : at + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    again = ShardCache(tmp_path / "m-l", by_label=False)
+    assert "h-s1" not in again and len(again) == 0  # its samples are recomputed
+    fresh = again.write(0, _batch(ids), None, None)  # and their new shard replaces the damaged file
+    assert fresh == path and len(ShardCache(tmp_path / "m-l", by_label=False)) == 40
