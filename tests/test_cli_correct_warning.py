@@ -176,6 +176,7 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "accuracy_warning": "z",
         "stronger_warning": "a",
         "not_cleared_advice": "",
+        "hidden_warning": "h",
         "lingering_warning": "b",
         "class_accuracy_warning": "c",
         "region_warning": "d",
@@ -183,4 +184,4 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "lookalike_warning": "f",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()}, flag_notes=["x"])
-    assert CorrectionRecord.warnings(rec) == ["x", "y", "z", "a", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["x", "y", "z", "a", "h", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]

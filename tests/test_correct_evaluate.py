@@ -84,7 +84,7 @@ def test_a_shortcut_left_at_the_other_places_is_warned_of() -> None:
         ev = SimpleNamespace(before=before, after=after)
         return SimpleNamespace(
             evaluation=ev, group=SimpleNamespace(class_name="circle"), method="pclarc",
-            direction=SimpleNamespace(pooling=pooling), parameters={},
+            direction=SimpleNamespace(pooling=pooling, candidates={"none": 0.9, "max": 0.95}), parameters={},
         )  # fmt: skip
 
     text = CorrectionRecord.moved_warning(rec(1.0))  # type: ignore[arg-type]

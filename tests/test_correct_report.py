@@ -167,3 +167,54 @@ def test_the_flags_runs_warnings_reach_the_report() -> None:
     page = render_correction_html(record(flag_notes=[note]))
     assert f"Warning: {note}." in page
     assert "flags were set on run" not in render_correction_html(record())
+
+
+def test_a_shortcut_hidden_from_the_reaudit_is_not_cleared() -> None:
+    """An outside check (a hybrid CNN-transformer, P-ClArC): the re-audit no longer flagged the finding and
+    --fail-if-not-cleared exited 0, while the planted tag still turned 53 % of clean images into the class
+    (paste flip rate 97.8 % -> 52.3 %, null 2 %): the projection hides the direction from the re-audit too."""
+    from dataclasses import replace
+
+    before = replace(scores(flip=0.978), flip_null=0.02)
+    hidden = record(method="pclarc", before=before, after=replace(scores(flip=0.523), flip_null=0.02),
+                    rea=reaudit(True, False))  # fmt: skip
+    assert hidden.verdict.finding_cleared is True and hidden.acts_still() and hidden.cleared() is False
+    assert (
+        "still turns 52.3 % of the other classes' images into shirt (null 2.0 %)" in hidden.hidden_warning()
+    )
+    page = render_correction_html(hidden)
+    assert (
+        "no longer flags the finding, but the shortcut still acts (below): <span class='unmet'>not met"
+        in page
+    )
+    gone = record(method="pclarc", before=before, after=replace(scores(flip=0.03), flip_null=0.02),
+                  rea=reaudit(True, False))  # fmt: skip
+    assert gone.cleared() is True and not gone.hidden_warning()
+
+
+def test_never_flagged_findings_get_no_lingering_cluster_warning() -> None:
+    """An outside check: "the re-audit no longer flags the finding, but the flagged samples still form
+    cluster ..." next to "not judged: it was not flagged before either"."""
+    from spray.correct.reaudit import Reaudit
+    from tests.correction_records import finding
+
+    after = finding(False, "2/k2/c1")
+    never = Reaudit("r" * 40, "reaudit/latest", finding(False), after, False, [], [])
+    rec = record(after=scores(flip=0.5, share=0.35), rea=never)
+    assert rec.reaudit is not None and rec.reaudit.after.jaccard >= 0.5
+    assert not rec.lingering_warning()
+    flagged = record(after=scores(flip=0.5, share=0.35), rea=reaudit(True, False))
+    assert flagged.lingering_warning()
+
+
+def test_a_stamp_not_removed_in_place_is_not_called_one_that_moves() -> None:
+    """An outside check: "the correction removed it at one place" where the in-place flip rate went 98 -> 96 %;
+    and correction.pooling: max advised at a token layer, where it is refused."""
+    from dataclasses import replace
+
+    before = replace(scores(flip=0.98), flip_null=0.02, flip_moved=0.9)
+    stayed = record(before=before, after=replace(scores(flip=0.96), flip_null=0.02, flip_moved=0.9))
+    assert not stayed.moved_warning()
+    moved = record(before=before, after=replace(scores(flip=0.05), flip_null=0.02, flip_moved=0.9))
+    assert "removed it at one place" in moved.moved_warning()
+    assert "correction.pooling: max" not in moved.moved_warning()  # its layer's candidates: mean only

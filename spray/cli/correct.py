@@ -293,9 +293,14 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("correction %s is already published: %s", outcome.record.correction_id[:12], outcome.folder)
     else:
         sys.stdout.write(_table(outcome) + "\n")
-    cleared = outcome.record.verdict.finding_cleared
+    cleared = outcome.record.cleared()
     if args.fail_if_not_cleared and cleared is False:
-        log.warning("the re-audit still flags the finding: exit %d (--fail-if-not-cleared)", EXIT_FINDINGS)
+        still = (
+            "the shortcut still acts"
+            if outcome.record.acts_still()
+            else "the re-audit still flags the finding"
+        )
+        log.warning("%s: exit %d (--fail-if-not-cleared)", still, EXIT_FINDINGS)
         return EXIT_FINDINGS
     doubted = outcome.record.reaudit is not None and outcome.record.reaudit.doubts
     if args.fail_if_not_cleared and cleared is None and doubted:
@@ -354,8 +359,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--fail-if-not-cleared",
         action="store_true",
-        help="exit 10 when the re-audit still flags the finding (a nightly job then notices a correction "
-        "that did not remove the shortcut)",
+        help="exit 10 when the re-audit still flags the finding, or no longer flags it while pasting the "
+        "flagged pixels still flips the corrected model (a nightly job then notices a correction that did not "
+        "remove the shortcut)",
     )
     p.add_argument("--force", action="store_true", help="recompute even if this correction is published")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -105,7 +105,7 @@ def _verdict(rec: CorrectionRecord) -> str:
          f"{GOAL_RELEVANCE_DROP:.0%})", share_ok),
         (f"clean accuracy {v.accuracy_text()} (goal: no loss over {_points(GOAL_ACCURACY_LOSS)})",
          v.accuracy_change >= -GOAL_ACCURACY_LOSS),
-        ("the re-audit no longer flags the finding" + _not_judged(rec), v.finding_cleared),
+        ("the re-audit no longer flags the finding" + _not_judged(rec) + _acts_still(rec), rec.cleared()),
     ]  # fmt: skip
     # what an unmarked item means: a measure 0 before, a re-audit that could not judge, or none run
     unmarked = [
@@ -132,11 +132,16 @@ def _not_judged(rec: CorrectionRecord) -> str:
     return "" if r is None or r.cleared is not None else f" ({r.outcome.removeprefix('not judged: ')})"
 
 
+def _acts_still(rec: CorrectionRecord) -> str:
+    """The goal's own caveat when the re-audit no longer flags the finding but the shortcut still acts."""
+    return ", but the shortcut still acts (below)" if rec.hidden_warning() else ""
+
+
 def _share_note(rec: CorrectionRecord) -> str:
     """Why a relevance share above its goal need not be the shortcut: shown only when the behavioural
     measures say the shortcut is gone (flip rate goal met, re-audit cleared) and the share goal is missed."""
     v = rec.verdict
-    behaviour_gone = v.flip_drop is not None and v.flip_drop >= GOAL_FLIP_DROP and v.finding_cleared is True
+    behaviour_gone = v.flip_drop is not None and v.flip_drop >= GOAL_FLIP_DROP and rec.cleared() is True
     if v.relevance_drop is None or v.relevance_drop >= GOAL_RELEVANCE_DROP or not behaviour_gone:
         return ""
     return (

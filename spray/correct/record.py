@@ -247,6 +247,7 @@ class CorrectionRecord:
             self.accuracy_warning(),
             self.stronger_warning(),
             self.not_cleared_advice(),
+            self.hidden_warning(),
             self.lingering_warning(),
             self.class_accuracy_warning(),
             self.region_warning(),
@@ -335,11 +336,45 @@ class CorrectionRecord:
         advice = tries.get(self.method, "another --method")
         return f"the re-audit still flags the finding after {self.method}: try {advice} (docs/correction.md)"
 
+    def acts_still(self) -> bool:
+        """Whether pasting the flagged pixels still flips the corrected model beyond the null by the margin
+        ``correction.min_flip_over_null`` while the flip-rate goal is missed: the shortcut still acts,
+        whatever the re-audit's heatmaps show."""
+        a, drop = self.evaluation.after, self.verdict.flip_drop
+        missed = drop is not None and drop < GOAL_FLIP_DROP
+        return missed and a.flip_rate - a.flip_null >= _min_flip_over_null(self.parameters)
+
+    def cleared(self) -> bool | None:
+        """The correction's verdict on the finding: the re-audit's flag (None: not judged, or not run), except
+        that a finding the re-audit no longer flags is not cleared while the shortcut still acts
+        (:meth:`acts_still`): P-ClArC's projection also takes the direction out of the re-audit's heatmaps."""
+        flag = self.verdict.finding_cleared
+        return False if flag is True and self.acts_still() else flag
+
+    def hidden_warning(self) -> str:
+        """When the re-audit no longer flags the finding but the shortcut still acts (:meth:`acts_still`);
+        empty otherwise."""
+        if self.verdict.finding_cleared is not True or not self.acts_still():
+            return ""
+        a = self.evaluation.after
+        why = (
+            "P-ClArC projects the direction out of the heatmaps too, so the re-audit cannot see it"
+            if self.method == "pclarc"
+            else "the re-audit's heatmaps do not show what the model still uses"
+        )
+        return (
+            f"the re-audit no longer flags the finding, but pasting the flagged pixels still turns "
+            f"{100 * a.flip_rate:.1f} % of the other classes' images into {self.group.class_name} (null "
+            f"{100 * a.flip_null:.1f} %): the shortcut still acts and the finding is not cleared ({why}); judge "
+            "by the paste flip rate"
+        )
+
     def lingering_warning(self) -> str:
         """When the re-audit no longer flags the finding but the flagged samples still form one cluster of
         their own (the flag's overlap, unflagged): the model may still single them out by the artifact."""
         r, v = self.reaudit, self.verdict
-        if r is None or r.still_flagged or r.after.key is None:
+        # a finding the source run did not flag either is "not judged", not "no longer flagged"
+        if r is None or r.still_flagged or r.after.key is None or not r.before.suspicious:
             return ""
         # most of the group still together, and the behaviour not gone by the paste test or the relevance share
         if r.after.jaccard < max(LINGER_JACCARD, float(self.parameters.get("reaudit_min_jaccard", 0.3))):
@@ -365,6 +400,8 @@ class CorrectionRecord:
         if (
             in_place < _min_flip_over_null(self.parameters)
             or a.flip_moved - a.flip_null < MOVED_KEPT_WARN * in_place
+            # not removed in place either: a shortcut that stayed, not one that moves
+            or a.flip_rate - a.flip_null > MOVED_KEPT_WARN * in_place
         ):
             return ""
         return (
@@ -374,7 +411,9 @@ class CorrectionRecord:
             "images at every place (the finding's carriers: --with-carriers, unless they are flagged already) "
             + (
                 "or take a direction that ignores where it sits (correction.pooling: max) "
-                if self.method != "retrain" and self.direction.pooling != "max"
+                if self.method != "retrain"
+                and self.direction.pooling != "max"
+                and "max" in self.direction.candidates
                 else ""
             )
             + "and read the re-audit (docs/correction.md)"
@@ -435,7 +474,9 @@ class CorrectionRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the verdict included, and whether RR-ClArC's region term ran, for readers that do
         not rebuild the record)."""
-        out = {**dataclasses.asdict(self), "verdict": dataclasses.asdict(self.verdict)}
+        # "cleared": the flag's verdict corrected by the paste test (cleared()), for scripts that read the file
+        verdict = {**dataclasses.asdict(self.verdict), "cleared": self.cleared()}
+        out = {**dataclasses.asdict(self), "verdict": verdict}
         if self.method == "rrclarc":
             # parameters keep rr_region_weight as configured; a reader of the JSON learns here whether it acted
             out["region_term_ran"] = self.footprint is not None
