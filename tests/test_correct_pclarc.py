@@ -171,3 +171,50 @@ def test_a_corrected_config_finds_the_users_factory_modules(tmp_path: Path) -> N
     bad = {**raw, "factory_dirs": ["nowhere"]}
     with pytest.raises(ConfigError, match=r"factory_dirs: .*nowhere.* is not a folder"):
         config_from_dict(bad, base_dir=project)
+
+
+class _Hybrid(torch.nn.Module):
+    """A conv stem, tokens, an ``nn.TransformerEncoder`` (batch first) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 4, stride=4)
+        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.blocks = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def _random_direction(model: torch.nn.Module, layer: str, x: torch.Tensor) -> ArtifactDirection:
+    acts = layer_activations(model, layer, iter([x]), torch.device("cpu"))
+    v = torch.randn(acts[0].numel(), generator=torch.Generator().manual_seed(0))
+    return ArtifactDirection(layer, "none", (v / v.norm()).numpy(), acts.mean(0).numpy(), None, {})  # type: ignore[arg-type]
+
+
+def test_a_projection_inside_a_transformer_encoder_runs_with_its_keywords() -> None:
+    """An outside check: P-ClArC at a layer of an ``nn.TransformerEncoder`` stopped with "forward() got an
+    unexpected keyword argument 'src_mask'" (the encoder passes it), and at its first layer with "'ProjectedLayer'
+    object has no attribute 'self_attn'" (the encoder reads it)."""
+    from spray.correct.pclarc import check_projection_runs
+
+    torch.manual_seed(0)
+    model, x = _Hybrid().eval(), torch.rand(4, 3, 16, 16)
+    for layer in ("blocks.layers.1", "blocks.layers.0"):
+        corrected = pclarc(model, _random_direction(model, layer, x))
+        check_projection_runs(corrected, x)
+        out = corrected(x)
+        assert out.shape == (4, 3) and not torch.allclose(out, model(x))
+
+
+def test_a_sublayer_that_a_fused_path_skips_is_refused() -> None:
+    """An outside check: a projection after ``linear1`` of an ``nn.TransformerEncoderLayer`` is never called in
+    evaluation (the layer's fused path reads linear1's weights): refused, not measured as no change."""
+    from spray.correct.pclarc import check_projection_runs
+
+    torch.manual_seed(0)
+    model, x = _Hybrid().eval(), torch.rand(4, 3, 16, 16)
+    corrected = pclarc(model, _random_direction(model, "blocks.layers.1.linear1", x))
+    with pytest.raises(ConfigError, match=r"not called through its own forward.*Name the whole block"):
+        check_projection_runs(corrected, x)

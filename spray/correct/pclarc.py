@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -63,7 +63,64 @@ class ArtifactProjection(nn.Module):
 
 
 class ProjectedLayer(nn.Sequential):
-    """The user's layer followed by an :class:`ArtifactProjection` (``[0]`` layer, ``[1]`` projection)."""
+    """The user's layer followed by an :class:`ArtifactProjection` (``[0]`` layer, ``[1]`` projection).
+
+    Its parent may call it with keyword arguments (``nn.TransformerEncoder`` passes ``src_mask``) and read the
+    layer's attributes (``self_attn``, ``weight``, ``eps``): both go to the user's layer.
+    """
+
+    def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+        """The layer's output ``(B, ...)``, projected."""
+        return self[1](self[0](input, *args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("0")
+            if inner is None or name.isdigit():  # its own slots ("1" while it is built) are never the layer's
+                raise
+            return getattr(inner, name)
+
+
+def check_projection_runs(corrected: nn.Module, example: torch.Tensor) -> None:
+    """Refuse a corrected model whose projection its forward never calls in evaluation (``example``
+    ``(B, C, H, W)``): a parent with a fused path (``nn.TransformerEncoderLayer`` in eval mode without
+    gradients) reads a sublayer's weights and skips its forward, so the correction would be measured absent.
+
+    Raises
+    ------
+    ConfigError
+        With the layer and the fix (name the whole block).
+    """
+    found = [(n, m) for n, m in corrected.named_modules() if isinstance(m, ProjectedLayer)]
+    calls: list[int] = []
+
+    def counted(projection: nn.Module) -> Any:
+        plain = projection.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return plain(x)
+
+        return forward
+
+    # a wrapped forward, not a hook: a forward hook anywhere in the layer turns its fused path off
+    for _, m in found:
+        m[1].forward = counted(m[1])
+    try:
+        with torch.no_grad():
+            corrected(example)
+    finally:
+        for _, m in found:
+            del m[1].forward
+    if found and not calls:
+        raise ConfigError(
+            f"correction.layer: {found[0][0]!r} is not called through its own forward when the model evaluates "
+            "(its parent reads its weights in a fused path, as nn.TransformerEncoderLayer does in eval mode), "
+            "so P-ClArC's projection there would never run. Name the whole block instead (correction.layer, "
+            "--layer), e.g. the encoder layer that holds it, or use --method rrclarc."
+        )
 
 
 @dataclass(frozen=True)

@@ -343,9 +343,11 @@ def trace(
 def _method(task: CorrectionTask) -> MethodResult:
     method = task.cfg.correction.method
     if method == "pclarc":
-        from spray.correct.pclarc import pclarc
+        from spray.correct.pclarc import check_projection_runs, pclarc
 
-        return MethodResult(pclarc(task.model, task.direction))
+        corrected = pclarc(task.model, task.direction)
+        check_projection_runs(corrected, task.example)
+        return MethodResult(corrected)
     if method == "rrclarc":
         from spray.correct.rrclarc import rrclarc
 
