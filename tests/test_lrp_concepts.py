@@ -360,3 +360,36 @@ def test_a_layer_path_of_the_users_model_is_found_inside_spray_and_torch_wrapper
     assert resolve_concept_layer(net, "1.layer4") == "1.layer4"
     with pytest.raises(ConfigError, match="not a module of the model"):
         resolve_concept_layer(OutputSelector(net, 0), "1.layer9")
+
+
+class _SeqFirstHybrid(nn.Module):
+    """A conv stem, 16 tokens, two ``nn.TransformerEncoderLayer`` in torch's default (T, B, D) layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.blocks = nn.Sequential(
+            *[nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0) for _ in range(2)]  # batch_first=False
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).permute(2, 0, 1)  # (T, B, D)
+        return self.head(self.blocks(tokens).mean(0))
+
+
+@pytest.mark.parametrize("batch", [16, 5])
+def test_a_sequence_first_block_gives_no_rows_taken_for_samples(
+    batch: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: the auto concept layer of a (T, B, D) transformer wrote per-token rows as samples'
+    concept vectors ((1024, 64) for 1024 images when tokens and batch were both 64, unnoticed; (960, 64) for
+    928), and the audit died later on a mask of the wrong shape. The auto layer is now passed over with a
+    warning, and a named one is refused with the fix."""
+    torch.manual_seed(0)
+    model, x = _SeqFirstHybrid().eval(), torch.rand(batch, 3, 16, 16)  # 16 tokens
+    with caplog.at_level("WARNING", logger="spray.lrp.explainer"):
+        got = Explainer(model, "EpsilonPlusFlat", concept_layer="auto")(x)
+    assert got.concepts is None and "whose first axis is the batch" in caplog.text
+    with pytest.raises(ModelError, match=r"first axis is not the batch of .* lrp.concept_layer: none"):
+        Explainer(model, "EpsilonPlusFlat", concept_layer="blocks.1")(x)

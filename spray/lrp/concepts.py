@@ -134,6 +134,9 @@ class ConceptTap:
     required : bool
         A layer that does not run in the forward pass is an error (a path the user chose); else
         :attr:`missing` is set (a layer chosen by ``"auto"``, which the model's ``forward`` may bypass).
+    batch : int, optional
+        The batch size: an output whose first axis is not the batch is refused (``required``) or passed
+        over like a missing layer.
 
     Attributes
     ----------
@@ -149,10 +152,12 @@ class ConceptTap:
         context: RuleContext,
         mask: torch.Tensor | None = None,
         required: bool = True,
+        batch: int | None = None,
     ) -> None:
         self.model, self.path, self.context = model, path, context
         self.mask = mask
         self.required = required
+        self.batch = batch
         self.missing = False
         self.relevance: torch.Tensor | None = None
         self.calls = 0
@@ -168,6 +173,16 @@ class ConceptTap:
             raise ModelError(
                 f"concept layer {self.path!r} returns {kind}; it must return a (B, C, ...) or (B, T, D) "
                 "float tensor: choose another layer (lrp.concept_layer)"
+            )
+        if self.batch is not None and (output.shape[0] != self.batch or _sequence_first(module)):
+            # per-token or per-patch rows taken for samples would misalign every concept vector after them
+            if not self.required:
+                return output
+            raise ModelError(
+                f"concept layer {self.path!r} returns {tuple(output.shape)}, whose first axis is not the batch of "
+                f"{self.batch} images (a sequence-first transformer layer, (T, B, D), or patches unfolded into the "
+                "batch axis): choose a layer whose output starts with the batch (lrp.concept_layer), or "
+                "lrp.concept_layer: none"
             )
         if not output.requires_grad:
             cut = (
@@ -213,6 +228,16 @@ class ConceptTap:
         if self.relevance is not None:
             return self.relevance.detach()
         raise ModelError(f"no relevance reached concept layer {self.path!r}; choose a layer the logits use")
+
+
+def _sequence_first(module: nn.Module) -> bool:
+    """Whether a torch transformer layer or stack works on ``(T, B, D)`` (``batch_first=False``, torch's
+    default): its first axis is the batch only by chance, when the tokens are as many as the images."""
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
+        module = module.layers[0]
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return not module.self_attn.batch_first
+    return False
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module:

@@ -497,7 +497,9 @@ class Explainer:
             raise ConfigError("concept_mask needs an Explainer with a concept_layer")
         if self.concept_layer is not None:
             required = concept_mask is not None or not self._concept_auto
-            self._tap = ConceptTap(self._model, self.concept_layer, self._context, concept_mask, required)
+            self._tap = ConceptTap(
+                self._model, self.concept_layer, self._context, concept_mask, required, batch=x.shape[0]
+            )
         try:  # the tap stays set while a first-batch check may re-run the forward pass
             out, x = self._run(x)
             check_order(self._context, self._first_path, self._model)
@@ -507,8 +509,8 @@ class Explainer:
         if tap is not None and tap.missing:
             logger.warning(
                 "concept layer %r (chosen by concept_layer='auto') is not called by the model's forward() or "
-                "returns no (B, C, ...) tensor; no concept relevance is computed: set lrp.concept_layer to "
-                "such a module",
+                "returns no (B, C, ...) tensor whose first axis is the batch; no concept relevance is computed: "
+                "set lrp.concept_layer to such a module",
                 tap.path,
             )
             self.concept_layer, tap = None, None
