@@ -555,8 +555,9 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
         # the name-based note (in the config) misses a transformer built by the user's own factory
         return (
             f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has attention layers "
-            "(a transformer): it is explained at patch resolution; AttnLRP explains it at the input's. If the "
-            "findings look like noise, audit with lrp.composite: AttnLRP (docs/lrp.md, 'Which composite for a ViT')"
+            "(a transformer or a hybrid): its flat first layer (a ViT's patches) and z+ convolutions blur what "
+            "the model looks at, and a shortcut the model learned can go unflagged (an outside check on a CNN-transformer hybrid: unflagged, against finding #1 "
+            "flagged with AttnLRP). Set lrp.composite: AttnLRP (docs/lrp.md, 'Which composite for a ViT')"
         )
     flat_rules = composite_key(cfg.lrp.composite) == composite_key("EpsilonPlusFlat")
     if flat_rules and not _flat_under_z_plus(cfg.model.model_dump()) and _has_convnext_blocks(model):
