@@ -8,7 +8,7 @@ Pages (``st.navigation`` with file pages, so ``AppTest.switch_page`` can reach e
 - Cluster / selection: mean heatmap, evidence, paged grid of every member (input, heatmap, overlay);
 - Sample: one sample at full size (input, heatmap, overlay, original file), its clusters and history;
 - Flags: current flags with history, unflag, export for unlearning (CSV, JSON, Parquet);
-- Corrections: the picked run's published corrections (``spray correct``), before and after.
+- Corrections: the published corrections of the picked run's dataset (``spray correct``), before and after.
 
 Every page: the access token first (when the server has one), the sidebar (run picker, unreadable runs with
 their reason, sample search, author, live flag counts), and errors of run files or of the flag database as

@@ -453,4 +453,7 @@ def test_the_settings_shown_are_those_the_method_read() -> None:
         == "retrain_mode drop, retrain_init checkpoint, epochs 1, lr 0.01"
     )
     assert settings_text("rrclarc", params) == "rr_lambda 3000, lr 0.01, epochs 1"
+    # an outside check: a correction with the region term off looked like any other RR-ClArC
+    off = settings_text("rrclarc", {**params, "rr_region_weight": 0.0})
+    assert off == "rr_lambda 3000, rr_region_weight 0, lr 0.01, epochs 1"
     assert settings_text("pclarc", params) == "–"

@@ -1,4 +1,4 @@
-"""Corrections: what ``spray correct`` did about the picked run's flagged finding, before and after."""
+"""Corrections: what ``spray correct`` did about a flagged finding of the picked run's dataset, before and after."""
 
 from __future__ import annotations
 
@@ -11,23 +11,26 @@ import streamlit as st
 
 from spray.correct.html import render_correction_html
 from spray.correct.record import settings_text
-from spray.correct.run import corrections_for
+from spray.correct.run import PublishedCorrection, corrections_for
 
 st.title("Corrections")
 path, summary = common.require_run()
 run_id = summary.run_id
-found = corrections_for(common.runs_dir(), run_id)
-if not found and (found := corrections_for(common.runs_dir(), dataset=summary.dataset)):
-    # made from an earlier run of the dataset, which retention (output.keep_runs) may have removed since
-    st.caption(
-        f"No correction of run {safetext.code(run_id[:12])} itself; these were made from earlier runs of the same "
-        "dataset (their source runs may have been removed by retention since)."
+unreadable: list[tuple[Path, str]] = []
+# every correction of the dataset: one made from another run (older, newer, or removed by retention) is
+# still about this dataset's model, and hiding it made published corrections unreachable
+found = corrections_for(common.runs_dir(), dataset=summary.dataset, unreadable=unreadable)
+found.sort(key=lambda c: c.record.source_run_id != run_id)  # this run's first, each part newest first
+for folder, reason in unreadable:
+    st.warning(
+        f"Correction folder {safetext.code(folder.name)} has a `correction.json` that cannot be read ({safetext.plain(reason)}): "
+        "it is not listed. Publish it again (`spray correct --force` with its config) or remove the folder."
     )
 if not found:
     st.info(
-        f"No correction of run {safetext.code(run_id[:12])} yet. Flag the finding's samples for unlearning (Cluster or "
+        f"No correction of dataset {safetext.code(summary.dataset)} yet. Flag the finding's samples for unlearning (Cluster or "
         "Class page), then run `spray correct --config <the audit config>` (`--method pclarc`, `rrclarc` or "
-        "`retrain`); published corrections of this run appear here on the next page load."
+        "`retrain`); published corrections appear here on the next page load."
     )
     st.stop()
 
@@ -36,13 +39,31 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+def _reaudit(c: PublishedCorrection) -> str:
+    r = c.record
+    if r.reaudit is None:
+        return "not run (--no-reaudit)"
+    return f"{r.reaudit.outcome}, but the shortcut still acts" if r.hidden_warning() else r.reaudit.outcome
+
+
+# --force publishes a correction again: the newest folder of an id is the current one
+current: dict[str, Path] = {}
+for c in found:
+    if c.folder.name > current.get(c.record.correction_id, Path("")).name:
+        current[c.record.correction_id] = c.folder
 rows = []
 for c in found:
-    r, b, a, v = c.record, c.record.evaluation.before, c.record.evaluation.after, c.record.verdict
+    r, b, a = c.record, c.record.evaluation.before, c.record.evaluation.after
+    newer = current[r.correction_id]
+    warnings = r.warnings()
     rows.append(
         {
             "correction": c.folder.name,
             "method": r.method,
+            "re-audit": _reaudit(c),
+            "warnings": f"{len(warnings)}: {warnings[0][:80]}…" if warnings else "–",
+            "source run": r.source_run_id[:12] + (" (this run)" if r.source_run_id == run_id else ""),
+            "replaced by": "–" if newer == c.folder else f"{newer.name} (published again)",
             "layer": r.direction.layer,
             "settings": settings_text(r.method, r.parameters),
             "class": r.group.class_name,
@@ -53,17 +74,30 @@ for c in found:
             # test data and a held-out part of the audited data are not the same measurement
             "evaluated on": f"{r.evaluation.split} ({r.evaluation.n_clean:,})",
             "on its class": f"{_pct(b.class_accuracy)} → {_pct(a.class_accuracy)}",
-            "re-audit": "not run (--no-reaudit)" if r.reaudit is None else r.reaudit.outcome,
         }
     )
-st.caption(f"{len(found)} correction(s), newest first.")
+mine = sum(c.record.source_run_id == run_id for c in found)
+others = sorted({c.record.source_run_id[:12] for c in found if c.record.source_run_id != run_id})
+st.caption(
+    f"{mine} correction(s) of run {safetext.code(run_id[:12])}"
+    + (
+        f"; {len(found) - mine} made from other runs of dataset {safetext.code(summary.dataset)} "
+        f"({', '.join(safetext.code(o) for o in others)}; a source run may have been removed by retention since)"
+        if len(found) > mine
+        else ""
+    )
+    + ". This run's first, newest first; the warnings column counts what each record's checks say is wrong."
+)
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 names = [c.folder.name for c in found]
 picked = st.selectbox("Before and after", names, key="corr_pick")
 chosen = found[names.index(picked)]
 st.html(render_correction_html(chosen.record, chosen.folder))
 reaudit = Path(chosen.folder) / "reaudit"
-st.caption(
-    f"Folder: {safetext.code(chosen.folder)}. Its re-audit is a run of its own: "
-    f"{safetext.code(f'spray dashboard --runs-dir {reaudit}', limit=None)}."
-)
+if reaudit.is_dir():
+    st.caption(
+        f"Folder: {safetext.code(chosen.folder)}. Its re-audit is a run of its own: "
+        f"{safetext.code(f'spray dashboard --runs-dir {reaudit}', limit=None)}."
+    )
+else:
+    st.caption(f"Folder: {safetext.code(chosen.folder)}. It has no re-audit folder.")

@@ -524,7 +524,7 @@ def _build(tp: Any, value: Any) -> Any:
 
 #: The parameters that tell two corrections of one method apart, per method (the record keeps every one).
 _SETTINGS = {
-    "rrclarc": ("rr_lambda", "lr", "epochs"),
+    "rrclarc": ("rr_lambda", "rr_region_weight", "lr", "epochs"),
     "retrain": ("retrain_mode", "retrain_init", "retrain_epochs", "retrain_lr"),
     "pclarc": (),
 }

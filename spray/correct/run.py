@@ -111,16 +111,23 @@ class PublishedCorrection:
 
 
 def corrections_for(
-    runs_dir: Path, source_run_id: str | None = None, *, dataset: str | None = None
+    runs_dir: Path,
+    source_run_id: str | None = None,
+    *,
+    dataset: str | None = None,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> list[PublishedCorrection]:
     """The published corrections made from one source run (or, with ``dataset``, from any run of that
-    dataset: a source run removed by retention keeps its corrections), newest first."""
+    dataset: a source run removed by retention keeps its corrections), newest first. Folders whose
+    ``correction.json`` cannot be read are added to ``unreadable`` with the reason (whatever their dataset)."""
     out = []
     for p in list_corrections(runs_dir):
         try:
             rec = CorrectionRecord.read(p)
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError) as err:
             log.warning("correction %s has an unreadable correction.json; skipped", p)
+            if unreadable is not None:
+                unreadable.append((p, f"{type(err).__name__}: {err}"))
             continue
         if (source_run_id is not None and rec.source_run_id == source_run_id) or (
             dataset is not None and rec.dataset == dataset
