@@ -218,3 +218,11 @@ def test_a_stamp_not_removed_in_place_is_not_called_one_that_moves() -> None:
     moved = record(before=before, after=replace(scores(flip=0.05), flip_null=0.02, flip_moved=0.9))
     assert "removed it at one place" in moved.moved_warning()
     assert "correction.pooling: max" not in moved.moved_warning()  # its layer's candidates: mean only
+
+
+def test_a_bound_a_hair_below_zero_is_not_minus_zero() -> None:
+    """An outside check: "interval -0.00 to +0.71"."""
+    from spray.correct.record import Verdict
+
+    text = Verdict(0.5, 0.5, -0.00001, True, [-0.00001, 0.0071]).accuracy_text()
+    assert text == "+0.00 points (95 % interval +0.00 to +0.71)"

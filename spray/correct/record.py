@@ -131,11 +131,13 @@ class Verdict:
 
     def accuracy_text(self) -> str:
         """``"-1.32 points (95 % interval -2.10 to -0.54)"``: the change with its interval, where kept."""
-        text = f"{100 * self.accuracy_change:+.2f} points"
+        text = f"{round(100 * self.accuracy_change, 2) + 0.0:+.2f} points"
         if self.accuracy_interval is None:
             return text
         low, high = self.accuracy_interval
-        return f"{text} (95 % interval {100 * low:+.2f} to {100 * high:+.2f})"
+        # rounded first, so that a bound a hair below 0 prints as +0.00, not -0.00
+        low, high = (round(100 * x, 2) + 0.0 for x in (low, high))
+        return f"{text} (95 % interval {low:+.2f} to {high:+.2f})"
 
 
 @dataclass
