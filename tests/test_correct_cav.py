@@ -254,3 +254,31 @@ def test_layer_checks_leave_cnns_with_layer_norms_and_attention_heads_alone() ->
         ConfigError, match=r"'unfold' returns \(8, 9, 8\) for 2 inputs: its first axis is not"
     ):
         resolve_layer(Net("flat").eval(), "unfold", x)
+
+
+class _SeqFirstHybrid(nn.Module):
+    """A conv stem, 16 tokens, two ``nn.TransformerEncoderLayer`` in torch's default (T, B, D) layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0) for _ in range(2)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x).flatten(2).permute(2, 0, 1)).mean(0))
+
+
+def test_a_sequence_first_transformer_is_said_and_its_blocks_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside check: 'auto' on a batch_first=False hybrid took the stem without a word (RR-ClArC then
+    fine-tuned the whole transformer: -21 points), and naming its block was refused as MobileViT's patches.
+    With 16 images and 16 tokens its (T, B, D) block looked batch-first and would have been taken."""
+    torch.manual_seed(0)
+    model, x = _SeqFirstHybrid().eval(), torch.rand(16, 3, 16, 16)
+    with caplog.at_level("WARNING", logger="spray.correct.activations"):
+        assert resolve_layer(model, "auto", x) == "stem"
+    assert "(tokens, batch, D) (batch_first=False)" in caplog.text and "'blocks.1'" in caplog.text
+    with pytest.raises(ConfigError, match=r"works on \(tokens, batch, D\).*batch_first=True"):
+        resolve_layer(model, "blocks.1", x)

@@ -157,11 +157,20 @@ def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: 
             "one activation to correct; name its parent block or a submodule that returns a tensor. "
             f"Layers: {_layer_list(model)}."
         )
+    from spray.lrp.concepts import sequence_first
+
+    if sequence_first(model.get_submodule(layer)):
+        raise ConfigError(
+            f"correction.layer: {layer!r} works on (tokens, batch, D) (batch_first=False, torch's default): spray "
+            "corrects at (B, tokens, D) outputs only. Build the model with batch_first=True (the same weights "
+            "load), or name a (B, C, H, W) feature map before the transformer."
+        )
     if shape[0] != len(example):
         raise ConfigError(
             f"correction.layer: {layer!r} returns {shape} for {len(example)} inputs: its first axis is not the "
-            "batch (patches or windows of the images, as MobileViT unfolds them), so it holds no activation per "
-            "image; name the block that folds them back."
+            "batch (patches or windows of the images, as MobileViT unfolds them, or tokens first, as a "
+            "transformer with batch_first=False keeps them), so it holds no activation per image; name the block "
+            "that folds them back."
         )
     if _channels_last(shape, _channel_widths(model)):
         raise ConfigError(
@@ -203,15 +212,20 @@ def _has_grid(shape: tuple[int, ...]) -> bool:
 def _auto_layer(model: nn.Module, calls: list[LayerCall], batch: int) -> str:
     """The ``"auto"`` layer: for a transformer its last block; else the last feature map with a grid (else the
     last 1×1 one), outermost module."""
-    from spray.lrp.concepts import default_concept_layer, has_attention
+    from spray.lrp.concepts import default_concept_layer, has_attention, sequence_first
 
+    seq_first: str | None = None
     if has_attention(model):
         # Inside a ViT, 4-D outputs are attention's keys or weights (heads × tokens), not feature maps: its
         # last block's (B, tokens, D) output is taken. A Swin's blocks are channels-last (B, H, W, C) and a
         # block returning a tuple is no activation: both go on to the feature-map search below.
         block = default_concept_layer(model)
         shapes = [c.shape for c in calls if c.path == block]
-        if block is not None and len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][0] == batch:
+        if block is not None and sequence_first(model.get_submodule(block)):
+            seq_first = (
+                block  # (T, B, D): its first axis is the batch only when tokens and images are as many
+            )
+        elif block is not None and len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][0] == batch:
             log.info(
                 "correction.layer: 'auto' took %r, the transformer's last block (tokens: no spatial grid)",
                 block,
@@ -249,7 +263,16 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall], batch: int) -> str:
             f"correction.layer: 'auto' found {last.path}, which runs more than once per forward pass; "
             f"name a layer. Layers: {_layer_list(model)}."
         )
-    return min(chosen, key=lambda p: p.count("."))
+    found = min(chosen, key=lambda p: p.count("."))
+    if seq_first is not None:
+        log.warning(
+            "correction.layer: 'auto' took %r: the transformer's blocks (%r) work on (tokens, batch, D) "
+            "(batch_first=False), where spray cannot correct, so it took the last feature map before them, and "
+            "RR-ClArC fine-tunes every layer after it, the attention included (watch the clean accuracy); a "
+            "model built with batch_first=True can be corrected at its last block",
+            found, seq_first,
+        )  # fmt: skip
+    return found
 
 
 def _warn_without_grid(chosen: str, asked: str, calls: list[LayerCall]) -> None:

@@ -174,7 +174,7 @@ class ConceptTap:
                 f"concept layer {self.path!r} returns {kind}; it must return a (B, C, ...) or (B, T, D) "
                 "float tensor: choose another layer (lrp.concept_layer)"
             )
-        if self.batch is not None and (output.shape[0] != self.batch or _sequence_first(module)):
+        if self.batch is not None and (output.shape[0] != self.batch or sequence_first(module)):
             # per-token or per-patch rows taken for samples would misalign every concept vector after them
             if not self.required:
                 return output
@@ -230,7 +230,7 @@ class ConceptTap:
         raise ModelError(f"no relevance reached concept layer {self.path!r}; choose a layer the logits use")
 
 
-def _sequence_first(module: nn.Module) -> bool:
+def sequence_first(module: nn.Module) -> bool:
     """Whether a torch transformer layer or stack works on ``(T, B, D)`` (``batch_first=False``, torch's
     default): its first axis is the batch only by chance, when the tokens are as many as the images."""
     if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
