@@ -238,8 +238,9 @@ class CorrectionConfig(Section):
     )
     train_scope: Literal["after_layer", "all"] = Field(
         "after_layer",
-        description="Parameters fine-tuned: only those after the layer (the direction stays valid and the "
-        "layer's activations are computed once), or all (BatchNorm statistics frozen).",
+        description="Parameters fine-tuned: only those of the modules after the layer (the direction stays "
+        "valid and the layer's activations are computed once; a parameter the model holds itself and adds in "
+        "forward(), such as a ViT's pos_embed, is not one), or all (BatchNorm statistics frozen).",
     )
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the fine-tuning set.")
     finetune_samples: int = Field(
