@@ -177,6 +177,7 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "stronger_warning": "a",
         "not_cleared_advice": "",
         "hidden_warning": "h",
+        "little_effect_warning": "l",
         "lingering_warning": "b",
         "class_accuracy_warning": "c",
         "region_warning": "d",
@@ -184,4 +185,4 @@ def test_the_cli_and_the_report_show_the_same_warnings_in_one_order() -> None:
         "lookalike_warning": "f",
     }
     rec = SimpleNamespace(**{name: (lambda text=text: text) for name, text in said.items()}, flag_notes=["x"])
-    assert CorrectionRecord.warnings(rec) == ["x", "y", "z", "a", "h", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]
+    assert CorrectionRecord.warnings(rec) == ["x", "y", "z", "a", "h", "l", "b", "c", "d", "e", "f"]  # type: ignore[arg-type]

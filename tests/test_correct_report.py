@@ -226,3 +226,17 @@ def test_a_bound_a_hair_below_zero_is_not_minus_zero() -> None:
 
     text = Verdict(0.5, 0.5, -0.00001, True, [-0.00001, 0.0071]).accuracy_text()
     assert text == "+0.00 points (95 % interval +0.00 to +0.71)"
+
+
+def test_a_correction_that_did_little_is_warned_of_where_the_reaudit_cannot_judge() -> None:
+    """An outside check: rr_target artifact_class moved the flip rate 98.4 % -> 90.6 % on a finding the source
+    run had not flagged (re-audit: not judged), and the console printed no warning."""
+    from dataclasses import replace
+
+    before, after = replace(scores(flip=0.984), flip_null=0.02), replace(scores(flip=0.906), flip_null=0.02)
+    little = record(before=before, after=after, rea=reaudit(False, False))
+    assert little.warnings() and little.warnings()[0].startswith(
+        "the paste flip rate fell by 8 % only (goal: 90 %)"
+    )
+    judged = record(before=before, after=after, rea=reaudit(True, True))  # still flagged: its own advice
+    assert not judged.little_effect_warning()

@@ -43,6 +43,8 @@ LINGER_JACCARD = 0.5
 MOVED_KEPT_WARN = 0.5
 #: The goals of issue 18 that the headline is checked against (docs/correction.md).
 GOAL_FLIP_DROP = 0.9
+#: A flip-rate drop below this, with the shortcut still acting and no re-audit verdict, is warned of.
+LITTLE_EFFECT = 0.5
 GOAL_RELEVANCE_DROP = 0.8
 GOAL_ACCURACY_LOSS = 0.01
 #: A relative rise of the paste flip rate or relevance share under this is unchanged, not "rose" (a share of
@@ -250,6 +252,7 @@ class CorrectionRecord:
             self.stronger_warning(),
             self.not_cleared_advice(),
             self.hidden_warning(),
+            self.little_effect_warning(),
             self.lingering_warning(),
             self.class_accuracy_warning(),
             self.region_warning(),
@@ -352,6 +355,20 @@ class CorrectionRecord:
         (:meth:`acts_still`): P-ClArC's projection also takes the direction out of the re-audit's heatmaps."""
         flag = self.verdict.finding_cleared
         return False if flag is True and self.acts_still() else flag
+
+    def little_effect_warning(self) -> str:
+        """When the re-audit cannot judge (or did not run) and the paste flip rate fell by less than half
+        while the shortcut still acts (:meth:`acts_still`): no other warning says the correction did little."""
+        drop = self.verdict.flip_drop
+        if self.cleared() is not None or drop is None or drop >= LITTLE_EFFECT or not self.acts_still():
+            return ""
+        a = self.evaluation.after
+        return (
+            f"the paste flip rate fell by {100 * drop:.0f} % only (goal: {100 * GOAL_FLIP_DROP:.0f} %), and pasting "
+            f"the flagged pixels still turns {100 * a.flip_rate:.1f} % of the other classes' images into "
+            f"{self.group.class_name}: the correction did little; try another correction.layer or --method, or "
+            "(RR-ClArC) a larger rr_lambda or more epochs (docs/correction.md)"
+        )
 
     def hidden_warning(self) -> str:
         """When the re-audit no longer flags the finding but the shortcut still acts (:meth:`acts_still`);
