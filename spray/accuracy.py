@@ -169,14 +169,16 @@ def recorded_accuracy(extra: object) -> dict[str, Any] | None:
     return acc if isinstance(acc, dict) else None
 
 
-def recorded_problems(extra: object) -> list[str]:
+def recorded_problems(extra: object, *, corrected: bool = False) -> list[str]:
     """What a run's recorded checks found (:func:`model_problems`, then copies of one image under two
     labels, :mod:`spray.label_conflicts`), as sentences for the report, the dashboard, the nightly status
-    and a reused run; empty for runs without a record."""
+    and a reused run; empty for runs without a record. ``corrected``: the run is a correction's re-audit
+    (:func:`spray.export.source.corrected_from`; see :func:`problems`)."""
     from spray import label_conflicts
 
     rec = extra.get("label_conflicts") if isinstance(extra, dict) else None
-    return model_problems(extra) + (label_conflicts.problems(rec) if isinstance(rec, dict) else [])
+    found = model_problems(extra, corrected=corrected)
+    return found + (label_conflicts.problems(rec) if isinstance(rec, dict) else [])
 
 
 def data_notes(extra: object) -> list[str]:
@@ -236,6 +238,16 @@ def problems(acc: dict[str, Any], *, corrected: bool = False) -> list[str]:
                 "check data.transform"
             )
             + "), more likely than classes out of order."
+        )
+    elif shifted and corrected:
+        # the re-audit read the source run's data in the same order: classes out of order would show there too
+        pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])
+        out.append(
+            f"The corrected model predicts the images of {len(shifted)} class(es) mostly as one other class "
+            f"({pairs}): its re-audit read the source run's data in the same class order, so unless the source "
+            "run's report says the same, the correction moved those classes to another class's logit (not the "
+            "class order, the inputs or model.checkpoint); those classes are explained for a logit the model "
+            "no longer answers them with (the correction's warnings say what to try)."
         )
     elif shifted:
         pairs = ", ".join(f"{a} as {b}" for a, b in list(shifted.items())[:6])

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
+from spray.export.source import CorrectedFrom, corrected_from
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
 from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, ClusterChange, score_text
 from spray.runs.atomic import atomic_write_bytes
@@ -187,6 +188,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     run = RunReader.open(run_dir)
     s = run.summary
     changes = run.changes()
+    corrected = corrected_from(run.path, s.config)
     status_of: dict[str, str] = {}
     if changes is not None:
         for kind, entries in (
@@ -200,6 +202,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>spray report {html.escape(s.run_id[:12])}</title><style>{_CSS}</style></head><body>",
         f"<h1>spray audit: {html.escape(s.name or 'audit')}</h1>",
+        *([f"<p class='meta'>This run is {html.escape(corrected.sentence())}.</p>"] if corrected else []),
         "<p class='meta'>",
         f"run <code>{html.escape(s.run_id[:16])}</code> · dataset <code>{html.escape(s.dataset)}</code>",
         f" · {s.n_samples} samples · {len(s.classes)} classes analysed",
@@ -210,7 +213,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         ),
         f" · {len(s.skipped)} skipped · <b>{s.n_suspicious}</b> suspicious cluster"
         + ("" if s.n_suspicious == 1 else "s"),
-        f" · {html.escape(_model_line(s.config, s.hashes))}",
+        f" · {html.escape(_model_line(s.config, s.hashes, corrected))}",
         f" · {_spaces(s.config, s.extra)}",
         *([f" · {html.escape(accuracy_sentence(acc))}"] if (acc := recorded_accuracy(s.extra)) else []),
         f" · spray {html.escape(str(s.versions.get('spray', '')))}</p>",
@@ -218,7 +221,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
     ]
     parts += [
         f"<p class='warn'><b>Check the model first.</b> {html.escape(t)}</p>"
-        for t in recorded_problems(s.extra)
+        for t in recorded_problems(s.extra, corrected=corrected is not None)
     ]
     parts += [
         f"<p class='warn'><b>How the files were read.</b> {html.escape(t)}</p>" for t in data_notes(s.extra)
@@ -254,12 +257,25 @@ def _not_analysed(skipped: list[Any], limit: int | None = None) -> str:
     )
 
 
-def _model_line(config: dict[str, Any], hashes: dict[str, str]) -> str:
-    """Which model was audited, and how: its factory or architecture, checkpoint file, fingerprint, composite."""
+def _model_line(
+    config: dict[str, Any], hashes: dict[str, str], corrected: CorrectedFrom | None = None
+) -> str:
+    """Which model was audited, and how: its factory or architecture, checkpoint file, fingerprint, composite;
+    a corrected model as the original's factory or architecture, corrected, with its correction's weights."""
     model, lrp = config.get("model") or {}, config.get("lrp") or {}
+    base = (model.get("factory_kwargs") or {}).get("base") if corrected else None
+    if isinstance(base, dict):
+        model = {**base, "checkpoint": model.get("checkpoint")}
     what = model.get("factory") or model.get("architecture") or "model"
     ckpt = model.get("checkpoint")
     weights = f", weights {Path(str(ckpt)).name}" if ckpt else ""  # a factory may load its own weights
+    if corrected is not None:
+        # the original's checkpoint is often model.pt as well: the correction tells the two apart
+        what += f" corrected by {corrected.method or 'spray correct'}"
+        ckpt_of = (
+            f"correction {corrected.correction_id[:12]}" if corrected.correction_id else "the correction"
+        )
+        weights = f", weights {Path(str(ckpt)).name if ckpt else 'model.pt'} of {ckpt_of}"
     fingerprint = f" ({hashes['model'][:12]})" if hashes.get("model") else ""
     composite = f" · LRP {lrp['composite']}" if lrp.get("composite") else ""
     return f"model {what}{weights}{fingerprint}{composite}"

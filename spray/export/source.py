@@ -19,7 +19,7 @@ from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.layout import CORRECTIONS_DIR, REAUDIT_DIR, RunFiles
 from spray.runs.publish import list_runs
-from spray.runs.reader import ClassData, RunReader
+from spray.runs.reader import ClassData, RunReader, read_json
 from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
 
 log = logging.getLogger(__name__)
@@ -104,27 +104,141 @@ class ExportSource:
         return np.fromiter((row_of[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
 
 
+#: ``correction.json``, the record of a correction (:data:`spray.correct.record.RECORD_NAME`, spelled here
+#: because that module imports torch, which the dashboard and the command line must not pay for).
+CORRECTION_RECORD = "correction.json"
+#: The factory a corrected model's config names (:data:`spray.correct.checkpoint.FACTORY`, spelled here for the
+#: same reason): a run that records it audited a corrected model.
+CORRECTED_FACTORY = "spray.correct.checkpoint:corrected_model"
+#: The correction methods (``correction.method``), as a corrected model's config name ends in one.
+_METHODS = ("pclarc", "rrclarc", "retrain")
+
+
+def project_root(runs_dir: Path) -> Path:
+    """The project's runs folder, which holds the flags, for the runs folder ``runs_dir``: ``runs_dir`` itself,
+    or ``<runs>`` for a correction's re-audit runs folder ``<runs>/corrections/<correction>/reaudit`` (it holds
+    no flags: ``spray correct`` reads and the dashboard writes the project's)."""
+    runs_dir = Path(runs_dir)
+    if runs_dir.name == REAUDIT_DIR and runs_dir.parent.parent.name == CORRECTIONS_DIR:
+        return runs_dir.parent.parent.parent
+    return runs_dir
+
+
 def project_runs_dir(run: Path) -> Path:
     """The runs folder a run belongs to: ``run``'s parent, or ``<runs>`` for a correction's re-audit
-    ``<runs>/corrections/<correction>/reaudit/<run>`` (its own runs folder holds no flags)."""
-    parent = Path(run).parent
-    if parent.name == REAUDIT_DIR and parent.parent.parent.name == CORRECTIONS_DIR:
-        return parent.parent.parent.parent
-    return parent
+    ``<runs>/corrections/<correction>/reaudit/<run>`` (:func:`project_root`)."""
+    return project_root(Path(run).parent)
+
+
+@dataclass(frozen=True)
+class CorrectedFrom:
+    """The correction whose corrected model a run audited (its re-audit).
+
+    Attributes
+    ----------
+    correction_id : str
+        The correction's id (its first 8 characters only when its record was not found; empty when not known).
+    method : str or None
+        ``pclarc``, ``rrclarc`` or ``retrain``, when known.
+    source_run_id : str or None
+        The run the correction was made from, when its record was found.
+    folder : Path or None
+        The correction folder, when its record was found.
+    """
+
+    correction_id: str
+    method: str | None = None
+    source_run_id: str | None = None
+    folder: Path | None = None
+
+    def sentence(self) -> str:
+        """``the re-audit of correction 4248c89aa700 (pclarc, from run 9436e75897b7)``."""
+        if not self.correction_id:
+            return "an audit of a model corrected by spray correct"
+        said = [s for s in (self.method, self.source_run_id and f"from run {self.source_run_id[:12]}") if s]
+        return f"the re-audit of correction {self.correction_id[:12]}" + (
+            f" ({', '.join(said)})" if said else ""
+        )
+
+
+def _record_folder(run: Path, model: dict[str, Any]) -> Path | None:
+    """The correction folder next to the run's ``reaudit/`` folder, else the one holding the corrected model's
+    checkpoint (a re-audit run copied elsewhere); None when neither holds ``correction.json``."""
+    ckpt = model.get("checkpoint") if model.get("factory") == CORRECTED_FACTORY else None
+    for folder in (
+        run.parent.parent if run.parent.name == REAUDIT_DIR else None,
+        Path(ckpt).parent if ckpt else None,
+    ):
+        if folder is not None and (folder / CORRECTION_RECORD).is_file():
+            return folder
+    return None
+
+
+def corrected_from(run: str | Path, config: dict[str, Any]) -> CorrectedFrom | None:
+    """Which correction's model the run audited, or None for a run of any other model.
+
+    A run is a correction's re-audit when its recorded config names the corrected model's factory
+    (:data:`CORRECTED_FACTORY`: any audit of a correction's ``config.yaml``) or it sits in a correction's
+    ``reaudit/`` folder next to ``correction.json``. The correction's id, method and source run come from that
+    record; without it (the re-audit's own report.html, written before the record) from the config's name,
+    which the correction sets to ``<name>-<method>-<id8>``.
+
+    Parameters
+    ----------
+    run : str or Path
+        The run folder.
+    config : dict
+        The run's recorded config (``summary.config``).
+    """
+    run = Path(run)
+    model = config.get("model")
+    model = model if isinstance(model, dict) else {}
+    folder = _record_folder(run, model)
+    if folder is None and model.get("factory") != CORRECTED_FACTORY:
+        return None
+    if folder is not None:
+        try:
+            rec = read_json(folder / CORRECTION_RECORD)
+            return CorrectedFrom(
+                str(rec["correction_id"]), str(rec["method"]), str(rec["source_run_id"]), folder
+            )
+        except (RunReadError, KeyError, TypeError) as err:  # a damaged record: what the config says
+            log.warning("%s cannot be read (%s): the re-audit is named from its config", folder, err)
+    parts = str(config.get("name") or "").rsplit("-", 2)
+    if len(parts) == 3 and parts[1] in _METHODS:
+        return CorrectedFrom(parts[2], parts[1])
+    return CorrectedFrom(folder.name.rsplit("-", 1)[-1] if folder else "")
+
+
+def correction_folder_note(folder: Path, option: str = "") -> str | None:
+    """What to say when a command is given a correction's folder or its emptied ``reaudit/`` folder instead of
+    a run or a runs folder (``spray export``; ``spray dashboard``, whose ``option`` ``--runs-dir`` is then
+    named in the advice); None for any other folder."""
+    folder, give = Path(folder), f"give {option} " if option else "give "
+    if folder.name == REAUDIT_DIR and folder.parent.parent.name == CORRECTIONS_DIR:
+        return (
+            f"{folder} is a correction's re-audit folder and holds no published run (its run was removed): "
+            f"re-run spray correct with --force to audit the corrected model again, or {give}"
+            f"{project_root(folder)}, the project's runs folder."
+        )
+    if folder.parent.name != CORRECTIONS_DIR:
+        return None
+    if (folder / REAUDIT_DIR).is_dir():
+        return (
+            f"{folder} is a correction's folder, not a run: its re-audit is the run to open, {give}"
+            f"{folder / REAUDIT_DIR} (its runs folder)."
+        )
+    return (
+        f"{folder} is a correction's folder without a re-audit (correction.reaudit was off): open the run it "
+        "corrected, or re-run spray correct with the re-audit on."
+    )
 
 
 def _not_a_run(run: Path) -> ConfigError:
     """What to say about a folder that holds no run: a correction's folder points at its re-audit."""
-    if (run / REAUDIT_DIR).is_dir() and run.parent.name == CORRECTIONS_DIR:
-        return ConfigError(
-            f"{run} is a correction's folder, not a run: its re-audit is the run to export, give "
-            f"{run / REAUDIT_DIR} (its newest run)."
-        )
-    if run.parent.name == CORRECTIONS_DIR:
-        return ConfigError(
-            f"{run} is a correction's folder without a re-audit (correction.reaudit was off): export the run "
-            "it corrected, or re-run spray correct with the re-audit on."
-        )
+    note = correction_folder_note(run)
+    if note is not None:
+        return ConfigError(note)
     return ConfigError(f"{run} is neither a published run (no summary.json) nor a runs folder with one.")
 
 
