@@ -34,6 +34,7 @@ import urlstate
 
 from spray import imaging
 from spray.errors import SprayError
+from spray.export.source import CorrectedFrom, corrected_from, correction_folder_note, project_root
 from spray.flags import default_db_path
 from spray.records import ChangeSet, ConditionalMaps
 from spray.runs.changes import compare_runs
@@ -87,9 +88,17 @@ def runs_dir() -> Path:
 
 
 def flags_db_path() -> Path:
-    """Flag database: ``--flags-db``, ``$SPRAY_FLAGS_DB``, else ``<runs_dir>/flags.sqlite``."""
+    """Flag database: ``--flags-db``, ``$SPRAY_FLAGS_DB``, else the project's ``<runs>/flags.sqlite``, also for
+    a correction's re-audit folder (spray export's rule, :func:`spray.export.source.project_root`)."""
     p = _cli_args().flags_db or os.environ.get("SPRAY_FLAGS_DB")
-    return Path(p).resolve() if p else default_db_path(runs_dir())
+    return Path(p).resolve() if p else default_db_path(project_root(runs_dir()))
+
+
+def no_run_message() -> str:
+    """What the app says without a published run: a correction's folder, or its emptied re-audit folder, is
+    told apart (making a demo run there is no answer); otherwise how to make a run."""
+    note = correction_folder_note(runs_dir(), "--runs-dir")
+    return safetext.md(note) if note else HOW_TO_MAKE_A_RUN.format(runs=runs_dir())
 
 
 def data_root() -> Path | None:
@@ -353,6 +362,17 @@ def run_label(name: str, s: RunSummary | None = None) -> str:
     return f"{t} · {rid}{extra}"
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _correction_of(path: str) -> CorrectedFrom | None:
+    return corrected_from(path, _reader(path).summary.config)
+
+
+def correction_of(path: str) -> CorrectedFrom | None:
+    """The correction whose corrected model the run audited (its re-audit), or None for any other run."""
+    with reading(path):
+        return _correction_of(path)
+
+
 def dataset_key(s: RunSummary) -> str:
     """The key flags are stored under (the dataset key; the run name when a run has none)."""
     return str(s.dataset or s.name or "unknown")
@@ -437,7 +457,7 @@ def require_run() -> tuple[str, RunSummary]:
     """Path and summary of the current run; stops the page with instructions when there is none."""
     cur = current_run()
     if cur is None:
-        st.info(HOW_TO_MAKE_A_RUN.format(runs=runs_dir()))
+        st.info(no_run_message())
         st.stop()
     path = str(Path(cur[0]) / cur[1])
     return path, summary(path)

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from spray.errors import ConfigError
+from spray.export.source import correction_folder_note, project_root
 from spray.flags import default_db_path
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ def app_path() -> Path:
 
 
 def no_runs_message(runs_dir: Path) -> str:
-    """What to do when the runs directory holds no published run yet."""
+    """What to do when the runs directory holds no published run yet (a correction's emptied re-audit folder:
+    no demo there, :func:`spray.export.source.correction_folder_note`)."""
+    note = correction_folder_note(runs_dir, "--runs-dir")
+    if note is not None:
+        return note
     return (
         f"No published run in {runs_dir} yet. Make one with the demo:\n"
         f"    scripts/demo            (or: spray demo --runs-dir {runs_dir})\n"
@@ -130,7 +135,7 @@ def check_runs_dir(runs_dir: Path) -> Path:
     Raises
     ------
     ConfigError
-        When ``runs_dir`` does not exist or is not a folder.
+        When ``runs_dir`` does not exist, is not a folder, is one run's folder or a correction's folder.
     """
     p = Path(runs_dir).expanduser().resolve()
     if not p.exists():
@@ -140,8 +145,12 @@ def check_runs_dir(runs_dir: Path) -> Path:
         )
     if not p.is_dir():
         raise ConfigError(f"--runs-dir {runs_dir} is a file, not a folder of runs: give the folder.")
-    from spray.runs.layout import RunFiles
+    from spray.runs.layout import REAUDIT_DIR, RunFiles
 
+    note = correction_folder_note(p, "--runs-dir")
+    if note is not None and p.name != REAUDIT_DIR:
+        # a correction's folder is no runs folder: its re-audit is (an emptied one only warns, no_runs_message)
+        raise ConfigError(note)
     if RunFiles(p).summary.is_file():
         # one published run (runs/latest, say): the dashboard lists the runs of the folder that holds it
         raise ConfigError(
@@ -188,7 +197,8 @@ def build_command(
         into the shared caches), so the first page view pays for neither.
     """
     o = options or ServeOptions(runs_dir=runs_dir, port=port, host=host, flags_db=flags_db)
-    db = o.flags_db or default_db_path(o.runs_dir)
+    # a correction's re-audit folder holds no flags: the project's runs folder does (spray correct reads them)
+    db = o.flags_db or default_db_path(project_root(o.runs_dir))
     argv = [
         sys.executable,
         "-c",

@@ -21,13 +21,14 @@ from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, score_text
 st.title("Suspicious clusters")
 cur = common.current_run()
 if cur is None:
-    st.info(common.HOW_TO_MAKE_A_RUN.format(runs=common.runs_dir()))
+    st.info(common.no_run_message())
     st.stop()
 runs, run = cur
 path = str(Path(runs) / run)
 summary = common.summary(path)
 dataset = common.dataset_key(summary)
 found = common.findings(path)
+corrected = common.correction_of(path)
 
 
 def metrics() -> None:
@@ -61,7 +62,8 @@ def metrics() -> None:
 # Recorded by the audit since 4 Dec 2026 (absent in older runs): a model that does not recognise its own
 # data shows no shortcut, so this comes before the list.
 accuracy = recorded_accuracy(summary.extra)
-for problem in recorded_problems(summary.extra):
+# a re-audit's collapse is the correction's: it read the source run's data with the same transform
+for problem in recorded_problems(summary.extra, corrected=corrected is not None):
     st.warning(safetext.md(problem))
 for note in data_notes(summary.extra):  # how the files were read: not the model's doing
     st.info(safetext.md(note))
@@ -88,7 +90,7 @@ def skipped_note(first: int = 3) -> None:
 metrics()
 st.caption(
     f"Run {safetext.code(summary.run_id[:12])} of dataset {safetext.code(dataset)} · "
-    f"{safetext.md(common.run_label(run))}"
+    f"{safetext.md(common.run_label(run))}" + (f" · {safetext.md(corrected.sentence())}" if corrected else "")
 )
 skipped_note()
 
