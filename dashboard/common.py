@@ -406,7 +406,8 @@ def _changes(path: str, prev_path: str) -> ChangeSet:
 
 
 def recorded_changes(path: str) -> ChangeSet | None:
-    """The changes the nightly job recorded when it published this run (None for ``spray audit`` runs)."""
+    """The changes recorded when the run was published (``spray audit``, ``spray run`` and the nightly job
+    compare each run with the previous one); None for a run published without (older runs, a re-audit)."""
     with reading(path):
         return reader(path).changes()
 

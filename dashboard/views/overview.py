@@ -237,9 +237,9 @@ def show_changes(ch: ChangeSet, how: str) -> None:
 
 recorded = common.recorded_changes(path)
 if recorded is not None:
-    # Written by the nightly job when it published this run.
+    # Written when the run was published: spray audit, spray run and the nightly job all record it.
     prev_name = recorded.previous_run or recorded.previous_run_id or "none"
-    show_changes(recorded, f"Recorded by the nightly job (compared with {safetext.code(prev_name)}).")
+    show_changes(recorded, f"Recorded when the run was published (compared with {safetext.code(prev_name)}).")
 else:
     prev = common.previous_run(runs, run, dataset)
     if prev is None:
