@@ -166,7 +166,12 @@ def summary(path: str) -> RunSummary:
 def runs_overview(runs: str) -> tuple[list[str], dict[str, str]]:
     """``(readable run names newest first, {unreadable run name: reason})``: one bad run hides no other."""
     good, bad = [], {}
-    for name in published_runs(runs):
+    names = published_runs(runs)
+    if not all((Path(runs) / name).is_dir() for name in names):
+        # a run removed (by hand, by retention) within the listing's few seconds: list again, never show it
+        published_runs.clear()
+        names = published_runs(runs)
+    for name in names:
         try:
             reader(str(Path(runs) / name))
         except RunFileError as err:
