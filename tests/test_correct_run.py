@@ -91,6 +91,9 @@ def test_pclarc_run_is_published_once_and_reads_back(audited: World, tmp_path: P
     assert Path(reaudit["config"]["model"]["checkpoint"]) == first.folder / "model.pt"
     assert Path(reaudit["config"]["output"]["runs_dir"]) == first.folder / "reaudit"
     assert not (first.folder / "reaudit" / ".cache").exists()
+    # its page is rendered again once correction.json exists: it names the correction's source run
+    page = (first.folder / "reaudit" / "latest" / "report.html").read_text()
+    assert f"from run {rec.source_run_id[:12]}" in page
     assert "P-ClArC" in (first.folder / "report.html").read_text()
     assert "paste flip rate" in render_correction_html(rec, first.folder)
     _check_share_note(rec)

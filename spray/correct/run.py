@@ -428,6 +428,11 @@ def _execute(
     record = _record(plan, direction, evaluation, reaudit, result, summary, timings)
     record.footprint = None if footprint is None else FootprintSummary.of(footprint)
     record.write(out)
+    if reaudit is not None:
+        from spray.html_report import write_html_report
+
+        # rendered again now that correction.json is there: the re-audit's page then names its source run too
+        write_html_report(out / reaudit.run_dir)
     write_report(record, out)
     return out, record
 
