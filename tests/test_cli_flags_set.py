@@ -322,3 +322,24 @@ def test_a_key_naming_another_group_than_in_the_previous_run_is_said(
     assert "flag it with --run" in res.output
     res = run_main(["flags", "set", "--runs-dir", runs, "--finding", "1/k2/c0"], capsys)
     assert res.code == 0 and "keys are numbered per run" not in res.output
+
+
+def test_a_reaudit_runs_default_flag_database_is_the_projects(tmp_path: Path) -> None:
+    """An outside check: ``spray flags --run <a correction's re-audit run>`` wrote to a database inside the
+    correction folder, where ``spray correct`` never looks."""
+    import argparse
+
+    from spray.cli.flags import _db_from_args, _run_db
+
+    run = (
+        tmp_path / "runs" / "corrections" / "20261206T100000Z-cccccccccccc" / "reaudit" / "20261206T110000Z-r"
+    )
+    got = _run_db(argparse.Namespace(db=None, run=str(run), runs_dir=None), run)
+    assert got == tmp_path / "runs" / "flags.sqlite"
+    ns = argparse.Namespace(db=None, runs_dir=str(run.parent))
+    assert _db_from_args(ns) == tmp_path / "runs" / "flags.sqlite"
+    plain = tmp_path / "runs" / "20261206T110000Z-r"
+    assert (
+        _run_db(argparse.Namespace(db=None, run=str(plain), runs_dir=None), plain)
+        == plain.parent / "flags.sqlite"
+    )

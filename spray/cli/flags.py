@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from spray.cli.flag_runs import run_folder
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
+from spray.export.source import project_root
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
 from spray.flags.content import (
     FlagBinding,
@@ -41,7 +42,7 @@ def _db_from_args(args: argparse.Namespace) -> Path:
     if args.db:
         return Path(args.db)
     if args.runs_dir:
-        return default_db_path(args.runs_dir)
+        return default_db_path(project_root(Path(args.runs_dir)))
     raise ConfigError(
         "Give the flag database with --db PATH (or --flags-db PATH; --runs-dir DIR for DIR/flags.sqlite)."
     )
@@ -237,8 +238,11 @@ def _author(args: argparse.Namespace) -> str:
 
 
 def _run_db(args: argparse.Namespace, run: Path) -> Path:
-    """``--db``, else the flag database beside the run folder (``RUNS_DIR/flags.sqlite``)."""
-    return Path(args.db) if args.db else default_db_path(run.parent if args.run else args.runs_dir)
+    """``--db``, else the project's flag database (``RUNS_DIR/flags.sqlite``; a correction's re-audit run
+    holds none of its own: the project's, as ``spray correct`` reads it)."""
+    return (
+        Path(args.db) if args.db else default_db_path(project_root(run.parent if args.run else args.runs_dir))
+    )
 
 
 def set_command(args: argparse.Namespace) -> int:
