@@ -177,13 +177,13 @@ class ClusterFinding:
 
 
 #: The spaces a finding can come from (:attr:`ClusterFinding.space`).
-def score_text(score: float) -> str:
-    """A suspicion score for people: three decimals, or three significant digits below 0.1 so that small
-    scores ranked apart do not print alike ("0.004" six times)."""
-    return f"{score:.3f}" if score == 0 or abs(score) >= 0.1 else f"{score:.3g}"
-
-
 SPACES = ("pixel", "concept", "both")
+
+
+def score_text(score: float) -> str:
+    """A finding's suspicion score for people: three decimals, or three significant digits below 0.1 so that
+    small scores ranked apart do not print alike ("0.004" six times)."""
+    return f"{score:.3f}" if score == 0 or abs(score) >= 0.1 else f"{score:.3g}"
 
 
 def cluster_key(class_index: int, k: int, cluster_id: int, space: str = "pixel") -> str:

@@ -556,8 +556,8 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
         return (
             f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has attention layers "
             "(a transformer or a hybrid): its flat first layer (a ViT's patches) and z+ convolutions blur what "
-            "the model looks at, and a shortcut the model learned can go unflagged (an outside check on a CNN-transformer hybrid: unflagged, against finding #1 "
-            "flagged with AttnLRP). Set lrp.composite: AttnLRP (docs/lrp.md, 'Which composite for a ViT')"
+            "the model looks at, and a shortcut the model learned can go unflagged. Set lrp.composite: AttnLRP "
+            "(docs/lrp.md, 'Which composite for a ViT')"
         )
     flat_rules = composite_key(cfg.lrp.composite) == composite_key("EpsilonPlusFlat")
     if flat_rules and not _flat_under_z_plus(cfg.model.model_dump()) and _has_convnext_blocks(model):

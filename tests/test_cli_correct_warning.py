@@ -22,6 +22,8 @@ class _Record:
     reaudit: object | None = None
     subspace: object | None = None
     kept_shortcut = CorrectionRecord.kept_shortcut
+    cleared = CorrectionRecord.cleared
+    acts_still = CorrectionRecord.acts_still
     more_directions = CorrectionRecord.more_directions
     lost_accuracy = CorrectionRecord.lost_accuracy
 

@@ -84,4 +84,4 @@ def test_a_shortcut_that_still_acts_is_said_in_the_table(tmp_path: Path) -> None
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value
     assert list(table["re-audit"]) == ["no longer flagged, but the shortcut still acts"]
-    assert table["warnings"][0].startswith("2: the re-audit no longer flags the finding, but pasting")
+    assert table["warnings"][0].startswith("1: the re-audit no longer flags the finding, but pasting")

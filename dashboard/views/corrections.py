@@ -24,7 +24,8 @@ found.sort(key=lambda c: c.record.source_run_id != run_id)  # this run's first, 
 for folder, reason in unreadable:
     st.warning(
         f"Correction folder {safetext.code(folder.name)} has a `correction.json` that cannot be read ({safetext.plain(reason)}): "
-        "it is not listed. Publish it again (`spray correct --force` with its config) or remove the folder."
+        "it is not listed. Remove the folder (to keep the correction, publish it again first: `spray correct` "
+        "with its config)."
     )
 if not found:
     st.info(
@@ -65,7 +66,8 @@ for c in found:
             "source run": r.source_run_id[:12] + (" (this run)" if r.source_run_id == run_id else ""),
             "replaced by": "–" if newer == c.folder else f"{newer.name} (published again)",
             "layer": r.direction.layer,
-            "settings": settings_text(r.method, r.parameters),
+            "settings": settings_text(r.method, r.parameters)
+            + (" (region term not run)" if r.region_term_skipped() else ""),
             "class": r.group.class_name,
             "flagged": r.group.n_flagged,
             "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",

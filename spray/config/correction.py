@@ -88,9 +88,11 @@ class CorrectionConfig(Section):
         0.05,
         ge=0.0,
         le=1.0,
-        description="Warn when the audited model's paste flip rate exceeds its null (the same region's "
-        "pixels from reference samples) by less than this: the flagged pixels then act no more than any "
-        "pixels there, and the flags may not mark a shortcut.",
+        description="The paste flip rate's margin over its null (the same region's pixels from reference "
+        "samples). Before the correction, a margin below it is warned of: the flagged pixels act no more than "
+        "any pixels there, and the flags may not mark a shortcut. After it, a margin of at least this with the "
+        "flip-rate goal missed means the shortcut still acts: the finding is not cleared even when the "
+        "re-audit no longer flags it (exit 10 with --fail-if-not-cleared).",
     )
     lookalike_alpha: float = Field(
         0.001,

@@ -207,10 +207,11 @@ class CorrectionRecord:
 
     def kept_shortcut(self) -> bool:
         """Whether the shortcut acts on after the correction: its paste flip rate or relevance share rose, or
-        the re-audit still flags the finding (what a larger rr_lambda would address)."""
+        the finding is not cleared (:meth:`cleared`: still flagged, or still acting; what a larger rr_lambda would
+        address)."""
         v = self.verdict
         rose = any(d is not None and d < -ROSE_BY for d in (v.flip_drop, v.relevance_drop))
-        return rose or (self.reaudit is not None and self.reaudit.cleared is False)
+        return rose or self.cleared() is False
 
     def lost_accuracy(self) -> bool:
         """Whether clean accuracy fell by more than the goal (a point) and, where the record has its 95 %
@@ -266,11 +267,11 @@ class CorrectionRecord:
         reference's pixels there (``correction.min_flip_over_null``): the flags may mark no shortcut; empty
         otherwise or when not measured."""
         b = self.evaluation.before
-        if b.flip_null is None or b.flip_rate - b.flip_null >= _min_flip_over_null(self.parameters):
+        if b.flip_rate - b.flip_null >= _min_flip_over_null(self.parameters):
             return ""
         return (
-            f"before the correction, pasting the flagged pixels flips {100 * b.flip_rate:.2g} % of the images "
-            f"and pasting the reference's pixels there {100 * b.flip_null:.2g} %: the flagged region acts no more "
+            f"before the correction, pasting the flagged pixels flips {_pct(b.flip_rate)} of the other classes' "
+            f"images and pasting the reference's pixels there {_pct(b.flip_null)}: the flagged region acts no more "
             "than any pixels; check that the flags mark a shortcut (spray flags list, the dashboard)"
         )
 
@@ -345,9 +346,11 @@ class CorrectionRecord:
         """Whether pasting the flagged pixels still flips the corrected model beyond the null by the margin
         ``correction.min_flip_over_null`` while the flip-rate goal is missed: the shortcut still acts,
         whatever the re-audit's heatmaps show."""
-        a, drop = self.evaluation.after, self.verdict.flip_drop
-        missed = drop is not None and drop < GOAL_FLIP_DROP
-        return missed and a.flip_rate - a.flip_null >= _min_flip_over_null(self.parameters)
+        drop = self.verdict.flip_drop
+        if drop is None or drop >= GOAL_FLIP_DROP:
+            return False
+        a = self.evaluation.after
+        return a.flip_rate - a.flip_null >= _min_flip_over_null(self.parameters)
 
     def cleared(self) -> bool | None:
         """The correction's verdict on the finding: the re-audit's flag (None: not judged, or not run), except
@@ -360,7 +363,13 @@ class CorrectionRecord:
         """When the re-audit cannot judge (or did not run) and the paste flip rate fell by less than half
         while the shortcut still acts (:meth:`acts_still`): no other warning says the correction did little."""
         drop = self.verdict.flip_drop
-        if self.cleared() is not None or drop is None or drop >= LITTLE_EFFECT or not self.acts_still():
+        # a rise is stronger_warning's to say
+        if (
+            self.cleared() is not None
+            or drop is None
+            or not 0 <= drop < LITTLE_EFFECT
+            or not self.acts_still()
+        ):
             return ""
         a = self.evaluation.after
         return (
@@ -392,8 +401,15 @@ class CorrectionRecord:
         """When the re-audit no longer flags the finding but the flagged samples still form one cluster of
         their own (the flag's overlap, unflagged): the model may still single them out by the artifact."""
         r, v = self.reaudit, self.verdict
-        # a finding the source run did not flag either is "not judged", not "no longer flagged"
-        if r is None or r.still_flagged or r.after.key is None or not r.before.suspicious:
+        # a finding the source run did not flag either is "not judged", not "no longer flagged"; one whose
+        # shortcut still acts is hidden_warning's to say
+        if (
+            r is None
+            or r.still_flagged
+            or r.after.key is None
+            or not r.before.suspicious
+            or self.acts_still()
+        ):
             return ""
         # most of the group still together, and the behaviour not gone by the paste test or the relevance share
         if r.after.jaccard < max(LINGER_JACCARD, float(self.parameters.get("reaudit_min_jaccard", 0.3))):
@@ -555,6 +571,11 @@ def settings_text(method: str, parameters: dict[str, Any]) -> str:
     if method == "retrain" and parameters.get("retrain_init") == "checkpoint":
         keys = ("retrain_mode", "retrain_init", "epochs", "lr")  # it fine-tunes like RR-ClArC
     return ", ".join(f"{k} {_setting(parameters[k])}" for k in keys if k in parameters) or "–"
+
+
+def _pct(x: float) -> str:
+    """``"0.35 %"``, ``"99.6 %"``: two decimals below 1 %, one above."""
+    return f"{100 * x:.2f} %" if abs(x) < 0.01 else f"{100 * x:.1f} %"
 
 
 def _min_flip_over_null(parameters: dict[str, Any]) -> float:
