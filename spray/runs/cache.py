@@ -122,12 +122,6 @@ class ShardCache:
             if shard in self._indexed:
                 continue
             try:
-                # every member's checksum: damage inside the heatmaps would otherwise pass the index and stop
-                # every later run when they are gathered
-                with zipfile.ZipFile(shard) as zf:
-                    bad = zf.testzip()
-                if bad is not None:
-                    raise ValueError(f"bad CRC-32 for {bad}")
                 with np.load(shard, allow_pickle=False) as z:
                     hashes = z["content_hashes"].tolist()
                     labels = z["labels"].tolist()
@@ -199,7 +193,25 @@ class ShardCache:
 
     def _shard(self, path: Path) -> dict[str, np.ndarray]:
         if path not in self._loaded:
-            self._loaded[path] = load_shard(path)
+            try:
+                self._loaded[path] = load_shard(path)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+                # moved aside, so that the next run computes its samples again instead of failing here for good
+                # (checking every shard's checksum when indexing would read the whole cache twice per run)
+                aside = path.with_name(path.name + ".damaged")
+                try:
+                    os.replace(path, aside)
+                except OSError:
+                    aside = path
+                raise RunReadError(
+                    path,
+                    f"damaged ({type(err).__name__}: {err}); "
+                    + (
+                        f"moved aside to {aside.name}: run again, and its samples are computed anew"
+                        if aside != path
+                        else "delete it and run again, and its samples are computed anew"
+                    ),
+                ) from None
         return self._loaded[path]
 
     def gather(

@@ -120,9 +120,14 @@ def test_paste_logits_are_kept_per_image_and_class(tmp_path: Path) -> None:
     assert again.get_many(["paste|t|d|m|class3"]) == {}  # the predictions table is another one
 
 
-def test_damage_inside_a_shards_heatmaps_is_found_when_indexing(tmp_path: Path) -> None:
+def test_damage_inside_a_shards_heatmaps_is_moved_aside_and_recomputed_next(tmp_path: Path) -> None:
     """An outside check: 16 flipped bytes inside relevance.npy (the zip directory intact) passed the index;
-    gathering then failed with "Bad CRC-32" in this and every later run (exit 1) instead of recomputing."""
+    gathering then failed with a bare "Bad CRC-32" in this and every later run (exit 1). Now the run that meets
+    it names the file and moves it aside, and the next run computes its samples anew."""
+    import pytest
+
+    from spray.runs.errors import RunReadError
+
     c = ShardCache(tmp_path / "m-l", by_label=False)
     ids = [f"s{i}" for i in range(40)]
     path = c.write(0, _batch(ids), None, None)
@@ -131,6 +136,8 @@ def test_damage_inside_a_shards_heatmaps_is_found_when_indexing(tmp_path: Path) 
     data[at : at + 16] = b"\xff" * 16
     path.write_bytes(bytes(data))
     again = ShardCache(tmp_path / "m-l", by_label=False)
-    assert "h-s1" not in again and len(again) == 0  # its samples are recomputed
-    fresh = again.write(0, _batch(ids), None, None)  # and their new shard replaces the damaged file
-    assert fresh == path and len(ShardCache(tmp_path / "m-l", by_label=False)) == 40
+    assert "h-s1" in again  # the index reads only the ids
+    with pytest.raises(RunReadError, match=r"damaged \(BadZipFile.*moved aside to .*\.damaged: run again"):
+        again.gather(ids, [f"h-{i}" for i in ids], np.arange(40) % 2)
+    assert not path.exists() and path.with_name(path.name + ".damaged").exists()
+    assert len(ShardCache(tmp_path / "m-l", by_label=False)) == 0  # the next run recomputes them
