@@ -282,3 +282,5 @@ def test_a_sequence_first_transformer_is_said_and_its_blocks_refused(
     assert "(tokens, batch, D) (batch_first=False)" in caplog.text and "'blocks.1'" in caplog.text
     with pytest.raises(ConfigError, match=r"works on \(tokens, batch, D\).*batch_first=True"):
         resolve_layer(model, "blocks.1", x)
+    with pytest.raises(ConfigError, match=r"works on \(tokens, batch, D\)"):  # a review: its sublayers too
+        resolve_layer(model, "blocks.1.linear2", x)

@@ -393,3 +393,5 @@ def test_a_sequence_first_block_gives_no_rows_taken_for_samples(
     assert got.concepts is None and "whose first axis is the batch" in caplog.text
     with pytest.raises(ModelError, match=r"first axis is not the batch of .* lrp.concept_layer: none"):
         Explainer(model, "EpsilonPlusFlat", concept_layer="blocks.1")(x)
+    with pytest.raises(ModelError, match=r"first axis is not the batch"):  # a review: its sublayers too
+        Explainer(model, "EpsilonPlusFlat", concept_layer="blocks.1.linear2")(x)

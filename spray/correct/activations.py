@@ -159,11 +159,12 @@ def _check_named(model: nn.Module, layer: str, calls: list[LayerCall], example: 
         )
     from spray.lrp.concepts import sequence_first
 
-    if sequence_first(model.get_submodule(layer)):
+    if sequence_first(model, layer):
         raise ConfigError(
             f"correction.layer: {layer!r} works on (tokens, batch, D) (batch_first=False, torch's default): spray "
             "corrects at (B, tokens, D) outputs only. Build the model with batch_first=True (the same weights "
-            "load), or name a (B, C, H, W) feature map before the transformer."
+            "load; change forward() to keep the batch first), or name a (B, C, H, W) feature map before the "
+            "transformer."
         )
     if shape[0] != len(example):
         raise ConfigError(
@@ -221,7 +222,7 @@ def _auto_layer(model: nn.Module, calls: list[LayerCall], batch: int) -> str:
         # block returning a tuple is no activation: both go on to the feature-map search below.
         block = default_concept_layer(model)
         shapes = [c.shape for c in calls if c.path == block]
-        if block is not None and sequence_first(model.get_submodule(block)):
+        if block is not None and sequence_first(model, block):
             seq_first = (
                 block  # (T, B, D): its first axis is the batch only when tokens and images are as many
             )

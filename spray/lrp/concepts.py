@@ -174,7 +174,9 @@ class ConceptTap:
                 f"concept layer {self.path!r} returns {kind}; it must return a (B, C, ...) or (B, T, D) "
                 "float tensor: choose another layer (lrp.concept_layer)"
             )
-        if self.batch is not None and (output.shape[0] != self.batch or sequence_first(module)):
+        if self.batch is not None and (
+            output.shape[0] != self.batch or sequence_first(self.model, self.path)
+        ):
             # per-token or per-patch rows taken for samples would misalign every concept vector after them
             if not self.required:
                 return output
@@ -230,13 +232,19 @@ class ConceptTap:
         raise ModelError(f"no relevance reached concept layer {self.path!r}; choose a layer the logits use")
 
 
-def sequence_first(module: nn.Module) -> bool:
-    """Whether a torch transformer layer or stack works on ``(T, B, D)`` (``batch_first=False``, torch's
-    default): its first axis is the batch only by chance, when the tokens are as many as the images."""
-    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
-        module = module.layers[0]
-    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
-        return not module.self_attn.batch_first
+def sequence_first(model: nn.Module, path: str) -> bool:
+    """Whether the module at ``path`` runs inside (or is) a torch transformer layer or stack that works on
+    ``(T, B, D)`` (``batch_first=False``, torch's default): its output's first axis is the batch only by
+    chance, when the tokens are as many as the images (a sublayer such as ``linear2`` sees the same layout)."""
+    parts = path.split(".") if path else []
+    for depth in range(len(parts) + 1):
+        module = model.get_submodule(".".join(parts[:depth]))
+        if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
+            module = module.layers[0]
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not getattr(
+            module.self_attn, "batch_first", True
+        ):
+            return True
     return False
 
 
