@@ -218,3 +218,23 @@ def test_a_sublayer_that_a_fused_path_skips_is_refused() -> None:
     corrected = pclarc(model, _random_direction(model, "blocks.layers.1.linear1", x))
     with pytest.raises(ConfigError, match=r"not called through its own forward.*Name the whole block"):
         check_projection_runs(corrected, x)
+
+
+def test_the_projected_layer_does_not_answer_for_spray_lrp_marks() -> None:
+    """A review: through the wrapper, the canonizers read ``lrp_fused`` and ``relu`` of a projected ResNet block
+    and fused its convolution a second time under a path that does not exist; ``inplace`` was set on it."""
+    import torchvision
+
+    from spray.lrp import Explainer
+
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=3).eval(), torch.rand(2, 3, 32, 32)
+    corrected = pclarc(model, _random_direction(model, "layer4.1", x))
+    wrapper = corrected.get_submodule("layer4.1")
+    wrapper[0].lrp_fused = [False]
+    assert (
+        wrapper.conv1 is wrapper[0].conv1
+    )  # the layer's own attributes still answer (a parent may read them)
+    assert getattr(wrapper, "lrp_fused", None) is None and getattr(wrapper, "inplace", None) is None
+    got = Explainer(corrected, "EpsilonPlusFlat")(x)
+    assert torch.isfinite(got.relevance).all()

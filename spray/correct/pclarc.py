@@ -62,6 +62,10 @@ class ArtifactProjection(nn.Module):
         return x - coef * vv
 
 
+#: Attribute prefixes a :class:`ProjectedLayer` does not answer for its layer: spray's own LRP marks.
+_NOT_FORWARDED = ("lrp_", "fuse_", "inplace")
+
+
 class ProjectedLayer(nn.Sequential):
     """The user's layer followed by an :class:`ArtifactProjection` (``[0]`` layer, ``[1]`` projection).
 
@@ -78,15 +82,24 @@ class ProjectedLayer(nn.Sequential):
             return super().__getattr__(name)
         except AttributeError:
             inner = self.__dict__.get("_modules", {}).get("0")
-            if inner is None or name.isdigit():  # its own slots ("1" while it is built) are never the layer's
+            # its own slots ("1" while it is built) are never the layer's, nor the marks spray's LRP canonizers
+            # look for on every module (they would fuse or switch the layer a second time through the wrapper)
+            if inner is None or name.isdigit() or name.startswith(_NOT_FORWARDED):
                 raise
             return getattr(inner, name)
 
 
 def check_projection_runs(corrected: nn.Module, example: torch.Tensor) -> None:
-    """Refuse a corrected model whose projection its forward never calls in evaluation (``example``
-    ``(B, C, H, W)``): a parent with a fused path (``nn.TransformerEncoderLayer`` in eval mode without
-    gradients) reads a sublayer's weights and skips its forward, so the correction would be measured absent.
+    """Refuse a corrected model whose projection its forward never calls in evaluation: a parent with a fused
+    path (``nn.TransformerEncoderLayer`` in eval mode without gradients) reads a sublayer's weights and skips
+    its forward, so the correction would be measured absent.
+
+    Parameters
+    ----------
+    corrected : nn.Module
+        The model with its :class:`ProjectedLayer` (from :func:`pclarc`).
+    example : torch.Tensor
+        ``(B, C, H, W)`` inputs on the model's device.
 
     Raises
     ------
