@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,10 +73,41 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def run_dir_name(run_id: str, when: datetime | None = None) -> str:
-    """``<UTC timestamp>-<first 12 of run id>``: sorts by time, identifies the content."""
-    t = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{t}-{run_id[:12]}"
+#: The time part of a run folder's name (:func:`run_dir_name`).
+_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
+#: A published run folder's name, ``<UTC time>-<run id's first 12>``. Runs are ordered by this name, so a
+#: folder named otherwise (a copy kept aside as ``keep-first-audit``) is no published run: it would
+#: otherwise sort as the newest for good (compared with every night, and retention deleting the real runs).
+RUN_NAME = re.compile(r"\d{8}T\d{12}Z-[0-9A-Za-z]{1,12}")
+#: Folders already warned about, (runs folder, name): list_runs runs many times a job, said once.
+_passed_over: set[tuple[str, str]] = set()
+
+
+def run_dir_name(run_id: str, when: datetime | None = None, *, after: str | None = None) -> str:
+    """``<UTC timestamp>-<first 12 of run id>``: sorts by time, identifies the content.
+
+    Parameters
+    ----------
+    run_id : str
+        The run id.
+    when : datetime, optional
+        The time (default now).
+    after : str, optional
+        The newest existing run folder's name: the name returned sorts after it even when the clock is
+        behind that run's time (a clock set back would otherwise publish runs that sort as older than the
+        current one, so the same inputs were analysed and published again every night), with a warning.
+    """
+    t = when or datetime.now(UTC)
+    if after is not None and RUN_NAME.fullmatch(after) and t.strftime(_TIME_FORMAT) <= after[:22]:
+        newest = datetime.strptime(after[:22], _TIME_FORMAT).replace(tzinfo=UTC)
+        log.warning(
+            "the clock (%s UTC) is not after the time of the newest run %s: is the system clock wrong? This "
+            "run is named after that one's time, so that it sorts as the newest",
+            t.strftime("%Y-%m-%d %H:%M:%S"),
+            after,
+        )
+        t = newest + timedelta(microseconds=1)
+    return f"{t.strftime(_TIME_FORMAT)}-{run_id[:12]}"
 
 
 def staging_dir(runs_dir: Path, run_id: str) -> Path:
@@ -88,7 +120,8 @@ def staging_dir(runs_dir: Path, run_id: str) -> Path:
 
 def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
     """Atomically move a fully written run into place and point ``latest`` at it."""
-    final = runs_dir / run_dir_name(run_id)
+    newest = list_runs(runs_dir)
+    final = runs_dir / run_dir_name(run_id, after=newest[0].name if newest else None)
     with translate_write_errors(runs_dir):
         # mkstemp/mkdtemp create 0600/0700; a published run is readable by the dashboard's user.
         os.chmod(staged, 0o755)
@@ -104,7 +137,9 @@ def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
 
 
 def list_runs(runs_dir: str | Path) -> list[Path]:
-    """Published run folders, newest first (folders holding a summary.json; not the ``latest`` link)."""
+    """Published run folders, newest first: folders named as spray names runs (:data:`RUN_NAME`) holding a
+    summary.json; not the ``latest`` link. A run folder named otherwise (copied or renamed by hand) is passed
+    over with a warning, once: ordered by name, it would pass for the newest run."""
     d = Path(runs_dir)
     if not d.is_dir():
         return []
@@ -113,7 +148,17 @@ def list_runs(runs_dir: str | Path) -> list[Path]:
         for p in d.iterdir()
         if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / SUMMARY).is_file()
     ]
-    return sorted(runs, key=lambda p: p.name, reverse=True)
+    odd = sorted(p.name for p in runs if not RUN_NAME.fullmatch(p.name))
+    if new := [n for n in odd if (str(d), n) not in _passed_over]:
+        _passed_over.update((str(d), n) for n in new)
+        log.warning(
+            "run folder %s in %s: not named as spray names published runs (<UTC time>-<run id>), so passed "
+            "over: not taken as the newest run, compared with, shown, reused or deleted by retention. Keep "
+            "copies of runs outside the runs folder, or give the folder back its original name to list it",
+            ", ".join(new),
+            d,
+        )
+    return sorted((p for p in runs if RUN_NAME.fullmatch(p.name)), key=lambda p: p.name, reverse=True)
 
 
 def find_run(runs_dir: str | Path, run_id: str) -> Path | None:
