@@ -43,7 +43,6 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.flags.content import run_flag_message
 from spray.heatmap_contrast import heatmap_contrast
 from spray.label_conflicts import find_label_conflicts
 from spray.model_output import check_model_output
@@ -67,6 +66,7 @@ from spray.runs.publish import (
     staging_dir,
 )
 from spray.runs.reader import read_report
+from spray.runs.upkeep import check_flags, up_to_date_upkeep
 from spray.runs.writer import write_run
 from spray.versions import version_stamp
 
@@ -174,10 +174,7 @@ def run_audit(
     setup = _setup(cfg, dev, ctx, clock)
     published = _published_run(cfg, setup.run_id, ctx, force)
     if published is not None:
-        report = _up_to_date(published, setup, ctx, clock)
-        if ctx.is_main:  # flags change between runs: a reused run is checked against them as a new one is
-            _check_flags(cfg, report.content_hashes, Path(published))
-        return report
+        return _up_to_date(cfg, published, setup, ctx, clock, read_only=read_only)
     if read_only:
         mine = {"name": cfg.audit_name(), "dataset": cfg.dataset_key()}
         raise RunWriteError(cfg.output.runs_dir, read_only_reason(cfg.output.runs_dir, setup.run_id, **mine))
@@ -283,7 +280,11 @@ def _published_run(cfg: AuditConfig, run_id: str, ctx: DistContext, force: bool)
     return ctx.broadcast_object(existing)
 
 
-def _up_to_date(existing: str, setup: _Setup, ctx: DistContext, clock: _Clock) -> AuditReport:
+def _up_to_date(
+    cfg: AuditConfig, existing: str, setup: _Setup, ctx: DistContext, clock: _Clock, *, read_only: bool
+) -> AuditReport:
+    """The report of the published run ``existing``, checked against the flags; on a writable runs folder,
+    what a job stopped after publishing left undone (``latest``, retention) is done."""
     log.info("run %s is already published at %s: up to date, nothing to do", setup.run_id[:12], existing)
     set_stage("done")
     if not ctx.is_main:
@@ -300,6 +301,10 @@ def _up_to_date(existing: str, setup: _Setup, ctx: DistContext, clock: _Clock) -
     report.up_to_date = True
     for problem in recorded_problems(report.extra):
         log.warning("the published run's check of the model: %s", problem)
+    if ctx.is_main:  # flags change between runs: a reused run is checked against them as a new one is
+        check_flags(cfg, report.content_hashes, Path(existing))
+        if not read_only:
+            up_to_date_upkeep(cfg)
     return report
 
 
@@ -484,28 +489,13 @@ def _publish(
         shutil.rmtree(staged, ignore_errors=True)
         raise
     report.run_dir = str(final)
-    _check_flags(cfg, report.content_hashes, final)
+    check_flags(cfg, report.content_hashes, final)
     prune_runs(runs_dir, cfg.output.keep_runs, name=report.name, dataset=report.dataset)
     prune_cache(runs_dir, batched.cache.dir.name, entries=(len(batched.cache), len(stage.batch.sample_ids)))
     # The manifests only serve a resume of this run id, which is now published.
     shutil.rmtree(batched.runner.work_dir, ignore_errors=True)
     set_stage("done")
     return report
-
-
-def _check_flags(cfg: AuditConfig, hashes: dict[str, str], run: Path) -> None:
-    """Warn when flags of this dataset name other content in the new run than they were set on
-    (``hashes``: the run's ``sample_id -> content hash``; empty when unknown, then nothing is checked)."""
-    db = cfg.flags_db_path()
-    if not hashes:
-        return
-    try:
-        message = run_flag_message(db, cfg.dataset_key(), hashes, str(run))
-    except SprayError as err:  # the audit is done; a damaged database is the flag commands' business
-        log.warning("flags: could not check %s against this run: %s", db, err)
-        return
-    if message:
-        log.warning("flags: %s", message)
 
 
 def _first_inputs(dataset: AuditDataset, n: int = 2) -> torch.Tensor:

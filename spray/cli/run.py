@@ -42,6 +42,13 @@ log = logging.getLogger("spray.nightly")
 _KEPT = "finished shards are kept and the next run resumes from them; nothing was published"
 
 
+#: ... when it is stopped after publishing its run, before retention and its report (the next run does them).
+_STOPPED_AFTER = (
+    "after publishing run {}: the run is published and kept; what the job had left to do (pointing `latest` to "
+    "it, retention, reporting its exit code and notifying) is done by the next run"
+)
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a scheduler stopping the job): unwound like Ctrl-C, then exit 143."""
 
@@ -128,8 +135,10 @@ def run_command(args: argparse.Namespace) -> int:
             # The signal can come while the notify command runs, after the run was published.
             f"after publishing {status.get('run_dir')}; its notification did not complete"
             if published
+            else _STOPPED_AFTER.format(status["run_dir"])
+            if status.get("run_dir")
             else _KEPT,
-            extra={"exit_code": code},
+            extra={"exit_code": code, "run_dir": status.get("run_dir")},
         )
     except Exception as err:  # a bug: log it as one JSON record (with traceback) rather than a raw dump
         log.exception("run failed: %s: %s", type(err).__name__, err, extra={"exit_code": EXIT_FAILURE})
@@ -230,7 +239,10 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     from spray.nightly import audit_owing_alert, exit_code_for, pending_marker
     from spray.records import AuditReport
 
+    about: list[AuditReport] = []  # the run being made: its run_dir is set once it is published
+
     def log_changes(report: AuditReport) -> None:
+        about[:] = [report]
         ch = report.changes
         assert ch is not None
         if ch.data is not None:
@@ -253,15 +265,21 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
                 c.class_name,
             )
 
-    report = audit_owing_alert(
-        cfg,
-        by="spray run",
-        fail_on_findings=fail_on_findings,
-        on_changes=log_changes,
-        device=args.device,
-        progress=_bars(args),
-        force=args.force,
-    )
+    try:
+        report = audit_owing_alert(
+            cfg,
+            by="spray run",
+            fail_on_findings=fail_on_findings,
+            on_changes=log_changes,
+            device=args.device,
+            progress=_bars(args),
+            force=args.force,
+        )
+    except BaseException as err:
+        # failed or stopped after publishing (`latest`, retention): the status names the published run
+        if published := getattr(err, "run_dir", None) or (about[0].run_dir if about else ""):
+            status["run_dir"] = published
+        raise
     if int(os.environ.get("RANK", "0")) != 0:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK

@@ -7,6 +7,7 @@ and a crash leaves nothing but staging leftovers, which the next run removes whi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from spray.errors import ConfigError
 from spray.runs.atomic import translate_write_errors
-from spray.runs.errors import RunReadError
+from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.layout import CACHE_DIR, LATEST, STAGING_DIR, SUMMARY, WORK_DIR, RunsFolder
 from spray.runs.locking import pinned, unpin
 
@@ -128,12 +129,41 @@ def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
         for sub in staged.rglob("*"):
             os.chmod(sub, 0o755 if sub.is_dir() else 0o644)
         os.rename(staged, final)
-        link_tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
-        link_tmp.unlink(missing_ok=True)
-        os.symlink(final.name, link_tmp)
-        os.replace(link_tmp, runs_dir / LATEST)
     log.info("published run %s", final)
+    point_latest(runs_dir, final, f"run {final.name} is published")
     return final
+
+
+class LatestNotMadeError(RunWriteError):
+    """A run is published but ``latest`` could not be pointed to it (``run_dir``: that run)."""
+
+    def __init__(self, run_dir: Path, problem: str) -> None:
+        self.run_dir = str(run_dir)
+        super().__init__(run_dir.parent / LATEST, problem)
+
+
+def point_latest(runs_dir: Path, run: Path, said: str) -> None:
+    """Point ``latest`` at ``run`` atomically (a temporary link replaced into place).
+
+    Raises
+    ------
+    LatestNotMadeError
+        The link cannot be made (no space or inode left, read-only); ``said`` begins its message.
+    """
+    link_tmp = runs_dir / f".{LATEST}.{os.getpid()}.tmp"
+    try:
+        link_tmp.unlink(missing_ok=True)
+        os.symlink(run.name, link_tmp)
+        os.replace(link_tmp, runs_dir / LATEST)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            link_tmp.unlink(missing_ok=True)
+        raise LatestNotMadeError(
+            run,
+            f"{said}, but the link {runs_dir / LATEST} could not be pointed to it ({err.strerror or err}). "
+            "Free some space (or inodes) there, or make it writable: the next `spray run` or `spray audit` "
+            "points the link to the newest run; until then the dashboard's `latest` is missing or older.",
+        ) from err
 
 
 def list_runs(runs_dir: str | Path) -> list[Path]:

@@ -1,0 +1,73 @@
+"""What a run found up to date still does to its runs folder, and the flags check of a run.
+
+A job stopped or failed after publishing its run (SIGTERM, ``kill -9``, no inode left for the ``latest``
+link) left ``latest`` unmade and retention undone; the next runs of the same inputs are up to date, so
+without this nothing ever made the link or deleted the old runs again (41 runs stayed with ``keep_runs: 1``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spray.errors import SprayError
+from spray.flags.content import run_flag_message
+from spray.runs.layout import LATEST
+from spray.runs.publish import list_runs, point_latest, prune_runs
+
+if TYPE_CHECKING:
+    from spray.config import AuditConfig
+
+log = logging.getLogger("spray.audit")
+
+
+def repair_latest(runs_dir: Path) -> Path | None:
+    """Point ``latest`` at the newest published run when it is missing, dangling or points elsewhere.
+
+    Returns
+    -------
+    Path or None
+        The run ``latest`` now points to, when it had to be repaired.
+
+    Raises
+    ------
+    LatestNotMadeError
+        The link cannot be made.
+    """
+    runs = list_runs(runs_dir)
+    link = runs_dir / LATEST
+    if not runs or (link.is_symlink() and link.exists() and link.resolve() == runs[0].resolve()):
+        return None
+    was = f"pointed to {link.readlink()}" if link.is_symlink() else "was missing"
+    point_latest(runs_dir, runs[0], f"the newest run {runs[0].name} is published")
+    log.warning(
+        "`latest` %s: pointed it to the newest run %s (a job was stopped or failed between publishing its run "
+        "and pointing `latest` to it)",
+        was,
+        runs[0].name,
+    )
+    return runs[0]
+
+
+def up_to_date_upkeep(cfg: AuditConfig) -> None:
+    """For a run found up to date (rank 0, the runs folder writable and locked): repair ``latest``
+    (:func:`repair_latest`) and apply retention (a listing; nothing to delete on a usual night)."""
+    runs_dir = Path(cfg.output.runs_dir)
+    repair_latest(runs_dir)
+    prune_runs(runs_dir, cfg.output.keep_runs, name=cfg.audit_name(), dataset=cfg.dataset_key())
+
+
+def check_flags(cfg: AuditConfig, hashes: dict[str, str], run: Path) -> None:
+    """Warn when flags of this dataset name other content in the new run than they were set on
+    (``hashes``: the run's ``sample_id -> content hash``; empty when unknown, then nothing is checked)."""
+    db = cfg.flags_db_path()
+    if not hashes:
+        return
+    try:
+        message = run_flag_message(db, cfg.dataset_key(), hashes, str(run))
+    except SprayError as err:  # the audit is done; a damaged database is the flag commands' business
+        log.warning("flags: could not check %s against this run: %s", db, err)
+        return
+    if message:
+        log.warning("flags: %s", message)
