@@ -152,18 +152,13 @@ def record_changes(
     gated = fail_on_findings and any(f.suspicious for f in report.findings)
     if not (ch.n_new + ch.n_grown > 0 or gated):
         return None
+    from spray.runs.atomic import atomic_write_bytes
+
     marker = pending_marker(runs_dir, report.run_id)
-    # the audit in the marker: the next job tells its own owed alerts from another audit's
-    marker.write_text(
-        json.dumps(
-            {
-                "name": report.name,
-                "dataset": report.dataset,
-                "by": by,
-                "config": report.hashes.get("config"),
-            }
-        )
-    )
+    # the audit in the marker: the next job tells its own owed alerts from another audit's. Atomic: a full
+    # disk left an empty marker (and a raw OSError), which another audit's job then took for its own alert.
+    said = {"name": report.name, "dataset": report.dataset, "by": by, "config": report.hashes.get("config")}
+    atomic_write_bytes(marker, json.dumps(said).encode())
     return marker
 
 

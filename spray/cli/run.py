@@ -319,7 +319,7 @@ def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
         runs_dir, pending, cfg.audit_name(), cfg.dataset_key(), report.hashes.get("config")
     )
     if report.up_to_date and pending.exists():
-        earlier.insert(0, (report.run_id[:16], _marker_of(pending).get("by")))
+        earlier.insert(0, (report.run_id[:16], (_marker_of(pending) or {}).get("by")))
     stopped = [run for run, by in earlier if by not in _BY_HAND]
     for hand in _BY_HAND:
         if audited := [run for run, by in earlier if by == hand]:
@@ -338,14 +338,43 @@ def _owed(runs_dir: Path, pending: Path, report: Any, cfg: Any) -> bool:
     return bool(earlier)
 
 
-def _marker_of(marker: Path) -> dict[str, Any]:
+def _marker_of(marker: Path) -> dict[str, Any] | None:
     """What an alert marker says (``name``, ``dataset``, ``by``); {} for one written before markers named
-    their audit ("10") or unreadable."""
+    their audit ("10"); None for one that is empty or cannot be read (a write cut short by a full disk)."""
     try:
-        said = json.loads(marker.read_text() or "{}")
+        said = json.loads(marker.read_text())
     except (OSError, ValueError):
-        return {}
+        return None
     return said if isinstance(said, dict) else {}
+
+
+def _damaged_marker_of(runs_dir: Path, marker: Path) -> dict[str, Any] | None:
+    """For a marker that cannot be read, the audit of its run (``name``, ``dataset``) from that run's summary
+    when the run is published; None (the marker removed, with a warning) when it is not: a marker is written
+    before its run is published, so its run failed, and no alert is owed."""
+    from spray.runs.errors import RunReadError
+    from spray.runs.publish import list_runs
+    from spray.runs.reader import read_summary
+
+    run16 = marker.name.rsplit("-", 1)[-1]
+    for run in list_runs(runs_dir):
+        if run.name.endswith(run16[:12]):
+            try:
+                s = read_summary(run)
+            except RunReadError:
+                continue
+            if s.run_id.startswith(run16):
+                return {"name": s.name, "dataset": s.dataset}
+    log.warning(
+        "alert marker %s is empty or damaged (a write cut short, e.g. by a full disk) and its run is not "
+        "published: no alert is owed, removed",
+        marker,
+    )
+    try:
+        marker.unlink()
+    except OSError as err:
+        log.warning("cannot remove %s (%s): remove it by hand", marker, err)
+    return None
 
 
 def _owed_earlier(
@@ -364,6 +393,8 @@ def _owed_earlier(
         if marker == pending:
             continue
         said = _marker_of(marker)  # {} was written before markers named their audit: taken as this audit's
+        if said is None and (said := _damaged_marker_of(runs_dir, marker)) is None:
+            continue
         if said and (said.get("name"), said.get("dataset")) != (name, dataset):
             continue  # another audit's: its own job reports it
         if said.get("by") in _BY_HAND and config is not None and said.get("config") not in (None, config):
