@@ -211,6 +211,13 @@ def notify(command: str, summary_path: Path, *, env: dict[str, str], timeout: fl
             timeout,
         )
         return None
+    except BaseException:
+        # Stopped meanwhile (SIGTERM, Ctrl-C): the marker stays and the next job notifies, so a notifier left
+        # running in its own session would send the alert twice.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.error("notify command %r killed: the job was stopped; the next job notifies", command)
+        raise
     if proc.returncode != 0:
         log.error("notify command %r exited %d: %s", command, proc.returncode, err_text.strip()[-500:])
     else:

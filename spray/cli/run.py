@@ -243,27 +243,7 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
 
     def log_changes(report: AuditReport) -> None:
         about[:] = [report]
-        ch = report.changes
-        assert ch is not None
-        if ch.data is not None:
-            _log_data_changes(ch.data)
-        log.info(
-            "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
-            (ch.previous_run_id or "no previous run")[:16],
-            ch.n_new,
-            ch.n_grown,
-            len(ch.persisting),
-            ch.n_resolved,
-            extra={"n_new": ch.n_new, "n_grown": ch.n_grown, "n_resolved": ch.n_resolved},
-        )
-        for c in ch.not_analysed:
-            log.warning(
-                "suspicious cluster %s of the previous run: class %s was not analysed in this run (too few "
-                "readable samples or only zero heatmaps; see summary.json classes_skipped): it is not resolved, "
-                "there is no verdict",
-                c.previous_key,
-                c.class_name,
-            )
+        _log_changes(report)
 
     try:
         report = audit_owing_alert(
@@ -283,6 +263,8 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         # Rank 0 merges, publishes, notifies and reports; the other ranks are done after the batch stage.
         return EXIT_OK
+    if not report.up_to_date:  # a stop before the status below still names the run just published
+        status["run_dir"] = report.run_dir
     code = exit_code_for(report, fail_on_findings=fail_on_findings)
     pending = pending_marker(runs_dir, report.run_id)
     owed = _owed(runs_dir, pending, report, cfg)
@@ -297,6 +279,31 @@ def _run(args: argparse.Namespace, status: dict[str, Any]) -> int:
         except OSError as err:
             log.warning("cannot remove %s (%s): the next job will report exit 10 again", pending, err)
     return code
+
+
+def _log_changes(report: Any) -> None:
+    """The changes since the previous run (``report.changes``), in log lines."""
+    ch = report.changes
+    assert ch is not None
+    if ch.data is not None:
+        _log_data_changes(ch.data)
+    log.info(
+        "changes since %s: %d new, %d grown, %d persisting, %d resolved suspicious clusters",
+        (ch.previous_run_id or "no previous run")[:16],
+        ch.n_new,
+        ch.n_grown,
+        len(ch.persisting),
+        ch.n_resolved,
+        extra={"n_new": ch.n_new, "n_grown": ch.n_grown, "n_resolved": ch.n_resolved},
+    )
+    for c in ch.not_analysed:
+        log.warning(
+            "suspicious cluster %s of the previous run: class %s was not analysed in this run (too few "
+            "readable samples or only zero heatmaps; see summary.json classes_skipped): it is not resolved, "
+            "there is no verdict",
+            c.previous_key,
+            c.class_name,
+        )
 
 
 def _bars(args: argparse.Namespace) -> bool:
