@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from spray.errors import ConfigError
 from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError, RunWriteError
-from spray.runs.layout import CACHE_DIR, LATEST, STAGING_DIR, SUMMARY, WORK_DIR, RunsFolder
+from spray.runs.layout import CACHE_DIR, LATEST, LOCK, STAGING_DIR, SUMMARY, WORK_DIR, RunsFolder
 from spray.runs.locking import pinned, unpin
 
 if TYPE_CHECKING:
@@ -66,7 +66,40 @@ def check_runs_dir(runs_dir: Path) -> bool:
             raise ConfigError(
                 f"{key} {str(runs_dir)!r} cannot be created ({why}). Point it at a folder this user can create."
             ) from None
+    _check_own_entries(runs_dir)
     return _writable(runs_dir)
+
+
+#: The entries spray keeps in a runs folder, whether each is a folder, and what it is.
+_OWN_ENTRIES = (
+    (LOCK, False, "the lock file of a running audit"),
+    (STAGING_DIR, True, "the folder runs are written in before they are published"),
+    (CACHE_DIR, True, "the heatmap cache"),
+    (f"{CACHE_DIR}/{WORK_DIR}", True, "the shard manifests of runs being computed"),
+)
+
+
+def _check_own_entries(runs_dir: Path) -> None:
+    """Refuse a runs folder whose own entries are of the wrong type (``.lock`` a folder, ``.staging`` or
+    ``.cache`` a file): they failed with a raw IsADirectoryError / FileExistsError / NotADirectoryError, one
+    only after a whole batch stage.
+
+    Raises
+    ------
+    ConfigError
+        Naming the entry and the fix.
+    """
+    for name, folder, what in _OWN_ENTRIES:
+        path = runs_dir / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_dir() != folder:
+            found = "folder" if path.is_dir() else "file" if path.exists() else "dangling link"
+            raise ConfigError(
+                f"{str(path)!r} is a {found}, but spray keeps {what} there (a {'folder' if folder else 'file'}). "
+                f"Move it out of the runs folder (or remove it: spray made no {found} there) and run again: "
+                "spray makes it anew."
+            )
 
 
 def _writable(folder: Path) -> bool:
