@@ -66,7 +66,7 @@ from spray.runs.publish import (
     staging_dir,
 )
 from spray.runs.reader import read_report
-from spray.runs.upkeep import check_flags, up_to_date_upkeep
+from spray.runs.upkeep import check_flags, check_run_arrays, up_to_date_upkeep
 from spray.runs.writer import write_run
 from spray.versions import version_stamp
 
@@ -293,6 +293,7 @@ def _up_to_date(
     else:
         try:
             report = read_report(existing)
+            check_run_arrays(existing)
         except RunReadError as err:
             raise RunReadError(
                 err.path,

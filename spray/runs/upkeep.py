@@ -15,6 +15,7 @@ from spray.errors import SprayError
 from spray.flags.content import run_flag_message
 from spray.runs.layout import LATEST
 from spray.runs.publish import list_runs, point_latest, prune_runs
+from spray.runs.reader import RunReader
 
 if TYPE_CHECKING:
     from spray.config import AuditConfig
@@ -56,6 +57,23 @@ def up_to_date_upkeep(cfg: AuditConfig) -> None:
     runs_dir = Path(cfg.output.runs_dir)
     repair_latest(runs_dir)
     prune_runs(runs_dir, cfg.output.keep_runs, name=cfg.audit_name(), dataset=cfg.dataset_key())
+
+
+def check_run_arrays(run: str | Path) -> None:
+    """Open the per-sample arrays of a published run (memory-mapped: their headers against their sizes and
+    the run's number of samples), so that a truncated ``heatmaps.npy`` or ``thumbs.npy`` is refused as a
+    damaged ``samples.parquet`` is, rather than reused as up to date every night while readers fail on it.
+
+    Raises
+    ------
+    RunReadError
+        An array file is missing, truncated or damaged.
+    """
+    reader = RunReader.open(run)
+    reader.heatmaps()
+    reader.thumbs()
+    reader.full_relevance()
+    reader.concepts()
 
 
 def check_flags(cfg: AuditConfig, hashes: dict[str, str], run: Path) -> None:
