@@ -24,6 +24,8 @@ def test_a_truncated_array_of_the_published_run_is_not_up_to_date(
     assert (run / name).is_file()
     os.truncate(run / name, 200)
     res = _run(capsys, cfg)
-    assert_clean_failure(res, EXIT_FAILURE, str(run / name), "damaged or truncated", "cannot be reused", "--force")
+    assert_clean_failure(
+        res, EXIT_FAILURE, str(run / name), "damaged or truncated", "cannot be reused", "--force"
+    )
     res = _run(capsys, cfg, "--force")
     assert _status(res)["status"] == "published" and list_runs(tmp_path / "runs")[1] == run

@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +57,21 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
+
+
+def _on_sighup(signum: int, frame: FrameType | None) -> None:
+    raise Terminated("SIGHUP")
+
+
+def _catch_sighup() -> Any:
+    """Make SIGHUP (the terminal or ssh session closed) stop the job as SIGTERM does, where it is not ignored
+    (``nohup``): by default it ended the job with no log line, and ``--status-file`` kept saying "running".
+    Returns the handler to restore (None when none was installed)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return None
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGHUP, _on_sighup)
 
 
 def _write_status(path: str | None, status: dict[str, Any], *, stdout: bool = True) -> None:
@@ -114,6 +131,7 @@ def run_command(args: argparse.Namespace) -> int:
     # the previous run's outcome, and a rank above 0 that vanishes is named by rank 0 from its own file.
     running = running_record(rank)
     _write_status(rank_status_path(status_file, rank), running, stdout=False)
+    previous_hup = _catch_sighup()
     try:  # SIGTERM raises Terminated: spray.cli.main installs the handler for every command
         code = _run(args, status)
     except SprayError as err:
@@ -121,31 +139,15 @@ def run_command(args: argparse.Namespace) -> int:
         status.update(exit_code=code, status="locked" if code == EXIT_LOCKED else "failed", error=str(err))
         log.error("%s", err, extra={"exit_code": code})
     except (KeyboardInterrupt, Terminated) as err:
-        code, what = (
-            (EXIT_TERMINATED, "terminated")
-            if isinstance(err, Terminated)
-            else (EXIT_INTERRUPTED, "interrupted")
-        )
-        published = status.get("status") == "published"
-        status.update(exit_code=code, status=what)
-        log.error(
-            "%s (%s): %s",
-            what,
-            "SIGTERM" if code == EXIT_TERMINATED else "SIGINT",
-            # The signal can come while the notify command runs, after the run was published.
-            f"after publishing {status.get('run_dir')}; its notification did not complete"
-            if published
-            else _STOPPED_AFTER.format(status["run_dir"])
-            if status.get("run_dir")
-            else _KEPT,
-            extra={"exit_code": code, "run_dir": status.get("run_dir")},
-        )
+        code = _stopped(err, status)
     except Exception as err:  # a bug: log it as one JSON record (with traceback) rather than a raw dump
         log.exception("run failed: %s: %s", type(err).__name__, err, extra={"exit_code": EXIT_FAILURE})
         status.update(exit_code=EXIT_FAILURE, status="failed", error=f"{type(err).__name__}: {err}")
         code = EXIT_FAILURE
     finally:
         shutdown_dist()
+        if previous_hup is not None:
+            signal.signal(signal.SIGHUP, previous_hup)
     status["seconds"] = round(time.perf_counter() - t0, 3)
     if rank == 0:
         if world > 1 and code not in (EXIT_OK, EXIT_FINDINGS):
@@ -168,6 +170,28 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         # with the start record's fields: rank 0 tells this run's files from a previous run's by "started"
         _write_status(rank_status_path(status_file, rank), {**running, **status}, stdout=False)
+    return code
+
+
+def _stopped(err: BaseException, status: dict[str, Any]) -> int:
+    """Log a stop by a signal (``err``: Terminated or KeyboardInterrupt), put it in ``status``; its exit code."""
+    code, what = (
+        (EXIT_TERMINATED, "terminated") if isinstance(err, Terminated) else (EXIT_INTERRUPTED, "interrupted")
+    )
+    published = status.get("status") == "published"
+    status.update(exit_code=code, status=what)
+    log.error(
+        "%s (%s): %s",
+        what,
+        (str(err) or "SIGTERM") if code == EXIT_TERMINATED else "SIGINT",
+        # The signal can come while the notify command runs, after the run was published.
+        f"after publishing {status.get('run_dir')}; its notification did not complete"
+        if published
+        else _STOPPED_AFTER.format(status["run_dir"])
+        if status.get("run_dir")
+        else _KEPT,
+        extra={"exit_code": code, "run_dir": status.get("run_dir")},
+    )
     return code
 
 
