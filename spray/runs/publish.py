@@ -133,7 +133,10 @@ def run_dir_name(run_id: str, when: datetime | None = None, *, after: str | None
     """
     t = when or datetime.now(UTC)
     if after is not None and RUN_NAME.fullmatch(after) and t.strftime(_TIME_FORMAT) <= after[:22]:
-        newest = datetime.strptime(after[:22], _TIME_FORMAT).replace(tzinfo=UTC)
+        try:
+            newest = datetime.strptime(after[:22], _TIME_FORMAT).replace(tzinfo=UTC)
+        except ValueError:  # digits of no date (a folder named by hand): no time to follow
+            return f"{t.strftime(_TIME_FORMAT)}-{run_id[:12]}"
         log.warning(
             "the clock (%s UTC) is not after the time of the newest run %s: is the system clock wrong? This "
             "run is named after that one's time, so that it sorts as the newest",

@@ -84,3 +84,5 @@ def test_run_dir_name_sorts_after_the_newest_only_when_the_clock_is_behind() -> 
     assert run_dir_name("a" * 64, now, after="20261207T000000000000Z-bbbbbbbbbbbb") == (
         "20261207T000000000001Z-aaaaaaaaaaaa"
     )
+    # digits that are no date (a folder named by hand) give no time to follow
+    assert run_dir_name("a" * 64, now, after="99991399T000000000000Z-bbbbbbbbbbbb").startswith("20261206T23")
