@@ -81,9 +81,12 @@ def test_a_compaction_reads_only_the_shards_written_since_while_no_kept_run_is_r
         looked.append(only)
         return real(directory, h, only)
 
+    def folder(name: str) -> Path:  # named as spray names run folders: only those are published runs
+        return runs / f"20261206T00000{name[-1]}000000Z-{name}"
+
     def publish(name: str) -> None:
-        (runs / name).mkdir()
-        (runs / name / "summary.json").write_text("{}")
+        folder(name).mkdir()
+        (folder(name) / "summary.json").write_text("{}")
 
     monkeypatch.setattr(compaction, "compact_shards", spy)
     monkeypatch.setattr(compaction, "held_content", lambda _runs, _c: held)
@@ -98,6 +101,6 @@ def test_a_compaction_reads_only_the_shards_written_since_while_no_kept_run_is_r
     cache.write(4, _batch([f"k{i}" for i in range(4)], seed=1), np.zeros((4, 2, 2, 3), np.uint8), None)
     assert compaction.compact_cache(runs, "m-l", 13, 4).deleted == 1
     assert looked[-1] is not None and len(looked[-1]) == 1 and len(list(d.glob(SHARD_GLOB))) == 1
-    shutil.rmtree(runs / "run1")  # retention removed a run: every shard is read again
+    shutil.rmtree(folder("run1"))  # retention removed a run: every shard is read again
     compaction.compact_cache(runs, "m-l", 9, 4)
     assert looked[-1] is None
