@@ -74,3 +74,23 @@ def test_stopped_after_publishing_says_so_and_the_next_run_applies_retention(
     res = _run(capsys, cfg, "--keep-runs", "1")
     assert _status(res)["status"] == "up_to_date", res.output
     assert list_runs(runs) == [second] and not first.exists()
+
+
+def test_a_stop_between_the_rename_and_the_link_names_the_published_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spray.runs.publish as publish_module
+
+    cfg = _config(tmp_path)
+
+    def stopped(*a: object, **k: object) -> None:
+        raise Terminated()
+
+    monkeypatch.setattr(publish_module, "point_latest", stopped)
+    res = _run(capsys, cfg)
+    (run,) = list_runs(tmp_path / "runs")
+    assert res.code == EXIT_TERMINATED and f"after publishing run {run}" in res.output
+    assert _status(res)["run_dir"] == str(run)
+    monkeypatch.undo()
+    res = _run(capsys, cfg)
+    assert _status(res)["status"] == "up_to_date" and (tmp_path / "runs" / LATEST).resolve() == run

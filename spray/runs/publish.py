@@ -166,7 +166,12 @@ def publish(runs_dir: Path, staged: Path, run_id: str) -> Path:
             os.chmod(sub, 0o755 if sub.is_dir() else 0o644)
         os.rename(staged, final)
     log.info("published run %s", final)
-    point_latest(runs_dir, final, f"run {final.name} is published")
+    try:
+        point_latest(runs_dir, final, f"run {final.name} is published")
+    except BaseException as err:
+        # a stop (SIGTERM) between the rename and the link: the job still says which run it published
+        setattr(err, "run_dir", str(final))  # noqa: B010
+        raise
     return final
 
 
