@@ -44,7 +44,7 @@ log = logging.getLogger("spray.nightly")
 _KEPT = "finished shards are kept and the next run resumes from them; nothing was published"
 
 
-#: ... when it is stopped after publishing its run, before retention and its report (the next run does them).
+#: What it says when it is stopped after publishing its run, before retention and its report (the next run does them).
 _STOPPED_AFTER = (
     "after publishing run {}: the run is published and kept; what the job had left to do (pointing `latest` to "
     "it, retention, reporting its exit code and notifying) is done by the next run"
@@ -52,7 +52,8 @@ _STOPPED_AFTER = (
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (a scheduler stopping the job): unwound like Ctrl-C, then exit 143."""
+    """SIGTERM (a scheduler stopping the job) or SIGHUP (its terminal closed) arrived: unwound like Ctrl-C, then
+    exit 143; the message is the signal's name when not SIGTERM."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
