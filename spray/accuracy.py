@@ -111,7 +111,7 @@ def _unrecognised(
 
 
 def model_accuracy(
-    labels: np.ndarray, predictions: np.ndarray, class_names: list[str]
+    labels: np.ndarray, predictions: np.ndarray, class_names: list[str], *, corrected: bool = False
 ) -> ModelAccuracy | None:
     """The model's accuracy on the audited samples; warns when it is near chance or a class's images are
     mostly predicted as another class (module docstring).
@@ -122,6 +122,9 @@ def model_accuracy(
         ``(N,)`` true labels and predicted classes.
     class_names : list[str]
         Names in label order (for the messages).
+    corrected : bool
+        The model is a correction's corrected model (its re-audit): a collapse is the correction's
+        (:func:`problems`).
 
     Returns
     -------
@@ -142,7 +145,7 @@ def model_accuracy(
     got = ModelAccuracy(acc, majority, n, near, shifted, lost, present, k)
     # Said even when nothing is wrong: only the user knows the accuracy the model was trained to.
     log.info("%s", accuracy_sentence(asdict(got)))
-    for problem in problems(asdict(got)):
+    for problem in problems(asdict(got), corrected=corrected):
         log.warning("%s", problem)
     return got
 

@@ -43,6 +43,7 @@ from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
 from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
+from spray.export.source import CORRECTED_FACTORY
 from spray.heatmap_contrast import heatmap_contrast
 from spray.label_conflicts import find_label_conflicts
 from spray.model_output import check_model_output
@@ -300,7 +301,7 @@ def _up_to_date(
                 f"{err}; the published run {existing} cannot be reused: delete that folder, or rerun with --force",
             ) from None
     report.up_to_date = True
-    for problem in recorded_problems(report.extra):
+    for problem in recorded_problems(report.extra, corrected=cfg.model.factory == CORRECTED_FACTORY):
         log.warning("the published run's check of the model: %s", problem)
     if ctx.is_main:  # flags change between runs: a reused run is checked against them as a new one is
         check_flags(cfg, report.content_hashes, Path(existing))
@@ -412,7 +413,10 @@ def _report(
         log.warning("... and %d more skipped samples (%d in all): each with its reason in the run's summary.json "
                     "('skipped') and report.html", len(skipped) - SKIPPED_LOGGED, len(skipped))  # fmt: skip
     accuracy = model_accuracy(
-        np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions), list(setup.dataset.class_names)
+        np.asarray(stage.batch.labels),
+        np.asarray(stage.batch.predictions),
+        list(setup.dataset.class_names),
+        corrected=cfg.model.factory == CORRECTED_FACTORY,
     )
     contrast = heatmap_contrast(stage.batch.relevance)
     conflicts = find_label_conflicts(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)

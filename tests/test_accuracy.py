@@ -126,3 +126,12 @@ def test_with_the_order_off_a_class_mostly_predicted_as_another_is_named_too() -
     alone = labels.copy()
     alone[coat[:69]], alone[coat[69:82]], alone[coat[82:]] = 3, 2, 0
     assert model_accuracy(labels, alone, NAMES).shifted == {}  # type: ignore[union-attr]
+
+
+def test_a_corrected_models_log_blames_the_correction(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: a collapsed corrected model's re-audit logged "check data.transform" (its inputs are
+    the source run's); its record and report said the correction collapsed it."""
+    labels = np.repeat([0, 1, 2], 20)
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        model_accuracy(labels, np.zeros_like(labels), NAMES, corrected=True)
+    assert "data.transform" not in caplog.text and "correction" in caplog.text

@@ -488,7 +488,10 @@ def _report_status(report: Any, code: int, status: dict[str, Any], flags_db: Pat
     acc = recorded_accuracy(report.extra)
     if acc is not None:
         status["model_accuracy"] = acc.get("accuracy")
-    if problems := recorded_problems(report.extra):
+    from spray.export.source import CORRECTED_FACTORY
+
+    corrected = report.config.get("model", {}).get("factory") == CORRECTED_FACTORY
+    if problems := recorded_problems(report.extra, corrected=corrected):
         status["model_warnings"] = problems
     if notes := data_notes(report.extra):
         status["data_notes"] = notes
