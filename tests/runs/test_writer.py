@@ -13,7 +13,7 @@ def test_recorded_paths_move_with_the_folder_also_when_it_was_named_through_a_sy
     """A review: the config records resolved paths, so a work folder named through a symlink was not found
     and the re-audit kept pointing into the deleted work folder."""
     real = tmp_path / "real"
-    (real / "out" / "reaudit" / "run1").mkdir(parents=True)
+    (real / "out" / "reaudit" / "20261206T000000000000Z-aaaaaaaaaaaa").mkdir(parents=True)
     os.symlink(real, tmp_path / "link")
     out, final = tmp_path / "link" / "out", tmp_path / "link" / "published"
     doc = {
@@ -24,7 +24,7 @@ def test_recorded_paths_move_with_the_folder_also_when_it_was_named_through_a_sy
             "data": {"path": "/data/imgs", "class_names": [str(real / "outside")]},
         },
     }
-    summary = real / "out" / "reaudit" / "run1" / "summary.json"
+    summary = real / "out" / "reaudit" / "20261206T000000000000Z-aaaaaaaaaaaa" / "summary.json"
     summary.write_text(json.dumps(doc))
     assert rebase_recorded_paths(out / "reaudit", out, final) == 1
     config = json.loads(summary.read_text())["config"]
