@@ -34,11 +34,12 @@ import urlstate
 
 from spray import imaging
 from spray.errors import SprayError
-from spray.export.source import CorrectedFrom, corrected_from, correction_folder_note, project_root
+from spray.export.source import CorrectedFrom, corrected_from, correction_folder_note
 from spray.flags import default_db_path
 from spray.records import ChangeSet, ConditionalMaps
 from spray.runs.changes import compare_runs
 from spray.runs.errors import RunReadError
+from spray.runs.layout import project_root
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader
 from spray.runs.reader import parse_cluster_key as parse_cluster_key
@@ -89,7 +90,7 @@ def runs_dir() -> Path:
 
 def flags_db_path() -> Path:
     """Flag database: ``--flags-db``, ``$SPRAY_FLAGS_DB``, else the project's ``<runs>/flags.sqlite``, also for
-    a correction's re-audit folder (spray export's rule, :func:`spray.export.source.project_root`)."""
+    a correction's re-audit folder (spray export's rule, :func:`spray.runs.layout.project_root`)."""
     p = _cli_args().flags_db or os.environ.get("SPRAY_FLAGS_DB")
     return Path(p).resolve() if p else default_db_path(project_root(runs_dir()))
 

@@ -30,8 +30,9 @@ from pathlib import Path
 from types import FrameType
 
 from spray.errors import ConfigError
-from spray.export.source import correction_folder_note, project_root
+from spray.export.source import correction_folder_note
 from spray.flags import default_db_path
+from spray.runs.layout import project_root
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 from spray.accuracy import problems, recorded_problems
-from spray.export.source import CORRECTED_FACTORY, CORRECTION_RECORD, corrected_from, project_root
+from spray.export.source import CORRECTED_FACTORY, corrected_from
 from spray.html_report import render_html_report
+from spray.runs.layout import CORRECTION_RECORD, project_root
 from tests.runs.builders import make_report, write_published
 
 CORRECTION_ID = "4248c89aa700" + "9" * 52

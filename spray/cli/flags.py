@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from spray.cli.flag_runs import run_folder
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
-from spray.export.source import project_root
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
 from spray.flags.content import (
     FlagBinding,
@@ -30,6 +29,7 @@ from spray.flags.content import (
 )
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key, renumbered_message, sample_ids_in
+from spray.runs.layout import project_root
 from spray.runs.publish import newest_runs
 
 if TYPE_CHECKING:

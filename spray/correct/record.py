@@ -32,10 +32,12 @@ from spray.correct.subspace import SubspaceSummary
 from spray.correct.training import TrainingLog
 from spray.records import score_text
 from spray.runs.atomic import atomic_write_bytes
+from spray.runs.layout import CORRECTION_RECORD
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
 CORRECTION_VERSION = 17
-RECORD_NAME = "correction.json"
+#: The record's file name in a correction folder (the run layout owns it).
+RECORD_NAME = CORRECTION_RECORD
 #: A re-audit cluster overlapping the flagged samples this much (Jaccard) holds most of them together.
 LINGER_JACCARD = 0.5
 #: A corrected model whose stamp, pasted at the opposite place, still flips at least this share of what it

@@ -17,7 +17,7 @@ import numpy as np
 from spray.errors import ConfigError, DataError
 from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError, RunWriteError
-from spray.runs.layout import CORRECTIONS_DIR, REAUDIT_DIR, RunFiles
+from spray.runs.layout import CORRECTION_RECORD, CORRECTIONS_DIR, REAUDIT_DIR, RunFiles, project_root
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader, read_json
 from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
@@ -104,24 +104,11 @@ class ExportSource:
         return np.fromiter((row_of[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
 
 
-#: ``correction.json``, the record of a correction (:data:`spray.correct.record.RECORD_NAME`, spelled here
-#: because that module imports torch, which the dashboard and the command line must not pay for).
-CORRECTION_RECORD = "correction.json"
 #: The factory a corrected model's config names (:data:`spray.correct.checkpoint.FACTORY`, spelled here for the
 #: same reason): a run that records it audited a corrected model.
 CORRECTED_FACTORY = "spray.correct.checkpoint:corrected_model"
 #: The correction methods (``correction.method``), as a corrected model's config name ends in one.
 _METHODS = ("pclarc", "rrclarc", "retrain")
-
-
-def project_root(runs_dir: Path) -> Path:
-    """The project's runs folder, which holds the flags, for the runs folder ``runs_dir``: ``runs_dir`` itself,
-    or ``<runs>`` for a correction's re-audit runs folder ``<runs>/corrections/<correction>/reaudit`` (it holds
-    no flags: ``spray correct`` reads and the dashboard writes the project's)."""
-    runs_dir = Path(runs_dir)
-    if runs_dir.name == REAUDIT_DIR and runs_dir.parent.parent.name == CORRECTIONS_DIR:
-        return runs_dir.parent.parent.parent
-    return runs_dir
 
 
 def project_runs_dir(run: Path) -> Path:

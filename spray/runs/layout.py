@@ -57,6 +57,8 @@ CORRECTIONS_DIR = "corrections"
 REAUDIT_DIR = "reaudit"
 #: The artifact direction, its reference mean and the artifact region (``vector``, ``reference_mean``, ``region``).
 CORRECTION_DIRECTION = "cav.npz"
+#: The correction's record (:class:`spray.correct.record.CorrectionRecord`).
+CORRECTION_RECORD = "correction.json"
 
 # A cache directory
 SHARD_PREFIX = "shard-"
@@ -176,3 +178,13 @@ class RunsFolder:
     def cache_dir(self, name: str) -> Path:
         """``.cache/<name>``: the per-sample cache of one model and LRP setting."""
         return self.root / CACHE_DIR / name
+
+
+def project_root(runs_dir: str | Path) -> Path:
+    """The project's runs folder, which holds the flags, for the runs folder ``runs_dir``: ``runs_dir`` itself,
+    or ``<runs>`` for a correction's re-audit runs folder ``<runs>/corrections/<correction>/reaudit`` (it holds
+    no flags: ``spray correct`` reads and the dashboard writes the project's)."""
+    runs_dir = Path(runs_dir)
+    if runs_dir.name == REAUDIT_DIR and runs_dir.parent.parent.name == CORRECTIONS_DIR:
+        return runs_dir.parent.parent.parent
+    return runs_dir
