@@ -155,8 +155,8 @@ def record_changes(
     from spray.runs.atomic import atomic_write_bytes
 
     marker = pending_marker(runs_dir, report.run_id)
-    # the audit in the marker: the next job tells its own owed alerts from another audit's. Atomic: a full
-    # disk left an empty marker (and a raw OSError), which another audit's job then took for its own alert.
+    # the audit in the marker: the next job tells its own owed alerts from another audit's; atomic, so that a
+    # full disk leaves no empty marker for another audit's job to take as its own
     said = {"name": report.name, "dataset": report.dataset, "by": by, "config": report.hashes.get("config")}
     atomic_write_bytes(marker, json.dumps(said).encode())
     return marker

@@ -1,8 +1,8 @@
 """What a run found up to date still does to its runs folder, and the flags check of a run.
 
 A job stopped or failed after publishing its run (SIGTERM, ``kill -9``, no inode left for the ``latest``
-link) left ``latest`` unmade and retention undone; the next runs of the same inputs are up to date, so
-without this nothing ever made the link or deleted the old runs again (41 runs stayed with ``keep_runs: 1``).
+link) leaves ``latest`` unmade and retention undone; the next runs of the same inputs are up to date, so
+they make the link and apply retention, or nothing ever would.
 """
 
 from __future__ import annotations
