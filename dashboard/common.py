@@ -39,7 +39,6 @@ from spray.flags import default_db_path
 from spray.records import ChangeSet, ConditionalMaps
 from spray.runs.changes import compare_runs
 from spray.runs.errors import RunReadError
-from spray.runs.layout import project_root
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader
 from spray.runs.reader import parse_cluster_key as parse_cluster_key
@@ -90,9 +89,9 @@ def runs_dir() -> Path:
 
 def flags_db_path() -> Path:
     """Flag database: ``--flags-db``, ``$SPRAY_FLAGS_DB``, else the project's ``<runs>/flags.sqlite``, also for
-    a correction's re-audit folder (spray export's rule, :func:`spray.runs.layout.project_root`)."""
+    a correction's re-audit folder (:func:`spray.flags.default_db_path`)."""
     p = _cli_args().flags_db or os.environ.get("SPRAY_FLAGS_DB")
-    return Path(p).resolve() if p else default_db_path(project_root(runs_dir()))
+    return Path(p).resolve() if p else default_db_path(runs_dir())
 
 
 def no_run_message() -> str:

@@ -32,7 +32,6 @@ from types import FrameType
 from spray.errors import ConfigError
 from spray.export.source import correction_folder_note
 from spray.flags import default_db_path
-from spray.runs.layout import project_root
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ def build_command(
     """
     o = options or ServeOptions(runs_dir=runs_dir, port=port, host=host, flags_db=flags_db)
     # a correction's re-audit folder holds no flags: the project's runs folder does (spray correct reads them)
-    db = o.flags_db or default_db_path(project_root(o.runs_dir))
+    db = o.flags_db or default_db_path(o.runs_dir)
     argv = [
         sys.executable,
         "-c",

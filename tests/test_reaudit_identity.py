@@ -11,6 +11,7 @@ from pathlib import Path
 
 from spray.accuracy import problems, recorded_problems
 from spray.export.source import CORRECTED_FACTORY, corrected_from
+from spray.flags import default_db_path
 from spray.html_report import render_html_report
 from spray.runs.layout import CORRECTION_RECORD, project_root
 from tests.runs.builders import make_report, write_published
@@ -81,6 +82,8 @@ def test_a_run_knows_it_is_a_corrections_reaudit(tmp_path: Path) -> None:
     other = write_published(tmp_path / "other", *make_report())
     assert corrected_from(other, {"model": {"factory": "spray.lab.cnn:small_cnn"}}) is None
     assert project_root(run.parent) == runs and project_root(runs) == runs
+    # every default flag database of the re-audit (spray flags, the server, the dashboard) is the project's
+    assert default_db_path(run.parent) == runs / "flags.sqlite" == default_db_path(runs)
 
 
 def test_the_reaudits_report_names_its_correction_and_blames_no_input(tmp_path: Path) -> None:

@@ -29,7 +29,6 @@ from spray.flags.content import (
 )
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key, renumbered_message, sample_ids_in
-from spray.runs.layout import project_root
 from spray.runs.publish import newest_runs
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def _db_from_args(args: argparse.Namespace) -> Path:
     if args.db:
         return Path(args.db)
     if args.runs_dir:
-        return default_db_path(project_root(Path(args.runs_dir)))
+        return default_db_path(args.runs_dir)
     raise ConfigError(
         "Give the flag database with --db PATH (or --flags-db PATH; --runs-dir DIR for DIR/flags.sqlite)."
     )
@@ -240,9 +239,7 @@ def _author(args: argparse.Namespace) -> str:
 def _run_db(args: argparse.Namespace, run: Path) -> Path:
     """``--db``, else the project's flag database (``RUNS_DIR/flags.sqlite``; a correction's re-audit run
     holds none of its own: the project's, as ``spray correct`` reads it)."""
-    return (
-        Path(args.db) if args.db else default_db_path(project_root(run.parent if args.run else args.runs_dir))
-    )
+    return Path(args.db) if args.db else default_db_path(run.parent if args.run else args.runs_dir)
 
 
 def set_command(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from spray.flags.schema import (
     upgrade,
 )
 from spray.flags.table import EXPORT_COLUMNS, INTEGER_COLUMNS, frame_to_bytes
+from spray.runs.layout import project_root
 
 log = logging.getLogger("spray.flags")
 
@@ -61,8 +62,9 @@ _INSERT = (
 
 
 def default_db_path(runs_dir: str | Path) -> Path:
-    """``<runs_dir>/flags.sqlite``: next to the run folders, never inside one."""
-    return Path(runs_dir) / DEFAULT_DB_NAME
+    """The project's flag database for the runs folder ``runs_dir``: ``flags.sqlite`` next to the run folders,
+    never inside one; for a correction's re-audit runs folder, the project's (:func:`~spray.runs.layout.project_root`)."""
+    return project_root(runs_dir) / DEFAULT_DB_NAME
 
 
 def default_author() -> str:
