@@ -39,6 +39,7 @@ from spray.flags import default_db_path
 from spray.records import ChangeSet, ConditionalMaps
 from spray.runs.changes import compare_runs
 from spray.runs.errors import RunReadError
+from spray.runs.layout import project_root
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader
 from spray.runs.reader import parse_cluster_key as parse_cluster_key
@@ -85,6 +86,12 @@ def cli_args_reset() -> None:
 def runs_dir() -> Path:
     """Runs directory: ``--runs-dir`` after ``--``, else ``$SPRAY_RUNS_DIR``, else ``./runs``."""
     return Path(_cli_args().runs_dir or os.environ.get("SPRAY_RUNS_DIR") or "runs").resolve()
+
+
+def project_dir() -> Path:
+    """The project's runs folder, which holds the flags and the corrections: :func:`runs_dir`, or the runs folder
+    a correction's re-audit folder belongs to."""
+    return project_root(runs_dir())
 
 
 def flags_db_path() -> Path:

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from spray.correct.record import CorrectionRecord
 from spray.correct.run import corrections_dir
 from spray.runs.reader import RunReader
 from tests.correction_records import reaudit, record, scores
@@ -85,3 +86,43 @@ def test_a_shortcut_that_still_acts_is_said_in_the_table(tmp_path: Path) -> None
     table = at.dataframe[0].value
     assert list(table["re-audit"]) == ["no longer flagged, but the shortcut still acts"]
     assert table["warnings"][0].startswith("1: the re-audit no longer flags the finding, but pasting")
+
+
+def test_the_cluster_and_sample_pages_name_the_corrections_of_their_samples(tmp_path: Path) -> None:
+    """A corrected finding looked untouched on its Cluster page and its members' Sample pages; a dashboard shown
+    a correction's re-audit folder listed no correction at all."""
+    run = make_synthetic_run(tmp_path, seed=1, dataset=DATASET)
+    summary = RunReader.open(run).summary
+    top = summary.findings[0]
+    members = RunReader.open(run).members(top.key) or []
+    folder = _publish(
+        tmp_path, "20261206T100000000000Z-cccccccccccc", summary.run_id, rea=reaudit(True, False)
+    )
+    rec = CorrectionRecord.read(folder)
+    dataclasses.replace(rec, flags=dataclasses.replace(rec.flags, sample_ids=sorted(members[:3]))).write(
+        folder
+    )
+
+    def shown(page: str, **params: str) -> str:
+        with pointed_at(tmp_path, tmp_path / "flags.sqlite"):
+            at = AppTest.from_file(APP, default_timeout=60).run()
+            for k, v in {"run": run.name, **params}.items():
+                at.query_params[k] = v
+            at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        return "\n".join(m.value for m in at.markdown)
+
+    cluster = shown("views/cluster.py", cluster=top.key)
+    assert f"{folder.name}" in cluster and "flags of this run) 3 of these" in cluster
+    assert "re-audit: no longer flagged" in cluster
+    assert folder.name in shown("views/sample.py", sample=str(members[0]))
+    outside = next(s for s in RunReader.open(run).samples().index if s not in members)
+    assert "Corrections" not in shown("views/sample.py", sample=str(outside))
+    # the re-audit's own dashboard lists the project's corrections
+    reaudit_run = make_synthetic_run(folder / "reaudit", seed=2, dataset=DATASET)
+    with pointed_at(folder / "reaudit", tmp_path / "flags.sqlite"):
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        at.query_params["run"] = reaudit_run.name
+        at.switch_page("views/corrections.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert list(at.dataframe[0].value["correction"]) == [folder.name]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import common
 import conceptview
+import correctionnote
 import flagform
 import htmltable
 import numpy as np
@@ -239,6 +240,7 @@ with right:
         source=source,
         key="cluster",
     )
+    correctionnote.show(dataset, ids, run, summary.run_id)
 
 # --- members: filter, order, grid, table ----------------------------------------------------------------
 grid_ids, maps_of = list(ids), None

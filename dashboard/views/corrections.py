@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import common
+import correctionnote
 import pandas as pd
 import safetext
 import streamlit as st
 
 from spray.correct.html import render_correction_html
 from spray.correct.record import settings_text
-from spray.correct.run import PublishedCorrection, corrections_for
 
 st.title("Corrections")
 path, summary = common.require_run()
@@ -19,7 +19,7 @@ run_id = summary.run_id
 unreadable: list[tuple[Path, str]] = []
 # every correction of the dataset: one made from another run (older, newer, or removed by retention) is
 # still about this dataset's model, and hiding it made published corrections unreachable
-found = corrections_for(common.runs_dir(), dataset=summary.dataset, unreadable=unreadable)
+found = correctionnote.dataset_corrections(summary.dataset, unreadable)
 found.sort(key=lambda c: c.record.source_run_id != run_id)  # this run's first, each part newest first
 for folder, reason in unreadable:
     st.warning(
@@ -40,13 +40,6 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-def _reaudit(c: PublishedCorrection) -> str:
-    r = c.record
-    if r.reaudit is None:
-        return "not run (--no-reaudit)"
-    return f"{r.reaudit.outcome}, but the shortcut still acts" if r.hidden_warning() else r.reaudit.outcome
-
-
 # --force publishes a correction again: the newest folder of an id is the current one
 current: dict[str, Path] = {}
 for c in found:
@@ -61,7 +54,7 @@ for c in found:
         {
             "correction": c.folder.name,
             "method": r.method,
-            "re-audit": _reaudit(c),
+            "re-audit": correctionnote.reaudit_text(c),
             "warnings": f"{len(warnings)}: {warnings[0][:80]}…" if warnings else "–",
             "source run": r.source_run_id[:12] + (" (this run)" if r.source_run_id == run_id else ""),
             "replaced by": "–" if newer == c.folder else f"{newer.name} (published again)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import common
+import correctionnote
 import flagform
 import numpy as np
 import pandas as pd
@@ -186,6 +187,7 @@ else:
 st.subheader("Flag")
 status = flagform.status_of(dataset, [sid]).get(sid)
 st.markdown(f"Current flag: **{safetext.md(status or 'none')}**")
+correctionnote.show(dataset, [sid], run, summary.run_id)
 flagform.sample_content_warning(dataset, path, sid)
 reader = flagform.reader()
 hist = [] if reader is None else reader.history(dataset, sid, limit=50)
