@@ -21,6 +21,7 @@ import streamlit as st
 from spray.errors import SprayError
 from spray.flags import STATUSES, FlagConflict, FlagStore, bind_flags
 from spray.flags.content import classes_of, describe
+from spray.runs.layout import project_root
 
 # Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
 CONFIRM_ABOVE = 20
@@ -140,6 +141,7 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
         # next click would override a decision the user never saw.
         st.rerun()
     st.session_state.pop(f"_pending_{key}", None)
+    st.session_state.pop(f"_seen_{key}", None)  # the user's own decision is seen
     n = len(p.sample_ids)
     st.session_state[f"_saved_{key}"] = f"{p.status}: {n:,} sample{'' if n == 1 else 's'} ({p.source})"
     for k in reset_keys:
@@ -185,6 +187,8 @@ def _ask(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
         _apply(p, key, reset_keys)
     if c2.button("Cancel", key=f"cancel_{key}"):
         st.session_state.pop(f"_pending_{key}", None)
+        if p.conflict is not None:  # the other decisions were shown: the next save overrides no unseen one
+            st.session_state.pop(f"_seen_{key}", None)
         st.rerun()
 
 
@@ -209,9 +213,7 @@ def flag_controls(
         st.caption("Read-only dashboard: flagging is off.")
         return
     n = len(sample_ids)
-    # The newest event this user has seen: the value stored when the page was last shown.
-    seen_key = f"_seen_{key}"
-    since = st.session_state.get(seen_key)
+    since = _baseline(key, dataset, sample_ids)
     with st.form(key=f"flagform_{key}", border=True):
         st.markdown(f"**Flag {n:,} sample{'' if n == 1 else 's'}** ({safetext.md(source)})")
         c1, c2 = st.columns([1, 2])
@@ -236,7 +238,19 @@ def flag_controls(
         _ask(pending_now, key, reset_keys)
     elif st.session_state.get(f"_saved_{key}"):
         st.success(f"Saved — {safetext.md(st.session_state[f'_saved_{key}'])}")
-    st.session_state[seen_key] = last_event_id(dataset)
+
+
+def _baseline(key: str, dataset: str, sample_ids: Sequence[str]) -> int:
+    """The newest flag event when form ``key`` was first shown for these samples: a decision made elsewhere
+    after it blocks the save until the user has seen it. Reruns of the page (typing a name, a filter) keep it,
+    since a count that changed on the page is not a decision seen; a save or a cancel starts a new one."""
+    seen_key = f"_seen_{key}"
+    ids = hash(tuple(str(s) for s in sample_ids))
+    seen = st.session_state.get(seen_key)
+    if not (isinstance(seen, tuple) and seen[0] == ids):
+        seen = (ids, last_event_id(dataset))
+        st.session_state[seen_key] = seen
+    return int(seen[1])
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -267,21 +281,34 @@ def content_warning(dataset: str, path: str) -> None:
     newest = _newer_run(path)
     if newest is not None:
         # Its commands would follow images to the ids of older data (spray flags rebind refuses an older run).
+        if project_root(Path(path).parent) != Path(path).parent:
+            which, where = (
+                "a correction's re-audit, which read the data as it was then",
+                (
+                    f"the project's newest run ({safetext.code(newest.name)}: "
+                    f"{safetext.code(f'spray dashboard --runs-dir {newest.parent}', limit=None)})"
+                ),
+            )
+        else:
+            which, where = "which is not the newest of its audit", f"the newest run ({safetext.code(newest.name)})"
         st.warning(
-            "**Flags on other images.** In this run, which is not the newest of its audit, some flagged ids name "
-            f"other images than they were set on. Open the newest run ({safetext.code(newest.name)}) to check "
-            "the flags against the current data."
+            f"**Flags on other images.** In this run, {which}, some flagged ids name other images than they were "
+            f"set on. Open {where} to check the flags against the current data."
         )
         return
     st.warning("**Flags on other images.** " + safetext.md(message))
 
 
 def _newer_run(path: str) -> Path | None:
-    """The newest published run of the audit ``path`` belongs to, when that is not ``path``."""
-    from spray.runs.publish import newer_run
+    """The newest published run of the audit ``path`` belongs to, when that is not ``path``; for a correction's
+    re-audit, the project's newest run of the dataset (the flags are the project's, and so is its data)."""
+    from spray.runs.publish import newer_run, newest_runs
 
-    s = common.summary(path)
-    return newer_run(Path(path), name=s.name, dataset=s.dataset)
+    s, run = common.summary(path), Path(path)
+    project = project_root(run.parent)
+    if project != run.parent:
+        return newest_runs(project, full_first=True).get(s.dataset)
+    return newer_run(run, name=s.name, dataset=s.dataset)
 
 
 def _content_message(dataset: str, path: str, sample_id: str | None = None) -> str:

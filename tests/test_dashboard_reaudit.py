@@ -122,3 +122,26 @@ def test_a_correction_folder_is_answered_with_its_reaudit_not_a_demo(
     os.environ["SPRAY_RUNS_DIR"] = str(reaudit)
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert "re-audit folder" in texts(at) and "spray demo" not in texts(at)
+
+
+def test_the_reaudits_pages_check_flags_against_the_projects_newest_data(project: Path) -> None:
+    """An outside check: a re-audit's dashboard checked the project's flags against the data the re-audit read
+    (before later changes), advised unsetting flags that name their images in the project's newest run, and
+    left those flags out of an export labelled as `spray flags export --runs-dir`'s."""
+    from spray.runs.reader import RunReader
+
+    newest = make_synthetic_run(project, seed=6, dataset=DATASET)
+    hashes = RunReader.open(newest).content_hashes() or {}
+    ids = sorted(hashes)[:3]
+    FlagStore(project / "flags.sqlite").flag(
+        DATASET, ids, "unlearn", "stamp", content_hashes={s: hashes[s] for s in ids}
+    )
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = texts(at)
+    assert "a correction's re-audit, which read the data as it was then" in said and newest.name in said
+    assert "spray flags unset" not in said
+    at.switch_page("views/flags.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "3 samples. Same output as" in texts(at)
+    assert "flags are left out" not in texts(at)

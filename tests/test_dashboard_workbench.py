@@ -375,6 +375,32 @@ def test_a_decision_that_came_in_meanwhile_is_shown_and_not_overwritten(env: Pat
     assert (flag.status, flag.author) == ("unlearn", "server-user")
 
 
+def test_a_rerun_of_the_stale_page_does_not_count_as_seeing_the_other_decision(env: Path) -> None:
+    """An outside check: a tab open since before another tab's decision reran (its user typed a name in the
+    sidebar), and its Apply then overwrote that decision with no prompt. Two saves of one's own in a row
+    are no conflict."""
+    at = open_page("views/sample.py", sample="3")
+    FlagStore(env).flag(DATASET, ["3"], "unlearn", "shortcut", author="ana")  # the other tab, meanwhile
+    at.sidebar.text_input(key="_author").input("bo")
+    ok(at.run())  # the rerun shows the new flag, but nobody chose to look at it
+    at.radio(key="flag_status_sample").set_value("ok")
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    assert "Another decision came in meanwhile" in shown(at)
+    assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "unlearn"}
+    at.button(key="cancel_sample").click()  # the other decision was shown: the next save is the user's call
+    ok(at.run())
+    at.radio(key="flag_status_sample").set_value("investigate")
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "investigate"}
+    at.radio(key="flag_status_sample").set_value("ok")
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    assert "Another decision came in meanwhile" not in shown(at)
+    assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "ok"}
+
+
 def test_a_decision_that_came_in_before_a_confirmation_is_shown_too(env: Path, run_dir: Path) -> None:
     """An outside check: with over 20 samples (a confirmation first), "Yes" hit the conflict, left the
     confirmation on the page, and its second click overrode the other decision, never shown."""
