@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spray.cli.options import positive_int
+from spray.cli.options import class_index, positive_int
 
 log = logging.getLogger("spray.correct")
 
@@ -339,7 +339,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--class",
         dest="artifact_class",
-        type=int,
+        type=class_index,
         metavar="INDEX",
         help="override correction.artifact_class: the class's index (its position in the class list; a name "
         "is not taken here, --cluster-key takes class names)",

@@ -41,6 +41,20 @@ def positive_int(text: str) -> int:
     return n
 
 
+def class_index(text: str) -> int:
+    """argparse type: a class's index, >= 0; a class name is answered with where its index is written."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no class index: give the class's number, which spray's messages write after its name "
+            "('Shirt (class 6)' is 6)"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a class index is 0 or more, got {text!r}")
+    return n
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 1 to 65535 (a larger one or a negative one gave an OverflowError)."""
     try:
