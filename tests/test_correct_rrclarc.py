@@ -292,3 +292,31 @@ def test_the_right_reason_loss_differentiates_through_fused_attention() -> None:
     terms = fn(np.arange(4), 0)
     terms["loss"].backward()  # through the attention of blocks.1
     assert model.head.weight.grad is not None and float(terms["rr"]) >= 0.0
+
+
+def test_the_right_reason_loss_differentiates_through_a_hardsigmoid_gate() -> None:
+    """An outside check: RR-ClArC on every MobileNetV3 stopped with a raw "derivative for
+    aten::hardsigmoid_backward is not implemented" (its squeeze-excitation gate)."""
+    import torchvision
+
+    from spray.config.correction import CorrectionConfig
+    from spray.correct.rrclarc import RightReasonLoss, twice_differentiable
+
+    original = torch.nn.functional.hardsigmoid
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        with twice_differentiable():
+            assert torch.allclose(model(x), plain, atol=1e-6)  # the same values, only another backward
+        n = model.features[0](x[:1]).numel()
+    samples = SimpleNamespace(labels=np.array([0, 1, 2, 1]), inputs=lambda rows: x[rows])
+    v = torch.randn(1, n)
+    cfg = CorrectionConfig(rr_region_weight=0.0)
+    fn = RightReasonLoss(model, samples, SimpleNamespace(layer="features.0"), v.numpy(), cfg, 1,
+                         torch.device("cpu"), True, None, None, None)  # fmt: skip
+    terms = fn(np.arange(4), 0)
+    terms["loss"].backward()  # through the Hardsigmoid gates of features.1 onwards
+    assert model.classifier[-1].weight.grad is not None and float(terms["rr"]) > 0.0
+    assert torch.nn.functional.hardsigmoid is original  # put back

@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,9 +216,7 @@ class RightReasonLoss:
     def __call__(self, rows: np.ndarray, step: int) -> dict[str, torch.Tensor]:
         """``{"loss", "ce", "rr"}`` of the batch ``rows`` (and ``"region"`` with a footprint)."""
         y = torch.from_numpy(self.samples.labels[rows]).to(self.device)
-        # The loss differentiates a gradient: fused attention kernels (flash, memory-efficient) have no
-        # second derivative, their reference (math) one has.
-        with sdpa_kernel(SDPBackend.MATH):
+        with twice_differentiable():
             logits, a = self._forward(rows)
         ce = F.cross_entropy(logits, y)
         out = rr_output(logits, y, self.cfg.rr_target, self.artifact_class)
@@ -231,6 +231,26 @@ class RightReasonLoss:
             terms["loss"] = terms["loss"] + self.cfg.rr_region_weight * region
             terms["region"] = region.detach()
         return terms
+
+
+def _hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``F.hardsigmoid``'s values through ``relu6``, whose backward has a derivative (``inplace`` is not needed:
+    the result is what the caller uses)."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+@contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """A forward pass whose backward can itself be differentiated, as the right-reason loss needs (it
+    differentiates a gradient): attention through its reference (math) kernel, not the fused ones, and
+    ``F.hardsigmoid`` (MobileNetV3's squeeze-excitation gate) through ``relu6``, with the same values."""
+    original = F.hardsigmoid
+    F.hardsigmoid = _hardsigmoid  # type: ignore[assignment]
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        F.hardsigmoid = original
 
 
 def layer_feed(model: nn.Module, task: CorrectionTask, rows: np.ndarray) -> LayerFeed | None:
