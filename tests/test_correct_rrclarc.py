@@ -7,6 +7,7 @@ import copy
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -320,3 +321,57 @@ def test_the_right_reason_loss_differentiates_through_a_hardsigmoid_gate() -> No
     terms["loss"].backward()  # through the Hardsigmoid gates of features.1 onwards
     assert model.classifier[-1].weight.grad is not None and float(terms["rr"]) > 0.0
     assert torch.nn.functional.hardsigmoid is original  # put back
+
+
+def test_an_operation_without_a_second_derivative_is_named_with_the_way_out() -> None:
+    """Operations whose backward cannot be differentiated are refused with the layer and the choices: an aten
+    op without a double-backward formula (a raw RuntimeError before), and an extension's
+    ``once_differentiable`` function (the penalty was silently a constant: plain cross-entropy fine-tuning)."""
+    from spray.config.correction import CorrectionConfig
+    from spray.correct.rrclarc import RightReasonLoss, not_twice_differentiable
+    from spray.errors import ConfigError
+
+    x = torch.rand(3, requires_grad=True)
+    (g,) = torch.autograd.grad(torch.nn.functional.hardsigmoid(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError) as info:
+        (g**2).sum().backward()
+    refusal = not_twice_differentiable(info.value, "features.3")
+    assert refusal is not None and "after correction.layer 'features.3'" in str(refusal)
+    assert "--layer" in str(refusal) and "--method pclarc" in str(refusal)
+    assert not_twice_differentiable(RuntimeError("CUDA out of memory"), "features.3") is None
+
+    class Once(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, a: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            (a,) = ctx.saved_tensors
+            return 2 * a * grad
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(1, 2, 3)
+            self.head = nn.Linear(2 * 4 * 4, 3)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.head(Once.apply(self.features(t)).flatten(1))
+
+    torch.manual_seed(0)
+    model, inputs = Net(), torch.rand(4, 1, 6, 6)
+    samples = SimpleNamespace(labels=np.array([0, 1, 2, 1]), inputs=lambda rows: inputs[rows])
+    fn = RightReasonLoss(model, samples, SimpleNamespace(layer="features"), np.ones((1, 32), np.float32),
+                         CorrectionConfig(rr_region_weight=0.0), 1, torch.device("cpu"), True, None, None,
+                         None)  # fmt: skip
+    terms = fn(np.arange(4), 0)
+    with pytest.raises(RuntimeError) as info:
+        terms["loss"].backward()
+    assert "--method pclarc" in str(not_twice_differentiable(info.value, "features"))
+    # with nothing trainable between the layer and the logits the penalty is a constant: said, not trained
+    model.forward = lambda t: Once.apply(model.features(t)).flatten(1)[:, :3]  # type: ignore[method-assign]
+    with pytest.raises(ConfigError, match="does not depend on the trained weights"):
+        fn(np.arange(4), 0)

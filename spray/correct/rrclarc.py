@@ -222,6 +222,15 @@ class RightReasonLoss:
         out = rr_output(logits, y, self.cfg.rr_target, self.artifact_class)
         (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
         rr = rr_penalty(grad, self._vectors, self.cfg.rr_aggregation)
+        if not rr.requires_grad:
+            # a backward computed without a graph (an extension's once_differentiable op): the penalty would
+            # be a constant, and the fine-tuning plain cross-entropy under RR-ClArC's name
+            raise ConfigError(
+                f"RR-ClArC cannot fine-tune after correction.layer {self.direction.layer!r}: the gradient its "
+                "loss penalises does not depend on the trained weights (an operation after the layer computes "
+                "its backward outside autograd, e.g. a custom extension's once_differentiable function). Choose "
+                "a later layer (--layer) after which it no longer runs, or P-ClArC (--method pclarc)."
+            )
         terms = {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
         if self._footprint is not None:
             explained_logit = rr_output(logits, y, self.cfg.rr_region_target, self.artifact_class)
@@ -251,6 +260,20 @@ def twice_differentiable() -> Iterator[None]:
             yield
     finally:
         F.hardsigmoid = original
+
+
+def not_twice_differentiable(err: RuntimeError, layer: str) -> ConfigError | None:
+    """The error to give when ``err`` says an operation after ``layer`` has no second derivative (the loss
+    differentiates a gradient); None for any other error."""
+    text = str(err)
+    if not (("derivative for" in text and "is not implemented" in text) or "once_differentiable" in text):
+        return None
+    return ConfigError(
+        f"RR-ClArC cannot fine-tune after correction.layer {layer!r}: its loss differentiates a gradient, and "
+        f"PyTorch cannot differentiate an operation after that layer twice ({text.splitlines()[0]}). Choose a "
+        "later layer (--layer) after which that operation no longer runs, or P-ClArC (--method pclarc), which "
+        "trains nothing."
+    )
 
 
 def layer_feed(model: nn.Module, task: CorrectionTask, rows: np.ndarray) -> LayerFeed | None:
@@ -306,5 +329,11 @@ def rrclarc(task: CorrectionTask) -> MethodResult:
                            task.device, scope.frozen_input, feed, footprint,
                            np.sort(task.group.flagged_rows))  # fmt: skip
     opt = make_optimizer(scope.parameters, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    trained = train(model, opt, plan, step, task.work_dir, task.device, progress=task.progress)
+    try:
+        trained = train(model, opt, plan, step, task.work_dir, task.device, progress=task.progress)
+    except RuntimeError as err:
+        refusal = not_twice_differentiable(err, task.direction.layer)
+        if refusal is None:
+            raise
+        raise refusal from None
     return MethodResult(model.eval(), trained, scope.trained_modules)
