@@ -197,17 +197,23 @@ def model_problems(extra: object, *, corrected: bool = False) -> list[str]:
     its accuracy, the heatmaps' contrast (:mod:`spray.heatmap_contrast`) and the logit share they carry
     (:mod:`spray.conservation`); empty for runs without a record. ``corrected``: the run is a correction's
     re-audit (see :func:`problems`)."""
+    return [s for found in model_problems_by_check(extra, corrected=corrected).values() for s in found]
+
+
+def model_problems_by_check(extra: object, *, corrected: bool = False) -> dict[str, list[str]]:
+    """:func:`model_problems` per check: ``{"model_accuracy": [...], "heatmap_contrast": [...],
+    "conservation": [...]}`` (each list empty when that check found nothing or was not recorded)."""
     from spray import conservation, heatmap_contrast
 
     acc = recorded_accuracy(extra)
-    out = [] if acc is None else problems(acc, corrected=corrected)
+    out = {"model_accuracy": [] if acc is None else problems(acc, corrected=corrected)}
     # Each check records its fields under its key in ``extra`` and words them with its own problems().
     for key, sentences in (
         ("heatmap_contrast", heatmap_contrast.problems),
         ("conservation", conservation.problems),
     ):
         rec = extra.get(key) if isinstance(extra, dict) else None
-        out += sentences(rec) if isinstance(rec, dict) else []
+        out[key] = sentences(rec) if isinstance(rec, dict) else []
     return out
 
 

@@ -120,7 +120,7 @@ def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
         flags = SimpleNamespace(cluster_keys=["6/k3/c2"], run_ids=run_ids, sample_ids=flagged)
         return SimpleNamespace(
             cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5, reaudit_min_contained=0.8, reaudit_min_enrichment=2.0)),
-            flags=flags, source=SimpleNamespace(run_id="src", findings=findings),
+            flags=flags, source=SimpleNamespace(run_id="src", findings=findings, extra={}),
             group=SimpleNamespace(class_index=6),
         )  # fmt: skip
 
@@ -188,3 +188,43 @@ def test_a_collapsed_corrected_model_is_blamed_on_the_correction(
     said = " ".join(r.doubts)
     assert "check data.transform" not in said and "inputs probably differ" not in said
     assert "the correction itself did this" in r.describe()
+
+
+def test_a_check_the_source_run_failed_too_is_no_doubt_and_no_collapse(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: a MobileNetV3 whose heatmaps carried 8.7 % of the logit (source run) and 6.5 % after
+    the correction, accurate throughout: the re-audit said "the correction collapsed it", and its doubt would
+    have called a cleared finding "not judged" though the source run found the finding under the same
+    condition."""
+    from types import SimpleNamespace
+
+    import spray.audit
+    from spray.accuracy import model_problems_by_check
+    from spray.correct import reaudit as module
+
+    share = {"n_samples": 32, "low_share": 0.02, "high_share": 0.2, "low": True}
+    low = {"conservation": {**share, "median_share": 0.065}}
+    found = model_problems_by_check(low)
+    assert found["conservation"] and not found["model_accuracy"], found
+    report = SimpleNamespace(
+        run_id="r", run_dir=str(tmp_path / "reaudit" / "run"), findings=[], classes=[], extra=low
+    )
+    monkeypatch.setattr(module, "load_config", lambda path: None)
+    monkeypatch.setattr(spray.audit, "audit", lambda cfg, device, progress: report)
+
+    def reaudit(source_extra: dict | None) -> Reaudit:
+        return module.run_reaudit(
+            tmp_path / "config.yaml", _match(suspicious=True), 0, ["a"], (0.5, 0.5, 1.5), device=None,
+            progress=False, source_extra=source_extra,
+        )  # fmt: skip
+
+    with caplog.at_level("INFO", logger="spray.correct.reaudit"):
+        r = reaudit({"conservation": {**share, "median_share": 0.087}})
+    assert r.doubts == [] and r.cleared is True and r.outcome == "no longer flagged"
+    assert "collapsed" not in caplog.text and "not counted against the verdict" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spray.correct.reaudit"):
+        r = reaudit({})  # the source run's heatmaps carried the logit: the doubt stands, without "collapsed"
+    assert r.doubts and r.cleared is None
+    assert "collapsed" not in caplog.text and "may show no shortcut at all" in caplog.text

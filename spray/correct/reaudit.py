@@ -12,8 +12,9 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from spray.accuracy import model_problems
+from spray.accuracy import model_problems_by_check
 from spray.config import load_config
 from spray.correct.source import FindingMatch, match_finding
 from spray.records import ClusterFinding, score_text
@@ -119,6 +120,7 @@ def run_reaudit(
     *,
     device: str | None,
     progress: bool,
+    source_extra: dict[str, Any] | None = None,
 ) -> Reaudit:
     """Audit the corrected model's config and match its findings to the flagged samples.
 
@@ -139,6 +141,8 @@ def run_reaudit(
         Overrides ``batch.device``.
     progress : bool
         Progress bars.
+    source_extra : dict, optional
+        The source run's recorded checks (``summary.extra``): a problem it had too is no doubt on the verdict.
     """
     from spray.audit import audit
 
@@ -160,13 +164,30 @@ def run_reaudit(
     )
     rel = Path(report.run_dir).relative_to(config_path.parent)
     keys = [f.key for f in suspicious]
-    # the re-audit read the source run's data and transform: a collapse there is the correction's; the audit's
-    # own warnings above name the inputs and weights, which it shares with the source run
-    doubts = model_problems(report.extra, corrected=True)
-    if doubts:
+    found = model_problems_by_check(report.extra, corrected=True)
+    # a check the source run failed too found its finding all the same: the re-audit's heatmaps are no worse
+    had = model_problems_by_check(source_extra) if source_extra is not None else {}
+    shared = [k for k, said in found.items() if said and had.get(k)]
+    doubts = [s for k, said in found.items() if k not in shared for s in said]
+    if shared:
+        log.info(
+            "re-audit %s: the source run's %s check found the same kind of problem, and its finding was found "
+            "regardless: not counted against the verdict",
+            report.run_id[:12],
+            " and ".join(shared),
+        )
+    if found["model_accuracy"] and "model_accuracy" not in shared:
+        # the re-audit read the source run's data and transform: a collapse there is the correction's; the
+        # audit's own warnings above name the inputs and weights, which it shares with the source run
         log.warning(
             "re-audit %s: its checks of the model (above) are of the corrected model, audited with the source "
             "run's data and data.transform: the correction collapsed it, not the inputs or model.checkpoint",
+            report.run_id[:12],
+        )
+    elif doubts:
+        log.warning(
+            "re-audit %s: its heatmaps of the corrected model may show no shortcut at all (its checks above, "
+            "which the source run passed): a finding it does not flag proves nothing",
             report.run_id[:12],
         )
     return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)

@@ -46,6 +46,8 @@ class SourceRun:
     run_hash_versions : dict[str, str]
         ``run_id -> how its model hash was computed`` (``hashes.model_hash_version``; "1" before it was
         recorded), for every readable run.
+    extra : dict
+        The run's recorded checks (``summary.extra``): the re-audit's are read against them.
     """
 
     run_id: str
@@ -58,6 +60,7 @@ class SourceRun:
     run_paths: dict[str, Path] = field(default_factory=dict)
     transform: dict[str, Any] | None = None
     run_hash_versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _named_runs(
@@ -157,6 +160,7 @@ def find_source_run(
         run_hash_versions={
             r.summary.run_id: str(r.summary.hashes.get("model_hash_version", "1")) for _, r in readable
         },
+        extra=dict(s.extra),
     )
 
 
