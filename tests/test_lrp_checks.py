@@ -790,3 +790,33 @@ def test_an_input_normalisation_inside_the_model_gets_the_advice_that_works() ->
     inside = Explainer(model, "EpsilonPlusFlat", extra_rules={_InputNorm: Pass()})(x, target=0).relevance
     outside = Explainer(model[1:], "EpsilonPlusFlat")(model[0](x), target=0).relevance
     torch.testing.assert_close(inside, outside)
+
+
+def test_a_batchnorm_without_running_statistics_is_refused_for_what_it_is() -> None:
+    """An outside check: a BatchNorm with track_running_stats=False (batch statistics in eval mode) was refused
+    as "registered right after a layer it does not follow"."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Flatten(),
+                          nn.Linear(2 * 36, 3)).eval()  # fmt: skip
+    with pytest.raises(ModelError, match=r"BatchNorm 1 has no running statistics") as info:
+        Explainer(model, "EpsilonPlusFlat")
+    assert "registered right after" not in str(info.value) and "track_running_stats=True" in str(info.value)
+
+
+def test_a_model_that_float32_cannot_compute_closely_is_told_apart_from_a_misfolded_batchnorm() -> None:
+    """An outside check: a model run far from its training inputs (logits ~1e4, float32 off float64 by 164)
+    was refused with the misfolded-BatchNorm explanation; its logits here are differences of ~1e9 sums."""
+    torch.manual_seed(0)
+    conv, bn, head = nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2), nn.Linear(128, 2)
+    with torch.no_grad():
+        w = torch.rand(1, 1, 3, 3)
+        conv.weight.copy_(torch.cat([w, w * 1.00001]) * 1e5)
+        bn.running_var.fill_(1e-4)
+        head.weight.copy_(
+            torch.cat([torch.ones(64), -torch.ones(64)]).repeat(2, 1) * torch.tensor([[1.0], [-1.0]])
+        )
+        head.bias.zero_()
+    model = nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), head).eval()
+    with pytest.raises(ModelError) as info:
+        Explainer(model, "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8) + 1, torch.tensor([0, 1]))
+    said = str(info.value)
+    assert "float32 logits differ from its float64 ones" in said and "registered right after" not in said

@@ -23,15 +23,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from spray.errors import ModelError
+from spray.errors import ConfigError, ModelError
 from spray.lrp.base import RuleContext, RuleModule
 from spray.lrp.canonizers import ResidualAdd
 from spray.lrp.capture import CallRecord, RelevanceTaps
 from spray.lrp.functional import functional_rules
+from spray.lrp.inputs import INFERENCE_MODE
 from spray.lrp.layout import _tf32
 from spray.lrp.numerics import seeded_grad
 from spray.lrp.pooling import LeanMaxPool
@@ -128,6 +131,48 @@ def check_order(context: RuleContext, first_path: str | None, model: nn.Module |
         )
 
 
+def check_model(model: Any) -> None:
+    """Refuse what the explainer cannot attach rules to, or run, with the fix.
+
+    Raises
+    ------
+    ConfigError
+        Not a module, weights not float32, or a TorchScript module.
+    ModelError
+        A BatchNorm without running statistics.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
+    if torch.is_inference_mode_enabled():
+        raise ConfigError(INFERENCE_MODE)
+    kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    if kinds - {torch.float32}:
+        # the copy runs in float32 (``precision`` picks the faster modes); a raw dtype error was all one got
+        # (buffers are left alone: an unused float64 statistic never met the inputs)
+        raise ConfigError(
+            f"Explainer needs a float32 model; this one's weights are {sorted(str(k) for k in kinds)}. Call "
+            "model.float() first (spray's audit does so itself, with a warning)."
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError(
+            "Explainer needs the Python model: a TorchScript module (torch.jit.script or torch.jit.trace) "
+            "has compiled its layers away, so no rule can be attached to them. Build the Python model and "
+            "load the scripted module's weights into it (model.load_state_dict(scripted.state_dict()))."
+        )
+    # in eval mode such a BatchNorm normalises each batch by that batch's statistics
+    batch_stats = [
+        n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is None
+    ]
+    if batch_stats:
+        raise ModelError(
+            f"BatchNorm {', '.join(batch_stats[:3])}{' ...' if len(batch_stats) > 3 else ''} has no running "
+            "statistics (track_running_stats=False): also in eval mode it normalises each batch by that batch's "
+            "own statistics, so a sample's logits and heatmap depend on the other images of its batch. Give it "
+            "running statistics (track_running_stats=True, then run the training data through the model in "
+            "train mode to fill them), or train the model with them."
+        )
+
+
 def reference_error(
     reference: nn.Module, x: torch.Tensor, logits: torch.Tensor, precision: str, device: torch.device
 ) -> tuple[float, float, float]:
@@ -161,6 +206,22 @@ def bf16_rounding(reference: nn.Module, x: torch.Tensor, device: torch.device) -
     if not isinstance(exact, torch.Tensor) or not isinstance(rounded, torch.Tensor):
         return 0.0
     return float((exact.float() - rounded.float()).abs().max())
+
+
+def float64_rounding(reference: nn.Module, x: torch.Tensor) -> float:
+    """Max |Δlogit| of the user's model on ``x[:2]`` in float32 against a float64 copy of it on the CPU: how far
+    float32 rounding alone moves this model's logits."""
+    n = min(len(x), 2)
+    inputs = x[:n].detach().contiguous().float()
+    try:
+        exact = copy.deepcopy(reference).cpu().double()
+        with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
+            single, double = reference(inputs), exact(inputs.cpu().double())
+    except (RuntimeError, TypeError):  # a model that cannot run in float64: nothing to say
+        return 0.0
+    if not isinstance(single, torch.Tensor) or not isinstance(double, torch.Tensor):
+        return 0.0
+    return float((single.double().cpu() - double).abs().max())
 
 
 def reference_varies(reference: nn.Module, x: torch.Tensor, device: torch.device) -> bool:

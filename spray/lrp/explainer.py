@@ -29,14 +29,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
 from spray.lrp.checks import (
     bf16_rounding,
     check_conservation,
+    check_model,
     check_order,
     check_relevance_scale,
+    float64_rounding,
     forward_overrides,
     reference_error,
     reference_varies,
@@ -47,7 +50,7 @@ from spray.lrp.concepts import ConceptTap, resolve_concept_layer
 from spray.lrp.functional import functional_rules
 from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
-from spray.lrp.inputs import INFERENCE_MODE, batch_input, checked_logits, normalised_kind, resolve_targets
+from spray.lrp.inputs import batch_input, checked_logits, normalised_kind, resolve_targets
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
 from spray.lrp.numerics import seeded_grad
 from spray.lrp.preparation import eager_model, hooked_modules, prepare, reference_copy
@@ -80,34 +83,6 @@ class LRPResult:
     logits: torch.Tensor
     targets: torch.Tensor
     concepts: torch.Tensor | None = None
-
-
-def _check_model(model: Any) -> None:
-    """Refuse what the explainer cannot attach rules to, or run, with the fix.
-
-    Raises
-    ------
-    ConfigError
-        Not a module, weights not float32, or a TorchScript module.
-    """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"Explainer needs a torch.nn.Module, got {type(model).__name__}")
-    if torch.is_inference_mode_enabled():
-        raise ConfigError(INFERENCE_MODE)
-    kinds = {t.dtype for t in model.parameters() if t.is_floating_point()}
-    if kinds - {torch.float32}:
-        # the copy runs in float32 (``precision`` picks the faster modes); a raw dtype error was all one got
-        # (buffers are left alone: an unused float64 statistic never met the inputs)
-        raise ConfigError(
-            f"Explainer needs a float32 model; this one's weights are {sorted(str(k) for k in kinds)}. Call "
-            "model.float() first (spray's audit does so itself, with a warning)."
-        )
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ConfigError(
-            "Explainer needs the Python model: a TorchScript module (torch.jit.script or torch.jit.trace) "
-            "has compiled its layers away, so no rule can be attached to them. Build the Python model and "
-            "load the scripted module's weights into it (model.load_state_dict(scripted.state_dict()))."
-        )
 
 
 class Explainer:
@@ -183,7 +158,7 @@ class Explainer:
                 f"unknown elementwise mode {elementwise!r}; choose one of {list(ELEMENTWISE_MODES)}"
             )
         self.elementwise = elementwise
-        _check_model(model)
+        check_model(model)
         for t, r in (extra_rules or {}).items():
             if not (isinstance(t, type) and issubclass(t, nn.Module)) or not isinstance(r, Rule):
                 raise ConfigError(
@@ -210,7 +185,7 @@ class Explainer:
         )
         self._model, self._rules, self._context = prepared.model, prepared.rules, prepared.context
         self._canonized = canonize
-        self._has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self._has_batchnorm = any(isinstance(m, _BatchNorm) for m in model.modules())
         self._image_model = any(isinstance(m, nn.Conv2d) for m in model.modules())
         self._first_path, self._fusions = prepared.first_path, prepared.fusions
         self.channels_last = prepared.channels_last
@@ -394,7 +369,9 @@ class Explainer:
                     "on CUDA)"
                 )
         if not err <= tol:
-            raise ModelError(self._mismatch(err, scale, reference_varies(reference, x, self.device)))
+            varies = reference_varies(reference, x, self.device)
+            own = float64_rounding(reference, x) if not varies else 0.0
+            raise ModelError(self._mismatch(err, scale, varies, own if own > tol / 2 else 0.0))
         return out, logits
 
     def _suspects_advice(self) -> str:
@@ -407,8 +384,9 @@ class Explainer:
             "architecture without the tf_ prefix to audit it)."
         )
 
-    def _mismatch(self, err: float, scale: float, varies: bool = False) -> str:
-        """Why the explained copy's logits differ from the model's, with the likely cause first."""
+    def _mismatch(self, err: float, scale: float, varies: bool = False, own: float = 0.0) -> str:
+        """Why the explained copy's logits differ from the model's, with the likely cause first (``own``: how
+        far the model's own float32 logits are from its float64 ones, when that alone is near the gap)."""
         head = (
             f"the copy spray explains computes other logits than the model (max |Δlogit| = {err:.3g} of "
             f"{scale:.3g}, with ReLU fusion off): its heatmaps would explain another function. "
@@ -428,6 +406,13 @@ class Explainer:
                 "The model itself gives other logits on two runs of the same input in eval mode: its forward() is "
                 "random (F.dropout(x, p) without training=self.training, noise added, a random crop): make it "
                 "deterministic in eval mode; heatmaps of a random function explain one draw."
+            )
+        if own:
+            return head + (
+                f"The model's own float32 logits differ from its float64 ones by {own:.3g}: at these inputs it is "
+                "too ill-conditioned in float32 for any copy to match it closer. Check that data.transform gives "
+                "the inputs the model was trained on (image size, mean/std): inputs unlike its training data "
+                f"can give logits of {scale:.3g}."
             )
         if self._has_batchnorm:
             return head + (
