@@ -6,7 +6,8 @@ thumbnails (no thumbs.npy) cannot show inputs or overlays: the grid says so and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -246,27 +247,120 @@ def page_picker(n_rows: int, key: str, page_size: int = PAGE_SIZE, name: str = "
     return cur
 
 
-def member_table(table: pd.DataFrame, flags: dict[str, str], key: str) -> list[int]:
-    """The page's samples as a table (click a row for its details); returns the selected table positions."""
+def member_table(table: pd.DataFrame, flags: dict[str, str], key: str) -> Picks:
+    """The page's samples as a table (click a row for its details); returns the picked samples by id."""
     if table.empty:
-        return []
+        st.session_state.pop(f"_ids_{key}", None)
+        return Picks([], [], [])
     view = table[["sample_id", "label_name", "prediction_name", "confidence", "score"]].copy()
     view.insert(1, "flag", [flags.get(s, "") for s in view["sample_id"]])
-    ev = st.dataframe(
-        view,
-        hide_index=True,
-        on_select="rerun",
-        selection_mode=["multi-row", "single-cell"],
-        key=key,
-        height=260,
-        column_config={
-            "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0)
-        },
+    return picked_rows(
+        key,
+        view["sample_id"].astype(str).tolist(),
+        lambda: st.dataframe(
+            view,
+            hide_index=True,
+            on_select="rerun",
+            selection_mode=["multi-row", "single-cell"],
+            key=key,
+            height=260,
+            column_config={
+                "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0)
+            },
+        ),
     )
+
+
+@dataclass(frozen=True)
+class Picks:
+    """The samples picked in a table, by id.
+
+    Attributes
+    ----------
+    sample_ids : list[str]
+        The picked samples, all of them shown in the table.
+    moved : list[str]
+        Picked samples whose rows the table shows elsewhere than when they were picked (others' flags came
+        in meanwhile, a re-sort): the selection was moved to follow them.
+    gone : list[str]
+        Picked samples the table no longer shows: they were dropped from the selection.
+    """
+
+    sample_ids: list[str]
+    moved: list[str]
+    gone: list[str]
+
+
+def _positions(state: object) -> list[tuple[int, str | None]]:
+    """``(row, column)`` of each picked row (column None) and cell of a table's selection state."""
     try:
-        sel = ev["selection"]
-        rows = list(sel["rows"])
-        rows += [int(c[0]) for c in sel.get("cells", []) if int(c[0]) not in rows]
-        return rows
-    except (KeyError, TypeError):
+        sel = state["selection"]  # type: ignore[index]
+        picks: list[tuple[int, str | None]] = [(int(r), None) for r in sel["rows"]]
+        picks += [(int(c[0]), str(c[1])) for c in sel.get("cells", [])]
+        return picks
+    except (KeyError, TypeError, IndexError):
         return []
+
+
+def picked_rows(key: str, sample_ids: Sequence[str], draw: Callable[[], object]) -> Picks:
+    """Draw the selectable table ``key`` whose rows show ``sample_ids`` (``draw`` draws it and returns its
+    event) and return the samples picked in it, by id.
+
+    A table's selection is row positions, and they point at what the table showed when the rows were picked:
+    this page's previous render. When the table changed since (another session flagged, unflagged or
+    re-flagged samples; another page or order), the positions are read against that render's ids and the
+    selection is moved onto the same samples here, so a decision never lands on a row that was not picked.
+    """
+    ids = [str(s) for s in sample_ids]
+    seen = st.session_state.get(f"_ids_{key}")
+    picks = _positions(st.session_state.get(key))
+    moved: list[str] = []
+    gone: list[str] = []
+    if isinstance(seen, list) and seen != ids and picks:
+        where = {s: i for i, s in enumerate(ids)}
+        rows, cells = [], []
+        for pos, col in picks:
+            if not 0 <= pos < len(seen):
+                continue
+            sid = seen[pos]
+            if sid not in where:
+                gone.append(sid)
+                continue
+            if where[sid] != pos:
+                moved.append(sid)
+            if col is None:
+                rows.append(where[sid])
+            else:
+                cells.append([where[sid], col])
+        if moved or gone:
+            st.session_state[key] = {"selection": {"rows": rows, "columns": [], "cells": cells}}
+    event = draw()
+    # Stored once the table is on its way to the browser: the next render reads its positions against it.
+    st.session_state[f"_ids_{key}"] = ids
+    chosen = [ids[pos] for pos, _ in _positions(event) if 0 <= pos < len(ids)]
+    return Picks(list(dict.fromkeys(chosen)), moved, gone)
+
+
+def say_picks_changed(key: str, picks: Picks) -> None:
+    """Say that table ``key`` changed under its selection (nothing when it did not).
+
+    When picked samples left the table, the page is drawn anew at once with the samples still picked: this
+    render's flag form would act on fewer samples than were picked (its Apply is dropped, nothing is saved).
+    """
+    note_key = f"_picks_note_{key}"
+    if picks.gone:
+        n = len(picks.gone)
+        st.session_state[note_key] = (
+            f"**The table changed while rows were picked:** {n:,} picked sample{'' if n == 1 else 's'} "
+            f"({safetext.md(', '.join(picks.gone[:10]))}{', …' if n > 10 else ''}) "
+            f"{'is' if n == 1 else 'are'} no longer in it (flagged or unflagged elsewhere, or another page or "
+            "filter) and left the selection. Nothing was applied: check the rows still picked and apply again."
+        )
+        st.rerun()
+    if note := st.session_state.pop(note_key, None):
+        st.warning(note)
+    elif picks.moved:
+        st.info(
+            "The table changed while rows were picked (flags set elsewhere, or another order): the selection "
+            "moved with the picked samples."
+        )

@@ -289,14 +289,16 @@ urlstate.push_url(
 page_table = samplegrid.render_grid(path, shown, mode=mode, cmap=grid_cmap, page=page, maps_of=maps_of)
 # The table is asked for, not opened with the page: its data-grid code (~1.3 MB, ~30 modules) held the first
 # paint of the whole page back until it had loaded.
-picked: list[int] = []
+picks = samplegrid.Picks([], [], [])
 if urlstate.nav_widget(
     st.toggle, "Pick samples of this page in a table", "table", default=False, parse=urlstate.parse_bool
 ):
     st.caption("Click a row to see that sample here (select several rows to flag only those).")
-    picked = samplegrid.member_table(page_table, flags, key="cl_members")
-if picked:
-    chosen = page_table.iloc[[p for p in picked if 0 <= p < len(page_table)]]
+    picks = samplegrid.member_table(page_table, flags, key="cl_members")
+    samplegrid.say_picks_changed("cl_members", picks)
+if picks.sample_ids:
+    row_of = {str(s): i for i, s in enumerate(page_table["sample_id"])}
+    chosen = page_table.iloc[[row_of[s] for s in picks.sample_ids]]
     one = chosen.iloc[0]
     one_id = str(one["sample_id"])
     heat = np.asarray(common.heatmaps(path, [one_id]) if maps_of is None else maps_of[one_id][None])

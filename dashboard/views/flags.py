@@ -9,6 +9,7 @@ import common
 import flagform
 import pandas as pd
 import safetext
+import samplegrid
 import streamlit as st
 import urlstate
 
@@ -64,15 +65,18 @@ rows = [] if store is None else store.current(dataset, None if status_filter == 
 cols = ["sample_id", "status", "author", "note", "cluster_key", "run_id", "source", "flagged_at"]
 current = pd.DataFrame([{c: asdict(r)[c] for c in cols} for r in rows], columns=cols)
 st.subheader(f"Current flags ({len(current):,})")
-ev = st.dataframe(
-    current, hide_index=True, on_select="rerun", selection_mode="multi-row", key="fl_current", height=320
+picks = samplegrid.picked_rows(
+    "fl_current",
+    current["sample_id"].astype(str).tolist(),
+    lambda: st.dataframe(
+        current, hide_index=True, on_select="rerun", selection_mode="multi-row", key="fl_current", height=320
+    ),
 )
-picked = list(ev["selection"]["rows"]) if ev and ev["selection"] else []
-if picked:
-    chosen = current.iloc[picked]["sample_id"].tolist()
+samplegrid.say_picks_changed("fl_current", picks)
+if picks.sample_ids:
     flagform.flag_controls(
         dataset=dataset,
-        sample_ids=chosen,
+        sample_ids=picks.sample_ids,
         run_id=cur[1] if cur else "",
         cluster_key=None,
         source="flags page",
