@@ -12,6 +12,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
+from spray.runs.reader import RunReader
 from tests.dashboard_fixtures import make_synthetic_run, pointed_at
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -85,6 +86,21 @@ def test_the_flags_page_applies_nothing_when_a_picked_row_left_the_table(db: Pat
     assert at.session_state["fl_current"]["selection"]["rows"] == [0]
     at = apply(at, "flags_page", "ok")
     assert store.status_of(DATASET) == {"2": "ok", "3": "investigate", "4": "investigate"}
+
+
+def test_a_flag_set_on_the_flags_page_records_the_image_and_class_it_names(db: Path, run: Path) -> None:
+    reader = RunReader.open(run)
+    hashes = reader.content_hashes()
+    assert hashes
+    store = FlagStore(db)
+    store.flag(DATASET, ["5"], "investigate", content_hashes=hashes)
+    at = flags_page(run)
+    pick(at, "fl_current", [0])
+    apply(at, "flags_page", "unlearn")
+    (flag,) = store.current(DATASET)
+    assert (flag.status, flag.content_hash) == ("unlearn", hashes["5"])
+    assert flag.class_name == reader.samples()["label_name"]["5"]
+    assert flag.run_id == reader.summary.run_id
 
 
 def cluster_table(run: Path) -> AppTest:

@@ -19,9 +19,10 @@ from spray.flags import EXPORT_FORMATS, MIME_TYPES, STATUSES, frame_to_bytes
 st.title("Flags")
 cur = common.current_run()
 store = flagform.reader()
-run_dataset = None
+run_dataset, run_id = None, ""
 if cur is not None:
-    run_dataset = common.dataset_key(common.summary(str(Path(cur[0]) / cur[1])))
+    run_summary = common.summary(str(Path(cur[0]) / cur[1]))
+    run_dataset, run_id = common.dataset_key(run_summary), run_summary.run_id
 datasets = sorted(set(store.datasets() if store else []) | ({run_dataset} if run_dataset else set()))
 if not datasets:
     st.info("No flags yet. Flag a cluster or a selection on the Cluster or Class page.")
@@ -77,7 +78,8 @@ if picks.sample_ids:
     flagform.flag_controls(
         dataset=dataset,
         sample_ids=picks.sample_ids,
-        run_id=cur[1] if cur else "",
+        # the run's id (not its folder): flagform records each flag's image and class from the run of that id
+        run_id=run_id if dataset == run_dataset else "",
         cluster_key=None,
         source="flags page",
         key="flags_page",
