@@ -97,14 +97,22 @@ if store is None:
 checked = cur is not None and dataset == run_dataset  # against this dataset's run on the page
 skip = flagform.left_out(dataset, str(Path(cur[0]) / cur[1])) if cur is not None and checked else set()
 frame = store.export_frame(dataset, None if ex_status == "all" else ex_status, leave_out=skip)
+# Only the left-out flags of the status exported count: the others were never in this download.
+exported = {(dataset, f.sample_id) for f in store.current(dataset, None if ex_status == "all" else ex_status)}
+n_out, n_others = len(skip & exported), len(skip - exported)
 source = "--runs-dir RUNS" if checked else "--db DB"
 st.caption(
     f"{len(frame):,} samples. Same output as `spray flags export {source} --format csv --status {ex_status}` "
     "(CSV cells that a spreadsheet would run as formulas start with `'`; JSON and Parquet keep every value)."
     + (
-        f" **{len(skip):,} flags are left out:** they no longer name the images they were set on (see "
+        f" **{n_out:,} flags are left out:** they no longer name the images they were set on (see "
         "**Flags on other images** above)."
-        if skip
+        if n_out
+        else ""
+    )
+    + (
+        f" {n_others:,} flags of other statuses (not in this export) no longer name their images either."
+        if n_others
         else ""
     )
 )

@@ -67,7 +67,9 @@ def export_command(args: argparse.Namespace) -> int:
         leave_out = set()
         for ds in [args.dataset] if args.dataset is not None else store.datasets():
             if ds in newest:
-                leave_out |= left_out_of_export(db, newest[ds])
+                leave_out |= left_out_of_export(
+                    db, newest[ds], status=None if args.status == "all" else args.status
+                )
             else:
                 log.warning(
                     "%s holds no run of dataset %r: its flags are exported without checking that their sample "

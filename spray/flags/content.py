@@ -488,9 +488,24 @@ def other_key_message(store: FlagStore, dataset: str, run_hashes: Mapping[str, s
     )
 
 
-def left_out_of_export(db: Path, run: Path, *, say: bool = True) -> set[tuple[str, str]]:
+def left_out_of_export(
+    db: Path, run: Path, *, say: bool = True, status: str | None = None
+) -> set[tuple[str, str]]:
     """The ``(dataset, sample_id)`` of flags whose ids no longer name the images they were set on in the
-    newest run (moved, replaced, gone), said in a warning; they are left out of the export."""
+    newest run (moved, replaced, gone), said in a warning; they are left out of the export.
+
+    Parameters
+    ----------
+    db : Path
+        The flag database.
+    run : Path
+        The newest run of the dataset, to check the flags against.
+    say : bool
+        Whether to log the warning.
+    status : str, optional
+        The status the export holds (None: every status): the warning counts and describes the left-out
+        flags of that status, and only counts those of other statuses, which the export never held.
+    """
     from spray.runs.errors import RunReadError
     from spray.runs.reader import RunReader
 
@@ -505,9 +520,19 @@ def left_out_of_export(db: Path, run: Path, *, say: bool = True) -> set[tuple[st
     dataset = reader.summary.dataset
     binding = bind_flags(FlagStore(db, read_only=True).current(dataset), hashes, run=run)
     if binding.changed and say:
-        log.warning(
-            "left out of the export: %d flags that no longer name the images they were set on. %s",
-            len(binding.changed),
-            describe(binding, str(run)),
+        exported = [c for c in binding.changed if status is None or c.flag.status == status]
+        others = len(binding.changed) - len(exported)
+        besides = (
+            f"{others} flags of other statuses (not in this export) no longer name the images they were set on "
+            "either: `spray flags check` names them."
         )
+        if exported:
+            log.warning(
+                "left out of the export: %d flags that no longer name the images they were set on. %s%s",
+                len(exported),
+                describe(replace(binding, changed=exported), str(run)),
+                " " + besides if others else "",
+            )
+        else:
+            log.warning("%s", besides)
     return {(dataset, c.flag.sample_id) for c in binding.changed}
