@@ -34,3 +34,16 @@ def test_a_run_folder_given_as_runs_dir_names_its_parent(
             res = run_main(["dashboard", "--runs-dir", str(given), "--port", port], capsys)
             assert_clean_failure(res, 2, "one run's folder", f"--runs-dir {runs}")
             assert "spray demo --runs-dir" not in res.output
+
+
+def test_conflicting_or_unreadable_options_are_refused_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: --token abc --no-token served without a token (the token dropped unsaid), and a text
+    file given as --flags-db started the dashboard, where spray flags refuses it."""
+    res = run_main(["dashboard", "--runs-dir", str(tmp_path), "--token", "abc", "--no-token"], capsys)
+    assert_clean_failure(res, 2, "--token", "--no-token", "give one of them")
+    text = tmp_path / "t.sqlite"
+    text.write_text("not a database\n" * 50)
+    res = run_main(["dashboard", "--runs-dir", str(tmp_path), "--flags-db", str(text)], capsys)
+    assert_clean_failure(res, 2, f"--flags-db {text}", "not a SQLite file")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from spray.cli.options import port_number
-from spray.errors import ConfigError
-from spray.flags import default_author
+from spray.errors import ConfigError, SprayError
+from spray.flags import FlagStore, default_author
 from spray.runs.publish import list_runs
 from spray.serve import (
     DEFAULT_HOST,
@@ -53,6 +53,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _options(args: argparse.Namespace) -> ServeOptions:
+    if args.no_token and args.token:
+        raise ConfigError("--token sets the access token and --no-token serves without one: give one of them.")
     runs_dir = check_runs_dir(Path(args.runs_dir))
     db = Path(args.flags_db).expanduser().resolve() if args.flags_db else None
     if db is not None and db.is_dir():
@@ -63,6 +65,11 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         raise ConfigError(
             f"The folder of --flags-db {args.flags_db} does not exist ({db.parent}): create it or fix the path."
         )
+    if db is not None and db.is_file():
+        try:  # refused here, not in every page: spray flags refuses such a file too
+            FlagStore(db, read_only=True)
+        except SprayError as err:
+            raise ConfigError(f"--flags-db {args.flags_db}: {err}") from None
     data_root = Path(args.data_root).expanduser().resolve() if args.data_root else None
     if data_root is not None and not data_root.is_dir():
         raise ConfigError(
