@@ -73,6 +73,9 @@ def test_flags_set_finds_run_names_and_run_id_prefixes_in_the_runs_folder(
         capsys,
     )
     assert_clean_failure(res, 2, "neither a run folder nor the name or run id of a run in")
+    # an outside check: a run's summary.json given as --run was read as a folder ("summary.json/summary.json")
+    res = run_main(["flags", "set", "--run", str(run / "summary.json"), "--sample-ids", sid], capsys)
+    assert_clean_failure(res, 2, "is a file: --run takes a run's folder", f"({run})")
 
 
 def test_options_that_would_be_ignored_are_refused(

@@ -54,7 +54,9 @@ def _check_port(host: str, port: int) -> None:
 
 def _options(args: argparse.Namespace) -> ServeOptions:
     if args.no_token and args.token:
-        raise ConfigError("--token sets the access token and --no-token serves without one: give one of them.")
+        raise ConfigError(
+            "--token sets the access token and --no-token serves without one: give one of them."
+        )
     runs_dir = check_runs_dir(Path(args.runs_dir))
     db = Path(args.flags_db).expanduser().resolve() if args.flags_db else None
     if db is not None and db.is_dir():

@@ -18,6 +18,12 @@ def _named(text: str, runs_dir: Path | None) -> Path:
     from spray.runs.reader import scan_runs
 
     given = Path(text)
+    if given.is_file():
+        raise ConfigError(
+            f"--run {text} is a file: --run takes a run's folder"
+            + (f" ({given.parent})" if (given.parent / "summary.json").is_file() else "")
+            + ", or with --runs-dir a run folder's name or run id."
+        )
     if given.is_dir() or runs_dir is None or given.is_absolute() or len(given.parts) > 1:
         return given
     # an unreadable run is said where it is opened
