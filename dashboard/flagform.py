@@ -20,7 +20,7 @@ import streamlit as st
 
 from spray.errors import SprayError
 from spray.flags import STATUSES, FlagConflict, FlagStore, bind_flags
-from spray.flags.content import classes_of, describe
+from spray.flags.content import classes_of, describe, other_key_message
 from spray.runs.layout import project_root
 
 # Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
@@ -274,9 +274,15 @@ def live_counts(dataset: str) -> None:
 
 
 def content_warning(dataset: str, path: str) -> None:
-    """A warning when flags of the dataset name other images in this run than they were set on."""
+    """A warning when flags of the dataset name other images in this run than they were set on, or when the
+    dataset has no flags while another dataset key's flags name its images (the key changed)."""
     message = _content_message(dataset, path)
     if not message:
+        store, hashes = reader(), common.content_hashes(path)
+        unflagged = store is not None and hashes and not store.counts(dataset)
+        moved = other_key_message(store, dataset, hashes) if unflagged and store and hashes else ""
+        if moved:
+            st.warning("**Flags under another dataset key.** " + safetext.md(moved))
         return
     newest = _newer_run(path)
     if newest is not None:
@@ -290,7 +296,10 @@ def content_warning(dataset: str, path: str) -> None:
                 ),
             )
         else:
-            which, where = "which is not the newest of its audit", f"the newest run ({safetext.code(newest.name)})"
+            which, where = (
+                "which is not the newest of its audit",
+                f"the newest run ({safetext.code(newest.name)})",
+            )
         st.warning(
             f"**Flags on other images.** In this run, {which}, some flagged ids name other images than they were "
             f"set on. Open {where} to check the flags against the current data."

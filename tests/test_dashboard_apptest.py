@@ -509,3 +509,18 @@ def test_a_links_page_that_is_not_there_is_said(runs: tuple[Path, Path, Path], e
     at.query_params["page"] = "99"
     ok(at.run())
     assert "This link's page='99' cannot be shown here" in texts(at)
+
+
+def test_flags_left_under_an_old_dataset_key_are_pointed_at(env: Path, runs: tuple[Path, Path, Path]) -> None:
+    """An outside check: after data.name changed, the newest run showed "unlearn 0" with no hint that the
+    flags sat under the old key (the nightly job said it; the dashboard looked as if they were lost)."""
+    from spray.runs.reader import RunReader
+
+    run = RunReader.open(runs[2])
+    hashes = run.content_hashes() or {}
+    ids = run.sample_ids()[:4]
+    FlagStore(env).flag("old-name", ids, "unlearn", content_hashes={s: hashes[s] for s in ids})
+    warned = texts(ok(app(run=runs[2].name).run()))
+    assert "Flags under another dataset key" in warned and "4 of 4 under 'old-name'" in warned
+    FlagStore(env).flag(DATASET, ids[:1], "ok")  # the dataset has flags of its own: nothing to point at
+    assert "Flags under another dataset key" not in texts(ok(app(run=runs[2].name).run()))
