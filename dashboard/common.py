@@ -459,11 +459,28 @@ def current_run() -> tuple[str, str] | None:
             f"**Not found**: run {safetext.code(r)} — there is no published run of that name in "
             f"{safetext.code(runs)} (retention, output.keep_runs, may have removed it)."
         )
+        _unsaved_decisions()
         if good and st.button(f"Open the newest run, {safetext.plain(good[0])}", key="open_newest_run"):
             urlstate.nav()["run"] = good[0]
             st.rerun()
         st.stop()
     return (runs, good[0]) if good else None
+
+
+def _unsaved_decisions() -> None:
+    """Say that a decision typed into a flag form of a run that has gone was not saved, with its note (the
+    form's Apply reran the page, which then found no run to flag on)."""
+    for key, status in list(st.session_state.items()):
+        form = str(key).removeprefix("flag_status_")
+        if form == key or not status:
+            continue
+        note = str(st.session_state.get(f"flag_note_{form}") or "")
+        st.warning(
+            f"**Nothing was saved**: your decision {safetext.code(str(status))} did not reach the flag database, "
+            "because the run the page showed is gone. Open the newest run and flag the samples there"
+            + (f"; your note was: {safetext.code(note, limit=None)}" if note else "")
+            + "."
+        )
 
 
 def require_run() -> tuple[str, RunSummary]:

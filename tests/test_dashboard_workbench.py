@@ -564,6 +564,22 @@ def test_the_overview_names_the_classes_not_analysed(tmp_path: Path) -> None:
     assert "tiny (2 samples: fewer than analysis.min_class_size samples)" in said
 
 
+def test_a_decision_made_as_the_run_was_removed_is_said_unsaved_with_its_note(
+    env: Path, run_dir: Path
+) -> None:
+    """An outside check: a decision applied on a page whose run retention had just removed gave the "not found"
+    page, and the decision and its note were gone without a word."""
+    at = open_page("views/sample.py", sample="3")
+    at.radio(key="flag_status_sample").set_value("unlearn")
+    at.text_area(key="flag_note_sample").input("tag in the corner")
+    at.query_params["run"] = "20000101T000000000000Z-removedrun00"  # removed before the Apply reached it
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    said = shown(at)
+    assert "Not found" in said and "Nothing was saved" in said and "tag in the corner" in said
+    assert not env.exists() or not FlagStore(env).current(DATASET)
+
+
 def test_a_link_to_a_removed_run_stays_not_found_on_every_rerun(env: Path, run_dir: Path) -> None:
     """After retention removed the run of an open page, the next click showed the newest run's cluster of
     the same key (other images) and its flag form saved the decision there."""
