@@ -21,6 +21,7 @@ import base64
 import io
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import numpy as np
 import plotly.colors as pc
 import plotly.graph_objects as go
 import safetext
+import selection
 import streamlit as st
 from PIL import Image
 
@@ -365,6 +367,20 @@ def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") ->
     fig = go.Figure(traces, _validate=not big)
     fig.update_layout(**layout)
     return ClassMap(fig, positions, xy, legend, big)
+
+
+def geometry_fits(path: str, cls: int, geometry: str, sample_ids: Sequence[str]) -> bool:
+    """Whether the shapes ``geometry`` enclose, on this run's map of class ``cls``, only samples of the
+    selection ``sample_ids`` (and some): a shape drawn on another run's map encloses other points, and drawn
+    here it would show a lasso around samples that are not the selected ones."""
+    shapes = decode_geometry(geometry)
+    if not shapes:
+        return True
+    data = common.class_data(path, cls)
+    emb = np.asarray(data.embedding, dtype=np.float64)
+    xy = emb if len(emb) <= BIG_MAP else _quantised(emb)
+    inside = {str(data.sample_ids[i]) for i in selection.geometry_positions(as_event(shapes), xy)}
+    return bool(inside) and inside <= set(map(str, sample_ids))
 
 
 @dataclass

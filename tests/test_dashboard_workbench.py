@@ -190,6 +190,26 @@ def test_a_lasso_selection_is_in_the_url_and_a_reload_shows_it_again(env: Path, 
     assert sel_page.subheader[0].value == f"Members ({top.size})"
 
 
+def test_a_lasso_from_another_map_is_not_drawn_around_other_samples(env: Path, run_dir: Path) -> None:
+    """An outside check: a lasso link opened on a newer run drew the old lasso at the old map's coordinates,
+    around points that were not the selected ones (the selected ids sat elsewhere)."""
+    import embedmap
+
+    at = open_page("views/class_view.py", cls="6", draw="1")
+    at.session_state["embedding_6"] = _lasso_event(at, run_dir)
+    ok(at.run())
+    query = dict(at.query_params)
+    elsewhere = _lasso_event(at, run_dir)
+    elsewhere["selection"]["lasso"] = [{"x": [-40.0, -20.0, -20.0, -40.0], "y": [-40.0, -40.0, 40.0, 40.0]}]
+    moved = {**query, "geo": embedmap.encode_geometry(elsewhere) or ""}
+    again = open_page("views/class_view.py", **moved)
+    assert "was drawn on another map" in shown(again)
+    assert not [c for c in charts(again) if c["layout"].get("selections")]
+    assert any(f"Selection: {top_finding(run_dir).size:,} samples" in s.value for s in again.subheader)
+    # the link's own shape still fits its map: drawn, and no note
+    assert "was drawn on another map" not in shown(open_page("views/class_view.py", **query))
+
+
 def test_select_by_filter_on_the_class_page(env: Path, run_dir: Path) -> None:
     at = open_page("views/class_view.py", cls="6")
     at.button(key="selby_misclassified").click()

@@ -129,6 +129,18 @@ view_key = f"{run}/{cls}/{k}/{color_by}"
 map_geo = st.session_state.setdefault("_map_geo", {})
 # The shape drawn into the figure stays what it was when this view was first shown in this session, so the
 # chart keeps its identity (and the user's new lasso) while the selection changes.
+if view_key not in map_geo and state.get("geo") and state.get("sel"):
+    try:
+        linked = urlstate.decode_ids(state["sel"])
+    except ValueError:
+        linked = []
+    if not embedmap.geometry_fits(path, cls, state["geo"], linked):
+        # a link's shape from another run's map: drawn here it would enclose other samples than the selected
+        state["geo"] = ""
+        st.caption(
+            "This link's lasso or box was drawn on another map (another run's or class's): it is not drawn here. "
+            "The selection keeps its samples by id."
+        )
 geometry = map_geo.setdefault(view_key, state.get("geo", ""))
 # The first paint shows the picture of every point (no plotly code to fetch); the interactive map (lasso,
 # box, click, hover) is one click away, and opens by itself for a link with a drawn shape.
