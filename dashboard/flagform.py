@@ -308,6 +308,35 @@ def content_warning(dataset: str, path: str) -> None:
     st.warning("**Flags on other images.** " + safetext.md(message))
 
 
+def other_weights_note(dataset: str, path: str) -> None:
+    """A note when flags of the dataset were set on runs (still in this runs folder) that audited other model
+    weights than this run: the shortcut they mark may not be this model's (spray correct warns of it too)."""
+    store = reader()
+    flags = [] if store is None else store.current(dataset)
+    here = common.summary(path).hashes
+    if not flags or not here.get("model"):
+        return
+    runs_dir = str(Path(path).parent)
+    other: dict[str, int] = {}
+    for name in common.runs_overview(runs_dir)[0]:
+        s = common.summary(str(Path(runs_dir) / name))
+        # fingerprints of other schemes cannot be compared: not said to differ
+        same_scheme = s.hashes.get("model_hash_version") == here.get("model_hash_version")
+        if same_scheme and s.hashes.get("model") not in (None, here["model"]):
+            other[s.run_id] = 0
+    for f in flags:
+        if f.run_id in other:
+            other[f.run_id] += 1
+    used = {r: n for r, n in other.items() if n}
+    if used:
+        runs = ", ".join(f"{n} on run {safetext.code(r[:12])}" for r, n in used.items())
+        st.info(
+            f"**Flags from other weights.** {sum(used.values()):,} of the {len(flags):,} flags of this dataset were "
+            f"set on runs that audited other model weights than this run ({runs}): check that they still mark this "
+            "model's shortcut (their samples' Cluster and Sample pages here, or spray flags check)."
+        )
+
+
 def _newer_run(path: str) -> Path | None:
     """The newest published run of the audit ``path`` belongs to, when that is not ``path``; for a correction's
     re-audit, the project's newest run of the dataset (the flags are the project's, and so is its data)."""

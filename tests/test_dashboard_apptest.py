@@ -524,3 +524,30 @@ def test_flags_left_under_an_old_dataset_key_are_pointed_at(env: Path, runs: tup
     assert "Flags under another dataset key" in warned and "4 of 4 under 'old-name'" in warned
     FlagStore(env).flag(DATASET, ids[:1], "ok")  # the dataset has flags of its own: nothing to point at
     assert "Flags under another dataset key" not in texts(ok(app(run=runs[2].name).run()))
+
+
+def test_flags_set_on_a_run_of_other_weights_are_said(tmp_path: Path) -> None:
+    """An outside check: flags set on a run of an earlier checkpoint were shown on the new model's run as if
+    set on it (only spray correct warned)."""
+    import json
+
+    from spray.runs.reader import RunReader
+
+    old = make_synthetic_run(tmp_path, class_sizes=SIZES, seed=1, dataset=DATASET)
+    new = make_synthetic_run(tmp_path, class_sizes=SIZES, seed=2, dataset=DATASET)
+    summary = json.loads((old / "summary.json").read_text())
+    summary["hashes"]["model"] = "an-earlier-checkpoint"
+    (old / "summary.json").write_text(json.dumps(summary))
+    old_id, new_id = (RunReader.open(p).summary.run_id for p in (old, new))
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag(DATASET, ["1", "2", "3"], "unlearn", run_id=old_id)
+    FlagStore(db).flag(DATASET, ["4"], "unlearn", run_id=new_id)
+    with pointed_at(tmp_path, db):
+        said = texts(ok(app(run=new.name).run()))
+    assert (
+        "Flags from other weights" in said
+        and "3 of the 4 flags" in said
+        and f"3 on run {old_id[:12]}" in said
+    )
+    with pointed_at(tmp_path, db):  # on the old run, the flag of the new run is the other one
+        assert "1 of the 4 flags" in texts(ok(app(run=old.name).run()))

@@ -68,6 +68,7 @@ for problem in recorded_problems(summary.extra, corrected=corrected is not None)
 for note in data_notes(summary.extra):  # how the files were read: not the model's doing
     st.info(safetext.md(note))
 flagform.content_warning(dataset, path)
+flagform.other_weights_note(dataset, path)
 
 
 def skipped_note(first: int = 3) -> None:
