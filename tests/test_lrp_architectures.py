@@ -513,3 +513,52 @@ def test_timm_avg_max_global_poolings_match_gradient_times_input(pool: str) -> N
         x.detach(), target=2
     )
     assert F.cosine_similarity(got.relevance.flatten(1), gxi.flatten(1)).min() > 0.9999
+
+
+# --------------------------------------------------------------------------------------------------
+# ConvNeXt-V2's global response normalisation against zennit
+
+
+def _grn_held(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's GlobalResponseNorm forward with its norm detached: what zennit's ε rule is then applied to."""
+    x_g = x.norm(p=2, dim=module.spatial_dim, keepdim=True).detach()
+    x_n = x_g / (x_g.mean(dim=module.channel_dim, keepdim=True) + module.eps)
+    return x + torch.addcmul(module.bias.view(module.wb_shape), module.weight.view(module.wb_shape), x * x_n)
+
+
+@pytest.mark.parametrize("composite", ["EpsilonPlusFlat", "EpsilonGammaBox"])
+def test_global_response_norm_matches_zennits_epsilon_with_the_norm_held(composite: str) -> None:
+    """ConvNeXt-V2 was refused (no rule for GlobalResponseNorm, and neither suggested rule conserved): spray
+    holds its norm constant (HeldNorms), which is zennit's ε on the forward with the norm detached."""
+    import types
+
+    grn_module = pytest.importorskip("timm.layers.grn")
+    from tests.lrp_oracles import ZENNIT_NAMES, zattr, zc, zrules
+
+    torch.manual_seed(0)
+    grn = grn_module.GlobalResponseNorm(8, channels_last=False)
+    with torch.no_grad():
+        grn.weight.normal_(0, 0.7)
+        grn.bias.normal_(0, 0.1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), grn, nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+    x = torch.rand(4, 3, 12, 12)
+    kwargs = BOX if composite == "EpsilonGammaBox" else {}
+    ours = Explainer(model, composite, composite_kwargs=kwargs)(x)
+    ref_model = copy.deepcopy(model)
+    ref_model[1].forward = types.MethodType(_grn_held, ref_model[1])
+    comp = zc.COMPOSITES[ZENNIT_NAMES[composite]](
+        layer_map=[((grn_module.GlobalResponseNorm,), zrules.Epsilon(1e-6))], **kwargs
+    )
+    with zattr.Gradient(ref_model, comp) as attributor:
+        _, ref = attributor(
+            x, lambda out: torch.zeros_like(out).scatter_(1, ours.targets[:, None], 1.0) * out
+        )
+    _assert_close(ours.relevance, ref.detach())
+    # with zero biases the rule conserves the logit (the refused rules lost or made 0.1-0.2 % per layer)
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+    ratio = _ratio(Explainer(model, composite, composite_kwargs=kwargs)(x))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()

@@ -38,7 +38,7 @@ from spray.errors import ConfigError
 from spray.lrp.activations import class_names, is_activation
 from spray.lrp.canonizers import ResidualAdd
 from spray.lrp.functional import ATTENTION_RULES
-from spray.lrp.normalization import Normalize, is_normalization
+from spray.lrp.normalization import HeldNorms, Normalize, is_normalization, is_response_norm
 from spray.lrp.rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus
 
 __all__ = [
@@ -284,6 +284,7 @@ def _base_map(stabilizer: float) -> LayerMap:
         (BATCHNORM_TYPES, Pass()),
         (is_channel_affine, Pass()),
         (is_normalization, Normalize()),
+        (is_response_norm, HeldNorms()),
         (is_activation, Pass()),
     ]
 

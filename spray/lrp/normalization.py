@@ -21,12 +21,22 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from spray.lrp.base import Rule, RuleModule
+from spray.lrp.base import Rule, RuleModule, _stab_scale
 
-__all__ = ["NORM_TYPES", "Normalize", "is_normalization"]
+__all__ = ["NORM_TYPES", "HeldNorms", "Normalize", "is_normalization", "is_response_norm"]
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+#: Normalisations that divide by a norm they compute themselves (by qualified class name: nothing imported).
+HELD_NORM_CLASS_NAMES: frozenset[str] = frozenset({"timm.layers.grn.GlobalResponseNorm"})
+
+
+def is_response_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation that takes :class:`HeldNorms` (timm's ``GlobalResponseNorm``)."""
+    return bool({f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__} & HELD_NORM_CLASS_NAMES)
 
 
 def is_normalization(module: nn.Module) -> bool:
@@ -184,3 +194,33 @@ class Normalize(Rule):
 
         with functional_rules(module.__dict__["context"]):
             return module.inner(x)
+
+
+#: The functions that compute a vector norm (a ``Tensor.norm`` call comes through as ``Tensor.norm``).
+_NORM_FUNCTIONS = frozenset({torch.Tensor.norm, torch.norm, torch.linalg.vector_norm, torch.linalg.norm})
+
+
+class _HeldNorms(TorchFunctionMode):
+    """Detaches every vector norm computed while active, so what is divided by it becomes a constant scale."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        return out.detach() if func in _NORM_FUNCTIONS and isinstance(out, torch.Tensor) else out
+
+
+@dataclass(frozen=True)
+class HeldNorms(Rule):
+    """LRP-ε on a module whose forward divides by vector norms it computes itself (``x.norm(...)``), with those
+    norms held constant: AttnLRP's rule for a normalisation, for layers that do not call ``F.layer_norm``.
+
+    ConvNeXt-V2's global response normalisation ``x + γ ⊙ x ⊙ N(x) + β`` (``N(x)``: each channel's spatial
+    L2 norm over their mean) is then the element-wise map ``x ⊙ (1 + γ ⊙ N) + β`` with ``N`` fixed, whose
+    ε rule conserves the relevance that does not go to ``β``.
+    """
+
+    epsilon: float = 1e-6
+
+    def apply(self, module: RuleModule, x: torch.Tensor, carries_relevance: bool) -> torch.Tensor:
+        with _HeldNorms():
+            out = module.inner(x)
+        return _stab_scale(out, self.epsilon, module.activation)

@@ -70,7 +70,8 @@ def _kind(module: nn.Module) -> tuple[str, str]:
     if is_normalization(module) or "norm" in name:
         return (
             "a normalisation layer",
-            "Normalize() if its forward() calls F.layer_norm/F.group_norm/F.rms_norm, else Epsilon()",
+            "Normalize() if its forward() calls F.layer_norm/F.group_norm/F.rms_norm, HeldNorms() if it divides by "
+            "a norm it computes itself (x.norm(...)), else Epsilon()",
         )
     if is_activation(module) or any(w in name for w in ("act", "elu", "swish", "sigmoid", "tanh", "mish")):
         return "an element-wise activation", "Pass()"

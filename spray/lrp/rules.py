@@ -38,7 +38,7 @@ from __future__ import annotations
 from spray.lrp.activations import Pass
 from spray.lrp.base import Epsilon, Gradient, Norm, Rule, RuleContext, RuleModule
 from spray.lrp.linear import AlphaBeta, Flat, Gamma, WSquare, ZBox, ZPlus
-from spray.lrp.normalization import Normalize
+from spray.lrp.normalization import HeldNorms, Normalize
 from spray.lrp.numerics import stabilize
 from spray.lrp.pooling import LeanMaxPool
 
@@ -48,6 +48,7 @@ __all__ = [
     "Flat",
     "Gamma",
     "Gradient",
+    "HeldNorms",
     "LeanMaxPool",
     "Norm",
     "Normalize",
