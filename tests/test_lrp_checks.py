@@ -820,3 +820,17 @@ def test_a_model_that_float32_cannot_compute_closely_is_told_apart_from_a_misfol
         Explainer(model, "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8) + 1, torch.tensor([0, 1]))
     said = str(info.value)
     assert "float32 logits differ from its float64 ones" in said and "registered right after" not in said
+
+
+def test_a_model_in_train_mode_is_explained_in_eval_mode_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: Explainer(model.train()) explained the eval-mode copy without a word."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                          nn.Linear(2 * 36, 3))  # fmt: skip
+    x = torch.rand(2, 1, 8, 8)
+    with caplog.at_level(logging.WARNING, logger="spray"):
+        got = Explainer(model.train(), "EpsilonPlusFlat")(x)
+    assert "spray explains an eval-mode copy of it" in caplog.text
+    assert model.training  # the user's model is left as it was given
+    with torch.no_grad():
+        assert torch.allclose(got.logits, model.eval()(x), atol=1e-5)  # the eval-mode function

@@ -159,6 +159,12 @@ class Explainer:
             )
         self.elementwise = elementwise
         check_model(model)
+        modal = (_BatchNorm, nn.modules.dropout._DropoutNd)  # what computes otherwise in train mode
+        if model.training and any(isinstance(m, modal) for m in model.modules()):
+            logger.warning(
+                "the model is in train mode: spray explains an eval-mode copy of it (dropout off, BatchNorm with "
+                "its running statistics), the function its predictions use; call model.eval() to silence this"
+            )
         for t, r in (extra_rules or {}).items():
             if not (isinstance(t, type) and issubclass(t, nn.Module)) or not isinstance(r, Rule):
                 raise ConfigError(
