@@ -330,6 +330,15 @@ def test_flags_of_a_run_of_other_weights_are_pointed_out(caplog: pytest.LogCaptu
     assert "set on run oldrun123456, which is not in this runs folder (runs; flags of another" in caplog.text
     assert "whether it audited these weights cannot be told" in caplog.text
     assert "other model weights" not in caplog.text
+    # an outside check: with the runs folder's own database the run was removed (retention), which every
+    # correction after routine retention called "flags of another runs folder's database"
+    caplog.clear()
+    own = FlagSelection(str(Path("runs/flags.sqlite")), DATASET, "unlearn", ["1/k2/c0"], ["1", "2"], "d",
+                        run_ids=["oldrun123456789"])  # fmt: skip
+    with caplog.at_level("WARNING", logger="spray.correct.plan"):
+        _warn_other_weights(own, elsewhere, "w1", None)
+    assert "which this runs folder no longer holds (removed since, e.g. by retention" in caplog.text
+    assert "another runs folder" not in caplog.text and "--flags-db" not in caplog.text
 
 
 def test_source_run_by_folder_prefix_and_class_out_of_range(audited: World) -> None:

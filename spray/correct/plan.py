@@ -34,6 +34,7 @@ from spray.correct.record import CORRECTION_VERSION
 from spray.correct.samples import SampleSet, seeded_subset
 from spray.correct.source import SourceRun, find_source_run
 from spray.errors import SprayError
+from spray.flags import default_db_path
 from spray.model_output import check_model_output
 from spray.models import build_model, model_hash
 from spray.runs.identity import NOT_RESULT_FIELDS, RESULT_SECTIONS, data_fingerprint
@@ -289,12 +290,19 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
     # a run not in this runs folder (flags from another folder's database) may have audited any model
     unknown = [r for r in flags.run_ids if r not in source.run_models]
     if unknown:
+        own = Path(flags.db).resolve() == default_db_path(source.path.parent).resolve()
+        # the folder's own database names only its runs: a run it lacks was removed (retention, by hand)
+        where = (
+            "which this runs folder no longer holds (removed since, e.g. by retention: output.keep_runs)"
+            if own
+            else f"which is not in this runs folder ({source.path.parent}; flags of another runs folder's "
+            "database, or a run removed since)"
+        )
         said.append(
-            f"the flags were set on run {', '.join(r[:12] for r in unknown)}, which is not in this runs folder "
-            f"({source.path.parent}; flags of another runs folder's database, or a run removed since): whether it "
-            f"audited these weights cannot be told; this correction takes them to run {source.run_id[:12]} ({now}): "
-            "check that they mark this model's shortcut (spray flags check, or the dashboard), or use the flag "
-            "database of this runs folder (correction.flags_db, --flags-db)"
+            f"the flags were set on run {', '.join(r[:12] for r in unknown)}, {where}: whether it audited these "
+            f"weights cannot be told; this correction takes them to run {source.run_id[:12]} ({now}): check that "
+            "they mark this model's shortcut (spray flags check, or the dashboard)"
+            + ("" if own else ", or use the flag database of this runs folder (correction.flags_db, --flags-db)")
         )
     other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights and r not in older]
     if other:
