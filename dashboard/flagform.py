@@ -377,6 +377,22 @@ def left_out(dataset: str, path: str) -> set[tuple[str, str]]:
     return {(dataset, c.flag.sample_id) for c in binding.changed}
 
 
+def moved_flag_note(dataset: str, path: str, sample_id: str) -> None:
+    """A note on an unflagged sample's page when a flag of its image waits under an id this run does not hold
+    (the file was renamed or moved since it was flagged)."""
+    store, hashes = reader(), common.content_hashes(path)
+    own = (hashes or {}).get(sample_id)
+    if store is None or own is None:
+        return
+    known = set(hashes or {})
+    waiting = [f for f in store.current(dataset) if f.content_hash == own and f.sample_id not in known]
+    for f in waiting[:3]:
+        st.info(
+            f"A flag **{safetext.md(f.status)}** of this image waits under its former id {safetext.code(f.sample_id)} "
+            "(the file was renamed or moved since): `spray flags rebind --runs-dir RUNS` moves it here."
+        )
+
+
 def sample_content_warning(dataset: str, path: str, sample_id: str) -> None:
     """A warning on a sample's page when its flag was set on another image than this run holds under its id."""
     message = _content_message(dataset, path, sample_id)

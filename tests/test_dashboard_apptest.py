@@ -551,3 +551,21 @@ def test_flags_set_on_a_run_of_other_weights_are_said(tmp_path: Path) -> None:
     )
     with pointed_at(tmp_path, db):  # on the old run, the flag of the new run is the other one
         assert "1 of the 4 flags" in texts(ok(app(run=old.name).run()))
+
+
+def test_a_renamed_images_page_points_at_the_flag_under_its_former_id(
+    env: Path, runs: tuple[Path, Path, Path]
+) -> None:
+    """An outside check: before spray flags rebind, a renamed file's Sample page said "Current flag: none"
+    with no hint that its flag waited under the old id."""
+    from spray.runs.reader import RunReader
+
+    run = RunReader.open(runs[2])
+    hashes = run.content_hashes() or {}
+    sid = run.sample_ids()[5]
+    FlagStore(env).flag(DATASET, ["old/name.png"], "unlearn", content_hashes={"old/name.png": hashes[sid]})
+    at = app(run=runs[2].name)
+    at.query_params["sample"] = sid
+    at.switch_page("views/sample.py")
+    said = texts(ok(at.run()))
+    assert "waits under its former id old/name.png" in said and "spray flags rebind" in said

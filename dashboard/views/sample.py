@@ -187,6 +187,8 @@ else:
 st.subheader("Flag")
 status = flagform.status_of(dataset, [sid]).get(sid)
 st.markdown(f"Current flag: **{safetext.md(status or 'none')}**")
+if status is None:
+    flagform.moved_flag_note(dataset, path, sid)
 correctionnote.show(dataset, [sid], run, summary.run_id)
 flagform.sample_content_warning(dataset, path, sid)
 reader = flagform.reader()
