@@ -16,6 +16,7 @@ import access
 import common
 import pandas as pd
 import safetext
+import samplegrid
 import streamlit as st
 
 from spray.errors import SprayError
@@ -145,7 +146,7 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
     n = len(p.sample_ids)
     st.session_state[f"_saved_{key}"] = f"{p.status}: {n:,} sample{'' if n == 1 else 's'} ({p.source})"
     for k in reset_keys:
-        st.session_state.pop(k, None)
+        samplegrid.clear_picks(k)
     st.rerun()
 
 

@@ -257,12 +257,12 @@ def member_table(table: pd.DataFrame, flags: dict[str, str], key: str) -> Picks:
     return picked_rows(
         key,
         view["sample_id"].astype(str).tolist(),
-        lambda: st.dataframe(
+        lambda widget: st.dataframe(
             view,
             hide_index=True,
             on_select="rerun",
             selection_mode=["multi-row", "single-cell"],
-            key=key,
+            key=widget,
             height=260,
             column_config={
                 "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0)
@@ -302,9 +302,22 @@ def _positions(state: object) -> list[tuple[int, str | None]]:
         return []
 
 
-def picked_rows(key: str, sample_ids: Sequence[str], draw: Callable[[], object]) -> Picks:
-    """Draw the selectable table ``key`` whose rows show ``sample_ids`` (``draw`` draws it and returns its
-    event) and return the samples picked in it, by id.
+def _widget(key: str) -> str:
+    """The widget key of table ``key`` now: a new one after :func:`clear_picks`, so the browser's table starts
+    without the ticks it kept on other rows."""
+    return f"{key}-{st.session_state.get(f'_gen_{key}', 0)}"
+
+
+def clear_picks(key: str) -> None:
+    """Forget table ``key``'s selection, in the browser too (after a save its rows hold other samples)."""
+    st.session_state.pop(_widget(key), None)
+    st.session_state.pop(f"_ids_{key}", None)
+    st.session_state[f"_gen_{key}"] = st.session_state.get(f"_gen_{key}", 0) + 1
+
+
+def picked_rows(key: str, sample_ids: Sequence[str], draw: Callable[[str], object]) -> Picks:
+    """Draw the selectable table ``key`` whose rows show ``sample_ids`` (``draw`` draws it under the widget key
+    it is given and returns its event) and return the samples picked in it, by id.
 
     A table's selection is row positions, and they point at what the table showed when the rows were picked:
     this page's previous render. When the table changed since (another session flagged, unflagged or
@@ -313,7 +326,8 @@ def picked_rows(key: str, sample_ids: Sequence[str], draw: Callable[[], object])
     """
     ids = [str(s) for s in sample_ids]
     seen = st.session_state.get(f"_ids_{key}")
-    picks = _positions(st.session_state.get(key))
+    widget = _widget(key)
+    picks = _positions(st.session_state.get(widget))
     moved: list[str] = []
     gone: list[str] = []
     if isinstance(seen, list) and seen != ids and picks:
@@ -333,8 +347,8 @@ def picked_rows(key: str, sample_ids: Sequence[str], draw: Callable[[], object])
             else:
                 cells.append([where[sid], col])
         if moved or gone:
-            st.session_state[key] = {"selection": {"rows": rows, "columns": [], "cells": cells}}
-    event = draw()
+            st.session_state[widget] = {"selection": {"rows": rows, "columns": [], "cells": cells}}
+    event = draw(widget)
     # Stored once the table is on its way to the browser: the next render reads its positions against it.
     st.session_state[f"_ids_{key}"] = ids
     chosen = [ids[pos] for pos, _ in _positions(event) if 0 <= pos < len(ids)]
@@ -354,7 +368,8 @@ def say_picks_changed(key: str, picks: Picks) -> None:
             f"**The table changed while rows were picked:** {n:,} picked sample{'' if n == 1 else 's'} "
             f"({safetext.md(', '.join(picks.gone[:10]))}{', …' if n > 10 else ''}) "
             f"{'is' if n == 1 else 'are'} no longer in it (flagged or unflagged elsewhere, or another page or "
-            "filter) and left the selection. Nothing was applied: check the rows still picked and apply again."
+            "filter) and left the selection; no decision was applied to any picked sample in the meantime. Check the "
+            "rows still picked before applying."
         )
         st.rerun()
     if note := st.session_state.pop(note_key, None):

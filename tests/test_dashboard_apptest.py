@@ -251,7 +251,7 @@ def test_cluster_page_pages_members_and_flags_the_cluster(env: Path) -> None:
     assert not at.dataframe
     ok(at.toggle(key="w_table").set_value(True).run())
     assert at.query_params["table"] == "1" and len(at.dataframe) == 1
-    at.session_state["cl_members"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.session_state["cl_members-0"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     ok(at.run())
     assert "**sample id**" in texts(at) and "**prediction**" in texts(at)
     assert any(link.label == "Open this sample at full size" for link in at.get("page_link"))
@@ -278,7 +278,7 @@ def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
     assert {m.label: m.value for m in at.metric} == {"unlearn": "3", "investigate": "0", "ok": "1"}
     assert len(at.dataframe[0].value) == 4
     assert len(at.get("download_button")) == 3
-    at.session_state["fl_current"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
+    at.session_state["fl_current-0"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
     ok(at.run())
     at.radio(key="flag_status_flags_page").set_value("unflag")
     at.form_submit_button[0].click()
@@ -288,6 +288,9 @@ def test_flags_page_lists_unflags_and_exports(env: Path) -> None:
     assert len(at.dataframe[0].value) == 2
     # an outside check: the form goes with its cleared rows, and its "Saved" line went with it
     assert "Saved — unflag: 2 samples (flags page)" in texts(at)
+    # an outside check: the browser kept ticks on the rows that now hold other samples; the table is drawn
+    # under a new widget key after a save, which starts without them
+    assert at.session_state["_gen_fl_current"] == 1 and "fl_current-0" not in at.session_state
 
 
 def test_spray_never_imports_streamlit() -> None:

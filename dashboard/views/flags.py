@@ -69,8 +69,8 @@ st.subheader(f"Current flags ({len(current):,})")
 picks = samplegrid.picked_rows(
     "fl_current",
     current["sample_id"].astype(str).tolist(),
-    lambda: st.dataframe(
-        current, hide_index=True, on_select="rerun", selection_mode="multi-row", key="fl_current", height=320
+    lambda widget: st.dataframe(
+        current, hide_index=True, on_select="rerun", selection_mode="multi-row", key=widget, height=320
     ),
 )
 samplegrid.say_picks_changed("fl_current", picks)
