@@ -302,7 +302,11 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
             f"the flags were set on run {', '.join(r[:12] for r in unknown)}, {where}: whether it audited these "
             f"weights cannot be told; this correction takes them to run {source.run_id[:12]} ({now}): check that "
             "they mark this model's shortcut (spray flags check, or the dashboard)"
-            + ("" if own else ", or use the flag database of this runs folder (correction.flags_db, --flags-db)")
+            + (
+                ""
+                if own
+                else ", or use the flag database of this runs folder (correction.flags_db, --flags-db)"
+            )
         )
     other = [r for r in flags.run_ids if source.run_models.get(r, weights) != weights and r not in older]
     if other:

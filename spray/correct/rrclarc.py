@@ -227,9 +227,11 @@ class RightReasonLoss:
             # be a constant, and the fine-tuning plain cross-entropy under RR-ClArC's name
             raise ConfigError(
                 f"RR-ClArC cannot fine-tune after correction.layer {self.direction.layer!r}: the gradient its "
-                "loss penalises does not depend on the trained weights (an operation after the layer computes "
-                "its backward outside autograd, e.g. a custom extension's once_differentiable function). Choose "
-                "a later layer (--layer) after which it no longer runs, or P-ClArC (--method pclarc)."
+                "loss penalises does not depend on the trained weights, so the penalty would train nothing. "
+                "Either the logit is a fixed function of that layer (the layer is the head itself, or nothing "
+                "trainable follows it), or an operation after it computes its backward outside autograd (a "
+                "custom extension's once_differentiable function). Choose another layer (--layer), or P-ClArC "
+                "(--method pclarc)."
             )
         terms = {"loss": ce + self.cfg.rr_lambda * rr, "ce": ce.detach(), "rr": rr.detach()}
         if self._footprint is not None:

@@ -215,7 +215,8 @@ def float64_rounding(reference: nn.Module, x: torch.Tensor) -> float:
     inputs = x[:n].detach().contiguous().float()
     try:
         exact = copy.deepcopy(reference).cpu().double()
-        with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
+        # strict float32 as in reference_error: TF32 convolutions alone would move a CUDA model's logits this far
+        with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False), _tf32(inputs.device, False):
             single, double = reference(inputs), exact(inputs.cpu().double())
     except (RuntimeError, TypeError):  # a model that cannot run in float64: nothing to say
         return 0.0
