@@ -472,7 +472,8 @@ def _unsaved_decisions() -> None:
     form's Apply reran the page, which then found no run to flag on)."""
     for key, status in list(st.session_state.items()):
         form = str(key).removeprefix("flag_status_")
-        if form == key or not status:
+        # only a form whose Apply was clicked in this very rerun: a decision left in the form was saved before
+        if form == key or not status or not st.session_state.get(f"FormSubmitter:flagform_{form}-Apply"):
             continue
         note = str(st.session_state.get(f"flag_note_{form}") or "")
         st.warning(

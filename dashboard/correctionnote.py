@@ -30,15 +30,28 @@ def dataset_corrections(
     return corrections_for(common.project_dir(), dataset=dataset, unreadable=unreadable)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
+def newest_of_each(found: list[PublishedCorrection]) -> dict[str, PublishedCorrection]:
+    """``correction_id -> its newest folder``: ``--force`` publishes an id again, and the newest one replaces
+    the older ones."""
+    newest: dict[str, PublishedCorrection] = {}
+    for c in found:
+        held = newest.get(c.record.correction_id)
+        if held is None or c.folder.name > held.folder.name:
+            newest[c.record.correction_id] = c
+    return newest
+
+
+def pct(x: float | None) -> str:
+    """A share as ``"12.3 %"``, ``"–"`` when not measured."""
+    return "–" if x is None else f"{100 * x:.1f} %"
 
 
 def show(dataset: str, sample_ids: Collection[str], run: str, run_id: str) -> None:
     """One line per published correction whose flagged samples include some of ``sample_ids`` (of run folder
     ``run``, id ``run_id``), with its re-audit's outcome and a link to the Corrections page; nothing when none."""
     ids = set(sample_ids)
-    hits = [(c, len(ids.intersection(c.record.flags.sample_ids))) for c in dataset_corrections(dataset)]
+    current = newest_of_each(dataset_corrections(dataset))
+    hits = [(c, len(ids.intersection(c.record.flags.sample_ids))) for c in current.values()]
     hits = [(c, n) for c, n in hits if n]
     if not hits:
         return
@@ -52,7 +65,7 @@ def show(dataset: str, sample_ids: Collection[str], run: str, run_id: str) -> No
         )
         lines.append(
             f"- {safetext.code(c.folder.name)} ({safetext.plain(r.method)}, flags of {source}){share}: paste flip "
-            f"rate {_pct(b.flip_rate)} → {_pct(a.flip_rate)}; re-audit: {safetext.plain(reaudit_text(c))}"
+            f"rate {pct(b.flip_rate)} → {pct(a.flip_rate)}; re-audit: {safetext.plain(reaudit_text(c))}"
         )
     whom = "this sample" if len(ids) == 1 else "some of these samples"
     st.markdown(f"**Corrections** whose artifact group holds {whom}:\n" + "\n".join(lines))

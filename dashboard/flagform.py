@@ -72,6 +72,10 @@ def last_event_id(dataset: str | None = None) -> int:
     return 0 if store is None else store.last_event_id(dataset)
 
 
+#: This session's own flag actions (their ids): a decision of its own is no conflict for another form.
+OWN_ACTIONS = "_own_flag_actions"
+
+
 @dataclass
 class _Pending:
     """An action waiting for a confirmation (many samples) or an override (a conflict)."""
@@ -109,9 +113,10 @@ def _run_classes(run_id: str, sample_ids: Sequence[str]) -> dict[str, tuple[int,
 
 def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
     store = writer()
+    own: set[str] = st.session_state.setdefault(OWN_ACTIONS, set())
     try:
         if p.status == "unflag":
-            store.unflag(
+            action = store.unflag(
                 p.dataset,
                 p.sample_ids,
                 p.note,
@@ -122,7 +127,7 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
                 cluster_key=p.cluster_key,
             )
         else:
-            store.flag(
+            action = store.flag(
                 p.dataset,
                 p.sample_ids,
                 p.status,
@@ -136,11 +141,17 @@ def _apply(p: _Pending, key: str, reset_keys: Sequence[str]) -> None:
                 classes=_run_classes(p.run_id, p.sample_ids),
             )
     except FlagConflict as conflict:
+        if all(e.action_id in own for e in conflict.events):
+            # only this session's own decisions (in another form of the page) came in: they were seen
+            p.since = max(e.id for e in conflict.events)
+            _apply(p, key, reset_keys)
+            return
         p.conflict = conflict
         st.session_state[f"_pending_{key}"] = p
         # Drawn anew at once: the confirmation box already on the page would otherwise stay, and its
         # next click would override a decision the user never saw.
         st.rerun()
+    own.add(action)
     st.session_state.pop(f"_pending_{key}", None)
     st.session_state.pop(f"_seen_{key}", None)  # the user's own decision is seen
     n = len(p.sample_ids)
@@ -383,7 +394,8 @@ def moved_flag_note(dataset: str, path: str, sample_id: str) -> None:
     (the file was renamed or moved since it was flagged)."""
     store, hashes = reader(), common.content_hashes(path)
     own = (hashes or {}).get(sample_id)
-    if store is None or own is None:
+    # on an older run an id it lacks may be the image's newer name, and rebind moves flags to the newest run
+    if store is None or own is None or _newer_run(path) is not None:
         return
     known = set(hashes or {})
     waiting = [f for f in store.current(dataset) if f.content_hash == own and f.sample_id not in known]

@@ -47,3 +47,14 @@ def test_conflicting_or_unreadable_options_are_refused_before_serving(
     text.write_text("not a database\n" * 50)
     res = run_main(["dashboard", "--runs-dir", str(tmp_path), "--flags-db", str(text)], capsys)
     assert_clean_failure(res, 2, f"--flags-db {text}", "not a SQLite file")
+    # an empty file is a new database, as spray flags takes it (a review finding): on to the next check
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        res = run_main(
+            ["dashboard", "--runs-dir", str(tmp_path), "--flags-db", str(empty), "--port", port], capsys
+        )
+    assert_clean_failure(res, 2, f"Port {port}")

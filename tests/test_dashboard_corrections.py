@@ -112,8 +112,17 @@ def test_the_cluster_and_sample_pages_name_the_corrections_of_their_samples(tmp_
         assert not at.exception, [e.value for e in at.exception]
         return "\n".join(m.value for m in at.markdown)
 
+    # published again with --force: the newer folder replaces it (a review finding: both were listed)
+    again = _publish(
+        tmp_path, "20261206T110000000000Z-cccccccccccc", summary.run_id, rea=reaudit(True, False)
+    )
+    dataclasses.replace(rec, flags=dataclasses.replace(rec.flags, sample_ids=sorted(members[:3]))).write(
+        again
+    )
     cluster = shown("views/cluster.py", cluster=top.key)
-    assert f"{folder.name}" in cluster and "flags of this run) 3 of these" in cluster
+    assert f"{again.name}" in cluster and "flags of this run) 3 of these" in cluster
+    assert folder.name not in cluster
+    first, folder = folder, again
     assert "re-audit: no longer flagged" in cluster
     assert folder.name in shown("views/sample.py", sample=str(members[0]))
     outside = next(s for s in RunReader.open(run).samples().index if s not in members)
@@ -125,4 +134,4 @@ def test_the_cluster_and_sample_pages_name_the_corrections_of_their_samples(tmp_
         at.query_params["run"] = reaudit_run.name
         at.switch_page("views/corrections.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert list(at.dataframe[0].value["correction"]) == [folder.name]
+    assert list(at.dataframe[0].value["correction"]) == [folder.name, first.name]

@@ -421,6 +421,34 @@ def test_a_rerun_of_the_stale_page_does_not_count_as_seeing_the_other_decision(e
     assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "ok"}
 
 
+def test_the_users_own_decision_in_another_form_is_no_conflict(env: Path, run_dir: Path) -> None:
+    """A review finding: after saving picked rows of a cluster, the cluster-wide form showed the user's own
+    decision as one that "came in meanwhile"."""
+    top = top_finding(run_dir)
+    at = open_page("views/cluster.py", cluster=top.key, table="1")
+    at.session_state["cl_members-0"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    ok(at.run())
+    at.radio(key="flag_status_cluster_rows").set_value("investigate")
+    at.form_submit_button(key="FormSubmitter:flagform_cluster_rows-Apply").click()
+    ok(at.run())
+    assert len(FlagStore(env).current(DATASET, "investigate")) == 1
+    at.radio(key="flag_status_cluster").set_value("ok")
+    at.form_submit_button(key="FormSubmitter:flagform_cluster-Apply").click()
+    ok(at.run())
+    at.button(key="confirm_cluster").click()
+    ok(at.run())
+    assert "Another decision came in meanwhile" not in shown(at)
+    assert len(FlagStore(env).current(DATASET, "ok")) == top.size
+    # another writer's decision still blocks
+    FlagStore(env).flag(DATASET, [html_grid(at)[0]["sample_id"]], "unlearn", author="bo")
+    at.radio(key="flag_status_cluster").set_value("investigate")
+    at.form_submit_button(key="FormSubmitter:flagform_cluster-Apply").click()
+    ok(at.run())
+    at.button(key="confirm_cluster").click()
+    ok(at.run())
+    assert "Another decision came in meanwhile" in shown(at)
+
+
 def test_a_decision_that_came_in_before_a_confirmation_is_shown_too(env: Path, run_dir: Path) -> None:
     """An outside check: with over 20 samples (a confirmation first), "Yes" hit the conflict, left the
     confirmation on the page, and its second click overrode the other decision, never shown."""
@@ -598,6 +626,15 @@ def test_a_decision_made_as_the_run_was_removed_is_said_unsaved_with_its_note(
     said = shown(at)
     assert "Not found" in said and "Nothing was saved" in said and "tag in the corner" in said
     assert not env.exists() or not FlagStore(env).current(DATASET)
+    # a decision that was saved, then the run removed: no "Nothing was saved" (a review finding)
+    at = open_page("views/sample.py", sample="3")
+    at.radio(key="flag_status_sample").set_value("unlearn")
+    at.form_submit_button(key="FormSubmitter:flagform_sample-Apply").click()
+    ok(at.run())
+    assert FlagStore(env).status_of(DATASET, ["3"]) == {"3": "unlearn"}
+    at.query_params["run"] = "20000101T000000000000Z-removedrun00"
+    ok(at.run())
+    assert "Not found" in shown(at) and "Nothing was saved" not in shown(at)
 
 
 def test_a_link_to_a_removed_run_stays_not_found_on_every_rerun(env: Path, run_dir: Path) -> None:

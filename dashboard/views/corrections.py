@@ -36,15 +36,7 @@ if not found:
     st.stop()
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
-
-
-# --force publishes a correction again: the newest folder of an id is the current one
-current: dict[str, Path] = {}
-for c in found:
-    if c.folder.name > current.get(c.record.correction_id, Path("")).name:
-        current[c.record.correction_id] = c.folder
+current = {cid: c.folder for cid, c in correctionnote.newest_of_each(found).items()}
 rows = []
 for c in found:
     r, b, a = c.record, c.record.evaluation.before, c.record.evaluation.after
@@ -63,12 +55,12 @@ for c in found:
             + (" (region term not run)" if r.region_term_skipped() else ""),
             "class": r.group.class_name,
             "flagged": r.group.n_flagged,
-            "flip rate": f"{_pct(b.flip_rate)} → {_pct(a.flip_rate)}",
-            "relevance share": f"{_pct(b.relevance_share)} → {_pct(a.relevance_share)}",
-            "clean accuracy": f"{_pct(b.clean_accuracy)} → {_pct(a.clean_accuracy)}",
+            "flip rate": f"{correctionnote.pct(b.flip_rate)} → {correctionnote.pct(a.flip_rate)}",
+            "relevance share": f"{correctionnote.pct(b.relevance_share)} → {correctionnote.pct(a.relevance_share)}",
+            "clean accuracy": f"{correctionnote.pct(b.clean_accuracy)} → {correctionnote.pct(a.clean_accuracy)}",
             # test data and a held-out part of the audited data are not the same measurement
             "evaluated on": f"{r.evaluation.split} ({r.evaluation.n_clean:,})",
-            "on its class": f"{_pct(b.class_accuracy)} → {_pct(a.class_accuracy)}",
+            "on its class": f"{correctionnote.pct(b.class_accuracy)} → {correctionnote.pct(a.class_accuracy)}",
         }
     )
 mine = sum(c.record.source_run_id == run_id for c in found)

@@ -67,7 +67,7 @@ def _options(args: argparse.Namespace) -> ServeOptions:
         raise ConfigError(
             f"The folder of --flags-db {args.flags_db} does not exist ({db.parent}): create it or fix the path."
         )
-    if db is not None and db.is_file():
+    if db is not None and db.is_file() and db.stat().st_size:  # an empty file is a new database
         try:  # refused here, not in every page: spray flags refuses such a file too
             FlagStore(db, read_only=True)
         except SprayError as err:
