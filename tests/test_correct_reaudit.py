@@ -228,3 +228,17 @@ def test_a_check_the_source_run_failed_too_is_no_doubt_and_no_collapse(
         r = reaudit({})  # the source run's heatmaps carried the logit: the doubt stands, without "collapsed"
     assert r.doubts and r.cleared is None
     assert "collapsed" not in caplog.text and "may show no shortcut at all" in caplog.text
+    # a review finding: a share far below the source run's (0.5 % after 8.7 %) is no "same problem"
+    low["conservation"]["median_share"] = 0.005
+    assert reaudit({"conservation": {**share, "median_share": 0.087}}).doubts
+    # and a collapse of the corrected model is never discounted, whatever the source run's accuracy check said
+    report.extra = {
+        "model_accuracy": {"accuracy": 0.11, "majority_share": 0.1, "n_samples": 500, "near_chance": True,
+                           "shifted": {}},
+    }  # fmt: skip
+    source = {"model_accuracy": {"accuracy": 0.88, "majority_share": 0.1, "n_samples": 500, "near_chance": False,
+                                 "shifted": {}, "unrecognised": {"truck": 0.02}}}  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spray.correct.reaudit"):
+        r = reaudit(source)
+    assert r.doubts and r.cleared is None and "the correction collapsed it" in caplog.text

@@ -121,6 +121,7 @@ def run_reaudit(
     device: str | None,
     progress: bool,
     source_extra: dict[str, Any] | None = None,
+    no_worse: float = 0.5,
 ) -> Reaudit:
     """Audit the corrected model's config and match its findings to the flagged samples.
 
@@ -142,7 +143,10 @@ def run_reaudit(
     progress : bool
         Progress bars.
     source_extra : dict, optional
-        The source run's recorded checks (``summary.extra``): a problem it had too is no doubt on the verdict.
+        The source run's recorded checks (``summary.extra``): a heatmap problem it had as badly is no doubt on
+        the verdict (:func:`shared_problems`).
+    no_worse : float
+        ``correction.reaudit_no_worse``.
     """
     from spray.audit import audit
 
@@ -165,18 +169,16 @@ def run_reaudit(
     rel = Path(report.run_dir).relative_to(config_path.parent)
     keys = [f.key for f in suspicious]
     found = model_problems_by_check(report.extra, corrected=True)
-    # a check the source run failed too found its finding all the same: the re-audit's heatmaps are no worse
-    had = model_problems_by_check(source_extra) if source_extra is not None else {}
-    shared = [k for k, said in found.items() if said and had.get(k)]
+    shared = shared_problems(found, report.extra, source_extra, no_worse)
     doubts = [s for k, said in found.items() if k not in shared for s in said]
     if shared:
         log.info(
-            "re-audit %s: the source run's %s check found the same kind of problem, and its finding was found "
-            "regardless: not counted against the verdict",
+            "re-audit %s: the source run's %s check found the same problem, no smaller, and its finding was "
+            "found regardless: not counted against the verdict",
             report.run_id[:12],
             " and ".join(shared),
         )
-    if found["model_accuracy"] and "model_accuracy" not in shared:
+    if found["model_accuracy"]:
         # the re-audit read the source run's data and transform: a collapse there is the correction's; the
         # audit's own warnings above name the inputs and weights, which it shares with the source run
         log.warning(
@@ -191,6 +193,40 @@ def run_reaudit(
             report.run_id[:12],
         )
     return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)
+
+
+#: The measure each heatmap check records (larger is better).
+_MEASURES = {"conservation": "median_share", "heatmap_contrast": "median_cv"}
+
+
+def shared_problems(
+    found: dict[str, list[str]], extra: dict[str, Any], source_extra: dict[str, Any] | None, no_worse: float
+) -> list[str]:
+    """The heatmap checks (``conservation``, ``heatmap_contrast``) that found a problem in the re-audit and in
+    the source run, where the re-audit's measure is at least ``no_worse`` times the source run's: the source
+    run found its finding under the same condition, so it is no doubt on the verdict. The model's accuracy is
+    never among them (a collapse of the corrected model stays a doubt).
+
+    Parameters
+    ----------
+    found : dict
+        The re-audit's problems per check (:func:`spray.accuracy.model_problems_by_check`).
+    extra, source_extra : dict
+        The re-audit's and the source run's recorded checks (``summary.extra``; None: not known).
+    no_worse : float
+        ``correction.reaudit_no_worse``.
+    """
+    if source_extra is None:
+        return []
+    had = model_problems_by_check(source_extra)
+    shared = []
+    for key, measure in _MEASURES.items():
+        after, before = ((e.get(key) or {}).get(measure) for e in (extra, source_extra))
+        if not (isinstance(after, (int, float)) and isinstance(before, (int, float))):
+            continue
+        if found.get(key) and had.get(key) and after >= no_worse * before:
+            shared.append(key)
+    return shared
 
 
 def slim_runs_dir(runs_dir: Path) -> None:
