@@ -21,24 +21,53 @@ def _accepted(annotation: Any) -> list[Any]:
 
 
 def _bool_for_number(value: Any, annotation: Any) -> bool:
-    """True when ``value`` is, or a list of numbers holds, a boolean where ``annotation`` wants numbers."""
+    """True when ``value`` is, or a list or mapping of numbers holds, a boolean where ``annotation`` wants
+    numbers (a number type, a Literal of numbers, or a list or mapping of them)."""
     accepted = _accepted(annotation)
     if bool in accepted or Any in accepted:
         return False
     if isinstance(value, bool):
-        # only where every accepted type is a number (or numbers): an int-or-key selector says it otherwise
-        return all(a in _NUMBERS or _numbers(a) for a in accepted) and any(a in _NUMBERS for a in accepted)
-    if isinstance(value, list | tuple) and any(_numbers(a) for a in accepted):
-        return any(isinstance(v, bool) for v in value)
+        return any(_number(a) for a in accepted)
+    if isinstance(value, list | tuple):
+        return any(_bool_for_number(v, t) for a in accepted for t in _items(a, (list, tuple)) for v in value)
+    if isinstance(value, dict):
+        return any(
+            _bool_for_number(v, t) for a in accepted for t in _items(a, (dict,))[-1:] for v in value.values()
+        )
     return False
 
 
-def _numbers(annotation: Any) -> bool:
-    """Whether ``annotation`` is a list or tuple of numbers."""
-    items = [t for t in typing.get_args(annotation) if t is not Ellipsis]
-    return (
-        typing.get_origin(annotation) in (list, tuple) and bool(items) and all(t in _NUMBERS for t in items)
-    )
+def _number(annotation: Any) -> bool:
+    """Whether ``annotation`` is a number type or a Literal of numbers (pydantic reads true as 1 for both)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return any(isinstance(v, _NUMBERS) and not isinstance(v, bool) for v in typing.get_args(annotation))
+    return annotation in _NUMBERS
+
+
+def _items(annotation: Any, origins: tuple[type, ...]) -> list[Any]:
+    """The item types of ``annotation`` when it is one of the container ``origins``, else none."""
+    if typing.get_origin(annotation) not in origins:
+        return []
+    return [t for t in typing.get_args(annotation) if t is not Ellipsis]
+
+
+def _bool_message(name: str, value: Any, annotation: Any) -> str:
+    """The error for a YAML boolean in a number's place: which value, and what to write instead."""
+    held = list(value.values()) if isinstance(value, dict) else value
+    listed = isinstance(held, list | tuple)
+    flag = str(next(v for v in held if isinstance(v, bool)) if listed else held).lower()
+    accepted = _accepted(annotation)
+    words = [
+        repr(v)
+        for a in accepted
+        if typing.get_origin(a) is typing.Literal
+        for v in typing.get_args(a)
+        if isinstance(v, str)
+    ]
+    if not listed and (words or str in accepted):
+        other = f"one of {', '.join(words)}" if words else "a quoted name"
+        return f"{name} must not be the YAML boolean {flag} (it is not read as a number); write a number or {other}"
+    return f"{name} must {'hold numbers' if listed else 'be a number'}, not the YAML boolean {flag}; write the number"
 
 
 class Section(BaseModel):
@@ -56,12 +85,7 @@ class Section(BaseModel):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
                 if field is not None and _bool_for_number(value, field.annotation):
-                    listed = isinstance(value, list | tuple)
-                    flag = next(v for v in value if isinstance(v, bool)) if listed else value
-                    raise ValueError(
-                        f"{name} must {'hold numbers' if listed else 'be a number'}, not the YAML boolean "
-                        f"{str(flag).lower()}; write the number"
-                    )
+                    raise ValueError(_bool_message(name, value, field.annotation))
         return data
 
     @model_serializer(mode="wrap")
