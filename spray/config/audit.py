@@ -103,6 +103,17 @@ class AuditConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _frames_fit_the_grid(self) -> AuditConfig:
+        # a frame as wide as half the grid covers all of it, and the scoring stage would drop it unsaid
+        wide = [w for w in self.scoring.frame_widths if 2 * w >= self.batch.grid]
+        if wide:
+            raise ValueError(
+                f"scoring.frame_widths: a {wide[0]}-cell frame covers the whole {self.batch.grid}x"
+                f"{self.batch.grid} analysis grid (batch.grid); give widths below {self.batch.grid / 2:g}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _concepts_consistent(self) -> AuditConfig:
         c = self.concepts
         removal_off = removal_needed_but_off(c.intervention, c.flag_rule, self.scoring.removal)

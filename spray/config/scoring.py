@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from spray.config.section import Section
 
@@ -205,11 +205,14 @@ class ScoringConfig(Section):
     window_fractions: tuple[float, ...] = Field(
         (1 / 8, 1 / 6, 1 / 5),
         min_length=1,
-        description="Sides of the square windows tried as hot regions, as fractions of the grid side. Only "
-        "small windows: a large one holds a whole object part of a natural sub-group.",
+        description="Sides of the square windows tried as hot regions, as fractions of the grid side, each in "
+        "(0, 1] (a window is at least 2 cells). Only small windows: a large one holds a whole object part of a "
+        "natural sub-group.",
     )
     frame_widths: tuple[int, ...] = Field(
-        (1, 2), description="Widths (cells) of the border frames tried as hot regions."
+        (1, 2),
+        description="Widths (cells) of the border frames tried as hot regions: each at least 1 and less than "
+        "half of batch.grid (a frame that wide covers the whole grid).",
     )
     area_penalty: float = Field(
         0.5,
@@ -242,7 +245,12 @@ class ScoringConfig(Section):
         "sample picking its best-matching window makes any region look somewhat more alike).",
     )
     align_rounds: int = Field(
-        2, ge=1, description="Rounds of aligning each sample's window to the members' median pixels."
+        2,
+        ge=1,
+        le=10,
+        description="Rounds of aligning each sample's window to the members' median pixels, 1 to 10 (each "
+        "round scans every donor's neighbourhood again; the alignment is a local search that settles in a "
+        "few).",
     )
     # --- carriers and labellings ---------------------------------------------------------------------
     carriers: bool = Field(
@@ -359,3 +367,25 @@ class ScoringConfig(Section):
     def gate_relative_appearance(self) -> float:
         """The relative appearance from which a candidate is run through the model (the lower threshold)."""
         return min(self.flag_min_relative_appearance_two_routes, self.flag_min_relative_appearance)
+
+    @field_validator("window_fractions")
+    @classmethod
+    def _fractions_in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        # a fraction out of (0, 1] would be clamped to a 2-cell or a whole-grid window without a word
+        bad = [f for f in v if not 0.0 < f <= 1.0]
+        if bad:
+            raise ValueError(
+                f"window fractions must lie in (0, 1] (a window's side as a fraction of the grid side); got "
+                f"{bad[0]}: write e.g. 0.125 for an eighth of the grid"
+            )
+        return v
+
+    @field_validator("frame_widths")
+    @classmethod
+    def _frames_at_least_one_cell(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [w for w in v if w < 1]
+        if bad:
+            raise ValueError(
+                f"frame widths are border widths in grid cells, at least 1; got {bad[0]}: write e.g. [1, 2]"
+            )
+        return v
