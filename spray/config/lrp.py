@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spray.config.section import Section
+
+_EPS = ("epsilon", "stabilizer")
+#: Each composite's parameters (spray.lrp.composites' builders; a test holds them equal), so that the config is
+#: checked when loaded without importing torch.
+COMPOSITE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "EpsilonPlusFlat": _EPS,
+    "EpsilonGammaBox": ("low", "high", "epsilon", "gamma", "stabilizer"),
+    "EpsilonAlpha2Beta1Flat": _EPS,
+    "EpsilonPlus": _EPS,
+    "EpsilonAlpha2Beta1": _EPS,
+    "AttnLRP": _EPS,
+    "CPLRP": _EPS,
+}
+
+
+def _composite_problem(composite: str, kwargs: dict[str, float]) -> str | None:
+    """What is wrong with ``kwargs`` for ``composite`` (its name as spray's or zennit's key), or None."""
+    flat = composite.replace("_", "").lower()
+    known = next((v for k, v in COMPOSITE_PARAMETERS.items() if k.lower() == flat), None)
+    if known is not None:
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            return (
+                f"lrp.composite_kwargs: {composite} takes no parameter {unknown[0]!r}; its parameters are "
+                f"{', '.join(known)}"
+            )
+    for name in ("epsilon", "stabilizer"):
+        v = kwargs.get(name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            # a non-positive stabiliser flips or removes the denominator's guard: the map no longer
+            # conserves the logit
+            return f"lrp.composite_kwargs: {name} must be a positive number (e.g. 1e-6); got {v}"
+    gamma = kwargs.get("gamma")
+    if gamma is not None and not (math.isfinite(gamma) and gamma >= 0):
+        return f"lrp.composite_kwargs: gamma must be 0 or more (0 is the z-rule; default 0.25); got {gamma}"
+    for name in ("low", "high"):
+        v = kwargs.get(name)
+        if v is not None and not math.isfinite(v):
+            return f"lrp.composite_kwargs: {name} must be a finite number; got {v}"
+    low, high = kwargs.get("low", 0.0), kwargs.get("high", 1.0)
+    if not low < high:
+        return (
+            f"lrp.composite_kwargs: low ({low}) must be below high ({high}): the lowest and highest input "
+            "values as the model sees them"
+        )
+    return None
 
 
 class LRPConfig(Section):
@@ -40,3 +87,10 @@ class LRPConfig(Section):
             "with neither, none, with a warning) or 'none' (no concept relevance). See docs/concepts.md."
         ),
     )
+
+    @model_validator(mode="after")
+    def _composite_kwargs_ok(self) -> LRPConfig:
+        problem = _composite_problem(self.composite, self.composite_kwargs)
+        if problem:
+            raise ValueError(problem)
+        return self
