@@ -21,9 +21,16 @@ def load_audit_config(args: argparse.Namespace) -> Any:
     """The validated config of ``--config``, with ``--runs-dir`` applied."""
     from spray.config import load_config
     from spray.config.loading import check_runs_dir
+    from spray.errors import ConfigError
 
     cfg = load_config(args.config)
-    if getattr(args, "runs_dir", None):
+    given = getattr(args, "runs_dir", None)
+    if given is not None and not given.strip():
+        # an empty --runs-dir would be ignored without a word, output.runs_dir used instead
+        raise ConfigError(
+            "--runs-dir is empty; give the runs folder, or leave --runs-dir out to use output.runs_dir"
+        )
+    if given:
         runs_dir = Path(args.runs_dir).resolve()
         check_runs_dir(runs_dir, "--runs-dir")
         cfg.output.runs_dir = runs_dir

@@ -37,7 +37,9 @@ class CorrectionConfig(Section):
         "no other), a module returning no single tensor, the model's output (the logits).",
     )
     flags_db: Path | None = Field(
-        None, description="Flag database (SQLite); default <output.runs_dir>/flags.sqlite."
+        None,
+        description="Flag database (SQLite); default <output.runs_dir>/flags.sqlite. A relative path is "
+        "relative to the config's folder (for every command), ~ and environment variables expanded.",
     )
     flag_status: Literal["unlearn", "investigate"] = Field(
         "unlearn", description="Which flags form the artifact group."

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,20 +84,44 @@ def check_runs_dir(p: Path, what: str = "output.runs_dir") -> None:
         )
 
 
+def _expand(dotted: str, p: Path) -> Path:
+    """``p`` with ``~`` and environment variables (``$HOME``, ``${RUNS}``) expanded.
+
+    Raises
+    ------
+    ConfigError
+        A variable is not set (the path would hold a folder literally named ``$NAME``).
+    """
+    out = os.path.expandvars(os.path.expanduser(str(p)))
+    left = re.search(r"\$\{?\w+\}?", out)
+    if left:
+        raise ConfigError(
+            f"{dotted}: {str(p)!r} names the environment variable {left.group()}, which is not set. Set it, or "
+            "write the path out."
+        )
+    return Path(out)
+
+
 def _resolve_paths(cfg: AuditConfig, base: Path) -> None:
-    """Make relative paths relative to the config file's folder and check that input files exist."""
+    """Make relative paths relative to the config file's folder (after expanding ``~`` and environment
+    variables) and check that input files exist."""
     for dotted, section, attr, kind in _INPUTS:
         owner = getattr(cfg, section)
         value = getattr(owner, attr)
         if value is None:
             continue
-        value = value.expanduser()
+        value = _expand(dotted, value)
         p = value if value.is_absolute() else (base / value)
         _check_input(dotted, p, kind, base)
         setattr(owner, attr, p)
-    runs_dir = cfg.output.runs_dir.expanduser()
+    runs_dir = _expand("output.runs_dir", cfg.output.runs_dir)
     cfg.output.runs_dir = runs_dir if runs_dir.is_absolute() else base / runs_dir
     check_runs_dir(cfg.output.runs_dir)
+    db = cfg.correction.flags_db
+    if db is not None:
+        # every command reads the same database: spray correct resolved it against the config's folder too
+        db = _expand("correction.flags_db", db)
+        cfg.correction.flags_db = db if db.is_absolute() else base / db
 
 
 def _locate_factories(cfg: AuditConfig, base: Path) -> None:

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 class OutputConfig(Section):
     """Where runs go and how many are kept."""
 
-    runs_dir: Path = Field(Path("runs"), description="Directory holding published runs.")
+    runs_dir: Path = Field(
+        Path("runs"),
+        description="Directory holding published runs; relative to the config's folder, ~ and environment "
+        "variables ($HOME, ${RUNS}) expanded (an unset one is refused).",
+    )
     keep_runs: int = Field(
         10,
         ge=1,

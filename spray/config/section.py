@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import types
 import typing
+from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 _NUMBERS = (int, float)
 
@@ -51,6 +60,24 @@ def _items(annotation: Any, origins: tuple[type, ...]) -> list[Any]:
     return [t for t in typing.get_args(annotation) if t is not Ellipsis]
 
 
+def _path_problem(value: Any, annotation: Any) -> str | None:
+    """What is wrong with a path given for a ``Path`` (or list of ``Path``) field: empty, or a NUL byte."""
+    accepted = _accepted(annotation)
+    if Path in accepted:
+        held = [value]
+    elif any(Path in _items(a, (list, tuple)) for a in accepted) and isinstance(value, list | tuple):
+        held = list(value)
+    else:
+        return None
+    for v in held:
+        if isinstance(v, str) and not v.strip():
+            # an empty path is the config's own folder: never what was meant
+            return "an empty path (the config's own folder) is never meant; give a path, or leave the key out"
+        if isinstance(v, str) and "\0" in v:
+            return f"{v!r} holds a NUL byte, which no path can; write the path without it"
+    return None
+
+
 def _bool_message(name: str, value: Any, annotation: Any) -> str:
     """The error for a YAML boolean in a number's place: which value, and what to write instead."""
     held = list(value.values()) if isinstance(value, dict) else value
@@ -87,6 +114,15 @@ class Section(BaseModel):
                 if field is not None and _bool_for_number(value, field.annotation):
                     raise ValueError(_bool_message(name, value, field.annotation))
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _usable_path(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        problem = _path_problem(value, field.annotation) if field is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:

@@ -48,6 +48,10 @@ def check_runs_dir(runs_dir: Path) -> bool:
         ``latest`` is not a link.
     """
     key = "output.runs_dir (or --runs-dir)"
+    if "\0" in str(runs_dir):
+        raise ConfigError(
+            f"{key} {str(runs_dir)!r} holds a NUL byte, which no path can; write the path without it."
+        )
     if runs_dir.exists() and not runs_dir.is_dir():
         raise ConfigError(f"{key} {str(runs_dir)!r} is a file, not a folder. Point it at a folder.")
     latest = runs_dir / LATEST
