@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from spray.config.section import Section
 
@@ -87,6 +87,17 @@ class LRPConfig(Section):
             "with neither, none, with a warning) or 'none' (no concept relevance). See docs/concepts.md."
         ),
     )
+
+    @field_validator("concept_layer")
+    @classmethod
+    def _concept_layer_named(cls, v: str) -> str:
+        # an empty module path is the whole model, whose output is the logits
+        if not v.strip():
+            raise ValueError(
+                "an empty layer is the whole model, whose output is the class scores: give a module path "
+                "(model.named_modules()), 'auto' or 'none'"
+            )
+        return v
 
     @model_validator(mode="after")
     def _composite_kwargs_ok(self) -> LRPConfig:

@@ -161,6 +161,7 @@ class ConceptTap:
         self.missing = False
         self.relevance: torch.Tensor | None = None
         self.calls = 0
+        self._tapped: torch.Tensor | None = None
 
     def _add(self, r: torch.Tensor) -> None:
         self.relevance = r if self.relevance is None else self.relevance + r
@@ -207,7 +208,18 @@ class ConceptTap:
                     f"{tuple(output.shape)} for layer {self.path!r}, got {tuple(self.mask.shape)}"
                 )
         self.calls += 1
-        return _Tap.apply(output, self, self.context.relevance_frame, last)
+        self._tapped = _Tap.apply(output, self, self.context.relevance_frame, last)
+        return self._tapped
+
+    def _model_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        # the layer's own output returned as the model's: its channels are the class scores
+        if self.required and self._tapped is not None and output is self._tapped:
+            raise ConfigError(
+                f"lrp.concept_layer {self.path or '(empty: the whole model)'!r} computes the model's output, its "
+                "class scores: concept vectors there would be the logits, not the features the model found. "
+                "Name an earlier layer (a module path from model.named_modules()), 'auto' (the last "
+                "convolutional stage or transformer block) or 'none'."
+            )
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -215,12 +227,16 @@ class ConceptTap:
         may have swapped it since the last pass)."""
         self.calls = 0
         self.relevance = None
+        self._tapped: torch.Tensor | None = None
         module = _submodule(self.model, self.path)
         handle = module.register_forward_hook(self._hook)
+        outer = self.model.register_forward_hook(self._model_hook)
         try:
             yield
         finally:
             handle.remove()
+            outer.remove()
+            self._tapped = None
         self.missing = self.calls == 0
         if self.missing and self.required:
             raise ModelError(f"concept layer {self.path!r} did not run in the model's forward pass")
