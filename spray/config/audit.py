@@ -185,6 +185,17 @@ class AuditConfig(Section):
         problems = self._class_problems(n_classes, n_outputs)
         if problems:
             raise ConfigError("Invalid config:\n" + "\n".join(f"- {p}." for p in problems))
+        declared = self.model.num_classes
+        if declared is not None and declared != n_outputs:
+            # a factory is not given num_classes (nor is an architecture whose architecture_kwargs override it)
+            fix = (
+                "the class count of model.factory_kwargs sets it for a factory): set model.num_classes to "
+                f"{n_outputs}, or leave it out"
+                if self.model.factory is not None
+                else f"model.architecture_kwargs overrides it): set model.num_classes to {n_outputs} and drop "
+                "num_classes from model.architecture_kwargs"
+            )
+            raise ConfigError(f"model.num_classes is {declared} but the model has {n_outputs} outputs ({fix}")
 
     def audit_name(self) -> str:
         """The name this config's runs are published under: ``name``, with ``data.limit`` appended for a trial

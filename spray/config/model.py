@@ -35,7 +35,11 @@ class ModelConfig(Section):
         "the (batch, classes) logits tensor itself.",
     )
     num_classes: int | None = Field(
-        None, ge=2, description="Number of output classes (required for 'architecture')."
+        None,
+        ge=2,
+        description="Number of output classes (required for 'architecture'). A factory is not given it (its "
+        "factory_kwargs set the class count); when set, the model's outputs must number the same, or the "
+        "audit stops.",
     )
     checkpoint: Path | None = Field(
         None,
