@@ -28,7 +28,6 @@ def _base(tmp_path: Path) -> dict:
             {"epsilon": True},
             "composite_kwargs must hold numbers, not the YAML boolean true",
         ),
-        (("model", "output"), True, "output must not be the YAML boolean true"),
     ],
 )
 def test_a_yaml_boolean_beside_a_literal_or_in_a_mapping_is_refused(

@@ -91,8 +91,8 @@ def _bool_message(name: str, value: Any, annotation: Any) -> str:
         for v in typing.get_args(a)
         if isinstance(v, str)
     ]
-    if not listed and (words or str in accepted):
-        other = f"one of {', '.join(words)}" if words else "a quoted name"
+    if not listed and words:
+        other = f"one of {', '.join(words)}"
         return f"{name} must not be the YAML boolean {flag} (it is not read as a number); write a number or {other}"
     return f"{name} must {'hold numbers' if listed else 'be a number'}, not the YAML boolean {flag}; write the number"
 
@@ -111,15 +111,28 @@ class Section(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
-                if field is not None and _bool_for_number(value, field.annotation):
+                # a number-or-name field is checked with the field's own key (_field_value)
+                named = field is not None and str in _accepted(field.annotation)
+                if field is not None and not named and _bool_for_number(value, field.annotation):
                     raise ValueError(_bool_message(name, value, field.annotation))
         return data
 
     @field_validator("*", mode="before")
     @classmethod
-    def _usable_path(cls, value: Any, info: ValidationInfo) -> Any:
+    def _field_value(cls, value: Any, info: ValidationInfo) -> Any:
         field = cls.model_fields.get(info.field_name or "")
-        problem = _path_problem(value, field.annotation) if field is not None else None
+        if field is None:
+            return value
+        if (
+            isinstance(value, bool)
+            and str in _accepted(field.annotation)
+            and _bool_for_number(value, field.annotation)
+        ):
+            raise ValueError(
+                f"must not be the YAML boolean {str(value).lower()} (it is not read as a number); write a number "
+                "or a quoted name"
+            )
+        problem = _path_problem(value, field.annotation)
         if problem:
             raise ValueError(problem)
         return value
