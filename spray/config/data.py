@@ -176,6 +176,14 @@ class TransformConfig(Section):
         )
 
 
+#: The fields each data.kind reads.
+_KIND_FIELDS = {
+    "image_folder": ("path",),
+    "idx": ("images", "labels"),
+    "factory": ("factory", "factory_kwargs"),
+}
+
+
 class DataConfig(Section):
     """Which dataset to audit."""
 
@@ -251,4 +259,18 @@ class DataConfig(Section):
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
             raise ValueError(f"data.kind={self.kind!r} needs {', '.join(repr(m) for m in missing)}")
+        # another kind's field would be ignored without a word: a config half-switched from one kind to another
+        others = [
+            (k, kind)
+            for kind, keys in _KIND_FIELDS.items()
+            if kind != self.kind
+            for k in keys
+            if k in self.model_fields_set and getattr(self, k) not in (None, {})
+        ]
+        if others:
+            key, kind = others[0]
+            raise ValueError(
+                f"data.{key} is for kind {kind}, and data.kind is {self.kind!r}: remove data.{key}, or set "
+                f"data.kind: {kind}"
+            )
         return self
