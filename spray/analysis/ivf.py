@@ -75,7 +75,8 @@ def cell_index(x: np.ndarray, seed: int, s: KnnSearchConfig) -> CellIndex:
     import faiss  # lazily: 0.1 s to import, nothing compiled at run time
 
     n, d = x.shape
-    dims = min(d, s.ivf_dims)
+    # PCA yields at most one direction per row: a small class (exact_below low) has fewer rows than ivf_dims
+    dims = min(d, s.ivf_dims, n)
     cells = int(min(n, max(1, round(s.cells_per_sqrt_n * np.sqrt(n)))))
     if dims < d:
         # A principal-axis rotation makes the first dims the informative ones for any feature order.
