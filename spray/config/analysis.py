@@ -72,7 +72,10 @@ class KChoiceConfig(Section):
     resamples: int = Field(3, ge=1, le=50, description="Subsample refits per k for the stability score.")
     resample_fraction: float = Field(0.8, gt=0.0, le=1.0, description="Share of the rows each refit sees.")
     resample_max: int = Field(
-        10_000, ge=10, description="At most this many rows per refit (agreement is well estimated there)."
+        10_000,
+        ge=10,
+        description="At most this many rows per refit (agreement is well estimated there); must exceed "
+        "analysis.k_max.",
     )
     resample_n_init: int = Field(3, ge=1, le=100, description="k-means restarts of each refit.")
     silhouette_sample: int = Field(
@@ -164,5 +167,11 @@ class AnalysisConfig(Section):
             raise ValueError(
                 f"n_eigenvectors ({self.n_eigenvectors}) must be greater than k_max ({self.k_max}): the "
                 "k-means sweep needs the first k eigenvectors for every k up to k_max, the eigengap one more"
+            )
+        if self.k_choice.resample_max <= self.k_max:
+            raise ValueError(
+                f"k_choice.resample_max ({self.k_choice.resample_max}) must be greater than k_max ({self.k_max}): "
+                f"each stability refit clusters a resample of at most resample_max rows into up to k_max "
+                f"clusters; give resample_max {self.k_max + 1} or more, or lower k_max"
             )
         return self
