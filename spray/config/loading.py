@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from spray.config.audit import AuditConfig
+from spray.config.section import _accepted
 from spray.errors import ConfigError
 
 # Input files: (dotted key, section, attribute, what it must be).
@@ -174,9 +175,10 @@ def _unknown_key(loc: list[str]) -> str:
     parent_model: type[BaseModel] = AuditConfig
     for part in loc[:-1]:
         field = parent_model.model_fields.get(part)
-        ann = getattr(field, "annotation", None) if field else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            parent_model = ann
+        # an optional section (correction.test_data: DataConfig | None) is the section itself
+        for ann in _accepted(getattr(field, "annotation", None)) if field else ():
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                parent_model = ann
     close = difflib.get_close_matches(loc[-1], list(parent_model.model_fields), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"unknown key.{hint} Valid keys here: {', '.join(parent_model.model_fields)}."
@@ -196,6 +198,10 @@ def _format_validation_error(err: ValidationError, raw: Any) -> str:
             text = msg
         else:
             text = f"{msg} (got {_short(e.get('input'))})"
+        if e["type"] == "string_type" and isinstance(e.get("input"), bool):
+            # YAML 1.1 reads yes/no/on/off/true/false unquoted as booleans: a class named "no" arrives as False
+            said = "yes, on or true" if e["input"] else "no, off or false"
+            text += f"; YAML reads an unquoted {said} as a boolean: quote it (e.g. 'no')"
         lines = by_key.setdefault(dotted, [])
         if text not in lines:
             lines.append(text)
