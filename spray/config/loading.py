@@ -6,6 +6,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,18 @@ def _expand(dotted: str, p: Path) -> Path:
     return Path(out)
 
 
+def _resolve_notify(cfg: AuditConfig, base: Path) -> None:
+    """Make a ``./`` or ``../`` notify program relative to the config's folder, not to the job's cwd."""
+    command = cfg.nightly.notify_command
+    if command is None:
+        return
+    words = shlex.split(command)  # the field's validator refused a command that cannot be split
+    if words[0].startswith(("./", "../")):
+        words[0] = os.path.normpath(base / words[0])
+        # assigned, so the field's validator warns when the program is not there or not executable
+        cfg.nightly.notify_command = shlex.join(words)
+
+
 def _resolve_paths(cfg: AuditConfig, base: Path) -> None:
     """Make relative paths relative to the config file's folder (after expanding ``~`` and environment
     variables) and check that input files exist."""
@@ -118,6 +131,7 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> None:
     runs_dir = _expand("output.runs_dir", cfg.output.runs_dir)
     cfg.output.runs_dir = runs_dir if runs_dir.is_absolute() else base / runs_dir
     check_runs_dir(cfg.output.runs_dir)
+    _resolve_notify(cfg, base)
     db = cfg.correction.flags_db
     if db is not None:
         # every command reads the same database: spray correct resolved it against the config's folder too

@@ -56,7 +56,9 @@ class NightlyConfig(Section):
         None,
         description="Command run with the summary path appended when there are new findings (exit 10): one "
         "string, split like a shell command line (Python's shlex: quote an argument that holds spaces), run "
-        "without a shell (wrap it in sh -c '...' for pipes); a YAML list is refused.",
+        "without a shell (wrap it in sh -c '...' for pipes); a YAML list is refused. A program given as "
+        "./name or ../name is relative to the config's folder (as every path of the config is); a bare name "
+        "is looked up on PATH.",
     )
     notify_timeout_s: float = Field(
         120.0,
@@ -117,7 +119,15 @@ class NightlyConfig(Section):
             raise ValueError(
                 f"cannot be split like a shell command line ({err}): close the quote, or escape it"
             ) from None
-        if shutil.which(program) is None:
+        if program.startswith(("./", "../")):
+            return v  # beside the config: resolved against its folder when the config loads, checked then
+        if "/" in program and shutil.which(program) is None:
+            log.warning(
+                "nightly.notify_command: the program %r does not exist or is not executable: the notification "
+                "will fail; fix the path (./ and ../ are relative to the config's folder) or chmod +x it",
+                program,
+            )
+        elif shutil.which(program) is None:
             # a cron job's PATH may differ from this shell's: said, not refused
             log.warning(
                 "nightly.notify_command: the program %r is not found on PATH (%s): the notification will "
