@@ -94,3 +94,13 @@ def test_an_empty_runs_dir_option_is_refused(tmp_path: Path) -> None:
     given = tmp_path / "given"
     cfg = load_audit_config(argparse.Namespace(config=str(path), runs_dir=str(given)))
     assert cfg.output.runs_dir == given.resolve()
+
+
+@pytest.mark.parametrize("command", ["audit", "run"])
+def test_an_empty_runs_dir_option_is_a_usage_error(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from spray.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--config", "x.yaml", "--runs-dir", ""])
+    assert e.value.code == 2
+    assert "--runs-dir: is empty; give the runs folder" in capsys.readouterr().err

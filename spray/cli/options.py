@@ -10,11 +10,20 @@ from typing import Any
 def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     """The options shared by ``spray audit`` and ``spray run``: config, runs dir, device, force."""
     p.add_argument("--config", required=True, help="audit config (YAML), see docs/config.md")
-    p.add_argument("--runs-dir", help="override output.runs_dir")
+    p.add_argument("--runs-dir", type=_runs_dir, help="override output.runs_dir")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override batch.device")
     p.add_argument(
         "--force", action="store_true", help="recompute the analysis even if this run is published"
     )
+
+
+def _runs_dir(text: str) -> str:
+    """argparse type of ``--runs-dir``: a non-empty path (an empty one was ignored without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty; give the runs folder, or leave --runs-dir out to use output.runs_dir"
+        )
+    return text
 
 
 def load_audit_config(args: argparse.Namespace) -> Any:
