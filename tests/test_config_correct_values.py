@@ -1,9 +1,7 @@
-"""Bad correction values (--class of no class, --source-run of no run) are config errors (exit 2), not
-failures (exit 1)."""
+"""correction.artifact_class (--class) naming no class of the dataset is a config error (exit 2), not a
+failure (exit 1)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +10,8 @@ from spray.config import config_from_dict
 from spray.config.correction import CorrectionConfig
 from spray.correct.groups import artifact_group, read_flags
 from spray.correct.samples import SampleSet
-from spray.correct.source import find_source_run
 from spray.errors import ConfigError
-from tests.test_correct_world import DATASET, TARGET, World, build_world
+from tests.test_correct_world import DATASET, World, build_world
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +27,7 @@ def samples(world: World) -> SampleSet:
     return SampleSet.build(cfg.data)
 
 
-@pytest.mark.parametrize(
-    ("cls", "said"), [(99, r"99: there is no such class"), (None, r"holds none of the flagged")]
-)
-def test_an_artifact_class_of_no_class_or_no_flags_is_a_config_error(
-    world: World, samples: SampleSet, cls: int | None, said: str
-) -> None:
+def test_an_artifact_class_of_no_class_is_a_config_error(world: World, samples: SampleSet) -> None:
     flags = read_flags(world.flags_db, DATASET, CorrectionConfig())
-    other = (TARGET + 1) % len(samples.class_names) if cls is None else cls  # the world flags TARGET only
-    with pytest.raises(ConfigError, match=said):
-        artifact_group(samples, flags, CorrectionConfig(artifact_class=other), 0, np.zeros(0, np.int64))
-
-
-def test_a_source_run_that_names_no_run_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"correction\.source_run: no published run 'nope'"):
-        find_source_run(tmp_path, "data", "hash", "nope")
+    with pytest.raises(ConfigError, match=r"artifact_class \(--class\) 99: there is no such class"):
+        artifact_group(samples, flags, CorrectionConfig(artifact_class=99), 0, np.zeros(0, np.int64))
