@@ -119,7 +119,7 @@ def test_the_flagged_key_is_preferred_only_for_flags_set_on_the_source_run(
     def plan(run_ids: list[str]) -> object:
         flags = SimpleNamespace(cluster_keys=["6/k3/c2"], run_ids=run_ids, sample_ids=flagged)
         return SimpleNamespace(
-            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5, reaudit_min_contained=0.8, reaudit_min_enrichment=2.0)),
+            cfg=SimpleNamespace(correction=SimpleNamespace(reaudit=True, reaudit_min_jaccard=0.5, reaudit_min_contained=0.8, reaudit_min_enrichment=2.0, reaudit_no_worse=0.5)),
             flags=flags, source=SimpleNamespace(run_id="src", findings=findings, extra={}),
             group=SimpleNamespace(class_index=6),
         )  # fmt: skip

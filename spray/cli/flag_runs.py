@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from spray.errors import ConfigError
+from spray.runs.layout import RunFiles
 
 log = logging.getLogger("spray.flags")
 
@@ -21,7 +22,7 @@ def _named(text: str, runs_dir: Path | None) -> Path:
     if given.is_file():
         raise ConfigError(
             f"--run {text} is a file: --run takes a run's folder"
-            + (f" ({given.parent})" if (given.parent / "summary.json").is_file() else "")
+            + (f" ({given.parent})" if RunFiles(given.parent).summary.is_file() else "")
             + ", or with --runs-dir a run folder's name or run id."
         )
     if given.is_dir() or runs_dir is None or given.is_absolute() or len(given.parts) > 1:

@@ -342,6 +342,16 @@ class CorrectionConfig(Section):
         "times as densely as their class does (its members and carriers against the class), so that a large "
         "finding holding most of the class does not keep the flag by size alone.",
     )
+    reaudit_no_worse: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A heatmap problem the re-audit's checks find (heatmaps carrying little of the logit, nearly "
+        "flat heatmaps) is no doubt on its verdict when the source run had it too, with the re-audit's measure "
+        "(logit share, contrast) at least this share of the source run's: the finding was found under the "
+        "same condition. A collapse of the corrected model's accuracy always is a doubt. Not part of the "
+        "correction's id: a published correction keeps the value it was made with.",
+    )
 
     @field_validator("artifact_box")
     @classmethod

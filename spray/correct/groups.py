@@ -293,7 +293,7 @@ def _choose_class(samples: SampleSet, rows: np.ndarray, cfg: CorrectionConfig) -
                 f"has {len(names)} classes (0..{len(names) - 1}). Flagged samples per class: {listing}."
             )
         if cfg.artifact_class not in counts:
-            raise SprayError(
+            raise ConfigError(
                 f"correction.artifact_class {cfg.artifact_class} holds none of the flagged samples; flagged "
                 f"samples per class: {listing}."
             )

@@ -176,9 +176,13 @@ def correction_id(cfg: AuditConfig, source_run_id: str, flags: FlagSelection, in
     version."""
     # where the flags come from, when to warn and what the method does not read do not change the result
     # (retrain's unused epochs / lr stay in: leaving them out changed the id of every published retraining)
-    unused = {"flags_db", "source_run", "min_flip_over_null", "lookalike_alpha"} | ignored_fields(
-        cfg.correction.method
-    )
+    unused = {
+        "flags_db",
+        "source_run",
+        "min_flip_over_null",
+        "lookalike_alpha",
+        "reaudit_no_worse",
+    } | ignored_fields(cfg.correction.method)
     payload = {
         "source_run": source_run_id,
         "inputs": inputs,

@@ -168,14 +168,23 @@ def run_reaudit(
     )
     rel = Path(report.run_dir).relative_to(config_path.parent)
     keys = [f.key for f in suspicious]
-    found = model_problems_by_check(report.extra, corrected=True)
-    shared = shared_problems(found, report.extra, source_extra, no_worse)
+    doubts = _doubts(report.run_id, report.extra, source_extra, no_worse)
+    return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)
+
+
+def _doubts(
+    run_id: str, extra: dict[str, Any], source_extra: dict[str, Any] | None, no_worse: float
+) -> list[str]:
+    """The re-audit's checks of the corrected model that make its verdict doubtful, said in the log (those the
+    source run had as badly are left out: :func:`shared_problems`)."""
+    found = model_problems_by_check(extra, corrected=True)
+    shared = shared_problems(found, extra, source_extra, no_worse)
     doubts = [s for k, said in found.items() if k not in shared for s in said]
     if shared:
         log.info(
             "re-audit %s: the source run's %s check found the same problem, no smaller, and its finding was "
             "found regardless: not counted against the verdict",
-            report.run_id[:12],
+            run_id[:12],
             " and ".join(shared),
         )
     if found["model_accuracy"]:
@@ -184,15 +193,15 @@ def run_reaudit(
         log.warning(
             "re-audit %s: its checks of the model (above) are of the corrected model, audited with the source "
             "run's data and data.transform: the correction collapsed it, not the inputs or model.checkpoint",
-            report.run_id[:12],
+            run_id[:12],
         )
     elif doubts:
         log.warning(
             "re-audit %s: its heatmaps of the corrected model may show no shortcut at all (its checks above, "
             "which the source run passed): a finding it does not flag proves nothing",
-            report.run_id[:12],
+            run_id[:12],
         )
-    return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)
+    return doubts
 
 
 #: The measure each heatmap check records (larger is better).

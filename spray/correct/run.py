@@ -470,7 +470,7 @@ def _reaudit(
     c = plan.cfg.correction
     result = run_reaudit(out / CONFIG_FILE, before, plan.group.class_index, plan.flags.sample_ids,
                          (c.reaudit_min_jaccard, c.reaudit_min_contained, c.reaudit_min_enrichment), device=device, progress=progress,
-                         source_extra=plan.source.extra)  # fmt: skip
+                         source_extra=plan.source.extra, no_worse=c.reaudit_no_worse)  # fmt: skip
     slim_runs_dir(out / REAUDIT_DIR)
     # its summary records the corrected checkpoint and runs folder where they will be, not in the work folder
     rebase_recorded_paths(out / REAUDIT_DIR, out, final)

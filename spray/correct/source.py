@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spray.errors import SprayError
+from spray.errors import ConfigError, SprayError
 from spray.records import ClusterFinding
 from spray.runs.reader import scan_runs
 
@@ -80,12 +80,12 @@ def _named_runs(
     hits = [(p, r) for p, r in readable if p in named]
     if not hits:
         listed = ", ".join(names[:10]) or "none"
-        raise SprayError(
+        raise ConfigError(
             f"correction.source_run: no published run {wanted!r} in {runs_dir}. Runs there: {listed}."
         )
     if len({r.summary.run_id for _, r in hits}) > 1:
         listed = ", ".join(p.name for p, _ in hits[:10])
-        raise SprayError(
+        raise ConfigError(
             f"correction.source_run {wanted!r} names several runs in {runs_dir} ({listed}); give more of a "
             "folder name or run id."
         )
@@ -132,7 +132,7 @@ def find_source_run(
     path, reader = hits[0]
     s = reader.summary
     if s.dataset != dataset:
-        raise SprayError(
+        raise ConfigError(
             f"correction.source_run {wanted!r} is run {path.name} of dataset {s.dataset!r}, not of this config's "
             f"dataset {dataset!r}: its findings and sample ids belong to other data. Name a run of {dataset!r} "
             "(or leave correction.source_run unset for the newest)."

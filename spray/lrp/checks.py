@@ -173,6 +173,17 @@ def check_model(model: Any) -> None:
         )
 
 
+def warn_train_mode(model: nn.Module) -> None:
+    """Say that a model given in train mode, with layers that compute otherwise there (dropout, BatchNorm), is
+    explained as its eval-mode copy."""
+    modal = (_BatchNorm, nn.modules.dropout._DropoutNd)
+    if model.training and any(isinstance(m, modal) for m in model.modules()):
+        logger.warning(
+            "the model is in train mode: spray explains an eval-mode copy of it (dropout off, BatchNorm with "
+            "its running statistics), the function its predictions use; call model.eval() to silence this"
+        )
+
+
 def reference_error(
     reference: nn.Module, x: torch.Tensor, logits: torch.Tensor, precision: str, device: torch.device
 ) -> tuple[float, float, float]:

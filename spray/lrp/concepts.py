@@ -227,7 +227,7 @@ class ConceptTap:
         may have swapped it since the last pass)."""
         self.calls = 0
         self.relevance = None
-        self._tapped: torch.Tensor | None = None
+        self._tapped = None
         module = _submodule(self.model, self.path)
         handle = module.register_forward_hook(self._hook)
         outer = self.model.register_forward_hook(self._model_hook)

@@ -44,6 +44,7 @@ from spray.lrp.checks import (
     reference_error,
     reference_varies,
     warn_empty_maps,
+    warn_train_mode,
 )
 from spray.lrp.composites import get_composite
 from spray.lrp.concepts import ConceptTap, resolve_concept_layer
@@ -159,12 +160,7 @@ class Explainer:
             )
         self.elementwise = elementwise
         check_model(model)
-        modal = (_BatchNorm, nn.modules.dropout._DropoutNd)  # what computes otherwise in train mode
-        if model.training and any(isinstance(m, modal) for m in model.modules()):
-            logger.warning(
-                "the model is in train mode: spray explains an eval-mode copy of it (dropout off, BatchNorm with "
-                "its running statistics), the function its predictions use; call model.eval() to silence this"
-            )
+        warn_train_mode(model)
         for t, r in (extra_rules or {}).items():
             if not (isinstance(t, type) and issubclass(t, nn.Module)) or not isinstance(r, Rule):
                 raise ConfigError(

@@ -163,7 +163,7 @@ def test_flags_in_several_classes(world: World, capsys: pytest.CaptureFixture[st
 
 
 def test_class_without_flags(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_clean_failure(_correct(world, capsys, "--class", "2"), 1, "artifact_class 2", "holds none")
+    assert_clean_failure(_correct(world, capsys, "--class", "2"), 2, "artifact_class 2", "holds none")
 
 
 def test_flagged_ids_not_in_the_dataset(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,7 +182,7 @@ def test_no_published_run(world: World, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_unknown_source_run(world: World, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_clean_failure(_correct(world, capsys, "--source-run", "deadbeef"), 1, "deadbeef", "Runs there")
+    assert_clean_failure(_correct(world, capsys, "--source-run", "deadbeef"), 2, "deadbeef", "Runs there")
 
 
 def test_unknown_method(world: World, capsys: pytest.CaptureFixture[str]) -> None:
