@@ -40,6 +40,24 @@ def small_folder_config(root: Path, classes: tuple[str, ...] = ("cat", "dog"), *
     }
 
 
+def minimal_config(folder: Path) -> dict:
+    """The smallest raw config that loads: a ResNet-18 by name on an (empty) image folder ``folder/imgs``."""
+    (folder / "imgs").mkdir(exist_ok=True)
+    return {
+        "model": {"architecture": "resnet18", "num_classes": 3},
+        "data": {"kind": "image_folder", "path": "imgs"},
+    }
+
+
+def set_key(raw: dict, path: tuple[str, ...], value: object) -> dict:
+    """``raw`` with ``value`` at the nested key ``path`` (sections created as needed)."""
+    node = raw
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value
+    return raw
+
+
 def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"

@@ -6,25 +6,18 @@ from hypothesis import strategies as st
 
 from spray.config import config_from_dict, load_config
 from spray.errors import ConfigError
-
-
-def _base(tmp_path: Path) -> dict:
-    (tmp_path / "imgs").mkdir(exist_ok=True)
-    return {
-        "model": {"architecture": "resnet18", "num_classes": 3},
-        "data": {"kind": "image_folder", "path": "imgs"},
-    }
+from tests.helpers import minimal_config, set_key
 
 
 def test_valid_config_resolves_relative_paths(tmp_path: Path) -> None:
-    cfg = config_from_dict(_base(tmp_path), base_dir=tmp_path)
+    cfg = config_from_dict(minimal_config(tmp_path), base_dir=tmp_path)
     assert cfg.data.path == (tmp_path / "imgs").resolve()
     assert cfg.output.runs_dir == (tmp_path / "runs").resolve()
     assert cfg.lrp.composite == "EpsilonPlusFlat"
 
 
 def test_typo_names_key_and_suggests(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["analysis"] = {"n_neighbours": 10}
     with pytest.raises(ConfigError) as e:
         config_from_dict(raw, base_dir=tmp_path)
@@ -33,7 +26,7 @@ def test_typo_names_key_and_suggests(tmp_path: Path) -> None:
 
 
 def test_top_level_typo(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["lrpp"] = {}
     with pytest.raises(ConfigError, match=r"lrpp: unknown key\. Did you mean 'lrp'"):
         config_from_dict(raw, base_dir=tmp_path)
@@ -42,7 +35,7 @@ def test_top_level_typo(tmp_path: Path) -> None:
 def test_mean_and_std_on_the_0_255_scale_are_refused_with_the_divided_values(tmp_path: Path) -> None:
     """An outside check ran mmpretrain-style mean/std (123.675, ... / 58.395, ...) with exit 0: every input
     became (x - 123.7) / 58.4, a near-constant image, and only a low-accuracy warning hinted at it."""
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["data"]["transform"] = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
     with pytest.raises(ConfigError, match=r"data\.transform.*0-255 scale.*mean \[0\.485, 0\.456, 0\.406\]"):
         config_from_dict(raw, base_dir=tmp_path)
@@ -51,7 +44,7 @@ def test_mean_and_std_on_the_0_255_scale_are_refused_with_the_divided_values(tmp
 
 
 def test_wrong_type(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["batch"] = {"batch_size": "many"}
     with pytest.raises(ConfigError, match=r"batch\.batch_size"):
         config_from_dict(raw, base_dir=tmp_path)
@@ -62,7 +55,7 @@ def test_wrong_type(tmp_path: Path) -> None:
     [("batch", "batch_size"), ("correction", "rr_directions"), ("correction", "rr_lambda")],
 )
 def test_a_yaml_boolean_is_not_a_number(tmp_path: Path, section: str, key: str) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw[section] = {key: True}
     with pytest.raises(ConfigError) as e:
         config_from_dict(raw, base_dir=tmp_path)
@@ -92,13 +85,10 @@ def test_a_yaml_boolean_in_a_list_of_numbers_is_refused(
     tmp_path: Path, path: tuple[str, ...], value: object, said: str
 ) -> None:
     """A review: ``mean: [true, 0.5, 0.5]`` was read as [1.0, 0.5, 0.5] (pydantic's lax mode, item by item)."""
-    raw = _base(tmp_path)
-    node = raw
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-    node[path[-1]] = value
+    raw = minimal_config(tmp_path)
+    set_key(raw, path, value)
     if path[-1] == "mean":
-        node["std"] = [0.5, 0.5, 0.5]
+        set_key(raw, (*path[:-1], "std"), [0.5, 0.5, 0.5])
     with pytest.raises(ConfigError) as e:
         config_from_dict(raw, base_dir=tmp_path)
     assert said in str(e.value)
@@ -106,7 +96,7 @@ def test_a_yaml_boolean_in_a_list_of_numbers_is_refused(
 
 def test_notify_command_is_one_string_split_like_a_shell_line(tmp_path: Path) -> None:
     """A YAML list is refused with the string to write instead (the notifier splits with shlex)."""
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["nightly"] = {"notify_command": ["notify.sh", "--channel", "ml team"]}
     with pytest.raises(ConfigError) as e:
         config_from_dict(raw, base_dir=tmp_path)
@@ -117,21 +107,21 @@ def test_notify_command_is_one_string_split_like_a_shell_line(tmp_path: Path) ->
 
 
 def test_missing_file_named(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["model"]["checkpoint"] = "nope.pt"
     with pytest.raises(ConfigError, match=r"model\.checkpoint: file or folder .*nope\.pt.* does not exist"):
         config_from_dict(raw, base_dir=tmp_path)
 
 
 def test_model_needs_one_source(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["model"] = {"num_classes": 3}
     with pytest.raises(ConfigError, match="exactly one of 'architecture'"):
         config_from_dict(raw, base_dir=tmp_path)
 
 
 def test_idx_kind_needs_files(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["data"] = {"kind": "idx", "images": "a.gz"}
     with pytest.raises(ConfigError, match="'labels'"):
         config_from_dict(raw, base_dir=tmp_path)
@@ -147,9 +137,9 @@ def test_load_missing_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_section_hash_ignores_output(tmp_path: Path) -> None:
-    a = config_from_dict(_base(tmp_path), base_dir=tmp_path)
-    b = config_from_dict({**_base(tmp_path), "output": {"keep_runs": 3}}, base_dir=tmp_path)
-    c = config_from_dict({**_base(tmp_path), "lrp": {"composite": "EpsilonPlus"}}, base_dir=tmp_path)
+    a = config_from_dict(minimal_config(tmp_path), base_dir=tmp_path)
+    b = config_from_dict({**minimal_config(tmp_path), "output": {"keep_runs": 3}}, base_dir=tmp_path)
+    c = config_from_dict({**minimal_config(tmp_path), "lrp": {"composite": "EpsilonPlus"}}, base_dir=tmp_path)
     assert a.section_hash("model", "lrp") == b.section_hash("model", "lrp")
     assert a.section_hash("model", "lrp") != c.section_hash("model", "lrp")
 
@@ -159,7 +149,7 @@ def test_the_run_id_ignores_fields_at_their_defaults(tmp_path: Path) -> None:
     field changed the config hash); writing a default out is the same config as leaving it out."""
     from spray.runs.identity import run_hashes
 
-    base = _base(tmp_path)
+    base = minimal_config(tmp_path)
     a = config_from_dict(base, base_dir=tmp_path)
     b = config_from_dict(
         {**base, "scoring": {"graded_suspicion": True}, "lrp": {"composite": "EpsilonPlusFlat"}},
@@ -178,7 +168,7 @@ def test_the_run_id_ignores_where_the_checkpoint_and_data_are(tmp_path: Path) ->
     moved.mkdir()
     (moved / "m.pt").write_bytes(b"x")
     (tmp_path / "m.pt").write_bytes(b"x")
-    base = _base(tmp_path)
+    base = minimal_config(tmp_path)
     base["model"] = {**base["model"], "checkpoint": "m.pt"}
     base["data"] = {**base["data"], "name": "my-data"}  # without a name, the path is the dataset key
     a = config_from_dict(base, base_dir=tmp_path)
@@ -231,7 +221,7 @@ def test_factory_module_next_to_the_config_goes_first_on_sys_path(tmp_path: Path
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / "__init__.py").write_text("")
     (tmp_path / "proj" / "data.py").write_text("def build():\n    return []\n")
-    raw = {**_base(tmp_path), "data": {"kind": "factory", "factory": "proj.data:build"}}
+    raw = {**minimal_config(tmp_path), "data": {"kind": "factory", "factory": "proj.data:build"}}
     config_from_dict(raw, base_dir=tmp_path)
     assert sys.path[0] == str(tmp_path.resolve())
     sys.path.remove(str(tmp_path.resolve()))
@@ -239,8 +229,8 @@ def test_factory_module_next_to_the_config_goes_first_on_sys_path(tmp_path: Path
 
 def test_class_indices_checked_against_the_known_class_count(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"lrp\.target: class index 3 is outside 0\.\.2"):
-        config_from_dict({**_base(tmp_path), "lrp": {"target": 3}}, base_dir=tmp_path)
-    cfg = config_from_dict({**_base(tmp_path), "lrp": {"target": 2}}, base_dir=tmp_path)
+        config_from_dict({**minimal_config(tmp_path), "lrp": {"target": 3}}, base_dir=tmp_path)
+    cfg = config_from_dict({**minimal_config(tmp_path), "lrp": {"target": 2}}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"analysis\.classes: \[7\] outside 0\.\.4"):
         cfg.analysis.classes = [0, 7]
         cfg.check_class_count(5, 5)
@@ -308,7 +298,7 @@ _edits = st.lists(
 def test_arbitrary_values_give_a_config_or_a_config_error(
     tmp_path: Path, edits: list[tuple[str, object]]
 ) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     for key, value in edits:
         *parents, last = key.split(".")
         d = raw
@@ -341,7 +331,7 @@ def test_arbitrary_yaml_text_gives_a_config_error(tmp_path: Path, text: str) -> 
 
 def test_home_in_paths_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    raw = {**_base(tmp_path), "output": {"runs_dir": "~/my_runs"}}
+    raw = {**minimal_config(tmp_path), "output": {"runs_dir": "~/my_runs"}}
     raw["data"]["path"] = "~/imgs"
     cfg = config_from_dict(raw, base_dir=tmp_path / "elsewhere")
     assert cfg.data.path == tmp_path / "imgs" and cfg.output.runs_dir == tmp_path / "my_runs"
@@ -359,7 +349,7 @@ def test_a_section_with_every_key_commented_out_takes_its_defaults(tmp_path: Pat
     (tmp_path / "spray.yaml").write_text(text)
     cfg = load_config(tmp_path / "spray.yaml")
     assert cfg.nightly.notify_command is None and cfg.scoring.findings_top == 5
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["model"] = None  # a required section left empty still names what it needs
     with pytest.raises(ConfigError, match="model: set exactly one of 'architecture'"):
         config_from_dict(raw, base_dir=tmp_path)
@@ -379,7 +369,7 @@ def test_the_reason_a_run_is_pixel_only_names_the_setting(
 ) -> None:
     from spray.config.audit import pixel_only_reason
 
-    cfg = config_from_dict({**_base(tmp_path), **raw}, base_dir=tmp_path)
+    cfg = config_from_dict({**minimal_config(tmp_path), **raw}, base_dir=tmp_path)
     got = pixel_only_reason(cfg.model_dump(mode="json"))
     assert got.startswith(reason) if reason else got == ""
 
@@ -411,7 +401,7 @@ def test_a_correction_number_must_be_finite(tmp_path: Path, value: str) -> None:
 
     from spray.cli.correct import _config
 
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["correction"] = {"rr_lambda": float(value)}
     with pytest.raises(ConfigError, match=r"correction\.rr_lambda.*finite number"):
         config_from_dict(raw, base_dir=tmp_path)

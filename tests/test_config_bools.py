@@ -7,14 +7,7 @@ import pytest
 
 from spray.config import config_from_dict
 from spray.errors import ConfigError
-
-
-def _base(tmp_path: Path) -> dict:
-    (tmp_path / "imgs").mkdir(exist_ok=True)
-    return {
-        "model": {"architecture": "resnet18", "num_classes": 3},
-        "data": {"kind": "image_folder", "path": "imgs"},
-    }
+from tests.helpers import minimal_config, set_key
 
 
 @pytest.mark.parametrize(
@@ -33,17 +26,14 @@ def _base(tmp_path: Path) -> dict:
 def test_a_yaml_boolean_beside_a_literal_or_in_a_mapping_is_refused(
     tmp_path: Path, path: tuple[str, ...], value: object, said: str
 ) -> None:
-    raw = _base(tmp_path)
-    node = raw
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-    node[path[-1]] = value
+    raw = minimal_config(tmp_path)
+    set_key(raw, path, value)
     with pytest.raises(ConfigError, match=said):
         config_from_dict(raw, base_dir=tmp_path)
 
 
 def test_the_numbers_and_words_themselves_still_load(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["lrp"] = {"target": 1, "composite_kwargs": {"epsilon": 1e-6}}
     raw["data"]["transform"] = {"channels": 1}
     cfg = config_from_dict(raw, base_dir=tmp_path)

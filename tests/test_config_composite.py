@@ -10,14 +10,7 @@ import pytest
 from spray.config import config_from_dict
 from spray.errors import ConfigError
 from spray.lrp.composites import COMPOSITES
-
-
-def _base(tmp_path: Path) -> dict:
-    (tmp_path / "imgs").mkdir(exist_ok=True)
-    return {
-        "model": {"architecture": "resnet18", "num_classes": 3},
-        "data": {"kind": "image_folder", "path": "imgs"},
-    }
+from tests.helpers import minimal_config
 
 
 def test_the_table_is_the_builders_signatures() -> None:
@@ -47,14 +40,14 @@ def test_the_table_is_the_builders_signatures() -> None:
 def test_bad_composite_parameters_are_refused(
     tmp_path: Path, composite: str, kwargs: dict, said: str
 ) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["lrp"] = {"composite": composite, "composite_kwargs": kwargs}
     with pytest.raises(ConfigError, match=said):
         config_from_dict(raw, base_dir=tmp_path)
 
 
 def test_good_parameters_load(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     kw = {"epsilon": 1e-3, "gamma": 0.0, "low": -2.1, "high": 2.6, "stabilizer": 1e-6}
     raw["lrp"] = {"composite": "EpsilonGammaBox", "composite_kwargs": kw}
     assert config_from_dict(raw, base_dir=tmp_path).lrp.composite_kwargs == kw

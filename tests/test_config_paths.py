@@ -13,14 +13,7 @@ from spray.cli.options import load_audit_config
 from spray.config import config_from_dict, load_config
 from spray.errors import ConfigError
 from spray.runs.publish import check_runs_dir
-
-
-def _base(tmp_path: Path) -> dict:
-    (tmp_path / "imgs").mkdir(exist_ok=True)
-    return {
-        "model": {"architecture": "resnet18", "num_classes": 3},
-        "data": {"kind": "image_folder", "path": "imgs"},
-    }
+from tests.helpers import minimal_config
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
@@ -34,7 +27,7 @@ def test_a_relative_flags_db_is_beside_the_config_whatever_the_cwd(
 ) -> None:
     conf = tmp_path / "conf"
     conf.mkdir()
-    raw = _base(conf)
+    raw = minimal_config(conf)
     raw["correction"] = {"flags_db": "flags/mine.sqlite"}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -53,7 +46,7 @@ def test_a_relative_flags_db_is_beside_the_config_whatever_the_cwd(
     ],
 )
 def test_an_empty_path_is_refused(tmp_path: Path, path: tuple[str, str], said: str) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw.setdefault(path[0], {})[path[1]] = ""
     with pytest.raises(ConfigError, match=said):
         config_from_dict(raw, base_dir=tmp_path)
@@ -61,7 +54,7 @@ def test_an_empty_path_is_refused(tmp_path: Path, path: tuple[str, str], said: s
 
 @pytest.mark.parametrize(("section", "key"), [("output", "runs_dir"), ("correction", "flags_db")])
 def test_a_nul_byte_is_refused(tmp_path: Path, section: str, key: str) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw.setdefault(section, {})[key] = "ru\0ns"
     with pytest.raises(ConfigError, match=rf"{section}\.{key}: .* holds a NUL byte"):
         config_from_dict(raw, base_dir=tmp_path)
@@ -77,7 +70,7 @@ def test_environment_variables_are_expanded_and_an_unset_one_refused(
 ) -> None:
     monkeypatch.setenv("SPRAY_TEST_RUNS", str(tmp_path / "somewhere"))
     monkeypatch.delenv("SPRAY_TEST_UNSET", raising=False)
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["output"] = {"runs_dir": "$SPRAY_TEST_RUNS/x"}
     cfg = config_from_dict(raw, base_dir=tmp_path)
     assert cfg.output.runs_dir == tmp_path / "somewhere" / "x"
@@ -88,7 +81,7 @@ def test_environment_variables_are_expanded_and_an_unset_one_refused(
 
 
 def test_an_empty_runs_dir_option_is_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path, _base(tmp_path))
+    path = _write(tmp_path, minimal_config(tmp_path))
     with pytest.raises(ConfigError, match=r"--runs-dir is empty"):
         load_audit_config(argparse.Namespace(config=str(path), runs_dir=""))
     given = tmp_path / "given"

@@ -7,14 +7,7 @@ import pytest
 
 from spray.config import config_from_dict
 from spray.errors import ConfigError
-
-
-def _base(tmp_path: Path) -> dict:
-    (tmp_path / "imgs").mkdir(exist_ok=True)
-    return {
-        "model": {"architecture": "resnet18", "num_classes": 3},
-        "data": {"kind": "image_folder", "path": "imgs"},
-    }
+from tests.helpers import minimal_config
 
 
 @pytest.mark.parametrize(
@@ -31,14 +24,14 @@ def _base(tmp_path: Path) -> dict:
     ],
 )
 def test_out_of_range_is_refused(tmp_path: Path, key: str, value: object, said: str) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["scoring"] = {key: value}
     with pytest.raises(ConfigError, match=said):
         config_from_dict(raw, base_dir=tmp_path)
 
 
 def test_in_range_loads(tmp_path: Path) -> None:
-    raw = _base(tmp_path)
+    raw = minimal_config(tmp_path)
     raw["scoring"] = {"frame_widths": [1, 15], "window_fractions": [0.1, 1.0], "align_rounds": 10}
     cfg = config_from_dict(raw, base_dir=tmp_path)
     assert cfg.scoring.frame_widths == (1, 15) and cfg.scoring.window_fractions == (0.1, 1.0)
