@@ -13,6 +13,7 @@ mass, so a sample's *share* of relevance in a region is defined (see ``docs/dete
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,22 @@ import scipy.sparse as sp
 from spray.analysis.scoring.geometry import Region, box_sums, integral, window_sizes
 from spray.config import ScoringConfig
 from spray.records import SpectralResult
+
+log = logging.getLogger(__name__)
+
+
+#: Heatmap sizes whose untested frame widths were already said (once per process, not once per class).
+_SAID_FRAMES: set[tuple[int, int]] = set()
+
+
+def _say_untested_frames(widths: list[int], h: int, w: int) -> None:
+    """Warn once per heatmap size that ``scoring.frame_widths`` ``widths`` are too wide to test on it."""
+    if widths and (h, w) not in _SAID_FRAMES:
+        _SAID_FRAMES.add((h, w))
+        log.warning(
+            "scoring.frame_widths %s: not tested on %dx%d heatmaps (a frame must be under half of the side; "
+            "images smaller than batch.grid keep their own size)", widths, h, w,
+        )  # fmt: skip
 
 
 class ClassStats:
@@ -63,6 +80,7 @@ class ClassStats:
             if 2 * fw < min(h, w):
                 m = Region("frame", fw).mask(h, w)
                 self.frame[fw] = p[:, m].sum(axis=1).astype(np.float32)
+        _say_untested_frames([fw for fw in config.frame_widths if 2 * fw >= min(h, w)], h, w)
         self.adj, self.deg = _knn_graph(np.asarray(spectral.knn_indices), n)
 
     def conductance(self, member: np.ndarray) -> float:
