@@ -425,13 +425,19 @@ def test_a_correction_pins_its_source_run_while_it_works(
     assert seen == [True, True]
 
 
-def test_a_resumed_correction_publishes_under_the_name_its_first_start_chose(tmp_path: Path) -> None:
+def test_a_resumed_correction_publishes_under_the_name_its_first_start_chose(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A review: the name was taken at each start, so a correction killed after its re-audit recorded the
-    published paths resumed under another name, and the re-audit kept pointing at a folder never made."""
+    published paths resumed under another name, and the re-audit kept pointing at a folder never made. An
+    outside check: the resumed run's folder carried the first start's time without a word."""
     import time
 
     from spray.correct.run import _final_name
 
     first = _final_name(tmp_path / "work", "c" * 64)
+    assert "resumes the work" not in caplog.text
     time.sleep(0.002)
-    assert _final_name(tmp_path / "work", "c" * 64) == first and first.endswith("-" + "c" * 12)
+    with caplog.at_level("INFO", logger="spray.correct.run"):
+        assert _final_name(tmp_path / "work", "c" * 64) == first and first.endswith("-" + "c" * 12)
+    assert "resumes the work an earlier, interrupted run began" in caplog.text and first in caplog.text

@@ -536,7 +536,13 @@ def _final_name(work: Path, correction_id: str) -> str:
     publishes under the name its re-audit already records."""
     chosen = work / "published_name"
     if chosen.is_file():
-        return chosen.read_text().strip()
+        name = chosen.read_text().strip()
+        log.info(
+            "correction %s resumes the work an earlier, interrupted run began (%s): it is published as %s, the "
+            "name its work already records",
+            correction_id[:12], work, name,
+        )  # fmt: skip
+        return name
     name = published_name(correction_id)
     work.mkdir(parents=True, exist_ok=True)
     chosen.write_text(name)
