@@ -275,6 +275,12 @@ def _quantised(emb: np.ndarray) -> np.ndarray:
     return np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
 
 
+def _map_xy(emb: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` coordinates of the points as the map draws them: the embedding itself, or for a big map
+    (above :data:`BIG_MAP` points) quantised (:func:`_quantised`)."""
+    return emb if len(emb) <= BIG_MAP else _quantised(emb)
+
+
 def _point_colours(n: int, groups: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
     """``(n, 3)`` uint8 colour of every point from its group."""
     colours = np.zeros((n, 3), np.uint8)
@@ -333,12 +339,11 @@ def class_map(path: str, cls: int, k: int, color_by: str, geometry: str = "") ->
     big = len(emb) > BIG_MAP
     legend = _legend(names)
     layout = _layout(path, cls, k, color_by)
+    xy = _map_xy(emb)
     if not big:
-        xy = emb
         traces = _small_map(emb, ids, codes, names, continuous, color_by)
         positions = [np.arange(len(emb))]
     else:
-        xy = _quantised(emb)
         groups = _big_groups(codes, names, legend, continuous, color_by)
         traces, positions, picture = _big_map(xy, ids, groups, seed=cls * 1000 + k)
         if continuous is not None:
@@ -377,8 +382,7 @@ def geometry_fits(path: str, cls: int, geometry: str, sample_ids: Sequence[str])
     if not shapes:
         return True
     data = common.class_data(path, cls)
-    emb = np.asarray(data.embedding, dtype=np.float64)
-    xy = emb if len(emb) <= BIG_MAP else _quantised(emb)
+    xy = _map_xy(np.asarray(data.embedding, dtype=np.float64))
     inside = {str(data.sample_ids[i]) for i in selection.geometry_positions(as_event(shapes), xy)}
     return bool(inside) and inside <= set(map(str, sample_ids))
 

@@ -299,7 +299,7 @@ def content_warning(dataset: str, path: str) -> None:
     newest = _newer_run(path)
     if newest is not None:
         # Its commands would follow images to the ids of older data (spray flags rebind refuses an older run).
-        if project_root(Path(path).parent) != Path(path).parent:
+        if _reaudit_project(path) is not None:
             which, where = (
                 "a correction's re-audit, which read the data as it was then",
                 (
@@ -354,11 +354,18 @@ def _newer_run(path: str) -> Path | None:
     re-audit, the project's newest run of the dataset (the flags are the project's, and so is its data)."""
     from spray.runs.publish import newer_run, newest_runs
 
-    s, run = common.summary(path), Path(path)
-    project = project_root(run.parent)
-    if project != run.parent:
+    s = common.summary(path)
+    project = _reaudit_project(path)
+    if project is not None:
         return newest_runs(project, full_first=True).get(s.dataset)
-    return newer_run(run, name=s.name, dataset=s.dataset)
+    return newer_run(Path(path), name=s.name, dataset=s.dataset)
+
+
+def _reaudit_project(path: str) -> Path | None:
+    """The project's runs folder when the run ``path`` is a correction's re-audit, else None."""
+    folder = Path(path).parent
+    project = project_root(folder)
+    return None if project == folder else project
 
 
 def _content_message(dataset: str, path: str, sample_id: str | None = None) -> str:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from spray.lrp.activations import class_names
 from spray.lrp.base import Rule, RuleModule, _stab_scale
 
 __all__ = ["NORM_TYPES", "HeldNorms", "Normalize", "is_normalization", "is_response_norm"]
@@ -36,7 +37,7 @@ HELD_NORM_CLASS_NAMES: frozenset[str] = frozenset({"timm.layers.grn.GlobalRespon
 
 def is_response_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a normalisation that takes :class:`HeldNorms` (timm's ``GlobalResponseNorm``)."""
-    return bool({f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__} & HELD_NORM_CLASS_NAMES)
+    return bool(class_names(module) & HELD_NORM_CLASS_NAMES)
 
 
 def is_normalization(module: nn.Module) -> bool:
