@@ -292,3 +292,11 @@ def test_flags_set_with_carriers_find_their_finding_too() -> None:
     assert key == "3/k7/c6" and ids == sorted(f"new{i}" for i in range(25))
     # flagging the members alone still finds it (the members are matched first)
     assert unflagged_members([grown], members, 3, then)[0] == "3/k7/c6"
+
+
+def test_an_artifact_class_of_no_class_is_a_config_error(world: World, samples: SampleSet) -> None:
+    """correction.artifact_class (--class) naming no class of the dataset is a config error (exit 2), not a
+    failure (exit 1)."""
+    flags = read_flags(world.flags_db, DATASET, CorrectionConfig())
+    with pytest.raises(ConfigError, match=r"artifact_class \(--class\) 99: there is no such class"):
+        artifact_group(samples, flags, CorrectionConfig(artifact_class=99), 0, np.zeros(0, np.int64))
