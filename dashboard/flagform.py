@@ -8,7 +8,8 @@ those decisions and may apply anyway), and confirmed first when it touches many 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def status_of(dataset: str, sample_ids: Sequence[str] | None = None) -> dict[str
     """``sample_id -> status`` of the currently flagged samples (all of the dataset when None)."""
     store = reader()
     return {} if store is None else store.status_of(dataset, sample_ids)
+
+
+def status_text(statuses: Iterable[str]) -> str:
+    """``"150 unlearn · 26 ok"``: how many of some samples' flags hold each status ("" when none); an ``ok``
+    (reviewed, no shortcut) is a flag too, so a bare count would read as flagged for unlearning."""
+    n = Counter(statuses)
+    return " · ".join(f"{n[s]:,} {s}" for s in STATUSES if n[s])
 
 
 def counts(dataset: str) -> dict[str, int]:

@@ -91,6 +91,7 @@ def filter_controls(key: str, *, carriers: bool) -> tuple[list[str], float]:
         fmt=",".join,
         valid=lambda v: all(f in options for f in v),
         placeholder="all members",
+        help="flagged: a flag of any status (unlearn, investigate or ok); not flagged: none",
     )
     conf = urlstate.nav_widget(
         c2.number_input,

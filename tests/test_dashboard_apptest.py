@@ -365,6 +365,21 @@ def test_selection_positions_decodes_points_of_several_traces() -> None:
     assert selection.selection_positions(None, traces) == []
 
 
+def test_flag_counts_say_each_status_an_ok_is_no_unlearning(env: Path, runs: tuple[Path, Path, Path]) -> None:
+    from spray.runs.reader import RunReader
+
+    top = RunReader.open(runs[2]).findings()[0]
+    ids = [str(s) for s in top.member_ids]
+    hashes = RunReader.open(runs[2]).content_hashes()
+    FlagStore(env).flag(DATASET, ids[:3], "ok", content_hashes={s: hashes[s] for s in ids[:3]})
+    FlagStore(env).flag(DATASET, ids[3:5], "unlearn", content_hashes={s: hashes[s] for s in ids[3:5]})
+    # an outside check: both read "flagged 5" while the headline counted 2 for unlearning
+    row = html_table(ok(app(run=runs[2].name).run()), "findings")[0]
+    assert row["_key"] == top.key and row["flags"] == "2 unlearn · 3 ok"
+    at = ok(app(run=runs[2].name, cluster=top.key).run().switch_page("views/cluster.py").run())
+    assert "flags: 2 unlearn · 3 ok" in texts(at)
+
+
 def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_other_images(
     env: Path, runs: tuple[Path, Path, Path]
 ) -> None:

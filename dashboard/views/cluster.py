@@ -230,7 +230,7 @@ with right:
         + ", ".join(f"{safetext.md(n)} {c}" for n, c in sub["label_name"].value_counts().head(5).items())
         + " · predictions: "
         + ", ".join(f"{safetext.md(n)} {c}" for n, c in sub["prediction_name"].value_counts().head(5).items())
-        + f" · flagged: {len(flags):,}"
+        + f" · flags: {flagform.status_text(flags.values()) or 'none'}"
     )
     flagform.flag_controls(
         dataset=dataset,

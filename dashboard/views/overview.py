@@ -129,9 +129,11 @@ def thumbnail(key: str) -> str | None:
         return None
 
 
-def n_flagged(key: str) -> int:
-    """Flagged members of a cluster (its members are read only when anything is flagged at all)."""
-    return sum(1 for s in common.members(path, key) if s in flagged) if flagged else 0
+def flags_of(key: str) -> str:
+    """A cluster's members' flags per status (its members are read only when anything is flagged at all)."""
+    return (
+        flagform.status_text(flagged[s] for s in common.members(path, key) if s in flagged) if flagged else ""
+    )
 
 
 rows = [
@@ -144,7 +146,7 @@ rows = [
             htmltable.number(f.size),
             htmltable.bar(f.fraction),
             htmltable.text("yes" if f.suspicious else ""),
-            htmltable.number(n_flagged(f.key)),
+            htmltable.text(flags_of(f.key)),
             htmltable.lines(list(f.evidence)),
             htmltable.text(f.key),
             htmltable.link("open ↗", href, new_tab=True),
@@ -164,7 +166,7 @@ st.caption("Click any cell of a row to open that cluster (the `open ↗` link op
 # A static table: no data-grid code before the first paint (see htmltable).
 st.html(
     htmltable.render(
-        ["rank", "mean heatmap", "score", "class", "size", "share of class", "suspicious", "flagged",
+        ["rank", "mean heatmap", "score", "class", "size", "share of class", "suspicious", "flags",
          "evidence (all lines)", "cluster key", "link"],
         rows,
         "findings",
