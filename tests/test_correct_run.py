@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from spray.cli.correct import _table
 from spray.config import AuditConfig, load_config
@@ -23,6 +24,7 @@ from spray.correct.run import correct, corrections_for, list_corrections
 from spray.correct.subspace import SubspaceSummary
 from spray.errors import ConfigError
 from spray.models import build_model
+from spray.runs.reader import RunReader
 from tests.test_correct_world import TARGET, World, build_world, flip_rate, to_input
 
 pytestmark = pytest.mark.slow
@@ -441,3 +443,40 @@ def test_a_resumed_correction_publishes_under_the_name_its_first_start_chose(
     with caplog.at_level("INFO", logger="spray.correct.run"):
         assert _final_name(tmp_path / "work", "c" * 64) == first and first.endswith("-" + "c" * 12)
     assert "resumes the work an earlier, interrupted run began" in caplog.text and first in caplog.text
+
+
+def test_a_correction_resumed_after_the_project_moved_reaudits_the_data_its_config_names_now(
+    audited: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: killed in its re-audit, the project moved, a copy left at the old place; the resumed
+    correction re-audited the old place's data and published a config naming it, without a word."""
+    import spray.correct.run as correct_run
+
+    world = _copy(audited, tmp_path / "old" / "w")
+    cfg = load_config(world.config)
+    cfg.correction.method = "pclarc"
+    with monkeypatch.context() as m:
+        m.setattr(correct_run, "_reaudit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            correct(cfg, progress=False)
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    shutil.copytree(tmp_path / "new" / "w", tmp_path / "old" / "w")  # a stale copy at the old place
+    moved = load_config(tmp_path / "new" / "w" / "audit.yaml")
+    moved.correction.method = "pclarc"
+    done = correct(moved, progress=False)
+    published = yaml.safe_load((done.folder / "config.yaml").read_text())
+    assert Path(published["data"]["images"]) == tmp_path / "new" / "w" / "images.idx"
+    reaudit = RunReader.open(done.folder / done.record.reaudit.run_dir)  # type: ignore[union-attr]
+    assert Path(reaudit.summary.config["data"]["images"]) == tmp_path / "new" / "w" / "images.idx"
+
+
+def test_a_runs_folder_behind_a_symlink_is_corrected(audited: World, tmp_path: Path) -> None:
+    """An outside check: the re-audit's folder came back resolved and the correction stopped with a raw
+    ValueError (not in the subpath), every time."""
+    world = _copy(audited, tmp_path / "w")
+    shutil.move(world.runs_dir, tmp_path / "disk-runs")
+    world.runs_dir.symlink_to(tmp_path / "disk-runs", target_is_directory=True)
+    cfg = load_config(world.config)
+    cfg.correction.method = "pclarc"
+    done = correct(cfg, progress=False)
+    assert done.record.reaudit is not None and (done.folder / done.record.reaudit.run_dir).is_dir()

@@ -97,11 +97,27 @@ def save_corrected(model: nn.Module, cfg: AuditConfig, folder: Path, runs_dir: s
     tmp = folder / f".{MODEL_FILE}.{os.getpid()}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, folder / MODEL_FILE)
+    return write_corrected_config(cfg, folder, runs_dir, name, projection_spec(model))
+
+
+def saved_projection(folder: Path) -> dict[str, Any] | None:
+    """The ``projection`` argument recorded in ``folder``'s ``config.yaml`` (None without a projection)."""
+    raw = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    projection: dict[str, Any] | None = raw["model"]["factory_kwargs"]["projection"]
+    return projection
+
+
+def write_corrected_config(
+    cfg: AuditConfig, folder: Path, runs_dir: str, name: str, projection: dict[str, Any] | None
+) -> Path:
+    """Write ``config.yaml`` of the corrected model saved in ``folder`` (see :func:`save_corrected`), from
+    ``cfg``: a resumed correction writes it again, so its re-audit reads the data the config names now (the
+    project may have moved since the model was saved)."""
     raw = cfg.model_dump(mode="json", exclude={"correction"})
     base = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k != "checkpoint"}
     raw["model"] = {
         "factory": FACTORY,
-        "factory_kwargs": {"base": base, "projection": projection_spec(model)},
+        "factory_kwargs": {"base": base, "projection": projection},
         "checkpoint": MODEL_FILE,
     }
     raw["name"] = name

@@ -166,7 +166,8 @@ def run_reaudit(
         after.jaccard,
         after.suspicious,
     )
-    rel = Path(report.run_dir).relative_to(config_path.parent)
+    # resolved both: a runs folder behind a symlink gives the run's folder resolved, the config's path not
+    rel = Path(report.run_dir).resolve().relative_to(config_path.parent.resolve())
     keys = [f.key for f in suspicious]
     doubts = _doubts(report.run_id, report.extra, source_extra, no_worse)
     return Reaudit(report.run_id, str(rel), before, after, still, keys, doubts)

@@ -32,7 +32,13 @@ import spray
 from spray.config import AuditConfig, load_config
 from spray.correct.activations import layer_activations
 from spray.correct.cav import ArtifactDirection, GroupActivations, fit_direction
-from spray.correct.checkpoint import CONFIG_FILE, MODEL_FILE, save_corrected
+from spray.correct.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    save_corrected,
+    saved_projection,
+    write_corrected_config,
+)
 from spray.correct.evaluate import Evaluation, evaluate, evaluation_sets
 from spray.correct.footprint import FootprintSummary, NoGridError, RegionFootprint, measure_footprint
 from spray.correct.html import write_report
@@ -371,6 +377,8 @@ def _corrected(task: CorrectionTask, out: Path, name: str) -> tuple[MethodResult
     log_path = task.work_dir / "training.json"
     if (out / MODEL_FILE).is_file() and (out / CONFIG_FILE).is_file() and log_path.is_file():
         log.info("reusing the corrected model in %s", out)
+        # the config is written again from this start's: the data or factories may have moved since
+        write_corrected_config(task.cfg, out, REAUDIT_DIR, name, saved_projection(out))
         model = build_model(load_config(out / CONFIG_FILE).model).to(task.device).eval()
         saved = json.loads(log_path.read_text())
         training = None if saved["training"] is None else from_dict(TrainingLog, saved["training"])
