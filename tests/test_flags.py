@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -223,6 +225,33 @@ def test_a_reader_opens_a_wal_database_on_a_read_only_mount(read_only_mount) -> 
     (src / "flags.sqlite-wal").write_bytes(b"\0" * 32)
     with pytest.raises(DataError, match="write-ahead log"):
         FlagStore(ro / "flags.sqlite", read_only=True)
+
+
+def test_a_reader_opens_a_closed_database_in_a_folder_it_cannot_write(tmp_path: Path) -> None:
+    """An outside check: a read-only copy of a project (chmod -R a-w) whose database was closed cleanly
+    could not be read at all (list, export, the dashboard), and the advice to use --read-only did not help."""
+    writer = FlagStore(tmp_path / "ro" / "flags.sqlite")
+    writer.flag("ds", ["1", "2"], "unlearn", "stamp")
+    assert not (tmp_path / "ro" / "flags.sqlite-shm").exists()
+    code = (
+        "import sys; from spray.flags import FlagStore; "
+        "print(len(FlagStore(sys.argv[1], read_only=True).current('ds')))"
+    )
+    cmd = [sys.executable, "-c", code, str(tmp_path / "ro" / "flags.sqlite")]
+    if os.geteuid() == 0:  # root reads and writes anywhere: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv cannot be kept out of a folder")
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *cmd]
+    (tmp_path / "ro" / "flags.sqlite").chmod(0o444)
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        root = str(Path(__file__).resolve().parent.parent)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root}
+        )
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
 
 
 def test_an_unflag_keeps_the_finding_it_was_made_from(store: FlagStore) -> None:

@@ -175,20 +175,22 @@ class FlagStore:
         )
 
     def _immutable(self) -> str:
-        """``&immutable=1`` for a reader on a read-only file system (a read-only mount or snapshot) whose file
-        has no write-ahead log left: SQLite cannot create the WAL's shared-memory file there, and nobody can
-        change the file, so reading it as immutable is exact. Empty otherwise (a folder that is only closed to
-        this user may still be written by another, so it is read with locking as before)."""
+        """``&immutable=1`` for a reader in a folder it cannot write (a read-only mount or snapshot, or a copy
+        closed to this user) when no connection holds the database open (no shared-memory file): SQLite cannot
+        create the WAL's shared-memory file there, and the file as it is then is what was last written. A
+        writer that opens it later makes the shared-memory file, and the next reader reads with locking.
+        Empty otherwise."""
         folder = self.path.resolve().parent
         wal = folder / f"{self.path.name}-wal"
-        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-        if not read_only_fs or (folder / f"{self.path.name}-shm").exists():
+        closed = bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+        if not closed or (folder / f"{self.path.name}-shm").exists():
             return ""
         if wal.exists() and wal.stat().st_size > 0:
             raise DataError(
-                f"The flag database {self.path} is on a read-only file system and still has a write-ahead "
-                f"log ({wal.name}) without its shared-memory file: SQLite cannot read it consistently there. Copy "
-                "the database with its -wal file to a writable folder and open the copy."
+                f"The flag database {self.path} is in a folder this user cannot write (a read-only file system "
+                f"or permissions) and still has a write-ahead log ({wal.name}) without its shared-memory file: "
+                "SQLite cannot read it consistently there. Copy the database with its -wal file to a writable "
+                "folder and open the copy."
             )
         return "&immutable=1"
 
