@@ -42,6 +42,26 @@ def test_a_flagged_file_the_run_could_not_read_is_not_called_deleted(tmp_path: P
     assert "deleted files: cat/gone.png)" in text and "unset --run" in text  # the deleted one only
 
 
+def test_a_flag_set_later_on_a_run_this_folder_lacks_is_not_called_deleted(tmp_path: Path) -> None:
+    """An outside check synced a colleague's flag database (new images audited and flagged there) into a
+    project without that run: its flags were called deleted files, with the advice to unset them."""
+    from dataclasses import replace
+
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report(n_per_class=4)
+    run = write_published(tmp_path / "runs", report, stage)
+    later = replace(_flag("cat/new.png", "h-new"), run_id="f" * 64, flagged_at="2999-01-01T00:00:00.000000Z")
+    pruned = replace(_flag("cat/old.png", "h-old"), run_id="e" * 64, flagged_at="2000-01-01T00:00:00.000000Z")
+    held = replace(later, sample_id="cat/held.png", run_id=report.run_id)  # its run is here: deleted since
+    text = describe(bind_flags([later, pruned, held], {"0": "h-b"}), str(run))
+    assert (
+        "1 flags name sample ids this run does not hold (cat/new.png) and were set after it, on run ffff"
+        in text
+    )
+    assert "deleted files: cat/old.png, cat/held.png)" in text
+
+
 def test_bind_flags_sorts_each_kind() -> None:
     run = {"0": "h-b", "1": "h-c", "2": "h-x", "3": "h-d", "4": "h-d"}
     flags = [

@@ -365,6 +365,18 @@ def describe(binding: FlagBinding, run: str) -> str:
             "again, or say that they changed)."
         )
     deleted = [c for c in gone if not c.found_at and c.flag.sample_id not in skipped]
+    unseen = [c for c in deleted if _set_on_a_later_run_elsewhere(c.flag, run_path)]
+    if unseen:
+        ids = [c.flag.sample_id for c in unseen]
+        origins = sorted({(c.flag.run_id or "")[:12] for c in unseen})
+        parts.append(
+            f"{len(unseen)} flags name sample ids this run does not hold ({listed(ids)}) and were set after it, "
+            f"on run {', '.join(origins)}, which this runs folder does not hold: a newer audit elsewhere (a copy "
+            "of the project, a colleague's runs folder) may hold their images. Audit the data that holds them "
+            "here, or copy that run into this runs folder, before dropping any: until then they are left out "
+            "of what is checked against this run."
+        )
+    deleted = [c for c in deleted if c not in unseen]
     if deleted:
         ids = [c.flag.sample_id for c in deleted]
         parts.append(
@@ -373,6 +385,17 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"`spray flags unset --run {run} --sample-ids ID`."
         )
     return " ".join(parts)
+
+
+def _set_on_a_later_run_elsewhere(flag: Flag, run: Path) -> bool:
+    """Whether ``flag`` was set after the run at ``run`` was made, on a run its runs folder does not hold (a
+    flag database synced from a newer copy of the project): its id may name an image this run never saw."""
+    from spray.runs.publish import list_runs, run_time
+
+    made = run_time(run.name)
+    if flag.run_id is None or made is None or flag.flagged_at <= made.strftime("%Y-%m-%dT%H:%M:%S.%fZ"):
+        return False
+    return not any(p.name.endswith("-" + flag.run_id[:12]) for p in list_runs(run.parent))
 
 
 def _run_summary(run: str | Path) -> RunSummary | None:

@@ -136,14 +136,13 @@ def run_dir_name(run_id: str, when: datetime | None = None, *, after: str | None
         current one, so the same inputs were analysed and published again every night), with a warning.
     """
     t = when or datetime.now(UTC)
-    if after is not None and RUN_NAME.fullmatch(after) and t.strftime(_TIME_FORMAT) <= after[:22]:
-        try:
-            newest = datetime.strptime(after[:22], _TIME_FORMAT).replace(tzinfo=UTC)
-        except ValueError:  # digits of no date (a folder named by hand): no time to follow
-            return f"{t.strftime(_TIME_FORMAT)}-{run_id[:12]}"
+    newest = None if after is None else run_time(after)
+    if newest is not None and t <= newest:
         log.warning(
-            "the clock (%s UTC) is not after the time of the newest run %s: is the system clock wrong? This "
-            "run is named after that one's time, so that it sorts as the newest",
+            "the clock (%s UTC) is not after the time in the newest run's name, %s: either the clock is wrong "
+            "now, or it was ahead when that run was made (then every run is named like this, a microsecond "
+            "after the one before, until the clock passes that time). This run is named just after it, so that "
+            "it sorts as the newest",
             t.strftime("%Y-%m-%d %H:%M:%S"),
             after,
         )
@@ -234,6 +233,16 @@ def list_runs(runs_dir: str | Path) -> list[Path]:
             d,
         )
     return sorted((p for p in runs if RUN_NAME.fullmatch(p.name)), key=lambda p: p.name, reverse=True)
+
+
+def run_time(name: str) -> datetime | None:
+    """The UTC time in a run folder's name (None for a name spray did not give)."""
+    if not RUN_NAME.fullmatch(name):
+        return None
+    try:
+        return datetime.strptime(name[:22], _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # digits of no date (a folder named by hand)
+        return None
 
 
 def find_run(runs_dir: str | Path, run_id: str) -> Path | None:

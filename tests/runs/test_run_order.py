@@ -70,6 +70,8 @@ def test_a_clock_behind_the_newest_run_still_names_the_new_run_after_it(
     assert second.name > first.name and list_runs(runs) == [second, first]
     assert (runs / LATEST).resolve() == second
     assert any("clock" in r.getMessage() and first.name in r.getMessage() for r in caplog.records)
+    # an outside check: after a night with the clock ahead, each night asked whether the (right) clock was wrong
+    assert any("or it was ahead when that run was made" in r.getMessage() for r in caplog.records)
     assert newer_run(second, **_audit(second)) is None
     assert prune_runs(runs, 1, **_audit(second)) == [first] and second.is_dir()
     third = _publish(runs, "c" * 64)  # still behind: after the second, which was named after the first
