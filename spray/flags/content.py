@@ -346,6 +346,13 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"on the new content with `spray flags set --run {run} --sample-ids ID --status STATUS` or drop "
             f"it with `spray flags unset --run {run} --sample-ids ID`."
         )
+    parts.extend(_gone_parts(gone, run_path, run))
+    return " ".join(parts)
+
+
+def _gone_parts(gone: Sequence[ChangedFlag], run_path: Path, run: str) -> list[str]:
+    """The sentences of :func:`describe` on flags whose ids the run does not hold (``run`` shell-quoted)."""
+    parts = []
     copies = [c for c in gone if c.found_at]
     if copies:
         pairs = [f"{c.flag.sample_id} → {' and '.join(c.found_at)}" for c in copies]
@@ -384,7 +391,7 @@ def describe(binding: FlagBinding, run: str) -> str:
             f"under another id (deleted files: {listed(ids)}): they act on no image; drop them with "
             f"`spray flags unset --run {run} --sample-ids ID`."
         )
-    return " ".join(parts)
+    return parts
 
 
 def _set_on_a_later_run_elsewhere(flag: Flag, run: Path) -> bool:
