@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -378,6 +379,45 @@ def test_flag_counts_say_each_status_an_ok_is_no_unlearning(env: Path, runs: tup
     assert row["_key"] == top.key and row["flags"] == "2 unlearn · 3 ok"
     at = ok(app(run=runs[2].name, cluster=top.key).run().switch_page("views/cluster.py").run())
     assert "flags: 2 unlearn · 3 ok" in texts(at)
+
+
+def test_the_sample_page_says_which_finding_gave_its_suspicion(
+    env: Path, runs: tuple[Path, Path, Path]
+) -> None:
+    """An outside check: a page showed "suspicion 0.0391" beside clusters scoring at most 0.0002, with nothing
+    saying where it came from (a graded likeness to a flagged stamp)."""
+    import pandas as pd
+
+    from spray.runs.reader import RunReader
+
+    reader = RunReader.open(runs[2])
+    top = reader.findings()[0]
+    member = str(top.member_ids[0])
+    table = pd.read_parquet(runs[2] / "samples.parquet").set_index("sample_id")
+    best: dict[str, float] = {}  # each sample's highest cluster score, as a member or a carrier
+    for f in reader.findings():
+        for s in map(str, [*f.member_ids, *f.carrier_ids]):
+            best[s] = max(best.get(s, 0.0), f.score)
+    other = next(
+        s
+        for s in table.index
+        if table.loc[s, "label"] == top.class_index and best.get(s, 0) < top.score * 0.2
+    )
+    # the fixture's scores are 0: as the analysis gives them, a member's with its tie-break, and a graded one
+    table.loc[member, "score"] = top.score + 0.004
+    table.loc[other, "score"] = top.score * 0.3
+    copy = runs[0] / "graded"
+    shutil.copytree(runs[2], copy)
+    table.reset_index().to_parquet(copy / "samples.parquet")
+    name = runs[2].name[:-12] + "0" * 12  # a run folder of its own, named as spray names them
+    copy.rename(runs[0] / name)
+    try:
+        at = ok(app(run=name, sample=member).run().switch_page("views/sample.py").run())
+        assert f"Its suspicion is that of a member of {top.key}" in texts(at)
+        at = ok(app(run=name, sample=other).run().switch_page("views/sample.py").run())
+        assert f"from its likeness to the stamp of {top.key}" in texts(at) and "× 0.30" in texts(at)
+    finally:
+        shutil.rmtree(runs[0] / name)
 
 
 def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_other_images(

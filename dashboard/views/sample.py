@@ -63,8 +63,36 @@ st.markdown(
     )
 )
 
+
+def score_source(score: float, class_index: int) -> str:
+    """Which finding gave the sample its suspicion: as a member, as a carrier of a flagged stamp, or (with
+    ``scoring.graded_suspicion``) by its likeness to a flagged stamp ("" when it scores 0)."""
+    if not score > 0:
+        return ""
+    found = common.class_findings(path, class_index)
+    member = max(
+        (f for f in found if sid in common.members(path, f.key)), key=lambda f: f.score, default=None
+    )
+    carrier = max((f for f in found if sid in f.carrier_ids), key=lambda f: f.score, default=None)
+    best = max((f for f in (member, carrier) if f is not None), key=lambda f: f.score, default=None)
+    tie = float((summary.config.get("scoring") or {}).get("suspicion_tie_break", 0.01))
+    if best is not None and best.score <= score <= best.score + tie + 1e-6:
+        role = "a member of" if best is member else "a carrier of the stamp of"
+        return f"Its suspicion is that of {role} {safetext.code(best.key)} (score {score_text(best.score)})."
+    stamp = max((f for f in found if f.suspicious), key=lambda f: f.score, default=None)
+    if stamp is None:
+        return ""
+    return (
+        f"Its suspicion comes from its likeness to the stamp of {safetext.code(stamp.key)}: that finding's score "
+        f"{score_text(stamp.score)} × {score / stamp.score:.2f} (a sample of the class that is no carrier scores "
+        "under half; scoring.graded_suspicion)."
+    )
+
+
 # --- where it lies: its cluster at every stored k of its class -------------------------------------------
 cls = int(row["label"])
+if row["score"] == row["score"] and (said := score_source(float(row["score"]), cls)):
+    st.caption(said)
 entry = summary.class_summary(cls)
 if entry is None:
     st.caption(f"Its class ({cls}) was not analysed in this run.")

@@ -32,7 +32,9 @@ def sample_suspicion(
     ``k`` (candidates may be nested or overlap), so ranking samples and ranking candidates agree: the
     members of the top finding come first. Members get a tie-break of at most ``tie_break``, their
     own share of relevance in the candidate's hot region, so that inside a candidate the samples that
-    carry the pattern most strongly come first.
+    carry the pattern most strongly come first. A flagged candidate's ``carrier_affinity`` (with
+    ``scoring.graded_suspicion``) gives the class's other samples at least its score × their affinity (under
+    0.5), which can exceed every candidate that holds them.
 
     Parameters
     ----------
