@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spray import versions
+from spray.runs.file_hashes import folder_hashes
 
 if TYPE_CHECKING:
     from spray.config import AuditConfig
@@ -55,10 +56,9 @@ def _item_fields(item: Any) -> tuple[str, str]:
 def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
     """A cheap fingerprint of the dataset content that changes whenever a sample changes.
 
-    IDX: the files' bytes. Image folder: every file's relative path, size, mtime and ctime (a file
-    rewritten with its size and its mtime restored, by ``cp -p``, ``rsync -a``, ``tar x`` or ``touch -r``,
-    still has a new ctime, which no user can set; a chmod or a copy of the folder also changes it, and then
-    only the analysis reruns, the heatmaps coming from the content-keyed cache). Factory: the dataset's own
+    IDX: the files' bytes. Image folder: every file's relative path and content hash, each file read only
+    when its size, mtime or ctime changed since the runs folder last hashed it (:mod:`spray.runs.file_hashes`:
+    a chmod, copy or restore reads the files once and is the same run). Factory: the dataset's own
     ``fingerprint`` attribute if it has one, else a content hash of every sample.
     """
     h = hashlib.sha256()
@@ -70,10 +70,11 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
             h.update(Path(p).read_bytes())
     elif d.kind == "image_folder":
         assert d.path is not None
-        root = Path(d.path)
-        for sample_id in dataset.sample_ids:
-            st = (root / sample_id).stat()
-            h.update(f"{sample_id}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        ids = list(dataset.sample_ids)
+        for sample_id, content in zip(
+            ids, folder_hashes(Path(d.path), ids, Path(cfg.output.runs_dir)), strict=True
+        ):
+            h.update(f"{sample_id}\0{content}\n".encode())
     else:
         fp = getattr(dataset, "fingerprint", None)
         if fp is not None:

@@ -34,6 +34,8 @@ LAYOUT_VERSION = 5
 # The runs directory
 LOCK = ".lock"
 CACHE_DIR = ".cache"
+#: ``.cache/file_hashes.sqlite``: the content hash of each image file, by its size, mtime and ctime.
+FILE_HASHES = "file_hashes.sqlite"
 #: ``.cache/work``: per-run shard manifests (not a cache directory of a model).
 WORK_DIR = "work"
 STAGING_DIR = ".staging"
@@ -170,6 +172,11 @@ class RunsFolder:
     @property
     def flags_db(self) -> Path:
         return self.root / FLAGS_DB
+
+    @property
+    def file_hashes(self) -> Path:
+        """``.cache/file_hashes.sqlite``: image files' content hashes by file status (:mod:`spray.runs.file_hashes`)."""
+        return self.root / CACHE_DIR / FILE_HASHES
 
     def work(self, run_id: str) -> Path:
         """``.cache/work/<run16>``: shard manifests of run ``run_id`` (kept until it is published)."""

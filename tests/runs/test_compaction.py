@@ -50,7 +50,9 @@ def test_a_dataset_rewritten_every_night_keeps_the_cache_bounded(tmp_path: Path)
             Image.fromarray(a).save(f)
         report = run_audit(cfg)
         assert not report.up_to_date
-        cache_dir = next(p for p in (tmp_path / "runs" / CACHE_DIR).iterdir() if p.name != "work")
+        cache_dir = next(
+            p for p in (tmp_path / "runs" / CACHE_DIR).iterdir() if p.is_dir() and p.name != "work"
+        )
         held = ShardCache(cache_dir, by_label=False)
         n = len(files)
         assert len(held) <= 2 * n, f"night {night}: {len(held)} cached heatmaps for {n} images"

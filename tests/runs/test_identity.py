@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from spray.attribution import pool_relevance
@@ -126,6 +127,39 @@ def test_a_file_rewritten_with_its_size_and_mtime_restored_is_seen(tmp_path: Pat
     assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
     second = audit(cfg, progress=False)
     assert not second.up_to_date and second.run_id != first.run_id
+
+
+def test_a_chmod_or_a_restore_with_new_file_times_is_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: the ctime was in the run id, so a chmod of the image folder, ``cp -r`` or a restore
+    from a backup published the same run again (and gave its corrections new ids); the files' content is the
+    run's now, each file read again only when its status changed."""
+    import os
+
+    from spray.runs import file_hashes
+
+    cfg = tiny_config(tmp_path)
+    first = audit(cfg, progress=False)
+    files = sorted((tmp_path / "imgs").rglob("*.png"))
+    for f in files:
+        os.chmod(f, 0o600)  # a new ctime for every file
+    shutil.copytree(tmp_path / "imgs", tmp_path / "restored")  # new mtimes and ctimes
+    shutil.rmtree(tmp_path / "imgs")
+    (tmp_path / "restored").rename(tmp_path / "imgs")
+    hashed: list[bytes] = []
+    real = file_hashes.content_hash
+
+    def counted(data: bytes) -> str:
+        hashed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(file_hashes, "content_hash", counted)
+    again = audit(cfg, progress=False)
+    assert again.up_to_date and again.run_id == first.run_id
+    assert len(hashed) == len(files)  # each file read once to hash it, then remembered
+    hashed.clear()
+    assert audit(cfg, progress=False).up_to_date and hashed == []
 
 
 def test_the_run_id_holds_the_dataset_key(tmp_path: Path) -> None:
