@@ -93,18 +93,26 @@ MODEL_HASH_VERSION = 3
 # a fresh run's by ~1e-8); the old paste cache is not reused.
 # 21: a flagged finding most of whose members are a higher-scoring flagged one's members or carriers (the same
 # stamp elsewhere: one shortcut split into parts) says so in its evidence; scores, flags and order unchanged.
-ANALYSIS_VERSION = 21
+# 22: a region holding no relevance has a share of exactly 0 (integral-image rounding broke the AUROC's ties);
+# evidence: a share never reads "0 %" or "100 %" unless it is, the removal lines count the donors tested, a
+# group whose tests cleared no margin names the removal margin it missed, and pixels less alike than typical
+# groups' say so.
+ANALYSIS_VERSION = 22
 
 
 def code_version() -> str:
-    """The code part of the run id: ``lrp<L>-analysis<A>-layout<Y>`` (the package version is not in it).
+    """The code part of the run id: ``lrp<L>-analysis<A>-layout<Y>-decoder<D>`` (the package version is not
+    in it).
 
     A release that changes neither heatmaps nor findings nor the run folder (the dashboard, the CLI, the
-    docs) keeps every run id, so the nightly job rightly answers "up to date" after such an upgrade.
+    docs) keeps every run id, so the nightly job rightly answers "up to date" after such an upgrade. The
+    decoder version is in it since it changes the pixels every result comes from (it already named the cache
+    directory, but a run whose inputs decoded otherwise was kept as up to date).
     """
+    from spray.data.decoding import DECODER_VERSION
     from spray.runs.layout import LAYOUT_VERSION
 
-    return f"lrp{LRP_VERSION}-analysis{ANALYSIS_VERSION}-layout{LAYOUT_VERSION}"
+    return f"lrp{LRP_VERSION}-analysis{ANALYSIS_VERSION}-layout{LAYOUT_VERSION}-decoder{DECODER_VERSION}"
 
 
 def version_stamp() -> dict[str, str | int]:

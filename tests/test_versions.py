@@ -9,6 +9,7 @@ import pytest
 import spray
 from spray import versions
 from spray.audit import audit
+from spray.data.decoding import DECODER_VERSION
 from spray.runs.layout import LAYOUT_VERSION, paste_db_file
 from spray.runs.reader import RunReader
 from tests.runs.builders import tiny_config
@@ -29,11 +30,19 @@ def test_versions_are_recorded_and_the_package_version_is_not_in_the_run_id(
     assert (
         s.hashes["code"]
         == versions.code_version()
-        == (f"lrp{versions.LRP_VERSION}-analysis{versions.ANALYSIS_VERSION}-layout{LAYOUT_VERSION}")
+        == (
+            f"lrp{versions.LRP_VERSION}-analysis{versions.ANALYSIS_VERSION}-layout{LAYOUT_VERSION}"
+            f"-decoder{DECODER_VERSION}"
+        )
     )
     # A release that changes neither heatmaps nor findings: still up to date.
     monkeypatch.setattr(spray, "__version__", "9.9.9")
     assert audit(cfg, progress=False).up_to_date
+    # an outside check: a decoder fix (other pixels) kept the run made from the old pixels as up to date
+    import spray.data.decoding as decoding
+
+    monkeypatch.setattr(decoding, "DECODER_VERSION", decoding.DECODER_VERSION + 1)
+    assert not audit(cfg, progress=False).up_to_date
 
 
 def test_an_analysis_change_reanalyses_without_lrp_and_an_lrp_change_recomputes(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -163,7 +165,7 @@ def test_the_null_arms_are_described_as_the_non_members_own_regions() -> None:
     probe, ids, f = _world(patched_members=True, patched_rest=False)
     text = "\n".join(_run(probe, ids, f).evidence)
     assert "pasting other shirt images' own hot pixels in the same channels raises it by" in text
-    assert "removing their own hot pixels from other shirt images" in text
+    assert re.search(r"removing their own hot pixels from \d+ other shirt images", text)
     assert "the same region" not in text
 
 

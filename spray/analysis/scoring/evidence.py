@@ -11,8 +11,14 @@ from spray.config import ScoringConfig
 
 
 def pct(x: float) -> str:
-    """A share as a rounded percentage ("12 %")."""
-    return f"{100 * x:.0f} %"
+    """A share as a rounded percentage ("12 %"); a share that is not 0 or 1 never reads as one ("under 1 %",
+    "over 99 %")."""
+    text = f"{100 * x:.0f}"
+    if text == "0" and x > 0:
+        return "under 1 %"
+    if text == "100" and x < 1:
+        return "over 99 %"
+    return f"{text} %"
 
 
 def _where(cand: Candidate, class_name: str, h: int, w: int) -> list[str]:
@@ -89,12 +95,14 @@ def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]
         out.append(f"sign test of the logit gain: p = {test.paste_gain_p:.2g}")
     r = test.removal
     if r is not None:
+        tested = f" of the {r.n_members} members tested" if r.n_members else " of the members"
         out.append(
-            f"removing it {_verb(r.drop, 'lowers', 'raises')} the members' {class_name} logit by {abs(r.drop):.2f} "
+            f"removing it {_verb(r.drop, 'lowers', 'raises')} the {class_name} logit{tested} by {abs(r.drop):.2f} "
             "on average"
         )
+        others = f"{r.n_others} other" if r.n_others else "other"
         out.append(
-            f"removing {removed} from other {class_name} images {_verb(r.null, 'lowers', 'raises')} theirs "
+            f"removing {removed} from {others} {class_name} images {_verb(r.null, 'lowers', 'raises')} theirs "
             f"by {abs(r.null):.2f}"
         )
         out.append(f"rank-sum test of the removal: p = {r.p:.2g}")
@@ -139,10 +147,12 @@ def evidence(
     if test.null_count == 0:
         out.append(f"no other group of {class_name} was looked at to compare how alike its pixels are")
     else:
-        out.append(
-            f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: "
+        beyond = (
             f"the members' pixels are {pct(test.relative_appearance)} of the way to identical beyond that"
+            if test.relative_appearance > 0
+            else "the members' pixels are no more alike than that"
         )
+        out.append(f"typical groups of {class_name} vary {pct(1.0 - test.appearance_null)} as much: {beyond}")
     if not test.intervened:
         if test.uniform:
             out.append(
@@ -170,6 +180,9 @@ def evidence(
         out.append("flagged by the " + " and the ".join(f"{route} test" for route in verdict.routes))
     elif verdict is not None and verdict.routes:
         out.append(_why_not_flagged(cand, class_name, test, config, verdict.routes))
+    elif verdict is not None and (missed := removal_shortfall(test, config)):
+        # a removal drop that reads large is no flag by itself: name the margin it missed
+        out.append(f"not flagged: no test cleared its margins (the removal test: {missed})")
     return out
 
 

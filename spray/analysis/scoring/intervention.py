@@ -72,6 +72,8 @@ class Removal:
         AUROC of the members' drops against the non-members'.
     spread : float
         Standard deviation of the non-members' drops (the scale of the per-class null).
+    n_members, n_others : int
+        How many member and non-member donors were tested (0: not recorded).
     """
 
     drop: float
@@ -79,6 +81,8 @@ class Removal:
     p: float
     auroc: float
     spread: float
+    n_members: int = 0
+    n_others: int = 0
 
     @property
     def excess(self) -> float:
@@ -94,6 +98,8 @@ class Removal:
             rank_sum_p(d_in, d_out),
             auroc(d_in, d_out),
             float(d_out.std()),
+            len(d_in),
+            len(d_out),
         )
 
 

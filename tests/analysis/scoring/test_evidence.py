@@ -29,6 +29,10 @@ def test_evidence_reports_the_paste_test(planted: Case) -> None:
 
 def test_carriers_sentence_and_percentages() -> None:
     assert pct(0.123) == "12 %"
+    # an outside check: a 0.3 % share read "0 % of the class", 99.87 % read "100 %"
+    assert (pct(0.003), pct(0.005), pct(0.0), pct(0.9987), pct(1.0)) == (
+        "under 1 %", "under 1 %", "0 %", "over 99 %", "100 %",
+    )  # fmt: skip
     assert carriers_sentence(3, NAME, 100, in_place=False).startswith(
         "3 more Sandal images, 3 % of the class"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from scipy.stats import binomtest
@@ -115,7 +117,10 @@ def test_removal_lowers_the_members_logit_only_when_the_model_uses_the_patch(pla
     top = score(planted, probe=_logit_probe(planted, uses_patch=True))[0]
     assert top.signals["removal_drop"] > 2.0 and abs(top.signals["removal_null"]) < 0.1
     assert top.signals["removal_p"] < 1e-6 and top.signals["removal_auroc"] > 0.95
-    assert top.suspicious and any(e.startswith("removing it lowers the members'") for e in top.evidence)
+    # an outside check: "lowers the members' logit by 5.42" was the mean of the 64 members tested, not of all
+    tested = re.compile(r"removing it lowers the \S+ logit of the (\d+) members tested by")
+    said = [m for e in top.evidence if (m := tested.match(e))]
+    assert top.suspicious and said and 0 < int(said[0].group(1)) <= top.size
     blind = score(planted, probe=_logit_probe(planted, uses_patch=False))[0]
     assert blind.signals["removal_drop"] == 0.0 and not blind.suspicious
 

@@ -58,3 +58,23 @@ def test_tiny_clusters_score_zero(planted: Case) -> None:
     tiny = np.zeros_like(planted.truth)
     tiny[np.flatnonzero(planted.truth)[: config.min_cluster_size - 1]] = True
     assert analyse_cluster(stats, 0, 0, tiny, config).map_score == 0.0
+
+
+def test_a_region_holding_no_relevance_has_a_share_of_exactly_zero(planted: Case) -> None:
+    """An outside check: integral-image differences left ±1e-7 where a window holds nothing, so the AUROC of
+    the shares broke their ties arbitrarily (0.711 stored where the tie-averaged value is 0.689)."""
+    rng = np.random.default_rng(0)
+    maps = np.zeros_like(planted.maps)
+    h, w = maps.shape[1:]
+    # relevance everywhere but the bottom-right quarter, with values whose sums round: the windows there,
+    # differences of the sums above and left of them, hold nothing
+    maps[:] = rng.random(maps.shape) * 1e3 + 1e-3
+    maps[:, h // 2 :, w // 2 :] = 0.0
+    stats = ClassStats(maps, planted.spectral, ScoringConfig())
+    for s, box in stats.box.items():
+        corner = box[:, h // 2 :, w // 2 :]
+        if corner.size:
+            assert np.all(corner == 0.0), s
+    s = stats.sizes[0]
+    members, rest = stats.box[s][:10, -1, -1], stats.box[s][10:, -1, -1]
+    assert auroc(members, rest) == 0.5  # all tied: neither side ranks above the other

@@ -74,6 +74,31 @@ def test_evidence_says_why_a_cleared_test_did_not_flag() -> None:
         )
 
 
+def test_evidence_names_the_removal_margin_missed_when_no_test_cleared() -> None:
+    """An outside check: "0.64 vs 0.13 logits, p = 0.00052" read as cleared, and no line said why the group
+    was not flagged (its drops' AUROC, 0.68, was under the 0.94 needed)."""
+    config = ScoringConfig()
+    removal = Removal(drop=0.64, null=0.13, p=0.00052, auroc=0.68, spread=0.1, n_members=20, n_others=40)
+    test = InterventionTest(0.9, False, removal=removal)
+    cand = _cand()
+    cand.signals.update(separation=0.8, share_in=0.3, share_out=0.05, consistency=0.9)
+    v = judge(cand, test, config, use_probe=True)
+    assert not v.routes and not v.suspicious
+    said = evidence(cand, "Bag", 40, 8, 8, test, config, v)
+    assert said[-1] == (
+        "not flagged: no test cleared its margins (the removal test: its drops' AUROC against the non-members' "
+        "is 0.680, under 0.94)"
+    )
+    assert "removing it lowers the Bag logit of the 20 members tested by 0.64 on average" in said
+    assert "removing it from 40 other Bag images lowers theirs by 0.13" in said
+    # the members' pixels less alike than typical groups': said so, not "0 % of the way to identical"
+    unlike = InterventionTest(0.2, False, appearance_null=0.4, null_count=5, removal=removal)
+    assert any(
+        e.endswith("the members' pixels are no more alike than that")
+        for e in evidence(cand, "Bag", 40, 8, 8, unlike, config, v)
+    )
+
+
 def test_two_agreeing_interventions_need_less_alike_pixels() -> None:
     """Relative appearance 0.6 (appearance 0.8 against a class typical of 0.5): below the one-route threshold
     (0.65), above the two-route one (0.55)."""
