@@ -226,7 +226,9 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
                     f"The dataset has label {max(dataset.labels)} but the model has only {k_out} outputs. "
                     "Check model.num_classes and the dataset's classes."
                 )
-            hashes = run_hashes(cfg, model_hash(model, cfg.model.factory), data_fingerprint(cfg, dataset))
+            hashes = run_hashes(
+                cfg, model_hash(model, cfg.model.factory, cfg.factory_dirs), data_fingerprint(cfg, dataset)
+            )
             setup = _Setup(dataset, model, hashes, compute_run_id(hashes))
     except SprayError as err:
         failure = err

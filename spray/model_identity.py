@@ -11,8 +11,9 @@ change whenever the model computes something else. It covers:
   transitively. A helper called by ``forward`` (``prep(x)``), a module-level constant or the factory's own
   body changes the model without changing a class.
 
-A user module is one whose file lies in the user's project: the folder that holds the top-level package (or
-the module) of a model class or of the factory, outside the Python installation (standard library and
+A user module is one whose file lies in the user's project: the folder that holds the top-level package (a
+folder without ``__init__.py`` too) or the module of a model class or of the factory, or one of the config's
+``factory_dirs``, outside the Python installation (standard library and
 site-packages) and outside spray, whose own models are covered by the class sources and by
 :data:`spray.versions.LRP_VERSION`. The imports are read from the files' text (top-level statements, not
 those inside functions), so the hash depends on the files alone, never on what else a process happens to
@@ -47,7 +48,7 @@ from torch import nn
 LIBRARY_PACKAGES = frozenset({"spray", "torch", "torchvision", "timm", "numpy"})
 
 
-def model_hash(model: nn.Module, factory: str | None = None) -> str:
+def model_hash(model: nn.Module, factory: str | None = None, folders: Iterable[Path] = ()) -> str:
     """Content hash of a model: its class name, the source of its module classes, the source files of the
     user modules behind it and every parameter/buffer (sorted by name).
 
@@ -57,6 +58,9 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
         The model as built (weights loaded).
     factory : str, optional
         ``"module:function"`` of ``model.factory``: its module's file (and what it imports) is covered too.
+    folders : iterable of Path
+        More folders of the user's code (the config's ``factory_dirs``): the modules it imports from there
+        are the user's too.
 
     Returns
     -------
@@ -69,7 +73,7 @@ def model_hash(model: nn.Module, factory: str | None = None) -> str:
     roots = [type(m).__module__ for m in model.modules()]
     if factory is not None:
         roots.append(factory.partition(":")[0])
-    for name, data in user_sources(roots):
+    for name, data in user_sources(roots, folders):
         h.update(f"\0module {name}\0".encode())
         h.update(code_text(data))
     state = model.state_dict()
@@ -120,7 +124,7 @@ def _class_sources(model: nn.Module) -> list[str]:
     return out
 
 
-def user_sources(module_names: Iterable[str]) -> list[tuple[str, bytes]]:
+def user_sources(module_names: Iterable[str], folders: Iterable[Path] = ()) -> list[tuple[str, bytes]]:
     """``(module name, source bytes)`` of the user modules among ``module_names`` and of the user modules
     they import at module level, transitively (sorted by name).
 
@@ -129,13 +133,15 @@ def user_sources(module_names: Iterable[str]) -> list[tuple[str, bytes]]:
     module_names : iterable of str
         The roots: the modules of the model's classes and of the factory (modules not imported yet, library
         modules and modules without a file are skipped).
+    folders : iterable of Path
+        Folders of the user's code besides the roots' projects (``factory_dirs``).
 
     Returns
     -------
     list of (str, bytes)
     """
     roots = [n for n in dict.fromkeys(module_names) if _user_file(n, None) is not None]
-    projects = {p for n in roots if (p := _project(n)) is not None}
+    projects = {p for n in roots if (p := _project(n)) is not None} | {Path(f).resolve() for f in folders}
     seen: dict[str, bytes] = {}
     todo = list(roots)
     while todo:
@@ -197,6 +203,10 @@ def _project(name: str) -> Path | None:
     """The folder holding the top-level package (or the module) ``name`` belongs to."""
     top = sys.modules.get(name.split(".")[0])
     file = getattr(top, "__file__", None)
+    if top is not None and not file and hasattr(top, "__path__"):
+        # a folder without __init__.py (a namespace package): its folder's parent is the project
+        places = [Path(p).resolve() for p in top.__path__]
+        return places[0].parent if places else None
     if top is None or not file:
         return None
     path = Path(file).resolve()

@@ -377,6 +377,40 @@ def test_the_model_hash_follows_module_level_code_and_the_factory(
     assert user_sources([type(m).__module__ for m in small_cnn().modules()]) == []
 
 
+def test_the_model_hash_follows_a_folder_without_init_and_the_factory_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: a factory in a folder without ``__init__.py`` (``nspkg.net:build``), or importing a
+    helper from a second ``factory_dirs`` folder: editing the helper's constant (every logit 3×) kept the
+    hash, so the stale heatmaps were reused, even with --force."""
+    import importlib
+
+    (tmp_path / "nspkg").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "nspkg" / "helper.py").write_text("SCALE = 1.0\n")
+    (tmp_path / "lib" / "libhelp.py").write_text("GAIN = 1.0\n")
+    (tmp_path / "nspkg" / "net.py").write_text(
+        "import torch\nfrom nspkg.helper import SCALE\nfrom libhelp import GAIN\n\n"
+        "def build():\n    return torch.nn.Linear(2, 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def built(folders: list[Path]) -> str:
+        for name in [m for m in sys.modules if m in ("nspkg", "libhelp") or m.startswith("nspkg.")]:
+            monkeypatch.delitem(sys.modules, name)
+        torch.manual_seed(0)
+        return model_hash(importlib.import_module("nspkg.net").build(), "nspkg.net:build", folders)
+
+    first = built([tmp_path / "lib"])
+    (tmp_path / "nspkg" / "helper.py").write_text("SCALE = 3.0\n")
+    second = built([tmp_path / "lib"])
+    assert second != first
+    (tmp_path / "lib" / "libhelp.py").write_text("GAIN = 3.0\n")
+    assert built([tmp_path / "lib"]) != second
+    assert built([]) == built([])  # without the folder its modules are not the user's (as documented)
+
+
 def test_the_model_hash_does_not_depend_on_what_else_was_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -401,7 +401,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
         assert test_first is not None
         check_held_out(clean_samples, samples, tuple(test_first.shape[1:]), tuple(example.shape[1:]))
     group = artifact_group(samples, flags, cfg.correction, cfg.seed, held)
-    weights = model_hash(model, cfg.model.factory)
+    weights = model_hash(model, cfg.model.factory, cfg.factory_dirs)
     source = find_source_run(runs_dir, cfg.dataset_key(), weights, c.source_run, cfg.audit_name())
     _same_model(cfg, source, weights)
     _same_geometry(cfg, source)
