@@ -62,6 +62,6 @@ def report_header(report: AuditReport) -> str:
     took = f" in {total:.1f} s" if isinstance(total, float) else ""
     return (
         f"run {report.run_id[:12]}{state}: {n} samples, {len(report.classes)} classes analysed{took}, "
-        f"{len(report.skipped)} skipped, {n_susp} suspicious clusters\n"
+        f"{len(report.skipped)} skipped, {n_susp} suspicious cluster{'' if n_susp == 1 else 's'}\n"
         f"run directory: {report.run_dir}"
     )

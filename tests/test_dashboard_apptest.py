@@ -149,7 +149,7 @@ def test_overview_shows_the_models_accuracy_and_warns_near_chance(
     at = ok(app().run())
     warned = "The model gives the true label for only 10% of the 600 audited images" in texts(at)
     assert warned == near_chance
-    assert "Model accuracy" in str(at.get("html")[0].proto) and f"{acc:.0%}" in str(at.get("html")[0].proto)
+    assert "Model accuracy" in str(at.get("html")[0].proto) and f"{acc:.1%}" in str(at.get("html")[0].proto)
 
 
 def test_overview_row_click_opens_the_cluster(env: Path) -> None:
@@ -382,7 +382,7 @@ def test_flag_counts_say_each_status_an_ok_is_no_unlearning(env: Path, runs: tup
 
 
 def test_the_sample_page_says_which_finding_gave_its_suspicion(
-    env: Path, runs: tuple[Path, Path, Path]
+    env: Path, runs: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     """An outside check: a page showed "suspicion 0.0391" beside clusters scoring at most 0.0002, with nothing
     saying where it came from (a graded likeness to a flagged stamp)."""
@@ -406,18 +406,14 @@ def test_the_sample_page_says_which_finding_gave_its_suspicion(
     # the fixture's scores are 0: as the analysis gives them, a member's with its tie-break, and a graded one
     table.loc[member, "score"] = top.score + 0.004
     table.loc[other, "score"] = top.score * 0.3
-    copy = runs[0] / "graded"
+    copy = tmp_path / "graded-runs" / runs[2].name  # a runs folder of its own: the fixture's stays as it is
     shutil.copytree(runs[2], copy)
     table.reset_index().to_parquet(copy / "samples.parquet")
-    name = runs[2].name[:-12] + "0" * 12  # a run folder of its own, named as spray names them
-    copy.rename(runs[0] / name)
-    try:
-        at = ok(app(run=name, sample=member).run().switch_page("views/sample.py").run())
+    with pointed_at(copy.parent, tmp_path / "graded-flags.sqlite"):
+        at = ok(app(run=copy.name, sample=member).run().switch_page("views/sample.py").run())
         assert f"Its suspicion is that of a member of {top.key}" in texts(at)
-        at = ok(app(run=name, sample=other).run().switch_page("views/sample.py").run())
+        at = ok(app(run=copy.name, sample=other).run().switch_page("views/sample.py").run())
         assert f"from its likeness to the stamp of {top.key}" in texts(at) and "× 0.30" in texts(at)
-    finally:
-        shutil.rmtree(runs[0] / name)
 
 
 def test_flags_record_their_content_and_the_overview_warns_when_an_id_names_other_images(

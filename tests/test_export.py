@@ -502,7 +502,9 @@ def _name(k: int, space: str = "pixel") -> str:
     return f"spray-concept-k{k:02d}" if space == "concept" else f"spray-k{k:02d}"
 
 
-def test_virelay_reaches_every_clustering_of_every_class(hot_run: Path, tmp_path: Path) -> None:
+def test_virelay_reaches_every_clustering_of_every_class(
+    hot_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """ViRelAy lists the first class's clusterings and asks every class for the one chosen: each name it
     lists opens for every class (through its loader and its server), and every finding, pixel, hot-spot and
     concept-space, is exactly one cluster of the clustering named for it."""
@@ -510,7 +512,8 @@ def test_virelay_reaches_every_clustering_of_every_class(hot_run: Path, tmp_path
     server = pytest.importorskip("virelay.server", reason=VIRELAY_MISSING)
     reader = RunReader.open(hot_run)
     ids = np.asarray(reader.sample_ids(), dtype=object)
-    project_file = write_virelay_project(hot_run, tmp_path / "vr")
+    with caplog.at_level("INFO", logger="spray.export.virelay"):
+        project_file = write_virelay_project(hot_run, tmp_path / "vr")
     workspace = model.Workspace()
     workspace.add_project(str(project_file))
     project = workspace.projects[0]
@@ -521,6 +524,11 @@ def test_virelay_reaches_every_clustering_of_every_class(hot_run: Path, tmp_path
         concept = sorted({k for d in data for k in d.concept_labellings})
         assert pixel[0] == 0 and 3 in concept
         assert names == [_name(k) for k in pixel] + [_name(k, "concept") for k in concept]
+        # an outside check: the log counted one missing clustering once per class that lacked it
+        lacking = {(k, "pixel") for k in pixel for d in data if k not in d.labellings} | {
+            (k, "concept") for k in concept for d in data if k not in d.concept_labellings
+        }
+        assert f"{len(lacking)} of {len(names)} clusterings are not stored for every class" in caplog.text
         client = server.Server(workspace).app.test_client()
         for entry in reader.summary.classes:
             for name in names:

@@ -46,7 +46,7 @@ def metrics() -> None:
         ("Flagged (unlearn)", flagged_now),
     ]
     if accuracy is not None:
-        figures.append(("Model accuracy", f"{accuracy['accuracy']:.0%}"))
+        figures.append(("Model accuracy", f"{accuracy['accuracy']:.1%}"))
     st.html(htmltable.figures(figures))
     if summary.classes_skipped:
         st.info(
@@ -192,11 +192,12 @@ st.subheader("Since the previous run")
 
 
 def changes_cell(value: object) -> htmltable.Cell:
-    """One cell of the changes table (numbers right-aligned, scores with two decimals, none left empty)."""
+    """One cell of the changes table (numbers right-aligned, scores with three decimals as everywhere else,
+    none left empty)."""
     if value is None:
         return htmltable.text("")
     if isinstance(value, float):
-        return htmltable.number(value, "{:.2f}")
+        return htmltable.number(value, "{:.3f}")
     if isinstance(value, int) and not isinstance(value, bool):
         return htmltable.number(value)
     return htmltable.text(value)

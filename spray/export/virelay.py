@@ -146,10 +146,10 @@ def _clusterings(src: ExportSource) -> list[tuple[int, str]]:
     return sorted(found, key=lambda ks: (ks[1] == "concept", ks[0]))
 
 
-def _write_clusterings(group: Any, data: Any, clusterings: list[tuple[int, str]]) -> int:
+def _write_clusterings(group: Any, data: Any, clusterings: list[tuple[int, str]]) -> list[tuple[int, str]]:
     """Every clustering of the run into one class's ``cluster`` group, in ``clusterings``' order (ViRelAy
-    lists the first class's and asks every class for the one chosen); returns how many the class lacked."""
-    missing = 0
+    lists the first class's and asks every class for the one chosen); returns those the class lacked."""
+    missing = []
     for k, space in clusterings:
         lab = data.labelling(k, space)
         ds = group.create_dataset(
@@ -157,7 +157,7 @@ def _write_clusterings(group: Any, data: Any, clusterings: list[tuple[int, str]]
             data=(np.full(len(data.sample_ids), -1) if lab is None else lab).astype(np.int64),
         )
         if lab is None:
-            missing += 1
+            missing.append((k, space))
             ds.attrs["spray_note"] = (
                 f"spray stored no {space} labelling at k={k} for this class: every sample is in no cluster (-1)"
             )
@@ -200,7 +200,7 @@ def _needed_bytes(src: ExportSource, clusterings: list[tuple[int, str]]) -> int:
 
 def _write_analyses(h5: Any, src: ExportSource, dst: Path, clusterings: list[tuple[int, str]]) -> None:
     name = map_name(src)
-    lacking = 0
+    lacking: dict[tuple[int, str], int] = {}  # clustering -> classes that lack it
     with h5.File(dst / ANALYSIS, "w") as f:
         for entry in src.classes():
             data = src.class_data(entry.class_index)
@@ -211,12 +211,15 @@ def _write_analyses(h5: Any, src: ExportSource, dst: Path, clusterings: list[tup
             spec.attrs["eigenvalue"] = np.asarray(data.eigenvalues, dtype=np.float32)
             emb.create_dataset(name, data=np.asarray(data.embedding, dtype=np.float32))
             # creation order, not name order: ViRelAy lists the pixel clusterings first, by k
-            lacking += _write_clusterings(g.create_group("cluster", track_order=True), data, clusterings)
+            for ks in _write_clusterings(g.create_group("cluster", track_order=True), data, clusterings):
+                lacking[ks] = lacking.get(ks, 0) + 1
     if lacking:
         log.info(
-            "%d clusterings are not stored for every class: written with every sample in no cluster (-1) where "
-            "missing, so that ViRelAy can show each of them for every class",
-            lacking,
+            "%d of %d clusterings are not stored for every class (%s): written with every sample in no cluster "
+            "(-1) where missing, so that ViRelAy can show each of them for every class",
+            len(lacking),
+            len(clusterings),
+            ", ".join(f"{clustering_name(k, sp)} in {n} classes" for (k, sp), n in sorted(lacking.items())),
         )
 
 
