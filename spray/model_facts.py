@@ -209,7 +209,7 @@ def timm_if_its_keys(
     )
 
 
-def parse_model_args(items: list[str]) -> dict[str, Any]:
+def parse_model_args(items: list[str], option: str = "--model-arg") -> dict[str, Any]:
     """``--model-arg KEY=VALUE`` values as keyword arguments, each value read as YAML (``3``, ``true``,
     ``[1, 2]``, ``avg``).
 
@@ -225,13 +225,14 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise ConfigError(
-                f"--model-arg {item!r} is not KEY=VALUE with KEY a Python name (e.g. --model-arg pool=avg)"
+                f"{option} {item!r} is not KEY=VALUE with KEY a Python name (e.g. {option} "
+                f"{'mean=none' if option == '--transform' else 'pool=avg'})"
             )
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(
-                f"--model-arg {item!r}: the value is not valid YAML; quote a string (e.g. {key.strip()}='\"{value}\"') "
+                f"{option} {item!r}: the value is not valid YAML; quote a string (e.g. {key.strip()}='\"{value}\"') "
                 f"or close the list (e.g. {key.strip()}=[1,2])"
             ) from None
     return out

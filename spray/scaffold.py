@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from spray.config import DataConfig, TransformConfig
+from spray.config.data import given_transform
 from spray.errors import ClassCountError, ConfigError, DataError
 from spray.factories import SPEC_PATTERN
 from spray.init_output import refuse_output, write_output
@@ -380,6 +381,7 @@ def scaffold_config(
     num_classes: int | None = None,
     force: bool = False,
     model_kwargs: dict[str, Any] | None = None,
+    transform_args: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write a commented config for ``data_spec`` and ``model_spec`` to ``output``; returns the notes.
 
@@ -417,6 +419,8 @@ def scaffold_config(
             "--num-classes is needed: the number of classes cannot be told from a factory dataset."
         )
     transform, notes = _transform(data, model)
+    if transform_args:  # the user's settings replace the guesses, and their CHECK notes
+        transform, notes = given_transform(transform, transform_args, notes)
     notes = [*(model.notes if model is not None else []), *notes]
     if transform:
         data.section["transform"] = transform

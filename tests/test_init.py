@@ -313,6 +313,29 @@ def _grey_folder(root: Path, size: int) -> Path:
     return root
 
 
+def test_transform_settings_given_replace_the_guesses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: a grey model trained on unnormalised inputs got ImageNet's mean/std from --model
+    resnet18, and init had no option for it (the audit read chance until the lines were deleted by hand)."""
+    make_image_folder(tmp_path / "rgb", n_per_class=2, size=28)
+    out = tmp_path / "s.yaml"
+    argv = ["init", "--data", str(tmp_path / "rgb"), "--model", "resnet18", "-o", str(out), "--no-check"]
+    res = run_main(
+        [*argv, "--transform", "mean=none", "--transform", "std=none", "--transform", "resize=32"], capsys
+    )
+    assert res.code == 0, res.output
+    t = load_config(out, check_files=False).data.transform
+    assert t.mean is None and t.std is None and t.resize == 32
+    assert "CHECK mean/std" not in res.output
+    for arg, says in (
+        ("colour=1", "not a data.transform key"),
+        ("resize=-3", "resize"),
+        ("mean", "KEY=VALUE"),
+    ):
+        assert_clean_failure(run_main([*argv, "--force", "--transform", arg], capsys), 2, says)
+
+
 def test_model_args_that_change_the_input_change_the_transform(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,6 +26,7 @@ def run_command(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         force=args.force,
         model_kwargs=parse_model_args(args.model_arg),
+        transform_args=parse_model_args(args.transform, "--transform"),
     )
     sys.stdout.write(f"wrote {out}\n" + "".join(f"  {n}\n" for n in notes))
     if not args.no_check:
@@ -83,6 +84,15 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="a keyword argument of the model's constructor, repeatable; VALUE is read as YAML "
         "(e.g. --model-arg in_chans=1 --model-arg global_pool=max)",
+    )
+    p.add_argument(
+        "--transform",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a data.transform setting the model was trained with, replacing init's guess; repeatable, VALUE "
+        "read as YAML, none removes it (e.g. --transform mean=none --transform std=none for unnormalised "
+        "inputs, --transform resize=32)",
     )
     p.add_argument("--checkpoint", help="the model's state-dict file (torch.save(model.state_dict(), path))")
     p.add_argument("--labels", help="the IDX labels file (default: found next to the images file)")

@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from spray.config.section import Section
+from spray.errors import ConfigError
 
 # Kept in step with spray.factories.SPEC_PATTERN (the config must not import the factories module's deps).
 _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -182,6 +183,38 @@ _KIND_FIELDS = {
     "idx": ("images", "labels"),
     "factory": ("factory", "factory_kwargs"),
 }
+
+
+def given_transform(
+    guessed: dict[str, Any], given: dict[str, Any], notes: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """``guessed`` (a ``data.transform`` section) with the keys a user gave (``spray init --transform``): a
+    value of ``null`` or ``none`` removes the key (``mean=none`` for a model trained on unnormalised inputs);
+    and ``notes`` without the CHECK notes on the keys given (``CHECK mean/std: ...``).
+
+    Raises
+    ------
+    ConfigError
+        A key that is no transform field, or a section that does not validate.
+    """
+    fields = set(TransformConfig.model_fields)
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ConfigError(
+            f"--transform {', '.join(unknown)}: not a data.transform key; the keys are {', '.join(sorted(fields))}"
+        )
+    out = dict(guessed)
+    for key, value in given.items():
+        if value is None or value == "none":
+            out.pop(key, None)
+        else:
+            out[key] = value
+    try:
+        TransformConfig.model_validate(out)
+    except ValidationError as err:
+        said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'transform'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"--transform: data.transform {out} is not valid ({said})") from None
+    return out, [n for n in notes if not any(k in n.split(":")[0] for k in given)]
 
 
 class DataConfig(Section):
