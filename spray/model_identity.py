@@ -204,9 +204,12 @@ def _project(name: str) -> Path | None:
     top = sys.modules.get(name.split(".")[0])
     file = getattr(top, "__file__", None)
     if top is not None and not file and hasattr(top, "__path__"):
-        # a folder without __init__.py (a namespace package): its folder's parent is the project
+        # a folder without __init__.py (a namespace package, possibly spread over several folders): the
+        # project is above the folder that holds this module's own file
+        own = getattr(sys.modules.get(name), "__file__", None)
         places = [Path(p).resolve() for p in top.__path__]
-        return places[0].parent if places else None
+        held = [p for p in places if own and Path(own).resolve().is_relative_to(p)]
+        return held[0].parent if held else None
     if top is None or not file:
         return None
     path = Path(file).resolve()

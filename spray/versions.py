@@ -53,7 +53,8 @@ LRP_VERSION = 11
 #: How spray.model_identity.model_hash fingerprints a model; runs record it (``hashes["model_hash_version"]``)
 #: so that an older spray's fingerprint is not taken for other weights. 2: non-persistent buffers are covered.
 #: 3: source hashed without its comments and blank lines (an edited comment is the same model).
-MODEL_HASH_VERSION = 3
+#: 4: modules in a folder without ``__init__.py`` and in the config's ``factory_dirs`` are the user's code.
+MODEL_HASH_VERSION = 4
 # 2: the 2-D map is spray's numpy UMAP layout; classes of >= 5,000 rows use faiss's kNN graph.
 # 3: candidates from every k and hot-spot groups, interventions on the members' hot pixels, relative
 # appearance, a per-sample suspicion over every candidate (samples.parquet's score).

@@ -382,19 +382,22 @@ def test_the_model_hash_follows_a_folder_without_init_and_the_factory_dirs(
 ) -> None:
     """An outside check: a factory in a folder without ``__init__.py`` (``nspkg.net:build``), or importing a
     helper from a second ``factory_dirs`` folder: editing the helper's constant (every logit 3×) kept the
-    hash, so the stale heatmaps were reused, even with --force."""
+    hash, so the stale heatmaps were reused, even with --force. A review: the namespace package spread over two
+    folders took the other folder's project (nothing hashed)."""
     import importlib
 
-    (tmp_path / "nspkg").mkdir()
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "nspkg" / "helper.py").write_text("SCALE = 1.0\n")
-    (tmp_path / "lib" / "libhelp.py").write_text("GAIN = 1.0\n")
-    (tmp_path / "nspkg" / "net.py").write_text(
+    proj, other, lib = tmp_path / "proj", tmp_path / "other", tmp_path / "lib"
+    for d in (proj / "nspkg", other / "nspkg", lib):
+        d.mkdir(parents=True)
+    (proj / "nspkg" / "helper.py").write_text("SCALE = 1.0\n")
+    (other / "nspkg" / "unrelated.py").write_text("X = 1\n")  # the same namespace, another project, first
+    (lib / "libhelp.py").write_text("GAIN = 1.0\n")
+    (proj / "nspkg" / "net.py").write_text(
         "import torch\nfrom nspkg.helper import SCALE\nfrom libhelp import GAIN\n\n"
         "def build():\n    return torch.nn.Linear(2, 2)\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    for d in (lib, proj, other):
+        monkeypatch.syspath_prepend(str(d))
 
     def built(folders: list[Path]) -> str:
         for name in [m for m in sys.modules if m in ("nspkg", "libhelp") or m.startswith("nspkg.")]:
@@ -402,13 +405,13 @@ def test_the_model_hash_follows_a_folder_without_init_and_the_factory_dirs(
         torch.manual_seed(0)
         return model_hash(importlib.import_module("nspkg.net").build(), "nspkg.net:build", folders)
 
-    first = built([tmp_path / "lib"])
-    (tmp_path / "nspkg" / "helper.py").write_text("SCALE = 3.0\n")
-    second = built([tmp_path / "lib"])
-    assert second != first
-    (tmp_path / "lib" / "libhelp.py").write_text("GAIN = 3.0\n")
-    assert built([tmp_path / "lib"]) != second
-    assert built([]) == built([])  # without the folder its modules are not the user's (as documented)
+    first, first_alone = built([lib]), built([])
+    (proj / "nspkg" / "helper.py").write_text("SCALE = 3.0\n")
+    second, second_alone = built([lib]), built([])
+    assert second != first and second_alone != first_alone
+    (lib / "libhelp.py").write_text("GAIN = 3.0\n")
+    assert built([lib]) != second
+    assert built([]) == second_alone  # outside the project and every factory_dirs folder: not the user's
 
 
 def test_the_model_hash_does_not_depend_on_what_else_was_imported(
