@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from spray import cli
-from spray.errors import DataError
+from spray.errors import DataError, LockedError
 from spray.flags import EXPORT_COLUMNS, FlagStore
 
 
@@ -252,6 +252,26 @@ def test_a_reader_opens_a_closed_database_in_a_folder_it_cannot_write(tmp_path: 
     finally:
         (tmp_path / "ro").chmod(0o755)
     assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
+
+
+def test_a_lockless_read_that_a_writer_overlapped_reads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: read as immutable (no SQLite locks) in a folder another user may write, a write meanwhile
+    could give wrong rows, or an error read as a damaged database; the read is now refused, to be retried."""
+    import spray.flags.store as store_module
+
+    db = tmp_path / "flags.sqlite"
+    FlagStore(db).flag("ds", ["1"], "unlearn")
+    monkeypatch.setattr(
+        store_module, "immutable_suffix", lambda path: "&immutable=1"
+    )  # as in a closed folder
+    reader = FlagStore(db, read_only=True)
+    assert [f.sample_id for f in reader.current("ds")] == ["1"]  # nothing written meanwhile: read
+    changed = pytest.raises(LockedError, match="written by someone else while it was read")
+    with changed, reader._connect() as con:
+        con.execute("SELECT COUNT(*) FROM events").fetchall()
+        FlagStore(db).flag("ds", ["2"], "ok")  # another user's write in the middle of the read
 
 
 def test_an_unflag_keeps_the_finding_it_was_made_from(store: FlagStore) -> None:

@@ -52,14 +52,19 @@ def test_a_flag_set_later_on_a_run_this_folder_lacks_is_not_called_deleted(tmp_p
     report, stage = make_report(n_per_class=4)
     run = write_published(tmp_path / "runs", report, stage)
     later = replace(_flag("cat/new.png", "h-new"), run_id="f" * 64, flagged_at="2999-01-01T00:00:00.000000Z")
-    pruned = replace(_flag("cat/old.png", "h-old"), run_id="e" * 64, flagged_at="2000-01-01T00:00:00.000000Z")
-    held = replace(later, sample_id="cat/held.png", run_id=report.run_id)  # its run is here: deleted since
-    text = describe(bind_flags([later, pruned, held], {"0": "h-b"}), str(run))
-    assert (
-        "1 flags name sample ids this run does not hold (cat/new.png) and were set after it, on run ffff"
-        in text
+    pruned = replace(
+        _flag("cat/old.png", "h-old"), run_id="e" * 64, flagged_at="2000-01-01T00:00:00.000000Z", event_id=2
     )
-    assert "deleted files: cat/old.png, cat/held.png)" in text
+    held = replace(later, sample_id="cat/held.png", run_id=report.run_id, event_id=3)  # its run is here
+    binding = bind_flags([later, pruned, held], {"0": "h-b"})
+    # a review: through runs/latest (what `spray flags check --run runs/latest` passes) it read "deleted" again
+    for where in (run, run.parent / "latest"):
+        text = describe(binding, str(where))
+        said = (
+            "1 flag names sample ids this run does not hold (cat/new.png) and was set after it, on run ffff"
+        )
+        assert said in text
+        assert "deleted files: cat/old.png, cat/held.png)" in text
 
 
 def test_bind_flags_sorts_each_kind() -> None:

@@ -372,16 +372,18 @@ def _gone_parts(gone: Sequence[ChangedFlag], run_path: Path, run: str) -> list[s
             "again, or say that they changed)."
         )
     deleted = [c for c in gone if not c.found_at and c.flag.sample_id not in skipped]
-    unseen = [c for c in deleted if _set_on_a_later_run_elsewhere(c.flag, run_path)]
+    later = _set_later_on_runs_elsewhere([c.flag for c in deleted], run_path)
+    unseen = [c for c in deleted if c.flag.event_id in later]
     if unseen:
         ids = [c.flag.sample_id for c in unseen]
         origins = sorted({(c.flag.run_id or "")[:12] for c in unseen})
         parts.append(
-            f"{len(unseen)} flags name sample ids this run does not hold ({listed(ids)}) and were set after it, "
-            f"on run {', '.join(origins)}, which this runs folder does not hold: a newer audit elsewhere (a copy "
-            "of the project, a colleague's runs folder) may hold their images. Audit the data that holds them "
-            "here, or copy that run into this runs folder, before dropping any: until then they are left out "
-            "of what is checked against this run."
+            f"{len(unseen)} {'flag names' if len(unseen) == 1 else 'flags name'} sample ids this run does not "
+            f"hold ({listed(ids)}) and {'was' if len(unseen) == 1 else 'were'} set after it, on run "
+            f"{', '.join(origins)}, which this runs folder does not hold: a newer audit elsewhere (a copy of the "
+            "project, a colleague's runs folder) may hold their images, unless retention removed that run here. "
+            "Audit the data that holds them here, or copy that run into this runs folder, before dropping any: "
+            "until then they are left out of what is checked against this run."
         )
     deleted = [c for c in deleted if c not in unseen]
     if deleted:
@@ -394,15 +396,22 @@ def _gone_parts(gone: Sequence[ChangedFlag], run_path: Path, run: str) -> list[s
     return parts
 
 
-def _set_on_a_later_run_elsewhere(flag: Flag, run: Path) -> bool:
-    """Whether ``flag`` was set after the run at ``run`` was made, on a run its runs folder does not hold (a
-    flag database synced from a newer copy of the project): its id may name an image this run never saw."""
+def _set_later_on_runs_elsewhere(flags: Sequence[Flag], run: Path) -> set[int]:
+    """Event ids of ``flags`` set after the run at ``run`` was made, on runs its runs folder does not hold (a
+    flag database synced from a newer copy of the project): their ids may name images this run never saw."""
     from spray.runs.publish import list_runs, run_time
 
+    run = run.resolve()  # runs/latest names no time; the folder it points at does
     made = run_time(run.name)
-    if flag.run_id is None or made is None or flag.flagged_at <= made.strftime("%Y-%m-%dT%H:%M:%S.%fZ"):
-        return False
-    return not any(p.name.endswith("-" + flag.run_id[:12]) for p in list_runs(run.parent))
+    if made is None or not flags:
+        return set()
+    after = made.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the flag database's format: compared as text
+    held = {p.name[-12:] for p in list_runs(run.parent)}
+    return {
+        f.event_id
+        for f in flags
+        if f.run_id is not None and f.flagged_at > after and f.run_id[:12] not in held
+    }
 
 
 def _run_summary(run: str | Path) -> RunSummary | None:

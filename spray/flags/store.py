@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from spray.errors import ConfigError, DataError, LockedError, SprayError
+from spray.flags.lockless import changed_since, file_state, immutable_suffix
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
 from spray.flags.schema import (
     SCHEMA,
@@ -174,33 +175,17 @@ class FlagStore:
             "an empty one."
         )
 
-    def _immutable(self) -> str:
-        """``&immutable=1`` for a reader in a folder it cannot write (a read-only mount or snapshot, or a copy
-        closed to this user) when no connection holds the database open (no shared-memory file): SQLite cannot
-        create the WAL's shared-memory file there, and the file as it is then is what was last written. A
-        writer that opens it later makes the shared-memory file, and the next reader reads with locking.
-        Empty otherwise."""
-        folder = self.path.resolve().parent
-        wal = folder / f"{self.path.name}-wal"
-        closed = bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
-        if not closed or (folder / f"{self.path.name}-shm").exists():
-            return ""
-        if wal.exists() and wal.stat().st_size > 0:
-            raise DataError(
-                f"The flag database {self.path} is in a folder this user cannot write (a read-only file system "
-                f"or permissions) and still has a write-ahead log ({wal.name}) without its shared-memory file: "
-                "SQLite cannot read it consistently there. Copy the database with its -wal file to a writable "
-                "folder and open the copy."
-            )
-        return "&immutable=1"
-
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the write lock up
         # front and waits (busy timeout) instead of failing half-way on a lock upgrade.
+        state = None
         try:
             if self.read_only:
-                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro{self._immutable()}"
+                immutable = immutable_suffix(self.path)
+                # read without SQLite's locks: a writer that came meanwhile voids what was read
+                state = file_state(self.path) if immutable else None
+                uri = f"file:{quote(str(self.path.resolve()))}?mode=ro{immutable}"
                 con = sqlite3.connect(
                     uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False
                 )
@@ -219,9 +204,11 @@ class FlagStore:
                 read_current_as_now(con)
             yield con
         except sqlite3.Error as err:
-            raise self._fail(err) from None
+            raise changed_since(self.path, state) or self._fail(err) from None
         finally:
             con.close()
+        if changed := changed_since(self.path, state):
+            raise changed
 
     def _check_schema(self, *, create: bool) -> None:
         """Refuse a foreign SQLite file; create the tables in an empty one (only then take the write lock)."""
