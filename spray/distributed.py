@@ -68,6 +68,17 @@ class DistContext:
             with self.meeting("a barrier"):
                 dist.barrier()
 
+    @contextmanager
+    def main_first(self, when: bool = True) -> Iterator[None]:
+        """Rank 0 runs the block before the other ranks (``when``), so that they find what it cached instead of
+        each computing it. The block must not raise: a rank that fails in it leaves the others waiting."""
+        first = when and self.world_size > 1
+        if first and not self.is_main:
+            self.barrier()
+        yield
+        if first and self.is_main:
+            self.barrier()
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if self.world_size == 1:

@@ -31,7 +31,9 @@ _SAY_READING = 1000
 Status = tuple[int, int, int]
 
 
-def folder_hashes(root: Path, sample_ids: Sequence[str], runs_dir: Path | None) -> list[str]:
+def folder_hashes(
+    root: Path, sample_ids: Sequence[str], runs_dir: Path | None, *, complete: bool = True
+) -> list[str]:
     """The content hash of each file ``root / sample_id`` (BLAKE2b of its bytes, as ``samples.parquet``'s
     ``content_hash``), read only where the runs folder's memo has no hash for the file's current status.
 
@@ -44,6 +46,9 @@ def folder_hashes(root: Path, sample_ids: Sequence[str], runs_dir: Path | None) 
     runs_dir : Path, optional
         The runs folder whose ``.cache`` keeps the memo; None, or one that cannot be written (a read-only
         copy), reads every file.
+    complete : bool
+        ``sample_ids`` are every file of the folder (no ``data.limit``): the memo forgets the files that are
+        gone.
 
     Returns
     -------
@@ -78,8 +83,9 @@ def folder_hashes(root: Path, sample_ids: Sequence[str], runs_dir: Path | None) 
             continue
         out.append(h)
         fresh.append((sample_id, status, h))
-    if fresh:
-        _store(runs_dir, key, fresh)
+    gone = sorted(set(memo) - set(sample_ids)) if complete else []
+    if fresh or gone:
+        _store(runs_dir, key, fresh, gone)
     return out
 
 
@@ -110,8 +116,9 @@ def _load(runs_dir: Path | None, root: str) -> dict[str, tuple[Status, str]]:
     return {r[0]: ((int(r[1]), int(r[2]), int(r[3])), str(r[4])) for r in rows}
 
 
-def _store(runs_dir: Path | None, root: str, rows: list[tuple[str, Status, str]]) -> None:
-    """Add ``rows`` to the memo; a runs folder that cannot be written keeps none (said at debug level)."""
+def _store(runs_dir: Path | None, root: str, rows: list[tuple[str, Status, str]], gone: list[str]) -> None:
+    """Add ``rows`` to the memo and drop the ``gone`` files; a runs folder that cannot be written keeps none
+    (said at debug level)."""
     if runs_dir is None:
         return
     path = _memo_path(runs_dir)
@@ -122,6 +129,9 @@ def _store(runs_dir: Path | None, root: str, rows: list[tuple[str, Status, str]]
             con.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                 [(root, sid, *status, h) for sid, status, h in rows],
+            )
+            con.executemany(
+                "DELETE FROM files WHERE root = ? AND sample_id = ?", [(root, sid) for sid in gone]
             )
     except (OSError, sqlite3.Error) as err:
         log.debug("file hash memo %s not written (%s)", path, err)

@@ -72,7 +72,9 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
         assert d.path is not None
         ids = list(dataset.sample_ids)
         for sample_id, content in zip(
-            ids, folder_hashes(Path(d.path), ids, Path(cfg.output.runs_dir)), strict=True
+            ids,
+            folder_hashes(Path(d.path), ids, Path(cfg.output.runs_dir), complete=d.limit is None),
+            strict=True,
         ):
             h.update(f"{sample_id}\0{content}\n".encode())
     else:
