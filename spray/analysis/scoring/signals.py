@@ -72,14 +72,14 @@ class ClassStats:
         self.box: dict[int, np.ndarray] = {}
         self.peak: dict[int, np.ndarray] = {}
         for s in self.sizes:
-            b = _exact_zeros(box_sums(ii, s)).astype(np.float32)
+            b = box_sums(ii, s).astype(np.float32)
             self.box[s] = b
             self.peak[s] = b.reshape(n, -1).max(axis=1)
         self.frame: dict[int, np.ndarray] = {}
         for fw in config.frame_widths:
             if 2 * fw < min(h, w):
                 m = Region("frame", fw).mask(h, w)
-                self.frame[fw] = _exact_zeros(p[:, m].sum(axis=1)).astype(np.float32)
+                self.frame[fw] = p[:, m].sum(axis=1).astype(np.float32)
         _say_untested_frames([fw for fw in config.frame_widths if 2 * fw >= min(h, w)], h, w)
         self.adj, self.deg = _knn_graph(np.asarray(spectral.knn_indices), n)
 
@@ -110,18 +110,6 @@ class ClassStats:
         if region.kind == "frame":
             return self.frame[region.size]
         return self.box[region.size][:, region.row, region.col]
-
-
-def _exact_zeros(shares: np.ndarray) -> np.ndarray:
-    """``shares`` (of unit-mass maps) with rounding noise around 0 set to 0: integral-image differences leave
-    ±1e-16 where a region holds no relevance, and those would break the AUROC's ties arbitrarily."""
-    out = np.array(shares, dtype=np.float64)
-    out[np.abs(out) < _ZERO_SHARE] = 0.0
-    return out
-
-
-#: Below this, a share of a unit-mass map is rounding noise (float64 sums of at most a grid's cells).
-_ZERO_SHARE = 1e-12
 
 
 def _knn_graph(knn: np.ndarray, n: int) -> tuple[sp.csr_matrix | None, np.ndarray]:
