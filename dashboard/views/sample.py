@@ -76,15 +76,24 @@ def score_source(score: float, class_index: int) -> str:
     carrier = max((f for f in found if sid in f.carrier_ids), key=lambda f: f.score, default=None)
     best = max((f for f in (member, carrier) if f is not None), key=lambda f: f.score, default=None)
     tie = float((summary.config.get("scoring") or {}).get("suspicion_tie_break", 0.01))
-    if best is not None and best.score <= score <= best.score + tie + 1e-6:
+    # samples.parquet keeps the score in float32: a carrier's equals its finding's only to that precision
+    if best is not None and best.score - 1e-6 <= score <= best.score + tie + 1e-6:
         role = "a member of" if best is member else "a carrier of the stamp of"
         return f"Its suspicion is that of {role} {safetext.code(best.key)} (score {score_text(best.score)})."
-    stamp = max((f for f in found if f.suspicious), key=lambda f: f.score, default=None)
-    if stamp is None:
+    # graded: a flagged finding's score × the sample's likeness (under 0.5) to its stamp; which one is not stored
+    stamps = [f for f in found if f.suspicious and score < 0.5 * f.score + 1e-6]
+    if not stamps:
         return ""
+    if len(stamps) == 1:
+        f = stamps[0]
+        return (
+            f"Its suspicion comes from its likeness to the stamp of {safetext.code(f.key)}: that finding's score "
+            f"{score_text(f.score)} × {score / f.score:.2f} (a sample of the class that is no carrier scores "
+            "under half; scoring.graded_suspicion)."
+        )
+    keys = ", ".join(safetext.code(f.key) for f in stamps)
     return (
-        f"Its suspicion comes from its likeness to the stamp of {safetext.code(stamp.key)}: that finding's score "
-        f"{score_text(stamp.score)} × {score / stamp.score:.2f} (a sample of the class that is no carrier scores "
+        f"Its suspicion comes from its likeness to the stamp of one of the flagged findings {keys} (their score × "
         "under half; scoring.graded_suspicion)."
     )
 
