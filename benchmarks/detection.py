@@ -343,7 +343,7 @@ def analyze(
 
 def evidence_line(f: ClusterFinding) -> str:
     """One line for tables: the size, where the relevance lies, and the interventions' main results."""
-    keep = ("members put", "each member puts", "pasting it", "removing it lowers the members'")
+    keep = ("members put", "each member puts", "pasting it", "removing it lowers the")
     return "; ".join([f.evidence[0], *(e for e in f.evidence[1:] if e.startswith(keep))])
 
 
