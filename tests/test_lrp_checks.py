@@ -834,3 +834,37 @@ def test_a_model_in_train_mode_is_explained_in_eval_mode_and_said(caplog: pytest
     assert model.training  # the user's model is left as it was given
     with torch.no_grad():
         assert torch.allclose(got.logits, model.eval()(x), atol=1e-5)  # the eval-mode function
+
+
+class _NegativeZPlus(nn.Module):
+    """A z+ layer whose units have no positive input yet receive relevance (no ReLU after it): the check's test
+    pass divides by its negligible stabiliser there and gets non-finite relevance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+        with torch.no_grad():
+            self.c1.weight.abs_()
+            self.c2.weight.copy_(-self.c2.weight.abs())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c2(torch.relu(self.c1(x))).flatten(1) * 10)
+
+
+def test_modules_the_check_could_not_judge_are_said(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: a NaN in the check's test pass compared as no error, so a hand-written gate (or a
+    normalisation in forward()) from there on passed unseen, and its map (cosine 0.13 to the right one) came
+    back without a word."""
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="spray.lrp.checks"):
+        Explainer(_NegativeZPlus().eval(), "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8) + 1)
+    said = [r.getMessage() for r in caplog.records if "could not judge" in r.getMessage()]
+    assert said and "from c2 on" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spray.lrp.checks"):  # a plain model: nothing to say
+        Explainer(
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3)), "EpsilonPlusFlat"
+        )(torch.rand(2, 1, 8, 8))
+    assert not [r for r in caplog.records if "could not judge" in r.getMessage()]

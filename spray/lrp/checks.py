@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import torch
@@ -410,7 +411,23 @@ def check_conservation(
         error = _violation(calls, index, floor)
         if error is not None:
             raise ModelError(_message(call, error) + (_CP_HINT if attention == "cp" else ""))
-    logger.debug("self-check: relevance conserved in %d module calls", len(calls))
+    unjudged = [
+        c for c in calls if not all(math.isfinite(v) for v in (c.rel_in, c.rel_out, c.abs_in, c.abs_out))
+    ]
+    if unjudged:
+        # a NaN compares as no error: without this, such modules passed the check unseen
+        where = unjudged[-1].path or "the model itself"  # forward order: the last is nearest the output
+        logger.warning(
+            "The LRP self-check could not judge %d of %d module calls: its test pass (biases 0, a negligible "
+            "stabiliser) gave non-finite relevance from %s on, so a rule missing there (an operation in a "
+            "custom forward() such as a hand-written gate x * relu6(x + 3) / 6, or a normalisation done in "
+            "forward()) would go unseen. Compare lrp.composite: EpsilonGammaBox, which checks the first layer "
+            "too, and the heatmaps' share of the logit (spray audit reports it).",
+            len(unjudged),
+            len(calls),
+            where,
+        )
+    logger.debug("self-check: relevance conserved in %d module calls", len(calls) - len(unjudged))
 
 
 def warn_empty_maps(relevance: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> int:
