@@ -868,3 +868,27 @@ def test_modules_the_check_could_not_judge_are_said(caplog: pytest.LogCaptureFix
             nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3)), "EpsilonPlusFlat"
         )(torch.rand(2, 1, 8, 8))
     assert not [r for r in caplog.records if "could not judge" in r.getMessage()]
+
+
+class _FrozenBranch(nn.Module):
+    """A residual branch computed under torch.no_grad() (a frozen refinement)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        with torch.no_grad():
+            y = self.c2(x)
+        return self.fc(torch.relu(x + y).mean((2, 3)))
+
+
+def test_a_branch_under_no_grad_is_refused_with_the_reason() -> None:
+    """An outside check: the check's taps raised autograd's raw "cannot register a hook on a tensor that
+    doesn't require gradient"."""
+    torch.manual_seed(0)
+    with pytest.raises(ModelError, match=r"under torch\.no_grad"):
+        Explainer(_FrozenBranch().eval(), "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8))

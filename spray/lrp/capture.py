@@ -170,6 +170,8 @@ class RelevanceTaps:
     def _watch(self, t: Any, index: int, side: str, op: bool = False) -> Any:
         if not (isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()):
             return t
+        if not torch.is_grad_enabled():  # a call under no_grad(): nothing flows back through it to measure
+            return t
         scale = _unit_scale(t) if self._rescale and side == "out" and not op else 1.0
         alias = _Alias.apply(t, scale)
         # keep spray's tags (a gate, CP-LRP's attention weights): the functional rules read them

@@ -355,7 +355,8 @@ def _message(call: CallRecord, error: float) -> str:
         head + "in its own forward() (outside its submodules): a functional operation that spray has no "
         "rule for is explained by its plain gradient there (a division or product spray does not "
         "recognise, exp/log/pow, a normalisation written by hand, a constant added that is not a "
-        f"parameter named '*bias').{constants} Move the operation into a module and give that a rule{whole}. "
+        f"parameter named '*bias'), or a part computed under torch.no_grad() or .detach(), which no relevance "
+        f"reaches.{constants} Move the operation into a module and give that a rule{whole}. "
         f"{skip}"
     )
 
