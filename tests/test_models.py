@@ -255,6 +255,24 @@ def test_a_model_ending_in_a_softmax_is_refused(head: torch.nn.Module, kind: str
     assert check_model_output(torch.nn.Sequential(net, torch.nn.ReLU()), x, 3) == 3
 
 
+def test_a_model_ending_in_a_scaled_softmax_is_refused() -> None:
+    """An outside check: 100 × a softmax got past the check, and the maps' low share was blamed on the rules."""
+    net = small_cnn(num_classes=3).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with pytest.raises(ModelError, match=r"returns probabilities scaled by 100: every row"):
+        check_model_output(torch.nn.Sequential(net, torch.nn.Softmax(dim=1), _Times(100.0)), x, 3)
+    assert check_model_output(torch.nn.Sequential(net, torch.nn.ReLU(), _Times(100.0)), x, 3) == 3
+
+
+class _Times(torch.nn.Module):
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.c
+
+
 def test_a_vit_checkpoint_of_another_input_size_names_the_size_and_patch(tmp_path: Path) -> None:
     """Found in an outside check: the shape mismatch of pos_embed and patch_embed was listed without a fix."""
     timm = pytest.importorskip("timm")

@@ -347,7 +347,7 @@ class Explainer:
             return out, logits
         if logits.shape[1] >= 2 and (normalised := normalised_kind(logits)):
             raise ModelError(
-                f"the model returns {normalised} (every row sums to one: it ends in a softmax); LRP explains a "
+                f"the model returns {normalised} (every row is a distribution: it ends in a softmax); LRP explains a "
                 "class's logit: pass the network up to its logits (e.g. nn.Sequential(*list(net.children())[:-1]) "
                 "for a Sequential ending in nn.Softmax)"
             )

@@ -89,10 +89,19 @@ def resolve_targets(
 
 
 def normalised_kind(out: torch.Tensor) -> str | None:
-    """``"probabilities"`` or ``"log-probabilities"`` when every row of ``(B, K)`` outputs is one, else None."""
+    """``"probabilities"`` or ``"log-probabilities"`` when every row of ``(B, K)`` outputs is one, probabilities
+    scaled by a constant (``100 * softmax``: every row of two or more sums to the same), else None."""
     x = out.detach().double()
     if bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4):
         return "probabilities"
+    total = x.sum(1)
+    if (
+        len(x) >= 2
+        and bool((x >= 0).all())
+        and total[0] > 0
+        and torch.allclose(total, total[:1].expand_as(total), rtol=1e-6, atol=0)
+    ):
+        return f"probabilities scaled by {float(total[0]):.4g}"
     if bool((x <= 0).all()) and torch.allclose(torch.logsumexp(x, 1), torch.zeros_like(x[:, 0]), atol=1e-4):
         return "log-probabilities"
     return None
