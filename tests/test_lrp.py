@@ -369,6 +369,25 @@ def test_unsupported_layers_are_named_before_any_forward() -> None:
     assert explainer(torch.randn(2, 3, 8, 8)).relevance.shape == (2, 3, 8, 8)
 
 
+def test_an_instance_norm_is_pointed_at_the_group_norm_that_computes_the_same() -> None:
+    """An outside check: the refusal suggested Normalize() or Epsilon(), which were refused in turn; the way
+    that works is GroupNorm(C, C) in its place (the same computation, which spray explains)."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.Flatten(), nn.Linear(144, 3)
+    )
+    with pytest.raises(UnsupportedLayerError) as info:
+        Explainer(model)
+    message = str(info.value)
+    assert "(an instance normalisation)" in message and "nn.GroupNorm(C, C" in message
+    assert "extra_rules={InstanceNorm2d" not in message  # no rule to give it
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    twin = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(4, 4), nn.Flatten(), nn.Linear(144, 3))
+    twin.load_state_dict(model.state_dict())
+    assert torch.allclose(model(x), twin(x), atol=1e-5)  # the replacement computes the same
+    assert Explainer(twin)(x).relevance.shape == x.shape
+
+
 def test_lstm_is_unsupported() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4))
     with pytest.raises(UnsupportedLayerError, match=r"1: torch\.nn\.modules\.rnn\.LSTM"):

@@ -95,12 +95,11 @@ def normalised_kind(out: torch.Tensor) -> str | None:
     if bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4):
         return "probabilities"
     total = x.sum(1)
-    if (
-        len(x) >= 2
-        and bool((x >= 0).all())
-        and total[0] > 0
-        and torch.allclose(total, total[:1].expand_as(total), rtol=1e-6, atol=0)
-    ):
+    # rows that differ yet sum to the same: a scaled softmax (identical rows, a duplicate image or an output
+    # that ignores its input, tell nothing)
+    differ = bool((x - x[:1]).abs().amax() > 1e-3 * x.abs().amax())
+    same_sum = total[0] > 0 and torch.allclose(total, total[:1].expand_as(total), rtol=1e-6, atol=0)
+    if differ and bool((x >= 0).all()) and same_sum:
         return f"probabilities scaled by {float(total[0]):.4g}"
     if bool((x <= 0).all()) and torch.allclose(torch.logsumexp(x, 1), torch.zeros_like(x[:, 0]), atol=1e-4):
         return "log-probabilities"

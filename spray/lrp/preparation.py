@@ -67,6 +67,13 @@ def _kind(module: nn.Module) -> tuple[str, str]:
     name = type(module).__name__.lower()
     if next(module.children(), None) is not None:
         return "a container", "one rule for the whole container, e.g. Epsilon()"
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        return (
+            "an instance normalisation",
+            "none of spray's: build the model in a model.factory with nn.GroupNorm(C, C, affine=...) in its place "
+            "(the same computation without running statistics; its weight and bias load as they are), which "
+            "spray explains with Normalize()",
+        )
     if is_normalization(module) or "norm" in name:
         return (
             "a normalisation layer",
@@ -123,16 +130,21 @@ def unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
         kind, rule = _kind(m)
         lines.append(f"  - {path}: {type(m).__module__}.{type(m).__qualname__} ({kind})")
         hints.setdefault(type(m).__name__, rule)
-    first_type, first_rule = next(iter(hints.items()))
-    first_rule = first_rule.split(" ")[0]
+    # the example names a type a rule fits (an instance normalisation has none: it is replaced instead)
+    ruled = [(t, r.split(" ")[0]) for t, r in hints.items() if r.split(" ")[0].endswith(")")]
+    example = (
+        f" For example Explainer(model, extra_rules={{{ruled[0][0]}: {ruled[0][1]}}}), or for every Explainer "
+        f"spray.lrp.composites.register_layer_rule({ruled[0][0]}, {ruled[0][1]}) (from a config: call it in the "
+        "module of your model factory, which the audit imports before it explains)."
+        if ruled
+        else ""
+    )
     return (
         f"spray has no LRP rule for {len(unsupported)} module(s) of this model:\n"
         + "\n".join(lines)
         + "\nGive each type a rule (rules in spray.lrp.rules): "
         + "; ".join(f"{t}: {r}" for t, r in hints.items())
-        + f". For example Explainer(model, extra_rules={{{first_type}: {first_rule}}}), or for every "
-        f"Explainer spray.lrp.composites.register_layer_rule({first_type}, {first_rule}) (from a config: call it "
-        "in the module of your model factory, which the audit imports before it explains). A container "
+        + f".{example} A container "
         "(a module with submodules) can be given one rule as a whole. Supported out of the box: "
         "Conv1d/2d/3d, Linear, BatchNorm, LayerNorm/GroupNorm/RMSNorm, element-wise activations (torch.nn "
         "and timm), Max/AvgPool (incl. adaptive), Softmax, Flatten, Dropout, Identity, containers, and "
