@@ -63,7 +63,15 @@ def check_model_output(
             "model.output to the index or key of the logits (e.g. model.output: 0 or model.output: logits)."
         )
     if out.ndim != 2 or out.shape[0] != example.shape[0]:
-        raise ModelError(f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.")
+        flat = (
+            " Its trailing dimensions are 1 (a 1×1 convolution as the classifier): return torch.flatten(out, 1) "
+            "from a model.factory."
+            if out.ndim > 2 and out.shape[0] == example.shape[0] and all(d == 1 for d in out.shape[2:])
+            else ""
+        )
+        raise ModelError(
+            f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.{flat}"
+        )
     if not torch.isfinite(out).all():
         raise ModelError(
             "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."

@@ -255,6 +255,16 @@ def test_a_model_ending_in_a_softmax_is_refused(head: torch.nn.Module, kind: str
     assert check_model_output(torch.nn.Sequential(net, torch.nn.ReLU()), x, 3) == 3
 
 
+def test_a_classifier_output_of_shape_b_k_1_1_is_told_to_flatten() -> None:
+    """An outside check: a (B, K, 1, 1) output (a 1×1 convolution as classifier) was answered about tuples and
+    dicts."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.AdaptiveAvgPool2d(1))
+    with pytest.raises(
+        ModelError, match=r"got \(4, 3, 1, 1\)\. Its trailing dimensions are 1.*torch\.flatten"
+    ):
+        check_model_output(net, torch.randn(4, 1, 28, 28), 3)
+
+
 def test_a_model_ending_in_a_scaled_softmax_is_refused() -> None:
     """An outside check: 100 × a softmax got past the check, and the maps' low share was blamed on the rules."""
     net = small_cnn(num_classes=3).eval()

@@ -110,9 +110,15 @@ def checked_logits(out: Any, x: torch.Tensor) -> torch.Tensor:
     """The detached float32 ``(B, K)`` logits, checked for shape and finiteness."""
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        ones = isinstance(out, torch.Tensor) and out.ndim > 2 and all(d == 1 for d in out.shape[2:])
         raise ModelError(
-            f"the model must return (B, K) logits, got {shape}; for a model that returns a tuple or dict, "
-            "select the logits (model.output in the config)"
+            f"the model must return (B, K) logits, got {shape}; "
+            + (
+                "its trailing dimensions are 1 (a 1×1 convolution as the classifier): flatten them "
+                "(torch.flatten(out, 1))"
+                if ones
+                else "for a model that returns a tuple or dict, select the logits (model.output in the config)"
+            )
         )
     logits = out.detach().float()
     if not bool(torch.isfinite(logits).all()):
