@@ -63,15 +63,7 @@ def check_model_output(
             "model.output to the index or key of the logits (e.g. model.output: 0 or model.output: logits)."
         )
     if out.ndim != 2 or out.shape[0] != example.shape[0]:
-        flat = (
-            " Its trailing dimensions are 1 (a 1×1 convolution as the classifier): return torch.flatten(out, 1) "
-            "from a model.factory."
-            if out.ndim > 2 and out.shape[0] == example.shape[0] and all(d == 1 for d in out.shape[2:])
-            else ""
-        )
-        raise ModelError(
-            f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.{flat}"
-        )
+        raise _shape_error(out, example)
     if not torch.isfinite(out).all():
         raise ModelError(
             "The model outputs NaN or inf on real inputs; check the checkpoint and the normalisation."
@@ -108,3 +100,16 @@ def check_model_output(
             f"factory's argument) to match the checkpoint and the data.{stray}{empty}{binary}"
         )
     return k
+
+
+def _shape_error(out: torch.Tensor, example: torch.Tensor) -> ModelError:
+    """The refusal of an output that is no ``(batch, classes)`` tensor, with the fix for a ``(B, K, 1, 1)`` one."""
+    flat = (
+        " Its trailing dimensions are 1 (a 1×1 convolution as the classifier): return torch.flatten(out, 1) "
+        "from a model.factory."
+        if out.ndim > 2 and out.shape[0] == example.shape[0] and all(d == 1 for d in out.shape[2:])
+        else ""
+    )
+    return ModelError(
+        f"The model must return logits of shape (batch, classes); got {tuple(out.shape)}.{flat}"
+    )
