@@ -417,10 +417,11 @@ def check_conservation(
     ]
     if unjudged:
         # a NaN compares as no error: without this, such modules passed the check unseen
-        where = unjudged[-1].path or "the model itself"  # forward order: the last is nearest the output
+        names = [c.path or "the model itself (its own forward())" for c in unjudged]
+        where = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         logger.warning(
             "The LRP self-check could not judge %d of %d module calls: its test pass (biases 0, a negligible "
-            "stabiliser) gave non-finite relevance from %s on, so a rule missing there (an operation in a "
+            "stabiliser) gave non-finite relevance in %s, so a rule missing there (an operation in a "
             "custom forward() such as a hand-written gate x * relu6(x + 3) / 6, or a normalisation done in "
             "forward()) would go unseen. Compare lrp.composite: EpsilonGammaBox, which checks the first layer "
             "too, and the heatmaps' share of the logit (spray audit reports it).",
