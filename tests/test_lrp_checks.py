@@ -862,6 +862,18 @@ def test_modules_the_check_could_not_judge_are_said(caplog: pytest.LogCaptureFix
         Explainer(_NegativeZPlus().eval(), "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8) + 1)
     said = [r.getMessage() for r in caplog.records if "could not judge" in r.getMessage()]
     assert said and "non-finite relevance in " in said[0] and "c2" in said[0]
+    # a model spray corrected (P-ClArC's projection mixes channels before a ReLU): said at INFO, not the
+    # user's to fix (an outside check saw it on every corrected plain CNN)
+    from spray.correct.pclarc import ArtifactProjection
+
+    caplog.clear()
+    projected = nn.Sequential(
+        _NegativeZPlus(), ArtifactProjection(torch.tensor([0.6, 0.8, 0.0]), torch.zeros(3))
+    )
+    with caplog.at_level(logging.INFO, logger="spray.lrp.checks"):
+        Explainer(projected.eval(), "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8) + 1)
+    judged = [r for r in caplog.records if "could not judge" in r.getMessage()]
+    assert judged and all(r.levelno == logging.INFO for r in judged)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="spray.lrp.checks"):  # a plain model: nothing to say
         Explainer(

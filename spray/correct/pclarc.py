@@ -44,6 +44,8 @@ class ArtifactProjection(nn.Module):
 
     vector: torch.Tensor
     reference: torch.Tensor
+    #: Moves relevance onto units LRP's self-check cannot judge (it mixes channels before a ReLU), by design.
+    lrp_removes_relevance: ClassVar[bool] = True
 
     def __init__(self, vector: torch.Tensor, reference: torch.Tensor) -> None:
         super().__init__()
