@@ -338,16 +338,27 @@ def other_weights_note(dataset: str, path: str) -> None:
         return
     runs_dir = str(Path(path).parent)
     other: dict[str, int] = {}
+    unknown: dict[str, int] = {}  # fingerprints of another scheme (another spray version): not comparable
     for name in common.runs_overview(runs_dir)[0]:
         s = common.summary(str(Path(runs_dir) / name))
-        # fingerprints of other schemes cannot be compared: not said to differ
         same_scheme = s.hashes.get("model_hash_version") == here.get("model_hash_version")
-        if same_scheme and s.hashes.get("model") not in (None, here["model"]):
-            other[s.run_id] = 0
+        if s.hashes.get("model") in (None, here["model"]):
+            continue
+        (other if same_scheme else unknown)[s.run_id] = 0
     for f in flags:
-        if f.run_id in other:
-            other[f.run_id] += 1
+        for counts in (other, unknown):
+            if f.run_id in counts:
+                counts[f.run_id] += 1
     used = {r: n for r, n in other.items() if n}
+    untold = {r: n for r, n in unknown.items() if n}
+    if untold:
+        runs = ", ".join(f"{n} on run {safetext.code(r[:12])}" for r, n in untold.items())
+        st.info(
+            f"**Flags from runs of another spray version.** {sum(untold.values()):,} of the {len(flags):,} flags "
+            f"of this dataset were set on runs whose model fingerprint another spray version made ({runs}): "
+            "whether they audited these weights cannot be told. If the weights changed since, check that the "
+            "flags still mark this model's shortcut (spray flags check)."
+        )
     if used:
         runs = ", ".join(f"{n} on run {safetext.code(r[:12])}" for r, n in used.items())
         st.info(

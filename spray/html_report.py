@@ -29,7 +29,7 @@ import numpy as np
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.export.source import CorrectedFrom, corrected_from
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, ClusterChange, score_text
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, SETTINGS_CHANGED, ChangeSet, ClusterChange, score_text
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import RunFiles
 from spray.runs.reader import RunReader
@@ -107,7 +107,7 @@ def _changes_html(changes: ChangeSet) -> str:
         head += f"<p class='meta'>{html.escape(MODEL_CHANGED)}</p>"
     if changes.config_changed:
         head += (
-            "<p class='meta'>Settings changed since the previous run, so a cluster may come or go by them: "
+            f"<p class='meta'>{html.escape(SETTINGS_CHANGED)}: "
             + html.escape("; ".join(changes.config_changed))
             + ".</p>"
         )

@@ -394,10 +394,14 @@ MODEL_CHANGED = (
     "The model changed since the previous run (other weights or model code): its clusters are matched across two "
     "models, so a new and a resolved entry may be one shortcut learned again."
 )
-#: What the changes say when the previous run's model fingerprint is an older spray's (``model_changed`` None).
+#: What the changes say before their ``config_changed`` list (settings, and spray's code version after an upgrade).
+SETTINGS_CHANGED = (
+    "Settings or spray's own versions changed since the previous run, so a cluster may come or go by them"
+)
+#: What the changes say when the previous run's model fingerprint is another spray version's (``model_changed`` None).
 MODEL_UNKNOWN = (
-    "Whether the model changed since the previous run cannot be told: that run's model fingerprint was made by an "
-    "older spray, so a new and a resolved entry may be one shortcut of other weights."
+    "Whether the model changed since the previous run cannot be told: that run's model fingerprint was made by "
+    "another spray version, so a new and a resolved entry may be one shortcut of other weights."
 )
 
 

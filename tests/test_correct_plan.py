@@ -262,7 +262,9 @@ def test_a_source_run_of_an_older_model_fingerprint_is_not_called_other_weights(
     summary["hashes"].pop("model_hash_version", None)  # as an older spray wrote it
     summary["hashes"]["model"] = "0" * 64  # its fingerprint of the same model
     (run / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(SprayError, match="audited by an older spray, which fingerprinted models otherwise"):
+    with pytest.raises(
+        SprayError, match="audited by another spray version, which fingerprinted models otherwise"
+    ):
         plan_correction(_config(_args(world, "--source-run", run.name)))
 
 

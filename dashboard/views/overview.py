@@ -16,7 +16,7 @@ import urlstate
 from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
-from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, ChangeSet, score_text
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, SETTINGS_CHANGED, ChangeSet, score_text
 
 st.title("Suspicious clusters")
 cur = common.current_run()
@@ -233,10 +233,7 @@ def show_changes(ch: ChangeSet, how: str) -> None:
     if ch.model_changed:
         st.caption(MODEL_CHANGED)
     if ch.config_changed:
-        st.caption(
-            "Settings changed since the previous run, so a cluster may come or go by them: "
-            + safetext.md("; ".join(ch.config_changed))
-        )
+        st.caption(f"{SETTINGS_CHANGED}: " + safetext.md("; ".join(ch.config_changed)))
 
 
 recorded = common.recorded_changes(path)

@@ -286,7 +286,7 @@ def _warn_other_weights(flags: FlagSelection, source: SourceRun, weights: str, k
     ]
     if older:  # another fingerprint of possibly the same weights: unknown, not "other weights"
         said.append(
-            f"the flags were set on run {', '.join(r[:12] for r in older)}, audited by an older spray that "
+            f"the flags were set on run {', '.join(r[:12] for r in older)}, audited by another spray version that "
             "fingerprinted models otherwise: whether it audited these weights cannot be told; this correction "
             f"takes them to run {source.run_id[:12]} ({f'finding {key}' if key else 'no finding holds half'})"
         )
@@ -333,7 +333,7 @@ def _same_model(cfg: AuditConfig, source: SourceRun, weights: str) -> None:
         and source.run_hash_versions.get(source.run_id, "1") != str(MODEL_HASH_VERSION)
     ):
         raise SprayError(
-            f"correction.source_run {source.path.name} was audited by an older spray, which fingerprinted models "
+            f"correction.source_run {source.path.name} was audited by another spray version, which fingerprinted models "
             "otherwise: whether it audited the configured model cannot be told. Audit with this spray (spray run, "
             "or spray audit --config ...) and correct from that run."
         )

@@ -492,7 +492,7 @@ def changes_since_previous(report: AuditReport, runs_dir: Path, rule: ChangeRule
             changes.model_changed = before != report.hashes["model"]
         else:  # an older spray fingerprinted models otherwise: unknown, not "other weights"
             log.warning(
-                "the previous run's model fingerprint is of an older spray (%s, now %s): whether the model changed "
+                "the previous run's model fingerprint is of another spray version (scheme %s, now %s): whether the model changed "
                 "since cannot be told", scheme or "1", report.hashes.get("model_hash_version"),
             )  # fmt: skip
     if reader is not None:
