@@ -480,3 +480,23 @@ def test_a_runs_folder_behind_a_symlink_is_corrected(audited: World, tmp_path: P
     cfg.correction.method = "pclarc"
     done = correct(cfg, progress=False)
     assert done.record.reaudit is not None and (done.folder / done.record.reaudit.run_dir).is_dir()
+
+
+def test_a_correction_computed_anew_for_a_newer_source_run_names_the_earlier_one(
+    audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: after an upgrade re-analysed the data (a new source run id), spray correct computed
+    the same correction again and listed two, without a word on why."""
+    from spray.audit import audit
+
+    world = _copy(audited, tmp_path / "w")
+    cfg = load_config(world.config)
+    cfg.correction.method, cfg.correction.reaudit = "pclarc", False
+    first = correct(cfg, progress=False)
+    again = cfg.model_copy(deep=True)
+    again.scoring.flip_margin = 0.06  # another analysis of the same data: a new newest run
+    audit(again, progress=False)
+    with caplog.at_level("INFO", logger="spray.correct.run"):
+        second = correct(again, progress=False)
+    assert second.folder != first.folder
+    assert f"correction {first.folder.name} of class" in caplog.text and "computed anew" in caplog.text

@@ -142,6 +142,29 @@ def corrections_for(
     return out
 
 
+def _say_earlier(runs_dir: Path, plan: CorrectionPlan) -> None:
+    """Name the published corrections of the same class and method made from another source run: this one is
+    computed anew because that run changed (new data, other weights or settings, a spray upgrade)."""
+    method, cls = plan.cfg.correction.method, plan.group.class_index
+    earlier = [
+        c
+        for c in corrections_for(runs_dir, dataset=plan.flags.dataset)
+        if c.record.method == method
+        and c.record.group.class_index == cls
+        and c.record.source_run_id != plan.source.run_id
+    ]
+    if earlier:
+        log.info(
+            "correction %s of class %s is published from run %s; this one corrects from run %s, the newest audit "
+            "of the data (new data, other weights or settings, or a spray upgrade that re-analysed it), so it is "
+            "computed anew",
+            earlier[0].folder.name,
+            earlier[0].record.group.class_name,
+            earlier[0].record.source_run_id[:12],
+            plan.source.run_id[:12],
+        )
+
+
 def find_correction(runs_dir: Path, correction_id: str) -> Path | None:
     """The published correction with this id, if any."""
     for p in list_corrections(runs_dir):
@@ -200,6 +223,8 @@ def correct(
             )
             shutil.rmtree(work, ignore_errors=True)  # left by a run killed between publishing and cleaning up
             return CorrectionOutcome(CorrectionRecord.read(found), found, True)
+        if found is None:
+            _say_earlier(runs_dir, plan)
         final = root / _final_name(work, plan.correction_id)
         with RunPin(plan.source.path):  # a nightly spray run's retention must not delete it meanwhile
             folder, record = _execute(plan, work, final, device=device, progress=progress)
