@@ -349,23 +349,27 @@ def other_weights_note(dataset: str, path: str) -> None:
         for counts in (other, unknown):
             if f.run_id in counts:
                 counts[f.run_id] += 1
-    used = {r: n for r, n in other.items() if n}
-    untold = {r: n for r, n in unknown.items() if n}
-    if untold:
-        runs = ", ".join(f"{n} on run {safetext.code(r[:12])}" for r, n in untold.items())
+    if untold := _per_run(unknown):
         st.info(
-            f"**Flags from runs of another spray version.** {sum(untold.values()):,} of the {len(flags):,} flags "
-            f"of this dataset were set on runs whose model fingerprint another spray version made ({runs}): "
-            "whether they audited these weights cannot be told. If the weights changed since, check that the "
-            "flags still mark this model's shortcut (spray flags check)."
+            f"**Flags from runs of another spray version.** {untold[0]:,} of the {len(flags):,} flags of this "
+            f"dataset were set on runs whose model fingerprint another spray version made ({untold[1]}): whether "
+            "they audited these weights cannot be told. If the weights changed since, check that the flags still "
+            "mark this model's shortcut (spray flags check)."
         )
-    if used:
-        runs = ", ".join(f"{n} on run {safetext.code(r[:12])}" for r, n in used.items())
+    if used := _per_run(other):
         st.info(
-            f"**Flags from other weights.** {sum(used.values()):,} of the {len(flags):,} flags of this dataset were "
-            f"set on runs that audited other model weights than this run ({runs}): check that they still mark this "
-            "model's shortcut (their samples' Cluster and Sample pages here, or spray flags check)."
+            f"**Flags from other weights.** {used[0]:,} of the {len(flags):,} flags of this dataset were set on runs "
+            f"that audited other model weights than this run ({used[1]}): check that they still mark this model's "
+            "shortcut (their samples' Cluster and Sample pages here, or spray flags check)."
         )
+
+
+def _per_run(counts: dict[str, int]) -> tuple[int, str] | None:
+    """``(flags, "3 on run <id12>, ...")`` of the runs holding any flag in ``counts`` (None when none does)."""
+    held = {r: n for r, n in counts.items() if n}
+    if not held:
+        return None
+    return sum(held.values()), ", ".join(f"{n} on run {safetext.code(r[:12])}" for r, n in held.items())
 
 
 def _newer_run(path: str) -> Path | None:

@@ -209,6 +209,7 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     set_stage("setup")
     failure: SprayError | None = None
     setup: _Setup | None = None
+    model_id = ""
     try:
         with clock.phase("setup_s"):
             jpeg_device = (dev if dev.type == "cuda" else torch.device("cuda")) if _on_gpu(cfg) else None
@@ -226,9 +227,8 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
                     f"The dataset has label {max(dataset.labels)} but the model has only {k_out} outputs. "
                     "Check model.num_classes and the dataset's classes."
                 )
-            setup = _Setup(
-                dataset, model, {"model": model_hash(model, cfg.model.factory, cfg.factory_dirs)}, ""
-            )
+            model_id = model_hash(model, cfg.model.factory, cfg.factory_dirs)
+            setup = _Setup(dataset, model, {}, "")  # its identity once every rank has set up (below)
     except SprayError as err:
         failure = err
     # Setup errors are the same on every rank in practice, but a rank must never wait in a collective
@@ -237,7 +237,7 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     assert setup is not None
     # rank 0 reads a copied folder's files first, the others find their hashes in the runs folder's memo
     with clock.phase("setup_s"), ctx.main_first(cfg.data.kind == "image_folder"):
-        setup.hashes = run_hashes(cfg, setup.hashes["model"], data_fingerprint(cfg, setup.dataset))
+        setup.hashes = run_hashes(cfg, model_id, data_fingerprint(cfg, setup.dataset))
     setup.run_id = compute_run_id(setup.hashes)
     ctx.check_same(setup.hashes)  # ranks that read other files would each explain their shards of another run
     set_stage("check", run_id=setup.run_id[:16])

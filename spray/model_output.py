@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from spray.errors import ModelError, SprayError
-from spray.lrp.inputs import normalised_kind
+from spray.lrp.inputs import flat_classifier_output, normalised_kind
 from spray.models import _describe_output
 
 __all__ = ["check_model_output"]
@@ -107,7 +107,7 @@ def _shape_error(out: torch.Tensor, example: torch.Tensor) -> ModelError:
     flat = (
         " Its trailing dimensions are 1 (a 1×1 convolution as the classifier): return torch.flatten(out, 1) "
         "from a model.factory."
-        if out.ndim > 2 and out.shape[0] == example.shape[0] and all(d == 1 for d in out.shape[2:])
+        if flat_classifier_output(out, example.shape[0])
         else ""
     )
     return ModelError(

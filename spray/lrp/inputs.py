@@ -106,11 +106,21 @@ def normalised_kind(out: torch.Tensor) -> str | None:
     return None
 
 
+def flat_classifier_output(out: Any, batch: int) -> bool:
+    """Whether ``out`` is ``(batch, K, 1, ...)`` logits: a 1×1 convolution as the classifier, not flattened."""
+    return (
+        isinstance(out, torch.Tensor)
+        and out.ndim > 2
+        and out.shape[0] == batch
+        and all(d == 1 for d in out.shape[2:])
+    )
+
+
 def checked_logits(out: Any, x: torch.Tensor) -> torch.Tensor:
     """The detached float32 ``(B, K)`` logits, checked for shape and finiteness."""
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        ones = isinstance(out, torch.Tensor) and out.ndim > 2 and all(d == 1 for d in out.shape[2:])
+        ones = flat_classifier_output(out, x.shape[0])
         raise ModelError(
             f"the model must return (B, K) logits, got {shape}; "
             + (
