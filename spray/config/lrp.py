@@ -23,6 +23,19 @@ COMPOSITE_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The composites' default parameters (the builders' defaults; a test holds them equal): a parameter written
+#: out at its default is dropped when the config is read, so that it names the same heatmaps and cache as
+#: leaving it out.
+COMPOSITE_DEFAULTS: dict[str, float] = {"epsilon": 1e-6, "stabilizer": 1e-6, "gamma": 0.25}
+
+
+def canonical_composite(name: str) -> str:
+    """spray's key of a composite given as that key, zennit's snake_case key or in another case
+    (``epsilon_gamma_box`` -> ``EpsilonGammaBox``); an unknown name is returned as given."""
+    flat = name.replace("_", "").lower()
+    return next((k for k in COMPOSITE_PARAMETERS if k.lower() == flat), name)
+
+
 def _composite_problem(composite: str, kwargs: dict[str, float]) -> str | None:
     """What is wrong with ``kwargs`` for ``composite`` (its name as spray's or zennit's key), or None."""
     flat = composite.replace("_", "").lower()
@@ -62,9 +75,16 @@ class LRPConfig(Section):
     # eager is how spray always computed: left out of the record, existing runs keep their ids and cache keys
     omit_at_default = ("elementwise",)
 
-    composite: str = Field("EpsilonPlusFlat", description="Composite name (zennit's names).")
+    composite: str = Field(
+        "EpsilonPlusFlat",
+        description="Composite name: EpsilonPlusFlat, EpsilonGammaBox, EpsilonAlpha2Beta1Flat, EpsilonPlus, "
+        "EpsilonAlpha2Beta1, AttnLRP or CPLRP (zennit's snake_case keys and other cases are read as these).",
+    )
     composite_kwargs: dict[str, float] = Field(
-        default_factory=dict, description="Composite parameters such as epsilon, gamma, low, high."
+        default_factory=dict,
+        description="Composite parameters such as epsilon, gamma, low, high (a Box composite's low and high "
+        "default to the transform's input range). One at its default (epsilon 1e-6, stabilizer 1e-6, gamma "
+        "0.25) is dropped when read: the same heatmaps and cache as leaving it out.",
     )
     target: Literal["label", "pred"] | int = Field("label", description="Which logit to explain.")
     precision: Literal["fp32", "tf32", "bf16"] = Field("fp32", description="Compute precision.")
@@ -88,6 +108,13 @@ class LRPConfig(Section):
         ),
     )
 
+    @field_validator("composite")
+    @classmethod
+    def _composite_canonical(cls, v: str) -> str:
+        # one spelling per composite: another case or zennit's key would name other heatmaps, and code that
+        # reads the name (a Box composite's input bounds) would not recognise it
+        return canonical_composite(v)
+
     @field_validator("concept_layer")
     @classmethod
     def _concept_layer_named(cls, v: str) -> str:
@@ -104,4 +131,9 @@ class LRPConfig(Section):
         problem = _composite_problem(self.composite, self.composite_kwargs)
         if problem:
             raise ValueError(problem)
+        at_default = [k for k, v in self.composite_kwargs.items() if COMPOSITE_DEFAULTS.get(k) == v]
+        if at_default:
+            # assigned without re-validation: this validator runs on assignment too
+            kept = {k: v for k, v in self.composite_kwargs.items() if k not in at_default}
+            object.__setattr__(self, "composite_kwargs", kept)
         return self
