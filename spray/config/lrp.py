@@ -38,8 +38,7 @@ def canonical_composite(name: str) -> str:
 
 def _composite_problem(composite: str, kwargs: dict[str, float]) -> str | None:
     """What is wrong with ``kwargs`` for ``composite`` (its name as spray's or zennit's key), or None."""
-    flat = composite.replace("_", "").lower()
-    known = next((v for k, v in COMPOSITE_PARAMETERS.items() if k.lower() == flat), None)
+    known = COMPOSITE_PARAMETERS.get(canonical_composite(composite))
     if known is not None:
         unknown = [k for k in kwargs if k not in known]
         if unknown:
