@@ -190,7 +190,8 @@ def timm_if_its_keys(
     (``efficientnet_b0``, ``resnet18``, ``convnext_tiny`` exist in both); the note says so."""
     import torchvision
 
-    from spray.models import checkpoint_keys, timm_twin_matches
+    from spray.checkpoints import checkpoint_keys
+    from spray.models import timm_twin_matches
 
     keys = checkpoint_keys(checkpoint)
     if not keys:

@@ -1,16 +1,88 @@
-"""The audited model's output checked on a real batch before any work: it runs on the input, returns
-``(batch, classes)`` finite logits (not a softmax's probabilities) and has an output for every class."""
+"""The audited model's output: the logits taken from a forward that returns a tuple, list, dict or output
+object (``model.output``, :class:`OutputSelector`), and checked on a real batch before any work: it runs on
+the input, returns ``(batch, classes)`` finite logits (not a softmax's probabilities) and has an output for
+every class."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from spray.errors import ModelError, SprayError
 from spray.lrp.inputs import flat_classifier_output, normalised_kind
-from spray.models import _describe_output
 
-__all__ = ["check_model_output"]
+__all__ = ["OutputSelector", "check_model_output", "describe_output", "select_output"]
+
+
+class OutputSelector(nn.Module):
+    """Wraps a model whose forward returns a tuple, list, dict or an object with attributes, and returns
+    the logits from it (``model.output``: an index or a key).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The user's model (kept as the submodule ``model``).
+    key : int or str
+        Index (tuple, list) or key/attribute name (dict, Hugging Face-style output object).
+    """
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)[key]`` (or ``getattr(model(x), key)``)."""
+        return select_output(self.model(x), self.key)
+
+
+def describe_output(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        parts = ", ".join(
+            describe_output(o) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out
+        )
+        return f"a {type(out).__name__} of {len(out)} ({parts})"
+    if isinstance(out, dict):
+        return f"a dict with keys {list(out)}"
+    return f"a {type(out).__name__}"
+
+
+def _pick(out: Any, key: int | str) -> Any:
+    """``out[key]`` for sequences and dicts, ``getattr(out, key)`` for objects; LookupError if absent."""
+    if isinstance(out, torch.Tensor):
+        raise LookupError(key)
+    if isinstance(out, (tuple, list)):
+        if not isinstance(key, int):
+            raise LookupError(key)
+        return out[key]
+    if isinstance(out, dict):
+        return out[key]
+    if isinstance(key, str) and hasattr(out, key):
+        return getattr(out, key)
+    raise LookupError(key)
+
+
+def select_output(out: Any, key: int | str) -> torch.Tensor:
+    """The logits at ``key`` in a model's output; :class:`ModelError` naming ``model.output`` if absent."""
+    try:
+        chosen = _pick(out, key)
+    except LookupError:
+        fix = (
+            ", or remove it (the model returns the logits tensor itself)."
+            if isinstance(out, torch.Tensor)
+            else "."
+        )
+        raise ModelError(
+            f"model.output: {key!r} does not select anything in the model's output, which is "
+            f"{describe_output(out)}. Set model.output to the index or key of the logits{fix}"
+        ) from None
+    if not isinstance(chosen, torch.Tensor):
+        raise ModelError(f"model.output: {key!r} selects a {type(chosen).__name__}, not the logits tensor.")
+    return chosen
 
 
 def _channels_hint(model: nn.Module, example: torch.Tensor) -> str:
@@ -59,7 +131,7 @@ def check_model_output(
             ) from None
     if not isinstance(out, torch.Tensor):
         raise ModelError(
-            f"The model returns {_describe_output(out)}, not a (batch, classes) logits tensor. Set "
+            f"The model returns {describe_output(out)}, not a (batch, classes) logits tensor. Set "
             "model.output to the index or key of the logits (e.g. model.output: 0 or model.output: logits)."
         )
     if out.ndim != 2 or out.shape[0] != example.shape[0]:
