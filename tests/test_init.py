@@ -551,8 +551,9 @@ def test_a_config_without_a_normalisation_gets_a_commented_template(
 def test_the_stray_sizes_note_only_where_no_crop_brings_them_to_one_size() -> None:
     """A review: 95 landscape and 5 portrait photos for a 224 model got resize/center_crop and, beside it, the
     note that the audit skips the portrait ones, which the crop makes 224×224 like the rest."""
+    from spray.data_facts import DataFacts
     from spray.model_facts import ModelFacts
-    from spray.scaffold import DataFacts, _transform
+    from spray.scaffold import _transform
 
     m = ModelFacts({}, "torchvision", 224, [0.5] * 3, [0.25] * 3, 0.875, [], False, 3)
     t, notes = _transform(DataFacts({}, 100, ["a"], [(480, 640)] * 95 + [(640, 480)] * 5), m)
