@@ -1,5 +1,5 @@
 """The audited model's output: the logits taken from a forward that returns a tuple, list, dict or output
-object (``model.output``, :class:`OutputSelector`), and checked on a real batch before any work: it runs on
+object (``model.output``, :func:`select_output`), and checked on a real batch before any work: it runs on
 the input, returns ``(batch, classes)`` finite logits (not a softmax's probabilities) and has an output for
 every class."""
 
@@ -13,29 +13,7 @@ from torch import nn
 from spray.errors import ModelError, SprayError
 from spray.lrp.inputs import flat_classifier_output, normalised_kind
 
-__all__ = ["OutputSelector", "check_model_output", "describe_output", "select_output"]
-
-
-class OutputSelector(nn.Module):
-    """Wraps a model whose forward returns a tuple, list, dict or an object with attributes, and returns
-    the logits from it (``model.output``: an index or a key).
-
-    Parameters
-    ----------
-    model : nn.Module
-        The user's model (kept as the submodule ``model``).
-    key : int or str
-        Index (tuple, list) or key/attribute name (dict, Hugging Face-style output object).
-    """
-
-    def __init__(self, model: nn.Module, key: int | str) -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``model(x)[key]`` (or ``getattr(model(x), key)``)."""
-        return select_output(self.model(x), self.key)
+__all__ = ["check_model_output", "describe_output", "select_output"]
 
 
 def describe_output(out: Any) -> str:

@@ -31,9 +31,33 @@ from spray.factories import import_callable
 from spray.lrp.preparation import uncompiled
 from spray.model_dtype import as_float32
 from spray.model_identity import model_hash
-from spray.model_output import OutputSelector, select_output
+from spray.model_output import select_output
 
 log = logging.getLogger(__name__)
+
+
+# Its module path is part of every model hash with model.output set (spray.model_identity hashes each class's
+# qualified name): moved elsewhere, every such user's model would read as another model.
+class OutputSelector(nn.Module):
+    """Wraps a model whose forward returns a tuple, list, dict or an object with attributes, and returns
+    the logits from it (``model.output``: an index or a key).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The user's model (kept as the submodule ``model``).
+    key : int or str
+        Index (tuple, list) or key/attribute name (dict, Hugging Face-style output object).
+    """
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)[key]`` (or ``getattr(model(x), key)``)."""
+        return select_output(self.model(x), self.key)
 
 
 def _timm_model(name: str, cfg: ModelConfig) -> nn.Module:
