@@ -34,10 +34,10 @@ def test_a_yaml_boolean_beside_a_literal_or_in_a_mapping_is_refused(
 
 def test_the_numbers_and_words_themselves_still_load(tmp_path: Path) -> None:
     raw = minimal_config(tmp_path)
-    raw["lrp"] = {"target": 1, "composite_kwargs": {"epsilon": 1e-6}}
+    raw["lrp"] = {"target": 1, "composite_kwargs": {"epsilon": 1e-3}}
     raw["data"]["transform"] = {"channels": 1}
     cfg = config_from_dict(raw, base_dir=tmp_path)
-    assert cfg.lrp.target == 1 and cfg.lrp.composite_kwargs == {"epsilon": 1e-6}
+    assert cfg.lrp.target == 1 and cfg.lrp.composite_kwargs == {"epsilon": 1e-3}
     assert cfg.data.transform.channels == 1
     raw["lrp"] = {"target": "pred"}
     assert config_from_dict(raw, base_dir=tmp_path).lrp.target == "pred"
