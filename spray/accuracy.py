@@ -3,9 +3,10 @@
 A model that does not recognise its own data explains nothing about its shortcuts: its heatmaps show no
 Clever Hans and the audit looks clean for the wrong reason. Two checks, both warnings (the audit goes on):
 
-- **near chance**: the accuracy closes less than :data:`NEAR_CHANCE` of the gap from "always the largest
-  class" to 100 %: the inputs differ from training (size, mean/std, channels, normalised twice) or the
-  weights are not the trained ones;
+- **near chance**: the accuracy averaged over the classes (each class's share of images given its own label)
+  closes less than :data:`NEAR_CHANCE` of the gap from guessing to 100 %: the inputs differ from training
+  (size, mean/std, channels, normalised twice) or the weights are not the trained ones. Averaged over
+  classes, so that data where one class holds most images is judged as fairly as balanced data;
 - **another class's label**: most images of a class (:data:`SHIFTED_SHARE`) are predicted as one other
   class: the class folders and the model's classes are not in the same order (folders renamed, swapped,
   one missing), so every such class is explained for the wrong logit; once one class is, also a class
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Fewer audited samples than this say too little about the model's accuracy to warn about it.
 ACCURACY_MIN_SAMPLES = 20
-#: Warn when the accuracy closes less than this share of the gap from "always the largest class" to 100 %.
+#: Warn when the accuracy averaged over classes closes less than this share of the gap from guessing to 100 %.
 NEAR_CHANCE = 0.25
 #: A class whose images are predicted as one other class this often is labelled as that class in training.
 SHIFTED_SHARE = 0.8
@@ -54,9 +55,9 @@ class ModelAccuracy:
     n_samples : int
         Samples counted.
     near_chance : bool
-        The accuracy is within :data:`NEAR_CHANCE` of the gap above the trivial answer's (and enough
-        samples): ``majority_share``, or with one class audited, guessing among the model's classes
-        (``1 / n_classes``), since always answering the only class would be right every time.
+        ``balanced_accuracy`` is within :data:`NEAR_CHANCE` of the gap above guessing (and enough samples):
+        ``1 / classes_present``, or with one class audited ``accuracy`` above ``1 / n_classes``, since always
+        answering the only class would be right every time.
     shifted : dict[str, str]
         Class name → the other class name its images are mostly (:data:`SHIFTED_SHARE`) predicted as.
     unrecognised : dict[str, float]
@@ -73,6 +74,9 @@ class ModelAccuracy:
     #: Classes among the audited labels, and the model's classes: one of many is a one-class audit.
     classes_present: int = 0
     n_classes: int = 0
+    #: The mean over the classes present of the share of a class's images given its own label (None: a run
+    #: recorded before it was).
+    balanced_accuracy: float | None = None
 
 
 def _name(names: list[str], i: int) -> str:
@@ -137,12 +141,15 @@ def model_accuracy(
     labels, predictions = labels.astype(np.int64), predictions.astype(np.int64)
     acc = float(np.mean(labels == predictions))
     majority = float(np.bincount(labels).max() / n)
-    present, k = len(np.unique(labels)), max(len(class_names), 1)
-    chance = majority if present > 1 else 1.0 / k
-    near = n >= ACCURACY_MIN_SAMPLES and acc < chance + NEAR_CHANCE * (1.0 - chance)
+    classes = np.unique(labels)
+    present, k = len(classes), max(len(class_names), 1)
+    balanced = float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
+    # one class: its own recall is the accuracy, and guessing among the model's classes is the trivial answer
+    judged, chance = (balanced, 1.0 / present) if present > 1 else (acc, 1.0 / k)
+    near = n >= ACCURACY_MIN_SAMPLES and judged < chance + NEAR_CHANCE * (1.0 - chance)
     shifted = _shifted(labels, predictions, class_names)
     lost = _unrecognised(labels, predictions, class_names, shifted)
-    got = ModelAccuracy(acc, majority, n, near, shifted, lost, present, k)
+    got = ModelAccuracy(acc, majority, n, near, shifted, lost, present, k, balanced)
     # Said even when nothing is wrong: only the user knows the accuracy the model was trained to.
     log.info("%s", accuracy_sentence(asdict(got)))
     for problem in problems(asdict(got), corrected=corrected):
@@ -157,11 +164,27 @@ def _trivial(acc: dict[str, Any]) -> str:
     return f"always answering the largest class gives {acc['majority_share']:.0%}"
 
 
+def _uneven(acc: dict[str, Any]) -> bool:
+    """Whether the recorded check averaged over classes that hold very different shares of the images (the
+    largest class at least 5 points above an even share), so that the average over classes is worth saying."""
+    present = int(acc.get("classes_present") or 0)
+    return (
+        acc.get("balanced_accuracy") is not None
+        and present > 1
+        and float(acc["majority_share"]) >= 1 / present + 0.05
+    )
+
+
 def accuracy_sentence(acc: dict[str, Any]) -> str:
     """``the model gives the true label for 89.4 % of the 10000 audited images (the largest class: 10.0 %)``."""
+    per_class = (
+        f"; {100 * float(acc['balanced_accuracy']):.1f} % averaged over its {int(acc['classes_present'])} classes"
+        if _uneven(acc)
+        else ""
+    )
     return (
         f"the model gives the true label for {100 * float(acc['accuracy']):.1f} % of the {int(acc['n_samples'])} "
-        f"audited images (the largest class: {100 * float(acc['majority_share']):.1f} %)"
+        f"audited images (the largest class: {100 * float(acc['majority_share']):.1f} %{per_class})"
     )
 
 
@@ -284,9 +307,15 @@ def problems(acc: dict[str, Any], *, corrected: bool = False) -> list[str]:
             "mean/std, channels; a dataset that normalises its images itself), the classes are in another order, "
             "or the weights are not the trained ones (model.checkpoint)"
         )
+        how_often = (
+            f"only {float(acc['balanced_accuracy']):.0%} of a class's images, averaged over its "
+            f"{int(acc['classes_present'])} classes (guessing gives {1 / int(acc['classes_present']):.0%}; "
+            f"{acc['accuracy']:.0%} of all {acc['n_samples']:,} audited images)"
+            if _uneven(acc)
+            else f"only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited images ({_trivial(acc)})"
+        )
         out.append(
-            f"The model gives the true label for only {acc['accuracy']:.0%} of the {acc['n_samples']:,} audited "
-            f"images ({_trivial(acc)}): {cause}. Its heatmaps show no shortcut: no finding here does not mean a "
-            "clean model."
+            f"The model gives the true label for {how_often}: {cause}. Its heatmaps show no shortcut: no finding "
+            "here does not mean a clean model."
         )
     return out

@@ -36,6 +36,27 @@ def test_near_chance_warns(caplog: pytest.LogCaptureFixture) -> None:
     assert model_accuracy(np.array([], int), np.array([], int), NAMES) is None
 
 
+def test_data_where_one_class_holds_most_images_is_judged_per_class(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: 95 % of the images in one class, a model right on 83 % of them (and on most images of
+    every class) was compared with "always answering the largest class gives 95 %" and called near chance; the
+    same run flagged the planted shortcut it was said to be unable to show."""
+    labels = np.array([0] * 950 + [1] * 25 + [2] * 25)
+    good = labels.copy()
+    good[:160] = 1  # 83 % right overall, below the 95 % of always answering class 0
+    good[950:955] = 0
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        got = model_accuracy(labels, good, NAMES)
+    assert (
+        got is not None and got.accuracy < got.majority_share and not got.near_chance and not caplog.records
+    )
+    assert got.balanced_accuracy == pytest.approx((790 / 950 + 20 / 25 + 1) / 3)
+    collapsed = np.zeros_like(labels)  # always the largest class: 95 % right, a third per class
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        bad = model_accuracy(labels, collapsed, NAMES)
+    assert bad is not None and bad.near_chance
+    assert "only 33% of a class's images, averaged over its 3 classes (guessing gives 33%" in caplog.text
+
+
 def test_a_one_class_audit_is_judged_against_guessing(caplog: pytest.LogCaptureFixture) -> None:
     """An outside check: auditing one class (the other folders empty, as documented) compared a 98 %
     accurate model with "always answering the largest class gives 100 %" and warned that its inputs differ
