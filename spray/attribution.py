@@ -21,10 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -36,6 +37,9 @@ from spray.runs.atomic import atomic_write_json, translate_write_errors
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError
 from spray.runs.layout import manifest_file
+
+if TYPE_CHECKING:
+    from spray.lrp import Explainer
 
 log = logging.getLogger(__name__)
 
@@ -514,3 +518,22 @@ class BatchStage:
             len(sample_ids) - n_computed,
             full,
         )
+
+
+def audit_explainer(
+    cfg: AuditConfig, model: nn.Module, dataset: AuditDataset, device: torch.device
+) -> Explainer:
+    """The LRP explainer the audit explains with (also ``spray init``'s check of one batch)."""
+    from spray.correct.relevance import composite_kwargs
+    from spray.lrp import Explainer
+
+    return Explainer(
+        model,
+        cfg.lrp.composite,
+        composite_kwargs=composite_kwargs(cfg.lrp, dataset.transform.input_bounds()),
+        canonize=cfg.lrp.canonize,
+        device=device,
+        precision=cfg.lrp.precision,
+        elementwise=cfg.lrp.elementwise,
+        concept_layer=cfg.lrp.concept_layer,
+    )

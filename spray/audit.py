@@ -33,7 +33,7 @@ from torch import nn
 from spray.accuracy import model_accuracy, recorded_problems
 from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import AnalysisResult, analyze_run
-from spray.attribution import BatchStage, BatchStageResult, ShardPlan, resolve_device
+from spray.attribution import BatchStage, BatchStageResult, ShardPlan, audit_explainer, resolve_device
 from spray.concept_maps import conditional_maps
 from spray.config import AuditConfig
 from spray.config.audit import pixel_only_reason
@@ -72,7 +72,7 @@ from spray.runs.writer import write_run
 from spray.versions import version_stamp
 
 if TYPE_CHECKING:
-    from spray.lrp import Explainer
+    pass
 
 log = logging.getLogger(__name__)
 #: Skipped samples named one per log line; the rest are counted in one line (all are in summary.json).
@@ -513,26 +513,6 @@ def _first_inputs(dataset: AuditDataset, n: int = 2) -> torch.Tensor:
     b = dataset.first_batch(n)
     assert b.x is not None
     return b.x
-
-
-def audit_explainer(
-    cfg: AuditConfig, model: nn.Module, dataset: AuditDataset, device: torch.device
-) -> Explainer:
-    """The LRP explainer the audit explains with (also ``spray init``'s check of one batch)."""
-    # imported late: torch-heavy and not needed for the up-to-date path
-    from spray.correct.relevance import composite_kwargs
-    from spray.lrp import Explainer
-
-    return Explainer(
-        model,
-        cfg.lrp.composite,
-        composite_kwargs=composite_kwargs(cfg.lrp, dataset.transform.input_bounds()),
-        canonize=cfg.lrp.canonize,
-        device=device,
-        precision=cfg.lrp.precision,
-        elementwise=cfg.lrp.elementwise,
-        concept_layer=cfg.lrp.concept_layer,
-    )
 
 
 def audit(

@@ -384,7 +384,7 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     stops ``spray init``'s check instead of the audit's first batch."""
     import torch
 
-    from spray.audit import audit_explainer
+    from spray.attribution import audit_explainer
     from spray.lrp.composites import TRANSFORMER_COMPOSITES, composite_key
     from spray.lrp.concepts import has_attention
 

@@ -193,7 +193,7 @@ def test_the_audit_stores_each_members_conditional_heatmap(tmp_path: Path) -> No
     )
     share = channel_share(np.asarray(run.concepts(got.sample_ids), np.float32), f.channels)
     assert np.all(np.diff(share) <= 1e-3)
-    from spray.audit import audit_explainer
+    from spray.attribution import audit_explainer
 
     dataset = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
     torch.manual_seed(cfg.seed)  # the audit's seeded random weights
