@@ -208,11 +208,17 @@ def recorded_problems(extra: object, *, corrected: bool = False) -> list[str]:
 
 
 def data_notes(extra: object) -> list[str]:
-    """The run's notes on how its files were read (16-bit, .gif, EXIF orientation, frames, transparency:
-    :func:`spray.data.folder.loader_differences`), for the report, the dashboard and the nightly status,
-    apart from the checks of the model; empty for runs without them."""
+    """The run's notes on its data: how its files were read (16-bit, .gif, EXIF orientation, frames,
+    transparency: :func:`spray.data.folder.loader_differences`) and copies of one image within a class
+    (:mod:`spray.copies`), for the report, the dashboard and the nightly status, apart from the checks of the
+    model; empty for runs without them."""
+    from spray import copies
+
     notes = extra.get("loader_differences") if isinstance(extra, dict) else None
-    return [str(s) for s in notes] if isinstance(notes, list) else []
+    copied = extra.get("copies") if isinstance(extra, dict) else None
+    return ([str(s) for s in notes] if isinstance(notes, list) else []) + (
+        copies.notes(copied) if isinstance(copied, dict) else []
+    )
 
 
 def model_problems(extra: object, *, corrected: bool = False) -> list[str]:

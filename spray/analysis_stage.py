@@ -25,6 +25,7 @@ from spray.analysis.classes import analyze_class
 from spray.analysis.scoring import InterventionProbe, rank_findings, stable_order
 from spray.analysis_shards import AnalysisInputs, assign_classes, gather_classes, send_heatmaps, share_inputs
 from spray.config import AuditConfig
+from spray.copies import members_line
 from spray.data import AuditDataset
 from spray.distributed import DistContext
 from spray.errors import ConfigError
@@ -407,4 +408,11 @@ def _analyze_one(
         concepts = None if inputs.concepts is None else inputs.concepts[rows]
     else:
         relevance, concepts = sent
-    return analyze_class(c, name, ids, relevance, cfg, probe=probe, concepts=concepts)
+    analysed = analyze_class(c, name, ids, relevance, cfg, probe=probe, concepts=concepts)
+    if len(inputs.content_hashes) == len(inputs.sample_ids):
+        content_of = {inputs.sample_ids[i]: inputs.content_hashes[i] for i in rows}
+        for cluster in analysed.clusters:
+            # after the line that sizes the group: a share counted in copies is read with it
+            if (line := members_line(cluster.member_ids, content_of)) is not None:
+                cluster.evidence.insert(1, line)
+    return analysed

@@ -38,6 +38,7 @@ from spray.concept_maps import conditional_maps
 from spray.config import AuditConfig
 from spray.config.audit import pixel_only_reason
 from spray.conservation import measure as measure_conservation
+from spray.copies import find_copies
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
@@ -425,6 +426,7 @@ def _report(
     )
     contrast = heatmap_contrast(stage.batch.relevance)
     conflicts = find_label_conflicts(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)
+    copies = find_copies(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)
     conservation = measure_conservation(
         batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped)
     )
@@ -467,6 +469,7 @@ def _report(
             "heatmap_contrast": None if contrast is None else asdict(contrast),
             "conservation": None if conservation is None else asdict(conservation),
             "label_conflicts": None if conflicts is None else asdict(conflicts),
+            "copies": None if copies is None else asdict(copies),
             "loader_differences": list(setup.dataset.loader_notes),
         },
     )

@@ -9,8 +9,11 @@ Two results are cached or published and reused across runs, so each has its own 
 - :data:`ANALYSIS_VERSION`: everything computed from the heatmaps (normalisation, PCA, kNN graph,
   spectral embedding, k-means sweep, the 2-D map, scoring, the paste test, evidence, ranking). Bump it
   whenever a finding, a score, a flag, an evidence sentence or a cluster could change for the same
-  heatmaps. It is part of the run id and of the paste test's prediction cache, not of the heatmap
-  cache: after an upgrade the analysis reruns on the cached heatmaps and no LRP is recomputed.
+  heatmaps. It is part of the run id, not of the heatmap cache: after an upgrade the analysis reruns on
+  the cached heatmaps and no LRP is recomputed.
+- :data:`PASTE_VERSION`: how the paste and removal tests make an image and run it through the model (their
+  cached predictions and logits). Bump it with :data:`ANALYSIS_VERSION` whenever a cached prediction could
+  differ from a fresh one; an analysis change that leaves them alone keeps every cached paste.
 
 The layout of a run folder has its own version, :data:`spray.runs.layout.LAYOUT_VERSION`.
 ``tests/test_golden.py`` records a fingerprint of a small fixed audit's heatmaps and findings next to
@@ -98,7 +101,12 @@ MODEL_HASH_VERSION = 4
 # evidence: a share never reads "0 %" or "100 %" unless it is, the removal lines count the donors tested, a
 # group whose tests cleared no margin names the removal margin it missed, and pixels less alike than typical
 # groups' say so.
-ANALYSIS_VERSION = 22
+# 23: a candidate whose members include byte-identical copies of each other says how many distinct images
+# they are (copies count as separate images in the clustering and the tests); scores, flags and order unchanged.
+ANALYSIS_VERSION = 23
+#: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
+#: the same size; later analysis versions made pastes the same way.
+PASTE_VERSION = 22
 
 
 def code_version() -> str:

@@ -218,9 +218,9 @@ def _paste_rows(runs: Path) -> int:
     import sqlite3
 
     from spray.runs.layout import paste_db_file
-    from spray.versions import ANALYSIS_VERSION
+    from spray.versions import PASTE_VERSION
 
-    (db,) = runs.rglob(paste_db_file(ANALYSIS_VERSION))
+    (db,) = runs.rglob(paste_db_file(PASTE_VERSION))
     # Closed here, not when garbage-collected: closing removes the -wal and -shm files, which a later
     # copy of this runs folder would otherwise find listed and then gone.
     with contextlib.closing(sqlite3.connect(db)) as conn:

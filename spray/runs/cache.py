@@ -302,7 +302,7 @@ class PasteCache:
     A pasted image is determined by its key (target content hash, donor content hash, grid mask; see
     :meth:`spray.analysis.scoring.InterventionProbe.predict_pasted`) together with the model and the input
     transform, which fix the :class:`ShardCache` directory this file lives in, and the way a paste is made,
-    which :data:`~spray.versions.ANALYSIS_VERSION` names (the file is per analysis version). So a cached
+    which :data:`~spray.versions.PASTE_VERSION` names (the file is per paste version). So a cached
     prediction is exactly what the model would predict again, and a nightly run with a few new samples
     repeats only the pastes that involve them.
 
@@ -315,7 +315,7 @@ class PasteCache:
     """
 
     def __init__(self, directory: Path) -> None:
-        self.path = Path(directory) / paste_db_file(versions.ANALYSIS_VERSION)
+        self.path = Path(directory) / paste_db_file(versions.PASTE_VERSION)
         self._conn: sqlite3.Connection | None = None
         self.hits = 0
         self.misses = 0
@@ -337,26 +337,26 @@ class PasteCache:
 
     @staticmethod
     def remove_older(directory: Path) -> int:
-        """Delete the paste caches of other analysis versions in ``directory`` (their pastes are made
+        """Delete the paste caches of other paste versions in ``directory`` (their pastes are made
         differently, so no audit of this version reads them; they would stay on disk forever); returns the
         bytes freed. A file that cannot be removed is left, with a warning."""
         freed = 0
         for f in sorted(Path(directory).glob(PASTE_DB_GLOB)):
             v = paste_db_version(f.name)
-            if v is None or v == versions.ANALYSIS_VERSION:
+            if v is None or v == versions.PASTE_VERSION:
                 continue
             try:
                 size = f.stat().st_size
                 f.unlink()
             except OSError as err:
-                log.warning("paste cache %s of analysis version %d not removed: %s", f, v, err)
+                log.warning("paste cache %s of paste version %d not removed: %s", f, v, err)
                 continue
             freed += size
             log.info(
-                "removed %s: the paste cache of analysis version %d (this is %d)",
+                "removed %s: the paste cache of paste version %d (this is %d)",
                 f,
                 v,
-                versions.ANALYSIS_VERSION,
+                versions.PASTE_VERSION,
             )
         return freed
 

@@ -80,18 +80,18 @@ def manifest_file(start: int) -> str:
     return f"{MANIFEST_PREFIX}{start:09d}.json"
 
 
-def paste_db_file(analysis_version: int) -> str:
-    """``paste-a<version>.sqlite``: the paste test's predictions, per analysis version (how a paste is
-    made is part of the analysis: a new version starts an empty file)."""
-    return f"paste-a{analysis_version}.sqlite"
+def paste_db_file(paste_version: int) -> str:
+    """``paste-a<version>.sqlite``: the paste test's predictions, per :data:`~spray.versions.PASTE_VERSION`
+    (the analysis version that last changed how a paste is made: a new one starts an empty file)."""
+    return f"paste-a{paste_version}.sqlite"
 
 
-#: Every paste cache file and sidecar of a cache directory, of any analysis version.
+#: Every paste cache file and sidecar of a cache directory, of any paste version.
 PASTE_DB_GLOB = "paste-a*"
 
 
 def paste_db_version(name: str) -> int | None:
-    """The analysis version of a paste cache file or its SQLite sidecar (``paste-a14.sqlite``,
+    """The paste version of a paste cache file or its SQLite sidecar (``paste-a14.sqlite``,
     ``paste-a14.sqlite-wal``); None for any other name."""
     head, sep, tail = name.partition(".sqlite")
     if not sep or tail not in ("", "-wal", "-shm") or not head.startswith("paste-a"):

@@ -10,7 +10,7 @@ import numpy as np
 from spray.records import AttributionBatch
 from spray.runs.cache import PasteCache, ShardCache, sample_key
 from spray.runs.layout import paste_db_file
-from spray.versions import ANALYSIS_VERSION
+from spray.versions import PASTE_VERSION
 
 
 def _batch(
@@ -70,7 +70,7 @@ def test_damaged_shard_is_ignored_and_recomputed(tmp_path: Path) -> None:
 
 def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> None:
     c = PasteCache(tmp_path)
-    assert c.path.name == paste_db_file(ANALYSIS_VERSION)
+    assert c.path.name == paste_db_file(PASTE_VERSION)
     assert c.get_many(["a", "b"]) == {}
     c.put_many({"a": 3, "b": 7})
     c.put_many({"a": 9})  # an existing key keeps its value (same key, same prediction)
@@ -99,8 +99,8 @@ def test_paste_cache_roundtrip_persists_and_survives_damage(tmp_path: Path) -> N
 def test_paste_caches_of_other_analysis_versions_are_removed(tmp_path: Path) -> None:
     """After an upgrade the old version's paste cache is never read again: it is removed, with its SQLite
     sidecars; the current one, and files that only look alike, stay."""
-    old = [paste_db_file(ANALYSIS_VERSION - 1) + suffix for suffix in ("", "-wal", "-shm")]
-    keep = [paste_db_file(ANALYSIS_VERSION), "paste-aX.sqlite", "paste-a3.sqlite.damaged-12", "shard-0.npz"]
+    old = [paste_db_file(PASTE_VERSION - 1) + suffix for suffix in ("", "-wal", "-shm")]
+    keep = [paste_db_file(PASTE_VERSION), "paste-aX.sqlite", "paste-a3.sqlite.damaged-12", "shard-0.npz"]
     for name in old + keep:
         (tmp_path / name).write_bytes(b"x" * 10)
     assert PasteCache.remove_older(tmp_path) == 30
