@@ -92,7 +92,7 @@ def notes(rec: dict[str, Any]) -> list[str]:
     example = f" (the most copied: {len(first)} copies, e.g. {', '.join(first[:3])})" if first else ""
     return [
         f"{int(rec.get('n_samples') or 0)} images in {int(rec.get('n_classes') or 0)} class(es) are copies of "
-        f"{n} images filed more than once under the same label{example}: each copy is analysed as a separate "
+        f"{n} image{'s' if n > 1 else ''} filed more than once under the same label{example}: each copy is analysed as a separate "
         "image, so copies can make a cluster of their own and count several times in its tests (a finding says "
         "how many distinct images its members are); remove the copies if they are not meant."
     ]

@@ -223,9 +223,7 @@ def render_html_report(run_dir: str | Path, *, top: int = 10, n_thumbs: int = 12
         f"<p class='warn'><b>Check the model first.</b> {html.escape(t)}</p>"
         for t in recorded_problems(s.extra, corrected=corrected is not None)
     ]
-    parts += [
-        f"<p class='warn'><b>How the files were read.</b> {html.escape(t)}</p>" for t in data_notes(s.extra)
-    ]
+    parts += [f"<p class='warn'><b>About the data.</b> {html.escape(t)}</p>" for t in data_notes(s.extra)]
     if changes is not None:
         parts.append("<h2>Changes since the previous run</h2>")
         parts.append(_changes_html(changes))

@@ -289,7 +289,7 @@ def test_files_imagefolder_reads_otherwise_are_recorded_in_the_run(tmp_path: Pat
     notes = extra["loader_differences"]
     assert any("hold none above 255" in n or "holds none above 255" in n for n in notes)
     page = (run / "report.html").read_text()
-    assert "How the files were read.</b>" in page and "high_bit_depth: clip" in page
+    assert "About the data.</b>" in page and "high_bit_depth: clip" in page
     # a review: notes on the files, not checks of the model (the nightly status kept them apart too)
     assert data_notes(extra) == notes and not set(notes) & set(recorded_problems(extra))
 

@@ -48,10 +48,12 @@ def test_an_audit_says_so(tmp_path: Path) -> None:
     first = sorted((tmp_path / "imgs" / "cat").iterdir())[0]
     for i in range(8):
         shutil.copy(first, first.with_name(f"copy{i}{first.suffix}"))
-    report = audit(tiny_config(tmp_path), progress=False)
+    report = audit(tiny_config(tmp_path, output={"html_report": True}), progress=False)
     run = RunReader.open(report.run_dir)
+    page = (Path(report.run_dir) / "report.html").read_text()
+    assert "About the data.</b> 9 images in 1 class(es) are copies of 1 image filed" in page
     assert run.summary.extra["copies"]["n_samples"] == 9
-    assert any("are copies of 1 images filed more than once" in s for s in data_notes(run.summary.extra))
+    assert any("are copies of 1 image filed more than once" in s for s in data_notes(run.summary.extra))
     copies = {s for s in report.content_hashes if s.startswith("cat/copy")} | {f"cat/{first.name}"}
     holding = [f for f in report.findings if len(copies & set(f.member_ids)) >= 2]
     assert holding, "no candidate holds two copies"

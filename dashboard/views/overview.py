@@ -65,7 +65,7 @@ accuracy = recorded_accuracy(summary.extra)
 # a re-audit's collapse is the correction's: it read the source run's data with the same transform
 for problem in recorded_problems(summary.extra, corrected=corrected is not None):
     st.warning(safetext.md(problem))
-for note in data_notes(summary.extra):  # how the files were read: not the model's doing
+for note in data_notes(summary.extra):  # how the files were read, copies: not the model's doing
     st.info(safetext.md(note))
 flagform.content_warning(dataset, path)
 flagform.other_weights_note(dataset, path)
