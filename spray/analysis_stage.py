@@ -179,8 +179,13 @@ def _classes_to_analyze(
             too_small.append(ClassSkipped(c, class_names[c], n, why))
             log.warning("class %s not analysed: %s", class_names[c], why)
         elif n < cfg.analysis.min_class_size:
-            too_small.append(ClassSkipped(c, class_names[c], n))
-            log.warning("class %s has %d samples (< analysis.min_class_size): skipped", class_names[c], n)
+            why = (
+                "no samples"
+                if n == 0
+                else f"fewer than analysis.min_class_size ({cfg.analysis.min_class_size}) samples"
+            )
+            too_small.append(ClassSkipped(c, class_names[c], n, why))
+            log.warning("class %s not analysed: %s", class_names[c], why if n else "it has no samples")
         elif c in zero:
             # k-means would split identical all-zero maps by index ties and describe the split as structure
             too_small.append(ClassSkipped(c, class_names[c], n, ZERO_HEATMAPS))

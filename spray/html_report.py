@@ -250,7 +250,7 @@ def _not_analysed(skipped: list[Any], limit: int | None = None) -> str:
     return "; ".join(
         f"{c.class_name} (none of the first {limit} samples: data.limit)"
         if limit is not None and c.n == 0
-        else f"{c.class_name} ({c.n} samples: {c.reason})"
+        else f"{c.class_name} ({c.n} sample{'' if c.n == 1 else 's'}: {c.reason})"
         for c in skipped
     )
 

@@ -60,8 +60,11 @@ def report_header(report: AuditReport) -> str:
     n_susp = sum(f.suspicious for f in report.findings)
     total = report.timings.get("total_s")
     took = f" in {total:.1f} s" if isinstance(total, float) else ""
+    left = report.classes_skipped
+    named = ", ".join(c.class_name for c in left[:3]) + (", ..." if len(left) > 3 else "")
+    not_analysed = f" ({len(left)} not analysed: {named}; their reasons in report.html)" if left else ""
     return (
-        f"run {report.run_id[:12]}{state}: {n} samples, {len(report.classes)} classes analysed{took}, "
-        f"{len(report.skipped)} skipped, {n_susp} suspicious cluster{'' if n_susp == 1 else 's'}\n"
+        f"run {report.run_id[:12]}{state}: {n} samples, {len(report.classes)} classes analysed{not_analysed}"
+        f"{took}, {len(report.skipped)} samples skipped, {n_susp} suspicious cluster{'' if n_susp == 1 else 's'}\n"
         f"run directory: {report.run_dir}"
     )

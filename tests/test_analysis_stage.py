@@ -12,7 +12,10 @@ import pytest
 from spray.analysis_shards import AnalysisInputs
 from spray.analysis_stage import _classes_to_analyze, _zero_classes
 from spray.config import config_from_dict
-from spray.records import TOO_FEW_SAMPLES, ZERO_HEATMAPS
+from spray.records import ZERO_HEATMAPS
+
+#: The reason a class below the default analysis.min_class_size is given.
+TOO_FEW = "fewer than analysis.min_class_size (20) samples"
 
 
 def _cfg():  # type: ignore[no-untyped-def]
@@ -38,7 +41,7 @@ def test_a_class_whose_every_heatmap_is_zero_is_skipped_with_its_reason(
     assert [(s.class_name, s.n, s.reason) for s in skipped] == [("b", 30, ZERO_HEATMAPS)]
     assert "every one of its 30 heatmaps is zero" in caplog.text
     _, skipped = _classes_to_analyze(_cfg(), ["a", "b", "c"], labels[:62], set())
-    assert [(s.class_name, s.reason) for s in skipped] == [("c", TOO_FEW_SAMPLES)]
+    assert [(s.class_name, s.reason) for s in skipped] == [("c", TOO_FEW)]
 
 
 def test_a_run_whose_every_class_is_all_zero_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -63,9 +66,12 @@ def test_a_class_emptied_by_skipped_images_says_so_not_too_small(caplog: pytest.
         "100 of its 100 samples were skipped (each with its reason under 'skipped')"
     )
     assert "class c not analysed: 100 of its 100 samples were skipped" in caplog.text
-    # a class merely small keeps the plain reason
-    _, skipped = _classes_to_analyze(_cfg(), ["a", "b", "c"], labels[:35], set(), np.array([30, 5, 0]))
-    assert [(s.class_name, s.reason) for s in skipped] == [("b", TOO_FEW_SAMPLES), ("c", TOO_FEW_SAMPLES)]
+    # a class merely small keeps the plain reason, with the threshold; an empty class is said to be empty
+    # (an outside check: "class Trouser has 0 samples (< analysis.min_class_size)")
+    with caplog.at_level(logging.WARNING):
+        _, skipped = _classes_to_analyze(_cfg(), ["a", "b", "c"], labels[:35], set(), np.array([30, 5, 0]))
+    assert [(s.class_name, s.reason) for s in skipped] == [("b", TOO_FEW), ("c", "no samples")]
+    assert "class c not analysed: it has no samples" in caplog.text
 
 
 def test_predictions_into_outputs_without_a_class_name_are_listed_not_dropped(

@@ -603,13 +603,16 @@ def test_the_overview_names_the_classes_not_analysed(tmp_path: Path) -> None:
     from tests.runs.builders import make_report, write_published
 
     report, stage = make_report()
-    report.classes_skipped = [ClassSkipped(3, "dead", 40, ZERO_HEATMAPS), ClassSkipped(4, "tiny", 2)]
+    report.classes_skipped = [ClassSkipped(3, "dead", 40, ZERO_HEATMAPS), ClassSkipped(4, "tiny", 1)]
     write_published(tmp_path / "runs", report, stage)
     with pointed_at(tmp_path / "runs", tmp_path / "flags.sqlite"):
         at = open_page("views/overview.py")
-    said = shown(at)
+        said = shown(at)
+        # an outside check: the class page of a class left out said only which classes were analysed
+        page = shown(open_page("views/class_view.py", cls="4"))
     assert "Not analysed: dead (40 samples: every heatmap is zero" in said
-    assert "tiny (2 samples: fewer than analysis.min_class_size samples)" in said
+    assert "tiny (1 sample: fewer than analysis.min_class_size samples)" in said
+    assert "did not analyse class tiny (1 sample: fewer than analysis.min_class_size samples)" in page
 
 
 def test_a_decision_made_as_the_run_was_removed_is_said_unsaved_with_its_note(

@@ -41,9 +41,13 @@ found = common.findings(path)
 
 if "cls" in state and (not state["cls"].lstrip("-").isdigit() or int(state["cls"]) not in by_index):
     bad = state.pop("cls")
+    unanalysed = next((c for c in summary.classes_skipped if str(c.class_index) == bad.strip()), None)
     common.not_found(
         f"class {safetext.code(bad)}",
-        f"run {safetext.code(run)} analysed the classes {', '.join(map(str, sorted(by_index)))}",
+        f"run {safetext.code(run)} did not analyse class {safetext.md(unanalysed.class_name)} ({unanalysed.n:,} "
+        f"sample{'' if unanalysed.n == 1 else 's'}: {safetext.md(unanalysed.reason)})"
+        if unanalysed is not None
+        else f"run {safetext.code(run)} analysed the classes {', '.join(map(str, sorted(by_index)))}",
     )
 
 

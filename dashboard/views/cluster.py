@@ -96,7 +96,7 @@ elif state.get("cluster") and not common.cluster_exists(path, state["cluster"]):
         named = None
     except ValueError:
         try:
-            named = finding_key(summary.findings, bad, Path(path), "cluster=")
+            named = finding_key(summary.findings, bad, Path(path), "cluster=", summary.classes_skipped)
         except ConfigError:
             named = None
     if named is not None:

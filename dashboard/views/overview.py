@@ -52,7 +52,7 @@ def metrics() -> None:
         st.info(
             "Not analysed: "
             + "; ".join(
-                f"{safetext.md(c.class_name)} ({c.n:,} samples: {safetext.md(c.reason)})"
+                f"{safetext.md(c.class_name)} ({c.n:,} sample{'' if c.n == 1 else 's'}: {safetext.md(c.reason)})"
                 for c in summary.classes_skipped
             )
             + ". No finding can be made in these classes."

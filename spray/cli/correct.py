@@ -97,7 +97,9 @@ def _resolve_cluster_key(cfg: Any) -> None:
         _refuse_numbered_class_clash(cfg, text)
         return
     reader, run = _flags_run(cfg, text)
-    cfg.correction.cluster_key = finding_key(reader.summary.findings, text, run, "--cluster-key")
+    cfg.correction.cluster_key = finding_key(
+        reader.summary.findings, text, run, "--cluster-key", reader.summary.classes_skipped
+    )
     log.info("--cluster-key %s is finding %s of run %s", text, cfg.correction.cluster_key, run.name)
 
 

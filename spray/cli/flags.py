@@ -289,7 +289,7 @@ def _finding_ids(args: argparse.Namespace, reader: RunReader, run: Path) -> tupl
     """``--finding``'s key and its members' ids (and its carriers' with ``--with-carriers``)."""
     if args.sample_ids or args.sample_ids_file:
         raise ConfigError("Give --finding or --sample-ids/--sample-ids-file, not both.")
-    key = finding_key(reader.summary.findings, args.finding, run, "--finding")
+    key = finding_key(reader.summary.findings, args.finding, run, "--finding", reader.summary.classes_skipped)
     finding = reader.finding(key)
     assert finding is not None
     ids = [str(i) for i in finding.member_ids]

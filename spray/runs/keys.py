@@ -18,6 +18,7 @@ KEY_PREFIX = "key:"
 HOTSPOT_K = 0
 
 if TYPE_CHECKING:
+    from spray.records import ClassSkipped
     from spray.runs.reader import RunReader
     from spray.runs.summary import FindingSummary
 
@@ -109,7 +110,13 @@ def named_by(
     return [f for f in findings if typed & {unicodedata.normalize("NFC", n).casefold() for n in names[f.key]}]
 
 
-def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option: str) -> str:
+def finding_key(
+    findings: Sequence[FindingSummary],
+    text: str,
+    run: Path,
+    option: str,
+    skipped: Sequence[ClassSkipped] = (),
+) -> str:
     """The key of the finding ``text`` names: its key (``1/k2/c0``), or the report's class and cluster
     columns (``dog/k2/c0``, ``1/k2/c0+C``; the ``+C`` mark may be left out), or the cluster column alone
     (``k2/c0``) when one class has it; ``key:1/k2/c0`` is the key and nothing else.
@@ -127,6 +134,9 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
         The run folder (named in the messages).
     option : str
         The command-line option the name came from (``--finding``, ``--cluster-key``), named in the messages.
+    skipped : sequence of ClassSkipped
+        The run's classes that were not analysed (``RunSummary.classes_skipped``): a name of one of them is
+        answered with why it has no finding.
 
     Raises
     ------
@@ -172,8 +182,27 @@ def finding_key(findings: Sequence[FindingSummary], text: str, run: Path, option
             f"Several findings of {run} go by {text!r}: {named}. Give the class too, or the key, "
             f"e.g. {option} {example}."
         )
+    raise _no_finding(findings, text, run, skipped)
+
+
+def _no_finding(
+    findings: Sequence[FindingSummary], text: str, run: Path, skipped: Sequence[ClassSkipped]
+) -> Exception:
+    """The error for a name no finding goes by: its class was not analysed, the run has none, or the top ones."""
+    from spray.errors import ConfigError
+    from spray.report import cluster_label
+
+    head = text.strip().split("/", 1)[0]
+    unanalysed = next((c for c in skipped if head in (c.class_name, str(c.class_index))), None)
+    if unanalysed is not None:
+        return ConfigError(
+            f"No finding {text!r} in {run}: class {unanalysed.class_name!r} was not analysed in this run "
+            f"({unanalysed.n} sample{'' if unanalysed.n == 1 else 's'}: {unanalysed.reason}), so it has no finding."
+        )
+    if not findings:
+        return ConfigError(f"No finding {text!r} in {run}: the run has no finding.")
     keys = [f"{f.key} ({f.class_name} {cluster_label(f)})" for f in findings[:10]]
-    raise ConfigError(
+    return ConfigError(
         f"No finding {text!r} in {run}; the top findings are {', '.join(keys)}. Give one of these keys, or "
         "the class and cluster columns of the report (e.g. dog/k2/c0)."
     )

@@ -54,6 +54,22 @@ def test_an_unknown_name_lists_the_findings() -> None:
         finding_key(FINDINGS, "k6/c2", Path("run"), "--finding")
 
 
+def test_a_class_that_was_not_analysed_is_said_and_an_empty_run_too() -> None:
+    """An outside check: ``--finding T-shirt/k2/c0`` of a class too small to analyse listed other classes'
+    findings without a word about T-shirt, and a run with no finding read "the top findings are ."."""
+    from spray.records import ClassSkipped
+
+    skipped = [ClassSkipped(0, "T-shirt", 1, "fewer than analysis.min_class_size (20) samples")]
+    with pytest.raises(
+        ConfigError, match=r"class 'T-shirt' was not analysed in this run \(1 sample: fewer than"
+    ):
+        finding_key(FINDINGS, "T-shirt/k2/c0", Path("run"), "--finding", skipped)
+    with pytest.raises(ConfigError, match=r"class 'T-shirt' was not analysed"):
+        finding_key(FINDINGS, "0/k2/c0", Path("run"), "--finding", skipped)
+    with pytest.raises(ConfigError, match=r"No finding 'class00/k2/c0' in run: the run has no finding\.$"):
+        finding_key([], "class00/k2/c0", Path("run"), "--finding", skipped)
+
+
 def test_a_name_several_findings_answer_to() -> None:
     """Classes "Cat" and "cat": the exact spelling wins; class folders named by digits that are not their
     index ("2" at index 1): the message suggests the keys, not a doubled class prefix."""
