@@ -26,8 +26,11 @@ def without_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return state
 
 
-def state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint, its keys as saved (see :func:`without_ddp_prefix`)."""
+def state_dict_of(obj: Any, entry: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint, its keys as saved (see :func:`without_ddp_prefix`); ``entry``
+    (``model.checkpoint_key``) names the dict entry that holds it, when it is one."""
+    if isinstance(obj, dict) and entry is not None and is_weights(obj.get(entry)):
+        return dict(obj[entry])
     if isinstance(obj, dict):
         any_weights = any(is_weights(v) for v in obj.values())
         for key in ("state_dict", "model_state_dict", "model"):
@@ -46,8 +49,12 @@ def state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
                 raise ModelError(
                     f"The checkpoint is a dict with the keys {list(obj)[:12]}, and "
                     f"{'several' if held else 'none'} of them hold only weights{f' ({held[:6]})' if held else ''}"
-                    ". Save the model's state dict alone (torch.save(model.state_dict(), path)) or under "
-                    "'state_dict'."
+                    + (
+                        f". Say which holds the network: model.checkpoint_key: {held[0]}"
+                        if held
+                        else ". Save the model's state dict alone (torch.save(model.state_dict(), path)) or under "
+                        "'state_dict'."
+                    )
                 )
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj

@@ -213,32 +213,62 @@ def _input_size_hint(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> str:
 
 
 def _under_prefix(
-    state: dict[str, torch.Tensor], own: set[str], optional: set[str] | None = None
+    state: dict[str, torch.Tensor], own: set[str], cfg: ModelConfig, optional: set[str] | None = None
 ) -> tuple[str, dict[str, torch.Tensor]] | None:
-    """The part of ``state`` under one key prefix (``model.``, ``net.backbone.``, DataParallel's ``module.``)
+    """The part of ``state`` under one key prefix (``model.``, ``net.backbone.``, ``model.module._orig_mod.``)
     whose keys are ``own`` (the ``optional`` ones may be absent): a training framework's checkpoint
-    (Lightning keeps the network as an attribute), or None."""
+    (Lightning keeps the network as an attribute), or None. Several that fit (a student and a teacher, a
+    model and its EMA) are refused unless ``model.checkpoint_key`` names one: picking one would audit
+    whichever came first."""
     prefixes = {
-        ".".join(k.split(".")[:depth]) + "." for k in state for depth in (1, 2) if k.count(".") >= depth
+        ".".join(k.split(".")[:depth]) + "." for k in state for depth in (1, 2, 3) if k.count(".") >= depth
     }
-    for p in sorted(prefixes, key=len):
+    fits = {}
+    for p in sorted(prefixes):
         sub = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
         if own - (optional or set()) <= set(sub) <= own:
-            return p, sub
-    return None
+            fits[p] = sub
+    if len(fits) > 1:
+        listed = ", ".join(repr(p) for p in fits)
+        raise ModelError(
+            f"The checkpoint {str(cfg.checkpoint)!r} holds {len(fits)} networks that fit the model, under the "
+            f"key prefixes {listed} (a student and a teacher, a model and its EMA): say which to audit, e.g. "
+            f"model.checkpoint_key: {next(iter(fits))!r}."
+        )
+    return next(iter(fits.items()), None)
+
+
+def _chosen_prefix(state: dict[str, torch.Tensor], key: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights under ``model.checkpoint_key`` taken as a key prefix (``student.``; the dot may be left out)."""
+    p = key if key.endswith(".") else key + "."
+    sub = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+    if not sub:
+        heads = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
+        raise ModelError(
+            f"model.checkpoint_key {key!r} is no entry of the checkpoint {str(cfg.checkpoint)!r} and no prefix of "
+            f"its keys; its keys begin with {heads[:10]}."
+        )
+    return sub
 
 
 def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
     own = model.state_dict()
     # BatchNorm's step counter is no weight: torch fills it in when a checkpoint lacks it
     counters = {k for k in own if k.endswith("num_batches_tracked")}
-    state = state_dict_of(loaded)
+    key = cfg.checkpoint_key
+    state = state_dict_of(loaded, key)
+    if key is not None and not (isinstance(loaded, dict) and key in loaded):
+        state = _chosen_prefix(state, key, cfg)
     fits = set(own) - counters <= set(state) <= set(own)
     if not fits:
         # a DDP prefix is dropped unless the model's own keys carry it (a factory returning a wrapper)
         state = without_ddp_prefix(state)
         fits = set(own) - counters <= set(state) <= set(own)
-    if not fits and (found := _under_prefix(state, set(own), counters)) is not None:
+    if not fits and own and all(k.startswith("module.") for k in own):
+        # the factory returns DataParallel, the checkpoint was saved from the bare network
+        wrapped = {f"module.{k}": v for k, v in state.items()}
+        state, fits = (wrapped, True) if set(own) - counters <= set(wrapped) <= set(own) else (state, fits)
+    if not fits and (found := _under_prefix(state, set(own), cfg, counters)) is not None:
         prefix, state = found
         log.info("checkpoint: took the model's weights from its keys under %r", prefix)
     filled = {**{k: own[k] for k in counters if k not in state}, **state}

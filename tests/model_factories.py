@@ -155,3 +155,10 @@ def scripted(num_classes: int = 2) -> nn.Module:
 def compiled(num_classes: int = 2) -> nn.Module:
     """A torch.compile'd module (compiled lazily: nothing runs until its first call)."""
     return torch.compile(tiny(num_classes))
+
+
+def data_parallel_cnn(num_classes: int = 2) -> nn.Module:
+    """The small CNN wrapped in ``nn.DataParallel``: its own keys carry ``module.``."""
+    from spray.lab.cnn import small_cnn
+
+    return nn.DataParallel(small_cnn(num_classes=num_classes))

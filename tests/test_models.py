@@ -601,3 +601,56 @@ def test_a_compiled_factory_model_is_explained_through_the_model_it_compiles(tmp
     torch.save(tiny().state_dict(), tmp_path / "w.pt")
     got = build_model(ModelConfig(factory="tests.model_factories:compiled", checkpoint=tmp_path / "w.pt"))
     assert type(got).__name__ != "OptimizedModule" and "_orig_mod" not in dict(got.named_modules())
+
+
+def _equal_weights(got: torch.nn.Module, want: torch.nn.Module) -> bool:
+    return all(torch.equal(got.state_dict()[k], v) for k, v in want.state_dict().items())
+
+
+def test_a_checkpoint_holding_two_networks_is_refused_until_one_is_named(tmp_path: Path) -> None:
+    """An outside check: a distillation checkpoint (``student.*``, ``teacher.*``) audited whichever prefix Python's
+    string hashing put first (PYTHONHASHSEED 1: the student, 2: the teacher), and of ``model.*`` and ``ema.*`` always
+    the shorter one; only an INFO line said which."""
+    torch.manual_seed(0)
+    student, teacher = small_cnn(num_classes=3), small_cnn(num_classes=3)
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state |= {f"teacher.{k}": v for k, v in teacher.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "distill.ckpt")
+    cfg = ModelConfig(
+        factory="spray.lab.cnn:small_cnn",
+        factory_kwargs={"num_classes": 3},
+        checkpoint=tmp_path / "distill.ckpt",
+    )
+    with pytest.raises(
+        ModelError, match=r"holds 2 networks .*'student\.', 'teacher\.'.*model\.checkpoint_key"
+    ):
+        build_model(cfg)
+    assert _equal_weights(build_model(cfg.model_copy(update={"checkpoint_key": "teacher"})), teacher)
+    assert _equal_weights(build_model(cfg.model_copy(update={"checkpoint_key": "student."})), student)
+    with pytest.raises(
+        ModelError, match=r"'pupil' is no entry .* its keys begin with \['student\.', 'teacher\.'\]"
+    ):
+        build_model(cfg.model_copy(update={"checkpoint_key": "pupil"}))
+    # an entry of the checkpoint's dict: {"model": ..., "ema": ...} took "model" and still does by default
+    torch.save({"model": student.state_dict(), "ema": teacher.state_dict()}, tmp_path / "ema.pt")
+    ema = cfg.model_copy(update={"checkpoint": tmp_path / "ema.pt"})
+    assert _equal_weights(build_model(ema), student)
+    assert _equal_weights(build_model(ema.model_copy(update={"checkpoint_key": "ema"})), teacher)
+
+
+def test_prefixes_three_deep_and_a_dataparallel_factory_load(tmp_path: Path) -> None:
+    """An outside check: ``model.module._orig_mod.*`` (Lightning, DataParallel, torch.compile) and a factory returning
+    DataParallel with a checkpoint of the bare network got the advice to check constructor arguments."""
+    torch.manual_seed(0)
+    m = small_cnn(num_classes=3)
+    torch.save({f"model.module._orig_mod.{k}": v for k, v in m.state_dict().items()}, tmp_path / "deep.pt")
+    cfg = ModelConfig(factory="spray.lab.cnn:small_cnn", factory_kwargs={"num_classes": 3})
+    assert _equal_weights(build_model(cfg.model_copy(update={"checkpoint": tmp_path / "deep.pt"})), m)
+    torch.save(m.state_dict(), tmp_path / "bare.pt")
+    wrapped = ModelConfig(
+        factory="tests.model_factories:data_parallel_cnn",
+        factory_kwargs={"num_classes": 3},
+        checkpoint=tmp_path / "bare.pt",
+    )
+    got = build_model(wrapped)
+    assert all(torch.equal(got.state_dict()[f"module.{k}"], v) for k, v in m.state_dict().items())

@@ -13,6 +13,9 @@ from spray.config.section import Section
 class ModelConfig(Section):
     """Which model to audit: a torchvision or timm architecture or a Python factory, plus a checkpoint."""
 
+    # added after runs were recorded: left out at its default, existing runs keep their ids
+    omit_at_default = ("checkpoint_key",)
+
     architecture: str | None = Field(
         None,
         description="torchvision model name, e.g. 'resnet18', or a timm model as 'timm:NAME', e.g. "
@@ -47,6 +50,13 @@ class ModelConfig(Section):
         "safetensors package is installed); also a dict holding it under 'state_dict', "
         "'model_state_dict' or 'model' (a Lightning .ckpt: the keys under the prefix, e.g. 'model.', that "
         "match the model exactly; DataParallel's 'module.' is dropped).",
+    )
+    checkpoint_key: str | None = Field(
+        None,
+        description="Where the network's weights are in a checkpoint that holds several networks: an entry of "
+        "its dict ('state_dict_ema', 'ema') or a key prefix ('student.', 'ema.', 'model.'). Needed only when "
+        "more than one fits the model (a distillation's student and teacher, a model and its EMA): such a "
+        "checkpoint is refused, naming the candidates, rather than one picked.",
     )
     allow_pickle: bool = Field(
         False,
