@@ -122,12 +122,31 @@ def send_heatmaps(
             return {}
         assert inputs.relevance is not None
         con = inputs.concepts
-        return {
-            c: (inputs.relevance[groups == c], None if con is None else con[groups == c]) for c in plan[rank]
-        }
+        rows = {c: class_rows(inputs, groups, c) for c in plan[rank]}
+        return {c: (inputs.relevance[rows[c]], None if con is None else con[rows[c]]) for c in plan[rank]}
 
     got: dict[int, tuple[np.ndarray, np.ndarray | None]] = ctx.scatter_objects(share)
     return got
+
+
+def class_rows(inputs: AnalysisInputs, groups: np.ndarray, c: int) -> np.ndarray:
+    """Positions in ``inputs`` of group ``c``'s samples, ordered by content hash, then sample id.
+
+    A class is analysed in this order, not the dataset's: k-means' seeding and the resampled rows are drawn by
+    position, so the same images listed in another order (renamed files, a reordered dataset) gave other
+    clusters and keys; ordered by content, a renamed or moved file keeps its place.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_c,)`` int64.
+    """
+    rows = np.flatnonzero(groups == c)
+    if len(inputs.content_hashes) != len(inputs.sample_ids):
+        return rows
+    return np.asarray(
+        sorted(rows, key=lambda i: (inputs.content_hashes[i], inputs.sample_ids[i])), dtype=np.int64
+    )
 
 
 def gather_classes(ctx: DistContext, done: dict[int, ClassAnalysis]) -> dict[int, ClassAnalysis]:

@@ -23,7 +23,14 @@ from torch import nn
 
 from spray.analysis.classes import analyze_class
 from spray.analysis.scoring import InterventionProbe, rank_findings, stable_order
-from spray.analysis_shards import AnalysisInputs, assign_classes, gather_classes, send_heatmaps, share_inputs
+from spray.analysis_shards import (
+    AnalysisInputs,
+    assign_classes,
+    class_rows,
+    gather_classes,
+    send_heatmaps,
+    share_inputs,
+)
 from spray.config import AuditConfig
 from spray.copies import members_line
 from spray.data import AuditDataset
@@ -401,7 +408,7 @@ def _analyze_one(
 ) -> ClassAnalysis:
     """One class; ``sent`` is its ``(n, h, w)`` heatmaps and ``(n, C)`` concept vectors (or None) sent
     by rank 0, or None to take both from ``inputs``."""
-    rows = np.flatnonzero(groups == c)
+    rows = class_rows(inputs, groups, c)
     name = dataset.class_names[c]
     log.info("analysing class %d (%s): %d samples", c, name, len(rows))
     conditional = explainer if cfg.concepts.enabled and cfg.concepts.intervention else None
@@ -414,10 +421,11 @@ def _analyze_one(
     else:
         relevance, concepts = sent
     analysed = analyze_class(c, name, ids, relevance, cfg, probe=probe, concepts=concepts)
-    if len(inputs.content_hashes) == len(inputs.sample_ids):
-        content_of = {inputs.sample_ids[i]: inputs.content_hashes[i] for i in rows}
-        for cluster in analysed.clusters:
-            # after the line that sizes the group: a share counted in copies is read with it
-            if (line := members_line(cluster.member_ids, content_of)) is not None:
-                cluster.evidence.insert(1, line)
+    content_of = (
+        {inputs.sample_ids[i]: inputs.content_hashes[i] for i in rows} if inputs.content_hashes else {}
+    )
+    for cluster in analysed.clusters:
+        # after the line that sizes the group: a share counted in copies is read with it
+        if (line := members_line(cluster.member_ids, content_of)) is not None:
+            cluster.evidence.insert(1, line)
     return analysed

@@ -101,8 +101,9 @@ MODEL_HASH_VERSION = 4
 # evidence: a share never reads "0 %" or "100 %" unless it is, the removal lines count the donors tested, a
 # group whose tests cleared no margin names the removal margin it missed, and pixels less alike than typical
 # groups' say so.
-# 23: a candidate whose members include byte-identical copies of each other says how many distinct images
-# they are (copies count as separate images in the clustering and the tests); scores, flags and order unchanged.
+# 23: a class is analysed in the order of its images' contents (spray.analysis_shards.class_rows), not the
+# dataset's: the same images listed in another order (renamed files) gave other clusters; a candidate whose
+# members include byte-identical copies of each other says how many distinct images they are.
 ANALYSIS_VERSION = 23
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.
