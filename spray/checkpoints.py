@@ -173,7 +173,7 @@ def read_checkpoint(path: Path, allow_pickle: bool) -> Any:
             f"Checkpoint {str(path)!r} is a TorchScript archive (torch.jit.save): spray explains a model's Python "
             "layers, which TorchScript compiles away. Save its weights as a state dict, "
             "torch.save(torch.jit.load(path).state_dict(), 'weights.pt'), and give that file as model.checkpoint "
-            "with the Python model (model.arch or model.factory)."
+            "with the Python model (model.architecture or model.factory)."
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)

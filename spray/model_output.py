@@ -30,10 +30,13 @@ def describe_output(out: Any) -> str:
 
 
 def _pick(out: Any, key: int | str) -> Any:
-    """``out[key]`` for sequences and dicts, ``getattr(out, key)`` for objects; LookupError if absent."""
+    """``out[key]`` for sequences and dicts, ``getattr(out, key)`` for objects and a namedtuple's fields;
+    LookupError if absent."""
     if isinstance(out, torch.Tensor):
         raise LookupError(key)
     if isinstance(out, (tuple, list)):
+        if isinstance(key, str) and key in getattr(out, "_fields", ()):
+            return getattr(out, key)  # a namedtuple's field by name
         if not isinstance(key, int):
             raise LookupError(key)
         return out[key]
@@ -133,9 +136,9 @@ def check_model_output(
             "a class: remove it if the model has no such class)." if empty_classes else ""  # fmt: skip
         binary = (
             " A model with one output (a binary classifier trained with a sigmoid, BCEWithLogitsLoss) is not "
-            "explained as it is: return two logits from a model.factory, torch.cat([torch.zeros_like(z), z], 1) "
-            "for its output z (a softmax of [0, z] is sigmoid(z), so the predictions are the same and class 1 "
-            "is explained by z)."
+            "explained as it is: return two logits from a model.factory, torch.cat([-z / 2, z / 2], 1) for its "
+            "output z (a softmax of [-z/2, z/2] is sigmoid(z), so the predictions are the same and class 1 is "
+            "explained by z; [0, z] would read as log-probabilities where z is very negative)."
             if k == 1 and num_classes == 2
             else ""
         )

@@ -6,9 +6,15 @@ Each builds a tiny classifier for (B, 3, 16, 16) images; the faulty ones fail in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class NamedOutput(NamedTuple):
+    logits: torch.Tensor
+    features: torch.Tensor
 
 
 class Tiny(nn.Module):
@@ -32,6 +38,8 @@ class Tiny(nn.Module):
             return {"logits": logits, "features": features}
         if self.mode == "object":
             return Output(logits=logits, hidden=[features])
+        if self.mode == "namedtuple":
+            return NamedOutput(logits, features)
         if self.mode == "3d":
             return logits[..., None]
         if self.mode == "nan":
@@ -80,6 +88,11 @@ def dict_output(num_classes: int = 2) -> nn.Module:
 def object_output(num_classes: int = 2) -> nn.Module:
     """Returns an object with a ``logits`` attribute."""
     return Tiny(num_classes, mode="object")
+
+
+def namedtuple_output(num_classes: int = 2) -> nn.Module:
+    """Returns a namedtuple ``(logits, features)``."""
+    return Tiny(num_classes, mode="namedtuple")
 
 
 def wrong_shape(num_classes: int = 2) -> nn.Module:

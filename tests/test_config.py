@@ -41,6 +41,11 @@ def test_mean_and_std_on_the_0_255_scale_are_refused_with_the_divided_values(tmp
         config_from_dict(raw, base_dir=tmp_path)
     raw["data"]["transform"] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert config_from_dict(raw, base_dir=tmp_path).data.transform.mean == [0.485, 0.456, 0.406]
+    # one number is the one value for every channel (an outside check: `spray init --transform mean=0.5` said only
+    # "Input should be a valid list")
+    raw["data"]["transform"] = {"mean": 0.5, "std": 1}
+    t = config_from_dict(raw, base_dir=tmp_path).data.transform
+    assert (t.mean, t.std) == ([0.5], [1.0])
 
 
 def test_wrong_type(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_output_checks() -> None:
     assert "move a folder that is not one of the model's classes" in str(got.value)
     # a binary classifier with one logit (an outside check found no way forward in the message)
     with pytest.raises(
-        ModelError, match=r"1 outputs but the dataset has 2 classes.*torch\.cat\(\[torch\.zeros_like"
+        ModelError, match=r"1 outputs but the dataset has 2 classes.*torch\.cat\(\[-z / 2, z / 2\]"
     ):
         check_model_output(small_cnn(num_classes=1).eval(), torch.randn(2, 1, 28, 28), 2)
     with pytest.raises(
@@ -166,6 +166,9 @@ def test_output_selector_tuple_dict_object() -> None:
         assert check_model_output(model, x, 2) == 2
         with pytest.raises(ModelError, match=r"model\.output"):
             check_model_output(build_model(ModelConfig(factory=f"tests.model_factories:{name}")), x, 2)
+    # an outside check: a namedtuple's field by name was refused as selecting nothing
+    named = build_model(ModelConfig(factory="tests.model_factories:namedtuple_output", output="logits"))
+    assert check_model_output(named, x, 2) == 2
     with pytest.raises(ModelError, match=r"model.output: 5 .* tuple of 2"):
         build_model(ModelConfig(factory="tests.model_factories:tuple_output", output=5))(x)
     with pytest.raises(ModelError, match=r"remove it"):
@@ -654,3 +657,28 @@ def test_prefixes_three_deep_and_a_dataparallel_factory_load(tmp_path: Path) -> 
     )
     got = build_model(wrapped)
     assert all(torch.equal(got.state_dict()[f"module.{k}"], v) for k, v in m.state_dict().items())
+
+
+def test_the_advice_for_a_one_logit_model_is_accepted() -> None:
+    """An outside check: the two logits the message advised, ``cat([0, z])``, were refused as log-probabilities
+    where z was very negative (every row's exponentials summed to 1); ``cat([-z/2, z/2])`` gives the same softmax."""
+
+    class OneLogit(torch.nn.Module):
+        def __init__(self, advice: str) -> None:
+            super().__init__()
+            self.fc, self.advice = torch.nn.Linear(12, 1), advice
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.fc(x.flatten(1)) - 30.0  # every image far on class 0's side
+            return (
+                torch.cat([-z / 2, z / 2], 1)
+                if self.advice == "half"
+                else torch.cat([torch.zeros_like(z), z], 1)
+            )
+
+    x = torch.rand(8, 3, 2, 2)
+    with pytest.raises(ModelError, match=r"torch\.cat\(\[-z / 2, z / 2\], 1\)"):
+        check_model_output(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1)), x, 2)
+    assert check_model_output(OneLogit("half"), x, 2) == 2
+    with pytest.raises(ModelError, match="log-probabilities"):
+        check_model_output(OneLogit("zero"), x, 2)

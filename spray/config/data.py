@@ -108,6 +108,12 @@ class TransformConfig(Section):
         "files); with 0, files are decoded one by one.",
     )
 
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _one_number_is_one_value(cls, v: Any) -> Any:
+        # "mean: 0.5" (or spray init's --transform mean=0.5) is the one value for every channel
+        return [v] if isinstance(v, int | float) and not isinstance(v, bool) else v
+
     @field_validator("resize", mode="before")
     @classmethod
     def _resize_numbers(cls, v: Any) -> Any:
