@@ -43,6 +43,18 @@ class ModelFacts:
     interpolation: str = "bilinear"
 
 
+#: torchvision architectures that, built from its ImageNet weights, re-normalise their input inside forward()
+#: (``transform_input=True``, a setting the state dict does not hold).
+INPUT_TRANSFORMING = ("googlenet", "inception_v3")
+TRANSFORM_INPUT_NOTE = (
+    "CHECK model: torchvision builds {name} from its ImageNet weights with transform_input=True, which "
+    "re-normalises each channel inside forward() to mean 0.5, std 0.5; the checkpoint does not say so, and spray "
+    "builds it without. If yours was fine-tuned from those weights, give data.transform mean [0.5, 0.5, 0.5] and "
+    "std [0.5, 0.5, 0.5] (spray init: --transform mean=0.5 --transform std=0.5): its logits are then the same, "
+    "where with ImageNet's mean/std they differ"
+)
+
+
 def inspect_model(
     spec: str, num_classes: int | None, config_dir: Path, channels: int | None = None
 ) -> ModelFacts:
@@ -82,7 +94,10 @@ def inspect_model(
             IMAGENET_STD,
             fixed_size=bool(fixed),
         )
-        return _with_weights_transform(facts, spec)
+        facts = _with_weights_transform(facts, spec)
+        if spec in INPUT_TRANSFORMING:
+            facts.notes.append(TRANSFORM_INPUT_NOTE.format(name=spec))
+        return facts
     found = timm_facts(spec, num_classes, required=False)
     if found is not None:
         return found

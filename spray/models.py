@@ -86,6 +86,14 @@ def _architecture(cfg: ModelConfig) -> nn.Module:
         return _timm_model(cfg.architecture[len("timm:") :], cfg)
     import torchvision  # only here: importing it costs seconds that factory models need not pay
 
+    if cfg.architecture in ("googlenet", "inception_v3") and cfg.architecture_kwargs.get("transform_input"):
+        # its shift inside forward() takes relevance that no input pixel gets: LRP's check refuses it later
+        raise ConfigError(
+            f"model.architecture_kwargs: transform_input: true makes {cfg.architecture} re-normalise its input "
+            "inside forward() (each channel to mean 0.5, std 0.5), which spray cannot explain. The same model "
+            "without it computes the same logits from inputs normalised that way: set transform_input: false "
+            "and data.transform mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5]."
+        )
     kwargs = {"num_classes": cfg.num_classes, **cfg.architecture_kwargs}
     try:
         return torchvision.models.get_model(cfg.architecture, weights=None, **kwargs)

@@ -682,3 +682,32 @@ def test_the_advice_for_a_one_logit_model_is_accepted() -> None:
     assert check_model_output(OneLogit("half"), x, 2) == 2
     with pytest.raises(ModelError, match="log-probabilities"):
         check_model_output(OneLogit("zero"), x, 2)
+
+
+def test_googlenet_re_normalising_its_input_is_refused_with_the_equivalent(tmp_path: Path) -> None:
+    """An outside check: a googlenet fine-tuned from torchvision's ImageNet weights (built with transform_input=True,
+    which the state dict does not hold) was audited without it, 92 % of its predictions the user's, without a word;
+    with transform_input: true LRP refused it as losing relevance. The advised equivalent computes the same logits."""
+    import torchvision
+
+    from spray.model_facts import inspect_model
+
+    cfg = ModelConfig(architecture="googlenet", num_classes=3, architecture_kwargs={"transform_input": True})
+    with pytest.raises(
+        ConfigError, match=r"transform_input: false and data\.transform mean \[0\.5, 0\.5, 0\.5\]"
+    ):
+        build_model(cfg)
+    assert any("transform_input=True" in n for n in inspect_model("googlenet", 3, tmp_path).notes)
+    torch.manual_seed(0)
+    theirs = torchvision.models.googlenet(
+        num_classes=3, aux_logits=False, transform_input=True, init_weights=True
+    ).eval()
+    ours = build_model(cfg.model_copy(update={"architecture_kwargs": {"aux_logits": False}}))
+    ours.load_state_dict(theirs.state_dict())
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406])[:, None, None],
+        torch.tensor([0.229, 0.224, 0.225])[:, None, None],
+    )
+    with torch.no_grad():
+        assert torch.allclose(theirs((pixels - mean) / std), ours((pixels - 0.5) / 0.5), atol=1e-4)
