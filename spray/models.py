@@ -397,8 +397,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             modules = [v for v in loaded.values() if isinstance(v, nn.Module)]
             loaded = modules[0] if len(modules) == 1 else loaded  # {"model": <pickled module>, "epoch": 3}
         if isinstance(loaded, nn.Module):
-            log.warning("loaded a fully pickled model from %s (allow_pickle is set)", cfg.checkpoint)
-            return as_float32(_select(loaded, cfg).eval())
+            kind = type(uncompiled(loaded))
+            named = (
+                f"model.architecture {cfg.architecture!r}"
+                if cfg.architecture
+                else f"model.factory {cfg.factory!r}"
+            )
+            log.warning(
+                "loaded a fully pickled model from %s (allow_pickle is set): a %s.%s; %s is not used (the checkpoint "
+                "holds the whole model)",
+                cfg.checkpoint, kind.__module__, kind.__qualname__, named,
+            )  # fmt: skip
+            # a pickled torch.compile wrapper recompiled for every new batch shape of the paste tests
+            return as_float32(_select(uncompiled(loaded), cfg).eval())
     model = _architecture(cfg) if cfg.architecture is not None else _factory_model(cfg)
     if loaded is not None:
         _load_state(model, loaded, cfg)

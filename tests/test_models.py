@@ -1,3 +1,4 @@
+import logging
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
         build_model(ModelConfig(architecture="resnet18", num_classes=3, checkpoint=tmp_path / "none.pt"))
 
 
-def test_pickled_model_needs_opt_in(tmp_path: Path) -> None:
+def test_pickled_model_needs_opt_in(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     torch.save(small_cnn(), tmp_path / "full.pt")
     with pytest.raises(ModelError, match="allow_pickle"):
         build_model(ModelConfig(factory="spray.lab.cnn:small_cnn", checkpoint=tmp_path / "full.pt"))
@@ -64,6 +65,16 @@ def test_pickled_model_needs_opt_in(tmp_path: Path) -> None:
         ModelConfig(factory="spray.lab.cnn:small_cnn", checkpoint=tmp_path / "full.pt", allow_pickle=True)
     )
     assert isinstance(m, torch.nn.Module)
+    # an outside check: with model.architecture resnet18 beside it, the pickled CNN was audited and nothing said
+    # the architecture went unused
+    with caplog.at_level(logging.WARNING, logger="spray.models"):
+        m = build_model(
+            ModelConfig(
+                architecture="resnet18", num_classes=10, checkpoint=tmp_path / "full.pt", allow_pickle=True
+            )
+        )
+    assert type(m).__name__ == "SmallCNN"
+    assert "a spray.lab.cnn.SmallCNN; model.architecture 'resnet18' is not used" in caplog.text
     # a pickled module inside a training script's dict (an outside check: refused even with allow_pickle)
     torch.manual_seed(1)
     inner = small_cnn().eval()
