@@ -155,3 +155,49 @@ def test_register_layer_rule() -> None:
         composites._USER_RULES.pop(Scale)
     with pytest.raises(ConfigError):
         register_layer_rule(Scale, "pass")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["FrozenBatchNorm2d", "SyncBatchNorm"])
+def test_frozen_and_sync_batchnorm_are_explained_as_batchnorm(kind: str) -> None:
+    """An outside check: torchvision's FrozenBatchNorm2d and nn.SyncBatchNorm were refused as having no rule, and
+    the advised Epsilon rule gave maps at median cosine 0.89 to the folded model's. Each becomes the plain BatchNorm
+    it computes in eval mode; the maps are zennit's for that model."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from spray import explain
+    from tests.lrp_oracles import zennit_reference
+
+    def net(bn: type[nn.Module]) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), bn(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), bn(8), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        ).eval()  # fmt: skip
+
+    torch.manual_seed(0)
+    plain = net(nn.BatchNorm2d)
+    for m in plain.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    other = net(FrozenBatchNorm2d if kind == "FrozenBatchNorm2d" else nn.SyncBatchNorm)
+    state = plain.state_dict()
+    other.load_state_dict({k: v for k, v in state.items() if k in other.state_dict()})
+    x = torch.rand(4, 3, 16, 16)
+    targets = plain(x).argmax(1)
+    got = explain(other, x, target=targets)
+    want = zennit_reference(plain, x, "EpsilonPlusFlat", targets)
+    assert torch.allclose(got, want, atol=1e-6 * float(want.abs().max()) + 1e-9, rtol=1e-4)
+
+
+def test_a_batchnorm_type_given_a_rule_keeps_it() -> None:
+    """A user who registered a rule for FrozenBatchNorm2d (as the old refusal advised) keeps the maps of that rule:
+    canonization leaves the type alone."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from spray.lrp.canonizers import canonize
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4), nn.ReLU())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in canonize(net, "auto").modules())
+    assert any(
+        isinstance(m, FrozenBatchNorm2d) for m in canonize(net, "auto", keep=(FrozenBatchNorm2d,)).modules()
+    )

@@ -19,6 +19,8 @@ and the training flag stay as they were).
   ``F.scaled_dot_product_attention`` (:mod:`spray.lrp.attention`), so that rules reach its insides.
 * timm's ``BatchNormAct2d`` (a BatchNorm with its activation inside) is split into a plain BatchNorm
   followed by the activation, so that the BatchNorm can be folded.
+* ``FrozenBatchNorm2d`` (torchvision's detection backbones, timm) and ``nn.SyncBatchNorm`` become the plain
+  BatchNorm that computes the same in eval mode, and are folded like one.
 
 Functional operations inside a custom ``forward`` (``x + y``, ``torch.cat``, ``x * gate``, attention)
 are invisible to module inspection; :mod:`spray.lrp.functional` gives them their rules while the copy
@@ -253,6 +255,43 @@ def _out_of_place(model: nn.Module) -> int:
     return count
 
 
+#: BatchNorm classes that compute what ``nn.BatchNorm2d`` does in eval mode, by class name: torchvision's and
+#: timm's ``FrozenBatchNorm2d`` (statistics as buffers), and ``nn.SyncBatchNorm`` (its own class).
+_OTHER_BATCHNORMS = ("FrozenBatchNorm2d", "SyncBatchNorm")
+_BN_AFTER: tuple[tuple[type[nn.Module], type[nn.Module]], ...] = (
+    (nn.Conv1d, nn.BatchNorm1d),
+    (nn.Linear, nn.BatchNorm1d),
+    (nn.Conv3d, nn.BatchNorm3d),
+)
+
+
+def _plain_batchnorms(model: nn.Module, keep: tuple[type[nn.Module], ...] = ()) -> int:
+    """Replace every ``FrozenBatchNorm2d`` and ``SyncBatchNorm`` by the plain BatchNorm that computes the same
+    in eval mode (of the dimension its preceding layer gives; 2-D otherwise), so that it is folded and
+    explained like one; a module of a ``keep`` type (one the user gave a rule) stays. Returns how many were
+    replaced."""
+    count, previous = 0, None
+    for path, m in list(leaves(model)):
+        if (
+            type(m).__name__ in _OTHER_BATCHNORMS
+            and not isinstance(m, keep)
+            and _tensor(m, "running_mean") is not None
+        ):
+            kind = next((bn for layer, bn in _BN_AFTER if isinstance(previous, layer)), nn.BatchNorm2d)
+            mean = _tensor(m, "running_mean")
+            assert mean is not None
+            bn = kind(mean.numel(), eps=float(getattr(m, "eps", 1e-5))).to(mean.device, mean.dtype).eval()
+            with torch.no_grad():
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    value = _tensor(m, name)
+                    if value is not None:
+                        getattr(bn, name).copy_(value)
+            _set_module(model, path, bn)
+            count += 1
+        previous = m
+    return count
+
+
 def _split_norm_act(model: nn.Module) -> int:
     """Replace timm's ``BatchNormAct2d`` by ``Sequential(BatchNorm2d, drop, act)`` (same function)."""
     count = 0
@@ -343,6 +382,7 @@ def canonize(
     model: nn.Module,
     canonizers: str | Sequence[str] | None = "auto",
     device: torch.device | str | None = None,
+    keep: tuple[type[nn.Module], ...] = (),
 ) -> nn.Module:
     """Return a canonized deep copy of ``model`` in eval mode with frozen parameters.
 
@@ -354,6 +394,8 @@ def canonize(
         What to apply; ``None`` only copies (eval mode, no grads, no hooks, out-of-place activations).
     device : torch.device or str, optional
         Where to put the copy (default: where the model is).
+    keep : tuple of module types
+        Types the user gave a rule (``register_layer_rule``, ``extra_rules``): never replaced.
 
     Returns
     -------
@@ -372,6 +414,7 @@ def canonize(
     _out_of_place(copied)
     split_attention(copied)
     if "merge_batchnorm" in names:
+        _plain_batchnorms(copied, keep)
         _split_norm_act(copied)
         folded = fold_batchnorm(copied)
         logger.debug("folded %d BatchNorm layers", len(folded))

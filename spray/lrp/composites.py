@@ -176,6 +176,11 @@ def register_layer_rule(layer_type: type[nn.Module], rule: Rule) -> None:
     _USER_RULES[layer_type] = rule
 
 
+def user_rule_types() -> tuple[type[nn.Module], ...]:
+    """The layer types given a rule with :func:`register_layer_rule`."""
+    return tuple(_USER_RULES)
+
+
 Matcher = tuple[type[nn.Module], ...] | Callable[[nn.Module], bool]
 LayerMap = list[tuple[Matcher, Rule]]
 

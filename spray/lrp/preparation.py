@@ -17,7 +17,7 @@ from spray.errors import ConfigError, UnsupportedLayerError
 from spray.lrp.activations import is_activation
 from spray.lrp.base import Epsilon, Norm, Rule, RuleContext, RuleModule
 from spray.lrp.canonizers import ResidualAdd, canonize
-from spray.lrp.composites import LINEAR_TYPES, Composite
+from spray.lrp.composites import LINEAR_TYPES, Composite, user_rule_types
 from spray.lrp.fusion import _fuse_relus, _Fusion
 from spray.lrp.layout import _convert_layout, prefers_channels_last
 from spray.lrp.normalization import is_normalization
@@ -146,7 +146,7 @@ def unsupported_message(unsupported: list[tuple[str, nn.Module]]) -> str:
         + "; ".join(f"{t}: {r}" for t, r in hints.items())
         + f".{example} A container "
         "(a module with submodules) can be given one rule as a whole. Supported out of the box: "
-        "Conv1d/2d/3d, Linear, BatchNorm, LayerNorm/GroupNorm/RMSNorm, element-wise activations (torch.nn "
+        "Conv1d/2d/3d, Linear, BatchNorm (also Sync- and FrozenBatchNorm), LayerNorm/GroupNorm/RMSNorm, element-wise activations (torch.nn "
         "and timm), Max/AvgPool (incl. adaptive), Softmax, Flatten, Dropout, Identity, containers, and "
         "attention, gating and activations written in forward()." + advice
     )
@@ -212,7 +212,9 @@ def prepare(
     ConfigError
         A rule that cannot go where the composite puts it.
     """
-    copied = canonize(model, "auto" if canonize_model else None, device=device)
+    # a type the user gave a rule keeps it: canonization must not replace it by another one
+    keep = (*(extra_rules or {}), *user_rule_types())
+    copied = canonize(model, "auto" if canonize_model else None, device=device, keep=keep)
     layout = prefers_channels_last(copied, device) if channels_last is None else channels_last
     # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
     layout = _convert_layout(copied, bool(layout))
