@@ -424,12 +424,16 @@ def _report(
         list(setup.dataset.class_names),
         corrected=cfg.model.factory == CORRECTED_FACTORY,
     )
-    contrast = heatmap_contrast(stage.batch.relevance)
+    from spray.lrp.concepts import has_attention  # late: spray.lrp is not needed for an up-to-date run
+
+    transformer = has_attention(setup.model)  # the checks' advice points a transformer at AttnLRP
+    contrast = heatmap_contrast(stage.batch.relevance, cfg.lrp.composite, transformer)
     conflicts = find_label_conflicts(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)
     copies = find_copies(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)
     conservation = measure_conservation(
-        batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped)
-    )
+        batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped),
+        transformer,
+    )  # fmt: skip
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings": two
     # runs of the same inputs and seed differ only there (and in "config.output", where it was published).

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spray.heatmap_contrast import composite_advice
+
 if TYPE_CHECKING:  # torch only where the check runs: its sentences are read by the dashboard and reports
     import torch
 
@@ -43,6 +45,10 @@ class Conservation:
         Images counted (those with a logit away from 0).
     low : bool
         ``median_share`` under :data:`LOW_SHARE`.
+    composite : str or None
+        The LRP composite (None: a run recorded before it was).
+    transformer : bool or None
+        Whether the model has attention layers (None: not recorded).
     """
 
     median_share: float
@@ -50,6 +56,8 @@ class Conservation:
     high_share: float
     n_samples: int
     low: bool
+    composite: str | None = None
+    transformer: bool | None = None
 
 
 def shares(relevance: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -71,7 +79,12 @@ def shares(relevance: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor)
 
 
 def measure(
-    explainer: Any, dataset: Any, target: str | int, device: torch.device, skip: frozenset[str] = frozenset()
+    explainer: Any,
+    dataset: Any,
+    target: str | int,
+    device: torch.device,
+    skip: frozenset[str] = frozenset(),
+    transformer: bool | None = None,
 ) -> Conservation | None:
     """Explain :data:`PROBE_SAMPLES` images spread over ``dataset`` and judge the shares (module docstring);
     None when no image could be counted.
@@ -88,6 +101,8 @@ def measure(
         Where the explainer runs.
     skip : frozenset of str
         Sample ids the audit skipped (unreadable): never loaded again.
+    transformer : bool, optional
+        Whether the model has attention layers (for the advice).
     """
     import torch
 
@@ -102,9 +117,11 @@ def measure(
     if not len(got):
         return None
     median = float(np.median(got))
+    name = getattr(getattr(explainer, "composite", None), "name", None)
     check = Conservation(
-        median, float(np.quantile(got, 0.1)), float(np.quantile(got, 0.9)), len(got), median < LOW_SHARE
-    )
+        median, float(np.quantile(got, 0.1)), float(np.quantile(got, 0.9)), len(got), median < LOW_SHARE,
+        name if isinstance(name, str) else None, transformer,
+    )  # fmt: skip
     for problem in problems(asdict(check)):
         log.warning("%s", problem)
     return check
@@ -114,11 +131,17 @@ def problems(rec: dict[str, Any]) -> list[str]:
     """The sentence for a recorded check (the fields of :class:`Conservation`), or none."""
     if not rec.get("low"):
         return []
+    composite = rec.get("composite")
+    # z+ takes relevance where no input meets a positive weight: said only where z+ ran (or it is not known)
+    z_plus = (
+        " and the z+ rule where no input meets a positive weight"
+        if composite in (None, "EpsilonPlusFlat", "EpsilonPlus")
+        else ""
+    )
     return [
         f"The heatmaps carry {100 * rec['median_share']:.1f} % of the explained logit (median of "
         f"{rec['n_samples']} images; 10 to 90 %: {100 * rec['low_share']:.1f} to {100 * rec['high_share']:.1f} "
-        "%): the model's biases, the rules' stabilisers and (under EpsilonPlusFlat) the z+ rule where no "
-        "input meets a positive weight took the rest, so the maps show a small part of "
-        "the decision and read noise more easily. Findings can still be right; if they look like noise, "
-        "compare lrp.composite: EpsilonGammaBox (or AttnLRP for a transformer) on a few images (docs/lrp.md)."
+        f"%): the model's biases and the rules' stabilisers{z_plus} took the rest, so the maps show a small part "
+        "of the decision and read noise more easily. Findings can still be right; if they look like noise, "
+        f"{composite_advice(rec.get('composite'), rec.get('transformer'))} on a few images (docs/lrp.md)."
     ]

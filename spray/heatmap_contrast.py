@@ -39,20 +39,53 @@ class HeatmapContrast:
         Maps counted (those with any relevance).
     flat : bool
         ``median_cv`` under :data:`FLAT_CV` (and enough samples).
+    composite : str or None
+        The LRP composite the maps were computed with (None: a run recorded before it was).
+    transformer : bool or None
+        Whether the model has attention layers (None: not recorded).
     """
 
     median_cv: float
     n_samples: int
     flat: bool
+    composite: str | None = None
+    transformer: bool | None = None
 
 
-def heatmap_contrast(relevance: np.ndarray) -> HeatmapContrast | None:
+#: The composites with rules for attention (spray.lrp.composites.TRANSFORMER_COMPOSITES, without torch).
+ATTENTION_COMPOSITES = ("AttnLRP", "CPLRP")
+
+
+def composite_advice(composite: str | None, transformer: bool | None) -> str:
+    """Which composite to compare, given the one the maps came from and whether the model has attention (never
+    the one in use; a transformer is pointed at the attention rules)."""
+    if composite is None:
+        return "try lrp.composite: EpsilonGammaBox (or EpsilonAlpha2Beta1Flat; AttnLRP for a transformer)"
+    if transformer and composite in ATTENTION_COMPOSITES:
+        other = next(c for c in ATTENTION_COMPOSITES if c != composite)
+        return (
+            f"compare lrp.composite: {other} (an untrained or barely trained transformer gives such maps under "
+            "every composite)"
+        )
+    if transformer:
+        return "try lrp.composite: AttnLRP, whose rules are made for attention (docs/lrp.md, 'Which composite for a ViT')"
+    options = [c for c in ("EpsilonGammaBox", "EpsilonAlpha2Beta1Flat") if c != composite]
+    return f"try lrp.composite: {options[0]}" + (f" (or {options[1]})" if len(options) > 1 else "")
+
+
+def heatmap_contrast(
+    relevance: np.ndarray, composite: str | None = None, transformer: bool | None = None
+) -> HeatmapContrast | None:
     """The contrast of a run's heatmaps; warns when they are flat (module docstring).
 
     Parameters
     ----------
     relevance : np.ndarray
         ``(N, h, w)`` heatmaps on the analysis grid.
+    composite : str, optional
+        ``lrp.composite`` (the advice names another one).
+    transformer : bool, optional
+        Whether the model has attention layers (the advice names the attention rules).
 
     Returns
     -------
@@ -74,7 +107,7 @@ def heatmap_contrast(relevance: np.ndarray) -> HeatmapContrast | None:
     if not len(cv):
         return None
     median, n = float(np.median(cv)), len(cv)
-    got = HeatmapContrast(median, n, n >= CONTRAST_MIN_SAMPLES and median < FLAT_CV)
+    got = HeatmapContrast(median, n, n >= CONTRAST_MIN_SAMPLES and median < FLAT_CV, composite, transformer)
     for problem in problems(asdict(got)):
         log.warning("%s", problem)
     return got
@@ -88,6 +121,6 @@ def problems(rec: dict[str, Any]) -> list[str]:
         f"The heatmaps are nearly flat: a map's cells vary by {100 * rec['median_cv']:.0f} % of their mean "
         f"(median of {rec['n_samples']:,} maps; other models give 40 % and more), so the clusters and findings say "
         "little about where the model looks, and no finding here does not mean a clean model. The LRP "
-        "composite does not suit this model: try lrp.composite: EpsilonGammaBox (or EpsilonAlpha2Beta1Flat) "
+        f"composite may not suit this model: {composite_advice(rec.get('composite'), rec.get('transformer'))}, "
         "and compare the heatmaps of a few images."
     ]

@@ -122,7 +122,7 @@ def test_corrupt_and_non_image_files_are_skipped_and_reported(
     (tmp_path / "imgs" / "dog" / "README.txt").write_text("hi")
     assert main(["audit", "--config", str(_write_cfg(tmp_path, raw)), "-q"]) == 0
     out = capsys.readouterr()
-    assert "2 skipped" in out.out
+    assert "2 samples skipped" in out.out
     (run,) = list_runs(tmp_path / "runs")
     reasons = {s.sample_id: s.reason for s in RunReader.open(run).summary.skipped}
     assert set(reasons) == {"cat/broken.png", "dog/README.txt"}

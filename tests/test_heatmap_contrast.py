@@ -47,3 +47,32 @@ def test_a_recorded_flat_check_reaches_every_output_through_recorded_problems() 
     assert "10 % of their mean" in sentence and "480 maps" in sentence
     assert recorded_problems({"heatmap_contrast": {**flat, "flat": False}}) == []
     assert recorded_problems({}) == [] and recorded_problems(None) == []
+
+
+def test_the_advice_names_another_composite_and_attention_rules_for_a_transformer() -> None:
+    """An outside check: a DeiT's flat maps under EpsilonGammaBox were told to try EpsilonGammaBox, and a hybrid
+    ViT's low share under AttnLRP was told to compare AttnLRP; a transformer needs the attention rules."""
+    from spray.conservation import problems as share_problems
+    from spray.heatmap_contrast import composite_advice, problems
+
+    def said(composite: str | None, transformer: bool | None) -> str:
+        rec = {
+            "median_cv": 0.2,
+            "n_samples": 40,
+            "flat": True,
+            "composite": composite,
+            "transformer": transformer,
+        }
+        return problems(rec)[0]
+
+    assert "try lrp.composite: EpsilonAlpha2Beta1Flat" in said("EpsilonGammaBox", False)
+    assert "EpsilonGammaBox (or EpsilonAlpha2Beta1Flat)" in said("EpsilonPlusFlat", False)
+    assert "try lrp.composite: AttnLRP" in said("EpsilonGammaBox", True)
+    assert "compare lrp.composite: CPLRP" in said("AttnLRP", True)
+    assert "EpsilonGammaBox" in said(None, None)  # a run recorded before: the old advice
+    for composite in ("EpsilonPlusFlat", "EpsilonGammaBox", "AttnLRP", "CPLRP"):
+        for transformer in (False, True):
+            assert f"lrp.composite: {composite}" not in composite_advice(composite, transformer)
+    low = {"median_share": 0.086, "low_share": 0.05, "high_share": 0.1, "n_samples": 32, "low": True}
+    text = share_problems(low | {"composite": "AttnLRP", "transformer": True})[0]
+    assert "compare lrp.composite: CPLRP" in text and "z+" not in text
