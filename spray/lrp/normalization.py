@@ -40,9 +40,17 @@ def is_response_norm(module: nn.Module) -> bool:
     return bool(class_names(module) & HELD_NORM_CLASS_NAMES)
 
 
+#: timm's RMSNorm classes, by name (not subclasses of ``nn.RMSNorm``; they compute ``x / rms(x) * weight``
+#: over the last dimensions, or the channels for the 2-D ones, as ``nn.RMSNorm`` does).
+TIMM_RMS_NORMS = frozenset({"RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32"})
+
+
 def is_normalization(module: nn.Module) -> bool:
-    """Whether ``module`` is a LayerNorm/GroupNorm/RMSNorm (or a subclass, e.g. a channel LayerNorm)."""
-    return isinstance(module, NORM_TYPES)
+    """Whether ``module`` is a LayerNorm/GroupNorm/RMSNorm (or a subclass, e.g. a channel LayerNorm), or one of
+    timm's RMSNorms."""
+    return isinstance(module, NORM_TYPES) or (
+        type(module).__name__ in TIMM_RMS_NORMS and type(module).__module__.startswith("timm.")
+    )
 
 
 def _affine(h: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
