@@ -504,6 +504,17 @@ def test_a_layer_computing_its_weight_in_forward_is_refused_by_name(canonize: bo
     with pytest.raises(ModelError, match=r"2 \(_StdConv\)") as err:
         Explainer(model, canonize=canonize)(torch.rand(2, 3, 8, 8))
     assert "another function" in str(err.value)
+    # the way out the message names (an outside check: a hybrid ViT's StdConv2dSame stem ran under AttnLRP only,
+    # and nothing said so): ε runs the layer's own forward, and the maps conserve the logit of a bias-free copy
+    assert "lrp.composite: AttnLRP or CPLRP" in str(err.value)
+    for m in model.modules():
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+    x = torch.rand(2, 3, 8, 8)
+    res = Explainer(model, "CPLRP", canonize=canonize)(x, target="pred")
+    assert torch.allclose(
+        res.relevance.sum((1, 2, 3)), res.logits.gather(1, res.targets[:, None])[:, 0], rtol=1e-4
+    )
 
 
 def test_a_layer_padding_in_forward_whose_plain_rule_fails_is_refused_by_name() -> None:

@@ -383,7 +383,8 @@ class Explainer:
             "pads its input there). Give a model whose layers are plain nn.Conv2d / nn.Linear with the weights "
             "and padding they use (for StdConv2d: copy the standardised weight into a plain Conv2d; timm's tf_ "
             "models pad in forward() by TensorFlow's 'same' rule, which a plain Conv2d cannot: train the "
-            "architecture without the tf_ prefix to audit it)."
+            "architecture without the tf_ prefix to audit it). Or audit with lrp.composite: AttnLRP or CPLRP, "
+            "whose ε rule runs each such layer's own forward() (LRP-ε on the convolutions too)."
         )
 
     def _mismatch(self, err: float, scale: float, varies: bool = False, own: float = 0.0) -> str:
