@@ -201,3 +201,26 @@ def test_a_batchnorm_type_given_a_rule_keeps_it() -> None:
     assert any(
         isinstance(m, FrozenBatchNorm2d) for m in canonize(net, "auto", keep=(FrozenBatchNorm2d,)).modules()
     )
+
+
+def test_a_sync_batchnorm_anywhere_is_explained_as_its_plain_batchnorm() -> None:
+    """A review: a SyncBatchNorm after a ReLU (an MLP head converted by convert_sync_batchnorm) became a
+    BatchNorm2d and stopped the forward pass on its 2-D input."""
+    from spray import explain
+
+    def net(bn2: type[nn.Module], bn1: type[nn.Module]) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.ReLU(), bn2(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8),
+            nn.ReLU(), bn1(8), nn.Linear(8, 3),
+        ).eval()  # fmt: skip
+
+    torch.manual_seed(0)
+    plain = net(nn.BatchNorm2d, nn.BatchNorm1d)
+    for m in plain.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    synced = net(nn.SyncBatchNorm, nn.SyncBatchNorm)
+    synced.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 10, 10)
+    targets = plain(x).argmax(1)
+    assert torch.allclose(explain(synced, x, target=targets), explain(plain, x, target=targets), atol=1e-7)

@@ -258,29 +258,35 @@ def _out_of_place(model: nn.Module) -> int:
 #: BatchNorm classes that compute what ``nn.BatchNorm2d`` does in eval mode, by class name: torchvision's and
 #: timm's ``FrozenBatchNorm2d`` (statistics as buffers), and ``nn.SyncBatchNorm`` (its own class).
 _OTHER_BATCHNORMS = ("FrozenBatchNorm2d", "SyncBatchNorm")
-_BN_AFTER: tuple[tuple[type[nn.Module], type[nn.Module]], ...] = (
-    (nn.Conv1d, nn.BatchNorm1d),
-    (nn.Linear, nn.BatchNorm1d),
-    (nn.Conv3d, nn.BatchNorm3d),
-)
+
+
+class AnyBatchNorm(nn.BatchNorm2d):
+    """An eval-mode BatchNorm for inputs of any dimension ``(N, C, ...)``, as ``nn.SyncBatchNorm`` takes them
+    (which dimension a replaced one sees is not known before a forward pass)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions (N, C, ...), got {input.dim()}")
 
 
 def _plain_batchnorms(model: nn.Module, keep: tuple[type[nn.Module], ...] = ()) -> int:
     """Replace every ``FrozenBatchNorm2d`` and ``SyncBatchNorm`` by the plain BatchNorm that computes the same
-    in eval mode (of the dimension its preceding layer gives; 2-D otherwise), so that it is folded and
-    explained like one; a module of a ``keep`` type (one the user gave a rule) stays. Returns how many were
-    replaced."""
-    count, previous = 0, None
+    in eval mode (:class:`AnyBatchNorm`), so that it is folded and explained like one; a module of a ``keep``
+    type (one the user gave a rule) stays. Returns how many were replaced."""
+    count = 0
     for path, m in list(leaves(model)):
         if (
             type(m).__name__ in _OTHER_BATCHNORMS
             and not isinstance(m, keep)
             and _tensor(m, "running_mean") is not None
         ):
-            kind = next((bn for layer, bn in _BN_AFTER if isinstance(previous, layer)), nn.BatchNorm2d)
             mean = _tensor(m, "running_mean")
             assert mean is not None
-            bn = kind(mean.numel(), eps=float(getattr(m, "eps", 1e-5))).to(mean.device, mean.dtype).eval()
+            bn = (
+                AnyBatchNorm(mean.numel(), eps=float(getattr(m, "eps", 1e-5)))
+                .to(mean.device, mean.dtype)
+                .eval()
+            )
             with torch.no_grad():
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     value = _tensor(m, name)
@@ -288,7 +294,6 @@ def _plain_batchnorms(model: nn.Module, keep: tuple[type[nn.Module], ...] = ()) 
                         getattr(bn, name).copy_(value)
             _set_module(model, path, bn)
             count += 1
-        previous = m
     return count
 
 
