@@ -421,9 +421,8 @@ def _analyze_one(
     else:
         relevance, concepts = sent
     analysed = analyze_class(c, name, ids, relevance, cfg, probe=probe, concepts=concepts)
-    content_of = (
-        {inputs.sample_ids[i]: inputs.content_hashes[i] for i in rows} if inputs.content_hashes else {}
-    )
+    hashed = len(inputs.content_hashes) == len(inputs.sample_ids)
+    content_of = {inputs.sample_ids[i]: inputs.content_hashes[i] for i in rows} if hashed else {}
     for cluster in analysed.clusters:
         # after the line that sizes the group: a share counted in copies is read with it
         if (line := members_line(cluster.member_ids, content_of)) is not None:

@@ -29,8 +29,20 @@ def without_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def state_dict_of(obj: Any, entry: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint, its keys as saved (see :func:`without_ddp_prefix`); ``entry``
     (``model.checkpoint_key``) names the dict entry that holds it, when it is one."""
-    if isinstance(obj, dict) and entry is not None and is_weights(obj.get(entry)):
-        return dict(obj[entry])
+    if isinstance(obj, dict) and entry is not None and entry in obj:
+        # the entry named is taken or refused, never passed over for another one
+        chosen = obj[entry]
+        tensors = (
+            {k: v for k, v in chosen.items() if isinstance(v, torch.Tensor)}
+            if isinstance(chosen, dict)
+            else {}
+        )
+        if not tensors:
+            raise ModelError(
+                f"model.checkpoint_key {entry!r} names an entry of the checkpoint that holds no weights (a "
+                f"{type(chosen).__name__}); its entries are {list(obj)[:12]}."
+            )
+        return tensors
     if isinstance(obj, dict):
         any_weights = any(is_weights(v) for v in obj.values())
         for key in ("state_dict", "model_state_dict", "model"):

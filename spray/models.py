@@ -231,25 +231,43 @@ def _under_prefix(
     prefixes = {
         ".".join(k.split(".")[:depth]) + "." for k in state for depth in (1, 2, 3) if k.count(".") >= depth
     }
-    fits = {}
+    needed = own - (optional or set())
+    fits: dict[str, dict[str, torch.Tensor]] = {}
     for p in sorted(prefixes):
-        sub = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
-        if own - (optional or set()) <= set(sub) <= own:
+        sub = _strip(state, p)
+        # one module shared under two attributes (self.model = self.net) saves the same tensors twice
+        if needed <= set(sub) <= own and not any(_same_tensors(sub, other) for other in fits.values()):
             fits[p] = sub
+    bare = {k: v for k, v in state.items() if k in own}
+    # a network saved without a prefix beside a prefixed one (never a pick of its own: a checkpoint of a
+    # deeper network holds a shallower one's keys too)
+    beside = fits and all(any(k.startswith(p) for p in fits) for k in set(state) - set(bare))
+    if beside and needed <= set(bare) and not any(_same_tensors(bare, other) for other in fits.values()):
+        fits = {"": bare, **fits}
     if len(fits) > 1:
-        listed = ", ".join(repr(p) for p in fits)
+        listed = ", ".join(repr(p) if p else "'' (the keys without a prefix)" for p in fits)
         raise ModelError(
             f"The checkpoint {str(cfg.checkpoint)!r} holds {len(fits)} networks that fit the model, under the "
             f"key prefixes {listed} (a student and a teacher, a model and its EMA): say which to audit, e.g. "
-            f"model.checkpoint_key: {next(iter(fits))!r}."
+            f"model.checkpoint_key: {list(fits)[-1]!r}."
         )
     return next(iter(fits.items()), None)
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, without it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two candidate state dicts hold the same tensors under the same keys."""
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def _chosen_prefix(state: dict[str, torch.Tensor], key: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The weights under ``model.checkpoint_key`` taken as a key prefix (``student.``; the dot may be left out)."""
     p = key if key.endswith(".") else key + "."
-    sub = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+    sub = _strip(state, p)
     if not sub:
         heads = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
         raise ModelError(
@@ -265,7 +283,9 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
     counters = {k for k in own if k.endswith("num_batches_tracked")}
     key = cfg.checkpoint_key
     state = state_dict_of(loaded, key)
-    if key is not None and not (isinstance(loaded, dict) and key in loaded):
+    if key in ("", "."):  # the network saved without a prefix, beside a prefixed one
+        state = {k: v for k, v in state.items() if k in own}
+    elif key is not None and not (isinstance(loaded, dict) and key in loaded):
         state = _chosen_prefix(state, key, cfg)
     fits = set(own) - counters <= set(state) <= set(own)
     if not fits:

@@ -62,7 +62,7 @@ def report_header(report: AuditReport) -> str:
     took = f" in {total:.1f} s" if isinstance(total, float) else ""
     left = report.classes_skipped
     named = ", ".join(c.class_name for c in left[:3]) + (", ..." if len(left) > 3 else "")
-    not_analysed = f" ({len(left)} not analysed: {named}; their reasons in report.html)" if left else ""
+    not_analysed = f" ({len(left)} not analysed: {named}; why: summary.json, classes_skipped)" if left else ""
     return (
         f"run {report.run_id[:12]}{state}: {n} samples, {len(report.classes)} classes analysed{not_analysed}"
         f"{took}, {len(report.skipped)} samples skipped, {n_susp} suspicious cluster{'' if n_susp == 1 else 's'}\n"

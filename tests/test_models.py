@@ -645,11 +645,34 @@ def test_a_checkpoint_holding_two_networks_is_refused_until_one_is_named(tmp_pat
         ModelError, match=r"'pupil' is no entry .* its keys begin with \['student\.', 'teacher\.'\]"
     ):
         build_model(cfg.model_copy(update={"checkpoint_key": "pupil"}))
-    # an entry of the checkpoint's dict: {"model": ..., "ema": ...} took "model" and still does by default
-    torch.save({"model": student.state_dict(), "ema": teacher.state_dict()}, tmp_path / "ema.pt")
+    # an entry of the checkpoint's dict: {"model": ..., "ema": ...} took "model" and still does by default (the
+    # documented convention); an entry named is taken, its non-tensor items left out, or refused
+    torch.save(
+        {"model": student.state_dict(), "ema": {**teacher.state_dict(), "decay": 0.999}}, tmp_path / "ema.pt"
+    )
     ema = cfg.model_copy(update={"checkpoint": tmp_path / "ema.pt"})
     assert _equal_weights(build_model(ema), student)
     assert _equal_weights(build_model(ema.model_copy(update={"checkpoint_key": "ema"})), teacher)
+    torch.save({"model": student.state_dict(), "config": {"depth": 3}}, tmp_path / "cfg.pt")
+    with pytest.raises(ModelError, match=r"'config' names an entry of the checkpoint that holds no weights"):
+        build_model(cfg.model_copy(update={"checkpoint": tmp_path / "cfg.pt", "checkpoint_key": "config"}))
+    # a review: a network saved without a prefix beside its EMA under "ema." took the EMA
+    bare = student.state_dict() | {f"ema.{k}": v for k, v in teacher.state_dict().items()}
+    torch.save(bare, tmp_path / "bare.pt")
+    beside = cfg.model_copy(update={"checkpoint": tmp_path / "bare.pt"})
+    with pytest.raises(ModelError, match=r"holds 2 networks .*'' \(the keys without a prefix\), 'ema\.'"):
+        build_model(beside)
+    assert _equal_weights(build_model(beside.model_copy(update={"checkpoint_key": ""})), student)
+    assert _equal_weights(build_model(beside.model_copy(update={"checkpoint_key": "ema"})), teacher)
+    # one module under two attributes (self.model = self.net) saves the same tensors twice: one network
+    shared = {f"{p}.{k}": v for p in ("model", "net") for k, v in student.state_dict().items()}
+    torch.save(shared, tmp_path / "shared.pt")
+    assert _equal_weights(build_model(cfg.model_copy(update={"checkpoint": tmp_path / "shared.pt"})), student)
+    # a deeper network's checkpoint holds a shallower one's keys too: never loaded by its bare keys alone
+    deeper = student.state_dict() | {"classifier.9.weight": torch.ones(3, 3)}
+    torch.save(deeper, tmp_path / "deeper.pt")
+    with pytest.raises(ModelError, match="unexpected in checkpoint"):
+        build_model(cfg.model_copy(update={"checkpoint": tmp_path / "deeper.pt"}))
 
 
 def test_prefixes_three_deep_and_a_dataparallel_factory_load(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ def test_the_header_counts_samples_and_names_the_classes_left_out() -> None:
     report.classes_skipped = [ClassSkipped(i, f"tiny{i}", i, "fewer than analysis.min_class_size (20) samples")
                               for i in range(1, 6)]  # fmt: skip
     header = report_header(report)
-    assert "(5 not analysed: tiny1, tiny2, tiny3, ...; their reasons in report.html)" in header
+    assert "(5 not analysed: tiny1, tiny2, tiny3, ...; why: summary.json, classes_skipped)" in header
     assert f"{len(report.skipped)} samples skipped" in header
     report.classes_skipped = []
     assert "not analysed" not in report_header(report)

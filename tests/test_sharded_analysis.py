@@ -18,7 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spray.analysis_shards import AnalysisInputs, assign_classes, gather_classes, send_heatmaps, share_inputs
+from spray.analysis_shards import (
+    AnalysisInputs,
+    assign_classes,
+    class_rows,
+    gather_classes,
+    send_heatmaps,
+    share_inputs,
+)
 from spray.analysis_stage import _open_paste_cache
 from spray.config import AuditConfig
 from spray.distributed import DistContext
@@ -109,7 +116,9 @@ def _exchange_worker(rank: int, world: int, init: str, out: str) -> None:
         con = np.arange(len(labels) * 3, dtype=np.float32).reshape(-1, 3)
         full = AnalysisInputs(
             [f"s{i}" for i in range(len(labels))],
-            [f"h{i}" for i in range(len(labels))],
+            [
+                f"h{(7 * i) % len(labels):03d}" for i in range(len(labels))
+            ],  # content order is not dataset order
             labels,
             labels[::-1].copy(),
             rel,
@@ -121,10 +130,15 @@ def _exchange_worker(rank: int, world: int, init: str, out: str) -> None:
         plan = assign_classes(sizes, world)
         heat = send_heatmaps(ctx, shared, labels, plan)
         assert sorted(heat) == ([] if rank == 0 else plan[rank])
+        # in the order the class is analysed in (class_rows), which a rank's analysis takes them in
         assert all(
-            np.array_equal(heat[c][0], rel[labels == c]) and heat[c][0].dtype == np.float16 for c in heat
+            np.array_equal(heat[c][0], rel[class_rows(full, labels, c)]) and heat[c][0].dtype == np.float16
+            for c in heat
         )
-        assert all(np.array_equal(heat[c][1], con[labels == c]) for c in heat)
+        assert all(np.array_equal(heat[c][1], con[class_rows(full, labels, c)]) for c in heat)
+        assert any(
+            not np.array_equal(class_rows(full, labels, c), np.flatnonzero(labels == c)) for c in heat
+        ) or (rank == 0 or not heat)
         every = gather_classes(ctx, {c: _class(c, sizes[c]) for c in plan[rank]})
         if rank == 0:
             assert sorted(every) == sorted(sizes)

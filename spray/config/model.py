@@ -54,9 +54,10 @@ class ModelConfig(Section):
     checkpoint_key: str | None = Field(
         None,
         description="Where the network's weights are in a checkpoint that holds several networks: an entry of "
-        "its dict ('state_dict_ema', 'ema') or a key prefix ('student.', 'ema.', 'model.'). Needed only when "
-        "more than one fits the model (a distillation's student and teacher, a model and its EMA): such a "
-        "checkpoint is refused, naming the candidates, rather than one picked.",
+        "its dict ('state_dict_ema', 'ema'), a key prefix ('student.', 'ema.', 'model.') or '' for the keys "
+        "without a prefix. Key prefixes: when more than one fits the model (a distillation's student and "
+        "teacher, a model and its EMA), the checkpoint is refused, naming them, rather than one picked. Dict "
+        "entries: 'state_dict', 'model_state_dict' or 'model' is taken unless this names another.",
     )
     allow_pickle: bool = Field(
         False,
