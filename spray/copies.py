@@ -109,6 +109,11 @@ def members_line(member_ids: Sequence[str], content_of: Mapping[str, str]) -> st
     if distinct == len(contents):
         return None
     copied = sum(n for n in counts.values() if n > 1)
+    if distinct == 1:
+        return (
+            f"its {len(contents)} members are copies of one image (the same file content), each counted in the "
+            "share and the tests"
+        )
     return (
         f"its {len(contents)} members are {distinct} distinct images: {copied} are copies of each other (the "
         "same file content), each counted in the share and the tests"
