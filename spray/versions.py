@@ -103,8 +103,7 @@ MODEL_HASH_VERSION = 4
 # groups' say so.
 # 23: a class is analysed in the order of its images' contents (spray.analysis_shards.class_rows), not the
 # dataset's: the same images listed in another order (renamed files) gave other clusters; a candidate whose
-# members include byte-identical copies of each other says how many distinct images they are; one whose region
-# the rest of the class pastes about as well says the whole class may carry it.
+# members include byte-identical copies of each other says how many distinct images they are.
 ANALYSIS_VERSION = 23
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.

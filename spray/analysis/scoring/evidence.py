@@ -9,11 +9,6 @@ from spray.analysis.scoring.signals import Candidate
 from spray.analysis.scoring.verdict import Verdict, relative_needed, removal_shortfall
 from spray.config import ScoringConfig
 
-#: The same-class paste flipping at least this share of other-class images, and at least this fraction of the
-#: members' paste: the region works as well from the rest of the class (a stamp on all of it), which is said.
-WHOLE_CLASS_NULL = 0.25
-WHOLE_CLASS_RATIO = 0.8
-
 
 def pct(x: float) -> str:
     """A share as a rounded percentage ("12 %"); a share that is not 0 or 1 never reads as one ("under 1 %",
@@ -88,13 +83,6 @@ def intervention_sentences(class_name: str, test: InterventionTest) -> list[str]
         else:
             out.append(f"pasting {same} turns {pct(test.flip_null)}")
             out.append(f"sign test of the paste: p = {test.flip_p:.2g}")
-            if test.flip_null >= WHOLE_CLASS_NULL and test.flip_null >= WHOLE_CLASS_RATIO * test.flip_rate:
-                # the comparison is the class itself: a stamp on every image of it leaves no contrast to flag
-                out.append(
-                    f"other {class_name} images flip other classes about as often from there: if it holds a stamp, "
-                    f"most of {class_name} may carry it, which comparing the class's images with each other cannot "
-                    "flag; look at the class's images there"
-                )
     if test.paste_gain is not None and test.paste_gain_null is not None:
         # The paste test also clears its margins by the class logit's gain (a model can shift its logits
         # without crossing the decision boundary), so the gain is evidence of its own.

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from spray.analysis.scoring.evidence import carriers_sentence, intervention_sentences, pct
-from spray.analysis.scoring.intervention import InterventionTest
+from spray.analysis.scoring.evidence import carriers_sentence, pct
 from tests.analysis.scoring.cases import NAME, Case, make_probe, patch_predictor, score
 
 
@@ -50,15 +49,3 @@ def test_the_graph_and_auroc_sentences_state_the_measured_values(planted: Case) 
         line = next((e for e in f.evidence if "with probability" in e), None)
         if line is not None and "auroc_fixed" in s:
             assert line.endswith(f"with probability {pct(s['auroc_fixed'])}")
-
-
-def test_a_region_the_rest_of_the_class_pastes_as_well_is_said() -> None:
-    """An outside check: a square stamped on every Shirt image gave no finding and no word: its candidates read
-    "pasting it ... turns 52 % into Shirt / pasting the same region from other Shirt images turns 52 %" and
-    nothing said that the comparison itself carried the stamp."""
-    whole = InterventionTest(0.9, False, flip_rate=0.52, flip_null=0.52, flip_p=0.5, flip_targets=192)
-    said = intervention_sentences("Shirt", whole)
-    assert any("most of Shirt may carry it" in line for line in said)
-    for rate, null in ((0.6, 0.02), (0.6, 0.3), (0.1, 0.09)):  # a contrast, or too rare to mean a shortcut
-        test = InterventionTest(0.9, False, flip_rate=rate, flip_null=null, flip_p=0.01, flip_targets=192)
-        assert not any("may carry it" in line for line in intervention_sentences("Shirt", test))
