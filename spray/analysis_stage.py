@@ -37,7 +37,14 @@ from spray.data import AuditDataset
 from spray.distributed import DistContext
 from spray.errors import ConfigError
 from spray.inference import Inference
-from spray.records import UNNAMED_OUTPUT, ZERO_HEATMAPS, ClassAnalysis, ClassSkipped, ClusterFinding
+from spray.records import (
+    NO_SAMPLES,
+    UNNAMED_OUTPUT,
+    ZERO_HEATMAPS,
+    ClassAnalysis,
+    ClassSkipped,
+    ClusterFinding,
+)
 from spray.runs.cache import PasteCache
 
 log = logging.getLogger(__name__)
@@ -187,7 +194,7 @@ def _classes_to_analyze(
             log.warning("class %s not analysed: %s", class_names[c], why)
         elif n < cfg.analysis.min_class_size:
             why = (
-                "no samples"
+                NO_SAMPLES
                 if n == 0
                 else f"fewer than analysis.min_class_size ({cfg.analysis.min_class_size}) samples"
             )

@@ -109,12 +109,14 @@ def members_line(member_ids: Sequence[str], content_of: Mapping[str, str]) -> st
     if distinct == len(contents):
         return None
     copied = sum(n for n in counts.values() if n > 1)
+    originals = sum(1 for n in counts.values() if n > 1)
     if distinct == 1:
         return (
             f"its {len(contents)} members are copies of one image (the same file content), each counted in the "
             "share and the tests"
         )
     return (
-        f"its {len(contents)} members are {distinct} distinct images: {copied} are copies of each other (the "
-        "same file content), each counted in the share and the tests"
+        f"its {len(contents)} members are {distinct} distinct images: {copied} are copies of "
+        f"{'one image' if originals == 1 else f'{originals} images'} (the same file content), each counted in the "
+        "share and the tests"
     )

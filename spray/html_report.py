@@ -29,7 +29,15 @@ import numpy as np
 from spray.accuracy import accuracy_sentence, data_notes, recorded_accuracy, recorded_problems
 from spray.export.source import CorrectedFrom, corrected_from
 from spray.imaging import colorize, png_data_uri, render, resize_nearest
-from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, SETTINGS_CHANGED, ChangeSet, ClusterChange, score_text
+from spray.records import (
+    MODEL_CHANGED,
+    MODEL_UNKNOWN,
+    SETTINGS_CHANGED,
+    ChangeSet,
+    ClusterChange,
+    score_text,
+    skipped_size,
+)
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import RunFiles
 from spray.runs.reader import RunReader
@@ -250,7 +258,7 @@ def _not_analysed(skipped: list[Any], limit: int | None = None) -> str:
     return "; ".join(
         f"{c.class_name} (none of the first {limit} samples: data.limit)"
         if limit is not None and c.n == 0
-        else f"{c.class_name} ({c.n} sample{'' if c.n == 1 else 's'}: {c.reason})"
+        else f"{c.class_name} ({skipped_size(c.n, c.reason)})"
         for c in skipped
     )
 

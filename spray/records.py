@@ -255,6 +255,15 @@ class ConditionalMaps:
 
 #: Why a class is left out: too few samples (the reason of runs written before reasons were kept).
 TOO_FEW_SAMPLES = "fewer than analysis.min_class_size samples"
+
+
+def skipped_size(n: int, reason: str) -> str:
+    """``"12 samples: <reason>"``, ``"1 sample: ..."``; an empty class's reason alone (``"no samples"``)."""
+    return reason if n == 0 and reason == NO_SAMPLES else f"{n:,} sample{'' if n == 1 else 's'}: {reason}"
+
+
+#: The reason of a class without any sample.
+NO_SAMPLES = "no samples"
 #: Why a class is left out: nothing to analyse.
 ZERO_HEATMAPS = "every heatmap is zero: the class's logit does not depend on the input"
 UNNAMED_OUTPUT = "a model output the dataset names no class for (analysis.group_by: prediction)"

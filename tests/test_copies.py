@@ -29,11 +29,20 @@ def test_copies_within_a_label_are_found_and_across_labels_left_to_label_conflic
 def test_a_members_line_counts_distinct_images() -> None:
     content = {"a": "1", "b": "1", "c": "1", "d": "2", "e": "3"}
     assert members_line(["a", "b", "c", "d", "e"], content) == (
-        "its 5 members are 3 distinct images: 3 are copies of each other (the same file content), each counted "
+        "its 5 members are 3 distinct images: 3 are copies of one image (the same file content), each counted "
         "in the share and the tests"
     )
     assert members_line(["a", "b", "c"], content) == (
         "its 3 members are copies of one image (the same file content), each counted in the share and the tests"
+    )
+    two = {
+        "a": "1",
+        "b": "1",
+        "c": "2",
+        "d": "2",
+    }  # a review: "2 distinct images: 4 are copies of each other"
+    assert "its 4 members are 2 distinct images: 4 are copies of 2 images" in str(
+        members_line(list(two), two)
     )
     assert members_line(["a", "d", "e"], content) is None
     assert members_line(["a", "b", "zz"], content) is None  # a member of unknown content: not judged

@@ -22,7 +22,7 @@ import spectrum
 import streamlit as st
 import urlstate
 
-from spray.records import score_text
+from spray.records import score_text, skipped_size
 from spray.runs.keys import HOTSPOT_K
 
 path, summary = common.require_run()
@@ -44,8 +44,8 @@ if "cls" in state and (not state["cls"].lstrip("-").isdigit() or int(state["cls"
     unanalysed = next((c for c in summary.classes_skipped if str(c.class_index) == bad.strip()), None)
     common.not_found(
         f"class {safetext.code(bad)}",
-        f"run {safetext.code(run)} did not analyse class {safetext.md(unanalysed.class_name)} ({unanalysed.n:,} "
-        f"sample{'' if unanalysed.n == 1 else 's'}: {safetext.md(unanalysed.reason)})"
+        f"run {safetext.code(run)} did not analyse class {safetext.md(unanalysed.class_name)} "
+        f"({safetext.md(skipped_size(unanalysed.n, unanalysed.reason))})"
         if unanalysed is not None
         else f"run {safetext.code(run)} analysed the classes {', '.join(map(str, sorted(by_index)))}",
     )

@@ -16,7 +16,7 @@ import urlstate
 from spray.accuracy import data_notes, recorded_accuracy, recorded_problems
 from spray.errors import SprayError
 from spray.imaging import COLORMAPS, DEFAULT_COLORMAP
-from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, SETTINGS_CHANGED, ChangeSet, score_text
+from spray.records import MODEL_CHANGED, MODEL_UNKNOWN, SETTINGS_CHANGED, ChangeSet, score_text, skipped_size
 
 st.title("Suspicious clusters")
 cur = common.current_run()
@@ -52,7 +52,7 @@ def metrics() -> None:
         st.info(
             "Not analysed: "
             + "; ".join(
-                f"{safetext.md(c.class_name)} ({c.n:,} sample{'' if c.n == 1 else 's'}: {safetext.md(c.reason)})"
+                f"{safetext.md(c.class_name)} ({skipped_size(c.n, c.reason)})"
                 for c in summary.classes_skipped
             )
             + ". No finding can be made in these classes."

@@ -190,6 +190,7 @@ def _no_finding(
 ) -> Exception:
     """The error for a name no finding goes by: its class was not analysed, the run has none, or the top ones."""
     from spray.errors import ConfigError
+    from spray.records import skipped_size
     from spray.report import cluster_label
 
     head = text.strip().split("/", 1)[0]
@@ -197,7 +198,7 @@ def _no_finding(
     if unanalysed is not None:
         return ConfigError(
             f"No finding {text!r} in {run}: class {unanalysed.class_name!r} was not analysed in this run "
-            f"({unanalysed.n} sample{'' if unanalysed.n == 1 else 's'}: {unanalysed.reason}), so it has no finding."
+            f"({skipped_size(unanalysed.n, unanalysed.reason)}), so it has no finding."
         )
     if not findings:
         return ConfigError(f"No finding {text!r} in {run}: the run has no finding.")
