@@ -221,6 +221,7 @@ def scaffold_config(
     output: Path,
     *,
     checkpoint: Path | None = None,
+    checkpoint_key: str | None = None,
     labels: Path | None = None,
     num_classes: int | None = None,
     force: bool = False,
@@ -244,6 +245,8 @@ def scaffold_config(
     channels = None if not data.sizes else 1 if data.grey else 3
     if model_kwargs and not model_spec:
         raise ConfigError("--model-arg needs --model: there is no model to pass the arguments to")
+    if checkpoint_key is not None and checkpoint is None:
+        raise ConfigError("--checkpoint-key needs --checkpoint: it says where the weights are in that file")
     model = inspect_model(model_spec, k, config_dir, channels) if model_spec else None
     twin_note = None
     if model is not None and model_spec and model.kind == "torchvision" and checkpoint is not None:
@@ -286,6 +289,8 @@ def scaffold_config(
         found.append("sizes " + ", ".join(f"{w}×{h}" for (h, w), _ in Counter(data.sizes).most_common(3)))
     notes = [f"Found: {', '.join(found)}{' (grey)' if data.grey else ''}.", *data.notes, *notes]
     ckpt = rel_path(checkpoint, config_dir) if checkpoint is not None else None
+    if model is not None and checkpoint_key is not None:
+        model.section["checkpoint_key"] = checkpoint_key
     text = render_config(data, model, ckpt, notes)
     write_output(output, text)
     return notes

@@ -18,3 +18,11 @@ def test_the_header_counts_samples_and_names_the_classes_left_out() -> None:
     assert f"{len(report.skipped)} samples skipped" in header
     report.classes_skipped = []
     assert "not analysed" not in report_header(report)
+
+
+def test_a_skipped_class_s_size_reads_as_words() -> None:
+    from spray.records import NO_SAMPLES, skipped_size
+
+    assert skipped_size(0, NO_SAMPLES) == "no samples"  # not "0 samples: no samples"
+    assert skipped_size(1, "fewer than x") == "1 sample: fewer than x"
+    assert skipped_size(1200, "fewer than x") == "1,200 samples: fewer than x"

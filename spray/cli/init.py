@@ -22,6 +22,7 @@ def run_command(args: argparse.Namespace) -> int:
         args.model,
         out,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        checkpoint_key=args.checkpoint_key,
         labels=Path(args.labels) if args.labels else None,
         num_classes=args.num_classes,
         force=args.force,
@@ -95,6 +96,11 @@ def register(subparsers: Any) -> None:
         "inputs, --transform resize=32)",
     )
     p.add_argument("--checkpoint", help="the model's state-dict file (torch.save(model.state_dict(), path))")
+    p.add_argument(
+        "--checkpoint-key",
+        help="where the weights are in a checkpoint holding several networks: a dict entry (state_dict_ema) or a "
+        "key prefix (model., ema_model.); '' for the keys without a prefix",
+    )
     p.add_argument("--labels", help="the IDX labels file (default: found next to the images file)")
     p.add_argument("--num-classes", type=_positive, help="number of classes (default: from the data)")
     p.add_argument("-o", "--output", default="spray.yaml", help="config file to write (default ./spray.yaml)")
