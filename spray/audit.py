@@ -432,7 +432,7 @@ def _report(
     copies = find_copies(stage.batch.sample_ids, stage.batch.labels, stage.batch.content_hashes)
     conservation = measure_conservation(
         batched.runner.explainer, setup.dataset, cfg.lrp.target, dev, frozenset(s.sample_id for s in skipped),
-        transformer,
+        transformer, _content_order(setup.dataset, stage.batch),
     )  # fmt: skip
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings": two
@@ -477,6 +477,14 @@ def _report(
             "loader_differences": list(setup.dataset.loader_notes),
         },
     )
+
+
+def _content_order(dataset: AuditDataset, batch: AttributionBatch) -> list[int] | None:
+    """Dataset positions of the batch's samples by content hash (then id): an order file names do not move."""
+    if len(batch.content_hashes) != len(batch.sample_ids):
+        return None
+    position = {s: i for i, s in enumerate(dataset.sample_ids)}
+    return [position[s] for _, s in sorted(zip(batch.content_hashes, batch.sample_ids, strict=True))]
 
 
 def _content_of(batch: AttributionBatch) -> dict[str, str]:

@@ -13,6 +13,7 @@ what to try (a warning; the audit goes on). Measurements: ``docs/lrp.md`` ("How 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,7 @@ def measure(
     device: torch.device,
     skip: frozenset[str] = frozenset(),
     transformer: bool | None = None,
+    order: Sequence[int] | None = None,
 ) -> Conservation | None:
     """Explain :data:`PROBE_SAMPLES` images spread over ``dataset`` and judge the shares (module docstring);
     None when no image could be counted.
@@ -103,12 +105,15 @@ def measure(
         Sample ids the audit skipped (unreadable): never loaded again.
     transformer : bool, optional
         Whether the model has attention layers (for the advice).
+    order : sequence of int, optional
+        Dataset positions in the order the probe images are spread over (the audit's: by content, so that the
+        check does not move with file names).
     """
     import torch
 
     from spray.data.dataset import spread_inputs
 
-    picked = spread_inputs(dataset, PROBE_SAMPLES, skip)
+    picked = spread_inputs(dataset, PROBE_SAMPLES, skip, order)
     if not picked:
         return None
     labels = torch.as_tensor([int(dataset.labels[i]) for i, _ in picked], dtype=torch.long, device=device)

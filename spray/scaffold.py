@@ -26,7 +26,13 @@ from spray.config.data import given_transform
 from spray.data_facts import DataFacts, inspect_data, rel_path
 from spray.errors import ClassCountError, ConfigError, DataError
 from spray.init_output import refuse_output, write_output
-from spray.model_facts import ModelFacts, inspect_model, timm_if_its_keys, with_factory_size, with_model_args
+from spray.model_facts import (
+    ModelFacts,
+    inspect_model,
+    timm_if_its_keys,
+    with_factory_size,
+    with_model_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +274,7 @@ def scaffold_config(
     transform, notes = _transform(data, model)
     if transform_args:  # the user's settings replace the guesses, and their CHECK notes
         transform, notes = given_transform(transform, transform_args, notes)
-    notes = [*(model.notes if model is not None else []), *notes]
+    notes = [*_model_notes(model, transform_args), *notes]
     if transform:
         data.section["transform"] = transform
     if twin_note:
@@ -294,6 +300,15 @@ def scaffold_config(
     text = render_config(data, model, ckpt, notes)
     write_output(output, text)
     return notes
+
+
+def _model_notes(model: ModelFacts | None, transform_args: dict[str, Any] | None) -> list[str]:
+    """The model's CHECK notes, without the one ``--transform`` already answered (a googlenet's transform_input
+    asks for mean and std)."""
+    notes = model.notes if model is not None else []
+    if {"mean", "std"} <= set(transform_args or {}):
+        return [n for n in notes if "transform_input=True" not in n]
+    return list(notes)
 
 
 def _one_class_folder(data_spec: str, data: DataFacts, num_classes: int | None) -> None:

@@ -701,3 +701,15 @@ def test_a_checkpoint_holding_a_model_and_its_ema_is_named_by_checkpoint_key(
         str(tmp_path / "b.yaml"),
     ]
     assert_clean_failure(run_main(no_file, capsys), 2, "--checkpoint-key needs --checkpoint")
+
+
+def test_the_googlenet_note_is_left_out_once_mean_and_std_are_given(tmp_path: Path) -> None:
+    """An outside check: the transform_input CHECK line still asked for mean and std 0.5 after --transform gave them."""
+    from spray.scaffold import scaffold_config
+
+    make_image_folder(tmp_path / "train", n_per_class=2, size=28)
+    notes = scaffold_config(str(tmp_path / "train"), "googlenet", tmp_path / "a.yaml")
+    assert any("transform_input=True" in n for n in notes)
+    given = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    notes = scaffold_config(str(tmp_path / "train"), "googlenet", tmp_path / "b.yaml", transform_args=given)
+    assert not any("transform_input=True" in n for n in notes)

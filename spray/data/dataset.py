@@ -384,14 +384,18 @@ class SampleReadError(DataError):
     """A sample of a dataset cannot be read by :meth:`AuditDataset.load_input` (its message names it)."""
 
 
-def spread_inputs(dataset: Any, k: int, skip: frozenset[str] = frozenset()) -> list[tuple[int, torch.Tensor]]:
+def spread_inputs(
+    dataset: Any, k: int, skip: frozenset[str] = frozenset(), order: Sequence[int] | None = None
+) -> list[tuple[int, torch.Tensor]]:
     """Up to ``k`` readable inputs spread evenly over ``dataset`` (folders are read in class order, so every
-    class takes part), as ``(position, input)``; the ids in ``skip`` and unreadable samples are passed over.
+    class takes part), or over ``order`` (dataset positions in another order), as ``(position, input)``; the ids
+    in ``skip`` and unreadable samples are passed over.
 
     ``dataset`` needs ``load_input(i)`` and ``len``; ``sample_ids`` only when ``skip`` is given.
     """
     ids = list(getattr(dataset, "sample_ids", [])) if skip else []
-    rows = [i for i in range(len(dataset)) if not ids or ids[i] not in skip]
+    listed = range(len(dataset)) if order is None else order
+    rows = [i for i in listed if not ids or ids[i] not in skip]
     out = []
     for j in spread_positions(len(rows), k):
         try:
