@@ -18,6 +18,7 @@ Pickles come only from the other ranks of the same job.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -129,6 +130,12 @@ def send_heatmaps(
     return got
 
 
+def content_order(content_hashes: Sequence[str], sample_ids: Sequence[str], rows: Iterable[int]) -> list[int]:
+    """``rows`` (positions in both sequences) ordered by content hash, then sample id: an order that renaming,
+    moving or reordering files does not change."""
+    return sorted(rows, key=lambda i: (content_hashes[i], sample_ids[i]))
+
+
 def class_rows(inputs: AnalysisInputs, groups: np.ndarray, c: int) -> np.ndarray:
     """Positions in ``inputs`` of group ``c``'s samples, ordered by content hash, then sample id.
 
@@ -144,9 +151,7 @@ def class_rows(inputs: AnalysisInputs, groups: np.ndarray, c: int) -> np.ndarray
     rows = np.flatnonzero(groups == c)
     if len(inputs.content_hashes) != len(inputs.sample_ids):
         return rows
-    return np.asarray(
-        sorted(rows, key=lambda i: (inputs.content_hashes[i], inputs.sample_ids[i])), dtype=np.int64
-    )
+    return np.asarray(content_order(inputs.content_hashes, inputs.sample_ids, rows), dtype=np.int64)
 
 
 def gather_classes(ctx: DistContext, done: dict[int, ClassAnalysis]) -> dict[int, ClassAnalysis]:

@@ -24,14 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from spray.accuracy import model_accuracy, recorded_problems
-from spray.analysis_shards import AnalysisInputs
+from spray.analysis_shards import AnalysisInputs, content_order
 from spray.analysis_stage import AnalysisResult, analyze_run
 from spray.attribution import BatchStage, BatchStageResult, ShardPlan, audit_explainer, resolve_device
 from spray.concept_maps import conditional_maps
@@ -71,9 +70,6 @@ from spray.runs.reader import read_report
 from spray.runs.upkeep import check_flags, check_run_arrays, up_to_date_upkeep
 from spray.runs.writer import write_run
 from spray.versions import version_stamp
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 #: Skipped samples named one per log line; the rest are counted in one line (all are in summary.json).
@@ -484,7 +480,8 @@ def _content_order(dataset: AuditDataset, batch: AttributionBatch) -> list[int] 
     if len(batch.content_hashes) != len(batch.sample_ids):
         return None
     position = {s: i for i, s in enumerate(dataset.sample_ids)}
-    return [position[s] for _, s in sorted(zip(batch.content_hashes, batch.sample_ids, strict=True))]
+    ordered = content_order(batch.content_hashes, batch.sample_ids, range(len(batch.sample_ids)))
+    return [position[batch.sample_ids[i]] for i in ordered]
 
 
 def _content_of(batch: AttributionBatch) -> dict[str, str]:

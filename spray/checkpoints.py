@@ -19,10 +19,15 @@ def is_weights(v: Any) -> bool:
     return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
 
 
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, without it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def without_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` without the ``module.`` that DataParallel / DDP put before every key (if they all have it)."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module.") :]: v for k, v in state.items()}
+        return strip_prefix(state, "module.")
     return state
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from spray.config.lrp import TRANSFORMER_COMPOSITES
+
 log = logging.getLogger(__name__)
 
 #: Median coefficient of variation of ``|R|`` over the grid below which the heatmaps are flat: the flat
@@ -52,17 +54,13 @@ class HeatmapContrast:
     transformer: bool | None = None
 
 
-#: The composites with rules for attention (spray.lrp.composites.TRANSFORMER_COMPOSITES, without torch).
-ATTENTION_COMPOSITES = ("AttnLRP", "CPLRP")
-
-
 def composite_advice(composite: str | None, transformer: bool | None) -> str:
     """Which composite to compare, given the one the maps came from and whether the model has attention (never
     the one in use; a transformer is pointed at the attention rules)."""
     if composite is None:
         return "try lrp.composite: EpsilonGammaBox (or EpsilonAlpha2Beta1Flat; AttnLRP for a transformer)"
-    if transformer and composite in ATTENTION_COMPOSITES:
-        other = next(c for c in ATTENTION_COMPOSITES if c != composite)
+    if transformer and composite in TRANSFORMER_COMPOSITES:
+        other = next(c for c in sorted(TRANSFORMER_COMPOSITES) if c != composite)
         return (
             f"compare lrp.composite: {other} (an untrained or barely trained transformer gives such maps under "
             "every composite)"

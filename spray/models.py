@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from spray.checkpoints import is_weights, read_checkpoint, state_dict_of, without_ddp_prefix
+from spray.checkpoints import is_weights, read_checkpoint, state_dict_of, strip_prefix, without_ddp_prefix
 from spray.config import ModelConfig
 from spray.errors import ClassCountError, ConfigError, ModelError
 from spray.factories import import_callable
 from spray.lrp.preparation import uncompiled
 from spray.model_dtype import as_float32
+from spray.model_facts import INPUT_TRANSFORMING
 from spray.model_identity import model_hash
 from spray.model_output import select_output
 
@@ -86,7 +87,7 @@ def _architecture(cfg: ModelConfig) -> nn.Module:
         return _timm_model(cfg.architecture[len("timm:") :], cfg)
     import torchvision  # only here: importing it costs seconds that factory models need not pay
 
-    if cfg.architecture in ("googlenet", "inception_v3") and cfg.architecture_kwargs.get("transform_input"):
+    if cfg.architecture in INPUT_TRANSFORMING and cfg.architecture_kwargs.get("transform_input"):
         # its shift inside forward() takes relevance that no input pixel gets: LRP's check refuses it later
         raise ConfigError(
             f"model.architecture_kwargs: transform_input: true makes {cfg.architecture} re-normalise its input "
@@ -234,7 +235,7 @@ def _under_prefix(
     needed = own - (optional or set())
     fits: dict[str, dict[str, torch.Tensor]] = {}
     for p in sorted(prefixes):
-        sub = _strip(state, p)
+        sub = strip_prefix(state, p)
         # one module shared under two attributes (self.model = self.net) saves the same tensors twice
         if needed <= set(sub) <= own and not any(_same_tensors(sub, other) for other in fits.values()):
             fits[p] = sub
@@ -254,11 +255,6 @@ def _under_prefix(
     return next(iter(fits.items()), None)
 
 
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``state`` under ``prefix``, without it."""
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Whether two candidate state dicts hold the same tensors under the same keys."""
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
@@ -267,7 +263,7 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 def _chosen_prefix(state: dict[str, torch.Tensor], key: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The weights under ``model.checkpoint_key`` taken as a key prefix (``student.``; the dot may be left out)."""
     p = key if key.endswith(".") else key + "."
-    sub = _strip(state, p)
+    sub = strip_prefix(state, p)
     if not sub:
         heads = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
         raise ModelError(
@@ -275,6 +271,33 @@ def _chosen_prefix(state: dict[str, torch.Tensor], key: str, cfg: ModelConfig) -
             f"its keys; its keys begin with {heads[:10]}."
         )
     return sub
+
+
+def _as_own_keys(
+    state: dict[str, torch.Tensor], own: set[str], counters: set[str], cfg: ModelConfig
+) -> dict[str, torch.Tensor]:
+    """``state`` under the model's own keys (``counters`` may be absent): as saved, without DataParallel's
+    ``module.``, with it (a factory returning DataParallel), or the one key prefix that fits; else as saved (the
+    caller names the keys that differ)."""
+
+    def matches(s: dict[str, torch.Tensor]) -> bool:
+        return own - counters <= set(s) <= own
+
+    if matches(state):
+        return state
+    # a DDP prefix is dropped unless the model's own keys carry it (a factory returning a wrapper)
+    state = without_ddp_prefix(state)
+    if matches(state):
+        return state
+    if own and all(k.startswith("module.") for k in own):
+        # the factory returns DataParallel, the checkpoint was saved from the bare network
+        wrapped = {f"module.{k}": v for k, v in state.items()}
+        if matches(wrapped):
+            return wrapped
+    if (found := _under_prefix(state, own, cfg, counters)) is not None:
+        prefix, state = found
+        log.info("checkpoint: took the model's weights from its keys under %r", prefix)
+    return state
 
 
 def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
@@ -287,18 +310,7 @@ def _load_state(model: nn.Module, loaded: Any, cfg: ModelConfig) -> None:
         state = {k: v for k, v in state.items() if k in own}
     elif key is not None and not (isinstance(loaded, dict) and key in loaded):
         state = _chosen_prefix(state, key, cfg)
-    fits = set(own) - counters <= set(state) <= set(own)
-    if not fits:
-        # a DDP prefix is dropped unless the model's own keys carry it (a factory returning a wrapper)
-        state = without_ddp_prefix(state)
-        fits = set(own) - counters <= set(state) <= set(own)
-    if not fits and own and all(k.startswith("module.") for k in own):
-        # the factory returns DataParallel, the checkpoint was saved from the bare network
-        wrapped = {f"module.{k}": v for k, v in state.items()}
-        state, fits = (wrapped, True) if set(own) - counters <= set(wrapped) <= set(own) else (state, fits)
-    if not fits and (found := _under_prefix(state, set(own), cfg, counters)) is not None:
-        prefix, state = found
-        log.info("checkpoint: took the model's weights from its keys under %r", prefix)
+    state = _as_own_keys(state, set(own), counters, cfg)
     filled = {**{k: own[k] for k in counters if k not in state}, **state}
     state = filled if set(filled) == set(own) else state  # else the error below names the file's own keys
     missing = sorted(set(own) - set(state))

@@ -405,7 +405,8 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     import torch
 
     from spray.attribution import audit_explainer
-    from spray.lrp.composites import TRANSFORMER_COMPOSITES, composite_key
+    from spray.config.lrp import TRANSFORMER_COMPOSITES
+    from spray.lrp.composites import composite_key
     from spray.lrp.concepts import has_attention
 
     result = audit_explainer(cfg, model, ds, torch.device("cpu"))(x, "pred")

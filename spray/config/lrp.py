@@ -29,6 +29,10 @@ COMPOSITE_PARAMETERS: dict[str, tuple[str, ...]] = {
 COMPOSITE_DEFAULTS: dict[str, float] = {"epsilon": 1e-6, "stabilizer": 1e-6, "gamma": 0.25}
 
 
+#: The composites with rules for attention (a transformer's).
+TRANSFORMER_COMPOSITES = frozenset({"AttnLRP", "CPLRP"})
+
+
 def canonical_composite(name: str) -> str:
     """spray's key of a composite given as that key, zennit's snake_case key or in another case
     (``epsilon_gamma_box`` -> ``EpsilonGammaBox``); an unknown name is returned as given."""

@@ -278,10 +278,8 @@ def _plain_batchnorms(model: nn.Module, keep: tuple[type[nn.Module], ...] = ()) 
         if (
             type(m).__name__ in _OTHER_BATCHNORMS
             and not isinstance(m, keep)
-            and _tensor(m, "running_mean") is not None
+            and (mean := _tensor(m, "running_mean")) is not None
         ):
-            mean = _tensor(m, "running_mean")
-            assert mean is not None
             bn = (
                 AnyBatchNorm(mean.numel(), eps=float(getattr(m, "eps", 1e-5)))
                 .to(mean.device, mean.dtype)

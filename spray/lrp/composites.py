@@ -397,10 +397,6 @@ def _snake(name: str) -> str:
     return {"CPLRP": "cp_lrp"}.get(name) or re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-#: The composites with rules for attention (a transformer's).
-TRANSFORMER_COMPOSITES = frozenset({"AttnLRP", "CPLRP"})
-
-
 def composite_key(name: str) -> str | None:
     """The :data:`COMPOSITES` key of ``name``, given as that key or as zennit's snake_case one; None when
     unknown."""
