@@ -65,6 +65,25 @@ def test_colour_files_for_a_grey_model_are_refused_naming_the_option(
     assert_clean_failure(result, 1, "colour image", "data.transform.colour_to_grey: luma")
 
 
+@pytest.mark.parametrize("transform", [{}, {"mean": [0.5], "std": [0.25]}, {"channels": 1}])
+def test_colour_files_for_a_grey_model_are_warned_of_however_the_channels_are_set(
+    rgb_folder: Path, transform: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: with a one-value mean (a grey model's natural config) or data.transform.channels: 1,
+    nothing said before the audit that the colour files would all be skipped; `spray init` read 'ok'."""
+    cfg = config_from_dict(_raw(rgb_folder, transform))
+    ds = build_dataset(cfg.data, thumbnail_size=cfg.batch.thumbnail_size)
+    with caplog.at_level("WARNING", logger="spray.data.dataset"):
+        ds.match_model(small_cnn(in_channels=1, num_classes=2))
+    assert ds.channels == 1
+    assert "colour ones are skipped" in caplog.text and "colour_to_grey: luma" in caplog.text
+    caplog.clear()
+    luma = config_from_dict(_raw(rgb_folder, {**transform, "colour_to_grey": "luma"}))
+    with caplog.at_level("WARNING", logger="spray.data.dataset"):
+        build_dataset(luma.data).match_model(small_cnn(in_channels=1, num_classes=2))
+    assert "colour ones are skipped" not in caplog.text
+
+
 def test_luma_audits_colour_files_with_a_grey_model(
     rgb_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

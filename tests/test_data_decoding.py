@@ -164,6 +164,23 @@ def test_grey_alpha_stays_grey_and_transparent_palette_composites() -> None:
     assert torch.allclose(decode_image(raw, DecodeOptions(alpha_background="black"))[:, 0, 0], torch.zeros(3))
 
 
+def test_a_colour_key_on_grey_and_rgb_pngs_composites_like_an_alpha_channel() -> None:
+    """An outside check: PNGs whose transparency is a colour key (a tRNS chunk on an L or RGB image) kept their
+    key colour under ``alpha_background: white`` while an RGBA file with the same pixels was composited."""
+    a = np.zeros((4, 6, 3), np.uint8)
+    a[:, 3:] = (200, 40, 40)
+    rgb = _save(Image.fromarray(a), "PNG", transparency=(0, 0, 0))
+    grey = _save(Image.fromarray(a).convert("L"), "PNG", transparency=0)
+    for raw, channels in ((rgb, 3), (grey, 1)):
+        assert "transparency" in Image.open(io.BytesIO(raw)).info
+        white = decode_image(raw, DecodeOptions(alpha_background="white"))
+        kept = decode_image(raw, OPTS)
+        assert white.shape == kept.shape == (channels, 4, 6)
+        assert torch.equal(white[:, :, :3], torch.ones(channels, 4, 3))  # the key colour, over white
+        assert torch.equal(white[:, :, 3:], kept[:, :, 3:])  # opaque pixels as stored
+        assert torch.equal(kept[:, :, :3], torch.zeros(channels, 4, 3))  # ignore: as ImageFolder sees them
+
+
 def test_garbage_truncated_and_empty_name_no_bytesio() -> None:
     for raw in (b"", b"hello", b"\x89PNG\r\n\x1a\n garbage"):
         with pytest.raises(UnreadableSample) as e:

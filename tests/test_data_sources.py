@@ -410,6 +410,12 @@ def test_class_names_that_reorder_the_folders_are_refused(tmp_path: Path) -> Non
         build_dataset(DataConfig(kind="image_folder", path=root, class_names=["b", "a", "c"]))
     ok = build_dataset(DataConfig(kind="image_folder", path=root, class_names=["Apple", "Banana", "c"]))
     assert ok.class_names == ["Apple", "Banana", "c"]  # display names, and a folder name in its place
+    # an outside check: a list that reorders the folders by recased names was taken as a rename
+    for names in (["B", "a", "c"], ["b", "A", "C"], ["c", "B", "a"]):
+        with pytest.raises(ConfigError, match=r"label 0 is the folder 'a'.*another folder \('[bc]'\)"):
+            build_dataset(DataConfig(kind="image_folder", path=root, class_names=names))
+    ok = build_dataset(DataConfig(kind="image_folder", path=root, class_names=["A", "B", "C"]))
+    assert ok.class_names == ["A", "B", "C"]  # recased in place: a rename
 
 
 def test_a_runs_directory_inside_the_image_folder_is_not_a_class(
@@ -569,10 +575,13 @@ def test_rotated_multi_frame_and_transparent_files_are_counted_in_the_run(tmp_pa
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 0], rgba[:4, :, 3] = 255, 255  # red everywhere, the lower half transparent
     Image.fromarray(rgba).save(root / "dog" / "clear.png")
+    key = np.zeros((8, 8, 3), np.uint8)
+    key[:4] = 255
+    Image.fromarray(key).save(root / "dog" / "keyed.png", transparency=(0, 0, 0))  # a tRNS colour key
     said = " ".join(build_dataset(DataConfig(kind="image_folder", path=root)).loader_notes)
-    assert "2 of 8 probed files carry an EXIF orientation" in said
-    assert "1 of 8 probed files hold several frames or pages" in said
-    assert "1 of 8 probed files have transparent pixels" in said
+    assert "2 of 9 probed files carry an EXIF orientation" in said
+    assert "1 of 9 probed files hold several frames or pages" in said
+    assert "2 of 9 probed files have transparent pixels" in said
     white = build_dataset(DataConfig(kind="image_folder", path=root, transform={"alpha_background": "white"}))
     assert not any("transparent pixels" in n for n in white.loader_notes)
 

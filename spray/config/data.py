@@ -38,6 +38,7 @@ class TransformConfig(Section):
         description="How resize interpolates, as torchvision's Resize(interpolation=...) does on PIL images: "
         "'bilinear' (torchvision's default), 'bicubic' (timm's models; torchvision's EfficientNet, Swin and "
         "MaxViT weights), 'nearest'. Set what the model was trained with: another one feeds it other pixels. "
+        "8-bit images decoded on the CPU are resized by Pillow itself (exactly torchvision's). "
         "Part of the heatmap cache key and the run id.",
     )
     center_crop: int | None = Field(
@@ -69,7 +70,7 @@ class TransformConfig(Section):
     )
     alpha_background: Literal["ignore", "black", "white"] = Field(
         "ignore",
-        description="Transparent pixels (RGBA, LA, palette transparency): 'ignore' keeps the colour stored "
+        description="Transparent pixels (RGBA, LA, palette transparency, a PNG's colour key): 'ignore' keeps the colour stored "
         "under them, as torchvision's ImageFolder loader does; 'black' or 'white' composites the image "
         "over that colour.",
     )

@@ -104,6 +104,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.changed_since_read: list[str] = []
         #: The config section the settings come from, as messages name them (``correction.test_data``).
         self.section = "data"
+        #: Channels most probed files are stored with (None: not known).
+        self.stored_channels: int | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -131,20 +133,18 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         fixed = (
             cfg.channels is not None or cfg.grayscale_to_rgb or (cfg.mean is not None and len(cfg.mean) == 3)
         )
-        if fixed or c is None or self.transform.channels in (None, c) or c not in (1, 3):
-            return
-        if c == 1 and cfg.colour_to_grey == "refuse":
+        if not (fixed or c is None or self.transform.channels in (None, c) or c not in (1, 3)):
+            log.info("the model's first convolution takes %d channels: images are converted to that", c)
+            self.transform.channels = c
+            self.transform.thumbnail_channels = c
+        # said however the channels came to 1 (the model, data.transform.channels or a one-value mean)
+        if self.transform.channels == 1 and self.stored_channels == 3 and cfg.colour_to_grey == "refuse":
             log.warning(
-                "the model's first convolution takes 1 channel but most images are stored with three channels "
-                "(RGB or a palette): those whose three channels are equal (grey images saved as RGB) are audited "
-                "as grey, colour ones are skipped with the reason; set %s.transform.colour_to_grey: luma to "
-                "convert those to grey",
+                "the model takes 1 channel but most images are stored with three channels (RGB or a palette): "
+                "those whose three channels are equal (grey images saved as RGB) are audited as grey, colour "
+                "ones are skipped with the reason; set %s.transform.colour_to_grey: luma to convert those to grey",
                 self.section,
             )
-        else:
-            log.info("the model's first convolution takes %d channels: images are converted to that", c)
-        self.transform.channels = c
-        self.transform.thumbnail_channels = c
 
     def _read(self, i: int, *, thumbnail: bool) -> tuple[torch.Tensor, bytes | None, np.ndarray | None] | str:
         """Load and transform sample ``i``: ``(x, raw bytes, thumbnail)``, or why it is unreadable.
@@ -535,6 +535,7 @@ def build_dataset(
         source.pre_skipped, source.raw_reader, size,
     )  # fmt: skip
     ds.fingerprint, ds.loader_notes = source.fingerprint, list(source.notes)
+    ds.stored_channels = source.channels
     if jpeg_device is not None and cfg.kind == "image_folder":
         ds.jpeg = JpegDecoder(jpeg_device, decode)
     if cfg.limit is not None and cfg.limit < len(ds):

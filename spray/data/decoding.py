@@ -58,7 +58,9 @@ HighBitDepth = Literal["scale", "clip"]
 #: (1 pixel off where size - crop is 3, 7, 11, ...); other images unchanged.
 #: 4: ``resize`` gives the longer side torchvision's ``int(size * long / short)`` (it was rounded: 1 pixel
 #: longer, and the centre crop 1 pixel off, on about half of the non-square sizes).
-DECODER_VERSION = 4
+#: 5: 8-bit pixels are resized by Pillow itself (bicubic was up to 17/255 off on portrait images and squashes);
+#: a colour key (tRNS) on a grey or RGB PNG is composited under ``alpha_background`` like an alpha channel.
+DECODER_VERSION = 5
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
@@ -191,6 +193,9 @@ def image_to_tensor(
         Pillow cannot convert.
     """
     mode = img.mode
+    keyed = alpha_background != "ignore" and "transparency" in img.info  # a colour key: tRNS, GIF
+    if mode in ("1", "L") and keyed:
+        return _composite(img.convert("LA"), alpha_background)
     if mode in ("1", "L") or (high_bit_depth == "clip" and mode in HIGH_BIT_MODES):
         return _uint8_tensor(img.convert("L"))  # for high bits: what ImageFolder's convert("RGB") gives
     if mode in SIXTEEN_BIT_MODES:
@@ -218,8 +223,7 @@ def image_to_tensor(
             if alpha_background == "ignore":
                 return _uint8_tensor(img.convert("LA").getchannel(0))
             return _composite(img.convert("LA"), alpha_background)
-        has_alpha = mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info)
-        if has_alpha and alpha_background != "ignore":
+        if alpha_background != "ignore" and (mode in _ALPHA_MODES or (keyed and mode in ("P", "RGB"))):
             return _composite(img.convert("RGBA"), alpha_background)
         return _uint8_tensor(img if mode == "RGB" else img.convert("RGB"))
     except (ValueError, OSError) as err:

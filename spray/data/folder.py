@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -379,7 +380,7 @@ def _transparent(im: Image.Image) -> bool:
     """Whether an image has pixels that are not opaque (decodes its alpha)."""
     if im.size[0] * im.size[1] > PROBE_PIXELS:
         return False
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("1", "L", "P", "RGB") and "transparency" in im.info):
         alpha = im.convert("RGBA").getchannel("A")
         return bool(np.asarray(alpha).min(initial=255) < 255)
     return False
@@ -519,6 +520,16 @@ def reading_notes(probe: FolderProbe, alpha_background: str) -> list[str]:
     return notes
 
 
+def _folder_named(name: str, classes: list[str]) -> int | None:
+    """The position of the class folder ``name`` names: the same name, else the one folder equal to it up to
+    letter case and Unicode form (a list that only recases folder names still names them)."""
+    if name in classes:
+        return classes.index(name)
+    key = unicodedata.normalize("NFC", name).strip().casefold()
+    hits = [i for i, c in enumerate(classes) if unicodedata.normalize("NFC", c).strip().casefold() == key]
+    return hits[0] if len(hits) == 1 else None
+
+
 def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
     """The ``image_folder`` data source (see the module docstring)."""
     assert cfg.path is not None
@@ -530,13 +541,15 @@ def folder_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
             f"data.class_names has {len(cfg.class_names)} names but data.path {str(root)!r} has "
             f"{len(classes)} class folders ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})."
         )
-    moved = [(i, n) for i, n in enumerate(cfg.class_names or []) if n in classes and n != classes[i]]
+    named = [(i, n, _folder_named(n, classes)) for i, n in enumerate(cfg.class_names or [])]
+    moved = [(i, n, j) for i, n, j in named if j is not None and j != i]
     if moved:
-        i, name = moved[0]
+        i, name, j = moved[0]
         raise ConfigError(
             f"data.class_names names the folders in another order than spray labels them: label {i} is the "
             f"folder {classes[i]!r} (labels follow the folders' name order, as in torchvision's ImageFolder), "
-            f"but data.class_names calls it {name!r}, the name of another folder. data.class_names only renames; "
+            f"but data.class_names calls it {name!r}, the name of another folder ({classes[j]!r}). "
+            "data.class_names only renames; "
             "to match the model's class order, rename the folders (e.g. 0_triangle, 1_square, ...)."
         )
     for cls in listing.empty_classes:

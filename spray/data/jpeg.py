@@ -2,19 +2,19 @@
 
 ``data.transform.decode_device`` picks the decoder of an image folder's JPEG files:
 
-- ``cpu``: Pillow, in the DataLoader's worker processes (:func:`spray.data.decoding.decode_image`), like
+- ``cpu`` (default): Pillow, in the DataLoader's worker processes (:func:`spray.data.decoding.decode_image`), like
   every other format.
 - ``cuda``: the workers only read and hash the bytes; the main process decodes a whole batch at once
   with ``torchvision.io.decode_jpeg(..., device="cuda")`` and resizes, crops, thumbnails and normalises it
   on the device (:class:`JpegDecoder`). Files the device path does not take (other formats, CMYK, a JPEG
   above ``data.max_image_pixels``, which Pillow decodes at reduced scale) still go through Pillow.
-- ``auto`` (default): ``cuda`` when the batch stage runs on CUDA and the data are an image folder, else
+- ``auto``: ``cuda`` when the batch stage runs on CUDA and the data are an image folder, else
   ``cpu``. The run records the decoder it used (``config.data.transform.decode_device`` and
   ``timings.decode_device``).
 
 Decoders differ: nvJPEG's inverse DCT and chroma upsampling are not libjpeg-turbo's, and the device's
 resize rounds differently from the CPU's, so the same file gives slightly different pixels (documented
-in docs/batch_stage.md). The decoder is therefore part of the heatmap cache key (``cuda`` appears in the
+in docs/batch_stage.md; the CPU resizes 8-bit pixels with Pillow itself, the device emulates it). The decoder is therefore part of the heatmap cache key (``cuda`` appears in the
 transform settings of :func:`spray.runs.identity.heatmap_settings`): a cached heatmap never mixes
 decoders. The same batched code run on the CPU (torchvision's libjpeg-turbo) gives Pillow's pixels bit
 for bit (tests/test_cuda_decode.py), which is how its CPU half is tested without a GPU.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from spray.config import TransformConfig
 from spray.data.thumbnails import make_thumbnail
@@ -39,13 +40,18 @@ def draft_side(resize: int | Sequence[int] | None) -> int | None:
 def resample(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
     """``x`` (C,H,W) in [0, 1] resized to ``size`` as torchvision's ``Resize`` resizes a PIL image.
 
-    Bilinear: antialiased (within 1/255 of Pillow). Bicubic: antialiased, width then height, each pass rounded
-    to 8 bits and clipped as Pillow's passes are (without, sharp edges were up to 15/255 off). Nearest:
-    Pillow's choice of source pixel (:func:`_pil_nearest`).
+    8-bit pixels on the CPU (every decoded 8-bit file) are resized by Pillow itself, so bilinear and bicubic
+    are exactly torchvision's. Elsewhere (images decoded on the GPU, 16-bit pixels) Pillow is emulated:
+    bilinear antialiased (within 1/255); bicubic antialiased, width then height, each pass rounded to 8 bits
+    (Pillow 13 resizes some shapes height first, so sharp edges can be up to ~15/255 off there). Nearest:
+    Pillow's choice of source pixel (:func:`_pil_nearest`), exact everywhere.
     """
     if interpolation == "nearest":
         rows, cols = (_pil_nearest(n, m).to(x.device) for n, m in zip(x.shape[-2:], size, strict=True))
         return x.index_select(-2, rows).index_select(-1, cols)
+    by_pillow = _pillow_resample(x, size, interpolation)
+    if by_pillow is not None:
+        return by_pillow
     if interpolation == "bilinear":
         return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     wide = F.interpolate(
@@ -53,6 +59,21 @@ def resample(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torc
     )
     tall = F.interpolate(_eight_bit(wide), size=size, mode="bicubic", align_corners=False, antialias=True)
     return _eight_bit(tall)[0]
+
+
+def _pillow_resample(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor | None:
+    """``x`` resized by Pillow when it holds 8-bit values on the CPU (None otherwise): Pillow's pass order
+    and rounding cannot be emulated exactly in torch."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[0] not in (1, 3) or x.ndim != 3:
+        return None
+    levels = torch.round(x * 255.0)
+    if not torch.equal(levels / 255.0, x):
+        return None
+    arr = levels.to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(np.ascontiguousarray(arr[..., 0] if arr.shape[-1] == 1 else arr))  # L or RGB
+    filt = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    out = np.asarray(img.resize((size[1], size[0]), filt), dtype=np.uint8).reshape(size[0], size[1], -1)
+    return torch.from_numpy(out.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1).contiguous()
 
 
 def _eight_bit(x: torch.Tensor) -> torch.Tensor:
