@@ -71,8 +71,9 @@ def references(path: str, summary: RunSummary, finding: FindingSummary, cmap: st
     n = int((summary.config.get("concepts") or {}).get("references", DEFAULT_REFERENCES))
     st.subheader("Reference samples per channel")
     st.caption(
-        f"For each characteristic channel, the {n} samples of the run whose decision puts the most relevance "
-        "on it: what that channel detects."
+        f"For each characteristic channel, the {n} samples of the run (any class) whose decision puts the most "
+        "relevance on it, each with its whole heatmap (not the channel's own map): what those samples share is "
+        "what that channel detects."
     )
     table = common.samples(path)
     for ch in finding.channels:

@@ -52,7 +52,10 @@ import spray
 #     passes over a class-score convolution (SqueezeNet) and auxiliary classifiers (GoogLeNet).
 # 11: F.normalize is explained with the norm held constant (SwinV2's cosine attention: q and k had no relevance);
 #     products of two activations in tensordot, baddbmm, addbmm and addmm get the uniform rule.
-LRP_VERSION = 11
+# 12: lrp.concept_layer auto passes over the class-score convolution of an all-convolutional classifier pooled
+#     in forward() and takes a last attention stage of one block (MaxViT-nano); a torchvision block's ReLU named
+#     as the concept layer runs (it was fused away). Maps unchanged; concept vectors of those models change.
+LRP_VERSION = 12
 #: How spray.model_identity.model_hash fingerprints a model; runs record it (``hashes["model_hash_version"]``)
 #: so that an older spray's fingerprint is not taken for other weights. 2: non-persistent buffers are covered.
 #: 3: source hashed without its comments and blank lines (an edited comment is the same model).
@@ -104,7 +107,10 @@ MODEL_HASH_VERSION = 4
 # 23: a class is analysed in the order of its images' contents (spray.analysis_shards.class_rows), not the
 # dataset's: the same images listed in another order (renamed files) gave other clusters; a candidate whose
 # members include byte-identical copies of each other says how many distinct images they are.
-ANALYSIS_VERSION = 23
+# 24: a concept-conditional map carries only the relevance that passes the concept layer (zennit-crp's
+# exclude_parallel): at a layer inside a residual branch the skip connection's relevance reached the input
+# unmasked. Layers no path bypasses (the default ones) give the same maps.
+ANALYSIS_VERSION = 24
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.
 PASTE_VERSION = 22

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,10 @@ def golden_model() -> nn.Module:
         fc2.bias[:] = torch.from_numpy(w[-1].astype(np.float32))
         fc2.weight[:, 0] = 0.0
         fc2.weight[1, 0] = 20.0 / float(hidden[~clean, 0].min())
+        # On a grid of 1/1024: the least squares and the features it reads differ in their last digits
+        # between numpy/OpenBLAS builds, which moved the heatmaps by 1e-5 and flipped a near-tie of findings.
+        for t in model.parameters():
+            t.copy_(torch.round(t * 1024) / 1024)
     return model
 
 
@@ -208,13 +213,24 @@ def _heatmaps_differ(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
+def _any_labelling(value: Any) -> Any:
+    """A key or evidence with the clustering a group was found in left out (``1/k?/c?``, ``k = ?``).
+
+    The same members can first appear at k = 2 on one machine and k = 3 on another: k-means on maps that
+    differ in their last digits (another CPU's kernels) splits the rest of a class otherwise."""
+    if isinstance(value, list):
+        return [_any_labelling(v) for v in value]
+    text = re.sub(r"\bk\d+/c\d+", "k?/c?", str(value))
+    return re.sub(r"cluster \d+ of the k = \d+", "cluster ? of the k = ?", text)
+
+
 def _findings_differ(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     a, b = old["items"], new["items"]
     if len(a) != len(b):
         return f"{len(a)} findings -> {len(b)}"
     for x, y in zip(a, b, strict=True):
         for field in ("key", "size", "suspicious", "members", "evidence"):
-            if x[field] != y[field]:
+            if _any_labelling(x[field]) != _any_labelling(y[field]):
                 return f"finding {x['key']}: {field} {x[field]!r} -> {y[field]!r}"
         if not np.isclose(y["score"], x["score"], rtol=SCORE_RTOL, atol=1e-6):
             return f"finding {x['key']}: score {x['score']} -> {y['score']}"
@@ -267,3 +283,9 @@ def test_the_check_notices_changes() -> None:
     f = json.loads(json.dumps(old["findings"]))
     f["items"][-1]["evidence"] = ["other"]
     assert "evidence" in str(_findings_differ(old["findings"], f))
+    f = json.loads(json.dumps(old["findings"]))
+    f["items"][0]["key"] = f["items"][0]["key"].replace("/k", "/k1")  # another k: the same group
+    f["items"][0]["evidence"] = [e.replace("k = ", "k = 1") for e in f["items"][0]["evidence"]]
+    assert _findings_differ(old["findings"], f) is None
+    f["items"][0]["key"] = "2" + f["items"][0]["key"][1:]  # another class is not
+    assert "key" in str(_findings_differ(old["findings"], f))

@@ -453,7 +453,7 @@ def test_fusion_pooling_and_layout_do_not_change_maps(
     fast = default(x)
     assert fast.relevance.is_contiguous()
     plain_layout = Explainer(model, composite, channels_last=False)(x)
-    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m, unfused=None: [])
     monkeypatch.setattr(lrp, "lean_maxpools", lambda m: 0)
     unfused = Explainer(model, composite, channels_last=False)
     assert not any(m.fuse_relu for m in _rule_modules(unfused).values())
@@ -603,7 +603,7 @@ def test_fusion_is_undone_where_the_parent_reads_the_layer_output(
     assert isinstance(explainer.model.features[1], nn.ReLU)  # the ReLU is back in place
     if model_cls is _Taps:
         assert ruled["tail.0"].fuse_relu  # a Sequential that runs as a whole keeps its fusion
-    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m, unfused=None: [])
     expected = Explainer(model, canonize=canonize)(x, target=0)
     assert torch.allclose(result.relevance, expected.relevance, rtol=1e-5, atol=1e-7)
     # later calls keep the same (unfused) copy and results
@@ -738,7 +738,7 @@ def test_bottleneck_fusion_and_onednn_pointwise_match_the_plain_engine(
         assert _rule_modules(fast_explainer)["3.conv1"].fuse_relu
 
     monkeypatch.setattr(kernels, "ONEDNN_POINTWISE", False)
-    monkeypatch.setattr(lrp, "_fuse_relus", lambda m: [])
+    monkeypatch.setattr(lrp, "_fuse_relus", lambda m, unfused=None: [])
     hits["onednn"] = 0
     plain = Explainer(model, composite, channels_last=False)(x)
     assert hits["onednn"] == 0

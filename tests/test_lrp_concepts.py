@@ -115,6 +115,27 @@ def test_conditional_heatmaps_match_crp(name: str) -> None:
     assert bool((ours.relevance.sum((1, 2, 3)).sign() == picked.sign()).all())
 
 
+def test_conditional_heatmaps_inside_a_residual_branch_leave_out_the_skip_path() -> None:
+    """An outside check: at a layer inside a residual branch the mask applied only at the tap, so the skip
+    connection's relevance reached the input whole (cosine -0.92 to zennit-crp's conditional map, whose
+    default excludes parallel paths; an empty mask still gave a map). Now only what passes the layer does."""
+    model, x, canonizers, _ = _setup("resnet18")
+    layer = "layer4.1.bn2"
+    explainer = Explainer(model, concept_layer=layer)
+    full = explainer(x, target="pred")
+    assert full.concepts is not None
+    top = full.concepts.argmax(dim=1).tolist()
+    mask = concept_channels([[c] for c in top], full.concepts.shape[1], x.device)
+    ours = explainer(x, target="pred", concept_mask=mask)
+    _, ref_map = _crp_reference(model, x, full.targets, layer, canonizers(), channels=top)
+    cos = _cosine(ours.relevance.sum(1), ref_map)
+    assert bool((cos >= 0.9999).all()), cos.tolist()
+    assert torch.allclose(ours.concepts, full.concepts)
+    empty = explainer(x, target="pred", concept_mask=torch.zeros_like(mask)).relevance
+    assert float(empty.abs().sum()) == 0.0
+    assert float(full.relevance.abs().sum()) > 0.0
+
+
 def test_concepts_do_not_change_the_heatmap() -> None:
     model, x, _, _ = _setup("small_cnn")
     plain = Explainer(model)(x, target="pred")
@@ -180,6 +201,48 @@ def test_default_layers() -> None:
     vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32)
     assert default_concept_layer(vit) == "encoder.layers.encoder_layer_1"
     assert default_concept_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) is None
+
+
+class _AllConv(nn.Module):
+    """An all-convolutional classifier: a 1×1 convolution gives the class-score maps, pooled in forward()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU()
+        )
+        self.classifier = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(self.classifier(self.features(x)), 1).flatten(1)
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+
+class _Stage(nn.Module):
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(_Attention() for _ in range(depth)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+def test_default_layers_an_outside_check_found_wrong() -> None:
+    """An outside check: 'auto' took the class-score convolution of an all-convolutional classifier whose
+    pooling is F.adaptive_avg_pool2d (its 'concepts' were the class scores), and the stage before the last
+    when the last attention stage has one block (timm's MaxViT-nano: depths 1, 2, 3, 1)."""
+    assert default_concept_layer(_AllConv()) == "features"
+    hierarchical = nn.Sequential(_Stage(2), _Stage(3), _Stage(1), nn.Linear(8, 3))
+    assert default_concept_layer(hierarchical) == "2.blocks.0"
+    assert default_concept_layer(nn.Sequential(_Stage(2), _Stage(3), nn.Linear(8, 3))) == "1.blocks.2"
 
 
 def test_default_layer_is_found_inside_a_wrapper_not_at_the_logits() -> None:
@@ -295,6 +358,41 @@ def test_bad_layers_are_named() -> None:
         Explainer(model)(x, concept_mask=torch.ones(2, 64))
     with pytest.raises(ConfigError, match="out of range"):
         concept_channels([[64]], 64, x.device)
+
+
+def test_a_blocks_reused_relu_as_concept_layer_runs_with_a_warning_or_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside check: torchvision ResNet's one ``relu`` per block as the concept layer was refused as 'did
+    not run in the model's forward pass' (spray's copy had fused it away), and resnet50's, called at widths
+    512 and 2048, would have added tensors of other shapes. A module run twice is now summed and said to be."""
+    model, x, _, _ = _setup("resnet18")
+    with caplog.at_level("WARNING", logger="spray.lrp.concepts"):
+        res = Explainer(model, concept_layer="layer4.1.relu")(x, target="pred")
+    assert res.concepts is not None and res.concepts.shape == (3, 512)
+    assert "runs 2 times in one forward pass" in caplog.text
+    block = Explainer(model, concept_layer="layer4.1")(x, target="pred")
+    assert block.concepts is not None and not torch.allclose(
+        res.concepts, block.concepts
+    )  # both calls, summed
+    torch.manual_seed(0)
+    wide = torchvision.models.resnet50(num_classes=4).eval()
+    with pytest.raises(
+        ModelError, match=r"different widths \(512 channels, then 2048\).*the block around it"
+    ):
+        Explainer(wide, concept_layer="layer4.2.relu")(torch.randn(1, 3, 32, 32), target="pred")
+
+
+def test_an_auto_layer_on_unfolded_patches_gives_way_to_the_block_around_it() -> None:
+    """An outside check: on timm's MobileViT 'auto' took a transformer layer that works on patches unfolded
+    into the batch axis, which the Explainer dropped with a warning: no concepts were computed at all."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", num_classes=3).eval()
+    explainer = Explainer(model, concept_layer="auto")
+    res = explainer(torch.randn(2, 3, 64, 64), target="pred")
+    assert explainer.concept_layer == "stages.4.1"
+    assert res.concepts is not None and res.concepts.shape == (2, 80)
 
 
 def test_layer_that_does_not_run_is_refused() -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from spray.errors import ConfigError, ModelError
 from spray.lrp.base import RuleContext
+from spray.lrp.numerics import seeded_grad
 
 __all__ = ["ConceptTap", "concept_channels", "default_concept_layer", "resolve_concept_layer"]
 
@@ -161,7 +162,10 @@ class ConceptTap:
         self.missing = False
         self.relevance: torch.Tensor | None = None
         self.calls = 0
+        self._channels = 0
         self._tapped: torch.Tensor | None = None
+        #: The layer's (tapped) output in the last forward pass, kept for a backward that starts there.
+        self.output: torch.Tensor | None = None
 
     def _add(self, r: torch.Tensor) -> None:
         self.relevance = r if self.relevance is None else self.relevance + r
@@ -200,15 +204,26 @@ class ConceptTap:
                 f"Either it runs before the input enters the graph (choose a later layer: lrp.concept_layer), or {cut}"
             )
         last = channels_last_output(module, output)
-        if self.mask is not None:
-            channels = output.shape[-1] if output.dim() == 3 or last else output.shape[1]
-            if tuple(self.mask.shape) not in ((output.shape[0], channels), tuple(output.shape)):
-                raise ConfigError(
-                    f"concept mask must have shape (B, C) = ({output.shape[0]}, {channels}) or the output's "
-                    f"{tuple(output.shape)} for layer {self.path!r}, got {tuple(self.mask.shape)}"
-                )
+        channels = int(output.shape[-1] if output.dim() == 3 or last else output.shape[1])
+        if self.calls and channels != self._channels:
+            raise ModelError(
+                f"concept layer {self.path!r} runs more than once in one forward pass with different widths "
+                f"({self._channels} channels, then {channels}): one module reused at several places (a block's "
+                "one ReLU), so its channels are not one set of concepts. Choose a module that runs once, such as "
+                "the block around it (lrp.concept_layer)"
+            )
+        self._channels = channels
+        if self.mask is not None and tuple(self.mask.shape) not in (
+            (output.shape[0], channels),
+            tuple(output.shape),
+        ):
+            raise ConfigError(
+                f"concept mask must have shape (B, C) = ({output.shape[0]}, {channels}) or the output's "
+                f"{tuple(output.shape)} for layer {self.path!r}, got {tuple(self.mask.shape)}"
+            )
         self.calls += 1
         self._tapped = _Tap.apply(output, self, self.context.relevance_frame, last)
+        self.output = self._tapped
         return self._tapped
 
     def _model_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -228,6 +243,7 @@ class ConceptTap:
         self.calls = 0
         self.relevance = None
         self._tapped = None
+        self.output = None
         module = _submodule(self.model, self.path)
         handle = module.register_forward_hook(self._hook)
         outer = self.model.register_forward_hook(self._model_hook)
@@ -246,6 +262,35 @@ class ConceptTap:
         if self.relevance is not None:
             return self.relevance.detach()
         raise ModelError(f"no relevance reached concept layer {self.path!r}; choose a layer the logits use")
+
+
+def through_layer(
+    out: torch.Tensor, x: torch.Tensor, seed: torch.Tensor, layer_out: torch.Tensor
+) -> torch.Tensor:
+    """The rules' backward from ``out`` to ``x`` of only the relevance that passes ``layer_out``.
+
+    The gradient at the layer's output comes first, then the backward from there: a path around the layer (a
+    residual branch's skip connection) carries nothing to ``x``, as zennit-crp's conditional attribution
+    (``exclude_parallel``) has it; masked at the tap, such a path reached the input whole.
+    """
+    with torch.enable_grad():
+        scalar = (out * seed).sum()
+    (at_layer,) = torch.autograd.grad(scalar, layer_out, retain_graph=True, allow_unused=True)
+    if at_layer is None:  # the logits do not use the layer: nothing passes it (the tap then says so)
+        return torch.zeros_like(x)
+    return seeded_grad(layer_out, x, at_layer)
+
+
+def warn_reused(tap: ConceptTap) -> None:
+    """Say that the concept layer ran more than once in a forward pass (its relevance is summed)."""
+    log.warning(
+        "concept layer %r runs %d times in one forward pass (a module reused, e.g. a block's one ReLU): its "
+        "channel relevance is the sum over the calls, and a concept-conditional map keeps the chosen channels "
+        "at every call (zennit-crp records one call). A module that runs once, such as the block around it, "
+        "avoids that (lrp.concept_layer)",
+        tap.path,
+        tap.calls,
+    )
 
 
 def sequence_first(model: nn.Module, path: str) -> bool:
@@ -285,20 +330,26 @@ def concept_channels(mask_channels: list[list[int]], channels: int, device: torc
 def _last_repeated_block(model: nn.Module) -> str | None:
     """The last block of the model's last stage of attention blocks: the last child of the last
     ``ModuleList``/``Sequential`` (in module order) of ≥ 2 children of one type that hold attention (a
-    hierarchical transformer's last stage, e.g. Swin's ``features.7``, not its longest); without one, the
-    last child of the longest such list of any blocks."""
+    hierarchical transformer's last stage, e.g. Swin's ``features.7``, not its longest); a later stage of
+    one block of such a type counts too (MaxViT-nano's ``stages.3.blocks``); without one, the last child of
+    the longest such list of any blocks."""
     last: str | None = None
     longest: tuple[int, str] | None = None
+    block_types: set[type] = set()
     for path, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
         children = list(module.named_children())
-        if len(children) >= 2 and len({type(m) for _, m in children}) == 1:
-            end = f"{path}.{children[-1][0]}" if path else children[-1][0]
+        kinds = {type(m) for _, m in children}
+        end = f"{path}.{children[-1][0]}" if path and children else (children[-1][0] if children else "")
+        if len(children) >= 2 and len(kinds) == 1:
             if has_attention(children[-1][1]):
                 last = end
+                block_types |= kinds
             if longest is None or len(children) >= longest[0]:
                 longest = (len(children), end)
+        elif len(children) == 1 and kinds <= block_types:
+            last = end
     if last is not None:
         return last
     return None if longest is None else longest[1]
@@ -367,6 +418,12 @@ def _conv_stage(model: nn.Module) -> tuple[str | None, bool | None]:
         # auxiliary classifiers (GoogLeNet's aux1/aux2, Inception's AuxLogits) run only in training
         if isinstance(module, _CONV_TYPES) and not path.split(".")[0].lower().startswith("aux"):
             convs.append(path)
+    if len(convs) > 1:
+        # no pooling module (F.adaptive_avg_pool2d in forward()) and nothing weighted after the last
+        # convolution: it computes the class scores (an all-convolutional classifier), as above
+        at = [p for p, _ in modules].index(convs[-1])
+        if not any(next(m.parameters(recurse=False), None) is not None for _, m in modules[at + 1 :]):
+            convs.pop()
     return (convs[-1].split(".")[0] if convs else None), None
 
 

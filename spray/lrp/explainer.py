@@ -47,13 +47,19 @@ from spray.lrp.checks import (
     warn_train_mode,
 )
 from spray.lrp.composites import get_composite
-from spray.lrp.concepts import ConceptTap, resolve_concept_layer
+from spray.lrp.concepts import (
+    ConceptTap,
+    resolve_concept_layer,
+    sequence_first,
+    through_layer,
+    warn_reused,
+)
 from spray.lrp.functional import functional_rules
 from spray.lrp.fused import ELEMENTWISE_MODES, elementwise_mode
 from spray.lrp.fusion import _FusionWatch
 from spray.lrp.inputs import batch_input, checked_logits, normalised_kind, resolve_targets
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
-from spray.lrp.numerics import seeded_grad
+from spray.lrp.numerics import CUT_GRAPH, graph_reaches, seeded_grad
 from spray.lrp.preparation import eager_model, hooked_modules, prepare, reference_copy
 
 logger = logging.getLogger(__name__)
@@ -184,14 +190,14 @@ class Explainer:
             canonize_model=canonize,
             extra_rules=extra_rules,
             channels_last=channels_last,
+            unfused=self.concept_layer,
         )
         self._model, self._rules, self._context = prepared.model, prepared.rules, prepared.context
         self._canonized = canonize
         self._has_batchnorm = any(isinstance(m, _BatchNorm) for m in model.modules())
         self._image_model = any(isinstance(m, nn.Conv2d) for m in model.modules())
         self._first_path, self._fusions = prepared.first_path, prepared.fusions
-        self.channels_last = prepared.channels_last
-        self._layout_checked = False
+        self.channels_last, self._layout_checked = prepared.channels_last, False
         # the fusions are checked on the first forward pass (see _FusionWatch), then this is None
         self._watch: _FusionWatch | None = _FusionWatch(self._fusions) if self._fusions else None
         # A hook-free eval copy of the user's model, used once on the first batch to check that
@@ -202,7 +208,7 @@ class Explainer:
         self._reference: nn.Module | None = reference_copy(model, self.device)
         self._suspects = forward_overrides(model)
         self._self_check = self_check
-        self._empty_checked = False  # all-zero maps are reported once, on the first batch
+        self._empty_checked = self._reuse_warned = False  # all-zero maps, a reused concept layer: said once
         hooked = hooked_modules(model)
         if hooked:
             logger.warning(
@@ -494,6 +500,8 @@ class Explainer:
             out, logits = self._check_reference(x, out)
         finally:
             tap, self._tap = self._tap, None
+        if tap is not None and tap.missing and self._concept_auto:
+            out, tap = self._enclosing_layer(x, tap, out)
         if tap is not None and tap.missing:
             logger.warning(
                 "concept layer %r (chosen by concept_layer='auto') is not called by the model's forward() or "
@@ -503,7 +511,10 @@ class Explainer:
             )
             self.concept_layer, tap = None, None
         targets = resolve_targets(target, labels, logits)
-        grad = self._backward(out, x, targets)
+        if tap is not None and tap.calls > 1 and not self._reuse_warned:
+            self._reuse_warned = True
+            warn_reused(tap)
+        grad = self._backward(out, x, targets, tap)
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
@@ -513,8 +524,37 @@ class Explainer:
         concepts = tap.result() if tap is not None else None
         return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
 
-    def _backward(self, out: torch.Tensor, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The rules' backward pass from the target logits to ``x`` (first call: the conservation check)."""
+    def _enclosing_layer(
+        self, x: torch.Tensor, tap: ConceptTap, out: torch.Tensor
+    ) -> tuple[torch.Tensor, ConceptTap]:
+        """For a layer 'auto' chose whose output is no ``(B, C, ...)`` map (a MobileViT block's transformer runs
+        on unfolded patches): the nearest module around it whose output is, one forward pass each. Not for a
+        ``(T, B, D)`` transformer: a stack around it has T rows first too, which may equal the batch by chance."""
+        path = tap.path
+        if sequence_first(self._model, path):
+            return out, tap
+        while "." in path:
+            path = path.rpartition(".")[0]
+            self._tap = ConceptTap(self._model, path, self._context, None, False, batch=x.shape[0])
+            try:
+                again = self._forward(x)
+            finally:
+                candidate, self._tap = self._tap, None
+            if not candidate.missing:
+                logger.info(
+                    "concept layer %r (auto) gives no (B, C, ...) map; %r around it does", tap.path, path
+                )
+                self.concept_layer = path
+                return again, candidate
+        return out, tap
+
+    def _backward(
+        self, out: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, tap: ConceptTap | None = None
+    ) -> torch.Tensor:
+        """The rules' backward pass from the target logits to ``x`` (first call: the conservation check).
+
+        With a concept mask on a layer that ran once, only the relevance passing that layer reaches ``x``
+        (:func:`through_layer`)."""
         if not out.requires_grad:
             raise ModelError(CUT_GRAPH)
         try:
@@ -527,29 +567,13 @@ class Explainer:
             # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
             # differ from zennit's by up to 1.2 % of their scale.
             with self._precision(autocast=False):
+                if tap is not None and tap.mask is not None and tap.calls == 1 and tap.output is not None:
+                    return through_layer(out, x, seed, tap.output)
                 return seeded_grad(out, x, seed)
         except RuntimeError as err:
-            if _reaches(out, x):
+            if graph_reaches(out, x):
                 raise
             raise ModelError(CUT_GRAPH) from err
-
-
-def _reaches(out: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether ``out``'s graph reaches ``x`` (asked only after a backward failed: it runs one itself)."""
-    try:
-        (g,) = torch.autograd.grad(out.sum(), x, allow_unused=True, retain_graph=True)
-    except RuntimeError:
-        return True  # cannot tell: the first error is the one to report
-    return g is not None
-
-
-#: Why a forward pass whose logits do not reach the input cannot be explained, and what to change.
-CUT_GRAPH = (
-    "the model's logits do not depend on its input through autograd: its forward() cuts the graph (a "
-    "backbone run under torch.no_grad(), x.detach(), .data, a round trip through numpy), so there is nothing to "
-    "propagate relevance through. Remove the cut from forward(): a frozen backbone keeps the graph with its "
-    "parameters' requires_grad=False (spray never trains the model)."
-)
 
 
 def explain(

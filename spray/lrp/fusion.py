@@ -136,7 +136,7 @@ def _fuse_in_block(path: str, module: nn.Module, single: Callable[[nn.Module], b
     return fusions
 
 
-def _fuse_relus(model: nn.Module) -> list[_Fusion]:
+def _fuse_relus(model: nn.Module, unfused: str | None = None) -> list[_Fusion]:
     """Fold each activation into the rule layer whose output only it consumes; return the fusions.
 
     Candidates: consecutive children of an ``nn.Sequential`` that keeps Sequential's ``forward``
@@ -145,7 +145,8 @@ def _fuse_relus(model: nn.Module) -> list[_Fusion]:
     torchvision ResNet blocks patched by :mod:`spray.lrp.canonizers`. Modules registered more than once
     are left alone, and so is a window of a Sequential in which one module object occurs twice. Whether
     the owner really runs the pair as a whole is verified on the first forward pass (the parent may
-    iterate the Sequential). The fused layer saves one tensor (its ratio with the activation folded in:
+    iterate the Sequential). A block whose ``relu`` is at the path ``unfused`` is left unfused. The fused
+    layer saves one tensor (its ratio with the activation folded in:
     ``act(z) / stab(z')``) instead of two, and the activation's own passes disappear.
     """
     uses: dict[int, int] = {}
@@ -158,7 +159,9 @@ def _fuse_relus(model: nn.Module) -> list[_Fusion]:
     fusions: list[_Fusion] = []
     for path, module in list(model.named_modules()):
         fusions += _fuse_in_sequential(path, module, single)
-        fusions += _fuse_in_block(path, module, single)
+        # a block whose ReLU is the concept layer keeps calling it (fused, the ReLU never runs)
+        if unfused is None or unfused != (f"{path}.relu" if path else "relu"):
+            fusions += _fuse_in_block(path, module, single)
     return fusions
 
 

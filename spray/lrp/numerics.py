@@ -155,3 +155,21 @@ def _neg(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def _add(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return a if b is None else a + b
+
+
+def graph_reaches(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``out``'s graph reaches ``x`` (asked only after a backward failed: it runs one itself)."""
+    try:
+        (g,) = torch.autograd.grad(out.sum(), x, allow_unused=True, retain_graph=True)
+    except RuntimeError:
+        return True  # cannot tell: the first error is the one to report
+    return g is not None
+
+
+#: Why a forward pass whose logits do not reach the input cannot be explained, and what to change.
+CUT_GRAPH = (
+    "the model's logits do not depend on its input through autograd: its forward() cuts the graph (a "
+    "backbone run under torch.no_grad(), x.detach(), .data, a round trip through numpy), so there is nothing to "
+    "propagate relevance through. Remove the cut from forward(): a frozen backbone keeps the graph with its "
+    "parameters' requires_grad=False (spray never trains the model)."
+)

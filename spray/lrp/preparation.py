@@ -202,8 +202,10 @@ def prepare(
     canonize_model: bool,
     extra_rules: Mapping[type[nn.Module], Rule] | None,
     channels_last: bool | None,
+    unfused: str | None = None,
 ) -> PreparedModel:
-    """Deep-copy, canonize and lay out ``model``, attach ``composite``'s rules, fuse ReLUs.
+    """Deep-copy, canonize and lay out ``model``, attach ``composite``'s rules, fuse ReLUs (not the
+    activation at the module path ``unfused``: a concept layer must run).
 
     Raises
     ------
@@ -224,7 +226,7 @@ def prepare(
     first = _relevance_out_layer(copied, rules)
     context = RuleContext(has_first=first is not None)
     _attach(copied, rules, first, context)
-    fusions = _fuse_relus(copied)
+    fusions = _fuse_relus(copied, unfused)
     lean_maxpools(copied)
     return PreparedModel(copied, rules, first, context, fusions, layout)
 
