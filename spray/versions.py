@@ -53,7 +53,7 @@ import spray
 # 11: F.normalize is explained with the norm held constant (SwinV2's cosine attention: q and k had no relevance);
 #     products of two activations in tensordot, baddbmm, addbmm and addmm get the uniform rule.
 # 12: lrp.concept_layer auto passes over the class-score convolution of an all-convolutional classifier pooled
-#     in forward() and takes a last attention stage of one block (MaxViT-nano); a torchvision block's ReLU named
+#     in forward() and takes a last attention stage of one block (MaxViT-nano, DaViT); a torchvision block's ReLU named
 #     as the concept layer runs (it was fused away). Maps unchanged; concept vectors of those models change.
 LRP_VERSION = 12
 #: How spray.model_identity.model_hash fingerprints a model; runs record it (``hashes["model_hash_version"]``)

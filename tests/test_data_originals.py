@@ -220,6 +220,16 @@ def test_pixels_pillow_cannot_take_are_resized_by_the_emulation() -> None:
     want = T.ToTensor()(T.Resize((30, 46), interpolation=InterpolationMode.BICUBIC)(pil))
     worst = float((resample(nudged.clamp(0, 1), (30, 46), "bicubic") - want).abs().max()) * 255
     assert worst <= 2.05, worst  # 1/255 of emulation, and the nudge can tip one rounding
+    tall = blocks.transpose(1, 0, 2)  # bilinear has no rounding between passes: any shape, within 1/255
+    for img, size in (
+        (blocks, (30, 46)),
+        (np.ascontiguousarray(tall), (46, 30)),
+        (np.ascontiguousarray(tall), (20, 20)),
+    ):
+        want = T.ToTensor()(T.Resize(size, interpolation=InterpolationMode.BILINEAR)(Image.fromarray(img)))
+        x8 = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+        worst = float((resample((x8 + 1e-6).clamp(0, 1), size, "bilinear") - want).abs().max()) * 255
+        assert worst <= 1.05, (size, worst)
 
 
 def test_a_resize_to_height_and_width_squashes_as_torchvision_does() -> None:

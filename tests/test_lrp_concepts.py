@@ -134,6 +134,16 @@ def test_conditional_heatmaps_inside_a_residual_branch_leave_out_the_skip_path()
     empty = explainer(x, target="pred", concept_mask=torch.zeros_like(mask)).relevance
     assert float(empty.abs().sum()) == 0.0
     assert float(full.relevance.abs().sum()) > 0.0
+    # a review: timm's blocks add the shortcut in place onto the layer's output (x += shortcut), which moved
+    # the tensor the backward started from past the sum
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    inplace = _randomise_bn(timm.create_model("resnet18", num_classes=4, zero_init_last=False)).eval()
+    tapped = Explainer(inplace, concept_layer="layer4.1.bn2")
+    base = tapped(x, target="pred")
+    assert base.concepts is not None and float(base.relevance.abs().sum()) > 0.0
+    none = tapped(x, target="pred", concept_mask=torch.zeros_like(base.concepts)).relevance
+    assert float(none.abs().sum()) == 0.0
 
 
 def test_concepts_do_not_change_the_heatmap() -> None:
@@ -371,10 +381,10 @@ def test_a_blocks_reused_relu_as_concept_layer_runs_with_a_warning_or_is_refused
         res = Explainer(model, concept_layer="layer4.1.relu")(x, target="pred")
     assert res.concepts is not None and res.concepts.shape == (3, 512)
     assert "runs 2 times in one forward pass" in caplog.text
-    block = Explainer(model, concept_layer="layer4.1")(x, target="pred")
-    assert block.concepts is not None and not torch.allclose(
-        res.concepts, block.concepts
-    )  # both calls, summed
+    block = Explainer(model, concept_layer="layer4.1")(x, target="pred")  # the second call's output
+    first = Explainer(model, concept_layer="layer4.1.bn1")(x, target="pred")  # the first call's input
+    assert block.concepts is not None and first.concepts is not None
+    torch.testing.assert_close(res.concepts, block.concepts + first.concepts, rtol=1e-4, atol=1e-6)  # summed
     torch.manual_seed(0)
     wide = torchvision.models.resnet50(num_classes=4).eval()
     with pytest.raises(
@@ -393,6 +403,41 @@ def test_an_auto_layer_on_unfolded_patches_gives_way_to_the_block_around_it() ->
     res = explainer(torch.randn(2, 3, 64, 64), target="pred")
     assert explainer.concept_layer == "stages.4.1"
     assert res.concepts is not None and res.concepts.shape == (2, 80)
+    # a review: a run whose maps all come from the cache calls first with a mask (the analysis stage)
+    masked_first = Explainer(model, concept_layer="auto")
+    cond = masked_first(torch.randn(2, 3, 64, 64), target="pred", concept_mask=torch.ones(2, 80))
+    assert masked_first.concept_layer == "stages.4.1" and cond.concepts is not None
+
+
+class _Unfolding(nn.Module):
+    """Attention blocks on patches unfolded into the batch axis, inside the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.blocks = nn.Sequential(_Attention(), _Attention())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.stem(x)  # (B, 8, 4, 4)
+        b = z.shape[0]
+        patches = z.reshape(b, 8, 2, 2, 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b * 4, 4, 8)
+        return self.head(self.blocks(patches).reshape(b, 16, 8).mean(1))
+
+
+def test_an_auto_layer_on_unfolded_patches_never_gives_way_to_the_logits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A review: the module around such a layer may be the whole classifier (a wrapper's child), whose
+    output is the class scores: it is dropped with the warning instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Identity(), _Unfolding()).eval()
+    explainer = Explainer(model, concept_layer="auto")
+    assert explainer.concept_layer == "1.blocks.1"
+    with caplog.at_level("WARNING", logger="spray.lrp.explainer"):
+        res = explainer(torch.randn(2, 3, 16, 16), target="pred")
+    assert res.concepts is None and explainer.concept_layer is None
+    assert "no concept relevance is computed" in caplog.text
 
 
 def test_layer_that_does_not_run_is_refused() -> None:

@@ -38,7 +38,9 @@ class TransformConfig(Section):
         description="How resize interpolates, as torchvision's Resize(interpolation=...) does on PIL images: "
         "'bilinear' (torchvision's default), 'bicubic' (timm's models; torchvision's EfficientNet, Swin and "
         "MaxViT weights), 'nearest'. Set what the model was trained with: another one feeds it other pixels. "
-        "8-bit images decoded on the CPU are resized by Pillow itself (exactly torchvision's). "
+        "8-bit pixels on the CPU are resized by Pillow itself, exactly torchvision's (images decoded on the "
+        "GPU, 16-bit ones, and ones converted to grey by luma or composited over a background are resized by "
+        "a torch emulation of Pillow: within 1/255 bilinear, up to ~15/255 at sharp edges bicubic). "
         "Part of the heatmap cache key and the run id.",
     )
     center_crop: int | None = Field(

@@ -152,7 +152,9 @@ def _uint8_tensor(img: Image.Image) -> torch.Tensor:
     # The same values and memory layout (an (H, W, C) buffer seen as (C, H, W)) as torch's
     # `.float() / 255.0` gave (a float32 division, checked for all 256 values); in numpy, since for
     # a 28×28 image torch's per-call overhead was most of the cost.
-    return torch.from_numpy(arr.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1)
+    out = torch.from_numpy(arr.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1)
+    out.eight_bit_pixels = arr  # type: ignore[attr-defined]  # for a resize by Pillow (data.transform)
+    return out
 
 
 def _float_grey(arr: np.ndarray) -> torch.Tensor:

@@ -66,10 +66,12 @@ def _pillow_resample(x: torch.Tensor, size: tuple[int, int], interpolation: str)
     and rounding cannot be emulated exactly in torch."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[0] not in (1, 3) or x.ndim != 3:
         return None
-    levels = torch.round(x * 255.0)
-    if not torch.equal(levels / 255.0, x):
-        return None
-    arr = levels.to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = getattr(x, "eight_bit_pixels", None)  # the decoder's own (H, W, C) bytes: no check needed
+    if not (isinstance(arr, np.ndarray) and arr.shape == (*x.shape[1:], x.shape[0])):
+        hwc = x.detach().permute(1, 2, 0).numpy()
+        arr = np.rint(hwc * np.float32(255.0)).astype(np.uint8)
+        if not np.array_equal(arr.astype(np.float32) / np.float32(255.0), hwc):
+            return None
     img = Image.fromarray(np.ascontiguousarray(arr[..., 0] if arr.shape[-1] == 1 else arr))  # L or RGB
     filt = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     out = np.asarray(img.resize((size[1], size[0]), filt), dtype=np.uint8).reshape(size[0], size[1], -1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -27,9 +27,17 @@ from torch import nn
 
 from spray.errors import ConfigError, ModelError
 from spray.lrp.base import RuleContext
-from spray.lrp.numerics import seeded_grad
 
-__all__ = ["ConceptTap", "concept_channels", "default_concept_layer", "resolve_concept_layer"]
+__all__ = [
+    "ConceptTap",
+    "concept_channels",
+    "default_concept_layer",
+    "enclosing_tap",
+    "resolve_concept_layer",
+    "through_layer",
+    "warn_reused",
+    "wraps_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +172,12 @@ class ConceptTap:
         self.calls = 0
         self._channels = 0
         self._tapped: torch.Tensor | None = None
-        #: The layer's (tapped) output in the last forward pass, kept for a backward that starts there.
-        self.output: torch.Tensor | None = None
+        #: Where the layer's output enters autograd in the last forward pass, for a backward that starts there
+        #: (an edge, not the tensor: an in-place ``x += shortcut`` after the layer moves the tensor on).
+        self.edge: Any = None
+        #: Whether the layer ran but its output's first axis was not the batch (patches unfolded into it).
+        self.unbatched = False
+        self.ndim = 0  # of the tapped output
 
     def _add(self, r: torch.Tensor) -> None:
         self.relevance = r if self.relevance is None else self.relevance + r
@@ -184,6 +196,7 @@ class ConceptTap:
         ):
             # per-token or per-patch rows taken for samples would misalign every concept vector after them
             if not self.required:
+                self.unbatched = True
                 return output
             raise ModelError(
                 f"concept layer {self.path!r} returns {tuple(output.shape)}, whose first axis is not the batch of "
@@ -206,13 +219,16 @@ class ConceptTap:
         last = channels_last_output(module, output)
         channels = int(output.shape[-1] if output.dim() == 3 or last else output.shape[1])
         if self.calls and channels != self._channels:
+            if not self.required:  # an auto layer is dropped with a warning instead
+                self.calls = 0
+                return output
             raise ModelError(
                 f"concept layer {self.path!r} runs more than once in one forward pass with different widths "
                 f"({self._channels} channels, then {channels}): one module reused at several places (a block's "
                 "one ReLU), so its channels are not one set of concepts. Choose a module that runs once, such as "
                 "the block around it (lrp.concept_layer)"
             )
-        self._channels = channels
+        self._channels, self.ndim = channels, output.dim()
         if self.mask is not None and tuple(self.mask.shape) not in (
             (output.shape[0], channels),
             tuple(output.shape),
@@ -223,7 +239,7 @@ class ConceptTap:
             )
         self.calls += 1
         self._tapped = _Tap.apply(output, self, self.context.relevance_frame, last)
-        self.output = self._tapped
+        self.edge = torch.autograd.graph.get_gradient_edge(self._tapped)
         return self._tapped
 
     def _model_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -243,7 +259,8 @@ class ConceptTap:
         self.calls = 0
         self.relevance = None
         self._tapped = None
-        self.output = None
+        self.edge = None
+        self.unbatched = False
         module = _submodule(self.model, self.path)
         handle = module.register_forward_hook(self._hook)
         outer = self.model.register_forward_hook(self._model_hook)
@@ -264,25 +281,87 @@ class ConceptTap:
         raise ModelError(f"no relevance reached concept layer {self.path!r}; choose a layer the logits use")
 
 
-def through_layer(
-    out: torch.Tensor, x: torch.Tensor, seed: torch.Tensor, layer_out: torch.Tensor
-) -> torch.Tensor:
-    """The rules' backward from ``out`` to ``x`` of only the relevance that passes ``layer_out``.
+def through_layer(out: torch.Tensor, x: torch.Tensor, seed: torch.Tensor, edge: Any) -> torch.Tensor:
+    """The rules' backward from ``out`` to ``x`` of only the relevance that passes the concept layer.
 
-    The gradient at the layer's output comes first, then the backward from there: a path around the layer (a
-    residual branch's skip connection) carries nothing to ``x``, as zennit-crp's conditional attribution
-    (``exclude_parallel``) has it; masked at the tap, such a path reached the input whole.
+    The gradient where the layer's output enters autograd comes first, then the backward from there: a path
+    around the layer (a residual branch's skip connection) carries nothing to ``x``, as zennit-crp's
+    conditional attribution (``exclude_parallel``) has it; masked at the tap, such a path reached the input
+    whole.
+
+    Parameters
+    ----------
+    out : torch.Tensor
+        ``(B, K)`` outputs.
+    x : torch.Tensor
+        ``(B, ...)`` input that requires grad.
+    seed : torch.Tensor
+        ``(B, K)`` the gradient put on ``out``.
+    edge : torch.autograd.graph.GradientEdge
+        :attr:`ConceptTap.edge` of the forward pass that gave ``out``.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape as ``x``; zeros when the logits do not use the layer (the tap then says so).
     """
     with torch.enable_grad():
         scalar = (out * seed).sum()
-    (at_layer,) = torch.autograd.grad(scalar, layer_out, retain_graph=True, allow_unused=True)
-    if at_layer is None:  # the logits do not use the layer: nothing passes it (the tap then says so)
+    (at_layer,) = torch.autograd.grad(scalar, edge, retain_graph=True, allow_unused=True)
+    if at_layer is None:
         return torch.zeros_like(x)
-    return seeded_grad(layer_out, x, at_layer)
+    (grad,) = torch.autograd.grad(edge, x, grad_outputs=at_layer)
+    return grad
+
+
+def enclosing_tap(
+    tap: ConceptTap, mask: torch.Tensor | None, batch: int, forward: Callable[[ConceptTap], torch.Tensor]
+) -> tuple[ConceptTap, torch.Tensor] | None:
+    """For a layer 'auto' chose whose output has not the batch first (a MobileViT block's transformer runs on
+    unfolded patches): a tap on the nearest module around it whose output is a ``(B, C, ...)`` map.
+
+    Never a module holding the whole classifier (its output is the logits), and not for a ``(T, B, D)``
+    transformer (a stack around it has T rows first too, which may equal the batch by chance).
+
+    Parameters
+    ----------
+    tap : ConceptTap
+        The auto layer's tap after a forward pass that found it missing.
+    mask : torch.Tensor or None
+        The call's concept mask, for the candidates.
+    batch : int
+        The batch size.
+    forward : callable
+        Runs one forward pass with the given tap installed; returns the outputs.
+
+    Returns
+    -------
+    tuple of (ConceptTap, torch.Tensor) or None
+        The candidate's tap and the outputs of its forward pass; None when no module around it fits.
+    """
+    model, path = tap.model, tap.path
+    if not tap.unbatched or sequence_first(model, path):
+        return None
+    while "." in path:
+        path = path.rpartition(".")[0]
+        if wraps_model(model.get_submodule(path), model):
+            return None
+        candidate = ConceptTap(model, path, tap.context, mask, False, batch=batch)
+        out = forward(candidate)
+        if not candidate.missing and candidate.ndim >= 3:
+            log.info("concept layer %r (auto) has not the batch first; %r around it has", tap.path, path)
+            return candidate, out
+    return None
 
 
 def warn_reused(tap: ConceptTap) -> None:
-    """Say that the concept layer ran more than once in a forward pass (its relevance is summed)."""
+    """Say that the concept layer ran more than once in a forward pass (its relevance is summed).
+
+    Parameters
+    ----------
+    tap : ConceptTap
+        The tap after the forward pass (its ``calls`` > 1).
+    """
     log.warning(
         "concept layer %r runs %d times in one forward pass (a module reused, e.g. a block's one ReLU): its "
         "channel relevance is the sum over the calls, and a concept-conditional map keeps the chosen channels "
@@ -335,12 +414,12 @@ def _last_repeated_block(model: nn.Module) -> str | None:
     the longest such list of any blocks."""
     last: str | None = None
     longest: tuple[int, str] | None = None
-    block_types: set[type] = set()
+    block_types: set[tuple[type, int]] = set()  # (block type, depth of its list) of the stages seen
     for path, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
         children = list(module.named_children())
-        kinds = {type(m) for _, m in children}
+        kinds = {(type(m), path.count(".")) for _, m in children}
         end = f"{path}.{children[-1][0]}" if path and children else (children[-1][0] if children else "")
         if len(children) >= 2 and len(kinds) == 1:
             if has_attention(children[-1][1]):
@@ -348,7 +427,7 @@ def _last_repeated_block(model: nn.Module) -> str | None:
                 block_types |= kinds
             if longest is None or len(children) >= longest[0]:
                 longest = (len(children), end)
-        elif len(children) == 1 and kinds <= block_types:
+        elif len(children) == 1 and kinds <= block_types:  # a stage of one block, at a stage's depth
             last = end
     if last is not None:
         return last
@@ -391,7 +470,7 @@ def default_concept_layer(model: nn.Module) -> str | None:
         if stage is None:
             return None
         inner = model.get_submodule(stage)
-        if inner is model or not (head_inside or (head_inside is None and _wraps(inner, model))):
+        if inner is model or not (head_inside or (head_inside is None and wraps_model(inner, model))):
             return prefix + stage
         # A wrapper (nn.Sequential(normalize, net), DataParallel's "module", torch.compile's "_orig_mod", a
         # ".backbone" or a temperature scaler holding the whole classifier): its child's output is the
@@ -422,12 +501,13 @@ def _conv_stage(model: nn.Module) -> tuple[str | None, bool | None]:
         # no pooling module (F.adaptive_avg_pool2d in forward()) and nothing weighted after the last
         # convolution: it computes the class scores (an all-convolutional classifier), as above
         at = [p for p, _ in modules].index(convs[-1])
-        if not any(next(m.parameters(recurse=False), None) is not None for _, m in modules[at + 1 :]):
+        after = any(next(m.parameters(recurse=False), None) is not None for _, m in modules[at + 1 :])
+        if not after and not any(isinstance(m, nn.Linear) for _, m in modules):  # a head registered earlier
             convs.pop()
     return (convs[-1].split(".")[0] if convs else None), None
 
 
-def _wraps(child: nn.Module, model: nn.Module) -> bool:
+def wraps_model(child: nn.Module, model: nn.Module) -> bool:
     """Whether ``child`` holds every parameter of ``model`` (so it is the whole classifier, wrapped)."""
     total = {id(p) for p in model.parameters()}
     return bool(total) and total <= {id(p) for p in child.parameters()}
@@ -450,7 +530,7 @@ def _wrapped_path(model: nn.Module, layer: str, names: dict[str, nn.Module]) -> 
         return None
     prefix, inner = "", model
     while True:
-        children = [(n, c) for n, c in inner.named_children() if _wraps(c, inner)]
+        children = [(n, c) for n, c in inner.named_children() if wraps_model(c, inner)]
         if len(children) != 1:
             return None
         name, inner = children[0]

@@ -49,8 +49,8 @@ from spray.lrp.checks import (
 from spray.lrp.composites import get_composite
 from spray.lrp.concepts import (
     ConceptTap,
+    enclosing_tap,
     resolve_concept_layer,
-    sequence_first,
     through_layer,
     warn_reused,
 )
@@ -175,7 +175,7 @@ class Explainer:
         self.composite = get_composite(composite, **(composite_kwargs or {}))
         model, concept_layer = eager_model(model, concept_layer)
         self.concept_layer = resolve_concept_layer(model, concept_layer)
-        self._concept_auto = concept_layer == "auto"
+        self._concept_auto = self._auto_open = concept_layer == "auto"  # open: not yet seen to run
         self._tap: ConceptTap | None = None  # set for the duration of one call
         self._lock = threading.Lock()
         self.precision = precision
@@ -490,7 +490,9 @@ class Explainer:
         if concept_mask is not None and self.concept_layer is None:
             raise ConfigError("concept_mask needs an Explainer with a concept_layer")
         if self.concept_layer is not None:
-            required = concept_mask is not None or not self._concept_auto
+            # an auto layer is settled on the first call, masked or not (a run whose maps all come from the
+            # cache first calls with a mask); after that a mask needs the layer
+            required = not self._auto_open and (concept_mask is not None or not self._concept_auto)
             self._tap = ConceptTap(
                 self._model, self.concept_layer, self._context, concept_mask, required, batch=x.shape[0]
             )
@@ -500,21 +502,11 @@ class Explainer:
             out, logits = self._check_reference(x, out)
         finally:
             tap, self._tap = self._tap, None
-        if tap is not None and tap.missing and self._concept_auto:
-            out, tap = self._enclosing_layer(x, tap, out)
-        if tap is not None and tap.missing:
-            logger.warning(
-                "concept layer %r (chosen by concept_layer='auto') is not called by the model's forward() or "
-                "returns no (B, C, ...) tensor whose first axis is the batch; no concept relevance is computed: "
-                "set lrp.concept_layer to such a module",
-                tap.path,
-            )
-            self.concept_layer, tap = None, None
+        out, tap = self._settled_tap(x, out, tap, concept_mask)
         targets = resolve_targets(target, labels, logits)
-        if tap is not None and tap.calls > 1 and not self._reuse_warned:
-            self._reuse_warned = True
-            warn_reused(tap)
         grad = self._backward(out, x, targets, tap)
+        if tap is not None:
+            tap.edge = None  # the edge holds the graph (and the tap, through it) until collected
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
@@ -524,29 +516,44 @@ class Explainer:
         concepts = tap.result() if tap is not None else None
         return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
 
-    def _enclosing_layer(
-        self, x: torch.Tensor, tap: ConceptTap, out: torch.Tensor
-    ) -> tuple[torch.Tensor, ConceptTap]:
-        """For a layer 'auto' chose whose output is no ``(B, C, ...)`` map (a MobileViT block's transformer runs
-        on unfolded patches): the nearest module around it whose output is, one forward pass each. Not for a
-        ``(T, B, D)`` transformer: a stack around it has T rows first too, which may equal the batch by chance."""
-        path = tap.path
-        if sequence_first(self._model, path):
-            return out, tap
-        while "." in path:
-            path = path.rpartition(".")[0]
-            self._tap = ConceptTap(self._model, path, self._context, None, False, batch=x.shape[0])
-            try:
-                again = self._forward(x)
-            finally:
-                candidate, self._tap = self._tap, None
-            if not candidate.missing:
-                logger.info(
-                    "concept layer %r (auto) gives no (B, C, ...) map; %r around it does", tap.path, path
-                )
-                self.concept_layer = path
-                return again, candidate
+    def _settled_tap(
+        self, x: torch.Tensor, out: torch.Tensor, tap: ConceptTap | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ConceptTap | None]:
+        """The concept tap after a forward pass: an auto layer that gave no map settled on the module around it
+        or dropped with a warning (a mask needs it), a layer run several times said once."""
+        if tap is None:
+            return out, None
+        if tap.missing and self._auto_open:
+            found = enclosing_tap(tap, mask, x.shape[0], lambda t: self._forward_tapped(x, t))
+            if found is not None:
+                tap, out = found
+                self.concept_layer = tap.path
+        self._auto_open = False
+        if tap.missing and mask is not None:
+            raise ModelError(
+                f"concept layer {tap.path!r} gives no (B, C, ...) map: no concept mask can apply"
+            )
+        if tap.missing:
+            logger.warning(
+                "concept layer %r (chosen by concept_layer='auto') is not called by the model's forward() or "
+                "returns no (B, C, ...) tensor whose first axis is the batch; no concept relevance is computed: "
+                "set lrp.concept_layer to such a module",
+                tap.path,
+            )
+            self.concept_layer = None
+            return out, None
+        if tap.calls > 1 and not self._reuse_warned:
+            self._reuse_warned = True
+            warn_reused(tap)
         return out, tap
+
+    def _forward_tapped(self, x: torch.Tensor, tap: ConceptTap) -> torch.Tensor:
+        """A forward pass with ``tap`` on its layer."""
+        self._tap = tap
+        try:
+            return self._forward(x)
+        finally:
+            self._tap = None
 
     def _backward(
         self, out: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, tap: ConceptTap | None = None
@@ -567,8 +574,8 @@ class Explainer:
             # forward: outside them, PyTorch's default TF32 cuDNN convolutions made "fp32" maps on an H100
             # differ from zennit's by up to 1.2 % of their scale.
             with self._precision(autocast=False):
-                if tap is not None and tap.mask is not None and tap.calls == 1 and tap.output is not None:
-                    return through_layer(out, x, seed, tap.output)
+                if tap is not None and tap.mask is not None and tap.calls == 1 and tap.edge is not None:
+                    return through_layer(out, x, seed, tap.edge)
                 return seeded_grad(out, x, seed)
         except RuntimeError as err:
             if graph_reaches(out, x):
