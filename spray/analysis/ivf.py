@@ -210,16 +210,18 @@ def _fill_short(xs: np.ndarray, sq: np.ndarray, best: _Best, block_mb: int) -> N
         best.d2[q], best.idx[q] = _smallest(d2, k)
 
 
-def _final(xs: np.ndarray, sq: np.ndarray, best: _Best) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distances of the k found, sorted by (distance, index).
+def _final(xs: np.ndarray, best: _Best) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances of the k found, recomputed from the rows, sorted by (distance, index).
 
-    The search's ``‖x‖² + ‖y‖² - 2xy`` has a relative error of about ``1e-7·(‖x‖² + ‖y‖²) / d²``; where
-    that could exceed 1e-4 (near-duplicates) the distance is recomputed directly from the rows.
+    The search's ``‖x‖² + ‖y‖² - 2xy`` comes from BLAS products whose last bits depend on the threads and
+    the block size on some CPUs (an AMD EPYC VM), and it loses precision between near-duplicates; the
+    difference of the two rows, summed by numpy, is the same everywhere.
     """
-    idx, d2 = best.idx, best.d2.copy()
-    r, j = np.nonzero(d2 < 1e-3 * (sq[:, None] + sq[idx]))
-    diff = xs[idx[r, j]] - xs[r]
-    d2[r, j] = np.einsum("ij,ij->i", diff, diff)
+    idx = best.idx
+    d2 = np.empty(idx.shape, dtype=np.float32)
+    for j in range(idx.shape[1]):  # one neighbour column at a time: (n, d) in memory, not (n, k, d)
+        diff = xs[idx[:, j]] - xs
+        d2[:, j] = np.einsum("ij,ij->i", diff, diff)
     dist = np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
     o = np.lexsort((idx, dist), axis=1)
     return np.take_along_axis(idx, o, axis=1), np.take_along_axis(dist, o, axis=1)
@@ -255,7 +257,7 @@ def ivf_knn(x: np.ndarray, k: int, seed: int, s: KnnSearchConfig) -> tuple[np.nd
     best = _scan(xs, sq, cix, best, slice(1, 2), s.block_mb)
     best = _scan(xs, sq, cix, best, slice(2, None), s.block_mb)
     _fill_short(xs, sq, best, s.block_mb)
-    idx_sorted, dist = _final(xs, sq, best)
+    idx_sorted, dist = _final(xs, best)
     idx = np.empty_like(idx_sorted)
     out = np.empty_like(dist)
     idx[cix.order] = cix.order[idx_sorted]
