@@ -94,20 +94,25 @@ def test_channel_relevance_matches_crp(name: str) -> None:
         assert bool((_cosine(ours.relevance.sum(1), ref_map) >= 0.9999).all())
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_conditional_heatmaps_match_crp(name: str) -> None:
-    model, x, canonizers, layers = _setup(name)
-    layer = layers[0]
+def _top_channel_maps(model: nn.Module, x: torch.Tensor, canonizers: Any, layer: str) -> tuple[Any, ...]:
+    """Each sample's map conditioned on its own most relevant channel at ``layer``, checked against CRP's;
+    returns the Explainer, the unmasked result, the channels, the mask and the conditioned result."""
     explainer = Explainer(model, concept_layer=layer)
     full = explainer(x, target="pred")
     assert full.concepts is not None
-    # each sample conditioned on its own most relevant channel
     top = full.concepts.argmax(dim=1).tolist()
     mask = concept_channels([[c] for c in top], full.concepts.shape[1], x.device)
     ours = explainer(x, target="pred", concept_mask=mask)
     _, ref_map = _crp_reference(model, x, full.targets, layer, canonizers(), channels=top)
     cos = _cosine(ours.relevance.sum(1), ref_map)
     assert bool((cos >= 0.9999).all()), cos.tolist()
+    return explainer, full, top, mask, ours
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_conditional_heatmaps_match_crp(name: str) -> None:
+    model, x, canonizers, layers = _setup(name)
+    _, full, top, _, ours = _top_channel_maps(model, x, canonizers, layers[0])
     # the conditional map carries the channel's relevance (conservation through the lower layers is
     # approximate under z+ / flat with biases, so only the sign and scale are checked)
     picked = full.concepts[torch.arange(len(top)), top]
@@ -120,16 +125,7 @@ def test_conditional_heatmaps_inside_a_residual_branch_leave_out_the_skip_path()
     connection's relevance reached the input whole (cosine -0.92 to zennit-crp's conditional map, whose
     default excludes parallel paths; an empty mask still gave a map). Now only what passes the layer does."""
     model, x, canonizers, _ = _setup("resnet18")
-    layer = "layer4.1.bn2"
-    explainer = Explainer(model, concept_layer=layer)
-    full = explainer(x, target="pred")
-    assert full.concepts is not None
-    top = full.concepts.argmax(dim=1).tolist()
-    mask = concept_channels([[c] for c in top], full.concepts.shape[1], x.device)
-    ours = explainer(x, target="pred", concept_mask=mask)
-    _, ref_map = _crp_reference(model, x, full.targets, layer, canonizers(), channels=top)
-    cos = _cosine(ours.relevance.sum(1), ref_map)
-    assert bool((cos >= 0.9999).all()), cos.tolist()
+    explainer, full, _, mask, ours = _top_channel_maps(model, x, canonizers, "layer4.1.bn2")
     assert torch.allclose(ours.concepts, full.concepts)
     empty = explainer(x, target="pred", concept_mask=torch.zeros_like(mask)).relevance
     assert float(empty.abs().sum()) == 0.0
