@@ -9,7 +9,7 @@ import torch
 
 from spray.lrp.fused import compiled, fused_active
 
-__all__ = ["seeded_grad", "stabilize"]
+__all__ = ["CUT_GRAPH", "graph_reaches", "seeded_grad", "stabilize"]
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
