@@ -124,9 +124,12 @@ def test_a_stop_signal_to_the_wrapper_stops_the_job(tmp_path: Path, sig: str) ->
     fake.chmod(0o755)
     status = tmp_path / "status.json"
     env = {**os.environ, "SPRAY_TORCHRUN": str(fake)}
+    # A shell that starts with SIGINT ignored cannot trap it (POSIX): a suite run in the background of a
+    # non-interactive shell (nohup ... &) passes that on, so the wrapper gets the default back, as from a terminal.
     job = subprocess.Popen(
         ["bash", str(WRAPPER), "2", "--config", "x.yaml", "--status-file", str(status)],
         env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while not (tmp_path / "status.json.started").exists() and time.monotonic() < deadline:
