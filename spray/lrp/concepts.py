@@ -419,8 +419,10 @@ def _last_repeated_block(model: nn.Module) -> str | None:
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
         children = list(module.named_children())
+        if not children:
+            continue
         kinds = {(type(m), path.count(".")) for _, m in children}
-        end = f"{path}.{children[-1][0]}" if path and children else (children[-1][0] if children else "")
+        end = f"{path}.{children[-1][0]}" if path else children[-1][0]
         if len(children) >= 2 and len(kinds) == 1:
             if has_attention(children[-1][1]):
                 last = end
