@@ -33,12 +33,17 @@ def colour_met(t: dict, auroc: float, gain_margin: float | None = None) -> bool:
 
 
 def main() -> None:
-    rows = [json.loads(line) for f in FILES for line in gzip.open(HERE / f, "rt")]
+    rows = []
+    for name in FILES:
+        with gzip.open(HERE / name, "rt") as fh:
+            rows += [json.loads(line) for line in fh]
     # exactness: at the current margin the replay gives the recorded colour verdicts
     mism = [(r["split"], r["family"], r["seed"], t["key"]) for r in rows for t in r["tested"]
             if "concept_colour_met" in t and colour_met(t, 0.94) != bool(t["concept_colour_met"])]  # fmt: skip
     print(f"{len(rows)} rows; replay mismatches at 0.94: {len(mism)} {mism[:5]}")
-    print("| colour_min_auroc | learned cells flagged | colour casts flagged | clean models alarmed | other-group flags |")
+    print(
+        "| colour_min_auroc | learned cells flagged | colour casts flagged | clean models alarmed | other-group flags |"
+    )
     print("|---|---|---|---|---|")
     for value, gain_margin in [(0.94, None)] + [(v, PASTE_GAIN_MARGIN) for v in VALUES]:
         flagged = casts = clean = other = 0

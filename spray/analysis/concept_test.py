@@ -41,7 +41,7 @@ from spray.analysis.scoring.verdict import (
     removal_shortfall,
     suspicion,
 )
-from spray.config import AuditConfig
+from spray.config import AuditConfig, ScoringConfig
 from spray.records import ClusterFinding
 
 #: The signals of an :class:`InterventionTest` that describe pixels alike at one region: a concept test
@@ -180,19 +180,31 @@ def _missing(cleared: tuple[str, ...], test: InterventionTest, cfg: AuditConfig)
     if rule == "both":
         return "" if len(cleared) == 2 else f"a concept-only finding needs both {colour}tests to clear theirs"
     if "removal" not in cleared:
-        short = removal_shortfall(test, cfg.scoring)
+        short = removal_shortfall(test, colour_scoring(cfg) if colour else cfg.scoring)
         return f"a concept-only finding needs the {colour}removal test to clear its margins" + (
             f" ({short})" if short else ""
         )
     need = cfg.concepts.flag_gain_ratio
     ratio = paste_gain_ratio(test, cfg.scoring) or 0.0
+    given = "colour" if colour else "paste"
     if need > 0 and ratio < need:
-        given = "colour" if colour else "paste"
         return (
             f"its members' {given} raises the class logit only {ratio:.2f} times as much as the non-members' "
             f"(a concept-only finding needs {need:.2f})"
         )
+    margin, excess = cfg.scoring.paste_gain_margin, test.gain_excess
+    if colour and cfg.concepts.colour_gain_margin and (excess is None or excess < margin):
+        return (
+            f"its members' colour raises the class logit only {excess or 0.0:.2f} more than the non-members' "
+            f"(a colour finding needs {margin:g})"
+        )
     return ""
+
+
+def colour_scoring(cfg: AuditConfig) -> ScoringConfig:
+    """The scoring margins the colour test is judged by: ``concepts.colour_min_auroc`` for the removal's AUROC."""
+    auroc = cfg.concepts.colour_min_auroc
+    return cfg.scoring if auroc is None else cfg.scoring.model_copy(update={"removal_min_auroc": auroc})
 
 
 @dataclass
@@ -262,7 +274,7 @@ def _judge(
     hot_v = None if hot is None else _judge_hot(hot, cfg)
     colour_v = None
     if colour is not None:
-        routes = intervention_routes(colour, cfg.scoring)
+        routes = intervention_routes(colour, colour_scoring(cfg))
         colour_v = _Verdict(colour, routes, _missing(routes.cleared, colour, cfg))
     judged = [v for v in (hot_v, colour_v) if v is not None]
     small = f.size < max(cfg.scoring.min_cluster_size, cfg.concepts.min_cluster_size)

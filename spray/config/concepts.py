@@ -43,6 +43,21 @@ class ConceptsConfig(Section):
         "carriers the class's images whose logit the typical colour lowers as the members'. Classes whose "
         "images are grey (channels alike up to one scale and offset) are not tested. Needs intervention.",
     )
+    colour_min_auroc: float | None = Field(
+        0.9,
+        ge=0.5,
+        le=1.0,
+        description="The colour test's removal must separate the members' logit drops from the non-members' "
+        "with at least this AUROC (its other margins are scoring's); null: scoring.removal_min_auroc. Giving "
+        "an image the class's typical colour moves every image's logit a little, so a colour removal "
+        "separates less sharply than removing a local stamp. 0.9 was chosen on the development moving splits "
+        "by a rule fixed before, together with colour_gain_margin (docs/concepts.md).",
+    )
+    colour_gain_margin: bool = Field(
+        True,
+        description="The colour test's paste must also raise the class logit by scoring.paste_gain_margin more "
+        "than a non-member's colour does (the gain ratio alone passes a tiny gain over a null at or below 0).",
+    )
     flag_rule: Literal["both", "removal", "any"] = Field(
         "removal",
         description="Which interventions must clear the scoring section's margins for a concept-only finding "

@@ -233,7 +233,7 @@ def test_grey_rgb_inputs_give_the_hot_pixel_verdict_unchanged() -> None:
 def test_what_a_missed_margin_was_is_said() -> None:
     """The colour removal misses only its AUROC margin: the evidence names the AUROC and the margin."""
     probe, ids, f = _world()
-    cfg = _cfg({"removal_min_auroc": 0.999})
+    cfg = _cfg(colour_min_auroc=0.999)
     got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
     auc = got.signals["colour_removal_auroc"]
     assert not got.suspicious and auc < 0.999
@@ -259,3 +259,40 @@ def test_a_pixel_candidate_holding_the_members_is_named() -> None:
         concept.evidence
     )
     assert f"40 of its 40 members are in the pixel candidate {pixel.key} of 80" in concept.evidence
+
+
+def test_the_colour_removal_is_judged_by_its_own_auroc_margin() -> None:
+    """concepts.colour_min_auroc, not scoring.removal_min_auroc, is the colour removal's AUROC margin (null:
+    the scoring one); the hot-pixel margin can be stricter than the colour one."""
+    probe, ids, f = _world()
+    auroc = _run(probe, ids, f).signals["colour_removal_auroc"]
+    assert auroc < 1.0
+    probe, ids, f = _world()
+    cfg = _cfg({"removal_min_auroc": 1.0}, colour_min_auroc=round(auroc - 0.005, 3))
+    assert intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0].suspicious
+    for scoring, concepts in (
+        ({}, {"colour_min_auroc": 1.0}),
+        ({"removal_min_auroc": 1.0}, {"colour_min_auroc": None}),
+    ):
+        probe, ids, f = _world()
+        got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, _cfg(scoring, **concepts))[0]
+        assert not got.suspicious
+        assert f"its drops' AUROC against the non-members' is {auroc:.3f}, under 1" in got.evidence[-1]
+
+
+def test_the_colour_paste_must_clear_the_paste_gain_margin() -> None:
+    """A colour whose paste gain ratio passes but whose gain over the non-members' is under
+    scoring.paste_gain_margin is not flagged, unless concepts.colour_gain_margin is off."""
+    probe, ids, f = _world()
+    got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, _cfg({"paste_gain_margin": 100.0}))[0]
+    gain = got.signals["colour_paste_gain"] - got.signals["colour_paste_gain_null"]
+    assert not got.suspicious
+    assert (
+        f"its members' colour raises the class logit only {gain:.2f} more than the non-members' "
+        in got.evidence[-1]
+    )
+    assert "(a colour finding needs 100)" in got.evidence[-1]
+    probe, ids, f = _world()
+    cfg = _cfg({"paste_gain_margin": 100.0}, colour_gain_margin=False)
+    got = intervene_concept_findings([f], ids, 8, SIDE * SIDE, probe, cfg)[0]
+    assert got.suspicious and got.evidence[-1] != "flagged by the colour paste test"
