@@ -335,6 +335,8 @@ def analyze_run(
         )
     heatmaps = send_heatmaps(ctx, shared, groups, plan)
     cache = _open_paste_cache(cfg, cache_dir, ctx)
+    if cache is not None:
+        cache.writes_allowed = lambda: not dataset.changed_since_read
     done: dict[int, ClassAnalysis] = {}
     failure: BaseException | None = None
     try:
@@ -365,14 +367,15 @@ def _warn_changed(dataset: AuditDataset) -> None:
         log.warning(
             "%d samples of the dataset gave another input when read again than when they were explained "
             "(e.g. %s): its transform is random (augmentation such as RandomHorizontalFlip or "
-            "RandomErasing), so heatmaps, paste and removal tests saw different images; build the dataset "
-            "with its evaluation transform and audit again",
+            "RandomErasing), so heatmaps, paste and removal tests saw different images (the tests' results "
+            "from then on were not cached); build the dataset with its evaluation transform and audit again",
             len(changed), ", ".join(changed[:3]),
         )  # fmt: skip
     elif changed:
         log.warning(
             "%d files changed on disk during the audit (e.g. %s): the paste and removal tests read them as they "
-            "are now, not as their heatmaps explain them; audit again when the data is not being written",
+            "are now, not as their heatmaps explain them (their results from then on were not cached); audit "
+            "again when the data is not being written",
             len(changed), ", ".join(changed[:3]),
         )  # fmt: skip
 

@@ -22,7 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ from spray.records import AttributionBatch, AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError, RunWriteError
-from spray.runs.identity import cache_dir_name, compute_run_id, data_fingerprint, run_hashes
+from spray.runs.identity import cache_dir_name, check_unchanged, compute_run_id, data_fingerprint, run_hashes
 from spray.runs.layout import RunsFolder
 from spray.runs.locking import RunLock
 from spray.runs.publish import (
@@ -91,6 +91,8 @@ class _Setup:
     model: nn.Module
     hashes: dict[str, str]
     run_id: str
+    #: the content hash each sample entered the data fingerprint with (image folders, hashed factories)
+    contents: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,7 +180,7 @@ def run_audit(
         raise RunWriteError(cfg.output.runs_dir, read_only_reason(cfg.output.runs_dir, setup.run_id, **mine))
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
     set_stage("merge")
-    stage, inputs = _merge(batched, ctx)
+    stage, inputs = _merge(batched, ctx, setup.contents)
     set_stage("analysis")
     with clock.phase("analysis_s"):
         analysis = analyze_run(
@@ -234,7 +236,7 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     assert setup is not None
     # rank 0 reads a copied folder's files first, the others find their hashes in the runs folder's memo
     with clock.phase("setup_s"), ctx.main_first(cfg.data.kind == "image_folder"):
-        setup.hashes = run_hashes(cfg, model_id, data_fingerprint(cfg, setup.dataset))
+        setup.hashes = run_hashes(cfg, model_id, data_fingerprint(cfg, setup.dataset, setup.contents))
     setup.run_id = compute_run_id(setup.hashes)
     ctx.check_same(setup.hashes)  # ranks that read other files would each explain their shards of another run
     set_stage("check", run_id=setup.run_id[:16])
@@ -365,8 +367,11 @@ def _batch_stage(
     return _Batched(runner, plan, cache, *counts)
 
 
-def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, AnalysisInputs | None]:
-    """Rank 0 merges every rank's shards (the other ranks get what they need in the analysis).
+def _merge(
+    b: _Batched, ctx: DistContext, contents: dict[str, str]
+) -> tuple[BatchStageResult | None, AnalysisInputs | None]:
+    """Rank 0 merges every rank's shards (the other ranks get what they need in the analysis) and checks
+    that they explain the bytes the run id was computed from (``contents``).
 
     Returns the merged result and the analysis inputs on rank 0, ``(None, None)`` on the other ranks.
     """
@@ -376,6 +381,7 @@ def _merge(b: _Batched, ctx: DistContext) -> tuple[BatchStageResult | None, Anal
         try:
             stage = b.runner.merge(b.plan, b.n_computed)
             _log_merged(b, stage)
+            check_unchanged(contents, stage.batch.sample_ids, stage.batch.content_hashes)
         except Exception as err:  # the other ranks wait for rank 0's inputs: they must hear of a failure
             failure = err
     ctx.gather_errors(failure)

@@ -15,7 +15,7 @@ import logging
 import os
 import sqlite3
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,10 @@ _CREATE_LOGIT = (
 )
 
 
+def _always() -> bool:
+    return True
+
+
 class PasteCache:
     """Predicted classes of the paste test's pasted images, in SQLite next to the relevance shards.
 
@@ -319,6 +323,9 @@ class PasteCache:
         self._conn: sqlite3.Connection | None = None
         self.hits = 0
         self.misses = 0
+        #: Asked before every write: a result stored under a sample's content hash must come from those
+        #: bytes, so the analysis stops writing once a sample read again gave other pixels.
+        self.writes_allowed: Callable[[], bool] = _always
         try:
             self._conn = self._open()
         except sqlite3.DatabaseError as err:
@@ -367,6 +374,7 @@ class PasteCache:
         cache = cls.__new__(cls)
         cache.path = Path(":memory:")
         cache.hits = cache.misses = 0
+        cache.writes_allowed = _always
         cache._conn = sqlite3.connect(":memory:", isolation_level="IMMEDIATE")
         cache._conn.execute(_CREATE)
         cache._conn.execute(_CREATE_LOGIT)
@@ -413,7 +421,7 @@ class PasteCache:
         return out
 
     def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if self._conn is None or not rows:
+        if self._conn is None or not rows or not self.writes_allowed():
             return
         try:
             with self._conn:

@@ -53,13 +53,15 @@ def _item_fields(item: Any) -> tuple[str, str]:
     return str(sample_id), str(get("hash", get("content_hash", get("reason"))))
 
 
-def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
+def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset, contents: dict[str, str] | None = None) -> str:
     """A cheap fingerprint of the dataset content that changes whenever a sample changes.
 
     IDX: the files' bytes. Image folder: every file's relative path and content hash, each file read only
     when its size, mtime or ctime changed since the runs folder last hashed it (:mod:`spray.runs.file_hashes`:
     a chmod, copy or restore reads the files once and is the same run). Factory: the dataset's own
-    ``fingerprint`` attribute if it has one, else a content hash of every sample.
+    ``fingerprint`` attribute if it has one, else a content hash of every sample. ``contents``, when given,
+    receives the per-sample content hash each sample entered the fingerprint with (image folders and
+    factories hashed sample by sample), for :func:`check_unchanged`.
     """
     h = hashlib.sha256()
     d = cfg.data
@@ -77,6 +79,8 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
             strict=True,
         ):
             h.update(f"{sample_id}\0{content}\n".encode())
+            if contents is not None:
+                contents[sample_id] = content
     else:
         fp = getattr(dataset, "fingerprint", None)
         if fp is not None:
@@ -85,8 +89,38 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset) -> str:
             for i in range(len(dataset)):
                 sample_id, content = _item_fields(dataset[i])
                 h.update(f"{sample_id}\0{content}\n".encode())
+                if contents is not None:
+                    contents[sample_id] = content
     h.update("\n".join(dataset.class_names).encode())
     return h.hexdigest()
+
+
+def check_unchanged(contents: dict[str, str], sample_ids: list[str], content_hashes: list[str]) -> None:
+    """Refuse a batch stage that explained other bytes than the run id was computed from.
+
+    Parameters
+    ----------
+    contents : dict of str to str
+        Sample id to the content hash it entered :func:`data_fingerprint` with.
+    sample_ids, content_hashes : list of str
+        The samples the batch stage explained and the content hash of the bytes it read for each.
+
+    Raises
+    ------
+    DataError
+        When a sample was rewritten between the fingerprint and its read: the run would be published
+        under the old files' id with the new files' heatmaps, and a later restore would reuse it as up to date.
+    """
+    from spray.errors import DataError
+
+    changed = [s for s, h in zip(sample_ids, content_hashes, strict=True) if contents.get(s, h) != h]
+    if changed:
+        raise DataError(
+            f"{len(changed)} files changed on disk while the batch stage read them (e.g. "
+            f"{', '.join(changed[:3])}): the run would describe files that are no longer those its id was "
+            "computed from, so it is not published. The heatmaps computed so far are cached; run again when "
+            "the data is not being written."
+        )
 
 
 #: Model settings that change what the same weights compute (the checkpoint's path does not: its weights are

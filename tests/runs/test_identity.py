@@ -191,3 +191,80 @@ def test_settings_of_how_a_run_is_computed_leave_its_id(tmp_path: Path) -> None:
     sized = cfg.model_copy(deep=True)
     sized.batch.batch_size = 7  # float results may move with the batch: still part of the run
     assert run_hashes(sized, "m", "d") != run_hashes(cfg, "m", "d")
+
+
+def test_a_file_rewritten_during_the_batch_stage_is_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check rewrote a file after the run id was computed and before the batch stage read it: the
+    run was published under the old bytes' id with the new bytes' heatmap, and once the file was restored
+    the next night reused it as up to date. The run is refused instead, and the next one is computed."""
+    from spray.attribution import BatchStage
+    from spray.errors import DataError
+
+    cfg = tiny_config(tmp_path)
+    f = tmp_path / "imgs" / "cat" / "003.png"
+    original = f.read_bytes()
+    run_shards = BatchStage.run_shards
+
+    def rewrite_first(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        f.write_bytes((tmp_path / "imgs" / "dog" / "003.png").read_bytes())
+        return run_shards(self, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(BatchStage, "run_shards", rewrite_first)
+        with pytest.raises(
+            DataError,
+            match=r"1 files changed on disk while the batch stage read them \(e\.g\. cat/003\.png\)",
+        ):
+            audit(cfg, progress=False)
+    f.write_bytes(original)
+    report = audit(cfg, progress=False)
+    assert not report.up_to_date and Path(report.run_dir).is_dir()
+    run = RunReader.open(report.run_dir)
+    table = run.samples().set_index("sample_id")
+    from spray.data import content_hash
+
+    assert table.loc["cat/003.png", "content_hash"] == content_hash(original)
+    np.testing.assert_array_equal(run.heatmaps(["cat/003.png"])[0], _fresh(cfg, "cat/003.png"))
+
+
+def test_paste_results_of_files_rewritten_during_the_analysis_are_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check rewrote files while the analysis ran (no input memo): the paste test's predictions
+    of the new pixels were cached under the old bytes' hashes, and after a restore a later run took them
+    from the cache without a word. A later run now gives what a fresh runs folder gives."""
+    import spray.audit as audit_module
+
+    # every candidate is pasted (no appearance gate), so the cat files are paste targets of the dog class
+    gates = {"flag_min_appearance": 0.0, "flag_min_relative_appearance": 0.0}
+    cfg = tiny_config(
+        tmp_path,
+        batch={"input_memory_mb": 0},
+        scoring={**gates, "flag_min_relative_appearance_two_routes": 0.0},
+    )
+    files = sorted((tmp_path / "imgs" / "cat").iterdir())
+    originals = {f: f.read_bytes() for f in files}
+    analyze = audit_module.analyze_run
+
+    def rewrite_then_analyze(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for f, g in zip(files, sorted((tmp_path / "imgs" / "dog").iterdir()), strict=False):
+            f.write_bytes(g.read_bytes())
+        return analyze(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(audit_module, "analyze_run", rewrite_then_analyze)
+        audit(cfg, progress=False)
+    for f, data in originals.items():
+        f.write_bytes(data)
+    again = cfg.model_copy(deep=True)
+    again.scoring.flip_margin = 0.06  # an analysis-only change: the heatmaps and the paste cache are reused
+    later = RunReader.open(audit(again, progress=False).run_dir)
+    fresh = again.model_copy(deep=True)
+    fresh.output.runs_dir = tmp_path / "fresh-runs"
+    oracle = RunReader.open(audit(fresh, progress=False).run_dir)
+    got = {f.key: f.signals for f in later.findings()}
+    want = {f.key: f.signals for f in oracle.findings()}
+    assert any("paste_gain" in s for s in want.values()), "no finding was pasted: the check would be empty"
+    assert got == want
