@@ -27,6 +27,9 @@ class _Record:
     more_directions = CorrectionRecord.more_directions
     lost_accuracy = CorrectionRecord.lost_accuracy
 
+    def moved_warning(self) -> str:
+        return ""  # these records paste nothing at the opposite place
+
 
 def _accuracy_warning(rec: _Record) -> str:
     return CorrectionRecord.accuracy_warning(rec)  # type: ignore[arg-type]

@@ -227,6 +227,22 @@ def test_a_stamp_not_removed_in_place_is_not_called_one_that_moves() -> None:
     assert "correction.pooling: max" not in moved.moved_warning()  # its layer's candidates: mean only
 
 
+def test_a_stamp_that_still_acts_at_the_opposite_place_is_not_cleared() -> None:
+    """An outside check: P-ClArC's re-audit no longer flagged the finding and the in-place flip rate fell, but
+    the stamp pasted at the opposite place flipped 66 % before and 68 % after: the record said cleared and
+    --fail-if-not-cleared exited 0."""
+    from dataclasses import replace
+
+    before = replace(scores(flip=0.90), flip_null=0.01, flip_moved=0.66)
+    moved = record(method="pclarc", before=before, after=replace(scores(flip=0.03), flip_null=0.01, flip_moved=0.68),
+                   rea=reaudit(True, False))  # fmt: skip
+    assert moved.verdict.finding_cleared is True and not moved.acts_still()
+    assert moved.cleared() is False and "(not cleared, whatever the re-audit says)" in moved.moved_warning()
+    gone = record(method="pclarc", before=before, after=replace(scores(flip=0.03), flip_null=0.01, flip_moved=0.05),
+                  rea=reaudit(True, False))  # fmt: skip
+    assert gone.cleared() is True
+
+
 def test_a_bound_a_hair_below_zero_is_not_minus_zero() -> None:
     """An outside check: "interval -0.00 to +0.71"."""
     from spray.correct.record import Verdict

@@ -35,7 +35,7 @@ from spray.runs.atomic import atomic_write_bytes
 from spray.runs.layout import CORRECTION_RECORD
 
 #: Bump when a change alters what a correction computes (it is part of the correction id).
-CORRECTION_VERSION = 17
+CORRECTION_VERSION = 18
 #: The record's file name in a correction folder (the run layout owns it).
 RECORD_NAME = CORRECTION_RECORD
 #: A re-audit cluster overlapping the flagged samples this much (Jaccard) holds most of them together.
@@ -356,10 +356,11 @@ class CorrectionRecord:
 
     def cleared(self) -> bool | None:
         """The correction's verdict on the finding: the re-audit's flag (None: not judged, or not run), except
-        that a finding the re-audit no longer flags is not cleared while the shortcut still acts
-        (:meth:`acts_still`): P-ClArC's projection also takes the direction out of the re-audit's heatmaps."""
+        that a finding the re-audit no longer flags is not cleared while the shortcut still acts, in place
+        (:meth:`acts_still`; P-ClArC's projection also takes the direction out of the re-audit's heatmaps) or
+        pasted at the opposite place (:meth:`moved_warning`)."""
         flag = self.verdict.finding_cleared
-        return False if flag is True and self.acts_still() else flag
+        return False if flag is True and (self.acts_still() or bool(self.moved_warning())) else flag
 
     def little_effect_warning(self) -> str:
         """When the re-audit cannot judge (or did not run) and the paste flip rate fell by less than half
@@ -444,7 +445,8 @@ class CorrectionRecord:
         return (
             f"pasted at the opposite place of the image, the stamp still turns {100 * a.flip_moved:.0f} % of "
             f"the images into {self.group.class_name} (in place: {100 * a.flip_rate:.0f} %, {100 * b.flip_rate:.0f} "
-            "% before): the shortcut acts wherever it sits and the correction removed it at one place; flag its "
+            "% before): the shortcut acts wherever it sits and the correction removed it at one place (not "
+            "cleared, whatever the re-audit says); flag its "
             "images at every place (the finding's carriers: --with-carriers, unless they are flagged already) "
             + (
                 "or take a direction that ignores where it sits (correction.pooling: max) "
