@@ -30,6 +30,9 @@ class _Record:
     def moved_warning(self) -> str:
         return ""  # these records paste nothing at the opposite place
 
+    def lookalike_warning(self) -> str:
+        return ""  # nor have test data that carries the shortcut
+
 
 def _accuracy_warning(rec: _Record) -> str:
     return CorrectionRecord.accuracy_warning(rec)  # type: ignore[arg-type]
@@ -88,7 +91,7 @@ def test_a_model_that_gives_up_the_class_is_warned_of() -> None:
         params = {} if limit is None else {"max_class_accuracy_drop": limit}
         return SimpleNamespace(
             evaluation=ev, group=SimpleNamespace(class_name="shirt"), parameters=params, method=method,
-            kept_shortcut=lambda: False,
+            kept_shortcut=lambda: False, lookalike_warning=lambda: "",
         )  # fmt: skip
 
     text = CorrectionRecord.class_accuracy_warning(rec(0.71, 0.03))

@@ -92,8 +92,18 @@ def test_flags_set_in_another_class_are_named(
 
 def test_group_limits(world: World, samples: SampleSet) -> None:
     flags = read_flags(world.flags_db, DATASET, CorrectionConfig())
-    with pytest.raises(SprayError, match="min_group_size = 40"):
+    with pytest.raises(SprayError, match="min_group_size = 40") as got:
         artifact_group(samples, flags, CorrectionConfig(min_group_size=40), 0, np.zeros(0, dtype=np.int64))
+    assert "give correction.test_data" in str(got.value)
+    # An outside check: with test_data already given, the advice still asked for it.
+    given = CorrectionConfig(
+        min_group_size=40, test_data={"kind": "idx", "images": "t.idx", "labels": "l.idx"}
+    )
+    with pytest.raises(SprayError, match="min_group_size = 40") as got:
+        artifact_group(samples, flags, given, 0, np.zeros(0, dtype=np.int64))
+    assert "correction.test_data" not in str(got.value) and "or lower correction.min_group_size" in str(
+        got.value
+    )
     g = artifact_group(
         samples, flags, CorrectionConfig(min_group_size=5, max_reference=20), 0, np.zeros(0, np.int64)
     )

@@ -114,6 +114,18 @@ def test_checkpoint_and_factory_rebuild_the_corrected_model(world: World, tmp_pa
     bare = corrected_model(**raw["model"]["factory_kwargs"])
     assert isinstance(bare.get_submodule("features"), ProjectedLayer)
     assert float(bare.get_submodule("features.1").vector.abs().sum()) == 0.0
+    # The same weights saved again (another process) are the same bytes: the archive is not named after a
+    # temporary file (an outside check compared two identical corrections by sha256).
+    import os
+
+    first = (path.parent / "model.pt").read_bytes()
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(os, "getpid", lambda: 424242)
+    try:
+        save_corrected(corrected, cfg, tmp_path / "out", "reaudit", "tiny-corrected")
+    finally:
+        monkey.undo()
+    assert (path.parent / "model.pt").read_bytes() == first
 
 
 def test_lrp_explains_the_projected_model_and_the_square_loses_relevance(world: World) -> None:

@@ -468,3 +468,54 @@ def test_the_settings_shown_are_those_the_method_read() -> None:
     off = settings_text("rrclarc", {**params, "rr_region_weight": 0.0})
     assert off == "rr_lambda 3000, rr_region_weight 0, lr 0.01, epochs 1"
     assert settings_text("pclarc", params) == "–"
+
+
+def test_the_source_runs_checks_of_the_model_are_carried_into_the_correction(
+    audited: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: the audit warned that the model's classes were probably in another order (26 %
+    accuracy), and the correction published "the flagged region acts no more than any pixels; check the
+    flags" without a word of it. The source run's problems are warned of and kept in the record's notes."""
+    import json
+    import logging
+
+    from spray.accuracy import recorded_problems
+
+    world = _copy_world(audited, tmp_path / "w")
+    run = next(p for p in sorted(world.runs_dir.iterdir()) if (p / "summary.json").is_file())
+    summary = json.loads((run / "summary.json").read_text())
+    assert not recorded_problems(summary.get("extra", {}))
+    plain = plan_correction(_config(_args(world)))
+    assert not any("check of the model" in n for n in plain.flag_notes)
+    summary.setdefault("extra", {})["conservation"] = {
+        "low": True,
+        "median_share": -0.02,
+        "low_share": -0.08,
+        "high_share": 0.01,
+        "n_samples": 20,
+    }
+    problems = recorded_problems(summary["extra"])
+    assert problems, "the injected record must read as a problem"
+    (run / "summary.json").write_text(json.dumps(summary))
+    with caplog.at_level(logging.WARNING, logger="spray.correct.plan"):
+        plan = plan_correction(_config(_args(world)))
+    note = f"the source run {plan.source.run_id[:12]}'s check of the model: {problems[0]}"
+    assert note in plan.flag_notes and note in caplog.text
+
+
+def test_a_test_data_error_names_the_test_datas_own_keys(tmp_path: Path) -> None:
+    """An outside check: correction.test_data.class_names in another order than its folders was refused as
+    "data.class_names names the folders in another order", a key the user had not set."""
+    from spray.config import DataConfig
+    from spray.correct.samples import SampleSet
+    from spray.errors import ConfigError
+    from tests.helpers import make_image_folder
+
+    root = make_image_folder(tmp_path / "test", n_per_class=2, size=8)
+    cfg = DataConfig(kind="image_folder", path=root, class_names=["dog", "cat"])
+    with pytest.raises(ConfigError) as got:
+        SampleSet.build(cfg, "correction.test_data")
+    assert str(got.value).startswith("correction.test_data.class_names names the folders in another order")
+    assert "data.class_names" not in str(got.value).replace("correction.test_data.class_names", "")
+    with pytest.raises(ConfigError, match=r"^data\.class_names names the folders"):
+        SampleSet.build(cfg)

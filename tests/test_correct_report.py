@@ -267,3 +267,38 @@ def test_a_correction_that_did_little_is_warned_of_where_the_reaudit_cannot_judg
     rose = record(before=replace(scores(flip=0.4), flip_null=0.02), after=replace(scores(flip=0.5), flip_null=0.02),
                   rea=reaudit(False, False))  # fmt: skip
     assert not rose.little_effect_warning() and any("rose" in w for w in rose.warnings())
+
+
+def test_a_loss_on_test_data_carrying_the_shortcut_is_not_sent_to_another_method() -> None:
+    """An outside check: with 60 of 200 test Shirts stamped, the class-accuracy warning said "try a later layer
+    (--layer) or RR-ClArC" and the clean-accuracy one "compare --method rrclarc", where the loss was the
+    correction working (0.00 points on the same test data without the stamped images)."""
+    from dataclasses import replace
+
+    from spray.correct.lookalikes import LOOKALIKE_ADVICE, Lookalikes
+
+    before = scores(clean=0.65)
+    after = replace(scores(clean=0.61, flip=0.03), class_accuracy=0.4)
+    plain = record(method="pclarc", before=before, after=after)
+    assert (
+        "try a later layer" in plain.class_accuracy_warning()
+        and "--method rrclarc" in plain.accuracy_warning()
+    )
+    stamped = record(method="pclarc", before=before, after=after)
+    stamped.evaluation.lookalikes = Lookalikes(60, 60, 0.0, 40, [str(i) for i in range(50)])
+    assert stamped.lookalike_warning()
+    for text in (stamped.class_accuracy_warning(), stamped.accuracy_warning()):
+        assert LOOKALIKE_ADVICE in text and "later layer" not in text and "--method" not in text
+
+
+def test_a_held_out_part_of_the_audited_data_is_not_called_test_data_without_a_caveat() -> None:
+    """An outside check: "evaluated on held-out part of the audited data" with nothing saying that the audited
+    model was probably trained on those images (docs/correction.md promises the report says so)."""
+    from dataclasses import replace
+
+    rec = record()
+    rec.evaluation = replace(rec.evaluation, split="held-out part of the audited data")
+    assert "may have been trained on it" in rec.evaluation.split_text()
+    assert "may have been trained on it" in render_correction_html(rec)
+    rec.evaluation = replace(rec.evaluation, split="test_data")
+    assert rec.evaluation.split_text() == "test_data"

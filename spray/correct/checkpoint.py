@@ -16,6 +16,7 @@ the right shape that the checkpoint then fills.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from spray.config import AuditConfig, ModelConfig
 from spray.correct.pclarc import ArtifactProjection, ProjectedLayer, insert_projection
+from spray.runs.atomic import atomic_write_bytes
 
 FACTORY = "spray.correct.checkpoint:corrected_model"
 MODEL_FILE = "model.pt"
@@ -94,9 +96,11 @@ def save_corrected(model: nn.Module, cfg: AuditConfig, folder: Path, runs_dir: s
     """
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = folder / f".{MODEL_FILE}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / MODEL_FILE)
+    # Serialised in memory: torch names the archive's folder after the file, so a temporary file's name made
+    # the same weights differ byte for byte between two runs.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(folder / MODEL_FILE, buffer.getvalue())
     return write_corrected_config(cfg, folder, runs_dir, name, projection_spec(model))
 
 

@@ -181,6 +181,13 @@ class Evaluation:
     clean_changes: CleanChanges | None = None
     lookalikes: Lookalikes | None = None
 
+    def split_text(self) -> str:
+        """Where the clean accuracy was measured, in words: a held-out part of the audited data says that the
+        audited model may have been trained on it."""
+        if self.split == "test_data":
+            return self.split
+        return f"{self.split} (the audited model may have been trained on it, so optimistic; give correction.test_data)"
+
 
 def relative_drop(before: float, after: float) -> float | None:
     """``(before − after) / before`` (None when ``before`` is 0)."""

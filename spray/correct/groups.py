@@ -377,8 +377,13 @@ def artifact_group(
             f"correction.min_group_size = {cfg.min_group_size} (flagged {len(in_class)}, "
             f"{len(in_class) - len(usable)} of them kept out as the evaluation hold-out or unreadable; class size "
             f"{class_size}). "
-            "Flag more of the shortcut's samples, give correction.test_data (then none of the audited data is "
-            "held out), or lower correction.min_group_size."
+            "Flag more of the shortcut's samples, "
+            + (
+                ""
+                if cfg.test_data is not None
+                else "give correction.test_data (then none of the audited data is held out), "
+            )
+            + "or lower correction.min_group_size."
         )
     if len(reference) < cfg.min_group_size:
         raise SprayError(

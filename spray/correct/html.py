@@ -66,7 +66,7 @@ def _mark(ok: bool | None, unjudged: str = "not measured") -> str:
 def _scores_table(rec: CorrectionRecord) -> str:
     b, a, e = rec.evaluation.before, rec.evaluation.after, rec.evaluation
     rows = [
-        (f"clean accuracy ({html.escape(e.split)}, n={e.n_clean})", _pct(b.clean_accuracy), _pct(a.clean_accuracy)),
+        (f"clean accuracy ({html.escape(e.split_text())}, n={e.n_clean})", _pct(b.clean_accuracy), _pct(a.clean_accuracy)),
         (f"… on the class {html.escape(rec.group.class_name)}'s own images", _pct(b.class_accuracy),
          _pct(a.class_accuracy)),
         (f"accuracy with the artifact pasted (n={e.n_paste})", _pct(b.pasted_accuracy), _pct(a.pasted_accuracy)),

@@ -22,6 +22,11 @@ from spray.correct.samples import SampleSet
 
 #: Ids of lookalikes kept in the record (the count covers them all).
 MAX_IDS = 50
+#: The advice on a loss of accuracy when the test data seems to carry the shortcut (the loss may be its removal).
+LOOKALIKE_ADVICE = (
+    "the test data seems to carry the shortcut (below), so the loss may be its removal: measure on test data "
+    "without those images"
+)
 
 
 @dataclass

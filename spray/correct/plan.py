@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spray.accuracy import recorded_problems
 from spray.attribution import resolve_device
 from spray.config import AuditConfig
 from spray.correct.activations import resolve_layer
@@ -368,6 +369,18 @@ def _same_geometry(cfg: AuditConfig, source: SourceRun) -> None:
         )
 
 
+def _source_problems(source: SourceRun) -> list[str]:
+    """What the source run's checks found wrong with the model (near chance, classes out of order, flat
+    heatmaps), each logged and kept as a note: the correction's numbers are measured on that model too."""
+    out = [
+        f"the source run {source.run_id[:12]}'s check of the model: {p}"
+        for p in recorded_problems(source.extra)
+    ]
+    for note in out:
+        log.warning("%s", note)
+    return out
+
+
 def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> CorrectionPlan:
     """Check the request and build what the correction needs (see the module docstring for the order).
 
@@ -407,7 +420,7 @@ def plan_correction(cfg: AuditConfig, *, device: str | None = None) -> Correctio
     _same_geometry(cfg, source)
     unreadable = samples.rows_of(source.skipped_ids).rows
     where = "the reference and the clean evaluation" if clean_samples is samples else "the reference"
-    notes: list[str] = []
+    notes = _source_problems(source)
     kept_out = _kept_out(samples, flags, source, group.class_index, weights, where, notes)
     if len(unreadable) or len(kept_out):
         group = artifact_group(

@@ -27,6 +27,7 @@ from spray.correct.cav import Separation
 from spray.correct.evaluate import Evaluation, relative_drop
 from spray.correct.footprint import FootprintSummary
 from spray.correct.groups import FlagSelection
+from spray.correct.lookalikes import LOOKALIKE_ADVICE
 from spray.correct.reaudit import Reaudit
 from spray.correct.subspace import SubspaceSummary
 from spray.correct.training import TrainingLog
@@ -201,6 +202,8 @@ class CorrectionRecord:
             advice["rrclarc"] = (
                 "try P-ClArC (a smaller lambda would keep the shortcut, which is not gone either)"
             )
+        if self.lookalike_warning():
+            advice[self.method] = LOOKALIKE_ADVICE
         return (
             f"the corrected model gets {100 * a:.1f} % of the class {name}'s own clean images right, against "
             f"{100 * b:.1f} % before: the flip rate may have fallen because it answers {name} less, not only "
@@ -283,7 +286,9 @@ class CorrectionRecord:
         v, p = self.verdict, self.parameters
         if not self.lost_accuracy():
             return ""
-        if self.method == "pclarc":
+        if self.lookalike_warning():
+            fix = LOOKALIKE_ADVICE
+        elif self.method == "pclarc":
             fix = (
                 "P-ClArC trains nothing: it projects the direction out at inference, and that projection is what "
                 "costs the accuracy; compare --method rrclarc (fine-tuning) or --method retrain"

@@ -7,6 +7,7 @@ change of the dataset's item format touches one module.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 
 from spray.config import DataConfig
 from spray.data import AuditDataset, build_dataset
-from spray.errors import DataError
+from spray.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,13 @@ class SampleSet:
     def build(cls, cfg: DataConfig, section: str = "data") -> SampleSet:
         """Build the dataset of ``cfg`` (a :class:`~spray.errors.DataError` names what is wrong), whose settings
         are the config's ``section`` (messages name it)."""
-        ds = build_dataset(cfg, thumbnail_size=8)
+        try:
+            ds = build_dataset(cfg, thumbnail_size=8)
+        except (ConfigError, DataError) as err:
+            if section == "data":
+                raise
+            # the dataset's messages name the audit's own keys (data.class_names): name this section's instead
+            raise type(err)(re.sub(r"\bdata\.(?=[a-z_])", f"{section}.", str(err))) from None
         ds.section = section
         return cls(ds, list(ds.sample_ids), np.asarray(ds.labels, dtype=np.int64))
 
