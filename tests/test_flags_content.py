@@ -302,7 +302,10 @@ def test_an_image_replaced_in_place_keeps_no_silent_flag(
 ) -> None:
     world, runs = flagged, str(flagged.runs_dir)
     images = world.images[1:].copy()  # the state the test above left
-    target = int(FlagStore(world.flags_db).current(DATASET, "unlearn")[0].sample_id)
+    flag = FlagStore(world.flags_db).current(DATASET, "unlearn")[0]
+    target = int(flag.sample_id)
+    # a note about the old content (an outside check: re-flagging carried "stamp" onto an unstamped image)
+    FlagStore(world.flags_db).flag(DATASET, [flag.sample_id], "unlearn", "stamp", content_hashes={flag.sample_id: flag.content_hash})  # fmt: skip
     images[target] = 255 - images[target]
     _audit_again(world, images, world.labels[1:])
     res = run_main(["flags", "check", "--runs-dir", runs], capsys)
@@ -310,7 +313,13 @@ def test_an_image_replaced_in_place_keeps_no_silent_flag(
     newest = (flagged.runs_dir / "latest").resolve()  # the folder's only dataset: its newest run, by name
     assert f"spray flags unset --run {newest} --sample-ids ID" in res.output
     # keeping the flag on the new content is a decision, recorded with the new content
-    assert run_main(["flags", "set", "--runs-dir", runs, "--sample-ids", str(target)], capsys).code == 0
+    res = run_main(["flags", "set", "--runs-dir", runs, "--sample-ids", str(target)], capsys)
+    assert res.code == 0
+    assert f"1 of them keep a note written when their file held other content (e.g. {target})" in res.output
+    res = run_main(
+        ["flags", "set", "--runs-dir", runs, "--sample-ids", str(target), "--note", "inverted"], capsys
+    )
+    assert res.code == 0 and "keep a note" not in res.output
     assert run_main(["flags", "check", "--runs-dir", runs], capsys).code == 0
     assert run_main(["flags", "unset", "--runs-dir", runs, "--sample-ids", str(target)], capsys).code == 0
     assert str(target) not in {f.sample_id for f in FlagStore(world.flags_db).current(DATASET)}

@@ -261,8 +261,8 @@ def set_command(args: argparse.Namespace) -> int:
         _finding_ids(args, reader, run) if args.finding else (None, _sample_ids(args, reader, run, "flag"))
     )
     db = _run_db(args, run)
-    moved = _moved_flags(db, reader.summary.dataset, ids, key)
     hashes = reader.content_hashes() or {}
+    moved = _moved_flags(db, reader.summary.dataset, ids, key, hashes if not args.note else {}, args.status)
     FlagStore(db).flag(
         reader.summary.dataset,
         ids,
@@ -299,21 +299,26 @@ def _finding_ids(args: argparse.Namespace, reader: RunReader, run: Path) -> tupl
     return key, ids
 
 
-def _moved_flags(db: Path, dataset: str, ids: list[str], key: str | None) -> str:
+def _moved_flags(
+    db: Path, dataset: str, ids: list[str], key: str | None, hashes: dict[str, str], status: str
+) -> str:
     """A line per finding whose flags of ``ids`` now name ``key`` instead (a sample's newest flag names one
-    finding); empty when none moves."""
+    finding), and one for notes kept onto other content (``hashes``: the new content, when no note is given);
+    empty when neither."""
     if not db.is_file():
         return ""
     wanted = set(ids)
-    before = Counter(
-        f.cluster_key for f in FlagStore(db, read_only=True).current(dataset) if f.sample_id in wanted
-    )
+    flags = [f for f in FlagStore(db, read_only=True).current(dataset) if f.sample_id in wanted]
+    before = Counter(f.cluster_key for f in flags)
     now = key or "no finding (given sample ids)"
+    # the same status without a note keeps the note, which was written about the sample's earlier content
+    kept = [f.sample_id for f in flags if f.note and f.status == status and f.content_hash not in (None, hashes.get(f.sample_id, f.content_hash))]  # fmt: skip
     return "".join(
         f"  {n} of them were flagged from finding {old} before: their flags now name {now}\n"
         for old, n in sorted(before.items(), key=lambda kv: str(kv[0]))
         if old and old != key
-    )
+    ) + (f"  {len(kept)} of them keep a note written when their file held other content (e.g. {kept[0]}): "
+         "give --note to replace it\n" if kept else "")  # fmt: skip
 
 
 def _newest_if_older(reader: RunReader, run: Path) -> Path | None:
