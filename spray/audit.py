@@ -180,7 +180,7 @@ def run_audit(
         raise RunWriteError(cfg.output.runs_dir, read_only_reason(cfg.output.runs_dir, setup.run_id, **mine))
     batched = _batch_stage(cfg, setup, dev, ctx, clock, progress)
     set_stage("merge")
-    stage, inputs = _merge(batched, ctx, setup.contents)
+    stage, inputs = _merge(batched, ctx, setup.contents, files=cfg.data.kind == "image_folder")
     set_stage("analysis")
     with clock.phase("analysis_s"):
         analysis = analyze_run(
@@ -368,7 +368,7 @@ def _batch_stage(
 
 
 def _merge(
-    b: _Batched, ctx: DistContext, contents: dict[str, str]
+    b: _Batched, ctx: DistContext, contents: dict[str, str], *, files: bool
 ) -> tuple[BatchStageResult | None, AnalysisInputs | None]:
     """Rank 0 merges every rank's shards (the other ranks get what they need in the analysis) and checks
     that they explain the bytes the run id was computed from (``contents``).
@@ -381,7 +381,7 @@ def _merge(
         try:
             stage = b.runner.merge(b.plan, b.n_computed)
             _log_merged(b, stage)
-            check_unchanged(contents, stage.batch.sample_ids, stage.batch.content_hashes)
+            check_unchanged(contents, stage.batch.sample_ids, stage.batch.content_hashes, files=files)
         except Exception as err:  # the other ranks wait for rank 0's inputs: they must hear of a failure
             failure = err
     ctx.gather_errors(failure)

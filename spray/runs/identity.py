@@ -95,7 +95,9 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset, contents: dict[str
     return h.hexdigest()
 
 
-def check_unchanged(contents: dict[str, str], sample_ids: list[str], content_hashes: list[str]) -> None:
+def check_unchanged(
+    contents: dict[str, str], sample_ids: list[str], content_hashes: list[str], *, files: bool = True
+) -> None:
     """Refuse a batch stage that explained other bytes than the run id was computed from.
 
     Parameters
@@ -104,6 +106,8 @@ def check_unchanged(contents: dict[str, str], sample_ids: list[str], content_has
         Sample id to the content hash it entered :func:`data_fingerprint` with.
     sample_ids, content_hashes : list of str
         The samples the batch stage explained and the content hash of the bytes it read for each.
+    files : bool
+        The samples are files (an image folder); else a factory's items, hashed by their inputs.
 
     Raises
     ------
@@ -114,13 +118,20 @@ def check_unchanged(contents: dict[str, str], sample_ids: list[str], content_has
     from spray.errors import DataError
 
     changed = [s for s, h in zip(sample_ids, content_hashes, strict=True) if contents.get(s, h) != h]
-    if changed:
-        raise DataError(
-            f"{len(changed)} files changed on disk while the batch stage read them (e.g. "
-            f"{', '.join(changed[:3])}): the run would describe files that are no longer those its id was "
-            "computed from, so it is not published. The heatmaps computed so far are cached; run again when "
-            "the data is not being written."
-        )
+    if not changed:
+        return
+    e_g = ", ".join(changed[:3])
+    what = (
+        f"{len(changed)} files changed on disk while the batch stage read them (e.g. {e_g})"
+        if files
+        else f"{len(changed)} samples of the factory dataset gave other inputs in the batch stage than when the "
+        f"run id was computed (e.g. {e_g}): its data changed, or its transform is random (augmentation such as "
+        "RandomHorizontalFlip: build it with its evaluation transform)"
+    )
+    raise DataError(
+        f"{what}: the run would describe inputs that are not those its id was computed from, so it is not "
+        "published. The heatmaps computed so far are cached; run again when the data is not being written."
+    )
 
 
 #: Model settings that change what the same weights compute (the checkpoint's path does not: its weights are

@@ -268,3 +268,20 @@ def test_paste_results_of_files_rewritten_during_the_analysis_are_not_cached(
     want = {f.key: f.signals for f in oracle.findings()}
     assert any("paste_gain" in s for s in want.values()), "no finding was pasted: the check would be empty"
     assert got == want
+
+
+def test_a_factory_item_that_changed_before_the_batch_stage_names_both_causes() -> None:
+    """A factory dataset hashed item by item: another input in the batch stage than in the fingerprint is
+    a data change or a random transform, and the message says both (a file message would mislead)."""
+    from spray.errors import DataError
+    from spray.runs.identity import check_unchanged
+
+    check_unchanged({"a": "h1", "b": "h2"}, ["a", "b", "c"], ["h1", "h2", "h3"], files=False)  # c is new
+    with pytest.raises(
+        DataError, match=r"1 samples of the factory dataset gave other inputs .*\(e\.g\. b\): .*random"
+    ):
+        check_unchanged({"a": "h1", "b": "h2"}, ["a", "b"], ["h1", "hx"], files=False)
+    with pytest.raises(
+        DataError, match=r"^1 files changed on disk while the batch stage read them \(e\.g\. b\)"
+    ):
+        check_unchanged({"a": "h1", "b": "h2"}, ["a", "b"], ["h1", "hx"])
