@@ -41,7 +41,7 @@ from spray.copies import find_copies
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
-from spray.distributed import DistContext, dist_context
+from spray.distributed import ORDER_KEY, DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.export.source import CORRECTED_FACTORY
 from spray.heatmap_contrast import heatmap_contrast
@@ -52,7 +52,14 @@ from spray.records import AttributionBatch, AuditReport
 from spray.runlog import RUN_CONTEXT, set_stage
 from spray.runs.cache import ShardCache
 from spray.runs.errors import RunReadError, RunWriteError
-from spray.runs.identity import cache_dir_name, check_unchanged, compute_run_id, data_fingerprint, run_hashes
+from spray.runs.identity import (
+    cache_dir_name,
+    check_unchanged,
+    compute_run_id,
+    data_fingerprint,
+    order_digest,
+    run_hashes,
+)
 from spray.runs.layout import RunsFolder
 from spray.runs.locking import RunLock
 from spray.runs.publish import (
@@ -238,7 +245,8 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
     with clock.phase("setup_s"), ctx.main_first(cfg.data.kind == "image_folder"):
         setup.hashes = run_hashes(cfg, model_id, data_fingerprint(cfg, setup.dataset, setup.contents))
     setup.run_id = compute_run_id(setup.hashes)
-    ctx.check_same(setup.hashes)  # ranks that read other files would each explain their shards of another run
+    # ranks that read other files, or the same in another order, would each explain their shards of another run
+    ctx.check_same({**setup.hashes, ORDER_KEY: order_digest(setup.dataset)})
     set_stage("check", run_id=setup.run_id[:16])
     h = setup.hashes
     log.info("run id %s (model %s, data %s)", setup.run_id[:16], h["model"][:12], h["data"][:12])
@@ -391,17 +399,10 @@ def _merge(
 def _log_merged(b: _Batched, stage: BatchStageResult) -> None:
     log.info(
         "merged %d shards: %d samples computed in this run, %d taken from the cache",
-        len(b.plan.starts),
-        stage.n_computed,
-        stage.n_cached,
-        extra={
-            "n_samples": len(stage.batch),
-            "n_computed": stage.n_computed,
-            "n_cached": stage.n_cached,
-            "shards_computed": b.shards_computed,
-            "shards_reused": b.shards_reused,
-        },
-    )
+        len(b.plan.starts), stage.n_computed, stage.n_cached,
+        extra={"n_samples": len(stage.batch), "n_computed": stage.n_computed, "n_cached": stage.n_cached,
+               "shards_computed": b.shards_computed, "shards_reused": b.shards_reused},
+    )  # fmt: skip
 
 
 def _report(

@@ -18,6 +18,9 @@ import torch.distributed as dist
 
 from spray.errors import ConfigError, SprayError
 
+#: The key of :meth:`DistContext.check_same` that holds the samples' ids and labels in dataset order.
+ORDER_KEY = "sample order"
+
 
 @dataclass
 class DistContext:
@@ -160,6 +163,12 @@ class DistContext:
                     "image folder from one shared file system (it is fingerprinted by its files' sizes and "
                     "times, which a copy does not keep); data still being written while the ranks start gives "
                     "this too"
+                    + (
+                        "; a factory dataset must list its samples in one order in every process (sort them: a "
+                        "set's or a dict's order can change with each process's hash seed)"
+                        if ORDER_KEY in differ
+                        else ""
+                    )
                 )
 
     def gather_errors(self, err: BaseException | None) -> None:

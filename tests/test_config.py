@@ -46,6 +46,11 @@ def test_mean_and_std_on_the_0_255_scale_are_refused_with_the_divided_values(tmp
     raw["data"]["transform"] = {"mean": 0.5, "std": 1}
     t = config_from_dict(raw, base_dir=tmp_path).data.transform
     assert (t.mean, t.std) == ([0.5], [1.0])
+    # "mean: none" in YAML is the word none (an outside check: "Input should be a valid list (got 'none')")
+    raw["data"]["transform"] = {"mean": "none", "std": "None"}
+    with pytest.raises(ConfigError, match=r"data\.transform\.mean: write null \(or leave the key out\)") as e:
+        config_from_dict(raw, base_dir=tmp_path)
+    assert "data.transform.std: write null" in str(e.value)
 
 
 def test_wrong_type(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ class IdxFactoryDataset:
         h.update(Path(labels).read_bytes())
         self.fingerprint = h.hexdigest()
         self.delay = float(os.environ.get("SPRAY_TEST_SAMPLE_DELAY", "0"))
+        if os.environ.get("SPRAY_TEST_REVERSED_ON_RANK1") and os.environ.get("RANK") == "1":
+            # the same samples in another order under the same fingerprint (a set's order under hash seeds)
+            self.images, self.targets = self.images[::-1].copy(), self.targets[::-1]
 
     def __len__(self) -> int:
         return len(self.targets)

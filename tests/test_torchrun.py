@@ -212,6 +212,24 @@ def test_torchrun_ranks_that_read_other_data_stop_before_any_work(prepared: Prep
     assert not (tmp_path / "runs" / "latest").exists()
 
 
+def test_torchrun_ranks_that_list_the_samples_in_another_order_stop_before_any_work(
+    prepared: Prepared, tmp_path: Path
+) -> None:
+    """An outside check: a factory whose order followed each process's hash seed, with an order-free
+    fingerprint, passed the ranks' check; the merge mixed the two orders (a quarter of the images twice, a
+    quarter missing) and the planted finding went unflagged, exit 0."""
+    cfg = prepared.config("torchrun-order")
+    status = tmp_path / "status.json"
+    args = [*TORCHRUN, "-m", "spray.cli", "run", "--config", str(cfg), "--runs-dir", str(tmp_path / "runs")]
+    env = spray_env(SPRAY_TEST_REVERSED_ON_RANK1="1")
+    p = subprocess.run([*args, "--status-file", str(status)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    st = json.loads(status.read_text())
+    assert st["exit_code"] == 2 and "rank 1 of 2: its sample order differ from rank 0's" in st["error"], st
+    assert "must list its samples in one order in every process" in st["error"], st
+    assert not any(r.get("stage") in ("batch", "analysis", "publish") for r in parse_logs(p.stderr))
+    assert not (tmp_path / "runs" / "latest").exists()
+
+
 def test_rank_0_reads_a_failed_ranks_file_of_this_run(tmp_path: Path) -> None:
     """A rank above 0 that fails writes its final status with its start record: rank 0 names it (a final
     status without "started" was taken for a previous run's file and ignored)."""

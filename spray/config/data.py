@@ -115,6 +115,10 @@ class TransformConfig(Section):
     @classmethod
     def _one_number_is_one_value(cls, v: Any) -> Any:
         # "mean: 0.5" (or spray init's --transform mean=0.5) is the one value for every channel
+        if isinstance(v, str) and v.strip().lower() == "none":
+            raise ValueError(
+                "write null (or leave the key out) for no normalisation: in YAML the word none is a string"
+            )
         return [v] if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @field_validator("resize", mode="before")

@@ -95,6 +95,15 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset, contents: dict[str
     return h.hexdigest()
 
 
+def order_digest(dataset: AuditDataset) -> str:
+    """A hash of the samples' ids and labels in dataset order: ranks whose factory lists the same samples in
+    another order share a fingerprint but would each explain other samples under the same positions."""
+    h = hashlib.sha256()
+    for sample_id, label in zip(dataset.sample_ids, dataset.labels, strict=True):
+        h.update(f"{sample_id}\0{int(label)}\n".encode())
+    return h.hexdigest()
+
+
 def check_unchanged(
     contents: dict[str, str], sample_ids: list[str], content_hashes: list[str], *, files: bool = True
 ) -> None:
