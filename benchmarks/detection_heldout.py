@@ -19,8 +19,10 @@ change it was to judge was made and run once after it (protocols in ``benchmarks
 on 5 Dec 2026 after ``moving_check6`` had been run, and has been used twice (the concept separation change and
 graded suspicion). ``moving_check8`` (seeds 24–26, clean 224–226) was fixed on 5 Dec 2026, 19:40 UTC, and run
 once with the default of analysis 18 (the change it was held for, a lower two-route threshold, was not
-adopted). ``moving_check9`` (seeds 27–29, clean 227–229) is fixed on 6 Dec 2026, 00:40 UTC, for the next
-change to moving-shortcut detection, and has not been run.
+adopted). ``moving_check9`` (seeds 27–29, clean 227–229), fixed on 6 Dec 2026, 00:40 UTC, was run once on 7 Dec 2026
+before and after the colour test's own margins (its protocol: ``colour_removal_auroc_protocol_2026-12-07.md``).
+``moving_check10`` (seeds 30–32, clean 230–232) is fixed on 7 Dec 2026, 15:10 UTC, for the next change to
+moving-shortcut detection, and has not been run.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -146,6 +148,7 @@ SPLITS = {
     "moving_check7": _moving("moving_check7", (21, 22, 23), (221, 222, 223)),
     "moving_check8": _moving("moving_check8", (24, 25, 26), (224, 225, 226)),
     "moving_check9": _moving("moving_check9", (27, 28, 29), (227, 228, 229)),
+    "moving_check10": _moving("moving_check10", (30, 31, 32), (230, 231, 232)),
 }
 
 
