@@ -111,7 +111,7 @@ MODEL_HASH_VERSION = 4
 # exclude_parallel): at a layer inside a residual branch the skip connection's relevance reached the input
 # unmasked. Layers no path bypasses (the default ones) give the same maps. The approximate kNN (classes of 5,000
 # rows and more) recomputes its distances from the rows: BLAS's last bits moved with threads on an AMD CPU.
-ANALYSIS_VERSION = 25
+ANALYSIS_VERSION = 26
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.
 PASTE_VERSION = 22

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from spray.analysis.scoring.appearance import Look
 from spray.analysis.scoring.candidates import HOTSPOT_K, all_candidates, merge_patterns, overlap
 from spray.analysis.scoring.carriers import Stamp, find_carriers
-from spray.analysis.scoring.evidence import carriers_sentence, evidence
+from spray.analysis.scoring.evidence import carriers_sentence, evidence, pct
 from spray.analysis.scoring.intervention import InterventionTest, appraise, intervention_test
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
@@ -120,7 +121,21 @@ def _finding(
         rows = np.flatnonzero(~cand.member)
         carriers, graded = find_carriers(stamp, probe, sample_ids, rows, h, w, config.carrier_chunk)
         sig["carriers"] = float(len(carriers))
-        lines.append(carriers_sentence(len(carriers), class_name, n, stamp.in_place))
+        share = (int(cand.member.sum()) + len(carriers)) / n
+        if share > config.flag_max_fraction:
+            # Members and carriers are most of the class: its own pattern, which the rest of the class can no
+            # longer calibrate (as flag_max_fraction says of a cluster); not flagged, no carriers listed.
+            verdict = dataclasses.replace(verdict, score=verdict.score - 0.5, suspicious=False)
+            tests = " and the ".join(f"{route} test" for route in verdict.routes)
+            lines[-1] = (
+                f"not flagged although the {tests} cleared its margins: its members and the images that repeat "
+                f"their pixels are {pct(share)} of the class, and a flag needs at most "
+                f"{pct(config.flag_max_fraction)} (the class's own pattern, not a group's)"
+            )
+        if verdict.suspicious:
+            lines.append(carriers_sentence(len(carriers), class_name, n, stamp.in_place))
+        else:
+            carriers, graded = [], {}
     idx = np.flatnonzero(cand.member)
     return ClusterFinding(
         class_index=class_index,

@@ -133,3 +133,26 @@ def test_graded_suspicion_ranks_the_rest_by_likeness_and_never_flags(planted: Ca
     s_plain = sample_suspicion(planted.maps, plain, planted.ids, 0.01)
     s_graded = sample_suspicion(planted.maps, graded, planted.ids, 0.01)
     assert (s_graded >= s_plain).all() and (s_graded < flagged.score).sum() == (s_plain < flagged.score).sum()
+
+
+def test_a_stamp_that_most_of_the_class_repeats_is_the_class_s_own_pattern(planted: Case) -> None:
+    """An outside check (a clean model of a held-out split): a hot-spot group of 8 Trouser images was flagged
+    by its removal, and 585 more, 98 % of the class, repeated its pixels. Members and carriers that are most of
+    the class are its own pattern, not a group's: not flagged, no carriers listed, the reason said."""
+    outside = np.flatnonzero(~planted.truth)
+    n = len(planted.ids)
+    few = np.random.default_rng(1).choice(outside, 20, replace=False)
+    assert (planted.truth.sum() + len(few)) / n <= 0.6
+    assert score(planted, probe=make_probe(planted, patch_predictor, few))[0].suspicious
+    most = outside[: int(0.7 * n)]
+    found = score(planted, probe=make_probe(planted, patch_predictor, most))
+    was = next(
+        f for f in found if set(f.member_ids) == {planted.ids[i] for i in np.flatnonzero(planted.truth)}
+    )
+    assert not was.suspicious and was.score < 0.5 and was.carrier_ids == []
+    assert was.signals["carriers"] >= len(most)
+    assert (
+        "of the class, and a flag needs at most 60 % (the class's own pattern, not a group's)"
+        in was.evidence[-1]
+    )
+    assert not any(f.suspicious for f in found)
