@@ -111,6 +111,10 @@ MODEL_HASH_VERSION = 4
 # exclude_parallel): at a layer inside a residual branch the skip connection's relevance reached the input
 # unmasked. Layers no path bypasses (the default ones) give the same maps. The approximate kNN (classes of 5,000
 # rows and more) recomputes its distances from the rows: BLAS's last bits moved with threads on an AMD CPU.
+# 25: the colour test of a concept-only finding has margins of its own (concepts.colour_min_auroc 0.9 and
+# concepts.colour_gain_margin), chosen on the development moving splits; grey data cannot change.
+# 26: a flagged pixel finding whose members and carriers are more than scoring.flag_max_fraction of its class
+# is the class's own pattern and is not flagged (no carriers listed).
 ANALYSIS_VERSION = 26
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.
