@@ -41,7 +41,7 @@ from spray.copies import find_copies
 from spray.data import AuditDataset, build_dataset
 from spray.data.jpeg import resolve_decode_device
 from spray.data.memo import InputMemo
-from spray.distributed import ORDER_KEY, DistContext, dist_context
+from spray.distributed import DistContext, dist_context
 from spray.errors import ConfigError, DataError, LockedError, SprayError
 from spray.export.source import CORRECTED_FACTORY
 from spray.heatmap_contrast import heatmap_contrast
@@ -246,7 +246,7 @@ def _setup(cfg: AuditConfig, dev: torch.device, ctx: DistContext, clock: _Clock)
         setup.hashes = run_hashes(cfg, model_id, data_fingerprint(cfg, setup.dataset, setup.contents))
     setup.run_id = compute_run_id(setup.hashes)
     # ranks that read other files, or the same in another order, would each explain their shards of another run
-    ctx.check_same({**setup.hashes, ORDER_KEY: order_digest(setup.dataset)})
+    ctx.check_same(setup.hashes, order=lambda: order_digest(setup.dataset))
     set_stage("check", run_id=setup.run_id[:16])
     h = setup.hashes
     log.info("run id %s (model %s, data %s)", setup.run_id[:16], h["model"][:12], h["data"][:12])

@@ -141,18 +141,17 @@ class DistContext:
                         got[r].append(item)
         return [it for per_rank in got for it in per_rank]
 
-    def check_same(self, hashes: dict[str, str]) -> None:
+    def check_same(self, hashes: dict[str, str], order: Callable[[], str] | None = None) -> None:
         """Raise :class:`ConfigError` on every rank when a rank's run hashes (model, data, config, code) differ
-        from rank 0's.
+        from rank 0's, or the digest of its samples' order (``order``, computed only under torchrun) does.
 
         Ranks on several machines read their own copies of the files: with other data, each would explain its
         shards of another run and the merge would fail late (a missing shard manifest) or mix two datasets.
         """
         if self.world_size == 1:
             return
-        every = self._all_gather(
-            dict(hashes), "the check that every rank audits the same model, data and config"
-        )
+        mine = {**hashes, ORDER_KEY: order()} if order is not None else dict(hashes)
+        every = self._all_gather(mine, "the check that every rank audits the same model, data and config")
         for rank, theirs in enumerate(every[1:], start=1):
             differ = sorted(k for k in every[0].keys() | theirs.keys() if every[0].get(k) != theirs.get(k))
             if differ:
