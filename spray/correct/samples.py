@@ -7,7 +7,6 @@ change of the dataset's item format touches one module.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch
 
 from spray.config import DataConfig
 from spray.data import AuditDataset, build_dataset
+from spray.data.dataset import in_section
 from spray.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class SampleSet:
             if section == "data":
                 raise
             # the dataset's messages name the audit's own keys (data.class_names): name this section's instead
-            raise type(err)(re.sub(r"\bdata\.(?=[a-z_])", f"{section}.", str(err))) from None
+            raise type(err)(in_section(str(err), section)) from None
         ds.section = section
         return cls(ds, list(ds.sample_ids), np.asarray(ds.labels, dtype=np.int64))
 

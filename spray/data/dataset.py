@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -313,7 +314,7 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
 
     def _named(self, why: str) -> str:
         """A reason, with the settings it names in this dataset's own config section."""
-        return why if self.section == "data" else why.replace("data.transform.", f"{self.section}.transform.")
+        return in_section(why, self.section)
 
     def _unreadable(self, i: int, why: str) -> SampleReadError:
         """Sample ``i`` cannot be read (now): its reason, naming this dataset's own config section."""
@@ -378,6 +379,12 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         reading only the bytes when there are any; raises like :meth:`load_input` otherwise."""
         raw = self.raw_reader(i) if self.raw_reader is not None else None
         return _hash_of(raw, None if raw is not None else self.load_input(i))
+
+
+def in_section(text: str, section: str) -> str:
+    """``text`` with the ``data.<key>`` settings it names moved to config section ``section`` (a dataset
+    read under another section, such as ``correction.test_data``, names that section's keys)."""
+    return text if section == "data" else re.sub(r"\bdata\.(?=[a-z_])", f"{section}.", text)
 
 
 class SampleReadError(DataError):
