@@ -17,7 +17,6 @@ the right shape that the checkpoint then fills.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,5 @@ def write_corrected_config(
     raw["output"]["runs_dir"] = runs_dir
     raw["factory_dirs"] = [str(p) for p in _factory_folders(cfg)]
     path = folder / CONFIG_FILE
-    tmp = folder / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, yaml.safe_dump(raw, sort_keys=False).encode())
     return path
