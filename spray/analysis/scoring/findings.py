@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -15,7 +14,7 @@ from spray.analysis.scoring.intervention import InterventionTest, appraise, inte
 from spray.analysis.scoring.ordering import stable_order
 from spray.analysis.scoring.probe import InterventionProbe, Targets
 from spray.analysis.scoring.signals import Candidate, ClassStats
-from spray.analysis.scoring.verdict import judge
+from spray.analysis.scoring.verdict import judge, unflagged
 from spray.config import ScoringConfig
 from spray.records import ClusterFinding, ClusteringResult, SpectralResult, score_text
 
@@ -125,7 +124,7 @@ def _finding(
         if share > config.flag_max_fraction:
             # Members and carriers are most of the class: its own pattern, which the rest of the class can no
             # longer calibrate (as flag_max_fraction says of a cluster); not flagged, no carriers listed.
-            verdict = dataclasses.replace(verdict, score=verdict.score - 0.5, suspicious=False)
+            verdict = unflagged(verdict)
             tests = " and the ".join(f"{route} test" for route in verdict.routes)
             lines[-1] = (
                 f"not flagged although the {tests} cleared its margins: its members and the images that repeat "

@@ -21,6 +21,7 @@ only). The calibration of the margins is in ``docs/detection.md``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from spray.analysis.scoring.intervention import InterventionTest
@@ -178,6 +179,11 @@ def judge(cand: Candidate, test: InterventionTest | None, config: ScoringConfig,
 #: Largest raw score: every factor of the map score is at most 1, the appearance factor too, and the
 #: intervention factor at most 1.5.
 RAW_MAX = 1.5
+
+
+def unflagged(v: Verdict) -> Verdict:
+    """``v`` without its flag: the same raw score on the unflagged side of :func:`suspicion`."""
+    return dataclasses.replace(v, score=v.score - 0.5 * v.suspicious, suspicious=False)
 
 
 def suspicion(raw: float, flagged: bool) -> float:
