@@ -222,7 +222,7 @@ def _final(xs: np.ndarray, best: _Best) -> tuple[np.ndarray, np.ndarray]:
     for j in range(idx.shape[1]):  # one neighbour column at a time: (n, d) in memory, not (n, k, d)
         diff = xs[idx[:, j]] - xs
         d2[:, j] = np.einsum("ij,ij->i", diff, diff)
-    dist = np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
+    dist = np.sqrt(np.maximum(d2, np.float32(0.0)))  # float32 throughout
     o = np.lexsort((idx, dist), axis=1)
     return np.take_along_axis(idx, o, axis=1), np.take_along_axis(dist, o, axis=1)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spray import versions
+from spray.errors import DataError
 from spray.runs.file_hashes import folder_hashes
 
 if TYPE_CHECKING:
@@ -124,8 +125,6 @@ def check_unchanged(
         When a sample was rewritten between the fingerprint and its read: the run would be published
         under the old files' id with the new files' heatmaps, and a later restore would reuse it as up to date.
     """
-    from spray.errors import DataError
-
     changed = [s for s, h in zip(sample_ids, content_hashes, strict=True) if contents.get(s, h) != h]
     if not changed:
         return
