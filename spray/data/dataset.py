@@ -93,6 +93,8 @@ class AuditDataset(Dataset[Sample | SkippedSample]):
         self.input_size = input_size
         #: A factory dataset's own fingerprint (None for files: the audit fingerprints those itself).
         self.fingerprint: str | None = None
+        #: IDX: the files' bytes the samples were read from (the data fingerprint hashes these, not a re-read).
+        self.file_bytes: list[bytes] = []
         #: Sentences on files torchvision's ImageFolder reads otherwise (the run records them).
         self.loader_notes: list[str] = []
         #: Decodes JPEG files on a device (``data.transform.decode_device: cuda``), else None: Pillow.
@@ -541,7 +543,7 @@ def build_dataset(
         source.sample_ids, source.labels, source.loader, transform, source.class_names,
         source.pre_skipped, source.raw_reader, size,
     )  # fmt: skip
-    ds.fingerprint, ds.loader_notes = source.fingerprint, list(source.notes)
+    ds.fingerprint, ds.loader_notes, ds.file_bytes = source.fingerprint, list(source.notes), source.file_bytes
     ds.stored_channels = source.channels
     if jpeg_device is not None and cfg.kind == "image_folder":
         ds.jpeg = JpegDecoder(jpeg_device, decode)

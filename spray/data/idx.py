@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,25 @@ def read_idx(path: str | Path) -> np.ndarray:
     DataError
         When the file is not a valid IDX file.
     """
+    return read_idx_file(path)[0]
+
+
+def read_idx_file(path: str | Path) -> tuple[np.ndarray, bytes]:
+    """Read an IDX file (optionally gzip-compressed): its array and the file's bytes as they were on disk.
+
+    The bytes are what the data fingerprint hashes, so a run's id describes the very bytes its samples came
+    from even when the file is rewritten while the audit sets up.
+
+    Raises
+    ------
+    DataError
+        When the file is not a valid IDX file.
+    """
     p = Path(path)
-    opener: Callable[..., Any] = gzip.open if p.suffix == ".gz" else open
     try:
-        with opener(p, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as err:
+        on_disk = p.read_bytes()
+        raw = gzip.decompress(on_disk) if p.suffix == ".gz" else on_disk
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(
             f"Cannot read IDX file {str(p)!r}: {err}. Check the path and that the file is complete."
         ) from None
@@ -60,7 +74,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             "(truncated?)."
         )
     data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
-    return data.reshape(shape)
+    return data.reshape(shape), on_disk
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -121,8 +135,8 @@ def _check_range(cfg: DataConfig, images: np.ndarray, scale: float) -> None:
 def idx_source(cfg: DataConfig) -> Source:
     """The ``idx`` data source: images ``(N, H, W)`` or ``(N, H, W, C)`` uint8 and their labels."""
     assert cfg.images is not None and cfg.labels is not None
-    images = read_idx(cfg.images)
-    raw_labels = read_idx(cfg.labels)
+    images, image_bytes = read_idx_file(cfg.images)
+    raw_labels, label_bytes = read_idx_file(cfg.labels)
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
         raise DataError(
             f"data.images {str(cfg.images)!r}: IDX images must be N×H×W or N×H×W×C (C 1 or 3), got shape "
@@ -154,4 +168,5 @@ def idx_source(cfg: DataConfig) -> Source:
         raw_reader=lambda i: images[i].tobytes(),
         channels=1 if images.ndim == 3 else int(images.shape[-1]),
         input_sizes=[tuple(images.shape[1:3])],
+        file_bytes=[image_bytes, label_bytes],
     )

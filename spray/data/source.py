@@ -38,6 +38,8 @@ class Source:
         Sentences on files that torchvision's ImageFolder reads otherwise (recorded in the run).
     fingerprint : str or None
         A factory dataset's own fingerprint (see the factory contract), else None.
+    file_bytes : list[bytes]
+        IDX: the images and labels files' bytes as read (the data fingerprint hashes them), else empty.
     """
 
     sample_ids: list[str]
@@ -50,3 +52,4 @@ class Source:
     input_sizes: list[tuple[int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fingerprint: str | None = None
+    file_bytes: list[bytes] = field(default_factory=list)

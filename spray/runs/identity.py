@@ -57,7 +57,7 @@ def _item_fields(item: Any) -> tuple[str, str]:
 def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset, contents: dict[str, str] | None = None) -> str:
     """A cheap fingerprint of the dataset content that changes whenever a sample changes.
 
-    IDX: the files' bytes. Image folder: every file's relative path and content hash, each file read only
+    IDX: the files' bytes, as the dataset read them. Image folder: every file's relative path and content hash, each file read only
     when its size, mtime or ctime changed since the runs folder last hashed it (:mod:`spray.runs.file_hashes`:
     a chmod, copy or restore reads the files once and is the same run). Factory: the dataset's own
     ``fingerprint`` attribute if it has one, else a content hash of every sample. ``contents``, when given,
@@ -68,9 +68,11 @@ def data_fingerprint(cfg: AuditConfig, dataset: AuditDataset, contents: dict[str
     d = cfg.data
     h.update(json.dumps({"kind": d.kind, "limit": d.limit, "n": len(dataset)}).encode())
     if d.kind == "idx":
-        for p in (d.images, d.labels):
-            assert p is not None
-            h.update(Path(p).read_bytes())
+        # the bytes the samples were read from: a file rewritten since then must not lend the run its id
+        for raw in dataset.file_bytes or [
+            Path(p).read_bytes() for p in (d.images, d.labels) if p is not None
+        ]:
+            h.update(raw)
     elif d.kind == "image_folder":
         assert d.path is not None
         ids = list(dataset.sample_ids)

@@ -285,3 +285,42 @@ def test_a_factory_item_that_changed_before_the_batch_stage_names_both_causes() 
         DataError, match=r"^1 files changed on disk while the batch stage read them \(e\.g\. b\)"
     ):
         check_unchanged({"a": "h1", "b": "h2"}, ["a", "b"], ["h1", "hx"])
+
+
+def test_an_idx_file_rewritten_while_the_audit_sets_up_does_not_lend_the_run_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The IDX fingerprint re-read the files after the dataset had read them: a file rewritten in between (here
+    while the model is built) gave the run the new bytes' id over heatmaps of the old bytes, and once the old
+    file was back the next audit recomputed a run that was already published. The id is of the bytes read."""
+    import spray.audit
+    from spray.data import read_idx, write_idx
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 16, 16), dtype=np.uint8)
+    write_idx(tmp_path / "i.gz", images)
+    write_idx(tmp_path / "l.gz", np.repeat(np.arange(2, dtype=np.uint8), 12))
+    data = {
+        "kind": "idx",
+        "images": str(tmp_path / "i.gz"),
+        "labels": str(tmp_path / "l.gz"),
+        "class_names": ["a", "b"],
+        "path": None,
+    }
+    cfg = tiny_config(
+        tmp_path, data=data, model={"factory_kwargs": {"in_channels": 1, "num_classes": 2, "width": 4}}
+    )
+    original = (tmp_path / "i.gz").read_bytes()
+    real_build = spray.audit.build_model
+
+    def rewrite_then_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        write_idx(tmp_path / "i.gz", 255 - images)
+        return real_build(*args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(spray.audit, "build_model", rewrite_then_build)
+        first = audit(cfg, progress=False)
+    (tmp_path / "i.gz").write_bytes(original)
+    assert np.array_equal(read_idx(tmp_path / "i.gz"), images)
+    again = audit(cfg, progress=False)
+    assert again.up_to_date and again.run_id == first.run_id
