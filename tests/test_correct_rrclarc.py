@@ -174,6 +174,24 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> 
         assert torch.equal(p, q), name
 
 
+def test_a_full_disk_while_saving_the_training_state_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saving the training state on a full disk ended the correction with a raw OSError and left a temporary
+    file beside the state; it is the runs folder's write error naming the file, and nothing is left behind."""
+    import errno
+
+    from spray.runs.errors import RunWriteError
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(RunWriteError, match=STATE_NAME):
+        _toy_training(tmp_path, None)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_training_plan_batches_are_a_function_of_seed_and_step() -> None:
     plan = TrainingPlan(np.arange(10, 30), epochs=2, batch_size=6, seed=3, checkpoint_every=1)
     assert plan.steps_per_epoch == 4 and plan.total_steps == 8

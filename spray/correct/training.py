@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from spray.runs.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ class TrainingLog:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    # a full disk ends the correction with a message naming the file, and the last state stays whole
+    with atomic_file(path) as fh:
+        torch.save(state, fh)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
