@@ -464,6 +464,7 @@ def _report(
         class_names=list(setup.dataset.class_names),
         n_samples=len(stage.batch),
         content_hashes=_content_of(stage.batch),
+        labels=dict(zip(stage.batch.sample_ids, map(int, stage.batch.labels), strict=True)),
         classes_skipped=analysis.classes_skipped,
         config=cfg.model_dump(mode="json"),
         # The cache directory (model and LRP settings) this run's heatmaps came from: cache retention

@@ -523,6 +523,9 @@ class AuditReport:
     content_hashes : dict[str, str]
         ``sample_id -> content hash`` of every analysed sample (``samples.parquet``; empty for runs of
         layout < 5): change detection matches clusters by content, so renamed files keep their cluster.
+    labels : dict[str, int]
+        ``sample_id -> true label`` of every analysed sample, also in classes too small to analyse (empty for a
+        run read back from disk): the data changes count an image moved into such a class as relabelled.
     """
 
     run_id: str
@@ -546,3 +549,4 @@ class AuditReport:
     rank: int = 0
     conditional_maps: list[ConditionalMaps] = field(default_factory=list)
     content_hashes: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)

@@ -18,8 +18,8 @@ Classes = Mapping[str, tuple[int, str]]
 
 
 def run_classes(report: AuditReport, reader: RunReader) -> tuple[Classes, Classes] | None:
-    """The class of every analysed sample in this run and in the previous one (None when its per-sample table
-    cannot be read, or when the run groups samples by prediction: its classes are then not the labels)."""
+    """The class of every sample in this run and in the previous one (None when its per-sample table cannot
+    be read, or when the run groups samples by prediction: its classes are then not the labels)."""
     if (report.config.get("analysis") or {}).get("group_by", "label") != "label":
         return None
     try:
@@ -28,7 +28,14 @@ def run_classes(report: AuditReport, reader: RunReader) -> tuple[Classes, Classe
         previous = {str(s): (int(label), str(name)) for s, label, name in before}
     except (RunReadError, OSError, KeyError):
         return None
-    return {s: (c.class_index, c.class_name) for c in report.classes for s in c.sample_ids}, previous
+    if not report.labels:  # a run read back from disk: its analysed classes
+        return {s: (c.class_index, c.class_name) for c in report.classes for s in c.sample_ids}, previous
+    names = report.class_names
+    # every sample, also those of a class too small to analyse (an image moved into one is relabelled too)
+    now = {
+        s: (label, names[label] if label < len(names) else str(label)) for s, label in report.labels.items()
+    }
+    return now, previous
 
 
 def config_changes(before: Mapping[str, Any], now: Mapping[str, Any], limit: int = 20) -> list[str]:

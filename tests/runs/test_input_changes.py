@@ -87,6 +87,27 @@ def test_runs_grouped_by_prediction_count_no_relabels(tmp_path: Path) -> None:
     assert run_classes(report, reader) is None
 
 
+def test_an_image_moved_into_a_class_too_small_to_analyse_is_relabelled(tmp_path: Path) -> None:
+    """An outside-in check: an image moved into a class below ``analysis.min_class_size`` was counted as moved
+    with ``relabelled: 0`` (this run's classes were taken from its analysed classes only)."""
+    from spray.runs.input_changes import run_classes
+    from spray.runs.reader import RunReader
+    from tests.runs.builders import make_report, write_published
+
+    report, stage = make_report()
+    reader = RunReader.open(write_published(tmp_path / "runs", report, stage))
+    table = reader.samples()
+    moved = str(table.index[0])
+    other = next(int(label) for label in table["label"] if int(label) != int(table["label"].iloc[0]))
+    report.labels = {str(s): int(label) for s, label in zip(table.index, table["label"], strict=True)}
+    report.labels[moved] = other
+    report.classes = []  # no class analysed: every class too small
+    hashes = reader.content_hashes()
+    assert data_changes(hashes, hashes, run_classes(report, reader)).relabelled == 1
+    report.labels[moved] = int(table["label"].iloc[0])
+    assert data_changes(hashes, hashes, run_classes(report, reader)).relabelled == 0
+
+
 def test_every_setting_left_out_at_its_default_reads_as_that_default() -> None:
     """The sections declare what they leave out of the record; config_changes reads the same declaration, so
     a setting added later (left out at its default) can never read "→ None" when it goes back to it."""
