@@ -81,8 +81,10 @@ def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
     (root / "cat" / "data.csv").write_text("1,2")
     # a hidden image is not audited, but named (an outside check: ImageFolder loads it, spray dropped it)
     Image.new("RGB", (4, 4)).save(root / "cat" / ".hidden.png")
+    # a file named just ".jpg" (which Python gives no extension) was neither audited nor named
+    Image.new("RGB", (4, 4)).save(root / "cat" / ".jpg", format="JPEG")
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
-    assert sorted(s.sample_id for s in ds.pre_skipped) == ["cat/.hidden.png", "cat/data.csv"]
+    assert sorted(s.sample_id for s in ds.pre_skipped) == ["cat/.hidden.png", "cat/.jpg", "cat/data.csv"]
     reasons = {s.sample_id: s.reason for s in ds.pre_skipped}
     assert "extension '.csv'" in reasons["cat/data.csv"] and "hidden file" in reasons["cat/.hidden.png"]
 
