@@ -230,6 +230,27 @@ def test_export_takes_the_newest_run_of_a_runs_folder(
     assert meta["info"]["spray_run_id"] == RunReader.open(run).summary.run_id
 
 
+def test_export_of_a_runs_folder_takes_the_full_run_as_the_flag_commands_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: a data.limit trial newer than the full audit was exported (its 120 samples, not 550),
+    where the flag commands on the same folder use the full run; a folder of two datasets took either."""
+    runs = tmp_path / "runs"
+    full = make_synthetic_run(runs, class_sizes=[30] * 3, planted_class=1, seed=1)
+    trial = make_synthetic_run(runs, class_sizes=[30] * 3, planted_class=1, seed=2, run_id="b" * 64)
+    summary = json.loads((trial / "summary.json").read_text())
+    summary["config"].setdefault("data", {})["limit"] = 40
+    (trial / "summary.json").write_text(json.dumps(summary))
+    assert trial.name > full.name
+    res = run_main(["export", "fiftyone", str(runs), "-o", str(tmp_path / "fo")], capsys)
+    assert res.code == 0, res.output
+    meta = json.loads((tmp_path / "fo" / "metadata.json").read_text())
+    assert meta["info"]["spray_run_id"] == RunReader.open(full).summary.run_id
+    make_synthetic_run(runs, class_sizes=[30] * 3, planted_class=1, seed=3, dataset="other", run_id="c" * 64)
+    res = run_main(["export", "virelay", str(runs), "-o", str(tmp_path / "vr")], capsys)
+    assert_clean_failure(res, 2, "holds runs of 2 datasets", "give the run folder")
+
+
 def test_fiftyone_dataset_has_cluster_suspicion_and_flag_per_sample(run: Path, tmp_path: Path) -> None:
     reader, samples, heat, thumbs = _run_files(run)
     summary = reader.summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from spray.errors import ConfigError
@@ -104,3 +105,37 @@ def _chosen(runs_dir: Path, newest: dict[str, Path], dataset: str | None) -> Pat
             f"{runs_dir} holds no readable run: give the run folder with --run RUN_FOLDER, or audit first."
         )
     return next(iter(newest.values()))
+
+
+def export_left_out(
+    db: Path, runs_dir: Path, datasets: list[str], status: str | None, *, say: bool = True
+) -> set[tuple[str, str]]:
+    """The ``(dataset, sample_id)`` of flags an export from ``runs_dir`` leaves out: those that no longer name
+    the images they were set on in their dataset's newest full run, or in a ``data.limit`` trial newer than
+    it (a trial reads the files as they are now; checked against the full run alone, flags on files replaced
+    since were exported without a word)."""
+    from spray.flags.content import left_out_of_export
+    from spray.runs.publish import newer_trials, newest_runs
+
+    newest, trials = newest_runs(runs_dir, full_first=True), newer_trials(runs_dir)
+    out: set[tuple[str, str]] = set()
+    for ds in datasets:
+        if ds not in newest:
+            if say:
+                log.warning(
+                    "%s holds no run of dataset %r: its flags are exported without checking that their sample ids "
+                    "still name the images they were set on", runs_dir, ds,
+                )  # fmt: skip
+            continue
+        for i, run in enumerate([newest[ds], *trials.get(ds, [])]):
+            out |= left_out_of_export(db, run, say=say, status=status, known=out, first=i == 0)
+    return out
+
+
+def trial_checks(run: Path, dataset: str, check: Callable[[Path], int]) -> int:
+    """``check`` (which prints what it finds and returns an exit code) on each ``data.limit`` trial of
+    ``dataset`` newer than ``run``, the full run a flags command checked; the worst exit code."""
+    from spray.runs.publish import newer_trials
+
+    trials = newer_trials(run.parent).get(dataset, [])
+    return max((check(t) for t in trials if t.name > run.name), default=0)

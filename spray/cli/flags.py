@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spray.cli.flag_runs import run_folder
+from spray.cli.flag_runs import export_left_out, run_folder, trial_checks
 from spray.errors import ConfigError
 from spray.exit_codes import EXIT_FAILURE, EXIT_OK
 from spray.flags import EXPORT_FORMATS, STATUSES, FlagStore, default_author, default_db_path
@@ -21,7 +21,6 @@ from spray.flags.content import (
     class_changes,
     classes_of,
     describe,
-    left_out_of_export,
     listed,
     plan_moves,
     relabel_message,
@@ -29,7 +28,6 @@ from spray.flags.content import (
 )
 from spray.runs.atomic import atomic_write_bytes
 from spray.runs.keys import finding_key, renumbered_message, sample_ids_in
-from spray.runs.publish import newest_runs
 
 if TYPE_CHECKING:
     from spray.runs.reader import RunReader
@@ -63,20 +61,10 @@ def export_command(args: argparse.Namespace) -> int:
             "those that no longer name the images they were set on."
         )
     if args.runs_dir:
-        newest = newest_runs(Path(args.runs_dir), full_first=True)
-        leave_out = set()
-        for ds in [args.dataset] if args.dataset is not None else store.datasets():
-            if ds in newest:
-                leave_out |= left_out_of_export(
-                    db, newest[ds], status=None if args.status == "all" else args.status
-                )
-            else:
-                log.warning(
-                    "%s holds no run of dataset %r: its flags are exported without checking that their sample "
-                    "ids still name the images they were set on",
-                    args.runs_dir,
-                    ds,
-                )
+        datasets = [args.dataset] if args.dataset is not None else store.datasets()
+        leave_out = export_left_out(
+            db, Path(args.runs_dir), datasets, None if args.status == "all" else args.status
+        )
     else:
         leave_out = set()
         log.warning(
@@ -180,12 +168,11 @@ def list_command(args: argparse.Namespace) -> int:
     db = _db_from_args(args)
     store = FlagStore(db, read_only=True)
     store.check()
-    newest = newest_runs(Path(args.runs_dir), full_first=True) if args.runs_dir else {}
     for ds in store.datasets():
         counts = store.counts(ds)
         line = ", ".join(f"{s} {counts.get(s, 0)}" for s in STATUSES)
         # flags are counted as stored; those that no longer name their images are said, not hidden
-        off = len(left_out_of_export(db, newest[ds], say=False)) if ds in newest else 0
+        off = len(export_left_out(db, Path(args.runs_dir), [ds], None, say=False)) if args.runs_dir else 0
         if off:
             line += (
                 f" ({off} of them no longer name the images they were set on in the newest run: spray flags "
@@ -371,11 +358,12 @@ def unset_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBinding]:
-    """The current flags of the run's dataset checked against the run's content."""
+def _binding(args: argparse.Namespace, run: Path | None = None) -> tuple[RunReader, Path, Path, FlagBinding]:
+    """The current flags of the run's dataset checked against the content of ``run`` (default: the run the
+    arguments name)."""
     from spray.runs.reader import RunReader
 
-    run = run_folder(args, full_first=True)
+    run = run or run_folder(args, full_first=True)
     reader = RunReader.open(run)
     hashes = reader.content_hashes()
     if hashes is None:
@@ -391,10 +379,11 @@ def _binding(args: argparse.Namespace) -> tuple[RunReader, Path, Path, FlagBindi
     return reader, run, db, bind_flags(flags, hashes, run=run)
 
 
-def check_command(args: argparse.Namespace) -> int:
+def check_command(args: argparse.Namespace, trial: Path | None = None) -> int:
     """``spray flags check``: do the flags of a run's dataset still name the content they were set on?
-    Exit 1 when a flagged id now names other content (``spray correct`` then refuses)."""
-    reader, run, db, binding = _binding(args)
+    Exit 1 when a flagged id now names other content (``spray correct`` then refuses). Without ``--run``, the
+    ``data.limit`` trials newer than the dataset's newest full run are checked too (they read the files now)."""
+    reader, run, db, binding = _binding(args, trial)
     counts = {k: len(binding.of_kind(k)) for k in ("moved", "replaced", "gone", "unverified")}
     unchecked = (
         f" ({binding.unchecked} of them set before flags recorded content, on a run of the same data or on one "
@@ -430,7 +419,9 @@ def check_command(args: argparse.Namespace) -> int:
     relabel = relabel_message(relabelled(binding.bound, run, binding.of_kind("moved")))
     if relabel:
         sys.stdout.write(relabel + "\n")
-    return EXIT_FAILURE if binding.wrong else EXIT_OK
+    newer = args.run or trial  # a run named, or a trial being checked: no trials of its own
+    trials = 0 if newer else trial_checks(run, reader.summary.dataset, lambda t: check_command(args, t))
+    return EXIT_FAILURE if binding.wrong or trials else EXIT_OK
 
 
 def rebind_command(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from spray.errors import ConfigError, DataError
 from spray.runs.atomic import translate_write_errors
 from spray.runs.errors import RunReadError, RunWriteError
 from spray.runs.layout import CORRECTION_RECORD, CORRECTIONS_DIR, REAUDIT_DIR, RunFiles, project_root
-from spray.runs.publish import list_runs
+from spray.runs.publish import list_runs, newest_runs
 from spray.runs.reader import ClassData, RunReader, read_json
 from spray.runs.summary import ClassSummary, FindingSummary, RunSummary
 
@@ -237,11 +237,20 @@ def _resolve(run: Path) -> Path:
         )
     if RunFiles(run).summary.exists():
         return run
-    found = list_runs(run)
-    if not found:
+    if not list_runs(run):
         raise _not_a_run(run)
-    log.info("exporting the newest run of %s: %s", run, found[0].name)
-    return found[0]
+    # as the flag commands choose: a dataset's newest full run (a data.limit trial lacks most samples)
+    newest = newest_runs(run, full_first=True)
+    if len(newest) != 1:
+        raise ConfigError(
+            f"{run} holds runs of {len(newest)} datasets ({', '.join(sorted(newest))}): give the run folder "
+            f"to export (e.g. {run}/<run>)."
+            if newest
+            else f"{run} holds no readable run: give a run folder, or audit first."
+        )
+    chosen = next(iter(newest.values()))
+    log.info("exporting the newest run of %s: %s", run, chosen.name)
+    return chosen
 
 
 def open_source(run: str | Path) -> ExportSource:

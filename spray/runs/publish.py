@@ -318,6 +318,29 @@ def newest_runs(
     return {ds: full.get(ds, run) if full_first else run for ds, run in newest.items()}
 
 
+def newer_trials(runs_dir: Path) -> dict[str, list[Path]]:
+    """Per dataset key, its ``data.limit`` trials newer than its newest full run, newest first (all but the
+    newest when it has no full run, which :func:`newest_runs` with ``full_first`` gives then): they read
+    the files they hold as they are now, so flags are checked against them too (unreadable runs are passed
+    over, as :func:`newest_runs` says)."""
+    from spray.runs.reader import read_summary
+
+    trials: dict[str, list[Path]] = {}
+    done: set[str] = set()
+    for run in list_runs(runs_dir):
+        try:
+            s = read_summary(run)
+        except RunReadError:
+            continue
+        if s.dataset in done:
+            continue
+        if s.trial_limit is None:
+            done.add(s.dataset)
+        else:
+            trials.setdefault(s.dataset, []).append(run)
+    return {ds: runs if ds in done else runs[1:] for ds, runs in trials.items()}
+
+
 def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
     """The newest readable published run of one audit (its ``name`` and dataset key)."""
     found = newest_run_where(runs_dir, lambda s: s.name == name and s.dataset == dataset)

@@ -1,0 +1,57 @@
+"""Flags checked against a ``data.limit`` trial newer than the full run: the trial read the files as they are
+now, so a flagged file it read as other content is left out of the export and named by ``spray flags check``
+(an outside-in check: both went by the older full run alone and exported the flag on the replaced file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spray.audit import audit
+from spray.flags import FlagStore
+from spray.runs.publish import list_runs, newer_trials
+from spray.runs.reader import RunReader
+from tests.faults.cli import run_main
+from tests.runs.builders import tiny_config
+
+
+def test_a_file_replaced_since_the_full_run_and_read_by_a_newer_trial_is_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(tmp_path)
+    full = audit(cfg, progress=False)
+    runs = tmp_path / "runs"
+    reader = RunReader.open(full.run_dir)
+    hashes = reader.content_hashes() or {}
+    dataset = reader.summary.dataset
+    flagged = ["cat/001.png", "cat/002.png"]
+    FlagStore(runs / "flags.sqlite").flag(
+        dataset, flagged, "unlearn", content_hashes={s: hashes[s] for s in flagged}
+    )
+    imgs = tmp_path / "imgs"
+    (imgs / "cat" / "001.png").write_bytes((imgs / "dog" / "001.png").read_bytes())
+    trial_cfg = tiny_config(tmp_path, data={"limit": 6})
+    trial = audit(trial_cfg, progress=False)
+    assert Path(trial.run_dir).name > Path(full.run_dir).name
+    assert newer_trials(runs) == {dataset: [Path(trial.run_dir)]}
+    out = tmp_path / "flags.csv"
+    res = run_main(["flags", "export", "--runs-dir", str(runs), "--fail-if-left-out", "-o", str(out)], capsys)
+    assert res.code == 1, res.output
+    assert "left out of the export: 1 flags" in res.output, res.output
+    assert [line.split(",")[1] for line in out.read_text().splitlines()[1:]] == ["cat/002.png"]
+    res = run_main(["flags", "check", "--runs-dir", str(runs)], capsys)
+    assert res.code == 1, res.output
+    lines = res.output.splitlines()
+    assert any(str(full.run_dir) in line and "0 on ids that now name other content" in line for line in lines)
+    assert any(
+        str(trial.run_dir) in line and "1 on ids that now name other content" in line for line in lines
+    )
+    res = run_main(["flags", "list", "--runs-dir", str(runs)], capsys)
+    assert "(1 of them no longer name the images they were set on" in res.output, res.output
+    # a full run after the change is the newest: the trial is not checked again, and the flag stays left out
+    audit(cfg, progress=False)
+    assert newer_trials(runs) == {}
+    res = run_main(["flags", "export", "--runs-dir", str(runs), "-o", str(out)], capsys)
+    assert res.code == 0 and "left out of the export: 1 flags" in res.output, res.output
+    assert len(list_runs(runs)) == 3
