@@ -12,8 +12,11 @@ from spray.audit import audit
 from spray.flags import FlagStore
 from spray.runs.publish import list_runs, newer_trials
 from spray.runs.reader import RunReader
+from tests.dashboard_fixtures import pointed_at
 from tests.faults.cli import run_main
 from tests.runs.builders import tiny_config
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 
 
 def test_a_file_replaced_since_the_full_run_and_read_by_a_newer_trial_is_left_out(
@@ -49,6 +52,16 @@ def test_a_file_replaced_since_the_full_run_and_read_by_a_newer_trial_is_left_ou
     )
     res = run_main(["flags", "list", "--runs-dir", str(runs)], capsys)
     assert "(1 of them no longer name the images they were set on" in res.output, res.output
+    # the dashboard's Flags page leaves out what `spray flags export --runs-dir` does
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    with pointed_at(runs, runs / "flags.sqlite"):
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        at = at.switch_page("views/flags.py").run()
+    assert not at.exception
+    said = " ".join(c.value for c in at.caption)
+    assert "1 samples." in said and "**1 flags are left out:**" in said, said
     # a full run after the change is the newest: the trial is not checked again, and the flag stays left out
     audit(cfg, progress=False)
     assert newer_trials(runs) == {}

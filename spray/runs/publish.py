@@ -319,10 +319,10 @@ def newest_runs(
 
 
 def newer_trials(runs_dir: Path) -> dict[str, list[Path]]:
-    """Per dataset key, its ``data.limit`` trials newer than its newest full run, newest first (all but the
-    newest when it has no full run, which :func:`newest_runs` with ``full_first`` gives then): they read
-    the files they hold as they are now, so flags are checked against them too (unreadable runs are passed
-    over, as :func:`newest_runs` says)."""
+    """Per dataset key that has a full run, its ``data.limit`` trials newer than its newest full run, newest
+    first: they read the files they hold as they are now, so flags are checked against them too (a dataset of
+    trials only is checked against its newest, which :func:`newest_runs` with ``full_first`` gives; unreadable
+    runs are passed over, as :func:`newest_runs` says)."""
     from spray.runs.reader import read_summary
 
     trials: dict[str, list[Path]] = {}
@@ -338,7 +338,7 @@ def newer_trials(runs_dir: Path) -> dict[str, list[Path]]:
             done.add(s.dataset)
         else:
             trials.setdefault(s.dataset, []).append(run)
-    return {ds: runs if ds in done else runs[1:] for ds, runs in trials.items()}
+    return {ds: runs for ds, runs in trials.items() if ds in done}
 
 
 def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
