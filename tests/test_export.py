@@ -443,6 +443,35 @@ def test_fiftyone_exports_grey_thumbnails(tmp_path: Path) -> None:
     assert picture.shape == thumbs.shape[1:3] and np.array_equal(picture, thumbs[3, ..., 0])
 
 
+def test_fiftyone_exports_originals_a_viewer_would_turn_as_the_audit_decoded_them(tmp_path: Path) -> None:
+    """An outside check: a linked JPEG with an EXIF rotation was shown upright by FiftyOne (as browsers do)
+    under a heatmap in the stored orientation the model saw; a file with transparency was shown composited.
+    Such originals are exported as the audit decoded them; plain ones stay linked."""
+    from spray.audit import audit
+    from spray.data.originals import decode_original
+    from tests.runs.builders import tiny_config
+
+    root = tmp_path / "imgs"
+    cfg = tiny_config(tmp_path)  # makes the folder
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to show"
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+        root / "cat" / "005.png", format="JPEG", exif=exif
+    )
+    rgba = rng.integers(0, 255, (16, 16, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(root / "cat" / "006.png")
+    run_dir = audit(cfg, progress=False).run_dir
+    out = write_fiftyone_dataset(run_dir, tmp_path / "fo", data_root=root)
+    docs = {d["spray_sample_id"]: d for d in json.loads((out / "samples.json").read_text())["samples"]}
+    config = RunReader.open(run_dir).summary.config
+    for sid in ("cat/005.png", "cat/006.png"):
+        assert docs[sid]["filepath"].startswith("data/"), sid
+        shown = np.asarray(Image.open(out / docs[sid]["filepath"]))
+        assert np.array_equal(shown, decode_original(root / sid, config)), sid
+    assert docs["cat/004.png"]["filepath"] == str((root / "cat" / "004.png").resolve())
+
+
 def test_fiftyone_export_of_an_image_folder_run_leaves_out_files_changed_since(tmp_path: Path) -> None:
     """A file replaced after the audit is not the image the run explained: its thumbnail is exported."""
     from spray.audit import audit

@@ -15,7 +15,8 @@ through its legacy importer: ``metadata.json`` without a ``version`` key)::
                                     spray_sample_id, spray_cluster, spray_cluster_score, spray_suspicious,
                                     spray_suspicion, spray_map, spray_flag, spray_flag_note, spray_flag_author}]}
     data/<row>.png    the stored thumbnail of each sample (or, with ``data_root``, the original file's
-                      absolute path when it exists)
+                      absolute path when it exists; the file as the audit decoded it when a viewer would
+                      show it otherwise: EXIF rotation, transparency, 16-bit, TIFF, animation)
     fields/relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 255 / 0 = the map's
                       largest positive / negative relevance (``Heatmap`` label with ``range`` [0, 255])
 
@@ -43,7 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from spray.data.originals import input_box, original_under
+from spray.data.originals import decode_original, input_box, original_under
 from spray.data.sample import content_hash
 from spray.errors import ConfigError
 from spray.export.source import ExportSource, open_source, staged_output
@@ -196,6 +197,48 @@ def _original(root: Path | None, sample_id: str, known_hash: str | None) -> tupl
     return p, False
 
 
+#: Formats every browser (so FiftyOne's app) shows as stored; others (TIFF, PPM) are not shown at all.
+_SHOWN_AS_STORED = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}
+
+
+def _shown_otherwise(original: Path) -> str:
+    """Why a viewer would show ``original`` otherwise than the model saw it ("" when it would not): an EXIF
+    rotation (browsers apply it, the audit, as torchvision, does not), transparency, a bit depth or colour
+    space the audit converted, frames after the first, or a format browsers cannot show."""
+    try:
+        with Image.open(original) as im:
+            turned = im.getexif().get(0x0112) not in (None, 1)
+            if turned:
+                return "EXIF rotation"
+            if im.format not in _SHOWN_AS_STORED:
+                return f"{im.format} file"
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                return "transparency"
+            if im.mode not in ("1", "L", "P", "RGB"):
+                return f"{im.mode} pixels"
+            return "animation" if getattr(im, "is_animated", False) else ""
+    except Exception:  # unreadable now: the hash check, when on, has excluded changed files
+        return ""
+
+
+def _media(src: ExportSource, r: int, original: Path | None, tmp: Path, decoded: dict[str, int]) -> str:
+    """The ``filepath`` of row ``r``: its original file, the original as the audit decoded it (counted in
+    ``decoded`` by why), its stored thumbnail, or without one its relevance map; written under ``tmp``."""
+    name = f"{r:08d}.png"
+    why = "" if original is None else _shown_otherwise(original)
+    if original is not None and why:
+        # a viewer would turn or recolour the file: the export holds it as the audit decoded it
+        Image.fromarray(decode_original(original, src.summary.config)).save(tmp / DATA_DIR / name)
+        decoded[why] = decoded.get(why, 0) + 1
+        return f"{DATA_DIR}/{name}"
+    if original is not None:
+        return str(original)
+    if src.thumbs is not None:
+        Image.fromarray(_picture(src.thumbs[r])).save(tmp / DATA_DIR / name)
+        return f"{DATA_DIR}/{name}"
+    return f"{RELEVANCE_DIR}/{name}"  # no input stored: the relevance map stands in for the image
+
+
 def _box(src: ExportSource, original: Path) -> tuple[float, float, float, float]:
     """The part of ``original`` the model input shows (the whole file without a centre crop); its size is
     read from the header only."""
@@ -291,19 +334,14 @@ def write_fiftyone_dataset(
         ids = src.sample_ids
         known = _known_hashes(src, root is not None and check_originals)
         changed = linked = 0
+        decoded: dict[str, int] = {}  # originals exported as decoded, by why
         absent = ""  # the first sample id that names no file under the root
         for r, sid in enumerate(tqdm(ids, desc="fiftyone export", unit="sample", disable=None)):
             name = f"{r:08d}.png"
             original, was_changed = _original(root, sid, known.get(sid))
             changed, linked = changed + was_changed, linked + (original is not None)
             absent = absent or ("" if original is not None or was_changed else sid)
-            if original is not None:
-                media = str(original)
-            elif src.thumbs is not None:
-                Image.fromarray(_picture(src.thumbs[r])).save(tmp / DATA_DIR / name)
-                media = f"{DATA_DIR}/{name}"
-            else:  # no input stored: the relevance map stands in for the image
-                media = f"{RELEVANCE_DIR}/{name}"
+            media = _media(src, r, original, tmp, decoded)
             heat = src.heatmaps[r]
             if original is not None:
                 # FiftyOne stretches a heatmap over the whole image: place it where the model saw it
@@ -324,6 +362,12 @@ def write_fiftyone_dataset(
                 "known to be what the run explained): exported with the run's stored thumbnails instead",
                 changed,
             )
+        if decoded:
+            log.info(
+                "%d originals are exported as the audit decoded them, not linked (%s): a viewer would show the "
+                "file otherwise than the model saw it", sum(decoded.values()),
+                ", ".join(f"{n} {why}" for why, n in sorted(decoded.items())),
+            )  # fmt: skip
         if root is not None and linked + changed < len(ids):
             _say_unlinked(len(ids) - linked - changed, len(ids), root, absent)
         (tmp / METADATA).write_text(json.dumps(_metadata(src), indent=1, ensure_ascii=False))
