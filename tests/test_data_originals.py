@@ -53,7 +53,7 @@ def test_a_crop_larger_than_the_image_pads_it_as_torchvision_does() -> None:
     out = imaging.overlay_box(img, heat, box)
     assert np.all(out != 100)  # coloured everywhere: every pixel of the image is under relevance
     canvas = imaging.heat_in_box(heat, box)
-    assert canvas.shape == (20, 20) and np.all(canvas == 1.0)
+    assert canvas.shape == (200, 200) and np.all(canvas == 1.0)  # 28 → 280 px: cells of 10 × 10
 
 
 def test_the_overlay_colours_only_what_the_model_saw() -> None:
@@ -72,10 +72,29 @@ def test_the_overlay_colours_only_what_the_model_saw() -> None:
 def test_a_heatmap_placed_in_the_originals_proportions() -> None:
     heat = np.arange(16, dtype=np.float32).reshape(4, 4) + 1
     canvas = imaging.heat_in_box(heat, (0.0, 0.375, 1.0, 0.625))
-    assert canvas.shape == (4, 16)
-    np.testing.assert_array_equal(canvas[:, 6:10], heat)
-    assert canvas[:, :6].sum() == 0 and canvas[:, 10:].sum() == 0
+    s = imaging.PLACED_SIDE // 4  # cells of s × s pixels
+    assert canvas.shape == (4 * s, 16 * s)
+    np.testing.assert_array_equal(canvas[::s, 6 * s : 10 * s : s], heat)
+    assert canvas[:, : 6 * s].sum() == 0 and canvas[:, 10 * s :].sum() == 0
     assert imaging.heat_in_box(heat, (0.0, 0.0, 1.0, 1.0)).shape == (4, 4)
+
+
+def test_each_cell_of_a_placed_heatmap_lies_where_the_model_saw_it() -> None:
+    """An outside check: the canvas was made of whole heatmap cells, so on a 480 × 640 photo (resize 256, centre
+    crop 224, grid 32) cells landed up to 8.8 px (two thirds of a cell) off where the model saw them."""
+    from spray.config import TransformConfig
+    from spray.data.transform import Transform
+
+    for h, w in [(480, 640), (375, 500), (500, 333)]:
+        box = Transform(TransformConfig(resize=256, center_crop=224)).input_box(h, w)
+        heat = np.arange(1, 32 * 32 + 1, dtype=np.float32).reshape(32, 32)
+        canvas = imaging.heat_in_box(heat, box)
+        top, left, bottom, right = box
+        for i, j in [(0, 0), (5, 27), (31, 31), (16, 3)]:
+            rows, cols = np.nonzero(canvas == heat[i, j])
+            got = ((rows.mean() + 0.5) / canvas.shape[0] * h, (cols.mean() + 0.5) / canvas.shape[1] * w)
+            want = ((top + (bottom - top) * (i + 0.5) / 32) * h, (left + (right - left) * (j + 0.5) / 32) * w)
+            assert abs(got[0] - want[0]) < 1.5 and abs(got[1] - want[1]) < 1.5, (h, w, i, j, got, want)
 
 
 def test_originals_are_found_by_their_id_and_symlinks_in_the_folder_followed(tmp_path: Path) -> None:
