@@ -427,8 +427,12 @@ def test_a_relabelled_flagged_image_is_named_by_flags_check(
     assert res.code == 0 and "1 flagged images now carry another label" in res.output
     assert f"{first} (flagged in class {names[was]}, now labelled {names[labels[first]]})" in res.output
     exported = tmp_path / "unlearn.csv"
-    assert run_main(["flags", "export", "--runs-dir", runs, "-o", str(exported)], capsys).code == 0
+    res = run_main(["flags", "export", "--runs-dir", runs, "-o", str(exported)], capsys)
+    assert res.code == 0
     assert set(pd.read_csv(exported, dtype=str)["class_name"]) == {names[was]}
+    # an outside check: the export, the one command an unlearning job runs, kept the flagged-in class silently
+    assert "1 flagged images now carry another label" in res.output
+    assert "class_name and class_index are the class each was flagged in" in res.output
 
 
 def test_flags_of_an_older_database_take_content_and_class_from_their_run(
@@ -522,7 +526,7 @@ def test_an_export_says_which_flags_it_could_not_check(
     exported without a word, while IDX ids shifted since named other images; the export now says so."""
     import logging
 
-    from spray.flags.content import left_out_of_export
+    from spray.flags.left_out import left_out_of_export
     from tests.runs.builders import make_report, write_published
 
     report, stage = make_report(n_per_class=4)

@@ -68,3 +68,16 @@ def test_a_file_replaced_since_the_full_run_and_read_by_a_newer_trial_is_left_ou
     res = run_main(["flags", "export", "--runs-dir", str(runs), "-o", str(out)], capsys)
     assert res.code == 0 and "left out of the export: 1 flags" in res.output, res.output
     assert len(list_runs(runs)) == 3
+
+
+def test_an_export_of_a_dataset_without_flags_is_refused_before_any_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: ``--dataset nosuch`` first warned that its flags were exported unchecked, then
+    failed because the database holds no flags of it."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    FlagStore(runs / "flags.sqlite").flag("data", ["a"], "unlearn")
+    res = run_main(["flags", "export", "--runs-dir", str(runs), "--dataset", "nosuch"], capsys)
+    assert res.code == 2 and "holds no flags of that dataset key" in res.output, res.output
+    assert "exported without checking" not in res.output

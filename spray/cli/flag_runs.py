@@ -114,7 +114,7 @@ def export_left_out(
     the images they were set on in their dataset's newest full run, or in a ``data.limit`` trial newer than
     it (a trial reads the files as they are now; checked against the full run alone, flags on files replaced
     since were exported without a word)."""
-    from spray.flags.content import left_out_of_export
+    from spray.flags.left_out import left_out_of_export
     from spray.runs.publish import newer_trials, newest_runs
 
     newest, trials = newest_runs(runs_dir, full_first=True), newer_trials(runs_dir)

@@ -60,6 +60,11 @@ def export_command(args: argparse.Namespace) -> int:
             "--fail-if-left-out needs --runs-dir RUNS_DIR: flags are checked against its newest run to leave out "
             "those that no longer name the images they were set on."
         )
+    if args.dataset is not None and args.dataset not in (known := store.datasets()):
+        raise ConfigError(
+            f"--dataset {args.dataset!r}: {db} holds no flags of that dataset key; "
+            + (f"its keys: {', '.join(known)}." if known else "it holds no flags at all.")
+        )
     if args.runs_dir:
         datasets = [args.dataset] if args.dataset is not None else store.datasets()
         leave_out = export_left_out(
@@ -72,11 +77,6 @@ def export_command(args: argparse.Namespace) -> int:
             "on (a replaced, renamed or deleted file): give --runs-dir RUNS_DIR to leave such flags out"
         )
     status = None if args.status == "all" else args.status
-    if args.dataset is not None and args.dataset not in (known := store.datasets()):
-        raise ConfigError(
-            f"--dataset {args.dataset!r}: {db} holds no flags of that dataset key; "
-            + (f"its keys: {', '.join(known)}." if known else "it holds no flags at all.")
-        )
     data = store.export_bytes(args.format, dataset=args.dataset, status=status, leave_out=leave_out)
     if out is not None:
         try:
