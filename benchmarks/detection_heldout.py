@@ -21,8 +21,9 @@ graded suspicion). ``moving_check8`` (seeds 24–26, clean 224–226) was fixed 
 once with the default of analysis 18 (the change it was held for, a lower two-route threshold, was not
 adopted). ``moving_check9`` (seeds 27–29, clean 227–229), fixed on 6 Dec 2026, 00:40 UTC, was run once on 7 Dec 2026
 before and after the colour test's own margins (its protocol: ``colour_removal_auroc_protocol_2026-12-07.md``).
-``moving_check10`` (seeds 30–32, clean 230–232) is fixed on 7 Dec 2026, 15:10 UTC, for the next change to
-moving-shortcut detection, and has not been run.
+``moving_check10`` (seeds 30–32, clean 230–232), fixed on 7 Dec 2026, 15:10 UTC, was run once on 7 Dec 2026,
+evening, with analysis 26 (the carriers rule it was held for). ``moving_check11`` (seeds 33–35, clean 233–235)
+is fixed on 7 Dec 2026, 17:45 UTC, for the next change to moving-shortcut detection, and has not been run.
 
 Defaults of the ``scoring`` config are chosen on the tuning set only; the reporting set is run with them
 and reported as is. Each cell (split, dataset, family, poisoned fraction p, target, seed): draw a seeded
@@ -149,6 +150,7 @@ SPLITS = {
     "moving_check8": _moving("moving_check8", (24, 25, 26), (224, 225, 226)),
     "moving_check9": _moving("moving_check9", (27, 28, 29), (227, 228, 229)),
     "moving_check10": _moving("moving_check10", (30, 31, 32), (230, 231, 232)),
+    "moving_check11": _moving("moving_check11", (33, 34, 35), (233, 234, 235)),
 }
 
 
