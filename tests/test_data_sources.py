@@ -83,10 +83,15 @@ def test_hidden_files_ignored_and_non_images_listed(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(root / "cat" / ".hidden.png")
     # a file named just ".jpg" (which Python gives no extension) was neither audited nor named
     Image.new("RGB", (4, 4)).save(root / "cat" / ".jpg", format="JPEG")
+    (root / "cat" / "trail.jpg.").write_bytes(b"x")  # named "extension 'none'" before
+    (root / "cat" / "README").write_text("x")
     ds = build_dataset(DataConfig(kind="image_folder", path=root))
-    assert sorted(s.sample_id for s in ds.pre_skipped) == ["cat/.hidden.png", "cat/.jpg", "cat/data.csv"]
+    assert sorted(s.sample_id for s in ds.pre_skipped) == [
+        "cat/.hidden.png", "cat/.jpg", "cat/README", "cat/data.csv", "cat/trail.jpg.",
+    ]  # fmt: skip
     reasons = {s.sample_id: s.reason for s in ds.pre_skipped}
     assert "extension '.csv'" in reasons["cat/data.csv"] and "hidden file" in reasons["cat/.hidden.png"]
+    assert "(extension '.')" in reasons["cat/trail.jpg."] and "(no extension)" in reasons["cat/README"]
 
 
 def test_a_trial_lists_the_skipped_files_of_the_class_folders_it_read_only(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def _not_listed(suffix: str) -> str:
             f"an image, but extension {suffix!r} is not one torchvision's ImageFolder lists (a model trained "
             f"through it never saw the file): not audited; {fix} to audit it"
         )
-    return f"not an image file (extension {suffix or 'none'!r})"
+    return f"not an image file (extension {suffix!r})" if suffix else "not an image file (no extension)"
 
 
 #: Files whose headers are read to learn the dataset's usual size and channels (spread over the list).
@@ -266,7 +266,8 @@ def list_image_folder(root: Path, what: str = "data.path") -> FolderListing:
         for rel in files:
             suffix = Path(rel).suffix
             if suffix.lower() not in IMAGE_EXTENSIONS:
-                listing.skipped.append(SkippedSample(rel, _not_listed(suffix)))
+                # "a.jpg." has no extension for Python (nor for ImageFolder): said as such, not as "'none'"
+                listing.skipped.append(SkippedSample(rel, _not_listed(suffix or rel[len(rel.rstrip(".")) :])))
                 continue
             listing.sample_ids.append(rel)
             listing.labels.append(c)
