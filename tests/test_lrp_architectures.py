@@ -354,6 +354,23 @@ def test_swin_conserves_relevance_under_cp_lrp() -> None:
 # timm CNNs by name (their blocks differ from torchvision's; no zennit canonizers for them here)
 
 
+def test_a_layer_scale_a_timm_model_defines_itself_passes_relevance() -> None:
+    """An outside check: SwiftFormer's own LayerScale2d (as FastViT's, MetaFormer's Scale), the same per-channel
+    constant as timm.layers' LayerScale2d, was refused as a layer without a rule."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = realistic_bn(
+        timm.create_model("swiftformer_xs", pretrained=False, num_classes=10), (3, 64, 64), zero_bias=True
+    )
+    assert any(
+        type(m).__qualname__ == "LayerScale2d" and "swiftformer" in type(m).__module__
+        for m in model.modules()
+    )
+    torch.manual_seed(2)
+    ratio = _ratio(Explainer(model, "CPLRP")(torch.randn(2, 3, 64, 64)))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
 @pytest.mark.parametrize("name", ["convnext_atto", "efficientnet_b0", "mobilenetv3_small_050", "regnety_002"])
 def test_timm_cnn_runs_and_conserves_relevance(name: str) -> None:
     timm = pytest.importorskip("timm")

@@ -107,6 +107,10 @@ GRADIENT_CLASS_NAMES: frozenset[str] = frozenset(
         "timm.layers.patch_dropout.PatchDropout",
         "timm.layers.layer_scale.LayerScale",
         "timm.layers.layer_scale.LayerScale2d",
+        # the same per-channel constant, defined again by some timm models (FastViT, SwiftFormer, MetaFormer)
+        "timm.models.fastvit.LayerScale2d",
+        "timm.models.swiftformer.LayerScale2d",
+        "timm.models.metaformer.Scale",
         # timm's global poolings over the spatial dims (max, and half mean half max): their gradient is
         # conservative (a max passes its input's share, a mean LRP-0's)
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveMaxPool",
