@@ -13,7 +13,9 @@ Clever Hans and the audit looks clean for the wrong reason. Two checks, both war
   predicted as one other class half the time (:data:`SHIFTED_ALSO_SHARE`) and rarely as its own;
 - **a class it does not answer**: the images of a class get their own label less than
   :data:`UNRECOGNISED_SHARE` of the time, spread over other classes (a model that gave the class up, e.g.
-  after a correction): its heatmaps explain a logit the model does not act on.
+  after a correction): its heatmaps explain a logit the model does not act on;
+- **bounded outputs**: a model well above chance whose outputs lie within :data:`BOUNDED_SPAN` of each other
+  on every audited image ends in a sigmoid or the like, not in logits, which spray explains and tests.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ SHIFTED_ALSO_OWN = 0.25
 SHIFTED_MIN_SAMPLES = 10
 #: A class whose images get their own label less often than this is one the model does not answer.
 UNRECOGNISED_SHARE = 0.05
+#: Outputs of one image that all lie within this of each other are bounded (a sigmoid's lie in [0, 1]).
+BOUNDED_SPAN = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class ModelAccuracy:
     #: The mean over the classes present of the share of a class's images given its own label (None: a run
     #: recorded before it was).
     balanced_accuracy: float | None = None
+    #: Every audited image's outputs lie within :data:`BOUNDED_SPAN` of each other while the model is well above
+    #: chance: outputs of a sigmoid, not logits.
+    bounded_outputs: bool = False
 
 
 def _name(names: list[str], i: int) -> str:
@@ -115,7 +122,12 @@ def _unrecognised(
 
 
 def model_accuracy(
-    labels: np.ndarray, predictions: np.ndarray, class_names: list[str], *, corrected: bool = False
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    class_names: list[str],
+    *,
+    corrected: bool = False,
+    probabilities: np.ndarray | None = None,
 ) -> ModelAccuracy | None:
     """The model's accuracy on the audited samples; warns when it is near chance or a class's images are
     mostly predicted as another class (module docstring).
@@ -129,6 +141,8 @@ def model_accuracy(
     corrected : bool
         The model is a correction's corrected model (its re-audit): a collapse is the correction's
         (:func:`problems`).
+    probabilities : np.ndarray, optional
+        ``(N, K)`` softmax of the outputs: the bounded-outputs check (their log-ratios are the outputs' spans).
 
     Returns
     -------
@@ -149,12 +163,30 @@ def model_accuracy(
     near = n >= ACCURACY_MIN_SAMPLES and judged < chance + NEAR_CHANCE * (1.0 - chance)
     shifted = _shifted(labels, predictions, class_names)
     lost = _unrecognised(labels, predictions, class_names, shifted)
-    got = ModelAccuracy(acc, majority, n, near, shifted, lost, present, k, balanced)
+    bounded = not near and n >= ACCURACY_MIN_SAMPLES and _bounded(probabilities)
+    got = ModelAccuracy(acc, majority, n, near, shifted, lost, present, k, balanced, bounded)
     # Said even when nothing is wrong: only the user knows the accuracy the model was trained to.
     log.info("%s", accuracy_sentence(asdict(got)))
     for problem in problems(asdict(got), corrected=corrected):
         log.warning("%s", problem)
     return got
+
+
+def _bounded(probabilities: np.ndarray | None) -> bool:
+    """Whether every row's outputs lie within :data:`BOUNDED_SPAN` of each other (from their softmax)."""
+    if (
+        probabilities is None
+        or probabilities.ndim != 2
+        or probabilities.shape[1] < 2
+        or not len(probabilities)
+    ):
+        return False
+    p = np.asarray(probabilities, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        span = np.log(p.max(axis=1)) - np.log(
+            p.min(axis=1)
+        )  # a softmax's log-ratio is the outputs' difference
+    return bool(np.all(span <= BOUNDED_SPAN + 1e-4))
 
 
 def _trivial(acc: dict[str, Any]) -> str:
@@ -304,6 +336,14 @@ def problems(acc: dict[str, Any], *, corrected: bool = False) -> list[str]:
             "the images go to other classes): it does not answer those classes, so their heatmaps explain a logit "
             "the model does not act on (a model that gave the class up, e.g. after a correction, or a class it "
             "was never trained on)."
+        )
+    if acc.get("bounded_outputs"):
+        out.append(
+            f"Every audited image's outputs lie within {BOUNDED_SPAN:g} of each other although the model is well "
+            "above chance: it probably ends in a sigmoid (or another bounded function), not in logits. spray "
+            "explains and tests logits (the paste and removal margins are in logit units, the confidences a "
+            "softmax of the outputs), so its tests can hardly flag a shortcut here: give the model without its "
+            "final sigmoid (a model.factory that returns the network up to the logits)."
         )
     if acc.get("near_chance"):
         cause = (

@@ -426,6 +426,7 @@ def _report(
         np.asarray(stage.batch.predictions),
         list(setup.dataset.class_names),
         corrected=cfg.model.factory == CORRECTED_FACTORY,
+        probabilities=np.asarray(stage.batch.probabilities),
     )
     from spray.lrp.concepts import has_attention  # late: spray.lrp is not needed for an up-to-date run
 

@@ -156,3 +156,32 @@ def test_a_corrected_models_log_blames_the_correction(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
         model_accuracy(labels, np.zeros_like(labels), NAMES, corrected=True)
     assert "the correction itself did this" in caplog.text and "probably differ" not in caplog.text
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_a_model_ending_in_a_sigmoid_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside check: a model whose forward ends in torch.sigmoid passed without a word, its confidences a
+    softmax of values in [0, 1] (0.345 ± 0.001 for three classes) and its outputs far below the paste and
+    removal margins, which are in logit units."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    logits = rng.normal(0, 1, (60, 3)) + 6 * np.eye(3)[labels]  # a model right on every image
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        plain = model_accuracy(labels, logits.argmax(1), NAMES, probabilities=_softmax(logits))
+    assert plain is not None and not plain.bounded_outputs and not caplog.records
+    sigmoid = 1 / (1 + np.exp(-logits))
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        got = model_accuracy(labels, sigmoid.argmax(1), NAMES, probabilities=_softmax(sigmoid))
+    assert got is not None and got.bounded_outputs and not got.near_chance
+    assert "probably ends in a sigmoid" in caplog.text and "without its final sigmoid" in caplog.text
+    # an untrained model's small outputs are near chance, said as such, not as a sigmoid
+    caplog.clear()
+    small = rng.normal(0, 0.05, (60, 3))
+    with caplog.at_level(logging.WARNING, logger="spray.accuracy"):
+        untrained = model_accuracy(labels, small.argmax(1), NAMES, probabilities=_softmax(small))
+    assert untrained is not None and untrained.near_chance and not untrained.bounded_outputs
+    assert "sigmoid" not in caplog.text
