@@ -196,7 +196,8 @@ def _table(outcome: Any) -> str:
         f"{rec.direction.layer}: {state}",
         f"  {outcome.folder}",
         f"  direction: {rec.direction.pooling} pooling, held-out AUROC {rec.direction.separation.auroc:.3f}; region "
-        f"{rec.evaluation.region_source} {rec.evaluation.region_box}; evaluated on {rec.evaluation.split_text()}",
+        f"({rec.evaluation.region_source}) {rec.evaluation.region_pixels} pixels in the box {rec.evaluation.region_box} "
+        f"(top, left, height, width); evaluated on {rec.evaluation.split_text()}",
     ]
     if rec.subspace is not None:
         lines.append(f"  penalised: {rec.subspace.text()}")
