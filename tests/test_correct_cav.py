@@ -103,6 +103,21 @@ def test_unknown_layer_lists_the_layers(world: World) -> None:
     assert "no layer 'featurs'" in msg and "Did you mean 'features'" in msg and "classifier.3" in msg
 
 
+def test_the_layers_listed_are_the_stages_not_the_first_forty() -> None:
+    """An outside check: a timm model's 234 layers were listed as the first 40 of named_modules() (its stem),
+    so the stage names a correction is placed at could not be found from the message."""
+    from spray.correct.activations import _layer_list
+
+    blocks = [
+        nn.Sequential(*(nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()) for _ in range(10))) for _ in range(4)
+    ]
+    model = nn.Sequential(nn.Sequential(*blocks), nn.Flatten(), nn.Linear(2, 3))
+    said = _layer_list(model)
+    names = said.split(" (")[0].split(", ")
+    assert names == ["0", "0.0", "0.1", "0.2", "0.3", "1", "2"], said
+    assert f"({len(list(model.named_modules())) - 1} in all" in said
+
+
 def test_direction_separates_planted_from_clean_on_held_out_samples(world: World) -> None:
     cls = np.flatnonzero(world.labels == TARGET)
     planted, clean = cls[world.planted[cls]], cls[~world.planted[cls]]

@@ -76,9 +76,13 @@ def trace_calls(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
 
 
 def _layer_list(model: nn.Module) -> str:
+    """The model's layers for a message: the outer two levels (stages and blocks, where a correction is usually
+    placed), not the first 40 of hundreds (a timm model's stem), and how many there are in all."""
     paths = [p for p, _ in model.named_modules() if p]
-    shown = ", ".join(paths[:40])
-    return shown + (f", ... ({len(paths)} in all)" if len(paths) > 40 else "")
+    outer = [p for p in paths if p.count(".") <= 1]
+    shown = ", ".join(outer[:60]) + (", ..." if len(outer) > 60 else "")
+    deeper = f" ({len(paths)} in all: any deeper path of model.named_modules() works too)"
+    return shown + (deeper if len(outer) < len(paths) else "")
 
 
 def resolve_layer(model: nn.Module, layer: str, example: torch.Tensor) -> str:
