@@ -182,10 +182,9 @@ def _bounded(probabilities: np.ndarray | None) -> bool:
     ):
         return False
     p = np.asarray(probabilities, dtype=np.float64)
+    # a softmax's log-ratio is the outputs' difference (a probability that underflowed to 0: no bound)
     with np.errstate(divide="ignore"):
-        span = np.log(p.max(axis=1)) - np.log(
-            p.min(axis=1)
-        )  # a softmax's log-ratio is the outputs' difference
+        span = np.log(p.max(axis=1)) - np.log(p.min(axis=1))
     return bool(np.all(span <= BOUNDED_SPAN + 1e-4))
 
 
