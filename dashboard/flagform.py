@@ -405,16 +405,15 @@ def left_out(dataset: str, path: str) -> set[tuple[str, str]]:
     """The ``(dataset, sample_id)`` of flags that no longer name the images they were set on in the newest run
     of the audit ``path`` belongs to, or in a newer ``data.limit`` trial (moved, replaced, gone): left out of the
     export, as ``spray flags export --runs-dir`` does (empty without flags or content hashes to check against)."""
-    from spray.runs.publish import newer_trials, newest_runs
+    from spray.runs.publish import flag_check_runs
 
     store = reader()
     newest = _newer_run(path)
-    run = str(newest) if newest is not None else path
+    run = Path(newest if newest is not None else path)
     # the runs `spray flags export --runs-dir` checks against: the dataset's newest that is no data.limit trial,
     # and the trials newer than it (they read their files as they are now)
-    run = str(newest_runs(Path(run).parent, full_first=True).get(dataset, run))
     out: set[tuple[str, str]] = set()
-    for r in [run, *map(str, newer_trials(Path(run).parent).get(dataset, []))]:
+    for r in map(str, flag_check_runs(run.parent).get(dataset) or [run]):
         hashes = common.content_hashes(r)
         if store is not None and hashes is not None:
             binding = bind_flags(store.current(dataset), hashes, run=Path(r))

@@ -10,7 +10,7 @@ import pytest
 
 from spray.audit import audit
 from spray.flags import FlagStore
-from spray.runs.publish import list_runs, newer_trials
+from spray.runs.publish import flag_check_runs, list_runs
 from spray.runs.reader import RunReader
 from tests.dashboard_fixtures import pointed_at
 from tests.faults.cli import run_main
@@ -37,7 +37,7 @@ def test_a_file_replaced_since_the_full_run_and_read_by_a_newer_trial_is_left_ou
     trial_cfg = tiny_config(tmp_path, data={"limit": 6})
     trial = audit(trial_cfg, progress=False)
     assert Path(trial.run_dir).name > Path(full.run_dir).name
-    assert newer_trials(runs) == {dataset: [Path(trial.run_dir)]}
+    assert flag_check_runs(runs) == {dataset: [Path(full.run_dir), Path(trial.run_dir)]}
     out = tmp_path / "flags.csv"
     res = run_main(["flags", "export", "--runs-dir", str(runs), "--fail-if-left-out", "-o", str(out)], capsys)
     assert res.code == 1, res.output
@@ -63,8 +63,8 @@ def test_a_file_replaced_since_the_full_run_and_read_by_a_newer_trial_is_left_ou
     said = " ".join(c.value for c in at.caption)
     assert "1 samples." in said and "**1 flags are left out:**" in said, said
     # a full run after the change is the newest: the trial is not checked again, and the flag stays left out
-    audit(cfg, progress=False)
-    assert newer_trials(runs) == {}
+    last = audit(cfg, progress=False)
+    assert flag_check_runs(runs) == {dataset: [Path(last.run_dir)]}
     res = run_main(["flags", "export", "--runs-dir", str(runs), "-o", str(out)], capsys)
     assert res.code == 0 and "left out of the export: 1 flags" in res.output, res.output
     assert len(list_runs(runs)) == 3

@@ -115,19 +115,19 @@ def export_left_out(
     it (a trial reads the files as they are now; checked against the full run alone, flags on files replaced
     since were exported without a word)."""
     from spray.flags.left_out import left_out_of_export
-    from spray.runs.publish import newer_trials, newest_runs
+    from spray.runs.publish import flag_check_runs
 
-    newest, trials = newest_runs(runs_dir, full_first=True), newer_trials(runs_dir)
+    runs = flag_check_runs(runs_dir)
     out: set[tuple[str, str]] = set()
     for ds in datasets:
-        if ds not in newest:
+        if ds not in runs:
             if say:
                 log.warning(
                     "%s holds no run of dataset %r: its flags are exported without checking that their sample ids "
                     "still name the images they were set on", runs_dir, ds,
                 )  # fmt: skip
             continue
-        for i, run in enumerate([newest[ds], *trials.get(ds, [])]):
+        for i, run in enumerate(runs[ds]):
             out |= left_out_of_export(db, run, say=say, status=status, known=out, first=i == 0)
     return out
 
@@ -135,7 +135,7 @@ def export_left_out(
 def trial_checks(run: Path, dataset: str, check: Callable[[Path], int]) -> int:
     """``check`` (which prints what it finds and returns an exit code) on each ``data.limit`` trial of
     ``dataset`` newer than ``run``, the full run a flags command checked; the worst exit code."""
-    from spray.runs.publish import newer_trials
+    from spray.runs.publish import flag_check_runs
 
-    trials = newer_trials(run.parent).get(dataset, [])
+    trials = flag_check_runs(run.parent).get(dataset, [])[1:]
     return max((check(t) for t in trials if t.name > run.name), default=0)

@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -291,6 +291,22 @@ def runs_named(runs: list[tuple[Path, RunSummary]], text: str, dataset: str | No
     return [p for p, _ in hits]
 
 
+def _readable(
+    runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None
+) -> Iterator[tuple[Path, RunSummary]]:
+    """Each readable run of ``runs_dir`` with its summary, newest first; an unreadable one is passed over with
+    a warning (and added to ``unreadable``)."""
+    from spray.runs.reader import read_summary
+
+    for run in list_runs(runs_dir):
+        try:
+            yield run, read_summary(run)
+        except RunReadError as err:
+            log.warning("run %s is unreadable, passed over: %s", run.name, err)
+            if unreadable is not None:
+                unreadable.append((run, str(err)))
+
+
 def newest_runs(
     runs_dir: Path, unreadable: list[tuple[Path, str]] | None = None, *, full_first: bool = False
 ) -> dict[str, Path]:
@@ -300,45 +316,30 @@ def newest_runs(
     With ``full_first``, a dataset's newest run that is no ``data.limit`` trial where it has one: what flags
     are checked against (a trial lacks the samples it did not read).
     """
-    from spray.runs.reader import read_summary
-
     newest: dict[str, Path] = {}
     full: dict[str, Path] = {}
-    for run in list_runs(runs_dir):
-        try:
-            s = read_summary(run)
-        except RunReadError as err:
-            log.warning("run %s is unreadable, passed over: %s", run.name, err)
-            if unreadable is not None:
-                unreadable.append((run, str(err)))
-            continue
+    for run, s in _readable(runs_dir, unreadable):
         newest.setdefault(s.dataset, run)
         if s.trial_limit is None:
             full.setdefault(s.dataset, run)
     return {ds: full.get(ds, run) if full_first else run for ds, run in newest.items()}
 
 
-def newer_trials(runs_dir: Path) -> dict[str, list[Path]]:
-    """Per dataset key that has a full run, its ``data.limit`` trials newer than its newest full run, newest
-    first: they read the files they hold as they are now, so flags are checked against them too (a dataset of
-    trials only is checked against its newest, which :func:`newest_runs` with ``full_first`` gives; unreadable
-    runs are passed over, as :func:`newest_runs` says)."""
-    from spray.runs.reader import read_summary
-
-    trials: dict[str, list[Path]] = {}
-    done: set[str] = set()
-    for run in list_runs(runs_dir):
-        try:
-            s = read_summary(run)
-        except RunReadError:
-            continue
-        if s.dataset in done:
+def flag_check_runs(runs_dir: Path) -> dict[str, list[Path]]:
+    """Per dataset key, the runs its flags are checked against: first its newest full run (with trials only,
+    its newest trial, as :func:`newest_runs` with ``full_first`` gives), then the ``data.limit`` trials newer
+    than that full run, newest first: they read the files they hold as they are now."""
+    runs: dict[str, list[Path]] = {}
+    full: set[str] = set()
+    for run, s in _readable(runs_dir):
+        if s.dataset in full:
             continue
         if s.trial_limit is None:
-            done.add(s.dataset)
+            full.add(s.dataset)
+            runs.setdefault(s.dataset, []).insert(0, run)
         else:
-            trials.setdefault(s.dataset, []).append(run)
-    return {ds: runs for ds, runs in trials.items() if ds in done}
+            runs.setdefault(s.dataset, []).append(run)
+    return {ds: found if ds in full else found[:1] for ds, found in runs.items()}
 
 
 def newest_run_of(runs_dir: str | Path, *, name: str, dataset: str) -> Path | None:
