@@ -138,13 +138,14 @@ def test_the_fiftyone_export_places_the_heatmap_in_the_originals_crop(tmp_path: 
     """FiftyOne stretches a heatmap over the whole image: the export's box comes from the file's header."""
     from types import SimpleNamespace
 
-    from spray.export.fiftyone import _box
+    from spray.export.fiftyone import _box, _header
 
     Image.new("RGB", (120, 30)).save(tmp_path / "wide.png")
     src: Any = SimpleNamespace(summary=SimpleNamespace(config=CROP))
-    assert _box(src, tmp_path / "wide.png") == pytest.approx((0.0, 0.375, 1.0, 0.625))
+    size = _header(tmp_path / "wide.png").size
+    assert _box(src, size) == pytest.approx((0.0, 0.375, 1.0, 0.625))
     src.summary.config = {"data": {"transform": {"resize": 28}}}
-    assert _box(src, tmp_path / "wide.png") == (0.0, 0.0, 1.0, 1.0)
+    assert _box(src, size) == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_resize_gives_torchvisions_size_and_crop() -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,31 +202,45 @@ def _original(root: Path | None, sample_id: str, known_hash: str | None) -> tupl
 _SHOWN_AS_STORED = {"JPEG", "PNG", "GIF", "BMP", "WEBP"}
 
 
-def _shown_otherwise(original: Path) -> str:
-    """Why a viewer would show ``original`` otherwise than the model saw it ("" when it would not): an EXIF
-    rotation (browsers apply it, the audit, as torchvision, does not), transparency, a bit depth or colour
-    space the audit converted, frames after the first, or a format browsers cannot show."""
+@dataclass(frozen=True)
+class _Header:
+    """What an original file's header tells the export (read once per file)."""
+
+    #: Why a viewer would show the file otherwise than the model saw it ("" when it would not).
+    shown_otherwise: str = ""
+    #: ``(height, width)`` as stored (None when the file cannot be read now).
+    size: tuple[int, int] | None = None
+
+
+def _header(original: Path) -> _Header:
+    """``original``'s header: why a viewer would show it otherwise than the model saw it, an EXIF rotation
+    (browsers apply it, the audit, as torchvision, does not), transparency, a bit depth or colour space the
+    audit converted, frames after the first, or a format browsers cannot show; and its stored size."""
     try:
         with Image.open(original) as im:
-            turned = im.getexif().get(0x0112) not in (None, 1)
-            if turned:
-                return "EXIF rotation"
-            if im.format not in _SHOWN_AS_STORED:
-                return f"{im.format} file"
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                return "transparency"
-            if im.mode not in ("1", "L", "P", "RGB"):
-                return f"{im.mode} pixels"
-            return "animation" if getattr(im, "is_animated", False) else ""
+            size = (im.height, im.width)
+            if im.getexif().get(0x0112) not in (None, 1):
+                why = "EXIF rotation"
+            elif im.format not in _SHOWN_AS_STORED:
+                why = f"{im.format} file"
+            elif im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                why = "transparency"
+            elif im.mode not in ("1", "L", "P", "RGB"):
+                why = f"{im.mode} pixels"
+            else:
+                why = "animation" if getattr(im, "is_animated", False) else ""
+            return _Header(why, size)
     except Exception:  # unreadable now: the hash check, when on, has excluded changed files
-        return ""
+        return _Header()
 
 
-def _media(src: ExportSource, r: int, original: Path | None, tmp: Path, decoded: dict[str, int]) -> str:
-    """The ``filepath`` of row ``r``: its original file, the original as the audit decoded it (counted in
-    ``decoded`` by why), its stored thumbnail, or without one its relevance map; written under ``tmp``."""
+def _media(
+    src: ExportSource, r: int, original: Path | None, why: str, tmp: Path, decoded: dict[str, int]
+) -> str:
+    """The ``filepath`` of row ``r``: its original file, the original as the audit decoded it when a viewer would
+    show it otherwise (``why``, counted in ``decoded``), its stored thumbnail, or without one its relevance map;
+    written under ``tmp``."""
     name = f"{r:08d}.png"
-    why = "" if original is None else _shown_otherwise(original)
     if original is not None and why:
         # a viewer would turn or recolour the file: the export holds it as the audit decoded it
         Image.fromarray(decode_original(original, src.summary.config)).save(tmp / DATA_DIR / name)
@@ -239,17 +254,12 @@ def _media(src: ExportSource, r: int, original: Path | None, tmp: Path, decoded:
     return f"{RELEVANCE_DIR}/{name}"  # no input stored: the relevance map stands in for the image
 
 
-def _box(src: ExportSource, original: Path) -> tuple[float, float, float, float]:
-    """The part of ``original`` the model input shows (the whole file without a centre crop); its size is
-    read from the header only."""
-    if not ((src.summary.config.get("data") or {}).get("transform") or {}).get("center_crop"):
+def _box(src: ExportSource, size: tuple[int, int] | None) -> tuple[float, float, float, float]:
+    """The part of an original of stored ``size`` the model input shows (the whole file without a centre crop,
+    or when its size is unknown: unreadable, and the hash check, when on, has excluded changed files)."""
+    if size is None or not ((src.summary.config.get("data") or {}).get("transform") or {}).get("center_crop"):
         return 0.0, 0.0, 1.0, 1.0
-    try:
-        with Image.open(original) as im:
-            width, height = im.size
-    except Exception:  # unreadable: the whole image (the hash check, when on, has excluded changed files)
-        return 0.0, 0.0, 1.0, 1.0
-    return input_box(src.summary.config, height, width)
+    return input_box(src.summary.config, *size)
 
 
 def _known_hashes(src: ExportSource, check: bool) -> dict[str, str]:
@@ -341,11 +351,12 @@ def write_fiftyone_dataset(
             original, was_changed = _original(root, sid, known.get(sid))
             changed, linked = changed + was_changed, linked + (original is not None)
             absent = absent or ("" if original is not None or was_changed else sid)
-            media = _media(src, r, original, tmp, decoded)
+            header = _Header() if original is None else _header(original)
+            media = _media(src, r, original, header.shown_otherwise, tmp, decoded)
             heat = src.heatmaps[r]
             if original is not None:
                 # FiftyOne stretches a heatmap over the whole image: place it where the model saw it
-                heat = heat_in_box(heat, _box(src, original))
+                heat = heat_in_box(heat, _box(src, header.size))
             Image.fromarray(_grey(heat), "L").save(tmp / RELEVANCE_DIR / name)
             fields = {
                 "cluster": keys[r],
