@@ -171,10 +171,9 @@ def _walk(
         elif is_file:
             if not e.name.startswith("."):
                 out.append(child)
-            elif e.name.lower().endswith(
-                tuple(IMAGE_EXTENSIONS)
-            ):  # as ImageFolder tests it: also ".jpg" itself
-                # said, not silently dropped (torchvision's ImageFolder would load it); .DS_Store and the like are not
+            elif e.name.lower().endswith(tuple(IMAGE_EXTENSIONS)):
+                # said, not silently dropped (torchvision's ImageFolder would load it, by the name's ending: ".jpg"
+                # itself too); .DS_Store and the like are not
                 skipped.append(SkippedSample(child, "hidden file (its name starts with '.'): not audited"))
         elif e.is_symlink():
             skipped.append(
