@@ -55,7 +55,11 @@ import spray
 # 12: lrp.concept_layer auto passes over the class-score convolution of an all-convolutional classifier pooled
 #     in forward() and takes a last attention stage of one block (MaxViT-nano, DaViT); a torchvision block's ReLU named
 #     as the concept layer runs (it was fused away). Maps unchanged; concept vectors of those models change.
-LRP_VERSION = 12
+# 13: timm's re-parameterisable blocks (RepVGG, MobileOne, FastViT, RepViT, RepGhost, GhostNetV2, SHViT, iFormer,
+#     EfficientViM, NextViT) are explained in their inference form (RepVGG, MobileOne, FastViT and RepViT were
+#     refused); MetaFormer's StarReLU and SquaredReLU take Pass as activations (PoolFormer-v2, ConvFormer and
+#     CAFormer were refused); maps of those models change, other models unchanged.
+LRP_VERSION = 13
 #: How spray.model_identity.model_hash fingerprints a model; runs record it (``hashes["model_hash_version"]``)
 #: so that an older spray's fingerprint is not taken for other weights. 2: non-persistent buffers are covered.
 #: 3: source hashed without its comments and blank lines (an edited comment is the same model).

@@ -224,3 +224,92 @@ def test_a_sync_batchnorm_anywhere_is_explained_as_its_plain_batchnorm() -> None
     x = torch.rand(4, 3, 10, 10)
     targets = plain(x).argmax(1)
     assert torch.allclose(explain(synced, x, target=targets), explain(plain, x, target=targets), atol=1e-7)
+
+
+# timm's re-parameterisable blocks (RepVGG, MobileOne, FastViT, RepViT): explained in their inference form
+
+
+def _timm_model(name: str) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    from tests.lrp_oracles import realistic_bn
+
+    torch.manual_seed(0)
+    return realistic_bn(
+        timm.create_model(name, pretrained=False, num_classes=10), (3, 32, 32), zero_bias=True
+    )
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("name", "composite"), [("repvgg_a0", "EpsilonPlusFlat"), ("mobileone_s0", "EpsilonGammaBox")]
+)
+def test_reparameterisable_cnn_blocks_match_zennit_on_their_inference_form(name: str, composite: str) -> None:
+    """An outside check: RepVGG and MobileOne in their training form (parallel branches that read one input)
+    were refused; their heatmaps are now zennit's on the model timm reparameterizes."""
+    from timm.utils import reparameterize_model
+
+    from spray.lrp import Explainer
+    from tests.lrp_oracles import zennit_reference
+
+    model = _timm_model(name)
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 32, 32)
+    kwargs = {"low": -3.0, "high": 3.0} if composite == "EpsilonGammaBox" else {}
+    ours = Explainer(model, composite, composite_kwargs=kwargs)(x)
+    ref = zennit_reference(reparameterize_model(model), x, composite, ours.targets, **kwargs)
+    assert _cos(ours.relevance, ref).min() > 0.9999
+    ratio = ours.relevance.flatten(1).sum(1) / ours.logits.gather(1, ours.targets[:, None]).squeeze(1)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+
+
+@pytest.mark.parametrize("name", ["fastvit_t8", "repvit_m0_9"])
+def test_reparameterisable_hybrids_are_explained_and_conserve_relevance(name: str) -> None:
+    """An outside check: FastViT (its stem's branches read the input) and RepViT (a BatchNorm on the sum of
+    three branches: the copy computed other logits) were refused. In their inference form they conserve
+    relevance (biases 0), give the maps of the model timm reparameterizes, and a model the user already
+    reparameterized (some of timm's methods raise when called twice) is explained as it is."""
+    from timm.utils import reparameterize_model
+
+    from spray.lrp import Explainer
+
+    model = _timm_model(name)
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 32, 32)
+    box = {"low": -3.0, "high": 3.0}
+    ours = Explainer(model, "EpsilonGammaBox", composite_kwargs=box, concept_layer="auto")(x)
+    ratio = ours.relevance.flatten(1).sum(1) / ours.logits.gather(1, ours.targets[:, None]).squeeze(1)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), ratio.tolist()
+    fused = reparameterize_model(model)
+    theirs = Explainer(fused, "EpsilonGammaBox", composite_kwargs=box, concept_layer="auto")(x, ours.targets)
+    assert _cos(ours.relevance, theirs.relevance).min() > 0.9999
+    assert ours.concepts is not None and theirs.concepts is not None
+    assert _cos(ours.concepts, theirs.concepts).min() > 0.9999
+
+
+def test_reparameterize_leaves_the_user_model_a_users_own_method_and_the_concept_layer() -> None:
+    """Only timm's blocks are changed, on the copy; a block above the concept layer keeps its branches, so
+    that the layer still exists in the copy."""
+    timm = pytest.importorskip("timm")
+
+    model = _timm_model("mobileone_s0")
+    assert resolve_canonizers(model, "auto")[0] == "reparameterize"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copied = canonize(model, "auto")
+    assert {k: v for k, v in model.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(getattr(m, "conv_kxk", None) is not None for m in copied.modules())
+    kept = canonize(model, "auto", protect="stages.0.0.conv_kxk.0")
+    assert kept.get_submodule("stages.0.0.conv_kxk.0") is not None
+    assert kept.get_submodule("stages.0.1").reparam_conv is not None
+
+    class Own(nn.Conv2d):
+        def fuse(self) -> nn.Module:  # a user's method of that name may mean anything
+            raise AssertionError("called")
+
+    own = nn.Sequential(Own(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    own(torch.rand(1, 3, 8, 8))
+    assert "reparameterize" not in resolve_canonizers(own, "auto")
+    assert timm is not None

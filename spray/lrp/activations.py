@@ -19,7 +19,15 @@ from spray.errors import ConfigError
 from spray.lrp.base import Rule, RuleModule
 from spray.lrp.numerics import _scale_grad
 
-__all__ = ["ACTIVATION_TYPES", "Pass", "class_names", "is_activation", "is_gate", "mark_gate"]
+__all__ = [
+    "ACTIVATION_TYPES",
+    "Pass",
+    "class_names",
+    "is_activation",
+    "is_composite_activation",
+    "is_gate",
+    "mark_gate",
+]
 
 # Element-wise activations of torch.nn that get ``Pass`` (zennit's ``Activation`` list, less ReLU, whose
 # plain gradient already is ``Pass``, and less MultiheadAttention, which is not element-wise).
@@ -48,6 +56,10 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 )
 # Activation classes of other libraries, by qualified name (no import of those libraries needed).
 _ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
+# Element-wise activations that other libraries build from a child module, by qualified class name: the whole
+# module takes ``Pass`` (MetaFormer's StarReLU ``s · relu(x)² + b`` and SquaredReLU around an ``nn.ReLU``: PoolFormer-v2,
+# ConvFormer, CAFormer).
+_ACTIVATION_CLASS_NAMES = frozenset({"timm.models.metaformer.StarReLU", "timm.models.metaformer.SquaredReLU"})
 _GATE_NAMES = frozenset(
     {"Sigmoid", "HardSigmoid", "HardSigmoidMe", "Hardsigmoid"}  # class names inside those modules
 )
@@ -61,9 +73,15 @@ def class_names(module: nn.Module) -> set[str]:
 
 def is_activation(module: nn.Module) -> bool:
     """Whether ``module`` is an element-wise activation that takes ``Pass``."""
-    if isinstance(module, ACTIVATION_TYPES):
+    if isinstance(module, ACTIVATION_TYPES) or is_composite_activation(module):
         return True
     return type(module).__module__ in _ACTIVATION_MODULES and next(module.children(), None) is None
+
+
+def is_composite_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is an element-wise activation built from a child module (it takes ``Pass`` as one
+    unit, its child none of its own)."""
+    return bool(class_names(module) & _ACTIVATION_CLASS_NAMES)
 
 
 def is_gate(module: nn.Module) -> bool:

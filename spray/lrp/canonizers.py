@@ -21,6 +21,10 @@ and the training flag stay as they were).
   followed by the activation, so that the BatchNorm can be folded.
 * ``FrozenBatchNorm2d`` (torchvision's detection backbones, timm) and ``nn.SyncBatchNorm`` become the plain
   BatchNorm that computes the same in eval mode, and are folded like one.
+* timm's re-parameterisable blocks (RepVGG, MobileOne, FastViT, RepViT, RepGhost, ...: a block whose
+  ``fuse``/``reparameterize``/``switch_to_deploy`` turns its parallel training branches into one layer) are
+  put in that inference form, as ``timm.utils.reparameterize_model`` does: parallel branches that all read the
+  same input, and a BatchNorm applied to their sum, have no rule, the single layer has.
 
 Functional operations inside a custom ``forward`` (``x + y``, ``torch.cat``, ``x * gate``, attention)
 are invisible to module inspection; :mod:`spray.lrp.functional` gives them their rules while the copy
@@ -56,7 +60,9 @@ __all__ = [
 
 _LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-KNOWN_CANONIZERS: tuple[str, ...] = ("merge_batchnorm", "resnet")
+KNOWN_CANONIZERS: tuple[str, ...] = ("merge_batchnorm", "resnet", "reparameterize")
+#: Methods of timm blocks that return or make their single-branch inference form (timm's own names).
+REPARAMETERIZE_METHODS: tuple[str, ...] = ("fuse", "reparameterize", "switch_to_deploy")
 
 
 class ResidualAdd(nn.Module):
@@ -226,7 +232,8 @@ def _patch_resnet(model: nn.Module) -> int:
 def resolve_canonizers(model: nn.Module, canonizers: str | Sequence[str] | None) -> list[str]:
     """Turn ``"auto"``, ``None`` or a list of names into the list of canonizers to apply.
 
-    ``"auto"`` always merges BatchNorm and adds ``"resnet"`` when torchvision ResNet blocks are present.
+    ``"auto"`` always merges BatchNorm, adds ``"resnet"`` when torchvision ResNet blocks are present and
+    ``"reparameterize"`` when timm's re-parameterisable blocks are.
     """
     if canonizers is None:
         return []
@@ -238,11 +245,67 @@ def resolve_canonizers(model: nn.Module, canonizers: str | Sequence[str] | None)
             blocks = _resnet_blocks()
             if blocks is not None and any(type(m) in blocks for m in model.modules()):
                 names.append("resnet")
+            if any(_reparameterizable(m) for m in model.modules()):
+                names.insert(0, "reparameterize")
             return names
     unknown = [c for c in canonizers if c not in KNOWN_CANONIZERS]
     if unknown:
         raise ConfigError(f"unknown canonizer(s) {unknown}; known: {list(KNOWN_CANONIZERS)} or 'auto'")
     return list(canonizers)
+
+
+def _reparameterizable(module: nn.Module) -> str | None:
+    """The name of ``module``'s re-parameterisation method, for timm's own blocks only (a user's method of
+    that name may mean anything else)."""
+    if not type(module).__module__.startswith("timm."):
+        return None
+    return next((m for m in REPARAMETERIZE_METHODS if callable(getattr(module, m, None))), None)
+
+
+@torch.no_grad()
+def reparameterize(
+    model: nn.Module, keep: tuple[type[nn.Module], ...] = (), protect: str | None = None
+) -> int:
+    """Put timm's re-parameterisable blocks below the root of ``model`` into their inference form, in place
+    (on spray's copy; the same walk as ``timm.utils.reparameterize_model``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        spray's copy, in eval mode (the BatchNorms are folded with their running statistics).
+    keep : tuple of module types
+        Types the user gave a rule: never changed.
+    protect : str, optional
+        A module path that must survive (the concept layer): no block above it is changed.
+
+    Returns
+    -------
+    int
+        How many blocks were changed.
+    """
+    count = 0
+
+    def walk(parent: nn.Module, prefix: str) -> None:
+        nonlocal count
+        for name, child in list(parent.named_children()):
+            path = f"{prefix}.{name}" if prefix else name
+            method = None if isinstance(child, keep) else _reparameterizable(child)
+            if method is not None and not (protect or "").startswith(path + "."):
+                # on a copy of the block: timm's methods are not all idempotent (a block already in its
+                # inference form raises half-way), and such a block is left as it is
+                trial = copy.deepcopy(child)
+                try:
+                    made = getattr(trial, method)()
+                except (AttributeError, AssertionError, RuntimeError, TypeError, ValueError) as err:
+                    logger.debug("%s left as it is: its %s() raised %r", path, method, err)
+                else:
+                    child = made if method == "fuse" and isinstance(made, nn.Module) else trial
+                    setattr(parent, name, child)
+                    count += 1
+            walk(child, path)
+
+    walk(model, "")
+    return count
 
 
 def _out_of_place(model: nn.Module) -> int:
@@ -386,6 +449,7 @@ def canonize(
     canonizers: str | Sequence[str] | None = "auto",
     device: torch.device | str | None = None,
     keep: tuple[type[nn.Module], ...] = (),
+    protect: str | None = None,
 ) -> nn.Module:
     """Return a canonized deep copy of ``model`` in eval mode with frozen parameters.
 
@@ -393,12 +457,14 @@ def canonize(
     ----------
     model : nn.Module
         The user's model; not modified.
-    canonizers : {"auto"} or list of {"merge_batchnorm", "resnet"} or None
+    canonizers : {"auto"} or list of {"merge_batchnorm", "resnet", "reparameterize"} or None
         What to apply; ``None`` only copies (eval mode, no grads, no hooks, out-of-place activations).
     device : torch.device or str, optional
         Where to put the copy (default: where the model is).
     keep : tuple of module types
         Types the user gave a rule (``register_layer_rule``, ``extra_rules``): never replaced.
+    protect : str, optional
+        A module path (the concept layer) that re-parameterisation must leave in the copy.
 
     Returns
     -------
@@ -410,6 +476,10 @@ def canonize(
     bake_weight_transforms(copied)
     _clear_hooks(copied)
     copied.eval()
+    if "reparameterize" in names:
+        # before the parameters are frozen: the single layers it makes are new parameters
+        n = reparameterize(copied, keep, protect)
+        logger.debug("put %d re-parameterisable blocks in their inference form", n)
     if device is not None:
         copied.to(device)
     for p in copied.parameters():

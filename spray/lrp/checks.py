@@ -120,7 +120,8 @@ def check_order(context: RuleContext, first_path: str | None, model: nn.Module |
         branches = (
             " If they are parallel branches of one block that all read the input (RepVGG or MobileOne in their "
             "training form), no order fixes it: reparameterize the model into its single-branch form before the "
-            "audit (timm: model = timm.utils.reparameterize_model(model), e.g. in your model factory)."
+            "audit (timm: model = timm.utils.reparameterize_model(model), e.g. in your model factory; spray does "
+            "this itself for timm's own blocks unless lrp.canonize is false)."
             if any(p.split(".")[0] == top for p in early) and "." in first_path
             else ""
         )

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from spray.errors import ConfigError
-from spray.lrp.activations import class_names, is_activation
+from spray.lrp.activations import class_names, is_activation, is_composite_activation
 from spray.lrp.canonizers import ResidualAdd
 from spray.lrp.functional import ATTENTION_RULES
 from spray.lrp.normalization import HeldNorms, Normalize, is_normalization, is_response_norm
@@ -271,7 +271,7 @@ class Composite:
                 continue
             has_children = next(module.children(), None) is not None
             rule, by_user, first = self._rule(module, user, first_visited)
-            if rule is not None and has_children and not by_user:
+            if rule is not None and has_children and not by_user and not is_composite_activation(module):
                 rule = None  # composite rules are for leaves; a matching container is walked into
             if rule is not None:
                 first_visited = first_visited or first

@@ -216,7 +216,7 @@ def prepare(
     """
     # a type the user gave a rule keeps it: canonization must not replace it by another one
     keep = (*(extra_rules or {}), *user_rule_types())
-    copied = canonize(model, "auto" if canonize_model else None, device=device, keep=keep)
+    copied = canonize(model, "auto" if canonize_model else None, device=device, keep=keep, protect=unfused)
     layout = prefers_channels_last(copied, device) if channels_last is None else channels_last
     # before the rules are attached, so that their cached weights (W⁺, ...) share the layout
     layout = _convert_layout(copied, bool(layout))
