@@ -159,7 +159,7 @@ def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
     if bad := [(i, v) for i, v in enumerate(labels) if v < 0][:1]:
         raise DataError(f"data.factory: sample {bad[0][0]} has the negative label {bad[0][1]}.")
     names = cfg.class_names or _names_in_label_order(
-        getattr(base, "class_names", None) or getattr(base, "classes", None) or []
+        getattr(base, "class_names", None) or _torchvision_names(base) or getattr(base, "classes", None) or []
     )
     if not names:
         return [str(c) for c in range(max(labels, default=0) + 1)]
@@ -168,6 +168,25 @@ def _class_names(cfg: DataConfig, base: Any, labels: list[int]) -> list[str]:
             f"data.factory: sample {bad[0][0]} has label {bad[0][1]} but there are {len(names)} class names."
         )
     return [str(c) for c in names]
+
+
+def _torchvision_names(base: Any) -> list[str] | None:
+    """The class names of a torchvision-style dataset in label order, from ``class_to_idx``: its ``classes``
+    are sorted by name (torchvision's contract), which is the label order only when ``find_classes`` is not
+    overridden."""
+    mapping = getattr(base, "class_to_idx", None)
+    if not isinstance(mapping, Mapping) or not mapping:
+        return None
+    names = [str(c) for c in _names_in_label_order(mapping)]
+    classes = getattr(base, "classes", None)
+    if classes is not None and [str(c) for c in classes] != names:
+        log.info(
+            "data.factory: the dataset's classes (%s, ...) are not in label order; its class_to_idx gives the "
+            "names (%s, ...)",
+            ", ".join(map(str, list(classes)[:3])),
+            ", ".join(names[:3]),
+        )
+    return names
 
 
 def _names_in_label_order(names: Any) -> list[Any]:
@@ -316,7 +335,8 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         )
     n = call_user("data.factory: len(dataset)", DataError, len, base)
     has_targets = getattr(base, "targets", None) is not None
-    ids = [str(s) for s in getattr(base, "sample_ids", range(n))]
+    # a tensor's or an array's elements as their values ("1000", not "tensor(1000)")
+    ids = [str(s.item() if hasattr(s, "item") else s) for s in getattr(base, "sample_ids", range(n))]
     if len(ids) != n:
         raise DataError(f"data.factory: the dataset has {n} samples but {len(ids)} sample_ids.")
     if len(set(ids)) != n:
@@ -339,7 +359,12 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         ids, labels, rows = [ids[i] for i in keep], [labels[i] for i in keep], _Readable(base, keep)
 
     def load(i: int) -> tuple[torch.Tensor, bytes | None]:
-        return _to_tensor(_image_of(rows[i], has_targets), decode), None
+        item = rows[i]
+        if has_targets:
+            # every item, not only the probed ones: a few stale 'targets' entries are otherwise audited under
+            # the wrong class without a word, and the item is read here anyway
+            _check_target(item, rows.keep[i] if isinstance(rows, _Readable) else i, labels[i])
+        return _to_tensor(_image_of(item, has_targets), decode), None
 
     t = cfg.transform
     channels, sizes = _probe(rows, labels, has_targets, decode, t.mean is not None and t.std is not None)
