@@ -53,6 +53,7 @@ def state_dict_of(obj: Any, entry: str | None = None) -> dict[str, torch.Tensor]
         for key in ("state_dict", "model_state_dict", "model"):
             # {"model": <its config>, "weights": <state dict>}: a dict that holds no weights is not taken
             if isinstance(obj.get(key), dict) and (is_weights(obj[key]) or not any_weights):
+                _warn_other_networks(obj, key)
                 obj = obj[key]
                 break
         else:
@@ -79,6 +80,22 @@ def state_dict_of(obj: Any, entry: str | None = None) -> dict[str, torch.Tensor]
         f"The checkpoint holds a {type(obj).__name__}, not a state dict. Save it with "
         "torch.save(model.state_dict(), path)."
     )
+
+
+def _warn_other_networks(obj: dict[str, Any], key: str) -> None:
+    """Say which entry is audited when other entries hold weights too (timm's ``state_dict_ema``, a
+    ``model_ema``, a teacher): the usual key is timm's and most scripts' choice, but not always the network the
+    user deployed."""
+    others = [k for k, v in obj.items() if k != key and is_weights(v)]
+    if others:
+        log.warning(
+            "checkpoint: it holds weights under %s besides %r; spray audits %r (the usual convention). If you "
+            "deployed another one (an EMA, a teacher), set model.checkpoint_key: %s",
+            ", ".join(repr(k) for k in others[:5]),
+            key,
+            key,
+            others[0],
+        )
 
 
 #: How ``torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=0)`` begins: its magic number.

@@ -621,7 +621,9 @@ def _equal_weights(got: torch.nn.Module, want: torch.nn.Module) -> bool:
     return all(torch.equal(got.state_dict()[k], v) for k, v in want.state_dict().items())
 
 
-def test_a_checkpoint_holding_two_networks_is_refused_until_one_is_named(tmp_path: Path) -> None:
+def test_a_checkpoint_holding_two_networks_is_refused_until_one_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An outside check: a distillation checkpoint (``student.*``, ``teacher.*``) audited whichever prefix Python's
     string hashing put first (PYTHONHASHSEED 1: the student, 2: the teacher), and of ``model.*`` and ``ema.*`` always
     the shorter one; only an INFO line said which."""
@@ -652,6 +654,16 @@ def test_a_checkpoint_holding_two_networks_is_refused_until_one_is_named(tmp_pat
     )
     ema = cfg.model_copy(update={"checkpoint": tmp_path / "ema.pt"})
     assert _equal_weights(build_model(ema), student)
+    # an outside check: timm's {"state_dict", "state_dict_ema"} took "state_dict" without a word
+    torch.save(
+        {"state_dict": student.state_dict(), "state_dict_ema": teacher.state_dict()}, tmp_path / "timm.pt"
+    )
+    with caplog.at_level(logging.WARNING, logger="spray.models"):
+        assert _equal_weights(
+            build_model(ema.model_copy(update={"checkpoint": tmp_path / "timm.pt"})), student
+        )
+    assert "under 'state_dict_ema' besides 'state_dict'" in caplog.text
+    assert "model.checkpoint_key: state_dict_ema" in caplog.text
     assert _equal_weights(build_model(ema.model_copy(update={"checkpoint_key": "ema"})), teacher)
     torch.save({"model": student.state_dict(), "config": {"depth": 3}}, tmp_path / "cfg.pt")
     with pytest.raises(ModelError, match=r"'config' names an entry of the checkpoint that holds no weights"):

@@ -57,7 +57,8 @@ class ModelConfig(Section):
         "its dict ('state_dict_ema', 'ema'), a key prefix ('student.', 'ema.', 'model.') or '' for the keys "
         "without a prefix. Key prefixes: when more than one fits the model (a distillation's student and "
         "teacher, a model and its EMA), the checkpoint is refused, naming them, rather than one picked. Dict "
-        "entries: 'state_dict', 'model_state_dict' or 'model' is taken unless this names another.",
+        "entries: 'state_dict', 'model_state_dict' or 'model' is taken unless this names another (with a warning "
+        "that names the other entries holding weights).",
     )
     allow_pickle: bool = Field(
         False,
