@@ -60,7 +60,7 @@ from spray.lrp.fusion import _FusionWatch
 from spray.lrp.inputs import batch_input, checked_logits, normalised_kind, resolve_targets
 from spray.lrp.layout import _convert_layout, _is_layout_error, _tf32
 from spray.lrp.numerics import CUT_GRAPH, graph_reaches, seeded_grad
-from spray.lrp.preparation import eager_model, hooked_modules, prepare, reference_copy
+from spray.lrp.preparation import check_hooks, eager_model, prepare, reference_copy, warn_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -209,13 +209,7 @@ class Explainer:
         self._suspects = forward_overrides(model)
         self._self_check = self_check
         self._empty_checked = self._reuse_warned = False  # all-zero maps, a reused concept layer: said once
-        hooked = hooked_modules(model)
-        if hooked:
-            logger.warning(
-                "the model has forward hooks on %s; spray explains the model without them (its copies never "
-                "run the user's hooks)",
-                ", ".join(hooked[:5]) + (" ..." if len(hooked) > 5 else ""),
-            )
+        self._hooked = warn_hooks(model)  # compared with the reference on the first batch, then dropped
         logger.debug(
             "LRP %s: %d rule layers (%d ReLUs fused), first layer %s",
             self.composite.name,
@@ -380,6 +374,8 @@ class Explainer:
             varies = reference_varies(reference, x, self.device)
             own = float64_rounding(reference, x) if not varies else 0.0
             raise ModelError(self._mismatch(err, scale, varies, own if own > tol / 2 else 0.0))
+        hooked, self._hooked = self._hooked, None
+        check_hooks(hooked, reference, x)
         return out, logits
 
     def _suspects_advice(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spray.errors import ConfigError, UnsupportedLayerError
+from spray.errors import ConfigError, ModelError, UnsupportedLayerError
 from spray.lrp.activations import is_activation
 from spray.lrp.base import Epsilon, Norm, Rule, RuleContext, RuleModule
 from spray.lrp.canonizers import ResidualAdd, canonize
@@ -251,6 +251,57 @@ def hooked_modules(model: nn.Module) -> list[str]:
         if m._forward_hooks or pre or getattr(m, "_forward_hooks_with_kwargs", None):
             found.append(path or "<root>")
     return found
+
+
+def warn_hooks(model: nn.Module) -> nn.Module | None:
+    """Warn that spray's copies do not run the user's forward hooks; return ``model`` when it has any (its
+    outputs are compared with the hook-free copy's on the first batch, :func:`check_hooks`), else None."""
+    hooked = hooked_modules(model)
+    if not hooked:
+        return None
+    logger.warning(
+        "the model has forward hooks on %s; spray explains the model without them (its copies never run the "
+        "user's hooks): its heatmaps, predictions and accuracy are the hook-free model's, checked on the first "
+        "batch to compute the same outputs",
+        ", ".join(hooked[:5]) + (" ..." if len(hooked) > 5 else ""),
+    )
+    return model
+
+
+def check_hooks(model: nn.Module | None, reference: nn.Module, x: torch.Tensor) -> None:
+    """Refuse a model whose forward hooks change its outputs: on ``x[:2]``, in eval mode (the user's training
+    flags are restored), the model with its hooks against its hook-free copy ``reference``.
+
+    Raises
+    ------
+    ModelError
+        The logits differ by more than 0.1 % of their scale.
+    """
+    if model is None:
+        return
+    n = min(len(x), 2)
+    flags = [(m, m.training) for m in model.modules()]
+    device = next((p.device for p in model.parameters()), x.device)
+    try:
+        model.eval()
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            got = model(x[:n].detach().float().to(device))
+            want = reference(x[:n].detach().float())
+    finally:
+        for m, training in flags:
+            m.training = training
+    if not isinstance(got, torch.Tensor) or not isinstance(want, torch.Tensor) or got.shape != want.shape:
+        return  # the output check of the copy says what the model returns
+    got, want = got.float().to(want.device), want.float()
+    scale = float(want.abs().max().clamp(min=1e-12))
+    err = float((got - want).abs().max())
+    if err > 1e-3 * scale:
+        raise ModelError(
+            f"the model's forward hooks change its outputs (max |Δlogit| = {err:.3g} of {scale:.3g} on two "
+            f"samples, with the hooks on {', '.join(hooked_modules(model)[:5])}): spray's copies never run the "
+            "user's hooks, so its heatmaps, predictions and accuracy would be another model's. Remove the hooks, "
+            "or build what they do into the model's forward()."
+        )
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
