@@ -9,12 +9,12 @@ dropped with a warning and the model itself runs from then on.
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 from torch import nn
 
+from spray.lrp.canonizers import model_copy
 from spray.lrp.concepts import has_attention
 from spray.lrp.layout import _convert_layout, _is_layout_error, prefers_channels_last
 
@@ -38,7 +38,7 @@ def _laid_out_copy(model: nn.Module, device: torch.device) -> nn.Module | None:
     if not prefers_channels_last(model, device) or has_attention(model):
         return None
     try:
-        copied = copy.deepcopy(model)
+        copied = model_copy(model)
     except Exception as exc:  # a model holding an uncopyable object runs as it is
         log.info("the model could not be copied for the channels_last layout (%s); running it as it is", exc)
         return None

@@ -313,3 +313,26 @@ def test_reparameterize_leaves_the_user_model_a_users_own_method_and_the_concept
     own(torch.rand(1, 3, 8, 8))
     assert "reparameterize" not in resolve_canonizers(own, "auto")
     assert timm is not None
+
+
+def test_a_model_holding_tensors_computed_with_autograd_is_copied() -> None:
+    """An outside check: a model pruned with torch.nn.utils.prune (its ``weight`` is ``weight_orig * mask``,
+    computed with autograd) stopped spray with deepcopy's raw "graph leaves" RuntimeError; so did timm models that
+    cache attention biases after a forward pass with gradients."""
+    from torch.nn.utils import prune
+
+    from spray.lrp import Explainer
+    from spray.lrp.canonizers import model_copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 64, 4)).eval()
+    prune.l1_unstructured(model[0], "weight", 0.5)
+    model.cache = {"bias": model[3].weight * 2}  # a cached tensor with a graph, as timm's
+    assert model[0].weight.grad_fn is not None
+    copied = model_copy(model)
+    assert copied[0].weight.grad_fn is None and torch.equal(copied[0].weight, model[0].weight)
+    assert copied.cache["bias"].grad_fn is None
+    x = torch.randn(2, 3, 8, 8)
+    result = Explainer(model)(x)
+    with torch.no_grad():
+        assert torch.allclose(result.logits, model(x), atol=1e-5)

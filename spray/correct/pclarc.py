@@ -18,7 +18,6 @@ projection itself, so relevance along ``v`` is removed with the activation (the 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from spray.correct.cav import ArtifactDirection
 from spray.errors import ConfigError
+from spray.lrp.canonizers import model_copy
 from spray.lrp.composites import register_layer_rule
 from spray.lrp.rules import Rule, RuleModule
 
@@ -193,7 +193,7 @@ def pclarc(model: nn.Module, direction: ArtifactDirection) -> nn.Module:
     nn.Module
         A deep copy with a :class:`ProjectedLayer` at ``direction.layer``, in eval mode.
     """
-    corrected = copy.deepcopy(model)
+    corrected = model_copy(model)
     device = next(iter(corrected.parameters()), torch.empty(0)).device
     projection = ArtifactProjection(
         torch.from_numpy(direction.vector), torch.from_numpy(direction.reference_mean)

@@ -10,7 +10,6 @@ form is only meaningful with ``retrain_mode: mask``.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from spray.correct.samples import SampleSet
 from spray.correct.scope import set_scope, train_all
 from spray.correct.task import CorrectionTask, MethodResult
 from spray.correct.training import TrainingPlan, make_optimizer, train
+from spray.lrp.canonizers import model_copy
 from spray.models import build_model
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def retrain(task: CorrectionTask) -> MethodResult:
         scope = train_all(model)
         epochs, lr = cfg.retrain_epochs, cfg.retrain_lr
     else:
-        model = copy.deepcopy(task.model)
+        model = model_copy(task.model)
         scope = set_scope(model, task.direction.layer, cfg.train_scope, task.example)
         epochs, lr = cfg.epochs, cfg.lr
     ref = task.samples.inputs(task.group.fit_reference[: cfg.region_samples]).mean(0)

@@ -25,7 +25,6 @@ where the artifact sits.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ from spray.correct.split import check_head, head_after
 from spray.correct.task import CorrectionTask, MethodResult, finetune_rows
 from spray.correct.training import TrainingPlan, make_optimizer, train
 from spray.errors import ConfigError
+from spray.lrp.canonizers import model_copy
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def rrclarc(task: CorrectionTask) -> MethodResult:
         The fine-tuned copy (eval mode) and its training log.
     """
     cfg = task.cfg.correction
-    model = copy.deepcopy(task.model)
+    model = model_copy(task.model)
     rows = finetune_rows(task)
     feed = layer_feed(model, task, rows)
     scope = set_scope(model, task.direction.layer, cfg.train_scope, task.example)

@@ -55,6 +55,7 @@ __all__ = [
     "canonize",
     "fold_batchnorm",
     "leaves",
+    "model_copy",
     "resolve_canonizers",
 ]
 
@@ -130,6 +131,37 @@ def _resnet_blocks() -> tuple[type[nn.Module], type[nn.Module]] | None:
     if resnet is None:
         return None
     return resnet.BasicBlock, resnet.Bottleneck
+
+
+def _non_leaf_tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors computed with autograd (not graph leaves) in a module attribute ``value``, looking into dicts,
+    lists and tuples up to three levels deep."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_leaf:
+            yield value
+    elif depth < 3 and isinstance(value, dict):
+        for v in value.values():
+            yield from _non_leaf_tensors(v, depth + 1)
+    elif depth < 3 and isinstance(value, list | tuple):
+        for v in value:
+            yield from _non_leaf_tensors(v, depth + 1)
+
+
+def model_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also of a model that holds tensors computed with autograd as plain attributes
+    (``torch.nn.utils.prune``'s masked ``weight``, timm's cached attention biases after a forward pass with
+    gradients), which deepcopy refuses: those are copied detached.
+    """
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as err:
+        if "graph leaves" not in str(err):
+            raise
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for tensor in _non_leaf_tensors(vars(module)):
+            memo[id(tensor)] = tensor.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def leaves(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -472,7 +504,7 @@ def canonize(
         The copy.
     """
     names = resolve_canonizers(model, canonizers)
-    copied = copy.deepcopy(model)
+    copied = model_copy(model)
     bake_weight_transforms(copied)
     _clear_hooks(copied)
     copied.eval()
