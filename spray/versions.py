@@ -119,7 +119,10 @@ MODEL_HASH_VERSION = 4
 # concepts.colour_gain_margin), chosen on the development moving splits; grey data cannot change.
 # 26: a flagged pixel finding whose members and carriers are more than scoring.flag_max_fraction of its class
 # is the class's own pattern and is not flagged (no carriers listed).
-ANALYSIS_VERSION = 26
+# 27: when most members of a flagged finding are exact copies of its stamp, the carriers' threshold takes the
+#     members that carry it inexactly for the members' distance (scoring.carrier_exact, carrier_inexact_max): a
+#     median of 0 admitted exact copies only, so the stamp over a few object pixels was no carrier.
+ANALYSIS_VERSION = 27
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.
 PASTE_VERSION = 22

@@ -269,6 +269,23 @@ class ScoringConfig(Section):
     carrier_chunk: int = Field(
         512, ge=1, description="Samples loaded at once by the carrier scan (bounds its memory)."
     )
+    carrier_exact: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="A member whose distance to the stamp is under this fraction of the scanned samples' median "
+        "distance is an exact copy. When most members are (a pixel-identical stamp), the carriers' threshold "
+        "takes the members that carry it inexactly as the members' distance, not the median of 0, which "
+        "admitted exact copies only.",
+    )
+    carrier_inexact_max: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="The members that carry the stamp inexactly (see carrier_exact) are those under this "
+        "fraction of the scanned samples' median distance; the members above are taken for members without "
+        "the stamp.",
+    )
     select_k: Literal["best", "chosen"] = Field(
         "best", description="Candidates from the clusters of every k ('best') or only of the chosen k."
     )

@@ -15,6 +15,7 @@ import numpy as np
 from spray.analysis.scoring.appearance import Donors, grid_cells, window_distances
 from spray.analysis.scoring.probe import InterventionProbe
 from spray.analysis.scoring.signals import Candidate, ClassStats
+from spray.config import ScoringConfig
 
 
 @dataclass
@@ -94,7 +95,7 @@ def find_carriers(
     rows: np.ndarray,
     h: int,
     w: int,
-    chunk: int,
+    config: ScoringConfig,
 ) -> tuple[list[int], dict[int, float]]:
     """Rows (of ``sample_ids``) among ``rows`` whose inputs repeat ``stamp`` at an allowed window, and the
     other rows' affinity to it (:func:`carrier_rows`).
@@ -103,27 +104,43 @@ def find_carriers(
     median distance: a sample counts when it is nearer (in ratio) to how the members match the stamp
     than to how ordinary samples do. Percentiles of the members alone fail both ways: the 90th misses
     10 % of samples exactly like the members by construction, and in an impure cluster it sits among
-    the ordinary samples (docs/detection.md). Inputs are loaded ``chunk`` samples at a time.
+    the ordinary samples (docs/detection.md). Inputs are loaded ``config.carrier_chunk`` samples at a time.
     """
     dist = np.empty(len(rows))
+    chunk = config.carrier_chunk
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         g = grid_cells(probe.load_inputs([sample_ids[i] for i in part]), h, w)
         dist[start : start + len(part)] = stamp_distance(stamp, g)
-    return carrier_rows(dist, stamp, rows)
+    return carrier_rows(dist, stamp, rows, config.carrier_exact, config.carrier_inexact_max)
 
 
-def carrier_rows(dist: np.ndarray, stamp: Stamp, rows: np.ndarray) -> tuple[list[int], dict[int, float]]:
+def members_distance(own: np.ndarray, scan: float, exact: float, inexact_max: float) -> float:
+    """How far the members are from their stamp: their median distance, or, when that is under ``exact`` ×
+    the scanned median ``scan`` (most members are exact copies), the median of the members between ``exact``
+    and ``inexact_max`` × ``scan`` (those that carry the stamp inexactly: over part of the object, in another
+    member's crop), else ``exact`` × ``scan``. A median of 0 put the carriers' threshold at 0, so that a sample
+    repeating a pixel-identical stamp over a few object pixels was no carrier (docs/detection.md)."""
+    median = float(np.median(own))
+    if median >= exact * scan:
+        return median
+    inexact = own[(own >= exact * scan) & (own < inexact_max * scan)]
+    return float(np.median(inexact)) if inexact.size else exact * scan
+
+
+def carrier_rows(
+    dist: np.ndarray, stamp: Stamp, rows: np.ndarray, exact: float, inexact_max: float
+) -> tuple[list[int], dict[int, float]]:
     """``(carrier rows, affinity of the other scanned rows)`` from the scanned rows' ``(m,)`` distances.
 
-    The affinity places a distance between the members' median (1) and the scanned samples' median (0) on a
-    log scale; the carriers' threshold (the geometric mean of the two) is affinity 0.5. Rows at or beyond the
-    scanned median (affinity 0) are left out.
+    The affinity places a distance between the members' (1, :func:`members_distance`) and the scanned samples'
+    median (0) on a log scale; the carriers' threshold (the geometric mean of the two) is affinity 0.5. Rows at
+    or beyond the scanned median (affinity 0) are left out.
     """
     if dist.size == 0:
         return [], {}
-    own = max(float(np.median(stamp.own)), 1e-12)
     scan = max(float(np.median(dist)), 1e-12)
+    own = max(members_distance(np.asarray(stamp.own), scan, exact, inexact_max), 1e-12)
     threshold = math.sqrt(own * scan)
     found = [int(i) for i in rows[dist <= threshold]]
     if scan <= own:

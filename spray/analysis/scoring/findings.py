@@ -118,7 +118,7 @@ def _finding(
         # A flagged stamp is rarely all in one cluster (where the object's own relevance is strong the
         # sample lands elsewhere): list every other sample of the class that repeats its pixels.
         rows = np.flatnonzero(~cand.member)
-        carriers, graded = find_carriers(stamp, probe, sample_ids, rows, h, w, config.carrier_chunk)
+        carriers, graded = find_carriers(stamp, probe, sample_ids, rows, h, w, config)
         sig["carriers"] = float(len(carriers))
         share = (int(cand.member.sum()) + len(carriers)) / n
         if share > config.flag_max_fraction:

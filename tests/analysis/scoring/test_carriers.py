@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from spray.analysis.clustering import cluster_sweep
@@ -111,10 +112,29 @@ def test_carrier_rows_and_the_graded_affinity_of_the_rest() -> None:
     stamp = Stamp(np.zeros((1, 1)), np.ones(1), (1, 1), own=np.array([1.0, 1.0, 1.0]))
     rows = np.array([10, 11, 12, 13, 14])
     dist = np.array([2.0, 5.0, 10.0, 20.0, 10.0])  # scanned median 10: threshold sqrt(1 * 10) = 3.16
-    found, graded = carrier_rows(dist, stamp, rows)
+    found, graded = carrier_rows(dist, stamp, rows, 0.01, 0.5)
     assert found == [10]
     assert list(graded) == [11] and abs(graded[11] - np.log(2.0) / np.log(10.0)) < 1e-12
-    assert carrier_rows(np.zeros(0), stamp, rows[:0]) == ([], {})
+    assert carrier_rows(np.zeros(0), stamp, rows[:0], 0.01, 0.5) == ([], {})
+
+
+def test_a_pixel_identical_stamp_keeps_carriers_that_repeat_it_over_a_few_object_pixels() -> None:
+    """An outside check: a glyph identical in 78 % of a flagged finding's members put their median distance at
+    0 and the carriers' threshold at 1e-6: 14 more planted images (distances 0.11-0.75, the nearest unplanted at
+    0.96) were no carriers, and the evidence said no other image repeated the members' pixels. The members
+    that carry the stamp inexactly stand in for the median; those at the scanned samples' level do not."""
+    from spray.analysis.scoring.carriers import carrier_rows, members_distance
+
+    # 39 exact copies, 8 over object pixels (0.1-0.33), 3 without the stamp (about the scanned median)
+    own = np.r_[np.zeros(39), np.linspace(0.1, 0.33, 8), [0.85, 0.9, 0.95]]
+    assert members_distance(own, 0.9, 0.01, 0.5) == float(np.median(np.linspace(0.1, 0.33, 8)))
+    assert members_distance(np.zeros(10), 0.9, 0.01, 0.5) == pytest.approx(0.009)  # all exact: the floor
+    assert members_distance(np.full(5, 0.2), 0.9, 0.01, 0.5) == 0.2  # the median where it says something
+    stamp = Stamp(np.zeros((1, 1)), np.ones(1), (1, 1), own=own)
+    planted = np.array([0.11, 0.16, 0.2, 0.3, 0.34, 0.45])
+    dist = np.r_[planted, np.full(500, 0.9) + np.linspace(0.06, 0.3, 500)]
+    found, _ = carrier_rows(dist, stamp, np.arange(dist.size), 0.01, 0.5)
+    assert found == list(range(planted.size))
 
 
 def test_graded_suspicion_ranks_the_rest_by_likeness_and_never_flags(planted: Case) -> None:
