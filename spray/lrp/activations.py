@@ -56,9 +56,9 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 )
 # Activation classes of other libraries, by qualified name (no import of those libraries needed).
 _ACTIVATION_MODULES = ("timm.layers.activations", "timm.layers.activations_me")
-# Element-wise activations that other libraries build from a child module, by qualified class name: the whole
-# module takes ``Pass`` (MetaFormer's StarReLU ``s · relu(x)² + b`` and SquaredReLU around an ``nn.ReLU``: PoolFormer-v2,
-# ConvFormer, CAFormer).
+# Element-wise activations that other libraries build from a child module, by qualified class name: the
+# whole module takes ``Pass`` (MetaFormer's StarReLU ``s · relu(x)² + b`` and SquaredReLU around an
+# ``nn.ReLU``: PoolFormer-v2, ConvFormer, CAFormer).
 _ACTIVATION_CLASS_NAMES = frozenset({"timm.models.metaformer.StarReLU", "timm.models.metaformer.SquaredReLU"})
 _GATE_NAMES = frozenset(
     {"Sigmoid", "HardSigmoid", "HardSigmoidMe", "Hardsigmoid"}  # class names inside those modules
