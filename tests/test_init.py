@@ -336,6 +336,25 @@ def test_transform_settings_given_replace_the_guesses(
         assert_clean_failure(run_main([*argv, "--force", "--transform", arg], capsys), 2, says)
 
 
+def test_a_resize_given_brings_the_guessed_crop_down_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside check: ``--model fastvit_t8 --transform resize=64`` kept the architecture's centre crop 256,
+    so every image was resized to 64 and padded with zeros to 256, without a word (its CHECK note was dropped
+    as answered)."""
+    make_image_folder(tmp_path / "rgb", n_per_class=2, size=80)
+    out = tmp_path / "c.yaml"
+    argv = ["init", "--data", str(tmp_path / "rgb"), "--model", "resnet18", "-o", str(out), "--no-check"]
+    res = run_main([*argv, "--transform", "resize=64"], capsys)
+    assert res.code == 0, res.output
+    t = load_config(out, check_files=False).data.transform
+    assert t.resize == 64 and t.center_crop == 64
+    assert "CHECK center_crop: 64, your resize (the architecture's crop 224" in res.output
+    res = run_main([*argv, "--force", "--transform", "resize=64", "--transform", "center_crop=56"], capsys)
+    assert load_config(out, check_files=False).data.transform.center_crop == 56
+    assert "CHECK center_crop" not in res.output
+
+
 def test_model_args_that_change_the_input_change_the_transform(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -227,7 +227,26 @@ def given_transform(
     except ValidationError as err:
         said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'transform'}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"--transform: data.transform {out} is not valid ({said})") from None
-    return out, [n for n in notes if not any(k in n.split(":")[0] for k in given)]
+    kept = [n for n in notes if not any(k in n.split(":")[0] for k in given)]
+    return out, kept + _crop_follows_resize(out, given, guessed)
+
+
+def _crop_follows_resize(out: dict[str, Any], given: dict[str, Any], guessed: dict[str, Any]) -> list[str]:
+    """Bring a guessed centre crop down to a resize the user gave, in place (``out``), with the note that says
+    so: the architecture's crop (224, 256) around an image resized to 64 pads it with zeros to the crop's size,
+    the image a small patch in a black frame."""
+    resize, crop = out.get("resize"), out.get("center_crop")
+    if "resize" not in given or "center_crop" in given or crop is None or resize is None:
+        return []
+    shorter = min(resize) if isinstance(resize, list | tuple) else int(resize)
+    if crop <= shorter:
+        return []
+    out["center_crop"] = shorter
+    return [
+        f"CHECK center_crop: {shorter}, your resize (the architecture's crop {guessed.get('center_crop')} is larger "
+        "than the resized image and would pad it with zeros); give --transform center_crop=N if the model was "
+        "trained on another crop"
+    ]
 
 
 class DataConfig(Section):
