@@ -153,8 +153,9 @@ def _groups(
         col_names = sub[f"{color_by}_name"].to_numpy()
         return codes, {int(c): str(col_names[np.argmax(codes == c)]) for c in np.unique(codes)}, None
     if color_by == "suspicion":
-        # Each point gets its cluster's score at this k (0 where the cluster was not scored).
-        vals = np.array([scores.get(int(c), 0.0) for c in labels_k], dtype=np.float32)
+        # the per-sample suspicion of samples.parquet (every k, carriers, graded likeness), as the Sample page
+        # and the suspicion sort read it: a cluster's score at this k differed for nearly every point
+        vals = np.nan_to_num(sub["score"].to_numpy(dtype=np.float32), nan=0.0)
     else:
         vals = sub["confidence"].to_numpy(dtype=np.float32)
     return vals, {}, (vals, "Viridis" if color_by == "confidence" else "Reds")

@@ -338,6 +338,29 @@ def test_dashboard_command_binds_localhost_and_passes_the_runs_dir(tmp_path: Pat
         dashboard._options(nowhere)
 
 
+def test_colour_by_suspicion_is_each_samples_suspicion(
+    env: Path, runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: the map coloured each point by its cluster's score at the k shown, which differed from
+    the sample's suspicion (the Sample page's, the suspicion sort's) for 96-100 % of the points."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(APP).parent))
+    import common
+    import embedmap
+
+    path, cls = str(runs[2]), 1
+    table = pd.read_parquet(runs[2] / "samples.parquet").set_index("sample_id")
+    # the fixture's suspicions are 0: give every sample its own
+    table["score"] = np.random.default_rng(0).random(len(table)).astype(np.float32)
+    monkeypatch.setattr(common, "samples", lambda p: table)
+    data = common.class_data(path, cls)
+    vals, names, scale = embedmap._groups(path, cls, int(next(iter(data.labellings))), "suspicion")
+    assert scale is not None and not names
+    assert np.allclose(vals, table.loc[data.sample_ids, "score"].to_numpy())
+
+
 def test_selection_positions_decodes_points_of_several_traces() -> None:
     import numpy as np
 
