@@ -430,12 +430,18 @@ def test_the_sample_page_says_which_finding_gave_its_suspicion(
     # (a review: stored as float32, a member with no share in the region, or a carrier, is a hair under it)
     table.loc[member, "score"] = top.score - 5e-7
     table.loc[other, "score"] = top.score * 0.3
+    # a second outside check: a suspicion 100× its finding's score, all tie-break, read as the score alone
+    tied = str(top.member_ids[1])
+    table.loc[tied, "score"] = top.score + 0.004
     copy = tmp_path / "graded-runs" / runs[2].name  # a runs folder of its own: the fixture's stays as it is
     shutil.copytree(runs[2], copy)
     table.reset_index().to_parquet(copy / "samples.parquet")
     with pointed_at(copy.parent, tmp_path / "graded-flags.sqlite"):
         at = ok(app(run=copy.name, sample=member).run().switch_page("views/sample.py").run())
+        assert f"Its suspicion is that of a member of {top.key}" in texts(at) and "plus" not in texts(at)
+        at = ok(app(run=copy.name, sample=tied).run().switch_page("views/sample.py").run())
         assert f"Its suspicion is that of a member of {top.key}" in texts(at)
+        assert "plus 0.004 for its own share of relevance" in texts(at)
         at = ok(app(run=copy.name, sample=other).run().switch_page("views/sample.py").run())
         assert f"from its likeness to the stamp of {top.key}" in texts(at) and "× 0.30" in texts(at)
 

@@ -79,7 +79,15 @@ def score_source(score: float, class_index: int) -> str:
     # samples.parquet keeps the score in float32: a carrier's equals its finding's only to that precision
     if best is not None and best.score - 1e-6 <= score <= best.score + tie + 1e-6:
         role = "a member of" if best is member else "a carrier of the stamp of"
-        return f"Its suspicion is that of {role} {safetext.code(best.key)} (score {score_text(best.score)})."
+        extra = score - best.score
+        # the tie-break can be most of a small suspicion: a sentence naming the score alone undersold it 100×
+        tail = (
+            f", plus {score_text(extra)} for its own share of relevance in that finding's region (the tie-break "
+            "among the finding's samples, at most scoring.suspicion_tie_break)"
+            if extra > 1e-6
+            else ""
+        )
+        return f"Its suspicion is that of {role} {safetext.code(best.key)} (score {score_text(best.score)}){tail}."
     # graded: a flagged finding's score × the sample's likeness (under 0.5) to its stamp; which one is not stored
     stamps = [f for f in found if f.suspicious and score < 0.5 * f.score + 1e-6]
     if not stamps:
