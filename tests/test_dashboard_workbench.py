@@ -224,6 +224,23 @@ def test_select_by_filter_on_the_class_page(env: Path, run_dir: Path) -> None:
     assert any(f"Selection: {len(carriers[0].carrier_ids):,} samples" in s.value for s in at.subheader)
 
 
+def test_select_by_clears_the_shape_drawn_on_the_map(env: Path, run_dir: Path) -> None:
+    """An outside check: after a box on the map, "Select by: misclassified" switched the selection and the flag
+    form to the misclassified samples while the map still drew the box and its points as selected."""
+    at = open_page("views/class_view.py", cls="6", draw="1")
+    at.session_state["embedding_6"] = _lasso_event(at, run_dir)
+    ok(at.run())
+    assert "geo" in at.query_params and at.get("plotly_chart")[0].proto.id.endswith("embedding_6")
+    at.button(key="selby_misclassified").click()
+    ok(at.run())
+    t = pd.read_parquet(run_dir / "samples.parquet")
+    expected = int(((t["label"] == 6) & (t["label"] != t["prediction"])).sum())
+    assert any(f"Selection: {expected:,} samples" in s.value for s in at.subheader)
+    # a chart of a new identity (the browser's drawn box and selected points go with the old one), no shape
+    assert at.get("plotly_chart")[0].proto.id.endswith("embedding_6_1")
+    assert not [c for c in charts(at) if c["layout"].get("selections")] and "geo" not in at.query_params
+
+
 def test_a_link_from_another_run_says_which_ids_are_missing(env: Path) -> None:
     import urlstate
 

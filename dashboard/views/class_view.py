@@ -162,9 +162,11 @@ left, right = st.columns([3, 1])
 event = None
 with left:
     if cmap_view is not None:
+        # a new key per "Select by": the chart then starts without the box or lasso it showed before
+        gen = st.session_state.get("_chart_gen", 0)
         event = st.plotly_chart(
             cmap_view.figure,
-            key=f"embedding_{cls}",
+            key=f"embedding_{cls}" + (f"_{gen}" if gen else ""),
             on_select="rerun",
             selection_mode=("points", "box", "lasso"),
             # The mode bar always shown: box and lasso are visible, not only on hover.
@@ -255,6 +257,12 @@ for i, (name, (filt, extra)) in enumerate(choices.items()):
         state["sel"], state["geo"] = urlstate.encode_ids(ids), ""
         state.pop("spage", None)
         st.session_state["_sel_source"] = f"class {cls}: {name}"
+        # the map drew the previous box and its points as selected while the form named these samples
+        map_geo[view_key] = ""
+        st.session_state["_chart_gen"] = st.session_state.get("_chart_gen", 0) + 1
+        st.session_state[f"_sig_{view_key}"] = ""
+        if cmap_view is not None:
+            st.rerun()
 
 sel_ids: list[str] = []
 if state.get("sel"):
