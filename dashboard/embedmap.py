@@ -271,9 +271,13 @@ def _legend(names: dict[int, str]) -> dict[str, str]:
 
 
 def _quantised(emb: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` embedding scaled to 0..QMAX and rounded (the picture's and the big map's coordinates)."""
+    """``(n, 2)`` embedding scaled to 0..QMAX and rounded (the picture's and the big map's coordinates): one
+    scale for both axes, the shorter one centred, so that the picture keeps the map's proportions (scaled
+    apart, a class 2.6× taller than wide was drawn square)."""
     lo, hi = emb.min(axis=0), emb.max(axis=0)
-    return np.round((emb - lo) / np.where(hi > lo, hi - lo, 1.0) * QMAX)
+    extent = float((hi - lo).max())
+    scale = extent if extent > 0 else 1.0
+    return np.round((emb - (lo + hi) / 2) / scale * QMAX + QMAX / 2)
 
 
 def _map_xy(emb: np.ndarray) -> np.ndarray:

@@ -194,3 +194,15 @@ def test_a_trial_run_is_not_compared_with_its_full_audits_run(tmp_path: Path) ->
     runs, dataset = str(tmp_path), "synthetic-fashion"
     assert common.previous_run(runs, trial.name, dataset) is None
     assert common.previous_run(runs, again.name, dataset) == full.name
+
+
+def test_the_picture_keeps_the_maps_proportions() -> None:
+    """An outside check: the first-paint picture scaled x and y apart, so a class 2.6× taller than wide was
+    drawn square while the interactive map kept its proportions."""
+    rng = np.random.default_rng(0)
+    emb = rng.random((500, 2)) * [1.0, 2.6] + [5.0, -3.0]
+    xy = embedmap._quantised(emb)
+    assert xy.min() >= 0 and xy.max() <= embedmap.QMAX
+    width, height = np.ptp(xy, axis=0)
+    assert abs(height / width - 2.6) < 0.05 and abs(height - embedmap.QMAX) <= 1
+    assert abs((xy[:, 0].min() + xy[:, 0].max()) / 2 - embedmap.QMAX / 2) <= 1  # the narrow axis centred

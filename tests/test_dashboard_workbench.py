@@ -579,8 +579,8 @@ def test_a_big_map_draws_a_picture_and_a_sample_and_a_box_selects_every_point(
     ids = pd.read_parquet(run / "samples.parquet")["sample_id"].to_numpy()[arrays["rows"]]
     members = np.isin(ids, top.member_ids)
     emb = arrays["embedding"].astype(np.float64)
-    lo, hi = emb.min(0), emb.max(0)
-    q = (emb - lo) / (hi - lo) * embedmap.QMAX
+    lo, hi = emb.min(0), emb.max(0)  # one scale for both axes, the shorter one centred
+    q = (emb - (lo + hi) / 2) / (hi - lo).max() * embedmap.QMAX + embedmap.QMAX / 2
     box = {
         "x": [q[members, 0].min() - 1, q[members, 0].max() + 1],
         "y": [q[members, 1].min() - 1, q[members, 1].max() + 1],
