@@ -305,6 +305,14 @@ def test_reparameterize_leaves_the_user_model_a_users_own_method_and_the_concept
     assert kept.get_submodule("stages.0.0.conv_kxk.0") is not None
     assert kept.get_submodule("stages.0.1").reparam_conv is not None
 
+    # a module of a type given a rule of its own (P-ClArC's projection) inside a block: the block is kept
+    inner = model.get_submodule("stages.0.0.conv_scale.bn")
+    inner.__class__ = type("Ruled", (type(inner),), {})
+    assert canonize(model, "auto").get_submodule("stages.0.0").reparam_conv is not None
+    held = canonize(model, "auto", keep=(inner.__class__,))
+    assert held.get_submodule("stages.0.0").reparam_conv is None
+    assert held.get_submodule("stages.0.1").reparam_conv is not None
+
     class Own(nn.Conv2d):
         def fuse(self) -> nn.Module:  # a user's method of that name may mean anything
             raise AssertionError("called")

@@ -306,7 +306,7 @@ def reparameterize(
     model : nn.Module
         spray's copy, in eval mode (the BatchNorms are folded with their running statistics).
     keep : tuple of module types
-        Types the user gave a rule: never changed.
+        Types the user gave a rule: never changed, nor a block that holds one.
     protect : str, optional
         A module path that must survive (the concept layer): no block above it is changed.
 
@@ -321,7 +321,10 @@ def reparameterize(
         nonlocal count
         for name, child in list(parent.named_children()):
             path = f"{prefix}.{name}" if prefix else name
-            method = None if isinstance(child, keep) else _reparameterizable(child)
+            # a block holding a module the user gave a rule (P-ClArC's projection) keeps its branches: its
+            # method would fold them without that module
+            held = keep and any(isinstance(m, keep) for m in child.modules())
+            method = None if held else _reparameterizable(child)
             if method is not None and not (protect or "").startswith(path + "."):
                 # on a copy of the block: timm's methods are not all idempotent (a block already in its
                 # inference form raises half-way), and such a block is left as it is
