@@ -41,6 +41,9 @@ class ModelFacts:
     #: interpolation (torchvision's weights' ``transforms()``, timm's ``pretrained_cfg``).
     resize: int | None = None
     interpolation: str = "bilinear"
+    #: Whether the built architecture has attention layers (None: not built); a name with "vit" in it need not
+    #: (RepViT, FastViT-T/S are convolutional).
+    attention: bool | None = None
 
 
 #: torchvision architectures that, built from its ImageNet weights, re-normalise their input inside forward()
@@ -187,6 +190,8 @@ def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFa
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(f"--model timm:{name}: not a timm architecture.{hint}")
         return None
+    from spray.lrp.concepts import has_attention
+
     made = timm.create_model(name, pretrained=False, num_classes=num_classes or 2)
     cfg: dict[str, Any] = dict(getattr(made, "pretrained_cfg", {}) or {})
     kwargs = {"model_name": name, "num_classes": num_classes, "pretrained": False}
@@ -195,6 +200,7 @@ def timm_facts(name: str, num_classes: int | None, *, required: bool) -> ModelFa
         [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], float(cfg.get("crop_pct", 0.875)),
         fixed_size=bool(cfg.get("fixed_input_size", False)),
         interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
+        attention=has_attention(made),
     )  # fmt: skip
 
 

@@ -171,7 +171,7 @@ def _composite_notes(model: ModelFacts | None) -> list[str]:
         return [
             "lrp.composite is EpsilonGammaBox: EpsilonPlusFlat gives a ConvNeXt nearly flat heatmaps (docs/lrp.md)"
         ]
-    if any(part in _model_name(model.section) for part in TRANSFORMER_NAMES):
+    if model.attention is not False and any(part in _model_name(model.section) for part in TRANSFORMER_NAMES):
         return [
             "CHECK lrp.composite: EpsilonPlusFlat explains a transformer at patch resolution; AttnLRP at the "
             "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "

@@ -289,7 +289,9 @@ def test_reparameterisable_hybrids_are_explained_and_conserve_relevance(name: st
     assert _cos(ours.concepts, theirs.concepts).min() > 0.9999
 
 
-def test_reparameterize_leaves_the_user_model_a_users_own_method_and_the_concept_layer() -> None:
+def test_reparameterize_leaves_the_user_model_a_users_own_method_and_the_concept_layer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Only timm's blocks are changed, on the copy; a block above the concept layer keeps its branches, so
     that the layer still exists in the copy."""
     timm = pytest.importorskip("timm")
@@ -297,7 +299,10 @@ def test_reparameterize_leaves_the_user_model_a_users_own_method_and_the_concept
     model = _timm_model("mobileone_s0")
     assert resolve_canonizers(model, "auto")[0] == "reparameterize"
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    copied = canonize(model, "auto")
+    with caplog.at_level("INFO", logger="spray.lrp.canonizers"):
+        copied = canonize(model, "auto")
+    # an outside check: nothing said the model was converted, while later messages named the copy's modules
+    assert "re-parameterisable blocks in their inference form (spray's copy" in caplog.text
     assert {k: v for k, v in model.state_dict().items()}.keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not any(getattr(m, "conv_kxk", None) is not None for m in copied.modules())

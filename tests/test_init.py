@@ -386,6 +386,19 @@ def test_model_args_that_change_the_input_change_the_transform(
         assert_clean_failure(bad, 2, says)
 
 
+def test_only_a_timm_architecture_with_attention_gets_the_transformer_note() -> None:
+    """An outside check: RepViT and FastViT-T8 (convolutional) were told that EpsilonPlusFlat explains a
+    transformer at patch resolution, for the "vit" in their names."""
+    pytest.importorskip("timm")
+    from spray.model_facts import inspect_model
+    from spray.scaffold import _composite_notes
+
+    for name, transformer in (("repvit_m0_9", False), ("fastvit_t8", False), ("vit_tiny_patch16_224", True)):
+        facts = inspect_model(f"timm:{name}", 3, Path("."))
+        assert facts.attention is transformer
+        assert any("explains a transformer" in n for n in _composite_notes(facts)) is transformer
+
+
 def test_timm_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("timm")
     make_image_folder(tmp_path / "train", n_per_class=2, size=64)

@@ -514,7 +514,12 @@ def canonize(
     if "reparameterize" in names:
         # before the parameters are frozen: the single layers it makes are new parameters
         n = reparameterize(copied, keep, protect)
-        logger.debug("put %d re-parameterisable blocks in their inference form", n)
+        # said, since the module paths of spray's later messages are then the converted copy's
+        logger.info(
+            "LRP explains %d of timm's re-parameterisable blocks in their inference form (spray's copy; the model "
+            "is unchanged, and module paths in spray's messages are the copy's)",
+            n,
+        )
     if device is not None:
         copied.to(device)
     for p in copied.parameters():
