@@ -74,7 +74,7 @@ from spray.runs.publish import (
     staging_dir,
 )
 from spray.runs.reader import read_report
-from spray.runs.upkeep import check_flags, check_run_arrays, up_to_date_upkeep
+from spray.runs.upkeep import check_flags, check_run_arrays, up_to_date_upkeep, warn_settings_kept
 from spray.runs.writer import write_run
 from spray.versions import version_stamp
 
@@ -317,6 +317,7 @@ def _up_to_date(
         log.warning("the published run's check of the model: %s", problem)
     if ctx.is_main:  # flags change between runs: a reused run is checked against them as a new one is
         check_flags(cfg, report.content_hashes, Path(existing))
+        warn_settings_kept(cfg, report.config)
         if not read_only:
             up_to_date_upkeep(cfg)
     return report
@@ -422,12 +423,9 @@ def _report(
         log.warning("... and %d more skipped samples (%d in all): each with its reason in the run's summary.json "
                     "('skipped') and report.html", len(skipped) - SKIPPED_LOGGED, len(skipped))  # fmt: skip
     accuracy = model_accuracy(
-        np.asarray(stage.batch.labels),
-        np.asarray(stage.batch.predictions),
-        list(setup.dataset.class_names),
-        corrected=cfg.model.factory == CORRECTED_FACTORY,
-        probabilities=np.asarray(stage.batch.probabilities),
-    )
+        np.asarray(stage.batch.labels), np.asarray(stage.batch.predictions), list(setup.dataset.class_names),
+        corrected=cfg.model.factory == CORRECTED_FACTORY, probabilities=np.asarray(stage.batch.probabilities),
+    )  # fmt: skip
     from spray.lrp.concepts import has_attention  # late: spray.lrp is not needed for an up-to-date run
 
     transformer = has_attention(setup.model)  # the checks' advice points a transformer at AttnLRP
@@ -440,7 +438,7 @@ def _report(
     )  # fmt: skip
     timings: dict[str, float | int | str] = dict(clock.timings)
     # What varies between runs of the same inputs (clock, device, cache hits) lives under "timings": two
-    # runs of the same inputs and seed differ only there (and in "config.output", where it was published).
+    # runs of the same inputs and seed differ only there (and in the config's fields outside the run id).
     timings.update(
         total_s=time.perf_counter() - clock.start,
         n_computed=stage.n_computed,

@@ -33,7 +33,9 @@ def _fast(cfg: AuditConfig, runs_dir: Path) -> AuditConfig:
     return cfg
 
 
-def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> None:
+def test_planted_samples_are_the_top_finding(
+    planted: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = _fast(load_config(planted), tmp_path / "runs")
     report = audit(cfg, progress=False)
     truth = GroundTruth.load(planted.parent)
@@ -75,6 +77,19 @@ def test_planted_samples_are_the_top_finding(planted: Path, tmp_path: Path) -> N
     second = audit(cfg, progress=False)
     assert second.up_to_date and second.run_id == report.run_id
     assert len(list_runs(cfg.output.runs_dir)) == 1
+    # Settings outside the run id that the reused run keeps from when it was made: reused, and said so.
+    cfg.output.html_report, cfg.nightly.match_jaccard, cfg.concepts.references = False, 0.9, 3
+    with caplog.at_level("WARNING", logger="spray.audit"):
+        third = audit(cfg, progress=False)
+    assert third.up_to_date and third.run_id == report.run_id
+    kept = [r.getMessage() for r in caplog.records if "keeps the settings it was made with" in r.getMessage()]
+    assert len(kept) == 1, caplog.text
+    for said in (
+        "output.html_report (True → False)",
+        "nightly.match_jaccard (0.3 → 0.9)",
+        "concepts.references (8 → 3)",
+    ):
+        assert said in kept[0]
 
 
 def test_same_seed_gives_identical_summary(planted: Path, tmp_path: Path) -> None:

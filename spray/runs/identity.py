@@ -40,10 +40,19 @@ LOCATION_FIELDS: dict[str, set[str]] = {"model": {"checkpoint"}, "data": {"path"
 #: memo, how long ranks wait for each other, which the timeout's own message advises raising).
 OPERATIONAL_FIELDS: dict[str, set[str]] = {"batch": {"num_workers", "input_memory_mb", "dist_timeout_s"}}
 
+#: Fields outside the run id whose value a published run keeps from when it was made: a run found up to date
+#: is reused as it is, so a new value shows only in the next run that analyses (or with ``--force``). The
+#: report page, the comparison with the previous run (stored in the run), and the dashboard's reference count.
+KEPT_BY_RUN_FIELDS: dict[str, tuple[str, ...]] = {
+    "output": ("html_report",),
+    "nightly": ("match_jaccard", "match_correlation", "grown_min", "match_contained"),
+    "concepts": ("references",),
+}
+
 #: Both: left out of the run id and of the settings a run's changes name.
 NOT_RESULT_FIELDS: dict[str, set[str]] = {
-    s: LOCATION_FIELDS.get(s, set()) | OPERATIONAL_FIELDS.get(s, set())
-    for s in {*LOCATION_FIELDS, *OPERATIONAL_FIELDS}
+    s: LOCATION_FIELDS.get(s, set()) | OPERATIONAL_FIELDS.get(s, set()) | set(KEPT_BY_RUN_FIELDS.get(s, ()))
+    for s in {*LOCATION_FIELDS, *OPERATIONAL_FIELDS, *KEPT_BY_RUN_FIELDS}
 }
 
 
@@ -211,3 +220,18 @@ def run_hashes(cfg: AuditConfig, model_hash: str, data_hash: str) -> dict[str, s
 def compute_run_id(hashes: dict[str, str]) -> str:
     """The run id: a hash of :func:`run_hashes`."""
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+
+
+def settings_not_applied(cfg: AuditConfig, recorded: dict[str, Any]) -> list[str]:
+    """The :data:`KEPT_BY_RUN_FIELDS` whose value in ``cfg`` differs from the one a published run recorded
+    (``recorded``: its resolved config), as ``section.field (old → new)``; a run that recorded none gives none."""
+    now = cfg.model_dump(mode="json")
+    out = []
+    for section, fields in KEPT_BY_RUN_FIELDS.items():
+        before = recorded.get(section)
+        if not isinstance(before, dict):
+            continue
+        for name in fields:
+            if name in before and before[name] != now[section][name]:
+                out.append(f"{section}.{name} ({before[name]!r} → {now[section][name]!r})")
+    return out

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spray.errors import SprayError
 from spray.flags.content import run_flag_message
+from spray.runs.identity import settings_not_applied
 from spray.runs.layout import LATEST
 from spray.runs.publish import list_runs, point_latest, prune_runs
 from spray.runs.reader import RunReader
@@ -89,3 +90,14 @@ def check_flags(cfg: AuditConfig, hashes: dict[str, str], run: Path) -> None:
         return
     if message:
         log.warning("flags: %s", message)
+
+
+def warn_settings_kept(cfg: AuditConfig, recorded: dict[str, Any]) -> None:
+    """Warn when ``cfg`` sets fields a reused run keeps from when it was made (``recorded``, its resolved
+    config) to other values: the run is reused as it is (:data:`~spray.runs.identity.KEPT_BY_RUN_FIELDS`)."""
+    if changed := settings_not_applied(cfg, recorded):
+        log.warning(
+            "the published run keeps the settings it was made with, so these changes apply from the next run "
+            "that analyses (a change of the model, the data or a result setting), or now with --force: %s",
+            "; ".join(changed),
+        )
