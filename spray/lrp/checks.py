@@ -440,6 +440,46 @@ def check_conservation(
     logger.debug("self-check: relevance conserved in %d module calls", len(calls) - len(unjudged))
 
 
+def check_class_score_layer(
+    concepts: torch.Tensor | None, targets: torch.Tensor, n_outputs: int, path: str | None
+) -> None:
+    """Refuse a concept layer whose channels are the class scores: a classifier convolution (or a block ending in
+    one) whose map ``forward()`` pools into the logits puts every sample's concept relevance on its target's
+    channel alone, which the check of a layer returned as the output does not see.
+
+    Parameters
+    ----------
+    concepts : torch.Tensor or None
+        ``(B, C)`` channel relevance of the first batch (None: no concept layer).
+    targets : torch.Tensor
+        ``(B,)`` explained class of each sample.
+    n_outputs : int
+        The model's number of outputs ``K``.
+
+    Raises
+    ------
+    ConfigError
+        ``C == K`` and, in every sample (at least two) whose channel relevance is not all zero, 99.9 % of it
+        lies on the target's channel.
+    """
+    if concepts is None or concepts.dim() != 2 or concepts.shape[1] != n_outputs:
+        return
+    mag = concepts.detach().abs().float()
+    total = mag.sum(1)
+    live = total > 0
+    if int(live.sum()) < 2:
+        return
+    on_target = mag[live].gather(1, targets.to(mag.device)[live].long().view(-1, 1)).squeeze(1)
+    if float((on_target / total[live]).min()) >= 0.999:
+        raise ConfigError(
+            f"lrp.concept_layer {path!r} gives the class scores: its {n_outputs} channels are the model's "
+            f"{n_outputs} outputs, and every sample's channel relevance lies on its own class's channel (a "
+            "classifier convolution whose map forward() pools into the logits): concept vectors there would be the "
+            "logits, not the features the model found. Name an earlier layer (a module path from "
+            "model.named_modules()), 'auto' (the last convolutional stage or transformer block) or 'none'."
+        )
+
+
 def warn_empty_maps(relevance: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> int:
     """Log a warning if maps of a batch are exactly 0 everywhere, and say why; return how many.
 

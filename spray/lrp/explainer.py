@@ -35,6 +35,7 @@ from spray.errors import ConfigError, ModelError
 from spray.lrp.base import Rule, RuleModule
 from spray.lrp.checks import (
     bf16_rounding,
+    check_class_score_layer,
     check_conservation,
     check_model,
     check_order,
@@ -506,10 +507,11 @@ class Explainer:
         relevance = grad if self._first_path is not None else grad * x
         relevance = relevance.detach().float().contiguous()
         check_relevance_scale(relevance, logits, self._canonized, self._has_batchnorm)
+        concepts = tap.result() if tap is not None else None
         if not self._empty_checked:
             self._empty_checked = True
             warn_empty_maps(relevance, logits, targets)
-        concepts = tap.result() if tap is not None else None
+            check_class_score_layer(concepts, targets, logits.shape[1], self.concept_layer)
         return LRPResult(relevance=relevance, logits=logits, targets=targets, concepts=concepts)
 
     def _settled_tap(
