@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from spray.runs.errors import RunReadError
+
 #: Version of the files of a run. Readers accept this version and every older one they know
 #: (see :mod:`spray.runs.reader`); a newer one is refused with a message to upgrade spray.
 # 3: concepts.npy (concept relevance per sample) and summary extra.concept_layer.
@@ -66,6 +68,39 @@ CORRECTION_RECORD = "correction.json"
 SHARD_PREFIX = "shard-"
 SHARD_GLOB = "shard-*.npz"
 MANIFEST_PREFIX = "manifest-"
+
+
+#: ``summary.json`` → ``extra`` key of :func:`sample_order_digest` (runs written since 8 Dec 2026).
+SAMPLE_ORDER = "sample_order"
+
+
+def sample_order_digest(sample_ids: list[str]) -> str:
+    """SHA-256 of the sample ids in storage order: the rows of ``samples.parquet``, which every per-sample
+    array and every class file's row positions follow (a table sorted and written back moves them all)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for sample_id in sample_ids:
+        h.update(sample_id.encode("utf-8", "surrogatepass") + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def check_sample_order(f: Path, recorded: str | None, sample_ids: list[str]) -> None:
+    """Refuse ``samples.parquet`` (``f``) whose ids ``sample_ids`` are not in the order ``recorded``
+    (:func:`sample_order_digest`; None: a run before the digest, not checked).
+
+    Raises
+    ------
+    RunReadError
+        The rows were reordered since the run was written.
+    """
+    if recorded is not None and recorded != sample_order_digest(sample_ids):
+        raise RunReadError(
+            f,
+            "its rows are not in the order the run wrote them (sorted or edited since: every per-sample array "
+            "and class file points at rows by position, so findings and flags would name other images); "
+            "restore the file, or audit again with --force",
+        )
 
 
 def shard_file(start: int, key16: str) -> str:

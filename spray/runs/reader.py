@@ -37,7 +37,7 @@ from spray.records import (
 from spray.runs.errors import RunReadError
 from spray.runs.keys import key_space as key_space
 from spray.runs.keys import parse_cluster_key as parse_cluster_key
-from spray.runs.layout import CORRECTION_DIRECTION, RunFiles
+from spray.runs.layout import CORRECTION_DIRECTION, SAMPLE_ORDER, RunFiles, check_sample_order
 from spray.runs.summary import FindingSummary, RunSummary, parse_changes, parse_summary
 
 #: Arrays every class file holds (``knn_distances`` from layout 2 on; ``labels_k<k>`` for each k).
@@ -189,6 +189,7 @@ class RunReader:
                 raise RunReadError(
                     f, f"holds {len(sample_ids)} samples but summary.json says {self.summary.n_samples}"
                 )
+            check_sample_order(f, self.summary.extra.get(SAMPLE_ORDER), sample_ids)
             self._ids = sample_ids
         return self._ids
 

@@ -32,7 +32,7 @@ from spray.records import (
 )
 from spray.runs.atomic import atomic_file, atomic_save_npy, atomic_save_npz, atomic_write_json
 from spray.runs.cache import compact_concepts
-from spray.runs.layout import LAYOUT_VERSION, RunFiles
+from spray.runs.layout import LAYOUT_VERSION, SAMPLE_ORDER, RunFiles, sample_order_digest
 
 if TYPE_CHECKING:
     from spray.attribution import BatchStageResult
@@ -274,7 +274,8 @@ def write_run(out: Path, report: AuditReport, stage: BatchStageResult) -> None:
         atomic_save_npy(files.concepts, compact_concepts(batch.concepts))
     if report.conditional_maps:
         atomic_save_npz(files.concept_maps, **concept_map_arrays(report.conditional_maps, row_of, grid))
-    # Last: a folder with a summary.json is a complete run.
+    # Last: a folder with a summary.json is a complete run; it records the rows' order, which readers check.
+    report.extra[SAMPLE_ORDER] = sample_order_digest(list(batch.sample_ids))
     atomic_write_json(files.summary, summary_document(report))
 
 

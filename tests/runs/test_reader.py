@@ -112,6 +112,12 @@ def _damage(run: Path, what: str) -> Path:
         data = files.samples.read_bytes()
         files.samples.write_bytes(data[: len(data) // 2])
         return files.samples
+    if what == "samples sorted and written back":  # a user sorting the table by score in pandas
+        import pandas as pd
+
+        table = pd.read_parquet(files.samples).sort_values("score", ascending=False, kind="stable")
+        table.reset_index(drop=True).to_parquet(files.samples)
+        return files.samples
     if what == "thumbs of another run":
         np.save(files.thumbs, np.zeros((3, 8, 8, 3), np.uint8))
         return files.thumbs
@@ -129,6 +135,7 @@ DAMAGE = [
     "heatmaps truncated",
     "heatmaps missing",
     "samples truncated",
+    "samples sorted and written back",
     "thumbs of another run",
 ]
 
@@ -145,6 +152,8 @@ def test_a_damaged_run_raises_one_clear_error_naming_the_file(written, what: str
     assert info.value.path == bad and str(bad) in str(info.value)
     if what == "summary from the future":
         assert "upgrade spray" in str(info.value)
+    if what == "samples sorted and written back":
+        assert "not in the order the run wrote them" in str(info.value) and "--force" in str(info.value)
     # The runs directory lists it as unreadable with the reason; scanning does not fail.
     if what.startswith("summary"):
         (entry,) = scan_runs(run.parent)
@@ -167,6 +176,7 @@ def _as_layout_1(run: Path, report) -> None:  # type: ignore[no-untyped-def]
         ]
         c["eigenvalues"] = [1.0, 0.5]
     v1 = {k: v for k, v in raw.items() if k not in ("versions", "config", "extra")}
+    raw["extra"].pop("sample_order")  # layout 1 runs predate the recorded row order
     v1.update(layout_version=1, spray_version="0.1.0", **raw["extra"])
     files.summary.write_text(json.dumps(v1))
     for c in (0, 1):
