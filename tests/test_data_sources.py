@@ -666,6 +666,11 @@ def test_pixel_values_on_the_255_scale_are_named_as_such(tmp_path: Path) -> None
     cfg = _factory_config(tmp_path, "scale255", body, transform={"mean": [0.5], "std": [0.2]})
     with pytest.raises(DataError, match=r"values in \[0, 119\]: pixel values not scaled.*Return uint8"):
         build_dataset(cfg)
+    # Without mean/std they are taken as they are, and the run records why (an outside check: only the log
+    # said so, while its thumbnails were blown out and its report, dashboard and nightly status were silent).
+    ds = build_dataset(_factory_config(tmp_path, "scale255", body))
+    (note,) = ds.loader_notes
+    assert "values in [0, 119]: pixel values not scaled" in note and "thumbnails saturate" in note
 
 
 def test_a_factory_item_that_changes_after_it_was_explained_is_warned_of(

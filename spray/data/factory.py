@@ -218,10 +218,10 @@ def _names_in_label_order(names: Any) -> list[Any]:
 
 def _probe(
     base: Any, labels: list[int], has_targets: bool, decode: DecodeOptions, normalises: bool
-) -> tuple[int | None, list[tuple[int, int]]]:
+) -> tuple[int | None, list[tuple[int, int]], list[str]]:
     """Most common channel count and the sizes of up to PROBE_ITEMS items spread over the dataset, each
-    read twice; warns once about values outside [0, 1] (normalised images: the contract asks for
-    un-normalised ones).
+    read twice, and the run's notes on the data: a warning about values outside [0, 1] (normalised images,
+    or pixels on the 0-255 scale: the contract asks for un-normalised ones in [0, 1]).
 
     Raises
     ------
@@ -249,8 +249,8 @@ def _probe(
         sizes.append((int(t.shape[-2]), int(t.shape[-1])))
         if t.numel() and not isinstance(img, Image.Image):
             lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
-    _check_range(lo, hi, normalises)
-    return (max((1, 3), key=channels.count) if channels else None), sizes
+    note = _check_range(lo, hi, normalises)
+    return (max((1, 3), key=channels.count) if channels else None), sizes, [] if note is None else [note]
 
 
 def _check_target(item: Any, i: int, target: int) -> None:
@@ -272,8 +272,9 @@ def _check_target(item: Any, i: int, target: int) -> None:
         )
 
 
-def _check_range(lo: float, hi: float, normalises: bool) -> None:
-    """Refuse (with ``normalises``) or warn about values of the probed items outside [0, 1]."""
+def _check_range(lo: float, hi: float, normalises: bool) -> str | None:
+    """Refuse (with ``normalises``) or warn about values of the probed items outside [0, 1]; the warning is
+    returned for the run's record (its report, the dashboard and the nightly status say it, not only the log)."""
     if lo >= -0.01 and hi > 1 + NORMALISED_MARGIN:
         # no negative value: pixel values on the 0-255 scale in an int or float array, not normalised ones
         message = (
@@ -285,8 +286,9 @@ def _check_range(lo: float, hi: float, normalises: bool) -> None:
             raise DataError(
                 message + "; with data.transform.mean/std the model would see other inputs than in training."
             )
-        log.warning("%s (spray takes them as they are).", message)
-        return
+        message += " (spray takes them as they are: thumbnails saturate, and a model trained on [0, 1] sees other inputs)"
+        log.warning("%s", message)
+        return message
     # Far outside [0, 1], not a resize's overshoot (bicubic rings by a few percent): mean/std applied.
     if (lo < -NORMALISED_MARGIN or hi > 1 + NORMALISED_MARGIN) and normalises:
         raise DataError(
@@ -297,13 +299,14 @@ def _check_range(lo: float, hi: float, normalises: bool) -> None:
             "real pixels), or remove data.transform.mean/std."
         )
     if lo < -0.01 or hi > 1.01:
-        log.warning(
-            "data.factory: the dataset returns values in [%.3g, %.3g], outside [0, 1]; spray takes them as "
-            "they are. Return un-normalised images and put mean/std in data.transform (thumbnails and the "
-            "ZBox rule assume [0, 1]).",
-            lo,
-            hi,
+        message = (
+            f"data.factory: the dataset returns values in [{lo:.3g}, {hi:.3g}], outside [0, 1]; spray takes them "
+            "as they are. Return un-normalised images and put mean/std in data.transform (thumbnails and the "
+            "ZBox rule assume [0, 1])."
         )
+        log.warning("%s", message)
+        return message
+    return None
 
 
 def _check_same_twice(
@@ -367,7 +370,9 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         return _to_tensor(_image_of(item, has_targets), decode), None
 
     t = cfg.transform
-    channels, sizes = _probe(rows, labels, has_targets, decode, t.mean is not None and t.std is not None)
+    channels, sizes, notes = _probe(
+        rows, labels, has_targets, decode, t.mean is not None and t.std is not None
+    )
     fp = getattr(base, "fingerprint", None)
     return Source(
         sample_ids=ids,
@@ -378,4 +383,5 @@ def factory_source(cfg: DataConfig, decode: DecodeOptions) -> Source:
         input_sizes=sizes,
         fingerprint=None if fp is None else str(fp),
         pre_skipped=skipped,
+        notes=notes,
     )
