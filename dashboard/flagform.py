@@ -23,6 +23,7 @@ import streamlit as st
 from spray.errors import SprayError
 from spray.flags import STATUSES, FlagConflict, FlagStore, bind_flags
 from spray.flags.content import classes_of, describe, other_key_message
+from spray.flags.lockless import folder_closed
 from spray.runs.layout import project_root
 
 # Actions on more samples than this ask "really?" first (one stray click must not flag a whole cluster).
@@ -47,7 +48,8 @@ def reader() -> FlagStore | None:
     path = common.flags_db_path()
     if not path.is_file() and not path.is_dir():
         return None
-    return _reader(str(path)) if access.read_only() else _writer(str(path))
+    # a runs folder on a read-only mount (an archive) is browsed: a writer cannot open its database there
+    return _reader(str(path)) if access.read_only() or folder_closed(path) else _writer(str(path))
 
 
 def writer() -> FlagStore:
@@ -231,6 +233,12 @@ def flag_controls(
     """
     if access.read_only():
         st.caption("Read-only dashboard: flagging is off.")
+        return
+    if folder_closed(common.flags_db_path()):
+        st.caption(
+            f"Flagging is off: this user cannot write the flag database's folder "
+            f"({safetext.md(str(common.flags_db_path().parent))}: a read-only file system or permissions)."
+        )
         return
     n = len(sample_ids)
     since = _baseline(key, dataset, sample_ids)

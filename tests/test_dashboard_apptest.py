@@ -672,3 +672,27 @@ def test_a_renamed_images_page_points_at_the_flag_under_its_former_id(
     at.query_params["sample"] = old_sid
     at.switch_page("views/sample.py")
     assert "waits under its former id" not in texts(ok(at.run()))
+
+
+def test_a_flag_database_in_a_folder_this_user_cannot_write_is_browsed(
+    env: Path, runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside check: on a runs folder mounted read-only (an archive), every page showed only "Cannot open
+    the flag database ... writable" and no finding, since the pages read the flags through a writer."""
+    import os
+
+    from spray.runs.reader import RunReader
+
+    top = RunReader.open(runs[2]).findings()[0]
+    ids = [str(s) for s in top.member_ids][:2]
+    hashes = RunReader.open(runs[2]).content_hashes()
+    FlagStore(env).flag(DATASET, ids, "unlearn", content_hashes={s: hashes[s] for s in ids})
+    before = sorted(p.name for p in env.parent.iterdir())
+    folder = str(env.parent.resolve())
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **kw: m != os.W_OK and real(p, m, **kw) if str(p) == folder else real(p, m, **kw))  # fmt: skip
+    at = ok(app(run=runs[2].name, cluster=top.key).run().switch_page("views/cluster.py").run())
+    assert not at.error, [e.value for e in at.error]
+    assert "flags: 2 unlearn" in texts(at) and "Flagging is off: this user cannot write" in texts(at)
+    assert not [r for r in at.radio if str(r.key).startswith("flag_status")]  # no flag form to fail on submit
+    assert sorted(p.name for p in env.parent.iterdir()) == before  # read as it is: no journal files made
