@@ -10,9 +10,19 @@ the file's state before and after the read tells, and a changed file voids the r
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from spray.errors import DataError, LockedError
+
+
+def folder_closed(path: Path) -> bool:
+    """Whether this user cannot write the folder of ``path`` (a read-only file system or permissions)."""
+    folder = path.resolve().parent
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:  # no such folder (yet): nothing to read there, and creating it is the writer's business
+        return False
 
 
 def immutable_suffix(path: Path) -> str:
@@ -26,8 +36,7 @@ def immutable_suffix(path: Path) -> str:
     """
     folder = path.resolve().parent
     wal = folder / f"{path.name}-wal"
-    closed = bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
-    if not closed or (folder / f"{path.name}-shm").exists():
+    if not folder_closed(path) or (folder / f"{path.name}-shm").exists():
         return ""
     if wal.exists() and wal.stat().st_size > 0:
         raise DataError(
@@ -60,3 +69,12 @@ def changed_since(path: Path, state: tuple[object, ...] | None) -> LockedError |
         f"The flag database {path} was written by someone else while it was read (in a folder this user may "
         "not write it is read without SQLite's locks): nothing was read. Try again."
     )
+
+
+def disk_nearly_full(path: Path) -> bool:
+    """Whether the disk of ``path``'s folder has under 16 MB free (SQLite says "disk I/O error" when it cannot
+    make the files a read needs on a full disk: it is no sign of a damaged database then)."""
+    try:
+        return shutil.disk_usage(path.resolve().parent).free < 16 * 2**20
+    except OSError:
+        return False

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from spray.errors import ConfigError, DataError, LockedError, SprayError
-from spray.flags.lockless import changed_since, file_state, immutable_suffix
+from spray.flags.lockless import changed_since, disk_nearly_full, file_state, immutable_suffix
 from spray.flags.records import STATUSES, UNFLAG, Flag, FlagAction, FlagConflict, FlagEvent
 from spray.flags.schema import (
     SCHEMA,
@@ -157,6 +157,11 @@ class FlagStore:
             return DataError(
                 f"The flag database {self.path} is read-only here ({msg}): make the file and its folder "
                 "writable, or browse without flagging (spray dashboard --read-only)."
+            )
+        if "is full" in msg or ("disk I/O" in msg and disk_nearly_full(self.path)):
+            return DataError(
+                f"The flag database {self.path} cannot be read or written: the disk it is on is full ({msg}). "
+                "The database is not damaged: free space on that disk, then try again."
             )
         if "unable to open" in msg:
             return DataError(

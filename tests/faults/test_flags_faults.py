@@ -344,3 +344,22 @@ def test_flags_export_into_a_read_only_folder_points_at_o(
         res, 1, f"cannot write {ro / 'f.csv'}", "Point -o at a folder this user can write to"
     )
     assert "runs_dir" not in res.output and "--runs-dir" not in res.output.split("cannot write")[1]
+
+
+@pytest.mark.parametrize("message", ["database or disk is full", "disk I/O error"])
+def test_a_full_disk_is_named_and_the_database_not_advised_aside(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, message: str
+) -> None:
+    """An outside check: on a full disk `spray flags list` called an intact database "damaged" and advised moving
+    it aside to start an empty one (SQLite answers a read there with a disk I/O error)."""
+    import shutil
+    import sqlite3
+
+    path = db
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    got = str(FlagStore(path)._fail(sqlite3.OperationalError(message)))
+    assert "the disk it is on is full" in got and "not damaged" in got and ".damaged" not in got
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**40))
+    if message == "disk I/O error":  # with room on the disk, an I/O error is what it says
+        assert "damaged or not a SQLite file" in str(FlagStore(path)._fail(sqlite3.OperationalError(message)))
