@@ -125,7 +125,7 @@ class RunFileError(SprayError):
         self.run, self.file, self.reason = run, file, reason
         super().__init__(
             f"Run {run}: {file} cannot be read ({reason}). This view needs it; the run's other views may "
-            "still work. Re-run the audit to rewrite the run (published runs are never repaired in place)."
+            "still work. Audit again with --force (spray audit --force) to write a new run, or delete that run's folder (published runs are never repaired in place)."
         )
 
 

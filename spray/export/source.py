@@ -96,7 +96,9 @@ class ExportSource:
         try:
             return self.reader.class_data(class_index)
         except RunReadError as err:
-            raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
+            raise DataError(
+                f"{err}; audit again with --force (spray audit --force) to write a new run, or delete that run's folder."
+            ) from None
 
     def positions(self, sample_ids: list[str]) -> np.ndarray:
         """Positions of these samples in the export's order (:attr:`sample_ids`)."""
@@ -269,7 +271,9 @@ def open_source(run: str | Path) -> ExportSource:
         ids = reader.sample_ids()
         return ExportSource(reader, ids, reader.samples(), reader.heatmaps(), reader.thumbs())
     except RunReadError as err:
-        raise DataError(f"{err}; re-run the audit to rewrite the run.") from None
+        raise DataError(
+            f"{err}; audit again with --force (spray audit --force) to write a new run, or delete that run's folder."
+        ) from None
 
 
 def _size(n: int) -> str:

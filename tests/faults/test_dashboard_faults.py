@@ -292,6 +292,8 @@ def test_truncated_class_arrays(runs: Path) -> None:
     f.write_bytes(f.read_bytes()[:200])
     at = no_traceback(page("views/class_view.py", run=run.name, cls="6"))
     assert "classes/6.npz" in errors(at)
+    # the fix named is one that works: a plain audit refuses to reuse the damaged run (an outside check)
+    assert "spray audit --force" in errors(at)
 
 
 def test_truncated_heatmaps_are_named_on_the_pages_that_draw_them(runs: Path) -> None:
