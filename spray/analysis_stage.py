@@ -433,8 +433,42 @@ def _analyze_one(
     analysed = analyze_class(c, name, ids, relevance, cfg, probe=probe, concepts=concepts)
     hashed = len(inputs.content_hashes) == len(inputs.sample_ids)
     content_of = {inputs.sample_ids[i]: inputs.content_hashes[i] for i in rows} if hashed else {}
+    explained = dict(zip(ids, _explained_targets(cfg, inputs, rows).tolist(), strict=True))
     for cluster in analysed.clusters:
         # after the line that sizes the group: a share counted in copies is read with it
         if (line := members_line(cluster.member_ids, content_of)) is not None:
             cluster.evidence.insert(1, line)
+        if (
+            line := _other_target_line(cluster.member_ids, explained, c, dataset.class_names, cfg)
+        ) is not None:
+            cluster.evidence.insert(1, line)
     return analysed
+
+
+def _explained_targets(cfg: AuditConfig, inputs: AnalysisInputs, rows: np.ndarray) -> np.ndarray:
+    """``(n,)`` the class whose logit each of the class's samples ``rows`` was explained for (``lrp.target``)."""
+    target = cfg.lrp.target
+    if target == "pred":
+        return np.asarray(inputs.predictions)[rows]
+    if target == "label":
+        return np.asarray(inputs.labels)[rows]
+    return np.full(len(rows), int(target), dtype=np.int64)
+
+
+def _other_target_line(
+    member_ids: list[str], explained: dict[str, int], c: int, names: list[str], cfg: AuditConfig
+) -> str | None:
+    """A line saying how many members were explained for another class's logit than the analysed class
+    ``c`` (``lrp.target: pred`` or a fixed class): their heatmaps show what speaks for that class; None when
+    every member's was ``c``'s."""
+    others = [t for t in (explained[s] for s in member_ids) if t != c]
+    if not others:
+        return None
+    counts = np.bincount(np.asarray(others))
+    top = int(counts.argmax())
+    top_name = names[top] if top < len(names) else str(top)
+    also = " and others" if int((counts > 0).sum()) > 1 else ""
+    return (
+        f"{len(others)} of its {len(member_ids)} members are explained for another class's logit "
+        f"(lrp.target: {cfg.lrp.target}): {top_name}{also}"
+    )

@@ -122,7 +122,10 @@ MODEL_HASH_VERSION = 4
 # 27: when most members of a flagged finding are exact copies of its stamp, the carriers' threshold takes the
 #     members that carry it inexactly for the members' distance (scoring.carrier_exact, carrier_inexact_max): a
 #     median of 0 admitted exact copies only, so the stamp over a few object pixels was no carrier.
-ANALYSIS_VERSION = 27
+# 28: evidence only: an unflagged concept-only finding says why when no test cleared its margins (and when it is
+#     more than scoring.flag_max_fraction of its class); members explained for another class's logit
+#     (lrp.target: pred or a class) are counted in a line.
+ANALYSIS_VERSION = 28
 #: The paste cache's version (``paste-a<version>.sqlite``): analysis version 20 made every paste's forward pass
 #: the same size; later analysis versions made pastes the same way.
 PASTE_VERSION = 22

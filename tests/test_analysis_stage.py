@@ -135,3 +135,35 @@ def test_a_one_class_audit_still_runs_the_removal_test(tmp_path: Path) -> None:
 
     acc = recorded_accuracy(summary.extra)
     assert acc is not None and acc["classes_present"] == 1 and not recorded_problems(summary.extra)
+
+
+def test_members_explained_for_another_class_are_said() -> None:
+    """An outside check: under lrp.target: pred a concept group of coats all explained for the shirt logit read
+    as a coat strategy; nothing said whose logit their relevance was."""
+    from spray.analysis_stage import _explained_targets, _other_target_line
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    predictions = np.array([0, 1, 1, 2, 1, 1])
+    inputs = AnalysisInputs([f"s{i}" for i in range(6)], [""] * 6, labels, predictions, None)
+    rows = np.flatnonzero(labels == 0)
+    names = ["coat", "shirt", "bag"]
+    for target, line in (
+        ("label", None),
+        (
+            "pred",
+            "3 of its 4 members are explained for another class's logit (lrp.target: pred): shirt and others",
+        ),
+    ):
+        cfg = config_from_dict(
+            {
+                "model": {"factory": "m:f"},
+                "data": {"kind": "idx", "images": "x", "labels": "y"},
+                "lrp": {"target": target},
+            },
+            check_files=False,
+        )
+        explained = dict(
+            zip(["s0", "s1", "s2", "s3"], _explained_targets(cfg, inputs, rows).tolist(), strict=True)
+        )
+        assert _other_target_line(["s0", "s1", "s2", "s3"], explained, 0, names, cfg) == line
+        assert _other_target_line(["s0"], explained, 0, names, cfg) is None  # explained for its own class

@@ -142,10 +142,15 @@ def test_conditional_heatmaps_inside_a_residual_branch_leave_out_the_skip_path()
     assert float(none.abs().sum()) == 0.0
 
 
-def test_concepts_do_not_change_the_heatmap() -> None:
+def test_concepts_do_not_change_the_heatmap(caplog: pytest.LogCaptureFixture) -> None:
     model, x, _, _ = _setup("small_cnn")
     plain = Explainer(model)(x, target="pred")
-    tapped = Explainer(model, concept_layer="auto")(x, target="pred")
+    with caplog.at_level("INFO", logger="spray.lrp.explainer"):
+        tapped = Explainer(model, concept_layer="auto")(x, target="pred")
+    # the layer 'auto' chose is named once (the evidence speaks of "the concept layer")
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("concept layer:")] == [
+        "concept layer: features (chosen by lrp.concept_layer: auto)"
+    ]
     assert plain.concepts is None
     torch.testing.assert_close(plain.relevance, tapped.relevance, rtol=0, atol=0)
 

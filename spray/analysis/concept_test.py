@@ -345,7 +345,19 @@ def _verdict_lines(
             f"not flagged although {_cleared([n for v in met for n in v.names()])}: the group has only "
             f"{f.size} members"
         ]
-    return [f"not flagged: {_cleared(v.names())}, but {v.missing}" for v in judged if v.routes.cleared]
+    out = [
+        f"not flagged: {_cleared(v.names())}, but {v.missing}"
+        if v.routes.cleared
+        else f"not flagged by the {'colour' if v.test.region_kind == 'colour' else 'hot-pixel'} test: {v.missing}"
+        for v in judged
+        if v.routes.cleared or v.missing
+    ]
+    if f.fraction > cfg.scoring.flag_max_fraction:  # said even when no test cleared its margins
+        out.append(
+            f"a flag also needs the group to be at most {100 * cfg.scoring.flag_max_fraction:.0f} % of the class, "
+            f"and it is {100 * f.fraction:.0f} %"
+        )
+    return out
 
 
 def intervene_concept_findings(

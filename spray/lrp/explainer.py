@@ -526,6 +526,8 @@ class Explainer:
             if found is not None:
                 tap, out = found
                 self.concept_layer = tap.path
+        if self._auto_open and not tap.missing:  # the evidence says "the concept layer": name it once
+            logger.info("concept layer: %s (chosen by lrp.concept_layer: auto)", tap.path)
         self._auto_open = False
         if tap.missing and mask is not None:
             raise ModelError(

@@ -111,6 +111,15 @@ def test_a_pattern_the_whole_class_shares_is_not_flagged() -> None:
     assert got.signals["concept_tested"] == 1.0
     assert not got.suspicious and got.score < 0.5
     assert got.signals["paste_gain_null"] > 4.0
+    # an outside check: an unflagged group whose tests cleared nothing said nothing of why (nor of its size)
+    assert got.evidence[-1].startswith(
+        "not flagged by the hot-pixel test: a concept-only finding needs the removal"
+    )
+    probe, ids, f = _world(patched_members=True, patched_rest=True)
+    f.fraction = f.signals["fraction"] = 0.7
+    got = _run(probe, ids, f)
+    assert got.evidence[-2].startswith("not flagged by the hot-pixel test")
+    assert got.evidence[-1] == "a flag also needs the group to be at most 60 % of the class, and it is 70 %"
 
 
 def test_the_paste_alone_is_not_enough_by_default() -> None:
