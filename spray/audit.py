@@ -310,7 +310,7 @@ def _up_to_date(
         except RunReadError as err:
             raise RunReadError(
                 err.path,
-                f"{err}; the published run {existing} cannot be reused: delete that folder, or rerun with --force",
+                f"{err.problem}; the published run {existing} cannot be reused: delete that folder, or rerun with --force",
             ) from None
     report.up_to_date = True
     for problem in recorded_problems(report.extra, corrected=cfg.model.factory == CORRECTED_FACTORY):

@@ -180,6 +180,9 @@ def test_cli_export_writes_the_format_its_file_name_ends_in_and_overwrites_only_
     for fmt in ("csv", "json", "parquet"):
         for _ in range(2):
             assert main([*base, "--format", fmt, "-o", str(tmp_path / f"flags-{fmt}.txt")], monkeypatch) == 0
+    # an Excel name got CSV bytes without a word (an outside check); --format writes what it says under any name
+    assert main([*base, "-o", str(tmp_path / "flags.xlsx")], monkeypatch) == 2
+    assert not (tmp_path / "flags.xlsx").exists()
     (tmp_path / "empty.txt").touch()
     assert main([*base, "-o", str(tmp_path / "empty.txt")], monkeypatch) == 0
     # a file with an export's ending that holds something else is not overwritten either (a review)

@@ -27,5 +27,8 @@ def test_a_truncated_array_of_the_published_run_is_not_up_to_date(
     assert_clean_failure(
         res, EXIT_FAILURE, str(run / name), "damaged or truncated", "cannot be reused", "--force"
     )
+    assert (
+        f"{run / name}: {run / name}" not in res.output
+    )  # the file named once (an outside check: it was twice)
     res = _run(capsys, cfg, "--force")
     assert _status(res)["status"] == "published" and list_runs(tmp_path / "runs")[1] == run

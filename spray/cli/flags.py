@@ -98,6 +98,20 @@ def export_command(args: argparse.Namespace) -> int:
 
 #: File name endings of each export format (``-o flags.json`` means JSON unless ``--format`` says otherwise).
 _ENDINGS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+#: Endings of other data formats, whose programs would misread the CSV an export writes by default.
+_OTHER_FORMATS = {
+    ".xlsx",
+    ".xls",
+    ".xlsm",
+    ".ods",
+    ".tsv",
+    ".feather",
+    ".arrow",
+    ".pkl",
+    ".pickle",
+    ".h5",
+    ".hdf5",
+}
 
 
 def _export_format(out: Path | None, given: str | None) -> str:
@@ -106,9 +120,16 @@ def _export_format(out: Path | None, given: str | None) -> str:
     Raises
     ------
     ConfigError
-        ``--format`` and ``-o``'s ending name different formats (``-o flags.json --format csv``).
+        ``--format`` and ``-o``'s ending name different formats (``-o flags.json --format csv``), or ``-o``'s
+        ending names no export format and ``--format`` is not given (``-o flags.xlsx``; an ending of no format, ``.txt``, gets CSV).
     """
     named = _ENDINGS.get(out.suffix.lower()) if out is not None else None
+    if out is not None and out.suffix.lower() in _OTHER_FORMATS and given is None:
+        # an Excel or TSV name would get CSV bytes that its program then misreads
+        raise ConfigError(
+            f"-o {out}: spray exports CSV, JSON or Parquet, and {out.suffix!r} names none of them. Give a file "
+            "ending in .csv, .json or .parquet, or --format to write that format under this name."
+        )
     if given is not None and named is not None and named != given:
         raise ConfigError(
             f"-o {out} names a {named} file but --format is {given}: drop --format (the ending decides) or give "

@@ -18,6 +18,7 @@ class RunReadError(SprayError):
 
     def __init__(self, path: Path | str, problem: str) -> None:
         self.path = Path(path)
+        self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
 
