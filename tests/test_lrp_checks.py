@@ -925,3 +925,30 @@ def test_a_branch_under_no_grad_is_refused_with_the_reason() -> None:
     torch.manual_seed(0)
     with pytest.raises(ModelError, match=r"under torch\.no_grad"):
         Explainer(_FrozenBranch().eval(), "EpsilonPlusFlat")(torch.rand(2, 1, 8, 8))
+
+
+class _TwoBranches(nn.Module):
+    """Two convolutions that each read the input, joined by torch.cat (``shared``: after a common stem)."""
+
+    def __init__(self, shared: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 3, padding=1) if shared else nn.Identity()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.fc(torch.cat([self.a(h).relu(), self.b(h).relu()], 1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("self_check", [True, False])
+def test_parallel_branches_that_read_the_input_are_refused_with_the_fix(self_check: bool) -> None:
+    """An outside check: the input read by two first layers was refused as "a functional operation spray has
+    no rule for" (the wrong fix), and with self_check=False its maps summed to 1.6-2.2 times the logit."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ModelError, match=r"\['a', 'b'\] each read the model's input.*Merge the branches"):
+        Explainer(_TwoBranches(shared=False).eval(), "EpsilonPlusFlat", self_check=self_check)(x)
+    # after a shared stem the branches read the stem's output: one input layer, conserved
+    got = Explainer(_TwoBranches(shared=True).eval(), "EpsilonPlusFlat")(x, target="pred")
+    assert got.relevance.shape == (2, 3, 8, 8)

@@ -107,6 +107,15 @@ def check_order(context: RuleContext, first_path: str | None, model: nn.Module |
     if first_path is None:
         return
     order = context.order
+    others = sorted({p for p in context.input_readers if p != first_path})
+    if others:
+        raise ModelError(
+            f"layers {[first_path, *others]} each read the model's input (parallel branches, joined later by "
+            f"torch.cat or a sum): spray's LRP turns the gradient into relevance at one input layer ({first_path}), "
+            f"so what reaches the input through {others} would be added in another frame and the heatmaps would "
+            "be wrong. Merge the branches' first layers into one (one convolution or Linear with their output "
+            "channels side by side, split with torch.split after it): the same function, with one input layer."
+        )
     hits = [i for i, (p, _) in enumerate(order) if p == first_path]
     if len(hits) != 1:
         raise ModelError(
