@@ -133,7 +133,7 @@ class RuleContext:
         self.first_done: bool = False
         self.order: list[tuple[str, bool]] = []  # (module path, rule needs the gradient frame)
         self.rebound: list[str] = []  # in-place operations on a rule's output, run out of place
-        self.input_readers: list[str] = []  # rule layers that read the model's input tensor itself
+        self.input_readers: list[str] = []  # rule layers after the input layer that read the model's input
 
     @property
     def relevance_frame(self) -> bool:
@@ -193,8 +193,9 @@ class RuleModule(nn.Module):
         ctx: RuleContext = self.__dict__["context"]
         carries_relevance = ctx.relevance_frame
         ctx.visit(self.path, self.is_first, self.rule.gradient_frame_only)
-        if ctx.has_first and x.is_leaf and x.requires_grad and not isinstance(x, nn.Parameter):
-            ctx.input_readers.append(self.path)  # the model's input (a leaf the explainer made), not a weight
+        if ctx.has_first and not carries_relevance and x.is_leaf and x.requires_grad and not isinstance(x, nn.Parameter):
+            # after the input layer ran, a layer reads the model's input (a leaf the explainer made, not a weight)
+            ctx.input_readers.append(self.path)
         if self.is_first and not self.rule.direct and x.requires_grad:
             x = _TimesInput.apply(x)
         return self.rule.apply(self, x, carries_relevance)

@@ -107,7 +107,7 @@ def check_order(context: RuleContext, first_path: str | None, model: nn.Module |
     if first_path is None:
         return
     order = context.order
-    others = sorted({p for p in context.input_readers if p != first_path})
+    others = sorted(set(context.input_readers))
     if others:
         raise ModelError(
             f"layers {[first_path, *others]} each read the model's input (parallel branches, joined later by "
