@@ -657,3 +657,21 @@ def test_export_of_a_correction_folder_points_at_its_reaudit(
     assert_clean_failure(res, 2, f"{correction} is a correction's folder", f"give {correction / 'reaudit'}")
     res = run_main(["export", "fiftyone", str(correction / "reaudit"), "-o", str(tmp_path / "fo")], capsys)
     assert res.code == 0, res.output
+
+
+def test_a_fiftyone_export_of_a_run_without_thumbnails_says_what_stands_in_for_the_images(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside check: every sample's image was its own relevance map without a word, and with a data root
+    that named no file the warning promised the stored thumbnails, which the run does not have."""
+    run = make_synthetic_run(tmp_path / "runs", class_sizes=[30] * 3, planted_class=1, thumbs=False, seed=5)
+    with caplog.at_level("WARNING", logger="spray"):
+        out = write_fiftyone_dataset(run, tmp_path / "fo", data_root=tmp_path)
+    docs = json.loads((out / "samples.json").read_text())["samples"]
+    assert all(d["filepath"].startswith("fields/relevance/") for d in docs)
+    assert (
+        f"{len(docs)} of {len(docs)} samples have neither an original file nor a stored thumbnail"
+        in caplog.text
+    )
+    assert "exported with their relevance maps (no thumbnails)" in caplog.text
+    assert "stored thumbnails;" not in caplog.text

@@ -17,8 +17,8 @@ through its legacy importer: ``metadata.json`` without a ``version`` key)::
     data/<row>.png    the stored thumbnail of each sample (or, with ``data_root``, the original file's
                       absolute path when it exists; the file as the audit decoded it when a viewer would
                       show it otherwise: EXIF rotation, transparency, 16-bit, TIFF, animation)
-    fields/relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 255 / 0 = the map's
-                      largest positive / negative relevance (``Heatmap`` label with ``range`` [0, 255])
+    fields/relevance/<row>.png  the heatmap as an 8-bit grey map: 128 = no relevance, 128 ± 127 · R / max|R|
+                      (255 / 1 at the map's largest positive / negative relevance) (``Heatmap`` label with ``range`` [0, 255])
 
 Every path inside the folder is written relative to it, so the folder can be moved or copied: FiftyOne's
 importer joins a relative ``filepath`` to the dataset folder, and a relative media path of a label to it when
@@ -295,15 +295,50 @@ def _data_root(data_root: str | Path | None) -> Path | None:
     return root
 
 
-def _say_unlinked(n: int, total: int, root: Path, example: str) -> None:
+def _say_unlinked(n: int, total: int, root: Path, example: str, fallback: str) -> None:
     """Warn that ``n`` sample ids name no file under the data root (one folder too high or low links nothing,
-    which looked like a successful export)."""
+    which looked like a successful export); ``fallback`` says what stands in for them."""
     log.warning(
-        "%d of %d sample ids name no file under --data-root %s (e.g. %s): those samples are exported with the "
-        "run's stored thumbnails; give the folder the ids are relative to (the one holding the class folders, "
-        "the audit's data.path)",
-        n, total, root, root / example,
+        "%d of %d sample ids name no file under --data-root %s (e.g. %s): those samples are exported with %s; "
+        "give the folder the ids are relative to (the one holding the class folders, the audit's data.path)",
+        n, total, root, root / example, fallback,
     )  # fmt: skip
+
+
+def _say_how_linked(
+    src: ExportSource,
+    root: Path | None,
+    samples: list[dict[str, Any]],
+    counts: tuple[int, int, str],
+    decoded: dict[str, int],
+) -> None:
+    """Say what stands in for the originals the export could not link: ``counts`` is (changed or unreadable
+    files, linked files, the first sample id naming no file), ``decoded`` the originals exported as decoded."""
+    changed, linked, absent = counts
+    fallback = (
+        "the run's stored thumbnails" if src.thumbs is not None else "their relevance maps (no thumbnails)"
+    )
+    if changed:
+        log.warning(
+            "%d files under the data root changed after the audit or cannot be read (their content is not "
+            "known to be what the run explained): exported with %s instead",
+            changed, fallback,
+        )  # fmt: skip
+    if decoded:
+        log.info(
+            "%d originals are exported as the audit decoded them, not linked (%s): a viewer would show the "
+            "file otherwise than the model saw it", sum(decoded.values()),
+            ", ".join(f"{n} {why}" for why, n in sorted(decoded.items())),
+        )  # fmt: skip
+    if root is not None and linked + changed < len(samples):
+        _say_unlinked(len(samples) - linked - changed, len(samples), root, absent, fallback)
+    if standins := sum(1 for sample in samples if sample["filepath"].startswith(f"{RELEVANCE_DIR}/")):
+        # the viewer shows a heatmap where the image should be: say so (a run without thumbnails)
+        log.warning(
+            "%d of %d samples have neither an original file nor a stored thumbnail (the run was audited with "
+            "batch.thumbnails off): their image in FiftyOne is their relevance map. Give --data-root, the "
+            "folder the sample ids are relative to, to link the originals", standins, len(samples),
+        )  # fmt: skip
 
 
 def write_fiftyone_dataset(
@@ -367,20 +402,7 @@ def write_fiftyone_dataset(
             }
             # relative (resolved against the dataset folder on import): a moved export keeps its own maps
             samples.append(_sample(src, r, media, f"{RELEVANCE_DIR}/{name}", fields))
-        if changed:
-            log.warning(
-                "%d files under the data root changed after the audit or cannot be read (their content is not "
-                "known to be what the run explained): exported with the run's stored thumbnails instead",
-                changed,
-            )
-        if decoded:
-            log.info(
-                "%d originals are exported as the audit decoded them, not linked (%s): a viewer would show the "
-                "file otherwise than the model saw it", sum(decoded.values()),
-                ", ".join(f"{n} {why}" for why, n in sorted(decoded.items())),
-            )  # fmt: skip
-        if root is not None and linked + changed < len(ids):
-            _say_unlinked(len(ids) - linked - changed, len(ids), root, absent)
+        _say_how_linked(src, root, samples, (changed, linked, absent), decoded)
         (tmp / METADATA).write_text(json.dumps(_metadata(src), indent=1, ensure_ascii=False))
         (tmp / SAMPLES).write_text(json.dumps({"samples": samples}, ensure_ascii=False, allow_nan=False))
     log.info("wrote %d samples of run %s as a FiftyOne dataset to %s", len(samples), src.run_id[:12], out)

@@ -193,7 +193,13 @@ class RuleModule(nn.Module):
         ctx: RuleContext = self.__dict__["context"]
         carries_relevance = ctx.relevance_frame
         ctx.visit(self.path, self.is_first, self.rule.gradient_frame_only)
-        if ctx.has_first and not carries_relevance and x.is_leaf and x.requires_grad and not isinstance(x, nn.Parameter):
+        if (
+            ctx.has_first
+            and not carries_relevance
+            and x.is_leaf
+            and x.requires_grad
+            and not isinstance(x, nn.Parameter)
+        ):
             # after the input layer ran, a layer reads the model's input (a leaf the explainer made, not a weight)
             ctx.input_readers.append(self.path)
         if self.is_first and not self.rule.direct and x.requires_grad:
