@@ -422,11 +422,11 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     transformer_rules = composite_key(cfg.lrp.composite) in TRANSFORMER_COMPOSITES
     if not transformer_rules and not named and has_attention(model):
         # the name-based note (in the config) misses a transformer built by the user's own factory
-        return (
-            f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, but the model has attention layers "
-            "(a transformer or a hybrid): its flat first layer (a ViT's patches) and z+ convolutions blur what "
-            "the model looks at, and a shortcut the model learned can go unflagged. Set lrp.composite: AttnLRP "
-            "(docs/lrp.md, 'Which composite for a ViT')"
+        return (  # the same advice as the config's note for a transformer named by its architecture
+            f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, and the model has attention layers "
+            "(a transformer or a hybrid): EpsilonPlusFlat explains it at patch resolution, AttnLRP at the "
+            "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "
+            "other (docs/lrp.md, 'Which composite for a ViT')"
         )
     flat_rules = composite_key(cfg.lrp.composite) == composite_key("EpsilonPlusFlat")
     if flat_rules and not _flat_under_z_plus(cfg.model.model_dump()) and _has_convnext_blocks(model):
