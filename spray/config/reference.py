@@ -52,8 +52,9 @@ run's `summary.json`; the run goes on.
 - Image folders: class `c` is the `c`-th class folder in sorted order (as torchvision's ImageFolder), so an
   empty class folder still counts as a class (a warning names it); non-image files, images lying directly
   in `data.path` (they have no class), broken symlinks and symlink loops are listed as skipped, and so are
-  hidden files and folders inside a class folder (`.x.png`, `.thumbnails/`, Synology's `@eaDir/`,
-  `__MACOSX/`: thumbnails a file manager added are not the dataset's). EXIF orientation is not applied,
+  hidden images and folders inside a class folder (`.x.png`, `.thumbnails/`, Synology's `@eaDir/`,
+  `__MACOSX/`: thumbnails a file manager added are not the dataset's; a hidden file that is no image by its
+  name, `.DS_Store`, is left out without a word, as torchvision's ImageFolder leaves it out). EXIF orientation is not applied,
   as torchvision's ImageFolder does not apply it: a photo is read as its pixels are stored. A folder
   without class folders is refused. One class folder is label 0: right for a model with one output, and
   refused for a model with more (it would be explained as the model's class 0). To audit one class of a
