@@ -181,9 +181,11 @@ def _resolve_test_paths(data: Any, base: Path) -> None:
 
 
 def _table(outcome: Any) -> str:
+    from spray.correct.html import UNRELATED_DIRECTION, direction_unrelated
     from spray.correct.record import change_between
 
     rec = outcome.record
+    unrelated = direction_unrelated(rec)
     b, a = rec.evaluation.before, rec.evaluation.after
     v = rec.verdict
 
@@ -214,12 +216,16 @@ def _table(outcome: Any) -> str:
         ("  null (clean pixels pasted)", b.flip_null, a.flip_null),
         ("  stamp pasted at the opposite place", b.flip_moved, a.flip_moved),
         ("relevance share on the artifact region", b.relevance_share, a.relevance_share),
-        ("TCAV score along the direction", b.tcav, a.tcav),
     ):
         lines.append(f"  {name[:44]:44s}{pct(x):>10s}{pct(y):>10s}")
+    after_tcav = "n/a" if unrelated else pct(a.tcav)
+    after_sens = "n/a" if unrelated else f"{a.sensitivity_abs:.3g}"
+    lines.append(f"  {'TCAV score along the direction':44s}{pct(b.tcav):>10s}{after_tcav:>10s}")
     lines.append(
-        f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{a.sensitivity_abs:10.3g}"
+        f"  {'mean |sensitivity| along the direction':44s}{b.sensitivity_abs:10.3g}{after_sens:>10s}"
     )
+    if unrelated:
+        lines.append(f"  n/a: {UNRELATED_DIRECTION}")
     lines.append(f"  flip rate {change_between(b.flip_rate, a.flip_rate)}, relevance share "
                  f"{change_between(b.relevance_share, a.relevance_share)}, clean accuracy {v.accuracy_text()}")  # fmt: skip
     lines += [f"  WARNING: {w}" for w in rec.warnings()]

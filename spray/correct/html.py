@@ -63,8 +63,21 @@ def _mark(ok: bool | None, unjudged: str = "not measured") -> str:
     return "<span class='met'>met</span>" if ok else "<span class='unmet'>not met</span>"
 
 
+#: Why the after column of the rows along the direction is not shown for a model retrained from scratch.
+UNRELATED_DIRECTION = (
+    "the direction was fitted on the audited model's features; a model retrained from scratch has other "
+    "features at that layer, so its sensitivity along the direction means nothing (not shown)"
+)
+
+
+def direction_unrelated(rec: CorrectionRecord) -> bool:
+    """Whether the corrected model was retrained from scratch: its layer's channels are not the audited model's."""
+    return rec.method == "retrain" and rec.parameters.get("retrain_init", "scratch") == "scratch"
+
+
 def _scores_table(rec: CorrectionRecord) -> str:
     b, a, e = rec.evaluation.before, rec.evaluation.after, rec.evaluation
+    unrelated = direction_unrelated(rec)
     rows = [
         (f"clean accuracy ({html.escape(e.split_text())}, n={e.n_clean})", _pct(b.clean_accuracy), _pct(a.clean_accuracy)),
         (f"… on the class {html.escape(rec.group.class_name)}'s own images", _pct(b.class_accuracy),
@@ -75,11 +88,12 @@ def _scores_table(rec: CorrectionRecord) -> str:
         ("… the stamp pasted at the opposite place", _pct(b.flip_moved), _pct(a.flip_moved)),
         (f"relevance share on the artifact region (n={e.n_relevance})", _pct(b.relevance_share), _pct(a.relevance_share)),
         (f"mean |sensitivity| along the direction (n={e.n_sensitivity})", f"{b.sensitivity_abs:.4g}",
-         f"{a.sensitivity_abs:.4g}"),
-        ("TCAV score (share with positive sensitivity)", _pct(b.tcav), _pct(a.tcav)),
+         "n/a" if unrelated else f"{a.sensitivity_abs:.4g}"),
+        ("TCAV score (share with positive sensitivity)", _pct(b.tcav), "n/a" if unrelated else _pct(a.tcav)),
     ]  # fmt: skip
     body = "".join(f"<tr><td>{m}</td><td>{x}</td><td>{y}</td></tr>" for m, x, y in rows)
-    return f"<table><tr><th>measurement</th><th>before</th><th>after</th></tr>{body}</table>"
+    note = f"<p>n/a: {html.escape(UNRELATED_DIRECTION)}.</p>" if unrelated else ""
+    return f"<table><tr><th>measurement</th><th>before</th><th>after</th></tr>{body}</table>{note}"
 
 
 def _points(share: float) -> str:
