@@ -29,6 +29,7 @@ pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest
 
 from spray.flags import FlagStore
+from spray.runs.layout import sample_order_digest
 from tests.dashboard_fixtures import make_synthetic_run
 from tests.dashboard_runinfo import first_key
 from tests.dashboard_tables import html_table
@@ -463,12 +464,14 @@ def _hostile_run(tmp_path: Path) -> Path:
         f["class_name"] = names[int(f["class_index"])]
         f["evidence"] = [*f["evidence"], "![e](http://127.0.0.1:9/evidence.png) <script>alert(2)</script>"]
     s["class_names"] = [names[i] for i in range(4)]
-    (run / "summary.json").write_text(json.dumps(s))
     t = pd.read_parquet(run / "samples.parquet")
     t["label_name"] = [names[int(i)] for i in t["label"]]
     t["prediction_name"] = [names[int(i)] for i in t["prediction"]]
     t.loc[0, "sample_id"] = "![s](http://127.0.0.1:9/sample.png)"
     t.to_parquet(run / "samples.parquet", index=False)
+    # a run written with that id records it in its rows' order, which the reader checks
+    s["extra"]["sample_order"] = sample_order_digest([str(i) for i in t["sample_id"]])
+    (run / "summary.json").write_text(json.dumps(s))
     return d
 
 
