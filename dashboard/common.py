@@ -38,7 +38,7 @@ from spray.export.source import CorrectedFrom, corrected_from, correction_folder
 from spray.flags import default_db_path
 from spray.records import ChangeSet, ConditionalMaps
 from spray.runs.changes import compare_runs
-from spray.runs.errors import RunReadError
+from spray.runs.errors import REWRITE_RUN, RunReadError
 from spray.runs.layout import project_root
 from spray.runs.publish import list_runs
 from spray.runs.reader import ClassData, RunReader
@@ -125,7 +125,7 @@ class RunFileError(SprayError):
         self.run, self.file, self.reason = run, file, reason
         super().__init__(
             f"Run {run}: {file} cannot be read ({reason}). This view needs it; the run's other views may "
-            "still work. Audit again with --force (spray audit --force) to write a new run, or delete that run's folder (published runs are never repaired in place)."
+            f"still work. {REWRITE_RUN.capitalize()} (published runs are never repaired in place)."
         )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from spray.errors import ConfigError, DataError
 from spray.runs.atomic import translate_write_errors
-from spray.runs.errors import RunReadError, RunWriteError
+from spray.runs.errors import REWRITE_RUN, RunReadError, RunWriteError
 from spray.runs.layout import CORRECTION_RECORD, CORRECTIONS_DIR, REAUDIT_DIR, RunFiles, project_root
 from spray.runs.publish import list_runs, newest_runs
 from spray.runs.reader import ClassData, RunReader, read_json
@@ -96,9 +96,7 @@ class ExportSource:
         try:
             return self.reader.class_data(class_index)
         except RunReadError as err:
-            raise DataError(
-                f"{err}; audit again with --force (spray audit --force) to write a new run, or delete that run's folder."
-            ) from None
+            raise DataError(f"{err}; {REWRITE_RUN}.") from None
 
     def positions(self, sample_ids: list[str]) -> np.ndarray:
         """Positions of these samples in the export's order (:attr:`sample_ids`)."""
@@ -271,9 +269,7 @@ def open_source(run: str | Path) -> ExportSource:
         ids = reader.sample_ids()
         return ExportSource(reader, ids, reader.samples(), reader.heatmaps(), reader.thumbs())
     except RunReadError as err:
-        raise DataError(
-            f"{err}; audit again with --force (spray audit --force) to write a new run, or delete that run's folder."
-        ) from None
+        raise DataError(f"{err}; {REWRITE_RUN}.") from None
 
 
 def _size(n: int) -> str:

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from spray.errors import SprayError
 
+#: The fix of a published run whose file is damaged: published runs are never repaired in place, and a plain
+#: audit refuses to reuse one whose files cannot be read.
+REWRITE_RUN = "audit again with --force (spray audit --force) to write a new run, or delete that run's folder"
+
 
 class RunReadError(SprayError):
     """A published run (or one of its files) cannot be read: missing, truncated, damaged or too new.
