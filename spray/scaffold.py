@@ -163,6 +163,13 @@ def _flat_under_z_plus(model_section: dict[str, Any]) -> bool:
     return "convnext" in _model_name(model_section)
 
 
+#: The composite advice for a transformer, by name (the config's note) or by its attention layers (init's check).
+VIT_ADVICE = (
+    "AttnLRP at the input's. Neither was better on every ViT tried: if the findings look like noise, audit with "
+    "the other (docs/lrp.md, 'Which composite for a ViT')"
+)
+
+
 def _composite_notes(model: ModelFacts | None) -> list[str]:
     """What the written ``lrp.composite`` says about this architecture (a ConvNeXt, a transformer)."""
     if model is None:
@@ -173,9 +180,7 @@ def _composite_notes(model: ModelFacts | None) -> list[str]:
         ]
     if model.attention is not False and any(part in _model_name(model.section) for part in TRANSFORMER_NAMES):
         return [
-            "CHECK lrp.composite: EpsilonPlusFlat explains a transformer at patch resolution; AttnLRP at the "
-            "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "
-            "other (docs/lrp.md, 'Which composite for a ViT')"
+            f"CHECK lrp.composite: EpsilonPlusFlat explains a transformer at patch resolution; {VIT_ADVICE}"
         ]
     return []
 
@@ -422,11 +427,9 @@ def _lrp_check(cfg: Any, model: Any, ds: Any, x: Any) -> str:
     transformer_rules = composite_key(cfg.lrp.composite) in TRANSFORMER_COMPOSITES
     if not transformer_rules and not named and has_attention(model):
         # the name-based note (in the config) misses a transformer built by the user's own factory
-        return (  # the same advice as the config's note for a transformer named by its architecture
+        return (  # the advice of the config's note for a transformer named by its architecture
             f"CHECK lrp.composite: {cfg.lrp.composite} explained that batch, and the model has attention layers "
-            "(a transformer or a hybrid): EpsilonPlusFlat explains it at patch resolution, AttnLRP at the "
-            "input's. Neither was better on every ViT tried: if the findings look like noise, audit with the "
-            "other (docs/lrp.md, 'Which composite for a ViT')"
+            f"(a transformer or a hybrid): EpsilonPlusFlat explains it at patch resolution; {VIT_ADVICE}"
         )
     flat_rules = composite_key(cfg.lrp.composite) == composite_key("EpsilonPlusFlat")
     if flat_rules and not _flat_under_z_plus(cfg.model.model_dump()) and _has_convnext_blocks(model):
